@@ -1,0 +1,20 @@
+/**
+ * `singlora`: the headless front end of the engine. Each command lives in `cli/<command>.ts` and
+ * registers itself here.
+ */
+import { Command } from 'commander';
+import { readFileSync } from 'node:fs';
+import * as doctor from './cli/doctor.ts';
+
+const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+
+export function buildProgram(): Command {
+  const program = new Command('singlora')
+    .description('SingLoRA Studio engine: train SingLoRA adapters for Stable Diffusion 1.5, score them with DINO, generate and export')
+    .version(pkg.version)
+    .showHelpAfterError();
+  for (const cmd of [doctor]) cmd.register(program);
+  return program;
+}
+
+await buildProgram().parseAsync(process.argv);

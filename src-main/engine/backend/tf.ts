@@ -1,0 +1,299 @@
+/**
+ * The one file that imports TensorFlow.js packages.
+ *
+ * Everything else in the engine gets `tf` (and the tensor types) from here, so the choice of
+ * backend is made in one place, once per process:
+ *
+ *   tensorflow (tfjs-node-gpu, CUDA 11.2 / cuDNN 8)  ->  webgpu (Dawn in Node: Vulkan, Metal, D3D12)
+ *     ->  wasm (XNNPACK, one thread in Node)  ->  cpu (plain JS)
+ *
+ * `SINGLORA_BACKEND` or an explicit request forces one; a forced backend that cannot start is an
+ * error that says why. Never a silent fallback.
+ *
+ * Design note: after `initBackend` picked webgpu, tensors must be read with `await t.data()`.
+ * A synchronous read (or a switch away from webgpu) needs `OffscreenCanvas`, which Node lacks.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { delimiter, join } from 'node:path';
+
+export { tf };
+export type Tensor = tf.Tensor;
+export type Tensor1D = tf.Tensor1D;
+export type Tensor2D = tf.Tensor2D;
+export type Tensor3D = tf.Tensor3D;
+export type Tensor4D = tf.Tensor4D;
+export type Variable = tf.Variable;
+export type Rank = tf.Rank;
+export type DataType = tf.DataType;
+export type NamedTensorMap = tf.NamedTensorMap;
+export type TensorContainer = tf.TensorContainer;
+
+export const BACKEND_NAMES = ['tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
+export type BackendName = (typeof BACKEND_NAMES)[number];
+
+export interface BackendStatus {
+  name: BackendName;
+  available: boolean;
+  /** Why it cannot be used (when `available` is false), or a note (software adapter, etc.). */
+  reason?: string;
+  device?: string;
+  memoryBytes?: number;
+  /** True for software rasterisers such as SwiftShader: usable when forced, never auto-picked. */
+  software?: boolean;
+}
+
+export interface BackendInfo {
+  name: BackendName;
+  device?: string;
+  forced: boolean;
+}
+
+let active: BackendInfo | null = null;
+let pending: Promise<BackendInfo> | null = null;
+const require = createRequire(import.meta.url);
+
+export function isBackendName(s: string): s is BackendName {
+  return (BACKEND_NAMES as readonly string[]).includes(s);
+}
+
+/** The backend this process runs on, or null before `initBackend`. */
+export function activeBackend(): BackendInfo | null {
+  return active;
+}
+
+/**
+ * Picks and starts the backend, once per process. A second call with a different forced backend
+ * is an error, because switching away from webgpu is impossible in Node.
+ */
+export function initBackend(requested?: BackendName | 'auto'): Promise<BackendInfo> {
+  const fromEnv = process.env.SINGLORA_BACKEND?.trim();
+  let want: BackendName | 'auto' = requested ?? 'auto';
+  if (want === 'auto' && fromEnv) {
+    if (!isBackendName(fromEnv)) {
+      return Promise.reject(
+        new Error(`SINGLORA_BACKEND=${fromEnv} is not a backend; expected one of ${BACKEND_NAMES.join(', ')}`),
+      );
+    }
+    want = fromEnv;
+  }
+  if (active || pending) {
+    const current = pending ?? Promise.resolve(active!);
+    return current.then((info) => {
+      if (want !== 'auto' && want !== info.name) {
+        throw new Error(
+          `backend already started as '${info.name}' in this process; cannot switch to '${want}' (start a new process with --backend ${want})`,
+        );
+      }
+      return info;
+    });
+  }
+  pending = (want === 'auto' ? pickAuto() : startForced(want)).then(
+    (info) => {
+      active = info;
+      pending = null;
+      return info;
+    },
+    (err: unknown) => {
+      pending = null;
+      throw err;
+    },
+  );
+  return pending;
+}
+
+async function startForced(name: BackendName): Promise<BackendInfo> {
+  const status = await start(name, true);
+  if (!status.available) {
+    throw new Error(`backend '${name}' was requested but cannot start: ${status.reason}`);
+  }
+  return { name, device: status.device, forced: true };
+}
+
+async function pickAuto(): Promise<BackendInfo> {
+  const reasons: string[] = [];
+  for (const name of BACKEND_NAMES) {
+    const status = await start(name, false);
+    if (status.available) return { name, device: status.device, forced: false };
+    reasons.push(`${name}: ${status.reason}`);
+  }
+  throw new Error(`no TensorFlow.js backend could start:\n  ${reasons.join('\n  ')}`);
+}
+
+/** Tries to start one backend and make it current. */
+async function start(name: BackendName, forced: boolean): Promise<BackendStatus> {
+  switch (name) {
+    case 'tensorflow': {
+      const probe = probeTensorflow();
+      if (!probe.available) return probe;
+      try {
+        await import('@tensorflow/tfjs-node-gpu' as string);
+      } catch (err) {
+        return { name, available: false, reason: `tfjs-node-gpu failed to load: ${firstLine(err)}` };
+      }
+      return (await setBackend(name)) ? probe : { name, available: false, reason: 'tf.setBackend("tensorflow") returned false' };
+    }
+    case 'webgpu': {
+      const probe = await probeWebgpu();
+      if (!probe.available) return probe;
+      if (probe.software && !forced) {
+        return { ...probe, available: false, reason: `only a software adapter (${probe.device}); force it with --backend webgpu` };
+      }
+      try {
+        await import('@tensorflow/tfjs-backend-webgpu');
+      } catch (err) {
+        return { name, available: false, reason: `tfjs-backend-webgpu failed to load: ${firstLine(err)}` };
+      }
+      return (await setBackend(name)) ? probe : { name, available: false, reason: 'tf.setBackend("webgpu") returned false' };
+    }
+    case 'wasm': {
+      try {
+        await import('@tensorflow/tfjs-backend-wasm');
+      } catch (err) {
+        return { name, available: false, reason: `tfjs-backend-wasm failed to load: ${firstLine(err)}` };
+      }
+      // setBackend('wasm') can silently leave cpu current, so check both the result and the name.
+      const ok = await setBackend(name);
+      return ok ? { name, available: true, device: 'WebAssembly (XNNPACK, 1 thread)' } : { name, available: false, reason: 'tf.setBackend("wasm") returned false' };
+    }
+    case 'cpu':
+      return (await setBackend(name)) ? { name, available: true, device: 'JavaScript' } : { name, available: false, reason: 'tf.setBackend("cpu") returned false' };
+  }
+}
+
+async function setBackend(name: BackendName): Promise<boolean> {
+  try {
+    const ok = await tf.setBackend(name);
+    await tf.ready();
+    return ok && tf.getBackend() === name;
+  } catch {
+    return false;
+  }
+}
+
+/** Reports every backend without starting any (used by `singlora doctor`). */
+export async function probeBackends(): Promise<BackendStatus[]> {
+  const wasmOk = resolvable('@tensorflow/tfjs-backend-wasm');
+  return [
+    probeTensorflow(),
+    await probeWebgpu(),
+    wasmOk
+      ? { name: 'wasm', available: true, device: 'WebAssembly (XNNPACK, 1 thread), heap limit 4 GiB' }
+      : { name: 'wasm', available: false, reason: '@tensorflow/tfjs-backend-wasm is not installed' },
+    { name: 'cpu', available: true, device: 'JavaScript' },
+  ];
+}
+
+function probeTensorflow(): BackendStatus {
+  const name = 'tensorflow' as const;
+  if (!resolvable('@tensorflow/tfjs-node-gpu')) {
+    return {
+      name,
+      available: false,
+      reason: '@tensorflow/tfjs-node-gpu is not installed (optional; its install downloads libtensorflow, which needs network and CUDA 11.2/cuDNN 8)',
+    };
+  }
+  for (const lib of ['libcudart.so.11.0', 'libcudnn.so.8']) {
+    if (process.platform === 'linux' && !findSharedLibrary(lib)) {
+      return { name, available: false, reason: `${lib} not found (install CUDA 11.2 and cuDNN 8, or add their lib folder to LD_LIBRARY_PATH)` };
+    }
+  }
+  const gpu = nvidiaSmi();
+  if (!gpu) return { name, available: false, reason: 'no CUDA GPU found (nvidia-smi did not list one)' };
+  return { name, available: true, device: gpu.name, memoryBytes: gpu.memoryBytes };
+}
+
+let webgpuAdapter: Promise<BackendStatus> | null = null;
+
+function probeWebgpu(): Promise<BackendStatus> {
+  webgpuAdapter ??= (async (): Promise<BackendStatus> => {
+    const name = 'webgpu' as const;
+    if (process.platform === 'linux' && !findSharedLibrary('libvulkan.so.1')) {
+      return { name, available: false, reason: 'libvulkan.so.1 not found (install the Vulkan loader, e.g. apt install libvulkan1, and a GPU driver)' };
+    }
+    let mod: { create: (opts: string[]) => unknown; globals: Record<string, unknown> };
+    try {
+      mod = require('webgpu');
+    } catch (err) {
+      return { name, available: false, reason: `the 'webgpu' package (dawn.node) failed to load: ${firstLine(err)}` };
+    }
+    Object.assign(globalThis, mod.globals);
+    const g = globalThis as { navigator?: { gpu?: unknown } };
+    const gpu = mod.create([]) as { requestAdapter(o?: object): Promise<null | { info?: { vendor?: string; architecture?: string; device?: string; description?: string; isFallbackAdapter?: boolean }; isFallbackAdapter?: boolean; limits?: { maxBufferSize?: number } }> };
+    if (!g.navigator) Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
+    else if (!g.navigator.gpu) Object.defineProperty(g.navigator, 'gpu', { value: gpu, configurable: true });
+    let adapter;
+    try {
+      adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+    } catch (err) {
+      return { name, available: false, reason: `requestAdapter failed: ${firstLine(err)}` };
+    }
+    if (!adapter) return { name, available: false, reason: 'no WebGPU adapter (Dawn found no Vulkan, Metal or D3D12 device)' };
+    const info = adapter.info ?? {};
+    const device = [info.vendor, info.description || info.device || info.architecture].filter(Boolean).join(' ') || 'unknown adapter';
+    const software = Boolean(info.isFallbackAdapter ?? adapter.isFallbackAdapter) || /swiftshader|llvmpipe|software/i.test(device);
+    return { name, available: true, device, software, memoryBytes: adapter.limits?.maxBufferSize };
+  })();
+  return webgpuAdapter;
+}
+
+function resolvable(pkg: string): boolean {
+  try {
+    require.resolve(pkg);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function findSharedLibrary(lib: string): boolean {
+  const dirs = [
+    ...(process.env.LD_LIBRARY_PATH ?? '').split(delimiter).filter(Boolean),
+    '/usr/local/cuda/lib64',
+    '/usr/lib/x86_64-linux-gnu',
+    '/usr/lib64',
+    '/usr/lib',
+  ];
+  if (dirs.some((d) => existsSync(join(d, lib)))) return true;
+  try {
+    return execFileSync('ldconfig', ['-p'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).includes(lib);
+  } catch {
+    return false;
+  }
+}
+
+function nvidiaSmi(): { name: string; memoryBytes: number } | null {
+  try {
+    const out = execFileSync('nvidia-smi', ['--query-gpu=name,memory.total', '--format=csv,noheader,nounits'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+      timeout: 5000,
+    });
+    const [first] = out.trim().split('\n');
+    if (!first) return null;
+    const [gpuName, mib] = first.split(',').map((s) => s.trim());
+    return { name: gpuName, memoryBytes: Number(mib) * 1024 * 1024 };
+  } catch {
+    return null;
+  }
+}
+
+function firstLine(err: unknown): string {
+  const msg = err instanceof Error ? err.message : String(err);
+  return msg.split('\n')[0];
+}
+
+/** Tensor and memory counters for `doctor` and progress events. */
+export function memoryCounters(): { numTensors: number; numBytes: number; backend: string | null; rssBytes: number; wasmHeapBytes?: number } {
+  const m = tf.memory();
+  const backendName = active?.name ?? null;
+  const out: ReturnType<typeof memoryCounters> = { numTensors: m.numTensors, numBytes: m.numBytes, backend: backendName, rssBytes: process.memoryUsage().rss };
+  if (backendName === 'wasm') {
+    const wasm = (tf.backend() as unknown as { wasm?: { HEAPU8?: Uint8Array } }).wasm;
+    if (wasm?.HEAPU8) out.wasmHeapBytes = wasm.HEAPU8.length;
+  }
+  return out;
+}
+

@@ -1,0 +1,34 @@
+/**
+ * Atomic file writes: a temp file beside the target, fsync, rename over the target.
+ * A crash at any point leaves either the old file or the new one, never a half-written one.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+
+export async function atomicWrite(path: string, write: (fh: FileHandle) => Promise<void>): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
+  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
+  const fh = await open(tmp, 'w');
+  try {
+    await write(fh);
+    await fh.sync();
+  } catch (err) {
+    await fh.close();
+    await unlink(tmp).catch(() => {});
+    throw err;
+  }
+  await fh.close();
+  await rename(tmp, path);
+}
+
+export function atomicWriteFile(path: string, data: string | Uint8Array): Promise<void> {
+  return atomicWrite(path, async (fh) => {
+    await fh.writeFile(data);
+  });
+}
+
+/** Pretty JSON with a trailing newline, written atomically. */
+export function atomicWriteJson(path: string, value: unknown): Promise<void> {
+  return atomicWriteFile(path, JSON.stringify(value, null, 2) + '\n');
+}

@@ -1,0 +1,127 @@
+/**
+ * Multi-head scaled dot-product attention, the one implementation used by the UNet, the VAE and
+ * the CLIP text encoder.
+ *
+ *   softmax(Q K^T * scale + mask) V,  per head; scale = 1/sqrt(headDim)
+ *
+ * Memory-bounded path ("attention slicing" in diffusers): the scores tensor is
+ * [batch*heads, Sq, Sk]; for a 64x64 latent's self-attention with CFG that is 2*8*4096*4096
+ * floats (1 GiB). `attend` processes (batch*head) groups and query chunks so that no slice holds
+ * more than `attentionOptions.maxScoreElements` scores. Slicing only changes how the work is cut,
+ * not the sums, so results match the unsliced path to float noise.
+ */
+import { tf, type Tensor } from '../../backend/tf.ts';
+import { Module } from './module.ts';
+import { Linear, type LinearSlot } from './linear.ts';
+
+export const attentionOptions = {
+  /** Largest scores slice (elements); 2^24 floats = 64 MiB. `Infinity` disables slicing. */
+  maxScoreElements: 2 ** 24,
+};
+
+/**
+ * q [B, Sq, heads*d], k and v [B, Sk, heads*d] -> [B, Sq, heads*d].
+ * `mask`, if given, is added to the scores and broadcasts to [B*heads, Sq, Sk] (e.g. [1, Sq, Sk]
+ * for CLIP's causal mask).
+ */
+export function attend(q: Tensor, k: Tensor, v: Tensor, heads: number, mask?: Tensor, maxScoreElements = attentionOptions.maxScoreElements): Tensor {
+  return tf.tidy(() => {
+    const [b, sq, inner] = q.shape;
+    const sk = k.shape[1];
+    if (inner % heads !== 0) throw new Error(`attend: ${inner} channels do not split into ${heads} heads`);
+    if (k.shape[2] !== inner || v.shape[2] !== inner || v.shape[1] !== sk) {
+      throw new Error(`attend: q [${q.shape}], k [${k.shape}], v [${v.shape}] do not agree`);
+    }
+    const d = inner / heads;
+    const scale = 1 / Math.sqrt(d);
+    const bh = b * heads;
+    // [B, S, heads, d] -> [B, heads, S, d] -> [B*heads, S, d]
+    const qh = q.reshape([b, sq, heads, d]).transpose([0, 2, 1, 3]).reshape([bh, sq, d]);
+    // Keys go straight to [B*heads, d, Sk]: an explicit transpose (wasm's transposeB is slow).
+    const khT = k.reshape([b, sk, heads, d]).transpose([0, 2, 3, 1]).reshape([bh, d, sk]);
+    const vh = v.reshape([b, sk, heads, d]).transpose([0, 2, 1, 3]).reshape([bh, sk, d]);
+
+    const scoresPerRow = sk;
+    const total = bh * sq * scoresPerRow;
+    let out: Tensor; // [B*heads, Sq, d]
+    if (total <= maxScoreElements) {
+      out = attendBlock(qh, khT, vh, scale, mask);
+    } else {
+      // Slice (batch*head) groups first, then query rows, keeping each slice under the budget.
+      const groupsPerSlice = Math.max(1, Math.min(bh, Math.floor(maxScoreElements / (sq * scoresPerRow))));
+      const rowsPerSlice = groupsPerSlice > 1 ? sq : Math.max(1, Math.floor(maxScoreElements / scoresPerRow));
+      const pieces: Tensor[] = [];
+      for (let g = 0; g < bh; g += groupsPerSlice) {
+        const gn = Math.min(groupsPerSlice, bh - g);
+        const rows: Tensor[] = [];
+        for (let r = 0; r < sq; r += rowsPerSlice) {
+          const rn = Math.min(rowsPerSlice, sq - r);
+          rows.push(
+            tf.tidy(() => {
+              const qs = qh.slice([g, r, 0], [gn, rn, d]);
+              const ks = khT.slice([g, 0, 0], [gn, d, sk]);
+              const vs = vh.slice([g, 0, 0], [gn, sk, d]);
+              const ms = mask ? sliceMask(mask, g, gn, r, rn, bh) : undefined;
+              return attendBlock(qs, ks, vs, scale, ms);
+            }),
+          );
+        }
+        pieces.push(rows.length === 1 ? rows[0] : tf.concat(rows, 1));
+      }
+      out = pieces.length === 1 ? pieces[0] : tf.concat(pieces, 0);
+    }
+    // [B*heads, Sq, d] -> [B, heads, Sq, d] -> [B, Sq, heads, d] -> [B, Sq, inner]
+    return out.reshape([b, heads, sq, d]).transpose([0, 2, 1, 3]).reshape([b, sq, inner]);
+  });
+}
+
+function attendBlock(q: Tensor, kT: Tensor, v: Tensor, scale: number, mask?: Tensor): Tensor {
+  let scores = tf.mul(tf.matMul(q, kT), scale); // [G, Sq, Sk]
+  if (mask) scores = tf.add(scores, mask);
+  return tf.matMul(tf.softmax(scores), v); // [G, Sq, d]
+}
+
+function sliceMask(mask: Tensor, g: number, gn: number, r: number, rn: number, bh: number): Tensor {
+  // mask broadcasts to [bh, Sq, Sk]; slice the rows, and the groups when it is per group.
+  const [mg, , msk] = mask.shape;
+  const rowSliced = mask.shape[1] === 1 ? mask : mask.slice([0, r, 0], [mg, rn, msk]);
+  if (mg === 1) return rowSliced;
+  if (mg !== bh) throw new Error(`attend: mask batch ${mg} does not broadcast to ${bh} (batch*heads)`);
+  return rowSliced.slice([g, 0, 0], [gn, rowSliced.shape[1], msk]);
+}
+
+/**
+ * diffusers `Attention` with the default processor: `to_q`, `to_k`, `to_v`, `to_out.0`.
+ * Self-attention when no context is given. Input and output are [B, S, queryDim].
+ */
+export class Attention extends Module {
+  to_q: LinearSlot;
+  to_k: LinearSlot;
+  to_v: LinearSlot;
+  to_out: [LinearSlot];
+
+  constructor(
+    readonly queryDim: number,
+    readonly heads: number,
+    readonly headDim: number,
+    contextDim: number = queryDim,
+    qkvBias = false,
+  ) {
+    super();
+    const inner = heads * headDim;
+    this.to_q = new Linear(queryDim, inner, qkvBias);
+    this.to_k = new Linear(contextDim, inner, qkvBias);
+    this.to_v = new Linear(contextDim, inner, qkvBias);
+    this.to_out = [new Linear(inner, queryDim, true)];
+  }
+
+  apply(x: Tensor, context?: Tensor): Tensor {
+    return tf.tidy(() => {
+      const ctx = context ?? x;
+      const q = this.to_q.apply(x);
+      const k = this.to_k.apply(ctx);
+      const v = this.to_v.apply(ctx);
+      return this.to_out[0].apply(attend(q, k, v, this.heads));
+    });
+  }
+}
