@@ -1,0 +1,408 @@
+/**
+ * CLIP text encoder: transformers `CLIPTextModel`, the `text_encoder` of Stable Diffusion 1.x.
+ *
+ * Mirrors transformers v4.38 `models/clip/modeling_clip.py` (`CLIPTextEmbeddings`,
+ * `CLIPAttention`, `CLIPMLP`, `CLIPEncoderLayer`, `CLIPEncoder`, `CLIPTextTransformer`,
+ * `CLIPTextModel`) and `models/clip/configuration_clip.py` (`CLIPTextConfig` defaults), plus
+ * diffusers v0.27.2 `StableDiffusionPipeline.encode_prompt` for `clip_skip`.
+ * Original: Radford et al. 2021, "Learning Transferable Visual Models From Natural Language
+ * Supervision"; openai/CLIP `clip/model.py` (`Transformer`, `ResidualAttentionBlock`).
+ *
+ * Symbols:
+ *   B  batch             S  tokens (77)          H  hidden_size
+ *   h  attention heads   d  head size = H / h    I  intermediate_size
+ *   L  num_hidden_layers
+ *
+ * Each encoder layer is pre-LN with a causal mask (token i attends to tokens 0..i):
+ *   x = x + out_proj(attend(q_proj(LN1 x), k_proj(LN1 x), v_proj(LN1 x), causal))
+ *   x = x + fc2(act(fc1(LN2 x)))
+ *
+ * Property paths mirror the transformers state dict (`text_model.encoder.layers.0.self_attn.q_proj.weight`),
+ * so `loadParams` walks `model.safetensors` directly; only the `position_ids` buffer is skipped.
+ */
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { tf, type Tensor } from '../backend/tf.ts';
+import { SafetensorsFile } from '../io/safetensors.ts';
+import { safetensorsSource } from '../io/weightSource.ts';
+import { activation } from './layers/activations.ts';
+import { attend } from './layers/attention.ts';
+import { Linear, type LinearSlot } from './layers/linear.ts';
+import { loadParams, Module, Param } from './layers/module.ts';
+import { LayerNorm } from './layers/norm.ts';
+
+// ---------------------------------------------------------------------------------------------
+// Config
+
+/** The `CLIPTextConfig` fields the text encoder uses, with transformers' defaults filled in. */
+export interface ClipTextConfig {
+  readonly vocab_size: number;
+  readonly hidden_size: number;
+  readonly intermediate_size: number;
+  readonly num_hidden_layers: number;
+  readonly num_attention_heads: number;
+  readonly max_position_embeddings: number;
+  readonly hidden_act: ClipHiddenAct;
+  readonly layer_norm_eps: number;
+  readonly bos_token_id: number | null;
+  readonly eos_token_id: number;
+  readonly pad_token_id: number | null;
+}
+
+export const CLIP_HIDDEN_ACTS = ['quick_gelu', 'gelu'] as const;
+export type ClipHiddenAct = (typeof CLIP_HIDDEN_ACTS)[number];
+
+/** transformers v4.38 `CLIPTextConfig.__init__` defaults (hub configs often omit some keys). */
+export const CLIP_TEXT_DEFAULTS: ClipTextConfig = {
+  vocab_size: 49408,
+  hidden_size: 512,
+  intermediate_size: 2048,
+  num_hidden_layers: 12,
+  num_attention_heads: 8,
+  max_position_embeddings: 77,
+  hidden_act: 'quick_gelu',
+  layer_norm_eps: 1e-5,
+  bos_token_id: 49406,
+  eos_token_id: 49407,
+  pad_token_id: 1,
+};
+
+/**
+ * Validates a text encoder `config.json` (parsed JSON) and fills in the defaults. Keys the model
+ * does not use (dropout, initializer_*, projection_dim, ...) are ignored. Errors name the field.
+ */
+export function parseClipTextConfig(raw: unknown, source = 'text_encoder/config.json'): ClipTextConfig {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error(`${source}: expected a JSON object`);
+  const r = raw as Record<string, unknown>;
+  const fail = (field: string, want: string): never => {
+    throw new Error(`${source}: '${field}' must be ${want}, got ${JSON.stringify(r[field])}`);
+  };
+  if (r.model_type !== undefined && r.model_type !== 'clip_text_model') {
+    fail('model_type', `'clip_text_model' (a CLIPTextModel config; a full CLIPModel config keeps it under 'text_config')`);
+  }
+  const positiveInt = (field: keyof ClipTextConfig): number => {
+    const v = r[field] ?? CLIP_TEXT_DEFAULTS[field];
+    return Number.isInteger(v) && (v as number) > 0 ? (v as number) : fail(field, 'a positive integer');
+  };
+  const tokenId = (field: 'bos_token_id' | 'eos_token_id' | 'pad_token_id', nullable: boolean): number | null => {
+    const v = field in r ? r[field] : CLIP_TEXT_DEFAULTS[field];
+    if (v === null && nullable) return null;
+    return Number.isInteger(v) && (v as number) >= 0 ? (v as number) : fail(field, `a non-negative integer${nullable ? ' or null' : ''}`);
+  };
+  const hidden_act = (r.hidden_act ?? CLIP_TEXT_DEFAULTS.hidden_act) as ClipHiddenAct;
+  if (!CLIP_HIDDEN_ACTS.includes(hidden_act)) fail('hidden_act', `one of ${CLIP_HIDDEN_ACTS.join(', ')}`);
+  const layer_norm_eps = r.layer_norm_eps ?? CLIP_TEXT_DEFAULTS.layer_norm_eps;
+  if (typeof layer_norm_eps !== 'number' || !(layer_norm_eps > 0)) fail('layer_norm_eps', 'a positive number');
+
+  const config: ClipTextConfig = {
+    vocab_size: positiveInt('vocab_size'),
+    hidden_size: positiveInt('hidden_size'),
+    intermediate_size: positiveInt('intermediate_size'),
+    num_hidden_layers: positiveInt('num_hidden_layers'),
+    num_attention_heads: positiveInt('num_attention_heads'),
+    max_position_embeddings: positiveInt('max_position_embeddings'),
+    hidden_act,
+    layer_norm_eps: layer_norm_eps as number,
+    bos_token_id: tokenId('bos_token_id', true),
+    eos_token_id: tokenId('eos_token_id', false) as number,
+    pad_token_id: tokenId('pad_token_id', true),
+  };
+  if (config.hidden_size % config.num_attention_heads !== 0) {
+    throw new Error(`${source}: 'hidden_size' ${config.hidden_size} is not divisible by 'num_attention_heads' ${config.num_attention_heads}`);
+  }
+  return Object.freeze(config);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+
+/** `torch.nn.Embedding`: a [num, dim] table looked up by integer ids. */
+export class Embedding extends Module {
+  weight: Param;
+
+  constructor(
+    readonly num: number,
+    readonly dim: number,
+  ) {
+    super();
+    this.weight = new Param([num, dim]);
+  }
+
+  /** ids int32 [...] -> [..., dim]. */
+  apply(ids: Tensor): Tensor {
+    return tf.gather(this.weight.value, ids);
+  }
+}
+
+/** `CLIPTextEmbeddings`: token embedding + learned position embedding. */
+export class ClipTextEmbeddings extends Module {
+  token_embedding: Embedding;
+  position_embedding: Embedding;
+
+  constructor(config: ClipTextConfig) {
+    super();
+    this.token_embedding = new Embedding(config.vocab_size, config.hidden_size);
+    this.position_embedding = new Embedding(config.max_position_embeddings, config.hidden_size);
+  }
+
+  /** ids int32 [B, S] -> [B, S, H]. */
+  apply(ids: Tensor): Tensor {
+    return tf.tidy(() => {
+      const positions = tf.range(0, ids.shape[1] as number, 1, 'int32'); // [S]
+      return tf.add(this.token_embedding.apply(ids), this.position_embedding.apply(positions)); // [B, S, H] + [S, H]
+    });
+  }
+}
+
+/** `CLIPAttention`: multi-head self-attention with q/k/v/out projections (all with bias). */
+export class ClipAttention extends Module {
+  q_proj: LinearSlot;
+  k_proj: LinearSlot;
+  v_proj: LinearSlot;
+  out_proj: LinearSlot;
+
+  constructor(
+    hidden: number,
+    readonly heads: number,
+  ) {
+    super();
+    this.q_proj = new Linear(hidden, hidden);
+    this.k_proj = new Linear(hidden, hidden);
+    this.v_proj = new Linear(hidden, hidden);
+    this.out_proj = new Linear(hidden, hidden);
+  }
+
+  /** x [B, S, H], mask [1, S, S] (added to the scores) -> [B, S, H]. */
+  apply(x: Tensor, mask: Tensor): Tensor {
+    return tf.tidy(() => {
+      // transformers scales q before q k^T; attend() scales the scores (the same up to rounding).
+      const attended = attend(this.q_proj.apply(x), this.k_proj.apply(x), this.v_proj.apply(x), this.heads, mask);
+      return this.out_proj.apply(attended);
+    });
+  }
+}
+
+/** `CLIPMLP`: fc1 -> activation -> fc2. */
+export class ClipMlp extends Module {
+  fc1: LinearSlot;
+  fc2: LinearSlot;
+  private readonly act: (x: Tensor) => Tensor;
+
+  constructor(hidden: number, intermediate: number, act: ClipHiddenAct) {
+    super();
+    this.fc1 = new Linear(hidden, intermediate);
+    this.fc2 = new Linear(intermediate, hidden);
+    this.act = activation(act);
+  }
+
+  /** [B, S, H] -> [B, S, H] via [B, S, I]. */
+  apply(x: Tensor): Tensor {
+    return tf.tidy(() => this.fc2.apply(this.act(this.fc1.apply(x))));
+  }
+}
+
+/** `CLIPEncoderLayer`: pre-LN self-attention and MLP, each with a residual connection. */
+export class ClipEncoderLayer extends Module {
+  self_attn: ClipAttention;
+  layer_norm1: LayerNorm;
+  mlp: ClipMlp;
+  layer_norm2: LayerNorm;
+
+  constructor(config: ClipTextConfig) {
+    super();
+    this.self_attn = new ClipAttention(config.hidden_size, config.num_attention_heads);
+    this.layer_norm1 = new LayerNorm(config.hidden_size, config.layer_norm_eps);
+    this.mlp = new ClipMlp(config.hidden_size, config.intermediate_size, config.hidden_act);
+    this.layer_norm2 = new LayerNorm(config.hidden_size, config.layer_norm_eps);
+  }
+
+  /** x [B, S, H], causal mask [1, S, S] -> [B, S, H]. */
+  apply(x: Tensor, mask: Tensor): Tensor {
+    return tf.tidy(() => {
+      const h = tf.add(x, this.self_attn.apply(this.layer_norm1.apply(x), mask));
+      return tf.add(h, this.mlp.apply(this.layer_norm2.apply(h)));
+    });
+  }
+}
+
+export class ClipEncoder extends Module {
+  layers: ClipEncoderLayer[];
+
+  constructor(config: ClipTextConfig) {
+    super();
+    this.layers = Array.from({ length: config.num_hidden_layers }, () => new ClipEncoderLayer(config));
+  }
+}
+
+/** `CLIPTextTransformer`: embeddings, the encoder layers, final LayerNorm. */
+export class ClipTextTransformer extends Module {
+  embeddings: ClipTextEmbeddings;
+  encoder: ClipEncoder;
+  final_layer_norm: LayerNorm;
+
+  constructor(config: ClipTextConfig) {
+    super();
+    this.embeddings = new ClipTextEmbeddings(config);
+    this.encoder = new ClipEncoder(config);
+    this.final_layer_norm = new LayerNorm(config.hidden_size, config.layer_norm_eps);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model
+
+/** Token ids: an int32 tensor [B, S], or rows of ids (S <= max_position_embeddings, usually 77). */
+export type TokenIds = Tensor | readonly (readonly number[])[];
+
+// A type alias (not an interface) so that tf.tidy accepts it as a TensorContainer.
+export type ClipTextOutput = {
+  /** [B, S, H], after final_layer_norm. */
+  last_hidden_state: Tensor;
+  /** [B, H]: last_hidden_state at the end-of-text token of each row. */
+  pooler_output: Tensor;
+  /** With `outputHiddenStates`: L + 1 tensors [B, S, H]: the embeddings, then each layer's output (no final LN). */
+  hidden_states?: Tensor[];
+};
+
+/** torch.finfo(float32).min, the value transformers puts above the diagonal of the causal mask. */
+const MASKED = -3.4028234663852886e38;
+
+export class ClipTextModel extends Module {
+  text_model: ClipTextTransformer;
+
+  constructor(readonly config: ClipTextConfig) {
+    super();
+    this.text_model = new ClipTextTransformer(config);
+  }
+
+  /**
+   * Loads a diffusers `text_encoder/` folder: `config.json` + `model.safetensors` (F32, F16 or
+   * BF16; the `position_ids` buffer some files carry is skipped).
+   */
+  static async load(folder: string): Promise<ClipTextModel> {
+    const configPath = join(folder, 'config.json');
+    let raw: unknown;
+    try {
+      raw = JSON.parse(await readFile(configPath, 'utf8'));
+    } catch (err) {
+      throw new Error(`ClipTextModel.load: cannot read ${configPath}: ${(err as Error).message}`);
+    }
+    const model = new ClipTextModel(parseClipTextConfig(raw, configPath));
+    const weightsPath = join(folder, 'model.safetensors');
+    if (!existsSync(weightsPath)) {
+      throw new Error(`ClipTextModel.load: ${weightsPath} not found (only safetensors weights are loaded; convert pytorch_model.bin with a trusted tool)`);
+    }
+    const file = await SafetensorsFile.open(weightsPath);
+    try {
+      await loadParams(model, safetensorsSource(file), 'text_encoder', (key) => key.endsWith('position_ids'));
+    } catch (err) {
+      model.dispose();
+      throw err;
+    } finally {
+      await file.close();
+    }
+    return model;
+  }
+
+  get numLayers(): number {
+    return this.text_model.encoder.layers.length;
+  }
+
+  /** `CLIPTextModel(input_ids, output_hidden_states=...)`. The caller owns the returned tensors. */
+  forward(inputIds: TokenIds, { outputHiddenStates = false }: { outputHiddenStates?: boolean } = {}): ClipTextOutput {
+    return tf.tidy(() => {
+      const ids = this.toIdsTensor(inputIds); // [B, S]
+      const hidden: Tensor[] = [];
+      const h = this.encode(ids, this.numLayers, outputHiddenStates ? hidden : undefined); // [B, S, H]
+      // 4. final LayerNorm.
+      const last = this.text_model.final_layer_norm.apply(h);
+      const out: ClipTextOutput = { last_hidden_state: last, pooler_output: this.pool(last, ids) };
+      if (outputHiddenStates) out.hidden_states = hidden;
+      return out;
+    });
+  }
+
+  /**
+   * diffusers `encode_prompt`: the prompt embeddings the UNet attends to, [B, S, H].
+   *   clipSkip undefined -> last_hidden_state
+   *   clipSkip = k       -> final_layer_norm(hidden_states[-(k + 1)]), i.e. the output of layer
+   *                         L - k (k = 1 is A1111's "CLIP skip 2"); only those layers run.
+   * The caller owns the returned tensor.
+   */
+  encodePrompt(inputIds: TokenIds, clipSkip?: number): Tensor {
+    const skip = clipSkip ?? 0;
+    if (!Number.isInteger(skip) || skip < 0 || skip > this.numLayers) {
+      throw new Error(`ClipTextModel.encodePrompt: clipSkip must be an integer in [0, ${this.numLayers}] (the encoder has ${this.numLayers} layers), got ${clipSkip}`);
+    }
+    return tf.tidy(() => {
+      const h = this.encode(this.toIdsTensor(inputIds), this.numLayers - skip); // [B, S, H]
+      return this.text_model.final_layer_norm.apply(h);
+    });
+  }
+
+  /** Steps 1-3: embeddings and the first `numLayers` encoder layers (no final LN). Call inside tidy. */
+  private encode(ids: Tensor, numLayers: number, collect?: Tensor[]): Tensor {
+    const seq = ids.shape[1] as number;
+    // 1. token + position embeddings.
+    let h = this.text_model.embeddings.apply(ids); // [B, S, H]
+    collect?.push(h);
+    // 2. causal mask: token i sees tokens 0..i.
+    const mask = causalMask(seq); // [1, S, S]
+    // 3. the encoder layers.
+    for (const layer of this.text_model.encoder.layers.slice(0, numLayers)) {
+      h = layer.apply(h, mask);
+      collect?.push(h);
+    }
+    return h;
+  }
+
+  /**
+   * transformers 4.38 pooling: with eos_token_id == 2 (SD 1.x configs) the legacy rule takes the
+   * position of the largest id in each row (CLIP's `<|endoftext|>` is the last vocab entry);
+   * otherwise the first position holding eos_token_id.
+   */
+  private pool(last: Tensor, ids: Tensor): Tensor {
+    return tf.tidy(() => {
+      const [b, s, hidden] = last.shape as number[];
+      const marker = this.config.eos_token_id === 2 ? ids : tf.cast(tf.equal(ids, this.config.eos_token_id), 'int32');
+      const position = tf.cast(tf.argMax(marker, 1), 'int32'); // [B], first maximum
+      const rows = tf.add(tf.mul(tf.range(0, b, 1, 'int32'), tf.scalar(s, 'int32')), position); // [B] row index into [B*S]
+      return tf.gather(last.reshape([b * s, hidden]), rows); // [B*S, H] -> [B, H]
+    });
+  }
+
+  /** Checks ids and returns an int32 [B, S] tensor (a new one, or the caller's own). */
+  private toIdsTensor(inputIds: TokenIds): Tensor {
+    const maxPos = this.config.max_position_embeddings;
+    if (inputIds instanceof tf.Tensor) {
+      if (inputIds.rank !== 2 || inputIds.dtype !== 'int32') {
+        throw new Error(`ClipTextModel: input ids must be an int32 tensor [batch, tokens], got ${inputIds.dtype} [${inputIds.shape}]`);
+      }
+      if ((inputIds.shape[1] as number) > maxPos) throw new Error(`ClipTextModel: ${inputIds.shape[1]} tokens exceed max_position_embeddings ${maxPos}`);
+      return inputIds;
+    }
+    const rows = inputIds as readonly (readonly number[])[];
+    const seq = rows[0]?.length ?? 0;
+    if (rows.length === 0 || seq === 0) throw new Error('ClipTextModel: input ids are empty (expected [batch, tokens])');
+    if (seq > maxPos) throw new Error(`ClipTextModel: ${seq} tokens exceed max_position_embeddings ${maxPos}`);
+    const flat = new Int32Array(rows.length * seq);
+    rows.forEach((row, i) => {
+      if (row.length !== seq) throw new Error(`ClipTextModel: input id rows differ in length (row 0 has ${seq}, row ${i} has ${row.length})`);
+      row.forEach((id, j) => {
+        if (!Number.isInteger(id) || id < 0 || id >= this.config.vocab_size) {
+          throw new Error(`ClipTextModel: token id ${id} at [${i}, ${j}] is outside the vocabulary [0, ${this.config.vocab_size})`);
+        }
+        flat[i * seq + j] = id;
+      });
+    });
+    return tf.tensor2d(flat, [rows.length, seq], 'int32');
+  }
+}
+
+/** [1, S, S]: 0 on and below the diagonal, float32 min above it. */
+function causalMask(seq: number): Tensor {
+  const m = new Float32Array(seq * seq);
+  for (let i = 0; i < seq; i++) for (let j = i + 1; j < seq; j++) m[i * seq + j] = MASKED;
+  return tf.tensor3d(m, [1, seq, seq]);
+}
