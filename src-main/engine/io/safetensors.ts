@@ -139,9 +139,13 @@ export class SafetensorsFile {
 
 async function readHeader(path: string, handle: FileHandle, size: number) {
   if (size < 8) throw new SafetensorsError(path, `file is ${size} bytes; a safetensors file starts with an 8-byte header length`);
-  const lenBuf = Buffer.alloc(8);
-  await handle.read(lenBuf, 0, 8, 0);
-  if (lenBuf.subarray(0, 2).toString('latin1') === '\x80\x02' || lenBuf.subarray(0, 2).toString('latin1') === 'PK') {
+  const head = Buffer.alloc(9);
+  await handle.read(head, 0, 9, 0);
+  const lenBuf = head.subarray(0, 8);
+  // A safetensors header is JSON, so byte 8 is '{'. A pickle starts with 0x80 (protocol 2+) and
+  // a torch zip with 'PK'; a length prefix may begin with those bytes too, hence the '{' check.
+  const looksPickled = (head[0] === 0x80 || (head[0] === 0x50 && head[1] === 0x4b)) && head[8] !== 0x7b;
+  if (looksPickled) {
     throw new SafetensorsError(path, 'this is a PyTorch pickle/zip checkpoint, not safetensors; pickles can run code and are never loaded. Convert it to .safetensors with a trusted tool');
   }
   const headerLen = lenBuf.readBigUInt64LE(0);
@@ -283,7 +287,9 @@ export async function readAllFloat32(path: string): Promise<{ tensors: Map<strin
 export interface TensorToWrite {
   dtype?: 'F32' | 'F16' | 'I32' | 'U8';
   shape: readonly number[];
-  data: Float32Array | Int32Array | Uint8Array;
+  /** The values; or give `read` to produce them only when written (streams large exports). */
+  data?: Float32Array | Int32Array | Uint8Array;
+  read?: () => Promise<Float32Array | Int32Array | Uint8Array>;
 }
 
 /**
@@ -301,9 +307,10 @@ export async function writeSafetensors(
   if (Object.keys(metadata).length) header.__metadata__ = metadata;
   let offset = 0;
   for (const [name, t] of entries) {
-    const dtype = t.dtype ?? defaultDtype(t.data);
+    if (!t.data && !t.read) throw new Error(`writeSafetensors ${path}: tensor '${name}' has neither data nor read()`);
+    const dtype: NonNullable<TensorToWrite['dtype']> = t.dtype ?? (t.data ? defaultDtype(t.data) : 'F32');
     const bytes = numel(t.shape) * DTYPE_BYTES[dtype];
-    if (t.data.length !== numel(t.shape)) {
+    if (t.data && t.data.length !== numel(t.shape)) {
       throw new Error(`writeSafetensors ${path}: tensor '${name}' has ${t.data.length} values but shape [${t.shape}] needs ${numel(t.shape)}`);
     }
     header[name] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + bytes] };
@@ -319,18 +326,23 @@ export async function writeSafetensors(
   await atomicWrite(path, async (fh) => {
     await fh.write(lenBuf);
     await fh.write(headerBuf);
-    for (const [, t] of entries) {
-      const dtype = t.dtype ?? defaultDtype(t.data);
-      await fh.write(encode(t.data, dtype));
+    for (const [name, t] of entries) {
+      const data = t.data ?? (await t.read!());
+      if (data.length !== numel(t.shape)) {
+        throw new Error(`writeSafetensors ${path}: tensor '${name}' produced ${data.length} values but shape [${t.shape}] needs ${numel(t.shape)}`);
+      }
+      await fh.write(encode(data, t.dtype ?? (t.data ? defaultDtype(t.data) : 'F32')));
     }
   });
 }
 
-function defaultDtype(data: TensorToWrite['data']): 'F32' | 'I32' | 'U8' {
+function defaultDtype(data: Float32Array | Int32Array | Uint8Array): 'F32' | 'I32' | 'U8' {
   return data instanceof Float32Array ? 'F32' : data instanceof Int32Array ? 'I32' : 'U8';
 }
 
-function encode(data: TensorToWrite['data'], dtype: NonNullable<TensorToWrite['dtype']>): Uint8Array {
+type TypedData = Float32Array | Int32Array | Uint8Array;
+
+function encode(data: TypedData, dtype: NonNullable<TensorToWrite['dtype']>): Uint8Array {
   switch (dtype) {
     case 'F32':
       return new Uint8Array((data instanceof Float32Array ? data : Float32Array.from(data)).slice().buffer);
