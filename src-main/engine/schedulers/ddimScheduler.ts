@@ -1,0 +1,185 @@
+/**
+ * DDIM: denoising diffusion implicit models.
+ *
+ * Song, Meng & Ermon, "Denoising Diffusion Implicit Models" (2021), arXiv:2010.02502, eq. 12 and 16.
+ * Reproduces diffusers v0.27.2 `DDIMScheduler` (`step(..., eta)`, `use_clipped_model_output=False`).
+ *
+ * η = 0 is deterministic. η > 0 adds σ_t(η)·z, with the noise z supplied by the caller at every
+ * step (`needsNoise` is true), so a run is reproducible from the project's own RNG.
+ */
+import { tf, type Tensor } from '../backend/tf.ts';
+import { f32, npArange, npLinspace, roundHalfEven, sqrt32 } from './float32.ts';
+import { alphasCumprodOf, betasFor, checkInferenceSteps } from './noiseSchedule.ts';
+import { checkNoise, DISPLAY_NAMES, type Scheduler } from './scheduler.ts';
+import {
+  boolField,
+  enumField,
+  intField,
+  NOISE_SCHEDULE_FIELDS,
+  numberField,
+  PREDICTION_TYPES,
+  resolveConfig,
+  TIMESTEP_SPACINGS,
+  unsupported,
+  type ConfigOf,
+  type PredictionType,
+  type RawSchedulerConfig,
+  type TimestepSpacing,
+} from './schedulerConfig.ts';
+
+/** `DDIMScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
+export const DDIM_CONFIG = {
+  ...NOISE_SCHEDULE_FIELDS,
+  clip_sample: boolField(true),
+  set_alpha_to_one: boolField(true),
+  steps_offset: intField(0),
+  prediction_type: enumField<PredictionType>('epsilon', PREDICTION_TYPES),
+  thresholding: boolField(false),
+  dynamic_thresholding_ratio: numberField(0.995),
+  clip_sample_range: numberField(1.0),
+  sample_max_value: numberField(1.0),
+  timestep_spacing: enumField<TimestepSpacing>('leading', TIMESTEP_SPACINGS),
+  rescale_betas_zero_snr: boolField(false),
+} as const;
+export type DDIMConfig = ConfigOf<typeof DDIM_CONFIG>;
+
+/** Sampling options that are `step()` arguments in diffusers rather than config. */
+export interface DDIMOptions {
+  /** η in eq. 16: 0 = deterministic DDIM, 1 = DDPM-like ancestral noise. */
+  readonly eta?: number;
+}
+
+export class DDIMScheduler implements Scheduler {
+  static readonly className = 'DDIMScheduler';
+  readonly name = 'ddim' as const;
+  readonly displayName = DISPLAY_NAMES.ddim;
+  readonly className = DDIMScheduler.className;
+  readonly config: DDIMConfig;
+  readonly eta: number;
+  readonly betas: Float32Array;
+  readonly alphasCumprod: Float32Array;
+  /** ᾱ used for the step after the last one: 1, or ᾱ_0 when `set_alpha_to_one` is false (SD-1.5). */
+  readonly finalAlphaCumprod: number;
+  readonly initNoiseSigma = 1.0;
+  readonly order = 1;
+  private numInferenceSteps: number | null = null;
+  private _timesteps: number[] = [];
+
+  constructor(config: Partial<DDIMConfig> = {}, options: DDIMOptions = {}) {
+    this.config = resolveConfig(DDIMScheduler.className, DDIM_CONFIG, config);
+    const c = this.config;
+    if (c.thresholding) unsupported(this.className, 'thresholding', true, 'set thresholding false');
+    if (c.rescale_betas_zero_snr) unsupported(this.className, 'rescale_betas_zero_snr', true, 'set it false');
+    const eta = options.eta ?? 0;
+    if (!(eta >= 0) || !Number.isFinite(eta)) throw new Error(`${this.className}: eta must be a finite number >= 0, got ${eta}`);
+    this.eta = eta;
+    this.betas = betasFor(c);
+    this.alphasCumprod = alphasCumprodOf(this.betas);
+    this.finalAlphaCumprod = c.set_alpha_to_one ? 1.0 : this.alphasCumprod[0];
+  }
+
+  static fromConfig(raw: RawSchedulerConfig, overrides: Partial<DDIMConfig> = {}, options: DDIMOptions = {}): DDIMScheduler {
+    return new DDIMScheduler(resolveConfig(DDIMScheduler.className, DDIM_CONFIG, raw.values, overrides, raw.source), options);
+  }
+
+  get timesteps(): readonly number[] {
+    return this._timesteps;
+  }
+
+  get needsNoise(): boolean {
+    return this.eta > 0;
+  }
+
+  /**
+   * N integer timesteps, descending:
+   *   linspace  round(linspace(0, T-1, N)) reversed
+   *   leading   (0, T//N, 2·T//N, …) + steps_offset, reversed       (SD-1.5: 951, 901, …, 1 for N=20)
+   *   trailing  round(arange(T, 0, -T/N)) - 1
+   */
+  setTimesteps(numInferenceSteps: number): void {
+    const { num_train_timesteps: T, timestep_spacing, steps_offset } = this.config;
+    checkInferenceSteps(this.className, numInferenceSteps, T);
+    this.numInferenceSteps = numInferenceSteps;
+    if (timestep_spacing === 'linspace') {
+      this._timesteps = npLinspace(0, T - 1, numInferenceSteps).map(roundHalfEven).reverse();
+    } else if (timestep_spacing === 'leading') {
+      const stepRatio = Math.floor(T / numInferenceSteps);
+      this._timesteps = Array.from({ length: numInferenceSteps }, (_, i) => i * stepRatio + steps_offset).reverse();
+    } else {
+      this._timesteps = npArange(T, 0, -T / numInferenceSteps).map((x) => roundHalfEven(x) - 1);
+    }
+  }
+
+  scaleModelInput(sample: Tensor, _t: number): Tensor {
+    return tf.clone(sample);
+  }
+
+  /**
+   * One DDIM step x_t -> x_{t-1} (eq. 12).
+   *
+   * | code                   | paper                                                  |
+   * | ---------------------- | ------------------------------------------------------ |
+   * | sample                 | x_t                                                    |
+   * | modelOutput            | ε_θ(x_t) (or v, or x₀ per prediction_type)             |
+   * | alphaProdT             | α_t (the paper's α is diffusers' ᾱ, alphas_cumprod)    |
+   * | alphaProdTPrev         | α_{t-1}, at prev t = t - T/N (finalAlphaCumprod below 0) |
+   * | predOriginalSample     | "predicted x₀" = (x_t − √(1−α_t) ε_θ) / √α_t           |
+   * | stdDevT                | σ_t(η) = η √((1−α_{t-1})/(1−α_t)) √(1−α_t/α_{t-1})      |
+   * | predSampleDirection    | "direction pointing to x_t" = √(1−α_{t-1}−σ_t²) ε_θ    |
+   * | noise                  | ε_t ~ N(0, I), only when η > 0                          |
+   */
+  step(modelOutput: Tensor, t: number, sample: Tensor, noise?: Tensor): Tensor {
+    const who = this.className;
+    if (this.numInferenceSteps === null) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
+    const c = this.config;
+    const T = c.num_train_timesteps;
+    if (!Number.isInteger(t) || t < 0 || t >= T) throw new Error(`${who}.step: timestep ${t} is not an integer in [0, ${T})`);
+    if (this.eta > 0) checkNoise(who, noise, sample, `eta=${this.eta}`);
+
+    // 1. previous step: t - T/N
+    const prevT = t - Math.floor(T / this.numInferenceSteps);
+
+    // 2. α_t, α_{t-1}, 1 - α_t (float32 scalars, as diffusers' 0-dim tensors)
+    const alphaProdT = this.alphasCumprod[t];
+    const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT] : this.finalAlphaCumprod;
+    const betaProdT = f32(1 - alphaProdT);
+
+    // 3. σ_t(η) (eq. 16), from the variance (1-α_{t-1})/(1-α_t) · (1 - α_t/α_{t-1})
+    const variance = f32(f32(f32(1 - alphaProdTPrev) / betaProdT) * f32(1 - f32(alphaProdT / alphaProdTPrev)));
+    const stdDevT = f32(f32(this.eta) * sqrt32(variance));
+    //    and the direction coefficient √(1 − α_{t-1} − σ_t²)
+    const directionCoeff = sqrt32(f32(f32(1 - alphaProdTPrev) - f32(stdDevT * stdDevT)));
+
+    return tf.tidy(() => {
+      // 4. predicted x₀ and ε
+      let predOriginalSample: Tensor;
+      let predEpsilon: Tensor;
+      if (c.prediction_type === 'epsilon') {
+        predOriginalSample = tf.div(tf.sub(sample, tf.mul(sqrt32(betaProdT), modelOutput)), sqrt32(alphaProdT));
+        predEpsilon = modelOutput;
+      } else if (c.prediction_type === 'sample') {
+        predOriginalSample = modelOutput;
+        predEpsilon = tf.div(tf.sub(sample, tf.mul(sqrt32(alphaProdT), predOriginalSample)), sqrt32(betaProdT));
+      } else {
+        predOriginalSample = tf.sub(tf.mul(sqrt32(alphaProdT), sample), tf.mul(sqrt32(betaProdT), modelOutput));
+        predEpsilon = tf.add(tf.mul(sqrt32(alphaProdT), modelOutput), tf.mul(sqrt32(betaProdT), sample));
+      }
+
+      // 5. clip x₀
+      if (c.clip_sample) predOriginalSample = tf.clipByValue(predOriginalSample, -c.clip_sample_range, c.clip_sample_range);
+
+      // 6. direction pointing to x_t
+      const predSampleDirection = tf.mul(directionCoeff, predEpsilon);
+
+      // 7. x_{t-1} without noise: √α_{t-1} x̂₀ + direction
+      const prevSample = tf.add(tf.mul(sqrt32(alphaProdTPrev), predOriginalSample), predSampleDirection);
+
+      // 8. + σ_t ε_t
+      return this.eta > 0 ? tf.add(prevSample, tf.mul(stdDevT, noise!)) : prevSample;
+    });
+  }
+
+  reset(): void {
+    // DDIM keeps no history.
+  }
+}

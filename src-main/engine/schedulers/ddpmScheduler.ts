@@ -1,0 +1,229 @@
+/**
+ * DDPM: the training forward process, and ancestral sampling.
+ *
+ * Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models" (2020), arXiv:2006.11239;
+ * v-prediction: Salimans & Ho, "Progressive Distillation" (2022), arXiv:2202.00512, §4.
+ * Reproduces diffusers v0.27.2 `DDPMScheduler` (`add_noise`, `get_velocity`, `step` with
+ * `variance_type` fixed_small / fixed_large).
+ *
+ * Training uses only the forward process:
+ *   x_t = √ᾱ_t · x₀ + √(1-ᾱ_t) · ε                    (`addNoise`, eq. 4)
+ *   v_t = √ᾱ_t · ε − √(1-ᾱ_t) · x₀                    (`getVelocity`)
+ * and `target` picks what the UNet learns to predict from `prediction_type`.
+ */
+import { tf, type Tensor } from '../backend/tf.ts';
+import { f32, npArange, npLinspace, roundHalfEven, sqrt32 } from './float32.ts';
+import { alphasCumprodOf, betasFor, checkInferenceSteps } from './noiseSchedule.ts';
+import { checkNoise, DISPLAY_NAMES, type Scheduler } from './scheduler.ts';
+import {
+  boolField,
+  enumField,
+  intField,
+  NOISE_SCHEDULE_FIELDS,
+  numberField,
+  PREDICTION_TYPES,
+  resolveConfig,
+  TIMESTEP_SPACINGS,
+  unsupported,
+  type ConfigOf,
+  type PredictionType,
+  type RawSchedulerConfig,
+  type TimestepSpacing,
+} from './schedulerConfig.ts';
+
+type VarianceType = 'fixed_small' | 'fixed_small_log' | 'fixed_large' | 'fixed_large_log' | 'learned' | 'learned_range';
+
+/** `DDPMScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
+export const DDPM_CONFIG = {
+  ...NOISE_SCHEDULE_FIELDS,
+  variance_type: enumField<VarianceType>('fixed_small', ['fixed_small', 'fixed_small_log', 'fixed_large', 'fixed_large_log', 'learned', 'learned_range']),
+  clip_sample: boolField(true),
+  prediction_type: enumField<PredictionType>('epsilon', PREDICTION_TYPES),
+  thresholding: boolField(false),
+  dynamic_thresholding_ratio: numberField(0.995),
+  clip_sample_range: numberField(1.0),
+  sample_max_value: numberField(1.0),
+  timestep_spacing: enumField<TimestepSpacing>('leading', TIMESTEP_SPACINGS),
+  steps_offset: intField(0),
+  rescale_betas_zero_snr: boolField(false),
+} as const;
+export type DDPMConfig = ConfigOf<typeof DDPM_CONFIG>;
+
+export class DDPMScheduler implements Scheduler {
+  static readonly className = 'DDPMScheduler';
+  readonly name = 'ddpm' as const;
+  readonly displayName = DISPLAY_NAMES.ddpm;
+  readonly className = DDPMScheduler.className;
+  readonly config: DDPMConfig;
+  readonly betas: Float32Array;
+  readonly alphasCumprod: Float32Array;
+  readonly initNoiseSigma = 1.0;
+  readonly order = 1;
+  readonly needsNoise = true;
+  private numInferenceSteps: number | null = null;
+  private _timesteps: number[] = [];
+
+  constructor(config: Partial<DDPMConfig> = {}) {
+    this.config = resolveConfig(DDPMScheduler.className, DDPM_CONFIG, config);
+    const c = this.config;
+    if (c.thresholding) unsupported(this.className, 'thresholding', true, 'set thresholding false');
+    if (c.rescale_betas_zero_snr) unsupported(this.className, 'rescale_betas_zero_snr', true, 'set it false');
+    if (c.variance_type !== 'fixed_small' && c.variance_type !== 'fixed_large') {
+      unsupported(this.className, 'variance_type', c.variance_type, 'use fixed_small (the default) or fixed_large');
+    }
+    this.betas = betasFor(c);
+    this.alphasCumprod = alphasCumprodOf(this.betas);
+  }
+
+  static fromConfig(raw: RawSchedulerConfig, overrides: Partial<DDPMConfig> = {}): DDPMScheduler {
+    return new DDPMScheduler(resolveConfig(DDPMScheduler.className, DDPM_CONFIG, raw.values, overrides, raw.source));
+  }
+
+  get timesteps(): readonly number[] {
+    return this._timesteps;
+  }
+
+  // ---- training forward process ------------------------------------------------------------
+
+  /**
+   * x_t = √ᾱ_t · x₀ + √(1-ᾱ_t) · ε, one timestep per batch item.
+   * x0, noise: [B, ...]; timesteps: B integers in [0, num_train_timesteps). Returns a new [B, ...].
+   */
+  addNoise(x0: Tensor, noise: Tensor, timesteps: ArrayLike<number>): Tensor {
+    return tf.tidy(() => {
+      const [sqrtA, sqrt1mA] = this.forwardCoefficients('addNoise', x0, noise, timesteps);
+      return tf.add(tf.mul(sqrtA, x0), tf.mul(sqrt1mA, noise));
+    });
+  }
+
+  /** v_t = √ᾱ_t · ε − √(1-ᾱ_t) · x₀ (same shapes and ownership as `addNoise`). */
+  getVelocity(x0: Tensor, noise: Tensor, timesteps: ArrayLike<number>): Tensor {
+    return tf.tidy(() => {
+      const [sqrtA, sqrt1mA] = this.forwardCoefficients('getVelocity', x0, noise, timesteps);
+      return tf.sub(tf.mul(sqrtA, noise), tf.mul(sqrt1mA, x0));
+    });
+  }
+
+  /** What the UNet is trained to predict for `prediction_type`: ε, v, or x₀. Caller owns the result. */
+  target(x0: Tensor, noise: Tensor, timesteps: ArrayLike<number>): Tensor {
+    switch (this.config.prediction_type) {
+      case 'epsilon':
+        return tf.clone(noise);
+      case 'v_prediction':
+        return this.getVelocity(x0, noise, timesteps);
+      case 'sample':
+        return tf.clone(x0);
+    }
+  }
+
+  /**
+   * [√ᾱ_t, √(1-ᾱ_t)] as [B, 1, …, 1] tensors; call inside a tf.tidy. Float32 as diffusers:
+   * `ᾱ[t] ** 0.5`, `(1 - ᾱ[t]) ** 0.5`.
+   */
+  private forwardCoefficients(op: string, x0: Tensor, noise: Tensor, timesteps: ArrayLike<number>): [Tensor, Tensor] {
+    const who = `${this.className}.${op}`;
+    const B = x0.shape[0];
+    if (noise.shape.length !== x0.shape.length || noise.shape.some((d, i) => d !== x0.shape[i])) {
+      throw new Error(`${who}: noise [${noise.shape.join(', ')}] and x0 [${x0.shape.join(', ')}] must have the same shape`);
+    }
+    if (timesteps.length !== B) {
+      throw new Error(`${who}: got ${timesteps.length} timesteps for a batch of ${B}; pass one timestep per batch item`);
+    }
+    const T = this.config.num_train_timesteps;
+    const a = new Float32Array(B);
+    const b = new Float32Array(B);
+    for (let i = 0; i < B; i++) {
+      const t = timesteps[i];
+      if (!Number.isInteger(t) || t < 0 || t >= T) throw new Error(`${who}: timestep ${t} (batch item ${i}) is not an integer in [0, ${T})`);
+      a[i] = sqrt32(this.alphasCumprod[t]);
+      b[i] = sqrt32(f32(1 - this.alphasCumprod[t]));
+    }
+    const shape = [B, ...x0.shape.slice(1).map(() => 1)]; // [B, 1, ..., 1]
+    return [tf.tensor(a, shape, 'float32'), tf.tensor(b, shape, 'float32')];
+  }
+
+  // ---- sampling ------------------------------------------------------------------------------
+
+  setTimesteps(numInferenceSteps: number): void {
+    const { num_train_timesteps: T, timestep_spacing, steps_offset } = this.config;
+    checkInferenceSteps(this.className, numInferenceSteps, T);
+    this.numInferenceSteps = numInferenceSteps;
+    let ts: number[];
+    if (timestep_spacing === 'linspace') {
+      ts = npLinspace(0, T - 1, numInferenceSteps).map(roundHalfEven).reverse();
+    } else if (timestep_spacing === 'leading') {
+      const stepRatio = Math.floor(T / numInferenceSteps);
+      ts = Array.from({ length: numInferenceSteps }, (_, i) => i * stepRatio + steps_offset).reverse();
+    } else {
+      ts = npArange(T, 0, -T / numInferenceSteps).map((x) => roundHalfEven(x) - 1);
+    }
+    this._timesteps = ts;
+  }
+
+  scaleModelInput(sample: Tensor, _t: number): Tensor {
+    return tf.clone(sample);
+  }
+
+  /**
+   * One ancestral step x_t -> x_{t-1} (eq. 6-7).
+   *
+   * | code                        | paper                    |
+   * | --------------------------- | ------------------------ |
+   * | sample                      | x_t                      |
+   * | modelOutput                 | ε_θ(x_t, t) (or v, or x₀)|
+   * | alphaProdT, alphaProdTPrev  | ᾱ_t, ᾱ_{t'} (t' = t - T/N; ᾱ = 1 before step 0) |
+   * | currentAlphaT, currentBetaT | α_t = ᾱ_t/ᾱ_{t'}, β_t = 1 - α_t |
+   * | predOriginalSample          | x̂₀                       |
+   * | variance                    | σ_t² = (1-ᾱ_{t'})/(1-ᾱ_t)·β_t (fixed_small) or β_t (fixed_large) |
+   * | noise                       | z ~ N(0, I), used when t > 0 |
+   */
+  step(modelOutput: Tensor, t: number, sample: Tensor, noise?: Tensor): Tensor {
+    const who = this.className;
+    if (this.numInferenceSteps === null) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
+    const c = this.config;
+    const T = c.num_train_timesteps;
+    if (!Number.isInteger(t) || t < 0 || t >= T) throw new Error(`${who}.step: timestep ${t} is not an integer in [0, ${T})`);
+    if (t > 0) checkNoise(who, noise, sample, 'ancestral sampling at t > 0');
+
+    // 1. ᾱ_t, ᾱ_{t'}, α_t, β_t (float32 scalars, as diffusers' 0-dim tensors)
+    const prevT = t - Math.floor(T / this.numInferenceSteps);
+    const alphaProdT = this.alphasCumprod[t];
+    const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT] : 1.0;
+    const betaProdT = f32(1 - alphaProdT);
+    const betaProdTPrev = f32(1 - alphaProdTPrev);
+    const currentAlphaT = f32(alphaProdT / alphaProdTPrev);
+    const currentBetaT = f32(1 - currentAlphaT);
+
+    return tf.tidy(() => {
+      // 2. x̂₀ from the model output (eq. 15)
+      let predOriginalSample: Tensor;
+      if (c.prediction_type === 'epsilon') {
+        predOriginalSample = tf.div(tf.sub(sample, tf.mul(sqrt32(betaProdT), modelOutput)), sqrt32(alphaProdT));
+      } else if (c.prediction_type === 'sample') {
+        predOriginalSample = modelOutput;
+      } else {
+        predOriginalSample = tf.sub(tf.mul(sqrt32(alphaProdT), sample), tf.mul(sqrt32(betaProdT), modelOutput));
+      }
+      // 3. clip x̂₀
+      if (c.clip_sample) predOriginalSample = tf.clipByValue(predOriginalSample, -c.clip_sample_range, c.clip_sample_range);
+
+      // 4. posterior mean coefficients (eq. 7): μ̃ = √ᾱ_{t'} β_t/(1-ᾱ_t) · x̂₀ + √α_t (1-ᾱ_{t'})/(1-ᾱ_t) · x_t
+      const predOriginalSampleCoeff = f32(f32(sqrt32(alphaProdTPrev) * currentBetaT) / betaProdT);
+      const currentSampleCoeff = f32(f32(sqrt32(currentAlphaT) * betaProdTPrev) / betaProdT);
+
+      // 5. μ̃_t
+      const predPrevSample = tf.add(tf.mul(predOriginalSampleCoeff, predOriginalSample), tf.mul(currentSampleCoeff, sample));
+      if (t === 0) return predPrevSample;
+
+      // 6. add σ_t z
+      let variance = c.variance_type === 'fixed_small' ? f32(f32(f32(1 - alphaProdTPrev) / f32(1 - alphaProdT)) * currentBetaT) : currentBetaT;
+      variance = Math.max(variance, f32(1e-20));
+      return tf.add(predPrevSample, tf.mul(sqrt32(variance), noise!));
+    });
+  }
+
+  reset(): void {
+    // DDPM keeps no history.
+  }
+}
+

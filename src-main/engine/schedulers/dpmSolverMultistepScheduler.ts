@@ -1,0 +1,289 @@
+/**
+ * DPM-Solver++(2M): the multistep second-order solver of the diffusion ODE in data (x₀) prediction
+ * ("DPM++ 2M" in A1111; with Karras sigmas, "DPM++ 2M Karras").
+ *
+ * Lu, Zhou, Bao, Chen, Li & Zhu, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+ * Probabilistic Models" (2022), arXiv:2211.01095, Algorithm 2; Karras sigmas: Karras et al. (2022)
+ * eq. 5. Reproduces diffusers v0.27.2 `DPMSolverMultistepScheduler` with
+ * `algorithm_type="dpmsolver++"`, `solver_order` 1 or 2, `solver_type` midpoint or heun,
+ * `lower_order_final`, `euler_at_final`, `final_sigmas_type` zero / sigma_min, `use_karras_sigmas`.
+ *
+ * State for one run: `modelOutputs`, the last `solver_order` x̂₀ predictions (kept tensors), and
+ * `lowerOrderNums`, the warm-up count. Reset by `setTimesteps`/`reset`, released after the last step.
+ */
+import { tf, type Tensor } from '../backend/tf.ts';
+import { exp32, f32, log32, npArange, npLinspace, roundHalfEven, sqrt32 } from './float32.ts';
+import {
+  alphasCumprodOf,
+  betasFor,
+  checkInferenceSteps,
+  indexForTimestep,
+  karrasSigmas,
+  logSigmasOf,
+  sigmasAtTimesteps,
+  sigmaToT,
+  trainingSigmas,
+} from './noiseSchedule.ts';
+import { DISPLAY_NAMES, type Scheduler } from './scheduler.ts';
+import {
+  boolField,
+  enumField,
+  intField,
+  NOISE_SCHEDULE_FIELDS,
+  nullable,
+  numberField,
+  PREDICTION_TYPES,
+  resolveConfig,
+  TIMESTEP_SPACINGS,
+  unsupported,
+  type ConfigOf,
+  type PredictionType,
+  type RawSchedulerConfig,
+  type TimestepSpacing,
+} from './schedulerConfig.ts';
+
+type AlgorithmType = 'dpmsolver' | 'dpmsolver++' | 'sde-dpmsolver' | 'sde-dpmsolver++';
+
+/** `DPMSolverMultistepScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
+export const DPM_SOLVER_MULTISTEP_CONFIG = {
+  ...NOISE_SCHEDULE_FIELDS,
+  solver_order: intField(2, 1),
+  prediction_type: enumField<PredictionType>('epsilon', PREDICTION_TYPES),
+  thresholding: boolField(false),
+  dynamic_thresholding_ratio: numberField(0.995),
+  sample_max_value: numberField(1.0),
+  algorithm_type: enumField<AlgorithmType>('dpmsolver++', ['dpmsolver', 'dpmsolver++', 'sde-dpmsolver', 'sde-dpmsolver++']),
+  solver_type: enumField<'midpoint' | 'heun'>('midpoint', ['midpoint', 'heun']),
+  lower_order_final: boolField(true),
+  euler_at_final: boolField(false),
+  use_karras_sigmas: nullable(boolField(false), false),
+  use_lu_lambdas: nullable(boolField(false), false),
+  final_sigmas_type: nullable(enumField<'zero' | 'sigma_min'>('zero', ['zero', 'sigma_min']), 'zero'),
+  lambda_min_clipped: numberField(-Infinity),
+  variance_type: nullable(enumField<'learned' | 'learned_range'>('learned', ['learned', 'learned_range'])),
+  timestep_spacing: enumField<TimestepSpacing>('linspace', TIMESTEP_SPACINGS),
+  steps_offset: intField(0),
+  rescale_betas_zero_snr: boolField(false),
+} as const;
+export type DPMSolverMultistepConfig = ConfigOf<typeof DPM_SOLVER_MULTISTEP_CONFIG>;
+
+export class DPMSolverMultistepScheduler implements Scheduler {
+  static readonly className = 'DPMSolverMultistepScheduler';
+  readonly name: 'dpmpp-2m' | 'dpmpp-2m-karras';
+  readonly displayName: string;
+  readonly className = DPMSolverMultistepScheduler.className;
+  readonly config: DPMSolverMultistepConfig;
+  readonly betas: Float32Array;
+  readonly alphasCumprod: Float32Array;
+  readonly initNoiseSigma = 1.0;
+  readonly order = 1;
+  readonly needsNoise = false;
+  private readonly trainSigmas: Float32Array;
+  private readonly logSigmas: Float32Array;
+  /** λ_t = log α_t − log σ_t per training step (float32), for `lambda_min_clipped`. */
+  private readonly lambdaT: Float32Array;
+  private _timesteps: number[] = [];
+  /** σ for each timestep, then the final σ (0 or σ_min), float32 values. */
+  private _sigmas: number[] = [];
+  private stepIndex: number | null = null;
+  /** x̂₀ of the last `solver_order` steps, oldest first (null until filled); kept tensors. */
+  private modelOutputs: (Tensor | null)[];
+  private lowerOrderNums = 0;
+
+  constructor(config: Partial<DPMSolverMultistepConfig> = {}) {
+    this.config = resolveConfig(DPMSolverMultistepScheduler.className, DPM_SOLVER_MULTISTEP_CONFIG, config);
+    const c = this.config;
+    const who = this.className;
+    if (c.algorithm_type !== 'dpmsolver++') unsupported(who, 'algorithm_type', c.algorithm_type, 'only dpmsolver++ is implemented');
+    if (c.solver_order > 2) unsupported(who, 'solver_order', c.solver_order, 'use 1 or 2 (DPM++ 2M)');
+    if (c.thresholding) unsupported(who, 'thresholding', true, 'set thresholding false');
+    if (c.use_lu_lambdas) unsupported(who, 'use_lu_lambdas', true, 'set it false');
+    if (c.variance_type !== null) unsupported(who, 'variance_type', c.variance_type, 'set it null (learned-variance UNets are not supported)');
+    if (c.rescale_betas_zero_snr) unsupported(who, 'rescale_betas_zero_snr', true, 'set it false');
+    this.name = c.use_karras_sigmas ? 'dpmpp-2m-karras' : 'dpmpp-2m';
+    this.displayName = DISPLAY_NAMES[this.name];
+    this.betas = betasFor(c);
+    this.alphasCumprod = alphasCumprodOf(this.betas);
+    this.trainSigmas = trainingSigmas(this.alphasCumprod);
+    this.logSigmas = logSigmasOf(this.trainSigmas);
+    this.lambdaT = this.alphasCumprod.map((a) => f32(log32(sqrt32(a)) - log32(sqrt32(f32(1 - a)))));
+    this.modelOutputs = new Array<Tensor | null>(c.solver_order).fill(null);
+  }
+
+  static fromConfig(raw: RawSchedulerConfig, overrides: Partial<DPMSolverMultistepConfig> = {}): DPMSolverMultistepScheduler {
+    return new DPMSolverMultistepScheduler(resolveConfig(DPMSolverMultistepScheduler.className, DPM_SOLVER_MULTISTEP_CONFIG, raw.values, overrides, raw.source));
+  }
+
+  get timesteps(): readonly number[] {
+    return this._timesteps;
+  }
+
+  get sigmas(): readonly number[] {
+    return this._sigmas;
+  }
+
+  /**
+   * N integer timesteps and N+1 sigmas.
+   *   last = T − (number of λ_t below lambda_min_clipped)           (T unless clipping is set)
+   *   linspace  round(linspace(0, last-1, N+1)) reversed, without the final 0   (999, 949, …, 50 for N=20)
+   *   leading   round(arange(N+1) · last//(N+1)) reversed without the last, + steps_offset
+   *   trailing  round(arange(last, 0, −T/N)) − 1
+   *   σ_i = σ_train[t_i]; Karras: σ = karrasSigmas(σ_train[0], σ_train[T−1], N) and
+   *   t_i = round(sigmaToT(σ_i)), which can repeat (…, 1, 1, 0 for N=50). Then the final σ:
+   *   0 (`final_sigmas_type` zero) or σ_train[0] (sigma_min).
+   */
+  setTimesteps(numInferenceSteps: number): void {
+    const c = this.config;
+    const T = c.num_train_timesteps;
+    checkInferenceSteps(this.className, numInferenceSteps, T);
+    this.reset();
+    const clip = f32(c.lambda_min_clipped);
+    const clippedIdx = this.lambdaT.filter((l) => l < clip).length; // searchsorted(flip(λ), clip)
+    const last = T - clippedIdx;
+    let timesteps: number[];
+    if (c.timestep_spacing === 'linspace') {
+      timesteps = npLinspace(0, last - 1, numInferenceSteps + 1).map(roundHalfEven).reverse().slice(0, -1);
+    } else if (c.timestep_spacing === 'leading') {
+      const stepRatio = Math.floor(last / (numInferenceSteps + 1));
+      timesteps = Array.from({ length: numInferenceSteps + 1 }, (_, i) => i * stepRatio).reverse().slice(0, -1).map((t) => t + c.steps_offset);
+    } else {
+      timesteps = npArange(last, 0, -T / numInferenceSteps).map((x) => roundHalfEven(x) - 1);
+    }
+
+    let sigmas: number[];
+    if (c.use_karras_sigmas) {
+      sigmas = karrasSigmas(this.trainSigmas[0], this.trainSigmas[T - 1], numInferenceSteps);
+      timesteps = sigmas.map((s) => roundHalfEven(sigmaToT(s, this.logSigmas)));
+    } else {
+      sigmas = sigmasAtTimesteps(timesteps, this.trainSigmas);
+    }
+    const sigmaLast = c.final_sigmas_type === 'sigma_min' ? this.trainSigmas[0] : 0;
+    this._sigmas = sigmas.concat(sigmaLast).map(f32);
+    this._timesteps = timesteps;
+  }
+
+  /** DPM-Solver does not scale the model input: returns a clone. */
+  scaleModelInput(sample: Tensor, _t: number): Tensor {
+    return tf.clone(sample);
+  }
+
+  /**
+   * One DPM-Solver++ step from σ_i to σ_{i+1}.
+   *
+   * | code                  | paper (Algorithm 2)                                          |
+   * | --------------------- | ------------------------------------------------------------ |
+   * | sample                | x̃_{t_{i-1}} (the current latent)                             |
+   * | x0Pred                | x_θ(x̃_{t_{i-1}}, t_{i-1}) = (x − σ_t ε) / α_t  (data prediction) |
+   * | alphaT, sigmaT        | α_t = 1/√(σ²+1), σ_t = σ α_t  (VP from the VE σ of the schedule) |
+   * | lambdaT               | λ_t = log α_t − log σ_t                                       |
+   * | h, h0, r0             | h_i = λ_{t_i} − λ_{t_{i-1}}, r_i = h_{i-1} / h_i             |
+   * | D0, D1                | D_i = x_θ(t_{i-1}),  (1/r_i)(x_θ(t_{i-1}) − x_θ(t_{i-2}))      |
+   * | result (2nd order)    | x̃_{t_i} = (σ_{t_i}/σ_{t_{i-1}}) x̃ − α_{t_i}(e^{−h_i} − 1)(D0 + ½ D1) |
+   *
+   * First order (DPM-Solver++ 1 = DDIM) at the first step, at the last step when
+   * `final_sigmas_type` is zero (or `euler_at_final`, or `lower_order_final` with < 15 steps).
+   */
+  step(modelOutput: Tensor, t: number, sample: Tensor, _noise?: Tensor): Tensor {
+    const who = this.className;
+    if (this._timesteps.length === 0) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
+    this.stepIndex ??= indexForTimestep(this._timesteps, t, who);
+    const i = this.stepIndex;
+    const n = this._timesteps.length;
+    if (i >= n) throw new Error(`${who}.step: the ${n} timesteps of this run are done; call setTimesteps(n) to start another`);
+    const c = this.config;
+
+    // 1. which order this step runs at
+    //    (diffusers' `lower_order_second` only lowers a third-order step, which solver_order <= 2 never takes)
+    const lowerOrderFinal = i === n - 1 && (c.euler_at_final || (c.lower_order_final && n < 15) || c.final_sigmas_type === 'zero');
+
+    // 2. x̂₀ = convert_model_output(ε), pushed into the history (the oldest drops out)
+    const x0Pred = tf.tidy(() => tf.keep(this.convertModelOutput(modelOutput, sample, this._sigmas[i])));
+    this.modelOutputs.shift()?.dispose();
+    this.modelOutputs.push(x0Pred);
+
+    // 3. the update
+    let prevSample: Tensor;
+    if (c.solver_order === 1 || this.lowerOrderNums < 1 || lowerOrderFinal) {
+      prevSample = this.firstOrderUpdate(x0Pred, sample, i);
+    } else {
+      prevSample = this.secondOrderUpdate(sample, i);
+    }
+    if (this.lowerOrderNums < c.solver_order) this.lowerOrderNums += 1;
+
+    // 4. advance; the history is not needed after the last step
+    this.stepIndex = i + 1;
+    if (this.stepIndex === n) this.releaseHistory();
+    return prevSample;
+  }
+
+  /** α_t = 1/√(σ²+1), σ_t = σ·α_t (float32, `_sigma_to_alpha_sigma_t`). */
+  private alphaSigma(sigma: number): { alpha: number; sigma: number } {
+    const alpha = f32(1 / sqrt32(f32(f32(sigma * sigma) + 1)));
+    return { alpha, sigma: f32(sigma * alpha) };
+  }
+
+  /** λ = log α − log σ (float32; +∞ at σ = 0). */
+  private lambda(s: { alpha: number; sigma: number }): number {
+    return f32(log32(s.alpha) - log32(s.sigma));
+  }
+
+  /** x̂₀ from the model output for `prediction_type` (call inside a tidy). */
+  private convertModelOutput(modelOutput: Tensor, sample: Tensor, sigma: number): Tensor {
+    const { alpha, sigma: sigmaT } = this.alphaSigma(sigma);
+    switch (this.config.prediction_type) {
+      case 'epsilon':
+        return tf.div(tf.sub(sample, tf.mul(sigmaT, modelOutput)), alpha);
+      case 'sample':
+        return tf.clone(modelOutput);
+      case 'v_prediction':
+        return tf.sub(tf.mul(alpha, sample), tf.mul(sigmaT, modelOutput));
+    }
+  }
+
+  /** DPM-Solver++(1): x_t = (σ_t/σ_s) x − α_t (e^{−h} − 1) x̂₀. */
+  private firstOrderUpdate(x0Pred: Tensor, sample: Tensor, i: number): Tensor {
+    const t = this.alphaSigma(this._sigmas[i + 1]);
+    const s = this.alphaSigma(this._sigmas[i]);
+    const h = f32(this.lambda(t) - this.lambda(s));
+    const ratio = f32(t.sigma / s.sigma);
+    const coeff = f32(t.alpha * f32(exp32(-h) - 1));
+    return tf.tidy(() => tf.sub(tf.mul(ratio, sample), tf.mul(coeff, x0Pred)));
+  }
+
+  /** DPM-Solver++(2M), midpoint or heun (`multistep_dpm_solver_second_order_update`). */
+  private secondOrderUpdate(sample: Tensor, i: number): Tensor {
+    const t = this.alphaSigma(this._sigmas[i + 1]);
+    const s0 = this.alphaSigma(this._sigmas[i]);
+    const s1 = this.alphaSigma(this._sigmas[i - 1]);
+    const lambdaT = this.lambda(t);
+    const lambdaS0 = this.lambda(s0);
+    const lambdaS1 = this.lambda(s1);
+    const m0 = this.modelOutputs[this.modelOutputs.length - 1]!;
+    const m1 = this.modelOutputs[this.modelOutputs.length - 2]!;
+    const h = f32(lambdaT - lambdaS0);
+    const h0 = f32(lambdaS0 - lambdaS1);
+    const r0 = f32(h0 / h);
+    const ratio = f32(t.sigma / s0.sigma);
+    const expm1 = f32(exp32(-h) - 1);
+    const c0 = f32(t.alpha * expm1);
+    return tf.tidy(() => {
+      const D0 = m0;
+      const D1 = tf.mul(f32(1 / r0), tf.sub(m0, m1));
+      const first = tf.sub(tf.mul(ratio, sample), tf.mul(c0, D0));
+      if (this.config.solver_type === 'midpoint') return tf.sub(first, tf.mul(f32(0.5 * c0), D1));
+      return tf.add(first, tf.mul(f32(t.alpha * f32(f32(expm1 / h) + 1)), D1));
+    });
+  }
+
+  /** Disposes the history and rewinds to the first timestep. */
+  reset(): void {
+    this.releaseHistory();
+    this.stepIndex = null;
+  }
+
+  private releaseHistory(): void {
+    for (const m of this.modelOutputs) m?.dispose();
+    this.modelOutputs = new Array<Tensor | null>(this.config.solver_order).fill(null);
+    this.lowerOrderNums = 0;
+  }
+}
