@@ -22,7 +22,7 @@
  *   3. Known extras (tensors real checkpoints carry that no model here uses)
  *   4. Config inference from single-file shapes
  *   5. Checkpoint-kind detection (clear errors for SD 2.x / SDXL / LoRA / component files)
- *   6. LoRA names (kohya, diffusers, PEFT): reserved
+ *   6. LoRA names (kohya, diffusers / PEFT, native adapter files)
  */
 
 // =============================================================================================
@@ -695,13 +695,92 @@ export function detectCheckpointKind(keys: Iterable<string>): CheckpointKind {
 }
 
 // =============================================================================================
-// 6. LoRA names: RESERVED. Not implemented yet.
+// 6. LoRA names (kohya, diffusers / PEFT, SingLoRA Studio native)
 //
-// Kohya (`lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight`, `lora_te_text_model_...`,
-// and the original-layout `lora_unet_input_blocks_1_1_proj_in...`) and diffusers / PEFT
-// (`unet.down_blocks.0.attentions.0.proj_in.lora_A.weight`, `text_encoder.text_model...`) names go
-// here, as pure functions over the tables above (the single-file map already knows every
-// original <-> diffusers module name; kohya names are those with '.' replaced by '_'). Add the
-// formats to the `KeySource` union and a case to `convertTensorName`, so there stays one entry
-// point, and keep the rule from sections 2-3: unknown names are returned as `unknown`, for the
-// caller to list by name.
+// LoRA tensor names of other tools, translated to (component, module path, role).
+//
+// | format                | example key                                                                  |
+// | --------------------- | ---------------------------------------------------------------------------- |
+// | kohya (sd-scripts)    | lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight |
+// |                       | lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight, `.alpha` |
+// | diffusers / PEFT      | unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight |
+// |                       | text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight       |
+// | diffusers (old procs) | unet.<...>.attn1.processor.to_q_lora.down.weight  (to_out_lora -> to_out.0)    |
+// | PEFT raw              | base_model.model.<path>.lora_A.weight                                         |
+// | SingLoRA Studio       | unet.<path>.singlora_A, unet.<path>.lora_A / lora_B (no `.weight`)             |
+//
+// kohya names are the module path with dots replaced by underscores; since module names contain
+// underscores themselves (`to_q`, `transformer_blocks`), they are resolved against the model's
+// real module paths (`kohyaLookup`).
+ 
+//
+// Entry point for adapter files: `parseLoraKey` (its own, because a LoRA key names a module and a
+// role, not a model tensor). Not yet handled: kohya's original-layout names
+// (`lora_unet_input_blocks_1_1_proj_in`), which would come from the single-file map above.
+
+export type LoraComponent = 'unet' | 'text_encoder';
+export type LoraRole = 'down' | 'up' | 'alpha' | 'singlora_A';
+
+export interface ParsedLoraKey {
+  format: 'kohya' | 'peft' | 'diffusers-procs' | 'native';
+  component: LoraComponent;
+  /** Dotted module path, or (kohya) the underscored name still to be resolved. */
+  module: string;
+  underscored: boolean;
+  role: LoraRole;
+}
+
+/** Why a key is not a LoRA tensor this app applies (null: it is one). */
+export type KeyVerdict = ParsedLoraKey | { unsupported: string };
+
+const KOHYA = /^lora_(unet|te)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
+const KOHYA_OTHER = /^lora_(unet|te\d?)_(.+)\.(hada_\w+|lokr_\w+|dora_scale|diff|diff_b|lora_mid\.weight|on_input|w_norm|b_norm)$/;
+const PEFT = /^(?:(unet|text_encoder)\.|base_model\.model\.)(.+)\.lora_(A|B)\.weight$/;
+const PROCS = /^(unet|text_encoder)\.(.+?)\.(?:processor\.)?(to_q|to_k|to_v|to_out|q_proj|k_proj|v_proj|out_proj)_lora\.(down|up)\.weight$/;
+const PROCS_LINEAR = /^(unet|text_encoder)\.(.+)\.lora_linear_layer\.(down|up)\.weight$/;
+const NATIVE = /^(unet|text_encoder)\.(.+)\.(singlora_A|lora_A|lora_B)$/;
+
+export function parseLoraKey(key: string): KeyVerdict {
+  let m = KOHYA.exec(key);
+  if (m) {
+    const role: LoraRole = m[3] === 'alpha' ? 'alpha' : m[3].startsWith('lora_down') ? 'down' : 'up';
+    return { format: 'kohya', component: m[1] === 'unet' ? 'unet' : 'text_encoder', module: m[2], underscored: true, role };
+  }
+  m = KOHYA_OTHER.exec(key);
+  if (m) {
+    if (m[1] === 'te1' || m[1] === 'te2') return { unsupported: 'SDXL text encoder (this app targets SD 1.x)' };
+    return { unsupported: `${m[3].replace(/\.weight$/, '')} tensors (LoHa/LoKr/DoRA/full-diff networks) are not supported; only LoRA/LoCon down/up pairs` };
+  }
+  m = PEFT.exec(key);
+  if (m) return { format: 'peft', component: m[1] === 'text_encoder' ? 'text_encoder' : 'unet', module: m[2], underscored: false, role: m[3] === 'A' ? 'down' : 'up' };
+  m = PROCS.exec(key);
+  if (m) {
+    const proj = m[3] === 'to_out' ? 'to_out.0' : m[3];
+    return { format: 'diffusers-procs', component: m[1] as LoraComponent, module: `${m[2]}.${proj}`, underscored: false, role: m[4] === 'down' ? 'down' : 'up' };
+  }
+  m = PROCS_LINEAR.exec(key);
+  if (m) return { format: 'diffusers-procs', component: m[1] as LoraComponent, module: m[2], underscored: false, role: m[3] === 'down' ? 'down' : 'up' };
+  m = NATIVE.exec(key);
+  if (m) {
+    const role: LoraRole = m[3] === 'singlora_A' ? 'singlora_A' : m[3] === 'lora_A' ? 'down' : 'up';
+    return { format: 'native', component: m[1] as LoraComponent, module: m[2], underscored: false, role };
+  }
+  return { unsupported: 'not a LoRA tensor name this app recognises (kohya, diffusers/PEFT or SingLoRA Studio)' };
+}
+
+/** kohya's name for a module: `lora_unet_<path with underscores>` / `lora_te_<...>`. */
+export function kohyaName(component: LoraComponent, path: string): string {
+  return `lora_${component === 'unet' ? 'unet' : 'te'}_${path.replace(/\./g, '_')}`;
+}
+
+/** diffusers / PEFT key prefix for a module: `unet.<path>` / `text_encoder.<path>`. */
+export function peftName(component: LoraComponent, path: string): string {
+  return `${component}.${path}`;
+}
+
+/** Maps kohya's underscored names back to dotted module paths. */
+export function kohyaLookup(modulePaths: Iterable<string>): Map<string, string> {
+  const map = new Map<string, string>();
+  for (const p of modulePaths) map.set(p.replace(/\./g, '_'), p);
+  return map;
+}

@@ -26,8 +26,8 @@ export const attentionOptions = {
  */
 export function attend(q: Tensor, k: Tensor, v: Tensor, heads: number, mask?: Tensor, maxScoreElements = attentionOptions.maxScoreElements): Tensor {
   return tf.tidy(() => {
-    const [b, sq, inner] = q.shape;
-    const sk = k.shape[1];
+    const [b, sq, inner] = q.shape as number[];
+    const sk = k.shape[1] as number;
     if (inner % heads !== 0) throw new Error(`attend: ${inner} channels do not split into ${heads} heads`);
     if (k.shape[2] !== inner || v.shape[2] !== inner || v.shape[1] !== sk) {
       throw new Error(`attend: q [${q.shape}], k [${k.shape}], v [${v.shape}] do not agree`);
@@ -76,6 +76,24 @@ export function attend(q: Tensor, k: Tensor, v: Tensor, heads: number, mask?: Te
 }
 
 function attendBlock(q: Tensor, kT: Tensor, v: Tensor, scale: number, mask?: Tensor): Tensor {
+  const groups = q.shape[0] as number;
+  if (groups > 1 && tf.getBackend() === 'wasm') {
+    // tfjs-wasm sends only batch-1, untransposed matmuls to XNNPACK; a batched one runs a naive
+    // loop (~4x slower for attention). So on wasm each (batch*head) group is attended on its own,
+    // which also keeps only one group's scores alive at a time. Same sums, same results.
+    const [, sq, d] = q.shape as number[];
+    const sk = kT.shape[2] as number;
+    const outs: Tensor[] = [];
+    for (let g = 0; g < groups; g++) {
+      outs.push(
+        tf.tidy(() => {
+          const mg = mask && mask.shape[0] !== 1 ? mask.slice([g, 0, 0], [1, mask.shape[1] as number, mask.shape[2] as number]) : mask;
+          return attendBlock(q.slice([g, 0, 0], [1, sq, d]), kT.slice([g, 0, 0], [1, d, sk]), v.slice([g, 0, 0], [1, sk, d]), scale, mg);
+        }),
+      );
+    }
+    return tf.concat(outs, 0); // [G, Sq, d]
+  }
   let scores = tf.mul(tf.matMul(q, kT), scale); // [G, Sq, Sk]
   if (mask) scores = tf.add(scores, mask);
   return tf.matMul(tf.softmax(scores), v); // [G, Sq, d]
@@ -83,11 +101,11 @@ function attendBlock(q: Tensor, kT: Tensor, v: Tensor, scale: number, mask?: Ten
 
 function sliceMask(mask: Tensor, g: number, gn: number, r: number, rn: number, bh: number): Tensor {
   // mask broadcasts to [bh, Sq, Sk]; slice the rows, and the groups when it is per group.
-  const [mg, , msk] = mask.shape;
+  const [mg, , msk] = mask.shape as number[];
   const rowSliced = mask.shape[1] === 1 ? mask : mask.slice([0, r, 0], [mg, rn, msk]);
   if (mg === 1) return rowSliced;
   if (mg !== bh) throw new Error(`attend: mask batch ${mg} does not broadcast to ${bh} (batch*heads)`);
-  return rowSliced.slice([g, 0, 0], [gn, rowSliced.shape[1], msk]);
+  return rowSliced.slice([g, 0, 0], [gn, rowSliced.shape[1] as number, msk]);
 }
 
 /**

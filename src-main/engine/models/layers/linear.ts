@@ -37,8 +37,7 @@ export class Linear extends Module implements LinearLike {
 /** `x @ w + b` over the last axis; w is [in, out]. */
 export function linear(x: Tensor, w: Tensor, b?: Tensor): Tensor {
   return tf.tidy(() => {
-    const inF = w.shape[0];
-    const outF = w.shape[1];
+    const [inF, outF] = w.shape as number[];
     if (x.shape[x.shape.length - 1] !== inF) {
       throw new Error(`linear: input's last dim is ${x.shape[x.shape.length - 1]} but the weight expects ${inF} (input shape [${x.shape}])`);
     }

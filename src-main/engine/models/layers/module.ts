@@ -44,6 +44,18 @@ export class Param {
     this.tensor = t;
   }
 
+  /**
+   * Puts `t` in place and hands the previous tensor back to the caller, undisposed (used by
+   * merge/unmerge, which keep the original weight to restore it exactly).
+   */
+  swapValue(t: Tensor): Tensor | null {
+    const want = computeShape(this.shape, this.layout);
+    if (!sameShape(t.shape, want)) throw new Error(`Param.swapValue: expected compute shape [${want}], got [${t.shape}]`);
+    const prev = this.tensor;
+    this.tensor = t;
+    return prev;
+  }
+
   /** Sets the value from checkpoint-layout float32 data. */
   setFromCheckpoint(data: Float32Array): void {
     this.setValue(tf.tidy(() => toComputeLayout(tf.tensor(data, [...this.shape], 'float32'), this.layout)));
