@@ -1,0 +1,197 @@
+/**
+ * Text-to-image sampling, as diffusers' `StableDiffusionPipeline.__call__` does it:
+ *
+ *   1. apply adapters (weight patches on the UNet / text encoder, restored afterwards)
+ *   2. encode [negative, prompt] once: [2, 77, C] (classifier-free guidance when scale > 1)
+ *   3. per image i: latents ~ N(0, 1) from Rng(seed + i), times the scheduler's init_noise_sigma
+ *   4. per timestep t: eps = unet([x, x], t, [uncond, cond]);  eps = eps_u + g (eps_c - eps_u);
+ *      x = scheduler.step(eps, t, x)
+ *   5. image = clamp(vae.decode(x / scaling_factor) / 2 + 0.5, 0, 1), then round(255 * image)
+ *
+ * Seeds: noise comes from this project's Philox generator (engine/random.ts), so a seed gives
+ * the same image on the same backend, but not the image PyTorch would give for that seed.
+ * Latents are NHWC.
+ */
+import { tf, type Tensor } from '../backend/tf.ts';
+import { planAdapter, type AdapterPlan } from '../adapters/import.ts';
+import { WeightPatcher } from '../adapters/patch.ts';
+import { Rng, randn } from '../random.ts';
+import { createScheduler, isSchedulerChoice, SCHEDULER_CHOICES, type SchedulerChoice } from '../schedulers/index.ts';
+import type { StableDiffusion } from './stableDiffusion.ts';
+
+export interface AdapterUse {
+  path: string;
+  strength: number;
+}
+
+export interface TextToImageRequest {
+  prompt: string;
+  negativePrompt?: string;
+  steps: number;
+  guidanceScale: number;
+  scheduler: SchedulerChoice;
+  /** DDIM eta (0: deterministic). */
+  eta?: number;
+  /** Seed of the first image; image i uses seed + i. */
+  seed: number;
+  width: number;
+  height: number;
+  count?: number;
+  /** diffusers' clip_skip (A1111's "Clip skip" minus one). */
+  clipSkip?: number;
+  adapters?: readonly AdapterUse[];
+  /** Initial latents NHWC [1, h, w, c] instead of seeded noise (parity tests, img2img later). */
+  latents?: Tensor;
+  /** Also return the float image in [0, 1] (parity tests). */
+  returnFloat?: boolean;
+}
+
+export interface StepInfo {
+  image: number;
+  images: number;
+  step: number;
+  steps: number;
+  timestep: number;
+}
+
+export interface TextToImageHooks {
+  /** Called after every step with the new latents (borrowed: do not dispose). */
+  onStep?: (info: StepInfo, latents: Tensor) => void | Promise<void>;
+  /** Called once adapters are planned, with what each one applied. */
+  onAdapters?: (reports: AdapterPlan['report'][]) => void;
+  signal?: AbortSignal;
+}
+
+export interface GeneratedImage {
+  index: number;
+  seed: number;
+  width: number;
+  height: number;
+  /** RGB, row-major, height x width x 3. */
+  pixels: Uint8Array;
+  /** [height, width, 3] in [0, 1], when `returnFloat`. */
+  float?: Float32Array;
+}
+
+export class GenerationCancelled extends Error {
+  constructor() {
+    super('generation cancelled');
+    this.name = 'AbortError';
+  }
+}
+
+/** Checks a request; every message names the field and what is expected. */
+export function validateRequest(req: TextToImageRequest, vaeScaleFactor: number): void {
+  const fail = (field: string, msg: string) => {
+    throw new Error(`invalid generation request: ${field} ${msg}`);
+  };
+  if (typeof req.prompt !== 'string') fail('prompt', 'must be a string');
+  if (!Number.isInteger(req.steps) || req.steps < 1 || req.steps > 1000) fail('steps', `must be an integer from 1 to 1000, got ${req.steps}`);
+  if (!Number.isFinite(req.guidanceScale) || req.guidanceScale < 0 || req.guidanceScale > 50) fail('guidance', `must be a number from 0 to 50, got ${req.guidanceScale}`);
+  const mult = Math.max(8, vaeScaleFactor);
+  for (const [field, v] of [
+    ['width', req.width],
+    ['height', req.height],
+  ] as const) {
+    if (!Number.isInteger(v) || v < mult || v % mult !== 0) fail(field, `must be a positive multiple of ${mult}, got ${v}`);
+    if (v > 4096) fail(field, `must be at most 4096, got ${v}`);
+  }
+  if (!Number.isSafeInteger(req.seed) || req.seed < 0) fail('seed', `must be an integer >= 0, got ${req.seed}`);
+  const count = req.count ?? 1;
+  if (!Number.isInteger(count) || count < 1 || count > 100) fail('count', `must be an integer from 1 to 100, got ${count}`);
+  if (!isSchedulerChoice(req.scheduler)) fail('scheduler', `'${req.scheduler}' is unknown; valid: ${SCHEDULER_CHOICES.join(', ')}`);
+  if (req.clipSkip !== undefined && (!Number.isInteger(req.clipSkip) || req.clipSkip < 0)) fail('clipSkip', `must be an integer >= 0, got ${req.clipSkip}`);
+  for (const a of req.adapters ?? []) if (!Number.isFinite(a.strength)) fail('adapter strength', `must be a number, got ${a.strength} for ${a.path}`);
+}
+
+export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, hooks: TextToImageHooks = {}): Promise<GeneratedImage[]> {
+  validateRequest(req, sd.vaeScaleFactor);
+  await sd.ensure('unet', 'vae', 'textEncoder');
+  const count = req.count ?? 1;
+  const h = req.height / sd.vaeScaleFactor;
+  const w = req.width / sd.vaeScaleFactor;
+  const c = sd.latentChannels;
+  if (req.latents && (req.latents.rank !== 4 || req.latents.shape[1] !== h || req.latents.shape[2] !== w || req.latents.shape[3] !== c)) {
+    throw new Error(`invalid generation request: latents must be [1, ${h}, ${w}, ${c}] for ${req.width}x${req.height}, got [${req.latents.shape}]`);
+  }
+
+  const patcher = new WeightPatcher();
+  const plans: AdapterPlan[] = [];
+  let context: Tensor | null = null;
+  try {
+    // 1. Adapters.
+    for (const a of req.adapters ?? []) {
+      const plan = await planAdapter(a.path, { unet: sd.unet, textEncoder: sd.textEncoder }, a.strength);
+      plans.push(plan);
+      plan.applyTo({ unet: sd.unet, textEncoder: sd.textEncoder }, patcher);
+    }
+    hooks.onAdapters?.(plans.map((p) => p.report));
+
+    // 2. Prompt embeddings: [uncond, cond] with guidance, [cond] without.
+    const cfg = req.guidanceScale > 1;
+    context = cfg ? sd.encodePrompts([req.negativePrompt ?? '', req.prompt], req.clipSkip) : sd.encodePrompts([req.prompt], req.clipSkip);
+
+    const images: GeneratedImage[] = [];
+    for (let i = 0; i < count; i++) {
+      const seed = req.seed + i;
+      const rng = new Rng(seed);
+      const scheduler = createScheduler(req.scheduler, sd.schedulerConfig, req.scheduler === 'ddim' && req.eta ? { eta: req.eta } : {});
+      scheduler.setTimesteps(req.steps);
+      // 3. Initial latents.
+      let x = tf.tidy(() => tf.mul(req.latents ? req.latents : randn(rng, [1, h, w, c]), scheduler.initNoiseSigma));
+      try {
+        const steps = scheduler.timesteps.length;
+        for (let s = 0; s < steps; s++) {
+          if (hooks.signal?.aborted) throw new GenerationCancelled();
+          const t = scheduler.timesteps[s];
+          // 4. One denoising step.
+          const noise = scheduler.needsNoise ? randn(rng, x.shape) : undefined;
+          const next = tf.tidy(() => {
+            const xIn = scheduler.scaleModelInput(x, t);
+            let eps: Tensor;
+            if (cfg) {
+              const out = sd.unet.forward(tf.concat([xIn, xIn], 0), t, context!); // [2, h, w, c]
+              const [epsU, epsC] = tf.split(out, 2, 0);
+              eps = tf.add(epsU, tf.mul(tf.sub(epsC, epsU), req.guidanceScale));
+            } else {
+              eps = sd.unet.forward(xIn, t, context!);
+            }
+            return scheduler.step(eps, t, x, noise);
+          });
+          noise?.dispose();
+          x.dispose();
+          x = next;
+          await hooks.onStep?.({ image: i, images: count, step: s + 1, steps, timestep: t }, x);
+          await new Promise((r) => setImmediate(r)); // let cancellation and progress through
+        }
+        scheduler.reset();
+        // 5. Decode.
+        images.push({ index: i, seed, width: req.width, height: req.height, ...(await decodeLatents(sd, x, req.returnFloat)) });
+      } finally {
+        x.dispose();
+        scheduler.reset();
+      }
+    }
+    return images;
+  } finally {
+    context?.dispose();
+    patcher.restore();
+    for (const p of plans) p.dispose();
+  }
+}
+
+/** Latents NHWC [1, h, w, c] (scaled) -> RGB uint8 pixels (and the float image when asked). */
+export async function decodeLatents(sd: StableDiffusion, latents: Tensor, returnFloat = false): Promise<{ pixels: Uint8Array; float?: Float32Array }> {
+  const image = tf.tidy(() => {
+    const decoded = sd.vae.decode(tf.div(latents, sd.scalingFactor)); // [1, H, W, 3]
+    return tf.clipByValue(tf.add(tf.div(decoded, 2), 0.5), 0, 1);
+  });
+  try {
+    const float = (await image.data()) as Float32Array;
+    const pixels = new Uint8Array(float.length);
+    for (let i = 0; i < float.length; i++) pixels[i] = Math.round(float[i] * 255);
+    return returnFloat ? { pixels, float } : { pixels };
+  } finally {
+    image.dispose();
+  }
+}
