@@ -5,6 +5,8 @@
 import { Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import * as doctor from './cli/doctor.ts';
+import * as evalCmd from './cli/eval.ts';
+import * as models from './cli/models.ts';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -13,7 +15,7 @@ export function buildProgram(): Command {
     .description('SingLoRA Studio engine: train SingLoRA adapters for Stable Diffusion 1.5, score them with DINO, generate and export')
     .version(pkg.version)
     .showHelpAfterError();
-  for (const cmd of [doctor]) cmd.register(program);
+  for (const cmd of [doctor, models, evalCmd]) cmd.register(program);
   return program;
 }
 
