@@ -4,9 +4,13 @@
  */
 import { Command } from 'commander';
 import { readFileSync } from 'node:fs';
+import * as adapters from './cli/adapters.ts';
+import * as demo from './cli/demo.ts';
 import * as doctor from './cli/doctor.ts';
 import * as evalCmd from './cli/eval.ts';
+import * as generate from './cli/generate.ts';
 import * as models from './cli/models.ts';
+import * as trainCmd from './cli/train.ts';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -15,7 +19,7 @@ export function buildProgram(): Command {
     .description('SingLoRA Studio engine: train SingLoRA adapters for Stable Diffusion 1.5, score them with DINO, generate and export')
     .version(pkg.version)
     .showHelpAfterError();
-  for (const cmd of [doctor, models, evalCmd]) cmd.register(program);
+  for (const cmd of [demo, doctor, trainCmd, generate, evalCmd, adapters, models]) cmd.register(program);
   return program;
 }
 

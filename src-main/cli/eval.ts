@@ -3,8 +3,8 @@
  * against a folder of subject photos (DreamBooth's DINO metric: mean CLS cosine over all pairs),
  * plus CLIP-I / CLIP-T with `--clip` when the CLIP models are installed.
  *
- * `singlora eval --run <dir>` (score every checkpoint of a training run on the fixed prompt set)
- * needs the generator; it is a marked entry point that says so.
+ * `singlora eval --run <dir>` scores the base model and each checkpoint of a training run on the
+ * fixed prompt set and stores the table and the pick in the run's run.json.
  */
 import type { Command } from 'commander';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
@@ -15,7 +15,8 @@ import { locateClip, locateDino } from '../engine/eval/modelRegistry.ts';
 import { scoreSubjectFidelity, type SubjectFidelity } from '../engine/eval/similarity.ts';
 import { getPngText } from '../engine/image/pngText.ts';
 import { defaultModelsDir } from '../engine/paths.ts';
-import { action, emitJsonLine, printResult, progressBar, withCommon, type GlobalOptions } from './common.ts';
+import { evaluateRun } from '../engine/eval/evaluateRun.ts';
+import { action, emitJsonLine, printResult, progressBar, startBackend, withCommon, type GlobalOptions } from './common.ts';
 
 interface EvalOptions extends GlobalOptions {
   photos?: string;
@@ -26,6 +27,11 @@ interface EvalOptions extends GlobalOptions {
   batchSize?: string;
   clip?: boolean;
   prompt?: string;
+  checkpoints?: string;
+  prompts?: string;
+  imagesPerPrompt?: string;
+  steps?: string;
+  subject?: string;
 }
 
 export const IMAGE_EXTENSIONS = ['.png', '.jpg', '.jpeg', '.webp', '.avif', '.tif', '.tiff', '.gif', '.heic', '.heif'];
@@ -104,20 +110,61 @@ export async function evalFolders(opts: EvalOptions, onProgress?: (done: number,
   }
 }
 
-/**
- * TODO(lead): `singlora eval --run <dir>`: for each checkpoint of the run, generate the fixed prompt
- * set (eval/prompts.ts: evalJobs, EVAL_SEEDS) with the adapter applied, then score with
- * scoreSubjectFidelity against the run's subject photos. Needs the generator.
- */
-export async function evalRun(runDir: string): Promise<never> {
-  throw new Error(`eval --run ${runDir}: not implemented yet (needs the image generator); score folders with --photos <dir> --generated <dir>`);
+/** `singlora eval --run <dir>`: scores the base model and every checkpoint (or the latest) on the fixed prompt set. */
+async function evalRun(opts: EvalOptions): Promise<void> {
+  await startBackend(opts);
+  let bar: ReturnType<typeof progressBar> | null = null;
+  const prompts = opts.prompts && opts.prompts !== 'default' ? readPromptFile(opts.prompts) : undefined;
+  const evaluation = await evaluateRun(
+    {
+      runDir: opts.run!,
+      photos: opts.photos,
+      checkpoints: opts.checkpoints === 'latest' ? 'latest' : 'all',
+      prompts,
+      imagesPerPrompt: opts.imagesPerPrompt ? Number(opts.imagesPerPrompt) : undefined,
+      steps: opts.steps ? Number(opts.steps) : undefined,
+      subjectType: opts.subject === 'object' ? 'object' : 'live',
+      dinoModel: opts.dinoModel,
+      modelsDir: opts.modelsDir,
+      clip: opts.clip !== false,
+    },
+    {
+      onProgress: (done, total, label) => {
+        bar ??= progressBar(opts, 'image', total);
+        bar.update(done, { at: label });
+        emitJsonLine(opts, { event: 'progress', stage: 'generate', done, total, label });
+      },
+    },
+  );
+  (bar as ReturnType<typeof progressBar> | null)?.stop();
+  printResult(opts, { event: 'result', ...evaluation }, () => {
+    const row = (label: string, r: { dino: number; clipT: number | null; images: number }, mark = '') => `  ${label.padEnd(12)} ${r.dino.toFixed(4)}   ${r.clipT === null ? '   n/a' : r.clipT.toFixed(4)}   ${String(r.images).padStart(4)}${mark}`;
+    return [
+      `evaluation of ${opts.run}: ${evaluation.prompts.length} prompts x ${evaluation.imagesPerPrompt} images`,
+      '  checkpoint   DINO     CLIP-T   images',
+      row('base', evaluation.baseline),
+      ...evaluation.rows.map((r) => row(`step ${r.step}`, r, r.step === evaluation.best ? '   <- best' : '')),
+      `rule: ${evaluation.rule}`,
+    ].join('\n');
+  });
+}
+
+function readPromptFile(file: string): string[] {
+  const lines = readFileSync(file, 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  if (!lines.length) throw new Error(`${file}: no prompts (one per line; # starts a comment)`);
+  return lines;
 }
 
 export function register(program: Command): void {
   withCommon(program.command('eval').description('score generated images against subject photos (DINO subject fidelity; CLIP-I/CLIP-T with --clip)'))
     .option('--photos <dir>', 'folder of subject photos')
     .option('--generated <dir>', 'folder of generated images')
-    .option('--run <dir>', 'score every checkpoint of a training run (not implemented yet)')
+    .option('--run <dir>', 'score the base model and every checkpoint of a training run on the fixed prompt set')
+    .option('--checkpoints <which>', 'with --run: all | latest', 'all')
+    .option('--prompts <default|file>', 'with --run: the fixed prompt set, or a file with one prompt per line', 'default')
+    .option('--images-per-prompt <n>', 'with --run: images per prompt (default 4)')
+    .option('--steps <n>', 'with --run: sampling steps per image (default 25)')
+    .option('--subject <type>', 'with --run: object | live (chooses the prompt set)', 'live')
     .option('--dino-model <file.onnx>', 'DINO ONNX model (default: <models-dir>/dino/model.onnx)')
     .option('--models-dir <dir>', 'models folder (default: SINGLORA_MODELS_DIR or <repo>/models)')
     .option('--batch-size <n>', 'images per model run (default 8)')
@@ -125,7 +172,7 @@ export function register(program: Command): void {
     .option('--prompt <text>', "prompt of every generated image, for CLIP-T (default: each PNG's `parameters` chunk)")
     .action(
       action(async (opts: EvalOptions) => {
-        if (opts.run) await evalRun(opts.run);
+        if (opts.run) return evalRun(opts);
         let bar: ReturnType<typeof progressBar> | null = null;
         const result = await evalFolders(opts, (done, total) => {
           bar ??= progressBar(opts, 'image', total);

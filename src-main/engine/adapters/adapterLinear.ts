@@ -88,7 +88,8 @@ export abstract class AdapterLinear implements LinearLike, Wrapper {
       if (this.merged) return this.base.apply(x);
       const s = this.scale(this.step);
       const y = this.base.apply(x);
-      if (s === 0) return y;
+      // No shortcut at s = 0 (u(0) = 0): training still needs the branch on the tape, and
+      // y + 0 * update is exactly y.
       const lead = x.shape.slice(0, -1);
       const u = this.update(x.reshape([-1, this.inFeatures])).reshape([...lead, this.outFeatures]);
       return tf.add(y, tf.mul(u, s));

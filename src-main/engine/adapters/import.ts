@@ -11,7 +11,7 @@ import { tf, type Tensor } from '../backend/tf.ts';
 import { readAllFloat32 } from '../io/safetensors.ts';
 import { kohyaLookup, parseLoraKey, type LoraComponent, type ParsedLoraKey } from '../io/keyMap.ts';
 import type { Module } from '../models/layers/module.ts';
-import { ADAPTER_FORMAT, readAdapterFile } from './adapterFile.ts';
+import { ADAPTER_FORMAT, readAdapterFile, type NativeAdapterFile } from './adapterFile.ts';
 import { loraDelta } from './lora.ts';
 import { findWeight, moduleIndex, WeightPatcher } from './patch.ts';
 import { singloraDelta } from './singlora.ts';
@@ -164,8 +164,6 @@ export async function planAdapter(file: string, targets: AdapterTargets, strengt
 
 async function planNative(file: string, targets: AdapterTargets, strength: number): Promise<AdapterPlan> {
   const f = await readAdapterFile(file);
-  const { method, rank, alpha, effective_u: u } = f.meta;
-  const scale = (alpha / rank) * (method === 'singlora' ? u : 1) * strength;
   const deltas: PlannedDelta[] = [];
   const unapplied: Array<{ key: string; reason: string }> = [];
   let applied = 0;
@@ -179,12 +177,23 @@ async function planNative(file: string, targets: AdapterTargets, strength: numbe
       for (const n of names) unapplied.push({ key: `unet.${path}.${n}`, reason: param ? `made for a ${dIn}->${dOut} layer; the model's is [${param.shape}]` : 'no such Linear in the UNet' });
       continue;
     }
-    const delta =
-      method === 'singlora'
-        ? tf.tidy(() => singloraDelta(tf.tensor(entry.singlora_A.data, entry.singlora_A.shape), dOut, dIn, scale))
-        : tf.tidy(() => loraDelta(tf.tensor(entry.lora_B.data, entry.lora_B.shape), tf.tensor(entry.lora_A.data, entry.lora_A.shape), scale));
-    deltas.push({ component: 'unet', path, delta });
+    deltas.push({ component: 'unet', path, delta: nativeDelta(f, path, strength) });
     applied += names.length;
   }
   return new AdapterPlan({ file, format: 'native', appliedTensors: applied, totalTensors: total, modules: deltas.length, unapplied, summary: `${basename(file)}: applied ${applied} of ${total} tensors to ${deltas.length} modules` }, deltas);
+}
+
+/**
+ * dW of one target of a native adapter file, [d_out, d_in], at its trained step and `strength`.
+ * The caller owns the tensor.
+ */
+export function nativeDelta(f: NativeAdapterFile, path: string, strength = 1): Tensor {
+  const entry = f.targets.get(path);
+  if (!entry) throw new Error(`${f.path}: no adapter for '${path}'`);
+  const { method, rank, alpha, effective_u: u } = f.meta;
+  const scale = (alpha / rank) * (method === 'singlora' ? u : 1) * strength;
+  const [dOut, dIn] = f.meta.target_shapes[path];
+  return method === 'singlora'
+    ? tf.tidy(() => singloraDelta(tf.tensor(entry.singlora_A.data, entry.singlora_A.shape), dOut, dIn, scale))
+    : tf.tidy(() => loraDelta(tf.tensor(entry.lora_B.data, entry.lora_B.shape), tf.tensor(entry.lora_A.data, entry.lora_A.shape), scale));
 }

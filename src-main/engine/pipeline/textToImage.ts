@@ -44,6 +44,11 @@ export interface TextToImageRequest {
   latents?: Tensor;
   /** Also return the float image in [0, 1] (parity tests). */
   returnFloat?: boolean;
+  /**
+   * Precomputed prompt embeddings [2, 77, C] = [negative, prompt] (borrowed, not disposed): the
+   * text encoder is then not needed (training previews, with the encoder out of memory).
+   */
+  promptEmbeds?: Tensor;
 }
 
 export interface StepInfo {
@@ -59,6 +64,8 @@ export interface TextToImageHooks {
   onStep?: (info: StepInfo, latents: Tensor) => void | Promise<void>;
   /** Called once adapters are planned, with what each one applied. */
   onAdapters?: (reports: AdapterPlan['report'][]) => void;
+  /** Called as each image is decoded, before the next one starts. */
+  onImage?: (image: GeneratedImage) => void | Promise<void>;
   signal?: AbortSignal;
 }
 
@@ -106,7 +113,8 @@ export function validateRequest(req: TextToImageRequest, vaeScaleFactor: number)
 
 export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, hooks: TextToImageHooks = {}): Promise<GeneratedImage[]> {
   validateRequest(req, sd.vaeScaleFactor);
-  await sd.ensure('unet', 'vae', 'textEncoder');
+  if (req.promptEmbeds && req.adapters?.length) throw new Error('invalid generation request: adapters cannot be applied to precomputed prompt embeddings');
+  await sd.ensure(...(req.promptEmbeds ? (['unet', 'vae'] as const) : (['unet', 'vae', 'textEncoder'] as const)));
   const count = req.count ?? 1;
   const h = req.height / sd.vaeScaleFactor;
   const w = req.width / sd.vaeScaleFactor;
@@ -129,7 +137,12 @@ export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, 
 
     // 2. Prompt embeddings: [uncond, cond] with guidance, [cond] without.
     const cfg = req.guidanceScale > 1;
-    context = cfg ? sd.encodePrompts([req.negativePrompt ?? '', req.prompt], req.clipSkip) : sd.encodePrompts([req.prompt], req.clipSkip);
+    if (req.promptEmbeds) {
+      const e = req.promptEmbeds;
+      context = cfg ? tf.clone(e) : tf.tidy(() => e.slice([1, 0, 0], [1, e.shape[1] as number, e.shape[2] as number]));
+    } else {
+      context = cfg ? sd.encodePrompts([req.negativePrompt ?? '', req.prompt], req.clipSkip) : sd.encodePrompts([req.prompt], req.clipSkip);
+    }
 
     const images: GeneratedImage[] = [];
     for (let i = 0; i < count; i++) {
@@ -166,7 +179,9 @@ export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, 
         }
         scheduler.reset();
         // 5. Decode.
-        images.push({ index: i, seed, width: req.width, height: req.height, ...(await decodeLatents(sd, x, req.returnFloat)) });
+        const image: GeneratedImage = { index: i, seed, width: req.width, height: req.height, ...(await decodeLatents(sd, x, req.returnFloat)) };
+        images.push(image);
+        await hooks.onImage?.(image);
       } finally {
         x.dispose();
         scheduler.reset();

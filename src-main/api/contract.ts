@@ -1,0 +1,223 @@
+/**
+ * The one typed contract for everything the app does. The Electron preload, the local server and
+ * the renderer's client are all typed from `api` below: a method missing on either side is a
+ * compile error, and every request and response is validated with these schemas at the boundary.
+ *
+ * Transport-neutral messages:
+ *   request   { id, method, params }
+ *   response  { id, ok: true, result } | { id, ok: false, error: { code, message, details? } }
+ *   event     { event, data }            (progress of jobs; see `events`)
+ */
+import { z } from 'zod';
+import {
+  CROP_MODES,
+  METHODS,
+  evaluationSchema,
+  generateSettingsSchema,
+  imageSidecarSchema,
+  runManifestSchema,
+  SUBJECT_TYPES,
+  trainEventSchema,
+  trainSettingsSchema,
+} from './schemas.ts';
+
+export const idSchema = z
+  .string()
+  .min(1)
+  .max(80)
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_-]*$/, 'ids are letters, digits, - and _');
+
+const empty = z.object({}).strict();
+
+/**
+ * A partial update of training settings: only the fields given, with no defaults filled in
+ * (`trainSettingsSchema.partial()` would fill every default and overwrite the saved values).
+ */
+type WithoutDefaults<S extends z.ZodRawShape> = { [K in keyof S]: z.ZodOptional<S[K] extends z.ZodDefault<infer I> ? I : S[K]> };
+function patchOf<S extends z.ZodRawShape>(schema: z.ZodObject<S>): z.ZodObject<WithoutDefaults<S>, z.core.$strict> {
+  const shape = Object.fromEntries(Object.entries(schema.shape).map(([k, s]) => [k, (s instanceof z.ZodDefault ? s.unwrap() : s).optional()]));
+  return z.object(shape).strict() as unknown as z.ZodObject<WithoutDefaults<S>, z.core.$strict>;
+}
+export const trainSettingsPatchSchema = patchOf(trainSettingsSchema);
+
+export const projectSchema = z.object({
+  schemaVersion: z.number().int(),
+  id: idSchema,
+  name: z.string(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+  subject: z.object({ triggerToken: z.string(), classWord: z.string(), type: z.enum(SUBJECT_TYPES) }),
+  /** Base model: a diffusers folder or a .safetensors file; null = the app default. */
+  baseModel: z.string().nullable(),
+  /** Training settings the user last chose (defaults filled in). */
+  settings: trainSettingsSchema,
+});
+export type Project = z.infer<typeof projectSchema>;
+
+export const projectSummarySchema = projectSchema.pick({ id: true, name: true, createdAt: true, updatedAt: true, subject: true }).extend({
+  photos: z.number().int(),
+  runs: z.number().int(),
+});
+export type ProjectSummary = z.infer<typeof projectSummarySchema>;
+
+export const photoSchema = z.object({
+  id: z.string(),
+  file: z.string(),
+  originalName: z.string(),
+  status: z.enum(['ok', 'warning', 'rejected']),
+  reason: z.string().nullable(),
+  width: z.number().int().nullable(),
+  height: z.number().int().nullable(),
+  bytes: z.number().int(),
+});
+export type Photo = z.infer<typeof photoSchema>;
+
+export const jobKinds = ['train', 'evaluate', 'generate', 'export', 'download'] as const;
+export const jobSchema = z.object({
+  id: z.string(),
+  kind: z.enum(jobKinds),
+  projectId: z.string().nullable(),
+  runId: z.string().nullable(),
+  status: z.enum(['queued', 'running', 'done', 'failed', 'cancelled']),
+  createdAt: z.string(),
+  error: z.string().nullable(),
+  progress: z.object({ done: z.number(), total: z.number(), label: z.string() }).nullable(),
+});
+export type Job = z.infer<typeof jobSchema>;
+
+export const runSummarySchema = runManifestSchema.pick({ id: true, createdAt: true, updatedAt: true, status: true, step: true, error: true }).extend({
+  steps: z.number().int(),
+  method: z.enum(METHODS),
+  best: z.number().int().nullable(),
+});
+
+export const generatedImageSchema = imageSidecarSchema.extend({ url: z.string() });
+export type GeneratedImageInfo = z.infer<typeof generatedImageSchema>;
+
+export const adapterInfoSchema = z.object({
+  file: z.string(),
+  method: z.string(),
+  rank: z.number().int(),
+  alpha: z.number(),
+  targets: z.number().int(),
+  parameters: z.number().int(),
+  bytes: z.number().int(),
+  format: z.enum(['native', 'kohya', 'peft', 'diffusers-procs', 'mixed', 'unknown']),
+  metadata: z.record(z.string(), z.string()),
+});
+export type AdapterInfo = z.infer<typeof adapterInfoSchema>;
+
+export const exportFormats = ['singlora', 'kohya', 'diffusers', 'merged-diffusers', 'merged-single-file'] as const;
+
+const adapterRef = z.union([
+  z.object({ runId: idSchema, step: z.number().int().nullable().describe('null: the chosen/best checkpoint, else the latest') }),
+  z.object({ file: z.string().min(1).describe('a file in the project (adapters/...) or an absolute path on the engine machine') }),
+]);
+
+/** Every method: params schema and result schema. */
+export const api = {
+  'system.doctor': { params: empty, result: z.object({ node: z.string(), platform: z.string(), backends: z.array(z.object({ name: z.string(), available: z.boolean(), reason: z.string().optional(), device: z.string().optional(), memoryBytes: z.number().optional(), software: z.boolean().optional() })), selected: z.union([z.object({ name: z.string(), device: z.string().optional() }), z.object({ error: z.string() })]), memory: z.record(z.string(), z.unknown()) }) },
+  'system.info': { params: empty, result: z.object({ version: z.string(), projectsDir: z.string(), modelsDir: z.string(), defaultBaseModel: z.string(), demoModel: z.boolean() }) },
+
+  'projects.list': { params: empty, result: z.array(projectSummarySchema) },
+  'projects.create': { params: z.object({ name: z.string().trim().min(1).max(120), classWord: z.string().trim().min(1).max(64).default('person'), triggerToken: z.string().trim().min(1).max(64).default('sks'), type: z.enum(SUBJECT_TYPES).default('live') }).strict(), result: projectSchema },
+  'projects.open': { params: z.object({ projectId: idSchema }).strict(), result: projectSchema },
+  'projects.update': { params: z.object({ projectId: idSchema, name: z.string().trim().min(1).max(120).optional(), subject: projectSchema.shape.subject.partial().optional(), baseModel: z.string().nullable().optional(), settings: trainSettingsPatchSchema.optional() }).strict(), result: projectSchema },
+  'projects.delete': { params: z.object({ projectId: idSchema }).strict(), result: z.object({ deleted: z.boolean() }) },
+
+  'photos.add': { params: z.object({ projectId: idSchema, paths: z.array(z.string()).max(200).optional(), files: z.array(z.object({ name: z.string().min(1).max(255), dataBase64: z.string() })).max(50).optional() }).strict(), result: z.array(photoSchema) },
+  'photos.list': { params: z.object({ projectId: idSchema }).strict(), result: z.array(photoSchema) },
+  'photos.remove': { params: z.object({ projectId: idSchema, photoId: z.string().min(1) }).strict(), result: z.object({ removed: z.boolean() }) },
+  'photos.cropPreview': { params: z.object({ projectId: idSchema, photoId: z.string().min(1), crop: z.enum(CROP_MODES), size: z.number().int().min(32).max(1024).default(256) }).strict(), result: z.object({ pngBase64: z.string() }) },
+
+  'training.start': { params: z.object({ projectId: idSchema, settings: trainSettingsPatchSchema.default({}) }).strict(), result: z.object({ jobId: z.string(), runId: z.string() }) },
+  'training.cancel': { params: z.object({ jobId: z.string() }).strict(), result: z.object({ cancelled: z.boolean() }) },
+  'training.resume': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: z.object({ jobId: z.string(), runId: z.string() }) },
+  'training.runs': { params: z.object({ projectId: idSchema }).strict(), result: z.array(runSummarySchema) },
+  'training.status': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: runManifestSchema },
+
+  'evaluation.start': { params: z.object({ projectId: idSchema, runId: idSchema, checkpoints: z.enum(['all', 'latest']).default('all'), imagesPerPrompt: z.number().int().min(1).max(16).optional(), prompts: z.array(z.string()).optional() }).strict(), result: z.object({ jobId: z.string() }) },
+  'evaluation.get': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: evaluationSchema.nullable() },
+  'evaluation.choose': { params: z.object({ projectId: idSchema, runId: idSchema, step: z.number().int() }).strict(), result: evaluationSchema },
+
+  'generation.start': { params: z.object({ projectId: idSchema, settings: generateSettingsSchema, adapters: z.array(adapterRef.and(z.object({ strength: z.number().min(-4).max(4).default(1) }))).max(8).default([]) }).strict(), result: z.object({ jobId: z.string() }) },
+  'generation.list': { params: z.object({ projectId: idSchema }).strict(), result: z.array(generatedImageSchema) },
+
+  'adapters.list': { params: z.object({ projectId: idSchema }).strict(), result: z.array(adapterInfoSchema) },
+  'adapters.export': { params: z.object({ projectId: idSchema, adapter: adapterRef, format: z.enum(exportFormats), outPath: z.string().optional().describe('default: <project>/adapters/') }).strict(), result: z.object({ jobId: z.string() }) },
+  'adapters.import': { params: z.object({ projectId: idSchema, path: z.string().min(1) }).strict(), result: adapterInfoSchema },
+  'adapters.inspect': { params: z.object({ projectId: idSchema, file: z.string().min(1) }).strict(), result: adapterInfoSchema },
+
+  'models.list': { params: empty, result: z.array(z.object({ name: z.string(), kind: z.string(), present: z.boolean(), path: z.string(), bytes: z.number().nullable(), verified: z.boolean().nullable(), hint: z.string().nullable() })) },
+  'models.setBase': { params: z.object({ projectId: idSchema, path: z.string().min(1) }).strict(), result: z.object({ name: z.string(), format: z.string() }) },
+  'models.download': { params: z.object({ name: z.enum(['dino', 'clip']) }).strict(), result: z.object({ jobId: z.string() }) },
+
+  'jobs.list': { params: empty, result: z.array(jobSchema) },
+  'jobs.cancel': { params: z.object({ jobId: z.string() }).strict(), result: z.object({ cancelled: z.boolean() }) },
+} as const;
+
+export type Api = typeof api;
+export type Method = keyof Api;
+export type Params<M extends Method> = z.input<Api[M]['params']>;
+export type ParsedParams<M extends Method> = z.infer<Api[M]['params']>;
+export type Result<M extends Method> = z.infer<Api[M]['result']>;
+
+/** Events pushed to clients. */
+export const events = {
+  'job.updated': jobSchema,
+  'train.event': z.object({ jobId: z.string(), projectId: z.string(), runId: z.string(), event: trainEventSchema }),
+  'generation.image': z.object({ jobId: z.string(), projectId: z.string(), image: generatedImageSchema }),
+  'generation.step': z.object({ jobId: z.string(), image: z.number().int(), images: z.number().int(), step: z.number().int(), steps: z.number().int() }),
+  'evaluation.progress': z.object({ jobId: z.string(), done: z.number().int(), total: z.number().int(), label: z.string() }),
+  'engine.status': z.object({ state: z.enum(['starting', 'ready', 'crashed', 'restarting']), message: z.string().nullable() }),
+} as const;
+export type Events = typeof events;
+export type EventName = keyof Events;
+export type EventData<E extends EventName> = z.infer<Events[E]>;
+
+export const ERROR_CODES = ['invalid_params', 'not_found', 'conflict', 'unauthorized', 'too_large', 'engine_error', 'engine_crashed', 'internal'] as const;
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+export interface ApiErrorBody {
+  code: ErrorCode;
+  message: string;
+  details?: unknown;
+}
+
+export class ApiError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details?: unknown,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+
+  toBody(): ApiErrorBody {
+    return { code: this.code, message: this.message, ...(this.details === undefined ? {} : { details: this.details }) };
+  }
+}
+
+export type RequestMessage = { id: number | string; method: string; params?: unknown };
+export type ResponseMessage = { id: number | string; ok: true; result: unknown } | { id: number | string; ok: false; error: ApiErrorBody };
+export type EventMessage = { event: string; data: unknown };
+
+export function isMethod(m: string): m is Method {
+  return Object.prototype.hasOwnProperty.call(api, m);
+}
+
+/** Validates params for `method`; throws ApiError('invalid_params') naming every bad field. */
+export function parseParams<M extends Method>(method: M, params: unknown): ParsedParams<M> {
+  const r = api[method].params.safeParse(params ?? {});
+  if (!r.success) {
+    const fields = r.error.issues.map((i) => ({ field: i.path.join('.') || '(params)', message: i.message }));
+    throw new ApiError('invalid_params', `${method}: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`, fields);
+  }
+  return r.data as ParsedParams<M>;
+}
+
+/** The client-side view: one async function per method. */
+export type ApiClient = { [M in Method]: (params: Params<M>) => Promise<Result<M>> };
+/** The server-side view: one handler per method; a missing one is a compile error. */
+export type ApiHandlers = { [M in Method]: (params: ParsedParams<M>) => Promise<Result<M>> };

@@ -1,0 +1,185 @@
+/**
+ * The data shapes shared by the engine, the CLI, the server, the Electron shell and the renderer:
+ * training settings, the run manifest (`run.json`), projects, photos, images. Pure zod: no Node
+ * or TensorFlow imports, so the renderer can use it as-is.
+ *
+ * Each schema validates at a boundary (a file read from disk, a request from a client) and fills
+ * defaults; inside, code works with the inferred, fully-populated types.
+ */
+import { z } from 'zod';
+
+export const SCHEMA_VERSION = 1;
+
+export const METHODS = ['singlora', 'lora'] as const;
+export const CROP_MODES = ['center', 'attention', 'none'] as const;
+export const LR_SCHEDULES = ['constant', 'constant_with_warmup', 'cosine'] as const;
+export const SCHEDULERS = ['pndm', 'ddim', 'euler', 'euler-a', 'dpmpp-2m', 'dpmpp-2m-karras'] as const;
+export const SUBJECT_TYPES = ['object', 'live'] as const;
+
+const positiveInt = (max: number) => z.number().int().min(1).max(max);
+
+/** Every training option, with the defaults a user of kohya_ss or diffusers' DreamBooth script would expect. */
+export const trainSettingsSchema = z
+  .object({
+    method: z.enum(METHODS).default('singlora'),
+    steps: positiveInt(100_000).default(800),
+    rank: positiveInt(256).default(8),
+    alpha: z.number().positive().max(1024).default(8),
+    /** SingLoRA's ramp length T in steps (0: no ramp). */
+    rampSteps: z.number().int().min(0).max(100_000).default(100),
+    initStd: z.number().positive().max(1).default(0.01),
+    targets: z.array(z.string().min(1)).min(1).optional(),
+    learningRate: z.number().positive().max(1).default(1e-4),
+    lrSchedule: z.enum(LR_SCHEDULES).default('constant'),
+    warmupSteps: z.number().int().min(0).default(0),
+    weightDecay: z.number().min(0).max(1).default(1e-2),
+    /** Training image size; null: the base model's native size (512 for SD 1.5). */
+    resolution: z
+      .number()
+      .int()
+      .min(64)
+      .max(2048)
+      .refine((r) => r % 64 === 0, 'resolution must be a multiple of 64')
+      .nullable()
+      .default(null),
+    batchSize: positiveInt(64).default(1),
+    gradientAccumulation: positiveInt(128).default(1),
+    /** Max global gradient norm (0: no clipping). */
+    maxGradNorm: z.number().min(0).default(1),
+    noiseOffset: z.number().min(0).max(1).default(0),
+    /** Min-SNR-gamma loss weighting (Hang et al. 2023); null: off. */
+    minSnrGamma: z.number().positive().nullable().default(null),
+    triggerToken: z.string().trim().min(1).max(64).default('sks'),
+    classWord: z.string().trim().min(1).max(64).default('person'),
+    /** Default: "a photo of <token> <class>". A caption .txt beside a photo overrides it. */
+    instancePrompt: z.string().optional(),
+    crop: z.enum(CROP_MODES).default('center'),
+    flip: z.boolean().default(false),
+    priorPreservation: z.boolean().default(false),
+    priorLossWeight: z.number().min(0).default(1),
+    numClassImages: z.number().int().min(1).max(10_000).default(100),
+    /** Default: "a photo of <class>". */
+    classPrompt: z.string().optional(),
+    classImagesDir: z.string().optional(),
+    checkpointEvery: z.number().int().min(1).default(100),
+    sampleEvery: z.number().int().min(0).default(100),
+    samplePrompts: z.array(z.string()).optional(),
+    sampleSteps: positiveInt(200).default(20),
+    seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(42),
+    gradientCheckpointing: z.boolean().default(false),
+    /** Mixed-precision is not offered: TensorFlow.js trains in float32. */
+  })
+  .strict();
+export type TrainSettings = z.infer<typeof trainSettingsSchema>;
+export type TrainSettingsInput = z.input<typeof trainSettingsSchema>;
+
+export const RUN_STATUSES = ['queued', 'running', 'paused', 'cancelled', 'completed', 'failed'] as const;
+export type RunStatus = (typeof RUN_STATUSES)[number];
+
+export const checkpointSchema = z.object({
+  step: z.number().int().min(0),
+  /** Folder relative to the run directory, e.g. `checkpoints/step-000100`. */
+  dir: z.string(),
+  /** The native adapter file, relative to the run directory. */
+  adapter: z.string(),
+  createdAt: z.string(),
+  loss: z.number().nullable(),
+});
+export type CheckpointEntry = z.infer<typeof checkpointSchema>;
+
+export const scoreRowSchema = z.object({
+  /** null for the base model (no adapter). */
+  step: z.number().int().nullable(),
+  dino: z.number(),
+  clipT: z.number().nullable(),
+  images: z.number().int(),
+});
+export type ScoreRow = z.infer<typeof scoreRowSchema>;
+
+export const evaluationSchema = z.object({
+  createdAt: z.string(),
+  prompts: z.array(z.string()),
+  imagesPerPrompt: z.number().int(),
+  seeds: z.array(z.number().int()),
+  baseline: scoreRowSchema,
+  rows: z.array(scoreRowSchema),
+  /** The rule's pick: highest DINO (among checkpoints whose CLIP-T stays within the margin of the baseline, when CLIP is present). */
+  best: z.number().int().nullable(),
+  rule: z.string(),
+  /** The user's override, if any. */
+  chosen: z.number().int().nullable().default(null),
+});
+export type Evaluation = z.infer<typeof evaluationSchema>;
+
+export const runManifestSchema = z.object({
+  schemaVersion: z.literal(SCHEMA_VERSION),
+  id: z.string(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+  status: z.enum(RUN_STATUSES),
+  error: z.string().nullable().default(null),
+  settings: trainSettingsSchema,
+  baseModel: z.object({ path: z.string(), name: z.string(), unetSha256: z.string() }),
+  backend: z.string(),
+  images: z.object({ used: z.array(z.string()), rejected: z.array(z.object({ file: z.string(), reason: z.string() })) }),
+  step: z.number().int().min(0),
+  checkpoints: z.array(checkpointSchema),
+  losses: z.array(z.object({ step: z.number().int(), loss: z.number(), smoothed: z.number() })),
+  samples: z.array(z.object({ step: z.number().int(), file: z.string(), prompt: z.string(), seed: z.number().int() })),
+  evaluation: evaluationSchema.nullable().default(null),
+  timing: z.object({ startedAt: z.string().nullable(), msPerStep: z.number().nullable(), totalMs: z.number() }),
+});
+export type RunManifest = z.infer<typeof runManifestSchema>;
+
+/** A training progress event (CLI `--json` lines, server and IPC events). */
+export const trainEventSchema = z.discriminatedUnion('event', [
+  z.object({ event: z.literal('prepare'), stage: z.string(), detail: z.string().optional() }),
+  z.object({
+    event: z.literal('step'),
+    step: z.number().int(),
+    steps: z.number().int(),
+    loss: z.number(),
+    smoothed: z.number(),
+    lr: z.number(),
+    u: z.number(),
+    its: z.number(),
+    eta_s: z.number(),
+    memory: z.object({ rssMb: z.number(), tensors: z.number().int(), tensorMb: z.number() }),
+  }),
+  z.object({ event: z.literal('checkpoint'), step: z.number().int(), dir: z.string() }),
+  z.object({ event: z.literal('sample'), step: z.number().int(), file: z.string(), prompt: z.string() }),
+  z.object({ event: z.literal('warning'), message: z.string() }),
+  z.object({ event: z.literal('done'), status: z.enum(RUN_STATUSES), step: z.number().int(), error: z.string().nullable() }),
+]);
+export type TrainEvent = z.infer<typeof trainEventSchema>;
+
+export const generateSettingsSchema = z
+  .object({
+    prompt: z.string().max(4000),
+    negativePrompt: z.string().max(4000).default(''),
+    steps: positiveInt(200).default(25),
+    guidanceScale: z.number().min(0).max(50).default(7.5),
+    scheduler: z.enum(SCHEDULERS).default('dpmpp-2m-karras'),
+    /** -1: a random seed, reported back. */
+    seed: z.number().int().min(-1).max(Number.MAX_SAFE_INTEGER).default(-1),
+    width: z.number().int().min(8).max(2048).refine((v) => v % 8 === 0, 'width must be a multiple of 8').default(512),
+    height: z.number().int().min(8).max(2048).refine((v) => v % 8 === 0, 'height must be a multiple of 8').default(512),
+    count: positiveInt(100).default(1),
+    clipSkip: z.number().int().min(0).max(11).default(0),
+  })
+  .strict();
+export type GenerateSettings = z.infer<typeof generateSettingsSchema>;
+export type GenerateSettingsInput = z.input<typeof generateSettingsSchema>;
+
+export const imageSidecarSchema = z.object({
+  schemaVersion: z.literal(SCHEMA_VERSION),
+  file: z.string(),
+  createdAt: z.string(),
+  settings: generateSettingsSchema.extend({ seed: z.number().int().min(0) }),
+  baseModel: z.object({ path: z.string(), name: z.string(), unetSha256: z.string() }),
+  adapters: z.array(z.object({ file: z.string(), sha256: z.string(), strength: z.number() })),
+  parameters: z.string(),
+  backend: z.string(),
+  ms: z.number(),
+});
+export type ImageSidecar = z.infer<typeof imageSidecarSchema>;

@@ -1,0 +1,216 @@
+/**
+ * `singlora demo` (= `npm run demo`): the whole product on the bundled tiny model, with nothing
+ * but the repository: build the tiny model, make a few synthetic subject photos, train a
+ * SingLoRA adapter with checkpoints, score the checkpoints with the tiny DINO-shaped ONNX model,
+ * generate with the best one, export kohya and native files, and print a summary.
+ *
+ * `--base <SD 1.5 folder or .safetensors>` runs the same steps on real weights (with real photos
+ * from `--photos`, and the real DINO model from `singlora models download dino`).
+ */
+import type { Command } from 'commander';
+import { mkdir, rm } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { makeTinyModel, TINY_DINO } from '../../scripts/make-tiny-model.ts';
+import { exportAdapter } from '../engine/adapters/exportAdapter.ts';
+import { evaluateRun } from '../engine/eval/evaluateRun.ts';
+import { encodeImage } from '../engine/image/sharp.ts';
+import { atomicWriteFile } from '../engine/io/atomic.ts';
+import { generateImages } from '../engine/pipeline/generate.ts';
+import { REPO_ROOT } from '../engine/paths.ts';
+import { Rng } from '../engine/random.ts';
+import { train } from '../engine/train/trainer.ts';
+import { action, emitJsonLine, printResult, progressBar, startBackend, withCommon, type GlobalOptions } from './common.ts';
+
+interface DemoOptions extends GlobalOptions {
+  base?: string;
+  photos?: string;
+  out: string;
+  steps: string;
+  dinoModel?: string;
+}
+
+/**
+ * Synthetic subject photos: one "object" (a red ball with a yellow band) on five different
+ * backgrounds and positions, 96x96 PNG.
+ */
+export async function makeSubjectPhotos(dir: string, count = 5): Promise<string[]> {
+  await mkdir(dir, { recursive: true });
+  const rng = new Rng(7);
+  const files: string[] = [];
+  for (let k = 0; k < count; k++) {
+    const w = 96;
+    const h = 96;
+    const data = new Uint8Array(w * h * 3);
+    const bg = [40 + rng.int(120), 60 + rng.int(120), 80 + rng.int(150)];
+    const cx = 36 + rng.int(24);
+    const cy = 36 + rng.int(24);
+    const r = 18 + rng.int(8);
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const i = (y * w + x) * 3;
+        const d2 = (x - cx) ** 2 + (y - cy) ** 2;
+        const ground = y > 70 ? 0.6 : 1;
+        if (d2 < r * r) {
+          const band = Math.abs(y - cy) < 3;
+          data[i] = band ? 240 : 210;
+          data[i + 1] = band ? 210 : 30;
+          data[i + 2] = band ? 40 : 40;
+        } else {
+          data[i] = bg[0] * ground;
+          data[i + 1] = bg[1] * ground;
+          data[i + 2] = bg[2] * ground;
+        }
+      }
+    }
+    const file = join(dir, `subject-${k + 1}.png`);
+    await atomicWriteFile(file, await encodeImage({ data, width: w, height: h }, 'png'));
+    files.push(file);
+  }
+  return files;
+}
+
+export function register(program: Command): void {
+  withCommon(
+    program
+      .command('demo')
+      .description('train, score, generate and export on the bundled tiny model (or on --base) in a few minutes')
+      .option('--base <model>', 'run on this base model instead of the bundled tiny one')
+      .option('--photos <dir>', 'subject photos (default: synthetic ones)')
+      .option('--out <dir>', 'output folder', join(REPO_ROOT, 'demo-output'))
+      .option('--steps <n>', 'training steps', '40')
+      .option('--dino-model <file.onnx>', 'DINO model (default: the tiny bundled one, or models/dino for --base)'),
+  ).action(
+    action(async (o: DemoOptions) => {
+      const t0 = performance.now();
+      const times: Record<string, number> = {};
+      const lap = (name: string, since: number) => (times[name] = Math.round(performance.now() - since));
+      const say = (msg: string) => (o.json ? emitJsonLine(o, { event: 'stage', message: msg }) : process.stderr.write(`\n== ${msg}\n`));
+      const tiny = !o.base;
+      const backend = await startBackend(o);
+      if (tiny) {
+        say('the bundled tiny model: a Stable-Diffusion-1.x-shaped pipeline with random weights. It runs every step of the real thing in seconds, and makes no meaningful pictures. Use --base <SD 1.5 folder or .safetensors> for real ones.');
+      }
+      const out = resolve(o.out);
+      await rm(join(out, 'run'), { recursive: true, force: true });
+      await mkdir(out, { recursive: true });
+
+      let t = performance.now();
+      const base = o.base ?? (await makeTinyModel());
+      lap('model', t);
+      const photos = o.photos ?? join(out, 'photos');
+      if (!o.photos) await makeSubjectPhotos(photos);
+      const resolution = tiny ? 64 : 512;
+      const steps = Number(o.steps);
+      if (!Number.isInteger(steps) || steps < 2) throw new Error(`--steps must be an integer >= 2, got ${o.steps}`);
+
+      say(`training SingLoRA (rank 8) for ${steps} steps on ${backend.name}`);
+      t = performance.now();
+      const runDir = join(out, 'run');
+      let bar: ReturnType<typeof progressBar> | null = null;
+      const result = await train(
+        {
+          base,
+          photos,
+          runDir,
+          settings: {
+            method: 'singlora',
+            steps,
+            rank: 8,
+            alpha: tiny ? 32 : 8,
+            rampSteps: Math.max(1, Math.floor(steps / 4)),
+            learningRate: tiny ? 1e-2 : 1e-4,
+            resolution,
+            triggerToken: 'sks',
+            classWord: 'ball',
+            checkpointEvery: Math.max(1, Math.floor(steps / 2)),
+            sampleEvery: steps,
+            sampleSteps: tiny ? 10 : 25,
+            seed: 42,
+          },
+        },
+        {
+          onEvent: (e) => {
+            emitJsonLine(o, e as Record<string, unknown>);
+            if (e.event === 'step' && !o.json) {
+              bar ??= progressBar(o, 'step', e.steps);
+              bar.update(e.step, { loss: e.smoothed.toFixed(4) });
+            }
+          },
+        },
+      );
+      (bar as ReturnType<typeof progressBar> | null)?.stop();
+      lap('train', t);
+      const m = result.manifest;
+      if (m.status !== 'completed') throw new Error(`training ended ${m.status}: ${m.error}`);
+
+      say('scoring the base model and each checkpoint with DINO');
+      t = performance.now();
+      const dinoModel = o.dinoModel ?? (tiny ? TINY_DINO : undefined);
+      const evaluation = await evaluateRun(
+        {
+          runDir,
+          photos,
+          checkpoints: 'all',
+          prompts: tiny ? ['a photo of sks ball', 'a photo of sks ball on the beach', 'a photo of sks ball in the snow'] : undefined,
+          imagesPerPrompt: tiny ? 1 : 4,
+          steps: tiny ? 10 : 25,
+          subjectType: 'object',
+          dinoModel,
+        },
+        { onProgress: (done, total, label) => emitJsonLine(o, { event: 'progress', stage: 'evaluate', done, total, label }) },
+      );
+      lap('evaluate', t);
+      const best = m.checkpoints.find((c) => c.step === (evaluation.chosen ?? evaluation.best)) ?? m.checkpoints[m.checkpoints.length - 1];
+
+      say(`generating with the best checkpoint (step ${best.step})`);
+      t = performance.now();
+      const images = await generateImages({
+        base,
+        settings: { prompt: 'a photo of sks ball on a wooden table', negativePrompt: 'blurry', steps: tiny ? 15 : 25, scheduler: 'dpmpp-2m-karras', seed: 1234, width: resolution, height: resolution, count: 2 },
+        adapters: [{ path: join(runDir, best.adapter), strength: 1 }],
+        outDir: join(out, 'images'),
+      });
+      lap('generate', t);
+
+      say('exporting kohya (A1111 / ComfyUI) and native SingLoRA files');
+      t = performance.now();
+      const kohya = await exportAdapter({ adapter: join(runDir, best.adapter), format: 'kohya', out: join(out, 'sks-ball.kohya.safetensors') });
+      const native = await exportAdapter({ adapter: join(runDir, best.adapter), format: 'singlora', out: join(out, 'sks-ball.singlora.safetensors') });
+      lap('export', t);
+
+      const first = m.losses[0];
+      const last = m.losses[m.losses.length - 1];
+      const summary = {
+        event: 'summary',
+        backend: backend.name,
+        base,
+        tinyModel: tiny,
+        run: runDir,
+        steps: m.step,
+        loss: { first: first.loss, last: last.loss, smoothedLast: last.smoothed, fixedNoiseStart: result.fixedLoss?.start ?? null, fixedNoiseEnd: result.fixedLoss?.end ?? null },
+        msPerStep: m.timing.msPerStep,
+        scores: { baseline: evaluation.baseline, rows: evaluation.rows, best: evaluation.best, rule: evaluation.rule },
+        images: images.map((i) => i.file),
+        samples: m.samples.map((s) => join(runDir, s.file)),
+        exports: { kohya: kohya.path, native: native.path },
+        timingsMs: { ...times, total: Math.round(performance.now() - t0) },
+      };
+      printResult(o, summary, () =>
+        [
+          '',
+          `SingLoRA Studio demo finished in ${(summary.timingsMs.total / 1000).toFixed(1)} s on ${backend.name}`,
+          `  base model       ${base}${tiny ? '  (tiny, random weights: the pictures are noise by design)' : ''}`,
+          `  training         ${m.step} steps, ${m.timing.msPerStep ? (1000 / m.timing.msPerStep).toFixed(2) : '?'} it/s; loss ${first.loss.toFixed(4)} -> ${last.loss.toFixed(4)} (fixed-noise loss ${result.fixedLoss?.start.toFixed(4)} -> ${result.fixedLoss?.end.toFixed(4)})`,
+          `  run folder       ${runDir}`,
+          `  DINO scores      base ${evaluation.baseline.dino.toFixed(4)}; ${evaluation.rows.map((r) => `step ${r.step}: ${r.dino.toFixed(4)}`).join(', ')}  -> best: step ${evaluation.best}`,
+          `  images           ${images.map((i) => i.file).join(', ')}`,
+          `  kohya LoRA       ${kohya.path}  (A1111/Forge: models/Lora, prompt <lora:sks-ball.kohya:1>; ComfyUI: LoraLoader)`,
+          `  native SingLoRA  ${native.path}`,
+          `  timings (ms)     ${Object.entries(summary.timingsMs).map(([k, v]) => `${k} ${v}`).join(', ')}`,
+          '',
+          tiny ? 'Next: real weights. Put SD 1.5 (diffusers folder or v1-5-pruned-emaonly.safetensors) somewhere and run\n  npm run demo -- --base <path> --photos <your photos>\nsee models/README.md.' : '',
+        ].join('\n'),
+      );
+    }),
+  );
+}

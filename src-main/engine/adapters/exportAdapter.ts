@@ -1,0 +1,172 @@
+/**
+ * `singlora export` and the app's Export screen: one native adapter file to the format a tool
+ * loads, and `inspect` for what a file holds.
+ *
+ * | format               | writes                                                   | loads in |
+ * | -------------------- | -------------------------------------------------------- | -------- |
+ * | singlora             | a copy of the native file                                | SingLoRA Studio |
+ * | kohya                | kohya LoRA (.safetensors)                                | A1111 / Forge, ComfyUI, InvokeAI, kohya's tools, diffusers `load_lora_weights` |
+ * | diffusers            | PEFT-named LoRA (.safetensors, scale folded in)          | diffusers `load_lora_weights`, PEFT |
+ * | merged-diffusers     | `<out>/unet/` (config.json + diffusion_pytorch_model.safetensors) | diffusers `UNet2DConditionModel.from_pretrained`, or swap into a pipeline folder |
+ * | merged-single-file   | an original-layout SD 1.x checkpoint (UNet merged, VAE and text encoder copied) | A1111, ComfyUI, any SD 1.5 checkpoint loader |
+ *
+ * Merged exports stream the base weights one tensor at a time, adding dW to the targets.
+ */
+import { copyFile, mkdir } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { atomicWriteJson } from '../io/atomic.ts';
+import { COMPONENTS, originalShape, singleFileKeyMap, toSingleFileName, type ComponentName } from '../io/keyMap.ts';
+import { openBaseModel, type OpenBaseModelOptions } from '../io/modelFiles.ts';
+import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
+import { ADAPTER_FORMAT, adapterBytes, readAdapterFile, type NativeAdapterFile } from './adapterFile.ts';
+import { exportKohya, exportPeft } from './export.ts';
+import { nativeDelta } from './import.ts';
+
+export const EXPORT_FORMATS = ['singlora', 'kohya', 'diffusers', 'merged-diffusers', 'merged-single-file'] as const;
+export type ExportFormat = (typeof EXPORT_FORMATS)[number];
+
+export interface ExportOptions {
+  adapter: string;
+  format: ExportFormat;
+  /** Output file (or folder for merged-diffusers). */
+  out: string;
+  /** Base model, needed by the merged formats. */
+  base?: string;
+  baseOptions?: OpenBaseModelOptions;
+  dtype?: 'F32' | 'F16';
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface ExportResult {
+  format: ExportFormat;
+  path: string;
+  tensors: number;
+}
+
+export async function exportAdapter(o: ExportOptions): Promise<ExportResult> {
+  if (!(EXPORT_FORMATS as readonly string[]).includes(o.format)) throw new Error(`unknown export format '${o.format}'; choose one of ${EXPORT_FORMATS.join(', ')}`);
+  const file = await readAdapterFile(o.adapter);
+  const dtype = o.dtype ?? 'F32';
+  switch (o.format) {
+    case 'singlora':
+      await mkdir(dirname(o.out), { recursive: true });
+      await copyFile(o.adapter, o.out);
+      return { format: o.format, path: o.out, tensors: [...file.targets.values()].reduce((n, e) => n + Object.keys(e).length, 0) };
+    case 'kohya':
+      await mkdir(dirname(o.out), { recursive: true });
+      return { format: o.format, path: o.out, ...(await exportKohya(file, o.out, dtype)) };
+    case 'diffusers':
+      await mkdir(dirname(o.out), { recursive: true });
+      return { format: o.format, path: o.out, ...(await exportPeft(file, o.out, dtype)) };
+    case 'merged-diffusers':
+    case 'merged-single-file':
+      if (!o.base) throw new Error(`--base is required for the ${o.format} export (the model the adapter is folded into)`);
+      return exportMerged(file, o as ExportOptions & { base: string });
+  }
+}
+
+async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: string }): Promise<ExportResult> {
+  const base = await openBaseModel(o.base, o.baseOptions);
+  try {
+    const targets = new Set([...file.targets.keys()].map((p) => `${p}.weight`));
+    const missing = [...targets].filter((k) => !base.unet.weights.shape(k));
+    if (missing.length) throw new Error(`${file.path} does not fit ${o.base}: the UNet has no ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
+    let done = 0;
+    const total = [...base.unet.weights.keys()].length + (o.format === 'merged-single-file' ? [...base.vae.weights.keys()].length + [...base.textEncoder.weights.keys()].length : 0);
+    const readMerged = (component: ComponentName, key: string) => async (): Promise<Float32Array> => {
+      const w = component === 'unet' ? base.unet.weights : component === 'vae' ? base.vae.weights : base.textEncoder.weights;
+      const data = await w.read(key);
+      if (component === 'unet' && targets.has(key)) {
+        const delta = nativeDelta(file, key.slice(0, -'.weight'.length));
+        const d = (await delta.data()) as Float32Array;
+        delta.dispose();
+        if (d.length !== data.length) throw new Error(`${key}: delta has ${d.length} values for a weight of ${data.length}`);
+        for (let i = 0; i < data.length; i++) data[i] += d[i];
+      }
+      o.onProgress?.(++done, total);
+      return data;
+    };
+    const dtype = o.dtype ?? 'F32';
+    if (o.format === 'merged-diffusers') {
+      const out = new Map<string, TensorToWrite>();
+      for (const key of base.unet.weights.keys()) out.set(key, { dtype, shape: base.unet.weights.shape(key)!, read: readMerged('unet', key) });
+      await mkdir(join(o.out, 'unet'), { recursive: true });
+      await atomicWriteJson(join(o.out, 'unet', 'config.json'), base.unet.config);
+      await writeSafetensors(join(o.out, 'unet', 'diffusion_pytorch_model.safetensors'), out, mergeMeta(file, base.name));
+      return { format: o.format, path: join(o.out, 'unet'), tensors: out.size };
+    }
+    const map = singleFileKeyMap({ unet: base.unet.config, vae: base.vae.config, textEncoder: base.textEncoder.config });
+    const out = new Map<string, TensorToWrite>();
+    for (const component of COMPONENTS) {
+      const w = component === 'unet' ? base.unet.weights : component === 'vae' ? base.vae.weights : base.textEncoder.weights;
+      for (const key of w.keys()) {
+        if (key.endsWith('position_ids')) continue;
+        const original = toSingleFileName(component, key, map);
+        const pair = map.byOriginal.get(original)!;
+        out.set(original, { dtype, shape: originalShape(pair, w.shape(key)!), read: readMerged(component, key) });
+      }
+    }
+    await mkdir(dirname(o.out), { recursive: true });
+    await writeSafetensors(o.out, out, mergeMeta(file, base.name));
+    return { format: o.format, path: o.out, tensors: out.size };
+  } finally {
+    await base.close();
+  }
+}
+
+function mergeMeta(file: NativeAdapterFile, baseName: string): Record<string, string> {
+  return {
+    format: 'pt',
+    merged_adapter: basename(file.path),
+    merged_method: file.meta.method,
+    merged_rank: String(file.meta.rank),
+    merged_effective_alpha: String(file.meta.alpha * (file.meta.method === 'singlora' ? file.meta.effective_u : 1)),
+    base_model: baseName,
+    trigger: `${file.meta.trigger_token} ${file.meta.class_word}`.trim(),
+  };
+}
+
+export interface AdapterInspection {
+  file: string;
+  format: 'native' | 'kohya' | 'peft' | 'diffusers-procs' | 'mixed' | 'unknown';
+  method: string;
+  rank: number;
+  alpha: number;
+  targets: number;
+  parameters: number;
+  bytes: number;
+  metadata: Record<string, string>;
+}
+
+/** What an adapter file holds: native files in full, other LoRA files by their tensor names. */
+export async function inspectAdapter(path: string): Promise<AdapterInspection> {
+  const f = await SafetensorsFile.open(path);
+  try {
+    const meta = { ...f.metadata };
+    if (meta.format === ADAPTER_FORMAT) {
+      const native = await readAdapterFile(path);
+      return { file: path, format: 'native', method: native.meta.method, rank: native.meta.rank, alpha: native.meta.alpha, targets: native.targets.size, parameters: adapterBytes(native) / 4, bytes: adapterBytes(native), metadata: meta };
+    }
+    const keys = f.keys();
+    let params = 0;
+    let bytes = 0;
+    const modules = new Set<string>();
+    let rank = 0;
+    const kinds = new Set<string>();
+    for (const k of keys) {
+      const info = f.info(k);
+      params += info.shape.reduce((a, b) => a * b, 1);
+      bytes += info.end - info.begin;
+      const m = /^(.*?)\.(lora_down|lora_A|lora_up|lora_B|alpha|processor|lora_linear_layer)/.exec(k);
+      if (m) modules.add(m[1]);
+      if (/lora_down\.weight$|lora_A\.weight$/.test(k)) rank = Math.max(rank, info.shape[0]);
+      kinds.add(k.startsWith('lora_') ? 'kohya' : /\.lora_[AB]\.weight$/.test(k) ? 'peft' : /_lora\.(down|up)\.weight$|lora_linear_layer/.test(k) ? 'diffusers-procs' : 'unknown');
+    }
+    const format = kinds.size === 1 ? ([...kinds][0] as AdapterInspection['format']) : 'mixed';
+    const alpha = Number(meta.ss_network_alpha ?? rank);
+    return { file: path, format, method: 'lora', rank, alpha, targets: modules.size, parameters: params, bytes, metadata: meta };
+  } finally {
+    await f.close();
+  }
+}
+

@@ -1,0 +1,163 @@
+/**
+ * Scoring a training run's checkpoints, as the DreamBooth paper evaluates subject fidelity:
+ *
+ *   1. a fixed prompt set for the subject type (eval/prompts.ts), fixed images per prompt and
+ *      fixed seeds, generated with the base model (the baseline) and with each checkpoint
+ *   2. DINO = mean cosine between the CLS embeddings of every generated image and every subject
+ *      photo; CLIP-T (mean image-prompt cosine) when the CLIP models are installed
+ *   3. the pick: the highest DINO; with CLIP-T, only among checkpoints whose CLIP-T stays within
+ *      `clipMargin` of the baseline's, so an overfit adapter that ignores the prompt loses
+ *
+ * The table goes into run.json (`evaluation`), where the CLI and the app read it; a user's own
+ * choice is kept in `evaluation.chosen`. Generated images stay under `<run>/eval/<label>/`.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Evaluation, RunManifest, ScoreRow } from '../../api/schemas.ts';
+import { listPhotos } from '../train/dataset.ts';
+import { readRunManifest, writeRunManifest } from '../train/runFiles.ts';
+import { StableDiffusion } from '../pipeline/stableDiffusion.ts';
+import { generateImages } from '../pipeline/generate.ts';
+import { defaultModelsDir } from '../paths.ts';
+import { ClipModels, clipScores } from './clip.ts';
+import { DinoEmbedder } from './dino.ts';
+import { locateClip, locateDino } from './modelRegistry.ts';
+import { EVAL_PROMPT_SET_VERSION, EVAL_SEEDS, evalJobs, IMAGES_PER_PROMPT, type SubjectKind } from './prompts.ts';
+import { subjectFidelity } from './similarity.ts';
+
+/** How far below the baseline's CLIP-T a checkpoint may fall and still be picked. */
+export const DEFAULT_CLIP_MARGIN = 0.02;
+
+export interface EvaluateRunOptions {
+  runDir: string;
+  /** Subject photos (folder or files); default: the photos the run used. */
+  photos?: string | readonly string[];
+  /** Base model; default: the one in run.json. */
+  base?: string;
+  checkpoints?: 'all' | 'latest';
+  subjectType?: SubjectKind;
+  /** Prompts (with the trigger already filled in); default: the fixed set for the subject type. */
+  prompts?: readonly string[];
+  imagesPerPrompt?: number;
+  /** Sampling for the evaluation images. */
+  steps?: number;
+  scheduler?: 'ddim' | 'dpmpp-2m' | 'dpmpp-2m-karras' | 'euler-a' | 'euler' | 'pndm';
+  dinoModel?: string;
+  modelsDir?: string;
+  /** Use CLIP-T when the CLIP models are present (default true). */
+  clip?: boolean;
+  clipMargin?: number;
+}
+
+export interface EvaluateHooks {
+  onProgress?: (done: number, total: number, label: string) => void;
+  signal?: AbortSignal;
+}
+
+export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = {}): Promise<Evaluation> {
+  const manifest = await readRunManifest(o.runDir);
+  const ckpts = manifest.checkpoints.slice().sort((a, b) => a.step - b.step);
+  if (!ckpts.length) throw new Error(`${o.runDir}: the run has no checkpoints to evaluate yet`);
+  const chosen = o.checkpoints === 'latest' ? [ckpts[ckpts.length - 1]] : ckpts;
+  const s = manifest.settings;
+  const resolution = s.resolution;
+  const perPrompt = o.imagesPerPrompt ?? IMAGES_PER_PROMPT;
+  if (!Number.isInteger(perPrompt) || perPrompt < 1 || perPrompt > EVAL_SEEDS.length * 4) throw new Error(`imagesPerPrompt must be an integer from 1 to ${EVAL_SEEDS.length * 4}, got ${perPrompt}`);
+  const prompts = o.prompts?.length ? [...o.prompts] : [...new Set(evalJobs(o.subjectType ?? 'live', s.triggerToken, s.classWord).map((j) => j.prompt))];
+  const seeds = Array.from({ length: perPrompt }, (_, i) => EVAL_SEEDS[i % EVAL_SEEDS.length] + Math.floor(i / EVAL_SEEDS.length));
+  const photos = o.photos ? await listPhotos(o.photos) : manifest.images.used.filter((f) => !f.includes('#'));
+  if (!photos.length) throw new Error(`${o.runDir}: no subject photos to compare with (pass --photos)`);
+
+  const modelsDir = o.modelsDir ?? defaultModelsDir();
+  const dino = await DinoEmbedder.load(locateDino(modelsDir, o.dinoModel));
+  let clip: ClipModels | null = null;
+  if (o.clip !== false) {
+    const located = locateClip(modelsDir);
+    if ('files' in located) clip = await ClipModels.load(located.files);
+  }
+
+  const sd = await StableDiffusion.load(o.base ?? manifest.baseModel.path);
+  const labels = ['base', ...chosen.map((c) => `step-${String(c.step).padStart(6, '0')}`)];
+  const total = labels.length * prompts.length * perPrompt;
+  let done = 0;
+  try {
+    const subjectEmbeddings = await dino.embed(photos);
+    const subject = photos.map((file, i) => ({ file, embedding: subjectEmbeddings[i] }));
+    const rows: ScoreRow[] = [];
+    for (let k = 0; k < labels.length; k++) {
+      const ckpt = k === 0 ? null : chosen[k - 1];
+      const outDir = join(o.runDir, 'eval', labels[k]);
+      await mkdir(outDir, { recursive: true });
+      const generated: Array<{ file: string; prompt: string }> = [];
+      for (const prompt of prompts) {
+        for (const seed of seeds) {
+          if (hooks.signal?.aborted) throw new Error('evaluation cancelled');
+          const [img] = await generateImages(
+            {
+              base: sd.path,
+              sd,
+              settings: { prompt, seed, steps: o.steps ?? 25, scheduler: o.scheduler ?? 'dpmpp-2m', guidanceScale: 7.5, width: resolution ?? sd.defaultResolution, height: resolution ?? sd.defaultResolution },
+              adapters: ckpt ? [{ path: join(o.runDir, ckpt.adapter), strength: 1 }] : [],
+              outDir,
+            },
+            { signal: hooks.signal },
+          );
+          generated.push({ file: img.file, prompt });
+          hooks.onProgress?.(++done, total, labels[k]);
+        }
+      }
+      const emb = await dino.embed(generated.map((g) => g.file));
+      const fidelity = subjectFidelity(
+        generated.map((g, i) => ({ file: g.file, embedding: emb[i] })),
+        subject,
+      );
+      const clipT = clip ? (await clipScores(clip, generated, photos)).clipT : null;
+      rows.push({ step: ckpt ? ckpt.step : null, dino: fidelity.dino, clipT, images: generated.length });
+    }
+    const baseline = rows[0];
+    const scored = rows.slice(1);
+    const margin = o.clipMargin ?? DEFAULT_CLIP_MARGIN;
+    const eligible = scored.filter((r) => r.clipT === null || baseline.clipT === null || r.clipT >= baseline.clipT - margin);
+    const pool = eligible.length ? eligible : scored;
+    const best = pool.reduce((a, b) => (b.dino > a.dino ? b : a)).step;
+    const rule = clip
+      ? `highest DINO among checkpoints whose CLIP-T is within ${margin} of the base model's (${baseline.clipT?.toFixed(4)})`
+      : 'highest DINO (CLIP models not installed, so prompt fidelity is not checked)';
+    const fresh = await readRunManifest(o.runDir);
+    const previousChoice = fresh.evaluation?.chosen ?? null;
+    const evaluation: Evaluation = {
+      createdAt: new Date().toISOString(),
+      prompts,
+      imagesPerPrompt: perPrompt,
+      seeds,
+      baseline,
+      rows: mergeRows(o.checkpoints === 'latest' ? fresh.evaluation?.rows ?? [] : [], scored),
+      best,
+      rule: `${rule}; prompt set v${EVAL_PROMPT_SET_VERSION}`,
+      chosen: previousChoice !== null && scored.some((r) => r.step === previousChoice) ? previousChoice : null,
+    };
+    await writeRunManifest(o.runDir, { ...fresh, evaluation });
+    return evaluation;
+  } finally {
+    sd.dispose();
+    await clip?.release();
+    await dino.release();
+  }
+}
+
+/** Keeps earlier rows for checkpoints not re-scored (a `latest` evaluation adds one row). */
+function mergeRows(previous: readonly ScoreRow[], fresh: readonly ScoreRow[]): ScoreRow[] {
+  const byStep = new Map(previous.map((r) => [r.step, r]));
+  for (const r of fresh) byStep.set(r.step, r);
+  return [...byStep.values()].sort((a, b) => (a.step ?? -1) - (b.step ?? -1));
+}
+
+/** Records the user's choice of checkpoint in run.json. */
+export async function chooseCheckpoint(runDir: string, step: number): Promise<Evaluation> {
+  const m: RunManifest = await readRunManifest(runDir);
+  if (!m.evaluation) throw new Error(`${runDir}: evaluate the run before choosing a checkpoint`);
+  if (!m.checkpoints.some((c) => c.step === step)) throw new Error(`${runDir}: no checkpoint at step ${step} (have ${m.checkpoints.map((c) => c.step).join(', ')})`);
+  const evaluation = { ...m.evaluation, chosen: step };
+  await writeRunManifest(runDir, { ...m, evaluation });
+  return evaluation;
+}
