@@ -13,6 +13,7 @@
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readFile, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { encodeImage } from '../src-main/engine/image/sharp.ts';
 import { atomicWriteFile } from '../src-main/engine/io/atomic.ts';
 import { writeSafetensors, type TensorToWrite } from '../src-main/engine/io/safetensors.ts';
 import { AutoencoderKL } from '../src-main/engine/models/autoencoderKL.ts';
@@ -20,6 +21,7 @@ import { ClipTextModel, parseClipTextConfig } from '../src-main/engine/models/cl
 import { randomSource, type Module } from '../src-main/engine/models/layers/module.ts';
 import { UNet2DConditionModel } from '../src-main/engine/models/unet2dCondition.ts';
 import { REPO_ROOT } from '../src-main/engine/paths.ts';
+import { Rng } from '../src-main/engine/random.ts';
 
 const SOURCE = join(REPO_ROOT, 'test/fixtures/tiny-a/model');
 const DINO_SOURCE = join(REPO_ROOT, 'test/fixtures/dino-tiny/model.onnx');
@@ -66,6 +68,46 @@ export async function makeTinyModel(out = TINY_MODEL_DIR, force = false): Promis
   await mkdir(join(REPO_ROOT, 'models/dino-tiny'), { recursive: true });
   await copyFile(DINO_SOURCE, TINY_DINO);
   return out;
+}
+
+/**
+ * Synthetic subject photos: one "object" (a red ball with a yellow band) on five different
+ * backgrounds and positions, 96x96 PNG.
+ */
+export async function makeSubjectPhotos(dir: string, count = 5): Promise<string[]> {
+  await mkdir(dir, { recursive: true });
+  const rng = new Rng(7);
+  const files: string[] = [];
+  for (let k = 0; k < count; k++) {
+    const w = 96;
+    const h = 96;
+    const data = new Uint8Array(w * h * 3);
+    const bg = [40 + rng.int(120), 60 + rng.int(120), 80 + rng.int(150)];
+    const cx = 36 + rng.int(24);
+    const cy = 36 + rng.int(24);
+    const r = 18 + rng.int(8);
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const i = (y * w + x) * 3;
+        const d2 = (x - cx) ** 2 + (y - cy) ** 2;
+        const ground = y > 70 ? 0.6 : 1;
+        if (d2 < r * r) {
+          const band = Math.abs(y - cy) < 3;
+          data[i] = band ? 240 : 210;
+          data[i + 1] = band ? 210 : 30;
+          data[i + 2] = band ? 40 : 40;
+        } else {
+          data[i] = bg[0] * ground;
+          data[i + 1] = bg[1] * ground;
+          data[i + 2] = bg[2] * ground;
+        }
+      }
+    }
+    const file = join(dir, `subject-${k + 1}.png`);
+    await atomicWriteFile(file, await encodeImage({ data, width: w, height: h }, 'png'));
+    files.push(file);
+  }
+  return files;
 }
 
 if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('make-tiny-model.ts')) {

@@ -10,14 +10,11 @@
 import type { Command } from 'commander';
 import { mkdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { makeTinyModel, TINY_DINO } from '../../scripts/make-tiny-model.ts';
+import { makeSubjectPhotos, makeTinyModel, TINY_DINO } from '../../scripts/make-tiny-model.ts';
 import { exportAdapter } from '../engine/adapters/exportAdapter.ts';
 import { evaluateRun } from '../engine/eval/evaluateRun.ts';
-import { encodeImage } from '../engine/image/sharp.ts';
-import { atomicWriteFile } from '../engine/io/atomic.ts';
 import { generateImages } from '../engine/pipeline/generate.ts';
 import { REPO_ROOT } from '../engine/paths.ts';
-import { Rng } from '../engine/random.ts';
 import { train } from '../engine/train/trainer.ts';
 import { action, emitJsonLine, printResult, progressBar, startBackend, withCommon, type GlobalOptions } from './common.ts';
 
@@ -27,46 +24,6 @@ interface DemoOptions extends GlobalOptions {
   out: string;
   steps: string;
   dinoModel?: string;
-}
-
-/**
- * Synthetic subject photos: one "object" (a red ball with a yellow band) on five different
- * backgrounds and positions, 96x96 PNG.
- */
-export async function makeSubjectPhotos(dir: string, count = 5): Promise<string[]> {
-  await mkdir(dir, { recursive: true });
-  const rng = new Rng(7);
-  const files: string[] = [];
-  for (let k = 0; k < count; k++) {
-    const w = 96;
-    const h = 96;
-    const data = new Uint8Array(w * h * 3);
-    const bg = [40 + rng.int(120), 60 + rng.int(120), 80 + rng.int(150)];
-    const cx = 36 + rng.int(24);
-    const cy = 36 + rng.int(24);
-    const r = 18 + rng.int(8);
-    for (let y = 0; y < h; y++) {
-      for (let x = 0; x < w; x++) {
-        const i = (y * w + x) * 3;
-        const d2 = (x - cx) ** 2 + (y - cy) ** 2;
-        const ground = y > 70 ? 0.6 : 1;
-        if (d2 < r * r) {
-          const band = Math.abs(y - cy) < 3;
-          data[i] = band ? 240 : 210;
-          data[i + 1] = band ? 210 : 30;
-          data[i + 2] = band ? 40 : 40;
-        } else {
-          data[i] = bg[0] * ground;
-          data[i + 1] = bg[1] * ground;
-          data[i + 2] = bg[2] * ground;
-        }
-      }
-    }
-    const file = join(dir, `subject-${k + 1}.png`);
-    await atomicWriteFile(file, await encodeImage({ data, width: w, height: h }, 'png'));
-    files.push(file);
-  }
-  return files;
 }
 
 export function register(program: Command): void {

@@ -33,7 +33,8 @@ export class SingLoRALinear extends AdapterLinear {
     super(base, hyper);
     const rows = Math.max(base.outFeatures, base.inFeatures);
     if (init.length !== rows * hyper.rank) throw new Error(`SingLoRA A for a ${base.inFeatures}->${base.outFeatures} layer needs ${rows}x${hyper.rank} values, got ${init.length}`);
-    this.A = tf.variable(tf.tensor2d(init, [rows, hyper.rank]), true, `${name}_${nextId()}`);
+    // tf.variable shares the initial tensor's data; tidy frees the temporary handle.
+    this.A = tf.tidy(() => tf.variable(tf.tensor2d(init, [rows, hyper.rank]), true, `${name}_${nextId()}`));
   }
 
   scale(step: number): number {

@@ -40,8 +40,9 @@ export class AdamW {
     readonly params: readonly Variable[],
     readonly config: AdamWConfig = DEFAULT_ADAMW,
   ) {
-    this.m = params.map((p) => tf.variable(tf.zerosLike(p), false));
-    this.v = params.map((p) => tf.variable(tf.zerosLike(p), false));
+    // tf.variable shares the initial tensor's data; tidy frees the temporary handles.
+    this.m = tf.tidy(() => params.map((p) => tf.variable(tf.zerosLike(p), false)));
+    this.v = tf.tidy(() => params.map((p) => tf.variable(tf.zerosLike(p), false)));
   }
 
   get step(): number {

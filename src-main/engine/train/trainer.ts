@@ -80,6 +80,8 @@ interface Example {
 }
 
 const SMOOTHING = 0.9;
+/** The fixed-noise loss is averaged over 8 evenly spaced timesteps, the midpoints of U[0, T). */
+const FIXED_LOSS_TIMESTEPS = [0.0625, 0.1875, 0.3125, 0.4375, 0.5625, 0.6875, 0.8125, 0.9375];
 
 export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise<TrainResult> {
   const emit = (e: TrainEvent) => hooks.onEvent?.(e);
@@ -239,7 +241,7 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
       let total = 0;
       for (const e of instances) {
         const eps = randn(r, [1, latH, latW, latC]);
-        const ts = [0.2, 0.4, 0.6, 0.8].map((f) => Math.floor(f * numTrain));
+        const ts = FIXED_LOSS_TIMESTEPS.map((f) => Math.floor(f * numTrain));
         const loss = tf.tidy(() => {
           const z0 = e.mean;
           const noise = tf.concat(ts.map(() => eps), 0);

@@ -1,0 +1,109 @@
+/**
+ * The Evaluate screen's state: a run's checkpoint scores (`evaluation.get`), an evaluation job
+ * followed through `evaluation.progress` and `job.updated`, and the user's choice of checkpoint.
+ */
+import type { ApiClient, Job, Project } from '../../src-main/api/contract.ts';
+import type { Evaluation } from '../../src-main/api/schemas.ts';
+import type { EventHub } from './events.ts';
+import type { JobsService } from './jobs.svelte.ts';
+import type { Notifier } from './notifier.svelte.ts';
+
+/** The checkpoint in use: the user's choice, else the rule's pick. */
+export function effectiveBest(e: Evaluation | null): number | null {
+  return e ? (e.chosen ?? e.best) : null;
+}
+
+export class EvaluationService {
+  projectId = $state<string | null>(null);
+  runId = $state<string | null>(null);
+  evaluation = $state<Evaluation | null>(null);
+  loading = $state(false);
+  jobId = $state<string | null>(null);
+  progress = $state<{ done: number; total: number; label: string } | null>(null);
+  jobError = $state<string | null>(null);
+  choosing = $state<number | null>(null);
+
+  best = $derived(effectiveBest(this.evaluation));
+  running = $derived(this.jobId !== null);
+
+  constructor(
+    private readonly api: ApiClient,
+    hub: EventHub,
+    private readonly jobs: JobsService,
+    private readonly notify: Notifier,
+    /** Called after the checkpoint in use changed (a choice, or a new evaluation). */
+    private readonly onBestChanged: () => void = () => {},
+  ) {
+    hub.on('evaluation.progress', (p) => {
+      if (p.jobId === this.jobId) this.progress = { done: p.done, total: p.total, label: p.label };
+    });
+  }
+
+  setProject(p: Project | null): void {
+    this.projectId = p?.id ?? null;
+    this.runId = null;
+    this.evaluation = null;
+    this.jobId = null;
+    this.progress = null;
+    this.jobError = null;
+  }
+
+  async selectRun(runId: string | null): Promise<void> {
+    if (runId === this.runId) return;
+    this.runId = runId;
+    this.evaluation = null;
+    this.jobError = null;
+    if (runId) await this.load();
+  }
+
+  async load(): Promise<void> {
+    const { projectId, runId } = this;
+    if (!projectId || !runId) return;
+    this.loading = true;
+    try {
+      const e = await this.notify.guard('Load evaluation', () => this.api['evaluation.get']({ projectId, runId }));
+      if (e !== undefined && this.runId === runId) this.evaluation = e;
+    } finally {
+      this.loading = false;
+    }
+  }
+
+  async start(): Promise<void> {
+    const { projectId, runId } = this;
+    if (!projectId || !runId) return this.notify.error('Evaluate', 'Choose a run first.');
+    this.jobError = null;
+    const r = await this.notify.guard('Start evaluation', () => this.api['evaluation.start']({ projectId, runId, checkpoints: 'all' }));
+    if (!r) return;
+    this.jobId = r.jobId;
+    this.progress = { done: 0, total: 0, label: 'queued' };
+    this.jobs.track(r.jobId, (job) => this.#onJob(job, runId));
+  }
+
+  async choose(step: number): Promise<void> {
+    const { projectId, runId } = this;
+    if (!projectId || !runId) return;
+    this.choosing = step;
+    try {
+      const e = await this.notify.guard('Choose checkpoint', () => this.api['evaluation.choose']({ projectId, runId, step }));
+      if (e && this.runId === runId) this.evaluation = e;
+      if (e) this.onBestChanged();
+    } finally {
+      this.choosing = null;
+    }
+  }
+
+  #onJob(job: Job, runId: string): void {
+    if (job.progress && (job.status === 'queued' || job.status === 'running')) this.progress ??= job.progress;
+    if (job.status === 'queued' || job.status === 'running') return;
+    this.jobId = null;
+    this.progress = null;
+    if (job.status === 'failed') {
+      this.jobError = job.error ?? 'the evaluation failed';
+      this.notify.error('Evaluation', this.jobError);
+    }
+    if (job.status === 'done') {
+      this.onBestChanged();
+      if (this.runId === runId) void this.load();
+    }
+  }
+}

@@ -1,0 +1,129 @@
+/**
+ * The Export screen's state: adapter, format (the contract's `exportFormats`), optional save
+ * location, and the export job followed to its end.
+ *
+ * The job's result path: the contract's `Job` has no result field yet, so the path shown is, in
+ * order, `job.result.path` (when the engine sends one), the final progress label, the requested
+ * location, else the project's adapters/ folder.
+ */
+import { api, exportFormats, type ApiClient, type Job, type Project } from '../../src-main/api/contract.ts';
+import { adapterRef, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
+import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
+import type { JobsService } from './jobs.svelte.ts';
+import type { Notifier } from './notifier.svelte.ts';
+
+export type ExportFormat = (typeof exportFormats)[number];
+
+/** One line per format: what it is, and which tools load it. */
+export const FORMAT_INFO: Record<ExportFormat, { label: string; loads: string }> = {
+  singlora: { label: 'Native SingLoRA (.safetensors)', loads: 'SingLoRA Studio and the singlora CLI; keeps the single-matrix form and its metadata for later training.' },
+  kohya: { label: 'kohya LoRA for A1111 / ComfyUI (.safetensors)', loads: 'AUTOMATIC1111, Forge, ComfyUI, InvokeAI: put it in models/Lora and use <lora:name:1> or a LoRA loader node.' },
+  diffusers: { label: 'diffusers / PEFT LoRA', loads: 'Python: pipe.load_lora_weights(path) in diffusers, or PeftModel with peft.' },
+  'merged-diffusers': { label: 'Merged checkpoint (diffusers folder)', loads: 'A full SD 1.5 model with the adapter baked in: StableDiffusionPipeline.from_pretrained(folder); no LoRA loader needed.' },
+  'merged-single-file': { label: 'Merged checkpoint (single .safetensors)', loads: 'A full SD 1.5 checkpoint (about 2-4 GB) for models/Stable-diffusion in A1111, ComfyUI, DiffusionBee or any SD 1.5 tool.' },
+};
+
+/** The path of an export's result, from the finished job (see the header). */
+export function exportResultPath(job: Job & { result?: unknown }, requested: string | null): string {
+  const result = job.result as { path?: unknown } | null | undefined;
+  if (typeof result?.path === 'string' && result.path) return result.path;
+  const label = job.progress?.label;
+  if (label && /[\\/]/.test(label)) return label;
+  return requested || "the project's adapters/ folder";
+}
+
+export class ExportService {
+  projectId = $state<string | null>(null);
+  adapter = $state<AdapterChoice>({ kind: 'none' });
+  #adapterChosen = false;
+  format = $state<ExportFormat>('kohya');
+  outPath = $state('');
+  errors = $state<FieldErrors>({});
+  jobId = $state<string | null>(null);
+  progress = $state<{ done: number; total: number; label: string } | null>(null);
+  status = $state<'idle' | 'running' | 'done' | 'failed' | 'cancelled'>('idle');
+  resultPath = $state<string | null>(null);
+  error = $state<string | null>(null);
+
+  constructor(
+    private readonly api: ApiClient,
+    private readonly jobs: JobsService,
+    private readonly notify: Notifier,
+    private readonly onExported: () => void = () => {},
+  ) {}
+
+  setProject(p: Project | null): void {
+    this.projectId = p?.id ?? null;
+    this.adapter = { kind: 'none' };
+    this.#adapterChosen = false;
+    this.errors = {};
+    this.#reset();
+  }
+
+  /** Until the user chooses, the newest run's checkpoint (else the first file) is the default. */
+  suggestAdapter(options: AdapterOption[]): void {
+    if (this.#adapterChosen || this.adapter.kind !== 'none') return;
+    const pick = options.find((o) => o.group === 'Training runs') ?? options[0];
+    if (pick) this.adapter = pick.choice;
+  }
+
+  setAdapter(choice: AdapterChoice): void {
+    this.#adapterChosen = true;
+    this.adapter = choice;
+  }
+
+  async exportNow(): Promise<boolean> {
+    const projectId = this.projectId;
+    if (!projectId) {
+      this.notify.error('Export', 'Open or create a project first.');
+      return false;
+    }
+    const ref = adapterRef(this.adapter);
+    if (!ref) {
+      this.errors = { adapter: 'Choose the adapter to export' };
+      return false;
+    }
+    const outPath = this.outPath.trim() || undefined;
+    const params = { projectId, adapter: ref, format: this.format, ...(outPath ? { outPath } : {}) };
+    const c = check(api['adapters.export'].params, params);
+    this.errors = c.ok ? {} : c.errors;
+    if (!c.ok) return false;
+    this.#reset();
+    this.status = 'running';
+    try {
+      const r = await this.api['adapters.export'](params);
+      this.jobId = r.jobId;
+      this.jobs.track(r.jobId, (job) => this.#onJob(job, outPath ?? null));
+      return true;
+    } catch (err) {
+      this.status = 'failed';
+      this.error = err instanceof Error ? err.message : String(err);
+      const fields = fieldErrorsFromApi(err);
+      if (fields) this.errors = fields;
+      else this.notify.error('Export', err);
+      return false;
+    }
+  }
+
+  #reset(): void {
+    this.jobId = null;
+    this.progress = null;
+    this.status = 'idle';
+    this.resultPath = null;
+    this.error = null;
+  }
+
+  #onJob(job: Job, requested: string | null): void {
+    this.progress = job.progress;
+    if (job.status === 'queued' || job.status === 'running') return;
+    this.status = job.status;
+    if (job.status === 'done') {
+      this.resultPath = exportResultPath(job, requested);
+      this.notify.info(`Exported to ${this.resultPath}`, 'success');
+      this.onExported();
+    } else if (job.status === 'failed') {
+      this.error = job.error ?? 'the export failed';
+      this.notify.error('Export', this.error);
+    }
+  }
+}

@@ -1,0 +1,38 @@
+/** Small display formatters. */
+
+/** 75 -> "1:15", 3725 -> "1:02:05"; null or non-finite -> "—". */
+export function formatDuration(seconds: number | null | undefined): string {
+  if (seconds == null || !Number.isFinite(seconds) || seconds < 0) return '—';
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const sec = String(s % 60).padStart(2, '0');
+  return h > 0 ? `${h}:${String(m).padStart(2, '0')}:${sec}` : `${m}:${sec}`;
+}
+
+export function formatBytes(bytes: number | null | undefined): string {
+  if (bytes == null || !Number.isFinite(bytes)) return '—';
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let v = bytes;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(i === 0 || v >= 100 ? 0 : 1)} ${units[i]}`;
+}
+
+/** Iterations per second; below 1 it/s the kohya-style "s/it" reads better. */
+export function formatRate(its: number | null | undefined): string {
+  if (its == null || !Number.isFinite(its) || its <= 0) return '—';
+  return its >= 1 ? `${its.toFixed(2)} it/s` : `${(1 / its).toFixed(2)} s/it`;
+}
+
+export function formatScore(v: number | null | undefined, digits = 3): string {
+  return v == null || !Number.isFinite(v) ? '—' : v.toFixed(digits);
+}
+
+export function formatDate(iso: string): string {
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
+}

@@ -1,0 +1,169 @@
+/**
+ * The Generate screen's state: the settings draft (checked with the contract's
+ * `generateSettingsSchema` before sending, so a width that is not a multiple of 8 never leaves the
+ * page), the adapter and its strength, the job's step progress, and the gallery.
+ */
+import type { ApiClient, GeneratedImageInfo, Job, Project } from '../../src-main/api/contract.ts';
+import { generateSettingsSchema, type GenerateSettingsInput } from '../../src-main/api/schemas.ts';
+import { adapterRef, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
+import type { EventHub } from './events.ts';
+import type { Files } from './files.ts';
+import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
+import type { JobsService } from './jobs.svelte.ts';
+import type { Notifier } from './notifier.svelte.ts';
+
+export type GenerateDraft = Required<Omit<GenerateSettingsInput, 'clipSkip'>> & { clipSkip: number };
+
+export function defaultDraft(subject?: Project['subject']): GenerateDraft {
+  const d = generateSettingsSchema.parse({ prompt: subject ? `a photo of ${subject.triggerToken} ${subject.classWord}` : '' });
+  return { ...d };
+}
+
+export const MAX_SEED = 2 ** 32 - 1;
+
+export interface GalleryImage extends GeneratedImageInfo {
+  src: string;
+}
+
+export class GenerationService {
+  projectId = $state<string | null>(null);
+  draft = $state<GenerateDraft>(defaultDraft());
+  adapter = $state<AdapterChoice>({ kind: 'none' });
+  #adapterChosen = false;
+  strength = $state(1);
+  errors = $state<FieldErrors>({});
+  images = $state<GalleryImage[]>([]);
+  jobId = $state<string | null>(null);
+  progress = $state<{ image: number; images: number; step: number; steps: number } | null>(null);
+  busy = $state(false);
+
+  running = $derived(this.jobId !== null);
+
+  constructor(
+    private readonly api: ApiClient,
+    hub: EventHub,
+    private readonly jobs: JobsService,
+    private readonly files: Files,
+    private readonly notify: Notifier,
+    private readonly clipboard: Pick<Clipboard, 'writeText'> | null = null,
+    private readonly revealFile: ((path: string) => Promise<void>) | null = null,
+    private readonly random: () => number = Math.random,
+  ) {
+    hub.on('generation.step', (s) => {
+      if (s.jobId === this.jobId) this.progress = { image: s.image, images: s.images, step: s.step, steps: s.steps };
+    });
+    hub.on('generation.image', (e) => {
+      if (e.projectId === this.projectId) this.#add(e.image);
+    });
+  }
+
+  setProject(p: Project | null): void {
+    this.projectId = p?.id ?? null;
+    this.draft = defaultDraft(p?.subject);
+    this.adapter = { kind: 'none' };
+    this.#adapterChosen = false;
+    this.errors = {};
+    this.images = [];
+    this.jobId = null;
+    this.progress = null;
+    if (p) void this.loadGallery();
+  }
+
+  /** Until the user chooses, the newest run's checkpoint (else the first file) is the default. */
+  suggestAdapter(options: AdapterOption[]): void {
+    if (this.#adapterChosen || this.adapter.kind !== 'none') return;
+    const pick = options.find((o) => o.group === 'Training runs') ?? options[0];
+    if (pick) this.adapter = pick.choice;
+  }
+
+  setAdapter(choice: AdapterChoice): void {
+    this.#adapterChosen = true;
+    this.adapter = choice;
+  }
+
+  async loadGallery(): Promise<void> {
+    const projectId = this.projectId;
+    if (!projectId) return;
+    const list = await this.notify.guard('Load gallery', () => this.api['generation.list']({ projectId }));
+    if (!list || this.projectId !== projectId) return;
+    this.images = list.map((i) => this.#withSrc(i)).sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+  }
+
+  randomizeSeed(): void {
+    this.draft.seed = Math.floor(this.random() * MAX_SEED);
+  }
+
+  /** Reuses an image's settings (seed included) in the form. */
+  reuse(image: GeneratedImageInfo): void {
+    this.draft = { ...this.draft, ...image.settings };
+  }
+
+  async generate(): Promise<boolean> {
+    const projectId = this.projectId;
+    if (!projectId) {
+      this.notify.error('Generate', 'Open or create a project first.');
+      return false;
+    }
+    const c = check(generateSettingsSchema, this.draft);
+    const errors: FieldErrors = c.ok ? {} : { ...c.errors };
+    if (!Number.isFinite(this.strength) || this.strength < -4 || this.strength > 4) errors.strength = 'Strength is between -4 and 4';
+    this.errors = errors;
+    if (!c.ok || Object.keys(errors).length) return false;
+    const ref = adapterRef(this.adapter);
+    this.busy = true;
+    try {
+      const r = await this.api['generation.start']({ projectId, settings: c.data, adapters: ref ? [{ ...ref, strength: this.strength }] : [] });
+      this.jobId = r.jobId;
+      this.progress = null;
+      this.jobs.track(r.jobId, (job) => this.#onJob(job));
+      return true;
+    } catch (err) {
+      const fields = fieldErrorsFromApi(err, 'settings.');
+      if (fields) this.errors = fields;
+      else this.notify.error('Generate', err);
+      return false;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async cancel(): Promise<void> {
+    if (this.jobId) await this.jobs.cancel(this.jobId);
+  }
+
+  /** Copies the A1111 "parameters" text (as in the PNG) to the clipboard. */
+  async copyParameters(image: GeneratedImageInfo): Promise<void> {
+    if (!this.clipboard) return this.notify.error('Copy parameters', 'The clipboard is not available here (the page needs a secure context: https or localhost).');
+    try {
+      await this.clipboard.writeText(image.parameters);
+      this.notify.info('Parameters copied: paste them into the A1111 prompt box and press the ↙ button.', 'success');
+    } catch (err) {
+      this.notify.error('Copy parameters', err);
+    }
+  }
+
+  get canReveal(): boolean {
+    return this.revealFile !== null;
+  }
+
+  async reveal(image: GeneratedImageInfo): Promise<void> {
+    if (!this.revealFile) return this.notify.error('Open in folder', 'Opening folders is not available here.');
+    await this.notify.guard('Open in folder', () => this.revealFile!(image.file));
+  }
+
+  #onJob(job: Job): void {
+    if (job.status === 'queued' || job.status === 'running') return;
+    this.jobId = null;
+    this.progress = null;
+    if (job.status === 'failed') this.notify.error('Generate', job.error ?? 'generation failed');
+  }
+
+  #withSrc(i: GeneratedImageInfo): GalleryImage {
+    return { ...i, src: this.files.url(i.url) };
+  }
+
+  #add(image: GeneratedImageInfo): void {
+    if (this.images.some((i) => i.file === image.file)) return;
+    this.images = [this.#withSrc(image), ...this.images];
+  }
+}

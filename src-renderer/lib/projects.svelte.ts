@@ -1,0 +1,131 @@
+/**
+ * Projects: the list, the open project, and edits to it (name, subject, base model). Other
+ * services follow the open project through `onOpen` (called when a different project opens or the
+ * open one closes); edits to the open project only replace `current`.
+ */
+import { api, type ApiClient, type Params, type Project, type ProjectSummary } from '../../src-main/api/contract.ts';
+import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
+import type { Notifier } from './notifier.svelte.ts';
+
+const LAST_PROJECT_KEY = 'singlora.lastProject';
+
+export type NewProject = Params<'projects.create'>;
+export type ProjectPatch = Omit<Params<'projects.update'>, 'projectId'>;
+
+export class ProjectsService {
+  list = $state<ProjectSummary[]>([]);
+  current = $state<Project | null>(null);
+  loading = $state(false);
+  readonly #openListeners = new Set<(p: Project | null) => void>();
+
+  constructor(
+    private readonly api: ApiClient,
+    private readonly notify: Notifier,
+    private readonly storage: Pick<Storage, 'getItem' | 'setItem' | 'removeItem'> | null = null,
+  ) {}
+
+  onOpen(fn: (p: Project | null) => void): () => void {
+    this.#openListeners.add(fn);
+    return () => this.#openListeners.delete(fn);
+  }
+
+  /** Loads the list and reopens the last project (or the most recently updated one). */
+  async start(): Promise<void> {
+    await this.refresh();
+    const last = this.storage?.getItem(LAST_PROJECT_KEY);
+    const pick = this.list.find((p) => p.id === last) ?? [...this.list].sort((a, b) => b.updatedAt.localeCompare(a.updatedAt))[0];
+    if (pick) await this.open(pick.id);
+  }
+
+  async refresh(): Promise<void> {
+    this.loading = true;
+    try {
+      this.list = (await this.notify.guard('List projects', () => this.api['projects.list']({}))) ?? this.list;
+    } finally {
+      this.loading = false;
+    }
+  }
+
+  async open(projectId: string): Promise<void> {
+    const p = await this.notify.guard('Open project', () => this.api['projects.open']({ projectId }));
+    if (p) this.#setCurrent(p);
+  }
+
+  /** Creates and opens a project; returns field errors, or null on success. */
+  async create(input: NewProject): Promise<FieldErrors | null> {
+    const c = check(api['projects.create'].params, input);
+    if (!c.ok) return c.errors;
+    try {
+      const p = await this.api['projects.create'](input);
+      this.#setCurrent(p);
+      await this.refresh();
+      return null;
+    } catch (err) {
+      const fields = fieldErrorsFromApi(err);
+      if (fields) return fields;
+      this.notify.error('Create project', err);
+      return { '(form)': 'Could not create the project (see the message).' };
+    }
+  }
+
+  async rename(projectId: string, name: string): Promise<FieldErrors | null> {
+    return this.#update('Rename project', { projectId, name });
+  }
+
+  /** Saves a change to the open project; returns field errors (keys as in `patch`), or null. */
+  async update(patch: ProjectPatch): Promise<FieldErrors | null> {
+    if (!this.current) return { '(form)': 'Open a project first.' };
+    return this.#update('Save project', { projectId: this.current.id, ...patch });
+  }
+
+  async remove(projectId: string): Promise<boolean> {
+    const r = await this.notify.guard('Delete project', () => this.api['projects.delete']({ projectId }));
+    if (!r) return false;
+    if (this.current?.id === projectId) this.#setCurrent(null);
+    await this.refresh();
+    return r.deleted;
+  }
+
+  /** Points the open project at a base model (diffusers folder or .safetensors); returns an error text or null. */
+  async setBaseModel(path: string): Promise<string | null> {
+    if (!this.current) return 'Open a project first.';
+    const trimmed = path.trim();
+    if (!trimmed) return 'Enter the path of a diffusers folder or a .safetensors file.';
+    const projectId = this.current.id;
+    try {
+      const r = await this.api['models.setBase']({ projectId, path: trimmed });
+      this.notify.info(`Base model: ${r.name} (${r.format})`, 'success');
+      const p = await this.api['projects.open']({ projectId });
+      if (this.current?.id === projectId) this.current = p;
+      return null;
+    } catch (err) {
+      this.notify.error('Set base model', err);
+      return err instanceof Error ? err.message : String(err);
+    }
+  }
+
+  async #update(what: string, params: Params<'projects.update'>): Promise<FieldErrors | null> {
+    const c = check(api['projects.update'].params, params);
+    if (!c.ok) return c.errors;
+    try {
+      const p = await this.api['projects.update'](params);
+      if (this.current?.id === p.id) this.current = p;
+      const i = this.list.findIndex((s) => s.id === p.id);
+      if (i !== -1) this.list[i] = { ...this.list[i], name: p.name, subject: p.subject, updatedAt: p.updatedAt };
+      return null;
+    } catch (err) {
+      const fields = fieldErrorsFromApi(err);
+      if (fields) return fields;
+      this.notify.error(what, err);
+      return { '(form)': 'Not saved (see the message).' };
+    }
+  }
+
+  #setCurrent(p: Project | null): void {
+    const changed = this.current?.id !== p?.id;
+    this.current = p;
+    if (p) this.storage?.setItem(LAST_PROJECT_KEY, p.id);
+    else this.storage?.removeItem(LAST_PROJECT_KEY);
+    if (changed) for (const fn of this.#openListeners) fn(p);
+  }
+}

@@ -1,0 +1,164 @@
+/**
+ * The Subject screen's state: the project's photos, uploads (files read as base64 and sent with
+ * `photos.add`, a few per request), crop previews, and the subject's trigger token / class word.
+ */
+import type { ApiClient, Photo, Project } from '../../src-main/api/contract.ts';
+import type { CROP_MODES } from '../../src-main/api/schemas.ts';
+import type { Files } from './files.ts';
+import { trainSettingsSchema } from '../../src-main/api/schemas.ts';
+import { check, type FieldErrors } from './forms.ts';
+import type { Notifier } from './notifier.svelte.ts';
+import type { ProjectsService } from './projects.svelte.ts';
+
+const subjectRules = trainSettingsSchema.pick({ triggerToken: true, classWord: true });
+
+export type CropMode = Exclude<(typeof CROP_MODES)[number], 'none'>;
+export const MIN_PHOTOS = 3;
+export const MAX_PHOTOS = 20;
+
+/** Per request: the contract allows 50 files; a few MB per request keeps uploads responsive. */
+const MAX_FILES_PER_REQUEST = 8;
+const MAX_BYTES_PER_REQUEST = 24 * 1024 * 1024;
+const IMAGE_EXT = /\.(jpe?g|png|webp|bmp|gif|tiff?|avif|heic|heif)$/i;
+
+export function isImageFile(f: Pick<File, 'name' | 'type'>): boolean {
+  return f.type.startsWith('image/') || IMAGE_EXT.test(f.name);
+}
+
+export async function toBase64(file: Blob): Promise<string> {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  let binary = '';
+  const chunk = 0x8000;
+  for (let i = 0; i < bytes.length; i += chunk) binary += String.fromCharCode(...bytes.subarray(i, i + chunk));
+  return btoa(binary);
+}
+
+/** Groups files so each `photos.add` stays under both limits. */
+export function batches<T extends { size: number }>(files: T[], maxFiles = MAX_FILES_PER_REQUEST, maxBytes = MAX_BYTES_PER_REQUEST): T[][] {
+  const out: T[][] = [];
+  let cur: T[] = [];
+  let bytes = 0;
+  for (const f of files) {
+    if (cur.length && (cur.length >= maxFiles || bytes + f.size > maxBytes)) {
+      out.push(cur);
+      cur = [];
+      bytes = 0;
+    }
+    cur.push(f);
+    bytes += f.size;
+  }
+  if (cur.length) out.push(cur);
+  return out;
+}
+
+export class SubjectService {
+  projectId = $state<string | null>(null);
+  photos = $state<Photo[]>([]);
+  loading = $state(false);
+  upload = $state<{ done: number; total: number } | null>(null);
+  /** `${photoId}:${mode}` -> data URL. */
+  crops = $state<Record<string, string>>({});
+  cropLoading = $state<string | null>(null);
+  /** The subject form (trigger token, class word, type), saved with `saveSubject`. */
+  draft = $state<Project['subject']>({ triggerToken: 'sks', classWord: 'person', type: 'live' });
+  subjectErrors = $state<FieldErrors>({});
+
+  usable = $derived(this.photos.filter((p) => p.status !== 'rejected').length);
+  guidance = $derived(guidanceFor(this.usable, this.photos.length));
+
+  constructor(
+    private readonly api: ApiClient,
+    private readonly projects: ProjectsService,
+    private readonly files: Files,
+    private readonly notify: Notifier,
+  ) {}
+
+  setProject(p: Project | null): void {
+    this.projectId = p?.id ?? null;
+    this.photos = [];
+    this.crops = {};
+    this.subjectErrors = {};
+    if (p) this.draft = { ...p.subject };
+    if (p) void this.load();
+  }
+
+  photoUrl(photo: Photo): string {
+    return this.projectId ? this.files.project(this.projectId, photo.file) : '';
+  }
+
+  async load(): Promise<void> {
+    const projectId = this.projectId;
+    if (!projectId) return;
+    this.loading = true;
+    try {
+      const photos = await this.notify.guard('List photos', () => this.api['photos.list']({ projectId }));
+      if (photos && this.projectId === projectId) this.photos = photos;
+    } finally {
+      this.loading = false;
+    }
+  }
+
+  /** Adds dropped or picked files; non-images are skipped with a message. */
+  async addFiles(list: FileList | File[]): Promise<void> {
+    const projectId = this.projectId;
+    if (!projectId) return this.notify.error('Add photos', 'Open or create a project first.');
+    const all = [...list];
+    const images = all.filter(isImageFile);
+    const skipped = all.filter((f) => !isImageFile(f));
+    if (skipped.length) this.notify.error('Add photos', `Skipped ${skipped.length} file(s) that are not images: ${skipped.map((f) => f.name).join(', ')}`);
+    if (!images.length) return;
+    this.upload = { done: 0, total: images.length };
+    try {
+      for (const group of batches(images)) {
+        const files = await Promise.all(group.map(async (f) => ({ name: f.name, dataBase64: await toBase64(f) })));
+        await this.api['photos.add']({ projectId, files });
+        this.upload = { done: this.upload.done + group.length, total: images.length };
+      }
+    } catch (err) {
+      this.notify.error('Add photos', err);
+    } finally {
+      this.upload = null;
+      await this.load();
+    }
+  }
+
+  async remove(photoId: string): Promise<void> {
+    const projectId = this.projectId;
+    if (!projectId) return;
+    const r = await this.notify.guard('Remove photo', () => this.api['photos.remove']({ projectId, photoId }));
+    if (r) this.photos = this.photos.filter((p) => p.id !== photoId);
+  }
+
+  async preview(photoId: string, crop: CropMode): Promise<void> {
+    const projectId = this.projectId;
+    const key = `${photoId}:${crop}`;
+    if (!projectId || this.crops[key]) return;
+    this.cropLoading = key;
+    try {
+      const r = await this.notify.guard('Crop preview', () => this.api['photos.cropPreview']({ projectId, photoId, crop, size: 256 }));
+      if (r && this.projectId === projectId) this.crops[key] = `data:image/png;base64,${r.pngBase64}`;
+    } finally {
+      this.cropLoading = null;
+    }
+  }
+
+  async saveSubject(): Promise<boolean> {
+    // The project accepts any string; training needs 1-64 characters, so check with its rules now.
+    const c = check(subjectRules, { triggerToken: this.draft.triggerToken, classWord: this.draft.classWord });
+    if (!c.ok) {
+      this.subjectErrors = c.errors;
+      return false;
+    }
+    const errors = await this.projects.update({ subject: { ...this.draft } });
+    this.subjectErrors = Object.fromEntries(Object.entries(errors ?? {}).map(([k, v]) => [k.replace(/^subject\./, ''), v]));
+    if (!errors) this.notify.info('Subject saved.', 'success');
+    return !errors;
+  }
+}
+
+export function guidanceFor(usable: number, total: number): { level: 'ok' | 'warning'; text: string } {
+  if (total === 0) return { level: 'warning', text: `Add ${MIN_PHOTOS}-${MAX_PHOTOS} photos of your subject: different angles, backgrounds and lighting.` };
+  if (usable < MIN_PHOTOS) return { level: 'warning', text: `${usable} usable photo(s): add at least ${MIN_PHOTOS - usable} more (${MIN_PHOTOS}-${MAX_PHOTOS} works best).` };
+  if (usable > MAX_PHOTOS) return { level: 'warning', text: `${usable} usable photos: more than ${MAX_PHOTOS} rarely helps and slows training; keep the best ${MAX_PHOTOS}.` };
+  return { level: 'ok', text: `${usable} usable photos: ready to train (${MIN_PHOTOS}-${MAX_PHOTOS} photos).` };
+}

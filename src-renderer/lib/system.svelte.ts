@@ -1,0 +1,60 @@
+/** App info, `system.doctor` (backends and the GPU), and the evaluation models (DINO, CLIP). */
+import type { ApiClient, Result } from '../../src-main/api/contract.ts';
+import { backendAdvice } from './advice.ts';
+import { isFinished, type JobsService } from './jobs.svelte.ts';
+import type { Notifier } from './notifier.svelte.ts';
+
+export type DoctorReport = Result<'system.doctor'>;
+export type AppInfo = Result<'system.info'>;
+export type ModelEntry = Result<'models.list'>[number];
+export type DownloadName = 'dino' | 'clip';
+
+export class SystemService {
+  info = $state<AppInfo | null>(null);
+  doctor = $state<DoctorReport | null>(null);
+  doctorLoading = $state(false);
+  models = $state<ModelEntry[]>([]);
+  /** Download jobs by model name. */
+  downloads = $state<Partial<Record<DownloadName, { jobId: string; done: number; total: number; status: string; error: string | null }>>>({});
+  advice = $derived(backendAdvice(this.doctor));
+
+  constructor(
+    private readonly api: ApiClient,
+    private readonly jobs: JobsService,
+    private readonly notify: Notifier,
+  ) {}
+
+  async refresh(): Promise<void> {
+    await Promise.all([this.loadInfo(), this.loadModels(), this.runDoctor()]);
+  }
+
+  async loadInfo(): Promise<void> {
+    this.info = (await this.notify.guard('Read app info', () => this.api['system.info']({}))) ?? this.info;
+  }
+
+  async loadModels(): Promise<void> {
+    this.models = (await this.notify.guard('List models', () => this.api['models.list']({}))) ?? this.models;
+  }
+
+  async runDoctor(): Promise<void> {
+    this.doctorLoading = true;
+    try {
+      this.doctor = (await this.notify.guard('Check backends (doctor)', () => this.api['system.doctor']({}))) ?? this.doctor;
+    } finally {
+      this.doctorLoading = false;
+    }
+  }
+
+  async download(name: DownloadName): Promise<void> {
+    const r = await this.notify.guard(`Download ${name.toUpperCase()}`, () => this.api['models.download']({ name }));
+    if (!r) return;
+    this.downloads[name] = { jobId: r.jobId, done: 0, total: 0, status: 'queued', error: null };
+    this.jobs.track(r.jobId, (job) => {
+      this.downloads[name] = { jobId: job.id, done: job.progress?.done ?? 0, total: job.progress?.total ?? 0, status: job.status, error: job.error };
+      if (isFinished(job)) {
+        if (job.status === 'failed') this.notify.error(`Download ${name.toUpperCase()}`, job.error ?? 'failed');
+        void this.loadModels();
+      }
+    });
+  }
+}

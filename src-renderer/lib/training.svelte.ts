@@ -1,0 +1,293 @@
+/**
+ * The Train screen's state: the settings draft (checked with the contract's schema before
+ * sending), the runs, and the selected run followed live from `train.event`:
+ *
+ *   prepare    -> stage text ("loading model", ...)
+ *   step       -> progress (i/N, it/s, ETA) and a loss point
+ *   checkpoint -> checkpoint list
+ *   sample     -> a preview image
+ *   warning    -> shown under the progress
+ *   done       -> final status; runs refreshed
+ *
+ * Selecting a run loads its manifest (`training.status`), so a reload or a resumed run shows its
+ * history before live events continue it.
+ */
+import type { ApiClient, EventData, Project, Result } from '../../src-main/api/contract.ts';
+import { trainSettingsSchema, type RunManifest, type RunStatus, type TrainEvent, type TrainSettings } from '../../src-main/api/schemas.ts';
+import { hintFor, isOutOfMemory, MEMORY_HINT, messageOf } from './advice.ts';
+import type { EventHub } from './events.ts';
+import type { Files } from './files.ts';
+import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
+import { ACTIVE, type JobsService } from './jobs.svelte.ts';
+import { LossSeries } from './lossSeries.svelte.ts';
+import type { Notifier } from './notifier.svelte.ts';
+import type { ProjectsService } from './projects.svelte.ts';
+
+export type RunSummary = Result<'training.runs'>[number];
+export type StepEvent = Extract<TrainEvent, { event: 'step' }>;
+
+/** The form's values: the settings the user edits (trigger token and class word come from the Subject screen). */
+export type TrainDraft = Omit<TrainSettings, 'triggerToken' | 'classWord'>;
+
+export const DEFAULT_SETTINGS: TrainSettings = trainSettingsSchema.parse({});
+
+export function draftFrom(settings: TrainSettings): TrainDraft {
+  const { triggerToken: _t, classWord: _c, ...rest } = settings;
+  return $state.snapshot(rest) as TrainDraft;
+}
+
+export interface LiveProgress {
+  step: number;
+  steps: number;
+  its: number | null;
+  etaS: number | null;
+  loss: number | null;
+  smoothed: number | null;
+  lr: number | null;
+}
+
+export interface SamplePreview {
+  step: number;
+  prompt: string;
+  url: string;
+}
+
+const RESUMABLE = new Set<RunStatus>(['cancelled', 'paused', 'failed']);
+export const canResume = (status: RunStatus) => RESUMABLE.has(status);
+
+export class TrainingService {
+  projectId = $state<string | null>(null);
+  draft = $state<TrainDraft>(draftFrom(DEFAULT_SETTINGS));
+  errors = $state<FieldErrors>({});
+  runs = $state<RunSummary[]>([]);
+  selectedRunId = $state<string | null>(null);
+  /** The selected run's manifest as last loaded. */
+  manifest = $state<RunManifest | null>(null);
+  status = $state<RunStatus | null>(null);
+  progress = $state<LiveProgress | null>(null);
+  stage = $state<string | null>(null);
+  samples = $state<SamplePreview[]>([]);
+  checkpoints = $state<number[]>([]);
+  warnings = $state<string[]>([]);
+  runError = $state<string | null>(null);
+  jobId = $state<string | null>(null);
+  busy = $state(false);
+  readonly losses = new LossSeries();
+  #starting = false;
+
+  running = $derived(this.status === 'running' || this.status === 'queued');
+  errorHint = $derived(this.runError ? (isOutOfMemory(this.runError) ? MEMORY_HINT : hintFor(this.runError)) : null);
+
+  constructor(
+    private readonly api: ApiClient,
+    hub: EventHub,
+    private readonly jobs: JobsService,
+    private readonly projects: ProjectsService,
+    private readonly files: Files,
+    private readonly notify: Notifier,
+  ) {
+    hub.on('train.event', (e) => this.#onEvent(e));
+  }
+
+  setProject(p: Project | null): void {
+    this.projectId = p?.id ?? null;
+    this.draft = draftFrom(p?.settings ?? DEFAULT_SETTINGS);
+    this.errors = {};
+    this.runs = [];
+    this.#clearRun();
+    this.selectedRunId = null;
+    if (p) void this.loadRuns(true);
+  }
+
+  resetDraft(): void {
+    this.draft = draftFrom(DEFAULT_SETTINGS);
+    this.errors = {};
+  }
+
+  /** Copies the selected run's settings into the form. */
+  useRunSettings(): void {
+    if (this.manifest) this.draft = draftFrom(this.manifest.settings);
+  }
+
+  async loadRuns(selectLatest = false): Promise<void> {
+    const projectId = this.projectId;
+    if (!projectId) return;
+    const runs = await this.notify.guard('List runs', () => this.api['training.runs']({ projectId }));
+    if (!runs || this.projectId !== projectId) return;
+    this.runs = [...runs].sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+    const sel = this.runs.find((r) => r.id === this.selectedRunId);
+    if (sel) this.status = sel.status;
+    if (selectLatest && !this.selectedRunId && this.runs[0]) await this.selectRun(this.runs[0].id);
+  }
+
+  async selectRun(runId: string): Promise<void> {
+    if (!this.projectId) return;
+    this.#clearRun();
+    this.selectedRunId = runId;
+    await this.#loadManifest(runId);
+  }
+
+  async #loadManifest(runId: string): Promise<void> {
+    const projectId = this.projectId;
+    if (!projectId) return;
+    const m = await this.notify.guard('Open run', () => this.api['training.status']({ projectId, runId }));
+    if (!m || this.selectedRunId !== runId || this.projectId !== projectId) return;
+    this.#applyManifest(m);
+  }
+
+  /** Validates the draft and starts a run; field errors appear next to the fields. */
+  async start(): Promise<boolean> {
+    const project = this.projects.current;
+    if (!project) {
+      this.notify.error('Start training', 'Open or create a project first.');
+      return false;
+    }
+    const settings = { ...this.draft, triggerToken: project.subject.triggerToken, classWord: project.subject.classWord };
+    const c = check(trainSettingsSchema, settings);
+    this.errors = c.ok ? {} : c.errors;
+    if (!c.ok) return false;
+    this.busy = true;
+    try {
+      // Until the response names the run, the first event of this project selects it.
+      this.#clearRun();
+      this.selectedRunId = null;
+      this.status = 'queued';
+      this.#starting = true;
+      const r = await this.api['training.start']({ projectId: project.id, settings });
+      this.jobId = r.jobId;
+      if (this.selectedRunId !== r.runId) {
+        this.selectedRunId = r.runId;
+        this.progress ??= { step: 0, steps: settings.steps, its: null, etaS: null, loss: null, smoothed: null, lr: null };
+      }
+      await this.loadRuns();
+      return true;
+    } catch (err) {
+      this.status = null;
+      const fields = fieldErrorsFromApi(err, 'settings.');
+      if (fields) this.errors = fields;
+      else {
+        this.runError = messageOf(err);
+        this.notify.error('Start training', err);
+      }
+      return false;
+    } finally {
+      this.#starting = false;
+      this.busy = false;
+    }
+  }
+
+  async cancel(): Promise<void> {
+    const jobId = this.jobId ?? this.#findJob();
+    if (!jobId) return this.notify.error('Cancel training', 'No running training job found for this run.');
+    const r = await this.notify.guard('Cancel training', () => this.api['training.cancel']({ jobId }));
+    if (r && !r.cancelled) this.notify.info('The run had already stopped.');
+  }
+
+  async resume(runId: string): Promise<void> {
+    const projectId = this.projectId;
+    if (!projectId) return;
+    this.busy = true;
+    try {
+      if (this.selectedRunId !== runId) await this.selectRun(runId);
+      const r = await this.notify.guard('Resume training', () => this.api['training.resume']({ projectId, runId }));
+      if (!r) return;
+      this.jobId = r.jobId;
+      this.status = 'queued';
+      this.runError = null;
+      await this.loadRuns();
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  #findJob(): string | null {
+    const job = this.jobs.jobs.find((j) => j.kind === 'train' && j.runId === this.selectedRunId && ACTIVE.has(j.status));
+    return job?.id ?? null;
+  }
+
+  #clearRun(): void {
+    this.manifest = null;
+    this.status = null;
+    this.progress = null;
+    this.stage = null;
+    this.samples = [];
+    this.checkpoints = [];
+    this.warnings = [];
+    this.runError = null;
+    this.jobId = null;
+    this.losses.reset();
+  }
+
+  /** Shows a run's manifest, keeping what live events already brought that is newer than it. */
+  #applyManifest(m: RunManifest): void {
+    const projectId = this.projectId!;
+    const lastStep = m.losses.at(-1)?.step ?? -1;
+    const liveLosses = this.losses.steps.map((step, i) => ({ step, loss: this.losses.raw[i], smoothed: this.losses.smoothed[i] })).filter((p) => p.step > lastStep);
+    const liveSamples = this.samples.filter((s) => s.step > (m.samples.at(-1)?.step ?? -1));
+    const liveProgress = this.progress && this.progress.step > m.step ? this.progress : null;
+    this.manifest = m;
+    if (!liveProgress) this.status = m.status;
+    this.runError = m.error;
+    this.losses.reset([...m.losses, ...liveLosses]);
+    this.samples = [...m.samples.map((s) => ({ step: s.step, prompt: s.prompt, url: this.files.run(projectId, m.id, s.file) })), ...liveSamples];
+    this.checkpoints = [...new Set([...m.checkpoints.map((c) => c.step), ...this.checkpoints])].sort((a, b) => a - b);
+    if (liveProgress) return;
+    const last = m.losses.at(-1);
+    const its = m.timing.msPerStep ? 1000 / m.timing.msPerStep : null;
+    this.progress = {
+      step: m.step,
+      steps: m.settings.steps,
+      its,
+      etaS: its && m.status === 'running' ? (m.settings.steps - m.step) / its : null,
+      loss: last?.loss ?? null,
+      smoothed: last?.smoothed ?? null,
+      lr: null,
+    };
+  }
+
+  #onEvent(e: EventData<'train.event'>): void {
+    if (e.projectId !== this.projectId) return;
+    if (this.selectedRunId === null) {
+      // Follow the run that is reporting; unless it is the one just started, load its history too.
+      this.selectedRunId = e.runId;
+      if (!this.#starting) void this.#loadManifest(e.runId);
+    }
+    if (e.runId !== this.selectedRunId) {
+      if (e.event.event === 'done') void this.loadRuns();
+      return;
+    }
+    this.jobId = e.jobId;
+    const ev = e.event;
+    switch (ev.event) {
+      case 'prepare':
+        this.status = 'running';
+        this.stage = ev.detail ? `${ev.stage}: ${ev.detail}` : ev.stage;
+        break;
+      case 'step':
+        this.status = 'running';
+        this.stage = null;
+        this.progress = { step: ev.step, steps: ev.steps, its: ev.its, etaS: ev.eta_s, loss: ev.loss, smoothed: ev.smoothed, lr: ev.lr };
+        this.losses.push(ev.step, ev.loss, ev.smoothed);
+        break;
+      case 'checkpoint':
+        if (!this.checkpoints.includes(ev.step)) this.checkpoints = [...this.checkpoints, ev.step];
+        break;
+      case 'sample':
+        this.samples = [...this.samples, { step: ev.step, prompt: ev.prompt, url: this.files.run(e.projectId, e.runId, ev.file) }];
+        break;
+      case 'warning':
+        this.warnings = [...this.warnings, ev.message];
+        break;
+      case 'done':
+        this.status = ev.status;
+        this.stage = null;
+        this.jobId = null;
+        this.runError = ev.error;
+        if (this.progress) this.progress = { ...this.progress, step: ev.step, etaS: null };
+        if (ev.status === 'completed') this.notify.info(`Training finished at step ${ev.step}. Next: Evaluate picks the best checkpoint.`, 'success');
+        else if (ev.status === 'failed') this.notify.error('Training', ev.error ?? 'the run failed');
+        void this.loadRuns();
+        break;
+    }
+  }
+}

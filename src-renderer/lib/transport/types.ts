@@ -1,0 +1,33 @@
+/**
+ * What a transport carries: requests to the engine, events from it, and the state of the link.
+ * Two implementations: `http.ts` (browser against `singlora serve`) and `electron.ts` (the
+ * preload's `window.singlora`). Everything above this line is typed by `createApiClient`.
+ */
+import type { Method } from '../../../src-main/api/contract.ts';
+
+export type ConnectionState =
+  | { status: 'connecting' }
+  | { status: 'open' }
+  /** The event channel dropped; the next attempt is in `retryInMs`. */
+  | { status: 'reconnecting'; attempt: number; retryInMs: number }
+  | { status: 'closed' };
+
+export interface Transport {
+  readonly kind: 'http' | 'electron';
+  /** Sends one request; resolves with its `result` or rejects with an `ApiError`. */
+  request(method: Method, params: unknown): Promise<unknown>;
+  /** Every event the engine pushes (`{event, data}`); returns the unsubscribe function. */
+  onEvent(listener: (name: string, data: unknown) => void): () => void;
+  /** The event channel's state, reported now and on every change; returns the unsubscribe function. */
+  onConnection(listener: (state: ConnectionState) => void): () => void;
+  /** Reconnects at once instead of waiting for the backoff (no-op where there is nothing to reconnect). */
+  reconnectNow(): void;
+  /** Makes a file URL loadable by <img> (the HTTP transport adds the session token to /files/ URLs). */
+  fileUrl(url: string): string;
+  /**
+   * Shows a file in the OS file manager; absent where that is impossible (a browser) or not yet
+   * offered (the contract has no method for it yet).
+   */
+  revealFile?(path: string): Promise<void>;
+  close(): void;
+}

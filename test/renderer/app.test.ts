@@ -1,0 +1,81 @@
+// @vitest-environment jsdom
+import { fireEvent, render, screen, waitFor, within } from '@testing-library/svelte';
+import { describe, expect, test } from 'vitest';
+import { ApiError } from '../../src-main/api/contract.ts';
+import App from '../../src-renderer/App.svelte';
+import { startStudio } from './fakes.ts';
+import * as fx from './fixtures.ts';
+
+describe('App shell', () => {
+  test('lists projects, opens the last one, and navigates between screens', async () => {
+    const { studio } = await startStudio({ 'photos.list': () => [fx.photo({ status: 'rejected', reason: 'No face found' })] });
+    render(App, { studio });
+    expect((screen.getByTestId('project-select') as HTMLSelectElement).value).toBe('p1');
+    await waitFor(() => expect(screen.getByTestId('photo-reason').textContent).toBe('No face found'));
+
+    await fireEvent.click(screen.getByTestId('nav-train'));
+    expect(screen.getByTestId('train-button')).toBeTruthy();
+    expect(screen.getByTestId('nav-train').getAttribute('aria-current')).toBe('page');
+    await fireEvent.click(screen.getByTestId('nav-settings'));
+    expect(await screen.findByTestId('app-version')).toBeTruthy();
+    expect(screen.getByTestId('selected-backend').textContent).toBe('tensorflow');
+  });
+
+  test('creating a project validates the name, then creates and opens it', async () => {
+    const created = fx.project({ id: 'p2', name: 'Mug', subject: { triggerToken: 'zwx', classWord: 'mug', type: 'object' } });
+    const { studio, transport } = await startStudio({
+      'projects.list': () => [],
+      'projects.create': () => created,
+      'projects.open': () => created,
+    });
+    render(App, { studio });
+    expect(screen.getByText('Welcome')).toBeTruthy();
+    await fireEvent.click(screen.getByTestId('project-new'));
+    await fireEvent.click(screen.getByTestId('project-create'));
+    expect(await screen.findByText(/Too small: expected string to have >=1 characters/)).toBeTruthy();
+    expect(transport.paramsOf('projects.create')).toHaveLength(0);
+
+    await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Mug' } });
+    await fireEvent.click(screen.getByTestId('project-create'));
+    await waitFor(() => expect(transport.paramsOf('projects.create')).toEqual([{ name: 'Mug', classWord: 'person', triggerToken: 'sks', type: 'live' }]));
+    await waitFor(() => expect(studio.projects.current?.id).toBe('p2'));
+    expect(screen.queryByText('Welcome')).toBeNull();
+  });
+
+  test('shows the connection state and offers a retry while reconnecting; refetches after reconnecting', async () => {
+    const { studio, transport } = await startStudio();
+    render(App, { studio });
+    expect(screen.getByTestId('connection-state').textContent).toContain('Connected');
+    transport.setConnection({ status: 'reconnecting', attempt: 2, retryInMs: 4000 });
+    await waitFor(() => expect(screen.getByTestId('connection-state').textContent).toContain('Reconnecting in 4 s'));
+    await fireEvent.click(screen.getByRole('button', { name: 'Retry now' }));
+    expect(transport.reconnects).toBe(1);
+    const before = transport.paramsOf('jobs.list').length;
+    transport.setConnection({ status: 'open' });
+    await waitFor(() => expect(transport.paramsOf('jobs.list').length).toBe(before + 1));
+  });
+
+  test('the jobs indicator lists running jobs and cancels them', async () => {
+    const { studio, transport } = await startStudio({ 'jobs.cancel': () => ({ cancelled: true }) });
+    render(App, { studio });
+    transport.emit('job.updated', fx.job({ id: 'd1', kind: 'download', status: 'running', progress: { done: 50, total: 200, label: 'dino' } }));
+    const indicator = screen.getByTestId('jobs-indicator');
+    await waitFor(() => expect(indicator.textContent).toContain('Jobs (1 running)'));
+    expect(within(indicator).getByTestId('job-row').textContent).toContain('dino — 25%');
+    await fireEvent.click(within(indicator).getByRole('button', { name: 'Cancel download job d1' }));
+    await waitFor(() => expect(transport.paramsOf('jobs.cancel')).toEqual([{ jobId: 'd1' }]));
+  });
+
+  test('a failed call shows its message and the fix in a toast', async () => {
+    const { studio } = await startStudio({
+      'photos.list': () => {
+        throw new ApiError('unauthorized', 'token expired');
+      },
+    });
+    render(App, { studio });
+    await waitFor(() => expect(screen.getByTestId('toast-error').textContent).toContain('List photos failed: token expired'));
+    expect(screen.getByTestId('toast-error').textContent).toContain('open the link that `singlora serve` printed again');
+    await fireEvent.click(within(screen.getByTestId('toast-error')).getByRole('button', { name: 'Dismiss' }));
+    expect(screen.queryByTestId('toast-error')).toBeNull();
+  });
+});

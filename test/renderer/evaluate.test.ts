@@ -1,0 +1,73 @@
+// @vitest-environment jsdom
+import { fireEvent, render, screen, waitFor, within } from '@testing-library/svelte';
+import { describe, expect, test } from 'vitest';
+import EvaluateScreen from '../../src-renderer/screens/EvaluateScreen.svelte';
+import { startStudio, type Handlers } from './fakes.ts';
+import * as fx from './fixtures.ts';
+
+async function renderEvaluate(handlers: Handlers) {
+  const ctx = await startStudio({ 'training.runs': () => [fx.run({ id: 'r1' })], 'training.status': () => fx.manifest(), ...handlers });
+  render(EvaluateScreen, { evaluation: ctx.studio.evaluation, runs: ctx.studio.training.runs, preferredRunId: null });
+  return ctx;
+}
+
+const rowsByStep = () => Object.fromEntries(screen.getAllByTestId('score-row').map((r) => [r.dataset.step, r]));
+
+describe('Evaluate screen', () => {
+  test('renders the score table with the baseline, and highlights the best checkpoint', async () => {
+    await renderEvaluate({ 'evaluation.get': () => fx.evaluation() });
+    await waitFor(() => expect(screen.getAllByTestId('score-row')).toHaveLength(3));
+    const rows = rowsByStep();
+    expect(rows['600'].dataset.best).toBe('true');
+    expect(rows['200'].dataset.best).toBe('false');
+    expect(rows['400'].dataset.best).toBe('false');
+    const cells = within(rows['400']).getAllByRole('cell').map((c) => c.textContent?.trim());
+    expect(cells.slice(0, 4)).toEqual(['Step 400', '0.580', '0.280', '4']);
+    expect(within(screen.getByTestId('score-baseline')).getAllByRole('cell')[1].textContent).toBe('0.210');
+    expect(screen.getByTestId('eval-rule').textContent).toBe('Rule: highest DINO among checkpoints whose CLIP-T stays within 0.05 of the base model');
+    expect(screen.getByTestId('score-chart').textContent).toMatch(/base model.*0\.210.*chosen: step 600/);
+  });
+
+  test('choosing another checkpoint calls evaluation.choose and moves the highlight', async () => {
+    const { transport } = await renderEvaluate({
+      'evaluation.get': () => fx.evaluation(),
+      'evaluation.choose': (p) => fx.evaluation({ chosen: p.step }),
+    });
+    await waitFor(() => screen.getAllByTestId('score-row'));
+    await fireEvent.click(screen.getByRole('button', { name: 'Use the checkpoint at step 400' }));
+    await waitFor(() => expect(rowsByStep()['400'].dataset.best).toBe('true'));
+    expect(rowsByStep()['600'].dataset.best).toBe('false');
+    expect(transport.paramsOf('evaluation.choose')).toEqual([{ projectId: 'p1', runId: 'r1', step: 400 }]);
+    // The rule's pick stays labelled as such.
+    expect(within(rowsByStep()['600']).getByText("rule's pick")).toBeTruthy();
+  });
+
+  test('start evaluation: progress from evaluation.progress, then the table when the job is done', async () => {
+    let stored: ReturnType<typeof fx.evaluation> | null = null;
+    const { transport } = await renderEvaluate({
+      'evaluation.get': () => stored,
+      'evaluation.start': () => ({ jobId: 'e1' }),
+    });
+    await screen.findByTestId('eval-empty');
+    await fireEvent.click(screen.getByTestId('evaluate-button'));
+    await waitFor(() => expect(transport.paramsOf('evaluation.start')).toEqual([{ projectId: 'p1', runId: 'r1', checkpoints: 'all' }]));
+
+    transport.emit('evaluation.progress', { jobId: 'e1', done: 3, total: 12, label: 'checkpoint step 200' });
+    await waitFor(() => expect(screen.getByTestId('eval-progress').textContent).toContain('checkpoint step 200 · 3/12'));
+    transport.emit('evaluation.progress', { jobId: 'other', done: 11, total: 12, label: 'not ours' });
+    expect(screen.getByTestId('eval-progress').textContent).toContain('3/12');
+
+    stored = fx.evaluation();
+    transport.emit('job.updated', fx.job({ id: 'e1', kind: 'evaluate', runId: 'r1', status: 'done' }));
+    await waitFor(() => expect(screen.getAllByTestId('score-row')).toHaveLength(3));
+    expect(screen.queryByTestId('eval-progress')).toBeNull();
+  });
+
+  test('a table without CLIP-T has no CLIP-T column', async () => {
+    const e = fx.evaluation({ baseline: { step: null, dino: 0.2, clipT: null, images: 4 }, rows: [{ step: 100, dino: 0.5, clipT: null, images: 4 }], best: 100 });
+    await renderEvaluate({ 'evaluation.get': () => e });
+    await waitFor(() => screen.getAllByTestId('score-row'));
+    expect(screen.queryByRole('columnheader', { name: 'CLIP-T' })).toBeNull();
+    expect(screen.getByRole('columnheader', { name: 'DINO' })).toBeTruthy();
+  });
+});

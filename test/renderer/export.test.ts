@@ -1,0 +1,78 @@
+// @vitest-environment jsdom
+import { fireEvent, render, screen, waitFor } from '@testing-library/svelte';
+import { describe, expect, test } from 'vitest';
+import { adapterOptions } from '../../src-renderer/lib/adapters.svelte.ts';
+import ExportScreen from '../../src-renderer/screens/ExportScreen.svelte';
+import { startStudio, type Handlers } from './fakes.ts';
+import * as fx from './fixtures.ts';
+
+async function renderExport(handlers: Handlers = {}) {
+  const ctx = await startStudio({ 'training.runs': () => [fx.run({ id: 'r1', best: 600 })], 'training.status': () => fx.manifest(), ...handlers });
+  await waitFor(() => expect(ctx.transport.paramsOf('training.runs').length).toBeGreaterThan(0));
+  await new Promise((r) => setTimeout(r, 0)); // let the runs answer land
+  render(ExportScreen, { exporting: ctx.studio.exporting, adapterOptions: adapterOptions(ctx.studio.training.runs, ctx.studio.adapters.files) });
+  return ctx;
+}
+
+describe('Export screen', () => {
+  test('sends the chosen adapter, format and location, and shows the resulting path', async () => {
+    const { transport } = await renderExport({ 'adapters.export': () => ({ jobId: 'x1' }) });
+    await fireEvent.change(screen.getByTestId('export-adapter'), { target: { value: 'run:r1' } });
+    await fireEvent.change(screen.getByTestId('export-format'), { target: { value: 'merged-single-file' } });
+    expect(screen.getByTestId('export-format-info').textContent).toMatch(/full SD 1.5 checkpoint/);
+    await fireEvent.input(screen.getByTestId('export-path'), { target: { value: '/home/u/out/dog.safetensors' } });
+    await fireEvent.click(screen.getByTestId('export-button'));
+
+    await waitFor(() => expect(transport.paramsOf('adapters.export')).toHaveLength(1));
+    expect(transport.paramsOf('adapters.export')[0]).toEqual({ projectId: 'p1', adapter: { runId: 'r1', step: null }, format: 'merged-single-file', outPath: '/home/u/out/dog.safetensors' });
+
+    transport.emit('job.updated', fx.job({ id: 'x1', kind: 'export', status: 'running', progress: { done: 1, total: 3, label: 'merging unet' } }));
+    await waitFor(() => expect(screen.getByTestId('export-progress').textContent).toContain('merging unet'));
+    transport.emit('job.updated', { ...fx.job({ id: 'x1', kind: 'export', status: 'done' }), result: { path: '/home/u/out/dog.safetensors' } } as never);
+    await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe('/home/u/out/dog.safetensors'));
+  });
+
+  test('kohya is the default format; without a location the default folder is named', async () => {
+    const { transport } = await renderExport({ 'adapters.export': () => ({ jobId: 'x2' }) });
+    expect((screen.getByTestId('export-format') as HTMLSelectElement).value).toBe('kohya');
+    await fireEvent.change(screen.getByTestId('export-adapter'), { target: { value: 'run:r1' } });
+    await fireEvent.click(screen.getByTestId('export-button'));
+    await waitFor(() => expect(transport.paramsOf('adapters.export')).toEqual([{ projectId: 'p1', adapter: { runId: 'r1', step: null }, format: 'kohya' }]));
+    transport.emit('job.updated', fx.job({ id: 'x2', kind: 'export', status: 'done' }));
+    await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe("the project's adapters/ folder"));
+  });
+
+  test('an export that finished before its call returned still shows its result', async () => {
+    let transportRef: import('./fakes.ts').FakeTransport;
+    const ctx = await renderExport({
+      'adapters.export': () => {
+        transportRef.emit('job.updated', { ...fx.job({ id: 'x3', kind: 'export', status: 'done' }), result: { path: '/p/a.safetensors' } } as never);
+        return { jobId: 'x3' };
+      },
+    });
+    transportRef = ctx.transport;
+    await fireEvent.change(screen.getByTestId('export-adapter'), { target: { value: 'run:r1' } });
+    await fireEvent.click(screen.getByTestId('export-button'));
+    await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe('/p/a.safetensors'));
+  });
+
+  test('the adapter defaults to the newest run; with nothing to export it asks and sends nothing', async () => {
+    await renderExport();
+    expect((screen.getByTestId('export-adapter') as HTMLSelectElement).value).toBe('run:r1');
+  });
+
+  test('with no run or adapter file it asks for one and sends nothing', async () => {
+    const { transport } = await renderExport({ 'training.runs': () => [], 'adapters.export': () => ({ jobId: 'x5' }) });
+    await fireEvent.click(screen.getByTestId('export-button'));
+    expect(await screen.findByText('Choose the adapter to export')).toBeTruthy();
+    expect(transport.paramsOf('adapters.export')).toHaveLength(0);
+  });
+
+  test('a failed export job shows its error', async () => {
+    const { transport } = await renderExport({ 'adapters.export': () => ({ jobId: 'x4' }) });
+    await fireEvent.click(screen.getByTestId('export-button'));
+    await waitFor(() => expect(transport.paramsOf('adapters.export')).toHaveLength(1));
+    transport.emit('job.updated', fx.job({ id: 'x4', kind: 'export', status: 'failed', error: 'disk full' }));
+    await waitFor(() => expect(screen.getByTestId('export-error').textContent).toBe('disk full'));
+  });
+});

@@ -1,0 +1,105 @@
+// @vitest-environment jsdom
+import { fireEvent, render, screen, waitFor, within } from '@testing-library/svelte';
+import { describe, expect, test, vi } from 'vitest';
+import { adapterOptions } from '../../src-renderer/lib/adapters.svelte.ts';
+import GenerateScreen from '../../src-renderer/screens/GenerateScreen.svelte';
+import { startStudio, type Handlers } from './fakes.ts';
+import * as fx from './fixtures.ts';
+
+async function renderGenerate(handlers: Handlers = {}, clipboard: Pick<Clipboard, 'writeText'> | null = null) {
+  const ctx = await startStudio(
+    {
+      'training.runs': () => [fx.run({ id: 'r1', best: 600 })],
+      'training.status': () => fx.manifest(),
+      'adapters.list': () => [{ file: 'adapters/old.safetensors', method: 'lora', rank: 8, alpha: 8, targets: 96, parameters: 1_000_000, bytes: 4_000_000, format: 'kohya', metadata: {} }],
+      ...handlers,
+    },
+    { clipboard },
+  );
+  const { studio } = ctx;
+  await waitFor(() => expect(studio.adapters.files).toHaveLength(1));
+  render(GenerateScreen, {
+    generation: studio.generation,
+    adapterOptions: adapterOptions(studio.training.runs, studio.adapters.files),
+    revealHint: 'A browser cannot open folders on this computer',
+  });
+  return ctx;
+}
+
+describe('Generate screen', () => {
+  test('a width that is not a multiple of 8 is refused before sending', async () => {
+    const { transport } = await renderGenerate({ 'generation.start': () => ({ jobId: 'g1' }) });
+    await fireEvent.input(screen.getByTestId('width'), { target: { value: '500' } });
+    await fireEvent.click(screen.getByTestId('generate-button'));
+    await waitFor(() => expect(screen.getByText('width must be a multiple of 8')).toBeTruthy());
+    expect(screen.getByTestId('width').getAttribute('aria-invalid')).toBe('true');
+    expect(transport.paramsOf('generation.start')).toHaveLength(0);
+
+    await fireEvent.input(screen.getByTestId('width'), { target: { value: '504' } });
+    await fireEvent.click(screen.getByTestId('generate-button'));
+    await waitFor(() => expect(transport.paramsOf('generation.start')).toHaveLength(1));
+    expect(screen.queryByText('width must be a multiple of 8')).toBeNull();
+  });
+
+  test('sends the prompt, settings and the chosen adapter with its strength', async () => {
+    const { transport } = await renderGenerate({ 'generation.start': () => ({ jobId: 'g1' }) });
+    expect((screen.getByTestId('prompt') as HTMLTextAreaElement).value).toBe('a photo of sks dog');
+    await fireEvent.input(screen.getByTestId('prompt'), { target: { value: 'sks dog as an astronaut' } });
+    await fireEvent.input(screen.getByTestId('seed'), { target: { value: '77' } });
+    await fireEvent.change(screen.getByLabelText('Sampler'), { target: { value: 'euler-a' } });
+    await fireEvent.change(screen.getByTestId('generate-adapter'), { target: { value: 'run:r1' } });
+    await fireEvent.input(screen.getByTestId('strength'), { target: { value: '0.8' } });
+    await fireEvent.click(screen.getByTestId('generate-button'));
+
+    await waitFor(() => expect(transport.paramsOf('generation.start')).toHaveLength(1));
+    const p = transport.paramsOf('generation.start')[0];
+    expect(p.settings).toMatchObject({ prompt: 'sks dog as an astronaut', seed: 77, scheduler: 'euler-a', width: 512, height: 512, steps: 25 });
+    expect(p.adapters).toEqual([{ runId: 'r1', step: null, strength: 0.8 }]);
+  });
+
+  test('the randomise button sets a concrete seed; -1 stays allowed', async () => {
+    await renderGenerate();
+    const seed = screen.getByTestId('seed') as HTMLInputElement;
+    expect(seed.value).toBe('-1');
+    await fireEvent.click(screen.getByTestId('randomize-seed'));
+    expect(Number(seed.value)).toBeGreaterThanOrEqual(0);
+  });
+
+  test('shows step progress, then the new image in the gallery with its parameters', async () => {
+    const { transport } = await renderGenerate({ 'generation.start': () => ({ jobId: 'g1' }) });
+    await fireEvent.click(screen.getByTestId('generate-button'));
+    await waitFor(() => expect(transport.paramsOf('generation.start')).toHaveLength(1));
+    transport.emit('generation.step', { jobId: 'g1', image: 0, images: 2, step: 10, steps: 25 });
+    await waitFor(() => expect(screen.getByTestId('generate-progress').textContent).toContain('Image 1/2 · step 10/25'));
+
+    transport.emit('generation.image', { jobId: 'g1', projectId: 'p1', image: fx.generatedImage() });
+    const img = await screen.findByTestId('gallery-image');
+    expect(img.getAttribute('src')).toBe('/files/p1/images/0001.png?token=t');
+    const card = screen.getByTestId('gallery-item');
+    expect(card.textContent).toMatch(/Seed 1234 · 25 steps · CFG 7.5 · DPM\+\+ 2M Karras · 512×512/);
+
+    transport.emit('job.updated', fx.job({ id: 'g1', kind: 'generate', status: 'done' }));
+    await waitFor(() => expect(screen.queryByTestId('generate-progress')).toBeNull());
+    expect((screen.getByTestId('generate-button') as HTMLButtonElement).disabled).toBe(false);
+  });
+
+  test('"copy parameters" puts the A1111 parameters text on the clipboard; "open in folder" is disabled in the browser', async () => {
+    const clipboard = { writeText: vi.fn(async () => {}) };
+    await renderGenerate({ 'generation.list': () => [fx.generatedImage()] }, clipboard);
+    const card = await screen.findByTestId('gallery-item');
+    await fireEvent.click(within(card).getByTestId('copy-parameters'));
+    expect(clipboard.writeText).toHaveBeenCalledWith(fx.generatedImage().parameters);
+
+    const open = within(card).getByTestId('open-folder') as HTMLButtonElement;
+    expect(open.disabled).toBe(true);
+    expect(open.parentElement!.getAttribute('title')).toBe('A browser cannot open folders on this computer');
+  });
+
+  test('a failed generation job is reported, never swallowed', async () => {
+    const { transport, studio } = await renderGenerate({ 'generation.start': () => ({ jobId: 'g1' }) });
+    await fireEvent.click(screen.getByTestId('generate-button'));
+    await waitFor(() => expect(transport.paramsOf('generation.start')).toHaveLength(1));
+    transport.emit('job.updated', fx.job({ id: 'g1', kind: 'generate', status: 'failed', error: 'base model not found: /models/sd15' }));
+    await waitFor(() => expect(studio.notify.items.some((t) => t.kind === 'error' && t.message === 'base model not found: /models/sd15')).toBe(true));
+  });
+});

@@ -1,0 +1,47 @@
+// @vitest-environment jsdom
+import { fireEvent, render, screen, waitFor, within } from '@testing-library/svelte';
+import { describe, expect, test } from 'vitest';
+import { ApiError } from '../../src-main/api/contract.ts';
+import SettingsScreen from '../../src-renderer/screens/SettingsScreen.svelte';
+import { startStudio, type Handlers } from './fakes.ts';
+import * as fx from './fixtures.ts';
+
+const models = [
+  { name: 'dino-vits16', kind: 'onnx', present: false, path: '/m/dino/model.onnx', bytes: null, verified: null, hint: 'needed for evaluation' },
+  { name: 'clip-vit-b32', kind: 'onnx', present: true, path: '/m/clip', bytes: 600_000_000, verified: true, hint: null },
+];
+
+async function renderSettings(handlers: Handlers = {}) {
+  const ctx = await startStudio({ 'models.list': () => models, ...handlers });
+  render(SettingsScreen, { system: ctx.studio.system, project: ctx.studio.projects.current, onSetBase: (p: string) => ctx.studio.projects.setBaseModel(p) });
+  return ctx;
+}
+
+describe('Models & Settings screen', () => {
+  test('downloads a missing model with progress from job.updated', async () => {
+    const { transport } = await renderSettings({ 'models.download': () => ({ jobId: 'd1' }) });
+    const rows = screen.getAllByTestId('model-row');
+    expect(within(rows[1]).queryByRole('button', { name: 'Download' })).toBeNull();
+    await fireEvent.click(within(rows[0]).getByTestId('download-dino'));
+    await waitFor(() => expect(transport.paramsOf('models.download')).toEqual([{ name: 'dino' }]));
+    transport.emit('job.updated', fx.job({ id: 'd1', kind: 'download', status: 'running', progress: { done: 1024 * 1024, total: 4 * 1024 * 1024, label: 'dino' } }));
+    await waitFor(() => expect(within(screen.getAllByTestId('model-row')[0]).getByRole('progressbar').getAttribute('aria-valuetext')).toBe('1.0 MB / 4.0 MB'));
+  });
+
+  test('sets the base model path with models.setBase; an engine error shows beside the field', async () => {
+    const { transport } = await renderSettings({
+      'models.setBase': (p) => {
+        if (p.path.endsWith('.ckpt')) throw new ApiError('invalid_params', 'pickle checkpoints (.ckpt) are refused: convert to .safetensors');
+        return { name: 'sd15', format: 'single-file' };
+      },
+    });
+    expect(screen.getByTestId('base-model').textContent).toContain('/home/u/SingLoRA/models/sd15 (default)');
+    await fireEvent.input(screen.getByTestId('base-model-path'), { target: { value: '/m/model.ckpt' } });
+    await fireEvent.click(screen.getByTestId('set-base-model'));
+    expect(await screen.findByText('pickle checkpoints (.ckpt) are refused: convert to .safetensors', { selector: '.error-text' })).toBeTruthy();
+
+    await fireEvent.input(screen.getByTestId('base-model-path'), { target: { value: '/m/sd15.safetensors' } });
+    await fireEvent.click(screen.getByTestId('set-base-model'));
+    await waitFor(() => expect(transport.paramsOf('models.setBase').at(-1)).toEqual({ projectId: 'p1', path: '/m/sd15.safetensors' }));
+  });
+});

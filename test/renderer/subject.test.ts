@@ -1,0 +1,102 @@
+// @vitest-environment jsdom
+import { fireEvent, render, screen, waitFor, within } from '@testing-library/svelte';
+import { describe, expect, test } from 'vitest';
+import SubjectScreen from '../../src-renderer/screens/SubjectScreen.svelte';
+import { startStudio } from './fakes.ts';
+import * as fx from './fixtures.ts';
+
+const photos = [
+  fx.photo({ id: 'a', originalName: 'dog1.jpg', status: 'ok' }),
+  fx.photo({ id: 'b', originalName: 'dog2.jpg', status: 'warning', reason: 'Small: 400×300, will be upscaled' }),
+  fx.photo({ id: 'c', originalName: 'blurry.jpg', status: 'rejected', reason: 'Too blurry (sharpness 12 < 40)' }),
+];
+
+describe('Subject screen', () => {
+  test("shows each photo's status and a rejected photo's reason", async () => {
+    const { studio } = await startStudio({ 'photos.list': () => photos });
+    render(SubjectScreen, { subject: studio.subject });
+    await waitFor(() => expect(screen.getAllByTestId('photo-card')).toHaveLength(3));
+
+    const rejected = screen.getAllByTestId('photo-card').find((c) => c.dataset.status === 'rejected')!;
+    expect(within(rejected).getByTestId('photo-status').textContent).toBe('rejected');
+    expect(within(rejected).getByTestId('photo-reason').textContent).toBe('Too blurry (sharpness 12 < 40)');
+    const ok = screen.getAllByTestId('photo-card').find((c) => c.dataset.status === 'ok')!;
+    expect(within(ok).getByTestId('photo-status').textContent).toBe('used');
+    expect(within(ok).queryByTestId('photo-reason')).toBeNull();
+    // Thumbnails come from the project's files, through the transport (token added).
+    expect(within(ok).getByRole('img').getAttribute('src')).toBe('/files/p1/photos/0001.jpg?token=t');
+    // 2 usable photos: below the 3-20 guidance.
+    expect(screen.getByTestId('photo-guidance').textContent).toMatch(/2 usable photo\(s\): add at least 1 more \(3-20 works best\)/);
+  });
+
+  test('dropped files are sent to photos.add as base64; non-images are skipped with a message', async () => {
+    let listed = [] as ReturnType<typeof fx.photo>[];
+    const { studio, transport } = await startStudio({
+      'photos.list': () => listed,
+      'photos.add': (p) => (listed = p.files!.map((f, i) => fx.photo({ id: `n${i}`, originalName: f.name }))),
+    });
+    render(SubjectScreen, { subject: studio.subject });
+    expect(screen.getByTestId('photo-guidance').textContent).toMatch(/Add 3-20 photos/);
+
+    const jpg = new File([new Uint8Array([0xff, 0xd8, 0xff, 0xe0])], 'dog.jpg', { type: 'image/jpeg' });
+    const txt = new File(['hello'], 'notes.txt', { type: 'text/plain' });
+    await fireEvent.drop(screen.getByTestId('drop-zone'), { dataTransfer: { files: [jpg, txt] } });
+
+    await waitFor(() => expect(screen.getAllByTestId('photo-card')).toHaveLength(1));
+    expect(transport.paramsOf('photos.add')).toEqual([{ projectId: 'p1', files: [{ name: 'dog.jpg', dataBase64: '/9j/4A==' }] }]);
+    expect(studio.notify.items.map((t) => t.message)).toContain('Skipped 1 file(s) that are not images: notes.txt');
+  });
+
+  test('the file picker input adds photos too, and remove calls photos.remove', async () => {
+    let listed = [fx.photo({ id: 'a' })];
+    const { studio, transport } = await startStudio({
+      'photos.list': () => listed,
+      'photos.add': () => [],
+      'photos.remove': () => ((listed = []), { removed: true }),
+    });
+    render(SubjectScreen, { subject: studio.subject });
+    await waitFor(() => screen.getByTestId('photo-card'));
+
+    const input = screen.getByTestId('photo-input') as HTMLInputElement;
+    const png = new File([new Uint8Array([1, 2, 3])], 'cat.png', { type: 'image/png' });
+    Object.defineProperty(input, 'files', { value: [png], configurable: true });
+    await fireEvent.change(input);
+    await waitFor(() => expect(transport.paramsOf('photos.add')).toHaveLength(1));
+    expect(transport.paramsOf('photos.add')[0].files).toEqual([{ name: 'cat.png', dataBase64: 'AQID' }]);
+
+    await fireEvent.click(screen.getByRole('button', { name: /Remove dog1.jpg/ }));
+    await waitFor(() => expect(screen.queryByTestId('photo-card')).toBeNull());
+    expect(transport.paramsOf('photos.remove')).toEqual([{ projectId: 'p1', photoId: 'a' }]);
+  });
+
+  test('crop preview asks photos.cropPreview and shows the PNG', async () => {
+    const { studio, transport } = await startStudio({
+      'photos.list': () => [fx.photo({ id: 'a' })],
+      'photos.cropPreview': () => ({ pngBase64: 'iVBORw0KGgo=' }),
+    });
+    render(SubjectScreen, { subject: studio.subject });
+    await waitFor(() => screen.getByTestId('photo-card'));
+    await fireEvent.click(screen.getByRole('button', { name: 'Attention crop' }));
+    await waitFor(() => expect(screen.getByTestId('crop-preview').getAttribute('src')).toBe('data:image/png;base64,iVBORw0KGgo='));
+    expect(transport.paramsOf('photos.cropPreview')).toEqual([{ projectId: 'p1', photoId: 'a', crop: 'attention', size: 256 }]);
+  });
+
+  test('trigger token and class word are saved with projects.update; field errors show beside the field', async () => {
+    const { studio, transport } = await startStudio();
+    render(SubjectScreen, { subject: studio.subject });
+    const token = screen.getByTestId('trigger-token') as HTMLInputElement;
+    expect(token.value).toBe('sks');
+    await fireEvent.input(token, { target: { value: 'ohwx' } });
+    await fireEvent.input(screen.getByTestId('class-word'), { target: { value: 'corgi' } });
+    await fireEvent.click(screen.getByTestId('save-subject'));
+    await waitFor(() => expect(transport.paramsOf('projects.update')).toHaveLength(1));
+    expect(transport.paramsOf('projects.update')[0]).toEqual({ projectId: 'p1', subject: { triggerToken: 'ohwx', classWord: 'corgi', type: 'live' } });
+    expect(studio.projects.current?.subject.classWord).toBe('corgi');
+
+    await fireEvent.input(token, { target: { value: '' } });
+    await fireEvent.click(screen.getByTestId('save-subject'));
+    await waitFor(() => expect(screen.getByText(/at least 1 character|Too small/i)).toBeTruthy());
+    expect(transport.paramsOf('projects.update')).toHaveLength(1);
+    expect(token.getAttribute('aria-invalid')).toBe('true');
+  });
+});

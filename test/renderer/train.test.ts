@@ -1,0 +1,138 @@
+// @vitest-environment jsdom
+import { fireEvent, render, screen, waitFor, within } from '@testing-library/svelte';
+import { describe, expect, test } from 'vitest';
+import { ApiError } from '../../src-main/api/contract.ts';
+import type { TrainEvent } from '../../src-main/api/schemas.ts';
+import TrainScreen from '../../src-renderer/screens/TrainScreen.svelte';
+import { startStudio, type Handlers } from './fakes.ts';
+import * as fx from './fixtures.ts';
+
+async function renderTrain(handlers: Handlers = {}) {
+  const ctx = await startStudio(handlers);
+  render(TrainScreen, { training: ctx.studio.training, advice: ctx.studio.system.advice });
+  return ctx;
+}
+
+const trainEvent = (event: TrainEvent, runId = 'r9') => ({ jobId: 'j9', projectId: 'p1', runId, event });
+
+describe('Train screen', () => {
+  test('sends the edited settings (with the subject words) to training.start', async () => {
+    const { transport } = await renderTrain({ 'training.start': () => ({ jobId: 'j9', runId: 'r9' }) });
+    await fireEvent.input(screen.getByTestId('setting-steps'), { target: { value: '1200' } });
+    await fireEvent.input(screen.getByTestId('setting-rank'), { target: { value: '16' } });
+    await fireEvent.change(screen.getByLabelText('Resolution'), { target: { value: '384' } });
+    await fireEvent.click(screen.getByLabelText('Gradient checkpointing'));
+    await fireEvent.click(screen.getByTestId('train-button'));
+
+    await waitFor(() => expect(transport.paramsOf('training.start')).toHaveLength(1));
+    const { projectId, settings } = transport.paramsOf('training.start')[0];
+    expect(projectId).toBe('p1');
+    expect(settings).toMatchObject({ method: 'singlora', steps: 1200, rank: 16, resolution: 384, gradientCheckpointing: true, learningRate: 1e-4, triggerToken: 'sks', classWord: 'dog' });
+  });
+
+  test('renders step i/N, it/s and ETA from train.event, plus loss points and samples', async () => {
+    const { transport } = await renderTrain({ 'training.start': () => ({ jobId: 'j9', runId: 'r9' }) });
+    await fireEvent.click(screen.getByTestId('train-button'));
+    await waitFor(() => expect(transport.paramsOf('training.start')).toHaveLength(1));
+
+    transport.emit('train.event', trainEvent({ event: 'prepare', stage: 'loading model', detail: 'unet' }));
+    await waitFor(() => expect(screen.getByTestId('train-stage').textContent).toBe('loading model: unet…'));
+
+    transport.emit('train.event', trainEvent(fx.stepEvent(1, 800, { loss: 0.2, smoothed: 0.2 })));
+    transport.emit('train.event', trainEvent(fx.stepEvent(40, 800, { loss: 0.1234, smoothed: 0.15, its: 2.5, eta_s: 304 })));
+    await waitFor(() => expect(screen.getByTestId('train-progress').textContent).toContain('Step 40/800 · 2.50 it/s · ETA 5:04 · loss 0.1234'));
+    const bar = within(screen.getByTestId('train-progress')).getByRole('progressbar');
+    expect(bar.getAttribute('aria-valuenow')).toBe('40');
+    expect(bar.getAttribute('aria-valuemax')).toBe('800');
+    expect(screen.getByTestId('loss-chart').dataset.points).toBe('2');
+    expect(screen.queryByTestId('train-stage')).toBeNull();
+
+    transport.emit('train.event', trainEvent({ event: 'sample', step: 100, file: 'samples/step-000100-0.png', prompt: 'a photo of sks dog' }));
+    await waitFor(() => expect(screen.getAllByTestId('sample-image')).toHaveLength(1));
+    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe('/files/p1/runs/r9/samples/step-000100-0.png?token=t');
+
+    // Events of another project are not this screen's business.
+    transport.emit('train.event', { ...trainEvent(fx.stepEvent(500, 800)), projectId: 'other' });
+    await Promise.resolve();
+    expect(screen.getByTestId('train-progress').textContent).toContain('Step 40/800');
+  });
+
+  test('invalid settings show field errors and nothing is sent', async () => {
+    const { transport } = await renderTrain({ 'training.start': () => ({ jobId: 'j', runId: 'r' }) });
+    await fireEvent.input(screen.getByTestId('setting-lr'), { target: { value: '' } });
+    await fireEvent.input(screen.getByTestId('setting-rank'), { target: { value: '1000' } });
+    await fireEvent.click(screen.getByTestId('train-button'));
+    await waitFor(() => expect(screen.getByText('Enter a number')).toBeTruthy());
+    expect(screen.getByText(/Too big: expected number to be <=256/)).toBeTruthy();
+    expect(screen.getByTestId('setting-lr').getAttribute('aria-invalid')).toBe('true');
+    expect(transport.paramsOf('training.start')).toHaveLength(0);
+  });
+
+  test("the engine's field errors land next to the fields", async () => {
+    await renderTrain({
+      'training.start': () => {
+        throw new ApiError('invalid_params', 'training.start: settings.steps: too many', [{ field: 'settings.steps', message: 'too many for this demo' }]);
+      },
+    });
+    await fireEvent.click(screen.getByTestId('train-button'));
+    await waitFor(() => expect(screen.getByText('too many for this demo')).toBeTruthy());
+    expect(screen.getByTestId('setting-steps').getAttribute('aria-describedby')).toBe('t-steps-error');
+  });
+
+  test('an out-of-memory failure suggests lower resolution, batch 1 and gradient checkpointing', async () => {
+    const { transport } = await renderTrain({ 'training.start': () => ({ jobId: 'j9', runId: 'r9' }) });
+    await fireEvent.click(screen.getByTestId('train-button'));
+    await waitFor(() => expect(transport.paramsOf('training.start')).toHaveLength(1));
+    transport.emit('train.event', trainEvent({ event: 'done', status: 'failed', step: 12, error: 'OOM when allocating tensor with shape [1,320,64,64]' }));
+    const err = await screen.findByTestId('train-error');
+    expect(err.textContent).toContain('OOM when allocating tensor');
+    expect(err.textContent).toMatch(/lower the resolution.*batch size 1.*gradient checkpointing/);
+    expect(screen.getByTestId('run-status').textContent).toBe('failed');
+  });
+
+  test('with the wasm or cpu backend it says training will be slow and how to fix it', async () => {
+    const { studio } = await startStudio({ 'system.doctor': () => fx.doctor('wasm') });
+    render(TrainScreen, { training: studio.training, advice: studio.system.advice });
+    const notice = screen.getByTestId('backend-notice');
+    expect(notice.textContent).toMatch(/No GPU found.*WebAssembly.*slow/);
+    expect(notice.textContent).toMatch(/CUDA 11\.2 \+ cuDNN 8.*Vulkan, Metal or D3D12/);
+  });
+
+  test('no notice with a GPU backend', async () => {
+    await renderTrain();
+    expect(screen.queryByTestId('backend-notice')).toBeNull();
+  });
+
+  test('cancel sends training.cancel with the job; resume restarts a cancelled run', async () => {
+    const runs = [fx.run({ id: 'r9', status: 'running', step: 10 })];
+    const { transport } = await renderTrain({
+      'training.runs': () => runs,
+      'training.status': () => fx.manifest({ id: 'r9', status: 'running', step: 10, losses: [{ step: 10, loss: 0.3, smoothed: 0.3 }] }),
+      'training.cancel': () => ((runs[0] = fx.run({ id: 'r9', status: 'cancelled', step: 10 })), { cancelled: true }),
+      'training.resume': () => ({ jobId: 'j10', runId: 'r9' }),
+      'jobs.list': () => [fx.job({ id: 'j9', runId: 'r9' })],
+    });
+    // The latest run opens with its history from the manifest.
+    await waitFor(() => expect(screen.getByTestId('loss-chart').dataset.points).toBe('1'));
+    await fireEvent.click(screen.getByTestId('cancel-button'));
+    await waitFor(() => expect(transport.paramsOf('training.cancel')).toEqual([{ jobId: 'j9' }]));
+    transport.emit('train.event', trainEvent({ event: 'done', status: 'cancelled', step: 10, error: null }));
+
+    const resume = await screen.findByTestId('resume-button');
+    await fireEvent.click(resume);
+    await waitFor(() => expect(transport.paramsOf('training.resume')).toEqual([{ projectId: 'p1', runId: 'r9' }]));
+    expect(screen.getByTestId('run-status').textContent).toBe('queued');
+  });
+
+  test('a run picked up from live events (e.g. after a reload) also shows its history', async () => {
+    const { transport } = await renderTrain({
+      'training.status': () =>
+        fx.manifest({ id: 'r9', status: 'running', step: 3, losses: [1, 2, 3].map((step) => ({ step, loss: 0.3, smoothed: 0.3 })), samples: [{ step: 2, file: 'samples/step-000002-0.png', prompt: 'p', seed: 1 }] }),
+    });
+    transport.emit('train.event', trainEvent(fx.stepEvent(4, 800)));
+    await waitFor(() => expect(transport.paramsOf('training.status')).toEqual([{ projectId: 'p1', runId: 'r9' }]));
+    await waitFor(() => expect(screen.getByTestId('loss-chart').dataset.points).toBe('4'));
+    expect(screen.getAllByTestId('sample-image')).toHaveLength(1);
+    expect(screen.getByTestId('train-progress').textContent).toContain('Step 4/800');
+  });
+});
