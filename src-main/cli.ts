@@ -5,6 +5,7 @@
 import { Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import * as adapters from './cli/adapters.ts';
+import * as bench from './cli/bench.ts';
 import * as demo from './cli/demo.ts';
 import * as doctor from './cli/doctor.ts';
 import * as evalCmd from './cli/eval.ts';
@@ -19,7 +20,7 @@ export function buildProgram(): Command {
     .description('SingLoRA Studio engine: train SingLoRA adapters for Stable Diffusion 1.5, score them with DINO, generate and export')
     .version(pkg.version)
     .showHelpAfterError();
-  for (const cmd of [demo, doctor, trainCmd, generate, evalCmd, adapters, models]) cmd.register(program);
+  for (const cmd of [demo, doctor, trainCmd, generate, evalCmd, adapters, models, bench]) cmd.register(program);
   return program;
 }
 

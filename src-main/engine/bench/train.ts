@@ -1,0 +1,146 @@
+/**
+ * Training-step benchmark: the UNet of a config (a model folder, a `unet/` folder or a
+ * config.json; random weights, so the real SD 1.5 shape needs no file), adapters injected,
+ * and full optimizer steps (forward, backward, AdamW) on random latents and text contexts:
+ * the part of `train` that repeats, without the once-only preparation.
+ *
+ * Reports the median ms per step after warm-up, the peak tensor bytes of one step (tf.profile),
+ * the process RSS, and the configuration, so a figure is never quoted without its setting.
+ */
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { initBackend, tf, type BackendName } from '../backend/tf.ts';
+import { AdapterSet, DEFAULT_TARGETS, defaultAdapterSpec } from '../adapters/adapterSet.ts';
+import { loadParams, randomSource } from '../models/layers/module.ts';
+import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
+import { Rng, randn } from '../random.ts';
+import { AdamW } from '../train/adamw.ts';
+import { blockOf, checkpointingRunner } from '../train/gradientCheckpointing.ts';
+
+export interface BenchTrainOptions {
+  /** A diffusers pipeline folder, a `unet/` folder, or a UNet config.json. */
+  base: string;
+  resolution: number;
+  steps?: number;
+  warmup?: number;
+  rank?: number;
+  method?: 'singlora' | 'lora';
+  checkpointing?: boolean;
+  batch?: number;
+  backend?: BackendName | 'auto';
+  seed?: number;
+  log?: (line: string) => void;
+}
+
+export interface BenchTrainReport {
+  bench: 'train';
+  backend: string;
+  device: string | null;
+  config: { base: string; resolution: number; latent: [number, number]; batch: number; method: string; rank: number; targets: readonly string[]; checkpointing: boolean; steps: number; warmup: number };
+  unetParameters: number;
+  adapterParameters: number;
+  adapterLayers: number;
+  ms_per_step: number | null;
+  ms_steps: number[];
+  peak_step_bytes: number | null;
+  weight_bytes: number;
+  peak_rss_mb: number;
+  status: 'ok' | 'did not fit' | 'failed';
+  error?: string;
+}
+
+/** The UNet config and the VAE factor of `base`. */
+export function readUnetConfig(base: string): { config: Record<string, unknown>; vaeFactor: number } {
+  const read = (p: string) => JSON.parse(readFileSync(p, 'utf8')) as Record<string, unknown>;
+  if (statSync(base).isFile()) return { config: read(base), vaeFactor: 8 };
+  if (existsSync(join(base, 'unet', 'config.json'))) {
+    const vae = existsSync(join(base, 'vae', 'config.json')) ? read(join(base, 'vae', 'config.json')) : null;
+    const levels = Array.isArray(vae?.block_out_channels) ? (vae.block_out_channels as unknown[]).length : 4;
+    return { config: read(join(base, 'unet', 'config.json')), vaeFactor: 2 ** (levels - 1) };
+  }
+  if (existsSync(join(base, 'config.json'))) return { config: read(join(base, 'config.json')), vaeFactor: 8 };
+  throw new Error(`bench train: ${base} is not a model folder, a unet/ folder or a config.json`);
+}
+
+export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport> {
+  const log = o.log ?? (() => {});
+  const info = await initBackend(o.backend ?? 'auto');
+  const { config, vaeFactor } = readUnetConfig(o.base);
+  if (o.resolution % vaeFactor !== 0) throw new Error(`bench train: resolution ${o.resolution} is not a multiple of the VAE factor ${vaeFactor}`);
+  const latent: [number, number] = [o.resolution / vaeFactor, o.resolution / vaeFactor];
+  const steps = o.steps ?? 5;
+  const warmup = o.warmup ?? 1;
+  const batch = o.batch ?? 1;
+  const rank = o.rank ?? 8;
+  const method = o.method ?? 'singlora';
+  const unet = UNet2DConditionModel.fromConfig(config);
+  const report: BenchTrainReport = {
+    bench: 'train',
+    backend: info.name,
+    device: info.device ?? null,
+    config: { base: o.base, resolution: o.resolution, latent, batch, method, rank, targets: DEFAULT_TARGETS, checkpointing: o.checkpointing ?? false, steps, warmup },
+    unetParameters: unet.parameterCount(),
+    adapterParameters: 0,
+    adapterLayers: 0,
+    ms_per_step: null,
+    ms_steps: [],
+    peak_step_bytes: null,
+    weight_bytes: unet.parameterCount() * 4,
+    peak_rss_mb: 0,
+    status: 'ok',
+  };
+  let peakRss = process.memoryUsage().rss;
+  const sampleRss = () => (peakRss = Math.max(peakRss, process.memoryUsage().rss));
+  let set: AdapterSet | null = null;
+  let opt: AdamW | null = null;
+  const owned: tf.Tensor[] = [];
+  try {
+    log(`building ${report.unetParameters.toLocaleString('en-US')}-parameter UNet with random weights on ${info.name}`);
+    await loadParams(unet, randomSource(unet, o.seed ?? 0), 'unet');
+    sampleRss();
+    set = AdapterSet.inject(unet, defaultAdapterSpec({ method, rank, alpha: rank, rampSteps: 0 }), { rng: new Rng(o.seed ?? 0, 1) });
+    report.adapterParameters = set.parameterCount();
+    report.adapterLayers = set.size;
+    opt = new AdamW(set.variables());
+    const cfg = unet.config;
+    const rng = new Rng(o.seed ?? 0, 2);
+    const x = randn(rng, [batch, latent[0], latent[1], cfg.inChannels]);
+    const target = randn(rng, [batch, latent[0], latent[1], cfg.outChannels]);
+    const ctx = randn(rng, [batch, 77, cfg.crossAttentionDim[0]]);
+    owned.push(x, target, ctx);
+    const byBlock = new Map<string, tf.Variable[]>();
+    for (const a of set.adapters) byBlock.set(blockOf(a.path), [...(byBlock.get(blockOf(a.path)) ?? []), ...a.layer.variables()]);
+    const runBlock = o.checkpointing ? checkpointingRunner((n) => byBlock.get(n) ?? []) : undefined;
+    const vars = set.variables();
+    const step = async () => {
+      const { value, grads } = tf.variableGrads(() => tf.losses.meanSquaredError(target, unet.forward(x, Array(batch).fill(500), ctx, { runBlock })) as tf.Scalar, vars);
+      await value.data();
+      opt!.apply(vars.map((v) => grads[v.name]), 1e-4);
+      tf.dispose([value, ...Object.values(grads)]);
+      sampleRss();
+    };
+    for (let i = 0; i < warmup + steps; i++) {
+      const t0 = performance.now();
+      await step();
+      const ms = performance.now() - t0;
+      log(`step ${i + 1}/${warmup + steps}: ${ms.toFixed(0)} ms${i < warmup ? ' (warm-up)' : ''}`);
+      if (i >= warmup) report.ms_steps.push(ms);
+    }
+    const sorted = [...report.ms_steps].sort((a, b) => a - b);
+    report.ms_per_step = sorted.length ? sorted[Math.floor((sorted.length - 1) / 2)] : null;
+    const before = tf.memory().numBytes;
+    const prof = await tf.profile(step);
+    report.peak_step_bytes = Math.max(0, prof.peakBytes - before);
+  } catch (err) {
+    const msg = (err as Error).message ?? String(err);
+    report.status = /memory|allocat|OOM|out of bounds|abort/i.test(msg) ? 'did not fit' : 'failed';
+    report.error = msg.split('\n')[0];
+  } finally {
+    opt?.dispose();
+    set?.remove();
+    tf.dispose(owned);
+    unet.dispose();
+  }
+  report.peak_rss_mb = Math.round(peakRss / 2 ** 20);
+  return report;
+}
