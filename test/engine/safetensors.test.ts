@@ -217,3 +217,19 @@ describe('malformed files fail with the file and tensor named', () => {
     await f.close();
   });
 });
+
+describe('header lengths that look like pickle magic', () => {
+  it('opens a valid file whose 8-byte length starts with 0x80 0x02 (a 640-byte header)', async () => {
+    const path = join(await mkdtemp(join(tmpdir(), 'st-magic-')), 'x.safetensors');
+    // Grow the metadata until the padded header is exactly 640 (0x280) bytes.
+    for (let pad = 0; pad < 700; pad++) {
+      await writeSafetensors(path, { t: { shape: [2], data: Float32Array.of(1, 2) } }, { note: 'x'.repeat(pad) });
+      if ((await readFile(path)).readBigUInt64LE(0) === 640n) break;
+    }
+    const bytes = await readFile(path);
+    expect([bytes[0], bytes[1]]).toEqual([0x80, 0x02]);
+    const f = await SafetensorsFile.open(path);
+    expect([...(await f.readFloat32('t'))]).toEqual([1, 2]);
+    await f.close();
+  });
+});

@@ -1,0 +1,5 @@
+import { useBackend } from '../helpers/backend.ts';
+import { opsSuite } from '../helpers/opsSuite.ts';
+
+useBackend('wasm');
+opsSuite('wasm');
