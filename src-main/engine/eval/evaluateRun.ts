@@ -116,13 +116,7 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
     }
     const baseline = rows[0];
     const scored = rows.slice(1);
-    const margin = o.clipMargin ?? DEFAULT_CLIP_MARGIN;
-    const eligible = scored.filter((r) => r.clipT === null || baseline.clipT === null || r.clipT >= baseline.clipT - margin);
-    const pool = eligible.length ? eligible : scored;
-    const best = pool.reduce((a, b) => (b.dino > a.dino ? b : a)).step;
-    const rule = clip
-      ? `highest DINO among checkpoints whose CLIP-T is within ${margin} of the base model's (${baseline.clipT?.toFixed(4)})`
-      : 'highest DINO (CLIP models not installed, so prompt fidelity is not checked)';
+    const { best, rule } = pickBest(baseline, scored, o.clipMargin ?? DEFAULT_CLIP_MARGIN);
     const fresh = await readRunManifest(o.runDir);
     const previousChoice = fresh.evaluation?.chosen ?? null;
     const evaluation: Evaluation = {
@@ -143,6 +137,22 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
     await clip?.release();
     await dino.release();
   }
+}
+
+/**
+ * The rule: the highest DINO; when CLIP-T was measured, only among checkpoints whose CLIP-T is at
+ * least the baseline's minus `margin` (when none is, all of them compete).
+ */
+export function pickBest(baseline: ScoreRow, rows: readonly ScoreRow[], margin = DEFAULT_CLIP_MARGIN): { best: number | null; rule: string } {
+  if (!rows.length) return { best: null, rule: 'no checkpoints scored' };
+  const withClip = baseline.clipT !== null && rows.some((r) => r.clipT !== null);
+  const eligible = withClip ? rows.filter((r) => r.clipT !== null && r.clipT >= baseline.clipT! - margin) : rows;
+  const pool = eligible.length ? eligible : rows;
+  const best = pool.reduce((a, b) => (b.dino > a.dino ? b : a)).step;
+  const rule = withClip
+    ? `highest DINO among checkpoints whose CLIP-T is within ${margin} of the base model's (${baseline.clipT!.toFixed(4)})${eligible.length ? '' : '; none was, so all competed'}`
+    : 'highest DINO (CLIP models not installed, so prompt fidelity is not checked)';
+  return { best, rule };
 }
 
 /** Keeps earlier rows for checkpoints not re-scored (a `latest` evaluation adds one row). */

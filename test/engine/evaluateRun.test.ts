@@ -1,0 +1,65 @@
+/**
+ * Scoring a run: the base model and two checkpoints of a tiny training run, DINO through the
+ * tiny ONNX model, the pick by the rule stored in run.json, and the user's own choice.
+ */
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { makeSubjectPhotos } from '../../scripts/make-tiny-model.ts';
+import { chooseCheckpoint, evaluateRun, pickBest } from '../../src-main/engine/eval/evaluateRun.ts';
+import { readRunManifest } from '../../src-main/engine/train/runFiles.ts';
+import { train } from '../../src-main/engine/train/trainer.ts';
+import { useBackend } from '../helpers/backend.ts';
+import { FIXTURES } from '../helpers/fixtures.ts';
+
+useBackend('wasm');
+
+describe('pickBest', () => {
+  const row = (step: number | null, dino: number, clipT: number | null) => ({ step, dino, clipT, images: 4 });
+  it('takes the highest DINO without CLIP', () => {
+    expect(pickBest(row(null, 0.3, null), [row(100, 0.5, null), row(200, 0.7, null), row(300, 0.6, null)]).best).toBe(200);
+  });
+  it('with CLIP-T, skips checkpoints that fell more than the margin below the baseline', () => {
+    const r = pickBest(row(null, 0.3, 0.3), [row(100, 0.5, 0.295), row(200, 0.8, 0.25), row(300, 0.6, 0.29)], 0.02);
+    expect(r.best).toBe(300);
+    expect(r.rule).toMatch(/within 0.02 of the base model's \(0\.3000\)/);
+  });
+  it('falls back to all checkpoints when none keeps CLIP-T', () => {
+    expect(pickBest(row(null, 0.3, 0.3), [row(100, 0.5, 0.1), row(200, 0.8, 0.2)], 0.02).best).toBe(200);
+  });
+});
+
+describe('evaluateRun', () => {
+  it('scores the base model and two checkpoints and picks one by the rule', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'eval-'));
+    const photos = join(root, 'photos');
+    await makeSubjectPhotos(photos, 3);
+    const runDir = join(root, 'run');
+    await train({ base: join(FIXTURES, 'tiny-a/model'), photos, runDir, settings: { steps: 4, rank: 4, alpha: 8, rampSteps: 1, learningRate: 1e-2, resolution: 64, checkpointEvery: 2, sampleEvery: 0, classWord: 'ball', seed: 3 } });
+    const progress: string[] = [];
+    const evaluation = await evaluateRun(
+      { runDir, photos, prompts: ['a photo of sks ball', 'a photo of sks ball in the snow'], imagesPerPrompt: 1, steps: 3, dinoModel: join(FIXTURES, 'dino-tiny/model.onnx'), modelsDir: join(root, 'no-models') },
+      { onProgress: (done, total, label) => progress.push(`${done}/${total} ${label}`) },
+    );
+    expect(progress).toEqual(['1/6 base', '2/6 base', '3/6 step-000002', '4/6 step-000002', '5/6 step-000004', '6/6 step-000004']);
+    expect(evaluation.baseline.step).toBeNull();
+    expect(evaluation.rows.map((r) => r.step)).toEqual([2, 4]);
+    for (const r of [evaluation.baseline, ...evaluation.rows]) {
+      expect(r.images).toBe(2);
+      expect(r.dino).toBeGreaterThan(-1);
+      expect(r.dino).toBeLessThan(1);
+      expect(r.clipT).toBeNull();
+    }
+    const expected = evaluation.rows.reduce((a, b) => (b.dino > a.dino ? b : a)).step;
+    expect(evaluation.best).toBe(expected);
+    expect(evaluation.rule).toMatch(/highest DINO \(CLIP models not installed/);
+    expect(existsSync(join(runDir, 'eval/step-000004/00001-1001.png'))).toBe(true);
+    const m = await readRunManifest(runDir);
+    expect(m.evaluation?.best).toBe(expected);
+    const other = expected === 2 ? 4 : 2;
+    expect((await chooseCheckpoint(runDir, other)).chosen).toBe(other);
+    expect((await readRunManifest(runDir)).evaluation?.chosen).toBe(other);
+    await expect(chooseCheckpoint(runDir, 3)).rejects.toThrow(/no checkpoint at step 3 \(have 2, 4\)/);
+  });
+});
