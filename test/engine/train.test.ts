@@ -14,7 +14,7 @@ import { readAdapterFile } from '../../src-main/engine/adapters/adapterFile.ts';
 import { readAllFloat32, writeSafetensors } from '../../src-main/engine/io/safetensors.ts';
 import { loadDataset } from '../../src-main/engine/train/dataset.ts';
 import { readRunManifest } from '../../src-main/engine/train/runFiles.ts';
-import { lossWeight, train, type TrainHooks } from '../../src-main/engine/train/trainer.ts';
+import { lossWeight, train } from '../../src-main/engine/train/trainer.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
 

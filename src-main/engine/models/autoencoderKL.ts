@@ -17,19 +17,15 @@
  * for SD 1.x), and a pipeline decodes `latent / scaling_factor`. Every norm in the VAE uses
  * eps 1e-6. Property names are the diffusers state-dict names.
  */
-import { readFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { DIFFUSERS_WEIGHT_FILES, loadComponentWeights, readComponentConfig } from '../io/componentFolder.ts';
 import { tf, type Tensor } from '../backend/tf.ts';
-import { Module, loadParams } from './layers/module.ts';
+import { Module } from './layers/module.ts';
 import { Conv2d } from './layers/conv2d.ts';
 import { GroupNorm } from './layers/norm.ts';
 import { Attention, attend } from './layers/attention.ts';
 import { silu } from './layers/activations.ts';
 import { ResnetBlock2D } from './layers/resnetBlock.ts';
 import { Downsample2D, Upsample2D } from './layers/sampling.ts';
-import { SafetensorsFile } from '../io/safetensors.ts';
-import { safetensorsSource } from '../io/weightSource.ts';
 
 const VAE_EPS = 1e-6;
 
@@ -324,7 +320,7 @@ export class AutoencoderKL extends Module {
   /** Loads a diffusers `vae/` folder (config.json + diffusion_pytorch_model.safetensors), strictly. */
   static async load(folder: string): Promise<AutoencoderKL> {
     const model = AutoencoderKL.fromConfig(await readComponentConfig(folder, 'AutoencoderKL'));
-    await loadComponentWeights(model, folder, 'vae');
+    await loadComponentWeights(model, folder, 'vae', DIFFUSERS_WEIGHT_FILES);
     return model;
   }
 
@@ -347,44 +343,5 @@ export class AutoencoderKL extends Module {
     const cfg = this.config;
     if (z.rank !== 4 || z.shape[3] !== cfg.latentChannels) throw new Error(`AutoencoderKL.decode: expected NHWC [B, h, w, ${cfg.latentChannels}], got [${z.shape}]`);
     return tf.tidy(() => this.decoder.apply(this.post_quant_conv ? this.post_quant_conv.apply(z) : z));
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Loading a diffusers component folder (the same steps as in unet2dCondition.ts)
-
-const WEIGHT_FILES = ['diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.fp16.safetensors'];
-
-async function readComponentConfig(folder: string, className: string): Promise<unknown> {
-  const path = join(folder, 'config.json');
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    throw new Error(`${className}: cannot read ${path} (${(err as Error).message}); expected a diffusers component folder with config.json`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new Error(`${className}: ${path} is not valid JSON (${(err as Error).message})`);
-  }
-}
-
-async function loadComponentWeights(model: Module, folder: string, component: string): Promise<void> {
-  const name = WEIGHT_FILES.find((f) => existsSync(join(folder, f)));
-  if (!name) {
-    const pickle = existsSync(join(folder, 'diffusion_pytorch_model.bin')) ? ' (found diffusion_pytorch_model.bin: pickles are never loaded; convert it to .safetensors)' : '';
-    model.dispose();
-    throw new Error(`${component}: no ${WEIGHT_FILES.join(' or ')} in ${folder}${pickle}`);
-  }
-  let file: SafetensorsFile | null = null;
-  try {
-    file = await SafetensorsFile.open(join(folder, name));
-    await loadParams(model, safetensorsSource(file), component);
-  } catch (err) {
-    model.dispose();
-    throw err;
-  } finally {
-    await file?.close();
   }
 }

@@ -20,16 +20,13 @@
  * Property paths mirror the transformers state dict (`text_model.encoder.layers.0.self_attn.q_proj.weight`),
  * so `loadParams` walks `model.safetensors` directly; only the `position_ids` buffer is skipped.
  */
-import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { loadComponentWeights, readComponentConfig, TRANSFORMERS_WEIGHT_FILES } from '../io/componentFolder.ts';
 import { join } from 'node:path';
 import { tf, type Tensor } from '../backend/tf.ts';
-import { SafetensorsFile } from '../io/safetensors.ts';
-import { safetensorsSource } from '../io/weightSource.ts';
 import { activation } from './layers/activations.ts';
 import { attend } from './layers/attention.ts';
 import { Linear, type LinearSlot } from './layers/linear.ts';
-import { loadParams, Module, Param } from './layers/module.ts';
+import { Module, Param } from './layers/module.ts';
 import { LayerNorm } from './layers/norm.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -281,27 +278,9 @@ export class ClipTextModel extends Module {
    * BF16; the `position_ids` buffer some files carry is skipped).
    */
   static async load(folder: string): Promise<ClipTextModel> {
-    const configPath = join(folder, 'config.json');
-    let raw: unknown;
-    try {
-      raw = JSON.parse(await readFile(configPath, 'utf8'));
-    } catch (err) {
-      throw new Error(`ClipTextModel.load: cannot read ${configPath}: ${(err as Error).message}`);
-    }
-    const model = new ClipTextModel(parseClipTextConfig(raw, configPath));
-    const weightsPath = join(folder, 'model.safetensors');
-    if (!existsSync(weightsPath)) {
-      throw new Error(`ClipTextModel.load: ${weightsPath} not found (only safetensors weights are loaded; convert pytorch_model.bin with a trusted tool)`);
-    }
-    const file = await SafetensorsFile.open(weightsPath);
-    try {
-      await loadParams(model, safetensorsSource(file), 'text_encoder', (key) => key.endsWith('position_ids'));
-    } catch (err) {
-      model.dispose();
-      throw err;
-    } finally {
-      await file.close();
-    }
+    const raw = await readComponentConfig(folder, 'ClipTextModel');
+    const model = new ClipTextModel(parseClipTextConfig(raw, join(folder, 'config.json')));
+    await loadComponentWeights(model, folder, 'text_encoder', TRANSFORMERS_WEIGHT_FILES, (key) => key.endsWith('position_ids'));
     return model;
   }
 

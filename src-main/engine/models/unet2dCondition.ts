@@ -29,11 +29,9 @@
  * can pass a runner that keeps only the inputs and recomputes the block in the backward pass
  * (e.g. with `tf.customGrad`); it must add any trainable variables the block reads itself.
  */
-import { readFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { DIFFUSERS_WEIGHT_FILES, loadComponentWeights, readComponentConfig } from '../io/componentFolder.ts';
 import { tf, type Tensor } from '../backend/tf.ts';
-import { Module, loadParams } from './layers/module.ts';
+import { Module } from './layers/module.ts';
 import { Conv2d } from './layers/conv2d.ts';
 import { GroupNorm } from './layers/norm.ts';
 import { silu } from './layers/activations.ts';
@@ -41,8 +39,6 @@ import { ResnetBlock2D } from './layers/resnetBlock.ts';
 import { Transformer2DModel } from './layers/transformer2d.ts';
 import { Downsample2D, Upsample2D } from './layers/sampling.ts';
 import { TimestepEmbedding, timestepSinusoid } from './layers/embeddings.ts';
-import { SafetensorsFile } from '../io/safetensors.ts';
-import { safetensorsSource } from '../io/weightSource.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Config
@@ -486,7 +482,7 @@ export class UNet2DConditionModel extends Module {
    */
   static async load(folder: string): Promise<UNet2DConditionModel> {
     const model = UNet2DConditionModel.fromConfig(await readComponentConfig(folder, 'UNet2DConditionModel'));
-    await loadComponentWeights(model, folder, 'unet');
+    await loadComponentWeights(model, folder, 'unet', DIFFUSERS_WEIGHT_FILES);
     return model;
   }
 
@@ -557,44 +553,4 @@ function timestepBatch(timestep: number | readonly number[] | Tensor, batch: num
   if (list.length !== 1 && list.length !== batch) throw new Error(`UNet2DConditionModel.forward: ${list.length} timesteps for a batch of ${batch}`);
   if (!list.every(Number.isFinite)) throw new Error(`UNet2DConditionModel.forward: timesteps [${list}] must be finite numbers`);
   return tf.tensor1d(list.length === batch ? [...list] : Array.from({ length: batch }, () => list[0]), 'float32');
-}
-
-// ---------------------------------------------------------------------------------------------
-// Loading a diffusers component folder
-
-const WEIGHT_FILES = ['diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.fp16.safetensors'];
-
-async function readComponentConfig(folder: string, className: string): Promise<unknown> {
-  const path = join(folder, 'config.json');
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    throw new Error(`${className}: cannot read ${path} (${(err as Error).message}); expected a diffusers component folder with config.json`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new Error(`${className}: ${path} is not valid JSON (${(err as Error).message})`);
-  }
-}
-
-/** Loads `model`'s weights from the folder's safetensors file; disposes the model on failure. */
-async function loadComponentWeights(model: Module, folder: string, component: string): Promise<void> {
-  const name = WEIGHT_FILES.find((f) => existsSync(join(folder, f)));
-  if (!name) {
-    const pickle = existsSync(join(folder, 'diffusion_pytorch_model.bin')) ? ' (found diffusion_pytorch_model.bin: pickles are never loaded; convert it to .safetensors)' : '';
-    model.dispose();
-    throw new Error(`${component}: no ${WEIGHT_FILES.join(' or ')} in ${folder}${pickle}`);
-  }
-  let file: SafetensorsFile | null = null;
-  try {
-    file = await SafetensorsFile.open(join(folder, name));
-    await loadParams(model, safetensorsSource(file), component);
-  } catch (err) {
-    model.dispose();
-    throw err;
-  } finally {
-    await file?.close();
-  }
 }
