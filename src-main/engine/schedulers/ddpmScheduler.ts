@@ -12,8 +12,8 @@
  * and `target` picks what the UNet learns to predict from `prediction_type`.
  */
 import { tf, type Tensor } from '../backend/tf.ts';
-import { f32, npArange, npLinspace, roundHalfEven, sqrt32 } from './float32.ts';
-import { alphasCumprodOf, betasFor, checkInferenceSteps } from './noiseSchedule.ts';
+import { f32, sqrt32 } from './float32.ts';
+import { alphasCumprodOf, betasFor, checkInferenceSteps, spacedTimesteps } from './noiseSchedule.ts';
 import { checkNoise, DISPLAY_NAMES, type Scheduler } from './scheduler.ts';
 import {
   boolField,
@@ -148,16 +148,7 @@ export class DDPMScheduler implements Scheduler {
     const { num_train_timesteps: T, timestep_spacing, steps_offset } = this.config;
     checkInferenceSteps(this.className, numInferenceSteps, T);
     this.numInferenceSteps = numInferenceSteps;
-    let ts: number[];
-    if (timestep_spacing === 'linspace') {
-      ts = npLinspace(0, T - 1, numInferenceSteps).map(roundHalfEven).reverse();
-    } else if (timestep_spacing === 'leading') {
-      const stepRatio = Math.floor(T / numInferenceSteps);
-      ts = Array.from({ length: numInferenceSteps }, (_, i) => i * stepRatio + steps_offset).reverse();
-    } else {
-      ts = npArange(T, 0, -T / numInferenceSteps).map((x) => roundHalfEven(x) - 1);
-    }
-    this._timesteps = ts;
+    this._timesteps = spacedTimesteps(timestep_spacing, T, numInferenceSteps, steps_offset, 'round');
   }
 
   scaleModelInput(sample: Tensor, _t: number): Tensor {

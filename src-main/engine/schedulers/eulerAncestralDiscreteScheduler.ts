@@ -10,8 +10,8 @@
  * including the last (where σ_up = 0 and it has no effect), as diffusers draws it.
  */
 import { tf, type Tensor } from '../backend/tf.ts';
-import { f32, npArange, npLinspace, roundHalfEven, sqrt32 } from './float32.ts';
-import { alphasCumprodOf, betasFor, checkInferenceSteps, indexForTimestep, sigmasAtTimesteps, trainingSigmas } from './noiseSchedule.ts';
+import { f32, sqrt32 } from './float32.ts';
+import { alphasCumprodOf, betasFor, checkInferenceSteps, eulerInitNoiseSigma, indexForTimestep, sigmasAtTimesteps, spacedTimesteps, trainingSigmas } from './noiseSchedule.ts';
 import { checkNoise, DISPLAY_NAMES, type Scheduler } from './scheduler.ts';
 import {
   boolField,
@@ -79,9 +79,7 @@ export class EulerAncestralDiscreteScheduler implements Scheduler {
 
   /** σ_max for linspace/trailing spacing; √(σ_max² + 1) for leading (float32). */
   get initNoiseSigma(): number {
-    const maxSigma = Math.max(...this._sigmas);
-    if (this.config.timestep_spacing === 'linspace' || this.config.timestep_spacing === 'trailing') return maxSigma;
-    return sqrt32(f32(f32(maxSigma * maxSigma) + 1));
+    return eulerInitNoiseSigma(this._sigmas, this.config.timestep_spacing);
   }
 
   /** As `EulerDiscreteScheduler.setTimesteps` with linear interpolation and no Karras option. */
@@ -89,15 +87,7 @@ export class EulerAncestralDiscreteScheduler implements Scheduler {
     const c = this.config;
     const T = c.num_train_timesteps;
     checkInferenceSteps(this.className, numInferenceSteps, T);
-    let timesteps: number[];
-    if (c.timestep_spacing === 'linspace') {
-      timesteps = npLinspace(0, T - 1, numInferenceSteps).map(f32).reverse();
-    } else if (c.timestep_spacing === 'leading') {
-      const stepRatio = Math.floor(T / numInferenceSteps);
-      timesteps = Array.from({ length: numInferenceSteps }, (_, i) => i * stepRatio + c.steps_offset).reverse();
-    } else {
-      timesteps = npArange(T, 0, -T / numInferenceSteps).map((x) => roundHalfEven(x) - 1);
-    }
+    const timesteps = spacedTimesteps(c.timestep_spacing, T, numInferenceSteps, c.steps_offset, 'float32');
     this._sigmas = sigmasAtTimesteps(timesteps, this.trainSigmas).map(f32).concat(0);
     this._timesteps = timesteps.map(f32);
     this.stepIndex = null;

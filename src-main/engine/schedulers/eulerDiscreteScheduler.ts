@@ -11,16 +11,18 @@
  * `initNoiseSigma` is σ_max for linspace/trailing spacing and √(σ_max²+1) for leading, as in 0.27.2.
  */
 import { tf, type Tensor } from '../backend/tf.ts';
-import { f32, npArange, npLinspace, roundHalfEven, sqrt32, torchLinspaceF32 } from './float32.ts';
+import { f32, sqrt32, torchLinspaceF32 } from './float32.ts';
 import {
   alphasCumprodOf,
   betasFor,
   checkInferenceSteps,
+  eulerInitNoiseSigma,
   indexForTimestep,
   karrasSigmas,
   logSigmasOf,
   sigmasAtTimesteps,
   sigmaToT,
+  spacedTimesteps,
   trainingSigmas,
 } from './noiseSchedule.ts';
 import { DISPLAY_NAMES, type Scheduler } from './scheduler.ts';
@@ -100,9 +102,7 @@ export class EulerDiscreteScheduler implements Scheduler {
 
   /** σ_max for linspace/trailing spacing; √(σ_max² + 1) for leading (float32). */
   get initNoiseSigma(): number {
-    const maxSigma = Math.max(...this._sigmas);
-    if (this.config.timestep_spacing === 'linspace' || this.config.timestep_spacing === 'trailing') return maxSigma;
-    return sqrt32(f32(f32(maxSigma * maxSigma) + 1));
+    return eulerInitNoiseSigma(this._sigmas, this.config.timestep_spacing);
   }
 
   /**
@@ -117,15 +117,7 @@ export class EulerDiscreteScheduler implements Scheduler {
     const c = this.config;
     const T = c.num_train_timesteps;
     checkInferenceSteps(this.className, numInferenceSteps, T);
-    let timesteps: number[];
-    if (c.timestep_spacing === 'linspace') {
-      timesteps = npLinspace(0, T - 1, numInferenceSteps).map(f32).reverse();
-    } else if (c.timestep_spacing === 'leading') {
-      const stepRatio = Math.floor(T / numInferenceSteps);
-      timesteps = Array.from({ length: numInferenceSteps }, (_, i) => i * stepRatio + c.steps_offset).reverse();
-    } else {
-      timesteps = npArange(T, 0, -T / numInferenceSteps).map((x) => roundHalfEven(x) - 1);
-    }
+    let timesteps = spacedTimesteps(c.timestep_spacing, T, numInferenceSteps, c.steps_offset, 'float32');
 
     let sigmas: number[];
     if (c.interpolation_type === 'linear') {

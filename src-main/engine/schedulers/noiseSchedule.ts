@@ -10,7 +10,7 @@
  *
  * Where diffusers computes in float32 torch and where in float64 numpy is stated per function.
  */
-import { f32, interpAtIndex, log32, npLinspace, sqrt32, torchLinspaceF32 } from './float32.ts';
+import { f32, interpAtIndex, log32, npArange, npLinspace, roundHalfEven, sqrt32, torchLinspaceF32 } from './float32.ts';
 import type { NoiseScheduleConfig } from './schedulerConfig.ts';
 
 /**
@@ -117,4 +117,26 @@ export function checkInferenceSteps(who: string, n: number, numTrainTimesteps: n
   if (!Number.isInteger(n) || n < 1 || n > numTrainTimesteps) {
     throw new Error(`${who}.setTimesteps: num_inference_steps must be an integer in [1, ${numTrainTimesteps}] (num_train_timesteps), got ${n}`);
   }
+}
+
+/**
+ * The N inference timesteps of diffusers' `timestep_spacing`, descending:
+ *   linspace  linspace(0, T-1, N), rounded (DDPM/DDIM) or kept as float32 values (Euler)
+ *   leading   arange(N) * (T // N) + steps_offset
+ *   trailing  round(arange(T, 0, -T/N)) - 1
+ */
+export function spacedTimesteps(spacing: 'linspace' | 'leading' | 'trailing', T: number, n: number, stepsOffset: number, linspace: 'round' | 'float32'): number[] {
+  if (spacing === 'linspace') return npLinspace(0, T - 1, n).map(linspace === 'round' ? roundHalfEven : f32).reverse();
+  if (spacing === 'leading') {
+    const stepRatio = Math.floor(T / n);
+    return Array.from({ length: n }, (_, i) => i * stepRatio + stepsOffset).reverse();
+  }
+  return npArange(T, 0, -T / n).map((x) => roundHalfEven(x) - 1);
+}
+
+/** Euler's init_noise_sigma in diffusers 0.27: sigma_max for linspace/trailing, sqrt(sigma_max^2 + 1) for leading (float32). */
+export function eulerInitNoiseSigma(sigmas: readonly number[], spacing: string): number {
+  const maxSigma = Math.max(...sigmas);
+  if (spacing === 'linspace' || spacing === 'trailing') return maxSigma;
+  return sqrt32(f32(f32(maxSigma * maxSigma) + 1));
 }
