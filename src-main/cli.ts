@@ -11,6 +11,8 @@ import * as doctor from './cli/doctor.ts';
 import * as evalCmd from './cli/eval.ts';
 import * as generate from './cli/generate.ts';
 import * as models from './cli/models.ts';
+import * as projects from './cli/projects.ts';
+import * as serve from './cli/serve.ts';
 import * as trainCmd from './cli/train.ts';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -20,7 +22,7 @@ export function buildProgram(): Command {
     .description('SingLoRA Studio engine: train SingLoRA adapters for Stable Diffusion 1.5, score them with DINO, generate and export')
     .version(pkg.version)
     .showHelpAfterError();
-  for (const cmd of [demo, doctor, trainCmd, generate, evalCmd, adapters, models, bench]) cmd.register(program);
+  for (const cmd of [demo, doctor, trainCmd, generate, evalCmd, adapters, models, projects, serve, bench]) cmd.register(program);
   return program;
 }
 

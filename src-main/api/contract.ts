@@ -35,7 +35,7 @@ const empty = z.object({}).strict();
  */
 type WithoutDefaults<S extends z.ZodRawShape> = { [K in keyof S]: z.ZodOptional<S[K] extends z.ZodDefault<infer I> ? I : S[K]> };
 function patchOf<S extends z.ZodRawShape>(schema: z.ZodObject<S>): z.ZodObject<WithoutDefaults<S>, z.core.$strict> {
-  const shape = Object.fromEntries(Object.entries(schema.shape).map(([k, s]) => [k, (s instanceof z.ZodDefault ? s.unwrap() : s).optional()]));
+  const shape = Object.fromEntries(Object.entries(schema.shape).map(([k, s]) => [k, ((s instanceof z.ZodDefault ? s.unwrap() : s) as z.ZodType).optional()]));
   return z.object(shape).strict() as unknown as z.ZodObject<WithoutDefaults<S>, z.core.$strict>;
 }
 export const trainSettingsPatchSchema = patchOf(trainSettingsSchema);

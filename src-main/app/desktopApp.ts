@@ -1,0 +1,157 @@
+/**
+ * The desktop app's lifecycle, with Electron passed in (main.ts passes the real module; tests a
+ * fake), so every decision here runs under a plain Node test.
+ *
+ *   before ready   app://studio registered as privileged; sandbox for every renderer; the
+ *                  single-instance lock (a second launch focuses the first window and quits)
+ *   ready          the service (data in userData) with the engine as a utility process;
+ *                  permissions locked; app:// served (renderer + /files/); the invoke channel;
+ *                  the window, with the service's events forwarded to it
+ *   quit           the service closes first: running training pauses at a checkpoint, the engine
+ *                  process exits, the data lock is released
+ */
+import { join } from 'node:path';
+import type * as Electron from 'electron';
+import type { BrowserWindow } from 'electron';
+import { Service, type ServiceOptions } from '../service/service.ts';
+import { APP_ENTRY_URL, APP_SCHEME, APP_SCHEME_PRIVILEGES, createAppProtocolHandler, parseFilesPath, projectFileType } from './appProtocol.ts';
+import { forwardEvents, handleInvoke } from './ipc.ts';
+import { utilityEngine } from './utilityEngine.ts';
+import { BACKGROUND, hardenContents, lockPermissions, windowOptions } from './window.ts';
+
+export type ElectronApi = Pick<typeof Electron, 'app' | 'BrowserWindow' | 'dialog' | 'ipcMain' | 'nativeTheme' | 'protocol' | 'session' | 'shell' | 'utilityProcess'>;
+
+export interface AppPaths {
+  /** The bundled preload (CommonJS). */
+  preload: string;
+  /** The bundled engine worker, forked as a utility process. */
+  engineWorker: string;
+  /** The built renderer (dist-renderer/). */
+  rendererDir: string;
+}
+
+export type AppService = Pick<Service, 'handlers' | 'on' | 'resolveFile' | 'close' | 'dataDir'>;
+
+export interface StartOptions {
+  env?: NodeJS.ProcessEnv;
+  platform?: NodeJS.Platform;
+  openService?: (opts: ServiceOptions) => Promise<AppService>;
+  log?: (line: string) => void;
+}
+
+export interface RunningApp {
+  service: AppService;
+  window(): BrowserWindow | null;
+}
+
+/** Where the app keeps its files; SINGLORA_* variables override, as for the CLI. */
+export function appFolders(userData: string, packaged: boolean, env: NodeJS.ProcessEnv): { dataDir: string; modelsDir: string | undefined; cacheDir: string } {
+  const pick = (v: string | undefined) => v?.trim() || undefined;
+  return {
+    dataDir: pick(env.SINGLORA_DATA_DIR) ?? join(userData, 'data'),
+    // Unpackaged (npm start), the repository's models/ (the demo model lives there); packaged, the
+    // app folder is read-only, so downloads go to userData.
+    modelsDir: pick(env.SINGLORA_MODELS_DIR) ?? (packaged ? join(userData, 'models') : undefined),
+    cacheDir: pick(env.SINGLORA_CACHE_DIR) ?? join(userData, 'cache'),
+  };
+}
+
+/** Starts the app; null when another instance already runs (this one quits). */
+export function startApp(e: ElectronApi, paths: AppPaths, o: StartOptions = {}): Promise<RunningApp> | null {
+  const log = o.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const env = o.env ?? process.env;
+  const platform = o.platform ?? process.platform;
+
+  e.protocol.registerSchemesAsPrivileged([APP_SCHEME_PRIVILEGES]);
+  e.app.enableSandbox();
+  if (!e.app.requestSingleInstanceLock()) {
+    e.app.quit();
+    return null;
+  }
+
+  let service: AppService | null = null;
+  let win: BrowserWindow | null = null;
+  let quitState: 'running' | 'closing' | 'closed' = 'running';
+
+  const focus = () => {
+    if (!win) return;
+    if (win.isMinimized()) win.restore();
+    win.show();
+    win.focus();
+  };
+
+  const openProjectFile = (url: string) => {
+    void (async () => {
+      const { projectId, rel } = parseFilesPath(new URL(url).pathname);
+      if (!projectFileType(rel)?.startsWith('image/') || !service) return;
+      const problem = await e.shell.openPath(await service.resolveFile(projectId, rel));
+      if (problem) log(`window: cannot open ${rel}: ${problem}`);
+    })().catch((err: Error) => log(`window: cannot open ${url}: ${err.message}`));
+  };
+
+  const createWindow = (svc: AppService) => {
+    e.nativeTheme.themeSource = 'system';
+    const w = new e.BrowserWindow(windowOptions({ preload: paths.preload, dark: e.nativeTheme.shouldUseDarkColors, devTools: !e.app.isPackaged }));
+    win = w;
+    const forwarder = forwardEvents((l) => svc.on(l), w.webContents);
+    const onTheme = () => w.setBackgroundColor(e.nativeTheme.shouldUseDarkColors ? BACKGROUND.dark : BACKGROUND.light);
+    e.nativeTheme.on('updated', onTheme);
+    w.webContents.on('did-finish-load', () => forwarder.replayState());
+    w.once('ready-to-show', () => w.show());
+    w.on('closed', () => {
+      forwarder.stop();
+      e.nativeTheme.off('updated', onTheme);
+      if (win === w) win = null;
+    });
+    w.loadURL(APP_ENTRY_URL).catch((err: Error) => log(`window: cannot load ${APP_ENTRY_URL}: ${err.message}`));
+  };
+
+  e.app.on('second-instance', focus);
+  e.app.on('web-contents-created', (_event, contents) => hardenContents(contents, { openProjectFile, log }));
+  e.app.on('window-all-closed', () => {
+    if (platform !== 'darwin') e.app.quit();
+  });
+  e.app.on('activate', () => {
+    if (service && !win) createWindow(service);
+  });
+  e.app.on('before-quit', (event) => {
+    if (!service || quitState === 'closed') return;
+    event.preventDefault();
+    if (quitState === 'closing') return;
+    quitState = 'closing';
+    const svc = service;
+    svc
+      .close()
+      .catch((err: Error) => log(`app: closing the service failed: ${err.message}`))
+      .finally(() => {
+        quitState = 'closed';
+        e.app.quit();
+      });
+  });
+
+  const boot = async (): Promise<RunningApp> => {
+    const folders = appFolders(e.app.getPath('userData'), e.app.isPackaged, env);
+    const svc = await (o.openService ?? Service.open)({
+      dataDir: folders.dataDir,
+      modelsDir: folders.modelsDir,
+      spawnEngine: utilityEngine(e.utilityProcess, paths.engineWorker),
+      engineEnv: { ...env, SINGLORA_CACHE_DIR: folders.cacheDir, ...(folders.modelsDir ? { SINGLORA_MODELS_DIR: folders.modelsDir } : {}) },
+      log,
+    });
+    service = svc;
+    lockPermissions(e.session.defaultSession, log);
+    e.protocol.handle(APP_SCHEME, createAppProtocolHandler({ rendererDir: paths.rendererDir, resolveFile: (p, rel) => svc.resolveFile(p, rel), log }));
+    handleInvoke(e.ipcMain, { handlers: svc.handlers, log });
+    createWindow(svc);
+    return { service: svc, window: () => win };
+  };
+
+  return e.app
+    .whenReady()
+    .then(boot)
+    .catch((err: Error) => {
+      e.dialog.showErrorBox('SingLoRA Studio cannot start', err.message);
+      e.app.quit();
+      throw err;
+    });
+}

@@ -1,0 +1,87 @@
+/**
+ * `singlora projects list | create <name> | show <id> | delete <id>`: the projects on disk, through
+ * the same service the app and the server use (in this process, without its job runner: these
+ * commands never start the engine). A server or app that owns the data folder keeps it; `delete`
+ * then refuses and says so.
+ */
+import { Command, Option } from 'commander';
+import type { Project, ProjectSummary, Result } from '../api/contract.ts';
+import { SUBJECT_TYPES } from '../api/schemas.ts';
+import { Service } from '../service/service.ts';
+import { action, printResult, withCommon, type GlobalOptions } from './common.ts';
+
+interface ProjectsOptions extends GlobalOptions {
+  dataDir?: string;
+  class?: string;
+  token?: string;
+  type?: (typeof SUBJECT_TYPES)[number];
+}
+
+async function withService<T>(o: ProjectsOptions, fn: (s: Service) => Promise<T>): Promise<T> {
+  const s = await Service.open({ dataDir: o.dataDir, exclusive: false });
+  try {
+    return await fn(s);
+  } finally {
+    await s.close();
+  }
+}
+
+const dataDirOption = () => new Option('--data-dir <dir>', 'projects folder parent (default: SINGLORA_DATA_DIR or <repo>/.data)');
+
+export function register(program: Command): void {
+  const projects = program.command('projects').description('list, create, show or delete projects (one per subject)');
+
+  withCommon(projects.command('list', { isDefault: true }).description('list the projects')).addOption(dataDirOption()).action(
+    action(async (o: ProjectsOptions) => {
+      const list = (await withService(o, (s) => s.call('projects.list', {}))) as ProjectSummary[];
+      printResult(o, list, () => (list.length ? list.map((p) => `${p.id.padEnd(32)} ${p.name}  (${p.subject.triggerToken} ${p.subject.classWord}, ${p.photos} photos, ${p.runs} runs)`).join('\n') : 'no projects yet: singlora projects create <name>'));
+    }),
+  );
+
+  withCommon(projects.command('create <name>').description('create a project'))
+    .addOption(dataDirOption())
+    .option('--class <word>', 'class word (e.g. dog, person)', 'person')
+    .option('--token <word>', 'trigger token', 'sks')
+    .addOption(new Option('--type <type>', 'subject type (evaluation prompts)').choices([...SUBJECT_TYPES]).default('live'))
+    .action(
+      action(async (name: string, o: ProjectsOptions) => {
+        const p = (await withService(o, (s) => s.call('projects.create', { name, classWord: o.class, triggerToken: o.token, type: o.type }))) as Project;
+        printResult(o, p, () => `created ${p.id} (${p.subject.triggerToken} ${p.subject.classWord})`);
+      }),
+    );
+
+  withCommon(projects.command('show <id>').description('show a project, its photos and runs'))
+    .addOption(dataDirOption())
+    .action(
+      action(async (id: string, o: ProjectsOptions) => {
+        const r = await withService(o, async (s) => ({
+          project: (await s.call('projects.open', { projectId: id })) as Project,
+          photos: (await s.call('photos.list', { projectId: id })) as Result<'photos.list'>,
+          runs: (await s.call('training.runs', { projectId: id })) as Result<'training.runs'>,
+          dir: s.store.dir(id),
+        }));
+        printResult(o, r, () =>
+          [
+            `${r.project.name} (${r.project.id})`,
+            `folder:   ${r.dir}`,
+            `subject:  ${r.project.subject.triggerToken} ${r.project.subject.classWord} (${r.project.subject.type})`,
+            `base:     ${r.project.baseModel ?? '(the app default)'}`,
+            `photos:   ${r.photos.length}`,
+            ...r.photos.map((p) => `  ${p.status.padEnd(8)} ${p.id}${p.reason ? `: ${p.reason}` : ''}`),
+            `runs:     ${r.runs.length}`,
+            ...r.runs.map((x) => `  ${x.id} ${x.status} ${x.step}/${x.steps}${x.best !== null ? `, best step ${x.best}` : ''}${x.error ? `: ${x.error}` : ''}`),
+          ].join('\n'),
+        );
+      }),
+    );
+
+  withCommon(projects.command('delete <id>').description('delete a project folder (photos, runs, adapters, images)'))
+    .addOption(dataDirOption())
+    .action(
+      action(async (id: string, o: ProjectsOptions) => {
+        const r = (await withService(o, (s) => s.call('projects.delete', { projectId: id }))) as Result<'projects.delete'>;
+        if (!r.deleted) throw new Error(`no project '${id}'`);
+        printResult(o, r, () => `deleted ${id}`);
+      }),
+    );
+}

@@ -1,0 +1,64 @@
+/**
+ * `singlora serve`: the headless server (src-main/server.ts) with the built renderer, for a
+ * browser. Prints the URL with a one-time token; Ctrl-C pauses running training (a checkpoint is
+ * kept) and stops.
+ */
+import type { Command } from 'commander';
+import { DEFAULT_PORT, isLoopback, startServer } from '../server.ts';
+import { action, printResult, withCommon, type GlobalOptions } from './common.ts';
+
+interface ServeOptions extends GlobalOptions {
+  host: string;
+  port: number;
+  token?: string;
+  dataDir?: string;
+  modelsDir?: string;
+  base?: string;
+  allowRemote?: boolean;
+}
+
+const port = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`--port: expected 0-65535, got '${v}'`);
+  return n;
+};
+
+export function register(program: Command): void {
+  withCommon(
+    program
+      .command('serve')
+      .description('serve the app to a browser: HTTP API, WebSocket events and the user interface (token-protected)')
+      .option('--host <address>', 'address to listen on', '127.0.0.1')
+      .option('--port <n>', 'port (0: any free port)', port, DEFAULT_PORT)
+      .option('--token <token>', 'session token (default: SINGLORA_SERVER_TOKEN, else 32 random bytes)')
+      .option('--data-dir <dir>', 'projects and jobs (default: SINGLORA_DATA_DIR or <repo>/.data)')
+      .option('--models-dir <dir>', 'models folder (default: SINGLORA_MODELS_DIR or <repo>/models)')
+      .option('--base <model>', 'default base model for projects without one (default: models/tiny-sd when present)')
+      .option('--allow-remote', 'allow a non-loopback --host (anyone who has the token can use the server)'),
+  ).action(
+    action(async (o: ServeOptions) => {
+      const remote = !isLoopback(o.host);
+      if (remote && o.allowRemote) process.stderr.write(`warning: listening on ${o.host}: other machines can reach this server; anyone with the token can train, generate and read your projects. Files outside the projects cannot be named by clients.\n`);
+      const server = await startServer({
+        host: o.host,
+        port: o.port,
+        token: o.token ?? (process.env.SINGLORA_SERVER_TOKEN?.trim() || undefined),
+        allowRemote: o.allowRemote,
+        serviceOptions: { dataDir: o.dataDir, modelsDir: o.modelsDir, defaultBaseModel: o.base, backend: o.backend && o.backend !== 'auto' ? o.backend : undefined },
+      });
+      printResult(o, { event: 'listening', url: server.url, openUrl: server.openUrl, dataDir: server.service.dataDir }, () =>
+        [`SingLoRA Studio is serving ${server.service.dataDir}`, `open: ${server.openUrl}`, '(the token in this URL is the password of this session; Ctrl-C stops the server)'].join('\n'),
+      );
+      await new Promise<void>((resolve) => {
+        const stop = () => {
+          process.off('SIGINT', stop);
+          process.off('SIGTERM', stop);
+          process.stderr.write('\nstopping: running training pauses at a checkpoint...\n');
+          void server.close().then(resolve);
+        };
+        process.on('SIGINT', stop);
+        process.on('SIGTERM', stop);
+      });
+    }),
+  );
+}

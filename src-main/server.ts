@@ -1,0 +1,358 @@
+/**
+ * The headless server (`singlora serve`): the service over HTTP and WebSocket, and the built
+ * renderer, for a browser on this machine (or, with --allow-remote, the network).
+ *
+ *   POST /api/<method>          JSON params, `Authorization: Bearer <token>`
+ *                               -> 200 {ok: true, result} | 4xx/5xx {ok: false, error: {code, message, details?}}
+ *   GET  /ws?token=<token>      WebSocket; every service event as {event, data}
+ *   GET  /files/<project>/<path>?token=<token> (or the bearer header)   project files (images, samples, photos)
+ *   GET  /...                   the renderer from dist-renderer/ (index.html for unknown paths); no token needed
+ *
+ * Security: a random 32-byte token per start (or --token), compared in constant time; 401 for
+ * /api, /files and /ws without it. Loopback only unless --allow-remote (then a warning, and the
+ * service refuses client paths outside its projects). On loopback, the Host header must name a
+ * loopback address (DNS-rebinding guard). Every response carries a strict CSP (no inline
+ * scripts), nosniff and no-referrer. JSON bodies are limited (64 MiB; photos 25 MiB each) -> 413.
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createReadStream, existsSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { isIP, type Socket } from 'node:net';
+import { extname, join } from 'node:path';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { ApiError, idSchema, type ErrorCode } from './api/contract.ts';
+import { REPO_ROOT } from './engine/paths.ts';
+import { safeResolve } from './service/safePath.ts';
+import { Service, toApiError, type ServiceOptions } from './service/service.ts';
+
+export const DEFAULT_PORT = 7860;
+export const MAX_BODY_BYTES = 64 * 2 ** 20;
+
+export const CSP = "default-src 'self'; script-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
+const SECURITY_HEADERS: Record<string, string> = {
+  'Content-Security-Policy': CSP,
+  'X-Content-Type-Options': 'nosniff',
+  'Referrer-Policy': 'no-referrer',
+  'X-Frame-Options': 'DENY',
+  'Cross-Origin-Opener-Policy': 'same-origin',
+};
+
+const STATUS: Record<ErrorCode, number> = {
+  invalid_params: 400,
+  unauthorized: 401,
+  not_found: 404,
+  conflict: 409,
+  too_large: 413,
+  engine_error: 500,
+  engine_crashed: 500,
+  internal: 500,
+};
+
+/** Types served from /files (anything else downloads as an attachment). */
+const FILE_TYPES: Record<string, string> = {
+  '.png': 'image/png',
+  '.jpg': 'image/jpeg',
+  '.jpeg': 'image/jpeg',
+  '.webp': 'image/webp',
+  '.avif': 'image/avif',
+  '.gif': 'image/gif',
+  '.tif': 'image/tiff',
+  '.tiff': 'image/tiff',
+  '.json': 'application/json; charset=utf-8',
+  '.txt': 'text/plain; charset=utf-8',
+};
+/** Types of the renderer's own files. */
+const STATIC_TYPES: Record<string, string> = {
+  ...FILE_TYPES,
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.svg': 'image/svg+xml',
+  '.ico': 'image/x-icon',
+  '.woff': 'font/woff',
+  '.woff2': 'font/woff2',
+  '.map': 'application/json; charset=utf-8',
+  '.wasm': 'application/wasm',
+};
+
+export interface ServerOptions {
+  host?: string;
+  port?: number;
+  /** Default: 32 random bytes, hex. */
+  token?: string;
+  allowRemote?: boolean;
+  /** A service to serve (owned by the caller), or the options to open one (owned by the server). */
+  service?: Service;
+  serviceOptions?: ServiceOptions;
+  /** The built renderer (default `<repo>/dist-renderer`). */
+  rendererDir?: string;
+  maxBodyBytes?: number;
+  log?: (line: string) => void;
+}
+
+export interface RunningServer {
+  url: string;
+  /** The URL with the token, to open in a browser. */
+  openUrl: string;
+  token: string;
+  port: number;
+  service: Service;
+  close(): Promise<void>;
+}
+
+export function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1' || /^127\.\d+\.\d+\.\d+$/.test(h) || h === '::ffff:127.0.0.1';
+}
+
+function sameToken(given: string | null | undefined, token: string): boolean {
+  if (!given) return false;
+  const a = createHash('sha256').update(given).digest();
+  const b = createHash('sha256').update(token).digest();
+  return timingSafeEqual(a, b);
+}
+
+function bearer(req: IncomingMessage): string | null {
+  const h = req.headers.authorization;
+  const m = h ? /^Bearer\s+(\S+)\s*$/i.exec(h) : null;
+  return m ? m[1] : null;
+}
+
+function splitUrl(raw: string | undefined): { path: string; query: URLSearchParams } {
+  const url = raw ?? '/';
+  const q = url.indexOf('?');
+  return { path: q < 0 ? url : url.slice(0, q), query: new URLSearchParams(q < 0 ? '' : url.slice(q + 1)) };
+}
+
+export async function startServer(o: ServerOptions = {}): Promise<RunningServer> {
+  const host = o.host ?? '127.0.0.1';
+  const loopback = isLoopback(host);
+  if (!loopback && !o.allowRemote) {
+    throw new Error(`refusing to listen on ${host}: it is reachable from other machines; pass --allow-remote to do it anyway (anyone with the token can then use this server)`);
+  }
+  const log = o.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const token = o.token ?? randomBytes(32).toString('hex');
+  if (token.length < 16) throw new Error('--token must be at least 16 characters');
+  const ownService = !o.service;
+  const service = o.service ?? (await Service.open({ hostPaths: loopback ? 'allow' : 'deny', log, ...o.serviceOptions }));
+  const rendererDir = o.rendererDir ?? join(REPO_ROOT, 'dist-renderer');
+  const maxBody = o.maxBodyBytes ?? MAX_BODY_BYTES;
+  let port = o.port ?? DEFAULT_PORT;
+
+  const send = (res: ServerResponse, status: number, body: string | Buffer, type: string, extra: Record<string, string> = {}) => {
+    if (res.headersSent) return void res.end();
+    res.writeHead(status, { ...SECURITY_HEADERS, 'Content-Type': type, 'Content-Length': String(Buffer.byteLength(body)), ...extra });
+    res.end(body);
+  };
+  const sendJson = (res: ServerResponse, status: number, value: unknown, extra: Record<string, string> = {}) => send(res, status, JSON.stringify(value), 'application/json; charset=utf-8', { 'Cache-Control': 'no-store', ...extra });
+  const sendError = (res: ServerResponse, err: unknown, extra: Record<string, string> = {}) => {
+    const e = toApiError(err);
+    if (e.code === 'internal') log(`server: ${e.message}`);
+    sendJson(res, STATUS[e.code], { ok: false, error: e.toBody() }, extra);
+  };
+
+  const hostAllowed = (req: IncomingMessage): boolean => {
+    if (!loopback) return true;
+    const h = req.headers.host;
+    if (!h) return false;
+    const name = h.startsWith('[') ? h.slice(0, h.indexOf(']') + 1) : h.replace(/:\d+$/, '');
+    return isLoopback(name);
+  };
+
+  const server = createServer((req, res) => {
+    void handle(req, res).catch((err) => sendError(res, err));
+  });
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (!hostAllowed(req)) return sendJson(res, 403, { ok: false, error: { code: 'unauthorized', message: `Host '${req.headers.host}' is not this server's loopback address` } });
+    const { path, query } = splitUrl(req.url);
+    if (path.startsWith('/api/')) return handleApi(req, res, path.slice('/api/'.length));
+    if (path === '/files' || path.startsWith('/files/')) return handleFile(req, res, path, query);
+    if (path === '/ws') return sendJson(res, 426, { ok: false, error: { code: 'invalid_params', message: '/ws is a WebSocket endpoint' } });
+    return handleStatic(req, res, path);
+  }
+
+  async function handleApi(req: IncomingMessage, res: ServerResponse, method: string): Promise<void> {
+    if (req.method !== 'POST') return sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: `${req.method} /api/${method}: use POST with JSON params` } }, { Allow: 'POST' });
+    if (!sameToken(bearer(req), token)) {
+      req.resume();
+      return sendError(res, new ApiError('unauthorized', 'missing or wrong token: send `Authorization: Bearer <token>` (the token printed by `singlora serve`)'), { 'WWW-Authenticate': 'Bearer' });
+    }
+    const declared = Number(req.headers['content-length'] ?? 0);
+    // Over the limit: answer 413 at once, then let the rest of the body drain (bounded in time)
+    // so the client reads the answer instead of a reset connection.
+    const refuseBody = () => {
+      res.setHeader('Connection', 'close');
+      sendError(res, new ApiError('too_large', `the request body is over ${(maxBody / 2 ** 20).toFixed(0)} MiB; send fewer or smaller photos per request`));
+      req.removeAllListeners('data');
+      req.resume();
+      const timer = setTimeout(() => req.destroy(), 5_000);
+      req.once('close', () => clearTimeout(timer));
+    };
+    if (declared > maxBody) return refuseBody();
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let over = false;
+    await new Promise<void>((resolve, reject) => {
+      req.on('data', (c: Buffer) => {
+        size += c.length;
+        if (size > maxBody) {
+          over = true;
+          chunks.length = 0;
+          refuseBody();
+          resolve();
+          return;
+        }
+        chunks.push(c);
+      });
+      req.on('end', () => resolve());
+      req.on('error', (e) => (over ? resolve() : reject(e)));
+      req.on('close', () => resolve());
+    });
+    if (over || res.headersSent) return;
+    let params: unknown = {};
+    const text = Buffer.concat(chunks).toString('utf8');
+    if (text.trim()) {
+      try {
+        params = JSON.parse(text);
+      } catch (err) {
+        return sendError(res, new ApiError('invalid_params', `the body is not JSON: ${(err as Error).message}`));
+      }
+    }
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(method);
+    } catch {
+      return sendError(res, new ApiError('not_found', `unknown method '${method}'`));
+    }
+    try {
+      const result = await service.call(decoded, params);
+      sendJson(res, 200, { ok: true, result });
+    } catch (err) {
+      sendError(res, err);
+    }
+  }
+
+  async function handleFile(req: IncomingMessage, res: ServerResponse, path: string, query: URLSearchParams): Promise<void> {
+    if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: 'use GET' } }, { Allow: 'GET, HEAD' });
+    if (!sameToken(bearer(req) ?? query.get('token'), token)) return sendError(res, new ApiError('unauthorized', 'missing or wrong token: add ?token=<token> or the bearer header'));
+    let segments: string[];
+    try {
+      segments = path.slice('/files/'.length).split('/').map((s) => decodeURIComponent(s));
+    } catch {
+      return sendError(res, new ApiError('invalid_params', 'the file path is not valid percent-encoding'));
+    }
+    const [projectId, ...rest] = segments;
+    if (!idSchema.safeParse(projectId).success) return sendError(res, new ApiError('invalid_params', `'${projectId ?? ''}' is not a project id`));
+    const file = await service.resolveFile(projectId, rest.join('/'));
+    return streamFile(req, res, file, FILE_TYPES, true);
+  }
+
+  async function handleStatic(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+    if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: 'use GET' } }, { Allow: 'GET, HEAD' });
+    const index = join(rendererDir, 'index.html');
+    if (!existsSync(index)) {
+      return send(
+        res,
+        200,
+        `<!doctype html><html><head><meta charset="utf-8"><title>SingLoRA Studio</title></head><body><h1>SingLoRA Studio server is running</h1><p>The user interface is not built yet. Run <code>npx vite build</code> in the repository, then reload this page.</p><p>The API answers at <code>/api/&lt;method&gt;</code>.</p></body></html>`,
+        'text/html; charset=utf-8',
+        { 'Cache-Control': 'no-store' },
+      );
+    }
+    let rel: string;
+    try {
+      rel = decodeURIComponent(path).replace(/^\/+/, '');
+    } catch {
+      rel = '';
+    }
+    if (rel && rel !== 'index.html') {
+      const file = await safeResolve(rendererDir, rel).catch(() => null);
+      const info = file ? await stat(file).catch(() => null) : null;
+      if (file && info?.isFile()) return streamFile(req, res, file, STATIC_TYPES, false, rel.startsWith('assets/') ? 'public, max-age=31536000, immutable' : 'no-cache');
+      if (extname(rel) && extname(rel) !== '.html') return sendJson(res, 404, { ok: false, error: { code: 'not_found', message: `no file /${rel}` } });
+    }
+    return streamFile(req, res, index, STATIC_TYPES, false, 'no-cache');
+  }
+
+  async function streamFile(req: IncomingMessage, res: ServerResponse, file: string, types: Record<string, string>, attachUnknown: boolean, cache = 'private, no-cache'): Promise<void> {
+    const info = await stat(file);
+    const type = types[extname(file).toLowerCase()];
+    const headers: Record<string, string> = { ...SECURITY_HEADERS, 'Content-Type': type ?? 'application/octet-stream', 'Content-Length': String(info.size), 'Cache-Control': cache };
+    if (!type && attachUnknown) headers['Content-Disposition'] = `attachment; filename="${encodeURIComponent(file.split(/[\\/]/).pop() ?? 'file')}"`;
+    res.writeHead(200, headers);
+    if (req.method === 'HEAD') return void res.end();
+    await new Promise<void>((resolve) => {
+      const s = createReadStream(file);
+      s.on('error', () => {
+        res.destroy();
+        resolve();
+      });
+      s.on('end', () => resolve());
+      s.pipe(res);
+    });
+  }
+
+  // WebSocket: events to every authenticated client.
+  const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 });
+  const clients = new Set<WebSocket>();
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    const { path, query } = splitUrl(req.url);
+    const refuse = (status: string) => {
+      socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      socket.destroy();
+    };
+    if (!hostAllowed(req)) return refuse('403 Forbidden');
+    if (path !== '/ws') return refuse('404 Not Found');
+    if (!sameToken(query.get('token') ?? bearer(req), token)) return refuse('401 Unauthorized');
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      clients.add(ws);
+      ws.on('close', () => clients.delete(ws));
+      ws.on('error', () => clients.delete(ws));
+      ws.on('message', () => {}); // the socket only carries events to the client
+    });
+  });
+  const unsubscribe = service.on((event, data) => {
+    if (!clients.size) return;
+    const text = JSON.stringify({ event, data });
+    for (const ws of clients) if (ws.readyState === ws.OPEN && ws.bufferedAmount < 16 * 2 ** 20) ws.send(text);
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  }).catch(async (err) => {
+    unsubscribe();
+    if (ownService) await service.close();
+    throw new Error(`cannot listen on ${host}:${port}: ${(err as Error).message}`);
+  });
+  const addr = server.address();
+  if (addr && typeof addr === 'object') port = addr.port;
+  const urlHost = isIP(host) === 6 ? `[${host}]` : host;
+  const url = `http://${urlHost}:${port}/`;
+
+  let closing: Promise<void> | null = null;
+  return {
+    url,
+    openUrl: `${url}?token=${token}`,
+    token,
+    port,
+    service,
+    close() {
+      closing ??= (async () => {
+        unsubscribe();
+        for (const ws of clients) ws.terminate();
+        wss.close();
+        server.closeAllConnections?.();
+        await new Promise<void>((r) => server.close(() => r()));
+        if (ownService) await service.close();
+      })();
+      return closing;
+    },
+  };
+}

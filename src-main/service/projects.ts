@@ -1,0 +1,391 @@
+/**
+ * Projects on disk: one folder per subject under the projects root.
+ *
+ *   <projects>/<id>/project.json        the project (api/contract.ts: projectSchema)
+ *   <projects>/<id>/photos/             the originals, byte for byte, under safe unique names
+ *   <projects>/<id>/photos.json         the photo index: per-photo status and reason (checkPhoto)
+ *   <projects>/<id>/runs/<runId>/       run.json, checkpoints/, samples/, eval/ (engine/train/runFiles.ts)
+ *   <projects>/<id>/adapters/           exports and imported adapter files
+ *   <projects>/<id>/images/             generated images with their JSON sidecars
+ *
+ * Every write is atomic (engine/io/atomic.ts); writes to one project are serialised. Ids are a
+ * slug of the name plus 6 random hex digits (`my-dog-3fa9c1`). A project.json from an older
+ * version is migrated through PROJECT_MIGRATIONS and written back; one from a newer version is
+ * refused, never guessed at.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, readFile, rm, stat, unlink } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { z } from 'zod';
+import { ApiError, idSchema, photoSchema, projectSchema, type Photo, type Project, type ProjectSummary } from '../api/contract.ts';
+import { SUBJECT_TYPES, trainSettingsSchema, type TrainSettings } from '../api/schemas.ts';
+import { atomicWriteFile, atomicWriteJson } from '../engine/io/atomic.ts';
+import { checkPhoto } from '../engine/train/dataset.ts';
+import { safeFileName, safeResolve, uniqueName } from './safePath.ts';
+
+export const PROJECT_SCHEMA_VERSION = 1;
+export const PROJECT_FILE = 'project.json';
+export const PHOTO_INDEX = 'photos.json';
+export const PROJECT_FOLDERS = ['photos', 'runs', 'adapters', 'images'] as const;
+/** Photos are checked at this size when the settings leave the resolution to the model (SD 1.5: 512). */
+export const DEFAULT_PHOTO_RESOLUTION = 512;
+
+/**
+ * Migrations of project.json: entry `to: N` turns a version N-1 file into version N. A file
+ * without `schemaVersion` is version 0 (written before versions were recorded); v1 changed
+ * nothing else, so its step is the identity.
+ */
+export interface Migration {
+  readonly to: number;
+  readonly up: (p: Record<string, unknown>) => Record<string, unknown>;
+}
+export const PROJECT_MIGRATIONS: readonly Migration[] = [{ to: 1, up: (p) => ({ ...p }) }];
+
+/** Brings a raw project.json to `current`; throws for a newer file or a missing step. */
+export function migrateProject(
+  raw: Record<string, unknown>,
+  file: string,
+  table: readonly Migration[] = PROJECT_MIGRATIONS,
+  current = PROJECT_SCHEMA_VERSION,
+): { value: Record<string, unknown>; from: number } {
+  const from = raw.schemaVersion === undefined ? 0 : raw.schemaVersion;
+  if (typeof from !== 'number' || !Number.isInteger(from) || from < 0) throw new ApiError('internal', `${file}: schemaVersion must be a whole number, got ${JSON.stringify(raw.schemaVersion)}`);
+  if (from > current) throw new ApiError('conflict', `${file}: made by a newer SingLoRA Studio (project schema ${from}, this version reads up to ${current}); update the app to open it`);
+  let value = raw;
+  for (let v = from + 1; v <= current; v++) {
+    const step = table.find((m) => m.to === v);
+    if (!step) throw new ApiError('internal', `${file}: no migration from project schema ${v - 1} to ${v}`);
+    value = { ...step.up(value), schemaVersion: v };
+  }
+  return { value, from };
+}
+
+const photoEntrySchema = photoSchema.extend({ sha256: z.string(), addedAt: z.string() });
+type PhotoEntry = z.infer<typeof photoEntrySchema>;
+const photoIndexSchema = z.object({ schemaVersion: z.literal(1), photos: z.array(photoEntrySchema) });
+
+export type PhotoSource = { kind: 'path'; path: string } | { kind: 'bytes'; name: string; data: Uint8Array };
+
+export interface NewProject {
+  name: string;
+  classWord: string;
+  triggerToken: string;
+  type: (typeof SUBJECT_TYPES)[number];
+}
+
+export interface ProjectPatch {
+  name?: string;
+  subject?: Partial<Project['subject']>;
+  baseModel?: string | null;
+  settings?: Partial<TrainSettings>;
+}
+
+/** Lower-case words joined by '-', ASCII only, at most 40 characters; 'project' when nothing is left. */
+export function slugify(name: string): string {
+  const slug = name
+    .normalize('NFKD')
+    .replace(/[\u0300-\u036f]/g, '')
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, '-')
+    .replace(/^-+|-+$/g, '')
+    .slice(0, 40)
+    .replace(/-+$/g, '');
+  return slug || 'project';
+}
+
+export const photoResolution = (p: Project) => p.settings.resolution ?? DEFAULT_PHOTO_RESOLUTION;
+
+const now = () => new Date().toISOString();
+
+export class ProjectStore {
+  readonly #locks = new Map<string, Promise<unknown>>();
+
+  constructor(readonly root: string) {}
+
+  /** The project folder; `id` must already be a valid id (the contract's idSchema). */
+  dir(id: string): string {
+    if (!idSchema.safeParse(id).success) throw new ApiError('invalid_params', `projectId: '${id}' is not a project id`, [{ field: 'projectId', message: 'not a project id' }]);
+    return join(this.root, id);
+  }
+
+  runDir(id: string, runId: string): string {
+    if (!idSchema.safeParse(runId).success) throw new ApiError('invalid_params', `runId: '${runId}' is not a run id`, [{ field: 'runId', message: 'not a run id' }]);
+    return join(this.dir(id), 'runs', runId);
+  }
+
+  /** Serialises the mutations of one project (read-modify-write of project.json and photos.json). */
+  withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.#locks.get(id) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => {});
+    this.#locks.set(id, tail);
+    void tail.then(() => {
+      if (this.#locks.get(id) === tail) this.#locks.delete(id);
+    });
+    return next;
+  }
+
+  async list(log: (line: string) => void = () => {}): Promise<ProjectSummary[]> {
+    const names = await readdir(this.root).catch(() => [] as string[]);
+    const out: ProjectSummary[] = [];
+    for (const name of names.sort()) {
+      if (!idSchema.safeParse(name).success || !existsSync(join(this.root, name, PROJECT_FILE))) continue;
+      try {
+        const p = await this.open(name);
+        const photos = await this.photos(name);
+        out.push({ id: p.id, name: p.name, createdAt: p.createdAt, updatedAt: p.updatedAt, subject: p.subject, photos: photos.length, runs: (await this.runIds(name)).length });
+      } catch (err) {
+        log(`projects: skipped ${join(this.root, name)}: ${(err as Error).message}`);
+      }
+    }
+    return out.sort((a, b) => b.updatedAt.localeCompare(a.updatedAt));
+  }
+
+  async create(input: NewProject): Promise<Project> {
+    await mkdir(this.root, { recursive: true });
+    let id = '';
+    for (let i = 0; i < 10 && (!id || existsSync(join(this.root, id))); i++) id = `${slugify(input.name)}-${randomBytes(3).toString('hex')}`;
+    const dir = this.dir(id);
+    const t = now();
+    const project: Project = normalize({
+      schemaVersion: PROJECT_SCHEMA_VERSION,
+      id,
+      name: input.name,
+      createdAt: t,
+      updatedAt: t,
+      subject: { triggerToken: input.triggerToken, classWord: input.classWord, type: input.type },
+      baseModel: null,
+      settings: trainSettingsSchema.parse({ triggerToken: input.triggerToken, classWord: input.classWord }),
+    });
+    for (const f of PROJECT_FOLDERS) await mkdir(join(dir, f), { recursive: true });
+    await atomicWriteJson(join(dir, PHOTO_INDEX), { schemaVersion: 1, photos: [] });
+    await atomicWriteJson(join(dir, PROJECT_FILE), project);
+    return project;
+  }
+
+  async exists(id: string): Promise<boolean> {
+    return existsSync(join(this.dir(id), PROJECT_FILE));
+  }
+
+  /** Reads project.json (migrating an older one, and writing it back); not_found when the project does not exist. */
+  async open(id: string): Promise<Project> {
+    const r = await this.#read(id);
+    if (r.migrated) {
+      await this.withLock(id, async () => {
+        const again = await this.#read(id);
+        if (again.migrated) await atomicWriteJson(join(this.dir(id), PROJECT_FILE), again.project);
+      });
+    }
+    return r.project;
+  }
+
+  async #read(id: string): Promise<{ project: Project; migrated: boolean }> {
+    const file = join(this.dir(id), PROJECT_FILE);
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch {
+      throw new ApiError('not_found', `no project '${id}' (looked for ${file})`);
+    }
+    let raw: unknown;
+    try {
+      raw = JSON.parse(text);
+    } catch (err) {
+      throw new ApiError('internal', `${file}: not valid JSON (${(err as Error).message}); restore it from a backup or recreate the project`);
+    }
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ApiError('internal', `${file}: expected a JSON object`);
+    const { value, from } = migrateProject(raw as Record<string, unknown>, file);
+    const r = projectSchema.safeParse(value);
+    if (!r.success) throw new ApiError('internal', `${file}: not a valid project: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    if (r.data.id !== id) throw new ApiError('internal', `${file}: its id is '${r.data.id}' but its folder is '${id}'; rename one to match`);
+    return { project: r.data, migrated: from !== PROJECT_SCHEMA_VERSION };
+  }
+
+  async update(id: string, patch: ProjectPatch, validateBase?: (path: string) => Promise<unknown>): Promise<Project> {
+    return this.withLock(id, async () => {
+      const p = (await this.#read(id)).project;
+      const subject = { ...p.subject, ...(patch.subject ?? {}) };
+      // settings.triggerToken / classWord are the subject's; a settings patch may set them too.
+      if (patch.settings?.triggerToken !== undefined && patch.subject?.triggerToken === undefined) subject.triggerToken = patch.settings.triggerToken;
+      if (patch.settings?.classWord !== undefined && patch.subject?.classWord === undefined) subject.classWord = patch.settings.classWord;
+      const merged = trainSettingsSchema.safeParse({ ...p.settings, ...(patch.settings ?? {}) });
+      if (!merged.success) {
+        const fields = merged.error.issues.map((i) => ({ field: `settings.${i.path.join('.')}`, message: i.message }));
+        throw new ApiError('invalid_params', `projects.update: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`, fields);
+      }
+      if (patch.baseModel) await validateBase?.(patch.baseModel);
+      const next = normalize({
+        ...p,
+        name: patch.name ?? p.name,
+        subject,
+        baseModel: patch.baseModel === undefined ? p.baseModel : patch.baseModel,
+        settings: merged.data,
+        updatedAt: now(),
+      });
+      await atomicWriteJson(join(this.dir(id), PROJECT_FILE), next);
+      if (photoResolution(next) !== photoResolution(p)) await this.#recheck(id, photoResolution(next));
+      return next;
+    });
+  }
+
+  /** Deletes the project folder; false when there was none. */
+  async delete(id: string): Promise<boolean> {
+    return this.withLock(id, async () => {
+      const dir = this.dir(id);
+      if (!existsSync(join(dir, PROJECT_FILE))) return false;
+      await rm(dir, { recursive: true, force: true });
+      return true;
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Photos
+
+  async photos(id: string): Promise<Photo[]> {
+    return (await this.#readIndex(id)).map(publicPhoto);
+  }
+
+  /** Absolute paths of the photos that training can use (status ok or warning). */
+  async usablePhotoFiles(id: string): Promise<string[]> {
+    return (await this.#readIndex(id)).filter((p) => p.status !== 'rejected').map((p) => join(this.dir(id), p.file));
+  }
+
+  /** The photo's file, after the path checks; not_found when the index has no such photo. */
+  async photoPath(id: string, photoId: string): Promise<string> {
+    const path = await safeResolve(join(this.dir(id), 'photos'), photoId, 'photoId');
+    const entry = (await this.#readIndex(id)).find((p) => p.id === photoId);
+    if (!entry) throw new ApiError('not_found', `project '${id}' has no photo '${photoId}'`);
+    return path;
+  }
+
+  /**
+   * Copies photos in (originals untouched, under safe unique names) and checks each at the
+   * project's resolution. Sources that cannot be read are refused before anything is written.
+   */
+  async addPhotos(id: string, sources: readonly PhotoSource[]): Promise<Photo[]> {
+    return this.withLock(id, async () => {
+      const resolution = photoResolution((await this.#read(id)).project);
+      const loaded: Array<{ name: string; data: Uint8Array }> = [];
+      for (const [i, s] of sources.entries()) {
+        if (s.kind === 'bytes') {
+          loaded.push({ name: s.name, data: s.data });
+          continue;
+        }
+        const info = await stat(s.path).catch(() => null);
+        if (!info?.isFile()) throw new ApiError('invalid_params', `paths.${i}: ${s.path} is not a file`, [{ field: `paths.${i}`, message: 'not a file' }]);
+        loaded.push({ name: basename(s.path), data: await readFile(s.path) });
+      }
+      const dir = this.dir(id);
+      const index = await this.#readIndex(id);
+      const taken = new Set([...index.map((p) => p.id), ...(await readdir(join(dir, 'photos')).catch(() => [] as string[]))]);
+      const added: PhotoEntry[] = [];
+      for (const src of loaded) {
+        const name = uniqueName(safeFileName(src.name, 'photo'), taken);
+        taken.add(name);
+        const file = join(dir, 'photos', name);
+        await atomicWriteFile(file, src.data);
+        const sha256 = createHash('sha256').update(src.data).digest('hex');
+        const { check } = await checkPhoto(file, resolution);
+        const dup = [...index, ...added].find((p) => p.sha256 === sha256);
+        const entry: PhotoEntry = {
+          id: name,
+          file: `photos/${name}`,
+          originalName: basename(src.name.replace(/\\/g, '/')),
+          status: dup ? 'rejected' : check.status,
+          reason: dup ? `exact duplicate of ${dup.originalName} (${dup.id})` : (check.reason ?? null),
+          width: check.width ?? null,
+          height: check.height ?? null,
+          bytes: src.data.byteLength,
+          sha256,
+          addedAt: now(),
+        };
+        added.push(entry);
+      }
+      await this.#writeIndex(id, [...index, ...added]);
+      return added.map(publicPhoto);
+    });
+  }
+
+  async removePhoto(id: string, photoId: string): Promise<boolean> {
+    return this.withLock(id, async () => {
+      const path = await safeResolve(join(this.dir(id), 'photos'), photoId, 'photoId');
+      const index = await this.#readIndex(id);
+      if (!index.some((p) => p.id === photoId)) throw new ApiError('not_found', `project '${id}' has no photo '${photoId}'`);
+      await this.#writeIndex(
+        id,
+        index.filter((p) => p.id !== photoId),
+      );
+      await unlink(path).catch(() => {});
+      return true;
+    });
+  }
+
+  /** Re-checks every photo (the resolution changed). Runs inside the project's lock. */
+  async #recheck(id: string, resolution: number): Promise<void> {
+    const index = await this.#readIndex(id);
+    const seen = new Map<string, PhotoEntry>();
+    const next: PhotoEntry[] = [];
+    for (const p of index) {
+      const dup = seen.get(p.sha256);
+      if (dup) {
+        next.push({ ...p, status: 'rejected', reason: `exact duplicate of ${dup.originalName} (${dup.id})` });
+        continue;
+      }
+      seen.set(p.sha256, p);
+      const { check } = await checkPhoto(join(this.dir(id), p.file), resolution);
+      next.push({ ...p, status: check.status, reason: check.reason ?? null, width: check.width ?? p.width, height: check.height ?? p.height });
+    }
+    await this.#writeIndex(id, next);
+  }
+
+  async #readIndex(id: string): Promise<PhotoEntry[]> {
+    const file = join(this.dir(id), PHOTO_INDEX);
+    if (!(await this.exists(id))) throw new ApiError('not_found', `no project '${id}'`);
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch {
+      return []; // a project made before the index existed
+    }
+    let raw: unknown;
+    try {
+      raw = JSON.parse(text);
+    } catch (err) {
+      throw new ApiError('internal', `${file}: not valid JSON (${(err as Error).message})`);
+    }
+    const version = (raw as { schemaVersion?: unknown })?.schemaVersion;
+    if (typeof version === 'number' && version > 1) throw new ApiError('conflict', `${file}: made by a newer SingLoRA Studio (schema ${version}); update the app to open it`);
+    const r = photoIndexSchema.safeParse(raw);
+    if (!r.success) throw new ApiError('internal', `${file}: not a valid photo index: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    return r.data.photos;
+  }
+
+  #writeIndex(id: string, photos: PhotoEntry[]): Promise<void> {
+    return atomicWriteJson(join(this.dir(id), PHOTO_INDEX), { schemaVersion: 1, photos });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Runs
+
+  /** Run folders that hold a run.json, oldest first (ids sort by time). */
+  async runIds(id: string): Promise<string[]> {
+    const names = await readdir(join(this.dir(id), 'runs')).catch(() => [] as string[]);
+    return names.filter((n) => idSchema.safeParse(n).success && existsSync(join(this.dir(id), 'runs', n, 'run.json'))).sort();
+  }
+
+  /** Every project id in the root (valid folder names with a project.json). */
+  async ids(): Promise<string[]> {
+    const names = await readdir(this.root).catch(() => [] as string[]);
+    return names.filter((n) => idSchema.safeParse(n).success && existsSync(join(this.root, n, PROJECT_FILE))).sort();
+  }
+}
+
+/** The subject owns the trigger token and class word; the settings mirror them. */
+function normalize(p: Project): Project {
+  return { ...p, settings: { ...p.settings, triggerToken: p.subject.triggerToken, classWord: p.subject.classWord } };
+}
+
+function publicPhoto(p: PhotoEntry): Photo {
+  return { id: p.id, file: p.file, originalName: p.originalName, status: p.status, reason: p.reason, width: p.width, height: p.height, bytes: p.bytes };
+}
