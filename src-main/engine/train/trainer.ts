@@ -80,7 +80,7 @@ interface Example {
 }
 
 const SMOOTHING = 0.9;
-/** The fixed-noise loss is averaged over 8 evenly spaced timesteps, the midpoints of U[0, T). */
+/** Timesteps of the fixed-noise loss: 8 evenly spaced, the midpoints of U[0, T). */
 const FIXED_LOSS_TIMESTEPS = [0.0625, 0.1875, 0.3125, 0.4375, 0.5625, 0.6875, 0.8125, 0.9375];
 
 export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise<TrainResult> {
@@ -236,24 +236,24 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
     };
 
     // The fixed-noise loss: same noise and timesteps every time, so start and end compare.
+    // The fixed-noise loss: 8 (image, timestep) pairs, cycling through the images, at the
+    // midpoints of U[0, T), with noise drawn once from its own stream; one batched forward.
     const fixedLoss = async (): Promise<number> => {
       const r = new Rng(settings.seed, 3);
-      let total = 0;
-      for (const e of instances) {
-        const eps = randn(r, [1, latH, latW, latC]);
-        const ts = FIXED_LOSS_TIMESTEPS.map((f) => Math.floor(f * numTrain));
-        const loss = tf.tidy(() => {
-          const z0 = e.mean;
-          const noise = tf.concat(ts.map(() => eps), 0);
-          const z = tf.concat(ts.map(() => z0), 0);
-          const zt = ddpm.addNoise(z, noise, ts);
-          const target = ddpm.target(z, noise, ts);
-          return tf.mean(tf.squaredDifference(sd.unet.forward(zt, ts, tf.concat(ts.map(() => contexts[e.context]), 0)), target));
-        });
-        total += (await loss.data())[0];
-        tf.dispose([eps, loss]);
-      }
-      return total / instances.length;
+      const k = FIXED_LOSS_TIMESTEPS.length;
+      const ts = FIXED_LOSS_TIMESTEPS.map((f) => Math.floor(f * numTrain));
+      const picks = ts.map((_, i) => instances[i % instances.length]);
+      const eps = randn(r, [k, latH, latW, latC]);
+      const loss = tf.tidy(() => {
+        const z0 = tf.concat(picks.map((e) => e.mean), 0); // [k, h, w, c]
+        const zt = ddpm.addNoise(z0, eps, ts);
+        const target = ddpm.target(z0, eps, ts);
+        const ctx = tf.concat(picks.map((e) => contexts[e.context]), 0);
+        return tf.mean(tf.squaredDifference(sd.unet.forward(zt, ts, ctx), target));
+      });
+      const value = (await loss.data())[0];
+      tf.dispose([eps, loss]);
+      return value;
     };
 
     adapters.setStep(step);

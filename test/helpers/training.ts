@@ -1,0 +1,34 @@
+/** Shared setup of the training tests: synthetic subject photos, fast settings, run folders. */
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { makeSubjectPhotos } from '../../scripts/make-tiny-model.ts';
+import type { TrainSettingsInput } from '../../src-main/api/schemas.ts';
+import { readAdapterFile } from '../../src-main/engine/adapters/adapterFile.ts';
+import { FIXTURES } from './fixtures.ts';
+
+export const TINY_A = join(FIXTURES, 'tiny-a/model');
+export const TINY_B = join(FIXTURES, 'tiny-b/model');
+
+export function trainingSandbox(name: string) {
+  const root = mkdtempSync(join(tmpdir(), `${name}-`));
+  const photos = join(root, 'photos');
+  let runs = 0;
+  return {
+    root,
+    photos,
+    makePhotos: () => makeSubjectPhotos(photos, 4),
+    newRun: () => join(root, `run-${++runs}`),
+  };
+}
+
+/** Settings for fast runs on tiny-a at 64 px. */
+export const fast = (over: TrainSettingsInput = {}): TrainSettingsInput => ({ steps: 6, rank: 4, alpha: 8, rampSteps: 2, learningRate: 1e-2, resolution: 64, checkpointEvery: 3, sampleEvery: 0, classWord: 'ball', seed: 5, ...over });
+
+/** The adapter tensors of a run's checkpoint at `step`, by `<path>.<name>`. */
+export async function adapterValues(runDir: string, step: number): Promise<Map<string, Float32Array>> {
+  const file = await readAdapterFile(join(runDir, `checkpoints/step-${String(step).padStart(6, '0')}/adapter.safetensors`));
+  const out = new Map<string, Float32Array>();
+  for (const [p, entry] of file.targets) for (const [n, t] of Object.entries(entry)) out.set(`${p}.${n}`, t.data);
+  return out;
+}
