@@ -17,7 +17,7 @@ import {
   imageSidecarSchema,
   runManifestSchema,
   SUBJECT_TYPES,
-  trainEventSchema,
+  trainEventKinds,
   trainSettingsSchema,
 } from './schemas.ts';
 
@@ -28,6 +28,15 @@ export const idSchema = z
   .regex(/^[A-Za-z0-9][A-Za-z0-9_-]*$/, 'ids are letters, digits, - and _');
 
 const empty = z.object({}).strict();
+
+/**
+ * `/files/<projectId>/<path in the project>`: the URL of a project file, as the service returns
+ * it (photos, samples, generated images, exports). The server adds its token; the Electron shell
+ * maps it to its own protocol.
+ */
+export function projectFileUrl(projectId: string, rel: string): string {
+  return `/files/${encodeURIComponent(projectId)}/${rel.split('/').map(encodeURIComponent).join('/')}`;
+}
 
 /**
  * A partial update of training settings: only the fields given, with no defaults filled in
@@ -69,6 +78,8 @@ export const photoSchema = z.object({
   width: z.number().int().nullable(),
   height: z.number().int().nullable(),
   bytes: z.number().int(),
+  /** `projectFileUrl(projectId, file)`. */
+  url: z.string(),
 });
 export type Photo = z.infer<typeof photoSchema>;
 
@@ -82,6 +93,11 @@ export const jobSchema = z.object({
   createdAt: z.string(),
   error: z.string().nullable(),
   progress: z.object({ done: z.number(), total: z.number(), label: z.string() }).nullable(),
+  /**
+   * What a finished job made, when it made a file: export jobs set `path` (relative to the
+   * project, `adapters/...`) and, for a file, its `url`. Absent or null otherwise.
+   */
+  result: z.object({ path: z.string().optional(), url: z.string().optional() }).nullable().optional(),
 });
 export type Job = z.infer<typeof jobSchema>;
 
@@ -93,6 +109,23 @@ export const runSummarySchema = runManifestSchema.pick({ id: true, createdAt: tr
 
 export const generatedImageSchema = imageSidecarSchema.extend({ url: z.string() });
 export type GeneratedImageInfo = z.infer<typeof generatedImageSchema>;
+
+/** A run's manifest as clients get it (`training.status`): each sample also has its URL. */
+export const runStatusSchema = runManifestSchema.extend({
+  samples: z.array(runManifestSchema.shape.samples.element.extend({ url: z.string() })),
+});
+export type RunStatusInfo = z.infer<typeof runStatusSchema>;
+
+/** A training event as clients get it (`train.event`): the trainer's, with a sample's URL added. */
+export const runEventSchema = z.discriminatedUnion('event', [
+  trainEventKinds.prepare,
+  trainEventKinds.step,
+  trainEventKinds.checkpoint,
+  trainEventKinds.sample.extend({ url: z.string() }),
+  trainEventKinds.warning,
+  trainEventKinds.done,
+]);
+export type RunEvent = z.infer<typeof runEventSchema>;
 
 export const adapterInfoSchema = z.object({
   file: z.string(),
@@ -134,9 +167,22 @@ export const api = {
   'training.cancel': { params: z.object({ jobId: z.string() }).strict(), result: z.object({ cancelled: z.boolean() }) },
   'training.resume': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: z.object({ jobId: z.string(), runId: z.string() }) },
   'training.runs': { params: z.object({ projectId: idSchema }).strict(), result: z.array(runSummarySchema) },
-  'training.status': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: runManifestSchema },
+  'training.status': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: runStatusSchema },
 
-  'evaluation.start': { params: z.object({ projectId: idSchema, runId: idSchema, checkpoints: z.enum(['all', 'latest']).default('all'), imagesPerPrompt: z.number().int().min(1).max(16).optional(), prompts: z.array(z.string()).optional() }).strict(), result: z.object({ jobId: z.string() }) },
+  'evaluation.start': {
+    params: z
+      .object({
+        projectId: idSchema,
+        runId: idSchema,
+        checkpoints: z.enum(['all', 'latest']).default('all'),
+        /** true: one prompt per category and (unless imagesPerPrompt says otherwise) one image each; fast and noisy. */
+        quick: z.boolean().default(false),
+        imagesPerPrompt: z.number().int().min(1).max(16).optional(),
+        prompts: z.array(z.string()).optional(),
+      })
+      .strict(),
+    result: z.object({ jobId: z.string() }),
+  },
   'evaluation.get': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: evaluationSchema.nullable() },
   'evaluation.choose': { params: z.object({ projectId: idSchema, runId: idSchema, step: z.number().int() }).strict(), result: evaluationSchema },
 
@@ -165,7 +211,7 @@ export type Result<M extends Method> = z.infer<Api[M]['result']>;
 /** Events pushed to clients. */
 export const events = {
   'job.updated': jobSchema,
-  'train.event': z.object({ jobId: z.string(), projectId: z.string(), runId: z.string(), event: trainEventSchema }),
+  'train.event': z.object({ jobId: z.string(), projectId: z.string(), runId: z.string(), event: runEventSchema }),
   'generation.image': z.object({ jobId: z.string(), projectId: z.string(), image: generatedImageSchema }),
   'generation.step': z.object({ jobId: z.string(), image: z.number().int(), images: z.number().int(), step: z.number().int(), steps: z.number().int() }),
   'evaluation.progress': z.object({ jobId: z.string(), done: z.number().int(), total: z.number().int(), label: z.string() }),

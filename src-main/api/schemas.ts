@@ -131,10 +131,14 @@ export const runManifestSchema = z.object({
 });
 export type RunManifest = z.infer<typeof runManifestSchema>;
 
-/** A training progress event (CLI `--json` lines, server and IPC events). */
-export const trainEventSchema = z.discriminatedUnion('event', [
-  z.object({ event: z.literal('prepare'), stage: z.string(), detail: z.string().optional() }),
-  z.object({
+/**
+ * Training progress events, one schema per kind. `trainEventSchema` (their union) is what the
+ * trainer emits and the CLI prints as `--json` lines; the contract's `runEventSchema` is the same
+ * union with a sample's `/files/` URL added, as the server and IPC send it.
+ */
+export const trainEventKinds = {
+  prepare: z.object({ event: z.literal('prepare'), stage: z.string(), detail: z.string().optional() }),
+  step: z.object({
     event: z.literal('step'),
     step: z.number().int(),
     steps: z.number().int(),
@@ -146,10 +150,20 @@ export const trainEventSchema = z.discriminatedUnion('event', [
     eta_s: z.number(),
     memory: z.object({ rssMb: z.number(), tensors: z.number().int(), tensorMb: z.number() }),
   }),
-  z.object({ event: z.literal('checkpoint'), step: z.number().int(), dir: z.string() }),
-  z.object({ event: z.literal('sample'), step: z.number().int(), file: z.string(), prompt: z.string() }),
-  z.object({ event: z.literal('warning'), message: z.string() }),
-  z.object({ event: z.literal('done'), status: z.enum(RUN_STATUSES), step: z.number().int(), error: z.string().nullable() }),
+  checkpoint: z.object({ event: z.literal('checkpoint'), step: z.number().int(), dir: z.string() }),
+  /** `file` is relative to the run folder (`samples/step-000100-0.png`). */
+  sample: z.object({ event: z.literal('sample'), step: z.number().int(), file: z.string(), prompt: z.string() }),
+  warning: z.object({ event: z.literal('warning'), message: z.string() }),
+  done: z.object({ event: z.literal('done'), status: z.enum(RUN_STATUSES), step: z.number().int(), error: z.string().nullable() }),
+} as const;
+
+export const trainEventSchema = z.discriminatedUnion('event', [
+  trainEventKinds.prepare,
+  trainEventKinds.step,
+  trainEventKinds.checkpoint,
+  trainEventKinds.sample,
+  trainEventKinds.warning,
+  trainEventKinds.done,
 ]);
 export type TrainEvent = z.infer<typeof trainEventSchema>;
 

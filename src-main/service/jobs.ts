@@ -37,6 +37,8 @@ export interface JobOutcome {
   error?: string | null;
   /** The final progress label (e.g. the exported file). */
   label?: string;
+  /** What the job made (the contract's `Job.result`; an export: its path and URL). */
+  result?: Job['result'];
 }
 
 export interface JobSpec {
@@ -246,6 +248,7 @@ export class JobRunner {
       next.status = outcome?.status ?? (aborted ? 'cancelled' : failed ? 'failed' : 'done');
       next.error = outcome?.error !== undefined ? outcome.error : next.status === 'failed' ? error : null;
       if (outcome?.label !== undefined) next.progress = { ...(next.progress ?? { done: 1, total: 1 }), label: outcome.label };
+      if (outcome?.result !== undefined && next.status === 'done') next.result = outcome.result;
       this.#controllers.delete(next.id);
       this.#specs.delete(next.id);
       this.#runningByLane.delete(lane);

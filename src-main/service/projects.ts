@@ -18,7 +18,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { z } from 'zod';
-import { ApiError, idSchema, photoSchema, projectSchema, type Photo, type Project, type ProjectSummary } from '../api/contract.ts';
+import { ApiError, idSchema, photoSchema, projectFileUrl, projectSchema, type Photo, type Project, type ProjectSummary } from '../api/contract.ts';
 import { SUBJECT_TYPES, trainSettingsSchema, type TrainSettings } from '../api/schemas.ts';
 import { atomicWriteFile, atomicWriteJson } from '../engine/io/atomic.ts';
 import { checkPhoto } from '../engine/train/dataset.ts';
@@ -28,7 +28,10 @@ export const PROJECT_SCHEMA_VERSION = 1;
 export const PROJECT_FILE = 'project.json';
 export const PHOTO_INDEX = 'photos.json';
 export const PROJECT_FOLDERS = ['photos', 'runs', 'adapters', 'images'] as const;
-/** Photos are checked at this size when the settings leave the resolution to the model (SD 1.5: 512). */
+/**
+ * Photos are checked at this size when the settings leave the resolution to the model and the
+ * model's native size is not known (SD 1.5: 512).
+ */
 export const DEFAULT_PHOTO_RESOLUTION = 512;
 
 /**
@@ -61,7 +64,8 @@ export function migrateProject(
   return { value, from };
 }
 
-const photoEntrySchema = photoSchema.extend({ sha256: z.string(), addedAt: z.string() });
+/** One photo in photos.json: the contract's Photo without its URL (made per request), plus hash and date. */
+const photoEntrySchema = photoSchema.omit({ url: true }).extend({ sha256: z.string(), addedAt: z.string() });
 type PhotoEntry = z.infer<typeof photoEntrySchema>;
 const photoIndexSchema = z.object({ schemaVersion: z.literal(1), photos: z.array(photoEntrySchema) });
 
@@ -94,14 +98,30 @@ export function slugify(name: string): string {
   return slug || 'project';
 }
 
-export const photoResolution = (p: Project) => p.settings.resolution ?? DEFAULT_PHOTO_RESOLUTION;
+export interface ProjectStoreOptions {
+  /**
+   * The native training size of a project's base model (null: the service's default), e.g. 512
+   * for SD 1.5 and 64 for the tiny demo model; null when it cannot be read. Photos are checked at
+   * it when the settings leave the resolution to the model.
+   */
+  nativeResolution?: (baseModel: string | null) => Promise<number | null>;
+}
 
 const now = () => new Date().toISOString();
 
 export class ProjectStore {
   readonly #locks = new Map<string, Promise<unknown>>();
 
-  constructor(readonly root: string) {}
+  constructor(
+    readonly root: string,
+    private readonly opts: ProjectStoreOptions = {},
+  ) {}
+
+  /** The size photos are checked at: the training resolution, else the base model's native size, else 512. */
+  async photoResolution(p: Project): Promise<number> {
+    if (p.settings.resolution !== null) return p.settings.resolution;
+    return (await this.opts.nativeResolution?.(p.baseModel).catch(() => null)) ?? DEFAULT_PHOTO_RESOLUTION;
+  }
 
   /** The project folder; `id` must already be a valid id (the contract's idSchema). */
   dir(id: string): string {
@@ -223,8 +243,9 @@ export class ProjectStore {
         settings: merged.data,
         updatedAt: now(),
       });
+      const [before, after] = [await this.photoResolution(p), await this.photoResolution(next)];
       await atomicWriteJson(join(this.dir(id), PROJECT_FILE), next);
-      if (photoResolution(next) !== photoResolution(p)) await this.#recheck(id, photoResolution(next));
+      if (after !== before) await this.#recheck(id, after);
       return next;
     });
   }
@@ -243,7 +264,7 @@ export class ProjectStore {
   // Photos
 
   async photos(id: string): Promise<Photo[]> {
-    return (await this.#readIndex(id)).map(publicPhoto);
+    return (await this.#readIndex(id)).map((p) => publicPhoto(id, p));
   }
 
   /** Absolute paths of the photos that training can use (status ok or warning). */
@@ -265,7 +286,7 @@ export class ProjectStore {
    */
   async addPhotos(id: string, sources: readonly PhotoSource[]): Promise<Photo[]> {
     return this.withLock(id, async () => {
-      const resolution = photoResolution((await this.#read(id)).project);
+      const resolution = await this.photoResolution((await this.#read(id)).project);
       const loaded: Array<{ name: string; data: Uint8Array }> = [];
       for (const [i, s] of sources.entries()) {
         if (s.kind === 'bytes') {
@@ -303,7 +324,7 @@ export class ProjectStore {
         added.push(entry);
       }
       await this.#writeIndex(id, [...index, ...added]);
-      return added.map(publicPhoto);
+      return added.map((p) => publicPhoto(id, p));
     });
   }
 
@@ -386,6 +407,6 @@ function normalize(p: Project): Project {
   return { ...p, settings: { ...p.settings, triggerToken: p.subject.triggerToken, classWord: p.subject.classWord } };
 }
 
-function publicPhoto(p: PhotoEntry): Photo {
-  return { id: p.id, file: p.file, originalName: p.originalName, status: p.status, reason: p.reason, width: p.width, height: p.height, bytes: p.bytes };
+function publicPhoto(projectId: string, p: PhotoEntry): Photo {
+  return { id: p.id, file: p.file, originalName: p.originalName, status: p.status, reason: p.reason, width: p.width, height: p.height, bytes: p.bytes, url: projectFileUrl(projectId, p.file) };
 }

@@ -19,6 +19,7 @@ import {
   ApiError,
   isMethod,
   parseParams,
+  projectFileUrl,
   type AdapterInfo,
   type ApiHandlers,
   type EventData,
@@ -27,9 +28,12 @@ import {
   type Job,
   type ParsedParams,
   type Project,
+  type RunEvent,
+  type RunStatusInfo,
 } from '../api/contract.ts';
-import { imageSidecarSchema, trainSettingsSchema, type RunManifest, type TrainSettings } from '../api/schemas.ts';
+import { imageSidecarSchema, trainSettingsSchema, type RunManifest, type TrainEvent, type TrainSettings } from '../api/schemas.ts';
 import { EVAL_MODELS, listModels, locateDino, modelFilePath, type EvalModelSpec } from '../engine/eval/modelRegistry.ts';
+import { quickEvalPrompts } from '../engine/eval/prompts.ts';
 import { decodeImage, encodeImage, fitToSize } from '../engine/image/sharp.ts';
 import { download } from '../engine/io/download.ts';
 import { openBaseModel } from '../engine/io/modelFiles.ts';
@@ -91,6 +95,7 @@ export class Service {
   readonly #log: (line: string) => void;
   readonly #inspections = new Map<string, { key: string; info: AdapterInspection }>();
   readonly #serialByProject = new Map<string, Promise<unknown>>();
+  readonly #nativeResolutions = new Map<string, Promise<number | null>>();
   #jobs!: JobRunner;
   #releaseLock: (() => Promise<void>) | null = null;
   #closed = false;
@@ -99,7 +104,7 @@ export class Service {
     this.dataDir = resolveDataDir(opts.dataDir);
     this.projectsDir = projectsDirOf(this.dataDir);
     this.modelsDir = resolve(opts.modelsDir ?? defaultModelsDir());
-    this.store = new ProjectStore(this.projectsDir);
+    this.store = new ProjectStore(this.projectsDir, { nativeResolution: (baseModel) => this.#nativeResolution(baseModel) });
     this.#log = opts.log ?? ((line) => process.stderr.write(`${line}\n`));
     this.engine = new EngineHost({
       spawn: opts.spawnEngine,
@@ -160,7 +165,7 @@ export class Service {
 
   /** `/files/<projectId>/<rel>`: the URL clients use for a project file. */
   fileUrl(projectId: string, rel: string): string {
-    return `/files/${encodeURIComponent(projectId)}/${rel.split('/').map(encodeURIComponent).join('/')}`;
+    return projectFileUrl(projectId, rel);
   }
 
   /** The file behind `/files/<projectId>/<rel>` (path-checked); not_found when absent. */
@@ -211,6 +216,32 @@ export class Service {
       );
     }
     return base;
+  }
+
+  /**
+   * The native size of a base model (null: the default one), read from its configs without its
+   * weights: UNet sample_size x the VAE's downsampling factor, as StableDiffusion.defaultResolution.
+   * Cached per path; null when there is no model or it cannot be opened (not cached: it may
+   * appear later).
+   */
+  #nativeResolution(baseModel: string | null): Promise<number | null> {
+    const path = baseModel ?? this.#defaultBase();
+    if (!path) return Promise.resolve(null);
+    let r = this.#nativeResolutions.get(path);
+    if (!r) {
+      r = (async () => {
+        const m = await openBaseModel(path);
+        await m.close();
+        const sample = m.unet.config.sample_size;
+        const channels = m.vae.config.block_out_channels;
+        return (typeof sample === 'number' ? sample : 64) * 2 ** ((Array.isArray(channels) ? channels.length : 4) - 1);
+      })().catch(() => {
+        this.#nativeResolutions.delete(path);
+        return null;
+      });
+      this.#nativeResolutions.set(path, r);
+    }
+    return r;
   }
 
   /** Opens a base model's files (no weights are read) to check it; invalid_params naming `field` otherwise. */
@@ -311,6 +342,11 @@ export class Service {
     return { ...sidecar, url: this.fileUrl(projectId, `images/${sidecar.file}`) };
   }
 
+  /** A trainer event as clients get it: a sample gets its URL (its file is relative to the run). */
+  #runEvent(projectId: string, runId: string, event: TrainEvent): RunEvent {
+    return event.event === 'sample' ? { ...event, url: this.fileUrl(projectId, `runs/${runId}/${event.file}`) } : event;
+  }
+
   // -----------------------------------------------------------------------------------------------
   // Jobs
 
@@ -337,7 +373,7 @@ export class Service {
         {
           signal: ctx.signal,
           onProgress: (event) => {
-            this.#emit('train.event', { jobId: ctx.jobId, projectId: o.projectId, runId: o.runId, event });
+            this.#emit('train.event', { jobId: ctx.jobId, projectId: o.projectId, runId: o.runId, event: this.#runEvent(o.projectId, o.runId, event) });
             if (event.event === 'step') {
               done = event.step;
               total = event.steps;
@@ -489,7 +525,10 @@ export class Service {
         return out;
       },
 
-      'training.status': async (p) => readRun(this.store, p.projectId, p.runId),
+      'training.status': async (p): Promise<RunStatusInfo> => {
+        const m = await readRun(this.store, p.projectId, p.runId);
+        return { ...m, samples: m.samples.map((s) => ({ ...s, url: this.fileUrl(p.projectId, `runs/${p.runId}/${s.file}`) })) };
+      },
 
       'evaluation.start': async (p) =>
         this.#serial(p.projectId, async () => {
@@ -505,6 +544,9 @@ export class Service {
             throw new ApiError('not_found', `${(err as Error).message} (Models screen: download DINO)`);
           }
           const runDir = this.store.runDir(p.projectId, p.runId);
+          // A quick check: one prompt per category, one image each (explicit prompts and counts win).
+          const prompts = p.prompts ?? (p.quick ? quickEvalPrompts(project.subject.type, m.settings.triggerToken, m.settings.classWord) : undefined);
+          const imagesPerPrompt = p.imagesPerPrompt ?? (p.quick ? 1 : undefined);
           const job = this.#jobs.submit({
             kind: 'evaluate',
             projectId: p.projectId,
@@ -512,7 +554,7 @@ export class Service {
             run: async (ctx) => {
               const ev = await this.engine.request(
                 'evaluate',
-                { runDir, photos, checkpoints: p.checkpoints, subjectType: project.subject.type, prompts: p.prompts, imagesPerPrompt: p.imagesPerPrompt, steps: this.opts.evaluationSteps, dinoModel, modelsDir: this.modelsDir },
+                { runDir, photos, checkpoints: p.checkpoints, subjectType: project.subject.type, prompts, imagesPerPrompt, steps: this.opts.evaluationSteps, dinoModel, modelsDir: this.modelsDir },
                 {
                   signal: ctx.signal,
                   onProgress: ({ done, total, label }) => {
@@ -630,7 +672,8 @@ export class Service {
           runId: 'runId' in p.adapter ? p.adapter.runId : null,
           run: async (ctx) => {
             await this.engine.request('export', { adapter: adapter.path, format: p.format, out, base }, { signal: ctx.signal, onProgress: ({ done, total }) => ctx.progress({ done, total, label: `writing ${rel}` }) });
-            return { label: rel };
+            // A merged diffusers export is a folder: it has a path but no URL to fetch.
+            return { label: rel, result: { path: rel, ...(p.format === 'merged-diffusers' ? {} : { url: this.fileUrl(p.projectId, rel) }) } };
           },
         });
         return { jobId: job.id };
@@ -687,7 +730,12 @@ export class Service {
             path: join(this.modelsDir, m.id),
             bytes: present.length ? present.reduce((n, f) => n + (f.bytes ?? 0), 0) : null,
             verified,
-            hint: m.present ? (verified === false ? m.files.filter((f) => f.verified === false).map((f) => f.note).join('; ') : null) : m.files.filter((f) => !f.present).map((f) => f.note).join('; '),
+            // One line for the Models screen (the registry's per-file notes, with every URL, are for the CLI).
+            hint: m.present
+              ? verified === false
+                ? m.files.filter((f) => f.verified === false).map((f) => f.note).join('; ')
+                : null
+              : `missing ${m.files.filter((f) => !f.present).map((f) => f.file).join(', ')} in ${join(this.modelsDir, m.id)}: download (singlora models download ${m.id}) or place the files there`,
           });
         }
         return rows;

@@ -4,6 +4,7 @@
  * switches between light and dark.
  */
 import type uPlotType from 'uplot';
+import { tickLabels } from './format.ts';
 
 /** False where charts cannot draw (no canvas or matchMedia, e.g. jsdom); the summaries still show. */
 export function canDrawCharts(): boolean {
@@ -49,8 +50,45 @@ export function onSchemeChange(fn: () => void): () => void {
   return () => mq.removeEventListener('change', fn);
 }
 
+/** Tick spacings for a step axis: whole steps only. */
+export const STEP_INCREMENTS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10_000, 20_000, 50_000, 100_000];
+
 export function axis(c: ChartColors, extra: Partial<uPlotType.Axis> = {}): uPlotType.Axis {
-  return { stroke: c.text, grid: { stroke: c.grid, width: 1 }, ticks: { stroke: c.grid, width: 1 }, ...extra };
+  return {
+    stroke: c.text,
+    grid: { stroke: c.grid, width: 1 },
+    ticks: { stroke: c.grid, width: 1 },
+    // uPlot's default labels stop at 3 decimals, so close scores (0.6661, 0.6664) would read alike.
+    values: (_u, splits, _axis, _space, increment) => tickLabels(splits, increment),
+    ...extra,
+  };
+}
+
+/**
+ * The width of a vertical axis: its longest tick label plus the ticks (uPlot's fixed default cuts
+ * long labels such as 0.65905, which then run into the axis title).
+ */
+export function fitToLabels(u: uPlotType, values: string[] | null, axisIndex: number, cycle: number): number {
+  const a = u.axes[axisIndex] as uPlotType.Axis & { _size?: number; font?: [string, number] };
+  if (cycle > 1 && a._size) return a._size;
+  const longest = (values ?? []).reduce((m, v) => (v.length > m.length ? v : m), '');
+  const tick = (a.ticks as { size?: number } | undefined)?.size ?? 10;
+  let width = 0;
+  if (longest && a.font) {
+    u.ctx.font = a.font[0];
+    width = u.ctx.measureText(longest).width / (globalThis.devicePixelRatio || 1);
+  }
+  return Math.ceil(Math.max(40, tick + (a.gap ?? 5) + width + 4));
+}
+
+/** A y axis over values, as wide as its labels. */
+export function valueAxis(c: ChartColors, extra: Partial<uPlotType.Axis> = {}): uPlotType.Axis {
+  return axis(c, { size: fitToLabels, ...extra });
+}
+
+/** The x axis of a chart over training steps. */
+export function stepAxis(c: ChartColors): uPlotType.Axis {
+  return axis(c, { label: 'step', incrs: STEP_INCREMENTS });
 }
 
 /**

@@ -1,6 +1,7 @@
 /**
  * The Evaluate screen's state: a run's checkpoint scores (`evaluation.get`), an evaluation job
  * followed through `evaluation.progress` and `job.updated`, and the user's choice of checkpoint.
+ * `quick`: a quick check (one prompt per category, one image each) instead of the full prompt set.
  */
 import type { ApiClient, Job, Project } from '../../src-main/api/contract.ts';
 import type { Evaluation } from '../../src-main/api/schemas.ts';
@@ -22,6 +23,8 @@ export class EvaluationService {
   progress = $state<{ done: number; total: number; label: string } | null>(null);
   jobError = $state<string | null>(null);
   choosing = $state<number | null>(null);
+  /** The next evaluation is a quick check rather than the full prompt set. */
+  quick = $state(false);
 
   best = $derived(effectiveBest(this.evaluation));
   running = $derived(this.jobId !== null);
@@ -72,7 +75,8 @@ export class EvaluationService {
     const { projectId, runId } = this;
     if (!projectId || !runId) return this.notify.error('Evaluate', 'Choose a run first.');
     this.jobError = null;
-    const r = await this.notify.guard('Start evaluation', () => this.api['evaluation.start']({ projectId, runId, checkpoints: 'all' }));
+    const quick = this.quick;
+    const r = await this.notify.guard('Start evaluation', () => this.api['evaluation.start']({ projectId, runId, checkpoints: 'all', ...(quick ? { quick } : {}) }));
     if (!r) return;
     this.jobId = r.jobId;
     this.progress = { done: 0, total: 0, label: 'queued' };

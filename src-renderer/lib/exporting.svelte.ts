@@ -1,10 +1,7 @@
 /**
  * The Export screen's state: adapter, format (the contract's `exportFormats`), optional save
- * location, and the export job followed to its end.
- *
- * The job's result path: the contract's `Job` has no result field yet, so the path shown is, in
- * order, `job.result.path` (when the engine sends one), the final progress label, the requested
- * location, else the project's adapters/ folder.
+ * location, and the export job followed to its end; the written file is the finished job's
+ * `result.path` (relative to the project, `adapters/...`).
  */
 import { api, exportFormats, type ApiClient, type Job, type Project } from '../../src-main/api/contract.ts';
 import { adapterRef, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
@@ -23,13 +20,9 @@ export const FORMAT_INFO: Record<ExportFormat, { label: string; loads: string }>
   'merged-single-file': { label: 'Merged checkpoint (single .safetensors)', loads: 'A full SD 1.5 checkpoint (about 2-4 GB) for models/Stable-diffusion in A1111, ComfyUI, DiffusionBee or any SD 1.5 tool.' },
 };
 
-/** The path of an export's result, from the finished job (see the header). */
-export function exportResultPath(job: Job & { result?: unknown }, requested: string | null): string {
-  const result = job.result as { path?: unknown } | null | undefined;
-  if (typeof result?.path === 'string' && result.path) return result.path;
-  const label = job.progress?.label;
-  if (label && /[\\/]/.test(label)) return label;
-  return requested || "the project's adapters/ folder";
+/** The path of an export's result: the finished job's `result.path`, else what was asked for. */
+export function exportResultPath(job: Job, requested: string | null): string {
+  return job.result?.path || requested || "the project's adapters/ folder";
 }
 
 export class ExportService {

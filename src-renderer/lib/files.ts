@@ -1,13 +1,12 @@
 /**
- * URLs of project files. The API returns URLs for generated images; photos (`photo.file`) and
- * training samples (`sample.file`) come as paths, which the server serves under
- *   /files/<projectId>/<path relative to the project>      e.g. photos/0001.jpg
- *   /files/<projectId>/runs/<runId>/<path relative to the run>   e.g. samples/step-000100-0.png
- * Every URL goes through the transport, which adds the session token for the browser.
+ * URLs of project files. The API returns a URL with everything a page shows: photos
+ * (`photo.url`), training samples (`sample.url` in `training.status` and `train.event`),
+ * generated images (`image.url`) and exports (`job.result.url`), all of the form
+ *   /files/<projectId>/<path relative to the project>
+ * The page never builds these paths itself. Every URL goes through the transport, which adds the
+ * session token for the browser.
  */
 import type { Transport } from './transport/types.ts';
-
-const encodePath = (p: string) => p.split('/').filter(Boolean).map(encodeURIComponent).join('/');
 
 export class Files {
   constructor(private readonly transport: Pick<Transport, 'fileUrl'>) {}
@@ -15,13 +14,5 @@ export class Files {
   /** A URL the API returned (opaque). */
   url(apiUrl: string): string {
     return this.transport.fileUrl(apiUrl);
-  }
-
-  project(projectId: string, path: string): string {
-    return this.transport.fileUrl(`/files/${encodeURIComponent(projectId)}/${encodePath(path)}`);
-  }
-
-  run(projectId: string, runId: string, path: string): string {
-    return this.project(projectId, `runs/${runId}/${path}`);
   }
 }

@@ -36,3 +36,9 @@ export function formatDate(iso: string): string {
   const d = new Date(iso);
   return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
 }
+
+/** Chart tick labels with as many decimals as the tick spacing needs (0.0001 apart: 4 decimals). */
+export function tickLabels(splits: ReadonlyArray<number | null>, increment: number): string[] {
+  const decimals = Math.min(8, Math.max(0, Math.ceil(-Math.log10(increment) - 1e-9)));
+  return splits.map((v) => (v == null ? '' : v.toFixed(decimals)));
+}

@@ -46,6 +46,12 @@ export class ProjectsService {
     }
   }
 
+  /** Keeps the list's photo and run counts in step with what the Subject and Train screens loaded. */
+  setCounts(projectId: string, counts: Partial<Pick<ProjectSummary, 'photos' | 'runs'>>): void {
+    const i = this.list.findIndex((s) => s.id === projectId);
+    if (i !== -1) this.list[i] = { ...this.list[i], ...counts };
+  }
+
   async open(projectId: string): Promise<void> {
     const p = await this.notify.guard('Open project', () => this.api['projects.open']({ projectId }));
     if (p) this.#setCurrent(p);

@@ -83,7 +83,7 @@ export class SubjectService {
   }
 
   photoUrl(photo: Photo): string {
-    return this.projectId ? this.files.project(this.projectId, photo.file) : '';
+    return this.files.url(photo.url);
   }
 
   async load(): Promise<void> {
@@ -93,6 +93,7 @@ export class SubjectService {
     try {
       const photos = await this.notify.guard('List photos', () => this.api['photos.list']({ projectId }));
       if (photos && this.projectId === projectId) this.photos = photos;
+      if (photos) this.projects.setCounts(projectId, { photos: photos.length });
     } finally {
       this.loading = false;
     }
@@ -126,7 +127,10 @@ export class SubjectService {
     const projectId = this.projectId;
     if (!projectId) return;
     const r = await this.notify.guard('Remove photo', () => this.api['photos.remove']({ projectId, photoId }));
-    if (r) this.photos = this.photos.filter((p) => p.id !== photoId);
+    if (r && this.projectId === projectId) {
+      this.photos = this.photos.filter((p) => p.id !== photoId);
+      this.projects.setCounts(projectId, { photos: this.photos.length });
+    }
   }
 
   async preview(photoId: string, crop: CropMode): Promise<void> {

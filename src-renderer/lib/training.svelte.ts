@@ -12,8 +12,8 @@
  * Selecting a run loads its manifest (`training.status`), so a reload or a resumed run shows its
  * history before live events continue it.
  */
-import type { ApiClient, EventData, Project, Result } from '../../src-main/api/contract.ts';
-import { trainSettingsSchema, type RunManifest, type RunStatus, type TrainEvent, type TrainSettings } from '../../src-main/api/schemas.ts';
+import type { ApiClient, EventData, Project, Result, RunStatusInfo } from '../../src-main/api/contract.ts';
+import { trainSettingsSchema, type RunStatus, type TrainEvent, type TrainSettings } from '../../src-main/api/schemas.ts';
 import { hintFor, isOutOfMemory, MEMORY_HINT, messageOf } from './advice.ts';
 import type { EventHub } from './events.ts';
 import type { Files } from './files.ts';
@@ -62,7 +62,7 @@ export class TrainingService {
   runs = $state<RunSummary[]>([]);
   selectedRunId = $state<string | null>(null);
   /** The selected run's manifest as last loaded. */
-  manifest = $state<RunManifest | null>(null);
+  manifest = $state<RunStatusInfo | null>(null);
   status = $state<RunStatus | null>(null);
   progress = $state<LiveProgress | null>(null);
   stage = $state<string | null>(null);
@@ -113,6 +113,7 @@ export class TrainingService {
     const projectId = this.projectId;
     if (!projectId) return;
     const runs = await this.notify.guard('List runs', () => this.api['training.runs']({ projectId }));
+    if (runs) this.projects.setCounts(projectId, { runs: runs.length });
     if (!runs || this.projectId !== projectId) return;
     this.runs = [...runs].sort((a, b) => b.createdAt.localeCompare(a.createdAt));
     const sel = this.runs.find((r) => r.id === this.selectedRunId);
@@ -219,8 +220,7 @@ export class TrainingService {
   }
 
   /** Shows a run's manifest, keeping what live events already brought that is newer than it. */
-  #applyManifest(m: RunManifest): void {
-    const projectId = this.projectId!;
+  #applyManifest(m: RunStatusInfo): void {
     const lastStep = m.losses.at(-1)?.step ?? -1;
     const liveLosses = this.losses.steps.map((step, i) => ({ step, loss: this.losses.raw[i], smoothed: this.losses.smoothed[i] })).filter((p) => p.step > lastStep);
     const liveSamples = this.samples.filter((s) => s.step > (m.samples.at(-1)?.step ?? -1));
@@ -229,7 +229,7 @@ export class TrainingService {
     if (!liveProgress) this.status = m.status;
     this.runError = m.error;
     this.losses.reset([...m.losses, ...liveLosses]);
-    this.samples = [...m.samples.map((s) => ({ step: s.step, prompt: s.prompt, url: this.files.run(projectId, m.id, s.file) })), ...liveSamples];
+    this.samples = [...m.samples.map((s) => ({ step: s.step, prompt: s.prompt, url: this.files.url(s.url) })), ...liveSamples];
     this.checkpoints = [...new Set([...m.checkpoints.map((c) => c.step), ...this.checkpoints])].sort((a, b) => a - b);
     if (liveProgress) return;
     const last = m.losses.at(-1);
@@ -273,7 +273,7 @@ export class TrainingService {
         if (!this.checkpoints.includes(ev.step)) this.checkpoints = [...this.checkpoints, ev.step];
         break;
       case 'sample':
-        this.samples = [...this.samples, { step: ev.step, prompt: ev.prompt, url: this.files.run(e.projectId, e.runId, ev.file) }];
+        this.samples = [...this.samples, { step: ev.step, prompt: ev.prompt, url: this.files.url(ev.url) }];
         break;
       case 'warning':
         this.warnings = [...this.warnings, ev.message];

@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLIP_PREPROCESS, clipCrop, ClipModels, clipScores } from '../../src-main/engine/eval/clip.ts';
 import { DINO_INTERFACE, DinoEmbedder, dinoCrop, dinoPixelValues, dinoResizeSize, normalizeNchw } from '../../src-main/engine/eval/dino.ts';
 import { listModels, locateClip, locateDino } from '../../src-main/engine/eval/modelRegistry.ts';
-import { EVAL_PROMPTS, EVAL_SEEDS, evalJobs, fillPrompt, IMAGES_PER_PROMPT } from '../../src-main/engine/eval/prompts.ts';
+import { EVAL_PROMPTS, EVAL_SEEDS, evalJobs, fillPrompt, IMAGES_PER_PROMPT, quickEvalPrompts } from '../../src-main/engine/eval/prompts.ts';
 import { defaultModelsDir, REPO_ROOT } from '../../src-main/engine/paths.ts';
 import { OnnxModel, OnnxModelError } from '../../src-main/engine/eval/onnx.ts';
 import { cosine, cosineMatrix, subjectFidelity } from '../../src-main/engine/eval/similarity.ts';
@@ -435,5 +435,14 @@ describe('evaluation prompt set', () => {
       expect(new Set(jobs.map((j) => j.prompt)).size).toBe(25);
     }
     expect(() => fillPrompt('a {token} {class}', '', 'dog')).toThrow(/token must be non-empty/);
+  });
+
+  it('the quick check is the first prompt of each category, filled in', () => {
+    for (const kind of ['object', 'live'] as const) {
+      const quick = quickEvalPrompts(kind, 'sks', 'dog');
+      const jobs = evalJobs(kind, 'sks', 'dog');
+      expect(quick).toEqual(['recontextualization', 'accessorization', 'property'].map((c) => jobs.find((j) => j.category === c)!.prompt));
+    }
+    expect(() => quickEvalPrompts('plant' as never, 'sks', 'dog')).toThrow(/subject kind/);
   });
 });

@@ -1,6 +1,7 @@
 // @vitest-environment jsdom
 import { fireEvent, render, screen, waitFor, within } from '@testing-library/svelte';
 import { describe, expect, test } from 'vitest';
+import { tickLabels } from '../../src-renderer/lib/format.ts';
 import EvaluateScreen from '../../src-renderer/screens/EvaluateScreen.svelte';
 import { startStudio, type Handlers } from './fakes.ts';
 import * as fx from './fixtures.ts';
@@ -61,6 +62,22 @@ describe('Evaluate screen', () => {
     transport.emit('job.updated', fx.job({ id: 'e1', kind: 'evaluate', runId: 'r1', status: 'done' }));
     await waitFor(() => expect(screen.getAllByTestId('score-row')).toHaveLength(3));
     expect(screen.queryByTestId('eval-progress')).toBeNull();
+  });
+
+  test('a quick check is asked for with quick: true', async () => {
+    const { transport } = await renderEvaluate({ 'evaluation.get': () => null, 'evaluation.start': () => ({ jobId: 'e2' }) });
+    await screen.findByTestId('eval-empty');
+    await fireEvent.change(screen.getByTestId('eval-scope'), { target: { value: 'quick' } });
+    await fireEvent.click(screen.getByTestId('evaluate-button'));
+    await waitFor(() => expect(transport.paramsOf('evaluation.start')).toEqual([{ projectId: 'p1', runId: 'r1', checkpoints: 'all', quick: true }]));
+    expect((screen.getByTestId('eval-scope') as HTMLSelectElement).disabled).toBe(true); // while it runs
+  });
+
+  test('chart ticks keep the decimals their spacing needs (close scores stay apart)', () => {
+    expect(tickLabels([0.6661, 0.6662, 0.6663], 0.0001)).toEqual(['0.6661', '0.6662', '0.6663']);
+    expect(tickLabels([0.2, 0.25, 0.3], 0.05)).toEqual(['0.20', '0.25', '0.30']);
+    expect(tickLabels([0, 100, 200], 100)).toEqual(['0', '100', '200']);
+    expect(tickLabels([3, 4, 5], 1)).toEqual(['3', '4', '5']);
   });
 
   test('a table without CLIP-T has no CLIP-T column', async () => {

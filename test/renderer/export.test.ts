@@ -20,16 +20,16 @@ describe('Export screen', () => {
     await fireEvent.change(screen.getByTestId('export-adapter'), { target: { value: 'run:r1' } });
     await fireEvent.change(screen.getByTestId('export-format'), { target: { value: 'merged-single-file' } });
     expect(screen.getByTestId('export-format-info').textContent).toMatch(/full SD 1.5 checkpoint/);
-    await fireEvent.input(screen.getByTestId('export-path'), { target: { value: '/home/u/out/dog.safetensors' } });
+    await fireEvent.input(screen.getByTestId('export-path'), { target: { value: 'adapters/dog.safetensors' } });
     await fireEvent.click(screen.getByTestId('export-button'));
 
     await waitFor(() => expect(transport.paramsOf('adapters.export')).toHaveLength(1));
-    expect(transport.paramsOf('adapters.export')[0]).toEqual({ projectId: 'p1', adapter: { runId: 'r1', step: null }, format: 'merged-single-file', outPath: '/home/u/out/dog.safetensors' });
+    expect(transport.paramsOf('adapters.export')[0]).toEqual({ projectId: 'p1', adapter: { runId: 'r1', step: null }, format: 'merged-single-file', outPath: 'adapters/dog.safetensors' });
 
     transport.emit('job.updated', fx.job({ id: 'x1', kind: 'export', status: 'running', progress: { done: 1, total: 3, label: 'merging unet' } }));
     await waitFor(() => expect(screen.getByTestId('export-progress').textContent).toContain('merging unet'));
-    transport.emit('job.updated', { ...fx.job({ id: 'x1', kind: 'export', status: 'done' }), result: { path: '/home/u/out/dog.safetensors' } } as never);
-    await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe('/home/u/out/dog.safetensors'));
+    transport.emit('job.updated', fx.job({ id: 'x1', kind: 'export', status: 'done', progress: { done: 3, total: 3, label: 'adapters/dog.safetensors' }, result: { path: 'adapters/dog.safetensors', url: '/files/p1/adapters/dog.safetensors' } }));
+    await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe('adapters/dog.safetensors'));
   });
 
   test('kohya is the default format; without a location the default folder is named', async () => {
@@ -46,14 +46,14 @@ describe('Export screen', () => {
     let transportRef: import('./fakes.ts').FakeTransport;
     const ctx = await renderExport({
       'adapters.export': () => {
-        transportRef.emit('job.updated', { ...fx.job({ id: 'x3', kind: 'export', status: 'done' }), result: { path: '/p/a.safetensors' } } as never);
+        transportRef.emit('job.updated', fx.job({ id: 'x3', kind: 'export', status: 'done', result: { path: 'adapters/a.safetensors' } }));
         return { jobId: 'x3' };
       },
     });
     transportRef = ctx.transport;
     await fireEvent.change(screen.getByTestId('export-adapter'), { target: { value: 'run:r1' } });
     await fireEvent.click(screen.getByTestId('export-button'));
-    await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe('/p/a.safetensors'));
+    await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe('adapters/a.safetensors'));
   });
 
   test('the adapter defaults to the newest run; with nothing to export it asks and sends nothing', async () => {

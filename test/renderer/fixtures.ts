@@ -1,6 +1,6 @@
 /** Contract-valid objects for renderer tests (the studio validates every result against the contract). */
-import type { GeneratedImageInfo, Job, Photo, Project, ProjectSummary, Result } from '../../src-main/api/contract.ts';
-import { trainSettingsSchema, type Evaluation, type RunManifest, type TrainEvent } from '../../src-main/api/schemas.ts';
+import type { GeneratedImageInfo, Job, Photo, Project, ProjectSummary, Result, RunStatusInfo } from '../../src-main/api/contract.ts';
+import { trainSettingsSchema, type Evaluation, type TrainEvent } from '../../src-main/api/schemas.ts';
 
 const T = '2025-01-01T00:00:00.000Z';
 
@@ -22,8 +22,10 @@ export function projectSummary(p: Project): ProjectSummary {
   return { id: p.id, name: p.name, createdAt: p.createdAt, updatedAt: p.updatedAt, subject: p.subject, photos: 0, runs: 0 };
 }
 
+/** A photo of project p1; its URL follows its file unless given. */
 export function photo(over: Partial<Photo> = {}): Photo {
-  return { id: 'ph1', file: 'photos/0001.jpg', originalName: 'dog1.jpg', status: 'ok', reason: null, width: 1024, height: 768, bytes: 210_000, ...over };
+  const file = over.file ?? 'photos/0001.jpg';
+  return { id: 'ph1', file, originalName: 'dog1.jpg', status: 'ok', reason: null, width: 1024, height: 768, bytes: 210_000, url: `/files/p1/${file}`, ...over };
 }
 
 export type RunSummary = Result<'training.runs'>[number];
@@ -31,7 +33,8 @@ export function run(over: Partial<RunSummary> = {}): RunSummary {
   return { id: 'r1', createdAt: T, updatedAt: T, status: 'completed', step: 800, error: null, steps: 800, method: 'singlora', best: null, ...over };
 }
 
-export function manifest(over: Partial<RunManifest> = {}): RunManifest {
+/** A run as `training.status` returns it (samples carry their URLs). */
+export function manifest(over: Partial<RunStatusInfo> = {}): RunStatusInfo {
   return {
     schemaVersion: 1,
     id: 'r1',
@@ -53,7 +56,7 @@ export function manifest(over: Partial<RunManifest> = {}): RunManifest {
   };
 }
 
-export function stepEvent(step: number, steps: number, over: Partial<Extract<TrainEvent, { event: 'step' }>> = {}): TrainEvent {
+export function stepEvent(step: number, steps: number, over: Partial<Extract<TrainEvent, { event: 'step' }>> = {}): Extract<TrainEvent, { event: 'step' }> {
   return { event: 'step', step, steps, loss: 0.12, smoothed: 0.11, lr: 1e-4, u: 1, its: 2.5, eta_s: 95, memory: { rssMb: 900, tensors: 100, tensorMb: 300 }, ...over };
 }
 

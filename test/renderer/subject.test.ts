@@ -6,7 +6,7 @@ import { startStudio } from './fakes.ts';
 import * as fx from './fixtures.ts';
 
 const photos = [
-  fx.photo({ id: 'a', originalName: 'dog1.jpg', status: 'ok' }),
+  fx.photo({ id: 'a', originalName: 'dog1.jpg', status: 'ok', url: '/files/p1/photos/dog1.jpg' }),
   fx.photo({ id: 'b', originalName: 'dog2.jpg', status: 'warning', reason: 'Small: 400×300, will be upscaled' }),
   fx.photo({ id: 'c', originalName: 'blurry.jpg', status: 'rejected', reason: 'Too blurry (sharpness 12 < 40)' }),
 ];
@@ -23,10 +23,22 @@ describe('Subject screen', () => {
     const ok = screen.getAllByTestId('photo-card').find((c) => c.dataset.status === 'ok')!;
     expect(within(ok).getByTestId('photo-status').textContent).toBe('used');
     expect(within(ok).queryByTestId('photo-reason')).toBeNull();
-    // Thumbnails come from the project's files, through the transport (token added).
-    expect(within(ok).getByRole('img').getAttribute('src')).toBe('/files/p1/photos/0001.jpg?token=t');
+    // Thumbnails use the URL the service gave, through the transport (token added).
+    expect(within(ok).getByRole('img').getAttribute('src')).toBe('/files/p1/photos/dog1.jpg?token=t');
     // 2 usable photos: below the 3-20 guidance.
     expect(screen.getByTestId('photo-guidance').textContent).toMatch(/2 usable photo\(s\): add at least 1 more \(3-20 works best\)/);
+  });
+
+  test('a file that could not be decoded shows no picture and offers no crops; the project list counts photos', async () => {
+    const broken = fx.photo({ id: 'x', originalName: 'notes.png', status: 'rejected', reason: 'not a readable image', width: null, height: null, url: '/files/p1/photos/notes.png' });
+    const { studio } = await startStudio({ 'photos.list': () => [broken] });
+    render(SubjectScreen, { subject: studio.subject });
+    const card = await screen.findByTestId('photo-card');
+    expect(within(card).getByTestId('no-preview')).toBeTruthy();
+    expect(within(card).queryByRole('img')).toBeNull();
+    expect(within(card).queryByRole('button', { name: 'Center crop' })).toBeNull();
+    expect(within(card).getByRole('button', { name: 'Remove notes.png' })).toBeTruthy();
+    expect(studio.projects.list[0].photos).toBe(1);
   });
 
   test('dropped files are sent to photos.add as base64; non-images are skipped with a message', async () => {

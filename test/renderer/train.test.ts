@@ -2,7 +2,7 @@
 import { fireEvent, render, screen, waitFor, within } from '@testing-library/svelte';
 import { describe, expect, test } from 'vitest';
 import { ApiError } from '../../src-main/api/contract.ts';
-import type { TrainEvent } from '../../src-main/api/schemas.ts';
+import type { RunEvent } from '../../src-main/api/contract.ts';
 import TrainScreen from '../../src-renderer/screens/TrainScreen.svelte';
 import { startStudio, type Handlers } from './fakes.ts';
 import * as fx from './fixtures.ts';
@@ -13,7 +13,7 @@ async function renderTrain(handlers: Handlers = {}) {
   return ctx;
 }
 
-const trainEvent = (event: TrainEvent, runId = 'r9') => ({ jobId: 'j9', projectId: 'p1', runId, event });
+const trainEvent = (event: RunEvent, runId = 'r9') => ({ jobId: 'j9', projectId: 'p1', runId, event });
 
 describe('Train screen', () => {
   test('sends the edited settings (with the subject words) to training.start', async () => {
@@ -47,7 +47,8 @@ describe('Train screen', () => {
     expect(screen.getByTestId('loss-chart').dataset.points).toBe('2');
     expect(screen.queryByTestId('train-stage')).toBeNull();
 
-    transport.emit('train.event', trainEvent({ event: 'sample', step: 100, file: 'samples/step-000100-0.png', prompt: 'a photo of sks dog' }));
+    // The sample's URL is the service's; the page only adds the token.
+    transport.emit('train.event', trainEvent({ event: 'sample', step: 100, file: 'samples/step-000100-0.png', prompt: 'a photo of sks dog', url: '/files/p1/runs/r9/samples/step-000100-0.png' }));
     await waitFor(() => expect(screen.getAllByTestId('sample-image')).toHaveLength(1));
     expect(screen.getByTestId('sample-image').getAttribute('src')).toBe('/files/p1/runs/r9/samples/step-000100-0.png?token=t');
 
@@ -127,12 +128,13 @@ describe('Train screen', () => {
   test('a run picked up from live events (e.g. after a reload) also shows its history', async () => {
     const { transport } = await renderTrain({
       'training.status': () =>
-        fx.manifest({ id: 'r9', status: 'running', step: 3, losses: [1, 2, 3].map((step) => ({ step, loss: 0.3, smoothed: 0.3 })), samples: [{ step: 2, file: 'samples/step-000002-0.png', prompt: 'p', seed: 1 }] }),
+        fx.manifest({ id: 'r9', status: 'running', step: 3, losses: [1, 2, 3].map((step) => ({ step, loss: 0.3, smoothed: 0.3 })), samples: [{ step: 2, file: 'samples/step-000002-0.png', prompt: 'p', seed: 1, url: '/files/p1/runs/r9/samples/step-000002-0.png' }] }),
     });
     transport.emit('train.event', trainEvent(fx.stepEvent(4, 800)));
     await waitFor(() => expect(transport.paramsOf('training.status')).toEqual([{ projectId: 'p1', runId: 'r9' }]));
     await waitFor(() => expect(screen.getByTestId('loss-chart').dataset.points).toBe('4'));
     expect(screen.getAllByTestId('sample-image')).toHaveLength(1);
+    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe('/files/p1/runs/r9/samples/step-000002-0.png?token=t');
     expect(screen.getByTestId('train-progress').textContent).toContain('Step 4/800');
   });
 });

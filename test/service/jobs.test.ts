@@ -72,11 +72,12 @@ describe('job runner', () => {
     const { runner } = await JobRunner.open({ file: null, onUpdate: () => {} });
     const f = runner.submit({ kind: 'export', projectId: 'p', runId: null, run: async () => Promise.reject(new Error('disk full')) });
     const o = runner.submit({ kind: 'train', projectId: 'p', runId: 'r', run: async (ctx) => (ctx.progress({ done: 3, total: 4, label: 'x' }), { status: 'failed', error: 'loss became NaN' }) });
-    const l = runner.submit({ kind: 'export', projectId: 'p', runId: null, run: async () => ({ label: 'adapters/out.safetensors' }) });
+    const l = runner.submit({ kind: 'export', projectId: 'p', runId: null, run: async () => ({ label: 'adapters/out.safetensors', result: { path: 'adapters/out.safetensors', url: '/files/p/adapters/out.safetensors' } }) });
     await runner.idle();
     expect(runner.get(f.id)).toMatchObject({ status: 'failed', error: 'disk full' });
     expect(runner.get(o.id)).toMatchObject({ status: 'failed', error: 'loss became NaN', progress: { done: 3, total: 4 } });
-    expect(runner.get(l.id)).toMatchObject({ status: 'done', error: null, progress: { label: 'adapters/out.safetensors' } });
+    expect(runner.get(l.id)).toMatchObject({ status: 'done', error: null, progress: { label: 'adapters/out.safetensors' }, result: { path: 'adapters/out.safetensors', url: '/files/p/adapters/out.safetensors' } });
+    expect(runner.get(f.id)!.result).toBeUndefined();
   });
 
   it('persists the list and marks interrupted jobs on the next start', async () => {

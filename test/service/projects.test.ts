@@ -105,7 +105,7 @@ describe('projects on disk', () => {
     expect(added[1].reason).toContain('exact duplicate of photo.png');
     expect(added[3].reason).toMatch(/too small: 16x16/);
     expect(added[4].reason).toMatch(/not a readable image/);
-    expect(added[0]).toMatchObject({ file: 'photos/photo.png', originalName: 'photo.png', width: 96, height: 96, bytes: png.length });
+    expect(added[0]).toMatchObject({ file: 'photos/photo.png', originalName: 'photo.png', width: 96, height: 96, bytes: png.length, url: `/files/${p.id}/photos/photo.png` });
     expect(Buffer.compare(await readFile(join(store.dir(p.id), 'photos', 'from-disk.png')), other)).toBe(0);
     expect(await store.usablePhotoFiles(p.id)).toEqual([join(store.dir(p.id), 'photos', 'photo.png'), join(store.dir(p.id), 'photos', 'from-disk.png')]);
     expect((await store.photos(p.id)).length).toBe(5);
@@ -122,6 +122,31 @@ describe('projects on disk', () => {
     expect((await apiError(store.removePhoto(p.id, '../project.json'))).code).toBe('invalid_params');
     expect(existsSync(join(store.dir(p.id), 'project.json'))).toBe(true);
     await expect(store.addPhotos(p.id, [{ kind: 'path', path: join(root, 'missing.png') }])).rejects.toThrow(/paths.0: .*missing.png is not a file/);
+  });
+
+  it("checks photos at the base model's native size when the resolution is left to the model", async () => {
+    const asked: Array<string | null> = [];
+    const native = new ProjectStore(join(root, 'native'), {
+      nativeResolution: async (base) => {
+        asked.push(base);
+        return base === null ? 64 : base === 'unreadable' ? null : 512;
+      },
+    });
+    const p = await native.create({ name: 'Ball', classWord: 'ball', triggerToken: 'zwx', type: 'object' });
+    expect(p.settings.resolution).toBeNull();
+    const [ok] = await native.addPhotos(p.id, [{ kind: 'bytes', name: 'ball.png', data: await shapePng(0) }]);
+    expect(ok).toMatchObject({ status: 'ok', reason: null }); // 96 px at the default model's 64
+    expect(asked).toEqual([null]);
+    // Another base model (native 512): 96 px is now too small; an unreadable one falls back to 512.
+    await native.update(p.id, { baseModel: '/models/sd15' });
+    expect((await native.photos(p.id))[0]).toMatchObject({ status: 'rejected', reason: expect.stringMatching(/too small: 96x96.*train at 512/) });
+    await native.update(p.id, { baseModel: null });
+    expect((await native.photos(p.id))[0].status).toBe('ok');
+    await native.update(p.id, { baseModel: 'unreadable' });
+    expect((await native.photos(p.id))[0].status).toBe('rejected');
+    // An explicit resolution wins over the model's.
+    await native.update(p.id, { settings: { resolution: 64 } });
+    expect((await native.photos(p.id))[0].status).toBe('ok');
   });
 
   it('serialises concurrent photo additions (no lost index entries)', async () => {

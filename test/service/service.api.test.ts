@@ -140,6 +140,7 @@ describe('photos', () => {
       ['rex-1.png', 'ok'],
       ['rex-2.png', 'ok'],
     ]);
+    expect(added[1].url).toBe(`/files/${projectId}/photos/rex-0.png`);
     const small = await call('photos.add', { projectId, files: [{ name: 'thumb.png', dataBase64: b64(await shapePng(5, 16)) }] });
     expect(small[0]).toMatchObject({ status: 'rejected', width: 16 });
     expect(small[0].reason).toMatch(/too small/);
@@ -237,6 +238,10 @@ describe('training', () => {
     expect(kinds.filter((k) => k === 'step').length).toBe(3);
     expect(kinds.filter((k) => k === 'checkpoint').length).toBe(3);
     expect(kinds).toContain('sample');
+    // A sample comes with its URL, as the server serves it.
+    const sample = events.find((e) => e.event.event === 'sample')!.event;
+    expect(sample).toMatchObject({ file: 'samples/step-000002-0.png', url: `/files/${projectId}/runs/${runId}/samples/step-000002-0.png` });
+    expect(await service.resolveFile(projectId, `runs/${runId}/samples/step-000002-0.png`)).toBe(join(service.store.runDir(projectId, runId), 'samples', 'step-000002-0.png'));
     expect(kinds.at(-1)).toBe('done');
     expect(events.every((e) => e.jobId === trainJob && e.projectId === projectId)).toBe(true);
     const jobStates = rec.of<Job>('job.updated').filter((j) => j.id === trainJob).map((j) => j.status);
@@ -249,7 +254,7 @@ describe('training', () => {
     expect(m).toMatchObject({ status: 'completed', step: 3, backend: 'wasm' });
     expect(m.checkpoints.map((c) => c.step)).toEqual([1, 2, 3]);
     expect(m.images.used.length).toBe(4);
-    expect(m.samples[0].file).toMatch(/^samples\/step-000002-0.png$/);
+    expect(m.samples[0]).toMatchObject({ file: 'samples/step-000002-0.png', url: `/files/${projectId}/runs/${runId}/samples/step-000002-0.png` });
     const runs = await call('training.runs', { projectId });
     expect(runs[0]).toMatchObject({ id: runId, status: 'completed', step: 3, steps: 3, method: 'singlora', best: null });
     expect((await fail('training.status', { projectId, runId: 'nope' })).code).toBe('not_found');
@@ -356,8 +361,12 @@ describe('adapters', () => {
     const { jobId } = await call('adapters.export', { projectId, adapter: { runId, step: null }, format: 'kohya' });
     const job = await service.jobs.wait(jobId);
     expect(job.status).toBe('done');
-    exported = job.progress!.label;
+    exported = job.result!.path!;
     expect(exported).toBe(`adapters/${projectId}-${runId}-step2-kohya.safetensors`); // step null: the chosen checkpoint
+    expect(job.result!.url).toBe(`/files/${projectId}/${exported}`);
+    expect(job.progress!.label).toBe(exported);
+    // The finished job as clients saw it carries the result too.
+    expect(rec.of<Job>('job.updated').filter((j) => j.id === jobId).at(-1)!.result).toEqual(job.result);
     expect(existsSync(join(service.store.dir(projectId), exported))).toBe(true);
     const named = await call('adapters.export', { projectId, adapter: { runId, step: 3 }, format: 'singlora', outPath: 'adapters/mine.safetensors' });
     expect((await service.jobs.wait(named.jobId)).progress!.label).toBe('adapters/mine.safetensors');

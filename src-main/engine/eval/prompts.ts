@@ -124,6 +124,18 @@ export function fillPrompt(template: string, token: string, className: string): 
   return template.replaceAll('{token}', token.trim()).replaceAll('{class}', className.trim());
 }
 
+/**
+ * The quick check: the first prompt of each category, filled in (3 prompts). With one image per
+ * prompt it scores a checkpoint in a few images: fast and noisy, not comparable with the full set.
+ */
+export function quickEvalPrompts(kind: SubjectKind, token: string, className: string): string[] {
+  const prompts = EVAL_PROMPTS[kind];
+  if (!prompts) throw new Error(`quickEvalPrompts: subject kind must be 'object' or 'live', got ${JSON.stringify(kind)}`);
+  const first = new Map<PromptCategory, string>();
+  for (const p of prompts) if (!first.has(p.category)) first.set(p.category, p.template);
+  return [...first.values()].map((t) => fillPrompt(t, token, className));
+}
+
 /** Every (prompt, seed) pair to generate for a subject, in a fixed order: prompt-major, then seed. */
 export function evalJobs(kind: SubjectKind, token: string, className: string): EvalJob[] {
   const prompts = EVAL_PROMPTS[kind];
