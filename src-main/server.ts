@@ -25,6 +25,7 @@ import { ApiError, idSchema, type ErrorCode } from './api/contract.ts';
 import { REPO_ROOT } from './engine/paths.ts';
 import { safeResolve } from './service/safePath.ts';
 import { Service, toApiError, type ServiceOptions } from './service/service.ts';
+import { FILE_TYPES, STATIC_TYPES } from './service/webContent.ts';
 
 export const DEFAULT_PORT = 7860;
 export const MAX_BODY_BYTES = 64 * 2 ** 20;
@@ -49,33 +50,6 @@ const STATUS: Record<ErrorCode, number> = {
   internal: 500,
 };
 
-/** Types served from /files (anything else downloads as an attachment). */
-const FILE_TYPES: Record<string, string> = {
-  '.png': 'image/png',
-  '.jpg': 'image/jpeg',
-  '.jpeg': 'image/jpeg',
-  '.webp': 'image/webp',
-  '.avif': 'image/avif',
-  '.gif': 'image/gif',
-  '.tif': 'image/tiff',
-  '.tiff': 'image/tiff',
-  '.json': 'application/json; charset=utf-8',
-  '.txt': 'text/plain; charset=utf-8',
-};
-/** Types of the renderer's own files. */
-const STATIC_TYPES: Record<string, string> = {
-  ...FILE_TYPES,
-  '.html': 'text/html; charset=utf-8',
-  '.js': 'text/javascript; charset=utf-8',
-  '.mjs': 'text/javascript; charset=utf-8',
-  '.css': 'text/css; charset=utf-8',
-  '.svg': 'image/svg+xml',
-  '.ico': 'image/x-icon',
-  '.woff': 'font/woff',
-  '.woff2': 'font/woff2',
-  '.map': 'application/json; charset=utf-8',
-  '.wasm': 'application/wasm',
-};
 
 export interface ServerOptions {
   host?: string;

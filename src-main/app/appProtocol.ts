@@ -19,6 +19,7 @@ import { Readable } from 'node:stream';
 import type { CustomScheme } from 'electron';
 import { ApiError, idSchema, type ErrorCode } from '../api/contract.ts';
 import { checkRelative } from '../service/safePath.ts';
+import { FILE_TYPES, STATIC_TYPES } from '../service/webContent.ts';
 
 export const APP_SCHEME = 'app';
 export const APP_HOST = 'studio';
@@ -44,31 +45,6 @@ const SECURITY_HEADERS: Record<string, string> = {
   'Referrer-Policy': 'no-referrer',
 };
 
-/** Types served from /files/ (anything else: 404). */
-const FILE_TYPES: Record<string, string> = {
-  '.png': 'image/png',
-  '.jpg': 'image/jpeg',
-  '.jpeg': 'image/jpeg',
-  '.webp': 'image/webp',
-  '.avif': 'image/avif',
-  '.gif': 'image/gif',
-  '.json': 'application/json; charset=utf-8',
-  '.txt': 'text/plain; charset=utf-8',
-};
-
-/** Types of the renderer's own files. */
-const STATIC_TYPES: Record<string, string> = {
-  ...FILE_TYPES,
-  '.html': 'text/html; charset=utf-8',
-  '.js': 'text/javascript; charset=utf-8',
-  '.mjs': 'text/javascript; charset=utf-8',
-  '.css': 'text/css; charset=utf-8',
-  '.svg': 'image/svg+xml',
-  '.ico': 'image/x-icon',
-  '.woff2': 'font/woff2',
-  '.map': 'application/json; charset=utf-8',
-  '.wasm': 'application/wasm',
-};
 
 const STATUS: Partial<Record<ErrorCode, number>> = { invalid_params: 400, not_found: 404, unauthorized: 403 };
 
