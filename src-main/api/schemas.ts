@@ -14,6 +14,16 @@ export const METHODS = ['singlora', 'lora'] as const;
 export const CROP_MODES = ['center', 'attention', 'none'] as const;
 export const LR_SCHEDULES = ['constant', 'constant_with_warmup', 'cosine'] as const;
 export const SCHEDULERS = ['pndm', 'ddim', 'euler', 'euler-a', 'dpmpp-2m', 'dpmpp-2m-karras'] as const;
+/** The samplers as A1111 names them (PNG `parameters` metadata, the UI); DDPM only trains. */
+export const SAMPLER_DISPLAY_NAMES: Readonly<Record<(typeof SCHEDULERS)[number] | 'ddpm', string>> = {
+  pndm: 'PNDM',
+  ddim: 'DDIM',
+  euler: 'Euler',
+  'euler-a': 'Euler a',
+  'dpmpp-2m': 'DPM++ 2M',
+  'dpmpp-2m-karras': 'DPM++ 2M Karras',
+  ddpm: 'DDPM',
+};
 export const SUBJECT_TYPES = ['object', 'live'] as const;
 
 const positiveInt = (max: number) => z.number().int().min(1).max(max);

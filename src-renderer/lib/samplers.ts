@@ -1,11 +1,4 @@
-import type { SCHEDULERS } from '../../src-main/api/schemas.ts';
+import { SAMPLER_DISPLAY_NAMES, type SCHEDULERS } from '../../src-main/api/schemas.ts';
 
 /** The contract's sampler ids with the names A1111 users know. */
-export const SAMPLER_LABELS: Record<(typeof SCHEDULERS)[number], string> = {
-  pndm: 'PNDM',
-  ddim: 'DDIM',
-  euler: 'Euler',
-  'euler-a': 'Euler a',
-  'dpmpp-2m': 'DPM++ 2M',
-  'dpmpp-2m-karras': 'DPM++ 2M Karras',
-};
+export const SAMPLER_LABELS: Record<(typeof SCHEDULERS)[number], string> = SAMPLER_DISPLAY_NAMES;

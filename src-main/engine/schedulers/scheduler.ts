@@ -27,21 +27,14 @@
  * exactly as read from `timesteps`.
  */
 import type { Tensor } from '../backend/tf.ts';
+import { SAMPLER_DISPLAY_NAMES } from '../../api/schemas.ts';
 import type { SamplingScheduleConfig } from './schedulerConfig.ts';
 
 export const SCHEDULER_NAMES = ['pndm', 'ddim', 'euler', 'euler-a', 'dpmpp-2m', 'dpmpp-2m-karras', 'ddpm'] as const;
 export type SchedulerName = (typeof SCHEDULER_NAMES)[number];
 
 /** A1111-style sampler names, as written to PNG `parameters` metadata ("Sampler: Euler a"). */
-export const DISPLAY_NAMES: Readonly<Record<SchedulerName, string>> = {
-  pndm: 'PNDM',
-  ddim: 'DDIM',
-  euler: 'Euler',
-  'euler-a': 'Euler a',
-  'dpmpp-2m': 'DPM++ 2M',
-  'dpmpp-2m-karras': 'DPM++ 2M Karras',
-  ddpm: 'DDPM',
-};
+export const DISPLAY_NAMES: Readonly<Record<SchedulerName, string>> = SAMPLER_DISPLAY_NAMES;
 
 export interface Scheduler {
   /** The project's name for this sampler (CLI `--scheduler`). */
