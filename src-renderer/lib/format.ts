@@ -28,7 +28,7 @@ export function formatRate(its: number | null | undefined): string {
   return its >= 1 ? `${its.toFixed(2)} it/s` : `${(1 / its).toFixed(2)} s/it`;
 }
 
-export function formatScore(v: number | null | undefined, digits = 3): string {
+export function formatScore(v: number | null | undefined, digits = 4): string {
   return v == null || !Number.isFinite(v) ? '—' : v.toFixed(digits);
 }
 

@@ -23,8 +23,8 @@ describe('Evaluate screen', () => {
     expect(rows['200'].dataset.best).toBe('false');
     expect(rows['400'].dataset.best).toBe('false');
     const cells = within(rows['400']).getAllByRole('cell').map((c) => c.textContent?.trim());
-    expect(cells.slice(0, 4)).toEqual(['Step 400', '0.580', '0.280', '4']);
-    expect(within(screen.getByTestId('score-baseline')).getAllByRole('cell')[1].textContent).toBe('0.210');
+    expect(cells.slice(0, 4)).toEqual(['Step 400', '0.5800', '0.2800', '4']);
+    expect(within(screen.getByTestId('score-baseline')).getAllByRole('cell')[1].textContent).toBe('0.2100');
     expect(screen.getByTestId('eval-rule').textContent).toBe('Rule: highest DINO among checkpoints whose CLIP-T stays within 0.05 of the base model');
     expect(screen.getByTestId('score-chart').textContent).toMatch(/base model.*0\.210.*chosen: step 600/);
   });
