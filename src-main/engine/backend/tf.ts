@@ -19,6 +19,10 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { delimiter, join } from 'node:path';
 
+// Production mode: no debug checks, and no "install tfjs-node" banner on the cpu backend (this
+// engine chooses its backend deliberately; `singlora doctor` explains the choice).
+tf.enableProdMode();
+
 export { tf };
 export type Tensor = tf.Tensor;
 export type Tensor1D = tf.Tensor1D;
