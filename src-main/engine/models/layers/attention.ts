@@ -47,27 +47,24 @@ export function attend(q: Tensor, k: Tensor, v: Tensor, heads: number, mask?: Te
     if (total <= maxScoreElements) {
       out = attendBlock(qh, khT, vh, scale, mask);
     } else {
-      // Slice (batch*head) groups first, then query rows, keeping each slice under the budget.
+      // Cut (batch*head) groups first, then query rows, keeping each piece under the budget.
+      // tf.split, not slice: the gradient of a split is a concat, while each slice's gradient
+      // would be padded back to the full size.
       const groupsPerSlice = Math.max(1, Math.min(bh, Math.floor(maxScoreElements / (sq * scoresPerRow))));
       const rowsPerSlice = groupsPerSlice > 1 ? sq : Math.max(1, Math.floor(maxScoreElements / scoresPerRow));
-      const pieces: Tensor[] = [];
-      for (let g = 0; g < bh; g += groupsPerSlice) {
-        const gn = Math.min(groupsPerSlice, bh - g);
-        const rows: Tensor[] = [];
-        for (let r = 0; r < sq; r += rowsPerSlice) {
-          const rn = Math.min(rowsPerSlice, sq - r);
-          rows.push(
-            tf.tidy(() => {
-              const qs = qh.slice([g, r, 0], [gn, rn, d]);
-              const ks = khT.slice([g, 0, 0], [gn, d, sk]);
-              const vs = vh.slice([g, 0, 0], [gn, sk, d]);
-              const ms = mask ? sliceMask(mask, g, gn, r, rn, bh) : undefined;
-              return attendBlock(qs, ks, vs, scale, ms);
-            }),
-          );
-        }
-        pieces.push(rows.length === 1 ? rows[0] : tf.concat(rows, 1));
-      }
+      const groupSizes = chunks(bh, groupsPerSlice);
+      const rowSizes = chunks(sq, rowsPerSlice);
+      const qg = tf.split(qh, groupSizes, 0);
+      const kg = tf.split(khT, groupSizes, 0);
+      const vg = tf.split(vh, groupSizes, 0);
+      const mg = mask && mask.shape[0] !== 1 ? tf.split(mask, groupSizes, 0) : null;
+      const pieces = qg.map((qs, i) => {
+        const qRows = rowSizes.length > 1 ? tf.split(qs, rowSizes, 1) : [qs];
+        const m = mg ? mg[i] : mask;
+        const mRows = m && m.shape[1] !== 1 && rowSizes.length > 1 ? tf.split(m, rowSizes, 1) : null;
+        const rows = qRows.map((qr, j) => tf.tidy(() => attendBlock(qr, kg[i], vg[i], scale, mRows ? mRows[j] : m)));
+        return rows.length === 1 ? rows[0] : tf.concat(rows, 1);
+      });
       out = pieces.length === 1 ? pieces[0] : tf.concat(pieces, 0);
     }
     // [B*heads, Sq, d] -> [B, heads, Sq, d] -> [B, Sq, heads, d] -> [B, Sq, inner]
@@ -81,17 +78,11 @@ function attendBlock(q: Tensor, kT: Tensor, v: Tensor, scale: number, mask?: Ten
     // tfjs-wasm sends only batch-1, untransposed matmuls to XNNPACK; a batched one runs a naive
     // loop (~4x slower for attention). So on wasm each (batch*head) group is attended on its own,
     // which also keeps only one group's scores alive at a time. Same sums, same results.
-    const [, sq, d] = q.shape as number[];
-    const sk = kT.shape[2] as number;
-    const outs: Tensor[] = [];
-    for (let g = 0; g < groups; g++) {
-      outs.push(
-        tf.tidy(() => {
-          const mg = mask && mask.shape[0] !== 1 ? mask.slice([g, 0, 0], [1, mask.shape[1] as number, mask.shape[2] as number]) : mask;
-          return attendBlock(q.slice([g, 0, 0], [1, sq, d]), kT.slice([g, 0, 0], [1, d, sk]), v.slice([g, 0, 0], [1, sk, d]), scale, mg);
-        }),
-      );
-    }
+    const qs = tf.split(q, groups, 0); // G x [1, Sq, d]; split's gradient is a concat (a slice's would pad)
+    const ks = tf.split(kT, groups, 0);
+    const vs = tf.split(v, groups, 0);
+    const ms = mask && mask.shape[0] !== 1 ? tf.split(mask, groups, 0) : null;
+    const outs = qs.map((qg, g) => tf.tidy(() => attendBlock(qg, ks[g], vs[g], scale, ms ? ms[g] : mask)));
     return tf.concat(outs, 0); // [G, Sq, d]
   }
   let scores = tf.mul(tf.matMul(q, kT), scale); // [G, Sq, Sk]
@@ -99,13 +90,11 @@ function attendBlock(q: Tensor, kT: Tensor, v: Tensor, scale: number, mask?: Ten
   return tf.matMul(tf.softmax(scores), v); // [G, Sq, d]
 }
 
-function sliceMask(mask: Tensor, g: number, gn: number, r: number, rn: number, bh: number): Tensor {
-  // mask broadcasts to [bh, Sq, Sk]; slice the rows, and the groups when it is per group.
-  const [mg, , msk] = mask.shape as number[];
-  const rowSliced = mask.shape[1] === 1 ? mask : mask.slice([0, r, 0], [mg, rn, msk]);
-  if (mg === 1) return rowSliced;
-  if (mg !== bh) throw new Error(`attend: mask batch ${mg} does not broadcast to ${bh} (batch*heads)`);
-  return rowSliced.slice([g, 0, 0], [gn, rowSliced.shape[1] as number, msk]);
+/** Sizes that cut n into pieces of at most `size`. */
+function chunks(n: number, size: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < n; i += size) out.push(Math.min(size, n - i));
+  return out;
 }
 
 /**
