@@ -74,7 +74,7 @@ export function register(program: Command): void {
           `${r.backend}: ${r.status}${r.error ? ` (${r.error})` : ''}`,
           `  ${r.config.method} rank ${r.config.rank} on ${r.adapterLayers} layers (${r.adapterParameters.toLocaleString('en-US')} params), UNet ${r.unetParameters.toLocaleString('en-US')} params`,
           `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}`,
-          `  ms/step (median of ${r.ms_steps.length}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'}; peak step tensors ${r.peak_step_bytes === null ? 'n/a' : `${(r.peak_step_bytes / 2 ** 20).toFixed(1)} MiB`}; peak RSS ${r.peak_rss_mb} MiB`,
+          `  ms/step (median of ${r.ms_steps.length}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'}; peak RSS ${r.peak_rss_mb} MiB${r.wasm_heap_mb ? `, wasm heap ${r.wasm_heap_mb} MiB` : ''}; tfjs byte counter peak ${r.peak_step_bytes === null ? 'n/a' : `${(r.peak_step_bytes / 2 ** 20).toFixed(1)} MiB`}`,
         ].join('\n'),
       );
     }),

@@ -9,7 +9,7 @@
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { initBackend, tf, type BackendName } from '../backend/tf.ts';
+import { initBackend, memoryCounters, tf, type BackendName } from '../backend/tf.ts';
 import { AdapterSet, DEFAULT_TARGETS, defaultAdapterSpec } from '../adapters/adapterSet.ts';
 import { loadParams, randomSource } from '../models/layers/module.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
@@ -42,7 +42,15 @@ export interface BenchTrainReport {
   adapterLayers: number;
   ms_per_step: number | null;
   ms_steps: number[];
+  /**
+   * Peak of TensorFlow.js's byte counter during one step, above what was allocated before it.
+   * Not the machine's memory: the counter adds a clone's bytes even when the clone shares its
+   * buffer (the tape clones every tensor it saves, weights included), and it does not see
+   * workspace or fragmentation. peak_rss_mb and, on wasm, wasm_heap_mb (the heap's high-water
+   * mark) are what the machine saw.
+   */
   peak_step_bytes: number | null;
+  wasm_heap_mb: number | null;
   weight_bytes: number;
   peak_rss_mb: number;
   status: 'ok' | 'did not fit' | 'failed';
@@ -85,6 +93,7 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
     ms_per_step: null,
     ms_steps: [],
     peak_step_bytes: null,
+    wasm_heap_mb: null,
     weight_bytes: unet.parameterCount() * 4,
     peak_rss_mb: 0,
     status: 'ok',
@@ -142,5 +151,7 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
     unet.dispose();
   }
   report.peak_rss_mb = Math.round(peakRss / 2 ** 20);
+  const heap = memoryCounters().wasmHeapBytes;
+  report.wasm_heap_mb = heap ? Math.round(heap / 2 ** 20) : null;
   return report;
 }
