@@ -36,7 +36,7 @@ import { EVAL_MODELS, listModels, locateDino, modelFilePath, type EvalModelSpec 
 import { quickEvalPrompts } from '../engine/eval/prompts.ts';
 import { decodeImage, encodeImage, fitToSize } from '../engine/image/sharp.ts';
 import { download } from '../engine/io/download.ts';
-import { openBaseModel } from '../engine/io/modelFiles.ts';
+import { nativeResolution, openBaseModel } from '../engine/io/modelFiles.ts';
 import { appVersion, defaultModelsDir } from '../engine/paths.ts';
 import { writeRunManifest } from '../engine/train/runFiles.ts';
 import type { AdapterInspection } from '../engine/adapters/exportAdapter.ts';
@@ -220,7 +220,7 @@ export class Service {
 
   /**
    * The native size of a base model (null: the default one), read from its configs without its
-   * weights: UNet sample_size x the VAE's downsampling factor, as StableDiffusion.defaultResolution.
+   * weights (the engine's `nativeResolution`).
    * Cached per path; null when there is no model or it cannot be opened (not cached: it may
    * appear later).
    */
@@ -232,9 +232,7 @@ export class Service {
       r = (async () => {
         const m = await openBaseModel(path);
         await m.close();
-        const sample = m.unet.config.sample_size;
-        const channels = m.vae.config.block_out_channels;
-        return (typeof sample === 'number' ? sample : 64) * 2 ** ((Array.isArray(channels) ? channels.length : 4) - 1);
+        return nativeResolution({ unet: m.unet.config, vae: m.vae.config });
       })().catch(() => {
         this.#nativeResolutions.delete(path);
         return null;

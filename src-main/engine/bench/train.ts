@@ -11,6 +11,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend, memoryCounters, tf, type BackendName } from '../backend/tf.ts';
 import { AdapterSet, DEFAULT_TARGETS, defaultAdapterSpec } from '../adapters/adapterSet.ts';
+import { vaeScaleFactor } from '../io/modelFiles.ts';
 import { loadParams, randomSource } from '../models/layers/module.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import { Rng, randn } from '../random.ts';
@@ -60,13 +61,12 @@ export interface BenchTrainReport {
 /** The UNet config and the VAE factor of `base`. */
 export function readUnetConfig(base: string): { config: Record<string, unknown>; vaeFactor: number } {
   const read = (p: string) => JSON.parse(readFileSync(p, 'utf8')) as Record<string, unknown>;
-  if (statSync(base).isFile()) return { config: read(base), vaeFactor: 8 };
+  if (statSync(base).isFile()) return { config: read(base), vaeFactor: vaeScaleFactor(null) };
   if (existsSync(join(base, 'unet', 'config.json'))) {
     const vae = existsSync(join(base, 'vae', 'config.json')) ? read(join(base, 'vae', 'config.json')) : null;
-    const levels = Array.isArray(vae?.block_out_channels) ? (vae.block_out_channels as unknown[]).length : 4;
-    return { config: read(join(base, 'unet', 'config.json')), vaeFactor: 2 ** (levels - 1) };
+    return { config: read(join(base, 'unet', 'config.json')), vaeFactor: vaeScaleFactor(vae) };
   }
-  if (existsSync(join(base, 'config.json'))) return { config: read(join(base, 'config.json')), vaeFactor: 8 };
+  if (existsSync(join(base, 'config.json'))) return { config: read(join(base, 'config.json')), vaeFactor: vaeScaleFactor(null) };
   throw new Error(`bench train: ${base} is not a model folder, a unet/ folder or a config.json`);
 }
 

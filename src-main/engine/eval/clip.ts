@@ -7,12 +7,12 @@
  * Models: the two towers of the common Hugging Face ONNX exports (e.g. Xenova/clip-vit-base-patch32):
  *   vision_model.onnx: pixel_values float32 [N,3,224,224] -> image_embeds [N,D]
  *   text_model.onnx:   input_ids int64 [N,L] (attention_mask [N,L] when the export has it) -> text_embeds [N,D]
- * Text needs the CLIP BPE tokenizer (`models/clipTokenizer.ts`, vocab.json + merges.txt); it is
- * imported on demand, so this module loads even in a build without it and says what is missing.
+ * Text needs the CLIP BPE tokenizer (`models/clipTokenizer.ts`, vocab.json + merges.txt).
  *
  * Preprocessing as transformers' CLIPImageProcessor: short side to 224 (long side
  * int(224·long/short)), bicubic; centre crop 224 at floor((W−224)/2); x/255; CLIP mean/std.
  */
+import { ClipTokenizer } from '../models/clipTokenizer.ts';
 import { crop, decodeImage, resize, type DecodeOptions, type RgbImage } from '../image/sharp.ts';
 import { dinoResizeSize, normalizeNchw, type DinoInput } from './dino.ts';
 import type { ClipFiles } from './modelRegistry.ts';
@@ -49,23 +49,17 @@ export async function clipCrop(input: DinoInput, decode: DecodeOptions = {}): Pr
   return crop(resized, { left: Math.floor((resized.width - s) / 2), top: Math.floor((resized.height - s) / 2), width: s, height: s });
 }
 
-/** The slice of `models/clipTokenizer.ts` used here. */
-interface Tokenizer {
-  call(text: string): number[];
-  readonly eosTokenId: number;
-}
-
 export class ClipModels {
   private constructor(
     private readonly vision: OnnxModel,
     private readonly text: OnnxModel,
-    private readonly tokenizer: Tokenizer,
+    private readonly tokenizer: ClipTokenizer,
     readonly batchSize: number,
   ) {}
 
   /** Loads both towers and the tokenizer. Throws, naming the file, when one cannot be used. */
   static async load(files: ClipFiles, options: OnnxLoadOptions & { batchSize?: number } = {}): Promise<ClipModels> {
-    const tokenizer = await loadTokenizer(files.tokenizerDir);
+    const tokenizer = await ClipTokenizer.load(files.tokenizerDir);
     const vision = await OnnxModel.load(files.vision, CLIP_VISION_INTERFACE, options);
     try {
       const text = await OnnxModel.load(files.text, CLIP_TEXT_INTERFACE, options);
@@ -148,16 +142,3 @@ function rows(data: Float32Array, n: number): Float32Array[] {
   return Array.from({ length: n }, (_, i) => data.slice(i * d, (i + 1) * d));
 }
 
-async function loadTokenizer(folder: string): Promise<Tokenizer> {
-  let mod: typeof import('../models/clipTokenizer.ts');
-  try {
-    mod = await import('../models/clipTokenizer.ts');
-  } catch (err) {
-    const code = (err as { code?: string }).code;
-    if (code === 'ERR_MODULE_NOT_FOUND' || /Cannot find module/.test((err as Error).message)) {
-      throw new Error('CLIP-T needs the CLIP tokenizer (src-main/engine/models/clipTokenizer.ts), which is not in this build yet');
-    }
-    throw err;
-  }
-  return mod.ClipTokenizer.load(folder);
-}

@@ -458,3 +458,18 @@ export async function sha256OfFiles(paths: readonly string[], opts: HashOptions 
   if ((await identity()).key === before.key) hashCache.set(before.key, digest);
   return digest;
 }
+
+/**
+ * Image-to-latent downsampling of a VAE config: 2^(levels - 1), 8 for SD 1.x (4 levels when the
+ * config does not say).
+ */
+export function vaeScaleFactor(vaeConfig: RawConfig | null | undefined): number {
+  const channels = vaeConfig?.block_out_channels;
+  return 2 ** ((Array.isArray(channels) ? channels.length : 4) - 1);
+}
+
+/** A model's native image size: UNet sample_size (64 when absent) x the VAE factor; 512 for SD 1.5. */
+export function nativeResolution(configs: { unet: RawConfig; vae: RawConfig }): number {
+  const s = configs.unet.sample_size;
+  return (typeof s === 'number' ? s : 64) * vaeScaleFactor(configs.vae);
+}

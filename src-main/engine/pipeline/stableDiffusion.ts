@@ -8,7 +8,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Tensor } from '../backend/tf.ts';
-import { openBaseModel, unetSha256, type BaseModel, type OpenBaseModelOptions } from '../io/modelFiles.ts';
+import { nativeResolution, openBaseModel, unetSha256, vaeScaleFactor, type BaseModel, type OpenBaseModelOptions } from '../io/modelFiles.ts';
 import type { RawConfig } from '../io/keyMap.ts';
 import { AutoencoderKL } from '../models/autoencoderKL.ts';
 import { ClipTextModel, parseClipTextConfig } from '../models/clipTextModel.ts';
@@ -137,8 +137,7 @@ export class StableDiffusion {
 
   /** Spatial factor between image and latent (8 for SD 1.x). */
   get vaeScaleFactor(): number {
-    const channels = this.configs.vae.block_out_channels;
-    return 2 ** ((Array.isArray(channels) ? channels.length : 4) - 1);
+    return vaeScaleFactor(this.configs.vae);
   }
 
   get scalingFactor(): number {
@@ -153,8 +152,7 @@ export class StableDiffusion {
 
   /** The native training/generation size: UNet sample_size x VAE factor (512 for SD 1.5). */
   get defaultResolution(): number {
-    const s = this.configs.unet.sample_size;
-    return (typeof s === 'number' ? s : 64) * this.vaeScaleFactor;
+    return nativeResolution(this.configs);
   }
 
   get hiddenSize(): number {

@@ -335,7 +335,7 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
         eta_s: (settings.steps - step) / Math.max(its, 1e-9),
         memory: { rssMb: mem.rssBytes / 2 ** 20, tensors: mem.numTensors, tensorMb: mem.numBytes / 2 ** 20 },
       });
-      manifest.timing = { ...manifest.timing, msPerStep: elapsed / (step - startStep), totalMs: manifest.timing.totalMs + 0 };
+      manifest.timing = { ...manifest.timing, msPerStep: elapsed / (step - startStep) };
 
       if (settings.sampleEvery > 0 && step % settings.sampleEvery === 0) {
         adapters.setStep(step);
