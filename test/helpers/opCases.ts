@@ -8,6 +8,7 @@ import { attend } from '../../src-main/engine/models/layers/attention.ts';
 import { Conv2d } from '../../src-main/engine/models/layers/conv2d.ts';
 import { gelu, quickGelu, silu } from '../../src-main/engine/models/layers/activations.ts';
 import { Linear } from '../../src-main/engine/models/layers/linear.ts';
+import { tfOps } from '../../src-main/engine/models/ops/tfOps.ts';
 import { GroupNorm, LayerNorm } from '../../src-main/engine/models/layers/norm.ts';
 import { Rng } from '../../src-main/engine/random.ts';
 
@@ -80,9 +81,9 @@ export async function runOpCases(): Promise<OpResults> {
   await read('attention.sliced', attend(q, k, v, 2, undefined, 10));
 
   const a = tf.tensor(d.act, [16]);
-  await read('silu', silu(a));
-  await read('gelu', gelu(a));
-  await read('quick_gelu', quickGelu(a));
+  await read('silu', silu(tfOps, a));
+  await read('gelu', gelu(tfOps, a));
+  await read('quick_gelu', quickGelu(tfOps, a));
 
   const a3 = tf.tensor(d.a3, [2, 3, 4]);
   const b3 = tf.tensor(d.b3, [2, 4, 5]);

@@ -16,6 +16,8 @@
 import { tf, type Tensor, type Variable } from '../backend/tf.ts';
 import type { Linear, LinearLike } from '../models/layers/linear.ts';
 import type { Wrapper } from '../models/layers/module.ts';
+import type { Ops } from '../models/ops/ops.ts';
+import { linearTf } from '../models/ops/tfOps.ts';
 
 export type AdapterMethod = 'singlora' | 'lora';
 
@@ -79,11 +81,17 @@ export abstract class AdapterLinear implements LinearLike, Wrapper {
     return this.variables().reduce((n, v) => n + v.size, 0);
   }
 
+  /** Adapters train and run on TensorFlow.js; ONNX graphs take adapters as side-path inputs instead. */
+  forward<T>(o: Ops<T>, x: T): T {
+    if (o.executor !== 'tfjs') throw new Error('AdapterLinear: an injected adapter only runs on TensorFlow.js; ONNX graphs take adapter factors as inputs (see engine/onnx)');
+    return this.apply(x as Tensor) as T;
+  }
+
   apply(x: Tensor): Tensor {
     return tf.tidy(() => {
       if (this.disabled) {
         // The base model: while merged, the original weight is still kept.
-        return this.original ? linearWith(x, this.original, this.base) : this.base.apply(x);
+        return this.original ? linearTf(x, this.original, this.base.bias?.value) : this.base.apply(x);
       }
       if (this.merged) return this.base.apply(x);
       const s = this.scale(this.step);
@@ -127,11 +135,4 @@ export abstract class AdapterLinear implements LinearLike, Wrapper {
     this.unmerge();
     for (const v of this.variables()) v.dispose();
   }
-}
-
-function linearWith(x: Tensor, weightInOut: Tensor, base: Linear): Tensor {
-  const lead = x.shape.slice(0, -1);
-  let y = tf.matMul(x.reshape([-1, base.inFeatures]), weightInOut);
-  if (base.bias) y = tf.add(y, base.bias.value);
-  return y.reshape([...lead, base.outFeatures]);
 }

@@ -1,7 +1,8 @@
 /**
  * The SD 1.x VAE: diffusers `AutoencoderKL` (autoencoders/autoencoder_kl.py, v0.27) with its
  * `Encoder`, `Decoder` and `DiagonalGaussianDistribution` (autoencoders/vae.py), and the blocks
- * `DownEncoderBlock2D`, `UpDecoderBlock2D`, `UNetMidBlock2D` (unets/unet_2d_blocks.py). NHWC.
+ * `DownEncoderBlock2D`, `UpDecoderBlock2D`, `UNetMidBlock2D` (unets/unet_2d_blocks.py), written
+ * against the op interface (ops/ops.ts); `encode`/`decode` are the TensorFlow.js entry points (NHWC).
  *
  *   encode(x [B, H, W, 3]):
  *     1. h = encoder(x): conv_in, down blocks (resnets, then pad (0,1,0,1) + stride-2 conv),
@@ -22,7 +23,9 @@ import { tf, type Tensor } from '../backend/tf.ts';
 import { Module } from './layers/module.ts';
 import { Conv2d } from './layers/conv2d.ts';
 import { GroupNorm } from './layers/norm.ts';
-import { Attention, attend } from './layers/attention.ts';
+import { Attention } from './layers/attention.ts';
+import type { Ops } from './ops/ops.ts';
+import { tfOps } from './ops/tfOps.ts';
 import { silu } from './layers/activations.ts';
 import { ResnetBlock2D } from './layers/resnetBlock.ts';
 import { Downsample2D, Upsample2D } from './layers/sampling.ts';
@@ -146,16 +149,11 @@ export class VaeAttention extends Attention {
     this.group_norm = new GroupNorm(groups, channels, VAE_EPS);
   }
 
-  /** x [B, H, W, C] -> x + to_out(attention(group_norm(x))). */
-  applySpatial(x: Tensor): Tensor {
-    return tf.tidy(() => {
-      const [b, h, w, c] = x.shape;
-      const tokens = this.group_norm.apply(x.reshape([b, h * w, c])); // [B, HW, C]
-      const q = this.to_q.apply(tokens);
-      const k = this.to_k.apply(tokens);
-      const v = this.to_v.apply(tokens);
-      const out = this.to_out[0].apply(attend(q, k, v, this.heads)); // [B, HW, C]
-      return tf.add(out.reshape([b, h, w, c]), x); // [B, H, W, C]
+  /** x (image) -> x + to_out(attention(group_norm(x))). */
+  forwardImage<T>(o: Ops<T>, x: T): T {
+    return o.scope(() => {
+      const tokens = o.toTokens(this.group_norm.forward(o, x)); // [B, HW, C]
+      return o.add(o.fromTokens(this.forward(o, tokens), x), x);
     });
   }
 }
@@ -173,12 +171,12 @@ export class UNetMidBlock2D extends Module {
     this.resnets = [resnet(), resnet()];
   }
 
-  apply(h: Tensor): Tensor {
-    return tf.tidy(() => {
-      h = this.resnets[0].apply(h);
+  forward<T>(o: Ops<T>, h: T): T {
+    return o.scope(() => {
+      h = this.resnets[0].forward(o, h);
       this.attentions.forEach((attention, i) => {
-        if (attention) h = attention.applySpatial(h);
-        h = this.resnets[i + 1].apply(h);
+        if (attention) h = attention.forwardImage(o, h);
+        h = this.resnets[i + 1].forward(o, h);
       });
       return h;
     });
@@ -196,10 +194,10 @@ export class DownEncoderBlock2D extends Module {
     if (addDownsample) this.downsamplers = [new Downsample2D(outChannels, outChannels, 0)];
   }
 
-  apply(h: Tensor): Tensor {
-    return tf.tidy(() => {
-      for (const resnet of this.resnets) h = resnet.apply(h);
-      return this.downsamplers ? this.downsamplers[0].apply(h) : h;
+  forward<T>(o: Ops<T>, h: T): T {
+    return o.scope(() => {
+      for (const resnet of this.resnets) h = resnet.forward(o, h);
+      return this.downsamplers ? this.downsamplers[0].forward(o, h) : h;
     });
   }
 }
@@ -214,10 +212,10 @@ export class UpDecoderBlock2D extends Module {
     if (addUpsample) this.upsamplers = [new Upsample2D(outChannels, outChannels)];
   }
 
-  apply(h: Tensor): Tensor {
-    return tf.tidy(() => {
-      for (const resnet of this.resnets) h = resnet.apply(h);
-      return this.upsamplers ? this.upsamplers[0].apply(h) : h;
+  forward<T>(o: Ops<T>, h: T): T {
+    return o.scope(() => {
+      for (const resnet of this.resnets) h = resnet.forward(o, h);
+      return this.upsamplers ? this.upsamplers[0].forward(o, h) : h;
     });
   }
 }
@@ -241,12 +239,12 @@ export class Encoder extends Module {
     this.conv_out = new Conv2d(last, 2 * cfg.latentChannels, 3, 1, 1); // double_z: mean and logvar
   }
 
-  apply(x: Tensor): Tensor {
-    return tf.tidy(() => {
-      let h = this.conv_in.apply(x);
-      for (const block of this.down_blocks) h = block.apply(h);
-      h = this.mid_block.apply(h);
-      return this.conv_out.apply(silu(this.conv_norm_out.apply(h)));
+  forward<T>(o: Ops<T>, x: T): T {
+    return o.scope(() => {
+      let h = this.conv_in.forward(o, x);
+      for (const block of this.down_blocks) h = block.forward(o, h);
+      h = this.mid_block.forward(o, h);
+      return this.conv_out.forward(o, silu(o, this.conv_norm_out.forward(o, h)));
     });
   }
 }
@@ -270,12 +268,12 @@ export class Decoder extends Module {
     this.conv_out = new Conv2d(first, cfg.outChannels, 3, 1, 1);
   }
 
-  apply(z: Tensor): Tensor {
-    return tf.tidy(() => {
-      let h = this.conv_in.apply(z);
-      h = this.mid_block.apply(h);
-      for (const block of this.up_blocks) h = block.apply(h);
-      return this.conv_out.apply(silu(this.conv_norm_out.apply(h)));
+  forward<T>(o: Ops<T>, z: T): T {
+    return o.scope(() => {
+      let h = this.conv_in.forward(o, z);
+      h = this.mid_block.forward(o, h);
+      for (const block of this.up_blocks) h = block.forward(o, h);
+      return this.conv_out.forward(o, silu(o, this.conv_norm_out.forward(o, h)));
     });
   }
 }
@@ -324,24 +322,34 @@ export class AutoencoderKL extends Module {
     return model;
   }
 
-  /** x [B, H, W, in_channels] in [-1, 1] (any H, W) -> the unscaled latent distribution. */
+  /** x [B, H, W, in_channels] in [-1, 1] (any H, W) -> the unscaled latent distribution (TensorFlow.js). */
   encode(x: Tensor): LatentDistribution {
     const cfg = this.config;
     if (x.rank !== 4 || x.shape[3] !== cfg.inChannels) throw new Error(`AutoencoderKL.encode: expected NHWC [B, H, W, ${cfg.inChannels}], got [${x.shape}]`);
-    return tf.tidy(() => {
-      const h = this.encoder.apply(x);
-      const moments = this.quant_conv ? this.quant_conv.apply(h) : h; // [B, h, w, 2*latent]
-      const [mean, rawLogvar] = tf.split(moments, 2, 3); // each [B, h, w, latent]
-      const logvar = tf.clipByValue(rawLogvar, -30, 20);
-      const std = tf.exp(tf.mul(logvar, 0.5));
+    return tf.tidy(() => this.encodeWith(tfOps, x));
+  }
+
+  /** The encoder on any executor: image in [-1, 1] -> { mean, logvar, std } (each an image of latent channels). */
+  encodeWith<T>(o: Ops<T>, x: T): { mean: T; logvar: T; std: T } {
+    return o.scope(() => {
+      const h = this.encoder.forward(o, x);
+      const moments = this.quant_conv ? this.quant_conv.forward(o, h) : h; // 2*latent channels
+      const [mean, rawLogvar] = o.splitChannels(moments, 2);
+      const logvar = o.clip(rawLogvar, -30, 20);
+      const std = o.exp(o.mul(logvar, 0.5));
       return { mean, logvar, std };
     });
   }
 
-  /** z [B, h, w, latent] (unscaled) -> image [B, 2^(levels-1) h, 2^(levels-1) w, out_channels], not clamped. */
+  /** z [B, h, w, latent] (unscaled) -> image [B, 2^(levels-1) h, 2^(levels-1) w, out_channels], not clamped (TensorFlow.js). */
   decode(z: Tensor): Tensor {
     const cfg = this.config;
     if (z.rank !== 4 || z.shape[3] !== cfg.latentChannels) throw new Error(`AutoencoderKL.decode: expected NHWC [B, h, w, ${cfg.latentChannels}], got [${z.shape}]`);
-    return tf.tidy(() => this.decoder.apply(this.post_quant_conv ? this.post_quant_conv.apply(z) : z));
+    return tf.tidy(() => this.decodeWith(tfOps, z));
+  }
+
+  /** The decoder on any executor: unscaled latent -> image, not clamped. */
+  decodeWith<T>(o: Ops<T>, z: T): T {
+    return o.scope(() => this.decoder.forward(o, this.post_quant_conv ? this.post_quant_conv.forward(o, z) : z));
   }
 }

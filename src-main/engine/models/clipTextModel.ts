@@ -23,8 +23,9 @@
 import { loadComponentWeights, readComponentConfig, TRANSFORMERS_WEIGHT_FILES } from '../io/componentFolder.ts';
 import { join } from 'node:path';
 import { tf, type Tensor } from '../backend/tf.ts';
-import { activation } from './layers/activations.ts';
-import { attend } from './layers/attention.ts';
+import { activation, type Activation } from './layers/activations.ts';
+import type { Ops } from './ops/ops.ts';
+import { tfOps } from './ops/tfOps.ts';
 import { Linear, type LinearSlot } from './layers/linear.ts';
 import { Module, Param } from './layers/module.ts';
 import { LayerNorm } from './layers/norm.ts';
@@ -127,8 +128,8 @@ export class Embedding extends Module {
   }
 
   /** ids int32 [...] -> [..., dim]. */
-  apply(ids: Tensor): Tensor {
-    return tf.gather(this.weight.value, ids);
+  forward<T>(o: Ops<T>, ids: T): T {
+    return o.embedding(ids, this.weight);
   }
 }
 
@@ -143,12 +144,9 @@ export class ClipTextEmbeddings extends Module {
     this.position_embedding = new Embedding(config.max_position_embeddings, config.hidden_size);
   }
 
-  /** ids int32 [B, S] -> [B, S, H]. */
-  apply(ids: Tensor): Tensor {
-    return tf.tidy(() => {
-      const positions = tf.range(0, ids.shape[1] as number, 1, 'int32'); // [S]
-      return tf.add(this.token_embedding.apply(ids), this.position_embedding.apply(positions)); // [B, S, H] + [S, H]
-    });
+  /** ids int32 [B, S] (S known to the executor) -> [B, S, H]. */
+  forward<T>(o: Ops<T>, ids: T, seq: number): T {
+    return o.scope(() => o.add(this.token_embedding.forward(o, ids), o.tableRows(this.position_embedding.weight, seq))); // [B, S, H] + [S, H]
   }
 }
 
@@ -171,11 +169,11 @@ export class ClipAttention extends Module {
   }
 
   /** x [B, S, H], mask [1, S, S] (added to the scores) -> [B, S, H]. */
-  apply(x: Tensor, mask: Tensor): Tensor {
-    return tf.tidy(() => {
-      // transformers scales q before q k^T; attend() scales the scores (the same up to rounding).
-      const attended = attend(this.q_proj.apply(x), this.k_proj.apply(x), this.v_proj.apply(x), this.heads, mask);
-      return this.out_proj.apply(attended);
+  forward<T>(o: Ops<T>, x: T, mask: T): T {
+    return o.scope(() => {
+      // transformers scales q before q k^T; the attention op scales the scores (the same up to rounding).
+      const attended = o.attention(this.q_proj.forward(o, x), this.k_proj.forward(o, x), this.v_proj.forward(o, x), this.heads, mask);
+      return this.out_proj.forward(o, attended);
     });
   }
 }
@@ -184,7 +182,7 @@ export class ClipAttention extends Module {
 export class ClipMlp extends Module {
   fc1: LinearSlot;
   fc2: LinearSlot;
-  private readonly act: (x: Tensor) => Tensor;
+  private readonly act: Activation;
 
   constructor(hidden: number, intermediate: number, act: ClipHiddenAct) {
     super();
@@ -194,8 +192,8 @@ export class ClipMlp extends Module {
   }
 
   /** [B, S, H] -> [B, S, H] via [B, S, I]. */
-  apply(x: Tensor): Tensor {
-    return tf.tidy(() => this.fc2.apply(this.act(this.fc1.apply(x))));
+  forward<T>(o: Ops<T>, x: T): T {
+    return o.scope(() => this.fc2.forward(o, this.act(o, this.fc1.forward(o, x))));
   }
 }
 
@@ -215,10 +213,10 @@ export class ClipEncoderLayer extends Module {
   }
 
   /** x [B, S, H], causal mask [1, S, S] -> [B, S, H]. */
-  apply(x: Tensor, mask: Tensor): Tensor {
-    return tf.tidy(() => {
-      const h = tf.add(x, this.self_attn.apply(this.layer_norm1.apply(x), mask));
-      return tf.add(h, this.mlp.apply(this.layer_norm2.apply(h)));
+  forward<T>(o: Ops<T>, x: T, mask: T): T {
+    return o.scope(() => {
+      const h = o.add(x, this.self_attn.forward(o, this.layer_norm1.forward(o, x), mask));
+      return o.add(h, this.mlp.forward(o, this.layer_norm2.forward(o, h)));
     });
   }
 }
@@ -288,15 +286,12 @@ export class ClipTextModel extends Module {
     return this.text_model.encoder.layers.length;
   }
 
-  /** `CLIPTextModel(input_ids, output_hidden_states=...)`. The caller owns the returned tensors. */
+  /** `CLIPTextModel(input_ids, output_hidden_states=...)` on TensorFlow.js. The caller owns the returned tensors. */
   forward(inputIds: TokenIds, { outputHiddenStates = false }: { outputHiddenStates?: boolean } = {}): ClipTextOutput {
     return tf.tidy(() => {
       const ids = this.toIdsTensor(inputIds); // [B, S]
-      const hidden: Tensor[] = [];
-      const h = this.encode(ids, this.numLayers, outputHiddenStates ? hidden : undefined); // [B, S, H]
-      // 4. final LayerNorm.
-      const last = this.text_model.final_layer_norm.apply(h);
-      const out: ClipTextOutput = { last_hidden_state: last, pooler_output: this.pool(last, ids) };
+      const { last, pooled, hidden } = this.run(tfOps, ids, ids.shape[1] as number);
+      const out: ClipTextOutput = { last_hidden_state: last, pooler_output: pooled };
       if (outputHiddenStates) out.hidden_states = hidden;
       return out;
     });
@@ -310,30 +305,36 @@ export class ClipTextModel extends Module {
    * The caller owns the returned tensor.
    */
   encodePrompt(inputIds: TokenIds, clipSkip?: number): Tensor {
-    const skip = clipSkip ?? 0;
-    if (!Number.isInteger(skip) || skip < 0 || skip > this.numLayers) {
-      throw new Error(`ClipTextModel.encodePrompt: clipSkip must be an integer in [0, ${this.numLayers}] (the encoder has ${this.numLayers} layers), got ${clipSkip}`);
-    }
+    const skip = checkClipSkip(clipSkip, this.numLayers);
     return tf.tidy(() => {
-      const h = this.encode(this.toIdsTensor(inputIds), this.numLayers - skip); // [B, S, H]
-      return this.text_model.final_layer_norm.apply(h);
+      const ids = this.toIdsTensor(inputIds);
+      return this.run(tfOps, ids, ids.shape[1] as number, this.numLayers - skip).last;
     });
   }
 
-  /** Steps 1-3: embeddings and the first `numLayers` encoder layers (no final LN). Call inside tidy. */
-  private encode(ids: Tensor, numLayers: number, collect?: Tensor[]): Tensor {
-    const seq = ids.shape[1] as number;
-    // 1. token + position embeddings.
-    let h = this.text_model.embeddings.apply(ids); // [B, S, H]
-    collect?.push(h);
-    // 2. causal mask: token i sees tokens 0..i.
-    const mask = causalMask(seq); // [1, S, S]
-    // 3. the encoder layers.
-    for (const layer of this.text_model.encoder.layers.slice(0, numLayers)) {
-      h = layer.apply(h, mask);
-      collect?.push(h);
-    }
-    return h;
+  /**
+   * The model on any executor: ids int32 [B, S] ->
+   *   last    final_layer_norm of the output of the first `numLayers` layers [B, S, H]
+   *   pooled  `last` at each row's end-of-text token [B, H]
+   *   hidden  the embeddings and every layer's output, before the final LN (L + 1 x [B, S, H])
+   */
+  run<T>(o: Ops<T>, ids: T, seq: number, numLayers = this.numLayers): { last: T; pooled: T; hidden: T[] } {
+    return o.scope(() => {
+      const hidden: T[] = [];
+      // 1. token + position embeddings.
+      let h = this.text_model.embeddings.forward(o, ids, seq); // [B, S, H]
+      hidden.push(h);
+      // 2. causal mask: token i sees tokens 0..i.
+      const mask = o.constant(causalMask(seq), [1, seq, seq]);
+      // 3. the encoder layers.
+      for (const layer of this.text_model.encoder.layers.slice(0, numLayers)) {
+        h = layer.forward(o, h, mask);
+        hidden.push(h);
+      }
+      // 4. final LayerNorm.
+      const last = this.text_model.final_layer_norm.forward(o, h);
+      return { last, pooled: this.pool(o, last, ids), hidden };
+    });
   }
 
   /**
@@ -341,14 +342,9 @@ export class ClipTextModel extends Module {
    * position of the largest id in each row (CLIP's `<|endoftext|>` is the last vocab entry);
    * otherwise the first position holding eos_token_id.
    */
-  private pool(last: Tensor, ids: Tensor): Tensor {
-    return tf.tidy(() => {
-      const [b, s, hidden] = last.shape as number[];
-      const marker = this.config.eos_token_id === 2 ? ids : tf.cast(tf.equal(ids, this.config.eos_token_id), 'int32');
-      const position = tf.cast(tf.argMax(marker, 1), 'int32'); // [B], first maximum
-      const rows = tf.add(tf.mul(tf.range(0, b, 1, 'int32'), tf.scalar(s, 'int32')), position); // [B] row index into [B*S]
-      return tf.gather(last.reshape([b * s, hidden]), rows); // [B*S, H] -> [B, H]
-    });
+  private pool<T>(o: Ops<T>, last: T, ids: T): T {
+    const marker = this.config.eos_token_id === 2 ? ids : o.equalTo(ids, this.config.eos_token_id);
+    return o.rowAt(last, o.argMax(marker, 1)); // [B, H]
   }
 
   /** Checks ids and returns an int32 [B, S] tensor (a new one, or the caller's own). */
@@ -379,9 +375,18 @@ export class ClipTextModel extends Module {
   }
 }
 
-/** [1, S, S]: 0 on and below the diagonal, float32 min above it. */
-function causalMask(seq: number): Tensor {
+/** A clip skip (diffusers' meaning) checked against the number of layers; 0 when undefined. */
+export function checkClipSkip(clipSkip: number | undefined, numLayers: number): number {
+  const skip = clipSkip ?? 0;
+  if (!Number.isInteger(skip) || skip < 0 || skip > numLayers) {
+    throw new Error(`ClipTextModel.encodePrompt: clipSkip must be an integer in [0, ${numLayers}] (the encoder has ${numLayers} layers), got ${clipSkip}`);
+  }
+  return skip;
+}
+
+/** [1, S, S] row-major: 0 on and below the diagonal, float32 min above it. */
+function causalMask(seq: number): Float32Array {
   const m = new Float32Array(seq * seq);
   for (let i = 0; i < seq; i++) for (let j = i + 1; j < seq; j++) m[i * seq + j] = MASKED;
-  return tf.tensor3d(m, [1, seq, seq]);
+  return m;
 }

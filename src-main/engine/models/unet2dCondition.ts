@@ -1,7 +1,9 @@
 /**
  * The SD 1.x denoiser: diffusers `UNet2DConditionModel` (unets/unet_2d_condition.py, v0.27) with
  * its blocks `CrossAttnDownBlock2D`, `DownBlock2D`, `UNetMidBlock2DCrossAttn`,
- * `CrossAttnUpBlock2D`, `UpBlock2D` (unets/unet_2d_blocks.py). Tensors are NHWC.
+ * `CrossAttnUpBlock2D`, `UpBlock2D` (unets/unet_2d_blocks.py). Written against the op interface
+ * (ops/ops.ts): `denoise(o, ...)` runs on TensorFlow.js or emits the ONNX graph; `forward` is the
+ * TensorFlow.js entry point (NHWC).
  *
  *   code name         diffusers                          shape
  *   sample            sample (noisy latent x_t)          [B, H, W, in_channels]
@@ -31,6 +33,8 @@
  */
 import { DIFFUSERS_WEIGHT_FILES, loadComponentWeights, readComponentConfig } from '../io/componentFolder.ts';
 import { tf, type Tensor } from '../backend/tf.ts';
+import type { Ops } from './ops/ops.ts';
+import { tfOps } from './ops/tfOps.ts';
 import { Module } from './layers/module.ts';
 import { Conv2d } from './layers/conv2d.ts';
 import { GroupNorm } from './layers/norm.ts';
@@ -311,16 +315,16 @@ export class DownBlock extends Module {
     if (o.addDownsample) this.downsamplers = [new Downsample2D(o.outChannels, o.outChannels, o.downsamplePadding)];
   }
 
-  /** h [B, H, W, in] -> the block's skip outputs; the last one is the block's output. */
-  apply(h: Tensor, temb: Tensor, context: Tensor): Tensor[] {
-    return tf.tidy(() => {
-      const outputs: Tensor[] = [];
+  /** h (image, `in` channels) -> the block's skip outputs; the last one is the block's output. */
+  forward<T>(o: Ops<T>, h: T, temb: T, context: T): T[] {
+    return o.scope(() => {
+      const outputs: T[] = [];
       this.resnets.forEach((resnet, i) => {
-        h = resnet.apply(h, temb);
-        if (this.attentions) h = this.attentions[i].apply(h, context);
+        h = resnet.forward(o, h, temb);
+        if (this.attentions) h = this.attentions[i].forward(o, h, context);
         outputs.push(h);
       });
-      if (this.downsamplers) outputs.push(this.downsamplers[0].apply(h));
+      if (this.downsamplers) outputs.push(this.downsamplers[0].forward(o, h));
       return outputs;
     });
   }
@@ -338,12 +342,12 @@ export class UNetMidBlock2DCrossAttn extends Module {
     this.attentions = Array.from({ length: layers }, () => transformer(channels, groups, attn));
   }
 
-  apply(h: Tensor, temb: Tensor, context: Tensor): Tensor {
-    return tf.tidy(() => {
-      h = this.resnets[0].apply(h, temb);
+  forward<T>(o: Ops<T>, h: T, temb: T, context: T): T {
+    return o.scope(() => {
+      h = this.resnets[0].forward(o, h, temb);
       this.attentions.forEach((attention, i) => {
-        h = attention.apply(h, context);
-        h = this.resnets[i + 1].apply(h, temb);
+        h = attention.forward(o, h, context);
+        h = this.resnets[i + 1].forward(o, h, temb);
       });
       return h;
     });
@@ -373,18 +377,18 @@ export class UpBlock extends Module {
   }
 
   /**
-   * h [B, H, W, C], skips: this block's skip tensors in down-path order (consumed from the end),
-   * upsampleSize: the size of the next skip ([H', W']; 2x when omitted).
+   * h (image), skips: this block's skip tensors in down-path order (consumed from the end),
+   * upsampleTo: the next skip, whose spatial size the upsampler matches (2x when omitted).
    */
-  apply(h: Tensor, skips: readonly Tensor[], temb: Tensor, context: Tensor, upsampleSize?: readonly [number, number]): Tensor {
-    return tf.tidy(() => {
+  forward<T>(o: Ops<T>, h: T, skips: readonly T[], temb: T, context: T, upsampleTo?: T): T {
+    return o.scope(() => {
       if (skips.length !== this.resnets.length) throw new Error(`${this.type}: got ${skips.length} skip tensors for ${this.resnets.length} resnets`);
       this.resnets.forEach((resnet, i) => {
         const skip = skips[skips.length - 1 - i];
-        h = resnet.apply(tf.concat([h, skip], 3), temb); // [B, H, W, C + Cskip]
-        if (this.attentions) h = this.attentions[i].apply(h, context);
+        h = resnet.forward(o, o.concatChannels([h, skip]), temb); // C + Cskip channels
+        if (this.attentions) h = this.attentions[i].forward(o, h, context);
       });
-      if (this.upsamplers) h = this.upsamplers[0].apply(h, upsampleSize);
+      if (this.upsamplers) h = this.upsamplers[0].forward(o, h, upsampleTo);
       return h;
     });
   }
@@ -405,8 +409,10 @@ function transformer(channels: number, groups: number, attn: AttentionOptions): 
 // Model
 
 /** Runs one UNet block (see the file comment); the default runs it directly. */
-export type BlockRunner = (name: string, fn: (inputs: Tensor[]) => Tensor[], inputs: Tensor[]) => Tensor[];
-export const runBlockDirectly: BlockRunner = (_name, fn, inputs) => fn(inputs);
+export type BlockRunner<T = Tensor> = (name: string, fn: (inputs: T[]) => T[], inputs: T[]) => T[];
+export function runBlockDirectly<T>(_name: string, fn: (inputs: T[]) => T[], inputs: T[]): T[] {
+  return fn(inputs);
+}
 
 export interface UNetForwardOptions {
   /** Wraps each down/mid/up block call, e.g. for gradient checkpointing. */
@@ -488,53 +494,59 @@ export class UNet2DConditionModel extends Module {
 
   /**
    * sample [B, H, W, in_channels] (NHWC), timestep (one for all, or one per batch item),
-   * encoderHiddenStates [B, S, cross_attention_dim] -> noise prediction [B, H, W, out_channels].
-   * The result is a new tensor owned by the caller; nothing else is left behind.
+   * encoderHiddenStates [B, S, cross_attention_dim] -> noise prediction [B, H, W, out_channels],
+   * on TensorFlow.js. The result is a new tensor owned by the caller; nothing else is left behind.
    */
   forward(sample: Tensor, timestep: number | readonly number[] | Tensor, encoderHiddenStates: Tensor, options: UNetForwardOptions = {}): Tensor {
-    const run = options.runBlock ?? runBlockDirectly;
     const cfg = this.config;
-    return tf.tidy(() => {
-      if (sample.rank !== 4 || sample.shape[3] !== cfg.inChannels) {
-        throw new Error(`UNet2DConditionModel.forward: sample must be NHWC [B, H, W, ${cfg.inChannels}], got [${sample.shape}]`);
-      }
-      const batch = sample.shape[0];
-      const context = encoderHiddenStates;
-      if (context.rank !== 3 || context.shape[0] !== batch) {
-        throw new Error(`UNet2DConditionModel.forward: encoderHiddenStates must be [${batch}, S, C] to match the sample batch, got [${context.shape}]`);
-      }
-      const badDim = cfg.crossAttentionDim.find((d) => d !== context.shape[2]);
-      if (badDim !== undefined) throw new Error(`UNet2DConditionModel.forward: encoderHiddenStates has ${context.shape[2]} channels but cross_attention_dim is ${badDim}`);
+    if (sample.rank !== 4 || sample.shape[3] !== cfg.inChannels) {
+      throw new Error(`UNet2DConditionModel.forward: sample must be NHWC [B, H, W, ${cfg.inChannels}], got [${sample.shape}]`);
+    }
+    const batch = sample.shape[0];
+    const context = encoderHiddenStates;
+    if (context.rank !== 3 || context.shape[0] !== batch) {
+      throw new Error(`UNet2DConditionModel.forward: encoderHiddenStates must be [${batch}, S, C] to match the sample batch, got [${context.shape}]`);
+    }
+    const badDim = cfg.crossAttentionDim.find((d) => d !== context.shape[2]);
+    if (badDim !== undefined) throw new Error(`UNet2DConditionModel.forward: encoderHiddenStates has ${context.shape[2]} channels but cross_attention_dim is ${badDim}`);
+    return tf.tidy(() => this.denoise(tfOps, sample, timestepBatch(timestep, batch), context, options.runBlock));
+  }
 
+  /**
+   * The forward pass on any executor: sample (image, in_channels), timesteps [B] float32,
+   * context [B, S, cross_attention_dim] -> noise prediction (image, out_channels).
+   */
+  denoise<T>(o: Ops<T>, sample: T, timesteps: T, context: T, runBlock: BlockRunner<T> = runBlockDirectly): T {
+    const cfg = this.config;
+    return o.scope(() => {
       // 1. Time embedding.
-      const t = timestepBatch(timestep, batch); // [B]
-      const temb = this.time_embedding.apply(timestepSinusoid(t, cfg.blockOutChannels[0], cfg.flipSinToCos, cfg.freqShift)); // [B, timeEmbedDim]
+      const temb = this.time_embedding.forward(o, timestepSinusoid(o, timesteps, cfg.blockOutChannels[0], cfg.flipSinToCos, cfg.freqShift)); // [B, timeEmbedDim]
 
       // 2. conv_in.
-      const x = cfg.centerInputSample ? tf.sub(tf.mul(sample, 2), 1) : sample;
-      let h = this.conv_in.apply(x);
-      const skips: Tensor[] = [h];
+      const x = cfg.centerInputSample ? o.sub(o.mul(sample, 2), 1) : sample;
+      let h = this.conv_in.forward(o, x);
+      const skips: T[] = [h];
 
       // 3. Down path.
       this.down_blocks.forEach((block, i) => {
-        const outputs = run(`down_blocks.${i}`, ([hIn, te, ctx]) => block.apply(hIn, te, ctx), [h, temb, context]);
+        const outputs = runBlock(`down_blocks.${i}`, ([hIn, te, ctx]) => block.forward(o, hIn, te, ctx), [h, temb, context]);
         skips.push(...outputs);
         h = outputs[outputs.length - 1];
       });
 
       // 4. Mid block.
-      h = run('mid_block', ([hIn, te, ctx]) => [this.mid_block.apply(hIn, te, ctx)], [h, temb, context])[0];
+      h = runBlock('mid_block', ([hIn, te, ctx]) => [this.mid_block.forward(o, hIn, te, ctx)], [h, temb, context])[0];
 
       // 5. Up path: each block takes its skips from the end and upsamples to the next skip's size.
       this.up_blocks.forEach((block, i) => {
         const mine = skips.splice(skips.length - block.resnets.length);
-        const next = skips[skips.length - 1];
-        const upsampleSize = block.upsamplers && next ? ([next.shape[1], next.shape[2]] as [number, number]) : undefined;
-        h = run(`up_blocks.${i}`, ([hIn, te, ctx, ...res]) => [block.apply(hIn, res, te, ctx, upsampleSize)], [h, temb, context, ...mine])[0];
+        // The next skip only lends its spatial size to the upsampler, so it is not a block input.
+        const next = block.upsamplers ? skips[skips.length - 1] : undefined;
+        h = runBlock(`up_blocks.${i}`, ([hIn, te, ctx, ...res]) => [block.forward(o, hIn, res, te, ctx, next)], [h, temb, context, ...mine])[0];
       });
 
       // 6. Output.
-      return this.conv_out.apply(silu(this.conv_norm_out.apply(h)));
+      return this.conv_out.forward(o, silu(o, this.conv_norm_out.forward(o, h)));
     });
   }
 }

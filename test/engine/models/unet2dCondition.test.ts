@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf } from '../../../src-main/engine/backend/tf.ts';
 import { UNet2DConditionModel, parseUNetConfig, type BlockRunner } from '../../../src-main/engine/models/unet2dCondition.ts';
 import { Linear } from '../../../src-main/engine/models/layers/linear.ts';
-import { upsampleNearest } from '../../../src-main/engine/models/layers/sampling.ts';
+import { resizeNearest as upsampleNearest } from '../../../src-main/engine/models/ops/tfOps.ts';
 import { sinusoidFrequencies } from '../../../src-main/engine/models/layers/embeddings.ts';
 import { FIXTURES } from '../../helpers/fixtures.ts';
 import { expectNoLeak, useBackend } from '../../helpers/backend.ts';

@@ -1,22 +1,24 @@
-/** Activations used by the SD 1.x components, each as PyTorch defines it. */
-import { tf, type Tensor } from '../../backend/tf.ts';
+/** Activations used by the SD 1.x components, each as PyTorch defines it, on any executor. */
+import type { Ops } from '../ops/ops.ts';
 
 /** SiLU / swish: x * sigmoid(x). */
-export function silu(x: Tensor): Tensor {
-  return tf.tidy(() => tf.mul(x, tf.sigmoid(x)));
+export function silu<T>(o: Ops<T>, x: T): T {
+  return o.mul(x, o.sigmoid(x));
 }
 
 /** Exact GELU (`F.gelu`, approximate='none'): 0.5 x (1 + erf(x / sqrt 2)). */
-export function gelu(x: Tensor): Tensor {
-  return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)));
+export function gelu<T>(o: Ops<T>, x: T): T {
+  return o.mul(o.mul(x, 0.5), o.add(o.erf(o.mul(x, Math.SQRT1_2)), 1));
 }
 
 /** CLIP's quick_gelu: x * sigmoid(1.702 x). */
-export function quickGelu(x: Tensor): Tensor {
-  return tf.tidy(() => tf.mul(x, tf.sigmoid(tf.mul(x, 1.702))));
+export function quickGelu<T>(o: Ops<T>, x: T): T {
+  return o.mul(x, o.sigmoid(o.mul(x, 1.702)));
 }
 
-export function activation(name: string): (x: Tensor) => Tensor {
+export type Activation = <T>(o: Ops<T>, x: T) => T;
+
+export function activation(name: string): Activation {
   switch (name) {
     case 'silu':
     case 'swish':

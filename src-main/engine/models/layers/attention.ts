@@ -13,6 +13,8 @@
 import { tf, type Tensor } from '../../backend/tf.ts';
 import { Module } from './module.ts';
 import { Linear, type LinearSlot } from './linear.ts';
+import type { Ops } from '../ops/ops.ts';
+import { tfOps } from '../ops/tfOps.ts';
 
 export const attentionOptions = {
   /** Largest scores slice (elements); 2^24 floats = 64 MiB. `Infinity` disables slicing. */
@@ -122,13 +124,18 @@ export class Attention extends Module {
     this.to_out = [new Linear(inner, queryDim, true)];
   }
 
-  apply(x: Tensor, context?: Tensor): Tensor {
-    return tf.tidy(() => {
+  forward<T>(o: Ops<T>, x: T, context?: T): T {
+    return o.scope(() => {
       const ctx = context ?? x;
-      const q = this.to_q.apply(x);
-      const k = this.to_k.apply(ctx);
-      const v = this.to_v.apply(ctx);
-      return this.to_out[0].apply(attend(q, k, v, this.heads));
+      const q = this.to_q.forward(o, x);
+      const k = this.to_k.forward(o, ctx);
+      const v = this.to_v.forward(o, ctx);
+      return this.to_out[0].forward(o, o.attention(q, k, v, this.heads));
     });
+  }
+
+  /** The TensorFlow.js forward. */
+  apply(x: Tensor, context?: Tensor): Tensor {
+    return this.forward(tfOps, x, context);
   }
 }

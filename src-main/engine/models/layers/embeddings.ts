@@ -12,7 +12,7 @@
  * div, exp, and `timesteps.float()`), so the frequencies here are rounded to float32 at each of
  * those steps. Timesteps may be fractional (Euler schedulers pass e.g. 500.5).
  */
-import { tf, type Tensor } from '../../backend/tf.ts';
+import type { Ops } from '../ops/ops.ts';
 import { Module } from './module.ts';
 import { Linear } from './linear.ts';
 import { silu } from './activations.ts';
@@ -32,21 +32,18 @@ export function sinusoidFrequencies(dim: number, freqShift = 0, maxPeriod = 1000
 }
 
 /**
- * Sinusoidal embedding of timesteps t [B] -> [B, dim] (diffusers `get_timestep_embedding`,
- * `scale` 1). An odd `dim` gets a zero column at the end, as diffusers pads it.
+ * Sinusoidal embedding of timesteps t [B] (float32) -> [B, dim] (diffusers
+ * `get_timestep_embedding`, `scale` 1). An odd `dim` gets a zero column at the end, as diffusers
+ * pads it.
  */
-export function timestepSinusoid(timesteps: Tensor, dim: number, flipSinToCos: boolean, freqShift: number, maxPeriod = 10000): Tensor {
-  return tf.tidy(() => {
-    if (timesteps.rank !== 1) throw new Error(`timestep embedding: timesteps must be 1-D [B], got shape [${timesteps.shape}]`);
+export function timestepSinusoid<T>(o: Ops<T>, timesteps: T, dim: number, flipSinToCos: boolean, freqShift: number, maxPeriod = 10000): T {
+  return o.scope(() => {
     const freqs = sinusoidFrequencies(dim, freqShift, maxPeriod);
     const half = freqs.length;
-    const t = timesteps.cast('float32').reshape([-1, 1]); // [B, 1]
-    const args = tf.mul(t, tf.tensor(freqs, [1, half], 'float32')); // [B, half]
-    const sin = tf.sin(args);
-    const cos = tf.cos(args);
-    let emb = flipSinToCos ? tf.concat([cos, sin], 1) : tf.concat([sin, cos], 1); // [B, 2*half]
-    if (dim % 2 === 1) emb = tf.pad(emb, [[0, 0], [0, 1]]);
-    return emb;
+    const args = o.mul(o.reshape(timesteps, [-1, 1]), o.constant(freqs, [1, half])); // [B, half]
+    const parts = flipSinToCos ? [o.cos(args), o.sin(args)] : [o.sin(args), o.cos(args)];
+    if (dim % 2 === 1) parts.push(o.mul(o.reshape(timesteps, [-1, 1]), 0)); // [B, 1] of zeros
+    return o.concat(parts, 1); // [B, dim]
   });
 }
 
@@ -62,7 +59,7 @@ export class TimestepEmbedding extends Module {
   }
 
   /** [B, in] -> [B, timeEmbedDim]. */
-  apply(x: Tensor): Tensor {
-    return tf.tidy(() => this.linear_2.apply(silu(this.linear_1.apply(x))));
+  forward<T>(o: Ops<T>, x: T): T {
+    return o.scope(() => this.linear_2.forward(o, silu(o, this.linear_1.forward(o, x))));
   }
 }

@@ -1,15 +1,17 @@
 /**
- * Linear layer, `y = x W^T + b` as in `torch.nn.Linear`.
- * Weight stored [in, out] (see module.ts); x is [..., in], y is [..., out].
+ * Linear layer, `y = x W^T + b` as in `torch.nn.Linear`; x is [..., in], y is [..., out].
+ * The weight's layout is the executor's choice (see ops/ops.ts).
  */
-import { tf, type Tensor } from '../../backend/tf.ts';
+import type { Tensor } from '../../backend/tf.ts';
+import { tfOps } from '../ops/tfOps.ts';
+import type { Ops } from '../ops/ops.ts';
 import { Module, Param, type Wrapper } from './module.ts';
 
 /** Anything that maps [..., in] to [..., out]: a Linear, or an adapter wrapping one. */
 export interface LinearLike {
   readonly inFeatures: number;
   readonly outFeatures: number;
-  apply(x: Tensor): Tensor;
+  forward<T>(o: Ops<T>, x: T): T;
 }
 
 /** A Linear, or a wrapper standing in for one at the same checkpoint path. */
@@ -29,22 +31,12 @@ export class Linear extends Module implements LinearLike {
     if (bias) this.bias = new Param([outFeatures]);
   }
 
-  apply(x: Tensor): Tensor {
-    return linear(x, this.weight.value, this.bias?.value);
+  forward<T>(o: Ops<T>, x: T): T {
+    return o.linear(x, this);
   }
-}
 
-/** `x @ w + b` over the last axis; w is [in, out]. */
-export function linear(x: Tensor, w: Tensor, b?: Tensor): Tensor {
-  return tf.tidy(() => {
-    const [inF, outF] = w.shape as number[];
-    if (x.shape[x.shape.length - 1] !== inF) {
-      throw new Error(`linear: input's last dim is ${x.shape[x.shape.length - 1]} but the weight expects ${inF} (input shape [${x.shape}])`);
-    }
-    const lead = x.shape.slice(0, -1);
-    const x2 = x.reshape([-1, inF]); // [N, in]
-    let y = tf.matMul(x2, w); // [N, out]
-    if (b) y = tf.add(y, b);
-    return y.reshape([...lead, outF]);
-  });
+  /** The TensorFlow.js forward. */
+  apply(x: Tensor): Tensor {
+    return this.forward(tfOps, x);
+  }
 }

@@ -1,8 +1,10 @@
 /**
- * GroupNorm (`torch.nn.GroupNorm`, on NHWC) and LayerNorm (`torch.nn.LayerNorm`, last axis).
- * Both use the biased variance, as PyTorch does.
+ * GroupNorm (`torch.nn.GroupNorm`, over an image) and LayerNorm (`torch.nn.LayerNorm`, last
+ * axis). Both use the biased variance, as PyTorch does; the math is in each executor.
  */
-import { tf, type Tensor } from '../../backend/tf.ts';
+import type { Tensor } from '../../backend/tf.ts';
+import { tfOps } from '../ops/tfOps.ts';
+import type { Ops } from '../ops/ops.ts';
 import { Module, Param } from './module.ts';
 
 export class GroupNorm extends Module {
@@ -20,18 +22,13 @@ export class GroupNorm extends Module {
     this.bias = new Param([numChannels]);
   }
 
-  /** x [N, H, W, C] (or [N, L, C]) -> same shape. */
+  forward<T>(o: Ops<T>, x: T): T {
+    return o.groupNorm(x, this);
+  }
+
+  /** The TensorFlow.js forward: x [N, H, W, C] (or [N, L, C]) -> same shape. */
   apply(x: Tensor): Tensor {
-    return tf.tidy(() => {
-      const shape = x.shape;
-      const c = shape[shape.length - 1];
-      if (c !== this.numChannels) throw new Error(`GroupNorm(${this.numGroups}, ${this.numChannels}): input has ${c} channels (shape [${shape}])`);
-      const g = this.numGroups;
-      const xg = x.reshape([shape[0], -1, g, c / g]); // [N, HW, G, C/G]
-      const { mean, variance } = tf.moments(xg, [1, 3], true);
-      const normed = tf.mul(tf.sub(xg, mean), tf.rsqrt(tf.add(variance, this.eps)));
-      return tf.add(tf.mul(normed.reshape(shape), this.weight.value), this.bias.value);
-    });
+    return this.forward(tfOps, x);
   }
 }
 
@@ -48,11 +45,11 @@ export class LayerNorm extends Module {
     this.bias = new Param([dim]);
   }
 
+  forward<T>(o: Ops<T>, x: T): T {
+    return o.layerNorm(x, this);
+  }
+
   apply(x: Tensor): Tensor {
-    return tf.tidy(() => {
-      const { mean, variance } = tf.moments(x, -1, true);
-      const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.eps)));
-      return tf.add(tf.mul(normed, this.weight.value), this.bias.value);
-    });
+    return this.forward(tfOps, x);
   }
 }

@@ -7,7 +7,7 @@
  *   h = conv2(silu(norm2(h)))                                (dropout is identity at inference)
  *   out = (shortcut(x) + h) / outputScaleFactor              (shortcut: 1x1 conv when in != out)
  */
-import { tf, type Tensor } from '../../backend/tf.ts';
+import type { Ops } from '../ops/ops.ts';
 import { Module } from './module.ts';
 import { Conv2d } from './conv2d.ts';
 import { GroupNorm } from './norm.ts';
@@ -45,20 +45,18 @@ export class ResnetBlock2D extends Module {
     if (inChannels !== outChannels) this.conv_shortcut = new Conv2d(inChannels, outChannels, 1, 1, 0);
   }
 
-  /** x [B, H, W, in], temb [B, tembChannels] (UNet) -> [B, H, W, out]. */
-  apply(x: Tensor, temb?: Tensor): Tensor {
-    return tf.tidy(() => {
-      let h = this.conv1.apply(silu(this.norm1.apply(x)));
+  /** x: an image with `in` channels, temb [B, tembChannels] (UNet) -> an image with `out` channels. */
+  forward<T>(o: Ops<T>, x: T, temb?: T): T {
+    return o.scope(() => {
+      let h = this.conv1.forward(o, silu(o, this.norm1.forward(o, x)));
       if (this.time_emb_proj) {
         if (!temb) throw new Error('ResnetBlock2D: this block has time_emb_proj but no time embedding was passed');
-        const t = this.time_emb_proj.apply(silu(temb)); // [B, out]
-        const [b, c] = t.shape as [number, number];
-        h = tf.add(h, t.reshape([b, 1, 1, c])); // [B, 1, 1, out]
+        h = o.add(h, o.perChannel(this.time_emb_proj.forward(o, silu(o, temb)))); // + [B, out] over H, W
       }
-      h = this.conv2.apply(silu(this.norm2.apply(h)));
-      const shortcut = this.conv_shortcut ? this.conv_shortcut.apply(x) : x;
-      const out = tf.add(shortcut, h);
-      return this.outputScaleFactor === 1 ? out : tf.div(out, this.outputScaleFactor);
+      h = this.conv2.forward(o, silu(o, this.norm2.forward(o, h)));
+      const shortcut = this.conv_shortcut ? this.conv_shortcut.forward(o, x) : x;
+      const out = o.add(shortcut, h);
+      return this.outputScaleFactor === 1 ? out : o.div(out, this.outputScaleFactor);
     });
   }
 }

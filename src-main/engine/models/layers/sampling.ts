@@ -1,6 +1,6 @@
 /**
  * diffusers `Downsample2D` and `Upsample2D` (resnet.py / downsampling.py / upsampling.py, v0.27),
- * the `use_conv=True` variants SD 1.x uses. NHWC.
+ * the `use_conv=True` variants SD 1.x uses.
  *
  * Downsample2D: a stride-2 3x3 conv. With `padding` 0 (the VAE encoder) diffusers first pads
  * asymmetrically, (0, 1) on the bottom and right, then convolves with no padding; with `padding`
@@ -13,7 +13,7 @@
  * `resizeNearestNeighbor` (no align-corners, no half-pixel centres) do. That op has a gradient on
  * every backend here (ResizeNearestNeighborGrad is registered on wasm, cpu, webgpu, tensorflow).
  */
-import { tf, type Tensor, type Tensor4D } from '../../backend/tf.ts';
+import type { Ops } from '../ops/ops.ts';
 import { Module } from './module.ts';
 import { Conv2d } from './conv2d.ts';
 
@@ -29,9 +29,9 @@ export class Downsample2D extends Module {
     this.conv = new Conv2d(channels, outChannels, 3, 2, padding);
   }
 
-  /** [B, H, W, C] -> [B, H', W', out], H' = floor((H + 2p - 3) / 2) + 1 (p = 0: pad (0,1) first). */
-  apply(x: Tensor): Tensor {
-    return this.padding === 0 ? this.conv.apply(x, [[0, 1], [0, 1]]) : this.conv.apply(x);
+  /** H' = floor((H + 2p - 3) / 2) + 1 (p = 0: pad (0,1) bottom and right first). */
+  forward<T>(o: Ops<T>, x: T): T {
+    return this.padding === 0 ? this.conv.forward(o, x, [[0, 1], [0, 1]]) : this.conv.forward(o, x);
   }
 }
 
@@ -43,20 +43,8 @@ export class Upsample2D extends Module {
     this.conv = new Conv2d(channels, outChannels, 3, 1, 1);
   }
 
-  /** [B, H, W, C] -> [B, outH, outW, out]; `size` defaults to [2H, 2W]. */
-  apply(x: Tensor, size?: readonly [number, number]): Tensor {
-    const [, h, w] = x.shape as number[];
-    return tf.tidy(() => this.conv.apply(upsampleNearest(x, size ?? [h * 2, w * 2])));
+  /** Nearest 2x (or to the spatial size of `like`), then the 3x3 conv. */
+  forward<T>(o: Ops<T>, x: T, like?: T): T {
+    return o.scope(() => this.conv.forward(o, o.upsampleNearest(x, like)));
   }
-}
-
-/** Nearest-neighbour resize of NHWC `x` to `size` ([outH, outW]), as `F.interpolate(size=...)`. */
-export function upsampleNearest(x: Tensor, size: readonly [number, number]): Tensor {
-  if (x.rank !== 4) throw new Error(`upsampleNearest: expected NHWC input, got shape [${x.shape}]`);
-  const [outH, outW] = size;
-  if (!(Number.isInteger(outH) && Number.isInteger(outW) && outH > 0 && outW > 0)) {
-    throw new Error(`upsampleNearest: output size [${size}] must be positive integers`);
-  }
-  if (outH === x.shape[1] && outW === x.shape[2]) return x.clone();
-  return tf.image.resizeNearestNeighbor(x as Tensor4D, [outH, outW], false, false);
 }

@@ -11,12 +11,13 @@
  *          h = h + ff(norm3(h))                        ff.net.0 = GEGLU, ff.net.2 = Linear
  *     3. out = proj_out(h) + x
  *
- * In NHWC a 1x1 conv and a Linear over channels are the same computation; they differ only in the
- * checkpoint shape of the weight ([out, in, 1, 1] vs [out, in]).
+ * A 1x1 conv and a Linear over channels are the same computation; they differ only in the
+ * checkpoint shape of the weight ([out, in, 1, 1] vs [out, in]) and in where they sit (before or
+ * after the image becomes tokens).
  * `attn1`/`attn2` are the shared `Attention` module, whose to_q/to_k/to_v/to_out.0 slots adapters
  * replace by composition.
  */
-import { tf, type Tensor } from '../../backend/tf.ts';
+import type { Ops } from '../ops/ops.ts';
 import { Module } from './module.ts';
 import { Linear } from './linear.ts';
 import { Conv2d } from './conv2d.ts';
@@ -36,10 +37,10 @@ export class GEGLU extends Module {
     this.proj = new Linear(dimIn, dimOut * 2);
   }
 
-  apply(x: Tensor): Tensor {
-    return tf.tidy(() => {
-      const [h, gate] = tf.split(this.proj.apply(x), 2, -1); // each [..., dimOut]
-      return tf.mul(h, gelu(gate));
+  forward<T>(o: Ops<T>, x: T): T {
+    return o.scope(() => {
+      const [h, gate] = o.split(this.proj.forward(o, x), 2, -1); // each [..., dimOut]
+      return o.mul(h, gelu(o, gate));
     });
   }
 }
@@ -55,8 +56,8 @@ export class FeedForward extends Module {
     this.net = [new GEGLU(dim, inner), null, new Linear(inner, dim)];
   }
 
-  apply(x: Tensor): Tensor {
-    return tf.tidy(() => this.net[2].apply(this.net[0].apply(x)));
+  forward<T>(o: Ops<T>, x: T): T {
+    return o.scope(() => this.net[2].forward(o, this.net[0].forward(o, x)));
   }
 }
 
@@ -79,11 +80,11 @@ export class BasicTransformerBlock extends Module {
   }
 
   /** h [B, S, dim], context [B, Sctx, crossAttentionDim] -> [B, S, dim]. */
-  apply(h: Tensor, context: Tensor): Tensor {
-    return tf.tidy(() => {
-      let x = tf.add(this.attn1.apply(this.norm1.apply(h)), h);
-      x = tf.add(this.attn2.apply(this.norm2.apply(x), context), x);
-      return tf.add(this.ff.apply(this.norm3.apply(x)), x);
+  forward<T>(o: Ops<T>, h: T, context: T): T {
+    return o.scope(() => {
+      let x = o.add(this.attn1.forward(o, this.norm1.forward(o, h)), h);
+      x = o.add(this.attn2.forward(o, this.norm2.forward(o, x), context), x);
+      return o.add(this.ff.forward(o, this.norm3.forward(o, x)), x);
     });
   }
 }
@@ -115,20 +116,15 @@ export class Transformer2DModel extends Module {
     this.proj_out = useLinearProjection ? new Linear(inner, channels) : new Conv2d(inner, channels, 1);
   }
 
-  /** x [B, H, W, C], context [B, S, crossAttentionDim] -> [B, H, W, C]. */
-  apply(x: Tensor, context: Tensor): Tensor {
-    return tf.tidy(() => {
-      const [b, hgt, wid, c] = x.shape as [number, number, number, number];
-      const normed = this.norm.apply(x);
-      // Both projections act on the channel axis; in NHWC a 1x1 conv is that same matmul.
-      let h = this.proj_in.apply(normed);
-      const inner = h.shape[3] as number;
-      h = h.reshape([b, hgt * wid, inner]); // [B, HW, inner]
-      for (const block of this.transformer_blocks) h = block.apply(h, context);
-      h = h.reshape([b, hgt, wid, inner]); // [B, H, W, inner]
-      const out = this.proj_out.apply(h);
-      if (out.shape[3] !== c) throw new Error(`Transformer2DModel: proj_out gave ${out.shape[3]} channels, expected ${c}`);
-      return tf.add(out, x);
+  /** x: an image with C channels, context [B, S, crossAttentionDim] -> the same shape as x. */
+  forward<T>(o: Ops<T>, x: T, context: T): T {
+    return o.scope(() => {
+      const normed = this.norm.forward(o, x);
+      // A 1x1 conv projects the image; a Linear projects the tokens.
+      let h = this.proj_in instanceof Conv2d ? o.toTokens(this.proj_in.forward(o, normed)) : this.proj_in.forward(o, o.toTokens(normed)); // [B, HW, inner]
+      for (const block of this.transformer_blocks) h = block.forward(o, h, context);
+      const out = this.proj_out instanceof Conv2d ? this.proj_out.forward(o, o.fromTokens(h, x)) : o.fromTokens(this.proj_out.forward(o, h), x);
+      return o.add(out, x);
     });
   }
 }
