@@ -17,7 +17,7 @@ import { DINO_INTERFACE, DinoEmbedder, dinoCrop, dinoPixelValues, dinoResizeSize
 import { listModels, locateClip, locateDino } from '../../src-main/engine/eval/modelRegistry.ts';
 import { EVAL_PROMPTS, EVAL_SEEDS, evalJobs, fillPrompt, IMAGES_PER_PROMPT, quickEvalPrompts } from '../../src-main/engine/eval/prompts.ts';
 import { defaultModelsDir, REPO_ROOT } from '../../src-main/engine/paths.ts';
-import { OnnxModel, OnnxModelError } from '../../src-main/engine/eval/onnx.ts';
+import { OnnxModel, OnnxModelError } from '../../src-main/engine/backend/onnxRuntime.ts';
 import { cosine, cosineMatrix, subjectFidelity } from '../../src-main/engine/eval/similarity.ts';
 import type { RgbImage } from '../../src-main/engine/image/sharp.ts';
 import { SafetensorsFile } from '../../src-main/engine/io/safetensors.ts';

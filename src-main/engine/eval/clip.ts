@@ -16,7 +16,7 @@ import { ClipTokenizer } from '../models/clipTokenizer.ts';
 import { crop, decodeImage, resize, type DecodeOptions, type RgbImage } from '../image/sharp.ts';
 import { dinoResizeSize, normalizeNchw, type DinoInput } from './dino.ts';
 import type { ClipFiles } from './modelRegistry.ts';
-import { OnnxModel, type ModelInterface, type OnnxLoadOptions, type OnnxTensor } from './onnx.ts';
+import { OnnxModel, type ModelInterface, type OnnxLoadOptions, type OnnxTensor } from '../backend/onnxRuntime.ts';
 import { cosine, subjectFidelity } from './similarity.ts';
 
 export const CLIP_VISION_INTERFACE: ModelInterface = {

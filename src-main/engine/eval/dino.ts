@@ -17,7 +17,7 @@
  * step 4 is bit-exact with torch.
  */
 import { centerCrop, decodeImage, resize, type DecodeOptions, type ImageInput, type RgbImage } from '../image/sharp.ts';
-import { OnnxModel, type ModelInterface, type OnnxLoadOptions } from './onnx.ts';
+import { OnnxModel, type ModelInterface, type OnnxLoadOptions } from '../backend/onnxRuntime.ts';
 
 export const DINO_INTERFACE: ModelInterface = {
   what: 'DINO ViT-S/16 image embedder (pixel_values [N,3,224,224] -> last_hidden_state [N,197,D])',

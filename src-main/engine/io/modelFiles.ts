@@ -330,6 +330,7 @@ function withDiffusersShapes(source: WeightSource, pairs: ReadonlyMap<string, Ke
       return shape && pair ? diffusersShape(pair, shape) : shape;
     },
     read: (key) => source.read(key),
+    ...(source.locate ? { locate: (key: string) => source.locate!(key) } : {}),
   };
 }
 

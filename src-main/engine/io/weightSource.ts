@@ -39,5 +39,11 @@ export function safetensorsSource(files: SafetensorsFile | SafetensorsFile[], re
       if (!e) throw new Error(`no tensor for '${key}'`);
       return e.file.readFloat32(e.fileKey);
     },
+    locate: (key) => {
+      const e = entries.get(key);
+      if (!e) return undefined;
+      const { begin, end, dtype, shape } = e.file.info(e.fileKey);
+      return { file: e.file.path, begin, end, dtype, shape };
+    },
   };
 }

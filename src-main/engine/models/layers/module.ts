@@ -185,6 +185,18 @@ export interface WeightSource {
   keys(): Iterable<string>;
   shape(key: string): readonly number[] | undefined;
   read(key: string): Promise<Float32Array>;
+  /** Where a tensor's raw bytes sit in a file (sources over files only): ONNX graphs point at them in place. */
+  locate?(key: string): TensorLocation | undefined;
+}
+
+/** A tensor's raw little-endian bytes inside a weight file. */
+export interface TensorLocation {
+  readonly file: string;
+  readonly begin: number;
+  readonly end: number;
+  readonly dtype: string;
+  /** The file's shape (e.g. [out, in, 1, 1] where the model has a Linear [out, in]). */
+  readonly shape: readonly number[];
 }
 
 export class WeightLoadError extends Error {
@@ -215,6 +227,17 @@ export class WeightLoadError extends Error {
  * `ignore` filters source keys that are known extras (e.g. `position_ids`).
  */
 export async function loadParams(model: Module, source: WeightSource, component: string, ignore: (key: string) => boolean = () => false): Promise<void> {
+  const params = checkParams(model, source, component, ignore);
+  for (const [key, p] of params) {
+    p.setFromCheckpoint(await source.read(key));
+  }
+}
+
+/**
+ * The strict key and shape check of `loadParams`, without reading anything: every Param of
+ * `model` by its key, or a WeightLoadError listing what does not fit.
+ */
+export function checkParams(model: Module, source: WeightSource, component: string, ignore: (key: string) => boolean = () => false): Map<string, Param> {
   const params = new Map(model.namedParams());
   const sourceKeys = new Set([...source.keys()].filter((k) => !ignore(k)));
   const missing: string[] = [];
@@ -226,9 +249,7 @@ export async function loadParams(model: Module, source: WeightSource, component:
   }
   const unexpected = [...sourceKeys].filter((k) => !params.has(k));
   if (missing.length || unexpected.length || mismatched.length) throw new WeightLoadError(`${component} (${source.description})`, missing, unexpected, mismatched);
-  for (const [key, p] of params) {
-    p.setFromCheckpoint(await source.read(key));
-  }
+  return params;
 }
 
 /**

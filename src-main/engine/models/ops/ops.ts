@@ -74,8 +74,6 @@ export interface Ops<T> {
   equalTo(x: T, value: number): T;
   /** x [B, S, C], index [B] -> [B, C]: row index[b] of each batch item. */
   rowAt(x: T, index: T): T;
-  /** A static size when the executor knows it (always on TensorFlow.js). */
-  dim(x: T, axis: number): number | undefined;
 
   // -- images ---------------------------------------------------------------------------------
   concatChannels(xs: readonly T[]): T;

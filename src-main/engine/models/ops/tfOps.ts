@@ -128,7 +128,6 @@ export const tfOps: Ops<Tensor> = {
       const rows = tf.add(tf.mul(tf.range(0, b, 1, 'int32'), tf.scalar(s, 'int32')), index); // [B] into [B*S]
       return tf.gather(x.reshape([b * s, c]), rows);
     }),
-  dim: (x, axis) => x.shape[axisOf(x, axis)],
 
   concatChannels: (xs) => tf.concat([...xs], 3),
   splitChannels: (x, n) => tf.split(x, n, 3),

@@ -209,3 +209,85 @@ function toOnnxTensor(file: string, name: string, t: ort.Tensor, dims: number[])
       throw new OnnxModelError(file, `output '${name}' has element type ${t.type}; expected float32, int64 or int32`);
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sessions over graphs this engine emits (engine/onnx), and the execution providers.
+
+/** Providers the installed onnxruntime-node knows, and whether its npm package carries them. */
+export function installedProviders(): Array<{ name: string; bundled: boolean }> {
+  return ort.listSupportedBackends().map((b) => ({ name: b.name, bundled: b.bundled }));
+}
+
+export interface SessionOptions {
+  /** In order of preference. */
+  readonly providers: readonly ExecutionProvider[];
+  /** External data held in memory instead of files beside the graph: `path` as the graph names it. */
+  readonly externalData?: ReadonlyArray<{ path: string; data: Uint8Array }>;
+  readonly intraOpNumThreads?: number;
+  /** Keep ONNX Runtime's CPU memory arena (default true); off trades speed for a lower peak. */
+  readonly cpuArena?: boolean;
+}
+
+/** A tensor fed to or returned by a session: float32, int32 or int64, row-major. */
+export type SessionTensor = OnnxTensor;
+
+/** A session over a graph file, with plain typed arrays in and out. */
+export class OnnxSession {
+  private constructor(
+    readonly file: string,
+    readonly providers: readonly ExecutionProvider[],
+    readonly inputNames: readonly string[],
+    readonly outputNames: readonly string[],
+    private session: ort.InferenceSession | null,
+  ) {}
+
+  /**
+   * A session over a graph file, or over graph bytes (`graph`, with `file` naming it in messages):
+   * in-memory external data only works with graph bytes, since a graph file's external data is
+   * checked on disk.
+   */
+  static async create(file: string, options: SessionOptions & { graph?: Uint8Array }): Promise<OnnxSession> {
+    let session: ort.InferenceSession;
+    try {
+      const opts: ort.InferenceSession.SessionOptions = {
+        executionProviders: [...options.providers],
+        graphOptimizationLevel: 'all',
+        enableCpuMemArena: options.cpuArena ?? true,
+        ...(options.intraOpNumThreads ? { intraOpNumThreads: options.intraOpNumThreads } : {}),
+        ...(options.externalData ? { externalData: options.externalData.map((e) => ({ path: e.path, data: e.data })) } : {}),
+      };
+      session = options.graph ? await ort.InferenceSession.create(options.graph, opts) : await ort.InferenceSession.create(file, opts);
+    } catch (err) {
+      throw new OnnxModelError(file, `onnxruntime could not create a session on [${options.providers.join(', ')}]: ${((err as Error).message ?? String(err)).trim()}`);
+    }
+    return new OnnxSession(file, options.providers, [...session.inputNames], [...session.outputNames], session);
+  }
+
+  /** Runs the graph; returns the requested outputs (default all), copied out of ONNX Runtime. */
+  async run(feeds: Readonly<Record<string, SessionTensor>>, outputs: readonly string[] = this.outputNames): Promise<Record<string, SessionTensor>> {
+    if (!this.session) throw new OnnxModelError(this.file, 'run: the session was released');
+    const ortFeeds: Record<string, ort.Tensor> = {};
+    for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = new ort.Tensor(t.type, t.data, [...t.dims]);
+    let result: ort.InferenceSession.ReturnType;
+    try {
+      result = await this.session.run(ortFeeds, [...outputs]);
+    } catch (err) {
+      const shapes = Object.entries(feeds).filter(([n]) => !n.startsWith('adapter.')).map(([n, t]) => `'${n}' [${t.dims.join(',')}]`).join(', ');
+      throw new OnnxModelError(this.file, `run failed with ${shapes} (onnxruntime: ${(err as Error).message})`);
+    }
+    const out: Record<string, SessionTensor> = {};
+    for (const name of outputs) {
+      const value = result[name] as ort.Tensor;
+      out[name] = toOnnxTensor(this.file, name, value, value.dims.map(Number));
+    }
+    for (const v of Object.values(ortFeeds)) v.dispose();
+    for (const v of Object.values(result)) (v as ort.Tensor).dispose?.();
+    return out;
+  }
+
+  async release(): Promise<void> {
+    const s = this.session;
+    this.session = null;
+    await s?.release();
+  }
+}
