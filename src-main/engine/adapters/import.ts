@@ -15,6 +15,8 @@ import { ADAPTER_FORMAT, readAdapterFile, type NativeAdapterFile } from './adapt
 import { loraDelta } from './lora.ts';
 import { findWeight, moduleIndex, WeightPatcher } from './patch.ts';
 import { singloraDelta } from './singlora.ts';
+import { Linear } from '../models/layers/linear.ts';
+import type { SideFactors } from '../onnx/onnxDiffusion.ts';
 
 export interface AdapterTargets {
   unet: Module;
@@ -26,6 +28,13 @@ export interface PlannedDelta {
   path: string;
   /** Checkpoint layout, strength included. Owned by the plan until `dispose()`. */
   delta: Tensor;
+  /** The file's tensors this delta comes from. */
+  keys: string[];
+  /**
+   * The same update as low-rank factors, y += (x · down) · up with every scale in `up`, for a
+   * Linear target (ONNX graphs take these as inputs); absent for a convolution.
+   */
+  factors?: SideFactors;
 }
 
 export interface ImportReport {
@@ -138,7 +147,8 @@ export async function planAdapter(file: string, targets: AdapterTargets, strengt
       const alphaValue = alpha ? alpha.data[0] : rank;
       const scale = (alphaValue / rank) * strength;
       const delta = tf.tidy(() => loraDelta(tf.tensor(up.data, up.shape), tf.tensor(down.data, down.shape), scale));
-      deltas.push({ component: g.component, path: g.path, delta });
+      const factors = moduleIndex(model).get(g.path) instanceof Linear ? loraFactors(g.component, g.path, up.data, down.data, rank, param.shape[0], param.shape[1], scale) : undefined;
+      deltas.push({ component: g.component, path: g.path, delta, keys, ...(factors ? { factors } : {}) });
       applied += keys.length;
       formats.add(g.format);
     }
@@ -177,7 +187,7 @@ async function planNative(file: string, targets: AdapterTargets, strength: numbe
       for (const n of names) unapplied.push({ key: `unet.${path}.${n}`, reason: param ? `made for a ${dIn}->${dOut} layer; the model's is [${param.shape}]` : 'no such Linear in the UNet' });
       continue;
     }
-    deltas.push({ component: 'unet', path, delta: nativeDelta(f, path, strength) });
+    deltas.push({ component: 'unet', path, delta: nativeDelta(f, path, strength), keys: names.map((n) => `unet.${path}.${n}`), factors: nativeFactors(f, path, strength) });
     applied += names.length;
   }
   return new AdapterPlan({ file, format: 'native', appliedTensors: applied, totalTensors: total, modules: deltas.length, unapplied, summary: `${basename(file)}: applied ${applied} of ${total} tensors to ${deltas.length} modules` }, deltas);
@@ -196,4 +206,36 @@ export function nativeDelta(f: NativeAdapterFile, path: string, strength = 1): T
   return method === 'singlora'
     ? tf.tidy(() => singloraDelta(tf.tensor(entry.singlora_A.data, entry.singlora_A.shape), dOut, dIn, scale))
     : tf.tidy(() => loraDelta(tf.tensor(entry.lora_B.data, entry.lora_B.shape), tf.tensor(entry.lora_A.data, entry.lora_A.shape), scale));
+}
+
+/**
+ * LoRA factors in side-path layout from up [out, r] and down [r, in] (row-major):
+ * down' = down^T [in, r], up' = scale * up^T [r, out].
+ */
+function loraFactors(component: LoraComponent, path: string, up: Float32Array, down: Float32Array, rank: number, dOut: number, dIn: number, scale: number): SideFactors {
+  const d = new Float32Array(dIn * rank);
+  const u = new Float32Array(rank * dOut);
+  for (let r = 0; r < rank; r++) {
+    for (let i = 0; i < dIn; i++) d[i * rank + r] = down[r * dIn + i];
+    for (let o = 0; o < dOut; o++) u[r * dOut + o] = scale * up[o * rank + r];
+  }
+  return { component: component === 'unet' ? 'unet' : 'text_encoder', path, down: d, up: u, rank };
+}
+
+/**
+ * Side-path factors of one target of a native file, at its trained step and `strength`:
+ * SingLoRA down = A[:d_in] [d_in, r], up = s * A[:d_out]^T [r, d_out]; LoRA as `loraFactors`.
+ */
+export function nativeFactors(f: NativeAdapterFile, path: string, strength = 1): SideFactors {
+  const entry = f.targets.get(path);
+  if (!entry) throw new Error(`${f.path}: no adapter for '${path}'`);
+  const { method, rank, alpha, effective_u: u } = f.meta;
+  const scale = (alpha / rank) * (method === 'singlora' ? u : 1) * strength;
+  const [dOut, dIn] = f.meta.target_shapes[path];
+  if (method !== 'singlora') return loraFactors('unet', path, entry.lora_B.data, entry.lora_A.data, rank, dOut, dIn, scale);
+  const A = entry.singlora_A.data; // [max(d_out, d_in), r]
+  const down = A.slice(0, dIn * rank);
+  const up = new Float32Array(rank * dOut);
+  for (let o = 0; o < dOut; o++) for (let r = 0; r < rank; r++) up[r * dOut + o] = scale * A[o * rank + r];
+  return { component: 'unet', path, down, up, rank };
 }

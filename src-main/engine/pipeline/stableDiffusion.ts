@@ -4,10 +4,22 @@
  * only the UNet in memory once latents and prompt embeddings are cached.
  *
  * Text-to-image sampling lives in textToImage.ts; this file only owns the models.
+ *
+ * Two inference engines run them: ONNX Runtime (`onnx`, the default: graphs emitted from the same
+ * model definitions, weights read in place, any provider) and TensorFlow.js (`tfjs`, the engine
+ * training uses). The async methods (`predictNoise`, `encodeText`, `decodeLatents`, `encodeImage`,
+ * `setAdapters`) run on the chosen engine; the TensorFlow.js modules (`unet`, `vae`, `textEncoder`)
+ * stay available for training.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Tensor } from '../backend/tf.ts';
+import { tf, type Tensor } from '../backend/tf.ts';
+import { planAdapter, type AdapterPlan, type ImportReport } from '../adapters/import.ts';
+import { WeightPatcher } from '../adapters/patch.ts';
+import type { LatentDistribution } from '../models/autoencoderKL.ts';
+import { OnnxDiffusion, type HostTensor } from '../onnx/onnxDiffusion.ts';
+import type { ComputeType } from '../onnx/onnxOps.ts';
+import type { ProviderChoice } from '../onnx/providers.ts';
 import { nativeResolution, openBaseModel, unetSha256, vaeScaleFactor, type BaseModel, type OpenBaseModelOptions } from '../io/modelFiles.ts';
 import type { RawConfig } from '../io/keyMap.ts';
 import { AutoencoderKL } from '../models/autoencoderKL.ts';
@@ -38,8 +50,20 @@ export const SD15_SCHEDULER_CONFIG: RawConfig = Object.freeze({
   clip_sample: false,
 });
 
-export interface LoadOptions extends OpenBaseModelOptions {
-  /** Components to load now (default all three). Others load on first use. */
+export const INFERENCE_ENGINES = ['onnx', 'tfjs'] as const;
+export type InferenceEngine = (typeof INFERENCE_ENGINES)[number];
+
+export interface InferenceOptions {
+  /** Default 'onnx'. */
+  engine?: InferenceEngine;
+  /** ONNX Runtime provider (default 'auto'). */
+  provider?: ProviderChoice;
+  /** ONNX compute type (default: float16 on GPU providers, float32 on the CPU). */
+  dtype?: ComputeType;
+}
+
+export interface LoadOptions extends OpenBaseModelOptions, InferenceOptions {
+  /** TensorFlow.js components to load now (default: all three with the tfjs engine, none with onnx). */
   components?: readonly ComponentKind[];
 }
 
@@ -48,6 +72,10 @@ export class StableDiffusion {
   private vaeModel: AutoencoderKL | null = null;
   private textModel: ClipTextModel | null = null;
   private sha: Promise<string> | null = null;
+  private onnxEngine: Promise<OnnxDiffusion> | null = null;
+  private onnxOpened: OnnxDiffusion | null = null;
+  private readonly patcher = new WeightPatcher();
+  private plans: AdapterPlan[] = [];
 
   private constructor(
     readonly path: string,
@@ -56,6 +84,7 @@ export class StableDiffusion {
     readonly tokenizer: ClipTokenizer,
     readonly schedulerConfig: RawSchedulerConfig,
     private readonly openOptions: OpenBaseModelOptions,
+    readonly inference: Required<Pick<InferenceOptions, 'engine' | 'provider'>> & Pick<InferenceOptions, 'dtype'>,
     /** Configs of the three components, for building models and for config-driven key maps. */
     readonly configs: Readonly<Record<ComponentKind, RawConfig>>,
   ) {}
@@ -73,12 +102,13 @@ export class StableDiffusion {
       const schedulerConfig: RawSchedulerConfig = base.schedulerConfig
         ? { source: join(base.path, 'scheduler', 'scheduler_config.json'), values: base.schedulerConfig }
         : { source: 'the built-in SD 1.5 scheduler config', values: SD15_SCHEDULER_CONFIG };
-      const sd = new StableDiffusion(base.path, base.name, base.format, tokenizer, schedulerConfig, options, {
+      const inference = { engine: options.engine ?? 'onnx', provider: options.provider ?? 'auto', dtype: options.dtype } as const;
+      const sd = new StableDiffusion(base.path, base.name, base.format, tokenizer, schedulerConfig, options, inference, {
         unet: base.unet.config,
         vae: base.vae.config,
         textEncoder: base.textEncoder.config,
       });
-      for (const kind of options.components ?? (['unet', 'vae', 'textEncoder'] as const)) await sd.loadFrom(base, kind);
+      for (const kind of options.components ?? (inference.engine === 'tfjs' ? (['unet', 'vae', 'textEncoder'] as const) : [])) await sd.loadFrom(base, kind);
       return sd;
     } finally {
       await base.close();
@@ -172,10 +202,112 @@ export class StableDiffusion {
     return this.textEncoder.encodePrompt(this.tokenize(prompts), clipSkip || undefined);
   }
 
+  /** Frees the TensorFlow.js models (ONNX sessions: `release()`). */
   dispose(): void {
+    this.clearAdapters();
     this.unload('unet');
     this.unload('vae');
     this.unload('textEncoder');
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Inference on the chosen engine
+
+  get engine(): InferenceEngine {
+    return this.inference.engine;
+  }
+
+  /** The ONNX Runtime sessions (opened on first use). */
+  onnx(): Promise<OnnxDiffusion> {
+    this.onnxEngine ??= OnnxDiffusion.open(this.path, { ...this.openOptions, provider: this.inference.provider, dtype: this.inference.dtype }).then((e) => (this.onnxOpened = e));
+    return this.onnxEngine;
+  }
+
+  /** Frees the ONNX sessions (all, or one component's); they reopen on next use. */
+  async release(kind?: 'unet' | 'vae' | 'textEncoder'): Promise<void> {
+    if (!this.onnxEngine) return;
+    const engine = await this.onnxEngine;
+    if (!kind) await engine.release();
+    else if (kind === 'unet') await engine.release('unet');
+    else if (kind === 'textEncoder') await engine.release('text_encoder');
+    else await Promise.all([engine.release('vae_encoder'), engine.release('vae_decoder')]);
+  }
+
+  /**
+   * Applies adapter files (replacing any applied before): weight patches on the tfjs engine,
+   * side-path inputs on the onnx engine. Returns what each file applied.
+   */
+  async setAdapters(uses: ReadonlyArray<{ path: string; strength: number }>): Promise<ImportReport[]> {
+    this.clearAdapters();
+    if (this.engine === 'tfjs') await this.ensure('unet', 'textEncoder');
+    const targets = this.engine === 'tfjs' ? { unet: this.unet, textEncoder: this.textEncoder } : await this.adapterTargets();
+    const reports: ImportReport[] = [];
+    for (const use of uses) {
+      const plan = await planAdapter(use.path, targets, use.strength);
+      this.plans.push(plan);
+      if (this.engine === 'tfjs') {
+        plan.applyTo(targets, this.patcher);
+        reports.push(plan.report);
+      } else {
+        reports.push(onnxReport(plan));
+      }
+    }
+    if (this.engine === 'onnx') (await this.onnx()).setAdapters(this.plans.flatMap((p) => p.deltas.flatMap((d) => (d.factors ? [d.factors] : []))));
+    return reports;
+  }
+
+  /** Removes every applied adapter (restores patched weights exactly). */
+  clearAdapters(): void {
+    this.patcher.restore();
+    for (const p of this.plans) p.dispose();
+    this.plans = [];
+    this.onnxOpened?.setAdapters([]);
+  }
+
+  /** Prompt embeddings [B, 77, hidden] (diffusers' clip_skip) on the chosen engine. The caller owns the tensor. */
+  async encodeText(prompts: readonly string[], clipSkip?: number): Promise<Tensor> {
+    if (this.engine === 'tfjs') {
+      await this.ensure('textEncoder');
+      return this.encodePrompts(prompts, clipSkip);
+    }
+    const { promptEmbeds } = await (await this.onnx()).encodeText(this.tokenize(prompts), clipSkip || undefined);
+    return toTensor(promptEmbeds);
+  }
+
+  /** The UNet's noise prediction for NHWC latents at timestep t. The caller owns the tensor. */
+  async predictNoise(sample: Tensor, t: number, context: Tensor): Promise<Tensor> {
+    if (this.engine === 'tfjs') {
+      await this.ensure('unet');
+      return this.unet.forward(sample, t, context);
+    }
+    const b = sample.shape[0];
+    return toTensor(await (await this.onnx()).predictNoise(await fromTensor(sample), Array(b).fill(t), await fromTensor(context)));
+  }
+
+  /** Unscaled latents NHWC -> the VAE's image NHWC (not clamped). The caller owns the tensor. */
+  async decodeLatents(z: Tensor): Promise<Tensor> {
+    if (this.engine === 'tfjs') {
+      await this.ensure('vae');
+      return this.vae.decode(z);
+    }
+    return toTensor(await (await this.onnx()).decode(await fromTensor(z)));
+  }
+
+  /** Image NHWC in [-1, 1] -> the unscaled latent distribution. The caller owns the tensors. */
+  async encodeImage(x: Tensor): Promise<LatentDistribution> {
+    if (this.engine === 'tfjs') {
+      await this.ensure('vae');
+      return this.vae.encode(x);
+    }
+    const { mean, logvar, std } = await (await this.onnx()).encode(await fromTensor(x));
+    return { mean: toTensor(mean), logvar: toTensor(logvar), std: toTensor(std) };
+  }
+
+  /** Module trees (weights not loaded) for naming adapter targets on the onnx engine. */
+  private targetTrees: { unet: UNet2DConditionModel; textEncoder: ClipTextModel } | null = null;
+  private async adapterTargets(): Promise<{ unet: UNet2DConditionModel; textEncoder: ClipTextModel }> {
+    this.targetTrees ??= { unet: UNet2DConditionModel.fromConfig(this.configs.unet), textEncoder: new ClipTextModel(parseClipTextConfig(this.configs.textEncoder)) };
+    return this.targetTrees;
   }
 
   private async loadFrom(base: BaseModel, kind: ComponentKind): Promise<void> {
@@ -194,6 +326,31 @@ export class StableDiffusion {
     else if (kind === 'vae') this.vaeModel = model as AutoencoderKL;
     else this.textModel = model as ClipTextModel;
   }
+}
+
+/** The report of a plan as the onnx engine applies it: convolution targets are not side paths. */
+function onnxReport(plan: AdapterPlan): ImportReport {
+  const skipped = plan.deltas.filter((d) => !d.factors);
+  if (!skipped.length) return plan.report;
+  const r = plan.report;
+  const skippedKeys = skipped.flatMap((d) => d.keys);
+  const applied = r.appliedTensors - skippedKeys.length;
+  const modules = r.modules - skipped.length;
+  return {
+    ...r,
+    appliedTensors: applied,
+    modules,
+    unapplied: [...r.unapplied, ...skippedKeys.map((key) => ({ key, reason: 'a convolution (LoCon) target: the onnx engine adapts Linear layers only; use --engine tfjs for this file' }))],
+    summary: `${r.file.split(/[\\/]/).pop()}: applied ${applied} of ${r.totalTensors} tensors to ${modules} modules`,
+  };
+}
+
+async function fromTensor(t: Tensor): Promise<HostTensor> {
+  return { data: (await t.data()) as Float32Array, dims: t.shape };
+}
+
+function toTensor(h: HostTensor): Tensor {
+  return tf.tensor(h.data, [...h.dims], 'float32');
 }
 
 /** Where a single-file checkpoint's tokenizer comes from when none sits beside it. */

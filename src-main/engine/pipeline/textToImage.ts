@@ -13,8 +13,7 @@
  * Latents are NHWC.
  */
 import { tf, type Tensor } from '../backend/tf.ts';
-import { planAdapter, type AdapterPlan } from '../adapters/import.ts';
-import { WeightPatcher } from '../adapters/patch.ts';
+import type { AdapterPlan } from '../adapters/import.ts';
 import { Rng, randn } from '../random.ts';
 import { createScheduler, isSchedulerChoice, SCHEDULER_CHOICES, type SchedulerChoice } from '../schedulers/index.ts';
 import type { StableDiffusion } from './stableDiffusion.ts';
@@ -114,7 +113,6 @@ export function validateRequest(req: TextToImageRequest, vaeScaleFactor: number)
 export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, hooks: TextToImageHooks = {}): Promise<GeneratedImage[]> {
   validateRequest(req, sd.vaeScaleFactor);
   if (req.promptEmbeds && req.adapters?.length) throw new Error('invalid generation request: adapters cannot be applied to precomputed prompt embeddings');
-  await sd.ensure(...(req.promptEmbeds ? (['unet', 'vae'] as const) : (['unet', 'vae', 'textEncoder'] as const)));
   const count = req.count ?? 1;
   const h = req.height / sd.vaeScaleFactor;
   const w = req.width / sd.vaeScaleFactor;
@@ -123,17 +121,11 @@ export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, 
     throw new Error(`invalid generation request: latents must be [1, ${h}, ${w}, ${c}] for ${req.width}x${req.height}, got [${req.latents.shape}]`);
   }
 
-  const patcher = new WeightPatcher();
-  const plans: AdapterPlan[] = [];
   let context: Tensor | null = null;
   try {
     // 1. Adapters.
-    for (const a of req.adapters ?? []) {
-      const plan = await planAdapter(a.path, { unet: sd.unet, textEncoder: sd.textEncoder }, a.strength);
-      plans.push(plan);
-      plan.applyTo({ unet: sd.unet, textEncoder: sd.textEncoder }, patcher);
-    }
-    hooks.onAdapters?.(plans.map((p) => p.report));
+    const reports = await sd.setAdapters(req.adapters ?? []);
+    hooks.onAdapters?.(reports);
 
     // 2. Prompt embeddings: [uncond, cond] with guidance, [cond] without.
     const cfg = req.guidanceScale > 1;
@@ -141,7 +133,7 @@ export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, 
       const e = req.promptEmbeds;
       context = cfg ? tf.clone(e) : tf.tidy(() => e.slice([1, 0, 0], [1, e.shape[1] as number, e.shape[2] as number]));
     } else {
-      context = cfg ? sd.encodePrompts([req.negativePrompt ?? '', req.prompt], req.clipSkip) : sd.encodePrompts([req.prompt], req.clipSkip);
+      context = await sd.encodeText(cfg ? [req.negativePrompt ?? '', req.prompt] : [req.prompt], req.clipSkip);
     }
 
     const images: GeneratedImage[] = [];
@@ -159,18 +151,21 @@ export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, 
           const t = scheduler.timesteps[s];
           // 4. One denoising step.
           const noise = scheduler.needsNoise ? randn(rng, x.shape) : undefined;
+          const xIn = tf.tidy(() => {
+            const scaled = scheduler.scaleModelInput(x, t);
+            return cfg ? tf.concat([scaled, scaled], 0) : scaled; // [2, h, w, c] with guidance
+          });
+          const out = await sd.predictNoise(xIn, t, context!);
+          xIn.dispose();
           const next = tf.tidy(() => {
-            const xIn = scheduler.scaleModelInput(x, t);
-            let eps: Tensor;
+            let eps = out;
             if (cfg) {
-              const out = sd.unet.forward(tf.concat([xIn, xIn], 0), t, context!); // [2, h, w, c]
               const [epsU, epsC] = tf.split(out, 2, 0);
               eps = tf.add(epsU, tf.mul(tf.sub(epsC, epsU), req.guidanceScale));
-            } else {
-              eps = sd.unet.forward(xIn, t, context!);
             }
             return scheduler.step(eps, t, x, noise);
           });
+          out.dispose();
           noise?.dispose();
           x.dispose();
           x = next;
@@ -190,17 +185,17 @@ export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, 
     return images;
   } finally {
     context?.dispose();
-    patcher.restore();
-    for (const p of plans) p.dispose();
+    sd.clearAdapters();
   }
 }
 
 /** Latents NHWC [1, h, w, c] (scaled) -> RGB uint8 pixels (and the float image when asked). */
 export async function decodeLatents(sd: StableDiffusion, latents: Tensor, returnFloat = false): Promise<{ pixels: Uint8Array; float?: Float32Array }> {
-  const image = tf.tidy(() => {
-    const decoded = sd.vae.decode(tf.div(latents, sd.scalingFactor)); // [1, H, W, 3]
-    return tf.clipByValue(tf.add(tf.div(decoded, 2), 0.5), 0, 1);
-  });
+  const unscaled = tf.div(latents, sd.scalingFactor);
+  const decoded = await sd.decodeLatents(unscaled); // [1, H, W, 3]
+  unscaled.dispose();
+  const image = tf.tidy(() => tf.clipByValue(tf.add(tf.div(decoded, 2), 0.5), 0, 1));
+  decoded.dispose();
   try {
     const float = (await image.data()) as Float32Array;
     const pixels = new Uint8Array(float.length);
