@@ -26,7 +26,13 @@ describe('pickBest', () => {
     expect(r.rule).toMatch(/within 0.02 of the base model's \(0\.3000\)/);
   });
   it('falls back to all checkpoints when none keeps CLIP-T', () => {
-    expect(pickBest(row(null, 0.3, 0.3), [row(100, 0.5, 0.1), row(200, 0.8, 0.2)], 0.02).best).toBe(200);
+    const r = pickBest(row(null, 0.3, 0.3), [row(100, 0.5, 0.1), row(200, 0.8, 0.2)], 0.02);
+    expect(r.best).toBe(200);
+    expect(r.rule).toMatch(/none was, so all competed/);
+  });
+  it('keeps the earlier checkpoint on a DINO tie, and picks nothing without checkpoints', () => {
+    expect(pickBest(row(null, 0.3, null), [row(100, 0.6, null), row(200, 0.6, null)]).best).toBe(100);
+    expect(pickBest(row(null, 0.3, null), []).best).toBeNull();
   });
 });
 
@@ -51,11 +57,16 @@ describe('evaluateRun', () => {
       expect(r.dino).toBeLessThan(1);
       expect(r.clipT).toBeNull();
     }
-    const expected = evaluation.rows.reduce((a, b) => (b.dino > a.dino ? b : a)).step;
+    // The expected pick, written out for these two rows rather than through a rule like the
+    // one under test: without CLIP the higher DINO wins, the earlier step on a tie.
+    const [at2, at4] = evaluation.rows;
+    const expected = at4.dino > at2.dino ? 4 : 2;
+    console.log(`[evaluateRun] DINO: base ${evaluation.baseline.dino.toFixed(4)}, step 2 ${at2.dino.toFixed(4)}, step 4 ${at4.dino.toFixed(4)}; picked ${evaluation.best}`);
     expect(evaluation.best).toBe(expected);
     expect(evaluation.rule).toMatch(/highest DINO \(CLIP models not installed/);
     expect(existsSync(join(runDir, 'eval/step-000004/00001-1001.png'))).toBe(true);
     const m = await readRunManifest(runDir);
+    expect(m.evaluation?.rows, 'run.json keeps the scores it reported').toEqual(evaluation.rows);
     expect(m.evaluation?.best).toBe(expected);
     const other = expected === 2 ? 4 : 2;
     expect((await chooseCheckpoint(runDir, other)).chosen).toBe(other);

@@ -2,8 +2,8 @@
  * The op cases on the webgpu backend. Dawn needs a Vulkan (or Metal/D3D12) driver in the
  * process environment from the start, so the cases run in a child process. Here that driver is
  * SwiftShader (software Vulkan, shipped with Debian's chromium); on a GPU box set
- * SINGLORA_WEBGPU_ENV=native to use the real driver. Skipped, with the reason printed, when no
- * adapter can be found.
+ * SINGLORA_WEBGPU_ENV=native to use the real driver. Reported as skipped, with the reason, when
+ * no driver or adapter can be found; never as passed.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -23,15 +23,18 @@ describe('ops on webgpu', () => {
   const skip = typeof env === 'string' ? env : null;
   if (skip) console.log(`[ops webgpu] skipped: ${skip}`);
 
-  it.skipIf(skip !== null)('layers, activations and gradients match plain-JavaScript references within 1e-4', () => {
+  it.skipIf(skip !== null)(`layers, activations and gradients match plain-JavaScript references within 1e-4${skip ? ` (skipped: ${skip})` : ''}`, (ctx) => {
     let out: string;
     try {
       out = execFileSync(process.execPath, ['--import', 'tsx', 'scripts/op-check.ts', '--backend', 'webgpu'], { env: env as NodeJS.ProcessEnv, encoding: 'utf8', timeout: 240_000, stdio: ['ignore', 'pipe', 'pipe'] });
     } catch (err) {
       const msg = String((err as { stderr?: string }).stderr ?? err);
       if (/requested but cannot start/.test(msg)) {
-        console.log(`[ops webgpu] skipped: ${msg.split('\n').find((l) => /cannot start/.test(l))}`);
-        return;
+        // No webgpu adapter: reported as skipped, with the reason, never as passed.
+        const lines = msg.split('\n');
+        const reason = (lines.find((l) => /Error: .*cannot start/.test(l)) ?? lines.find((l) => /cannot start/.test(l)) ?? 'webgpu cannot start').trim();
+        console.log(`[ops webgpu] skipped: ${reason}`);
+        return ctx.skip(reason);
       }
       throw err;
     }

@@ -1,19 +1,31 @@
 /**
  * The parity suite runs over every reference folder in PARITY_FIXTURES (colon-separated; default
  * the bundled tiny-a). A folder has the layout of test/fixtures/tiny-a: `model/`,
- * `cases.safetensors`, `tokenizer_cases.json`, `scheduler_cases.safetensors`. A test that finds no
- * case for its component in a folder says so and skips.
+ * `cases.safetensors`, `tokenizer_cases.json`, `scheduler_cases.safetensors`,
+ * `train_step_cases.safetensors`. A test that finds no case for its component in a folder is
+ * reported as skipped, with the reason in its name or skip note; a folder with none of the case
+ * files is an error, so a wrong path cannot turn the suite into a row of skips.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { SafetensorsFile } from '../../src-main/engine/io/safetensors.ts';
 
 export const FIXTURES = resolve(import.meta.dirname, '../fixtures');
 
+/** The reference files a parity folder may hold; it must hold at least one. */
+export const CASE_FILES = ['cases.safetensors', 'tokenizer_cases.json', 'scheduler_cases.safetensors', 'train_step_cases.safetensors'] as const;
+
 export function parityFolders(): string[] {
   const env = process.env.PARITY_FIXTURES;
   const list = env ? env.split(':').filter(Boolean) : [join(FIXTURES, 'tiny-a')];
-  return list.map((p) => resolve(p));
+  const folders = list.map((p) => resolve(p));
+  for (const folder of folders) {
+    if (!existsSync(folder) || !statSync(folder).isDirectory()) throw new Error(`PARITY_FIXTURES names ${folder}, which is not a folder; fix the path or drop it from PARITY_FIXTURES`);
+    if (!CASE_FILES.some((f) => existsSync(join(folder, f)))) {
+      throw new Error(`PARITY_FIXTURES names ${folder}, which has none of the reference cases (${CASE_FILES.join(', ')}); add them or drop the folder from PARITY_FIXTURES`);
+    }
+  }
+  return folders;
 }
 
 /** Reads fixture tensors from `<folder>/<file>`; null when the file or key is absent. */

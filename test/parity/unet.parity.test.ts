@@ -61,24 +61,24 @@ for (const folder of parityFolders()) {
       await cases?.close();
     });
 
-    it('unet.out (integer timesteps 999, 10)', async () => {
-      if (!ready || !cases.has('unet.out')) return void skipNote(folder, 'unet.out case or model/unet');
+    it('unet.out (integer timesteps 999, 10)', async (ctx) => {
+      if (!ready || !cases.has('unet.out')) return ctx.skip(skipNote(folder, 'unet.out case or model/unet'));
       const timestep = await load(cases, 'unet.timestep');
       const out = unet!.forward(sample, timestep, context);
       await compare(label, out, cases, 'unet.out');
       tf.dispose([out, timestep]);
     });
 
-    it('unet.out_frac (float timesteps 500.5, 1.25)', async () => {
-      if (!ready || !cases.has('unet.out_frac')) return void skipNote(folder, 'unet.out_frac case');
+    it('unet.out_frac (float timesteps 500.5, 1.25)', async (ctx) => {
+      if (!ready || !cases.has('unet.out_frac') || !cases.has('unet.timestep_frac')) return ctx.skip(skipNote(folder, 'unet.out_frac / unet.timestep_frac case'));
       const t = await cases.get('unet.timestep_frac');
       const out = unet!.forward(sample, Array.from(t.data), context);
       await compare(label, out, cases, 'unet.out_frac');
       out.dispose();
     });
 
-    it('attention slicing on (tiny budget) and off give the same output', async () => {
-      if (!ready) return void skipNote(folder, 'unet case or model/unet');
+    it('attention slicing on (tiny budget) and off give the same output', async (ctx) => {
+      if (!ready) return ctx.skip(skipNote(folder, 'unet case or model/unet'));
       const saved = attentionOptions.maxScoreElements;
       try {
         attentionOptions.maxScoreElements = Infinity;
@@ -94,8 +94,8 @@ for (const folder of parityFolders()) {
       }
     });
 
-    it('a forward leaks no tensors', async () => {
-      if (!ready) return void skipNote(folder, 'unet case or model/unet');
+    it('a forward leaks no tensors', async (ctx) => {
+      if (!ready) return ctx.skip(skipNote(folder, 'unet case or model/unet'));
       await expectNoLeak(() => unet!.forward(sample, 500, context).dispose());
     });
   });

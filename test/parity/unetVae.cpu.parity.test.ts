@@ -44,9 +44,9 @@ for (const folder of parityFolders()) {
       await cases?.close();
     });
 
-    it('unet.out', async () => {
+    it('unet.out', async (ctx) => {
       const modelDir = join(folder, 'model', 'unet');
-      if (!cases.has('unet.out') || !existsSync(modelDir)) return void skipNote(folder, 'unet.out case or model/unet');
+      if (!cases.has('unet.out') || !existsSync(modelDir)) return ctx.skip(skipNote(folder, 'unet.out case or model/unet'));
       const unet = await UNet2DConditionModel.load(modelDir);
       const sample = await load(cases, 'unet.sample', true);
       const context = await load(cases, 'unet.encoder_hidden_states', false);
@@ -60,9 +60,9 @@ for (const folder of parityFolders()) {
       unet.dispose();
     });
 
-    it('vae.decode.out', async () => {
+    it('vae.decode.out', async (ctx) => {
       const modelDir = join(folder, 'model', 'vae');
-      if (!cases.has('vae.decode.out') || !existsSync(modelDir)) return void skipNote(folder, 'vae.decode case or model/vae');
+      if (!cases.has('vae.decode.out') || !existsSync(modelDir)) return ctx.skip(skipNote(folder, 'vae.decode case or model/vae'));
       const vae = await AutoencoderKL.load(modelDir);
       const z = await load(cases, 'vae.decode.in', true);
       const out = vae.decode(z);

@@ -1,22 +1,26 @@
 /**
  * Training-step benchmark: the UNet of a config (a model folder, a `unet/` folder or a
  * config.json; random weights, so the real SD 1.5 shape needs no file), adapters injected,
- * and full optimizer steps (forward, backward, AdamW) on random latents and text contexts:
- * the part of `train` that repeats, without the once-only preparation.
+ * and full optimizer steps on random latents, noise and text contexts, timed through
+ * `trainStep` (train/step.ts), the very step `train` repeats (DDPM noising from the model's
+ * scheduler config, or SD 1.5's; epsilon/v loss; backward; clipping; AdamW), without the
+ * once-only preparation.
  *
  * Reports the median ms per step after warm-up, the peak tensor bytes of one step (tf.profile),
  * the process RSS, and the configuration, so a figure is never quoted without its setting.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { initBackend, memoryCounters, tf, type BackendName } from '../backend/tf.ts';
 import { AdapterSet, DEFAULT_TARGETS, defaultAdapterSpec } from '../adapters/adapterSet.ts';
 import { vaeScaleFactor } from '../io/modelFiles.ts';
 import { loadParams, randomSource } from '../models/layers/module.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
+import { SD15_SCHEDULER_CONFIG } from '../pipeline/stableDiffusion.ts';
 import { Rng, randn } from '../random.ts';
+import { createScheduler, parseSchedulerConfig, type RawSchedulerConfig } from '../schedulers/index.ts';
 import { AdamW } from '../train/adamw.ts';
-import { blockOf, checkpointingRunner } from '../train/gradientCheckpointing.ts';
+import { adapterBlockRunner, trainStep, type TrainStepOptions } from '../train/step.ts';
 
 export interface BenchTrainOptions {
   /** A diffusers pipeline folder, a `unet/` folder, or a UNet config.json. */
@@ -70,6 +74,15 @@ export function readUnetConfig(base: string): { config: Record<string, unknown>;
   throw new Error(`bench train: ${base} is not a model folder, a unet/ folder or a config.json`);
 }
 
+/** The model's scheduler config when `base` is a pipeline folder that has one; SD 1.5's otherwise. */
+function readTrainingSchedulerConfig(base: string): RawSchedulerConfig {
+  const folder = statSync(base).isFile() ? dirname(base) : base;
+  for (const path of [join(folder, 'scheduler', 'scheduler_config.json'), join(folder, '..', 'scheduler', 'scheduler_config.json')]) {
+    if (existsSync(path)) return parseSchedulerConfig(readFileSync(path, 'utf8'), path);
+  }
+  return { source: 'the built-in SD 1.5 scheduler config', values: SD15_SCHEDULER_CONFIG };
+}
+
 export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport> {
   const log = o.log ?? (() => {});
   const info = await initBackend(o.backend ?? 'auto');
@@ -113,19 +126,17 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
     opt = new AdamW(set.variables());
     const cfg = unet.config;
     const rng = new Rng(o.seed ?? 0, 2);
-    const x = randn(rng, [batch, latent[0], latent[1], cfg.inChannels]);
-    const target = randn(rng, [batch, latent[0], latent[1], cfg.outChannels]);
-    const ctx = randn(rng, [batch, 77, cfg.crossAttentionDim[0]]);
-    owned.push(x, target, ctx);
-    const byBlock = new Map<string, tf.Variable[]>();
-    for (const a of set.adapters) byBlock.set(blockOf(a.path), [...(byBlock.get(blockOf(a.path)) ?? []), ...a.layer.variables()]);
-    const runBlock = o.checkpointing ? checkpointingRunner((n) => byBlock.get(n) ?? []) : undefined;
-    const vars = set.variables();
+    const latents = randn(rng, [batch, latent[0], latent[1], cfg.inChannels]);
+    const noise = randn(rng, [batch, latent[0], latent[1], cfg.outChannels]);
+    const context = randn(rng, [batch, 77, cfg.crossAttentionDim[0]]);
+    owned.push(latents, noise, context);
+    const model = { unet, scheduler: createScheduler('ddpm', readTrainingSchedulerConfig(o.base)), adapters: set, optimizer: opt, runBlock: o.checkpointing ? adapterBlockRunner(set) : undefined };
+    const batchOf = { latents, noise, context, timesteps: Array<number>(batch).fill(500) };
+    // The training defaults (train settings: maxGradNorm 1, no min-SNR, prior weight 1).
+    const stepOptions: Omit<TrainStepOptions, 'step'> = { lr: 1e-4, maxGradNorm: 1, minSnrGamma: null, priorLossWeight: 1 };
+    let taken = 0;
     const step = async () => {
-      const { value, grads } = tf.variableGrads(() => tf.losses.meanSquaredError(target, unet.forward(x, Array(batch).fill(500), ctx, { runBlock })) as tf.Scalar, vars);
-      await value.data();
-      opt!.apply(vars.map((v) => grads[v.name]), 1e-4);
-      tf.dispose([value, ...Object.values(grads)]);
+      await trainStep(model, [batchOf], { ...stepOptions, step: taken++ });
       sampleRss();
     };
     for (let i = 0; i < warmup + steps; i++) {

@@ -97,10 +97,18 @@ export class AdamW {
   }
 }
 
-/** Scales `grads` so their global L2 norm is at most `maxNorm` (torch's clip_grad_norm_). Returns the norm before clipping. */
-export function clipByGlobalNorm(grads: Tensor[], maxNorm: number): { grads: Tensor[]; norm: Tensor } {
+/** The global L2 norm sqrt(sum_i ||g_i||^2) of `grads`, a scalar the caller owns. */
+export function globalNorm(grads: readonly Tensor[]): Tensor {
+  return tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))));
+}
+
+/**
+ * Scales `grads` so their global L2 norm is at most `maxNorm`, as torch's clip_grad_norm_:
+ * g * min(1, maxNorm / (||g|| + 1e-6)). Returns new tensors and the norm before clipping.
+ */
+export function clipByGlobalNorm(grads: readonly Tensor[], maxNorm: number): { grads: Tensor[]; norm: Tensor } {
   return tf.tidy(() => {
-    const norm = tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g)))));
+    const norm = globalNorm(grads);
     const factor = tf.minimum(tf.div(maxNorm, tf.add(norm, 1e-6)), 1);
     return { grads: grads.map((g) => tf.mul(g, factor)), norm };
   });

@@ -17,6 +17,9 @@
  *     loss = w(t) * mean (unet(z_t, t_i, c) - target)^2      target = n, or v for v-prediction
  *            (+ lambda * the same on class images)           w = min(SNR, gamma) / SNR with min-SNR
  *   clip the summed gradient's global norm; AdamW step.
+ * The step itself (noising, loss, backward, clipping, AdamW) is `trainStep` in step.ts, which
+ * `bench train` times and the training-step parity test checks against PyTorch; this loop draws
+ * its random inputs.
  *
  * Determinism: one Philox stream draws every random choice of the loop (image picks, latent
  * samples, noise, timesteps) and is checkpointed with the adapter and the optimizer moments, so
@@ -27,7 +30,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { SCHEMA_VERSION, trainSettingsSchema, type RunManifest, type TrainEvent, type TrainSettings, type TrainSettingsInput } from '../../api/schemas.ts';
-import { activeBackend, memoryCounters, tf, type Tensor, type Variable } from '../backend/tf.ts';
+import { activeBackend, memoryCounters, tf, type Tensor } from '../backend/tf.ts';
 import { readAdapterFile, saveAdapter } from '../adapters/adapterFile.ts';
 import { AdapterSet, DEFAULT_TARGETS, type AdapterSpec } from '../adapters/adapterSet.ts';
 import { ramp } from '../adapters/ramp.ts';
@@ -41,11 +44,13 @@ import { createScheduler } from '../schedulers/index.ts';
 import type { DDPMScheduler } from '../schedulers/ddpmScheduler.ts';
 import { StableDiffusion } from '../pipeline/stableDiffusion.ts';
 import { textToImage } from '../pipeline/textToImage.ts';
-import { AdamW, clipByGlobalNorm, DEFAULT_ADAMW } from './adamw.ts';
+import { AdamW, DEFAULT_ADAMW } from './adamw.ts';
 import { loadDataset, toModelRange, type TrainImage } from './dataset.ts';
-import { blockOf, checkpointingRunner } from './gradientCheckpointing.ts';
 import { learningRate } from './lrSchedule.ts';
 import { readCheckpoint, readRunManifest, writeCheckpoint, writeRunManifest } from './runFiles.ts';
+import { adapterBlockRunner, trainStep, type MicroBatch, type TrainStepModel, type TrainStepResult } from './step.ts';
+
+export { lossWeight } from './step.ts';
 
 export interface TrainOptions {
   /** Base model: a diffusers folder or a single-file .safetensors. */
@@ -199,14 +204,15 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
     }
 
     const ddpm = createScheduler('ddpm', sd.schedulerConfig) as DDPMScheduler;
-    const byBlock = new Map<string, Variable[]>();
-    for (const a of adapters.adapters) byBlock.set(blockOf(a.path), [...(byBlock.get(blockOf(a.path)) ?? []), ...a.layer.variables()]);
-    const runBlock = settings.gradientCheckpointing ? checkpointingRunner((name) => byBlock.get(name) ?? []) : undefined;
+    const stepModel: TrainStepModel = { unet: sd.unet, scheduler: ddpm, adapters, optimizer, runBlock: settings.gradientCheckpointing ? adapterBlockRunner(adapters) : undefined };
     const [latH, latW, latC] = instances[0].mean.shape.slice(1) as number[];
     const numTrain = ddpm.alphasCumprod.length;
 
-    /** One micro-batch: the loss and the gradients of the adapter tensors. */
-    const microStep = (set: AdapterSet): { loss: Tensor; grads: Tensor[] } => {
+    /**
+     * One micro-batch's random draws, in the stream's fixed order (images, latent samples,
+     * noise, noise offset, timesteps). The caller owns the tensors.
+     */
+    const drawMicroBatch = (): MicroBatch => {
       const B = settings.batchSize;
       const pick = (pool: Example[]) => Array.from({ length: B }, () => pool[rng.int(pool.length)]);
       const chosen = [...pick(instances), ...(priors.length ? pick(priors) : [])];
@@ -215,24 +221,13 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
       const noise0 = randn(rng, [n, latH, latW, latC]);
       const offset = settings.noiseOffset ? randn(rng, [n, 1, 1, latC]) : null;
       const timesteps = Array.from({ length: n }, () => rng.int(numTrain));
-      const vars = set.variables();
-      const out = tf.tidy(() => {
-        const z0 = tf.add(tf.concat(chosen.map((e) => e.mean), 0), tf.mul(tf.concat(chosen.map((e) => e.std), 0), eps));
-        const noise = offset ? tf.add(noise0, tf.mul(offset, settings.noiseOffset)) : noise0;
-        const zt = ddpm.addNoise(z0, noise, timesteps);
-        const target = ddpm.target(z0, noise, timesteps);
-        const ctx = tf.concat(chosen.map((e) => contexts[e.context]), 0);
-        const weights = tf.tensor1d(timesteps.map((t) => lossWeight(ddpm.alphasCumprod[t], settings.minSnrGamma, ddpm.config.prediction_type === 'v_prediction')));
-        const { value, grads } = tf.variableGrads(() => {
-          const pred = sd.unet.forward(zt, timesteps, ctx, { runBlock });
-          const perSample = tf.mul(tf.mean(tf.squaredDifference(pred, target), [1, 2, 3]), weights); // [n]
-          const inst = tf.mean(perSample.slice([0], [B]));
-          return (priors.length ? tf.add(inst, tf.mul(tf.mean(perSample.slice([B], [n - B])), settings.priorLossWeight)) : inst) as tf.Scalar;
-        }, vars);
-        return { loss: value, grads: vars.map((v) => grads[v.name]) };
-      });
+      const [latents, noise, context] = tf.tidy(() => [
+        tf.add(tf.concat(chosen.map((e) => e.mean), 0), tf.mul(tf.concat(chosen.map((e) => e.std), 0), eps)), // z0, [n, h, w, c]
+        offset ? tf.add(noise0, tf.mul(offset, settings.noiseOffset)) : tf.clone(noise0),
+        tf.concat(chosen.map((e) => contexts[e.context]), 0), // [n, tokens, d]
+      ]);
       tf.dispose([eps, noise0, ...(offset ? [offset] : [])]);
-      return out;
+      return { latents, noise, timesteps, context, instances: B };
     };
 
     // The fixed-noise loss: same noise and timesteps every time, so start and end compare.
@@ -281,23 +276,15 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
     let stopped: 'cancelled' | 'paused' | null = null;
     while (step < settings.steps) {
       const lr = learningRate(schedule, step);
-      adapters.setStep(step);
-      let lossSum = 0;
-      let acc: Tensor[] | null = null;
-      for (let k = 0; k < settings.gradientAccumulation; k++) {
-        const { loss, grads } = microStep(adapters);
-        lossSum += (await loss.data())[0];
-        loss.dispose();
-        if (!acc) acc = grads;
-        else {
-          const next: Tensor[] = acc.map((a, i) => tf.add(a, grads[i]));
-          tf.dispose([...acc, ...grads]);
-          acc = next;
-        }
+      const batches = Array.from({ length: settings.gradientAccumulation }, drawMicroBatch);
+      let result: TrainStepResult;
+      try {
+        result = await trainStep(stepModel, batches, { step, lr, maxGradNorm: settings.maxGradNorm, minSnrGamma: settings.minSnrGamma, priorLossWeight: settings.priorLossWeight });
+      } finally {
+        tf.dispose(batches.flatMap((b) => [b.latents, b.noise, b.context]));
       }
-      const lossValue = lossSum / settings.gradientAccumulation;
-      if (!Number.isFinite(lossValue)) {
-        tf.dispose(acc!);
+      const lossValue = result.loss;
+      if (!result.applied) {
         const keep = lastCheckpointStep >= 0 ? `the last good checkpoint (step ${lastCheckpointStep}) is kept` : 'no checkpoint was written yet';
         const error = `the loss became ${lossValue} at step ${step + 1}; training stopped and ${keep}. Lower the learning rate (now ${settings.learningRate}) or enable gradient clipping.`;
         manifest = { ...manifest, status: 'failed', error };
@@ -305,17 +292,6 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
         emit({ event: 'done', status: 'failed', step, error });
         return { manifest, fixedLoss: null };
       }
-      const meanGrads = tf.tidy(() => acc!.map((g) => (settings.gradientAccumulation > 1 ? tf.div(g, settings.gradientAccumulation) : tf.clone(g))));
-      tf.dispose(acc!);
-      let update = meanGrads;
-      if (settings.maxGradNorm > 0) {
-        const clipped = clipByGlobalNorm(meanGrads, settings.maxGradNorm);
-        clipped.norm.dispose();
-        tf.dispose(meanGrads);
-        update = clipped.grads;
-      }
-      optimizer.apply(update, lr);
-      tf.dispose(update);
       step += 1;
 
       smoothed = smoothed === null ? lossValue : SMOOTHING * smoothed + (1 - SMOOTHING) * lossValue;
@@ -373,16 +349,6 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
     tf.dispose(owned);
     sd.dispose();
   }
-}
-
-/**
- * The min-SNR-gamma weight (Hang et al., 2023): min(SNR, gamma) / SNR for epsilon targets,
- * min(SNR, gamma) / (SNR + 1) for v-prediction; 1 when gamma is null.
- */
-export function lossWeight(alphaBar: number, gamma: number | null, vPrediction: boolean): number {
-  if (gamma === null) return 1;
-  const snr = alphaBar / (1 - alphaBar);
-  return Math.min(snr, gamma) / (vPrediction ? snr + 1 : snr);
 }
 
 async function writeSamples(
