@@ -67,6 +67,20 @@ export abstract class AdapterLinear implements LinearLike, Wrapper {
   /** dW in PyTorch layout [out, in] at `step` (scale included). The caller owns the result. */
   abstract deltaWeight(step: number): Tensor;
 
+  /** The unscaled factors of the update: down [in, r] and up [r, out]. The caller owns both. */
+  abstract factors(): { down: Tensor; up: Tensor };
+
+  /** The factors at the current step and strength, scale folded into `up`, as arrays (ONNX side paths). */
+  async lowRankFactors(): Promise<{ down: Float32Array; up: Float32Array }> {
+    const { down, up } = this.factors();
+    const scaled = tf.mul(up, this.scale(this.step));
+    try {
+      return { down: (await down.data()) as Float32Array, up: (await scaled.data()) as Float32Array };
+    } finally {
+      tf.dispose([down, up, scaled]);
+    }
+  }
+
   /** The unscaled low-rank update for x2d [N, in] -> [N, out]. */
   protected abstract update(x2d: Tensor): Tensor;
 

@@ -10,6 +10,7 @@ import { tf, type Tensor, type Variable } from '../backend/tf.ts';
 import { Linear } from '../models/layers/linear.ts';
 import type { Module } from '../models/layers/module.ts';
 import type { AdapterLinear, AdapterMethod } from './adapterLinear.ts';
+import type { SideFactors } from '../onnx/onnxDiffusion.ts';
 import { LoRALinear } from './lora.ts';
 import { SingLoRALinear } from './singlora.ts';
 
@@ -174,6 +175,16 @@ export class AdapterSet {
   /** Adapter tensors by `<path>.<name>` (e.g. `...attn1.to_q.singlora_A`), PyTorch layout. */
   namedTensors(): Array<[string, Variable]> {
     return this.adapters.flatMap((a) => a.layer.namedTensors().map(([n, v]) => [`${a.path}.${n}`, v] as [string, Variable]));
+  }
+
+  /**
+   * Every adapter as low-rank side-path factors at its current step and strength (for an ONNX
+   * graph): y += (x · down) · up, down [in, r], up [r, out].
+   */
+  async sideFactors(): Promise<SideFactors[]> {
+    const out: SideFactors[] = [];
+    for (const a of this.adapters) out.push({ component: 'unet', path: a.path, rank: a.layer.hyper.rank, ...(await a.layer.lowRankFactors()) });
+    return out;
   }
 
   /** dW for every adapter at `step`, PyTorch layout [out, in]. The caller owns the tensors. */

@@ -42,6 +42,10 @@ export class LoRALinear extends AdapterLinear {
     return loraDelta(this.B, this.A, this.scale(step));
   }
 
+  factors(): { down: Tensor; up: Tensor } {
+    return tf.tidy(() => ({ down: tf.transpose(this.A), up: tf.transpose(this.B) }));
+  }
+
   protected update(x2d: Tensor): Tensor {
     // B (A x): [N, d_in] @ [d_in, r] -> [N, r]; then @ [r, d_out] -> [N, d_out]
     return tf.matMul(tf.matMul(x2d, tf.transpose(this.A)), tf.transpose(this.B));

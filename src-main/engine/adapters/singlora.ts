@@ -55,6 +55,10 @@ export class SingLoRALinear extends AdapterLinear {
     return singloraDelta(this.A, this.outFeatures, this.inFeatures, this.scale(step));
   }
 
+  factors(): { down: Tensor; up: Tensor } {
+    return tf.tidy(() => ({ down: this.downT(), up: tf.transpose(this.up()) }));
+  }
+
   protected update(x2d: Tensor): Tensor {
     // A* (A^T x): [N, d_in] @ [d_in, r] -> [N, r]; then @ [r, d_out] -> [N, d_out]
     return tf.matMul(tf.matMul(x2d, this.downT()), tf.transpose(this.up()));

@@ -13,6 +13,10 @@
  */
 import * as ort from 'onnxruntime-node';
 import { existsSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+
+const require = createRequire(import.meta.url);
 
 /** A dimension: a fixed size, or a symbol standing for any size (batch 'N', width 'D'). */
 export type Dim = number | string;
@@ -213,9 +217,15 @@ function toOnnxTensor(file: string, name: string, t: ort.Tensor, dims: number[])
 // ---------------------------------------------------------------------------------------------
 // Sessions over graphs this engine emits (engine/onnx), and the execution providers.
 
-/** Providers the installed onnxruntime-node knows, and whether its npm package carries them. */
-export function installedProviders(): Array<{ name: string; bundled: boolean }> {
-  return ort.listSupportedBackends().map((b) => ({ name: b.name, bundled: b.bundled }));
+/**
+ * Providers the installed onnxruntime-node knows: `bundled` ones ship in its npm package; the
+ * others (CUDA, TensorRT) are `present` only once its installer has fetched their libraries.
+ */
+export function installedProviders(): Array<{ name: string; bundled: boolean; present: boolean }> {
+  const binDir = dirname(require.resolve('onnxruntime-node/package.json'));
+  const libDir = join(binDir, 'bin', 'napi-v6', process.platform, process.arch);
+  const lib = (name: string) => [`libonnxruntime_providers_${name}.so`, `onnxruntime_providers_${name}.dll`].some((f) => existsSync(join(libDir, f)));
+  return ort.listSupportedBackends().map((b) => ({ name: b.name, bundled: b.bundled, present: b.bundled || lib(b.name) }));
 }
 
 export interface SessionOptions {

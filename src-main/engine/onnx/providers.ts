@@ -41,7 +41,7 @@ export async function providerCandidates(choice: ProviderChoice): Promise<Execut
   const out: ExecutionProvider[][] = [];
   for (const p of platformGpuProviders()) {
     if (p === 'webgpu' && !(await hardwareWebgpu())) continue;
-    if (p === 'cuda' && !installedProviders().some((b) => b.name === 'cuda')) continue;
+    if (p === 'cuda' && !installedProviders().some((b) => b.name === 'cuda' && b.present)) continue;
     out.push([p, 'cpu']);
   }
   out.push(['cpu']);
@@ -67,7 +67,7 @@ export interface ProviderStatus {
 
 /** Tries each provider on a one-node graph (for `singlora doctor`). */
 export async function probeProviders(): Promise<ProviderStatus[]> {
-  const installed = new Map(installedProviders().map((b) => [b.name, b.bundled]));
+  const installed = new Map(installedProviders().filter((b) => b.present).map((b) => [b.name, b.bundled]));
   const dir = mkdtempSync(join(tmpdir(), 'singlora-ort-probe-'));
   try {
     const g = new GraphBuilder('probe');

@@ -123,9 +123,8 @@ export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, 
 
   let context: Tensor | null = null;
   try {
-    // 1. Adapters.
-    const reports = await sd.setAdapters(req.adapters ?? []);
-    hooks.onAdapters?.(reports);
+    // 1. Adapters (none with precomputed embeddings: training previews run the adapter being trained).
+    if (!req.promptEmbeds) hooks.onAdapters?.(await sd.setAdapters(req.adapters ?? []));
 
     // 2. Prompt embeddings: [uncond, cond] with guidance, [cond] without.
     const cfg = req.guidanceScale > 1;
@@ -185,7 +184,7 @@ export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, 
     return images;
   } finally {
     context?.dispose();
-    sd.clearAdapters();
+    if (!req.promptEmbeds) sd.clearAdapters();
   }
 }
 

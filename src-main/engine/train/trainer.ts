@@ -159,27 +159,35 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
     // 3. Latents and text embeddings, once; then the VAE and text encoder leave memory.
     emit({ event: 'prepare', stage: 'encode' });
     const captions = [...new Set([...dataset.images.map((i) => i.caption), ...(classImages.length ? [classPrompt] : [])])];
-    const contexts = captions.map((c) => tf.keep(sd.encodePrompts([c], 0)));
+    // The VAE and text encoder run on the inference engine (ONNX Runtime by default).
+    const contexts: Tensor[] = [];
+    for (const c of captions) contexts.push(tf.keep(await sd.encodeText([c], 0)));
     owned.push(...contexts);
-    const encode = (img: TrainImage): Example => {
+    const encode = async (img: TrainImage): Promise<Example> => {
       const s = sd.scalingFactor;
-      const [mean, std] = tf.tidy(() => {
-        const dist = sd.vae.encode(tf.tensor(toModelRange(img.image), [1, img.image.height, img.image.width, 3]));
-        return [tf.mul(dist.mean, s), tf.mul(dist.std, s)]; // scaled, as the UNet sees latents
-      });
+      const x = tf.tensor(toModelRange(img.image), [1, img.image.height, img.image.width, 3]);
+      const dist = await sd.encodeImage(x);
+      x.dispose();
+      const [mean, std] = tf.tidy(() => [tf.mul(dist.mean, s), tf.mul(dist.std, s)]); // scaled, as the UNet sees latents
+      tf.dispose([dist.mean, dist.logvar, dist.std]);
       owned.push(mean, std);
       return { mean, std, context: captions.indexOf(img.caption) };
     };
-    const instances = dataset.images.map(encode);
-    const priors = classImages.map((img) => encode({ ...img, caption: classPrompt }));
+    const instances: Example[] = [];
+    for (const img of dataset.images) instances.push(await encode(img));
+    const priors: Example[] = [];
+    for (const img of classImages) priors.push(await encode({ ...img, caption: classPrompt }));
     const samplePrompts = settings.sampleEvery > 0 ? (settings.samplePrompts ?? [instancePrompt, `a painting of ${settings.triggerToken} ${settings.classWord} in the style of van gogh`]) : [];
-    const sampleEmbeds = samplePrompts.map((p) => {
-      const both = tf.keep(sd.encodePrompts(['', p], 0));
+    const sampleEmbeds: Tensor[] = [];
+    for (const p of samplePrompts) {
+      const both = tf.keep(await sd.encodeText(['', p], 0));
       owned.push(both);
-      return both;
-    });
+      sampleEmbeds.push(both);
+    }
     sd.unload('vae');
     sd.unload('textEncoder');
+    await sd.release();
+    await sd.ensure('unet');
 
     // 4. Adapters and optimizer.
     const spec: AdapterSpec = { method: settings.method, rank: settings.rank, alpha: settings.alpha, rampSteps: settings.rampSteps, targets: settings.targets ?? DEFAULT_TARGETS, initStd: settings.initStd };
@@ -315,7 +323,7 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
 
       if (settings.sampleEvery > 0 && step % settings.sampleEvery === 0) {
         adapters.setStep(step);
-        const files = await writeSamples(sd, opts.runDir, step, samplePrompts, sampleEmbeds, settings, resolution);
+        const files = await writeSamples(sd, adapters, opts.runDir, step, samplePrompts, sampleEmbeds, settings, resolution);
         manifest.samples.push(...files);
         for (const f of files) emit({ event: 'sample', step, file: f.file, prompt: f.prompt });
       }
@@ -353,6 +361,7 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
 
 async function writeSamples(
   sd: StableDiffusion,
+  adapters: AdapterSet | null,
   runDir: string,
   step: number,
   prompts: string[],
@@ -360,8 +369,9 @@ async function writeSamples(
   settings: TrainSettings,
   resolution: number,
 ): Promise<Array<{ step: number; file: string; prompt: string; seed: number }>> {
-  await sd.ensure('vae');
   const out: Array<{ step: number; file: string; prompt: string; seed: number }> = [];
+  // On the onnx engine the training adapter's current factors are fed to the UNet graph's side paths.
+  if (sd.engine === 'onnx' && adapters) (await sd.onnx()).setAdapters(await adapters.sideFactors());
   try {
     for (let i = 0; i < prompts.length; i++) {
       const seed = settings.seed + i;
@@ -373,6 +383,10 @@ async function writeSamples(
     }
   } finally {
     sd.unload('vae');
+    if (sd.engine === 'onnx') {
+      (await sd.onnx()).setAdapters([]);
+      await sd.release(); // previews are rare: give the sessions' memory back to training
+    }
   }
   return out;
 }
