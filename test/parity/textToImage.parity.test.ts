@@ -3,7 +3,7 @@
  * fixture prompts and `t2i.latents` passed in. Per-step latents within 1e-4 * max|ref|, the image
  * within atol 1e-3; the no-negative-prompt run too.
  */
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf, type Tensor } from '../../src-main/engine/backend/tf.ts';
 import { StableDiffusion } from '../../src-main/engine/pipeline/stableDiffusion.ts';
@@ -20,16 +20,17 @@ function toNhwc(data: Float32Array, [n, c, h, w]: number[]): Float32Array {
   return out;
 }
 
-for (const folder of parityFolders()) {
-  describe(`text-to-image parity: ${folder}`, () => {
+for (const folder of parityFolders()) for (const engine of ['onnx', 'tfjs'] as const) {
+  describe(`text-to-image parity (${engine}, ${basename(folder)}): ${folder}`, () => {
     let cases: Cases;
     let sd: StableDiffusion | null = null;
     beforeAll(async () => {
       cases = await Cases.open(folder);
-      if (cases.has('t2i.latents')) sd = await StableDiffusion.load(join(folder, 'model'));
+      if (cases.has('t2i.latents')) sd = await StableDiffusion.load(join(folder, 'model'), { engine, provider: 'cpu' });
     });
     afterAll(async () => {
       sd?.dispose();
+      await sd?.release();
       await cases.close();
     });
 
@@ -81,7 +82,7 @@ for (const folder of parityFolders()) {
         expect(seen).toEqual(timestepsRef);
         const fin = maxAbsDiff(lastLatents!, toNhwc(finalRef.data, finalRef.shape));
         const img = maxAbsDiff(images[0].float!, imageRef.data);
-        console.log(`[parity] ${folder} t2i ${variant}: worst step latents ${stepRef ? worstStep.toExponential(2) : 'n/a (no per-step reference)'} of max|ref|, final latents ${fin.rel.toExponential(2)} (max|ref| ${fin.maxRef.toFixed(1)}), image max abs ${img.maxAbs.toExponential(2)}`);
+        console.log(`[parity ${engine}] ${folder} t2i ${variant}: worst step latents ${stepRef ? worstStep.toExponential(2) : 'n/a (no per-step reference)'} of max|ref|, final latents ${fin.rel.toExponential(2)} (max|ref| ${fin.maxRef.toFixed(1)}), image max abs ${img.maxAbs.toExponential(2)}`);
         expect(worstStep).toBeLessThanOrEqual(1e-4);
         expect(fin.rel).toBeLessThanOrEqual(1e-4);
         expect(img.maxAbs).toBeLessThanOrEqual(1e-3);
