@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import { benchGenerate } from '../engine/bench/generate.ts';
 import { benchTrain } from '../engine/bench/train.ts';
 import { benchUnet, formatBenchUnet } from '../engine/bench/unet.ts';
-import { action, printResult, withCommon, type GlobalOptions } from './common.ts';
+import { action, inferenceOptions, printResult, withCommon, withInference, type GlobalOptions, type InferenceCliOptions } from './common.ts';
 
 const num = (v: string) => {
   const n = Number(v);
@@ -37,7 +37,7 @@ export function register(program: Command): void {
     }),
   );
 
-  withCommon(
+  withInference(withCommon(
     bench
       .command('generate')
       .description('seconds per image and UNet it/s for a base model')
@@ -46,10 +46,10 @@ export function register(program: Command): void {
       .option('--images <n>', 'timed images', num, 2)
       .option('--width <px>', 'width (default: native)', num)
       .option('--height <px>', 'height (default: native)', num),
-  ).action(
-    action(async (o: GlobalOptions & { base: string; steps: number; images: number; width?: number; height?: number }) => {
-      const r = await benchGenerate({ base: o.base, steps: o.steps, images: o.images, width: o.width, height: o.height, backend: o.backend ?? 'auto' });
-      printResult(o, r, () => `${r.backend}: ${r.s_per_image.toFixed(2)} s/image, UNet ${r.unet_its.toFixed(2)} it/s (CFG batch 2), decode ${r.decode_s.toFixed(2)} s; ${r.config.width}x${r.config.height}, ${r.config.steps} steps ${r.config.scheduler}; load ${r.load_s.toFixed(1)} s`);
+  )).action(
+    action(async (o: GlobalOptions & InferenceCliOptions & { base: string; steps: number; images: number; width?: number; height?: number }) => {
+      const r = await benchGenerate({ base: o.base, steps: o.steps, images: o.images, width: o.width, height: o.height, backend: o.backend ?? 'auto', inference: inferenceOptions(o) });
+      printResult(o, r, () => `${r.engine}${r.provider ? ` (${r.provider})` : ''}: ${r.s_per_image.toFixed(2)} s/image, UNet ${r.unet_its.toFixed(2)} it/s (CFG batch 2), decode ${r.decode_s.toFixed(2)} s; ${r.config.width}x${r.config.height}, ${r.config.steps} steps ${r.config.scheduler}; load ${r.load_s.toFixed(1)} s`);
     }),
   );
 

@@ -7,6 +7,8 @@
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { BACKEND_NAMES, initBackend, type BackendInfo, type BackendName } from '../engine/backend/tf.ts';
+import { PROVIDER_CHOICES, type ProviderChoice } from '../engine/onnx/providers.ts';
+import { INFERENCE_ENGINES, type InferenceEngine, type InferenceOptions } from '../engine/pipeline/stableDiffusion.ts';
 
 export interface GlobalOptions {
   json?: boolean;
@@ -18,6 +20,23 @@ export function withCommon(cmd: Command): Command {
   return cmd
     .option('--json', 'machine-readable output: JSON only (events as JSON lines)')
     .addOption(new Option('--backend <name>', 'force a tensor backend (default: SINGLORA_BACKEND or the best available)').choices(['auto', ...BACKEND_NAMES]));
+}
+
+export interface InferenceCliOptions {
+  engine?: InferenceEngine;
+  provider?: ProviderChoice;
+}
+
+/** `--engine` and `--provider`, for every command that runs inference. */
+export function withInference(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--engine <name>', 'inference engine: onnx (ONNX Runtime) or tfjs (TensorFlow.js, the training engine)').choices([...INFERENCE_ENGINES]).default('onnx'))
+    .addOption(new Option('--provider <name>', 'ONNX Runtime execution provider (auto: a GPU provider that starts, else the CPU)').choices([...PROVIDER_CHOICES]).default('auto'));
+}
+
+/** The inference options of a command's parsed flags. */
+export function inferenceOptions(o: InferenceCliOptions): InferenceOptions {
+  return { engine: o.engine ?? 'onnx', provider: o.provider ?? 'auto' };
 }
 
 /** Starts the backend chosen by --backend / SINGLORA_BACKEND / auto. */

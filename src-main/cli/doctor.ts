@@ -1,6 +1,7 @@
-/** `singlora doctor`: every backend's status and why, the GPU, and memory counters. */
+/** `singlora doctor`: every TensorFlow.js backend and ONNX Runtime provider, whether it starts and why not, and memory counters. */
 import type { Command } from 'commander';
 import { activeBackend, memoryCounters, probeBackends } from '../engine/backend/tf.ts';
+import { probeProviders } from '../engine/onnx/providers.ts';
 import { action, formatBytes, printResult, startBackend, withCommon, type GlobalOptions } from './common.ts';
 
 export async function doctorReport(opts: GlobalOptions) {
@@ -15,6 +16,9 @@ export async function doctorReport(opts: GlobalOptions) {
   return {
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
+    /** ONNX Runtime execution providers (inference). */
+    providers: await probeProviders(),
+    /** TensorFlow.js backends (training). */
     backends,
     selected,
     active: activeBackend(),
@@ -23,12 +27,14 @@ export async function doctorReport(opts: GlobalOptions) {
 }
 
 export function register(program: Command): void {
-  withCommon(program.command('doctor').description('show which tensor backends can run here, and why not'))
+  withCommon(program.command('doctor').description('show which inference providers and training backends can run here, and why not'))
     .action(
       action(async (opts: GlobalOptions) => {
         const report = await doctorReport(opts);
         printResult(opts, report, () => {
-          const lines = [`node ${report.node} on ${report.platform}`, '', 'backends (in order of preference):'];
+          const lines = [`node ${report.node} on ${report.platform}`, '', 'inference: ONNX Runtime providers (auto picks a GPU one that starts, else cpu):'];
+          for (const p of report.providers) lines.push(`  ${p.available ? '✓' : '✗'} ${p.name.padEnd(10)} ${p.detail}`);
+          lines.push('', 'training: TensorFlow.js backends (in order of preference):');
           for (const b of report.backends) {
             const mark = b.available ? (b.software ? '~' : '✓') : '✗';
             const detail = b.available ? `${b.device ?? ''}${b.memoryBytes ? `, ${formatBytes(b.memoryBytes)}` : ''}${b.software ? ' (software adapter: used only when forced)' : ''}` : b.reason;

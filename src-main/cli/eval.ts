@@ -16,9 +16,9 @@ import { scoreSubjectFidelity, type SubjectFidelity } from '../engine/eval/simil
 import { getPngText } from '../engine/image/pngText.ts';
 import { defaultModelsDir } from '../engine/paths.ts';
 import { evaluateRun } from '../engine/eval/evaluateRun.ts';
-import { action, emitJsonLine, printResult, progressBar, startBackend, withCommon, type GlobalOptions } from './common.ts';
+import { action, emitJsonLine, printResult, progressBar, startBackend, withCommon, type GlobalOptions, inferenceOptions, withInference, type InferenceCliOptions } from './common.ts';
 
-interface EvalOptions extends GlobalOptions {
+interface EvalOptions extends GlobalOptions, InferenceCliOptions {
   photos?: string;
   generated?: string;
   run?: string;
@@ -127,6 +127,7 @@ async function evalRun(opts: EvalOptions): Promise<void> {
       dinoModel: opts.dinoModel,
       modelsDir: opts.modelsDir,
       clip: opts.clip !== false,
+      inference: inferenceOptions(opts),
     },
     {
       onProgress: (done, total, label) => {
@@ -156,7 +157,7 @@ function readPromptFile(file: string): string[] {
 }
 
 export function register(program: Command): void {
-  withCommon(program.command('eval').description('score generated images against subject photos (DINO subject fidelity; CLIP-I/CLIP-T with --clip)'))
+  withInference(withCommon(program.command('eval').description('score generated images against subject photos (DINO subject fidelity; CLIP-I/CLIP-T with --clip)')))
     .option('--photos <dir>', 'folder of subject photos')
     .option('--generated <dir>', 'folder of generated images')
     .option('--run <dir>', 'score the base model and every checkpoint of a training run on the fixed prompt set')

@@ -2,9 +2,9 @@
 import { Command, Option } from 'commander';
 import { SCHEDULERS } from '../api/schemas.ts';
 import { generateImages } from '../engine/pipeline/generate.ts';
-import { action, emitJsonLine, printResult, progressBar, startBackend, withCommon, type GlobalOptions } from './common.ts';
+import { action, emitJsonLine, inferenceOptions, printResult, progressBar, startBackend, withCommon, withInference, type GlobalOptions, type InferenceCliOptions } from './common.ts';
 
-interface GenerateCliOptions extends GlobalOptions {
+interface GenerateCliOptions extends GlobalOptions, InferenceCliOptions {
   base: string;
   prompt: string;
   negative?: string;
@@ -34,7 +34,7 @@ export function parseAdapterArg(v: string): { path: string; strength: number } {
 }
 
 export function register(program: Command): void {
-  withCommon(
+  withInference(withCommon(
     program
       .command('generate')
       .description('generate images from a prompt, optionally with adapters')
@@ -51,7 +51,7 @@ export function register(program: Command): void {
       .option('--clip-skip <n>', "diffusers clip_skip (A1111's 'Clip skip' minus 1)", num)
       .option('--adapter <file[:strength]>', 'adapter file (native, kohya or diffusers LoRA); repeatable', (v: string, prev: string[] = []) => [...prev, v])
       .requiredOption('--out <dir>', 'output folder'),
-  ).action(
+  )).action(
     action(async (o: GenerateCliOptions) => {
       await startBackend(o);
       const total = o.count * o.steps;
@@ -63,6 +63,7 @@ export function register(program: Command): void {
             settings: { prompt: o.prompt, negativePrompt: o.negative ?? '', steps: o.steps, scheduler: o.scheduler, guidanceScale: o.guidance, seed: o.seed, width: o.width, height: o.height, count: o.count, clipSkip: o.clipSkip ?? 0 },
             adapters: (o.adapter ?? []).map(parseAdapterArg),
             outDir: o.out,
+            inference: inferenceOptions(o),
           },
           {
             onAdapters: (s) => (o.json ? s.forEach((summary) => emitJsonLine(o, { event: 'adapter', summary })) : s.forEach((l) => process.stderr.write(`${l}\n`))),

@@ -7,9 +7,9 @@ import { Command, Option } from 'commander';
 import { join } from 'node:path';
 import { trainSettingsSchema, type TrainEvent, type TrainSettingsInput } from '../api/schemas.ts';
 import { train } from '../engine/train/trainer.ts';
-import { action, emitJsonLine, printResult, progressBar, startBackend, withCommon, type GlobalOptions } from './common.ts';
+import { action, emitJsonLine, printResult, progressBar, startBackend, withCommon, type GlobalOptions, inferenceOptions, withInference, type InferenceCliOptions } from './common.ts';
 
-interface TrainCliOptions extends GlobalOptions {
+interface TrainCliOptions extends GlobalOptions, InferenceCliOptions {
   base: string;
   images?: string;
   out: string;
@@ -134,7 +134,8 @@ export function register(program: Command): void {
       .option('--gradient-checkpointing', 'recompute each UNet block in the backward pass (less memory)')
       .option('--target <pattern>', 'adapter target pattern (repeatable; default: attn1/attn2 to_q/to_k/to_v/to_out.0)', collect)
       .option('--resume', 'continue the run in --out from its last checkpoint'),
-  ).action(
+  );
+  withInference(program.commands.find((c) => c.name() === 'train')!).action(
     action(async (o: TrainCliOptions) => {
       if (!o.resume && !o.images) throw new Error('--images <dir> is required (or --resume to continue a run)');
       const settings = settingsFromOptions(o);
@@ -151,7 +152,7 @@ export function register(program: Command): void {
       try {
         const images = o.images ?? '';
         const result = await train(
-          { base: o.base, photos: images, runDir: o.out, settings, resume: o.resume },
+          { base: o.base, photos: images, runDir: o.out, settings, resume: o.resume, baseOptions: inferenceOptions(o) },
           {
             signal: controller.signal,
             onEvent: (e: TrainEvent) => {

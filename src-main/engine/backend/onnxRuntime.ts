@@ -263,6 +263,7 @@ export class OnnxSession {
         executionProviders: [...options.providers],
         graphOptimizationLevel: 'all',
         enableCpuMemArena: options.cpuArena ?? true,
+        logSeverityLevel: 3, // errors only: node-placement warnings are expected with a GPU provider plus the CPU
         ...(options.intraOpNumThreads ? { intraOpNumThreads: options.intraOpNumThreads } : {}),
         ...(options.externalData ? { externalData: options.externalData.map((e) => ({ path: e.path, data: e.data })) } : {}),
       };

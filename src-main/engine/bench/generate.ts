@@ -3,7 +3,7 @@
  * the current backend (classifier-free guidance, so one iteration is a batch-2 UNet call).
  */
 import { initBackend, type BackendName } from '../backend/tf.ts';
-import { StableDiffusion } from '../pipeline/stableDiffusion.ts';
+import { StableDiffusion, type InferenceOptions } from '../pipeline/stableDiffusion.ts';
 import { textToImage } from '../pipeline/textToImage.ts';
 
 export interface BenchGenerateOptions {
@@ -14,10 +14,17 @@ export interface BenchGenerateOptions {
   height?: number;
   scheduler?: 'ddim' | 'dpmpp-2m-karras' | 'euler-a' | 'pndm';
   backend?: BackendName | 'auto';
+  /** Default: ONNX Runtime, auto provider. */
+  inference?: InferenceOptions;
 }
 
 export interface BenchGenerateReport {
   bench: 'generate';
+  engine: string;
+  /** ONNX Runtime providers used (onnx engine), e.g. 'cpu'. */
+  provider: string | null;
+  /** ONNX compute type (onnx engine). */
+  dtype: string | null;
   backend: string;
   device: string | null;
   config: { base: string; steps: number; images: number; width: number; height: number; scheduler: string; guidance: number };
@@ -30,7 +37,7 @@ export interface BenchGenerateReport {
 export async function benchGenerate(o: BenchGenerateOptions): Promise<BenchGenerateReport> {
   const info = await initBackend(o.backend ?? 'auto');
   const t0 = performance.now();
-  const sd = await StableDiffusion.load(o.base);
+  const sd = await StableDiffusion.load(o.base, o.inference);
   const loadS = (performance.now() - t0) / 1000;
   try {
     const steps = o.steps ?? 20;
@@ -58,8 +65,12 @@ export async function benchGenerate(o: BenchGenerateOptions): Promise<BenchGener
     );
     const total = (performance.now() - start) / 1000;
     const unetS = unetMs / 1000;
+    const onnx = sd.engine === 'onnx' ? await sd.onnx() : null;
     return {
       bench: 'generate',
+      engine: sd.engine,
+      provider: onnx?.activeProviders?.join('+') ?? null,
+      dtype: onnx?.computeType ?? null,
       backend: info.name,
       device: info.device ?? null,
       config: { base: o.base, steps, images, width, height, scheduler, guidance: 7.5 },

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import type { Evaluation, RunManifest, ScoreRow } from '../../api/schemas.ts';
 import { listPhotos } from '../train/dataset.ts';
 import { readRunManifest, writeRunManifest } from '../train/runFiles.ts';
-import { StableDiffusion } from '../pipeline/stableDiffusion.ts';
+import { StableDiffusion, type InferenceOptions } from '../pipeline/stableDiffusion.ts';
 import { generateImages } from '../pipeline/generate.ts';
 import { defaultModelsDir } from '../paths.ts';
 import { ClipModels, clipScores } from './clip.ts';
@@ -47,6 +47,8 @@ export interface EvaluateRunOptions {
   /** Use CLIP-T when the CLIP models are present (default true). */
   clip?: boolean;
   clipMargin?: number;
+  /** Engine and provider for the evaluation images (default: ONNX Runtime, auto provider). */
+  inference?: InferenceOptions;
 }
 
 export interface EvaluateHooks {
@@ -76,7 +78,7 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
     if ('files' in located) clip = await ClipModels.load(located.files);
   }
 
-  const sd = await StableDiffusion.load(o.base ?? manifest.baseModel.path);
+  const sd = await StableDiffusion.load(o.base ?? manifest.baseModel.path, o.inference);
   const labels = ['base', ...chosen.map((c) => `step-${String(c.step).padStart(6, '0')}`)];
   const total = labels.length * prompts.length * perPrompt;
   let done = 0;

@@ -58,7 +58,7 @@ export class OnnxDiffusion {
   private readonly slots = new Map<GraphKind, Slot>();
   private factors: SideFactors[] = [];
   /** Every session created, for reports and tests. */
-  readonly opened: Array<{ kind: GraphKind; weights: OpenedGraph['weights']; emitted: boolean; ms: number }> = [];
+  readonly opened: Array<{ kind: GraphKind; providers: string; dtype: ComputeType; weights: OpenedGraph['weights']; emitted: boolean; ms: number }> = [];
 
   private constructor(
     readonly path: string,
@@ -177,18 +177,21 @@ export class OnnxDiffusion {
     const lists = this.providers ? [this.providers] : await providerCandidates(this.options.provider ?? 'auto');
     const errors: string[] = [];
     for (const providers of lists) {
-      const dtype = this.options.dtype ?? defaultComputeType(providers);
-      const t0 = performance.now();
-      try {
-        const opened = await openGraph(graphRequest(kind, base, dtype, side), { providers, cacheDir: this.options.cacheDir, inMemory: this.options.inMemory });
-        this.providers = providers;
-        this.dtype = dtype;
-        this.opened.push({ kind, weights: opened.weights, emitted: opened.emitted, ms: performance.now() - t0 });
-        return opened;
-      } catch (err) {
-        errors.push(`${providers[0]}: ${(err as Error).message}`);
-        if (this.providers) break;
+      // float16 by default on a GPU provider; float32 when the device has no float16 shaders.
+      const dtypes: ComputeType[] = this.dtype ? [this.dtype] : this.options.dtype ? [this.options.dtype] : [...new Set([defaultComputeType(providers), 'float32' as const])];
+      for (const dtype of dtypes) {
+        const t0 = performance.now();
+        try {
+          const opened = await openGraph(graphRequest(kind, base, dtype, side), { providers, cacheDir: this.options.cacheDir, inMemory: this.options.inMemory });
+          this.providers = providers;
+          this.dtype = dtype;
+          this.opened.push({ kind, providers: providers.join('+'), dtype, weights: opened.weights, emitted: opened.emitted, ms: performance.now() - t0 });
+          return opened;
+        } catch (err) {
+          errors.push(`${providers[0]} (${dtype}): ${(err as Error).message}`);
+        }
       }
+      if (this.providers) break;
     }
     throw new Error(`ONNX Runtime could not start the ${kind} on any provider (${this.options.provider ?? 'auto'}):\n  ${errors.join('\n  ')}`);
   }

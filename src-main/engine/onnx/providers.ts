@@ -89,7 +89,9 @@ export async function probeProviders(): Promise<ProviderStatus[]> {
         const what = name === 'cpu' ? 'MLAS, all cores' : name === 'webgpu' && webgpu?.available ? `${webgpu.device}${webgpu.software ? ' (software: used only when asked for)' : ''}` : 'started';
         out.push({ name, available: true, detail: what });
       } catch (err) {
-        out.push({ name, available: false, detail: ((err as Error).message ?? String(err)).split('\n')[0].slice(0, 300) });
+        const msg = ((err as Error).message ?? String(err)).split('\n')[0];
+        const detail = name === 'webgpu' && /adapter/i.test(msg) ? 'no WebGPU adapter: Dawn found no Vulkan, Metal or D3D12 device (Linux: a GPU driver with Vulkan)' : msg.replace(/^.*?onnxruntime could not create a session on \[\w+\]: /, '').slice(0, 300);
+        out.push({ name, available: false, detail });
       }
     }
     return out;

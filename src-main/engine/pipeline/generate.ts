@@ -15,7 +15,7 @@ import { writePngText } from '../image/pngText.ts';
 import { appVersion } from '../paths.ts';
 import { schedulerDisplayName } from '../schedulers/index.ts';
 import { formatA1111Parameters } from './generationParams.ts';
-import { StableDiffusion } from './stableDiffusion.ts';
+import { StableDiffusion, type InferenceOptions } from './stableDiffusion.ts';
 import { textToImage, type AdapterUse, type StepInfo } from './textToImage.ts';
 
 export interface GenerateJob {
@@ -23,6 +23,8 @@ export interface GenerateJob {
   base: string;
   /** An already loaded pipeline to reuse (the service keeps one warm). */
   sd?: StableDiffusion;
+  /** Engine and provider when `sd` is not given (default: ONNX Runtime, auto provider). */
+  inference?: InferenceOptions;
   settings: GenerateSettingsInput;
   adapters?: readonly AdapterUse[];
   outDir: string;
@@ -45,7 +47,7 @@ export async function generateImages(job: GenerateJob, hooks: GenerateHooks = {}
   if (!parsed.success) throw new Error(`invalid generation settings: ${parsed.error.issues.map((i) => `${i.path.join('.') || 'settings'}: ${i.message}`).join('; ')}`);
   const settings = parsed.data;
   const seed = settings.seed < 0 ? randomInt(0, 2 ** 32) : settings.seed;
-  const sd = job.sd ?? (await StableDiffusion.load(job.base));
+  const sd = job.sd ?? (await StableDiffusion.load(job.base, job.inference));
   try {
     const adapters = job.adapters ?? [];
     const adapterHashes = await Promise.all(adapters.map(async (a) => ({ file: a.path, sha256: await hashFile(a.path), strength: a.strength })));

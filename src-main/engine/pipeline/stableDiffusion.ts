@@ -202,9 +202,10 @@ export class StableDiffusion {
     return this.textEncoder.encodePrompt(this.tokenize(prompts), clipSkip || undefined);
   }
 
-  /** Frees the TensorFlow.js models (ONNX sessions: `release()`). */
+  /** Frees the TensorFlow.js models and the ONNX sessions. */
   dispose(): void {
     this.clearAdapters();
+    if (this.onnxOpened) void this.onnxOpened.release();
     this.unload('unet');
     this.unload('vae');
     this.unload('textEncoder');

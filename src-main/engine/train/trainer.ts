@@ -42,7 +42,7 @@ import { defaultCacheDir } from '../paths.ts';
 import { Rng, randn } from '../random.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import type { DDPMScheduler } from '../schedulers/ddpmScheduler.ts';
-import { StableDiffusion } from '../pipeline/stableDiffusion.ts';
+import { StableDiffusion, type LoadOptions } from '../pipeline/stableDiffusion.ts';
 import { textToImage } from '../pipeline/textToImage.ts';
 import { AdamW, DEFAULT_ADAMW } from './adamw.ts';
 import { loadDataset, toModelRange, type TrainImage } from './dataset.ts';
@@ -55,7 +55,8 @@ export { lossWeight } from './step.ts';
 export interface TrainOptions {
   /** Base model: a diffusers folder or a single-file .safetensors. */
   base: string;
-  baseOptions?: OpenBaseModelOptions;
+  /** How the base model is opened, and the engine that runs inference (latent cache, class images, previews). */
+  baseOptions?: LoadOptions;
   /** A folder of photos, or the photo files. */
   photos: string | readonly string[];
   runDir: string;
