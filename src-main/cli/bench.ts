@@ -2,10 +2,11 @@
  * `singlora bench unet|generate|train`: the speed and memory figures quoted in the docs, each
  * printed with its backend and configuration.
  */
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { benchGenerate } from '../engine/bench/generate.ts';
 import { benchTrain } from '../engine/bench/train.ts';
 import { benchUnet, formatBenchUnet } from '../engine/bench/unet.ts';
+import { benchUnetOnnx } from '../engine/bench/unetOnnx.ts';
 import { action, inferenceOptions, printResult, withCommon, withInference, type GlobalOptions, type InferenceCliOptions } from './common.ts';
 
 const num = (v: string) => {
@@ -17,22 +18,34 @@ const num = (v: string) => {
 export function register(program: Command): void {
   const bench = program.command('bench').description('measure speed and memory on this machine');
 
-  withCommon(
-    bench
-      .command('unet')
-      .description('UNet forward timing with random weights (no file needed): SD 1.5 shape by default')
-      .option('--config <path>', 'UNet config.json, unet/ folder or model folder', 'test/fixtures/sd15_configs/unet')
-      .option('--sizes <list>', 'latent sizes, e.g. 32,64 or 16x12 (default: the config sample_size)')
-      .option('--batch <n>', 'batch size (2 = with classifier-free guidance)', num, 1)
-      .option('--iters <n>', 'timed forwards per size', num, 3)
-      .option('--warmup <n>', 'warm-up forwards', num, 1),
+  withInference(
+    withCommon(
+      bench
+        .command('unet')
+        .description('UNet forward timing with random weights (no file needed): SD 1.5 shape by default')
+        .option('--config <path>', 'UNet config.json, unet/ folder or model folder', 'test/fixtures/sd15_configs/unet')
+        .option('--sizes <list>', 'latent sizes, e.g. 32,64 or 16x12 (default: the config sample_size)')
+        .option('--batch <n>', 'batch size (2 = with classifier-free guidance)', num, 1)
+        .option('--iters <n>', 'timed forwards per size', num, 3)
+        .option('--warmup <n>', 'warm-up forwards', num, 1)
+        .addOption(new Option('--dtype <type>', 'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)').choices(['float32', 'float16']))
+        .addOption(new Option('--file-dtype <type>', 'onnx engine: dtype of the random weights file').choices(['F32', 'F16']).default('F32'))
+        .option('--in-memory', 'onnx engine: hand the weights to ONNX Runtime in memory instead of linking the file'),
+    ),
   ).action(
-    action(async (o: GlobalOptions & { config: string; sizes?: string; batch: number; iters: number; warmup: number }) => {
+    action(async (o: GlobalOptions & InferenceCliOptions & { config: string; sizes?: string; batch: number; iters: number; warmup: number; dtype?: 'float32' | 'float16'; fileDtype: 'F32' | 'F16'; inMemory?: boolean }) => {
       const latentSizes = o.sizes?.split(',').map((s): [number, number] => {
         const [h, w] = s.split('x').map(Number);
+        if (!Number.isInteger(h) || h < 1 || (w !== undefined && (!Number.isInteger(w) || w < 1))) throw new Error(`--sizes: '${s}' is not a latent size (e.g. 64 or 16x12)`);
         return [h, w ?? h];
       });
-      const report = await benchUnet({ config: o.config.replace(/\/model$/, '/model/unet'), latentSizes, batch: o.batch, iters: o.iters, warmup: o.warmup, backend: o.backend ?? 'auto', log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) });
+      const log = o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`);
+      if (o.engine !== 'tfjs') {
+        const r = await benchUnetOnnx({ config: o.config, latentSizes, batch: o.batch, iters: o.iters, warmup: o.warmup, provider: o.provider, dtype: o.dtype, fileDtype: o.fileDtype, inMemory: o.inMemory, log });
+        printResult(o, r, () => [`onnx on ${r.provider} (${r.dtype}), ${r.parameters.toLocaleString()} parameters, weights ${r.config.weights}; load ${r.load_s.toFixed(1)} s, peak rss ${r.peak_rss_mb.toFixed(0)} MiB`, ...r.sizes.map((s) => `  latent ${s.latent.join('x')} batch ${r.config.batch}: ${s.ms_per_forward.toFixed(1)} ms/forward, ${s.gflop.toFixed(1)} GFLOP, ${s.gflops_per_s.toFixed(1)} GFLOP/s`)].join('\n'));
+        return;
+      }
+      const report = await benchUnet({ config: o.config.replace(/\/model$/, '/model/unet'), latentSizes, batch: o.batch, iters: o.iters, warmup: o.warmup, backend: o.backend ?? 'auto', log });
       printResult(o, report, () => formatBenchUnet(report));
     }),
   );

@@ -78,6 +78,18 @@ for (const folder of parityFolders()) {
       });
     }
 
+    it(`onnx ${label}: unet.out with plain-op attention (MatMul/Softmax/MatMul) as well as the fused MultiHeadAttention`, async (ctx) => {
+      if (!cases.has('unet.out') || !cases.has('unet.sample')) return ctx.skip(skipNote(folder, 'unet.out case'));
+      const plain = await OnnxDiffusion.open(join(folder, 'model'), { provider: 'cpu', cacheDir, attention: 'plain' });
+      try {
+        const t = await cases.get('unet.timestep');
+        const out = await plain.predictNoise(nhwc(await cases.get('unet.sample')), Array.from(t.data), nhwc(await cases.get('unet.encoder_hidden_states')));
+        check(label, 'unet.out (plain attention)', out, await cases.get('unet.out'));
+      } finally {
+        await plain.release();
+      }
+    });
+
     it(`onnx ${label}: vae encode (mean, logvar, std) and decode`, async (ctx) => {
       if (!cases.has('vae.encode.in') || !cases.has('vae.decode.in')) return ctx.skip(skipNote(folder, 'vae.* cases'));
       const enc = await engine.encode(nhwc(await cases.get('vae.encode.in')));

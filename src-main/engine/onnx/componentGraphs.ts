@@ -28,7 +28,7 @@ import { elemTypeOfSafetensors, GraphBuilder, type Value } from './graphBuilder.
 import { OnnxOps, sidePathInputs, type ComputeType } from './onnxOps.ts';
 
 /** Bumped whenever emitted graphs change, so cached graph files are rebuilt. */
-export const GRAPH_VERSION = 1;
+export const GRAPH_VERSION = 2;
 
 export type GraphKind = 'unet' | 'vae_encoder' | 'vae_decoder' | 'text_encoder';
 
@@ -55,6 +55,8 @@ export interface EmitOptions {
   readonly dtype: ComputeType;
   /** Module paths of the Linears that get adapter side paths (must be Linear layers). */
   readonly sidePaths?: readonly string[];
+  /** Attention as ONNX Runtime's fused MultiHeadAttention (default) or plain ops (onnxOps.ts). */
+  readonly attention?: 'fused' | 'plain';
 }
 
 /**
@@ -112,7 +114,7 @@ export function emitUNet(unet: UNet2DConditionModel, source: WeightSource, optio
   const cfg = unet.config;
   const g = new GraphBuilder('unet');
   const { weight, files } = bindWeights(unet, source, 'unet', g);
-  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight, sidePaths: sidePathMap(unet, options.sidePaths) });
+  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight, sidePaths: sidePathMap(unet, options.sidePaths), attention: options.attention });
   const sample = g.input('sample', 'float32', ['batch', 'height', 'width', cfg.inChannels]);
   const timestep = g.input('timestep', 'float32', ['batch']);
   const context = g.input('encoder_hidden_states', 'float32', ['batch', 'sequence', cfg.crossAttentionDim[0]]);
@@ -125,7 +127,7 @@ export function emitVaeEncoder(vae: AutoencoderKL, source: WeightSource, options
   const cfg = vae.config;
   const g = new GraphBuilder('vae_encoder');
   const { weight, files } = bindWeights(vae, source, 'vae', g);
-  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight });
+  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight, attention: options.attention });
   const image = g.input('image', 'float32', ['batch', 'height', 'width', cfg.inChannels]);
   const { mean, logvar, std } = vae.encodeWith(ops, toNCHW(g, image));
   const dims = ['batch', 'latent_height', 'latent_width', cfg.latentChannels];
@@ -139,7 +141,7 @@ export function emitVaeDecoder(vae: AutoencoderKL, source: WeightSource, options
   const cfg = vae.config;
   const g = new GraphBuilder('vae_decoder');
   const { weight, files } = bindWeights(vae, source, 'vae', g);
-  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight });
+  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight, attention: options.attention });
   const latent = g.input('latent', 'float32', ['batch', 'latent_height', 'latent_width', cfg.latentChannels]);
   const image = vae.decodeWith(ops, toNCHW(g, latent));
   g.output(ops.float32(toNHWC(g, image)), 'image', ['batch', 'height', 'width', cfg.outChannels]);
@@ -152,7 +154,7 @@ export function emitTextEncoder(text: ClipTextModel, source: WeightSource, optio
   const hiddenSize = cfg.hidden_size;
   const g = new GraphBuilder('text_encoder');
   const { weight, files } = bindWeights(text, source, 'text_encoder', g);
-  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight, sidePaths: sidePathMap(text, options.sidePaths) });
+  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight, sidePaths: sidePathMap(text, options.sidePaths), attention: options.attention });
   const ids = g.input('input_ids', 'int32', ['batch', seq]);
   const skipIndex = g.input('skip_index', 'int64', []);
   const { last, pooled, hidden } = text.run(ops, ids, seq);

@@ -38,6 +38,7 @@ export interface GraphRequest {
   readonly kind: GraphKind;
   readonly dtype: ComputeType;
   readonly sidePaths: readonly string[];
+  readonly attention?: 'fused' | 'plain';
   /** The component's config, part of the cache key. */
   readonly config: unknown;
   /** Every weight file the graph reads. */
@@ -69,7 +70,7 @@ export function graphKey(req: Omit<GraphRequest, 'emit'>): string {
     const st = statSync(f);
     return { path: realpathSync(f), size: st.size, mtimeMs: Math.round(st.mtimeMs) };
   });
-  const h = createHash('sha256').update(JSON.stringify({ v: GRAPH_VERSION, kind: req.kind, dtype: req.dtype, side: [...req.sidePaths].sort(), config: req.config, files }));
+  const h = createHash('sha256').update(JSON.stringify({ v: GRAPH_VERSION, kind: req.kind, dtype: req.dtype, attention: req.attention ?? 'fused', side: [...req.sidePaths].sort(), config: req.config, files }));
   return `${req.kind}-${h.digest('hex').slice(0, 24)}`;
 }
 

@@ -39,6 +39,8 @@ export interface OnnxDiffusionOptions extends OpenBaseModelOptions {
   readonly cacheDir?: string;
   /** Hand weights to ONNX Runtime in memory instead of linking the files (measurements). */
   readonly inMemory?: boolean;
+  /** Attention as fused MultiHeadAttention (default) or plain ops. */
+  readonly attention?: 'fused' | 'plain';
 }
 
 /** A float32 NHWC (or any row-major) array with its dims. */
@@ -182,7 +184,7 @@ export class OnnxDiffusion {
       for (const dtype of dtypes) {
         const t0 = performance.now();
         try {
-          const opened = await openGraph(graphRequest(kind, base, dtype, side), { providers, cacheDir: this.options.cacheDir, inMemory: this.options.inMemory });
+          const opened = await openGraph(graphRequest(kind, base, dtype, side, this.options.attention ?? 'fused'), { providers, cacheDir: this.options.cacheDir, inMemory: this.options.inMemory });
           this.providers = providers;
           this.dtype = dtype;
           this.opened.push({ kind, providers: providers.join('+'), dtype, weights: opened.weights, emitted: opened.emitted, ms: performance.now() - t0 });
@@ -219,21 +221,21 @@ export class OnnxDiffusion {
   }
 }
 
-function graphRequest(kind: GraphKind, base: BaseModel, dtype: ComputeType, side: readonly string[]) {
+function graphRequest(kind: GraphKind, base: BaseModel, dtype: ComputeType, side: readonly string[], attention: 'fused' | 'plain') {
   const files: ComponentFiles = kind === 'unet' ? base.unet : kind === 'text_encoder' ? base.textEncoder : base.vae;
   const build = (): { model: Module; emit: () => EmittedGraph } => {
     if (kind === 'unet') {
       const m = UNet2DConditionModel.fromConfig(files.config);
-      return { model: m, emit: () => emitUNet(m, files.weights, { dtype, sidePaths: side }) };
+      return { model: m, emit: () => emitUNet(m, files.weights, { dtype, sidePaths: side, attention }) };
     }
     if (kind === 'text_encoder') {
       const m = new ClipTextModel(parseClipTextConfig(files.config, files.configSource));
-      return { model: m, emit: () => emitTextEncoder(m, files.weights, { dtype, sidePaths: side }) };
+      return { model: m, emit: () => emitTextEncoder(m, files.weights, { dtype, sidePaths: side, attention }) };
     }
     const m = AutoencoderKL.fromConfig(files.config);
-    return { model: m, emit: () => (kind === 'vae_encoder' ? emitVaeEncoder(m, files.weights, { dtype }) : emitVaeDecoder(m, files.weights, { dtype })) };
+    return { model: m, emit: () => (kind === 'vae_encoder' ? emitVaeEncoder(m, files.weights, { dtype, attention }) : emitVaeDecoder(m, files.weights, { dtype, attention })) };
   };
-  return { kind, dtype, sidePaths: side, config: files.config, files: files.files, emit: () => build().emit() };
+  return { kind, dtype, sidePaths: side, attention, config: files.config, files: files.files, emit: () => build().emit() };
 }
 
 function f32(t: HostTensor): SessionTensor {

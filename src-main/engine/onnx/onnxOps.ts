@@ -35,6 +35,13 @@ export interface OnnxOpsOptions {
   readonly weight: (p: Param) => Value;
   /** Linears that get a side path, by their module path. */
   readonly sidePaths?: ReadonlyMap<Linear, string>;
+  /**
+   * `fused` (default): ONNX Runtime's com.microsoft MultiHeadAttention, which the CPU, CUDA,
+   * DirectML and WebGPU providers run without materialising all scores at once (measured on the
+   * CPU at 2 x 8 heads x 4096 tokens: 1.1 s and 213 MiB peak against 11.7 s and 2.4 GiB).
+   * `plain`: MatMul, Softmax, MatMul in standard ops, for any runtime.
+   */
+  readonly attention?: 'fused' | 'plain';
 }
 
 const isFloat = (t: ElemType) => t === 'float32' || t === 'float16' || t === 'bfloat16';
@@ -256,6 +263,13 @@ export class OnnxOps implements Ops<Value> {
     const inner = this.lastDim.get(q);
     if (inner === undefined) throw new Error('OnnxOps.attention: q must come from a Linear (its width is needed for the head size)');
     const d = inner / heads;
+    if ((this.options.attention ?? 'fused') === 'fused') {
+      // MultiHeadAttention(query, key, value, bias, key_padding_mask, attention_bias); its scale
+      // defaults to 1/sqrt(head size). The mask [1, Sq, Sk] becomes attention_bias [1, 1, Sq, Sk].
+      const bias = mask ? this.g.op('Unsqueeze', [this.compute(mask), this.g.ints([0])], {}, { rank: 4 }) : null;
+      const inputs = bias ? [this.compute(q), this.compute(k), this.compute(v), null, null, bias] : [this.compute(q), this.compute(k), this.compute(v)];
+      return this.g.node('MultiHeadAttention', inputs, { num_heads: heads }, { domain: 'com.microsoft', rank: 3 })[0];
+    }
     const split = (t: Value, perm: number[]) => this.g.op('Transpose', [this.g.op('Reshape', [t, this.g.ints([0, 0, heads, d])], {}, { rank: 4 })], { perm });
     const qh = split(q, [0, 2, 1, 3]); // [B, heads, Sq, d]
     const kT = split(k, [0, 2, 3, 1]); // [B, heads, d, Sk]

@@ -1,0 +1,169 @@
+/**
+ * UNet benchmark on ONNX Runtime (`singlora bench unet --engine onnx`): seeded random weights in
+ * the config's shape are first written to a temporary `.safetensors` file, so that what is timed
+ * is the real path (graph emitted from engine/models, weights read in place from the file).
+ *
+ *   load_s            session creation: graph emission + ONNX Runtime reading the weights
+ *   ms_per_forward    mean of `iters` timed forwards after `warmup` untimed ones, per size
+ *   gflop             forward FLOPs at that size (models/ops/flopOps.ts: products only)
+ *   gflops_per_s      gflop / (ms_per_forward / 1000)
+ *   peak_rss_mb       the process's peak resident memory (getrusage maxRSS)
+ */
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { SessionTensor } from '../backend/onnxRuntime.ts';
+import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
+import { safetensorsSource } from '../io/weightSource.ts';
+import { DEFAULT_TARGETS, findTargets } from '../adapters/adapterSet.ts';
+import { randomSource } from '../models/layers/module.ts';
+import { unetForwardFlops } from '../models/ops/flopOps.ts';
+import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
+import { emitUNet } from '../onnx/componentGraphs.ts';
+import { openGraph } from '../onnx/graphSessions.ts';
+import { sidePathInputs, type ComputeType } from '../onnx/onnxOps.ts';
+import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
+import { defaultCacheDir } from '../paths.ts';
+
+export interface BenchUnetOnnxOptions {
+  /** A UNet config.json, a `unet/` folder or a model folder. */
+  config: string;
+  latentSizes?: ReadonlyArray<readonly [number, number]>;
+  batch?: number;
+  tokens?: number;
+  iters?: number;
+  warmup?: number;
+  provider?: ProviderChoice;
+  /** Default: float16 on GPU providers, float32 on the CPU. */
+  dtype?: ComputeType;
+  /** Weights written as F16 (default F32). */
+  fileDtype?: 'F32' | 'F16';
+  /** Hand the weights to ONNX Runtime in memory instead of linking the file. */
+  inMemory?: boolean;
+  log?: (line: string) => void;
+}
+
+export interface BenchUnetOnnxReport {
+  bench: 'unet';
+  engine: 'onnx';
+  provider: string;
+  dtype: ComputeType;
+  config: { path: string; batch: number; tokens: number; iters: number; warmup: number; file_dtype: string; weights: 'linked' | 'in-memory'; threads: number };
+  parameters: number;
+  weight_bytes: number;
+  write_s: number;
+  load_s: number;
+  sizes: Array<{ latent: [number, number]; ms_per_forward: number; ms_first: number; gflop: number; gflops_per_s: number }>;
+  rss_after_load_mb: number;
+  peak_rss_mb: number;
+}
+
+export async function benchUnetOnnx(o: BenchUnetOnnxOptions): Promise<BenchUnetOnnxReport> {
+  const log = o.log ?? (() => {});
+  const batch = o.batch ?? 2;
+  const tokens = o.tokens ?? 77;
+  const iters = o.iters ?? 3;
+  const warmup = o.warmup ?? 1;
+  const configPath = await configFile(o.config);
+  const raw = JSON.parse(await readFile(configPath, 'utf8')) as Record<string, unknown>;
+  const unet = UNet2DConditionModel.fromConfig(raw);
+  const cfg = unet.config;
+  const sizes = o.latentSizes ?? [[64, 64] as const];
+  mkdirSync(defaultCacheDir(), { recursive: true });
+  const tmp = mkdtempSync(join(defaultCacheDir(), 'bench-unet-')); // beside the ONNX cache: the same file system, so the weights can be linked
+  try {
+    // 1. Random weights into a file, one tensor at a time.
+    const t0 = performance.now();
+    const src = randomSource(unet, 0);
+    const file = join(tmp, 'unet', 'diffusion_pytorch_model.safetensors');
+    await mkdir(join(tmp, 'unet'), { recursive: true });
+    await writeFile(join(tmp, 'unet', 'config.json'), JSON.stringify(raw));
+    const tensors = new Map([...unet.namedParams()].map(([k, p]) => [k, { shape: p.shape, dtype: o.fileDtype ?? 'F32', read: () => src.read(k) }] as const));
+    await writeSafetensors(file, tensors);
+    const writeS = (performance.now() - t0) / 1000;
+    log(`wrote ${unet.parameterCount().toLocaleString()} random parameters (${o.fileDtype ?? 'F32'}) to ${file} in ${writeS.toFixed(1)} s`);
+
+    // 2. The session, weights read in place.
+    const providers = (await providerCandidates(o.provider ?? 'cpu'))[0];
+    const dtype = o.dtype ?? defaultComputeType(providers);
+    const side = findTargets(unet, DEFAULT_TARGETS).map((t) => t.path);
+    const st = await SafetensorsFile.open(file);
+    const t1 = performance.now();
+    let opened;
+    try {
+      opened = await openGraph(
+        { kind: 'unet', dtype, sidePaths: side, config: raw, files: [file], emit: () => emitUNet(unet, safetensorsSource(st), { dtype, sidePaths: side }) },
+        { providers, cacheDir: join(tmp, 'cache'), inMemory: o.inMemory },
+      );
+    } finally {
+      await st.close();
+    }
+    const loadS = (performance.now() - t1) / 1000;
+    const rssAfterLoad = process.memoryUsage().rss;
+    log(`session on ${providers.join('+')} (${dtype}, weights ${opened.weights}) in ${loadS.toFixed(1)} s; rss ${(rssAfterLoad / 2 ** 20).toFixed(0)} MiB`);
+
+    // 3. Timed forwards, rank-0 (or rank-1 zero) adapter factors.
+    const minRank = providers[0] === 'cpu' ? 0 : 1;
+    const sideFeeds: Record<string, SessionTensor> = {};
+    for (const [path, { inFeatures, outFeatures }] of opened.meta.sidePaths) {
+      const n = sidePathInputs(path);
+      sideFeeds[n.down] = { type: 'float32', data: new Float32Array(inFeatures * minRank), dims: [inFeatures, minRank] };
+      sideFeeds[n.up] = { type: 'float32', data: new Float32Array(minRank * outFeatures), dims: [minRank, outFeatures] };
+    }
+    const results: BenchUnetOnnxReport['sizes'] = [];
+    try {
+      for (const [h, w] of sizes) {
+        const feeds: Record<string, SessionTensor> = {
+          sample: { type: 'float32', data: Float32Array.from({ length: batch * h * w * cfg.inChannels }, (_, i) => Math.sin(i)), dims: [batch, h, w, cfg.inChannels] },
+          timestep: { type: 'float32', data: new Float32Array(batch).fill(500), dims: [batch] },
+          encoder_hidden_states: { type: 'float32', data: Float32Array.from({ length: batch * tokens * cfg.crossAttentionDim[0] }, (_, i) => Math.cos(i)), dims: [batch, tokens, cfg.crossAttentionDim[0]] },
+          ...sideFeeds,
+        };
+        let first = 0;
+        for (let i = 0; i < warmup; i++) {
+          const s = performance.now();
+          await opened.session.run(feeds, ['noise_pred']);
+          if (i === 0) first = performance.now() - s;
+        }
+        const s = performance.now();
+        for (let i = 0; i < iters; i++) await opened.session.run(feeds, ['noise_pred']);
+        const ms = (performance.now() - s) / iters;
+        const gflop = unetForwardFlops(unet, batch, h, w, tokens) / 1e9;
+        results.push({ latent: [h, w], ms_per_forward: ms, ms_first: first, gflop, gflops_per_s: gflop / (ms / 1000) });
+        log(`latent ${h}x${w}, batch ${batch}: ${ms.toFixed(1)} ms per forward, ${gflop.toFixed(1)} GFLOP, ${(gflop / (ms / 1000)).toFixed(1)} GFLOP/s`);
+      }
+    } finally {
+      await opened.session.release();
+    }
+    return {
+      bench: 'unet',
+      engine: 'onnx',
+      provider: providers.join('+'),
+      dtype,
+      config: { path: configPath, batch, tokens, iters, warmup, file_dtype: o.fileDtype ?? 'F32', weights: opened.weights, threads: availableParallelism() },
+      parameters: unet.parameterCount(),
+      weight_bytes: (await stat(file)).size,
+      write_s: writeS,
+      load_s: loadS,
+      sizes: results,
+      rss_after_load_mb: rssAfterLoad / 2 ** 20,
+      peak_rss_mb: process.resourceUsage().maxRSS / 1024,
+    };
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+async function configFile(config: string): Promise<string> {
+  const s = await stat(config);
+  if (!s.isDirectory()) return config;
+  for (const candidate of [join(config, 'config.json'), join(config, 'unet', 'config.json')]) {
+    try {
+      if ((await stat(candidate)).isFile()) return candidate;
+    } catch {
+      // next
+    }
+  }
+  throw new Error(`${config}: no config.json or unet/config.json in this folder (expected a UNet config, a unet/ folder or a model folder)`);
+}
