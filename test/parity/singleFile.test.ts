@@ -16,10 +16,10 @@ describe('single-file checkpoint vs diffusers folder (tiny-b)', () => {
   let folder: StableDiffusion;
   let single: StableDiffusion;
   beforeAll(async () => {
-    folder = await StableDiffusion.load(join(FIXTURES, 'tiny-b/model'));
+    folder = await StableDiffusion.load(join(FIXTURES, 'tiny-b/model'), { engine: 'tfjs' });
     // The configs come from the folder (groups and heads cannot be inferred from shapes);
     // every weight comes from the single file.
-    single = await StableDiffusion.load(join(FIXTURES, 'tiny-b/single_file.safetensors'), { configDir: join(FIXTURES, 'tiny-b/model') });
+    single = await StableDiffusion.load(join(FIXTURES, 'tiny-b/single_file.safetensors'), { configDir: join(FIXTURES, 'tiny-b/model'), engine: 'tfjs' });
   });
   afterAll(() => {
     folder.dispose();
@@ -58,6 +58,29 @@ describe('single-file checkpoint vs diffusers folder (tiny-b)', () => {
       const fb = new Map(kind === 'unet' ? single.unet.namedParams() : kind === 'vae' ? single.vae.namedParams() : single.textEncoder.namedParams());
       expect([...fb.keys()].sort()).toEqual([...fa.keys()].sort());
       for (const [k, p] of fa) expect(await fb.get(k)!.value.data(), `${kind}.${k}`).toEqual(await p.value.data());
+    }
+  });
+
+  it('on the onnx engine, graphs reading the single file in place compute exactly what the folder graphs compute', async () => {
+    const a = await StableDiffusion.load(join(FIXTURES, 'tiny-b/model'), { engine: 'onnx', provider: 'cpu' });
+    const b = await StableDiffusion.load(join(FIXTURES, 'tiny-b/single_file.safetensors'), { configDir: join(FIXTURES, 'tiny-b/model'), engine: 'onnx', provider: 'cpu' });
+    try {
+      const rng = new Rng(3);
+      await same(await a.encodeText(['a photo of sks dog', '']), await b.encodeText(['a photo of sks dog', '']));
+      const x = randn(rng, [2, 16, 12, 4]);
+      const ctx = randn(rng, [2, 77, 48]);
+      await same(await a.predictNoise(x, 999, ctx), await b.predictNoise(x, 999, ctx));
+      const img = randn(rng, [1, 64, 48, 3]);
+      const ea = await a.encodeImage(img);
+      const eb = await b.encodeImage(img);
+      await same(ea.mean, eb.mean);
+      tf.dispose([ea.logvar, ea.std, eb.logvar, eb.std]);
+      const z = randn(rng, [1, 8, 6, 4]);
+      await same(await a.decodeLatents(z), await b.decodeLatents(z));
+      tf.dispose([x, ctx, img, z]);
+    } finally {
+      await a.release();
+      await b.release();
     }
   });
 });

@@ -32,6 +32,8 @@ export interface BenchGenerateReport {
   s_per_image: number;
   unet_its: number;
   decode_s: number;
+  /** The process's peak resident memory (getrusage maxRSS). */
+  peak_rss_mb: number;
 }
 
 export async function benchGenerate(o: BenchGenerateOptions): Promise<BenchGenerateReport> {
@@ -78,6 +80,7 @@ export async function benchGenerate(o: BenchGenerateOptions): Promise<BenchGener
       s_per_image: total / images,
       unet_its: (steps * images) / unetS,
       decode_s: Math.max(0, total - unetS) / images,
+      peak_rss_mb: process.resourceUsage().maxRSS / 1024,
     };
   } finally {
     sd.dispose();
