@@ -22,6 +22,7 @@ import { unetForwardFlops } from '../models/ops/flopOps.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import { emitUNet } from '../onnx/componentGraphs.ts';
 import { openGraph } from '../onnx/graphSessions.ts';
+import { defaultAttention } from '../onnx/onnxDiffusion.ts';
 import { sidePathInputs, type ComputeType } from '../onnx/onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
 import { defaultCacheDir } from '../paths.ts';
@@ -93,7 +94,7 @@ export async function benchUnetOnnx(o: BenchUnetOnnxOptions): Promise<BenchUnetO
     let opened;
     try {
       opened = await openGraph(
-        { kind: 'unet', dtype, sidePaths: side, config: raw, files: [file], emit: () => emitUNet(unet, safetensorsSource(st), { dtype, sidePaths: side }) },
+        { kind: 'unet', dtype, sidePaths: side, attention: defaultAttention(providers), config: raw, files: [file], emit: () => emitUNet(unet, safetensorsSource(st), { dtype, sidePaths: side, attention: defaultAttention(providers) }) },
         { providers, cacheDir: join(tmp, 'cache'), inMemory: o.inMemory },
       );
     } finally {
