@@ -19,6 +19,7 @@ import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { jobSchema, type Job } from '../api/contract.ts';
 import { atomicWriteJson } from '../engine/io/atomic.ts';
+import { readableError } from './fsErrors.ts';
 
 export type JobKind = Job['kind'];
 export type Lane = 'engine' | 'io';
@@ -58,6 +59,8 @@ export interface JobRunnerOptions {
   log?: (line: string) => void;
   /** Finished jobs kept in the list (default 200). */
   keep?: number;
+  /** How jobs.json is written (default: atomically); a test injects a failing disk here. */
+  write?: (file: string, value: unknown) => Promise<void>;
 }
 
 const jobsFileSchema = z.object({ schemaVersion: z.literal(1), jobs: z.array(jobSchema) });
@@ -72,6 +75,7 @@ export class JobRunner {
   readonly #runningByLane = new Map<Lane, string>();
   readonly #settled = new Map<string, Promise<void>>();
   #writes: Promise<void> = Promise.resolve();
+  #writeError: string | null = null;
   #closed = false;
 
   private constructor(private readonly opts: JobRunnerOptions) {}
@@ -184,9 +188,18 @@ export class JobRunner {
     await this.#writes;
   }
 
-  /** Resolves when every change so far is in jobs.json. */
-  flushed(): Promise<void> {
-    return this.#writes;
+  /**
+   * Resolves when every change so far is in jobs.json; rejects, saying why, when the last write
+   * failed (the service then withdraws the job it was submitting and tells the client).
+   */
+  async flushed(): Promise<void> {
+    await this.#writes;
+    if (this.#writeError) throw new Error(this.#writeError);
+  }
+
+  /** Why the last jobs.json write failed, or null. */
+  get writeError(): string | null {
+    return this.#writeError;
   }
 
   /** Waits for one job to finish and returns it. */
@@ -242,7 +255,7 @@ export class JobRunner {
         });
       } catch (err) {
         failed = true;
-        error = (err as Error)?.message ?? String(err);
+        error = readableError(err);
       }
       const aborted = controller.signal.aborted;
       next.status = outcome?.status ?? (aborted ? 'cancelled' : failed ? 'failed' : 'done');
@@ -276,6 +289,16 @@ export class JobRunner {
     const drop = new Set(finished.slice(0, Math.max(0, finished.length - keep)).map((j) => j.id));
     this.#jobs = this.#jobs.filter((j) => !drop.has(j.id));
     const snapshot = { schemaVersion: 1, jobs: this.#jobs.map((j) => ({ ...j })) };
-    this.#writes = this.#writes.then(() => atomicWriteJson(file, snapshot)).catch((err) => this.opts.log?.(`jobs: cannot write ${file}: ${(err as Error).message}`));
+    this.#writes = this.#writes
+      .then(() => (this.opts.write ?? atomicWriteJson)(file, snapshot))
+      .then(
+        () => {
+          this.#writeError = null;
+        },
+        (err) => {
+          this.#writeError = `cannot write ${file}: ${readableError(err)}`;
+          this.opts.log?.(`jobs: ${this.#writeError}`);
+        },
+      );
   }
 }
