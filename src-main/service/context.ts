@@ -127,14 +127,11 @@ export async function checkBase(c: ServiceContext, path: string, field: string):
  * jobs.json: when that write fails (a full disk), the job is withdrawn and the caller told.
  */
 export async function submit(c: ServiceContext, spec: JobSpec): Promise<Job> {
-  const job = c.jobs.submit({ ...spec, run: (ctx) => c.store.unlocked(() => spec.run(ctx)) });
   try {
-    await c.jobs.flushed();
+    return await c.jobs.submitRecorded({ ...spec, run: (ctx) => c.store.unlocked(() => spec.run(ctx)) });
   } catch (err) {
-    c.jobs.cancel(job.id, 'cancel');
     throw new ApiError('internal', `cannot start the ${spec.kind} job: ${(err as Error).message}`);
   }
-  return job;
 }
 
 export function assertIdle(c: ServiceContext, projectId: string, runId: string, what: string): void {

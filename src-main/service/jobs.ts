@@ -76,6 +76,8 @@ export class JobRunner {
   readonly #settled = new Map<string, Promise<void>>();
   #writes: Promise<void> = Promise.resolve();
   #writeError: string | null = null;
+  /** Jobs submitted but not yet in jobs.json: they wait (submitRecorded). */
+  readonly #unrecorded = new Set<string>();
   #closed = false;
 
   private constructor(private readonly opts: JobRunnerOptions) {}
@@ -138,6 +140,34 @@ export class JobRunner {
   }
 
   submit(spec: JobSpec): Job {
+    const job = this.#enqueue(spec);
+    queueMicrotask(() => this.#pump(spec.lane ?? 'engine'));
+    return { ...job };
+  }
+
+  /**
+   * Submits a job once it is recorded in jobs.json. When that write fails (a full disk), the job
+   * never starts: it is withdrawn (`cancelled`, with the reason) and the error is thrown.
+   */
+  async submitRecorded(spec: JobSpec): Promise<Job> {
+    const job = this.#enqueue(spec);
+    this.#unrecorded.add(job.id);
+    try {
+      await this.flushed();
+    } catch (err) {
+      this.#specs.delete(job.id);
+      job.status = 'cancelled';
+      job.error = `not started: ${(err as Error).message}`;
+      this.#changed(job, true);
+      throw err;
+    } finally {
+      this.#unrecorded.delete(job.id);
+    }
+    queueMicrotask(() => this.#pump(spec.lane ?? 'engine'));
+    return { ...job };
+  }
+
+  #enqueue(spec: JobSpec): Job {
     if (this.#closed) throw new Error('the job runner is closed');
     const job: Job = {
       id: `job-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`,
@@ -152,8 +182,7 @@ export class JobRunner {
     this.#jobs.push(job);
     this.#specs.set(job.id, spec);
     this.#changed(job, true);
-    queueMicrotask(() => this.#pump(spec.lane ?? 'engine'));
-    return { ...job };
+    return job;
   }
 
   /**
@@ -232,7 +261,7 @@ export class JobRunner {
 
   #pump(lane: Lane): void {
     if (this.#closed || this.#runningByLane.has(lane)) return;
-    const next = this.#jobs.find((j) => j.status === 'queued' && (this.#specs.get(j.id)?.lane ?? 'engine') === lane);
+    const next = this.#jobs.find((j) => j.status === 'queued' && !this.#unrecorded.has(j.id) && (this.#specs.get(j.id)?.lane ?? 'engine') === lane);
     if (!next) return;
     const spec = this.#specs.get(next.id)!;
     this.#runningByLane.set(lane, next.id);
