@@ -26,7 +26,11 @@ export const SAMPLER_DISPLAY_NAMES: Readonly<Record<(typeof SCHEDULERS)[number] 
 };
 export const SUBJECT_TYPES = ['object', 'live'] as const;
 /** Photo files the app takes (the engine decodes them with sharp); the UI and photos.add use this list. */
-export const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.avif', '.tif', '.tiff'] as const;
+export const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.avif', '.tif', '.tiff', '.heic', '.heif'] as const;
+/** True for an extension (with its dot, any case) in IMAGE_EXTENSIONS. */
+export function isImageExtension(ext: string): boolean {
+  return (IMAGE_EXTENSIONS as readonly string[]).includes(ext.toLowerCase());
+}
 
 /**
  * Every bound in one place: the schemas below, the service, the CLI flags and the UI read them.

@@ -1,32 +1,14 @@
 /** `singlora doctor`: every backend's status and why, the GPU, and memory counters. */
 import type { Command } from 'commander';
-import { activeBackend, memoryCounters, probeBackends } from '../engine/backend/tf.ts';
-import { action, formatBytes, printResult, startBackend, withCommon, type GlobalOptions } from './common.ts';
+import { doctorReport } from '../engine/doctor.ts';
+import { action, formatBytes, printResult, withCommon, type GlobalOptions } from './common.ts';
 
-export async function doctorReport(opts: GlobalOptions) {
-  const backends = await probeBackends();
-  let selected: { name: string; device?: string } | { error: string };
-  try {
-    const info = await startBackend(opts);
-    selected = { name: info.name, device: info.device };
-  } catch (err) {
-    selected = { error: (err as Error).message };
-  }
-  return {
-    node: process.version,
-    platform: `${process.platform}-${process.arch}`,
-    backends,
-    selected,
-    active: activeBackend(),
-    memory: memoryCounters(),
-  };
-}
 
 export function register(program: Command): void {
   withCommon(program.command('doctor').description('show which tensor backends can run here, and why not'))
     .action(
       action(async (opts: GlobalOptions) => {
-        const report = await doctorReport(opts);
+        const report = await doctorReport(opts.backend);
         printResult(opts, report, () => {
           const lines = [`node ${report.node} on ${report.platform}`, '', 'backends (in order of preference):'];
           for (const b of report.backends) {

@@ -137,8 +137,8 @@ const handlers: Handlers = {
   },
 
   async doctor() {
-    const { doctorReport } = await import('../cli/doctor.ts');
-    const r = await doctorReport({});
+    const { doctorReport } = await import('../engine/doctor.ts');
+    const r = await doctorReport();
     return { node: r.node, platform: r.platform, backends: r.backends, selected: r.selected, memory: { ...r.memory } };
   },
 

@@ -16,7 +16,7 @@
 import { lstat, open, realpath } from 'node:fs/promises';
 import { basename, extname, isAbsolute, join, resolve } from 'node:path';
 import { ApiError } from '../api/contract.ts';
-import { IMAGE_EXTENSIONS } from '../api/schemas.ts';
+import { IMAGE_EXTENSIONS, isImageExtension } from '../api/schemas.ts';
 import { isInside, safeResolve } from './safePath.ts';
 
 export type HostAccess = 'allow' | 'deny' | 'desktop';
@@ -65,7 +65,7 @@ export class PathPolicy {
   async readPhoto(path: string, field: string): Promise<{ name: string; data: Buffer }> {
     const abs = await this.hostPath(path, field, 'photo');
     const ext = extname(abs).toLowerCase();
-    if (!(IMAGE_EXTENSIONS as readonly string[]).includes(ext)) throw invalid(field, `${basename(abs)} is not a photo (${IMAGE_EXTENSIONS.join(', ')})`, 'not an image file');
+    if (!isImageExtension(ext)) throw invalid(field, `${basename(abs)} is not a photo (${IMAGE_EXTENSIONS.join(', ')})`, 'not an image file');
     const fh = await open(abs, 'r').catch(() => null);
     if (!fh) throw invalid(field, `${abs} is not a readable file`, 'not a file');
     try {

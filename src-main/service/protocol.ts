@@ -96,5 +96,3 @@ export type WorkerMessage =
   | { type: 'progress'; id: number; data: unknown }
   | { type: 'result'; id: number; result: unknown }
   | { type: 'error'; id: number; message: string };
-
-export const ENGINE_KINDS: readonly EngineKind[] = ['train', 'generate', 'evaluate', 'export', 'inspect', 'doctor', 'sleep'];
