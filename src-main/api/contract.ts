@@ -11,6 +11,7 @@
 import { z } from 'zod';
 import {
   CROP_MODES,
+  EXPORT_FORMATS,
   LIMITS,
   METHODS,
   wordSchema,
@@ -150,7 +151,7 @@ export const adapterInfoSchema = z.object({
 });
 export type AdapterInfo = z.infer<typeof adapterInfoSchema>;
 
-export const exportFormats = ['singlora', 'kohya', 'diffusers', 'merged-diffusers', 'merged-single-file'] as const;
+export const exportFormats = EXPORT_FORMATS;
 
 const adapterRef = z.union([
   z.object({ runId: idSchema, step: z.number().int().min(0).max(LIMITS.steps).nullable().describe('null: the chosen/best checkpoint, else the latest') }),

@@ -25,6 +25,8 @@ export const SAMPLER_DISPLAY_NAMES: Readonly<Record<(typeof SCHEDULERS)[number] 
   ddpm: 'DDPM',
 };
 export const SUBJECT_TYPES = ['object', 'live'] as const;
+/** Adapter export formats (adapters.export, `singlora adapters export --format`, the engine's exporter). */
+export const EXPORT_FORMATS = ['singlora', 'kohya', 'diffusers', 'merged-diffusers', 'merged-single-file'] as const;
 /** Photo files the app takes (the engine decodes them with sharp); the UI and photos.add use this list. */
 export const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.avif', '.tif', '.tiff', '.heic', '.heif'] as const;
 /** True for an extension (with its dot, any case) in IMAGE_EXTENSIONS. */
