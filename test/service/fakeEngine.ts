@@ -30,8 +30,8 @@ export function fakeEngine(handlers: FakeHandlers): FakeEngine {
         } else if (msg.type === 'cancel') {
           controllers.get(msg.id)?.abort(msg.reason);
         } else {
-          requests.push({ kind: msg.kind, params: msg.params });
-          const handler = handlers[msg.kind] as FakeHandler<EngineKind> | undefined;
+          requests.push({ kind: msg.kind as EngineKind, params: msg.params });
+          const handler = handlers[msg.kind as EngineKind] as FakeHandler<EngineKind> | undefined;
           const controller = new AbortController();
           controllers.set(msg.id, controller);
           void (async () => {
