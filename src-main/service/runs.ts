@@ -79,10 +79,11 @@ export async function markRun(runDir: string, status: RunManifest['status'], err
 
 /**
  * A run whose training stopped without the trainer's say (the engine died, the service
- * stopped): paused at its last checkpoint, or failed without one. Returns the sentence for the
+ * stopped, a write failed): paused at its last checkpoint, or failed without one (`failed`: its
+ * job failed, so a queued run becomes failed rather than cancelled). Returns the sentence for the
  * user: `<why>; the run keeps its last checkpoint (step N) and can be resumed`.
  */
-export async function settleInterruptedRun(runDir: string, why: string): Promise<string> {
+export async function settleInterruptedRun(runDir: string, why: string, o: { failed?: boolean } = {}): Promise<string> {
   let m: RunManifest;
   try {
     m = await readRunManifest(runDir);
@@ -92,7 +93,12 @@ export async function settleInterruptedRun(runDir: string, why: string): Promise
   const last = m.checkpoints.reduce<CheckpointEntry | null>((a, c) => (!a || c.step > a.step ? c : a), null);
   const message = last ? `${why}; the run keeps its last checkpoint (step ${last.step}) and can be resumed` : `${why}; no checkpoint was written yet, so start the run again`;
   if (m.status === 'running' || m.status === 'queued') {
-    await writeRunManifest(runDir, { ...m, status: last ? 'paused' : m.status === 'queued' ? 'cancelled' : 'failed', error: message });
+    // A queued run that never started was cancelled, unless its job failed (o.failed).
+    const status = last ? 'paused' : m.status === 'queued' && !o.failed ? 'cancelled' : 'failed';
+    await writeRunManifest(runDir, { ...m, status, error: message });
+  } else if (o.failed && m.status === 'failed' && m.error !== message) {
+    // The trainer recorded its failure: keep the status, give the readable reason.
+    await writeRunManifest(runDir, { ...m, error: message });
   }
   return message;
 }

@@ -288,6 +288,38 @@ describe('failures end in a state the user can act on', () => {
     expect((await finished(service, resumed.jobId)).status).toBe('done');
   });
 
+  it('a trainer that records its own failure gets the readable reason in run.json; a class-image folder refused at run time fails the run, not leaves it queued', async () => {
+    const { service, call } = await open({}, {
+      ...engine,
+      train: async (p) => {
+        const m = await readRunManifest(p.runDir);
+        const error = `EACCES: permission denied, open '${join(p.runDir, 'samples')}'`;
+        await writeRunManifest(p.runDir, { ...m, status: 'failed', error });
+        return { status: 'failed', step: 0, error, fixedLoss: null };
+      },
+    });
+    const projectId = await projectWithPhotos(call);
+    const { jobId, runId } = await call('training.start', { projectId, settings: { steps: 2 } });
+    const job = await finished(service, jobId);
+    expect(job.error).toMatch(/^permission denied: .*samples \(check the folder's permissions\); no checkpoint was written yet, so start the run again$/);
+    expect((await call('training.status', { projectId, runId })).error).toBe(job.error);
+
+    // The folder was fine when asked for; a symlink out of the project appears before the job runs.
+    const hold = gate();
+    const second = await open({}, { ...engine, generate: async () => (await hold.opened, { files: [] }) });
+    const id2 = await projectWithPhotos(second.call);
+    const blocker = await second.call('generation.start', { projectId: id2, settings: { prompt: 'a dog', steps: 2, width: 64, height: 64 } });
+    const started = await second.call('training.start', { projectId: id2, settings: { steps: 2, priorPreservation: true, classImagesDir: 'class-images' } });
+    await mkdir(join(root, 'elsewhere'), { recursive: true });
+    await symlink(join(root, 'elsewhere'), join(second.service.store.dir(id2), 'class-images'));
+    hold.open();
+    await finished(second.service, blocker.jobId);
+    const failed = await finished(second.service, started.jobId);
+    expect(failed.error).toMatch(/settings.classImagesDir: 'class-images' leads outside its folder/);
+    expect((await second.call('training.status', { projectId: id2, runId: started.runId })).status).toBe('failed');
+    expect(second.requests.some((r) => r.kind === 'train')).toBe(false);
+  });
+
   it('a run left "running" with no job behind it can be resumed without a restart', async () => {
     const { service, call } = await open();
     const projectId = await projectWithPhotos(call);

@@ -112,9 +112,9 @@ function submitTraining(c: ServiceContext, o: TrainingJob) {
 async function runTraining(c: ServiceContext, ctx: JobContext, o: TrainingJob & { runDir: string }): Promise<JobOutcome> {
   let total = o.settings.steps;
   let done = 0;
-  // The class-image folder is checked again now: it is used now.
-  const classImagesDir = o.settings.classImagesDir === undefined ? undefined : await c.paths.classImagesDir(c.store.dir(o.projectId), o.settings.classImagesDir);
   try {
+    // The class-image folder is checked again now: it is used now.
+    const classImagesDir = o.settings.classImagesDir === undefined ? undefined : await c.paths.classImagesDir(c.store.dir(o.projectId), o.settings.classImagesDir);
     const r = await c.engine.request(
       'train',
       { base: o.base, photos: o.photos, runDir: o.runDir, settings: { ...o.settings, classImagesDir }, resume: o.resume },
@@ -138,7 +138,7 @@ async function runTraining(c: ServiceContext, ctx: JobContext, o: TrainingJob & 
     if (r.status === 'paused' || r.status === 'cancelled') return { status: 'cancelled', label: `${r.status} at step ${r.step}` };
     return { status: 'done', label: `completed ${r.step} steps` };
   } catch (err) {
-    if (err instanceof EngineExitedError) return { status: 'failed', error: await settleFailedRun(c, o.runDir, err.message) };
+    if (err instanceof EngineExitedError) return { status: 'failed', error: await settleFailedRun(c, o.runDir, err.message, { failed: false }) };
     // A new run that never reached the trainer (cancelled while the engine started) is cancelled.
     if (ctx.signal.aborted) {
       await markRun(o.runDir, 'cancelled', 'cancelled before training started', ['queued']).catch(() => null);
@@ -153,9 +153,9 @@ async function runTraining(c: ServiceContext, ctx: JobContext, o: TrainingJob & 
  * checkpoint) or `failed`, with `why` and what to do next. Returns that sentence. If even this
  * write fails (the disk is still full), the run is settled on the next resume or restart.
  */
-async function settleFailedRun(c: ServiceContext, runDir: string, why: string): Promise<string> {
+async function settleFailedRun(c: ServiceContext, runDir: string, why: string, o = { failed: true }): Promise<string> {
   try {
-    return await settleInterruptedRun(runDir, why);
+    return await settleInterruptedRun(runDir, why, o);
   } catch (err) {
     c.log(`runs: cannot record the failure in ${runDir}: ${readableError(err)}`);
     return `${why}; the run could not be updated (${readableError(err)}); resume it once the problem is fixed`;
