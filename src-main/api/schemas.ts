@@ -185,6 +185,37 @@ export const runManifestSchema = z.object({
 });
 export type RunManifest = z.infer<typeof runManifestSchema>;
 
+/** The one constructor of a new run.json: nothing trained yet (the service's queued run, the trainer's first write). */
+export function newRunManifest(o: {
+  id: string;
+  status: 'queued' | 'running';
+  settings: TrainSettings;
+  baseModel: RunManifest['baseModel'];
+  backend: string;
+  usedPhotos?: string[];
+  now?: string;
+}): RunManifest {
+  const now = o.now ?? new Date().toISOString();
+  return {
+    schemaVersion: SCHEMA_VERSION,
+    id: o.id,
+    createdAt: now,
+    updatedAt: now,
+    status: o.status,
+    error: null,
+    settings: o.settings,
+    baseModel: o.baseModel,
+    backend: o.backend,
+    images: { used: o.usedPhotos ?? [], rejected: [] },
+    step: 0,
+    checkpoints: [],
+    losses: [],
+    samples: [],
+    evaluation: null,
+    timing: { startedAt: o.status === 'running' ? now : null, msPerStep: null, totalMs: 0 },
+  };
+}
+
 /**
  * Training progress events, one schema per kind. `trainEventSchema` (their union) is what the
  * trainer emits and the CLI prints as `--json` lines; the contract's `runEventSchema` is the same

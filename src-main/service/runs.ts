@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { ApiError } from '../api/contract.ts';
-import { SCHEMA_VERSION, type CheckpointEntry, type RunManifest, type TrainSettings } from '../api/schemas.ts';
+import { newRunManifest, runManifestSchema, type CheckpointEntry, type RunManifest, type TrainSettings } from '../api/schemas.ts';
 import { readRunManifest, writeRunManifest } from '../engine/train/runFiles.ts';
 import type { ProjectStore } from './projects.ts';
 
@@ -30,25 +30,8 @@ export function newRunId(date = new Date()): string {
  * are empty.
  */
 export async function writeQueuedRun(runDir: string, o: { id: string; settings: TrainSettings; base: string; photos: string[] }): Promise<RunManifest> {
-  const now = new Date().toISOString();
-  const manifest: RunManifest = {
-    schemaVersion: SCHEMA_VERSION,
-    id: o.id,
-    createdAt: now,
-    updatedAt: now,
-    status: 'queued',
-    error: null,
-    settings: o.settings,
-    baseModel: { path: o.base, name: basename(o.base).replace(/\.safetensors$/i, ''), unetSha256: '' },
-    backend: '',
-    images: { used: o.photos, rejected: [] },
-    step: 0,
-    checkpoints: [],
-    losses: [],
-    samples: [],
-    evaluation: null,
-    timing: { startedAt: null, msPerStep: null, totalMs: 0 },
-  };
+  const baseModel = { path: o.base, name: basename(o.base).replace(/\.safetensors$/i, ''), unetSha256: '' };
+  const manifest = runManifestSchema.parse(newRunManifest({ id: o.id, status: 'queued', settings: o.settings, baseModel, backend: '', usedPhotos: o.photos }));
   await writeRunManifest(runDir, manifest);
   return manifest;
 }
