@@ -21,35 +21,21 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import { isIP, type Socket } from 'node:net';
 import { extname, join } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { ApiError, idSchema, type ErrorCode } from './api/contract.ts';
+import { ApiError, type ApiErrorBody } from './api/contract.ts';
 import { REPO_ROOT } from './engine/paths.ts';
+import { STATIC_TYPES } from './gateway/contentTypes.ts';
+import { dispatch } from './gateway/dispatch.ts';
+import { attachmentHeader, resolveProjectFile } from './gateway/files.ts';
+import { contentSecurityPolicy, securityHeaders, STATUS } from './gateway/http.ts';
+import { toApiError } from './service/errors.ts';
 import { safeResolve } from './service/safePath.ts';
-import { Service, toApiError, type ServiceOptions } from './service/service.ts';
-import { FILE_TYPES, STATIC_TYPES } from './service/webContent.ts';
+import { Service, type ServiceOptions } from './service/service.ts';
 
 export const DEFAULT_PORT = 7860;
 export const MAX_BODY_BYTES = 64 * 2 ** 20;
 
-export const CSP = "default-src 'self'; script-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
-const SECURITY_HEADERS: Record<string, string> = {
-  'Content-Security-Policy': CSP,
-  'X-Content-Type-Options': 'nosniff',
-  'Referrer-Policy': 'no-referrer',
-  'X-Frame-Options': 'DENY',
-  'Cross-Origin-Opener-Policy': 'same-origin',
-};
-
-const STATUS: Record<ErrorCode, number> = {
-  invalid_params: 400,
-  unauthorized: 401,
-  not_found: 404,
-  conflict: 409,
-  too_large: 413,
-  engine_error: 500,
-  engine_crashed: 500,
-  internal: 500,
-};
-
+export const CSP = contentSecurityPolicy({ websocket: true });
+const SECURITY_HEADERS = securityHeaders(CSP);
 
 export interface ServerOptions {
   host?: string;
@@ -121,11 +107,11 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     res.end(body);
   };
   const sendJson = (res: ServerResponse, status: number, value: unknown, extra: Record<string, string> = {}) => send(res, status, JSON.stringify(value), 'application/json; charset=utf-8', { 'Cache-Control': 'no-store', ...extra });
-  const sendError = (res: ServerResponse, err: unknown, extra: Record<string, string> = {}) => {
-    const e = toApiError(err);
+  const sendErrorBody = (res: ServerResponse, e: ApiErrorBody, extra: Record<string, string> = {}) => {
     if (e.code === 'internal') log(`server: ${e.message}`);
-    sendJson(res, STATUS[e.code], { ok: false, error: e.toBody() }, extra);
+    sendJson(res, STATUS[e.code], { ok: false, error: e }, extra);
   };
+  const sendError = (res: ServerResponse, err: unknown, extra: Record<string, string> = {}) => sendErrorBody(res, toApiError(err).toBody(), extra);
 
   const hostAllowed = (req: IncomingMessage): boolean => {
     if (!loopback) return true;
@@ -201,27 +187,16 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     } catch {
       return sendError(res, new ApiError('not_found', `unknown method '${method}'`));
     }
-    try {
-      const result = await service.call(decoded, params);
-      sendJson(res, 200, { ok: true, result });
-    } catch (err) {
-      sendError(res, err);
-    }
+    const answer = await dispatch(service.handlers, decoded, params);
+    if (answer.ok) sendJson(res, 200, answer);
+    else sendErrorBody(res, answer.error);
   }
 
   async function handleFile(req: IncomingMessage, res: ServerResponse, path: string, query: URLSearchParams): Promise<void> {
     if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: 'use GET' } }, { Allow: 'GET, HEAD' });
     if (!sameToken(bearer(req) ?? query.get('token'), token)) return sendError(res, new ApiError('unauthorized', 'missing or wrong token: add ?token=<token> or the bearer header'));
-    let segments: string[];
-    try {
-      segments = path.slice('/files/'.length).split('/').map((s) => decodeURIComponent(s));
-    } catch {
-      return sendError(res, new ApiError('invalid_params', 'the file path is not valid percent-encoding'));
-    }
-    const [projectId, ...rest] = segments;
-    if (!idSchema.safeParse(projectId).success) return sendError(res, new ApiError('invalid_params', `'${projectId ?? ''}' is not a project id`));
-    const file = await service.resolveFile(projectId, rest.join('/'));
-    return streamFile(req, res, file, FILE_TYPES, true);
+    const f = await resolveProjectFile((projectId, rel) => service.resolveFile(projectId, rel), path);
+    return streamFile(req, res, f.file, f.type, f.attachment);
   }
 
   async function handleStatic(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
@@ -245,17 +220,16 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     if (rel && rel !== 'index.html') {
       const file = await safeResolve(rendererDir, rel).catch(() => null);
       const info = file ? await stat(file).catch(() => null) : null;
-      if (file && info?.isFile()) return streamFile(req, res, file, STATIC_TYPES, false, rel.startsWith('assets/') ? 'public, max-age=31536000, immutable' : 'no-cache');
+      if (file && info?.isFile()) return streamFile(req, res, file, STATIC_TYPES[extname(file).toLowerCase()] ?? 'application/octet-stream', false, rel.startsWith('assets/') ? 'public, max-age=31536000, immutable' : 'no-cache');
       if (extname(rel) && extname(rel) !== '.html') return sendJson(res, 404, { ok: false, error: { code: 'not_found', message: `no file /${rel}` } });
     }
-    return streamFile(req, res, index, STATIC_TYPES, false, 'no-cache');
+    return streamFile(req, res, index, STATIC_TYPES['.html'], false, 'no-cache');
   }
 
-  async function streamFile(req: IncomingMessage, res: ServerResponse, file: string, types: Record<string, string>, attachUnknown: boolean, cache = 'private, no-cache'): Promise<void> {
+  async function streamFile(req: IncomingMessage, res: ServerResponse, file: string, type: string, attachment: boolean, cache = 'private, no-cache'): Promise<void> {
     const info = await stat(file);
-    const type = types[extname(file).toLowerCase()];
-    const headers: Record<string, string> = { ...SECURITY_HEADERS, 'Content-Type': type ?? 'application/octet-stream', 'Content-Length': String(info.size), 'Cache-Control': cache };
-    if (!type && attachUnknown) headers['Content-Disposition'] = `attachment; filename="${encodeURIComponent(file.split(/[\\/]/).pop() ?? 'file')}"`;
+    const headers: Record<string, string> = { ...SECURITY_HEADERS, 'Content-Type': type, 'Content-Length': String(info.size), 'Cache-Control': cache };
+    if (attachment) headers['Content-Disposition'] = attachmentHeader(file);
     res.writeHead(200, headers);
     if (req.method === 'HEAD') return void res.end();
     await new Promise<void>((resolve) => {

@@ -11,7 +11,10 @@
 import { z } from 'zod';
 import {
   CROP_MODES,
+  EXPORT_FORMATS,
+  LIMITS,
   METHODS,
+  wordSchema,
   evaluationSchema,
   generateSettingsSchema,
   imageSidecarSchema,
@@ -49,15 +52,23 @@ function patchOf<S extends z.ZodRawShape>(schema: z.ZodObject<S>): z.ZodObject<W
 }
 export const trainSettingsPatchSchema = patchOf(trainSettingsSchema);
 
+/** A path a client names (a file in the project, or on the engine machine where the method allows it). */
+const pathSchema = z.string().min(1).max(LIMITS.pathChars);
+const nameSchema = z.string().trim().min(1).max(LIMITS.nameChars);
+const jobIdSchema = z.string().min(1).max(80);
+
+export const subjectSchema = z.object({ triggerToken: wordSchema, classWord: wordSchema, type: z.enum(SUBJECT_TYPES) });
+
+/** project.json: what every handler validates a new state against before it is written. */
 export const projectSchema = z.object({
   schemaVersion: z.number().int(),
   id: idSchema,
-  name: z.string(),
+  name: nameSchema,
   createdAt: z.string(),
   updatedAt: z.string(),
-  subject: z.object({ triggerToken: z.string(), classWord: z.string(), type: z.enum(SUBJECT_TYPES) }),
+  subject: subjectSchema,
   /** Base model: a diffusers folder or a .safetensors file; null = the app default. */
-  baseModel: z.string().nullable(),
+  baseModel: pathSchema.nullable(),
   /** Training settings the user last chose (defaults filled in). */
   settings: trainSettingsSchema,
 });
@@ -140,11 +151,11 @@ export const adapterInfoSchema = z.object({
 });
 export type AdapterInfo = z.infer<typeof adapterInfoSchema>;
 
-export const exportFormats = ['singlora', 'kohya', 'diffusers', 'merged-diffusers', 'merged-single-file'] as const;
+export const exportFormats = EXPORT_FORMATS;
 
 const adapterRef = z.union([
-  z.object({ runId: idSchema, step: z.number().int().nullable().describe('null: the chosen/best checkpoint, else the latest') }),
-  z.object({ file: z.string().min(1).describe('a file in the project (adapters/...) or an absolute path on the engine machine') }),
+  z.object({ runId: idSchema, step: z.number().int().min(0).max(LIMITS.steps).nullable().describe('null: the chosen/best checkpoint, else the latest') }),
+  z.object({ file: pathSchema.describe('a file in the project (adapters/...) or an absolute path on the engine machine') }),
 ]);
 
 /** Every method: params schema and result schema. */
@@ -153,18 +164,18 @@ export const api = {
   'system.info': { params: empty, result: z.object({ version: z.string(), projectsDir: z.string(), modelsDir: z.string(), defaultBaseModel: z.string(), demoModel: z.boolean() }) },
 
   'projects.list': { params: empty, result: z.array(projectSummarySchema) },
-  'projects.create': { params: z.object({ name: z.string().trim().min(1).max(120), classWord: z.string().trim().min(1).max(64).default('person'), triggerToken: z.string().trim().min(1).max(64).default('sks'), type: z.enum(SUBJECT_TYPES).default('live') }).strict(), result: projectSchema },
+  'projects.create': { params: z.object({ name: nameSchema, classWord: wordSchema.default('person'), triggerToken: wordSchema.default('sks'), type: z.enum(SUBJECT_TYPES).default('live') }).strict(), result: projectSchema },
   'projects.open': { params: z.object({ projectId: idSchema }).strict(), result: projectSchema },
-  'projects.update': { params: z.object({ projectId: idSchema, name: z.string().trim().min(1).max(120).optional(), subject: projectSchema.shape.subject.partial().optional(), baseModel: z.string().nullable().optional(), settings: trainSettingsPatchSchema.optional() }).strict(), result: projectSchema },
+  'projects.update': { params: z.object({ projectId: idSchema, name: nameSchema.optional(), subject: subjectSchema.partial().strict().optional(), baseModel: pathSchema.nullable().optional(), settings: trainSettingsPatchSchema.optional() }).strict(), result: projectSchema },
   'projects.delete': { params: z.object({ projectId: idSchema }).strict(), result: z.object({ deleted: z.boolean() }) },
 
-  'photos.add': { params: z.object({ projectId: idSchema, paths: z.array(z.string()).max(200).optional(), files: z.array(z.object({ name: z.string().min(1).max(255), dataBase64: z.string() })).max(50).optional() }).strict(), result: z.array(photoSchema) },
+  'photos.add': { params: z.object({ projectId: idSchema, paths: z.array(pathSchema).max(200).optional(), files: z.array(z.object({ name: z.string().min(1).max(255), dataBase64: z.string() }).strict()).max(50).optional() }).strict(), result: z.array(photoSchema) },
   'photos.list': { params: z.object({ projectId: idSchema }).strict(), result: z.array(photoSchema) },
-  'photos.remove': { params: z.object({ projectId: idSchema, photoId: z.string().min(1) }).strict(), result: z.object({ removed: z.boolean() }) },
-  'photos.cropPreview': { params: z.object({ projectId: idSchema, photoId: z.string().min(1), crop: z.enum(CROP_MODES), size: z.number().int().min(32).max(1024).default(256) }).strict(), result: z.object({ pngBase64: z.string() }) },
+  'photos.remove': { params: z.object({ projectId: idSchema, photoId: pathSchema }).strict(), result: z.object({ removed: z.boolean() }) },
+  'photos.cropPreview': { params: z.object({ projectId: idSchema, photoId: pathSchema, crop: z.enum(CROP_MODES), size: z.number().int().min(32).max(1024).default(256) }).strict(), result: z.object({ pngBase64: z.string() }) },
 
   'training.start': { params: z.object({ projectId: idSchema, settings: trainSettingsPatchSchema.default({}) }).strict(), result: z.object({ jobId: z.string(), runId: z.string() }) },
-  'training.cancel': { params: z.object({ jobId: z.string() }).strict(), result: z.object({ cancelled: z.boolean() }) },
+  'training.cancel': { params: z.object({ jobId: jobIdSchema }).strict(), result: z.object({ cancelled: z.boolean() }) },
   'training.resume': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: z.object({ jobId: z.string(), runId: z.string() }) },
   'training.runs': { params: z.object({ projectId: idSchema }).strict(), result: z.array(runSummarySchema) },
   'training.status': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: runStatusSchema },
@@ -178,28 +189,28 @@ export const api = {
         /** true: one prompt per category and (unless imagesPerPrompt says otherwise) one image each; fast and noisy. */
         quick: z.boolean().default(false),
         imagesPerPrompt: z.number().int().min(1).max(16).optional(),
-        prompts: z.array(z.string()).optional(),
+        prompts: z.array(z.string().trim().min(1).max(LIMITS.promptChars)).min(1).max(LIMITS.prompts).optional(),
       })
       .strict(),
     result: z.object({ jobId: z.string() }),
   },
   'evaluation.get': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: evaluationSchema.nullable() },
-  'evaluation.choose': { params: z.object({ projectId: idSchema, runId: idSchema, step: z.number().int() }).strict(), result: evaluationSchema },
+  'evaluation.choose': { params: z.object({ projectId: idSchema, runId: idSchema, step: z.number().int().min(0).max(LIMITS.steps) }).strict(), result: evaluationSchema },
 
   'generation.start': { params: z.object({ projectId: idSchema, settings: generateSettingsSchema, adapters: z.array(adapterRef.and(z.object({ strength: z.number().min(-4).max(4).default(1) }))).max(8).default([]) }).strict(), result: z.object({ jobId: z.string() }) },
   'generation.list': { params: z.object({ projectId: idSchema }).strict(), result: z.array(generatedImageSchema) },
 
   'adapters.list': { params: z.object({ projectId: idSchema }).strict(), result: z.array(adapterInfoSchema) },
-  'adapters.export': { params: z.object({ projectId: idSchema, adapter: adapterRef, format: z.enum(exportFormats), outPath: z.string().optional().describe('default: <project>/adapters/') }).strict(), result: z.object({ jobId: z.string() }) },
-  'adapters.import': { params: z.object({ projectId: idSchema, path: z.string().min(1) }).strict(), result: adapterInfoSchema },
-  'adapters.inspect': { params: z.object({ projectId: idSchema, file: z.string().min(1) }).strict(), result: adapterInfoSchema },
+  'adapters.export': { params: z.object({ projectId: idSchema, adapter: adapterRef, format: z.enum(exportFormats), outPath: pathSchema.optional().describe('default: <project>/adapters/') }).strict(), result: z.object({ jobId: z.string() }) },
+  'adapters.import': { params: z.object({ projectId: idSchema, path: pathSchema }).strict(), result: adapterInfoSchema },
+  'adapters.inspect': { params: z.object({ projectId: idSchema, file: pathSchema }).strict(), result: adapterInfoSchema },
 
   'models.list': { params: empty, result: z.array(z.object({ name: z.string(), kind: z.string(), present: z.boolean(), path: z.string(), bytes: z.number().nullable(), verified: z.boolean().nullable(), hint: z.string().nullable() })) },
-  'models.setBase': { params: z.object({ projectId: idSchema, path: z.string().min(1) }).strict(), result: z.object({ name: z.string(), format: z.string() }) },
+  'models.setBase': { params: z.object({ projectId: idSchema, path: pathSchema }).strict(), result: z.object({ name: z.string(), format: z.string() }) },
   'models.download': { params: z.object({ name: z.enum(['dino', 'clip']) }).strict(), result: z.object({ jobId: z.string() }) },
 
   'jobs.list': { params: empty, result: z.array(jobSchema) },
-  'jobs.cancel': { params: z.object({ jobId: z.string() }).strict(), result: z.object({ cancelled: z.boolean() }) },
+  'jobs.cancel': { params: z.object({ jobId: jobIdSchema }).strict(), result: z.object({ cancelled: z.boolean() }) },
 } as const;
 
 export type Api = typeof api;

@@ -25,56 +25,100 @@ export const SAMPLER_DISPLAY_NAMES: Readonly<Record<(typeof SCHEDULERS)[number] 
   ddpm: 'DDPM',
 };
 export const SUBJECT_TYPES = ['object', 'live'] as const;
+/** Adapter export formats (adapters.export, `singlora adapters export --format`, the engine's exporter). */
+export const EXPORT_FORMATS = ['singlora', 'kohya', 'diffusers', 'merged-diffusers', 'merged-single-file'] as const;
+/** Photo files the app takes (the engine decodes them with sharp); the UI and photos.add use this list. */
+export const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.avif', '.tif', '.tiff', '.heic', '.heif'] as const;
+/** True for an extension (with its dot, any case) in IMAGE_EXTENSIONS. */
+export function isImageExtension(ext: string): boolean {
+  return (IMAGE_EXTENSIONS as readonly string[]).includes(ext.toLowerCase());
+}
+
+/**
+ * Every bound in one place: the schemas below, the service, the CLI flags and the UI read them.
+ * A prompt is at most 4,000 characters (CLIP reads 77 tokens; the rest is kept for the record).
+ */
+export const LIMITS = {
+  promptChars: 4000,
+  prompts: 64,
+  wordChars: 64,
+  nameChars: 120,
+  pathChars: 4096,
+  steps: 100_000,
+  rank: 256,
+  alpha: 1024,
+  batchSize: 64,
+  gradientAccumulation: 128,
+  maxGradNorm: 1e4,
+  minSnrGamma: 1000,
+  priorLossWeight: 100,
+  numClassImages: 10_000,
+  targets: 64,
+  targetChars: 200,
+  resolution: { min: 64, max: 2048, multiple: 64 },
+  generation: { steps: 200, size: 2048, sizeMultiple: 8, count: 100, guidance: 50, clipSkip: 11 },
+  sampleSteps: 200,
+} as const;
 
 const positiveInt = (max: number) => z.number().int().min(1).max(max);
+/** A free text field: at most `max` characters. */
+const text = (max: number = LIMITS.promptChars) => z.string().max(max);
+/** A word the tokenizer sees (trigger token, class word): not blank, at most 64 characters. */
+export const wordSchema = z.string().trim().min(1).max(LIMITS.wordChars);
+/** A step count or interval in steps (0 allowed where it means "off"). */
+const stepCount = (min = 0) => z.number().int().min(min).max(LIMITS.steps);
 
 /** Every training option, with the defaults a user of kohya_ss or diffusers' DreamBooth script would expect. */
 export const trainSettingsSchema = z
   .object({
     method: z.enum(METHODS).default('singlora'),
-    steps: positiveInt(100_000).default(800),
-    rank: positiveInt(256).default(8),
-    alpha: z.number().positive().max(1024).default(8),
+    steps: positiveInt(LIMITS.steps).default(800),
+    rank: positiveInt(LIMITS.rank).default(8),
+    alpha: z.number().positive().max(LIMITS.alpha).default(8),
     /** SingLoRA's ramp length T in steps (0: no ramp). */
-    rampSteps: z.number().int().min(0).max(100_000).default(100),
+    rampSteps: stepCount().default(100),
     initStd: z.number().positive().max(1).default(0.01),
-    targets: z.array(z.string().min(1)).min(1).optional(),
+    targets: z.array(z.string().min(1).max(LIMITS.targetChars)).min(1).max(LIMITS.targets).optional(),
     learningRate: z.number().positive().max(1).default(1e-4),
     lrSchedule: z.enum(LR_SCHEDULES).default('constant'),
-    warmupSteps: z.number().int().min(0).default(0),
+    warmupSteps: stepCount().default(0),
     weightDecay: z.number().min(0).max(1).default(1e-2),
     /** Training image size; null: the base model's native size (512 for SD 1.5). */
     resolution: z
       .number()
       .int()
-      .min(64)
-      .max(2048)
-      .refine((r) => r % 64 === 0, 'resolution must be a multiple of 64')
+      .min(LIMITS.resolution.min)
+      .max(LIMITS.resolution.max)
+      .refine((r) => r % LIMITS.resolution.multiple === 0, `resolution must be a multiple of ${LIMITS.resolution.multiple}`)
       .nullable()
       .default(null),
-    batchSize: positiveInt(64).default(1),
-    gradientAccumulation: positiveInt(128).default(1),
+    batchSize: positiveInt(LIMITS.batchSize).default(1),
+    gradientAccumulation: positiveInt(LIMITS.gradientAccumulation).default(1),
     /** Max global gradient norm (0: no clipping). */
-    maxGradNorm: z.number().min(0).default(1),
+    maxGradNorm: z.number().min(0).max(LIMITS.maxGradNorm).default(1),
     noiseOffset: z.number().min(0).max(1).default(0),
     /** Min-SNR-gamma loss weighting (Hang et al. 2023); null: off. */
-    minSnrGamma: z.number().positive().nullable().default(null),
-    triggerToken: z.string().trim().min(1).max(64).default('sks'),
-    classWord: z.string().trim().min(1).max(64).default('person'),
+    minSnrGamma: z.number().positive().max(LIMITS.minSnrGamma).nullable().default(null),
+    triggerToken: wordSchema.default('sks'),
+    classWord: wordSchema.default('person'),
     /** Default: "a photo of <token> <class>". A caption .txt beside a photo overrides it. */
-    instancePrompt: z.string().optional(),
+    instancePrompt: text().optional(),
     crop: z.enum(CROP_MODES).default('center'),
     flip: z.boolean().default(false),
     priorPreservation: z.boolean().default(false),
-    priorLossWeight: z.number().min(0).default(1),
-    numClassImages: z.number().int().min(1).max(10_000).default(100),
+    priorLossWeight: z.number().min(0).max(LIMITS.priorLossWeight).default(1),
+    numClassImages: positiveInt(LIMITS.numClassImages).default(100),
     /** Default: "a photo of <class>". */
-    classPrompt: z.string().optional(),
-    classImagesDir: z.string().optional(),
-    checkpointEvery: z.number().int().min(1).default(100),
-    sampleEvery: z.number().int().min(0).default(100),
-    samplePrompts: z.array(z.string()).optional(),
-    sampleSteps: positiveInt(200).default(20),
+    classPrompt: text().optional(),
+    /**
+     * Where class images are made and read: a folder inside the project (`class-images/...`);
+     * an absolute folder only when the desktop app's user picked it. Default: a cache per model.
+     */
+    classImagesDir: z.string().min(1).max(LIMITS.pathChars).optional(),
+    checkpointEvery: stepCount(1).default(100),
+    sampleEvery: stepCount().default(100),
+    samplePrompts: z.array(text()).max(LIMITS.prompts).optional(),
+    sampleSteps: positiveInt(LIMITS.sampleSteps).default(20),
     seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(42),
     gradientCheckpointing: z.boolean().default(false),
     /** Mixed-precision is not offered: TensorFlow.js trains in float32. */
@@ -141,6 +185,37 @@ export const runManifestSchema = z.object({
 });
 export type RunManifest = z.infer<typeof runManifestSchema>;
 
+/** The one constructor of a new run.json: nothing trained yet (the service's queued run, the trainer's first write). */
+export function newRunManifest(o: {
+  id: string;
+  status: 'queued' | 'running';
+  settings: TrainSettings;
+  baseModel: RunManifest['baseModel'];
+  backend: string;
+  usedPhotos?: string[];
+  now?: string;
+}): RunManifest {
+  const now = o.now ?? new Date().toISOString();
+  return {
+    schemaVersion: SCHEMA_VERSION,
+    id: o.id,
+    createdAt: now,
+    updatedAt: now,
+    status: o.status,
+    error: null,
+    settings: o.settings,
+    baseModel: o.baseModel,
+    backend: o.backend,
+    images: { used: o.usedPhotos ?? [], rejected: [] },
+    step: 0,
+    checkpoints: [],
+    losses: [],
+    samples: [],
+    evaluation: null,
+    timing: { startedAt: o.status === 'running' ? now : null, msPerStep: null, totalMs: 0 },
+  };
+}
+
 /**
  * Training progress events, one schema per kind. `trainEventSchema` (their union) is what the
  * trainer emits and the CLI prints as `--json` lines; the contract's `runEventSchema` is the same
@@ -177,19 +252,24 @@ export const trainEventSchema = z.discriminatedUnion('event', [
 ]);
 export type TrainEvent = z.infer<typeof trainEventSchema>;
 
+function imageSide(name: string) {
+  const { sizeMultiple: m, size } = LIMITS.generation;
+  return z.number().int().min(m).max(size).refine((v) => v % m === 0, `${name} must be a multiple of ${m}`);
+}
+
 export const generateSettingsSchema = z
   .object({
-    prompt: z.string().max(4000),
-    negativePrompt: z.string().max(4000).default(''),
-    steps: positiveInt(200).default(25),
-    guidanceScale: z.number().min(0).max(50).default(7.5),
+    prompt: text(),
+    negativePrompt: text().default(''),
+    steps: positiveInt(LIMITS.generation.steps).default(25),
+    guidanceScale: z.number().min(0).max(LIMITS.generation.guidance).default(7.5),
     scheduler: z.enum(SCHEDULERS).default('dpmpp-2m-karras'),
     /** -1: a random seed, reported back. */
     seed: z.number().int().min(-1).max(Number.MAX_SAFE_INTEGER).default(-1),
-    width: z.number().int().min(8).max(2048).refine((v) => v % 8 === 0, 'width must be a multiple of 8').default(512),
-    height: z.number().int().min(8).max(2048).refine((v) => v % 8 === 0, 'height must be a multiple of 8').default(512),
-    count: positiveInt(100).default(1),
-    clipSkip: z.number().int().min(0).max(11).default(0),
+    width: imageSide('width').default(512),
+    height: imageSide('height').default(512),
+    count: positiveInt(LIMITS.generation.count).default(1),
+    clipSkip: z.number().int().min(0).max(LIMITS.generation.clipSkip).default(0),
   })
   .strict();
 export type GenerateSettings = z.infer<typeof generateSettingsSchema>;

@@ -4,22 +4,23 @@
  * `/files/...` images it shows are same-origin, and the CSP can simply say `'self'`.
  *
  *   app://studio/<path>                      dist-renderer/<path>; index.html for paths without an extension
- *   app://studio/files/<projectId>/<path>    that project's file, through the service's path check
- *                                            (`Service.resolveFile` -> `safeResolve`: no `..`, no
- *                                            absolute path, no symlink out of the project)
+ *   app://studio/files/<projectId>/<path>    that project's file, through the one `/files/` resolver
+ *                                            (gateway/files.ts: the service's path check, and
+ *                                            no page or script served from a project)
  *
- * Every response, errors included, carries the CSP below, nosniff and no-referrer. GET and HEAD
- * only. Project files are served only as images, JSON or text: an `.html` or `.svg` written into a
- * project would otherwise run as a page of this origin.
+ * Every response, errors included, carries the gateway's security headers (gateway/http.ts).
+ * GET and HEAD only.
  */
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { CustomScheme } from 'electron';
-import { ApiError, idSchema, type ErrorCode } from '../api/contract.ts';
+import { ApiError, type ErrorCode } from '../api/contract.ts';
+import { STATIC_TYPES } from '../gateway/contentTypes.ts';
+import { attachmentHeader, resolveProjectFile } from '../gateway/files.ts';
+import { contentSecurityPolicy, errorBody, securityHeaders, STATUS } from '../gateway/http.ts';
 import { checkRelative } from '../service/safePath.ts';
-import { FILE_TYPES, STATIC_TYPES } from '../service/webContent.ts';
 
 export const APP_SCHEME = 'app';
 export const APP_HOST = 'studio';
@@ -37,16 +38,8 @@ export const APP_SCHEME_PRIVILEGES: CustomScheme = {
 };
 
 /** No inline or remote script, no eval, no network but the app origin (the engine is reached over IPC). */
-export const CSP = "default-src 'self'; script-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'none'; frame-ancestors 'none'";
-
-const SECURITY_HEADERS: Record<string, string> = {
-  'Content-Security-Policy': CSP,
-  'X-Content-Type-Options': 'nosniff',
-  'Referrer-Policy': 'no-referrer',
-};
-
-
-const STATUS: Partial<Record<ErrorCode, number>> = { invalid_params: 400, not_found: 404, unauthorized: 403 };
+export const CSP = contentSecurityPolicy({ websocket: false });
+const SECURITY_HEADERS = securityHeaders(CSP);
 
 /** True for a URL on the app's origin (exact scheme and host; no port, no credentials). */
 export function isAppUrl(url: string | null | undefined): boolean {
@@ -57,27 +50,6 @@ export function isAppUrl(url: string | null | undefined): boolean {
   } catch {
     return false;
   }
-}
-
-/**
- * `/files/<projectId>/<rel>` -> its parts. Split first, then decode each segment once: an encoded
- * '/' or '..' stays inside its segment, where safeResolve refuses it. Throws ApiError.
- */
-export function parseFilesPath(pathname: string): { projectId: string; rel: string } {
-  let segments: string[];
-  try {
-    segments = pathname.replace(/^\/files\/?/, '').split('/').map((s) => decodeURIComponent(s));
-  } catch {
-    throw new ApiError('invalid_params', `${pathname}: not valid percent-encoding`);
-  }
-  const [projectId, ...rest] = segments;
-  if (!idSchema.safeParse(projectId).success) throw new ApiError('invalid_params', `'${projectId ?? ''}' is not a project id`);
-  return { projectId, rel: rest.join('/') };
-}
-
-/** The Content-Type a project file is served with, or undefined: not served. */
-export function projectFileType(rel: string): string | undefined {
-  return FILE_TYPES[extname(rel).toLowerCase()];
 }
 
 export interface AppProtocolOptions {
@@ -100,18 +72,15 @@ export function createAppProtocolHandler(o: AppProtocolOptions): (request: Reque
       if (url.pathname === '/files' || url.pathname.startsWith('/files/')) return await projectFile(url.pathname, head);
       return await rendererFile(url.pathname, head);
     } catch (err) {
-      if (err instanceof ApiError) return errorResponse(STATUS[err.code] ?? 500, err.code, err.message);
+      if (err instanceof ApiError) return errorResponse(STATUS[err.code], err.code, err.message);
       log(`app protocol: ${request.method} ${request.url}: ${(err as Error).message}`);
       return errorResponse(500, 'internal', (err as Error).message);
     }
   };
 
   async function projectFile(pathname: string, head: boolean): Promise<Response> {
-    const { projectId, rel } = parseFilesPath(pathname);
-    const type = projectFileType(rel);
-    if (!type) throw new ApiError('not_found', `/files/ serves images, JSON and text only, not '${rel}'`);
-    const file = await o.resolveFile(projectId, rel);
-    return fileResponse(file, type, 'private, no-cache', head);
+    const f = await resolveProjectFile(o.resolveFile, pathname);
+    return fileResponse(f.file, f.type, 'private, no-cache', head, f.attachment ? { 'Content-Disposition': attachmentHeader(f.file) } : {});
   }
 
   async function rendererFile(pathname: string, head: boolean): Promise<Response> {
@@ -138,14 +107,13 @@ export function createAppProtocolHandler(o: AppProtocolOptions): (request: Reque
   }
 }
 
-async function fileResponse(file: string, type: string, cache: string, head: boolean): Promise<Response> {
+async function fileResponse(file: string, type: string, cache: string, head: boolean, extra: Record<string, string> = {}): Promise<Response> {
   const info = await stat(file);
-  const headers = { ...SECURITY_HEADERS, 'Content-Type': type, 'Content-Length': String(info.size), 'Cache-Control': cache };
+  const headers = { ...SECURITY_HEADERS, 'Content-Type': type, 'Content-Length': String(info.size), 'Cache-Control': cache, ...extra };
   const body = head ? null : (Readable.toWeb(createReadStream(file)) as unknown as ReadableStream<Uint8Array>);
   return new Response(body, { status: 200, headers });
 }
 
 function errorResponse(status: number, code: ErrorCode, message: string, extra: Record<string, string> = {}): Response {
-  const body = JSON.stringify({ ok: false, error: { code, message } });
-  return new Response(body, { status, headers: { ...SECURITY_HEADERS, 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store', ...extra } });
+  return new Response(errorBody(code, message), { status, headers: { ...SECURITY_HEADERS, 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store', ...extra } });
 }

@@ -14,7 +14,8 @@ import { join } from 'node:path';
 import type * as Electron from 'electron';
 import type { BrowserWindow } from 'electron';
 import { Service, type ServiceOptions } from '../service/service.ts';
-import { APP_ENTRY_URL, APP_SCHEME, APP_SCHEME_PRIVILEGES, createAppProtocolHandler, parseFilesPath, projectFileType } from './appProtocol.ts';
+import { resolveProjectFile } from '../gateway/files.ts';
+import { APP_ENTRY_URL, APP_SCHEME, APP_SCHEME_PRIVILEGES, createAppProtocolHandler } from './appProtocol.ts';
 import { forwardEvents, handleInvoke } from './ipc.ts';
 import { utilityEngine } from './utilityEngine.ts';
 import { BACKGROUND, hardenContents, lockPermissions, windowOptions } from './window.ts';
@@ -82,10 +83,12 @@ export function startApp(e: ElectronApi, paths: AppPaths, o: StartOptions = {}):
 
   const openProjectFile = (url: string) => {
     void (async () => {
-      const { projectId, rel } = parseFilesPath(new URL(url).pathname);
-      if (!projectFileType(rel)?.startsWith('image/') || !service) return;
-      const problem = await e.shell.openPath(await service.resolveFile(projectId, rel));
-      if (problem) log(`window: cannot open ${rel}: ${problem}`);
+      if (!service) return;
+      const svc = service;
+      const f = await resolveProjectFile((projectId, rel) => svc.resolveFile(projectId, rel), new URL(url).pathname);
+      if (!f.type.startsWith('image/')) return;
+      const problem = await e.shell.openPath(f.file);
+      if (problem) log(`window: cannot open ${f.file}: ${problem}`);
     })().catch((err: Error) => log(`window: cannot open ${url}: ${err.message}`));
   };
 
@@ -134,6 +137,8 @@ export function startApp(e: ElectronApi, paths: AppPaths, o: StartOptions = {}):
     const svc = await (o.openService ?? Service.open)({
       dataDir: folders.dataDir,
       modelsDir: folders.modelsDir,
+      // The user picks folders here (a class-image folder) with the desktop's own dialogs.
+      hostPaths: 'desktop',
       spawnEngine: utilityEngine(e.utilityProcess, paths.engineWorker),
       engineEnv: { ...env, SINGLORA_CACHE_DIR: folders.cacheDir, ...(folders.modelsDir ? { SINGLORA_MODELS_DIR: folders.modelsDir } : {}) },
       log,

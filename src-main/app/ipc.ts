@@ -3,9 +3,8 @@
  *
  *   ipcRenderer.invoke(INVOKE_CHANNEL, method, params)
  *     1. the sending frame must be on the app origin (app://studio); anything else: 'unauthorized'
- *     2. `method` must name a contract method (isMethod);            else 'not_found'
- *     3. `params` must match its schema (parseParams);                else 'invalid_params' + field details
- *     4. the handler runs; its result is checked against the contract
+ *     2. the gateway's one dispatch (gateway/dispatch.ts), as for HTTP: method, params, handler,
+ *        result checked against the contract
  *     -> {ok: true, result} | {ok: false, error: {code, message, details?}}  (the HTTP envelope)
  *
  *   webContents.send(EVENT_CHANNEL, name, data)   only for names in the contract's `events`
@@ -14,29 +13,12 @@
  * validated here. Handlers are typed `ApiHandlers`, so a method without a handler is a compile error.
  */
 import type { IpcMain, IpcMainInvokeEvent, WebContents } from 'electron';
-import { api, ApiError, events, isMethod, parseParams, type ApiErrorBody, type ApiHandlers, type EventName } from '../api/contract.ts';
-import { toApiError } from '../service/service.ts';
+import { ApiError, events, type ApiHandlers, type EventName } from '../api/contract.ts';
+import { dispatch, type Envelope } from '../gateway/dispatch.ts';
 import { isAppUrl } from './appProtocol.ts';
 import { EVENT_CHANNEL, INVOKE_CHANNEL } from './channels.ts';
 
-export type Envelope = { ok: true; result: unknown } | { ok: false; error: ApiErrorBody };
-
-/** Steps 2-4 above, for a request already known to come from the app. Never throws. */
-export async function dispatch(handlers: ApiHandlers, method: unknown, params: unknown): Promise<Envelope> {
-  try {
-    if (typeof method !== 'string' || !isMethod(method)) throw new ApiError('not_found', `unknown method '${String(method)}'`);
-    const parsed = parseParams(method, params);
-    const result = await (handlers[method] as (p: unknown) => Promise<unknown>)(parsed);
-    const checked = api[method].result.safeParse(result);
-    if (!checked.success) {
-      const fields = checked.error.issues.map((i) => ({ field: i.path.join('.') || '(result)', message: i.message }));
-      throw new ApiError('internal', `${method}: the result does not match the contract (${fields.map((f) => `${f.field}: ${f.message}`).join('; ')})`, fields);
-    }
-    return { ok: true, result: checked.data };
-  } catch (err) {
-    return { ok: false, error: toApiError(err).toBody() };
-  }
-}
+export { dispatch, type Envelope } from '../gateway/dispatch.ts';
 
 export interface InvokeOptions {
   handlers: ApiHandlers;

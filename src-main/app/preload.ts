@@ -1,10 +1,10 @@
 /**
  * The preload: carries the transport and nothing else. `window.singlora = { invoke, onEvent }`
- * (the renderer's `SingloraBridge`); main validates everything that arrives (ipc.ts).
+ * (`SingloraBridge`, api/bridge.ts); main validates everything that arrives (ipc.ts).
  * Bundled as CommonJS: sandboxed preloads cannot load ES modules.
  */
 import { contextBridge, ipcRenderer, type IpcRendererEvent } from 'electron';
-import type { SingloraBridge } from '../../src-renderer/lib/transport/electron.ts';
+import type { SingloraBridge } from '../api/bridge.ts';
 import { EVENT_CHANNEL, INVOKE_CHANNEL } from './channels.ts';
 
 const bridge: SingloraBridge = {

@@ -1,36 +1,14 @@
 /** `singlora doctor`: every TensorFlow.js backend and ONNX Runtime provider, whether it starts and why not, and memory counters. */
 import type { Command } from 'commander';
-import { activeBackend, memoryCounters, probeBackends } from '../engine/backend/tf.ts';
-import { probeProviders } from '../engine/onnx/providers.ts';
-import { action, formatBytes, printResult, startBackend, withCommon, type GlobalOptions } from './common.ts';
+import { doctorReport } from '../engine/doctor.ts';
+import { action, formatBytes, printResult, withCommon, type GlobalOptions } from './common.ts';
 
-export async function doctorReport(opts: GlobalOptions) {
-  const backends = await probeBackends();
-  let selected: { name: string; device?: string } | { error: string };
-  try {
-    const info = await startBackend(opts);
-    selected = { name: info.name, device: info.device };
-  } catch (err) {
-    selected = { error: (err as Error).message };
-  }
-  return {
-    node: process.version,
-    platform: `${process.platform}-${process.arch}`,
-    /** ONNX Runtime execution providers (inference). */
-    providers: await probeProviders(),
-    /** TensorFlow.js backends (training). */
-    backends,
-    selected,
-    active: activeBackend(),
-    memory: memoryCounters(),
-  };
-}
 
 export function register(program: Command): void {
   withCommon(program.command('doctor').description('show which inference providers and training backends can run here, and why not'))
     .action(
       action(async (opts: GlobalOptions) => {
-        const report = await doctorReport(opts);
+        const report = await doctorReport(opts.backend);
         printResult(opts, report, () => {
           const lines = [`node ${report.node} on ${report.platform}`, '', 'inference: ONNX Runtime providers (auto picks a GPU one that starts, else cpu):'];
           for (const p of report.providers) lines.push(`  ${p.available ? '✓' : '✗'} ${p.name.padEnd(10)} ${p.detail}`);

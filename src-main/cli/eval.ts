@@ -34,7 +34,9 @@ interface EvalOptions extends GlobalOptions, InferenceCliOptions {
   subject?: string;
 }
 
-export const IMAGE_EXTENSIONS = ['.png', '.jpg', '.jpeg', '.webp', '.avif', '.tif', '.tiff', '.gif', '.heic', '.heif'];
+import { IMAGE_EXTENSIONS, isImageExtension } from '../api/schemas.ts';
+
+export { IMAGE_EXTENSIONS };
 
 /** Image files directly in `dir` (not recursive, no hidden files), sorted by name. */
 export function listImageFiles(dir: string): string[] {
@@ -45,7 +47,7 @@ export function listImageFiles(dir: string): string[] {
   } catch (err) {
     throw new Error(`cannot read the folder ${dir}: ${(err as Error).message}`);
   }
-  const files = names.filter((n) => !n.startsWith('.') && IMAGE_EXTENSIONS.includes(extname(n).toLowerCase())).sort();
+  const files = names.filter((n) => !n.startsWith('.') && isImageExtension(extname(n))).sort();
   if (!files.length) throw new Error(`no images in ${dir} (looked for ${IMAGE_EXTENSIONS.join(', ')})`);
   return files.map((n) => join(dir, n));
 }

@@ -5,7 +5,7 @@
  */
 import { Command, Option } from 'commander';
 import { join } from 'node:path';
-import { trainSettingsSchema, type TrainEvent, type TrainSettingsInput } from '../api/schemas.ts';
+import { LR_SCHEDULES, trainSettingsSchema, type TrainEvent, type TrainSettingsInput } from '../api/schemas.ts';
 import { train } from '../engine/train/trainer.ts';
 import { action, emitJsonLine, printResult, progressBar, startBackend, withCommon, type GlobalOptions, inferenceOptions, withInference, type InferenceCliOptions } from './common.ts';
 
@@ -110,7 +110,7 @@ export function register(program: Command): void {
       .option('--ramp <T>', "SingLoRA ramp length in steps, u(t) = min(t/T, 1)", num, 100)
       .option('--init-std <s>', "std of SingLoRA's initial A", num)
       .option('--lr <lr>', 'learning rate', num, 1e-4)
-      .addOption(new Option('--lr-schedule <s>', 'learning-rate schedule').choices(['constant', 'constant_with_warmup', 'cosine']))
+      .addOption(new Option('--lr-schedule <s>', 'learning-rate schedule').choices([...LR_SCHEDULES]))
       .option('--warmup <steps>', 'warm-up steps', num)
       .option('--steps <n>', 'optimizer steps', num, 800)
       .option('--resolution <px>', 'training resolution, multiple of 64 (default: the model native size)', num)

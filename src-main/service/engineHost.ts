@@ -14,7 +14,7 @@ import { fork } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { EventData } from '../api/contract.ts';
-import type { EngineKind, EngineParams, EngineProgress, EngineResult, HostMessage, WorkerMessage } from './protocol.ts';
+import type { EngineRequests, HostMessage, RequestMap, WorkerMessage } from './protocol.ts';
 
 /** What the host needs of a process: child_process.ChildProcess has this shape. */
 export interface EngineProcess {
@@ -34,26 +34,30 @@ export type SpawnEngine = (opts: SpawnOptions) => EngineProcess;
 
 export const WORKER_PATH = fileURLToPath(new URL('./engineWorker.ts', import.meta.url));
 
-/** The default: `node --import <tsx> engineWorker.ts`, with an IPC channel and piped output. */
-export const forkEngine: SpawnEngine = ({ env, onOutput }) => {
-  const tsx = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
-  const child = fork(WORKER_PATH, [], { execArgv: ['--import', tsx], env, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
-  child.stdout?.on('data', (b: Buffer) => onOutput(b.toString('utf8')));
-  child.stderr?.on('data', (b: Buffer) => onOutput(b.toString('utf8')));
-  child.on('error', (err) => onOutput(`engine process error: ${err.message}\n`));
-  return child as unknown as EngineProcess;
-};
+/** `node --import <tsx> <worker>`, with an IPC channel and piped output. */
+export function forkWorker(workerPath: string): SpawnEngine {
+  return ({ env, onOutput }) => {
+    const tsx = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
+    const child = fork(workerPath, [], { execArgv: ['--import', tsx], env, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+    child.stdout?.on('data', (b: Buffer) => onOutput(b.toString('utf8')));
+    child.stderr?.on('data', (b: Buffer) => onOutput(b.toString('utf8')));
+    child.on('error', (err) => onOutput(`engine process error: ${err.message}\n`));
+    return child as unknown as EngineProcess;
+  };
+}
+
+/** The default: the engine worker (engineWorker.ts). */
+export const forkEngine: SpawnEngine = forkWorker(WORKER_PATH);
 
 export type EngineStatus = EventData<'engine.status'>;
 
-const DURING: Record<EngineKind, string> = {
+const DURING: Record<string, string> = {
   train: 'training',
   generate: 'generation',
   evaluate: 'evaluation',
   export: 'the export',
   inspect: 'an adapter inspection',
   doctor: 'the backend check',
-  sleep: 'a test request',
 };
 
 /** The engine process died while a request ran. */
@@ -61,13 +65,13 @@ export class EngineExitedError extends Error {
   constructor(
     readonly code: number | null,
     readonly signal: string | null,
-    readonly during: EngineKind,
+    readonly during: string,
     /** The last lines the process wrote (its own last words: an OOM report, a native crash). */
     readonly output: string,
   ) {
     const how = signal ? `signal ${signal}` : `code ${code}`;
     const oom = /heap out of memory|out of memory|OOM|std::bad_alloc/i.test(output) ? '; it ran out of memory' : '';
-    super(`the engine process exited (${how}) during ${DURING[during]}${oom}`);
+    super(`the engine process exited (${how}) during ${duringOf(during)}${oom}`);
     this.name = 'EngineExitedError';
   }
 }
@@ -76,7 +80,7 @@ export class EngineExitedError extends Error {
 export class EngineRequestError extends Error {
   constructor(
     message: string,
-    readonly kind: EngineKind,
+    readonly kind: string,
   ) {
     super(message);
     this.name = 'EngineRequestError';
@@ -101,7 +105,7 @@ export interface EngineHostOptions {
 }
 
 interface Pending {
-  kind: EngineKind;
+  kind: string;
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
   onProgress?: (data: unknown) => void;
@@ -109,7 +113,12 @@ interface Pending {
 
 const TAIL = 4000;
 
-export class EngineHost {
+/** What a request of `kind` is called in messages ("during training"). */
+function duringOf(kind: string): string {
+  return DURING[kind] ?? `a '${kind}' request`;
+}
+
+export class EngineHost<R extends RequestMap<R> = EngineRequests> {
   #proc: EngineProcess | null = null;
   #starting: Promise<EngineProcess> | null = null;
   #ready = false;
@@ -137,19 +146,19 @@ export class EngineHost {
   }
 
   /** Sends a request (starting the process if needed) and resolves with its result. */
-  async request<K extends EngineKind>(kind: K, params: EngineParams<K>, o: { onProgress?: (p: EngineProgress<K>) => void; signal?: AbortSignal } = {}): Promise<EngineResult<K>> {
+  async request<K extends keyof R & string>(kind: K, params: R[K]['params'], o: { onProgress?: (p: R[K]['progress']) => void; signal?: AbortSignal } = {}): Promise<R[K]['result']> {
     if (this.#stopping) throw new Error('the engine is shutting down');
-    if (o.signal?.aborted) throw new Error(`${DURING[kind]} was cancelled before it started`);
+    if (o.signal?.aborted) throw new Error(`${duringOf(kind)} was cancelled before it started`);
     const proc = await this.#ensure();
     // Cancelled while the process was starting: the abort event has already fired.
-    if (o.signal?.aborted) throw new Error(`${DURING[kind]} was cancelled before it started`);
+    if (o.signal?.aborted) throw new Error(`${duringOf(kind)} was cancelled before it started`);
     const id = ++this.#seq;
-    return new Promise<EngineResult<K>>((resolve, reject) => {
+    return new Promise<R[K]['result']>((resolve, reject) => {
       const onAbort = () => this.#send(proc, { type: 'cancel', id, reason: o.signal?.reason === 'pause' ? 'pause' : 'cancel' });
       const cleanup = () => o.signal?.removeEventListener('abort', onAbort);
       this.#pending.set(id, {
         kind,
-        resolve: (v) => (cleanup(), resolve(v as EngineResult<K>)),
+        resolve: (v) => (cleanup(), resolve(v as R[K]['result'])),
         reject: (e) => (cleanup(), reject(e)),
         onProgress: o.onProgress as ((d: unknown) => void) | undefined,
       });
@@ -157,7 +166,7 @@ export class EngineHost {
       if (!this.#send(proc, { type: 'request', id, kind, params })) {
         this.#pending.delete(id);
         cleanup();
-        reject(new Error(`cannot reach the engine process to start ${DURING[kind]}`));
+        reject(new Error(`cannot reach the engine process to start ${duringOf(kind)}`));
       }
     });
   }
@@ -245,7 +254,7 @@ export class EngineHost {
         const pending = [...this.#pending.entries()];
         this.#pending.clear();
         if (this.#stopping) {
-          for (const [, p] of pending) p.reject(new Error(`the engine was stopped during ${DURING[p.kind]}`));
+          for (const [, p] of pending) p.reject(new Error(`the engine was stopped during ${duringOf(p.kind)}`));
           return;
         }
         this.#crashed = true;

@@ -19,6 +19,7 @@ import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { jobSchema, type Job } from '../api/contract.ts';
 import { atomicWriteJson } from '../engine/io/atomic.ts';
+import { readableError } from './fsErrors.ts';
 
 export type JobKind = Job['kind'];
 export type Lane = 'engine' | 'io';
@@ -58,6 +59,8 @@ export interface JobRunnerOptions {
   log?: (line: string) => void;
   /** Finished jobs kept in the list (default 200). */
   keep?: number;
+  /** How jobs.json is written (default: atomically); a test injects a failing disk here. */
+  write?: (file: string, value: unknown) => Promise<void>;
 }
 
 const jobsFileSchema = z.object({ schemaVersion: z.literal(1), jobs: z.array(jobSchema) });
@@ -72,6 +75,9 @@ export class JobRunner {
   readonly #runningByLane = new Map<Lane, string>();
   readonly #settled = new Map<string, Promise<void>>();
   #writes: Promise<void> = Promise.resolve();
+  #writeError: string | null = null;
+  /** Jobs submitted but not yet in jobs.json: they wait (submitRecorded). */
+  readonly #unrecorded = new Set<string>();
   #closed = false;
 
   private constructor(private readonly opts: JobRunnerOptions) {}
@@ -134,6 +140,34 @@ export class JobRunner {
   }
 
   submit(spec: JobSpec): Job {
+    const job = this.#enqueue(spec);
+    queueMicrotask(() => this.#pump(spec.lane ?? 'engine'));
+    return { ...job };
+  }
+
+  /**
+   * Submits a job once it is recorded in jobs.json. When that write fails (a full disk), the job
+   * never starts: it is withdrawn (`cancelled`, with the reason) and the error is thrown.
+   */
+  async submitRecorded(spec: JobSpec): Promise<Job> {
+    const job = this.#enqueue(spec);
+    this.#unrecorded.add(job.id);
+    try {
+      await this.flushed();
+    } catch (err) {
+      this.#specs.delete(job.id);
+      job.status = 'cancelled';
+      job.error = `not started: ${(err as Error).message}`;
+      this.#changed(job, true);
+      throw err;
+    } finally {
+      this.#unrecorded.delete(job.id);
+    }
+    queueMicrotask(() => this.#pump(spec.lane ?? 'engine'));
+    return { ...job };
+  }
+
+  #enqueue(spec: JobSpec): Job {
     if (this.#closed) throw new Error('the job runner is closed');
     const job: Job = {
       id: `job-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`,
@@ -148,8 +182,7 @@ export class JobRunner {
     this.#jobs.push(job);
     this.#specs.set(job.id, spec);
     this.#changed(job, true);
-    queueMicrotask(() => this.#pump(spec.lane ?? 'engine'));
-    return { ...job };
+    return job;
   }
 
   /**
@@ -184,9 +217,18 @@ export class JobRunner {
     await this.#writes;
   }
 
-  /** Resolves when every change so far is in jobs.json. */
-  flushed(): Promise<void> {
-    return this.#writes;
+  /**
+   * Resolves when every change so far is in jobs.json; rejects, saying why, when the last write
+   * failed (the service then withdraws the job it was submitting and tells the client).
+   */
+  async flushed(): Promise<void> {
+    await this.#writes;
+    if (this.#writeError) throw new Error(this.#writeError);
+  }
+
+  /** Why the last jobs.json write failed, or null. */
+  get writeError(): string | null {
+    return this.#writeError;
   }
 
   /** Waits for one job to finish and returns it. */
@@ -219,7 +261,7 @@ export class JobRunner {
 
   #pump(lane: Lane): void {
     if (this.#closed || this.#runningByLane.has(lane)) return;
-    const next = this.#jobs.find((j) => j.status === 'queued' && (this.#specs.get(j.id)?.lane ?? 'engine') === lane);
+    const next = this.#jobs.find((j) => j.status === 'queued' && !this.#unrecorded.has(j.id) && (this.#specs.get(j.id)?.lane ?? 'engine') === lane);
     if (!next) return;
     const spec = this.#specs.get(next.id)!;
     this.#runningByLane.set(lane, next.id);
@@ -242,7 +284,7 @@ export class JobRunner {
         });
       } catch (err) {
         failed = true;
-        error = (err as Error)?.message ?? String(err);
+        error = readableError(err);
       }
       const aborted = controller.signal.aborted;
       next.status = outcome?.status ?? (aborted ? 'cancelled' : failed ? 'failed' : 'done');
@@ -276,6 +318,16 @@ export class JobRunner {
     const drop = new Set(finished.slice(0, Math.max(0, finished.length - keep)).map((j) => j.id));
     this.#jobs = this.#jobs.filter((j) => !drop.has(j.id));
     const snapshot = { schemaVersion: 1, jobs: this.#jobs.map((j) => ({ ...j })) };
-    this.#writes = this.#writes.then(() => atomicWriteJson(file, snapshot)).catch((err) => this.opts.log?.(`jobs: cannot write ${file}: ${(err as Error).message}`));
+    this.#writes = this.#writes
+      .then(() => (this.opts.write ?? atomicWriteJson)(file, snapshot))
+      .then(
+        () => {
+          this.#writeError = null;
+        },
+        (err) => {
+          this.#writeError = `cannot write ${file}: ${readableError(err)}`;
+          this.opts.log?.(`jobs: ${this.#writeError}`);
+        },
+      );
   }
 }

@@ -13,6 +13,7 @@
  * version is migrated through PROJECT_MIGRATIONS and written back; one from a newer version is
  * refused, never guessed at.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, unlink } from 'node:fs/promises';
@@ -22,6 +23,7 @@ import { ApiError, idSchema, photoSchema, projectFileUrl, projectSchema, type Ph
 import { SUBJECT_TYPES, trainSettingsSchema, type TrainSettings } from '../api/schemas.ts';
 import { atomicWriteFile, atomicWriteJson } from '../engine/io/atomic.ts';
 import { checkPhoto } from '../engine/train/dataset.ts';
+import { readableError } from './fsErrors.ts';
 import { safeFileName, safeResolve, uniqueName } from './safePath.ts';
 
 export const PROJECT_SCHEMA_VERSION = 1;
@@ -69,7 +71,8 @@ const photoEntrySchema = photoSchema.omit({ url: true }).extend({ sha256: z.stri
 type PhotoEntry = z.infer<typeof photoEntrySchema>;
 const photoIndexSchema = z.object({ schemaVersion: z.literal(1), photos: z.array(photoEntrySchema) });
 
-export type PhotoSource = { kind: 'path'; path: string } | { kind: 'bytes'; name: string; data: Uint8Array };
+/** A photo to add, already read (host paths are read by the path policy, with the upload limit). */
+export type PhotoSource = { kind: 'bytes'; name: string; data: Uint8Array };
 
 export interface NewProject {
   name: string;
@@ -111,6 +114,7 @@ const now = () => new Date().toISOString();
 
 export class ProjectStore {
   readonly #locks = new Map<string, Promise<unknown>>();
+  readonly #held = new AsyncLocalStorage<ReadonlySet<string>>();
 
   constructor(
     readonly root: string,
@@ -134,16 +138,28 @@ export class ProjectStore {
     return join(this.dir(id), 'runs', runId);
   }
 
-  /** Serialises the mutations of one project (read-modify-write of project.json and photos.json). */
+  /**
+   * The one per-project lock: serialises the mutations of one project (read-modify-write of
+   * project.json and photos.json, and the service's check-then-submit of jobs). Re-entrant: code
+   * that already holds the project's lock (a handler calling `update`) runs at once.
+   */
   withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const held = this.#held.getStore();
+    if (held?.has(id)) return fn();
+    const inner = () => this.#held.run(new Set([...(held ?? []), id]), fn);
     const prev = this.#locks.get(id) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
+    const next = prev.then(inner, inner);
     const tail = next.catch(() => {});
     this.#locks.set(id, tail);
     void tail.then(() => {
       if (this.#locks.get(id) === tail) this.#locks.delete(id);
     });
     return next;
+  }
+
+  /** Runs `fn` as if no lock were held (a job's work, which starts later, must take locks anew). */
+  unlocked<T>(fn: () => T): T {
+    return this.#held.exit(fn);
   }
 
   async list(log: (line: string) => void = () => {}): Promise<ProjectSummary[]> {
@@ -168,7 +184,7 @@ export class ProjectStore {
     for (let i = 0; i < 10 && (!id || existsSync(join(this.root, id))); i++) id = `${slugify(input.name)}-${randomBytes(3).toString('hex')}`;
     const dir = this.dir(id);
     const t = now();
-    const project: Project = normalize({
+    const project: Project = validProject({
       schemaVersion: PROJECT_SCHEMA_VERSION,
       id,
       name: input.name,
@@ -177,10 +193,16 @@ export class ProjectStore {
       subject: { triggerToken: input.triggerToken, classWord: input.classWord, type: input.type },
       baseModel: null,
       settings: trainSettingsSchema.parse({ triggerToken: input.triggerToken, classWord: input.classWord }),
-    });
-    for (const f of PROJECT_FOLDERS) await mkdir(join(dir, f), { recursive: true });
-    await atomicWriteJson(join(dir, PHOTO_INDEX), { schemaVersion: 1, photos: [] });
-    await atomicWriteJson(join(dir, PROJECT_FILE), project);
+    }, 'projects.create');
+    try {
+      for (const f of PROJECT_FOLDERS) await mkdir(join(dir, f), { recursive: true });
+      await atomicWriteJson(join(dir, PHOTO_INDEX), { schemaVersion: 1, photos: [] });
+      await atomicWriteJson(join(dir, PROJECT_FILE), project);
+    } catch (err) {
+      // A half-created project (a full disk, no permission) is removed, not left as an orphan folder.
+      await rm(dir, { recursive: true, force: true }).catch(() => {});
+      throw new ApiError('internal', `projects.create: cannot create ${dir}: ${readableError(err)}`);
+    }
     return project;
   }
 
@@ -235,14 +257,14 @@ export class ProjectStore {
         throw new ApiError('invalid_params', `projects.update: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`, fields);
       }
       if (patch.baseModel) await validateBase?.(patch.baseModel);
-      const next = normalize({
+      const next = validProject({
         ...p,
         name: patch.name ?? p.name,
         subject,
         baseModel: patch.baseModel === undefined ? p.baseModel : patch.baseModel,
         settings: merged.data,
         updatedAt: now(),
-      });
+      }, 'projects.update');
       const [before, after] = [await this.photoResolution(p), await this.photoResolution(next)];
       await atomicWriteJson(join(this.dir(id), PROJECT_FILE), next);
       if (after !== before) await this.#recheck(id, after);
@@ -282,21 +304,12 @@ export class ProjectStore {
 
   /**
    * Copies photos in (originals untouched, under safe unique names) and checks each at the
-   * project's resolution. Sources that cannot be read are refused before anything is written.
+   * project's resolution.
    */
   async addPhotos(id: string, sources: readonly PhotoSource[]): Promise<Photo[]> {
     return this.withLock(id, async () => {
       const resolution = await this.photoResolution((await this.#read(id)).project);
-      const loaded: Array<{ name: string; data: Uint8Array }> = [];
-      for (const [i, s] of sources.entries()) {
-        if (s.kind === 'bytes') {
-          loaded.push({ name: s.name, data: s.data });
-          continue;
-        }
-        const info = await stat(s.path).catch(() => null);
-        if (!info?.isFile()) throw new ApiError('invalid_params', `paths.${i}: ${s.path} is not a file`, [{ field: `paths.${i}`, message: 'not a file' }]);
-        loaded.push({ name: basename(s.path), data: await readFile(s.path) });
-      }
+      const loaded = sources;
       const dir = this.dir(id);
       const index = await this.#readIndex(id);
       const taken = new Set([...index.map((p) => p.id), ...(await readdir(join(dir, 'photos')).catch(() => [] as string[]))]);
@@ -383,7 +396,7 @@ export class ProjectStore {
   }
 
   #writeIndex(id: string, photos: PhotoEntry[]): Promise<void> {
-    return atomicWriteJson(join(this.dir(id), PHOTO_INDEX), { schemaVersion: 1, photos });
+    return atomicWriteJson(join(this.dir(id), PHOTO_INDEX), validState(photoIndexSchema, { schemaVersion: 1, photos }, PHOTO_INDEX));
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -402,9 +415,23 @@ export class ProjectStore {
   }
 }
 
-/** The subject owns the trigger token and class word; the settings mirror them. */
-function normalize(p: Project): Project {
-  return { ...p, settings: { ...p.settings, triggerToken: p.subject.triggerToken, classWord: p.subject.classWord } };
+/**
+ * The subject owns the trigger token and class word; the settings mirror them. Then the whole new
+ * state is checked against the contract's projectSchema, before anything is written: a request
+ * that would make project.json unreadable is refused (invalid_params naming the fields) and the
+ * file on disk stays as it was.
+ */
+export function validProject(p: Project, method: string): Project {
+  const next = { ...p, settings: { ...p.settings, triggerToken: p.subject.triggerToken, classWord: p.subject.classWord } };
+  return validState(projectSchema, next, method);
+}
+
+/** `value` parsed with `schema`, or invalid_params naming every bad field (the contract's style). */
+export function validState<T>(schema: z.ZodType<T>, value: unknown, method: string): T {
+  const r = schema.safeParse(value);
+  if (r.success) return r.data;
+  const fields = r.error.issues.map((i) => ({ field: i.path.join('.') || '(value)', message: i.message }));
+  throw new ApiError('invalid_params', `${method}: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`, fields);
 }
 
 function publicPhoto(projectId: string, p: PhotoEntry): Photo {

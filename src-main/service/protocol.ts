@@ -77,16 +77,22 @@ export interface EngineRequests {
   /** One result per file, in order: the inspection, or why it is not a readable adapter. */
   inspect: { params: { files: string[] }; progress: never; result: Array<{ ok: true; info: AdapterInspection } | { ok: false; error: string }> };
   doctor: { params: Record<string, never>; progress: never; result: DoctorResult };
-  /** Test hook: waits `ms` (cancellable), reporting progress every `every` ms. */
-  sleep: { params: { ms: number; every?: number }; progress: { elapsed: number }; result: { slept: number } };
 }
+/** What one request kind declares. */
+export interface RequestShape {
+  params: unknown;
+  progress: unknown;
+  result: unknown;
+}
+/** Any map of request kinds (the engine's, or a test worker's). */
+export type RequestMap<R> = { [K in keyof R]: RequestShape };
 export type EngineKind = keyof EngineRequests;
 export type EngineParams<K extends EngineKind> = EngineRequests[K]['params'];
 export type EngineProgress<K extends EngineKind> = EngineRequests[K]['progress'];
 export type EngineResult<K extends EngineKind> = EngineRequests[K]['result'];
 
 export type HostMessage =
-  | { type: 'request'; id: number; kind: EngineKind; params: unknown }
+  | { type: 'request'; id: number; kind: string; params: unknown }
   | { type: 'cancel'; id: number; reason: 'cancel' | 'pause' }
   | { type: 'shutdown' };
 
@@ -96,5 +102,3 @@ export type WorkerMessage =
   | { type: 'progress'; id: number; data: unknown }
   | { type: 'result'; id: number; result: unknown }
   | { type: 'error'; id: number; message: string };
-
-export const ENGINE_KINDS: readonly EngineKind[] = ['train', 'generate', 'evaluate', 'export', 'inspect', 'doctor', 'sleep'];

@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { ApiError } from '../api/contract.ts';
-import { SCHEMA_VERSION, type CheckpointEntry, type RunManifest, type TrainSettings } from '../api/schemas.ts';
+import { newRunManifest, runManifestSchema, type CheckpointEntry, type RunManifest, type TrainSettings } from '../api/schemas.ts';
 import { readRunManifest, writeRunManifest } from '../engine/train/runFiles.ts';
 import type { ProjectStore } from './projects.ts';
 
@@ -30,25 +30,8 @@ export function newRunId(date = new Date()): string {
  * are empty.
  */
 export async function writeQueuedRun(runDir: string, o: { id: string; settings: TrainSettings; base: string; photos: string[] }): Promise<RunManifest> {
-  const now = new Date().toISOString();
-  const manifest: RunManifest = {
-    schemaVersion: SCHEMA_VERSION,
-    id: o.id,
-    createdAt: now,
-    updatedAt: now,
-    status: 'queued',
-    error: null,
-    settings: o.settings,
-    baseModel: { path: o.base, name: basename(o.base).replace(/\.safetensors$/i, ''), unetSha256: '' },
-    backend: '',
-    images: { used: o.photos, rejected: [] },
-    step: 0,
-    checkpoints: [],
-    losses: [],
-    samples: [],
-    evaluation: null,
-    timing: { startedAt: null, msPerStep: null, totalMs: 0 },
-  };
+  const baseModel = { path: o.base, name: basename(o.base).replace(/\.safetensors$/i, ''), unetSha256: '' };
+  const manifest = runManifestSchema.parse(newRunManifest({ id: o.id, status: 'queued', settings: o.settings, baseModel, backend: '', usedPhotos: o.photos }));
   await writeRunManifest(runDir, manifest);
   return manifest;
 }
@@ -79,10 +62,11 @@ export async function markRun(runDir: string, status: RunManifest['status'], err
 
 /**
  * A run whose training stopped without the trainer's say (the engine died, the service
- * stopped): paused at its last checkpoint, or failed without one. Returns the sentence for the
+ * stopped, a write failed): paused at its last checkpoint, or failed without one (`failed`: its
+ * job failed, so a queued run becomes failed rather than cancelled). Returns the sentence for the
  * user: `<why>; the run keeps its last checkpoint (step N) and can be resumed`.
  */
-export async function settleInterruptedRun(runDir: string, why: string): Promise<string> {
+export async function settleInterruptedRun(runDir: string, why: string, o: { failed?: boolean } = {}): Promise<string> {
   let m: RunManifest;
   try {
     m = await readRunManifest(runDir);
@@ -92,7 +76,12 @@ export async function settleInterruptedRun(runDir: string, why: string): Promise
   const last = m.checkpoints.reduce<CheckpointEntry | null>((a, c) => (!a || c.step > a.step ? c : a), null);
   const message = last ? `${why}; the run keeps its last checkpoint (step ${last.step}) and can be resumed` : `${why}; no checkpoint was written yet, so start the run again`;
   if (m.status === 'running' || m.status === 'queued') {
-    await writeRunManifest(runDir, { ...m, status: last ? 'paused' : m.status === 'queued' ? 'cancelled' : 'failed', error: message });
+    // A queued run that never started was cancelled, unless its job failed (o.failed).
+    const status = last ? 'paused' : m.status === 'queued' && !o.failed ? 'cancelled' : 'failed';
+    await writeRunManifest(runDir, { ...m, status, error: message });
+  } else if (o.failed && m.status === 'failed' && m.error !== message) {
+    // The trainer recorded its failure: keep the status, give the readable reason.
+    await writeRunManifest(runDir, { ...m, error: message });
   }
   return message;
 }

@@ -2,13 +2,3 @@
 export function describedBy(id: string, error?: string | null, hint?: string | null): string | undefined {
   return error ? `${id}-error` : hint ? `${id}-hint` : undefined;
 }
-
-/** Enter or Space on a custom control acts like a click. */
-export function activateOnKey(fn: () => void) {
-  return (e: KeyboardEvent) => {
-    if (e.key === 'Enter' || e.key === ' ') {
-      e.preventDefault();
-      fn();
-    }
-  };
-}

@@ -5,7 +5,7 @@
 import type { ApiClient, Photo, Project } from '../../src-main/api/contract.ts';
 import type { CROP_MODES } from '../../src-main/api/schemas.ts';
 import type { Files } from './files.ts';
-import { trainSettingsSchema } from '../../src-main/api/schemas.ts';
+import { isImageExtension, trainSettingsSchema } from '../../src-main/api/schemas.ts';
 import { check, type FieldErrors } from './forms.ts';
 import type { Notifier } from './notifier.svelte.ts';
 import type { ProjectsService } from './projects.svelte.ts';
@@ -19,10 +19,10 @@ export const MAX_PHOTOS = 20;
 /** Per request: the contract allows 50 files; a few MB per request keeps uploads responsive. */
 const MAX_FILES_PER_REQUEST = 8;
 const MAX_BYTES_PER_REQUEST = 24 * 1024 * 1024;
-const IMAGE_EXT = /\.(jpe?g|png|webp|bmp|gif|tiff?|avif|heic|heif)$/i;
-
+/** The photos the engine reads: the contract's one extension list (a .bmp or .heic is refused here, not later). */
 export function isImageFile(f: Pick<File, 'name' | 'type'>): boolean {
-  return f.type.startsWith('image/') || IMAGE_EXT.test(f.name);
+  const dot = f.name.lastIndexOf('.');
+  return dot > 0 && isImageExtension(f.name.slice(dot));
 }
 
 export async function toBase64(file: Blob): Promise<string> {

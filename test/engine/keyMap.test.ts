@@ -10,9 +10,6 @@ import {
   convertTensorName,
   detectCheckpointKind,
   diffusersShape,
-  inferSingleFileConfigs,
-  inferTextEncoderConfig,
-  inferUnetConfig,
   knownExtra,
   originalShape,
   singleFileKeyMap,
@@ -22,6 +19,7 @@ import {
   type RawConfig,
   type SingleFileKeyMap,
 } from '../../src-main/engine/io/keyMap.ts';
+import { inferSingleFileConfigs, inferTextEncoderConfig, inferUnetConfig } from '../../src-main/engine/io/configInference.ts';
 import { SafetensorsFile } from '../../src-main/engine/io/safetensors.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
 

@@ -3,14 +3,19 @@
  * progress, cancellation, a SIGKILL mid-request, the restart, and a backend that cannot start.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { EngineExitedError, EngineHost, EngineStartError, forkEngine, type EngineProcess, type EngineStatus } from '../../src-main/service/engineHost.ts';
+import { join } from 'node:path';
+import { EngineExitedError, EngineHost, EngineStartError, forkWorker, type EngineProcess, type EngineStatus } from '../../src-main/service/engineHost.ts';
+import type { TestRequests } from './testWorker.ts';
+
+/** The real message loop and backend start, with a test-only `sleep` request (testWorker.ts). */
+const forkEngine = forkWorker(join(import.meta.dirname, 'testWorker.ts'));
 
 const quiet = () => {};
 
 describe('engine host', () => {
   const statuses: EngineStatus[] = [];
   const spawned: EngineProcess[] = [];
-  const host = new EngineHost({
+  const host = new EngineHost<TestRequests>({
     backend: 'cpu',
     log: quiet,
     onStatus: (s) => statuses.push(s),
@@ -50,7 +55,7 @@ describe('engine host', () => {
     process.kill(pid, 'SIGKILL');
     const err = await p.catch((e: unknown) => e);
     expect(err).toBeInstanceOf(EngineExitedError);
-    expect((err as Error).message).toBe('the engine process exited (signal SIGKILL) during a test request');
+    expect((err as Error).message).toBe("the engine process exited (signal SIGKILL) during a 'sleep' request");
     expect(statuses.at(-1)).toMatchObject({ state: 'crashed' });
     expect(statuses.at(-1)!.message).toContain('signal SIGKILL');
 
@@ -63,7 +68,7 @@ describe('engine host', () => {
 
   it('says why when the backend cannot start', async () => {
     const statuses2: EngineStatus[] = [];
-    const bad = new EngineHost({ env: { ...process.env, SINGLORA_BACKEND: 'quantum' }, log: quiet, onStatus: (s) => statuses2.push(s) });
+    const bad = new EngineHost<TestRequests>({ env: { ...process.env, SINGLORA_BACKEND: 'quantum' }, log: quiet, onStatus: (s) => statuses2.push(s) });
     const err = await bad.request('sleep', { ms: 1 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(EngineStartError);
     expect((err as Error).message).toMatch(/the engine cannot start: SINGLORA_BACKEND=quantum is not a backend/);
@@ -72,7 +77,7 @@ describe('engine host', () => {
   });
 
   it('says so when the process dies before it is ready', async () => {
-    const bad = new EngineHost({
+    const bad = new EngineHost<TestRequests>({
       log: quiet,
       onStatus: () => {},
       spawn: ({ env, onOutput }) => {

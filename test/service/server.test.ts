@@ -253,14 +253,15 @@ describe('responses', () => {
     }
   });
 
-  it('/files serves with the right types; unknown types download as attachments', async () => {
+  it('/files serves with the right types; pages are never served; unknown types download as attachments', async () => {
     const f = (p: string) => raw({ path: `/files/${projectId}/${p}?token=${server.token}` });
     const json = await f('project.json');
     expect(json.headers['content-type']).toBe('application/json; charset=utf-8');
     expect(JSON.parse(json.body).id).toBe(projectId);
+    // The one /files/ resolver (gateway/files.ts) refuses pages, as the desktop app always did.
     const html = await f('images/page.html');
-    expect(html.headers['content-type']).toBe('application/octet-stream');
-    expect(html.headers['content-disposition']).toContain('attachment');
+    expect(html.status).toBe(404);
+    expect(html.body).not.toContain('<');
     expect((await f('adapters/a.safetensors')).headers['content-disposition']).toContain('attachment');
     expect((await f('photos/none.png')).status).toBe(404);
     expect((await raw({ path: `/files/missing-000000/x.png?token=${server.token}` })).status).toBe(404);

@@ -70,11 +70,6 @@ export interface AdapterProvenance {
   createdAt?: Date;
 }
 
-/** The native file's key for an adapter tensor: `unet.<path>.<name>`. */
-export function nativeKey(component: 'unet' | 'text_encoder', path: string, name: string): string {
-  return `${component}.${path}.${name}`;
-}
-
 /** Writes the adapters of `set` (injected into the UNet) to a native file, atomically. */
 export async function saveAdapter(path: string, set: AdapterSet, prov: AdapterProvenance): Promise<AdapterMetadata> {
   const spec = set.spec;

@@ -22,7 +22,9 @@ import { ADAPTER_FORMAT, adapterBytes, readAdapterFile, type NativeAdapterFile }
 import { exportKohya, exportPeft } from './export.ts';
 import { nativeDelta } from './import.ts';
 
-export const EXPORT_FORMATS = ['singlora', 'kohya', 'diffusers', 'merged-diffusers', 'merged-single-file'] as const;
+import { EXPORT_FORMATS } from '../../api/schemas.ts';
+
+export { EXPORT_FORMATS };
 export type ExportFormat = (typeof EXPORT_FORMATS)[number];
 
 export interface ExportOptions {

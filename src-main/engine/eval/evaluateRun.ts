@@ -13,7 +13,7 @@
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Evaluation, RunManifest, ScoreRow } from '../../api/schemas.ts';
+import type { Evaluation, ScoreRow } from '../../api/schemas.ts';
 import { listPhotos } from '../train/dataset.ts';
 import { readRunManifest, writeRunManifest } from '../train/runFiles.ts';
 import { StableDiffusion, type InferenceOptions } from '../pipeline/stableDiffusion.ts';
@@ -162,14 +162,4 @@ function mergeRows(previous: readonly ScoreRow[], fresh: readonly ScoreRow[]): S
   const byStep = new Map(previous.map((r) => [r.step, r]));
   for (const r of fresh) byStep.set(r.step, r);
   return [...byStep.values()].sort((a, b) => (a.step ?? -1) - (b.step ?? -1));
-}
-
-/** Records the user's choice of checkpoint in run.json. */
-export async function chooseCheckpoint(runDir: string, step: number): Promise<Evaluation> {
-  const m: RunManifest = await readRunManifest(runDir);
-  if (!m.evaluation) throw new Error(`${runDir}: evaluate the run before choosing a checkpoint`);
-  if (!m.checkpoints.some((c) => c.step === step)) throw new Error(`${runDir}: no checkpoint at step ${step} (have ${m.checkpoints.map((c) => c.step).join(', ')})`);
-  const evaluation = { ...m.evaluation, chosen: step };
-  await writeRunManifest(runDir, { ...m, evaluation });
-  return evaluation;
 }

@@ -7,6 +7,20 @@ import { mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 export async function atomicWrite(path: string, write: (fh: FileHandle) => Promise<void>): Promise<void> {
+  try {
+    await writeThenRename(path, write);
+  } catch (err) {
+    // A file handle's errors carry no path ("ENOSPC: no space left on device, write"): name it.
+    const e = err as NodeJS.ErrnoException;
+    if (e && typeof e === 'object' && e.code && !e.path) {
+      e.path = path;
+      e.message = `${e.message} '${path}'`;
+    }
+    throw err;
+  }
+}
+
+async function writeThenRename(path: string, write: (fh: FileHandle) => Promise<void>): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
   const fh = await open(tmp, 'w');

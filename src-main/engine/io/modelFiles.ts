@@ -32,14 +32,13 @@ import {
   convertTensorName,
   detectCheckpointKind,
   diffusersShape,
-  inferSingleFileConfigs,
   singleFileKeyMap,
   type ComponentConfigs,
   type ComponentName,
-  type ConfigOverrides,
   type KeyPair,
   type RawConfig,
 } from './keyMap.ts';
+import { inferSingleFileConfigs, type ConfigOverrides } from './configInference.ts';
 import { SafetensorsFile } from './safetensors.ts';
 import { safetensorsSource } from './weightSource.ts';
 

@@ -27,10 +27,11 @@
  * exactly as read from `timesteps`.
  */
 import type { Tensor } from '../backend/tf.ts';
-import { SAMPLER_DISPLAY_NAMES } from '../../api/schemas.ts';
+import { SAMPLER_DISPLAY_NAMES, SCHEDULERS } from '../../api/schemas.ts';
 import type { SamplingScheduleConfig } from './schedulerConfig.ts';
 
-export const SCHEDULER_NAMES = ['pndm', 'ddim', 'euler', 'euler-a', 'dpmpp-2m', 'dpmpp-2m-karras', 'ddpm'] as const;
+/** The samplers of the contract (`SCHEDULERS`) and DDPM, which only trains. */
+export const SCHEDULER_NAMES = [...SCHEDULERS, 'ddpm'] as const;
 export type SchedulerName = (typeof SCHEDULER_NAMES)[number];
 
 /** A1111-style sampler names, as written to PNG `parameters` metadata ("Sampler: Euler a"). */

@@ -18,7 +18,9 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, extname, join } from 'node:path';
 import { decodeImage, fitToSize, flip, type CropMode, type RgbImage } from '../image/sharp.ts';
 
-export const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.avif', '.tif', '.tiff', '.heic', '.heif'];
+import { IMAGE_EXTENSIONS, isImageExtension } from '../../api/schemas.ts';
+
+export { IMAGE_EXTENSIONS };
 
 /** 64 megapixels: a 50 MP camera photo passes, a decompression bomb does not. */
 export const DEFAULT_MAX_PIXELS = 64_000_000;
@@ -83,7 +85,7 @@ export async function checkPhoto(file: string, resolution: number, maxPixels = D
     if (ext === '.heic' || ext === '.heif') {
       return { check: { file, status: 'rejected', reason: `HEIC/HEIF photos cannot be read by this build of sharp (${msg}); export the photo as JPEG or PNG` } };
     }
-    const hint = IMAGE_EXTENSIONS.includes(ext) ? '' : ` (expected a JPEG, PNG, WebP, AVIF, TIFF or HEIC photo)`;
+    const hint = isImageExtension(ext) ? '' : ` (expected a JPEG, PNG, WebP, AVIF, TIFF or HEIC photo)`;
     return { check: { file, status: 'rejected', reason: `not a readable image: ${msg}${hint}` } };
   }
   const { width, height } = image;

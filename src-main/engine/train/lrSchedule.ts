@@ -7,7 +7,9 @@
  *
  * `t` is the 0-based optimizer step being taken, N the total number of steps.
  */
-export const LR_SCHEDULES = ['constant', 'constant_with_warmup', 'cosine'] as const;
+import { LR_SCHEDULES } from '../../api/schemas.ts';
+
+export { LR_SCHEDULES };
 export type LrScheduleName = (typeof LR_SCHEDULES)[number];
 
 export interface LrSchedule {

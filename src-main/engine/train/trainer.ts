@@ -29,8 +29,8 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { SCHEMA_VERSION, trainSettingsSchema, type RunManifest, type TrainEvent, type TrainSettings, type TrainSettingsInput } from '../../api/schemas.ts';
-import { activeBackend, memoryCounters, tf, type Tensor } from '../backend/tf.ts';
+import { newRunManifest, trainSettingsSchema, type RunManifest, type TrainEvent, type TrainSettings, type TrainSettingsInput } from '../../api/schemas.ts';
+import { activeBackend, memoryCounters, tf, type Tensor, type Variable } from '../backend/tf.ts';
 import { readAdapterFile, saveAdapter } from '../adapters/adapterFile.ts';
 import { AdapterSet, DEFAULT_TARGETS, type AdapterSpec } from '../adapters/adapterSet.ts';
 import { ramp } from '../adapters/ramp.ts';
@@ -121,24 +121,8 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
     for (const c of dataset.checks) if (c.status !== 'ok') emit({ event: 'warning', message: `${basename(c.file)}: ${c.status}: ${c.reason}` });
 
     const now = new Date().toISOString();
-    let manifest: RunManifest = previous ?? {
-      schemaVersion: SCHEMA_VERSION,
-      id: basename(opts.runDir),
-      createdAt: now,
-      updatedAt: now,
-      status: 'running',
-      error: null,
-      settings,
-      baseModel: { path: opts.base, name: sd.name, unetSha256 },
-      backend: activeBackend()?.name ?? tf.getBackend(),
-      images: { used: [], rejected: [] },
-      step: 0,
-      checkpoints: [],
-      losses: [],
-      samples: [],
-      evaluation: null,
-      timing: { startedAt: now, msPerStep: null, totalMs: 0 },
-    };
+    let manifest: RunManifest =
+      previous ?? newRunManifest({ id: basename(opts.runDir), status: 'running', settings, baseModel: { path: opts.base, name: sd.name, unetSha256 }, backend: activeBackend()?.name ?? tf.getBackend(), now });
     manifest = {
       ...manifest,
       status: 'running',

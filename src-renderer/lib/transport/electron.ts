@@ -4,19 +4,12 @@
  * Responses use the same {ok, result|error} envelope as HTTP. IPC has no connection to lose; the
  * engine's own health arrives as `engine.status` events.
  */
+import { isSingloraBridge, type SingloraBridge } from '../../../src-main/api/bridge.ts';
 import type { Method } from '../../../src-main/api/contract.ts';
 import { unwrap } from './envelope.ts';
 import type { Transport } from './types.ts';
 
-export interface SingloraBridge {
-  invoke(method: string, params: unknown): Promise<unknown>;
-  onEvent(cb: (name: string, data: unknown) => void): () => void;
-}
-
-export function isSingloraBridge(v: unknown): v is SingloraBridge {
-  const b = v as Partial<SingloraBridge> | null | undefined;
-  return typeof b?.invoke === 'function' && typeof b?.onEvent === 'function';
-}
+export { isSingloraBridge, type SingloraBridge };
 
 export function createElectronTransport(bridge: SingloraBridge): Transport {
   return {

@@ -1,0 +1,93 @@
+/**
+ * adapters.*: the project's adapter files, exports (a job; the destination is checked when asked
+ * for and again when the job runs), imports and inspections.
+ */
+import { copyFile, mkdir, readdir, rename, stat } from 'node:fs/promises';
+import { basename, extname, join, relative, sep } from 'node:path';
+import { ApiError, type AdapterInfo } from '../../api/contract.ts';
+import { adapterInfo, adapterPath, baseFor, fileUrl, inspect, submit, type ServiceContext } from '../context.ts';
+import { safeFileName, uniqueName } from '../safePath.ts';
+import type { NamespaceHandlers } from './handlers.ts';
+
+export function adaptersHandlers(c: ServiceContext): NamespaceHandlers<'adapters'> {
+  return {
+    'adapters.list': async (p) => {
+      await c.store.open(p.projectId);
+      const dir = join(c.store.dir(p.projectId), 'adapters');
+      const names = (await readdir(dir, { withFileTypes: true }).catch(() => []))
+        .filter((d) => d.isFile() && !d.name.startsWith('.') && extname(d.name).toLowerCase() === '.safetensors')
+        .map((d) => d.name)
+        .sort();
+      if (!names.length) return [];
+      const results = await inspect(c, names.map((n) => join(dir, n)));
+      const out: AdapterInfo[] = [];
+      results.forEach((r, i) => {
+        // Merged checkpoints also live here; only files with adapter targets are adapters.
+        if (r.ok && r.info.targets > 0) out.push(adapterInfo(r.info, `adapters/${names[i]}`));
+        else if (!r.ok) c.log(`adapters: ${names[i]}: ${r.error}`);
+      });
+      return out;
+    },
+
+    'adapters.export': async (p) => {
+      const project = await c.store.open(p.projectId);
+      const adapter = await adapterPath(c, p.projectId, p.adapter, 'adapter');
+      const merged = p.format === 'merged-diffusers' || p.format === 'merged-single-file';
+      const folder = p.format === 'merged-diffusers';
+      const base = merged ? (adapter.runBase ?? baseFor(c, project)) : undefined;
+      const projectDir = c.store.dir(p.projectId);
+      const adaptersDir = join(projectDir, 'adapters');
+      await mkdir(adaptersDir, { recursive: true });
+      let outPath: string;
+      if (p.outPath !== undefined) {
+        outPath = p.outPath;
+        await c.paths.exportTarget(projectDir, outPath, merged);
+      } else {
+        const taken = new Set(await readdir(adaptersDir).catch(() => [] as string[]));
+        const stem = safeFileName(`${project.id}-${adapter.label}-${p.format}`, 'adapter');
+        outPath = `adapters/${uniqueName(folder ? stem : `${stem}.safetensors`, taken)}`;
+      }
+      const job = await submit(c, {
+        kind: 'export',
+        projectId: p.projectId,
+        runId: 'runId' in p.adapter ? p.adapter.runId : null,
+        run: async (ctx) => {
+          // Checked again now: a symlink or file made since the request must not redirect the write.
+          const out = await c.paths.exportTarget(projectDir, outPath, merged);
+          const rel = relative(projectDir, out).split(sep).join('/');
+          await c.engine.request('export', { adapter: adapter.path, format: p.format, out, base }, { signal: ctx.signal, onProgress: ({ done, total }) => ctx.progress({ done, total, label: `writing ${rel}` }) });
+          // A merged diffusers export is a folder: it has a path but no URL to fetch.
+          return { label: rel, result: { path: rel, ...(folder ? {} : { url: fileUrl(p.projectId, rel) }) } };
+        },
+      });
+      return { jobId: job.id };
+    },
+
+    'adapters.import': async (p) => {
+      await c.store.open(p.projectId);
+      const { path } = await c.paths.clientFile(c.store.dir(p.projectId), p.path, 'path', 'adapter');
+      const info = await stat(path).catch(() => null);
+      if (!info?.isFile()) throw new ApiError('not_found', `path: ${p.path} is not a file`);
+      if (extname(path).toLowerCase() !== '.safetensors') throw new ApiError('invalid_params', `path: ${p.path} is not a .safetensors file (pickled .ckpt/.pt/.bin files are refused: they can run code)`, [{ field: 'path', message: 'not a .safetensors file' }]);
+      const [r] = await inspect(c, [path]);
+      if (!r.ok) throw new ApiError('invalid_params', `path: ${r.error}`, [{ field: 'path', message: r.error }]);
+      if (r.info.targets === 0) throw new ApiError('invalid_params', `path: ${p.path} holds no LoRA/SingLoRA tensors (format ${r.info.format}); is it a full checkpoint? Use it as a base model instead`, [{ field: 'path', message: 'not an adapter' }]);
+      const dir = join(c.store.dir(p.projectId), 'adapters');
+      await mkdir(dir, { recursive: true });
+      const name = uniqueName(safeFileName(basename(path), 'adapter'), new Set(await readdir(dir)));
+      const tmp = join(dir, `.${name}.importing`);
+      await copyFile(path, tmp);
+      await rename(tmp, join(dir, name));
+      return adapterInfo(r.info, `adapters/${name}`);
+    },
+
+    'adapters.inspect': async (p) => {
+      await c.store.open(p.projectId);
+      const { path, rel } = await c.paths.clientFile(c.store.dir(p.projectId), p.file, 'file', 'adapter');
+      if (!(await stat(path).catch(() => null))) throw new ApiError('not_found', `file: ${p.file} does not exist`);
+      const [r] = await inspect(c, [path]);
+      if (!r.ok) throw new ApiError('invalid_params', `file: ${r.error}`, [{ field: 'file', message: r.error }]);
+      return adapterInfo(r.info, rel ?? path);
+    },
+  };
+}

@@ -1,0 +1,31 @@
+/** projects.*: create, open, update (validated as a whole before it is written), delete. */
+import { ApiError } from '../../api/contract.ts';
+import { lockOwner } from '../dataDir.ts';
+import { checkBase, type ServiceContext } from '../context.ts';
+import type { NamespaceHandlers } from './handlers.ts';
+
+export function projectsHandlers(c: ServiceContext): NamespaceHandlers<'projects'> {
+  return {
+    'projects.list': async () => c.store.list((line) => c.log(line)),
+    'projects.create': async (p) => c.store.create(p),
+    'projects.open': async (p) => c.store.open(p.projectId),
+    'projects.update': async (p) => {
+      const { projectId, ...patch } = p;
+      // The base model goes through the path policy and is opened before anything is written.
+      if (patch.baseModel) patch.baseModel = (await checkBase(c, patch.baseModel, 'baseModel')).path;
+      if (patch.settings?.classImagesDir !== undefined) await c.paths.classImagesDir(c.store.dir(projectId), patch.settings.classImagesDir);
+      return c.store.update(projectId, patch);
+    },
+    'projects.delete': async (p) =>
+      c.store.withLock(p.projectId, async () => {
+        if (!(await c.store.exists(p.projectId))) return { deleted: false };
+        const busy = c.jobs.active({ projectId: p.projectId });
+        if (busy.length) throw new ApiError('conflict', `project '${p.projectId}' has a ${busy[0].kind} job ${busy[0].status} (${busy[0].id}); cancel it before deleting the project`);
+        if (!(c.opts.exclusive ?? true)) {
+          const owner = await lockOwner(c.dataDir);
+          if (owner) throw new ApiError('conflict', `a SingLoRA Studio service (pid ${owner.pid}) is using ${c.dataDir}; delete the project there (app or server), or stop it first`);
+        }
+        return { deleted: await c.store.delete(p.projectId) };
+      }),
+  };
+}
