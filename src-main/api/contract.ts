@@ -160,7 +160,7 @@ const adapterRef = z.union([
 
 /** Every method: params schema and result schema. */
 export const api = {
-  'system.doctor': { params: empty, result: z.object({ node: z.string(), platform: z.string(), backends: z.array(z.object({ name: z.string(), available: z.boolean(), reason: z.string().optional(), device: z.string().optional(), memoryBytes: z.number().optional(), software: z.boolean().optional() })), selected: z.union([z.object({ name: z.string(), device: z.string().optional() }), z.object({ error: z.string() })]), memory: z.record(z.string(), z.unknown()) }) },
+  'system.doctor': { params: empty, result: z.object({ node: z.string(), platform: z.string(), providers: z.array(z.object({ name: z.string(), available: z.boolean(), detail: z.string() })), backends: z.array(z.object({ name: z.string(), available: z.boolean(), reason: z.string().optional(), device: z.string().optional(), memoryBytes: z.number().optional(), software: z.boolean().optional() })), selected: z.union([z.object({ name: z.string(), device: z.string().optional() }), z.object({ error: z.string() })]), memory: z.record(z.string(), z.unknown()) }) },
   'system.info': { params: empty, result: z.object({ version: z.string(), projectsDir: z.string(), modelsDir: z.string(), defaultBaseModel: z.string(), demoModel: z.boolean() }) },
 
   'projects.list': { params: empty, result: z.array(projectSummarySchema) },

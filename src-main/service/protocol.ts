@@ -64,6 +64,8 @@ export interface ExportRequest {
 export interface DoctorResult {
   node: string;
   platform: string;
+  /** ONNX Runtime execution providers (inference). */
+  providers: Array<{ name: string; available: boolean; detail: string }>;
   backends: BackendStatus[];
   selected: { name: string; device?: string } | { error: string };
   memory: Record<string, unknown>;

@@ -107,6 +107,10 @@ export function doctor(selected: string): Result<'system.doctor'> {
   return {
     node: 'v20.20.2',
     platform: 'linux-x64',
+    providers: [
+      { name: 'cpu', available: true, detail: 'MLAS, all cores' },
+      { name: 'cuda', available: selected === 'tensorflow', detail: selected === 'tensorflow' ? 'started' : 'not in this onnxruntime-node build' },
+    ],
     backends: [
       { name: 'tensorflow', available: selected === 'tensorflow', reason: selected === 'tensorflow' ? undefined : 'libcudnn.so.8 not found', device: selected === 'tensorflow' ? 'NVIDIA RTX 4090' : undefined },
       { name: 'webgpu', available: false, reason: 'no adapter' },

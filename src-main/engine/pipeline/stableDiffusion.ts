@@ -19,7 +19,7 @@ import { WeightPatcher } from '../adapters/patch.ts';
 import type { LatentDistribution } from '../models/autoencoderKL.ts';
 import { OnnxDiffusion, type HostTensor } from '../onnx/onnxDiffusion.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
-import type { ProviderChoice } from '../onnx/providers.ts';
+import { isProviderChoice, PROVIDER_CHOICES, type ProviderChoice } from '../onnx/providers.ts';
 import { nativeResolution, openBaseModel, unetSha256, vaeScaleFactor, type BaseModel, type OpenBaseModelOptions } from '../io/modelFiles.ts';
 import type { RawConfig } from '../io/keyMap.ts';
 import { AutoencoderKL } from '../models/autoencoderKL.ts';
@@ -102,7 +102,7 @@ export class StableDiffusion {
       const schedulerConfig: RawSchedulerConfig = base.schedulerConfig
         ? { source: join(base.path, 'scheduler', 'scheduler_config.json'), values: base.schedulerConfig }
         : { source: 'the built-in SD 1.5 scheduler config', values: SD15_SCHEDULER_CONFIG };
-      const inference = { engine: options.engine ?? 'onnx', provider: options.provider ?? 'auto', dtype: options.dtype } as const;
+      const inference = { engine: options.engine ?? envEngine(), provider: options.provider ?? envProvider(), dtype: options.dtype } as const;
       const sd = new StableDiffusion(base.path, base.name, base.format, tokenizer, schedulerConfig, options, inference, {
         unet: base.unet.config,
         vae: base.vae.config,
@@ -327,6 +327,22 @@ export class StableDiffusion {
     else if (kind === 'vae') this.vaeModel = model as AutoencoderKL;
     else this.textModel = model as ClipTextModel;
   }
+}
+
+/** `SINGLORA_ENGINE` (onnx | tfjs), else onnx: the default for the server and the desktop app. */
+function envEngine(): InferenceEngine {
+  const v = process.env.SINGLORA_ENGINE?.trim();
+  if (!v) return 'onnx';
+  if (v !== 'onnx' && v !== 'tfjs') throw new Error(`SINGLORA_ENGINE='${v}': expected onnx or tfjs`);
+  return v;
+}
+
+/** `SINGLORA_PROVIDER` (auto | cpu | webgpu | cuda | dml | coreml), else auto. */
+function envProvider(): ProviderChoice {
+  const v = process.env.SINGLORA_PROVIDER?.trim();
+  if (!v) return 'auto';
+  if (!isProviderChoice(v)) throw new Error(`SINGLORA_PROVIDER='${v}': expected one of ${PROVIDER_CHOICES.join(', ')}`);
+  return v;
 }
 
 /** The report of a plan as the onnx engine applies it: convolution targets are not side paths. */
