@@ -103,7 +103,7 @@ const handlers: Handlers = {
   async doctor() {
     const { doctorReport } = await import('../engine/doctor.ts');
     const r = await doctorReport();
-    return { node: r.node, platform: r.platform, backends: r.backends, selected: r.selected, memory: { ...r.memory } };
+    return { node: r.node, platform: r.platform, providers: r.providers.map((p) => ({ ...p })), backends: r.backends, selected: r.selected, memory: { ...r.memory } };
   },
 };
 
