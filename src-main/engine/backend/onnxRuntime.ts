@@ -124,27 +124,13 @@ export class OnnxModel {
     if (!this.session) throw new OnnxModelError(this.file, 'run: the session was released');
     const missing = this.inputs.filter((t) => !(t.name in feeds)).map((t) => t.name);
     if (missing.length) throw new OnnxModelError(this.file, `run: no feed for input(s) ${missing.map((n) => `'${n}'`).join(', ')}`);
-    const ortFeeds: Record<string, ort.Tensor> = {};
-    for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = new ort.Tensor(t.type, t.data, [...t.dims]);
-    let result: ort.InferenceSession.ReturnType;
-    try {
-      result = await this.session.run(ortFeeds);
-    } catch (err) {
-      const shapes = Object.entries(feeds).map(([n, t]) => `'${n}' [${t.dims.join(',')}]`).join(', ');
-      throw new OnnxModelError(this.file, `run failed with ${shapes} (onnxruntime: ${(err as Error).message})`);
-    }
-    const out: Record<string, OnnxTensor> = {};
+    const got = await runOrt(this.file, this.session, feeds, this.expected.outputs.map((o) => o.name));
     for (const spec of this.expected.outputs) {
-      const value = result[spec.name] as ort.Tensor | undefined;
-      if (!value) throw new OnnxModelError(this.file, `run: no output '${spec.name}'`);
-      const dims = value.dims.map(Number);
+      const dims = got[spec.name].dims;
       const bad = dims.length !== spec.shape.length || spec.shape.some((d, i) => typeof d === 'number' && d !== dims[i]);
       if (bad) throw new OnnxModelError(this.file, `run: output '${spec.name}' is [${dims.join(',')}], expected ${fmtShape(spec.shape)}`);
-      out[spec.name] = toOnnxTensor(this.file, spec.name, value, dims);
     }
-    for (const v of Object.values(ortFeeds)) v.dispose();
-    for (const v of Object.values(result)) (v as ort.Tensor).dispose?.();
-    return out;
+    return got;
   }
 
   /** Frees the native session. The model cannot run afterwards. */
@@ -277,28 +263,37 @@ export class OnnxSession {
   /** Runs the graph; returns the requested outputs (default all), copied out of ONNX Runtime. */
   async run(feeds: Readonly<Record<string, SessionTensor>>, outputs: readonly string[] = this.outputNames): Promise<Record<string, SessionTensor>> {
     if (!this.session) throw new OnnxModelError(this.file, 'run: the session was released');
-    const ortFeeds: Record<string, ort.Tensor> = {};
-    for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = new ort.Tensor(t.type, t.data, [...t.dims]);
-    let result: ort.InferenceSession.ReturnType;
-    try {
-      result = await this.session.run(ortFeeds, [...outputs]);
-    } catch (err) {
-      const shapes = Object.entries(feeds).filter(([n]) => !n.startsWith('adapter.')).map(([n, t]) => `'${n}' [${t.dims.join(',')}]`).join(', ');
-      throw new OnnxModelError(this.file, `run failed with ${shapes} (onnxruntime: ${(err as Error).message})`);
-    }
-    const out: Record<string, SessionTensor> = {};
-    for (const name of outputs) {
-      const value = result[name] as ort.Tensor;
-      out[name] = toOnnxTensor(this.file, name, value, value.dims.map(Number));
-    }
-    for (const v of Object.values(ortFeeds)) v.dispose();
-    for (const v of Object.values(result)) (v as ort.Tensor).dispose?.();
-    return out;
+    return runOrt(this.file, this.session, feeds, outputs);
   }
 
   async release(): Promise<void> {
     const s = this.session;
     this.session = null;
     await s?.release();
+  }
+}
+
+/** One run: typed arrays in, the named outputs copied out; every ONNX Runtime tensor freed. */
+async function runOrt(file: string, session: ort.InferenceSession, feeds: Readonly<Record<string, OnnxTensor>>, outputs: readonly string[]): Promise<Record<string, OnnxTensor>> {
+  const ortFeeds: Record<string, ort.Tensor> = {};
+  for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = new ort.Tensor(t.type, t.data, [...t.dims]);
+  let result: ort.InferenceSession.ReturnType;
+  try {
+    result = await session.run(ortFeeds, [...outputs]);
+  } catch (err) {
+    const shapes = Object.entries(feeds).filter(([n]) => !n.startsWith('adapter.')).map(([n, t]) => `'${n}' [${t.dims.join(',')}]`).join(', ');
+    throw new OnnxModelError(file, `run failed with ${shapes} (onnxruntime: ${(err as Error).message})`);
+  }
+  try {
+    const out: Record<string, OnnxTensor> = {};
+    for (const name of outputs) {
+      const value = result[name] as ort.Tensor | undefined;
+      if (!value) throw new OnnxModelError(file, `run: no output '${name}'`);
+      out[name] = toOnnxTensor(file, name, value, value.dims.map(Number));
+    }
+    return out;
+  } finally {
+    for (const v of Object.values(ortFeeds)) v.dispose();
+    for (const v of Object.values(result)) (v as ort.Tensor).dispose?.();
   }
 }
