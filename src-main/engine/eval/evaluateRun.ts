@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import type { Evaluation, RunManifest, ScoreRow } from '../../api/schemas.ts';
 import { listPhotos } from '../train/dataset.ts';
 import { readRunManifest, writeRunManifest } from '../train/runFiles.ts';
+import type { OpenBaseModelOptions } from '../io/modelFiles.ts';
 import { StableDiffusion } from '../pipeline/stableDiffusion.ts';
 import { generateImages } from '../pipeline/generate.ts';
 import { defaultModelsDir } from '../paths.ts';
@@ -34,6 +35,8 @@ export interface EvaluateRunOptions {
   photos?: string | readonly string[];
   /** Base model; default: the one in run.json. */
   base?: string;
+  /** How to open a single-file base (its `configDir`). */
+  baseOptions?: OpenBaseModelOptions;
   checkpoints?: 'all' | 'latest';
   subjectType?: SubjectKind;
   /** Prompts (with the trigger already filled in); default: the fixed set for the subject type. */
@@ -76,7 +79,7 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
     if ('files' in located) clip = await ClipModels.load(located.files);
   }
 
-  const sd = await StableDiffusion.load(o.base ?? manifest.baseModel.path);
+  const sd = await StableDiffusion.load(o.base ?? manifest.baseModel.path, o.baseOptions);
   const labels = ['base', ...chosen.map((c) => `step-${String(c.step).padStart(6, '0')}`)];
   const total = labels.length * prompts.length * perPrompt;
   let done = 0;

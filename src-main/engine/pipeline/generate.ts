@@ -15,12 +15,15 @@ import { writePngText } from '../image/pngText.ts';
 import { appVersion } from '../paths.ts';
 import { schedulerDisplayName } from '../schedulers/index.ts';
 import { formatA1111Parameters } from './generationParams.ts';
+import type { OpenBaseModelOptions } from '../io/modelFiles.ts';
 import { StableDiffusion } from './stableDiffusion.ts';
 import { textToImage, type AdapterUse, type StepInfo } from './textToImage.ts';
 
 export interface GenerateJob {
   /** Base model path; ignored when `sd` is given. */
   base: string;
+  /** How to open a single-file base (its `configDir`); ignored when `sd` is given. */
+  baseOptions?: OpenBaseModelOptions;
   /** An already loaded pipeline to reuse (the service keeps one warm). */
   sd?: StableDiffusion;
   settings: GenerateSettingsInput;
@@ -45,7 +48,7 @@ export async function generateImages(job: GenerateJob, hooks: GenerateHooks = {}
   if (!parsed.success) throw new Error(`invalid generation settings: ${parsed.error.issues.map((i) => `${i.path.join('.') || 'settings'}: ${i.message}`).join('; ')}`);
   const settings = parsed.data;
   const seed = settings.seed < 0 ? randomInt(0, 2 ** 32) : settings.seed;
-  const sd = job.sd ?? (await StableDiffusion.load(job.base));
+  const sd = job.sd ?? (await StableDiffusion.load(job.base, job.baseOptions));
   try {
     const adapters = job.adapters ?? [];
     const adapterHashes = await Promise.all(adapters.map(async (a) => ({ file: a.path, sha256: await hashFile(a.path), strength: a.strength })));
