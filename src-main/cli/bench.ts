@@ -2,17 +2,21 @@
  * `singlora bench unet|generate|train`: the speed and memory figures quoted in the docs, each
  * printed with its backend and configuration.
  */
-import type { Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import { benchGenerate } from '../engine/bench/generate.ts';
 import { benchTrain } from '../engine/bench/train.ts';
 import { benchUnet, formatBenchUnet } from '../engine/bench/unet.ts';
-import { action, printResult, withCommon, type GlobalOptions } from './common.ts';
+import { action, parse, printResult, requireExists, withCommon, type GlobalOptions } from './common.ts';
 
-const num = (v: string) => {
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new Error(`expected a number, got '${v}'`);
-  return n;
-};
+/** `32,64` or `16x12,32`: latent sizes [h, w]. */
+function latentSizes(v: string): Array<[number, number]> {
+  return v.split(',').map((s): [number, number] => {
+    const parts = s.trim().split('x');
+    const dims = parts.map((p) => (p.trim() === '' ? NaN : Number(p)));
+    if (parts.length > 2 || dims.some((d) => !Number.isInteger(d) || d < 1)) throw new InvalidArgumentError("expected latent sizes like '32,64' or '16x12'");
+    return [dims[0], dims[1] ?? dims[0]];
+  });
+}
 
 export function register(program: Command): void {
   const bench = program.command('bench').description('measure speed and memory on this machine');
@@ -22,17 +26,14 @@ export function register(program: Command): void {
       .command('unet')
       .description('UNet forward timing with random weights (no file needed): SD 1.5 shape by default')
       .option('--config <path>', 'UNet config.json, unet/ folder or model folder', 'test/fixtures/sd15_configs/unet')
-      .option('--sizes <list>', 'latent sizes, e.g. 32,64 or 16x12 (default: the config sample_size)')
-      .option('--batch <n>', 'batch size (2 = with classifier-free guidance)', num, 1)
-      .option('--iters <n>', 'timed forwards per size', num, 3)
-      .option('--warmup <n>', 'warm-up forwards', num, 1),
+      .option('--sizes <list>', 'latent sizes, e.g. 32,64 or 16x12 (default: the config sample_size)', latentSizes)
+      .option('--batch <n>', 'batch size (2 = with classifier-free guidance)', parse.int(1, 64), 1)
+      .option('--iters <n>', 'timed forwards per size', parse.int(1), 3)
+      .option('--warmup <n>', 'warm-up forwards', parse.int(0), 1),
   ).action(
-    action(async (o: GlobalOptions & { config: string; sizes?: string; batch: number; iters: number; warmup: number }) => {
-      const latentSizes = o.sizes?.split(',').map((s): [number, number] => {
-        const [h, w] = s.split('x').map(Number);
-        return [h, w ?? h];
-      });
-      const report = await benchUnet({ config: o.config.replace(/\/model$/, '/model/unet'), latentSizes, batch: o.batch, iters: o.iters, warmup: o.warmup, backend: o.backend ?? 'auto', log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) });
+    action(async (o: GlobalOptions & { config: string; sizes?: Array<[number, number]>; batch: number; iters: number; warmup: number }) => {
+      requireExists(o.config, '--config');
+      const report = await benchUnet({ config: o.config.replace(/\/model$/, '/model/unet'), latentSizes: o.sizes, batch: o.batch, iters: o.iters, warmup: o.warmup, backend: o.backend ?? 'auto', log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) });
       printResult(o, report, () => formatBenchUnet(report));
     }),
   );
@@ -42,12 +43,13 @@ export function register(program: Command): void {
       .command('generate')
       .description('seconds per image and UNet it/s for a base model')
       .requiredOption('--base <model>', 'base model folder or .safetensors')
-      .option('--steps <n>', 'sampling steps', num, 20)
-      .option('--images <n>', 'timed images', num, 2)
-      .option('--width <px>', 'width (default: native)', num)
-      .option('--height <px>', 'height (default: native)', num),
+      .option('--steps <n>', 'sampling steps', parse.int(1, 200), 20)
+      .option('--images <n>', 'timed images', parse.int(1, 100), 2)
+      .option('--width <px>', 'width, a multiple of 8 (default: native)', parse.int(8, 2048))
+      .option('--height <px>', 'height, a multiple of 8 (default: native)', parse.int(8, 2048)),
   ).action(
     action(async (o: GlobalOptions & { base: string; steps: number; images: number; width?: number; height?: number }) => {
+      requireExists(o.base, '--base');
       const r = await benchGenerate({ base: o.base, steps: o.steps, images: o.images, width: o.width, height: o.height, backend: o.backend ?? 'auto' });
       printResult(o, r, () => `${r.backend}: ${r.s_per_image.toFixed(2)} s/image, UNet ${r.unet_its.toFixed(2)} it/s (CFG batch 2), decode ${r.decode_s.toFixed(2)} s; ${r.config.width}x${r.config.height}, ${r.config.steps} steps ${r.config.scheduler}; load ${r.load_s.toFixed(1)} s`);
     }),
@@ -58,16 +60,16 @@ export function register(program: Command): void {
       .command('train')
       .description('ms per optimizer step (median after warm-up) and memory, random weights')
       .requiredOption('--base <path>', 'model folder, unet/ folder or UNet config.json (e.g. test/fixtures/sd15_configs/unet)')
-      .requiredOption('--resolution <px>', 'training resolution', num)
-      .option('--steps <n>', 'timed steps', num, 5)
-      .option('--warmup <n>', 'warm-up steps', num, 1)
-      .option('--rank <r>', 'adapter rank', num, 8)
-      .option('--method <m>', 'singlora | lora', 'singlora')
-      .option('--batch <n>', 'batch size', num, 1)
+      .requiredOption('--resolution <px>', 'training resolution (a multiple of 8)', parse.int(8, 2048))
+      .option('--steps <n>', 'timed steps', parse.int(1), 5)
+      .option('--warmup <n>', 'warm-up steps', parse.int(0), 1)
+      .option('--rank <r>', 'adapter rank', parse.int(1, 256), 8)
+      .addOption(new Option('--method <m>', 'adapter type').choices(['singlora', 'lora']).default('singlora'))
+      .option('--batch <n>', 'batch size', parse.int(1, 64), 1)
       .option('--checkpointing', 'gradient checkpointing per UNet block'),
   ).action(
-    action(async (o: GlobalOptions & { base: string; resolution: number; steps: number; warmup: number; rank: number; method: string; batch: number; checkpointing?: boolean }) => {
-      if (o.method !== 'singlora' && o.method !== 'lora') throw new Error(`--method must be singlora or lora, got ${o.method}`);
+    action(async (o: GlobalOptions & { base: string; resolution: number; steps: number; warmup: number; rank: number; method: 'singlora' | 'lora'; batch: number; checkpointing?: boolean }) => {
+      requireExists(o.base, '--base');
       const r = await benchTrain({ base: o.base, resolution: o.resolution, steps: o.steps, warmup: o.warmup, rank: o.rank, method: o.method, batch: o.batch, checkpointing: o.checkpointing, backend: o.backend ?? 'auto', log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) });
       printResult(o, r, () =>
         [

@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import { DEFAULT_PORT, isLoopback, startServer } from '../server.ts';
-import { action, printResult, withCommon, type GlobalOptions } from './common.ts';
+import { action, parse, printResult, requireExists, requireNotFile, withCommon, type GlobalOptions } from './common.ts';
 
 interface ServeOptions extends GlobalOptions {
   host: string;
@@ -17,11 +17,6 @@ interface ServeOptions extends GlobalOptions {
   allowRemote?: boolean;
 }
 
-const port = (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`--port: expected 0-65535, got '${v}'`);
-  return n;
-};
 
 export function register(program: Command): void {
   withCommon(
@@ -29,7 +24,7 @@ export function register(program: Command): void {
       .command('serve')
       .description('serve the app to a browser: HTTP API, WebSocket events and the user interface (token-protected)')
       .option('--host <address>', 'address to listen on', '127.0.0.1')
-      .option('--port <n>', 'port (0: any free port)', port, DEFAULT_PORT)
+      .option('--port <n>', 'port (0: any free port)', parse.int(0, 65535), DEFAULT_PORT)
       .option('--token <token>', 'session token (default: SINGLORA_SERVER_TOKEN, else 32 random bytes)')
       .option('--data-dir <dir>', 'projects and jobs (default: SINGLORA_DATA_DIR or <repo>/.data)')
       .option('--models-dir <dir>', 'models folder (default: SINGLORA_MODELS_DIR or <repo>/models)')
@@ -37,6 +32,9 @@ export function register(program: Command): void {
       .option('--allow-remote', 'allow a non-loopback --host (anyone who has the token can use the server)'),
   ).action(
     action(async (o: ServeOptions) => {
+      if (o.dataDir) requireNotFile(o.dataDir, '--data-dir');
+      if (o.modelsDir) requireNotFile(o.modelsDir, '--models-dir');
+      if (o.base) requireExists(o.base, '--base');
       const remote = !isLoopback(o.host);
       if (remote && o.allowRemote) process.stderr.write(`warning: listening on ${o.host}: other machines can reach this server; anyone with the token can train, generate and read your projects. Files outside the projects cannot be named by clients.\n`);
       const server = await startServer({

@@ -130,7 +130,7 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
       baseline,
       rows: mergeRows(o.checkpoints === 'latest' ? fresh.evaluation?.rows ?? [] : [], scored),
       best,
-      rule: `${rule}; prompt set v${EVAL_PROMPT_SET_VERSION}`,
+      rule: `${rule}; ${o.prompts?.length ? `${prompts.length} prompts given by the caller` : `prompt set v${EVAL_PROMPT_SET_VERSION}`}`,
       chosen: previousChoice !== null && scored.some((r) => r.step === previousChoice) ? previousChoice : null,
     };
     await writeRunManifest(o.runDir, { ...fresh, evaluation });

@@ -19,7 +19,12 @@ export async function atomicWrite(path: string, write: (fh: FileHandle) => Promi
     throw err;
   }
   await fh.close();
-  await rename(tmp, path);
+  try {
+    await rename(tmp, path);
+  } catch (err) {
+    await unlink(tmp).catch(() => {}); // e.g. `path` is a folder: leave nothing behind
+    throw err;
+  }
 }
 
 export function atomicWriteFile(path: string, data: string | Uint8Array): Promise<void> {
