@@ -147,14 +147,14 @@ export function reportError(err: unknown): void {
   process.exitCode = exitCode;
 }
 
+/** Commands that take a subcommand (`singlora bench train`). */
+const GROUPS = ['bench', 'models', 'projects'];
+
 /** `singlora <command> [<subcommand>]`, from argv, for the help hint. */
 function commandPath(): string {
-  const words: string[] = [];
-  for (const a of process.argv.slice(2)) {
-    if (a.startsWith('-') || words.length === 2) break;
-    words.push(a);
-  }
-  return ['singlora', ...words].join(' ');
+  const [first, second] = process.argv.slice(2);
+  if (!first || first.startsWith('-')) return 'singlora';
+  return ['singlora', first, ...(GROUPS.includes(first) && second && !second.startsWith('-') ? [second] : [])].join(' ');
 }
 
 function writeSafe(stream: NodeJS.WriteStream, text: string): void {

@@ -32,8 +32,9 @@ interface GenerateCliOptions extends GlobalOptions {
  */
 export function parseAdapterArg(v: string): { path: string; strength: number } {
   const i = v.lastIndexOf(':');
-  const suffix = i > 1 ? v.slice(i + 1) : '';
-  if (i > 1 && !/[\\/]/.test(suffix) && !existsSync(v)) {
+  const suffix = i > 0 ? v.slice(i + 1) : '';
+  const driveLetter = i === 1 && /^[\\/]/.test(suffix);
+  if (i > 0 && !driveLetter && !/[\\/]/.test(suffix) && !existsSync(v)) {
     const strength = suffix.trim() === '' ? NaN : Number(suffix);
     if (!Number.isFinite(strength)) throw new Error(`'${suffix}' is not a strength: expected file[:number], e.g. rex.safetensors:0.8`);
     return { path: v.slice(0, i), strength };
