@@ -2,10 +2,11 @@
 import { Command, Option } from 'commander';
 import { statSync } from 'node:fs';
 import { basename } from 'node:path';
-import { readAdapterFile } from '../engine/adapters/adapterFile.ts';
-import { EXPORT_FORMATS, exportAdapter, inspectAdapter, type ExportFormat } from '../engine/adapters/exportAdapter.ts';
-import { openBaseModel, unetSha256 } from '../engine/io/modelFiles.ts';
+import type { ExportFormat } from '../engine/adapters/exportAdapter.ts';
 import { action, emitJsonLine, formatBytes, printResult, requireExists, requireFile, requireFolder, startBackend, UsageError, withCommon, type GlobalOptions } from './common.ts';
+
+/** exportAdapter.ts's EXPORT_FORMATS (test/cli/startup.test.ts checks they agree), without loading the engine. */
+export const EXPORT_FORMAT_CHOICES = ['singlora', 'kohya', 'diffusers', 'merged-diffusers', 'merged-single-file'] as const;
 
 interface ExportCliOptions extends GlobalOptions {
   adapter: string;
@@ -30,6 +31,8 @@ const isFolder = (path: string) => {
  * with --strict, the refusal) when the UNet hashes differ; null when they match.
  */
 async function baseMismatch(adapter: string, base: string, configDir?: string): Promise<string | null> {
+  const { readAdapterFile } = await import('../engine/adapters/adapterFile.ts');
+  const { openBaseModel, unetSha256 } = await import('../engine/io/modelFiles.ts');
   const file = await readAdapterFile(adapter);
   const model = await openBaseModel(base, configDir ? { configDir } : undefined);
   try {
@@ -47,7 +50,7 @@ export function register(program: Command): void {
       .command('export')
       .description('convert a SingLoRA Studio adapter for other tools (kohya for A1111/ComfyUI, diffusers/PEFT, merged checkpoints)')
       .requiredOption('--adapter <file>', 'native adapter file (a checkpoint adapter.safetensors)')
-      .addOption(new Option('--format <f>', 'output format').choices([...EXPORT_FORMATS, 'merged']).makeOptionMandatory())
+      .addOption(new Option('--format <f>', 'output format').choices([...EXPORT_FORMAT_CHOICES, 'merged']).makeOptionMandatory())
       .option('--base <model>', 'base model (required by the merged formats)')
       .option('--config-dir <dir>', 'for a single-file --base: a diffusers SD 1.5 folder to take configs from')
       .requiredOption('--out <path>', 'output file (a folder for merged-diffusers)')
@@ -68,6 +71,7 @@ export function register(program: Command): void {
         throw new UsageError(`--out: ${o.out} is a folder; expected the output file's path (e.g. ${o.out.replace(/\/$/, '')}/${basename(o.adapter).replace(/\.safetensors$/, '')}.${format}.safetensors)`);
       }
       await startBackend(o);
+      const { exportAdapter } = await import('../engine/adapters/exportAdapter.ts');
       const warnings: string[] = [];
       if (merged) {
         const mismatch = await baseMismatch(o.adapter, o.base!, o.configDir);
@@ -96,6 +100,7 @@ export function register(program: Command): void {
   withCommon(program.command('inspect').description('show what an adapter file holds').argument('<file>', 'adapter .safetensors (native, kohya or diffusers)'), { backend: false }).action(
     action(async (file: string, o: GlobalOptions) => {
       requireFile(file, '<file>', 'an adapter .safetensors file');
+      const { inspectAdapter } = await import('../engine/adapters/exportAdapter.ts');
       const info = await inspectAdapter(file);
       const adapter = info.targets > 0;
       printResult(o, { ...info, adapter }, () =>

@@ -3,9 +3,6 @@
  * printed with its backend and configuration.
  */
 import { InvalidArgumentError, Option, type Command } from 'commander';
-import { benchGenerate } from '../engine/bench/generate.ts';
-import { benchTrain } from '../engine/bench/train.ts';
-import { benchUnet, formatBenchUnet } from '../engine/bench/unet.ts';
 import { action, parse, printResult, requireExists, withCommon, type GlobalOptions } from './common.ts';
 
 /** `32,64` or `16x12,32`: latent sizes [h, w]. */
@@ -33,6 +30,7 @@ export function register(program: Command): void {
   ).action(
     action(async (o: GlobalOptions & { config: string; sizes?: Array<[number, number]>; batch: number; iters: number; warmup: number }) => {
       requireExists(o.config, '--config');
+      const { benchUnet, formatBenchUnet } = await import('../engine/bench/unet.ts');
       const report = await benchUnet({ config: o.config.replace(/\/model$/, '/model/unet'), latentSizes: o.sizes, batch: o.batch, iters: o.iters, warmup: o.warmup, backend: o.backend ?? 'auto', log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) });
       printResult(o, report, () => formatBenchUnet(report));
     }),
@@ -50,6 +48,7 @@ export function register(program: Command): void {
   ).action(
     action(async (o: GlobalOptions & { base: string; steps: number; images: number; width?: number; height?: number }) => {
       requireExists(o.base, '--base');
+      const { benchGenerate } = await import('../engine/bench/generate.ts');
       const r = await benchGenerate({ base: o.base, steps: o.steps, images: o.images, width: o.width, height: o.height, backend: o.backend ?? 'auto' });
       printResult(o, r, () => `${r.backend}: ${r.s_per_image.toFixed(2)} s/image, UNet ${r.unet_its.toFixed(2)} it/s (CFG batch 2), decode ${r.decode_s.toFixed(2)} s; ${r.config.width}x${r.config.height}, ${r.config.steps} steps ${r.config.scheduler}; load ${r.load_s.toFixed(1)} s`);
     }),
@@ -70,6 +69,7 @@ export function register(program: Command): void {
   ).action(
     action(async (o: GlobalOptions & { base: string; resolution: number; steps: number; warmup: number; rank: number; method: 'singlora' | 'lora'; batch: number; checkpointing?: boolean }) => {
       requireExists(o.base, '--base');
+      const { benchTrain } = await import('../engine/bench/train.ts');
       const r = await benchTrain({ base: o.base, resolution: o.resolution, steps: o.steps, warmup: o.warmup, rank: o.rank, method: o.method, batch: o.batch, checkpointing: o.checkpointing, backend: o.backend ?? 'auto', log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) });
       printResult(o, r, () =>
         [

@@ -14,7 +14,14 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { statSync } from 'node:fs';
-import { BACKEND_NAMES, initBackend, type BackendInfo, type BackendName } from '../engine/backend/tf.ts';
+import type { BackendInfo, BackendName } from '../engine/backend/tf.ts';
+
+/**
+ * `--backend` choices: engine/backend/tf.ts's BACKEND_NAMES and 'auto' (test/cli/startup.test.ts
+ * checks they agree). Written out so that a command line can be checked without loading
+ * TensorFlow.js: engine modules load only once a command runs.
+ */
+export const BACKEND_CHOICES = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 
 export interface GlobalOptions {
   json?: boolean;
@@ -26,7 +33,7 @@ export interface GlobalOptions {
 export function withCommon(cmd: Command, opts: { backend?: boolean } = {}): Command {
   cmd.option('--json', 'machine-readable output: JSON only (events as JSON lines)').option('--debug', 'print stack traces of errors');
   if (opts.backend === false) return cmd;
-  return cmd.addOption(new Option('--backend <name>', 'force a tensor backend (default: SINGLORA_BACKEND or the best available)').choices(['auto', ...BACKEND_NAMES]));
+  return cmd.addOption(new Option('--backend <name>', 'force a tensor backend (default: SINGLORA_BACKEND or the best available)').choices([...BACKEND_CHOICES]));
 }
 
 /** A mistake on the command line: reported in one line, exit status 2. */
@@ -189,6 +196,7 @@ export function installProcessHandlers(): void {
 
 /** Starts the backend chosen by --backend / SINGLORA_BACKEND / auto. */
 export async function startBackend(opts: GlobalOptions): Promise<BackendInfo> {
+  const { initBackend } = await import('../engine/backend/tf.ts');
   return initBackend(opts.backend ?? 'auto');
 }
 
@@ -228,8 +236,13 @@ export interface Progress {
  */
 export function progressBar(opts: GlobalOptions, label: string, total: number): Progress {
   if (opts.json) return { update() {}, stop() {} };
-  const t0 = performance.now();
-  const rate = (i: number) => i / Math.max(1e-9, (performance.now() - t0) / 1000);
+  // The rate counts from the first update (the first unit often includes compilation and loading).
+  let first: { i: number; t: number } | null = null;
+  const rate = (i: number) => {
+    first ??= { i, t: performance.now() };
+    const seconds = (performance.now() - first.t) / 1000;
+    return seconds > 0 && i > first.i ? (i - first.i) / seconds : 0;
+  };
   const extraText = (extra?: Record<string, string | number>) => (extra ? Object.entries(extra).map(([k, v]) => `${k} ${v}`).join(' ') : '');
   if (!process.stderr.isTTY) return progressLines(label, total, rate, extraText);
   const bar = new cliProgress.SingleBar(

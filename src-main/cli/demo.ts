@@ -11,12 +11,7 @@ import type { Command } from 'commander';
 import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { makeSubjectPhotos, makeTinyModel, TINY_DINO } from '../../scripts/make-tiny-model.ts';
-import { exportAdapter } from '../engine/adapters/exportAdapter.ts';
-import { evaluateRun } from '../engine/eval/evaluateRun.ts';
-import { generateImages } from '../engine/pipeline/generate.ts';
 import { REPO_ROOT } from '../engine/paths.ts';
-import { train } from '../engine/train/trainer.ts';
 import { listImageFiles } from './eval.ts';
 import { action, emitJsonLine, parse, printResult, progressBar, requireExists, requireFile, requireFolder, requireNotFile, startBackend, UsageError, withCommon, type GlobalOptions } from './common.ts';
 
@@ -85,6 +80,11 @@ export function register(program: Command): void {
   ).action(
     action(async (o: DemoOptions) => {
       const out = await prepareDemoOut(o);
+      const { makeSubjectPhotos, makeTinyModel, TINY_DINO } = await import('../../scripts/make-tiny-model.ts');
+      const { exportAdapter } = await import('../engine/adapters/exportAdapter.ts');
+      const { evaluateRun } = await import('../engine/eval/evaluateRun.ts');
+      const { generateImages } = await import('../engine/pipeline/generate.ts');
+      const { train } = await import('../engine/train/trainer.ts');
       const t0 = performance.now();
       const times: Record<string, number> = {};
       const lap = (name: string, since: number) => (times[name] = Math.round(performance.now() - since));
@@ -135,7 +135,7 @@ export function register(program: Command): void {
             emitJsonLine(o, e as Record<string, unknown>);
             if (e.event === 'step' && !o.json) {
               bar ??= progressBar(o, 'step', e.steps);
-              bar.update(e.step, { loss: e.smoothed.toFixed(4) });
+              bar.update(e.step, { loss: e.smoothed.toFixed(4) }, e.its);
             }
           },
         },

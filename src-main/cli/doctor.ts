@@ -1,9 +1,9 @@
 /** `singlora doctor`: every backend's status and why, the GPU, and memory counters. */
 import type { Command } from 'commander';
-import { activeBackend, memoryCounters, probeBackends } from '../engine/backend/tf.ts';
 import { action, formatBytes, printResult, startBackend, withCommon, type GlobalOptions } from './common.ts';
 
 export async function doctorReport(opts: GlobalOptions) {
+  const { activeBackend, memoryCounters, probeBackends } = await import('../engine/backend/tf.ts');
   const backends = await probeBackends();
   let selected: { name: string; device?: string } | { error: string };
   try {

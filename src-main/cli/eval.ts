@@ -9,13 +9,11 @@
 import { Option, type Command } from 'commander';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { extname, join } from 'node:path';
-import { clipScores, ClipModels, type ClipScores } from '../engine/eval/clip.ts';
-import { DinoEmbedder } from '../engine/eval/dino.ts';
+import type { ClipModels, ClipScores } from '../engine/eval/clip.ts';
 import { locateClip, locateDino } from '../engine/eval/modelRegistry.ts';
-import { scoreSubjectFidelity, type SubjectFidelity } from '../engine/eval/similarity.ts';
+import type { SubjectFidelity } from '../engine/eval/similarity.ts';
 import { getPngText } from '../engine/image/pngText.ts';
 import { defaultModelsDir } from '../engine/paths.ts';
-import { evaluateRun } from '../engine/eval/evaluateRun.ts';
 import { evalJobs, IMAGES_PER_PROMPT } from '../engine/eval/prompts.ts';
 import { readRunManifest, RUN_MANIFEST } from '../engine/train/runFiles.ts';
 import { action, emitJsonLine, formatDuration, parse, printResult, progressBar, requireFile, requireFolder, startBackend, UsageError, withCommon, type GlobalOptions } from './common.ts';
@@ -87,6 +85,9 @@ export async function evalFolders(opts: EvalOptions, onProgress?: (done: number,
   const modelsDir = opts.modelsDir ?? defaultModelsDir();
   const model = locateDino(modelsDir, opts.dinoModel);
   const batchSize = opts.batchSize;
+  const { DinoEmbedder } = await import('../engine/eval/dino.ts');
+  const { clipScores, ClipModels } = await import('../engine/eval/clip.ts');
+  const { scoreSubjectFidelity } = await import('../engine/eval/similarity.ts');
   const embedder = await DinoEmbedder.load(model, { batchSize });
   const t0 = performance.now();
   let fidelity: SubjectFidelity;
@@ -146,6 +147,7 @@ async function evalRun(opts: EvalOptions): Promise<void> {
   }
 
   await startBackend(opts);
+  const { evaluateRun } = await import('../engine/eval/evaluateRun.ts');
   let bar: ReturnType<typeof progressBar> | null = null;
   const evaluation = await evaluateRun(
     {

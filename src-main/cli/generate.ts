@@ -2,9 +2,6 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { existsSync, statSync } from 'node:fs';
 import { SCHEDULERS } from '../api/schemas.ts';
-import { formatAdapterCheck } from '../engine/adapters/import.ts';
-import { promptWarnings } from '../engine/pipeline/prompts.ts';
-import { generateImages } from '../engine/pipeline/generate.ts';
 import { action, emitJsonLine, parse, printResult, progressBar, requireExists, requireFolder, requireNotFile, startBackend, withCommon, type GlobalOptions } from './common.ts';
 
 interface GenerateCliOptions extends GlobalOptions {
@@ -86,6 +83,9 @@ export function register(program: Command): void {
       requireExists(o.base, '--base');
       if (o.configDir) requireFolder(o.configDir, '--config-dir');
       requireNotFile(o.out, '--out');
+      const { promptWarnings } = await import('../engine/pipeline/prompts.ts');
+      const { formatAdapterCheck } = await import('../engine/adapters/import.ts');
+      const { generateImages } = await import('../engine/pipeline/generate.ts');
       for (const [which, text] of [
         ['--prompt', o.prompt],
         ['--negative', o.negative ?? ''],

@@ -7,7 +7,7 @@
 import { Command, Option } from 'commander';
 import type { Project, ProjectSummary, Result } from '../api/contract.ts';
 import { SUBJECT_TYPES } from '../api/schemas.ts';
-import { Service } from '../service/service.ts';
+import type { Service } from '../service/service.ts';
 import { createInterface } from 'node:readline/promises';
 import { action, printResult, UsageError, withCommon, type GlobalOptions } from './common.ts';
 
@@ -20,6 +20,7 @@ interface ProjectsOptions extends GlobalOptions {
 }
 
 async function withService<T>(o: ProjectsOptions, fn: (s: Service) => Promise<T>): Promise<T> {
+  const { Service } = await import('../service/service.ts');
   const s = await Service.open({ dataDir: o.dataDir, exclusive: false });
   try {
     return await fn(s);

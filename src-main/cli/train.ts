@@ -9,7 +9,6 @@ import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { trainSettingsSchema, type RunManifest, type TrainEvent, type TrainSettingsInput } from '../api/schemas.ts';
 import { readRunManifest, RUN_MANIFEST } from '../engine/train/runFiles.ts';
-import { train } from '../engine/train/trainer.ts';
 import { listImageFiles } from './eval.ts';
 import { action, emitJsonLine, parse, printResult, progressBar, requireExists, requireFile, requireFolder, requireNotFile, startBackend, UsageError, withCommon, type GlobalOptions } from './common.ts';
 
@@ -147,6 +146,7 @@ export function register(program: Command): void {
     action(async (o: TrainCliOptions, cmd: Command) => {
       const plan = await planTrain(o, cmd);
       const settings = plan.settings;
+      const { train } = await import('../engine/train/trainer.ts');
       const backend = await startBackend(o);
       emitJsonLine(o, { event: 'backend', name: backend.name, device: backend.device ?? null });
       if (!o.json) process.stderr.write(`backend: ${backend.name}${backend.name === 'wasm' || backend.name === 'cpu' ? ' (no GPU backend: training will be slow; see `singlora doctor`)' : ''}\n`);
