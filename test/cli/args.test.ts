@@ -109,7 +109,7 @@ const USAGE: Array<[string[], RegExp]> = [
   [['projects', 'delete', 'someone', '--data-dir', EMPTY], /add --yes to confirm/],
   [['doctor', '--backend', 'foo'], /--backend <name>' argument 'foo' is invalid\. Allowed choices are auto/],
   [['nope'], /unknown command 'nope'/],
-  [['train', '--config-dirx', EMPTY], /unknown option '--config-dirx'/],
+  [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--config-dirx', EMPTY], /unknown option '--config-dirx'/],
 ];
 
 function expectOneLineError(r: CliResult, message: RegExp, exitCode: number): void {
