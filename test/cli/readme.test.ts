@@ -27,7 +27,8 @@ function readmeCommands(): string[] {
 
 /** The README's paths, pointed at the tiny model and the temporary folder. */
 function localPath(arg: string): string {
-  if (arg === '~/sd/stable-diffusion-v1-5' || arg === '~/sd/v1-5-pruned-emaonly.safetensors') return tiny; // the single-file case: see point 6 below
+  if (arg === '~/sd/stable-diffusion-v1-5') return tiny;
+  if (arg === '~/sd/v1-5-pruned-emaonly.safetensors') return join(tmp, 'tiny-single.safetensors'); // made from the tiny model below
   if (/^(photos|runs|images)\b|^rex(-merged)?\.safetensors$/.test(arg)) return join(tmp, arg.replace(/step-000800/, 'step-000003'));
   return arg;
 }
@@ -70,17 +71,21 @@ describe('the README CLI examples on the tiny model', () => {
     expect(train.stderr).toMatch(/^step 1\/3 \(33%\) .*ETA .* loss /m);
     expect(train.stdout).toMatch(/average speed: .* steps\/s/);
 
+    // a single-file checkpoint of the tiny model, for the README's single-file generate line (point 6)
+    ok(await runCli(['export', '--adapter', join(tmp, 'runs/rex/checkpoints/step-000003/adapter.safetensors'), '--format', 'merged', '--base', tiny, '--out', join(tmp, 'tiny-single.safetensors'), '--backend', 'cpu']), 'single file');
+
     // the same --out without --resume: refused with the two ways forward (point 2)
     const again = await runCli(scale(find(/^singlora train .*--images/)));
     expect(again.code).toBe(2);
     expect(again.stderr).toMatch(/add --resume to continue it \(--resume --steps N to extend it\), or choose a new --out/);
 
     // --resume reads base and photos from run.json; on a finished run --steps N extends it (point 2)
-    const resumeLine = scale(find(/--resume/)).filter((a, i, all) => !(a === '--steps' || all[i - 1] === '--steps'));
-    const finished = await runCli(resumeLine.filter((a) => a !== '--base' && !a.includes('tiny-sd')));
+    const resumeLine = scale(find(/--resume/));
+    const withoutSteps = resumeLine.filter((a, i, all) => a !== '--steps' && all[i - 1] !== '--steps');
+    const finished = await runCli(withoutSteps);
     expect(finished.code).toBe(2);
     expect(finished.stderr).toMatch(/already completed 3 steps; add --steps N/);
-    const extend = await runCli([...resumeLine, '--steps', '4']);
+    const extend = await runCli([...withoutSteps, '--steps', '4']);
     ok(extend, 'resume --steps 4');
     expect(extend.stdout).toMatch(/completed: 4\/4 steps/);
 
@@ -95,7 +100,7 @@ describe('the README CLI examples on the tiny model', () => {
 
     // generate: model-native size (64 for the tiny model) when --width/--height are left out (point 7)
     const gen = await runCli(scale(find(/^singlora generate/)).map((a, i, all) => (all[i - 1] === '--count' ? '1' : all[i - 1] === '--steps' ? '2' : a)));
-    ok(gen, 'generate');
+    ok(gen, 'generate (single file with --config-dir, a weighted prompt)');
     expect(gen.stdout).toMatch(/\(seed 42, 64x64\)/);
 
     const evalFolders = await runCli(scale(find(/^singlora eval --photos/)));
