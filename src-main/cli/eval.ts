@@ -32,6 +32,7 @@ interface EvalOptions extends GlobalOptions {
   imagesPerPrompt?: number;
   steps?: number;
   subject?: 'object' | 'live';
+  configDir?: string;
 }
 
 /** Sampling steps per evaluation image when --steps is not given. */
@@ -122,6 +123,7 @@ async function evalRun(opts: EvalOptions): Promise<void> {
   requireFolder(runDir, '--run');
   if (!existsSync(`${runDir}/${RUN_MANIFEST}`)) throw new UsageError(`--run: ${runDir} has no ${RUN_MANIFEST}; it is not a training run folder`);
   if (opts.photos) requireFolder(opts.photos, '--photos');
+  if (opts.configDir) requireFolder(opts.configDir, '--config-dir');
   if (opts.dinoModel) requireFile(opts.dinoModel, '--dino-model', 'an .onnx file');
   const prompts = opts.prompts && opts.prompts !== 'default' ? readPromptFile(opts.prompts) : undefined;
   const manifest = await readRunManifest(runDir);
@@ -161,6 +163,7 @@ async function evalRun(opts: EvalOptions): Promise<void> {
       dinoModel: opts.dinoModel,
       modelsDir: opts.modelsDir,
       clip: opts.clip !== false,
+      baseOptions: opts.configDir ? { configDir: opts.configDir } : undefined,
     },
     {
       onProgress: (done, total, label) => {
@@ -205,6 +208,7 @@ export function register(program: Command): void {
     .option('--images-per-prompt <n>', `with --run: images per prompt (default ${IMAGES_PER_PROMPT})`, parse.int(1, 16))
     .option('--steps <n>', `with --run: sampling steps per image (default ${EVAL_STEPS})`, parse.int(1, 200))
     .addOption(new Option('--subject <type>', 'with --run: the subject type (chooses the prompt set)').choices(['object', 'live']).default('live'))
+    .option('--config-dir <dir>', "with --run, when the run's base is a single-file checkpoint: a diffusers SD 1.5 folder for configs and tokenizer")
     .option('--dino-model <file.onnx>', 'DINO ONNX model (default: <models-dir>/dino/model.onnx)')
     .option('--models-dir <dir>', 'models folder (default: SINGLORA_MODELS_DIR or <repo>/models)')
     .option('--batch-size <n>', 'images per model run (default 8)', parse.int(1, 256))
