@@ -148,6 +148,7 @@ export function register(program: Command): void {
       say('scoring the base model and each checkpoint with DINO');
       t = performance.now();
       const dinoModel = o.dinoModel ?? (tiny ? TINY_DINO : undefined);
+      let evalBar: ReturnType<typeof progressBar> | null = null;
       const evaluation = await evaluateRun(
         {
           runDir,
@@ -160,8 +161,15 @@ export function register(program: Command): void {
           dinoModel,
           baseOptions,
         },
-        { onProgress: (done, total, label) => emitJsonLine(o, { event: 'progress', stage: 'evaluate', done, total, label }) },
+        {
+          onProgress: (done, total, label) => {
+            emitJsonLine(o, { event: 'progress', stage: 'evaluate', done, total, label });
+            evalBar ??= progressBar(o, 'image', total);
+            evalBar.update(done, { at: label });
+          },
+        },
       );
+      (evalBar as ReturnType<typeof progressBar> | null)?.stop();
       lap('evaluate', t);
       const best = m.checkpoints.find((c) => c.step === (evaluation.chosen ?? evaluation.best)) ?? m.checkpoints[m.checkpoints.length - 1];
 

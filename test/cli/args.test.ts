@@ -169,6 +169,16 @@ describe('failures that happen while running (point 10)', () => {
     expect(existsSync(out)).toBe(false);
   });
 
+  it('a failed model download leaves no empty model folder and names no missing .part file', async () => {
+    const modelsDir = join(tmp, 'models');
+    const r = await runCli(['models', 'download', 'dino', '--url', 'http://127.0.0.1:9/model.onnx', '--models-dir', modelsDir]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^error: download http:\/\/127\.0\.0\.1:9\/model\.onnx: .*nothing was downloaded/);
+    expect(r.stderr).not.toMatch(/\.part/);
+    expect(r.stderr).not.toMatch(STACK);
+    expect(existsSync(join(modelsDir, 'dino'))).toBe(false);
+  });
+
   it('--debug adds the stack trace; without it there is none', async () => {
     const plain = await runCli(['inspect', FILE]);
     expect(plain.code).toBe(1);
