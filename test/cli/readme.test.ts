@@ -8,7 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeSubjectPhotos, makeTinyModel, TINY_DINO } from '../../scripts/make-tiny-model.ts';
-import { BIN, REPO, runCli, STACK, type CliResult } from './run.ts';
+import { BIN, REPO, runCli as run, STACK, type CliResult } from './run.ts';
+
+/** Model runs: up to 10 minutes each on a busy machine. */
+const runCli = (args: readonly string[], opts: { env?: Record<string, string> } = {}) => run(args, { ...opts, timeoutMs: 600_000 });
 
 const tmp = mkdtempSync(join(tmpdir(), 'singlora-readme-'));
 const TINY_B = join(REPO, 'test/fixtures/tiny-b/model');
@@ -37,10 +40,10 @@ function localPath(arg: string): string {
 function scale(line: string): string[] {
   const words = Array.from(line.matchAll(/"([^"]*)"|(\S+)/g), (m) => m[1] ?? m[2]).slice(1).map(localPath);
   const more: Record<string, string[]> = {
-    train: ['--steps', '3', '--checkpoint-every', '1', '--sample-every', '0', '--backend', 'cpu'],
-    generate: ['--backend', 'cpu'],
-    eval: ['--dino-model', TINY_DINO, '--backend', 'cpu'],
-    export: ['--backend', 'cpu'],
+    train: ['--steps', '3', '--checkpoint-every', '1', '--sample-every', '0'],
+    generate: [],
+    eval: ['--dino-model', TINY_DINO],
+    export: [],
   };
   return [...words, ...(more[words[0]] ?? [])];
 }
@@ -61,7 +64,7 @@ describe('the README CLI examples on the tiny model', () => {
     expect(cmds.length).toBeGreaterThan(12);
   });
 
-  it('train, resume (extend), eval, generate, export, inspect', { timeout: 900_000 }, async () => {
+  it('train, resume (extend), eval, generate, export, inspect', { timeout: 1_800_000 }, async () => {
     const lines = readmeCommands();
     const find = (re: RegExp) => lines.find((l) => re.test(l))!;
 
@@ -72,7 +75,7 @@ describe('the README CLI examples on the tiny model', () => {
     expect(train.stdout).toMatch(/average speed: .* steps\/s/);
 
     // a single-file checkpoint of the tiny model, for the README's single-file generate line (point 6)
-    ok(await runCli(['export', '--adapter', join(tmp, 'runs/rex/checkpoints/step-000003/adapter.safetensors'), '--format', 'merged', '--base', tiny, '--out', join(tmp, 'tiny-single.safetensors'), '--backend', 'cpu']), 'single file');
+    ok(await runCli(['export', '--adapter', join(tmp, 'runs/rex/checkpoints/step-000003/adapter.safetensors'), '--format', 'merged', '--base', tiny, '--out', join(tmp, 'tiny-single.safetensors')]), 'single file');
 
     // the same --out without --resume: refused with the two ways forward (point 2)
     const again = await runCli(scale(find(/^singlora train .*--images/)));
@@ -120,12 +123,12 @@ describe('the README CLI examples on the tiny model', () => {
     expect(merged.stdout).not.toMatch(/rank: +0/);
   });
 
-  it('doctor, bench, projects, serve', { timeout: 600_000 }, async () => {
+  it('doctor, bench, projects, serve', { timeout: 1_200_000 }, async () => {
     const lines = readmeCommands();
     ok(await runCli(scale(lines.find((l) => l === 'singlora doctor')!)), 'doctor');
-    ok(await runCli([...scale(lines.find((l) => l.startsWith('singlora bench unet'))!), '--config', join(tiny, 'unet'), '--iters', '1', '--warmup', '0', '--backend', 'cpu']), 'bench unet');
-    ok(await runCli([...scale(lines.find((l) => l.startsWith('singlora bench generate'))!).map((a, i, all) => (all[i - 1] === '--steps' ? '2' : a)), '--images', '1', '--backend', 'cpu']), 'bench generate');
-    ok(await runCli([...scale(lines.find((l) => l.startsWith('singlora bench train'))!).map((a, i, all) => (all[i - 1] === '--steps' ? '1' : all[i - 1] === '--resolution' ? '64' : a)), '--warmup', '0', '--backend', 'cpu']), 'bench train');
+    ok(await runCli([...scale(lines.find((l) => l.startsWith('singlora bench unet'))!), '--config', join(tiny, 'unet'), '--iters', '1', '--warmup', '0']), 'bench unet');
+    ok(await runCli([...scale(lines.find((l) => l.startsWith('singlora bench generate'))!).map((a, i, all) => (all[i - 1] === '--steps' ? '2' : a)), '--images', '1']), 'bench generate');
+    ok(await runCli([...scale(lines.find((l) => l.startsWith('singlora bench train'))!).map((a, i, all) => (all[i - 1] === '--steps' ? '1' : all[i - 1] === '--resolution' ? '64' : a)), '--warmup', '0']), 'bench train');
     ok(await runCli([...scale(lines.find((l) => l === 'singlora projects list')!), '--data-dir', join(tmp, 'data')]), 'projects list');
 
     // serve: starts, prints its URL, stops on SIGINT
@@ -145,12 +148,12 @@ describe('issue 18 checks on trained adapters', () => {
   const adapter = join(runDir, 'checkpoints/step-000002/adapter.safetensors');
 
   beforeAll(async () => {
-    const r = await runCli(['train', '--base', tiny, '--images', join(tmp, 'photos/rex'), '--out', runDir, '--steps', '2', '--checkpoint-every', '2', '--sample-every', '0', '--backend', 'cpu']);
+    const r = await runCli(['train', '--base', tiny, '--images', join(tmp, 'photos/rex'), '--out', runDir, '--steps', '2', '--checkpoint-every', '2', '--sample-every', '0']);
     ok(r, 'train for the adapter checks');
   }, 600_000);
 
   it('an adapter made for another base: warning and every unused tensor with its reason; --strict refuses (point 3)', { timeout: 600_000 }, async () => {
-    const args = ['generate', '--base', TINY_B, '--prompt', 'a photo of sks dog', '--steps', '1', '--seed', '1', '--adapter', adapter, '--out', join(tmp, 'mismatch'), '--backend', 'cpu'];
+    const args = ['generate', '--base', TINY_B, '--prompt', 'a photo of sks dog', '--steps', '1', '--seed', '1', '--adapter', adapter, '--out', join(tmp, 'mismatch')];
     const text = await runCli(args);
     ok(text, 'generate with a mismatched adapter');
     expect(text.stderr).toMatch(/warning: adapter\.safetensors was trained on .* not on this base model/);
@@ -173,7 +176,7 @@ describe('issue 18 checks on trained adapters', () => {
 
   it('export --format merged onto another base warns; --strict refuses and writes nothing (point 3)', { timeout: 600_000 }, async () => {
     const out = join(tmp, 'mismatch-merged.safetensors');
-    const strict = await runCli(['export', '--adapter', adapter, '--format', 'merged', '--base', TINY_B, '--out', out, '--strict', '--backend', 'cpu']);
+    const strict = await runCli(['export', '--adapter', adapter, '--format', 'merged', '--base', TINY_B, '--out', out, '--strict']);
     expect(strict.code).toBe(1);
     expect(strict.stderr).toMatch(/refused under --strict: .* was trained on/);
     expect(existsSync(out)).toBe(false);
@@ -181,11 +184,11 @@ describe('issue 18 checks on trained adapters', () => {
 
   it('a single-file checkpoint with --config-dir generates; without it the error names --config-dir (point 6)', { timeout: 600_000 }, async () => {
     const single = join(tmp, 'tiny-single.safetensors');
-    ok(await runCli(['export', '--adapter', adapter, '--format', 'merged', '--base', tiny, '--out', single, '--backend', 'cpu']), 'merged single file');
-    const withDir = await runCli(['generate', '--base', single, '--config-dir', tiny, '--prompt', 'a photo of sks dog', '--steps', '1', '--seed', '3', '--out', join(tmp, 'single'), '--backend', 'cpu']);
+    ok(await runCli(['export', '--adapter', adapter, '--format', 'merged', '--base', tiny, '--out', single]), 'merged single file');
+    const withDir = await runCli(['generate', '--base', single, '--config-dir', tiny, '--prompt', 'a photo of sks dog', '--steps', '1', '--seed', '3', '--out', join(tmp, 'single')]);
     ok(withDir, 'generate --config-dir');
     expect(withDir.stdout).toMatch(/64x64/);
-    const without = await runCli(['generate', '--base', single, '--prompt', 'x', '--steps', '1', '--out', join(tmp, 'single'), '--backend', 'cpu']);
+    const without = await runCli(['generate', '--base', single, '--prompt', 'x', '--steps', '1', '--out', join(tmp, 'single')]);
     expect(without.code).toBe(1);
     expect(without.stderr).toMatch(/--config-dir/);
     expect(without.stderr).not.toMatch(/configDir|overrides\./);
@@ -200,7 +203,7 @@ describe('issue 18 checks on trained adapters', () => {
   });
 
   it('--json piped into a reader that closes early ends quietly (point 5)', { timeout: 600_000 }, async () => {
-    const child = spawn(process.execPath, [BIN, 'generate', '--base', tiny, '--prompt', 'x', '--steps', '20', '--seed', '1', '--out', join(tmp, 'epipe'), '--json', '--backend', 'cpu'], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BIN, 'generate', '--base', tiny, '--prompt', 'x', '--steps', '20', '--seed', '1', '--out', join(tmp, 'epipe'), '--json'], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
     await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
