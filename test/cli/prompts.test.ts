@@ -132,3 +132,22 @@ describe('promptWarnings', () => {
     expect(promptWarnings('a (dog')[0]).toMatch(/unclosed/);
   });
 });
+
+describe('the tiny model reads past 75 tokens (point 9: before, the cut was silent)', () => {
+  it('two prompts that differ only after token 75 give different embeddings, [1, 154, hidden]', async () => {
+    const { StableDiffusion } = await import('../../src-main/engine/pipeline/stableDiffusion.ts');
+    const { initBackend } = await import('../../src-main/engine/backend/tf.ts');
+    await initBackend('cpu');
+    const sd = await StableDiffusion.load(await makeTinyModel(), { components: ['textEncoder'] });
+    try {
+      const head = Array.from({ length: 80 }, () => 'dog').join(' ');
+      const [a, b] = [sd.encodePrompts([`${head} on the beach`]), sd.encodePrompts([`${head} in the snow`])];
+      expect(a.shape).toEqual([1, 154, sd.hiddenSize]);
+      const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
+      expect(diff).toBeGreaterThan(0);
+      tf.dispose([a, b]);
+    } finally {
+      sd.dispose();
+    }
+  });
+});
