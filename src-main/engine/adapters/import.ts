@@ -73,8 +73,9 @@ export function formatAdapterCheck(c: AdapterCheck): string[] {
 
 /** Why `--strict` refuses an adapter, or null when it fits. */
 export function strictProblem(c: AdapterCheck): string | null {
-  const problems = [c.baseMismatch, c.unapplied.length ? `${c.unapplied.length} of ${c.totalTensors} tensors cannot be used (first: ${c.unapplied[0].key}: ${c.unapplied[0].reason})` : null].filter(Boolean);
-  return problems.length ? `${basename(c.file)}: ${problems.join('; ')}` : null;
+  const unused = c.unapplied.length ? `${basename(c.file)}: ${c.unapplied.length} of ${c.totalTensors} tensors cannot be used (first: ${c.unapplied[0].key}: ${c.unapplied[0].reason})` : null;
+  const problems = [c.baseMismatch, unused].filter((p) => p !== null);
+  return problems.length ? problems.join('; ') : null;
 }
 
 export class AdapterPlan {
