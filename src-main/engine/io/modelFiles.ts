@@ -122,7 +122,7 @@ export async function openBaseModel(path: string, opts: OpenBaseModelOptions = {
 
 async function openDiffusersFolder(dir: string, opts: OpenBaseModelOptions): Promise<BaseModel> {
   if (opts.overrides) throw new ModelFileError(dir, `${dir}: config overrides only apply to configs inferred from a single file; for a diffusers folder edit its component config.json files instead`);
-  if (opts.configDir) throw new ModelFileError(dir, `${dir}: configDir (--config-dir) only applies to single-file checkpoints; a diffusers folder has its own configs`);
+  if (opts.configDir) throw new ModelFileError(dir, `${dir}: configDir only applies to single-file checkpoints (--config-dir); a diffusers folder has its own configs`);
   const indexPath = join(dir, 'model_index.json');
   if (!(await exists(indexPath))) {
     const hint = (await exists(join(dir, 'config.json'))) ? ` (${dir} has a config.json: it looks like one component folder; pass the pipeline folder above it)` : '';
