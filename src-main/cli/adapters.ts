@@ -1,14 +1,47 @@
 /** `singlora export` and `singlora inspect`. */
 import { Command, Option } from 'commander';
-import { EXPORT_FORMATS, exportAdapter, inspectAdapter, type ExportFormat } from '../engine/adapters/exportAdapter.ts';
-import { action, formatBytes, printResult, progressBar, startBackend, withCommon, type GlobalOptions } from './common.ts';
+import { statSync } from 'node:fs';
+import { basename } from 'node:path';
+import type { ExportFormat } from '../engine/adapters/exportAdapter.ts';
+import { action, emitJsonLine, formatBytes, printResult, requireExists, requireFile, requireFolder, startBackend, UsageError, withCommon, type GlobalOptions } from './common.ts';
+
+/** exportAdapter.ts's EXPORT_FORMATS (test/cli/startup.test.ts checks they agree), without loading the engine. */
+export const EXPORT_FORMAT_CHOICES = ['singlora', 'kohya', 'diffusers', 'merged-diffusers', 'merged-single-file'] as const;
 
 interface ExportCliOptions extends GlobalOptions {
   adapter: string;
   format: ExportFormat | 'merged';
   base?: string;
+  configDir?: string;
   out: string;
   fp16?: boolean;
+  strict?: boolean;
+}
+
+const isFolder = (path: string) => {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * The base model an adapter file records against the one it is merged into: a warning (or,
+ * with --strict, the refusal) when the UNet hashes differ; null when they match.
+ */
+async function baseMismatch(adapter: string, base: string, configDir?: string): Promise<string | null> {
+  const { readAdapterFile } = await import('../engine/adapters/adapterFile.ts');
+  const { openBaseModel, unetSha256 } = await import('../engine/io/modelFiles.ts');
+  const file = await readAdapterFile(adapter);
+  const model = await openBaseModel(base, configDir ? { configDir } : undefined);
+  try {
+    const sha = await unetSha256(model);
+    const recorded = file.meta.base_model_unet_sha256;
+    return recorded && recorded !== sha ? `${basename(adapter)} was trained on '${file.meta.base_model_name}' (UNet sha256 ${recorded.slice(0, 12)}), not on ${base} (${sha.slice(0, 12)}); the merged model may give poor images` : null;
+  } finally {
+    await model.close();
+  }
 }
 
 export function register(program: Command): void {
@@ -17,50 +50,79 @@ export function register(program: Command): void {
       .command('export')
       .description('convert a SingLoRA Studio adapter for other tools (kohya for A1111/ComfyUI, diffusers/PEFT, merged checkpoints)')
       .requiredOption('--adapter <file>', 'native adapter file (a checkpoint adapter.safetensors)')
-      .addOption(new Option('--format <f>', 'output format').choices([...EXPORT_FORMATS, 'merged']).makeOptionMandatory())
+      .addOption(new Option('--format <f>', 'output format').choices([...EXPORT_FORMAT_CHOICES, 'merged']).makeOptionMandatory())
       .option('--base <model>', 'base model (required by the merged formats)')
+      .option('--config-dir <dir>', 'for a single-file --base: a diffusers SD 1.5 folder to take configs from')
       .requiredOption('--out <path>', 'output file (a folder for merged-diffusers)')
-      .option('--fp16', 'write float16 tensors (smaller; float32 is exact)'),
+      .option('--fp16', 'write float16 tensors (smaller; float32 is exact)')
+      .option('--strict', 'refuse to merge into a base model other than the one the adapter was trained on (default: warn)'),
   ).action(
     action(async (o: ExportCliOptions) => {
-      await startBackend(o);
+      requireFile(o.adapter, '--adapter', 'an adapter .safetensors file');
       const format: ExportFormat = o.format === 'merged' ? (o.out.endsWith('.safetensors') ? 'merged-single-file' : 'merged-diffusers') : o.format;
-      const bar = progressBar(o, 'tensor', 1);
-      let started = false;
+      const merged = format === 'merged-diffusers' || format === 'merged-single-file';
+      if (merged && !o.base) throw new UsageError(`--base <model> is required by --format ${o.format} (the model the adapter is folded into)`);
+      if (!merged && o.base) throw new UsageError(`--base is only used by the merged formats, not by --format ${o.format}`);
+      if (o.base) requireExists(o.base, '--base');
+      if (o.configDir) requireFolder(o.configDir, '--config-dir');
+      if (format === 'merged-diffusers') {
+        if (!isFolder(o.out) && statSafe(o.out)) throw new UsageError(`--out: ${o.out} is a file; --format merged writes a diffusers folder there (or give a name ending in .safetensors for a single file)`);
+      } else if (isFolder(o.out)) {
+        throw new UsageError(`--out: ${o.out} is a folder; expected the output file's path (e.g. ${o.out.replace(/\/$/, '')}/${basename(o.adapter).replace(/\.safetensors$/, '')}.${format}.safetensors)`);
+      }
+      await startBackend(o);
+      const { exportAdapter } = await import('../engine/adapters/exportAdapter.ts');
+      const warnings: string[] = [];
+      if (merged) {
+        const mismatch = await baseMismatch(o.adapter, o.base!, o.configDir);
+        if (mismatch && o.strict) throw new Error(`refused under --strict: ${mismatch}`);
+        if (mismatch) {
+          warnings.push(mismatch);
+          if (o.json) emitJsonLine(o, { event: 'warning', message: mismatch });
+          else process.stderr.write(`warning: ${mismatch}\n`);
+        }
+      }
       const r = await exportAdapter({
         adapter: o.adapter,
         format,
         base: o.base,
+        baseOptions: o.configDir ? { configDir: o.configDir } : undefined,
         out: o.out,
         dtype: o.fp16 ? 'F16' : 'F32',
         onProgress: (done, total) => {
-          if (!started) {
-            bar.stop();
-            started = true;
-          }
           if (done === total && !o.json) process.stderr.write(`merged ${total} tensors\n`);
         },
       });
-      bar.stop();
-      printResult(o, r, () => `${r.format}: ${r.tensors} tensors -> ${r.path}`);
+      printResult(o, { ...r, warnings }, () => `${r.format}: ${r.tensors} tensors -> ${r.path}`);
     }),
   );
 
-  withCommon(program.command('inspect').description('show what an adapter file holds').argument('<file>', 'adapter .safetensors (native, kohya or diffusers)')).action(
+  withCommon(program.command('inspect').description('show what an adapter file holds').argument('<file>', 'adapter .safetensors (native, kohya or diffusers)'), { backend: false }).action(
     action(async (file: string, o: GlobalOptions) => {
+      requireFile(file, '<file>', 'an adapter .safetensors file');
+      const { inspectAdapter } = await import('../engine/adapters/exportAdapter.ts');
       const info = await inspectAdapter(file);
-      printResult(o, info, () =>
+      const adapter = info.targets > 0;
+      printResult(o, { ...info, adapter }, () =>
         [
           `${info.file}`,
-          `format:     ${info.format}`,
-          `method:     ${info.method}`,
-          `rank:       ${info.rank}   alpha: ${info.alpha}`,
-          `targets:    ${info.targets} layers`,
-          `parameters: ${info.parameters.toLocaleString('en-US')} (${formatBytes(info.bytes)})`,
+          ...(adapter
+            ? [`format:     ${info.format}`, `method:     ${info.method}`, `rank:       ${info.rank}   alpha: ${info.alpha}`, `targets:    ${info.targets} layers`]
+            : [`format:     not an adapter (no LoRA or SingLoRA tensors)${info.metadata.merged_adapter ? `: a model checkpoint with ${info.metadata.merged_adapter} merged in` : ''}`]),
+          `${adapter ? 'parameters: ' : 'size:       '}${info.parameters.toLocaleString('en-US')} ${adapter ? '' : ' values'} (${formatBytes(info.bytes)})`,
           'metadata:',
           ...Object.entries(info.metadata).map(([k, v]) => `  ${k}: ${v.length > 100 ? `${v.slice(0, 100)}...` : v}`),
         ].join('\n'),
       );
     }),
   );
+}
+
+function statSafe(path: string): boolean {
+  try {
+    statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
 }

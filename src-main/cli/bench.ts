@@ -2,18 +2,18 @@
  * `singlora bench unet|generate|train`: the speed and memory figures quoted in the docs, each
  * printed with its backend and configuration.
  */
-import { Option, type Command } from 'commander';
-import { benchGenerate } from '../engine/bench/generate.ts';
-import { benchTrain } from '../engine/bench/train.ts';
-import { benchUnet, formatBenchUnet } from '../engine/bench/unet.ts';
-import { benchUnetOnnx } from '../engine/bench/unetOnnx.ts';
-import { action, inferenceOptions, printResult, withCommon, withInference, type GlobalOptions, type InferenceCliOptions } from './common.ts';
+import { InvalidArgumentError, Option, type Command } from 'commander';
+import { action, inferenceOptions, parse, printResult, requireExists, withCommon, withInference, type GlobalOptions, type InferenceCliOptions } from './common.ts';
 
-const num = (v: string) => {
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new Error(`expected a number, got '${v}'`);
-  return n;
-};
+/** `32,64` or `16x12,32`: latent sizes [h, w]. */
+function latentSizes(v: string): Array<[number, number]> {
+  return v.split(',').map((s): [number, number] => {
+    const parts = s.trim().split('x');
+    const dims = parts.map((p) => (p.trim() === '' ? NaN : Number(p)));
+    if (parts.length > 2 || dims.some((d) => !Number.isInteger(d) || d < 1)) throw new InvalidArgumentError("expected latent sizes like '32,64' or '16x12'");
+    return [dims[0], dims[1] ?? dims[0]];
+  });
+}
 
 export function register(program: Command): void {
   const bench = program.command('bench').description('measure speed and memory on this machine');
@@ -22,47 +22,49 @@ export function register(program: Command): void {
     withCommon(
       bench
         .command('unet')
-        .description('UNet forward timing with random weights (no file needed): SD 1.5 shape by default')
+        .description('UNet forward timing with random weights: SD 1.5 shape by default (onnx: written to a temporary .safetensors first)')
         .option('--config <path>', 'UNet config.json, unet/ folder or model folder', 'test/fixtures/sd15_configs/unet')
-        .option('--sizes <list>', 'latent sizes, e.g. 32,64 or 16x12 (default: the config sample_size)')
-        .option('--batch <n>', 'batch size (2 = with classifier-free guidance)', num, 1)
-        .option('--iters <n>', 'timed forwards per size', num, 3)
-        .option('--warmup <n>', 'warm-up forwards', num, 1)
+        .option('--sizes <list>', 'latent sizes, e.g. 32,64 or 16x12 (default: the config sample_size)', latentSizes)
+        .option('--batch <n>', 'batch size (2 = with classifier-free guidance)', parse.int(1, 64), 1)
+        .option('--iters <n>', 'timed forwards per size', parse.int(1), 3)
+        .option('--warmup <n>', 'warm-up forwards', parse.int(0), 1)
         .addOption(new Option('--dtype <type>', 'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)').choices(['float32', 'float16']))
         .addOption(new Option('--file-dtype <type>', 'onnx engine: dtype of the random weights file').choices(['F32', 'F16']).default('F32'))
         .option('--in-memory', 'onnx engine: hand the weights to ONNX Runtime in memory instead of linking the file'),
     ),
   ).action(
-    action(async (o: GlobalOptions & InferenceCliOptions & { config: string; sizes?: string; batch: number; iters: number; warmup: number; dtype?: 'float32' | 'float16'; fileDtype: 'F32' | 'F16'; inMemory?: boolean }) => {
-      const latentSizes = o.sizes?.split(',').map((s): [number, number] => {
-        const [h, w] = s.split('x').map(Number);
-        if (!Number.isInteger(h) || h < 1 || (w !== undefined && (!Number.isInteger(w) || w < 1))) throw new Error(`--sizes: '${s}' is not a latent size (e.g. 64 or 16x12)`);
-        return [h, w ?? h];
-      });
+    action(async (o: GlobalOptions & InferenceCliOptions & { config: string; sizes?: Array<[number, number]>; batch: number; iters: number; warmup: number; dtype?: 'float32' | 'float16'; fileDtype: 'F32' | 'F16'; inMemory?: boolean }) => {
+      requireExists(o.config, '--config');
       const log = o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`);
       if (o.engine !== 'tfjs') {
-        const r = await benchUnetOnnx({ config: o.config, latentSizes, batch: o.batch, iters: o.iters, warmup: o.warmup, provider: o.provider, dtype: o.dtype, fileDtype: o.fileDtype, inMemory: o.inMemory, log });
+        const { benchUnetOnnx } = await import('../engine/bench/unetOnnx.ts');
+        const r = await benchUnetOnnx({ config: o.config, latentSizes: o.sizes, batch: o.batch, iters: o.iters, warmup: o.warmup, provider: o.provider ?? 'cpu', dtype: o.dtype, fileDtype: o.fileDtype, inMemory: o.inMemory, log });
         printResult(o, r, () => [`onnx on ${r.provider} (${r.dtype}), ${r.parameters.toLocaleString()} parameters, weights ${r.config.weights}; load ${r.load_s.toFixed(1)} s, peak rss ${r.peak_rss_mb.toFixed(0)} MiB`, ...r.sizes.map((s) => `  latent ${s.latent.join('x')} batch ${r.config.batch}: ${s.ms_per_forward.toFixed(1)} ms/forward, ${s.gflop.toFixed(1)} GFLOP, ${s.gflops_per_s.toFixed(1)} GFLOP/s`)].join('\n'));
         return;
       }
-      const report = await benchUnet({ config: o.config.replace(/\/model$/, '/model/unet'), latentSizes, batch: o.batch, iters: o.iters, warmup: o.warmup, backend: o.backend ?? 'auto', log });
+      const { benchUnet, formatBenchUnet } = await import('../engine/bench/unet.ts');
+      const report = await benchUnet({ config: o.config.replace(/\/model$/, '/model/unet'), latentSizes: o.sizes, batch: o.batch, iters: o.iters, warmup: o.warmup, backend: o.backend ?? 'auto', log });
       printResult(o, report, () => formatBenchUnet(report));
     }),
   );
 
-  withInference(withCommon(
-    bench
-      .command('generate')
-      .description('seconds per image and UNet it/s for a base model')
-      .requiredOption('--base <model>', 'base model folder or .safetensors')
-      .option('--steps <n>', 'sampling steps', num, 20)
-      .option('--images <n>', 'timed images', num, 2)
-      .option('--width <px>', 'width (default: native)', num)
-      .option('--height <px>', 'height (default: native)', num),
-  )).action(
+  withInference(
+    withCommon(
+      bench
+        .command('generate')
+        .description('seconds per image and UNet it/s for a base model')
+        .requiredOption('--base <model>', 'base model folder or .safetensors')
+        .option('--steps <n>', 'sampling steps', parse.int(1, 200), 20)
+        .option('--images <n>', 'timed images', parse.int(1, 100), 2)
+        .option('--width <px>', 'width, a multiple of 8 (default: native)', parse.int(8, 2048))
+        .option('--height <px>', 'height, a multiple of 8 (default: native)', parse.int(8, 2048)),
+    ),
+  ).action(
     action(async (o: GlobalOptions & InferenceCliOptions & { base: string; steps: number; images: number; width?: number; height?: number }) => {
+      requireExists(o.base, '--base');
+      const { benchGenerate } = await import('../engine/bench/generate.ts');
       const r = await benchGenerate({ base: o.base, steps: o.steps, images: o.images, width: o.width, height: o.height, backend: o.backend ?? 'auto', inference: inferenceOptions(o) });
-      printResult(o, r, () => `${r.engine}${r.provider ? ` (${r.provider})` : ''}: ${r.s_per_image.toFixed(2)} s/image, UNet ${r.unet_its.toFixed(2)} it/s (CFG batch 2), decode ${r.decode_s.toFixed(2)} s; ${r.config.width}x${r.config.height}, ${r.config.steps} steps ${r.config.scheduler}; load ${r.load_s.toFixed(1)} s`);
+      printResult(o, r, () => `${r.engine}${r.provider ? ` on ${r.provider} (${r.dtype})` : ''}: ${r.s_per_image.toFixed(2)} s/image, UNet ${r.unet_its.toFixed(2)} it/s (CFG batch 2), decode ${r.decode_s.toFixed(2)} s; ${r.config.width}x${r.config.height}, ${r.config.steps} steps ${r.config.scheduler}; load ${r.load_s.toFixed(1)} s, peak rss ${r.peak_rss_mb.toFixed(0)} MiB`);
     }),
   );
 
@@ -71,16 +73,17 @@ export function register(program: Command): void {
       .command('train')
       .description('ms per optimizer step (median after warm-up) and memory, random weights')
       .requiredOption('--base <path>', 'model folder, unet/ folder or UNet config.json (e.g. test/fixtures/sd15_configs/unet)')
-      .requiredOption('--resolution <px>', 'training resolution', num)
-      .option('--steps <n>', 'timed steps', num, 5)
-      .option('--warmup <n>', 'warm-up steps', num, 1)
-      .option('--rank <r>', 'adapter rank', num, 8)
-      .option('--method <m>', 'singlora | lora', 'singlora')
-      .option('--batch <n>', 'batch size', num, 1)
+      .requiredOption('--resolution <px>', 'training resolution (a multiple of 8)', parse.int(8, 2048))
+      .option('--steps <n>', 'timed steps', parse.int(1), 5)
+      .option('--warmup <n>', 'warm-up steps', parse.int(0), 1)
+      .option('--rank <r>', 'adapter rank', parse.int(1, 256), 8)
+      .addOption(new Option('--method <m>', 'adapter type').choices(['singlora', 'lora']).default('singlora'))
+      .option('--batch <n>', 'batch size', parse.int(1, 64), 1)
       .option('--checkpointing', 'gradient checkpointing per UNet block'),
   ).action(
-    action(async (o: GlobalOptions & { base: string; resolution: number; steps: number; warmup: number; rank: number; method: string; batch: number; checkpointing?: boolean }) => {
-      if (o.method !== 'singlora' && o.method !== 'lora') throw new Error(`--method must be singlora or lora, got ${o.method}`);
+    action(async (o: GlobalOptions & { base: string; resolution: number; steps: number; warmup: number; rank: number; method: 'singlora' | 'lora'; batch: number; checkpointing?: boolean }) => {
+      requireExists(o.base, '--base');
+      const { benchTrain } = await import('../engine/bench/train.ts');
       const r = await benchTrain({ base: o.base, resolution: o.resolution, steps: o.steps, warmup: o.warmup, rank: o.rank, method: o.method, batch: o.batch, checkpointing: o.checkpointing, backend: o.backend ?? 'auto', log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) });
       printResult(o, r, () =>
         [

@@ -1,46 +1,227 @@
 /**
- * Shared CLI plumbing: global options, JSON vs human output, progress, and errors.
+ * Shared CLI plumbing: global options, JSON vs human output, progress, and the one error path.
  *
  * Every command takes `--json`: it then prints JSON only (one object for a result, one object per
- * line for events), and an error becomes `{"error": "..."}` on stdout with exit code 1.
+ * line for events), and an error becomes `{"error": "...", "exitCode": n}` on stdout.
+ *
+ * Errors (see `reportError`):
+ *   - a bad command line (unknown option or choice, a value the option's parser refuses, a
+ *     missing required option) is a usage error: one line naming the option and what it expects,
+ *     exit status 2;
+ *   - anything that fails while running: `error: <message>`, exit status 1;
+ *   - no stack trace unless `--debug` (or SINGLORA_DEBUG=1).
  */
-import { Command, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import cliProgress from 'cli-progress';
-import { BACKEND_NAMES, initBackend, type BackendInfo, type BackendName } from '../engine/backend/tf.ts';
-import { PROVIDER_CHOICES, type ProviderChoice } from '../engine/onnx/providers.ts';
-import { INFERENCE_ENGINES, type InferenceEngine, type InferenceOptions } from '../engine/pipeline/stableDiffusion.ts';
+import { statSync } from 'node:fs';
+import type { BackendInfo, BackendName } from '../engine/backend/tf.ts';
+
+/**
+ * `--backend` choices: engine/backend/tf.ts's BACKEND_NAMES and 'auto' (test/cli/startup.test.ts
+ * checks they agree). Written out so that a command line can be checked without loading
+ * TensorFlow.js: engine modules load only once a command runs.
+ */
+export const BACKEND_CHOICES = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 
 export interface GlobalOptions {
   json?: boolean;
+  debug?: boolean;
   backend?: BackendName | 'auto';
 }
 
 /** Adds the options every command shares. */
-export function withCommon(cmd: Command): Command {
-  return cmd
-    .option('--json', 'machine-readable output: JSON only (events as JSON lines)')
-    .addOption(new Option('--backend <name>', 'force a tensor backend (default: SINGLORA_BACKEND or the best available)').choices(['auto', ...BACKEND_NAMES]));
+export function withCommon(cmd: Command, opts: { backend?: boolean } = {}): Command {
+  cmd.option('--json', 'machine-readable output: JSON only (events as JSON lines)').option('--debug', 'print stack traces of errors');
+  if (opts.backend === false) return cmd;
+  return cmd.addOption(new Option('--backend <name>', 'force a tensor backend (default: SINGLORA_BACKEND or the best available)').choices([...BACKEND_CHOICES]));
 }
 
+/**
+ * `--engine` and `--provider` choices (engine/pipeline/stableDiffusion.ts's INFERENCE_ENGINES and
+ * engine/onnx/providers.ts's PROVIDER_CHOICES; test/cli/startup.test.ts checks they agree), written
+ * out for the same reason as BACKEND_CHOICES.
+ */
+export const ENGINE_CHOICES = ['onnx', 'tfjs'] as const;
+export const PROVIDER_CHOICES = ['auto', 'cpu', 'webgpu', 'cuda', 'dml', 'coreml'] as const;
+
 export interface InferenceCliOptions {
-  engine?: InferenceEngine;
-  provider?: ProviderChoice;
+  engine?: (typeof ENGINE_CHOICES)[number];
+  provider?: (typeof PROVIDER_CHOICES)[number];
 }
 
 /** `--engine` and `--provider`, for every command that runs inference. */
 export function withInference(cmd: Command): Command {
   return cmd
-    .addOption(new Option('--engine <name>', 'inference engine: onnx (ONNX Runtime) or tfjs (TensorFlow.js, the training engine)').choices([...INFERENCE_ENGINES]).default('onnx'))
-    .addOption(new Option('--provider <name>', 'ONNX Runtime execution provider (auto: a GPU provider that starts, else the CPU)').choices([...PROVIDER_CHOICES]).default('auto'));
+    .addOption(new Option('--engine <name>', 'inference engine: onnx (ONNX Runtime) or tfjs (TensorFlow.js, the training engine)').choices([...ENGINE_CHOICES]))
+    .addOption(new Option('--provider <name>', 'ONNX Runtime execution provider (default auto: a GPU provider that starts, else the CPU)').choices([...PROVIDER_CHOICES]));
 }
 
-/** The inference options of a command's parsed flags. */
-export function inferenceOptions(o: InferenceCliOptions): InferenceOptions {
-  return { engine: o.engine ?? 'onnx', provider: o.provider ?? 'auto' };
+/** The inference options of a command's flags (unset ones fall back to SINGLORA_ENGINE / SINGLORA_PROVIDER, then onnx / auto). */
+export function inferenceOptions(o: InferenceCliOptions): { engine?: InferenceCliOptions['engine']; provider?: InferenceCliOptions['provider'] } {
+  return { ...(o.engine ? { engine: o.engine } : {}), ...(o.provider ? { provider: o.provider } : {}) };
+}
+
+/** A mistake on the command line: reported in one line, exit status 2. */
+export class UsageError extends Error {
+  readonly exitCode = 2;
+}
+
+/**
+ * Option-value parsers for commander. Each refuses what the option cannot take with a message
+ * saying what it expects; commander prefixes the option and the value
+ * ("option '--steps <n>' argument 'abc' is invalid. expected an integer >= 1").
+ */
+export const parse = {
+  /** An integer in [min, max]. */
+  int:
+    (min: number, max = Number.MAX_SAFE_INTEGER) =>
+    (v: string): number => {
+      const n = v.trim() === '' ? NaN : Number(v);
+      if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(max === Number.MAX_SAFE_INTEGER ? `expected an integer >= ${min}` : `expected an integer from ${min} to ${max}`);
+      return n;
+    },
+  /** A finite number in [min, max] (`above`: strictly greater than min). */
+  number:
+    (min = -Infinity, max = Infinity, { above = false }: { above?: boolean } = {}) =>
+    (v: string): number => {
+      const n = v.trim() === '' ? NaN : Number(v);
+      const low = above ? n > min : n >= min;
+      if (!Number.isFinite(n) || !low || n > max) {
+        const range = [min !== -Infinity ? `${above ? '>' : '>='} ${min}` : '', max !== Infinity ? `<= ${max}` : ''].filter(Boolean).join(' and ');
+        throw new InvalidArgumentError(`expected a number${range ? ` ${range}` : ''}`);
+      }
+      return n;
+    },
+  /** Repeatable option: collects every value. */
+  collect: (v: string, prev: string[] = []): string[] => [...prev, v],
+};
+
+/** Refuses `path` unless it is an existing folder; `option` names the flag in the message. */
+export function requireFolder(path: string, option: string): void {
+  let isDir: boolean;
+  try {
+    isDir = statSync(path).isDirectory();
+  } catch {
+    throw new UsageError(`${option}: the folder ${path} does not exist`);
+  }
+  if (!isDir) throw new UsageError(`${option}: ${path} is a file; expected a folder`);
+}
+
+/** Refuses `path` unless it is an existing file; `option` names the flag in the message. */
+export function requireFile(path: string, option: string, what = 'a file'): void {
+  let isFile: boolean;
+  try {
+    isFile = statSync(path).isFile();
+  } catch {
+    throw new UsageError(`${option}: ${path} does not exist`);
+  }
+  if (!isFile) throw new UsageError(`${option}: ${path} is a folder; expected ${what}`);
+}
+
+/** Refuses `path` unless it exists (a file or a folder). */
+export function requireExists(path: string, option: string): void {
+  try {
+    statSync(path);
+  } catch {
+    throw new UsageError(`${option}: ${path} does not exist`);
+  }
+}
+
+/** Refuses an output folder that exists as a file. */
+export function requireNotFile(path: string, option: string): void {
+  try {
+    if (!statSync(path).isDirectory()) throw new UsageError(`${option}: ${path} is a file; expected a folder (it is created when missing)`);
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+  }
+}
+
+const SYSTEM_ERRORS: Record<string, string> = {
+  ENOENT: 'does not exist',
+  EISDIR: 'is a folder, not a file',
+  ENOTDIR: 'is a file where a folder was expected (or its path goes through a file)',
+  EEXIST: 'already exists',
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  ENOSPC: 'the disk is full',
+  EROFS: 'the file system is read-only',
+};
+
+/** Plain language for Node's file-system errors ("ENOENT: no such file ..., open 'x'"). */
+export function plainMessage(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const e = err as NodeJS.ErrnoException & { dest?: string };
+  if (e.code && SYSTEM_ERRORS[e.code] && e.path) return `${e.path} ${SYSTEM_ERRORS[e.code]}`;
+  return err.message;
+}
+
+/** The command line asked for JSON output / stack traces (read before commander has parsed). */
+const argvFlag = (flag: string) => process.argv.slice(2).includes(flag);
+
+/**
+ * Reports any error the way the CLI promises, and sets the exit status: commander's own
+ * (help/version: 0; a usage mistake: 2), a UsageError (2), anything else (1).
+ */
+export function reportError(err: unknown): void {
+  if (err instanceof CommanderError) {
+    if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help' || err.exitCode === 0) {
+      process.exitCode = err.exitCode;
+      return;
+    }
+  }
+  const usage = err instanceof CommanderError || err instanceof UsageError;
+  const exitCode = usage ? 2 : 1;
+  let message = err instanceof CommanderError ? err.message.replace(/^error: /, '') : plainMessage(err);
+  if (usage) message = message.replace(/\s*\n\s*/g, ' ').trim();
+  if (argvFlag('--json')) writeSafe(process.stdout, JSON.stringify({ error: message, exitCode }) + '\n');
+  else writeSafe(process.stderr, `error: ${message}${usage ? ` (see ${commandPath()} --help)` : ''}\n`);
+  if ((argvFlag('--debug') || process.env.SINGLORA_DEBUG) && err instanceof Error && !(err instanceof CommanderError)) writeSafe(process.stderr, `${err.stack}\n`);
+  process.exitCode = exitCode;
+}
+
+/** Commands that take a subcommand (`singlora bench train`). */
+const GROUPS = ['bench', 'models', 'projects'];
+
+/** `singlora <command> [<subcommand>]`, from argv, for the help hint. */
+function commandPath(): string {
+  const [first, second] = process.argv.slice(2);
+  if (!first || first.startsWith('-')) return 'singlora';
+  return ['singlora', first, ...(GROUPS.includes(first) && second && !second.startsWith('-') ? [second] : [])].join(' ');
+}
+
+function writeSafe(stream: NodeJS.WriteStream, text: string): void {
+  try {
+    stream.write(text);
+  } catch {
+    // a closed stream: nothing to tell
+  }
+}
+
+/**
+ * Makes a closed stdout (`singlora ... --json | head -1`) end the process quietly, and keeps
+ * uncaught errors on the one error path. Installed before any backend loads: the wasm backend
+ * adds an uncaught-exception handler that re-throws (printing its minified source).
+ */
+export function installProcessHandlers(): void {
+  const quietOnEpipe = (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE' || err.code === 'ERR_STREAM_DESTROYED') process.exit(process.exitCode ?? 0);
+    reportError(err);
+    process.exit(process.exitCode ?? 1);
+  };
+  process.stdout.on('error', quietOnEpipe);
+  process.stderr.on('error', (err: NodeJS.ErrnoException) => process.exit(err.code === 'EPIPE' ? (process.exitCode ?? 0) : 1));
+  const fatal = (err: unknown) => {
+    if ((err as NodeJS.ErrnoException)?.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    reportError(err);
+    process.exit(process.exitCode ?? 1);
+  };
+  process.on('uncaughtException', fatal);
+  process.on('unhandledRejection', fatal);
 }
 
 /** Starts the backend chosen by --backend / SINGLORA_BACKEND / auto. */
 export async function startBackend(opts: GlobalOptions): Promise<BackendInfo> {
+  const { initBackend } = await import('../engine/backend/tf.ts');
   return initBackend(opts.backend ?? 'auto');
 }
 
@@ -55,29 +236,40 @@ export function emitJsonLine(opts: GlobalOptions, event: Record<string, unknown>
   if (opts.json) process.stdout.write(JSON.stringify(event) + '\n');
 }
 
-/** Wraps a command action: errors print clearly (or as JSON) and exit with status 1. */
+/** Wraps a command action: errors go through `reportError` (exit 2 for usage, 1 otherwise). */
 export function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
   return async (...args: A) => {
-    const cmd = args[args.length - 1] as Command;
-    const opts = (cmd?.optsWithGlobals?.() ?? {}) as GlobalOptions;
     try {
       await fn(...args);
     } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
-      if (opts.json) process.stdout.write(JSON.stringify({ error: message }) + '\n');
-      else process.stderr.write(`error: ${message}\n`);
-      if (process.env.SINGLORA_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
-      process.exitCode = 1;
+      reportError(err);
     }
   };
 }
 
+export interface Progress {
+  /** `rate`: units per second when the caller measures it (else: since the first update). */
+  update(i: number, extra?: Record<string, string | number>, rate?: number): void;
+  stop(): void;
+}
+
 /**
- * A terminal progress bar (step i/N, it/s, ETA) when stdout is a TTY and not --json; otherwise a
- * no-op. `label` names the unit (e.g. 'step').
+ * Progress of `total` units named `label` (e.g. 'step'), on stderr: a bar (i/N, it/s, ETA) on a
+ * terminal; one plain line every `SINGLORA_PROGRESS_SECONDS` (default 10) seconds or 10% of the
+ * work, with the rate and ETA, when stderr goes to a file or a pipe; nothing with --json (the
+ * JSON events carry it).
  */
-export function progressBar(opts: GlobalOptions, label: string, total: number): { update(i: number, extra?: Record<string, string | number>): void; stop(): void } {
-  if (opts.json || !process.stderr.isTTY) return { update() {}, stop() {} };
+export function progressBar(opts: GlobalOptions, label: string, total: number): Progress {
+  if (opts.json) return { update() {}, stop() {} };
+  // The rate counts from the first update (the first unit often includes compilation and loading).
+  let first: { i: number; t: number } | null = null;
+  const rate = (i: number) => {
+    first ??= { i, t: performance.now() };
+    const seconds = (performance.now() - first.t) / 1000;
+    return seconds > 0 && i > first.i ? (i - first.i) / seconds : 0;
+  };
+  const extraText = (extra?: Record<string, string | number>) => (extra ? Object.entries(extra).map(([k, v]) => `${k} ${v}`).join(' ') : '');
+  if (!process.stderr.isTTY) return progressLines(label, total, rate, extraText);
   const bar = new cliProgress.SingleBar(
     {
       format: `${label} {value}/{total} |{bar}| {percentage}% | {its} it/s | ETA {eta_formatted} {extra}`,
@@ -87,17 +279,49 @@ export function progressBar(opts: GlobalOptions, label: string, total: number): 
     },
     cliProgress.Presets.shades_classic,
   );
-  const t0 = performance.now();
   bar.start(total, 0, { its: '0.00', extra: '' });
   return {
-    update(i, extra) {
-      const its = i / Math.max(1e-9, (performance.now() - t0) / 1000);
-      bar.update(i, { its: its.toFixed(2), extra: extra ? Object.entries(extra).map(([k, v]) => `${k} ${v}`).join(' ') : '' });
+    update(i, extra, r) {
+      bar.update(i, { its: (r ?? rate(i)).toFixed(2), extra: extraText(extra) });
     },
     stop() {
       bar.stop();
     },
   };
+}
+
+function progressLines(label: string, total: number, rate: (i: number) => number, extraText: (e?: Record<string, string | number>) => string): Progress {
+  const everyMs = 1000 * (Number(process.env.SINGLORA_PROGRESS_SECONDS) || 10);
+  let lastAt = performance.now();
+  let lastTenth = 0;
+  let done = false;
+  return {
+    update(i, extra, measured) {
+      if (done) return;
+      const tenth = total > 0 ? Math.floor((10 * i) / total) : 0;
+      const now = performance.now();
+      if (i < total && now - lastAt < everyMs && tenth === lastTenth) return;
+      lastAt = now;
+      lastTenth = tenth;
+      const r = measured ?? rate(i);
+      const eta = r > 0 ? formatDuration((total - i) / r) : '?';
+      const pct = total > 0 ? ` (${Math.floor((100 * i) / total)}%)` : '';
+      process.stderr.write(`${label} ${i}/${total}${pct}  ${r.toFixed(2)} ${label}s/s  ETA ${eta}${extra ? `  ${extraText(extra)}` : ''}\n`);
+      if (i >= total) done = true;
+    },
+    stop() {
+      done = true;
+    },
+  };
+}
+
+/** 75 -> "1m15s", 4000 -> "1h06m". */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds)) return '?';
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }
 
 export function formatBytes(n: number): string {

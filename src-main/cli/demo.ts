@@ -8,22 +8,61 @@
  * from `--photos`, and the real DINO model from `singlora models download dino`).
  */
 import type { Command } from 'commander';
-import { mkdir, rm } from 'node:fs/promises';
+import { existsSync, readdirSync } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { makeSubjectPhotos, makeTinyModel, TINY_DINO } from '../../scripts/make-tiny-model.ts';
-import { exportAdapter } from '../engine/adapters/exportAdapter.ts';
-import { evaluateRun } from '../engine/eval/evaluateRun.ts';
-import { generateImages } from '../engine/pipeline/generate.ts';
 import { REPO_ROOT } from '../engine/paths.ts';
-import { train } from '../engine/train/trainer.ts';
-import { action, emitJsonLine, printResult, progressBar, startBackend, withCommon, type GlobalOptions } from './common.ts';
+import { listImageFiles } from './eval.ts';
+import { action, emitJsonLine, parse, printResult, progressBar, requireExists, requireFile, requireFolder, requireNotFile, startBackend, UsageError, withCommon, type GlobalOptions } from './common.ts';
 
 interface DemoOptions extends GlobalOptions {
   base?: string;
+  configDir?: string;
   photos?: string;
   out: string;
-  steps: string;
+  steps: number;
   dinoModel?: string;
+  force?: boolean;
+}
+
+/** Marks a folder the demo made: only then does a later demo replace what is in it. */
+const DEMO_MARKER = '.singlora-demo';
+/** What the demo writes in --out, and so what it replaces on the next run. */
+const DEMO_OUTPUTS = ['run', 'images', 'photos', 'sks-ball.kohya.safetensors', 'sks-ball.singlora.safetensors'];
+
+/**
+ * Checks every option before anything is written, and makes --out ready: a new folder, an
+ * earlier demo's folder (its own outputs are replaced), or, with --force, any folder (the
+ * demo's outputs in it are replaced; nothing else is touched).
+ */
+export async function prepareDemoOut(o: DemoOptions): Promise<string> {
+  const out = resolve(o.out);
+  requireNotFile(out, '--out');
+  if (o.base) requireExists(o.base, '--base');
+  if (o.configDir) requireFolder(o.configDir, '--config-dir');
+  if (o.photos) {
+    requireFolder(o.photos, '--photos');
+    try {
+      listImageFiles(o.photos);
+    } catch (err) {
+      throw new UsageError(`--photos: ${(err as Error).message}`);
+    }
+  }
+  if (o.dinoModel) requireFile(o.dinoModel, '--dino-model', 'an .onnx file');
+  const entries = existsSync(out) ? readdirSync(out) : [];
+  const ours = entries.includes(DEMO_MARKER);
+  if (entries.length && !ours && !o.force) {
+    throw new UsageError(`--out: ${o.out} is not empty and was not made by the demo; choose a new folder, or add --force to write the demo's outputs (${DEMO_OUTPUTS.join(', ')}) into it`);
+  }
+  if (o.photos && resolve(o.photos) === join(out, 'photos')) throw new UsageError(`--photos: ${o.photos} is inside --out, where the demo writes its own photos; choose another --out`);
+  for (const name of DEMO_OUTPUTS) {
+    // Only what the demo writes; synthetic photos only when the demo makes them.
+    if (name === 'photos' && o.photos) continue;
+    if (entries.includes(name)) await rm(join(out, name), { recursive: true, force: true });
+  }
+  await mkdir(out, { recursive: true });
+  await writeFile(join(out, DEMO_MARKER), 'made by `singlora demo`: a later demo replaces the outputs in this folder\n');
+  return out;
 }
 
 export function register(program: Command): void {
@@ -32,12 +71,20 @@ export function register(program: Command): void {
       .command('demo')
       .description('train, score, generate and export on the bundled tiny model (or on --base) in a few minutes')
       .option('--base <model>', 'run on this base model instead of the bundled tiny one')
+      .option('--config-dir <dir>', 'for a single-file --base: a diffusers SD 1.5 folder to take configs, tokenizer and scheduler from')
       .option('--photos <dir>', 'subject photos (default: synthetic ones)')
-      .option('--out <dir>', 'output folder', join(REPO_ROOT, 'demo-output'))
-      .option('--steps <n>', 'training steps', '40')
+      .option('--out <dir>', 'output folder: new, or one an earlier demo made (its outputs are replaced)', join(REPO_ROOT, 'demo-output'))
+      .option('--force', "write into a non-empty --out the demo did not make (only the demo's own outputs in it are replaced)")
+      .option('--steps <n>', 'training steps', parse.int(2, 100_000), 40)
       .option('--dino-model <file.onnx>', 'DINO model (default: the tiny bundled one, or models/dino for --base)'),
   ).action(
     action(async (o: DemoOptions) => {
+      const out = await prepareDemoOut(o);
+      const { makeSubjectPhotos, makeTinyModel, TINY_DINO } = await import('../../scripts/make-tiny-model.ts');
+      const { exportAdapter } = await import('../engine/adapters/exportAdapter.ts');
+      const { evaluateRun } = await import('../engine/eval/evaluateRun.ts');
+      const { generateImages } = await import('../engine/pipeline/generate.ts');
+      const { train } = await import('../engine/train/trainer.ts');
       const t0 = performance.now();
       const times: Record<string, number> = {};
       const lap = (name: string, since: number) => (times[name] = Math.round(performance.now() - since));
@@ -47,9 +94,6 @@ export function register(program: Command): void {
       if (tiny) {
         say('the bundled tiny model: a Stable-Diffusion-1.x-shaped pipeline with random weights. It runs every step of the real thing in seconds, and makes no meaningful pictures. Use --base <SD 1.5 folder or .safetensors> for real ones.');
       }
-      const out = resolve(o.out);
-      await rm(join(out, 'run'), { recursive: true, force: true });
-      await mkdir(out, { recursive: true });
 
       let t = performance.now();
       const base = o.base ?? (await makeTinyModel());
@@ -57,16 +101,17 @@ export function register(program: Command): void {
       const photos = o.photos ?? join(out, 'photos');
       if (!o.photos) await makeSubjectPhotos(photos);
       const resolution = tiny ? 64 : 512;
-      const steps = Number(o.steps);
-      if (!Number.isInteger(steps) || steps < 2) throw new Error(`--steps must be an integer >= 2, got ${o.steps}`);
+      const steps = o.steps;
 
       say(`training SingLoRA (rank 8) for ${steps} steps on ${backend.name}`);
       t = performance.now();
       const runDir = join(out, 'run');
       let bar: ReturnType<typeof progressBar> | null = null;
+      const baseOptions = o.configDir ? { configDir: o.configDir } : undefined;
       const result = await train(
         {
           base,
+          baseOptions,
           photos,
           runDir,
           settings: {
@@ -90,7 +135,7 @@ export function register(program: Command): void {
             emitJsonLine(o, e as Record<string, unknown>);
             if (e.event === 'step' && !o.json) {
               bar ??= progressBar(o, 'step', e.steps);
-              bar.update(e.step, { loss: e.smoothed.toFixed(4) });
+              bar.update(e.step, { loss: e.smoothed.toFixed(4) }, e.its);
             }
           },
         },
@@ -103,6 +148,7 @@ export function register(program: Command): void {
       say('scoring the base model and each checkpoint with DINO');
       t = performance.now();
       const dinoModel = o.dinoModel ?? (tiny ? TINY_DINO : undefined);
+      let evalBar: ReturnType<typeof progressBar> | null = null;
       const evaluation = await evaluateRun(
         {
           runDir,
@@ -113,9 +159,17 @@ export function register(program: Command): void {
           steps: tiny ? 10 : 25,
           subjectType: 'object',
           dinoModel,
+          baseOptions,
         },
-        { onProgress: (done, total, label) => emitJsonLine(o, { event: 'progress', stage: 'evaluate', done, total, label }) },
+        {
+          onProgress: (done, total, label) => {
+            emitJsonLine(o, { event: 'progress', stage: 'evaluate', done, total, label });
+            evalBar ??= progressBar(o, 'image', total);
+            evalBar.update(done, { at: label });
+          },
+        },
       );
+      (evalBar as ReturnType<typeof progressBar> | null)?.stop();
       lap('evaluate', t);
       const best = m.checkpoints.find((c) => c.step === (evaluation.chosen ?? evaluation.best)) ?? m.checkpoints[m.checkpoints.length - 1];
 
@@ -123,6 +177,7 @@ export function register(program: Command): void {
       t = performance.now();
       const images = await generateImages({
         base,
+        baseOptions,
         settings: { prompt: 'a photo of sks ball on a wooden table', negativePrompt: 'blurry', steps: tiny ? 15 : 25, scheduler: 'dpmpp-2m-karras', seed: 1234, width: resolution, height: resolution, count: 2 },
         adapters: [{ path: join(runDir, best.adapter), strength: 1 }],
         outDir: join(out, 'images'),

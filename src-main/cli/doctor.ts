@@ -1,6 +1,5 @@
 /** `singlora doctor`: every TensorFlow.js backend and ONNX Runtime provider, whether it starts and why not, and memory counters. */
 import type { Command } from 'commander';
-import { doctorReport } from '../engine/doctor.ts';
 import { action, formatBytes, printResult, withCommon, type GlobalOptions } from './common.ts';
 
 
@@ -8,6 +7,7 @@ export function register(program: Command): void {
   withCommon(program.command('doctor').description('show which inference providers and training backends can run here, and why not'))
     .action(
       action(async (opts: GlobalOptions) => {
+        const { doctorReport } = await import('../engine/doctor.ts'); // the engine loads only for the command that needs it
         const report = await doctorReport(opts.backend);
         printResult(opts, report, () => {
           const lines = [`node ${report.node} on ${report.platform}`, '', 'inference: ONNX Runtime providers (auto picks a GPU one that starts, else cpu):'];

@@ -6,17 +6,18 @@
  * `singlora eval --run <dir>` scores the base model and each checkpoint of a training run on the
  * fixed prompt set and stores the table and the pick in the run's run.json.
  */
-import type { Command } from 'commander';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { Option, type Command } from 'commander';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { extname, join } from 'node:path';
-import { clipScores, ClipModels, type ClipScores } from '../engine/eval/clip.ts';
-import { DinoEmbedder } from '../engine/eval/dino.ts';
+import type { ClipModels, ClipScores } from '../engine/eval/clip.ts';
 import { locateClip, locateDino } from '../engine/eval/modelRegistry.ts';
-import { scoreSubjectFidelity, type SubjectFidelity } from '../engine/eval/similarity.ts';
+import type { SubjectFidelity } from '../engine/eval/similarity.ts';
 import { getPngText } from '../engine/image/pngText.ts';
 import { defaultModelsDir } from '../engine/paths.ts';
-import { evaluateRun } from '../engine/eval/evaluateRun.ts';
-import { action, emitJsonLine, printResult, progressBar, startBackend, withCommon, type GlobalOptions, inferenceOptions, withInference, type InferenceCliOptions } from './common.ts';
+import { evalJobs, IMAGES_PER_PROMPT } from '../engine/eval/prompts.ts';
+import { readRunManifest, RUN_MANIFEST } from '../engine/train/runFiles.ts';
+import { IMAGE_EXTENSIONS, isImageExtension } from '../api/schemas.ts';
+import { action, emitJsonLine, formatDuration, parse, printResult, progressBar, requireFile, requireFolder, startBackend, UsageError, withCommon, type GlobalOptions, inferenceOptions, withInference, type InferenceCliOptions } from './common.ts';
 
 interface EvalOptions extends GlobalOptions, InferenceCliOptions {
   photos?: string;
@@ -24,17 +25,19 @@ interface EvalOptions extends GlobalOptions, InferenceCliOptions {
   run?: string;
   dinoModel?: string;
   modelsDir?: string;
-  batchSize?: string;
+  batchSize?: number;
   clip?: boolean;
   prompt?: string;
-  checkpoints?: string;
+  checkpoints?: 'all' | 'latest';
   prompts?: string;
-  imagesPerPrompt?: string;
-  steps?: string;
-  subject?: string;
+  imagesPerPrompt?: number;
+  steps?: number;
+  subject?: 'object' | 'live';
+  configDir?: string;
 }
 
-import { IMAGE_EXTENSIONS, isImageExtension } from '../api/schemas.ts';
+/** Sampling steps per evaluation image when --steps is not given. */
+const EVAL_STEPS = 25;
 
 export { IMAGE_EXTENSIONS };
 
@@ -83,7 +86,10 @@ export async function evalFolders(opts: EvalOptions, onProgress?: (done: number,
   const generated = listImageFiles(opts.generated);
   const modelsDir = opts.modelsDir ?? defaultModelsDir();
   const model = locateDino(modelsDir, opts.dinoModel);
-  const batchSize = opts.batchSize ? Number(opts.batchSize) : undefined;
+  const batchSize = opts.batchSize;
+  const { DinoEmbedder } = await import('../engine/eval/dino.ts');
+  const { clipScores, ClipModels } = await import('../engine/eval/clip.ts');
+  const { scoreSubjectFidelity } = await import('../engine/eval/similarity.ts');
   const embedder = await DinoEmbedder.load(model, { batchSize });
   const t0 = performance.now();
   let fidelity: SubjectFidelity;
@@ -114,21 +120,51 @@ export async function evalFolders(opts: EvalOptions, onProgress?: (done: number,
 
 /** `singlora eval --run <dir>`: scores the base model and every checkpoint (or the latest) on the fixed prompt set. */
 async function evalRun(opts: EvalOptions): Promise<void> {
-  await startBackend(opts);
-  let bar: ReturnType<typeof progressBar> | null = null;
+  const runDir = opts.run!;
+  requireFolder(runDir, '--run');
+  if (!existsSync(`${runDir}/${RUN_MANIFEST}`)) throw new UsageError(`--run: ${runDir} has no ${RUN_MANIFEST}; it is not a training run folder`);
+  if (opts.photos) requireFolder(opts.photos, '--photos');
+  if (opts.configDir) requireFolder(opts.configDir, '--config-dir');
+  if (opts.dinoModel) requireFile(opts.dinoModel, '--dino-model', 'an .onnx file');
   const prompts = opts.prompts && opts.prompts !== 'default' ? readPromptFile(opts.prompts) : undefined;
+  const manifest = await readRunManifest(runDir);
+  if (!manifest.checkpoints.length) throw new Error(`${runDir}: the run has no checkpoints to evaluate yet`);
+
+  // The plan, before anything loads: how many images, and roughly how long.
+  const checkpoints = opts.checkpoints === 'latest' ? 1 : manifest.checkpoints.length;
+  const promptCount = prompts?.length ?? new Set(evalJobs(opts.subject ?? 'live', manifest.settings.triggerToken, manifest.settings.classWord).map((j) => j.prompt)).size;
+  const perPrompt = opts.imagesPerPrompt ?? IMAGES_PER_PROMPT;
+  const steps = opts.steps ?? EVAL_STEPS;
+  const images = (1 + checkpoints) * promptCount * perPrompt;
+  // A sampling step with guidance (2 UNet forwards) costs about 2/3 of a training step (forward + backward).
+  const estimate = manifest.timing.msPerStep ? (images * steps * manifest.timing.msPerStep * (2 / 3)) / 1000 : null;
+  const plan = { event: 'plan', checkpoints: 1 + checkpoints, prompts: promptCount, imagesPerPrompt: perPrompt, steps, images, estimatedSeconds: estimate === null ? null : Math.round(estimate) };
+  if (opts.json) emitJsonLine(opts, plan);
+  else {
+    process.stderr.write(
+      `plan: the base model and ${checkpoints} checkpoint(s) x ${promptCount} prompts x ${perPrompt} images = ${images} images at ${steps} steps` +
+        (estimate !== null ? `; about ${formatDuration(estimate)} at this run's training speed (${manifest.backend})` : '') +
+        '\n',
+    );
+    if (estimate !== null && estimate > 1800) process.stderr.write('  for a quicker look: --checkpoints latest --images-per-prompt 1 --steps 15\n');
+  }
+
+  await startBackend(opts);
+  const { evaluateRun } = await import('../engine/eval/evaluateRun.ts');
+  let bar: ReturnType<typeof progressBar> | null = null;
   const evaluation = await evaluateRun(
     {
-      runDir: opts.run!,
+      runDir,
       photos: opts.photos,
       checkpoints: opts.checkpoints === 'latest' ? 'latest' : 'all',
       prompts,
-      imagesPerPrompt: opts.imagesPerPrompt ? Number(opts.imagesPerPrompt) : undefined,
-      steps: opts.steps ? Number(opts.steps) : undefined,
+      imagesPerPrompt: opts.imagesPerPrompt,
+      steps,
       subjectType: opts.subject === 'object' ? 'object' : 'live',
       dinoModel: opts.dinoModel,
       modelsDir: opts.modelsDir,
       clip: opts.clip !== false,
+      baseOptions: opts.configDir ? { configDir: opts.configDir } : undefined,
       inference: inferenceOptions(opts),
     },
     {
@@ -140,19 +176,25 @@ async function evalRun(opts: EvalOptions): Promise<void> {
     },
   );
   (bar as ReturnType<typeof progressBar> | null)?.stop();
-  printResult(opts, { event: 'result', ...evaluation }, () => {
+  const bestRow = evaluation.rows.find((r) => r.step === evaluation.best);
+  const beatsBase = bestRow ? bestRow.dino > evaluation.baseline.dino : false;
+  printResult(opts, { event: 'result', ...evaluation, bestBeatsBase: beatsBase }, () => {
     const row = (label: string, r: { dino: number; clipT: number | null; images: number }, mark = '') => `  ${label.padEnd(12)} ${r.dino.toFixed(4)}   ${r.clipT === null ? '   n/a' : r.clipT.toFixed(4)}   ${String(r.images).padStart(4)}${mark}`;
     return [
-      `evaluation of ${opts.run}: ${evaluation.prompts.length} prompts x ${evaluation.imagesPerPrompt} images`,
+      `evaluation of ${runDir}: ${evaluation.prompts.length} prompts x ${evaluation.imagesPerPrompt} images`,
       '  checkpoint   DINO     CLIP-T   images',
       row('base', evaluation.baseline),
-      ...evaluation.rows.map((r) => row(`step ${r.step}`, r, r.step === evaluation.best ? '   <- best' : '')),
+      ...evaluation.rows.map((r) => row(`step ${r.step}`, r, r.step === evaluation.best ? (beatsBase ? '   <- best' : '   <- best checkpoint, but below the base model') : '')),
       `rule: ${evaluation.rule}`,
-    ].join('\n');
+      beatsBase ? '' : 'no checkpoint scores above the base model: the adapter has not learned the subject yet (train longer, or check the photos)',
+    ]
+      .filter(Boolean)
+      .join('\n');
   });
 }
 
 function readPromptFile(file: string): string[] {
+  requireFile(file, '--prompts', "a text file (or 'default')");
   const lines = readFileSync(file, 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
   if (!lines.length) throw new Error(`${file}: no prompts (one per line; # starts a comment)`);
   return lines;
@@ -163,19 +205,24 @@ export function register(program: Command): void {
     .option('--photos <dir>', 'folder of subject photos')
     .option('--generated <dir>', 'folder of generated images')
     .option('--run <dir>', 'score the base model and every checkpoint of a training run on the fixed prompt set')
-    .option('--checkpoints <which>', 'with --run: all | latest', 'all')
+    .addOption(new Option('--checkpoints <which>', 'with --run: which checkpoints').choices(['all', 'latest']).default('all'))
     .option('--prompts <default|file>', 'with --run: the fixed prompt set, or a file with one prompt per line', 'default')
-    .option('--images-per-prompt <n>', 'with --run: images per prompt (default 4)')
-    .option('--steps <n>', 'with --run: sampling steps per image (default 25)')
-    .option('--subject <type>', 'with --run: object | live (chooses the prompt set)', 'live')
+    .option('--images-per-prompt <n>', `with --run: images per prompt (default ${IMAGES_PER_PROMPT})`, parse.int(1, 16))
+    .option('--steps <n>', `with --run: sampling steps per image (default ${EVAL_STEPS})`, parse.int(1, 200))
+    .addOption(new Option('--subject <type>', 'with --run: the subject type (chooses the prompt set)').choices(['object', 'live']).default('live'))
+    .option('--config-dir <dir>', "with --run, when the run's base is a single-file checkpoint: a diffusers SD 1.5 folder for configs and tokenizer")
     .option('--dino-model <file.onnx>', 'DINO ONNX model (default: <models-dir>/dino/model.onnx)')
     .option('--models-dir <dir>', 'models folder (default: SINGLORA_MODELS_DIR or <repo>/models)')
-    .option('--batch-size <n>', 'images per model run (default 8)')
+    .option('--batch-size <n>', 'images per model run (default 8)', parse.int(1, 256))
     .option('--clip', 'also compute CLIP-I and CLIP-T (skipped with a message when the CLIP models are not installed)')
     .option('--prompt <text>', "prompt of every generated image, for CLIP-T (default: each PNG's `parameters` chunk)")
     .action(
       action(async (opts: EvalOptions) => {
         if (opts.run) return evalRun(opts);
+        if (!opts.photos || !opts.generated) throw new UsageError('eval needs --photos <dir> and --generated <dir>, or --run <dir>');
+        requireFolder(opts.photos, '--photos');
+        requireFolder(opts.generated, '--generated');
+        if (opts.dinoModel) requireFile(opts.dinoModel, '--dino-model', 'an .onnx file');
         let bar: ReturnType<typeof progressBar> | null = null;
         const result = await evalFolders(opts, (done, total) => {
           bar ??= progressBar(opts, 'image', total);

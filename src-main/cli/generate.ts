@@ -1,83 +1,132 @@
 /** `singlora generate`: text-to-image with optional adapters, PNGs with A1111 parameters + JSON sidecars. */
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { existsSync, statSync } from 'node:fs';
 import { SCHEDULERS } from '../api/schemas.ts';
-import { generateImages } from '../engine/pipeline/generate.ts';
-import { action, emitJsonLine, inferenceOptions, printResult, progressBar, startBackend, withCommon, withInference, type GlobalOptions, type InferenceCliOptions } from './common.ts';
+import { action, emitJsonLine, parse, printResult, progressBar, requireExists, requireFolder, requireNotFile, startBackend, withCommon, type GlobalOptions, inferenceOptions, withInference, type InferenceCliOptions } from './common.ts';
 
 interface GenerateCliOptions extends GlobalOptions, InferenceCliOptions {
   base: string;
+  configDir?: string;
   prompt: string;
   negative?: string;
   steps: number;
   scheduler: (typeof SCHEDULERS)[number];
   guidance: number;
   seed: number;
-  width: number;
-  height: number;
+  width?: number;
+  height?: number;
   count: number;
   clipSkip?: number;
-  adapter?: string[];
+  adapter?: Array<{ path: string; strength: number }>;
+  strict?: boolean;
   out: string;
 }
 
-const num = (v: string) => {
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new Error(`expected a number, got '${v}'`);
-  return n;
-};
-
-/** `file[:strength]` -> {path, strength}; a Windows drive letter is not a strength. */
+/**
+ * `file[:strength]` -> {path, strength}. A suffix after the last ':' is a strength when it is a
+ * number; a Windows drive letter (`C:\...`) is not a strength; a file whose name itself has a
+ * ':' is taken whole when it exists.
+ */
 export function parseAdapterArg(v: string): { path: string; strength: number } {
-  const m = /^(.*):(-?\d+(?:\.\d+)?)$/.exec(v);
-  if (m && m[1].length > 1) return { path: m[1], strength: Number(m[2]) };
+  const i = v.lastIndexOf(':');
+  const suffix = i > 0 ? v.slice(i + 1) : '';
+  const driveLetter = i === 1 && /^[\\/]/.test(suffix);
+  if (i > 0 && !driveLetter && !/[\\/]/.test(suffix) && !existsSync(v)) {
+    const strength = suffix.trim() === '' ? NaN : Number(suffix);
+    if (!Number.isFinite(strength)) throw new Error(`'${suffix}' is not a strength: expected file[:number], e.g. rex.safetensors:0.8`);
+    return { path: v.slice(0, i), strength };
+  }
   return { path: v, strength: 1 };
 }
+
+/** commander parser for the repeatable --adapter: the strength is a number and the file exists. */
+function adapterOption(v: string, prev: Array<{ path: string; strength: number }> = []) {
+  let a: { path: string; strength: number };
+  try {
+    a = parseAdapterArg(v);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+  if (!existsSync(a.path)) throw new InvalidArgumentError(`the adapter file ${a.path} does not exist`);
+  if (statSync(a.path).isDirectory()) throw new InvalidArgumentError(`${a.path} is a folder; expected an adapter .safetensors file`);
+  return [...prev, a];
+}
+
+const multipleOf8 = (v: string) => {
+  const n = parse.int(8, 2048)(v);
+  if (n % 8 !== 0) throw new InvalidArgumentError('expected a multiple of 8 from 8 to 2048');
+  return n;
+};
 
 export function register(program: Command): void {
   withInference(withCommon(
     program
       .command('generate')
-      .description('generate images from a prompt, optionally with adapters')
+      .description('generate images from a prompt, optionally with adapters (A1111 prompt syntax: long prompts, (word:1.2), [word], BREAK)')
       .requiredOption('--base <model>', 'base model: a diffusers folder or a single-file .safetensors')
-      .requiredOption('--prompt <text>', 'prompt')
+      .option('--config-dir <dir>', 'for a single-file checkpoint: a diffusers SD 1.5 folder to take configs, tokenizer and scheduler from')
+      .requiredOption('--prompt <text>', 'prompt (any length: 75-token chunks as in A1111; (word:1.2) and [word] weights)')
       .option('--negative <text>', 'negative prompt', '')
-      .option('--steps <n>', 'sampling steps', num, 25)
+      .option('--steps <n>', 'sampling steps', parse.int(1, 200), 25)
       .addOption(new Option('--scheduler <name>', 'sampler').choices([...SCHEDULERS]).default('dpmpp-2m-karras'))
-      .option('--guidance <g>', 'classifier-free guidance scale', num, 7.5)
-      .option('--seed <n>', 'seed (-1: random); image i uses seed + i', num, -1)
-      .option('--width <px>', 'width, a multiple of 8', num, 512)
-      .option('--height <px>', 'height, a multiple of 8', num, 512)
-      .option('--count <n>', 'number of images', num, 1)
-      .option('--clip-skip <n>', "diffusers clip_skip (A1111's 'Clip skip' minus 1)", num)
-      .option('--adapter <file[:strength]>', 'adapter file (native, kohya or diffusers LoRA); repeatable', (v: string, prev: string[] = []) => [...prev, v])
+      .option('--guidance <g>', 'classifier-free guidance scale', parse.number(0, 50), 7.5)
+      .option('--seed <n>', 'seed (-1: random); image i uses seed + i', parse.int(-1), -1)
+      .option('--width <px>', 'width, a multiple of 8 (default: the model native size, 512 for SD 1.5)', multipleOf8)
+      .option('--height <px>', 'height, a multiple of 8 (default: the model native size)', multipleOf8)
+      .option('--count <n>', 'number of images', parse.int(1, 100), 1)
+      .option('--clip-skip <n>', "diffusers clip_skip (A1111's 'Clip skip' minus 1)", parse.int(0, 11))
+      .option('--adapter <file[:strength]>', 'adapter file (native, kohya or diffusers LoRA); repeatable', adapterOption)
+      .option('--strict', 'refuse an adapter made for another base model, or with tensors that cannot be used (default: warn)')
       .requiredOption('--out <dir>', 'output folder'),
   )).action(
     action(async (o: GenerateCliOptions) => {
+      requireExists(o.base, '--base');
+      if (o.configDir) requireFolder(o.configDir, '--config-dir');
+      requireNotFile(o.out, '--out');
+      const { promptWarnings } = await import('../engine/pipeline/prompts.ts');
+      const { formatAdapterCheck } = await import('../engine/adapters/import.ts');
+      const { generateImages } = await import('../engine/pipeline/generate.ts');
+      for (const [which, text] of [
+        ['--prompt', o.prompt],
+        ['--negative', o.negative ?? ''],
+      ] as const) {
+        for (const w of promptWarnings(text)) {
+          if (o.json) emitJsonLine(o, { event: 'warning', option: which, message: w });
+          else process.stderr.write(`warning: ${which}: ${w}\n`);
+        }
+      }
       await startBackend(o);
-      const total = o.count * o.steps;
-      const bar = progressBar(o, 'step', total);
+      let bar: ReturnType<typeof progressBar> | null = null;
       try {
         const files = await generateImages(
           {
             base: o.base,
+            baseOptions: o.configDir ? { configDir: o.configDir } : undefined,
             settings: { prompt: o.prompt, negativePrompt: o.negative ?? '', steps: o.steps, scheduler: o.scheduler, guidanceScale: o.guidance, seed: o.seed, width: o.width, height: o.height, count: o.count, clipSkip: o.clipSkip ?? 0 },
-            adapters: (o.adapter ?? []).map(parseAdapterArg),
+            adapters: o.adapter ?? [],
             outDir: o.out,
+            strict: o.strict,
             inference: inferenceOptions(o),
           },
           {
-            onAdapters: (s) => (o.json ? s.forEach((summary) => emitJsonLine(o, { event: 'adapter', summary })) : s.forEach((l) => process.stderr.write(`${l}\n`))),
+            onAdapterChecks: (checks) => {
+              for (const c of checks) {
+                if (o.json) emitJsonLine(o, { event: 'adapter', summary: c.summary, file: c.file, appliedTensors: c.appliedTensors, totalTensors: c.totalTensors, baseMismatch: c.baseMismatch, unapplied: c.unapplied });
+                else for (const l of formatAdapterCheck(c)) process.stderr.write(`${l}\n`);
+              }
+            },
             onStep: (i) => {
               emitJsonLine(o, { event: 'step', image: i.image, images: i.images, step: i.step, steps: i.steps });
+              bar ??= progressBar(o, 'step', i.images * i.steps);
               bar.update(i.image * i.steps + i.step);
             },
-            onImage: (img) => emitJsonLine(o, { event: 'image', file: img.file, seed: img.sidecar.settings.seed }),
+            onImage: (img) => emitJsonLine(o, { event: 'image', file: img.file, seed: img.sidecar.settings.seed, width: img.sidecar.settings.width, height: img.sidecar.settings.height }),
           },
         );
-        bar.stop();
-        printResult(o, { event: 'result', files: files.map((f) => f.file), seeds: files.map((f) => f.sidecar.settings.seed) }, () => files.map((f) => `${f.file}  (seed ${f.sidecar.settings.seed})`).join('\n'));
+        (bar as ReturnType<typeof progressBar> | null)?.stop();
+        printResult(o, { event: 'result', files: files.map((f) => f.file), seeds: files.map((f) => f.sidecar.settings.seed) }, () => files.map((f) => `${f.file}  (seed ${f.sidecar.settings.seed}, ${f.sidecar.settings.width}x${f.sidecar.settings.height})`).join('\n'));
       } finally {
-        bar.stop();
+        (bar as ReturnType<typeof progressBar> | null)?.stop();
       }
     }),
   );

@@ -2,12 +2,13 @@
  * `singlora models [list]`: the evaluation models, present or missing, and where each file goes.
  * `singlora models download <dino|clip> [--url <url>] [--force]`: fetch them (resumable).
  */
-import type { Command } from 'commander';
-import { existsSync } from 'node:fs';
+import { Argument, type Command } from 'commander';
+import { existsSync, readdirSync, rmdirSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { EVAL_MODELS, listModels, modelFilePath, modelSpec, type ModelStatus } from '../engine/eval/modelRegistry.ts';
 import { download, type DownloadResult } from '../engine/io/download.ts';
 import { defaultModelsDir } from '../engine/paths.ts';
-import { action, emitJsonLine, formatBytes, printResult, progressBar, withCommon, type GlobalOptions } from './common.ts';
+import { action, emitJsonLine, formatBytes, printResult, progressBar, requireNotFile, UsageError, withCommon, type GlobalOptions } from './common.ts';
 
 interface ModelsOptions extends GlobalOptions {
   modelsDir?: string;
@@ -20,25 +21,36 @@ const MODELS_DIR_HELP = 'models folder (default: SINGLORA_MODELS_DIR or <repo>/m
 export function register(program: Command): void {
   const models = program.command('models').description('list the evaluation models (DINO, CLIP), or download one');
 
-  withCommon(models.command('list', { isDefault: true }).description('show which evaluation models are present and where missing files go'))
+  withCommon(models.command('list', { isDefault: true }).description('show which evaluation models are present and where missing files go'), { backend: false })
     .option('--models-dir <dir>', MODELS_DIR_HELP)
     .action(
       action(async (opts: ModelsOptions) => {
+        if (opts.modelsDir) requireNotFile(opts.modelsDir, '--models-dir');
         const modelsDir = opts.modelsDir ?? defaultModelsDir();
         const list = await listModels(modelsDir);
         printResult(opts, { modelsDir, models: list }, () => formatList(modelsDir, list));
       }),
     );
 
-  withCommon(models.command('download <name>').description(`download an evaluation model (${EVAL_MODELS.map((m) => m.id).join(', ')}); resumes a partial download`))
+  withCommon(
+    models
+      .command('download')
+      .addArgument(new Argument('<name>', 'the model').choices(EVAL_MODELS.map((m) => m.id)))
+      .description(`download an evaluation model (${EVAL_MODELS.map((m) => m.id).join(', ')}); resumes a partial download`),
+    { backend: false },
+  )
     .option('--models-dir <dir>', MODELS_DIR_HELP)
     .option('--url <url>', 'download from this URL instead (single-file models only)')
     .option('--force', 'download again even when the file is present')
     .action(
       action(async (name: string, opts: ModelsOptions) => {
         const spec = modelSpec(name);
-        if (opts.url && spec.files.length !== 1) throw new Error(`--url works for single-file models only; '${spec.id}' has ${spec.files.length} files`);
+        if (opts.url && spec.files.length !== 1) throw new UsageError(`--url works for single-file models only; '${spec.id}' has ${spec.files.length} files`);
+        if (opts.url && !/^https?:\/\/./.test(opts.url)) throw new UsageError(`--url: expected an http(s) URL, got '${opts.url}'`);
         const modelsDir = opts.modelsDir ?? defaultModelsDir();
+        requireNotFile(modelsDir, '--models-dir');
+        const folder = modelFilePath(modelsDir, spec.id, spec.files[0].file);
+        const folderExisted = existsSync(dirname(folder));
         const files: (DownloadResult | { path: string; skipped: string })[] = [];
         for (const f of spec.files) {
           const path = modelFilePath(modelsDir, spec.id, f.file);
@@ -66,6 +78,10 @@ export function register(program: Command): void {
               },
             });
             files.push(r);
+          } catch (err) {
+            // A failed first download leaves no empty model folder behind.
+            if (!folderExisted && existsSync(dirname(folder)) && !readdirSync(dirname(folder)).length) rmdirSync(dirname(folder));
+            throw err;
           } finally {
             (bar as ReturnType<typeof progressBar> | null)?.stop();
           }

@@ -7,17 +7,20 @@
 import { Command, Option } from 'commander';
 import type { Project, ProjectSummary, Result } from '../api/contract.ts';
 import { SUBJECT_TYPES } from '../api/schemas.ts';
-import { Service } from '../service/service.ts';
-import { action, printResult, withCommon, type GlobalOptions } from './common.ts';
+import type { Service } from '../service/service.ts';
+import { createInterface } from 'node:readline/promises';
+import { action, printResult, UsageError, withCommon, type GlobalOptions } from './common.ts';
 
 interface ProjectsOptions extends GlobalOptions {
   dataDir?: string;
   class?: string;
   token?: string;
   type?: (typeof SUBJECT_TYPES)[number];
+  yes?: boolean;
 }
 
 async function withService<T>(o: ProjectsOptions, fn: (s: Service) => Promise<T>): Promise<T> {
+  const { Service } = await import('../service/service.ts');
   const s = await Service.open({ dataDir: o.dataDir, exclusive: false });
   try {
     return await fn(s);
@@ -31,14 +34,14 @@ const dataDirOption = () => new Option('--data-dir <dir>', 'projects folder pare
 export function register(program: Command): void {
   const projects = program.command('projects').description('list, create, show or delete projects (one per subject)');
 
-  withCommon(projects.command('list', { isDefault: true }).description('list the projects')).addOption(dataDirOption()).action(
+  withCommon(projects.command('list', { isDefault: true }).description('list the projects'), { backend: false }).addOption(dataDirOption()).action(
     action(async (o: ProjectsOptions) => {
       const list = (await withService(o, (s) => s.call('projects.list', {}))) as ProjectSummary[];
       printResult(o, list, () => (list.length ? list.map((p) => `${p.id.padEnd(32)} ${p.name}  (${p.subject.triggerToken} ${p.subject.classWord}, ${p.photos} photos, ${p.runs} runs)`).join('\n') : 'no projects yet: singlora projects create <name>'));
     }),
   );
 
-  withCommon(projects.command('create <name>').description('create a project'))
+  withCommon(projects.command('create <name>').description('create a project'), { backend: false })
     .addOption(dataDirOption())
     .option('--class <word>', 'class word (e.g. dog, person)', 'person')
     .option('--token <word>', 'trigger token', 'sks')
@@ -50,7 +53,7 @@ export function register(program: Command): void {
       }),
     );
 
-  withCommon(projects.command('show <id>').description('show a project, its photos and runs'))
+  withCommon(projects.command('show <id>').description('show a project, its photos and runs'), { backend: false })
     .addOption(dataDirOption())
     .action(
       action(async (id: string, o: ProjectsOptions) => {
@@ -75,10 +78,22 @@ export function register(program: Command): void {
       }),
     );
 
-  withCommon(projects.command('delete <id>').description('delete a project folder (photos, runs, adapters, images)'))
+  withCommon(projects.command('delete <id>').description('delete a project folder (photos, runs, adapters, images); asks first'), { backend: false })
     .addOption(dataDirOption())
+    .option('--yes', 'do not ask (needed when not on a terminal, and with --json)')
     .action(
       action(async (id: string, o: ProjectsOptions) => {
+        if (!o.yes) {
+          if (o.json || !process.stdin.isTTY) throw new UsageError(`projects delete removes ${id} and everything in it (photos, runs, adapters, images); add --yes to confirm`);
+          const summary = await withService(o, async (s) => ({ project: (await s.call('projects.open', { projectId: id })) as Project, dir: s.store.dir(id) }));
+          const rl = createInterface({ input: process.stdin, output: process.stderr });
+          const answer = await rl.question(`delete '${summary.project.name}' (${summary.dir}) with its photos, runs, adapters and images? [y/N] `);
+          rl.close();
+          if (!/^y(es)?$/i.test(answer.trim())) {
+            printResult(o, { deleted: false }, () => 'nothing deleted');
+            return;
+          }
+        }
         const r = (await withService(o, (s) => s.call('projects.delete', { projectId: id }))) as Result<'projects.delete'>;
         if (!r.deleted) throw new Error(`no project '${id}'`);
         printResult(o, r, () => `deleted ${id}`);

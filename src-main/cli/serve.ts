@@ -4,12 +4,11 @@
  * kept) and stops.
  */
 import type { Command } from 'commander';
-import { DEFAULT_PORT, isLoopback, startServer } from '../server.ts';
-import { action, printResult, withCommon, type GlobalOptions } from './common.ts';
+import { action, parse, printResult, requireExists, requireNotFile, withCommon, type GlobalOptions } from './common.ts';
 
 interface ServeOptions extends GlobalOptions {
   host: string;
-  port: number;
+  port?: number;
   token?: string;
   dataDir?: string;
   modelsDir?: string;
@@ -17,11 +16,6 @@ interface ServeOptions extends GlobalOptions {
   allowRemote?: boolean;
 }
 
-const port = (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`--port: expected 0-65535, got '${v}'`);
-  return n;
-};
 
 export function register(program: Command): void {
   withCommon(
@@ -29,7 +23,7 @@ export function register(program: Command): void {
       .command('serve')
       .description('serve the app to a browser: HTTP API, WebSocket events and the user interface (token-protected)')
       .option('--host <address>', 'address to listen on', '127.0.0.1')
-      .option('--port <n>', 'port (0: any free port)', port, DEFAULT_PORT)
+      .option('--port <n>', 'port (default 7860; 0: any free port)', parse.int(0, 65535))
       .option('--token <token>', 'session token (default: SINGLORA_SERVER_TOKEN, else 32 random bytes)')
       .option('--data-dir <dir>', 'projects and jobs (default: SINGLORA_DATA_DIR or <repo>/.data)')
       .option('--models-dir <dir>', 'models folder (default: SINGLORA_MODELS_DIR or <repo>/models)')
@@ -37,11 +31,15 @@ export function register(program: Command): void {
       .option('--allow-remote', 'allow a non-loopback --host (anyone who has the token can use the server)'),
   ).action(
     action(async (o: ServeOptions) => {
+      if (o.dataDir) requireNotFile(o.dataDir, '--data-dir');
+      if (o.modelsDir) requireNotFile(o.modelsDir, '--models-dir');
+      if (o.base) requireExists(o.base, '--base');
+      const { DEFAULT_PORT, isLoopback, startServer } = await import('../server.ts');
       const remote = !isLoopback(o.host);
       if (remote && o.allowRemote) process.stderr.write(`warning: listening on ${o.host}: other machines can reach this server; anyone with the token can train, generate and read your projects. Files outside the projects cannot be named by clients.\n`);
       const server = await startServer({
         host: o.host,
-        port: o.port,
+        port: o.port ?? DEFAULT_PORT,
         token: o.token ?? (process.env.SINGLORA_SERVER_TOKEN?.trim() || undefined),
         allowRemote: o.allowRemote,
         serviceOptions: { dataDir: o.dataDir, modelsDir: o.modelsDir, defaultBaseModel: o.base, backend: o.backend && o.backend !== 'auto' ? o.backend : undefined },

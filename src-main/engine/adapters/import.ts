@@ -46,6 +46,45 @@ export interface ImportReport {
   unapplied: Array<{ key: string; reason: string }>;
   /** "applied x of y tensors" */
   summary: string;
+  /** The base model the file records it was trained on (native files), else null. */
+  recordedBase: { name: string; unetSha256: string } | null;
+}
+
+/** A report checked against the loaded base model: what a user should be warned about. */
+export interface AdapterCheck extends ImportReport {
+  /** Why the adapter may not suit this base model (recorded hash differs), else null. */
+  baseMismatch: string | null;
+}
+
+/**
+ * Compares what an adapter file records about its base model with the loaded one
+ * (`unetSha256` of the base's UNet, as training records it).
+ */
+export function checkAdapterBase(report: ImportReport, base: { name: string; unetSha256: string }): AdapterCheck {
+  const r = report.recordedBase;
+  const baseMismatch =
+    r && r.unetSha256 && r.unetSha256 !== base.unetSha256
+      ? `${basename(report.file)} was trained on '${r.name}' (UNet sha256 ${r.unetSha256.slice(0, 12)}), not on this base model '${base.name}' (${base.unetSha256.slice(0, 12)}); it may give poor images`
+      : null;
+  return { ...report, baseMismatch };
+}
+
+/** The lines a user sees for one adapter: the summary, the mismatch, and every unused tensor with why. */
+export function formatAdapterCheck(c: AdapterCheck): string[] {
+  const lines = [c.summary];
+  if (c.baseMismatch) lines.push(`warning: ${c.baseMismatch}`);
+  if (c.unapplied.length) {
+    lines.push(`warning: ${c.unapplied.length} tensor(s) of ${basename(c.file)} not used:`);
+    for (const u of c.unapplied) lines.push(`  ${u.key}: ${u.reason}`);
+  }
+  return lines;
+}
+
+/** Why `--strict` refuses an adapter, or null when it fits. */
+export function strictProblem(c: AdapterCheck): string | null {
+  const unused = c.unapplied.length ? `${basename(c.file)}: ${c.unapplied.length} of ${c.totalTensors} tensors cannot be used (first: ${c.unapplied[0].key}: ${c.unapplied[0].reason})` : null;
+  const problems = [c.baseMismatch, unused].filter((p) => p !== null);
+  return problems.length ? problems.join('; ') : null;
 }
 
 export class AdapterPlan {
@@ -167,6 +206,7 @@ export async function planAdapter(file: string, targets: AdapterTargets, strengt
       modules: deltas.length,
       unapplied,
       summary: `${basename(file)}: applied ${applied} of ${total} tensors to ${deltas.length} modules`,
+      recordedBase: null,
     },
     deltas,
   );
@@ -190,7 +230,8 @@ async function planNative(file: string, targets: AdapterTargets, strength: numbe
     deltas.push({ component: 'unet', path, delta: nativeDelta(f, path, strength), keys: names.map((n) => `unet.${path}.${n}`), factors: nativeFactors(f, path, strength) });
     applied += names.length;
   }
-  return new AdapterPlan({ file, format: 'native', appliedTensors: applied, totalTensors: total, modules: deltas.length, unapplied, summary: `${basename(file)}: applied ${applied} of ${total} tensors to ${deltas.length} modules` }, deltas);
+  const recordedBase = { name: f.meta.base_model_name, unetSha256: f.meta.base_model_unet_sha256 };
+  return new AdapterPlan({ file, format: 'native', appliedTensors: applied, totalTensors: total, modules: deltas.length, unapplied, summary: `${basename(file)}: applied ${applied} of ${total} tensors to ${deltas.length} modules`, recordedBase }, deltas);
 }
 
 /**

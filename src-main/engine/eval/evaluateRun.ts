@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import type { Evaluation, ScoreRow } from '../../api/schemas.ts';
 import { listPhotos } from '../train/dataset.ts';
 import { readRunManifest, writeRunManifest } from '../train/runFiles.ts';
+import type { OpenBaseModelOptions } from '../io/modelFiles.ts';
 import { StableDiffusion, type InferenceOptions } from '../pipeline/stableDiffusion.ts';
 import { generateImages } from '../pipeline/generate.ts';
 import { defaultModelsDir } from '../paths.ts';
@@ -34,6 +35,8 @@ export interface EvaluateRunOptions {
   photos?: string | readonly string[];
   /** Base model; default: the one in run.json. */
   base?: string;
+  /** How to open a single-file base (its `configDir`). */
+  baseOptions?: OpenBaseModelOptions;
   checkpoints?: 'all' | 'latest';
   subjectType?: SubjectKind;
   /** Prompts (with the trigger already filled in); default: the fixed set for the subject type. */
@@ -78,7 +81,7 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
     if ('files' in located) clip = await ClipModels.load(located.files);
   }
 
-  const sd = await StableDiffusion.load(o.base ?? manifest.baseModel.path, o.inference);
+  const sd = await StableDiffusion.load(o.base ?? manifest.baseModel.path, { ...o.baseOptions, ...o.inference });
   const labels = ['base', ...chosen.map((c) => `step-${String(c.step).padStart(6, '0')}`)];
   const total = labels.length * prompts.length * perPrompt;
   let done = 0;
@@ -129,7 +132,7 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
       baseline,
       rows: mergeRows(o.checkpoints === 'latest' ? fresh.evaluation?.rows ?? [] : [], scored),
       best,
-      rule: `${rule}; prompt set v${EVAL_PROMPT_SET_VERSION}`,
+      rule: `${rule}; ${o.prompts?.length ? `${prompts.length} prompts given by the caller` : `prompt set v${EVAL_PROMPT_SET_VERSION}`}`,
       chosen: previousChoice !== null && scored.some((r) => r.step === previousChoice) ? previousChoice : null,
     };
     await writeRunManifest(o.runDir, { ...fresh, evaluation });

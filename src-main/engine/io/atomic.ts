@@ -33,7 +33,12 @@ async function writeThenRename(path: string, write: (fh: FileHandle) => Promise<
     throw err;
   }
   await fh.close();
-  await rename(tmp, path);
+  try {
+    await rename(tmp, path);
+  } catch (err) {
+    await unlink(tmp).catch(() => {}); // e.g. `path` is a folder: leave nothing behind
+    throw err;
+  }
 }
 
 export function atomicWriteFile(path: string, data: string | Uint8Array): Promise<void> {

@@ -187,7 +187,7 @@ export function inferTextEncoderConfig(shapes: Shapes, overrides: RawConfig = {}
   // Head count is not in any shape; CLIP uses 64-wide heads (ViT-L/14: 768 / 64 = 12).
   let heads = overrides.num_attention_heads;
   if (heads === undefined) {
-    if (hidden % 64 !== 0) r.fail(`num_attention_heads is not in the weights and hidden_size ${hidden} is not a multiple of 64; pass overrides.textEncoder.num_attention_heads (or a configDir)`);
+    if (hidden % 64 !== 0) r.fail(`num_attention_heads is not in the weights and hidden_size ${hidden} is not a multiple of 64; pass --config-dir <a diffusers folder with the model's configs> (in code: overrides.textEncoder.num_attention_heads)`);
     heads = hidden / 64;
   }
   return {

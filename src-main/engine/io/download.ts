@@ -102,7 +102,9 @@ export async function download(url: string, dest: string, options: DownloadOptio
       if (!e.transient || attempts > retries || options.signal?.aborted) {
         if (!e.transient) throw e;
         const have = await sizeOf(part);
-        throw new DownloadError(url, `${e.reason}; gave up after ${attempts} attempt(s), ${have} bytes kept in ${part}: run again to resume`, e.status, true);
+        if (have === 0) await unlink(part).catch(() => {});
+        const kept = have > 0 ? `${have} bytes kept in ${part}: run again to resume` : 'nothing was downloaded';
+        throw new DownloadError(url, `${e.reason}; gave up after ${attempts} attempt(s), ${kept}`, e.status, true);
       }
       await sleep((options.retryDelayMs ?? 500) * 2 ** (attempts - 1), options.signal);
     }

@@ -121,7 +121,7 @@ export async function openBaseModel(path: string, opts: OpenBaseModelOptions = {
 
 async function openDiffusersFolder(dir: string, opts: OpenBaseModelOptions): Promise<BaseModel> {
   if (opts.overrides) throw new ModelFileError(dir, `${dir}: config overrides only apply to configs inferred from a single file; for a diffusers folder edit its component config.json files instead`);
-  if (opts.configDir) throw new ModelFileError(dir, `${dir}: configDir only applies to single-file checkpoints; a diffusers folder has its own configs`);
+  if (opts.configDir) throw new ModelFileError(dir, `${dir}: configDir only applies to single-file checkpoints (--config-dir); a diffusers folder has its own configs`);
   const indexPath = join(dir, 'model_index.json');
   if (!(await exists(indexPath))) {
     const hint = (await exists(join(dir, 'config.json'))) ? ` (${dir} has a config.json: it looks like one component folder; pass the pipeline folder above it)` : '';
@@ -312,7 +312,7 @@ export class SingleFileKeyError extends ModelFileError {
     };
     list('unknown tensors (neither SD-1.x weights nor known extras)', unknown);
     list('missing tensors', missing);
-    lines.push('  A wrong configDir or override shows up as both lists; a truncated or foreign checkpoint as one.');
+    lines.push('  A wrong --config-dir (configDir) or override shows up as both lists; a truncated or foreign checkpoint as one.');
     super(path, lines.join('\n'));
     this.name = 'SingleFileKeyError';
   }

@@ -15,12 +15,16 @@ import { writePngText } from '../image/pngText.ts';
 import { appVersion } from '../paths.ts';
 import { schedulerDisplayName } from '../schedulers/index.ts';
 import { formatA1111Parameters } from './generationParams.ts';
+import { checkAdapterBase, strictProblem, type AdapterCheck } from '../adapters/import.ts';
+import type { OpenBaseModelOptions } from '../io/modelFiles.ts';
 import { StableDiffusion, type InferenceOptions } from './stableDiffusion.ts';
 import { textToImage, type AdapterUse, type StepInfo } from './textToImage.ts';
 
 export interface GenerateJob {
   /** Base model path; ignored when `sd` is given. */
   base: string;
+  /** How to open a single-file base (its `configDir`); ignored when `sd` is given. */
+  baseOptions?: OpenBaseModelOptions;
   /** An already loaded pipeline to reuse (the service keeps one warm). */
   sd?: StableDiffusion;
   /** Engine and provider when `sd` is not given (default: ONNX Runtime, auto provider). */
@@ -28,6 +32,8 @@ export interface GenerateJob {
   settings: GenerateSettingsInput;
   adapters?: readonly AdapterUse[];
   outDir: string;
+  /** Refuse adapters made for another base model, or with tensors that cannot be used. */
+  strict?: boolean;
 }
 
 export interface GeneratedFile {
@@ -39,16 +45,19 @@ export interface GenerateHooks {
   onStep?: (info: StepInfo) => void;
   onImage?: (image: GeneratedFile) => void;
   onAdapters?: (summaries: string[]) => void;
+  /** Each adapter's full report, checked against the base model (unused tensors, base mismatch). */
+  onAdapterChecks?: (checks: AdapterCheck[]) => void;
   signal?: AbortSignal;
 }
 
 export async function generateImages(job: GenerateJob, hooks: GenerateHooks = {}): Promise<GeneratedFile[]> {
   const parsed = generateSettingsSchema.safeParse(job.settings);
   if (!parsed.success) throw new Error(`invalid generation settings: ${parsed.error.issues.map((i) => `${i.path.join('.') || 'settings'}: ${i.message}`).join('; ')}`);
-  const settings = parsed.data;
-  const seed = settings.seed < 0 ? randomInt(0, 2 ** 32) : settings.seed;
-  const sd = job.sd ?? (await StableDiffusion.load(job.base, job.inference));
+  const seed = parsed.data.seed < 0 ? randomInt(0, 2 ** 32) : parsed.data.seed;
+  const sd = job.sd ?? (await StableDiffusion.load(job.base, { ...job.baseOptions, ...job.inference }));
   try {
+    // A size left out is the model's native one (512 for SD 1.5), not the schema's default.
+    const settings = { ...parsed.data, width: job.settings.width ?? sd.defaultResolution, height: job.settings.height ?? sd.defaultResolution };
     const adapters = job.adapters ?? [];
     const adapterHashes = await Promise.all(adapters.map(async (a) => ({ file: a.path, sha256: await hashFile(a.path), strength: a.strength })));
     const modelSha = await sd.unetSha256();
@@ -60,7 +69,13 @@ export async function generateImages(job: GenerateJob, hooks: GenerateHooks = {}
       { ...settings, seed, adapters },
       {
         signal: hooks.signal,
-        onAdapters: (reports) => hooks.onAdapters?.(reports.map((r) => r.summary)),
+        onAdapters: (reports) => {
+          const checks = reports.map((r) => checkAdapterBase(r, { name: sd.name, unetSha256: modelSha }));
+          const refused = job.strict ? checks.map(strictProblem).filter((p) => p !== null) : [];
+          if (refused.length) throw new Error(`refused under strict checking: ${refused.join('; ')}`);
+          hooks.onAdapterChecks?.(checks);
+          hooks.onAdapters?.(reports.map((r) => r.summary));
+        },
         onStep: (info) => hooks.onStep?.(info),
         onImage: async (img) => {
           const parameters = formatA1111Parameters({

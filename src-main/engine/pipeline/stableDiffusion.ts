@@ -29,6 +29,7 @@ import { loadParams, type Module } from '../models/layers/module.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import type { RawSchedulerConfig } from '../schedulers/index.ts';
 import { defaultModelsDir } from '../paths.ts';
+import { encodeWeightedPrompts } from './prompts.ts';
 
 export type ComponentKind = 'unet' | 'vae' | 'textEncoder';
 
@@ -195,11 +196,12 @@ export class StableDiffusion {
   }
 
   /**
-   * Prompt embeddings [B, 77, hidden] (`clipSkip` as diffusers defines it). The caller owns the
-   * result.
+   * Prompt embeddings [B, chunks * 77, hidden] (`clipSkip` as diffusers defines it), read as
+   * A1111 reads prompts: 75-token chunks and (word:1.2) emphasis (prompts.ts). A prompt of at
+   * most 75 tokens without emphasis gives [1, 77, hidden], as before. The caller owns the result.
    */
   encodePrompts(prompts: readonly string[], clipSkip?: number): Tensor {
-    return this.textEncoder.encodePrompt(this.tokenize(prompts), clipSkip || undefined);
+    return encodeWeightedPrompts(this.tokenizer, (ids) => this.textEncoder.encodePrompt(ids, clipSkip || undefined), prompts);
   }
 
   /** Frees the TensorFlow.js models and the ONNX sessions. */

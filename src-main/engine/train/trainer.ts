@@ -63,6 +63,8 @@ export interface TrainOptions {
   settings: TrainSettingsInput;
   /** Continue from the run's last checkpoint (settings come from its manifest). */
   resume?: boolean;
+  /** With `resume`: train to this many steps instead of the manifest's (extends a finished run). */
+  resumeSteps?: number;
   /** Where generated class images are cached (default: the app cache). */
   classImagesCacheDir?: string;
 }
@@ -93,11 +95,11 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
   const emit = (e: TrainEvent) => hooks.onEvent?.(e);
   await mkdir(opts.runDir, { recursive: true });
   const previous = opts.resume ? await readRunManifest(opts.runDir) : null;
-  const parsed = trainSettingsSchema.safeParse(previous ? previous.settings : opts.settings);
+  const parsed = trainSettingsSchema.safeParse(previous ? { ...previous.settings, ...(opts.resumeSteps ? { steps: opts.resumeSteps } : {}) } : opts.settings);
   if (!parsed.success) throw new Error(`invalid training settings: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
   const settings: TrainSettings = parsed.data;
   if (previous && !previous.checkpoints.length) throw new Error(`${opts.runDir}: the run has no checkpoint to resume from; start it again`);
-  if (previous?.status === 'completed') throw new Error(`${opts.runDir}: the run already completed ${previous.step} steps`);
+  if (previous && settings.steps <= previous.step) throw new Error(`${opts.runDir}: the run already ${previous.status === 'completed' ? 'completed' : 'has'} ${previous.step} steps; ask for more steps (e.g. ${previous.step + 100}) to extend it`);
 
   emit({ event: 'prepare', stage: 'load-model', detail: opts.base });
   const sd = await StableDiffusion.load(opts.base, opts.baseOptions);
@@ -125,6 +127,7 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
       previous ?? newRunManifest({ id: basename(opts.runDir), status: 'running', settings, baseModel: { path: opts.base, name: sd.name, unetSha256 }, backend: activeBackend()?.name ?? tf.getBackend(), now });
     manifest = {
       ...manifest,
+      settings,
       status: 'running',
       error: null,
       images: {
