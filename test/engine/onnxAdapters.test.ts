@@ -127,4 +127,23 @@ describe('adapters on the ONNX engine', () => {
     expect(r.unapplied.map((u) => u.reason).join('\n')).toMatch(/convolution \(LoCon\).*--engine tfjs/);
     onnx.clearAdapters();
   });
+
+  it('long prompts (75-token chunks) and (word:1.2) emphasis encode on the onnx engine as on tfjs', async () => {
+    const long = `${Array.from({ length: 40 }, () => 'a photo of a dog').join(', ')}, (sks:1.3) [castle]`;
+    const a = await onnx.encodeText([long, 'blurry']);
+    const b = await tfjs.encodeText([long, 'blurry']);
+    try {
+      expect(a.shape).toEqual(b.shape);
+      expect(a.shape[1]).toBeGreaterThan(77);
+      const d = maxAbsDiff((await a.data()) as Float32Array, (await b.data()) as Float32Array);
+      console.log(`[onnx prompts] ${a.shape[1]} tokens: max|diff| ${d.maxAbs.toExponential(2)} of max|ref| ${d.maxRef.toFixed(3)}`);
+      expect(d.maxAbs).toBeLessThanOrEqual(1e-4 * d.maxRef);
+      const eps = await onnx.predictNoise(sample, 500, a.slice([0, 0, 0], [2, a.shape[1], 32]));
+      expect(eps.shape).toEqual(sample.shape);
+      eps.dispose();
+    } finally {
+      tf.dispose([a, b]);
+    }
+  });
 });
+

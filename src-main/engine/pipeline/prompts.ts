@@ -170,20 +170,38 @@ export function promptChunks(tok: ChunkTokenizer, text: string): PromptChunk[] {
  * The caller owns the result.
  */
 export function encodeWeightedPrompts(tok: ChunkTokenizer, encode: (ids: number[][]) => Tensor, prompts: readonly string[]): Tensor {
+  const rows = promptRows(tok, prompts);
+  const z = encode(rows.map((r) => r.ids));
+  try {
+    return combineChunks(z, rows, prompts.length, tok.modelMaxLength);
+  } finally {
+    z.dispose();
+  }
+}
+
+/** Steps 4-5: every prompt's chunks, padded with empty chunks to the longest prompt's count; prompt-major (row b*k + j). */
+export function promptRows(tok: ChunkTokenizer, prompts: readonly string[]): PromptChunk[] {
   const perPrompt = prompts.map((p) => promptChunks(tok, p));
   const k = Math.max(1, ...perPrompt.map((c) => c.length));
   const empty = promptChunks(tok, '')[0];
-  const rows = perPrompt.flatMap((chunks) => Array.from({ length: k }, (_, j) => chunks[j] ?? empty)); // prompt-major: row b*k + j
+  return perPrompt.flatMap((chunks) => Array.from({ length: k }, (_, j) => chunks[j] ?? empty));
+}
+
+/**
+ * Steps 6-7: the encoder's output z [B*k, 77, H] for `rows` -> [B, k*77, H], emphasis applied
+ * (scaled per token, then the chunk's mean restored). Borrows z; the caller owns the result.
+ */
+export function combineChunks(z: Tensor, rows: readonly PromptChunk[], count: number, modelMaxLength: number): Tensor {
   const weighted = rows.some((r) => r.weights.some((w) => w !== 1));
   return tf.tidy(() => {
-    let z = encode(rows.map((r) => r.ids)); // [B*k, 77, H]
+    let out = z;
     if (weighted) {
-      const w = tf.tensor3d(rows.flatMap((r) => r.weights), [rows.length, tok.modelMaxLength, 1]); // [B*k, 77, 1]
+      const w = tf.tensor3d(rows.flatMap((r) => r.weights), [rows.length, modelMaxLength, 1]); // [B*k, 77, 1]
       const before = tf.mean(z, [1, 2], true); // [B*k, 1, 1]
       const scaled = tf.mul(z, w);
-      z = tf.mul(scaled, tf.div(before, tf.mean(scaled, [1, 2], true)));
+      out = tf.mul(scaled, tf.div(before, tf.mean(scaled, [1, 2], true)));
     }
-    const [, seq, hidden] = z.shape as number[];
-    return tf.reshape(z, [prompts.length, k * seq, hidden]); // [B, k*77, H]: chunks side by side
+    const [, seq, hidden] = out.shape as number[];
+    return tf.reshape(out, [count, (rows.length / count) * seq, hidden]); // [B, k*77, H]: chunks side by side
   });
 }

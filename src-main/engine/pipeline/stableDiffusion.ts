@@ -29,7 +29,7 @@ import { loadParams, type Module } from '../models/layers/module.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import type { RawSchedulerConfig } from '../schedulers/index.ts';
 import { defaultModelsDir } from '../paths.ts';
-import { encodeWeightedPrompts } from './prompts.ts';
+import { combineChunks, encodeWeightedPrompts, promptRows } from './prompts.ts';
 
 export type ComponentKind = 'unet' | 'vae' | 'textEncoder';
 
@@ -273,8 +273,15 @@ export class StableDiffusion {
       await this.ensure('textEncoder');
       return this.encodePrompts(prompts, clipSkip);
     }
-    const { promptEmbeds } = await (await this.onnx()).encodeText(this.tokenize(prompts), clipSkip || undefined);
-    return toTensor(promptEmbeds);
+    // A1111's long prompts and emphasis, as encodePrompts reads them (prompts.ts).
+    const rows = promptRows(this.tokenizer, prompts);
+    const { promptEmbeds } = await (await this.onnx()).encodeText(rows.map((r) => r.ids), clipSkip || undefined);
+    const z = toTensor(promptEmbeds);
+    try {
+      return combineChunks(z, rows, prompts.length, this.tokenizer.modelMaxLength);
+    } finally {
+      z.dispose();
+    }
   }
 
   /** The UNet's noise prediction for NHWC latents at timestep t. The caller owns the tensor. */
