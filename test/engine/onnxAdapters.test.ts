@@ -138,7 +138,7 @@ describe('adapters on the ONNX engine', () => {
       const d = maxAbsDiff((await a.data()) as Float32Array, (await b.data()) as Float32Array);
       console.log(`[onnx prompts] ${a.shape[1]} tokens: max|diff| ${d.maxAbs.toExponential(2)} of max|ref| ${d.maxRef.toFixed(3)}`);
       expect(d.maxAbs).toBeLessThanOrEqual(1e-4 * d.maxRef);
-      const eps = await onnx.predictNoise(sample, 500, a.slice([0, 0, 0], [2, a.shape[1], 32]));
+      const eps = await onnx.predictNoise(sample, 500, a.slice([0, 0, 0], [2, a.shape[1] as number, 32]));
       expect(eps.shape).toEqual(sample.shape);
       eps.dispose();
     } finally {
