@@ -13,11 +13,32 @@
 import { tf, type Tensor } from '../../backend/tf.ts';
 import { Module } from './module.ts';
 import { Linear, type LinearSlot } from './linear.ts';
+import { memoryEfficientAttend } from './memoryEfficientAttention.ts';
 
 export const attentionOptions = {
   /** Largest scores slice (elements); 2^24 floats = 64 MiB. `Infinity` disables slicing. */
   maxScoreElements: 2 ** 24,
+  /**
+   * 'plain': `attend`, whose backward pass (TensorFlow.js's tape) keeps every scores slice.
+   * 'memory-efficient': `memoryEfficientAttend` (memoryEfficientAttention.ts), same values, whose
+   * backward pass recomputes one scores slice at a time. Training switches to it (see
+   * `withAttentionMode`); inference keeps 'plain'.
+   */
+  mode: 'plain' as AttentionMode,
 };
+
+export type AttentionMode = 'plain' | 'memory-efficient';
+
+/** Runs `fn` with `attentionOptions.mode` set to `mode`, and puts the previous mode back. */
+export async function withAttentionMode<T>(mode: AttentionMode, fn: () => Promise<T>): Promise<T> {
+  const previous = attentionOptions.mode;
+  attentionOptions.mode = mode;
+  try {
+    return await fn();
+  } finally {
+    attentionOptions.mode = previous;
+  }
+}
 
 /**
  * q [B, Sq, heads*d], k and v [B, Sk, heads*d] -> [B, Sq, heads*d].
@@ -128,7 +149,8 @@ export class Attention extends Module {
       const q = this.to_q.apply(x);
       const k = this.to_k.apply(ctx);
       const v = this.to_v.apply(ctx);
-      return this.to_out[0].apply(attend(q, k, v, this.heads));
+      const attendFn = attentionOptions.mode === 'memory-efficient' ? memoryEfficientAttend : attend;
+      return this.to_out[0].apply(attendFn(q, k, v, this.heads, undefined, attentionOptions.maxScoreElements));
     });
   }
 }
