@@ -64,17 +64,23 @@ export function register(program: Command): void {
       .option('--rank <r>', 'adapter rank', num, 8)
       .option('--method <m>', 'singlora | lora', 'singlora')
       .option('--batch <n>', 'batch size', num, 1)
-      .option('--checkpointing', 'gradient checkpointing per UNet block'),
+      .option('--checkpointing', 'gradient checkpointing per UNet block')
+      .option('--gradient-checkpointing', 'the same as --checkpointing (the train setting\'s name)')
+      .option('--attention <mode>', 'memory-efficient (as train uses) | plain (for comparison)', 'memory-efficient')
+      .option('--profile', 'also list the step\'s kernels by time'),
   ).action(
-    action(async (o: GlobalOptions & { base: string; resolution: number; steps: number; warmup: number; rank: number; method: string; batch: number; checkpointing?: boolean }) => {
+    action(async (o: GlobalOptions & { base: string; resolution: number; steps: number; warmup: number; rank: number; method: string; batch: number; checkpointing?: boolean; gradientCheckpointing?: boolean; attention: string; profile?: boolean }) => {
       if (o.method !== 'singlora' && o.method !== 'lora') throw new Error(`--method must be singlora or lora, got ${o.method}`);
-      const r = await benchTrain({ base: o.base, resolution: o.resolution, steps: o.steps, warmup: o.warmup, rank: o.rank, method: o.method, batch: o.batch, checkpointing: o.checkpointing, backend: o.backend ?? 'auto', log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) });
+      if (o.attention !== 'memory-efficient' && o.attention !== 'plain') throw new Error(`--attention must be memory-efficient or plain, got ${o.attention}`);
+      const r = await benchTrain({ base: o.base, resolution: o.resolution, steps: o.steps, warmup: o.warmup, rank: o.rank, method: o.method, batch: o.batch, checkpointing: o.checkpointing || o.gradientCheckpointing, attention: o.attention, profile: o.profile, backend: o.backend ?? 'auto', log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) });
       printResult(o, r, () =>
         [
           `${r.backend}: ${r.status}${r.error ? ` (${r.error})` : ''}`,
           `  ${r.config.method} rank ${r.config.rank} on ${r.adapterLayers} layers (${r.adapterParameters.toLocaleString('en-US')} params), UNet ${r.unetParameters.toLocaleString('en-US')} params`,
-          `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}`,
-          `  ms/step (median of ${r.ms_steps.length}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'}; peak RSS ${r.peak_rss_mb} MiB${r.wasm_heap_mb ? `, wasm heap ${r.wasm_heap_mb} MiB` : ''}; tfjs byte counter peak ${r.peak_step_bytes === null ? 'n/a' : `${(r.peak_step_bytes / 2 ** 20).toFixed(1)} MiB`}`,
+          `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}, ${r.config.attention} attention`,
+          `  ms/step (median of ${r.ms_steps.length}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'}; ${r.gflop_per_step?.toFixed(2) ?? 'n/a'} GFLOP per step (forward + backward), ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
+          `  peak RSS ${r.peak_rss_mb} MiB${r.wasm_heap_mb ? `, wasm heap ${r.wasm_heap_mb} MiB` : ''}; tfjs byte counter peak ${r.peak_step_bytes === null ? 'n/a' : `${(r.peak_step_bytes / 2 ** 20).toFixed(1)} MiB above the weights, ${((r.peak_tensor_bytes ?? 0) / 2 ** 20).toFixed(1)} MiB in all`}`,
+          ...(r.kernels ?? []).map((k) => `    ${k.name.padEnd(24)} ${String(k.calls).padStart(6)} calls ${k.ms.toFixed(1).padStart(9)} ms ${(k.share * 100).toFixed(1).padStart(5)}%`),
         ].join('\n'),
       );
     }),

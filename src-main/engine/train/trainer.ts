@@ -40,6 +40,7 @@ import { Rng, randn } from '../random.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import type { DDPMScheduler } from '../schedulers/ddpmScheduler.ts';
 import { StableDiffusion } from '../pipeline/stableDiffusion.ts';
+import { withAttentionMode } from '../models/layers/attention.ts';
 import { textToImage } from '../pipeline/textToImage.ts';
 import { AdamW, clipByGlobalNorm, DEFAULT_ADAMW } from './adamw.ts';
 import { loadDataset, toModelRange, type TrainImage } from './dataset.ts';
@@ -223,12 +224,13 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
         const target = ddpm.target(z0, noise, timesteps);
         const ctx = tf.concat(chosen.map((e) => contexts[e.context]), 0);
         const weights = tf.tensor1d(timesteps.map((t) => lossWeight(ddpm.alphasCumprod[t], settings.minSnrGamma, ddpm.config.prediction_type === 'v_prediction')));
-        const { value, grads } = tf.variableGrads(() => {
+        // Memory-efficient attention: its backward pass recomputes the scores slice by slice.
+        const { value, grads } = withAttentionMode('memory-efficient', () => tf.variableGrads(() => {
           const pred = sd.unet.forward(zt, timesteps, ctx, { runBlock });
           const perSample = tf.mul(tf.mean(tf.squaredDifference(pred, target), [1, 2, 3]), weights); // [n]
           const inst = tf.mean(perSample.slice([0], [B]));
           return (priors.length ? tf.add(inst, tf.mul(tf.mean(perSample.slice([B], [n - B])), settings.priorLossWeight)) : inst) as tf.Scalar;
-        }, vars);
+        }, vars));
         return { loss: value, grads: vars.map((v) => grads[v.name]) };
       });
       tf.dispose([eps, noise0, ...(offset ? [offset] : [])]);

@@ -29,15 +29,28 @@ export const attentionOptions = {
 
 export type AttentionMode = 'plain' | 'memory-efficient';
 
-/** Runs `fn` with `attentionOptions.mode` set to `mode`, and puts the previous mode back. */
-export async function withAttentionMode<T>(mode: AttentionMode, fn: () => Promise<T>): Promise<T> {
+/**
+ * Runs `fn` with `attentionOptions.mode` set to `mode`, and puts the previous mode back when it
+ * returns (or, for a promise, when it settles). Set it around the whole gradient computation:
+ * gradient checkpointing re-runs the forward pass inside the backward pass.
+ */
+export function withAttentionMode<T>(mode: AttentionMode, fn: () => T): T {
   const previous = attentionOptions.mode;
   attentionOptions.mode = mode;
+  let result: T;
   try {
-    return await fn();
-  } finally {
+    result = fn();
+  } catch (err) {
     attentionOptions.mode = previous;
+    throw err;
   }
+  if (result instanceof Promise) {
+    return result.finally(() => {
+      attentionOptions.mode = previous;
+    }) as T;
+  }
+  attentionOptions.mode = previous;
+  return result;
 }
 
 /**
