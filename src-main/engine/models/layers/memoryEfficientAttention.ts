@@ -5,35 +5,38 @@
  *
  * References: Rabe & Staats, 2021, "Self-attention Does Not Need O(n^2) Memory" (xformers'
  * memory-efficient attention); Dao et al., 2022/2023, "FlashAttention" 1 and 2 (the backward pass
- * that recomputes the scores from Q, K and the softmax statistics).
+ * that recomputes the scores from Q and K).
  *
  * Plain TensorFlow.js keeps every scores and softmax tensor ([B*heads, Sq, Sk] each) on the tape
  * until the backward pass reaches it, so training memory grows with tokens^2. Here a
- * `tf.customGrad` node keeps only Q, K, V, the output O and one number per query row, the log of
- * the softmax denominator (logsumexp, L). The backward pass recomputes each slice's scores.
+ * `tf.customGrad` node keeps only Q, K, V and the output O, and the backward pass recomputes each
+ * slice's scores. A slice always holds whole rows (every key), so its softmax is recomputed
+ * exactly with the softmax kernel and needs no saved statistic: FlashAttention saves the rows'
+ * logsumexp because its tiles also cut the keys. (On wasm the softmax kernel, XNNPACK's, is also
+ * 3x faster than `exp` alone.) The softmax backward's row term D comes from dO and the saved O.
  *
- * Symbols (per (batch*head) group; rows of a query chunk):
+ * Symbols (per (batch*head) group; `rows` = a query chunk):
  *   Q  [Sq, d]   queries, pre-multiplied by scale = 1/sqrt(d)
  *   K  [Sk, d]   keys;  V [Sk, d] values;  M mask (additive, broadcast)
- *   S  = Q K^T + M                 [Sq, Sk]  scores
- *   L  = logsumexp_j S             [Sq, 1]   saved softmax statistic
- *   P  = exp(S - L)                [Sq, Sk]  softmax
- *   O  = P V                       [Sq, d]   output (saved)
- *   dO                             [Sq, d]   incoming gradient
+ *   S  = Q K^T + M                 [rows, Sk]  scores
+ *   P  = softmax(S)                [rows, Sk]
+ *   O  = P V                       [Sq, d]     output (saved)
+ *   dO                             [Sq, d]     incoming gradient
  *
- * Backward, one slice at a time, on the transposed scores (see gradFunc for why):
+ * Backward, one slice at a time:
  *   1. D  = rowsum(dO * O)                         [Sq, 1]  (once, for all rows)
- *   2. P^T = exp(K Q^T + M^T - L^T)                recomputed, [Sk, rows]
- *   3. dV = P^T dO                                 summed over row slices
- *   4. dP^T = V dO^T
- *   5. dS^T = P^T * (dP^T - D^T)                   softmax backward
- *   6. dK = dS^T Q (Q already scaled);  dQ = (K^T dS^T)^T * scale
+ *   2. P  = softmax(Q K^T + M)                     recomputed
+ *   3. dV = P^T dO             computed as dV^T = dO^T P, summed over row slices
+ *   4. dP = dO V^T
+ *   5. dS = P * (dP - D)                           the softmax backward
+ *   6. dQ = dS K * scale;  dK = dS^T Q (Q already scaled), computed as dK^T = Q^T dS
  *
  * How the work is cut: on wasm one (batch*head) group at a time (tfjs-wasm sends only batch-1,
  * untransposed matmuls to XNNPACK; a batched one is a naive loop), elsewhere as many groups as fit
  * in `maxScoreElements`; then query rows, so that no slice holds more than `maxScoreElements`
- * scores. Every matmul is untransposed (wasm's transposeA/transposeB path is ~10x slower); the
- * transposes are explicit and only ever of [S, d]-sized tensors (and of a mask), never of scores.
+ * scores. Every matmul is untransposed (wasm's transposeA/transposeB path is ~10x slower) and the
+ * transposes are explicit and only ever of [S, d]-sized tensors, never of scores (a 1024 x 1024
+ * transpose costs 20 ms on wasm, the softmax 3 ms).
  *
  * Tensor ownership: returns one new tensor; every intermediate is disposed (forward and backward).
  * The mask is treated as a constant (its gradient is reported as zero), as attention masks are.
@@ -80,79 +83,60 @@ export function memoryEfficientAttend(q: Tensor, k: Tensor, v: Tensor, heads: nu
   const run = customGrad((...args: unknown[]) => {
     const save = args.pop() as (ts: Tensor[]) => void;
     const [qIn, kIn, vIn, m3] = args as [Tensor, Tensor, Tensor, Tensor | undefined];
-    const { out, lse } = tf.tidy(() => {
+    const out = tf.tidy(() => {
       const qh = tf.mul(toHeads(qIn, sq), scale); // [BH, Sq, d], scaled
       const khT = toHeadsT(kIn); // [BH, d, Sk]
       const vh = toHeads(vIn, sk); // [BH, Sk, d]
       const outs: Tensor[] = [];
-      const lses: Tensor[] = [];
-      eachSlice(cut, qh, khT, vh, m3, (qs, kT, vs, ms) => {
-        // 1. S = Q K^T + M;  L = logsumexp(S);  O = exp(S - max) V / sum(exp(S - max))
-        const [o, l] = tf.tidy(() => {
-          let s = tf.matMul(qs, kT); // [G, rows, Sk]
-          if (ms) s = tf.add(s, ms);
-          const mx = tf.max(s, -1, true); // [G, rows, 1]
-          const e = tf.exp(tf.sub(s, mx)); // [G, rows, Sk]
-          const sum = tf.sum(e, -1, true); // [G, rows, 1]
-          return [tf.div(tf.matMul(e, vs), sum), tf.add(mx, tf.log(sum))]; // [G, rows, d], [G, rows, 1]
+      eachGroup(cut, [qh, khT, vh], m3, ([qg, kTg, vg], mg) => {
+        const rows = byRows(cut, [[qg, 1]], mg);
+        rows.forEach(([[qr], mr]) => {
+          outs.push(tf.tidy(() => tf.matMul(tf.softmax(scores(qr, kTg, mr)), vg))); // O = softmax(Q K^T + M) V [G, rows, d]
         });
-        outs.push(o);
-        lses.push(l);
       });
-      return { out: fromHeads(joinSlices(outs, cut)), lse: joinSlices(lses, cut) }; // [B, Sq, inner], [BH, Sq, 1]
+      return fromHeads(joinSlices(outs, cut)); // [B, Sq, inner]
     });
-    save([qIn, kIn, vIn, out, lse, ...(m3 ? [m3] : [])]);
+    save([qIn, kIn, vIn, out, ...(m3 ? [m3] : [])]);
     return {
       value: out,
       gradFunc: (dy: Tensor, saved: Tensor[]) => {
-        const [qS, kS, vS, oS, lseS, mS] = saved;
+        const [qS, kS, vS, oS, mS] = saved;
         return tf.tidy(() => {
-          // The backward pass works on transposed scores, S^T = K Q^T ([Sk, rows]): then a
-          // scores-sized tensor is the left operand of four of its five matmuls (dV, dP^T, dK and
-          // S^T itself), which is the fast case on wasm (the right operand is repacked per call).
           const qh = tf.mul(toHeads(qS, sq), scale); // [BH, Sq, d], scaled
           const qhT = swapLastTwo(qh); // [BH, d, Sq]
-          const kh = toHeads(kS, sk); // [BH, Sk, d]
           const khT = toHeadsT(kS); // [BH, d, Sk]
-          const vh = toHeads(vS, sk); // [BH, Sk, d]
+          const kh = toHeads(kS, sk); // [BH, Sk, d]
+          const vhT = toHeadsT(vS); // [BH, d, Sk]
           const dOh = toHeads(dy, sq); // [BH, Sq, d]
           const dOhT = swapLastTwo(dOh); // [BH, d, Sq]
-          const deltaT = tf.sum(tf.mul(dOh, toHeads(oS, sq)), -1, true).reshape([bh, 1, sq]); // 1. D^T [BH, 1, Sq]
-          const lseT = lseS.reshape([bh, 1, sq]); // L^T [BH, 1, Sq]
-          const maskT = mS ? swapLastTwo(mS) : undefined; // [1|BH, Sk, 1|Sq]
-          const dqTs: Tensor[] = []; // [G, d, rows] each
+          const delta = tf.sum(tf.mul(dOh, toHeads(oS, sq)), -1, true); // 1. D [BH, Sq, 1]
+          const dqs: Tensor[] = []; // [G, rows, d] each
           const dks: Tensor[] = []; // [G, Sk, d] each
           const dvs: Tensor[] = [];
-          eachGroup(cut, [qh, qhT, kh, khT, vh, dOh, dOhT, deltaT, lseT], maskT, ([qg, qTg, kg, kTg, vg, dOg, dOTg, DTg, LTg], mTg) => {
-            let dK: Tensor | null = null;
-            let dV: Tensor | null = null;
-            // Query rows are columns of S^T: q and dO split along axis 1, their transposes and
-            // the row statistics along axis 2.
-            const byRows = (t: Tensor, axis: number) => (cut.rows.length === 1 ? [t] : tf.split(t, cut.rows, axis));
-            const [qr, qTr, dOr, dOTr, DTr, LTr] = [byRows(qg, 1), byRows(qTg, 2), byRows(dOg, 1), byRows(dOTg, 2), byRows(DTg, 2), byRows(LTg, 2)];
-            const mTr = mTg && mTg.shape[2] !== 1 ? byRows(mTg, 2) : null;
-            cut.rows.forEach((_, j) => {
-              const [dQTj, dKj, dVj] = tf.tidy(() => {
-                let sT = tf.matMul(kg, qTr[j]); // 2. S^T = K Q^T [G, Sk, rows]
-                if (mTg) sT = tf.add(sT, mTr ? mTr[j] : mTg);
-                const pT = tf.exp(tf.sub(sT, LTr[j])); // P^T [G, Sk, rows]
-                const dVj = tf.matMul(pT, dOr[j]); // 3. dV = P^T dO [G, Sk, d]
-                const dPT = tf.matMul(vg, dOTr[j]); // 4. dP^T = V dO^T [G, Sk, rows]
-                const dST = tf.mul(pT, tf.sub(dPT, DTr[j])); // 5. dS^T [G, Sk, rows]
-                const dKj = tf.matMul(dST, qr[j]); // 6. dK = dS^T Q (Q scaled) [G, Sk, d]
-                const dQTj = tf.matMul(kTg, dST); // 6. dQ^T / scale = K^T dS^T [G, d, rows]
-                return [dQTj, dKj, dVj];
+          eachGroup(cut, [qh, qhT, khT, kh, vhT, dOh, dOhT, delta], mS, ([qg, qTg, kTg, kg, vTg, dOg, dOTg, Dg], mg) => {
+            let dKT: Tensor | null = null; // [G, d, Sk]
+            let dVT: Tensor | null = null; // [G, d, Sk]
+            // Query rows: q, dO and D split along axis 1, the transposes along axis 2.
+            const rows = byRows(cut, [[qg, 1], [qTg, 2], [dOg, 1], [dOTg, 2], [Dg, 1]], mg);
+            for (const [[qr, qTr, dOr, dOTr, Dr], mr] of rows) {
+              const [dQr, dKTr, dVTr] = tf.tidy(() => {
+                const p = tf.softmax(scores(qr, kTg, mr)); // 2. P [G, rows, Sk]
+                const dVTr = tf.matMul(dOTr, p); // 3. dV^T = dO^T P [G, d, Sk]
+                const dP = tf.matMul(dOr, vTg); // 4. dP = dO V^T [G, rows, Sk]
+                const dS = tf.mul(p, tf.sub(dP, Dr)); // 5. dS [G, rows, Sk]
+                const dQr = tf.matMul(dS, kg); // 6. dQ / scale = dS K [G, rows, d]
+                const dKTr = tf.matMul(qTr, dS); // 6. dK^T = Q^T dS [G, d, Sk]
+                return [dQr, dKTr, dVTr];
               });
-              dqTs.push(dQTj);
-              dK = accumulate(dK, dKj);
-              dV = accumulate(dV, dVj);
-            });
-            dks.push(dK!);
-            dvs.push(dV!);
+              dqs.push(dQr);
+              dKT = accumulate(dKT, dKTr);
+              dVT = accumulate(dVT, dVTr);
+            }
+            dks.push(swapLastTwo(dKT!)); // [G, Sk, d]
+            dvs.push(swapLastTwo(dVT!));
+            tf.dispose([dKT!, dVT!]);
           });
-          // [BH, d, Sq] -> [B, heads, d, Sq] -> [B, Sq, heads, d] -> [B, Sq, inner], times scale
-          const dqT = joinSlices(dqTs, cut, 2);
-          const dq = tf.mul(dqT.reshape([b, heads, d, sq]).transpose([0, 3, 1, 2]).reshape([b, sq, inner]), scale);
+          const dq = tf.mul(fromHeads(joinSlices(dqs, cut)), scale); // [B, Sq, inner]
           // [BH, Sk, d] -> [B, heads, Sk, d] -> [B, Sk, heads, d] -> [B, Sk, inner]
           const fromHeadsK = (t: Tensor) => t.reshape([b, heads, sk, d]).transpose([0, 2, 1, 3]).reshape([b, sk, inner]);
           const dk = fromHeadsK(dks.length === 1 ? dks[0] : tf.concat(dks, 0));
@@ -181,11 +165,10 @@ function checkMask(mask: Tensor, bh: number, sq: number, sk: number): void {
   }
 }
 
-/** Calls `fn` for every (group, rows) slice of the forward pass, in order: groups, then rows. */
-function eachSlice(cut: Cut, qh: Tensor, khT: Tensor, vh: Tensor, mask: Tensor | undefined, fn: (q: Tensor, kT: Tensor, v: Tensor, m: Tensor | undefined) => void): void {
-  eachGroup(cut, [qh, khT, vh], mask, ([qg, kTg, vg], mg) => {
-    for (const [[qr], mr] of splitRows([qg], mg, cut.rows)) fn(qr, kTg, vg, mr);
-  });
+/** S = Q K^T (+ M) for one slice: [G, rows, Sk]. */
+function scores(q: Tensor, kT: Tensor, mask: Tensor | undefined): Tensor {
+  const s = tf.matMul(q, kT);
+  return mask ? tf.add(s, mask) : s;
 }
 
 /** Calls `fn` with each group slice of `ts` (all [BH, ...]) and of the mask. */
@@ -202,22 +185,22 @@ function eachGroup(cut: Cut, ts: Tensor[], mask: Tensor | undefined, fn: (ts: Te
   }
 }
 
-/** Row slices ([G, rows, ...] along axis 1) of `ts` and of the mask. */
-function splitRows(ts: Tensor[], mask: Tensor | undefined, rows: number[]): Array<[Tensor[], Tensor | undefined]> {
-  if (rows.length === 1) return [[ts, mask]];
-  const parts = ts.map((t) => tf.split(t, rows, 1));
-  const masks = mask && mask.shape[1] !== 1 ? tf.split(mask, rows, 1) : null;
-  return rows.map((_, j) => [parts.map((p) => p[j]), masks ? masks[j] : mask]);
+/** The query-row slices of `ts` (each cut along its own axis) and of the mask (along axis 1). */
+function byRows(cut: Cut, ts: Array<[Tensor, number]>, mask: Tensor | undefined): Array<[Tensor[], Tensor | undefined]> {
+  if (cut.rows.length === 1) return [[ts.map(([t]) => t), mask]];
+  const parts = ts.map(([t, axis]) => tf.split(t, cut.rows, axis));
+  const masks = mask && mask.shape[1] !== 1 ? tf.split(mask, cut.rows, 1) : null;
+  return cut.rows.map((_, j) => [parts.map((p) => p[j]), masks ? masks[j] : mask]);
 }
 
-/** Slices produced group by group, rows within a group (along `rowAxis`), -> [BH, ...]. */
-function joinSlices(pieces: Tensor[], cut: Cut, rowAxis = 1): Tensor {
+/** Slices produced group by group, rows within a group, -> [BH, Sq, ...]. */
+function joinSlices(pieces: Tensor[], cut: Cut): Tensor {
   if (pieces.length === 1) return pieces[0];
   const perGroup = cut.rows.length;
   const groups: Tensor[] = [];
   for (let i = 0; i < pieces.length; i += perGroup) {
     const rows = pieces.slice(i, i + perGroup);
-    groups.push(rows.length === 1 ? rows[0] : tf.concat(rows, rowAxis));
+    groups.push(rows.length === 1 ? rows[0] : tf.concat(rows, 1));
   }
   return groups.length === 1 ? groups[0] : tf.concat(groups, 0);
 }
