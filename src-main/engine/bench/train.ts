@@ -59,6 +59,13 @@ export interface BenchTrainReport {
   ms_per_step: number | null;
   ms_steps: number[];
   /**
+   * Median process CPU time (user + system) per step. The engine runs on one thread, so on an
+   * idle machine this is close to ms_per_step; on a shared one it leaves out the time other
+   * processes held the core, and is the steadier figure for before/after comparisons.
+   */
+  cpu_ms_per_step: number | null;
+  cpu_ms_steps: number[];
+  /**
    * Peak of TensorFlow.js's byte counter during one step, above what was allocated before it.
    * Not the machine's memory: the counter adds a clone's bytes even when the clone shares its
    * buffer (the tape clones every tensor it saves, weights included), and it does not see
@@ -115,6 +122,8 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
     adapterLayers: 0,
     ms_per_step: null,
     ms_steps: [],
+    cpu_ms_per_step: null,
+    cpu_ms_steps: [],
     peak_step_bytes: null,
     peak_tensor_bytes: null,
     gflop_per_step: null,
@@ -158,13 +167,23 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
     };
     for (let i = 0; i < warmup + steps; i++) {
       const t0 = performance.now();
+      const c0 = process.cpuUsage();
       await step();
       const ms = performance.now() - t0;
+      const c = process.cpuUsage(c0);
+      const cpuMs = (c.user + c.system) / 1000;
       log(`step ${i + 1}/${warmup + steps}: ${ms.toFixed(0)} ms${i < warmup ? ' (warm-up)' : ''}`);
-      if (i >= warmup) report.ms_steps.push(ms);
+      if (i >= warmup) {
+        report.ms_steps.push(ms);
+        report.cpu_ms_steps.push(cpuMs);
+      }
     }
-    const sorted = [...report.ms_steps].sort((a, b) => a - b);
-    report.ms_per_step = sorted.length ? sorted[Math.floor((sorted.length - 1) / 2)] : null;
+    const median = (xs: number[]) => {
+      const sorted = [...xs].sort((a, b) => a - b);
+      return sorted.length ? sorted[Math.floor((sorted.length - 1) / 2)] : null;
+    };
+    report.ms_per_step = median(report.ms_steps);
+    report.cpu_ms_per_step = median(report.cpu_ms_steps);
     const before = tf.memory().numBytes;
     const prof = await tf.profile(step);
     report.peak_step_bytes = Math.max(0, prof.peakBytes - before);
