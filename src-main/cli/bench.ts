@@ -79,7 +79,8 @@ export function register(program: Command): void {
           `  ${r.config.method} rank ${r.config.rank} on ${r.adapterLayers} layers (${r.adapterParameters.toLocaleString('en-US')} params), UNet ${r.unetParameters.toLocaleString('en-US')} params`,
           `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}, ${r.config.attention} attention`,
           `  ms/step (median of ${r.ms_steps.length}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} (CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}); ${r.gflop_per_step?.toFixed(2) ?? 'n/a'} GFLOP per step (forward + backward), ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
-          `  peak RSS ${r.peak_rss_mb} MiB${r.wasm_heap_mb ? `, wasm heap ${r.wasm_heap_mb} MiB` : ''}; tfjs byte counter peak ${r.peak_step_bytes === null ? 'n/a' : `${(r.peak_step_bytes / 2 ** 20).toFixed(1)} MiB above the weights, ${((r.peak_tensor_bytes ?? 0) / 2 ** 20).toFixed(1)} MiB in all`}`,
+          `  peak RSS ${r.peak_rss_mb} MiB${r.wasm_heap_mb ? `, wasm heap ${r.wasm_heap_mb} MiB` : ''}`,
+          `  tensor buffers at the step's peak: ${r.peak_step_buffer_bytes === null ? 'n/a' : `${(r.peak_step_buffer_bytes / 2 ** 20).toFixed(1)} MiB above the ${((r.buffer_bytes_before ?? 0) / 2 ** 20).toFixed(1)} MiB held before the step (weights ${(r.weight_bytes / 2 ** 20).toFixed(1)} MiB)`}; tfjs byte counter (counts shared clones again) ${r.peak_step_bytes === null ? 'n/a' : `${(r.peak_step_bytes / 2 ** 20).toFixed(1)} MiB`}`,
           ...(r.kernels ?? []).map((k) => `    ${k.name.padEnd(24)} ${String(k.calls).padStart(6)} calls ${k.ms.toFixed(1).padStart(9)} ms ${(k.share * 100).toFixed(1).padStart(5)}%`),
         ].join('\n'),
       );

@@ -75,6 +75,14 @@ export interface BenchTrainReport {
   peak_step_bytes: number | null;
   /** Bytes held by all tensors (weights included) at the step's peak, by the same counter. */
   peak_tensor_bytes: number | null;
+  /**
+   * Peak of the bytes in the backend's distinct tensor buffers during one step, above those
+   * live before it (counted at the backend: a buffer shared by several tensors counts once).
+   * What the step's tensors really hold; `buffer_bytes_before` is the part live before the step
+   * (weights, adapters, optimizer state, inputs).
+   */
+  peak_step_buffer_bytes: number | null;
+  buffer_bytes_before: number | null;
   /** Forward + backward arithmetic of one step (see the formula at the top of this file). */
   gflop_per_step: number | null;
   /** gflop_per_step / (ms_per_step / 1000). */
@@ -126,6 +134,8 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
     cpu_ms_steps: [],
     peak_step_bytes: null,
     peak_tensor_bytes: null,
+    peak_step_buffer_bytes: null,
+    buffer_bytes_before: null,
     gflop_per_step: null,
     gflops: null,
     wasm_heap_mb: null,
@@ -185,7 +195,15 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
     report.ms_per_step = median(report.ms_steps);
     report.cpu_ms_per_step = median(report.cpu_ms_steps);
     const before = tf.memory().numBytes;
-    const prof = await tf.profile(step);
+    report.buffer_bytes_before = before; // no tape yet, so no clones: each buffer counted once
+    const buffers = trackBufferBytes();
+    let prof: Awaited<ReturnType<typeof tf.profile>>;
+    try {
+      prof = await tf.profile(step);
+    } finally {
+      buffers.stop();
+    }
+    report.peak_step_buffer_bytes = buffers.peak;
     report.peak_step_bytes = Math.max(0, prof.peakBytes - before);
     report.peak_tensor_bytes = prof.peakBytes;
     report.gflop_per_step = stepFlops(prof.kernels) / 1e9;
@@ -253,4 +271,43 @@ function kernelTimes(kernels: readonly KernelRecord[]): NonNullable<BenchTrainRe
     .sort((x, y) => y[1].ms - x[1].ms)
     .slice(0, 20)
     .map(([name, e]) => ({ name, calls: e.calls, ms: Math.round(e.ms * 10) / 10, share: Math.round((e.ms / (total || 1)) * 1000) / 1000 }));
+}
+
+/**
+ * Counts the bytes of the backend's distinct buffers as they are written and freed (wrapping
+ * `write` and `disposeData`, which every backend here has), from zero at the call.
+ */
+function trackBufferBytes(): { readonly peak: number; stop(): void } {
+  type Backend = { write(values: unknown, shape: number[], dtype: tf.DataType): object; disposeData(dataId: object, force?: boolean): boolean };
+  const backend = tf.backend() as unknown as Backend;
+  const write = backend.write;
+  const disposeData = backend.disposeData;
+  const live = new Map<object, number>();
+  let current = 0;
+  const state = { peak: 0 };
+  backend.write = function (values, shape, dtype) {
+    const dataId = write.call(this, values, shape, dtype);
+    const bytes = dtype === 'string' ? 0 : shape.reduce((a, b) => a * b, 1) * tf.util.bytesPerElement(dtype as 'float32');
+    live.set(dataId, bytes);
+    current += bytes;
+    state.peak = Math.max(state.peak, current);
+    return dataId;
+  };
+  backend.disposeData = function (dataId, force) {
+    const freed = disposeData.call(this, dataId, force);
+    if (freed && live.has(dataId)) {
+      current -= live.get(dataId)!;
+      live.delete(dataId);
+    }
+    return freed;
+  };
+  return {
+    get peak() {
+      return state.peak;
+    },
+    stop() {
+      backend.write = write;
+      backend.disposeData = disposeData;
+    },
+  };
 }
