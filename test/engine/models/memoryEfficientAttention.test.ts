@@ -27,7 +27,7 @@ describe('memory-efficient attention in a model', () => {
     const ctx = tf.tensor(rng.normal(2 * 77 * 32), [2, 77, 32]);
     const target = tf.tensor(rng.normal(2 * 16 * 16 * 4), [2, 16, 16, 4]);
     const vars = set.variables();
-    attentionOptions.memoryEfficientMinScores = 0; // every attention of this small UNet through the new path
+    expect(attentionOptions.memoryEfficientMinScores).toBe(0); // every attention of this small UNet takes the new path
     const gradients = (mode: AttentionMode) =>
       withAttentionMode(mode, async () => {
         const { value, grads } = tf.variableGrads(() => tf.losses.meanSquaredError(target, unet.forward(x, [500, 20], ctx)) as tf.Scalar, vars);
@@ -50,7 +50,6 @@ describe('memory-efficient attention in a model', () => {
     console.log(`[memory-efficient attention, tiny-a UNet] ${vars.length} adapter tensors, worst max |diff| / max |ref| ${worst.toExponential(2)}`);
     expect(nonzero).toBe(vars.length);
     expect(worst, 'identical to the last bit: the memory-efficient path cannot have run').toBeGreaterThan(0);
-    attentionOptions.memoryEfficientMinScores = 2 ** 20;
     tf.dispose([x, ctx, target]);
     set.remove();
     unet.dispose();

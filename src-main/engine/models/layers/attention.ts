@@ -26,12 +26,12 @@ export const attentionOptions = {
    */
   mode: 'plain' as AttentionMode,
   /**
-   * In 'memory-efficient' mode, attentions with fewer scores than this (B*heads*Sq*Sk) still take
-   * the plain path: their scores are small (2^20 floats = 4 MiB), and there the plain path's
-   * fewer kernels are faster (tiny-b at 128 px: 0.96 s per step all memory-efficient, 0.79 s
-   * plain, on wasm). 0 sends every attention through the memory-efficient path.
+   * In 'memory-efficient' mode, attentions with fewer scores than this (B*heads*Sq*Sk) take the
+   * plain path. 0 (the default): all of them. Measured on tiny-b, wasm: with 2^20 the 256 px
+   * step's wasm heap was 613 MiB instead of 358 and the 128 px step 248 MiB instead of 100, for
+   * no speed difference that stood out of this shared machine's noise.
    */
-  memoryEfficientMinScores: 2 ** 20,
+  memoryEfficientMinScores: 0,
 };
 
 export type AttentionMode = 'plain' | 'memory-efficient';
