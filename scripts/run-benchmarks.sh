@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmarks quoted in the docs and closing notes, one JSON file each, on the backend
 # this machine picks (or SINGLORA_BACKEND). Each JSON carries its backend and configuration.
-#   bash scripts/run-benchmarks.sh [out-dir]
+#   bash scripts/run-benchmarks.sh [out-dir]        (SD15=1 adds the SD 1.5 training-memory runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-test-artifacts/bench}"
@@ -18,6 +18,16 @@ for method in singlora lora; do
 done
 s bench train --base test/fixtures/tiny-a/model --resolution 64 --steps 5 --checkpointing --json > "$out/train-tiny-a-singlora-ckpt.json"
 s bench train --base test/fixtures/tiny-b/model --resolution 128 --steps 5 --checkpointing --json > "$out/train-tiny-b-singlora-ckpt.json"
-s bench train --base test/fixtures/tiny-b/model --resolution 256 --steps 3 --json > "$out/train-tiny-b-256.json"
-s bench train --base test/fixtures/tiny-b/model --resolution 256 --steps 3 --checkpointing --json > "$out/train-tiny-b-256-ckpt.json"
+for res in 256 512; do
+  s bench train --base test/fixtures/tiny-b/model --resolution $res --steps 5 --json > "$out/train-tiny-b-$res.json"
+  s bench train --base test/fixtures/tiny-b/model --resolution $res --steps 5 --checkpointing --json > "$out/train-tiny-b-$res-ckpt.json"
+done
+s bench train --base test/fixtures/tiny-b/model --resolution 256 --steps 5 --attention plain --json > "$out/train-tiny-b-256-plain-attention.json"
+# SD 1.5 shape (random weights) on the cpu backend: one step each, for the memory figures (slow: minutes each).
+if [ "${SD15:-0}" = 1 ]; then
+  for res in 64 128; do
+    s bench train --base test/fixtures/sd15_configs/unet --resolution $res --backend cpu --steps 1 --warmup 0 --json > "$out/train-sd15-$res.json"
+    s bench train --base test/fixtures/sd15_configs/unet --resolution $res --backend cpu --steps 1 --warmup 0 --checkpointing --json > "$out/train-sd15-$res-ckpt.json"
+  done
+fi
 echo "wrote $out"

@@ -79,18 +79,24 @@ export function register(program: Command): void {
       .option('--rank <r>', 'adapter rank', parse.int(1, 256), 8)
       .addOption(new Option('--method <m>', 'adapter type').choices(['singlora', 'lora']).default('singlora'))
       .option('--batch <n>', 'batch size', parse.int(1, 64), 1)
-      .option('--checkpointing', 'gradient checkpointing per UNet block'),
+      .option('--checkpointing', 'gradient checkpointing per UNet block')
+      .option('--gradient-checkpointing', "the same as --checkpointing (the train setting's name)")
+      .addOption(new Option('--attention <mode>', 'memory-efficient (as train uses) or plain (for comparison)').choices(['memory-efficient', 'plain']).default('memory-efficient'))
+      .option('--profile', "also list the step's kernels by time"),
   ).action(
-    action(async (o: GlobalOptions & { base: string; resolution: number; steps: number; warmup: number; rank: number; method: 'singlora' | 'lora'; batch: number; checkpointing?: boolean }) => {
+    action(async (o: GlobalOptions & { base: string; resolution: number; steps: number; warmup: number; rank: number; method: 'singlora' | 'lora'; batch: number; checkpointing?: boolean; gradientCheckpointing?: boolean; attention: 'memory-efficient' | 'plain'; profile?: boolean }) => {
       requireExists(o.base, '--base');
       const { benchTrain } = await import('../engine/bench/train.ts');
-      const r = await benchTrain({ base: o.base, resolution: o.resolution, steps: o.steps, warmup: o.warmup, rank: o.rank, method: o.method, batch: o.batch, checkpointing: o.checkpointing, backend: o.backend ?? 'auto', log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) });
+      const r = await benchTrain({ base: o.base, resolution: o.resolution, steps: o.steps, warmup: o.warmup, rank: o.rank, method: o.method, batch: o.batch, checkpointing: o.checkpointing || o.gradientCheckpointing, attention: o.attention, profile: o.profile, backend: o.backend ?? 'auto', log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) });
       printResult(o, r, () =>
         [
           `${r.backend}: ${r.status}${r.error ? ` (${r.error})` : ''}`,
           `  ${r.config.method} rank ${r.config.rank} on ${r.adapterLayers} layers (${r.adapterParameters.toLocaleString('en-US')} params), UNet ${r.unetParameters.toLocaleString('en-US')} params`,
-          `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}`,
-          `  ms/step (median of ${r.ms_steps.length}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'}; peak RSS ${r.peak_rss_mb} MiB${r.wasm_heap_mb ? `, wasm heap ${r.wasm_heap_mb} MiB` : ''}; tfjs byte counter peak ${r.peak_step_bytes === null ? 'n/a' : `${(r.peak_step_bytes / 2 ** 20).toFixed(1)} MiB`}`,
+          `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}, ${r.config.attention} attention`,
+          `  ms/step (median of ${r.ms_steps.length}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} (CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}); ${r.gflop_per_step?.toFixed(2) ?? 'n/a'} GFLOP per step (forward + backward), ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
+          `  peak RSS ${r.peak_rss_mb} MiB${r.wasm_heap_mb ? `, wasm heap ${r.wasm_heap_mb} MiB` : ''}`,
+          `  tensor buffers at the step's peak: ${r.peak_step_buffer_bytes === null ? 'n/a' : `${(r.peak_step_buffer_bytes / 2 ** 20).toFixed(1)} MiB above the ${((r.buffer_bytes_before ?? 0) / 2 ** 20).toFixed(1)} MiB held before the step (weights ${(r.weight_bytes / 2 ** 20).toFixed(1)} MiB)`}; tfjs byte counter (counts shared clones again) ${r.peak_step_bytes === null ? 'n/a' : `${(r.peak_step_bytes / 2 ** 20).toFixed(1)} MiB`}`,
+          ...(r.kernels ?? []).map((k) => `    ${k.name.padEnd(24)} ${String(k.calls).padStart(6)} calls ${k.ms.toFixed(1).padStart(9)} ms ${(k.share * 100).toFixed(1).padStart(5)}%`),
         ].join('\n'),
       );
     }),

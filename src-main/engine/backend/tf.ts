@@ -160,7 +160,10 @@ async function start(name: BackendName, forced: boolean): Promise<BackendStatus>
       }
       // setBackend('wasm') can silently leave cpu current, so check both the result and the name.
       const ok = await setBackend(name);
-      if (ok) installTransposeFreeGradients();
+      if (ok) {
+        installTransposeFreeGradients();
+        installCopyFreeKernels();
+      }
       return ok ? { name, available: true, device: 'WebAssembly (XNNPACK, 1 thread)' } : { name, available: false, reason: 'tf.setBackend("wasm") returned false' };
     }
     case 'cpu':
@@ -370,6 +373,110 @@ function installTransposeFreeGradients(): void {
           return dx.shape.every((d, i) => d === x.shape[i]) ? dx : (defaults.x as () => tf.Tensor)();
         },
       };
+    },
+  });
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Copy-free Identity, Slice and SplitV for wasm
+//
+// tfjs-backend-wasm 4.22's Identity copies the whole buffer, and the engine clones (Identity)
+// every tensor the tape saves for the backward pass: on wasm each saved activation and weight
+// was held twice, and copied on every step (1.8 s of a tiny-b 256 px step's CPU time). The cpu
+// and webgl backends share the buffer instead (tensor data is immutable), which is what the
+// Identity below does. Its Slice (and SplitV, which calls it directly) first copies the whole
+// input out of the heap (`readSync`) for every piece: splitting a tensor into n pieces copied it
+// n times (the gradient of every concat is a split). The Slice below reads the heap in place.
+
+type WasmBackendInternals = {
+  incRef(dataId: unknown): void;
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  typedArrayFromHeap(t: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
+};
+
+let copyFreeInstalled = false;
+
+/** out = x[begin : begin + size], copied run by run (a run: the innermost axis's extent). */
+function sliceFromHeap(x: tf.TensorInfo, begin: number[], size: number[], backend: WasmBackendInternals): tf.TensorInfo {
+  const out = backend.makeOutput(size, x.dtype); // may grow the heap: take the views after it
+  const xv = backend.typedArrayFromHeap(x);
+  const ov = backend.typedArrayFromHeap(out);
+  const rank = x.shape.length;
+  if (rank === 0) {
+    ov.set(xv);
+    return out;
+  }
+  const strides: number[] = new Array(rank).fill(1);
+  for (let i = rank - 2; i >= 0; i--) strides[i] = strides[i + 1] * x.shape[i + 1];
+  // Merge the trailing axes the slice takes whole into one contiguous run.
+  let runAxis = rank - 1;
+  while (runAxis > 0 && size[runAxis] === x.shape[runAxis] && begin[runAxis] === 0) runAxis--;
+  const run = size.slice(runAxis).reduce((a, b) => a * b, 1);
+  const total = size.reduce((a, b) => a * b, 1);
+  if (total === 0) return out;
+  const idx: number[] = new Array(runAxis).fill(0);
+  for (let o = 0; o < total; o += run) {
+    let offset = begin[runAxis] * strides[runAxis];
+    for (let i = 0; i < runAxis; i++) offset += (begin[i] + idx[i]) * strides[i];
+    ov.set(xv.subarray(offset, offset + run), o);
+    for (let i = runAxis - 1; i >= 0; i--) {
+      if (++idx[i] < size[i]) break;
+      idx[i] = 0;
+    }
+  }
+  return out;
+}
+
+function installCopyFreeKernels(): void {
+  if (copyFreeInstalled) return;
+  copyFreeInstalled = true;
+  const original = (name: string) => tf.getKernel(name, 'wasm')!;
+  const identityDefault = original('Identity');
+  const sliceDefault = original('Slice');
+  const splitDefault = original('SplitV');
+  const replace = (config: tf.KernelConfig) => {
+    tf.unregisterKernel(config.kernelName, 'wasm');
+    tf.registerKernel(config);
+  };
+  replace({
+    kernelName: 'Identity',
+    backendName: 'wasm',
+    kernelFunc: (args) => {
+      const x = args.inputs.x as tf.TensorInfo;
+      if (x.dtype === 'string') return identityDefault.kernelFunc(args);
+      (args.backend as unknown as WasmBackendInternals).incRef(x.dataId);
+      return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+    },
+  });
+  replace({
+    kernelName: 'Slice',
+    backendName: 'wasm',
+    kernelFunc: (args) => {
+      const x = args.inputs.x as tf.TensorInfo;
+      if (x.dtype === 'string') return sliceDefault.kernelFunc(args);
+      const { begin, size } = args.attrs as unknown as { begin: number | number[]; size: number | number[] };
+      const [b, sz] = tf.slice_util.parseSliceParams(x as tf.Tensor, begin, size);
+      return sliceFromHeap(x, b, sz, args.backend as unknown as WasmBackendInternals);
+    },
+  });
+  replace({
+    kernelName: 'SplitV',
+    backendName: 'wasm',
+    kernelFunc: (args) => {
+      const x = args.inputs.x as tf.TensorInfo;
+      if (x.dtype === 'string') return splitDefault.kernelFunc(args);
+      const { numOrSizeSplits, axis } = args.attrs as unknown as { numOrSizeSplits: number | number[]; axis: number };
+      const ax = tf.util.parseAxisParam(axis, x.shape)[0];
+      const sizes = tf.backend_util.prepareSplitSize(x as tf.Tensor, numOrSizeSplits, ax);
+      const begin = new Array(x.shape.length).fill(0);
+      return sizes.map((n) => {
+        const size = [...x.shape];
+        size[ax] = n;
+        const piece = sliceFromHeap(x, [...begin], size, args.backend as unknown as WasmBackendInternals);
+        begin[ax] += n;
+        return piece;
+      });
     },
   });
 }

@@ -8,12 +8,23 @@
  *
  * Reports the median ms per step after warm-up, the peak tensor bytes of one step (tf.profile),
  * the process RSS, and the configuration, so a figure is never quoted without its setting.
+ *
+ * Arithmetic per step (`gflop_per_step`), counted from the kernels of one profiled step's forward
+ * pass (every kernel before the loss): a matmul or convolution costs 2 x output elements x
+ * reduction length (F). The backward pass computes input gradients only (the base weights are
+ * frozen; the adapters' weight gradients are under 1% and not counted): one more F for each layer
+ * with a weight, two more for the attention matmuls (Q K^T and P V, both operands activations,
+ * told apart as the matmuls whose two operands are rank 3). So
+ *   GFLOP per step = 2 x F_weights + 3 x F_attention
+ * Recomputation (gradient checkpointing, the memory-efficient attention's backward) is not
+ * counted: `gflops` is useful arithmetic per second.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { initBackend, memoryCounters, tf, type BackendName } from '../backend/tf.ts';
 import { AdapterSet, DEFAULT_TARGETS, defaultAdapterSpec } from '../adapters/adapterSet.ts';
 import { vaeScaleFactor } from '../io/modelFiles.ts';
+import { withAttentionMode, type AttentionMode } from '../models/layers/attention.ts';
 import { loadParams, randomSource } from '../models/layers/module.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import { SD15_SCHEDULER_CONFIG } from '../pipeline/stableDiffusion.ts';
@@ -33,6 +44,10 @@ export interface BenchTrainOptions {
   checkpointing?: boolean;
   batch?: number;
   backend?: BackendName | 'auto';
+  /** Attention in the training step (default: 'memory-efficient', as `train` uses). */
+  attention?: AttentionMode;
+  /** Also report the step's kernels by time (tf.profile), largest first. */
+  profile?: boolean;
   seed?: number;
   log?: (line: string) => void;
 }
@@ -41,12 +56,19 @@ export interface BenchTrainReport {
   bench: 'train';
   backend: string;
   device: string | null;
-  config: { base: string; resolution: number; latent: [number, number]; batch: number; method: string; rank: number; targets: readonly string[]; checkpointing: boolean; steps: number; warmup: number };
+  config: { base: string; resolution: number; latent: [number, number]; batch: number; method: string; rank: number; targets: readonly string[]; checkpointing: boolean; attention: AttentionMode; steps: number; warmup: number };
   unetParameters: number;
   adapterParameters: number;
   adapterLayers: number;
   ms_per_step: number | null;
   ms_steps: number[];
+  /**
+   * Median process CPU time (user + system) per step. The engine runs on one thread, so on an
+   * idle machine this is close to ms_per_step; on a shared one it leaves out the time other
+   * processes held the core, and is the steadier figure for before/after comparisons.
+   */
+  cpu_ms_per_step: number | null;
+  cpu_ms_steps: number[];
   /**
    * Peak of TensorFlow.js's byte counter during one step, above what was allocated before it.
    * Not the machine's memory: the counter adds a clone's bytes even when the clone shares its
@@ -55,6 +77,22 @@ export interface BenchTrainReport {
    * mark) are what the machine saw.
    */
   peak_step_bytes: number | null;
+  /** Bytes held by all tensors (weights included) at the step's peak, by the same counter. */
+  peak_tensor_bytes: number | null;
+  /**
+   * Peak of the bytes in the backend's distinct tensor buffers during one step, above those
+   * live before it (counted at the backend: a buffer shared by several tensors counts once).
+   * What the step's tensors really hold; `buffer_bytes_before` is the part live before the step
+   * (weights, adapters, optimizer state, inputs).
+   */
+  peak_step_buffer_bytes: number | null;
+  buffer_bytes_before: number | null;
+  /** Forward + backward arithmetic of one step (see the formula at the top of this file). */
+  gflop_per_step: number | null;
+  /** gflop_per_step / (ms_per_step / 1000). */
+  gflops: number | null;
+  /** With `profile`: the step's kernels by total time, largest first (top 20). */
+  kernels?: Array<{ name: string; calls: number; ms: number; share: number }>;
   wasm_heap_mb: number | null;
   weight_bytes: number;
   peak_rss_mb: number;
@@ -99,13 +137,20 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
     bench: 'train',
     backend: info.name,
     device: info.device ?? null,
-    config: { base: o.base, resolution: o.resolution, latent, batch, method, rank, targets: DEFAULT_TARGETS, checkpointing: o.checkpointing ?? false, steps, warmup },
+    config: { base: o.base, resolution: o.resolution, latent, batch, method, rank, targets: DEFAULT_TARGETS, checkpointing: o.checkpointing ?? false, attention: o.attention ?? 'memory-efficient', steps, warmup },
     unetParameters: unet.parameterCount(),
     adapterParameters: 0,
     adapterLayers: 0,
     ms_per_step: null,
     ms_steps: [],
+    cpu_ms_per_step: null,
+    cpu_ms_steps: [],
     peak_step_bytes: null,
+    peak_tensor_bytes: null,
+    peak_step_buffer_bytes: null,
+    buffer_bytes_before: null,
+    gflop_per_step: null,
+    gflops: null,
     wasm_heap_mb: null,
     weight_bytes: unet.parameterCount() * 4,
     peak_rss_mb: 0,
@@ -136,21 +181,43 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
     const stepOptions: Omit<TrainStepOptions, 'step'> = { lr: 1e-4, maxGradNorm: 1, minSnrGamma: null, priorLossWeight: 1 };
     let taken = 0;
     const step = async () => {
-      await trainStep(model, [batchOf], { ...stepOptions, step: taken++ });
+      await trainStep(model, [batchOf], { ...stepOptions, step: taken++, attention: report.config.attention });
       sampleRss();
     };
     for (let i = 0; i < warmup + steps; i++) {
       const t0 = performance.now();
+      const c0 = process.cpuUsage();
       await step();
       const ms = performance.now() - t0;
+      const c = process.cpuUsage(c0);
+      const cpuMs = (c.user + c.system) / 1000;
       log(`step ${i + 1}/${warmup + steps}: ${ms.toFixed(0)} ms${i < warmup ? ' (warm-up)' : ''}`);
-      if (i >= warmup) report.ms_steps.push(ms);
+      if (i >= warmup) {
+        report.ms_steps.push(ms);
+        report.cpu_ms_steps.push(cpuMs);
+      }
     }
-    const sorted = [...report.ms_steps].sort((a, b) => a - b);
-    report.ms_per_step = sorted.length ? sorted[Math.floor((sorted.length - 1) / 2)] : null;
+    const median = (xs: number[]) => {
+      const sorted = [...xs].sort((a, b) => a - b);
+      return sorted.length ? sorted[Math.floor((sorted.length - 1) / 2)] : null;
+    };
+    report.ms_per_step = median(report.ms_steps);
+    report.cpu_ms_per_step = median(report.cpu_ms_steps);
     const before = tf.memory().numBytes;
-    const prof = await tf.profile(step);
+    report.buffer_bytes_before = before; // no tape yet, so no clones: each buffer counted once
+    const buffers = trackBufferBytes();
+    let prof: Awaited<ReturnType<typeof tf.profile>>;
+    try {
+      prof = await tf.profile(step);
+    } finally {
+      buffers.stop();
+    }
+    report.peak_step_buffer_bytes = buffers.peak;
     report.peak_step_bytes = Math.max(0, prof.peakBytes - before);
+    report.peak_tensor_bytes = prof.peakBytes;
+    report.gflop_per_step = stepFlops(prof.kernels) / 1e9;
+    if (report.ms_per_step) report.gflops = report.gflop_per_step / (report.ms_per_step / 1000);
+    if (o.profile) report.kernels = kernelTimes(prof.kernels);
   } catch (err) {
     const msg = (err as Error).message ?? String(err);
     report.status = /memory|allocat|OOM|out of bounds|abort/i.test(msg) ? 'did not fit' : 'failed';
@@ -165,4 +232,91 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
   const heap = memoryCounters().wasmHeapBytes;
   report.wasm_heap_mb = heap ? Math.round(heap / 2 ** 20) : null;
   return report;
+}
+
+type KernelRecord = { name: string; inputShapes: Array<number[] | null>; outputShapes: Array<number[] | null>; kernelTimeMs: unknown };
+
+const size = (s: number[] | null | undefined) => (s ?? []).reduce((a, b) => a * b, 1);
+
+/** Forward + backward FLOP of a profiled training step (the formula at the top of this file). */
+export function stepFlops(kernels: readonly KernelRecord[]): number {
+  let weights = 0;
+  let attention = 0;
+  for (const k of kernels) {
+    if (k.name === 'SquaredDifference') break; // the loss: the forward pass ends here
+    const out = size(k.outputShapes[0]);
+    const [a, b] = k.inputShapes;
+    if (!a || !b) continue;
+    if (k.name === 'BatchMatMul' || k.name === '_FusedMatMul') {
+      // A [..., M, K] x B [..., K, N] (either may be transposed): K^2 = (MK)(KN)/(MN).
+      const lead = (s: number[]) => size(s.slice(0, -2));
+      const reduction = Math.sqrt((size(a) / lead(a)) * (size(b) / lead(b)) / (out / lead(k.outputShapes[0]!)));
+      const flop = 2 * out * reduction;
+      if (a.length === 3 && b.length === 3) attention += flop;
+      else weights += flop;
+    } else if (k.name === 'Conv2D' || k.name === 'FusedConv2D') {
+      weights += 2 * out * b[0] * b[1] * b[2]; // filter [kh, kw, in, out]
+    } else if (k.name === 'DepthwiseConv2dNative' || k.name === 'FusedDepthwiseConv2D') {
+      weights += 2 * out * b[0] * b[1];
+    }
+  }
+  return 2 * weights + 3 * attention;
+}
+
+/** Kernels by total time, largest first; nested (customGrad) wrappers are not kernels and are skipped. */
+function kernelTimes(kernels: readonly KernelRecord[]): NonNullable<BenchTrainReport['kernels']> {
+  const byName = new Map<string, { calls: number; ms: number }>();
+  let total = 0;
+  for (const k of kernels) {
+    if (!tf.getKernel(k.name, tf.getBackend())) continue;
+    const ms = typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0;
+    const e = byName.get(k.name) ?? { calls: 0, ms: 0 };
+    e.calls++;
+    e.ms += ms;
+    byName.set(k.name, e);
+    total += ms;
+  }
+  return [...byName]
+    .sort((x, y) => y[1].ms - x[1].ms)
+    .slice(0, 20)
+    .map(([name, e]) => ({ name, calls: e.calls, ms: Math.round(e.ms * 10) / 10, share: Math.round((e.ms / (total || 1)) * 1000) / 1000 }));
+}
+
+/**
+ * Counts the bytes of the backend's distinct buffers as they are written and freed (wrapping
+ * `write` and `disposeData`, which every backend here has), from zero at the call.
+ */
+function trackBufferBytes(): { readonly peak: number; stop(): void } {
+  type Backend = { write(values: unknown, shape: number[], dtype: tf.DataType): object; disposeData(dataId: object, force?: boolean): boolean };
+  const backend = tf.backend() as unknown as Backend;
+  const write = backend.write;
+  const disposeData = backend.disposeData;
+  const live = new Map<object, number>();
+  let current = 0;
+  const state = { peak: 0 };
+  backend.write = function (values, shape, dtype) {
+    const dataId = write.call(this, values, shape, dtype);
+    const bytes = dtype === 'string' ? 0 : shape.reduce((a, b) => a * b, 1) * tf.util.bytesPerElement(dtype as 'float32');
+    live.set(dataId, bytes);
+    current += bytes;
+    state.peak = Math.max(state.peak, current);
+    return dataId;
+  };
+  backend.disposeData = function (dataId, force) {
+    const freed = disposeData.call(this, dataId, force);
+    if (freed && live.has(dataId)) {
+      current -= live.get(dataId)!;
+      live.delete(dataId);
+    }
+    return freed;
+  };
+  return {
+    get peak() {
+      return state.peak;
+    },
+    stop() {
+      backend.write = write;
+      backend.disposeData = disposeData;
+    },
+  };
 }

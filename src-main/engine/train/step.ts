@@ -30,6 +30,7 @@ import type { BlockRunner, UNet2DConditionModel } from '../models/unet2dConditio
 import type { DDPMScheduler } from '../schedulers/ddpmScheduler.ts';
 import { type AdamW, clipByGlobalNorm, globalNorm } from './adamw.ts';
 import { blockOf, checkpointingRunner } from './gradientCheckpointing.ts';
+import { withAttentionMode, type AttentionMode } from '../models/layers/attention.ts';
 
 /** One micro-batch. The caller owns the tensors (the step neither keeps nor frees them). */
 export interface MicroBatch {
@@ -66,6 +67,8 @@ export interface TrainStepOptions {
   readonly priorLossWeight: number;
   /** Also return g (step 4, before clipping) as arrays, one per `optimizer.params`. */
   readonly returnGrads?: boolean;
+  /** Attention in the UNet: memory-efficient (default: its backward recomputes scores slice by slice) or plain. */
+  readonly attention?: AttentionMode;
 }
 
 export interface TrainStepResult {
@@ -158,13 +161,13 @@ function microBatchGrads(unet: UNet2DConditionModel, scheduler: DDPMScheduler, v
     const zt = scheduler.addNoise(b.latents, b.noise, b.timesteps); // [n, h, w, c]
     const target = scheduler.target(b.latents, b.noise, b.timesteps);
     const weights = o.minSnrGamma === null ? null : tf.tensor1d(b.timesteps.map((t) => lossWeight(scheduler.alphasCumprod[t], o.minSnrGamma, vPrediction)));
-    const { value, grads } = tf.variableGrads(() => {
+    const { value, grads } = withAttentionMode(o.attention ?? 'memory-efficient', () => tf.variableGrads(() => {
       const pred = unet.forward(zt, b.timesteps, b.context, { runBlock });
       const mse = tf.mean(tf.squaredDifference(pred, target), [1, 2, 3]); // [n]
       const perSample = weights ? tf.mul(mse, weights) : mse;
       const inst = tf.mean(B < n ? perSample.slice([0], [B]) : perSample);
       return (B < n ? tf.add(inst, tf.mul(tf.mean(perSample.slice([B], [n - B])), o.priorLossWeight)) : inst) as tf.Scalar;
-    }, vars);
+    }, vars));
     return { loss: value, grads: vars.map((v) => grads[v.name]) };
   });
 }

@@ -19,7 +19,47 @@ import { tfOps } from '../ops/tfOps.ts';
 export const attentionOptions = {
   /** Largest scores slice (elements); 2^24 floats = 64 MiB. `Infinity` disables slicing. */
   maxScoreElements: 2 ** 24,
+  /**
+   * 'plain': `attend`, whose backward pass (TensorFlow.js's tape) keeps every scores slice.
+   * 'memory-efficient': `memoryEfficientAttend` (memoryEfficientAttention.ts), same values, whose
+   * backward pass recomputes one scores slice at a time. Training switches to it (see
+   * `withAttentionMode`); inference keeps 'plain'.
+   */
+  mode: 'plain' as AttentionMode,
+  /**
+   * In 'memory-efficient' mode, attentions with fewer scores than this (B*heads*Sq*Sk) take the
+   * plain path. 0 (the default): all of them. Measured on tiny-b, wasm: with 2^20 the 256 px
+   * step's wasm heap was 613 MiB instead of 358 and the 128 px step 248 MiB instead of 100, for
+   * no speed difference that stood out of this shared machine's noise.
+   */
+  memoryEfficientMinScores: 0,
 };
+
+export type AttentionMode = 'plain' | 'memory-efficient';
+
+/**
+ * Runs `fn` with `attentionOptions.mode` set to `mode`, and puts the previous mode back when it
+ * returns (or, for a promise, when it settles). Set it around the whole gradient computation:
+ * gradient checkpointing re-runs the forward pass inside the backward pass.
+ */
+export function withAttentionMode<T>(mode: AttentionMode, fn: () => T): T {
+  const previous = attentionOptions.mode;
+  attentionOptions.mode = mode;
+  let result: T;
+  try {
+    result = fn();
+  } catch (err) {
+    attentionOptions.mode = previous;
+    throw err;
+  }
+  if (result instanceof Promise) {
+    return result.finally(() => {
+      attentionOptions.mode = previous;
+    }) as T;
+  }
+  attentionOptions.mode = previous;
+  return result;
+}
 
 /**
  * q [B, Sq, heads*d], k and v [B, Sk, heads*d] -> [B, Sq, heads*d].

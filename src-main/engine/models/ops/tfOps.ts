@@ -6,7 +6,8 @@
  * see layers/module.ts). Every op returns a new tensor; callers own it (the usual tf rules).
  */
 import { tf, type Tensor, type Tensor4D } from '../../backend/tf.ts';
-import { attend } from '../layers/attention.ts';
+import { attend, attentionOptions } from '../layers/attention.ts';
+import { memoryEfficientAttend } from '../layers/memoryEfficientAttention.ts';
 import type { Conv2d } from '../layers/conv2d.ts';
 import type { Linear } from '../layers/linear.ts';
 import type { Param } from '../layers/module.ts';
@@ -139,5 +140,11 @@ export const tfOps: Ops<Tensor> = {
     return resizeNearest(x, like ? [h, w] : [h * 2, w * 2]);
   },
 
-  attention: (q, k, v, heads, mask) => attend(q, k, v, heads, mask),
+  attention: (q, k, v, heads, mask) => {
+    // Training sets the memory-efficient mode (attention.ts: withAttentionMode): its backward
+    // recomputes one scores slice at a time instead of keeping them all on the tape.
+    const scores = (q.shape[0] as number) * heads * (q.shape[1] as number) * (k.shape[1] as number);
+    const efficient = !mask && attentionOptions.mode === 'memory-efficient' && scores >= attentionOptions.memoryEfficientMinScores;
+    return efficient ? memoryEfficientAttend(q, k, v, heads, undefined, attentionOptions.maxScoreElements) : attend(q, k, v, heads, mask);
+  },
 };
