@@ -23,7 +23,7 @@ import { tempDir } from '../service/helpers.ts';
 import { FakeUtilityProcess, FakeWebContents, fakeIpcMain, fakeUtility, nodeUtilityProcess } from './helpers.ts';
 
 const APP = 'app://studio/index.html';
-const doctorResult = (pid: number) => ({ node: `fake-${pid}`, platform: 'test', backends: [{ name: 'cpu', available: true }], selected: { name: 'cpu' }, memory: {} });
+const doctorResult = (pid: number) => ({ node: `fake-${pid}`, platform: 'test', providers: [{ name: 'cpu', available: true, detail: 'MLAS' }], backends: [{ name: 'cpu', available: true }], selected: { name: 'cpu' }, memory: {} });
 
 describe('utilityEngine adapter', () => {
   it('forks the worker module as a named utility process with piped output and the given env', () => {

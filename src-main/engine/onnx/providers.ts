@@ -82,6 +82,11 @@ export async function probeProviders(): Promise<ProviderStatus[]> {
         out.push({ name, available: false, detail: `not in this onnxruntime-node build for ${process.platform}-${process.arch}${name === 'cuda' ? ' (its installer fetches the CUDA 12 provider on Linux x64 and Windows)' : ''}` });
         continue;
       }
+      if (name === 'webgpu' && webgpu && !webgpu.available && /libvulkan/.test(webgpu.reason ?? '')) {
+        // Without a Vulkan loader Dawn only prints a native warning; say why instead of trying.
+        out.push({ name, available: false, detail: webgpu.reason! });
+        continue;
+      }
       try {
         const s = await OnnxSession.create(file, { providers: [name] });
         await s.run({ x: { type: 'float32', data: new Float32Array(4), dims: [4] } });
