@@ -43,7 +43,7 @@ export function register(program: Command): void {
         return;
       }
       const { benchUnet, formatBenchUnet } = await import('../engine/bench/unet.ts');
-      const report = await benchUnet({ config: o.config.replace(/\/model$/, '/model/unet'), latentSizes: o.sizes, batch: o.batch, iters: o.iters, warmup: o.warmup, backend: o.backend ?? 'auto', log });
+      const report = await benchUnet({ config: o.config, latentSizes: o.sizes, batch: o.batch, iters: o.iters, warmup: o.warmup, backend: o.backend ?? 'auto', log });
       printResult(o, report, () => formatBenchUnet(report));
     }),
   );

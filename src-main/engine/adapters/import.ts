@@ -116,6 +116,11 @@ interface Group {
   tensors: Partial<Record<'down' | 'up' | 'alpha' | 'singlora_A', { key: string; shape: number[]; data: Float32Array }>>;
 }
 
+/** "<file>: applied x of y tensors to m modules", the one line every report starts with. */
+export function adapterSummary(file: string, applied: number, total: number, modules: number): string {
+  return `${basename(file)}: applied ${applied} of ${total} tensors to ${modules} modules`;
+}
+
 /**
  * Reads `file` and computes the deltas it makes on `targets` at `strength`. Nothing is applied
  * yet: call `plan.applyTo(...)`, and `plan.dispose()` when done.
@@ -205,7 +210,7 @@ export async function planAdapter(file: string, targets: AdapterTargets, strengt
       totalTensors: total,
       modules: deltas.length,
       unapplied,
-      summary: `${basename(file)}: applied ${applied} of ${total} tensors to ${deltas.length} modules`,
+      summary: adapterSummary(file, applied, total, deltas.length),
       recordedBase: null,
     },
     deltas,
@@ -231,7 +236,7 @@ async function planNative(file: string, targets: AdapterTargets, strength: numbe
     applied += names.length;
   }
   const recordedBase = { name: f.meta.base_model_name, unetSha256: f.meta.base_model_unet_sha256 };
-  return new AdapterPlan({ file, format: 'native', appliedTensors: applied, totalTensors: total, modules: deltas.length, unapplied, summary: `${basename(file)}: applied ${applied} of ${total} tensors to ${deltas.length} modules`, recordedBase }, deltas);
+  return new AdapterPlan({ file, format: 'native', appliedTensors: applied, totalTensors: total, modules: deltas.length, unapplied, summary: adapterSummary(file, applied, total, deltas.length), recordedBase }, deltas);
 }
 
 /**

@@ -81,7 +81,7 @@ export async function benchUnet(options: BenchUnetOptions): Promise<BenchUnetRep
   const seed = options.seed ?? 0;
   const measurePeak = options.measurePeak ?? true;
   const info = activeBackend() ?? (await initBackend(options.backend));
-  const { raw, description } = await readConfig(options.config);
+  const { raw, description } = await readUNetConfig(options.config);
 
   const unet = UNet2DConditionModel.fromConfig(raw);
   const cfg = unet.config;
@@ -183,9 +183,17 @@ async function benchOneSize(
   return result;
 }
 
-async function readConfig(config: BenchUnetOptions['config']): Promise<{ raw: Record<string, unknown>; description: string }> {
+/** A UNet config: inline, a config.json, a `unet/` folder or a model folder (its `unet/config.json`). */
+export async function readUNetConfig(config: BenchUnetOptions['config']): Promise<{ raw: Record<string, unknown>; description: string }> {
   if (typeof config !== 'string') return { raw: config, description: String(config._name_or_path ?? 'UNet config (inline)') };
-  const path = (await stat(config)).isDirectory() ? join(config, 'config.json') : config;
+  let path = config;
+  if ((await stat(config)).isDirectory()) {
+    const candidates = [join(config, 'config.json'), join(config, 'unet', 'config.json')];
+    const found = await Promise.all(candidates.map((c) => stat(c).then((st) => st.isFile(), () => false)));
+    const i = found.indexOf(true);
+    if (i < 0) throw new Error(`${config}: no config.json or unet/config.json in this folder (expected a UNet config, a unet/ folder or a model folder)`);
+    path = candidates[i];
+  }
   return { raw: JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>, description: path };
 }
 

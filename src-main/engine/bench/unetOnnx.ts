@@ -11,7 +11,7 @@
  */
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { SessionTensor } from '../backend/onnxRuntime.ts';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
@@ -22,10 +22,11 @@ import { unetForwardFlops } from '../models/ops/flopOps.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import { emitUNet } from '../onnx/componentGraphs.ts';
 import { openGraph } from '../onnx/graphSessions.ts';
-import { defaultAttention } from '../onnx/onnxDiffusion.ts';
-import { sidePathInputs, type ComputeType } from '../onnx/onnxOps.ts';
+import { defaultAttention, sidePathFeeds } from '../onnx/onnxDiffusion.ts';
+import type { ComputeType } from '../onnx/onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
 import { defaultCacheDir } from '../paths.ts';
+import { readUNetConfig } from './unet.ts';
 
 export interface BenchUnetOnnxOptions {
   /** A UNet config.json, a `unet/` folder or a model folder. */
@@ -66,8 +67,7 @@ export async function benchUnetOnnx(o: BenchUnetOnnxOptions): Promise<BenchUnetO
   const tokens = o.tokens ?? 77;
   const iters = o.iters ?? 3;
   const warmup = o.warmup ?? 1;
-  const configPath = await configFile(o.config);
-  const raw = JSON.parse(await readFile(configPath, 'utf8')) as Record<string, unknown>;
+  const { raw, description: configPath } = await readUNetConfig(o.config);
   const unet = UNet2DConditionModel.fromConfig(raw);
   const cfg = unet.config;
   const sizes = o.latentSizes ?? [[64, 64] as const];
@@ -104,14 +104,8 @@ export async function benchUnetOnnx(o: BenchUnetOnnxOptions): Promise<BenchUnetO
     const rssAfterLoad = process.memoryUsage().rss;
     log(`session on ${providers.join('+')} (${dtype}, weights ${opened.weights}) in ${loadS.toFixed(1)} s; rss ${(rssAfterLoad / 2 ** 20).toFixed(0)} MiB`);
 
-    // 3. Timed forwards, rank-0 (or rank-1 zero) adapter factors.
-    const minRank = providers[0] === 'cpu' ? 0 : 1;
-    const sideFeeds: Record<string, SessionTensor> = {};
-    for (const [path, { inFeatures, outFeatures }] of opened.meta.sidePaths) {
-      const n = sidePathInputs(path);
-      sideFeeds[n.down] = { type: 'float32', data: new Float32Array(inFeatures * minRank), dims: [inFeatures, minRank] };
-      sideFeeds[n.up] = { type: 'float32', data: new Float32Array(minRank * outFeatures), dims: [minRank, outFeatures] };
-    }
+    // 3. Timed forwards, with no adapter (rank-0 or zero rank-1 side-path factors).
+    const sideFeeds = sidePathFeeds(opened.meta.sidePaths, [], providers);
     const results: BenchUnetOnnxReport['sizes'] = [];
     try {
       for (const [h, w] of sizes) {
@@ -154,17 +148,4 @@ export async function benchUnetOnnx(o: BenchUnetOnnxOptions): Promise<BenchUnetO
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
-}
-
-async function configFile(config: string): Promise<string> {
-  const s = await stat(config);
-  if (!s.isDirectory()) return config;
-  for (const candidate of [join(config, 'config.json'), join(config, 'unet', 'config.json')]) {
-    try {
-      if ((await stat(candidate)).isFile()) return candidate;
-    } catch {
-      // next
-    }
-  }
-  throw new Error(`${config}: no config.json or unet/config.json in this folder (expected a UNet config, a unet/ folder or a model folder)`);
 }

@@ -102,6 +102,14 @@ function sidePathMap(model: Module, paths: readonly string[] = []): Map<Linear, 
   return out;
 }
 
+/** A builder for `kind`, with `model`'s weights bound in place and the ONNX executor over them. */
+function start(kind: GraphKind, model: Module, source: WeightSource, component: string, options: EmitOptions, side = false): { g: GraphBuilder; ops: OnnxOps; files: Map<string, WeightFileRef> } {
+  const g = new GraphBuilder(kind);
+  const { weight, files } = bindWeights(model, source, component, g);
+  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight, sidePaths: side ? sidePathMap(model, options.sidePaths) : undefined, attention: options.attention });
+  return { g, ops, files };
+}
+
 function finish(kind: GraphKind, g: GraphBuilder, ops: OnnxOps, files: Map<string, WeightFileRef>, inputs: string[], outputs: string[]): EmittedGraph {
   const sideNames = [...ops.sideInputs.keys()].flatMap((p) => Object.values(sidePathInputs(p)));
   return { kind, bytes: g.toBytes(`${kind}, graph version ${GRAPH_VERSION}`), files: [...files.values()], sidePaths: ops.sideInputs, inputNames: [...inputs, ...sideNames], outputNames: outputs, nodes: g.nodeCount };
@@ -112,9 +120,7 @@ const toNHWC = (g: GraphBuilder, v: Value) => g.op('Transpose', [v], { perm: [0,
 
 export function emitUNet(unet: UNet2DConditionModel, source: WeightSource, options: EmitOptions): EmittedGraph {
   const cfg = unet.config;
-  const g = new GraphBuilder('unet');
-  const { weight, files } = bindWeights(unet, source, 'unet', g);
-  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight, sidePaths: sidePathMap(unet, options.sidePaths), attention: options.attention });
+  const { g, ops, files } = start('unet', unet, source, 'unet', options, true);
   const sample = g.input('sample', 'float32', ['batch', 'height', 'width', cfg.inChannels]);
   const timestep = g.input('timestep', 'float32', ['batch']);
   const context = g.input('encoder_hidden_states', 'float32', ['batch', 'sequence', cfg.crossAttentionDim[0]]);
@@ -125,9 +131,7 @@ export function emitUNet(unet: UNet2DConditionModel, source: WeightSource, optio
 
 export function emitVaeEncoder(vae: AutoencoderKL, source: WeightSource, options: EmitOptions): EmittedGraph {
   const cfg = vae.config;
-  const g = new GraphBuilder('vae_encoder');
-  const { weight, files } = bindWeights(vae, source, 'vae', g);
-  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight, attention: options.attention });
+  const { g, ops, files } = start('vae_encoder', vae, source, 'vae', options);
   const image = g.input('image', 'float32', ['batch', 'height', 'width', cfg.inChannels]);
   const { mean, logvar, std } = vae.encodeWith(ops, toNCHW(g, image));
   const dims = ['batch', 'latent_height', 'latent_width', cfg.latentChannels];
@@ -139,9 +143,7 @@ export function emitVaeEncoder(vae: AutoencoderKL, source: WeightSource, options
 
 export function emitVaeDecoder(vae: AutoencoderKL, source: WeightSource, options: EmitOptions): EmittedGraph {
   const cfg = vae.config;
-  const g = new GraphBuilder('vae_decoder');
-  const { weight, files } = bindWeights(vae, source, 'vae', g);
-  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight, attention: options.attention });
+  const { g, ops, files } = start('vae_decoder', vae, source, 'vae', options);
   const latent = g.input('latent', 'float32', ['batch', 'latent_height', 'latent_width', cfg.latentChannels]);
   const image = vae.decodeWith(ops, toNCHW(g, latent));
   g.output(ops.float32(toNHWC(g, image)), 'image', ['batch', 'height', 'width', cfg.outChannels]);
@@ -152,9 +154,7 @@ export function emitTextEncoder(text: ClipTextModel, source: WeightSource, optio
   const cfg = text.config;
   const seq = cfg.max_position_embeddings;
   const hiddenSize = cfg.hidden_size;
-  const g = new GraphBuilder('text_encoder');
-  const { weight, files } = bindWeights(text, source, 'text_encoder', g);
-  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight, sidePaths: sidePathMap(text, options.sidePaths), attention: options.attention });
+  const { g, ops, files } = start('text_encoder', text, source, 'text_encoder', options, true);
   const ids = g.input('input_ids', 'int32', ['batch', seq]);
   const skipIndex = g.input('skip_index', 'int64', []);
   const { last, pooled, hidden } = text.run(ops, ids, seq);

@@ -17,7 +17,7 @@ import { ClipTextModel, checkClipSkip, parseClipTextConfig } from '../models/cli
 import type { Module } from '../models/layers/module.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import { emitTextEncoder, emitUNet, emitVaeDecoder, emitVaeEncoder, type EmittedGraph, type GraphKind } from './componentGraphs.ts';
-import { openGraph, type OpenedGraph } from './graphSessions.ts';
+import { openGraph, type GraphMeta, type OpenedGraph } from './graphSessions.ts';
 import { sidePathInputs, type ComputeType } from './onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from './providers.ts';
 
@@ -199,26 +199,35 @@ export class OnnxDiffusion {
   }
 
   private sideFeeds(slot: Slot, component: 'unet' | 'text_encoder'): Record<string, SessionTensor> {
-    const feeds: Record<string, SessionTensor> = {};
-    const minRank = this.providers?.[0] === 'cpu' ? 0 : 1; // empty tensors are a CPU-provider certainty only
-    for (const [path, { inFeatures, outFeatures }] of slot.opened.meta.sidePaths) {
-      const mine = this.factors.filter((f) => f.component === component && f.path === path);
-      const rank = Math.max(minRank, mine.reduce((n, f) => n + f.rank, 0));
-      const down = new Float32Array(inFeatures * rank);
-      const up = new Float32Array(rank * outFeatures);
-      let r0 = 0;
-      for (const f of mine) {
-        // down [in, r]: columns r0..r0+r; up [r, out]: rows r0..r0+r.
-        for (let i = 0; i < inFeatures; i++) for (let j = 0; j < f.rank; j++) down[i * rank + r0 + j] = f.down[i * f.rank + j];
-        up.set(f.up, r0 * outFeatures);
-        r0 += f.rank;
-      }
-      const names = sidePathInputs(path);
-      feeds[names.down] = { type: 'float32', data: down, dims: [inFeatures, rank] };
-      feeds[names.up] = { type: 'float32', data: up, dims: [rank, outFeatures] };
-    }
-    return feeds;
+    return sidePathFeeds(slot.opened.meta.sidePaths, this.factors.filter((f) => f.component === component), this.providers ?? ['cpu']);
   }
+}
+
+/**
+ * The feeds of a graph's side paths: the factors on each path concatenated along the rank; a path
+ * without any gets rank 0 on the CPU provider (empty tensors are a CPU-provider certainty only),
+ * a zero rank-1 pair elsewhere.
+ */
+export function sidePathFeeds(sidePaths: GraphMeta['sidePaths'], factors: readonly SideFactors[], providers: readonly ExecutionProvider[]): Record<string, SessionTensor> {
+  const feeds: Record<string, SessionTensor> = {};
+  const minRank = providers[0] === 'cpu' ? 0 : 1;
+  for (const [path, { inFeatures, outFeatures }] of sidePaths) {
+    const mine = factors.filter((f) => f.path === path);
+    const rank = Math.max(minRank, mine.reduce((n, f) => n + f.rank, 0));
+    const down = new Float32Array(inFeatures * rank);
+    const up = new Float32Array(rank * outFeatures);
+    let r0 = 0;
+    for (const f of mine) {
+      // down [in, r]: columns r0..r0+r; up [r, out]: rows r0..r0+r.
+      for (let i = 0; i < inFeatures; i++) for (let j = 0; j < f.rank; j++) down[i * rank + r0 + j] = f.down[i * f.rank + j];
+      up.set(f.up, r0 * outFeatures);
+      r0 += f.rank;
+    }
+    const names = sidePathInputs(path);
+    feeds[names.down] = { type: 'float32', data: down, dims: [inFeatures, rank] };
+    feeds[names.up] = { type: 'float32', data: up, dims: [rank, outFeatures] };
+  }
+  return feeds;
 }
 
 function graphRequest(kind: GraphKind, base: BaseModel, dtype: ComputeType, side: readonly string[], attention: 'fused' | 'plain') {

@@ -14,7 +14,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { tf, type Tensor } from '../backend/tf.ts';
-import { planAdapter, type AdapterPlan, type ImportReport } from '../adapters/import.ts';
+import { adapterSummary, planAdapter, type AdapterPlan, type ImportReport } from '../adapters/import.ts';
 import { WeightPatcher } from '../adapters/patch.ts';
 import type { LatentDistribution } from '../models/autoencoderKL.ts';
 import { OnnxDiffusion, type HostTensor } from '../onnx/onnxDiffusion.ts';
@@ -342,8 +342,8 @@ export class StableDiffusion {
 function envEngine(): InferenceEngine {
   const v = process.env.SINGLORA_ENGINE?.trim();
   if (!v) return 'onnx';
-  if (v !== 'onnx' && v !== 'tfjs') throw new Error(`SINGLORA_ENGINE='${v}': expected onnx or tfjs`);
-  return v;
+  if (!(INFERENCE_ENGINES as readonly string[]).includes(v)) throw new Error(`SINGLORA_ENGINE='${v}': expected one of ${INFERENCE_ENGINES.join(', ')}`);
+  return v as InferenceEngine;
 }
 
 /** `SINGLORA_PROVIDER` (auto | cpu | webgpu | cuda | dml | coreml), else auto. */
@@ -367,7 +367,7 @@ function onnxReport(plan: AdapterPlan): ImportReport {
     appliedTensors: applied,
     modules,
     unapplied: [...r.unapplied, ...skippedKeys.map((key) => ({ key, reason: 'a convolution (LoCon) target: the onnx engine adapts Linear layers only; use --engine tfjs for this file' }))],
-    summary: `${r.file.split(/[\\/]/).pop()}: applied ${applied} of ${r.totalTensors} tensors to ${modules} modules`,
+    summary: adapterSummary(r.file, applied, r.totalTensors, modules),
   };
 }
 

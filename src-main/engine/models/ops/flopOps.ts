@@ -24,7 +24,7 @@ const sh = (shape: readonly number[]): Shaped => ({ shape });
 const axisOf = (x: Shaped, axis: number) => (axis < 0 ? x.shape.length + axis : axis);
 
 export class FlopCounter implements Ops<Shaped> {
-  readonly executor = 'tfjs' as const;
+  readonly executor = 'flops' as const;
   /** FLOPs counted so far. */
   flops = 0;
 

@@ -4,6 +4,7 @@
  *
  *   executor          T (a tensor handle)            runs
  *   tfOps             a TensorFlow.js Tensor          eagerly, differentiable (training, fallback)
+ *   FlopCounter       a shape                         nothing: it counts FLOPs (flopOps.ts)
  *   OnnxOps           a value in an ONNX graph        nothing: it records nodes; ONNX Runtime runs
  *                                                     the graph (inference)
  *
@@ -29,7 +30,7 @@ import type { GroupNorm, LayerNorm } from '../layers/norm.ts';
 export type Pad2d = readonly [readonly [number, number], readonly [number, number]];
 
 export interface Ops<T> {
-  readonly executor: 'tfjs' | 'onnx';
+  readonly executor: 'tfjs' | 'onnx' | 'flops';
 
   /** Runs `fn` in a scope that frees its intermediates (tf.tidy); a plain call when emitting. */
   scope<R>(fn: () => R): R;
