@@ -430,7 +430,7 @@ describe('jobs', () => {
     expect(await call('jobs.cancel', { jobId: slow.jobId })).toEqual({ cancelled: false });
     expect((await fail('jobs.cancel', { jobId: 'job-none' })).code).toBe('not_found');
     expect((await fail('jobs.list', { status: 'running' })).code).toBe('invalid_params');
-  });
+  }, LONG);
 });
 
 describe('the contract', () => {
