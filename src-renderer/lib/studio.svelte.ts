@@ -38,9 +38,11 @@ export function createStudio(transport: Transport, opts: StudioOptions = {}) {
   const api: ApiClient = createApiClient(transport, { validate: opts.validate });
   const hub = new EventHub(transport, { validate: opts.validate });
   const files = new Files(transport);
-  const notify = new Notifier(opts.toastMs);
+  const notify = new Notifier(opts.toastMs, opts.toastMs === 0 ? 0 : undefined);
   const router = new Router(opts.window);
   const connection = new ConnectionService(transport, hub);
+  // Without a valid token the page shows one screen that says how to get in, not a toast per call.
+  notify.muted = () => connection.state.status === 'unauthorized';
   const jobs = new JobsService(api, hub, notify);
   const system = new SystemService(api, jobs, notify);
   const projects = new ProjectsService(api, notify, opts.storage ?? null);
@@ -88,7 +90,10 @@ export function createStudio(transport: Transport, opts: StudioOptions = {}) {
     exporting,
     /** Opens the event channel and loads the first data. */
     async start(): Promise<void> {
-      hub.start((s) => connection.setState(s));
+      hub.start((s) => {
+        connection.setState(s);
+        if (s.status === 'unauthorized') notify.clear();
+      });
       router.start();
       await Promise.all([projects.start(), jobs.refresh(), system.refresh()]);
     },

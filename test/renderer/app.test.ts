@@ -78,4 +78,27 @@ describe('App shell', () => {
     await fireEvent.click(within(screen.getByTestId('toast-error')).getByRole('button', { name: 'Dismiss' }));
     expect(screen.queryByTestId('toast-error')).toBeNull();
   });
+
+  test('the same failure twice is one toast with a count; at most three toasts', async () => {
+    const { studio } = await startStudio();
+    render(App, { studio });
+    studio.notify.error('Open project', new Error('gone'));
+    studio.notify.error('Open project', new Error('gone'));
+    await waitFor(() => expect(screen.getAllByTestId('toast-error')).toHaveLength(1));
+    expect(screen.getByTestId('toast-count').textContent).toBe('(×2)');
+    for (const m of ['a', 'b', 'c']) studio.notify.error('Other', new Error(m));
+    await waitFor(() => expect(screen.getAllByTestId('toast-error').map((t) => t.textContent)).toEqual([expect.stringContaining('a'), expect.stringContaining('b'), expect.stringContaining('c')]));
+  });
+
+  test('a missing or wrong token: one screen that says to open the printed link, no toasts', async () => {
+    const { studio, transport } = await startStudio();
+    render(App, { studio });
+    studio.notify.error('List photos', new ApiError('unauthorized', 'missing or wrong token'));
+    transport.setConnection({ status: 'unauthorized' });
+    await waitFor(() => expect(screen.getByTestId('token-screen').textContent).toContain('Open the link printed by singlora serve'));
+    expect(screen.queryByTestId('toast-error')).toBeNull();
+    expect(screen.queryByTestId('project-select')).toBeNull();
+    studio.notify.error('List projects', new ApiError('unauthorized', 'missing or wrong token'));
+    expect(studio.notify.items).toEqual([]);
+  });
 });

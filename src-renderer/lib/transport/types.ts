@@ -10,7 +10,9 @@ export type ConnectionState =
   | { status: 'open' }
   /** The event channel dropped; the next attempt is in `retryInMs`. */
   | { status: 'reconnecting'; attempt: number; retryInMs: number }
-  | { status: 'closed' };
+  | { status: 'closed' }
+  /** The server refused the session token (missing, wrong, or from an earlier start): nothing retries. */
+  | { status: 'unauthorized' };
 
 export interface Transport {
   readonly kind: 'http' | 'electron';
