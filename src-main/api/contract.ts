@@ -153,6 +153,20 @@ export type AdapterInfo = z.infer<typeof adapterInfoSchema>;
 
 export const exportFormats = EXPORT_FORMATS;
 
+/**
+ * A base model the service found: in the models folder, in the Hugging Face cache, or named by a
+ * project (recent); `isDefault` for the one projects without a base model use. `native`: the size
+ * it was trained at (512 for SD 1.5, 64 for the tiny demo model), null when its configs cannot be read.
+ */
+export const baseModelSchema = z.object({
+  path: z.string(),
+  name: z.string(),
+  source: z.enum(['models folder', 'Hugging Face cache', 'recent', 'server default']),
+  isDefault: z.boolean(),
+  native: z.number().int().nullable(),
+});
+export type BaseModelInfo = z.infer<typeof baseModelSchema>;
+
 const adapterRef = z.union([
   z.object({ runId: idSchema, step: z.number().int().min(0).max(LIMITS.steps).nullable().describe('null: the chosen/best checkpoint, else the latest') }),
   z.object({ file: pathSchema.describe('a file in the project (adapters/...) or an absolute path on the engine machine') }),
@@ -164,7 +178,7 @@ export const api = {
   'system.info': { params: empty, result: z.object({ version: z.string(), projectsDir: z.string(), modelsDir: z.string(), defaultBaseModel: z.string(), demoModel: z.boolean() }) },
 
   'projects.list': { params: empty, result: z.array(projectSummarySchema) },
-  'projects.create': { params: z.object({ name: nameSchema, classWord: wordSchema.default('person'), triggerToken: wordSchema.default('sks'), type: z.enum(SUBJECT_TYPES).default('live') }).strict(), result: projectSchema },
+  'projects.create': { params: z.object({ name: nameSchema, classWord: wordSchema.default('person'), triggerToken: wordSchema.default('sks'), type: z.enum(SUBJECT_TYPES).default('live'), baseModel: pathSchema.optional().describe('a diffusers folder or .safetensors checkpoint (models.bases lists the ones found); default: none, the app default') }).strict(), result: projectSchema },
   'projects.open': { params: z.object({ projectId: idSchema }).strict(), result: projectSchema },
   'projects.update': { params: z.object({ projectId: idSchema, name: nameSchema.optional(), subject: subjectSchema.partial().strict().optional(), baseModel: pathSchema.nullable().optional(), settings: trainSettingsPatchSchema.optional() }).strict(), result: projectSchema },
   'projects.delete': { params: z.object({ projectId: idSchema }).strict(), result: z.object({ deleted: z.boolean() }) },
@@ -206,6 +220,8 @@ export const api = {
   'adapters.inspect': { params: z.object({ projectId: idSchema, file: pathSchema }).strict(), result: adapterInfoSchema },
 
   'models.list': { params: empty, result: z.array(z.object({ name: z.string(), kind: z.string(), present: z.boolean(), path: z.string(), bytes: z.number().nullable(), verified: z.boolean().nullable(), hint: z.string().nullable() })) },
+  /** Base models found on this machine, for the New project form and the Models screen. */
+  'models.bases': { params: empty, result: z.array(baseModelSchema) },
   'models.setBase': { params: z.object({ projectId: idSchema, path: pathSchema }).strict(), result: z.object({ name: z.string(), format: z.string() }) },
   'models.download': { params: z.object({ name: z.enum(['dino', 'clip']) }).strict(), result: z.object({ jobId: z.string() }) },
 

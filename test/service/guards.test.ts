@@ -135,6 +135,7 @@ describe('validate before write', () => {
       'adapters.import': { projectId, path: 'adapters/none.safetensors' },
       'adapters.inspect': { projectId, file: 'adapters/none.safetensors' },
       'models.list': {},
+      'models.bases': {},
       'models.setBase': { projectId, path: '/nonexistent/model' },
       'models.download': { name: 'nope' },
       'jobs.list': {},

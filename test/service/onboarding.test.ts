@@ -1,0 +1,89 @@
+/**
+ * The first hour in the app, on the service side (issue 16), on a fake engine: the base models a
+ * new project can pick from, a base model named at creation, the evaluation model a run would use
+ * before anything is started, and exports a browser can download.
+ */
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Method, Params, Result } from '../../src-main/api/contract.ts';
+import { Service, type ServiceOptions } from '../../src-main/service/service.ts';
+import { fakeEngine } from './fakeEngine.ts';
+import { apiError, tempDir, TINY_MODEL } from './helpers.ts';
+
+let root: string;
+let cleanup: () => Promise<void>;
+const services: Service[] = [];
+let n = 0;
+
+async function open(opts: Partial<ServiceOptions> = {}) {
+  const dir = join(root, `s${n++}`);
+  const service = await Service.open({ dataDir: join(dir, 'data'), modelsDir: join(dir, 'models'), hfCacheDir: join(dir, 'hub'), log: () => {}, spawnEngine: fakeEngine({}).spawn, ...opts });
+  services.push(service);
+  return { dir, service, call: <M extends Method>(m: M, p: Params<M>) => service.call(m, p) as Promise<Result<M>> };
+}
+
+beforeAll(async () => {
+  ({ dir: root, cleanup } = await tempDir('singlora-onboarding-'));
+});
+afterAll(async () => {
+  for (const s of services) await s.close();
+  await cleanup?.();
+});
+
+describe('models.bases', () => {
+  it('finds base models in the models folder, the Hugging Face cache and projects, each with its native size', async () => {
+    const { dir, call } = await open();
+    const models = join(dir, 'models');
+    await mkdir(join(models, 'dino'), { recursive: true });
+    await writeFile(join(models, 'dino', 'model.onnx'), 'not a base model');
+    await symlink(TINY_MODEL, join(models, 'tiny'), 'dir');
+    await writeFile(join(models, 'notes.txt'), 'ignored');
+    const snapshot = join(dir, 'hub', 'models--org--tiny-sd', 'snapshots', 'abc123');
+    await mkdir(join(dir, 'hub', 'models--org--tiny-sd', 'snapshots'), { recursive: true });
+    await symlink(TINY_MODEL, snapshot, 'dir');
+    await mkdir(join(dir, 'hub', 'models--org--no-pipeline', 'snapshots', 'x'), { recursive: true });
+
+    const bases = await call('models.bases', {});
+    expect(bases.map((b) => [b.name, b.source, b.isDefault])).toEqual([
+      ['tiny', 'models folder', false],
+      ['org/tiny-sd', 'Hugging Face cache', false],
+    ]);
+    // The tiny fixture: sample_size 32 x VAE factor 2 = 64 px, read from its configs.
+    expect(bases.map((b) => b.native)).toEqual([64, 64]);
+
+    // A project's base model elsewhere shows as recent.
+    const elsewhere = join(dir, 'elsewhere');
+    await symlink(TINY_MODEL, elsewhere, 'dir');
+    await call('projects.create', { name: 'Mug', baseModel: elsewhere });
+    expect((await call('models.bases', {})).find((b) => b.path === elsewhere)).toMatchObject({ source: 'recent', native: 64 });
+  });
+
+  it('a server open to the network lists its models folder only', async () => {
+    const { dir, call } = await open({ hostPaths: 'deny' });
+    await mkdir(join(dir, 'models'), { recursive: true });
+    await symlink(TINY_MODEL, join(dir, 'models', 'tiny'), 'dir');
+    await mkdir(join(dir, 'hub', 'models--org--x', 'snapshots'), { recursive: true });
+    await symlink(TINY_MODEL, join(dir, 'hub', 'models--org--x', 'snapshots', 'r'), 'dir');
+    expect((await call('models.bases', {})).map((b) => b.source)).toEqual(['models folder']);
+  });
+
+  it('the default base model is marked', async () => {
+    const { call } = await open({ defaultBaseModel: TINY_MODEL });
+    expect(await call('models.bases', {})).toEqual([{ path: TINY_MODEL, name: 'model', source: 'server default', isDefault: true, native: 64 }]);
+  });
+});
+
+describe('projects.create with a base model', () => {
+  it('stores the checked path; a path that is not a model is refused naming the field, and nothing is created', async () => {
+    const { dir, call } = await open();
+    const p = await call('projects.create', { name: 'Ball', baseModel: TINY_MODEL });
+    expect(p.baseModel).toBe(TINY_MODEL);
+    expect((await call('projects.open', { projectId: p.id })).baseModel).toBe(TINY_MODEL);
+    const e = await apiError(call('projects.create', { name: 'Bad', baseModel: join(dir, 'nothing-here') }));
+    expect(e.code).toBe('invalid_params');
+    expect(e.message).toMatch(/^baseModel: base model not found: .*nothing-here does not exist/);
+    expect((await call('projects.list', {})).map((x) => x.name)).toEqual(['Ball']);
+    expect((await call('projects.create', { name: 'None' })).baseModel).toBeNull();
+  });
+});
