@@ -208,6 +208,10 @@ export const api = {
       .strict(),
     result: z.object({ jobId: z.string() }),
   },
+  /** What an evaluation of this project's runs needs, before it is started: the DINO model it would use, or what is missing. */
+  'evaluation.check': { params: z.object({ projectId: idSchema }).strict(), result: z.object({ ready: z.boolean(), dino: z.string().nullable(), bundled: z.boolean(), message: z.string().nullable() }) },
+  /** The images the last evaluation generated, per checkpoint (step null: the base model). */
+  'evaluation.images': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: z.array(z.object({ step: z.number().int().nullable(), file: z.string(), url: z.string() })) },
   'evaluation.get': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: evaluationSchema.nullable() },
   'evaluation.choose': { params: z.object({ projectId: idSchema, runId: idSchema, step: z.number().int().min(0).max(LIMITS.steps) }).strict(), result: evaluationSchema },
 

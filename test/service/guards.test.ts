@@ -126,6 +126,8 @@ describe('validate before write', () => {
       'training.runs': { projectId },
       'training.status': { projectId, runId },
       'evaluation.start': { projectId, runId, checkpoints: 'all', quick: true, imagesPerPrompt: 1, prompts: ['a photo'] },
+      'evaluation.check': { projectId },
+      'evaluation.images': { projectId, runId },
       'evaluation.get': { projectId, runId },
       'evaluation.choose': { projectId, runId, step: 1 },
       'generation.start': { projectId, settings: { prompt: 'a dog', steps: 2, width: 64, height: 64 }, adapters: [] },

@@ -7,9 +7,11 @@ import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Method, Params, Result } from '../../src-main/api/contract.ts';
+import { BUNDLED_TINY_DINO } from '../../src-main/engine/eval/modelRegistry.ts';
 import { Service, type ServiceOptions } from '../../src-main/service/service.ts';
+import { makeTinyModel, TINY_MODEL_DIR } from '../../scripts/make-tiny-model.ts';
 import { fakeEngine } from './fakeEngine.ts';
-import { apiError, tempDir, TINY_MODEL } from './helpers.ts';
+import { apiError, DINO_TINY, tempDir, TINY_MODEL } from './helpers.ts';
 
 let root: string;
 let cleanup: () => Promise<void>;
@@ -85,5 +87,32 @@ describe('projects.create with a base model', () => {
     expect(e.message).toMatch(/^baseModel: base model not found: .*nothing-here does not exist/);
     expect((await call('projects.list', {})).map((x) => x.name)).toEqual(['Ball']);
     expect((await call('projects.create', { name: 'None' })).baseModel).toBeNull();
+  });
+});
+
+describe('evaluation.check', () => {
+  it('says before any click that DINO is missing and where it goes; a DINO file given to the service makes it ready', async () => {
+    const { dir, call } = await open({ defaultBaseModel: TINY_MODEL });
+    const p = await call('projects.create', { name: 'Ball' });
+    const r = await call('evaluation.check', { projectId: p.id });
+    expect(r).toMatchObject({ ready: false, dino: null, bundled: false });
+    expect(r.message).toContain(`DINO model not found: place model.onnx at ${join(dir, 'models', 'dino', 'model.onnx')}`);
+    expect(r.message).toMatch(/Models & Settings/);
+
+    const withDino = await open({ defaultBaseModel: TINY_MODEL, dinoModel: DINO_TINY });
+    const q = await withDino.call('projects.create', { name: 'Ball' });
+    expect(await withDino.call('evaluation.check', { projectId: q.id })).toEqual({ ready: true, dino: DINO_TINY, bundled: false, message: null });
+  });
+
+  it('the tiny demo model evaluates offline with the bundled tiny DINO; no other model does', async () => {
+    await makeTinyModel();
+    const { dir, call } = await open();
+    await mkdir(join(dir, 'models'), { recursive: true });
+    await symlink(TINY_MODEL_DIR, join(dir, 'models', 'tiny-sd'), 'dir');
+    const demo = await call('projects.create', { name: 'Demo', baseModel: join(dir, 'models', 'tiny-sd') });
+    expect(await call('evaluation.check', { projectId: demo.id })).toMatchObject({ ready: true, dino: BUNDLED_TINY_DINO, bundled: true });
+    // The test fixture is a tiny model too, but not the demo one: the bundled DINO means nothing for it.
+    const other = await call('projects.create', { name: 'Other', baseModel: TINY_MODEL });
+    expect(await call('evaluation.check', { projectId: other.id })).toMatchObject({ ready: false, dino: null });
   });
 });
