@@ -16,7 +16,7 @@ export const FORMAT_INFO: Record<ExportFormat, { label: string; loads: string }>
   singlora: { label: 'Native SingLoRA (.safetensors)', loads: 'SingLoRA Studio and the singlora CLI; keeps the single-matrix form and its metadata for later training.' },
   kohya: { label: 'kohya LoRA for A1111 / ComfyUI (.safetensors)', loads: 'AUTOMATIC1111, Forge, ComfyUI, InvokeAI: put it in models/Lora and use <lora:name:1> or a LoRA loader node.' },
   diffusers: { label: 'diffusers / PEFT LoRA', loads: 'Python: pipe.load_lora_weights(path) in diffusers, or PeftModel with peft.' },
-  'merged-diffusers': { label: 'Merged checkpoint (diffusers folder)', loads: 'A full SD 1.5 model with the adapter baked in: StableDiffusionPipeline.from_pretrained(folder); no LoRA loader needed.' },
+  'merged-diffusers': { label: 'Merged checkpoint (diffusers folder)', loads: 'A pipeline folder with the adapter baked into unet/ and the base model\'s VAE, text encoder, tokenizer and scheduler copied: StableDiffusionPipeline.from_pretrained(folder). From a single-file base model only unet/ is written (UNet2DConditionModel.from_pretrained(folder/unet)). Downloads as one .tar file.' },
   'merged-single-file': { label: 'Merged checkpoint (single .safetensors)', loads: 'A full SD 1.5 checkpoint (about 2-4 GB) for models/Stable-diffusion in A1111, ComfyUI, DiffusionBee or any SD 1.5 tool.' },
 };
 

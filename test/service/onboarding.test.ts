@@ -10,17 +10,24 @@ import type { Method, Params, Result } from '../../src-main/api/contract.ts';
 import { BUNDLED_TINY_DINO } from '../../src-main/engine/eval/modelRegistry.ts';
 import { Service, type ServiceOptions } from '../../src-main/service/service.ts';
 import { makeTinyModel, TINY_MODEL_DIR } from '../../scripts/make-tiny-model.ts';
-import { fakeEngine } from './fakeEngine.ts';
-import { apiError, DINO_TINY, tempDir, TINY_MODEL } from './helpers.ts';
+import { fakeEngine, type FakeHandlers } from './fakeEngine.ts';
+import { apiError, DINO_TINY, finished, tempDir, TINY_MODEL } from './helpers.ts';
 
 let root: string;
 let cleanup: () => Promise<void>;
 const services: Service[] = [];
 let n = 0;
 
+const engine: FakeHandlers = {
+  export: async (p) => {
+    await writeFile(p.out, 'exported');
+    return { format: p.format, path: p.out, tensors: 1 };
+  },
+};
+
 async function open(opts: Partial<ServiceOptions> = {}) {
   const dir = join(root, `s${n++}`);
-  const service = await Service.open({ dataDir: join(dir, 'data'), modelsDir: join(dir, 'models'), hfCacheDir: join(dir, 'hub'), log: () => {}, spawnEngine: fakeEngine({}).spawn, ...opts });
+  const service = await Service.open({ dataDir: join(dir, 'data'), modelsDir: join(dir, 'models'), hfCacheDir: join(dir, 'hub'), log: () => {}, spawnEngine: fakeEngine(engine).spawn, ...opts });
   services.push(service);
   return { dir, service, call: <M extends Method>(m: M, p: Params<M>) => service.call(m, p) as Promise<Result<M>> };
 }
@@ -114,5 +121,26 @@ describe('evaluation.check', () => {
     // The test fixture is a tiny model too, but not the demo one: the bundled DINO means nothing for it.
     const other = await call('projects.create', { name: 'Other', baseModel: TINY_MODEL });
     expect(await call('evaluation.check', { projectId: other.id })).toMatchObject({ ready: false, dino: null });
+  });
+});
+
+describe('adapters.export: Save to', () => {
+  it('a bare file name goes into adapters/ (with .safetensors added when it has no extension); the result has a URL', async () => {
+    const { service, call } = await open({ defaultBaseModel: TINY_MODEL });
+    const p = await call('projects.create', { name: 'Mug' });
+    await writeFile(join(service.store.dir(p.id), 'adapters', 'a.safetensors'), 'adapter');
+    for (const [outPath, rel] of [
+      ['my-mug.safetensors', 'adapters/my-mug.safetensors'],
+      ['my-mug-2', 'adapters/my-mug-2.safetensors'],
+      ['adapters/sub.safetensors', 'adapters/sub.safetensors'],
+    ]) {
+      const { jobId } = await call('adapters.export', { projectId: p.id, adapter: { file: 'adapters/a.safetensors' }, format: 'kohya', outPath });
+      const job = await finished(service, jobId);
+      expect(job.status, job.error ?? '').toBe('done');
+      expect(job.result).toEqual({ path: rel, url: `/files/${p.id}/${rel}` });
+    }
+    // Still refused: outside adapters/, or the wrong extension, with the field named.
+    expect((await apiError(call('adapters.export', { projectId: p.id, adapter: { file: 'adapters/a.safetensors' }, format: 'kohya', outPath: 'photos/x.safetensors' }))).message).toMatch(/^outPath: 'photos\/x.safetensors' must be inside the project's adapters\/ folder/);
+    expect((await apiError(call('adapters.export', { projectId: p.id, adapter: { file: 'adapters/a.safetensors' }, format: 'kohya', outPath: 'x.txt' }))).message).toMatch(/^outPath: 'adapters\/x.txt' must end in .safetensors/);
   });
 });
