@@ -62,6 +62,8 @@ export function createStudio(transport: Transport, opts: StudioOptions = {}) {
     exporting.setProject(p);
   };
   projects.onOpen(follow);
+  // The service re-checked the photos at the new model's size: show the new statuses.
+  projects.onModelChange(() => void subject.load());
 
   // Events sent while the channel was down are lost: refetch what the screens show.
   hub.onReconnect(() => {

@@ -37,9 +37,32 @@ describe('App shell', () => {
 
     await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Mug' } });
     await fireEvent.click(screen.getByTestId('project-create'));
-    await waitFor(() => expect(transport.paramsOf('projects.create')).toEqual([{ name: 'Mug', classWord: 'person', triggerToken: 'sks', type: 'live' }]));
+    await waitFor(() => expect(transport.paramsOf('projects.create')).toEqual([{ name: 'Mug', classWord: 'person', triggerToken: 'sks', type: 'live', baseModel: '/models/sd15' }]));
     await waitFor(() => expect(studio.projects.current?.id).toBe('p2'));
     expect(screen.queryByText('Welcome')).toBeNull();
+  });
+
+  test('New project picks a base model from those found, or a path typed after "Add a model…"; none at all is refused before sending', async () => {
+    const created = fx.project({ id: 'p2', name: 'Mug', baseModel: '/elsewhere/sd15' });
+    const { studio, transport } = await startStudio({
+      'projects.list': () => [],
+      'models.bases': () => [fx.base({ path: '/models/tiny', name: 'tiny', native: 64, isDefault: false, source: 'models folder' }), fx.base({ path: '/hf/sd15', name: 'org/sd15', source: 'Hugging Face cache', isDefault: false })],
+      'projects.create': () => created,
+      'projects.open': () => created,
+    });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('project-new'));
+    const select = screen.getByTestId('project-model') as HTMLSelectElement;
+    expect([...select.options].map((o) => o.textContent)).toEqual(['tiny (64 px, models folder)', 'org/sd15 (512 px, Hugging Face cache)', 'Add a model…']);
+    expect(select.value).toBe('/models/tiny');
+    await fireEvent.change(select, { target: { value: '(add)' } });
+    await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Mug' } });
+    await fireEvent.click(screen.getByTestId('project-create'));
+    expect(await screen.findByText('Choose the Stable Diffusion 1.5 model to train on, or enter its path')).toBeTruthy();
+    expect(transport.paramsOf('projects.create')).toHaveLength(0);
+    await fireEvent.input(screen.getByTestId('project-model-path'), { target: { value: ' /elsewhere/sd15 ' } });
+    await fireEvent.click(screen.getByTestId('project-create'));
+    await waitFor(() => expect(transport.paramsOf('projects.create')).toEqual([expect.objectContaining({ name: 'Mug', baseModel: '/elsewhere/sd15' })]));
   });
 
   test('shows the connection state and offers a retry while reconnecting; refetches after reconnecting', async () => {

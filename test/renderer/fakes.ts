@@ -81,6 +81,8 @@ export function baseHandlers(project = fx.project()): Handlers {
     'system.info': () => fx.info(),
     'system.doctor': () => fx.doctor('tensorflow'),
     'models.list': () => [],
+    'models.bases': () => [fx.base()],
+    'evaluation.check': () => ({ ready: true, dino: '/models/dino/model.onnx', bundled: false, message: null }),
   };
 }
 

@@ -9,7 +9,7 @@ import * as fx from './fixtures.ts';
 
 async function renderTrain(handlers: Handlers = {}) {
   const ctx = await startStudio(handlers);
-  render(TrainScreen, { training: ctx.studio.training, advice: ctx.studio.system.advice });
+  render(TrainScreen, { training: ctx.studio.training, advice: ctx.studio.system.advice, model: ctx.studio.projects.model });
   return ctx;
 }
 
@@ -89,6 +89,19 @@ describe('Train screen', () => {
     expect(err.textContent).toContain('OOM when allocating tensor');
     expect(err.textContent).toMatch(/lower the resolution.*batch size 1.*gradient checkpointing/);
     expect(screen.getByTestId('run-status').textContent).toBe('failed');
+  });
+
+  test('without a base model Train is disabled and says why; the native resolution names the model and its size', async () => {
+    const none = await startStudio({ 'models.bases': () => [] });
+    const { unmount } = render(TrainScreen, { training: none.studio.training, advice: null, model: none.studio.projects.model });
+    expect((screen.getByTestId('train-button') as HTMLButtonElement).disabled).toBe(true);
+    expect(screen.getByTestId('train-blocked').textContent).toBe('Choose a base model first (above).');
+    unmount();
+    const tiny = await startStudio({ 'models.bases': () => [fx.base({ path: '/m/tiny-sd', name: 'tiny-sd', native: 64 })] });
+    render(TrainScreen, { training: tiny.studio.training, advice: null, model: tiny.studio.projects.model });
+    expect((screen.getByTestId('train-button') as HTMLButtonElement).disabled).toBe(false);
+    expect(screen.queryByTestId('train-blocked')).toBeNull();
+    expect(screen.getByRole('option', { name: 'Model native (64 × 64 for tiny-sd)' })).toBeTruthy();
   });
 
   test('with the wasm or cpu backend it says training will be slow and how to fix it', async () => {
