@@ -48,7 +48,7 @@ export function createStudio(transport: Transport, opts: StudioOptions = {}) {
   const projects = new ProjectsService(api, notify, opts.storage ?? null);
   const subject = new SubjectService(api, projects, files, notify);
   const training = new TrainingService(api, hub, jobs, projects, files, notify);
-  const evaluation = new EvaluationService(api, hub, jobs, notify, () => void training.loadRuns());
+  const evaluation = new EvaluationService(api, hub, jobs, notify, () => void training.loadRuns(), files);
   const adapters = new AdaptersService(api, notify);
   const generation = new GenerationService(api, hub, jobs, files, notify, opts.clipboard ?? null, transport.revealFile ? (p) => transport.revealFile!(p) : null);
   const exporting = new ExportService(api, jobs, notify, () => void adapters.refresh());
@@ -64,6 +64,11 @@ export function createStudio(transport: Transport, opts: StudioOptions = {}) {
   projects.onOpen(follow);
   // The service re-checked the photos at the new model's size: show the new statuses.
   projects.onModelChange(() => void subject.load());
+
+  // A finished model download may be what evaluation was missing.
+  hub.on('job.updated', (j) => {
+    if (j.kind === 'download' && j.status === 'done') void evaluation.recheck();
+  });
 
   // Events sent while the channel was down are lost: refetch what the screens show.
   hub.onReconnect(() => {

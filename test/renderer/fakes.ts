@@ -82,6 +82,7 @@ export function baseHandlers(project = fx.project()): Handlers {
     'system.doctor': () => fx.doctor('tensorflow'),
     'models.list': () => [],
     'models.bases': () => [fx.base()],
+    'evaluation.images': () => [],
     'evaluation.check': () => ({ ready: true, dino: '/models/dino/model.onnx', bundled: false, message: null }),
   };
 }

@@ -40,7 +40,7 @@ describe('Train screen', () => {
 
     transport.emit('train.event', trainEvent(fx.stepEvent(1, 800, { loss: 0.2, smoothed: 0.2 })));
     transport.emit('train.event', trainEvent(fx.stepEvent(40, 800, { loss: 0.1234, smoothed: 0.15, its: 2.5, eta_s: 304 })));
-    await waitFor(() => expect(screen.getByTestId('train-progress').textContent).toContain('Step 40/800 · 2.50 it/s · ETA 5:04 · loss 0.1234'));
+    await waitFor(() => expect(screen.getByTestId('train-progress').textContent).toContain('Step 40/800 · 2.50 it/s · ETA 5 min 04 s · loss 0.1234'));
     const bar = within(screen.getByTestId('train-progress')).getByRole('progressbar');
     expect(bar.getAttribute('aria-valuenow')).toBe('40');
     expect(bar.getAttribute('aria-valuemax')).toBe('800');
