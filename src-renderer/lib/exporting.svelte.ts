@@ -6,6 +6,7 @@
 import { api, exportFormats, type ApiClient, type Job, type Project } from '../../src-main/api/contract.ts';
 import { adapterRef, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
 import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
+import type { Files } from './files.ts';
 import type { JobsService } from './jobs.svelte.ts';
 import type { Notifier } from './notifier.svelte.ts';
 
@@ -36,6 +37,8 @@ export class ExportService {
   progress = $state<{ done: number; total: number; label: string } | null>(null);
   status = $state<'idle' | 'running' | 'done' | 'failed' | 'cancelled'>('idle');
   resultPath = $state<string | null>(null);
+  /** A loadable URL of the written file (a download), when the job's result has one. */
+  resultUrl = $state<string | null>(null);
   error = $state<string | null>(null);
 
   constructor(
@@ -43,6 +46,7 @@ export class ExportService {
     private readonly jobs: JobsService,
     private readonly notify: Notifier,
     private readonly onExported: () => void = () => {},
+    private readonly files: Pick<Files, 'url'> = { url: (u) => u },
   ) {}
 
   setProject(p: Project | null): void {
@@ -103,6 +107,7 @@ export class ExportService {
     this.progress = null;
     this.status = 'idle';
     this.resultPath = null;
+    this.resultUrl = null;
     this.error = null;
   }
 
@@ -112,6 +117,7 @@ export class ExportService {
     this.status = job.status;
     if (job.status === 'done') {
       this.resultPath = exportResultPath(job, requested);
+      this.resultUrl = job.result?.url ? this.files.url(job.result.url) : null;
       this.notify.info(`Exported to ${this.resultPath}`, 'success');
       this.onExported();
     } else if (job.status === 'failed') {

@@ -51,7 +51,7 @@ export function createStudio(transport: Transport, opts: StudioOptions = {}) {
   const evaluation = new EvaluationService(api, hub, jobs, notify, () => void training.loadRuns(), files);
   const adapters = new AdaptersService(api, notify);
   const generation = new GenerationService(api, hub, jobs, files, notify, opts.clipboard ?? null, transport.revealFile ? (p) => transport.revealFile!(p) : null);
-  const exporting = new ExportService(api, jobs, notify, () => void adapters.refresh());
+  const exporting = new ExportService(api, jobs, notify, () => void adapters.refresh(), files);
 
   const follow = (p: Project | null) => {
     subject.setProject(p);

@@ -30,6 +30,10 @@ describe('Export screen', () => {
     await waitFor(() => expect(screen.getByTestId('export-progress').textContent).toContain('merging unet'));
     transport.emit('job.updated', fx.job({ id: 'x1', kind: 'export', status: 'done', progress: { done: 3, total: 3, label: 'adapters/dog.safetensors' }, result: { path: 'adapters/dog.safetensors', url: '/files/p1/adapters/dog.safetensors' } }));
     await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe('adapters/dog.safetensors'));
+    // The file downloads from the URL the job gave (with the token in the browser).
+    const link = screen.getByTestId('export-download') as HTMLAnchorElement;
+    expect(link.getAttribute('href')).toBe('/files/p1/adapters/dog.safetensors?token=t');
+    expect(link.getAttribute('download')).toBe('dog.safetensors');
   });
 
   test('kohya is the default format; without a location the default folder is named', async () => {
@@ -40,6 +44,7 @@ describe('Export screen', () => {
     await waitFor(() => expect(transport.paramsOf('adapters.export')).toEqual([{ projectId: 'p1', adapter: { runId: 'r1', step: null }, format: 'kohya' }]));
     transport.emit('job.updated', fx.job({ id: 'x2', kind: 'export', status: 'done' }));
     await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe("the project's adapters/ folder"));
+    expect(screen.queryByTestId('export-download')).toBeNull(); // no URL, no link
   });
 
   test('an export that finished before its call returned still shows its result', async () => {
