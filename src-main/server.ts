@@ -6,6 +6,7 @@
  *                               -> 200 {ok: true, result} | 4xx/5xx {ok: false, error: {code, message, details?}}
  *   GET  /ws?token=<token>      WebSocket; every service event as {event, data}
  *   GET  /files/<project>/<path>?token=<token> (or the bearer header)   project files (images, samples, photos)
+ *   GET  /files/<project>/adapters/<folder>.tar      an export folder (merged diffusers) as one tar, streamed
  *   GET  /...                   the renderer from dist-renderer/ (index.html for unknown paths); no token needed
  *
  * Security: a random 32-byte token per start (or --token), compared in constant time; 401 for
@@ -22,13 +23,14 @@ import { createReadStream, existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { isIP, type Socket } from 'node:net';
-import { extname, join } from 'node:path';
+import { basename, extname, join } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ApiError, type ApiErrorBody } from './api/contract.ts';
 import { REPO_ROOT } from './engine/paths.ts';
 import { STATIC_TYPES } from './gateway/contentTypes.ts';
 import { dispatch } from './gateway/dispatch.ts';
-import { attachmentHeader, resolveProjectFile } from './gateway/files.ts';
+import { attachmentHeader, parseFilesPath, resolveProjectFile } from './gateway/files.ts';
+import { tarEntries, tarSize, writeTar } from './gateway/tar.ts';
 import { contentSecurityPolicy, securityHeaders, STATUS } from './gateway/http.ts';
 import { toApiError } from './service/errors.ts';
 import { safeResolve } from './service/safePath.ts';
@@ -211,6 +213,12 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
   async function handleFile(req: IncomingMessage, res: ServerResponse, path: string, query: URLSearchParams): Promise<void> {
     if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: 'use GET' } }, { Allow: 'GET, HEAD' });
     if (!sameToken(bearer(req) ?? query.get('token'), token) && !sameToken(cookieToken(req), token)) return sendError(res, new ApiError('unauthorized', 'missing or wrong token: add ?token=<token> or the bearer header'));
+    // An export folder as one download, packed on the fly (gateway/tar.ts).
+    if (path.endsWith('.tar')) {
+      const { projectId, rel } = parseFilesPath(path);
+      const folder = await service.resolveExportFolder(projectId, rel.slice(0, -'.tar'.length)).catch(() => null);
+      if (folder) return streamTar(req, res, folder);
+    }
     const f = await resolveProjectFile((projectId, rel) => service.resolveFile(projectId, rel), path);
     return streamFile(req, res, f.file, f.type, f.attachment);
   }
@@ -242,6 +250,20 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     // The page with the right token: keep it as a cookie for this browser session (never on a wrong one).
     const cookie: Record<string, string> = sameToken(query.get('token'), token) ? { 'Set-Cookie': `${TOKEN_COOKIE}=${token}; HttpOnly; SameSite=Strict; Path=/` } : {};
     return streamFile(req, res, index, STATIC_TYPES['.html'], false, 'no-cache', cookie);
+  }
+
+  async function streamTar(req: IncomingMessage, res: ServerResponse, folder: string): Promise<void> {
+    const name = basename(folder);
+    const entries = await tarEntries(folder, name);
+    res.writeHead(200, { ...SECURITY_HEADERS, 'Content-Type': 'application/x-tar', 'Content-Length': String(tarSize(entries)), 'Cache-Control': 'private, no-cache', 'Content-Disposition': attachmentHeader(`${name}.tar`) });
+    if (req.method === 'HEAD') return void res.end();
+    try {
+      await writeTar(entries, res);
+      res.end();
+    } catch (err) {
+      log(`server: ${name}.tar: ${(err as Error).message}`);
+      res.destroy();
+    }
   }
 
   async function streamFile(req: IncomingMessage, res: ServerResponse, file: string, type: string, attachment: boolean, cache = 'private, no-cache', extra: Record<string, string> = {}): Promise<void> {

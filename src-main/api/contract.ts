@@ -106,7 +106,8 @@ export const jobSchema = z.object({
   progress: z.object({ done: z.number(), total: z.number(), label: z.string() }).nullable(),
   /**
    * What a finished job made, when it made a file: export jobs set `path` (relative to the
-   * project, `adapters/...`) and, for a file, its `url`. Absent or null otherwise.
+   * project, `adapters/...`) and the `url` to download it (a folder: `<path>.tar`, packed by the
+   * server). Absent or null otherwise.
    */
   result: z.object({ path: z.string().optional(), url: z.string().optional() }).nullable().optional(),
 });

@@ -145,6 +145,19 @@ export class Service {
     return path;
   }
 
+  /**
+   * A folder an export wrote (`adapters/<name>`, a merged diffusers pipeline), for a download as
+   * one archive; not_found for anything else.
+   */
+  async resolveExportFolder(projectId: string, rel: string): Promise<string> {
+    if (!(await this.store.exists(projectId))) throw new ApiError('not_found', `no project '${projectId}'`);
+    if (!/^adapters\/[^/]+$/.test(rel)) throw new ApiError('not_found', `project '${projectId}' has no export folder '${rel}'`);
+    const path = await safeResolve(this.store.dir(projectId), rel, 'path');
+    const info = await stat(path).catch(() => null);
+    if (!info?.isDirectory()) throw new ApiError('not_found', `project '${projectId}' has no export folder '${rel}'`);
+    return path;
+  }
+
   /** Pauses running training (checkpoint kept), cancels queued jobs, stops the engine, releases the lock. */
   async close(): Promise<void> {
     if (this.#closed) return;

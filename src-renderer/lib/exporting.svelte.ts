@@ -39,6 +39,8 @@ export class ExportService {
   resultPath = $state<string | null>(null);
   /** A loadable URL of the written file (a download), when the job's result has one. */
   resultUrl = $state<string | null>(null);
+  /** The downloaded file's name: the file's, or `<folder>.tar` for a merged diffusers folder. */
+  resultName = $state<string | null>(null);
   error = $state<string | null>(null);
 
   constructor(
@@ -108,6 +110,7 @@ export class ExportService {
     this.status = 'idle';
     this.resultPath = null;
     this.resultUrl = null;
+    this.resultName = null;
     this.error = null;
   }
 
@@ -118,6 +121,7 @@ export class ExportService {
     if (job.status === 'done') {
       this.resultPath = exportResultPath(job, requested);
       this.resultUrl = job.result?.url ? this.files.url(job.result.url) : null;
+      this.resultName = job.result?.url ? decodeURIComponent(job.result.url.split('?')[0].split('/').pop() ?? '') : null;
       this.notify.info(`Exported to ${this.resultPath}`, 'success');
       this.onExported();
     } else if (job.status === 'failed') {

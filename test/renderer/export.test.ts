@@ -47,6 +47,18 @@ describe('Export screen', () => {
     expect(screen.queryByTestId('export-download')).toBeNull(); // no URL, no link
   });
 
+  test('a merged diffusers folder downloads as one .tar', async () => {
+    const { transport } = await renderExport({ 'adapters.export': () => ({ jobId: 'x4' }) });
+    await fireEvent.change(screen.getByTestId('export-adapter'), { target: { value: 'run:r1' } });
+    await fireEvent.change(screen.getByTestId('export-format'), { target: { value: 'merged-diffusers' } });
+    expect(screen.getByTestId('export-format-info').textContent).toMatch(/VAE, text encoder, tokenizer and scheduler copied.*Downloads as one \.tar file/);
+    await fireEvent.click(screen.getByTestId('export-button'));
+    await waitFor(() => expect(transport.paramsOf('adapters.export')).toHaveLength(1));
+    transport.emit('job.updated', fx.job({ id: 'x4', kind: 'export', status: 'done', result: { path: 'adapters/p1-r1-merged-diffusers', url: '/files/p1/adapters/p1-r1-merged-diffusers.tar' } }));
+    const link = (await screen.findByTestId('export-download')) as HTMLAnchorElement;
+    expect([link.getAttribute('href'), link.getAttribute('download'), link.textContent]).toEqual(['/files/p1/adapters/p1-r1-merged-diffusers.tar?token=t', 'p1-r1-merged-diffusers.tar', 'Download (.tar)']);
+  });
+
   test('an export that finished before its call returned still shows its result', async () => {
     let transportRef: import('./fakes.ts').FakeTransport;
     const ctx = await renderExport({

@@ -59,8 +59,8 @@ export function adaptersHandlers(c: ServiceContext): NamespaceHandlers<'adapters
           const out = await c.paths.exportTarget(projectDir, outPath, merged);
           const rel = relative(projectDir, out).split(sep).join('/');
           await c.engine.request('export', { adapter: adapter.path, format: p.format, out, base }, { signal: ctx.signal, onProgress: ({ done, total }) => ctx.progress({ done, total, label: `writing ${rel}` }) });
-          // A merged diffusers export is a folder: it has a path but no URL to fetch.
-          return { label: rel, result: { path: rel, ...(folder ? {} : { url: fileUrl(p.projectId, rel) }) } };
+          // A merged diffusers export is a folder: the server sends it as one .tar (packed on the fly).
+          return { label: rel, result: { path: rel, url: fileUrl(p.projectId, folder ? `${rel}.tar` : rel) } };
         },
       });
       return { jobId: job.id };
