@@ -47,7 +47,7 @@ export function createStudio(transport: Transport, opts: StudioOptions = {}) {
   const system = new SystemService(api, jobs, notify);
   const projects = new ProjectsService(api, notify, opts.storage ?? null);
   const subject = new SubjectService(api, projects, files, notify);
-  const training = new TrainingService(api, hub, jobs, projects, files, notify);
+  const training = new TrainingService(api, hub, jobs, projects, files, notify, opts.storage ?? null);
   const evaluation = new EvaluationService(api, hub, jobs, notify, () => void training.loadRuns(), files);
   const adapters = new AdaptersService(api, notify);
   const generation = new GenerationService(api, hub, jobs, files, notify, opts.clipboard ?? null, transport.revealFile ? (p) => transport.revealFile!(p) : null);

@@ -85,6 +85,8 @@ describe('App shell', () => {
     const indicator = screen.getByTestId('jobs-indicator');
     await waitFor(() => expect(indicator.textContent).toContain('Jobs (1 running)'));
     expect(within(indicator).getByTestId('job-row').textContent).toContain('dino — 25%');
+    transport.emit('job.updated', fx.job({ id: 't1', kind: 'train', projectId: 'p1', runId: 'r7', status: 'cancelled' }));
+    await waitFor(() => expect(within(indicator).getAllByTestId('job-owner').map((o) => o.textContent)).toContain(`${fx.project().name} · run r7`));
     await fireEvent.click(within(indicator).getByRole('button', { name: 'Cancel download job d1' }));
     await waitFor(() => expect(transport.paramsOf('jobs.cancel')).toEqual([{ jobId: 'd1' }]));
   });
