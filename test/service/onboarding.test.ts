@@ -144,3 +144,13 @@ describe('adapters.export: Save to', () => {
     expect((await apiError(call('adapters.export', { projectId: p.id, adapter: { file: 'adapters/a.safetensors' }, format: 'kohya', outPath: 'x.txt' }))).message).toMatch(/^outPath: 'adapters\/x.txt' must end in .safetensors/);
   });
 });
+
+describe('models.download offline', () => {
+  it('a download that cannot connect fails with words and the manual fix, not a raw socket error', async () => {
+    const { dir, service, call } = await open({ evalModels: [{ id: 'dino', title: 'test DINO', purpose: 'test', required: true, files: [{ file: 'model.onnx', url: 'http://127.0.0.1:1/model.onnx', sha256: null, approxBytes: 10 }] }] });
+    const { jobId } = await call('models.download', { name: 'dino' });
+    const job = await finished(service, jobId);
+    expect(job.status).toBe('failed');
+    expect(job.error).toBe(`cannot reach 127.0.0.1:1 (is this machine offline?). Download http://127.0.0.1:1/model.onnx on a machine with internet and place it at ${join(dir, 'models', 'dino', 'model.onnx')}, then press Check again.`);
+  }, 20_000);
+});

@@ -111,10 +111,17 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
           const known = files.reduce((n, f) => n + (f.approxBytes ?? 0), 0);
           let finished = 0;
           for (const [i, f] of files.entries()) {
-            await download(f.url, modelFilePath(c.modelsDir, spec.id, f.file), {
+            const dest = modelFilePath(c.modelsDir, spec.id, f.file);
+            await download(f.url, dest, {
               sha256: f.sha256,
               signal: ctx.signal,
               onProgress: (pr) => ctx.progress({ done: finished + pr.bytes, total: Math.max(known, finished + (pr.total ?? pr.bytes)), label: `${spec.id}/${f.file} (${i + 1}/${files.length})` }),
+            }).catch((err: Error) => {
+              // No network (no DNS, refused, unreachable): say so in words, and how to do it by hand.
+              if (/ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ENETUNREACH|EHOSTUNREACH|ETIMEDOUT|getaddrinfo|cannot connect/.test(err.message)) {
+                throw new Error(`cannot reach ${new URL(f.url).host} (is this machine offline?). Download ${f.url} on a machine with internet and place it at ${dest}, then press Check again.`);
+              }
+              throw err;
             });
             finished += (await stat(modelFilePath(c.modelsDir, spec.id, f.file))).size;
           }
