@@ -62,6 +62,14 @@ describe('Models & Settings screen', () => {
     await waitFor(() => expect(transport.paramsOf('models.setBase').at(-1)).toEqual({ projectId: 'p1', path: '/m/sd15.safetensors' }));
   });
 
+  test('after the base model changes, the photos are listed again (the service re-checked them at its size)', async () => {
+    const { transport, studio } = await renderSettings({ 'models.setBase': () => ({ name: 'tiny', format: 'diffusers' }) });
+    await waitFor(() => expect(transport.paramsOf('photos.list').length).toBe(1));
+    expect(await studio.projects.setBaseModel('/m/tiny')).toBeNull();
+    await waitFor(() => expect(transport.paramsOf('photos.list').length).toBe(2));
+    expect(transport.paramsOf('models.bases').length).toBeGreaterThan(1); // and the models list (sizes) is fresh
+  });
+
   test('a project without a base model and no server default says so (no "(default)"); base models are not listed as evaluation models', async () => {
     await renderSettings({ 'models.bases': () => [], 'models.list': () => [{ name: 'tiny-sd', kind: 'base', present: false, path: '/m/tiny-sd', bytes: null, verified: null, hint: 'no default' }, ...models] });
     expect(screen.getByTestId('base-model').textContent).toMatch(/no base model yet, and the server has no default/);
