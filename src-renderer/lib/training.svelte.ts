@@ -162,12 +162,12 @@ export class TrainingService {
   }
 
   /**
-   * How long the draft's steps would take at the pace of this project's latest run that recorded
-   * one (seconds), or null when no run has a pace yet.
+   * How long the draft's steps would take at the pace of the selected run (live, else recorded in
+   * its run.json), in seconds; null when it has none yet.
    */
   estimateS = $derived.by(() => {
-    const ms = this.manifest?.timing.msPerStep;
-    return ms ? (ms * (Number(this.draft.steps) || 0)) / 1000 : null;
+    const its = this.progress?.its ?? (this.manifest?.timing.msPerStep ? 1000 / this.manifest.timing.msPerStep : null);
+    return its ? (Number(this.draft.steps) || 0) / its : null;
   });
 
   /** Copies the selected run's settings into the form. */

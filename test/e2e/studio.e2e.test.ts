@@ -292,6 +292,10 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     await expect.poll(() => byTest('sample-image').count()).toBeGreaterThan(0);
     await expect.poll(() => loaded('sample-image')).toBe(true);
     expect(await page.getByText('Checkpoints at steps 3, 6.').count()).toBe(1);
+    // The next run's duration, estimated before starting it, at this run's pace.
+    expect(await byTest('train-estimate').textContent()).toMatch(/^About \d+ (s|min \d\d s) for 6 steps at the last run's pace$/);
+    // The run list agrees with the card.
+    expect(await byTest('run-row').first().getAttribute('data-status')).toBe('completed');
     await shoot('train');
   });
 

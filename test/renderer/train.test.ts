@@ -153,6 +153,13 @@ describe('Train screen', () => {
     expect(screen.getByTestId('run-status').textContent).toBe('running');
   });
 
+  test("before starting, the duration is estimated at the last run's pace", async () => {
+    await renderTrain({ 'training.runs': () => [fx.run({ id: 'r9', status: 'completed', step: 800 })], 'training.status': () => fx.manifest({ id: 'r9', status: 'completed', step: 800, timing: { startedAt: null, msPerStep: 500, totalMs: 400_000 } }) });
+    await waitFor(() => expect(screen.getByTestId('train-estimate').textContent).toBe("About 6 min 40 s for 800 steps at the last run's pace"));
+    await fireEvent.input(screen.getByTestId('setting-steps'), { target: { value: '100' } });
+    await waitFor(() => expect(screen.getByTestId('train-estimate').textContent).toBe("About 50 s for 100 steps at the last run's pace"));
+  });
+
   test('unsaved settings survive a reload, with a notice and a way to discard them; starting a run forgets them', async () => {
     const storage = new Map<string, string>();
     const store = { getItem: (k: string) => storage.get(k) ?? null, setItem: (k: string, v: string) => void storage.set(k, v), removeItem: (k: string) => void storage.delete(k) };
