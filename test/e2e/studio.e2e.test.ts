@@ -8,7 +8,7 @@
  * train a few steps with previews; evaluate with the tiny DINO bundled with the demo model, with
  * its images beside the scores; generate an image with the run's adapter (size from the model)
  * and download it; export for kohya, download the file and compare its bytes, and load it with the
- * engine's kohya importer. The session token: a second tab of the same browser works (the cookie),
+ * engine's kohya importer; export a merged diffusers pipeline and download it as one .tar. The session token: a second tab of the same browser works (the cookie),
  * a browser without it gets the one "open the link" screen.
  *
  * The page must stay clean: any console error, page error, or failed /api or /files request
@@ -35,6 +35,7 @@ import { UNet2DConditionModel } from '../../src-main/engine/models/unet2dConditi
 import { REPO_ROOT } from '../../src-main/engine/paths.ts';
 import { startServer, type RunningServer } from '../../src-main/server.ts';
 import { makeSubjectPhotos, makeTinyModel, TINY_MODEL_DIR } from '../../scripts/make-tiny-model.ts';
+import { readTar } from '../helpers/tar.ts';
 
 /** SINGLORA_CHROMIUM when set (and then only it), else Debian's or Ubuntu's path. */
 const CHROMIUM_CANDIDATES = process.env.SINGLORA_CHROMIUM ? [process.env.SINGLORA_CHROMIUM] : ['/usr/bin/chromium', '/usr/bin/chromium-browser'];
@@ -380,6 +381,28 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
       plan.dispose();
       unet.dispose();
     }
+  });
+
+  it('Export: a merged diffusers pipeline folder downloads as one .tar holding the whole pipeline', async () => {
+    explainFailures('export-merged');
+    await byTest('export-format').selectOption('merged-diffusers');
+    expect(await byTest('export-format-info').textContent()).toMatch(/Downloads as one \.tar file/);
+    await byTest('export-path').fill('');
+    await byTest('export-button').click();
+    await expect.poll(() => byTest('export-download').textContent(), { timeout: SLOW }).toBe('Download (.tar)');
+    const rel = (await byTest('export-result-path').textContent())!.trim();
+    expect(rel).toMatch(/^adapters\/.*-merged-diffusers$/);
+    const got = await download('export-download');
+    expect(got.name).toBe(`${rel.split('/').pop()}.tar`);
+    const entries = readTar(got.bytes);
+    const root = rel.split('/').pop();
+    const names = entries.map((e) => e.name);
+    for (const part of ['model_index.json', 'unet/config.json', 'unet/diffusion_pytorch_model.safetensors', 'vae/diffusion_pytorch_model.safetensors', 'text_encoder/model.safetensors', 'tokenizer/vocab.json', 'scheduler/scheduler_config.json']) {
+      expect(names, part).toContain(`${root}/${part}`);
+    }
+    const unet = entries.find((e) => e.name === `${root}/unet/diffusion_pytorch_model.safetensors`)!;
+    expect(unet.data.equals(await readFile(join(server.service.projectsDir, projectId, rel, 'unet', 'diffusion_pytorch_model.safetensors')))).toBe(true);
+    await shoot('export-merged');
   });
 
   it('Models & Settings: the models and the backend the engine runs on', async () => {
