@@ -413,6 +413,8 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     expect(await byTest('models-table').textContent()).toMatch(/dino.*missing/s);
     expect(await byTest('models-table').textContent()).not.toMatch(/demo-tiny|tiny-sd/); // base models are not evaluation models
     expect(await byTest('base-model').textContent()).toBe('demo-tiny');
+    expect(await byTest('base-model-path').inputValue()).toBe(join(tmp, 'models', 'demo-tiny')); // the picker shows it
+    expect(await page.getByText('none: each project picks its own').count()).toBe(1);
     await shoot('settings');
   });
 

@@ -52,6 +52,7 @@ describe('Models & Settings screen', () => {
     });
     expect(screen.getByTestId('base-model').textContent).toBe('sd15');
     expect(screen.getByText(/the server default\), native size 512 × 512/)).toBeTruthy();
+    expect((screen.getByTestId('base-model-path') as HTMLSelectElement).value).toBe('/models/sd15');
     await fireEvent.change(screen.getByTestId('base-model-path'), { target: { value: '(add)' } });
     await fireEvent.input(screen.getByTestId('base-model-path-path'), { target: { value: '/m/model.ckpt' } });
     await fireEvent.click(screen.getByTestId('set-base-model'));
