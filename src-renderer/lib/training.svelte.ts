@@ -116,7 +116,11 @@ export class TrainingService {
   /** Keeps the form's unsaved settings across reloads (the screen calls this on every change). */
   keepDraft(): void {
     if (!this.projectId || !this.storage) return;
-    this.storage.setItem(this.#draftKey(this.projectId), JSON.stringify(this.draft));
+    const saved = this.projects.current?.id === this.projectId ? JSON.stringify(draftFrom(this.projects.current.settings)) : null;
+    const now = JSON.stringify(this.draft);
+    // Only what differs from the project's saved settings is worth keeping.
+    if (now === saved) this.storage.removeItem(this.#draftKey(this.projectId));
+    else this.storage.setItem(this.#draftKey(this.projectId), now);
   }
 
   /** Forgets the kept draft (a run started with it, or the form was reset). */
