@@ -11,7 +11,7 @@
  *
  * Security: a random 32-byte token per start (or --token), compared in constant time; 401 for
  * /api, /files and /ws without it. A page load with the right `?token=` also sets it as a cookie
- * (`singlora_token`, HttpOnly, SameSite=Strict, Path=/), so a second tab or a bookmark of the same
+ * (`singlora_token_<port>`, HttpOnly, SameSite=Strict, Path=/), so a second tab or a bookmark of the same
  * browser session keeps working; /api, /files and /ws accept that cookie as well as the header or
  * query token (CLI and API clients). Loopback only unless --allow-remote (then a warning, and the
  * service refuses client paths outside its projects). On loopback, the Host header must name a
@@ -85,15 +85,21 @@ function bearer(req: IncomingMessage): string | null {
   return m ? m[1] : null;
 }
 
-/** The cookie a page load with the right `?token=` sets (HttpOnly: page scripts never see it). */
-export const TOKEN_COOKIE = 'singlora_token';
+/**
+ * The cookie a page load with the right `?token=` sets (HttpOnly: page scripts never see it). Its
+ * name carries the port: browsers share cookies across the ports of one host, and two servers on
+ * 127.0.0.1 must not overwrite each other's token.
+ */
+export function tokenCookie(port: number): string {
+  return `singlora_token_${port}`;
+}
 
-function cookieToken(req: IncomingMessage): string | null {
+function cookieToken(req: IncomingMessage, name: string): string | null {
   const header = req.headers.cookie;
   if (!header) return null;
   for (const part of header.split(';')) {
     const eq = part.indexOf('=');
-    if (eq > 0 && part.slice(0, eq).trim() === TOKEN_COOKIE) return part.slice(eq + 1).trim() || null;
+    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim() || null;
   }
   return null;
 }
@@ -154,7 +160,7 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
 
   async function handleApi(req: IncomingMessage, res: ServerResponse, method: string): Promise<void> {
     if (req.method !== 'POST') return sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: `${req.method} /api/${method}: use POST with JSON params` } }, { Allow: 'POST' });
-    if (!sameToken(bearer(req), token) && !sameToken(cookieToken(req), token)) {
+    if (!sameToken(bearer(req), token) && !sameToken(cookieToken(req, tokenCookie(port)), token)) {
       req.resume();
       return sendError(res, new ApiError('unauthorized', 'missing or wrong token: open the link printed by `singlora serve` (it carries ?token=), or send `Authorization: Bearer <token>`'), { 'WWW-Authenticate': 'Bearer' });
     }
@@ -212,7 +218,7 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
 
   async function handleFile(req: IncomingMessage, res: ServerResponse, path: string, query: URLSearchParams): Promise<void> {
     if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: 'use GET' } }, { Allow: 'GET, HEAD' });
-    if (!sameToken(bearer(req) ?? query.get('token'), token) && !sameToken(cookieToken(req), token)) return sendError(res, new ApiError('unauthorized', 'missing or wrong token: add ?token=<token> or the bearer header'));
+    if (!sameToken(bearer(req) ?? query.get('token'), token) && !sameToken(cookieToken(req, tokenCookie(port)), token)) return sendError(res, new ApiError('unauthorized', 'missing or wrong token: add ?token=<token> or the bearer header'));
     // An export folder as one download, packed on the fly (gateway/tar.ts).
     if (path.endsWith('.tar')) {
       const { projectId, rel } = parseFilesPath(path);
@@ -248,7 +254,7 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
       if (extname(rel) && extname(rel) !== '.html') return sendJson(res, 404, { ok: false, error: { code: 'not_found', message: `no file /${rel}` } });
     }
     // The page with the right token: keep it as a cookie for this browser session (never on a wrong one).
-    const cookie: Record<string, string> = sameToken(query.get('token'), token) ? { 'Set-Cookie': `${TOKEN_COOKIE}=${token}; HttpOnly; SameSite=Strict; Path=/` } : {};
+    const cookie: Record<string, string> = sameToken(query.get('token'), token) ? { 'Set-Cookie': `${tokenCookie(port)}=${token}; HttpOnly; SameSite=Strict; Path=/` } : {};
     return streamFile(req, res, index, STATIC_TYPES['.html'], false, 'no-cache', cookie);
   }
 
@@ -294,7 +300,7 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     };
     if (!hostAllowed(req)) return refuse('403 Forbidden');
     if (path !== '/ws') return refuse('404 Not Found');
-    if (!sameToken(query.get('token') ?? bearer(req), token) && !sameToken(cookieToken(req), token)) return refuse('401 Unauthorized');
+    if (!sameToken(query.get('token') ?? bearer(req), token) && !sameToken(cookieToken(req, tokenCookie(port)), token)) return refuse('401 Unauthorized');
     wss.handleUpgrade(req, socket, head, (ws) => {
       clients.add(ws);
       ws.on('close', () => clients.delete(ws));
