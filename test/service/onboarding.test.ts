@@ -52,6 +52,9 @@ describe('models.bases', () => {
     await mkdir(join(dir, 'hub', 'models--org--tiny-sd', 'snapshots'), { recursive: true });
     await symlink(TINY_MODEL, snapshot, 'dir');
     await mkdir(join(dir, 'hub', 'models--org--no-pipeline', 'snapshots', 'x'), { recursive: true });
+    // An SDXL pipeline in the cache is not offered: this app trains SD 1.x.
+    await mkdir(join(dir, 'hub', 'models--org--sdxl', 'snapshots', 'y'), { recursive: true });
+    await writeFile(join(dir, 'hub', 'models--org--sdxl', 'snapshots', 'y', 'model_index.json'), JSON.stringify({ _class_name: 'StableDiffusionXLPipeline', unet: ['diffusers', 'UNet2DConditionModel'], text_encoder_2: ['transformers', 'CLIPTextModelWithProjection'] }));
 
     const bases = await call('models.bases', {});
     expect(bases.map((b) => [b.name, b.source, b.isDefault])).toEqual([

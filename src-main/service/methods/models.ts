@@ -6,14 +6,14 @@
  *   | source             | what counts                                                           |
  *   | ------------------ | --------------------------------------------------------------------- |
  *   | models folder      | a folder with model_index.json, or a .safetensors file, at its top    |
- *   | Hugging Face cache | `<hub>/models--<org>--<name>/snapshots/<rev>/` with model_index.json  |
+ *   | Hugging Face cache | `<hub>/models--<org>--<name>/snapshots/<rev>/`: an SD 1.x pipeline    |
  *   | recent             | the base model of any project                                         |
  *   | server default     | `serve --base` (when it is none of the above)                          |
  * The hub is HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub (`hfCacheDir` overrides).
  * A server open to the network (hostPaths 'deny') lists the models folder only.
  */
 import { existsSync } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { ApiError, type BaseModelInfo } from '../../api/contract.ts';
@@ -21,6 +21,12 @@ import { EVAL_MODELS, listModels, modelFilePath } from '../../engine/eval/modelR
 import { download } from '../../engine/io/download.ts';
 import { checkBase, defaultBase, submit, type ServiceContext } from '../context.ts';
 import type { NamespaceHandlers } from './handlers.ts';
+
+/** A diffusers pipeline folder that is not SDXL (the cache holds every kind of model; SD 1.x is what trains here). */
+async function isSd1Pipeline(dir: string): Promise<boolean> {
+  const index = await readFile(join(dir, 'model_index.json'), 'utf8').then((t) => JSON.parse(t) as Record<string, unknown>, () => null);
+  return index !== null && !('text_encoder_2' in index) && !/XL/.test(String(index._class_name ?? '')) && 'unet' in index;
+}
 
 export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
   return {
@@ -75,7 +81,7 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
         for (const repo of (await readdir(hub).catch(() => [] as string[])).filter((n) => n.startsWith('models--')).sort()) {
           for (const rev of await readdir(join(hub, repo, 'snapshots')).catch(() => [] as string[])) {
             const path = join(hub, repo, 'snapshots', rev);
-            if (existsSync(join(path, 'model_index.json'))) add(path, repo.slice('models--'.length).replace('--', '/'), 'Hugging Face cache');
+            if (await isSd1Pipeline(path)) add(path, repo.slice('models--'.length).replace('--', '/'), 'Hugging Face cache');
           }
         }
       }
