@@ -230,6 +230,13 @@ export const api = {
   'models.setBase': { params: z.object({ projectId: idSchema, path: pathSchema }).strict(), result: z.object({ name: z.string(), format: z.string() }) },
   'models.download': { params: z.object({ name: z.enum(['dino', 'clip']) }).strict(), result: z.object({ jobId: z.string() }) },
 
+  /**
+   * The desktop app's own: the OS file manager and file dialogs. The service (and so
+   * `singlora serve`) answers not_found; the Electron main process handles them (app/desktopMethods.ts).
+   */
+  'desktop.reveal': { params: z.object({ projectId: idSchema, file: pathSchema.describe('a file or export folder in the project') }).strict(), result: z.object({ revealed: z.boolean() }) },
+  'desktop.pickBaseModel': { params: z.object({ kind: z.enum(['folder', 'file']) }).strict(), result: z.object({ path: z.string().nullable() }) },
+
   'jobs.list': { params: empty, result: z.array(jobSchema) },
   'jobs.cancel': { params: z.object({ jobId: jobIdSchema }).strict(), result: z.object({ cancelled: z.boolean() }) },
 } as const;

@@ -23,6 +23,7 @@ import { EngineHost } from './engineHost.ts';
 import { callHandler } from './errors.ts';
 import { JobRunner } from './jobs.ts';
 import { adaptersHandlers } from './methods/adapters.ts';
+import { desktopHandlers } from './methods/desktop.ts';
 import { evaluationHandlers } from './methods/evaluation.ts';
 import { generationHandlers } from './methods/generation.ts';
 import { jobsHandlers } from './methods/jobs.ts';
@@ -99,6 +100,7 @@ export class Service {
       ...adaptersHandlers(c),
       ...modelsHandlers(c),
       ...jobsHandlers(c),
+      ...desktopHandlers(),
     };
   }
 

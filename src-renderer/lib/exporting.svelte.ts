@@ -49,7 +49,16 @@ export class ExportService {
     private readonly notify: Notifier,
     private readonly onExported: () => void = () => {},
     private readonly files: Pick<Files, 'url'> = { url: (u) => u },
+    /** The desktop app: "Show in folder" (`desktop.reveal`). */
+    readonly canReveal = false,
   ) {}
+
+  /** Shows the written file (or folder) in the OS file manager (desktop app). */
+  async reveal(): Promise<void> {
+    const { projectId, resultPath } = this;
+    if (!projectId || !resultPath || !this.canReveal) return;
+    await this.notify.guard('Show in folder', () => this.api['desktop.reveal']({ projectId, file: resultPath }));
+  }
 
   setProject(p: Project | null): void {
     this.projectId = p?.id ?? null;

@@ -48,7 +48,8 @@ export class GenerationService {
     private readonly files: Files,
     private readonly notify: Notifier,
     private readonly clipboard: Pick<Clipboard, 'writeText'> | null = null,
-    private readonly revealFile: ((path: string) => Promise<void>) | null = null,
+    /** The desktop app: `desktop.reveal` opens the file manager (a browser cannot). */
+    private readonly desktop = false,
     private readonly random: () => number = Math.random,
   ) {
     hub.on('generation.step', (s) => {
@@ -163,12 +164,13 @@ export class GenerationService {
   }
 
   get canReveal(): boolean {
-    return this.revealFile !== null;
+    return this.desktop;
   }
 
   async reveal(image: GeneratedImageInfo): Promise<void> {
-    if (!this.revealFile) return this.notify.error('Open in folder', 'Opening folders is not available here.');
-    await this.notify.guard('Open in folder', () => this.revealFile!(image.file));
+    const projectId = this.projectId;
+    if (!this.desktop || !projectId) return this.notify.error('Open in folder', 'Opening folders is not available here.');
+    await this.notify.guard('Open in folder', () => this.api['desktop.reveal']({ projectId, file: `images/${image.file}` }));
   }
 
   #onJob(job: Job): void {

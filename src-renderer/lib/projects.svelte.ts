@@ -46,7 +46,16 @@ export class ProjectsService {
     private readonly api: ApiClient,
     private readonly notify: Notifier,
     private readonly storage: Pick<Storage, 'getItem' | 'setItem' | 'removeItem'> | null = null,
+    /** The desktop app: a native file dialog picks model paths (`desktop.pickBaseModel`). */
+    readonly canPickFiles = false,
   ) {}
+
+  /** The desktop's file dialog for a model folder or .safetensors file; null when cancelled or unavailable. */
+  async pickBaseModel(kind: 'folder' | 'file'): Promise<string | null> {
+    if (!this.canPickFiles) return null;
+    const r = await this.notify.guard('Choose a model', () => this.api['desktop.pickBaseModel']({ kind }));
+    return r?.path ?? null;
+  }
 
   onOpen(fn: (p: Project | null) => void): () => void {
     this.#openListeners.add(fn);

@@ -45,13 +45,14 @@ export function createStudio(transport: Transport, opts: StudioOptions = {}) {
   notify.muted = () => connection.state.status === 'unauthorized';
   const jobs = new JobsService(api, hub, notify);
   const system = new SystemService(api, jobs, notify);
-  const projects = new ProjectsService(api, notify, opts.storage ?? null);
+  const projects = new ProjectsService(api, notify, opts.storage ?? null, transport.kind === 'electron');
   const subject = new SubjectService(api, projects, files, notify);
   const training = new TrainingService(api, hub, jobs, projects, files, notify, opts.storage ?? null);
   const evaluation = new EvaluationService(api, hub, jobs, notify, () => void training.loadRuns(), files);
   const adapters = new AdaptersService(api, notify);
-  const generation = new GenerationService(api, hub, jobs, files, notify, opts.clipboard ?? null, transport.revealFile ? (p) => transport.revealFile!(p) : null);
-  const exporting = new ExportService(api, jobs, notify, () => void adapters.refresh(), files);
+  const desktop = transport.kind === 'electron';
+  const generation = new GenerationService(api, hub, jobs, files, notify, opts.clipboard ?? null, desktop);
+  const exporting = new ExportService(api, jobs, notify, () => void adapters.refresh(), files, desktop);
 
   const follow = (p: Project | null) => {
     subject.setProject(p);

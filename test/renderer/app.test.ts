@@ -104,6 +104,30 @@ describe('App shell', () => {
     expect(screen.queryByTestId('toast-error')).toBeNull();
   });
 
+  test('in the desktop app the model path can come from the native file dialog (desktop.pickBaseModel)', async () => {
+    const created = fx.project({ id: 'p2', name: 'Mug', baseModel: '/picked/sd15.safetensors' });
+    const { studio, transport } = await startStudio(
+      { 'projects.list': () => [], 'desktop.pickBaseModel': (p) => ({ path: p.kind === 'file' ? '/picked/sd15.safetensors' : null }), 'projects.create': () => created, 'projects.open': () => created },
+      {},
+      'electron',
+    );
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('project-new'));
+    await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Mug' } });
+    await fireEvent.click(screen.getByTestId('project-model-browse-file'));
+    await waitFor(() => expect((screen.getByTestId('project-model-path') as HTMLInputElement).value).toBe('/picked/sd15.safetensors'));
+    await fireEvent.click(screen.getByTestId('project-create'));
+    await waitFor(() => expect(transport.paramsOf('projects.create')).toEqual([expect.objectContaining({ baseModel: '/picked/sd15.safetensors' })]));
+    expect(transport.paramsOf('desktop.pickBaseModel')).toEqual([{ kind: 'file' }]);
+  });
+
+  test('in a browser there is no file dialog button (the path is typed)', async () => {
+    const { studio } = await startStudio({ 'projects.list': () => [] });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('project-new'));
+    expect(screen.queryByTestId('project-model-browse-file')).toBeNull();
+  });
+
   test('the same failure twice is one toast with a count; at most three toasts', async () => {
     const { studio } = await startStudio();
     render(App, { studio });

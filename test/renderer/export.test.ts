@@ -45,6 +45,20 @@ describe('Export screen', () => {
     transport.emit('job.updated', fx.job({ id: 'x2', kind: 'export', status: 'done' }));
     await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe("the project's adapters/ folder"));
     expect(screen.queryByTestId('export-download')).toBeNull(); // no URL, no link
+    expect(screen.queryByTestId('export-reveal')).toBeNull(); // a browser cannot open folders
+  });
+
+  test('in the desktop app the result has "Show in folder" (desktop.reveal with the written path)', async () => {
+    const ctx = await startStudio({ 'training.runs': () => [fx.run({ id: 'r1', best: 600 })], 'training.status': () => fx.manifest(), 'adapters.export': () => ({ jobId: 'x5' }), 'desktop.reveal': () => ({ revealed: true }) }, {}, 'electron');
+    await waitFor(() => expect(ctx.transport.paramsOf('training.runs').length).toBeGreaterThan(0));
+    await new Promise((r) => setTimeout(r, 0));
+    render(ExportScreen, { exporting: ctx.studio.exporting, adapterOptions: adapterOptions(ctx.studio.training.runs, ctx.studio.adapters.files) });
+    await fireEvent.change(screen.getByTestId('export-adapter'), { target: { value: 'run:r1' } });
+    await fireEvent.click(screen.getByTestId('export-button'));
+    await waitFor(() => expect(ctx.transport.paramsOf('adapters.export')).toHaveLength(1));
+    ctx.transport.emit('job.updated', fx.job({ id: 'x5', kind: 'export', status: 'done', result: { path: 'adapters/dog.safetensors', url: '/files/p1/adapters/dog.safetensors' } }));
+    await fireEvent.click(await screen.findByTestId('export-reveal'));
+    await waitFor(() => expect(ctx.transport.paramsOf('desktop.reveal')).toEqual([{ projectId: 'p1', file: 'adapters/dog.safetensors' }]));
   });
 
   test('a merged diffusers folder downloads as one .tar', async () => {

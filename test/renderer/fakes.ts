@@ -88,8 +88,9 @@ export function baseHandlers(project = fx.project()): Handlers {
 }
 
 /** A studio over a fake transport, started (project open, first data loaded). */
-export async function startStudio(handlers: Handlers = {}, opts: StudioOptions = {}) {
+export async function startStudio(handlers: Handlers = {}, opts: StudioOptions = {}, kind: FakeTransport['kind'] = 'http') {
   const transport = new FakeTransport({ ...baseHandlers(), ...handlers });
+  transport.kind = kind;
   const studio = createStudio(transport, { validate: true, toastMs: 0, ...opts });
   await studio.start();
   return { transport, studio };

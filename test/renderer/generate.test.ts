@@ -99,6 +99,15 @@ describe('Generate screen', () => {
     expect(open.parentElement!.getAttribute('title')).toBe('A browser cannot open folders on this computer');
   });
 
+  test('in the desktop app "open in folder" asks the main process to show the image (desktop.reveal)', async () => {
+    const { studio, transport } = await startStudio({ 'generation.list': () => [fx.generatedImage()], 'desktop.reveal': () => ({ revealed: true }) }, {}, 'electron');
+    render(GenerateScreen, { generation: studio.generation, adapterOptions: [], revealHint: '' });
+    const open = (await screen.findByTestId('open-folder')) as HTMLButtonElement;
+    expect(open.disabled).toBe(false);
+    await fireEvent.click(open);
+    await waitFor(() => expect(transport.paramsOf('desktop.reveal')).toEqual([{ projectId: 'p1', file: `images/${fx.generatedImage().file}` }]));
+  });
+
   test("size and steps default from the base model's native size, never over the user's own values", async () => {
     const { studio } = await startStudio();
     const g = studio.generation;

@@ -142,6 +142,8 @@ describe('validate before write', () => {
       'models.download': { name: 'nope' },
       'jobs.list': {},
       'jobs.cancel': { jobId: 'job-none' },
+      'desktop.reveal': { projectId, file: 'images/none.png' },
+      'desktop.pickBaseModel': { kind: 'folder' },
     };
     let calls = 0;
     const t0 = performance.now();
