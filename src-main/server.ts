@@ -6,10 +6,14 @@
  *                               -> 200 {ok: true, result} | 4xx/5xx {ok: false, error: {code, message, details?}}
  *   GET  /ws?token=<token>      WebSocket; every service event as {event, data}
  *   GET  /files/<project>/<path>?token=<token> (or the bearer header)   project files (images, samples, photos)
+ *   GET  /files/<project>/adapters/<folder>.tar      an export folder (merged diffusers) as one tar, streamed
  *   GET  /...                   the renderer from dist-renderer/ (index.html for unknown paths); no token needed
  *
  * Security: a random 32-byte token per start (or --token), compared in constant time; 401 for
- * /api, /files and /ws without it. Loopback only unless --allow-remote (then a warning, and the
+ * /api, /files and /ws without it. A page load with the right `?token=` also sets it as a cookie
+ * (`singlora_token_<port>`, HttpOnly, SameSite=Strict, Path=/), so a second tab or a bookmark of the same
+ * browser session keeps working; /api, /files and /ws accept that cookie as well as the header or
+ * query token (CLI and API clients). Loopback only unless --allow-remote (then a warning, and the
  * service refuses client paths outside its projects). On loopback, the Host header must name a
  * loopback address (DNS-rebinding guard). Every response carries a strict CSP (no inline
  * scripts), nosniff and no-referrer. JSON bodies are limited (64 MiB; photos 25 MiB each) -> 413.
@@ -19,13 +23,14 @@ import { createReadStream, existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { isIP, type Socket } from 'node:net';
-import { extname, join } from 'node:path';
+import { basename, extname, join } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ApiError, type ApiErrorBody } from './api/contract.ts';
 import { REPO_ROOT } from './engine/paths.ts';
 import { STATIC_TYPES } from './gateway/contentTypes.ts';
 import { dispatch } from './gateway/dispatch.ts';
-import { attachmentHeader, resolveProjectFile } from './gateway/files.ts';
+import { attachmentHeader, parseFilesPath, resolveProjectFile } from './gateway/files.ts';
+import { tarEntries, tarSize, writeTar } from './gateway/tar.ts';
 import { contentSecurityPolicy, securityHeaders, STATUS } from './gateway/http.ts';
 import { toApiError } from './service/errors.ts';
 import { safeResolve } from './service/safePath.ts';
@@ -80,6 +85,25 @@ function bearer(req: IncomingMessage): string | null {
   return m ? m[1] : null;
 }
 
+/**
+ * The cookie a page load with the right `?token=` sets (HttpOnly: page scripts never see it). Its
+ * name carries the port: browsers share cookies across the ports of one host, and two servers on
+ * 127.0.0.1 must not overwrite each other's token.
+ */
+export function tokenCookie(port: number): string {
+  return `singlora_token_${port}`;
+}
+
+function cookieToken(req: IncomingMessage, name: string): string | null {
+  const header = req.headers.cookie;
+  if (!header) return null;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim() || null;
+  }
+  return null;
+}
+
 function splitUrl(raw: string | undefined): { path: string; query: URLSearchParams } {
   const url = raw ?? '/';
   const q = url.indexOf('?');
@@ -131,14 +155,14 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     if (path.startsWith('/api/')) return handleApi(req, res, path.slice('/api/'.length));
     if (path === '/files' || path.startsWith('/files/')) return handleFile(req, res, path, query);
     if (path === '/ws') return sendJson(res, 426, { ok: false, error: { code: 'invalid_params', message: '/ws is a WebSocket endpoint' } });
-    return handleStatic(req, res, path);
+    return handleStatic(req, res, path, query);
   }
 
   async function handleApi(req: IncomingMessage, res: ServerResponse, method: string): Promise<void> {
     if (req.method !== 'POST') return sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: `${req.method} /api/${method}: use POST with JSON params` } }, { Allow: 'POST' });
-    if (!sameToken(bearer(req), token)) {
+    if (!sameToken(bearer(req), token) && !sameToken(cookieToken(req, tokenCookie(port)), token)) {
       req.resume();
-      return sendError(res, new ApiError('unauthorized', 'missing or wrong token: send `Authorization: Bearer <token>` (the token printed by `singlora serve`)'), { 'WWW-Authenticate': 'Bearer' });
+      return sendError(res, new ApiError('unauthorized', 'missing or wrong token: open the link printed by `singlora serve` (it carries ?token=), or send `Authorization: Bearer <token>`'), { 'WWW-Authenticate': 'Bearer' });
     }
     const declared = Number(req.headers['content-length'] ?? 0);
     // Over the limit: answer 413 at once, then let the rest of the body drain (bounded in time)
@@ -194,12 +218,18 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
 
   async function handleFile(req: IncomingMessage, res: ServerResponse, path: string, query: URLSearchParams): Promise<void> {
     if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: 'use GET' } }, { Allow: 'GET, HEAD' });
-    if (!sameToken(bearer(req) ?? query.get('token'), token)) return sendError(res, new ApiError('unauthorized', 'missing or wrong token: add ?token=<token> or the bearer header'));
+    if (!sameToken(bearer(req) ?? query.get('token'), token) && !sameToken(cookieToken(req, tokenCookie(port)), token)) return sendError(res, new ApiError('unauthorized', 'missing or wrong token: add ?token=<token> or the bearer header'));
+    // An export folder as one download, packed on the fly (gateway/tar.ts).
+    if (path.endsWith('.tar')) {
+      const { projectId, rel } = parseFilesPath(path);
+      const folder = await service.resolveExportFolder(projectId, rel.slice(0, -'.tar'.length)).catch(() => null);
+      if (folder) return streamTar(req, res, folder);
+    }
     const f = await resolveProjectFile((projectId, rel) => service.resolveFile(projectId, rel), path);
     return streamFile(req, res, f.file, f.type, f.attachment);
   }
 
-  async function handleStatic(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+  async function handleStatic(req: IncomingMessage, res: ServerResponse, path: string, query: URLSearchParams): Promise<void> {
     if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: 'use GET' } }, { Allow: 'GET, HEAD' });
     const index = join(rendererDir, 'index.html');
     if (!existsSync(index)) {
@@ -223,12 +253,28 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
       if (file && info?.isFile()) return streamFile(req, res, file, STATIC_TYPES[extname(file).toLowerCase()] ?? 'application/octet-stream', false, rel.startsWith('assets/') ? 'public, max-age=31536000, immutable' : 'no-cache');
       if (extname(rel) && extname(rel) !== '.html') return sendJson(res, 404, { ok: false, error: { code: 'not_found', message: `no file /${rel}` } });
     }
-    return streamFile(req, res, index, STATIC_TYPES['.html'], false, 'no-cache');
+    // The page with the right token: keep it as a cookie for this browser session (never on a wrong one).
+    const cookie: Record<string, string> = sameToken(query.get('token'), token) ? { 'Set-Cookie': `${tokenCookie(port)}=${token}; HttpOnly; SameSite=Strict; Path=/` } : {};
+    return streamFile(req, res, index, STATIC_TYPES['.html'], false, 'no-cache', cookie);
   }
 
-  async function streamFile(req: IncomingMessage, res: ServerResponse, file: string, type: string, attachment: boolean, cache = 'private, no-cache'): Promise<void> {
+  async function streamTar(req: IncomingMessage, res: ServerResponse, folder: string): Promise<void> {
+    const name = basename(folder);
+    const entries = await tarEntries(folder, name);
+    res.writeHead(200, { ...SECURITY_HEADERS, 'Content-Type': 'application/x-tar', 'Content-Length': String(tarSize(entries)), 'Cache-Control': 'private, no-cache', 'Content-Disposition': attachmentHeader(`${name}.tar`) });
+    if (req.method === 'HEAD') return void res.end();
+    try {
+      await writeTar(entries, res);
+      res.end();
+    } catch (err) {
+      log(`server: ${name}.tar: ${(err as Error).message}`);
+      res.destroy();
+    }
+  }
+
+  async function streamFile(req: IncomingMessage, res: ServerResponse, file: string, type: string, attachment: boolean, cache = 'private, no-cache', extra: Record<string, string> = {}): Promise<void> {
     const info = await stat(file);
-    const headers: Record<string, string> = { ...SECURITY_HEADERS, 'Content-Type': type, 'Content-Length': String(info.size), 'Cache-Control': cache };
+    const headers: Record<string, string> = { ...SECURITY_HEADERS, 'Content-Type': type, 'Content-Length': String(info.size), 'Cache-Control': cache, ...extra };
     if (attachment) headers['Content-Disposition'] = attachmentHeader(file);
     res.writeHead(200, headers);
     if (req.method === 'HEAD') return void res.end();
@@ -254,7 +300,7 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     };
     if (!hostAllowed(req)) return refuse('403 Forbidden');
     if (path !== '/ws') return refuse('404 Not Found');
-    if (!sameToken(query.get('token') ?? bearer(req), token)) return refuse('401 Unauthorized');
+    if (!sameToken(query.get('token') ?? bearer(req), token) && !sameToken(cookieToken(req, tokenCookie(port)), token)) return refuse('401 Unauthorized');
     wss.handleUpgrade(req, socket, head, (ws) => {
       clients.add(ws);
       ws.on('close', () => clients.delete(ws));

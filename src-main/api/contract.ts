@@ -106,7 +106,8 @@ export const jobSchema = z.object({
   progress: z.object({ done: z.number(), total: z.number(), label: z.string() }).nullable(),
   /**
    * What a finished job made, when it made a file: export jobs set `path` (relative to the
-   * project, `adapters/...`) and, for a file, its `url`. Absent or null otherwise.
+   * project, `adapters/...`) and the `url` to download it (a folder: `<path>.tar`, packed by the
+   * server). Absent or null otherwise.
    */
   result: z.object({ path: z.string().optional(), url: z.string().optional() }).nullable().optional(),
 });
@@ -153,6 +154,20 @@ export type AdapterInfo = z.infer<typeof adapterInfoSchema>;
 
 export const exportFormats = EXPORT_FORMATS;
 
+/**
+ * A base model the service found: in the models folder, in the Hugging Face cache, or named by a
+ * project (recent); `isDefault` for the one projects without a base model use. `native`: the size
+ * it was trained at (512 for SD 1.5, 64 for the tiny demo model), null when its configs cannot be read.
+ */
+export const baseModelSchema = z.object({
+  path: z.string(),
+  name: z.string(),
+  source: z.enum(['models folder', 'Hugging Face cache', 'recent', 'server default']),
+  isDefault: z.boolean(),
+  native: z.number().int().nullable(),
+});
+export type BaseModelInfo = z.infer<typeof baseModelSchema>;
+
 const adapterRef = z.union([
   z.object({ runId: idSchema, step: z.number().int().min(0).max(LIMITS.steps).nullable().describe('null: the chosen/best checkpoint, else the latest') }),
   z.object({ file: pathSchema.describe('a file in the project (adapters/...) or an absolute path on the engine machine') }),
@@ -164,7 +179,7 @@ export const api = {
   'system.info': { params: empty, result: z.object({ version: z.string(), projectsDir: z.string(), modelsDir: z.string(), defaultBaseModel: z.string(), demoModel: z.boolean() }) },
 
   'projects.list': { params: empty, result: z.array(projectSummarySchema) },
-  'projects.create': { params: z.object({ name: nameSchema, classWord: wordSchema.default('person'), triggerToken: wordSchema.default('sks'), type: z.enum(SUBJECT_TYPES).default('live') }).strict(), result: projectSchema },
+  'projects.create': { params: z.object({ name: nameSchema, classWord: wordSchema.default('person'), triggerToken: wordSchema.default('sks'), type: z.enum(SUBJECT_TYPES).default('live'), baseModel: pathSchema.optional().describe('a diffusers folder or .safetensors checkpoint (models.bases lists the ones found); default: none, the app default') }).strict(), result: projectSchema },
   'projects.open': { params: z.object({ projectId: idSchema }).strict(), result: projectSchema },
   'projects.update': { params: z.object({ projectId: idSchema, name: nameSchema.optional(), subject: subjectSchema.partial().strict().optional(), baseModel: pathSchema.nullable().optional(), settings: trainSettingsPatchSchema.optional() }).strict(), result: projectSchema },
   'projects.delete': { params: z.object({ projectId: idSchema }).strict(), result: z.object({ deleted: z.boolean() }) },
@@ -194,6 +209,10 @@ export const api = {
       .strict(),
     result: z.object({ jobId: z.string() }),
   },
+  /** What an evaluation of this project's runs needs, before it is started: the DINO model it would use, or what is missing. */
+  'evaluation.check': { params: z.object({ projectId: idSchema }).strict(), result: z.object({ ready: z.boolean(), dino: z.string().nullable(), bundled: z.boolean(), message: z.string().nullable() }) },
+  /** The images the last evaluation generated, per checkpoint (step null: the base model). */
+  'evaluation.images': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: z.array(z.object({ step: z.number().int().nullable(), file: z.string(), url: z.string() })) },
   'evaluation.get': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: evaluationSchema.nullable() },
   'evaluation.choose': { params: z.object({ projectId: idSchema, runId: idSchema, step: z.number().int().min(0).max(LIMITS.steps) }).strict(), result: evaluationSchema },
 
@@ -206,8 +225,17 @@ export const api = {
   'adapters.inspect': { params: z.object({ projectId: idSchema, file: pathSchema }).strict(), result: adapterInfoSchema },
 
   'models.list': { params: empty, result: z.array(z.object({ name: z.string(), kind: z.string(), present: z.boolean(), path: z.string(), bytes: z.number().nullable(), verified: z.boolean().nullable(), hint: z.string().nullable() })) },
+  /** Base models found on this machine, for the New project form and the Models screen. */
+  'models.bases': { params: empty, result: z.array(baseModelSchema) },
   'models.setBase': { params: z.object({ projectId: idSchema, path: pathSchema }).strict(), result: z.object({ name: z.string(), format: z.string() }) },
   'models.download': { params: z.object({ name: z.enum(['dino', 'clip']) }).strict(), result: z.object({ jobId: z.string() }) },
+
+  /**
+   * The desktop app's own: the OS file manager and file dialogs. The service (and so
+   * `singlora serve`) answers not_found; the Electron main process handles them (app/desktopMethods.ts).
+   */
+  'desktop.reveal': { params: z.object({ projectId: idSchema, file: pathSchema.describe('a file or export folder in the project') }).strict(), result: z.object({ revealed: z.boolean() }) },
+  'desktop.pickBaseModel': { params: z.object({ kind: z.enum(['folder', 'file']) }).strict(), result: z.object({ path: z.string().nullable() }) },
 
   'jobs.list': { params: empty, result: z.array(jobSchema) },
   'jobs.cancel': { params: z.object({ jobId: jobIdSchema }).strict(), result: z.object({ cancelled: z.boolean() }) },

@@ -5,7 +5,8 @@
  *   before ready   app://studio registered as privileged; sandbox for every renderer; the
  *                  single-instance lock (a second launch focuses the first window and quits)
  *   ready          the service (data in userData) with the engine as a utility process;
- *                  permissions locked; app:// served (renderer + /files/); the invoke channel;
+ *                  permissions locked; app:// served (renderer + /files/); the invoke channel
+ *                  (the service's methods, and desktop.* from desktopMethods.ts);
  *                  the window, with the service's events forwarded to it
  *   quit           the service closes first: running training pauses at a checkpoint, the engine
  *                  process exits, the data lock is released
@@ -16,6 +17,7 @@ import type { BrowserWindow } from 'electron';
 import { Service, type ServiceOptions } from '../service/service.ts';
 import { resolveProjectFile } from '../gateway/files.ts';
 import { APP_ENTRY_URL, APP_SCHEME, APP_SCHEME_PRIVILEGES, createAppProtocolHandler } from './appProtocol.ts';
+import { desktopMethods } from './desktopMethods.ts';
 import { forwardEvents, handleInvoke } from './ipc.ts';
 import { utilityEngine } from './utilityEngine.ts';
 import { BACKGROUND, hardenContents, lockPermissions, windowOptions } from './window.ts';
@@ -31,7 +33,7 @@ export interface AppPaths {
   rendererDir: string;
 }
 
-export type AppService = Pick<Service, 'handlers' | 'on' | 'resolveFile' | 'close' | 'dataDir'>;
+export type AppService = Pick<Service, 'handlers' | 'on' | 'resolveFile' | 'close' | 'dataDir'> & Partial<Pick<Service, 'resolveExportFolder'>>;
 
 export interface StartOptions {
   env?: NodeJS.ProcessEnv;
@@ -146,7 +148,14 @@ export function startApp(e: ElectronApi, paths: AppPaths, o: StartOptions = {}):
     service = svc;
     lockPermissions(e.session.defaultSession, log);
     e.protocol.handle(APP_SCHEME, createAppProtocolHandler({ rendererDir: paths.rendererDir, resolveFile: (p, rel) => svc.resolveFile(p, rel), log }));
-    handleInvoke(e.ipcMain, { handlers: svc.handlers, log });
+    // The service's handlers, with the desktop's own (file manager, file dialog) in place of its not_found.
+    const desktop = desktopMethods({
+      shell: e.shell,
+      dialog: e.dialog,
+      resolve: (projectId, rel) => svc.resolveFile(projectId, rel).catch((err: unknown) => (svc.resolveExportFolder ? svc.resolveExportFolder(projectId, rel) : Promise.reject(err))),
+      window: () => win,
+    });
+    handleInvoke(e.ipcMain, { handlers: { ...svc.handlers, ...desktop }, log });
     createWindow(svc);
     return { service: svc, window: () => win };
   };

@@ -45,6 +45,8 @@ export interface ServiceOptions {
   hostPaths?: HostAccess;
   /** Per-photo limit (uploads after base64 decoding, and path imports); default 25 MiB. */
   maxPhotoBytes?: number;
+  /** The Hugging Face hub cache searched for base models (default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub). */
+  hfCacheDir?: string;
   /** The downloadable evaluation models (default: the registry's). */
   evalModels?: readonly EvalModelSpec[];
   log?: (line: string) => void;

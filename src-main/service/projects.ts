@@ -79,6 +79,8 @@ export interface NewProject {
   classWord: string;
   triggerToken: string;
   type: (typeof SUBJECT_TYPES)[number];
+  /** Already checked (checkBase); absent: none (the app default). */
+  baseModel?: string;
 }
 
 export interface ProjectPatch {
@@ -191,7 +193,7 @@ export class ProjectStore {
       createdAt: t,
       updatedAt: t,
       subject: { triggerToken: input.triggerToken, classWord: input.classWord, type: input.type },
-      baseModel: null,
+      baseModel: input.baseModel ?? null,
       settings: trainSettingsSchema.parse({ triggerToken: input.triggerToken, classWord: input.classWord }),
     }, 'projects.create');
     try {

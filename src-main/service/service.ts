@@ -23,6 +23,7 @@ import { EngineHost } from './engineHost.ts';
 import { callHandler } from './errors.ts';
 import { JobRunner } from './jobs.ts';
 import { adaptersHandlers } from './methods/adapters.ts';
+import { desktopHandlers } from './methods/desktop.ts';
 import { evaluationHandlers } from './methods/evaluation.ts';
 import { generationHandlers } from './methods/generation.ts';
 import { jobsHandlers } from './methods/jobs.ts';
@@ -99,6 +100,7 @@ export class Service {
       ...adaptersHandlers(c),
       ...modelsHandlers(c),
       ...jobsHandlers(c),
+      ...desktopHandlers(),
     };
   }
 
@@ -142,6 +144,19 @@ export class Service {
     const path = await safeResolve(this.store.dir(projectId), rel, 'path');
     const info = await stat(path).catch(() => null);
     if (!info?.isFile()) throw new ApiError('not_found', `project '${projectId}' has no file '${rel}'`);
+    return path;
+  }
+
+  /**
+   * A folder an export wrote (`adapters/<name>`, a merged diffusers pipeline), for a download as
+   * one archive; not_found for anything else.
+   */
+  async resolveExportFolder(projectId: string, rel: string): Promise<string> {
+    if (!(await this.store.exists(projectId))) throw new ApiError('not_found', `no project '${projectId}'`);
+    if (!/^adapters\/[^/]+$/.test(rel)) throw new ApiError('not_found', `project '${projectId}' has no export folder '${rel}'`);
+    const path = await safeResolve(this.store.dir(projectId), rel, 'path');
+    const info = await stat(path).catch(() => null);
+    if (!info?.isDirectory()) throw new ApiError('not_found', `project '${projectId}' has no export folder '${rel}'`);
     return path;
   }
 

@@ -6,6 +6,7 @@
 import { api, exportFormats, type ApiClient, type Job, type Project } from '../../src-main/api/contract.ts';
 import { adapterRef, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
 import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
+import type { Files } from './files.ts';
 import type { JobsService } from './jobs.svelte.ts';
 import type { Notifier } from './notifier.svelte.ts';
 
@@ -16,7 +17,7 @@ export const FORMAT_INFO: Record<ExportFormat, { label: string; loads: string }>
   singlora: { label: 'Native SingLoRA (.safetensors)', loads: 'SingLoRA Studio and the singlora CLI; keeps the single-matrix form and its metadata for later training.' },
   kohya: { label: 'kohya LoRA for A1111 / ComfyUI (.safetensors)', loads: 'AUTOMATIC1111, Forge, ComfyUI, InvokeAI: put it in models/Lora and use <lora:name:1> or a LoRA loader node.' },
   diffusers: { label: 'diffusers / PEFT LoRA', loads: 'Python: pipe.load_lora_weights(path) in diffusers, or PeftModel with peft.' },
-  'merged-diffusers': { label: 'Merged checkpoint (diffusers folder)', loads: 'A full SD 1.5 model with the adapter baked in: StableDiffusionPipeline.from_pretrained(folder); no LoRA loader needed.' },
+  'merged-diffusers': { label: 'Merged checkpoint (diffusers folder)', loads: 'A pipeline folder with the adapter baked into unet/ and the base model\'s VAE, text encoder, tokenizer and scheduler copied: StableDiffusionPipeline.from_pretrained(folder). From a single-file base model only unet/ is written (UNet2DConditionModel.from_pretrained(folder/unet)). Downloads as one .tar file.' },
   'merged-single-file': { label: 'Merged checkpoint (single .safetensors)', loads: 'A full SD 1.5 checkpoint (about 2-4 GB) for models/Stable-diffusion in A1111, ComfyUI, DiffusionBee or any SD 1.5 tool.' },
 };
 
@@ -36,6 +37,10 @@ export class ExportService {
   progress = $state<{ done: number; total: number; label: string } | null>(null);
   status = $state<'idle' | 'running' | 'done' | 'failed' | 'cancelled'>('idle');
   resultPath = $state<string | null>(null);
+  /** A loadable URL of the written file (a download), when the job's result has one. */
+  resultUrl = $state<string | null>(null);
+  /** The downloaded file's name: the file's, or `<folder>.tar` for a merged diffusers folder. */
+  resultName = $state<string | null>(null);
   error = $state<string | null>(null);
 
   constructor(
@@ -43,7 +48,17 @@ export class ExportService {
     private readonly jobs: JobsService,
     private readonly notify: Notifier,
     private readonly onExported: () => void = () => {},
+    private readonly files: Pick<Files, 'url'> = { url: (u) => u },
+    /** The desktop app: "Show in folder" (`desktop.reveal`). */
+    readonly canReveal = false,
   ) {}
+
+  /** Shows the written file (or folder) in the OS file manager (desktop app). */
+  async reveal(): Promise<void> {
+    const { projectId, resultPath } = this;
+    if (!projectId || !resultPath || !this.canReveal) return;
+    await this.notify.guard('Show in folder', () => this.api['desktop.reveal']({ projectId, file: resultPath }));
+  }
 
   setProject(p: Project | null): void {
     this.projectId = p?.id ?? null;
@@ -103,6 +118,8 @@ export class ExportService {
     this.progress = null;
     this.status = 'idle';
     this.resultPath = null;
+    this.resultUrl = null;
+    this.resultName = null;
     this.error = null;
   }
 
@@ -112,6 +129,8 @@ export class ExportService {
     this.status = job.status;
     if (job.status === 'done') {
       this.resultPath = exportResultPath(job, requested);
+      this.resultUrl = job.result?.url ? this.files.url(job.result.url) : null;
+      this.resultName = job.result?.url ? decodeURIComponent(job.result.url.split('?')[0].split('/').pop() ?? '') : null;
       this.notify.info(`Exported to ${this.resultPath}`, 'success');
       this.onExported();
     } else if (job.status === 'failed') {

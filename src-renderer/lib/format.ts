@@ -1,13 +1,15 @@
 /** Small display formatters. */
 
 /** 75 -> "1:15", 3725 -> "1:02:05"; null or non-finite -> "—". */
+/** A duration with its units, never a clock-like "16:57": "45 s", "5 min 04 s", "1 h 02 min". */
 export function formatDuration(seconds: number | null | undefined): string {
   if (seconds == null || !Number.isFinite(seconds) || seconds < 0) return '—';
   const s = Math.round(seconds);
   const h = Math.floor(s / 3600);
   const m = Math.floor((s % 3600) / 60);
   const sec = String(s % 60).padStart(2, '0');
-  return h > 0 ? `${h}:${String(m).padStart(2, '0')}:${sec}` : `${m}:${sec}`;
+  if (h > 0) return `${h} h ${String(m).padStart(2, '0')} min`;
+  return m > 0 ? `${m} min ${sec} s` : `${s} s`;
 }
 
 export function formatBytes(bytes: number | null | undefined): string {

@@ -38,6 +38,8 @@ export class GenerationService {
   busy = $state(false);
 
   running = $derived(this.jobId !== null);
+  /** The size and steps last filled in from the model; the user's own values are never replaced. */
+  #modelDefaults: { width: number; height: number; steps: number } | null = null;
 
   constructor(
     private readonly api: ApiClient,
@@ -46,7 +48,8 @@ export class GenerationService {
     private readonly files: Files,
     private readonly notify: Notifier,
     private readonly clipboard: Pick<Clipboard, 'writeText'> | null = null,
-    private readonly revealFile: ((path: string) => Promise<void>) | null = null,
+    /** The desktop app: `desktop.reveal` opens the file manager (a browser cannot). */
+    private readonly desktop = false,
     private readonly random: () => number = Math.random,
   ) {
     hub.on('generation.step', (s) => {
@@ -57,8 +60,26 @@ export class GenerationService {
     });
   }
 
+  /**
+   * Fills the size from the base model's native size (and fewer steps for a toy model of 128 px or
+   * less, whose images take a few steps), unless the user changed them since.
+   */
+  useModelDefaults(native: number | null): void {
+    if (!native) return;
+    const d = this.draft;
+    const prev = this.#modelDefaults ?? { width: defaultDraft().width, height: defaultDraft().height, steps: defaultDraft().steps };
+    const next = { width: native, height: native, steps: native <= 128 ? 10 : defaultDraft().steps };
+    if (d.width === prev.width && d.height === prev.height) {
+      d.width = next.width;
+      d.height = next.height;
+    }
+    if (d.steps === prev.steps) d.steps = next.steps;
+    this.#modelDefaults = next;
+  }
+
   setProject(p: Project | null): void {
     this.projectId = p?.id ?? null;
+    this.#modelDefaults = null;
     this.draft = defaultDraft(p?.subject);
     this.adapter = { kind: 'none' };
     this.#adapterChosen = false;
@@ -143,12 +164,13 @@ export class GenerationService {
   }
 
   get canReveal(): boolean {
-    return this.revealFile !== null;
+    return this.desktop;
   }
 
   async reveal(image: GeneratedImageInfo): Promise<void> {
-    if (!this.revealFile) return this.notify.error('Open in folder', 'Opening folders is not available here.');
-    await this.notify.guard('Open in folder', () => this.revealFile!(image.file));
+    const projectId = this.projectId;
+    if (!this.desktop || !projectId) return this.notify.error('Open in folder', 'Opening folders is not available here.');
+    await this.notify.guard('Open in folder', () => this.api['desktop.reveal']({ projectId, file: `images/${image.file}` }));
   }
 
   #onJob(job: Job): void {

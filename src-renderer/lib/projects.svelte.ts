@@ -3,7 +3,7 @@
  * services follow the open project through `onOpen` (called when a different project opens or the
  * open one closes); edits to the open project only replace `current`.
  */
-import { api, type ApiClient, type Params, type Project, type ProjectSummary } from '../../src-main/api/contract.ts';
+import { api, type ApiClient, type BaseModelInfo, type Params, type Project, type ProjectSummary } from '../../src-main/api/contract.ts';
 import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
 import type { Notifier } from './notifier.svelte.ts';
 
@@ -12,26 +12,71 @@ const LAST_PROJECT_KEY = 'singlora.lastProject';
 export type NewProject = Params<'projects.create'>;
 export type ProjectPatch = Omit<Params<'projects.update'>, 'projectId'>;
 
+/** The base model a project trains and generates with, as the page shows it. */
+export interface ProjectModel {
+  path: string;
+  name: string;
+  /** Its native size (64 for the tiny demo model, 512 for SD 1.5); null when unknown. */
+  native: number | null;
+  /** The server's default (the project names none). */
+  isDefault: boolean;
+}
+
 export class ProjectsService {
   list = $state<ProjectSummary[]>([]);
   current = $state<Project | null>(null);
   loading = $state(false);
+  /** Base models found on the engine machine (`models.bases`). */
+  bases = $state<BaseModelInfo[]>([]);
+  /** The open project's base model: its own, else the server's default; null when it has none. */
+  model = $derived.by((): ProjectModel | null => {
+    const p = this.current;
+    if (!p) return null;
+    if (p.baseModel) {
+      const found = this.bases.find((b) => b.path === p.baseModel);
+      return { path: p.baseModel, name: found?.name ?? p.baseModel.split(/[\\/]/).filter(Boolean).pop() ?? p.baseModel, native: found?.native ?? null, isDefault: false };
+    }
+    const def = this.bases.find((b) => b.isDefault);
+    return def ? { path: def.path, name: def.name, native: def.native, isDefault: true } : null;
+  });
   readonly #openListeners = new Set<(p: Project | null) => void>();
+  readonly #modelListeners = new Set<() => void>();
 
   constructor(
     private readonly api: ApiClient,
     private readonly notify: Notifier,
     private readonly storage: Pick<Storage, 'getItem' | 'setItem' | 'removeItem'> | null = null,
+    /** The desktop app: a native file dialog picks model paths (`desktop.pickBaseModel`). */
+    readonly canPickFiles = false,
   ) {}
+
+  /** The desktop's file dialog for a model folder or .safetensors file; null when cancelled or unavailable. */
+  async pickBaseModel(kind: 'folder' | 'file'): Promise<string | null> {
+    if (!this.canPickFiles) return null;
+    const r = await this.notify.guard('Choose a model', () => this.api['desktop.pickBaseModel']({ kind }));
+    return r?.path ?? null;
+  }
 
   onOpen(fn: (p: Project | null) => void): () => void {
     this.#openListeners.add(fn);
     return () => this.#openListeners.delete(fn);
   }
 
+  /** Called after the open project's base model changed (photos are re-checked at its size). */
+  onModelChange(fn: () => void): () => void {
+    this.#modelListeners.add(fn);
+    return () => this.#modelListeners.delete(fn);
+  }
+
+  /** Refreshes the base models the engine machine has. */
+  async loadBases(): Promise<void> {
+    const b = await this.notify.guard('List base models', () => this.api['models.bases']({}));
+    if (b) this.bases = b;
+  }
+
   /** Loads the list and reopens the last project (or the most recently updated one). */
   async start(): Promise<void> {
-    await this.refresh();
+    await Promise.all([this.refresh(), this.loadBases()]);
     const last = this.storage?.getItem(LAST_PROJECT_KEY);
     const pick = this.list.find((p) => p.id === last) ?? [...this.list].sort((a, b) => b.updatedAt.localeCompare(a.updatedAt))[0];
     if (pick) await this.open(pick.id);
@@ -64,7 +109,7 @@ export class ProjectsService {
     try {
       const p = await this.api['projects.create'](input);
       this.#setCurrent(p);
-      await this.refresh();
+      await Promise.all([this.refresh(), this.loadBases()]);
       return null;
     } catch (err) {
       const fields = fieldErrorsFromApi(err);
@@ -89,6 +134,9 @@ export class ProjectsService {
     if (!r) return false;
     if (this.current?.id === projectId) this.#setCurrent(null);
     await this.refresh();
+    // Open what is left (the newest) rather than leaving the picker on "Choose a project…".
+    const next = [...this.list].sort((a, b) => b.updatedAt.localeCompare(a.updatedAt))[0];
+    if (next && !this.current) await this.open(next.id);
     return r.deleted;
   }
 
@@ -103,6 +151,8 @@ export class ProjectsService {
       this.notify.info(`Base model: ${r.name} (${r.format})`, 'success');
       const p = await this.api['projects.open']({ projectId });
       if (this.current?.id === projectId) this.current = p;
+      await this.loadBases();
+      for (const fn of this.#modelListeners) fn();
       return null;
     } catch (err) {
       this.notify.error('Set base model', err);

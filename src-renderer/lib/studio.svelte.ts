@@ -38,18 +38,21 @@ export function createStudio(transport: Transport, opts: StudioOptions = {}) {
   const api: ApiClient = createApiClient(transport, { validate: opts.validate });
   const hub = new EventHub(transport, { validate: opts.validate });
   const files = new Files(transport);
-  const notify = new Notifier(opts.toastMs);
+  const notify = new Notifier(opts.toastMs, opts.toastMs === 0 ? 0 : undefined);
   const router = new Router(opts.window);
   const connection = new ConnectionService(transport, hub);
+  // Without a valid token the page shows one screen that says how to get in, not a toast per call.
+  notify.muted = () => connection.state.status === 'unauthorized';
   const jobs = new JobsService(api, hub, notify);
   const system = new SystemService(api, jobs, notify);
-  const projects = new ProjectsService(api, notify, opts.storage ?? null);
+  const projects = new ProjectsService(api, notify, opts.storage ?? null, transport.kind === 'electron');
   const subject = new SubjectService(api, projects, files, notify);
-  const training = new TrainingService(api, hub, jobs, projects, files, notify);
-  const evaluation = new EvaluationService(api, hub, jobs, notify, () => void training.loadRuns());
+  const training = new TrainingService(api, hub, jobs, projects, files, notify, opts.storage ?? null);
+  const evaluation = new EvaluationService(api, hub, jobs, notify, () => void training.loadRuns(), files);
   const adapters = new AdaptersService(api, notify);
-  const generation = new GenerationService(api, hub, jobs, files, notify, opts.clipboard ?? null, transport.revealFile ? (p) => transport.revealFile!(p) : null);
-  const exporting = new ExportService(api, jobs, notify, () => void adapters.refresh());
+  const desktop = transport.kind === 'electron';
+  const generation = new GenerationService(api, hub, jobs, files, notify, opts.clipboard ?? null, desktop);
+  const exporting = new ExportService(api, jobs, notify, () => void adapters.refresh(), files, desktop);
 
   const follow = (p: Project | null) => {
     subject.setProject(p);
@@ -60,6 +63,13 @@ export function createStudio(transport: Transport, opts: StudioOptions = {}) {
     exporting.setProject(p);
   };
   projects.onOpen(follow);
+  // The service re-checked the photos at the new model's size: show the new statuses.
+  projects.onModelChange(() => void subject.load());
+
+  // A finished model download may be what evaluation was missing.
+  hub.on('job.updated', (j) => {
+    if (j.kind === 'download' && j.status === 'done') void evaluation.recheck();
+  });
 
   // Events sent while the channel was down are lost: refetch what the screens show.
   hub.onReconnect(() => {
@@ -88,7 +98,10 @@ export function createStudio(transport: Transport, opts: StudioOptions = {}) {
     exporting,
     /** Opens the event channel and loads the first data. */
     async start(): Promise<void> {
-      hub.start((s) => connection.setState(s));
+      hub.start((s) => {
+        connection.setState(s);
+        if (s.status === 'unauthorized') notify.clear();
+      });
       router.start();
       await Promise.all([projects.start(), jobs.refresh(), system.refresh()]);
     },

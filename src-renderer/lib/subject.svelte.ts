@@ -64,6 +64,10 @@ export class SubjectService {
   subjectErrors = $state<FieldErrors>({});
 
   usable = $derived(this.photos.filter((p) => p.status !== 'rejected').length);
+  /** The crop training applies to each photo (the project's setting, Train > Advanced). */
+  get trainingCrop(): (typeof CROP_MODES)[number] {
+    return this.projects.current?.settings.crop ?? 'center';
+  }
   guidance = $derived(guidanceFor(this.usable, this.photos.length));
 
   constructor(

@@ -72,6 +72,10 @@ export class TrainingService {
   runError = $state<string | null>(null);
   jobId = $state<string | null>(null);
   busy = $state(false);
+  /** Cancel was pressed and the run has not stopped yet (it stops at the next step, after a checkpoint). */
+  cancelling = $state(false);
+  /** The form holds settings restored from an earlier visit that were never used to start a run. */
+  draftRestored = $state(false);
   readonly losses = new LossSeries();
   #starting = false;
 
@@ -85,13 +89,62 @@ export class TrainingService {
     private readonly projects: ProjectsService,
     private readonly files: Files,
     private readonly notify: Notifier,
+    private readonly storage: Pick<Storage, 'getItem' | 'setItem' | 'removeItem'> | null = null,
   ) {
     hub.on('train.event', (e) => this.#onEvent(e));
+    // The run list follows its jobs: a run whose job is queued or running says so at once.
+    hub.on('job.updated', (j) => {
+      if (j.kind !== 'train' || j.projectId !== this.projectId || !j.runId) return;
+      if (j.status === 'queued' || j.status === 'running') this.#patchRun(j.runId, { status: j.status === 'queued' ? 'queued' : 'running' });
+    });
+  }
+
+  /**
+   * The run list, the selected run and live events are one picture: whatever a live event says
+   * about a run is written into its row too (status and step), so the card and the list agree.
+   */
+  #patchRun(runId: string, patch: Partial<Pick<RunSummary, 'status' | 'step' | 'error'>>): void {
+    const i = this.runs.findIndex((r) => r.id === runId);
+    if (i !== -1) this.runs[i] = { ...this.runs[i], ...patch };
+    if (runId === this.selectedRunId && patch.status) this.status = patch.status;
+  }
+
+  #draftKey(projectId: string): string {
+    return `singlora.trainDraft.${projectId}`;
+  }
+
+  /** Keeps the form's unsaved settings across reloads (the screen calls this on every change). */
+  keepDraft(): void {
+    if (!this.projectId || !this.storage) return;
+    const saved = this.projects.current?.id === this.projectId ? JSON.stringify(draftFrom(this.projects.current.settings)) : null;
+    const now = JSON.stringify(this.draft);
+    // Only what differs from the project's saved settings is worth keeping.
+    if (now === saved) this.storage.removeItem(this.#draftKey(this.projectId));
+    else this.storage.setItem(this.#draftKey(this.projectId), now);
+  }
+
+  /** Forgets the kept draft (a run started with it, or the form was reset). */
+  #dropDraft(): void {
+    if (this.projectId) this.storage?.removeItem(this.#draftKey(this.projectId));
+    this.draftRestored = false;
   }
 
   setProject(p: Project | null): void {
     this.projectId = p?.id ?? null;
     this.draft = draftFrom(p?.settings ?? DEFAULT_SETTINGS);
+    this.draftRestored = false;
+    const kept = p ? this.storage?.getItem(this.#draftKey(p.id)) : null;
+    if (kept) {
+      try {
+        const restored = { ...this.draft, ...(JSON.parse(kept) as Partial<TrainDraft>) };
+        if (JSON.stringify(restored) !== JSON.stringify(this.draft)) {
+          this.draft = restored;
+          this.draftRestored = true;
+        }
+      } catch {
+        this.storage?.removeItem(this.#draftKey(p!.id));
+      }
+    }
     this.errors = {};
     this.runs = [];
     this.#clearRun();
@@ -99,10 +152,27 @@ export class TrainingService {
     if (p) void this.loadRuns(true);
   }
 
+  /** Back to the settings the project saved (the last run's), forgetting the restored draft. */
+  discardDraft(): void {
+    this.draft = draftFrom(this.projects.current?.settings ?? DEFAULT_SETTINGS);
+    this.errors = {};
+    this.#dropDraft();
+  }
+
   resetDraft(): void {
     this.draft = draftFrom(DEFAULT_SETTINGS);
     this.errors = {};
+    this.#dropDraft();
   }
+
+  /**
+   * How long the draft's steps would take at the pace of the selected run (live, else recorded in
+   * its run.json), in seconds; null when it has none yet.
+   */
+  estimateS = $derived.by(() => {
+    const its = this.progress?.its ?? (this.manifest?.timing.msPerStep ? 1000 / this.manifest.timing.msPerStep : null);
+    return its ? (Number(this.draft.steps) || 0) / its : null;
+  });
 
   /** Copies the selected run's settings into the form. */
   useRunSettings(): void {
@@ -156,6 +226,7 @@ export class TrainingService {
       this.#starting = true;
       const r = await this.api['training.start']({ projectId: project.id, settings });
       this.jobId = r.jobId;
+      this.#dropDraft(); // the project keeps the settings a run started with
       if (this.selectedRunId !== r.runId) {
         this.selectedRunId = r.runId;
         this.progress ??= { step: 0, steps: settings.steps, its: null, etaS: null, loss: null, smoothed: null, lr: null };
@@ -180,7 +251,9 @@ export class TrainingService {
   async cancel(): Promise<void> {
     const jobId = this.jobId ?? this.#findJob();
     if (!jobId) return this.notify.error('Cancel training', 'No running training job found for this run.');
+    this.cancelling = true; // at once: the run stops only at its next step, after a checkpoint
     const r = await this.notify.guard('Cancel training', () => this.api['training.cancel']({ jobId }));
+    if (!r || !r.cancelled) this.cancelling = false;
     if (r && !r.cancelled) this.notify.info('The run had already stopped.');
   }
 
@@ -193,8 +266,8 @@ export class TrainingService {
       const r = await this.notify.guard('Resume training', () => this.api['training.resume']({ projectId, runId }));
       if (!r) return;
       this.jobId = r.jobId;
-      this.status = 'queued';
       this.runError = null;
+      this.#patchRun(runId, { status: 'queued', error: null }); // no Resume button on a run that resumes
       await this.loadRuns();
     } finally {
       this.busy = false;
@@ -216,6 +289,7 @@ export class TrainingService {
     this.warnings = [];
     this.runError = null;
     this.jobId = null;
+    this.cancelling = false;
     this.losses.reset();
   }
 
@@ -252,6 +326,9 @@ export class TrainingService {
       this.selectedRunId = e.runId;
       if (!this.#starting) void this.#loadManifest(e.runId);
     }
+    if (e.event.event === 'step') this.#patchRun(e.runId, { status: 'running', step: e.event.step });
+    else if (e.event.event === 'prepare') this.#patchRun(e.runId, { status: 'running' });
+    else if (e.event.event === 'done') this.#patchRun(e.runId, { status: e.event.status, step: e.event.step, error: e.event.error });
     if (e.runId !== this.selectedRunId) {
       if (e.event.event === 'done') void this.loadRuns();
       return;
@@ -282,6 +359,7 @@ export class TrainingService {
         this.status = ev.status;
         this.stage = null;
         this.jobId = null;
+        this.cancelling = false;
         this.runError = ev.error;
         if (this.progress) this.progress = { ...this.progress, step: ev.step, etaS: null };
         if (ev.status === 'completed') this.notify.info(`Training finished at step ${ev.step}. Next: Evaluate picks the best checkpoint.`, 'success');

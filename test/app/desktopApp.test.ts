@@ -82,8 +82,8 @@ function fakeElectron(o: { lock?: boolean; packaged?: boolean; dark?: boolean } 
   const nativeTheme = Object.assign(new EventEmitter(), { themeSource: 'light', shouldUseDarkColors: o.dark ?? false });
   const ipcMain = fakeIpcMain();
   const utility = fakeUtility();
-  const shell = { openPath: vi.fn(async () => '') };
-  const dialog = { showErrorBox: vi.fn() };
+  const shell = { openPath: vi.fn(async () => ''), showItemInFolder: vi.fn() };
+  const dialog = { showErrorBox: vi.fn(), showOpenDialog: vi.fn(async () => ({ canceled: false, filePaths: ['/models/sd15'] })) };
   const electron = { app, BrowserWindow: FakeWindow, protocol, session: { defaultSession }, nativeTheme, ipcMain, utilityProcess: utility.utility, shell, dialog } as unknown as ElectronApi;
   return { electron, app, order, ready, windows, protocol, defaultSession, nativeTheme, ipcMain, utility, shell, dialog };
 }
@@ -194,6 +194,24 @@ describe('ready', () => {
     expect([...a.ipcMain.handlers.keys()]).toEqual([INVOKE_CHANNEL]);
     expect(await a.ipcMain.invoke(INVOKE_CHANNEL, 'app://studio/index.html', 'projects.list', {})).toEqual({ ok: true, result: [] });
     expect(await a.ipcMain.invoke(INVOKE_CHANNEL, 'https://evil.example/', 'projects.list', {})).toMatchObject({ ok: false, error: { code: 'unauthorized' } });
+  });
+
+  it('answers desktop.* itself: Show in folder through the service\'s resolver, the model picker on the window', async () => {
+    const a = await started();
+    const call = (method: string, params: unknown) => a.ipcMain.invoke(INVOKE_CHANNEL, 'app://studio/index.html', method, params);
+    expect(await call('desktop.reveal', { projectId: 'dog', file: 'images/a.png' })).toEqual({ ok: true, result: { revealed: true } });
+    expect(a.shell.showItemInFolder).toHaveBeenCalledWith(join(dir, 'project', 'images', 'a.png'));
+    // A file the service does not resolve is not shown.
+    expect(await call('desktop.reveal', { projectId: 'dog', file: '../../etc/passwd' })).toMatchObject({ ok: false });
+    expect(a.shell.showItemInFolder).toHaveBeenCalledTimes(1);
+    expect(await call('desktop.pickBaseModel', { kind: 'file' })).toEqual({ ok: true, result: { path: '/models/sd15' } });
+    const [win, options] = a.dialog.showOpenDialog.mock.calls[0] as unknown as [unknown, { properties: string[]; filters: unknown[] }];
+    expect(win).toBe(a.window);
+    expect(options.properties).toEqual(['openFile']);
+    expect(options.filters).toEqual([{ name: 'safetensors checkpoint', extensions: ['safetensors'] }]);
+    a.dialog.showOpenDialog.mockResolvedValueOnce({ canceled: true, filePaths: [] });
+    expect(await call('desktop.pickBaseModel', { kind: 'folder' })).toEqual({ ok: true, result: { path: null } });
+    expect(await call('desktop.pickBaseModel', { kind: 'anything' })).toMatchObject({ ok: false, error: { code: 'invalid_params' } });
   });
 
   it('forwards service events to the window, replays the engine state after a reload, stops when closed', async () => {

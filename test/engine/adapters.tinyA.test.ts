@@ -4,7 +4,7 @@
  * W0 + dW, other tools' files report what they could not apply, and generation with an adapter
  * changes the image and restores the base weights.
  */
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,6 +14,7 @@ import { exportAdapter, inspectAdapter } from '../../src-main/engine/adapters/ex
 import { planAdapter } from '../../src-main/engine/adapters/import.ts';
 import { WeightPatcher } from '../../src-main/engine/adapters/patch.ts';
 import { readAllFloat32, writeSafetensors } from '../../src-main/engine/io/safetensors.ts';
+import { openBaseModel } from '../../src-main/engine/io/modelFiles.ts';
 import { UNet2DConditionModel } from '../../src-main/engine/models/unet2dCondition.ts';
 import { StableDiffusion } from '../../src-main/engine/pipeline/stableDiffusion.ts';
 import { textToImage } from '../../src-main/engine/pipeline/textToImage.ts';
@@ -94,8 +95,15 @@ describe('exports of a random adapter on tiny-a', () => {
     }
   });
 
-  it('merged exports hold W0 + dW: a diffusers unet/ folder and a single-file checkpoint', async () => {
-    await exportAdapter({ adapter: native, format: 'merged-diffusers', base, out: join(dir, 'merged') });
+  it('merged exports hold W0 + dW: a complete diffusers pipeline folder and a single-file checkpoint', async () => {
+    const r0 = await exportAdapter({ adapter: native, format: 'merged-diffusers', base, out: join(dir, 'merged') });
+    expect(r0.path).toBe(join(dir, 'merged'));
+    // The whole pipeline loads: unet/ merged, the rest the base's.
+    const pipeline = await openBaseModel(join(dir, 'merged'));
+    expect(pipeline.format).toBe('diffusers');
+    await pipeline.close();
+    expect(readdirSync(join(dir, 'merged')).sort()).toEqual(readdirSync(base).sort());
+    expect(readFileSync(join(dir, 'merged/vae/diffusion_pytorch_model.safetensors'))).toEqual(readFileSync(join(base, 'vae/diffusion_pytorch_model.safetensors')));
     const folderUnet = await UNet2DConditionModel.load(join(dir, 'merged/unet'));
     for (const [k, p] of folderUnet.namedParams()) expect((await p.checkpointValue().data()) as Float32Array, k).toEqual(merged.get(k));
     folderUnet.dispose();

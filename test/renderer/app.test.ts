@@ -37,9 +37,32 @@ describe('App shell', () => {
 
     await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Mug' } });
     await fireEvent.click(screen.getByTestId('project-create'));
-    await waitFor(() => expect(transport.paramsOf('projects.create')).toEqual([{ name: 'Mug', classWord: 'person', triggerToken: 'sks', type: 'live' }]));
+    await waitFor(() => expect(transport.paramsOf('projects.create')).toEqual([{ name: 'Mug', classWord: 'person', triggerToken: 'sks', type: 'live', baseModel: '/models/sd15' }]));
     await waitFor(() => expect(studio.projects.current?.id).toBe('p2'));
     expect(screen.queryByText('Welcome')).toBeNull();
+  });
+
+  test('New project picks a base model from those found, or a path typed after "Add a model…"; none at all is refused before sending', async () => {
+    const created = fx.project({ id: 'p2', name: 'Mug', baseModel: '/elsewhere/sd15' });
+    const { studio, transport } = await startStudio({
+      'projects.list': () => [],
+      'models.bases': () => [fx.base({ path: '/models/tiny', name: 'tiny', native: 64, isDefault: false, source: 'models folder' }), fx.base({ path: '/hf/sd15', name: 'org/sd15', source: 'Hugging Face cache', isDefault: false })],
+      'projects.create': () => created,
+      'projects.open': () => created,
+    });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('project-new'));
+    const select = screen.getByTestId('project-model') as HTMLSelectElement;
+    expect([...select.options].map((o) => o.textContent)).toEqual(['tiny (64 px, models folder)', 'org/sd15 (512 px, Hugging Face cache)', 'Add a model…']);
+    expect(select.value).toBe('/models/tiny');
+    await fireEvent.change(select, { target: { value: '(add)' } });
+    await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Mug' } });
+    await fireEvent.click(screen.getByTestId('project-create'));
+    expect(await screen.findByText('Choose the Stable Diffusion 1.5 model to train on, or enter its path')).toBeTruthy();
+    expect(transport.paramsOf('projects.create')).toHaveLength(0);
+    await fireEvent.input(screen.getByTestId('project-model-path'), { target: { value: ' /elsewhere/sd15 ' } });
+    await fireEvent.click(screen.getByTestId('project-create'));
+    await waitFor(() => expect(transport.paramsOf('projects.create')).toEqual([expect.objectContaining({ name: 'Mug', baseModel: '/elsewhere/sd15' })]));
   });
 
   test('shows the connection state and offers a retry while reconnecting; refetches after reconnecting', async () => {
@@ -62,6 +85,8 @@ describe('App shell', () => {
     const indicator = screen.getByTestId('jobs-indicator');
     await waitFor(() => expect(indicator.textContent).toContain('Jobs (1 running)'));
     expect(within(indicator).getByTestId('job-row').textContent).toContain('dino — 25%');
+    transport.emit('job.updated', fx.job({ id: 't1', kind: 'train', projectId: 'p1', runId: 'r7', status: 'cancelled' }));
+    await waitFor(() => expect(within(indicator).getAllByTestId('job-owner').map((o) => o.textContent)).toContain(`${fx.project().name} · run r7`));
     await fireEvent.click(within(indicator).getByRole('button', { name: 'Cancel download job d1' }));
     await waitFor(() => expect(transport.paramsOf('jobs.cancel')).toEqual([{ jobId: 'd1' }]));
   });
@@ -77,5 +102,52 @@ describe('App shell', () => {
     expect(screen.getByTestId('toast-error').textContent).toContain('open the link that `singlora serve` printed again');
     await fireEvent.click(within(screen.getByTestId('toast-error')).getByRole('button', { name: 'Dismiss' }));
     expect(screen.queryByTestId('toast-error')).toBeNull();
+  });
+
+  test('in the desktop app the model path can come from the native file dialog (desktop.pickBaseModel)', async () => {
+    const created = fx.project({ id: 'p2', name: 'Mug', baseModel: '/picked/sd15.safetensors' });
+    const { studio, transport } = await startStudio(
+      { 'projects.list': () => [], 'desktop.pickBaseModel': (p) => ({ path: p.kind === 'file' ? '/picked/sd15.safetensors' : null }), 'projects.create': () => created, 'projects.open': () => created },
+      {},
+      'electron',
+    );
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('project-new'));
+    await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Mug' } });
+    await fireEvent.click(screen.getByTestId('project-model-browse-file'));
+    await waitFor(() => expect((screen.getByTestId('project-model-path') as HTMLInputElement).value).toBe('/picked/sd15.safetensors'));
+    await fireEvent.click(screen.getByTestId('project-create'));
+    await waitFor(() => expect(transport.paramsOf('projects.create')).toEqual([expect.objectContaining({ baseModel: '/picked/sd15.safetensors' })]));
+    expect(transport.paramsOf('desktop.pickBaseModel')).toEqual([{ kind: 'file' }]);
+  });
+
+  test('in a browser there is no file dialog button (the path is typed)', async () => {
+    const { studio } = await startStudio({ 'projects.list': () => [] });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('project-new'));
+    expect(screen.queryByTestId('project-model-browse-file')).toBeNull();
+  });
+
+  test('the same failure twice is one toast with a count; at most three toasts', async () => {
+    const { studio } = await startStudio();
+    render(App, { studio });
+    studio.notify.error('Open project', new Error('gone'));
+    studio.notify.error('Open project', new Error('gone'));
+    await waitFor(() => expect(screen.getAllByTestId('toast-error')).toHaveLength(1));
+    expect(screen.getByTestId('toast-count').textContent).toBe('(×2)');
+    for (const m of ['a', 'b', 'c']) studio.notify.error('Other', new Error(m));
+    await waitFor(() => expect(screen.getAllByTestId('toast-error').map((t) => t.textContent)).toEqual([expect.stringContaining('a'), expect.stringContaining('b'), expect.stringContaining('c')]));
+  });
+
+  test('a missing or wrong token: one screen that says to open the printed link, no toasts', async () => {
+    const { studio, transport } = await startStudio();
+    render(App, { studio });
+    studio.notify.error('List photos', new ApiError('unauthorized', 'missing or wrong token'));
+    transport.setConnection({ status: 'unauthorized' });
+    await waitFor(() => expect(screen.getByTestId('token-screen').textContent).toContain('Open the link printed by singlora serve'));
+    expect(screen.queryByTestId('toast-error')).toBeNull();
+    expect(screen.queryByTestId('project-select')).toBeNull();
+    studio.notify.error('List projects', new ApiError('unauthorized', 'missing or wrong token'));
+    expect(studio.notify.items).toEqual([]);
   });
 });

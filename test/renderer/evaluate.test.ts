@@ -64,6 +64,51 @@ describe('Evaluate screen', () => {
     expect(screen.queryByTestId('eval-progress')).toBeNull();
   });
 
+  test('says DINO is missing before the click (button disabled, the fix shown); "Check again" asks anew', async () => {
+    let ready = false;
+    const { transport } = await renderEvaluate({
+      'evaluation.get': () => null,
+      'evaluation.check': () => (ready ? { ready: true, dino: '/m/dino/model.onnx', bundled: false, message: null } : { ready: false, dino: null, bundled: false, message: 'DINO model not found: place model.onnx at /m/dino/model.onnx or run `singlora models download dino`' }),
+    });
+    await waitFor(() => expect(screen.getByTestId('eval-needs').textContent).toContain('DINO is missing. DINO model not found: place model.onnx at /m/dino/model.onnx'));
+    expect((screen.getByTestId('evaluate-button') as HTMLButtonElement).disabled).toBe(true);
+    ready = true;
+    await fireEvent.click(screen.getByTestId('eval-recheck'));
+    await waitFor(() => expect(screen.queryByTestId('eval-needs')).toBeNull());
+    expect((screen.getByTestId('evaluate-button') as HTMLButtonElement).disabled).toBe(false);
+    expect(transport.paramsOf('evaluation.check').length).toBe(2);
+  });
+
+  test('shows the evaluation images per checkpoint with download links, and the deltas from the base model', async () => {
+    await renderEvaluate({
+      'evaluation.get': () => fx.evaluation(),
+      'evaluation.images': () => [
+        { step: null, file: 'runs/r1/eval/base/a.png', url: '/files/p1/runs/r1/eval/base/a.png' },
+        { step: 600, file: 'runs/r1/eval/step-000600/b.png', url: '/files/p1/runs/r1/eval/step-000600/b.png' },
+      ],
+    });
+    await waitFor(() => expect(screen.getAllByTestId('eval-image')).toHaveLength(2));
+    const links = screen.getAllByTestId('eval-image-link') as HTMLAnchorElement[];
+    expect(links.map((a) => [a.getAttribute('href'), a.getAttribute('download')])).toEqual([
+      ['/files/p1/runs/r1/eval/base/a.png?token=t', 'a.png'],
+      ['/files/p1/runs/r1/eval/step-000600/b.png?token=t', 'b.png'],
+    ]);
+    expect(screen.getByTestId('eval-images').textContent).toMatch(/Base model · DINO 0\.2100.*Step 600/s);
+    expect(screen.getByTestId('score-deltas').textContent).toMatch(/step 200: \+0\.\d{4}.*step 600: \+0\.\d{4}/);
+  });
+
+  test('while it runs: an ETA from the pace so far, and Cancel turns into "Cancelling…" at once', async () => {
+    const { transport, studio } = await renderEvaluate({ 'evaluation.get': () => null, 'evaluation.start': () => ({ jobId: 'e3' }), 'jobs.cancel': () => ({ cancelled: true }) });
+    await screen.findByTestId('eval-empty');
+    await fireEvent.click(screen.getByTestId('evaluate-button'));
+    await waitFor(() => expect(studio.evaluation.running).toBe(true));
+    transport.emit('evaluation.progress', { jobId: 'e3', done: 2, total: 6, label: 'step 3' });
+    await waitFor(() => expect(screen.getByTestId('eval-progress').textContent).toMatch(/step 3 · 2\/6 images · about \d+ s left/));
+    await fireEvent.click(screen.getByTestId('eval-cancel'));
+    expect(screen.getByTestId('eval-cancel').textContent).toBe('Cancelling…');
+    await waitFor(() => expect(transport.paramsOf('jobs.cancel')).toEqual([{ jobId: 'e3' }]));
+  });
+
   test('a quick check is asked for with quick: true', async () => {
     const { transport } = await renderEvaluate({ 'evaluation.get': () => null, 'evaluation.start': () => ({ jobId: 'e2' }) });
     await screen.findByTestId('eval-empty');

@@ -30,6 +30,10 @@ describe('Export screen', () => {
     await waitFor(() => expect(screen.getByTestId('export-progress').textContent).toContain('merging unet'));
     transport.emit('job.updated', fx.job({ id: 'x1', kind: 'export', status: 'done', progress: { done: 3, total: 3, label: 'adapters/dog.safetensors' }, result: { path: 'adapters/dog.safetensors', url: '/files/p1/adapters/dog.safetensors' } }));
     await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe('adapters/dog.safetensors'));
+    // The file downloads from the URL the job gave (with the token in the browser).
+    const link = screen.getByTestId('export-download') as HTMLAnchorElement;
+    expect(link.getAttribute('href')).toBe('/files/p1/adapters/dog.safetensors?token=t');
+    expect(link.getAttribute('download')).toBe('dog.safetensors');
   });
 
   test('kohya is the default format; without a location the default folder is named', async () => {
@@ -40,6 +44,33 @@ describe('Export screen', () => {
     await waitFor(() => expect(transport.paramsOf('adapters.export')).toEqual([{ projectId: 'p1', adapter: { runId: 'r1', step: null }, format: 'kohya' }]));
     transport.emit('job.updated', fx.job({ id: 'x2', kind: 'export', status: 'done' }));
     await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe("the project's adapters/ folder"));
+    expect(screen.queryByTestId('export-download')).toBeNull(); // no URL, no link
+    expect(screen.queryByTestId('export-reveal')).toBeNull(); // a browser cannot open folders
+  });
+
+  test('in the desktop app the result has "Show in folder" (desktop.reveal with the written path)', async () => {
+    const ctx = await startStudio({ 'training.runs': () => [fx.run({ id: 'r1', best: 600 })], 'training.status': () => fx.manifest(), 'adapters.export': () => ({ jobId: 'x5' }), 'desktop.reveal': () => ({ revealed: true }) }, {}, 'electron');
+    await waitFor(() => expect(ctx.transport.paramsOf('training.runs').length).toBeGreaterThan(0));
+    await new Promise((r) => setTimeout(r, 0));
+    render(ExportScreen, { exporting: ctx.studio.exporting, adapterOptions: adapterOptions(ctx.studio.training.runs, ctx.studio.adapters.files) });
+    await fireEvent.change(screen.getByTestId('export-adapter'), { target: { value: 'run:r1' } });
+    await fireEvent.click(screen.getByTestId('export-button'));
+    await waitFor(() => expect(ctx.transport.paramsOf('adapters.export')).toHaveLength(1));
+    ctx.transport.emit('job.updated', fx.job({ id: 'x5', kind: 'export', status: 'done', result: { path: 'adapters/dog.safetensors', url: '/files/p1/adapters/dog.safetensors' } }));
+    await fireEvent.click(await screen.findByTestId('export-reveal'));
+    await waitFor(() => expect(ctx.transport.paramsOf('desktop.reveal')).toEqual([{ projectId: 'p1', file: 'adapters/dog.safetensors' }]));
+  });
+
+  test('a merged diffusers folder downloads as one .tar', async () => {
+    const { transport } = await renderExport({ 'adapters.export': () => ({ jobId: 'x4' }) });
+    await fireEvent.change(screen.getByTestId('export-adapter'), { target: { value: 'run:r1' } });
+    await fireEvent.change(screen.getByTestId('export-format'), { target: { value: 'merged-diffusers' } });
+    expect(screen.getByTestId('export-format-info').textContent).toMatch(/VAE, text encoder, tokenizer and scheduler copied.*Downloads as one \.tar file/);
+    await fireEvent.click(screen.getByTestId('export-button'));
+    await waitFor(() => expect(transport.paramsOf('adapters.export')).toHaveLength(1));
+    transport.emit('job.updated', fx.job({ id: 'x4', kind: 'export', status: 'done', result: { path: 'adapters/p1-r1-merged-diffusers', url: '/files/p1/adapters/p1-r1-merged-diffusers.tar' } }));
+    const link = (await screen.findByTestId('export-download')) as HTMLAnchorElement;
+    expect([link.getAttribute('href'), link.getAttribute('download'), link.textContent]).toEqual(['/files/p1/adapters/p1-r1-merged-diffusers.tar?token=t', 'p1-r1-merged-diffusers.tar', 'Download (.tar)']);
   });
 
   test('an export that finished before its call returned still shows its result', async () => {

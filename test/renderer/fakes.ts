@@ -81,12 +81,16 @@ export function baseHandlers(project = fx.project()): Handlers {
     'system.info': () => fx.info(),
     'system.doctor': () => fx.doctor('tensorflow'),
     'models.list': () => [],
+    'models.bases': () => [fx.base()],
+    'evaluation.images': () => [],
+    'evaluation.check': () => ({ ready: true, dino: '/models/dino/model.onnx', bundled: false, message: null }),
   };
 }
 
 /** A studio over a fake transport, started (project open, first data loaded). */
-export async function startStudio(handlers: Handlers = {}, opts: StudioOptions = {}) {
+export async function startStudio(handlers: Handlers = {}, opts: StudioOptions = {}, kind: FakeTransport['kind'] = 'http') {
   const transport = new FakeTransport({ ...baseHandlers(), ...handlers });
+  transport.kind = kind;
   const studio = createStudio(transport, { validate: true, toastMs: 0, ...opts });
   await studio.start();
   return { transport, studio };

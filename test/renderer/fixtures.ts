@@ -1,5 +1,5 @@
 /** Contract-valid objects for renderer tests (the studio validates every result against the contract). */
-import type { GeneratedImageInfo, Job, Photo, Project, ProjectSummary, Result, RunStatusInfo } from '../../src-main/api/contract.ts';
+import type { BaseModelInfo, GeneratedImageInfo, Job, Photo, Project, ProjectSummary, Result, RunStatusInfo } from '../../src-main/api/contract.ts';
 import { trainSettingsSchema, type Evaluation, type TrainEvent } from '../../src-main/api/schemas.ts';
 
 const T = '2025-01-01T00:00:00.000Z';
@@ -120,4 +120,9 @@ export function doctor(selected: string): Result<'system.doctor'> {
     selected: { name: selected },
     memory: {},
   };
+}
+
+/** A base model the engine machine has: SD 1.5 in the models folder, the server's default. */
+export function base(over: Partial<BaseModelInfo> = {}): BaseModelInfo {
+  return { path: '/models/sd15', name: 'sd15', source: 'models folder', isDefault: true, native: 512, ...over };
 }

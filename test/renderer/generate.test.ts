@@ -77,6 +77,10 @@ describe('Generate screen', () => {
     expect(img.getAttribute('src')).toBe('/files/p1/images/0001.png?token=t');
     const card = screen.getByTestId('gallery-item');
     expect(card.textContent).toMatch(/Seed 1234 · 25 steps · CFG 7.5 · DPM\+\+ 2M Karras · 512×512/);
+    // Which run and step made it, and a download of the file.
+    expect(within(card).getByTestId('gallery-adapters').textContent).toBe('run r1, step 600 × 1');
+    const dl = within(card).getByTestId('download-image') as HTMLAnchorElement;
+    expect([dl.getAttribute('href'), dl.getAttribute('download')]).toEqual(['/files/p1/images/0001.png?token=t', fx.generatedImage().file.split('/').pop()]);
 
     transport.emit('job.updated', fx.job({ id: 'g1', kind: 'generate', status: 'done' }));
     await waitFor(() => expect(screen.queryByTestId('generate-progress')).toBeNull());
@@ -93,6 +97,28 @@ describe('Generate screen', () => {
     const open = within(card).getByTestId('open-folder') as HTMLButtonElement;
     expect(open.disabled).toBe(true);
     expect(open.parentElement!.getAttribute('title')).toBe('A browser cannot open folders on this computer');
+  });
+
+  test('in the desktop app "open in folder" asks the main process to show the image (desktop.reveal)', async () => {
+    const { studio, transport } = await startStudio({ 'generation.list': () => [fx.generatedImage()], 'desktop.reveal': () => ({ revealed: true }) }, {}, 'electron');
+    render(GenerateScreen, { generation: studio.generation, adapterOptions: [], revealHint: '' });
+    const open = (await screen.findByTestId('open-folder')) as HTMLButtonElement;
+    expect(open.disabled).toBe(false);
+    await fireEvent.click(open);
+    await waitFor(() => expect(transport.paramsOf('desktop.reveal')).toEqual([{ projectId: 'p1', file: `images/${fx.generatedImage().file}` }]));
+  });
+
+  test("size and steps default from the base model's native size, never over the user's own values", async () => {
+    const { studio } = await startStudio();
+    const g = studio.generation;
+    expect([g.draft.width, g.draft.height, g.draft.steps]).toEqual([512, 512, 25]);
+    g.useModelDefaults(64);
+    expect([g.draft.width, g.draft.height, g.draft.steps]).toEqual([64, 64, 10]);
+    g.draft.width = 96;
+    g.useModelDefaults(512);
+    expect([g.draft.width, g.draft.height, g.draft.steps]).toEqual([96, 64, 25]); // the size is the user's now; the steps were not touched
+    render(GenerateScreen, { generation: g, adapterOptions: [], revealHint: '', native: 64 });
+    expect(screen.getAllByRole('button', { name: /^\d+×\d+$/ }).map((b) => b.textContent)).toEqual(['64×64', '64×96', '96×64']);
   });
 
   test('a failed generation job is reported, never swallowed', async () => {

@@ -13,7 +13,22 @@ const models = [
 
 async function renderSettings(handlers: Handlers = {}) {
   const ctx = await startStudio({ 'models.list': () => models, ...handlers });
-  render(SettingsScreen, { system: ctx.studio.system, project: ctx.studio.projects.current, onSetBase: (p: string) => ctx.studio.projects.setBaseModel(p) });
+  const projects = ctx.studio.projects;
+  render(SettingsScreen, {
+    get system() {
+      return ctx.studio.system;
+    },
+    get project() {
+      return projects.current;
+    },
+    get model() {
+      return projects.model;
+    },
+    get bases() {
+      return projects.bases;
+    },
+    onSetBase: (p: string) => projects.setBaseModel(p),
+  });
   return ctx;
 }
 
@@ -35,13 +50,30 @@ describe('Models & Settings screen', () => {
         return { name: 'sd15', format: 'single-file' };
       },
     });
-    expect(screen.getByTestId('base-model').textContent).toContain('/home/u/SingLoRA/models/sd15 (default)');
-    await fireEvent.input(screen.getByTestId('base-model-path'), { target: { value: '/m/model.ckpt' } });
+    expect(screen.getByTestId('base-model').textContent).toBe('sd15');
+    expect(screen.getByText(/the server default\), native size 512 × 512/)).toBeTruthy();
+    expect((screen.getByTestId('base-model-path') as HTMLSelectElement).value).toBe('/models/sd15');
+    await fireEvent.change(screen.getByTestId('base-model-path'), { target: { value: '(add)' } });
+    await fireEvent.input(screen.getByTestId('base-model-path-path'), { target: { value: '/m/model.ckpt' } });
     await fireEvent.click(screen.getByTestId('set-base-model'));
     expect(await screen.findByText('pickle checkpoints (.ckpt) are refused: convert to .safetensors', { selector: '.error-text' })).toBeTruthy();
 
-    await fireEvent.input(screen.getByTestId('base-model-path'), { target: { value: '/m/sd15.safetensors' } });
+    await fireEvent.input(screen.getByTestId('base-model-path-path'), { target: { value: '/m/sd15.safetensors' } });
     await fireEvent.click(screen.getByTestId('set-base-model'));
     await waitFor(() => expect(transport.paramsOf('models.setBase').at(-1)).toEqual({ projectId: 'p1', path: '/m/sd15.safetensors' }));
+  });
+
+  test('after the base model changes, the photos are listed again (the service re-checked them at its size)', async () => {
+    const { transport, studio } = await renderSettings({ 'models.setBase': () => ({ name: 'tiny', format: 'diffusers' }) });
+    await waitFor(() => expect(transport.paramsOf('photos.list').length).toBe(1));
+    expect(await studio.projects.setBaseModel('/m/tiny')).toBeNull();
+    await waitFor(() => expect(transport.paramsOf('photos.list').length).toBe(2));
+    expect(transport.paramsOf('models.bases').length).toBeGreaterThan(1); // and the models list (sizes) is fresh
+  });
+
+  test('a project without a base model and no server default says so (no "(default)"); base models are not listed as evaluation models', async () => {
+    await renderSettings({ 'models.bases': () => [], 'models.list': () => [{ name: 'tiny-sd', kind: 'base', present: false, path: '/m/tiny-sd', bytes: null, verified: null, hint: 'no default' }, ...models] });
+    expect(screen.getByTestId('base-model').textContent).toMatch(/no base model yet, and the server has no default/);
+    expect(screen.getAllByTestId('model-row').map((r) => r.textContent)).toEqual([expect.stringContaining('dino-vits16'), expect.stringContaining('clip-vit-b32')]);
   });
 });

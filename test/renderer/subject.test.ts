@@ -21,7 +21,11 @@ describe('Subject screen', () => {
     expect(within(rejected).getByTestId('photo-status').textContent).toBe('rejected');
     expect(within(rejected).getByTestId('photo-reason').textContent).toBe('Too blurry (sharpness 12 < 40)');
     const ok = screen.getAllByTestId('photo-card').find((c) => c.dataset.status === 'ok')!;
-    expect(within(ok).getByTestId('photo-status').textContent).toBe('used');
+    expect(within(ok).getByTestId('photo-status').textContent).toBe('ok');
+    // A rejected photo offers no crops; the crop training uses is marked on the others.
+    expect(within(rejected).queryByRole('button', { name: 'Center crop' })).toBeNull();
+    expect(within(ok).getByTestId('crop-center').className).toContain('training');
+    expect(within(ok).getByTestId('crop-attention').className).not.toContain('training');
     expect(within(ok).queryByTestId('photo-reason')).toBeNull();
     // Thumbnails use the URL the service gave, through the transport (token added).
     expect(within(ok).getByRole('img').getAttribute('src')).toBe('/files/p1/photos/dog1.jpg?token=t');

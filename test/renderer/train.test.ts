@@ -9,7 +9,7 @@ import * as fx from './fixtures.ts';
 
 async function renderTrain(handlers: Handlers = {}) {
   const ctx = await startStudio(handlers);
-  render(TrainScreen, { training: ctx.studio.training, advice: ctx.studio.system.advice });
+  render(TrainScreen, { training: ctx.studio.training, advice: ctx.studio.system.advice, model: ctx.studio.projects.model });
   return ctx;
 }
 
@@ -40,7 +40,7 @@ describe('Train screen', () => {
 
     transport.emit('train.event', trainEvent(fx.stepEvent(1, 800, { loss: 0.2, smoothed: 0.2 })));
     transport.emit('train.event', trainEvent(fx.stepEvent(40, 800, { loss: 0.1234, smoothed: 0.15, its: 2.5, eta_s: 304 })));
-    await waitFor(() => expect(screen.getByTestId('train-progress').textContent).toContain('Step 40/800 · 2.50 it/s · ETA 5:04 · loss 0.1234'));
+    await waitFor(() => expect(screen.getByTestId('train-progress').textContent).toContain('Step 40/800 · 2.50 it/s · ETA 5 min 04 s · loss 0.1234'));
     const bar = within(screen.getByTestId('train-progress')).getByRole('progressbar');
     expect(bar.getAttribute('aria-valuenow')).toBe('40');
     expect(bar.getAttribute('aria-valuemax')).toBe('800');
@@ -91,6 +91,19 @@ describe('Train screen', () => {
     expect(screen.getByTestId('run-status').textContent).toBe('failed');
   });
 
+  test('without a base model Train is disabled and says why; the native resolution names the model and its size', async () => {
+    const none = await startStudio({ 'models.bases': () => [] });
+    const { unmount } = render(TrainScreen, { training: none.studio.training, advice: null, model: none.studio.projects.model });
+    expect((screen.getByTestId('train-button') as HTMLButtonElement).disabled).toBe(true);
+    expect(screen.getByTestId('train-blocked').textContent).toBe('Choose a base model first (above).');
+    unmount();
+    const tiny = await startStudio({ 'models.bases': () => [fx.base({ path: '/m/tiny-sd', name: 'tiny-sd', native: 64 })] });
+    render(TrainScreen, { training: tiny.studio.training, advice: null, model: tiny.studio.projects.model });
+    expect((screen.getByTestId('train-button') as HTMLButtonElement).disabled).toBe(false);
+    expect(screen.queryByTestId('train-blocked')).toBeNull();
+    expect(screen.getByRole('option', { name: 'Model native (64 × 64 for tiny-sd)' })).toBeTruthy();
+  });
+
   test('with the wasm or cpu backend it says training will be slow and how to fix it', async () => {
     const { studio } = await startStudio({ 'system.doctor': () => fx.doctor('wasm') });
     render(TrainScreen, { training: studio.training, advice: studio.system.advice });
@@ -110,12 +123,15 @@ describe('Train screen', () => {
       'training.runs': () => runs,
       'training.status': () => fx.manifest({ id: 'r9', status: 'running', step: 10, losses: [{ step: 10, loss: 0.3, smoothed: 0.3 }] }),
       'training.cancel': () => ((runs[0] = fx.run({ id: 'r9', status: 'cancelled', step: 10 })), { cancelled: true }),
-      'training.resume': () => ({ jobId: 'j10', runId: 'r9' }),
+      'training.resume': () => ((runs[0] = fx.run({ id: 'r9', status: 'queued', step: 10 })), { jobId: 'j10', runId: 'r9' }),
       'jobs.list': () => [fx.job({ id: 'j9', runId: 'r9' })],
     });
     // The latest run opens with its history from the manifest.
     await waitFor(() => expect(screen.getByTestId('loss-chart').dataset.points).toBe('1'));
     await fireEvent.click(screen.getByTestId('cancel-button'));
+    // At once, before the run stops at its next step.
+    expect(screen.getByTestId('cancel-button').textContent).toBe('Cancelling…');
+    expect((screen.getByTestId('cancel-button') as HTMLButtonElement).disabled).toBe(true);
     await waitFor(() => expect(transport.paramsOf('training.cancel')).toEqual([{ jobId: 'j9' }]));
     transport.emit('train.event', trainEvent({ event: 'done', status: 'cancelled', step: 10, error: null }));
 
@@ -123,6 +139,44 @@ describe('Train screen', () => {
     await fireEvent.click(resume);
     await waitFor(() => expect(transport.paramsOf('training.resume')).toEqual([{ projectId: 'p1', runId: 'r9' }]));
     expect(screen.getByTestId('run-status').textContent).toBe('queued');
+    // The run's row agrees with the card: queued, and no second Resume (that would be a 409).
+    await waitFor(() => expect(screen.getByTestId('run-row').dataset.status).toBe('queued'));
+    expect(screen.queryByTestId('resume-button')).toBeNull();
+  });
+
+  test("the run list follows live events: a queued run's row says running, with its step", async () => {
+    const { transport } = await renderTrain({ 'training.runs': () => [fx.run({ id: 'r9', status: 'queued', step: 0 })], 'training.status': () => fx.manifest({ id: 'r9', status: 'queued', step: 0, losses: [] }) });
+    await waitFor(() => expect(screen.getByTestId('run-row').dataset.status).toBe('queued'));
+    transport.emit('train.event', trainEvent(fx.stepEvent(28, 800)));
+    await waitFor(() => expect(screen.getByTestId('run-row').dataset.status).toBe('running'));
+    expect(screen.getByTestId('run-row').textContent).toContain('28/800');
+    expect(screen.getByTestId('run-status').textContent).toBe('running');
+  });
+
+  test("before starting, the duration is estimated at the last run's pace", async () => {
+    await renderTrain({ 'training.runs': () => [fx.run({ id: 'r9', status: 'completed', step: 800 })], 'training.status': () => fx.manifest({ id: 'r9', status: 'completed', step: 800, timing: { startedAt: null, msPerStep: 500, totalMs: 400_000 } }) });
+    await waitFor(() => expect(screen.getByTestId('train-estimate').textContent).toBe("About 6 min 40 s for 800 steps at the last run's pace"));
+    await fireEvent.input(screen.getByTestId('setting-steps'), { target: { value: '100' } });
+    await waitFor(() => expect(screen.getByTestId('train-estimate').textContent).toBe("About 50 s for 100 steps at the last run's pace"));
+  });
+
+  test('unsaved settings survive a reload, with a notice and a way to discard them; starting a run forgets them', async () => {
+    const storage = new Map<string, string>();
+    const store = { getItem: (k: string) => storage.get(k) ?? null, setItem: (k: string, v: string) => void storage.set(k, v), removeItem: (k: string) => void storage.delete(k) };
+    const first = await startStudio({}, { storage: store });
+    const { unmount } = render(TrainScreen, { training: first.studio.training, advice: null, model: first.studio.projects.model });
+    await fireEvent.input(screen.getByTestId('setting-steps'), { target: { value: '123' } });
+    await waitFor(() => expect(JSON.parse(storage.get('singlora.trainDraft.p1')!).steps).toBe(123));
+    unmount();
+    // "Reload": a new studio over the same storage.
+    const again = await startStudio({ 'training.start': () => ({ jobId: 'j1', runId: 'r1' }) }, { storage: store });
+    render(TrainScreen, { training: again.studio.training, advice: null, model: again.studio.projects.model });
+    expect((screen.getByTestId('setting-steps') as HTMLInputElement).value).toBe('123');
+    expect(screen.getByTestId('draft-restored').textContent).toContain('changed on an earlier visit');
+    await fireEvent.click(screen.getByTestId('train-button'));
+    await waitFor(() => expect(again.transport.paramsOf('training.start')).toHaveLength(1));
+    expect(again.transport.paramsOf('training.start')[0].settings).toMatchObject({ steps: 123 });
+    await waitFor(() => expect(storage.has('singlora.trainDraft.p1')).toBe(false));
   });
 
   test('a run picked up from live events (e.g. after a reload) also shows its history', async () => {

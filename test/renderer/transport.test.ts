@@ -121,6 +121,42 @@ describe('HTTP transport', () => {
     expect(FakeSocket.instances).toHaveLength(3);
     expect(states.at(-1)).toEqual({ status: 'closed' });
   });
+
+  test('without a token it relies on the cookie; a socket refused before it opened, then a 401, stops every retry', async () => {
+    vi.useFakeTimers();
+    const fetch = vi.fn(async () => jsonResponse(401, { ok: false, error: { code: 'unauthorized', message: 'missing or wrong token' } }));
+    const t = createHttpTransport({ baseUrl: 'http://127.0.0.1:7860', token: null, fetch, WebSocket: FakeSocket, backoff: { initialMs: 100, maxMs: 1000 }, random: () => 0.5 });
+    const states: ConnectionState[] = [];
+    t.onConnection((s) => states.push(s));
+    expect(FakeSocket.instances[0].url).toBe('ws://127.0.0.1:7860/ws'); // no token in the URL: the cookie goes along
+    FakeSocket.instances[0].drop();
+    await vi.advanceTimersByTimeAsync(0); // the probe's answer
+    const [, init] = fetch.mock.calls[0] as unknown as [string, RequestInit];
+    expect(init.credentials).toBe('same-origin');
+    expect((init.headers as Record<string, string>).Authorization).toBeUndefined();
+    expect(states.at(-1)).toEqual({ status: 'unauthorized' });
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(FakeSocket.instances).toHaveLength(1); // no reconnect loop
+    t.reconnectNow();
+    expect(FakeSocket.instances).toHaveLength(1);
+    await expect(t.request('projects.list', {})).rejects.toMatchObject({ code: 'unauthorized' });
+    t.close();
+  });
+
+  test('a 401 to a request also ends in "unauthorized"; other failures do not', async () => {
+    const ok = createHttpTransport({ baseUrl: 'http://x', token: 't', fetch: async () => jsonResponse(404, { ok: false, error: { code: 'not_found', message: 'no' } }), WebSocket: FakeSocket });
+    const seen: ConnectionState[] = [];
+    ok.onConnection((s) => seen.push(s));
+    await expect(ok.request('projects.open', { projectId: 'x' })).rejects.toMatchObject({ code: 'not_found' });
+    expect(seen.some((s) => s.status === 'unauthorized')).toBe(false);
+    const bad = createHttpTransport({ baseUrl: 'http://x', token: 'old', fetch: async () => jsonResponse(401, { ok: false, error: { code: 'unauthorized', message: 'no' } }), WebSocket: FakeSocket });
+    const states: ConnectionState[] = [];
+    bad.onConnection((s) => states.push(s));
+    await expect(bad.request('projects.list', {})).rejects.toMatchObject({ code: 'unauthorized' });
+    expect(states.at(-1)).toEqual({ status: 'unauthorized' });
+    ok.close();
+    bad.close();
+  });
 });
 
 describe('session token', () => {

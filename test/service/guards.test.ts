@@ -126,6 +126,8 @@ describe('validate before write', () => {
       'training.runs': { projectId },
       'training.status': { projectId, runId },
       'evaluation.start': { projectId, runId, checkpoints: 'all', quick: true, imagesPerPrompt: 1, prompts: ['a photo'] },
+      'evaluation.check': { projectId },
+      'evaluation.images': { projectId, runId },
       'evaluation.get': { projectId, runId },
       'evaluation.choose': { projectId, runId, step: 1 },
       'generation.start': { projectId, settings: { prompt: 'a dog', steps: 2, width: 64, height: 64 }, adapters: [] },
@@ -135,10 +137,13 @@ describe('validate before write', () => {
       'adapters.import': { projectId, path: 'adapters/none.safetensors' },
       'adapters.inspect': { projectId, file: 'adapters/none.safetensors' },
       'models.list': {},
+      'models.bases': {},
       'models.setBase': { projectId, path: '/nonexistent/model' },
       'models.download': { name: 'nope' },
       'jobs.list': {},
       'jobs.cancel': { jobId: 'job-none' },
+      'desktop.reveal': { projectId, file: 'images/none.png' },
+      'desktop.pickBaseModel': { kind: 'folder' },
     };
     let calls = 0;
     const t0 = performance.now();

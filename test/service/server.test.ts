@@ -162,6 +162,34 @@ describe('authentication', () => {
     ]);
   });
 
+  it('a page load with the right token sets an HttpOnly SameSite=Strict cookie that /api, /files and /ws accept', async () => {
+    // No cookie without the token, or with a wrong one.
+    expect((await raw({ path: '/' })).headers['set-cookie']).toBeUndefined();
+    expect((await raw({ path: `/?token=${bare.token}` })).headers['set-cookie']).toBeUndefined();
+    const page = await raw({ path: `/?token=${server.token}` });
+    expect(page.status).toBe(200);
+    expect(page.headers['set-cookie']).toEqual([`singlora_token_${server.port}=${server.token}; HttpOnly; SameSite=Strict; Path=/`]);
+    const cookie = { Cookie: `other=1; singlora_token_${server.port}=${server.token}` };
+    const list = await api('projects.list', {}, { ...cookie, 'Content-Type': 'application/json' });
+    expect(list.status).toBe(200);
+    expect((await raw({ path: `/files/${projectId}/photos/rex.png`, headers: cookie })).status).toBe(200);
+    // A wrong cookie is no better than none.
+    expect((await api('projects.list', {}, { Cookie: `singlora_token_${server.port}=${bare.token}` })).status).toBe(401);
+    expect((await raw({ path: `/files/${projectId}/photos/rex.png`, headers: { Cookie: `singlora_token_${server.port}=` } })).status).toBe(401);
+    // Another server's cookie (another port) is not this one's.
+    expect((await api('projects.list', {}, { Cookie: `singlora_token_${bare.port}=${server.token}` })).status).toBe(401);
+    const ws = new WebSocket(`ws://127.0.0.1:${server.port}/ws`, { headers: cookie });
+    await new Promise((r, j) => (ws.once('open', r), ws.once('error', j)));
+    ws.close();
+    const wrong = new WebSocket(`ws://127.0.0.1:${server.port}/ws`, { headers: { Cookie: `singlora_token_${server.port}=${bare.token}` } });
+    const status = await new Promise<number>((resolve, reject) => {
+      wrong.on('unexpected-response', (_req, res) => resolve(res.statusCode!));
+      wrong.on('open', () => reject(new Error('opened with a wrong cookie')));
+      wrong.on('error', () => {});
+    });
+    expect(status).toBe(401);
+  });
+
   it('refuses a Host header that is not a loopback name (DNS rebinding)', async () => {
     const r = await raw({ path: '/', headers: { Host: 'evil.example:80' } });
     expect(r.status).toBe(403);

@@ -182,6 +182,8 @@ describe('models', () => {
     expect(await call('models.setBase', { projectId, path: TINY_MODEL })).toEqual({ name: 'model', format: 'diffusers' });
     expect((await call('projects.open', { projectId })).baseModel).toBe(TINY_MODEL);
     expect((await fail('models.setBase', { projectId, path: join(dir, 'IMG 0004.png') })).message).toMatch(/^path: .*unsupported model file type/);
+    // Now it is a project's base model: the New project form offers it as a recent one.
+    expect((await call('models.bases', {})).find((b) => b.path === TINY_MODEL)).toMatchObject({ source: 'recent', native: 64, isDefault: false });
   });
 
   it('models.download fetches into the models folder as a job (io lane); models.list shows it', async () => {
@@ -328,6 +330,8 @@ describe('generation', () => {
 
 describe('evaluation', () => {
   it('evaluation.get is null before; evaluation.start scores every checkpoint with DINO', async () => {
+    expect(await call('evaluation.check', { projectId })).toEqual({ ready: true, dino: DINO_TINY, bundled: false, message: null });
+    expect(await call('evaluation.images', { projectId, runId })).toEqual([]);
     expect(await call('evaluation.get', { projectId, runId })).toBeNull();
     const { jobId } = await call('evaluation.start', { projectId, runId, imagesPerPrompt: 1, prompts: ['a photo of zwx dog', 'zwx dog on a beach'] });
     const job = await service.jobs.wait(jobId);
@@ -339,6 +343,13 @@ describe('evaluation', () => {
     expect(ev.baseline.step).toBeNull();
     expect([1, 2, 3]).toContain(ev.best);
     expect((await call('training.runs', { projectId })).find((x) => x.id === runId)!.best).toBe(ev.best);
+    // The images the scores were computed on: (base + 3 checkpoints) x 2 prompts x 1 image, each a file.
+    const images = await call('evaluation.images', { projectId, runId });
+    expect(images.map((i) => i.step)).toEqual([null, null, 1, 1, 2, 2, 3, 3]);
+    for (const i of images) {
+      expect(i.url).toBe(`/files/${projectId}/${i.file.split('/').map(encodeURIComponent).join('/')}`);
+      expect(existsSync(await service.resolveFile(projectId, i.file))).toBe(true);
+    }
   }, LONG);
 
   it('evaluation.choose records the choice; other steps are refused', async () => {
@@ -377,7 +388,9 @@ describe('adapters', () => {
     for (const outPath of ['../escape.safetensors', 'adapters/../../escape.safetensors', '/tmp/escape.safetensors', 'adapters\\..\\x.safetensors']) {
       expect((await fail('adapters.export', { projectId, adapter: ref, format: 'kohya', outPath })).code, outPath).toBe('invalid_params');
     }
-    expect((await fail('adapters.export', { projectId, adapter: ref, format: 'kohya', outPath: 'project.json' })).message).toContain("inside the project's adapters/");
+    expect((await fail('adapters.export', { projectId, adapter: ref, format: 'kohya', outPath: 'photos/x.safetensors' })).message).toContain("inside the project's adapters/");
+    // A bare name goes into adapters/, where it must still be a .safetensors file.
+    expect((await fail('adapters.export', { projectId, adapter: ref, format: 'kohya', outPath: 'project.json' })).message).toBe("outPath: 'adapters/project.json' must end in .safetensors");
     expect((await fail('adapters.export', { projectId, adapter: ref, format: 'kohya', outPath: 'adapters/mine.safetensors' })).code).toBe('conflict');
     expect((await fail('adapters.export', { projectId, adapter: ref, format: 'onnx' })).code).toBe('invalid_params');
   });
@@ -434,8 +447,14 @@ describe('jobs', () => {
 });
 
 describe('the contract', () => {
-  it('every method was called successfully above, and rejects a wrong type for each of its fields', async () => {
-    expect(Object.keys(api).filter((m) => !covered.has(m as Method))).toEqual([]);
+  it("desktop.* is the desktop app's: the service answers not_found, saying so", async () => {
+    const reveal = await fail('desktop.reveal', { projectId, file: 'images/x.png' });
+    expect(reveal).toMatchObject({ code: 'not_found', message: expect.stringMatching(/^Show in folder is only in the desktop app/) });
+    expect((await fail('desktop.pickBaseModel', { kind: 'file' })).code).toBe('not_found');
+  });
+
+  it('every method was called successfully above (desktop.* aside), and rejects a wrong type for each of its fields', async () => {
+    expect(Object.keys(api).filter((m) => !covered.has(m as Method) && !m.startsWith('desktop.'))).toEqual([]);
     for (const method of Object.keys(api) as Method[]) {
       const e = await fail(method, 42);
       expect(e.code, method).toBe('invalid_params');

@@ -7,12 +7,12 @@
  * | singlora             | a copy of the native file                                | SingLoRA Studio |
  * | kohya                | kohya LoRA (.safetensors)                                | A1111 / Forge, ComfyUI, InvokeAI, kohya's tools, diffusers `load_lora_weights` |
  * | diffusers            | PEFT-named LoRA (.safetensors, scale folded in)          | diffusers `load_lora_weights`, PEFT |
- * | merged-diffusers     | `<out>/unet/` (config.json + diffusion_pytorch_model.safetensors) | diffusers `UNet2DConditionModel.from_pretrained`, or swap into a pipeline folder |
+ * | merged-diffusers     | from a diffusers base: the whole pipeline folder (unet/ merged, every other file copied); from a single-file base: `<out>/unet/` only | diffusers `StableDiffusionPipeline.from_pretrained(out)` (single-file base: `UNet2DConditionModel.from_pretrained(out/unet)`) |
  * | merged-single-file   | an original-layout SD 1.x checkpoint (UNet merged, VAE and text encoder copied) | A1111, ComfyUI, any SD 1.5 checkpoint loader |
  *
  * Merged exports stream the base weights one tensor at a time, adding dW to the targets.
  */
-import { copyFile, mkdir } from 'node:fs/promises';
+import { copyFile, cp, mkdir, readdir } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { atomicWriteJson } from '../io/atomic.ts';
 import { COMPONENTS, originalShape, singleFileKeyMap, toSingleFileName, type ComponentName } from '../io/keyMap.ts';
@@ -95,7 +95,14 @@ async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: 
       await mkdir(join(o.out, 'unet'), { recursive: true });
       await atomicWriteJson(join(o.out, 'unet', 'config.json'), base.unet.config);
       await writeSafetensors(join(o.out, 'unet', 'diffusion_pytorch_model.safetensors'), out, mergeMeta(file, base.name));
-      return { format: o.format, path: join(o.out, 'unet'), tensors: out.size };
+      if (base.format !== 'diffusers') return { format: o.format, path: join(o.out, 'unet'), tensors: out.size };
+      // A complete pipeline: every other component (VAE, text encoder, tokenizer, scheduler,
+      // model_index.json) is the base's, copied as is (links followed).
+      for (const entry of await readdir(o.base)) {
+        if (entry === 'unet' || entry.startsWith('.')) continue;
+        await cp(join(o.base, entry), join(o.out, entry), { recursive: true, dereference: true });
+      }
+      return { format: o.format, path: o.out, tensors: out.size };
     }
     const map = singleFileKeyMap({ unet: base.unet.config, vae: base.vae.config, textEncoder: base.textEncoder.config });
     const out = new Map<string, TensorToWrite>();

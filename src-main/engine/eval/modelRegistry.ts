@@ -13,9 +13,31 @@
  * Hugging Face file pages display (rounded), for information only. Once a sha256 is known, put it
  * here: downloads and `listModels` then verify it.
  */
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { hashFile } from '../io/download.ts';
+import { REPO_ROOT } from '../paths.ts';
+
+/**
+ * The tiny DINO-shaped ONNX model that ships beside the tiny demo base model (both made by
+ * scripts/make-tiny-model.ts). It only means something for that model: evaluation of the demo run
+ * uses it offline when no real DINO is installed; every other base model needs the real one.
+ */
+export const BUNDLED_TINY_DINO = join(REPO_ROOT, 'models', 'dino-tiny', 'model.onnx');
+const DEMO_MODEL_DIR = join(REPO_ROOT, 'models', 'tiny-sd');
+
+/** Whether `baseModel` is the tiny demo model (the repository's, or `<modelsDir>/tiny-sd`), links followed. */
+export function isDemoModel(baseModel: string, modelsDir: string): boolean {
+  const real = (p: string) => {
+    try {
+      return realpathSync(p);
+    } catch {
+      return null;
+    }
+  };
+  const r = real(baseModel);
+  return r !== null && [DEMO_MODEL_DIR, join(modelsDir, 'tiny-sd')].some((d) => real(d) === r);
+}
 
 export type EvalModelId = 'dino' | 'clip';
 
@@ -130,6 +152,19 @@ export function locateDino(modelsDir: string, override?: string): string {
   const path = modelFilePath(modelsDir, 'dino', 'model.onnx');
   if (!existsSync(path)) throw new Error(`DINO model not found: place model.onnx at ${path} or run \`singlora models download dino\``);
   return path;
+}
+
+/**
+ * The DINO model an evaluation of a run on `baseModel` uses: `locateDino`'s, else, for the tiny
+ * demo model only, the bundled tiny DINO (`bundled: true`). Throws locateDino's error otherwise.
+ */
+export function dinoFor(baseModel: string | null, modelsDir: string, override?: string): { path: string; bundled: boolean } {
+  try {
+    return { path: locateDino(modelsDir, override), bundled: false };
+  } catch (err) {
+    if (!override && baseModel && isDemoModel(baseModel, modelsDir) && existsSync(BUNDLED_TINY_DINO)) return { path: BUNDLED_TINY_DINO, bundled: true };
+    throw err;
+  }
 }
 
 export interface ClipFiles {

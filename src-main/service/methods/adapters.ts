@@ -3,7 +3,7 @@
  * for and again when the job runs), imports and inspections.
  */
 import { copyFile, mkdir, readdir, rename, stat } from 'node:fs/promises';
-import { basename, extname, join, relative, sep } from 'node:path';
+import { basename, extname, isAbsolute, join, relative, sep } from 'node:path';
 import { ApiError, type AdapterInfo } from '../../api/contract.ts';
 import { adapterInfo, adapterPath, baseFor, fileUrl, inspect, submit, type ServiceContext } from '../context.ts';
 import { safeFileName, uniqueName } from '../safePath.ts';
@@ -40,7 +40,10 @@ export function adaptersHandlers(c: ServiceContext): NamespaceHandlers<'adapters
       await mkdir(adaptersDir, { recursive: true });
       let outPath: string;
       if (p.outPath !== undefined) {
-        outPath = p.outPath;
+        // A bare file name goes into adapters/; a file format gets its .safetensors when it has none.
+        const bare = !p.outPath.includes('/') && !p.outPath.includes('\\') && !isAbsolute(p.outPath);
+        outPath = bare ? `adapters/${p.outPath}` : p.outPath;
+        if (!folder && bare && !extname(outPath)) outPath += '.safetensors';
         await c.paths.exportTarget(projectDir, outPath, merged);
       } else {
         const taken = new Set(await readdir(adaptersDir).catch(() => [] as string[]));
@@ -56,8 +59,8 @@ export function adaptersHandlers(c: ServiceContext): NamespaceHandlers<'adapters
           const out = await c.paths.exportTarget(projectDir, outPath, merged);
           const rel = relative(projectDir, out).split(sep).join('/');
           await c.engine.request('export', { adapter: adapter.path, format: p.format, out, base }, { signal: ctx.signal, onProgress: ({ done, total }) => ctx.progress({ done, total, label: `writing ${rel}` }) });
-          // A merged diffusers export is a folder: it has a path but no URL to fetch.
-          return { label: rel, result: { path: rel, ...(folder ? {} : { url: fileUrl(p.projectId, rel) }) } };
+          // A merged diffusers export is a folder: the server sends it as one .tar (packed on the fly).
+          return { label: rel, result: { path: rel, url: fileUrl(p.projectId, folder ? `${rel}.tar` : rel) } };
         },
       });
       return { jobId: job.id };

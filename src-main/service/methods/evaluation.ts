@@ -1,10 +1,18 @@
-/** evaluation.*: score a run's checkpoints (a job), read the scores, choose a checkpoint. */
+/**
+ * evaluation.*: what an evaluation needs (checked before the click), score a run's checkpoints (a
+ * job), read the scores and the images they were computed on, choose a checkpoint.
+ *
+ * The DINO model: `<modelsDir>/dino/model.onnx` (or the service's `dinoModel`); for the tiny demo
+ * base model only, the bundled tiny DINO when that is missing, so the demo works offline.
+ */
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { ApiError } from '../../api/contract.ts';
 import { runManifestSchema } from '../../api/schemas.ts';
-import { locateDino } from '../../engine/eval/modelRegistry.ts';
+import { dinoFor } from '../../engine/eval/modelRegistry.ts';
 import { quickEvalPrompts } from '../../engine/eval/prompts.ts';
 import { writeRunManifest } from '../../engine/train/runFiles.ts';
-import { assertIdle, submit, usablePhotos, type ServiceContext } from '../context.ts';
+import { assertIdle, defaultBase, fileUrl, submit, usablePhotos, type ServiceContext } from '../context.ts';
 import { validState } from '../projects.ts';
 import { readRun } from '../runs.ts';
 import type { NamespaceHandlers } from './handlers.ts';
@@ -20,7 +28,7 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
         const photos = await usablePhotos(c, p.projectId);
         let dinoModel: string;
         try {
-          dinoModel = locateDino(c.modelsDir, c.opts.dinoModel);
+          dinoModel = dinoFor(m.baseModel.path, c.modelsDir, c.opts.dinoModel).path;
         } catch (err) {
           throw new ApiError('not_found', `${(err as Error).message} (Models screen: download DINO)`);
         }
@@ -49,6 +57,35 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
         });
         return { jobId: job.id };
       }),
+
+    'evaluation.check': async (p) => {
+      const project = await c.store.open(p.projectId);
+      try {
+        const d = dinoFor(project.baseModel ?? defaultBase(c), c.modelsDir, c.opts.dinoModel);
+        return { ready: true, dino: d.path, bundled: d.bundled, message: d.bundled ? 'uses the tiny DINO bundled with the demo model (scores only mean something for the demo)' : null };
+      } catch (err) {
+        return { ready: false, dino: null, bundled: false, message: `${(err as Error).message}. Download it on the Models & Settings screen (about 87 MB), or place the file there by hand when this machine is offline.` };
+      }
+    },
+
+    'evaluation.images': async (p) => {
+      const m = await readRun(c.store, p.projectId, p.runId);
+      if (!m.evaluation) return [];
+      const perLabel = m.evaluation.prompts.length * m.evaluation.imagesPerPrompt;
+      const evalDir = join(c.store.runDir(p.projectId, p.runId), 'eval');
+      const out: Array<{ step: number | null; file: string; url: string }> = [];
+      for (const row of [m.evaluation.baseline, ...m.evaluation.rows]) {
+        const label = row.step === null ? 'base' : `step-${String(row.step).padStart(6, '0')}`;
+        const names = (await readdir(join(evalDir, label)).catch(() => [] as string[])).filter((n) => n.toLowerCase().endsWith('.png'));
+        // The folder keeps earlier evaluations' images too: the newest ones are this evaluation's.
+        const dated = await Promise.all(names.map(async (n) => ({ n, t: (await stat(join(evalDir, label, n))).mtimeMs })));
+        for (const { n } of dated.sort((a, b) => a.t - b.t || a.n.localeCompare(b.n)).slice(-perLabel)) {
+          const file = `runs/${p.runId}/eval/${label}/${n}`;
+          out.push({ step: row.step, file, url: fileUrl(p.projectId, file) });
+        }
+      }
+      return out;
+    },
 
     'evaluation.get': async (p) => (await readRun(c.store, p.projectId, p.runId)).evaluation,
 

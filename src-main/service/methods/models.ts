@@ -1,12 +1,32 @@
-/** models.*: the base and evaluation models, a project's base model, downloads (a job in the io lane). */
+/**
+ * models.*: the base and evaluation models, the base models found on this machine, a project's
+ * base model, downloads (a job in the io lane).
+ *
+ * Where base models are looked for (`models.bases`), in this order:
+ *   | source             | what counts                                                           |
+ *   | ------------------ | --------------------------------------------------------------------- |
+ *   | models folder      | a folder with model_index.json, or a .safetensors file, at its top    |
+ *   | Hugging Face cache | `<hub>/models--<org>--<name>/snapshots/<rev>/`: an SD 1.x pipeline    |
+ *   | recent             | the base model of any project                                         |
+ *   | server default     | `serve --base` (when it is none of the above)                          |
+ * The hub is HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub (`hfCacheDir` overrides).
+ * A server open to the network (hostPaths 'deny') lists the models folder only.
+ */
 import { existsSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
-import { basename, join } from 'node:path';
-import { ApiError } from '../../api/contract.ts';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { basename, join, resolve } from 'node:path';
+import { ApiError, type BaseModelInfo } from '../../api/contract.ts';
 import { EVAL_MODELS, listModels, modelFilePath } from '../../engine/eval/modelRegistry.ts';
 import { download } from '../../engine/io/download.ts';
 import { checkBase, defaultBase, submit, type ServiceContext } from '../context.ts';
 import type { NamespaceHandlers } from './handlers.ts';
+
+/** A diffusers pipeline folder that is not SDXL (the cache holds every kind of model; SD 1.x is what trains here). */
+async function isSd1Pipeline(dir: string): Promise<boolean> {
+  const index = await readFile(join(dir, 'model_index.json'), 'utf8').then((t) => JSON.parse(t) as Record<string, unknown>, () => null);
+  return index !== null && !('text_encoder_2' in index) && !/XL/.test(String(index._class_name ?? '')) && 'unet' in index;
+}
 
 export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
   return {
@@ -44,6 +64,37 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
       return rows;
     },
 
+    'models.bases': async () => {
+      const found = new Map<string, Omit<BaseModelInfo, 'native' | 'isDefault'>>();
+      const add = (path: string, name: string, source: BaseModelInfo['source']) => {
+        if (!found.has(path)) found.set(path, { path, name, source });
+      };
+      for (const d of await readdir(c.modelsDir, { withFileTypes: true }).catch(() => [])) {
+        const path = join(c.modelsDir, d.name);
+        if (d.name.startsWith('.')) continue;
+        if ((d.isDirectory() || d.isSymbolicLink()) && existsSync(join(path, 'model_index.json'))) add(path, d.name, 'models folder');
+        else if (d.isFile() && d.name.toLowerCase().endsWith('.safetensors')) add(path, d.name, 'models folder');
+      }
+      const open = c.opts.hostPaths !== 'deny';
+      if (open) {
+        const hub = c.opts.hfCacheDir ?? process.env.HF_HUB_CACHE ?? join(process.env.HF_HOME ?? join(homedir(), '.cache', 'huggingface'), 'hub');
+        for (const repo of (await readdir(hub).catch(() => [] as string[])).filter((n) => n.startsWith('models--')).sort()) {
+          for (const rev of await readdir(join(hub, repo, 'snapshots')).catch(() => [] as string[])) {
+            const path = join(hub, repo, 'snapshots', rev);
+            if (await isSd1Pipeline(path)) add(path, repo.slice('models--'.length).replace('--', '/'), 'Hugging Face cache');
+          }
+        }
+      }
+      const def = defaultBase(c);
+      const recent = open ? (await c.store.list()).map((s) => s.id) : [];
+      for (const id of recent) {
+        const base = await c.store.open(id).then((p) => p.baseModel).catch(() => null);
+        if (base && existsSync(base)) add(resolve(base), basename(base), 'recent');
+      }
+      if (def && existsSync(def)) add(def, basename(def), 'server default');
+      return Promise.all([...found.values()].map(async (m) => ({ ...m, isDefault: m.path === def, native: await c.nativeResolution(m.path) })));
+    },
+
     'models.setBase': async (p) => {
       await c.store.open(p.projectId);
       const { path, name, format } = await checkBase(c, p.path, 'path');
@@ -66,10 +117,17 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
           const known = files.reduce((n, f) => n + (f.approxBytes ?? 0), 0);
           let finished = 0;
           for (const [i, f] of files.entries()) {
-            await download(f.url, modelFilePath(c.modelsDir, spec.id, f.file), {
+            const dest = modelFilePath(c.modelsDir, spec.id, f.file);
+            await download(f.url, dest, {
               sha256: f.sha256,
               signal: ctx.signal,
               onProgress: (pr) => ctx.progress({ done: finished + pr.bytes, total: Math.max(known, finished + (pr.total ?? pr.bytes)), label: `${spec.id}/${f.file} (${i + 1}/${files.length})` }),
+            }).catch((err: Error) => {
+              // No network (no DNS, refused, unreachable): say so in words, and how to do it by hand.
+              if (/ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ENETUNREACH|EHOSTUNREACH|ETIMEDOUT|getaddrinfo|cannot connect/.test(err.message)) {
+                throw new Error(`cannot reach ${new URL(f.url).host} (is this machine offline?). Download ${f.url} on a machine with internet and place it at ${dest}, then press Check again.`);
+              }
+              throw err;
             });
             finished += (await stat(modelFilePath(c.modelsDir, spec.id, f.file))).size;
           }

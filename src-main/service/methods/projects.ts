@@ -7,7 +7,8 @@ import type { NamespaceHandlers } from './handlers.ts';
 export function projectsHandlers(c: ServiceContext): NamespaceHandlers<'projects'> {
   return {
     'projects.list': async () => c.store.list((line) => c.log(line)),
-    'projects.create': async (p) => c.store.create(p),
+    // A base model named at creation goes through the path policy and is opened first.
+    'projects.create': async (p) => c.store.create({ ...p, baseModel: p.baseModel === undefined ? undefined : (await checkBase(c, p.baseModel, 'baseModel')).path }),
     'projects.open': async (p) => c.store.open(p.projectId),
     'projects.update': async (p) => {
       const { projectId, ...patch } = p;

@@ -6,6 +6,13 @@
  *
  * The WebSocket opens on the first subscriber and reconnects with exponential backoff
  * (initialMs * 2^attempt, capped at maxMs, with jitter) until `close()`.
+ *
+ * The token: the page sends the one it was opened with (`?token=`, kept per tab) as the bearer
+ * header; a second tab or a bookmark has none and relies on the HttpOnly cookie the server set on
+ * the first load (sent by the browser with same-origin requests and the WebSocket). When the server
+ * answers 401 (or the socket is refused before it ever opened and a request confirms the 401), the
+ * state becomes 'unauthorized' and nothing reconnects: the page shows one screen that says how to
+ * get in (open the link `singlora serve` printed).
  */
 import { ApiError, type Method } from '../../../src-main/api/contract.ts';
 import { unwrap } from './envelope.ts';
@@ -43,6 +50,8 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
   let attempt = 0;
   let timer: ReturnType<typeof setTimeout> | null = null;
   let closed = false;
+  let unauthorized = false;
+  let everOpened = false;
 
   const setState = (s: ConnectionState) => {
     state = s;
@@ -56,8 +65,29 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
     return u.toString();
   }
 
+  /** The server refused the token: stop the socket and every retry; the page says what to do. */
+  function refuse() {
+    if (unauthorized) return;
+    unauthorized = true;
+    if (timer) clearTimeout(timer);
+    timer = null;
+    const ws = socket;
+    socket = null;
+    ws?.close();
+    setState({ status: 'unauthorized' });
+  }
+
+  async function post(method: string, params: unknown): Promise<Response> {
+    return doFetch(`${base}/api/${method}`, {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: { 'Content-Type': 'application/json', ...(opts.token ? { Authorization: `Bearer ${opts.token}` } : {}) },
+      body: JSON.stringify(params ?? {}),
+    });
+  }
+
   function connect() {
-    if (closed || socket) return;
+    if (closed || unauthorized || socket) return;
     if (timer) clearTimeout(timer);
     timer = null;
     if (state.status !== 'reconnecting') setState({ status: 'connecting' });
@@ -65,6 +95,7 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
     socket = ws;
     ws.onopen = () => {
       attempt = 0;
+      everOpened = true;
       setState({ status: 'open' });
     };
     ws.onmessage = (ev) => {
@@ -89,6 +120,16 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
       if (socket !== ws) return;
       socket = null;
       if (closed) return setState({ status: 'closed' });
+      if (unauthorized) return;
+      // Refused before it ever opened: a wrong or missing token looks the same as a server that is
+      // down to a WebSocket; one request tells them apart.
+      if (!everOpened && attempt === 0) {
+        void post('system.info', {})
+          .then((res) => {
+            if (res.status === 401) refuse();
+          })
+          .catch(() => {});
+      }
       const retryInMs = Math.round(Math.min(maxMs, initialMs * 2 ** attempt) * (0.75 + 0.5 * random()));
       attempt += 1;
       setState({ status: 'reconnecting', attempt, retryInMs });
@@ -102,14 +143,11 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
     async request(method: Method, params: unknown): Promise<unknown> {
       let res: Response;
       try {
-        res = await doFetch(`${base}/api/${method}`, {
-          method: 'POST',
-          headers: { 'Content-Type': 'application/json', ...(opts.token ? { Authorization: `Bearer ${opts.token}` } : {}) },
-          body: JSON.stringify(params ?? {}),
-        });
+        res = await post(method, params);
       } catch (err) {
         throw new ApiError('internal', `${method}: cannot reach the SingLoRA server at ${base} (${(err as Error).message}). Is \`singlora serve\` still running?`);
       }
+      if (res.status === 401) refuse();
       let body: unknown;
       try {
         body = await res.json();
@@ -133,7 +171,7 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
     },
 
     reconnectNow() {
-      if (closed || socket) return;
+      if (closed || unauthorized || socket) return;
       attempt = 0;
       connect();
     },

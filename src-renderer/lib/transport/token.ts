@@ -1,7 +1,8 @@
 /**
  * The session token of `singlora serve`. It arrives once in the page URL (`/?token=...`), is kept in
  * sessionStorage (per tab, gone when the tab closes) and is removed from the address bar so it does
- * not end up in bookmarks, history or screenshots.
+ * not end up in bookmarks, history or screenshots. The server also set it as an HttpOnly cookie on
+ * that load, so another tab or a bookmark (no token here: null) still reaches the API.
  */
 export const TOKEN_KEY = 'singlora.token';
 

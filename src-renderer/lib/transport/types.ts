@@ -10,7 +10,9 @@ export type ConnectionState =
   | { status: 'open' }
   /** The event channel dropped; the next attempt is in `retryInMs`. */
   | { status: 'reconnecting'; attempt: number; retryInMs: number }
-  | { status: 'closed' };
+  | { status: 'closed' }
+  /** The server refused the session token (missing, wrong, or from an earlier start): nothing retries. */
+  | { status: 'unauthorized' };
 
 export interface Transport {
   readonly kind: 'http' | 'electron';
@@ -24,10 +26,5 @@ export interface Transport {
   reconnectNow(): void;
   /** Makes a file URL loadable by <img> (the HTTP transport adds the session token to /files/ URLs). */
   fileUrl(url: string): string;
-  /**
-   * Shows a file in the OS file manager; absent where that is impossible (a browser) or not yet
-   * offered (the contract has no method for it yet).
-   */
-  revealFile?(path: string): Promise<void>;
   close(): void;
 }
