@@ -13,7 +13,8 @@
  * /api, /files and /ws without it. A page load with the right `?token=` also sets it as a cookie
  * (`singlora_token_<port>`, HttpOnly, SameSite=Strict, Path=/), so a second tab or a bookmark of the same
  * browser session keeps working; /api, /files and /ws accept that cookie as well as the header or
- * query token (CLI and API clients). Loopback only unless --allow-remote (then a warning, and the
+ * query token (CLI and API clients); the cookie counts only for requests from the server's own
+ * pages (Sec-Fetch-Site and Origin), since other ports of 127.0.0.1 are the same site. Loopback only unless --allow-remote (then a warning, and the
  * service refuses client paths outside its projects). On loopback, the Host header must name a
  * loopback address (DNS-rebinding guard). Every response carries a strict CSP (no inline
  * scripts), nosniff and no-referrer. JSON bodies are limited (64 MiB; photos 25 MiB each) -> 413.
@@ -94,9 +95,20 @@ export function tokenCookie(port: number): string {
   return `singlora_token_${port}`;
 }
 
+/**
+ * The cookie token, only for requests from this server's own pages. SameSite=Strict keeps the cookie
+ * off cross-site requests, but every port of 127.0.0.1 is the same site, so a page served by another
+ * local program could still send it. The browser says where a request comes from: `Sec-Fetch-Site`
+ * (same-origin, or none for a typed address or bookmark) and `Origin` (which must be this host).
+ * Header and query tokens are unaffected: a client that holds the token needs no such check.
+ */
 function cookieToken(req: IncomingMessage, name: string): string | null {
   const header = req.headers.cookie;
   if (!header) return null;
+  const site = req.headers['sec-fetch-site'];
+  if (site !== undefined && site !== 'same-origin' && site !== 'none') return null;
+  const origin = req.headers.origin;
+  if (origin !== undefined && origin !== `http://${req.headers.host ?? ''}`) return null;
   for (const part of header.split(';')) {
     const eq = part.indexOf('=');
     if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim() || null;

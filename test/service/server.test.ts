@@ -190,6 +190,28 @@ describe('authentication', () => {
     expect(status).toBe(401);
   });
 
+  it('the cookie counts only from the server\'s own pages: not from another port of 127.0.0.1 (same site)', async () => {
+    const cookie = `singlora_token_${server.port}=${server.token}`;
+    const own = `http://127.0.0.1:${server.port}`;
+    const json = { 'Content-Type': 'application/json' };
+    expect((await api('projects.list', {}, { ...json, Cookie: cookie, Origin: own, 'Sec-Fetch-Site': 'same-origin' })).status).toBe(200);
+    expect((await api('projects.list', {}, { ...json, Cookie: cookie, Origin: 'http://127.0.0.1:8080' })).status).toBe(401);
+    expect((await api('projects.list', {}, { ...json, Cookie: cookie, 'Sec-Fetch-Site': 'same-site' })).status).toBe(401);
+    expect((await raw({ path: `/files/${projectId}/photos/rex.png`, headers: { Cookie: cookie, 'Sec-Fetch-Site': 'none' } })).status).toBe(200);
+    expect((await raw({ path: `/files/${projectId}/photos/rex.png`, headers: { Cookie: cookie, 'Sec-Fetch-Site': 'cross-site' } })).status).toBe(401);
+    // The token itself still works from anywhere that holds it.
+    expect((await api('projects.list', {}, { ...json, Authorization: `Bearer ${server.token}`, Origin: 'http://127.0.0.1:8080' })).status).toBe(200);
+    const opened = (origin: string) =>
+      new Promise<number>((resolve) => {
+        const ws = new WebSocket(`ws://127.0.0.1:${server.port}/ws`, { headers: { Cookie: cookie }, origin });
+        ws.on('open', () => (ws.close(), resolve(101)));
+        ws.on('unexpected-response', (_req, res) => resolve(res.statusCode!));
+        ws.on('error', () => {});
+      });
+    expect(await opened(own)).toBe(101);
+    expect(await opened('http://127.0.0.1:8080')).toBe(401);
+  });
+
   it('refuses a Host header that is not a loopback name (DNS rebinding)', async () => {
     const r = await raw({ path: '/', headers: { Host: 'evil.example:80' } });
     expect(r.status).toBe(403);
