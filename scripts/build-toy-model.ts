@@ -23,14 +23,12 @@ import { UNet2DConditionModel } from '../src-main/engine/models/unet2dCondition.
 import { REPO_ROOT } from '../src-main/engine/paths.ts';
 import { Rng } from '../src-main/engine/random.ts';
 import { createScheduler } from '../src-main/engine/schedulers/index.ts';
-import type { DDPMScheduler } from '../src-main/engine/schedulers/ddpmScheduler.ts';
+import { TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../src-main/engine/toy/toyModel.ts';
 import { drawScene, subjectScenes, toyDataset, TOY_SIZE } from '../src-main/engine/toy/toyWorld.ts';
 import { AdamW } from '../src-main/engine/train/adamw.ts';
 import { freeze, initFromScratch, makeTrainable, saveModule, vaeStep } from '../src-main/engine/train/fullTrain.ts';
 import { trainStep } from '../src-main/engine/train/step.ts';
 
-export const TOY_MODEL_DIR = join(REPO_ROOT, 'models/toy-sd');
-export const TOY_SUBJECT_DIR = join(REPO_ROOT, 'models/toy-sd-subject');
 const TOKENIZER_SOURCE = join(REPO_ROOT, 'test/fixtures/tiny-a/model/tokenizer');
 
 export const TOY_CONFIG = {
@@ -244,7 +242,8 @@ async function main(): Promise<void> {
   initFromScratch(te, cfg.seed + 3);
   console.log(`parameters: vae ${vae.parameterCount()}, unet ${unet.parameterCount()}, text encoder ${te.parameterCount()}`);
   const optimizer = new AdamW([...makeTrainable(unet, 'toy-unet'), ...makeTrainable(te, 'toy-te')]);
-  const ddpm = createScheduler('ddpm', cfg.scheduler) as DDPMScheduler;
+  const ddpm = createScheduler('ddpm', { source: 'scripts/build-toy-model.ts', values: cfg.scheduler });
+  console.log(`noise schedule: ${cfg.scheduler.beta_schedule} ${cfg.scheduler.beta_start}..${cfg.scheduler.beta_end}; alphaBar[999] = ${ddpm.alphasCumprod[999].toFixed(5)}`);
   const numTrain = ddpm.alphasCumprod.length;
   let smoothed = NaN;
   const note = () =>

@@ -24,7 +24,7 @@ export function conv2dTrainable(x: Tensor4D, w: Tensor4D, stride: number, pad: E
   const [kh, kw, cin, cout] = w.shape;
   if (x.shape[3] !== cin) throw new Error(`conv2dTrainable: input has ${x.shape[3]} channels, filter [${w.shape}] expects ${cin}`);
   const explicit: [[number, number], [number, number], [number, number], [number, number]] = [[0, 0], [...pad[0]], [...pad[1]], [0, 0]];
-  const op = tf.customGrad((xIn: Tensor, wIn: Tensor, save: (ts: Tensor[]) => void) => {
+  const op = tf.customGrad(((xIn: Tensor, wIn: Tensor, save: tf.GradSaveFunc) => {
     save([xIn, wIn]);
     const value = tf.conv2d(xIn as Tensor4D, wIn as Tensor4D, stride, explicit);
     const gradFunc = (dy: Tensor, saved: Tensor[]): Tensor[] => {
@@ -45,6 +45,6 @@ export function conv2dTrainable(x: Tensor4D, w: Tensor4D, stride: number, pad: E
       return [dx, dw];
     };
     return { value, gradFunc };
-  });
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
   return op(x, w) as Tensor4D;
 }
