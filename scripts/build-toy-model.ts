@@ -46,7 +46,9 @@ export const TOY_CONFIG = {
     out_channels: 3,
     latent_channels: 4,
     layers_per_block: 1,
-    norm_num_groups: 8,
+    // GroupNorm(1, C): a group per channel would normalise away each channel's mean, which is
+    // where a flat-coloured picture keeps its colour; with so few channels the VAE then learns slowly.
+    norm_num_groups: 1,
     sample_size: TOY_SIZE,
     scaling_factor: 1, // replaced by 1 / std of the trained VAE's latents
     force_upcast: false,
