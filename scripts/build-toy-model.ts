@@ -107,7 +107,7 @@ export const TOY_CONFIG = {
     prediction_type: 'epsilon',
     trained_betas: null,
   },
-  vaeTrain: { steps: 300, batch: 8, lr: 2e-3, klWeight: 1e-4, maxGradNorm: 1 },
+  vaeTrain: { steps: 900, batch: 6, lr: 2.5e-3, klWeight: 1e-4, maxGradNorm: 1 },
   unetTrain: { steps: 1100, batch: 16, lr: 1e-3, maxGradNorm: 1 },
   weightsDtype: 'F16' as 'F16' | 'F32',
 };
