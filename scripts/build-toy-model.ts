@@ -107,8 +107,8 @@ export const TOY_CONFIG = {
     prediction_type: 'epsilon',
     trained_betas: null,
   },
-  vaeTrain: { steps: 900, batch: 6, lr: 2.5e-3, klWeight: 1e-4, maxGradNorm: 1 },
-  unetTrain: { steps: 1100, batch: 16, lr: 1e-3, maxGradNorm: 1 },
+  vaeTrain: { steps: 600, batch: 6, lr: 2e-3, klWeight: 1e-4, sampleScale: 0, maxGradNorm: 1 },
+  unetTrain: { steps: 1000, batch: 16, lr: 1e-3, maxGradNorm: 1 },
   weightsDtype: 'F16' as 'F16' | 'F32',
 };
 
@@ -209,7 +209,7 @@ async function main(): Promise<void> {
     const idx = Array.from({ length: cfg.vaeTrain.batch }, () => rng.int(cfg.images));
     const x = tf.gather(images, idx);
     const eps = tf.tensor4d(rng.normal([idx.length, lat, lat, 4]), [idx.length, lat, lat, 4]);
-    const r = await vaeStep(vae, vaeOpt, x, eps, { lr: lrAt(step, vaeSteps, cfg.vaeTrain.lr), klWeight: cfg.vaeTrain.klWeight, maxGradNorm: cfg.vaeTrain.maxGradNorm });
+    const r = await vaeStep(vae, vaeOpt, x, eps, { lr: lrAt(step, vaeSteps, cfg.vaeTrain.lr), klWeight: cfg.vaeTrain.klWeight, sampleScale: cfg.vaeTrain.sampleScale, maxGradNorm: cfg.vaeTrain.maxGradNorm });
     tf.dispose([x, eps]);
     if (step % 25 === 0 || step === vaeSteps - 1) console.log(`vae step ${step + 1}/${vaeSteps}: reconstruction ${r.reconstruction.toFixed(5)} kl ${r.kl.toFixed(4)} (${elapsed()})`);
   }

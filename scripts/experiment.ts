@@ -10,7 +10,7 @@
  * docs/experiments/fidelity-vs-lr.png, and the results table between the markers in
  * docs/experiments.md.
  *
- *   nice -n 5 npx tsx scripts/experiment.ts [--steps 150] [--every 50] [--lrs 1e-4,3e-4,1e-3,3e-3] [--seeds 11,12,13]
+ *   nice -n 5 npx tsx scripts/experiment.ts [--steps 120] [--every 40] [--lrs 1e-4,3e-4,1e-3,3e-3] [--seeds 11,12,13]
  */
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
@@ -46,8 +46,8 @@ function arg(name: string): string | undefined {
 }
 
 const config = {
-  steps: Number(arg('--steps') ?? 150),
-  every: Number(arg('--every') ?? 50),
+  steps: Number(arg('--steps') ?? 120),
+  every: Number(arg('--every') ?? 40),
   lrs: (arg('--lrs') ?? '1e-4,3e-4,1e-3,3e-3').split(',').map(Number),
   seeds: (arg('--seeds') ?? '11,12,13').split(',').map(Number),
   methods: ['singlora', 'lora'] as const,

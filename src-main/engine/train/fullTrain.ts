@@ -5,7 +5,10 @@
  * trained tensors, and AdamW / gradient clipping are `applyGradients`.
  *
  * Stages, as latent diffusion trains them (Rombach et al., 2022):
- *   1. the VAE alone:  L = mean (D(z) - x)^2 + beta * KL(q(z|x) || N(0, I)),  z = mu + sigma eps
+ *   1. the VAE alone:  L = mean (D(z) - x)^2 + beta * KL(q(z|x) || N(0, I)),  z = mu + tau sigma eps
+ *      (tau = `sampleScale`: 1 samples the posterior as SD's VAE was trained; the toy build uses 0,
+ *      decoding the mean, because a small VAE trained for minutes cannot yet shrink sigma and the
+ *      sampling noise then hides the colours; the UNet is trained and decodes on means too)
  *   2. the UNet and the text encoder on the frozen VAE's latents z_0 = s * mu(x), s = 1 / std(mu)
  *      (the `scaling_factor`, 0.18215 in SD 1.x), with the DDPM loss of step.ts.
  *
@@ -98,13 +101,14 @@ export interface VaeStepResult {
  * One VAE step (stage 1) on images `x` [B, H, W, 3] in [-1, 1] with reparameterisation noise
  * `eps` [B, h, w, latent] (the caller draws both and owns them).
  */
-export async function vaeStep(vae: AutoencoderKL, optimizer: AdamW, x: Tensor, eps: Tensor, o: { readonly lr: number; readonly klWeight: number; readonly maxGradNorm: number }): Promise<VaeStepResult> {
+export async function vaeStep(vae: AutoencoderKL, optimizer: AdamW, x: Tensor, eps: Tensor, o: { readonly lr: number; readonly klWeight: number; readonly maxGradNorm: number; readonly sampleScale?: number }): Promise<VaeStepResult> {
   const vars = optimizer.params as Variable[];
   const parts: Tensor[] = [];
   const { value, grads } = tf.tidy(() =>
     tf.variableGrads(() => {
       const { mean, logvar, std } = vae.encode(x);
-      const z = tf.add(mean, tf.mul(std, eps));
+      const tau = o.sampleScale ?? 1;
+      const z = tau === 0 ? mean : tf.add(mean, tf.mul(std, tf.mul(eps, tau)));
       const rec = tf.mean(tf.squaredDifference(vae.decode(z), x));
       // KL(N(mu, sigma^2) || N(0, 1)) per latent element, averaged: 0.5 (mu^2 + sigma^2 - 1 - log sigma^2).
       const kl = tf.mean(tf.mul(tf.sub(tf.add(tf.add(tf.square(mean), tf.exp(logvar)), -1), logvar), 0.5));
