@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readAdapterFile } from '../src-main/engine/adapters/adapterFile.ts';
 import { initBackend } from '../src-main/engine/backend/tf.ts';
-import { readToyPhotos, scoreToyModel, vaeRoundTrip, TOY_PROBES, TOY_SAMPLING } from '../src-main/engine/eval/toyEvaluate.ts';
+import { readToyPhotos, scoreToyModel, TOY_PROBES, TOY_SAMPLING } from '../src-main/engine/eval/toyEvaluate.ts';
 import { decodeImage, encodeImage } from '../src-main/engine/image/sharp.ts';
 import { atomicWriteFile, atomicWriteJson } from '../src-main/engine/io/atomic.ts';
 import { REPO_ROOT } from '../src-main/engine/paths.ts';
@@ -70,7 +70,7 @@ async function main(): Promise<void> {
   console.log(`experiment: backend ${backend.name}; config ${JSON.stringify(config)}`);
   const work = join(tmpdir(), `singlora-experiment-${process.pid}`);
   await mkdir(OUT, { recursive: true });
-  const photos = await vaeRoundTrip(TOY_MODEL_DIR, await readToyPhotos(listImageFiles(TOY_SUBJECT_DIR)));
+  const photos = await readToyPhotos(listImageFiles(TOY_SUBJECT_DIR));
   const sd = await StableDiffusion.load(TOY_MODEL_DIR);
   const rows: Row[] = [];
   let base: { subject: number; prompt: number };

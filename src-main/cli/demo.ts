@@ -92,7 +92,7 @@ export function register(program: Command): void {
       const { exportAdapter } = await import('../engine/adapters/exportAdapter.ts');
       const { generateImages } = await import('../engine/pipeline/generate.ts');
       const { train } = await import('../engine/train/trainer.ts');
-      const { readToyPhotos, scoreToyModel, vaeRoundTrip, TOY_PROBES, TOY_SAMPLING } = await import('../engine/eval/toyEvaluate.ts');
+      const { readToyPhotos, scoreToyModel, TOY_PROBES, TOY_SAMPLING } = await import('../engine/eval/toyEvaluate.ts');
       const { imageGrid } = await import('../engine/image/grid.ts');
       const { encodeImage } = await import('../engine/image/sharp.ts');
       const { atomicWriteFile } = await import('../engine/io/atomic.ts');
@@ -185,8 +185,7 @@ export function register(program: Command): void {
         t = performance.now();
         const sd = await StableDiffusion.load(base);
         try {
-          const originals = await readToyPhotos(listImageFiles(photos));
-          const refs = await vaeRoundTrip(base, originals);
+          const refs = await readToyPhotos(listImageFiles(photos));
           const score = (adapter?: string) => scoreToyModel(sd, { photos: refs, adapter, seeds: TOY_DEMO.seeds });
           const baseScore = await score();
           const rows: { step: number; score: ToyScore }[] = [];
@@ -194,7 +193,7 @@ export function register(program: Command): void {
           const top = rows.reduce((a, b) => (b.score.subject > a.score.subject ? b : a));
           best = m.checkpoints.find((c) => c.step === top.step)!;
           // Rows: the training photos, the base model, the adapter (same prompts and seeds).
-          const cells = [...originals.slice(0, top.score.images.length), ...baseScore.images.map((i) => i.image), ...top.score.images.map((i) => i.image)];
+          const cells = [...refs.slice(0, top.score.images.length), ...baseScore.images.map((i) => i.image), ...top.score.images.map((i) => i.image)];
           const grid = join(out, 'before-after.png');
           const cols = baseScore.images.length;
           await atomicWriteFile(grid, await encodeImage(imageGrid(cells.slice(0, Math.floor(cells.length / cols) * cols), cols, { scale: 2 }), 'png'));

@@ -4,10 +4,7 @@
  * reads subject fidelity and prompt fidelity off the pixels (toyFidelity.ts). The demo, the
  * experiment and the toy-model test share it, so "base" and "adapter" rows are made the same way.
  */
-import { join } from 'node:path';
-import { tf } from '../backend/tf.ts';
 import { decodeImage } from '../image/sharp.ts';
-import { AutoencoderKL } from '../models/autoencoderKL.ts';
 import type { StableDiffusion } from '../pipeline/stableDiffusion.ts';
 import { textToImage, type GeneratedImage } from '../pipeline/textToImage.ts';
 import type { ColourName, ToyImage } from '../toy/toyWorld.ts';
@@ -45,30 +42,6 @@ export interface ToyScore {
 
 export async function readToyPhotos(files: readonly string[]): Promise<ToyImage[]> {
   return Promise.all(files.map(async (f) => decodeImage(f)));
-}
-
-/**
- * The photos as the model's VAE draws them: decode(mean(encode(photo))). Subject fidelity is
- * measured against these, not the photos themselves: the toy VAE, trained for minutes, blurs the
- * subject and shifts its colours (its round trip scores 0.38 against the original photos), and an
- * adapter can at best teach the UNet what the VAE can render.
- */
-export async function vaeRoundTrip(modelDir: string, photos: readonly ToyImage[]): Promise<ToyImage[]> {
-  const vae = await AutoencoderKL.load(join(modelDir, 'vae'));
-  try {
-    const out: ToyImage[] = [];
-    for (const p of photos) {
-      const pixels = tf.tidy(() => {
-        const x = tf.tensor4d(Float32Array.from(p.data, (v) => v / 127.5 - 1), [1, p.height, p.width, 3]); // [1, H, W, 3] in [-1, 1]
-        return tf.clipByValue(tf.round(tf.add(tf.mul(vae.decode(vae.encode(x).mean), 127.5), 127.5)), 0, 255);
-      });
-      out.push({ data: Uint8Array.from(await pixels.data()), width: p.width, height: p.height });
-      pixels.dispose();
-    }
-    return out;
-  } finally {
-    vae.dispose();
-  }
 }
 
 /**
