@@ -1,8 +1,13 @@
 /**
- * `singlora demo` (= `npm run demo`): the whole product on the bundled tiny model, with nothing
- * but the repository: build the tiny model, make a few synthetic subject photos, train a
- * SingLoRA adapter with checkpoints, score the checkpoints with the tiny DINO-shaped ONNX model,
- * generate with the best one, export kohya and native files, and print a summary.
+ * `singlora demo` (= `npm run demo`): the whole product on the bundled toy model, with nothing
+ * but the repository: the toy model (`models/toy-sd/`, trained from scratch by this project on a
+ * synthetic world of coloured shapes, scripts/build-toy-model.ts) has never seen the subject, a
+ * two-colour "sks ball" (`models/toy-sd-subject/`, six photos). The demo trains a SingLoRA
+ * adapter on those photos with checkpoints, scores the base model and each checkpoint in new
+ * contexts ("a photo of sks ball on a green background") with the toy fidelity scores
+ * (eval/toyFidelity.ts; also real DINO when `models/dino/` is installed), saves a before/after
+ * grid (same seeds), generates with the best checkpoint, exports kohya and native files, and
+ * prints a summary.
  *
  * `--base <SD 1.5 folder or .safetensors>` runs the same steps on real weights (with real photos
  * from `--photos`, and the real DINO model from `singlora models download dino`).
@@ -12,6 +17,8 @@ import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { REPO_ROOT } from '../engine/paths.ts';
+import type { ToyScore } from '../engine/eval/toyEvaluate.ts';
+import { TOY_DEMO, TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../engine/toy/toyModel.ts';
 import { listImageFiles } from './eval.ts';
 import { action, emitJsonLine, parse, printResult, progressBar, requireExists, requireFile, requireFolder, requireNotFile, startBackend, UsageError, withCommon, type GlobalOptions } from './common.ts';
 
@@ -20,15 +27,17 @@ interface DemoOptions extends GlobalOptions {
   configDir?: string;
   photos?: string;
   out: string;
-  steps: number;
+  steps?: number;
   dinoModel?: string;
   force?: boolean;
 }
 
+const REAL_DINO = join(REPO_ROOT, 'models/dino/model.onnx');
+
 /** Marks a folder the demo made: only then does a later demo replace what is in it. */
 const DEMO_MARKER = '.singlora-demo';
 /** What the demo writes in --out, and so what it replaces on the next run. */
-const DEMO_OUTPUTS = ['run', 'images', 'photos', 'sks-ball.kohya.safetensors', 'sks-ball.singlora.safetensors'];
+const DEMO_OUTPUTS = ['run', 'images', 'photos', 'before-after.png', 'sks-ball.kohya.safetensors', 'sks-ball.singlora.safetensors'];
 
 /**
  * Checks every option before anything is written, and makes --out ready: a new folder, an
@@ -69,42 +78,45 @@ export function register(program: Command): void {
   withCommon(
     program
       .command('demo')
-      .description('train, score, generate and export on the bundled tiny model (or on --base) in a few minutes')
-      .option('--base <model>', 'run on this base model instead of the bundled tiny one')
+      .description('train, score, generate and export on the bundled toy model (or on --base) in a few minutes')
+      .option('--base <model>', 'run on this base model instead of the bundled toy one')
       .option('--config-dir <dir>', 'for a single-file --base: a diffusers SD 1.5 folder to take configs, tokenizer and scheduler from')
-      .option('--photos <dir>', 'subject photos (default: synthetic ones)')
+      .option('--photos <dir>', 'subject photos (default: the toy subject, models/toy-sd-subject)')
       .option('--out <dir>', 'output folder: new, or one an earlier demo made (its outputs are replaced)', join(REPO_ROOT, 'demo-output'))
       .option('--force', "write into a non-empty --out the demo did not make (only the demo's own outputs in it are replaced)")
-      .option('--steps <n>', 'training steps', parse.int(2, 100_000), 40)
-      .option('--dino-model <file.onnx>', 'DINO model (default: the tiny bundled one, or models/dino for --base)'),
+      .option('--steps <n>', `training steps (default: ${TOY_DEMO.steps} on the toy model, 40 on --base)`, parse.int(2, 100_000))
+      .option('--dino-model <file.onnx>', 'DINO model (default: models/dino when installed)'),
   ).action(
     action(async (o: DemoOptions) => {
       const out = await prepareDemoOut(o);
-      const { makeSubjectPhotos, makeTinyModel, TINY_DINO } = await import('../../scripts/make-tiny-model.ts');
       const { exportAdapter } = await import('../engine/adapters/exportAdapter.ts');
-      const { evaluateRun } = await import('../engine/eval/evaluateRun.ts');
       const { generateImages } = await import('../engine/pipeline/generate.ts');
       const { train } = await import('../engine/train/trainer.ts');
+      const { readToyPhotos, scoreToyModel, TOY_PROBES, TOY_SAMPLING } = await import('../engine/eval/toyEvaluate.ts');
+      const { imageGrid } = await import('../engine/image/grid.ts');
+      const { encodeImage } = await import('../engine/image/sharp.ts');
+      const { atomicWriteFile } = await import('../engine/io/atomic.ts');
+      const { StableDiffusion } = await import('../engine/pipeline/stableDiffusion.ts');
       const t0 = performance.now();
       const times: Record<string, number> = {};
       const lap = (name: string, since: number) => (times[name] = Math.round(performance.now() - since));
       const say = (msg: string) => (o.json ? emitJsonLine(o, { event: 'stage', message: msg }) : process.stderr.write(`\n== ${msg}\n`));
-      const tiny = !o.base;
+      const toy = !o.base;
       const backend = await startBackend(o);
-      if (tiny) {
-        say('the bundled tiny model: a Stable-Diffusion-1.x-shaped pipeline with random weights. It runs every step of the real thing in seconds, and makes no meaningful pictures. Use --base <SD 1.5 folder or .safetensors> for real ones.');
+      if (toy && !existsSync(join(TOY_MODEL_DIR, 'unet/diffusion_pytorch_model.safetensors'))) {
+        throw new UsageError(`the toy model is missing from ${TOY_MODEL_DIR}; it is committed to the repository (restore it with git checkout -- models/toy-sd), or rebuild it with npm run build:toy-model`);
+      }
+      if (toy) {
+        say('the bundled toy model: Stable-Diffusion-1.x-shaped (VAE, UNet, CLIP text encoder), trained from scratch by this project on 64x64 pictures of coloured shapes. It has never seen the subject: a ball, red on top and yellow below. Use --base <SD 1.5 folder or .safetensors> for real weights.');
       }
 
-      let t = performance.now();
-      const base = o.base ?? (await makeTinyModel());
-      lap('model', t);
-      const photos = o.photos ?? join(out, 'photos');
-      if (!o.photos) await makeSubjectPhotos(photos);
-      const resolution = tiny ? 64 : 512;
-      const steps = o.steps;
+      const base = o.base ?? TOY_MODEL_DIR;
+      const photos = o.photos ?? TOY_SUBJECT_DIR;
+      const resolution = toy ? 64 : 512;
+      const steps = o.steps ?? (toy ? TOY_DEMO.steps : 40);
 
       say(`training SingLoRA (rank 8) for ${steps} steps on ${backend.name}`);
-      t = performance.now();
+      let t = performance.now();
       const runDir = join(out, 'run');
       let bar: ReturnType<typeof progressBar> | null = null;
       const baseOptions = o.configDir ? { configDir: o.configDir } : undefined;
@@ -118,15 +130,15 @@ export function register(program: Command): void {
             method: 'singlora',
             steps,
             rank: 8,
-            alpha: tiny ? 32 : 8,
+            alpha: toy ? TOY_DEMO.alpha : 8,
             rampSteps: Math.max(1, Math.floor(steps / 4)),
-            learningRate: tiny ? 1e-2 : 1e-4,
+            learningRate: toy ? TOY_DEMO.learningRate : 1e-4,
             resolution,
             triggerToken: 'sks',
             classWord: 'ball',
-            checkpointEvery: Math.max(1, Math.floor(steps / 2)),
-            sampleEvery: steps,
-            sampleSteps: tiny ? 10 : 25,
+            checkpointEvery: Math.max(1, Math.floor(steps / 4)),
+            sampleEvery: toy ? 0 : steps,
+            sampleSteps: toy ? 10 : 25,
             seed: 42,
           },
         },
@@ -145,40 +157,61 @@ export function register(program: Command): void {
       const m = result.manifest;
       if (m.status !== 'completed') throw new Error(`training ended ${m.status}: ${m.error}`);
 
-      say('scoring the base model and each checkpoint with DINO');
-      t = performance.now();
-      const dinoModel = o.dinoModel ?? (tiny ? TINY_DINO : undefined);
-      let evalBar: ReturnType<typeof progressBar> | null = null;
-      const evaluation = await evaluateRun(
-        {
+      const dinoModel = o.dinoModel ?? (existsSync(REAL_DINO) ? REAL_DINO : undefined);
+      let dino: { baseline: number; rows: { step: number; dino: number }[] } | null = null;
+      if (dinoModel) {
+        say(`scoring the base model and each checkpoint with DINO (${dinoModel})`);
+        t = performance.now();
+        const { evaluateRun } = await import('../engine/eval/evaluateRun.ts');
+        const evaluation = await evaluateRun({
           runDir,
           photos,
           checkpoints: 'all',
-          prompts: tiny ? ['a photo of sks ball', 'a photo of sks ball on the beach', 'a photo of sks ball in the snow'] : undefined,
-          imagesPerPrompt: tiny ? 1 : 4,
-          steps: tiny ? 10 : 25,
+          prompts: toy ? TOY_PROBES.map((p) => p.prompt) : undefined,
+          imagesPerPrompt: toy ? 2 : 4,
+          steps: toy ? TOY_SAMPLING.steps : 25,
           subjectType: 'object',
           dinoModel,
           baseOptions,
-        },
-        {
-          onProgress: (done, total, label) => {
-            emitJsonLine(o, { event: 'progress', stage: 'evaluate', done, total, label });
-            evalBar ??= progressBar(o, 'image', total);
-            evalBar.update(done, { at: label });
-          },
-        },
-      );
-      (evalBar as ReturnType<typeof progressBar> | null)?.stop();
-      lap('evaluate', t);
-      const best = m.checkpoints.find((c) => c.step === (evaluation.chosen ?? evaluation.best)) ?? m.checkpoints[m.checkpoints.length - 1];
+        });
+        dino = { baseline: evaluation.baseline.dino, rows: evaluation.rows.map((r) => ({ step: r.step ?? 0, dino: r.dino })) };
+        lap('dino', t);
+      }
 
-      say(`generating with the best checkpoint (step ${best.step})`);
+      let toyScores: { base: ToyScore; rows: { step: number; score: ToyScore }[]; grid: string } | null = null;
+      let best = m.checkpoints[m.checkpoints.length - 1];
+      if (toy) {
+        say('scoring the base model and each checkpoint in new contexts (toy subject and prompt fidelity, same seeds)');
+        t = performance.now();
+        const sd = await StableDiffusion.load(base);
+        try {
+          const refs = await readToyPhotos(listImageFiles(photos));
+          const score = (adapter?: string) => scoreToyModel(sd, { photos: refs, adapter, seeds: TOY_DEMO.seeds });
+          const baseScore = await score();
+          const rows: { step: number; score: ToyScore }[] = [];
+          for (const c of m.checkpoints) rows.push({ step: c.step, score: await score(join(runDir, c.adapter)) });
+          const top = rows.reduce((a, b) => (b.score.subject > a.score.subject ? b : a));
+          best = m.checkpoints.find((c) => c.step === top.step)!;
+          // Rows: the training photos, the base model, the adapter (same prompts and seeds).
+          const cells = [...refs.slice(0, top.score.images.length), ...baseScore.images.map((i) => i.image), ...top.score.images.map((i) => i.image)];
+          const grid = join(out, 'before-after.png');
+          const cols = baseScore.images.length;
+          await atomicWriteFile(grid, await encodeImage(imageGrid(cells.slice(0, Math.floor(cells.length / cols) * cols), cols, { scale: 2 }), 'png'));
+          toyScores = { base: baseScore, rows, grid };
+        } finally {
+          sd.dispose();
+        }
+        lap('evaluate', t);
+      }
+
+      say(`generating with the ${toy ? 'best' : 'last'} checkpoint (step ${best.step})`);
       t = performance.now();
       const images = await generateImages({
         base,
         baseOptions,
-        settings: { prompt: 'a photo of sks ball on a wooden table', negativePrompt: 'blurry', steps: tiny ? 15 : 25, scheduler: 'dpmpp-2m-karras', seed: 1234, width: resolution, height: resolution, count: 2 },
+        settings: toy
+          ? { prompt: TOY_PROBES[0].prompt, negativePrompt: '', steps: TOY_SAMPLING.steps, guidanceScale: TOY_SAMPLING.guidanceScale, scheduler: TOY_SAMPLING.scheduler, seed: 1234, width: 64, height: 64, count: 2 }
+          : { prompt: 'a photo of sks ball on a wooden table', negativePrompt: 'blurry', steps: 25, scheduler: 'dpmpp-2m-karras', seed: 1234, width: resolution, height: resolution, count: 2 },
         adapters: [{ path: join(runDir, best.adapter), strength: 1 }],
         outDir: join(out, 'images'),
       });
@@ -192,18 +225,21 @@ export function register(program: Command): void {
 
       const first = m.losses[0];
       const last = m.losses[m.losses.length - 1];
+      const fmt = (s: ToyScore) => `subject ${s.subject.toFixed(3)}, background right ${(100 * s.prompt).toFixed(0)}%`;
       const summary = {
         event: 'summary',
         backend: backend.name,
         base,
-        tinyModel: tiny,
+        toyModel: toy,
         run: runDir,
         steps: m.step,
         loss: { first: first.loss, last: last.loss, smoothedLast: last.smoothed, fixedNoiseStart: result.fixedLoss?.start ?? null, fixedNoiseEnd: result.fixedLoss?.end ?? null },
         msPerStep: m.timing.msPerStep,
-        scores: { baseline: evaluation.baseline, rows: evaluation.rows, best: evaluation.best, rule: evaluation.rule },
+        toyFidelity: toyScores
+          ? { base: { subject: toyScores.base.subject, prompt: toyScores.base.prompt }, rows: toyScores.rows.map((r) => ({ step: r.step, subject: r.score.subject, prompt: r.score.prompt })), best: best.step, grid: toyScores.grid }
+          : null,
+        dino,
         images: images.map((i) => i.file),
-        samples: m.samples.map((s) => join(runDir, s.file)),
         exports: { kohya: kohya.path, native: native.path },
         timingsMs: { ...times, total: Math.round(performance.now() - t0) },
       };
@@ -211,16 +247,23 @@ export function register(program: Command): void {
         [
           '',
           `SingLoRA Studio demo finished in ${(summary.timingsMs.total / 1000).toFixed(1)} s on ${backend.name}`,
-          `  base model       ${base}${tiny ? '  (tiny, random weights: the pictures are noise by design)' : ''}`,
+          `  base model       ${base}${toy ? '  (toy model: 64x64 coloured shapes, trained from scratch by npm run build:toy-model)' : ''}`,
           `  training         ${m.step} steps, ${m.timing.msPerStep ? (1000 / m.timing.msPerStep).toFixed(2) : '?'} it/s; loss ${first.loss.toFixed(4)} -> ${last.loss.toFixed(4)} (fixed-noise loss ${result.fixedLoss?.start.toFixed(4)} -> ${result.fixedLoss?.end.toFixed(4)})`,
           `  run folder       ${runDir}`,
-          `  DINO scores      base ${evaluation.baseline.dino.toFixed(4)}; ${evaluation.rows.map((r) => `step ${r.step}: ${r.dino.toFixed(4)}`).join(', ')}  -> best: step ${evaluation.best}`,
+          ...(toyScores
+            ? [
+                `  toy fidelity     base: ${fmt(toyScores.base)}`,
+                ...toyScores.rows.map((r) => `                   step ${r.step}: ${fmt(r.score)}${r.step === best.step ? '  <- best' : ''}`),
+                `  before/after     ${toyScores.grid}  (rows: training photos, base model, adapter; same prompts and seeds: ${TOY_PROBES.map((p) => `"${p.prompt}"`).join(', ')})`,
+              ]
+            : []),
+          ...(dino ? [`  DINO scores      base ${dino.baseline.toFixed(4)}; ${dino.rows.map((r) => `step ${r.step}: ${r.dino.toFixed(4)}`).join(', ')}`] : toy ? ['  DINO             not installed (singlora models download dino); the toy scores above read colours and layout off the pixels, see docs/experiments.md'] : []),
           `  images           ${images.map((i) => i.file).join(', ')}`,
           `  kohya LoRA       ${kohya.path}  (A1111/Forge: models/Lora, prompt <lora:sks-ball.kohya:1>; ComfyUI: LoraLoader)`,
           `  native SingLoRA  ${native.path}`,
           `  timings (ms)     ${Object.entries(summary.timingsMs).map(([k, v]) => `${k} ${v}`).join(', ')}`,
           '',
-          tiny ? 'Next: real weights. Put SD 1.5 (diffusers folder or v1-5-pruned-emaonly.safetensors) somewhere and run\n  npm run demo -- --base <path> --photos <your photos>\nsee models/README.md.' : '',
+          toy ? 'Next: real weights. Put SD 1.5 (diffusers folder or v1-5-pruned-emaonly.safetensors) somewhere and run\n  npm run demo -- --base <path> --photos <your photos>\nsee models/README.md.' : '',
         ].join('\n'),
       );
     }),

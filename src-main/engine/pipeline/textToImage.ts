@@ -124,7 +124,12 @@ export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, 
   let context: Tensor | null = null;
   try {
     // 1. Adapters (none with precomputed embeddings: training previews run the adapter being trained).
-    if (!req.promptEmbeds) hooks.onAdapters?.(await sd.setAdapters(req.adapters ?? []));
+    // (Not `hooks.onAdapters?.(await sd.setAdapters(...))`: optional chaining skips the argument
+    // too, so a caller without the hook got no adapters at all.)
+    if (!req.promptEmbeds) {
+      const reports = await sd.setAdapters(req.adapters ?? []);
+      hooks.onAdapters?.(reports);
+    }
 
     // 2. Prompt embeddings: [uncond, cond] with guidance, [cond] without.
     const cfg = req.guidanceScale > 1;

@@ -40,8 +40,11 @@ export interface MicroBatch {
   readonly noise: Tensor;
   /** One integer DDPM timestep per sample. */
   readonly timesteps: readonly number[];
-  /** Text states, [n, tokens, d]. */
-  readonly context: Tensor;
+  /**
+   * Text states, [n, tokens, d]; or a function computing them inside the gradient, so that
+   * full-parameter training (train/fullTrain.ts) also trains the text encoder.
+   */
+  readonly context: Tensor | (() => Tensor);
   /** The first `instances` samples are the subject's; the rest class images. Default: all n. */
   readonly instances?: number;
 }
@@ -50,7 +53,8 @@ export interface MicroBatch {
 export interface TrainStepModel {
   readonly unet: UNet2DConditionModel;
   readonly scheduler: DDPMScheduler;
-  readonly adapters: AdapterSet;
+  /** The adapters being trained (their u(t) reads the step); absent in full-parameter training. */
+  readonly adapters?: AdapterSet;
   readonly optimizer: AdamW;
   /** Gradient checkpointing (see `adapterBlockRunner`); undefined runs blocks directly. */
   readonly runBlock?: BlockRunner;
@@ -90,7 +94,7 @@ export async function trainStep(model: TrainStepModel, batches: readonly MicroBa
   if (!batches.length) throw new Error('trainStep: no micro-batch given');
   const { unet, scheduler, adapters, optimizer, runBlock } = model;
   const vars = optimizer.params as Variable[];
-  adapters.setStep(o.step);
+  adapters?.setStep(o.step);
 
   let lossSum = 0;
   let acc: Tensor[] | null = null;
@@ -152,8 +156,9 @@ export async function applyGradients(optimizer: AdamW, grads: readonly Tensor[],
 function microBatchGrads(unet: UNet2DConditionModel, scheduler: DDPMScheduler, vars: Variable[], b: MicroBatch, o: TrainStepOptions, runBlock: BlockRunner | undefined): { loss: Tensor; grads: Tensor[] } {
   const n = b.timesteps.length;
   const B = b.instances ?? n;
-  if (b.latents.shape[0] !== n || b.noise.shape[0] !== n || b.context.shape[0] !== n) {
-    throw new Error(`trainStep: ${n} timesteps for latents [${b.latents.shape}], noise [${b.noise.shape}] and context [${b.context.shape}]; give one timestep per sample`);
+  const ctxShape = typeof b.context === 'function' ? null : b.context.shape;
+  if (b.latents.shape[0] !== n || b.noise.shape[0] !== n || (ctxShape && ctxShape[0] !== n)) {
+    throw new Error(`trainStep: ${n} timesteps for latents [${b.latents.shape}], noise [${b.noise.shape}] and context [${ctxShape ?? 'computed'}]; give one timestep per sample`);
   }
   if (!(B >= 1 && B <= n)) throw new Error(`trainStep: instances must be in [1, ${n}], got ${B}`);
   const vPrediction = scheduler.config.prediction_type === 'v_prediction';
@@ -162,7 +167,8 @@ function microBatchGrads(unet: UNet2DConditionModel, scheduler: DDPMScheduler, v
     const target = scheduler.target(b.latents, b.noise, b.timesteps);
     const weights = o.minSnrGamma === null ? null : tf.tensor1d(b.timesteps.map((t) => lossWeight(scheduler.alphasCumprod[t], o.minSnrGamma, vPrediction)));
     const { value, grads } = withAttentionMode(o.attention ?? 'memory-efficient', () => tf.variableGrads(() => {
-      const pred = unet.forward(zt, b.timesteps, b.context, { runBlock });
+      const context = typeof b.context === 'function' ? b.context() : b.context;
+      const pred = unet.forward(zt, b.timesteps, context, { runBlock });
       const mse = tf.mean(tf.squaredDifference(pred, target), [1, 2, 3]); // [n]
       const perSample = weights ? tf.mul(mse, weights) : mse;
       const inst = tf.mean(B < n ? perSample.slice([0], [B]) : perSample);

@@ -277,7 +277,7 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
       try {
         result = await trainStep(stepModel, batches, { step, lr, maxGradNorm: settings.maxGradNorm, minSnrGamma: settings.minSnrGamma, priorLossWeight: settings.priorLossWeight });
       } finally {
-        tf.dispose(batches.flatMap((b) => [b.latents, b.noise, b.context]));
+        tf.dispose(batches.flatMap((b) => [b.latents, b.noise, ...(typeof b.context === 'function' ? [] : [b.context])]));
       }
       const lossValue = result.loss;
       if (!result.applied) {

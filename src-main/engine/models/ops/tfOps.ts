@@ -7,6 +7,7 @@
  */
 import { tf, type Tensor, type Tensor4D } from '../../backend/tf.ts';
 import { attend, attentionOptions } from '../layers/attention.ts';
+import { conv2dTrainable, type ExplicitPad } from './conv2dTrainable.ts';
 import { memoryEfficientAttend } from '../layers/memoryEfficientAttention.ts';
 import type { Conv2d } from '../layers/conv2d.ts';
 import type { Linear } from '../layers/linear.ts';
@@ -44,9 +45,19 @@ function conv2dTf(x: Tensor, layer: Conv2d, pad?: Pad2d): Tensor {
       y = tf.matMul(x.reshape([-1, inChannels]), w.reshape([inChannels, outChannels])).reshape([n, h, wd, outChannels]);
     } else {
       const explicit = noPad ? 'valid' : ([[0, 0], [...p[0]], [...p[1]], [0, 0]] as [[number, number], [number, number], [number, number], [number, number]]);
-      y = tf.conv2d(x as Tensor4D, w, stride, explicit);
+      // A trainable weight (full-parameter training) takes the im2col filter gradient.
+      y = w instanceof tf.Variable && w.trainable ? conv2dTrainable(x as Tensor4D, w, stride, p as ExplicitPad) : tf.conv2d(x as Tensor4D, w, stride, explicit);
     }
     return layer.bias ? tf.add(y, layer.bias.value) : y;
+  });
+}
+
+/** ids [..] int32, table [V, H] -> [.., H] as a one-hot matMul (differentiable on every backend). */
+function embedTrainable(ids: Tensor, table: Tensor): Tensor {
+  return tf.tidy(() => {
+    const [v, h] = table.shape;
+    const oneHot = tf.oneHot(ids.reshape([-1]) as tf.Tensor1D, v); // [n, V]
+    return tf.matMul(tf.cast(oneHot, 'float32'), table).reshape([...ids.shape, h]);
   });
 }
 
@@ -102,7 +113,9 @@ export const tfOps: Ops<Tensor> = {
   conv2d: conv2dTf,
   groupNorm: groupNormTf,
   layerNorm: layerNormTf,
-  embedding: (ids, table) => tf.gather(table.value, ids),
+  // A trainable table (full-parameter training) is read as oneHot(ids) @ table: the gather's
+  // gradient needs UnsortedSegmentSum, which the wasm backend does not register.
+  embedding: (ids, table) => (table.value instanceof tf.Variable && table.value.trainable ? embedTrainable(ids, table.value) : tf.gather(table.value, ids)),
   tableRows: (table, n) => tf.slice(table.value, [0, 0], [n, table.shape[1]]),
 
   add: (a, b) => tf.add(a, b),

@@ -1,0 +1,280 @@
+/**
+ * `npm run build:toy-model`: trains the toy model, `models/toy-sd/`, from scratch with this
+ * project's own engine: a Stable-Diffusion-1.x-shaped diffusers folder (AutoencoderKL,
+ * UNet2DConditionModel, CLIPTextModel, CLIP tokenizer, PNDM scheduler config) that has learned the
+ * toy world of src-main/engine/toy/toyWorld.ts ("a photo of a red ball on a blue background").
+ * Also writes the subject photos (`models/toy-sd-subject/`) and a preview grid.
+ *
+ * Stages (train/fullTrain.ts): 1. the VAE on the images; 2. the UNet and the text encoder
+ * together on the VAE's latents, with the same DDPM step adapter training uses. Everything is
+ * seeded; the script prints its configuration, losses and wall time.
+ *
+ *   nice -n 5 npx tsx scripts/build-toy-model.ts [--out models/toy-sd] [--vae-steps N] [--unet-steps N] [--snapshot-every N]
+ */
+import { copyFile, mkdir } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { initBackend, tf, type Tensor } from '../src-main/engine/backend/tf.ts';
+import { encodeImage } from '../src-main/engine/image/sharp.ts';
+import { atomicWriteFile } from '../src-main/engine/io/atomic.ts';
+import { AutoencoderKL } from '../src-main/engine/models/autoencoderKL.ts';
+import { ClipTextModel, parseClipTextConfig } from '../src-main/engine/models/clipTextModel.ts';
+import { ClipTokenizer } from '../src-main/engine/models/clipTokenizer.ts';
+import { UNet2DConditionModel } from '../src-main/engine/models/unet2dCondition.ts';
+import { REPO_ROOT } from '../src-main/engine/paths.ts';
+import { Rng } from '../src-main/engine/random.ts';
+import { createScheduler } from '../src-main/engine/schedulers/index.ts';
+import { TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../src-main/engine/toy/toyModel.ts';
+import { drawScene, subjectScenes, toyDataset, TOY_SIZE } from '../src-main/engine/toy/toyWorld.ts';
+import { AdamW } from '../src-main/engine/train/adamw.ts';
+import { freeze, initFromScratch, makeTrainable, saveModule, vaeStep } from '../src-main/engine/train/fullTrain.ts';
+import { trainStep } from '../src-main/engine/train/step.ts';
+
+const TOKENIZER_SOURCE = join(REPO_ROOT, 'test/fixtures/tiny-a/model/tokenizer');
+
+export const TOY_CONFIG = {
+  seed: 1707,
+  images: 2048,
+  imageSize: TOY_SIZE,
+  vae: {
+    _class_name: 'AutoencoderKL',
+    _diffusers_version: '0.27.2',
+    act_fn: 'silu',
+    block_out_channels: [8, 16, 32, 32],
+    down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D', 'DownEncoderBlock2D', 'DownEncoderBlock2D'],
+    up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D', 'UpDecoderBlock2D', 'UpDecoderBlock2D'],
+    in_channels: 3,
+    out_channels: 3,
+    latent_channels: 4,
+    layers_per_block: 1,
+    // GroupNorm(1, C): a group per channel would normalise away each channel's mean, which is
+    // where a flat-coloured picture keeps its colour; with so few channels the VAE then learns slowly.
+    norm_num_groups: 1,
+    sample_size: TOY_SIZE,
+    scaling_factor: 1, // replaced by 1 / std of the trained VAE's latents
+    force_upcast: false,
+  },
+  unet: {
+    _class_name: 'UNet2DConditionModel',
+    _diffusers_version: '0.27.2',
+    act_fn: 'silu',
+    attention_head_dim: 4,
+    block_out_channels: [32, 64],
+    cross_attention_dim: 64,
+    down_block_types: ['CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'],
+    up_block_types: ['CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'],
+    mid_block_type: 'UNetMidBlock2DCrossAttn',
+    downsample_padding: 1,
+    flip_sin_to_cos: true,
+    freq_shift: 0,
+    in_channels: 4,
+    out_channels: 4,
+    layers_per_block: 1,
+    norm_eps: 1e-5,
+    norm_num_groups: 8,
+    sample_size: TOY_SIZE / 8,
+  },
+  textEncoder: {
+    architectures: ['CLIPTextModel'],
+    model_type: 'clip_text_model',
+    attention_dropout: 0,
+    bos_token_id: 0,
+    eos_token_id: 2,
+    pad_token_id: 1,
+    hidden_act: 'quick_gelu',
+    hidden_size: 64,
+    intermediate_size: 128,
+    initializer_factor: 1,
+    initializer_range: 0.02,
+    layer_norm_eps: 1e-5,
+    max_position_embeddings: 77,
+    num_attention_heads: 4,
+    num_hidden_layers: 2,
+    projection_dim: 64,
+    torch_dtype: 'float32',
+    vocab_size: 1000,
+  },
+  scheduler: {
+    _class_name: 'PNDMScheduler',
+    _diffusers_version: '0.27.2',
+    beta_start: 0.00085,
+    beta_end: 0.012,
+    beta_schedule: 'scaled_linear',
+    num_train_timesteps: 1000,
+    set_alpha_to_one: false,
+    skip_prk_steps: true,
+    steps_offset: 1,
+    clip_sample: false,
+    prediction_type: 'epsilon',
+    trained_betas: null,
+  },
+  vaeTrain: { steps: 600, batch: 6, lr: 2e-3, klWeight: 1e-4, sampleScale: 0, maxGradNorm: 1 },
+  unetTrain: { steps: 1000, batch: 16, lr: 1e-3, maxGradNorm: 1 },
+  weightsDtype: 'F16' as 'F16' | 'F32',
+};
+
+/** Linear warm-up over the first 5%, then cosine decay to 10% of `peak`. */
+function lrAt(step: number, steps: number, peak: number): number {
+  const warm = Math.max(1, Math.floor(steps * 0.05));
+  if (step < warm) return (peak * (step + 1)) / warm;
+  const p = (step - warm) / Math.max(1, steps - warm);
+  return peak * (0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * p)));
+}
+
+function imagesTensor(images: readonly { data: Uint8Array }[], size: number): Tensor {
+  const n = images.length;
+  const buf = new Float32Array(n * size * size * 3);
+  images.forEach((img, k) => {
+    for (let i = 0; i < img.data.length; i++) buf[k * img.data.length + i] = img.data[i] / 127.5 - 1;
+  });
+  return tf.tensor4d(buf, [n, size, size, 3]);
+}
+
+async function writeFolder(out: string, vae: AutoencoderKL, unet: UNet2DConditionModel, te: ClipTextModel, vaeConfig: object, note: string): Promise<void> {
+  for (const dir of ['unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler']) await mkdir(join(out, dir), { recursive: true });
+  const src = 'scripts/build-toy-model.ts';
+  const dtype = TOY_CONFIG.weightsDtype;
+  await saveModule(vae, join(out, 'vae/diffusion_pytorch_model.safetensors'), dtype, src);
+  await saveModule(unet, join(out, 'unet/diffusion_pytorch_model.safetensors'), dtype, src);
+  await saveModule(te, join(out, 'text_encoder/model.safetensors'), dtype, src);
+  const json = (v: unknown) => JSON.stringify(v, null, 2) + '\n';
+  await atomicWriteFile(join(out, 'vae/config.json'), json(vaeConfig));
+  await atomicWriteFile(join(out, 'unet/config.json'), json(TOY_CONFIG.unet));
+  await atomicWriteFile(join(out, 'text_encoder/config.json'), json(TOY_CONFIG.textEncoder));
+  await atomicWriteFile(join(out, 'scheduler/scheduler_config.json'), json(TOY_CONFIG.scheduler));
+  for (const f of ['vocab.json', 'merges.txt', 'tokenizer_config.json', 'special_tokens_map.json']) await copyFile(join(TOKENIZER_SOURCE, f), join(out, 'tokenizer', f));
+  await atomicWriteFile(
+    join(out, 'model_index.json'),
+    json({
+      _class_name: 'StableDiffusionPipeline',
+      _diffusers_version: '0.27.2',
+      _name_or_path: 'singlora-studio/toy-sd',
+      feature_extractor: [null, null],
+      image_encoder: [null, null],
+      requires_safety_checker: false,
+      safety_checker: [null, null],
+      scheduler: ['diffusers', 'PNDMScheduler'],
+      text_encoder: ['transformers', 'CLIPTextModel'],
+      tokenizer: ['transformers', 'CLIPTokenizer'],
+      unet: ['diffusers', 'UNet2DConditionModel'],
+      vae: ['diffusers', 'AutoencoderKL'],
+    }),
+  );
+  await atomicWriteFile(join(out, 'BUILD.md'), note);
+}
+
+export async function writeSubjectPhotos(dir = TOY_SUBJECT_DIR): Promise<string[]> {
+  await mkdir(dir, { recursive: true });
+  const files: string[] = [];
+  for (const [k, scene] of subjectScenes().entries()) {
+    const file = join(dir, `sks-ball-${k + 1}.png`);
+    await atomicWriteFile(file, await encodeImage(drawScene(scene), 'png'));
+    files.push(file);
+  }
+  return files;
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const arg = (name: string) => {
+    const i = args.indexOf(name);
+    return i >= 0 ? args[i + 1] : undefined;
+  };
+  const out = resolve(arg('--out') ?? TOY_MODEL_DIR);
+  const cfg = TOY_CONFIG;
+  const vaeSteps = Number(arg('--vae-steps') ?? cfg.vaeTrain.steps);
+  const unetSteps = Number(arg('--unet-steps') ?? cfg.unetTrain.steps);
+  const snapshotEvery = Number(arg('--snapshot-every') ?? 0);
+  const backend = await initBackend();
+  const t0 = performance.now();
+  const elapsed = () => ((performance.now() - t0) / 1000).toFixed(0) + ' s';
+  console.log(`build-toy-model: backend ${backend.name}, out ${out}`);
+  console.log(`config: ${JSON.stringify({ ...cfg, vaeTrain: { ...cfg.vaeTrain, steps: vaeSteps }, unetTrain: { ...cfg.unetTrain, steps: unetSteps } })}`);
+
+  // The data set and the subject photos.
+  const data = toyDataset(cfg.images, cfg.seed);
+  const photos = await writeSubjectPhotos();
+  console.log(`${data.length} captioned ${cfg.imageSize}x${cfg.imageSize} images (e.g. "${data[0].caption}"); ${photos.length} subject photos in ${TOY_SUBJECT_DIR}`);
+  const images = imagesTensor(
+    data.map((d) => d.image),
+    cfg.imageSize,
+  ); // [N, 64, 64, 3] in [-1, 1]
+  const rng = new Rng(cfg.seed, 1);
+
+  // 1. The VAE.
+  const vae = AutoencoderKL.fromConfig(cfg.vae);
+  initFromScratch(vae, cfg.seed + 1);
+  const vaeOpt = new AdamW(makeTrainable(vae, 'toy-vae'));
+  const lat = cfg.imageSize / vae.downsampleFactor;
+  for (let step = 0; step < vaeSteps; step++) {
+    const idx = Array.from({ length: cfg.vaeTrain.batch }, () => rng.int(cfg.images));
+    const x = tf.gather(images, idx);
+    const eps = tf.tensor4d(rng.normal([idx.length, lat, lat, 4]), [idx.length, lat, lat, 4]);
+    const r = await vaeStep(vae, vaeOpt, x, eps, { lr: lrAt(step, vaeSteps, cfg.vaeTrain.lr), klWeight: cfg.vaeTrain.klWeight, sampleScale: cfg.vaeTrain.sampleScale, maxGradNorm: cfg.vaeTrain.maxGradNorm });
+    tf.dispose([x, eps]);
+    if (step % 25 === 0 || step === vaeSteps - 1) console.log(`vae step ${step + 1}/${vaeSteps}: reconstruction ${r.reconstruction.toFixed(5)} kl ${r.kl.toFixed(4)} (${elapsed()})`);
+  }
+  vaeOpt.dispose();
+  freeze(vae);
+
+  // Latents of the whole set (the distribution's means), and the scaling factor 1 / std.
+  const means: Tensor[] = [];
+  for (let i = 0; i < cfg.images; i += 64) {
+    means.push(
+      tf.tidy(() => {
+        const d = vae.encode(images.slice([i, 0, 0, 0], [Math.min(64, cfg.images - i), -1, -1, -1]));
+        return d.mean;
+      }),
+    );
+  }
+  const raw = tf.concat(means);
+  tf.dispose(means);
+  const std = (await tf.moments(raw).variance.sqrt().data())[0];
+  const scaling = Number((1 / std).toPrecision(5));
+  const latents = tf.mul(raw, scaling); // [N, 8, 8, 4], unit variance
+  raw.dispose();
+  const vaeConfig = { ...cfg.vae, scaling_factor: scaling };
+  console.log(`latents [${latents.shape}], std ${std.toFixed(4)} -> scaling_factor ${scaling} (${elapsed()})`);
+
+  // 2. The UNet and the text encoder.
+  const tokenizer = await ClipTokenizer.load(TOKENIZER_SOURCE);
+  const ids = tokenizer.call(data.map((d) => d.caption)); // [N][77]
+  const unet = UNet2DConditionModel.fromConfig(cfg.unet);
+  const te = new ClipTextModel(parseClipTextConfig(cfg.textEncoder));
+  initFromScratch(unet, cfg.seed + 2);
+  initFromScratch(te, cfg.seed + 3);
+  console.log(`parameters: vae ${vae.parameterCount()}, unet ${unet.parameterCount()}, text encoder ${te.parameterCount()}`);
+  const optimizer = new AdamW([...makeTrainable(unet, 'toy-unet'), ...makeTrainable(te, 'toy-te')]);
+  const ddpm = createScheduler('ddpm', { source: 'scripts/build-toy-model.ts', values: cfg.scheduler });
+  console.log(`noise schedule: ${cfg.scheduler.beta_schedule} ${cfg.scheduler.beta_start}..${cfg.scheduler.beta_end}; alphaBar[999] = ${ddpm.alphasCumprod[999].toFixed(5)}`);
+  const numTrain = ddpm.alphasCumprod.length;
+  let smoothed = NaN;
+  const note = () =>
+    `# toy-sd\n\nBuilt by \`npm run build:toy-model\` (scripts/build-toy-model.ts), from scratch, seed ${cfg.seed}: VAE ${vaeSteps} steps, UNet + text encoder ${unetSteps} steps. See ../README.md.\n`;
+  for (let step = 0; step < unetSteps; step++) {
+    const idx = Array.from({ length: cfg.unetTrain.batch }, () => rng.int(cfg.images));
+    const z0 = tf.gather(latents, idx);
+    const noise = tf.tensor4d(rng.normal(z0.shape), z0.shape as [number, number, number, number]);
+    const timesteps = idx.map(() => rng.int(numTrain));
+    const batchIds = idx.map((i) => ids[i]);
+    const r = await trainStep({ unet, scheduler: ddpm, optimizer }, [{ latents: z0, noise, timesteps, context: () => te.forward(batchIds).last_hidden_state }], {
+      step,
+      lr: lrAt(step, unetSteps, cfg.unetTrain.lr),
+      maxGradNorm: cfg.unetTrain.maxGradNorm,
+      minSnrGamma: null,
+      priorLossWeight: 1,
+      attention: 'plain',
+    });
+    tf.dispose([z0, noise]);
+    smoothed = Number.isNaN(smoothed) ? r.loss : 0.98 * smoothed + 0.02 * r.loss;
+    if (step % 25 === 0 || step === unetSteps - 1) console.log(`unet step ${step + 1}/${unetSteps}: loss ${r.loss.toFixed(4)} smoothed ${smoothed.toFixed(4)} (${elapsed()})`);
+    if (snapshotEvery && (step + 1) % snapshotEvery === 0 && step + 1 < unetSteps) {
+      await writeFolder(out, vae, unet, te, vaeConfig, note());
+      console.log(`snapshot written at step ${step + 1} (${elapsed()})`);
+    }
+  }
+  await writeFolder(out, vae, unet, te, vaeConfig, note() + `\nBuild time: ${elapsed()} on backend ${backend.name}.\n`);
+  console.log(`toy model written to ${out}; build time ${elapsed()}`);
+  tf.dispose([images, latents]);
+}
+
+if (process.argv[1]?.endsWith('build-toy-model.ts')) await main();

@@ -1,0 +1,105 @@
+/**
+ * Fidelity in the toy world (toy/toyWorld.ts), where DINO is not installed or means little on
+ * 32x32 flat-colour pictures. Two scores, both read off the pixels, no model involved:
+ *
+ * - **Subject fidelity** (`subjectFidelity`, 0..1): a 14-number embedding of what is in front of
+ *   the background: the share of foreground pixels nearest to each palette colour, separately
+ *   for the foreground's top and bottom halves (split at its centroid), L2-normalised. The score
+ *   is the mean cosine similarity between a generated image's embedding and each subject photo's,
+ *   as DINO scores are means over image pairs. The subject (red top, yellow bottom) scores 1; a
+ *   plain red or yellow ball 0.5; anything else ~0; an image with no foreground 0.
+ * - **Prompt fidelity** (`backgroundColour`): the palette colour nearest to the median of the
+ *   image's border pixels, compared with the colour the prompt asked for.
+ *
+ * Limits: the embedding sees colours and their vertical arrangement, not shape (a red-over-yellow
+ * square scores like the ball) nor texture; it only means something in the toy world's palette.
+ * It is an honest stand-in for DINO here, not a general image metric.
+ */
+import { COLOUR_NAMES, PALETTE, type ColourName, type ToyImage } from '../toy/toyWorld.ts';
+
+/** RGB distance beyond which a pixel is foreground (not the background colour). */
+const FOREGROUND_DISTANCE = 60;
+
+function nearestColour(r: number, g: number, b: number): number {
+  let best = 0;
+  let bestD = Infinity;
+  COLOUR_NAMES.forEach((name, k) => {
+    const c = PALETTE[name];
+    const d = (r - c[0]) ** 2 + (g - c[1]) ** 2 + (b - c[2]) ** 2;
+    if (d < bestD) {
+      bestD = d;
+      best = k;
+    }
+  });
+  return best;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+/** The median colour of the image's one-pixel border, RGB 0-255. */
+export function borderColour(img: ToyImage): [number, number, number] {
+  const { data, width: w, height: h } = img;
+  const ch: number[][] = [[], [], []];
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      if (x !== 0 && y !== 0 && x !== w - 1 && y !== h - 1) continue;
+      for (let k = 0; k < 3; k++) ch[k].push(data[(y * w + x) * 3 + k]);
+    }
+  }
+  return [median(ch[0]), median(ch[1]), median(ch[2])];
+}
+
+/** The palette colour of the background (prompt fidelity: compare with the requested one). */
+export function backgroundColour(img: ToyImage): ColourName {
+  const [r, g, b] = borderColour(img);
+  return COLOUR_NAMES[nearestColour(r, g, b)];
+}
+
+/** The subject embedding described above: 2 x |palette| numbers, unit length (or all zero). */
+export function subjectEmbedding(img: ToyImage): Float32Array {
+  const { data, width: w, height: h } = img;
+  const [br, bg, bb] = borderColour(img);
+  const fg: { y: number; k: number }[] = [];
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const i = (y * w + x) * 3;
+      const d = Math.hypot(data[i] - br, data[i + 1] - bg, data[i + 2] - bb);
+      if (d > FOREGROUND_DISTANCE) fg.push({ y, k: nearestColour(data[i], data[i + 1], data[i + 2]) });
+    }
+  }
+  const n = COLOUR_NAMES.length;
+  const e = new Float32Array(2 * n);
+  if (fg.length < 4) return e;
+  const cy = fg.reduce((s, p) => s + p.y, 0) / fg.length;
+  for (const p of fg) e[(p.y < cy ? 0 : n) + p.k] += 1;
+  const norm = Math.hypot(...e);
+  for (let i = 0; i < e.length; i++) e[i] /= norm;
+  return e;
+}
+
+function dot(a: Float32Array, b: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
+  return s;
+}
+
+/** Mean cosine similarity of each generated image to each subject photo (0..1). */
+export function subjectFidelity(generated: readonly ToyImage[], photos: readonly ToyImage[]): number {
+  if (!generated.length || !photos.length) throw new Error(`subjectFidelity: need generated images and photos, got ${generated.length} and ${photos.length}`);
+  const ref = photos.map(subjectEmbedding);
+  let s = 0;
+  for (const g of generated) {
+    const e = subjectEmbedding(g);
+    for (const r of ref) s += dot(e, r);
+  }
+  return s / (generated.length * ref.length);
+}
+
+/** Share of images whose background is the requested colour (0..1). */
+export function promptFidelity(generated: readonly { image: ToyImage; background: ColourName }[]): number {
+  if (!generated.length) throw new Error('promptFidelity: no images');
+  return generated.filter((g) => backgroundColour(g.image) === g.background).length / generated.length;
+}

@@ -1,0 +1,154 @@
+/**
+ * The toy world: a synthetic, captioned image set made by code, small enough that a
+ * Stable-Diffusion-1.x-shaped model trained from scratch on a laptop CPU learns it
+ * (`scripts/build-toy-model.ts`), and a subject that world never contains (the "sks ball"), to
+ * personalise it with.
+ *
+ * Every image is one flat-coloured object (ball, square or triangle) of one colour on a flat
+ * background of another, at a random position and size, drawn with 4x4 supersampling. Captions
+ * are SD-style: "a photo of a red ball on a blue background"; some drop the background phrase
+ * ("a photo of a red ball") and some are empty (for classifier-free guidance).
+ *
+ * The subject is a ball whose top half is red and bottom half yellow: both colours and the shape
+ * are known to the base model, the two-colour pattern is not.
+ *
+ * Everything is a pure function of a seed (the project's Philox generator), so the set, the
+ * photos and the model built on them are the same on every machine.
+ */
+import { Rng } from '../random.ts';
+
+export const TOY_SIZE = 64;
+
+/** Named colours, RGB 0-255: objects take one of OBJECT_COLOURS, backgrounds one of BACKGROUNDS. */
+export const PALETTE = {
+  red: [220, 40, 40],
+  green: [40, 170, 60],
+  blue: [50, 80, 220],
+  yellow: [240, 210, 40],
+  white: [235, 235, 235],
+  black: [25, 25, 25],
+  gray: [128, 128, 128],
+} as const satisfies Record<string, readonly [number, number, number]>;
+export type ColourName = keyof typeof PALETTE;
+export const COLOUR_NAMES = Object.keys(PALETTE) as ColourName[];
+
+export const OBJECT_COLOURS: readonly ColourName[] = ['red', 'green', 'blue', 'yellow'];
+export const BACKGROUNDS: readonly ColourName[] = ['white', 'black', 'gray', 'blue', 'green', 'red', 'yellow'];
+export const KINDS = ['ball', 'square', 'triangle'] as const;
+export type Kind = (typeof KINDS)[number];
+
+/** What one image shows. `colour` is the whole object's; `pattern` gives a two-colour ball. */
+export interface Scene {
+  readonly kind: Kind;
+  readonly colour: ColourName;
+  readonly background: ColourName;
+  /** Centre, as a fraction of the image side. */
+  readonly cx: number;
+  readonly cy: number;
+  /** Half-size (radius), as a fraction of the image side. */
+  readonly r: number;
+  /** Top and bottom half colours (the subject); overrides `colour`. */
+  readonly pattern?: readonly [ColourName, ColourName];
+}
+
+/** An RGB image, HWC, 0-255 (the layout engine/image/sharp.ts reads and writes). */
+export interface ToyImage {
+  readonly data: Uint8Array;
+  readonly width: number;
+  readonly height: number;
+}
+
+/** Does the point (u, v) (fractions of the side) fall inside the object? */
+function inside(s: Scene, u: number, v: number): boolean {
+  const dx = u - s.cx;
+  const dy = v - s.cy;
+  if (s.kind === 'ball') return dx * dx + dy * dy <= s.r * s.r;
+  if (s.kind === 'square') return Math.abs(dx) <= s.r * 0.85 && Math.abs(dy) <= s.r * 0.85;
+  // Triangle pointing up: apex at (cx, cy - r), base at cy + r from cx - r to cx + r.
+  if (dy < -s.r || dy > s.r) return false;
+  return Math.abs(dx) <= (s.r * (dy + s.r)) / (2 * s.r);
+}
+
+/** Draws a scene at `size` x `size`, 4x4 supersampled. */
+export function drawScene(s: Scene, size = TOY_SIZE): ToyImage {
+  const data = new Uint8Array(size * size * 3);
+  const bg = PALETTE[s.background];
+  const SS = 4;
+  for (let y = 0; y < size; y++) {
+    for (let x = 0; x < size; x++) {
+      const acc = [0, 0, 0];
+      for (let sy = 0; sy < SS; sy++) {
+        for (let sx = 0; sx < SS; sx++) {
+          const u = (x + (sx + 0.5) / SS) / size;
+          const v = (y + (sy + 0.5) / SS) / size;
+          let c: readonly number[] = bg;
+          if (inside(s, u, v)) c = PALETTE[s.pattern ? (v < s.cy ? s.pattern[0] : s.pattern[1]) : s.colour];
+          acc[0] += c[0];
+          acc[1] += c[1];
+          acc[2] += c[2];
+        }
+      }
+      const i = (y * size + x) * 3;
+      for (let k = 0; k < 3; k++) data[i + k] = Math.round(acc[k] / (SS * SS));
+    }
+  }
+  return { data, width: size, height: size };
+}
+
+/** The SD-style caption of a scene. `withBackground` false drops "on a ... background". */
+export function caption(s: Scene, withBackground = true): string {
+  const what = s.pattern ? `a photo of sks ${s.kind}` : `a photo of a ${s.colour} ${s.kind}`;
+  return withBackground ? `${what} on a ${s.background} background` : what;
+}
+
+function pick<T>(rng: Rng, xs: readonly T[]): T {
+  return xs[rng.int(xs.length)];
+}
+
+/** A random scene of the base world (never the subject's pattern). */
+export function randomScene(rng: Rng): Scene {
+  const colour = pick(rng, OBJECT_COLOURS);
+  const background = pick(
+    rng,
+    BACKGROUNDS.filter((b) => b !== colour),
+  );
+  const r = 0.18 + 0.14 * rng.uniform();
+  const cx = r + (1 - 2 * r) * rng.uniform();
+  const cy = r + (1 - 2 * r) * rng.uniform();
+  return { kind: pick(rng, KINDS), colour, background, cx, cy, r };
+}
+
+export interface ToyExample {
+  readonly image: ToyImage;
+  readonly caption: string;
+  readonly scene: Scene;
+}
+
+/**
+ * `n` examples of the base world from `seed`: captions name object and background (80%), the
+ * object only (10%), or nothing (10%, the unconditional caption classifier-free guidance uses).
+ */
+export function toyDataset(n: number, seed: number, size = TOY_SIZE): ToyExample[] {
+  const rng = new Rng(seed);
+  const out: ToyExample[] = [];
+  for (let i = 0; i < n; i++) {
+    const scene = randomScene(rng);
+    const p = rng.uniform();
+    out.push({ image: drawScene(scene, size), scene, caption: p < 0.8 ? caption(scene) : p < 0.9 ? caption(scene, false) : '' });
+  }
+  return out;
+}
+
+/** The subject's pattern: a ball, red on top, yellow below. */
+export const SUBJECT_PATTERN: readonly [ColourName, ColourName] = ['red', 'yellow'];
+/** Backgrounds of the subject photos; the demo asks for others (green, gray). */
+export const SUBJECT_PHOTO_BACKGROUNDS: readonly ColourName[] = ['white', 'blue', 'black'];
+
+/** `count` photos of the subject at different positions and sizes, on the photo backgrounds. */
+export function subjectScenes(count = 6, seed = 17): Scene[] {
+  const rng = new Rng(seed);
+  return Array.from({ length: count }, (_, k) => {
+    const r = 0.22 + 0.1 * rng.uniform();
+    return { kind: 'ball', colour: 'red', pattern: SUBJECT_PATTERN, background: SUBJECT_PHOTO_BACKGROUNDS[k % SUBJECT_PHOTO_BACKGROUNDS.length], cx: r + (1 - 2 * r) * rng.uniform(), cy: r + (1 - 2 * r) * rng.uniform(), r };
+  });
+}
