@@ -79,9 +79,14 @@ export async function ensureGraph(req: GraphRequest, cacheDir = defaultCacheDir(
   const dir = join(cacheDir, 'onnx', graphKey(req));
   const file = join(dir, 'graph.onnx');
   const metaFile = join(dir, 'meta.json');
-  if (existsSync(file) && existsSync(metaFile)) return { file, meta: JSON.parse(readFileSync(metaFile, 'utf8')) as GraphMeta, emitted: false };
+  if (existsSync(file) && existsSync(metaFile)) {
+    const cached = JSON.parse(readFileSync(metaFile, 'utf8')) as GraphMeta;
+    // The key names the files by their real paths, but the graph was emitted through whatever path the
+    // model had then (a symlink, a folder since removed): link the weights from where they are now.
+    if (cached.files.every((f) => existsSync(f.path))) return { file, meta: cached, emitted: false };
+  }
   const g = req.emit();
-  const meta: GraphMeta = { kind: g.kind, files: g.files, sidePaths: [...g.sidePaths], inputNames: g.inputNames, outputNames: g.outputNames, nodes: g.nodes };
+  const meta: GraphMeta = { kind: g.kind, files: g.files.map((f) => ({ ...f, path: realpathSync(f.path) })), sidePaths: [...g.sidePaths], inputNames: g.inputNames, outputNames: g.outputNames, nodes: g.nodes };
   mkdirSync(dir, { recursive: true });
   await atomicWriteFile(file, g.bytes);
   await atomicWriteJson(metaFile, meta);
