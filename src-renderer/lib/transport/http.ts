@@ -65,15 +65,20 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
     return u.toString();
   }
 
-  /** The server refused the token: stop the socket and every retry; the page says what to do. */
-  function refuse() {
-    if (unauthorized) return;
-    unauthorized = true;
+  /** Closes the socket and cancels a pending reconnect. */
+  function stopSocket() {
     if (timer) clearTimeout(timer);
     timer = null;
     const ws = socket;
     socket = null;
     ws?.close();
+  }
+
+  /** The server refused the token: stop the socket and every retry; the page says what to do. */
+  function refuse() {
+    if (unauthorized) return;
+    unauthorized = true;
+    stopSocket();
     setState({ status: 'unauthorized' });
   }
 
@@ -192,11 +197,7 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
 
     close() {
       closed = true;
-      if (timer) clearTimeout(timer);
-      timer = null;
-      const ws = socket;
-      socket = null;
-      ws?.close();
+      stopSocket();
       setState({ status: 'closed' });
     },
   };
