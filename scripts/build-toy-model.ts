@@ -9,9 +9,15 @@
  * together on the VAE's latents, with the same DDPM step adapter training uses. Everything is
  * seeded; the script prints its configuration, losses and wall time.
  *
- *   nice -n 5 npx tsx scripts/build-toy-model.ts [--out models/toy-sd] [--vae-steps N] [--unet-steps N] [--snapshot-every N]
+ *   nice -n 5 npx tsx scripts/build-toy-model.ts [--out models/toy-sd] [--vae-steps N] [--unet-steps N]
+ *     [--vae-batch N] [--vae-lr X] [--unet-batch N] [--unet-lr X] [--min-snr G] [--snapshot-every N] [--vae-from DIR]
+ *
+ * The two stages draw from their own random streams, and the UNet trains on the VAE as it is
+ * saved (its weights rounded to the file's dtype, read back from disk). So `--vae-from` a folder
+ * this script wrote with the same VAE settings reproduces the one-shot build exactly, which lets
+ * the stages run as separate processes (and VAE variants side by side on a 2-core machine).
  */
-import { copyFile, mkdir } from 'node:fs/promises';
+import { copyFile, mkdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { initBackend, tf, type Tensor } from '../src-main/engine/backend/tf.ts';
 import { encodeImage } from '../src-main/engine/image/sharp.ts';
@@ -23,7 +29,7 @@ import { UNet2DConditionModel } from '../src-main/engine/models/unet2dCondition.
 import { REPO_ROOT } from '../src-main/engine/paths.ts';
 import { Rng } from '../src-main/engine/random.ts';
 import { createScheduler } from '../src-main/engine/schedulers/index.ts';
-import { TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../src-main/engine/toy/toyModel.ts';
+import { TOY_MODEL_DIR, TOY_MODEL_NAME, TOY_SUBJECT_DIR } from '../src-main/engine/toy/toyModel.ts';
 import { drawScene, subjectScenes, toyDataset, TOY_SIZE } from '../src-main/engine/toy/toyWorld.ts';
 import { AdamW } from '../src-main/engine/train/adamw.ts';
 import { freeze, initFromScratch, makeTrainable, saveModule, vaeStep } from '../src-main/engine/train/fullTrain.ts';
@@ -108,7 +114,7 @@ export const TOY_CONFIG = {
     trained_betas: null,
   },
   vaeTrain: { steps: 600, batch: 6, lr: 2e-3, klWeight: 1e-4, sampleScale: 0, maxGradNorm: 1 },
-  unetTrain: { steps: 1000, batch: 16, lr: 1e-3, maxGradNorm: 1 },
+  unetTrain: { steps: 1000, batch: 16, lr: 1e-3, maxGradNorm: 1, minSnrGamma: null as number | null },
   weightsDtype: 'F16' as 'F16' | 'F32',
 };
 
@@ -129,15 +135,20 @@ function imagesTensor(images: readonly { data: Uint8Array }[], size: number): Te
   return tf.tensor4d(buf, [n, size, size, 3]);
 }
 
-async function writeFolder(out: string, vae: AutoencoderKL, unet: UNet2DConditionModel, te: ClipTextModel, vaeConfig: object, note: string): Promise<void> {
-  for (const dir of ['unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler']) await mkdir(join(out, dir), { recursive: true });
-  const src = 'scripts/build-toy-model.ts';
-  const dtype = TOY_CONFIG.weightsDtype;
-  await saveModule(vae, join(out, 'vae/diffusion_pytorch_model.safetensors'), dtype, src);
-  await saveModule(unet, join(out, 'unet/diffusion_pytorch_model.safetensors'), dtype, src);
-  await saveModule(te, join(out, 'text_encoder/model.safetensors'), dtype, src);
-  const json = (v: unknown) => JSON.stringify(v, null, 2) + '\n';
+const SOURCE = 'scripts/build-toy-model.ts';
+const json = (v: unknown) => JSON.stringify(v, null, 2) + '\n';
+
+async function writeVae(out: string, vae: AutoencoderKL, vaeConfig: object): Promise<void> {
+  await mkdir(join(out, 'vae'), { recursive: true });
+  await saveModule(vae, join(out, 'vae/diffusion_pytorch_model.safetensors'), TOY_CONFIG.weightsDtype, SOURCE);
   await atomicWriteFile(join(out, 'vae/config.json'), json(vaeConfig));
+}
+
+async function writeFolder(out: string, unet: UNet2DConditionModel, te: ClipTextModel, note: string): Promise<void> {
+  for (const dir of ['unet', 'text_encoder', 'tokenizer', 'scheduler']) await mkdir(join(out, dir), { recursive: true });
+  const dtype = TOY_CONFIG.weightsDtype;
+  await saveModule(unet, join(out, 'unet/diffusion_pytorch_model.safetensors'), dtype, SOURCE);
+  await saveModule(te, join(out, 'text_encoder/model.safetensors'), dtype, SOURCE);
   await atomicWriteFile(join(out, 'unet/config.json'), json(TOY_CONFIG.unet));
   await atomicWriteFile(join(out, 'text_encoder/config.json'), json(TOY_CONFIG.textEncoder));
   await atomicWriteFile(join(out, 'scheduler/scheduler_config.json'), json(TOY_CONFIG.scheduler));
@@ -147,7 +158,7 @@ async function writeFolder(out: string, vae: AutoencoderKL, unet: UNet2DConditio
     json({
       _class_name: 'StableDiffusionPipeline',
       _diffusers_version: '0.27.2',
-      _name_or_path: 'singlora-studio/toy-sd',
+      _name_or_path: TOY_MODEL_NAME,
       feature_extractor: [null, null],
       image_encoder: [null, null],
       requires_safety_checker: false,
@@ -180,15 +191,25 @@ async function main(): Promise<void> {
     return i >= 0 ? args[i + 1] : undefined;
   };
   const out = resolve(arg('--out') ?? TOY_MODEL_DIR);
+  const num = (name: string, fallback: number) => {
+    const v = arg(name);
+    if (v === undefined) return fallback;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0) throw new Error(`${name}: expected a non-negative number, got "${v}"`);
+    return n;
+  };
   const cfg = TOY_CONFIG;
-  const vaeSteps = Number(arg('--vae-steps') ?? cfg.vaeTrain.steps);
-  const unetSteps = Number(arg('--unet-steps') ?? cfg.unetTrain.steps);
-  const snapshotEvery = Number(arg('--snapshot-every') ?? 0);
+  const vaeTrain = { ...cfg.vaeTrain, steps: num('--vae-steps', cfg.vaeTrain.steps), batch: num('--vae-batch', cfg.vaeTrain.batch), lr: num('--vae-lr', cfg.vaeTrain.lr) };
+  const unetTrain = { ...cfg.unetTrain, steps: num('--unet-steps', cfg.unetTrain.steps), batch: num('--unet-batch', cfg.unetTrain.batch), lr: num('--unet-lr', cfg.unetTrain.lr), minSnrGamma: arg('--min-snr') === undefined ? cfg.unetTrain.minSnrGamma : num('--min-snr', 0) || null };
+  const vaeSteps = vaeTrain.steps;
+  const unetSteps = unetTrain.steps;
+  const snapshotEvery = num('--snapshot-every', 0);
+  const vaeFrom = arg('--vae-from');
   const backend = await initBackend();
   const t0 = performance.now();
   const elapsed = () => ((performance.now() - t0) / 1000).toFixed(0) + ' s';
-  console.log(`build-toy-model: backend ${backend.name}, out ${out}`);
-  console.log(`config: ${JSON.stringify({ ...cfg, vaeTrain: { ...cfg.vaeTrain, steps: vaeSteps }, unetTrain: { ...cfg.unetTrain, steps: unetSteps } })}`);
+  console.log(`build-toy-model: backend ${backend.name}, out ${out}${vaeFrom ? `, VAE from ${resolve(vaeFrom)}` : ''}`);
+  console.log(`config: ${JSON.stringify({ ...cfg, vaeTrain, unetTrain })}`);
 
   // The data set and the subject photos.
   const data = toyDataset(cfg.images, cfg.seed);
@@ -198,42 +219,56 @@ async function main(): Promise<void> {
     data.map((d) => d.image),
     cfg.imageSize,
   ); // [N, 64, 64, 3] in [-1, 1]
-  const rng = new Rng(cfg.seed, 1);
+  // Held-out images (another seed) to report how well the VAE reconstructs what it never saw.
+  const heldOut = imagesTensor(
+    toyDataset(64, cfg.seed + 100).map((d) => d.image),
+    cfg.imageSize,
+  );
 
-  // 1. The VAE.
-  const vae = AutoencoderKL.fromConfig(cfg.vae);
-  initFromScratch(vae, cfg.seed + 1);
-  const vaeOpt = new AdamW(makeTrainable(vae, 'toy-vae'));
-  const lat = cfg.imageSize / vae.downsampleFactor;
-  for (let step = 0; step < vaeSteps; step++) {
-    const idx = Array.from({ length: cfg.vaeTrain.batch }, () => rng.int(cfg.images));
-    const x = tf.gather(images, idx);
-    const eps = tf.tensor4d(rng.normal([idx.length, lat, lat, 4]), [idx.length, lat, lat, 4]);
-    const r = await vaeStep(vae, vaeOpt, x, eps, { lr: lrAt(step, vaeSteps, cfg.vaeTrain.lr), klWeight: cfg.vaeTrain.klWeight, sampleScale: cfg.vaeTrain.sampleScale, maxGradNorm: cfg.vaeTrain.maxGradNorm });
-    tf.dispose([x, eps]);
-    if (step % 25 === 0 || step === vaeSteps - 1) console.log(`vae step ${step + 1}/${vaeSteps}: reconstruction ${r.reconstruction.toFixed(5)} kl ${r.kl.toFixed(4)} (${elapsed()})`);
-  }
-  vaeOpt.dispose();
-  freeze(vae);
+  // 1. The VAE (or the one a previous run of this script saved).
+  let vaeConfig: object;
+  if (vaeFrom) {
+    vaeConfig = JSON.parse(await readFile(join(vaeFrom, 'vae/config.json'), 'utf8')) as object;
+    if (resolve(vaeFrom) !== out) {
+      await mkdir(join(out, 'vae'), { recursive: true });
+      for (const f of ['config.json', 'diffusion_pytorch_model.safetensors']) await copyFile(join(vaeFrom, 'vae', f), join(out, 'vae', f));
+    }
+  } else {
+    const rng = new Rng(cfg.seed, 1);
+    const vae = AutoencoderKL.fromConfig(cfg.vae);
+    initFromScratch(vae, cfg.seed + 1);
+    const vaeOpt = new AdamW(makeTrainable(vae, 'toy-vae'));
+    const lat = cfg.imageSize / vae.downsampleFactor;
+    for (let step = 0; step < vaeSteps; step++) {
+      const idx = Array.from({ length: vaeTrain.batch }, () => rng.int(cfg.images));
+      const x = tf.gather(images, idx);
+      const eps = tf.tensor4d(rng.normal([idx.length, lat, lat, 4]), [idx.length, lat, lat, 4]);
+      const r = await vaeStep(vae, vaeOpt, x, eps, { lr: lrAt(step, vaeSteps, vaeTrain.lr), klWeight: vaeTrain.klWeight, sampleScale: vaeTrain.sampleScale, maxGradNorm: vaeTrain.maxGradNorm });
+      tf.dispose([x, eps]);
+      if (step % 25 === 0 || step === vaeSteps - 1) console.log(`vae step ${step + 1}/${vaeSteps}: reconstruction ${r.reconstruction.toFixed(5)} kl ${r.kl.toFixed(4)} (${elapsed()})`);
+    }
+    vaeOpt.dispose();
+    freeze(vae);
 
-  // Latents of the whole set (the distribution's means), and the scaling factor 1 / std.
-  const means: Tensor[] = [];
-  for (let i = 0; i < cfg.images; i += 64) {
-    means.push(
-      tf.tidy(() => {
-        const d = vae.encode(images.slice([i, 0, 0, 0], [Math.min(64, cfg.images - i), -1, -1, -1]));
-        return d.mean;
-      }),
-    );
+    // The scaling factor 1 / std of the latents of the whole set (the distribution's means).
+    const raw = encodeMeans(vae, images);
+    const std = (await tf.moments(raw).variance.sqrt().data())[0];
+    raw.dispose();
+    vaeConfig = { ...cfg.vae, scaling_factor: Number((1 / std).toPrecision(5)) };
+    await writeVae(out, vae, vaeConfig);
+    vae.dispose();
+    console.log(`VAE written to ${join(out, 'vae')}: latent std ${std.toFixed(4)} (${elapsed()})`);
   }
-  const raw = tf.concat(means);
-  tf.dispose(means);
-  const std = (await tf.moments(raw).variance.sqrt().data())[0];
-  const scaling = Number((1 / std).toPrecision(5));
+  // From here on, the VAE as saved.
+  const vae = await AutoencoderKL.load(join(out, 'vae'));
+  const scaling = (vaeConfig as { scaling_factor: number }).scaling_factor;
+  const heldOutMse = tf.tidy(() => tf.mean(tf.squaredDifference(vae.decode(vae.encode(heldOut).mean), heldOut)));
+  console.log(`VAE: held-out reconstruction ${(await heldOutMse.data())[0].toFixed(5)} (mean squared error in [-1, 1], 64 images of seed ${cfg.seed + 100}), scaling_factor ${scaling}`);
+  tf.dispose([heldOutMse, heldOut]);
+  const raw = encodeMeans(vae, images);
   const latents = tf.mul(raw, scaling); // [N, 8, 8, 4], unit variance
   raw.dispose();
-  const vaeConfig = { ...cfg.vae, scaling_factor: scaling };
-  console.log(`latents [${latents.shape}], std ${std.toFixed(4)} -> scaling_factor ${scaling} (${elapsed()})`);
+  console.log(`latents [${latents.shape}] (${elapsed()})`);
 
   // 2. The UNet and the text encoder.
   const tokenizer = await ClipTokenizer.load(TOKENIZER_SOURCE);
@@ -242,6 +277,7 @@ async function main(): Promise<void> {
   const te = new ClipTextModel(parseClipTextConfig(cfg.textEncoder));
   initFromScratch(unet, cfg.seed + 2);
   initFromScratch(te, cfg.seed + 3);
+  const rng = new Rng(cfg.seed, 2);
   console.log(`parameters: vae ${vae.parameterCount()}, unet ${unet.parameterCount()}, text encoder ${te.parameterCount()}`);
   const optimizer = new AdamW([...makeTrainable(unet, 'toy-unet'), ...makeTrainable(te, 'toy-te')]);
   const ddpm = createScheduler('ddpm', { source: 'scripts/build-toy-model.ts', values: cfg.scheduler });
@@ -249,18 +285,18 @@ async function main(): Promise<void> {
   const numTrain = ddpm.alphasCumprod.length;
   let smoothed = NaN;
   const note = () =>
-    `# toy-sd\n\nBuilt by \`npm run build:toy-model\` (scripts/build-toy-model.ts), from scratch, seed ${cfg.seed}: VAE ${vaeSteps} steps, UNet + text encoder ${unetSteps} steps. See ../README.md.\n`;
+    `# toy-sd\n\nBuilt by \`npm run build:toy-model\` (scripts/build-toy-model.ts), from scratch, seed ${cfg.seed}: VAE ${vaeSteps} steps (batch ${vaeTrain.batch}, lr ${vaeTrain.lr}), UNet + text encoder ${unetSteps} steps (batch ${unetTrain.batch}, lr ${unetTrain.lr}${unetTrain.minSnrGamma ? `, min-SNR gamma ${unetTrain.minSnrGamma}` : ''}). See ../README.md.\n`;
   for (let step = 0; step < unetSteps; step++) {
-    const idx = Array.from({ length: cfg.unetTrain.batch }, () => rng.int(cfg.images));
+    const idx = Array.from({ length: unetTrain.batch }, () => rng.int(cfg.images));
     const z0 = tf.gather(latents, idx);
     const noise = tf.tensor4d(rng.normal(z0.shape), z0.shape as [number, number, number, number]);
     const timesteps = idx.map(() => rng.int(numTrain));
     const batchIds = idx.map((i) => ids[i]);
     const r = await trainStep({ unet, scheduler: ddpm, optimizer }, [{ latents: z0, noise, timesteps, context: () => te.forward(batchIds).last_hidden_state }], {
       step,
-      lr: lrAt(step, unetSteps, cfg.unetTrain.lr),
-      maxGradNorm: cfg.unetTrain.maxGradNorm,
-      minSnrGamma: null,
+      lr: lrAt(step, unetSteps, unetTrain.lr),
+      maxGradNorm: unetTrain.maxGradNorm,
+      minSnrGamma: unetTrain.minSnrGamma,
       priorLossWeight: 1,
       attention: 'plain',
     });
@@ -268,13 +304,24 @@ async function main(): Promise<void> {
     smoothed = Number.isNaN(smoothed) ? r.loss : 0.98 * smoothed + 0.02 * r.loss;
     if (step % 25 === 0 || step === unetSteps - 1) console.log(`unet step ${step + 1}/${unetSteps}: loss ${r.loss.toFixed(4)} smoothed ${smoothed.toFixed(4)} (${elapsed()})`);
     if (snapshotEvery && (step + 1) % snapshotEvery === 0 && step + 1 < unetSteps) {
-      await writeFolder(out, vae, unet, te, vaeConfig, note());
+      await writeFolder(out, unet, te, note());
       console.log(`snapshot written at step ${step + 1} (${elapsed()})`);
     }
   }
-  await writeFolder(out, vae, unet, te, vaeConfig, note() + `\nBuild time: ${elapsed()} on backend ${backend.name}.\n`);
+  await writeFolder(out, unet, te, note() + `\nBuild time: ${elapsed()} on backend ${backend.name}.\n`);
   console.log(`toy model written to ${out}; build time ${elapsed()}`);
   tf.dispose([images, latents]);
+  vae.dispose();
+}
+
+/** The VAE's latent means of `images`, 64 at a time. */
+function encodeMeans(vae: AutoencoderKL, images: Tensor): Tensor {
+  const n = images.shape[0];
+  const means: Tensor[] = [];
+  for (let i = 0; i < n; i += 64) means.push(tf.tidy(() => vae.encode(images.slice([i, 0, 0, 0], [Math.min(64, n - i), -1, -1, -1])).mean));
+  const all = tf.concat(means);
+  tf.dispose(means);
+  return all;
 }
 
 if (process.argv[1]?.endsWith('build-toy-model.ts')) await main();

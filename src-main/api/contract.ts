@@ -210,7 +210,11 @@ export const api = {
     result: z.object({ jobId: z.string() }),
   },
   /** What an evaluation of this project's runs needs, before it is started: the DINO model it would use, or what is missing. */
-  'evaluation.check': { params: z.object({ projectId: idSchema }).strict(), result: z.object({ ready: z.boolean(), dino: z.string().nullable(), bundled: z.boolean(), message: z.string().nullable() }) },
+  'evaluation.check': {
+    params: z.object({ projectId: idSchema }).strict(),
+    /** `metric` 'toy': the toy model without DINO is scored by the toy world's pixel score (`dino` null). */
+    result: z.object({ ready: z.boolean(), dino: z.string().nullable(), bundled: z.boolean(), metric: z.enum(['dino', 'toy']).optional(), message: z.string().nullable() }),
+  },
   /** The images the last evaluation generated, per checkpoint (step null: the base model). */
   'evaluation.images': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: z.array(z.object({ step: z.number().int().nullable(), file: z.string(), url: z.string() })) },
   'evaluation.get': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: evaluationSchema.nullable() },

@@ -144,6 +144,7 @@ export type CheckpointEntry = z.infer<typeof checkpointSchema>;
 export const scoreRowSchema = z.object({
   /** null for the base model (no adapter). */
   step: z.number().int().nullable(),
+  /** Subject fidelity: DINO, or the toy score when the evaluation's `metric` is 'toy'. */
   dino: z.number(),
   clipT: z.number().nullable(),
   images: z.number().int(),
@@ -152,6 +153,11 @@ export type ScoreRow = z.infer<typeof scoreRowSchema>;
 
 export const evaluationSchema = z.object({
   createdAt: z.string(),
+  /**
+   * What `dino` holds: DINO similarity (absent or 'dino'), or 'toy', the toy world's pixel score
+   * (eval/toyFidelity.ts), used for the toy model when no DINO is installed.
+   */
+  metric: z.enum(['dino', 'toy']).optional(),
   prompts: z.array(z.string()),
   imagesPerPrompt: z.number().int(),
   seeds: z.array(z.number().int()),

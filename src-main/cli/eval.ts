@@ -10,7 +10,7 @@ import { Option, type Command } from 'commander';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import type { ClipModels, ClipScores } from '../engine/eval/clip.ts';
-import { locateClip, locateDino } from '../engine/eval/modelRegistry.ts';
+import { locateClip, locateDino, scorerFor } from '../engine/eval/modelRegistry.ts';
 import type { SubjectFidelity } from '../engine/eval/similarity.ts';
 import { getPngText } from '../engine/image/pngText.ts';
 import { defaultModelsDir } from '../engine/paths.ts';
@@ -129,12 +129,17 @@ async function evalRun(opts: EvalOptions): Promise<void> {
   const prompts = opts.prompts && opts.prompts !== 'default' ? readPromptFile(opts.prompts) : undefined;
   const manifest = await readRunManifest(runDir);
   if (!manifest.checkpoints.length) throw new Error(`${runDir}: the run has no checkpoints to evaluate yet`);
+  // DINO; for the toy model without DINO, the toy world's pixel score (evaluateRun.ts).
+  const scorer = scorerFor(manifest.baseModel.path, opts.modelsDir ?? defaultModelsDir(), opts.dinoModel);
+  const toy = scorer.kind === 'toy';
+  const toyEval = toy ? await import('../engine/eval/toyEvaluate.ts') : null;
+  if (toy && !opts.json) process.stderr.write("DINO is not installed: scoring the toy model with the toy world's own subject fidelity (colours and their layout; docs/experiments.md)\n");
 
   // The plan, before anything loads: how many images, and roughly how long.
   const checkpoints = opts.checkpoints === 'latest' ? 1 : manifest.checkpoints.length;
-  const promptCount = prompts?.length ?? new Set(evalJobs(opts.subject ?? 'live', manifest.settings.triggerToken, manifest.settings.classWord).map((j) => j.prompt)).size;
+  const promptCount = prompts?.length ?? toyEval?.TOY_PROBES.length ?? new Set(evalJobs(opts.subject ?? 'live', manifest.settings.triggerToken, manifest.settings.classWord).map((j) => j.prompt)).size;
   const perPrompt = opts.imagesPerPrompt ?? IMAGES_PER_PROMPT;
-  const steps = opts.steps ?? EVAL_STEPS;
+  const steps = opts.steps ?? toyEval?.TOY_SAMPLING.steps ?? EVAL_STEPS;
   const images = (1 + checkpoints) * promptCount * perPrompt;
   // A sampling step with guidance (2 UNet forwards) costs about 2/3 of a training step (forward + backward).
   const estimate = manifest.timing.msPerStep ? (images * steps * manifest.timing.msPerStep * (2 / 3)) / 1000 : null;
@@ -162,6 +167,7 @@ async function evalRun(opts: EvalOptions): Promise<void> {
       steps,
       subjectType: opts.subject === 'object' ? 'object' : 'live',
       dinoModel: opts.dinoModel,
+      scorer: scorer.kind,
       modelsDir: opts.modelsDir,
       clip: opts.clip !== false,
       baseOptions: opts.configDir ? { configDir: opts.configDir } : undefined,
@@ -182,7 +188,7 @@ async function evalRun(opts: EvalOptions): Promise<void> {
     const row = (label: string, r: { dino: number; clipT: number | null; images: number }, mark = '') => `  ${label.padEnd(12)} ${r.dino.toFixed(4)}   ${r.clipT === null ? '   n/a' : r.clipT.toFixed(4)}   ${String(r.images).padStart(4)}${mark}`;
     return [
       `evaluation of ${runDir}: ${evaluation.prompts.length} prompts x ${evaluation.imagesPerPrompt} images`,
-      '  checkpoint   DINO     CLIP-T   images',
+      toy ? '  checkpoint   TOY      CLIP-T   images' : '  checkpoint   DINO     CLIP-T   images',
       row('base', evaluation.baseline),
       ...evaluation.rows.map((r) => row(`step ${r.step}`, r, r.step === evaluation.best ? (beatsBase ? '   <- best' : '   <- best checkpoint, but below the base model') : '')),
       `rule: ${evaluation.rule}`,

@@ -61,7 +61,7 @@ const handlers: Handlers = {
     dropWarm();
     const { evaluateRun } = await import('../engine/eval/evaluateRun.ts');
     return evaluateRun(
-      { runDir: p.runDir, photos: p.photos, checkpoints: p.checkpoints, subjectType: p.subjectType, prompts: p.prompts, imagesPerPrompt: p.imagesPerPrompt, steps: p.steps, dinoModel: p.dinoModel, modelsDir: p.modelsDir },
+      { runDir: p.runDir, photos: p.photos, checkpoints: p.checkpoints, subjectType: p.subjectType, prompts: p.prompts, imagesPerPrompt: p.imagesPerPrompt, steps: p.steps, dinoModel: p.dinoModel, scorer: p.scorer, modelsDir: p.modelsDir },
       { signal: ctx.signal, onProgress: (done, total, label) => ctx.progress({ done, total, label }) },
     );
   },

@@ -51,6 +51,8 @@ export interface EvaluateRequest {
   /** Sampling steps of the evaluation images (default: the engine's). */
   steps?: number;
   dinoModel?: string;
+  /** 'toy': score with the toy world's pixel score instead of DINO (the toy model without DINO). */
+  scorer?: 'dino' | 'toy';
   modelsDir?: string;
 }
 

@@ -30,6 +30,11 @@ export function formatRate(its: number | null | undefined): string {
   return its >= 1 ? `${its.toFixed(2)} it/s` : `${(1 / its).toFixed(2)} s/it`;
 }
 
+/** The name of an evaluation's subject-fidelity score: DINO, or the toy world's score (eval/toyFidelity.ts). */
+export function scoreName(evaluation: { metric?: 'dino' | 'toy' }): string {
+  return evaluation.metric === 'toy' ? 'Toy fidelity' : 'DINO';
+}
+
 export function formatScore(v: number | null | undefined, digits = 4): string {
   return v == null || !Number.isFinite(v) ? '—' : v.toFixed(digits);
 }

@@ -2,12 +2,15 @@
  * Scoring a run: the base model and two checkpoints of a tiny training run, DINO through the
  * tiny ONNX model, the pick by the rule stored in run.json, and the user's own choice.
  */
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { makeSubjectPhotos } from '../../scripts/make-tiny-model.ts';
 import { evaluateRun, pickBest } from '../../src-main/engine/eval/evaluateRun.ts';
+import { readToyPhotos } from '../../src-main/engine/eval/toyEvaluate.ts';
+import { subjectFidelity as toySubjectFidelity } from '../../src-main/engine/eval/toyFidelity.ts';
+import { TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../../src-main/engine/toy/toyModel.ts';
 import { readRunManifest } from '../../src-main/engine/train/runFiles.ts';
 import { train } from '../../src-main/engine/train/trainer.ts';
 import { useBackend } from '../helpers/backend.ts';
@@ -68,5 +71,29 @@ describe('evaluateRun', () => {
     const m = await readRunManifest(runDir);
     expect(m.evaluation?.rows, 'run.json keeps the scores it reported').toEqual(evaluation.rows);
     expect(m.evaluation?.best).toBe(expected);
+  });
+
+  it("scores a toy-model run with the toy world's pixel score when asked ('toy'), on the toy probes with the run's trigger", async () => {
+    const root = mkdtempSync(join(tmpdir(), 'eval-toy-'));
+    const runDir = join(root, 'run');
+    await train({ base: TOY_MODEL_DIR, photos: TOY_SUBJECT_DIR, runDir, settings: { steps: 2, rank: 4, alpha: 4, rampSteps: 1, learningRate: 1e-3, checkpointEvery: 2, sampleEvery: 0, triggerToken: 'zwx', classWord: 'ball', seed: 3 } });
+    const evaluation = await evaluateRun({ runDir, photos: TOY_SUBJECT_DIR, imagesPerPrompt: 1, steps: 3, scorer: 'toy', modelsDir: join(root, 'no-models') });
+    expect(evaluation.metric).toBe('toy');
+    expect(evaluation.prompts).toEqual(['a photo of zwx ball on a green background', 'a photo of zwx ball on a gray background']);
+    expect(evaluation.rule).toMatch(/^highest toy subject fidelity/);
+    expect(evaluation.rows.map((r) => r.step)).toEqual([2]);
+    // The stored score is the toy score of the images on disk against the photos, recomputed here.
+    const photos = await readToyPhotos(readdirSync(TOY_SUBJECT_DIR).map((f) => join(TOY_SUBJECT_DIR, f)));
+    const base = join(runDir, 'eval/base');
+    const generated = await readToyPhotos(readdirSync(base).filter((f) => f.endsWith('.png')).map((f) => join(base, f)));
+    expect(generated.length).toBe(2);
+    expect(generated[0].width).toBe(64);
+    expect(evaluation.baseline.dino).toBeCloseTo(toySubjectFidelity(generated, photos), 6);
+    for (const r of [evaluation.baseline, ...evaluation.rows]) {
+      expect(r.dino).toBeGreaterThanOrEqual(0);
+      expect(r.dino).toBeLessThanOrEqual(1);
+      expect(r.clipT).toBeNull();
+    }
+    expect((await readRunManifest(runDir)).evaluation?.metric).toBe('toy');
   });
 });

@@ -29,6 +29,18 @@ describe('Evaluate screen', () => {
     expect(screen.getByTestId('score-chart').textContent).toMatch(/base model.*0\.210.*chosen: step 600/);
   });
 
+  test("a toy-model evaluation names its score (toy fidelity, not DINO), and the check says so before the click", async () => {
+    await renderEvaluate({
+      'evaluation.get': () => fx.evaluation({ metric: 'toy' }),
+      'evaluation.check': () => ({ ready: true, dino: null, bundled: false, metric: 'toy', message: "no DINO installed: the toy model is scored with the toy world's own subject fidelity" }),
+    });
+    await waitFor(() => expect(screen.getAllByTestId('score-row')).toHaveLength(3));
+    expect(within(screen.getByTestId('score-table')).getAllByRole('columnheader')[1].textContent).toBe('Toy fidelity');
+    expect(screen.getByTestId('score-chart').textContent).toMatch(/^\s*Toy fidelity and CLIP-T for each checkpoint.*0\.2100 Toy fidelity\)/s);
+    await waitFor(() => expect(screen.getByTestId('eval-toy').textContent).toContain("Offline: no DINO installed: the toy model is scored with the toy world's own subject fidelity"));
+    expect((screen.getByTestId('evaluate-button') as HTMLButtonElement).disabled).toBe(false);
+  });
+
   test('choosing another checkpoint calls evaluation.choose and moves the highlight', async () => {
     const { transport } = await renderEvaluate({
       'evaluation.get': () => fx.evaluation(),

@@ -8,10 +8,12 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Method, Params, Result } from '../../src-main/api/contract.ts';
 import { BUNDLED_TINY_DINO } from '../../src-main/engine/eval/modelRegistry.ts';
+import { isToyModel, TOY_MODEL_DIR } from '../../src-main/engine/toy/toyModel.ts';
 import { Service, type ServiceOptions } from '../../src-main/service/service.ts';
 import { makeTinyModel, TINY_MODEL_DIR } from '../../scripts/make-tiny-model.ts';
 import { fakeEngine, type FakeHandlers } from './fakeEngine.ts';
-import { apiError, DINO_TINY, finished, tempDir, TINY_MODEL } from './helpers.ts';
+import { apiError, DINO_TINY, finished, shapePng, tempDir, TINY_MODEL } from './helpers.ts';
+import { readRunManifest, writeRunManifest } from '../../src-main/engine/train/runFiles.ts';
 
 let root: string;
 let cleanup: () => Promise<void>;
@@ -111,7 +113,7 @@ describe('evaluation.check', () => {
 
     const withDino = await open({ defaultBaseModel: TINY_MODEL, dinoModel: DINO_TINY });
     const q = await withDino.call('projects.create', { name: 'Ball' });
-    expect(await withDino.call('evaluation.check', { projectId: q.id })).toEqual({ ready: true, dino: DINO_TINY, bundled: false, message: null });
+    expect(await withDino.call('evaluation.check', { projectId: q.id })).toEqual({ ready: true, dino: DINO_TINY, bundled: false, metric: 'dino', message: null });
   });
 
   it('the tiny demo model evaluates offline with the bundled tiny DINO; no other model does', async () => {
@@ -124,6 +126,52 @@ describe('evaluation.check', () => {
     // The test fixture is a tiny model too, but not the demo one: the bundled DINO means nothing for it.
     const other = await call('projects.create', { name: 'Other', baseModel: TINY_MODEL });
     expect(await call('evaluation.check', { projectId: other.id })).toMatchObject({ ready: false, dino: null });
+  });
+
+  it("the toy model evaluates without DINO, with the toy world's score; a DINO, when there is one, wins", async () => {
+    const { dir, call } = await open();
+    const toy = await call('projects.create', { name: 'Toy', baseModel: TOY_MODEL_DIR });
+    const check = await call('evaluation.check', { projectId: toy.id });
+    expect(check).toMatchObject({ ready: true, dino: null, bundled: false, metric: 'toy' });
+    expect(check.message).toMatch(/toy world's own subject fidelity/);
+    // A copy is recognised by its model_index.json, not its path; a model that merely sits in a folder named toy-sd is not.
+    const impostor = join(dir, 'models', 'toy-sd');
+    await mkdir(impostor, { recursive: true });
+    await writeFile(join(impostor, 'model_index.json'), JSON.stringify({ _class_name: 'StableDiffusionPipeline', _name_or_path: 'someone/else' }));
+    expect(isToyModel(impostor)).toBe(false);
+    expect(isToyModel(TOY_MODEL_DIR)).toBe(true);
+
+    const withDino = await open({ dinoModel: DINO_TINY });
+    const q = await withDino.call('projects.create', { name: 'Toy', baseModel: TOY_MODEL_DIR });
+    expect(await withDino.call('evaluation.check', { projectId: q.id })).toMatchObject({ ready: true, dino: DINO_TINY, metric: 'dino' });
+  });
+
+  it('evaluation.start on a toy-model run asks the engine for the toy scorer, and for DINO once one is installed', async () => {
+    const handlers: FakeHandlers = {
+      // A training that leaves one checkpoint in run.json, as the real trainer does.
+      train: async (p) => {
+        const m = await readRunManifest(p.runDir);
+        await writeRunManifest(p.runDir, { ...m, status: 'completed', step: 2, checkpoints: [{ step: 2, dir: 'checkpoints/step-000002', adapter: 'checkpoints/step-000002/adapter.safetensors', createdAt: new Date().toISOString(), loss: 0.1 }] });
+        return { status: 'completed', step: 2, error: null, fixedLoss: null };
+      },
+      evaluate: async () => ({ createdAt: new Date().toISOString(), metric: 'toy', prompts: ['p'], imagesPerPrompt: 1, seeds: [1], baseline: { step: null, dino: 0.4, clipT: null, images: 1 }, rows: [{ step: 2, dino: 0.5, clipT: null, images: 1 }], best: 2, rule: 'r', chosen: null }),
+    };
+    for (const dinoModel of [undefined, DINO_TINY]) {
+      const fake = fakeEngine(handlers);
+      const dir = join(root, `s${n++}`);
+      const service = await Service.open({ dataDir: join(dir, 'data'), modelsDir: join(dir, 'models'), hfCacheDir: join(dir, 'hub'), log: () => {}, spawnEngine: fake.spawn, dinoModel });
+      services.push(service);
+      const call = <M extends Method>(m: M, p: Params<M>) => service.call(m, p) as Promise<Result<M>>;
+      const project = await call('projects.create', { name: 'Toy', baseModel: TOY_MODEL_DIR });
+      await call('photos.add', { projectId: project.id, files: await Promise.all([0, 1, 2].map(async (k) => ({ name: `p${k}.png`, dataBase64: (await shapePng(k)).toString('base64') }))) });
+      const { runId, jobId } = await call('training.start', { projectId: project.id, settings: { steps: 2 } });
+      await finished(service, jobId);
+      const ev = await call('evaluation.start', { projectId: project.id, runId });
+      await finished(service, ev.jobId);
+      const request = fake.requests.find((r) => r.kind === 'evaluate')?.params as { scorer?: string; dinoModel?: string };
+      expect(request, dinoModel ?? 'no DINO').toMatchObject(dinoModel ? { dinoModel } : { scorer: 'toy' });
+      expect(dinoModel ? request.scorer : request.dinoModel).toBeUndefined();
+    }
   });
 });
 

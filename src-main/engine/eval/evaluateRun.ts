@@ -10,6 +10,10 @@
  *
  * The table goes into run.json (`evaluation`), where the CLI and the app read it; a user's own
  * choice is kept in `evaluation.chosen`. Generated images stay under `<run>/eval/<label>/`.
+ *
+ * `scorer: 'toy'` (the toy model, models/toy-sd, when no DINO is installed) keeps the same steps
+ * with the toy world's pixel score (toyFidelity.ts) in DINO's place (`metric: 'toy'`), its probe
+ * prompts ("a photo of sks ball on a green background") and its sampling (toyEvaluate.ts).
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -25,6 +29,8 @@ import { DinoEmbedder } from './dino.ts';
 import { locateClip, locateDino } from './modelRegistry.ts';
 import { EVAL_PROMPT_SET_VERSION, EVAL_SEEDS, evalJobs, IMAGES_PER_PROMPT, type SubjectKind } from './prompts.ts';
 import { subjectFidelity } from './similarity.ts';
+import { readToyPhotos, TOY_PROBES, TOY_SAMPLING } from './toyEvaluate.ts';
+import { subjectFidelity as toySubjectFidelity } from './toyFidelity.ts';
 
 /** How far below the baseline's CLIP-T a checkpoint may fall and still be picked. */
 export const DEFAULT_CLIP_MARGIN = 0.02;
@@ -46,6 +52,8 @@ export interface EvaluateRunOptions {
   steps?: number;
   scheduler?: 'ddim' | 'dpmpp-2m' | 'dpmpp-2m-karras' | 'euler-a' | 'euler' | 'pndm';
   dinoModel?: string;
+  /** 'dino' (default), or 'toy': the toy world's pixel score, for the toy model (see above). */
+  scorer?: 'dino' | 'toy';
   modelsDir?: string;
   /** Use CLIP-T when the CLIP models are present (default true). */
   clip?: boolean;
@@ -68,15 +76,20 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
   const resolution = s.resolution;
   const perPrompt = o.imagesPerPrompt ?? IMAGES_PER_PROMPT;
   if (!Number.isInteger(perPrompt) || perPrompt < 1 || perPrompt > EVAL_SEEDS.length * 4) throw new Error(`imagesPerPrompt must be an integer from 1 to ${EVAL_SEEDS.length * 4}, got ${perPrompt}`);
-  const prompts = o.prompts?.length ? [...o.prompts] : [...new Set(evalJobs(o.subjectType ?? 'live', s.triggerToken, s.classWord).map((j) => j.prompt))];
+  const toy = o.scorer === 'toy';
+  const prompts = o.prompts?.length
+    ? [...o.prompts]
+    : toy
+      ? TOY_PROBES.map((p) => p.prompt.replace('sks ball', `${s.triggerToken} ${s.classWord}`))
+      : [...new Set(evalJobs(o.subjectType ?? 'live', s.triggerToken, s.classWord).map((j) => j.prompt))];
   const seeds = Array.from({ length: perPrompt }, (_, i) => EVAL_SEEDS[i % EVAL_SEEDS.length] + Math.floor(i / EVAL_SEEDS.length));
   const photos = o.photos ? await listPhotos(o.photos) : manifest.images.used.filter((f) => !f.includes('#'));
   if (!photos.length) throw new Error(`${o.runDir}: no subject photos to compare with (pass --photos)`);
 
   const modelsDir = o.modelsDir ?? defaultModelsDir();
-  const dino = await DinoEmbedder.load(locateDino(modelsDir, o.dinoModel));
+  const dino = toy ? null : await DinoEmbedder.load(locateDino(modelsDir, o.dinoModel));
   let clip: ClipModels | null = null;
-  if (o.clip !== false) {
+  if (o.clip !== false && !toy) {
     const located = locateClip(modelsDir);
     if ('files' in located) clip = await ClipModels.load(located.files);
   }
@@ -86,8 +99,12 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
   const total = labels.length * prompts.length * perPrompt;
   let done = 0;
   try {
-    const subjectEmbeddings = await dino.embed(photos);
+    const subjectEmbeddings = dino ? await dino.embed(photos) : [];
     const subject = photos.map((file, i) => ({ file, embedding: subjectEmbeddings[i] }));
+    const toyPhotos = toy ? await readToyPhotos(photos) : [];
+    const sampling = toy
+      ? { steps: o.steps ?? TOY_SAMPLING.steps, scheduler: o.scheduler ?? TOY_SAMPLING.scheduler, guidanceScale: TOY_SAMPLING.guidanceScale }
+      : { steps: o.steps ?? 25, scheduler: o.scheduler ?? 'dpmpp-2m', guidanceScale: 7.5 };
     const rows: ScoreRow[] = [];
     for (let k = 0; k < labels.length; k++) {
       const ckpt = k === 0 ? null : chosen[k - 1];
@@ -101,7 +118,7 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
             {
               base: sd.path,
               sd,
-              settings: { prompt, seed, steps: o.steps ?? 25, scheduler: o.scheduler ?? 'dpmpp-2m', guidanceScale: 7.5, width: resolution ?? sd.defaultResolution, height: resolution ?? sd.defaultResolution },
+              settings: { prompt, seed, ...sampling, width: resolution ?? sd.defaultResolution, height: resolution ?? sd.defaultResolution },
               adapters: ckpt ? [{ path: join(o.runDir, ckpt.adapter), strength: 1 }] : [],
               outDir,
             },
@@ -111,26 +128,35 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
           hooks.onProgress?.(++done, total, labels[k]);
         }
       }
-      const emb = await dino.embed(generated.map((g) => g.file));
-      const fidelity = subjectFidelity(
-        generated.map((g, i) => ({ file: g.file, embedding: emb[i] })),
-        subject,
-      );
+      let score: number;
+      if (dino) {
+        const emb = await dino.embed(generated.map((g) => g.file));
+        score = subjectFidelity(
+          generated.map((g, i) => ({ file: g.file, embedding: emb[i] })),
+          subject,
+        ).dino;
+      } else {
+        score = toySubjectFidelity(await readToyPhotos(generated.map((g) => g.file)), toyPhotos);
+      }
       const clipT = clip ? (await clipScores(clip, generated, photos)).clipT : null;
-      rows.push({ step: ckpt ? ckpt.step : null, dino: fidelity.dino, clipT, images: generated.length });
+      rows.push({ step: ckpt ? ckpt.step : null, dino: score, clipT, images: generated.length });
     }
     const baseline = rows[0];
     const scored = rows.slice(1);
-    const { best, rule } = pickBest(baseline, scored, o.clipMargin ?? DEFAULT_CLIP_MARGIN);
+    const picked = pickBest(baseline, scored, o.clipMargin ?? DEFAULT_CLIP_MARGIN);
+    const { best } = picked;
+    const rule = toy ? 'highest toy subject fidelity (no DINO installed: the toy world\'s score of colours and their layout, docs/experiments.md)' : picked.rule;
     const fresh = await readRunManifest(o.runDir);
     const previousChoice = fresh.evaluation?.chosen ?? null;
     const evaluation: Evaluation = {
       createdAt: new Date().toISOString(),
+      ...(toy ? { metric: 'toy' as const } : {}),
       prompts,
       imagesPerPrompt: perPrompt,
       seeds,
       baseline,
-      rows: mergeRows(o.checkpoints === 'latest' ? fresh.evaluation?.rows ?? [] : [], scored),
+      // Earlier rows only when they were scored the same way.
+      rows: mergeRows(o.checkpoints === 'latest' && (fresh.evaluation?.metric ?? 'dino') === (toy ? 'toy' : 'dino') ? fresh.evaluation?.rows ?? [] : [], scored),
       best,
       rule: `${rule}; ${o.prompts?.length ? `${prompts.length} prompts given by the caller` : `prompt set v${EVAL_PROMPT_SET_VERSION}`}`,
       chosen: previousChoice !== null && scored.some((r) => r.step === previousChoice) ? previousChoice : null,
@@ -140,7 +166,7 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
   } finally {
     sd.dispose();
     await clip?.release();
-    await dino.release();
+    await dino?.release();
   }
 }
 

@@ -17,6 +17,7 @@ import { existsSync, realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { hashFile } from '../io/download.ts';
 import { REPO_ROOT } from '../paths.ts';
+import { isToyModel } from '../toy/toyModel.ts';
 
 /**
  * The tiny DINO-shaped ONNX model that ships beside the tiny demo base model (both made by
@@ -163,6 +164,22 @@ export function dinoFor(baseModel: string | null, modelsDir: string, override?: 
     return { path: locateDino(modelsDir, override), bundled: false };
   } catch (err) {
     if (!override && baseModel && isDemoModel(baseModel, modelsDir) && existsSync(BUNDLED_TINY_DINO)) return { path: BUNDLED_TINY_DINO, bundled: true };
+    throw err;
+  }
+}
+
+/**
+ * How an evaluation of a run on `baseModel` scores subject fidelity: DINO (`dinoFor`), else, for
+ * the toy model (models/toy-sd) only, the toy world's own pixel score (eval/toyFidelity.ts), which
+ * needs no model file. Throws dinoFor's error for every other base model.
+ */
+export type SubjectScorer = { readonly kind: 'dino'; readonly path: string; readonly bundled: boolean } | { readonly kind: 'toy' };
+
+export function scorerFor(baseModel: string | null, modelsDir: string, override?: string): SubjectScorer {
+  try {
+    return { kind: 'dino', ...dinoFor(baseModel, modelsDir, override) };
+  } catch (err) {
+    if (!override && baseModel && isToyModel(baseModel)) return { kind: 'toy' };
     throw err;
   }
 }

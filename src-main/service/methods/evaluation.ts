@@ -2,14 +2,15 @@
  * evaluation.*: what an evaluation needs (checked before the click), score a run's checkpoints (a
  * job), read the scores and the images they were computed on, choose a checkpoint.
  *
- * The DINO model: `<modelsDir>/dino/model.onnx` (or the service's `dinoModel`); for the tiny demo
- * base model only, the bundled tiny DINO when that is missing, so the demo works offline.
+ * The DINO model: `<modelsDir>/dino/model.onnx` (or the service's `dinoModel`). When that is
+ * missing, the demo models still evaluate offline: the tiny demo model with the bundled tiny DINO,
+ * the toy model with the toy world's pixel score (modelRegistry.ts `scorerFor`).
  */
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ApiError } from '../../api/contract.ts';
 import { runManifestSchema } from '../../api/schemas.ts';
-import { dinoFor } from '../../engine/eval/modelRegistry.ts';
+import { scorerFor, type SubjectScorer } from '../../engine/eval/modelRegistry.ts';
 import { quickEvalPrompts } from '../../engine/eval/prompts.ts';
 import { writeRunManifest } from '../../engine/train/runFiles.ts';
 import { assertIdle, defaultBase, fileUrl, submit, usablePhotos, type ServiceContext } from '../context.ts';
@@ -26,9 +27,9 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
         assertIdle(c, p.projectId, p.runId, 'evaluate');
         if (!m.checkpoints.length) throw new ApiError('conflict', `run '${p.runId}' has no checkpoint to evaluate yet`);
         const photos = await usablePhotos(c, p.projectId);
-        let dinoModel: string;
+        let scorer: SubjectScorer;
         try {
-          dinoModel = dinoFor(m.baseModel.path, c.modelsDir, c.opts.dinoModel).path;
+          scorer = scorerFor(m.baseModel.path, c.modelsDir, c.opts.dinoModel);
         } catch (err) {
           throw new ApiError('not_found', `${(err as Error).message} (Models screen: download DINO)`);
         }
@@ -43,7 +44,7 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
           run: async (ctx) => {
             const ev = await c.engine.request(
               'evaluate',
-              { runDir, photos, checkpoints: p.checkpoints, subjectType: project.subject.type, prompts, imagesPerPrompt, steps: c.opts.evaluationSteps, dinoModel, modelsDir: c.modelsDir },
+              { runDir, photos, checkpoints: p.checkpoints, subjectType: project.subject.type, prompts, imagesPerPrompt, steps: c.opts.evaluationSteps, ...(scorer.kind === 'dino' ? { dinoModel: scorer.path } : { scorer: 'toy' as const }), modelsDir: c.modelsDir },
               {
                 signal: ctx.signal,
                 onProgress: ({ done, total, label }) => {
@@ -61,10 +62,11 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
     'evaluation.check': async (p) => {
       const project = await c.store.open(p.projectId);
       try {
-        const d = dinoFor(project.baseModel ?? defaultBase(c), c.modelsDir, c.opts.dinoModel);
-        return { ready: true, dino: d.path, bundled: d.bundled, message: d.bundled ? 'uses the tiny DINO bundled with the demo model (scores only mean something for the demo)' : null };
+        const d = scorerFor(project.baseModel ?? defaultBase(c), c.modelsDir, c.opts.dinoModel);
+        if (d.kind === 'toy') return { ready: true, dino: null, bundled: false, metric: 'toy' as const, message: "no DINO installed: the toy model is scored with the toy world's own subject fidelity (the colours of the object and their layout)" };
+        return { ready: true, dino: d.path, bundled: d.bundled, metric: 'dino' as const, message: d.bundled ? 'uses the tiny DINO bundled with the demo model (scores only mean something for the demo)' : null };
       } catch (err) {
-        return { ready: false, dino: null, bundled: false, message: `${(err as Error).message}. Download it on the Models & Settings screen (about 87 MB), or place the file there by hand when this machine is offline.` };
+        return { ready: false, dino: null, bundled: false, metric: 'dino' as const, message: `${(err as Error).message}. Download it on the Models & Settings screen (about 87 MB), or place the file there by hand when this machine is offline.` };
       }
     },
 
