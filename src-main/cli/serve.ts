@@ -27,7 +27,7 @@ export function register(program: Command): void {
       .option('--token <token>', 'session token (default: SINGLORA_SERVER_TOKEN, else 32 random bytes)')
       .option('--data-dir <dir>', 'projects and jobs (default: SINGLORA_DATA_DIR or <repo>/.data)')
       .option('--models-dir <dir>', 'models folder (default: SINGLORA_MODELS_DIR or <repo>/models)')
-      .option('--base <model>', 'default base model for projects without one (default: models/tiny-sd when present)')
+      .option('--base <model>', 'default base model for projects without one (default: the demo model in the models folder, toy-sd, else tiny-sd, when present)')
       .option('--allow-remote', 'allow a non-loopback --host (anyone who has the token can use the server)'),
   ).action(
     action(async (o: ServeOptions) => {

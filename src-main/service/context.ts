@@ -72,10 +72,18 @@ export interface ServiceContext {
 /** `/files/<projectId>/<rel>`: the URL clients use for a project file. */
 export const fileUrl = projectFileUrl;
 
+/**
+ * The demo base model in the models folder: `toy-sd` (the toy model, trained: it draws pictures)
+ * when present, else `tiny-sd` (random weights, for tests); the toy model's place when neither is.
+ */
+export function demoModelDir(modelsDir: string): string {
+  return [join(modelsDir, 'toy-sd'), join(modelsDir, 'tiny-sd')].find((d) => existsSync(d)) ?? join(modelsDir, 'toy-sd');
+}
+
 /** The base model for projects that have none: `--base`, else the demo model when present. */
 export function defaultBase(c: Pick<ServiceContext, 'opts' | 'modelsDir'>): string | null {
   if (c.opts.defaultBaseModel) return resolve(c.opts.defaultBaseModel);
-  const demo = join(c.modelsDir, 'tiny-sd');
+  const demo = demoModelDir(c.modelsDir);
   return existsSync(demo) ? demo : null;
 }
 
@@ -85,7 +93,7 @@ export function baseFor(c: ServiceContext, project: Project): string {
   if (!base) {
     throw new ApiError(
       'conflict',
-      `project '${project.id}' has no base model and there is no default: choose one on the Models screen (models.setBase) or start the server with --base <diffusers folder or .safetensors>; the demo model goes in ${join(c.modelsDir, 'tiny-sd')}`,
+      `project '${project.id}' has no base model and there is no default: choose one on the Models screen (models.setBase) or start the server with --base <diffusers folder or .safetensors>; the demo model goes in ${demoModelDir(c.modelsDir)} (npm run build:toy-model)`,
     );
   }
   return base;

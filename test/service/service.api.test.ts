@@ -189,7 +189,7 @@ describe('models', () => {
   it('models.download fetches into the models folder as a job (io lane); models.list shows it', async () => {
     const before = await call('models.list', {});
     expect(before.map((m) => [m.name, m.kind, m.present])).toEqual([
-      ['tiny-sd', 'base', false],
+      ['toy-sd', 'base', false],
       ['dino', 'evaluation', false],
       ['clip', 'evaluation (optional)', false],
     ]);
@@ -330,7 +330,7 @@ describe('generation', () => {
 
 describe('evaluation', () => {
   it('evaluation.get is null before; evaluation.start scores every checkpoint with DINO', async () => {
-    expect(await call('evaluation.check', { projectId })).toEqual({ ready: true, dino: DINO_TINY, bundled: false, message: null });
+    expect(await call('evaluation.check', { projectId })).toEqual({ ready: true, dino: DINO_TINY, bundled: false, metric: 'dino', message: null });
     expect(await call('evaluation.images', { projectId, runId })).toEqual([]);
     expect(await call('evaluation.get', { projectId, runId })).toBeNull();
     const { jobId } = await call('evaluation.start', { projectId, runId, imagesPerPrompt: 1, prompts: ['a photo of zwx dog', 'zwx dog on a beach'] });

@@ -19,7 +19,7 @@ import { basename, join, resolve } from 'node:path';
 import { ApiError, type BaseModelInfo } from '../../api/contract.ts';
 import { EVAL_MODELS, listModels, modelFilePath } from '../../engine/eval/modelRegistry.ts';
 import { download } from '../../engine/io/download.ts';
-import { checkBase, defaultBase, submit, type ServiceContext } from '../context.ts';
+import { checkBase, defaultBase, demoModelDir, submit, type ServiceContext } from '../context.ts';
 import type { NamespaceHandlers } from './handlers.ts';
 
 /** A diffusers pipeline folder that is not SDXL (the cache holds every kind of model; SD 1.x is what trains here). */
@@ -32,7 +32,7 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
   return {
     'models.list': async () => {
       const rows = [];
-      const demo = join(c.modelsDir, 'tiny-sd');
+      const demo = demoModelDir(c.modelsDir);
       const basePath = defaultBase(c) ?? demo;
       rows.push({
         name: basename(basePath),
