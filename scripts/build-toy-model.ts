@@ -34,6 +34,7 @@ import { drawScene, subjectScenes, toyDataset, TOY_SIZE } from '../src-main/engi
 import { AdamW } from '../src-main/engine/train/adamw.ts';
 import { freeze, initFromScratch, makeTrainable, saveModule, vaeStep } from '../src-main/engine/train/fullTrain.ts';
 import { trainStep } from '../src-main/engine/train/step.ts';
+import { checkToyWorld } from './toy-world-check.ts';
 
 const TOKENIZER_SOURCE = join(REPO_ROOT, 'test/fixtures/tiny-a/model/tokenizer');
 
@@ -312,6 +313,14 @@ async function main(): Promise<void> {
   console.log(`toy model written to ${out}; build time ${elapsed()}`);
   tf.dispose([images, latents]);
   vae.dispose();
+  unet.dispose();
+  te.dispose();
+  optimizer.dispose();
+  // What it learned: does it draw what its own captions ask for (scripts/toy-world-check.ts)?
+  if (unetSteps > 0) {
+    const w = await checkToyWorld(out);
+    console.log(`world check: background as asked ${(100 * w.background).toFixed(0)}% (chance 14%), object colour as asked ${(100 * w.object).toFixed(0)}% (chance 25%), ${w.images.length} captions`);
+  }
 }
 
 /** The VAE's latent means of `images`, 64 at a time. */

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { tf, type Tensor4D } from '../../src-main/engine/backend/tf.ts';
 import { readToyPhotos, scoreToyModel } from '../../src-main/engine/eval/toyEvaluate.ts';
-import { backgroundColour, subjectFidelity } from '../../src-main/engine/eval/toyFidelity.ts';
+import { backgroundColour, objectColour, subjectFidelity } from '../../src-main/engine/eval/toyFidelity.ts';
 import { conv2dTrainable } from '../../src-main/engine/models/ops/conv2dTrainable.ts';
 import { StableDiffusion } from '../../src-main/engine/pipeline/stableDiffusion.ts';
 import { TOY_DEMO, TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../../src-main/engine/toy/toyModel.ts';
@@ -76,6 +76,14 @@ describe('toy fidelity scores', () => {
     expect(subjectFidelity([drawScene(ball('blue', 'green'))], photos)).toBeLessThan(0.05);
     // An empty picture (background only) has no foreground: 0.
     expect(subjectFidelity([drawScene({ ...ball('green', 'green'), r: 0 })], photos)).toBe(0);
+  });
+
+  it('reads the object colour off the pixels (most foreground pixels), and none from a plain background', () => {
+    expect(objectColour(drawScene(ball('red', 'green')))).toBe('red');
+    expect(objectColour(drawScene({ ...ball('blue', 'white'), kind: 'triangle' }))).toBe('blue');
+    // The subject is half red, half yellow, and a ball's lower half is no bigger: either may win, never a third colour.
+    expect(['red', 'yellow']).toContain(objectColour(photos[0]));
+    expect(objectColour(drawScene({ ...ball('green', 'green'), r: 0 }))).toBeNull();
   });
 
   it('reads the background colour off the border', () => {

@@ -7,8 +7,9 @@
 import { decodeImage } from '../image/sharp.ts';
 import type { StableDiffusion } from '../pipeline/stableDiffusion.ts';
 import { textToImage, type GeneratedImage } from '../pipeline/textToImage.ts';
-import type { ColourName, ToyImage } from '../toy/toyWorld.ts';
-import { backgroundColour, promptFidelity, subjectFidelity } from './toyFidelity.ts';
+import { Rng } from '../random.ts';
+import { caption, randomScene, type ColourName, type Scene, type ToyImage } from '../toy/toyWorld.ts';
+import { backgroundColour, objectColour, promptFidelity, subjectFidelity } from './toyFidelity.ts';
 
 export interface ToyProbe {
   readonly prompt: string;
@@ -73,4 +74,34 @@ export async function scoreToyModel(sd: StableDiffusion, o: { photos: readonly T
     prompt: promptFidelity(images.map((i) => ({ image: i.image, background: i.probe.background }))),
     images,
   };
+}
+
+export interface WorldScore {
+  /** Share of images whose background is the colour the caption names (chance: 1/7). */
+  readonly background: number;
+  /** Share of images whose object is the colour the caption names (chance: 1/4). */
+  readonly object: number;
+  readonly images: Array<{ readonly scene: Scene; readonly prompt: string; readonly seed: number; readonly image: ToyImage }>;
+}
+
+/**
+ * How well a toy model (no adapter) follows its own world's captions: `count` random scenes of
+ * the base world (seeded), each generated from its caption ("a photo of a red ball on a blue
+ * background") at seed `seed + i`, and read back: is the background, is the object the colour asked for.
+ */
+export async function scoreWorld(sd: StableDiffusion, o: { count: number; seed: number; steps?: number }): Promise<WorldScore> {
+  const rng = new Rng(o.seed, 3);
+  const images: Array<WorldScore['images'][number]> = [];
+  let background = 0;
+  let object = 0;
+  for (let i = 0; i < o.count; i++) {
+    const scene = randomScene(rng);
+    const prompt = caption(scene);
+    const [img] = await textToImage(sd, { ...TOY_SAMPLING, steps: o.steps ?? TOY_SAMPLING.steps, prompt, negativePrompt: '', seed: o.seed + i, count: 1, adapters: [] });
+    const image = { data: img.pixels, width: img.width, height: img.height };
+    if (backgroundColour(image) === scene.background) background++;
+    if (objectColour(image) === scene.colour) object++;
+    images.push({ scene, prompt, seed: o.seed + i, image });
+  }
+  return { background: background / o.count, object: object / o.count, images };
 }

@@ -103,3 +103,20 @@ export function promptFidelity(generated: readonly { image: ToyImage; background
   if (!generated.length) throw new Error('promptFidelity: no images');
   return generated.filter((g) => backgroundColour(g.image) === g.background).length / generated.length;
 }
+
+/**
+ * The object's colour: the palette colour most pixels in front of the background snap to (the
+ * pixels the subject embedding counts), or null when fewer than 4 pixels stand out.
+ */
+export function objectColour(img: ToyImage): ColourName | null {
+  const { data, width: w, height: h } = img;
+  const [br, bg, bb] = borderColour(img);
+  const counts = new Array<number>(COLOUR_NAMES.length).fill(0);
+  let n = 0;
+  for (let i = 0; i < w * h * 3; i += 3) {
+    if (Math.hypot(data[i] - br, data[i + 1] - bg, data[i + 2] - bb) <= FOREGROUND_DISTANCE) continue;
+    counts[nearestColour(data[i], data[i + 1], data[i + 2])]++;
+    n++;
+  }
+  return n < 4 ? null : COLOUR_NAMES[counts.indexOf(Math.max(...counts))];
+}
