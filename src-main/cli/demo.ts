@@ -18,7 +18,7 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { REPO_ROOT } from '../engine/paths.ts';
 import type { ToyScore } from '../engine/eval/toyEvaluate.ts';
-import { TOY_DEMO, TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../engine/toy/toyModel.ts';
+import { isToyModel, TOY_DEMO, TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../engine/toy/toyModel.ts';
 import { listImageFiles } from './eval.ts';
 import { action, emitJsonLine, parse, printResult, progressBar, requireExists, requireFile, requireFolder, requireNotFile, startBackend, UsageError, withCommon, type GlobalOptions } from './common.ts';
 
@@ -101,13 +101,14 @@ export function register(program: Command): void {
       const times: Record<string, number> = {};
       const lap = (name: string, since: number) => (times[name] = Math.round(performance.now() - since));
       const say = (msg: string) => (o.json ? emitJsonLine(o, { event: 'stage', message: msg }) : process.stderr.write(`\n== ${msg}\n`));
-      const toy = !o.base;
+      // The toy model: the bundled one, or a rebuilt copy (npm run build:toy-model --out elsewhere).
+      const toy = !o.base || isToyModel(o.base);
       const backend = await startBackend(o);
-      if (toy && !existsSync(join(TOY_MODEL_DIR, 'unet/diffusion_pytorch_model.safetensors'))) {
+      if (!o.base && !existsSync(join(TOY_MODEL_DIR, 'unet/diffusion_pytorch_model.safetensors'))) {
         throw new UsageError(`the toy model is missing from ${TOY_MODEL_DIR}; it is committed to the repository (restore it with git checkout -- models/toy-sd), or rebuild it with npm run build:toy-model`);
       }
       if (toy) {
-        say('the bundled toy model: Stable-Diffusion-1.x-shaped (VAE, UNet, CLIP text encoder), trained from scratch by this project on 64x64 pictures of coloured shapes. It has never seen the subject: a ball, red on top and yellow below. Use --base <SD 1.5 folder or .safetensors> for real weights.');
+        say(`${o.base ? `a toy model (${o.base})` : 'the bundled toy model'}: Stable-Diffusion-1.x-shaped (VAE, UNet, CLIP text encoder), trained from scratch by this project on 64x64 pictures of coloured shapes. It has never seen the subject: a ball, red on top and yellow below. Use --base <SD 1.5 folder or .safetensors> for real weights.`);
       }
 
       const base = o.base ?? TOY_MODEL_DIR;
