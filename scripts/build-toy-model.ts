@@ -114,8 +114,8 @@ export const TOY_CONFIG = {
     prediction_type: 'epsilon',
     trained_betas: null,
   },
-  vaeTrain: { steps: 600, batch: 6, lr: 2e-3, klWeight: 1e-4, sampleScale: 0, maxGradNorm: 1 },
-  unetTrain: { steps: 1000, batch: 16, lr: 1e-3, maxGradNorm: 1, minSnrGamma: null as number | null },
+  vaeTrain: { steps: 2000, batch: 6, lr: 2e-3, klWeight: 1e-4, sampleScale: 0, maxGradNorm: 1 },
+  unetTrain: { steps: 3000, batch: 16, lr: 2e-3, maxGradNorm: 1, minSnrGamma: 5 as number | null },
   weightsDtype: 'F16' as 'F16' | 'F32',
 };
 
