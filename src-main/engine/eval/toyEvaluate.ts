@@ -41,6 +41,20 @@ export interface ToyScore {
   readonly images: ToyScoredImage[];
 }
 
+/** One toy-model picture of `prompt` at `seed`, with the toy sampling (and `adapter`, a file at strength 1). */
+async function drawToy(sd: StableDiffusion, prompt: string, seed: number, o: { steps?: number; adapter?: string }): Promise<ToyImage> {
+  const [img]: GeneratedImage[] = await textToImage(sd, {
+    ...TOY_SAMPLING,
+    steps: o.steps ?? TOY_SAMPLING.steps,
+    prompt,
+    negativePrompt: '',
+    seed,
+    count: 1,
+    adapters: o.adapter ? [{ path: o.adapter, strength: 1 }] : [],
+  });
+  return { data: img.pixels, width: img.width, height: img.height };
+}
+
 export async function readToyPhotos(files: readonly string[]): Promise<ToyImage[]> {
   return Promise.all(files.map(async (f) => decodeImage(f)));
 }
@@ -53,16 +67,7 @@ export async function scoreToyModel(sd: StableDiffusion, o: { photos: readonly T
   const images: ToyScoredImage[] = [];
   for (const probe of o.probes ?? TOY_PROBES) {
     for (const seed of o.seeds) {
-      const [img]: GeneratedImage[] = await textToImage(sd, {
-        ...TOY_SAMPLING,
-        steps: o.steps ?? TOY_SAMPLING.steps,
-        prompt: probe.prompt,
-        negativePrompt: '',
-        seed,
-        count: 1,
-        adapters: o.adapter ? [{ path: o.adapter, strength: 1 }] : [],
-      });
-      const image = { data: img.pixels, width: img.width, height: img.height };
+      const image = await drawToy(sd, probe.prompt, seed, o);
       images.push({ probe, seed, image, background: backgroundColour(image) });
     }
   }
@@ -97,8 +102,7 @@ export async function scoreWorld(sd: StableDiffusion, o: { count: number; seed: 
   for (let i = 0; i < o.count; i++) {
     const scene = randomScene(rng);
     const prompt = caption(scene);
-    const [img] = await textToImage(sd, { ...TOY_SAMPLING, steps: o.steps ?? TOY_SAMPLING.steps, prompt, negativePrompt: '', seed: o.seed + i, count: 1, adapters: [] });
-    const image = { data: img.pixels, width: img.width, height: img.height };
+    const image = await drawToy(sd, prompt, o.seed + i, o);
     if (backgroundColour(image) === scene.background) background++;
     if (objectColour(image) === scene.colour) object++;
     images.push({ scene, prompt, seed: o.seed + i, image });

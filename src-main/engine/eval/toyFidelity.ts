@@ -58,8 +58,8 @@ export function backgroundColour(img: ToyImage): ColourName {
   return COLOUR_NAMES[nearestColour(r, g, b)];
 }
 
-/** The subject embedding described above: 2 x |palette| numbers, unit length (or all zero). */
-export function subjectEmbedding(img: ToyImage): Float32Array {
+/** The pixels in front of the background (farther than FOREGROUND_DISTANCE from the border colour): row and palette index. */
+function foreground(img: ToyImage): { y: number; k: number }[] {
   const { data, width: w, height: h } = img;
   const [br, bg, bb] = borderColour(img);
   const fg: { y: number; k: number }[] = [];
@@ -70,6 +70,12 @@ export function subjectEmbedding(img: ToyImage): Float32Array {
       if (d > FOREGROUND_DISTANCE) fg.push({ y, k: nearestColour(data[i], data[i + 1], data[i + 2]) });
     }
   }
+  return fg;
+}
+
+/** The subject embedding described above: 2 x |palette| numbers, unit length (or all zero). */
+export function subjectEmbedding(img: ToyImage): Float32Array {
+  const fg = foreground(img);
   const n = COLOUR_NAMES.length;
   const e = new Float32Array(2 * n);
   if (fg.length < 4) return e;
@@ -109,14 +115,9 @@ export function promptFidelity(generated: readonly { image: ToyImage; background
  * pixels the subject embedding counts), or null when fewer than 4 pixels stand out.
  */
 export function objectColour(img: ToyImage): ColourName | null {
-  const { data, width: w, height: h } = img;
-  const [br, bg, bb] = borderColour(img);
+  const fg = foreground(img);
+  if (fg.length < 4) return null;
   const counts = new Array<number>(COLOUR_NAMES.length).fill(0);
-  let n = 0;
-  for (let i = 0; i < w * h * 3; i += 3) {
-    if (Math.hypot(data[i] - br, data[i + 1] - bg, data[i + 2] - bb) <= FOREGROUND_DISTANCE) continue;
-    counts[nearestColour(data[i], data[i + 1], data[i + 2])]++;
-    n++;
-  }
-  return n < 4 ? null : COLOUR_NAMES[counts.indexOf(Math.max(...counts))];
+  for (const p of fg) counts[p.k]++;
+  return COLOUR_NAMES[counts.indexOf(Math.max(...counts))];
 }
