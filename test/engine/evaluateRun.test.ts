@@ -81,6 +81,7 @@ describe('evaluateRun', () => {
     expect(evaluation.metric).toBe('toy');
     expect(evaluation.prompts).toEqual(['a photo of zwx ball on a green background', 'a photo of zwx ball on a gray background']);
     expect(evaluation.rule).toMatch(/^highest toy subject fidelity/);
+    expect(evaluation.rule).toMatch(/; the 2 toy probe prompts$/);
     expect(evaluation.rows.map((r) => r.step)).toEqual([2]);
     // The stored score is the toy score of the images on disk against the photos, recomputed here.
     const photos = await readToyPhotos(readdirSync(TOY_SUBJECT_DIR).map((f) => join(TOY_SUBJECT_DIR, f)));

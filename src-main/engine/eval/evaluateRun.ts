@@ -158,7 +158,7 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
       // Earlier rows only when they were scored the same way.
       rows: mergeRows(o.checkpoints === 'latest' && (fresh.evaluation?.metric ?? 'dino') === (toy ? 'toy' : 'dino') ? fresh.evaluation?.rows ?? [] : [], scored),
       best,
-      rule: `${rule}; ${o.prompts?.length ? `${prompts.length} prompts given by the caller` : `prompt set v${EVAL_PROMPT_SET_VERSION}`}`,
+      rule: `${rule}; ${o.prompts?.length ? `${prompts.length} prompts given by the caller` : toy ? `the ${prompts.length} toy probe prompts` : `prompt set v${EVAL_PROMPT_SET_VERSION}`}`,
       chosen: previousChoice !== null && scored.some((r) => r.step === previousChoice) ? previousChoice : null,
     };
     await writeRunManifest(o.runDir, { ...fresh, evaluation });
