@@ -32,7 +32,7 @@ import { createScheduler } from '../src-main/engine/schedulers/index.ts';
 import { TOY_MODEL_DIR, TOY_MODEL_NAME, TOY_SUBJECT_DIR } from '../src-main/engine/toy/toyModel.ts';
 import { drawScene, subjectScenes, toyDataset, TOY_SIZE } from '../src-main/engine/toy/toyWorld.ts';
 import { AdamW } from '../src-main/engine/train/adamw.ts';
-import { freeze, initFromScratch, makeTrainable, saveModule, vaeStep } from '../src-main/engine/train/fullTrain.ts';
+import { collapsePosterior, freeze, initFromScratch, makeTrainable, saveModule, vaeStep } from '../src-main/engine/train/fullTrain.ts';
 import { trainStep } from '../src-main/engine/train/step.ts';
 import { checkToyWorld } from './toy-world-check.ts';
 
@@ -234,6 +234,13 @@ async function main(): Promise<void> {
       await mkdir(join(out, 'vae'), { recursive: true });
       for (const f of ['config.json', 'diffusion_pytorch_model.safetensors']) await copyFile(join(vaeFrom, 'vae', f), join(out, 'vae', f));
     }
+    if (vaeTrain.sampleScale === 0) {
+      // A VAE saved before the build collapsed its posterior: the same fix, on the copy (idempotent).
+      const vae = await AutoencoderKL.load(join(out, 'vae'));
+      await collapsePosterior(vae);
+      await writeVae(out, vae, vaeConfig);
+      vae.dispose();
+    }
   } else {
     const rng = new Rng(cfg.seed, 1);
     const vae = AutoencoderKL.fromConfig(cfg.vae);
@@ -250,6 +257,8 @@ async function main(): Promise<void> {
     }
     vaeOpt.dispose();
     freeze(vae);
+    // Trained on its means, the VAE is deterministic: save its posterior as the point mass it is.
+    if (vaeTrain.sampleScale === 0) await collapsePosterior(vae);
 
     // The scaling factor 1 / std of the latents of the whole set (the distribution's means).
     const raw = encodeMeans(vae, images);

@@ -11,10 +11,13 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { tf, type Tensor4D } from '../../src-main/engine/backend/tf.ts';
 import { readToyPhotos, scoreToyModel } from '../../src-main/engine/eval/toyEvaluate.ts';
 import { backgroundColour, objectColour, subjectFidelity } from '../../src-main/engine/eval/toyFidelity.ts';
+import { AutoencoderKL } from '../../src-main/engine/models/autoencoderKL.ts';
 import { conv2dTrainable } from '../../src-main/engine/models/ops/conv2dTrainable.ts';
 import { StableDiffusion } from '../../src-main/engine/pipeline/stableDiffusion.ts';
 import { TOY_DEMO, TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../../src-main/engine/toy/toyModel.ts';
 import { drawScene, subjectScenes, type Scene } from '../../src-main/engine/toy/toyWorld.ts';
+import { toModelRange } from '../../src-main/engine/train/dataset.ts';
+import { collapsePosterior, initFromScratch, LOGVAR_FLOOR } from '../../src-main/engine/train/fullTrain.ts';
 import { train } from '../../src-main/engine/train/trainer.ts';
 import { listImageFiles } from '../../src-main/cli/eval.ts';
 import { maxAbsDiff, useBackend } from '../helpers/backend.ts';
@@ -63,6 +66,24 @@ describe('full-parameter training pieces', () => {
   }
 });
 
+describe('collapsePosterior', () => {
+  it("sets a VAE's log-variance to the floor and leaves its means alone, without leaking tensors", async () => {
+    const vae = AutoencoderKL.fromConfig({ in_channels: 3, out_channels: 3, latent_channels: 4, block_out_channels: [8, 8], down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D'], up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D'], layers_per_block: 1, norm_num_groups: 4, sample_size: 16 });
+    initFromScratch(vae, 5);
+    const x = tf.randomUniform([2, 16, 16, 3], -1, 1, 'float32', 9);
+    const before = vae.encode(x);
+    const start = tf.memory().numTensors;
+    await collapsePosterior(vae);
+    expect(tf.memory().numTensors, 'tensors left behind').toBe(start);
+    const after = vae.encode(x);
+    expect(maxAbsDiff(await after.mean.data(), await before.mean.data()).maxAbs).toBe(0);
+    expect(Math.max(...(await before.logvar.data()).map(Math.abs)), 'a fresh VAE has a log-variance near 0').toBeLessThan(5);
+    expect([...new Set(await after.logvar.data())]).toEqual([LOGVAR_FLOOR]);
+    tf.dispose([x, before.mean, before.logvar, before.std, after.mean, after.logvar, after.std]);
+    vae.dispose();
+  });
+});
+
 describe('toy fidelity scores', () => {
   const photos = subjectScenes().map((s) => drawScene(s));
   const ball = (colour: Scene['colour'], background: Scene['background']): Scene => ({ kind: 'ball', colour, background, cx: 0.5, cy: 0.5, r: 0.25 });
@@ -97,18 +118,29 @@ describe.skipIf(!haveToyModel)('the toy model learns the subject (skipped: model
   const dir = mkdtempSync(join(tmpdir(), 'toy-model-test-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+  it('its VAE encodes to a point mass (trained on its means, it was saved with its log-variance at the floor)', async () => {
+    const vae = await AutoencoderKL.load(join(TOY_MODEL_DIR, 'vae'));
+    const x = tf.tensor4d(toModelRange((await readToyPhotos(listImageFiles(TOY_SUBJECT_DIR)))[0]), [1, 64, 64, 3]);
+    const { mean, logvar, std } = vae.encode(x);
+    expect([...new Set(await logvar.data())]).toEqual([LOGVAR_FLOOR]);
+    tf.dispose([x, mean, logvar, std]);
+    vae.dispose();
+  });
+
   it('a short SingLoRA adapter raises subject fidelity from base to adapter at the same seeds, without leaking tensors', async () => {
     const before = tf.memory().numTensors;
     const runDir = join(dir, 'run');
     // The demo's run (npm run demo): the same settings, seed and evaluation seeds.
     const steps = TOY_DEMO.steps;
-    const { manifest } = await train({
+    const { manifest, fixedLoss } = await train({
       base: TOY_MODEL_DIR,
       photos: TOY_SUBJECT_DIR,
       runDir,
       settings: { method: 'singlora', steps, rank: 8, alpha: TOY_DEMO.alpha, rampSteps: Math.floor(steps / 4), learningRate: TOY_DEMO.learningRate, resolution: 64, triggerToken: 'sks', classWord: 'ball', checkpointEvery: steps, sampleEvery: 0, seed: 42 },
     });
     expect(manifest.status).toBe('completed');
+    // Training fits the photos: the loss at fixed noise and timesteps falls.
+    expect(fixedLoss!.end).toBeLessThan(fixedLoss!.start);
     const adapter = join(runDir, manifest.checkpoints[manifest.checkpoints.length - 1].adapter);
     const photos = await readToyPhotos(listImageFiles(TOY_SUBJECT_DIR));
     const sd = await StableDiffusion.load(TOY_MODEL_DIR);

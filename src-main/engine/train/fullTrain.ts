@@ -8,7 +8,8 @@
  *   1. the VAE alone:  L = mean (D(z) - x)^2 + beta * KL(q(z|x) || N(0, I)),  z = mu + tau sigma eps
  *      (tau = `sampleScale`: 1 samples the posterior as SD's VAE was trained; the toy build uses 0,
  *      decoding the mean, because a small VAE trained for minutes cannot yet shrink sigma and the
- *      sampling noise then hides the colours; the UNet is trained and decodes on means too)
+ *      sampling noise then hides the colours; the UNet is trained and decodes on means too, and
+ *      `collapsePosterior` then saves the posterior as the point mass it was trained as)
  *   2. the UNet and the text encoder on the frozen VAE's latents z_0 = s * mu(x), s = 1 / std(mu)
  *      (the `scaling_factor`, 0.18215 in SD 1.x), with the DDPM loss of step.ts.
  *
@@ -89,6 +90,32 @@ export async function saveModule(model: Module, file: string, dtype: 'F32' | 'F1
     });
   }
   await writeSafetensors(file, tensors, { format: 'pt', source });
+}
+
+/** The floor diffusers clamps a VAE's log-variance to: std = exp(-15), about 3e-7. */
+export const LOGVAR_FLOOR = -30;
+
+/**
+ * Makes the VAE's posterior the point mass it was trained as. A VAE trained on its means
+ * (`sampleScale` 0) never learns its log-variance head: the KL term alone pulls sigma towards 1,
+ * so an adapter trainer that samples `z = mu + sigma eps`, as diffusers' DreamBooth does, would
+ * train on latents buried in noise the UNet never saw. This zeroes the log-variance half of
+ * `quant_conv` and sets its bias to the floor, so every image encodes to `logvar = -30`; the
+ * means, and so the UNet's latents and every reconstruction, are unchanged.
+ */
+export async function collapsePosterior(vae: AutoencoderKL): Promise<void> {
+  const conv = vae.quant_conv;
+  if (!conv?.bias) throw new Error('collapsePosterior: the VAE has no quant_conv with a bias (use_quant_conv false); its log-variance comes straight from the encoder');
+  const [out, inC, kh, kw] = conv.weight.shape;
+  const z = out / 2;
+  const w = conv.weight.checkpointValue();
+  const b = conv.bias.checkpointValue();
+  const [wData, bData] = [(await w.data()) as Float32Array, (await b.data()) as Float32Array].map((d) => Float32Array.from(d));
+  tf.dispose([w, b]);
+  wData.fill(0, z * inC * kh * kw); // rows [z, 2z) of [out, in, kh, kw]: the log-variance outputs
+  bData.fill(LOGVAR_FLOOR, z);
+  conv.weight.setFromCheckpoint(wData);
+  conv.bias.setFromCheckpoint(bData);
 }
 
 export interface VaeStepResult {

@@ -226,9 +226,9 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
       return { latents, noise, timesteps, context, instances: B };
     };
 
-    // The fixed-noise loss: same noise and timesteps every time, so start and end compare.
-    // The fixed-noise loss: 8 (image, timestep) pairs, cycling through the images, at the
-    // midpoints of U[0, T), with noise drawn once from its own stream; one batched forward.
+    // The fixed-noise loss, so that start and end compare: 8 (image, timestep) pairs, cycling
+    // through the images, at the midpoints of U[0, T), with noise drawn once from its own
+    // stream; one batched forward.
     const fixedLoss = async (): Promise<number> => {
       const r = new Rng(settings.seed, 3);
       const k = FIXED_LOSS_TIMESTEPS.length;
