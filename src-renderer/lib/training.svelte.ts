@@ -96,6 +96,9 @@ export class TrainingService {
     hub.on('job.updated', (j) => {
       if (j.kind !== 'train' || j.projectId !== this.projectId || !j.runId) return;
       if (j.status === 'queued' || j.status === 'running') this.#patchRun(j.runId, { status: j.status === 'queued' ? 'queued' : 'running' });
+      // A job that ended without the run's `done` event (its engine process died): the card must
+      // not keep showing the last stage as if it were still working.
+      else if ((j.status === 'failed' || j.status === 'cancelled') && j.runId === this.selectedRunId && j.id === this.jobId) this.#jobEnded(j.status, j.error);
     });
   }
 
@@ -107,6 +110,17 @@ export class TrainingService {
     const i = this.runs.findIndex((r) => r.id === runId);
     if (i !== -1) this.runs[i] = { ...this.runs[i], ...patch };
     if (runId === this.selectedRunId && patch.status) this.status = patch.status;
+  }
+
+  #jobEnded(status: 'failed' | 'cancelled', error: string | null): void {
+    this.status = status;
+    this.stage = null;
+    this.jobId = null;
+    this.cancelling = false;
+    this.runError = error;
+    if (this.progress) this.progress = { ...this.progress, etaS: null };
+    if (status === 'failed') this.notify.error('Training', error ?? 'the run failed');
+    void this.loadRuns();
   }
 
   #draftKey(projectId: string): string {

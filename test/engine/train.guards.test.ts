@@ -10,6 +10,7 @@ import { readAllFloat32, writeSafetensors } from '../../src-main/engine/io/safet
 import { loadDataset } from '../../src-main/engine/train/dataset.ts';
 import { readRunManifest } from '../../src-main/engine/train/runFiles.ts';
 import { lossWeight, train } from '../../src-main/engine/train/trainer.ts';
+import type { TrainEvent } from '../../src-main/api/schemas.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { adapterValues, fast, TINY_A, trainingSandbox } from '../helpers/training.ts';
 
@@ -39,6 +40,28 @@ describe('training', () => {
     expect(m.checkpoints.map((c) => c.step)).toEqual([1, 2]);
     expect((await adapterValues(runDir, 2)).size).toBeGreaterThan(0);
     expect(existsSync(join(runDir, 'checkpoints/step-000003'))).toBe(false);
+  });
+
+  it('a run that throws ends with a done event saying failed, at the step it stands at, before the error is thrown on', async () => {
+    const model = join(root, 'changed-model');
+    cpSync(TINY_A, model, { recursive: true });
+    const runDir = newRun();
+    const controller = new AbortController();
+    await train({ base: model, photos, runDir, settings: fast({ steps: 6, checkpointEvery: 1 }) }, { signal: controller.signal, onEvent: (e) => e.event === 'step' && e.step === 2 && controller.abort('pause') });
+    // Another UNet under the same path: resuming must refuse, and say so to its listener.
+    const unetFile = join(model, 'unet/diffusion_pytorch_model.safetensors');
+    const { tensors, metadata } = await readAllFloat32(unetFile);
+    tensors.get('conv_in.bias')!.data[0] += 1;
+    await writeSafetensors(unetFile, tensors, metadata);
+    const events: TrainEvent[] = [];
+    const error = await train({ base: model, photos, runDir, settings: {}, resume: true }, { onEvent: (e) => events.push(e) }).then(
+      () => null,
+      (err: Error) => err.message,
+    );
+    expect(error).toMatch(/resume with the same base model/);
+    expect(events[0]).toMatchObject({ event: 'prepare', stage: 'load-model' });
+    expect(events[events.length - 1]).toEqual({ event: 'done', status: 'failed', step: 2, error });
+    expect(events.filter((e) => e.event === 'done')).toHaveLength(1);
   });
 
   it('gradient checkpointing trains to the same adapter within float noise', async () => {

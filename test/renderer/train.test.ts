@@ -91,6 +91,19 @@ describe('Train screen', () => {
     expect(screen.getByTestId('run-status').textContent).toBe('failed');
   });
 
+  test('a job that ends without the run\'s done event (its engine process died) clears the stage and shows the error', async () => {
+    const { transport } = await renderTrain({ 'training.start': () => ({ jobId: 'j9', runId: 'r9' }) });
+    await fireEvent.click(screen.getByTestId('train-button'));
+    await waitFor(() => expect(transport.paramsOf('training.start')).toHaveLength(1));
+    transport.emit('train.event', trainEvent({ event: 'prepare', stage: 'encode' }));
+    await waitFor(() => expect(screen.getByTestId('train-stage').textContent).toBe('encode…'));
+    transport.emit('job.updated', fx.job({ id: 'j9', kind: 'train', projectId: 'p1', runId: 'r9', status: 'failed', error: 'the engine process exited (code 134)' }));
+    const err = await screen.findByTestId('train-error');
+    expect(err.textContent).toContain('the engine process exited (code 134)');
+    expect(screen.queryByTestId('train-stage')).toBeNull();
+    expect(screen.getByTestId('run-status').textContent).toBe('failed');
+  });
+
   test('without a base model Train is disabled and says why; the native resolution names the model and its size', async () => {
     const none = await startStudio({ 'models.bases': () => [] });
     const { unmount } = render(TrainScreen, { training: none.studio.training, advice: null, model: none.studio.projects.model });

@@ -91,7 +91,33 @@ const SMOOTHING = 0.9;
 /** Timesteps of the fixed-noise loss: 8 evenly spaced, the midpoints of U[0, T). */
 const FIXED_LOSS_TIMESTEPS = [0.0625, 0.1875, 0.3125, 0.4375, 0.5625, 0.6875, 0.8125, 0.9375];
 
+/**
+ * Trains an adapter (see the file comment). Every run that emitted anything ends with a `done`
+ * event: when a step throws (a model that cannot load, a graph ONNX Runtime cannot open, a full
+ * disk), `done` says `failed` with the error before the error is thrown on, so a listener (the
+ * app's progress card, `singlora train --json`) never waits on a stage that will not finish.
+ */
 export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise<TrainResult> {
+  let lastStep = 0;
+  let ended = false;
+  const onEvent = (e: TrainEvent) => {
+    if (e.event === 'step') lastStep = e.step;
+    if (e.event === 'done') ended = true;
+    hooks.onEvent?.(e);
+  };
+  try {
+    return await runTraining(opts, { ...hooks, onEvent });
+  } catch (err) {
+    if (!ended) {
+      // A resumed run that fails before its first step still stands at its last checkpoint.
+      const m = existsSync(join(opts.runDir, 'run.json')) ? await readRunManifest(opts.runDir).catch(() => null) : null;
+      hooks.onEvent?.({ event: 'done', status: 'failed', step: Math.max(lastStep, m?.step ?? 0), error: (err as Error).message });
+    }
+    throw err;
+  }
+}
+
+async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<TrainResult> {
   const emit = (e: TrainEvent) => hooks.onEvent?.(e);
   await mkdir(opts.runDir, { recursive: true });
   const previous = opts.resume ? await readRunManifest(opts.runDir) : null;
