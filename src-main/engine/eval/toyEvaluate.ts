@@ -42,10 +42,11 @@ export interface ToyScore {
 }
 
 /** One toy-model picture of `prompt` at `seed`, with the toy sampling (and `adapter`, a file at strength 1). */
-async function drawToy(sd: StableDiffusion, prompt: string, seed: number, o: { steps?: number; adapter?: string }): Promise<ToyImage> {
+async function drawToy(sd: StableDiffusion, prompt: string, seed: number, o: { steps?: number; guidanceScale?: number; adapter?: string }): Promise<ToyImage> {
   const [img]: GeneratedImage[] = await textToImage(sd, {
     ...TOY_SAMPLING,
     steps: o.steps ?? TOY_SAMPLING.steps,
+    guidanceScale: o.guidanceScale ?? TOY_SAMPLING.guidanceScale,
     prompt,
     negativePrompt: '',
     seed,
@@ -63,7 +64,7 @@ export async function readToyPhotos(files: readonly string[]): Promise<ToyImage[
  * Generates `seeds.length` images per probe (image i of a probe uses seeds[i]) with `adapter`
  * (a file, strength 1) or none, and scores them against `photos`.
  */
-export async function scoreToyModel(sd: StableDiffusion, o: { photos: readonly ToyImage[]; adapter?: string; probes?: readonly ToyProbe[]; seeds: readonly number[]; steps?: number }): Promise<ToyScore> {
+export async function scoreToyModel(sd: StableDiffusion, o: { photos: readonly ToyImage[]; adapter?: string; probes?: readonly ToyProbe[]; seeds: readonly number[]; steps?: number; guidanceScale?: number }): Promise<ToyScore> {
   const images: ToyScoredImage[] = [];
   for (const probe of o.probes ?? TOY_PROBES) {
     for (const seed of o.seeds) {
