@@ -98,7 +98,7 @@ export class TrainingService {
       if (j.status === 'queued' || j.status === 'running') this.#patchRun(j.runId, { status: j.status === 'queued' ? 'queued' : 'running' });
       // A job that ended without the run's `done` event (its engine process died): the card must
       // not keep showing the last stage as if it were still working.
-      else if ((j.status === 'failed' || j.status === 'cancelled') && j.runId === this.selectedRunId && j.id === this.jobId) this.#jobEnded(j.status, j.error);
+      else if ((j.status === 'failed' || j.status === 'cancelled') && j.runId === this.selectedRunId && j.id === this.jobId) this.#runEnded(j.status, j.error);
     });
   }
 
@@ -112,14 +112,19 @@ export class TrainingService {
     if (runId === this.selectedRunId && patch.status) this.status = patch.status;
   }
 
-  #jobEnded(status: 'failed' | 'cancelled', error: string | null): void {
+  /**
+   * The selected run stopped: from its `done` event (with the step it reached), or from its job
+   * when no `done` came (the engine process died; the step shown stays the last one reported).
+   */
+  #runEnded(status: RunSummary['status'], error: string | null, step?: number): void {
     this.status = status;
     this.stage = null;
     this.jobId = null;
     this.cancelling = false;
     this.runError = error;
-    if (this.progress) this.progress = { ...this.progress, etaS: null };
-    if (status === 'failed') this.notify.error('Training', error ?? 'the run failed');
+    if (this.progress) this.progress = { ...this.progress, step: step ?? this.progress.step, etaS: null };
+    if (status === 'completed') this.notify.info(`Training finished at step ${step ?? this.progress?.step}. Next: Evaluate picks the best checkpoint.`, 'success');
+    else if (status === 'failed') this.notify.error('Training', error ?? 'the run failed');
     void this.loadRuns();
   }
 
@@ -370,15 +375,7 @@ export class TrainingService {
         this.warnings = [...this.warnings, ev.message];
         break;
       case 'done':
-        this.status = ev.status;
-        this.stage = null;
-        this.jobId = null;
-        this.cancelling = false;
-        this.runError = ev.error;
-        if (this.progress) this.progress = { ...this.progress, step: ev.step, etaS: null };
-        if (ev.status === 'completed') this.notify.info(`Training finished at step ${ev.step}. Next: Evaluate picks the best checkpoint.`, 'success');
-        else if (ev.status === 'failed') this.notify.error('Training', ev.error ?? 'the run failed');
-        void this.loadRuns();
+        this.#runEnded(ev.status, ev.error, ev.step);
         break;
     }
   }
