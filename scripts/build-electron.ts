@@ -111,8 +111,13 @@ export async function buildElectron(o: BuildElectronOptions = {}): Promise<Built
     }),
   ]);
   const leaked = engineImports(main.metafile!);
-  if (leaked.length) throw new Error(`build-electron: the main bundle imports engine-only packages (${leaked.join(', ')}); the engine must run only in the utility process`);
-  o.log?.(`build-electron: ${[out.main, out.preload, out.engineWorker].map((f) => relative(process.cwd(), f)).join(', ')}; external at run time: ${externalImports(worker.metafile!).join(', ')}`);
+  if (leaked.length)
+    throw new Error(
+      `build-electron: the main bundle imports engine-only packages (${leaked.join(', ')}); the engine must run only in the utility process`,
+    );
+  o.log?.(
+    `build-electron: ${[out.main, out.preload, out.engineWorker].map((f) => relative(process.cwd(), f)).join(', ')}; external at run time: ${externalImports(worker.metafile!).join(', ')}`,
+  );
   return out;
 }
 
@@ -131,7 +136,11 @@ if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1]
     const i = process.argv.indexOf(name);
     return i > 0 ? process.argv[i + 1] : undefined;
   };
-  buildElectron({ outDir: arg('--out'), minify: process.argv.includes('--minify'), log: (l) => process.stdout.write(`${l}\n`) }).catch((err: Error) => {
+  buildElectron({
+    outDir: arg('--out'),
+    minify: process.argv.includes('--minify'),
+    log: (l) => process.stdout.write(`${l}\n`),
+  }).catch((err: Error) => {
     process.stderr.write(`${err.message}\n`);
     process.exitCode = 1;
   });

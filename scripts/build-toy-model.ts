@@ -32,7 +32,14 @@ import { createScheduler } from '../src-main/engine/schedulers/index.ts';
 import { TOY_MODEL_DIR, TOY_MODEL_NAME, TOY_SUBJECT_DIR } from '../src-main/engine/toy/toyModel.ts';
 import { drawScene, subjectScenes, toyDataset, TOY_SIZE } from '../src-main/engine/toy/toyWorld.ts';
 import { AdamW } from '../src-main/engine/train/adamw.ts';
-import { collapsePosterior, freeze, initFromScratch, makeTrainable, saveModule, vaeStep } from '../src-main/engine/train/fullTrain.ts';
+import {
+  collapsePosterior,
+  freeze,
+  initFromScratch,
+  makeTrainable,
+  saveModule,
+  vaeStep,
+} from '../src-main/engine/train/fullTrain.ts';
 import { trainStep } from '../src-main/engine/train/step.ts';
 import { checkToyWorld } from './toy-world-check.ts';
 
@@ -137,7 +144,7 @@ function imagesTensor(images: readonly { data: Uint8Array }[], size: number): Te
 }
 
 const SOURCE = 'scripts/build-toy-model.ts';
-const json = (v: unknown) => JSON.stringify(v, null, 2) + '\n';
+const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
 
 async function writeVae(out: string, vae: AutoencoderKL, vaeConfig: object): Promise<void> {
   await mkdir(join(out, 'vae'), { recursive: true });
@@ -146,14 +153,16 @@ async function writeVae(out: string, vae: AutoencoderKL, vaeConfig: object): Pro
 }
 
 async function writeFolder(out: string, unet: UNet2DConditionModel, te: ClipTextModel, note: string): Promise<void> {
-  for (const dir of ['unet', 'text_encoder', 'tokenizer', 'scheduler']) await mkdir(join(out, dir), { recursive: true });
+  for (const dir of ['unet', 'text_encoder', 'tokenizer', 'scheduler'])
+    await mkdir(join(out, dir), { recursive: true });
   const dtype = TOY_CONFIG.weightsDtype;
   await saveModule(unet, join(out, 'unet/diffusion_pytorch_model.safetensors'), dtype, SOURCE);
   await saveModule(te, join(out, 'text_encoder/model.safetensors'), dtype, SOURCE);
   await atomicWriteFile(join(out, 'unet/config.json'), json(TOY_CONFIG.unet));
   await atomicWriteFile(join(out, 'text_encoder/config.json'), json(TOY_CONFIG.textEncoder));
   await atomicWriteFile(join(out, 'scheduler/scheduler_config.json'), json(TOY_CONFIG.scheduler));
-  for (const f of ['vocab.json', 'merges.txt', 'tokenizer_config.json', 'special_tokens_map.json']) await copyFile(join(TOKENIZER_SOURCE, f), join(out, 'tokenizer', f));
+  for (const f of ['vocab.json', 'merges.txt', 'tokenizer_config.json', 'special_tokens_map.json'])
+    await copyFile(join(TOKENIZER_SOURCE, f), join(out, 'tokenizer', f));
   await atomicWriteFile(
     join(out, 'model_index.json'),
     json({
@@ -200,22 +209,35 @@ async function main(): Promise<void> {
     return n;
   };
   const cfg = TOY_CONFIG;
-  const vaeTrain = { ...cfg.vaeTrain, steps: num('--vae-steps', cfg.vaeTrain.steps), batch: num('--vae-batch', cfg.vaeTrain.batch), lr: num('--vae-lr', cfg.vaeTrain.lr) };
-  const unetTrain = { ...cfg.unetTrain, steps: num('--unet-steps', cfg.unetTrain.steps), batch: num('--unet-batch', cfg.unetTrain.batch), lr: num('--unet-lr', cfg.unetTrain.lr), minSnrGamma: arg('--min-snr') === undefined ? cfg.unetTrain.minSnrGamma : num('--min-snr', 0) || null };
+  const vaeTrain = {
+    ...cfg.vaeTrain,
+    steps: num('--vae-steps', cfg.vaeTrain.steps),
+    batch: num('--vae-batch', cfg.vaeTrain.batch),
+    lr: num('--vae-lr', cfg.vaeTrain.lr),
+  };
+  const unetTrain = {
+    ...cfg.unetTrain,
+    steps: num('--unet-steps', cfg.unetTrain.steps),
+    batch: num('--unet-batch', cfg.unetTrain.batch),
+    lr: num('--unet-lr', cfg.unetTrain.lr),
+    minSnrGamma: arg('--min-snr') === undefined ? cfg.unetTrain.minSnrGamma : num('--min-snr', 0) || null,
+  };
   const vaeSteps = vaeTrain.steps;
   const unetSteps = unetTrain.steps;
   const snapshotEvery = num('--snapshot-every', 0);
   const vaeFrom = arg('--vae-from');
   const backend = await initBackend();
   const t0 = performance.now();
-  const elapsed = () => ((performance.now() - t0) / 1000).toFixed(0) + ' s';
+  const elapsed = () => `${((performance.now() - t0) / 1000).toFixed(0)} s`;
   console.log(`build-toy-model: backend ${backend.name}, out ${out}${vaeFrom ? `, VAE from ${resolve(vaeFrom)}` : ''}`);
   console.log(`config: ${JSON.stringify({ ...cfg, vaeTrain, unetTrain })}`);
 
   // The data set and the subject photos.
   const data = toyDataset(cfg.images, cfg.seed);
   const photos = await writeSubjectPhotos();
-  console.log(`${data.length} captioned ${cfg.imageSize}x${cfg.imageSize} images (e.g. "${data[0].caption}"); ${photos.length} subject photos in ${TOY_SUBJECT_DIR}`);
+  console.log(
+    `${data.length} captioned ${cfg.imageSize}x${cfg.imageSize} images (e.g. "${data[0].caption}"); ${photos.length} subject photos in ${TOY_SUBJECT_DIR}`,
+  );
   const images = imagesTensor(
     data.map((d) => d.image),
     cfg.imageSize,
@@ -232,7 +254,8 @@ async function main(): Promise<void> {
     vaeConfig = JSON.parse(await readFile(join(vaeFrom, 'vae/config.json'), 'utf8')) as object;
     if (resolve(vaeFrom) !== out) {
       await mkdir(join(out, 'vae'), { recursive: true });
-      for (const f of ['config.json', 'diffusion_pytorch_model.safetensors']) await copyFile(join(vaeFrom, 'vae', f), join(out, 'vae', f));
+      for (const f of ['config.json', 'diffusion_pytorch_model.safetensors'])
+        await copyFile(join(vaeFrom, 'vae', f), join(out, 'vae', f));
     }
     if (vaeTrain.sampleScale === 0) {
       // A VAE saved before the build collapsed its posterior: the same fix, on the copy (idempotent).
@@ -251,9 +274,17 @@ async function main(): Promise<void> {
       const idx = Array.from({ length: vaeTrain.batch }, () => rng.int(cfg.images));
       const x = tf.gather(images, idx);
       const eps = tf.tensor4d(rng.normal([idx.length, lat, lat, 4]), [idx.length, lat, lat, 4]);
-      const r = await vaeStep(vae, vaeOpt, x, eps, { lr: lrAt(step, vaeSteps, vaeTrain.lr), klWeight: vaeTrain.klWeight, sampleScale: vaeTrain.sampleScale, maxGradNorm: vaeTrain.maxGradNorm });
+      const r = await vaeStep(vae, vaeOpt, x, eps, {
+        lr: lrAt(step, vaeSteps, vaeTrain.lr),
+        klWeight: vaeTrain.klWeight,
+        sampleScale: vaeTrain.sampleScale,
+        maxGradNorm: vaeTrain.maxGradNorm,
+      });
       tf.dispose([x, eps]);
-      if (step % 25 === 0 || step === vaeSteps - 1) console.log(`vae step ${step + 1}/${vaeSteps}: reconstruction ${r.reconstruction.toFixed(5)} kl ${r.kl.toFixed(4)} (${elapsed()})`);
+      if (step % 25 === 0 || step === vaeSteps - 1)
+        console.log(
+          `vae step ${step + 1}/${vaeSteps}: reconstruction ${r.reconstruction.toFixed(5)} kl ${r.kl.toFixed(4)} (${elapsed()})`,
+        );
     }
     vaeOpt.dispose();
     freeze(vae);
@@ -273,7 +304,9 @@ async function main(): Promise<void> {
   const vae = await AutoencoderKL.load(join(out, 'vae'));
   const scaling = (vaeConfig as { scaling_factor: number }).scaling_factor;
   const heldOutMse = tf.tidy(() => tf.mean(tf.squaredDifference(vae.decode(vae.encode(heldOut).mean), heldOut)));
-  console.log(`VAE: held-out reconstruction ${(await heldOutMse.data())[0].toFixed(5)} (mean squared error in [-1, 1], 64 images of seed ${cfg.seed + 100}), scaling_factor ${scaling}`);
+  console.log(
+    `VAE: held-out reconstruction ${(await heldOutMse.data())[0].toFixed(5)} (mean squared error in [-1, 1], 64 images of seed ${cfg.seed + 100}), scaling_factor ${scaling}`,
+  );
   tf.dispose([heldOutMse, heldOut]);
   const raw = encodeMeans(vae, images);
   const latents = tf.mul(raw, scaling); // [N, 8, 8, 4], unit variance
@@ -288,10 +321,14 @@ async function main(): Promise<void> {
   initFromScratch(unet, cfg.seed + 2);
   initFromScratch(te, cfg.seed + 3);
   const rng = new Rng(cfg.seed, 2);
-  console.log(`parameters: vae ${vae.parameterCount()}, unet ${unet.parameterCount()}, text encoder ${te.parameterCount()}`);
+  console.log(
+    `parameters: vae ${vae.parameterCount()}, unet ${unet.parameterCount()}, text encoder ${te.parameterCount()}`,
+  );
   const optimizer = new AdamW([...makeTrainable(unet, 'toy-unet'), ...makeTrainable(te, 'toy-te')]);
   const ddpm = createScheduler('ddpm', { source: 'scripts/build-toy-model.ts', values: cfg.scheduler });
-  console.log(`noise schedule: ${cfg.scheduler.beta_schedule} ${cfg.scheduler.beta_start}..${cfg.scheduler.beta_end}; alphaBar[999] = ${ddpm.alphasCumprod[999].toFixed(5)}`);
+  console.log(
+    `noise schedule: ${cfg.scheduler.beta_schedule} ${cfg.scheduler.beta_start}..${cfg.scheduler.beta_end}; alphaBar[999] = ${ddpm.alphasCumprod[999].toFixed(5)}`,
+  );
   const numTrain = ddpm.alphasCumprod.length;
   let smoothed = NaN;
   const note = () =>
@@ -302,23 +339,30 @@ async function main(): Promise<void> {
     const noise = tf.tensor4d(rng.normal(z0.shape), z0.shape as [number, number, number, number]);
     const timesteps = idx.map(() => rng.int(numTrain));
     const batchIds = idx.map((i) => ids[i]);
-    const r = await trainStep({ unet, scheduler: ddpm, optimizer }, [{ latents: z0, noise, timesteps, context: () => te.forward(batchIds).last_hidden_state }], {
-      step,
-      lr: lrAt(step, unetSteps, unetTrain.lr),
-      maxGradNorm: unetTrain.maxGradNorm,
-      minSnrGamma: unetTrain.minSnrGamma,
-      priorLossWeight: 1,
-      attention: 'plain',
-    });
+    const r = await trainStep(
+      { unet, scheduler: ddpm, optimizer },
+      [{ latents: z0, noise, timesteps, context: () => te.forward(batchIds).last_hidden_state }],
+      {
+        step,
+        lr: lrAt(step, unetSteps, unetTrain.lr),
+        maxGradNorm: unetTrain.maxGradNorm,
+        minSnrGamma: unetTrain.minSnrGamma,
+        priorLossWeight: 1,
+        attention: 'plain',
+      },
+    );
     tf.dispose([z0, noise]);
     smoothed = Number.isNaN(smoothed) ? r.loss : 0.98 * smoothed + 0.02 * r.loss;
-    if (step % 25 === 0 || step === unetSteps - 1) console.log(`unet step ${step + 1}/${unetSteps}: loss ${r.loss.toFixed(4)} smoothed ${smoothed.toFixed(4)} (${elapsed()})`);
+    if (step % 25 === 0 || step === unetSteps - 1)
+      console.log(
+        `unet step ${step + 1}/${unetSteps}: loss ${r.loss.toFixed(4)} smoothed ${smoothed.toFixed(4)} (${elapsed()})`,
+      );
     if (snapshotEvery && (step + 1) % snapshotEvery === 0 && step + 1 < unetSteps) {
       await writeFolder(out, unet, te, note());
       console.log(`snapshot written at step ${step + 1} (${elapsed()})`);
     }
   }
-  await writeFolder(out, unet, te, note() + `\nBuild time: ${elapsed()} on backend ${backend.name}.\n`);
+  await writeFolder(out, unet, te, `${note()}\nBuild time: ${elapsed()} on backend ${backend.name}.\n`);
   console.log(`toy model written to ${out}; build time ${elapsed()}`);
   tf.dispose([images, latents]);
   vae.dispose();
@@ -328,7 +372,9 @@ async function main(): Promise<void> {
   // What it learned: does it draw what its own captions ask for (scripts/toy-world-check.ts)?
   if (unetSteps > 0) {
     const w = await checkToyWorld(out);
-    console.log(`world check: background as asked ${(100 * w.background).toFixed(0)}% (chance 14%), object colour as asked ${(100 * w.object).toFixed(0)}% (chance 25%), ${w.images.length} captions`);
+    console.log(
+      `world check: background as asked ${(100 * w.background).toFixed(0)}% (chance 14%), object colour as asked ${(100 * w.object).toFixed(0)}% (chance 25%), ${w.images.length} captions`,
+    );
   }
 }
 
@@ -336,7 +382,8 @@ async function main(): Promise<void> {
 function encodeMeans(vae: AutoencoderKL, images: Tensor): Tensor {
   const n = images.shape[0];
   const means: Tensor[] = [];
-  for (let i = 0; i < n; i += 64) means.push(tf.tidy(() => vae.encode(images.slice([i, 0, 0, 0], [Math.min(64, n - i), -1, -1, -1])).mean));
+  for (let i = 0; i < n; i += 64)
+    means.push(tf.tidy(() => vae.encode(images.slice([i, 0, 0, 0], [Math.min(64, n - i), -1, -1, -1])).mean));
   const all = tf.concat(means);
   tf.dispose(means);
   return all;

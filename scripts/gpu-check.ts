@@ -16,12 +16,22 @@ const arg = (name: string, dflt: string) => {
   return i > 0 ? process.argv[i + 1] : dflt;
 };
 const config = arg('--config', 'test/fixtures/sd15_configs/unet');
-const sizes = arg('--sizes', '32').split(',').map((s) => [Number(s), Number(s)] as [number, number]);
+const sizes = arg('--sizes', '32')
+  .split(',')
+  .map((s) => [Number(s), Number(s)] as [number, number]);
 const batch = Number(arg('--batch', '2'));
 const iters = Number(arg('--iters', '3'));
-const line = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify({ check: 'gpu', ...o }) + '\n');
+const line = (o: Record<string, unknown>) => process.stdout.write(`${JSON.stringify({ check: 'gpu', ...o })}\n`);
 
-line({ event: 'config', node: process.version, platform: `${process.platform}-${process.arch}`, config, sizes, batch, iters });
+line({
+  event: 'config',
+  node: process.version,
+  platform: `${process.platform}-${process.arch}`,
+  config,
+  sizes,
+  batch,
+  iters,
+});
 for (const p of await probeProviders()) {
   if (!p.available) {
     line({ engine: 'onnx', provider: p.name, status: 'unavailable', reason: p.detail });
@@ -30,9 +40,23 @@ for (const p of await probeProviders()) {
   for (const dtype of p.name === 'cpu' ? (['float32'] as const) : (['float16', 'float32'] as const)) {
     try {
       const r = await benchUnetOnnx({ config, latentSizes: sizes, batch, iters, warmup: 1, provider: p.name, dtype });
-      line({ engine: 'onnx', provider: r.provider, dtype: r.dtype, status: 'ok', load_s: r.load_s, peak_rss_mb: r.peak_rss_mb, sizes: r.sizes });
+      line({
+        engine: 'onnx',
+        provider: r.provider,
+        dtype: r.dtype,
+        status: 'ok',
+        load_s: r.load_s,
+        peak_rss_mb: r.peak_rss_mb,
+        sizes: r.sizes,
+      });
     } catch (err) {
-      line({ engine: 'onnx', provider: p.name, dtype, status: 'failed', reason: (err as Error).message.split('\n')[0] });
+      line({
+        engine: 'onnx',
+        provider: p.name,
+        dtype,
+        status: 'failed',
+        reason: (err as Error).message.split('\n')[0],
+      });
     }
   }
 }
@@ -42,13 +66,36 @@ for (const b of await probeBackends()) {
     continue;
   }
   if (b.name === 'cpu' || b.name === 'wasm') {
-    line({ engine: 'tfjs', backend: b.name, status: 'skipped', reason: b.name === 'wasm' ? 'the SD 1.5 UNet does not fit the 4 GiB wasm heap' : 'the JavaScript cpu backend takes minutes per SD 1.5 forward' });
+    line({
+      engine: 'tfjs',
+      backend: b.name,
+      status: 'skipped',
+      reason:
+        b.name === 'wasm'
+          ? 'the SD 1.5 UNet does not fit the 4 GiB wasm heap'
+          : 'the JavaScript cpu backend takes minutes per SD 1.5 forward',
+    });
     continue;
   }
   // One process picks one TensorFlow.js backend; a GPU backend is the one worth timing.
   try {
-    const r = await benchUnet({ config, latentSizes: sizes, batch, iters, warmup: 1, backend: b.name, measurePeak: false });
-    line({ engine: 'tfjs', backend: r.backend, device: r.device, status: r.weights, sizes: r.sizes, peak_rss_mb: r.peakRssBytes / 2 ** 20 });
+    const r = await benchUnet({
+      config,
+      latentSizes: sizes,
+      batch,
+      iters,
+      warmup: 1,
+      backend: b.name,
+      measurePeak: false,
+    });
+    line({
+      engine: 'tfjs',
+      backend: r.backend,
+      device: r.device,
+      status: r.weights,
+      sizes: r.sizes,
+      peak_rss_mb: r.peakRssBytes / 2 ** 20,
+    });
   } catch (err) {
     line({ engine: 'tfjs', backend: b.name, status: 'failed', reason: (err as Error).message.split('\n')[0] });
   }

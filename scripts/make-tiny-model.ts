@@ -32,35 +32,64 @@ const SEED = 20250707;
 async function writeComponent(model: Module, seed: number, file: string): Promise<void> {
   const source = randomSource(model, seed, 'tiny-sd');
   const tensors = new Map<string, TensorToWrite>();
-  for (const [key] of model.namedParams()) tensors.set(key, { shape: source.shape(key)!, read: () => source.read(key) });
+  for (const [key] of model.namedParams())
+    tensors.set(key, { shape: source.shape(key)!, read: () => source.read(key) });
   await writeSafetensors(file, tensors, { format: 'pt', source: 'scripts/make-tiny-model.ts' });
 }
 
 /** Builds the tiny pipeline at `out` unless it is already there (or `force`). Returns its path. */
 export async function makeTinyModel(out = TINY_MODEL_DIR, force = false): Promise<string> {
-  if (!force && existsSync(join(out, 'model_index.json')) && existsSync(join(out, 'unet/diffusion_pytorch_model.safetensors')) && existsSync(TINY_DINO)) return out;
+  if (
+    !force &&
+    existsSync(join(out, 'model_index.json')) &&
+    existsSync(join(out, 'unet/diffusion_pytorch_model.safetensors')) &&
+    existsSync(TINY_DINO)
+  )
+    return out;
   if (force) await rm(out, { recursive: true, force: true });
   const readJson = async (p: string) => JSON.parse(await readFile(join(SOURCE, p), 'utf8')) as Record<string, unknown>;
-  for (const dir of ['unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler']) await mkdir(join(out, dir), { recursive: true });
+  for (const dir of ['unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler'])
+    await mkdir(join(out, dir), { recursive: true });
 
   const unetConfig = await readJson('unet/config.json');
   const vaeConfig = await readJson('vae/config.json');
   const textConfig = await readJson('text_encoder/config.json');
-  await writeComponent(UNet2DConditionModel.fromConfig(unetConfig), SEED + 1, join(out, 'unet/diffusion_pytorch_model.safetensors'));
-  await writeComponent(AutoencoderKL.fromConfig(vaeConfig), SEED + 2, join(out, 'vae/diffusion_pytorch_model.safetensors'));
-  await writeComponent(new ClipTextModel(parseClipTextConfig(textConfig)), SEED + 3, join(out, 'text_encoder/model.safetensors'));
+  await writeComponent(
+    UNet2DConditionModel.fromConfig(unetConfig),
+    SEED + 1,
+    join(out, 'unet/diffusion_pytorch_model.safetensors'),
+  );
+  await writeComponent(
+    AutoencoderKL.fromConfig(vaeConfig),
+    SEED + 2,
+    join(out, 'vae/diffusion_pytorch_model.safetensors'),
+  );
+  await writeComponent(
+    new ClipTextModel(parseClipTextConfig(textConfig)),
+    SEED + 3,
+    join(out, 'text_encoder/model.safetensors'),
+  );
   for (const [name, cfg] of [
     ['unet/config.json', unetConfig],
     ['vae/config.json', vaeConfig],
     ['text_encoder/config.json', textConfig],
   ] as const) {
-    await atomicWriteFile(join(out, name), JSON.stringify(cfg, null, 2) + '\n');
+    await atomicWriteFile(join(out, name), `${JSON.stringify(cfg, null, 2)}\n`);
   }
-  for (const f of ['tokenizer/vocab.json', 'tokenizer/merges.txt', 'tokenizer/tokenizer_config.json', 'tokenizer/special_tokens_map.json', 'scheduler/scheduler_config.json']) {
+  for (const f of [
+    'tokenizer/vocab.json',
+    'tokenizer/merges.txt',
+    'tokenizer/tokenizer_config.json',
+    'tokenizer/special_tokens_map.json',
+    'scheduler/scheduler_config.json',
+  ]) {
     if (existsSync(join(SOURCE, f))) await copyFile(join(SOURCE, f), join(out, f));
   }
   const index = await readJson('model_index.json');
-  await atomicWriteFile(join(out, 'model_index.json'), JSON.stringify({ ...index, _name_or_path: 'singlora-studio/tiny-sd' }, null, 2) + '\n');
+  await atomicWriteFile(
+    join(out, 'model_index.json'),
+    `${JSON.stringify({ ...index, _name_or_path: 'singlora-studio/tiny-sd' }, null, 2)}\n`,
+  );
   await atomicWriteFile(
     join(out, 'README.md'),
     '# tiny-sd\n\nA tiny Stable-Diffusion-1.x-shaped pipeline with random weights, built by `scripts/make-tiny-model.ts` for the demo and tests.\nIt trains in seconds on a CPU and makes no meaningful pictures. See ../README.md for real SD 1.5 weights.\n',

@@ -29,7 +29,10 @@ const rng = new Rng(0);
 function ratio(w0: tf.Tensor, dOut: number, dIn: number): number {
   return tf.tidy(() => {
     const rows = Math.max(dOut, dIn);
-    const A = tf.tensor(rng.normal(rows * rank).map((v) => v * std), [rows, rank]);
+    const A = tf.tensor(
+      rng.normal(rows * rank).map((v) => v * std),
+      [rows, rank],
+    );
     const d = singloraDelta(A, dOut, dIn, alpha / rank);
     return tf.norm(d).dataSync()[0] / tf.norm(w0).dataSync()[0];
   });
@@ -37,7 +40,9 @@ function ratio(w0: tf.Tensor, dOut: number, dIn: number): number {
 
 const summarize = (label: string, rs: Array<[string, number]>) => {
   const v = rs.map(([, r]) => r).sort((a, b) => a - b);
-  console.log(`${label}: ${rs.length} layers, ||dW||/||W0|| min ${v[0].toExponential(2)}, median ${v[Math.floor(v.length / 2)].toExponential(2)}, max ${v[v.length - 1].toExponential(2)}`);
+  console.log(
+    `${label}: ${rs.length} layers, ||dW||/||W0|| min ${v[0].toExponential(2)}, median ${v[Math.floor(v.length / 2)].toExponential(2)}, max ${v[v.length - 1].toExponential(2)}`,
+  );
 };
 
 console.log(`std ${std}, rank ${rank}, alpha ${alpha} (scale alpha/r = ${alpha / rank}), full ramp (u = 1)`);
@@ -53,7 +58,10 @@ for (const [path, mod] of unet.namedModules()) {
 unet.dispose();
 summarize('tiny-a (fixture weights)', tiny);
 
-const shapes = JSON.parse(readFileSync(join(REPO_ROOT, 'test/fixtures/sd15_shapes.json'), 'utf8')).unet as Record<string, number[]>;
+const shapes = JSON.parse(readFileSync(join(REPO_ROOT, 'test/fixtures/sd15_shapes.json'), 'utf8')).unet as Record<
+  string,
+  number[]
+>;
 const byShape = new Map<string, Array<[string, number]>>();
 const sd: Array<[string, number]> = [];
 for (const [key, shape] of Object.entries(shapes)) {
@@ -69,4 +77,7 @@ for (const [key, shape] of Object.entries(shapes)) {
   byShape.set(k, [...(byShape.get(k) ?? []), [path, r]]);
 }
 summarize('SD 1.5 shapes (W0 at PyTorch default init)', sd);
-for (const [k, rs] of [...byShape].sort()) console.log(`  ${k.padEnd(11)} ${String(rs.length).padStart(3)} layers  mean ${(rs.reduce((a, [, r]) => a + r, 0) / rs.length).toExponential(2)}`);
+for (const [k, rs] of [...byShape].sort())
+  console.log(
+    `  ${k.padEnd(11)} ${String(rs.length).padStart(3)} layers  mean ${(rs.reduce((a, [, r]) => a + r, 0) / rs.length).toExponential(2)}`,
+  );

@@ -12,5 +12,5 @@ const name = i >= 0 ? process.argv[i + 1] : 'auto';
 if (name !== 'auto' && !isBackendName(name)) throw new Error(`op-check: unknown backend ${name}`);
 const info = await initBackend(name);
 const results = await runOpCases();
-process.stdout.write(JSON.stringify({ backend: info.name, device: info.device ?? null, results }) + '\n');
+process.stdout.write(`${JSON.stringify({ backend: info.name, device: info.device ?? null, results })}\n`);
 process.exit(0);

@@ -19,7 +19,10 @@ import { drawScene } from '../src-main/engine/toy/toyWorld.ts';
 export const WORLD_CHECK = { count: 28, seed: 5000, cols: 7 } as const;
 
 /** Scores `model` (a toy-model folder) and, with `grid`, writes the pictures: captions' scenes above, the model's below. */
-export async function checkToyWorld(model: string, o: { grid?: string; count?: number; seed?: number } = {}): Promise<WorldScore> {
+export async function checkToyWorld(
+  model: string,
+  o: { grid?: string; count?: number; seed?: number } = {},
+): Promise<WorldScore> {
   const sd = await StableDiffusion.load(model);
   try {
     const score = await scoreWorld(sd, { count: o.count ?? WORLD_CHECK.count, seed: o.seed ?? WORLD_CHECK.seed });

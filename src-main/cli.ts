@@ -30,7 +30,9 @@ const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url),
  */
 export async function buildProgram(only?: string): Promise<Command> {
   const program = new Command('singlora')
-    .description('SingLoRA Studio engine: train SingLoRA adapters for Stable Diffusion 1.5, score them with DINO, generate and export')
+    .description(
+      'SingLoRA Studio engine: train SingLoRA adapters for Stable Diffusion 1.5, score them with DINO, generate and export',
+    )
     .version(pkg.version)
     // Commander's errors come back as exceptions and are reported by `reportError` (one line,
     // exit 2), not printed with the whole help; subcommands inherit both settings.

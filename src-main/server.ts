@@ -70,7 +70,13 @@ export interface RunningServer {
 
 export function isLoopback(host: string): boolean {
   const h = host.replace(/^\[|\]$/g, '').toLowerCase();
-  return h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1' || /^127\.\d+\.\d+\.\d+$/.test(h) || h === '::ffff:127.0.0.1';
+  return (
+    h === 'localhost' ||
+    h === '::1' ||
+    h === '0:0:0:0:0:0:0:1' ||
+    /^127\.\d+\.\d+\.\d+$/.test(h) ||
+    h === '::ffff:127.0.0.1'
+  );
 }
 
 function sameToken(given: string | null | undefined, token: string): boolean {
@@ -126,28 +132,47 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
   const host = o.host ?? '127.0.0.1';
   const loopback = isLoopback(host);
   if (!loopback && !o.allowRemote) {
-    throw new Error(`refusing to listen on ${host}: it is reachable from other machines; pass --allow-remote to do it anyway (anyone with the token can then use this server)`);
+    throw new Error(
+      `refusing to listen on ${host}: it is reachable from other machines; pass --allow-remote to do it anyway (anyone with the token can then use this server)`,
+    );
   }
   const log = o.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const token = o.token ?? randomBytes(32).toString('hex');
   if (token.length < 16) throw new Error('--token must be at least 16 characters');
   const ownService = !o.service;
-  const service = o.service ?? (await Service.open({ hostPaths: loopback ? 'allow' : 'deny', log, ...o.serviceOptions }));
+  const service =
+    o.service ?? (await Service.open({ hostPaths: loopback ? 'allow' : 'deny', log, ...o.serviceOptions }));
   const rendererDir = o.rendererDir ?? join(REPO_ROOT, 'dist-renderer');
   const maxBody = o.maxBodyBytes ?? MAX_BODY_BYTES;
   let port = o.port ?? DEFAULT_PORT;
 
-  const send = (res: ServerResponse, status: number, body: string | Buffer, type: string, extra: Record<string, string> = {}) => {
+  const send = (
+    res: ServerResponse,
+    status: number,
+    body: string | Buffer,
+    type: string,
+    extra: Record<string, string> = {},
+  ) => {
     if (res.headersSent) return void res.end();
-    res.writeHead(status, { ...SECURITY_HEADERS, 'Content-Type': type, 'Content-Length': String(Buffer.byteLength(body)), ...extra });
+    res.writeHead(status, {
+      ...SECURITY_HEADERS,
+      'Content-Type': type,
+      'Content-Length': String(Buffer.byteLength(body)),
+      ...extra,
+    });
     res.end(body);
   };
-  const sendJson = (res: ServerResponse, status: number, value: unknown, extra: Record<string, string> = {}) => send(res, status, JSON.stringify(value), 'application/json; charset=utf-8', { 'Cache-Control': 'no-store', ...extra });
+  const sendJson = (res: ServerResponse, status: number, value: unknown, extra: Record<string, string> = {}) =>
+    send(res, status, JSON.stringify(value), 'application/json; charset=utf-8', {
+      'Cache-Control': 'no-store',
+      ...extra,
+    });
   const sendErrorBody = (res: ServerResponse, e: ApiErrorBody, extra: Record<string, string> = {}) => {
     if (e.code === 'internal') log(`server: ${e.message}`);
     sendJson(res, STATUS[e.code], { ok: false, error: e }, extra);
   };
-  const sendError = (res: ServerResponse, err: unknown, extra: Record<string, string> = {}) => sendErrorBody(res, toApiError(err).toBody(), extra);
+  const sendError = (res: ServerResponse, err: unknown, extra: Record<string, string> = {}) =>
+    sendErrorBody(res, toApiError(err).toBody(), extra);
 
   const hostAllowed = (req: IncomingMessage): boolean => {
     if (!loopback) return true;
@@ -162,26 +187,56 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
   });
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    if (!hostAllowed(req)) return sendJson(res, 403, { ok: false, error: { code: 'unauthorized', message: `Host '${req.headers.host}' is not this server's loopback address` } });
+    if (!hostAllowed(req))
+      return sendJson(res, 403, {
+        ok: false,
+        error: { code: 'unauthorized', message: `Host '${req.headers.host}' is not this server's loopback address` },
+      });
     const { path, query } = splitUrl(req.url);
     if (path.startsWith('/api/')) return handleApi(req, res, path.slice('/api/'.length));
     if (path === '/files' || path.startsWith('/files/')) return handleFile(req, res, path, query);
-    if (path === '/ws') return sendJson(res, 426, { ok: false, error: { code: 'invalid_params', message: '/ws is a WebSocket endpoint' } });
+    if (path === '/ws')
+      return sendJson(res, 426, {
+        ok: false,
+        error: { code: 'invalid_params', message: '/ws is a WebSocket endpoint' },
+      });
     return handleStatic(req, res, path, query);
   }
 
   async function handleApi(req: IncomingMessage, res: ServerResponse, method: string): Promise<void> {
-    if (req.method !== 'POST') return sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: `${req.method} /api/${method}: use POST with JSON params` } }, { Allow: 'POST' });
+    if (req.method !== 'POST')
+      return sendJson(
+        res,
+        405,
+        {
+          ok: false,
+          error: { code: 'invalid_params', message: `${req.method} /api/${method}: use POST with JSON params` },
+        },
+        { Allow: 'POST' },
+      );
     if (!sameToken(bearer(req), token) && !sameToken(cookieToken(req, tokenCookie(port)), token)) {
       req.resume();
-      return sendError(res, new ApiError('unauthorized', 'missing or wrong token: open the link printed by `singlora serve` (it carries ?token=), or send `Authorization: Bearer <token>`'), { 'WWW-Authenticate': 'Bearer' });
+      return sendError(
+        res,
+        new ApiError(
+          'unauthorized',
+          'missing or wrong token: open the link printed by `singlora serve` (it carries ?token=), or send `Authorization: Bearer <token>`',
+        ),
+        { 'WWW-Authenticate': 'Bearer' },
+      );
     }
     const declared = Number(req.headers['content-length'] ?? 0);
     // Over the limit: answer 413 at once, then let the rest of the body drain (bounded in time)
     // so the client reads the answer instead of a reset connection.
     const refuseBody = () => {
       res.setHeader('Connection', 'close');
-      sendError(res, new ApiError('too_large', `the request body is over ${(maxBody / 2 ** 20).toFixed(0)} MiB; send fewer or smaller photos per request`));
+      sendError(
+        res,
+        new ApiError(
+          'too_large',
+          `the request body is over ${(maxBody / 2 ** 20).toFixed(0)} MiB; send fewer or smaller photos per request`,
+        ),
+      );
       req.removeAllListeners('data');
       req.resume();
       const timer = setTimeout(() => req.destroy(), 5_000);
@@ -228,9 +283,24 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     else sendErrorBody(res, answer.error);
   }
 
-  async function handleFile(req: IncomingMessage, res: ServerResponse, path: string, query: URLSearchParams): Promise<void> {
-    if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: 'use GET' } }, { Allow: 'GET, HEAD' });
-    if (!sameToken(bearer(req) ?? query.get('token'), token) && !sameToken(cookieToken(req, tokenCookie(port)), token)) return sendError(res, new ApiError('unauthorized', 'missing or wrong token: add ?token=<token> or the bearer header'));
+  async function handleFile(
+    req: IncomingMessage,
+    res: ServerResponse,
+    path: string,
+    query: URLSearchParams,
+  ): Promise<void> {
+    if (req.method !== 'GET' && req.method !== 'HEAD')
+      return sendJson(
+        res,
+        405,
+        { ok: false, error: { code: 'invalid_params', message: 'use GET' } },
+        { Allow: 'GET, HEAD' },
+      );
+    if (!sameToken(bearer(req) ?? query.get('token'), token) && !sameToken(cookieToken(req, tokenCookie(port)), token))
+      return sendError(
+        res,
+        new ApiError('unauthorized', 'missing or wrong token: add ?token=<token> or the bearer header'),
+      );
     // An export folder as one download, packed on the fly (gateway/tar.ts).
     if (path.endsWith('.tar')) {
       const { projectId, rel } = parseFilesPath(path);
@@ -241,8 +311,19 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     return streamFile(req, res, f.file, f.type, f.attachment);
   }
 
-  async function handleStatic(req: IncomingMessage, res: ServerResponse, path: string, query: URLSearchParams): Promise<void> {
-    if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: 'use GET' } }, { Allow: 'GET, HEAD' });
+  async function handleStatic(
+    req: IncomingMessage,
+    res: ServerResponse,
+    path: string,
+    query: URLSearchParams,
+  ): Promise<void> {
+    if (req.method !== 'GET' && req.method !== 'HEAD')
+      return sendJson(
+        res,
+        405,
+        { ok: false, error: { code: 'invalid_params', message: 'use GET' } },
+        { Allow: 'GET, HEAD' },
+      );
     const index = join(rendererDir, 'index.html');
     if (!existsSync(index)) {
       return send(
@@ -262,18 +343,35 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     if (rel && rel !== 'index.html') {
       const file = await safeResolve(rendererDir, rel).catch(() => null);
       const info = file ? await stat(file).catch(() => null) : null;
-      if (file && info?.isFile()) return streamFile(req, res, file, STATIC_TYPES[extname(file).toLowerCase()] ?? 'application/octet-stream', false, rel.startsWith('assets/') ? 'public, max-age=31536000, immutable' : 'no-cache');
-      if (extname(rel) && extname(rel) !== '.html') return sendJson(res, 404, { ok: false, error: { code: 'not_found', message: `no file /${rel}` } });
+      if (file && info?.isFile())
+        return streamFile(
+          req,
+          res,
+          file,
+          STATIC_TYPES[extname(file).toLowerCase()] ?? 'application/octet-stream',
+          false,
+          rel.startsWith('assets/') ? 'public, max-age=31536000, immutable' : 'no-cache',
+        );
+      if (extname(rel) && extname(rel) !== '.html')
+        return sendJson(res, 404, { ok: false, error: { code: 'not_found', message: `no file /${rel}` } });
     }
     // The page with the right token: keep it as a cookie for this browser session (never on a wrong one).
-    const cookie: Record<string, string> = sameToken(query.get('token'), token) ? { 'Set-Cookie': `${tokenCookie(port)}=${token}; HttpOnly; SameSite=Strict; Path=/` } : {};
+    const cookie: Record<string, string> = sameToken(query.get('token'), token)
+      ? { 'Set-Cookie': `${tokenCookie(port)}=${token}; HttpOnly; SameSite=Strict; Path=/` }
+      : {};
     return streamFile(req, res, index, STATIC_TYPES['.html'], false, 'no-cache', cookie);
   }
 
   async function streamTar(req: IncomingMessage, res: ServerResponse, folder: string): Promise<void> {
     const name = basename(folder);
     const entries = await tarEntries(folder, name);
-    res.writeHead(200, { ...SECURITY_HEADERS, 'Content-Type': 'application/x-tar', 'Content-Length': String(tarSize(entries)), 'Cache-Control': 'private, no-cache', 'Content-Disposition': attachmentHeader(`${name}.tar`) });
+    res.writeHead(200, {
+      ...SECURITY_HEADERS,
+      'Content-Type': 'application/x-tar',
+      'Content-Length': String(tarSize(entries)),
+      'Cache-Control': 'private, no-cache',
+      'Content-Disposition': attachmentHeader(`${name}.tar`),
+    });
     if (req.method === 'HEAD') return void res.end();
     try {
       await writeTar(entries, res);
@@ -284,9 +382,23 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     }
   }
 
-  async function streamFile(req: IncomingMessage, res: ServerResponse, file: string, type: string, attachment: boolean, cache = 'private, no-cache', extra: Record<string, string> = {}): Promise<void> {
+  async function streamFile(
+    req: IncomingMessage,
+    res: ServerResponse,
+    file: string,
+    type: string,
+    attachment: boolean,
+    cache = 'private, no-cache',
+    extra: Record<string, string> = {},
+  ): Promise<void> {
     const info = await stat(file);
-    const headers: Record<string, string> = { ...SECURITY_HEADERS, 'Content-Type': type, 'Content-Length': String(info.size), 'Cache-Control': cache, ...extra };
+    const headers: Record<string, string> = {
+      ...SECURITY_HEADERS,
+      'Content-Type': type,
+      'Content-Length': String(info.size),
+      'Cache-Control': cache,
+      ...extra,
+    };
     if (attachment) headers['Content-Disposition'] = attachmentHeader(file);
     res.writeHead(200, headers);
     if (req.method === 'HEAD') return void res.end();
@@ -312,7 +424,8 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     };
     if (!hostAllowed(req)) return refuse('403 Forbidden');
     if (path !== '/ws') return refuse('404 Not Found');
-    if (!sameToken(query.get('token') ?? bearer(req), token) && !sameToken(cookieToken(req, tokenCookie(port)), token)) return refuse('401 Unauthorized');
+    if (!sameToken(query.get('token') ?? bearer(req), token) && !sameToken(cookieToken(req, tokenCookie(port)), token))
+      return refuse('401 Unauthorized');
     wss.handleUpgrade(req, socket, head, (ws) => {
       clients.add(ws);
       ws.on('close', () => clients.delete(ws));

@@ -32,14 +32,30 @@ function walk(dir: string): string[] {
 
 /** Value imports of one file: repo-relative paths for relative specifiers, package names otherwise. */
 function importsOf(file: string): Edge[] {
-  const text = readFileSync(file, 'utf8').replace(/\/\*[\s\S]*?\*\//g, '').replace(/^\s*\/\/.*$/gm, '');
+  const text = readFileSync(file, 'utf8')
+    .replace(/\/\*[\s\S]*?\*\//g, '')
+    .replace(/^\s*\/\/.*$/gm, '');
   const out: Edge[] = [];
   const add = (spec: string, dynamic: boolean) => {
-    const to = spec.startsWith('.') ? relative(REPO, resolve(dirname(file), spec)) : spec.startsWith('node:') ? spec : spec.split('/').slice(0, spec.startsWith('@') ? 2 : 1).join('/');
+    const to = spec.startsWith('.')
+      ? relative(REPO, resolve(dirname(file), spec))
+      : spec.startsWith('node:')
+        ? spec
+        : spec
+            .split('/')
+            .slice(0, spec.startsWith('@') ? 2 : 1)
+            .join('/');
     out.push({ from: relative(REPO, file), to, dynamic });
   };
   for (const m of text.matchAll(/^\s*(?:import|export)\s+(type\s+)?([^;'"]*?)\s*from\s*['"]([^'"]+)['"]/gm)) {
-    const typeOnly = Boolean(m[1]) || (/^\{[^}]*\}$/.test(m[2].trim()) && m[2].replace(/[{}\s]/g, '').split(',').filter(Boolean).every((s) => s.startsWith('type')));
+    const typeOnly =
+      Boolean(m[1]) ||
+      (/^\{[^}]*\}$/.test(m[2].trim()) &&
+        m[2]
+          .replace(/[{}\s]/g, '')
+          .split(',')
+          .filter(Boolean)
+          .every((s) => s.startsWith('type')));
     if (!typeOnly) add(m[3], false);
   }
   for (const m of text.matchAll(/^\s*import\s+['"]([^'"]+)['"]/gm)) add(m[1], false);
@@ -72,7 +88,13 @@ describe('layers', () => {
   });
 
   it('the service never imports the CLI or the gateway', () => {
-    expect(violations((e) => e.from.startsWith('src-main/service/') && /^src-main\/(cli|gateway)\/|^src-main\/(cli|server)\.ts$/.test(e.to))).toEqual([]);
+    expect(
+      violations(
+        (e) =>
+          e.from.startsWith('src-main/service/') &&
+          /^src-main\/(cli|gateway)\/|^src-main\/(cli|server)\.ts$/.test(e.to),
+      ),
+    ).toEqual([]);
   });
 
   it("Electron's preload never reaches renderer code", () => {
@@ -88,13 +110,20 @@ describe('layers', () => {
   it('engine/io never imports engine/models', () => {
     // Left to the engine's owners: the component-folder loader walks a module tree with loadParams.
     const known = ['src-main/engine/io/componentFolder.ts -> src-main/engine/models/layers/module.ts'];
-    expect(violations((e) => e.from.startsWith('src-main/engine/io/') && e.to.startsWith('src-main/engine/models/'))).toEqual(known);
+    expect(
+      violations((e) => e.from.startsWith('src-main/engine/io/') && e.to.startsWith('src-main/engine/models/')),
+    ).toEqual(known);
   });
 
   it('the host process (server, Electron main, service) never loads TensorFlow.js or onnxruntime', () => {
     for (const entry of ['src-main/server.ts', 'src-main/app/main.ts', 'src-main/service/service.ts']) {
       const loaded = [...closure(entry)];
-      expect(loaded.filter((f) => /^@tensorflow\/|^onnxruntime|^src-main\/engine\/(backend\/tf|eval\/onnx)\.ts$|engineWorker\.ts$/.test(f)), entry).toEqual([]);
+      expect(
+        loaded.filter((f) =>
+          /^@tensorflow\/|^onnxruntime|^src-main\/engine\/(backend\/tf|eval\/onnx)\.ts$|engineWorker\.ts$/.test(f),
+        ),
+        entry,
+      ).toEqual([]);
     }
   });
 });

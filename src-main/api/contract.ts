@@ -45,9 +45,16 @@ export function projectFileUrl(projectId: string, rel: string): string {
  * A partial update of training settings: only the fields given, with no defaults filled in
  * (`trainSettingsSchema.partial()` would fill every default and overwrite the saved values).
  */
-type WithoutDefaults<S extends z.ZodRawShape> = { [K in keyof S]: z.ZodOptional<S[K] extends z.ZodDefault<infer I> ? I : S[K]> };
+type WithoutDefaults<S extends z.ZodRawShape> = {
+  [K in keyof S]: z.ZodOptional<S[K] extends z.ZodDefault<infer I> ? I : S[K]>;
+};
 function patchOf<S extends z.ZodRawShape>(schema: z.ZodObject<S>): z.ZodObject<WithoutDefaults<S>, z.core.$strict> {
-  const shape = Object.fromEntries(Object.entries(schema.shape).map(([k, s]) => [k, ((s instanceof z.ZodDefault ? s.unwrap() : s) as z.ZodType).optional()]));
+  const shape = Object.fromEntries(
+    Object.entries(schema.shape).map(([k, s]) => [
+      k,
+      ((s instanceof z.ZodDefault ? s.unwrap() : s) as z.ZodType).optional(),
+    ]),
+  );
   return z.object(shape).strict() as unknown as z.ZodObject<WithoutDefaults<S>, z.core.$strict>;
 }
 export const trainSettingsPatchSchema = patchOf(trainSettingsSchema);
@@ -74,10 +81,12 @@ export const projectSchema = z.object({
 });
 export type Project = z.infer<typeof projectSchema>;
 
-export const projectSummarySchema = projectSchema.pick({ id: true, name: true, createdAt: true, updatedAt: true, subject: true }).extend({
-  photos: z.number().int(),
-  runs: z.number().int(),
-});
+export const projectSummarySchema = projectSchema
+  .pick({ id: true, name: true, createdAt: true, updatedAt: true, subject: true })
+  .extend({
+    photos: z.number().int(),
+    runs: z.number().int(),
+  });
 export type ProjectSummary = z.infer<typeof projectSummarySchema>;
 
 export const photoSchema = z.object({
@@ -113,11 +122,13 @@ export const jobSchema = z.object({
 });
 export type Job = z.infer<typeof jobSchema>;
 
-export const runSummarySchema = runManifestSchema.pick({ id: true, createdAt: true, updatedAt: true, status: true, step: true, error: true }).extend({
-  steps: z.number().int(),
-  method: z.enum(METHODS),
-  best: z.number().int().nullable(),
-});
+export const runSummarySchema = runManifestSchema
+  .pick({ id: true, createdAt: true, updatedAt: true, status: true, step: true, error: true })
+  .extend({
+    steps: z.number().int(),
+    method: z.enum(METHODS),
+    best: z.number().int().nullable(),
+  });
 
 export const generatedImageSchema = imageSidecarSchema.extend({ url: z.string() });
 export type GeneratedImageInfo = z.infer<typeof generatedImageSchema>;
@@ -169,29 +180,131 @@ export const baseModelSchema = z.object({
 export type BaseModelInfo = z.infer<typeof baseModelSchema>;
 
 const adapterRef = z.union([
-  z.object({ runId: idSchema, step: z.number().int().min(0).max(LIMITS.steps).nullable().describe('null: the chosen/best checkpoint, else the latest') }),
-  z.object({ file: pathSchema.describe('a file in the project (adapters/...) or an absolute path on the engine machine') }),
+  z.object({
+    runId: idSchema,
+    step: z
+      .number()
+      .int()
+      .min(0)
+      .max(LIMITS.steps)
+      .nullable()
+      .describe('null: the chosen/best checkpoint, else the latest'),
+  }),
+  z.object({
+    file: pathSchema.describe('a file in the project (adapters/...) or an absolute path on the engine machine'),
+  }),
 ]);
 
 /** Every method: params schema and result schema. */
 export const api = {
-  'system.doctor': { params: empty, result: z.object({ node: z.string(), platform: z.string(), providers: z.array(z.object({ name: z.string(), available: z.boolean(), detail: z.string() })), backends: z.array(z.object({ name: z.string(), available: z.boolean(), reason: z.string().optional(), device: z.string().optional(), memoryBytes: z.number().optional(), software: z.boolean().optional() })), selected: z.union([z.object({ name: z.string(), device: z.string().optional() }), z.object({ error: z.string() })]), memory: z.record(z.string(), z.unknown()) }) },
-  'system.info': { params: empty, result: z.object({ version: z.string(), projectsDir: z.string(), modelsDir: z.string(), defaultBaseModel: z.string(), demoModel: z.boolean() }) },
+  'system.doctor': {
+    params: empty,
+    result: z.object({
+      node: z.string(),
+      platform: z.string(),
+      providers: z.array(z.object({ name: z.string(), available: z.boolean(), detail: z.string() })),
+      backends: z.array(
+        z.object({
+          name: z.string(),
+          available: z.boolean(),
+          reason: z.string().optional(),
+          device: z.string().optional(),
+          memoryBytes: z.number().optional(),
+          software: z.boolean().optional(),
+        }),
+      ),
+      selected: z.union([
+        z.object({ name: z.string(), device: z.string().optional() }),
+        z.object({ error: z.string() }),
+      ]),
+      memory: z.record(z.string(), z.unknown()),
+    }),
+  },
+  'system.info': {
+    params: empty,
+    result: z.object({
+      version: z.string(),
+      projectsDir: z.string(),
+      modelsDir: z.string(),
+      defaultBaseModel: z.string(),
+      demoModel: z.boolean(),
+    }),
+  },
 
   'projects.list': { params: empty, result: z.array(projectSummarySchema) },
-  'projects.create': { params: z.object({ name: nameSchema, classWord: wordSchema.default('person'), triggerToken: wordSchema.default('sks'), type: z.enum(SUBJECT_TYPES).default('live'), baseModel: pathSchema.optional().describe('a diffusers folder or .safetensors checkpoint (models.bases lists the ones found); default: none, the app default') }).strict(), result: projectSchema },
+  'projects.create': {
+    params: z
+      .object({
+        name: nameSchema,
+        classWord: wordSchema.default('person'),
+        triggerToken: wordSchema.default('sks'),
+        type: z.enum(SUBJECT_TYPES).default('live'),
+        baseModel: pathSchema
+          .optional()
+          .describe(
+            'a diffusers folder or .safetensors checkpoint (models.bases lists the ones found); default: none, the app default',
+          ),
+      })
+      .strict(),
+    result: projectSchema,
+  },
   'projects.open': { params: z.object({ projectId: idSchema }).strict(), result: projectSchema },
-  'projects.update': { params: z.object({ projectId: idSchema, name: nameSchema.optional(), subject: subjectSchema.partial().strict().optional(), baseModel: pathSchema.nullable().optional(), settings: trainSettingsPatchSchema.optional() }).strict(), result: projectSchema },
+  'projects.update': {
+    params: z
+      .object({
+        projectId: idSchema,
+        name: nameSchema.optional(),
+        subject: subjectSchema.partial().strict().optional(),
+        baseModel: pathSchema.nullable().optional(),
+        settings: trainSettingsPatchSchema.optional(),
+      })
+      .strict(),
+    result: projectSchema,
+  },
   'projects.delete': { params: z.object({ projectId: idSchema }).strict(), result: z.object({ deleted: z.boolean() }) },
 
-  'photos.add': { params: z.object({ projectId: idSchema, paths: z.array(pathSchema).max(200).optional(), files: z.array(z.object({ name: z.string().min(1).max(255), dataBase64: z.string() }).strict()).max(50).optional() }).strict(), result: z.array(photoSchema) },
+  'photos.add': {
+    params: z
+      .object({
+        projectId: idSchema,
+        paths: z.array(pathSchema).max(200).optional(),
+        files: z
+          .array(z.object({ name: z.string().min(1).max(255), dataBase64: z.string() }).strict())
+          .max(50)
+          .optional(),
+      })
+      .strict(),
+    result: z.array(photoSchema),
+  },
   'photos.list': { params: z.object({ projectId: idSchema }).strict(), result: z.array(photoSchema) },
-  'photos.remove': { params: z.object({ projectId: idSchema, photoId: pathSchema }).strict(), result: z.object({ removed: z.boolean() }) },
-  'photos.cropPreview': { params: z.object({ projectId: idSchema, photoId: pathSchema, crop: z.enum(CROP_MODES), size: z.number().int().min(32).max(1024).default(256) }).strict(), result: z.object({ pngBase64: z.string() }) },
+  'photos.remove': {
+    params: z.object({ projectId: idSchema, photoId: pathSchema }).strict(),
+    result: z.object({ removed: z.boolean() }),
+  },
+  'photos.cropPreview': {
+    params: z
+      .object({
+        projectId: idSchema,
+        photoId: pathSchema,
+        crop: z.enum(CROP_MODES),
+        size: z.number().int().min(32).max(1024).default(256),
+      })
+      .strict(),
+    result: z.object({ pngBase64: z.string() }),
+  },
 
-  'training.start': { params: z.object({ projectId: idSchema, settings: trainSettingsPatchSchema.default({}) }).strict(), result: z.object({ jobId: z.string(), runId: z.string() }) },
-  'training.cancel': { params: z.object({ jobId: jobIdSchema }).strict(), result: z.object({ cancelled: z.boolean() }) },
-  'training.resume': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: z.object({ jobId: z.string(), runId: z.string() }) },
+  'training.start': {
+    params: z.object({ projectId: idSchema, settings: trainSettingsPatchSchema.default({}) }).strict(),
+    result: z.object({ jobId: z.string(), runId: z.string() }),
+  },
+  'training.cancel': {
+    params: z.object({ jobId: jobIdSchema }).strict(),
+    result: z.object({ cancelled: z.boolean() }),
+  },
+  'training.resume': {
+    params: z.object({ projectId: idSchema, runId: idSchema }).strict(),
+    result: z.object({ jobId: z.string(), runId: z.string() }),
+  },
   'training.runs': { params: z.object({ projectId: idSchema }).strict(), result: z.array(runSummarySchema) },
   'training.status': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: runStatusSchema },
 
@@ -213,33 +326,105 @@ export const api = {
   'evaluation.check': {
     params: z.object({ projectId: idSchema }).strict(),
     /** `metric` 'toy': the toy model without DINO is scored by the toy world's pixel score (`dino` null). */
-    result: z.object({ ready: z.boolean(), dino: z.string().nullable(), bundled: z.boolean(), metric: z.enum(['dino', 'toy']).optional(), message: z.string().nullable() }),
+    result: z.object({
+      ready: z.boolean(),
+      dino: z.string().nullable(),
+      bundled: z.boolean(),
+      metric: z.enum(['dino', 'toy']).optional(),
+      message: z.string().nullable(),
+    }),
   },
   /** The images the last evaluation generated, per checkpoint (step null: the base model). */
-  'evaluation.images': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: z.array(z.object({ step: z.number().int().nullable(), file: z.string(), url: z.string() })) },
-  'evaluation.get': { params: z.object({ projectId: idSchema, runId: idSchema }).strict(), result: evaluationSchema.nullable() },
-  'evaluation.choose': { params: z.object({ projectId: idSchema, runId: idSchema, step: z.number().int().min(0).max(LIMITS.steps) }).strict(), result: evaluationSchema },
+  'evaluation.images': {
+    params: z.object({ projectId: idSchema, runId: idSchema }).strict(),
+    result: z.array(z.object({ step: z.number().int().nullable(), file: z.string(), url: z.string() })),
+  },
+  'evaluation.get': {
+    params: z.object({ projectId: idSchema, runId: idSchema }).strict(),
+    result: evaluationSchema.nullable(),
+  },
+  'evaluation.choose': {
+    params: z
+      .object({ projectId: idSchema, runId: idSchema, step: z.number().int().min(0).max(LIMITS.steps) })
+      .strict(),
+    result: evaluationSchema,
+  },
 
-  'generation.start': { params: z.object({ projectId: idSchema, settings: generateSettingsSchema, adapters: z.array(adapterRef.and(z.object({ strength: z.number().min(-4).max(4).default(1) }))).max(8).default([]) }).strict(), result: z.object({ jobId: z.string() }) },
+  'generation.start': {
+    params: z
+      .object({
+        projectId: idSchema,
+        settings: generateSettingsSchema,
+        adapters: z
+          .array(adapterRef.and(z.object({ strength: z.number().min(-4).max(4).default(1) })))
+          .max(8)
+          .default([]),
+      })
+      .strict(),
+    result: z.object({ jobId: z.string() }),
+  },
   'generation.list': { params: z.object({ projectId: idSchema }).strict(), result: z.array(generatedImageSchema) },
 
   'adapters.list': { params: z.object({ projectId: idSchema }).strict(), result: z.array(adapterInfoSchema) },
-  'adapters.export': { params: z.object({ projectId: idSchema, adapter: adapterRef, format: z.enum(exportFormats), outPath: pathSchema.optional().describe('default: <project>/adapters/') }).strict(), result: z.object({ jobId: z.string() }) },
-  'adapters.import': { params: z.object({ projectId: idSchema, path: pathSchema }).strict(), result: adapterInfoSchema },
-  'adapters.inspect': { params: z.object({ projectId: idSchema, file: pathSchema }).strict(), result: adapterInfoSchema },
+  'adapters.export': {
+    params: z
+      .object({
+        projectId: idSchema,
+        adapter: adapterRef,
+        format: z.enum(exportFormats),
+        outPath: pathSchema.optional().describe('default: <project>/adapters/'),
+      })
+      .strict(),
+    result: z.object({ jobId: z.string() }),
+  },
+  'adapters.import': {
+    params: z.object({ projectId: idSchema, path: pathSchema }).strict(),
+    result: adapterInfoSchema,
+  },
+  'adapters.inspect': {
+    params: z.object({ projectId: idSchema, file: pathSchema }).strict(),
+    result: adapterInfoSchema,
+  },
 
-  'models.list': { params: empty, result: z.array(z.object({ name: z.string(), kind: z.string(), present: z.boolean(), path: z.string(), bytes: z.number().nullable(), verified: z.boolean().nullable(), hint: z.string().nullable() })) },
+  'models.list': {
+    params: empty,
+    result: z.array(
+      z.object({
+        name: z.string(),
+        kind: z.string(),
+        present: z.boolean(),
+        path: z.string(),
+        bytes: z.number().nullable(),
+        verified: z.boolean().nullable(),
+        hint: z.string().nullable(),
+      }),
+    ),
+  },
   /** Base models found on this machine, for the New project form and the Models screen. */
   'models.bases': { params: empty, result: z.array(baseModelSchema) },
-  'models.setBase': { params: z.object({ projectId: idSchema, path: pathSchema }).strict(), result: z.object({ name: z.string(), format: z.string() }) },
-  'models.download': { params: z.object({ name: z.enum(['dino', 'clip']) }).strict(), result: z.object({ jobId: z.string() }) },
+  'models.setBase': {
+    params: z.object({ projectId: idSchema, path: pathSchema }).strict(),
+    result: z.object({ name: z.string(), format: z.string() }),
+  },
+  'models.download': {
+    params: z.object({ name: z.enum(['dino', 'clip']) }).strict(),
+    result: z.object({ jobId: z.string() }),
+  },
 
   /**
    * The desktop app's own: the OS file manager and file dialogs. The service (and so
    * `singlora serve`) answers not_found; the Electron main process handles them (app/desktopMethods.ts).
    */
-  'desktop.reveal': { params: z.object({ projectId: idSchema, file: pathSchema.describe('a file or export folder in the project') }).strict(), result: z.object({ revealed: z.boolean() }) },
-  'desktop.pickBaseModel': { params: z.object({ kind: z.enum(['folder', 'file']) }).strict(), result: z.object({ path: z.string().nullable() }) },
+  'desktop.reveal': {
+    params: z
+      .object({ projectId: idSchema, file: pathSchema.describe('a file or export folder in the project') })
+      .strict(),
+    result: z.object({ revealed: z.boolean() }),
+  },
+  'desktop.pickBaseModel': {
+    params: z.object({ kind: z.enum(['folder', 'file']) }).strict(),
+    result: z.object({ path: z.string().nullable() }),
+  },
 
   'jobs.list': { params: empty, result: z.array(jobSchema) },
   'jobs.cancel': { params: z.object({ jobId: jobIdSchema }).strict(), result: z.object({ cancelled: z.boolean() }) },
@@ -256,15 +441,38 @@ export const events = {
   'job.updated': jobSchema,
   'train.event': z.object({ jobId: z.string(), projectId: z.string(), runId: z.string(), event: runEventSchema }),
   'generation.image': z.object({ jobId: z.string(), projectId: z.string(), image: generatedImageSchema }),
-  'generation.step': z.object({ jobId: z.string(), image: z.number().int(), images: z.number().int(), step: z.number().int(), steps: z.number().int() }),
-  'evaluation.progress': z.object({ jobId: z.string(), done: z.number().int(), total: z.number().int(), label: z.string() }),
-  'engine.status': z.object({ state: z.enum(['starting', 'ready', 'crashed', 'restarting']), message: z.string().nullable() }),
+  'generation.step': z.object({
+    jobId: z.string(),
+    image: z.number().int(),
+    images: z.number().int(),
+    step: z.number().int(),
+    steps: z.number().int(),
+  }),
+  'evaluation.progress': z.object({
+    jobId: z.string(),
+    done: z.number().int(),
+    total: z.number().int(),
+    label: z.string(),
+  }),
+  'engine.status': z.object({
+    state: z.enum(['starting', 'ready', 'crashed', 'restarting']),
+    message: z.string().nullable(),
+  }),
 } as const;
 export type Events = typeof events;
 export type EventName = keyof Events;
 export type EventData<E extends EventName> = z.infer<Events[E]>;
 
-export const ERROR_CODES = ['invalid_params', 'not_found', 'conflict', 'unauthorized', 'too_large', 'engine_error', 'engine_crashed', 'internal'] as const;
+export const ERROR_CODES = [
+  'invalid_params',
+  'not_found',
+  'conflict',
+  'unauthorized',
+  'too_large',
+  'engine_error',
+  'engine_crashed',
+  'internal',
+] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
 export interface ApiErrorBody {
@@ -289,11 +497,13 @@ export class ApiError extends Error {
 }
 
 export type RequestMessage = { id: number | string; method: string; params?: unknown };
-export type ResponseMessage = { id: number | string; ok: true; result: unknown } | { id: number | string; ok: false; error: ApiErrorBody };
+export type ResponseMessage =
+  | { id: number | string; ok: true; result: unknown }
+  | { id: number | string; ok: false; error: ApiErrorBody };
 export type EventMessage = { event: string; data: unknown };
 
 export function isMethod(m: string): m is Method {
-  return Object.prototype.hasOwnProperty.call(api, m);
+  return Object.hasOwn(api, m);
 }
 
 /** Validates params for `method`; throws ApiError('invalid_params') naming every bad field. */
@@ -301,7 +511,11 @@ export function parseParams<M extends Method>(method: M, params: unknown): Parse
   const r = api[method].params.safeParse(params ?? {});
   if (!r.success) {
     const fields = r.error.issues.map((i) => ({ field: i.path.join('.') || '(params)', message: i.message }));
-    throw new ApiError('invalid_params', `${method}: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`, fields);
+    throw new ApiError(
+      'invalid_params',
+      `${method}: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`,
+      fields,
+    );
   }
   return r.data as ParsedParams<M>;
 }

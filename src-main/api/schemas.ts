@@ -89,7 +89,10 @@ export const trainSettingsSchema = z
       .int()
       .min(LIMITS.resolution.min)
       .max(LIMITS.resolution.max)
-      .refine((r) => r % LIMITS.resolution.multiple === 0, `resolution must be a multiple of ${LIMITS.resolution.multiple}`)
+      .refine(
+        (r) => r % LIMITS.resolution.multiple === 0,
+        `resolution must be a multiple of ${LIMITS.resolution.multiple}`,
+      )
       .nullable()
       .default(null),
     batchSize: positiveInt(LIMITS.batchSize).default(1),
@@ -181,7 +184,10 @@ export const runManifestSchema = z.object({
   settings: trainSettingsSchema,
   baseModel: z.object({ path: z.string(), name: z.string(), unetSha256: z.string() }),
   backend: z.string(),
-  images: z.object({ used: z.array(z.string()), rejected: z.array(z.object({ file: z.string(), reason: z.string() })) }),
+  images: z.object({
+    used: z.array(z.string()),
+    rejected: z.array(z.object({ file: z.string(), reason: z.string() })),
+  }),
   step: z.number().int().min(0),
   checkpoints: z.array(checkpointSchema),
   losses: z.array(z.object({ step: z.number().int(), loss: z.number(), smoothed: z.number() })),
@@ -245,7 +251,12 @@ export const trainEventKinds = {
   /** `file` is relative to the run folder (`samples/step-000100-0.png`). */
   sample: z.object({ event: z.literal('sample'), step: z.number().int(), file: z.string(), prompt: z.string() }),
   warning: z.object({ event: z.literal('warning'), message: z.string() }),
-  done: z.object({ event: z.literal('done'), status: z.enum(RUN_STATUSES), step: z.number().int(), error: z.string().nullable() }),
+  done: z.object({
+    event: z.literal('done'),
+    status: z.enum(RUN_STATUSES),
+    step: z.number().int(),
+    error: z.string().nullable(),
+  }),
 } as const;
 
 export const trainEventSchema = z.discriminatedUnion('event', [
@@ -260,7 +271,12 @@ export type TrainEvent = z.infer<typeof trainEventSchema>;
 
 function imageSide(name: string) {
   const { sizeMultiple: m, size } = LIMITS.generation;
-  return z.number().int().min(m).max(size).refine((v) => v % m === 0, `${name} must be a multiple of ${m}`);
+  return z
+    .number()
+    .int()
+    .min(m)
+    .max(size)
+    .refine((v) => v % m === 0, `${name} must be a multiple of ${m}`);
 }
 
 export const generateSettingsSchema = z

@@ -66,8 +66,12 @@ export function createAppProtocolHandler(o: AppProtocolOptions): (request: Reque
   return async (request) => {
     try {
       const url = new URL(request.url);
-      if (url.protocol !== `${APP_SCHEME}:` || url.host !== APP_HOST) throw new ApiError('not_found', `no such origin: ${url.protocol}//${url.host}`);
-      if (request.method !== 'GET' && request.method !== 'HEAD') return errorResponse(405, 'invalid_params', `${request.method} ${url.pathname}: use GET`, { Allow: 'GET, HEAD' });
+      if (url.protocol !== `${APP_SCHEME}:` || url.host !== APP_HOST)
+        throw new ApiError('not_found', `no such origin: ${url.protocol}//${url.host}`);
+      if (request.method !== 'GET' && request.method !== 'HEAD')
+        return errorResponse(405, 'invalid_params', `${request.method} ${url.pathname}: use GET`, {
+          Allow: 'GET, HEAD',
+        });
       const head = request.method === 'HEAD';
       if (url.pathname === '/files' || url.pathname.startsWith('/files/')) return await projectFile(url.pathname, head);
       return await rendererFile(url.pathname, head);
@@ -80,7 +84,13 @@ export function createAppProtocolHandler(o: AppProtocolOptions): (request: Reque
 
   async function projectFile(pathname: string, head: boolean): Promise<Response> {
     const f = await resolveProjectFile(o.resolveFile, pathname);
-    return fileResponse(f.file, f.type, 'private, no-cache', head, f.attachment ? { 'Content-Disposition': attachmentHeader(f.file) } : {});
+    return fileResponse(
+      f.file,
+      f.type,
+      'private, no-cache',
+      head,
+      f.attachment ? { 'Content-Disposition': attachmentHeader(f.file) } : {},
+    );
   }
 
   async function rendererFile(pathname: string, head: boolean): Promise<Response> {
@@ -96,24 +106,54 @@ export function createAppProtocolHandler(o: AppProtocolOptions): (request: Reque
       const file = join(o.rendererDir, ...checkRelative(rel, 'path'));
       const info = await stat(file).catch(() => null);
       const type = STATIC_TYPES[extname(file).toLowerCase()];
-      if (info?.isFile() && type) return fileResponse(file, type, rel.startsWith('assets/') ? 'public, max-age=31536000, immutable' : 'no-cache', head);
+      if (info?.isFile() && type)
+        return fileResponse(
+          file,
+          type,
+          rel.startsWith('assets/') ? 'public, max-age=31536000, immutable' : 'no-cache',
+          head,
+        );
       if (extname(rel)) throw new ApiError('not_found', `no file /${rel}`);
     }
     if (!(await stat(index).catch(() => null))?.isFile()) {
-      const body = '<!doctype html><meta charset="utf-8"><title>SingLoRA Studio</title><h1>The user interface is not built</h1><p>Run <code>npx vite build</code> (npm run build:renderer), then restart the app.</p>';
-      return new Response(head ? null : body, { status: 200, headers: { ...SECURITY_HEADERS, 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' } });
+      const body =
+        '<!doctype html><meta charset="utf-8"><title>SingLoRA Studio</title><h1>The user interface is not built</h1><p>Run <code>npx vite build</code> (npm run build:renderer), then restart the app.</p>';
+      return new Response(head ? null : body, {
+        status: 200,
+        headers: { ...SECURITY_HEADERS, 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' },
+      });
     }
     return fileResponse(index, STATIC_TYPES['.html'], 'no-cache', head);
   }
 }
 
-async function fileResponse(file: string, type: string, cache: string, head: boolean, extra: Record<string, string> = {}): Promise<Response> {
+async function fileResponse(
+  file: string,
+  type: string,
+  cache: string,
+  head: boolean,
+  extra: Record<string, string> = {},
+): Promise<Response> {
   const info = await stat(file);
-  const headers = { ...SECURITY_HEADERS, 'Content-Type': type, 'Content-Length': String(info.size), 'Cache-Control': cache, ...extra };
+  const headers = {
+    ...SECURITY_HEADERS,
+    'Content-Type': type,
+    'Content-Length': String(info.size),
+    'Cache-Control': cache,
+    ...extra,
+  };
   const body = head ? null : (Readable.toWeb(createReadStream(file)) as unknown as ReadableStream<Uint8Array>);
   return new Response(body, { status: 200, headers });
 }
 
 function errorResponse(status: number, code: ErrorCode, message: string, extra: Record<string, string> = {}): Response {
-  return new Response(errorBody(code, message), { status, headers: { ...SECURITY_HEADERS, 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store', ...extra } });
+  return new Response(errorBody(code, message), {
+    status,
+    headers: {
+      ...SECURITY_HEADERS,
+      'Content-Type': 'application/json; charset=utf-8',
+      'Cache-Control': 'no-store',
+      ...extra,
+    },
+  });
 }

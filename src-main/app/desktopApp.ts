@@ -22,7 +22,10 @@ import { forwardEvents, handleInvoke } from './ipc.ts';
 import { utilityEngine } from './utilityEngine.ts';
 import { BACKGROUND, hardenContents, lockPermissions, windowOptions } from './window.ts';
 
-export type ElectronApi = Pick<typeof Electron, 'app' | 'BrowserWindow' | 'dialog' | 'ipcMain' | 'nativeTheme' | 'protocol' | 'session' | 'shell' | 'utilityProcess'>;
+export type ElectronApi = Pick<
+  typeof Electron,
+  'app' | 'BrowserWindow' | 'dialog' | 'ipcMain' | 'nativeTheme' | 'protocol' | 'session' | 'shell' | 'utilityProcess'
+>;
 
 export interface AppPaths {
   /** The bundled preload (CommonJS). */
@@ -33,7 +36,8 @@ export interface AppPaths {
   rendererDir: string;
 }
 
-export type AppService = Pick<Service, 'handlers' | 'on' | 'resolveFile' | 'close' | 'dataDir'> & Partial<Pick<Service, 'resolveExportFolder'>>;
+export type AppService = Pick<Service, 'handlers' | 'on' | 'resolveFile' | 'close' | 'dataDir'> &
+  Partial<Pick<Service, 'resolveExportFolder'>>;
 
 export interface StartOptions {
   env?: NodeJS.ProcessEnv;
@@ -48,7 +52,11 @@ export interface RunningApp {
 }
 
 /** Where the app keeps its files; SINGLORA_* variables override, as for the CLI. */
-export function appFolders(userData: string, packaged: boolean, env: NodeJS.ProcessEnv): { dataDir: string; modelsDir: string | undefined; cacheDir: string } {
+export function appFolders(
+  userData: string,
+  packaged: boolean,
+  env: NodeJS.ProcessEnv,
+): { dataDir: string; modelsDir: string | undefined; cacheDir: string } {
   const pick = (v: string | undefined) => v?.trim() || undefined;
   return {
     dataDir: pick(env.SINGLORA_DATA_DIR) ?? join(userData, 'data'),
@@ -96,7 +104,9 @@ export function startApp(e: ElectronApi, paths: AppPaths, o: StartOptions = {}):
 
   const createWindow = (svc: AppService) => {
     e.nativeTheme.themeSource = 'system';
-    const w = new e.BrowserWindow(windowOptions({ preload: paths.preload, dark: e.nativeTheme.shouldUseDarkColors, devTools: !e.app.isPackaged }));
+    const w = new e.BrowserWindow(
+      windowOptions({ preload: paths.preload, dark: e.nativeTheme.shouldUseDarkColors, devTools: !e.app.isPackaged }),
+    );
     win = w;
     const forwarder = forwardEvents((l) => svc.on(l), w.webContents);
     const onTheme = () => w.setBackgroundColor(e.nativeTheme.shouldUseDarkColors ? BACKGROUND.dark : BACKGROUND.light);
@@ -142,17 +152,33 @@ export function startApp(e: ElectronApi, paths: AppPaths, o: StartOptions = {}):
       // The user picks folders here (a class-image folder) with the desktop's own dialogs.
       hostPaths: 'desktop',
       spawnEngine: utilityEngine(e.utilityProcess, paths.engineWorker),
-      engineEnv: { ...env, SINGLORA_CACHE_DIR: folders.cacheDir, ...(folders.modelsDir ? { SINGLORA_MODELS_DIR: folders.modelsDir } : {}) },
+      engineEnv: {
+        ...env,
+        SINGLORA_CACHE_DIR: folders.cacheDir,
+        ...(folders.modelsDir ? { SINGLORA_MODELS_DIR: folders.modelsDir } : {}),
+      },
       log,
     });
     service = svc;
     lockPermissions(e.session.defaultSession, log);
-    e.protocol.handle(APP_SCHEME, createAppProtocolHandler({ rendererDir: paths.rendererDir, resolveFile: (p, rel) => svc.resolveFile(p, rel), log }));
+    e.protocol.handle(
+      APP_SCHEME,
+      createAppProtocolHandler({
+        rendererDir: paths.rendererDir,
+        resolveFile: (p, rel) => svc.resolveFile(p, rel),
+        log,
+      }),
+    );
     // The service's handlers, with the desktop's own (file manager, file dialog) in place of its not_found.
     const desktop = desktopMethods({
       shell: e.shell,
       dialog: e.dialog,
-      resolve: (projectId, rel) => svc.resolveFile(projectId, rel).catch((err: unknown) => (svc.resolveExportFolder ? svc.resolveExportFolder(projectId, rel) : Promise.reject(err))),
+      resolve: (projectId, rel) =>
+        svc
+          .resolveFile(projectId, rel)
+          .catch((err: unknown) =>
+            svc.resolveExportFolder ? svc.resolveExportFolder(projectId, rel) : Promise.reject(err),
+          ),
       window: () => win,
     });
     handleInvoke(e.ipcMain, { handlers: { ...svc.handlers, ...desktop }, log });

@@ -32,8 +32,15 @@ export function desktopMethods(d: DesktopMethodsDeps): DesktopHandlers {
     'desktop.pickBaseModel': async (p) => {
       const options: Electron.OpenDialogOptions =
         p.kind === 'folder'
-          ? { title: 'Choose a Stable Diffusion 1.5 folder (diffusers, with model_index.json)', properties: ['openDirectory'] }
-          : { title: 'Choose a Stable Diffusion 1.5 checkpoint', properties: ['openFile'], filters: [{ name: 'safetensors checkpoint', extensions: ['safetensors'] }] };
+          ? {
+              title: 'Choose a Stable Diffusion 1.5 folder (diffusers, with model_index.json)',
+              properties: ['openDirectory'],
+            }
+          : {
+              title: 'Choose a Stable Diffusion 1.5 checkpoint',
+              properties: ['openFile'],
+              filters: [{ name: 'safetensors checkpoint', extensions: ['safetensors'] }],
+            };
       const win = d.window();
       const r = win ? await d.dialog.showOpenDialog(win, options) : await d.dialog.showOpenDialog(options);
       return { path: r.canceled ? null : (r.filePaths[0] ?? null) };

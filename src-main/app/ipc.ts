@@ -28,18 +28,24 @@ export interface InvokeOptions {
 /** Registers the one invoke handler; returns its removal. */
 export function handleInvoke(ipcMain: Pick<IpcMain, 'handle' | 'removeHandler'>, o: InvokeOptions): () => void {
   const log = o.log ?? (() => {});
-  ipcMain.handle(INVOKE_CHANNEL, async (event: IpcMainInvokeEvent, method: unknown, params: unknown): Promise<Envelope> => {
-    const url = event.senderFrame?.url;
-    if (!isAppUrl(url)) {
-      log(`ipc: refused ${String(method)} from ${url ?? 'a frame that is gone'} (not the app origin)`);
-      return { ok: false, error: new ApiError('unauthorized', 'this frame may not call the SingLoRA engine').toBody() };
-    }
-    return dispatch(o.handlers, method, params);
-  });
+  ipcMain.handle(
+    INVOKE_CHANNEL,
+    async (event: IpcMainInvokeEvent, method: unknown, params: unknown): Promise<Envelope> => {
+      const url = event.senderFrame?.url;
+      if (!isAppUrl(url)) {
+        log(`ipc: refused ${String(method)} from ${url ?? 'a frame that is gone'} (not the app origin)`);
+        return {
+          ok: false,
+          error: new ApiError('unauthorized', 'this frame may not call the SingLoRA engine').toBody(),
+        };
+      }
+      return dispatch(o.handlers, method, params);
+    },
+  );
   return () => ipcMain.removeHandler(INVOKE_CHANNEL);
 }
 
-export const isEventName = (name: string): name is EventName => Object.prototype.hasOwnProperty.call(events, name);
+export const isEventName = (name: string): name is EventName => Object.hasOwn(events, name);
 
 export interface EventForwarder {
   stop(): void;
@@ -48,7 +54,10 @@ export interface EventForwarder {
 }
 
 /** Forwards the service's events to a window, contract names only. */
-export function forwardEvents(subscribe: (listener: (name: string, data: unknown) => void) => () => void, target: Pick<WebContents, 'send' | 'isDestroyed'>): EventForwarder {
+export function forwardEvents(
+  subscribe: (listener: (name: string, data: unknown) => void) => () => void,
+  target: Pick<WebContents, 'send' | 'isDestroyed'>,
+): EventForwarder {
   let engineStatus: unknown = null;
   const send = (name: EventName, data: unknown) => {
     if (!target.isDestroyed()) target.send(EVENT_CHANNEL, name, data);

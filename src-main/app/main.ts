@@ -12,5 +12,9 @@ const here = fileURLToPath(new URL('.', import.meta.url));
 
 startApp(
   { app, BrowserWindow, dialog, ipcMain, nativeTheme, protocol, session, shell, utilityProcess },
-  { preload: join(here, 'preload.cjs'), engineWorker: join(here, 'engineWorker.cjs'), rendererDir: join(here, '..', 'dist-renderer') },
+  {
+    preload: join(here, 'preload.cjs'),
+    engineWorker: join(here, 'engineWorker.cjs'),
+    rendererDir: join(here, '..', 'dist-renderer'),
+  },
 )?.catch((err: Error) => process.stderr.write(`SingLoRA Studio cannot start: ${err.stack ?? err.message}\n`));

@@ -9,7 +9,8 @@ import { EVENT_CHANNEL, INVOKE_CHANNEL } from './channels.ts';
 
 const bridge: SingloraBridge = {
   invoke(method, params) {
-    if (typeof method !== 'string') return Promise.reject(new TypeError('singlora.invoke: the method must be a string'));
+    if (typeof method !== 'string')
+      return Promise.reject(new TypeError('singlora.invoke: the method must be a string'));
     return ipcRenderer.invoke(INVOKE_CHANNEL, method, params);
   },
   onEvent(cb) {

@@ -34,7 +34,10 @@ class UtilityEngineProcess implements EngineProcess {
 
   on(event: 'message', listener: (msg: WorkerMessage) => void): this;
   on(event: 'exit', listener: (code: number | null, signal: NodeJS.Signals | null) => void): this;
-  on(event: 'message' | 'exit', listener: ((msg: WorkerMessage) => void) | ((code: number | null, signal: NodeJS.Signals | null) => void)): this {
+  on(
+    event: 'message' | 'exit',
+    listener: ((msg: WorkerMessage) => void) | ((code: number | null, signal: NodeJS.Signals | null) => void),
+  ): this {
     if (event === 'message') this.child.on('message', listener as (msg: WorkerMessage) => void);
     else this.child.on('exit', (code: number) => (listener as (code: number | null, signal: null) => void)(code, null));
     return this;
@@ -46,9 +49,17 @@ class UtilityEngineProcess implements EngineProcess {
 }
 
 /** Forks `modulePath` (the bundled engineWorker) as a utility process for each engine start. */
-export function utilityEngine(utility: UtilityProcessApi, modulePath: string, serviceName = ENGINE_SERVICE_NAME): SpawnEngine {
+export function utilityEngine(
+  utility: UtilityProcessApi,
+  modulePath: string,
+  serviceName = ENGINE_SERVICE_NAME,
+): SpawnEngine {
   return ({ env, onOutput }) => {
-    const child = utility.fork(modulePath, [], { serviceName, stdio: ['ignore', 'pipe', 'pipe'], env: env as Record<string, string> });
+    const child = utility.fork(modulePath, [], {
+      serviceName,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: env as Record<string, string>,
+    });
     child.stdout?.on('data', (b: Buffer | string) => onOutput(b.toString()));
     child.stderr?.on('data', (b: Buffer | string) => onOutput(b.toString()));
     child.on('error', (type: string, location: string) => onOutput(`engine process: ${type} at ${location}\n`));

@@ -16,7 +16,11 @@ export const WINDOW_SIZE = { width: 1280, height: 800, minWidth: 1024, minHeight
 /** The page background before the renderer paints (the renderer's --bg, light and dark). */
 export const BACKGROUND = { light: '#f5f6f8', dark: '#111216' } as const;
 
-export function windowOptions(o: { preload: string; dark: boolean; devTools: boolean }): BrowserWindowConstructorOptions {
+export function windowOptions(o: {
+  preload: string;
+  dark: boolean;
+  devTools: boolean;
+}): BrowserWindowConstructorOptions {
   return {
     ...WINDOW_SIZE,
     title: 'SingLoRA Studio',
@@ -75,7 +79,10 @@ export function hardenContents(contents: Contents, o: HardenOptions = {}): void 
   });
 }
 
-type PermissionSession = Pick<Session, 'setPermissionRequestHandler' | 'setPermissionCheckHandler' | 'setDevicePermissionHandler'>;
+type PermissionSession = Pick<
+  Session,
+  'setPermissionRequestHandler' | 'setPermissionCheckHandler' | 'setDevicePermissionHandler'
+>;
 
 /** The one permission granted: a sanitized clipboard write from the app origin. */
 export function isPermissionAllowed(permission: string, url: string | undefined): boolean {
@@ -88,6 +95,8 @@ export function lockPermissions(session: PermissionSession, log: (line: string) 
     if (!allowed) log(`window: denied permission '${permission}' to ${details.requestingUrl}`);
     callback(allowed);
   });
-  session.setPermissionCheckHandler((_contents, permission, requestingOrigin, details) => isPermissionAllowed(permission, details.requestingUrl ?? requestingOrigin));
+  session.setPermissionCheckHandler((_contents, permission, requestingOrigin, details) =>
+    isPermissionAllowed(permission, details.requestingUrl ?? requestingOrigin),
+  );
   session.setDevicePermissionHandler(() => false);
 }

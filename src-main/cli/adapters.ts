@@ -1,12 +1,30 @@
 /** `singlora export` and `singlora inspect`. */
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { statSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { ExportFormat } from '../engine/adapters/exportAdapter.ts';
-import { action, emitJsonLine, formatBytes, printResult, requireExists, requireFile, requireFolder, startBackend, UsageError, withCommon, type GlobalOptions } from './common.ts';
+import {
+  action,
+  emitJsonLine,
+  formatBytes,
+  printResult,
+  requireExists,
+  requireFile,
+  requireFolder,
+  startBackend,
+  UsageError,
+  withCommon,
+  type GlobalOptions,
+} from './common.ts';
 
 /** exportAdapter.ts's EXPORT_FORMATS (test/cli/startup.test.ts checks they agree), without loading the engine. */
-export const EXPORT_FORMAT_CHOICES = ['singlora', 'kohya', 'diffusers', 'merged-diffusers', 'merged-single-file'] as const;
+export const EXPORT_FORMAT_CHOICES = [
+  'singlora',
+  'kohya',
+  'diffusers',
+  'merged-diffusers',
+  'merged-single-file',
+] as const;
 
 interface ExportCliOptions extends GlobalOptions {
   adapter: string;
@@ -38,7 +56,9 @@ async function baseMismatch(adapter: string, base: string, configDir?: string): 
   try {
     const sha = await unetSha256(model);
     const recorded = file.meta.base_model_unet_sha256;
-    return recorded && recorded !== sha ? `${basename(adapter)} was trained on '${file.meta.base_model_name}' (UNet sha256 ${recorded.slice(0, 12)}), not on ${base} (${sha.slice(0, 12)}); the merged model may give poor images` : null;
+    return recorded && recorded !== sha
+      ? `${basename(adapter)} was trained on '${file.meta.base_model_name}' (UNet sha256 ${recorded.slice(0, 12)}), not on ${base} (${sha.slice(0, 12)}); the merged model may give poor images`
+      : null;
   } finally {
     await model.close();
   }
@@ -48,27 +68,44 @@ export function register(program: Command): void {
   withCommon(
     program
       .command('export')
-      .description('convert a SingLoRA Studio adapter for other tools (kohya for A1111/ComfyUI, diffusers/PEFT, merged checkpoints)')
+      .description(
+        'convert a SingLoRA Studio adapter for other tools (kohya for A1111/ComfyUI, diffusers/PEFT, merged checkpoints)',
+      )
       .requiredOption('--adapter <file>', 'native adapter file (a checkpoint adapter.safetensors)')
-      .addOption(new Option('--format <f>', 'output format').choices([...EXPORT_FORMAT_CHOICES, 'merged']).makeOptionMandatory())
+      .addOption(
+        new Option('--format <f>', 'output format').choices([...EXPORT_FORMAT_CHOICES, 'merged']).makeOptionMandatory(),
+      )
       .option('--base <model>', 'base model (required by the merged formats)')
       .option('--config-dir <dir>', 'for a single-file --base: a diffusers SD 1.5 folder to take configs from')
       .requiredOption('--out <path>', 'output file (a folder for merged-diffusers)')
       .option('--fp16', 'write float16 tensors (smaller; float32 is exact)')
-      .option('--strict', 'refuse to merge into a base model other than the one the adapter was trained on (default: warn)'),
+      .option(
+        '--strict',
+        'refuse to merge into a base model other than the one the adapter was trained on (default: warn)',
+      ),
   ).action(
     action(async (o: ExportCliOptions) => {
       requireFile(o.adapter, '--adapter', 'an adapter .safetensors file');
-      const format: ExportFormat = o.format === 'merged' ? (o.out.endsWith('.safetensors') ? 'merged-single-file' : 'merged-diffusers') : o.format;
+      const format: ExportFormat =
+        o.format === 'merged' ? (o.out.endsWith('.safetensors') ? 'merged-single-file' : 'merged-diffusers') : o.format;
       const merged = format === 'merged-diffusers' || format === 'merged-single-file';
-      if (merged && !o.base) throw new UsageError(`--base <model> is required by --format ${o.format} (the model the adapter is folded into)`);
-      if (!merged && o.base) throw new UsageError(`--base is only used by the merged formats, not by --format ${o.format}`);
+      if (merged && !o.base)
+        throw new UsageError(
+          `--base <model> is required by --format ${o.format} (the model the adapter is folded into)`,
+        );
+      if (!merged && o.base)
+        throw new UsageError(`--base is only used by the merged formats, not by --format ${o.format}`);
       if (o.base) requireExists(o.base, '--base');
       if (o.configDir) requireFolder(o.configDir, '--config-dir');
       if (format === 'merged-diffusers') {
-        if (!isFolder(o.out) && statSafe(o.out)) throw new UsageError(`--out: ${o.out} is a file; --format merged writes a diffusers folder there (or give a name ending in .safetensors for a single file)`);
+        if (!isFolder(o.out) && statSafe(o.out))
+          throw new UsageError(
+            `--out: ${o.out} is a file; --format merged writes a diffusers folder there (or give a name ending in .safetensors for a single file)`,
+          );
       } else if (isFolder(o.out)) {
-        throw new UsageError(`--out: ${o.out} is a folder; expected the output file's path (e.g. ${o.out.replace(/\/$/, '')}/${basename(o.adapter).replace(/\.safetensors$/, '')}.${format}.safetensors)`);
+        throw new UsageError(
+          `--out: ${o.out} is a folder; expected the output file's path (e.g. ${o.out.replace(/\/$/, '')}/${basename(o.adapter).replace(/\.safetensors$/, '')}.${format}.safetensors)`,
+        );
       }
       await startBackend(o);
       const { exportAdapter } = await import('../engine/adapters/exportAdapter.ts');
@@ -97,7 +134,13 @@ export function register(program: Command): void {
     }),
   );
 
-  withCommon(program.command('inspect').description('show what an adapter file holds').argument('<file>', 'adapter .safetensors (native, kohya or diffusers)'), { backend: false }).action(
+  withCommon(
+    program
+      .command('inspect')
+      .description('show what an adapter file holds')
+      .argument('<file>', 'adapter .safetensors (native, kohya or diffusers)'),
+    { backend: false },
+  ).action(
     action(async (file: string, o: GlobalOptions) => {
       requireFile(file, '<file>', 'an adapter .safetensors file');
       const { inspectAdapter } = await import('../engine/adapters/exportAdapter.ts');
@@ -107,8 +150,15 @@ export function register(program: Command): void {
         [
           `${info.file}`,
           ...(adapter
-            ? [`format:     ${info.format}`, `method:     ${info.method}`, `rank:       ${info.rank}   alpha: ${info.alpha}`, `targets:    ${info.targets} layers`]
-            : [`format:     not an adapter (no LoRA or SingLoRA tensors)${info.metadata.merged_adapter ? `: a model checkpoint with ${info.metadata.merged_adapter} merged in` : ''}`]),
+            ? [
+                `format:     ${info.format}`,
+                `method:     ${info.method}`,
+                `rank:       ${info.rank}   alpha: ${info.alpha}`,
+                `targets:    ${info.targets} layers`,
+              ]
+            : [
+                `format:     not an adapter (no LoRA or SingLoRA tensors)${info.metadata.merged_adapter ? `: a model checkpoint with ${info.metadata.merged_adapter} merged in` : ''}`,
+              ]),
           `${adapter ? 'parameters: ' : 'size:       '}${info.parameters.toLocaleString('en-US')} ${adapter ? '' : ' values'} (${formatBytes(info.bytes)})`,
           'metadata:',
           ...Object.entries(info.metadata).map(([k, v]) => `  ${k}: ${v.length > 100 ? `${v.slice(0, 100)}...` : v}`),

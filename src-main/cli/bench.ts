@@ -3,14 +3,25 @@
  * printed with its backend and configuration.
  */
 import { InvalidArgumentError, Option, type Command } from 'commander';
-import { action, inferenceOptions, parse, printResult, requireExists, withCommon, withInference, type GlobalOptions, type InferenceCliOptions } from './common.ts';
+import {
+  action,
+  inferenceOptions,
+  parse,
+  printResult,
+  requireExists,
+  withCommon,
+  withInference,
+  type GlobalOptions,
+  type InferenceCliOptions,
+} from './common.ts';
 
 /** `32,64` or `16x12,32`: latent sizes [h, w]. */
 function latentSizes(v: string): Array<[number, number]> {
   return v.split(',').map((s): [number, number] => {
     const parts = s.trim().split('x');
     const dims = parts.map((p) => (p.trim() === '' ? NaN : Number(p)));
-    if (parts.length > 2 || dims.some((d) => !Number.isInteger(d) || d < 1)) throw new InvalidArgumentError("expected latent sizes like '32,64' or '16x12'");
+    if (parts.length > 2 || dims.some((d) => !Number.isInteger(d) || d < 1))
+      throw new InvalidArgumentError("expected latent sizes like '32,64' or '16x12'");
     return [dims[0], dims[1] ?? dims[0]];
   });
 }
@@ -22,30 +33,82 @@ export function register(program: Command): void {
     withCommon(
       bench
         .command('unet')
-        .description('UNet forward timing with random weights: SD 1.5 shape by default (onnx: written to a temporary .safetensors first)')
+        .description(
+          'UNet forward timing with random weights: SD 1.5 shape by default (onnx: written to a temporary .safetensors first)',
+        )
         .option('--config <path>', 'UNet config.json, unet/ folder or model folder', 'test/fixtures/sd15_configs/unet')
         .option('--sizes <list>', 'latent sizes, e.g. 32,64 or 16x12 (default: the config sample_size)', latentSizes)
         .option('--batch <n>', 'batch size (2 = with classifier-free guidance)', parse.int(1, 64), 1)
         .option('--iters <n>', 'timed forwards per size', parse.int(1), 3)
         .option('--warmup <n>', 'warm-up forwards', parse.int(0), 1)
-        .addOption(new Option('--dtype <type>', 'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)').choices(['float32', 'float16']))
-        .addOption(new Option('--file-dtype <type>', 'onnx engine: dtype of the random weights file').choices(['F32', 'F16']).default('F32'))
+        .addOption(
+          new Option(
+            '--dtype <type>',
+            'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)',
+          ).choices(['float32', 'float16']),
+        )
+        .addOption(
+          new Option('--file-dtype <type>', 'onnx engine: dtype of the random weights file')
+            .choices(['F32', 'F16'])
+            .default('F32'),
+        )
         .option('--in-memory', 'onnx engine: hand the weights to ONNX Runtime in memory instead of linking the file'),
     ),
   ).action(
-    action(async (o: GlobalOptions & InferenceCliOptions & { config: string; sizes?: Array<[number, number]>; batch: number; iters: number; warmup: number; dtype?: 'float32' | 'float16'; fileDtype: 'F32' | 'F16'; inMemory?: boolean }) => {
-      requireExists(o.config, '--config');
-      const log = o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`);
-      if (o.engine !== 'tfjs') {
-        const { benchUnetOnnx } = await import('../engine/bench/unetOnnx.ts');
-        const r = await benchUnetOnnx({ config: o.config, latentSizes: o.sizes, batch: o.batch, iters: o.iters, warmup: o.warmup, provider: o.provider ?? 'cpu', dtype: o.dtype, fileDtype: o.fileDtype, inMemory: o.inMemory, log });
-        printResult(o, r, () => [`onnx on ${r.provider} (${r.dtype}), ${r.parameters.toLocaleString()} parameters, weights ${r.config.weights}; load ${r.load_s.toFixed(1)} s, peak rss ${r.peak_rss_mb.toFixed(0)} MiB`, ...r.sizes.map((s) => `  latent ${s.latent.join('x')} batch ${r.config.batch}: ${s.ms_per_forward.toFixed(1)} ms/forward, ${s.gflop.toFixed(1)} GFLOP, ${s.gflops_per_s.toFixed(1)} GFLOP/s`)].join('\n'));
-        return;
-      }
-      const { benchUnet, formatBenchUnet } = await import('../engine/bench/unet.ts');
-      const report = await benchUnet({ config: o.config, latentSizes: o.sizes, batch: o.batch, iters: o.iters, warmup: o.warmup, backend: o.backend ?? 'auto', log });
-      printResult(o, report, () => formatBenchUnet(report));
-    }),
+    action(
+      async (
+        o: GlobalOptions &
+          InferenceCliOptions & {
+            config: string;
+            sizes?: Array<[number, number]>;
+            batch: number;
+            iters: number;
+            warmup: number;
+            dtype?: 'float32' | 'float16';
+            fileDtype: 'F32' | 'F16';
+            inMemory?: boolean;
+          },
+      ) => {
+        requireExists(o.config, '--config');
+        const log = o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`);
+        if (o.engine !== 'tfjs') {
+          const { benchUnetOnnx } = await import('../engine/bench/unetOnnx.ts');
+          const r = await benchUnetOnnx({
+            config: o.config,
+            latentSizes: o.sizes,
+            batch: o.batch,
+            iters: o.iters,
+            warmup: o.warmup,
+            provider: o.provider ?? 'cpu',
+            dtype: o.dtype,
+            fileDtype: o.fileDtype,
+            inMemory: o.inMemory,
+            log,
+          });
+          printResult(o, r, () =>
+            [
+              `onnx on ${r.provider} (${r.dtype}), ${r.parameters.toLocaleString()} parameters, weights ${r.config.weights}; load ${r.load_s.toFixed(1)} s, peak rss ${r.peak_rss_mb.toFixed(0)} MiB`,
+              ...r.sizes.map(
+                (s) =>
+                  `  latent ${s.latent.join('x')} batch ${r.config.batch}: ${s.ms_per_forward.toFixed(1)} ms/forward, ${s.gflop.toFixed(1)} GFLOP, ${s.gflops_per_s.toFixed(1)} GFLOP/s`,
+              ),
+            ].join('\n'),
+          );
+          return;
+        }
+        const { benchUnet, formatBenchUnet } = await import('../engine/bench/unet.ts');
+        const report = await benchUnet({
+          config: o.config,
+          latentSizes: o.sizes,
+          batch: o.batch,
+          iters: o.iters,
+          warmup: o.warmup,
+          backend: o.backend ?? 'auto',
+          log,
+        });
+        printResult(o, report, () => formatBenchUnet(report));
+      },
+    ),
   );
 
   withInference(
@@ -60,19 +123,40 @@ export function register(program: Command): void {
         .option('--height <px>', 'height, a multiple of 8 (default: native)', parse.int(8, 2048)),
     ),
   ).action(
-    action(async (o: GlobalOptions & InferenceCliOptions & { base: string; steps: number; images: number; width?: number; height?: number }) => {
-      requireExists(o.base, '--base');
-      const { benchGenerate } = await import('../engine/bench/generate.ts');
-      const r = await benchGenerate({ base: o.base, steps: o.steps, images: o.images, width: o.width, height: o.height, backend: o.backend ?? 'auto', inference: inferenceOptions(o) });
-      printResult(o, r, () => `${r.engine}${r.provider ? ` on ${r.provider} (${r.dtype})` : ''}: ${r.s_per_image.toFixed(2)} s/image, UNet ${r.unet_its.toFixed(2)} it/s (CFG batch 2), decode ${r.decode_s.toFixed(2)} s; ${r.config.width}x${r.config.height}, ${r.config.steps} steps ${r.config.scheduler}; load ${r.load_s.toFixed(1)} s, peak rss ${r.peak_rss_mb.toFixed(0)} MiB`);
-    }),
+    action(
+      async (
+        o: GlobalOptions &
+          InferenceCliOptions & { base: string; steps: number; images: number; width?: number; height?: number },
+      ) => {
+        requireExists(o.base, '--base');
+        const { benchGenerate } = await import('../engine/bench/generate.ts');
+        const r = await benchGenerate({
+          base: o.base,
+          steps: o.steps,
+          images: o.images,
+          width: o.width,
+          height: o.height,
+          backend: o.backend ?? 'auto',
+          inference: inferenceOptions(o),
+        });
+        printResult(
+          o,
+          r,
+          () =>
+            `${r.engine}${r.provider ? ` on ${r.provider} (${r.dtype})` : ''}: ${r.s_per_image.toFixed(2)} s/image, UNet ${r.unet_its.toFixed(2)} it/s (CFG batch 2), decode ${r.decode_s.toFixed(2)} s; ${r.config.width}x${r.config.height}, ${r.config.steps} steps ${r.config.scheduler}; load ${r.load_s.toFixed(1)} s, peak rss ${r.peak_rss_mb.toFixed(0)} MiB`,
+        );
+      },
+    ),
   );
 
   withCommon(
     bench
       .command('train')
       .description('ms per optimizer step (median after warm-up) and memory, random weights')
-      .requiredOption('--base <path>', 'model folder, unet/ folder or UNet config.json (e.g. test/fixtures/sd15_configs/unet)')
+      .requiredOption(
+        '--base <path>',
+        'model folder, unet/ folder or UNet config.json (e.g. test/fixtures/sd15_configs/unet)',
+      )
       .requiredOption('--resolution <px>', 'training resolution (a multiple of 8)', parse.int(8, 2048))
       .option('--steps <n>', 'timed steps', parse.int(1), 5)
       .option('--warmup <n>', 'warm-up steps', parse.int(0), 1)
@@ -81,24 +165,60 @@ export function register(program: Command): void {
       .option('--batch <n>', 'batch size', parse.int(1, 64), 1)
       .option('--checkpointing', 'gradient checkpointing per UNet block')
       .option('--gradient-checkpointing', "the same as --checkpointing (the train setting's name)")
-      .addOption(new Option('--attention <mode>', 'memory-efficient (as train uses) or plain (for comparison)').choices(['memory-efficient', 'plain']).default('memory-efficient'))
+      .addOption(
+        new Option('--attention <mode>', 'memory-efficient (as train uses) or plain (for comparison)')
+          .choices(['memory-efficient', 'plain'])
+          .default('memory-efficient'),
+      )
       .option('--profile', "also list the step's kernels by time"),
   ).action(
-    action(async (o: GlobalOptions & { base: string; resolution: number; steps: number; warmup: number; rank: number; method: 'singlora' | 'lora'; batch: number; checkpointing?: boolean; gradientCheckpointing?: boolean; attention: 'memory-efficient' | 'plain'; profile?: boolean }) => {
-      requireExists(o.base, '--base');
-      const { benchTrain } = await import('../engine/bench/train.ts');
-      const r = await benchTrain({ base: o.base, resolution: o.resolution, steps: o.steps, warmup: o.warmup, rank: o.rank, method: o.method, batch: o.batch, checkpointing: o.checkpointing || o.gradientCheckpointing, attention: o.attention, profile: o.profile, backend: o.backend ?? 'auto', log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) });
-      printResult(o, r, () =>
-        [
-          `${r.backend}: ${r.status}${r.error ? ` (${r.error})` : ''}`,
-          `  ${r.config.method} rank ${r.config.rank} on ${r.adapterLayers} layers (${r.adapterParameters.toLocaleString('en-US')} params), UNet ${r.unetParameters.toLocaleString('en-US')} params`,
-          `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}, ${r.config.attention} attention`,
-          `  ms/step (median of ${r.ms_steps.length}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} (CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}); ${r.gflop_per_step?.toFixed(2) ?? 'n/a'} GFLOP per step (forward + backward), ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
-          `  peak RSS ${r.peak_rss_mb} MiB${r.wasm_heap_mb ? `, wasm heap ${r.wasm_heap_mb} MiB` : ''}`,
-          `  tensor buffers at the step's peak: ${r.peak_step_buffer_bytes === null ? 'n/a' : `${(r.peak_step_buffer_bytes / 2 ** 20).toFixed(1)} MiB above the ${((r.buffer_bytes_before ?? 0) / 2 ** 20).toFixed(1)} MiB held before the step (weights ${(r.weight_bytes / 2 ** 20).toFixed(1)} MiB)`}; tfjs byte counter (counts shared clones again) ${r.peak_step_bytes === null ? 'n/a' : `${(r.peak_step_bytes / 2 ** 20).toFixed(1)} MiB`}`,
-          ...(r.kernels ?? []).map((k) => `    ${k.name.padEnd(24)} ${String(k.calls).padStart(6)} calls ${k.ms.toFixed(1).padStart(9)} ms ${(k.share * 100).toFixed(1).padStart(5)}%`),
-        ].join('\n'),
-      );
-    }),
+    action(
+      async (
+        o: GlobalOptions & {
+          base: string;
+          resolution: number;
+          steps: number;
+          warmup: number;
+          rank: number;
+          method: 'singlora' | 'lora';
+          batch: number;
+          checkpointing?: boolean;
+          gradientCheckpointing?: boolean;
+          attention: 'memory-efficient' | 'plain';
+          profile?: boolean;
+        },
+      ) => {
+        requireExists(o.base, '--base');
+        const { benchTrain } = await import('../engine/bench/train.ts');
+        const r = await benchTrain({
+          base: o.base,
+          resolution: o.resolution,
+          steps: o.steps,
+          warmup: o.warmup,
+          rank: o.rank,
+          method: o.method,
+          batch: o.batch,
+          checkpointing: o.checkpointing || o.gradientCheckpointing,
+          attention: o.attention,
+          profile: o.profile,
+          backend: o.backend ?? 'auto',
+          log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`),
+        });
+        printResult(o, r, () =>
+          [
+            `${r.backend}: ${r.status}${r.error ? ` (${r.error})` : ''}`,
+            `  ${r.config.method} rank ${r.config.rank} on ${r.adapterLayers} layers (${r.adapterParameters.toLocaleString('en-US')} params), UNet ${r.unetParameters.toLocaleString('en-US')} params`,
+            `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}, ${r.config.attention} attention`,
+            `  ms/step (median of ${r.ms_steps.length}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} (CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}); ${r.gflop_per_step?.toFixed(2) ?? 'n/a'} GFLOP per step (forward + backward), ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
+            `  peak RSS ${r.peak_rss_mb} MiB${r.wasm_heap_mb ? `, wasm heap ${r.wasm_heap_mb} MiB` : ''}`,
+            `  tensor buffers at the step's peak: ${r.peak_step_buffer_bytes === null ? 'n/a' : `${(r.peak_step_buffer_bytes / 2 ** 20).toFixed(1)} MiB above the ${((r.buffer_bytes_before ?? 0) / 2 ** 20).toFixed(1)} MiB held before the step (weights ${(r.weight_bytes / 2 ** 20).toFixed(1)} MiB)`}; tfjs byte counter (counts shared clones again) ${r.peak_step_bytes === null ? 'n/a' : `${(r.peak_step_bytes / 2 ** 20).toFixed(1)} MiB`}`,
+            ...(r.kernels ?? []).map(
+              (k) =>
+                `    ${k.name.padEnd(24)} ${String(k.calls).padStart(6)} calls ${k.ms.toFixed(1).padStart(9)} ms ${(k.share * 100).toFixed(1).padStart(5)}%`,
+            ),
+          ].join('\n'),
+        );
+      },
+    ),
   );
 }

@@ -11,7 +11,7 @@
  *   - anything that fails while running: `error: <message>`, exit status 1;
  *   - no stack trace unless `--debug` (or SINGLORA_DEBUG=1).
  */
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { type Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { statSync } from 'node:fs';
 import type { BackendInfo, BackendName } from '../engine/backend/tf.ts';
@@ -31,9 +31,15 @@ export interface GlobalOptions {
 
 /** Adds the options every command shares. */
 export function withCommon(cmd: Command, opts: { backend?: boolean } = {}): Command {
-  cmd.option('--json', 'machine-readable output: JSON only (events as JSON lines)').option('--debug', 'print stack traces of errors');
+  cmd
+    .option('--json', 'machine-readable output: JSON only (events as JSON lines)')
+    .option('--debug', 'print stack traces of errors');
   if (opts.backend === false) return cmd;
-  return cmd.addOption(new Option('--backend <name>', 'force a tensor backend (default: SINGLORA_BACKEND or the best available)').choices([...BACKEND_CHOICES]));
+  return cmd.addOption(
+    new Option('--backend <name>', 'force a tensor backend (default: SINGLORA_BACKEND or the best available)').choices([
+      ...BACKEND_CHOICES,
+    ]),
+  );
 }
 
 /**
@@ -52,12 +58,25 @@ export interface InferenceCliOptions {
 /** `--engine` and `--provider`, for every command that runs inference. */
 export function withInference(cmd: Command): Command {
   return cmd
-    .addOption(new Option('--engine <name>', 'inference engine: onnx (ONNX Runtime) or tfjs (TensorFlow.js, the training engine)').choices([...ENGINE_CHOICES]))
-    .addOption(new Option('--provider <name>', 'ONNX Runtime execution provider (default auto: a GPU provider that starts, else the CPU)').choices([...PROVIDER_CHOICES]));
+    .addOption(
+      new Option(
+        '--engine <name>',
+        'inference engine: onnx (ONNX Runtime) or tfjs (TensorFlow.js, the training engine)',
+      ).choices([...ENGINE_CHOICES]),
+    )
+    .addOption(
+      new Option(
+        '--provider <name>',
+        'ONNX Runtime execution provider (default auto: a GPU provider that starts, else the CPU)',
+      ).choices([...PROVIDER_CHOICES]),
+    );
 }
 
 /** The inference options of a command's flags (unset ones fall back to SINGLORA_ENGINE / SINGLORA_PROVIDER, then onnx / auto). */
-export function inferenceOptions(o: InferenceCliOptions): { engine?: InferenceCliOptions['engine']; provider?: InferenceCliOptions['provider'] } {
+export function inferenceOptions(o: InferenceCliOptions): {
+  engine?: InferenceCliOptions['engine'];
+  provider?: InferenceCliOptions['provider'];
+} {
   return { ...(o.engine ? { engine: o.engine } : {}), ...(o.provider ? { provider: o.provider } : {}) };
 }
 
@@ -77,7 +96,12 @@ export const parse = {
     (min: number, max = Number.MAX_SAFE_INTEGER) =>
     (v: string): number => {
       const n = v.trim() === '' ? NaN : Number(v);
-      if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(max === Number.MAX_SAFE_INTEGER ? `expected an integer >= ${min}` : `expected an integer from ${min} to ${max}`);
+      if (!Number.isInteger(n) || n < min || n > max)
+        throw new InvalidArgumentError(
+          max === Number.MAX_SAFE_INTEGER
+            ? `expected an integer >= ${min}`
+            : `expected an integer from ${min} to ${max}`,
+        );
       return n;
     },
   /** A finite number in [min, max] (`above`: strictly greater than min). */
@@ -87,7 +111,9 @@ export const parse = {
       const n = v.trim() === '' ? NaN : Number(v);
       const low = above ? n > min : n >= min;
       if (!Number.isFinite(n) || !low || n > max) {
-        const range = [min !== -Infinity ? `${above ? '>' : '>='} ${min}` : '', max !== Infinity ? `<= ${max}` : ''].filter(Boolean).join(' and ');
+        const range = [min !== -Infinity ? `${above ? '>' : '>='} ${min}` : '', max !== Infinity ? `<= ${max}` : '']
+          .filter(Boolean)
+          .join(' and ');
         throw new InvalidArgumentError(`expected a number${range ? ` ${range}` : ''}`);
       }
       return n;
@@ -130,7 +156,8 @@ export function requireExists(path: string, option: string): void {
 /** Refuses an output folder that exists as a file. */
 export function requireNotFile(path: string, option: string): void {
   try {
-    if (!statSync(path).isDirectory()) throw new UsageError(`${option}: ${path} is a file; expected a folder (it is created when missing)`);
+    if (!statSync(path).isDirectory())
+      throw new UsageError(`${option}: ${path} is a file; expected a folder (it is created when missing)`);
   } catch (err) {
     if (err instanceof UsageError) throw err;
   }
@@ -164,7 +191,12 @@ const argvFlag = (flag: string) => process.argv.slice(2).includes(flag);
  */
 export function reportError(err: unknown): void {
   if (err instanceof CommanderError) {
-    if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help' || err.exitCode === 0) {
+    if (
+      err.code === 'commander.helpDisplayed' ||
+      err.code === 'commander.version' ||
+      err.code === 'commander.help' ||
+      err.exitCode === 0
+    ) {
       process.exitCode = err.exitCode;
       return;
     }
@@ -173,9 +205,10 @@ export function reportError(err: unknown): void {
   const exitCode = usage ? 2 : 1;
   let message = err instanceof CommanderError ? err.message.replace(/^error: /, '') : plainMessage(err);
   if (usage) message = message.replace(/\s*\n\s*/g, ' ').trim();
-  if (argvFlag('--json')) writeSafe(process.stdout, JSON.stringify({ error: message, exitCode }) + '\n');
+  if (argvFlag('--json')) writeSafe(process.stdout, `${JSON.stringify({ error: message, exitCode })}\n`);
   else writeSafe(process.stderr, `error: ${message}${usage ? ` (see ${commandPath()} --help)` : ''}\n`);
-  if ((argvFlag('--debug') || process.env.SINGLORA_DEBUG) && err instanceof Error && !(err instanceof CommanderError)) writeSafe(process.stderr, `${err.stack}\n`);
+  if ((argvFlag('--debug') || process.env.SINGLORA_DEBUG) && err instanceof Error && !(err instanceof CommanderError))
+    writeSafe(process.stderr, `${err.stack}\n`);
   process.exitCode = exitCode;
 }
 
@@ -186,7 +219,9 @@ const GROUPS = ['bench', 'models', 'projects'];
 function commandPath(): string {
   const [first, second] = process.argv.slice(2);
   if (!first || first.startsWith('-')) return 'singlora';
-  return ['singlora', first, ...(GROUPS.includes(first) && second && !second.startsWith('-') ? [second] : [])].join(' ');
+  return ['singlora', first, ...(GROUPS.includes(first) && second && !second.startsWith('-') ? [second] : [])].join(
+    ' ',
+  );
 }
 
 function writeSafe(stream: NodeJS.WriteStream, text: string): void {
@@ -209,7 +244,9 @@ export function installProcessHandlers(): void {
     process.exit(process.exitCode ?? 1);
   };
   process.stdout.on('error', quietOnEpipe);
-  process.stderr.on('error', (err: NodeJS.ErrnoException) => process.exit(err.code === 'EPIPE' ? (process.exitCode ?? 0) : 1));
+  process.stderr.on('error', (err: NodeJS.ErrnoException) =>
+    process.exit(err.code === 'EPIPE' ? (process.exitCode ?? 0) : 1),
+  );
   const fatal = (err: unknown) => {
     if ((err as NodeJS.ErrnoException)?.code === 'EPIPE') process.exit(process.exitCode ?? 0);
     reportError(err);
@@ -227,13 +264,13 @@ export async function startBackend(opts: GlobalOptions): Promise<BackendInfo> {
 
 /** Prints a result: JSON when --json, otherwise the human text (or pretty JSON). */
 export function printResult(opts: GlobalOptions, value: unknown, human?: string | (() => string)): void {
-  if (opts.json) process.stdout.write(JSON.stringify(value) + '\n');
-  else process.stdout.write((typeof human === 'function' ? human() : human ?? JSON.stringify(value, null, 2)) + '\n');
+  if (opts.json) process.stdout.write(`${JSON.stringify(value)}\n`);
+  else process.stdout.write(`${typeof human === 'function' ? human() : (human ?? JSON.stringify(value, null, 2))}\n`);
 }
 
 /** One JSON line per event with --json; ignored otherwise (the progress bar shows it). */
 export function emitJsonLine(opts: GlobalOptions, event: Record<string, unknown>): void {
-  if (opts.json) process.stdout.write(JSON.stringify(event) + '\n');
+  if (opts.json) process.stdout.write(`${JSON.stringify(event)}\n`);
 }
 
 /** Wraps a command action: errors go through `reportError` (exit 2 for usage, 1 otherwise). */
@@ -268,7 +305,12 @@ export function progressBar(opts: GlobalOptions, label: string, total: number): 
     const seconds = (performance.now() - first.t) / 1000;
     return seconds > 0 && i > first.i ? (i - first.i) / seconds : 0;
   };
-  const extraText = (extra?: Record<string, string | number>) => (extra ? Object.entries(extra).map(([k, v]) => `${k} ${v}`).join(' ') : '');
+  const extraText = (extra?: Record<string, string | number>) =>
+    extra
+      ? Object.entries(extra)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(' ')
+      : '';
   if (!process.stderr.isTTY) return progressLines(label, total, rate, extraText);
   const bar = new cliProgress.SingleBar(
     {
@@ -290,7 +332,12 @@ export function progressBar(opts: GlobalOptions, label: string, total: number): 
   };
 }
 
-function progressLines(label: string, total: number, rate: (i: number) => number, extraText: (e?: Record<string, string | number>) => string): Progress {
+function progressLines(
+  label: string,
+  total: number,
+  rate: (i: number) => number,
+  extraText: (e?: Record<string, string | number>) => string,
+): Progress {
   const everyMs = 1000 * (Number(process.env.SINGLORA_PROGRESS_SECONDS) || 10);
   let lastAt = performance.now();
   let lastTenth = 0;
@@ -306,7 +353,9 @@ function progressLines(label: string, total: number, rate: (i: number) => number
       const r = measured ?? rate(i);
       const eta = r > 0 ? formatDuration((total - i) / r) : '?';
       const pct = total > 0 ? ` (${Math.floor((100 * i) / total)}%)` : '';
-      process.stderr.write(`${label} ${i}/${total}${pct}  ${r.toFixed(2)} ${label}s/s  ETA ${eta}${extra ? `  ${extraText(extra)}` : ''}\n`);
+      process.stderr.write(
+        `${label} ${i}/${total}${pct}  ${r.toFixed(2)} ${label}s/s  ETA ${eta}${extra ? `  ${extraText(extra)}` : ''}\n`,
+      );
       if (i >= total) done = true;
     },
     stop() {

@@ -20,7 +20,21 @@ import { REPO_ROOT } from '../engine/paths.ts';
 import type { ToyScore } from '../engine/eval/toyEvaluate.ts';
 import { isToyModel, TOY_DEMO, TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../engine/toy/toyModel.ts';
 import { listImageFiles } from './eval.ts';
-import { action, emitJsonLine, parse, printResult, progressBar, requireExists, requireFile, requireFolder, requireNotFile, startBackend, UsageError, withCommon, type GlobalOptions } from './common.ts';
+import {
+  action,
+  emitJsonLine,
+  parse,
+  printResult,
+  progressBar,
+  requireExists,
+  requireFile,
+  requireFolder,
+  requireNotFile,
+  startBackend,
+  UsageError,
+  withCommon,
+  type GlobalOptions,
+} from './common.ts';
 
 interface DemoOptions extends GlobalOptions {
   base?: string;
@@ -37,7 +51,14 @@ const REAL_DINO = join(REPO_ROOT, 'models/dino/model.onnx');
 /** Marks a folder the demo made: only then does a later demo replace what is in it. */
 const DEMO_MARKER = '.singlora-demo';
 /** What the demo writes in --out, and so what it replaces on the next run. */
-const DEMO_OUTPUTS = ['run', 'images', 'photos', 'before-after.png', 'sks-ball.kohya.safetensors', 'sks-ball.singlora.safetensors'];
+const DEMO_OUTPUTS = [
+  'run',
+  'images',
+  'photos',
+  'before-after.png',
+  'sks-ball.kohya.safetensors',
+  'sks-ball.singlora.safetensors',
+];
 
 /**
  * Checks every option before anything is written, and makes --out ready: a new folder, an
@@ -61,16 +82,24 @@ export async function prepareDemoOut(o: DemoOptions): Promise<string> {
   const entries = existsSync(out) ? readdirSync(out) : [];
   const ours = entries.includes(DEMO_MARKER);
   if (entries.length && !ours && !o.force) {
-    throw new UsageError(`--out: ${o.out} is not empty and was not made by the demo; choose a new folder, or add --force to write the demo's outputs (${DEMO_OUTPUTS.join(', ')}) into it`);
+    throw new UsageError(
+      `--out: ${o.out} is not empty and was not made by the demo; choose a new folder, or add --force to write the demo's outputs (${DEMO_OUTPUTS.join(', ')}) into it`,
+    );
   }
-  if (o.photos && resolve(o.photos) === join(out, 'photos')) throw new UsageError(`--photos: ${o.photos} is inside --out, where the demo writes its own photos; choose another --out`);
+  if (o.photos && resolve(o.photos) === join(out, 'photos'))
+    throw new UsageError(
+      `--photos: ${o.photos} is inside --out, where the demo writes its own photos; choose another --out`,
+    );
   for (const name of DEMO_OUTPUTS) {
     // Only what the demo writes; synthetic photos only when the demo makes them.
     if (name === 'photos' && o.photos) continue;
     if (entries.includes(name)) await rm(join(out, name), { recursive: true, force: true });
   }
   await mkdir(out, { recursive: true });
-  await writeFile(join(out, DEMO_MARKER), 'made by `singlora demo`: a later demo replaces the outputs in this folder\n');
+  await writeFile(
+    join(out, DEMO_MARKER),
+    'made by `singlora demo`: a later demo replaces the outputs in this folder\n',
+  );
   return out;
 }
 
@@ -80,11 +109,25 @@ export function register(program: Command): void {
       .command('demo')
       .description('train, score, generate and export on the bundled toy model (or on --base) in a few minutes')
       .option('--base <model>', 'run on this base model instead of the bundled toy one')
-      .option('--config-dir <dir>', 'for a single-file --base: a diffusers SD 1.5 folder to take configs, tokenizer and scheduler from')
+      .option(
+        '--config-dir <dir>',
+        'for a single-file --base: a diffusers SD 1.5 folder to take configs, tokenizer and scheduler from',
+      )
       .option('--photos <dir>', 'subject photos (default: the toy subject, models/toy-sd-subject)')
-      .option('--out <dir>', 'output folder: new, or one an earlier demo made (its outputs are replaced)', join(REPO_ROOT, 'demo-output'))
-      .option('--force', "write into a non-empty --out the demo did not make (only the demo's own outputs in it are replaced)")
-      .option('--steps <n>', `training steps (default: ${TOY_DEMO.steps} on the toy model, 40 on --base)`, parse.int(2, 100_000))
+      .option(
+        '--out <dir>',
+        'output folder: new, or one an earlier demo made (its outputs are replaced)',
+        join(REPO_ROOT, 'demo-output'),
+      )
+      .option(
+        '--force',
+        "write into a non-empty --out the demo did not make (only the demo's own outputs in it are replaced)",
+      )
+      .option(
+        '--steps <n>',
+        `training steps (default: ${TOY_DEMO.steps} on the toy model, 40 on --base)`,
+        parse.int(2, 100_000),
+      )
       .option('--dino-model <file.onnx>', 'DINO model (default: models/dino when installed)'),
   ).action(
     action(async (o: DemoOptions) => {
@@ -100,15 +143,20 @@ export function register(program: Command): void {
       const t0 = performance.now();
       const times: Record<string, number> = {};
       const lap = (name: string, since: number) => (times[name] = Math.round(performance.now() - since));
-      const say = (msg: string) => (o.json ? emitJsonLine(o, { event: 'stage', message: msg }) : process.stderr.write(`\n== ${msg}\n`));
+      const say = (msg: string) =>
+        o.json ? emitJsonLine(o, { event: 'stage', message: msg }) : process.stderr.write(`\n== ${msg}\n`);
       // The toy model: the bundled one, or a rebuilt copy (npm run build:toy-model --out elsewhere).
       const toy = !o.base || isToyModel(o.base);
       const backend = await startBackend(o);
       if (!o.base && !existsSync(join(TOY_MODEL_DIR, 'unet/diffusion_pytorch_model.safetensors'))) {
-        throw new UsageError(`the toy model is missing from ${TOY_MODEL_DIR}; it is committed to the repository (restore it with git checkout -- models/toy-sd), or rebuild it with npm run build:toy-model`);
+        throw new UsageError(
+          `the toy model is missing from ${TOY_MODEL_DIR}; it is committed to the repository (restore it with git checkout -- models/toy-sd), or rebuild it with npm run build:toy-model`,
+        );
       }
       if (toy) {
-        say(`${o.base ? `a toy model (${o.base})` : 'the bundled toy model'}: Stable-Diffusion-1.x-shaped (VAE, UNet, CLIP text encoder), trained from scratch by this project on 64x64 pictures of coloured shapes. It has never seen the subject: a ball, red on top and yellow below. Use --base <SD 1.5 folder or .safetensors> for real weights.`);
+        say(
+          `${o.base ? `a toy model (${o.base})` : 'the bundled toy model'}: Stable-Diffusion-1.x-shaped (VAE, UNet, CLIP text encoder), trained from scratch by this project on 64x64 pictures of coloured shapes. It has never seen the subject: a ball, red on top and yellow below. Use --base <SD 1.5 folder or .safetensors> for real weights.`,
+        );
       }
 
       const base = o.base ?? TOY_MODEL_DIR;
@@ -175,7 +223,10 @@ export function register(program: Command): void {
           dinoModel,
           baseOptions,
         });
-        dino = { baseline: evaluation.baseline.dino, rows: evaluation.rows.map((r) => ({ step: r.step ?? 0, dino: r.dino })) };
+        dino = {
+          baseline: evaluation.baseline.dino,
+          rows: evaluation.rows.map((r) => ({ step: r.step ?? 0, dino: r.dino })),
+        };
         lap('dino', t);
       }
 
@@ -194,10 +245,20 @@ export function register(program: Command): void {
           const top = rows.reduce((a, b) => (b.score.subject > a.score.subject ? b : a));
           best = m.checkpoints.find((c) => c.step === top.step)!;
           // Rows: the training photos, the base model, the adapter (same prompts and seeds).
-          const cells = [...refs.slice(0, top.score.images.length), ...baseScore.images.map((i) => i.image), ...top.score.images.map((i) => i.image)];
+          const cells = [
+            ...refs.slice(0, top.score.images.length),
+            ...baseScore.images.map((i) => i.image),
+            ...top.score.images.map((i) => i.image),
+          ];
           const grid = join(out, 'before-after.png');
           const cols = baseScore.images.length;
-          await atomicWriteFile(grid, await encodeImage(imageGrid(cells.slice(0, Math.floor(cells.length / cols) * cols), cols, { scale: 2 }), 'png'));
+          await atomicWriteFile(
+            grid,
+            await encodeImage(
+              imageGrid(cells.slice(0, Math.floor(cells.length / cols) * cols), cols, { scale: 2 }),
+              'png',
+            ),
+          );
           toyScores = { base: baseScore, rows, grid };
         } finally {
           sd.dispose();
@@ -211,8 +272,27 @@ export function register(program: Command): void {
         base,
         baseOptions,
         settings: toy
-          ? { prompt: TOY_PROBES[0].prompt, negativePrompt: '', steps: TOY_SAMPLING.steps, guidanceScale: TOY_SAMPLING.guidanceScale, scheduler: TOY_SAMPLING.scheduler, seed: 1234, width: 64, height: 64, count: 2 }
-          : { prompt: 'a photo of sks ball on a wooden table', negativePrompt: 'blurry', steps: 25, scheduler: 'dpmpp-2m-karras', seed: 1234, width: resolution, height: resolution, count: 2 },
+          ? {
+              prompt: TOY_PROBES[0].prompt,
+              negativePrompt: '',
+              steps: TOY_SAMPLING.steps,
+              guidanceScale: TOY_SAMPLING.guidanceScale,
+              scheduler: TOY_SAMPLING.scheduler,
+              seed: 1234,
+              width: 64,
+              height: 64,
+              count: 2,
+            }
+          : {
+              prompt: 'a photo of sks ball on a wooden table',
+              negativePrompt: 'blurry',
+              steps: 25,
+              scheduler: 'dpmpp-2m-karras',
+              seed: 1234,
+              width: resolution,
+              height: resolution,
+              count: 2,
+            },
         adapters: [{ path: join(runDir, best.adapter), strength: 1 }],
         outDir: join(out, 'images'),
       });
@@ -220,8 +300,16 @@ export function register(program: Command): void {
 
       say('exporting kohya (A1111 / ComfyUI) and native SingLoRA files');
       t = performance.now();
-      const kohya = await exportAdapter({ adapter: join(runDir, best.adapter), format: 'kohya', out: join(out, 'sks-ball.kohya.safetensors') });
-      const native = await exportAdapter({ adapter: join(runDir, best.adapter), format: 'singlora', out: join(out, 'sks-ball.singlora.safetensors') });
+      const kohya = await exportAdapter({
+        adapter: join(runDir, best.adapter),
+        format: 'kohya',
+        out: join(out, 'sks-ball.kohya.safetensors'),
+      });
+      const native = await exportAdapter({
+        adapter: join(runDir, best.adapter),
+        format: 'singlora',
+        out: join(out, 'sks-ball.singlora.safetensors'),
+      });
       lap('export', t);
 
       const first = m.losses[0];
@@ -234,10 +322,21 @@ export function register(program: Command): void {
         toyModel: toy,
         run: runDir,
         steps: m.step,
-        loss: { first: first.loss, last: last.loss, smoothedLast: last.smoothed, fixedNoiseStart: result.fixedLoss?.start ?? null, fixedNoiseEnd: result.fixedLoss?.end ?? null },
+        loss: {
+          first: first.loss,
+          last: last.loss,
+          smoothedLast: last.smoothed,
+          fixedNoiseStart: result.fixedLoss?.start ?? null,
+          fixedNoiseEnd: result.fixedLoss?.end ?? null,
+        },
         msPerStep: m.timing.msPerStep,
         toyFidelity: toyScores
-          ? { base: { subject: toyScores.base.subject, prompt: toyScores.base.prompt }, rows: toyScores.rows.map((r) => ({ step: r.step, subject: r.score.subject, prompt: r.score.prompt })), best: best.step, grid: toyScores.grid }
+          ? {
+              base: { subject: toyScores.base.subject, prompt: toyScores.base.prompt },
+              rows: toyScores.rows.map((r) => ({ step: r.step, subject: r.score.subject, prompt: r.score.prompt })),
+              best: best.step,
+              grid: toyScores.grid,
+            }
           : null,
         dino,
         images: images.map((i) => i.file),
@@ -254,17 +353,31 @@ export function register(program: Command): void {
           ...(toyScores
             ? [
                 `  toy fidelity     base: ${fmt(toyScores.base)}`,
-                ...toyScores.rows.map((r) => `                   step ${r.step}: ${fmt(r.score)}${r.step === best.step ? '  <- best' : ''}`),
+                ...toyScores.rows.map(
+                  (r) => `                   step ${r.step}: ${fmt(r.score)}${r.step === best.step ? '  <- best' : ''}`,
+                ),
                 `  before/after     ${toyScores.grid}  (rows: training photos, base model, adapter; same prompts and seeds: ${TOY_PROBES.map((p) => `"${p.prompt}"`).join(', ')})`,
               ]
             : []),
-          ...(dino ? [`  DINO scores      base ${dino.baseline.toFixed(4)}; ${dino.rows.map((r) => `step ${r.step}: ${r.dino.toFixed(4)}`).join(', ')}`] : toy ? ['  DINO             not installed (singlora models download dino); the toy scores above read colours and layout off the pixels, see docs/experiments.md'] : []),
+          ...(dino
+            ? [
+                `  DINO scores      base ${dino.baseline.toFixed(4)}; ${dino.rows.map((r) => `step ${r.step}: ${r.dino.toFixed(4)}`).join(', ')}`,
+              ]
+            : toy
+              ? [
+                  '  DINO             not installed (singlora models download dino); the toy scores above read colours and layout off the pixels, see docs/experiments.md',
+                ]
+              : []),
           `  images           ${images.map((i) => i.file).join(', ')}`,
           `  kohya LoRA       ${kohya.path}  (A1111/Forge: models/Lora, prompt <lora:sks-ball.kohya:1>; ComfyUI: LoraLoader)`,
           `  native SingLoRA  ${native.path}`,
-          `  timings (ms)     ${Object.entries(summary.timingsMs).map(([k, v]) => `${k} ${v}`).join(', ')}`,
+          `  timings (ms)     ${Object.entries(summary.timingsMs)
+            .map(([k, v]) => `${k} ${v}`)
+            .join(', ')}`,
           '',
-          toy ? 'Next: real weights. Put SD 1.5 (diffusers folder or v1-5-pruned-emaonly.safetensors) somewhere and run\n  npm run demo -- --base <path> --photos <your photos>\nsee models/README.md.' : '',
+          toy
+            ? 'Next: real weights. Put SD 1.5 (diffusers folder or v1-5-pruned-emaonly.safetensors) somewhere and run\n  npm run demo -- --base <path> --photos <your photos>\nsee models/README.md.'
+            : '',
         ].join('\n'),
       );
     }),

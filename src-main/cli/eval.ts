@@ -17,7 +17,23 @@ import { defaultModelsDir } from '../engine/paths.ts';
 import { evalJobs, IMAGES_PER_PROMPT } from '../engine/eval/prompts.ts';
 import { readRunManifest, RUN_MANIFEST } from '../engine/train/runFiles.ts';
 import { IMAGE_EXTENSIONS, isImageExtension } from '../api/schemas.ts';
-import { action, emitJsonLine, formatDuration, parse, printResult, progressBar, requireFile, requireFolder, startBackend, UsageError, withCommon, type GlobalOptions, inferenceOptions, withInference, type InferenceCliOptions } from './common.ts';
+import {
+  action,
+  emitJsonLine,
+  formatDuration,
+  parse,
+  printResult,
+  progressBar,
+  requireFile,
+  requireFolder,
+  startBackend,
+  UsageError,
+  withCommon,
+  type GlobalOptions,
+  inferenceOptions,
+  withInference,
+  type InferenceCliOptions,
+} from './common.ts';
 
 interface EvalOptions extends GlobalOptions, InferenceCliOptions {
   photos?: string;
@@ -59,7 +75,10 @@ export function listImageFiles(dir: string): string[] {
 export function promptFromParameters(parameters: string): string {
   const lines = parameters.split('\n');
   const end = lines.findIndex((l) => /^(Negative prompt:|Steps:)/.test(l));
-  return lines.slice(0, end < 0 ? lines.length : end).join('\n').trim();
+  return lines
+    .slice(0, end < 0 ? lines.length : end)
+    .join('\n')
+    .trim();
 }
 
 function promptOf(file: string): string | undefined {
@@ -80,8 +99,12 @@ export interface EvalFoldersResult extends SubjectFidelity {
   readonly clip?: ClipScores | { skipped: string };
 }
 
-export async function evalFolders(opts: EvalOptions, onProgress?: (done: number, total: number) => void): Promise<EvalFoldersResult> {
-  if (!opts.photos || !opts.generated) throw new Error('eval needs --photos <dir> and --generated <dir> (or --run <dir>)');
+export async function evalFolders(
+  opts: EvalOptions,
+  onProgress?: (done: number, total: number) => void,
+): Promise<EvalFoldersResult> {
+  if (!opts.photos || !opts.generated)
+    throw new Error('eval needs --photos <dir> and --generated <dir> (or --run <dir>)');
   const photos = listImageFiles(opts.photos);
   const generated = listImageFiles(opts.generated);
   const modelsDir = opts.modelsDir ?? defaultModelsDir();
@@ -99,7 +122,13 @@ export async function evalFolders(opts: EvalOptions, onProgress?: (done: number,
     await embedder.release();
   }
   const msPerImage = (performance.now() - t0) / (photos.length + generated.length);
-  const result: EvalFoldersResult = { ...fidelity, photos: photos.length, generated: generated.length, model, msPerImage };
+  const result: EvalFoldersResult = {
+    ...fidelity,
+    photos: photos.length,
+    generated: generated.length,
+    model,
+    msPerImage,
+  };
   if (!opts.clip) return result;
 
   const located = locateClip(modelsDir);
@@ -122,7 +151,8 @@ export async function evalFolders(opts: EvalOptions, onProgress?: (done: number,
 async function evalRun(opts: EvalOptions): Promise<void> {
   const runDir = opts.run!;
   requireFolder(runDir, '--run');
-  if (!existsSync(`${runDir}/${RUN_MANIFEST}`)) throw new UsageError(`--run: ${runDir} has no ${RUN_MANIFEST}; it is not a training run folder`);
+  if (!existsSync(`${runDir}/${RUN_MANIFEST}`))
+    throw new UsageError(`--run: ${runDir} has no ${RUN_MANIFEST}; it is not a training run folder`);
   if (opts.photos) requireFolder(opts.photos, '--photos');
   if (opts.configDir) requireFolder(opts.configDir, '--config-dir');
   if (opts.dinoModel) requireFile(opts.dinoModel, '--dino-model', 'an .onnx file');
@@ -133,25 +163,46 @@ async function evalRun(opts: EvalOptions): Promise<void> {
   const scorer = scorerFor(manifest.baseModel.path, opts.modelsDir ?? defaultModelsDir(), opts.dinoModel);
   const toy = scorer.kind === 'toy';
   const toyEval = toy ? await import('../engine/eval/toyEvaluate.ts') : null;
-  if (toy && !opts.json) process.stderr.write("DINO is not installed: scoring the toy model with the toy world's own subject fidelity (colours and their layout; docs/experiments.md)\n");
+  if (toy && !opts.json)
+    process.stderr.write(
+      "DINO is not installed: scoring the toy model with the toy world's own subject fidelity (colours and their layout; docs/experiments.md)\n",
+    );
 
   // The plan, before anything loads: how many images, and roughly how long.
   const checkpoints = opts.checkpoints === 'latest' ? 1 : manifest.checkpoints.length;
-  const promptCount = prompts?.length ?? toyEval?.TOY_PROBES.length ?? new Set(evalJobs(opts.subject ?? 'live', manifest.settings.triggerToken, manifest.settings.classWord).map((j) => j.prompt)).size;
+  const promptCount =
+    prompts?.length ??
+    toyEval?.TOY_PROBES.length ??
+    new Set(
+      evalJobs(opts.subject ?? 'live', manifest.settings.triggerToken, manifest.settings.classWord).map(
+        (j) => j.prompt,
+      ),
+    ).size;
   const perPrompt = opts.imagesPerPrompt ?? IMAGES_PER_PROMPT;
   const steps = opts.steps ?? toyEval?.TOY_SAMPLING.steps ?? EVAL_STEPS;
   const images = (1 + checkpoints) * promptCount * perPrompt;
   // A sampling step with guidance (2 UNet forwards) costs about 2/3 of a training step (forward + backward).
   const estimate = manifest.timing.msPerStep ? (images * steps * manifest.timing.msPerStep * (2 / 3)) / 1000 : null;
-  const plan = { event: 'plan', checkpoints: 1 + checkpoints, prompts: promptCount, imagesPerPrompt: perPrompt, steps, images, estimatedSeconds: estimate === null ? null : Math.round(estimate) };
+  const plan = {
+    event: 'plan',
+    checkpoints: 1 + checkpoints,
+    prompts: promptCount,
+    imagesPerPrompt: perPrompt,
+    steps,
+    images,
+    estimatedSeconds: estimate === null ? null : Math.round(estimate),
+  };
   if (opts.json) emitJsonLine(opts, plan);
   else {
     process.stderr.write(
       `plan: the base model and ${checkpoints} checkpoint(s) x ${promptCount} prompts x ${perPrompt} images = ${images} images at ${steps} steps` +
-        (estimate !== null ? `; about ${formatDuration(estimate)} at this run's training speed (${manifest.backend})` : '') +
+        (estimate !== null
+          ? `; about ${formatDuration(estimate)} at this run's training speed (${manifest.backend})`
+          : '') +
         '\n',
     );
-    if (estimate !== null && estimate > 1800) process.stderr.write('  for a quicker look: --checkpoints latest --images-per-prompt 1 --steps 15\n');
+    if (estimate !== null && estimate > 1800)
+      process.stderr.write('  for a quicker look: --checkpoints latest --images-per-prompt 1 --steps 15\n');
   }
 
   await startBackend(opts);
@@ -185,14 +236,27 @@ async function evalRun(opts: EvalOptions): Promise<void> {
   const bestRow = evaluation.rows.find((r) => r.step === evaluation.best);
   const beatsBase = bestRow ? bestRow.dino > evaluation.baseline.dino : false;
   printResult(opts, { event: 'result', ...evaluation, bestBeatsBase: beatsBase }, () => {
-    const row = (label: string, r: { dino: number; clipT: number | null; images: number }, mark = '') => `  ${label.padEnd(12)} ${r.dino.toFixed(4)}   ${r.clipT === null ? '   n/a' : r.clipT.toFixed(4)}   ${String(r.images).padStart(4)}${mark}`;
+    const row = (label: string, r: { dino: number; clipT: number | null; images: number }, mark = '') =>
+      `  ${label.padEnd(12)} ${r.dino.toFixed(4)}   ${r.clipT === null ? '   n/a' : r.clipT.toFixed(4)}   ${String(r.images).padStart(4)}${mark}`;
     return [
       `evaluation of ${runDir}: ${evaluation.prompts.length} prompts x ${evaluation.imagesPerPrompt} images`,
       toy ? '  checkpoint   TOY      CLIP-T   images' : '  checkpoint   DINO     CLIP-T   images',
       row('base', evaluation.baseline),
-      ...evaluation.rows.map((r) => row(`step ${r.step}`, r, r.step === evaluation.best ? (beatsBase ? '   <- best' : '   <- best checkpoint, but below the base model') : '')),
+      ...evaluation.rows.map((r) =>
+        row(
+          `step ${r.step}`,
+          r,
+          r.step === evaluation.best
+            ? beatsBase
+              ? '   <- best'
+              : '   <- best checkpoint, but below the base model'
+            : '',
+        ),
+      ),
       `rule: ${evaluation.rule}`,
-      beatsBase ? '' : 'no checkpoint scores above the base model: the adapter has not learned the subject yet (train longer, or check the photos)',
+      beatsBase
+        ? ''
+        : 'no checkpoint scores above the base model: the adapter has not learned the subject yet (train longer, or check the photos)',
     ]
       .filter(Boolean)
       .join('\n');
@@ -201,22 +265,46 @@ async function evalRun(opts: EvalOptions): Promise<void> {
 
 function readPromptFile(file: string): string[] {
   requireFile(file, '--prompts', "a text file (or 'default')");
-  const lines = readFileSync(file, 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  const lines = readFileSync(file, 'utf8')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
   if (!lines.length) throw new Error(`${file}: no prompts (one per line; # starts a comment)`);
   return lines;
 }
 
 export function register(program: Command): void {
-  withInference(withCommon(program.command('eval').description('score generated images against subject photos (DINO subject fidelity; CLIP-I/CLIP-T with --clip)')))
+  withInference(
+    withCommon(
+      program
+        .command('eval')
+        .description(
+          'score generated images against subject photos (DINO subject fidelity; CLIP-I/CLIP-T with --clip)',
+        ),
+    ),
+  )
     .option('--photos <dir>', 'folder of subject photos')
     .option('--generated <dir>', 'folder of generated images')
     .option('--run <dir>', 'score the base model and every checkpoint of a training run on the fixed prompt set')
-    .addOption(new Option('--checkpoints <which>', 'with --run: which checkpoints').choices(['all', 'latest']).default('all'))
-    .option('--prompts <default|file>', 'with --run: the fixed prompt set, or a file with one prompt per line', 'default')
+    .addOption(
+      new Option('--checkpoints <which>', 'with --run: which checkpoints').choices(['all', 'latest']).default('all'),
+    )
+    .option(
+      '--prompts <default|file>',
+      'with --run: the fixed prompt set, or a file with one prompt per line',
+      'default',
+    )
     .option('--images-per-prompt <n>', `with --run: images per prompt (default ${IMAGES_PER_PROMPT})`, parse.int(1, 16))
     .option('--steps <n>', `with --run: sampling steps per image (default ${EVAL_STEPS})`, parse.int(1, 200))
-    .addOption(new Option('--subject <type>', 'with --run: the subject type (chooses the prompt set)').choices(['object', 'live']).default('live'))
-    .option('--config-dir <dir>', "with --run, when the run's base is a single-file checkpoint: a diffusers SD 1.5 folder for configs and tokenizer")
+    .addOption(
+      new Option('--subject <type>', 'with --run: the subject type (chooses the prompt set)')
+        .choices(['object', 'live'])
+        .default('live'),
+    )
+    .option(
+      '--config-dir <dir>',
+      "with --run, when the run's base is a single-file checkpoint: a diffusers SD 1.5 folder for configs and tokenizer",
+    )
     .option('--dino-model <file.onnx>', 'DINO ONNX model (default: <models-dir>/dino/model.onnx)')
     .option('--models-dir <dir>', 'models folder (default: SINGLORA_MODELS_DIR or <repo>/models)')
     .option('--batch-size <n>', 'images per model run (default 8)', parse.int(1, 256))
@@ -225,7 +313,8 @@ export function register(program: Command): void {
     .action(
       action(async (opts: EvalOptions) => {
         if (opts.run) return evalRun(opts);
-        if (!opts.photos || !opts.generated) throw new UsageError('eval needs --photos <dir> and --generated <dir>, or --run <dir>');
+        if (!opts.photos || !opts.generated)
+          throw new UsageError('eval needs --photos <dir> and --generated <dir>, or --run <dir>');
         requireFolder(opts.photos, '--photos');
         requireFolder(opts.generated, '--generated');
         if (opts.dinoModel) requireFile(opts.dinoModel, '--dino-model', 'an .onnx file');
@@ -250,6 +339,11 @@ function formatResult(r: EvalFoldersResult): string {
     ...r.perImage.map((p) => `  ${p.meanCosine.toFixed(4)}  ${p.file}`),
   ];
   if (r.clip && 'skipped' in r.clip) lines.push('', `CLIP: skipped: ${r.clip.skipped}`);
-  else if (r.clip) lines.push('', `CLIP-I: ${r.clip.clipI.toFixed(4)}`, `CLIP-T: ${r.clip.clipT === null ? 'n/a (no prompts: pass --prompt or use PNGs with a parameters chunk)' : r.clip.clipT.toFixed(4)}`);
+  else if (r.clip)
+    lines.push(
+      '',
+      `CLIP-I: ${r.clip.clipI.toFixed(4)}`,
+      `CLIP-T: ${r.clip.clipT === null ? 'n/a (no prompts: pass --prompt or use PNGs with a parameters chunk)' : r.clip.clipT.toFixed(4)}`,
+    );
   return lines.join('\n');
 }

@@ -1,8 +1,23 @@
 /** `singlora generate`: text-to-image with optional adapters, PNGs with A1111 parameters + JSON sidecars. */
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { existsSync, statSync } from 'node:fs';
 import { SCHEDULERS } from '../api/schemas.ts';
-import { action, emitJsonLine, parse, printResult, progressBar, requireExists, requireFolder, requireNotFile, startBackend, withCommon, type GlobalOptions, inferenceOptions, withInference, type InferenceCliOptions } from './common.ts';
+import {
+  action,
+  emitJsonLine,
+  parse,
+  printResult,
+  progressBar,
+  requireExists,
+  requireFolder,
+  requireNotFile,
+  startBackend,
+  withCommon,
+  type GlobalOptions,
+  inferenceOptions,
+  withInference,
+  type InferenceCliOptions,
+} from './common.ts';
 
 interface GenerateCliOptions extends GlobalOptions, InferenceCliOptions {
   base: string;
@@ -33,7 +48,8 @@ export function parseAdapterArg(v: string): { path: string; strength: number } {
   const driveLetter = i === 1 && /^[\\/]/.test(suffix);
   if (i > 0 && !driveLetter && !/[\\/]/.test(suffix) && !existsSync(v)) {
     const strength = suffix.trim() === '' ? NaN : Number(suffix);
-    if (!Number.isFinite(strength)) throw new Error(`'${suffix}' is not a strength: expected file[:number], e.g. rex.safetensors:0.8`);
+    if (!Number.isFinite(strength))
+      throw new Error(`'${suffix}' is not a strength: expected file[:number], e.g. rex.safetensors:0.8`);
     return { path: v.slice(0, i), strength };
   }
   return { path: v, strength: 1 };
@@ -48,7 +64,8 @@ function adapterOption(v: string, prev: Array<{ path: string; strength: number }
     throw new InvalidArgumentError((err as Error).message);
   }
   if (!existsSync(a.path)) throw new InvalidArgumentError(`the adapter file ${a.path} does not exist`);
-  if (statSync(a.path).isDirectory()) throw new InvalidArgumentError(`${a.path} is a folder; expected an adapter .safetensors file`);
+  if (statSync(a.path).isDirectory())
+    throw new InvalidArgumentError(`${a.path} is a folder; expected an adapter .safetensors file`);
   return [...prev, a];
 }
 
@@ -59,26 +76,43 @@ const multipleOf8 = (v: string) => {
 };
 
 export function register(program: Command): void {
-  withInference(withCommon(
-    program
-      .command('generate')
-      .description('generate images from a prompt, optionally with adapters (A1111 prompt syntax: long prompts, (word:1.2), [word], BREAK)')
-      .requiredOption('--base <model>', 'base model: a diffusers folder or a single-file .safetensors')
-      .option('--config-dir <dir>', 'for a single-file checkpoint: a diffusers SD 1.5 folder to take configs, tokenizer and scheduler from')
-      .requiredOption('--prompt <text>', 'prompt (any length: 75-token chunks as in A1111; (word:1.2) and [word] weights)')
-      .option('--negative <text>', 'negative prompt', '')
-      .option('--steps <n>', 'sampling steps', parse.int(1, 200), 25)
-      .addOption(new Option('--scheduler <name>', 'sampler').choices([...SCHEDULERS]).default('dpmpp-2m-karras'))
-      .option('--guidance <g>', 'classifier-free guidance scale', parse.number(0, 50), 7.5)
-      .option('--seed <n>', 'seed (-1: random); image i uses seed + i', parse.int(-1), -1)
-      .option('--width <px>', 'width, a multiple of 8 (default: the model native size, 512 for SD 1.5)', multipleOf8)
-      .option('--height <px>', 'height, a multiple of 8 (default: the model native size)', multipleOf8)
-      .option('--count <n>', 'number of images', parse.int(1, 100), 1)
-      .option('--clip-skip <n>', "diffusers clip_skip (A1111's 'Clip skip' minus 1)", parse.int(0, 11))
-      .option('--adapter <file[:strength]>', 'adapter file (native, kohya or diffusers LoRA); repeatable', adapterOption)
-      .option('--strict', 'refuse an adapter made for another base model, or with tensors that cannot be used (default: warn)')
-      .requiredOption('--out <dir>', 'output folder'),
-  )).action(
+  withInference(
+    withCommon(
+      program
+        .command('generate')
+        .description(
+          'generate images from a prompt, optionally with adapters (A1111 prompt syntax: long prompts, (word:1.2), [word], BREAK)',
+        )
+        .requiredOption('--base <model>', 'base model: a diffusers folder or a single-file .safetensors')
+        .option(
+          '--config-dir <dir>',
+          'for a single-file checkpoint: a diffusers SD 1.5 folder to take configs, tokenizer and scheduler from',
+        )
+        .requiredOption(
+          '--prompt <text>',
+          'prompt (any length: 75-token chunks as in A1111; (word:1.2) and [word] weights)',
+        )
+        .option('--negative <text>', 'negative prompt', '')
+        .option('--steps <n>', 'sampling steps', parse.int(1, 200), 25)
+        .addOption(new Option('--scheduler <name>', 'sampler').choices([...SCHEDULERS]).default('dpmpp-2m-karras'))
+        .option('--guidance <g>', 'classifier-free guidance scale', parse.number(0, 50), 7.5)
+        .option('--seed <n>', 'seed (-1: random); image i uses seed + i', parse.int(-1), -1)
+        .option('--width <px>', 'width, a multiple of 8 (default: the model native size, 512 for SD 1.5)', multipleOf8)
+        .option('--height <px>', 'height, a multiple of 8 (default: the model native size)', multipleOf8)
+        .option('--count <n>', 'number of images', parse.int(1, 100), 1)
+        .option('--clip-skip <n>', "diffusers clip_skip (A1111's 'Clip skip' minus 1)", parse.int(0, 11))
+        .option(
+          '--adapter <file[:strength]>',
+          'adapter file (native, kohya or diffusers LoRA); repeatable',
+          adapterOption,
+        )
+        .option(
+          '--strict',
+          'refuse an adapter made for another base model, or with tensors that cannot be used (default: warn)',
+        )
+        .requiredOption('--out <dir>', 'output folder'),
+    ),
+  ).action(
     action(async (o: GenerateCliOptions) => {
       requireExists(o.base, '--base');
       if (o.configDir) requireFolder(o.configDir, '--config-dir');
@@ -102,7 +136,18 @@ export function register(program: Command): void {
           {
             base: o.base,
             baseOptions: o.configDir ? { configDir: o.configDir } : undefined,
-            settings: { prompt: o.prompt, negativePrompt: o.negative ?? '', steps: o.steps, scheduler: o.scheduler, guidanceScale: o.guidance, seed: o.seed, width: o.width, height: o.height, count: o.count, clipSkip: o.clipSkip ?? 0 },
+            settings: {
+              prompt: o.prompt,
+              negativePrompt: o.negative ?? '',
+              steps: o.steps,
+              scheduler: o.scheduler,
+              guidanceScale: o.guidance,
+              seed: o.seed,
+              width: o.width,
+              height: o.height,
+              count: o.count,
+              clipSkip: o.clipSkip ?? 0,
+            },
             adapters: o.adapter ?? [],
             outDir: o.out,
             strict: o.strict,
@@ -111,7 +156,16 @@ export function register(program: Command): void {
           {
             onAdapterChecks: (checks) => {
               for (const c of checks) {
-                if (o.json) emitJsonLine(o, { event: 'adapter', summary: c.summary, file: c.file, appliedTensors: c.appliedTensors, totalTensors: c.totalTensors, baseMismatch: c.baseMismatch, unapplied: c.unapplied });
+                if (o.json)
+                  emitJsonLine(o, {
+                    event: 'adapter',
+                    summary: c.summary,
+                    file: c.file,
+                    appliedTensors: c.appliedTensors,
+                    totalTensors: c.totalTensors,
+                    baseMismatch: c.baseMismatch,
+                    unapplied: c.unapplied,
+                  });
                 else for (const l of formatAdapterCheck(c)) process.stderr.write(`${l}\n`);
               }
             },
@@ -120,11 +174,28 @@ export function register(program: Command): void {
               bar ??= progressBar(o, 'step', i.images * i.steps);
               bar.update(i.image * i.steps + i.step);
             },
-            onImage: (img) => emitJsonLine(o, { event: 'image', file: img.file, seed: img.sidecar.settings.seed, width: img.sidecar.settings.width, height: img.sidecar.settings.height }),
+            onImage: (img) =>
+              emitJsonLine(o, {
+                event: 'image',
+                file: img.file,
+                seed: img.sidecar.settings.seed,
+                width: img.sidecar.settings.width,
+                height: img.sidecar.settings.height,
+              }),
           },
         );
         (bar as ReturnType<typeof progressBar> | null)?.stop();
-        printResult(o, { event: 'result', files: files.map((f) => f.file), seeds: files.map((f) => f.sidecar.settings.seed) }, () => files.map((f) => `${f.file}  (seed ${f.sidecar.settings.seed}, ${f.sidecar.settings.width}x${f.sidecar.settings.height})`).join('\n'));
+        printResult(
+          o,
+          { event: 'result', files: files.map((f) => f.file), seeds: files.map((f) => f.sidecar.settings.seed) },
+          () =>
+            files
+              .map(
+                (f) =>
+                  `${f.file}  (seed ${f.sidecar.settings.seed}, ${f.sidecar.settings.width}x${f.sidecar.settings.height})`,
+              )
+              .join('\n'),
+        );
       } finally {
         (bar as ReturnType<typeof progressBar> | null)?.stop();
       }

@@ -8,7 +8,17 @@ import { dirname } from 'node:path';
 import { EVAL_MODELS, listModels, modelFilePath, modelSpec, type ModelStatus } from '../engine/eval/modelRegistry.ts';
 import { download, type DownloadResult } from '../engine/io/download.ts';
 import { defaultModelsDir } from '../engine/paths.ts';
-import { action, emitJsonLine, formatBytes, printResult, progressBar, requireNotFile, UsageError, withCommon, type GlobalOptions } from './common.ts';
+import {
+  action,
+  emitJsonLine,
+  formatBytes,
+  printResult,
+  progressBar,
+  requireNotFile,
+  UsageError,
+  withCommon,
+  type GlobalOptions,
+} from './common.ts';
 
 interface ModelsOptions extends GlobalOptions {
   modelsDir?: string;
@@ -21,7 +31,12 @@ const MODELS_DIR_HELP = 'models folder (default: SINGLORA_MODELS_DIR or <repo>/m
 export function register(program: Command): void {
   const models = program.command('models').description('list the evaluation models (DINO, CLIP), or download one');
 
-  withCommon(models.command('list', { isDefault: true }).description('show which evaluation models are present and where missing files go'), { backend: false })
+  withCommon(
+    models
+      .command('list', { isDefault: true })
+      .description('show which evaluation models are present and where missing files go'),
+    { backend: false },
+  )
     .option('--models-dir <dir>', MODELS_DIR_HELP)
     .action(
       action(async (opts: ModelsOptions) => {
@@ -36,7 +51,9 @@ export function register(program: Command): void {
     models
       .command('download')
       .addArgument(new Argument('<name>', 'the model').choices(EVAL_MODELS.map((m) => m.id)))
-      .description(`download an evaluation model (${EVAL_MODELS.map((m) => m.id).join(', ')}); resumes a partial download`),
+      .description(
+        `download an evaluation model (${EVAL_MODELS.map((m) => m.id).join(', ')}); resumes a partial download`,
+      ),
     { backend: false },
   )
     .option('--models-dir <dir>', MODELS_DIR_HELP)
@@ -45,8 +62,10 @@ export function register(program: Command): void {
     .action(
       action(async (name: string, opts: ModelsOptions) => {
         const spec = modelSpec(name);
-        if (opts.url && spec.files.length !== 1) throw new UsageError(`--url works for single-file models only; '${spec.id}' has ${spec.files.length} files`);
-        if (opts.url && !/^https?:\/\/./.test(opts.url)) throw new UsageError(`--url: expected an http(s) URL, got '${opts.url}'`);
+        if (opts.url && spec.files.length !== 1)
+          throw new UsageError(`--url works for single-file models only; '${spec.id}' has ${spec.files.length} files`);
+        if (opts.url && !/^https?:\/\/./.test(opts.url))
+          throw new UsageError(`--url: expected an http(s) URL, got '${opts.url}'`);
         const modelsDir = opts.modelsDir ?? defaultModelsDir();
         requireNotFile(modelsDir, '--models-dir');
         const folder = modelFilePath(modelsDir, spec.id, spec.files[0].file);
@@ -69,7 +88,10 @@ export function register(program: Command): void {
               onProgress: (p) => {
                 const mib = (n: number) => Math.round((n / 2 ** 20) * 10) / 10;
                 bar ??= progressBar(opts, `${spec.id}/${f.file} MiB`, p.total !== null ? mib(p.total) : 0);
-                bar.update(mib(p.bytes), { speed: `${formatBytes(p.bytesPerSecond)}/s`, ...(p.etaSeconds !== null ? { eta: `${Math.round(p.etaSeconds)}s` } : {}) });
+                bar.update(mib(p.bytes), {
+                  speed: `${formatBytes(p.bytesPerSecond)}/s`,
+                  ...(p.etaSeconds !== null ? { eta: `${Math.round(p.etaSeconds)}s` } : {}),
+                });
                 const now = Date.now();
                 if (now - lastLine >= 500 || (p.total !== null && p.bytes === p.total)) {
                   lastLine = now;
@@ -80,7 +102,8 @@ export function register(program: Command): void {
             files.push(r);
           } catch (err) {
             // A failed first download leaves no empty model folder behind.
-            if (!folderExisted && existsSync(dirname(folder)) && !readdirSync(dirname(folder)).length) rmdirSync(dirname(folder));
+            if (!folderExisted && existsSync(dirname(folder)) && !readdirSync(dirname(folder)).length)
+              rmdirSync(dirname(folder));
             throw err;
           } finally {
             (bar as ReturnType<typeof progressBar> | null)?.stop();
@@ -88,7 +111,11 @@ export function register(program: Command): void {
         }
         printResult(opts, { event: 'done', model: spec.id, modelsDir, files }, () =>
           files
-            .map((f) => ('skipped' in f ? `${f.path}: ${f.skipped}` : `${f.path}: ${formatBytes(f.bytes)}, sha256 ${f.sha256}${f.verified ? ' (verified)' : ' (not verified: no known checksum)'}${f.resumes ? `, resumed ${f.resumes}×` : ''}`))
+            .map((f) =>
+              'skipped' in f
+                ? `${f.path}: ${f.skipped}`
+                : `${f.path}: ${formatBytes(f.bytes)}, sha256 ${f.sha256}${f.verified ? ' (verified)' : ' (not verified: no known checksum)'}${f.resumes ? `, resumed ${f.resumes}×` : ''}`,
+            )
             .join('\n'),
         );
       }),
@@ -100,7 +127,8 @@ function formatList(modelsDir: string, list: readonly ModelStatus[]): string {
   for (const m of list) {
     lines.push(`${m.present ? '✓' : m.required ? '✗' : '-'} ${m.id}: ${m.title}${m.required ? '' : ' (optional)'}`);
     lines.push(`    ${m.purpose}`);
-    for (const f of m.files) lines.push(`    ${f.file}: ${f.present ? `${formatBytes(f.bytes ?? 0)}, ${f.note}` : f.note}`);
+    for (const f of m.files)
+      lines.push(`    ${f.file}: ${f.present ? `${formatBytes(f.bytes ?? 0)}, ${f.note}` : f.note}`);
   }
   return lines.join('\n');
 }

@@ -4,7 +4,7 @@
  * commands never start the engine). A server or app that owns the data folder keeps it; `delete`
  * then refuses and says so.
  */
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import type { Project, ProjectSummary, Result } from '../api/contract.ts';
 import { SUBJECT_TYPES } from '../api/schemas.ts';
 import type { Service } from '../service/service.ts';
@@ -29,26 +29,42 @@ async function withService<T>(o: ProjectsOptions, fn: (s: Service) => Promise<T>
   }
 }
 
-const dataDirOption = () => new Option('--data-dir <dir>', 'projects folder parent (default: SINGLORA_DATA_DIR or <repo>/.data)');
+const dataDirOption = () =>
+  new Option('--data-dir <dir>', 'projects folder parent (default: SINGLORA_DATA_DIR or <repo>/.data)');
 
 export function register(program: Command): void {
   const projects = program.command('projects').description('list, create, show or delete projects (one per subject)');
 
-  withCommon(projects.command('list', { isDefault: true }).description('list the projects'), { backend: false }).addOption(dataDirOption()).action(
-    action(async (o: ProjectsOptions) => {
-      const list = (await withService(o, (s) => s.call('projects.list', {}))) as ProjectSummary[];
-      printResult(o, list, () => (list.length ? list.map((p) => `${p.id.padEnd(32)} ${p.name}  (${p.subject.triggerToken} ${p.subject.classWord}, ${p.photos} photos, ${p.runs} runs)`).join('\n') : 'no projects yet: singlora projects create <name>'));
-    }),
-  );
+  withCommon(projects.command('list', { isDefault: true }).description('list the projects'), { backend: false })
+    .addOption(dataDirOption())
+    .action(
+      action(async (o: ProjectsOptions) => {
+        const list = (await withService(o, (s) => s.call('projects.list', {}))) as ProjectSummary[];
+        printResult(o, list, () =>
+          list.length
+            ? list
+                .map(
+                  (p) =>
+                    `${p.id.padEnd(32)} ${p.name}  (${p.subject.triggerToken} ${p.subject.classWord}, ${p.photos} photos, ${p.runs} runs)`,
+                )
+                .join('\n')
+            : 'no projects yet: singlora projects create <name>',
+        );
+      }),
+    );
 
   withCommon(projects.command('create <name>').description('create a project'), { backend: false })
     .addOption(dataDirOption())
     .option('--class <word>', 'class word (e.g. dog, person)', 'person')
     .option('--token <word>', 'trigger token', 'sks')
-    .addOption(new Option('--type <type>', 'subject type (evaluation prompts)').choices([...SUBJECT_TYPES]).default('live'))
+    .addOption(
+      new Option('--type <type>', 'subject type (evaluation prompts)').choices([...SUBJECT_TYPES]).default('live'),
+    )
     .action(
       action(async (name: string, o: ProjectsOptions) => {
-        const p = (await withService(o, (s) => s.call('projects.create', { name, classWord: o.class, triggerToken: o.token, type: o.type }))) as Project;
+        const p = (await withService(o, (s) =>
+          s.call('projects.create', { name, classWord: o.class, triggerToken: o.token, type: o.type }),
+        )) as Project;
         printResult(o, p, () => `created ${p.id} (${p.subject.triggerToken} ${p.subject.classWord})`);
       }),
     );
@@ -72,29 +88,45 @@ export function register(program: Command): void {
             `photos:   ${r.photos.length}`,
             ...r.photos.map((p) => `  ${p.status.padEnd(8)} ${p.id}${p.reason ? `: ${p.reason}` : ''}`),
             `runs:     ${r.runs.length}`,
-            ...r.runs.map((x) => `  ${x.id} ${x.status} ${x.step}/${x.steps}${x.best !== null ? `, best step ${x.best}` : ''}${x.error ? `: ${x.error}` : ''}`),
+            ...r.runs.map(
+              (x) =>
+                `  ${x.id} ${x.status} ${x.step}/${x.steps}${x.best !== null ? `, best step ${x.best}` : ''}${x.error ? `: ${x.error}` : ''}`,
+            ),
           ].join('\n'),
         );
       }),
     );
 
-  withCommon(projects.command('delete <id>').description('delete a project folder (photos, runs, adapters, images); asks first'), { backend: false })
+  withCommon(
+    projects.command('delete <id>').description('delete a project folder (photos, runs, adapters, images); asks first'),
+    { backend: false },
+  )
     .addOption(dataDirOption())
     .option('--yes', 'do not ask (needed when not on a terminal, and with --json)')
     .action(
       action(async (id: string, o: ProjectsOptions) => {
         if (!o.yes) {
-          if (o.json || !process.stdin.isTTY) throw new UsageError(`projects delete removes ${id} and everything in it (photos, runs, adapters, images); add --yes to confirm`);
-          const summary = await withService(o, async (s) => ({ project: (await s.call('projects.open', { projectId: id })) as Project, dir: s.store.dir(id) }));
+          if (o.json || !process.stdin.isTTY)
+            throw new UsageError(
+              `projects delete removes ${id} and everything in it (photos, runs, adapters, images); add --yes to confirm`,
+            );
+          const summary = await withService(o, async (s) => ({
+            project: (await s.call('projects.open', { projectId: id })) as Project,
+            dir: s.store.dir(id),
+          }));
           const rl = createInterface({ input: process.stdin, output: process.stderr });
-          const answer = await rl.question(`delete '${summary.project.name}' (${summary.dir}) with its photos, runs, adapters and images? [y/N] `);
+          const answer = await rl.question(
+            `delete '${summary.project.name}' (${summary.dir}) with its photos, runs, adapters and images? [y/N] `,
+          );
           rl.close();
           if (!/^y(es)?$/i.test(answer.trim())) {
             printResult(o, { deleted: false }, () => 'nothing deleted');
             return;
           }
         }
-        const r = (await withService(o, (s) => s.call('projects.delete', { projectId: id }))) as Result<'projects.delete'>;
+        const r = (await withService(o, (s) =>
+          s.call('projects.delete', { projectId: id }),
+        )) as Result<'projects.delete'>;
         if (!r.deleted) throw new Error(`no project '${id}'`);
         printResult(o, r, () => `deleted ${id}`);
       }),

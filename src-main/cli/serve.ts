@@ -16,7 +16,6 @@ interface ServeOptions extends GlobalOptions {
   allowRemote?: boolean;
 }
 
-
 export function register(program: Command): void {
   withCommon(
     program
@@ -27,7 +26,10 @@ export function register(program: Command): void {
       .option('--token <token>', 'session token (default: SINGLORA_SERVER_TOKEN, else 32 random bytes)')
       .option('--data-dir <dir>', 'projects and jobs (default: SINGLORA_DATA_DIR or <repo>/.data)')
       .option('--models-dir <dir>', 'models folder (default: SINGLORA_MODELS_DIR or <repo>/models)')
-      .option('--base <model>', 'default base model for projects without one (default: the demo model in the models folder, toy-sd, else tiny-sd, when present)')
+      .option(
+        '--base <model>',
+        'default base model for projects without one (default: the demo model in the models folder, toy-sd, else tiny-sd, when present)',
+      )
       .option('--allow-remote', 'allow a non-loopback --host (anyone who has the token can use the server)'),
   ).action(
     action(async (o: ServeOptions) => {
@@ -36,16 +38,31 @@ export function register(program: Command): void {
       if (o.base) requireExists(o.base, '--base');
       const { DEFAULT_PORT, isLoopback, startServer } = await import('../server.ts');
       const remote = !isLoopback(o.host);
-      if (remote && o.allowRemote) process.stderr.write(`warning: listening on ${o.host}: other machines can reach this server; anyone with the token can train, generate and read your projects. Files outside the projects cannot be named by clients.\n`);
+      if (remote && o.allowRemote)
+        process.stderr.write(
+          `warning: listening on ${o.host}: other machines can reach this server; anyone with the token can train, generate and read your projects. Files outside the projects cannot be named by clients.\n`,
+        );
       const server = await startServer({
         host: o.host,
         port: o.port ?? DEFAULT_PORT,
         token: o.token ?? (process.env.SINGLORA_SERVER_TOKEN?.trim() || undefined),
         allowRemote: o.allowRemote,
-        serviceOptions: { dataDir: o.dataDir, modelsDir: o.modelsDir, defaultBaseModel: o.base, backend: o.backend && o.backend !== 'auto' ? o.backend : undefined },
+        serviceOptions: {
+          dataDir: o.dataDir,
+          modelsDir: o.modelsDir,
+          defaultBaseModel: o.base,
+          backend: o.backend && o.backend !== 'auto' ? o.backend : undefined,
+        },
       });
-      printResult(o, { event: 'listening', url: server.url, openUrl: server.openUrl, dataDir: server.service.dataDir }, () =>
-        [`SingLoRA Studio is serving ${server.service.dataDir}`, `open: ${server.openUrl}`, '(the token in this URL is the password of this session; Ctrl-C stops the server)'].join('\n'),
+      printResult(
+        o,
+        { event: 'listening', url: server.url, openUrl: server.openUrl, dataDir: server.service.dataDir },
+        () =>
+          [
+            `SingLoRA Studio is serving ${server.service.dataDir}`,
+            `open: ${server.openUrl}`,
+            '(the token in this URL is the password of this session; Ctrl-C stops the server)',
+          ].join('\n'),
       );
       await new Promise<void>((resolve) => {
         const stop = () => {

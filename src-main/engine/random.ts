@@ -53,7 +53,11 @@ function mulhi32(a: number, b: number): number {
 }
 
 /** The Philox4x32-10 bijection: 10 rounds over a 4-word counter under a 2-word key. */
-export function philox4x32_10(counter: ArrayLike<number>, key: ArrayLike<number>, out = new Uint32Array(4)): Uint32Array {
+export function philox4x32_10(
+  counter: ArrayLike<number>,
+  key: ArrayLike<number>,
+  out = new Uint32Array(4),
+): Uint32Array {
   let c0 = counter[0] >>> 0;
   let c1 = counter[1] >>> 0;
   let c2 = counter[2] >>> 0;
@@ -104,8 +108,10 @@ export class Rng {
     readonly seed: number,
     readonly stream = 0,
   ) {
-    if (!Number.isSafeInteger(seed) || seed < 0) throw new Error(`Rng: seed must be an integer in [0, 2^53), got ${seed}`);
-    if (!Number.isInteger(stream) || stream < 0 || stream >= TWO_32) throw new Error(`Rng: stream must be an integer in [0, 2^32), got ${stream}`);
+    if (!Number.isSafeInteger(seed) || seed < 0)
+      throw new Error(`Rng: seed must be an integer in [0, 2^53), got ${seed}`);
+    if (!Number.isInteger(stream) || stream < 0 || stream >= TWO_32)
+      throw new Error(`Rng: stream must be an integer in [0, 2^32), got ${stream}`);
     this.key = Uint32Array.of(seed % TWO_32, Math.floor(seed / TWO_32));
   }
 
@@ -121,9 +127,12 @@ export class Rng {
   /** Resumes a generator exactly where `state()` was taken. */
   static fromState(s: RngState): Rng {
     if (typeof s !== 'object' || s === null || s.algorithm !== 'philox4x32-10') {
-      throw new Error(`Rng.fromState: expected {algorithm: 'philox4x32-10', seed, stream, position}, got ${JSON.stringify(s)}`);
+      throw new Error(
+        `Rng.fromState: expected {algorithm: 'philox4x32-10', seed, stream, position}, got ${JSON.stringify(s)}`,
+      );
     }
-    if (!Number.isSafeInteger(s.position) || s.position < 0) throw new Error(`Rng.fromState: position must be a non-negative integer, got ${s.position}`);
+    if (!Number.isSafeInteger(s.position) || s.position < 0)
+      throw new Error(`Rng.fromState: position must be a non-negative integer, got ${s.position}`);
     const rng = new Rng(s.seed, s.stream);
     rng._position = s.position;
     return rng;
@@ -155,7 +164,8 @@ export class Rng {
 
   /** An integer in [0, n), unbiased (rejection sampling on words). */
   int(n: number): number {
-    if (!Number.isInteger(n) || n < 1 || n > TWO_32) throw new Error(`Rng.int: n must be an integer in [1, 2^32], got ${n}`);
+    if (!Number.isInteger(n) || n < 1 || n > TWO_32)
+      throw new Error(`Rng.int: n must be an integer in [1, 2^32], got ${n}`);
     const limit = Math.floor(TWO_32 / n) * n;
     for (;;) {
       const w = this.uint32();
@@ -166,7 +176,8 @@ export class Rng {
   /** `n` (or shape-product) standard normal samples as float32, Box–Muller (see the file header). */
   normal(shapeOrN: number | readonly number[]): Float32Array {
     const n = typeof shapeOrN === 'number' ? shapeOrN : shapeOrN.reduce((a, b) => a * b, 1);
-    if (!Number.isInteger(n) || n < 0) throw new Error(`Rng.normal: size must be a non-negative integer, got ${JSON.stringify(shapeOrN)}`);
+    if (!Number.isInteger(n) || n < 0)
+      throw new Error(`Rng.normal: size must be a non-negative integer, got ${JSON.stringify(shapeOrN)}`);
     const out = new Float32Array(n);
     for (let i = 0; i < n; i += 2) {
       const u1 = (this.uint32() + 1) / TWO_32;

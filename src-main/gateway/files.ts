@@ -17,12 +17,16 @@ import { FILE_TYPES, STATIC_TYPES } from './contentTypes.ts';
 export function parseFilesPath(pathname: string): { projectId: string; rel: string } {
   let segments: string[];
   try {
-    segments = pathname.replace(/^\/files\/?/, '').split('/').map((s) => decodeURIComponent(s));
+    segments = pathname
+      .replace(/^\/files\/?/, '')
+      .split('/')
+      .map((s) => decodeURIComponent(s));
   } catch {
     throw new ApiError('invalid_params', `${pathname}: not valid percent-encoding`);
   }
   const [projectId, ...rest] = segments;
-  if (!idSchema.safeParse(projectId).success) throw new ApiError('invalid_params', `'${projectId ?? ''}' is not a project id`);
+  if (!idSchema.safeParse(projectId).success)
+    throw new ApiError('invalid_params', `'${projectId ?? ''}' is not a project id`);
   return { projectId, rel: rest.join('/') };
 }
 
@@ -34,11 +38,15 @@ export interface ProjectFile {
 }
 
 /** The file behind a `/files/` path, with how to send it. Throws ApiError. */
-export async function resolveProjectFile(resolveFile: (projectId: string, rel: string) => Promise<string>, pathname: string): Promise<ProjectFile> {
+export async function resolveProjectFile(
+  resolveFile: (projectId: string, rel: string) => Promise<string>,
+  pathname: string,
+): Promise<ProjectFile> {
   const { projectId, rel } = parseFilesPath(pathname);
   const ext = extname(rel).toLowerCase();
   const type = FILE_TYPES[ext];
-  if (!type && STATIC_TYPES[ext]) throw new ApiError('not_found', `/files/ does not serve '${ext}' files (they would run as the app): '${rel}'`);
+  if (!type && STATIC_TYPES[ext])
+    throw new ApiError('not_found', `/files/ does not serve '${ext}' files (they would run as the app): '${rel}'`);
   const file = await resolveFile(projectId, rel);
   return { file, type: type ?? 'application/octet-stream', attachment: !type };
 }

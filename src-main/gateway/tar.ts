@@ -59,7 +59,7 @@ export function tarSize(entries: readonly TarEntry[]): number {
 }
 
 function octal(value: number, width: number): string {
-  return value.toString(8).padStart(width - 1, '0') + '\0';
+  return `${value.toString(8).padStart(width - 1, '0')}\0`;
 }
 
 /** One ustar header block. */
@@ -69,7 +69,9 @@ export function tarHeader(e: TarEntry): Buffer {
   let prefix = '';
   if (Buffer.byteLength(name) > 100) {
     // Split at a '/' so that the tail fits in name (100 bytes) and the head in prefix (155).
-    const at = [...name.matchAll(/\//g)].map((m) => m.index!).find((i) => Buffer.byteLength(name.slice(i + 1)) <= 100 && Buffer.byteLength(name.slice(0, i)) <= 155);
+    const at = [...name.matchAll(/\//g)]
+      .map((m) => m.index!)
+      .find((i) => Buffer.byteLength(name.slice(i + 1)) <= 100 && Buffer.byteLength(name.slice(0, i)) <= 155);
     if (at === undefined) throw new Error(`tar: the path ${e.name} is too long for a ustar header`);
     prefix = name.slice(0, at);
     name = name.slice(at + 1);
@@ -87,13 +89,14 @@ export function tarHeader(e: TarEntry): Buffer {
   h.write(prefix, 345, 155, 'utf8');
   let sum = 0;
   for (const b of h) sum += b;
-  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 'ascii');
+  h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'ascii');
   return h;
 }
 
 /** Writes the archive of `entries` to `out` (backpressure respected); resolves when all is written. */
 export async function writeTar(entries: readonly TarEntry[], out: Writable): Promise<void> {
-  const write = (chunk: Buffer) => (out.write(chunk) ? Promise.resolve() : new Promise<void>((r) => out.once('drain', r)));
+  const write = (chunk: Buffer) =>
+    out.write(chunk) ? Promise.resolve() : new Promise<void>((r) => out.once('drain', r));
   for (const e of entries) {
     await write(tarHeader(e));
     if (!e.file) continue;
@@ -103,7 +106,8 @@ export async function writeTar(entries: readonly TarEntry[], out: Writable): Pro
       if (written > e.size) throw new Error(`tar: ${e.file} grew while it was packed`);
       await write(chunk as Buffer);
     }
-    if (written !== e.size) throw new Error(`tar: ${e.file} changed size while it was packed (${e.size} -> ${written} bytes)`);
+    if (written !== e.size)
+      throw new Error(`tar: ${e.file} changed size while it was packed (${e.size} -> ${written} bytes)`);
     const pad = (BLOCK - (e.size % BLOCK)) % BLOCK;
     if (pad) await write(Buffer.alloc(pad));
   }

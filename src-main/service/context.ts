@@ -6,7 +6,18 @@
 import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
-import { ApiError, projectFileUrl, type AdapterInfo, type Job, type EventData, type EventName, type GeneratedImageInfo, type ParsedParams, type Project, type RunEvent } from '../api/contract.ts';
+import {
+  ApiError,
+  projectFileUrl,
+  type AdapterInfo,
+  type Job,
+  type EventData,
+  type EventName,
+  type GeneratedImageInfo,
+  type ParsedParams,
+  type Project,
+  type RunEvent,
+} from '../api/contract.ts';
 import type { TrainEvent } from '../api/schemas.ts';
 import type { AdapterInspection } from '../engine/adapters/exportAdapter.ts';
 import type { EvalModelSpec } from '../engine/eval/modelRegistry.ts';
@@ -77,7 +88,9 @@ export const fileUrl = projectFileUrl;
  * when present, else `tiny-sd` (random weights, for tests); the toy model's place when neither is.
  */
 export function demoModelDir(modelsDir: string): string {
-  return [join(modelsDir, 'toy-sd'), join(modelsDir, 'tiny-sd')].find((d) => existsSync(d)) ?? join(modelsDir, 'toy-sd');
+  return (
+    [join(modelsDir, 'toy-sd'), join(modelsDir, 'tiny-sd')].find((d) => existsSync(d)) ?? join(modelsDir, 'toy-sd')
+  );
 }
 
 /** The base model for projects that have none: `--base`, else the demo model when present. */
@@ -103,7 +116,10 @@ export function baseFor(c: ServiceContext, project: Project): string {
  * The native size of a base model, read from its configs without its weights (the engine's
  * `nativeResolution`). Cached per path; null when it cannot be opened (not cached: it may appear later).
  */
-export function nativeResolutionOf(cache: Map<string, Promise<number | null>>, path: string | null): Promise<number | null> {
+export function nativeResolutionOf(
+  cache: Map<string, Promise<number | null>>,
+  path: string | null,
+): Promise<number | null> {
   if (!path) return Promise.resolve(null);
   let r = cache.get(path);
   if (!r) {
@@ -121,14 +137,20 @@ export function nativeResolutionOf(cache: Map<string, Promise<number | null>>, p
 }
 
 /** A base model a client names: allowed by the path policy, and readable as a model (no weights read). */
-export async function checkBase(c: ServiceContext, path: string, field: string): Promise<{ path: string; name: string; format: string }> {
+export async function checkBase(
+  c: ServiceContext,
+  path: string,
+  field: string,
+): Promise<{ path: string; name: string; format: string }> {
   const abs = await c.paths.hostPath(path, field, 'base-model');
   try {
     const m = await openBaseModel(abs);
     await m.close();
     return { path: abs, name: m.name, format: m.format };
   } catch (err) {
-    throw new ApiError('invalid_params', `${field}: ${(err as Error).message}`, [{ field, message: (err as Error).message }]);
+    throw new ApiError('invalid_params', `${field}: ${(err as Error).message}`, [
+      { field, message: (err as Error).message },
+    ]);
   }
 }
 
@@ -146,28 +168,46 @@ export async function submit(c: ServiceContext, spec: JobSpec): Promise<Job> {
 
 export function assertIdle(c: ServiceContext, projectId: string, runId: string, what: string): void {
   const busy = c.jobs.active({ projectId, runId });
-  if (busy.length) throw new ApiError('conflict', `cannot ${what}: run '${runId}' has a ${busy[0].kind} job ${busy[0].status} (${busy[0].id}); wait for it or cancel it`);
+  if (busy.length)
+    throw new ApiError(
+      'conflict',
+      `cannot ${what}: run '${runId}' has a ${busy[0].kind} job ${busy[0].status} (${busy[0].id}); wait for it or cancel it`,
+    );
 }
 
 export function assertNoTraining(c: ServiceContext, projectId: string): void {
   const t = c.jobs.active({ projectId, kind: 'train' });
-  if (t.length) throw new ApiError('conflict', `project '${projectId}' is already training (run ${t[0].runId}, job ${t[0].id} ${t[0].status}); cancel it or wait for it to finish`);
+  if (t.length)
+    throw new ApiError(
+      'conflict',
+      `project '${projectId}' is already training (run ${t[0].runId}, job ${t[0].id} ${t[0].status}); cancel it or wait for it to finish`,
+    );
 }
 
 export async function usablePhotos(c: ServiceContext, projectId: string): Promise<string[]> {
   const photos = await c.store.usablePhotoFiles(projectId);
-  if (!photos.length) throw new ApiError('conflict', `project '${projectId}' has no usable photos; add 3-20 photos of the subject first`);
+  if (!photos.length)
+    throw new ApiError('conflict', `project '${projectId}' has no usable photos; add 3-20 photos of the subject first`);
   return photos;
 }
 
 /** The adapter file an adapter reference means: a run's checkpoint, or a file (project or host). */
-export async function adapterPath(c: ServiceContext, projectId: string, ref: ParsedParams<'adapters.export'>['adapter'], field: string): Promise<{ path: string; runBase: string | null; label: string }> {
+export async function adapterPath(
+  c: ServiceContext,
+  projectId: string,
+  ref: ParsedParams<'adapters.export'>['adapter'],
+  field: string,
+): Promise<{ path: string; runBase: string | null; label: string }> {
   if ('runId' in ref) {
     const m = await readRun(c.store, projectId, ref.runId);
     const cp = pickCheckpoint(m, ref.step, `${field}.step`);
     const path = join(c.store.runDir(projectId, ref.runId), cp.adapter);
     if (!existsSync(path)) throw new ApiError('not_found', `${field}: the checkpoint file ${path} is missing`);
-    return { path, runBase: m.baseModel.path && existsSync(m.baseModel.path) ? m.baseModel.path : null, label: `${ref.runId}-step${cp.step}` };
+    return {
+      path,
+      runBase: m.baseModel.path && existsSync(m.baseModel.path) ? m.baseModel.path : null,
+      label: `${ref.runId}-step${cp.step}`,
+    };
   }
   const { path } = await c.paths.clientFile(c.store.dir(projectId), ref.file, `${field}.file`, 'adapter');
   const info = await stat(path).catch(() => null);
@@ -176,7 +216,10 @@ export async function adapterPath(c: ServiceContext, projectId: string, ref: Par
 }
 
 /** Inspects adapter files in the engine, cached by path, size and modification time. */
-export async function inspect(c: ServiceContext, paths: string[]): Promise<Array<{ ok: true; info: AdapterInspection } | { ok: false; error: string }>> {
+export async function inspect(
+  c: ServiceContext,
+  paths: string[],
+): Promise<Array<{ ok: true; info: AdapterInspection } | { ok: false; error: string }>> {
   const keys = await Promise.all(
     paths.map(async (p) => {
       const s = await stat(p).catch(() => null);
@@ -195,10 +238,23 @@ export async function inspect(c: ServiceContext, paths: string[]): Promise<Array
 }
 
 export function adapterInfo(info: AdapterInspection, file: string): AdapterInfo {
-  return { file, method: info.method, rank: info.rank, alpha: info.alpha, targets: info.targets, parameters: info.parameters, bytes: info.bytes, format: info.format, metadata: info.metadata };
+  return {
+    file,
+    method: info.method,
+    rank: info.rank,
+    alpha: info.alpha,
+    targets: info.targets,
+    parameters: info.parameters,
+    bytes: info.bytes,
+    format: info.format,
+    metadata: info.metadata,
+  };
 }
 
-export function imageInfo(projectId: string, sidecar: GeneratedImageInfo | Omit<GeneratedImageInfo, 'url'>): GeneratedImageInfo {
+export function imageInfo(
+  projectId: string,
+  sidecar: GeneratedImageInfo | Omit<GeneratedImageInfo, 'url'>,
+): GeneratedImageInfo {
   return { ...sidecar, url: fileUrl(projectId, `images/${sidecar.file}`) };
 }
 

@@ -58,7 +58,7 @@ export async function acquireLock(dataDir: string): Promise<() => Promise<void>>
   const mine: LockInfo = { pid: process.pid, startedAt: new Date().toISOString() };
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      await writeFile(path, JSON.stringify(mine) + '\n', { flag: 'wx' });
+      await writeFile(path, `${JSON.stringify(mine)}\n`, { flag: 'wx' });
       return async () => {
         const now = await readFile(path, 'utf8').catch(() => '');
         if (now.includes(`"pid":${mine.pid},`) && now.includes(mine.startedAt)) await unlink(path).catch(() => {});
@@ -67,7 +67,9 @@ export async function acquireLock(dataDir: string): Promise<() => Promise<void>>
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       const owner = await lockOwner(dataDir);
       if (owner) {
-        throw new Error(`another SingLoRA Studio service (pid ${owner.pid}, started ${owner.startedAt}) is using ${dataDir}; stop it, or use another data folder (--data-dir / SINGLORA_DATA_DIR)`);
+        throw new Error(
+          `another SingLoRA Studio service (pid ${owner.pid}, started ${owner.startedAt}) is using ${dataDir}; stop it, or use another data folder (--data-dir / SINGLORA_DATA_DIR)`,
+        );
       }
       await unlink(path).catch(() => {}); // stale: its process is gone
     }

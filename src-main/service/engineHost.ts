@@ -146,7 +146,11 @@ export class EngineHost<R extends RequestMap<R> = EngineRequests> {
   }
 
   /** Sends a request (starting the process if needed) and resolves with its result. */
-  async request<K extends keyof R & string>(kind: K, params: R[K]['params'], o: { onProgress?: (p: R[K]['progress']) => void; signal?: AbortSignal } = {}): Promise<R[K]['result']> {
+  async request<K extends keyof R & string>(
+    kind: K,
+    params: R[K]['params'],
+    o: { onProgress?: (p: R[K]['progress']) => void; signal?: AbortSignal } = {},
+  ): Promise<R[K]['result']> {
     if (this.#stopping) throw new Error('the engine is shutting down');
     if (o.signal?.aborted) throw new Error(`${duringOf(kind)} was cancelled before it started`);
     const proc = await this.#ensure();
@@ -154,7 +158,8 @@ export class EngineHost<R extends RequestMap<R> = EngineRequests> {
     if (o.signal?.aborted) throw new Error(`${duringOf(kind)} was cancelled before it started`);
     const id = ++this.#seq;
     return new Promise<R[K]['result']>((resolve, reject) => {
-      const onAbort = () => this.#send(proc, { type: 'cancel', id, reason: o.signal?.reason === 'pause' ? 'pause' : 'cancel' });
+      const onAbort = () =>
+        this.#send(proc, { type: 'cancel', id, reason: o.signal?.reason === 'pause' ? 'pause' : 'cancel' });
       const cleanup = () => o.signal?.removeEventListener('abort', onAbort);
       this.#pending.set(id, {
         kind,
@@ -205,7 +210,10 @@ export class EngineHost<R extends RequestMap<R> = EngineRequests> {
   #spawn(): Promise<EngineProcess> {
     this.#status(this.#crashed ? 'restarting' : 'starting', this.#crashed ? 'starting a new engine process' : null);
     this.#tail = '';
-    const env = { ...(this.opts.env ?? process.env), ...(this.opts.backend ? { SINGLORA_BACKEND: this.opts.backend } : {}) };
+    const env = {
+      ...(this.opts.env ?? process.env),
+      ...(this.opts.backend ? { SINGLORA_BACKEND: this.opts.backend } : {}),
+    };
     const log = this.opts.log ?? ((t: string) => process.stderr.write(t));
     return new Promise<EngineProcess>((resolve, reject) => {
       let settled = false;
@@ -250,7 +258,10 @@ export class EngineHost<R extends RequestMap<R> = EngineRequests> {
         if (proc !== this.#proc) return;
         this.#proc = null;
         this.#ready = false;
-        if (!settled) return fail(`the engine process exited (${signal ? `signal ${signal}` : `code ${code}`}) while starting${this.#tailNote()}`);
+        if (!settled)
+          return fail(
+            `the engine process exited (${signal ? `signal ${signal}` : `code ${code}`}) while starting${this.#tailNote()}`,
+          );
         const pending = [...this.#pending.entries()];
         this.#pending.clear();
         if (this.#stopping) {
@@ -259,7 +270,10 @@ export class EngineHost<R extends RequestMap<R> = EngineRequests> {
         }
         this.#crashed = true;
         const how = signal ? `signal ${signal}` : `code ${code}`;
-        this.#status('crashed', `the engine process exited (${how})${pending.length ? ` during ${DURING[pending[0][1].kind]}` : ''}; it restarts with the next job`);
+        this.#status(
+          'crashed',
+          `the engine process exited (${how})${pending.length ? ` during ${DURING[pending[0][1].kind]}` : ''}; it restarts with the next job`,
+        );
         for (const [, p] of pending) p.reject(new EngineExitedError(code, signal, p.kind, this.#tail));
       });
     });
@@ -273,7 +287,9 @@ export class EngineHost<R extends RequestMap<R> = EngineRequests> {
       try {
         p.onProgress?.(msg.data);
       } catch (err) {
-        (this.opts.log ?? ((t: string) => process.stderr.write(t)))(`engine host: a progress listener failed: ${(err as Error).message}\n`);
+        (this.opts.log ?? ((t: string) => process.stderr.write(t)))(
+          `engine host: a progress listener failed: ${(err as Error).message}\n`,
+        );
       }
       return;
     }

@@ -38,7 +38,17 @@ const handlers: Handlers = {
   async train(p, ctx) {
     dropWarm();
     const { train } = await import('../engine/train/trainer.ts');
-    const r = await train({ base: p.base, photos: p.photos, runDir: p.runDir, settings: p.settings, resume: p.resume, classImagesCacheDir: p.classImagesCacheDir }, { onEvent: ctx.progress, signal: ctx.signal });
+    const r = await train(
+      {
+        base: p.base,
+        photos: p.photos,
+        runDir: p.runDir,
+        settings: p.settings,
+        resume: p.resume,
+        classImagesCacheDir: p.classImagesCacheDir,
+      },
+      { onEvent: ctx.progress, signal: ctx.signal },
+    );
     return { status: r.manifest.status, step: r.manifest.step, error: r.manifest.error, fixedLoss: r.fixedLoss };
   },
 
@@ -61,7 +71,18 @@ const handlers: Handlers = {
     dropWarm();
     const { evaluateRun } = await import('../engine/eval/evaluateRun.ts');
     return evaluateRun(
-      { runDir: p.runDir, photos: p.photos, checkpoints: p.checkpoints, subjectType: p.subjectType, prompts: p.prompts, imagesPerPrompt: p.imagesPerPrompt, steps: p.steps, dinoModel: p.dinoModel, scorer: p.scorer, modelsDir: p.modelsDir },
+      {
+        runDir: p.runDir,
+        photos: p.photos,
+        checkpoints: p.checkpoints,
+        subjectType: p.subjectType,
+        prompts: p.prompts,
+        imagesPerPrompt: p.imagesPerPrompt,
+        steps: p.steps,
+        dinoModel: p.dinoModel,
+        scorer: p.scorer,
+        modelsDir: p.modelsDir,
+      },
       { signal: ctx.signal, onProgress: (done, total, label) => ctx.progress({ done, total, label }) },
     );
   },
@@ -103,7 +124,14 @@ const handlers: Handlers = {
   async doctor() {
     const { doctorReport } = await import('../engine/doctor.ts');
     const r = await doctorReport();
-    return { node: r.node, platform: r.platform, providers: r.providers.map((p) => ({ ...p })), backends: r.backends, selected: r.selected, memory: { ...r.memory } };
+    return {
+      node: r.node,
+      platform: r.platform,
+      providers: r.providers.map((p) => ({ ...p })),
+      backends: r.backends,
+      selected: r.selected,
+      memory: { ...r.memory },
+    };
   },
 };
 

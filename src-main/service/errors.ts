@@ -11,13 +11,15 @@ import { readableError } from './fsErrors.ts';
 export function toApiError(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
   if (err instanceof EngineExitedError) return new ApiError('engine_crashed', err.message);
-  if (err instanceof EngineRequestError || err instanceof EngineStartError) return new ApiError('engine_error', readableError(err));
+  if (err instanceof EngineRequestError || err instanceof EngineStartError)
+    return new ApiError('engine_error', readableError(err));
   return new ApiError('internal', readableError(err));
 }
 
 /** Validates, runs the handler, checks the result. Throws ApiError only. */
 export async function callHandler(handlers: ApiHandlers, method: unknown, params: unknown): Promise<unknown> {
-  if (typeof method !== 'string' || !isMethod(method)) throw new ApiError('not_found', `unknown method '${String(method)}'`);
+  if (typeof method !== 'string' || !isMethod(method))
+    throw new ApiError('not_found', `unknown method '${String(method)}'`);
   const parsed = parseParams(method, params);
   let result: unknown;
   try {
@@ -28,7 +30,11 @@ export async function callHandler(handlers: ApiHandlers, method: unknown, params
   const r = api[method].result.safeParse(result);
   if (!r.success) {
     const fields = r.error.issues.map((i) => ({ field: i.path.join('.') || '(result)', message: i.message }));
-    throw new ApiError('internal', `${method}: the service's result does not match the contract (${fields.map((f) => `${f.field}: ${f.message}`).join('; ')})`, fields);
+    throw new ApiError(
+      'internal',
+      `${method}: the service's result does not match the contract (${fields.map((f) => `${f.field}: ${f.message}`).join('; ')})`,
+      fields,
+    );
   }
   return r.data;
 }

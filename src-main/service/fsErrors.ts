@@ -30,7 +30,11 @@ function parse(err: unknown): { code: string; path: string } | null {
   const message = typeof err === 'string' ? err : (e?.message ?? '');
   const code = (e && typeof e.code === 'string' && e.code) || /\b(E[A-Z]+):/.exec(message)?.[1];
   if (!code || !FS_ERRORS[code]) return null;
-  const path = (e && typeof e.path === 'string' && e.path) || /'([^']+)'\s*(?:->|$)/.exec(message)?.[1] || /'([^']+)'/.exec(message)?.[1] || '(unknown file)';
+  const path =
+    (e && typeof e.path === 'string' && e.path) ||
+    /'([^']+)'\s*(?:->|$)/.exec(message)?.[1] ||
+    /'([^']+)'/.exec(message)?.[1] ||
+    '(unknown file)';
   return { code, path };
 }
 

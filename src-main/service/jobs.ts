@@ -104,14 +104,20 @@ export class JobRunner {
         if (r.success) {
           runner.#jobs = r.data.jobs.map((j) => {
             if (j.status === 'running' || j.status === 'queued') {
-              const fixed: Job = { ...j, status: j.status === 'running' ? 'failed' : 'cancelled', error: j.status === 'running' ? INTERRUPTED_RUNNING : INTERRUPTED_QUEUED };
+              const fixed: Job = {
+                ...j,
+                status: j.status === 'running' ? 'failed' : 'cancelled',
+                error: j.status === 'running' ? INTERRUPTED_RUNNING : INTERRUPTED_QUEUED,
+              };
               interrupted.push(fixed);
               return fixed;
             }
             return j;
           });
         } else {
-          opts.log?.(`jobs: ${opts.file} is not a valid job list (${r.error.message.slice(0, 200)}); starting with an empty one`);
+          opts.log?.(
+            `jobs: ${opts.file} is not a valid job list (${r.error.message.slice(0, 200)}); starting with an empty one`,
+          );
         }
       }
       if (interrupted.length) runner.#persist();
@@ -198,7 +204,9 @@ export class JobRunner {
       this.#specs.delete(jobId);
       job.status = 'cancelled';
       this.#changed(job, true);
-      void Promise.resolve(spec?.onCancelQueued?.()).catch((err) => this.opts.log?.(`jobs: ${jobId}: after cancelling: ${(err as Error).message}`));
+      void Promise.resolve(spec?.onCancelQueued?.()).catch((err) =>
+        this.opts.log?.(`jobs: ${jobId}: after cancelling: ${(err as Error).message}`),
+      );
       return true;
     }
     if (job.status === 'running') {
@@ -261,7 +269,9 @@ export class JobRunner {
 
   #pump(lane: Lane): void {
     if (this.#closed || this.#runningByLane.has(lane)) return;
-    const next = this.#jobs.find((j) => j.status === 'queued' && !this.#unrecorded.has(j.id) && (this.#specs.get(j.id)?.lane ?? 'engine') === lane);
+    const next = this.#jobs.find(
+      (j) => j.status === 'queued' && !this.#unrecorded.has(j.id) && (this.#specs.get(j.id)?.lane ?? 'engine') === lane,
+    );
     if (!next) return;
     const spec = this.#specs.get(next.id)!;
     this.#runningByLane.set(lane, next.id);
@@ -289,7 +299,8 @@ export class JobRunner {
       const aborted = controller.signal.aborted;
       next.status = outcome?.status ?? (aborted ? 'cancelled' : failed ? 'failed' : 'done');
       next.error = outcome?.error !== undefined ? outcome.error : next.status === 'failed' ? error : null;
-      if (outcome?.label !== undefined) next.progress = { ...(next.progress ?? { done: 1, total: 1 }), label: outcome.label };
+      if (outcome?.label !== undefined)
+        next.progress = { ...(next.progress ?? { done: 1, total: 1 }), label: outcome.label };
       if (outcome?.result !== undefined && next.status === 'done') next.result = outcome.result;
       this.#controllers.delete(next.id);
       this.#specs.delete(next.id);

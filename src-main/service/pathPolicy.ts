@@ -25,7 +25,8 @@ export type HostUse = 'base-model' | 'photo' | 'adapter';
 export const MAX_PHOTO_BYTES = 25 * 2 ** 20;
 const MIB = 2 ** 20;
 
-const invalid = (field: string, message: string, detail = message) => new ApiError('invalid_params', `${field}: ${message}`, [{ field, message: detail }]);
+const invalid = (field: string, message: string, detail = message) =>
+  new ApiError('invalid_params', `${field}: ${message}`, [{ field, message: detail }]);
 
 export class PathPolicy {
   constructor(
@@ -39,23 +40,43 @@ export class PathPolicy {
   /** A path on this machine named by a client for `use`: absolute, and allowed by the policy. */
   async hostPath(path: string, field: string, use: HostUse): Promise<string> {
     if (path.includes('\0')) throw invalid(field, 'contains a NUL byte');
-    if (!isAbsolute(path)) throw invalid(field, `'${path}' must be an absolute path on the engine machine`, 'not an absolute path');
+    if (!isAbsolute(path))
+      throw invalid(field, `'${path}' must be an absolute path on the engine machine`, 'not an absolute path');
     const abs = resolve(path);
     if (this.access !== 'deny') return abs;
     if (use === 'base-model') {
       const real = await realpath(abs).catch(() => null);
       const root = await realpath(this.modelsDir).catch(() => this.modelsDir);
       if (real && isInside(root, real)) return abs;
-      throw invalid(field, `this server only uses base models inside its models folder (${this.modelsDir}) (it is open to the network); put the model there, or start the server with --base`, 'outside the models folder');
+      throw invalid(
+        field,
+        `this server only uses base models inside its models folder (${this.modelsDir}) (it is open to the network); put the model there, or start the server with --base`,
+        'outside the models folder',
+      );
     }
-    throw invalid(field, 'this server does not read files outside its projects (it is open to the network); upload the file instead', 'paths on the server are not allowed');
+    throw invalid(
+      field,
+      'this server does not read files outside its projects (it is open to the network); upload the file instead',
+      'paths on the server are not allowed',
+    );
   }
 
   /** A file a client names for `use`: inside the project when relative, a host path when absolute. */
-  async clientFile(projectDir: string, file: string, field: string, use: HostUse): Promise<{ path: string; rel: string | null }> {
+  async clientFile(
+    projectDir: string,
+    file: string,
+    field: string,
+    use: HostUse,
+  ): Promise<{ path: string; rel: string | null }> {
     if (isAbsolute(file)) return { path: await this.hostPath(file, field, use), rel: null };
     const path = await safeResolve(projectDir, file, field);
-    return { path, rel: file.split('/').filter((s) => s && s !== '.').join('/') };
+    return {
+      path,
+      rel: file
+        .split('/')
+        .filter((s) => s && s !== '.')
+        .join('/'),
+    };
   }
 
   /**
@@ -65,7 +86,8 @@ export class PathPolicy {
   async readPhoto(path: string, field: string): Promise<{ name: string; data: Buffer }> {
     const abs = await this.hostPath(path, field, 'photo');
     const ext = extname(abs).toLowerCase();
-    if (!isImageExtension(ext)) throw invalid(field, `${basename(abs)} is not a photo (${IMAGE_EXTENSIONS.join(', ')})`, 'not an image file');
+    if (!isImageExtension(ext))
+      throw invalid(field, `${basename(abs)} is not a photo (${IMAGE_EXTENSIONS.join(', ')})`, 'not an image file');
     const fh = await open(abs, 'r').catch(() => null);
     if (!fh) throw invalid(field, `${abs} is not a readable file`, 'not a file');
     try {
@@ -80,7 +102,12 @@ export class PathPolicy {
         if (!bytesRead) break;
         n += bytesRead;
       }
-      if (n > limit) throw new ApiError('too_large', `${field}: ${basename(abs)} is over ${(limit / MIB).toFixed(0)} MiB, the limit per photo`, [{ field, message: 'too large' }]);
+      if (n > limit)
+        throw new ApiError(
+          'too_large',
+          `${field}: ${basename(abs)} is over ${(limit / MIB).toFixed(0)} MiB, the limit per photo`,
+          [{ field, message: 'too large' }],
+        );
       if (n === 0) throw invalid(field, `${abs} is empty`, 'empty');
       return { name: basename(abs), data: buf.subarray(0, n) };
     } finally {
@@ -95,7 +122,11 @@ export class PathPolicy {
   async classImagesDir(projectDir: string, dir: string, field = 'settings.classImagesDir'): Promise<string> {
     if (isAbsolute(dir)) {
       if (this.access === 'desktop') return resolve(dir);
-      throw invalid(field, `'${dir}' is outside the project; give a folder inside it (e.g. class-images/person), or pick a folder in the desktop app`, 'outside the project');
+      throw invalid(
+        field,
+        `'${dir}' is outside the project; give a folder inside it (e.g. class-images/person), or pick a folder in the desktop app`,
+        'outside the project',
+      );
     }
     return safeResolve(projectDir, dir, field);
   }
@@ -108,9 +139,21 @@ export class PathPolicy {
   async exportTarget(projectDir: string, outPath: string, folder: boolean, field = 'outPath'): Promise<string> {
     const adaptersDir = join(projectDir, 'adapters');
     const out = await safeResolve(projectDir, outPath, field);
-    if (!isInside(adaptersDir, out) || out === adaptersDir) throw invalid(field, `'${outPath}' must be inside the project's adapters/ folder (e.g. adapters/export.safetensors)`, 'must be inside adapters/');
-    if (!folder && extname(out).toLowerCase() !== '.safetensors') throw invalid(field, `'${outPath}' must end in .safetensors`, 'must end in .safetensors');
-    if (await lstat(out).then(() => true, () => false)) throw new ApiError('conflict', `${field}: '${outPath}' already exists; choose another name or delete it first`);
+    if (!isInside(adaptersDir, out) || out === adaptersDir)
+      throw invalid(
+        field,
+        `'${outPath}' must be inside the project's adapters/ folder (e.g. adapters/export.safetensors)`,
+        'must be inside adapters/',
+      );
+    if (!folder && extname(out).toLowerCase() !== '.safetensors')
+      throw invalid(field, `'${outPath}' must end in .safetensors`, 'must end in .safetensors');
+    if (
+      await lstat(out).then(
+        () => true,
+        () => false,
+      )
+    )
+      throw new ApiError('conflict', `${field}: '${outPath}' already exists; choose another name or delete it first`);
     return out;
   }
 }

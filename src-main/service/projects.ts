@@ -16,11 +16,20 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { z } from 'zod';
-import { ApiError, idSchema, photoSchema, projectFileUrl, projectSchema, type Photo, type Project, type ProjectSummary } from '../api/contract.ts';
-import { SUBJECT_TYPES, trainSettingsSchema, type TrainSettings } from '../api/schemas.ts';
+import {
+  ApiError,
+  idSchema,
+  photoSchema,
+  projectFileUrl,
+  projectSchema,
+  type Photo,
+  type Project,
+  type ProjectSummary,
+} from '../api/contract.ts';
+import { type SUBJECT_TYPES, trainSettingsSchema, type TrainSettings } from '../api/schemas.ts';
 import { atomicWriteFile, atomicWriteJson } from '../engine/io/atomic.ts';
 import { checkPhoto } from '../engine/train/dataset.ts';
 import { readableError } from './fsErrors.ts';
@@ -55,8 +64,16 @@ export function migrateProject(
   current = PROJECT_SCHEMA_VERSION,
 ): { value: Record<string, unknown>; from: number } {
   const from = raw.schemaVersion === undefined ? 0 : raw.schemaVersion;
-  if (typeof from !== 'number' || !Number.isInteger(from) || from < 0) throw new ApiError('internal', `${file}: schemaVersion must be a whole number, got ${JSON.stringify(raw.schemaVersion)}`);
-  if (from > current) throw new ApiError('conflict', `${file}: made by a newer SingLoRA Studio (project schema ${from}, this version reads up to ${current}); update the app to open it`);
+  if (typeof from !== 'number' || !Number.isInteger(from) || from < 0)
+    throw new ApiError(
+      'internal',
+      `${file}: schemaVersion must be a whole number, got ${JSON.stringify(raw.schemaVersion)}`,
+    );
+  if (from > current)
+    throw new ApiError(
+      'conflict',
+      `${file}: made by a newer SingLoRA Studio (project schema ${from}, this version reads up to ${current}); update the app to open it`,
+    );
   let value = raw;
   for (let v = from + 1; v <= current; v++) {
     const step = table.find((m) => m.to === v);
@@ -131,12 +148,18 @@ export class ProjectStore {
 
   /** The project folder; `id` must already be a valid id (the contract's idSchema). */
   dir(id: string): string {
-    if (!idSchema.safeParse(id).success) throw new ApiError('invalid_params', `projectId: '${id}' is not a project id`, [{ field: 'projectId', message: 'not a project id' }]);
+    if (!idSchema.safeParse(id).success)
+      throw new ApiError('invalid_params', `projectId: '${id}' is not a project id`, [
+        { field: 'projectId', message: 'not a project id' },
+      ]);
     return join(this.root, id);
   }
 
   runDir(id: string, runId: string): string {
-    if (!idSchema.safeParse(runId).success) throw new ApiError('invalid_params', `runId: '${runId}' is not a run id`, [{ field: 'runId', message: 'not a run id' }]);
+    if (!idSchema.safeParse(runId).success)
+      throw new ApiError('invalid_params', `runId: '${runId}' is not a run id`, [
+        { field: 'runId', message: 'not a run id' },
+      ]);
     return join(this.dir(id), 'runs', runId);
   }
 
@@ -172,7 +195,15 @@ export class ProjectStore {
       try {
         const p = await this.open(name);
         const photos = await this.photos(name);
-        out.push({ id: p.id, name: p.name, createdAt: p.createdAt, updatedAt: p.updatedAt, subject: p.subject, photos: photos.length, runs: (await this.runIds(name)).length });
+        out.push({
+          id: p.id,
+          name: p.name,
+          createdAt: p.createdAt,
+          updatedAt: p.updatedAt,
+          subject: p.subject,
+          photos: photos.length,
+          runs: (await this.runIds(name)).length,
+        });
       } catch (err) {
         log(`projects: skipped ${join(this.root, name)}: ${(err as Error).message}`);
       }
@@ -183,19 +214,23 @@ export class ProjectStore {
   async create(input: NewProject): Promise<Project> {
     await mkdir(this.root, { recursive: true });
     let id = '';
-    for (let i = 0; i < 10 && (!id || existsSync(join(this.root, id))); i++) id = `${slugify(input.name)}-${randomBytes(3).toString('hex')}`;
+    for (let i = 0; i < 10 && (!id || existsSync(join(this.root, id))); i++)
+      id = `${slugify(input.name)}-${randomBytes(3).toString('hex')}`;
     const dir = this.dir(id);
     const t = now();
-    const project: Project = validProject({
-      schemaVersion: PROJECT_SCHEMA_VERSION,
-      id,
-      name: input.name,
-      createdAt: t,
-      updatedAt: t,
-      subject: { triggerToken: input.triggerToken, classWord: input.classWord, type: input.type },
-      baseModel: input.baseModel ?? null,
-      settings: trainSettingsSchema.parse({ triggerToken: input.triggerToken, classWord: input.classWord }),
-    }, 'projects.create');
+    const project: Project = validProject(
+      {
+        schemaVersion: PROJECT_SCHEMA_VERSION,
+        id,
+        name: input.name,
+        createdAt: t,
+        updatedAt: t,
+        subject: { triggerToken: input.triggerToken, classWord: input.classWord, type: input.type },
+        baseModel: input.baseModel ?? null,
+        settings: trainSettingsSchema.parse({ triggerToken: input.triggerToken, classWord: input.classWord }),
+      },
+      'projects.create',
+    );
     try {
       for (const f of PROJECT_FOLDERS) await mkdir(join(dir, f), { recursive: true });
       await atomicWriteJson(join(dir, PHOTO_INDEX), { schemaVersion: 1, photos: [] });
@@ -236,13 +271,25 @@ export class ProjectStore {
     try {
       raw = JSON.parse(text);
     } catch (err) {
-      throw new ApiError('internal', `${file}: not valid JSON (${(err as Error).message}); restore it from a backup or recreate the project`);
+      throw new ApiError(
+        'internal',
+        `${file}: not valid JSON (${(err as Error).message}); restore it from a backup or recreate the project`,
+      );
     }
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ApiError('internal', `${file}: expected a JSON object`);
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+      throw new ApiError('internal', `${file}: expected a JSON object`);
     const { value, from } = migrateProject(raw as Record<string, unknown>, file);
     const r = projectSchema.safeParse(value);
-    if (!r.success) throw new ApiError('internal', `${file}: not a valid project: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
-    if (r.data.id !== id) throw new ApiError('internal', `${file}: its id is '${r.data.id}' but its folder is '${id}'; rename one to match`);
+    if (!r.success)
+      throw new ApiError(
+        'internal',
+        `${file}: not a valid project: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+      );
+    if (r.data.id !== id)
+      throw new ApiError(
+        'internal',
+        `${file}: its id is '${r.data.id}' but its folder is '${id}'; rename one to match`,
+      );
     return { project: r.data, migrated: from !== PROJECT_SCHEMA_VERSION };
   }
 
@@ -251,22 +298,31 @@ export class ProjectStore {
       const p = (await this.#read(id)).project;
       const subject = { ...p.subject, ...(patch.subject ?? {}) };
       // settings.triggerToken / classWord are the subject's; a settings patch may set them too.
-      if (patch.settings?.triggerToken !== undefined && patch.subject?.triggerToken === undefined) subject.triggerToken = patch.settings.triggerToken;
-      if (patch.settings?.classWord !== undefined && patch.subject?.classWord === undefined) subject.classWord = patch.settings.classWord;
+      if (patch.settings?.triggerToken !== undefined && patch.subject?.triggerToken === undefined)
+        subject.triggerToken = patch.settings.triggerToken;
+      if (patch.settings?.classWord !== undefined && patch.subject?.classWord === undefined)
+        subject.classWord = patch.settings.classWord;
       const merged = trainSettingsSchema.safeParse({ ...p.settings, ...(patch.settings ?? {}) });
       if (!merged.success) {
         const fields = merged.error.issues.map((i) => ({ field: `settings.${i.path.join('.')}`, message: i.message }));
-        throw new ApiError('invalid_params', `projects.update: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`, fields);
+        throw new ApiError(
+          'invalid_params',
+          `projects.update: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`,
+          fields,
+        );
       }
       if (patch.baseModel) await validateBase?.(patch.baseModel);
-      const next = validProject({
-        ...p,
-        name: patch.name ?? p.name,
-        subject,
-        baseModel: patch.baseModel === undefined ? p.baseModel : patch.baseModel,
-        settings: merged.data,
-        updatedAt: now(),
-      }, 'projects.update');
+      const next = validProject(
+        {
+          ...p,
+          name: patch.name ?? p.name,
+          subject,
+          baseModel: patch.baseModel === undefined ? p.baseModel : patch.baseModel,
+          settings: merged.data,
+          updatedAt: now(),
+        },
+        'projects.update',
+      );
       const [before, after] = [await this.photoResolution(p), await this.photoResolution(next)];
       await atomicWriteJson(join(this.dir(id), PROJECT_FILE), next);
       if (after !== before) await this.#recheck(id, after);
@@ -314,7 +370,10 @@ export class ProjectStore {
       const loaded = sources;
       const dir = this.dir(id);
       const index = await this.#readIndex(id);
-      const taken = new Set([...index.map((p) => p.id), ...(await readdir(join(dir, 'photos')).catch(() => [] as string[]))]);
+      const taken = new Set([
+        ...index.map((p) => p.id),
+        ...(await readdir(join(dir, 'photos')).catch(() => [] as string[])),
+      ]);
       const added: PhotoEntry[] = [];
       for (const src of loaded) {
         const name = uniqueName(safeFileName(src.name, 'photo'), taken);
@@ -347,7 +406,8 @@ export class ProjectStore {
     return this.withLock(id, async () => {
       const path = await safeResolve(join(this.dir(id), 'photos'), photoId, 'photoId');
       const index = await this.#readIndex(id);
-      if (!index.some((p) => p.id === photoId)) throw new ApiError('not_found', `project '${id}' has no photo '${photoId}'`);
+      if (!index.some((p) => p.id === photoId))
+        throw new ApiError('not_found', `project '${id}' has no photo '${photoId}'`);
       await this.#writeIndex(
         id,
         index.filter((p) => p.id !== photoId),
@@ -370,7 +430,13 @@ export class ProjectStore {
       }
       seen.set(p.sha256, p);
       const { check } = await checkPhoto(join(this.dir(id), p.file), resolution);
-      next.push({ ...p, status: check.status, reason: check.reason ?? null, width: check.width ?? p.width, height: check.height ?? p.height });
+      next.push({
+        ...p,
+        status: check.status,
+        reason: check.reason ?? null,
+        width: check.width ?? p.width,
+        height: check.height ?? p.height,
+      });
     }
     await this.#writeIndex(id, next);
   }
@@ -391,14 +457,25 @@ export class ProjectStore {
       throw new ApiError('internal', `${file}: not valid JSON (${(err as Error).message})`);
     }
     const version = (raw as { schemaVersion?: unknown })?.schemaVersion;
-    if (typeof version === 'number' && version > 1) throw new ApiError('conflict', `${file}: made by a newer SingLoRA Studio (schema ${version}); update the app to open it`);
+    if (typeof version === 'number' && version > 1)
+      throw new ApiError(
+        'conflict',
+        `${file}: made by a newer SingLoRA Studio (schema ${version}); update the app to open it`,
+      );
     const r = photoIndexSchema.safeParse(raw);
-    if (!r.success) throw new ApiError('internal', `${file}: not a valid photo index: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    if (!r.success)
+      throw new ApiError(
+        'internal',
+        `${file}: not a valid photo index: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+      );
     return r.data.photos;
   }
 
   #writeIndex(id: string, photos: PhotoEntry[]): Promise<void> {
-    return atomicWriteJson(join(this.dir(id), PHOTO_INDEX), validState(photoIndexSchema, { schemaVersion: 1, photos }, PHOTO_INDEX));
+    return atomicWriteJson(
+      join(this.dir(id), PHOTO_INDEX),
+      validState(photoIndexSchema, { schemaVersion: 1, photos }, PHOTO_INDEX),
+    );
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -407,7 +484,9 @@ export class ProjectStore {
   /** Run folders that hold a run.json, oldest first (ids sort by time). */
   async runIds(id: string): Promise<string[]> {
     const names = await readdir(join(this.dir(id), 'runs')).catch(() => [] as string[]);
-    return names.filter((n) => idSchema.safeParse(n).success && existsSync(join(this.dir(id), 'runs', n, 'run.json'))).sort();
+    return names
+      .filter((n) => idSchema.safeParse(n).success && existsSync(join(this.dir(id), 'runs', n, 'run.json')))
+      .sort();
   }
 
   /** Every project id in the root (valid folder names with a project.json). */
@@ -424,7 +503,10 @@ export class ProjectStore {
  * file on disk stays as it was.
  */
 export function validProject(p: Project, method: string): Project {
-  const next = { ...p, settings: { ...p.settings, triggerToken: p.subject.triggerToken, classWord: p.subject.classWord } };
+  const next = {
+    ...p,
+    settings: { ...p.settings, triggerToken: p.subject.triggerToken, classWord: p.subject.classWord },
+  };
   return validState(projectSchema, next, method);
 }
 
@@ -433,9 +515,23 @@ export function validState<T>(schema: z.ZodType<T>, value: unknown, method: stri
   const r = schema.safeParse(value);
   if (r.success) return r.data;
   const fields = r.error.issues.map((i) => ({ field: i.path.join('.') || '(value)', message: i.message }));
-  throw new ApiError('invalid_params', `${method}: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`, fields);
+  throw new ApiError(
+    'invalid_params',
+    `${method}: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`,
+    fields,
+  );
 }
 
 function publicPhoto(projectId: string, p: PhotoEntry): Photo {
-  return { id: p.id, file: p.file, originalName: p.originalName, status: p.status, reason: p.reason, width: p.width, height: p.height, bytes: p.bytes, url: projectFileUrl(projectId, p.file) };
+  return {
+    id: p.id,
+    file: p.file,
+    originalName: p.originalName,
+    status: p.status,
+    reason: p.reason,
+    width: p.width,
+    height: p.height,
+    bytes: p.bytes,
+    url: projectFileUrl(projectId, p.file),
+  };
 }

@@ -15,7 +15,14 @@
  * The type map below is the whole vocabulary: a kind's params, progress and result. Types only
  * (`import type`), so the host never loads engine code.
  */
-import type { Evaluation, GenerateSettingsInput, ImageSidecar, RunStatus, TrainEvent, TrainSettingsInput } from '../api/schemas.ts';
+import type {
+  Evaluation,
+  GenerateSettingsInput,
+  ImageSidecar,
+  RunStatus,
+  TrainEvent,
+  TrainSettingsInput,
+} from '../api/schemas.ts';
 import type { AdapterInspection, ExportFormat } from '../engine/adapters/exportAdapter.ts';
 import type { BackendStatus } from '../engine/backend/tf.ts';
 import type { SubjectKind } from '../engine/eval/prompts.ts';
@@ -74,12 +81,24 @@ export interface DoctorResult {
 }
 
 export interface EngineRequests {
-  train: { params: TrainRequest; progress: TrainEvent; result: { status: RunStatus; step: number; error: string | null; fixedLoss: { start: number; end: number } | null } };
+  train: {
+    params: TrainRequest;
+    progress: TrainEvent;
+    result: { status: RunStatus; step: number; error: string | null; fixedLoss: { start: number; end: number } | null };
+  };
   generate: { params: GenerateRequest; progress: GenerateProgress; result: { files: string[] } };
   evaluate: { params: EvaluateRequest; progress: { done: number; total: number; label: string }; result: Evaluation };
-  export: { params: ExportRequest; progress: { done: number; total: number }; result: { format: string; path: string; tensors: number } };
+  export: {
+    params: ExportRequest;
+    progress: { done: number; total: number };
+    result: { format: string; path: string; tensors: number };
+  };
   /** One result per file, in order: the inspection, or why it is not a readable adapter. */
-  inspect: { params: { files: string[] }; progress: never; result: Array<{ ok: true; info: AdapterInspection } | { ok: false; error: string }> };
+  inspect: {
+    params: { files: string[] };
+    progress: never;
+    result: Array<{ ok: true; info: AdapterInspection } | { ok: false; error: string }>;
+  };
   doctor: { params: Record<string, never>; progress: never; result: DoctorResult };
 }
 /** What one request kind declares. */

@@ -13,7 +13,13 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { ApiError } from '../api/contract.ts';
-import { newRunManifest, runManifestSchema, type CheckpointEntry, type RunManifest, type TrainSettings } from '../api/schemas.ts';
+import {
+  newRunManifest,
+  runManifestSchema,
+  type CheckpointEntry,
+  type RunManifest,
+  type TrainSettings,
+} from '../api/schemas.ts';
 import { readRunManifest, writeRunManifest } from '../engine/train/runFiles.ts';
 import type { ProjectStore } from './projects.ts';
 
@@ -29,9 +35,14 @@ export function newRunId(date = new Date()): string {
  * the real one (model hash, backend) when training starts; until then `unetSha256` and `backend`
  * are empty.
  */
-export async function writeQueuedRun(runDir: string, o: { id: string; settings: TrainSettings; base: string; photos: string[] }): Promise<RunManifest> {
+export async function writeQueuedRun(
+  runDir: string,
+  o: { id: string; settings: TrainSettings; base: string; photos: string[] },
+): Promise<RunManifest> {
   const baseModel = { path: o.base, name: basename(o.base).replace(/\.safetensors$/i, ''), unetSha256: '' };
-  const manifest = runManifestSchema.parse(newRunManifest({ id: o.id, status: 'queued', settings: o.settings, baseModel, backend: '', usedPhotos: o.photos }));
+  const manifest = runManifestSchema.parse(
+    newRunManifest({ id: o.id, status: 'queued', settings: o.settings, baseModel, backend: '', usedPhotos: o.photos }),
+  );
   await writeRunManifest(runDir, manifest);
   return manifest;
 }
@@ -51,7 +62,12 @@ export async function readRun(store: ProjectStore, projectId: string, runId: str
 }
 
 /** Sets the status of a run whose status is one of `when`; returns the manifest, or null if left alone. */
-export async function markRun(runDir: string, status: RunManifest['status'], error: string | null, when: readonly RunManifest['status'][]): Promise<RunManifest | null> {
+export async function markRun(
+  runDir: string,
+  status: RunManifest['status'],
+  error: string | null,
+  when: readonly RunManifest['status'][],
+): Promise<RunManifest | null> {
   if (!existsSync(join(runDir, 'run.json'))) return null;
   const m = await readRunManifest(runDir);
   if (!when.includes(m.status)) return null;
@@ -74,7 +90,9 @@ export async function settleInterruptedRun(runDir: string, why: string, o: { fai
     return `${why}; the run has no readable run.json`;
   }
   const last = m.checkpoints.reduce<CheckpointEntry | null>((a, c) => (!a || c.step > a.step ? c : a), null);
-  const message = last ? `${why}; the run keeps its last checkpoint (step ${last.step}) and can be resumed` : `${why}; no checkpoint was written yet, so start the run again`;
+  const message = last
+    ? `${why}; the run keeps its last checkpoint (step ${last.step}) and can be resumed`
+    : `${why}; no checkpoint was written yet, so start the run again`;
   if (m.status === 'running' || m.status === 'queued') {
     // A queued run that never started was cancelled, unless its job failed (o.failed).
     const status = last ? 'paused' : m.status === 'queued' && !o.failed ? 'cancelled' : 'failed';
@@ -95,7 +113,10 @@ export async function recoverRuns(store: ProjectStore, log: (line: string) => vo
       try {
         const m = await readRunManifest(dir);
         if (m.status !== 'running' && m.status !== 'queued') continue;
-        const why = m.status === 'running' ? 'the service stopped during training' : 'the service stopped before this run started';
+        const why =
+          m.status === 'running'
+            ? 'the service stopped during training'
+            : 'the service stopped before this run started';
         log(`runs: ${projectId}/${runId}: ${await settleInterruptedRun(dir, why)}`);
         settled.push(`${projectId}/${runId}`);
       } catch (err) {
@@ -115,9 +136,16 @@ export function pickCheckpoint(m: RunManifest, step: number | null, field = 'ada
   const byStep = (s: number) => m.checkpoints.find((c) => c.step === s);
   if (step !== null) {
     const c = byStep(step);
-    if (!c) throw new ApiError('invalid_params', `${field}: run '${m.id}' has no checkpoint at step ${step} (it has ${m.checkpoints.map((x) => x.step).join(', ')})`, [{ field, message: `no checkpoint at step ${step}` }]);
+    if (!c)
+      throw new ApiError(
+        'invalid_params',
+        `${field}: run '${m.id}' has no checkpoint at step ${step} (it has ${m.checkpoints.map((x) => x.step).join(', ')})`,
+        [{ field, message: `no checkpoint at step ${step}` }],
+      );
     return c;
   }
   const preferred = m.evaluation?.chosen ?? m.evaluation?.best ?? null;
-  return (preferred !== null ? byStep(preferred) : undefined) ?? m.checkpoints.reduce((a, c) => (c.step > a.step ? c : a));
+  return (
+    (preferred !== null ? byStep(preferred) : undefined) ?? m.checkpoints.reduce((a, c) => (c.step > a.step ? c : a))
+  );
 }

@@ -25,11 +25,13 @@ export function isInside(root: string, child: string): boolean {
 
 /** The lexical checks (no file system): returns the '/'-separated segments, or throws. */
 export function checkRelative(rel: string, field = 'path'): string[] {
-  const bad = (why: string) => new ApiError('invalid_params', `${field}: '${printable(rel)}' ${why}`, [{ field, message: why }]);
+  const bad = (why: string) =>
+    new ApiError('invalid_params', `${field}: '${printable(rel)}' ${why}`, [{ field, message: why }]);
   if (typeof rel !== 'string' || rel.length === 0) throw bad('is empty');
   if (rel.includes('\0')) throw bad('contains a NUL byte');
   if (rel.includes('\\')) throw bad('contains a backslash; use / between folders');
-  if (isAbsolute(rel) || win32.isAbsolute(rel) || /^[A-Za-z]:/.test(rel)) throw bad('is absolute; give a path inside the project');
+  if (isAbsolute(rel) || win32.isAbsolute(rel) || /^[A-Za-z]:/.test(rel))
+    throw bad('is absolute; give a path inside the project');
   const segments = rel.split('/').filter((s) => s !== '' && s !== '.');
   if (segments.some((s) => s === '..')) throw bad("contains '..'; give a path inside the project");
   if (!segments.length) throw bad('names no file');
@@ -45,18 +47,27 @@ export async function safeResolve(root: string, rel: string, field = 'path'): Pr
   const segments = checkRelative(rel, field);
   const absRoot = resolve(root);
   const target = resolve(absRoot, ...segments);
-  if (!isInside(absRoot, target)) throw new ApiError('invalid_params', `${field}: '${printable(rel)}' resolves outside its folder`, [{ field, message: 'outside the folder' }]);
+  if (!isInside(absRoot, target))
+    throw new ApiError('invalid_params', `${field}: '${printable(rel)}' resolves outside its folder`, [
+      { field, message: 'outside the folder' },
+    ]);
   const realRoot = await realpath(absRoot).catch(() => absRoot);
   // The deepest existing ancestor (or the target itself) must really be inside the root.
   let probe = target;
   for (;;) {
     try {
       const real = await realpath(probe);
-      if (!isInside(realRoot, real)) throw new ApiError('invalid_params', `${field}: '${printable(rel)}' leads outside its folder through a symbolic link`, [{ field, message: 'a symbolic link leads outside the folder' }]);
+      if (!isInside(realRoot, real))
+        throw new ApiError(
+          'invalid_params',
+          `${field}: '${printable(rel)}' leads outside its folder through a symbolic link`,
+          [{ field, message: 'a symbolic link leads outside the folder' }],
+        );
       break;
     } catch (err) {
       if (err instanceof ApiError) throw err;
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' && (err as NodeJS.ErrnoException).code !== 'ENOTDIR') throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' && (err as NodeJS.ErrnoException).code !== 'ENOTDIR')
+        throw err;
       if (probe === absRoot) break;
       probe = resolve(probe, '..');
     }
@@ -72,7 +83,10 @@ export function safeFileName(name: string, fallback = 'file', max = 80): string 
   const base = name.split(/[\\/]/).pop() ?? '';
   const dot = base.lastIndexOf('.');
   const rawExt = dot > 0 ? base.slice(dot + 1) : '';
-  const ext = rawExt.toLowerCase().replace(/[^a-z0-9]/g, '').slice(0, 16);
+  const ext = rawExt
+    .toLowerCase()
+    .replace(/[^a-z0-9]/g, '')
+    .slice(0, 16);
   const stem = (dot > 0 ? base.slice(0, dot) : base)
     .normalize('NFKD')
     .replace(/[\u0300-\u036f]/g, '')

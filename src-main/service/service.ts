@@ -63,7 +63,8 @@ export class Service {
     this.modelsDir = resolve(opts.modelsDir ?? defaultModelsDir());
     this.#log = opts.log ?? ((line) => process.stderr.write(`${line}\n`));
     const resolutions = new Map<string, Promise<number | null>>();
-    const nativeResolution = (baseModel: string | null) => nativeResolutionOf(resolutions, baseModel ?? defaultBase({ opts, modelsDir: this.modelsDir }));
+    const nativeResolution = (baseModel: string | null) =>
+      nativeResolutionOf(resolutions, baseModel ?? defaultBase({ opts, modelsDir: this.modelsDir }));
     this.store = new ProjectStore(this.projectsDir, { nativeResolution });
     this.engine = new EngineHost({
       spawn: opts.spawnEngine,
@@ -111,10 +112,15 @@ export class Service {
     const exclusive = opts.exclusive ?? true;
     if (exclusive) s.#releaseLock = await acquireLock(s.dataDir);
     try {
-      const { runner, interrupted } = await JobRunner.open({ file: exclusive ? jobsFileOf(s.dataDir) : null, onUpdate: (j) => s.#emit('job.updated', j), log: s.#log });
+      const { runner, interrupted } = await JobRunner.open({
+        file: exclusive ? jobsFileOf(s.dataDir) : null,
+        onUpdate: (j) => s.#emit('job.updated', j),
+        log: s.#log,
+      });
       s.#jobs = runner;
       if (exclusive) {
-        for (const j of interrupted) s.#log(`jobs: ${j.id} (${j.kind}${j.projectId ? ` in ${j.projectId}` : ''}): ${j.error}`);
+        for (const j of interrupted)
+          s.#log(`jobs: ${j.id} (${j.kind}${j.projectId ? ` in ${j.projectId}` : ''}): ${j.error}`);
         await recoverRuns(s.store, s.#log);
       }
     } catch (err) {
@@ -153,7 +159,8 @@ export class Service {
    */
   async resolveExportFolder(projectId: string, rel: string): Promise<string> {
     if (!(await this.store.exists(projectId))) throw new ApiError('not_found', `no project '${projectId}'`);
-    if (!/^adapters\/[^/]+$/.test(rel)) throw new ApiError('not_found', `project '${projectId}' has no export folder '${rel}'`);
+    if (!/^adapters\/[^/]+$/.test(rel))
+      throw new ApiError('not_found', `project '${projectId}' has no export folder '${rel}'`);
     const path = await safeResolve(this.store.dir(projectId), rel, 'path');
     const info = await stat(path).catch(() => null);
     if (!info?.isDirectory()) throw new ApiError('not_found', `project '${projectId}' has no export folder '${rel}'`);

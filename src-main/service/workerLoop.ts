@@ -10,7 +10,9 @@ export interface WorkerContext<P> {
   signal: AbortSignal;
   progress: (data: P) => void;
 }
-export type WorkerHandlers<R extends RequestMap<R>> = { [K in keyof R]: (params: R[K]['params'], ctx: WorkerContext<R[K]['progress']>) => Promise<R[K]['result']> };
+export type WorkerHandlers<R extends RequestMap<R>> = {
+  [K in keyof R]: (params: R[K]['params'], ctx: WorkerContext<R[K]['progress']>) => Promise<R[K]['result']>;
+};
 
 /** Messages handed to IPC but not yet written (flushed before exiting). */
 let unsent = 0;
@@ -23,7 +25,11 @@ interface Port {
 
 /** Electron's utilityProcess gives `process.parentPort`; child_process.fork gives `process.send`. */
 function connect(): Port {
-  const parentPort = (process as unknown as { parentPort?: { postMessage(m: unknown): void; on(e: 'message', fn: (e: { data: unknown }) => void): void } }).parentPort;
+  const parentPort = (
+    process as unknown as {
+      parentPort?: { postMessage(m: unknown): void; on(e: 'message', fn: (e: { data: unknown }) => void): void };
+    }
+  ).parentPort;
   if (parentPort) {
     return {
       post: (m) => parentPort.postMessage(m),
@@ -42,10 +48,15 @@ function connect(): Port {
       onDisconnect: (fn) => process.on('disconnect', fn),
     };
   }
-  throw new Error('engineWorker: started without an IPC channel; the engine host starts it (child_process.fork or utilityProcess.fork)');
+  throw new Error(
+    'engineWorker: started without an IPC channel; the engine host starts it (child_process.fork or utilityProcess.fork)',
+  );
 }
 
-export function serveEngine<R extends RequestMap<R>>(handlers: WorkerHandlers<R>, o: { onShutdown?: () => void } = {}): void {
+export function serveEngine<R extends RequestMap<R>>(
+  handlers: WorkerHandlers<R>,
+  o: { onShutdown?: () => void } = {},
+): void {
   const port = connect();
   const running = new Map<number, { controller: AbortController; done: Promise<void> }>();
   let ready: Promise<boolean>;
@@ -53,12 +64,17 @@ export function serveEngine<R extends RequestMap<R>>(handlers: WorkerHandlers<R>
 
   function start(id: number, kind: string, params: unknown): void {
     const controller = new AbortController();
-    const handler = (Object.prototype.hasOwnProperty.call(handlers, kind) ? (handlers as Record<string, unknown>)[kind] : undefined) as ((p: unknown, ctx: WorkerContext<unknown>) => Promise<unknown>) | undefined;
+    const handler = (Object.hasOwn(handlers, kind) ? (handlers as Record<string, unknown>)[kind] : undefined) as
+      | ((p: unknown, ctx: WorkerContext<unknown>) => Promise<unknown>)
+      | undefined;
     const done = (async () => {
       try {
         if (!handler) throw new Error(`the engine has no request kind '${kind}'`);
         if (!(await ready)) throw new Error('the engine backend did not start');
-        const result = await handler(params, { signal: controller.signal, progress: (data) => port.post({ type: 'progress', id, data }) });
+        const result = await handler(params, {
+          signal: controller.signal,
+          progress: (data) => port.post({ type: 'progress', id, data }),
+        });
         port.post({ type: 'result', id, result });
       } catch (err) {
         const e = err as Error;
@@ -95,7 +111,11 @@ export function serveEngine<R extends RequestMap<R>>(handlers: WorkerHandlers<R>
     try {
       const { initBackend } = await import('../engine/backend/tf.ts');
       const info = await initBackend();
-      port.post({ type: 'ready', backend: { name: info.name, ...(info.device ? { device: info.device } : {}) }, pid: process.pid });
+      port.post({
+        type: 'ready',
+        backend: { name: info.name, ...(info.device ? { device: info.device } : {}) },
+        pid: process.pid,
+      });
       return true;
     } catch (err) {
       port.post({ type: 'startup-failed', message: (err as Error).message });

@@ -34,7 +34,12 @@ export function runOptionLabel(r: RunSummary): string {
 export function adapterOptions(runs: RunSummary[], files: AdapterInfo[]): AdapterOption[] {
   const fromRuns: AdapterOption[] = runs
     .filter((r) => r.step > 0)
-    .map((r) => ({ key: `run:${r.id}`, label: runOptionLabel(r), group: 'Training runs', choice: { kind: 'run', runId: r.id } }));
+    .map((r) => ({
+      key: `run:${r.id}`,
+      label: runOptionLabel(r),
+      group: 'Training runs',
+      choice: { kind: 'run', runId: r.id },
+    }));
   const fromFiles: AdapterOption[] = files.map((f) => ({
     key: `file:${f.file}`,
     label: `${f.file} (${f.method}, rank ${f.rank}, ${f.format})`,

@@ -10,7 +10,8 @@ export function isOutOfMemory(text: string): boolean {
   return /\bOOM\b|out of memory|memory/i.test(text);
 }
 
-export const MEMORY_HINT = 'Out of memory: lower the resolution (e.g. 384), use batch size 1 and turn on gradient checkpointing (Advanced).';
+export const MEMORY_HINT =
+  'Out of memory: lower the resolution (e.g. 384), use batch size 1 and turn on gradient checkpointing (Advanced).';
 
 /** A one-line fix for well-known failures, or null. */
 export function hintFor(err: unknown): string | null {
@@ -18,7 +19,8 @@ export function hintFor(err: unknown): string | null {
   if (err instanceof ApiError && err.code === 'unauthorized') {
     return 'The session token is missing or expired: open the link that `singlora serve` printed again.';
   }
-  if (err instanceof ApiError && err.code === 'engine_crashed') return 'The engine stopped; it restarts on its own. Try again in a moment.';
+  if (err instanceof ApiError && err.code === 'engine_crashed')
+    return 'The engine stopped; it restarts on its own. Try again in a moment.';
   if (isOutOfMemory(text)) return MEMORY_HINT;
   return null;
 }
@@ -44,8 +46,17 @@ export function backendAdvice(doctor: DoctorLike | null): BackendAdvice | null {
   if ('error' in s) return { level: 'error', message: `No compute backend could start: ${s.error}`, fix: GPU_FIX };
   const entry = doctor.backends.find((b) => b.name === s.name);
   if (s.name === 'wasm' || s.name === 'cpu') {
-    return { level: 'warning', message: `No GPU found: training runs on the ${s.name === 'wasm' ? 'WebAssembly' : 'JavaScript CPU'} backend and will be very slow (hours for a few hundred steps).`, fix: GPU_FIX };
+    return {
+      level: 'warning',
+      message: `No GPU found: training runs on the ${s.name === 'wasm' ? 'WebAssembly' : 'JavaScript CPU'} backend and will be very slow (hours for a few hundred steps).`,
+      fix: GPU_FIX,
+    };
   }
-  if (entry?.software) return { level: 'warning', message: `The ${s.name} backend runs on a software adapter (${s.device ?? 'no hardware GPU'}): training will be slow.`, fix: GPU_FIX };
+  if (entry?.software)
+    return {
+      level: 'warning',
+      message: `The ${s.name} backend runs on a software adapter (${s.device ?? 'no hardware GPU'}): training will be slow.`,
+      fix: GPU_FIX,
+    };
   return null;
 }

@@ -51,7 +51,9 @@ export function onSchemeChange(fn: () => void): () => void {
 }
 
 /** Tick spacings for a step axis: whole steps only. */
-export const STEP_INCREMENTS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10_000, 20_000, 50_000, 100_000];
+export const STEP_INCREMENTS = [
+  1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10_000, 20_000, 50_000, 100_000,
+];
 
 export function axis(c: ChartColors, extra: Partial<uPlotType.Axis> = {}): uPlotType.Axis {
   return {

@@ -30,14 +30,22 @@ export function createApiClient(transport: Transport, opts: { validate?: boolean
       const checked = schema.params.safeParse(params ?? {});
       if (!checked.success) {
         const fields = issuesOf(checked.error);
-        throw new ApiError('invalid_params', `${method}: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`, fields);
+        throw new ApiError(
+          'invalid_params',
+          `${method}: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`,
+          fields,
+        );
       }
       const result = await transport.request(method, params ?? {});
       if (opts.validate) {
         const r = schema.result.safeParse(result);
         if (!r.success) {
           const fields = issuesOf(r.error);
-          throw new ApiError('internal', `${method}: the engine's result does not match the contract (${fields.map((f) => `${f.field}: ${f.message}`).join('; ')})`, fields);
+          throw new ApiError(
+            'internal',
+            `${method}: the engine's result does not match the contract (${fields.map((f) => `${f.field}: ${f.message}`).join('; ')})`,
+            fields,
+          );
         }
       }
       return result;

@@ -103,7 +103,8 @@ export class EvaluationService {
         this.notify.guard('Load evaluation images', () => this.api['evaluation.images']({ projectId, runId })),
       ]);
       if (e !== undefined && this.runId === runId) this.evaluation = e;
-      if (images && this.runId === runId) this.images = images.map((i) => ({ step: i.step, file: i.file, src: this.files.url(i.url) }));
+      if (images && this.runId === runId)
+        this.images = images.map((i) => ({ step: i.step, file: i.file, src: this.files.url(i.url) }));
     } finally {
       this.loading = false;
     }
@@ -114,7 +115,9 @@ export class EvaluationService {
     if (!projectId || !runId) return this.notify.error('Evaluate', 'Choose a run first.');
     this.jobError = null;
     const quick = this.quick;
-    const r = await this.notify.guard('Start evaluation', () => this.api['evaluation.start']({ projectId, runId, checkpoints: 'all', ...(quick ? { quick } : {}) }));
+    const r = await this.notify.guard('Start evaluation', () =>
+      this.api['evaluation.start']({ projectId, runId, checkpoints: 'all', ...(quick ? { quick } : {}) }),
+    );
     if (!r) return;
     this.jobId = r.jobId;
     this.#startedAt = this.now();
@@ -129,7 +132,9 @@ export class EvaluationService {
     if (!projectId || !runId) return;
     this.choosing = step;
     try {
-      const e = await this.notify.guard('Choose checkpoint', () => this.api['evaluation.choose']({ projectId, runId, step }));
+      const e = await this.notify.guard('Choose checkpoint', () =>
+        this.api['evaluation.choose']({ projectId, runId, step }),
+      );
       if (e && this.runId === runId) this.evaluation = e;
       if (e) this.onBestChanged();
     } finally {

@@ -56,7 +56,7 @@ export class EventHub {
 
   #dispatch(name: string, data: unknown): void {
     const set = this.#listeners.get(name);
-    if (this.opts.validate && Object.prototype.hasOwnProperty.call(events, name)) {
+    if (this.opts.validate && Object.hasOwn(events, name)) {
       const r = events[name as EventName].safeParse(data);
       if (!r.success) {
         console.error(`singlora: event ${name} does not match the contract`, r.error.issues, data);

@@ -3,7 +3,7 @@
  * location, and the export job followed to its end; the written file is the finished job's
  * `result.path` (relative to the project, `adapters/...`).
  */
-import { api, exportFormats, type ApiClient, type Job, type Project } from '../../src-main/api/contract.ts';
+import { api, type exportFormats, type ApiClient, type Job, type Project } from '../../src-main/api/contract.ts';
 import { adapterRef, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
 import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
 import type { Files } from './files.ts';
@@ -14,11 +14,29 @@ export type ExportFormat = (typeof exportFormats)[number];
 
 /** One line per format: what it is, and which tools load it. */
 export const FORMAT_INFO: Record<ExportFormat, { label: string; loads: string }> = {
-  singlora: { label: 'Native SingLoRA (.safetensors)', loads: 'SingLoRA Studio and the singlora CLI; keeps the single-matrix form and its metadata for later training.' },
-  kohya: { label: 'kohya LoRA for A1111 / ComfyUI (.safetensors)', loads: 'AUTOMATIC1111, Forge, ComfyUI, InvokeAI: put it in models/Lora and use <lora:name:1> or a LoRA loader node.' },
-  diffusers: { label: 'diffusers / PEFT LoRA', loads: 'Python: pipe.load_lora_weights(path) in diffusers, or PeftModel with peft.' },
-  'merged-diffusers': { label: 'Merged checkpoint (diffusers folder)', loads: 'A pipeline folder with the adapter baked into unet/ and the base model\'s VAE, text encoder, tokenizer and scheduler copied: StableDiffusionPipeline.from_pretrained(folder). From a single-file base model only unet/ is written (UNet2DConditionModel.from_pretrained(folder/unet)). Downloads as one .tar file.' },
-  'merged-single-file': { label: 'Merged checkpoint (single .safetensors)', loads: 'A full SD 1.5 checkpoint (about 2-4 GB) for models/Stable-diffusion in A1111, ComfyUI, DiffusionBee or any SD 1.5 tool.' },
+  singlora: {
+    label: 'Native SingLoRA (.safetensors)',
+    loads: 'SingLoRA Studio and the singlora CLI; keeps the single-matrix form and its metadata for later training.',
+  },
+  kohya: {
+    label: 'kohya LoRA for A1111 / ComfyUI (.safetensors)',
+    loads:
+      'AUTOMATIC1111, Forge, ComfyUI, InvokeAI: put it in models/Lora and use <lora:name:1> or a LoRA loader node.',
+  },
+  diffusers: {
+    label: 'diffusers / PEFT LoRA',
+    loads: 'Python: pipe.load_lora_weights(path) in diffusers, or PeftModel with peft.',
+  },
+  'merged-diffusers': {
+    label: 'Merged checkpoint (diffusers folder)',
+    loads:
+      "A pipeline folder with the adapter baked into unet/ and the base model's VAE, text encoder, tokenizer and scheduler copied: StableDiffusionPipeline.from_pretrained(folder). From a single-file base model only unet/ is written (UNet2DConditionModel.from_pretrained(folder/unet)). Downloads as one .tar file.",
+  },
+  'merged-single-file': {
+    label: 'Merged checkpoint (single .safetensors)',
+    loads:
+      'A full SD 1.5 checkpoint (about 2-4 GB) for models/Stable-diffusion in A1111, ComfyUI, DiffusionBee or any SD 1.5 tool.',
+  },
 };
 
 /** The path of an export's result: the finished job's `result.path`, else what was asked for. */
@@ -130,7 +148,9 @@ export class ExportService {
     if (job.status === 'done') {
       this.resultPath = exportResultPath(job, requested);
       this.resultUrl = job.result?.url ? this.files.url(job.result.url) : null;
-      this.resultName = job.result?.url ? decodeURIComponent(job.result.url.split('?')[0].split('/').pop() ?? '') : null;
+      this.resultName = job.result?.url
+        ? decodeURIComponent(job.result.url.split('?')[0].split('/').pop() ?? '')
+        : null;
       this.notify.info(`Exported to ${this.resultPath}`, 'success');
       this.onExported();
     } else if (job.status === 'failed') {

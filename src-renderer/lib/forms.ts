@@ -37,7 +37,10 @@ export function fieldErrorsFromApi(err: unknown, stripPrefix = ''): FieldErrors 
 }
 
 /** Validates a form draft; `{ok: true, data}` or the field errors. */
-export function check<S extends z.ZodType>(schema: S, draft: unknown): { ok: true; data: z.infer<S> } | { ok: false; errors: FieldErrors } {
+export function check<S extends z.ZodType>(
+  schema: S,
+  draft: unknown,
+): { ok: true; data: z.infer<S> } | { ok: false; errors: FieldErrors } {
   const r = schema.safeParse(draft);
   return r.success ? { ok: true, data: r.data } : { ok: false, errors: fieldErrorsFromZod(r.error) };
 }

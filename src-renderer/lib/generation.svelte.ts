@@ -15,7 +15,9 @@ import type { Notifier } from './notifier.svelte.ts';
 export type GenerateDraft = Required<Omit<GenerateSettingsInput, 'clipSkip'>> & { clipSkip: number };
 
 export function defaultDraft(subject?: Project['subject']): GenerateDraft {
-  const d = generateSettingsSchema.parse({ prompt: subject ? `a photo of ${subject.triggerToken} ${subject.classWord}` : '' });
+  const d = generateSettingsSchema.parse({
+    prompt: subject ? `a photo of ${subject.triggerToken} ${subject.classWord}` : '',
+  });
   return { ...d };
 }
 
@@ -67,7 +69,11 @@ export class GenerationService {
   useModelDefaults(native: number | null): void {
     if (!native) return;
     const d = this.draft;
-    const prev = this.#modelDefaults ?? { width: defaultDraft().width, height: defaultDraft().height, steps: defaultDraft().steps };
+    const prev = this.#modelDefaults ?? {
+      width: defaultDraft().width,
+      height: defaultDraft().height,
+      steps: defaultDraft().steps,
+    };
     const next = { width: native, height: native, steps: native <= 128 ? 10 : defaultDraft().steps };
     if (d.width === prev.width && d.height === prev.height) {
       d.width = next.width;
@@ -127,13 +133,18 @@ export class GenerationService {
     }
     const c = check(generateSettingsSchema, this.draft);
     const errors: FieldErrors = c.ok ? {} : { ...c.errors };
-    if (!Number.isFinite(this.strength) || this.strength < -4 || this.strength > 4) errors.strength = 'Strength is between -4 and 4';
+    if (!Number.isFinite(this.strength) || this.strength < -4 || this.strength > 4)
+      errors.strength = 'Strength is between -4 and 4';
     this.errors = errors;
     if (!c.ok || Object.keys(errors).length) return false;
     const ref = adapterRef(this.adapter);
     this.busy = true;
     try {
-      const r = await this.api['generation.start']({ projectId, settings: c.data, adapters: ref ? [{ ...ref, strength: this.strength }] : [] });
+      const r = await this.api['generation.start']({
+        projectId,
+        settings: c.data,
+        adapters: ref ? [{ ...ref, strength: this.strength }] : [],
+      });
       this.jobId = r.jobId;
       this.progress = null;
       this.jobs.track(r.jobId, (job) => this.#onJob(job));
@@ -154,7 +165,11 @@ export class GenerationService {
 
   /** Copies the A1111 "parameters" text (as in the PNG) to the clipboard. */
   async copyParameters(image: GeneratedImageInfo): Promise<void> {
-    if (!this.clipboard) return this.notify.error('Copy parameters', 'The clipboard is not available here (the page needs a secure context: https or localhost).');
+    if (!this.clipboard)
+      return this.notify.error(
+        'Copy parameters',
+        'The clipboard is not available here (the page needs a secure context: https or localhost).',
+      );
     try {
       await this.clipboard.writeText(image.parameters);
       this.notify.info('Parameters copied: paste them into the A1111 prompt box and press the ↙ button.', 'success');
@@ -169,8 +184,11 @@ export class GenerationService {
 
   async reveal(image: GeneratedImageInfo): Promise<void> {
     const projectId = this.projectId;
-    if (!this.desktop || !projectId) return this.notify.error('Open in folder', 'Opening folders is not available here.');
-    await this.notify.guard('Open in folder', () => this.api['desktop.reveal']({ projectId, file: `images/${image.file}` }));
+    if (!this.desktop || !projectId)
+      return this.notify.error('Open in folder', 'Opening folders is not available here.');
+    await this.notify.guard('Open in folder', () =>
+      this.api['desktop.reveal']({ projectId, file: `images/${image.file}` }),
+    );
   }
 
   #onJob(job: Job): void {

@@ -75,6 +75,10 @@ export class Notifier {
       this.items = [...kept, { id, count: 1, ...t }];
     }
     clearTimeout(this.#timers.get(id));
-    if (dismissMs > 0) this.#timers.set(id, setTimeout(() => this.dismiss(id), dismissMs));
+    if (dismissMs > 0)
+      this.#timers.set(
+        id,
+        setTimeout(() => this.dismiss(id), dismissMs),
+      );
   }
 }

@@ -3,7 +3,14 @@
  * services follow the open project through `onOpen` (called when a different project opens or the
  * open one closes); edits to the open project only replace `current`.
  */
-import { api, type ApiClient, type BaseModelInfo, type Params, type Project, type ProjectSummary } from '../../src-main/api/contract.ts';
+import {
+  api,
+  type ApiClient,
+  type BaseModelInfo,
+  type Params,
+  type Project,
+  type ProjectSummary,
+} from '../../src-main/api/contract.ts';
 import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
 import type { Notifier } from './notifier.svelte.ts';
 
@@ -34,7 +41,12 @@ export class ProjectsService {
     if (!p) return null;
     if (p.baseModel) {
       const found = this.bases.find((b) => b.path === p.baseModel);
-      return { path: p.baseModel, name: found?.name ?? p.baseModel.split(/[\\/]/).filter(Boolean).pop() ?? p.baseModel, native: found?.native ?? null, isDefault: false };
+      return {
+        path: p.baseModel,
+        name: found?.name ?? p.baseModel.split(/[\\/]/).filter(Boolean).pop() ?? p.baseModel,
+        native: found?.native ?? null,
+        isDefault: false,
+      };
     }
     const def = this.bases.find((b) => b.isDefault);
     return def ? { path: def.path, name: def.name, native: def.native, isDefault: true } : null;
@@ -78,7 +90,8 @@ export class ProjectsService {
   async start(): Promise<void> {
     await Promise.all([this.refresh(), this.loadBases()]);
     const last = this.storage?.getItem(LAST_PROJECT_KEY);
-    const pick = this.list.find((p) => p.id === last) ?? [...this.list].sort((a, b) => b.updatedAt.localeCompare(a.updatedAt))[0];
+    const pick =
+      this.list.find((p) => p.id === last) ?? [...this.list].sort((a, b) => b.updatedAt.localeCompare(a.updatedAt))[0];
     if (pick) await this.open(pick.id);
   }
 

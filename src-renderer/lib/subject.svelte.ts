@@ -34,7 +34,11 @@ export async function toBase64(file: Blob): Promise<string> {
 }
 
 /** Groups files so each `photos.add` stays under both limits. */
-export function batches<T extends { size: number }>(files: T[], maxFiles = MAX_FILES_PER_REQUEST, maxBytes = MAX_BYTES_PER_REQUEST): T[][] {
+export function batches<T extends { size: number }>(
+  files: T[],
+  maxFiles = MAX_FILES_PER_REQUEST,
+  maxBytes = MAX_BYTES_PER_REQUEST,
+): T[][] {
   const out: T[][] = [];
   let cur: T[] = [];
   let bytes = 0;
@@ -110,7 +114,11 @@ export class SubjectService {
     const all = [...list];
     const images = all.filter(isImageFile);
     const skipped = all.filter((f) => !isImageFile(f));
-    if (skipped.length) this.notify.error('Add photos', `Skipped ${skipped.length} file(s) that are not images: ${skipped.map((f) => f.name).join(', ')}`);
+    if (skipped.length)
+      this.notify.error(
+        'Add photos',
+        `Skipped ${skipped.length} file(s) that are not images: ${skipped.map((f) => f.name).join(', ')}`,
+      );
     if (!images.length) return;
     this.upload = { done: 0, total: images.length };
     try {
@@ -143,7 +151,9 @@ export class SubjectService {
     if (!projectId || this.crops[key]) return;
     this.cropLoading = key;
     try {
-      const r = await this.notify.guard('Crop preview', () => this.api['photos.cropPreview']({ projectId, photoId, crop, size: 256 }));
+      const r = await this.notify.guard('Crop preview', () =>
+        this.api['photos.cropPreview']({ projectId, photoId, crop, size: 256 }),
+      );
       if (r && this.projectId === projectId) this.crops[key] = `data:image/png;base64,${r.pngBase64}`;
     } finally {
       this.cropLoading = null;
@@ -158,15 +168,29 @@ export class SubjectService {
       return false;
     }
     const errors = await this.projects.update({ subject: { ...this.draft } });
-    this.subjectErrors = Object.fromEntries(Object.entries(errors ?? {}).map(([k, v]) => [k.replace(/^subject\./, ''), v]));
+    this.subjectErrors = Object.fromEntries(
+      Object.entries(errors ?? {}).map(([k, v]) => [k.replace(/^subject\./, ''), v]),
+    );
     if (!errors) this.notify.info('Subject saved.', 'success');
     return !errors;
   }
 }
 
 export function guidanceFor(usable: number, total: number): { level: 'ok' | 'warning'; text: string } {
-  if (total === 0) return { level: 'warning', text: `Add ${MIN_PHOTOS}-${MAX_PHOTOS} photos of your subject: different angles, backgrounds and lighting.` };
-  if (usable < MIN_PHOTOS) return { level: 'warning', text: `${usable} usable photo(s): add at least ${MIN_PHOTOS - usable} more (${MIN_PHOTOS}-${MAX_PHOTOS} works best).` };
-  if (usable > MAX_PHOTOS) return { level: 'warning', text: `${usable} usable photos: more than ${MAX_PHOTOS} rarely helps and slows training; keep the best ${MAX_PHOTOS}.` };
+  if (total === 0)
+    return {
+      level: 'warning',
+      text: `Add ${MIN_PHOTOS}-${MAX_PHOTOS} photos of your subject: different angles, backgrounds and lighting.`,
+    };
+  if (usable < MIN_PHOTOS)
+    return {
+      level: 'warning',
+      text: `${usable} usable photo(s): add at least ${MIN_PHOTOS - usable} more (${MIN_PHOTOS}-${MAX_PHOTOS} works best).`,
+    };
+  if (usable > MAX_PHOTOS)
+    return {
+      level: 'warning',
+      text: `${usable} usable photos: more than ${MAX_PHOTOS} rarely helps and slows training; keep the best ${MAX_PHOTOS}.`,
+    };
   return { level: 'ok', text: `${usable} usable photos: ready to train (${MIN_PHOTOS}-${MAX_PHOTOS} photos).` };
 }

@@ -15,7 +15,9 @@ export class SystemService {
   doctorLoading = $state(false);
   models = $state<ModelEntry[]>([]);
   /** Download jobs by model name. */
-  downloads = $state<Partial<Record<DownloadName, { jobId: string; done: number; total: number; status: string; error: string | null }>>>({});
+  downloads = $state<
+    Partial<Record<DownloadName, { jobId: string; done: number; total: number; status: string; error: string | null }>>
+  >({});
   advice = $derived(backendAdvice(this.doctor));
 
   constructor(
@@ -39,7 +41,8 @@ export class SystemService {
   async runDoctor(): Promise<void> {
     this.doctorLoading = true;
     try {
-      this.doctor = (await this.notify.guard('Check backends (doctor)', () => this.api['system.doctor']({}))) ?? this.doctor;
+      this.doctor =
+        (await this.notify.guard('Check backends (doctor)', () => this.api['system.doctor']({}))) ?? this.doctor;
     } finally {
       this.doctorLoading = false;
     }
@@ -50,7 +53,13 @@ export class SystemService {
     if (!r) return;
     this.downloads[name] = { jobId: r.jobId, done: 0, total: 0, status: 'queued', error: null };
     this.jobs.track(r.jobId, (job) => {
-      this.downloads[name] = { jobId: job.id, done: job.progress?.done ?? 0, total: job.progress?.total ?? 0, status: job.status, error: job.error };
+      this.downloads[name] = {
+        jobId: job.id,
+        done: job.progress?.done ?? 0,
+        total: job.progress?.total ?? 0,
+        status: job.status,
+        error: job.error,
+      };
       if (isFinished(job)) {
         if (job.status === 'failed') this.notify.error(`Download ${name.toUpperCase()}`, job.error ?? 'failed');
         void this.loadModels();

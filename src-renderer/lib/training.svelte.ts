@@ -13,7 +13,12 @@
  * history before live events continue it.
  */
 import type { ApiClient, EventData, Project, Result, RunStatusInfo } from '../../src-main/api/contract.ts';
-import { trainSettingsSchema, type RunStatus, type TrainEvent, type TrainSettings } from '../../src-main/api/schemas.ts';
+import {
+  trainSettingsSchema,
+  type RunStatus,
+  type TrainEvent,
+  type TrainSettings,
+} from '../../src-main/api/schemas.ts';
 import { hintFor, isOutOfMemory, MEMORY_HINT, messageOf } from './advice.ts';
 import type { EventHub } from './events.ts';
 import type { Files } from './files.ts';
@@ -95,10 +100,16 @@ export class TrainingService {
     // The run list follows its jobs: a run whose job is queued or running says so at once.
     hub.on('job.updated', (j) => {
       if (j.kind !== 'train' || j.projectId !== this.projectId || !j.runId) return;
-      if (j.status === 'queued' || j.status === 'running') this.#patchRun(j.runId, { status: j.status === 'queued' ? 'queued' : 'running' });
+      if (j.status === 'queued' || j.status === 'running')
+        this.#patchRun(j.runId, { status: j.status === 'queued' ? 'queued' : 'running' });
       // A job that ended without the run's `done` event (its engine process died): the card must
       // not keep showing the last stage as if it were still working.
-      else if ((j.status === 'failed' || j.status === 'cancelled') && j.runId === this.selectedRunId && j.id === this.jobId) this.#runEnded(j.status, j.error);
+      else if (
+        (j.status === 'failed' || j.status === 'cancelled') &&
+        j.runId === this.selectedRunId &&
+        j.id === this.jobId
+      )
+        this.#runEnded(j.status, j.error);
     });
   }
 
@@ -123,7 +134,11 @@ export class TrainingService {
     this.cancelling = false;
     this.runError = error;
     if (this.progress) this.progress = { ...this.progress, step: step ?? this.progress.step, etaS: null };
-    if (status === 'completed') this.notify.info(`Training finished at step ${step ?? this.progress?.step}. Next: Evaluate picks the best checkpoint.`, 'success');
+    if (status === 'completed')
+      this.notify.info(
+        `Training finished at step ${step ?? this.progress?.step}. Next: Evaluate picks the best checkpoint.`,
+        'success',
+      );
     else if (status === 'failed') this.notify.error('Training', error ?? 'the run failed');
     void this.loadRuns();
   }
@@ -135,7 +150,8 @@ export class TrainingService {
   /** Keeps the form's unsaved settings across reloads (the screen calls this on every change). */
   keepDraft(): void {
     if (!this.projectId || !this.storage) return;
-    const saved = this.projects.current?.id === this.projectId ? JSON.stringify(draftFrom(this.projects.current.settings)) : null;
+    const saved =
+      this.projects.current?.id === this.projectId ? JSON.stringify(draftFrom(this.projects.current.settings)) : null;
     const now = JSON.stringify(this.draft);
     // Only what differs from the project's saved settings is worth keeping.
     if (now === saved) this.storage.removeItem(this.#draftKey(this.projectId));
@@ -232,7 +248,11 @@ export class TrainingService {
       this.notify.error('Start training', 'Open or create a project first.');
       return false;
     }
-    const settings = { ...this.draft, triggerToken: project.subject.triggerToken, classWord: project.subject.classWord };
+    const settings = {
+      ...this.draft,
+      triggerToken: project.subject.triggerToken,
+      classWord: project.subject.classWord,
+    };
     const c = check(trainSettingsSchema, settings);
     this.errors = c.ok ? {} : c.errors;
     if (!c.ok) return false;
@@ -248,7 +268,15 @@ export class TrainingService {
       this.#dropDraft(); // the project keeps the settings a run started with
       if (this.selectedRunId !== r.runId) {
         this.selectedRunId = r.runId;
-        this.progress ??= { step: 0, steps: settings.steps, its: null, etaS: null, loss: null, smoothed: null, lr: null };
+        this.progress ??= {
+          step: 0,
+          steps: settings.steps,
+          its: null,
+          etaS: null,
+          loss: null,
+          smoothed: null,
+          lr: null,
+        };
       }
       await this.loadRuns();
       return true;
@@ -272,7 +300,7 @@ export class TrainingService {
     if (!jobId) return this.notify.error('Cancel training', 'No running training job found for this run.');
     this.cancelling = true; // at once: the run stops only at its next step, after a checkpoint
     const r = await this.notify.guard('Cancel training', () => this.api['training.cancel']({ jobId }));
-    if (!r || !r.cancelled) this.cancelling = false;
+    if (!r?.cancelled) this.cancelling = false;
     if (r && !r.cancelled) this.notify.info('The run had already stopped.');
   }
 
@@ -294,7 +322,9 @@ export class TrainingService {
   }
 
   #findJob(): string | null {
-    const job = this.jobs.jobs.find((j) => j.kind === 'train' && j.runId === this.selectedRunId && ACTIVE.has(j.status));
+    const job = this.jobs.jobs.find(
+      (j) => j.kind === 'train' && j.runId === this.selectedRunId && ACTIVE.has(j.status),
+    );
     return job?.id ?? null;
   }
 
@@ -315,14 +345,19 @@ export class TrainingService {
   /** Shows a run's manifest, keeping what live events already brought that is newer than it. */
   #applyManifest(m: RunStatusInfo): void {
     const lastStep = m.losses.at(-1)?.step ?? -1;
-    const liveLosses = this.losses.steps.map((step, i) => ({ step, loss: this.losses.raw[i], smoothed: this.losses.smoothed[i] })).filter((p) => p.step > lastStep);
+    const liveLosses = this.losses.steps
+      .map((step, i) => ({ step, loss: this.losses.raw[i], smoothed: this.losses.smoothed[i] }))
+      .filter((p) => p.step > lastStep);
     const liveSamples = this.samples.filter((s) => s.step > (m.samples.at(-1)?.step ?? -1));
     const liveProgress = this.progress && this.progress.step > m.step ? this.progress : null;
     this.manifest = m;
     if (!liveProgress) this.status = m.status;
     this.runError = m.error;
     this.losses.reset([...m.losses, ...liveLosses]);
-    this.samples = [...m.samples.map((s) => ({ step: s.step, prompt: s.prompt, url: this.files.url(s.url) })), ...liveSamples];
+    this.samples = [
+      ...m.samples.map((s) => ({ step: s.step, prompt: s.prompt, url: this.files.url(s.url) })),
+      ...liveSamples,
+    ];
     this.checkpoints = [...new Set([...m.checkpoints.map((c) => c.step), ...this.checkpoints])].sort((a, b) => a - b);
     if (liveProgress) return;
     const last = m.losses.at(-1);
@@ -347,7 +382,8 @@ export class TrainingService {
     }
     if (e.event.event === 'step') this.#patchRun(e.runId, { status: 'running', step: e.event.step });
     else if (e.event.event === 'prepare') this.#patchRun(e.runId, { status: 'running' });
-    else if (e.event.event === 'done') this.#patchRun(e.runId, { status: e.event.status, step: e.event.step, error: e.event.error });
+    else if (e.event.event === 'done')
+      this.#patchRun(e.runId, { status: e.event.status, step: e.event.step, error: e.event.error });
     if (e.runId !== this.selectedRunId) {
       if (e.event.event === 'done') void this.loadRuns();
       return;
@@ -362,7 +398,15 @@ export class TrainingService {
       case 'step':
         this.status = 'running';
         this.stage = null;
-        this.progress = { step: ev.step, steps: ev.steps, its: ev.its, etaS: ev.eta_s, loss: ev.loss, smoothed: ev.smoothed, lr: ev.lr };
+        this.progress = {
+          step: ev.step,
+          steps: ev.steps,
+          its: ev.its,
+          etaS: ev.eta_s,
+          loss: ev.loss,
+          smoothed: ev.smoothed,
+          lr: ev.lr,
+        };
         this.losses.push(ev.step, ev.loss, ev.smoothed);
         break;
       case 'checkpoint':

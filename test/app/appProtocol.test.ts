@@ -24,7 +24,10 @@ beforeAll(async () => {
   ({ dir, cleanup } = await tempDir('singlora-app-protocol-'));
   const renderer = join(dir, 'renderer');
   await mkdir(join(renderer, 'assets'), { recursive: true });
-  await writeFile(join(renderer, 'index.html'), '<!doctype html><script type="module" crossorigin src="./assets/index.js"></script>');
+  await writeFile(
+    join(renderer, 'index.html'),
+    '<!doctype html><script type="module" crossorigin src="./assets/index.js"></script>',
+  );
   await writeFile(join(renderer, 'assets', 'index.js'), 'console.log(1)');
   await writeFile(join(dir, 'secret.png'), PNG);
   await writeFile(join(dir, 'secret.txt'), 'the password');
@@ -45,7 +48,10 @@ afterAll(async () => {
 
 describe('app:// protocol', () => {
   it('is registered as a standard, secure origin that supports fetch and CORS, without bypassing CSP', () => {
-    expect(APP_SCHEME_PRIVILEGES).toEqual({ scheme: 'app', privileges: { standard: true, secure: true, supportFetchAPI: true, corsEnabled: true } });
+    expect(APP_SCHEME_PRIVILEGES).toEqual({
+      scheme: 'app',
+      privileges: { standard: true, secure: true, supportFetchAPI: true, corsEnabled: true },
+    });
   });
 
   it('serves the renderer with the CSP on every response', async () => {
@@ -101,7 +107,10 @@ describe('app:// protocol', () => {
   });
 
   it('a ../ (or %2e%2e) that the URL parser resolves lands in the renderer folder, never outside it', async () => {
-    for (const path of [`/files/${id}/../../../secret.txt`, `/files/${id}/images/%2e%2e/%2e%2e/%2e%2e/%2e%2e/secret.png`]) {
+    for (const path of [
+      `/files/${id}/../../../secret.txt`,
+      `/files/${id}/images/%2e%2e/%2e%2e/%2e%2e/%2e%2e/secret.png`,
+    ]) {
       const r = await get(path);
       expect(r.status, path).toBe(404);
       expect(await r.text(), path).not.toContain('the password');
@@ -142,6 +151,16 @@ describe('app:// protocol', () => {
   it('isAppUrl accepts the app origin only', () => {
     expect(isAppUrl('app://studio/index.html#/train')).toBe(true);
     expect(isAppUrl('app://studio/')).toBe(true);
-    for (const u of ['app://studio.evil/', 'app://user:pw@studio/', 'https://studio/', 'app://other/', 'studio', '', undefined, null]) expect(isAppUrl(u), String(u)).toBe(false);
+    for (const u of [
+      'app://studio.evil/',
+      'app://user:pw@studio/',
+      'https://studio/',
+      'app://other/',
+      'studio',
+      '',
+      undefined,
+      null,
+    ])
+      expect(isAppUrl(u), String(u)).toBe(false);
   });
 });

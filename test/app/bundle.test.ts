@@ -31,8 +31,14 @@ beforeAll(async () => {
   ({ dir, cleanup } = await tempDir('singlora-app-bundle-'));
   appDir = join(dir, 'app');
   await mkdir(join(appDir, 'dist-renderer'), { recursive: true });
-  await writeFile(join(appDir, 'package.json'), JSON.stringify({ name: 'singlora-studio', version: VERSION, type: 'module', main: 'dist-electron/main.js' }));
-  await writeFile(join(appDir, 'dist-renderer', 'index.html'), '<!doctype html><title>SingLoRA Studio bundle test</title>');
+  await writeFile(
+    join(appDir, 'package.json'),
+    JSON.stringify({ name: 'singlora-studio', version: VERSION, type: 'module', main: 'dist-electron/main.js' }),
+  );
+  await writeFile(
+    join(appDir, 'dist-renderer', 'index.html'),
+    '<!doctype html><title>SingLoRA Studio bundle test</title>',
+  );
   await symlink(join(REPO, 'node_modules'), join(appDir, 'node_modules'), 'dir');
   built = await buildElectron({ outDir: join(appDir, 'dist-electron'), sourcemap: false });
 });
@@ -54,7 +60,7 @@ describe('the Electron bundles', () => {
     expect(worker).not.toMatch(/import\.meta/);
   });
 
-  it('the preload bundle runs with a sandboxed preload\'s require (electron only) and exposes invoke and onEvent', async () => {
+  it("the preload bundle runs with a sandboxed preload's require (electron only) and exposes invoke and onEvent", async () => {
     const exposed = new Map<string, Record<string, unknown>>();
     const invoked: unknown[][] = [];
     const electron = {
@@ -66,7 +72,13 @@ describe('the Electron bundles', () => {
       throw new Error(`module not found: ${name}`);
     };
     const module = { exports: {} };
-    runInNewContext(await readFile(built.preload, 'utf8'), { require: sandboxRequire, module, exports: module.exports, Promise, TypeError });
+    runInNewContext(await readFile(built.preload, 'utf8'), {
+      require: sandboxRequire,
+      module,
+      exports: module.exports,
+      Promise,
+      TypeError,
+    });
     expect([...exposed.keys()]).toEqual(['singlora']);
     expect(Object.keys(exposed.get('singlora')!).sort()).toEqual(['invoke', 'onEvent']);
     await (exposed.get('singlora')!.invoke as (m: string, p: unknown) => Promise<unknown>)('jobs.list', {});
@@ -76,8 +88,19 @@ describe('the Electron bundles', () => {
   it('the main bundle runs (Electron faked): page with CSP, the app folder found, the engine worker bundle as a utility process', async () => {
     const userData = join(dir, 'userData');
     const register = join(REPO, 'test/app/fakeElectron/register.mjs');
-    const env = { ...process.env, FAKE_ELECTRON_USER_DATA: userData, SINGLORA_BACKEND: 'cpu', SINGLORA_DATA_DIR: '', SINGLORA_MODELS_DIR: '', SINGLORA_CACHE_DIR: '' };
-    const child = spawn(process.execPath, ['--import', register, built.main], { cwd: appDir, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const env = {
+      ...process.env,
+      FAKE_ELECTRON_USER_DATA: userData,
+      SINGLORA_BACKEND: 'cpu',
+      SINGLORA_DATA_DIR: '',
+      SINGLORA_MODELS_DIR: '',
+      SINGLORA_CACHE_DIR: '',
+    };
+    const child = spawn(process.execPath, ['--import', register, built.main], {
+      cwd: appDir,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
@@ -92,14 +115,34 @@ describe('the Electron bundles', () => {
     expect(r.url).toBe('app://studio/index.html');
     expect(r.sandbox).toBe(true);
     expect(r.permissionsLocked).toBe(true);
-    expect(r.privileged).toEqual([{ scheme: 'app', privileges: { standard: true, secure: true, supportFetchAPI: true, corsEnabled: true } }]);
-    expect(r.webPreferences).toMatchObject({ preload: built.preload, sandbox: true, contextIsolation: true, nodeIntegration: false, webSecurity: true });
+    expect(r.privileged).toEqual([
+      { scheme: 'app', privileges: { standard: true, secure: true, supportFetchAPI: true, corsEnabled: true } },
+    ]);
+    expect(r.webPreferences).toMatchObject({
+      preload: built.preload,
+      sandbox: true,
+      contextIsolation: true,
+      nodeIntegration: false,
+      webSecurity: true,
+    });
     expect(r.scheme).toBe('app');
     expect(r.channel).toBe('singlora:invoke');
-    expect(r.page).toEqual({ status: 200, csp: CSP, type: 'text/html; charset=utf-8', body: '<!doctype html><title>SingLoRA Studio bundle test</title>' });
+    expect(r.page).toEqual({
+      status: 200,
+      csp: CSP,
+      type: 'text/html; charset=utf-8',
+      body: '<!doctype html><title>SingLoRA Studio bundle test</title>',
+    });
 
     // engine/paths.ts's REPO_ROOT inside the bundle is the app folder: its package.json, its models/.
-    expect(r.info).toMatchObject({ ok: true, result: { version: VERSION, modelsDir: join(appDir, 'models'), projectsDir: join(userData, 'userData', 'data', 'projects') } });
+    expect(r.info).toMatchObject({
+      ok: true,
+      result: {
+        version: VERSION,
+        modelsDir: join(appDir, 'models'),
+        projectsDir: join(userData, 'userData', 'data', 'projects'),
+      },
+    });
     expect(r.doctor).toMatchObject({ ok: true, result: { selected: { name: 'cpu' } } });
     expect(r.foreign).toMatchObject({ ok: false, error: { code: 'unauthorized' } });
     // The quit closed the service: its data lock is released.
@@ -126,7 +169,9 @@ describe('electron.config.ts', () => {
       mac: { target: string[] };
     };
     await validateConfiguration(config, new DebugLogger(false));
-    await expect(validateConfiguration({ ...config, notAnOption: true }, new DebugLogger(false))).rejects.toThrow(/notAnOption/);
+    await expect(validateConfiguration({ ...config, notAnOption: true }, new DebugLogger(false))).rejects.toThrow(
+      /notAnOption/,
+    );
 
     const pkg = JSON.parse(await readFile(join(REPO, 'package.json'), 'utf8')) as { main: string };
     expect(config.productName).toBe('SingLoRA Studio');
@@ -134,7 +179,8 @@ describe('electron.config.ts', () => {
     expect(config.extraMetadata.main).toBe('dist-electron/main.js');
     expect(pkg.main).toBe(config.extraMetadata.main);
     const files = config.files.flatMap((f) => f.filter);
-    for (const f of ['dist-electron/**/*', 'dist-renderer/**/*', 'models/README.md', 'package.json']) expect(files).toContain(f);
+    for (const f of ['dist-electron/**/*', 'dist-renderer/**/*', 'models/README.md', 'package.json'])
+      expect(files).toContain(f);
     expect(config.asarUnpack).toEqual(['**/node_modules/{@tensorflow,onnxruntime-node,sharp,@img,webgpu}/**']);
     expect(config.linux.target).toEqual(['AppImage', 'deb']);
     expect(config.win.target).toEqual(['nsis']);

@@ -15,7 +15,11 @@ import { appFolders, startApp, type AppService, type ElectronApi } from '../../s
 import { tempDir } from '../service/helpers.ts';
 import { allHandlers, FakeWebContents, fakeIpcMain, fakeUtility } from './helpers.ts';
 
-const PATHS = { preload: '/app/dist-electron/preload.cjs', engineWorker: '/app/dist-electron/engineWorker.cjs', rendererDir: '' };
+const PATHS = {
+  preload: '/app/dist-electron/preload.cjs',
+  engineWorker: '/app/dist-electron/engineWorker.cjs',
+  rendererDir: '',
+};
 let dir: string;
 let cleanup: () => Promise<void>;
 
@@ -78,14 +82,44 @@ function fakeElectron(o: { lock?: boolean; packaged?: boolean; dark?: boolean } 
     registerSchemesAsPrivileged: vi.fn(() => void order.push('registerSchemesAsPrivileged')),
     handle: vi.fn(),
   };
-  const defaultSession = { setPermissionRequestHandler: vi.fn(), setPermissionCheckHandler: vi.fn(), setDevicePermissionHandler: vi.fn() };
+  const defaultSession = {
+    setPermissionRequestHandler: vi.fn(),
+    setPermissionCheckHandler: vi.fn(),
+    setDevicePermissionHandler: vi.fn(),
+  };
   const nativeTheme = Object.assign(new EventEmitter(), { themeSource: 'light', shouldUseDarkColors: o.dark ?? false });
   const ipcMain = fakeIpcMain();
   const utility = fakeUtility();
   const shell = { openPath: vi.fn(async () => ''), showItemInFolder: vi.fn() };
-  const dialog = { showErrorBox: vi.fn(), showOpenDialog: vi.fn(async () => ({ canceled: false, filePaths: ['/models/sd15'] })) };
-  const electron = { app, BrowserWindow: FakeWindow, protocol, session: { defaultSession }, nativeTheme, ipcMain, utilityProcess: utility.utility, shell, dialog } as unknown as ElectronApi;
-  return { electron, app, order, ready, windows, protocol, defaultSession, nativeTheme, ipcMain, utility, shell, dialog };
+  const dialog = {
+    showErrorBox: vi.fn(),
+    showOpenDialog: vi.fn(async () => ({ canceled: false, filePaths: ['/models/sd15'] })),
+  };
+  const electron = {
+    app,
+    BrowserWindow: FakeWindow,
+    protocol,
+    session: { defaultSession },
+    nativeTheme,
+    ipcMain,
+    utilityProcess: utility.utility,
+    shell,
+    dialog,
+  } as unknown as ElectronApi;
+  return {
+    electron,
+    app,
+    order,
+    ready,
+    windows,
+    protocol,
+    defaultSession,
+    nativeTheme,
+    ipcMain,
+    utility,
+    shell,
+    dialog,
+  };
 }
 
 function fakeService() {
@@ -116,7 +150,12 @@ function fakeService() {
 async function started(o: Parameters<typeof fakeElectron>[0] = {}) {
   const e = fakeElectron(o);
   const s = fakeService();
-  const running = startApp(e.electron, PATHS, { openService: s.openService, env: {}, platform: 'linux', log: () => {} });
+  const running = startApp(e.electron, PATHS, {
+    openService: s.openService,
+    env: {},
+    platform: 'linux',
+    log: () => {},
+  });
   e.ready();
   await running;
   return { ...e, ...s, window: e.windows[0] };
@@ -128,7 +167,9 @@ describe('before ready', () => {
     const running = startApp(e.electron, PATHS, { openService: fakeService().openService, env: {}, log: () => {} });
     expect(running).toBeInstanceOf(Promise);
     expect(e.order).toEqual(['registerSchemesAsPrivileged', 'enableSandbox', 'requestSingleInstanceLock']);
-    expect(e.protocol.registerSchemesAsPrivileged).toHaveBeenCalledWith([{ scheme: 'app', privileges: { standard: true, secure: true, supportFetchAPI: true, corsEnabled: true } }]);
+    expect(e.protocol.registerSchemesAsPrivileged).toHaveBeenCalledWith([
+      { scheme: 'app', privileges: { standard: true, secure: true, supportFetchAPI: true, corsEnabled: true } },
+    ]);
     expect(e.windows).toHaveLength(0); // nothing else until ready
   });
 
@@ -156,8 +197,22 @@ describe('ready', () => {
   it('opens one secure window on app://studio/index.html, shown once painted', async () => {
     const a = await started({ dark: true });
     expect(a.windows).toHaveLength(1);
-    expect(a.window.options.webPreferences).toMatchObject({ preload: PATHS.preload, sandbox: true, contextIsolation: true, nodeIntegration: false, webSecurity: true, devTools: true });
-    expect(a.window.options).toMatchObject({ width: 1280, height: 800, minWidth: 1024, minHeight: 700, show: false, backgroundColor: '#111216' });
+    expect(a.window.options.webPreferences).toMatchObject({
+      preload: PATHS.preload,
+      sandbox: true,
+      contextIsolation: true,
+      nodeIntegration: false,
+      webSecurity: true,
+      devTools: true,
+    });
+    expect(a.window.options).toMatchObject({
+      width: 1280,
+      height: 800,
+      minWidth: 1024,
+      minHeight: 700,
+      show: false,
+      backgroundColor: '#111216',
+    });
     expect(a.window.loaded).toEqual(['app://studio/index.html']);
     expect(a.nativeTheme.themeSource).toBe('system');
     expect(a.window.calls).toEqual([]);
@@ -192,33 +247,54 @@ describe('ready', () => {
   it('wires the one invoke channel to the service handlers, for the app origin only', async () => {
     const a = await started();
     expect([...a.ipcMain.handlers.keys()]).toEqual([INVOKE_CHANNEL]);
-    expect(await a.ipcMain.invoke(INVOKE_CHANNEL, 'app://studio/index.html', 'projects.list', {})).toEqual({ ok: true, result: [] });
-    expect(await a.ipcMain.invoke(INVOKE_CHANNEL, 'https://evil.example/', 'projects.list', {})).toMatchObject({ ok: false, error: { code: 'unauthorized' } });
+    expect(await a.ipcMain.invoke(INVOKE_CHANNEL, 'app://studio/index.html', 'projects.list', {})).toEqual({
+      ok: true,
+      result: [],
+    });
+    expect(await a.ipcMain.invoke(INVOKE_CHANNEL, 'https://evil.example/', 'projects.list', {})).toMatchObject({
+      ok: false,
+      error: { code: 'unauthorized' },
+    });
   });
 
-  it('answers desktop.* itself: Show in folder through the service\'s resolver, the model picker on the window', async () => {
+  it("answers desktop.* itself: Show in folder through the service's resolver, the model picker on the window", async () => {
     const a = await started();
-    const call = (method: string, params: unknown) => a.ipcMain.invoke(INVOKE_CHANNEL, 'app://studio/index.html', method, params);
-    expect(await call('desktop.reveal', { projectId: 'dog', file: 'images/a.png' })).toEqual({ ok: true, result: { revealed: true } });
+    const call = (method: string, params: unknown) =>
+      a.ipcMain.invoke(INVOKE_CHANNEL, 'app://studio/index.html', method, params);
+    expect(await call('desktop.reveal', { projectId: 'dog', file: 'images/a.png' })).toEqual({
+      ok: true,
+      result: { revealed: true },
+    });
     expect(a.shell.showItemInFolder).toHaveBeenCalledWith(join(dir, 'project', 'images', 'a.png'));
     // A file the service does not resolve is not shown.
     expect(await call('desktop.reveal', { projectId: 'dog', file: '../../etc/passwd' })).toMatchObject({ ok: false });
     expect(a.shell.showItemInFolder).toHaveBeenCalledTimes(1);
-    expect(await call('desktop.pickBaseModel', { kind: 'file' })).toEqual({ ok: true, result: { path: '/models/sd15' } });
-    const [win, options] = a.dialog.showOpenDialog.mock.calls[0] as unknown as [unknown, { properties: string[]; filters: unknown[] }];
+    expect(await call('desktop.pickBaseModel', { kind: 'file' })).toEqual({
+      ok: true,
+      result: { path: '/models/sd15' },
+    });
+    const [win, options] = a.dialog.showOpenDialog.mock.calls[0] as unknown as [
+      unknown,
+      { properties: string[]; filters: unknown[] },
+    ];
     expect(win).toBe(a.window);
     expect(options.properties).toEqual(['openFile']);
     expect(options.filters).toEqual([{ name: 'safetensors checkpoint', extensions: ['safetensors'] }]);
     a.dialog.showOpenDialog.mockResolvedValueOnce({ canceled: true, filePaths: [] });
     expect(await call('desktop.pickBaseModel', { kind: 'folder' })).toEqual({ ok: true, result: { path: null } });
-    expect(await call('desktop.pickBaseModel', { kind: 'anything' })).toMatchObject({ ok: false, error: { code: 'invalid_params' } });
+    expect(await call('desktop.pickBaseModel', { kind: 'anything' })).toMatchObject({
+      ok: false,
+      error: { code: 'invalid_params' },
+    });
   });
 
   it('forwards service events to the window, replays the engine state after a reload, stops when closed', async () => {
     const a = await started();
     a.emit('engine.status', { state: 'crashed', message: 'the engine process exited (code 139)' });
     a.emit('not.an.event', {});
-    expect(a.window.webContents.sent).toEqual([[EVENT_CHANNEL, 'engine.status', { state: 'crashed', message: 'the engine process exited (code 139)' }]]);
+    expect(a.window.webContents.sent).toEqual([
+      [EVENT_CHANNEL, 'engine.status', { state: 'crashed', message: 'the engine process exited (code 139)' }],
+    ]);
     a.window.webContents.emit('did-finish-load');
     expect(a.window.webContents.sent).toHaveLength(2);
     a.window.emit('closed');
@@ -232,7 +308,12 @@ describe('ready', () => {
     expect(wc.emitPreventable('will-navigate', 'https://example.com/')).toBe(true);
     expect(wc.openHandler!({ url: 'https://example.com/' })).toEqual({ action: 'deny' });
     expect(a.defaultSession.setPermissionRequestHandler).toHaveBeenCalledTimes(1);
-    const request = a.defaultSession.setPermissionRequestHandler.mock.calls[0][0] as (wc: unknown, p: string, cb: (ok: boolean) => void, d: { requestingUrl: string }) => void;
+    const request = a.defaultSession.setPermissionRequestHandler.mock.calls[0][0] as (
+      wc: unknown,
+      p: string,
+      cb: (ok: boolean) => void,
+      d: { requestingUrl: string },
+    ) => void;
     const cb = vi.fn();
     request(null, 'media', cb, { requestingUrl: 'app://studio/index.html' });
     expect(cb).toHaveBeenCalledWith(false);
@@ -282,7 +363,12 @@ describe('quit', () => {
 
     const e = fakeElectron();
     const s = fakeService();
-    const running = startApp(e.electron, PATHS, { openService: s.openService, env: {}, platform: 'darwin', log: () => {} });
+    const running = startApp(e.electron, PATHS, {
+      openService: s.openService,
+      env: {},
+      platform: 'darwin',
+      log: () => {},
+    });
     e.ready();
     await running;
     e.app.emit('window-all-closed');
@@ -294,10 +380,17 @@ describe('quit', () => {
 
   it('a service that cannot open: an error box, then quit', async () => {
     const e = fakeElectron();
-    const running = startApp(e.electron, PATHS, { openService: async () => Promise.reject(new Error('another SingLoRA Studio service (pid 42) is using /data')), env: {}, log: () => {} });
+    const running = startApp(e.electron, PATHS, {
+      openService: async () => Promise.reject(new Error('another SingLoRA Studio service (pid 42) is using /data')),
+      env: {},
+      log: () => {},
+    });
     e.ready();
     await expect(running).rejects.toThrow(/pid 42/);
-    expect(e.dialog.showErrorBox).toHaveBeenCalledWith('SingLoRA Studio cannot start', 'another SingLoRA Studio service (pid 42) is using /data');
+    expect(e.dialog.showErrorBox).toHaveBeenCalledWith(
+      'SingLoRA Studio cannot start',
+      'another SingLoRA Studio service (pid 42) is using /data',
+    );
     expect(e.app.quit).toHaveBeenCalled();
     expect(e.windows).toHaveLength(0);
   });
@@ -307,6 +400,8 @@ describe('app folders', () => {
   it('userData by default; packaged, models go to userData; SINGLORA_* override', () => {
     expect(appFolders('/u', false, {})).toEqual({ dataDir: '/u/data', modelsDir: undefined, cacheDir: '/u/cache' });
     expect(appFolders('/u', true, {})).toEqual({ dataDir: '/u/data', modelsDir: '/u/models', cacheDir: '/u/cache' });
-    expect(appFolders('/u', true, { SINGLORA_DATA_DIR: '/d', SINGLORA_MODELS_DIR: '/m', SINGLORA_CACHE_DIR: ' /c ' })).toEqual({ dataDir: '/d', modelsDir: '/m', cacheDir: '/c' });
+    expect(
+      appFolders('/u', true, { SINGLORA_DATA_DIR: '/d', SINGLORA_MODELS_DIR: '/m', SINGLORA_CACHE_DIR: ' /c ' }),
+    ).toEqual({ dataDir: '/d', modelsDir: '/m', cacheDir: '/c' });
   });
 });

@@ -125,14 +125,20 @@ export function fakeUtility(onFork?: (child: FakeUtilityProcess, modulePath: str
  * `process.parentPort` (parentPortShim.cjs) instead of `process.send`, exactly the API the worker
  * sees in Electron. TypeScript modules run with tsx.
  */
-export function nodeUtilityProcess(spawned: Array<{ pid?: number; kill(signal?: NodeJS.Signals): boolean }> = []): UtilityProcessApi {
+export function nodeUtilityProcess(
+  spawned: Array<{ pid?: number; kill(signal?: NodeJS.Signals): boolean }> = [],
+): UtilityProcessApi {
   const tsx = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
   return {
     fork(modulePath, args = [], options = {}) {
       const execArgv = ['--require', PARENT_PORT_SHIM, ...(modulePath.endsWith('.ts') ? ['--import', tsx] : [])];
       const stdio = options.stdio;
       if (!Array.isArray(stdio) || stdio[0] !== 'ignore') throw new Error('utilityProcess.fork: stdin must be ignore');
-      const child = fork(modulePath, args, { execArgv, env: options.env as NodeJS.ProcessEnv, stdio: [...stdio, 'ipc'] as ['ignore', 'pipe', 'pipe', 'ipc'] });
+      const child = fork(modulePath, args, {
+        execArgv,
+        env: options.env as NodeJS.ProcessEnv,
+        stdio: [...stdio, 'ipc'] as ['ignore', 'pipe', 'pipe', 'ipc'],
+      });
       spawned.push(child);
       const proc = Object.assign(new EventEmitter(), {
         get pid() {

@@ -26,7 +26,8 @@ function setup(overrides: Partial<ApiHandlers> = {}) {
   const log = vi.fn();
   const handlers = allHandlers(overrides);
   const remove = handleInvoke(ipcMain, { handlers, log });
-  const invoke = (frameUrl: string | null, method: unknown, params?: unknown) => ipcMain.invoke(INVOKE_CHANNEL, frameUrl, method, params);
+  const invoke = (frameUrl: string | null, method: unknown, params?: unknown) =>
+    ipcMain.invoke(INVOKE_CHANNEL, frameUrl, method, params);
   return { ipcMain, handlers, log, remove, invoke };
 }
 
@@ -41,9 +42,21 @@ describe('the invoke channel', () => {
   it('refuses frames that are not on the app origin, without running the handler', async () => {
     const list = vi.fn(async () => []);
     const { invoke, log } = setup({ 'projects.list': list });
-    for (const url of ['https://evil.example/', 'file:///home/me/x.html', 'app://other/index.html', 'app://studio.evil.example/', 'http://studio/', 'devtools://devtools/bundled/x.html', '', null]) {
+    for (const url of [
+      'https://evil.example/',
+      'file:///home/me/x.html',
+      'app://other/index.html',
+      'app://studio.evil.example/',
+      'http://studio/',
+      'devtools://devtools/bundled/x.html',
+      '',
+      null,
+    ]) {
       const r = await invoke(url, 'projects.list', {});
-      expect(r, String(url)).toEqual({ ok: false, error: { code: 'unauthorized', message: 'this frame may not call the SingLoRA engine' } });
+      expect(r, String(url)).toEqual({
+        ok: false,
+        error: { code: 'unauthorized', message: 'this frame may not call the SingLoRA engine' },
+      });
     }
     expect(list).not.toHaveBeenCalled();
     expect(log).toHaveBeenCalledWith(expect.stringContaining('refused projects.list from https://evil.example/'));
@@ -51,16 +64,25 @@ describe('the invoke channel', () => {
 
   it('answers an unknown method with not_found', async () => {
     const { invoke } = setup();
-    expect(await invoke(APP, 'projects.hack', {})).toEqual({ ok: false, error: { code: 'not_found', message: "unknown method 'projects.hack'" } });
+    expect(await invoke(APP, 'projects.hack', {})).toEqual({
+      ok: false,
+      error: { code: 'not_found', message: "unknown method 'projects.hack'" },
+    });
     // Names inherited from Object.prototype are not methods either.
     expect(await invoke(APP, 'constructor', {})).toMatchObject({ ok: false, error: { code: 'not_found' } });
-    expect(await invoke(APP, 42, {})).toMatchObject({ ok: false, error: { code: 'not_found', message: "unknown method '42'" } });
+    expect(await invoke(APP, 42, {})).toMatchObject({
+      ok: false,
+      error: { code: 'not_found', message: "unknown method '42'" },
+    });
   });
 
   it('answers invalid params with invalid_params naming every bad field', async () => {
     const create = vi.fn();
     const { invoke } = setup({ 'projects.create': create });
-    const r = (await invoke(APP, 'projects.create', { name: '', type: 'robot', extra: 1 })) as { ok: false; error: { code: string; details: Array<{ field: string }> } };
+    const r = (await invoke(APP, 'projects.create', { name: '', type: 'robot', extra: 1 })) as {
+      ok: false;
+      error: { code: string; details: Array<{ field: string }> };
+    };
     expect(r.ok).toBe(false);
     expect(r.error.code).toBe('invalid_params');
     expect(r.error.details.map((d) => d.field).sort()).toEqual(['(params)', 'name', 'type']);
@@ -84,8 +106,14 @@ describe('the invoke channel', () => {
   });
 
   it('passes an ApiError from the handler through, code, message and details', async () => {
-    const { invoke } = setup({ 'projects.open': async () => Promise.reject(new ApiError('not_found', "no project 'cat'", [{ field: 'projectId' }])) });
-    expect(await invoke(APP, 'projects.open', { projectId: 'cat' })).toEqual({ ok: false, error: { code: 'not_found', message: "no project 'cat'", details: [{ field: 'projectId' }] } });
+    const { invoke } = setup({
+      'projects.open': async () =>
+        Promise.reject(new ApiError('not_found', "no project 'cat'", [{ field: 'projectId' }])),
+    });
+    expect(await invoke(APP, 'projects.open', { projectId: 'cat' })).toEqual({
+      ok: false,
+      error: { code: 'not_found', message: "no project 'cat'", details: [{ field: 'projectId' }] },
+    });
   });
 
   it('maps an engine crash to engine_crashed and any other throw to internal', async () => {
@@ -93,12 +121,22 @@ describe('the invoke channel', () => {
       'system.doctor': async () => Promise.reject(new EngineExitedError(null, 'SIGKILL', 'doctor', '')),
       'jobs.list': async () => Promise.reject(new Error('disk on fire')),
     });
-    expect(await invoke(APP, 'system.doctor', {})).toEqual({ ok: false, error: { code: 'engine_crashed', message: 'the engine process exited (signal SIGKILL) during the backend check' } });
-    expect(await invoke(APP, 'jobs.list', {})).toEqual({ ok: false, error: { code: 'internal', message: 'disk on fire' } });
+    expect(await invoke(APP, 'system.doctor', {})).toEqual({
+      ok: false,
+      error: { code: 'engine_crashed', message: 'the engine process exited (signal SIGKILL) during the backend check' },
+    });
+    expect(await invoke(APP, 'jobs.list', {})).toEqual({
+      ok: false,
+      error: { code: 'internal', message: 'disk on fire' },
+    });
   });
 
   it('checks the result against the contract', async () => {
-    const r = await dispatch(allHandlers({ 'projects.delete': async () => ({ deleted: 'yes' }) as never }), 'projects.delete', { projectId: 'dog' });
+    const r = await dispatch(
+      allHandlers({ 'projects.delete': async () => ({ deleted: 'yes' }) as never }),
+      'projects.delete',
+      { projectId: 'dog' },
+    );
     expect(r).toMatchObject({ ok: false, error: { code: 'internal', details: [{ field: 'deleted' }] } });
   });
 
@@ -153,7 +191,9 @@ describe('the event channel', () => {
     s.emit('engine.status', { state: 'restarting', message: 'starting a new engine process' });
     wc.sent.length = 0;
     f.replayState();
-    expect(wc.sent).toEqual([[EVENT_CHANNEL, 'engine.status', { state: 'restarting', message: 'starting a new engine process' }]]);
+    expect(wc.sent).toEqual([
+      [EVENT_CHANNEL, 'engine.status', { state: 'restarting', message: 'starting a new engine process' }],
+    ]);
     wc.destroyed = true;
     s.emit('job.updated', { id: 'j2' });
     f.replayState();

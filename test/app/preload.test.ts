@@ -3,7 +3,7 @@
  * `window.singlora = { invoke, onEvent }`, carries calls to the one invoke channel and events from
  * the one event channel, and nothing else.
  */
-import { EventEmitter } from 'node:events';
+import type { EventEmitter } from 'node:events';
 import { beforeAll, describe, expect, it, vi, type Mock } from 'vitest';
 import { EVENT_CHANNEL, INVOKE_CHANNEL } from '../../src-main/app/channels.ts';
 import { isSingloraBridge, type SingloraBridge } from '../../src-renderer/lib/transport/electron.ts';
@@ -14,7 +14,9 @@ const ipc = vi.hoisted(() => ({ renderer: null as unknown as EventEmitter & { in
 vi.mock('electron', async () => {
   const { EventEmitter } = await import('node:events');
   const { vi } = await import('vitest');
-  ipc.renderer = Object.assign(new EventEmitter(), { invoke: vi.fn(async (_channel: string, method: string) => ({ ok: true, result: method })) });
+  ipc.renderer = Object.assign(new EventEmitter(), {
+    invoke: vi.fn(async (_channel: string, method: string) => ({ ok: true, result: method })),
+  });
   return {
     contextBridge: { exposeInMainWorld: vi.fn((key: string, api: unknown) => exposed.set(key, api)) },
     ipcRenderer: ipc.renderer,

@@ -20,16 +20,36 @@ import { WORKER_PATH, type EngineProcess, type SpawnEngine } from '../../src-mai
 import type { HostMessage, WorkerMessage } from '../../src-main/service/protocol.ts';
 import { Service } from '../../src-main/service/service.ts';
 import { tempDir } from '../service/helpers.ts';
-import { FakeUtilityProcess, FakeWebContents, fakeIpcMain, fakeUtility, nodeUtilityProcess } from './helpers.ts';
+import { type FakeUtilityProcess, FakeWebContents, fakeIpcMain, fakeUtility, nodeUtilityProcess } from './helpers.ts';
 
 const APP = 'app://studio/index.html';
-const doctorResult = (pid: number) => ({ node: `fake-${pid}`, platform: 'test', providers: [{ name: 'cpu', available: true, detail: 'MLAS' }], backends: [{ name: 'cpu', available: true }], selected: { name: 'cpu' }, memory: {} });
+const doctorResult = (pid: number) => ({
+  node: `fake-${pid}`,
+  platform: 'test',
+  providers: [{ name: 'cpu', available: true, detail: 'MLAS' }],
+  backends: [{ name: 'cpu', available: true }],
+  selected: { name: 'cpu' },
+  memory: {},
+});
 
 describe('utilityEngine adapter', () => {
   it('forks the worker module as a named utility process with piped output and the given env', () => {
     const { utility, forks } = fakeUtility();
-    utilityEngine(utility, '/app/dist-electron/engineWorker.cjs')({ env: { SINGLORA_BACKEND: 'cpu' }, onOutput: () => {} });
-    expect(forks).toEqual([{ modulePath: '/app/dist-electron/engineWorker.cjs', args: [], options: { serviceName: ENGINE_SERVICE_NAME, stdio: ['ignore', 'pipe', 'pipe'], env: { SINGLORA_BACKEND: 'cpu' } } }]);
+    utilityEngine(
+      utility,
+      '/app/dist-electron/engineWorker.cjs',
+    )({ env: { SINGLORA_BACKEND: 'cpu' }, onOutput: () => {} });
+    expect(forks).toEqual([
+      {
+        modulePath: '/app/dist-electron/engineWorker.cjs',
+        args: [],
+        options: {
+          serviceName: ENGINE_SERVICE_NAME,
+          stdio: ['ignore', 'pipe', 'pipe'],
+          env: { SINGLORA_BACKEND: 'cpu' },
+        },
+      },
+    ]);
   });
 
   it('maps send -> postMessage, message -> message, exit(code) -> exit(code, null), kill -> kill, output -> onOutput', () => {
@@ -60,31 +80,54 @@ describe('utilityEngine adapter', () => {
     child.stdout.emit('data', Buffer.from('engine: loaded\n'));
     child.stderr.emit('data', Buffer.from('FATAL: out of memory\n'));
     child.emit('error', 'FatalError', 'v8::ToLocalChecked', 'report');
-    expect(output).toEqual(['engine: loaded\n', 'FATAL: out of memory\n', 'engine process: FatalError at v8::ToLocalChecked\n']);
+    expect(output).toEqual([
+      'engine: loaded\n',
+      'FATAL: out of memory\n',
+      'engine process: FatalError at v8::ToLocalChecked\n',
+    ]);
   });
 });
 
 /** A scripted worker: 'ready' on fork, answers doctor requests, exits on shutdown. */
 function scriptedWorker(child: FakeUtilityProcess): void {
-  queueMicrotask(() => child.emit('message', { type: 'ready', backend: { name: 'cpu' }, pid: child.pid! } satisfies WorkerMessage));
+  queueMicrotask(() =>
+    child.emit('message', { type: 'ready', backend: { name: 'cpu' }, pid: child.pid! } satisfies WorkerMessage),
+  );
   const post = child.postMessage.bind(child);
   child.postMessage = (m: unknown) => {
     post(m);
     const msg = m as HostMessage;
-    if (msg.type === 'request') queueMicrotask(() => child.emit('message', { type: 'result', id: msg.id, result: doctorResult(child.pid!) } satisfies WorkerMessage));
+    if (msg.type === 'request')
+      queueMicrotask(() =>
+        child.emit('message', { type: 'result', id: msg.id, result: doctorResult(child.pid!) } satisfies WorkerMessage),
+      );
     if (msg.type === 'shutdown') queueMicrotask(() => child.emit('exit', 0));
   };
 }
 
 async function mainProcess(spawnEngine: SpawnEngine) {
   const { dir, cleanup } = await tempDir('singlora-app-engine-');
-  const service = await Service.open({ dataDir: join(dir, 'data'), modelsDir: join(dir, 'models'), spawnEngine, backend: 'cpu', log: () => {} });
+  const service = await Service.open({
+    dataDir: join(dir, 'data'),
+    modelsDir: join(dir, 'models'),
+    spawnEngine,
+    backend: 'cpu',
+    log: () => {},
+  });
   const ipcMain = fakeIpcMain();
   handleInvoke(ipcMain, { handlers: service.handlers });
   const window = new FakeWebContents();
   const events = forwardEvents((l) => service.on(l), window);
-  const statuses = () => window.sent.filter(([ch, name]) => ch === EVENT_CHANNEL && name === 'engine.status').map(([, , data]) => (data as EventData<'engine.status'>).state);
-  const doctor = () => ipcMain.invoke(INVOKE_CHANNEL, APP, 'system.doctor', {}) as Promise<{ ok: boolean; result?: { node: string }; error?: { code: string; message: string } }>;
+  const statuses = () =>
+    window.sent
+      .filter(([ch, name]) => ch === EVENT_CHANNEL && name === 'engine.status')
+      .map(([, , data]) => (data as EventData<'engine.status'>).state);
+  const doctor = () =>
+    ipcMain.invoke(INVOKE_CHANNEL, APP, 'system.doctor', {}) as Promise<{
+      ok: boolean;
+      result?: { node: string };
+      error?: { code: string; message: string };
+    }>;
   return {
     service,
     doctor,
@@ -124,14 +167,19 @@ describe('engine restart after a crash (scripted worker)', () => {
 
   it('a call in flight when the process dies fails with engine_crashed', async () => {
     const { utility, children } = fakeUtility((child) => {
-      queueMicrotask(() => child.emit('message', { type: 'ready', backend: { name: 'cpu' }, pid: child.pid! } satisfies WorkerMessage));
+      queueMicrotask(() =>
+        child.emit('message', { type: 'ready', backend: { name: 'cpu' }, pid: child.pid! } satisfies WorkerMessage),
+      );
     });
     app = await mainProcess(utilityEngine(utility, 'engineWorker.cjs'));
     const pending = app.doctor();
     await sleep(20);
     expect(children[0].posted).toContainEqual(expect.objectContaining({ type: 'request', kind: 'doctor' }));
     children[0].emit('exit', 9);
-    expect(await pending).toEqual({ ok: false, error: { code: 'engine_crashed', message: 'the engine process exited (code 9) during the backend check' } });
+    expect(await pending).toEqual({
+      ok: false,
+      error: { code: 'engine_crashed', message: 'the engine process exited (code 9) during the backend check' },
+    });
     children[0].removeAllListeners('exit'); // close() must not wait for this dead one
   });
 });

@@ -29,7 +29,14 @@ describe('window options', () => {
 
   it('readable defaults: 1280x800, at least 1024x700, shown when painted, background by theme', () => {
     const light = windowOptions({ preload: 'p', dark: false, devTools: true });
-    expect(light).toMatchObject({ width: 1280, height: 800, minWidth: 1024, minHeight: 700, show: false, backgroundColor: '#f5f6f8' });
+    expect(light).toMatchObject({
+      width: 1280,
+      height: 800,
+      minWidth: 1024,
+      minHeight: 700,
+      show: false,
+      backgroundColor: '#f5f6f8',
+    });
     expect(windowOptions({ preload: 'p', dark: true, devTools: true }).backgroundColor).toBe('#111216');
   });
 });
@@ -44,7 +51,14 @@ describe('navigation and new windows', () => {
 
   it('blocks navigation away from the app origin', () => {
     const { wc, log } = harden();
-    for (const url of ['https://example.com/', 'http://127.0.0.1:7860/', 'file:///etc/passwd', 'app://other/index.html', 'javascript:alert(1)', 'data:text/html,hi']) {
+    for (const url of [
+      'https://example.com/',
+      'http://127.0.0.1:7860/',
+      'file:///etc/passwd',
+      'app://other/index.html',
+      'javascript:alert(1)',
+      'data:text/html,hi',
+    ]) {
       expect(wc.emitPreventable('will-navigate', url), url).toBe(true);
       expect(wc.emitPreventable('will-redirect', url), url).toBe(true);
     }
@@ -71,10 +85,24 @@ describe('navigation and new windows', () => {
 
 describe('permissions', () => {
   function session() {
-    const s = { setPermissionRequestHandler: vi.fn(), setPermissionCheckHandler: vi.fn(), setDevicePermissionHandler: vi.fn() };
+    const s = {
+      setPermissionRequestHandler: vi.fn(),
+      setPermissionCheckHandler: vi.fn(),
+      setDevicePermissionHandler: vi.fn(),
+    };
     lockPermissions(s as unknown as Session);
-    const request = s.setPermissionRequestHandler.mock.calls[0][0] as (wc: unknown, p: string, cb: (ok: boolean) => void, d: { requestingUrl: string }) => void;
-    const check = s.setPermissionCheckHandler.mock.calls[0][0] as (wc: unknown, p: string, origin: string, d: { requestingUrl?: string }) => boolean;
+    const request = s.setPermissionRequestHandler.mock.calls[0][0] as (
+      wc: unknown,
+      p: string,
+      cb: (ok: boolean) => void,
+      d: { requestingUrl: string },
+    ) => void;
+    const check = s.setPermissionCheckHandler.mock.calls[0][0] as (
+      wc: unknown,
+      p: string,
+      origin: string,
+      d: { requestingUrl?: string },
+    ) => boolean;
     const device = s.setDevicePermissionHandler.mock.calls[0][0] as () => boolean;
     return { request, check, device };
   }
@@ -86,7 +114,19 @@ describe('permissions', () => {
 
   it('denies every permission request from the app', () => {
     const { request } = session();
-    for (const p of ['media', 'geolocation', 'notifications', 'clipboard-read', 'openExternal', 'fullscreen', 'hid', 'serial', 'usb', 'fileSystem', 'unknown']) {
+    for (const p of [
+      'media',
+      'geolocation',
+      'notifications',
+      'clipboard-read',
+      'openExternal',
+      'fullscreen',
+      'hid',
+      'serial',
+      'usb',
+      'fileSystem',
+      'unknown',
+    ]) {
       expect(asked(request, p, 'app://studio/index.html'), p).toBe(false);
     }
   });
@@ -95,7 +135,9 @@ describe('permissions', () => {
     const { request, check, device } = session();
     expect(asked(request, 'clipboard-sanitized-write', 'app://studio/index.html')).toBe(true);
     expect(asked(request, 'clipboard-sanitized-write', 'https://example.com/')).toBe(false);
-    expect(check(null, 'clipboard-sanitized-write', 'app://studio', { requestingUrl: 'app://studio/index.html' })).toBe(true);
+    expect(check(null, 'clipboard-sanitized-write', 'app://studio', { requestingUrl: 'app://studio/index.html' })).toBe(
+      true,
+    );
     expect(check(null, 'clipboard-read', 'app://studio', { requestingUrl: 'app://studio/index.html' })).toBe(false);
     expect(check(null, 'media', 'app://studio', {})).toBe(false);
     expect(device()).toBe(false);

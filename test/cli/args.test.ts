@@ -33,17 +33,38 @@ beforeAll(async () => {
 /** [command line, what the one-line message must say]. All exit with status 2. */
 const USAGE: Array<[string[], RegExp]> = [
   // train
-  [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--steps', 'abc'], /'--steps <n>' argument 'abc' is invalid\. expected an integer from 1 to 100000/],
+  [
+    ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--steps', 'abc'],
+    /'--steps <n>' argument 'abc' is invalid\. expected an integer from 1 to 100000/,
+  ],
   [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--steps', 'NaN'], /--steps.*expected an integer/],
   [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--steps', '-5'], /--steps.*expected an integer/],
-  [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--steps', '0'], /--steps.*expected an integer from 1/],
+  [
+    ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--steps', '0'],
+    /--steps.*expected an integer from 1/,
+  ],
   [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--steps', '1.5'], /--steps.*expected an integer/],
-  [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--lr', 'abc'], /--lr <lr>' argument 'abc' is invalid\. expected a number > 0/],
+  [
+    ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--lr', 'abc'],
+    /--lr <lr>' argument 'abc' is invalid\. expected a number > 0/,
+  ],
   [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--lr', '0'], /--lr.*expected a number > 0/],
-  [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--seed', 'abc'], /--seed.*expected an integer >= 0/],
-  [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--rank', '0'], /--rank.*expected an integer from 1 to 256/],
-  [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--method', 'foo'], /--method <m>' argument 'foo' is invalid\. Allowed choices are singlora, lora/],
-  [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--resolution', '100'], /--resolution: resolution must be a multiple of 64/],
+  [
+    ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--seed', 'abc'],
+    /--seed.*expected an integer >= 0/,
+  ],
+  [
+    ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--rank', '0'],
+    /--rank.*expected an integer from 1 to 256/,
+  ],
+  [
+    ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--method', 'foo'],
+    /--method <m>' argument 'foo' is invalid\. Allowed choices are singlora, lora/,
+  ],
+  [
+    ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--resolution', '100'],
+    /--resolution: resolution must be a multiple of 64/,
+  ],
   [['train', '--base', EMPTY, '--images', PHOTOS], /required option '--out <run dir>' not specified/],
   [['train', '--images', PHOTOS, '--out', MISSING], /required option '--base <model>' not specified/],
   [['train', '--base', EMPTY, '--out', MISSING], /required option '--images <dir>' not specified/],
@@ -51,22 +72,52 @@ const USAGE: Array<[string[], RegExp]> = [
   [['train', '--base', EMPTY, '--images', FILE, '--out', MISSING], /--images: .* is a file; expected a folder/],
   [['train', '--base', EMPTY, '--images', EMPTY, '--out', MISSING], /--images: no images in/],
   [['train', '--base', EMPTY, '--images', PHOTOS, '--out', FILE], /--out: .* is a file; expected a folder/],
-  [['train', '--base', EMPTY, '--images', PHOTOS, '--out', RUN], /already holds a run; add --resume to continue it .*or choose a new --out/],
+  [
+    ['train', '--base', EMPTY, '--images', PHOTOS, '--out', RUN],
+    /already holds a run; add --resume to continue it .*or choose a new --out/,
+  ],
   [['train', '--out', EMPTY, '--resume'], /--resume: .* has no run\.json/],
   // generate
-  [['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--width', 'big'], /--width <px>' argument 'big' is invalid\. expected an integer from 8 to 2048/],
+  [
+    ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--width', 'big'],
+    /--width <px>' argument 'big' is invalid\. expected an integer from 8 to 2048/,
+  ],
   [['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--width', '100'], /--width.*multiple of 8/],
-  [['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--steps', '0'], /--steps.*expected an integer from 1 to 200/],
-  [['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--guidance', 'abc'], /--guidance.*expected a number >= 0 and <= 50/],
-  [['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--count', '0'], /--count.*expected an integer from 1 to 100/],
-  [['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--seed', '-2'], /--seed.*expected an integer >= -1/],
-  [['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--scheduler', 'foo'], /--scheduler <name>' argument 'foo' is invalid\. Allowed choices are/],
+  [
+    ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--steps', '0'],
+    /--steps.*expected an integer from 1 to 200/,
+  ],
+  [
+    ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--guidance', 'abc'],
+    /--guidance.*expected a number >= 0 and <= 50/,
+  ],
+  [
+    ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--count', '0'],
+    /--count.*expected an integer from 1 to 100/,
+  ],
+  [
+    ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--seed', '-2'],
+    /--seed.*expected an integer >= -1/,
+  ],
+  [
+    ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--scheduler', 'foo'],
+    /--scheduler <name>' argument 'foo' is invalid\. Allowed choices are/,
+  ],
   [['generate', '--base', EMPTY, '--out', MISSING], /required option '--prompt <text>' not specified/],
-  [['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--adapter', 'x:abc'], /'abc' is not a strength: expected file\[:number\]/],
-  [['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--adapter', `${MISSING}.safetensors:0.5`], /the adapter file .* does not exist/],
+  [
+    ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--adapter', 'x:abc'],
+    /'abc' is not a strength: expected file\[:number\]/,
+  ],
+  [
+    ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--adapter', `${MISSING}.safetensors:0.5`],
+    /the adapter file .* does not exist/,
+  ],
   [['generate', '--base', MISSING, '--prompt', 'x', '--out', EMPTY], /--base: .* does not exist/],
   [['generate', '--base', EMPTY, '--prompt', 'x', '--out', FILE], /--out: .* is a file/],
-  [['generate', '--base', FILE, '--prompt', 'x', '--out', EMPTY, '--config-dir', FILE], /--config-dir: .* is a file; expected a folder/],
+  [
+    ['generate', '--base', FILE, '--prompt', 'x', '--out', EMPTY, '--config-dir', FILE],
+    /--config-dir: .* is a file; expected a folder/,
+  ],
   // demo
   [['demo', '--out', DEMO, '--steps', 'abc'], /--steps <n>' argument 'abc' is invalid\. expected an integer from 2/],
   [['demo', '--out', DEMO, '--steps', '1'], /--steps.*expected an integer from 2/],
@@ -76,10 +127,22 @@ const USAGE: Array<[string[], RegExp]> = [
   [['demo', '--out', DEMO, '--base', MISSING], /--base: .* does not exist/],
   // export / inspect
   [['export', '--adapter', FILE, '--out', join(tmp, 'x.safetensors')], /required option '--format <f>' not specified/],
-  [['export', '--adapter', FILE, '--format', 'foo', '--out', join(tmp, 'x.safetensors')], /--format <f>' argument 'foo' is invalid\. Allowed choices are singlora, kohya/],
-  [['export', '--adapter', EMPTY, '--format', 'kohya', '--out', join(tmp, 'x.safetensors')], /--adapter: .* is a folder; expected an adapter/],
-  [['export', '--adapter', FILE, '--format', 'kohya', '--out', EMPTY], /--out: .* is a folder; expected the output file's path/],
-  [['export', '--adapter', FILE, '--format', 'merged', '--out', join(tmp, 'm.safetensors')], /--base <model> is required by --format merged/],
+  [
+    ['export', '--adapter', FILE, '--format', 'foo', '--out', join(tmp, 'x.safetensors')],
+    /--format <f>' argument 'foo' is invalid\. Allowed choices are singlora, kohya/,
+  ],
+  [
+    ['export', '--adapter', EMPTY, '--format', 'kohya', '--out', join(tmp, 'x.safetensors')],
+    /--adapter: .* is a folder; expected an adapter/,
+  ],
+  [
+    ['export', '--adapter', FILE, '--format', 'kohya', '--out', EMPTY],
+    /--out: .* is a folder; expected the output file's path/,
+  ],
+  [
+    ['export', '--adapter', FILE, '--format', 'merged', '--out', join(tmp, 'm.safetensors')],
+    /--base <model> is required by --format merged/,
+  ],
   [['inspect', EMPTY], /is a folder; expected an adapter \.safetensors file/],
   [['inspect', MISSING], /does not exist/],
   // eval
@@ -109,7 +172,10 @@ const USAGE: Array<[string[], RegExp]> = [
   [['projects', 'delete', 'someone', '--data-dir', EMPTY], /add --yes to confirm/],
   [['doctor', '--backend', 'foo'], /--backend <name>' argument 'foo' is invalid\. Allowed choices are auto/],
   [['nope'], /unknown command 'nope'/],
-  [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--config-dirx', EMPTY], /unknown option '--config-dirx'/],
+  [
+    ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--config-dirx', EMPTY],
+    /unknown option '--config-dirx'/,
+  ],
 ];
 
 function expectOneLineError(r: CliResult, message: RegExp, exitCode: number): void {
@@ -171,7 +237,15 @@ describe('failures that happen while running (point 10)', () => {
 
   it('a failed model download leaves no empty model folder and names no missing .part file', async () => {
     const modelsDir = join(tmp, 'models');
-    const r = await runCli(['models', 'download', 'dino', '--url', 'http://127.0.0.1:9/model.onnx', '--models-dir', modelsDir]);
+    const r = await runCli([
+      'models',
+      'download',
+      'dino',
+      '--url',
+      'http://127.0.0.1:9/model.onnx',
+      '--models-dir',
+      modelsDir,
+    ]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^error: download http:\/\/127\.0\.0\.1:9\/model\.onnx: .*nothing was downloaded/);
     expect(r.stderr).not.toMatch(/\.part/);

@@ -13,7 +13,10 @@ import { describe, expect, it } from 'vitest';
 import { REPO } from './run.ts';
 
 const require = createRequire(import.meta.url);
-const semver = require('semver') as { satisfies(v: string, range: string): boolean; minVersion(range: string): { version: string } | null };
+const semver = require('semver') as {
+  satisfies(v: string, range: string): boolean;
+  minVersion(range: string): { version: string } | null;
+};
 
 const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8'));
 const lock = JSON.parse(readFileSync(join(REPO, 'package-lock.json'), 'utf8'));
@@ -29,9 +32,20 @@ describe('install on the README Node version', () => {
 
   it('every locked package accepts that Node version (no EBADENGINE)', () => {
     // npm skips (and does not check) packages for another OS or CPU, such as sharp's Windows builds.
-    const here = (p: { os?: string[]; cpu?: string[] }) => (!p.os || p.os.includes(process.platform)) && (!p.cpu || p.cpu.includes(process.arch));
-    const refuse = Object.entries(lock.packages as Record<string, { engines?: { node?: string } | string[]; os?: string[]; cpu?: string[] }>)
-      .filter(([path, p]) => path && here(p) && p.engines && !Array.isArray(p.engines) && p.engines.node && !semver.satisfies(minimum, p.engines.node))
+    const here = (p: { os?: string[]; cpu?: string[] }) =>
+      (!p.os || p.os.includes(process.platform)) && (!p.cpu || p.cpu.includes(process.arch));
+    const refuse = Object.entries(
+      lock.packages as Record<string, { engines?: { node?: string } | string[]; os?: string[]; cpu?: string[] }>,
+    )
+      .filter(
+        ([path, p]) =>
+          path &&
+          here(p) &&
+          p.engines &&
+          !Array.isArray(p.engines) &&
+          p.engines.node &&
+          !semver.satisfies(minimum, p.engines.node),
+      )
       .map(([path, p]) => `${path} wants node ${(p.engines as { node: string }).node}`);
     expect(refuse).toEqual([]);
   });

@@ -4,7 +4,13 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { tf } from '../../src-main/engine/backend/tf.ts';
 import { ClipTokenizer } from '../../src-main/engine/models/clipTokenizer.ts';
-import { encodeWeightedPrompts, parsePromptAttention, promptChunks, promptWarnings, type ChunkTokenizer } from '../../src-main/engine/pipeline/prompts.ts';
+import {
+  encodeWeightedPrompts,
+  parsePromptAttention,
+  promptChunks,
+  promptWarnings,
+  type ChunkTokenizer,
+} from '../../src-main/engine/pipeline/prompts.ts';
 import { makeTinyModel } from '../../scripts/make-tiny-model.ts';
 
 /** A tokenizer with one id per word (ids from 10), ',' = 5; BOS 1, EOS 2, pad 3. */
@@ -23,16 +29,40 @@ const words: ChunkTokenizer = {
 describe('parsePromptAttention (A1111 prompt_parser.py docstring cases)', () => {
   const cases: Array<[string, Array<[string, number]>]> = [
     ['normal text', [['normal text', 1]]],
-    ['an (important) word', [['an ', 1], ['important', 1.1], [' word', 1]]],
+    [
+      'an (important) word',
+      [
+        ['an ', 1],
+        ['important', 1.1],
+        [' word', 1],
+      ],
+    ],
     ['(unbalanced', [['unbalanced', 1.1]]],
     ['\\(literal\\]', [['(literal]', 1]]],
     ['(unnecessary)(parens)', [['unnecessaryparens', 1.1]]],
     [
       'a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).',
-      [['a ', 1], ['house', 1.573], [' ', 1.1], ['on', 1], [' a ', 1.1], ['hill', 0.55], [', sun, ', 1.1], ['sky', 1.4641], ['.', 1.1]],
+      [
+        ['a ', 1],
+        ['house', 1.573],
+        [' ', 1.1],
+        ['on', 1],
+        [' a ', 1.1],
+        ['hill', 0.55],
+        [', sun, ', 1.1],
+        ['sky', 1.4641],
+        ['.', 1.1],
+      ],
     ],
     ['[faint]', [['faint', 1 / 1.1]]],
-    ['a BREAK b', [['a', 1], ['BREAK', -1], ['b', 1]]],
+    [
+      'a BREAK b',
+      [
+        ['a', 1],
+        ['BREAK', -1],
+        ['b', 1],
+      ],
+    ],
     ['', [['', 1]]],
   ];
   for (const [text, want] of cases) {
@@ -90,7 +120,11 @@ describe('promptChunks', () => {
 
 describe('encodeWeightedPrompts', () => {
   // A stand-in text encoder: the embedding of id i at position p is [i, p + 1].
-  const encode = (ids: number[][]) => tf.tensor3d(ids.flatMap((row) => row.flatMap((id, p) => [id, p + 1])), [ids.length, 77, 2]);
+  const encode = (ids: number[][]) =>
+    tf.tensor3d(
+      ids.flatMap((row) => row.flatMap((id, p) => [id, p + 1])),
+      [ids.length, 77, 2],
+    );
 
   it('concatenates chunks along the sequence axis and pads the shorter prompt with empty chunks', async () => {
     const long = Array.from({ length: 100 }, (_, i) => `w${i}`).join(' ');

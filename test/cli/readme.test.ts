@@ -11,7 +11,8 @@ import { makeSubjectPhotos, makeTinyModel, TINY_DINO } from '../../scripts/make-
 import { BIN, REPO, runCli as run, STACK, type CliResult } from './run.ts';
 
 /** Model runs: up to 10 minutes each on a busy machine. */
-const runCli = (args: readonly string[], opts: { env?: Record<string, string> } = {}) => run(args, { ...opts, timeoutMs: 600_000 });
+const runCli = (args: readonly string[], opts: { env?: Record<string, string> } = {}) =>
+  run(args, { ...opts, timeoutMs: 600_000 });
 
 const tmp = mkdtempSync(join(tmpdir(), 'singlora-readme-'));
 const TINY_B = join(REPO, 'test/fixtures/tiny-b/model');
@@ -32,13 +33,16 @@ function readmeCommands(): string[] {
 function localPath(arg: string): string {
   if (arg === '~/sd/stable-diffusion-v1-5') return tiny;
   if (arg === '~/sd/v1-5-pruned-emaonly.safetensors') return join(tmp, 'tiny-single.safetensors'); // made from the tiny model below
-  if (/^(photos|runs|images)\b|^rex(-merged)?\.safetensors$/.test(arg)) return join(tmp, arg.replace(/step-000800/, 'step-000003'));
+  if (/^(photos|runs|images)\b|^rex(-merged)?\.safetensors$/.test(arg))
+    return join(tmp, arg.replace(/step-000800/, 'step-000003'));
   return arg;
 }
 
 /** A README command line as arguments (double quotes group words), scaled down for the tiny model. */
 function scale(line: string): string[] {
-  const words = Array.from(line.matchAll(/"([^"]*)"|(\S+)/g), (m) => m[1] ?? m[2]).slice(1).map(localPath);
+  const words = Array.from(line.matchAll(/"([^"]*)"|(\S+)/g), (m) => m[1] ?? m[2])
+    .slice(1)
+    .map(localPath);
   const more: Record<string, string[]> = {
     train: ['--steps', '3', '--checkpoint-every', '1', '--sample-every', '0'],
     generate: [],
@@ -75,12 +79,27 @@ describe('the README CLI examples on the tiny model', () => {
     expect(train.stdout).toMatch(/average speed: .* steps\/s/);
 
     // a single-file checkpoint of the tiny model, for the README's single-file generate line (point 6)
-    ok(await runCli(['export', '--adapter', join(tmp, 'runs/rex/checkpoints/step-000003/adapter.safetensors'), '--format', 'merged', '--base', tiny, '--out', join(tmp, 'tiny-single.safetensors')]), 'single file');
+    ok(
+      await runCli([
+        'export',
+        '--adapter',
+        join(tmp, 'runs/rex/checkpoints/step-000003/adapter.safetensors'),
+        '--format',
+        'merged',
+        '--base',
+        tiny,
+        '--out',
+        join(tmp, 'tiny-single.safetensors'),
+      ]),
+      'single file',
+    );
 
     // the same --out without --resume: refused with the two ways forward (point 2)
     const again = await runCli(scale(find(/^singlora train .*--images/)));
     expect(again.code).toBe(2);
-    expect(again.stderr).toMatch(/add --resume to continue it \(--resume --steps N to extend it\), or choose a new --out/);
+    expect(again.stderr).toMatch(
+      /add --resume to continue it \(--resume --steps N to extend it\), or choose a new --out/,
+    );
 
     // --resume reads base and photos from run.json; on a finished run --steps N extends it (point 2)
     const resumeLine = scale(find(/--resume/));
@@ -95,14 +114,30 @@ describe('the README CLI examples on the tiny model', () => {
     // eval --run: the plan and the estimate first (point 8); tiny DINO, 1 prompt, 1 image, 2 steps
     const prompts = join(tmp, 'prompts.txt');
     writeFileSync(prompts, 'a photo of sks dog\n');
-    const evalRun = await runCli([...scale(find(/^singlora eval --run/)), '--prompts', prompts, '--images-per-prompt', '1', '--steps', '2', '--checkpoints', 'latest']);
+    const evalRun = await runCli([
+      ...scale(find(/^singlora eval --run/)),
+      '--prompts',
+      prompts,
+      '--images-per-prompt',
+      '1',
+      '--steps',
+      '2',
+      '--checkpoints',
+      'latest',
+    ]);
     ok(evalRun, 'eval --run');
-    expect(evalRun.stderr).toMatch(/^plan: the base model and 1 checkpoint\(s\) x 1 prompts x 1 images = 2 images at 2 steps; about /m);
+    expect(evalRun.stderr).toMatch(
+      /^plan: the base model and 1 checkpoint\(s\) x 1 prompts x 1 images = 2 images at 2 steps; about /m,
+    );
     expect(evalRun.stdout).toMatch(/1 prompts given by the caller/);
     expect(evalRun.stdout).not.toMatch(/prompt set v1/); // point 11
 
     // generate: model-native size (64 for the tiny model) when --width/--height are left out (point 7)
-    const gen = await runCli(scale(find(/^singlora generate/)).map((a, i, all) => (all[i - 1] === '--count' ? '1' : all[i - 1] === '--steps' ? '2' : a)));
+    const gen = await runCli(
+      scale(find(/^singlora generate/)).map((a, i, all) =>
+        all[i - 1] === '--count' ? '1' : all[i - 1] === '--steps' ? '2' : a,
+      ),
+    );
     ok(gen, 'generate (single file with --config-dir, a weighted prompt)');
     expect(gen.stdout).toMatch(/\(seed 42, 64x64\)/);
 
@@ -113,7 +148,8 @@ describe('the README CLI examples on the tiny model', () => {
     // export and inspect
     for (const line of lines.filter((l) => /^singlora (export|inspect)/.test(l))) {
       const args = scale(line);
-      if (args.includes('...')) args.splice(args.indexOf('...'), 1, join(tmp, 'runs/rex/checkpoints/step-000003/adapter.safetensors'));
+      if (args.includes('...'))
+        args.splice(args.indexOf('...'), 1, join(tmp, 'runs/rex/checkpoints/step-000003/adapter.safetensors'));
       ok(await runCli(args), line);
     }
     // inspect on a merged checkpoint: not an adapter (point 11)
@@ -126,13 +162,48 @@ describe('the README CLI examples on the tiny model', () => {
   it('doctor, bench, projects, serve', { timeout: 1_200_000 }, async () => {
     const lines = readmeCommands();
     ok(await runCli(scale(lines.find((l) => l === 'singlora doctor')!)), 'doctor');
-    ok(await runCli([...scale(lines.find((l) => l.startsWith('singlora bench unet'))!), '--config', join(tiny, 'unet'), '--iters', '1', '--warmup', '0']), 'bench unet');
-    ok(await runCli([...scale(lines.find((l) => l.startsWith('singlora bench generate'))!).map((a, i, all) => (all[i - 1] === '--steps' ? '2' : a)), '--images', '1']), 'bench generate');
-    ok(await runCli([...scale(lines.find((l) => l.startsWith('singlora bench train'))!).map((a, i, all) => (all[i - 1] === '--steps' ? '1' : all[i - 1] === '--resolution' ? '64' : a)), '--warmup', '0']), 'bench train');
-    ok(await runCli([...scale(lines.find((l) => l === 'singlora projects list')!), '--data-dir', join(tmp, 'data')]), 'projects list');
+    ok(
+      await runCli([
+        ...scale(lines.find((l) => l.startsWith('singlora bench unet'))!),
+        '--config',
+        join(tiny, 'unet'),
+        '--iters',
+        '1',
+        '--warmup',
+        '0',
+      ]),
+      'bench unet',
+    );
+    ok(
+      await runCli([
+        ...scale(lines.find((l) => l.startsWith('singlora bench generate'))!).map((a, i, all) =>
+          all[i - 1] === '--steps' ? '2' : a,
+        ),
+        '--images',
+        '1',
+      ]),
+      'bench generate',
+    );
+    ok(
+      await runCli([
+        ...scale(lines.find((l) => l.startsWith('singlora bench train'))!).map((a, i, all) =>
+          all[i - 1] === '--steps' ? '1' : all[i - 1] === '--resolution' ? '64' : a,
+        ),
+        '--warmup',
+        '0',
+      ]),
+      'bench train',
+    );
+    ok(
+      await runCli([...scale(lines.find((l) => l === 'singlora projects list')!), '--data-dir', join(tmp, 'data')]),
+      'projects list',
+    );
 
     // serve: starts, prints its URL, stops on SIGINT
-    const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--data-dir', join(tmp, 'data'), '--json'], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--data-dir', join(tmp, 'data'), '--json'], {
+      cwd: REPO,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const first = await new Promise<string>((resolve) => child.stdout.once('data', (d) => resolve(String(d))));
     expect(JSON.parse(first).url).toMatch(/^http:\/\/127\.0\.0\.1:\d+/);
     const code = await new Promise<number | null>((resolve) => {
@@ -148,12 +219,42 @@ describe('issue 18 checks on trained adapters', () => {
   const adapter = join(runDir, 'checkpoints/step-000002/adapter.safetensors');
 
   beforeAll(async () => {
-    const r = await runCli(['train', '--base', tiny, '--images', join(tmp, 'photos/rex'), '--out', runDir, '--steps', '2', '--checkpoint-every', '2', '--sample-every', '0']);
+    const r = await runCli([
+      'train',
+      '--base',
+      tiny,
+      '--images',
+      join(tmp, 'photos/rex'),
+      '--out',
+      runDir,
+      '--steps',
+      '2',
+      '--checkpoint-every',
+      '2',
+      '--sample-every',
+      '0',
+    ]);
     ok(r, 'train for the adapter checks');
   }, 600_000);
 
-  it('an adapter made for another base: warning and every unused tensor with its reason; --strict refuses (point 3)', { timeout: 600_000 }, async () => {
-    const args = ['generate', '--base', TINY_B, '--prompt', 'a photo of sks dog', '--steps', '1', '--seed', '1', '--adapter', adapter, '--out', join(tmp, 'mismatch')];
+  it('an adapter made for another base: warning and every unused tensor with its reason; --strict refuses (point 3)', {
+    timeout: 600_000,
+  }, async () => {
+    const args = [
+      'generate',
+      '--base',
+      TINY_B,
+      '--prompt',
+      'a photo of sks dog',
+      '--steps',
+      '1',
+      '--seed',
+      '1',
+      '--adapter',
+      adapter,
+      '--out',
+      join(tmp, 'mismatch'),
+    ];
     const text = await runCli(args);
     ok(text, 'generate with a mismatched adapter');
     expect(text.stderr).toMatch(/warning: adapter\.safetensors was trained on .* not on this base model/);
@@ -165,7 +266,11 @@ describe('issue 18 checks on trained adapters', () => {
     }
     const json = await runCli([...args, '--json']);
     ok(json, 'generate --json');
-    const event = json.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((e) => e.event === 'adapter');
+    const event = json.stdout
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l))
+      .find((e) => e.event === 'adapter');
     expect(event.baseMismatch).toMatch(/was trained on/);
     expect(event.unapplied).toHaveLength(event.totalTensors - event.appliedTensors);
     const strict = await runCli([...args, '--strict']);
@@ -174,21 +279,63 @@ describe('issue 18 checks on trained adapters', () => {
     expect(readdirSync(join(tmp, 'mismatch')).filter((f) => f.endsWith('.png'))).toHaveLength(2); // the two runs above, none from --strict
   });
 
-  it('export --format merged onto another base warns; --strict refuses and writes nothing (point 3)', { timeout: 600_000 }, async () => {
+  it('export --format merged onto another base warns; --strict refuses and writes nothing (point 3)', {
+    timeout: 600_000,
+  }, async () => {
     const out = join(tmp, 'mismatch-merged.safetensors');
-    const strict = await runCli(['export', '--adapter', adapter, '--format', 'merged', '--base', TINY_B, '--out', out, '--strict']);
+    const strict = await runCli([
+      'export',
+      '--adapter',
+      adapter,
+      '--format',
+      'merged',
+      '--base',
+      TINY_B,
+      '--out',
+      out,
+      '--strict',
+    ]);
     expect(strict.code).toBe(1);
     expect(strict.stderr).toMatch(/refused under --strict: .* was trained on/);
     expect(existsSync(out)).toBe(false);
   });
 
-  it('a single-file checkpoint with --config-dir generates; without it the error names --config-dir (point 6)', { timeout: 600_000 }, async () => {
+  it('a single-file checkpoint with --config-dir generates; without it the error names --config-dir (point 6)', {
+    timeout: 600_000,
+  }, async () => {
     const single = join(tmp, 'tiny-single.safetensors');
-    ok(await runCli(['export', '--adapter', adapter, '--format', 'merged', '--base', tiny, '--out', single]), 'merged single file');
-    const withDir = await runCli(['generate', '--base', single, '--config-dir', tiny, '--prompt', 'a photo of sks dog', '--steps', '1', '--seed', '3', '--out', join(tmp, 'single')]);
+    ok(
+      await runCli(['export', '--adapter', adapter, '--format', 'merged', '--base', tiny, '--out', single]),
+      'merged single file',
+    );
+    const withDir = await runCli([
+      'generate',
+      '--base',
+      single,
+      '--config-dir',
+      tiny,
+      '--prompt',
+      'a photo of sks dog',
+      '--steps',
+      '1',
+      '--seed',
+      '3',
+      '--out',
+      join(tmp, 'single'),
+    ]);
     ok(withDir, 'generate --config-dir');
     expect(withDir.stdout).toMatch(/64x64/);
-    const without = await runCli(['generate', '--base', single, '--prompt', 'x', '--steps', '1', '--out', join(tmp, 'single')]);
+    const without = await runCli([
+      'generate',
+      '--base',
+      single,
+      '--prompt',
+      'x',
+      '--steps',
+      '1',
+      '--out',
+      join(tmp, 'single'),
+    ]);
     expect(without.code).toBe(1);
     expect(without.stderr).toMatch(/--config-dir/);
     expect(without.stderr).not.toMatch(/\bconfigDir\b/); // the API name only as "(in code: ...)"
@@ -203,7 +350,25 @@ describe('issue 18 checks on trained adapters', () => {
   });
 
   it('--json piped into a reader that closes early ends quietly (point 5)', { timeout: 600_000 }, async () => {
-    const child = spawn(process.execPath, [BIN, 'generate', '--base', tiny, '--prompt', 'x', '--steps', '20', '--seed', '1', '--out', join(tmp, 'epipe'), '--json'], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      process.execPath,
+      [
+        BIN,
+        'generate',
+        '--base',
+        tiny,
+        '--prompt',
+        'x',
+        '--steps',
+        '20',
+        '--seed',
+        '1',
+        '--out',
+        join(tmp, 'epipe'),
+        '--json',
+      ],
+      { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
     await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));

@@ -9,7 +9,8 @@ import { EXPORT_FORMATS } from '../../src-main/engine/adapters/exportAdapter.ts'
 import { BACKEND_NAMES } from '../../src-main/engine/backend/tf.ts';
 
 describe('CLI choice lists', () => {
-  it('--backend offers auto and every engine backend', () => expect([...BACKEND_CHOICES]).toEqual(['auto', ...BACKEND_NAMES]));
+  it('--backend offers auto and every engine backend', () =>
+    expect([...BACKEND_CHOICES]).toEqual(['auto', ...BACKEND_NAMES]));
   it('--engine and --provider offer what the engine knows', () => {
     expect([...ENGINE_CHOICES]).toEqual([...INFERENCE_ENGINES]);
     expect([...PROVIDER_CHOICES]).toEqual([...ENGINE_PROVIDERS]);

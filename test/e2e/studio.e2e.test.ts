@@ -38,10 +38,22 @@ import { makeSubjectPhotos, makeTinyModel, TINY_MODEL_DIR } from '../../scripts/
 import { readTar } from '../helpers/tar.ts';
 
 /** SINGLORA_CHROMIUM when set (and then only it), else Debian's or Ubuntu's path. */
-const CHROMIUM_CANDIDATES = process.env.SINGLORA_CHROMIUM ? [process.env.SINGLORA_CHROMIUM] : ['/usr/bin/chromium', '/usr/bin/chromium-browser'];
+const CHROMIUM_CANDIDATES = process.env.SINGLORA_CHROMIUM
+  ? [process.env.SINGLORA_CHROMIUM]
+  : ['/usr/bin/chromium', '/usr/bin/chromium-browser'];
 const CHROMIUM = CHROMIUM_CANDIDATES.find((p) => existsSync(p));
 /** Headless as root in a container: no sandbox, no GPU, nothing fetched in the background; /tmp instead of a small /dev/shm. */
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'];
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-dev-shm-usage',
+];
 const SCREENSHOTS = join(REPO_ROOT, 'test-artifacts', 'screenshots');
 const RENDERER = join(REPO_ROOT, 'dist-renderer');
 /** The renderer's sources: the UI and the contract it is typed from. */
@@ -52,7 +64,9 @@ const SMALL = { width: 800, height: 600 };
 const SLOW = 240_000;
 
 if (!CHROMIUM) {
-  console.warn(`test/e2e/studio.e2e.test.ts: SKIPPED: no Chromium at ${CHROMIUM_CANDIDATES.join(' or ')}; install it (\`apt-get install chromium\`, as .ci/run does) or point SINGLORA_CHROMIUM at one`);
+  console.warn(
+    `test/e2e/studio.e2e.test.ts: SKIPPED: no Chromium at ${CHROMIUM_CANDIDATES.join(' or ')}; install it (\`apt-get install chromium\`, as .ci/run does) or point SINGLORA_CHROMIUM at one`,
+  );
 }
 
 function newestMtime(path: string): number {
@@ -113,7 +127,11 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     return { name: d.suggestedFilename(), bytes: await readFile(path) };
   };
   /** Whether an <img> finished loading real pixels. */
-  const loaded = (testid: string) => page.locator(`[data-testid="${testid}"]`).first().evaluate((img: HTMLImageElement) => img.complete && img.naturalWidth > 0);
+  const loaded = (testid: string) =>
+    page
+      .locator(`[data-testid="${testid}"]`)
+      .first()
+      .evaluate((img: HTMLImageElement) => img.complete && img.naturalWidth > 0);
 
   beforeAll(async () => {
     await Promise.all([ensureRendererBuilt(), makeTinyModel()]);
@@ -143,10 +161,12 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     const ours = (url: string) => url.startsWith(server.url) && /^\/(api|files)\//.test(new URL(url).pathname);
     page.on('requestfailed', (r) => {
       if (reloading && r.failure()?.errorText === 'net::ERR_ABORTED') return; // a deliberate reload cuts calls short
-      if (ours(r.url())) problems.push(`request failed: ${r.method()} ${new URL(r.url()).pathname}: ${r.failure()?.errorText}`);
+      if (ours(r.url()))
+        problems.push(`request failed: ${r.method()} ${new URL(r.url()).pathname}: ${r.failure()?.errorText}`);
     });
     page.on('response', (r) => {
-      if (ours(r.url()) && r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.request().method()} ${new URL(r.url()).pathname}`);
+      if (ours(r.url()) && r.status() >= 400)
+        problems.push(`HTTP ${r.status()}: ${r.request().method()} ${new URL(r.url()).pathname}`);
     });
   }, 180_000);
 
@@ -165,7 +185,9 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
   function explainFailures(name: string) {
     onTestFailed(async () => {
       await page?.screenshot({ path: join(SCREENSHOTS, `failed-${name}.png`), fullPage: true }).catch(() => {});
-      console.error(`--- ${name}: page problems:\n${problems.join('\n') || '(none)'}\n--- server log (last 40 lines):\n${serverLog.slice(-40).join('\n')}`);
+      console.error(
+        `--- ${name}: page problems:\n${problems.join('\n') || '(none)'}\n--- server log (last 40 lines):\n${serverLog.slice(-40).join('\n')}`,
+      );
     });
   }
 
@@ -180,7 +202,9 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     await page.locator('#np-class').fill('ball');
     await page.locator('#np-type').selectOption('object');
     // The models the app found: the demo model, with its native size; no default is chosen for us.
-    await expect.poll(() => byTest('project-model').locator('option').allTextContents()).toEqual(['demo-tiny (64 px, models folder)', 'Add a model…']);
+    await expect
+      .poll(() => byTest('project-model').locator('option').allTextContents())
+      .toEqual(['demo-tiny (64 px, models folder)', 'Add a model…']);
     expect(await byTest('project-model').inputValue()).toBe(join(tmp, 'models', 'demo-tiny'));
     await byTest('project-model').selectOption({ label: 'demo-tiny (64 px, models folder)' });
     await shoot('new-project');
@@ -197,7 +221,9 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     await byTest('project-name').fill('No model yet');
     await byTest('project-model').selectOption({ label: 'Add a model…' });
     await byTest('project-create').click();
-    expect(await page.getByText('Choose the Stable Diffusion 1.5 model to train on, or enter its path').count()).toBe(1);
+    expect(await page.getByText('Choose the Stable Diffusion 1.5 model to train on, or enter its path').count()).toBe(
+      1,
+    );
     await page.keyboard.press('Escape'); // closes the form
     await expect.poll(() => page.getByRole('form', { name: 'New project' }).count()).toBe(0);
     // Made through the API (as the CLI would): the page must still lead the user to a model.
@@ -231,7 +257,9 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     await writeFile(bad, 'this is a text file, not a PNG\n');
     await byTest('photo-input').setInputFiles([...photos, bad]);
     await expect.poll(() => byTest('photo-card').count()).toBe(5);
-    const statuses = await byTest('photo-card').evaluateAll((cards) => cards.map((c) => (c as HTMLElement).dataset.status));
+    const statuses = await byTest('photo-card').evaluateAll((cards) =>
+      cards.map((c) => (c as HTMLElement).dataset.status),
+    );
     expect(statuses.filter((s) => s === 'ok')).toHaveLength(4); // 96 px photos at the tiny model's native 64
     const rejected = page.locator('[data-testid="photo-card"][data-status="rejected"]');
     await expect.poll(() => rejected.count()).toBe(1);
@@ -241,7 +269,14 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     expect(await byTest('photo-guidance').textContent()).toMatch(/4 usable photos: ready to train/);
     expect(await byTest('model-banner').count()).toBe(0);
     // Thumbnails load from /files with the token.
-    await expect.poll(() => page.locator('[data-testid="photo-card"][data-status="ok"] img').first().evaluate((img: HTMLImageElement) => img.complete && img.naturalWidth > 0)).toBe(true);
+    await expect
+      .poll(() =>
+        page
+          .locator('[data-testid="photo-card"][data-status="ok"] img')
+          .first()
+          .evaluate((img: HTMLImageElement) => img.complete && img.naturalWidth > 0),
+      )
+      .toBe(true);
     await shoot('subject');
   });
 
@@ -251,7 +286,9 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     await byTest('setting-steps').fill('6');
     // The model's native size, named: 64 px for the demo model (not "512 for SD 1.5").
     expect(await page.getByLabel('Resolution').inputValue()).toBe('native');
-    expect(await page.getByLabel('Resolution').locator('option:checked').textContent()).toBe('Model native (64 × 64 for demo-tiny)');
+    expect(await page.getByLabel('Resolution').locator('option:checked').textContent()).toBe(
+      'Model native (64 × 64 for demo-tiny)',
+    );
     await page.getByText('Advanced', { exact: true }).click();
     await page.locator('#t-ckpt').fill('3');
     await page.locator('#t-sample').fill('3');
@@ -265,36 +302,59 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
         if (v != null && list.at(-1) !== Number(v)) list.push(Number(v));
       };
       new MutationObserver(() => {
-        note(seen.progress, document.querySelector('[data-testid="train-progress"] [role="progressbar"]')?.getAttribute('aria-valuenow'));
+        note(
+          seen.progress,
+          document.querySelector('[data-testid="train-progress"] [role="progressbar"]')?.getAttribute('aria-valuenow'),
+        );
         note(seen.points, document.querySelector('[data-testid="loss-chart"]')?.getAttribute('data-points'));
-      }).observe(document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ['aria-valuenow', 'data-points'] });
+      }).observe(document.body, {
+        subtree: true,
+        childList: true,
+        attributes: true,
+        attributeFilter: ['aria-valuenow', 'data-points'],
+      });
     });
     await byTest('train-button').click();
 
     const deadline = Date.now() + SLOW;
     for (;;) {
-      const status = await byTest('run-status').textContent().catch(() => null);
+      const status = await byTest('run-status')
+        .textContent()
+        .catch(() => null);
       expect(await byTest('train-error').count(), 'the run failed').toBe(0);
       if (status === 'completed') break;
       expect(['queued', 'running', null], `run status ${status}`).toContain(status);
       if (Date.now() > deadline) throw new Error(`training did not finish in ${SLOW / 1000} s (status ${status})`);
       await page.waitForTimeout(200);
     }
-    const seen = await page.evaluate(() => (window as unknown as { seen: { progress: number[]; points: number[] } }).seen);
+    const seen = await page.evaluate(
+      () => (window as unknown as { seen: { progress: number[]; points: number[] } }).seen,
+    );
     // The bar went up step by step to 6/6; the chart gained points along the way.
     expect(seen.progress.at(-1)).toBe(6);
-    expect(seen.progress.filter((p) => p > 0 && p < 6).length, `progress values seen: ${seen.progress}`).toBeGreaterThan(1);
-    expect([...seen.progress].sort((x, y) => x - y), `progress values seen: ${seen.progress}`).toEqual(seen.progress);
+    expect(
+      seen.progress.filter((p) => p > 0 && p < 6).length,
+      `progress values seen: ${seen.progress}`,
+    ).toBeGreaterThan(1);
+    expect(
+      [...seen.progress].sort((x, y) => x - y),
+      `progress values seen: ${seen.progress}`,
+    ).toEqual(seen.progress);
     expect(seen.points.at(-1)).toBe(6);
     expect(seen.points.filter((p) => p > 0 && p < 6).length, `loss points seen: ${seen.points}`).toBeGreaterThan(1);
-    expect([...seen.points].sort((x, y) => x - y), `loss points seen: ${seen.points}`).toEqual(seen.points);
+    expect(
+      [...seen.points].sort((x, y) => x - y),
+      `loss points seen: ${seen.points}`,
+    ).toEqual(seen.points);
     expect(await byTest('train-progress').textContent()).toContain('Step 6/6');
 
     await expect.poll(() => byTest('sample-image').count()).toBeGreaterThan(0);
     await expect.poll(() => loaded('sample-image')).toBe(true);
     expect(await page.getByText('Checkpoints at steps 3, 6.').count()).toBe(1);
     // The next run's duration, estimated before starting it, at this run's pace.
-    expect(await byTest('train-estimate').textContent()).toMatch(/^About \d+ (s|min \d\d s) for 6 steps at the last run's pace$/);
+    expect(await byTest('train-estimate').textContent()).toMatch(
+      /^About \d+ (s|min \d\d s) for 6 steps at the last run's pace$/,
+    );
     // The run list agrees with the card.
     expect(await byTest('run-row').first().getAttribute('data-status')).toBe('completed');
     await shoot('train');
@@ -311,15 +371,25 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     await byTest('evaluate-button').click();
     await expect.poll(() => byTest('score-row').count(), { timeout: SLOW }).toBe(2);
     expect(await byTest('score-baseline').count()).toBe(1);
-    const rows = await byTest('score-row').evaluateAll((rs) => rs.map((r) => [(r as HTMLElement).dataset.step, (r as HTMLElement).dataset.best]));
+    const rows = await byTest('score-row').evaluateAll((rs) =>
+      rs.map((r) => [(r as HTMLElement).dataset.step, (r as HTMLElement).dataset.best]),
+    );
     expect(rows.map(([step]) => step)).toEqual(['3', '6']);
     expect(rows.filter(([, best]) => best === 'true')).toHaveLength(1);
     expect(await byTest('eval-rule').textContent()).toMatch(/highest DINO/);
     expect(await byTest('eval-summary').textContent()).toMatch(/^3 prompts × 1 image per checkpoint, seed 1001\./);
     // The images behind the scores: 3 per row (base, step 3, step 6), loaded, each downloadable.
     await expect.poll(() => byTest('eval-image').count()).toBe(9);
-    await expect.poll(() => byTest('eval-image').evaluateAll((imgs) => imgs.every((i) => (i as HTMLImageElement).complete && (i as HTMLImageElement).naturalWidth > 0))).toBe(true);
-    expect(await byTest('score-deltas').textContent()).toMatch(/^Change from the base model: step 3: [+−]0\.\d{4}, step 6: [+−]0\.\d{4}\.$/);
+    await expect
+      .poll(() =>
+        byTest('eval-image').evaluateAll((imgs) =>
+          imgs.every((i) => (i as HTMLImageElement).complete && (i as HTMLImageElement).naturalWidth > 0),
+        ),
+      )
+      .toBe(true);
+    expect(await byTest('score-deltas').textContent()).toMatch(
+      /^Change from the base model: step 3: [+−]0\.\d{4}, step 6: [+−]0\.\d{4}\.$/,
+    );
     const img = await download('eval-image-link');
     expect(img.bytes.subarray(1, 4).toString()).toBe('PNG');
     await shoot('evaluate');
@@ -342,7 +412,9 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     const image = await download('download-image');
     const [generated] = (await server.service.call('generation.list', { projectId })) as Result<'generation.list'>;
     expect(image.name).toBe(generated.file.split('/').pop());
-    expect(image.bytes.equals(await readFile(join(server.service.projectsDir, projectId, 'images', generated.file)))).toBe(true);
+    expect(
+      image.bytes.equals(await readFile(join(server.service.projectsDir, projectId, 'images', generated.file))),
+    ).toBe(true);
     await shoot('generate');
   });
 
@@ -367,7 +439,9 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     expect(got.bytes.equals(await readFile(file)), 'the downloaded bytes are the file on disk').toBe(true);
     const info = await inspectAdapter(file);
     const [runId] = readdirSync(join(projectDir, 'runs'));
-    const native = await inspectAdapter(join(projectDir, 'runs', runId, 'checkpoints', 'step-000006', 'adapter.safetensors'));
+    const native = await inspectAdapter(
+      join(projectDir, 'runs', runId, 'checkpoints', 'step-000006', 'adapter.safetensors'),
+    );
     expect(info).toMatchObject({ format: 'kohya', rank: 8, targets: native.targets });
     expect(info.targets).toBeGreaterThan(0);
 
@@ -397,11 +471,23 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     const entries = readTar(got.bytes);
     const root = rel.split('/').pop();
     const names = entries.map((e) => e.name);
-    for (const part of ['model_index.json', 'unet/config.json', 'unet/diffusion_pytorch_model.safetensors', 'vae/diffusion_pytorch_model.safetensors', 'text_encoder/model.safetensors', 'tokenizer/vocab.json', 'scheduler/scheduler_config.json']) {
+    for (const part of [
+      'model_index.json',
+      'unet/config.json',
+      'unet/diffusion_pytorch_model.safetensors',
+      'vae/diffusion_pytorch_model.safetensors',
+      'text_encoder/model.safetensors',
+      'tokenizer/vocab.json',
+      'scheduler/scheduler_config.json',
+    ]) {
       expect(names, part).toContain(`${root}/${part}`);
     }
     const unet = entries.find((e) => e.name === `${root}/unet/diffusion_pytorch_model.safetensors`)!;
-    expect(unet.data.equals(await readFile(join(server.service.projectsDir, projectId, rel, 'unet', 'diffusion_pytorch_model.safetensors')))).toBe(true);
+    expect(
+      unet.data.equals(
+        await readFile(join(server.service.projectsDir, projectId, rel, 'unet', 'diffusion_pytorch_model.safetensors')),
+      ),
+    ).toBe(true);
     await shoot('export-merged');
   });
 
@@ -422,7 +508,9 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     explainFailures('token');
     const tab = await context.newPage();
     await tab.goto(server.url); // no ?token=: the HttpOnly cookie from the first load carries it
-    await expect.poll(() => tab.getByTestId('connection-state').getAttribute('data-status'), { timeout: 20_000 }).toBe('open');
+    await expect
+      .poll(() => tab.getByTestId('connection-state').getAttribute('data-status'), { timeout: 20_000 })
+      .toBe('open');
     await expect.poll(() => tab.getByTestId('project-select').inputValue()).toBe(projectId);
     expect(await tab.evaluate(() => document.cookie)).toBe(''); // HttpOnly: page scripts never see it
     await tab.close();

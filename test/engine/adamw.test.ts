@@ -74,7 +74,10 @@ describe('AdamW (torch.optim.AdamW formulas)', () => {
   it('five steps with weight decay, bias correction and a changing learning rate match torch within float32 noise', async () => {
     const config = { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
     const init = SHAPES.map((s, k) => values(size(s), 10 + k));
-    const ref = new TorchAdamW(init.map((p) => [...p]), config);
+    const ref = new TorchAdamW(
+      init.map((p) => [...p]),
+      config,
+    );
     const params = SHAPES.map((s, k) => tf.variable(tf.tensor(init[k], s, 'float32'), true));
     const opt = new AdamW(params, config);
     const lrs = [1e-2, 2e-2, 5e-2, 5e-2, 1e-3];
@@ -161,7 +164,9 @@ describe('AdamW (torch.optim.AdamW formulas)', () => {
     const p = tf.variable(tf.zeros([3]), true);
     const opt = new AdamW([p]);
     expect(() => opt.apply([], 1e-3)).toThrow(/AdamW.apply: 0 gradients for 1 parameters/);
-    expect(() => opt.load({ step: 1, m: [new Float32Array(2)], v: [new Float32Array(2)] })).toThrow(/AdamW.load: moment 0 has 2 values for a parameter of 3/);
+    expect(() => opt.load({ step: 1, m: [new Float32Array(2)], v: [new Float32Array(2)] })).toThrow(
+      /AdamW.load: moment 0 has 2 values for a parameter of 3/,
+    );
     opt.dispose();
     p.dispose();
   });
@@ -178,8 +183,18 @@ describe('clipByGlobalNorm (torch clip_grad_norm_)', () => {
     expect(tf.memory().numTensors - before, 'the clipped grads and the norm, nothing else').toBe(3);
     expect((await norm.data())[0]).toBeCloseTo(13, 5);
     const c = 1 / (13 + 1e-6);
-    expect(maxAbsDiff(await grads[0].data(), a.map((x) => x * c)).maxAbs).toBeLessThanOrEqual(1e-7);
-    expect(maxAbsDiff(await grads[1].data(), b.map((x) => x * c)).maxAbs).toBeLessThanOrEqual(1e-7);
+    expect(
+      maxAbsDiff(
+        await grads[0].data(),
+        a.map((x) => x * c),
+      ).maxAbs,
+    ).toBeLessThanOrEqual(1e-7);
+    expect(
+      maxAbsDiff(
+        await grads[1].data(),
+        b.map((x) => x * c),
+      ).maxAbs,
+    ).toBeLessThanOrEqual(1e-7);
     tf.dispose([...g, ...grads, norm]);
   });
 

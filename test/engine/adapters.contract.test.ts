@@ -9,7 +9,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf, type Tensor } from '../../src-main/engine/backend/tf.ts';
-import { AdapterSet, DEFAULT_TARGETS, defaultAdapterSpec, matchesTarget, type AdapterSpec } from '../../src-main/engine/adapters/adapterSet.ts';
+import {
+  AdapterSet,
+  DEFAULT_TARGETS,
+  defaultAdapterSpec,
+  matchesTarget,
+  type AdapterSpec,
+} from '../../src-main/engine/adapters/adapterSet.ts';
 import { checkFits, injectFromFile, readAdapterFile, saveAdapter } from '../../src-main/engine/adapters/adapterFile.ts';
 import { exportKohya, exportPeft } from '../../src-main/engine/adapters/export.ts';
 import { planAdapter } from '../../src-main/engine/adapters/import.ts';
@@ -78,11 +84,17 @@ afterAll(() => {
 
 /** An injected adapter set with non-trivial values (LoRA's B is randomised too). */
 async function injected(net: Net, method: AdapterSpec['method'], seed = 3): Promise<AdapterSet> {
-  const set = AdapterSet.inject(net, defaultAdapterSpec({ method, rank: 4, alpha: 6, rampSteps: RAMP, initStd: 0.2 }), { rng: new Rng(seed) });
+  const set = AdapterSet.inject(net, defaultAdapterSpec({ method, rank: 4, alpha: 6, rampSteps: RAMP, initStd: 0.2 }), {
+    rng: new Rng(seed),
+  });
   if (method === 'lora') {
     const rng = new Rng(seed + 100);
     const values = new Map<string, Float32Array>();
-    for (const [name, v] of set.namedTensors()) values.set(name, name.endsWith('lora_B') ? rng.normal(v.size).map((a) => a * 0.2) : ((await v.data()) as Float32Array));
+    for (const [name, v] of set.namedTensors())
+      values.set(
+        name,
+        name.endsWith('lora_B') ? rng.normal(v.size).map((a) => a * 0.2) : ((await v.data()) as Float32Array),
+      );
     set.assign(values);
   }
   return set;
@@ -126,7 +138,9 @@ describe.each(methods)('%s adapter contract', (method) => {
   it('starts at exactly the base output (u(0) = 0 for SingLoRA, B = 0 for LoRA)', async () => {
     const net = await makeNet();
     const base = await net.apply(x, ctx).data();
-    const set = AdapterSet.inject(net, defaultAdapterSpec({ method, rank: 4, alpha: 4, rampSteps: RAMP }), { rng: new Rng(5) });
+    const set = AdapterSet.inject(net, defaultAdapterSpec({ method, rank: 4, alpha: 4, rampSteps: RAMP }), {
+      rng: new Rng(5),
+    });
     set.setStep(0);
     const out = await net.apply(x, ctx).data();
     expect(maxAbsDiff(out, base).maxAbs).toBe(0);
@@ -215,7 +229,13 @@ describe.each(methods)('%s adapter contract', (method) => {
     set.setStep(RAMP);
     const out = await net.apply(x, ctx).data();
     const file = join(dir, `${method}.safetensors`);
-    const meta = await saveAdapter(file, set, { trainedSteps: RAMP, triggerToken: 'sks', classWord: 'dog', baseModelName: 'test-net', baseModelUnetSha256: 'abc' });
+    const meta = await saveAdapter(file, set, {
+      trainedSteps: RAMP,
+      triggerToken: 'sks',
+      classWord: 'dog',
+      baseModelName: 'test-net',
+      baseModelUnetSha256: 'abc',
+    });
     expect(meta.effective_u).toBe(1);
     set.remove();
     const fresh = await makeNet();
@@ -231,7 +251,13 @@ describe.each(methods)('%s adapter contract', (method) => {
     const net = await makeNet();
     const set = await injected(net, method);
     const file = join(dir, `${method}-export.safetensors`);
-    await saveAdapter(file, set, { trainedSteps: RAMP / 2, triggerToken: 'sks', classWord: 'dog', baseModelName: 'test-net', baseModelUnetSha256: 'abc' });
+    await saveAdapter(file, set, {
+      trainedSteps: RAMP / 2,
+      triggerToken: 'sks',
+      classWord: 'dog',
+      baseModelName: 'test-net',
+      baseModelUnetSha256: 'abc',
+    });
     set.merge(RAMP / 2);
     const merged = await weights(net);
     set.remove(); // unmerges
@@ -317,7 +343,13 @@ describe('adapter files', () => {
     const net = await makeNet();
     const set = await injected(net, 'singlora');
     const file = join(dir, 'fit.safetensors');
-    await saveAdapter(file, set, { trainedSteps: 1, triggerToken: 'sks', classWord: 'dog', baseModelName: 'test-net', baseModelUnetSha256: 'abc' });
+    await saveAdapter(file, set, {
+      trainedSteps: 1,
+      triggerToken: 'sks',
+      classWord: 'dog',
+      baseModelName: 'test-net',
+      baseModelUnetSha256: 'abc',
+    });
     set.remove();
     class Other extends Module {
       blocks: Block[] = [new Block()];
@@ -337,7 +369,11 @@ describe('adapter files', () => {
   it('rejects a file whose metadata is not an adapter, naming the field', async () => {
     const { writeSafetensors } = await import('../../src-main/engine/io/safetensors.ts');
     const file = join(dir, 'notadapter.safetensors');
-    await writeSafetensors(file, { 'unet.x.singlora_A': { shape: [2, 1], data: new Float32Array(2) } }, { format: 'something-else' });
+    await writeSafetensors(
+      file,
+      { 'unet.x.singlora_A': { shape: [2, 1], data: new Float32Array(2) } },
+      { format: 'something-else' },
+    );
     await expect(readAdapterFile(file)).rejects.toThrow(/format/);
     expect(readFileSync(file).length).toBeGreaterThan(8);
   });
@@ -345,7 +381,10 @@ describe('adapter files', () => {
 
 describe('parameter count on the real SD 1.5 UNet shapes (rank 8)', () => {
   it('SingLoRA needs about half the parameters of LoRA', () => {
-    const shapes = JSON.parse(readFileSync(join(FIXTURES, 'sd15_shapes.json'), 'utf8')).unet as Record<string, number[]>;
+    const shapes = JSON.parse(readFileSync(join(FIXTURES, 'sd15_shapes.json'), 'utf8')).unet as Record<
+      string,
+      number[]
+    >;
     let single = 0;
     let lora = 0;
     let layers = 0;
@@ -357,7 +396,9 @@ describe('parameter count on the real SD 1.5 UNet shapes (rank 8)', () => {
       lora += (dOut + dIn) * 8;
       layers++;
     }
-    console.log(`SD 1.5 UNet, ${layers} target layers, rank 8: SingLoRA ${single.toLocaleString('en-US')} params, LoRA ${lora.toLocaleString('en-US')} params, ratio ${(single / lora).toFixed(3)}`);
+    console.log(
+      `SD 1.5 UNet, ${layers} target layers, rank 8: SingLoRA ${single.toLocaleString('en-US')} params, LoRA ${lora.toLocaleString('en-US')} params, ratio ${(single / lora).toFixed(3)}`,
+    );
     expect(layers).toBe(128);
     expect(single / lora).toBeGreaterThan(0.45);
     expect(single / lora).toBeLessThan(0.65);

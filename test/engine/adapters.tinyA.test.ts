@@ -37,8 +37,16 @@ async function weights(): Promise<Map<string, Float32Array>> {
 
 beforeAll(async () => {
   unet = await UNet2DConditionModel.load(join(base, 'unet'));
-  const set = AdapterSet.inject(unet, defaultAdapterSpec({ rank: 4, alpha: 6, rampSteps: 10, initStd: 0.2 }), { rng: new Rng(11) });
-  await saveAdapter(native, set, { trainedSteps: 5, triggerToken: 'sks', classWord: 'dog', baseModelName: 'tiny-a', baseModelUnetSha256: '0'.repeat(64) });
+  const set = AdapterSet.inject(unet, defaultAdapterSpec({ rank: 4, alpha: 6, rampSteps: 10, initStd: 0.2 }), {
+    rng: new Rng(11),
+  });
+  await saveAdapter(native, set, {
+    trainedSteps: 5,
+    triggerToken: 'sks',
+    classWord: 'dog',
+    baseModelName: 'tiny-a',
+    baseModelUnetSha256: '0'.repeat(64),
+  });
   set.merge(5);
   merged = await weights();
   set.remove();
@@ -52,7 +60,12 @@ describe('exports of a random adapter on tiny-a', () => {
     const out = join(dir, 'kohya.safetensors');
     await exportAdapter({ adapter: native, format: 'kohya', out });
     const { tensors, metadata } = await readAllFloat32(out);
-    expect(metadata).toMatchObject({ ss_network_module: 'networks.lora', ss_network_dim: '4', ss_network_alpha: '3', ss_base_model_version: 'sd_v1' });
+    expect(metadata).toMatchObject({
+      ss_network_module: 'networks.lora',
+      ss_network_dim: '4',
+      ss_network_alpha: '3',
+      ss_base_model_version: 'sd_v1',
+    });
     expect(tensors.size).toBe(48 * 3);
     for (const [path, entry] of f.targets) {
       const [dOut, dIn] = f.meta.target_shapes[path];
@@ -103,9 +116,12 @@ describe('exports of a random adapter on tiny-a', () => {
     expect(pipeline.format).toBe('diffusers');
     await pipeline.close();
     expect(readdirSync(join(dir, 'merged')).sort()).toEqual(readdirSync(base).sort());
-    expect(readFileSync(join(dir, 'merged/vae/diffusion_pytorch_model.safetensors'))).toEqual(readFileSync(join(base, 'vae/diffusion_pytorch_model.safetensors')));
+    expect(readFileSync(join(dir, 'merged/vae/diffusion_pytorch_model.safetensors'))).toEqual(
+      readFileSync(join(base, 'vae/diffusion_pytorch_model.safetensors')),
+    );
     const folderUnet = await UNet2DConditionModel.load(join(dir, 'merged/unet'));
-    for (const [k, p] of folderUnet.namedParams()) expect((await p.checkpointValue().data()) as Float32Array, k).toEqual(merged.get(k));
+    for (const [k, p] of folderUnet.namedParams())
+      expect((await p.checkpointValue().data()) as Float32Array, k).toEqual(merged.get(k));
     folderUnet.dispose();
     const single = join(dir, 'merged.safetensors');
     const r = await exportAdapter({ adapter: native, format: 'merged-single-file', base, out: single });
@@ -129,7 +145,10 @@ describe('LoRA files from other tools', () => {
     const sd = await StableDiffusion.load(base, { engine: 'tfjs' });
     try {
       const rng = new Rng(4);
-      const t = (shape: number[]) => ({ shape, data: rng.normal(shape.reduce((a, b) => a * b, 1)).map((v) => v * 0.05) });
+      const t = (shape: number[]) => ({
+        shape,
+        data: rng.normal(shape.reduce((a, b) => a * b, 1)).map((v) => v * 0.05),
+      });
       const file = join(dir, 'other-tool.safetensors');
       await writeSafetensors(file, {
         'lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight': t([2, 32]),
@@ -142,16 +161,52 @@ describe('LoRA files from other tools', () => {
         'lora_unet_not_a_module.lora_up.weight': t([8, 2]),
       });
       const before = await sd.encodePrompts(['a photo of sks dog']).data();
-      const [img0] = await textToImage(sd, { prompt: 'a photo of sks dog', steps: 2, guidanceScale: 7.5, scheduler: 'ddim', seed: 3, width: 64, height: 64 });
+      const [img0] = await textToImage(sd, {
+        prompt: 'a photo of sks dog',
+        steps: 2,
+        guidanceScale: 7.5,
+        scheduler: 'ddim',
+        seed: 3,
+        width: 64,
+        height: 64,
+      });
       const reports: string[] = [];
-      const [img1] = await textToImage(sd, { prompt: 'a photo of sks dog', steps: 2, guidanceScale: 7.5, scheduler: 'ddim', seed: 3, width: 64, height: 64, adapters: [{ path: file, strength: 1 }] }, { onAdapters: (r) => reports.push(...r.map((x) => `${x.summary}\n${x.unapplied.map((u) => `${u.key}: ${u.reason}`).join('\n')}`)) });
+      const [img1] = await textToImage(
+        sd,
+        {
+          prompt: 'a photo of sks dog',
+          steps: 2,
+          guidanceScale: 7.5,
+          scheduler: 'ddim',
+          seed: 3,
+          width: 64,
+          height: 64,
+          adapters: [{ path: file, strength: 1 }],
+        },
+        {
+          onAdapters: (r) =>
+            reports.push(
+              ...r.map((x) => `${x.summary}\n${x.unapplied.map((u) => `${u.key}: ${u.reason}`).join('\n')}`),
+            ),
+        },
+      );
       expect(reports[0]).toMatch(/applied 5 of 8 tensors to 2 modules/);
       expect(reports[0]).toMatch(/hada_w1_a: .*LoHa/);
-      expect(reports[0]).toMatch(/lora_unet_not_a_module\.lora_down\.weight: no Linear or Conv2d named 'not_a_module' in the unet/);
+      expect(reports[0]).toMatch(
+        /lora_unet_not_a_module\.lora_down\.weight: no Linear or Conv2d named 'not_a_module' in the unet/,
+      );
       expect(img1.pixels).not.toEqual(img0.pixels);
       // and the base weights are restored afterwards
       expect(await sd.encodePrompts(['a photo of sks dog']).data()).toEqual(before);
-      const [img2] = await textToImage(sd, { prompt: 'a photo of sks dog', steps: 2, guidanceScale: 7.5, scheduler: 'ddim', seed: 3, width: 64, height: 64 });
+      const [img2] = await textToImage(sd, {
+        prompt: 'a photo of sks dog',
+        steps: 2,
+        guidanceScale: 7.5,
+        scheduler: 'ddim',
+        seed: 3,
+        width: 64,
+        height: 64,
+      });
       expect(img2.pixels).toEqual(img0.pixels);
     } finally {
       sd.dispose();

@@ -8,7 +8,9 @@ import { activeBackend, initBackend, probeBackends, tf } from '../../src-main/en
 
 describe('backend selection', () => {
   it('refuses a forced backend that cannot start, with the reason, and starts nothing', async () => {
-    await expect(initBackend('tensorflow')).rejects.toThrow(/backend 'tensorflow' was requested but cannot start: .*(not installed|not found|no CUDA GPU)/);
+    await expect(initBackend('tensorflow')).rejects.toThrow(
+      /backend 'tensorflow' was requested but cannot start: .*(not installed|not found|no CUDA GPU)/,
+    );
     expect(activeBackend()).toBeNull();
   });
 
@@ -26,7 +28,9 @@ describe('backend selection', () => {
   it('rejects an unknown SINGLORA_BACKEND, naming the valid ones', async () => {
     process.env.SINGLORA_BACKEND = 'tpu';
     try {
-      await expect(initBackend()).rejects.toThrow(/SINGLORA_BACKEND=tpu is not a backend; expected one of tensorflow, webgpu, wasm, cpu/);
+      await expect(initBackend()).rejects.toThrow(
+        /SINGLORA_BACKEND=tpu is not a backend; expected one of tensorflow, webgpu, wasm, cpu/,
+      );
     } finally {
       delete process.env.SINGLORA_BACKEND;
     }

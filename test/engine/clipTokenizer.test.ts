@@ -83,7 +83,12 @@ describe('CLIP tokenizer behaviour (tiny-a tokenizer files)', () => {
     const text = 'a photo of sks dog';
     const ids = tokenizer.encode(text);
     const row = tokenizer.call(text, { maxLength: 20 });
-    expect(row).toEqual([tokenizer.bosTokenId, ...ids, tokenizer.eosTokenId, ...Array(18 - ids.length).fill(tokenizer.padTokenId)]);
+    expect(row).toEqual([
+      tokenizer.bosTokenId,
+      ...ids,
+      tokenizer.eosTokenId,
+      ...Array(18 - ids.length).fill(tokenizer.padTokenId),
+    ]);
   });
 
   it('truncation keeps the first maxLength - 2 ids and ends in <|endoftext|>', () => {
@@ -102,12 +107,20 @@ describe('CLIP tokenizer behaviour (tiny-a tokenizer files)', () => {
   });
 
   it('special tokens written in the text stay whole', () => {
-    expect(tokenizer.encode('a dog<|endoftext|>a cat')).toEqual([...tokenizer.encode('a dog'), tokenizer.eosTokenId, ...tokenizer.encode('a cat')]);
+    expect(tokenizer.encode('a dog<|endoftext|>a cat')).toEqual([
+      ...tokenizer.encode('a dog'),
+      tokenizer.eosTokenId,
+      ...tokenizer.encode('a cat'),
+    ]);
     expect(tokenizer.tokenize('<|startoftext|>')).toEqual([tokenizer.bosToken]);
   });
 
   it('tokenUsage counts the prompt tokens against the 75 usable ones', () => {
-    expect(tokenizer.tokenUsage('a photo of sks dog')).toEqual({ used: tokenizer.encode('a photo of sks dog').length, limit: 75, truncated: false });
+    expect(tokenizer.tokenUsage('a photo of sks dog')).toEqual({
+      used: tokenizer.encode('a photo of sks dog').length,
+      limit: 75,
+      truncated: false,
+    });
     const usage = tokenizer.tokenUsage(long);
     expect(usage.used).toBe(tokenizer.encode(long).length);
     expect(usage.truncated).toBe(true);
@@ -125,7 +138,10 @@ describe('CLIP tokenizer behaviour (tiny-a tokenizer files)', () => {
     const dir = await mkdtemp(join(tmpdir(), 'cliptok-'));
     try {
       await expect(ClipTokenizer.load(dir)).rejects.toThrow(/vocab\.json/);
-      await writeFile(join(dir, 'vocab.json'), readFileSync(join(FIXTURES, 'tiny-a', 'model', 'tokenizer', 'vocab.json')));
+      await writeFile(
+        join(dir, 'vocab.json'),
+        readFileSync(join(FIXTURES, 'tiny-a', 'model', 'tokenizer', 'vocab.json')),
+      );
       await expect(ClipTokenizer.load(dir)).rejects.toThrow(/merges\.txt/);
       await writeFile(join(dir, 'merges.txt'), '#version: 0.2\ni n\nthree parts here\n');
       await expect(ClipTokenizer.load(dir)).rejects.toThrow(/merges\.txt: line 3/);

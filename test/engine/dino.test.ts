@@ -13,9 +13,23 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLIP_PREPROCESS, clipCrop, ClipModels, clipScores } from '../../src-main/engine/eval/clip.ts';
-import { DINO_INTERFACE, DinoEmbedder, dinoCrop, dinoPixelValues, dinoResizeSize, normalizeNchw } from '../../src-main/engine/eval/dino.ts';
+import {
+  DINO_INTERFACE,
+  DinoEmbedder,
+  dinoCrop,
+  dinoPixelValues,
+  dinoResizeSize,
+  normalizeNchw,
+} from '../../src-main/engine/eval/dino.ts';
 import { listModels, locateClip, locateDino } from '../../src-main/engine/eval/modelRegistry.ts';
-import { EVAL_PROMPTS, EVAL_SEEDS, evalJobs, fillPrompt, IMAGES_PER_PROMPT, quickEvalPrompts } from '../../src-main/engine/eval/prompts.ts';
+import {
+  EVAL_PROMPTS,
+  EVAL_SEEDS,
+  evalJobs,
+  fillPrompt,
+  IMAGES_PER_PROMPT,
+  quickEvalPrompts,
+} from '../../src-main/engine/eval/prompts.ts';
 import { defaultModelsDir, REPO_ROOT } from '../../src-main/engine/paths.ts';
 import { OnnxModel, OnnxModelError } from '../../src-main/engine/backend/onnxRuntime.ts';
 import { cosine, cosineMatrix, subjectFidelity } from '../../src-main/engine/eval/similarity.ts';
@@ -86,7 +100,9 @@ describe('DINO ONNX model (fixture pixel_values in)', () => {
   it('the whole last_hidden_state matches within 1e-4·max|ref| (REFERENCE.md single-pass tolerance)', async () => {
     const model = await OnnxModel.load(MODEL, DINO_INTERFACE);
     try {
-      const { last_hidden_state: h } = await model.run({ pixel_values: { type: 'float32', data: pixelValues, dims: [4, 3, 224, 224] } });
+      const { last_hidden_state: h } = await model.run({
+        pixel_values: { type: 'float32', data: pixelValues, dims: [4, 3, 224, 224] },
+      });
       expect(h.dims).toEqual([4, 197, 48]);
       const ref = Math.max(...Array.from(lastHidden, Math.abs));
       const err = maxAbs(h.data as Float32Array, lastHidden);
@@ -109,7 +125,9 @@ describe('DINO ONNX model (fixture pixel_values in)', () => {
   });
 
   it('rejects a pixel buffer of the wrong length', async () => {
-    await expect(embedder.embedPixelValues(pixelValues.subarray(0, PLANE * 2 - 1), 2)).rejects.toThrow(/expected 2×3×224×224/);
+    await expect(embedder.embedPixelValues(pixelValues.subarray(0, PLANE * 2 - 1), 2)).rejects.toThrow(
+      /expected 2×3×224×224/,
+    );
   });
 });
 
@@ -123,7 +141,11 @@ describe('DINO preprocessing', () => {
   });
 
   it('normalisation of the fixture crops reproduces pixel_values bit for bit', () => {
-    const imgs: RgbImage[] = [0, 1, 2, 3].map((i) => ({ data: crops.subarray(i * 224 * 224 * 3, (i + 1) * 224 * 224 * 3), width: 224, height: 224 }));
+    const imgs: RgbImage[] = [0, 1, 2, 3].map((i) => ({
+      data: crops.subarray(i * 224 * 224 * 3, (i + 1) * 224 * 224 * 3),
+      width: 224,
+      height: 224,
+    }));
     const px = dinoPixelValues(imgs);
     expect(maxAbs(px, pixelValues)).toBe(0);
   });
@@ -155,7 +177,13 @@ describe('DINO preprocessing', () => {
       }
       const mean = sum / ref.length;
       report.push(`${c.file}: max ${max}, mean ${mean.toFixed(3)}, exact ${((100 * exact) / ref.length).toFixed(2)}%`);
-      results.push({ file: c.file, max, mean, exact: exact / ref.length, noResize: c.size_wh[0] === 256 && c.size_wh[1] === 256 });
+      results.push({
+        file: c.file,
+        max,
+        mean,
+        exact: exact / ref.length,
+        noResize: c.size_wh[0] === 256 && c.size_wh[1] === 256,
+      });
     }
     console.log(`[dino] crop level differences vs Pillow:\n  ${report.join('\n  ')}`);
     for (const { file, max, mean, exact, noResize } of results) {
@@ -173,10 +201,13 @@ describe('DINO preprocessing', () => {
     const ms = (performance.now() - t0) / files.length;
     const m = cosineMatrix(emb);
     let worst = 0;
-    for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) worst = Math.max(worst, Math.abs(m[i][j] - cases.cls_cosine_matrix[i][j]));
+    for (let i = 0; i < 4; i++)
+      for (let j = 0; j < 4; j++) worst = Math.max(worst, Math.abs(m[i][j] - cases.cls_cosine_matrix[i][j]));
     let clsErr = 0;
     emb.forEach((e, i) => (clsErr = Math.max(clsErr, maxAbs(e, cls.subarray(i * 48, (i + 1) * 48)))));
-    console.log(`[dino] image path: cosine matrix max abs error ${worst.toExponential(2)}, CLS max abs error ${clsErr.toExponential(2)}, ${ms.toFixed(1)} ms/image (tiny model, decode+resize+run)`);
+    console.log(
+      `[dino] image path: cosine matrix max abs error ${worst.toExponential(2)}, CLS max abs error ${clsErr.toExponential(2)}, ${ms.toFixed(1)} ms/image (tiny model, decode+resize+run)`,
+    );
     expect(worst).toBeLessThan(1e-3);
   });
 
@@ -230,16 +261,42 @@ function valueInfo([name, shape, elemType = 1]: Io): number[] {
   const tensorType = [...field.int(1, elemType), ...field.bytes(2, dims)];
   return [...field.str(1, name), ...field.bytes(2, field.bytes(1, tensorType))];
 }
-function node(op: string, inputs: string[], outputs: string[], attrs: Record<string, number | number[]> = {}): number[] {
+function node(
+  op: string,
+  inputs: string[],
+  outputs: string[],
+  attrs: Record<string, number | number[]> = {},
+): number[] {
   const attributes = Object.entries(attrs).flatMap(([name, v]) =>
-    field.bytes(5, [...field.str(1, name), ...(Array.isArray(v) ? [...v.flatMap((x) => field.int(8, x)), ...field.int(20, 7)] : [...field.int(3, v), ...field.int(20, 2)])]),
+    field.bytes(5, [
+      ...field.str(1, name),
+      ...(Array.isArray(v)
+        ? [...v.flatMap((x) => field.int(8, x)), ...field.int(20, 7)]
+        : [...field.int(3, v), ...field.int(20, 2)]),
+    ]),
   );
-  return [...inputs.flatMap((i) => field.str(1, i)), ...outputs.flatMap((o) => field.str(2, o)), ...field.str(3, `${op}_${outputs[0]}`), ...field.str(4, op), ...attributes];
+  return [
+    ...inputs.flatMap((i) => field.str(1, i)),
+    ...outputs.flatMap((o) => field.str(2, o)),
+    ...field.str(3, `${op}_${outputs[0]}`),
+    ...field.str(4, op),
+    ...attributes,
+  ];
 }
 function onnxModel(nodes: number[][], inputs: Io[], outputs: Io[]): Buffer {
-  const graph = [...nodes.flatMap((n) => field.bytes(1, n)), ...field.str(2, 'g'), ...inputs.flatMap((i) => field.bytes(11, valueInfo(i))), ...outputs.flatMap((o) => field.bytes(12, valueInfo(o)))];
+  const graph = [
+    ...nodes.flatMap((n) => field.bytes(1, n)),
+    ...field.str(2, 'g'),
+    ...inputs.flatMap((i) => field.bytes(11, valueInfo(i))),
+    ...outputs.flatMap((o) => field.bytes(12, valueInfo(o))),
+  ];
   const opset = [...field.str(1, ''), ...field.int(2, 14)];
-  return Buffer.from([...field.int(1, 8), ...field.str(2, 'singlora-test'), ...field.bytes(7, graph), ...field.bytes(8, opset)]);
+  return Buffer.from([
+    ...field.int(1, 8),
+    ...field.str(2, 'singlora-test'),
+    ...field.bytes(7, graph),
+    ...field.bytes(8, opset),
+  ]);
 }
 function identityModel(input: Io, output: Io): Buffer {
   return onnxModel([node('Identity', [input[0]], [output[0]])], [input], [output]);
@@ -252,20 +309,33 @@ describe('ONNX loading errors', () => {
     const err = await OnnxModel.load(file, DINO_INTERFACE).catch((e: Error) => e);
     expect(err).toBeInstanceOf(OnnxModelError);
     expect((err as Error).message).toContain(`${file}: not a DINO ViT-S/16 image embedder`);
-    expect((err as Error).message).toContain(`expected input 'pixel_values' [N,3,224,224], found 'input' [1,3,256,256]`);
-    expect((err as Error).message).toContain(`expected output 'last_hidden_state' [N,197,D], found 'output' [1,3,256,256]`);
+    expect((err as Error).message).toContain(
+      `expected input 'pixel_values' [N,3,224,224], found 'input' [1,3,256,256]`,
+    );
+    expect((err as Error).message).toContain(
+      `expected output 'last_hidden_state' [N,197,D], found 'output' [1,3,256,256]`,
+    );
   });
 
   it('a model with the right names but the wrong output shape is rejected', async () => {
     const file = join(scratch, 'wrong-shape.onnx');
-    writeFileSync(file, identityModel(['pixel_values', ['batch', 3, 224, 224]], ['last_hidden_state', ['batch', 3, 224, 224]]));
-    await expect(DinoEmbedder.load(file)).rejects.toThrow(`expected output 'last_hidden_state' [N,197,D], found 'last_hidden_state' [batch,3,224,224]`);
+    writeFileSync(
+      file,
+      identityModel(['pixel_values', ['batch', 3, 224, 224]], ['last_hidden_state', ['batch', 3, 224, 224]]),
+    );
+    await expect(DinoEmbedder.load(file)).rejects.toThrow(
+      `expected output 'last_hidden_state' [N,197,D], found 'last_hidden_state' [batch,3,224,224]`,
+    );
   });
 
   it('the hand-assembled model itself is valid ONNX: it loads and runs against its own interface', async () => {
     const file = join(scratch, 'identity.onnx');
     writeFileSync(file, identityModel(['x', ['n', 2]], ['y', ['n', 2]]));
-    const model = await OnnxModel.load(file, { what: 'identity', inputs: [{ name: 'x', type: 'float32', shape: ['N', 2] }], outputs: [{ name: 'y', type: 'float32', shape: ['N', 2] }] });
+    const model = await OnnxModel.load(file, {
+      what: 'identity',
+      inputs: [{ name: 'x', type: 'float32', shape: ['N', 2] }],
+      outputs: [{ name: 'y', type: 'float32', shape: ['N', 2] }],
+    });
     const { y } = await model.run({ x: { type: 'float32', data: Float32Array.of(1, 2, 3, 4), dims: [2, 2] } });
     expect(Array.from(y.data as Float32Array)).toEqual([1, 2, 3, 4]);
     await model.release();
@@ -277,7 +347,9 @@ describe('ONNX loading errors', () => {
     let s = 12345;
     for (let i = 0; i < bytes.length; i++) bytes[i] = (s = (s * 1103515245 + 12345) >>> 0) >>> 24;
     writeFileSync(file, bytes);
-    await expect(OnnxModel.load(file, DINO_INTERFACE)).rejects.toThrow(`${file}: not a loadable ONNX model (4096 bytes)`);
+    await expect(OnnxModel.load(file, DINO_INTERFACE)).rejects.toThrow(
+      `${file}: not a loadable ONNX model (4096 bytes)`,
+    );
   });
 
   it('a missing file says so', async () => {
@@ -318,7 +390,13 @@ describe('similarity math', () => {
     expect(r.perImage[1].meanCosine).toBeCloseTo(Math.SQRT1_2 / 3, 12);
     expect(r.dino).toBeCloseTo(Math.SQRT1_2 / 3, 12);
 
-    const s = subjectFidelity([{ file: 'a', embedding: [1, 0] }, { file: 'b', embedding: [-1, 0] }], [{ file: 'r', embedding: [3, 0] }]);
+    const s = subjectFidelity(
+      [
+        { file: 'a', embedding: [1, 0] },
+        { file: 'b', embedding: [-1, 0] },
+      ],
+      [{ file: 'r', embedding: [3, 0] }],
+    );
     expect(s.perImage.map((p) => p.meanCosine)).toEqual([1, -1]);
     expect(s.dino).toBe(0);
     expect(() => subjectFidelity([], [{ file: 'r', embedding: [1] }])).toThrow(/no generated images/);
@@ -334,22 +412,33 @@ describe('CLIP scores (wiring, with stand-in towers)', () => {
     mkdirSync(dir, { recursive: true });
     writeFileSync(
       join(dir, 'vision_model.onnx'),
-      onnxModel([node('ReduceMean', ['pixel_values'], ['image_embeds'], { axes: [2, 3], keepdims: 0 })], [['pixel_values', ['batch', 3, 224, 224]]], [['image_embeds', ['batch', 3]]]),
+      onnxModel(
+        [node('ReduceMean', ['pixel_values'], ['image_embeds'], { axes: [2, 3], keepdims: 0 })],
+        [['pixel_values', ['batch', 3, 224, 224]]],
+        [['image_embeds', ['batch', 3]]],
+      ),
     );
     writeFileSync(
       join(dir, 'text_model.onnx'),
       onnxModel(
-        [node('Cast', ['input_ids'], ['f'], { to: 1 }), node('ReduceMean', ['f'], ['m'], { axes: [1], keepdims: 1 }), node('Concat', ['m', 'm', 'm'], ['text_embeds'], { axis: 1 })],
+        [
+          node('Cast', ['input_ids'], ['f'], { to: 1 }),
+          node('ReduceMean', ['f'], ['m'], { axes: [1], keepdims: 1 }),
+          node('Concat', ['m', 'm', 'm'], ['text_embeds'], { axis: 1 }),
+        ],
         [['input_ids', ['batch', 'seq'], 7]],
         [['text_embeds', ['batch', 3]]],
       ),
     );
-    for (const f of ['vocab.json', 'merges.txt']) copyFileSync(join(FIXTURES, 'tiny-a/model/tokenizer', f), join(dir, f));
+    for (const f of ['vocab.json', 'merges.txt'])
+      copyFileSync(join(FIXTURES, 'tiny-a/model/tokenizer', f), join(dir, f));
   }
 
   it('is skipped with a message naming the missing files when CLIP is not installed', () => {
     const r = locateClip(join(scratch, 'no-models'));
-    expect('missing' in r && r.missing).toMatch(/CLIP model files missing: .*no-models\/clip\/vision_model\.onnx.*singlora models download clip/);
+    expect('missing' in r && r.missing).toMatch(
+      /CLIP model files missing: .*no-models\/clip\/vision_model\.onnx.*singlora models download clip/,
+    );
   });
 
   it('computes CLIP-I as the pairwise mean and CLIP-T against the prompt embedding', async () => {
@@ -402,7 +491,9 @@ describe('model registry and paths', () => {
 
   it('locateDino says where to put the model when it is missing', () => {
     const dir = join(scratch, 'empty-models');
-    expect(() => locateDino(dir)).toThrow(`DINO model not found: place model.onnx at ${join(dir, 'dino/model.onnx')} or run \`singlora models download dino\``);
+    expect(() => locateDino(dir)).toThrow(
+      `DINO model not found: place model.onnx at ${join(dir, 'dino/model.onnx')} or run \`singlora models download dino\``,
+    );
     expect(() => locateDino(dir, join(dir, 'x.onnx'))).toThrow(/x\.onnx does not exist/);
     expect(locateDino(dir, MODEL)).toBe(MODEL);
   });
@@ -413,10 +504,17 @@ describe('model registry and paths', () => {
     copyFileSync(MODEL, join(dir, 'dino/model.onnx'));
     const [dino, clip] = await listModels(dir);
     expect(dino).toMatchObject({ id: 'dino', present: true, required: true });
-    expect(dino.files[0]).toMatchObject({ present: true, bytes: 459125, verified: null, note: 'present, not verified (no known sha256)' });
+    expect(dino.files[0]).toMatchObject({
+      present: true,
+      bytes: 459125,
+      verified: null,
+      note: 'present, not verified (no known sha256)',
+    });
     expect(locateDino(dir)).toBe(join(dir, 'dino/model.onnx'));
     expect(clip).toMatchObject({ id: 'clip', present: false, required: false });
-    expect(clip.files[0].note).toBe(`missing: place vision_model.onnx at ${join(dir, 'clip/vision_model.onnx')} (from ${clip.files[0].url}) or run \`singlora models download clip\``);
+    expect(clip.files[0].note).toBe(
+      `missing: place vision_model.onnx at ${join(dir, 'clip/vision_model.onnx')} (from ${clip.files[0].url}) or run \`singlora models download clip\``,
+    );
   });
 });
 
@@ -426,7 +524,9 @@ describe('evaluation prompt set', () => {
       const jobs = evalJobs(kind, 'sks', kind === 'object' ? 'backpack' : 'dog');
       expect(EVAL_PROMPTS[kind]).toHaveLength(25);
       expect(jobs).toHaveLength(25 * IMAGES_PER_PROMPT);
-      expect(new Set(jobs.map((j) => j.category))).toEqual(new Set(['recontextualization', 'accessorization', 'property']));
+      expect(new Set(jobs.map((j) => j.category))).toEqual(
+        new Set(['recontextualization', 'accessorization', 'property']),
+      );
       expect(jobs.slice(0, IMAGES_PER_PROMPT).map((j) => j.seed)).toEqual(EVAL_SEEDS.slice(0, IMAGES_PER_PROMPT));
       for (const j of jobs) {
         expect(j.prompt).toContain(`sks ${kind === 'object' ? 'backpack' : 'dog'}`);
@@ -441,7 +541,9 @@ describe('evaluation prompt set', () => {
     for (const kind of ['object', 'live'] as const) {
       const quick = quickEvalPrompts(kind, 'sks', 'dog');
       const jobs = evalJobs(kind, 'sks', 'dog');
-      expect(quick).toEqual(['recontextualization', 'accessorization', 'property'].map((c) => jobs.find((j) => j.category === c)!.prompt));
+      expect(quick).toEqual(
+        ['recontextualization', 'accessorization', 'property'].map((c) => jobs.find((j) => j.category === c)!.prompt),
+      );
     }
     expect(() => quickEvalPrompts('plant' as never, 'sks', 'dog')).toThrow(/subject kind/);
   });

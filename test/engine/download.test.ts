@@ -29,14 +29,17 @@ function serve(req: IncomingMessage, res: ServerResponse): void {
   const path = req.url ?? '/';
   const mode = path.split('/')[1] as Mode | 'missing';
   const range = req.headers.range;
-  const send = (status: number, headers: Record<string, string | number>, body?: Buffer, dropAfter?: number) => {
+  const send = (status: number, headers: Record<string, string | number>, body?: Buffer, dropAfter?: number): void => {
     log.push({ path, range, status });
     res.writeHead(status, headers);
     if (!body) return void res.end();
     if (dropAfter === undefined) return void res.end(body);
     res.write(body.subarray(0, dropAfter), () => setTimeout(() => res.socket?.destroy(), 20));
   };
-  if (mode === 'missing') return send(404, { 'content-type': 'text/plain' }, Buffer.from('not here'));
+  if (mode === 'missing') {
+    send(404, { 'content-type': 'text/plain' }, Buffer.from('not here'));
+    return;
+  }
   if (mode === 'stall') {
     log.push({ path, range, status: 200 });
     res.writeHead(200, { 'content-length': BODY.length });
@@ -46,15 +49,32 @@ function serve(req: IncomingMessage, res: ServerResponse): void {
   const m = /^bytes=(\d+)-$/.exec(range ?? '');
   if (m && mode !== 'ignore-range') {
     const from = Number(m[1]);
-    if (from >= BODY.length) return send(416, { 'content-range': `bytes */${BODY.length}` });
+    if (from >= BODY.length) {
+      send(416, { 'content-range': `bytes */${BODY.length}` });
+      return;
+    }
     const rest = BODY.subarray(from);
-    return send(206, { 'content-length': rest.length, 'content-range': `bytes ${from}-${BODY.length - 1}/${BODY.length}`, 'accept-ranges': 'bytes' }, rest);
+    send(
+      206,
+      {
+        'content-length': rest.length,
+        'content-range': `bytes ${from}-${BODY.length - 1}/${BODY.length}`,
+        'accept-ranges': 'bytes',
+      },
+      rest,
+    );
+    return;
   }
   // Full body; some modes cut the connection after ~40% of it.
   const cut = Math.floor(BODY.length * 0.4);
   const drop = mode === 'drop-always' || (mode === 'drop-once' && !dropped.has(path));
   if (drop) dropped.add(path);
-  send(200, { 'content-length': BODY.length, ...(mode === 'ignore-range' ? {} : { 'accept-ranges': 'bytes' }) }, BODY, drop ? cut : undefined);
+  send(
+    200,
+    { 'content-length': BODY.length, ...(mode === 'ignore-range' ? {} : { 'accept-ranges': 'bytes' }) },
+    BODY,
+    drop ? cut : undefined,
+  );
 }
 
 beforeAll(async () => {
@@ -79,7 +99,15 @@ describe('download', () => {
     const dest = join(scratch, 'plain/model.onnx');
     const events: DownloadProgress[] = [];
     const r = await download(`${base}/ok/model.onnx`, dest, { sha256: SHA, onProgress: (p) => events.push(p) });
-    expect(r).toMatchObject({ path: dest, bytes: BODY.length, sha256: SHA, verified: true, attempts: 1, resumes: 0, restarts: 0 });
+    expect(r).toMatchObject({
+      path: dest,
+      bytes: BODY.length,
+      sha256: SHA,
+      verified: true,
+      attempts: 1,
+      resumes: 0,
+      restarts: 0,
+    });
     expect(sha(dest)).toBe(SHA);
     expect(existsSync(`${dest}.part`)).toBe(false);
     expect(events.length).toBeGreaterThan(0);
@@ -107,7 +135,11 @@ describe('download', () => {
     const url = `${base}/drop-once/model.onnx`;
     const err = await download(url, dest, { retries: 0 }).catch((e: Error) => e);
     expect(err).toBeInstanceOf(DownloadError);
-    expect((err as Error).message).toMatch(new RegExp(`^download ${url}: .*gave up after 1 attempt\\(s\\), \\d+ bytes kept in .*model\\.onnx\\.part: run again to resume`));
+    expect((err as Error).message).toMatch(
+      new RegExp(
+        `^download ${url}: .*gave up after 1 attempt\\(s\\), \\d+ bytes kept in .*model\\.onnx\\.part: run again to resume`,
+      ),
+    );
     const kept = statSync(`${dest}.part`).size;
     expect(kept).toBeGreaterThan(0);
     expect(kept).toBeLessThan(BODY.length);
@@ -143,7 +175,9 @@ describe('download', () => {
   it('a sha256 mismatch is an error that says both hashes and deletes the .part', async () => {
     const dest = join(scratch, 'badsha/model.onnx');
     const wrong = '0'.repeat(64);
-    await expect(download(`${base}/ok/model.onnx`, dest, { sha256: wrong })).rejects.toThrow(`sha256 mismatch: expected ${wrong}, got ${SHA}`);
+    await expect(download(`${base}/ok/model.onnx`, dest, { sha256: wrong })).rejects.toThrow(
+      `sha256 mismatch: expected ${wrong}, got ${SHA}`,
+    );
     expect(existsSync(dest)).toBe(false);
     expect(existsSync(`${dest}.part`)).toBe(false);
   });
@@ -151,7 +185,11 @@ describe('download', () => {
   it('a stalled server hits the idle timeout; the error says so', async () => {
     const dest = join(scratch, 'stall/model.onnx');
     const t0 = performance.now();
-    const err = await download(`${base}/stall/model.onnx`, dest, { idleTimeoutMs: 300, retries: 1, retryDelayMs: 10 }).catch((e: Error) => e);
+    const err = await download(`${base}/stall/model.onnx`, dest, {
+      idleTimeoutMs: 300,
+      retries: 1,
+      retryDelayMs: 10,
+    }).catch((e: Error) => e);
     expect((err as Error).message).toMatch(/no data for 0\.3 s \(timed out\); gave up after 2 attempt\(s\)/);
     expect(performance.now() - t0).toBeLessThan(5000);
     expect(log.map((l) => l.range)).toEqual([undefined, 'bytes=1000-']);

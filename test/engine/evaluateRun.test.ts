@@ -21,7 +21,9 @@ useBackend('wasm');
 describe('pickBest', () => {
   const row = (step: number | null, dino: number, clipT: number | null) => ({ step, dino, clipT, images: 4 });
   it('takes the highest DINO without CLIP', () => {
-    expect(pickBest(row(null, 0.3, null), [row(100, 0.5, null), row(200, 0.7, null), row(300, 0.6, null)]).best).toBe(200);
+    expect(pickBest(row(null, 0.3, null), [row(100, 0.5, null), row(200, 0.7, null), row(300, 0.6, null)]).best).toBe(
+      200,
+    );
   });
   it('with CLIP-T, skips checkpoints that fell more than the margin below the baseline', () => {
     const r = pickBest(row(null, 0.3, 0.3), [row(100, 0.5, 0.295), row(200, 0.8, 0.25), row(300, 0.6, 0.29)], 0.02);
@@ -45,13 +47,44 @@ describe('evaluateRun', () => {
     const photos = join(root, 'photos');
     await makeSubjectPhotos(photos, 3);
     const runDir = join(root, 'run');
-    await train({ base: join(FIXTURES, 'tiny-a/model'), photos, runDir, settings: { steps: 4, rank: 4, alpha: 8, rampSteps: 1, learningRate: 1e-2, resolution: 64, checkpointEvery: 2, sampleEvery: 0, classWord: 'ball', seed: 3 } });
+    await train({
+      base: join(FIXTURES, 'tiny-a/model'),
+      photos,
+      runDir,
+      settings: {
+        steps: 4,
+        rank: 4,
+        alpha: 8,
+        rampSteps: 1,
+        learningRate: 1e-2,
+        resolution: 64,
+        checkpointEvery: 2,
+        sampleEvery: 0,
+        classWord: 'ball',
+        seed: 3,
+      },
+    });
     const progress: string[] = [];
     const evaluation = await evaluateRun(
-      { runDir, photos, prompts: ['a photo of sks ball', 'a photo of sks ball in the snow'], imagesPerPrompt: 1, steps: 3, dinoModel: join(FIXTURES, 'dino-tiny/model.onnx'), modelsDir: join(root, 'no-models') },
+      {
+        runDir,
+        photos,
+        prompts: ['a photo of sks ball', 'a photo of sks ball in the snow'],
+        imagesPerPrompt: 1,
+        steps: 3,
+        dinoModel: join(FIXTURES, 'dino-tiny/model.onnx'),
+        modelsDir: join(root, 'no-models'),
+      },
       { onProgress: (done, total, label) => progress.push(`${done}/${total} ${label}`) },
     );
-    expect(progress).toEqual(['1/6 base', '2/6 base', '3/6 step-000002', '4/6 step-000002', '5/6 step-000004', '6/6 step-000004']);
+    expect(progress).toEqual([
+      '1/6 base',
+      '2/6 base',
+      '3/6 step-000002',
+      '4/6 step-000002',
+      '5/6 step-000004',
+      '6/6 step-000004',
+    ]);
     expect(evaluation.baseline.step).toBeNull();
     expect(evaluation.rows.map((r) => r.step)).toEqual([2, 4]);
     for (const r of [evaluation.baseline, ...evaluation.rows]) {
@@ -64,7 +97,9 @@ describe('evaluateRun', () => {
     // one under test: without CLIP the higher DINO wins, the earlier step on a tie.
     const [at2, at4] = evaluation.rows;
     const expected = at4.dino > at2.dino ? 4 : 2;
-    console.log(`[evaluateRun] DINO: base ${evaluation.baseline.dino.toFixed(4)}, step 2 ${at2.dino.toFixed(4)}, step 4 ${at4.dino.toFixed(4)}; picked ${evaluation.best}`);
+    console.log(
+      `[evaluateRun] DINO: base ${evaluation.baseline.dino.toFixed(4)}, step 2 ${at2.dino.toFixed(4)}, step 4 ${at4.dino.toFixed(4)}; picked ${evaluation.best}`,
+    );
     expect(evaluation.best).toBe(expected);
     expect(evaluation.rule).toMatch(/highest DINO \(CLIP models not installed/);
     expect(existsSync(join(runDir, 'eval/step-000004/00001-1001.png'))).toBe(true);
@@ -76,17 +111,47 @@ describe('evaluateRun', () => {
   it("scores a toy-model run with the toy world's pixel score when asked ('toy'), on the toy probes with the run's trigger", async () => {
     const root = mkdtempSync(join(tmpdir(), 'eval-toy-'));
     const runDir = join(root, 'run');
-    await train({ base: TOY_MODEL_DIR, photos: TOY_SUBJECT_DIR, runDir, settings: { steps: 2, rank: 4, alpha: 4, rampSteps: 1, learningRate: 1e-3, checkpointEvery: 2, sampleEvery: 0, triggerToken: 'zwx', classWord: 'ball', seed: 3 } });
-    const evaluation = await evaluateRun({ runDir, photos: TOY_SUBJECT_DIR, imagesPerPrompt: 1, steps: 3, scorer: 'toy', modelsDir: join(root, 'no-models') });
+    await train({
+      base: TOY_MODEL_DIR,
+      photos: TOY_SUBJECT_DIR,
+      runDir,
+      settings: {
+        steps: 2,
+        rank: 4,
+        alpha: 4,
+        rampSteps: 1,
+        learningRate: 1e-3,
+        checkpointEvery: 2,
+        sampleEvery: 0,
+        triggerToken: 'zwx',
+        classWord: 'ball',
+        seed: 3,
+      },
+    });
+    const evaluation = await evaluateRun({
+      runDir,
+      photos: TOY_SUBJECT_DIR,
+      imagesPerPrompt: 1,
+      steps: 3,
+      scorer: 'toy',
+      modelsDir: join(root, 'no-models'),
+    });
     expect(evaluation.metric).toBe('toy');
-    expect(evaluation.prompts).toEqual(['a photo of zwx ball on a green background', 'a photo of zwx ball on a gray background']);
+    expect(evaluation.prompts).toEqual([
+      'a photo of zwx ball on a green background',
+      'a photo of zwx ball on a gray background',
+    ]);
     expect(evaluation.rule).toMatch(/^highest toy subject fidelity/);
     expect(evaluation.rule).toMatch(/; the 2 toy probe prompts$/);
     expect(evaluation.rows.map((r) => r.step)).toEqual([2]);
     // The stored score is the toy score of the images on disk against the photos, recomputed here.
     const photos = await readToyPhotos(readdirSync(TOY_SUBJECT_DIR).map((f) => join(TOY_SUBJECT_DIR, f)));
     const base = join(runDir, 'eval/base');
-    const generated = await readToyPhotos(readdirSync(base).filter((f) => f.endsWith('.png')).map((f) => join(base, f)));
+    const generated = await readToyPhotos(
+      readdirSync(base)
+        .filter((f) => f.endsWith('.png'))
+        .map((f) => join(base, f)),
+    );
     expect(generated.length).toBe(2);
     expect(generated[0].width).toBe(64);
     expect(evaluation.baseline.dino).toBeCloseTo(toySubjectFidelity(generated, photos), 6);

@@ -29,7 +29,22 @@ afterAll(() => sd.dispose());
 
 describe('generation to files', () => {
   it('writes PNGs whose A1111 parameters round-trip through sharp and our reader, plus a valid sidecar', async () => {
-    const files = await generateImages({ base, sd, settings: { prompt: 'a photo of sks dog, best quality', negativePrompt: 'blurry: bad', steps: 3, scheduler: 'euler-a', seed: 42, width: 64, height: 48, count: 2, clipSkip: 1 }, outDir: out });
+    const files = await generateImages({
+      base,
+      sd,
+      settings: {
+        prompt: 'a photo of sks dog, best quality',
+        negativePrompt: 'blurry: bad',
+        steps: 3,
+        scheduler: 'euler-a',
+        seed: 42,
+        width: 64,
+        height: 48,
+        count: 2,
+        clipSkip: 1,
+      },
+      outDir: out,
+    });
     expect(files.map((f) => f.file.split('/').pop())).toEqual(['00000-42.png', '00001-43.png']);
     const png = readFileSync(files[0].file);
     const ours = getPngText(png, 'parameters')!;
@@ -40,15 +55,32 @@ describe('generation to files', () => {
     const parsed = parseA1111Parameters(ours);
     expect(parsed.prompt).toBe('a photo of sks dog, best quality');
     expect(parsed.negativePrompt).toBe('blurry: bad');
-    expect(parsed.fields).toMatchObject({ Steps: '3', Sampler: 'Euler a', 'CFG scale': '7.5', Seed: '42', Size: '64x48', 'Clip skip': '2', Model: 'model' });
+    expect(parsed.fields).toMatchObject({
+      Steps: '3',
+      Sampler: 'Euler a',
+      'CFG scale': '7.5',
+      Seed: '42',
+      Size: '64x48',
+      'Clip skip': '2',
+      Model: 'model',
+    });
     expect(parsed.fields['Model hash']).toMatch(/^[0-9a-f]{10}$/);
-    const sidecar = imageSidecarSchema.parse(JSON.parse(readFileSync(files[1].file.replace(/\.png$/, '.json'), 'utf8')));
+    const sidecar = imageSidecarSchema.parse(
+      JSON.parse(readFileSync(files[1].file.replace(/\.png$/, '.json'), 'utf8')),
+    );
     expect(sidecar.settings.seed).toBe(43);
     expect(sidecar.parameters).toBe(getPngText(readFileSync(files[1].file), 'parameters'));
   });
 
   it('the same seed gives the same image; another seed does not', async () => {
-    const req = { prompt: 'a castle', steps: 3, guidanceScale: 7.5, scheduler: 'dpmpp-2m-karras' as const, width: 64, height: 64 };
+    const req = {
+      prompt: 'a castle',
+      steps: 3,
+      guidanceScale: 7.5,
+      scheduler: 'dpmpp-2m-karras' as const,
+      width: 64,
+      height: 64,
+    };
     const [a] = await textToImage(sd, { ...req, seed: 5 });
     const [b] = await textToImage(sd, { ...req, seed: 5 });
     const [c] = await textToImage(sd, { ...req, seed: 6 });
@@ -62,18 +94,42 @@ describe('generation to files', () => {
     [{ scheduler: 'lms' }, /scheduler 'lms' is unknown; valid: from-model, pndm, ddim/],
     [{ seed: -3 }, /seed must be an integer >= 0/],
   ])('rejects %o with a clear error', async (bad, message) => {
-    await expect(textToImage(sd, { prompt: 'x', steps: 2, guidanceScale: 7.5, scheduler: 'ddim', seed: 1, width: 64, height: 64, ...(bad as object) } as never)).rejects.toThrow(message);
+    await expect(
+      textToImage(sd, {
+        prompt: 'x',
+        steps: 2,
+        guidanceScale: 7.5,
+        scheduler: 'ddim',
+        seed: 1,
+        width: 64,
+        height: 64,
+        ...(bad as object),
+      } as never),
+    ).rejects.toThrow(message);
   });
 
   it('names a missing model and a bad settings field', async () => {
-    await expect(generateImages({ base: join(out, 'nope'), settings: { prompt: 'x', width: 64, height: 64 }, outDir: out })).rejects.toThrow(/nope/);
-    await expect(generateImages({ base, sd, settings: { prompt: 'x', width: 65, height: 64 }, outDir: out })).rejects.toThrow(/width: width must be a multiple of 8/);
+    await expect(
+      generateImages({ base: join(out, 'nope'), settings: { prompt: 'x', width: 64, height: 64 }, outDir: out }),
+    ).rejects.toThrow(/nope/);
+    await expect(
+      generateImages({ base, sd, settings: { prompt: 'x', width: 65, height: 64 }, outDir: out }),
+    ).rejects.toThrow(/width: width must be a multiple of 8/);
   });
 
   it('leaks no tensor across 20 generations', async () => {
     const before = tf.memory().numTensors;
     for (let i = 0; i < 20; i++) {
-      await textToImage(sd, { prompt: `image ${i}`, negativePrompt: i % 2 ? 'bad' : undefined, steps: 2, guidanceScale: i % 3 ? 7.5 : 1, scheduler: (['ddim', 'euler-a', 'dpmpp-2m', 'pndm'] as const)[i % 4], seed: i, width: 64, height: 64 });
+      await textToImage(sd, {
+        prompt: `image ${i}`,
+        negativePrompt: i % 2 ? 'bad' : undefined,
+        steps: 2,
+        guidanceScale: i % 3 ? 7.5 : 1,
+        scheduler: (['ddim', 'euler-a', 'dpmpp-2m', 'pndm'] as const)[i % 4],
+        seed: i,
+        width: 64,
+        height: 64,
+      });
     }
     expect(tf.memory().numTensors).toBe(before);
   });

@@ -43,8 +43,14 @@ describe('gradient checkpointing', () => {
       byBlock.set(b, [...(byBlock.get(b) ?? []), ...a.layer.variables()]);
     }
     const runBlock = checkpointed ? checkpointingRunner((name) => byBlock.get(name) ?? []) : undefined;
-    const { value, grads } = tf.variableGrads(() => tf.losses.meanSquaredError(target, unet.forward(x, [500, 20], ctx, { runBlock })) as tf.Scalar, vars);
-    const out = { loss: (await value.data())[0], grads: await Promise.all(vars.map(async (v) => (await grads[v.name].data()) as Float32Array)) };
+    const { value, grads } = tf.variableGrads(
+      () => tf.losses.meanSquaredError(target, unet.forward(x, [500, 20], ctx, { runBlock })) as tf.Scalar,
+      vars,
+    );
+    const out = {
+      loss: (await value.data())[0],
+      grads: await Promise.all(vars.map(async (v) => (await grads[v.name].data()) as Float32Array)),
+    };
     tf.dispose([value, ...Object.values(grads)]);
     return out;
   }
@@ -60,7 +66,9 @@ describe('gradient checkpointing', () => {
       worst = Math.max(worst, d.rel);
       if (d.maxRef > 0) nonzero++;
     }
-    console.log(`gradient checkpointing: ${plain.grads.length} adapter gradients, worst max|diff|/max|ref| ${worst.toExponential(2)}`);
+    console.log(
+      `gradient checkpointing: ${plain.grads.length} adapter gradients, worst max|diff|/max|ref| ${worst.toExponential(2)}`,
+    );
     expect(nonzero).toBe(plain.grads.length);
     expect(worst).toBeLessThan(1e-5);
   });

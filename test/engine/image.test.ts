@@ -33,7 +33,8 @@ function image(width: number, height: number, f: (x: number, y: number) => [numb
   for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) data.set(f(x, y), (y * width + x) * 3);
   return { data, width, height };
 }
-const px = (img: RgbImage, x: number, y: number) => Array.from(img.data.subarray((y * img.width + x) * 3, (y * img.width + x) * 3 + 3));
+const px = (img: RgbImage, x: number, y: number) =>
+  Array.from(img.data.subarray((y * img.width + x) * 3, (y * img.width + x) * 3 + 3));
 function lcg(seed: number) {
   let s = seed >>> 0;
   return () => (s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32;
@@ -74,22 +75,41 @@ function pillowBicubic(src: RgbImage, outW: number, outH: number): RgbImage {
       const xmax = Math.min(inSize, Math.trunc(center + support + 0.5)) - xmin;
       const w = Array.from({ length: xmax }, (_, x) => cubic((x + xmin - center + 0.5) / filterscale));
       const sum = w.reduce((s, v) => s + v, 0);
-      return { xmin, k: w.map((v) => (sum ? v / sum : v)).map((v) => (v < 0 ? Math.trunc(-0.5 + v * (1 << PREC)) : Math.trunc(0.5 + v * (1 << PREC)))) };
+      return {
+        xmin,
+        k: w
+          .map((v) => (sum ? v / sum : v))
+          .map((v) => (v < 0 ? Math.trunc(-0.5 + v * (1 << PREC)) : Math.trunc(0.5 + v * (1 << PREC)))),
+      };
     });
   };
   const clip8 = (v: number) => Math.min(255, Math.max(0, Math.floor(v / (1 << PREC))));
   let cur = src;
   if (outW !== src.width) {
     const cs = coeffs(src.width, outW);
-    cur = image(outW, src.height, (xx, y) =>
-      [0, 1, 2].map((c) => clip8(cs[xx].k.reduce((s, k, x) => s + src.data[(y * src.width + cs[xx].xmin + x) * 3 + c] * k, 1 << (PREC - 1)))) as [number, number, number],
+    cur = image(
+      outW,
+      src.height,
+      (xx, y) =>
+        [0, 1, 2].map((c) =>
+          clip8(
+            cs[xx].k.reduce((s, k, x) => s + src.data[(y * src.width + cs[xx].xmin + x) * 3 + c] * k, 1 << (PREC - 1)),
+          ),
+        ) as [number, number, number],
     );
   }
   if (outH === cur.height) return cur;
   const cs = coeffs(cur.height, outH);
   const tmp = cur;
-  return image(tmp.width, outH, (x, yy) =>
-    [0, 1, 2].map((c) => clip8(cs[yy].k.reduce((s, k, y) => s + tmp.data[((cs[yy].xmin + y) * tmp.width + x) * 3 + c] * k, 1 << (PREC - 1)))) as [number, number, number],
+  return image(
+    tmp.width,
+    outH,
+    (x, yy) =>
+      [0, 1, 2].map((c) =>
+        clip8(
+          cs[yy].k.reduce((s, k, y) => s + tmp.data[((cs[yy].xmin + y) * tmp.width + x) * 3 + c] * k, 1 << (PREC - 1)),
+        ),
+      ) as [number, number, number],
   );
 }
 
@@ -126,7 +146,14 @@ describe('decodeImage', () => {
     const stored = image(8, 4, (x) => (x < 4 ? [255, 0, 0] : [0, 0, 255]));
     const jpeg = withExifOrientation(await encodeImage(stored, 'jpeg', { quality: 100 }), 6);
     const meta = await readImageMetadata(jpeg);
-    expect(meta).toMatchObject({ format: 'jpeg', width: 8, height: 4, orientation: 6, displayWidth: 4, displayHeight: 8 });
+    expect(meta).toMatchObject({
+      format: 'jpeg',
+      width: 8,
+      height: 4,
+      orientation: 6,
+      displayWidth: 4,
+      displayHeight: 8,
+    });
     const img = await decodeImage(jpeg);
     expect([img.width, img.height]).toEqual([4, 8]);
     const [r0, , b0] = px(img, 1, 1);
@@ -152,20 +179,26 @@ describe('decodeImage', () => {
     writeFileSync(file, 'definitely not a picture\n'.repeat(20));
     const err = await decodeImage(file).catch((e: Error) => e);
     expect(err).toBeInstanceOf(ImageError);
-    expect((err as Error).message).toMatch(new RegExp(`^${escape(file)}: not an image, or a format this build cannot read`));
+    expect((err as Error).message).toMatch(
+      new RegExp(`^${escapeRegExp(file)}: not an image, or a format this build cannot read`),
+    );
   });
 
   it('a truncated PNG: error names the file and says corrupt or truncated', async () => {
     const png = await encodeImage(synthetic(64, 64), 'png');
     const file = join(scratch, 'truncated.png');
     writeFileSync(file, png.subarray(0, Math.floor(png.length / 2)));
-    await expect(decodeImage(file)).rejects.toThrow(new RegExp(`^${escape(file)}: cannot decode image: the file is corrupt or truncated`));
+    await expect(decodeImage(file)).rejects.toThrow(
+      new RegExp(`^${escapeRegExp(file)}: cannot decode image: the file is corrupt or truncated`),
+    );
   });
 
   it('the pixel-count guard names the file, its size and the limit', async () => {
     const file = join(scratch, 'big.png');
     writeFileSync(file, await encodeImage(synthetic(120, 100), 'png'));
-    await expect(decodeImage(file, { maxPixels: 10_000 })).rejects.toThrow(`${file}: image is 120×100 = 0.0 MP, over the 0.0 MP limit`);
+    await expect(decodeImage(file, { maxPixels: 10_000 })).rejects.toThrow(
+      `${file}: image is 120×100 = 0.0 MP, over the 0.0 MP limit`,
+    );
     await expect(decodeImage(file, { maxPixels: 12_000 })).resolves.toMatchObject({ width: 120, height: 100 });
   });
 
@@ -177,10 +210,18 @@ describe('decodeImage', () => {
   it('a HEIC file gets a HEIC-specific message when this sharp build cannot read it', async () => {
     // An ISO-BMFF header with the 'heic' brand and no decodable content: sharp fails on it either
     // way; the message must say HEIC and what to do.
-    const heic = Buffer.concat([Buffer.from([0, 0, 0, 24]), Buffer.from('ftypheic\0\0\0\0mif1heic', 'latin1'), Buffer.alloc(200)]);
+    const heic = Buffer.concat([
+      Buffer.from([0, 0, 0, 24]),
+      Buffer.from('ftypheic\0\0\0\0mif1heic', 'latin1'),
+      Buffer.alloc(200),
+    ]);
     const file = join(scratch, 'IMG_0001.HEIC');
     writeFileSync(file, heic);
-    await expect(decodeImage(file)).rejects.toThrow(new RegExp(`^${escape(file)}: HEIC \\(HEVC-coded HEIF\\) images cannot be decoded.*convert the photo to JPEG or PNG`));
+    await expect(decodeImage(file)).rejects.toThrow(
+      new RegExp(
+        `^${escapeRegExp(file)}: HEIC \\(HEVC-coded HEIF\\) images cannot be decoded.*convert the photo to JPEG or PNG`,
+      ),
+    );
   });
 
   it('buffer input is named by its label in errors', async () => {
@@ -192,7 +233,15 @@ describe('readImageMetadata', () => {
   it('reports format, size, orientation and PNG text', async () => {
     const png = writePngText(await encodeImage(synthetic(20, 10), 'png'), { parameters: 'a photo of sks dog' });
     const meta = await readImageMetadata(png);
-    expect(meta).toMatchObject({ format: 'png', width: 20, height: 10, orientation: null, displayWidth: 20, displayHeight: 10, hasAlpha: false });
+    expect(meta).toMatchObject({
+      format: 'png',
+      width: 20,
+      height: 10,
+      orientation: null,
+      displayWidth: 20,
+      displayHeight: 10,
+      hasAlpha: false,
+    });
     expect(meta.pngText).toEqual([{ keyword: 'parameters', text: 'a photo of sks dog' }]);
   });
 });
@@ -202,13 +251,18 @@ describe('resize (centre-aligned) against an exact port of Pillow BICUBIC', () =
     const st = await SafetensorsFile.open(join(FIXTURES, 'dino-tiny/cases.safetensors'));
     const crops = await st.readBytes('crops_uint8');
     await st.close();
-    const files = [['landscape_300x200', 384, 256, 80, 16], ['small_100x62', 412, 256, 94, 16]] as const;
+    const files = [
+      ['landscape_300x200', 384, 256, 80, 16],
+      ['small_100x62', 412, 256, 94, 16],
+    ] as const;
     const index = { landscape_300x200: 0, small_100x62: 3 };
     for (const [name, w, h, left, top] of files) {
       const src = await decodeImage(join(FIXTURES, `dino-tiny/images/${name}.png`));
       const ours = crop(pillowBicubic(src, w, h), { left, top, width: 224, height: 224 });
       const i = index[name];
-      expect(Buffer.from(ours.data).equals(crops.subarray(i * 224 * 224 * 3, (i + 1) * 224 * 224 * 3)), name).toBe(true);
+      expect(Buffer.from(ours.data).equals(crops.subarray(i * 224 * 224 * 3, (i + 1) * 224 * 224 * 3)), name).toBe(
+        true,
+      );
     }
   });
 
@@ -280,7 +334,9 @@ describe('crops, fits and flips', () => {
   it("fitToSize 'attention' keeps the salient part of the frame", async () => {
     // Flat grey everywhere except a saturated, busy patch near the right edge.
     const rnd = lcg(11);
-    const src = image(300, 100, (x, y) => (x > 220 && x < 290 && y > 20 && y < 80 ? [Math.round(rnd() * 255), 0, 255] : [128, 128, 128]));
+    const src = image(300, 100, (x, y) =>
+      x > 220 && x < 290 && y > 20 && y < 80 ? [Math.round(rnd() * 255), 0, 255] : [128, 128, 128],
+    );
     const a = await fitToSize(src, 100, 100, { crop: 'attention' });
     const c = await fitToSize(src, 100, 100, { crop: 'center' });
     const colourful = (img: RgbImage) => {
@@ -355,9 +411,14 @@ function rgbaPng(width: number, height: number, rgba: [number, number, number, n
   ihdr.set([8, 6, 0, 0, 0], 8);
   const raw = Buffer.alloc(height * (1 + width * 4));
   for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) raw.set(rgba, y * (1 + width * 4) + 1 + x * 4);
-  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', deflateSync(raw)),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
 }
 
-function escape(s: string): string {
+function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }

@@ -19,7 +19,11 @@ import {
   type RawConfig,
   type SingleFileKeyMap,
 } from '../../src-main/engine/io/keyMap.ts';
-import { inferSingleFileConfigs, inferTextEncoderConfig, inferUnetConfig } from '../../src-main/engine/io/configInference.ts';
+import {
+  inferSingleFileConfigs,
+  inferTextEncoderConfig,
+  inferUnetConfig,
+} from '../../src-main/engine/io/configInference.ts';
 import { SafetensorsFile } from '../../src-main/engine/io/safetensors.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
 
@@ -27,7 +31,10 @@ const readJson = (path: string) => JSON.parse(readFileSync(join(FIXTURES, path),
 const FOLDER: Record<ComponentName, string> = { unet: 'unet', vae: 'vae', textEncoder: 'text_encoder' };
 const COMPONENTS: ComponentName[] = ['unet', 'vae', 'textEncoder'];
 
-const sd15Single = readJson('sd15_single_file_shapes.json') as { num_tensors: number; tensors: Record<string, { shape: number[]; dtype: string }> };
+const sd15Single = readJson('sd15_single_file_shapes.json') as {
+  num_tensors: number;
+  tensors: Record<string, { shape: number[]; dtype: string }>;
+};
 const sd15 = readJson('sd15_shapes.json') as Record<'unet' | 'vae' | 'text_encoder', Record<string, number[]>>;
 const configsOf = (dir: string): ComponentConfigs => ({
   unet: readJson(`${dir}/unet/config.json`),
@@ -80,8 +87,10 @@ describe('SD-1.5: original single-file names <-> diffusers names', () => {
       const linearAsConv = t.component === 'vae' && VAE_ATTENTION_LINEAR.test(t.key);
       expect(t.pair!.conv1x1, `${key}: conv1x1 flag`).toBe(linearAsConv);
       const expected = linearAsConv ? [...want, 1, 1] : want;
-      if (JSON.stringify(shape) !== JSON.stringify(expected)) problems.push(`${key}: [${shape}] but ${t.key} is [${want}]`);
-      if (JSON.stringify(diffusersShape(t.pair!, shape)) !== JSON.stringify(want)) problems.push(`${key}: diffusersShape gives [${diffusersShape(t.pair!, shape)}]`);
+      if (JSON.stringify(shape) !== JSON.stringify(expected))
+        problems.push(`${key}: [${shape}] but ${t.key} is [${want}]`);
+      if (JSON.stringify(diffusersShape(t.pair!, shape)) !== JSON.stringify(want))
+        problems.push(`${key}: diffusersShape gives [${diffusersShape(t.pair!, shape)}]`);
       if (reached[t.component].has(t.key)) problems.push(`${key}: second key mapping to ${t.component} '${t.key}'`);
       reached[t.component].add(t.key);
     }
@@ -103,9 +112,11 @@ describe('SD-1.5: original single-file names <-> diffusers names', () => {
           continue;
         }
         const pair = map.byDiffusers[component].get(key)!;
-        if (JSON.stringify(originalShape(pair, shape)) !== JSON.stringify(entry.shape)) problems.push(`${original}: originalShape [${originalShape(pair, shape)}] != [${entry.shape}]`);
+        if (JSON.stringify(originalShape(pair, shape)) !== JSON.stringify(entry.shape))
+          problems.push(`${original}: originalShape [${originalShape(pair, shape)}] != [${entry.shape}]`);
         const back = convertTensorName(original, source);
-        if (back.kind !== 'tensor' || back.component !== component || back.key !== key) problems.push(`${original} does not map back to ${component} ${key}`);
+        if (back.kind !== 'tensor' || back.component !== component || back.key !== key)
+          problems.push(`${original} does not map back to ${component} ${key}`);
       }
     }
     expect(problems).toEqual([]);
@@ -118,7 +129,9 @@ describe('SD-1.5: original single-file names <-> diffusers names', () => {
   });
 
   it('toSingleFileName names the component and key it cannot translate', () => {
-    expect(() => toSingleFileName('unet', 'down_blocks.9.resnets.0.conv1.weight', map)).toThrow(/unet key 'down_blocks\.9\.resnets\.0\.conv1\.weight'/);
+    expect(() => toSingleFileName('unet', 'down_blocks.9.resnets.0.conv1.weight', map)).toThrow(
+      /unet key 'down_blocks\.9\.resnets\.0\.conv1\.weight'/,
+    );
   });
 
   it('infers the SD-1.5 configs from the single-file shapes', () => {
@@ -150,7 +163,11 @@ describe('tiny-b (SD-1.5 topology, other widths): config-driven mapping', () => 
     const single = await headerShapes(join(FIXTURES, 'tiny-b/single_file.safetensors'));
     const folder = await folderShapes('tiny-b/model');
     expect(single.size).toBe(980);
-    const mapped: Record<ComponentName, Map<string, readonly number[]>> = { unet: new Map(), vae: new Map(), textEncoder: new Map() };
+    const mapped: Record<ComponentName, Map<string, readonly number[]>> = {
+      unet: new Map(),
+      vae: new Map(),
+      textEncoder: new Map(),
+    };
     const problems: string[] = [];
     for (const [key, shape] of single) {
       const t = convertTensorName(key, { format: 'single-file', map });
@@ -160,7 +177,8 @@ describe('tiny-b (SD-1.5 topology, other widths): config-driven mapping', () => 
     expect(problems).toEqual([]);
     for (const component of COMPONENTS) {
       expect([...mapped[component].keys()].sort(), component).toEqual([...folder[component].keys()].sort());
-      for (const [key, shape] of folder[component]) expect(mapped[component].get(key), `${component} ${key}`).toEqual(shape);
+      for (const [key, shape] of folder[component])
+        expect(mapped[component].get(key), `${component} ${key}`).toEqual(shape);
     }
     expect([folder.unet.size, folder.vae.size, folder.textEncoder.size]).toEqual([684, 244, 52]);
   });
@@ -168,7 +186,11 @@ describe('tiny-b (SD-1.5 topology, other widths): config-driven mapping', () => 
   it('infers the structural config of tiny-b given the group and head counts shapes cannot tell', async () => {
     const single = await headerShapes(join(FIXTURES, 'tiny-b/single_file.safetensors'));
     const reference = configsOf('tiny-b/model');
-    const overrides = { unet: { norm_num_groups: 8 }, vae: { norm_num_groups: 8 }, textEncoder: { num_attention_heads: 6 } };
+    const overrides = {
+      unet: { norm_num_groups: 8 },
+      vae: { norm_num_groups: 8 },
+      textEncoder: { num_attention_heads: 6 },
+    };
     const inferred = inferSingleFileConfigs(single, overrides);
     for (const component of COMPONENTS) {
       for (const [key, value] of Object.entries(inferred[component])) {
@@ -181,7 +203,9 @@ describe('tiny-b (SD-1.5 topology, other widths): config-driven mapping', () => 
     // Without overrides the SD-1.5 defaults apply, and the head count cannot be guessed for width 48.
     const defaults = { ...overrides, unet: {}, vae: {} };
     expect(inferSingleFileConfigs(single, defaults).unet.norm_num_groups).toBe(32);
-    expect(() => inferSingleFileConfigs(single)).toThrow(/num_attention_heads.*hidden_size 48.*overrides\.textEncoder\.num_attention_heads/);
+    expect(() => inferSingleFileConfigs(single)).toThrow(
+      /num_attention_heads.*hidden_size 48.*overrides\.textEncoder\.num_attention_heads/,
+    );
   });
 });
 
@@ -194,7 +218,9 @@ describe('tiny-a (attention in up block 0, 2-level VAE with 1 layer): config-dri
     for (const component of COMPONENTS) {
       const keys = folder[component];
       const unmapped = [...keys.keys()].filter((k) => !map.byDiffusers[component].has(k));
-      const absent = [...map.byDiffusers[component].values()].filter((p) => !p.optional && !keys.has(p.diffusers)).map((p) => p.diffusers);
+      const absent = [...map.byDiffusers[component].values()]
+        .filter((p) => !p.optional && !keys.has(p.diffusers))
+        .map((p) => p.diffusers);
       expect(unmapped, `${component}: file keys without an original name`).toEqual([]);
       expect(absent, `${component}: required keys the file lacks`).toEqual([]);
       for (const key of keys.keys()) {
@@ -206,52 +232,121 @@ describe('tiny-a (attention in up block 0, 2-level VAE with 1 layer): config-dri
 
   it('numbers blocks from the config, not from SD-1.5 indices', () => {
     const name = (c: ComponentName, k: string) => toSingleFileName(c, k, map);
-    expect(name('unet', 'down_blocks.0.resnets.1.conv1.weight')).toBe('model.diffusion_model.input_blocks.2.0.in_layers.2.weight');
-    expect(name('unet', 'down_blocks.0.downsamplers.0.conv.weight')).toBe('model.diffusion_model.input_blocks.3.0.op.weight');
-    expect(name('unet', 'down_blocks.1.attentions.0.proj_in.weight')).toBe('model.diffusion_model.input_blocks.4.1.proj_in.weight');
+    expect(name('unet', 'down_blocks.0.resnets.1.conv1.weight')).toBe(
+      'model.diffusion_model.input_blocks.2.0.in_layers.2.weight',
+    );
+    expect(name('unet', 'down_blocks.0.downsamplers.0.conv.weight')).toBe(
+      'model.diffusion_model.input_blocks.3.0.op.weight',
+    );
+    expect(name('unet', 'down_blocks.1.attentions.0.proj_in.weight')).toBe(
+      'model.diffusion_model.input_blocks.4.1.proj_in.weight',
+    );
     // Up block 0 has attention, so its upsampler is the third entry of output_blocks.2.
-    expect(name('unet', 'up_blocks.0.attentions.0.proj_in.weight')).toBe('model.diffusion_model.output_blocks.0.1.proj_in.weight');
-    expect(name('unet', 'up_blocks.0.upsamplers.0.conv.weight')).toBe('model.diffusion_model.output_blocks.2.2.conv.weight');
-    expect(name('unet', 'up_blocks.1.resnets.2.conv_shortcut.weight')).toBe('model.diffusion_model.output_blocks.5.0.skip_connection.weight');
+    expect(name('unet', 'up_blocks.0.attentions.0.proj_in.weight')).toBe(
+      'model.diffusion_model.output_blocks.0.1.proj_in.weight',
+    );
+    expect(name('unet', 'up_blocks.0.upsamplers.0.conv.weight')).toBe(
+      'model.diffusion_model.output_blocks.2.2.conv.weight',
+    );
+    expect(name('unet', 'up_blocks.1.resnets.2.conv_shortcut.weight')).toBe(
+      'model.diffusion_model.output_blocks.5.0.skip_connection.weight',
+    );
     // Two VAE levels: decoder up_blocks.0 is up.1.
-    expect(name('vae', 'decoder.up_blocks.0.resnets.1.norm1.weight')).toBe('first_stage_model.decoder.up.1.block.1.norm1.weight');
-    expect(name('vae', 'decoder.up_blocks.0.upsamplers.0.conv.bias')).toBe('first_stage_model.decoder.up.1.upsample.conv.bias');
-    expect(name('vae', 'decoder.up_blocks.1.resnets.0.conv_shortcut.weight')).toBe('first_stage_model.decoder.up.0.block.0.nin_shortcut.weight');
+    expect(name('vae', 'decoder.up_blocks.0.resnets.1.norm1.weight')).toBe(
+      'first_stage_model.decoder.up.1.block.1.norm1.weight',
+    );
+    expect(name('vae', 'decoder.up_blocks.0.upsamplers.0.conv.bias')).toBe(
+      'first_stage_model.decoder.up.1.upsample.conv.bias',
+    );
+    expect(name('vae', 'decoder.up_blocks.1.resnets.0.conv_shortcut.weight')).toBe(
+      'first_stage_model.decoder.up.0.block.0.nin_shortcut.weight',
+    );
   });
 
   it('infers the tiny-a configs back from original-layout shapes', async () => {
     const folder = await folderShapes('tiny-a/model');
     const shapes = new Map<string, readonly number[]>();
     for (const component of COMPONENTS) {
-      for (const [key, shape] of folder[component]) shapes.set(toSingleFileName(component, key, map), originalShape(map.byDiffusers[component].get(key)!, shape));
+      for (const [key, shape] of folder[component])
+        shapes.set(toSingleFileName(component, key, map), originalShape(map.byDiffusers[component].get(key)!, shape));
     }
     const inferred = inferSingleFileConfigs(shapes, { textEncoder: { num_attention_heads: 4 } });
     const structural: Record<ComponentName, string[]> = {
-      unet: ['block_out_channels', 'layers_per_block', 'down_block_types', 'up_block_types', 'cross_attention_dim', 'in_channels', 'out_channels', 'attention_head_dim', 'use_linear_projection', 'transformer_layers_per_block', 'mid_block_type', 'norm_num_groups'],
-      vae: ['block_out_channels', 'layers_per_block', 'latent_channels', 'in_channels', 'out_channels', 'down_block_types', 'up_block_types', 'norm_num_groups'],
-      textEncoder: ['hidden_size', 'intermediate_size', 'num_hidden_layers', 'vocab_size', 'max_position_embeddings', 'num_attention_heads', 'hidden_act'],
+      unet: [
+        'block_out_channels',
+        'layers_per_block',
+        'down_block_types',
+        'up_block_types',
+        'cross_attention_dim',
+        'in_channels',
+        'out_channels',
+        'attention_head_dim',
+        'use_linear_projection',
+        'transformer_layers_per_block',
+        'mid_block_type',
+        'norm_num_groups',
+      ],
+      vae: [
+        'block_out_channels',
+        'layers_per_block',
+        'latent_channels',
+        'in_channels',
+        'out_channels',
+        'down_block_types',
+        'up_block_types',
+        'norm_num_groups',
+      ],
+      textEncoder: [
+        'hidden_size',
+        'intermediate_size',
+        'num_hidden_layers',
+        'vocab_size',
+        'max_position_embeddings',
+        'num_attention_heads',
+        'hidden_act',
+      ],
     };
     for (const component of COMPONENTS) {
-      for (const field of structural[component]) expect(inferred[component][field], `${component}.${field}`).toEqual(configs[component][field]);
+      for (const field of structural[component])
+        expect(inferred[component][field], `${component}.${field}`).toEqual(configs[component][field]);
     }
   });
 });
 
 describe('per-level layers_per_block', () => {
-  const unet: RawConfig = { down_block_types: ['DownBlock2D', 'CrossAttnDownBlock2D'], up_block_types: ['CrossAttnUpBlock2D', 'UpBlock2D'], block_out_channels: [8, 16], layers_per_block: [1, 2] };
-  const configs: ComponentConfigs = { unet, vae: { down_block_types: ['DownEncoderBlock2D'], up_block_types: ['UpDecoderBlock2D'] }, textEncoder: { num_hidden_layers: 1 } };
+  const unet: RawConfig = {
+    down_block_types: ['DownBlock2D', 'CrossAttnDownBlock2D'],
+    up_block_types: ['CrossAttnUpBlock2D', 'UpBlock2D'],
+    block_out_channels: [8, 16],
+    layers_per_block: [1, 2],
+  };
+  const configs: ComponentConfigs = {
+    unet,
+    vae: { down_block_types: ['DownEncoderBlock2D'], up_block_types: ['UpDecoderBlock2D'] },
+    textEncoder: { num_hidden_layers: 1 },
+  };
   const map = singleFileKeyMap(configs);
 
   it('numbers input and output blocks level by level', () => {
     const name = (k: string) => toSingleFileName('unet', k, map);
-    expect(name('down_blocks.0.resnets.0.conv1.weight')).toBe('model.diffusion_model.input_blocks.1.0.in_layers.2.weight');
+    expect(name('down_blocks.0.resnets.0.conv1.weight')).toBe(
+      'model.diffusion_model.input_blocks.1.0.in_layers.2.weight',
+    );
     expect(name('down_blocks.0.downsamplers.0.conv.weight')).toBe('model.diffusion_model.input_blocks.2.0.op.weight');
-    expect(name('down_blocks.1.resnets.1.conv1.weight')).toBe('model.diffusion_model.input_blocks.4.0.in_layers.2.weight');
-    expect(name('down_blocks.1.attentions.1.proj_in.weight')).toBe('model.diffusion_model.input_blocks.4.1.proj_in.weight');
+    expect(name('down_blocks.1.resnets.1.conv1.weight')).toBe(
+      'model.diffusion_model.input_blocks.4.0.in_layers.2.weight',
+    );
+    expect(name('down_blocks.1.attentions.1.proj_in.weight')).toBe(
+      'model.diffusion_model.input_blocks.4.1.proj_in.weight',
+    );
     // Up block 0 is level 1 (2 layers -> 3 resnets), up block 1 is level 0 (1 layer -> 2 resnets).
-    expect(name('up_blocks.0.resnets.2.conv1.weight')).toBe('model.diffusion_model.output_blocks.2.0.in_layers.2.weight');
+    expect(name('up_blocks.0.resnets.2.conv1.weight')).toBe(
+      'model.diffusion_model.output_blocks.2.0.in_layers.2.weight',
+    );
     expect(name('up_blocks.0.upsamplers.0.conv.weight')).toBe('model.diffusion_model.output_blocks.2.2.conv.weight');
-    expect(name('up_blocks.1.resnets.1.conv1.weight')).toBe('model.diffusion_model.output_blocks.4.0.in_layers.2.weight');
+    expect(name('up_blocks.1.resnets.1.conv1.weight')).toBe(
+      'model.diffusion_model.output_blocks.4.0.in_layers.2.weight',
+    );
     expect(map.byDiffusers.unet.has('up_blocks.1.resnets.2.conv1.weight')).toBe(false);
   });
 
@@ -259,7 +354,13 @@ describe('per-level layers_per_block', () => {
     const shapes = new Map<string, readonly number[]>();
     for (const p of map.pairs) {
       if (p.component !== 'unet') continue;
-      const shape = p.original.endsWith('time_embed.0.weight') ? [32, 8] : p.original.endsWith('attn2.to_k.weight') ? [16, 12] : p.original.endsWith('.bias') ? [16] : [16, 4, 3, 3];
+      const shape = p.original.endsWith('time_embed.0.weight')
+        ? [32, 8]
+        : p.original.endsWith('attn2.to_k.weight')
+          ? [16, 12]
+          : p.original.endsWith('.bias')
+            ? [16]
+            : [16, 4, 3, 3];
       shapes.set(p.original, shape);
     }
     const inferred = inferUnetConfig(shapes);
@@ -302,39 +403,66 @@ describe('extras, unknown names and other formats', () => {
   });
 
   it('reports names that are neither weights nor extras as unknown', () => {
-    for (const name of ['model.diffusion_model.label_emb.0.0.weight', 'model.diffusion_model.input_blocks.1.0.in_layers.1.weight', 'betas_extra', 'first_stage_model.loss.logvar', 'model.diffusion_model.input_blocks.1.1.transformer_blocks.1.norm1.weight']) {
+    for (const name of [
+      'model.diffusion_model.label_emb.0.0.weight',
+      'model.diffusion_model.input_blocks.1.0.in_layers.1.weight',
+      'betas_extra',
+      'first_stage_model.loss.logvar',
+      'model.diffusion_model.input_blocks.1.1.transformer_blocks.1.norm1.weight',
+    ]) {
       expect(convertTensorName(name, source).kind, name).toBe('unknown');
     }
   });
 
   it('reads the old text-encoder layout without the text_model level', () => {
     const t = convertTensorName('cond_stage_model.transformer.encoder.layers.3.mlp.fc1.weight', source);
-    expect(t).toMatchObject({ kind: 'tensor', component: 'textEncoder', key: 'text_model.encoder.layers.3.mlp.fc1.weight' });
+    expect(t).toMatchObject({
+      kind: 'tensor',
+      component: 'textEncoder',
+      key: 'text_model.encoder.layers.3.mlp.fc1.weight',
+    });
   });
 
   it('passes diffusers names through, skipping position_ids', () => {
-    expect(convertTensorName('down_blocks.0.resnets.0.conv1.weight', { format: 'diffusers', component: 'unet' })).toEqual({ kind: 'tensor', component: 'unet', key: 'down_blocks.0.resnets.0.conv1.weight' });
-    expect(convertTensorName('text_model.embeddings.position_ids', { format: 'diffusers', component: 'textEncoder' }).kind).toBe('ignored');
+    expect(
+      convertTensorName('down_blocks.0.resnets.0.conv1.weight', { format: 'diffusers', component: 'unet' }),
+    ).toEqual({ kind: 'tensor', component: 'unet', key: 'down_blocks.0.resnets.0.conv1.weight' });
+    expect(
+      convertTensorName('text_model.embeddings.position_ids', { format: 'diffusers', component: 'textEncoder' }).kind,
+    ).toBe('ignored');
   });
 
   it('refuses configs it has no original layout for, naming the field', () => {
     const bad = (unet: RawConfig) => () => singleFileKeyMap({ ...sd15Configs, unet: { ...sd15Configs.unet, ...unet } });
-    expect(bad({ down_block_types: ['SimpleCrossAttnDownBlock2D', 'DownBlock2D', 'DownBlock2D', 'DownBlock2D'] })).toThrow(/down_block_types\[0\] = 'SimpleCrossAttnDownBlock2D'/);
+    expect(
+      bad({ down_block_types: ['SimpleCrossAttnDownBlock2D', 'DownBlock2D', 'DownBlock2D', 'DownBlock2D'] }),
+    ).toThrow(/down_block_types\[0\] = 'SimpleCrossAttnDownBlock2D'/);
     expect(bad({ up_block_types: ['UpBlock2D'] })).toThrow(/4 down_block_types but 1 up_block_types/);
-    expect(bad({ mid_block_type: 'UNetMidBlock2DSimpleCrossAttn' })).toThrow(/mid_block_type "UNetMidBlock2DSimpleCrossAttn"/);
+    expect(bad({ mid_block_type: 'UNetMidBlock2DSimpleCrossAttn' })).toThrow(
+      /mid_block_type "UNetMidBlock2DSimpleCrossAttn"/,
+    );
     expect(bad({ layers_per_block: [2, 2] })).toThrow(/layers_per_block must be a positive integer or a list of 4/);
   });
 
   it('names the tensor config inference needs but cannot find', () => {
     const shapes = new Map(sd15SingleShapes);
     shapes.delete('cond_stage_model.transformer.text_model.embeddings.token_embedding.weight');
-    expect(() => inferTextEncoderConfig(shapes)).toThrow(/text encoder config: the checkpoint has no 'cond_stage_model\.transformer\.text_model\.embeddings\.token_embedding\.weight'/);
+    expect(() => inferTextEncoderConfig(shapes)).toThrow(
+      /text encoder config: the checkpoint has no 'cond_stage_model\.transformer\.text_model\.embeddings\.token_embedding\.weight'/,
+    );
   });
 
   it('tells SD-1.x single files from other checkpoint kinds', () => {
     expect(detectCheckpointKind(Object.keys(sd15Single.tensors))).toBe('sd1-single-file');
-    expect(detectCheckpointKind(['conditioner.embedders.0.transformer.text_model.final_layer_norm.weight', 'model.diffusion_model.out.2.weight'])).toBe('sdxl-single-file');
-    expect(detectCheckpointKind(['cond_stage_model.model.ln_final.weight', 'model.diffusion_model.out.2.weight'])).toBe('sd2-single-file');
+    expect(
+      detectCheckpointKind([
+        'conditioner.embedders.0.transformer.text_model.final_layer_norm.weight',
+        'model.diffusion_model.out.2.weight',
+      ]),
+    ).toBe('sdxl-single-file');
+    expect(detectCheckpointKind(['cond_stage_model.model.ln_final.weight', 'model.diffusion_model.out.2.weight'])).toBe(
+      'sd2-single-file',
+    );
     expect(detectCheckpointKind(['lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight'])).toBe('lora');
     expect(detectCheckpointKind(['unet.down_blocks.0.attentions.0.proj_in.lora_A.weight'])).toBe('lora');
     expect(detectCheckpointKind(['down_blocks.0.resnets.0.conv1.weight'])).toBe('diffusers-component');

@@ -9,7 +9,12 @@
 import { describe, expect, it } from 'vitest';
 import { learningRate, LR_SCHEDULES, type LrSchedule } from '../../src-main/engine/train/lrSchedule.ts';
 
-const sched = (name: LrSchedule['name'], warmupSteps: number, totalSteps = 10, lr = 2e-4): LrSchedule => ({ name, lr, warmupSteps, totalSteps });
+const sched = (name: LrSchedule['name'], warmupSteps: number, totalSteps = 10, lr = 2e-4): LrSchedule => ({
+  name,
+  lr,
+  warmupSteps,
+  totalSteps,
+});
 const at = (s: LrSchedule, steps: number[]) => steps.map((t) => learningRate(s, t));
 
 function expectValues(got: number[], want: number[]): void {

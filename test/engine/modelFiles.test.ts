@@ -9,14 +9,29 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ComponentName } from '../../src-main/engine/io/keyMap.ts';
-import { openBaseModel, sha256OfFiles, SingleFileKeyError, unetSha256, type BaseModel } from '../../src-main/engine/io/modelFiles.ts';
-import { float32ToFloat16, readAllFloat32, writeSafetensors, type TensorToWrite } from '../../src-main/engine/io/safetensors.ts';
+import {
+  openBaseModel,
+  sha256OfFiles,
+  SingleFileKeyError,
+  unetSha256,
+  type BaseModel,
+} from '../../src-main/engine/io/modelFiles.ts';
+import {
+  float32ToFloat16,
+  readAllFloat32,
+  writeSafetensors,
+  type TensorToWrite,
+} from '../../src-main/engine/io/safetensors.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
 
 const TINY_B = join(FIXTURES, 'tiny-b/model');
 const TINY_B_SINGLE = join(FIXTURES, 'tiny-b/single_file.safetensors');
 /** What the shapes of tiny-b cannot tell (REFERENCE.md: groups 8, 6 heads). */
-const TINY_B_OVERRIDES = { unet: { norm_num_groups: 8 }, vae: { norm_num_groups: 8 }, textEncoder: { num_attention_heads: 6 } };
+const TINY_B_OVERRIDES = {
+  unet: { norm_num_groups: 8 },
+  vae: { norm_num_groups: 8 },
+  textEncoder: { num_attention_heads: 6 },
+};
 const COMPONENTS: ComponentName[] = ['unet', 'vae', 'textEncoder'];
 const FOLDER: Record<ComponentName, string> = { unet: 'unet', vae: 'vae', textEncoder: 'text_encoder' };
 
@@ -31,7 +46,11 @@ afterAll(async () => {
 const readJson = async (path: string) => JSON.parse(await readFile(path, 'utf8'));
 const bytesOf = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
-async function withModel<T>(path: string, opts: Parameters<typeof openBaseModel>[1], fn: (m: BaseModel) => Promise<T>): Promise<T> {
+async function withModel<T>(
+  path: string,
+  opts: Parameters<typeof openBaseModel>[1],
+  fn: (m: BaseModel) => Promise<T>,
+): Promise<T> {
   const model = await openBaseModel(path, opts);
   try {
     return await fn(model);
@@ -48,7 +67,11 @@ async function tinyBCopy(name: string): Promise<string> {
 }
 
 /** Rewrites the tiny-b single file with tensors added and removed. */
-async function editedSingleFile(name: string, add: Record<string, TensorToWrite>, remove: string[] = []): Promise<string> {
+async function editedSingleFile(
+  name: string,
+  add: Record<string, TensorToWrite>,
+  remove: string[] = [],
+): Promise<string> {
   const { tensors } = await readAllFloat32(TINY_B_SINGLE);
   const out: Record<string, TensorToWrite> = { ...add };
   for (const [k, t] of tensors) if (!remove.includes(k)) out[k] = { shape: t.shape, data: t.data };
@@ -69,7 +92,11 @@ describe('diffusers folder', () => {
       }
       expect(m.unet.files).toEqual([join(TINY_B, 'unet/diffusion_pytorch_model.safetensors')]);
       expect(m.textEncoder.files).toEqual([join(TINY_B, 'text_encoder/model.safetensors')]);
-      expect([[...m.unet.weights.keys()].length, [...m.vae.weights.keys()].length, [...m.textEncoder.weights.keys()].length]).toEqual([684, 244, 52]);
+      expect([
+        [...m.unet.weights.keys()].length,
+        [...m.vae.weights.keys()].length,
+        [...m.textEncoder.weights.keys()].length,
+      ]).toEqual([684, 244, 52]);
       expect(m.unet.weights.shape('conv_in.weight')).toEqual([32, 4, 3, 3]);
       expect(m.vae.weights.shape('encoder.mid_block.attentions.0.to_q.weight')).toEqual([32, 32]);
       expect(m.tokenizerDir).toBe(join(TINY_B, 'tokenizer'));
@@ -87,21 +114,29 @@ describe('diffusers folder', () => {
   it('names the weight file it expected when none is there', async () => {
     const dir = await tinyBCopy('no-unet-weights');
     await unlink(join(dir, 'unet/diffusion_pytorch_model.safetensors'));
-    await expect(openBaseModel(dir)).rejects.toThrow(`missing weights: expected ${join(dir, 'unet/diffusion_pytorch_model.safetensors')}`);
+    await expect(openBaseModel(dir)).rejects.toThrow(
+      `missing weights: expected ${join(dir, 'unet/diffusion_pytorch_model.safetensors')}`,
+    );
   });
 
   it('refuses pickle weights in a folder', async () => {
     const dir = await tinyBCopy('pickle-text-encoder');
     await unlink(join(dir, 'text_encoder/model.safetensors'));
     await writeFile(join(dir, 'text_encoder/pytorch_model.bin'), Buffer.from('PK\x03\x04pickle inside', 'latin1'));
-    await expect(openBaseModel(dir)).rejects.toThrow(new RegExp(`${escape(join(dir, 'text_encoder/pytorch_model.bin'))}: refusing to load.*execute arbitrary code`));
+    await expect(openBaseModel(dir)).rejects.toThrow(
+      new RegExp(
+        `${escapeRegExp(join(dir, 'text_encoder/pytorch_model.bin'))}: refusing to load.*execute arbitrary code`,
+      ),
+    );
   });
 
   it('requires model_index.json, and says when it was given a component folder', async () => {
     const dir = await tinyBCopy('no-index');
     await unlink(join(dir, 'model_index.json'));
     await expect(openBaseModel(dir)).rejects.toThrow(`${join(dir, 'model_index.json')} is missing`);
-    await expect(openBaseModel(join(TINY_B, 'unet'))).rejects.toThrow(/looks like one component folder; pass the pipeline folder above it/);
+    await expect(openBaseModel(join(TINY_B, 'unet'))).rejects.toThrow(
+      /looks like one component folder; pass the pipeline folder above it/,
+    );
   });
 
   it('reads the .fp16 variant when it is the only one', async () => {
@@ -124,9 +159,16 @@ describe('diffusers folder', () => {
 
   it('prefers full precision, or fp16 when asked', async () => {
     const dir = await tinyBCopy('both-precisions');
-    await cp(join(dir, 'vae/diffusion_pytorch_model.safetensors'), join(dir, 'vae/diffusion_pytorch_model.fp16.safetensors'));
-    await withModel(dir, {}, async (m) => expect(m.vae.files).toEqual([join(dir, 'vae/diffusion_pytorch_model.safetensors')]));
-    await withModel(dir, { variant: 'fp16' }, async (m) => expect(m.vae.files).toEqual([join(dir, 'vae/diffusion_pytorch_model.fp16.safetensors')]));
+    await cp(
+      join(dir, 'vae/diffusion_pytorch_model.safetensors'),
+      join(dir, 'vae/diffusion_pytorch_model.fp16.safetensors'),
+    );
+    await withModel(dir, {}, async (m) =>
+      expect(m.vae.files).toEqual([join(dir, 'vae/diffusion_pytorch_model.safetensors')]),
+    );
+    await withModel(dir, { variant: 'fp16' }, async (m) =>
+      expect(m.vae.files).toEqual([join(dir, 'vae/diffusion_pytorch_model.fp16.safetensors')]),
+    );
   });
 
   it('reads sharded weights through their index, and names a missing shard', async () => {
@@ -140,20 +182,32 @@ describe('diffusers folder', () => {
       shards[s][k] = { shape: t.shape, data: t.data };
       weightMap[k] = `diffusion_pytorch_model-0000${s + 1}-of-00002.safetensors`;
     }
-    for (const s of [0, 1]) await writeSafetensors(join(dir, `vae/diffusion_pytorch_model-0000${s + 1}-of-00002.safetensors`), shards[s]);
-    await writeFile(join(dir, 'vae/diffusion_pytorch_model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+    for (const s of [0, 1])
+      await writeSafetensors(join(dir, `vae/diffusion_pytorch_model-0000${s + 1}-of-00002.safetensors`), shards[s]);
+    await writeFile(
+      join(dir, 'vae/diffusion_pytorch_model.safetensors.index.json'),
+      JSON.stringify({ metadata: {}, weight_map: weightMap }),
+    );
     await withModel(dir, {}, async (m) => {
-      expect(m.vae.files).toEqual([1, 2].map((s) => join(dir, `vae/diffusion_pytorch_model-0000${s}-of-00002.safetensors`)));
+      expect(m.vae.files).toEqual(
+        [1, 2].map((s) => join(dir, `vae/diffusion_pytorch_model-0000${s}-of-00002.safetensors`)),
+      );
       expect([...m.vae.weights.keys()].sort()).toEqual([...original.keys()].sort());
       for (const [k, t] of original) expect(bytesOf(await m.vae.weights.read(k)).equals(bytesOf(t.data)), k).toBe(true);
     });
     await unlink(join(dir, 'vae/diffusion_pytorch_model-00002-of-00002.safetensors'));
-    await expect(openBaseModel(dir)).rejects.toThrow(`missing shard: ${join(dir, 'vae/diffusion_pytorch_model-00002-of-00002.safetensors')}`);
+    await expect(openBaseModel(dir)).rejects.toThrow(
+      `missing shard: ${join(dir, 'vae/diffusion_pytorch_model-00002-of-00002.safetensors')}`,
+    );
   });
 
   it('refuses overrides and configDir, which only apply to single files', async () => {
-    await expect(openBaseModel(TINY_B, { overrides: TINY_B_OVERRIDES })).rejects.toThrow(/overrides only apply to configs inferred from a single file/);
-    await expect(openBaseModel(TINY_B, { configDir: TINY_B })).rejects.toThrow(/configDir only applies to single-file checkpoints/);
+    await expect(openBaseModel(TINY_B, { overrides: TINY_B_OVERRIDES })).rejects.toThrow(
+      /overrides only apply to configs inferred from a single file/,
+    );
+    await expect(openBaseModel(TINY_B, { configDir: TINY_B })).rejects.toThrow(
+      /configDir only applies to single-file checkpoints/,
+    );
   });
 });
 
@@ -194,7 +248,9 @@ describe('single-file checkpoint', () => {
   });
 
   it('says which override is needed when the shapes cannot tell', async () => {
-    await expect(openBaseModel(TINY_B_SINGLE)).rejects.toThrow(/num_attention_heads.*overrides\.textEncoder\.num_attention_heads/);
+    await expect(openBaseModel(TINY_B_SINGLE)).rejects.toThrow(
+      /num_attention_heads.*overrides\.textEncoder\.num_attention_heads/,
+    );
   });
 
   it('takes configs, tokenizer and scheduler from a configDir', async () => {
@@ -206,7 +262,9 @@ describe('single-file checkpoint', () => {
       expect(m.tokenizerDir).toBe(join(TINY_B, 'tokenizer'));
       expect(m.schedulerConfig).toEqual(await readJson(join(TINY_B, 'scheduler/scheduler_config.json')));
     });
-    await expect(openBaseModel(TINY_B_SINGLE, { configDir: TINY_B, overrides: TINY_B_OVERRIDES })).rejects.toThrow(/either configDir or overrides/);
+    await expect(openBaseModel(TINY_B_SINGLE, { configDir: TINY_B, overrides: TINY_B_OVERRIDES })).rejects.toThrow(
+      /either configDir or overrides/,
+    );
   });
 
   it('skips the extras released checkpoints carry, and lists them', async () => {
@@ -216,18 +274,34 @@ describe('single-file checkpoint', () => {
       betas: f(10),
       alphas_cumprod: f(10),
       logvar: f(10),
-      'cond_stage_model.transformer.text_model.embeddings.position_ids': { shape: [1, 77], data: new Int32Array(77).map((_, i) => i) },
+      'cond_stage_model.transformer.text_model.embeddings.position_ids': {
+        shape: [1, 77],
+        data: new Int32Array(77).map((_, i) => i),
+      },
     });
     await withModel(path, { overrides: TINY_B_OVERRIDES }, async (m) => {
-      expect(m.ignoredKeys.map((k) => k.key).sort()).toEqual(['alphas_cumprod', 'betas', 'cond_stage_model.transformer.text_model.embeddings.position_ids', 'logvar', 'model_ema.decay']);
+      expect(m.ignoredKeys.map((k) => k.key).sort()).toEqual([
+        'alphas_cumprod',
+        'betas',
+        'cond_stage_model.transformer.text_model.embeddings.position_ids',
+        'logvar',
+        'model_ema.decay',
+      ]);
       expect([...m.textEncoder.weights.keys()].length).toBe(52);
       expect([...m.unet.weights.keys()].length).toBe(684);
     });
   });
 
   it('lists unknown and missing tensors by their single-file names', async () => {
-    const missing = ['first_stage_model.decoder.conv_out.bias', 'model.diffusion_model.input_blocks.4.1.proj_in.weight'];
-    const path = await editedSingleFile('unknown-and-missing.safetensors', { 'model.diffusion_model.label_emb.0.0.weight': { shape: [2, 2], data: new Float32Array(4) } }, missing);
+    const missing = [
+      'first_stage_model.decoder.conv_out.bias',
+      'model.diffusion_model.input_blocks.4.1.proj_in.weight',
+    ];
+    const path = await editedSingleFile(
+      'unknown-and-missing.safetensors',
+      { 'model.diffusion_model.label_emb.0.0.weight': { shape: [2, 2], data: new Float32Array(4) } },
+      missing,
+    );
     const err = await openBaseModel(path, { overrides: TINY_B_OVERRIDES }).then(
       () => null,
       (e: unknown) => e,
@@ -246,9 +320,14 @@ describe('single-file checkpoint', () => {
     await writeSafetensors(lora, { 'lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight': t });
     await expect(openBaseModel(lora)).rejects.toThrow(/lora\.safetensors: this is a LoRA adapter, not a base model/);
     const sdxl = join(tmp, 'sdxl.safetensors');
-    await writeSafetensors(sdxl, { 'conditioner.embedders.1.model.ln_final.weight': t, 'model.diffusion_model.out.2.bias': t });
+    await writeSafetensors(sdxl, {
+      'conditioner.embedders.1.model.ln_final.weight': t,
+      'model.diffusion_model.out.2.bias': t,
+    });
     await expect(openBaseModel(sdxl)).rejects.toThrow(/sdxl\.safetensors: this is an SDXL checkpoint/);
-    await expect(openBaseModel(join(TINY_B, 'unet/diffusion_pytorch_model.safetensors'))).rejects.toThrow(/pass the diffusers pipeline folder it came from/);
+    await expect(openBaseModel(join(TINY_B, 'unet/diffusion_pytorch_model.safetensors'))).rejects.toThrow(
+      /pass the diffusers pipeline folder it came from/,
+    );
   });
 });
 
@@ -256,7 +335,9 @@ describe('pickles are refused', () => {
   it.each(['.ckpt', '.pt', '.pth', '.bin'])('by extension: %s', async (ext) => {
     const path = join(tmp, `model${ext}`);
     await writeFile(path, Buffer.from('\x80\x02}q\x00.', 'latin1'));
-    await expect(openBaseModel(path)).rejects.toThrow(new RegExp(`${escape(path)}: refusing to load.*execute arbitrary code.*safetensors`));
+    await expect(openBaseModel(path)).rejects.toThrow(
+      new RegExp(`${escapeRegExp(path)}: refusing to load.*execute arbitrary code.*safetensors`),
+    );
   });
 
   it.each([
@@ -268,7 +349,9 @@ describe('pickles are refused', () => {
     await writeFile(path, Buffer.from(content, 'latin1'));
     const err = await openBaseModel(path).catch((e: Error) => e);
     expect(err).toBeInstanceOf(Error);
-    expect((err as Error).message).toMatch(new RegExp(`^${escape(path)}: refusing to load: this file is named \\.safetensors but is`));
+    expect((err as Error).message).toMatch(
+      new RegExp(`^${escapeRegExp(path)}: refusing to load: this file is named \\.safetensors but is`),
+    );
     expect((err as Error).message).toMatch(what);
   });
 
@@ -279,16 +362,23 @@ describe('pickles are refused', () => {
 });
 
 describe('SHA-256 of the UNet weights', () => {
-  const sha = async (path: string) => createHash('sha256').update(await readFile(path)).digest('hex');
+  const sha = async (path: string) =>
+    createHash('sha256')
+      .update(await readFile(path))
+      .digest('hex');
 
   it('hashes the UNet file of a folder and the whole single file, reporting progress', async () => {
     await withModel(TINY_B, {}, async (m) => {
       const progress: [number, number][] = [];
-      expect(await unetSha256(m, { onProgress: (done, total) => progress.push([done, total]) })).toBe(await sha(join(TINY_B, 'unet/diffusion_pytorch_model.safetensors')));
+      expect(await unetSha256(m, { onProgress: (done, total) => progress.push([done, total]) })).toBe(
+        await sha(join(TINY_B, 'unet/diffusion_pytorch_model.safetensors')),
+      );
       const size = (await stat(join(TINY_B, 'unet/diffusion_pytorch_model.safetensors'))).size;
       expect(progress.at(-1)).toEqual([size, size]);
     });
-    await withModel(TINY_B_SINGLE, { overrides: TINY_B_OVERRIDES }, async (m) => expect(await unetSha256(m)).toBe(await sha(TINY_B_SINGLE)));
+    await withModel(TINY_B_SINGLE, { overrides: TINY_B_OVERRIDES }, async (m) =>
+      expect(await unetSha256(m)).toBe(await sha(TINY_B_SINGLE)),
+    );
   });
 
   it('caches by path, size and mtime', async () => {
@@ -327,6 +417,6 @@ describe('close', () => {
   });
 });
 
-function escape(s: string): string {
+function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }

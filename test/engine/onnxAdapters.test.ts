@@ -36,8 +36,16 @@ const ctxT = tf.randomNormal([2, 77, 32], 0, 1, 'float32', 6);
 beforeAll(async () => {
   process.env.SINGLORA_CACHE_DIR = cacheDir;
   const unet = await UNet2DConditionModel.load(join(base, 'unet'));
-  const set = AdapterSet.inject(unet, defaultAdapterSpec({ rank: 4, alpha: 6, rampSteps: 10, initStd: 0.2 }), { rng: new Rng(11) });
-  await saveAdapter(native, set, { trainedSteps: 5, triggerToken: 'sks', classWord: 'dog', baseModelName: 'tiny-a', baseModelUnetSha256: '0'.repeat(64) });
+  const set = AdapterSet.inject(unet, defaultAdapterSpec({ rank: 4, alpha: 6, rampSteps: 10, initStd: 0.2 }), {
+    rng: new Rng(11),
+  });
+  await saveAdapter(native, set, {
+    trainedSteps: 5,
+    triggerToken: 'sks',
+    classWord: 'dog',
+    baseModelName: 'tiny-a',
+    baseModelUnetSha256: '0'.repeat(64),
+  });
   set.remove();
   unet.dispose();
   const rng = new Rng(4);
@@ -45,7 +53,10 @@ beforeAll(async () => {
   await writeSafetensors(kohya, {
     'lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight': t([3, 32]),
     'lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight': t([64, 3]),
-    'lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.alpha': { shape: [], data: Float32Array.of(2) },
+    'lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.alpha': {
+      shape: [],
+      data: Float32Array.of(2),
+    },
     // a Linear outside the default targets: the graph gets a side path for it
     'lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_ff_net_2.lora_down.weight': t([2, 256]),
     'lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_ff_net_2.lora_up.weight': t([64, 2]),
@@ -83,14 +94,23 @@ async function text(sd: StableDiffusion): Promise<Float32Array> {
 
 describe('adapters on the ONNX engine', () => {
   it('side-path inputs equal the TensorFlow.js merged weights (native SingLoRA, kohya LoRA incl. text encoder and a non-default Linear)', async () => {
-    for (const uses of [[{ path: native, strength: 1 }], [{ path: kohya, strength: 0.7 }], [{ path: native, strength: 0.5 }, { path: kohya, strength: 1 }]]) {
+    for (const uses of [
+      [{ path: native, strength: 1 }],
+      [{ path: kohya, strength: 0.7 }],
+      [
+        { path: native, strength: 0.5 },
+        { path: kohya, strength: 1 },
+      ],
+    ]) {
       const [ro] = await onnx.setAdapters(uses);
       const [rt] = await tfjs.setAdapters(uses);
       expect(ro.summary).toBe(rt.summary);
       const a = await noise(onnx);
       const b = await noise(tfjs);
       const d = maxAbsDiff(a, b);
-      console.log(`[onnx adapters] ${uses.map((u) => `${u.path.split('/').pop()}@${u.strength}`).join(' + ')}: unet max|diff| ${d.maxAbs.toExponential(2)} of max|ref| ${d.maxRef.toFixed(3)}`);
+      console.log(
+        `[onnx adapters] ${uses.map((u) => `${u.path.split('/').pop()}@${u.strength}`).join(' + ')}: unet max|diff| ${d.maxAbs.toExponential(2)} of max|ref| ${d.maxRef.toFixed(3)}`,
+      );
       expect(d.maxAbs).toBeLessThanOrEqual(1e-4 * d.maxRef);
       const te = maxAbsDiff(await text(onnx), await text(tfjs));
       expect(te.maxAbs).toBeLessThanOrEqual(1e-4 * te.maxRef);
@@ -136,7 +156,9 @@ describe('adapters on the ONNX engine', () => {
       expect(a.shape).toEqual(b.shape);
       expect(a.shape[1]).toBeGreaterThan(77);
       const d = maxAbsDiff((await a.data()) as Float32Array, (await b.data()) as Float32Array);
-      console.log(`[onnx prompts] ${a.shape[1]} tokens: max|diff| ${d.maxAbs.toExponential(2)} of max|ref| ${d.maxRef.toFixed(3)}`);
+      console.log(
+        `[onnx prompts] ${a.shape[1]} tokens: max|diff| ${d.maxAbs.toExponential(2)} of max|ref| ${d.maxRef.toFixed(3)}`,
+      );
       expect(d.maxAbs).toBeLessThanOrEqual(1e-4 * d.maxRef);
       const eps = await onnx.predictNoise(sample, 500, a.slice([0, 0, 0], [2, a.shape[1] as number, 32]));
       expect(eps.shape).toEqual(sample.shape);
@@ -146,4 +168,3 @@ describe('adapters on the ONNX engine', () => {
     }
   });
 });
-

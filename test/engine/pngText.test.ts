@@ -7,7 +7,8 @@ import { describe, expect, it } from 'vitest';
 import { decodeImage, encodeImage, readImageMetadata, type RgbImage } from '../../src-main/engine/image/sharp.ts';
 import { crc32, getPngText, PngFormatError, readPngText, writePngText } from '../../src-main/engine/image/pngText.ts';
 
-const PARAMETERS = 'a photo of sks dog on the beach\nNegative prompt: blurry, lowres\nSteps: 30, Sampler: DDIM, CFG scale: 7.5, Seed: 1234, Size: 512x512';
+const PARAMETERS =
+  'a photo of sks dog on the beach\nNegative prompt: blurry, lowres\nSteps: 30, Sampler: DDIM, CFG scale: 7.5, Seed: 1234, Size: 512x512';
 
 async function samplePng(): Promise<Buffer> {
   const data = new Uint8Array(16 * 8 * 3).map((_, i) => (i * 37) & 255);
@@ -75,10 +76,14 @@ describe('writePngText / readPngText', () => {
       ['parameters', 'second'],
     ]);
     const both = writePngText(once, { parameters: 'second' }, { replace: false });
-    expect(readPngText(both).filter((c) => c.keyword === 'parameters').map((c) => c.text)).toEqual(['first', 'second']);
+    expect(
+      readPngText(both)
+        .filter((c) => c.keyword === 'parameters')
+        .map((c) => c.text),
+    ).toEqual(['first', 'second']);
   });
 
-  it("chunks placed before IEND are read by our reader but not by sharp (why the writer puts them before IDAT)", async () => {
+  it('chunks placed before IEND are read by our reader but not by sharp (why the writer puts them before IDAT)', async () => {
     const out = writePngText(await samplePng(), { parameters: 'late' }, { at: 'beforeIEND' });
     const types = chunkTypes(out);
     expect(types.slice(-2)).toEqual(['tEXt', 'IEND']);
@@ -97,8 +102,14 @@ describe('writePngText / readPngText', () => {
       out.writeUInt32BE(zlibCrc32(Buffer.concat([Buffer.from(type, 'latin1'), data])) >>> 0, 8 + data.length);
       return out;
     };
-    const z = chunk('zTXt', Buffer.concat([Buffer.from('Comment\0\0', 'latin1'), deflateSync(Buffer.from('squeezed text', 'latin1'))]));
-    const it = chunk('iTXt', Buffer.concat([Buffer.from('Title\0\x01\0fr\0Titre\0', 'latin1'), deflateSync(Buffer.from('château ✓', 'utf8'))]));
+    const z = chunk(
+      'zTXt',
+      Buffer.concat([Buffer.from('Comment\0\0', 'latin1'), deflateSync(Buffer.from('squeezed text', 'latin1'))]),
+    );
+    const it = chunk(
+      'iTXt',
+      Buffer.concat([Buffer.from('Title\0\x01\0fr\0Titre\0', 'latin1'), deflateSync(Buffer.from('château ✓', 'utf8'))]),
+    );
     const out = Buffer.concat([png.subarray(0, iend), z, it, png.subarray(iend)]);
     expect(readPngText(out)).toEqual([
       { type: 'zTXt', keyword: 'Comment', text: 'squeezed text' },
@@ -122,7 +133,9 @@ describe('errors', () => {
     const bad = Buffer.from(out);
     const pos = bad.indexOf('tEXt', 8, 'latin1');
     bad[pos + 5] ^= 0xff; // flip a byte inside the tEXt data
-    expect(() => readPngText(bad)).toThrow(/chunk 'tEXt' at byte \d+: CRC 0x[0-9a-f]{8} does not match the computed 0x[0-9a-f]{8}/);
+    expect(() => readPngText(bad)).toThrow(
+      /chunk 'tEXt' at byte \d+: CRC 0x[0-9a-f]{8} does not match the computed 0x[0-9a-f]{8}/,
+    );
     expect(() => readPngText(out.subarray(0, out.length - 20))).toThrow(PngFormatError);
     expect(() => readPngText(Buffer.from('GIF89a......'))).toThrow(/no PNG signature/);
   });

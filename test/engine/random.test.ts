@@ -12,9 +12,21 @@ useBackend('wasm');
 describe('philox4x32_10', () => {
   // Random123's kat_vectors (also in TensorFlow's and JAX's Philox tests).
   const KAT: [number[], number[], number[]][] = [
-    [[0, 0, 0, 0], [0, 0], [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]],
-    [[0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff], [0xffffffff, 0xffffffff], [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]],
-    [[0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0], [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]],
+    [
+      [0, 0, 0, 0],
+      [0, 0],
+      [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8],
+    ],
+    [
+      [0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff],
+      [0xffffffff, 0xffffffff],
+      [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd],
+    ],
+    [
+      [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+      [0xa4093822, 0x299f31d0],
+      [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1],
+    ],
   ];
   for (const [ctr, key, want] of KAT) {
     it(`matches Random123 for counter ${ctr.map((x) => x.toString(16)).join(',')}`, () => {
@@ -45,7 +57,8 @@ describe('Rng', () => {
   it('pins the first values of seed 42 (a change here breaks every saved seed)', () => {
     const rng = new Rng(42);
     expect([...rng.normal(6)]).toEqual([
-      -0.9701898097991943, 0.19401895999908447, -1.2356207370758057, 1.9239267110824585, -0.07318150997161865, 0.13913749158382416,
+      -0.9701898097991943, 0.19401895999908447, -1.2356207370758057, 1.9239267110824585, -0.07318150997161865,
+      0.13913749158382416,
     ]);
     const r2 = new Rng(42);
     expect(r2.uint32()).toBe(2632642643);

@@ -7,7 +7,12 @@ import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { float32ToFloat16, readAllFloat32, SafetensorsFile, writeSafetensors } from '../../src-main/engine/io/safetensors.ts';
+import {
+  float32ToFloat16,
+  readAllFloat32,
+  SafetensorsFile,
+  writeSafetensors,
+} from '../../src-main/engine/io/safetensors.ts';
 
 let dir: string;
 beforeAll(async () => {
@@ -18,7 +23,12 @@ afterAll(async () => {
 });
 
 /** Writes a file by hand: header length, `header` (an object, or raw text), then `data`. */
-async function rawFile(name: string, header: object | string, data: Uint8Array = new Uint8Array(0), lengthField?: bigint): Promise<string> {
+async function rawFile(
+  name: string,
+  header: object | string,
+  data: Uint8Array = new Uint8Array(0),
+  lengthField?: bigint,
+): Promise<string> {
   const text = typeof header === 'string' ? header : JSON.stringify(header);
   const headerBytes = Buffer.from(text, 'utf8');
   const len = Buffer.alloc(8);
@@ -29,7 +39,11 @@ async function rawFile(name: string, header: object | string, data: Uint8Array =
 }
 
 /** Parses a file's header independently of the reader under test. */
-async function parseHeader(path: string): Promise<{ length: number; text: string; json: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }> }> {
+async function parseHeader(path: string): Promise<{
+  length: number;
+  text: string;
+  json: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+}> {
   const bytes = await readFile(path);
   const length = Number(bytes.readBigUInt64LE(0));
   const text = bytes.subarray(8, 8 + length).toString('utf8');
@@ -56,7 +70,11 @@ describe('writer round trips', () => {
     const u8 = new Uint8Array([0, 1, 127, 128, 255]);
     await writeSafetensors(
       path,
-      { 'z.float': { shape: [2, 4], data: f32 }, 'a.int': { shape: [3, 2], data: i32 }, 'm.bytes': { shape: [5], data: u8 } },
+      {
+        'z.float': { shape: [2, 4], data: f32 },
+        'a.int': { shape: [3, 2], data: i32 },
+        'm.bytes': { shape: [5], data: u8 },
+      },
       { prompt: 'a photo of sks dog', steps: '100' },
     );
 
@@ -89,37 +107,84 @@ describe('writer round trips', () => {
 
   it('converts float32 to F16 with round-to-nearest-even', async () => {
     const path = join(dir, 'f16.safetensors');
-    const values = new Float32Array([1, -2, 65504, 2 ** -24, 1 / 3, 0.1, 1 + 2 ** -11, 1 + 3 * 2 ** -11, 70000, -1e-9, Infinity, NaN]);
+    const values = new Float32Array([
+      1,
+      -2,
+      65504,
+      2 ** -24,
+      1 / 3,
+      0.1,
+      1 + 2 ** -11,
+      1 + 3 * 2 ** -11,
+      70000,
+      -1e-9,
+      Infinity,
+      NaN,
+    ]);
     await writeSafetensors(path, { x: { dtype: 'F16', shape: [values.length], data: values } });
     const { json } = await parseHeader(path);
     expect(json.x.dtype).toBe('F16');
     expect(json.x.data_offsets[1] - json.x.data_offsets[0]).toBe(values.length * 2);
 
     const back = (await readAllFloat32(path)).tensors.get('x')!.data;
-    const expected = [1, -2, 65504, 2 ** -24, halfToNumber(0x3555), halfToNumber(0x2e66), 1, 1 + 2 ** -9, Infinity, -0, Infinity, NaN];
+    const expected = [
+      1,
+      -2,
+      65504,
+      2 ** -24,
+      halfToNumber(0x3555),
+      halfToNumber(0x2e66),
+      1,
+      1 + 2 ** -9,
+      Infinity,
+      -0,
+      Infinity,
+      NaN,
+    ];
     // 1 + 2^-11 is a tie between 1 and 1 + 2^-10: even mantissa wins (1). 1 + 3*2^-11 rounds up to 1 + 2^-9.
     expect([...back]).toEqual(expected);
     expect(float32ToFloat16(1 / 3)).toBe(0x3555);
   });
 
   it('rejects a value count that does not fit the shape, naming the tensor', async () => {
-    await expect(writeSafetensors(join(dir, 'bad-count.safetensors'), { w: { shape: [2, 2], data: new Float32Array(3) } })).rejects.toThrow(/'w' has 3 values but shape \[2,2\] needs 4/);
+    await expect(
+      writeSafetensors(join(dir, 'bad-count.safetensors'), { w: { shape: [2, 2], data: new Float32Array(3) } }),
+    ).rejects.toThrow(/'w' has 3 values but shape \[2,2\] needs 4/);
   });
 });
 
 describe('reading the dtypes of real checkpoints', () => {
   it('reads F16, including subnormals, infinities and NaN', async () => {
     const halves = new Uint16Array([0x3c00, 0xc000, 0x7bff, 0x0001, 0x03ff, 0x8000, 0x7c00, 0xfc00, 0x7e00, 0x3555]);
-    const path = await rawFile('read-f16.safetensors', { h: { dtype: 'F16', shape: [10], data_offsets: [0, 20] } }, bytesOf(halves));
+    const path = await rawFile(
+      'read-f16.safetensors',
+      { h: { dtype: 'F16', shape: [10], data_offsets: [0, 20] } },
+      bytesOf(halves),
+    );
     const f = await SafetensorsFile.open(path);
     const got = await f.readFloat32('h');
     await f.close();
-    expect([...got]).toEqual([1, -2, 65504, 2 ** -24, 1023 * 2 ** -24, -0, Infinity, -Infinity, NaN, Math.fround(halfToNumber(0x3555))]);
+    expect([...got]).toEqual([
+      1,
+      -2,
+      65504,
+      2 ** -24,
+      1023 * 2 ** -24,
+      -0,
+      Infinity,
+      -Infinity,
+      NaN,
+      Math.fround(halfToNumber(0x3555)),
+    ]);
   });
 
   it('reads BF16 as the top half of float32', async () => {
     const bf = new Uint16Array([0x3f80, 0xc040, 0x4049, 0x0000, 0xff80, 0x7fc0]);
-    const path = await rawFile('read-bf16.safetensors', { b: { dtype: 'BF16', shape: [2, 3], data_offsets: [0, 12] } }, bytesOf(bf));
+    const path = await rawFile(
+      'read-bf16.safetensors',
+      { b: { dtype: 'BF16', shape: [2, 3], data_offsets: [0, 12] } },
+      bytesOf(bf),
+    );
     const f = await SafetensorsFile.open(path);
     const got = await f.readFloat32('b');
     await f.close();
@@ -131,14 +196,19 @@ describe('reading the dtypes of real checkpoints', () => {
     const big = new BigInt64Array([1n, 2n ** 40n]);
     const path = await rawFile(
       'read-i64.safetensors',
-      { ids: { dtype: 'I64', shape: [1, 4], data_offsets: [0, 32] }, big: { dtype: 'I64', shape: [2], data_offsets: [32, 48] } },
+      {
+        ids: { dtype: 'I64', shape: [1, 4], data_offsets: [0, 32] },
+        big: { dtype: 'I64', shape: [2], data_offsets: [32, 48] },
+      },
       Buffer.concat([bytesOf(ok), bytesOf(big)]),
     );
     const f = await SafetensorsFile.open(path);
     try {
       expect([...(await f.readInt32('ids'))]).toEqual([-5, 0, 2147483647, -2147483648]);
       expect([...(await f.readFloat32('ids'))]).toEqual([-5, 0, 2147483648, -2147483648]); // 2^31 - 1 rounds to 2^31 in float32
-      await expect(f.readInt32('big')).rejects.toThrow(/read-i64\.safetensors: tensor 'big': I64 value 1099511627776 does not fit in int32/);
+      await expect(f.readInt32('big')).rejects.toThrow(
+        /read-i64\.safetensors: tensor 'big': I64 value 1099511627776 does not fit in int32/,
+      );
     } finally {
       await f.close();
     }
@@ -146,7 +216,11 @@ describe('reading the dtypes of real checkpoints', () => {
 
   it('reads F64 rounded to float32', async () => {
     const d = new Float64Array([0.1, -2.5]);
-    const path = await rawFile('read-f64.safetensors', { d: { dtype: 'F64', shape: [2], data_offsets: [0, 16] } }, bytesOf(d));
+    const path = await rawFile(
+      'read-f64.safetensors',
+      { d: { dtype: 'F64', shape: [2], data_offsets: [0, 16] } },
+      bytesOf(d),
+    );
     const f = await SafetensorsFile.open(path);
     const got = await f.readFloat32('d');
     await f.close();
@@ -155,28 +229,45 @@ describe('reading the dtypes of real checkpoints', () => {
 });
 
 describe('malformed files fail with the file and tensor named', () => {
-  const entry = (dtype: string, shape: number[], begin: number, end: number) => ({ dtype, shape, data_offsets: [begin, end] });
+  const entry = (dtype: string, shape: number[], begin: number, end: number) => ({
+    dtype,
+    shape,
+    data_offsets: [begin, end],
+  });
 
   it('truncated data section', async () => {
     const path = join(dir, 'truncated.safetensors');
-    await writeSafetensors(path, { a: { shape: [4], data: new Float32Array(4) }, b: { shape: [8], data: new Float32Array(8) } });
+    await writeSafetensors(path, {
+      a: { shape: [4], data: new Float32Array(4) },
+      b: { shape: [8], data: new Float32Array(8) },
+    });
     const { length } = await parseHeader(path);
     await truncate(path, 8 + length + 16 + 20); // b is cut short
-    await expect(SafetensorsFile.open(path)).rejects.toThrow(/truncated\.safetensors: tensor 'b': bytes 16\.\.48 lie outside the 36-byte data section \(file truncated\?\)/);
+    await expect(SafetensorsFile.open(path)).rejects.toThrow(
+      /truncated\.safetensors: tensor 'b': bytes 16\.\.48 lie outside the 36-byte data section \(file truncated\?\)/,
+    );
   });
 
   it('header length beyond the end of the file', async () => {
     const path = await rawFile('long-header.safetensors', { a: entry('F32', [1], 0, 4) }, new Uint8Array(4), 5000n);
-    await expect(SafetensorsFile.open(path)).rejects.toThrow(/long-header\.safetensors: header length 5000 runs past the end of the \d+-byte file/);
+    await expect(SafetensorsFile.open(path)).rejects.toThrow(
+      /long-header\.safetensors: header length 5000 runs past the end of the \d+-byte file/,
+    );
   });
 
   it('shape x dtype that does not match the byte range', async () => {
     const path = await rawFile('size-mismatch.safetensors', { w: entry('F16', [3, 3], 0, 36) }, new Uint8Array(36));
-    await expect(SafetensorsFile.open(path)).rejects.toThrow(/size-mismatch\.safetensors: tensor 'w': shape \[3,3\] x F16 is 18 bytes but data_offsets cover 36/);
+    await expect(SafetensorsFile.open(path)).rejects.toThrow(
+      /size-mismatch\.safetensors: tensor 'w': shape \[3,3\] x F16 is 18 bytes but data_offsets cover 36/,
+    );
   });
 
   it('overlapping byte ranges', async () => {
-    const path = await rawFile('overlap.safetensors', { a: entry('F32', [4], 0, 16), b: entry('F32', [2], 8, 16) }, new Uint8Array(16));
+    const path = await rawFile(
+      'overlap.safetensors',
+      { a: entry('F32', [4], 0, 16), b: entry('F32', [2], 8, 16) },
+      new Uint8Array(16),
+    );
     await expect(SafetensorsFile.open(path)).rejects.toThrow(/overlap\.safetensors: tensors '.' and '.' overlap/);
   });
 
@@ -192,7 +283,9 @@ describe('malformed files fail with the file and tensor named', () => {
 
   it('an absurd header length', async () => {
     const path = await rawFile('absurd.safetensors', '{}', new Uint8Array(0), 2n ** 62n);
-    await expect(SafetensorsFile.open(path)).rejects.toThrow(/absurd\.safetensors: header length 4611686018427387904 is larger than the \d+-byte limit/);
+    await expect(SafetensorsFile.open(path)).rejects.toThrow(
+      /absurd\.safetensors: header length 4611686018427387904 is larger than the \d+-byte limit/,
+    );
   });
 
   it('a file shorter than the length field', async () => {
@@ -204,10 +297,14 @@ describe('malformed files fail with the file and tensor named', () => {
   it('a pickle or zip named .safetensors', async () => {
     const pickle = join(dir, 'pickle.safetensors');
     await writeFile(pickle, Buffer.from('\x80\x02}q\x00(X\x06\x00\x00\x00weightq\x01.', 'latin1'));
-    await expect(SafetensorsFile.open(pickle)).rejects.toThrow(/pickle\.safetensors: this is a PyTorch pickle\/zip checkpoint.*can run code/);
+    await expect(SafetensorsFile.open(pickle)).rejects.toThrow(
+      /pickle\.safetensors: this is a PyTorch pickle\/zip checkpoint.*can run code/,
+    );
     const zip = join(dir, 'zip.safetensors');
     await writeFile(zip, Buffer.concat([Buffer.from('PK\x03\x04\x00\x00\x08\x00', 'latin1'), Buffer.alloc(64)]));
-    await expect(SafetensorsFile.open(zip)).rejects.toThrow(/zip\.safetensors: this is a PyTorch pickle\/zip checkpoint/);
+    await expect(SafetensorsFile.open(zip)).rejects.toThrow(
+      /zip\.safetensors: this is a PyTorch pickle\/zip checkpoint/,
+    );
   });
 
   it('names a tensor that is not in the file', async () => {

@@ -18,7 +18,11 @@ import {
   type Scheduler,
   type SchedulerName,
 } from '../../src-main/engine/schedulers/index.ts';
-import { parseSchedulerConfig, readSchedulerConfig, type RawSchedulerConfig } from '../../src-main/engine/schedulers/schedulerConfig.ts';
+import {
+  parseSchedulerConfig,
+  readSchedulerConfig,
+  type RawSchedulerConfig,
+} from '../../src-main/engine/schedulers/schedulerConfig.ts';
 import { maxAbsDiff, useBackend } from '../helpers/backend.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
 
@@ -58,7 +62,9 @@ function run(s: Scheduler, seed: number, steps = s.timesteps.length): Float32Arr
 
 describe('createScheduler', () => {
   it('rejects an unknown name and lists the valid ones', () => {
-    expect(() => createScheduler('k_lms', sd15)).toThrow(/unknown scheduler 'k_lms'; valid names: from-model, pndm, ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras, ddpm/);
+    expect(() => createScheduler('k_lms', sd15)).toThrow(
+      /unknown scheduler 'k_lms'; valid names: from-model, pndm, ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras, ddpm/,
+    );
   });
 
   it('builds every name with its A1111 display name', () => {
@@ -81,21 +87,34 @@ describe('createScheduler', () => {
 
   it("'from-model' builds the class the JSON names, with its settings", () => {
     expect(createScheduler('from-model', sd15).className).toBe('PNDMScheduler');
-    const ddim = parseSchedulerConfig('{"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "set_alpha_to_one": false}', 'ddim.json');
+    const ddim = parseSchedulerConfig(
+      '{"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "set_alpha_to_one": false}',
+      'ddim.json',
+    );
     const s = createScheduler('from-model', ddim, { eta: 0.5 });
     expect(s).toBeInstanceOf(DDIMScheduler);
     expect((s as DDIMScheduler).eta).toBe(0.5);
-    const karras = parseSchedulerConfig('{"_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": true}', 'dpm.json');
+    const karras = parseSchedulerConfig(
+      '{"_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": true}',
+      'dpm.json',
+    );
     expect(createScheduler('from-model', karras).displayName).toBe('DPM++ 2M Karras');
     const lms = parseSchedulerConfig('{"_class_name": "LMSDiscreteScheduler"}', 'lms.json');
-    expect(() => createScheduler('from-model', lms)).toThrow(/lms.json: _class_name "LMSDiscreteScheduler" is not a scheduler this project implements.*pick one by name/);
+    expect(() => createScheduler('from-model', lms)).toThrow(
+      /lms.json: _class_name "LMSDiscreteScheduler" is not a scheduler this project implements.*pick one by name/,
+    );
   });
 
   it("fills keys absent from the model's JSON with each class's own defaults (diffusers from_config)", () => {
     const cfg = (name: SchedulerName) => createScheduler(name, sd15).config as unknown as Record<string, unknown>;
     // from the JSON, for every class
     for (const name of SCHEDULER_NAMES) {
-      expect(cfg(name)).toMatchObject({ beta_schedule: 'scaled_linear', beta_start: 0.00085, beta_end: 0.012, steps_offset: 1 });
+      expect(cfg(name)).toMatchObject({
+        beta_schedule: 'scaled_linear',
+        beta_start: 0.00085,
+        beta_end: 0.012,
+        steps_offset: 1,
+      });
     }
     // absent from the JSON: each class's default
     expect(cfg('pndm').timestep_spacing).toBe('leading');
@@ -105,21 +124,37 @@ describe('createScheduler', () => {
     expect(cfg('euler-a').timestep_spacing).toBe('linspace');
     expect(cfg('dpmpp-2m').timestep_spacing).toBe('linspace');
     expect(cfg('ddim')).toMatchObject({ clip_sample: false, set_alpha_to_one: false }); // JSON values, not DDIM's defaults (true, true)
-    expect(cfg('dpmpp-2m-karras')).toMatchObject({ use_karras_sigmas: true, algorithm_type: 'dpmsolver++', solver_order: 2 });
+    expect(cfg('dpmpp-2m-karras')).toMatchObject({
+      use_karras_sigmas: true,
+      algorithm_type: 'dpmsolver++',
+      solver_order: 2,
+    });
   });
 
   it('names the file, class, key, value and allowed values on a bad config', () => {
-    const bad = parseSchedulerConfig('{"beta_schedule": "cosine", "num_train_timesteps": 1000}', '/m/scheduler_config.json');
-    expect(() => createScheduler('ddim', bad)).toThrow('/m/scheduler_config.json: DDIMScheduler.beta_schedule is "cosine"; expected one of linear, scaled_linear, squaredcos_cap_v2');
+    const bad = parseSchedulerConfig(
+      '{"beta_schedule": "cosine", "num_train_timesteps": 1000}',
+      '/m/scheduler_config.json',
+    );
+    expect(() => createScheduler('ddim', bad)).toThrow(
+      '/m/scheduler_config.json: DDIMScheduler.beta_schedule is "cosine"; expected one of linear, scaled_linear, squaredcos_cap_v2',
+    );
     const badSteps = parseSchedulerConfig('{"steps_offset": -1}', 's.json');
-    expect(() => createScheduler('euler', badSteps)).toThrow(/s.json: EulerDiscreteScheduler.steps_offset is -1; expected an integer >= 0/);
+    expect(() => createScheduler('euler', badSteps)).toThrow(
+      /s.json: EulerDiscreteScheduler.steps_offset is -1; expected an integer >= 0/,
+    );
     expect(() => parseSchedulerConfig('[1]', 'a.json')).toThrow(/a.json: scheduler config must be a JSON object/);
   });
 
   it('refuses configurations it does not implement, saying what to change', () => {
     const prk = parseSchedulerConfig('{"_class_name": "PNDMScheduler"}', 'p.json'); // PNDM default skip_prk_steps=false
-    expect(() => createScheduler('from-model', prk)).toThrow(/PNDMScheduler: skip_prk_steps=false is not supported.*set it true/);
-    const dpm = parseSchedulerConfig('{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver"}', 'd.json');
+    expect(() => createScheduler('from-model', prk)).toThrow(
+      /PNDMScheduler: skip_prk_steps=false is not supported.*set it true/,
+    );
+    const dpm = parseSchedulerConfig(
+      '{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver"}',
+      'd.json',
+    );
     expect(() => createScheduler('from-model', dpm)).toThrow(/algorithm_type="dpmsolver" is not supported/);
     expect(() => createScheduler('euler', sd15, { eta: 0.3 })).toThrow(/scheduler 'euler' has no eta/);
   });
@@ -147,7 +182,9 @@ describe('timestep spacing and init_noise_sigma rules (diffusers 0.27.2)', () =>
 
   it('setTimesteps rejects impossible step counts', () => {
     const s = createScheduler('ddim', sd15);
-    expect(() => s.setTimesteps(0)).toThrow(/DDIMScheduler.setTimesteps: num_inference_steps must be an integer in \[1, 1000\]/);
+    expect(() => s.setTimesteps(0)).toThrow(
+      /DDIMScheduler.setTimesteps: num_inference_steps must be an integer in \[1, 1000\]/,
+    );
     expect(() => s.setTimesteps(1001)).toThrow(/\[1, 1000\]/);
   });
 });
@@ -164,7 +201,9 @@ describe('DDIM eta', () => {
     const eps = randn(new Rng(2), SHAPE);
     const z = randn(new Rng(3), SHAPE);
     const t = s1.timesteps[3];
-    expect(() => s1.step(eps, t, x)).toThrow(/DDIMScheduler.step: eta=1 needs a noise tensor shaped like the sample \[1, 4, 6, 5\]/);
+    expect(() => s1.step(eps, t, x)).toThrow(
+      /DDIMScheduler.step: eta=1 needs a noise tensor shaped like the sample \[1, 4, 6, 5\]/,
+    );
     const a = s0.step(eps, t, x, z);
     const b = s1.step(eps, t, x, z);
     const c = s1.step(eps, t, x, z);
@@ -196,8 +235,12 @@ describe('noise arguments', () => {
     s.setTimesteps(10);
     const x = tf.zeros(SHAPE);
     const bad = tf.zeros([1, 4, 6, 6]);
-    expect(() => s.step(x, s.timesteps[0], x)).toThrow(/EulerAncestralDiscreteScheduler.step: ancestral sampling needs a noise tensor/);
-    expect(() => s.step(x, s.timesteps[0], x, bad)).toThrow(/noise has shape \[1, 4, 6, 6\] but the sample has shape \[1, 4, 6, 5\]/);
+    expect(() => s.step(x, s.timesteps[0], x)).toThrow(
+      /EulerAncestralDiscreteScheduler.step: ancestral sampling needs a noise tensor/,
+    );
+    expect(() => s.step(x, s.timesteps[0], x, bad)).toThrow(
+      /noise has shape \[1, 4, 6, 6\] but the sample has shape \[1, 4, 6, 5\]/,
+    );
     tf.dispose([x, bad]);
   });
 
@@ -264,7 +307,9 @@ describe('DDPM forward process', () => {
     const x0 = randn(new Rng(1), [2, 4, 3, 3]);
     const eps = randn(new Rng(2), [2, 4, 3, 3]);
     expect(() => ddpm.addNoise(x0, eps, [5])).toThrow(/DDPMScheduler.addNoise: got 1 timesteps for a batch of 2/);
-    expect(() => ddpm.addNoise(x0, eps, [5, 1000])).toThrow(/timestep 1000 \(batch item 1\) is not an integer in \[0, 1000\)/);
+    expect(() => ddpm.addNoise(x0, eps, [5, 1000])).toThrow(
+      /timestep 1000 \(batch item 1\) is not an integer in \[0, 1000\)/,
+    );
     const before = tf.memory().numTensors;
     const noisy = ddpm.addNoise(x0, eps, [0, 999]);
     // x_t = sqrt(a) x0 + sqrt(1-a) eps, checked against ᾱ directly
@@ -294,7 +339,11 @@ describe('numpy / torch helpers', () => {
   it('npLinspace and npArange follow numpy', () => {
     expect(npLinspace(0, 999, 3)).toEqual([0, 499.5, 999]);
     expect(npLinspace(0, 1, 1)).toEqual([0]);
-    expect(npArange(1000, 0, -1000 / 3)).toEqual([1000, 1000 + (1000 - 1000 / 3 - 1000), 1000 + 2 * (1000 - 1000 / 3 - 1000)]);
+    expect(npArange(1000, 0, -1000 / 3)).toEqual([
+      1000,
+      1000 + (1000 - 1000 / 3 - 1000),
+      1000 + 2 * (1000 - 1000 / 3 - 1000),
+    ]);
     expect(npArange(0, 5, 1)).toEqual([0, 1, 2, 3, 4]);
   });
 

@@ -25,7 +25,15 @@ import { maxAbsDiff, useBackend } from '../helpers/backend.ts';
 useBackend('wasm');
 
 /** dL/dw of L = sum(conv(x, w) * dy), by the definition: a plain loop. */
-function bruteFilterGrad(x: Float32Array, xs: number[], dy: Float32Array, ys: number[], k: number, stride: number, pad: [[number, number], [number, number]]): Float32Array {
+function bruteFilterGrad(
+  x: Float32Array,
+  xs: number[],
+  dy: Float32Array,
+  ys: number[],
+  k: number,
+  stride: number,
+  pad: [[number, number], [number, number]],
+): Float32Array {
   const [n, h, w, cin] = xs;
   const [, ho, wo, cout] = ys;
   const dw = new Float32Array(k * k * cin * cout);
@@ -38,15 +46,29 @@ function bruteFilterGrad(x: Float32Array, xs: number[], dy: Float32Array, ys: nu
             const ix = ox * stride + j - pad[1][0];
             if (iy < 0 || ix < 0 || iy >= h || ix >= w) continue;
             for (let c = 0; c < cin; c++)
-              for (let o = 0; o < cout; o++) dw[((i * k + j) * cin + c) * cout + o] += x[((b * h + iy) * w + ix) * cin + c] * dy[((b * ho + oy) * wo + ox) * cout + o];
+              for (let o = 0; o < cout; o++)
+                dw[((i * k + j) * cin + c) * cout + o] +=
+                  x[((b * h + iy) * w + ix) * cin + c] * dy[((b * ho + oy) * wo + ox) * cout + o];
           }
   return dw;
 }
 
 describe('full-parameter training pieces', () => {
   for (const [stride, pad] of [
-    [1, [[1, 1], [1, 1]]],
-    [2, [[0, 1], [0, 1]]],
+    [
+      1,
+      [
+        [1, 1],
+        [1, 1],
+      ],
+    ],
+    [
+      2,
+      [
+        [0, 1],
+        [0, 1],
+      ],
+    ],
   ] as const) {
     it(`conv2dTrainable: the im2col filter gradient equals the definition, and the input gradient tf's own (stride ${stride}, pad ${JSON.stringify(pad)})`, async () => {
       const start = tf.memory().numTensors;
@@ -55,9 +77,19 @@ describe('full-parameter training pieces', () => {
       const explicit = [[0, 0], [...pad[0]], [...pad[1]], [0, 0]] as never;
       const y = tf.conv2d(x, w, stride, explicit);
       const dy = tf.randomNormal(y.shape, 0, 1, 'float32', 3);
-      const [gx, gw] = tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(conv2dTrainable(a as Tensor4D, b as Tensor4D, stride, [[...pad[0]], [...pad[1]]]), dy)))([x, w]);
+      const [gx, gw] = tf.grads((a: tf.Tensor, b: tf.Tensor) =>
+        tf.sum(tf.mul(conv2dTrainable(a as Tensor4D, b as Tensor4D, stride, [[...pad[0]], [...pad[1]]]), dy)),
+      )([x, w]);
       const refX = tf.grad((a: tf.Tensor) => tf.sum(tf.mul(tf.conv2d(a as Tensor4D, w, stride, explicit), dy)))(x);
-      const brute = bruteFilterGrad((await x.data()) as Float32Array, x.shape, (await dy.data()) as Float32Array, y.shape, 3, stride, [[...pad[0]], [...pad[1]]]);
+      const brute = bruteFilterGrad(
+        (await x.data()) as Float32Array,
+        x.shape,
+        (await dy.data()) as Float32Array,
+        y.shape,
+        3,
+        stride,
+        [[...pad[0]], [...pad[1]]],
+      );
       expect(maxAbsDiff(await gw.data(), brute).rel).toBeLessThan(1e-5);
       expect(maxAbsDiff(await gx.data(), await refX.data()).rel).toBeLessThan(1e-5);
       tf.dispose([x, w, y, dy, gx, gw, refX]);
@@ -68,7 +100,17 @@ describe('full-parameter training pieces', () => {
 
 describe('collapsePosterior', () => {
   it("sets a VAE's log-variance to the floor and leaves its means alone, without leaking tensors", async () => {
-    const vae = AutoencoderKL.fromConfig({ in_channels: 3, out_channels: 3, latent_channels: 4, block_out_channels: [8, 8], down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D'], up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D'], layers_per_block: 1, norm_num_groups: 4, sample_size: 16 });
+    const vae = AutoencoderKL.fromConfig({
+      in_channels: 3,
+      out_channels: 3,
+      latent_channels: 4,
+      block_out_channels: [8, 8],
+      down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D'],
+      up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D'],
+      layers_per_block: 1,
+      norm_num_groups: 4,
+      sample_size: 16,
+    });
     initFromScratch(vae, 5);
     const x = tf.randomUniform([2, 16, 16, 3], -1, 1, 'float32', 9);
     const before = vae.encode(x);
@@ -77,7 +119,10 @@ describe('collapsePosterior', () => {
     expect(tf.memory().numTensors, 'tensors left behind').toBe(start);
     const after = vae.encode(x);
     expect(maxAbsDiff(await after.mean.data(), await before.mean.data()).maxAbs).toBe(0);
-    expect(Math.max(...(await before.logvar.data()).map(Math.abs)), 'a fresh VAE has a log-variance near 0').toBeLessThan(5);
+    expect(
+      Math.max(...(await before.logvar.data()).map(Math.abs)),
+      'a fresh VAE has a log-variance near 0',
+    ).toBeLessThan(5);
     expect([...new Set(await after.logvar.data())]).toEqual([LOGVAR_FLOOR]);
     tf.dispose([x, before.mean, before.logvar, before.std, after.mean, after.logvar, after.std]);
     vae.dispose();
@@ -86,11 +131,20 @@ describe('collapsePosterior', () => {
 
 describe('toy fidelity scores', () => {
   const photos = subjectScenes().map((s) => drawScene(s));
-  const ball = (colour: Scene['colour'], background: Scene['background']): Scene => ({ kind: 'ball', colour, background, cx: 0.5, cy: 0.5, r: 0.25 });
+  const ball = (colour: Scene['colour'], background: Scene['background']): Scene => ({
+    kind: 'ball',
+    colour,
+    background,
+    cx: 0.5,
+    cy: 0.5,
+    r: 0.25,
+  });
 
   it('scores the subject near 1, a one-colour ball of one of its colours near 0.5, another colour near 0', () => {
     expect(subjectFidelity(photos, photos)).toBeGreaterThan(0.95);
-    expect(subjectFidelity([drawScene({ ...ball('red', 'green'), pattern: ['red', 'yellow'] })], photos)).toBeGreaterThan(0.95);
+    expect(
+      subjectFidelity([drawScene({ ...ball('red', 'green'), pattern: ['red', 'yellow'] })], photos),
+    ).toBeGreaterThan(0.95);
     const red = subjectFidelity([drawScene(ball('red', 'green'))], photos);
     expect(red).toBeGreaterThan(0.4);
     expect(red).toBeLessThan(0.6);
@@ -108,52 +162,72 @@ describe('toy fidelity scores', () => {
   });
 
   it('reads the background colour off the border', () => {
-    for (const bg of ['green', 'gray', 'white', 'black', 'blue'] as const) expect(backgroundColour(drawScene(ball('red', bg)))).toBe(bg);
+    for (const bg of ['green', 'gray', 'white', 'black', 'blue'] as const)
+      expect(backgroundColour(drawScene(ball('red', bg)))).toBe(bg);
   });
 });
 
-const haveToyModel = existsSync(join(TOY_MODEL_DIR, 'unet/diffusion_pytorch_model.safetensors')) && existsSync(TOY_SUBJECT_DIR);
+const haveToyModel =
+  existsSync(join(TOY_MODEL_DIR, 'unet/diffusion_pytorch_model.safetensors')) && existsSync(TOY_SUBJECT_DIR);
 
-describe.skipIf(!haveToyModel)('the toy model learns the subject (skipped: models/toy-sd is missing; npm run build:toy-model)', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'toy-model-test-'));
-  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+describe.skipIf(!haveToyModel)(
+  'the toy model learns the subject (skipped: models/toy-sd is missing; npm run build:toy-model)',
+  () => {
+    const dir = mkdtempSync(join(tmpdir(), 'toy-model-test-'));
+    afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('its VAE encodes to a point mass (trained on its means, it was saved with its log-variance at the floor)', async () => {
-    const vae = await AutoencoderKL.load(join(TOY_MODEL_DIR, 'vae'));
-    const x = tf.tensor4d(toModelRange((await readToyPhotos(listImageFiles(TOY_SUBJECT_DIR)))[0]), [1, 64, 64, 3]);
-    const { mean, logvar, std } = vae.encode(x);
-    expect([...new Set(await logvar.data())]).toEqual([LOGVAR_FLOOR]);
-    tf.dispose([x, mean, logvar, std]);
-    vae.dispose();
-  });
-
-  it('a short SingLoRA adapter raises subject fidelity from base to adapter at the same seeds, without leaking tensors', async () => {
-    const before = tf.memory().numTensors;
-    const runDir = join(dir, 'run');
-    // The demo's run (npm run demo): the same settings, seed and evaluation seeds.
-    const steps = TOY_DEMO.steps;
-    const { manifest, fixedLoss } = await train({
-      base: TOY_MODEL_DIR,
-      photos: TOY_SUBJECT_DIR,
-      runDir,
-      settings: { method: 'singlora', steps, rank: 8, alpha: TOY_DEMO.alpha, rampSteps: Math.floor(steps / 4), learningRate: TOY_DEMO.learningRate, resolution: 64, triggerToken: 'sks', classWord: 'ball', checkpointEvery: steps, sampleEvery: 0, seed: 42 },
+    it('its VAE encodes to a point mass (trained on its means, it was saved with its log-variance at the floor)', async () => {
+      const vae = await AutoencoderKL.load(join(TOY_MODEL_DIR, 'vae'));
+      const x = tf.tensor4d(toModelRange((await readToyPhotos(listImageFiles(TOY_SUBJECT_DIR)))[0]), [1, 64, 64, 3]);
+      const { mean, logvar, std } = vae.encode(x);
+      expect([...new Set(await logvar.data())]).toEqual([LOGVAR_FLOOR]);
+      tf.dispose([x, mean, logvar, std]);
+      vae.dispose();
     });
-    expect(manifest.status).toBe('completed');
-    // Training fits the photos: the loss at fixed noise and timesteps falls.
-    expect(fixedLoss!.end).toBeLessThan(fixedLoss!.start);
-    const adapter = join(runDir, manifest.checkpoints[manifest.checkpoints.length - 1].adapter);
-    const photos = await readToyPhotos(listImageFiles(TOY_SUBJECT_DIR));
-    const sd = await StableDiffusion.load(TOY_MODEL_DIR);
-    try {
-      const seeds = TOY_DEMO.seeds;
-      const base = await scoreToyModel(sd, { photos, seeds });
-      const tuned = await scoreToyModel(sd, { photos, seeds, adapter });
-      console.log(`toy model, SingLoRA ${steps} steps: subject fidelity ${base.subject.toFixed(3)} -> ${tuned.subject.toFixed(3)}; background right ${base.prompt} -> ${tuned.prompt}`);
-      // A modest margin: the toy VAE blurs the subject and shifts its red (docs/experiments.md).
-      expect(tuned.subject).toBeGreaterThan(base.subject + 0.05);
-    } finally {
-      sd.dispose();
-    }
-    expect(tf.memory().numTensors).toBe(before);
-  }, 240_000);
-});
+
+    it('a short SingLoRA adapter raises subject fidelity from base to adapter at the same seeds, without leaking tensors', async () => {
+      const before = tf.memory().numTensors;
+      const runDir = join(dir, 'run');
+      // The demo's run (npm run demo): the same settings, seed and evaluation seeds.
+      const steps = TOY_DEMO.steps;
+      const { manifest, fixedLoss } = await train({
+        base: TOY_MODEL_DIR,
+        photos: TOY_SUBJECT_DIR,
+        runDir,
+        settings: {
+          method: 'singlora',
+          steps,
+          rank: 8,
+          alpha: TOY_DEMO.alpha,
+          rampSteps: Math.floor(steps / 4),
+          learningRate: TOY_DEMO.learningRate,
+          resolution: 64,
+          triggerToken: 'sks',
+          classWord: 'ball',
+          checkpointEvery: steps,
+          sampleEvery: 0,
+          seed: 42,
+        },
+      });
+      expect(manifest.status).toBe('completed');
+      // Training fits the photos: the loss at fixed noise and timesteps falls.
+      expect(fixedLoss!.end).toBeLessThan(fixedLoss!.start);
+      const adapter = join(runDir, manifest.checkpoints[manifest.checkpoints.length - 1].adapter);
+      const photos = await readToyPhotos(listImageFiles(TOY_SUBJECT_DIR));
+      const sd = await StableDiffusion.load(TOY_MODEL_DIR);
+      try {
+        const seeds = TOY_DEMO.seeds;
+        const base = await scoreToyModel(sd, { photos, seeds });
+        const tuned = await scoreToyModel(sd, { photos, seeds, adapter });
+        console.log(
+          `toy model, SingLoRA ${steps} steps: subject fidelity ${base.subject.toFixed(3)} -> ${tuned.subject.toFixed(3)}; background right ${base.prompt} -> ${tuned.prompt}`,
+        );
+        // A modest margin: the toy VAE blurs the subject and shifts its red (docs/experiments.md).
+        expect(tuned.subject).toBeGreaterThan(base.subject + 0.05);
+      } finally {
+        sd.dispose();
+      }
+      expect(tf.memory().numTensors).toBe(before);
+    }, 240_000);
+  },
+);

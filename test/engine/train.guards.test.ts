@@ -25,7 +25,10 @@ describe('training', () => {
     cpSync(TINY_A, model, { recursive: true });
     const runDir = newRun();
     const controller = new AbortController();
-    const first = await train({ base: model, photos, runDir, settings: fast({ steps: 6, checkpointEvery: 1 }) }, { signal: controller.signal, onEvent: (e) => e.event === 'step' && e.step === 2 && controller.abort('pause') });
+    const first = await train(
+      { base: model, photos, runDir, settings: fast({ steps: 6, checkpointEvery: 1 }) },
+      { signal: controller.signal, onEvent: (e) => e.event === 'step' && e.step === 2 && controller.abort('pause') },
+    );
     expect(first.manifest.checkpoints.map((c) => c.step)).toEqual([1, 2]);
     // Now the VAE goes bad: one NaN in its first convolution.
     const vaeFile = join(model, 'vae/diffusion_pytorch_model.safetensors');
@@ -47,14 +50,20 @@ describe('training', () => {
     cpSync(TINY_A, model, { recursive: true });
     const runDir = newRun();
     const controller = new AbortController();
-    await train({ base: model, photos, runDir, settings: fast({ steps: 6, checkpointEvery: 1 }) }, { signal: controller.signal, onEvent: (e) => e.event === 'step' && e.step === 2 && controller.abort('pause') });
+    await train(
+      { base: model, photos, runDir, settings: fast({ steps: 6, checkpointEvery: 1 }) },
+      { signal: controller.signal, onEvent: (e) => e.event === 'step' && e.step === 2 && controller.abort('pause') },
+    );
     // Another UNet under the same path: resuming must refuse, and say so to its listener.
     const unetFile = join(model, 'unet/diffusion_pytorch_model.safetensors');
     const { tensors, metadata } = await readAllFloat32(unetFile);
     tensors.get('conv_in.bias')!.data[0] += 1;
     await writeSafetensors(unetFile, tensors, metadata);
     const events: TrainEvent[] = [];
-    const error = await train({ base: model, photos, runDir, settings: {}, resume: true }, { onEvent: (e) => events.push(e) }).then(
+    const error = await train(
+      { base: model, photos, runDir, settings: {}, resume: true },
+      { onEvent: (e) => events.push(e) },
+    ).then(
       () => null,
       (err: Error) => err.message,
     );
@@ -90,7 +99,10 @@ describe('training', () => {
     expect(files).toEqual(['class-00000.png', 'class-00001.png']);
     const mtimes = files.map((f) => statSync(join(cache, key, f)).mtimeMs);
     const stages: string[] = [];
-    const r2 = await train({ base: TINY_A, photos, runDir: newRun(), settings, classImagesCacheDir: cache }, { onEvent: (e) => e.event === 'prepare' && e.detail && stages.push(e.detail) });
+    const r2 = await train(
+      { base: TINY_A, photos, runDir: newRun(), settings, classImagesCacheDir: cache },
+      { onEvent: (e) => e.event === 'prepare' && e.detail && stages.push(e.detail) },
+    );
     expect(r2.manifest.status).toBe('completed');
     expect(files.map((f) => statSync(join(cache, key, f)).mtimeMs)).toEqual(mtimes);
     expect(stages.some((s) => /^\d+\/\d+$/.test(s))).toBe(false); // nothing was generated the second time
@@ -104,13 +116,27 @@ describe('subject photos', () => {
     await makeSubjectPhotos(dir, 3);
     copyFileSync(join(dir, 'subject-1.png'), join(dir, 'subject-copy.png'));
     writeFileSync(join(dir, 'notes.png'), 'this is not an image');
-    writeFileSync(join(dir, 'phone.heic'), Buffer.concat([Buffer.from([0, 0, 0, 0x18]), Buffer.from('ftypheic'), Buffer.alloc(32)]));
+    writeFileSync(
+      join(dir, 'phone.heic'),
+      Buffer.concat([Buffer.from([0, 0, 0, 0x18]), Buffer.from('ftypheic'), Buffer.alloc(32)]),
+    );
     const { encodeImage } = await import('../../src-main/engine/image/sharp.ts');
-    writeFileSync(join(dir, 'tiny.png'), await encodeImage({ data: new Uint8Array(20 * 20 * 3).fill(128), width: 20, height: 20 }, 'png'));
-    writeFileSync(join(dir, 'small.png'), await encodeImage({ data: new Uint8Array(40 * 50 * 3).fill(90), width: 40, height: 50 }, 'png'));
+    writeFileSync(
+      join(dir, 'tiny.png'),
+      await encodeImage({ data: new Uint8Array(20 * 20 * 3).fill(128), width: 20, height: 20 }, 'png'),
+    );
+    writeFileSync(
+      join(dir, 'small.png'),
+      await encodeImage({ data: new Uint8Array(40 * 50 * 3).fill(90), width: 40, height: 50 }, 'png'),
+    );
     writeFileSync(join(dir, 'subject-2.txt'), 'a photo of sks ball on grass');
 
-    const ds = await loadDataset(dir, { resolution: 64, crop: 'center', flip: true, instancePrompt: 'a photo of sks ball' });
+    const ds = await loadDataset(dir, {
+      resolution: 64,
+      crop: 'center',
+      flip: true,
+      instancePrompt: 'a photo of sks ball',
+    });
     const byName = Object.fromEntries(ds.checks.map((c) => [c.file.split('/').pop(), c]));
     expect(byName['notes.png'].status).toBe('rejected');
     expect(byName['notes.png'].reason).toMatch(/not a readable image/);
@@ -130,7 +156,9 @@ describe('subject photos', () => {
     const dir = join(root, 'bad-only');
     mkdirSync(dir);
     writeFileSync(join(dir, 'a.jpg'), 'nope');
-    await expect(loadDataset(dir, { resolution: 64, crop: 'center', flip: false, instancePrompt: 'x' })).rejects.toThrow(/no usable subject photos[\s\S]*a\.jpg: not a readable image/);
+    await expect(
+      loadDataset(dir, { resolution: 64, crop: 'center', flip: false, instancePrompt: 'x' }),
+    ).rejects.toThrow(/no usable subject photos[\s\S]*a\.jpg: not a readable image/);
     const two = join(root, 'two');
     await makeSubjectPhotos(two, 2);
     const ds = await loadDataset(two, { resolution: 64, crop: 'attention', flip: false, instancePrompt: 'x' });

@@ -21,10 +21,29 @@ describe('training', () => {
     const runDir = newRun();
     const steps: number[] = [];
     const { manifest, fixedLoss } = await train(
-      { base: TINY_B, photos, runDir, settings: { steps: 30, rank: 8, alpha: 32, rampSteps: 5, learningRate: 1e-2, resolution: 128, checkpointEvery: 15, sampleEvery: 30, sampleSteps: 4, classWord: 'ball', seed: 1 } },
+      {
+        base: TINY_B,
+        photos,
+        runDir,
+        settings: {
+          steps: 30,
+          rank: 8,
+          alpha: 32,
+          rampSteps: 5,
+          learningRate: 1e-2,
+          resolution: 128,
+          checkpointEvery: 15,
+          sampleEvery: 30,
+          sampleSteps: 4,
+          classWord: 'ball',
+          seed: 1,
+        },
+      },
       { onEvent: (e) => e.event === 'step' && steps.push(e.step) },
     );
-    console.log(`overfit (SingLoRA, tiny-b, 30 steps): fixed-noise loss ${fixedLoss!.start.toFixed(4)} -> ${fixedLoss!.end.toFixed(4)} (${((1 - fixedLoss!.end / fixedLoss!.start) * 100).toFixed(1)}% lower), ${(1000 / manifest.timing.msPerStep!).toFixed(2)} it/s`);
+    console.log(
+      `overfit (SingLoRA, tiny-b, 30 steps): fixed-noise loss ${fixedLoss!.start.toFixed(4)} -> ${fixedLoss!.end.toFixed(4)} (${((1 - fixedLoss!.end / fixedLoss!.start) * 100).toFixed(1)}% lower), ${(1000 / manifest.timing.msPerStep!).toFixed(2)} it/s`,
+    );
     expect(manifest.status).toBe('completed');
     expect(steps).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
     expect(fixedLoss!.end).toBeLessThanOrEqual(0.7 * fixedLoss!.start);
@@ -37,10 +56,16 @@ describe('training', () => {
   });
 
   it('LoRA trains too (tiny-a)', async () => {
-    const { manifest, fixedLoss } = await train({ base: TINY_A, photos, runDir: newRun(), settings: fast({ method: 'lora', steps: 12, checkpointEvery: 12 }) });
-    console.log(`LoRA (tiny-a, 12 steps): fixed-noise loss ${fixedLoss!.start.toFixed(4)} -> ${fixedLoss!.end.toFixed(4)}`);
+    const { manifest, fixedLoss } = await train({
+      base: TINY_A,
+      photos,
+      runDir: newRun(),
+      settings: fast({ method: 'lora', steps: 12, checkpointEvery: 12 }),
+    });
+    console.log(
+      `LoRA (tiny-a, 12 steps): fixed-noise loss ${fixedLoss!.start.toFixed(4)} -> ${fixedLoss!.end.toFixed(4)}`,
+    );
     expect(manifest.status).toBe('completed');
     expect(fixedLoss!.end).toBeLessThan(0.95 * fixedLoss!.start);
   });
-
 });

@@ -20,7 +20,10 @@ describe('training', () => {
     await train({ base: TINY_A, photos, runDir: straight, settings: fast() });
     const split = newRun();
     const controller = new AbortController();
-    const first = await train({ base: TINY_A, photos, runDir: split, settings: fast() }, { signal: controller.signal, onEvent: (e) => e.event === 'step' && e.step === 3 && controller.abort('pause') });
+    const first = await train(
+      { base: TINY_A, photos, runDir: split, settings: fast() },
+      { signal: controller.signal, onEvent: (e) => e.event === 'step' && e.step === 3 && controller.abort('pause') },
+    );
     expect(first.manifest.status).toBe('paused');
     expect(first.manifest.checkpoints.map((c) => c.step)).toEqual([3]);
     const resumed = await train({ base: TINY_A, photos, runDir: split, settings: {}, resume: true });
@@ -66,5 +69,4 @@ describe('training', () => {
     expect(manifest.checkpoints.map((c) => c.step)).toEqual([4]);
     expect((await readRunManifest(runDir)).status).toBe('cancelled');
   });
-
 });

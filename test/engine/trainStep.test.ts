@@ -35,8 +35,12 @@ describe('trainStep (tiny-a)', () => {
   beforeAll(async () => {
     unet = await UNet2DConditionModel.load(join(TINY_A, 'unet'));
     scheduler = createScheduler('ddpm', await readSchedulerConfig(join(TINY_A, 'scheduler', 'scheduler_config.json')));
-    adapters = AdapterSet.inject(unet, defaultAdapterSpec({ rank: 4, alpha: 4, rampSteps: 10 }), { rng: new Rng(1, 1) });
-    initial = new Map(await Promise.all(adapters.namedTensors().map(async ([n, v]) => [n, (await v.data()) as Float32Array] as const)));
+    adapters = AdapterSet.inject(unet, defaultAdapterSpec({ rank: 4, alpha: 4, rampSteps: 10 }), {
+      rng: new Rng(1, 1),
+    });
+    initial = new Map(
+      await Promise.all(adapters.namedTensors().map(async ([n, v]) => [n, (await v.data()) as Float32Array] as const)),
+    );
     const rng = new Rng(2);
     const latents = randn(rng, [2, 8, 8, 4]);
     const noise = randn(rng, [2, 8, 8, 4]);
@@ -61,7 +65,11 @@ describe('trainStep (tiny-a)', () => {
     const optimizer = new AdamW(adapters.variables());
     try {
       const before = tf.memory().numTensors;
-      const result = await trainStep({ unet, scheduler, adapters, optimizer }, batches, { ...OPTIONS, ...over, returnGrads: true });
+      const result = await trainStep({ unet, scheduler, adapters, optimizer }, batches, {
+        ...OPTIONS,
+        ...over,
+        returnGrads: true,
+      });
       expect(tf.memory().numTensors, 'tensors left behind by trainStep').toBe(before);
       const after = await Promise.all(adapters.variables().map(async (v) => (await v.data()) as Float32Array));
       return { ...result, after };
@@ -76,7 +84,8 @@ describe('trainStep (tiny-a)', () => {
     expect(once.applied).toBe(true);
     expect(twice.loss).toBeCloseTo(once.loss, 6);
     expect(twice.gradNorm).toBeCloseTo(once.gradNorm, 9);
-    for (const [i, p] of once.after.entries()) expect(Array.from(twice.after[i]), `adapter tensor ${i}`).toEqual(Array.from(p));
+    for (const [i, p] of once.after.entries())
+      expect(Array.from(twice.after[i]), `adapter tensor ${i}`).toEqual(Array.from(p));
   });
 
   it('with class images: loss = instance loss + lambda * class loss', async () => {
@@ -105,7 +114,8 @@ describe('trainStep (tiny-a)', () => {
       expect(r.applied).toBe(false);
       expect(Number.isNaN(r.loss)).toBe(true);
       const names = adapters.namedTensors().map(([n]) => n);
-      for (const [i, p] of r.after.entries()) expect(Array.from(p), names[i]).toEqual(Array.from(initial.get(names[i])!));
+      for (const [i, p] of r.after.entries())
+        expect(Array.from(p), names[i]).toEqual(Array.from(initial.get(names[i])!));
     } finally {
       bad.dispose();
     }
@@ -114,7 +124,9 @@ describe('trainStep (tiny-a)', () => {
   it('names the mismatch between timesteps and samples', async () => {
     adapters.assign(initial);
     const optimizer = new AdamW(adapters.variables());
-    await expect(trainStep({ unet, scheduler, adapters, optimizer }, [{ ...a, timesteps: [1, 2] }], OPTIONS)).rejects.toThrow(/trainStep: 2 timesteps for latents \[1,8,8,4\]/);
+    await expect(
+      trainStep({ unet, scheduler, adapters, optimizer }, [{ ...a, timesteps: [1, 2] }], OPTIONS),
+    ).rejects.toThrow(/trainStep: 2 timesteps for latents \[1,8,8,4\]/);
     await expect(trainStep({ unet, scheduler, adapters, optimizer }, [], OPTIONS)).rejects.toThrow(/no micro-batch/);
     optimizer.dispose();
   });

@@ -60,7 +60,9 @@ describe('wasm copy-free kernels', () => {
         for (let i = 0; i < parts.length; i++) {
           const begin = shape.map((_, a) => (a === axis ? start : 0));
           const size = shape.map((d, a) => (a === axis ? sizes[i] : d));
-          expect(Array.from(await parts[i].data()), `axis ${axis} piece ${i}`).toEqual(sliceByIndex(values, shape, begin, size));
+          expect(Array.from(await parts[i].data()), `axis ${axis} piece ${i}`).toEqual(
+            sliceByIndex(values, shape, begin, size),
+          );
           start += sizes[i];
         }
         tf.dispose(parts);

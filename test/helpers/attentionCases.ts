@@ -25,11 +25,46 @@ export interface AttentionCase {
 
 export const ATTENTION_CASES: AttentionCase[] = [
   { name: 'self-attention, one slice', b: 1, sq: 16, sk: 16, heads: 2, d: 4, budget: 2 ** 24 },
-  { name: 'odd sizes, 3 heads, batch 2, row slices of 5 with a remainder', b: 2, sq: 13, sk: 11, heads: 3, d: 5, budget: 5 * 11 },
+  {
+    name: 'odd sizes, 3 heads, batch 2, row slices of 5 with a remainder',
+    b: 2,
+    sq: 13,
+    sk: 11,
+    heads: 3,
+    d: 5,
+    budget: 5 * 11,
+  },
   { name: 'cross-attention (77 keys), one row per slice', b: 1, sq: 9, sk: 77, heads: 2, d: 8, budget: 77 },
-  { name: 'causal mask [1, Sq, Sk], row slices', b: 2, sq: 12, sk: 12, heads: 2, d: 3, mask: [1, 12, 12], budget: 4 * 12 },
-  { name: 'per-group key mask [B*heads, 1, Sk], several groups per slice', b: 2, sq: 7, sk: 10, heads: 3, d: 4, mask: [6, 1, 10], budget: 2 * 7 * 10 },
-  { name: 'full mask [B*heads, Sq, Sk], row slices', b: 1, sq: 10, sk: 6, heads: 2, d: 6, mask: [2, 10, 6], budget: 3 * 6 },
+  {
+    name: 'causal mask [1, Sq, Sk], row slices',
+    b: 2,
+    sq: 12,
+    sk: 12,
+    heads: 2,
+    d: 3,
+    mask: [1, 12, 12],
+    budget: 4 * 12,
+  },
+  {
+    name: 'per-group key mask [B*heads, 1, Sk], several groups per slice',
+    b: 2,
+    sq: 7,
+    sk: 10,
+    heads: 3,
+    d: 4,
+    mask: [6, 1, 10],
+    budget: 2 * 7 * 10,
+  },
+  {
+    name: 'full mask [B*heads, Sq, Sk], row slices',
+    b: 1,
+    sq: 10,
+    sk: 6,
+    heads: 2,
+    d: 6,
+    mask: [2, 10, 6],
+    budget: 3 * 6,
+  },
 ];
 
 function maskTensor(shape: [number, number, number], rng: Rng): Tensor {
@@ -47,11 +82,25 @@ function maskTensor(shape: [number, number, number], rng: Rng): Tensor {
 }
 
 /** Values and gradients of sum(attention(q, k, v) * w) for one implementation. */
-async function valueAndGrads(fn: typeof attend, c: AttentionCase, q: Tensor, k: Tensor, v: Tensor, w: Tensor, mask: Tensor | undefined, budget: number) {
+async function valueAndGrads(
+  fn: typeof attend,
+  c: AttentionCase,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  w: Tensor,
+  mask: Tensor | undefined,
+  budget: number,
+) {
   const out = fn(q, k, v, c.heads, mask, budget);
   const g = tf.grads((a: Tensor, b: Tensor, cc: Tensor) => tf.sum(tf.mul(fn(a, b, cc, c.heads, mask, budget), w)));
   const grads = g([q, k, v]);
-  const data = { out: await out.data(), dq: await grads[0].data(), dk: await grads[1].data(), dv: await grads[2].data() };
+  const data = {
+    out: await out.data(),
+    dq: await grads[0].data(),
+    dk: await grads[1].data(),
+    dv: await grads[2].data(),
+  };
   tf.dispose([out, ...grads]);
   return data;
 }
@@ -74,10 +123,16 @@ export function memoryEfficientAttentionSuite(): void {
         for (const key of ['out', 'dq', 'dk', 'dv'] as const) {
           const d = maxAbsDiff(mine[key], ref[key]);
           report.push(`${key} ${d.rel.toExponential(2)}`);
-          expect(d.maxRef, `${key}: the reference is all zeros, so the comparison would prove nothing`).toBeGreaterThan(0);
-          expect(d.maxAbs, `${c.name}: ${key} differs by ${d.maxAbs} (max |ref| ${d.maxRef})`).toBeLessThanOrEqual(1e-5 * d.maxRef);
+          expect(d.maxRef, `${key}: the reference is all zeros, so the comparison would prove nothing`).toBeGreaterThan(
+            0,
+          );
+          expect(d.maxAbs, `${c.name}: ${key} differs by ${d.maxAbs} (max |ref| ${d.maxRef})`).toBeLessThanOrEqual(
+            1e-5 * d.maxRef,
+          );
         }
-        console.log(`[memory-efficient attention, ${tf.getBackend()}] ${c.name}: max |diff| / max |ref|: ${report.join(', ')}`);
+        console.log(
+          `[memory-efficient attention, ${tf.getBackend()}] ${c.name}: max |diff| / max |ref|: ${report.join(', ')}`,
+        );
         tf.dispose([q, k, v, w, ...(mask ? [mask] : [])]);
       });
     }

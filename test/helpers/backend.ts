@@ -23,7 +23,10 @@ export async function expectNoLeak<T>(fn: () => T | Promise<T>): Promise<T> {
 }
 
 /** max |a - b| and max |ref| of two float arrays. */
-export function maxAbsDiff(a: ArrayLike<number>, ref: ArrayLike<number>): { maxAbs: number; maxRef: number; rel: number } {
+export function maxAbsDiff(
+  a: ArrayLike<number>,
+  ref: ArrayLike<number>,
+): { maxAbs: number; maxRef: number; rel: number } {
   expect(a.length, 'compared arrays differ in length').toBe(ref.length);
   let maxAbs = 0;
   let maxRef = 0;

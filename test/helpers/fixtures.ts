@@ -13,16 +13,26 @@ import { SafetensorsFile } from '../../src-main/engine/io/safetensors.ts';
 export const FIXTURES = resolve(import.meta.dirname, '../fixtures');
 
 /** The reference files a parity folder may hold; it must hold at least one. */
-export const CASE_FILES = ['cases.safetensors', 'tokenizer_cases.json', 'scheduler_cases.safetensors', 'train_step_cases.safetensors'] as const;
+export const CASE_FILES = [
+  'cases.safetensors',
+  'tokenizer_cases.json',
+  'scheduler_cases.safetensors',
+  'train_step_cases.safetensors',
+] as const;
 
 export function parityFolders(): string[] {
   const env = process.env.PARITY_FIXTURES;
   const list = env ? env.split(':').filter(Boolean) : [join(FIXTURES, 'tiny-a')];
   const folders = list.map((p) => resolve(p));
   for (const folder of folders) {
-    if (!existsSync(folder) || !statSync(folder).isDirectory()) throw new Error(`PARITY_FIXTURES names ${folder}, which is not a folder; fix the path or drop it from PARITY_FIXTURES`);
+    if (!existsSync(folder) || !statSync(folder).isDirectory())
+      throw new Error(
+        `PARITY_FIXTURES names ${folder}, which is not a folder; fix the path or drop it from PARITY_FIXTURES`,
+      );
     if (!CASE_FILES.some((f) => existsSync(join(folder, f)))) {
-      throw new Error(`PARITY_FIXTURES names ${folder}, which has none of the reference cases (${CASE_FILES.join(', ')}); add them or drop the folder from PARITY_FIXTURES`);
+      throw new Error(
+        `PARITY_FIXTURES names ${folder}, which has none of the reference cases (${CASE_FILES.join(', ')}); add them or drop the folder from PARITY_FIXTURES`,
+      );
     }
   }
   return folders;

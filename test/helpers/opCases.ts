@@ -60,7 +60,13 @@ export async function runOpCases(): Promise<OpResults> {
   const img = tf.tensor(d.img, [1, 6, 5, 3]);
   await read('conv.s1p1', conv1.apply(img));
   await read('conv.s2p1', conv2.apply(img));
-  await read('conv.s2.asym', conv2.apply(img, [[0, 1], [0, 1]]));
+  await read(
+    'conv.s2.asym',
+    conv2.apply(img, [
+      [0, 1],
+      [0, 1],
+    ]),
+  );
   const g = tf.tensor(d.g, [1, 6, 5, 4]);
   await read('conv.s1p1.dx', tf.grad((xi: tf.Tensor) => tf.sum(tf.mul(conv1.apply(xi), g)))(img));
 
@@ -102,11 +108,12 @@ export function referenceOpCases(): OpResults {
   const out: OpResults = {};
   // linear: y[i, o] = sum_j x[i, j] w[o, j] + b[o]
   out.linear = [];
-  for (let i = 0; i < 3; i++) for (let o = 0; o < 4; o++) {
-    let s = d.b[o];
-    for (let j = 0; j < 5; j++) s += d.x[i * 5 + j] * d.w[o * 5 + j];
-    out.linear.push(s);
-  }
+  for (let i = 0; i < 3; i++)
+    for (let o = 0; o < 4; o++) {
+      let s = d.b[o];
+      for (let j = 0; j < 5; j++) s += d.x[i * 5 + j] * d.w[o * 5 + j];
+      out.linear.push(s);
+    }
   // conv: NHWC input [1, H=6, W=5, C=3], weight [O=4, C=3, 3, 3]
   const conv = (stride: number, pt: number, pb: number, pl: number, pr: number) => {
     const H = 6;
@@ -114,16 +121,19 @@ export function referenceOpCases(): OpResults {
     const Ho = Math.floor((H + pt + pb - 3) / stride) + 1;
     const Wo = Math.floor((W + pl + pr - 3) / stride) + 1;
     const r: number[] = [];
-    for (let y = 0; y < Ho; y++) for (let xo = 0; xo < Wo; xo++) for (let o = 0; o < 4; o++) {
-      let s = d.kb[o];
-      for (let ky = 0; ky < 3; ky++) for (let kx = 0; kx < 3; kx++) {
-        const iy = y * stride + ky - pt;
-        const ix = xo * stride + kx - pl;
-        if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
-        for (let c = 0; c < 3; c++) s += d.img[(iy * W + ix) * 3 + c] * d.k[((o * 3 + c) * 3 + ky) * 3 + kx];
-      }
-      r.push(s);
-    }
+    for (let y = 0; y < Ho; y++)
+      for (let xo = 0; xo < Wo; xo++)
+        for (let o = 0; o < 4; o++) {
+          let s = d.kb[o];
+          for (let ky = 0; ky < 3; ky++)
+            for (let kx = 0; kx < 3; kx++) {
+              const iy = y * stride + ky - pt;
+              const ix = xo * stride + kx - pl;
+              if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+              for (let c = 0; c < 3; c++) s += d.img[(iy * W + ix) * 3 + c] * d.k[((o * 3 + c) * 3 + ky) * 3 + kx];
+            }
+          r.push(s);
+        }
     return r;
   };
   out['conv.s1p1'] = conv(1, 1, 1, 1, 1);
@@ -131,25 +141,29 @@ export function referenceOpCases(): OpResults {
   out['conv.s2.asym'] = conv(2, 0, 1, 0, 1);
   // d/dx sum(conv(x) * g), stride 1, pad 1
   const dx = new Array(6 * 5 * 3).fill(0);
-  for (let y = 0; y < 6; y++) for (let xo = 0; xo < 5; xo++) for (let o = 0; o < 4; o++) {
-    const gv = d.g[(y * 5 + xo) * 4 + o];
-    for (let ky = 0; ky < 3; ky++) for (let kx = 0; kx < 3; kx++) {
-      const iy = y + ky - 1;
-      const ix = xo + kx - 1;
-      if (iy < 0 || iy >= 6 || ix < 0 || ix >= 5) continue;
-      for (let c = 0; c < 3; c++) dx[(iy * 5 + ix) * 3 + c] += gv * d.k[((o * 3 + c) * 3 + ky) * 3 + kx];
-    }
-  }
+  for (let y = 0; y < 6; y++)
+    for (let xo = 0; xo < 5; xo++)
+      for (let o = 0; o < 4; o++) {
+        const gv = d.g[(y * 5 + xo) * 4 + o];
+        for (let ky = 0; ky < 3; ky++)
+          for (let kx = 0; kx < 3; kx++) {
+            const iy = y + ky - 1;
+            const ix = xo + kx - 1;
+            if (iy < 0 || iy >= 6 || ix < 0 || ix >= 5) continue;
+            for (let c = 0; c < 3; c++) dx[(iy * 5 + ix) * 3 + c] += gv * d.k[((o * 3 + c) * 3 + ky) * 3 + kx];
+          }
+      }
   out['conv.s1p1.dx'] = dx;
   // group norm over [N=2, H*W=6, G=2, C/G=4]
   const gnOut = new Array(d.gn.length).fill(0);
-  for (let n = 0; n < 2; n++) for (let grp = 0; grp < 2; grp++) {
-    const idx: number[] = [];
-    for (let p = 0; p < 6; p++) for (let c = 0; c < 4; c++) idx.push(n * 48 + p * 8 + grp * 4 + c);
-    const mean = idx.reduce((s, i) => s + d.gn[i], 0) / idx.length;
-    const vr = idx.reduce((s, i) => s + (d.gn[i] - mean) ** 2, 0) / idx.length;
-    for (const i of idx) gnOut[i] = ((d.gn[i] - mean) / Math.sqrt(vr + 1e-6)) * d.gamma[i % 8] + d.beta[i % 8];
-  }
+  for (let n = 0; n < 2; n++)
+    for (let grp = 0; grp < 2; grp++) {
+      const idx: number[] = [];
+      for (let p = 0; p < 6; p++) for (let c = 0; c < 4; c++) idx.push(n * 48 + p * 8 + grp * 4 + c);
+      const mean = idx.reduce((s, i) => s + d.gn[i], 0) / idx.length;
+      const vr = idx.reduce((s, i) => s + (d.gn[i] - mean) ** 2, 0) / idx.length;
+      for (const i of idx) gnOut[i] = ((d.gn[i] - mean) / Math.sqrt(vr + 1e-6)) * d.gamma[i % 8] + d.beta[i % 8];
+    }
   out.groupnorm = gnOut;
   const lnOut: number[] = [];
   for (let row = 0; row < 12; row++) {
@@ -161,18 +175,22 @@ export function referenceOpCases(): OpResults {
   out.layernorm = lnOut;
   // attention: 2 heads of 4
   const att: number[] = new Array(2 * 7 * 8).fill(0);
-  for (let bt = 0; bt < 2; bt++) for (let h = 0; h < 2; h++) for (let i = 0; i < 7; i++) {
-    const scores: number[] = [];
-    for (let j = 0; j < 5; j++) {
-      let s = 0;
-      for (let e = 0; e < 4; e++) s += d.q[(bt * 7 + i) * 8 + h * 4 + e] * d.kk[(bt * 5 + j) * 8 + h * 4 + e];
-      scores.push(s / 2);
-    }
-    const m = Math.max(...scores);
-    const ex = scores.map((s) => Math.exp(s - m));
-    const z = ex.reduce((a, b) => a + b, 0);
-    for (let j = 0; j < 5; j++) for (let e = 0; e < 4; e++) att[(bt * 7 + i) * 8 + h * 4 + e] += (ex[j] / z) * d.v[(bt * 5 + j) * 8 + h * 4 + e];
-  }
+  for (let bt = 0; bt < 2; bt++)
+    for (let h = 0; h < 2; h++)
+      for (let i = 0; i < 7; i++) {
+        const scores: number[] = [];
+        for (let j = 0; j < 5; j++) {
+          let s = 0;
+          for (let e = 0; e < 4; e++) s += d.q[(bt * 7 + i) * 8 + h * 4 + e] * d.kk[(bt * 5 + j) * 8 + h * 4 + e];
+          scores.push(s / 2);
+        }
+        const m = Math.max(...scores);
+        const ex = scores.map((s) => Math.exp(s - m));
+        const z = ex.reduce((a, b) => a + b, 0);
+        for (let j = 0; j < 5; j++)
+          for (let e = 0; e < 4; e++)
+            att[(bt * 7 + i) * 8 + h * 4 + e] += (ex[j] / z) * d.v[(bt * 5 + j) * 8 + h * 4 + e];
+      }
   out.attention = att;
   out['attention.sliced'] = att;
   const erf = (x: number) => {
@@ -194,15 +212,18 @@ export function referenceOpCases(): OpResults {
   const db: number[] = new Array(40).fill(0);
   for (let bt = 0; bt < 2; bt++) {
     const c: number[] = [];
-    for (let i = 0; i < 3; i++) for (let j = 0; j < 5; j++) {
-      let s = 0;
-      for (let kk = 0; kk < 4; kk++) s += d.a3[bt * 12 + i * 4 + kk] * d.b3[bt * 20 + kk * 5 + j];
-      c.push(s);
-    }
-    for (let i = 0; i < 3; i++) for (let kk = 0; kk < 4; kk++) for (let j = 0; j < 5; j++) {
-      da[bt * 12 + i * 4 + kk] += 2 * c[i * 5 + j] * d.b3[bt * 20 + kk * 5 + j];
-      db[bt * 20 + kk * 5 + j] += 2 * d.a3[bt * 12 + i * 4 + kk] * c[i * 5 + j];
-    }
+    for (let i = 0; i < 3; i++)
+      for (let j = 0; j < 5; j++) {
+        let s = 0;
+        for (let kk = 0; kk < 4; kk++) s += d.a3[bt * 12 + i * 4 + kk] * d.b3[bt * 20 + kk * 5 + j];
+        c.push(s);
+      }
+    for (let i = 0; i < 3; i++)
+      for (let kk = 0; kk < 4; kk++)
+        for (let j = 0; j < 5; j++) {
+          da[bt * 12 + i * 4 + kk] += 2 * c[i * 5 + j] * d.b3[bt * 20 + kk * 5 + j];
+          db[bt * 20 + kk * 5 + j] += 2 * d.a3[bt * 12 + i * 4 + kk] * c[i * 5 + j];
+        }
   }
   out['matmul.da'] = da;
   out['matmul.db'] = db;

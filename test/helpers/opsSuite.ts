@@ -10,7 +10,11 @@ export function opsSuite(backend: string): void {
       const before = tf.memory().numTensors;
       const worst = compareOpResults(await runOpCases(), referenceOpCases());
       expect(tf.memory().numTensors).toBe(before);
-      console.log(`[ops ${backend}] worst relative error: ${Object.entries(worst).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(', ')}`);
+      console.log(
+        `[ops ${backend}] worst relative error: ${Object.entries(worst)
+          .map(([k, v]) => `${k} ${v.toExponential(1)}`)
+          .join(', ')}`,
+      );
       for (const [name, w] of Object.entries(worst)) expect(w, name).toBeLessThan(1e-5);
     });
   });

@@ -8,7 +8,11 @@ export function readTar(buf: Buffer): Array<{ name: string; type: string; data: 
   for (;;) {
     const h = buf.subarray(at, at + 512);
     if (h.every((b) => b === 0)) break;
-    const str = (o: number, n: number) => h.subarray(o, o + n).toString('utf8').replace(/\0.*$/s, '');
+    const str = (o: number, n: number) =>
+      h
+        .subarray(o, o + n)
+        .toString('utf8')
+        .replace(/\0.*$/s, '');
     const sum = [...h].reduce((n, b, i) => n + (i >= 148 && i < 156 ? 32 : b), 0);
     expect(parseInt(str(148, 8).trim(), 8), `checksum of ${str(0, 100)}`).toBe(sum);
     expect(str(257, 6)).toBe('ustar');
@@ -21,4 +25,3 @@ export function readTar(buf: Buffer): Array<{ name: string; type: string; data: 
   expect(buf.length).toBe(at + 1024); // two zero blocks end it
   return out;
 }
-

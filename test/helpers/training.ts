@@ -23,11 +23,25 @@ export function trainingSandbox(name: string) {
 }
 
 /** Settings for fast runs on tiny-a at 64 px. */
-export const fast = (over: TrainSettingsInput = {}): TrainSettingsInput => ({ steps: 6, rank: 4, alpha: 8, rampSteps: 2, learningRate: 1e-2, resolution: 64, checkpointEvery: 3, sampleEvery: 0, classWord: 'ball', seed: 5, ...over });
+export const fast = (over: TrainSettingsInput = {}): TrainSettingsInput => ({
+  steps: 6,
+  rank: 4,
+  alpha: 8,
+  rampSteps: 2,
+  learningRate: 1e-2,
+  resolution: 64,
+  checkpointEvery: 3,
+  sampleEvery: 0,
+  classWord: 'ball',
+  seed: 5,
+  ...over,
+});
 
 /** The adapter tensors of a run's checkpoint at `step`, by `<path>.<name>`. */
 export async function adapterValues(runDir: string, step: number): Promise<Map<string, Float32Array>> {
-  const file = await readAdapterFile(join(runDir, `checkpoints/step-${String(step).padStart(6, '0')}/adapter.safetensors`));
+  const file = await readAdapterFile(
+    join(runDir, `checkpoints/step-${String(step).padStart(6, '0')}/adapter.safetensors`),
+  );
   const out = new Map<string, Float32Array>();
   for (const [p, entry] of file.targets) for (const [n, t] of Object.entries(entry)) out.set(`${p}.${n}`, t.data);
   return out;

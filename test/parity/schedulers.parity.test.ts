@@ -12,8 +12,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf, type Tensor } from '../../src-main/engine/backend/tf.ts';
-import { createScheduler, DDPMScheduler, type Scheduler } from '../../src-main/engine/schedulers/index.ts';
-import { parseSchedulerConfig, readSchedulerConfig, type RawSchedulerConfig } from '../../src-main/engine/schedulers/schedulerConfig.ts';
+import { createScheduler, type DDPMScheduler, type Scheduler } from '../../src-main/engine/schedulers/index.ts';
+import {
+  parseSchedulerConfig,
+  readSchedulerConfig,
+  type RawSchedulerConfig,
+} from '../../src-main/engine/schedulers/schedulerConfig.ts';
 import { maxAbsDiff, useBackend } from '../helpers/backend.ts';
 import { Cases, parityFolders, skipNote } from '../helpers/fixtures.ts';
 
@@ -64,7 +68,9 @@ function trajectory(s: Scheduler, init: Tensor, noise?: { data: Float32Array; pe
     const next = tf.tidy(() => {
       const xIn = s.scaleModelInput(sample, t);
       const eps = fakeModel(xIn, t);
-      const z = noise ? tf.tensor(noise.data.subarray(i * noise.perStep, (i + 1) * noise.perStep), sample.shape, 'float32') : undefined;
+      const z = noise
+        ? tf.tensor(noise.data.subarray(i * noise.perStep, (i + 1) * noise.perStep), sample.shape, 'float32')
+        : undefined;
       return s.step(eps, t, sample, z);
     });
     sample.dispose();
@@ -109,7 +115,8 @@ for (const folder of parityFolders()) {
     });
     afterAll(async () => {
       await cases?.close();
-      if (errors.length) console.log(`[parity] ${name} scheduler trajectories, max |ours − ref| / max|ref|:\n  ${errors.join('\n  ')}`);
+      if (errors.length)
+        console.log(`[parity] ${name} scheduler trajectories, max |ours − ref| / max|ref|:\n  ${errors.join('\n  ')}`);
     });
 
     it('betas and alphas_cumprod are bit-exact float32 (torch.linspace + cumprod)', async () => {
@@ -139,7 +146,9 @@ for (const folder of parityFolders()) {
         expect(s.className).toBe(ref.class);
         const ours = s.config as unknown as Record<string, unknown>;
         for (const [k, v] of Object.entries(ours)) {
-          expect(k in ref.effective_config, `${key}: config key ${k} missing from the reference effective_config`).toBe(true);
+          expect(k in ref.effective_config, `${key}: config key ${k} missing from the reference effective_config`).toBe(
+            true,
+          );
           expect(v, `${key}.${k}`).toEqual(ref.effective_config[k]);
         }
       });
@@ -184,14 +193,22 @@ for (const folder of parityFolders()) {
           expect(tf.memory().numTensors, 'tensors left behind by the trajectory').toBe(before);
           initT.dispose();
           const { maxAbs, maxRef, rel } = maxAbsDiff(ours, ref.data);
-          errors.push(`${key}.${N}: ${rel.toExponential(2)} (max abs ${maxAbs.toExponential(2)}, max|ref| ${maxRef.toFixed(2)})`);
+          errors.push(
+            `${key}.${N}: ${rel.toExponential(2)} (max abs ${maxAbs.toExponential(2)}, max|ref| ${maxRef.toFixed(2)})`,
+          );
           expect(rel).toBeLessThanOrEqual(TOL);
         });
       }
     }
 
     it('ddpm: add_noise and get_velocity within 1e-5·max|ref|', async (ctx) => {
-      const keys = ['ddpm.add_noise.original', 'ddpm.add_noise.noise', 'ddpm.add_noise.timesteps', 'ddpm.add_noise.out', 'ddpm.get_velocity.out'];
+      const keys = [
+        'ddpm.add_noise.original',
+        'ddpm.add_noise.noise',
+        'ddpm.add_noise.timesteps',
+        'ddpm.add_noise.out',
+        'ddpm.get_velocity.out',
+      ];
       const missing = keys.filter((k) => !cases.has(k));
       if (missing.length) return ctx.skip(skipNote(folder, `${missing.join(', ')} in scheduler_cases.safetensors`));
       const ddpm: DDPMScheduler = createScheduler('ddpm', model);

@@ -19,7 +19,10 @@ describe('single-file checkpoint vs diffusers folder (tiny-b)', () => {
     folder = await StableDiffusion.load(join(FIXTURES, 'tiny-b/model'), { engine: 'tfjs' });
     // The configs come from the folder (groups and heads cannot be inferred from shapes);
     // every weight comes from the single file.
-    single = await StableDiffusion.load(join(FIXTURES, 'tiny-b/single_file.safetensors'), { configDir: join(FIXTURES, 'tiny-b/model'), engine: 'tfjs' });
+    single = await StableDiffusion.load(join(FIXTURES, 'tiny-b/single_file.safetensors'), {
+      configDir: join(FIXTURES, 'tiny-b/model'),
+      engine: 'tfjs',
+    });
   });
   afterAll(() => {
     folder.dispose();
@@ -54,8 +57,20 @@ describe('single-file checkpoint vs diffusers folder (tiny-b)', () => {
 
   it('every weight is element-exact', async () => {
     for (const kind of ['unet', 'vae', 'textEncoder'] as const) {
-      const fa = new Map(kind === 'unet' ? folder.unet.namedParams() : kind === 'vae' ? folder.vae.namedParams() : folder.textEncoder.namedParams());
-      const fb = new Map(kind === 'unet' ? single.unet.namedParams() : kind === 'vae' ? single.vae.namedParams() : single.textEncoder.namedParams());
+      const fa = new Map(
+        kind === 'unet'
+          ? folder.unet.namedParams()
+          : kind === 'vae'
+            ? folder.vae.namedParams()
+            : folder.textEncoder.namedParams(),
+      );
+      const fb = new Map(
+        kind === 'unet'
+          ? single.unet.namedParams()
+          : kind === 'vae'
+            ? single.vae.namedParams()
+            : single.textEncoder.namedParams(),
+      );
       expect([...fb.keys()].sort()).toEqual([...fa.keys()].sort());
       for (const [k, p] of fa) expect(await fb.get(k)!.value.data(), `${kind}.${k}`).toEqual(await p.value.data());
     }
@@ -63,7 +78,11 @@ describe('single-file checkpoint vs diffusers folder (tiny-b)', () => {
 
   it('on the onnx engine, graphs reading the single file in place compute exactly what the folder graphs compute', async () => {
     const a = await StableDiffusion.load(join(FIXTURES, 'tiny-b/model'), { engine: 'onnx', provider: 'cpu' });
-    const b = await StableDiffusion.load(join(FIXTURES, 'tiny-b/single_file.safetensors'), { configDir: join(FIXTURES, 'tiny-b/model'), engine: 'onnx', provider: 'cpu' });
+    const b = await StableDiffusion.load(join(FIXTURES, 'tiny-b/single_file.safetensors'), {
+      configDir: join(FIXTURES, 'tiny-b/model'),
+      engine: 'onnx',
+      provider: 'cpu',
+    });
     try {
       const rng = new Rng(3);
       await same(await a.encodeText(['a photo of sks dog', '']), await b.encodeText(['a photo of sks dog', '']));

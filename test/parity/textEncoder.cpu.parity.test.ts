@@ -40,7 +40,9 @@ for (const { folder, cases, hasText } of folders) {
           try {
             expect(out.last_hidden_state.shape).toEqual(ref.shape);
             const { maxAbs, maxRef, rel } = maxAbsDiff(await out.last_hidden_state.data(), ref.data);
-            console.log(`[parity cpu] text.last_hidden_state: max abs ${maxAbs.toExponential(2)}, max|ref| ${maxRef.toFixed(3)}, rel ${rel.toExponential(2)}`);
+            console.log(
+              `[parity cpu] text.last_hidden_state: max abs ${maxAbs.toExponential(2)}, max|ref| ${maxRef.toFixed(3)}, rel ${rel.toExponential(2)}`,
+            );
             expect(rel, 'text.last_hidden_state: max|a - ref| / max|ref|').toBeLessThanOrEqual(TOLERANCE);
           } finally {
             tf.dispose([out.last_hidden_state, out.pooler_output]);

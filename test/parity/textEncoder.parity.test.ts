@@ -22,7 +22,9 @@ const TOLERANCE = 1e-4; // relative to max|ref|
 async function expectClose(label: string, actual: Tensor, ref: { shape: number[]; data: Float32Array }): Promise<void> {
   expect(actual.shape, `${label}: shape`).toEqual(ref.shape);
   const { maxAbs, maxRef, rel } = maxAbsDiff(await actual.data(), ref.data);
-  console.log(`[parity wasm] ${label}: max abs ${maxAbs.toExponential(2)}, max|ref| ${maxRef.toFixed(3)}, rel ${rel.toExponential(2)}`);
+  console.log(
+    `[parity wasm] ${label}: max abs ${maxAbs.toExponential(2)}, max|ref| ${maxRef.toFixed(3)}, rel ${rel.toExponential(2)}`,
+  );
   expect(rel, `${label}: max|a - ref| / max|ref|`).toBeLessThanOrEqual(TOLERANCE);
 }
 
@@ -42,23 +44,22 @@ const folders = await Promise.all(
 
 for (const { folder, cases, hasText } of folders) {
   describe(`text encoder parity (wasm): ${basename(folder)}`, () => {
-    afterAll(() => cases.close());
+    let model!: ClipTextModel;
+    let ids!: Tensor;
+    afterAll(() => {
+      model?.dispose();
+      ids?.dispose();
+      return cases.close();
+    });
     if (!hasText) {
       it.skip(skipNote(folder, 'text.* cases in cases.safetensors'), () => {});
       return;
     }
-    let model: ClipTextModel;
-    let ids: Tensor;
     beforeAll(async () => {
       model = await ClipTextModel.load(join(folder, 'model', 'text_encoder'));
       const input = await cases.getInt('text.input_ids');
       ids = tf.tensor2d(input.data, input.shape as [number, number], 'int32');
     });
-    afterAll(() => {
-      model?.dispose();
-      ids?.dispose();
-    });
-
     it('the tokenizer turns text.prompts into text.input_ids exactly', async (ctx) => {
       if (!cases.metadata['text.prompts']) ctx.skip(skipNote(folder, 'text.prompts in the cases metadata'));
       const prompts = JSON.parse(cases.metadata['text.prompts']) as string[];
@@ -99,7 +100,11 @@ for (const { folder, cases, hasText } of folders) {
       const hs = out.hidden_states!;
       const penultimate = model.text_model.final_layer_norm.apply(hs[hs.length - 2]);
       try {
-        await expectClose('text.hidden_states.penultimate', penultimate, await cases.get('text.hidden_states.penultimate'));
+        await expectClose(
+          'text.hidden_states.penultimate',
+          penultimate,
+          await cases.get('text.hidden_states.penultimate'),
+        );
       } finally {
         tf.dispose([out.last_hidden_state, out.pooler_output, ...hs, penultimate]);
       }
@@ -123,7 +128,11 @@ for (const { folder, cases, hasText } of folders) {
       const fromTensor = model.encodePrompt(ids);
       const fromRows = model.encodePrompt(rows);
       try {
-        await expectClose('encodePrompt() vs text.last_hidden_state', fromTensor, await cases.get('text.last_hidden_state'));
+        await expectClose(
+          'encodePrompt() vs text.last_hidden_state',
+          fromTensor,
+          await cases.get('text.last_hidden_state'),
+        );
         expect(Array.from(await fromRows.data())).toEqual(Array.from(await fromTensor.data()));
       } finally {
         tf.dispose([fromTensor, fromRows]);
@@ -178,9 +187,15 @@ describe('ClipTextConfig', () => {
   });
 
   it('names the bad field', () => {
-    expect(() => parseClipTextConfig({ ...sd15Config, hidden_size: 'big' })).toThrow(/'hidden_size' must be a positive integer/);
-    expect(() => parseClipTextConfig({ ...sd15Config, num_attention_heads: 7 })).toThrow(/'hidden_size' 768 is not divisible by 'num_attention_heads' 7/);
-    expect(() => parseClipTextConfig({ ...sd15Config, hidden_act: 'relu' })).toThrow(/'hidden_act' must be one of quick_gelu, gelu/);
+    expect(() => parseClipTextConfig({ ...sd15Config, hidden_size: 'big' })).toThrow(
+      /'hidden_size' must be a positive integer/,
+    );
+    expect(() => parseClipTextConfig({ ...sd15Config, num_attention_heads: 7 })).toThrow(
+      /'hidden_size' 768 is not divisible by 'num_attention_heads' 7/,
+    );
+    expect(() => parseClipTextConfig({ ...sd15Config, hidden_act: 'relu' })).toThrow(
+      /'hidden_act' must be one of quick_gelu, gelu/,
+    );
     expect(() => parseClipTextConfig({ ...sd15Config, model_type: 'clip' })).toThrow(/'model_type'/);
     expect(() => parseClipTextConfig({ ...sd15Config, eos_token_id: null })).toThrow(/'eos_token_id'/);
   });

@@ -70,12 +70,15 @@ function readMeta(path: string): StepMeta {
   const m = (JSON.parse(readFileSync(path, 'utf8')) as { metadata?: Record<string, unknown> }).metadata;
   if (!m) throw new Error(`${path}: no 'metadata'`);
   const num = (k: string, v: unknown = m[k]): number => {
-    if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`${path}: metadata.${k} must be a number, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isFinite(v))
+      throw new Error(`${path}: metadata.${k} must be a number, got ${JSON.stringify(v)}`);
     return v;
   };
   const a = m.adamw as Record<string, unknown> | undefined;
-  if (!a || !Array.isArray(a.betas) || a.betas.length !== 2) throw new Error(`${path}: metadata.adamw must hold lr, betas [b1, b2], eps, weight_decay, step`);
-  if (!Array.isArray(m.layers) || !m.layers.length) throw new Error(`${path}: metadata.layers must list the adapted layers`);
+  if (!a || !Array.isArray(a.betas) || a.betas.length !== 2)
+    throw new Error(`${path}: metadata.adamw must hold lr, betas [b1, b2], eps, weight_decay, step`);
+  if (!Array.isArray(m.layers) || !m.layers.length)
+    throw new Error(`${path}: metadata.layers must list the adapted layers`);
   const meta: StepMeta = {
     rank: num('rank'),
     alpha: num('alpha'),
@@ -86,22 +89,47 @@ function readMeta(path: string): StepMeta {
     prediction: String(m.prediction),
     loss: String(m.loss),
     clip_grad_norm: num('clip_grad_norm'),
-    adamw: { lr: num('adamw.lr', a.lr), betas: [num('adamw.betas[0]', a.betas[0]), num('adamw.betas[1]', a.betas[1])], eps: num('adamw.eps', a.eps), weight_decay: num('adamw.weight_decay', a.weight_decay), step: num('adamw.step', a.step) },
+    adamw: {
+      lr: num('adamw.lr', a.lr),
+      betas: [num('adamw.betas[0]', a.betas[0]), num('adamw.betas[1]', a.betas[1])],
+      eps: num('adamw.eps', a.eps),
+      weight_decay: num('adamw.weight_decay', a.weight_decay),
+      step: num('adamw.step', a.step),
+    },
     layers: m.layers as string[],
   };
   // What this test assumes of the reference step; anything else needs a different test.
-  if (meta.prediction !== 'epsilon') throw new Error(`${path}: metadata.prediction is '${meta.prediction}'; this test reproduces an epsilon-target step`);
-  if (!/mean squared error/.test(meta.loss)) throw new Error(`${path}: metadata.loss is '${meta.loss}'; this test reproduces the MSE mean`);
-  if (meta.adamw.step !== 1) throw new Error(`${path}: metadata.adamw.step is ${meta.adamw.step}; this test takes one AdamW step from zero moments`);
+  if (meta.prediction !== 'epsilon')
+    throw new Error(
+      `${path}: metadata.prediction is '${meta.prediction}'; this test reproduces an epsilon-target step`,
+    );
+  if (!/mean squared error/.test(meta.loss))
+    throw new Error(`${path}: metadata.loss is '${meta.loss}'; this test reproduces the MSE mean`);
+  if (meta.adamw.step !== 1)
+    throw new Error(
+      `${path}: metadata.adamw.step is ${meta.adamw.step}; this test takes one AdamW step from zero moments`,
+    );
   // u(t) = min(t / T, 1), computed here, not by the code under test.
-  if (Math.min(meta.step / meta.ramp_T, 1) !== meta.u) throw new Error(`${path}: metadata.u ${meta.u} is not min(step / ramp_T, 1) = ${Math.min(meta.step / meta.ramp_T, 1)}`);
+  if (Math.min(meta.step / meta.ramp_T, 1) !== meta.u)
+    throw new Error(
+      `${path}: metadata.u ${meta.u} is not min(step / ramp_T, 1) = ${Math.min(meta.step / meta.ramp_T, 1)}`,
+    );
   return meta;
 }
 
 /** Every key one method's case needs. */
 function caseKeys(method: AdapterMethod, layers: readonly string[]): string[] {
-  const keys = ['inputs.latents', 'inputs.noise', 'inputs.encoder_hidden_states', 'inputs.timestep', `${method}.loss`, `${method}.grad_norm`];
-  for (const layer of layers) for (const [p] of PARAMS[method]) keys.push(`${method}.init.${layer}.${p}`, `${method}.grad.${layer}.${p}`, `${method}.after_adamw.${layer}.${p}`);
+  const keys = [
+    'inputs.latents',
+    'inputs.noise',
+    'inputs.encoder_hidden_states',
+    'inputs.timestep',
+    `${method}.loss`,
+    `${method}.grad_norm`,
+  ];
+  for (const layer of layers)
+    for (const [p] of PARAMS[method])
+      keys.push(`${method}.init.${layer}.${p}`, `${method}.grad.${layer}.${p}`, `${method}.after_adamw.${layer}.${p}`);
   return keys;
 }
 
@@ -132,7 +160,10 @@ for (const folder of parityFolders()) {
       cases = await Cases.open(folder, 'train_step_cases.safetensors');
       unet = await UNet2DConditionModel.load(join(folder, 'model', 'unet'));
       // DDPMScheduler.from_pretrained(model/scheduler), as the reference noised its latents.
-      scheduler = createScheduler('ddpm', await readSchedulerConfig(join(folder, 'model', 'scheduler', 'scheduler_config.json')));
+      scheduler = createScheduler(
+        'ddpm',
+        await readSchedulerConfig(join(folder, 'model', 'scheduler', 'scheduler_config.json')),
+      );
       expect(scheduler.config.prediction_type, 'model/scheduler prediction_type').toBe('epsilon');
     });
     afterAll(async () => {
@@ -144,7 +175,13 @@ for (const folder of parityFolders()) {
     /** Skips, naming the keys, when the case file lacks some of this method's tensors. */
     const skipIfMissing = (ctx: { skip: (note?: string) => never }, method: AdapterMethod) => {
       const missing = caseKeys(method, meta.layers).filter((k) => !cases.has(k));
-      if (missing.length) ctx.skip(skipNote(folder, `${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ` (and ${missing.length - 3} more)` : ''} in train_step_cases.safetensors`));
+      if (missing.length)
+        ctx.skip(
+          skipNote(
+            folder,
+            `${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ` (and ${missing.length - 3} more)` : ''} in train_step_cases.safetensors`,
+          ),
+        );
     };
 
     /**
@@ -173,22 +210,35 @@ for (const folder of parityFolders()) {
           for (const [p, ours] of PARAMS[method]) entry[ours] = (await cases.get(`${method}.init.${layer}.${p}`)).data;
           values.set(layer, entry);
         }
-        const adapters = AdapterSet.inject(unet, { method, rank: meta.rank, alpha: meta.alpha, rampSteps: meta.ramp_T, targets: meta.layers, initStd: 0 }, { values });
+        const adapters = AdapterSet.inject(
+          unet,
+          { method, rank: meta.rank, alpha: meta.alpha, rampSteps: meta.ramp_T, targets: meta.layers, initStd: 0 },
+          { values },
+        );
         const [beta1, beta2] = meta.adamw.betas;
-        const optimizer = new AdamW(adapters.variables(), { beta1, beta2, eps: meta.adamw.eps, weightDecay: meta.adamw.weight_decay });
+        const optimizer = new AdamW(adapters.variables(), {
+          beta1,
+          beta2,
+          eps: meta.adamw.eps,
+          weightDecay: meta.adamw.weight_decay,
+        });
         try {
           expect(adapters.size, 'adapted layers').toBe(meta.layers.length);
           const named = new Map(adapters.namedTensors());
 
           const before = tf.memory().numTensors;
-          const result = await trainStep({ unet, scheduler, adapters, optimizer }, [{ latents, noise, timesteps, context }], {
-            step: meta.step,
-            lr: meta.adamw.lr,
-            maxGradNorm: meta.clip_grad_norm,
-            minSnrGamma: null,
-            priorLossWeight: 1,
-            returnGrads: true,
-          });
+          const result = await trainStep(
+            { unet, scheduler, adapters, optimizer },
+            [{ latents, noise, timesteps, context }],
+            {
+              step: meta.step,
+              lr: meta.adamw.lr,
+              maxGradNorm: meta.clip_grad_norm,
+              minSnrGamma: null,
+              priorLossWeight: 1,
+              returnGrads: true,
+            },
+          );
           expect(tf.memory().numTensors, 'tensors left behind by trainStep').toBe(before);
           expect(result.applied).toBe(true);
 
@@ -231,11 +281,15 @@ for (const folder of parityFolders()) {
                 let bound = PARAM_ABS;
                 if (Math.abs(gradRef.data[i]) < 10 * eps) {
                   illConditioned++;
-                  const m = Math.sign(g[i]) === Math.sign(gradRef.data[i]) ? Math.min(Math.abs(g[i]), Math.abs(gradRef.data[i])) : 0;
+                  const m =
+                    Math.sign(g[i]) === Math.sign(gradRef.data[i])
+                      ? Math.min(Math.abs(g[i]), Math.abs(gradRef.data[i]))
+                      : 0;
                   bound += (lr * eps * Math.abs(g[i] - gradRef.data[i])) / (m + eps) ** 2;
                 } else worstWellConditioned = Math.max(worstWellConditioned, d);
                 if (d > worstParam.abs) worstParam = { abs: d, name: `${name}[${i}]` };
-                if (!(d <= bound)) paramFailures.push(`${name}[${i}]: ${d.toExponential(2)} > ${bound.toExponential(2)}`);
+                if (!(d <= bound))
+                  paramFailures.push(`${name}[${i}]: ${d.toExponential(2)} > ${bound.toExponential(2)}`);
               }
             }
           }
@@ -248,7 +302,10 @@ for (const folder of parityFolders()) {
           expect(lossRel, `${method}.loss relative error`).toBeLessThanOrEqual(LOSS_REL);
           expect(gradFailures, `gradients beyond ${GRAD_REL_TO_MAX}·max|ref|`).toEqual([]);
           expect(normRel, `${method}.grad_norm relative error`).toBeLessThanOrEqual(NORM_REL);
-          expect(paramFailures.slice(0, 20), `parameters after the step beyond ${PARAM_ABS} (+ the gradient's share where |g| < 10 eps)`).toEqual([]);
+          expect(
+            paramFailures.slice(0, 20),
+            `parameters after the step beyond ${PARAM_ABS} (+ the gradient's share where |g| < 10 eps)`,
+          ).toEqual([]);
         } finally {
           optimizer.dispose();
           adapters.remove();
@@ -270,23 +327,41 @@ for (const folder of parityFolders()) {
             const init = await cases.get(`${method}.init.${layer}.${p}`);
             const grad = await cases.get(`${method}.grad.${layer}.${p}`);
             params.push(tf.variable(tf.tensor(init.data, init.shape, 'float32'), true));
-            grads.push(tf.tensor(grad.data.map((x) => x / c), grad.shape, 'float32'));
-            refs.push({ name: `${method}.after_adamw.${layer}.${p}`, data: (await cases.get(`${method}.after_adamw.${layer}.${p}`)).data });
+            grads.push(
+              tf.tensor(
+                grad.data.map((x) => x / c),
+                grad.shape,
+                'float32',
+              ),
+            );
+            refs.push({
+              name: `${method}.after_adamw.${layer}.${p}`,
+              data: (await cases.get(`${method}.after_adamw.${layer}.${p}`)).data,
+            });
           }
         }
         const [beta1, beta2] = meta.adamw.betas;
-        const optimizer = new AdamW(params, { beta1, beta2, eps: meta.adamw.eps, weightDecay: meta.adamw.weight_decay });
+        const optimizer = new AdamW(params, {
+          beta1,
+          beta2,
+          eps: meta.adamw.eps,
+          weightDecay: meta.adamw.weight_decay,
+        });
         try {
           const before = tf.memory().numTensors;
           const norm = await applyGradients(optimizer, grads, { lr: meta.adamw.lr, maxGradNorm: meta.clip_grad_norm });
           expect(tf.memory().numTensors, 'tensors left behind by applyGradients').toBe(before);
-          expect(Math.abs(norm - refNorm) / refNorm, 'norm of the reference gradient vs grad_norm').toBeLessThanOrEqual(NORM_REL);
+          expect(Math.abs(norm - refNorm) / refNorm, 'norm of the reference gradient vs grad_norm').toBeLessThanOrEqual(
+            NORM_REL,
+          );
           let worst = { abs: 0, name: '' };
           for (const [i, v] of params.entries()) {
             const d = maxAbsDiff((await v.data()) as Float32Array, refs[i].data);
             if (d.maxAbs > worst.abs) worst = { abs: d.maxAbs, name: refs[i].name };
           }
-          errors.push(`${method}: clip + AdamW from the reference gradient: worst param max|diff| ${worst.abs.toExponential(2)} (${worst.name})`);
+          errors.push(
+            `${method}: clip + AdamW from the reference gradient: worst param max|diff| ${worst.abs.toExponential(2)} (${worst.name})`,
+          );
           expect(worst.abs, `worst parameter after clip + AdamW (${worst.name})`).toBeLessThanOrEqual(PARAM_ABS);
         } finally {
           optimizer.dispose();

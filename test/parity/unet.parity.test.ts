@@ -33,7 +33,9 @@ async function compare(label: string, out: Tensor, cases: Cases, key: string): P
   const got = tf.tidy(() => tf.transpose(out, [0, 3, 1, 2]).dataSync());
   expect([...out.shape]).toEqual([ref.shape[0], ref.shape[2], ref.shape[3], ref.shape[1]]);
   const { maxAbs, maxRef, rel } = maxAbsDiff(got, ref.data);
-  console.log(`[parity wasm] ${label} ${key}: max|diff| ${maxAbs.toExponential(3)}, max|ref| ${maxRef.toFixed(4)}, diff/max|ref| ${rel.toExponential(3)}`);
+  console.log(
+    `[parity wasm] ${label} ${key}: max|diff| ${maxAbs.toExponential(3)}, max|ref| ${maxRef.toFixed(4)}, diff/max|ref| ${rel.toExponential(3)}`,
+  );
   expect(maxAbs).toBeLessThanOrEqual(TOL * maxRef);
 }
 
@@ -70,7 +72,8 @@ for (const folder of parityFolders()) {
     });
 
     it('unet.out_frac (float timesteps 500.5, 1.25)', async (ctx) => {
-      if (!ready || !cases.has('unet.out_frac') || !cases.has('unet.timestep_frac')) return ctx.skip(skipNote(folder, 'unet.out_frac / unet.timestep_frac case'));
+      if (!ready || !cases.has('unet.out_frac') || !cases.has('unet.timestep_frac'))
+        return ctx.skip(skipNote(folder, 'unet.out_frac / unet.timestep_frac case'));
       const t = await cases.get('unet.timestep_frac');
       const out = unet!.forward(sample, Array.from(t.data), context);
       await compare(label, out, cases, 'unet.out_frac');
@@ -86,7 +89,9 @@ for (const folder of parityFolders()) {
         attentionOptions.maxScoreElements = 4096; // forces row slices at every resolution
         const sliced = unet!.forward(sample, [999, 10], context);
         const { maxAbs, maxRef } = maxAbsDiff(sliced.dataSync(), whole.dataSync());
-        console.log(`[parity wasm] ${label} slicing on vs off: max|diff| ${maxAbs.toExponential(3)} (max|ref| ${maxRef.toFixed(4)})`);
+        console.log(
+          `[parity wasm] ${label} slicing on vs off: max|diff| ${maxAbs.toExponential(3)} (max|ref| ${maxRef.toFixed(4)})`,
+        );
         expect(maxAbs).toBeLessThanOrEqual(1e-5 * maxRef);
         tf.dispose([whole, sliced]);
       } finally {

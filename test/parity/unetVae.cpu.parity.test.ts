@@ -29,7 +29,9 @@ async function compare(label: string, out: Tensor, cases: Cases, key: string): P
   expect([...out.shape]).toEqual([ref.shape[0], ref.shape[2], ref.shape[3], ref.shape[1]]);
   const got = tf.tidy(() => tf.transpose(out, [0, 3, 1, 2]).dataSync());
   const { maxAbs, maxRef, rel } = maxAbsDiff(got, ref.data);
-  console.log(`[parity cpu] ${label} ${key}: max|diff| ${maxAbs.toExponential(3)}, max|ref| ${maxRef.toFixed(4)}, diff/max|ref| ${rel.toExponential(3)}`);
+  console.log(
+    `[parity cpu] ${label} ${key}: max|diff| ${maxAbs.toExponential(3)}, max|ref| ${maxRef.toFixed(4)}, diff/max|ref| ${rel.toExponential(3)}`,
+  );
   expect(maxAbs).toBeLessThanOrEqual(TOL * maxRef);
 }
 
@@ -46,7 +48,8 @@ for (const folder of parityFolders()) {
 
     it('unet.out', async (ctx) => {
       const modelDir = join(folder, 'model', 'unet');
-      if (!cases.has('unet.out') || !existsSync(modelDir)) return ctx.skip(skipNote(folder, 'unet.out case or model/unet'));
+      if (!cases.has('unet.out') || !existsSync(modelDir))
+        return ctx.skip(skipNote(folder, 'unet.out case or model/unet'));
       const unet = await UNet2DConditionModel.load(modelDir);
       const sample = await load(cases, 'unet.sample', true);
       const context = await load(cases, 'unet.encoder_hidden_states', false);
@@ -62,7 +65,8 @@ for (const folder of parityFolders()) {
 
     it('vae.decode.out', async (ctx) => {
       const modelDir = join(folder, 'model', 'vae');
-      if (!cases.has('vae.decode.out') || !existsSync(modelDir)) return ctx.skip(skipNote(folder, 'vae.decode case or model/vae'));
+      if (!cases.has('vae.decode.out') || !existsSync(modelDir))
+        return ctx.skip(skipNote(folder, 'vae.decode case or model/vae'));
       const vae = await AutoencoderKL.load(modelDir);
       const z = await load(cases, 'vae.decode.in', true);
       const out = vae.decode(z);

@@ -25,7 +25,9 @@ async function compare(label: string, out: Tensor, cases: Cases, key: string): P
   expect([...out.shape]).toEqual([ref.shape[0], ref.shape[2], ref.shape[3], ref.shape[1]]);
   const got = tf.tidy(() => tf.transpose(out, [0, 3, 1, 2]).dataSync());
   const { maxAbs, maxRef, rel } = maxAbsDiff(got, ref.data);
-  console.log(`[parity wasm] ${label} ${key}: max|diff| ${maxAbs.toExponential(3)}, max|ref| ${maxRef.toFixed(4)}, diff/max|ref| ${rel.toExponential(3)}`);
+  console.log(
+    `[parity wasm] ${label} ${key}: max|diff| ${maxAbs.toExponential(3)}, max|ref| ${maxRef.toFixed(4)}, diff/max|ref| ${rel.toExponential(3)}`,
+  );
   expect(maxAbs).toBeLessThanOrEqual(TOL * maxRef);
 }
 
@@ -49,7 +51,10 @@ for (const folder of parityFolders()) {
 
     it('vae.encode.mean / logvar / std (non-square input)', async (ctx) => {
       const keys = ['vae.encode.in', 'vae.encode.mean', 'vae.encode.logvar', 'vae.encode.std'];
-      if (!vae || !keys.every((k) => cases.has(k))) return ctx.skip(skipNote(folder, `${keys.filter((k) => !cases.has(k)).join(', ') || 'model/vae'} (vae.encode case)`));
+      if (!vae || !keys.every((k) => cases.has(k)))
+        return ctx.skip(
+          skipNote(folder, `${keys.filter((k) => !cases.has(k)).join(', ') || 'model/vae'} (vae.encode case)`),
+        );
       const x = await loadNHWC(cases, 'vae.encode.in');
       const { mean, logvar, std } = vae.encode(x);
       await compare(label, mean, cases, 'vae.encode.mean');
@@ -59,7 +64,8 @@ for (const folder of parityFolders()) {
     });
 
     it('vae.decode.out', async (ctx) => {
-      if (!vae || !cases.has('vae.decode.in') || !cases.has('vae.decode.out')) return ctx.skip(skipNote(folder, 'vae.decode case or model/vae'));
+      if (!vae || !cases.has('vae.decode.in') || !cases.has('vae.decode.out'))
+        return ctx.skip(skipNote(folder, 'vae.decode case or model/vae'));
       const z = await loadNHWC(cases, 'vae.decode.in');
       const out = vae.decode(z);
       await compare(label, out, cases, 'vae.decode.out');

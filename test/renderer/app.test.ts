@@ -8,7 +8,9 @@ import * as fx from './fixtures.ts';
 
 describe('App shell', () => {
   test('lists projects, opens the last one, and navigates between screens', async () => {
-    const { studio } = await startStudio({ 'photos.list': () => [fx.photo({ status: 'rejected', reason: 'No face found' })] });
+    const { studio } = await startStudio({
+      'photos.list': () => [fx.photo({ status: 'rejected', reason: 'No face found' })],
+    });
     render(App, { studio });
     expect((screen.getByTestId('project-select') as HTMLSelectElement).value).toBe('p1');
     await waitFor(() => expect(screen.getByTestId('photo-reason').textContent).toBe('No face found'));
@@ -22,7 +24,11 @@ describe('App shell', () => {
   });
 
   test('creating a project validates the name, then creates and opens it', async () => {
-    const created = fx.project({ id: 'p2', name: 'Mug', subject: { triggerToken: 'zwx', classWord: 'mug', type: 'object' } });
+    const created = fx.project({
+      id: 'p2',
+      name: 'Mug',
+      subject: { triggerToken: 'zwx', classWord: 'mug', type: 'object' },
+    });
     const { studio, transport } = await startStudio({
       'projects.list': () => [],
       'projects.create': () => created,
@@ -37,7 +43,11 @@ describe('App shell', () => {
 
     await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Mug' } });
     await fireEvent.click(screen.getByTestId('project-create'));
-    await waitFor(() => expect(transport.paramsOf('projects.create')).toEqual([{ name: 'Mug', classWord: 'person', triggerToken: 'sks', type: 'live', baseModel: '/models/sd15' }]));
+    await waitFor(() =>
+      expect(transport.paramsOf('projects.create')).toEqual([
+        { name: 'Mug', classWord: 'person', triggerToken: 'sks', type: 'live', baseModel: '/models/sd15' },
+      ]),
+    );
     await waitFor(() => expect(studio.projects.current?.id).toBe('p2'));
     expect(screen.queryByText('Welcome')).toBeNull();
   });
@@ -46,23 +56,36 @@ describe('App shell', () => {
     const created = fx.project({ id: 'p2', name: 'Mug', baseModel: '/elsewhere/sd15' });
     const { studio, transport } = await startStudio({
       'projects.list': () => [],
-      'models.bases': () => [fx.base({ path: '/models/tiny', name: 'tiny', native: 64, isDefault: false, source: 'models folder' }), fx.base({ path: '/hf/sd15', name: 'org/sd15', source: 'Hugging Face cache', isDefault: false })],
+      'models.bases': () => [
+        fx.base({ path: '/models/tiny', name: 'tiny', native: 64, isDefault: false, source: 'models folder' }),
+        fx.base({ path: '/hf/sd15', name: 'org/sd15', source: 'Hugging Face cache', isDefault: false }),
+      ],
       'projects.create': () => created,
       'projects.open': () => created,
     });
     render(App, { studio });
     await fireEvent.click(screen.getByTestId('project-new'));
     const select = screen.getByTestId('project-model') as HTMLSelectElement;
-    expect([...select.options].map((o) => o.textContent)).toEqual(['tiny (64 px, models folder)', 'org/sd15 (512 px, Hugging Face cache)', 'Add a model…']);
+    expect([...select.options].map((o) => o.textContent)).toEqual([
+      'tiny (64 px, models folder)',
+      'org/sd15 (512 px, Hugging Face cache)',
+      'Add a model…',
+    ]);
     expect(select.value).toBe('/models/tiny');
     await fireEvent.change(select, { target: { value: '(add)' } });
     await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Mug' } });
     await fireEvent.click(screen.getByTestId('project-create'));
-    expect(await screen.findByText('Choose the Stable Diffusion 1.5 model to train on, or enter its path')).toBeTruthy();
+    expect(
+      await screen.findByText('Choose the Stable Diffusion 1.5 model to train on, or enter its path'),
+    ).toBeTruthy();
     expect(transport.paramsOf('projects.create')).toHaveLength(0);
     await fireEvent.input(screen.getByTestId('project-model-path'), { target: { value: ' /elsewhere/sd15 ' } });
     await fireEvent.click(screen.getByTestId('project-create'));
-    await waitFor(() => expect(transport.paramsOf('projects.create')).toEqual([expect.objectContaining({ name: 'Mug', baseModel: '/elsewhere/sd15' })]));
+    await waitFor(() =>
+      expect(transport.paramsOf('projects.create')).toEqual([
+        expect.objectContaining({ name: 'Mug', baseModel: '/elsewhere/sd15' }),
+      ]),
+    );
   });
 
   test('shows the connection state and offers a retry while reconnecting; refetches after reconnecting', async () => {
@@ -81,12 +104,24 @@ describe('App shell', () => {
   test('the jobs indicator lists running jobs and cancels them', async () => {
     const { studio, transport } = await startStudio({ 'jobs.cancel': () => ({ cancelled: true }) });
     render(App, { studio });
-    transport.emit('job.updated', fx.job({ id: 'd1', kind: 'download', status: 'running', progress: { done: 50, total: 200, label: 'dino' } }));
+    transport.emit(
+      'job.updated',
+      fx.job({ id: 'd1', kind: 'download', status: 'running', progress: { done: 50, total: 200, label: 'dino' } }),
+    );
     const indicator = screen.getByTestId('jobs-indicator');
     await waitFor(() => expect(indicator.textContent).toContain('Jobs (1 running)'));
     expect(within(indicator).getByTestId('job-row').textContent).toContain('dino — 25%');
-    transport.emit('job.updated', fx.job({ id: 't1', kind: 'train', projectId: 'p1', runId: 'r7', status: 'cancelled' }));
-    await waitFor(() => expect(within(indicator).getAllByTestId('job-owner').map((o) => o.textContent)).toContain(`${fx.project().name} · run r7`));
+    transport.emit(
+      'job.updated',
+      fx.job({ id: 't1', kind: 'train', projectId: 'p1', runId: 'r7', status: 'cancelled' }),
+    );
+    await waitFor(() =>
+      expect(
+        within(indicator)
+          .getAllByTestId('job-owner')
+          .map((o) => o.textContent),
+      ).toContain(`${fx.project().name} · run r7`),
+    );
     await fireEvent.click(within(indicator).getByRole('button', { name: 'Cancel download job d1' }));
     await waitFor(() => expect(transport.paramsOf('jobs.cancel')).toEqual([{ jobId: 'd1' }]));
   });
@@ -98,8 +133,12 @@ describe('App shell', () => {
       },
     });
     render(App, { studio });
-    await waitFor(() => expect(screen.getByTestId('toast-error').textContent).toContain('List photos failed: token expired'));
-    expect(screen.getByTestId('toast-error').textContent).toContain('open the link that `singlora serve` printed again');
+    await waitFor(() =>
+      expect(screen.getByTestId('toast-error').textContent).toContain('List photos failed: token expired'),
+    );
+    expect(screen.getByTestId('toast-error').textContent).toContain(
+      'open the link that `singlora serve` printed again',
+    );
     await fireEvent.click(within(screen.getByTestId('toast-error')).getByRole('button', { name: 'Dismiss' }));
     expect(screen.queryByTestId('toast-error')).toBeNull();
   });
@@ -107,7 +146,12 @@ describe('App shell', () => {
   test('in the desktop app the model path can come from the native file dialog (desktop.pickBaseModel)', async () => {
     const created = fx.project({ id: 'p2', name: 'Mug', baseModel: '/picked/sd15.safetensors' });
     const { studio, transport } = await startStudio(
-      { 'projects.list': () => [], 'desktop.pickBaseModel': (p) => ({ path: p.kind === 'file' ? '/picked/sd15.safetensors' : null }), 'projects.create': () => created, 'projects.open': () => created },
+      {
+        'projects.list': () => [],
+        'desktop.pickBaseModel': (p) => ({ path: p.kind === 'file' ? '/picked/sd15.safetensors' : null }),
+        'projects.create': () => created,
+        'projects.open': () => created,
+      },
       {},
       'electron',
     );
@@ -115,9 +159,15 @@ describe('App shell', () => {
     await fireEvent.click(screen.getByTestId('project-new'));
     await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Mug' } });
     await fireEvent.click(screen.getByTestId('project-model-browse-file'));
-    await waitFor(() => expect((screen.getByTestId('project-model-path') as HTMLInputElement).value).toBe('/picked/sd15.safetensors'));
+    await waitFor(() =>
+      expect((screen.getByTestId('project-model-path') as HTMLInputElement).value).toBe('/picked/sd15.safetensors'),
+    );
     await fireEvent.click(screen.getByTestId('project-create'));
-    await waitFor(() => expect(transport.paramsOf('projects.create')).toEqual([expect.objectContaining({ baseModel: '/picked/sd15.safetensors' })]));
+    await waitFor(() =>
+      expect(transport.paramsOf('projects.create')).toEqual([
+        expect.objectContaining({ baseModel: '/picked/sd15.safetensors' }),
+      ]),
+    );
     expect(transport.paramsOf('desktop.pickBaseModel')).toEqual([{ kind: 'file' }]);
   });
 
@@ -136,7 +186,13 @@ describe('App shell', () => {
     await waitFor(() => expect(screen.getAllByTestId('toast-error')).toHaveLength(1));
     expect(screen.getByTestId('toast-count').textContent).toBe('(×2)');
     for (const m of ['a', 'b', 'c']) studio.notify.error('Other', new Error(m));
-    await waitFor(() => expect(screen.getAllByTestId('toast-error').map((t) => t.textContent)).toEqual([expect.stringContaining('a'), expect.stringContaining('b'), expect.stringContaining('c')]));
+    await waitFor(() =>
+      expect(screen.getAllByTestId('toast-error').map((t) => t.textContent)).toEqual([
+        expect.stringContaining('a'),
+        expect.stringContaining('b'),
+        expect.stringContaining('c'),
+      ]),
+    );
   });
 
   test('a missing or wrong token: one screen that says to open the printed link, no toasts', async () => {
@@ -144,7 +200,9 @@ describe('App shell', () => {
     render(App, { studio });
     studio.notify.error('List photos', new ApiError('unauthorized', 'missing or wrong token'));
     transport.setConnection({ status: 'unauthorized' });
-    await waitFor(() => expect(screen.getByTestId('token-screen').textContent).toContain('Open the link printed by singlora serve'));
+    await waitFor(() =>
+      expect(screen.getByTestId('token-screen').textContent).toContain('Open the link printed by singlora serve'),
+    );
     expect(screen.queryByTestId('toast-error')).toBeNull();
     expect(screen.queryByTestId('project-select')).toBeNull();
     studio.notify.error('List projects', new ApiError('unauthorized', 'missing or wrong token'));

@@ -7,7 +7,11 @@ import { startStudio, type Handlers } from './fakes.ts';
 import * as fx from './fixtures.ts';
 
 async function renderEvaluate(handlers: Handlers) {
-  const ctx = await startStudio({ 'training.runs': () => [fx.run({ id: 'r1' })], 'training.status': () => fx.manifest(), ...handlers });
+  const ctx = await startStudio({
+    'training.runs': () => [fx.run({ id: 'r1' })],
+    'training.status': () => fx.manifest(),
+    ...handlers,
+  });
   render(EvaluateScreen, { evaluation: ctx.studio.evaluation, runs: ctx.studio.training.runs, preferredRunId: null });
   return ctx;
 }
@@ -22,22 +26,38 @@ describe('Evaluate screen', () => {
     expect(rows['600'].dataset.best).toBe('true');
     expect(rows['200'].dataset.best).toBe('false');
     expect(rows['400'].dataset.best).toBe('false');
-    const cells = within(rows['400']).getAllByRole('cell').map((c) => c.textContent?.trim());
+    const cells = within(rows['400'])
+      .getAllByRole('cell')
+      .map((c) => c.textContent?.trim());
     expect(cells.slice(0, 4)).toEqual(['Step 400', '0.5800', '0.2800', '4']);
     expect(within(screen.getByTestId('score-baseline')).getAllByRole('cell')[1].textContent).toBe('0.2100');
-    expect(screen.getByTestId('eval-rule').textContent).toBe('Rule: highest DINO among checkpoints whose CLIP-T stays within 0.05 of the base model');
+    expect(screen.getByTestId('eval-rule').textContent).toBe(
+      'Rule: highest DINO among checkpoints whose CLIP-T stays within 0.05 of the base model',
+    );
     expect(screen.getByTestId('score-chart').textContent).toMatch(/base model.*0\.210.*chosen: step 600/);
   });
 
-  test("a toy-model evaluation names its score (toy fidelity, not DINO), and the check says so before the click", async () => {
+  test('a toy-model evaluation names its score (toy fidelity, not DINO), and the check says so before the click', async () => {
     await renderEvaluate({
       'evaluation.get': () => fx.evaluation({ metric: 'toy' }),
-      'evaluation.check': () => ({ ready: true, dino: null, bundled: false, metric: 'toy', message: "no DINO installed: the toy model is scored with the toy world's own subject fidelity" }),
+      'evaluation.check': () => ({
+        ready: true,
+        dino: null,
+        bundled: false,
+        metric: 'toy',
+        message: "no DINO installed: the toy model is scored with the toy world's own subject fidelity",
+      }),
     });
     await waitFor(() => expect(screen.getAllByTestId('score-row')).toHaveLength(3));
     expect(within(screen.getByTestId('score-table')).getAllByRole('columnheader')[1].textContent).toBe('Toy fidelity');
-    expect(screen.getByTestId('score-chart').textContent).toMatch(/^\s*Toy fidelity and CLIP-T for each checkpoint.*0\.2100 Toy fidelity\)/s);
-    await waitFor(() => expect(screen.getByTestId('eval-toy').textContent).toContain("Offline: no DINO installed: the toy model is scored with the toy world's own subject fidelity"));
+    expect(screen.getByTestId('score-chart').textContent).toMatch(
+      /^\s*Toy fidelity and CLIP-T for each checkpoint.*0\.2100 Toy fidelity\)/s,
+    );
+    await waitFor(() =>
+      expect(screen.getByTestId('eval-toy').textContent).toContain(
+        "Offline: no DINO installed: the toy model is scored with the toy world's own subject fidelity",
+      ),
+    );
     expect((screen.getByTestId('evaluate-button') as HTMLButtonElement).disabled).toBe(false);
   });
 
@@ -63,10 +83,14 @@ describe('Evaluate screen', () => {
     });
     await screen.findByTestId('eval-empty');
     await fireEvent.click(screen.getByTestId('evaluate-button'));
-    await waitFor(() => expect(transport.paramsOf('evaluation.start')).toEqual([{ projectId: 'p1', runId: 'r1', checkpoints: 'all' }]));
+    await waitFor(() =>
+      expect(transport.paramsOf('evaluation.start')).toEqual([{ projectId: 'p1', runId: 'r1', checkpoints: 'all' }]),
+    );
 
     transport.emit('evaluation.progress', { jobId: 'e1', done: 3, total: 12, label: 'checkpoint step 200' });
-    await waitFor(() => expect(screen.getByTestId('eval-progress').textContent).toContain('checkpoint step 200 · 3/12'));
+    await waitFor(() =>
+      expect(screen.getByTestId('eval-progress').textContent).toContain('checkpoint step 200 · 3/12'),
+    );
     transport.emit('evaluation.progress', { jobId: 'other', done: 11, total: 12, label: 'not ours' });
     expect(screen.getByTestId('eval-progress').textContent).toContain('3/12');
 
@@ -80,9 +104,22 @@ describe('Evaluate screen', () => {
     let ready = false;
     const { transport } = await renderEvaluate({
       'evaluation.get': () => null,
-      'evaluation.check': () => (ready ? { ready: true, dino: '/m/dino/model.onnx', bundled: false, message: null } : { ready: false, dino: null, bundled: false, message: 'DINO model not found: place model.onnx at /m/dino/model.onnx or run `singlora models download dino`' }),
+      'evaluation.check': () =>
+        ready
+          ? { ready: true, dino: '/m/dino/model.onnx', bundled: false, message: null }
+          : {
+              ready: false,
+              dino: null,
+              bundled: false,
+              message:
+                'DINO model not found: place model.onnx at /m/dino/model.onnx or run `singlora models download dino`',
+            },
     });
-    await waitFor(() => expect(screen.getByTestId('eval-needs').textContent).toContain('DINO is missing. DINO model not found: place model.onnx at /m/dino/model.onnx'));
+    await waitFor(() =>
+      expect(screen.getByTestId('eval-needs').textContent).toContain(
+        'DINO is missing. DINO model not found: place model.onnx at /m/dino/model.onnx',
+      ),
+    );
     expect((screen.getByTestId('evaluate-button') as HTMLButtonElement).disabled).toBe(true);
     ready = true;
     await fireEvent.click(screen.getByTestId('eval-recheck'));
@@ -110,23 +147,36 @@ describe('Evaluate screen', () => {
   });
 
   test('while it runs: an ETA from the pace so far, and Cancel turns into "Cancelling…" at once', async () => {
-    const { transport, studio } = await renderEvaluate({ 'evaluation.get': () => null, 'evaluation.start': () => ({ jobId: 'e3' }), 'jobs.cancel': () => ({ cancelled: true }) });
+    const { transport, studio } = await renderEvaluate({
+      'evaluation.get': () => null,
+      'evaluation.start': () => ({ jobId: 'e3' }),
+      'jobs.cancel': () => ({ cancelled: true }),
+    });
     await screen.findByTestId('eval-empty');
     await fireEvent.click(screen.getByTestId('evaluate-button'));
     await waitFor(() => expect(studio.evaluation.running).toBe(true));
     transport.emit('evaluation.progress', { jobId: 'e3', done: 2, total: 6, label: 'step 3' });
-    await waitFor(() => expect(screen.getByTestId('eval-progress').textContent).toMatch(/step 3 · 2\/6 images · about \d+ s left/));
+    await waitFor(() =>
+      expect(screen.getByTestId('eval-progress').textContent).toMatch(/step 3 · 2\/6 images · about \d+ s left/),
+    );
     await fireEvent.click(screen.getByTestId('eval-cancel'));
     expect(screen.getByTestId('eval-cancel').textContent).toBe('Cancelling…');
     await waitFor(() => expect(transport.paramsOf('jobs.cancel')).toEqual([{ jobId: 'e3' }]));
   });
 
   test('a quick check is asked for with quick: true', async () => {
-    const { transport } = await renderEvaluate({ 'evaluation.get': () => null, 'evaluation.start': () => ({ jobId: 'e2' }) });
+    const { transport } = await renderEvaluate({
+      'evaluation.get': () => null,
+      'evaluation.start': () => ({ jobId: 'e2' }),
+    });
     await screen.findByTestId('eval-empty');
     await fireEvent.change(screen.getByTestId('eval-scope'), { target: { value: 'quick' } });
     await fireEvent.click(screen.getByTestId('evaluate-button'));
-    await waitFor(() => expect(transport.paramsOf('evaluation.start')).toEqual([{ projectId: 'p1', runId: 'r1', checkpoints: 'all', quick: true }]));
+    await waitFor(() =>
+      expect(transport.paramsOf('evaluation.start')).toEqual([
+        { projectId: 'p1', runId: 'r1', checkpoints: 'all', quick: true },
+      ]),
+    );
     expect((screen.getByTestId('eval-scope') as HTMLSelectElement).disabled).toBe(true); // while it runs
   });
 
@@ -138,7 +188,11 @@ describe('Evaluate screen', () => {
   });
 
   test('a table without CLIP-T has no CLIP-T column', async () => {
-    const e = fx.evaluation({ baseline: { step: null, dino: 0.2, clipT: null, images: 4 }, rows: [{ step: 100, dino: 0.5, clipT: null, images: 4 }], best: 100 });
+    const e = fx.evaluation({
+      baseline: { step: null, dino: 0.2, clipT: null, images: 4 },
+      rows: [{ step: 100, dino: 0.5, clipT: null, images: 4 }],
+      best: 100,
+    });
     await renderEvaluate({ 'evaluation.get': () => e });
     await waitFor(() => screen.getAllByTestId('score-row'));
     expect(screen.queryByRole('columnheader', { name: 'CLIP-T' })).toBeNull();

@@ -7,10 +7,17 @@ import { startStudio, type Handlers } from './fakes.ts';
 import * as fx from './fixtures.ts';
 
 async function renderExport(handlers: Handlers = {}) {
-  const ctx = await startStudio({ 'training.runs': () => [fx.run({ id: 'r1', best: 600 })], 'training.status': () => fx.manifest(), ...handlers });
+  const ctx = await startStudio({
+    'training.runs': () => [fx.run({ id: 'r1', best: 600 })],
+    'training.status': () => fx.manifest(),
+    ...handlers,
+  });
   await waitFor(() => expect(ctx.transport.paramsOf('training.runs').length).toBeGreaterThan(0));
   await new Promise((r) => setTimeout(r, 0)); // let the runs answer land
-  render(ExportScreen, { exporting: ctx.studio.exporting, adapterOptions: adapterOptions(ctx.studio.training.runs, ctx.studio.adapters.files) });
+  render(ExportScreen, {
+    exporting: ctx.studio.exporting,
+    adapterOptions: adapterOptions(ctx.studio.training.runs, ctx.studio.adapters.files),
+  });
   return ctx;
 }
 
@@ -24,11 +31,28 @@ describe('Export screen', () => {
     await fireEvent.click(screen.getByTestId('export-button'));
 
     await waitFor(() => expect(transport.paramsOf('adapters.export')).toHaveLength(1));
-    expect(transport.paramsOf('adapters.export')[0]).toEqual({ projectId: 'p1', adapter: { runId: 'r1', step: null }, format: 'merged-single-file', outPath: 'adapters/dog.safetensors' });
+    expect(transport.paramsOf('adapters.export')[0]).toEqual({
+      projectId: 'p1',
+      adapter: { runId: 'r1', step: null },
+      format: 'merged-single-file',
+      outPath: 'adapters/dog.safetensors',
+    });
 
-    transport.emit('job.updated', fx.job({ id: 'x1', kind: 'export', status: 'running', progress: { done: 1, total: 3, label: 'merging unet' } }));
+    transport.emit(
+      'job.updated',
+      fx.job({ id: 'x1', kind: 'export', status: 'running', progress: { done: 1, total: 3, label: 'merging unet' } }),
+    );
     await waitFor(() => expect(screen.getByTestId('export-progress').textContent).toContain('merging unet'));
-    transport.emit('job.updated', fx.job({ id: 'x1', kind: 'export', status: 'done', progress: { done: 3, total: 3, label: 'adapters/dog.safetensors' }, result: { path: 'adapters/dog.safetensors', url: '/files/p1/adapters/dog.safetensors' } }));
+    transport.emit(
+      'job.updated',
+      fx.job({
+        id: 'x1',
+        kind: 'export',
+        status: 'done',
+        progress: { done: 3, total: 3, label: 'adapters/dog.safetensors' },
+        result: { path: 'adapters/dog.safetensors', url: '/files/p1/adapters/dog.safetensors' },
+      }),
+    );
     await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe('adapters/dog.safetensors'));
     // The file downloads from the URL the job gave (with the token in the browser).
     const link = screen.getByTestId('export-download') as HTMLAnchorElement;
@@ -41,43 +65,88 @@ describe('Export screen', () => {
     expect((screen.getByTestId('export-format') as HTMLSelectElement).value).toBe('kohya');
     await fireEvent.change(screen.getByTestId('export-adapter'), { target: { value: 'run:r1' } });
     await fireEvent.click(screen.getByTestId('export-button'));
-    await waitFor(() => expect(transport.paramsOf('adapters.export')).toEqual([{ projectId: 'p1', adapter: { runId: 'r1', step: null }, format: 'kohya' }]));
+    await waitFor(() =>
+      expect(transport.paramsOf('adapters.export')).toEqual([
+        { projectId: 'p1', adapter: { runId: 'r1', step: null }, format: 'kohya' },
+      ]),
+    );
     transport.emit('job.updated', fx.job({ id: 'x2', kind: 'export', status: 'done' }));
-    await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe("the project's adapters/ folder"));
+    await waitFor(() =>
+      expect(screen.getByTestId('export-result-path').textContent).toBe("the project's adapters/ folder"),
+    );
     expect(screen.queryByTestId('export-download')).toBeNull(); // no URL, no link
     expect(screen.queryByTestId('export-reveal')).toBeNull(); // a browser cannot open folders
   });
 
   test('in the desktop app the result has "Show in folder" (desktop.reveal with the written path)', async () => {
-    const ctx = await startStudio({ 'training.runs': () => [fx.run({ id: 'r1', best: 600 })], 'training.status': () => fx.manifest(), 'adapters.export': () => ({ jobId: 'x5' }), 'desktop.reveal': () => ({ revealed: true }) }, {}, 'electron');
+    const ctx = await startStudio(
+      {
+        'training.runs': () => [fx.run({ id: 'r1', best: 600 })],
+        'training.status': () => fx.manifest(),
+        'adapters.export': () => ({ jobId: 'x5' }),
+        'desktop.reveal': () => ({ revealed: true }),
+      },
+      {},
+      'electron',
+    );
     await waitFor(() => expect(ctx.transport.paramsOf('training.runs').length).toBeGreaterThan(0));
     await new Promise((r) => setTimeout(r, 0));
-    render(ExportScreen, { exporting: ctx.studio.exporting, adapterOptions: adapterOptions(ctx.studio.training.runs, ctx.studio.adapters.files) });
+    render(ExportScreen, {
+      exporting: ctx.studio.exporting,
+      adapterOptions: adapterOptions(ctx.studio.training.runs, ctx.studio.adapters.files),
+    });
     await fireEvent.change(screen.getByTestId('export-adapter'), { target: { value: 'run:r1' } });
     await fireEvent.click(screen.getByTestId('export-button'));
     await waitFor(() => expect(ctx.transport.paramsOf('adapters.export')).toHaveLength(1));
-    ctx.transport.emit('job.updated', fx.job({ id: 'x5', kind: 'export', status: 'done', result: { path: 'adapters/dog.safetensors', url: '/files/p1/adapters/dog.safetensors' } }));
+    ctx.transport.emit(
+      'job.updated',
+      fx.job({
+        id: 'x5',
+        kind: 'export',
+        status: 'done',
+        result: { path: 'adapters/dog.safetensors', url: '/files/p1/adapters/dog.safetensors' },
+      }),
+    );
     await fireEvent.click(await screen.findByTestId('export-reveal'));
-    await waitFor(() => expect(ctx.transport.paramsOf('desktop.reveal')).toEqual([{ projectId: 'p1', file: 'adapters/dog.safetensors' }]));
+    await waitFor(() =>
+      expect(ctx.transport.paramsOf('desktop.reveal')).toEqual([{ projectId: 'p1', file: 'adapters/dog.safetensors' }]),
+    );
   });
 
   test('a merged diffusers folder downloads as one .tar', async () => {
     const { transport } = await renderExport({ 'adapters.export': () => ({ jobId: 'x4' }) });
     await fireEvent.change(screen.getByTestId('export-adapter'), { target: { value: 'run:r1' } });
     await fireEvent.change(screen.getByTestId('export-format'), { target: { value: 'merged-diffusers' } });
-    expect(screen.getByTestId('export-format-info').textContent).toMatch(/VAE, text encoder, tokenizer and scheduler copied.*Downloads as one \.tar file/);
+    expect(screen.getByTestId('export-format-info').textContent).toMatch(
+      /VAE, text encoder, tokenizer and scheduler copied.*Downloads as one \.tar file/,
+    );
     await fireEvent.click(screen.getByTestId('export-button'));
     await waitFor(() => expect(transport.paramsOf('adapters.export')).toHaveLength(1));
-    transport.emit('job.updated', fx.job({ id: 'x4', kind: 'export', status: 'done', result: { path: 'adapters/p1-r1-merged-diffusers', url: '/files/p1/adapters/p1-r1-merged-diffusers.tar' } }));
+    transport.emit(
+      'job.updated',
+      fx.job({
+        id: 'x4',
+        kind: 'export',
+        status: 'done',
+        result: { path: 'adapters/p1-r1-merged-diffusers', url: '/files/p1/adapters/p1-r1-merged-diffusers.tar' },
+      }),
+    );
     const link = (await screen.findByTestId('export-download')) as HTMLAnchorElement;
-    expect([link.getAttribute('href'), link.getAttribute('download'), link.textContent]).toEqual(['/files/p1/adapters/p1-r1-merged-diffusers.tar?token=t', 'p1-r1-merged-diffusers.tar', 'Download (.tar)']);
+    expect([link.getAttribute('href'), link.getAttribute('download'), link.textContent]).toEqual([
+      '/files/p1/adapters/p1-r1-merged-diffusers.tar?token=t',
+      'p1-r1-merged-diffusers.tar',
+      'Download (.tar)',
+    ]);
   });
 
   test('an export that finished before its call returned still shows its result', async () => {
     let transportRef: import('./fakes.ts').FakeTransport;
     const ctx = await renderExport({
       'adapters.export': () => {
-        transportRef.emit('job.updated', fx.job({ id: 'x3', kind: 'export', status: 'done', result: { path: 'adapters/a.safetensors' } }));
+        transportRef.emit(
+          'job.updated',
+          fx.job({ id: 'x3', kind: 'export', status: 'done', result: { path: 'adapters/a.safetensors' } }),
+        );
         return { jobId: 'x3' };
       },
     });

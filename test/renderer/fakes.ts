@@ -3,7 +3,14 @@
  * with per-method handlers, and pushes events on demand. Everything above it (typed client,
  * contract validation, event hub, services, components) is the real code.
  */
-import { ApiError, type EventData, type EventName, type Method, type Params, type Result } from '../../src-main/api/contract.ts';
+import {
+  ApiError,
+  type EventData,
+  type EventName,
+  type Method,
+  type Params,
+  type Result,
+} from '../../src-main/api/contract.ts';
 import type { ConnectionState, Transport } from '../../src-renderer/lib/transport/types.ts';
 import { createStudio, type StudioOptions } from '../../src-renderer/lib/studio.svelte.ts';
 import * as fx from './fixtures.ts';
@@ -72,7 +79,11 @@ export function baseHandlers(project = fx.project()): Handlers {
   return {
     'projects.list': () => [fx.projectSummary(project)],
     'projects.open': () => project,
-    'projects.update': (p) => ({ ...project, ...(p.name ? { name: p.name } : {}), subject: { ...project.subject, ...p.subject } }),
+    'projects.update': (p) => ({
+      ...project,
+      ...(p.name ? { name: p.name } : {}),
+      subject: { ...project.subject, ...p.subject },
+    }),
     'photos.list': () => [],
     'training.runs': () => [],
     'adapters.list': () => [],
@@ -88,7 +99,11 @@ export function baseHandlers(project = fx.project()): Handlers {
 }
 
 /** A studio over a fake transport, started (project open, first data loaded). */
-export async function startStudio(handlers: Handlers = {}, opts: StudioOptions = {}, kind: FakeTransport['kind'] = 'http') {
+export async function startStudio(
+  handlers: Handlers = {},
+  opts: StudioOptions = {},
+  kind: FakeTransport['kind'] = 'http',
+) {
   const transport = new FakeTransport({ ...baseHandlers(), ...handlers });
   transport.kind = kind;
   const studio = createStudio(transport, { validate: true, toastMs: 0, ...opts });

@@ -1,5 +1,14 @@
 /** Contract-valid objects for renderer tests (the studio validates every result against the contract). */
-import type { BaseModelInfo, GeneratedImageInfo, Job, Photo, Project, ProjectSummary, Result, RunStatusInfo } from '../../src-main/api/contract.ts';
+import type {
+  BaseModelInfo,
+  GeneratedImageInfo,
+  Job,
+  Photo,
+  Project,
+  ProjectSummary,
+  Result,
+  RunStatusInfo,
+} from '../../src-main/api/contract.ts';
 import { trainSettingsSchema, type Evaluation, type TrainEvent } from '../../src-main/api/schemas.ts';
 
 const T = '2025-01-01T00:00:00.000Z';
@@ -19,18 +28,48 @@ export function project(over: Partial<Project> = {}): Project {
 }
 
 export function projectSummary(p: Project): ProjectSummary {
-  return { id: p.id, name: p.name, createdAt: p.createdAt, updatedAt: p.updatedAt, subject: p.subject, photos: 0, runs: 0 };
+  return {
+    id: p.id,
+    name: p.name,
+    createdAt: p.createdAt,
+    updatedAt: p.updatedAt,
+    subject: p.subject,
+    photos: 0,
+    runs: 0,
+  };
 }
 
 /** A photo of project p1; its URL follows its file unless given. */
 export function photo(over: Partial<Photo> = {}): Photo {
   const file = over.file ?? 'photos/0001.jpg';
-  return { id: 'ph1', file, originalName: 'dog1.jpg', status: 'ok', reason: null, width: 1024, height: 768, bytes: 210_000, url: `/files/p1/${file}`, ...over };
+  return {
+    id: 'ph1',
+    file,
+    originalName: 'dog1.jpg',
+    status: 'ok',
+    reason: null,
+    width: 1024,
+    height: 768,
+    bytes: 210_000,
+    url: `/files/p1/${file}`,
+    ...over,
+  };
 }
 
 export type RunSummary = Result<'training.runs'>[number];
 export function run(over: Partial<RunSummary> = {}): RunSummary {
-  return { id: 'r1', createdAt: T, updatedAt: T, status: 'completed', step: 800, error: null, steps: 800, method: 'singlora', best: null, ...over };
+  return {
+    id: 'r1',
+    createdAt: T,
+    updatedAt: T,
+    status: 'completed',
+    step: 800,
+    error: null,
+    steps: 800,
+    method: 'singlora',
+    best: null,
+    ...over,
+  };
 }
 
 /** A run as `training.status` returns it (samples carry their URLs). */
@@ -56,8 +95,24 @@ export function manifest(over: Partial<RunStatusInfo> = {}): RunStatusInfo {
   };
 }
 
-export function stepEvent(step: number, steps: number, over: Partial<Extract<TrainEvent, { event: 'step' }>> = {}): Extract<TrainEvent, { event: 'step' }> {
-  return { event: 'step', step, steps, loss: 0.12, smoothed: 0.11, lr: 1e-4, u: 1, its: 2.5, eta_s: 95, memory: { rssMb: 900, tensors: 100, tensorMb: 300 }, ...over };
+export function stepEvent(
+  step: number,
+  steps: number,
+  over: Partial<Extract<TrainEvent, { event: 'step' }>> = {},
+): Extract<TrainEvent, { event: 'step' }> {
+  return {
+    event: 'step',
+    step,
+    steps,
+    loss: 0.12,
+    smoothed: 0.11,
+    lr: 1e-4,
+    u: 1,
+    its: 2.5,
+    eta_s: 95,
+    memory: { rssMb: 900, tensors: 100, tensorMb: 300 },
+    ...over,
+  };
 }
 
 export function evaluation(over: Partial<Evaluation> = {}): Evaluation {
@@ -84,10 +139,22 @@ export function generatedImage(over: Partial<GeneratedImageInfo> = {}): Generate
     schemaVersion: 1,
     file: 'images/0001.png',
     createdAt: T,
-    settings: { prompt: 'a photo of sks dog on a beach', negativePrompt: '', steps: 25, guidanceScale: 7.5, scheduler: 'dpmpp-2m-karras', seed: 1234, width: 512, height: 512, count: 1, clipSkip: 0 },
+    settings: {
+      prompt: 'a photo of sks dog on a beach',
+      negativePrompt: '',
+      steps: 25,
+      guidanceScale: 7.5,
+      scheduler: 'dpmpp-2m-karras',
+      seed: 1234,
+      width: 512,
+      height: 512,
+      count: 1,
+      clipSkip: 0,
+    },
     baseModel: { path: '/models/sd15', name: 'sd15', unetSha256: 'abc' },
     adapters: [{ file: 'runs/r1/checkpoints/step-000600/adapter.safetensors', sha256: 'def', strength: 1 }],
-    parameters: 'a photo of sks dog on a beach\nSteps: 25, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 1234, Size: 512x512',
+    parameters:
+      'a photo of sks dog on a beach\nSteps: 25, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 1234, Size: 512x512',
     backend: 'tensorflow',
     ms: 4200,
     url: '/files/p1/images/0001.png',
@@ -96,11 +163,27 @@ export function generatedImage(over: Partial<GeneratedImageInfo> = {}): Generate
 }
 
 export function job(over: Partial<Job> = {}): Job {
-  return { id: 'j1', kind: 'train', projectId: 'p1', runId: null, status: 'running', createdAt: T, error: null, progress: null, ...over };
+  return {
+    id: 'j1',
+    kind: 'train',
+    projectId: 'p1',
+    runId: null,
+    status: 'running',
+    createdAt: T,
+    error: null,
+    progress: null,
+    ...over,
+  };
 }
 
 export function info(): Result<'system.info'> {
-  return { version: '0.1.0', projectsDir: '/home/u/SingLoRA/projects', modelsDir: '/home/u/SingLoRA/models', defaultBaseModel: '/home/u/SingLoRA/models/sd15', demoModel: false };
+  return {
+    version: '0.1.0',
+    projectsDir: '/home/u/SingLoRA/projects',
+    modelsDir: '/home/u/SingLoRA/models',
+    defaultBaseModel: '/home/u/SingLoRA/models/sd15',
+    demoModel: false,
+  };
 }
 
 export function doctor(selected: string): Result<'system.doctor'> {
@@ -109,10 +192,19 @@ export function doctor(selected: string): Result<'system.doctor'> {
     platform: 'linux-x64',
     providers: [
       { name: 'cpu', available: true, detail: 'MLAS, all cores' },
-      { name: 'cuda', available: selected === 'tensorflow', detail: selected === 'tensorflow' ? 'started' : 'not in this onnxruntime-node build' },
+      {
+        name: 'cuda',
+        available: selected === 'tensorflow',
+        detail: selected === 'tensorflow' ? 'started' : 'not in this onnxruntime-node build',
+      },
     ],
     backends: [
-      { name: 'tensorflow', available: selected === 'tensorflow', reason: selected === 'tensorflow' ? undefined : 'libcudnn.so.8 not found', device: selected === 'tensorflow' ? 'NVIDIA RTX 4090' : undefined },
+      {
+        name: 'tensorflow',
+        available: selected === 'tensorflow',
+        reason: selected === 'tensorflow' ? undefined : 'libcudnn.so.8 not found',
+        device: selected === 'tensorflow' ? 'NVIDIA RTX 4090' : undefined,
+      },
       { name: 'webgpu', available: false, reason: 'no adapter' },
       { name: 'wasm', available: true, device: 'WebAssembly' },
       { name: 'cpu', available: true, device: 'JavaScript' },

@@ -11,7 +11,19 @@ async function renderGenerate(handlers: Handlers = {}, clipboard: Pick<Clipboard
     {
       'training.runs': () => [fx.run({ id: 'r1', best: 600 })],
       'training.status': () => fx.manifest(),
-      'adapters.list': () => [{ file: 'adapters/old.safetensors', method: 'lora', rank: 8, alpha: 8, targets: 96, parameters: 1_000_000, bytes: 4_000_000, format: 'kohya', metadata: {} }],
+      'adapters.list': () => [
+        {
+          file: 'adapters/old.safetensors',
+          method: 'lora',
+          rank: 8,
+          alpha: 8,
+          targets: 96,
+          parameters: 1_000_000,
+          bytes: 4_000_000,
+          format: 'kohya',
+          metadata: {},
+        },
+      ],
       ...handlers,
     },
     { clipboard },
@@ -53,7 +65,14 @@ describe('Generate screen', () => {
 
     await waitFor(() => expect(transport.paramsOf('generation.start')).toHaveLength(1));
     const p = transport.paramsOf('generation.start')[0];
-    expect(p.settings).toMatchObject({ prompt: 'sks dog as an astronaut', seed: 77, scheduler: 'euler-a', width: 512, height: 512, steps: 25 });
+    expect(p.settings).toMatchObject({
+      prompt: 'sks dog as an astronaut',
+      seed: 77,
+      scheduler: 'euler-a',
+      width: 512,
+      height: 512,
+      steps: 25,
+    });
     expect(p.adapters).toEqual([{ runId: 'r1', step: null, strength: 0.8 }]);
   });
 
@@ -70,7 +89,9 @@ describe('Generate screen', () => {
     await fireEvent.click(screen.getByTestId('generate-button'));
     await waitFor(() => expect(transport.paramsOf('generation.start')).toHaveLength(1));
     transport.emit('generation.step', { jobId: 'g1', image: 0, images: 2, step: 10, steps: 25 });
-    await waitFor(() => expect(screen.getByTestId('generate-progress').textContent).toContain('Image 1/2 · step 10/25'));
+    await waitFor(() =>
+      expect(screen.getByTestId('generate-progress').textContent).toContain('Image 1/2 · step 10/25'),
+    );
 
     transport.emit('generation.image', { jobId: 'g1', projectId: 'p1', image: fx.generatedImage() });
     const img = await screen.findByTestId('gallery-image');
@@ -80,7 +101,10 @@ describe('Generate screen', () => {
     // Which run and step made it, and a download of the file.
     expect(within(card).getByTestId('gallery-adapters').textContent).toBe('run r1, step 600 × 1');
     const dl = within(card).getByTestId('download-image') as HTMLAnchorElement;
-    expect([dl.getAttribute('href'), dl.getAttribute('download')]).toEqual(['/files/p1/images/0001.png?token=t', fx.generatedImage().file.split('/').pop()]);
+    expect([dl.getAttribute('href'), dl.getAttribute('download')]).toEqual([
+      '/files/p1/images/0001.png?token=t',
+      fx.generatedImage().file.split('/').pop(),
+    ]);
 
     transport.emit('job.updated', fx.job({ id: 'g1', kind: 'generate', status: 'done' }));
     await waitFor(() => expect(screen.queryByTestId('generate-progress')).toBeNull());
@@ -100,12 +124,20 @@ describe('Generate screen', () => {
   });
 
   test('in the desktop app "open in folder" asks the main process to show the image (desktop.reveal)', async () => {
-    const { studio, transport } = await startStudio({ 'generation.list': () => [fx.generatedImage()], 'desktop.reveal': () => ({ revealed: true }) }, {}, 'electron');
+    const { studio, transport } = await startStudio(
+      { 'generation.list': () => [fx.generatedImage()], 'desktop.reveal': () => ({ revealed: true }) },
+      {},
+      'electron',
+    );
     render(GenerateScreen, { generation: studio.generation, adapterOptions: [], revealHint: '' });
     const open = (await screen.findByTestId('open-folder')) as HTMLButtonElement;
     expect(open.disabled).toBe(false);
     await fireEvent.click(open);
-    await waitFor(() => expect(transport.paramsOf('desktop.reveal')).toEqual([{ projectId: 'p1', file: `images/${fx.generatedImage().file}` }]));
+    await waitFor(() =>
+      expect(transport.paramsOf('desktop.reveal')).toEqual([
+        { projectId: 'p1', file: `images/${fx.generatedImage().file}` },
+      ]),
+    );
   });
 
   test("size and steps default from the base model's native size, never over the user's own values", async () => {
@@ -118,14 +150,25 @@ describe('Generate screen', () => {
     g.useModelDefaults(512);
     expect([g.draft.width, g.draft.height, g.draft.steps]).toEqual([96, 64, 25]); // the size is the user's now; the steps were not touched
     render(GenerateScreen, { generation: g, adapterOptions: [], revealHint: '', native: 64 });
-    expect(screen.getAllByRole('button', { name: /^\d+×\d+$/ }).map((b) => b.textContent)).toEqual(['64×64', '64×96', '96×64']);
+    expect(screen.getAllByRole('button', { name: /^\d+×\d+$/ }).map((b) => b.textContent)).toEqual([
+      '64×64',
+      '64×96',
+      '96×64',
+    ]);
   });
 
   test('a failed generation job is reported, never swallowed', async () => {
     const { transport, studio } = await renderGenerate({ 'generation.start': () => ({ jobId: 'g1' }) });
     await fireEvent.click(screen.getByTestId('generate-button'));
     await waitFor(() => expect(transport.paramsOf('generation.start')).toHaveLength(1));
-    transport.emit('job.updated', fx.job({ id: 'g1', kind: 'generate', status: 'failed', error: 'base model not found: /models/sd15' }));
-    await waitFor(() => expect(studio.notify.items.some((t) => t.kind === 'error' && t.message === 'base model not found: /models/sd15')).toBe(true));
+    transport.emit(
+      'job.updated',
+      fx.job({ id: 'g1', kind: 'generate', status: 'failed', error: 'base model not found: /models/sd15' }),
+    );
+    await waitFor(() =>
+      expect(
+        studio.notify.items.some((t) => t.kind === 'error' && t.message === 'base model not found: /models/sd15'),
+      ).toBe(true),
+    );
   });
 });

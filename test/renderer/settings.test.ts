@@ -7,8 +7,24 @@ import { startStudio, type Handlers } from './fakes.ts';
 import * as fx from './fixtures.ts';
 
 const models = [
-  { name: 'dino-vits16', kind: 'onnx', present: false, path: '/m/dino/model.onnx', bytes: null, verified: null, hint: 'needed for evaluation' },
-  { name: 'clip-vit-b32', kind: 'onnx', present: true, path: '/m/clip', bytes: 600_000_000, verified: true, hint: null },
+  {
+    name: 'dino-vits16',
+    kind: 'onnx',
+    present: false,
+    path: '/m/dino/model.onnx',
+    bytes: null,
+    verified: null,
+    hint: 'needed for evaluation',
+  },
+  {
+    name: 'clip-vit-b32',
+    kind: 'onnx',
+    present: true,
+    path: '/m/clip',
+    bytes: 600_000_000,
+    verified: true,
+    hint: null,
+  },
 ];
 
 async function renderSettings(handlers: Handlers = {}) {
@@ -39,14 +55,27 @@ describe('Models & Settings screen', () => {
     expect(within(rows[1]).queryByRole('button', { name: 'Download' })).toBeNull();
     await fireEvent.click(within(rows[0]).getByTestId('download-dino'));
     await waitFor(() => expect(transport.paramsOf('models.download')).toEqual([{ name: 'dino' }]));
-    transport.emit('job.updated', fx.job({ id: 'd1', kind: 'download', status: 'running', progress: { done: 1024 * 1024, total: 4 * 1024 * 1024, label: 'dino' } }));
-    await waitFor(() => expect(within(screen.getAllByTestId('model-row')[0]).getByRole('progressbar').getAttribute('aria-valuetext')).toBe('1.0 MB / 4.0 MB'));
+    transport.emit(
+      'job.updated',
+      fx.job({
+        id: 'd1',
+        kind: 'download',
+        status: 'running',
+        progress: { done: 1024 * 1024, total: 4 * 1024 * 1024, label: 'dino' },
+      }),
+    );
+    await waitFor(() =>
+      expect(
+        within(screen.getAllByTestId('model-row')[0]).getByRole('progressbar').getAttribute('aria-valuetext'),
+      ).toBe('1.0 MB / 4.0 MB'),
+    );
   });
 
   test('sets the base model path with models.setBase; an engine error shows beside the field', async () => {
     const { transport } = await renderSettings({
       'models.setBase': (p) => {
-        if (p.path.endsWith('.ckpt')) throw new ApiError('invalid_params', 'pickle checkpoints (.ckpt) are refused: convert to .safetensors');
+        if (p.path.endsWith('.ckpt'))
+          throw new ApiError('invalid_params', 'pickle checkpoints (.ckpt) are refused: convert to .safetensors');
         return { name: 'sd15', format: 'single-file' };
       },
     });
@@ -56,15 +85,23 @@ describe('Models & Settings screen', () => {
     await fireEvent.change(screen.getByTestId('base-model-path'), { target: { value: '(add)' } });
     await fireEvent.input(screen.getByTestId('base-model-path-path'), { target: { value: '/m/model.ckpt' } });
     await fireEvent.click(screen.getByTestId('set-base-model'));
-    expect(await screen.findByText('pickle checkpoints (.ckpt) are refused: convert to .safetensors', { selector: '.error-text' })).toBeTruthy();
+    expect(
+      await screen.findByText('pickle checkpoints (.ckpt) are refused: convert to .safetensors', {
+        selector: '.error-text',
+      }),
+    ).toBeTruthy();
 
     await fireEvent.input(screen.getByTestId('base-model-path-path'), { target: { value: '/m/sd15.safetensors' } });
     await fireEvent.click(screen.getByTestId('set-base-model'));
-    await waitFor(() => expect(transport.paramsOf('models.setBase').at(-1)).toEqual({ projectId: 'p1', path: '/m/sd15.safetensors' }));
+    await waitFor(() =>
+      expect(transport.paramsOf('models.setBase').at(-1)).toEqual({ projectId: 'p1', path: '/m/sd15.safetensors' }),
+    );
   });
 
   test('after the base model changes, the photos are listed again (the service re-checked them at its size)', async () => {
-    const { transport, studio } = await renderSettings({ 'models.setBase': () => ({ name: 'tiny', format: 'diffusers' }) });
+    const { transport, studio } = await renderSettings({
+      'models.setBase': () => ({ name: 'tiny', format: 'diffusers' }),
+    });
     await waitFor(() => expect(transport.paramsOf('photos.list').length).toBe(1));
     expect(await studio.projects.setBaseModel('/m/tiny')).toBeNull();
     await waitFor(() => expect(transport.paramsOf('photos.list').length).toBe(2));
@@ -72,8 +109,25 @@ describe('Models & Settings screen', () => {
   });
 
   test('a project without a base model and no server default says so (no "(default)"); base models are not listed as evaluation models', async () => {
-    await renderSettings({ 'models.bases': () => [], 'models.list': () => [{ name: 'tiny-sd', kind: 'base', present: false, path: '/m/tiny-sd', bytes: null, verified: null, hint: 'no default' }, ...models] });
+    await renderSettings({
+      'models.bases': () => [],
+      'models.list': () => [
+        {
+          name: 'tiny-sd',
+          kind: 'base',
+          present: false,
+          path: '/m/tiny-sd',
+          bytes: null,
+          verified: null,
+          hint: 'no default',
+        },
+        ...models,
+      ],
+    });
     expect(screen.getByTestId('base-model').textContent).toMatch(/no base model yet, and the server has no default/);
-    expect(screen.getAllByTestId('model-row').map((r) => r.textContent)).toEqual([expect.stringContaining('dino-vits16'), expect.stringContaining('clip-vit-b32')]);
+    expect(screen.getAllByTestId('model-row').map((r) => r.textContent)).toEqual([
+      expect.stringContaining('dino-vits16'),
+      expect.stringContaining('clip-vit-b32'),
+    ]);
   });
 });

@@ -30,11 +30,21 @@ describe('Subject screen', () => {
     // Thumbnails use the URL the service gave, through the transport (token added).
     expect(within(ok).getByRole('img').getAttribute('src')).toBe('/files/p1/photos/dog1.jpg?token=t');
     // 2 usable photos: below the 3-20 guidance.
-    expect(screen.getByTestId('photo-guidance').textContent).toMatch(/2 usable photo\(s\): add at least 1 more \(3-20 works best\)/);
+    expect(screen.getByTestId('photo-guidance').textContent).toMatch(
+      /2 usable photo\(s\): add at least 1 more \(3-20 works best\)/,
+    );
   });
 
   test('a file that could not be decoded shows no picture and offers no crops; the project list counts photos', async () => {
-    const broken = fx.photo({ id: 'x', originalName: 'notes.png', status: 'rejected', reason: 'not a readable image', width: null, height: null, url: '/files/p1/photos/notes.png' });
+    const broken = fx.photo({
+      id: 'x',
+      originalName: 'notes.png',
+      status: 'rejected',
+      reason: 'not a readable image',
+      width: null,
+      height: null,
+      url: '/files/p1/photos/notes.png',
+    });
     const { studio } = await startStudio({ 'photos.list': () => [broken] });
     render(SubjectScreen, { subject: studio.subject });
     const card = await screen.findByTestId('photo-card');
@@ -59,7 +69,9 @@ describe('Subject screen', () => {
     await fireEvent.drop(screen.getByTestId('drop-zone'), { dataTransfer: { files: [jpg, txt] } });
 
     await waitFor(() => expect(screen.getAllByTestId('photo-card')).toHaveLength(1));
-    expect(transport.paramsOf('photos.add')).toEqual([{ projectId: 'p1', files: [{ name: 'dog.jpg', dataBase64: '/9j/4A==' }] }]);
+    expect(transport.paramsOf('photos.add')).toEqual([
+      { projectId: 'p1', files: [{ name: 'dog.jpg', dataBase64: '/9j/4A==' }] },
+    ]);
     expect(studio.notify.items.map((t) => t.message)).toContain('Skipped 1 file(s) that are not images: notes.txt');
   });
 
@@ -93,8 +105,12 @@ describe('Subject screen', () => {
     render(SubjectScreen, { subject: studio.subject });
     await waitFor(() => screen.getByTestId('photo-card'));
     await fireEvent.click(screen.getByRole('button', { name: 'Attention crop' }));
-    await waitFor(() => expect(screen.getByTestId('crop-preview').getAttribute('src')).toBe('data:image/png;base64,iVBORw0KGgo='));
-    expect(transport.paramsOf('photos.cropPreview')).toEqual([{ projectId: 'p1', photoId: 'a', crop: 'attention', size: 256 }]);
+    await waitFor(() =>
+      expect(screen.getByTestId('crop-preview').getAttribute('src')).toBe('data:image/png;base64,iVBORw0KGgo='),
+    );
+    expect(transport.paramsOf('photos.cropPreview')).toEqual([
+      { projectId: 'p1', photoId: 'a', crop: 'attention', size: 256 },
+    ]);
   });
 
   test('trigger token and class word are saved with projects.update; field errors show beside the field', async () => {
@@ -106,7 +122,10 @@ describe('Subject screen', () => {
     await fireEvent.input(screen.getByTestId('class-word'), { target: { value: 'corgi' } });
     await fireEvent.click(screen.getByTestId('save-subject'));
     await waitFor(() => expect(transport.paramsOf('projects.update')).toHaveLength(1));
-    expect(transport.paramsOf('projects.update')[0]).toEqual({ projectId: 'p1', subject: { triggerToken: 'ohwx', classWord: 'corgi', type: 'live' } });
+    expect(transport.paramsOf('projects.update')[0]).toEqual({
+      projectId: 'p1',
+      subject: { triggerToken: 'ohwx', classWord: 'corgi', type: 'live' },
+    });
     expect(studio.projects.current?.subject.classWord).toBe('corgi');
 
     await fireEvent.input(token, { target: { value: '' } });

@@ -9,7 +9,11 @@ import * as fx from './fixtures.ts';
 
 async function renderTrain(handlers: Handlers = {}) {
   const ctx = await startStudio(handlers);
-  render(TrainScreen, { training: ctx.studio.training, advice: ctx.studio.system.advice, model: ctx.studio.projects.model });
+  render(TrainScreen, {
+    training: ctx.studio.training,
+    advice: ctx.studio.system.advice,
+    model: ctx.studio.projects.model,
+  });
   return ctx;
 }
 
@@ -27,7 +31,16 @@ describe('Train screen', () => {
     await waitFor(() => expect(transport.paramsOf('training.start')).toHaveLength(1));
     const { projectId, settings } = transport.paramsOf('training.start')[0];
     expect(projectId).toBe('p1');
-    expect(settings).toMatchObject({ method: 'singlora', steps: 1200, rank: 16, resolution: 384, gradientCheckpointing: true, learningRate: 1e-4, triggerToken: 'sks', classWord: 'dog' });
+    expect(settings).toMatchObject({
+      method: 'singlora',
+      steps: 1200,
+      rank: 16,
+      resolution: 384,
+      gradientCheckpointing: true,
+      learningRate: 1e-4,
+      triggerToken: 'sks',
+      classWord: 'dog',
+    });
   });
 
   test('renders step i/N, it/s and ETA from train.event, plus loss points and samples', async () => {
@@ -39,8 +52,15 @@ describe('Train screen', () => {
     await waitFor(() => expect(screen.getByTestId('train-stage').textContent).toBe('loading model: unet…'));
 
     transport.emit('train.event', trainEvent(fx.stepEvent(1, 800, { loss: 0.2, smoothed: 0.2 })));
-    transport.emit('train.event', trainEvent(fx.stepEvent(40, 800, { loss: 0.1234, smoothed: 0.15, its: 2.5, eta_s: 304 })));
-    await waitFor(() => expect(screen.getByTestId('train-progress').textContent).toContain('Step 40/800 · 2.50 it/s · ETA 5 min 04 s · loss 0.1234'));
+    transport.emit(
+      'train.event',
+      trainEvent(fx.stepEvent(40, 800, { loss: 0.1234, smoothed: 0.15, its: 2.5, eta_s: 304 })),
+    );
+    await waitFor(() =>
+      expect(screen.getByTestId('train-progress').textContent).toContain(
+        'Step 40/800 · 2.50 it/s · ETA 5 min 04 s · loss 0.1234',
+      ),
+    );
     const bar = within(screen.getByTestId('train-progress')).getByRole('progressbar');
     expect(bar.getAttribute('aria-valuenow')).toBe('40');
     expect(bar.getAttribute('aria-valuemax')).toBe('800');
@@ -48,9 +68,20 @@ describe('Train screen', () => {
     expect(screen.queryByTestId('train-stage')).toBeNull();
 
     // The sample's URL is the service's; the page only adds the token.
-    transport.emit('train.event', trainEvent({ event: 'sample', step: 100, file: 'samples/step-000100-0.png', prompt: 'a photo of sks dog', url: '/files/p1/runs/r9/samples/step-000100-0.png' }));
+    transport.emit(
+      'train.event',
+      trainEvent({
+        event: 'sample',
+        step: 100,
+        file: 'samples/step-000100-0.png',
+        prompt: 'a photo of sks dog',
+        url: '/files/p1/runs/r9/samples/step-000100-0.png',
+      }),
+    );
     await waitFor(() => expect(screen.getAllByTestId('sample-image')).toHaveLength(1));
-    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe('/files/p1/runs/r9/samples/step-000100-0.png?token=t');
+    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe(
+      '/files/p1/runs/r9/samples/step-000100-0.png?token=t',
+    );
 
     // Events of another project are not this screen's business.
     transport.emit('train.event', { ...trainEvent(fx.stepEvent(500, 800)), projectId: 'other' });
@@ -72,7 +103,9 @@ describe('Train screen', () => {
   test("the engine's field errors land next to the fields", async () => {
     await renderTrain({
       'training.start': () => {
-        throw new ApiError('invalid_params', 'training.start: settings.steps: too many', [{ field: 'settings.steps', message: 'too many for this demo' }]);
+        throw new ApiError('invalid_params', 'training.start: settings.steps: too many', [
+          { field: 'settings.steps', message: 'too many for this demo' },
+        ]);
       },
     });
     await fireEvent.click(screen.getByTestId('train-button'));
@@ -84,20 +117,38 @@ describe('Train screen', () => {
     const { transport } = await renderTrain({ 'training.start': () => ({ jobId: 'j9', runId: 'r9' }) });
     await fireEvent.click(screen.getByTestId('train-button'));
     await waitFor(() => expect(transport.paramsOf('training.start')).toHaveLength(1));
-    transport.emit('train.event', trainEvent({ event: 'done', status: 'failed', step: 12, error: 'OOM when allocating tensor with shape [1,320,64,64]' }));
+    transport.emit(
+      'train.event',
+      trainEvent({
+        event: 'done',
+        status: 'failed',
+        step: 12,
+        error: 'OOM when allocating tensor with shape [1,320,64,64]',
+      }),
+    );
     const err = await screen.findByTestId('train-error');
     expect(err.textContent).toContain('OOM when allocating tensor');
     expect(err.textContent).toMatch(/lower the resolution.*batch size 1.*gradient checkpointing/);
     expect(screen.getByTestId('run-status').textContent).toBe('failed');
   });
 
-  test('a job that ends without the run\'s done event (its engine process died) clears the stage and shows the error', async () => {
+  test("a job that ends without the run's done event (its engine process died) clears the stage and shows the error", async () => {
     const { transport } = await renderTrain({ 'training.start': () => ({ jobId: 'j9', runId: 'r9' }) });
     await fireEvent.click(screen.getByTestId('train-button'));
     await waitFor(() => expect(transport.paramsOf('training.start')).toHaveLength(1));
     transport.emit('train.event', trainEvent({ event: 'prepare', stage: 'encode' }));
     await waitFor(() => expect(screen.getByTestId('train-stage').textContent).toBe('encode…'));
-    transport.emit('job.updated', fx.job({ id: 'j9', kind: 'train', projectId: 'p1', runId: 'r9', status: 'failed', error: 'the engine process exited (code 134)' }));
+    transport.emit(
+      'job.updated',
+      fx.job({
+        id: 'j9',
+        kind: 'train',
+        projectId: 'p1',
+        runId: 'r9',
+        status: 'failed',
+        error: 'the engine process exited (code 134)',
+      }),
+    );
     const err = await screen.findByTestId('train-error');
     expect(err.textContent).toContain('the engine process exited (code 134)');
     expect(screen.queryByTestId('train-stage')).toBeNull();
@@ -106,11 +157,17 @@ describe('Train screen', () => {
 
   test('without a base model Train is disabled and says why; the native resolution names the model and its size', async () => {
     const none = await startStudio({ 'models.bases': () => [] });
-    const { unmount } = render(TrainScreen, { training: none.studio.training, advice: null, model: none.studio.projects.model });
+    const { unmount } = render(TrainScreen, {
+      training: none.studio.training,
+      advice: null,
+      model: none.studio.projects.model,
+    });
     expect((screen.getByTestId('train-button') as HTMLButtonElement).disabled).toBe(true);
     expect(screen.getByTestId('train-blocked').textContent).toBe('Choose a base model first (above).');
     unmount();
-    const tiny = await startStudio({ 'models.bases': () => [fx.base({ path: '/m/tiny-sd', name: 'tiny-sd', native: 64 })] });
+    const tiny = await startStudio({
+      'models.bases': () => [fx.base({ path: '/m/tiny-sd', name: 'tiny-sd', native: 64 })],
+    });
     render(TrainScreen, { training: tiny.studio.training, advice: null, model: tiny.studio.projects.model });
     expect((screen.getByTestId('train-button') as HTMLButtonElement).disabled).toBe(false);
     expect(screen.queryByTestId('train-blocked')).toBeNull();
@@ -134,9 +191,12 @@ describe('Train screen', () => {
     const runs = [fx.run({ id: 'r9', status: 'running', step: 10 })];
     const { transport } = await renderTrain({
       'training.runs': () => runs,
-      'training.status': () => fx.manifest({ id: 'r9', status: 'running', step: 10, losses: [{ step: 10, loss: 0.3, smoothed: 0.3 }] }),
+      'training.status': () =>
+        fx.manifest({ id: 'r9', status: 'running', step: 10, losses: [{ step: 10, loss: 0.3, smoothed: 0.3 }] }),
       'training.cancel': () => ((runs[0] = fx.run({ id: 'r9', status: 'cancelled', step: 10 })), { cancelled: true }),
-      'training.resume': () => ((runs[0] = fx.run({ id: 'r9', status: 'queued', step: 10 })), { jobId: 'j10', runId: 'r9' }),
+      'training.resume': () => (
+        (runs[0] = fx.run({ id: 'r9', status: 'queued', step: 10 })), { jobId: 'j10', runId: 'r9' }
+      ),
       'jobs.list': () => [fx.job({ id: 'j9', runId: 'r9' })],
     });
     // The latest run opens with its history from the manifest.
@@ -158,7 +218,10 @@ describe('Train screen', () => {
   });
 
   test("the run list follows live events: a queued run's row says running, with its step", async () => {
-    const { transport } = await renderTrain({ 'training.runs': () => [fx.run({ id: 'r9', status: 'queued', step: 0 })], 'training.status': () => fx.manifest({ id: 'r9', status: 'queued', step: 0, losses: [] }) });
+    const { transport } = await renderTrain({
+      'training.runs': () => [fx.run({ id: 'r9', status: 'queued', step: 0 })],
+      'training.status': () => fx.manifest({ id: 'r9', status: 'queued', step: 0, losses: [] }),
+    });
     await waitFor(() => expect(screen.getByTestId('run-row').dataset.status).toBe('queued'));
     transport.emit('train.event', trainEvent(fx.stepEvent(28, 800)));
     await waitFor(() => expect(screen.getByTestId('run-row').dataset.status).toBe('running'));
@@ -167,17 +230,40 @@ describe('Train screen', () => {
   });
 
   test("before starting, the duration is estimated at the last run's pace", async () => {
-    await renderTrain({ 'training.runs': () => [fx.run({ id: 'r9', status: 'completed', step: 800 })], 'training.status': () => fx.manifest({ id: 'r9', status: 'completed', step: 800, timing: { startedAt: null, msPerStep: 500, totalMs: 400_000 } }) });
-    await waitFor(() => expect(screen.getByTestId('train-estimate').textContent).toBe("About 6 min 40 s for 800 steps at the last run's pace"));
+    await renderTrain({
+      'training.runs': () => [fx.run({ id: 'r9', status: 'completed', step: 800 })],
+      'training.status': () =>
+        fx.manifest({
+          id: 'r9',
+          status: 'completed',
+          step: 800,
+          timing: { startedAt: null, msPerStep: 500, totalMs: 400_000 },
+        }),
+    });
+    await waitFor(() =>
+      expect(screen.getByTestId('train-estimate').textContent).toBe(
+        "About 6 min 40 s for 800 steps at the last run's pace",
+      ),
+    );
     await fireEvent.input(screen.getByTestId('setting-steps'), { target: { value: '100' } });
-    await waitFor(() => expect(screen.getByTestId('train-estimate').textContent).toBe("About 50 s for 100 steps at the last run's pace"));
+    await waitFor(() =>
+      expect(screen.getByTestId('train-estimate').textContent).toBe("About 50 s for 100 steps at the last run's pace"),
+    );
   });
 
   test('unsaved settings survive a reload, with a notice and a way to discard them; starting a run forgets them', async () => {
     const storage = new Map<string, string>();
-    const store = { getItem: (k: string) => storage.get(k) ?? null, setItem: (k: string, v: string) => void storage.set(k, v), removeItem: (k: string) => void storage.delete(k) };
+    const store = {
+      getItem: (k: string) => storage.get(k) ?? null,
+      setItem: (k: string, v: string) => void storage.set(k, v),
+      removeItem: (k: string) => void storage.delete(k),
+    };
     const first = await startStudio({}, { storage: store });
-    const { unmount } = render(TrainScreen, { training: first.studio.training, advice: null, model: first.studio.projects.model });
+    const { unmount } = render(TrainScreen, {
+      training: first.studio.training,
+      advice: null,
+      model: first.studio.projects.model,
+    });
     await fireEvent.input(screen.getByTestId('setting-steps'), { target: { value: '123' } });
     await waitFor(() => expect(JSON.parse(storage.get('singlora.trainDraft.p1')!).steps).toBe(123));
     unmount();
@@ -195,13 +281,29 @@ describe('Train screen', () => {
   test('a run picked up from live events (e.g. after a reload) also shows its history', async () => {
     const { transport } = await renderTrain({
       'training.status': () =>
-        fx.manifest({ id: 'r9', status: 'running', step: 3, losses: [1, 2, 3].map((step) => ({ step, loss: 0.3, smoothed: 0.3 })), samples: [{ step: 2, file: 'samples/step-000002-0.png', prompt: 'p', seed: 1, url: '/files/p1/runs/r9/samples/step-000002-0.png' }] }),
+        fx.manifest({
+          id: 'r9',
+          status: 'running',
+          step: 3,
+          losses: [1, 2, 3].map((step) => ({ step, loss: 0.3, smoothed: 0.3 })),
+          samples: [
+            {
+              step: 2,
+              file: 'samples/step-000002-0.png',
+              prompt: 'p',
+              seed: 1,
+              url: '/files/p1/runs/r9/samples/step-000002-0.png',
+            },
+          ],
+        }),
     });
     transport.emit('train.event', trainEvent(fx.stepEvent(4, 800)));
     await waitFor(() => expect(transport.paramsOf('training.status')).toEqual([{ projectId: 'p1', runId: 'r9' }]));
     await waitFor(() => expect(screen.getByTestId('loss-chart').dataset.points).toBe('4'));
     expect(screen.getAllByTestId('sample-image')).toHaveLength(1);
-    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe('/files/p1/runs/r9/samples/step-000002-0.png?token=t');
+    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe(
+      '/files/p1/runs/r9/samples/step-000002-0.png?token=t',
+    );
     expect(screen.getByTestId('train-progress').textContent).toContain('Step 4/800');
   });
 });

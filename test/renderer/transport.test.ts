@@ -62,7 +62,12 @@ describe('HTTP transport', () => {
 
   test('turns {ok: false} into an ApiError with the code, message and field details', async () => {
     const details = [{ field: 'settings.steps', message: 'Too big' }];
-    const fetch = vi.fn(async () => jsonResponse(400, { ok: false, error: { code: 'invalid_params', message: 'training.start: settings.steps: Too big', details } }));
+    const fetch = vi.fn(async () =>
+      jsonResponse(400, {
+        ok: false,
+        error: { code: 'invalid_params', message: 'training.start: settings.steps: Too big', details },
+      }),
+    );
     const t = createHttpTransport({ baseUrl: 'http://x', token: 't', fetch });
     const err = await t.request('training.start', { projectId: 'p1' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ApiError);
@@ -72,9 +77,17 @@ describe('HTTP transport', () => {
   });
 
   test('a 401 without a JSON body is "unauthorized"; an unreachable server says so', async () => {
-    const t401 = createHttpTransport({ baseUrl: 'http://x', token: 'bad', fetch: async () => new Response('nope', { status: 401, statusText: 'Unauthorized' }) });
+    const t401 = createHttpTransport({
+      baseUrl: 'http://x',
+      token: 'bad',
+      fetch: async () => new Response('nope', { status: 401, statusText: 'Unauthorized' }),
+    });
     await expect(t401.request('projects.list', {})).rejects.toMatchObject({ code: 'unauthorized' });
-    const down = createHttpTransport({ baseUrl: 'http://x', token: 't', fetch: async () => Promise.reject(new TypeError('Failed to fetch')) });
+    const down = createHttpTransport({
+      baseUrl: 'http://x',
+      token: 't',
+      fetch: async () => Promise.reject(new TypeError('Failed to fetch')),
+    });
     await expect(down.request('projects.list', {})).rejects.toThrow(/cannot reach the SingLoRA server.*singlora serve/);
   });
 
@@ -89,7 +102,14 @@ describe('HTTP transport', () => {
 
   test('events arrive over /ws?token=, and the socket reconnects with growing backoff', async () => {
     vi.useFakeTimers();
-    const t = createHttpTransport({ baseUrl: 'http://127.0.0.1:7860', token: 'tok', fetch: vi.fn(), WebSocket: FakeSocket, backoff: { initialMs: 100, maxMs: 1000 }, random: () => 0.5 });
+    const t = createHttpTransport({
+      baseUrl: 'http://127.0.0.1:7860',
+      token: 'tok',
+      fetch: vi.fn(),
+      WebSocket: FakeSocket,
+      backoff: { initialMs: 100, maxMs: 1000 },
+      random: () => 0.5,
+    });
     const states: ConnectionState[] = [];
     const got: Array<[string, unknown]> = [];
     t.onConnection((s) => states.push(s));
@@ -124,8 +144,17 @@ describe('HTTP transport', () => {
 
   test('without a token it relies on the cookie; a socket refused before it opened, then a 401, stops every retry', async () => {
     vi.useFakeTimers();
-    const fetch = vi.fn(async () => jsonResponse(401, { ok: false, error: { code: 'unauthorized', message: 'missing or wrong token' } }));
-    const t = createHttpTransport({ baseUrl: 'http://127.0.0.1:7860', token: null, fetch, WebSocket: FakeSocket, backoff: { initialMs: 100, maxMs: 1000 }, random: () => 0.5 });
+    const fetch = vi.fn(async () =>
+      jsonResponse(401, { ok: false, error: { code: 'unauthorized', message: 'missing or wrong token' } }),
+    );
+    const t = createHttpTransport({
+      baseUrl: 'http://127.0.0.1:7860',
+      token: null,
+      fetch,
+      WebSocket: FakeSocket,
+      backoff: { initialMs: 100, maxMs: 1000 },
+      random: () => 0.5,
+    });
     const states: ConnectionState[] = [];
     t.onConnection((s) => states.push(s));
     expect(FakeSocket.instances[0].url).toBe('ws://127.0.0.1:7860/ws'); // no token in the URL: the cookie goes along
@@ -144,12 +173,22 @@ describe('HTTP transport', () => {
   });
 
   test('a 401 to a request also ends in "unauthorized"; other failures do not', async () => {
-    const ok = createHttpTransport({ baseUrl: 'http://x', token: 't', fetch: async () => jsonResponse(404, { ok: false, error: { code: 'not_found', message: 'no' } }), WebSocket: FakeSocket });
+    const ok = createHttpTransport({
+      baseUrl: 'http://x',
+      token: 't',
+      fetch: async () => jsonResponse(404, { ok: false, error: { code: 'not_found', message: 'no' } }),
+      WebSocket: FakeSocket,
+    });
     const seen: ConnectionState[] = [];
     ok.onConnection((s) => seen.push(s));
     await expect(ok.request('projects.open', { projectId: 'x' })).rejects.toMatchObject({ code: 'not_found' });
     expect(seen.some((s) => s.status === 'unauthorized')).toBe(false);
-    const bad = createHttpTransport({ baseUrl: 'http://x', token: 'old', fetch: async () => jsonResponse(401, { ok: false, error: { code: 'unauthorized', message: 'no' } }), WebSocket: FakeSocket });
+    const bad = createHttpTransport({
+      baseUrl: 'http://x',
+      token: 'old',
+      fetch: async () => jsonResponse(401, { ok: false, error: { code: 'unauthorized', message: 'no' } }),
+      WebSocket: FakeSocket,
+    });
     const states: ConnectionState[] = [];
     bad.onConnection((s) => states.push(s));
     await expect(bad.request('projects.list', {})).rejects.toMatchObject({ code: 'unauthorized' });
@@ -163,13 +202,24 @@ describe('session token', () => {
   test('is taken from the URL once, kept in sessionStorage and removed from the address bar', () => {
     const replaceState = vi.fn();
     const storage = new Map<string, string>();
-    const sessionStorage = { getItem: (k: string) => storage.get(k) ?? null, setItem: (k: string, v: string) => void storage.set(k, v) };
-    const token = takeToken({ location: { href: 'http://127.0.0.1:7860/?token=s3cret&x=1#/train' }, history: { replaceState, state: null }, sessionStorage });
+    const sessionStorage = {
+      getItem: (k: string) => storage.get(k) ?? null,
+      setItem: (k: string, v: string) => void storage.set(k, v),
+    };
+    const token = takeToken({
+      location: { href: 'http://127.0.0.1:7860/?token=s3cret&x=1#/train' },
+      history: { replaceState, state: null },
+      sessionStorage,
+    });
     expect(token).toBe('s3cret');
     expect(storage.get(TOKEN_KEY)).toBe('s3cret');
     expect(replaceState).toHaveBeenCalledWith(null, '', '/?x=1#/train');
 
-    const again = takeToken({ location: { href: 'http://127.0.0.1:7860/#/train' }, history: { replaceState, state: null }, sessionStorage });
+    const again = takeToken({
+      location: { href: 'http://127.0.0.1:7860/#/train' },
+      history: { replaceState, state: null },
+      sessionStorage,
+    });
     expect(again).toBe('s3cret');
     expect(replaceState).toHaveBeenCalledTimes(1);
   });
@@ -186,12 +236,19 @@ describe('Electron transport', () => {
   test('unwraps the same envelope and forwards events', async () => {
     let push: ((name: string, data: unknown) => void) | null = null;
     const bridge = {
-      invoke: vi.fn(async (method: string) => (method === 'projects.list' ? { ok: true, result: [] } : { ok: false, error: { code: 'not_found', message: 'no such project' } })),
+      invoke: vi.fn(async (method: string) =>
+        method === 'projects.list'
+          ? { ok: true, result: [] }
+          : { ok: false, error: { code: 'not_found', message: 'no such project' } },
+      ),
       onEvent: vi.fn((cb: (name: string, data: unknown) => void) => ((push = cb), () => {})),
     };
     const t = createElectronTransport(bridge);
     await expect(t.request('projects.list', {})).resolves.toEqual([]);
-    await expect(t.request('projects.open', { projectId: 'zz' })).rejects.toMatchObject({ code: 'not_found', message: 'no such project' });
+    await expect(t.request('projects.open', { projectId: 'zz' })).rejects.toMatchObject({
+      code: 'not_found',
+      message: 'no such project',
+    });
     const seen: string[] = [];
     t.onEvent((n) => seen.push(n));
     push!('engine.status', { state: 'ready', message: null });
@@ -203,7 +260,9 @@ describe('typed client', () => {
   test('rejects bad params with field details before anything is sent', async () => {
     const fake = new FakeTransport({ 'generation.start': () => ({ jobId: 'j' }) });
     const api = createApiClient(fake, { validate: true });
-    const err = await api['generation.start']({ projectId: 'p1', settings: { prompt: 'x', width: 500 } }).catch((e: unknown) => e);
+    const err = await api['generation.start']({ projectId: 'p1', settings: { prompt: 'x', width: 500 } }).catch(
+      (e: unknown) => e,
+    );
     expect(err).toMatchObject({ code: 'invalid_params' });
     expect((err as ApiError).details).toEqual([{ field: 'settings.width', message: 'width must be a multiple of 8' }]);
     expect(fake.calls).toHaveLength(0);
@@ -219,7 +278,9 @@ describe('typed client', () => {
   test('with validation on, a result that breaks the contract is an error naming the field', async () => {
     const fake = new FakeTransport({ 'system.info': () => ({ version: 1 }) as never });
     const api = createApiClient(fake, { validate: true });
-    await expect(api['system.info']({})).rejects.toThrow(/system.info: the engine's result does not match the contract \(version:/);
+    await expect(api['system.info']({})).rejects.toThrow(
+      /system.info: the engine's result does not match the contract \(version:/,
+    );
   });
 
   test('the event hub drops events that break the contract and delivers the rest', () => {

@@ -4,7 +4,14 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import { EngineExitedError, EngineHost, EngineStartError, forkWorker, type EngineProcess, type EngineStatus } from '../../src-main/service/engineHost.ts';
+import {
+  EngineExitedError,
+  EngineHost,
+  EngineStartError,
+  forkWorker,
+  type EngineProcess,
+  type EngineStatus,
+} from '../../src-main/service/engineHost.ts';
 import type { TestRequests } from './testWorker.ts';
 
 /** The real message loop and backend start, with a test-only `sleep` request (testWorker.ts). */
@@ -68,7 +75,11 @@ describe('engine host', () => {
 
   it('says why when the backend cannot start', async () => {
     const statuses2: EngineStatus[] = [];
-    const bad = new EngineHost<TestRequests>({ env: { ...process.env, SINGLORA_BACKEND: 'quantum' }, log: quiet, onStatus: (s) => statuses2.push(s) });
+    const bad = new EngineHost<TestRequests>({
+      env: { ...process.env, SINGLORA_BACKEND: 'quantum' },
+      log: quiet,
+      onStatus: (s) => statuses2.push(s),
+    });
     const err = await bad.request('sleep', { ms: 1 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(EngineStartError);
     expect((err as Error).message).toMatch(/the engine cannot start: SINGLORA_BACKEND=quantum is not a backend/);
@@ -86,7 +97,9 @@ describe('engine host', () => {
         return p;
       },
     });
-    await expect(bad.request('sleep', { ms: 1 })).rejects.toThrow(/exited \(code 1\) while starting; its last output: .*nonexistent/s);
+    await expect(bad.request('sleep', { ms: 1 })).rejects.toThrow(
+      /exited \(code 1\) while starting; its last output: .*nonexistent/s,
+    );
     await bad.close(1_000);
   });
 });

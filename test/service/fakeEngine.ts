@@ -7,7 +7,11 @@ import { EventEmitter } from 'node:events';
 import type { EngineProcess, SpawnEngine } from '../../src-main/service/engineHost.ts';
 import type { EngineKind, EngineParams, HostMessage, WorkerMessage } from '../../src-main/service/protocol.ts';
 
-export type FakeHandler<K extends EngineKind> = (params: EngineParams<K>, progress: (data: unknown) => void, signal: AbortSignal) => Promise<unknown>;
+export type FakeHandler<K extends EngineKind> = (
+  params: EngineParams<K>,
+  progress: (data: unknown) => void,
+  signal: AbortSignal,
+) => Promise<unknown>;
 export type FakeHandlers = { [K in EngineKind]?: FakeHandler<K> };
 
 export interface FakeEngine {
@@ -37,7 +41,11 @@ export function fakeEngine(handlers: FakeHandlers): FakeEngine {
           void (async () => {
             try {
               if (!handler) throw new Error(`the fake engine has no '${msg.kind}'`);
-              const result = await handler(msg.params as never, (data) => reply({ type: 'progress', id: msg.id, data }), controller.signal);
+              const result = await handler(
+                msg.params as never,
+                (data) => reply({ type: 'progress', id: msg.id, data }),
+                controller.signal,
+              );
               reply({ type: 'result', id: msg.id, result });
             } catch (err) {
               reply({ type: 'error', id: msg.id, message: (err as Error).message });

@@ -8,7 +8,14 @@ import { Service } from '../../src-main/service/service.ts';
 import { shapePng } from './helpers.ts';
 
 const dir = process.argv[2];
-const service = await Service.open({ dataDir: join(dir, 'data'), modelsDir: join(dir, 'models'), log: () => {}, spawnEngine: () => { throw new Error('no engine in this test'); } });
+const service = await Service.open({
+  dataDir: join(dir, 'data'),
+  modelsDir: join(dir, 'models'),
+  log: () => {},
+  spawnEngine: () => {
+    throw new Error('no engine in this test');
+  },
+});
 const out: Record<string, unknown> = {};
 const attempt = async (name: string, fn: () => Promise<unknown>) => {
   try {
@@ -30,8 +37,15 @@ try {
 await fh.close();
 
 await attempt('create', () => service.call('projects.create', { name: 'After' }));
-await attempt('photo', async () => service.call('photos.add', { projectId: project.id, files: [{ name: 'p.png', dataBase64: (await shapePng(0)).toString('base64') }] }));
-await attempt('update', () => service.call('projects.update', { projectId: project.id, name: 'Renamed on a full disk' }));
+await attempt('photo', async () =>
+  service.call('photos.add', {
+    projectId: project.id,
+    files: [{ name: 'p.png', dataBase64: (await shapePng(0)).toString('base64') }],
+  }),
+);
+await attempt('update', () =>
+  service.call('projects.update', { projectId: project.id, name: 'Renamed on a full disk' }),
+);
 out.folders = await readdir(join(dir, 'data', 'projects'));
 await attempt('open', () => service.call('projects.open', { projectId: project.id }));
 await attempt('list', () => service.call('projects.list', {}));

@@ -19,7 +19,21 @@ describe.skipIf(!canMount)('a full disk', () => {
     try {
       const tsx = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
       const script = join(import.meta.dirname, 'fullDisk.script.ts');
-      const r = spawnSync('unshare', ['-m', 'sh', '-c', `mount -t tmpfs -o size=1m tmpfs "$1" && exec "$2" --import "$3" "$4" "$1"`, 'sh', dir, process.execPath, tsx, script], { encoding: 'utf8', timeout: 60_000 });
+      const r = spawnSync(
+        'unshare',
+        [
+          '-m',
+          'sh',
+          '-c',
+          `mount -t tmpfs -o size=1m tmpfs "$1" && exec "$2" --import "$3" "$4" "$1"`,
+          'sh',
+          dir,
+          process.execPath,
+          tsx,
+          script,
+        ],
+        { encoding: 'utf8', timeout: 60_000 },
+      );
       expect(r.status, r.stderr).toBe(0);
       const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
       expect(out.filled).toBe('ENOSPC');

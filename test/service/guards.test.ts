@@ -34,23 +34,49 @@ const engine: FakeHandlers = {
     return { format: p.format, path: p.out, tensors: 1 };
   },
   inspect: async (p) => p.files.map(() => ({ ok: false, error: 'not an adapter (fake engine)' })),
-  doctor: async () => ({ node: process.version, platform: process.platform, backends: [], selected: { name: 'fake' }, memory: {} }),
+  doctor: async () => ({
+    node: process.version,
+    platform: process.platform,
+    backends: [],
+    selected: { name: 'fake' },
+    memory: {},
+  }),
   evaluate: async () => {
     throw new Error('no evaluation in the fake engine');
   },
 };
 
-async function open(opts: Partial<ServiceOptions> = {}, handlers: FakeHandlers = engine): Promise<{ service: Service; requests: ReturnType<typeof fakeEngine>['requests']; call: <M extends Method>(m: M, p: Params<M>) => Promise<Result<M>> }> {
+async function open(
+  opts: Partial<ServiceOptions> = {},
+  handlers: FakeHandlers = engine,
+): Promise<{
+  service: Service;
+  requests: ReturnType<typeof fakeEngine>['requests'];
+  call: <M extends Method>(m: M, p: Params<M>) => Promise<Result<M>>;
+}> {
   const fake = fakeEngine(handlers);
   const dir = join(root, `s${n++}`);
-  const service = await Service.open({ dataDir: join(dir, 'data'), modelsDir: join(dir, 'models'), defaultBaseModel: TINY_MODEL, log: () => {}, spawnEngine: fake.spawn, maxPhotoBytes: 200_000, ...opts });
+  const service = await Service.open({
+    dataDir: join(dir, 'data'),
+    modelsDir: join(dir, 'models'),
+    defaultBaseModel: TINY_MODEL,
+    log: () => {},
+    spawnEngine: fake.spawn,
+    maxPhotoBytes: 200_000,
+    ...opts,
+  });
   services.push(service);
   return { service, requests: fake.requests, call: (m, p) => service.call(m, p) as never };
 }
 
 async function projectWithPhotos(call: Awaited<ReturnType<typeof open>>['call']): Promise<string> {
   const p = await call('projects.create', { name: 'Dog' });
-  await call('photos.add', { projectId: p.id, files: await Promise.all([0, 1, 2].map(async (k) => ({ name: `p${k}.png`, dataBase64: (await shapePng(k)).toString('base64') }))) });
+  await call('photos.add', {
+    projectId: p.id,
+    files: await Promise.all(
+      [0, 1, 2].map(async (k) => ({ name: `p${k}.png`, dataBase64: (await shapePng(k)).toString('base64') })),
+    ),
+  });
   return p.id;
 }
 
@@ -67,20 +93,43 @@ afterAll(async () => {
 /** Every leaf field of a params schema, as a path (objects are walked; unions are leaves). */
 function fieldPaths(schema: z.ZodType, prefix: string[] = []): string[][] {
   let s = schema as z.ZodType & { def: { type: string; innerType?: z.ZodType } };
-  while (['optional', 'default', 'nullable', 'prefault', 'readonly'].includes(s.def.type)) s = s.def.innerType as typeof s;
-  if (s instanceof z.ZodObject) return Object.entries(s.shape).flatMap(([k, v]) => fieldPaths(v as z.ZodType, [...prefix, k]));
+  while (['optional', 'default', 'nullable', 'prefault', 'readonly'].includes(s.def.type))
+    s = s.def.innerType as typeof s;
+  if (s instanceof z.ZodObject)
+    return Object.entries(s.shape).flatMap(([k, v]) => fieldPaths(v as z.ZodType, [...prefix, k]));
   return [prefix];
 }
 
 function withField(base: Record<string, unknown>, path: string[], value: unknown): Record<string, unknown> {
   const out = structuredClone(base);
   let o = out;
-  for (const k of path.slice(0, -1)) o = (o[k] = typeof o[k] === 'object' && o[k] !== null ? o[k] : {}) as Record<string, unknown>;
+  for (const k of path.slice(0, -1))
+    o = (o[k] = typeof o[k] === 'object' && o[k] !== null ? o[k] : {}) as Record<string, unknown>;
   o[path[path.length - 1]] = value;
   return out;
 }
 
-const BAD_VALUES: unknown[] = ['', '   ', 'x'.repeat(65), 'x'.repeat(5_000_000), '\0', '../../../etc/passwd', '/etc/passwd', -1, 0, 1.5, 1e15, 1e308, -1e308, null, true, [], ['x'.repeat(5000)], Array(1000).fill('a'), {}];
+const BAD_VALUES: unknown[] = [
+  '',
+  '   ',
+  'x'.repeat(65),
+  'x'.repeat(5_000_000),
+  '\0',
+  '../../../etc/passwd',
+  '/etc/passwd',
+  -1,
+  0,
+  1.5,
+  1e15,
+  1e308,
+  -1e308,
+  null,
+  true,
+  [],
+  ['x'.repeat(5000)],
+  Array(1000).fill('a'),
+  {},
+];
 
 describe('validate before write', () => {
   it('projects.update with a blank or over-long subject is refused and the project still loads (was: 500 after the write, project gone)', async () => {
@@ -97,7 +146,13 @@ describe('validate before write', () => {
   it('refuses unbounded fields (a 5,000,000-character prompt, checkpointEvery 1e15, maxGradNorm 1e308, 1,000 sample prompts)', async () => {
     const { call } = await open();
     const p = await call('projects.create', { name: 'Dog' });
-    for (const settings of [{ instancePrompt: 'x'.repeat(5_000_000) }, { checkpointEvery: 1e15 }, { maxGradNorm: 1e308 }, { samplePrompts: Array(1000).fill('a') }, { classPrompt: 'x'.repeat(5000) }]) {
+    for (const settings of [
+      { instancePrompt: 'x'.repeat(5_000_000) },
+      { checkpointEvery: 1e15 },
+      { maxGradNorm: 1e308 },
+      { samplePrompts: Array(1000).fill('a') },
+      { classPrompt: 'x'.repeat(5000) },
+    ]) {
       expect((await apiError(call('projects.update', { projectId: p.id, settings }))).code).toBe('invalid_params');
     }
   });
@@ -114,7 +169,13 @@ describe('validate before write', () => {
       'projects.list': {},
       'projects.create': { name: 'Cat' },
       'projects.open': { projectId },
-      'projects.update': { projectId, name: 'Dog', subject: { triggerToken: 'sks', classWord: 'dog', type: 'live' }, baseModel: null, settings: { steps: 2 } },
+      'projects.update': {
+        projectId,
+        name: 'Dog',
+        subject: { triggerToken: 'sks', classWord: 'dog', type: 'live' },
+        baseModel: null,
+        settings: { steps: 2 },
+      },
       'projects.delete': { projectId: 'no-such-project' },
       'photos.add': { projectId, files: [{ name: 'x.png', dataBase64: 'AAAA' }], paths: [] },
       'photos.list': { projectId },
@@ -125,7 +186,14 @@ describe('validate before write', () => {
       'training.resume': { projectId, runId },
       'training.runs': { projectId },
       'training.status': { projectId, runId },
-      'evaluation.start': { projectId, runId, checkpoints: 'all', quick: true, imagesPerPrompt: 1, prompts: ['a photo'] },
+      'evaluation.start': {
+        projectId,
+        runId,
+        checkpoints: 'all',
+        quick: true,
+        imagesPerPrompt: 1,
+        prompts: ['a photo'],
+      },
       'evaluation.check': { projectId },
       'evaluation.images': { projectId, runId },
       'evaluation.get': { projectId, runId },
@@ -133,7 +201,12 @@ describe('validate before write', () => {
       'generation.start': { projectId, settings: { prompt: 'a dog', steps: 2, width: 64, height: 64 }, adapters: [] },
       'generation.list': { projectId },
       'adapters.list': { projectId },
-      'adapters.export': { projectId, adapter: { file: 'adapters/none.safetensors' }, format: 'kohya', outPath: 'adapters/out.safetensors' },
+      'adapters.export': {
+        projectId,
+        adapter: { file: 'adapters/none.safetensors' },
+        format: 'kohya',
+        outPath: 'adapters/out.safetensors',
+      },
       'adapters.import': { projectId, path: 'adapters/none.safetensors' },
       'adapters.inspect': { projectId, file: 'adapters/none.safetensors' },
       'models.list': {},
@@ -153,12 +226,20 @@ describe('validate before write', () => {
         if (!path.length) continue;
         for (const value of BAD_VALUES) {
           calls++;
-          await service.call(method, withField(templates[method], path, value)).catch((err: { code?: string; message: string }) => {
-            if (err.code === 'internal') internal.push(`${method} ${path.join('.')}=${JSON.stringify(value)?.slice(0, 40)}: ${err.message.slice(0, 200)}`);
-          });
+          await service
+            .call(method, withField(templates[method], path, value))
+            .catch((err: { code?: string; message: string }) => {
+              if (err.code === 'internal')
+                internal.push(
+                  `${method} ${path.join('.')}=${JSON.stringify(value)?.slice(0, 40)}: ${err.message.slice(0, 200)}`,
+                );
+            });
           await service.jobs.idle();
           const list = await call('projects.list', {});
-          if (!list.some((x) => x.id === projectId)) throw new Error(`${method} ${path.join('.')}=${JSON.stringify(value)?.slice(0, 40)} made the project unreadable`);
+          if (!list.some((x) => x.id === projectId))
+            throw new Error(
+              `${method} ${path.join('.')}=${JSON.stringify(value)?.slice(0, 40)} made the project unreadable`,
+            );
         }
       }
     }
@@ -178,7 +259,9 @@ describe('one path policy', () => {
       const projectId = await projectWithPhotos(call);
       const outside = join(root, `class-${hostPaths}`);
       const settings = { priorPreservation: true, classImagesDir: outside };
-      expect((await apiError(call('training.start', { projectId, settings }))).message).toMatch(/classImagesDir: .* is outside the project/);
+      expect((await apiError(call('training.start', { projectId, settings }))).message).toMatch(
+        /classImagesDir: .* is outside the project/,
+      );
       expect((await apiError(call('projects.update', { projectId, settings }))).code).toBe('invalid_params');
       expect(existsSync(outside)).toBe(false);
       expect(requests.filter((r) => r.kind === 'train')).toEqual([]);
@@ -186,23 +269,41 @@ describe('one path policy', () => {
       await mkdir(outside);
       const { service } = { service: services[services.length - 1] };
       await symlink(outside, join(service.store.dir(projectId), 'escape'));
-      expect((await apiError(call('training.start', { projectId, settings: { priorPreservation: true, classImagesDir: 'escape/x' } }))).code).toBe('invalid_params');
+      expect(
+        (
+          await apiError(
+            call('training.start', { projectId, settings: { priorPreservation: true, classImagesDir: 'escape/x' } }),
+          )
+        ).code,
+      ).toBe('invalid_params');
     }
   });
 
   it('a folder inside the project is resolved for the engine; the desktop app may use a folder the user picked', async () => {
     const { service, call, requests } = await open();
     const projectId = await projectWithPhotos(call);
-    const { jobId } = await call('training.start', { projectId, settings: { priorPreservation: true, classImagesDir: 'class-images/dog', steps: 2 } });
+    const { jobId } = await call('training.start', {
+      projectId,
+      settings: { priorPreservation: true, classImagesDir: 'class-images/dog', steps: 2 },
+    });
     await finished(service, jobId);
-    expect((requests.find((r) => r.kind === 'train')!.params as { settings: { classImagesDir: string } }).settings.classImagesDir).toBe(join(service.store.dir(projectId), 'class-images', 'dog'));
+    expect(
+      (requests.find((r) => r.kind === 'train')!.params as { settings: { classImagesDir: string } }).settings
+        .classImagesDir,
+    ).toBe(join(service.store.dir(projectId), 'class-images', 'dog'));
 
     const desktop = await open({ hostPaths: 'desktop' });
     const id2 = await projectWithPhotos(desktop.call);
     const picked = join(root, 'picked-class-images');
-    const started = await desktop.call('training.start', { projectId: id2, settings: { priorPreservation: true, classImagesDir: picked, steps: 2 } });
+    const started = await desktop.call('training.start', {
+      projectId: id2,
+      settings: { priorPreservation: true, classImagesDir: picked, steps: 2 },
+    });
     await finished(desktop.service, started.jobId);
-    expect((desktop.requests.find((r) => r.kind === 'train')!.params as { settings: { classImagesDir: string } }).settings.classImagesDir).toBe(picked);
+    expect(
+      (desktop.requests.find((r) => r.kind === 'train')!.params as { settings: { classImagesDir: string } }).settings
+        .classImagesDir,
+    ).toBe(picked);
   });
 
   it('with --allow-remote, models.setBase and projects.update baseModel say nothing about files outside the models folder', async () => {
@@ -224,7 +325,9 @@ describe('one path policy', () => {
     await symlink(TINY_MODEL, join(service.modelsDir, 'tiny'));
     const p = await call('projects.create', { name: 'Dog' });
     // The symlink's real path is outside the models folder: refused (the real path decides).
-    expect((await apiError(call('models.setBase', { projectId: p.id, path: join(service.modelsDir, 'tiny') }))).code).toBe('invalid_params');
+    expect(
+      (await apiError(call('models.setBase', { projectId: p.id, path: join(service.modelsDir, 'tiny') }))).code,
+    ).toBe('invalid_params');
   });
 
   it('photos.add from paths takes photos only, up to the upload limit (was: /etc/passwd and /proc/self/environ copied in)', async () => {
@@ -248,12 +351,23 @@ describe('one path policy', () => {
 
   it('adapters.export checks its destination again when the job runs (was: a symlink made in between redirected the write)', async () => {
     const hold = gate();
-    const { service, call, requests } = await open({}, { ...engine, train: async () => (await hold.opened, { status: 'completed', step: 1, error: null, fixedLoss: null }) });
+    const { service, call, requests } = await open(
+      {},
+      {
+        ...engine,
+        train: async () => (await hold.opened, { status: 'completed', step: 1, error: null, fixedLoss: null }),
+      },
+    );
     const projectId = await projectWithPhotos(call);
     const dir = service.store.dir(projectId);
     await writeFile(join(dir, 'adapters', 'mine.safetensors'), 'adapter');
     const training = await call('training.start', { projectId, settings: { steps: 2 } });
-    const { jobId } = await call('adapters.export', { projectId, adapter: { file: 'adapters/mine.safetensors' }, format: 'kohya', outPath: 'adapters/out.safetensors' });
+    const { jobId } = await call('adapters.export', {
+      projectId,
+      adapter: { file: 'adapters/mine.safetensors' },
+      format: 'kohya',
+      outPath: 'adapters/out.safetensors',
+    });
     expect(service.jobs.get(jobId)!.status).toBe('queued');
     const outside = join(root, 'outside-export.safetensors');
     await symlink(outside, join(dir, 'adapters', 'out.safetensors'));
@@ -270,21 +384,39 @@ describe('one path policy', () => {
 describe('failures end in a state the user can act on', () => {
   it('ENOSPC during training: the job says "disk full: <path>", the run is paused at its checkpoint, and resume works (was: raw message, run stuck running, 409)', async () => {
     let fail = true;
-    const { service, call } = await open({}, {
-      ...engine,
-      train: async (p) => {
-        if (!fail) return { status: 'completed', step: 2, error: null, fixedLoss: null };
-        // What the trainer got to write before the disk filled: running, one checkpoint.
-        const m = await readRunManifest(p.runDir);
-        await writeRunManifest(p.runDir, { ...m, status: 'running', step: 1, checkpoints: [{ step: 1, dir: 'checkpoints/step-000001', adapter: 'checkpoints/step-000001/adapter.safetensors', createdAt: m.createdAt, loss: 0.1 }] });
-        throw new Error(`ENOSPC: no space left on device, write '${join(p.runDir, 'samples', 'step-000002-0.png')}'`);
+    const { service, call } = await open(
+      {},
+      {
+        ...engine,
+        train: async (p) => {
+          if (!fail) return { status: 'completed', step: 2, error: null, fixedLoss: null };
+          // What the trainer got to write before the disk filled: running, one checkpoint.
+          const m = await readRunManifest(p.runDir);
+          await writeRunManifest(p.runDir, {
+            ...m,
+            status: 'running',
+            step: 1,
+            checkpoints: [
+              {
+                step: 1,
+                dir: 'checkpoints/step-000001',
+                adapter: 'checkpoints/step-000001/adapter.safetensors',
+                createdAt: m.createdAt,
+                loss: 0.1,
+              },
+            ],
+          });
+          throw new Error(`ENOSPC: no space left on device, write '${join(p.runDir, 'samples', 'step-000002-0.png')}'`);
+        },
       },
-    });
+    );
     const projectId = await projectWithPhotos(call);
     const { jobId, runId } = await call('training.start', { projectId, settings: { steps: 2 } });
     const job = await finished(service, jobId);
     expect(job.status).toBe('failed');
-    expect(job.error).toMatch(/^disk full: .*step-000002-0\.png \(free some space, then try again\); the run keeps its last checkpoint \(step 1\) and can be resumed$/);
+    expect(job.error).toMatch(
+      /^disk full: .*step-000002-0\.png \(free some space, then try again\); the run keeps its last checkpoint \(step 1\) and can be resumed$/,
+    );
     const run = await call('training.status', { projectId, runId });
     expect(run.status).toBe('paused');
     expect(run.error).toBe(job.error);
@@ -294,27 +426,38 @@ describe('failures end in a state the user can act on', () => {
   });
 
   it('a trainer that records its own failure gets the readable reason in run.json; a class-image folder refused at run time fails the run, not leaves it queued', async () => {
-    const { service, call } = await open({}, {
-      ...engine,
-      train: async (p) => {
-        const m = await readRunManifest(p.runDir);
-        const error = `EACCES: permission denied, open '${join(p.runDir, 'samples')}'`;
-        await writeRunManifest(p.runDir, { ...m, status: 'failed', error });
-        return { status: 'failed', step: 0, error, fixedLoss: null };
+    const { service, call } = await open(
+      {},
+      {
+        ...engine,
+        train: async (p) => {
+          const m = await readRunManifest(p.runDir);
+          const error = `EACCES: permission denied, open '${join(p.runDir, 'samples')}'`;
+          await writeRunManifest(p.runDir, { ...m, status: 'failed', error });
+          return { status: 'failed', step: 0, error, fixedLoss: null };
+        },
       },
-    });
+    );
     const projectId = await projectWithPhotos(call);
     const { jobId, runId } = await call('training.start', { projectId, settings: { steps: 2 } });
     const job = await finished(service, jobId);
-    expect(job.error).toMatch(/^permission denied: .*samples \(check the folder's permissions\); no checkpoint was written yet, so start the run again$/);
+    expect(job.error).toMatch(
+      /^permission denied: .*samples \(check the folder's permissions\); no checkpoint was written yet, so start the run again$/,
+    );
     expect((await call('training.status', { projectId, runId })).error).toBe(job.error);
 
     // The folder was fine when asked for; a symlink out of the project appears before the job runs.
     const hold = gate();
     const second = await open({}, { ...engine, generate: async () => (await hold.opened, { files: [] }) });
     const id2 = await projectWithPhotos(second.call);
-    const blocker = await second.call('generation.start', { projectId: id2, settings: { prompt: 'a dog', steps: 2, width: 64, height: 64 } });
-    const started = await second.call('training.start', { projectId: id2, settings: { steps: 2, priorPreservation: true, classImagesDir: 'class-images' } });
+    const blocker = await second.call('generation.start', {
+      projectId: id2,
+      settings: { prompt: 'a dog', steps: 2, width: 64, height: 64 },
+    });
+    const started = await second.call('training.start', {
+      projectId: id2,
+      settings: { steps: 2, priorPreservation: true, classImagesDir: 'class-images' },
+    });
     await mkdir(join(root, 'elsewhere'), { recursive: true });
     await symlink(join(root, 'elsewhere'), join(second.service.store.dir(id2), 'class-images'));
     hold.open();
@@ -332,7 +475,20 @@ describe('failures end in a state the user can act on', () => {
     await finished(service, jobId);
     const runDir = service.store.runDir(projectId, runId);
     const m = await readRunManifest(runDir);
-    await writeRunManifest(runDir, { ...m, status: 'running', step: 1, checkpoints: [{ step: 1, dir: 'checkpoints/step-000001', adapter: 'checkpoints/step-000001/adapter.safetensors', createdAt: m.createdAt, loss: 0.1 }] });
+    await writeRunManifest(runDir, {
+      ...m,
+      status: 'running',
+      step: 1,
+      checkpoints: [
+        {
+          step: 1,
+          dir: 'checkpoints/step-000001',
+          adapter: 'checkpoints/step-000001/adapter.safetensors',
+          createdAt: m.createdAt,
+          loss: 0.1,
+        },
+      ],
+    });
     const resumed = await call('training.resume', { projectId, runId });
     expect(resumed.runId).toBe(runId);
   });
@@ -343,11 +499,15 @@ describe('failures end in a state the user can act on', () => {
     // jobs.json becomes a folder with a file in it: renaming over it fails.
     const jobsFile = join(service.dataDir, 'jobs.json');
     await mkdir(join(jobsFile, 'blocked'), { recursive: true });
-    const e = await apiError(call('generation.start', { projectId, settings: { prompt: 'a dog', steps: 2, width: 64, height: 64 } }));
+    const e = await apiError(
+      call('generation.start', { projectId, settings: { prompt: 'a dog', steps: 2, width: 64, height: 64 } }),
+    );
     expect(e.message).toMatch(/^cannot start the generate job: cannot write .*jobs\.json/);
     await service.jobs.idle();
     const generate = service.jobs.list().filter((j) => j.kind === 'generate');
-    expect(generate.map((j) => [j.status, j.error?.slice(0, 25)])).toEqual([['cancelled', 'not started: cannot write']]);
+    expect(generate.map((j) => [j.status, j.error?.slice(0, 25)])).toEqual([
+      ['cancelled', 'not started: cannot write'],
+    ]);
     expect(requests.some((r) => r.kind === 'generate')).toBe(false);
     expect(JSON.parse(await readFile(join(service.store.dir(projectId), 'project.json'), 'utf8')).id).toBe(projectId);
   });

@@ -46,7 +46,13 @@ export interface Recorded {
  * Records service events, checking each against the contract's schema for its name; the
  * mismatches collect in `invalid` (the service swallows listener errors, so tests assert on it).
  */
-export function recordEvents(service: Service): { all: Recorded[]; invalid: string[]; of: <T>(name: EventName) => T[]; waitFor: (pred: (e: Recorded) => boolean, timeoutMs?: number, what?: string) => Promise<Recorded>; stop: () => void } {
+export function recordEvents(service: Service): {
+  all: Recorded[];
+  invalid: string[];
+  of: <T>(name: EventName) => T[];
+  waitFor: (pred: (e: Recorded) => boolean, timeoutMs?: number, what?: string) => Promise<Recorded>;
+  stop: () => void;
+} {
   const all: Recorded[] = [];
   const invalid: string[] = [];
   const waiters: Array<{ pred: (e: Recorded) => boolean; resolve: (e: Recorded) => void }> = [];

@@ -44,7 +44,14 @@ describe('job runner', () => {
     c.release();
     d.release();
     await runner.idle();
-    expect(log.filter((l) => !l.includes('download'))).toEqual(['start train', 'end train', 'start generate', 'end generate', 'start export', 'end export']);
+    expect(log.filter((l) => !l.includes('download'))).toEqual([
+      'start train',
+      'end train',
+      'start generate',
+      'end generate',
+      'start export',
+      'end export',
+    ]);
     expect([ja, jb, jc, jd].map((j) => runner.get(j.id)!.status)).toEqual(['done', 'done', 'done', 'done']);
     expect(updates.filter((u) => u.id === ja.id).map((u) => u.status)).toEqual(['queued', 'running', 'done']);
   });
@@ -55,7 +62,13 @@ describe('job runner', () => {
     const a = gate(log, 'a');
     const ja = runner.submit({ kind: 'train', projectId: 'p', runId: 'r', run: a.run });
     let cancelledQueued = false;
-    const jb = runner.submit({ kind: 'generate', projectId: 'p', runId: null, run: async () => void log.push('b ran'), onCancelQueued: () => void (cancelledQueued = true) });
+    const jb = runner.submit({
+      kind: 'generate',
+      projectId: 'p',
+      runId: null,
+      run: async () => void log.push('b ran'),
+      onCancelQueued: () => void (cancelledQueued = true),
+    });
     await new Promise((r) => setTimeout(r, 10));
     expect(runner.cancel(jb.id)).toBe(true);
     expect(runner.get(jb.id)!.status).toBe('cancelled');
@@ -70,13 +83,42 @@ describe('job runner', () => {
 
   it('records failures and the outcome a job reports', async () => {
     const { runner } = await JobRunner.open({ file: null, onUpdate: () => {} });
-    const f = runner.submit({ kind: 'export', projectId: 'p', runId: null, run: async () => Promise.reject(new Error('disk full')) });
-    const o = runner.submit({ kind: 'train', projectId: 'p', runId: 'r', run: async (ctx) => (ctx.progress({ done: 3, total: 4, label: 'x' }), { status: 'failed', error: 'loss became NaN' }) });
-    const l = runner.submit({ kind: 'export', projectId: 'p', runId: null, run: async () => ({ label: 'adapters/out.safetensors', result: { path: 'adapters/out.safetensors', url: '/files/p/adapters/out.safetensors' } }) });
+    const f = runner.submit({
+      kind: 'export',
+      projectId: 'p',
+      runId: null,
+      run: async () => Promise.reject(new Error('disk full')),
+    });
+    const o = runner.submit({
+      kind: 'train',
+      projectId: 'p',
+      runId: 'r',
+      run: async (ctx) => (
+        ctx.progress({ done: 3, total: 4, label: 'x' }), { status: 'failed', error: 'loss became NaN' }
+      ),
+    });
+    const l = runner.submit({
+      kind: 'export',
+      projectId: 'p',
+      runId: null,
+      run: async () => ({
+        label: 'adapters/out.safetensors',
+        result: { path: 'adapters/out.safetensors', url: '/files/p/adapters/out.safetensors' },
+      }),
+    });
     await runner.idle();
     expect(runner.get(f.id)).toMatchObject({ status: 'failed', error: 'disk full' });
-    expect(runner.get(o.id)).toMatchObject({ status: 'failed', error: 'loss became NaN', progress: { done: 3, total: 4 } });
-    expect(runner.get(l.id)).toMatchObject({ status: 'done', error: null, progress: { label: 'adapters/out.safetensors' }, result: { path: 'adapters/out.safetensors', url: '/files/p/adapters/out.safetensors' } });
+    expect(runner.get(o.id)).toMatchObject({
+      status: 'failed',
+      error: 'loss became NaN',
+      progress: { done: 3, total: 4 },
+    });
+    expect(runner.get(l.id)).toMatchObject({
+      status: 'done',
+      error: null,
+      progress: { label: 'adapters/out.safetensors' },
+      result: { path: 'adapters/out.safetensors', url: '/files/p/adapters/out.safetensors' },
+    });
     expect(runner.get(f.id)!.result).toBeUndefined();
   });
 
@@ -102,7 +144,11 @@ describe('job runner', () => {
     ]);
     expect(reopened.runner.get(done.id)!.status).toBe('done');
     await reopened.runner.idle();
-    expect(JSON.parse(await readFile(file, 'utf8')).jobs.map((j: Job) => j.status)).toEqual(['done', 'failed', 'cancelled']);
+    expect(JSON.parse(await readFile(file, 'utf8')).jobs.map((j: Job) => j.status)).toEqual([
+      'done',
+      'failed',
+      'cancelled',
+    ]);
     a.release();
     await runner.close();
   });

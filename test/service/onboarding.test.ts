@@ -29,7 +29,14 @@ const engine: FakeHandlers = {
 
 async function open(opts: Partial<ServiceOptions> = {}) {
   const dir = join(root, `s${n++}`);
-  const service = await Service.open({ dataDir: join(dir, 'data'), modelsDir: join(dir, 'models'), hfCacheDir: join(dir, 'hub'), log: () => {}, spawnEngine: fakeEngine(engine).spawn, ...opts });
+  const service = await Service.open({
+    dataDir: join(dir, 'data'),
+    modelsDir: join(dir, 'models'),
+    hfCacheDir: join(dir, 'hub'),
+    log: () => {},
+    spawnEngine: fakeEngine(engine).spawn,
+    ...opts,
+  });
   services.push(service);
   return { dir, service, call: <M extends Method>(m: M, p: Params<M>) => service.call(m, p) as Promise<Result<M>> };
 }
@@ -56,7 +63,14 @@ describe('models.bases', () => {
     await mkdir(join(dir, 'hub', 'models--org--no-pipeline', 'snapshots', 'x'), { recursive: true });
     // An SDXL pipeline in the cache is not offered: this app trains SD 1.x.
     await mkdir(join(dir, 'hub', 'models--org--sdxl', 'snapshots', 'y'), { recursive: true });
-    await writeFile(join(dir, 'hub', 'models--org--sdxl', 'snapshots', 'y', 'model_index.json'), JSON.stringify({ _class_name: 'StableDiffusionXLPipeline', unet: ['diffusers', 'UNet2DConditionModel'], text_encoder_2: ['transformers', 'CLIPTextModelWithProjection'] }));
+    await writeFile(
+      join(dir, 'hub', 'models--org--sdxl', 'snapshots', 'y', 'model_index.json'),
+      JSON.stringify({
+        _class_name: 'StableDiffusionXLPipeline',
+        unet: ['diffusers', 'UNet2DConditionModel'],
+        text_encoder_2: ['transformers', 'CLIPTextModelWithProjection'],
+      }),
+    );
 
     const bases = await call('models.bases', {});
     expect(bases.map((b) => [b.name, b.source, b.isDefault])).toEqual([
@@ -70,7 +84,10 @@ describe('models.bases', () => {
     const elsewhere = join(dir, 'elsewhere');
     await symlink(TINY_MODEL, elsewhere, 'dir');
     await call('projects.create', { name: 'Mug', baseModel: elsewhere });
-    expect((await call('models.bases', {})).find((b) => b.path === elsewhere)).toMatchObject({ source: 'recent', native: 64 });
+    expect((await call('models.bases', {})).find((b) => b.path === elsewhere)).toMatchObject({
+      source: 'recent',
+      native: 64,
+    });
   });
 
   it('a server open to the network lists its models folder only', async () => {
@@ -84,7 +101,9 @@ describe('models.bases', () => {
 
   it('the default base model is marked', async () => {
     const { call } = await open({ defaultBaseModel: TINY_MODEL });
-    expect(await call('models.bases', {})).toEqual([{ path: TINY_MODEL, name: 'model', source: 'server default', isDefault: true, native: 64 }]);
+    expect(await call('models.bases', {})).toEqual([
+      { path: TINY_MODEL, name: 'model', source: 'server default', isDefault: true, native: 64 },
+    ]);
   });
 });
 
@@ -108,12 +127,20 @@ describe('evaluation.check', () => {
     const p = await call('projects.create', { name: 'Ball' });
     const r = await call('evaluation.check', { projectId: p.id });
     expect(r).toMatchObject({ ready: false, dino: null, bundled: false });
-    expect(r.message).toContain(`DINO model not found: place model.onnx at ${join(dir, 'models', 'dino', 'model.onnx')}`);
+    expect(r.message).toContain(
+      `DINO model not found: place model.onnx at ${join(dir, 'models', 'dino', 'model.onnx')}`,
+    );
     expect(r.message).toMatch(/Models & Settings/);
 
     const withDino = await open({ defaultBaseModel: TINY_MODEL, dinoModel: DINO_TINY });
     const q = await withDino.call('projects.create', { name: 'Ball' });
-    expect(await withDino.call('evaluation.check', { projectId: q.id })).toEqual({ ready: true, dino: DINO_TINY, bundled: false, metric: 'dino', message: null });
+    expect(await withDino.call('evaluation.check', { projectId: q.id })).toEqual({
+      ready: true,
+      dino: DINO_TINY,
+      bundled: false,
+      metric: 'dino',
+      message: null,
+    });
   });
 
   it('the tiny demo model evaluates offline with the bundled tiny DINO; no other model does', async () => {
@@ -122,7 +149,11 @@ describe('evaluation.check', () => {
     await mkdir(join(dir, 'models'), { recursive: true });
     await symlink(TINY_MODEL_DIR, join(dir, 'models', 'tiny-sd'), 'dir');
     const demo = await call('projects.create', { name: 'Demo', baseModel: join(dir, 'models', 'tiny-sd') });
-    expect(await call('evaluation.check', { projectId: demo.id })).toMatchObject({ ready: true, dino: BUNDLED_TINY_DINO, bundled: true });
+    expect(await call('evaluation.check', { projectId: demo.id })).toMatchObject({
+      ready: true,
+      dino: BUNDLED_TINY_DINO,
+      bundled: true,
+    });
     // The test fixture is a tiny model too, but not the demo one: the bundled DINO means nothing for it.
     const other = await call('projects.create', { name: 'Other', baseModel: TINY_MODEL });
     expect(await call('evaluation.check', { projectId: other.id })).toMatchObject({ ready: false, dino: null });
@@ -137,13 +168,20 @@ describe('evaluation.check', () => {
     // A copy is recognised by its model_index.json, not its path; a model that merely sits in a folder named toy-sd is not.
     const impostor = join(dir, 'models', 'toy-sd');
     await mkdir(impostor, { recursive: true });
-    await writeFile(join(impostor, 'model_index.json'), JSON.stringify({ _class_name: 'StableDiffusionPipeline', _name_or_path: 'someone/else' }));
+    await writeFile(
+      join(impostor, 'model_index.json'),
+      JSON.stringify({ _class_name: 'StableDiffusionPipeline', _name_or_path: 'someone/else' }),
+    );
     expect(isToyModel(impostor)).toBe(false);
     expect(isToyModel(TOY_MODEL_DIR)).toBe(true);
 
     const withDino = await open({ dinoModel: DINO_TINY });
     const q = await withDino.call('projects.create', { name: 'Toy', baseModel: TOY_MODEL_DIR });
-    expect(await withDino.call('evaluation.check', { projectId: q.id })).toMatchObject({ ready: true, dino: DINO_TINY, metric: 'dino' });
+    expect(await withDino.call('evaluation.check', { projectId: q.id })).toMatchObject({
+      ready: true,
+      dino: DINO_TINY,
+      metric: 'dino',
+    });
   });
 
   it('evaluation.start on a toy-model run asks the engine for the toy scorer, and for DINO once one is installed', async () => {
@@ -151,24 +189,63 @@ describe('evaluation.check', () => {
       // A training that leaves one checkpoint in run.json, as the real trainer does.
       train: async (p) => {
         const m = await readRunManifest(p.runDir);
-        await writeRunManifest(p.runDir, { ...m, status: 'completed', step: 2, checkpoints: [{ step: 2, dir: 'checkpoints/step-000002', adapter: 'checkpoints/step-000002/adapter.safetensors', createdAt: new Date().toISOString(), loss: 0.1 }] });
+        await writeRunManifest(p.runDir, {
+          ...m,
+          status: 'completed',
+          step: 2,
+          checkpoints: [
+            {
+              step: 2,
+              dir: 'checkpoints/step-000002',
+              adapter: 'checkpoints/step-000002/adapter.safetensors',
+              createdAt: new Date().toISOString(),
+              loss: 0.1,
+            },
+          ],
+        });
         return { status: 'completed', step: 2, error: null, fixedLoss: null };
       },
-      evaluate: async () => ({ createdAt: new Date().toISOString(), metric: 'toy', prompts: ['p'], imagesPerPrompt: 1, seeds: [1], baseline: { step: null, dino: 0.4, clipT: null, images: 1 }, rows: [{ step: 2, dino: 0.5, clipT: null, images: 1 }], best: 2, rule: 'r', chosen: null }),
+      evaluate: async () => ({
+        createdAt: new Date().toISOString(),
+        metric: 'toy',
+        prompts: ['p'],
+        imagesPerPrompt: 1,
+        seeds: [1],
+        baseline: { step: null, dino: 0.4, clipT: null, images: 1 },
+        rows: [{ step: 2, dino: 0.5, clipT: null, images: 1 }],
+        best: 2,
+        rule: 'r',
+        chosen: null,
+      }),
     };
     for (const dinoModel of [undefined, DINO_TINY]) {
       const fake = fakeEngine(handlers);
       const dir = join(root, `s${n++}`);
-      const service = await Service.open({ dataDir: join(dir, 'data'), modelsDir: join(dir, 'models'), hfCacheDir: join(dir, 'hub'), log: () => {}, spawnEngine: fake.spawn, dinoModel });
+      const service = await Service.open({
+        dataDir: join(dir, 'data'),
+        modelsDir: join(dir, 'models'),
+        hfCacheDir: join(dir, 'hub'),
+        log: () => {},
+        spawnEngine: fake.spawn,
+        dinoModel,
+      });
       services.push(service);
       const call = <M extends Method>(m: M, p: Params<M>) => service.call(m, p) as Promise<Result<M>>;
       const project = await call('projects.create', { name: 'Toy', baseModel: TOY_MODEL_DIR });
-      await call('photos.add', { projectId: project.id, files: await Promise.all([0, 1, 2].map(async (k) => ({ name: `p${k}.png`, dataBase64: (await shapePng(k)).toString('base64') }))) });
+      await call('photos.add', {
+        projectId: project.id,
+        files: await Promise.all(
+          [0, 1, 2].map(async (k) => ({ name: `p${k}.png`, dataBase64: (await shapePng(k)).toString('base64') })),
+        ),
+      });
       const { runId, jobId } = await call('training.start', { projectId: project.id, settings: { steps: 2 } });
       await finished(service, jobId);
       const ev = await call('evaluation.start', { projectId: project.id, runId });
       await finished(service, ev.jobId);
-      const request = fake.requests.find((r) => r.kind === 'evaluate')?.params as { scorer?: string; dinoModel?: string };
+      const request = fake.requests.find((r) => r.kind === 'evaluate')?.params as {
+        scorer?: string;
+        dinoModel?: string;
+      };
       expect(request, dinoModel ?? 'no DINO').toMatchObject(dinoModel ? { dinoModel } : { scorer: 'toy' });
       expect(dinoModel ? request.scorer : request.dinoModel).toBeUndefined();
     }
@@ -185,23 +262,62 @@ describe('adapters.export: Save to', () => {
       ['my-mug-2', 'adapters/my-mug-2.safetensors'],
       ['adapters/sub.safetensors', 'adapters/sub.safetensors'],
     ]) {
-      const { jobId } = await call('adapters.export', { projectId: p.id, adapter: { file: 'adapters/a.safetensors' }, format: 'kohya', outPath });
+      const { jobId } = await call('adapters.export', {
+        projectId: p.id,
+        adapter: { file: 'adapters/a.safetensors' },
+        format: 'kohya',
+        outPath,
+      });
       const job = await finished(service, jobId);
       expect(job.status, job.error ?? '').toBe('done');
       expect(job.result).toEqual({ path: rel, url: `/files/${p.id}/${rel}` });
     }
     // Still refused: outside adapters/, or the wrong extension, with the field named.
-    expect((await apiError(call('adapters.export', { projectId: p.id, adapter: { file: 'adapters/a.safetensors' }, format: 'kohya', outPath: 'photos/x.safetensors' }))).message).toMatch(/^outPath: 'photos\/x.safetensors' must be inside the project's adapters\/ folder/);
-    expect((await apiError(call('adapters.export', { projectId: p.id, adapter: { file: 'adapters/a.safetensors' }, format: 'kohya', outPath: 'x.txt' }))).message).toMatch(/^outPath: 'adapters\/x.txt' must end in .safetensors/);
+    expect(
+      (
+        await apiError(
+          call('adapters.export', {
+            projectId: p.id,
+            adapter: { file: 'adapters/a.safetensors' },
+            format: 'kohya',
+            outPath: 'photos/x.safetensors',
+          }),
+        )
+      ).message,
+    ).toMatch(/^outPath: 'photos\/x.safetensors' must be inside the project's adapters\/ folder/);
+    expect(
+      (
+        await apiError(
+          call('adapters.export', {
+            projectId: p.id,
+            adapter: { file: 'adapters/a.safetensors' },
+            format: 'kohya',
+            outPath: 'x.txt',
+          }),
+        )
+      ).message,
+    ).toMatch(/^outPath: 'adapters\/x.txt' must end in .safetensors/);
   });
 });
 
 describe('models.download offline', () => {
   it('a download that cannot connect fails with words and the manual fix, not a raw socket error', async () => {
-    const { dir, service, call } = await open({ evalModels: [{ id: 'dino', title: 'test DINO', purpose: 'test', required: true, files: [{ file: 'model.onnx', url: 'http://127.0.0.1:1/model.onnx', sha256: null, approxBytes: 10 }] }] });
+    const { dir, service, call } = await open({
+      evalModels: [
+        {
+          id: 'dino',
+          title: 'test DINO',
+          purpose: 'test',
+          required: true,
+          files: [{ file: 'model.onnx', url: 'http://127.0.0.1:1/model.onnx', sha256: null, approxBytes: 10 }],
+        },
+      ],
+    });
     const { jobId } = await call('models.download', { name: 'dino' });
     const job = await finished(service, jobId);
     expect(job.status).toBe('failed');
-    expect(job.error).toBe(`cannot reach 127.0.0.1:1 (is this machine offline?). Download http://127.0.0.1:1/model.onnx on a machine with internet and place it at ${join(dir, 'models', 'dino', 'model.onnx')}, then press Check again.`);
+    expect(job.error).toBe(
+      `cannot reach 127.0.0.1:1 (is this machine offline?). Download http://127.0.0.1:1/model.onnx on a machine with internet and place it at ${join(dir, 'models', 'dino', 'model.onnx')}, then press Check again.`,
+    );
   }, 20_000);
 });

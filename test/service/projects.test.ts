@@ -25,7 +25,8 @@ describe('projects on disk', () => {
     const p = await newProject('Rex the Dög!');
     expect(p.id).toMatch(/^rex-the-dog-[0-9a-f]{6}$/);
     const dir = store.dir(p.id);
-    for (const f of ['photos', 'runs', 'adapters', 'images', 'photos.json', 'project.json']) expect(existsSync(join(dir, f)), f).toBe(true);
+    for (const f of ['photos', 'runs', 'adapters', 'images', 'photos.json', 'project.json'])
+      expect(existsSync(join(dir, f)), f).toBe(true);
     const onDisk = projectSchema.parse(JSON.parse(await readFile(join(dir, 'project.json'), 'utf8')));
     expect(onDisk).toEqual(p);
     expect(p.settings.triggerToken).toBe('zwx');
@@ -82,7 +83,9 @@ describe('projects on disk', () => {
     ];
     expect(migrateProject({ x: 0 }, 'f', table, 2)).toEqual({ value: { x: 0, a: 1, b: 2, schemaVersion: 2 }, from: 0 });
     expect(migrateProject({ schemaVersion: 1, a: 5 }, 'f', table, 2).value).toEqual({ schemaVersion: 2, a: 5, b: 6 });
-    expect(() => migrateProject({ schemaVersion: 0 }, 'f', [table[1]], 2)).toThrow(/no migration from project schema 0 to 1/);
+    expect(() => migrateProject({ schemaVersion: 0 }, 'f', [table[1]], 2)).toThrow(
+      /no migration from project schema 0 to 1/,
+    );
   });
 
   it('copies photos in under safe unique names, keeps the bytes, and checks each one', async () => {
@@ -105,9 +108,19 @@ describe('projects on disk', () => {
     expect(added[1].reason).toContain('exact duplicate of photo.png');
     expect(added[3].reason).toMatch(/too small: 16x16/);
     expect(added[4].reason).toMatch(/not a readable image/);
-    expect(added[0]).toMatchObject({ file: 'photos/photo.png', originalName: 'photo.png', width: 96, height: 96, bytes: png.length, url: `/files/${p.id}/photos/photo.png` });
+    expect(added[0]).toMatchObject({
+      file: 'photos/photo.png',
+      originalName: 'photo.png',
+      width: 96,
+      height: 96,
+      bytes: png.length,
+      url: `/files/${p.id}/photos/photo.png`,
+    });
     expect(Buffer.compare(await readFile(join(store.dir(p.id), 'photos', 'from-disk.png')), other)).toBe(0);
-    expect(await store.usablePhotoFiles(p.id)).toEqual([join(store.dir(p.id), 'photos', 'photo.png'), join(store.dir(p.id), 'photos', 'from-disk.png')]);
+    expect(await store.usablePhotoFiles(p.id)).toEqual([
+      join(store.dir(p.id), 'photos', 'photo.png'),
+      join(store.dir(p.id), 'photos', 'from-disk.png'),
+    ]);
     expect((await store.photos(p.id)).length).toBe(5);
 
     // A larger resolution re-checks every photo: 96 px is below 128, so a warning.
@@ -138,7 +151,10 @@ describe('projects on disk', () => {
     expect(asked).toEqual([null]);
     // Another base model (native 512): 96 px is now too small; an unreadable one falls back to 512.
     await native.update(p.id, { baseModel: '/models/sd15' });
-    expect((await native.photos(p.id))[0]).toMatchObject({ status: 'rejected', reason: expect.stringMatching(/too small: 96x96.*train at 512/) });
+    expect((await native.photos(p.id))[0]).toMatchObject({
+      status: 'rejected',
+      reason: expect.stringMatching(/too small: 96x96.*train at 512/),
+    });
     await native.update(p.id, { baseModel: null });
     expect((await native.photos(p.id))[0].status).toBe('ok');
     await native.update(p.id, { baseModel: 'unreadable' });
@@ -153,6 +169,13 @@ describe('projects on disk', () => {
     await store.update(p.id, { settings: { resolution: 64 } });
     const pngs = await Promise.all([0, 1, 2, 3, 4, 5].map((k) => shapePng(k)));
     await Promise.all(pngs.map((data, k) => store.addPhotos(p.id, [{ kind: 'bytes', name: `p${k}.png`, data }])));
-    expect((await store.photos(p.id)).map((x) => x.id).sort()).toEqual(['p0.png', 'p1.png', 'p2.png', 'p3.png', 'p4.png', 'p5.png']);
+    expect((await store.photos(p.id)).map((x) => x.id).sort()).toEqual([
+      'p0.png',
+      'p1.png',
+      'p2.png',
+      'p3.png',
+      'p4.png',
+      'p5.png',
+    ]);
   });
 });

@@ -27,7 +27,9 @@ describe('safeResolve', () => {
   it('resolves plain relative paths inside the root, existing or not', async () => {
     expect(await safeResolve(root, 'photos/a.png')).toBe(join(root, 'photos', 'a.png'));
     expect(await safeResolve(root, './photos//a.png')).toBe(join(root, 'photos', 'a.png'));
-    expect(await safeResolve(root, 'adapters/new/out.safetensors')).toBe(join(root, 'adapters', 'new', 'out.safetensors'));
+    expect(await safeResolve(root, 'adapters/new/out.safetensors')).toBe(
+      join(root, 'adapters', 'new', 'out.safetensors'),
+    );
     expect(await safeResolve(root, 'photos/inside-link.png')).toBe(join(root, 'photos', 'inside-link.png'));
   });
 
@@ -76,7 +78,7 @@ describe('safe file names', () => {
     expect(safeFileName('.hidden.png')).toBe('hidden.png');
     expect(safeFileName('Café über.webp')).toBe('Cafe-uber.webp');
     expect(safeFileName('...', 'photo')).toBe('photo');
-    expect(safeFileName('x'.repeat(300) + '.png').length).toBeLessThanOrEqual(80);
+    expect(safeFileName(`${'x'.repeat(300)}.png`).length).toBeLessThanOrEqual(80);
   });
 
   it('numbers duplicates before the extension', () => {

@@ -26,13 +26,25 @@ interface Raw {
 }
 
 /** A request with the path sent exactly as written (fetch would normalise `..`). */
-function raw(o: { path: string; method?: string; headers?: Record<string, string>; body?: string | Buffer; chunks?: Buffer[]; port?: number }): Promise<Raw> {
+function raw(o: {
+  path: string;
+  method?: string;
+  headers?: Record<string, string>;
+  body?: string | Buffer;
+  chunks?: Buffer[];
+  port?: number;
+}): Promise<Raw> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest({ host: '127.0.0.1', port: o.port ?? server.port, path: o.path, method: o.method ?? 'GET', headers: o.headers }, (res) => {
-      const parts: Buffer[] = [];
-      res.on('data', (c: Buffer) => parts.push(c));
-      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(parts).toString('utf8') }));
-    });
+    const req = httpRequest(
+      { host: '127.0.0.1', port: o.port ?? server.port, path: o.path, method: o.method ?? 'GET', headers: o.headers },
+      (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (c: Buffer) => parts.push(c));
+        res.on('end', () =>
+          resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(parts).toString('utf8') }),
+        );
+      },
+    );
     req.on('error', (err: NodeJS.ErrnoException) => {
       // The server may answer (413) and close before a large body is fully written.
       if (err.code !== 'EPIPE' && err.code !== 'ECONNRESET') reject(err);
@@ -45,13 +57,17 @@ function raw(o: { path: string; method?: string; headers?: Record<string, string
 }
 
 const auth = () => ({ Authorization: `Bearer ${server.token}`, 'Content-Type': 'application/json' });
-const api = (method: string, params: unknown, headers: Record<string, string> = auth()) => raw({ path: `/api/${method}`, method: 'POST', headers, body: JSON.stringify(params) });
+const api = (method: string, params: unknown, headers: Record<string, string> = auth()) =>
+  raw({ path: `/api/${method}`, method: 'POST', headers, body: JSON.stringify(params) });
 
 beforeAll(async () => {
   ({ dir, cleanup } = await tempDir());
   const renderer = join(dir, 'dist-renderer');
   await mkdir(join(renderer, 'assets'), { recursive: true });
-  await writeFile(join(renderer, 'index.html'), '<!doctype html><title>SingLoRA Studio</title><script type="module" src="/assets/app.js"></script>');
+  await writeFile(
+    join(renderer, 'index.html'),
+    '<!doctype html><title>SingLoRA Studio</title><script type="module" src="/assets/app.js"></script>',
+  );
   await writeFile(join(renderer, 'assets', 'app.js'), 'console.log("app")');
   await writeFile(join(dir, 'secret.txt'), SECRET);
   const service = await Service.open({ dataDir: join(dir, 'data'), modelsDir: join(dir, 'models'), log: () => {} });
@@ -62,7 +78,10 @@ beforeAll(async () => {
   const created = JSON.parse((await api('projects.create', { name: 'Served' })).body);
   projectId = created.result.id;
   await api('projects.update', { projectId, settings: { resolution: 64 } });
-  await api('photos.add', { projectId, files: [{ name: 'rex.png', dataBase64: (await shapePng(0)).toString('base64') }] });
+  await api('photos.add', {
+    projectId,
+    files: [{ name: 'rex.png', dataBase64: (await shapePng(0)).toString('base64') }],
+  });
   const pdir = service.store.dir(projectId);
   await writeFile(join(pdir, 'images', 'page.html'), '<script>alert(1)</script>');
   await writeFile(join(pdir, 'adapters', 'a.safetensors'), 'x');
@@ -86,19 +105,46 @@ describe('startServer', () => {
   });
 
   it('refuses a non-loopback address without allowRemote', async () => {
-    await expect(startServer({ host: '0.0.0.0', port: 0, service: server.service })).rejects.toThrow(/refusing to listen on 0\.0\.0\.0.*--allow-remote/);
-    await expect(startServer({ host: '192.168.1.20', port: 0, service: server.service })).rejects.toThrow(/--allow-remote/);
+    await expect(startServer({ host: '0.0.0.0', port: 0, service: server.service })).rejects.toThrow(
+      /refusing to listen on 0\.0\.0\.0.*--allow-remote/,
+    );
+    await expect(startServer({ host: '192.168.1.20', port: 0, service: server.service })).rejects.toThrow(
+      /--allow-remote/,
+    );
     expect(['127.0.0.1', '127.8.9.1', 'localhost', '::1', '[::1]'].every(isLoopback)).toBe(true);
     expect(['0.0.0.0', '::', '10.0.0.1', 'example.com'].some(isLoopback)).toBe(false);
   });
 
   it('with allowRemote, serves and refuses client paths outside the projects', async () => {
     const { dir: d2, cleanup: c2 } = await tempDir();
-    const remote = await startServer({ host: '0.0.0.0', port: 0, allowRemote: true, token: 'a-long-enough-test-token', serviceOptions: { dataDir: d2, modelsDir: join(d2, 'models'), log: () => {} }, log: () => {} });
+    const remote = await startServer({
+      host: '0.0.0.0',
+      port: 0,
+      allowRemote: true,
+      token: 'a-long-enough-test-token',
+      serviceOptions: { dataDir: d2, modelsDir: join(d2, 'models'), log: () => {} },
+      log: () => {},
+    });
     try {
       const h = { Authorization: 'Bearer a-long-enough-test-token', 'Content-Type': 'application/json' };
-      const p = JSON.parse((await raw({ port: remote.port, path: '/api/projects.create', method: 'POST', headers: h, body: '{"name":"r"}' })).body).result;
-      const r = await raw({ port: remote.port, path: '/api/photos.add', method: 'POST', headers: h, body: JSON.stringify({ projectId: p.id, paths: [join(dir, 'secret.txt')] }) });
+      const p = JSON.parse(
+        (
+          await raw({
+            port: remote.port,
+            path: '/api/projects.create',
+            method: 'POST',
+            headers: h,
+            body: '{"name":"r"}',
+          })
+        ).body,
+      ).result;
+      const r = await raw({
+        port: remote.port,
+        path: '/api/photos.add',
+        method: 'POST',
+        headers: h,
+        body: JSON.stringify({ projectId: p.id, paths: [join(dir, 'secret.txt')] }),
+      });
       expect(r.status).toBe(400);
       expect(JSON.parse(r.body).error.message).toContain('does not read files outside its projects');
     } finally {
@@ -111,13 +157,21 @@ describe('startServer', () => {
 
 describe('authentication', () => {
   it('/api: 401 without a token, with a wrong one, or in the query string', async () => {
-    for (const headers of [{} as Record<string, string>, { Authorization: `Bearer ${'0'.repeat(64)}` }, { Authorization: 'Bearer short' }, { Authorization: `Basic ${server.token}` }, { Authorization: `Bearer ${bare.token}` }]) {
+    for (const headers of [
+      {} as Record<string, string>,
+      { Authorization: `Bearer ${'0'.repeat(64)}` },
+      { Authorization: 'Bearer short' },
+      { Authorization: `Basic ${server.token}` },
+      { Authorization: `Bearer ${bare.token}` },
+    ]) {
       const r = await api('projects.list', {}, headers);
       expect(r.status, JSON.stringify(headers)).toBe(401);
       expect(JSON.parse(r.body)).toMatchObject({ ok: false, error: { code: 'unauthorized' } });
       expect(r.headers['www-authenticate']).toBe('Bearer');
     }
-    expect((await raw({ path: `/api/projects.list?token=${server.token}`, method: 'POST', body: '{}' })).status).toBe(401);
+    expect((await raw({ path: `/api/projects.list?token=${server.token}`, method: 'POST', body: '{}' })).status).toBe(
+      401,
+    );
     const ok = await api('projects.list', {});
     expect(ok.status).toBe(200);
     expect(JSON.parse(ok.body)).toMatchObject({ ok: true, result: [{ id: projectId }] });
@@ -151,9 +205,15 @@ describe('authentication', () => {
     const messages: Array<{ event: string; data: { id?: string; status?: string } }> = [];
     ws.on('message', (m) => messages.push(JSON.parse(String(m))));
     await new Promise((r, j) => (ws.once('open', r), ws.once('error', j)));
-    const job = server.service.jobs.submit({ kind: 'export', projectId, runId: null, run: async () => ({ label: 'adapters/x.safetensors' }) });
+    const job = server.service.jobs.submit({
+      kind: 'export',
+      projectId,
+      runId: null,
+      run: async () => ({ label: 'adapters/x.safetensors' }),
+    });
     await server.service.jobs.wait(job.id);
-    for (let i = 0; i < 50 && messages.filter((m) => m.data.id === job.id).length < 3; i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 50 && messages.filter((m) => m.data.id === job.id).length < 3; i++)
+      await new Promise((r) => setTimeout(r, 20));
     ws.close();
     expect(messages.filter((m) => m.data.id === job.id).map((m) => [m.event, m.data.status])).toEqual([
       ['job.updated', 'queued'],
@@ -168,20 +228,31 @@ describe('authentication', () => {
     expect((await raw({ path: `/?token=${bare.token}` })).headers['set-cookie']).toBeUndefined();
     const page = await raw({ path: `/?token=${server.token}` });
     expect(page.status).toBe(200);
-    expect(page.headers['set-cookie']).toEqual([`singlora_token_${server.port}=${server.token}; HttpOnly; SameSite=Strict; Path=/`]);
+    expect(page.headers['set-cookie']).toEqual([
+      `singlora_token_${server.port}=${server.token}; HttpOnly; SameSite=Strict; Path=/`,
+    ]);
     const cookie = { Cookie: `other=1; singlora_token_${server.port}=${server.token}` };
     const list = await api('projects.list', {}, { ...cookie, 'Content-Type': 'application/json' });
     expect(list.status).toBe(200);
     expect((await raw({ path: `/files/${projectId}/photos/rex.png`, headers: cookie })).status).toBe(200);
     // A wrong cookie is no better than none.
-    expect((await api('projects.list', {}, { Cookie: `singlora_token_${server.port}=${bare.token}` })).status).toBe(401);
-    expect((await raw({ path: `/files/${projectId}/photos/rex.png`, headers: { Cookie: `singlora_token_${server.port}=` } })).status).toBe(401);
+    expect((await api('projects.list', {}, { Cookie: `singlora_token_${server.port}=${bare.token}` })).status).toBe(
+      401,
+    );
+    expect(
+      (await raw({ path: `/files/${projectId}/photos/rex.png`, headers: { Cookie: `singlora_token_${server.port}=` } }))
+        .status,
+    ).toBe(401);
     // Another server's cookie (another port) is not this one's.
-    expect((await api('projects.list', {}, { Cookie: `singlora_token_${bare.port}=${server.token}` })).status).toBe(401);
+    expect((await api('projects.list', {}, { Cookie: `singlora_token_${bare.port}=${server.token}` })).status).toBe(
+      401,
+    );
     const ws = new WebSocket(`ws://127.0.0.1:${server.port}/ws`, { headers: cookie });
     await new Promise((r, j) => (ws.once('open', r), ws.once('error', j)));
     ws.close();
-    const wrong = new WebSocket(`ws://127.0.0.1:${server.port}/ws`, { headers: { Cookie: `singlora_token_${server.port}=${bare.token}` } });
+    const wrong = new WebSocket(`ws://127.0.0.1:${server.port}/ws`, {
+      headers: { Cookie: `singlora_token_${server.port}=${bare.token}` },
+    });
     const status = await new Promise<number>((resolve, reject) => {
       wrong.on('unexpected-response', (_req, res) => resolve(res.statusCode!));
       wrong.on('open', () => reject(new Error('opened with a wrong cookie')));
@@ -190,17 +261,42 @@ describe('authentication', () => {
     expect(status).toBe(401);
   });
 
-  it('the cookie counts only from the server\'s own pages: not from another port of 127.0.0.1 (same site)', async () => {
+  it("the cookie counts only from the server's own pages: not from another port of 127.0.0.1 (same site)", async () => {
     const cookie = `singlora_token_${server.port}=${server.token}`;
     const own = `http://127.0.0.1:${server.port}`;
     const json = { 'Content-Type': 'application/json' };
-    expect((await api('projects.list', {}, { ...json, Cookie: cookie, Origin: own, 'Sec-Fetch-Site': 'same-origin' })).status).toBe(200);
-    expect((await api('projects.list', {}, { ...json, Cookie: cookie, Origin: 'http://127.0.0.1:8080' })).status).toBe(401);
-    expect((await api('projects.list', {}, { ...json, Cookie: cookie, 'Sec-Fetch-Site': 'same-site' })).status).toBe(401);
-    expect((await raw({ path: `/files/${projectId}/photos/rex.png`, headers: { Cookie: cookie, 'Sec-Fetch-Site': 'none' } })).status).toBe(200);
-    expect((await raw({ path: `/files/${projectId}/photos/rex.png`, headers: { Cookie: cookie, 'Sec-Fetch-Site': 'cross-site' } })).status).toBe(401);
+    expect(
+      (await api('projects.list', {}, { ...json, Cookie: cookie, Origin: own, 'Sec-Fetch-Site': 'same-origin' }))
+        .status,
+    ).toBe(200);
+    expect((await api('projects.list', {}, { ...json, Cookie: cookie, Origin: 'http://127.0.0.1:8080' })).status).toBe(
+      401,
+    );
+    expect((await api('projects.list', {}, { ...json, Cookie: cookie, 'Sec-Fetch-Site': 'same-site' })).status).toBe(
+      401,
+    );
+    expect(
+      (await raw({ path: `/files/${projectId}/photos/rex.png`, headers: { Cookie: cookie, 'Sec-Fetch-Site': 'none' } }))
+        .status,
+    ).toBe(200);
+    expect(
+      (
+        await raw({
+          path: `/files/${projectId}/photos/rex.png`,
+          headers: { Cookie: cookie, 'Sec-Fetch-Site': 'cross-site' },
+        })
+      ).status,
+    ).toBe(401);
     // The token itself still works from anywhere that holds it.
-    expect((await api('projects.list', {}, { ...json, Authorization: `Bearer ${server.token}`, Origin: 'http://127.0.0.1:8080' })).status).toBe(200);
+    expect(
+      (
+        await api(
+          'projects.list',
+          {},
+          { ...json, Authorization: `Bearer ${server.token}`, Origin: 'http://127.0.0.1:8080' },
+        )
+      ).status,
+    ).toBe(200);
     const opened = (origin: string) =>
       new Promise<number>((resolve) => {
         const ws = new WebSocket(`ws://127.0.0.1:${server.port}/ws`, { headers: { Cookie: cookie }, origin });
@@ -228,7 +324,10 @@ describe('path escapes', () => {
     ['encoded %2e%2e', (p: string) => `/files/${p}/%2e%2e/%2e%2e/secret.txt`],
     ['encoded %2e%2e%2f in one segment', (p: string) => `/files/${p}/%2e%2e%2f%2e%2e%2f%2e%2e%2fsecret.txt`],
     ['encoded backslashes', (p: string) => `/files/${p}/..%5c..%5c..%5csecret.txt`],
-    ['absolute after decoding', (p: string) => `/files/${p}/%2f${encodeURIComponent(join(dir, 'secret.txt').slice(1))}`],
+    [
+      'absolute after decoding',
+      (p: string) => `/files/${p}/%2f${encodeURIComponent(join(dir, 'secret.txt').slice(1))}`,
+    ],
     ['NUL byte', (p: string) => `/files/${p}/photos/rex.png%00.txt`],
     ['symlink to a file outside', (p: string) => `/files/${p}/images/link.png`],
     ['symlinked folder outside', (p: string) => `/files/${p}/images/up/secret.txt`],
@@ -248,9 +347,22 @@ describe('path escapes', () => {
       ['photos.cropPreview', { projectId, photoId: '../../../secret.txt', crop: 'center' }, 'photoId'],
       ['adapters.inspect', { projectId, file: '../../../secret.txt' }, 'file'],
       ['adapters.inspect', { projectId, file: 'images/up/secret.txt' }, 'file'],
-      ['adapters.export', { projectId, adapter: { file: 'adapters/a.safetensors' }, format: 'singlora', outPath: '../../../pwned.safetensors' }, 'outPath'],
+      [
+        'adapters.export',
+        {
+          projectId,
+          adapter: { file: 'adapters/a.safetensors' },
+          format: 'singlora',
+          outPath: '../../../pwned.safetensors',
+        },
+        'outPath',
+      ],
       ['adapters.export', { projectId, adapter: { file: '../../../secret.txt' }, format: 'singlora' }, 'adapter.file'],
-      ['generation.start', { projectId, settings: { prompt: 'x' }, adapters: [{ file: 'adapters/..\\..\\..\\secret.txt' }] }, 'adapters.0.file'],
+      [
+        'generation.start',
+        { projectId, settings: { prompt: 'x' }, adapters: [{ file: 'adapters/..\\..\\..\\secret.txt' }] },
+        'adapters.0.file',
+      ],
     ];
     for (const [method, params, field] of cases) {
       const r = await api(method, params);
@@ -279,11 +391,24 @@ describe('responses', () => {
 
   it('413 for a body over 64 MiB (declared or streamed) and for a photo over 25 MiB', async () => {
     const big = Buffer.alloc(65 * 2 ** 20, 0x20);
-    const declared = await raw({ path: '/api/photos.add', method: 'POST', headers: { ...auth(), 'Content-Length': String(big.length) }, body: big });
+    const declared = await raw({
+      path: '/api/photos.add',
+      method: 'POST',
+      headers: { ...auth(), 'Content-Length': String(big.length) },
+      body: big,
+    });
     expect(declared.status).toBe(413);
-    expect(JSON.parse(declared.body).error).toMatchObject({ code: 'too_large', message: expect.stringContaining('64 MiB') });
+    expect(JSON.parse(declared.body).error).toMatchObject({
+      code: 'too_large',
+      message: expect.stringContaining('64 MiB'),
+    });
     const chunks = Array.from({ length: 66 }, () => Buffer.alloc(2 ** 20, 0x20));
-    const streamed = await raw({ path: '/api/photos.add', method: 'POST', headers: { ...auth(), 'Transfer-Encoding': 'chunked' }, chunks });
+    const streamed = await raw({
+      path: '/api/photos.add',
+      method: 'POST',
+      headers: { ...auth(), 'Transfer-Encoding': 'chunked' },
+      chunks,
+    });
     expect(streamed.status).toBe(413);
     const photo = Buffer.alloc(26 * 2 ** 20, 1).toString('base64');
     const r = await api('photos.add', { projectId, files: [{ name: 'huge.png', dataBase64: photo }] });
@@ -294,9 +419,21 @@ describe('responses', () => {
   });
 
   it('security headers on pages, API answers and files', async () => {
-    for (const r of [await raw({ path: '/' }), await api('projects.list', {}), await raw({ path: `/files/${projectId}/photos/rex.png?token=${server.token}` }), await api('projects.list', {}, {})]) {
+    for (const r of [
+      await raw({ path: '/' }),
+      await api('projects.list', {}),
+      await raw({ path: `/files/${projectId}/photos/rex.png?token=${server.token}` }),
+      await api('projects.list', {}, {}),
+    ]) {
       const csp = String(r.headers['content-security-policy']);
-      for (const d of ["default-src 'self'", "img-src 'self' data: blob:", "style-src 'self' 'unsafe-inline'", "connect-src 'self' ws: wss:", "script-src 'self'"]) expect(csp).toContain(d);
+      for (const d of [
+        "default-src 'self'",
+        "img-src 'self' data: blob:",
+        "style-src 'self' 'unsafe-inline'",
+        "connect-src 'self' ws: wss:",
+        "script-src 'self'",
+      ])
+        expect(csp).toContain(d);
       expect(csp).not.toMatch(/script-src[^;]*unsafe-inline/);
       expect(r.headers['x-content-type-options']).toBe('nosniff');
       expect(r.headers['referrer-policy']).toBe('no-referrer');
@@ -328,8 +465,8 @@ describe('the renderer', () => {
     expect([js.status, js.headers['content-type']]).toEqual([200, 'text/javascript; charset=utf-8']);
     expect((await raw({ path: '/projects/abc?token=x' })).body).toContain('<title>SingLoRA Studio</title>');
     expect((await raw({ path: '/assets/missing.js' })).status).toBe(404);
-    const escape = await raw({ path: '/../secret.txt' });
-    expect(escape.body).not.toContain(SECRET);
+    const escaped = await raw({ path: '/../secret.txt' });
+    expect(escaped.body).not.toContain(SECRET);
     expect((await raw({ path: '/%2e%2e/secret.txt' })).body).not.toContain(SECRET);
   });
 

@@ -52,7 +52,22 @@ beforeAll(async () => {
     backend: 'wasm',
     maxPhotoBytes: 400_000,
     log: () => {},
-    evalModels: [{ id: 'dino', title: 'test DINO', purpose: 'test', required: true, files: [{ file: 'model.onnx', url: `${filesUrl}/model.onnx`, sha256: createHash('sha256').update(dinoBytes).digest('hex'), approxBytes: dinoBytes.length }] }],
+    evalModels: [
+      {
+        id: 'dino',
+        title: 'test DINO',
+        purpose: 'test',
+        required: true,
+        files: [
+          {
+            file: 'model.onnx',
+            url: `${filesUrl}/model.onnx`,
+            sha256: createHash('sha256').update(dinoBytes).digest('hex'),
+            approxBytes: dinoBytes.length,
+          },
+        ],
+      },
+    ],
   });
   rec = recordEvents(service);
 });
@@ -113,7 +128,9 @@ describe('projects', () => {
     expect(u.settings).toMatchObject({ resolution: 64, steps: 3, rank: 8, learningRate: 1e-4, triggerToken: 'zwx' });
     const u2 = await call('projects.update', { projectId, name: 'Rex II', settings: { rank: 4 } });
     expect(u2).toMatchObject({ name: 'Rex II', settings: { resolution: 64, steps: 3, rank: 4 } });
-    expect((await fail('projects.update', { projectId, settings: { resolution: 100 } })).message).toContain('settings.resolution');
+    expect((await fail('projects.update', { projectId, settings: { resolution: 100 } })).message).toContain(
+      'settings.resolution',
+    );
     const base = await fail('projects.update', { projectId, baseModel: join(dir, 'no-such-model') });
     expect(base.code).toBe('invalid_params');
     expect(base.message).toMatch(/^baseModel: base model not found/);
@@ -133,7 +150,11 @@ describe('photos', () => {
     const pngs = await Promise.all([0, 1, 2].map((k) => shapePng(k)));
     const onDisk = join(dir, 'IMG 0004.png');
     await writeFile(onDisk, await shapePng(3));
-    const added = await call('photos.add', { projectId, files: pngs.map((p, k) => ({ name: `rex-${k}.png`, dataBase64: b64(p) })), paths: [onDisk] });
+    const added = await call('photos.add', {
+      projectId,
+      files: pngs.map((p, k) => ({ name: `rex-${k}.png`, dataBase64: b64(p) })),
+      paths: [onDisk],
+    });
     expect(added.map((p) => [p.id, p.status])).toEqual([
       ['IMG-0004.png', 'ok'],
       ['rex-0.png', 'ok'],
@@ -141,16 +162,24 @@ describe('photos', () => {
       ['rex-2.png', 'ok'],
     ]);
     expect(added[1].url).toBe(`/files/${projectId}/photos/rex-0.png`);
-    const small = await call('photos.add', { projectId, files: [{ name: 'thumb.png', dataBase64: b64(await shapePng(5, 16)) }] });
+    const small = await call('photos.add', {
+      projectId,
+      files: [{ name: 'thumb.png', dataBase64: b64(await shapePng(5, 16)) }],
+    });
     expect(small[0]).toMatchObject({ status: 'rejected', width: 16 });
     expect(small[0].reason).toMatch(/too small/);
   });
 
   it('photos.add refuses empty requests, bad base64, relative host paths and oversized photos', async () => {
     expect((await fail('photos.add', { projectId })).message).toContain('give photos');
-    expect((await fail('photos.add', { projectId, files: [{ name: 'x.png', dataBase64: '%%%not base64' }] })).message).toContain('files.0.dataBase64');
+    expect(
+      (await fail('photos.add', { projectId, files: [{ name: 'x.png', dataBase64: '%%%not base64' }] })).message,
+    ).toContain('files.0.dataBase64');
     expect((await fail('photos.add', { projectId, paths: ['photos/rex-0.png'] })).message).toContain('paths.0');
-    const big = await fail('photos.add', { projectId, files: [{ name: 'huge.png', dataBase64: b64(Buffer.alloc(500_000, 7)) }] });
+    const big = await fail('photos.add', {
+      projectId,
+      files: [{ name: 'huge.png', dataBase64: b64(Buffer.alloc(500_000, 7)) }],
+    });
     expect(big.code).toBe('too_large');
     expect(big.message).toMatch(/files.0: huge.png is 0.5 MiB; the limit is 0 MiB per photo/);
   });
@@ -161,9 +190,15 @@ describe('photos', () => {
     const prev = await call('photos.cropPreview', { projectId, photoId: 'rex-0.png', crop: 'center', size: 48 });
     const meta = await readImageMetadata(Buffer.from(prev.pngBase64, 'base64'));
     expect([meta.width, meta.height, meta.format]).toEqual([48, 48, 'png']);
-    expect((await fail('photos.cropPreview', { projectId, photoId: 'rex-0.png', crop: 'fisheye' })).message).toContain('crop');
-    expect((await fail('photos.cropPreview', { projectId, photoId: '../project.json', crop: 'center' })).code).toBe('invalid_params');
-    expect((await fail('photos.cropPreview', { projectId, photoId: 'missing.png', crop: 'center' })).code).toBe('not_found');
+    expect((await fail('photos.cropPreview', { projectId, photoId: 'rex-0.png', crop: 'fisheye' })).message).toContain(
+      'crop',
+    );
+    expect((await fail('photos.cropPreview', { projectId, photoId: '../project.json', crop: 'center' })).code).toBe(
+      'invalid_params',
+    );
+    expect((await fail('photos.cropPreview', { projectId, photoId: 'missing.png', crop: 'center' })).code).toBe(
+      'not_found',
+    );
     expect(await call('photos.remove', { projectId, photoId: 'thumb.png' })).toEqual({ removed: true });
     expect((await fail('photos.remove', { projectId, photoId: 'thumb.png' })).code).toBe('not_found');
     expect((await fail('photos.remove', { projectId, photoId: '..%2fproject.json' })).code).toBe('not_found'); // a literal name
@@ -179,11 +214,20 @@ describe('models', () => {
   });
 
   it('models.setBase checks the model and stores it in the project', async () => {
-    expect(await call('models.setBase', { projectId, path: TINY_MODEL })).toEqual({ name: 'model', format: 'diffusers' });
+    expect(await call('models.setBase', { projectId, path: TINY_MODEL })).toEqual({
+      name: 'model',
+      format: 'diffusers',
+    });
     expect((await call('projects.open', { projectId })).baseModel).toBe(TINY_MODEL);
-    expect((await fail('models.setBase', { projectId, path: join(dir, 'IMG 0004.png') })).message).toMatch(/^path: .*unsupported model file type/);
+    expect((await fail('models.setBase', { projectId, path: join(dir, 'IMG 0004.png') })).message).toMatch(
+      /^path: .*unsupported model file type/,
+    );
     // Now it is a project's base model: the New project form offers it as a recent one.
-    expect((await call('models.bases', {})).find((b) => b.path === TINY_MODEL)).toMatchObject({ source: 'recent', native: 64, isDefault: false });
+    expect((await call('models.bases', {})).find((b) => b.path === TINY_MODEL)).toMatchObject({
+      source: 'recent',
+      native: 64,
+      isDefault: false,
+    });
   });
 
   it('models.download fetches into the models folder as a job (io lane); models.list shows it', async () => {
@@ -214,51 +258,86 @@ describe('training', () => {
     expect(e.message).toContain('bogus');
   });
 
-  it('training.start queues a run; a second start conflicts; the run trains to completion', async () => {
-    // Two starts at once: exactly one wins (the check and the submit are one step per project).
-    const settings = { steps: 3, checkpointEvery: 1, sampleEvery: 2, sampleSteps: 2, samplePrompts: ['a photo of zwx dog'] };
-    const both = await Promise.allSettled([call('training.start', { projectId, settings }), call('training.start', { projectId, settings })]);
-    const won = both.filter((x) => x.status === 'fulfilled');
-    const lost = both.filter((x) => x.status === 'rejected');
-    expect([won.length, lost.length]).toEqual([1, 1]);
-    const r = (won[0] as PromiseFulfilledResult<Result<'training.start'>>).value;
-    ({ runId, jobId: trainJob } = r);
-    expect(runId).toMatch(/^\d{8}-\d{6}-[0-9a-f]{4}$/);
-    const again = (lost[0] as PromiseRejectedResult).reason;
-    expect(again.code).toBe('conflict');
-    expect(again.message).toContain('already training');
-    const runs = await call('training.runs', { projectId });
-    expect(runs.map((x) => x.id)).toEqual([runId]);
-    expect(['queued', 'running']).toContain(runs[0].status);
-    // The settings chosen are now the project's.
-    expect((await call('projects.open', { projectId })).settings).toMatchObject({ steps: 3, checkpointEvery: 1, rank: 4 });
+  it(
+    'training.start queues a run; a second start conflicts; the run trains to completion',
+    async () => {
+      // Two starts at once: exactly one wins (the check and the submit are one step per project).
+      const settings = {
+        steps: 3,
+        checkpointEvery: 1,
+        sampleEvery: 2,
+        sampleSteps: 2,
+        samplePrompts: ['a photo of zwx dog'],
+      };
+      const both = await Promise.allSettled([
+        call('training.start', { projectId, settings }),
+        call('training.start', { projectId, settings }),
+      ]);
+      const won = both.filter((x) => x.status === 'fulfilled');
+      const lost = both.filter((x) => x.status === 'rejected');
+      expect([won.length, lost.length]).toEqual([1, 1]);
+      const r = (won[0] as PromiseFulfilledResult<Result<'training.start'>>).value;
+      ({ runId, jobId: trainJob } = r);
+      expect(runId).toMatch(/^\d{8}-\d{6}-[0-9a-f]{4}$/);
+      const again = (lost[0] as PromiseRejectedResult).reason;
+      expect(again.code).toBe('conflict');
+      expect(again.message).toContain('already training');
+      const runs = await call('training.runs', { projectId });
+      expect(runs.map((x) => x.id)).toEqual([runId]);
+      expect(['queued', 'running']).toContain(runs[0].status);
+      // The settings chosen are now the project's.
+      expect((await call('projects.open', { projectId })).settings).toMatchObject({
+        steps: 3,
+        checkpointEvery: 1,
+        rank: 4,
+      });
 
-    const job = await service.jobs.wait(trainJob);
-    expect(job).toMatchObject({ status: 'done', error: null, progress: { done: 3, total: 3 } });
-    const events = rec.of<EventData<'train.event'>>('train.event').filter((e) => e.runId === runId);
-    const kinds = events.map((e) => e.event.event);
-    expect(kinds.filter((k) => k === 'step').length).toBe(3);
-    expect(kinds.filter((k) => k === 'checkpoint').length).toBe(3);
-    expect(kinds).toContain('sample');
-    // A sample comes with its URL, as the server serves it.
-    const sample = events.find((e) => e.event.event === 'sample')!.event;
-    expect(sample).toMatchObject({ file: 'samples/step-000002-0.png', url: `/files/${projectId}/runs/${runId}/samples/step-000002-0.png` });
-    expect(await service.resolveFile(projectId, `runs/${runId}/samples/step-000002-0.png`)).toBe(join(service.store.runDir(projectId, runId), 'samples', 'step-000002-0.png'));
-    expect(kinds.at(-1)).toBe('done');
-    expect(events.every((e) => e.jobId === trainJob && e.projectId === projectId)).toBe(true);
-    const jobStates = rec.of<Job>('job.updated').filter((j) => j.id === trainJob).map((j) => j.status);
-    expect(jobStates[0]).toBe('queued');
-    expect(jobStates.at(-1)).toBe('done');
-  }, LONG);
+      const job = await service.jobs.wait(trainJob);
+      expect(job).toMatchObject({ status: 'done', error: null, progress: { done: 3, total: 3 } });
+      const events = rec.of<EventData<'train.event'>>('train.event').filter((e) => e.runId === runId);
+      const kinds = events.map((e) => e.event.event);
+      expect(kinds.filter((k) => k === 'step').length).toBe(3);
+      expect(kinds.filter((k) => k === 'checkpoint').length).toBe(3);
+      expect(kinds).toContain('sample');
+      // A sample comes with its URL, as the server serves it.
+      const sample = events.find((e) => e.event.event === 'sample')!.event;
+      expect(sample).toMatchObject({
+        file: 'samples/step-000002-0.png',
+        url: `/files/${projectId}/runs/${runId}/samples/step-000002-0.png`,
+      });
+      expect(await service.resolveFile(projectId, `runs/${runId}/samples/step-000002-0.png`)).toBe(
+        join(service.store.runDir(projectId, runId), 'samples', 'step-000002-0.png'),
+      );
+      expect(kinds.at(-1)).toBe('done');
+      expect(events.every((e) => e.jobId === trainJob && e.projectId === projectId)).toBe(true);
+      const jobStates = rec
+        .of<Job>('job.updated')
+        .filter((j) => j.id === trainJob)
+        .map((j) => j.status);
+      expect(jobStates[0]).toBe('queued');
+      expect(jobStates.at(-1)).toBe('done');
+    },
+    LONG,
+  );
 
   it('training.status and training.runs read run.json', async () => {
     const m = await call('training.status', { projectId, runId });
     expect(m).toMatchObject({ status: 'completed', step: 3, backend: 'wasm' });
     expect(m.checkpoints.map((c) => c.step)).toEqual([1, 2, 3]);
     expect(m.images.used.length).toBe(4);
-    expect(m.samples[0]).toMatchObject({ file: 'samples/step-000002-0.png', url: `/files/${projectId}/runs/${runId}/samples/step-000002-0.png` });
+    expect(m.samples[0]).toMatchObject({
+      file: 'samples/step-000002-0.png',
+      url: `/files/${projectId}/runs/${runId}/samples/step-000002-0.png`,
+    });
     const runs = await call('training.runs', { projectId });
-    expect(runs[0]).toMatchObject({ id: runId, status: 'completed', step: 3, steps: 3, method: 'singlora', best: null });
+    expect(runs[0]).toMatchObject({
+      id: runId,
+      status: 'completed',
+      step: 3,
+      steps: 3,
+      method: 'singlora',
+      best: null,
+    });
     expect((await fail('training.status', { projectId, runId: 'nope' })).code).toBe('not_found');
     expect((await fail('training.status', { projectId, runId: '../x' })).code).toBe('invalid_params');
     expect((await fail('training.runs', { projectId: 'nope-000000' })).code).toBe('not_found');
@@ -276,30 +355,50 @@ describe('training', () => {
 });
 
 describe('training: cancel and resume', () => {
-  it('training.cancel stops a running run after a checkpoint; training.resume finishes it from there', async () => {
-    const r = await call('training.start', { projectId, settings: { steps: 3, checkpointEvery: 2, sampleEvery: 0 } });
-    await rec.waitFor((e) => e.event === 'train.event' && (e.data as EventData<'train.event'>).runId === r.runId && (e.data as EventData<'train.event'>).event.event === 'step', 180_000, 'the first step');
-    expect(await call('training.cancel', { jobId: r.jobId })).toEqual({ cancelled: true });
-    expect((await service.jobs.wait(r.jobId)).status).toBe('cancelled');
-    const stopped = await call('training.status', { projectId, runId: r.runId });
-    expect(stopped.status).toBe('cancelled');
-    expect(stopped.step).toBeLessThan(3);
-    expect(stopped.checkpoints.at(-1)!.step).toBe(stopped.step); // a checkpoint is written on abort
+  it(
+    'training.cancel stops a running run after a checkpoint; training.resume finishes it from there',
+    async () => {
+      const r = await call('training.start', { projectId, settings: { steps: 3, checkpointEvery: 2, sampleEvery: 0 } });
+      await rec.waitFor(
+        (e) =>
+          e.event === 'train.event' &&
+          (e.data as EventData<'train.event'>).runId === r.runId &&
+          (e.data as EventData<'train.event'>).event.event === 'step',
+        180_000,
+        'the first step',
+      );
+      expect(await call('training.cancel', { jobId: r.jobId })).toEqual({ cancelled: true });
+      expect((await service.jobs.wait(r.jobId)).status).toBe('cancelled');
+      const stopped = await call('training.status', { projectId, runId: r.runId });
+      expect(stopped.status).toBe('cancelled');
+      expect(stopped.step).toBeLessThan(3);
+      expect(stopped.checkpoints.at(-1)!.step).toBe(stopped.step); // a checkpoint is written on abort
 
-    const resumed = await call('training.resume', { projectId, runId: r.runId });
-    expect(resumed.runId).toBe(r.runId);
-    expect((await service.jobs.wait(resumed.jobId)).status).toBe('done');
-    const firstStep = rec.of<EventData<'train.event'>>('train.event').find((e) => e.jobId === resumed.jobId && e.event.event === 'step');
-    expect(firstStep?.event).toMatchObject({ step: stopped.step + 1 });
-    expect(await call('training.status', { projectId, runId: r.runId })).toMatchObject({ status: 'completed', step: 3 });
-    // Newest run first.
-    expect((await call('training.runs', { projectId })).map((x) => x.id)).toEqual([r.runId, runId]);
-  }, LONG);
+      const resumed = await call('training.resume', { projectId, runId: r.runId });
+      expect(resumed.runId).toBe(r.runId);
+      expect((await service.jobs.wait(resumed.jobId)).status).toBe('done');
+      const firstStep = rec
+        .of<EventData<'train.event'>>('train.event')
+        .find((e) => e.jobId === resumed.jobId && e.event.event === 'step');
+      expect(firstStep?.event).toMatchObject({ step: stopped.step + 1 });
+      expect(await call('training.status', { projectId, runId: r.runId })).toMatchObject({
+        status: 'completed',
+        step: 3,
+      });
+      // Newest run first.
+      expect((await call('training.runs', { projectId })).map((x) => x.id)).toEqual([r.runId, runId]);
+    },
+    LONG,
+  );
 });
 
 describe('generation', () => {
   it('generation.start applies the run adapter, emits steps and images; generation.list', async () => {
-    const { jobId } = await call('generation.start', { projectId, settings: { prompt: 'a photo of zwx dog', width: 64, height: 64, steps: 2, count: 2, seed: 7, scheduler: 'ddim' }, adapters: [{ runId, step: null }] });
+    const { jobId } = await call('generation.start', {
+      projectId,
+      settings: { prompt: 'a photo of zwx dog', width: 64, height: 64, steps: 2, count: 2, seed: 7, scheduler: 'ddim' },
+      adapters: [{ runId, step: null }],
+    });
     const job = await service.jobs.wait(jobId);
     expect(job).toMatchObject({ kind: 'generate', status: 'done', error: null });
     const steps = rec.of<EventData<'generation.step'>>('generation.step').filter((s) => s.jobId === jobId);
@@ -319,38 +418,67 @@ describe('generation', () => {
   });
 
   it('generation.start validates settings and adapter references', async () => {
-    expect((await fail('generation.start', { projectId, settings: { prompt: 'x', width: 100 } })).message).toContain('settings.width');
-    const step = await fail('generation.start', { projectId, settings: { prompt: 'x' }, adapters: [{ runId, step: 99 }] });
+    expect((await fail('generation.start', { projectId, settings: { prompt: 'x', width: 100 } })).message).toContain(
+      'settings.width',
+    );
+    const step = await fail('generation.start', {
+      projectId,
+      settings: { prompt: 'x' },
+      adapters: [{ runId, step: 99 }],
+    });
     expect(step.code).toBe('invalid_params');
     expect(step.message).toContain('adapters.0.step: run');
-    expect((await fail('generation.start', { projectId, settings: { prompt: 'x' }, adapters: [{ file: '../../../etc/passwd' }] })).message).toContain("adapters.0.file: '../../../etc/passwd'");
+    expect(
+      (
+        await fail('generation.start', {
+          projectId,
+          settings: { prompt: 'x' },
+          adapters: [{ file: '../../../etc/passwd' }],
+        })
+      ).message,
+    ).toContain("adapters.0.file: '../../../etc/passwd'");
     expect((await fail('generation.list', { projectId: '' })).code).toBe('invalid_params');
   });
 });
 
 describe('evaluation', () => {
-  it('evaluation.get is null before; evaluation.start scores every checkpoint with DINO', async () => {
-    expect(await call('evaluation.check', { projectId })).toEqual({ ready: true, dino: DINO_TINY, bundled: false, metric: 'dino', message: null });
-    expect(await call('evaluation.images', { projectId, runId })).toEqual([]);
-    expect(await call('evaluation.get', { projectId, runId })).toBeNull();
-    const { jobId } = await call('evaluation.start', { projectId, runId, imagesPerPrompt: 1, prompts: ['a photo of zwx dog', 'zwx dog on a beach'] });
-    const job = await service.jobs.wait(jobId);
-    expect(job).toMatchObject({ kind: 'evaluate', status: 'done', error: null });
-    const progress = rec.of<EventData<'evaluation.progress'>>('evaluation.progress').filter((p) => p.jobId === jobId);
-    expect(progress.at(-1)).toMatchObject({ done: 8, total: 8 }); // (base + 3 checkpoints) x 2 prompts x 1 image
-    const ev = (await call('evaluation.get', { projectId, runId }))!;
-    expect(ev.rows.map((r) => r.step)).toEqual([1, 2, 3]);
-    expect(ev.baseline.step).toBeNull();
-    expect([1, 2, 3]).toContain(ev.best);
-    expect((await call('training.runs', { projectId })).find((x) => x.id === runId)!.best).toBe(ev.best);
-    // The images the scores were computed on: (base + 3 checkpoints) x 2 prompts x 1 image, each a file.
-    const images = await call('evaluation.images', { projectId, runId });
-    expect(images.map((i) => i.step)).toEqual([null, null, 1, 1, 2, 2, 3, 3]);
-    for (const i of images) {
-      expect(i.url).toBe(`/files/${projectId}/${i.file.split('/').map(encodeURIComponent).join('/')}`);
-      expect(existsSync(await service.resolveFile(projectId, i.file))).toBe(true);
-    }
-  }, LONG);
+  it(
+    'evaluation.get is null before; evaluation.start scores every checkpoint with DINO',
+    async () => {
+      expect(await call('evaluation.check', { projectId })).toEqual({
+        ready: true,
+        dino: DINO_TINY,
+        bundled: false,
+        metric: 'dino',
+        message: null,
+      });
+      expect(await call('evaluation.images', { projectId, runId })).toEqual([]);
+      expect(await call('evaluation.get', { projectId, runId })).toBeNull();
+      const { jobId } = await call('evaluation.start', {
+        projectId,
+        runId,
+        imagesPerPrompt: 1,
+        prompts: ['a photo of zwx dog', 'zwx dog on a beach'],
+      });
+      const job = await service.jobs.wait(jobId);
+      expect(job).toMatchObject({ kind: 'evaluate', status: 'done', error: null });
+      const progress = rec.of<EventData<'evaluation.progress'>>('evaluation.progress').filter((p) => p.jobId === jobId);
+      expect(progress.at(-1)).toMatchObject({ done: 8, total: 8 }); // (base + 3 checkpoints) x 2 prompts x 1 image
+      const ev = (await call('evaluation.get', { projectId, runId }))!;
+      expect(ev.rows.map((r) => r.step)).toEqual([1, 2, 3]);
+      expect(ev.baseline.step).toBeNull();
+      expect([1, 2, 3]).toContain(ev.best);
+      expect((await call('training.runs', { projectId })).find((x) => x.id === runId)!.best).toBe(ev.best);
+      // The images the scores were computed on: (base + 3 checkpoints) x 2 prompts x 1 image, each a file.
+      const images = await call('evaluation.images', { projectId, runId });
+      expect(images.map((i) => i.step)).toEqual([null, null, 1, 1, 2, 2, 3, 3]);
+      for (const i of images) {
+        expect(i.url).toBe(`/files/${projectId}/${i.file.split('/').map(encodeURIComponent).join('/')}`);
+        expect(existsSync(await service.resolveFile(projectId, i.file))).toBe(true);
+      }
+    },
+    LONG,
+  );
 
   it('evaluation.choose records the choice; other steps are refused', async () => {
     const ev = await call('evaluation.choose', { projectId, runId, step: 2 });
@@ -377,21 +505,52 @@ describe('adapters', () => {
     expect(job.result!.url).toBe(`/files/${projectId}/${exported}`);
     expect(job.progress!.label).toBe(exported);
     // The finished job as clients saw it carries the result too.
-    expect(rec.of<Job>('job.updated').filter((j) => j.id === jobId).at(-1)!.result).toEqual(job.result);
+    expect(
+      rec
+        .of<Job>('job.updated')
+        .filter((j) => j.id === jobId)
+        .at(-1)!.result,
+    ).toEqual(job.result);
     expect(existsSync(join(service.store.dir(projectId), exported))).toBe(true);
-    const named = await call('adapters.export', { projectId, adapter: { runId, step: 3 }, format: 'singlora', outPath: 'adapters/mine.safetensors' });
+    const named = await call('adapters.export', {
+      projectId,
+      adapter: { runId, step: 3 },
+      format: 'singlora',
+      outPath: 'adapters/mine.safetensors',
+    });
     expect((await service.jobs.wait(named.jobId)).progress!.label).toBe('adapters/mine.safetensors');
   });
 
   it('adapters.export keeps outPath inside adapters/ and refuses to overwrite', async () => {
     const ref = { runId, step: 3 };
-    for (const outPath of ['../escape.safetensors', 'adapters/../../escape.safetensors', '/tmp/escape.safetensors', 'adapters\\..\\x.safetensors']) {
-      expect((await fail('adapters.export', { projectId, adapter: ref, format: 'kohya', outPath })).code, outPath).toBe('invalid_params');
+    for (const outPath of [
+      '../escape.safetensors',
+      'adapters/../../escape.safetensors',
+      '/tmp/escape.safetensors',
+      'adapters\\..\\x.safetensors',
+    ]) {
+      expect((await fail('adapters.export', { projectId, adapter: ref, format: 'kohya', outPath })).code, outPath).toBe(
+        'invalid_params',
+      );
     }
-    expect((await fail('adapters.export', { projectId, adapter: ref, format: 'kohya', outPath: 'photos/x.safetensors' })).message).toContain("inside the project's adapters/");
+    expect(
+      (await fail('adapters.export', { projectId, adapter: ref, format: 'kohya', outPath: 'photos/x.safetensors' }))
+        .message,
+    ).toContain("inside the project's adapters/");
     // A bare name goes into adapters/, where it must still be a .safetensors file.
-    expect((await fail('adapters.export', { projectId, adapter: ref, format: 'kohya', outPath: 'project.json' })).message).toBe("outPath: 'adapters/project.json' must end in .safetensors");
-    expect((await fail('adapters.export', { projectId, adapter: ref, format: 'kohya', outPath: 'adapters/mine.safetensors' })).code).toBe('conflict');
+    expect(
+      (await fail('adapters.export', { projectId, adapter: ref, format: 'kohya', outPath: 'project.json' })).message,
+    ).toBe("outPath: 'adapters/project.json' must end in .safetensors");
+    expect(
+      (
+        await fail('adapters.export', {
+          projectId,
+          adapter: ref,
+          format: 'kohya',
+          outPath: 'adapters/mine.safetensors',
+        })
+      ).code,
+    ).toBe('conflict');
     expect((await fail('adapters.export', { projectId, adapter: ref, format: 'onnx' })).code).toBe('invalid_params');
   });
 
@@ -414,7 +573,9 @@ describe('adapters', () => {
     const info = await call('adapters.import', { projectId, path: src });
     expect(info).toMatchObject({ file: 'adapters/adapter.safetensors', format: 'native', rank: 4 });
     expect((await call('adapters.list', { projectId })).length).toBe(3);
-    expect((await fail('adapters.import', { projectId, path: join(dir, 'IMG 0004.png') })).message).toContain('not a .safetensors file');
+    expect((await fail('adapters.import', { projectId, path: join(dir, 'IMG 0004.png') })).message).toContain(
+      'not a .safetensors file',
+    );
     const fake = join(dir, 'fake.safetensors');
     await writeFile(fake, 'nonsense');
     expect((await fail('adapters.import', { projectId, path: fake })).code).toBe('invalid_params');
@@ -424,32 +585,53 @@ describe('adapters', () => {
 });
 
 describe('jobs', () => {
-  it('generation queues behind running work; queued and running jobs can be cancelled; deleting a busy project conflicts', async () => {
-    // Long enough (3 x 200 steps at 256 px) that the cancel lands while it runs, even on a busy machine.
-    const slow = await call('generation.start', { projectId, settings: { prompt: 'a', width: 256, height: 256, steps: 200, count: 3, seed: 1, scheduler: 'ddim' } });
-    const queued = await call('generation.start', { projectId, settings: { prompt: 'b', width: 64, height: 64, steps: 2, seed: 1 } });
-    await rec.waitFor((e) => e.event === 'generation.step' && (e.data as { jobId: string }).jobId === slow.jobId, 180_000, 'the first generation step');
-    const jobs = await call('jobs.list', {});
-    expect(jobs.find((j) => j.id === slow.jobId)!.status).toBe('running');
-    expect(jobs.find((j) => j.id === queued.jobId)!.status).toBe('queued');
-    expect((await fail('projects.delete', { projectId })).code).toBe('conflict');
-    expect(await call('jobs.cancel', { jobId: queued.jobId })).toEqual({ cancelled: true });
-    expect(service.jobs.get(queued.jobId)!.status).toBe('cancelled');
-    expect(await call('jobs.cancel', { jobId: slow.jobId })).toEqual({ cancelled: true });
-    const j = await service.jobs.wait(slow.jobId);
-    expect(j.status).toBe('cancelled');
-    expect(rec.of<EventData<'generation.step'>>('generation.step').filter((s) => s.jobId === slow.jobId).length).toBeLessThan(600);
-    expect(rec.of<EventData<'generation.image'>>('generation.image').filter((e) => e.jobId === slow.jobId).length).toBeLessThan(3);
-    expect(await call('jobs.cancel', { jobId: slow.jobId })).toEqual({ cancelled: false });
-    expect((await fail('jobs.cancel', { jobId: 'job-none' })).code).toBe('not_found');
-    expect((await fail('jobs.list', { status: 'running' })).code).toBe('invalid_params');
-  }, LONG);
+  it(
+    'generation queues behind running work; queued and running jobs can be cancelled; deleting a busy project conflicts',
+    async () => {
+      // Long enough (3 x 200 steps at 256 px) that the cancel lands while it runs, even on a busy machine.
+      const slow = await call('generation.start', {
+        projectId,
+        settings: { prompt: 'a', width: 256, height: 256, steps: 200, count: 3, seed: 1, scheduler: 'ddim' },
+      });
+      const queued = await call('generation.start', {
+        projectId,
+        settings: { prompt: 'b', width: 64, height: 64, steps: 2, seed: 1 },
+      });
+      await rec.waitFor(
+        (e) => e.event === 'generation.step' && (e.data as { jobId: string }).jobId === slow.jobId,
+        180_000,
+        'the first generation step',
+      );
+      const jobs = await call('jobs.list', {});
+      expect(jobs.find((j) => j.id === slow.jobId)!.status).toBe('running');
+      expect(jobs.find((j) => j.id === queued.jobId)!.status).toBe('queued');
+      expect((await fail('projects.delete', { projectId })).code).toBe('conflict');
+      expect(await call('jobs.cancel', { jobId: queued.jobId })).toEqual({ cancelled: true });
+      expect(service.jobs.get(queued.jobId)!.status).toBe('cancelled');
+      expect(await call('jobs.cancel', { jobId: slow.jobId })).toEqual({ cancelled: true });
+      const j = await service.jobs.wait(slow.jobId);
+      expect(j.status).toBe('cancelled');
+      expect(
+        rec.of<EventData<'generation.step'>>('generation.step').filter((s) => s.jobId === slow.jobId).length,
+      ).toBeLessThan(600);
+      expect(
+        rec.of<EventData<'generation.image'>>('generation.image').filter((e) => e.jobId === slow.jobId).length,
+      ).toBeLessThan(3);
+      expect(await call('jobs.cancel', { jobId: slow.jobId })).toEqual({ cancelled: false });
+      expect((await fail('jobs.cancel', { jobId: 'job-none' })).code).toBe('not_found');
+      expect((await fail('jobs.list', { status: 'running' })).code).toBe('invalid_params');
+    },
+    LONG,
+  );
 });
 
 describe('the contract', () => {
   it("desktop.* is the desktop app's: the service answers not_found, saying so", async () => {
     const reveal = await fail('desktop.reveal', { projectId, file: 'images/x.png' });
-    expect(reveal).toMatchObject({ code: 'not_found', message: expect.stringMatching(/^Show in folder is only in the desktop app/) });
+    expect(reveal).toMatchObject({
+      code: 'not_found',
+      message: expect.stringMatching(/^Show in folder is only in the desktop app/),
+    });
     expect((await fail('desktop.pickBaseModel', { kind: 'file' })).code).toBe('not_found');
   });
 
@@ -466,7 +648,14 @@ describe('the contract', () => {
   it('every event emitted matched its schema (checked as it arrived)', () => {
     expect(rec.invalid).toEqual([]);
     const names = new Set(rec.all.map((e) => e.event));
-    expect([...names].sort()).toEqual(['engine.status', 'evaluation.progress', 'generation.image', 'generation.step', 'job.updated', 'train.event']);
+    expect([...names].sort()).toEqual([
+      'engine.status',
+      'evaluation.progress',
+      'generation.image',
+      'generation.step',
+      'job.updated',
+      'train.event',
+    ]);
   });
 
   it('jobs.json holds the finished jobs', async () => {

@@ -58,34 +58,45 @@ describe('the engine process dies during training', () => {
   let photoHashes: Map<string, string>;
   let lastCheckpoint: number;
 
-  it('SIGKILL mid-step: the job fails with a clear message; the run is paused at its last checkpoint', async () => {
-    const p = await call('projects.create', { name: 'Crash test', classWord: 'dog', triggerToken: 'zwx' });
-    projectId = p.id;
-    await call('projects.update', { projectId, settings: { resolution: 64 } });
-    await call('models.setBase', { projectId, path: TINY_MODEL });
-    const pngs = await Promise.all([0, 1, 2].map((k) => shapePng(k)));
-    photoHashes = new Map(pngs.map((b, k) => [`p${k}.png`, sha(b)]));
-    await call('photos.add', { projectId, files: pngs.map((b, k) => ({ name: `p${k}.png`, dataBase64: b.toString('base64') })) });
+  it(
+    'SIGKILL mid-step: the job fails with a clear message; the run is paused at its last checkpoint',
+    async () => {
+      const p = await call('projects.create', { name: 'Crash test', classWord: 'dog', triggerToken: 'zwx' });
+      projectId = p.id;
+      await call('projects.update', { projectId, settings: { resolution: 64 } });
+      await call('models.setBase', { projectId, path: TINY_MODEL });
+      const pngs = await Promise.all([0, 1, 2].map((k) => shapePng(k)));
+      photoHashes = new Map(pngs.map((b, k) => [`p${k}.png`, sha(b)]));
+      await call('photos.add', {
+        projectId,
+        files: pngs.map((b, k) => ({ name: `p${k}.png`, dataBase64: b.toString('base64') })),
+      });
 
-    const r = await call('training.start', { projectId, settings: { steps: 4, checkpointEvery: 1, sampleEvery: 0 } });
-    runId = r.runId;
-    await rec.waitFor((e) => e.event === 'train.event' && (e.data as EventData<'train.event'>).event.event === 'checkpoint', 180_000, 'the first checkpoint');
-    // The next step has started in the engine: kill it now.
-    expect(spawned.length).toBe(1);
-    spawned[0].kill('SIGKILL');
+      const r = await call('training.start', { projectId, settings: { steps: 4, checkpointEvery: 1, sampleEvery: 0 } });
+      runId = r.runId;
+      await rec.waitFor(
+        (e) => e.event === 'train.event' && (e.data as EventData<'train.event'>).event.event === 'checkpoint',
+        180_000,
+        'the first checkpoint',
+      );
+      // The next step has started in the engine: kill it now.
+      expect(spawned.length).toBe(1);
+      spawned[0].kill('SIGKILL');
 
-    const job = await service.jobs.wait(r.jobId);
-    const m = await readRunManifest(service.store.runDir(projectId, runId));
-    lastCheckpoint = Math.max(...m.checkpoints.map((c) => c.step));
-    expect(lastCheckpoint).toBeGreaterThanOrEqual(1);
-    expect(lastCheckpoint).toBeLessThan(4);
-    const message = `the engine process exited (signal SIGKILL) during training; the run keeps its last checkpoint (step ${lastCheckpoint}) and can be resumed`;
-    expect(job).toMatchObject({ status: 'failed', error: message });
-    expect(m).toMatchObject({ status: 'paused', error: message });
-    const crashed = rec.of<EventData<'engine.status'>>('engine.status').at(-1)!;
-    expect(crashed.state).toBe('crashed');
-    expect(crashed.message).toContain('signal SIGKILL');
-  }, LONG);
+      const job = await service.jobs.wait(r.jobId);
+      const m = await readRunManifest(service.store.runDir(projectId, runId));
+      lastCheckpoint = Math.max(...m.checkpoints.map((c) => c.step));
+      expect(lastCheckpoint).toBeGreaterThanOrEqual(1);
+      expect(lastCheckpoint).toBeLessThan(4);
+      const message = `the engine process exited (signal SIGKILL) during training; the run keeps its last checkpoint (step ${lastCheckpoint}) and can be resumed`;
+      expect(job).toMatchObject({ status: 'failed', error: message });
+      expect(m).toMatchObject({ status: 'paused', error: message });
+      const crashed = rec.of<EventData<'engine.status'>>('engine.status').at(-1)!;
+      expect(crashed.state).toBe('crashed');
+      expect(crashed.message).toContain('signal SIGKILL');
+    },
+    LONG,
+  );
 
   it('the project still opens; photos and the checkpoint are intact', async () => {
     expect((await call('projects.open', { projectId })).name).toBe('Crash test');
@@ -95,30 +106,45 @@ describe('the engine process dies during training', () => {
       ['p1.png', 'ok'],
       ['p2.png', 'ok'],
     ]);
-    for (const p of photos) expect(sha(await readFile(join(service.store.dir(projectId), p.file))), p.id).toBe(photoHashes.get(p.id));
+    for (const p of photos)
+      expect(sha(await readFile(join(service.store.dir(projectId), p.file))), p.id).toBe(photoHashes.get(p.id));
     const ckpt = `runs/${runId}/checkpoints/step-${String(lastCheckpoint).padStart(6, '0')}`;
-    for (const f of ['adapter.safetensors', 'optimizer.safetensors', 'state.json']) expect(existsSync(join(service.store.dir(projectId), ckpt, f)), f).toBe(true);
+    for (const f of ['adapter.safetensors', 'optimizer.safetensors', 'state.json'])
+      expect(existsSync(join(service.store.dir(projectId), ckpt, f)), f).toBe(true);
     // Reading the adapter needs the engine: a new process starts.
     const info = await call('adapters.inspect', { projectId, file: `${ckpt}/adapter.safetensors` });
     expect(info).toMatchObject({ format: 'native', method: 'singlora' });
     expect(spawned.length).toBe(2);
-    expect(rec.of<EventData<'engine.status'>>('engine.status').slice(-2).map((s) => s.state)).toEqual(['restarting', 'ready']);
+    expect(
+      rec
+        .of<EventData<'engine.status'>>('engine.status')
+        .slice(-2)
+        .map((s) => s.state),
+    ).toEqual(['restarting', 'ready']);
     const runs = await call('training.runs', { projectId });
     expect(runs[0]).toMatchObject({ id: runId, status: 'paused', step: lastCheckpoint });
   });
 
-  it('training.resume finishes the run from the last checkpoint', async () => {
-    const r = await call('training.resume', { projectId, runId });
-    const job = await service.jobs.wait(r.jobId);
-    expect(job).toMatchObject({ status: 'done', error: null });
-    const events = rec.of<EventData<'train.event'>>('train.event').filter((e) => e.jobId === r.jobId);
-    expect(events.find((e) => e.event.event === 'prepare' && e.event.stage === 'resume')?.event).toMatchObject({ detail: `checkpoints/step-${String(lastCheckpoint).padStart(6, '0')}` });
-    expect(events.filter((e) => e.event.event === 'step').map((e) => (e.event as { step: number }).step)).toEqual([lastCheckpoint + 1, lastCheckpoint + 2, 4].slice(0, 4 - lastCheckpoint));
-    const m = await call('training.status', { projectId, runId });
-    expect(m).toMatchObject({ status: 'completed', step: 4, error: null });
-    expect(m.losses.map((l) => l.step)).toEqual([1, 2, 3, 4]);
-    expect(m.checkpoints.map((c) => c.step)).toEqual([1, 2, 3, 4]);
-  }, LONG);
+  it(
+    'training.resume finishes the run from the last checkpoint',
+    async () => {
+      const r = await call('training.resume', { projectId, runId });
+      const job = await service.jobs.wait(r.jobId);
+      expect(job).toMatchObject({ status: 'done', error: null });
+      const events = rec.of<EventData<'train.event'>>('train.event').filter((e) => e.jobId === r.jobId);
+      expect(events.find((e) => e.event.event === 'prepare' && e.event.stage === 'resume')?.event).toMatchObject({
+        detail: `checkpoints/step-${String(lastCheckpoint).padStart(6, '0')}`,
+      });
+      expect(events.filter((e) => e.event.event === 'step').map((e) => (e.event as { step: number }).step)).toEqual(
+        [lastCheckpoint + 1, lastCheckpoint + 2, 4].slice(0, 4 - lastCheckpoint),
+      );
+      const m = await call('training.status', { projectId, runId });
+      expect(m).toMatchObject({ status: 'completed', step: 4, error: null });
+      expect(m.losses.map((l) => l.step)).toEqual([1, 2, 3, 4]);
+      expect(m.checkpoints.map((c) => c.step)).toEqual([1, 2, 3, 4]);
+    },
+    LONG,
+  );
 });
 
 describe('the service itself stops mid-job', () => {
@@ -148,17 +174,40 @@ describe('the service itself stops mid-job', () => {
     // Leave the files as a killed service would: a run mid-training (with and without a
     // checkpoint), a run still queued, and jobs.json saying running / queued.
     const runsDir = join(service.store.dir(projectId), 'runs');
-    const mk = async (id: string, edit: (m: Awaited<ReturnType<typeof readRunManifest>>) => Awaited<ReturnType<typeof readRunManifest>>) => {
+    const mk = async (
+      id: string,
+      edit: (m: Awaited<ReturnType<typeof readRunManifest>>) => Awaited<ReturnType<typeof readRunManifest>>,
+    ) => {
       await cp(join(runsDir, done), join(runsDir, id), { recursive: true });
       const m = await readRunManifest(join(runsDir, id));
       await writeRunManifest(join(runsDir, id), edit({ ...m, id }));
     };
-    await mk('20990101-000000-aaaa', (m) => ({ ...m, status: 'running', step: 3, checkpoints: m.checkpoints.filter((c) => c.step <= 2) }));
+    await mk('20990101-000000-aaaa', (m) => ({
+      ...m,
+      status: 'running',
+      step: 3,
+      checkpoints: m.checkpoints.filter((c) => c.step <= 2),
+    }));
     await mk('20990101-000000-bbbb', (m) => ({ ...m, status: 'running', step: 0, checkpoints: [] }));
     await mk('20990101-000000-cccc', (m) => ({ ...m, status: 'queued', step: 0, checkpoints: [] }));
     const now = new Date().toISOString();
-    const job = (id: string, runId: string, status: Job['status']): Job => ({ id, kind: 'train', projectId, runId, status, createdAt: now, error: null, progress: null });
-    await writeFile(join(dir, 'data', 'jobs.json'), JSON.stringify({ schemaVersion: 1, jobs: [job('job-a', '20990101-000000-aaaa', 'running'), job('job-c', '20990101-000000-cccc', 'queued')] }));
+    const job = (id: string, runId: string, status: Job['status']): Job => ({
+      id,
+      kind: 'train',
+      projectId,
+      runId,
+      status,
+      createdAt: now,
+      error: null,
+      progress: null,
+    });
+    await writeFile(
+      join(dir, 'data', 'jobs.json'),
+      JSON.stringify({
+        schemaVersion: 1,
+        jobs: [job('job-a', '20990101-000000-aaaa', 'running'), job('job-c', '20990101-000000-cccc', 'queued')],
+      }),
+    );
     // Its lock file too, naming a process that no longer exists.
     await writeFile(join(dir, 'data', 'service.lock'), JSON.stringify({ pid: 2 ** 22 + 12345, startedAt: now }));
 
@@ -169,11 +218,19 @@ describe('the service itself stops mid-job', () => {
       ['job-c', 'cancelled', INTERRUPTED_QUEUED],
     ]);
     const status = async (runId: string) => call('training.status', { projectId, runId });
-    expect(await status('20990101-000000-aaaa')).toMatchObject({ status: 'paused', error: 'the service stopped during training; the run keeps its last checkpoint (step 2) and can be resumed' });
-    expect(await status('20990101-000000-bbbb')).toMatchObject({ status: 'failed', error: 'the service stopped during training; no checkpoint was written yet, so start the run again' });
+    expect(await status('20990101-000000-aaaa')).toMatchObject({
+      status: 'paused',
+      error: 'the service stopped during training; the run keeps its last checkpoint (step 2) and can be resumed',
+    });
+    expect(await status('20990101-000000-bbbb')).toMatchObject({
+      status: 'failed',
+      error: 'the service stopped during training; no checkpoint was written yet, so start the run again',
+    });
     expect(await status('20990101-000000-cccc')).toMatchObject({ status: 'cancelled' });
     expect(await status(done)).toMatchObject({ status: 'completed' });
-    expect((await apiError(call('training.resume', { projectId, runId: '20990101-000000-bbbb' }))).message).toContain('no checkpoint to resume from');
+    expect((await apiError(call('training.resume', { projectId, runId: '20990101-000000-bbbb' }))).message).toContain(
+      'no checkpoint to resume from',
+    );
     // The paused run is accepted for resuming (cancelled at once: the first test trained enough).
     const r = await call('training.resume', { projectId, runId: '20990101-000000-aaaa' });
     expect(await call('jobs.cancel', { jobId: r.jobId })).toEqual({ cancelled: true });

@@ -26,7 +26,7 @@ beforeAll(async () => {
   ({ dir, cleanup } = await tempDir('singlora-tar-'));
   folder = join(dir, 'merged');
   await mkdir(join(folder, 'unet'), { recursive: true });
-  await mkdir(join(folder, 'deep-folder-name-'.repeat(4) + 'x'), { recursive: true });
+  await mkdir(join(folder, `${'deep-folder-name-'.repeat(4)}x`), { recursive: true });
   await writeFile(join(folder, 'model_index.json'), '{"_class_name": "StableDiffusionPipeline"}');
   await writeFile(join(folder, 'unet', 'weights.safetensors'), Buffer.alloc(1300, 7)); // not a multiple of 512
   await writeFile(join(folder, 'unet', 'empty.txt'), '');
@@ -77,11 +77,18 @@ describe('tar', () => {
     const linked = join(dir, 'linked');
     await mkdir(linked);
     await symlink('/etc/passwd', join(linked, 'passwd'));
-    await expect(tarEntries(linked, 'linked')).rejects.toThrow(/passwd is not a regular file or folder \(links are not packed\)/);
+    await expect(tarEntries(linked, 'linked')).rejects.toThrow(
+      /passwd is not a regular file or folder \(links are not packed\)/,
+    );
   });
 
   it('the server sends an export folder as <folder>.tar (token required); nothing outside adapters/', async () => {
-    const service = await Service.open({ dataDir: join(dir, 'data'), modelsDir: join(dir, 'models'), log: () => {}, spawnEngine: fakeEngine({}).spawn });
+    const service = await Service.open({
+      dataDir: join(dir, 'data'),
+      modelsDir: join(dir, 'models'),
+      log: () => {},
+      spawnEngine: fakeEngine({}).spawn,
+    });
     let server: RunningServer | null = null;
     try {
       server = await startServer({ port: 0, service, rendererDir: join(dir, 'none'), log: () => {} });

@@ -25,6 +25,13 @@ serveEngine<TestRequests>({
   },
   async doctor() {
     const r = await doctorReport();
-    return { node: r.node, platform: r.platform, providers: r.providers.map((p) => ({ ...p })), backends: r.backends, selected: r.selected, memory: { ...r.memory } };
+    return {
+      node: r.node,
+      platform: r.platform,
+      providers: r.providers.map((p) => ({ ...p })),
+      backends: r.backends,
+      selected: r.selected,
+      memory: { ...r.memory },
+    };
   },
 });

@@ -24,7 +24,9 @@ const num = z.coerce.number().refine(Number.isFinite, 'must be a finite number')
 /** The metadata schema; values are stored as strings and parsed back with this. */
 export const adapterMetadataSchema = z.object({
   format: z.literal(ADAPTER_FORMAT, { message: `format must be '${ADAPTER_FORMAT}'` }),
-  format_version: int.min(1).max(ADAPTER_FORMAT_VERSION, { message: `format_version is newer than this app reads (${ADAPTER_FORMAT_VERSION}); update SingLoRA Studio` }),
+  format_version: int.min(1).max(ADAPTER_FORMAT_VERSION, {
+    message: `format_version is newer than this app reads (${ADAPTER_FORMAT_VERSION}); update SingLoRA Studio`,
+  }),
   method: z.enum(['singlora', 'lora']),
   rank: int.min(1),
   alpha: num,
@@ -46,7 +48,14 @@ export const adapterMetadataSchema = z.object({
   target_shapes: z.string().transform((s, ctx) => {
     try {
       const v = JSON.parse(s) as unknown;
-      if (v && typeof v === 'object' && Object.values(v).every((d) => Array.isArray(d) && d.length === 2 && d.every((x) => Number.isInteger(x) && x > 0))) return v as Record<string, [number, number]>;
+      if (
+        v &&
+        typeof v === 'object' &&
+        Object.values(v).every(
+          (d) => Array.isArray(d) && d.length === 2 && d.every((x) => Number.isInteger(x) && x > 0),
+        )
+      )
+        return v as Record<string, [number, number]>;
     } catch {
       /* fall through */
     }
@@ -84,7 +93,9 @@ export async function saveAdapter(path: string, set: AdapterSet, prov: AdapterPr
     effective_u: spec.method === 'singlora' ? ramp(prov.trainedSteps, spec.rampSteps) : 1,
     init_std: spec.initStd,
     targets: [...spec.targets],
-    target_shapes: Object.fromEntries(set.adapters.map((a) => [a.path, [a.layer.outFeatures, a.layer.inFeatures] as [number, number]])),
+    target_shapes: Object.fromEntries(
+      set.adapters.map((a) => [a.path, [a.layer.outFeatures, a.layer.inFeatures] as [number, number]]),
+    ),
     trigger_token: prov.triggerToken,
     class_word: prov.classWord,
     base_model_name: prov.baseModelName,
@@ -142,10 +153,14 @@ export async function readAdapterFile(path: string): Promise<NativeAdapterFile> 
       continue;
     }
     const [dOut, dIn] = dims;
-    const want: Record<string, number[]> = meta.method === 'singlora' ? { singlora_A: [Math.max(dOut, dIn), meta.rank] } : { lora_A: [meta.rank, dIn], lora_B: [dOut, meta.rank] };
+    const want: Record<string, number[]> =
+      meta.method === 'singlora'
+        ? { singlora_A: [Math.max(dOut, dIn), meta.rank] }
+        : { lora_A: [meta.rank, dIn], lora_B: [dOut, meta.rank] };
     for (const [n, shape] of Object.entries(want)) {
       const got = entry[n]?.shape;
-      if (got && (got.length !== 2 || got[0] !== shape[0] || got[1] !== shape[1])) bad.push(`unet.${p}.${n}: shape [${got}] but a ${dIn}->${dOut} layer at rank ${meta.rank} needs [${shape}]`);
+      if (got && (got.length !== 2 || got[0] !== shape[0] || got[1] !== shape[1]))
+        bad.push(`unet.${p}.${n}: shape [${got}] but a ${dIn}->${dOut} layer at rank ${meta.rank} needs [${shape}]`);
     }
   }
   if (bad.length) throw new Error(`${path}: unexpected adapter tensors:\n  ${bad.join('\n  ')}`);
@@ -161,7 +176,8 @@ export function checkFits(file: NativeAdapterFile, unet: Module): string[] {
   const linears = new Map<string, Linear>();
   for (const [modPath, mod] of unet.namedModules()) {
     for (const [key, value] of mod.entries()) {
-      const layer = value instanceof Linear ? value : isWrapper(value) && value.base instanceof Linear ? value.base : null;
+      const layer =
+        value instanceof Linear ? value : isWrapper(value) && value.base instanceof Linear ? value.base : null;
       if (layer) linears.set(modPath ? `${modPath}.${key}` : key, layer);
     }
   }
@@ -174,11 +190,15 @@ export function checkFits(file: NativeAdapterFile, unet: Module): string[] {
       continue;
     }
     const want: Record<string, number[]> =
-      file.meta.method === 'singlora' ? { singlora_A: [Math.max(lin.inFeatures, lin.outFeatures), r] } : { lora_A: [r, lin.inFeatures], lora_B: [lin.outFeatures, r] };
+      file.meta.method === 'singlora'
+        ? { singlora_A: [Math.max(lin.inFeatures, lin.outFeatures), r] }
+        : { lora_A: [r, lin.inFeatures], lora_B: [lin.outFeatures, r] };
     for (const [name, shape] of Object.entries(want)) {
       const got = entry[name].shape;
       if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) {
-        problems.push(`unet.${path}.${name}: shape [${got}] but the base model's ${lin.inFeatures}->${lin.outFeatures} layer at rank ${r} needs [${shape}]`);
+        problems.push(
+          `unet.${path}.${name}: shape [${got}] but the base model's ${lin.inFeatures}->${lin.outFeatures} layer at rank ${r} needs [${shape}]`,
+        );
       }
     }
   }
@@ -192,7 +212,9 @@ export function checkFits(file: NativeAdapterFile, unet: Module): string[] {
 export function injectFromFile(unet: Module, file: NativeAdapterFile): AdapterSet {
   const problems = checkFits(file, unet);
   if (problems.length) {
-    throw new Error(`${file.path} does not fit this base model (made for '${file.meta.base_model_name}'):\n  ${problems.slice(0, 20).join('\n  ')}${problems.length > 20 ? `\n  ... and ${problems.length - 20} more` : ''}`);
+    throw new Error(
+      `${file.path} does not fit this base model (made for '${file.meta.base_model_name}'):\n  ${problems.slice(0, 20).join('\n  ')}${problems.length > 20 ? `\n  ... and ${problems.length - 20} more` : ''}`,
+    );
   }
   const spec: AdapterSpec = {
     method: file.meta.method,
@@ -203,7 +225,8 @@ export function injectFromFile(unet: Module, file: NativeAdapterFile): AdapterSe
     initStd: file.meta.init_std,
   };
   const values = new Map<string, Record<string, Float32Array>>();
-  for (const [p, entry] of file.targets) values.set(p, Object.fromEntries(Object.entries(entry).map(([n, t]) => [n, t.data])));
+  for (const [p, entry] of file.targets)
+    values.set(p, Object.fromEntries(Object.entries(entry).map(([n, t]) => [n, t.data])));
   const set = AdapterSet.inject(unet, spec, { values });
   set.setStep(file.meta.trained_steps);
   return set;

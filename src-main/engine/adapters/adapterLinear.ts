@@ -45,7 +45,8 @@ export abstract class AdapterLinear implements LinearLike, Wrapper {
     readonly base: Linear,
     readonly hyper: AdapterHyper,
   ) {
-    if (!Number.isInteger(hyper.rank) || hyper.rank < 1) throw new Error(`adapter rank must be an integer >= 1, got ${hyper.rank}`);
+    if (!Number.isInteger(hyper.rank) || hyper.rank < 1)
+      throw new Error(`adapter rank must be an integer >= 1, got ${hyper.rank}`);
     if (!Number.isFinite(hyper.alpha)) throw new Error(`adapter alpha must be a finite number, got ${hyper.alpha}`);
   }
 
@@ -97,7 +98,10 @@ export abstract class AdapterLinear implements LinearLike, Wrapper {
 
   /** Adapters train and run on TensorFlow.js; ONNX graphs take adapters as side-path inputs instead. */
   forward<T>(o: Ops<T>, x: T): T {
-    if (o.executor !== 'tfjs') throw new Error('AdapterLinear: an injected adapter only runs on TensorFlow.js; ONNX graphs take adapter factors as inputs (see engine/onnx)');
+    if (o.executor !== 'tfjs')
+      throw new Error(
+        'AdapterLinear: an injected adapter only runs on TensorFlow.js; ONNX graphs take adapter factors as inputs (see engine/onnx)',
+      );
     return this.apply(x as Tensor) as T;
   }
 
@@ -125,7 +129,9 @@ export abstract class AdapterLinear implements LinearLike, Wrapper {
   merge(step: number): void {
     if (this.mergedAt) {
       if (this.mergedAt.step === step && this.mergedAt.strength === this.strength) return;
-      throw new Error(`adapter already merged at step ${this.mergedAt.step} (strength ${this.mergedAt.strength}); unmerge before merging at step ${step} (strength ${this.strength})`);
+      throw new Error(
+        `adapter already merged at step ${this.mergedAt.step} (strength ${this.mergedAt.strength}); unmerge before merging at step ${step} (strength ${this.strength})`,
+      );
     }
     const mergedWeight = tf.tidy(() => {
       const deltaT = tf.transpose(this.deltaWeight(step)); // [in, out], the compute layout

@@ -14,7 +14,16 @@ import type { SideFactors } from '../onnx/onnxDiffusion.ts';
 import { LoRALinear } from './lora.ts';
 import { SingLoRALinear } from './singlora.ts';
 
-export const DEFAULT_TARGETS: readonly string[] = ['attn1.to_q', 'attn1.to_k', 'attn1.to_v', 'attn1.to_out.0', 'attn2.to_q', 'attn2.to_k', 'attn2.to_v', 'attn2.to_out.0'];
+export const DEFAULT_TARGETS: readonly string[] = [
+  'attn1.to_q',
+  'attn1.to_k',
+  'attn1.to_v',
+  'attn1.to_out.0',
+  'attn2.to_q',
+  'attn2.to_k',
+  'attn2.to_v',
+  'attn2.to_out.0',
+];
 
 /**
  * Default std of SingLoRA's initial A. docs/singlora-init.md gives the measurement: at full ramp
@@ -35,7 +44,15 @@ export interface AdapterSpec {
 }
 
 export function defaultAdapterSpec(overrides: Partial<AdapterSpec> = {}): AdapterSpec {
-  return { method: 'singlora', rank: 8, alpha: 8, rampSteps: 100, targets: DEFAULT_TARGETS, initStd: DEFAULT_SINGLORA_INIT_STD, ...overrides };
+  return {
+    method: 'singlora',
+    rank: 8,
+    alpha: 8,
+    rampSteps: 100,
+    targets: DEFAULT_TARGETS,
+    initStd: DEFAULT_SINGLORA_INIT_STD,
+    ...overrides,
+  };
 }
 
 /** The random source the initialisation draws from (the project's Rng satisfies it). */
@@ -77,7 +94,10 @@ export interface InjectedAdapter {
 }
 
 /** Every Linear in `model` whose path matches one of `targets`, in walk order. */
-export function findTargets(model: Module, targets: readonly string[]): Array<{ path: string; parent: Module; key: string; linear: Linear }> {
+export function findTargets(
+  model: Module,
+  targets: readonly string[],
+): Array<{ path: string; parent: Module; key: string; linear: Linear }> {
   const out: Array<{ path: string; parent: Module; key: string; linear: Linear }> = [];
   for (const [modPath, mod] of model.namedModules()) {
     for (const [key, value] of mod.entries()) {
@@ -99,15 +119,30 @@ export class AdapterSet {
    * Wraps every target Linear of `model`. `init` gives each adapter's initial values by path
    * (loading a file) or, when absent, they are drawn from `rng` in walk order.
    */
-  static inject(model: Module, spec: AdapterSpec, source: { rng: InitRng } | { values: ReadonlyMap<string, Record<string, Float32Array>> }): AdapterSet {
+  static inject(
+    model: Module,
+    spec: AdapterSpec,
+    source: { rng: InitRng } | { values: ReadonlyMap<string, Record<string, Float32Array>> },
+  ): AdapterSet {
     // Values from a file name their exact paths; otherwise the spec's patterns choose.
-    const found = 'values' in source ? findTargets(model, [...source.values.keys()].map((p) => `^${p}`)) : findTargets(model, spec.targets);
+    const found =
+      'values' in source
+        ? findTargets(
+            model,
+            [...source.values.keys()].map((p) => `^${p}`),
+          )
+        : findTargets(model, spec.targets);
     if ('values' in source && found.length !== source.values.size) {
       const have = new Set(found.map((f) => f.path));
       const missing = [...source.values.keys()].filter((p) => !have.has(p));
-      throw new Error(`adapter targets not found as Linear layers in the model: ${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ', ...' : ''}`);
+      throw new Error(
+        `adapter targets not found as Linear layers in the model: ${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ', ...' : ''}`,
+      );
     }
-    if (!found.length) throw new Error(`adapter targets ${JSON.stringify(spec.targets)} match no Linear layer in the model (already injected, or wrong patterns?)`);
+    if (!found.length)
+      throw new Error(
+        `adapter targets ${JSON.stringify(spec.targets)} match no Linear layer in the model (already injected, or wrong patterns?)`,
+      );
     const hyper = { rank: spec.rank, alpha: spec.alpha, rampSteps: spec.method === 'singlora' ? spec.rampSteps : 0 };
     const adapters: InjectedAdapter[] = [];
     try {
@@ -117,7 +152,8 @@ export class AdapterSet {
         let layer: AdapterLinear;
         if (spec.method === 'singlora') {
           const rows = Math.max(linear.inFeatures, linear.outFeatures);
-          const init = given?.singlora_A ?? scaled((source as { rng: InitRng }).rng.normal(rows * spec.rank), spec.initStd);
+          const init =
+            given?.singlora_A ?? scaled((source as { rng: InitRng }).rng.normal(rows * spec.rank), spec.initStd);
           layer = new SingLoRALinear(linear, hyper, init);
         } else {
           let initA = given?.lora_A;
@@ -174,7 +210,9 @@ export class AdapterSet {
 
   /** Adapter tensors by `<path>.<name>` (e.g. `...attn1.to_q.singlora_A`), PyTorch layout. */
   namedTensors(): Array<[string, Variable]> {
-    return this.adapters.flatMap((a) => a.layer.namedTensors().map(([n, v]) => [`${a.path}.${n}`, v] as [string, Variable]));
+    return this.adapters.flatMap((a) =>
+      a.layer.namedTensors().map(([n, v]) => [`${a.path}.${n}`, v] as [string, Variable]),
+    );
   }
 
   /**
@@ -183,7 +221,8 @@ export class AdapterSet {
    */
   async sideFactors(): Promise<SideFactors[]> {
     const out: SideFactors[] = [];
-    for (const a of this.adapters) out.push({ component: 'unet', path: a.path, rank: a.layer.hyper.rank, ...(await a.layer.lowRankFactors()) });
+    for (const a of this.adapters)
+      out.push({ component: 'unet', path: a.path, rank: a.layer.hyper.rank, ...(await a.layer.lowRankFactors()) });
     return out;
   }
 
@@ -197,7 +236,8 @@ export class AdapterSet {
     for (const [name, v] of this.namedTensors()) {
       const data = values.get(name);
       if (!data) throw new Error(`AdapterSet.assign: no value for '${name}'`);
-      if (data.length !== v.size) throw new Error(`AdapterSet.assign: '${name}' needs ${v.size} values, got ${data.length}`);
+      if (data.length !== v.size)
+        throw new Error(`AdapterSet.assign: '${name}' needs ${v.size} values, got ${data.length}`);
       tf.tidy(() => v.assign(tf.tensor(data, v.shape)));
     }
   }

@@ -24,7 +24,10 @@ import type { NativeAdapterFile } from './adapterFile.ts';
 export type ExportDtype = 'F32' | 'F16';
 
 /** up [d_out, r] and down [r, d_in] of one target, as plain float32 data. */
-export function upDown(file: NativeAdapterFile, path: string): { up: Float32Array; down: Float32Array; dOut: number; dIn: number } {
+export function upDown(
+  file: NativeAdapterFile,
+  path: string,
+): { up: Float32Array; down: Float32Array; dOut: number; dIn: number } {
   const entry = file.targets.get(path);
   if (!entry) throw new Error(`${file.path}: no adapter for '${path}'`);
   const [dOut, dIn] = file.meta.target_shapes[path];
@@ -64,14 +67,17 @@ export function kohyaMetadata(file: NativeAdapterFile, outPath: string): Record<
     ss_network_module: 'networks.lora',
     ss_network_dim: String(m.rank),
     ss_network_alpha: String(effectiveAlpha(file)),
-    ss_network_args: JSON.stringify({ source: m.method === 'singlora' ? 'SingLoRA (up = A[:d_out], down = A[:d_in]^T, alpha = alpha * u)' : 'LoRA' }),
+    ss_network_args: JSON.stringify({
+      source: m.method === 'singlora' ? 'SingLoRA (up = A[:d_out], down = A[:d_in]^T, alpha = alpha * u)' : 'LoRA',
+    }),
     ss_base_model_version: 'sd_v1',
     ss_v2: 'False',
     ss_sd_model_name: m.base_model_name,
     ss_new_sd_model_hash: m.base_model_unet_sha256,
     ss_output_name: title,
     ss_steps: String(m.trained_steps),
-    ss_training_comment: `trained with SingLoRA Studio (${m.method}); trigger: "${m.trigger_token} ${m.class_word}"`.trim(),
+    ss_training_comment:
+      `trained with SingLoRA Studio (${m.method}); trigger: "${m.trigger_token} ${m.class_word}"`.trim(),
     'modelspec.sai_model_spec': '1.0.0',
     'modelspec.architecture': 'stable-diffusion-v1/lora',
     'modelspec.implementation': 'https://github.com/kohya-ss/sd-scripts',
@@ -96,14 +102,27 @@ export function peftTensors(file: NativeAdapterFile, dtype: ExportDtype = 'F32')
   return out;
 }
 
-export async function exportKohya(file: NativeAdapterFile, outPath: string, dtype: ExportDtype = 'F32'): Promise<{ tensors: number }> {
+export async function exportKohya(
+  file: NativeAdapterFile,
+  outPath: string,
+  dtype: ExportDtype = 'F32',
+): Promise<{ tensors: number }> {
   const tensors = kohyaTensors(file, dtype);
   await writeSafetensors(outPath, tensors, kohyaMetadata(file, outPath));
   return { tensors: tensors.size };
 }
 
-export async function exportPeft(file: NativeAdapterFile, outPath: string, dtype: ExportDtype = 'F32'): Promise<{ tensors: number }> {
+export async function exportPeft(
+  file: NativeAdapterFile,
+  outPath: string,
+  dtype: ExportDtype = 'F32',
+): Promise<{ tensors: number }> {
   const tensors = peftTensors(file, dtype);
-  await writeSafetensors(outPath, tensors, { format: 'pt', source: 'singlora-studio', method: file.meta.method, rank: String(file.meta.rank) });
+  await writeSafetensors(outPath, tensors, {
+    format: 'pt',
+    source: 'singlora-studio',
+    method: file.meta.method,
+    rank: String(file.meta.rank),
+  });
   return { tensors: tensors.size };
 }

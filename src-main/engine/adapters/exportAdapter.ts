@@ -46,14 +46,19 @@ export interface ExportResult {
 }
 
 export async function exportAdapter(o: ExportOptions): Promise<ExportResult> {
-  if (!(EXPORT_FORMATS as readonly string[]).includes(o.format)) throw new Error(`unknown export format '${o.format}'; choose one of ${EXPORT_FORMATS.join(', ')}`);
+  if (!(EXPORT_FORMATS as readonly string[]).includes(o.format))
+    throw new Error(`unknown export format '${o.format}'; choose one of ${EXPORT_FORMATS.join(', ')}`);
   const file = await readAdapterFile(o.adapter);
   const dtype = o.dtype ?? 'F32';
   switch (o.format) {
     case 'singlora':
       await mkdir(dirname(o.out), { recursive: true });
       await copyFile(o.adapter, o.out);
-      return { format: o.format, path: o.out, tensors: [...file.targets.values()].reduce((n, e) => n + Object.keys(e).length, 0) };
+      return {
+        format: o.format,
+        path: o.out,
+        tensors: [...file.targets.values()].reduce((n, e) => n + Object.keys(e).length, 0),
+      };
     case 'kohya':
       await mkdir(dirname(o.out), { recursive: true });
       return { format: o.format, path: o.out, ...(await exportKohya(file, o.out, dtype)) };
@@ -62,7 +67,8 @@ export async function exportAdapter(o: ExportOptions): Promise<ExportResult> {
       return { format: o.format, path: o.out, ...(await exportPeft(file, o.out, dtype)) };
     case 'merged-diffusers':
     case 'merged-single-file':
-      if (!o.base) throw new Error(`--base is required for the ${o.format} export (the model the adapter is folded into)`);
+      if (!o.base)
+        throw new Error(`--base is required for the ${o.format} export (the model the adapter is folded into)`);
       return exportMerged(file, o as ExportOptions & { base: string });
   }
 }
@@ -72,17 +78,26 @@ async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: 
   try {
     const targets = new Set([...file.targets.keys()].map((p) => `${p}.weight`));
     const missing = [...targets].filter((k) => !base.unet.weights.shape(k));
-    if (missing.length) throw new Error(`${file.path} does not fit ${o.base}: the UNet has no ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
+    if (missing.length)
+      throw new Error(
+        `${file.path} does not fit ${o.base}: the UNet has no ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`,
+      );
     let done = 0;
-    const total = [...base.unet.weights.keys()].length + (o.format === 'merged-single-file' ? [...base.vae.weights.keys()].length + [...base.textEncoder.weights.keys()].length : 0);
+    const total =
+      [...base.unet.weights.keys()].length +
+      (o.format === 'merged-single-file'
+        ? [...base.vae.weights.keys()].length + [...base.textEncoder.weights.keys()].length
+        : 0);
     const readMerged = (component: ComponentName, key: string) => async (): Promise<Float32Array> => {
-      const w = component === 'unet' ? base.unet.weights : component === 'vae' ? base.vae.weights : base.textEncoder.weights;
+      const w =
+        component === 'unet' ? base.unet.weights : component === 'vae' ? base.vae.weights : base.textEncoder.weights;
       const data = await w.read(key);
       if (component === 'unet' && targets.has(key)) {
         const delta = nativeDelta(file, key.slice(0, -'.weight'.length));
         const d = (await delta.data()) as Float32Array;
         delta.dispose();
-        if (d.length !== data.length) throw new Error(`${key}: delta has ${d.length} values for a weight of ${data.length}`);
+        if (d.length !== data.length)
+          throw new Error(`${key}: delta has ${d.length} values for a weight of ${data.length}`);
         for (let i = 0; i < data.length; i++) data[i] += d[i];
       }
       o.onProgress?.(++done, total);
@@ -91,10 +106,15 @@ async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: 
     const dtype = o.dtype ?? 'F32';
     if (o.format === 'merged-diffusers') {
       const out = new Map<string, TensorToWrite>();
-      for (const key of base.unet.weights.keys()) out.set(key, { dtype, shape: base.unet.weights.shape(key)!, read: readMerged('unet', key) });
+      for (const key of base.unet.weights.keys())
+        out.set(key, { dtype, shape: base.unet.weights.shape(key)!, read: readMerged('unet', key) });
       await mkdir(join(o.out, 'unet'), { recursive: true });
       await atomicWriteJson(join(o.out, 'unet', 'config.json'), base.unet.config);
-      await writeSafetensors(join(o.out, 'unet', 'diffusion_pytorch_model.safetensors'), out, mergeMeta(file, base.name));
+      await writeSafetensors(
+        join(o.out, 'unet', 'diffusion_pytorch_model.safetensors'),
+        out,
+        mergeMeta(file, base.name),
+      );
       if (base.format !== 'diffusers') return { format: o.format, path: join(o.out, 'unet'), tensors: out.size };
       // A complete pipeline: every other component (VAE, text encoder, tokenizer, scheduler,
       // model_index.json) is the base's, copied as is (links followed).
@@ -104,10 +124,15 @@ async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: 
       }
       return { format: o.format, path: o.out, tensors: out.size };
     }
-    const map = singleFileKeyMap({ unet: base.unet.config, vae: base.vae.config, textEncoder: base.textEncoder.config });
+    const map = singleFileKeyMap({
+      unet: base.unet.config,
+      vae: base.vae.config,
+      textEncoder: base.textEncoder.config,
+    });
     const out = new Map<string, TensorToWrite>();
     for (const component of COMPONENTS) {
-      const w = component === 'unet' ? base.unet.weights : component === 'vae' ? base.vae.weights : base.textEncoder.weights;
+      const w =
+        component === 'unet' ? base.unet.weights : component === 'vae' ? base.vae.weights : base.textEncoder.weights;
       for (const key of w.keys()) {
         if (key.endsWith('position_ids')) continue;
         const original = toSingleFileName(component, key, map);
@@ -154,7 +179,17 @@ export async function inspectAdapter(path: string): Promise<AdapterInspection> {
     const meta = { ...f.metadata };
     if (meta.format === ADAPTER_FORMAT) {
       const native = await readAdapterFile(path);
-      return { file: path, format: 'native', method: native.meta.method, rank: native.meta.rank, alpha: native.meta.alpha, targets: native.targets.size, parameters: adapterBytes(native) / 4, bytes: adapterBytes(native), metadata: meta };
+      return {
+        file: path,
+        format: 'native',
+        method: native.meta.method,
+        rank: native.meta.rank,
+        alpha: native.meta.alpha,
+        targets: native.targets.size,
+        parameters: adapterBytes(native) / 4,
+        bytes: adapterBytes(native),
+        metadata: meta,
+      };
     }
     const keys = f.keys();
     let params = 0;
@@ -169,13 +204,30 @@ export async function inspectAdapter(path: string): Promise<AdapterInspection> {
       const m = /^(.*?)\.(lora_down|lora_A|lora_up|lora_B|alpha|processor|lora_linear_layer)/.exec(k);
       if (m) modules.add(m[1]);
       if (/lora_down\.weight$|lora_A\.weight$/.test(k)) rank = Math.max(rank, info.shape[0]);
-      kinds.add(k.startsWith('lora_') ? 'kohya' : /\.lora_[AB]\.weight$/.test(k) ? 'peft' : /_lora\.(down|up)\.weight$|lora_linear_layer/.test(k) ? 'diffusers-procs' : 'unknown');
+      kinds.add(
+        k.startsWith('lora_')
+          ? 'kohya'
+          : /\.lora_[AB]\.weight$/.test(k)
+            ? 'peft'
+            : /_lora\.(down|up)\.weight$|lora_linear_layer/.test(k)
+              ? 'diffusers-procs'
+              : 'unknown',
+      );
     }
     const format = kinds.size === 1 ? ([...kinds][0] as AdapterInspection['format']) : 'mixed';
     const alpha = Number(meta.ss_network_alpha ?? rank);
-    return { file: path, format, method: 'lora', rank, alpha, targets: modules.size, parameters: params, bytes, metadata: meta };
+    return {
+      file: path,
+      format,
+      method: 'lora',
+      rank,
+      alpha,
+      targets: modules.size,
+      parameters: params,
+      bytes,
+      metadata: meta,
+    };
   } finally {
     await f.close();
   }
 }
-

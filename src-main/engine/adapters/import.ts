@@ -13,7 +13,7 @@ import { kohyaLookup, parseLoraKey, type LoraComponent, type ParsedLoraKey } fro
 import type { Module } from '../models/layers/module.ts';
 import { ADAPTER_FORMAT, readAdapterFile, type NativeAdapterFile } from './adapterFile.ts';
 import { loraDelta } from './lora.ts';
-import { findWeight, moduleIndex, WeightPatcher } from './patch.ts';
+import { findWeight, moduleIndex, type WeightPatcher } from './patch.ts';
 import { singloraDelta } from './singlora.ts';
 import { Linear } from '../models/layers/linear.ts';
 import type { SideFactors } from '../onnx/onnxDiffusion.ts';
@@ -63,7 +63,7 @@ export interface AdapterCheck extends ImportReport {
 export function checkAdapterBase(report: ImportReport, base: { name: string; unetSha256: string }): AdapterCheck {
   const r = report.recordedBase;
   const baseMismatch =
-    r && r.unetSha256 && r.unetSha256 !== base.unetSha256
+    r?.unetSha256 && r.unetSha256 !== base.unetSha256
       ? `${basename(report.file)} was trained on '${r.name}' (UNet sha256 ${r.unetSha256.slice(0, 12)}), not on this base model '${base.name}' (${base.unetSha256.slice(0, 12)}); it may give poor images`
       : null;
   return { ...report, baseMismatch };
@@ -82,7 +82,9 @@ export function formatAdapterCheck(c: AdapterCheck): string[] {
 
 /** Why `--strict` refuses an adapter, or null when it fits. */
 export function strictProblem(c: AdapterCheck): string | null {
-  const unused = c.unapplied.length ? `${basename(c.file)}: ${c.unapplied.length} of ${c.totalTensors} tensors cannot be used (first: ${c.unapplied[0].key}: ${c.unapplied[0].reason})` : null;
+  const unused = c.unapplied.length
+    ? `${basename(c.file)}: ${c.unapplied.length} of ${c.totalTensors} tensors cannot be used (first: ${c.unapplied[0].key}: ${c.unapplied[0].reason})`
+    : null;
   const problems = [c.baseMismatch, unused].filter((p) => p !== null);
   return problems.length ? problems.join('; ') : null;
 }
@@ -113,7 +115,9 @@ interface Group {
   path: string | null;
   rawName: string;
   format: ParsedLoraKey['format'];
-  tensors: Partial<Record<'down' | 'up' | 'alpha' | 'singlora_A', { key: string; shape: number[]; data: Float32Array }>>;
+  tensors: Partial<
+    Record<'down' | 'up' | 'alpha' | 'singlora_A', { key: string; shape: number[]; data: Float32Array }>
+  >;
 }
 
 /** "<file>: applied x of y tensors to m modules", the one line every report starts with. */
@@ -154,7 +158,13 @@ export async function planAdapter(file: string, targets: AdapterTargets, strengt
     else if (parsed.underscored) path = lookup(parsed.component).get(parsed.module) ?? null;
     else if (!moduleIndex(model).has(parsed.module)) path = null;
     const gkey = `${parsed.component}:${parsed.module}`;
-    const g = groups.get(gkey) ?? { component: parsed.component, path, rawName: parsed.module, format: parsed.format, tensors: {} };
+    const g = groups.get(gkey) ?? {
+      component: parsed.component,
+      path,
+      rawName: parsed.module,
+      format: parsed.format,
+      tensors: {},
+    };
     g.tensors[parsed.role] = { key, shape: t.shape, data: t.data };
     groups.set(gkey, g);
   }
@@ -167,7 +177,10 @@ export async function planAdapter(file: string, targets: AdapterTargets, strengt
       const keys = Object.values(g.tensors).map((t) => t!.key);
       const reject = (reason: string) => keys.forEach((key) => unapplied.push({ key, reason }));
       if (!g.path) {
-        const where = g.component === 'text_encoder' && !targets.textEncoder ? 'no text encoder was given' : `no Linear or Conv2d named '${g.rawName}' in the ${g.component}`;
+        const where =
+          g.component === 'text_encoder' && !targets.textEncoder
+            ? 'no text encoder was given'
+            : `no Linear or Conv2d named '${g.rawName}' in the ${g.component}`;
         reject(where);
         continue;
       }
@@ -179,10 +192,18 @@ export async function planAdapter(file: string, targets: AdapterTargets, strengt
       const rank = down.shape[0];
       const model = g.component === 'unet' ? targets.unet : targets.textEncoder!;
       const param = findWeight(model, g.path)!;
-      const upOk = up.shape[1] === rank && up.shape[0] === param.shape[0] && (up.shape.length === 2 || (up.shape[2] === 1 && up.shape[3] === 1));
+      const upOk =
+        up.shape[1] === rank &&
+        up.shape[0] === param.shape[0] &&
+        (up.shape.length === 2 || (up.shape[2] === 1 && up.shape[3] === 1));
       const downIn = down.shape.slice(1);
       const paramIn = param.shape.slice(1);
-      const downOk = downIn[0] === paramIn[0] && (paramIn.length === 1 || (downIn.length === 1 ? paramIn[1] === 1 && paramIn[2] === 1 : downIn[1] === paramIn[1] && downIn[2] === paramIn[2]));
+      const downOk =
+        downIn[0] === paramIn[0] &&
+        (paramIn.length === 1 ||
+          (downIn.length === 1
+            ? paramIn[1] === 1 && paramIn[2] === 1
+            : downIn[1] === paramIn[1] && downIn[2] === paramIn[2]));
       if (!upOk || !downOk) {
         reject(`shapes down [${down.shape}] / up [${up.shape}] do not fit ${g.component}.${g.path} [${param.shape}]`);
         continue;
@@ -191,7 +212,10 @@ export async function planAdapter(file: string, targets: AdapterTargets, strengt
       const alphaValue = alpha ? alpha.data[0] : rank;
       const scale = (alphaValue / rank) * strength;
       const delta = tf.tidy(() => loraDelta(tf.tensor(up.data, up.shape), tf.tensor(down.data, down.shape), scale));
-      const factors = moduleIndex(model).get(g.path) instanceof Linear ? loraFactors(g.component, g.path, up.data, down.data, rank, param.shape[0], param.shape[1], scale) : undefined;
+      const factors =
+        moduleIndex(model).get(g.path) instanceof Linear
+          ? loraFactors(g.component, g.path, up.data, down.data, rank, param.shape[0], param.shape[1], scale)
+          : undefined;
       deltas.push({ component: g.component, path: g.path, delta, keys, ...(factors ? { factors } : {}) });
       applied += keys.length;
       formats.add(g.format);
@@ -201,7 +225,8 @@ export async function planAdapter(file: string, targets: AdapterTargets, strengt
     throw err;
   }
   const total = tensors.size;
-  const format = formats.size === 1 ? ([...formats][0] as ImportReport['format']) : formats.size === 0 ? 'kohya' : 'mixed';
+  const format =
+    formats.size === 1 ? ([...formats][0] as ImportReport['format']) : formats.size === 0 ? 'kohya' : 'mixed';
   return new AdapterPlan(
     {
       file,
@@ -229,14 +254,38 @@ async function planNative(file: string, targets: AdapterTargets, strength: numbe
     const param = findWeight(targets.unet, path);
     const [dOut, dIn] = f.meta.target_shapes[path];
     if (!param || param.shape[0] !== dOut || param.shape[1] !== dIn) {
-      for (const n of names) unapplied.push({ key: `unet.${path}.${n}`, reason: param ? `made for a ${dIn}->${dOut} layer; the model's is [${param.shape}]` : 'no such Linear in the UNet' });
+      for (const n of names)
+        unapplied.push({
+          key: `unet.${path}.${n}`,
+          reason: param
+            ? `made for a ${dIn}->${dOut} layer; the model's is [${param.shape}]`
+            : 'no such Linear in the UNet',
+        });
       continue;
     }
-    deltas.push({ component: 'unet', path, delta: nativeDelta(f, path, strength), keys: names.map((n) => `unet.${path}.${n}`), factors: nativeFactors(f, path, strength) });
+    deltas.push({
+      component: 'unet',
+      path,
+      delta: nativeDelta(f, path, strength),
+      keys: names.map((n) => `unet.${path}.${n}`),
+      factors: nativeFactors(f, path, strength),
+    });
     applied += names.length;
   }
   const recordedBase = { name: f.meta.base_model_name, unetSha256: f.meta.base_model_unet_sha256 };
-  return new AdapterPlan({ file, format: 'native', appliedTensors: applied, totalTensors: total, modules: deltas.length, unapplied, summary: adapterSummary(file, applied, total, deltas.length), recordedBase }, deltas);
+  return new AdapterPlan(
+    {
+      file,
+      format: 'native',
+      appliedTensors: applied,
+      totalTensors: total,
+      modules: deltas.length,
+      unapplied,
+      summary: adapterSummary(file, applied, total, deltas.length),
+      recordedBase,
+    },
+    deltas,
+  );
 }
 
 /**
@@ -251,14 +300,29 @@ export function nativeDelta(f: NativeAdapterFile, path: string, strength = 1): T
   const [dOut, dIn] = f.meta.target_shapes[path];
   return method === 'singlora'
     ? tf.tidy(() => singloraDelta(tf.tensor(entry.singlora_A.data, entry.singlora_A.shape), dOut, dIn, scale))
-    : tf.tidy(() => loraDelta(tf.tensor(entry.lora_B.data, entry.lora_B.shape), tf.tensor(entry.lora_A.data, entry.lora_A.shape), scale));
+    : tf.tidy(() =>
+        loraDelta(
+          tf.tensor(entry.lora_B.data, entry.lora_B.shape),
+          tf.tensor(entry.lora_A.data, entry.lora_A.shape),
+          scale,
+        ),
+      );
 }
 
 /**
  * LoRA factors in side-path layout from up [out, r] and down [r, in] (row-major):
  * down' = down^T [in, r], up' = scale * up^T [r, out].
  */
-function loraFactors(component: LoraComponent, path: string, up: Float32Array, down: Float32Array, rank: number, dOut: number, dIn: number, scale: number): SideFactors {
+function loraFactors(
+  component: LoraComponent,
+  path: string,
+  up: Float32Array,
+  down: Float32Array,
+  rank: number,
+  dOut: number,
+  dIn: number,
+  scale: number,
+): SideFactors {
   const d = new Float32Array(dIn * rank);
   const u = new Float32Array(rank * dOut);
   for (let r = 0; r < rank; r++) {
@@ -278,7 +342,8 @@ export function nativeFactors(f: NativeAdapterFile, path: string, strength = 1):
   const { method, rank, alpha, effective_u: u } = f.meta;
   const scale = (alpha / rank) * (method === 'singlora' ? u : 1) * strength;
   const [dOut, dIn] = f.meta.target_shapes[path];
-  if (method !== 'singlora') return loraFactors('unet', path, entry.lora_B.data, entry.lora_A.data, rank, dOut, dIn, scale);
+  if (method !== 'singlora')
+    return loraFactors('unet', path, entry.lora_B.data, entry.lora_A.data, rank, dOut, dIn, scale);
   const A = entry.singlora_A.data; // [max(d_out, d_in), r]
   const down = A.slice(0, dIn * rank);
   const up = new Float32Array(rank * dOut);

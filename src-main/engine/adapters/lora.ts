@@ -26,12 +26,24 @@ export class LoRALinear extends AdapterLinear {
   constructor(base: Linear, hyper: AdapterHyper, initA: Float32Array, initB?: Float32Array) {
     super(base, hyper);
     const r = hyper.rank;
-    if (initA.length !== r * base.inFeatures) throw new Error(`LoRA A for a ${base.inFeatures}->${base.outFeatures} layer needs ${r}x${base.inFeatures} values, got ${initA.length}`);
-    if (initB && initB.length !== base.outFeatures * r) throw new Error(`LoRA B for a ${base.inFeatures}->${base.outFeatures} layer needs ${base.outFeatures}x${r} values, got ${initB.length}`);
+    if (initA.length !== r * base.inFeatures)
+      throw new Error(
+        `LoRA A for a ${base.inFeatures}->${base.outFeatures} layer needs ${r}x${base.inFeatures} values, got ${initA.length}`,
+      );
+    if (initB && initB.length !== base.outFeatures * r)
+      throw new Error(
+        `LoRA B for a ${base.inFeatures}->${base.outFeatures} layer needs ${base.outFeatures}x${r} values, got ${initB.length}`,
+      );
     const id = ++counter;
     // tf.variable shares the initial tensor's data; tidy frees the temporary handles.
     this.A = tf.tidy(() => tf.variable(tf.tensor2d(initA, [r, base.inFeatures]), true, `lora_A_${id}`));
-    this.B = tf.tidy(() => tf.variable(initB ? tf.tensor2d(initB, [base.outFeatures, r]) : tf.zeros([base.outFeatures, r]), true, `lora_B_${id}`));
+    this.B = tf.tidy(() =>
+      tf.variable(
+        initB ? tf.tensor2d(initB, [base.outFeatures, r]) : tf.zeros([base.outFeatures, r]),
+        true,
+        `lora_B_${id}`,
+      ),
+    );
   }
 
   scale(_step: number): number {

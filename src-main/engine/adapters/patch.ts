@@ -37,7 +37,15 @@ export class WeightPatcher {
    */
   add(param: Param, delta: Tensor): void {
     const want = param.shape;
-    const fits = delta.shape.length === want.length ? delta.shape.every((d, i) => d === want[i]) : want.length === 4 && delta.rank === 2 && want[2] === 1 && want[3] === 1 && delta.shape[0] === want[0] && delta.shape[1] === want[1];
+    const fits =
+      delta.shape.length === want.length
+        ? delta.shape.every((d, i) => d === want[i])
+        : want.length === 4 &&
+          delta.rank === 2 &&
+          want[2] === 1 &&
+          want[3] === 1 &&
+          delta.shape[0] === want[0] &&
+          delta.shape[1] === want[1];
     if (!fits) throw new Error(`WeightPatcher: delta [${delta.shape}] does not fit weight [${want}]`);
     const next = tf.tidy(() => tf.add(param.value, toComputeLayout(delta.reshape([...want]), param.layout)));
     const prev = param.swapValue(next)!;
@@ -55,4 +63,3 @@ export class WeightPatcher {
     this.originals.clear();
   }
 }
-

@@ -8,7 +8,8 @@
  */
 export function ramp(step: number, rampSteps: number): number {
   if (!Number.isFinite(step) || step < 0) throw new Error(`ramp: step must be a finite number >= 0, got ${step}`);
-  if (!Number.isFinite(rampSteps) || rampSteps < 0) throw new Error(`ramp: T must be a finite number >= 0, got ${rampSteps}`);
+  if (!Number.isFinite(rampSteps) || rampSteps < 0)
+    throw new Error(`ramp: T must be a finite number >= 0, got ${rampSteps}`);
   if (rampSteps === 0) return 1;
   return Math.min(step / rampSteps, 1);
 }

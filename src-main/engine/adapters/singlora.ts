@@ -32,7 +32,10 @@ export class SingLoRALinear extends AdapterLinear {
   constructor(base: Linear, hyper: AdapterHyper, init: Float32Array, name = 'singlora_A') {
     super(base, hyper);
     const rows = Math.max(base.outFeatures, base.inFeatures);
-    if (init.length !== rows * hyper.rank) throw new Error(`SingLoRA A for a ${base.inFeatures}->${base.outFeatures} layer needs ${rows}x${hyper.rank} values, got ${init.length}`);
+    if (init.length !== rows * hyper.rank)
+      throw new Error(
+        `SingLoRA A for a ${base.inFeatures}->${base.outFeatures} layer needs ${rows}x${hyper.rank} values, got ${init.length}`,
+      );
     // tf.variable shares the initial tensor's data; tidy frees the temporary handle.
     this.A = tf.tidy(() => tf.variable(tf.tensor2d(init, [rows, hyper.rank]), true, `${name}_${nextId()}`));
   }

@@ -123,12 +123,23 @@ export class OnnxModel {
   async run(feeds: Readonly<Record<string, OnnxTensor>>): Promise<Record<string, OnnxTensor>> {
     if (!this.session) throw new OnnxModelError(this.file, 'run: the session was released');
     const missing = this.inputs.filter((t) => !(t.name in feeds)).map((t) => t.name);
-    if (missing.length) throw new OnnxModelError(this.file, `run: no feed for input(s) ${missing.map((n) => `'${n}'`).join(', ')}`);
-    const got = await runOrt(this.file, this.session, feeds, this.expected.outputs.map((o) => o.name));
+    if (missing.length)
+      throw new OnnxModelError(this.file, `run: no feed for input(s) ${missing.map((n) => `'${n}'`).join(', ')}`);
+    const got = await runOrt(
+      this.file,
+      this.session,
+      feeds,
+      this.expected.outputs.map((o) => o.name),
+    );
     for (const spec of this.expected.outputs) {
       const dims = got[spec.name].dims;
-      const bad = dims.length !== spec.shape.length || spec.shape.some((d, i) => typeof d === 'number' && d !== dims[i]);
-      if (bad) throw new OnnxModelError(this.file, `run: output '${spec.name}' is [${dims.join(',')}], expected ${fmtShape(spec.shape)}`);
+      const bad =
+        dims.length !== spec.shape.length || spec.shape.some((d, i) => typeof d === 'number' && d !== dims[i]);
+      if (bad)
+        throw new OnnxModelError(
+          this.file,
+          `run: output '${spec.name}' is [${dims.join(',')}], expected ${fmtShape(spec.shape)}`,
+        );
     }
     return got;
   }
@@ -142,9 +153,14 @@ export class OnnxModel {
 }
 
 /** Every way `found` differs from `expected`, as readable sentences (empty when it matches). */
-export function interfaceProblems(expected: ModelInterface, inputs: readonly FoundTensor[], outputs: readonly FoundTensor[]): string[] {
+export function interfaceProblems(
+  expected: ModelInterface,
+  inputs: readonly FoundTensor[],
+  outputs: readonly FoundTensor[],
+): string[] {
   const problems: string[] = [];
-  const list = (have: readonly FoundTensor[], kind: string) => (have.length ? have.map((t) => `'${t.name}' ${fmtShape(t.shape)}`).join(', ') : `no ${kind}s`);
+  const list = (have: readonly FoundTensor[], kind: string) =>
+    have.length ? have.map((t) => `'${t.name}' ${fmtShape(t.shape)}`).join(', ') : `no ${kind}s`;
   const check = (kind: 'input' | 'output', want: readonly TensorSpec[], have: readonly FoundTensor[]) => {
     let missing = 0;
     for (const w of want) {
@@ -157,12 +173,15 @@ export function interfaceProblems(expected: ModelInterface, inputs: readonly Fou
         continue;
       }
       if (h.type !== w.type) problems.push(`${kind} '${w.name}' has element type ${h.type}, expected ${w.type}`);
-      if (!shapeMatches(w.shape, h.shape)) problems.push(`expected ${kind} '${w.name}' ${fmtShape(w.shape)}, found '${h.name}' ${fmtShape(h.shape)}`);
+      if (!shapeMatches(w.shape, h.shape))
+        problems.push(`expected ${kind} '${w.name}' ${fmtShape(w.shape)}, found '${h.name}' ${fmtShape(h.shape)}`);
     }
     // An input the caller does not know cannot be fed (extra outputs are fine). When an expected
     // input is missing, the list above already shows what the model has.
     if (kind === 'input' && missing === 0) {
-      for (const h of have) if (!want.some((w) => w.name === h.name)) problems.push(`model input '${h.name}' ${fmtShape(h.shape)} is not one this code can feed`);
+      for (const h of have)
+        if (!want.some((w) => w.name === h.name))
+          problems.push(`model input '${h.name}' ${fmtShape(h.shape)} is not one this code can feed`);
     }
   };
   check('input', expected.inputs, inputs);
@@ -210,8 +229,13 @@ function toOnnxTensor(file: string, name: string, t: ort.Tensor, dims: number[])
 export function installedProviders(): Array<{ name: string; bundled: boolean; present: boolean }> {
   const binDir = dirname(require.resolve('onnxruntime-node/package.json'));
   const libDir = join(binDir, 'bin', 'napi-v6', process.platform, process.arch);
-  const lib = (name: string) => [`libonnxruntime_providers_${name}.so`, `onnxruntime_providers_${name}.dll`].some((f) => existsSync(join(libDir, f)));
-  return ort.listSupportedBackends().map((b) => ({ name: b.name, bundled: b.bundled, present: b.bundled || lib(b.name) }));
+  const lib = (name: string) =>
+    [`libonnxruntime_providers_${name}.so`, `onnxruntime_providers_${name}.dll`].some((f) =>
+      existsSync(join(libDir, f)),
+    );
+  return ort
+    .listSupportedBackends()
+    .map((b) => ({ name: b.name, bundled: b.bundled, present: b.bundled || lib(b.name) }));
 }
 
 export interface SessionOptions {
@@ -255,17 +279,27 @@ export class OnnxSession {
         enableCpuMemArena: options.cpuArena ?? process.env.SINGLORA_ORT_ARENA === '1',
         logSeverityLevel: 3, // errors only: node-placement warnings are expected with a GPU provider plus the CPU
         ...(options.intraOpNumThreads ? { intraOpNumThreads: options.intraOpNumThreads } : {}),
-        ...(options.externalData ? { externalData: options.externalData.map((e) => ({ path: e.path, data: e.data })) } : {}),
+        ...(options.externalData
+          ? { externalData: options.externalData.map((e) => ({ path: e.path, data: e.data })) }
+          : {}),
       };
-      session = options.graph ? await ort.InferenceSession.create(options.graph, opts) : await ort.InferenceSession.create(file, opts);
+      session = options.graph
+        ? await ort.InferenceSession.create(options.graph, opts)
+        : await ort.InferenceSession.create(file, opts);
     } catch (err) {
-      throw new OnnxModelError(file, `onnxruntime could not create a session on [${options.providers.join(', ')}]: ${((err as Error).message ?? String(err)).trim()}`);
+      throw new OnnxModelError(
+        file,
+        `onnxruntime could not create a session on [${options.providers.join(', ')}]: ${((err as Error).message ?? String(err)).trim()}`,
+      );
     }
     return new OnnxSession(file, options.providers, [...session.inputNames], [...session.outputNames], session);
   }
 
   /** Runs the graph; returns the requested outputs (default all), copied out of ONNX Runtime. */
-  async run(feeds: Readonly<Record<string, SessionTensor>>, outputs: readonly string[] = this.outputNames): Promise<Record<string, SessionTensor>> {
+  async run(
+    feeds: Readonly<Record<string, SessionTensor>>,
+    outputs: readonly string[] = this.outputNames,
+  ): Promise<Record<string, SessionTensor>> {
     if (!this.session) throw new OnnxModelError(this.file, 'run: the session was released');
     return runOrt(this.file, this.session, feeds, outputs);
   }
@@ -278,14 +312,22 @@ export class OnnxSession {
 }
 
 /** One run: typed arrays in, the named outputs copied out; every ONNX Runtime tensor freed. */
-async function runOrt(file: string, session: ort.InferenceSession, feeds: Readonly<Record<string, OnnxTensor>>, outputs: readonly string[]): Promise<Record<string, OnnxTensor>> {
+async function runOrt(
+  file: string,
+  session: ort.InferenceSession,
+  feeds: Readonly<Record<string, OnnxTensor>>,
+  outputs: readonly string[],
+): Promise<Record<string, OnnxTensor>> {
   const ortFeeds: Record<string, ort.Tensor> = {};
   for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = new ort.Tensor(t.type, t.data, [...t.dims]);
   let result: ort.InferenceSession.ReturnType;
   try {
     result = await session.run(ortFeeds, [...outputs]);
   } catch (err) {
-    const shapes = Object.entries(feeds).filter(([n]) => !n.startsWith('adapter.')).map(([n, t]) => `'${n}' [${t.dims.join(',')}]`).join(', ');
+    const shapes = Object.entries(feeds)
+      .filter(([n]) => !n.startsWith('adapter.'))
+      .map(([n, t]) => `'${n}' [${t.dims.join(',')}]`)
+      .join(', ');
     throw new OnnxModelError(file, `run failed with ${shapes} (onnxruntime: ${(err as Error).message})`);
   }
   try {

@@ -137,20 +137,28 @@ async function start(name: BackendName, forced: boolean): Promise<BackendStatus>
       } catch (err) {
         return { name, available: false, reason: `tfjs-node-gpu failed to load: ${firstLine(err)}` };
       }
-      return (await setBackend(name)) ? probe : { name, available: false, reason: 'tf.setBackend("tensorflow") returned false' };
+      return (await setBackend(name))
+        ? probe
+        : { name, available: false, reason: 'tf.setBackend("tensorflow") returned false' };
     }
     case 'webgpu': {
       const probe = await probeWebgpu();
       if (!probe.available) return probe;
       if (probe.software && !forced) {
-        return { ...probe, available: false, reason: `only a software adapter (${probe.device}); force it with --backend webgpu` };
+        return {
+          ...probe,
+          available: false,
+          reason: `only a software adapter (${probe.device}); force it with --backend webgpu`,
+        };
       }
       try {
         await import('@tensorflow/tfjs-backend-webgpu');
       } catch (err) {
         return { name, available: false, reason: `tfjs-backend-webgpu failed to load: ${firstLine(err)}` };
       }
-      return (await setBackend(name)) ? probe : { name, available: false, reason: 'tf.setBackend("webgpu") returned false' };
+      return (await setBackend(name))
+        ? probe
+        : { name, available: false, reason: 'tf.setBackend("webgpu") returned false' };
     }
     case 'wasm': {
       try {
@@ -164,10 +172,14 @@ async function start(name: BackendName, forced: boolean): Promise<BackendStatus>
         installTransposeFreeGradients();
         installCopyFreeKernels();
       }
-      return ok ? { name, available: true, device: 'WebAssembly (XNNPACK, 1 thread)' } : { name, available: false, reason: 'tf.setBackend("wasm") returned false' };
+      return ok
+        ? { name, available: true, device: 'WebAssembly (XNNPACK, 1 thread)' }
+        : { name, available: false, reason: 'tf.setBackend("wasm") returned false' };
     }
     case 'cpu':
-      return (await setBackend(name)) ? { name, available: true, device: 'JavaScript' } : { name, available: false, reason: 'tf.setBackend("cpu") returned false' };
+      return (await setBackend(name))
+        ? { name, available: true, device: 'JavaScript' }
+        : { name, available: false, reason: 'tf.setBackend("cpu") returned false' };
   }
 }
 
@@ -200,12 +212,17 @@ function probeTensorflow(): BackendStatus {
     return {
       name,
       available: false,
-      reason: '@tensorflow/tfjs-node-gpu is not installed (optional; its install downloads libtensorflow, which needs network and CUDA 11.2/cuDNN 8)',
+      reason:
+        '@tensorflow/tfjs-node-gpu is not installed (optional; its install downloads libtensorflow, which needs network and CUDA 11.2/cuDNN 8)',
     };
   }
   for (const lib of ['libcudart.so.11.0', 'libcudnn.so.8']) {
     if (process.platform === 'linux' && !findSharedLibrary(lib)) {
-      return { name, available: false, reason: `${lib} not found (install CUDA 11.2 and cuDNN 8, or add their lib folder to LD_LIBRARY_PATH)` };
+      return {
+        name,
+        available: false,
+        reason: `${lib} not found (install CUDA 11.2 and cuDNN 8, or add their lib folder to LD_LIBRARY_PATH)`,
+      };
     }
   }
   const gpu = nvidiaSmi();
@@ -219,7 +236,11 @@ function probeWebgpu(): Promise<BackendStatus> {
   webgpuAdapter ??= (async (): Promise<BackendStatus> => {
     const name = 'webgpu' as const;
     if (process.platform === 'linux' && !findSharedLibrary('libvulkan.so.1')) {
-      return { name, available: false, reason: 'libvulkan.so.1 not found (install the Vulkan loader, e.g. apt install libvulkan1, and a GPU driver)' };
+      return {
+        name,
+        available: false,
+        reason: 'libvulkan.so.1 not found (install the Vulkan loader, e.g. apt install libvulkan1, and a GPU driver)',
+      };
     }
     let mod: { create: (opts: string[]) => unknown; globals: Record<string, unknown> };
     try {
@@ -229,19 +250,36 @@ function probeWebgpu(): Promise<BackendStatus> {
     }
     Object.assign(globalThis, mod.globals);
     const g = globalThis as { navigator?: { gpu?: unknown } };
-    const gpu = mod.create([]) as { requestAdapter(o?: object): Promise<null | { info?: { vendor?: string; architecture?: string; device?: string; description?: string; isFallbackAdapter?: boolean }; isFallbackAdapter?: boolean; limits?: { maxBufferSize?: number } }> };
-    if (!g.navigator) Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
+    const gpu = mod.create([]) as {
+      requestAdapter(o?: object): Promise<null | {
+        info?: {
+          vendor?: string;
+          architecture?: string;
+          device?: string;
+          description?: string;
+          isFallbackAdapter?: boolean;
+        };
+        isFallbackAdapter?: boolean;
+        limits?: { maxBufferSize?: number };
+      }>;
+    };
+    if (!g.navigator)
+      Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
     else if (!g.navigator.gpu) Object.defineProperty(g.navigator, 'gpu', { value: gpu, configurable: true });
-    let adapter;
+    let adapter: Awaited<ReturnType<typeof gpu.requestAdapter>>;
     try {
       adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
     } catch (err) {
       return { name, available: false, reason: `requestAdapter failed: ${firstLine(err)}` };
     }
-    if (!adapter) return { name, available: false, reason: 'no WebGPU adapter (Dawn found no Vulkan, Metal or D3D12 device)' };
+    if (!adapter)
+      return { name, available: false, reason: 'no WebGPU adapter (Dawn found no Vulkan, Metal or D3D12 device)' };
     const info = adapter.info ?? {};
-    const device = [info.vendor, info.description || info.device || info.architecture].filter(Boolean).join(' ') || 'unknown adapter';
-    const software = Boolean(info.isFallbackAdapter ?? adapter.isFallbackAdapter) || /swiftshader|llvmpipe|software/i.test(device);
+    const device =
+      [info.vendor, info.description || info.device || info.architecture].filter(Boolean).join(' ') ||
+      'unknown adapter';
+    const software =
+      Boolean(info.isFallbackAdapter ?? adapter.isFallbackAdapter) || /swiftshader|llvmpipe|software/i.test(device);
     return { name, available: true, device, software, memoryBytes: adapter.limits?.maxBufferSize };
   })();
   return webgpuAdapter;
@@ -294,17 +332,27 @@ function firstLine(err: unknown): string {
 }
 
 /** Tensor and memory counters for `doctor` and progress events. */
-export function memoryCounters(): { numTensors: number; numBytes: number; backend: string | null; rssBytes: number; wasmHeapBytes?: number } {
+export function memoryCounters(): {
+  numTensors: number;
+  numBytes: number;
+  backend: string | null;
+  rssBytes: number;
+  wasmHeapBytes?: number;
+} {
   const m = tf.memory();
   const backendName = active?.name ?? null;
-  const out: ReturnType<typeof memoryCounters> = { numTensors: m.numTensors, numBytes: m.numBytes, backend: backendName, rssBytes: process.memoryUsage().rss };
+  const out: ReturnType<typeof memoryCounters> = {
+    numTensors: m.numTensors,
+    numBytes: m.numBytes,
+    backend: backendName,
+    rssBytes: process.memoryUsage().rss,
+  };
   if (backendName === 'wasm') {
     const wasm = (tf.backend() as unknown as { wasm?: { HEAPU8?: Uint8Array } }).wasm;
     if (wasm?.HEAPU8) out.wasmHeapBytes = wasm.HEAPU8.length;
   }
   return out;
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Gradients for wasm
@@ -328,7 +376,13 @@ function swapLastTwo(t: tf.Tensor): tf.Tensor {
 /** Symmetric-or-not explicit padding [top, bottom, left, right] of a stride-1 NHWC Conv2D, or null. */
 function convPadding(pad: unknown, kh: number, kw: number): [number, number, number, number] | null {
   if (pad === 'valid') return [0, 0, 0, 0];
-  if (pad === 'same') return [Math.floor((kh - 1) / 2), kh - 1 - Math.floor((kh - 1) / 2), Math.floor((kw - 1) / 2), kw - 1 - Math.floor((kw - 1) / 2)];
+  if (pad === 'same')
+    return [
+      Math.floor((kh - 1) / 2),
+      kh - 1 - Math.floor((kh - 1) / 2),
+      Math.floor((kw - 1) / 2),
+      kw - 1 - Math.floor((kw - 1) / 2),
+    ];
   if (typeof pad === 'number') return [pad, pad, pad, pad];
   if (Array.isArray(pad) && pad.length === 4) return [pad[1][0], pad[1][1], pad[2][0], pad[2][1]];
   return null;
@@ -345,7 +399,10 @@ function installTransposeFreeGradients(): void {
     gradFunc: (dy, saved, attrs) => {
       const [a, b] = saved;
       const { transposeA, transposeB } = attrs as { transposeA: boolean; transposeB: boolean };
-      const sameBatch = a.rank === b.rank && a.rank === (dy as tf.Tensor).rank && a.shape.slice(0, -2).every((d, i) => d === b.shape[i]);
+      const sameBatch =
+        a.rank === b.rank &&
+        a.rank === (dy as tf.Tensor).rank &&
+        a.shape.slice(0, -2).every((d, i) => d === b.shape[i]);
       if (transposeA || transposeB || !sameBatch) return matMulDefault.gradFunc(dy, saved, attrs);
       return {
         a: () => tf.matMul(dy as tf.Tensor, swapLastTwo(b)), // dA = dY B^T
@@ -358,25 +415,44 @@ function installTransposeFreeGradients(): void {
     inputsToSave: ['x', 'filter'],
     gradFunc: (dy, saved, attrs) => {
       const [x, filter] = saved;
-      const { strides, dilations, pad, dataFormat } = attrs as { strides: number | number[]; dilations: number | number[]; pad: unknown; dataFormat: string };
+      const { strides, dilations, pad, dataFormat } = attrs as {
+        strides: number | number[];
+        dilations: number | number[];
+        pad: unknown;
+        dataFormat: string;
+      };
       const defaults = convDefault.gradFunc(dy, saved, attrs);
       const ones = (v: number | number[]) => (Array.isArray(v) ? v.every((n) => n === 1) : v === 1);
       const [kh, kw] = filter.shape as number[];
       const p = convPadding(pad, kh, kw);
-      if (!ones(strides) || !ones(dilations) || dataFormat !== 'NHWC' || !p || p[0] > kh - 1 || p[1] > kh - 1 || p[2] > kw - 1 || p[3] > kw - 1) return defaults;
+      if (
+        !ones(strides) ||
+        !ones(dilations) ||
+        dataFormat !== 'NHWC' ||
+        !p ||
+        p[0] > kh - 1 ||
+        p[1] > kh - 1 ||
+        p[2] > kw - 1 ||
+        p[3] > kw - 1
+      )
+        return defaults;
       return {
         ...defaults,
         // dX = conv(dY, W rotated 180 degrees with in/out swapped), padded k-1-p on each side.
         x: () => {
           const flipped = tf.transpose(tf.reverse(filter, [0, 1]), [0, 1, 3, 2]) as tf.Tensor4D; // [kh, kw, out, in]
-          const dx = tf.conv2d(dy as tf.Tensor4D, flipped, 1, [[0, 0], [kh - 1 - p[0], kh - 1 - p[1]], [kw - 1 - p[2], kw - 1 - p[3]], [0, 0]]);
+          const dx = tf.conv2d(dy as tf.Tensor4D, flipped, 1, [
+            [0, 0],
+            [kh - 1 - p[0], kh - 1 - p[1]],
+            [kw - 1 - p[2], kw - 1 - p[3]],
+            [0, 0],
+          ]);
           return dx.shape.every((d, i) => d === x.shape[i]) ? dx : (defaults.x as () => tf.Tensor)();
         },
       };
     },
   });
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Copy-free Identity, Slice and SplitV for wasm
@@ -398,7 +474,12 @@ type WasmBackendInternals = {
 let copyFreeInstalled = false;
 
 /** out = x[begin : begin + size], copied run by run (a run: the innermost axis's extent). */
-function sliceFromHeap(x: tf.TensorInfo, begin: number[], size: number[], backend: WasmBackendInternals): tf.TensorInfo {
+function sliceFromHeap(
+  x: tf.TensorInfo,
+  begin: number[],
+  size: number[],
+  backend: WasmBackendInternals,
+): tf.TensorInfo {
   const out = backend.makeOutput(size, x.dtype); // may grow the heap: take the views after it
   const xv = backend.typedArrayFromHeap(x);
   const ov = backend.typedArrayFromHeap(out);

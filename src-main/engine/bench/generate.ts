@@ -27,7 +27,15 @@ export interface BenchGenerateReport {
   dtype: string | null;
   backend: string;
   device: string | null;
-  config: { base: string; steps: number; images: number; width: number; height: number; scheduler: string; guidance: number };
+  config: {
+    base: string;
+    steps: number;
+    images: number;
+    width: number;
+    height: number;
+    scheduler: string;
+    guidance: number;
+  };
   load_s: number;
   s_per_image: number;
   unet_its: number;
@@ -55,7 +63,17 @@ export async function benchGenerate(o: BenchGenerateOptions): Promise<BenchGener
     const start = performance.now();
     await textToImage(
       sd,
-      { prompt: 'a photo of sks dog on the beach', negativePrompt: 'blurry', steps, guidanceScale: 7.5, scheduler, seed: 1, width, height, count: images },
+      {
+        prompt: 'a photo of sks dog on the beach',
+        negativePrompt: 'blurry',
+        steps,
+        guidanceScale: 7.5,
+        scheduler,
+        seed: 1,
+        width,
+        height,
+        count: images,
+      },
       {
         onStep: (i) => {
           const now = performance.now();

@@ -24,7 +24,7 @@ import { dirname, join } from 'node:path';
 import { initBackend, memoryCounters, tf, type BackendName } from '../backend/tf.ts';
 import { AdapterSet, DEFAULT_TARGETS, defaultAdapterSpec } from '../adapters/adapterSet.ts';
 import { vaeScaleFactor } from '../io/modelFiles.ts';
-import { withAttentionMode, type AttentionMode } from '../models/layers/attention.ts';
+import type { AttentionMode } from '../models/layers/attention.ts';
 import { loadParams, randomSource } from '../models/layers/module.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import { SD15_SCHEDULER_CONFIG } from '../pipeline/stableDiffusion.ts';
@@ -56,7 +56,19 @@ export interface BenchTrainReport {
   bench: 'train';
   backend: string;
   device: string | null;
-  config: { base: string; resolution: number; latent: [number, number]; batch: number; method: string; rank: number; targets: readonly string[]; checkpointing: boolean; attention: AttentionMode; steps: number; warmup: number };
+  config: {
+    base: string;
+    resolution: number;
+    latent: [number, number];
+    batch: number;
+    method: string;
+    rank: number;
+    targets: readonly string[];
+    checkpointing: boolean;
+    attention: AttentionMode;
+    steps: number;
+    warmup: number;
+  };
   unetParameters: number;
   adapterParameters: number;
   adapterLayers: number;
@@ -108,14 +120,18 @@ export function readUnetConfig(base: string): { config: Record<string, unknown>;
     const vae = existsSync(join(base, 'vae', 'config.json')) ? read(join(base, 'vae', 'config.json')) : null;
     return { config: read(join(base, 'unet', 'config.json')), vaeFactor: vaeScaleFactor(vae) };
   }
-  if (existsSync(join(base, 'config.json'))) return { config: read(join(base, 'config.json')), vaeFactor: vaeScaleFactor(null) };
+  if (existsSync(join(base, 'config.json')))
+    return { config: read(join(base, 'config.json')), vaeFactor: vaeScaleFactor(null) };
   throw new Error(`bench train: ${base} is not a model folder, a unet/ folder or a config.json`);
 }
 
 /** The model's scheduler config when `base` is a pipeline folder that has one; SD 1.5's otherwise. */
 function readTrainingSchedulerConfig(base: string): RawSchedulerConfig {
   const folder = statSync(base).isFile() ? dirname(base) : base;
-  for (const path of [join(folder, 'scheduler', 'scheduler_config.json'), join(folder, '..', 'scheduler', 'scheduler_config.json')]) {
+  for (const path of [
+    join(folder, 'scheduler', 'scheduler_config.json'),
+    join(folder, '..', 'scheduler', 'scheduler_config.json'),
+  ]) {
     if (existsSync(path)) return parseSchedulerConfig(readFileSync(path, 'utf8'), path);
   }
   return { source: 'the built-in SD 1.5 scheduler config', values: SD15_SCHEDULER_CONFIG };
@@ -125,7 +141,8 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
   const log = o.log ?? (() => {});
   const info = await initBackend(o.backend ?? 'auto');
   const { config, vaeFactor } = readUnetConfig(o.base);
-  if (o.resolution % vaeFactor !== 0) throw new Error(`bench train: resolution ${o.resolution} is not a multiple of the VAE factor ${vaeFactor}`);
+  if (o.resolution % vaeFactor !== 0)
+    throw new Error(`bench train: resolution ${o.resolution} is not a multiple of the VAE factor ${vaeFactor}`);
   const latent: [number, number] = [o.resolution / vaeFactor, o.resolution / vaeFactor];
   const steps = o.steps ?? 5;
   const warmup = o.warmup ?? 1;
@@ -137,7 +154,19 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
     bench: 'train',
     backend: info.name,
     device: info.device ?? null,
-    config: { base: o.base, resolution: o.resolution, latent, batch, method, rank, targets: DEFAULT_TARGETS, checkpointing: o.checkpointing ?? false, attention: o.attention ?? 'memory-efficient', steps, warmup },
+    config: {
+      base: o.base,
+      resolution: o.resolution,
+      latent,
+      batch,
+      method,
+      rank,
+      targets: DEFAULT_TARGETS,
+      checkpointing: o.checkpointing ?? false,
+      attention: o.attention ?? 'memory-efficient',
+      steps,
+      warmup,
+    },
     unetParameters: unet.parameterCount(),
     adapterParameters: 0,
     adapterLayers: 0,
@@ -165,7 +194,9 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
     log(`building ${report.unetParameters.toLocaleString('en-US')}-parameter UNet with random weights on ${info.name}`);
     await loadParams(unet, randomSource(unet, o.seed ?? 0), 'unet');
     sampleRss();
-    set = AdapterSet.inject(unet, defaultAdapterSpec({ method, rank, alpha: rank, rampSteps: 0 }), { rng: new Rng(o.seed ?? 0, 1) });
+    set = AdapterSet.inject(unet, defaultAdapterSpec({ method, rank, alpha: rank, rampSteps: 0 }), {
+      rng: new Rng(o.seed ?? 0, 1),
+    });
     report.adapterParameters = set.parameterCount();
     report.adapterLayers = set.size;
     opt = new AdamW(set.variables());
@@ -175,10 +206,21 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
     const noise = randn(rng, [batch, latent[0], latent[1], cfg.outChannels]);
     const context = randn(rng, [batch, 77, cfg.crossAttentionDim[0]]);
     owned.push(latents, noise, context);
-    const model = { unet, scheduler: createScheduler('ddpm', readTrainingSchedulerConfig(o.base)), adapters: set, optimizer: opt, runBlock: o.checkpointing ? adapterBlockRunner(set) : undefined };
+    const model = {
+      unet,
+      scheduler: createScheduler('ddpm', readTrainingSchedulerConfig(o.base)),
+      adapters: set,
+      optimizer: opt,
+      runBlock: o.checkpointing ? adapterBlockRunner(set) : undefined,
+    };
     const batchOf = { latents, noise, context, timesteps: Array<number>(batch).fill(500) };
     // The training defaults (train settings: maxGradNorm 1, no min-SNR, prior weight 1).
-    const stepOptions: Omit<TrainStepOptions, 'step'> = { lr: 1e-4, maxGradNorm: 1, minSnrGamma: null, priorLossWeight: 1 };
+    const stepOptions: Omit<TrainStepOptions, 'step'> = {
+      lr: 1e-4,
+      maxGradNorm: 1,
+      minSnrGamma: null,
+      priorLossWeight: 1,
+    };
     let taken = 0;
     const step = async () => {
       await trainStep(model, [batchOf], { ...stepOptions, step: taken++, attention: report.config.attention });
@@ -234,7 +276,12 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
   return report;
 }
 
-type KernelRecord = { name: string; inputShapes: Array<number[] | null>; outputShapes: Array<number[] | null>; kernelTimeMs: unknown };
+type KernelRecord = {
+  name: string;
+  inputShapes: Array<number[] | null>;
+  outputShapes: Array<number[] | null>;
+  kernelTimeMs: unknown;
+};
 
 const size = (s: number[] | null | undefined) => (s ?? []).reduce((a, b) => a * b, 1);
 
@@ -250,7 +297,7 @@ export function stepFlops(kernels: readonly KernelRecord[]): number {
     if (k.name === 'BatchMatMul' || k.name === '_FusedMatMul') {
       // A [..., M, K] x B [..., K, N] (either may be transposed): K^2 = (MK)(KN)/(MN).
       const lead = (s: number[]) => size(s.slice(0, -2));
-      const reduction = Math.sqrt((size(a) / lead(a)) * (size(b) / lead(b)) / (out / lead(k.outputShapes[0]!)));
+      const reduction = Math.sqrt(((size(a) / lead(a)) * (size(b) / lead(b))) / (out / lead(k.outputShapes[0]!)));
       const flop = 2 * out * reduction;
       if (a.length === 3 && b.length === 3) attention += flop;
       else weights += flop;
@@ -279,7 +326,12 @@ function kernelTimes(kernels: readonly KernelRecord[]): NonNullable<BenchTrainRe
   return [...byName]
     .sort((x, y) => y[1].ms - x[1].ms)
     .slice(0, 20)
-    .map(([name, e]) => ({ name, calls: e.calls, ms: Math.round(e.ms * 10) / 10, share: Math.round((e.ms / (total || 1)) * 1000) / 1000 }));
+    .map(([name, e]) => ({
+      name,
+      calls: e.calls,
+      ms: Math.round(e.ms * 10) / 10,
+      share: Math.round((e.ms / (total || 1)) * 1000) / 1000,
+    }));
 }
 
 /**
@@ -287,7 +339,10 @@ function kernelTimes(kernels: readonly KernelRecord[]): NonNullable<BenchTrainRe
  * `write` and `disposeData`, which every backend here has), from zero at the call.
  */
 function trackBufferBytes(): { readonly peak: number; stop(): void } {
-  type Backend = { write(values: unknown, shape: number[], dtype: tf.DataType): object; disposeData(dataId: object, force?: boolean): boolean };
+  type Backend = {
+    write(values: unknown, shape: number[], dtype: tf.DataType): object;
+    disposeData(dataId: object, force?: boolean): boolean;
+  };
   const backend = tf.backend() as unknown as Backend;
   const write = backend.write;
   const disposeData = backend.disposeData;
@@ -296,7 +351,8 @@ function trackBufferBytes(): { readonly peak: number; stop(): void } {
   const state = { peak: 0 };
   backend.write = function (values, shape, dtype) {
     const dataId = write.call(this, values, shape, dtype);
-    const bytes = dtype === 'string' ? 0 : shape.reduce((a, b) => a * b, 1) * tf.util.bytesPerElement(dtype as 'float32');
+    const bytes =
+      dtype === 'string' ? 0 : shape.reduce((a, b) => a * b, 1) * tf.util.bytesPerElement(dtype as 'float32');
     live.set(dataId, bytes);
     current += bytes;
     state.peak = Math.max(state.peak, current);

@@ -97,7 +97,9 @@ export async function benchUnet(options: BenchUnetOptions): Promise<BenchUnetRep
     sizes: [],
     peakRssBytes: 0,
   };
-  log(`${description}: ${parameterCount.toLocaleString('en-US')} parameters (${mib(report.weightBytes)}) on ${info.name}`);
+  log(
+    `${description}: ${parameterCount.toLocaleString('en-US')} parameters (${mib(report.weightBytes)}) on ${info.name}`,
+  );
 
   const sizes = (options.latentSizes?.length ? options.latentSizes : [defaultSize(cfg.sampleSize)]).map(toSize);
   const t0 = performance.now();
@@ -121,7 +123,16 @@ export async function benchUnet(options: BenchUnetOptions): Promise<BenchUnetRep
       report.sizes.push({ latent, batch, status: 'skipped', error: 'the backend aborted on an earlier size' });
       continue;
     }
-    const result = await benchOneSize(unet, latent, { batch, tokens, warmup, iters, seed, measurePeak, contextDim: cfg.crossAttentionDim[0], inChannels: cfg.inChannels });
+    const result = await benchOneSize(unet, latent, {
+      batch,
+      tokens,
+      warmup,
+      iters,
+      seed,
+      measurePeak,
+      contextDim: cfg.crossAttentionDim[0],
+      inChannels: cfg.inChannels,
+    });
     report.sizes.push(result);
     log(formatSize(result));
     if (result.status === 'did not fit' && info.name === 'wasm') aborted = true;
@@ -133,7 +144,16 @@ export async function benchUnet(options: BenchUnetOptions): Promise<BenchUnetRep
 async function benchOneSize(
   unet: UNet2DConditionModel,
   latent: [number, number],
-  o: { batch: number; tokens: number; warmup: number; iters: number; seed: number; measurePeak: boolean; contextDim: number; inChannels: number },
+  o: {
+    batch: number;
+    tokens: number;
+    warmup: number;
+    iters: number;
+    seed: number;
+    measurePeak: boolean;
+    contextDim: number;
+    inChannels: number;
+  },
 ): Promise<BenchUnetSize> {
   const result: BenchUnetSize = { latent, batch: o.batch, status: 'ok' };
   let sample: tf.Tensor | null = null;
@@ -184,14 +204,27 @@ async function benchOneSize(
 }
 
 /** A UNet config: inline, a config.json, a `unet/` folder or a model folder (its `unet/config.json`). */
-export async function readUNetConfig(config: BenchUnetOptions['config']): Promise<{ raw: Record<string, unknown>; description: string }> {
-  if (typeof config !== 'string') return { raw: config, description: String(config._name_or_path ?? 'UNet config (inline)') };
+export async function readUNetConfig(
+  config: BenchUnetOptions['config'],
+): Promise<{ raw: Record<string, unknown>; description: string }> {
+  if (typeof config !== 'string')
+    return { raw: config, description: String(config._name_or_path ?? 'UNet config (inline)') };
   let path = config;
   if ((await stat(config)).isDirectory()) {
     const candidates = [join(config, 'config.json'), join(config, 'unet', 'config.json')];
-    const found = await Promise.all(candidates.map((c) => stat(c).then((st) => st.isFile(), () => false)));
+    const found = await Promise.all(
+      candidates.map((c) =>
+        stat(c).then(
+          (st) => st.isFile(),
+          () => false,
+        ),
+      ),
+    );
     const i = found.indexOf(true);
-    if (i < 0) throw new Error(`${config}: no config.json or unet/config.json in this folder (expected a UNet config, a unet/ folder or a model folder)`);
+    if (i < 0)
+      throw new Error(
+        `${config}: no config.json or unet/config.json in this folder (expected a UNet config, a unet/ folder or a model folder)`,
+      );
     path = candidates[i];
   }
   return { raw: JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>, description: path };
@@ -204,7 +237,8 @@ function defaultSize(sampleSize: number | readonly [number, number] | null): [nu
 
 function toSize(s: number | readonly [number, number]): [number, number] {
   const size: [number, number] = typeof s === 'number' ? [s, s] : [s[0], s[1]];
-  if (!size.every((d) => Number.isInteger(d) && d > 0)) throw new Error(`benchUnet: latent size ${JSON.stringify(s)} must be a positive integer or [height, width]`);
+  if (!size.every((d) => Number.isInteger(d) && d > 0))
+    throw new Error(`benchUnet: latent size ${JSON.stringify(s)} must be a positive integer or [height, width]`);
   return size;
 }
 
@@ -238,7 +272,10 @@ const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 function formatSize(r: BenchUnetSize): string {
   const size = `${r.batch}x${r.latent[0]}x${r.latent[1]} latent`;
   if (r.status !== 'ok') return `${size}: ${r.status}${r.error ? ` (${r.error})` : ''}`;
-  const ms = r.msPerForward === undefined ? 'no timed iterations' : `${r.msPerForward.toFixed(1)} ms/forward (min ${r.msMin!.toFixed(1)})`;
+  const ms =
+    r.msPerForward === undefined
+      ? 'no timed iterations'
+      : `${r.msPerForward.toFixed(1)} ms/forward (min ${r.msMin!.toFixed(1)})`;
   const first = r.msFirst === undefined ? '' : `, first ${r.msFirst.toFixed(1)} ms`;
   const peak = r.peakTensorBytes === undefined ? '' : `, peak activations ${mib(r.peakTensorBytes)}`;
   return `${size}: ${ms}${first}${peak}`;

@@ -51,12 +51,27 @@ export interface BenchUnetOnnxReport {
   engine: 'onnx';
   provider: string;
   dtype: ComputeType;
-  config: { path: string; batch: number; tokens: number; iters: number; warmup: number; file_dtype: string; weights: 'linked' | 'in-memory'; threads: number };
+  config: {
+    path: string;
+    batch: number;
+    tokens: number;
+    iters: number;
+    warmup: number;
+    file_dtype: string;
+    weights: 'linked' | 'in-memory';
+    threads: number;
+  };
   parameters: number;
   weight_bytes: number;
   write_s: number;
   load_s: number;
-  sizes: Array<{ latent: [number, number]; ms_per_forward: number; ms_first: number; gflop: number; gflops_per_s: number }>;
+  sizes: Array<{
+    latent: [number, number];
+    ms_per_forward: number;
+    ms_first: number;
+    gflop: number;
+    gflops_per_s: number;
+  }>;
   rss_after_load_mb: number;
   peak_rss_mb: number;
 }
@@ -80,10 +95,16 @@ export async function benchUnetOnnx(o: BenchUnetOnnxOptions): Promise<BenchUnetO
     const file = join(tmp, 'unet', 'diffusion_pytorch_model.safetensors');
     await mkdir(join(tmp, 'unet'), { recursive: true });
     await writeFile(join(tmp, 'unet', 'config.json'), JSON.stringify(raw));
-    const tensors = new Map([...unet.namedParams()].map(([k, p]) => [k, { shape: p.shape, dtype: o.fileDtype ?? 'F32', read: () => src.read(k) }] as const));
+    const tensors = new Map(
+      [...unet.namedParams()].map(
+        ([k, p]) => [k, { shape: p.shape, dtype: o.fileDtype ?? 'F32', read: () => src.read(k) }] as const,
+      ),
+    );
     await writeSafetensors(file, tensors);
     const writeS = (performance.now() - t0) / 1000;
-    log(`wrote ${unet.parameterCount().toLocaleString()} random parameters (${o.fileDtype ?? 'F32'}) to ${file} in ${writeS.toFixed(1)} s`);
+    log(
+      `wrote ${unet.parameterCount().toLocaleString()} random parameters (${o.fileDtype ?? 'F32'}) to ${file} in ${writeS.toFixed(1)} s`,
+    );
 
     // 2. The session, weights read in place.
     const providers = (await providerCandidates(o.provider ?? 'cpu'))[0];
@@ -91,10 +112,19 @@ export async function benchUnetOnnx(o: BenchUnetOnnxOptions): Promise<BenchUnetO
     const side = findTargets(unet, DEFAULT_TARGETS).map((t) => t.path);
     const st = await SafetensorsFile.open(file);
     const t1 = performance.now();
-    let opened;
+    let opened: Awaited<ReturnType<typeof openGraph>>;
     try {
       opened = await openGraph(
-        { kind: 'unet', dtype, sidePaths: side, attention: defaultAttention(providers), config: raw, files: [file], emit: () => emitUNet(unet, safetensorsSource(st), { dtype, sidePaths: side, attention: defaultAttention(providers) }) },
+        {
+          kind: 'unet',
+          dtype,
+          sidePaths: side,
+          attention: defaultAttention(providers),
+          config: raw,
+          files: [file],
+          emit: () =>
+            emitUNet(unet, safetensorsSource(st), { dtype, sidePaths: side, attention: defaultAttention(providers) }),
+        },
         { providers, cacheDir: join(tmp, 'cache'), inMemory: o.inMemory },
       );
     } finally {
@@ -102,7 +132,9 @@ export async function benchUnetOnnx(o: BenchUnetOnnxOptions): Promise<BenchUnetO
     }
     const loadS = (performance.now() - t1) / 1000;
     const rssAfterLoad = process.memoryUsage().rss;
-    log(`session on ${providers.join('+')} (${dtype}, weights ${opened.weights}) in ${loadS.toFixed(1)} s; rss ${(rssAfterLoad / 2 ** 20).toFixed(0)} MiB`);
+    log(
+      `session on ${providers.join('+')} (${dtype}, weights ${opened.weights}) in ${loadS.toFixed(1)} s; rss ${(rssAfterLoad / 2 ** 20).toFixed(0)} MiB`,
+    );
 
     // 3. Timed forwards, with no adapter (rank-0 or zero rank-1 side-path factors).
     const sideFeeds = sidePathFeeds(opened.meta.sidePaths, [], providers);
@@ -110,9 +142,17 @@ export async function benchUnetOnnx(o: BenchUnetOnnxOptions): Promise<BenchUnetO
     try {
       for (const [h, w] of sizes) {
         const feeds: Record<string, SessionTensor> = {
-          sample: { type: 'float32', data: Float32Array.from({ length: batch * h * w * cfg.inChannels }, (_, i) => Math.sin(i)), dims: [batch, h, w, cfg.inChannels] },
+          sample: {
+            type: 'float32',
+            data: Float32Array.from({ length: batch * h * w * cfg.inChannels }, (_, i) => Math.sin(i)),
+            dims: [batch, h, w, cfg.inChannels],
+          },
           timestep: { type: 'float32', data: new Float32Array(batch).fill(500), dims: [batch] },
-          encoder_hidden_states: { type: 'float32', data: Float32Array.from({ length: batch * tokens * cfg.crossAttentionDim[0] }, (_, i) => Math.cos(i)), dims: [batch, tokens, cfg.crossAttentionDim[0]] },
+          encoder_hidden_states: {
+            type: 'float32',
+            data: Float32Array.from({ length: batch * tokens * cfg.crossAttentionDim[0] }, (_, i) => Math.cos(i)),
+            dims: [batch, tokens, cfg.crossAttentionDim[0]],
+          },
           ...sideFeeds,
         };
         let first = 0;
@@ -126,7 +166,9 @@ export async function benchUnetOnnx(o: BenchUnetOnnxOptions): Promise<BenchUnetO
         const ms = (performance.now() - s) / iters;
         const gflop = unetForwardFlops(unet, batch, h, w, tokens) / 1e9;
         results.push({ latent: [h, w], ms_per_forward: ms, ms_first: first, gflop, gflops_per_s: gflop / (ms / 1000) });
-        log(`latent ${h}x${w}, batch ${batch}: ${ms.toFixed(1)} ms per forward, ${gflop.toFixed(1)} GFLOP, ${(gflop / (ms / 1000)).toFixed(1)} GFLOP/s`);
+        log(
+          `latent ${h}x${w}, batch ${batch}: ${ms.toFixed(1)} ms per forward, ${gflop.toFixed(1)} GFLOP, ${(gflop / (ms / 1000)).toFixed(1)} GFLOP/s`,
+        );
       }
     } finally {
       await opened.session.release();
@@ -136,7 +178,16 @@ export async function benchUnetOnnx(o: BenchUnetOnnxOptions): Promise<BenchUnetO
       engine: 'onnx',
       provider: providers.join('+'),
       dtype,
-      config: { path: configPath, batch, tokens, iters, warmup, file_dtype: o.fileDtype ?? 'F32', weights: opened.weights, threads: availableParallelism() },
+      config: {
+        path: configPath,
+        batch,
+        tokens,
+        iters,
+        warmup,
+        file_dtype: o.fileDtype ?? 'F32',
+        weights: opened.weights,
+        threads: availableParallelism(),
+      },
       parameters: unet.parameterCount(),
       weight_bytes: (await stat(file)).size,
       write_s: writeS,

@@ -42,11 +42,17 @@ export const CLIP_PREPROCESS = {
 
 /** Decode, resize the short side to 224 (bicubic), centre crop 224 with floor offsets (transformers). */
 export async function clipCrop(input: DinoInput, decode: DecodeOptions = {}): Promise<RgbImage> {
-  const img = typeof input === 'object' && 'width' in input ? input : await decodeImage(input, { ignoreIcc: true, ...decode });
+  const img =
+    typeof input === 'object' && 'width' in input ? input : await decodeImage(input, { ignoreIcc: true, ...decode });
   const s = CLIP_PREPROCESS.size;
   const size = dinoResizeSize(img.width, img.height, s);
   const resized = await resize(img, size.width, size.height, 'cubic');
-  return crop(resized, { left: Math.floor((resized.width - s) / 2), top: Math.floor((resized.height - s) / 2), width: s, height: s });
+  return crop(resized, {
+    left: Math.floor((resized.width - s) / 2),
+    top: Math.floor((resized.height - s) / 2),
+    width: s,
+    height: s,
+  });
 }
 
 export class ClipModels {
@@ -71,12 +77,17 @@ export class ClipModels {
   }
 
   /** CLIP image embeddings (`image_embeds`), in input order. */
-  async embed(inputs: readonly DinoInput[], onProgress?: (done: number, total: number) => void): Promise<Float32Array[]> {
+  async embed(
+    inputs: readonly DinoInput[],
+    onProgress?: (done: number, total: number) => void,
+  ): Promise<Float32Array[]> {
     const out: Float32Array[] = [];
     for (let start = 0; start < inputs.length; start += this.batchSize) {
       const crops = await Promise.all(inputs.slice(start, start + this.batchSize).map((x) => clipCrop(x)));
       const data = normalizeNchw(crops, CLIP_PREPROCESS.size, CLIP_PREPROCESS.mean, CLIP_PREPROCESS.std);
-      const { image_embeds: e } = await this.vision.run({ pixel_values: { type: 'float32', data, dims: [crops.length, 3, 224, 224] } });
+      const { image_embeds: e } = await this.vision.run({
+        pixel_values: { type: 'float32', data, dims: [crops.length, 3, 224, 224] },
+      });
       out.push(...rows(e.data as Float32Array, crops.length));
       onProgress?.(out.length, inputs.length);
     }
@@ -91,7 +102,9 @@ export class ClipModels {
       const ids = batch.map((t) => this.tokenizer.call(t)); // [n][77]
       const len = ids[0].length;
       const inputIds = BigInt64Array.from(ids.flat(), BigInt);
-      const feeds: Record<string, OnnxTensor> = { input_ids: { type: 'int64', data: inputIds, dims: [batch.length, len] } };
+      const feeds: Record<string, OnnxTensor> = {
+        input_ids: { type: 'int64', data: inputIds, dims: [batch.length, len] },
+      };
       if (this.text.hasInput('attention_mask')) {
         // 1 up to and including the first <|endoftext|>, 0 over the padding after it.
         const mask = new BigInt64Array(batch.length * len);
@@ -122,17 +135,27 @@ export interface ClipScores {
 }
 
 /** CLIP-I and CLIP-T for generated images (with their prompts, when known) against subject photos. */
-export async function clipScores(models: ClipModels, generated: readonly { file: string; prompt?: string }[], photos: readonly string[]): Promise<ClipScores> {
+export async function clipScores(
+  models: ClipModels,
+  generated: readonly { file: string; prompt?: string }[],
+  photos: readonly string[],
+): Promise<ClipScores> {
   const g = await models.embed(generated.map((x) => x.file));
   const r = await models.embed(photos);
   const fidelity = subjectFidelity(
     generated.map((x, i) => ({ file: x.file, embedding: g[i] })),
     photos.map((file, i) => ({ file, embedding: r[i] })),
   );
-  const prompted = generated.map((x, i) => ({ i, prompt: x.prompt })).filter((x): x is { i: number; prompt: string } => !!x.prompt);
+  const prompted = generated
+    .map((x, i) => ({ i, prompt: x.prompt }))
+    .filter((x): x is { i: number; prompt: string } => !!x.prompt);
   const t = await models.embedTexts(prompted.map((x) => x.prompt));
   const clipT = new Map(prompted.map((x, k) => [x.i, cosine(g[x.i], t[k])]));
-  const perImage = generated.map((x, i) => ({ file: x.file, clipI: fidelity.perImage[i].meanCosine, clipT: clipT.get(i) ?? null }));
+  const perImage = generated.map((x, i) => ({
+    file: x.file,
+    clipI: fidelity.perImage[i].meanCosine,
+    clipT: clipT.get(i) ?? null,
+  }));
   const ts = [...clipT.values()];
   return { clipI: fidelity.dino, clipT: ts.length ? ts.reduce((a, b) => a + b, 0) / ts.length : null, perImage };
 }
@@ -141,4 +164,3 @@ function rows(data: Float32Array, n: number): Float32Array[] {
   const d = data.length / n;
   return Array.from({ length: n }, (_, i) => data.slice(i * d, (i + 1) * d));
 }
-

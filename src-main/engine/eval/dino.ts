@@ -37,7 +37,11 @@ export const DINO_PREPROCESS = {
 export type DinoInput = ImageInput | RgbImage;
 
 /** torchvision `Resize(short)`: the short side becomes `short`, the long side int(short·long/short_in). */
-export function dinoResizeSize(width: number, height: number, short: number = DINO_PREPROCESS.resizeShortSide): { width: number; height: number } {
+export function dinoResizeSize(
+  width: number,
+  height: number,
+  short: number = DINO_PREPROCESS.resizeShortSide,
+): { width: number; height: number } {
   if (width <= height) return { width: short, height: Math.trunc((short * height) / width) };
   return { width: Math.trunc((short * width) / height), height: short };
 }
@@ -59,13 +63,19 @@ export function dinoPixelValues(crops: readonly RgbImage[]): Float32Array {
  * HWC uint8 crops → NCHW float32 `(u8/255 − mean[c]) / std[c]`. Each operation is rounded to
  * float32 (a double result of one +,−,× or ÷ rounded to float32 is the float32 result).
  */
-export function normalizeNchw(crops: readonly RgbImage[], size: number, mean: readonly number[], std: readonly number[]): Float32Array {
+export function normalizeNchw(
+  crops: readonly RgbImage[],
+  size: number,
+  mean: readonly number[],
+  std: readonly number[],
+): Float32Array {
   const plane = size * size;
   const out = new Float32Array(crops.length * 3 * plane);
   const m = mean.map(Math.fround);
   const s = std.map(Math.fround);
   crops.forEach((img, n) => {
-    if (img.width !== size || img.height !== size) throw new Error(`normalizeNchw: crop ${n} is ${img.width}×${img.height}, expected ${size}×${size}`);
+    if (img.width !== size || img.height !== size)
+      throw new Error(`normalizeNchw: crop ${n} is ${img.width}×${img.height}, expected ${size}×${size}`);
     for (let c = 0; c < 3; c++) {
       const base = (n * 3 + c) * plane; // [N, C, H, W]
       for (let i = 0; i < plane; i++) out[base + i] = Math.fround(Math.fround(img.data[i * 3 + c] / 255) - m[c]) / s[c];
@@ -94,7 +104,8 @@ export class DinoEmbedder {
     const model = await OnnxModel.load(file, DINO_INTERFACE, options);
     const fixed = model.fixedDim('pixel_values', 0);
     const batchSize = fixed ?? options.batchSize ?? 8;
-    if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`DinoEmbedder: batchSize must be a positive integer, got ${batchSize}`);
+    if (!Number.isInteger(batchSize) || batchSize < 1)
+      throw new Error(`DinoEmbedder: batchSize must be a positive integer, got ${batchSize}`);
     return new DinoEmbedder(model, batchSize, fixed !== null, options.decode ?? {});
   }
 
@@ -108,7 +119,10 @@ export class DinoEmbedder {
    */
   async embedPixelValues(pixelValues: Float32Array, n: number): Promise<Float32Array[]> {
     const per = 3 * DINO_PREPROCESS.cropSize * DINO_PREPROCESS.cropSize;
-    if (pixelValues.length !== n * per) throw new Error(`DinoEmbedder: pixelValues has ${pixelValues.length} values, expected ${n}×3×224×224 = ${n * per}`);
+    if (pixelValues.length !== n * per)
+      throw new Error(
+        `DinoEmbedder: pixelValues has ${pixelValues.length} values, expected ${n}×3×224×224 = ${n * per}`,
+      );
     const out: Float32Array[] = [];
     for (let start = 0; start < n; start += this.batchSize) {
       const count = Math.min(this.batchSize, n - start);
@@ -121,7 +135,10 @@ export class DinoEmbedder {
    * CLS embeddings of images (paths, bytes or decoded images), in input order. Decoding and
    * resizing of the next batch overlap the current ONNX run. `onProgress(done, total)` after each batch.
    */
-  async embed(inputs: readonly DinoInput[], onProgress?: (done: number, total: number) => void): Promise<Float32Array[]> {
+  async embed(
+    inputs: readonly DinoInput[],
+    onProgress?: (done: number, total: number) => void,
+  ): Promise<Float32Array[]> {
     const prepare = (start: number) => {
       const p = Promise.all(inputs.slice(start, start + this.batchSize).map((x) => dinoCrop(x, this.decode)));
       p.catch(() => {}); // awaited below; this only stops an early failure counting as unhandled
@@ -147,7 +164,9 @@ export class DinoEmbedder {
       feed.set(pixels);
       n = this.batchSize;
     }
-    const { last_hidden_state: h } = await this.model.run({ pixel_values: { type: 'float32', data: feed, dims: [n, 3, 224, 224] } });
+    const { last_hidden_state: h } = await this.model.run({
+      pixel_values: { type: 'float32', data: feed, dims: [n, 3, 224, 224] },
+    });
     if (h.type !== 'float32') throw new Error(`${this.file}: last_hidden_state is ${h.type}, expected float32`);
     const [, tokens, dim] = h.dims; // [N, 197, D]
     const out: Float32Array[] = [];

@@ -75,14 +75,18 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
   const s = manifest.settings;
   const resolution = s.resolution;
   const perPrompt = o.imagesPerPrompt ?? IMAGES_PER_PROMPT;
-  if (!Number.isInteger(perPrompt) || perPrompt < 1 || perPrompt > EVAL_SEEDS.length * 4) throw new Error(`imagesPerPrompt must be an integer from 1 to ${EVAL_SEEDS.length * 4}, got ${perPrompt}`);
+  if (!Number.isInteger(perPrompt) || perPrompt < 1 || perPrompt > EVAL_SEEDS.length * 4)
+    throw new Error(`imagesPerPrompt must be an integer from 1 to ${EVAL_SEEDS.length * 4}, got ${perPrompt}`);
   const toy = o.scorer === 'toy';
   const prompts = o.prompts?.length
     ? [...o.prompts]
     : toy
       ? TOY_PROBES.map((p) => p.prompt.replace('sks ball', `${s.triggerToken} ${s.classWord}`))
       : [...new Set(evalJobs(o.subjectType ?? 'live', s.triggerToken, s.classWord).map((j) => j.prompt))];
-  const seeds = Array.from({ length: perPrompt }, (_, i) => EVAL_SEEDS[i % EVAL_SEEDS.length] + Math.floor(i / EVAL_SEEDS.length));
+  const seeds = Array.from(
+    { length: perPrompt },
+    (_, i) => EVAL_SEEDS[i % EVAL_SEEDS.length] + Math.floor(i / EVAL_SEEDS.length),
+  );
   const photos = o.photos ? await listPhotos(o.photos) : manifest.images.used.filter((f) => !f.includes('#'));
   if (!photos.length) throw new Error(`${o.runDir}: no subject photos to compare with (pass --photos)`);
 
@@ -103,7 +107,11 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
     const subject = photos.map((file, i) => ({ file, embedding: subjectEmbeddings[i] }));
     const toyPhotos = toy ? await readToyPhotos(photos) : [];
     const sampling = toy
-      ? { steps: o.steps ?? TOY_SAMPLING.steps, scheduler: o.scheduler ?? TOY_SAMPLING.scheduler, guidanceScale: TOY_SAMPLING.guidanceScale }
+      ? {
+          steps: o.steps ?? TOY_SAMPLING.steps,
+          scheduler: o.scheduler ?? TOY_SAMPLING.scheduler,
+          guidanceScale: TOY_SAMPLING.guidanceScale,
+        }
       : { steps: o.steps ?? 25, scheduler: o.scheduler ?? 'dpmpp-2m', guidanceScale: 7.5 };
     const rows: ScoreRow[] = [];
     for (let k = 0; k < labels.length; k++) {
@@ -118,7 +126,13 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
             {
               base: sd.path,
               sd,
-              settings: { prompt, seed, ...sampling, width: resolution ?? sd.defaultResolution, height: resolution ?? sd.defaultResolution },
+              settings: {
+                prompt,
+                seed,
+                ...sampling,
+                width: resolution ?? sd.defaultResolution,
+                height: resolution ?? sd.defaultResolution,
+              },
               adapters: ckpt ? [{ path: join(o.runDir, ckpt.adapter), strength: 1 }] : [],
               outDir,
             },
@@ -145,7 +159,9 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
     const scored = rows.slice(1);
     const picked = pickBest(baseline, scored, o.clipMargin ?? DEFAULT_CLIP_MARGIN);
     const { best } = picked;
-    const rule = toy ? 'highest toy subject fidelity (no DINO installed: the toy world\'s score of colours and their layout, docs/experiments.md)' : picked.rule;
+    const rule = toy
+      ? "highest toy subject fidelity (no DINO installed: the toy world's score of colours and their layout, docs/experiments.md)"
+      : picked.rule;
     const fresh = await readRunManifest(o.runDir);
     const previousChoice = fresh.evaluation?.chosen ?? null;
     const evaluation: Evaluation = {
@@ -156,7 +172,12 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
       seeds,
       baseline,
       // Earlier rows only when they were scored the same way.
-      rows: mergeRows(o.checkpoints === 'latest' && (fresh.evaluation?.metric ?? 'dino') === (toy ? 'toy' : 'dino') ? fresh.evaluation?.rows ?? [] : [], scored),
+      rows: mergeRows(
+        o.checkpoints === 'latest' && (fresh.evaluation?.metric ?? 'dino') === (toy ? 'toy' : 'dino')
+          ? (fresh.evaluation?.rows ?? [])
+          : [],
+        scored,
+      ),
       best,
       rule: `${rule}; ${o.prompts?.length ? `${prompts.length} prompts given by the caller` : toy ? `the ${prompts.length} toy probe prompts` : `prompt set v${EVAL_PROMPT_SET_VERSION}`}`,
       chosen: previousChoice !== null && scored.some((r) => r.step === previousChoice) ? previousChoice : null,
@@ -174,7 +195,11 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
  * The rule: the highest DINO; when CLIP-T was measured, only among checkpoints whose CLIP-T is at
  * least the baseline's minus `margin` (when none is, all of them compete).
  */
-export function pickBest(baseline: ScoreRow, rows: readonly ScoreRow[], margin = DEFAULT_CLIP_MARGIN): { best: number | null; rule: string } {
+export function pickBest(
+  baseline: ScoreRow,
+  rows: readonly ScoreRow[],
+  margin = DEFAULT_CLIP_MARGIN,
+): { best: number | null; rule: string } {
   if (!rows.length) return { best: null, rule: 'no checkpoints scored' };
   const withClip = baseline.clipT !== null && rows.some((r) => r.clipT !== null);
   const eligible = withClip ? rows.filter((r) => r.clipT !== null && r.clipT >= baseline.clipT! - margin) : rows;

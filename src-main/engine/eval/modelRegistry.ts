@@ -68,7 +68,14 @@ export const EVAL_MODELS: readonly EvalModelSpec[] = [
     title: 'DINO ViT-S/16 (facebook/dino-vits16, ONNX export Xenova/dino-vits16)',
     purpose: 'subject fidelity (DINO score): CLS-embedding cosine between generated images and subject photos',
     required: true,
-    files: [{ file: 'model.onnx', url: `${HF}/Xenova/dino-vits16/resolve/main/onnx/model.onnx`, sha256: null, approxBytes: 86_900_000 }],
+    files: [
+      {
+        file: 'model.onnx',
+        url: `${HF}/Xenova/dino-vits16/resolve/main/onnx/model.onnx`,
+        sha256: null,
+        approxBytes: 86_900_000,
+      },
+    ],
   },
   {
     id: 'clip',
@@ -76,10 +83,30 @@ export const EVAL_MODELS: readonly EvalModelSpec[] = [
     purpose: 'CLIP-I (image-image) and CLIP-T (image-prompt) scores; optional',
     required: false,
     files: [
-      { file: 'vision_model.onnx', url: `${HF}/Xenova/clip-vit-base-patch32/resolve/main/onnx/vision_model.onnx`, sha256: null, approxBytes: null },
-      { file: 'text_model.onnx', url: `${HF}/Xenova/clip-vit-base-patch32/resolve/main/onnx/text_model.onnx`, sha256: null, approxBytes: null },
-      { file: 'vocab.json', url: `${HF}/Xenova/clip-vit-base-patch32/resolve/main/vocab.json`, sha256: null, approxBytes: null },
-      { file: 'merges.txt', url: `${HF}/Xenova/clip-vit-base-patch32/resolve/main/merges.txt`, sha256: null, approxBytes: null },
+      {
+        file: 'vision_model.onnx',
+        url: `${HF}/Xenova/clip-vit-base-patch32/resolve/main/onnx/vision_model.onnx`,
+        sha256: null,
+        approxBytes: null,
+      },
+      {
+        file: 'text_model.onnx',
+        url: `${HF}/Xenova/clip-vit-base-patch32/resolve/main/onnx/text_model.onnx`,
+        sha256: null,
+        approxBytes: null,
+      },
+      {
+        file: 'vocab.json',
+        url: `${HF}/Xenova/clip-vit-base-patch32/resolve/main/vocab.json`,
+        sha256: null,
+        approxBytes: null,
+      },
+      {
+        file: 'merges.txt',
+        url: `${HF}/Xenova/clip-vit-base-patch32/resolve/main/merges.txt`,
+        sha256: null,
+        approxBytes: null,
+      },
     ],
   },
 ];
@@ -124,19 +151,52 @@ export async function listModels(modelsDir: string): Promise<ModelStatus[]> {
     for (const f of spec.files) {
       const path = modelFilePath(modelsDir, spec.id, f.file);
       if (!existsSync(path)) {
-        files.push({ file: f.file, path, url: f.url, present: false, bytes: null, verified: null, note: `missing: place ${f.file} at ${path} (from ${f.url}) or run \`singlora models download ${spec.id}\`` });
+        files.push({
+          file: f.file,
+          path,
+          url: f.url,
+          present: false,
+          bytes: null,
+          verified: null,
+          note: `missing: place ${f.file} at ${path} (from ${f.url}) or run \`singlora models download ${spec.id}\``,
+        });
         continue;
       }
       const bytes = statSync(path).size;
       if (!f.sha256) {
-        files.push({ file: f.file, path, url: f.url, present: true, bytes, verified: null, note: 'present, not verified (no known sha256)' });
+        files.push({
+          file: f.file,
+          path,
+          url: f.url,
+          present: true,
+          bytes,
+          verified: null,
+          note: 'present, not verified (no known sha256)',
+        });
         continue;
       }
       const sha = await hashFile(path);
       const ok = sha === f.sha256;
-      files.push({ file: f.file, path, url: f.url, present: true, bytes, verified: ok, note: ok ? 'present, sha256 ok' : `sha256 mismatch: expected ${f.sha256}, found ${sha}; delete it and download again` });
+      files.push({
+        file: f.file,
+        path,
+        url: f.url,
+        present: true,
+        bytes,
+        verified: ok,
+        note: ok
+          ? 'present, sha256 ok'
+          : `sha256 mismatch: expected ${f.sha256}, found ${sha}; delete it and download again`,
+      });
     }
-    out.push({ id: spec.id, title: spec.title, purpose: spec.purpose, required: spec.required, present: files.every((f) => f.present), files });
+    out.push({
+      id: spec.id,
+      title: spec.title,
+      purpose: spec.purpose,
+      required: spec.required,
+      present: files.every((f) => f.present),
+      files,
+    });
   }
   return out;
 }
@@ -151,7 +211,8 @@ export function locateDino(modelsDir: string, override?: string): string {
     return override;
   }
   const path = modelFilePath(modelsDir, 'dino', 'model.onnx');
-  if (!existsSync(path)) throw new Error(`DINO model not found: place model.onnx at ${path} or run \`singlora models download dino\``);
+  if (!existsSync(path))
+    throw new Error(`DINO model not found: place model.onnx at ${path} or run \`singlora models download dino\``);
   return path;
 }
 
@@ -159,11 +220,16 @@ export function locateDino(modelsDir: string, override?: string): string {
  * The DINO model an evaluation of a run on `baseModel` uses: `locateDino`'s, else, for the tiny
  * demo model only, the bundled tiny DINO (`bundled: true`). Throws locateDino's error otherwise.
  */
-export function dinoFor(baseModel: string | null, modelsDir: string, override?: string): { path: string; bundled: boolean } {
+export function dinoFor(
+  baseModel: string | null,
+  modelsDir: string,
+  override?: string,
+): { path: string; bundled: boolean } {
   try {
     return { path: locateDino(modelsDir, override), bundled: false };
   } catch (err) {
-    if (!override && baseModel && isDemoModel(baseModel, modelsDir) && existsSync(BUNDLED_TINY_DINO)) return { path: BUNDLED_TINY_DINO, bundled: true };
+    if (!override && baseModel && isDemoModel(baseModel, modelsDir) && existsSync(BUNDLED_TINY_DINO))
+      return { path: BUNDLED_TINY_DINO, bundled: true };
     throw err;
   }
 }
@@ -173,7 +239,9 @@ export function dinoFor(baseModel: string | null, modelsDir: string, override?: 
  * the toy model (models/toy-sd) only, the toy world's own pixel score (eval/toyFidelity.ts), which
  * needs no model file. Throws dinoFor's error for every other base model.
  */
-export type SubjectScorer = { readonly kind: 'dino'; readonly path: string; readonly bundled: boolean } | { readonly kind: 'toy' };
+export type SubjectScorer =
+  | { readonly kind: 'dino'; readonly path: string; readonly bundled: boolean }
+  | { readonly kind: 'toy' };
 
 export function scorerFor(baseModel: string | null, modelsDir: string, override?: string): SubjectScorer {
   try {
@@ -196,6 +264,9 @@ export function locateClip(modelsDir: string): { files: ClipFiles } | { missing:
   const dir = join(modelsDir, 'clip');
   const spec = modelSpec('clip');
   const absent = spec.files.map((f) => join(dir, f.file)).filter((p) => !existsSync(p));
-  if (absent.length) return { missing: `CLIP model files missing: ${absent.join(', ')}; run \`singlora models download clip\` or place them there` };
+  if (absent.length)
+    return {
+      missing: `CLIP model files missing: ${absent.join(', ')}; run \`singlora models download clip\` or place them there`,
+    };
   return { files: { vision: join(dir, 'vision_model.onnx'), text: join(dir, 'text_model.onnx'), tokenizerDir: dir } };
 }

@@ -25,7 +25,8 @@ export interface PromptTemplate {
   readonly category: PromptCategory;
 }
 
-const t = (category: PromptCategory, ...templates: string[]): PromptTemplate[] => templates.map((template) => ({ template, category }));
+const t = (category: PromptCategory, ...templates: string[]): PromptTemplate[] =>
+  templates.map((template) => ({ template, category }));
 
 export const EVAL_PROMPTS: Readonly<Record<SubjectKind, readonly PromptTemplate[]>> = {
   object: [
@@ -118,8 +119,12 @@ export interface EvalJob {
 
 /** `{token}` and `{class}` filled in; both must be non-empty and contain no braces. */
 export function fillPrompt(template: string, token: string, className: string): string {
-  for (const [name, v] of [['token', token], ['class', className]] as const) {
-    if (!v.trim() || /[{}]/.test(v)) throw new Error(`fillPrompt: ${name} must be non-empty text without braces, got ${JSON.stringify(v)}`);
+  for (const [name, v] of [
+    ['token', token],
+    ['class', className],
+  ] as const) {
+    if (!v.trim() || /[{}]/.test(v))
+      throw new Error(`fillPrompt: ${name} must be non-empty text without braces, got ${JSON.stringify(v)}`);
   }
   return template.replaceAll('{token}', token.trim()).replaceAll('{class}', className.trim());
 }
@@ -130,7 +135,8 @@ export function fillPrompt(template: string, token: string, className: string): 
  */
 export function quickEvalPrompts(kind: SubjectKind, token: string, className: string): string[] {
   const prompts = EVAL_PROMPTS[kind];
-  if (!prompts) throw new Error(`quickEvalPrompts: subject kind must be 'object' or 'live', got ${JSON.stringify(kind)}`);
+  if (!prompts)
+    throw new Error(`quickEvalPrompts: subject kind must be 'object' or 'live', got ${JSON.stringify(kind)}`);
   const first = new Map<PromptCategory, string>();
   for (const p of prompts) if (!first.has(p.category)) first.set(p.category, p.template);
   return [...first.values()].map((t) => fillPrompt(t, token, className));
@@ -141,6 +147,12 @@ export function evalJobs(kind: SubjectKind, token: string, className: string): E
   const prompts = EVAL_PROMPTS[kind];
   if (!prompts) throw new Error(`evalJobs: subject kind must be 'object' or 'live', got ${JSON.stringify(kind)}`);
   return prompts.flatMap((p, promptIndex) =>
-    EVAL_SEEDS.slice(0, IMAGES_PER_PROMPT).map((seed, imageIndex) => ({ promptIndex, imageIndex, category: p.category, prompt: fillPrompt(p.template, token, className), seed })),
+    EVAL_SEEDS.slice(0, IMAGES_PER_PROMPT).map((seed, imageIndex) => ({
+      promptIndex,
+      imageIndex,
+      category: p.category,
+      prompt: fillPrompt(p.template, token, className),
+      seed,
+    })),
   );
 }

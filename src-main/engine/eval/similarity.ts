@@ -31,7 +31,10 @@ export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 /** `m[i][j] = cosine(rows[i], cols[j])`. */
-export function cosineMatrix(rows: readonly ArrayLike<number>[], cols: readonly ArrayLike<number>[] = rows): number[][] {
+export function cosineMatrix(
+  rows: readonly ArrayLike<number>[],
+  cols: readonly ArrayLike<number>[] = rows,
+): number[][] {
   return rows.map((r) => cols.map((c) => cosine(r, c)));
 }
 
@@ -53,7 +56,10 @@ export interface SubjectFidelity {
  * Mean pairwise cosine between generated and subject embeddings (DINO with DINO embeddings,
  * CLIP-I with CLIP image embeddings; the field is named `dino` after the main use).
  */
-export function subjectFidelity(generated: readonly EmbeddedImage[], subject: readonly EmbeddedImage[]): SubjectFidelity {
+export function subjectFidelity(
+  generated: readonly EmbeddedImage[],
+  subject: readonly EmbeddedImage[],
+): SubjectFidelity {
   if (generated.length === 0) throw new Error('subjectFidelity: no generated images');
   if (subject.length === 0) throw new Error('subjectFidelity: no subject photos');
   const perImage = generated.map((g) => {

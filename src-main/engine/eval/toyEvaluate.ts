@@ -42,7 +42,12 @@ export interface ToyScore {
 }
 
 /** One toy-model picture of `prompt` at `seed`, with the toy sampling (and `adapter`, a file at strength 1). */
-async function drawToy(sd: StableDiffusion, prompt: string, seed: number, o: { steps?: number; guidanceScale?: number; adapter?: string }): Promise<ToyImage> {
+async function drawToy(
+  sd: StableDiffusion,
+  prompt: string,
+  seed: number,
+  o: { steps?: number; guidanceScale?: number; adapter?: string },
+): Promise<ToyImage> {
   const [img]: GeneratedImage[] = await textToImage(sd, {
     ...TOY_SAMPLING,
     steps: o.steps ?? TOY_SAMPLING.steps,
@@ -64,7 +69,17 @@ export async function readToyPhotos(files: readonly string[]): Promise<ToyImage[
  * Generates `seeds.length` images per probe (image i of a probe uses seeds[i]) with `adapter`
  * (a file, strength 1) or none, and scores them against `photos`.
  */
-export async function scoreToyModel(sd: StableDiffusion, o: { photos: readonly ToyImage[]; adapter?: string; probes?: readonly ToyProbe[]; seeds: readonly number[]; steps?: number; guidanceScale?: number }): Promise<ToyScore> {
+export async function scoreToyModel(
+  sd: StableDiffusion,
+  o: {
+    photos: readonly ToyImage[];
+    adapter?: string;
+    probes?: readonly ToyProbe[];
+    seeds: readonly number[];
+    steps?: number;
+    guidanceScale?: number;
+  },
+): Promise<ToyScore> {
   const images: ToyScoredImage[] = [];
   for (const probe of o.probes ?? TOY_PROBES) {
     for (const seed of o.seeds) {
@@ -87,7 +102,12 @@ export interface WorldScore {
   readonly background: number;
   /** Share of images whose object is the colour the caption names (chance: 1/4). */
   readonly object: number;
-  readonly images: Array<{ readonly scene: Scene; readonly prompt: string; readonly seed: number; readonly image: ToyImage }>;
+  readonly images: Array<{
+    readonly scene: Scene;
+    readonly prompt: string;
+    readonly seed: number;
+    readonly image: ToyImage;
+  }>;
 }
 
 /**
@@ -95,7 +115,10 @@ export interface WorldScore {
  * the base world (seeded), each generated from its caption ("a photo of a red ball on a blue
  * background") at seed `seed + i`, and read back: is the background, is the object the colour asked for.
  */
-export async function scoreWorld(sd: StableDiffusion, o: { count: number; seed: number; steps?: number }): Promise<WorldScore> {
+export async function scoreWorld(
+  sd: StableDiffusion,
+  o: { count: number; seed: number; steps?: number },
+): Promise<WorldScore> {
   const rng = new Rng(o.seed, 3);
   const images: Array<WorldScore['images'][number]> = [];
   let background = 0;

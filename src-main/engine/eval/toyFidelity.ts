@@ -94,7 +94,8 @@ function dot(a: Float32Array, b: Float32Array): number {
 
 /** Mean cosine similarity of each generated image to each subject photo (0..1). */
 export function subjectFidelity(generated: readonly ToyImage[], photos: readonly ToyImage[]): number {
-  if (!generated.length || !photos.length) throw new Error(`subjectFidelity: need generated images and photos, got ${generated.length} and ${photos.length}`);
+  if (!generated.length || !photos.length)
+    throw new Error(`subjectFidelity: need generated images and photos, got ${generated.length} and ${photos.length}`);
   const ref = photos.map(subjectEmbedding);
   let s = 0;
   for (const g of generated) {

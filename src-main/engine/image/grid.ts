@@ -9,7 +9,11 @@ export interface GridImage {
   readonly height: number;
 }
 
-export function imageGrid(images: readonly GridImage[], cols: number, o: { scale?: number; gap?: number } = {}): GridImage {
+export function imageGrid(
+  images: readonly GridImage[],
+  cols: number,
+  o: { scale?: number; gap?: number } = {},
+): GridImage {
   if (!images.length) throw new Error('imageGrid: no images');
   const { width: w, height: h } = images[0];
   const bad = images.find((i) => i.width !== w || i.height !== h);

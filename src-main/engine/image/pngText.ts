@@ -75,7 +75,8 @@ interface RawChunk {
 
 /** Splits a PNG into chunks, checking the signature, every length and every CRC. */
 function chunks(png: Uint8Array): RawChunk[] {
-  if (png.length < 8 || PNG_SIGNATURE.some((b, i) => png[i] !== b)) throw new PngFormatError('no PNG signature (not a PNG file)');
+  if (png.length < 8 || PNG_SIGNATURE.some((b, i) => png[i] !== b))
+    throw new PngFormatError('no PNG signature (not a PNG file)');
   const view = new DataView(png.buffer, png.byteOffset, png.byteLength);
   const out: RawChunk[] = [];
   let pos = 8;
@@ -85,11 +86,17 @@ function chunks(png: Uint8Array): RawChunk[] {
     const typeBytes = png.subarray(pos + 4, pos + 8);
     const type = latin1Decode(typeBytes);
     const end = pos + 12 + length;
-    if (end > png.length) throw new PngFormatError(`chunk '${type}' at byte ${pos} claims ${length} bytes, past the end of the ${png.length}-byte file (truncated?)`);
+    if (end > png.length)
+      throw new PngFormatError(
+        `chunk '${type}' at byte ${pos} claims ${length} bytes, past the end of the ${png.length}-byte file (truncated?)`,
+      );
     const data = png.subarray(pos + 8, pos + 8 + length);
     const stored = view.getUint32(pos + 8 + length);
     const actual = crc32(typeBytes, data);
-    if (stored !== actual) throw new PngFormatError(`chunk '${type}' at byte ${pos}: CRC 0x${hex(stored)} does not match the computed 0x${hex(actual)} (corrupt file)`);
+    if (stored !== actual)
+      throw new PngFormatError(
+        `chunk '${type}' at byte ${pos}: CRC 0x${hex(stored)} does not match the computed 0x${hex(actual)} (corrupt file)`,
+      );
     out.push({ type, start: pos, end, data });
     pos = end;
     if (type === 'IEND') break;
@@ -118,11 +125,19 @@ export function readPngText(png: Uint8Array): PngTextChunk[] {
   for (const c of chunks(png)) {
     if (c.type === 'tEXt') {
       const z = nul(c.data, 0, c.type);
-      out.push({ type: 'tEXt', keyword: latin1Decode(c.data.subarray(0, z)), text: latin1Decode(c.data.subarray(z + 1)) });
+      out.push({
+        type: 'tEXt',
+        keyword: latin1Decode(c.data.subarray(0, z)),
+        text: latin1Decode(c.data.subarray(z + 1)),
+      });
     } else if (c.type === 'zTXt') {
       const z = nul(c.data, 0, c.type);
       if (c.data[z + 1] !== 0) throw new PngFormatError(`zTXt: compression method ${c.data[z + 1]} is not 0 (zlib)`);
-      out.push({ type: 'zTXt', keyword: latin1Decode(c.data.subarray(0, z)), text: latin1Decode(inflate(c.data.subarray(z + 2), 'zTXt')) });
+      out.push({
+        type: 'zTXt',
+        keyword: latin1Decode(c.data.subarray(0, z)),
+        text: latin1Decode(inflate(c.data.subarray(z + 2), 'zTXt')),
+      });
     } else if (c.type === 'iTXt') {
       const z1 = nul(c.data, 0, c.type);
       const compressed = c.data[z1 + 1] === 1;
@@ -157,8 +172,14 @@ export interface WritePngTextOptions {
  * Returns a copy of `png` with one text chunk per entry inserted before the first IDAT (or before
  * IEND with `at: 'beforeIEND'`): tEXt for ASCII text, iTXt (UTF-8, uncompressed) otherwise.
  */
-export function writePngText(png: Uint8Array, entries: readonly PngTextEntry[] | Readonly<Record<string, string>>, options: WritePngTextOptions = {}): Uint8Array {
-  const list: PngTextEntry[] = Array.isArray(entries) ? [...entries] : Object.entries(entries).map(([keyword, text]) => ({ keyword, text }));
+export function writePngText(
+  png: Uint8Array,
+  entries: readonly PngTextEntry[] | Readonly<Record<string, string>>,
+  options: WritePngTextOptions = {},
+): Uint8Array {
+  const list: PngTextEntry[] = Array.isArray(entries)
+    ? [...entries]
+    : Object.entries(entries).map(([keyword, text]) => ({ keyword, text }));
   for (const e of list) checkKeyword(e.keyword);
   const replace = options.replace ?? true;
   const drop = new Set(replace ? list.map((e) => e.keyword) : []);
@@ -186,7 +207,8 @@ export function writePngText(png: Uint8Array, entries: readonly PngTextEntry[] |
 }
 
 function textChunk({ keyword, text }: PngTextEntry): Uint8Array {
-  if (text.includes('\0')) throw new Error(`PNG text '${keyword}': the text contains a NUL character, which PNG text chunks cannot hold`);
+  if (text.includes('\0'))
+    throw new Error(`PNG text '${keyword}': the text contains a NUL character, which PNG text chunks cannot hold`);
   const key = latin1Encode(keyword);
   if (isAscii(text)) {
     return makeChunk('tEXt', concat(key, Uint8Array.of(0), latin1Encode(text)));
@@ -200,9 +222,11 @@ function checkKeyword(keyword: string): void {
   if (keyword.length < 1 || keyword.length > 79) throw bad(`it must be 1 to 79 characters, not ${keyword.length}`);
   for (const ch of keyword) {
     const c = ch.codePointAt(0)!;
-    if (!((c >= 32 && c <= 126) || (c >= 161 && c <= 255))) throw bad(`character U+${c.toString(16).padStart(4, '0').toUpperCase()} is not printable Latin-1`);
+    if (!((c >= 32 && c <= 126) || (c >= 161 && c <= 255)))
+      throw bad(`character U+${c.toString(16).padStart(4, '0').toUpperCase()} is not printable Latin-1`);
   }
-  if (keyword.startsWith(' ') || keyword.endsWith(' ') || keyword.includes('  ')) throw bad('no leading, trailing or consecutive spaces allowed');
+  if (keyword.startsWith(' ') || keyword.endsWith(' ') || keyword.includes('  '))
+    throw bad('no leading, trailing or consecutive spaces allowed');
 }
 
 function keywordOf(c: RawChunk): string {

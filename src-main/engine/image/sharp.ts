@@ -127,7 +127,12 @@ const ENLARGE_INTERPOLATOR: Record<ResizeKernel, Interpolators[keyof Interpolato
 const ENLARGE_PAD = 3;
 
 /** Resizes to exactly `width`×`height` (aspect ratio not kept), centre-aligned. Default kernel lanczos3. */
-export async function resize(img: RgbImage, width: number, height: number, kernel: ResizeKernel = 'lanczos3'): Promise<RgbImage> {
+export async function resize(
+  img: RgbImage,
+  width: number,
+  height: number,
+  kernel: ResizeKernel = 'lanczos3',
+): Promise<RgbImage> {
   checkImage(img, 'resize');
   checkSize(width, height, 'resize');
   let out = img;
@@ -142,7 +147,8 @@ export async function resize(img: RgbImage, width: number, height: number, kerne
     out = { data: asBytes(data), width: info.width, height: info.height };
   }
   // 2. Enlarge the axes that grow.
-  if (width !== out.width || height !== out.height) out = await enlarge(out, width, height, ENLARGE_INTERPOLATOR[kernel]);
+  if (width !== out.width || height !== out.height)
+    out = await enlarge(out, width, height, ENLARGE_INTERPOLATOR[kernel]);
   return out;
 }
 
@@ -160,19 +166,31 @@ export async function resize(img: RgbImage, width: number, height: number, kerne
  * out + q = s·(in_p + ½) + (q − s·p − ½). libvips' affine maps X = s·(x + idx) + odx, so
  * idx = ½ and odx = q − s·p − ½; the wanted image starts at output pixel q.
  */
-async function enlarge(img: RgbImage, width: number, height: number, interpolator: Interpolators[keyof Interpolators]): Promise<RgbImage> {
+async function enlarge(
+  img: RgbImage,
+  width: number,
+  height: number,
+  interpolator: Interpolators[keyof Interpolators],
+): Promise<RgbImage> {
   const p = ENLARGE_PAD;
   const sx = width / img.width;
   const sy = height / img.height;
   const qx = Math.ceil(sx * p);
   const qy = Math.ceil(sy * p);
-  const padded = await fromRaw(img).extend({ top: p, bottom: p, left: p, right: p, extendWith: 'copy' }).raw().toBuffer();
-  const { data, info } = await sharp(padded, { raw: { width: img.width + 2 * p, height: img.height + 2 * p, channels: 3 } })
+  const padded = await fromRaw(img)
+    .extend({ top: p, bottom: p, left: p, right: p, extendWith: 'copy' })
+    .raw()
+    .toBuffer();
+  const { data, info } = await sharp(padded, {
+    raw: { width: img.width + 2 * p, height: img.height + 2 * p, channels: 3 },
+  })
     .affine([sx, 0, 0, sy], { idx: 0.5, idy: 0.5, odx: qx - sx * p - 0.5, ody: qy - sy * p - 0.5, interpolator })
     .raw()
     .toBuffer({ resolveWithObject: true });
   if (qx + width > info.width || qy + height > info.height) {
-    throw new Error(`resize: libvips affine gave ${info.width}×${info.height}, too small for a ${width}×${height} window at (${qx}, ${qy}) (enlarging ${img.width}×${img.height})`);
+    throw new Error(
+      `resize: libvips affine gave ${info.width}×${info.height}, too small for a ${width}×${height} window at (${qx}, ${qy}) (enlarging ${img.width}×${img.height})`,
+    );
   }
   return crop({ data: asBytes(data), width: info.width, height: info.height }, { left: qx, top: qy, width, height });
 }
@@ -189,8 +207,17 @@ export function crop(img: RgbImage, region: Region): RgbImage {
   checkImage(img, 'crop');
   const { left, top, width, height } = region;
   checkSize(width, height, 'crop');
-  if (!Number.isInteger(left) || !Number.isInteger(top) || left < 0 || top < 0 || left + width > img.width || top + height > img.height) {
-    throw new Error(`crop: region ${width}×${height} at (${left}, ${top}) does not fit in a ${img.width}×${img.height} image`);
+  if (
+    !Number.isInteger(left) ||
+    !Number.isInteger(top) ||
+    left < 0 ||
+    top < 0 ||
+    left + width > img.width ||
+    top + height > img.height
+  ) {
+    throw new Error(
+      `crop: region ${width}×${height} at (${left}, ${top}) does not fit in a ${img.width}×${img.height} image`,
+    );
   }
   const out = new Uint8Array(width * height * 3);
   const rowBytes = width * 3;
@@ -206,7 +233,12 @@ export function crop(img: RgbImage, region: Region): RgbImage {
  * with Python's round-half-to-even (a 161-pixel margin starts at 80, not 81).
  */
 export function centerCrop(img: RgbImage, width: number, height: number): RgbImage {
-  return crop(img, { left: roundHalfEven((img.width - width) / 2), top: roundHalfEven((img.height - height) / 2), width, height });
+  return crop(img, {
+    left: roundHalfEven((img.width - width) / 2),
+    top: roundHalfEven((img.height - height) / 2),
+    width,
+    height,
+  });
 }
 
 /** Python 3's `round()` for the halves this module produces. */
@@ -232,7 +264,12 @@ export interface FitOptions {
 }
 
 /** Brings an image to exactly `width`×`height` while keeping its aspect ratio. */
-export async function fitToSize(img: RgbImage, width: number, height: number, options: FitOptions = {}): Promise<RgbImage> {
+export async function fitToSize(
+  img: RgbImage,
+  width: number,
+  height: number,
+  options: FitOptions = {},
+): Promise<RgbImage> {
   checkImage(img, 'fitToSize');
   checkSize(width, height, 'fitToSize');
   const mode = options.crop ?? 'center';
@@ -245,13 +282,24 @@ export async function fitToSize(img: RgbImage, width: number, height: number, op
     const left = Math.floor((width - w) / 2);
     const top = Math.floor((height - h) / 2);
     const { data } = await fromRaw(inner)
-      .extend({ left, right: width - w - left, top, bottom: height - h - top, background: { ...(options.background ?? { r: 0, g: 0, b: 0 }), alpha: 1 } })
+      .extend({
+        left,
+        right: width - w - left,
+        top,
+        bottom: height - h - top,
+        background: { ...(options.background ?? { r: 0, g: 0, b: 0 }), alpha: 1 },
+      })
       .raw()
       .toBuffer({ resolveWithObject: true });
     return { data: asBytes(data), width, height };
   }
   const s = Math.max(width / img.width, height / img.height);
-  const cover = await resize(img, Math.max(width, Math.round(img.width * s)), Math.max(height, Math.round(img.height * s)), kernel);
+  const cover = await resize(
+    img,
+    Math.max(width, Math.round(img.width * s)),
+    Math.max(height, Math.round(img.height * s)),
+    kernel,
+  );
   if (mode === 'center') return centerCrop(cover, width, height);
   // One side already matches, so sharp only picks the window here; it does not resample.
   const { data, info } = await fromRaw(cover)
@@ -301,17 +349,26 @@ function asBytes(buf: Buffer): Uint8Array {
 }
 
 function checkImage(img: RgbImage, op: string): void {
-  if (!Number.isInteger(img.width) || !Number.isInteger(img.height) || img.width < 1 || img.height < 1 || img.data.length !== img.width * img.height * 3) {
-    throw new Error(`${op}: not an RGB image: ${img.width}×${img.height} needs ${img.width * img.height * 3} bytes, got ${img.data.length}`);
+  if (
+    !Number.isInteger(img.width) ||
+    !Number.isInteger(img.height) ||
+    img.width < 1 ||
+    img.height < 1 ||
+    img.data.length !== img.width * img.height * 3
+  ) {
+    throw new Error(
+      `${op}: not an RGB image: ${img.width}×${img.height} needs ${img.width * img.height * 3} bytes, got ${img.data.length}`,
+    );
   }
 }
 
 function checkSize(width: number, height: number, op: string): void {
-  if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1) throw new Error(`${op}: size must be positive integers, got ${width}×${height}`);
+  if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1)
+    throw new Error(`${op}: size must be positive integers, got ${width}×${height}`);
 }
 
 function sourceLabel(input: ImageInput, label?: string): string {
-  return typeof input === 'string' ? input : label ?? `<buffer of ${input.length} bytes>`;
+  return typeof input === 'string' ? input : (label ?? `<buffer of ${input.length} bytes>`);
 }
 
 /** ISO-BMFF `ftyp` brands of HEVC-coded HEIF (what phones write as .heic). */
@@ -353,18 +410,33 @@ async function explainError(input: ImageInput, label: string, err: unknown, maxP
     } catch {
       // keep the message without the size
     }
-    return new ImageError(label, `image is ${size}over the ${(maxPixels / 1e6).toFixed(1)} MP limit (maxPixels / sharp limitInputPixels); downscale the file or raise the limit`);
+    return new ImageError(
+      label,
+      `image is ${size}over the ${(maxPixels / 1e6).toFixed(1)} MP limit (maxPixels / sharp limitInputPixels); downscale the file or raise the limit`,
+    );
   }
   if (await isHeic(input)) {
-    return new ImageError(label, `HEIC (HEVC-coded HEIF) images cannot be decoded by this sharp build (its libvips has no HEVC decoder; heif input here: ${sharp.format.heif.input.fileSuffix?.join(', ') ?? 'none'}); convert the photo to JPEG or PNG. (libvips: ${firstLine(message)})`);
+    return new ImageError(
+      label,
+      `HEIC (HEVC-coded HEIF) images cannot be decoded by this sharp build (its libvips has no HEVC decoder; heif input here: ${sharp.format.heif.input.fileSuffix?.join(', ') ?? 'none'}); convert the photo to JPEG or PNG. (libvips: ${firstLine(message)})`,
+    );
   }
   if (/unsupported image format/i.test(message)) {
-    return new ImageError(label, `not an image, or a format this build cannot read (supported: PNG, JPEG, WebP, AVIF, GIF, TIFF, SVG) (libvips: ${firstLine(message)})`);
+    return new ImageError(
+      label,
+      `not an image, or a format this build cannot read (supported: PNG, JPEG, WebP, AVIF, GIF, TIFF, SVG) (libvips: ${firstLine(message)})`,
+    );
   }
-  return new ImageError(label, `cannot decode image: the file is corrupt or truncated (libvips: ${firstLine(message)})`);
+  return new ImageError(
+    label,
+    `cannot decode image: the file is corrupt or truncated (libvips: ${firstLine(message)})`,
+  );
 }
 
 function firstLine(s: string): string {
-  const lines = s.split('\n').map((l) => l.trim()).filter(Boolean);
-  return lines.length > 1 ? `${lines[0]} … ${lines[lines.length - 1]}` : lines[0] ?? s;
+  const lines = s
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
+  return lines.length > 1 ? `${lines[0]} … ${lines[lines.length - 1]}` : (lines[0] ?? s);
 }

@@ -49,5 +49,5 @@ export function atomicWriteFile(path: string, data: string | Uint8Array): Promis
 
 /** Pretty JSON with a trailing newline, written atomically. */
 export function atomicWriteJson(path: string, value: unknown): Promise<void> {
-  return atomicWriteFile(path, JSON.stringify(value, null, 2) + '\n');
+  return atomicWriteFile(path, `${JSON.stringify(value, null, 2)}\n`);
 }

@@ -10,7 +10,10 @@ import { loadParams, type Module } from '../models/layers/module.ts';
 import { SafetensorsFile } from './safetensors.ts';
 import { safetensorsSource } from './weightSource.ts';
 
-export const DIFFUSERS_WEIGHT_FILES = ['diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.fp16.safetensors'];
+export const DIFFUSERS_WEIGHT_FILES = [
+  'diffusion_pytorch_model.safetensors',
+  'diffusion_pytorch_model.fp16.safetensors',
+];
 export const TRANSFORMERS_WEIGHT_FILES = ['model.safetensors', 'model.fp16.safetensors'];
 
 /** The parsed `config.json` of a component folder; errors name the file. */
@@ -20,7 +23,9 @@ export async function readComponentConfig(folder: string, className: string): Pr
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw new Error(`${className}: cannot read ${path} (${(err as Error).message}); expected a component folder with config.json`);
+    throw new Error(
+      `${className}: cannot read ${path} (${(err as Error).message}); expected a component folder with config.json`,
+    );
   }
   try {
     return JSON.parse(text);
@@ -33,11 +38,19 @@ export async function readComponentConfig(folder: string, className: string): Pr
  * Loads `model`'s weights from the first of `weightFiles` in `folder`, strictly; disposes the
  * model and names what was expected on failure. `ignore` skips known extra keys.
  */
-export async function loadComponentWeights(model: Module, folder: string, component: string, weightFiles: readonly string[], ignore?: (key: string) => boolean): Promise<void> {
+export async function loadComponentWeights(
+  model: Module,
+  folder: string,
+  component: string,
+  weightFiles: readonly string[],
+  ignore?: (key: string) => boolean,
+): Promise<void> {
   const name = weightFiles.find((f) => existsSync(join(folder, f)));
   if (!name) {
     const pickles = ['diffusion_pytorch_model.bin', 'pytorch_model.bin'].filter((f) => existsSync(join(folder, f)));
-    const pickle = pickles.length ? ` (found ${pickles[0]}: pickles can run code and are never loaded; convert it to .safetensors with a tool you trust)` : '';
+    const pickle = pickles.length
+      ? ` (found ${pickles[0]}: pickles can run code and are never loaded; convert it to .safetensors with a tool you trust)`
+      : '';
     model.dispose();
     throw new Error(`${component}: no ${weightFiles.join(' or ')} in ${folder}${pickle}`);
   }

@@ -3,7 +3,14 @@
  * from its tensor shapes (section 4 of keyMap.ts's plan, apart from the name tables, which stay in
  * keyMap.ts: the one module that translates key names).
  */
-import { KeyMapError, SINGLE_FILE_PREFIX, canonicalOriginalName, type ComponentConfigs, type ComponentName, type RawConfig } from './keyMap.ts';
+import {
+  KeyMapError,
+  SINGLE_FILE_PREFIX,
+  canonicalOriginalName,
+  type ComponentConfigs,
+  type ComponentName,
+  type RawConfig,
+} from './keyMap.ts';
 
 // A single file carries no config. The structure (levels, layers, block types, channels, in/out
 // channels, cross-attention width, vocabulary) is read from tensor shapes. What shapes cannot
@@ -30,7 +37,8 @@ export function inferSingleFileConfigs(shapes: Shapes, overrides: ConfigOverride
 
 /** A view of one component's shapes under its original prefix, with errors that name the key. */
 function shapeReader(shapes: Shapes, component: ComponentName) {
-  const prefix = component === 'textEncoder' ? 'cond_stage_model.transformer.text_model.' : SINGLE_FILE_PREFIX[component];
+  const prefix =
+    component === 'textEncoder' ? 'cond_stage_model.transformer.text_model.' : SINGLE_FILE_PREFIX[component];
   const title = { unet: 'UNet', vae: 'VAE', textEncoder: 'text encoder' }[component];
   const local = new Map<string, readonly number[]>();
   for (const [k, s] of shapes) {
@@ -45,7 +53,10 @@ function shapeReader(shapes: Shapes, component: ComponentName) {
     need(k: string, rank?: number): readonly number[] {
       const s = local.get(k);
       if (!s) throw new KeyMapError(`cannot infer the ${title} config: the checkpoint has no '${prefix}${k}'`);
-      if (rank !== undefined && s.length !== rank) throw new KeyMapError(`cannot infer the ${title} config: '${prefix}${k}' has shape [${s}], expected rank ${rank}`);
+      if (rank !== undefined && s.length !== rank)
+        throw new KeyMapError(
+          `cannot infer the ${title} config: '${prefix}${k}' has shape [${s}], expected rank ${rank}`,
+        );
       return s;
     },
     /** The distinct integers captured by `pattern`'s first group over all local keys, sorted. */
@@ -88,11 +99,13 @@ export function inferUnetConfig(shapes: Shapes, overrides: RawConfig = {}): RawC
   layers.push(count);
   const n = layers.length;
   const expectedInputs = layers.reduce((a, b) => a + b, 0) + n - 1;
-  if (inputs.length !== expectedInputs || inputs[inputs.length - 1] !== expectedInputs) r.fail(`input_blocks are numbered 1..${inputs[inputs.length - 1]} with gaps`);
+  if (inputs.length !== expectedInputs || inputs[inputs.length - 1] !== expectedInputs)
+    r.fail(`input_blocks are numbered 1..${inputs[inputs.length - 1]} with gaps`);
 
   // Step 2: per level, channels and attention.
   const blockOut = firstOfLevel.map((i) => r.need(`input_blocks.${i}.0.out_layers.3.weight`, 4)[0]);
-  const depthOf = (prefix: string) => r.indices(new RegExp(`^${prefix.replace(/\./g, '\\.')}\\.transformer_blocks\\.(\\d+)\\.`)).length;
+  const depthOf = (prefix: string) =>
+    r.indices(new RegExp(`^${prefix.replace(/\./g, '\\.')}\\.transformer_blocks\\.(\\d+)\\.`)).length;
   const downAttention = firstOfLevel.map((i) => r.has(`input_blocks.${i}.1.`));
   const depths = firstOfLevel.map((i, level) => (downAttention[level] ? depthOf(`input_blocks.${i}.1`) : 1));
 
@@ -105,10 +118,14 @@ export function inferUnetConfig(shapes: Shapes, overrides: RawConfig = {}): RawC
     output += layers[n - 1 - i] + 1;
   }
   const outputs = r.indices(/^output_blocks\.(\d+)\./);
-  if (outputs.length !== output) r.fail(`found ${outputs.length} output_blocks, but ${n} levels with layers_per_block ${JSON.stringify(layers)} need ${output}`);
+  if (outputs.length !== output)
+    r.fail(
+      `found ${outputs.length} output_blocks, but ${n} levels with layers_per_block ${JSON.stringify(layers)} need ${output}`,
+    );
 
   // Step 4: attention details.
-  if (!r.has('middle_block.1.')) r.fail("no mid-block attention ('middle_block.1.*'); only UNetMidBlock2DCrossAttn UNets are supported");
+  if (!r.has('middle_block.1.'))
+    r.fail("no mid-block attention ('middle_block.1.*'); only UNetMidBlock2DCrossAttn UNets are supported");
   const projIn = [...r.local.entries()].find(([k]) => k.endsWith('.proj_in.weight'))?.[1];
   const attn2 = [...r.local.keys()].find((k) => k.endsWith('.attn2.to_k.weight'));
   const crossAttentionDim = attn2 ? r.local.get(attn2)![1] : 768;
@@ -149,12 +166,17 @@ export function inferVaeConfig(shapes: Shapes, overrides: RawConfig = {}): RawCo
   const decIn = r.need('decoder.conv_in.weight', 4); // [C_last, latent, 3, 3]
   const decOut = r.need('decoder.conv_out.weight', 4); // [out, C0, 3, 3]
   const levels = r.indices(/^encoder\.down\.(\d+)\./);
-  if (levels.length === 0 || levels[levels.length - 1] !== levels.length - 1) r.fail(`encoder.down levels are numbered ${JSON.stringify(levels)}; expected 0..n-1`);
+  if (levels.length === 0 || levels[levels.length - 1] !== levels.length - 1)
+    r.fail(`encoder.down levels are numbered ${JSON.stringify(levels)}; expected 0..n-1`);
   const layerCounts = levels.map((i) => r.indices(new RegExp(`^encoder\\.down\\.${i}\\.block\\.(\\d+)\\.`)).length);
   const layers = uniform(layerCounts);
-  if (typeof layers !== 'number') r.fail(`encoder levels have different block counts ${JSON.stringify(layerCounts)}; AutoencoderKL needs one layers_per_block`);
+  if (typeof layers !== 'number')
+    r.fail(
+      `encoder levels have different block counts ${JSON.stringify(layerCounts)}; AutoencoderKL needs one layers_per_block`,
+    );
   const latent = decIn[1];
-  if (encOut[0] !== 2 * latent) r.fail(`encoder.conv_out has ${encOut[0]} channels, expected 2 x latent_channels = ${2 * latent}`);
+  if (encOut[0] !== 2 * latent)
+    r.fail(`encoder.conv_out has ${encOut[0]} channels, expected 2 x latent_channels = ${2 * latent}`);
   const types = (t: string) => levels.map(() => t);
   return {
     _class_name: 'AutoencoderKL',
@@ -187,7 +209,10 @@ export function inferTextEncoderConfig(shapes: Shapes, overrides: RawConfig = {}
   // Head count is not in any shape; CLIP uses 64-wide heads (ViT-L/14: 768 / 64 = 12).
   let heads = overrides.num_attention_heads;
   if (heads === undefined) {
-    if (hidden % 64 !== 0) r.fail(`num_attention_heads is not in the weights and hidden_size ${hidden} is not a multiple of 64; pass --config-dir <a diffusers folder with the model's configs> (in code: overrides.textEncoder.num_attention_heads)`);
+    if (hidden % 64 !== 0)
+      r.fail(
+        `num_attention_heads is not in the weights and hidden_size ${hidden} is not a multiple of 64; pass --config-dir <a diffusers folder with the model's configs> (in code: overrides.textEncoder.num_attention_heads)`,
+      );
     heads = hidden / 64;
   }
   return {

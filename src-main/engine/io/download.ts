@@ -88,12 +88,18 @@ export async function download(url: string, dest: string, options: DownloadOptio
       if (r.resumed) resumes++;
       if (r.restarted) restarts++;
       if (options.size != null && r.bytes !== options.size) {
-        throw new DownloadError(url, `got ${r.bytes} bytes, expected ${options.size}; the file on the server differs from the one this app knows`);
+        throw new DownloadError(
+          url,
+          `got ${r.bytes} bytes, expected ${options.size}; the file on the server differs from the one this app knows`,
+        );
       }
       const sha256 = r.hash ?? (await hashFile(part));
       if (expectedSha && sha256 !== expectedSha) {
         await unlink(part).catch(() => {});
-        throw new DownloadError(url, `sha256 mismatch: expected ${expectedSha}, got ${sha256} (${r.bytes} bytes); the partial file was deleted, run again to retry`);
+        throw new DownloadError(
+          url,
+          `sha256 mismatch: expected ${expectedSha}, got ${sha256} (${r.bytes} bytes); the partial file was deleted, run again to retry`,
+        );
       }
       await rename(part, dest);
       return { path: dest, bytes: r.bytes, sha256, verified: expectedSha !== null, attempts, resumes, restarts };
@@ -127,7 +133,10 @@ async function transfer(url: string, part: string, options: DownloadOptions): Pr
   let idleTimer: NodeJS.Timeout | undefined;
   const stall = () => {
     clearTimeout(idleTimer);
-    idleTimer = setTimeout(() => controller.abort(new DownloadError(url, `no data for ${idleMs / 1000} s (timed out)`, undefined, true)), idleMs);
+    idleTimer = setTimeout(
+      () => controller.abort(new DownloadError(url, `no data for ${idleMs / 1000} s (timed out)`, undefined, true)),
+      idleMs,
+    );
   };
   const signal = options.signal ? AbortSignal.any([controller.signal, options.signal]) : controller.signal;
   const abortReason = (err: unknown) => (signal.aborted ? (signal.reason ?? err) : err);
@@ -135,7 +144,11 @@ async function transfer(url: string, part: string, options: DownloadOptions): Pr
   try {
     let res: Response;
     try {
-      res = await fetch(url, { headers: { ...options.headers, ...(have > 0 ? { Range: `bytes=${have}-` } : {}) }, signal, redirect: 'follow' });
+      res = await fetch(url, {
+        headers: { ...options.headers, ...(have > 0 ? { Range: `bytes=${have}-` } : {}) },
+        signal,
+        redirect: 'follow',
+      });
     } catch (err) {
       throw asError(url, abortReason(err), 'cannot connect');
     }
@@ -146,7 +159,12 @@ async function transfer(url: string, part: string, options: DownloadOptions): Pr
       const total = parseTotal(res.headers.get('content-range'));
       if (total === have) return { bytes: have, hash: null, resumed: true, restarted: false };
       await unlink(part);
-      throw new DownloadError(url, `server refused the range from ${have} (HTTP 416, size ${total ?? 'unknown'}); discarded the partial file`, 416, true);
+      throw new DownloadError(
+        url,
+        `server refused the range from ${have} (HTTP 416, size ${total ?? 'unknown'}); discarded the partial file`,
+        416,
+        true,
+      );
     }
     if (!res.ok) {
       await res.body?.cancel();
@@ -169,7 +187,12 @@ async function transfer(url: string, part: string, options: DownloadOptions): Pr
       // A 206 for another range than asked: do not splice it; start over with a plain request.
       await res.body?.cancel();
       await truncate(part, 0);
-      throw new DownloadError(url, `server sent range from ${offset} when asked for ${have}; restarting from 0`, 206, true);
+      throw new DownloadError(
+        url,
+        `server sent range from ${offset} when asked for ${have}; restarting from 0`,
+        206,
+        true,
+      );
     }
     if (options.size != null && total !== null && total !== options.size) {
       await res.body?.cancel();
@@ -186,7 +209,13 @@ async function transfer(url: string, part: string, options: DownloadOptions): Pr
     const report = () => {
       const secs = (performance.now() - t0) / 1000;
       const speed = secs > 0 ? (bytes - start) / secs : 0;
-      options.onProgress?.({ bytes, total, bytesPerSecond: speed, etaSeconds: total !== null && speed > 0 ? (total - bytes) / speed : null, resumedFrom: resumed ? have : 0 });
+      options.onProgress?.({
+        bytes,
+        total,
+        bytesPerSecond: speed,
+        etaSeconds: total !== null && speed > 0 ? (total - bytes) / speed : null,
+        resumedFrom: resumed ? have : 0,
+      });
     };
     try {
       if (!res.body) throw new DownloadError(url, 'response has no body', res.status);
@@ -197,7 +226,11 @@ async function transfer(url: string, part: string, options: DownloadOptions): Pr
         try {
           chunk = await reader.read();
         } catch (err) {
-          throw asError(url, abortReason(err), `connection lost after ${bytes}${total !== null ? ` of ${total}` : ''} bytes`);
+          throw asError(
+            url,
+            abortReason(err),
+            `connection lost after ${bytes}${total !== null ? ` of ${total}` : ''} bytes`,
+          );
         }
         if (chunk.done) break;
         stall();
@@ -227,7 +260,8 @@ async function transfer(url: string, part: string, options: DownloadOptions): Pr
 function asError(url: string, err: unknown, what: string): DownloadError {
   if (err instanceof DownloadError) return err;
   const e = err as Error & { cause?: Error & { code?: string } };
-  if (e?.name === 'AbortError' || e?.name === 'TimeoutError') return new DownloadError(url, `${what}: aborted`, undefined, false);
+  if (e?.name === 'AbortError' || e?.name === 'TimeoutError')
+    return new DownloadError(url, `${what}: aborted`, undefined, false);
   const cause = e?.cause ? ` (${e.cause.code ?? ''}${e.cause.code ? ' ' : ''}${e.cause.message})` : '';
   return new DownloadError(url, `${what}: ${e?.message ?? String(err)}${cause}`, undefined, true);
 }
@@ -260,9 +294,13 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason);
     const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
-      clearTimeout(t);
-      reject(signal.reason);
-    }, { once: true });
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(t);
+        reject(signal.reason);
+      },
+      { once: true },
+    );
   });
 }

@@ -104,7 +104,10 @@ export function convertTensorName(name: string, source: KeySource): Translation 
 /** The inverse: the original single-file key of a canonical component key. */
 export function toSingleFileName(component: ComponentName, key: string, map: SingleFileKeyMap): string {
   const pair = map.byDiffusers[component].get(key);
-  if (!pair) throw new KeyMapError(`keyMap: ${component} key '${key}' has no original single-file name under this config (is it a key of this model?)`);
+  if (!pair)
+    throw new KeyMapError(
+      `keyMap: ${component} key '${key}' has no original single-file name under this config (is it a key of this model?)`,
+    );
   return pair.original;
 }
 
@@ -122,7 +125,11 @@ export const SINGLE_FILE_PREFIX: Readonly<Record<ComponentName, string>> = {
  */
 export function canonicalOriginalName(name: string): string {
   const old = 'cond_stage_model.transformer.';
-  if (name.startsWith(old) && !name.startsWith(SINGLE_FILE_PREFIX.textEncoder) && /^(embeddings|encoder|final_layer_norm)\./.test(name.slice(old.length))) {
+  if (
+    name.startsWith(old) &&
+    !name.startsWith(SINGLE_FILE_PREFIX.textEncoder) &&
+    /^(embeddings|encoder|final_layer_norm)\./.test(name.slice(old.length))
+  ) {
     return SINGLE_FILE_PREFIX.textEncoder + name.slice(old.length);
   }
   return name;
@@ -178,7 +185,12 @@ function transformerTable(depth: number): ModuleTable {
     const b = `transformer_blocks.${t}`;
     rows.push(same(`${b}.norm1`), same(`${b}.norm2`), same(`${b}.norm3`));
     for (const attn of ['attn1', 'attn2']) {
-      rows.push(same(`${b}.${attn}.to_q`, W), same(`${b}.${attn}.to_k`, W), same(`${b}.${attn}.to_v`, W), same(`${b}.${attn}.to_out.0`));
+      rows.push(
+        same(`${b}.${attn}.to_q`, W),
+        same(`${b}.${attn}.to_k`, W),
+        same(`${b}.${attn}.to_v`, W),
+        same(`${b}.${attn}.to_out.0`),
+      );
     }
     rows.push(same(`${b}.ff.net.0.proj`), same(`${b}.ff.net.2`));
   }
@@ -186,7 +198,13 @@ function transformerTable(depth: number): ModuleTable {
 }
 
 /** VAE `ResnetBlock` (model.py) <-> diffusers `ResnetBlock2D` (no time embedding). */
-const VAE_RESNET: ModuleTable = [same('norm1'), same('conv1'), same('norm2'), same('conv2'), { original: 'nin_shortcut', diffusers: 'conv_shortcut', params: WB, optional: true }];
+const VAE_RESNET: ModuleTable = [
+  same('norm1'),
+  same('conv1'),
+  same('norm2'),
+  same('conv2'),
+  { original: 'nin_shortcut', diffusers: 'conv_shortcut', params: WB, optional: true },
+];
 
 /** VAE `AttnBlock` (1x1 convs) <-> diffusers `Attention` (Linear). */
 const VAE_ATTENTION: ModuleTable = [
@@ -202,7 +220,17 @@ function clipTextTable(layers: number): ModuleTable {
   const rows: Sub[] = [same('embeddings.token_embedding', W), same('embeddings.position_embedding', W)];
   for (let i = 0; i < layers; i++) {
     const l = `encoder.layers.${i}`;
-    for (const p of ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj', 'self_attn.out_proj', 'layer_norm1', 'mlp.fc1', 'mlp.fc2', 'layer_norm2']) rows.push(same(`${l}.${p}`));
+    for (const p of [
+      'self_attn.q_proj',
+      'self_attn.k_proj',
+      'self_attn.v_proj',
+      'self_attn.out_proj',
+      'layer_norm1',
+      'mlp.fc1',
+      'mlp.fc2',
+      'layer_norm2',
+    ])
+      rows.push(same(`${l}.${p}`));
   }
   rows.push(same('final_layer_norm'));
   return rows;
@@ -225,16 +253,38 @@ interface UnetLayout {
 }
 
 function unetLayout(config: RawConfig): UnetLayout {
-  const down = stringList(config, 'unet', 'down_block_types', ['CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'DownBlock2D']);
-  const up = stringList(config, 'unet', 'up_block_types', ['UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D']);
+  const down = stringList(config, 'unet', 'down_block_types', [
+    'CrossAttnDownBlock2D',
+    'CrossAttnDownBlock2D',
+    'CrossAttnDownBlock2D',
+    'DownBlock2D',
+  ]);
+  const up = stringList(config, 'unet', 'up_block_types', [
+    'UpBlock2D',
+    'CrossAttnUpBlock2D',
+    'CrossAttnUpBlock2D',
+    'CrossAttnUpBlock2D',
+  ]);
   const n = down.length;
-  if (up.length !== n) throw new KeyMapError(`keyMap: unet config has ${n} down_block_types but ${up.length} up_block_types; they must match`);
+  if (up.length !== n)
+    throw new KeyMapError(
+      `keyMap: unet config has ${n} down_block_types but ${up.length} up_block_types; they must match`,
+    );
   const channels = config.block_out_channels;
-  if (Array.isArray(channels) && channels.length !== n) throw new KeyMapError(`keyMap: unet config has ${n} down_block_types but ${channels.length} block_out_channels; they must match`);
+  if (Array.isArray(channels) && channels.length !== n)
+    throw new KeyMapError(
+      `keyMap: unet config has ${n} down_block_types but ${channels.length} block_out_channels; they must match`,
+    );
   const mid = config.mid_block_type ?? 'UNetMidBlock2DCrossAttn';
-  if (mid !== 'UNetMidBlock2DCrossAttn') throw new KeyMapError(`keyMap: unet config mid_block_type ${JSON.stringify(mid)} has no original-layout mapping (supported: UNetMidBlock2DCrossAttn)`);
+  if (mid !== 'UNetMidBlock2DCrossAttn')
+    throw new KeyMapError(
+      `keyMap: unet config mid_block_type ${JSON.stringify(mid)} has no original-layout mapping (supported: UNetMidBlock2DCrossAttn)`,
+    );
   const blockType = (types: Readonly<Record<string, boolean>>, field: string) => (t: string, i: number) => {
-    if (!(t in types)) throw new KeyMapError(`keyMap: unet config ${field}[${i}] = '${t}' has no original-layout mapping (supported: ${Object.keys(types).join(', ')})`);
+    if (!(t in types))
+      throw new KeyMapError(
+        `keyMap: unet config ${field}[${i}] = '${t}' has no original-layout mapping (supported: ${Object.keys(types).join(', ')})`,
+      );
     return types[t];
   };
   return {
@@ -245,16 +295,31 @@ function unetLayout(config: RawConfig): UnetLayout {
   };
 }
 
-function vaeLayout(config: RawConfig): { levels: number; layers: number; midAttention: boolean; quantConv: boolean; postQuantConv: boolean } {
+function vaeLayout(config: RawConfig): {
+  levels: number;
+  layers: number;
+  midAttention: boolean;
+  quantConv: boolean;
+  postQuantConv: boolean;
+} {
   const down = stringList(config, 'vae', 'down_block_types', ['DownEncoderBlock2D']);
   const up = stringList(config, 'vae', 'up_block_types', ['UpDecoderBlock2D']);
   down.forEach((t, i) => {
-    if (t !== 'DownEncoderBlock2D') throw new KeyMapError(`keyMap: vae config down_block_types[${i}] = '${t}' has no original-layout mapping (supported: DownEncoderBlock2D)`);
+    if (t !== 'DownEncoderBlock2D')
+      throw new KeyMapError(
+        `keyMap: vae config down_block_types[${i}] = '${t}' has no original-layout mapping (supported: DownEncoderBlock2D)`,
+      );
   });
   up.forEach((t, i) => {
-    if (t !== 'UpDecoderBlock2D') throw new KeyMapError(`keyMap: vae config up_block_types[${i}] = '${t}' has no original-layout mapping (supported: UpDecoderBlock2D)`);
+    if (t !== 'UpDecoderBlock2D')
+      throw new KeyMapError(
+        `keyMap: vae config up_block_types[${i}] = '${t}' has no original-layout mapping (supported: UpDecoderBlock2D)`,
+      );
   });
-  if (up.length !== down.length) throw new KeyMapError(`keyMap: vae config has ${down.length} down_block_types but ${up.length} up_block_types; they must match`);
+  if (up.length !== down.length)
+    throw new KeyMapError(
+      `keyMap: vae config has ${down.length} down_block_types but ${up.length} up_block_types; they must match`,
+    );
   return {
     levels: down.length,
     layers: positiveInt(config, 'vae', 'layers_per_block', 1),
@@ -287,9 +352,17 @@ function unetRules(config: RawConfig): Rule[] {
   for (let level = 0; level < n; level++) {
     for (let j = 0; j < layers[level]; j++, input++) {
       rules.push(rule(`input_blocks.${input}.0`, `down_blocks.${level}.resnets.${j}`, UNET_RESNET));
-      if (downAttention[level]) rules.push(rule(`input_blocks.${input}.1`, `down_blocks.${level}.attentions.${j}`, transformerTable(transformerDepth[level])));
+      if (downAttention[level])
+        rules.push(
+          rule(
+            `input_blocks.${input}.1`,
+            `down_blocks.${level}.attentions.${j}`,
+            transformerTable(transformerDepth[level]),
+          ),
+        );
     }
-    if (level < n - 1) rules.push(rule(`input_blocks.${input++}.0.op`, `down_blocks.${level}.downsamplers.0.conv`, LAYER));
+    if (level < n - 1)
+      rules.push(rule(`input_blocks.${input++}.0.op`, `down_blocks.${level}.downsamplers.0.conv`, LAYER));
   }
   // Step 2: middle.
   rules.push(
@@ -305,8 +378,16 @@ function unetRules(config: RawConfig): Rule[] {
     for (let j = 0; j < count; j++, output++) {
       let sub = 0;
       rules.push(rule(`output_blocks.${output}.${sub++}`, `up_blocks.${i}.resnets.${j}`, UNET_RESNET));
-      if (upAttention[i]) rules.push(rule(`output_blocks.${output}.${sub++}`, `up_blocks.${i}.attentions.${j}`, transformerTable(transformerDepth[level])));
-      if (i < n - 1 && j === count - 1) rules.push(rule(`output_blocks.${output}.${sub}.conv`, `up_blocks.${i}.upsamplers.0.conv`, LAYER));
+      if (upAttention[i])
+        rules.push(
+          rule(
+            `output_blocks.${output}.${sub++}`,
+            `up_blocks.${i}.attentions.${j}`,
+            transformerTable(transformerDepth[level]),
+          ),
+        );
+      if (i < n - 1 && j === count - 1)
+        rules.push(rule(`output_blocks.${output}.${sub}.conv`, `up_blocks.${i}.upsamplers.0.conv`, LAYER));
     }
   }
   rules.push(rule('out.0', 'conv_norm_out', LAYER), rule('out.2', 'conv_out', LAYER));
@@ -327,21 +408,31 @@ function vaeRules(config: RawConfig): Rule[] {
   };
   rules.push(rule('encoder.conv_in', 'encoder.conv_in', LAYER));
   for (let i = 0; i < n; i++) {
-    for (let j = 0; j < layers; j++) rules.push(rule(`encoder.down.${i}.block.${j}`, `encoder.down_blocks.${i}.resnets.${j}`, VAE_RESNET));
-    if (i < n - 1) rules.push(rule(`encoder.down.${i}.downsample.conv`, `encoder.down_blocks.${i}.downsamplers.0.conv`, LAYER));
+    for (let j = 0; j < layers; j++)
+      rules.push(rule(`encoder.down.${i}.block.${j}`, `encoder.down_blocks.${i}.resnets.${j}`, VAE_RESNET));
+    if (i < n - 1)
+      rules.push(rule(`encoder.down.${i}.downsample.conv`, `encoder.down_blocks.${i}.downsamplers.0.conv`, LAYER));
   }
   mid('encoder');
-  rules.push(rule('encoder.norm_out', 'encoder.conv_norm_out', LAYER), rule('encoder.conv_out', 'encoder.conv_out', LAYER));
+  rules.push(
+    rule('encoder.norm_out', 'encoder.conv_norm_out', LAYER),
+    rule('encoder.conv_out', 'encoder.conv_out', LAYER),
+  );
   if (quantConv) rules.push(rule('quant_conv', 'quant_conv', LAYER));
   if (postQuantConv) rules.push(rule('post_quant_conv', 'post_quant_conv', LAYER));
   rules.push(rule('decoder.conv_in', 'decoder.conv_in', LAYER));
   mid('decoder');
   for (let i = 0; i < n; i++) {
     const level = n - 1 - i;
-    for (let j = 0; j < layers + 1; j++) rules.push(rule(`decoder.up.${level}.block.${j}`, `decoder.up_blocks.${i}.resnets.${j}`, VAE_RESNET));
-    if (i < n - 1) rules.push(rule(`decoder.up.${level}.upsample.conv`, `decoder.up_blocks.${i}.upsamplers.0.conv`, LAYER));
+    for (let j = 0; j < layers + 1; j++)
+      rules.push(rule(`decoder.up.${level}.block.${j}`, `decoder.up_blocks.${i}.resnets.${j}`, VAE_RESNET));
+    if (i < n - 1)
+      rules.push(rule(`decoder.up.${level}.upsample.conv`, `decoder.up_blocks.${i}.upsamplers.0.conv`, LAYER));
   }
-  rules.push(rule('decoder.norm_out', 'decoder.conv_norm_out', LAYER), rule('decoder.conv_out', 'decoder.conv_out', LAYER));
+  rules.push(
+    rule('decoder.norm_out', 'decoder.conv_norm_out', LAYER),
+    rule('decoder.conv_out', 'decoder.conv_out', LAYER),
+  );
   return rules;
 }
 
@@ -360,8 +451,16 @@ const ORIGINAL_ROOT: Readonly<Record<ComponentName, string>> = {
 export function singleFileKeyMap(configs: ComponentConfigs): SingleFileKeyMap {
   const pairs: KeyPair[] = [];
   const byOriginal = new Map<string, KeyPair>();
-  const byDiffusers: Record<ComponentName, Map<string, KeyPair>> = { unet: new Map(), vae: new Map(), textEncoder: new Map() };
-  const rules: Record<ComponentName, Rule[]> = { unet: unetRules(configs.unet), vae: vaeRules(configs.vae), textEncoder: textEncoderRules(configs.textEncoder) };
+  const byDiffusers: Record<ComponentName, Map<string, KeyPair>> = {
+    unet: new Map(),
+    vae: new Map(),
+    textEncoder: new Map(),
+  };
+  const rules: Record<ComponentName, Rule[]> = {
+    unet: unetRules(configs.unet),
+    vae: vaeRules(configs.vae),
+    textEncoder: textEncoderRules(configs.textEncoder),
+  };
   for (const component of COMPONENTS) {
     for (const r of rules[component]) {
       for (const sub of r.table) {
@@ -374,7 +473,9 @@ export function singleFileKeyMap(configs: ComponentConfigs): SingleFileKeyMap {
             conv1x1: (sub.conv1x1 ?? false) && param === 'weight',
           };
           if (byOriginal.has(pair.original) || byDiffusers[component].has(pair.diffusers)) {
-            throw new KeyMapError(`keyMap: internal error, '${pair.original}' <-> '${pair.diffusers}' is generated twice`);
+            throw new KeyMapError(
+              `keyMap: internal error, '${pair.original}' <-> '${pair.diffusers}' is generated twice`,
+            );
           }
           pairs.push(pair);
           byOriginal.set(pair.original, pair);
@@ -404,7 +505,8 @@ export function diffusersShape(pair: KeyPair, shape: readonly number[]): number[
 const EXTRAS: readonly { readonly pattern: RegExp; readonly reason: string }[] = [
   { pattern: /^model_ema\./, reason: 'EMA copy of the UNet (model_ema.*); the main weights are loaded' },
   {
-    pattern: /^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_alphas_cumprod|sqrt_one_minus_alphas_cumprod|log_one_minus_alphas_cumprod|sqrt_recip_alphas_cumprod|sqrt_recipm1_alphas_cumprod|posterior_variance|posterior_log_variance_clipped|posterior_mean_coef1|posterior_mean_coef2)$/,
+    pattern:
+      /^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_alphas_cumprod|sqrt_one_minus_alphas_cumprod|log_one_minus_alphas_cumprod|sqrt_recip_alphas_cumprod|sqrt_recipm1_alphas_cumprod|posterior_variance|posterior_log_variance_clipped|posterior_mean_coef1|posterior_mean_coef2)$/,
     reason: 'LDM noise-schedule buffer; the scheduler config defines the schedule',
   },
   { pattern: /^logvar$/, reason: 'LDM learned-variance buffer, unused for sampling and training here' },
@@ -419,20 +521,29 @@ export function knownExtra(name: string): string | null {
   return null;
 }
 
-
 // --- Config field readers ---------------------------------------------------------------------
 
-function stringList(config: RawConfig, component: string, field: string, fallback: readonly string[]): readonly string[] {
+function stringList(
+  config: RawConfig,
+  component: string,
+  field: string,
+  fallback: readonly string[],
+): readonly string[] {
   const v = config[field] ?? fallback;
   if (!Array.isArray(v) || v.length === 0 || !v.every((t) => typeof t === 'string')) {
-    throw new KeyMapError(`keyMap: ${component} config ${field} must be a non-empty list of block type names, found ${JSON.stringify(v)}`);
+    throw new KeyMapError(
+      `keyMap: ${component} config ${field} must be a non-empty list of block type names, found ${JSON.stringify(v)}`,
+    );
   }
   return v as string[];
 }
 
 function positiveInt(config: RawConfig, component: string, field: string, fallback: number): number {
   const v = config[field] ?? fallback;
-  if (!Number.isInteger(v) || (v as number) < 1) throw new KeyMapError(`keyMap: ${component} config ${field} must be a positive integer, found ${JSON.stringify(v)}`);
+  if (!Number.isInteger(v) || (v as number) < 1)
+    throw new KeyMapError(
+      `keyMap: ${component} config ${field} must be a positive integer, found ${JSON.stringify(v)}`,
+    );
   return v as number;
 }
 
@@ -441,7 +552,9 @@ function perLevel(config: RawConfig, component: string, field: string, levels: n
   const v = config[field] ?? fallback;
   const list = Array.isArray(v) ? v : Array.from({ length: levels }, () => v);
   if (list.length !== levels || !list.every((x) => Number.isInteger(x) && x >= 1)) {
-    throw new KeyMapError(`keyMap: ${component} config ${field} must be a positive integer or a list of ${levels} of them, found ${JSON.stringify(v)}`);
+    throw new KeyMapError(
+      `keyMap: ${component} config ${field} must be a positive integer or a list of ${levels} of them, found ${JSON.stringify(v)}`,
+    );
   }
   return list as number[];
 }
@@ -470,9 +583,20 @@ export function detectCheckpointKind(keys: Iterable<string>): CheckpointKind {
   for (const k of keys) {
     if (k.startsWith('conditioner.embedders.')) sdxl = true;
     else if (k.startsWith('cond_stage_model.model.')) openClip = true;
-    else if (k.startsWith('cond_stage_model.transformer.') || k.startsWith(SINGLE_FILE_PREFIX.unet) || k.startsWith(SINGLE_FILE_PREFIX.vae)) sd1 = true;
-    if (/^lora_(unet|te\d?)_/.test(k) || /\.(lora_[AB]|lora_up|lora_down|lora\.(up|down))\./.test(k) || /\.lora_[AB]\.weight$/.test(k)) lora = true;
-    if (/^(down_blocks|up_blocks|mid_block|conv_in|encoder\.down_blocks|decoder\.up_blocks|text_model)\./.test(k)) component = true;
+    else if (
+      k.startsWith('cond_stage_model.transformer.') ||
+      k.startsWith(SINGLE_FILE_PREFIX.unet) ||
+      k.startsWith(SINGLE_FILE_PREFIX.vae)
+    )
+      sd1 = true;
+    if (
+      /^lora_(unet|te\d?)_/.test(k) ||
+      /\.(lora_[AB]|lora_up|lora_down|lora\.(up|down))\./.test(k) ||
+      /\.lora_[AB]\.weight$/.test(k)
+    )
+      lora = true;
+    if (/^(down_blocks|up_blocks|mid_block|conv_in|encoder\.down_blocks|decoder\.up_blocks|text_model)\./.test(k))
+      component = true;
   }
   if (lora) return 'lora';
   if (sdxl) return 'sdxl-single-file';
@@ -500,7 +624,7 @@ export function detectCheckpointKind(keys: Iterable<string>): CheckpointKind {
 // kohya names are the module path with dots replaced by underscores; since module names contain
 // underscores themselves (`to_q`, `transformer_blocks`), they are resolved against the model's
 // real module paths (`kohyaLookup`).
- 
+
 //
 // Entry point for adapter files: `parseLoraKey` (its own, because a LoRA key names a module and a
 // role, not a model tensor). Not yet handled: kohya's original-layout names
@@ -522,9 +646,11 @@ export interface ParsedLoraKey {
 export type KeyVerdict = ParsedLoraKey | { unsupported: string };
 
 const KOHYA = /^lora_(unet|te)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
-const KOHYA_OTHER = /^lora_(unet|te\d?)_(.+)\.(hada_\w+|lokr_\w+|dora_scale|diff|diff_b|lora_mid\.weight|on_input|w_norm|b_norm)$/;
+const KOHYA_OTHER =
+  /^lora_(unet|te\d?)_(.+)\.(hada_\w+|lokr_\w+|dora_scale|diff|diff_b|lora_mid\.weight|on_input|w_norm|b_norm)$/;
 const PEFT = /^(?:(unet|text_encoder)\.|base_model\.model\.)(.+)\.lora_(A|B)\.weight$/;
-const PROCS = /^(unet|text_encoder)\.(.+?)\.(?:processor\.)?(to_q|to_k|to_v|to_out|q_proj|k_proj|v_proj|out_proj)_lora\.(down|up)\.weight$/;
+const PROCS =
+  /^(unet|text_encoder)\.(.+?)\.(?:processor\.)?(to_q|to_k|to_v|to_out|q_proj|k_proj|v_proj|out_proj)_lora\.(down|up)\.weight$/;
 const PROCS_LINEAR = /^(unet|text_encoder)\.(.+)\.lora_linear_layer\.(down|up)\.weight$/;
 const NATIVE = /^(unet|text_encoder)\.(.+)\.(singlora_A|lora_A|lora_B)$/;
 
@@ -532,22 +658,50 @@ export function parseLoraKey(key: string): KeyVerdict {
   let m = KOHYA.exec(key);
   if (m) {
     const role: LoraRole = m[3] === 'alpha' ? 'alpha' : m[3].startsWith('lora_down') ? 'down' : 'up';
-    return { format: 'kohya', component: m[1] === 'unet' ? 'unet' : 'text_encoder', module: m[2], underscored: true, role };
+    return {
+      format: 'kohya',
+      component: m[1] === 'unet' ? 'unet' : 'text_encoder',
+      module: m[2],
+      underscored: true,
+      role,
+    };
   }
   m = KOHYA_OTHER.exec(key);
   if (m) {
     if (m[1] === 'te1' || m[1] === 'te2') return { unsupported: 'SDXL text encoder (this app targets SD 1.x)' };
-    return { unsupported: `${m[3].replace(/\.weight$/, '')} tensors (LoHa/LoKr/DoRA/full-diff networks) are not supported; only LoRA/LoCon down/up pairs` };
+    return {
+      unsupported: `${m[3].replace(/\.weight$/, '')} tensors (LoHa/LoKr/DoRA/full-diff networks) are not supported; only LoRA/LoCon down/up pairs`,
+    };
   }
   m = PEFT.exec(key);
-  if (m) return { format: 'peft', component: m[1] === 'text_encoder' ? 'text_encoder' : 'unet', module: m[2], underscored: false, role: m[3] === 'A' ? 'down' : 'up' };
+  if (m)
+    return {
+      format: 'peft',
+      component: m[1] === 'text_encoder' ? 'text_encoder' : 'unet',
+      module: m[2],
+      underscored: false,
+      role: m[3] === 'A' ? 'down' : 'up',
+    };
   m = PROCS.exec(key);
   if (m) {
     const proj = m[3] === 'to_out' ? 'to_out.0' : m[3];
-    return { format: 'diffusers-procs', component: m[1] as LoraComponent, module: `${m[2]}.${proj}`, underscored: false, role: m[4] === 'down' ? 'down' : 'up' };
+    return {
+      format: 'diffusers-procs',
+      component: m[1] as LoraComponent,
+      module: `${m[2]}.${proj}`,
+      underscored: false,
+      role: m[4] === 'down' ? 'down' : 'up',
+    };
   }
   m = PROCS_LINEAR.exec(key);
-  if (m) return { format: 'diffusers-procs', component: m[1] as LoraComponent, module: m[2], underscored: false, role: m[3] === 'down' ? 'down' : 'up' };
+  if (m)
+    return {
+      format: 'diffusers-procs',
+      component: m[1] as LoraComponent,
+      module: m[2],
+      underscored: false,
+      role: m[3] === 'down' ? 'down' : 'up',
+    };
   m = NATIVE.exec(key);
   if (m) {
     const role: LoraRole = m[3] === 'singlora_A' ? 'singlora_A' : m[3] === 'lora_A' ? 'down' : 'up';

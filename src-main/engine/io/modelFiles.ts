@@ -101,18 +101,33 @@ export class ModelFileError extends Error {
   }
 }
 
-const FOLDER = { unet: 'unet', vae: 'vae', textEncoder: 'text_encoder' } as const satisfies Record<ComponentName, string>;
-const WEIGHTS_BASE = { unet: 'diffusion_pytorch_model', vae: 'diffusion_pytorch_model', textEncoder: 'model' } as const satisfies Record<ComponentName, string>;
+const FOLDER = { unet: 'unet', vae: 'vae', textEncoder: 'text_encoder' } as const satisfies Record<
+  ComponentName,
+  string
+>;
+const WEIGHTS_BASE = {
+  unet: 'diffusion_pytorch_model',
+  vae: 'diffusion_pytorch_model',
+  textEncoder: 'model',
+} as const satisfies Record<ComponentName, string>;
 const PICKLE_EXTENSIONS = new Set(['.ckpt', '.pt', '.pth', '.bin', '.pkl']);
 
 /** Opens a diffusers pipeline folder or a single-file `.safetensors` checkpoint. Close the result. */
 export async function openBaseModel(path: string, opts: OpenBaseModelOptions = {}): Promise<BaseModel> {
   const info = await stat(path).catch(() => null);
-  if (!info) throw new ModelFileError(path, `base model not found: ${path} does not exist. Pass a diffusers folder (with model_index.json) or a single-file .safetensors checkpoint`);
+  if (!info)
+    throw new ModelFileError(
+      path,
+      `base model not found: ${path} does not exist. Pass a diffusers folder (with model_index.json) or a single-file .safetensors checkpoint`,
+    );
   if (info.isDirectory()) return openDiffusersFolder(path, opts);
   const ext = extname(path).toLowerCase();
   if (PICKLE_EXTENSIONS.has(ext)) throw pickleRefusal(path, `'${ext}' files are PyTorch pickles`);
-  if (ext !== '.safetensors') throw new ModelFileError(path, `${path}: unsupported model file type '${ext}'; expected a .safetensors single-file checkpoint or a diffusers folder`);
+  if (ext !== '.safetensors')
+    throw new ModelFileError(
+      path,
+      `${path}: unsupported model file type '${ext}'; expected a .safetensors single-file checkpoint or a diffusers folder`,
+    );
   return openSingleFile(path, opts);
 }
 
@@ -120,16 +135,29 @@ export async function openBaseModel(path: string, opts: OpenBaseModelOptions = {
 // Diffusers folders
 
 async function openDiffusersFolder(dir: string, opts: OpenBaseModelOptions): Promise<BaseModel> {
-  if (opts.overrides) throw new ModelFileError(dir, `${dir}: config overrides only apply to configs inferred from a single file; for a diffusers folder edit its component config.json files instead`);
-  if (opts.configDir) throw new ModelFileError(dir, `${dir}: configDir only applies to single-file checkpoints (--config-dir); a diffusers folder has its own configs`);
+  if (opts.overrides)
+    throw new ModelFileError(
+      dir,
+      `${dir}: config overrides only apply to configs inferred from a single file; for a diffusers folder edit its component config.json files instead`,
+    );
+  if (opts.configDir)
+    throw new ModelFileError(
+      dir,
+      `${dir}: configDir only applies to single-file checkpoints (--config-dir); a diffusers folder has its own configs`,
+    );
   const indexPath = join(dir, 'model_index.json');
   if (!(await exists(indexPath))) {
-    const hint = (await exists(join(dir, 'config.json'))) ? ` (${dir} has a config.json: it looks like one component folder; pass the pipeline folder above it)` : '';
+    const hint = (await exists(join(dir, 'config.json')))
+      ? ` (${dir} has a config.json: it looks like one component folder; pass the pipeline folder above it)`
+      : '';
     throw new ModelFileError(indexPath, `not a diffusers pipeline folder: ${indexPath} is missing${hint}`);
   }
   const index = await readJson(indexPath, 'pipeline index');
   if ('text_encoder_2' in index || /XL/.test(String(index._class_name ?? ''))) {
-    throw new ModelFileError(indexPath, `${indexPath}: ${String(index._class_name ?? 'this pipeline')} (SDXL) is not supported; SingLoRA Studio trains Stable Diffusion 1.x`);
+    throw new ModelFileError(
+      indexPath,
+      `${indexPath}: ${String(index._class_name ?? 'this pipeline')} (SDXL) is not supported; SingLoRA Studio trains Stable Diffusion 1.x`,
+    );
   }
 
   const handles: SafetensorsFile[] = [];
@@ -140,10 +168,14 @@ async function openDiffusersFolder(dir: string, opts: OpenBaseModelOptions): Pro
       const configPath = join(folder, 'config.json');
       const config = await readJson(configPath, `${FOLDER[component]} config`);
       const files = await openComponentWeights(folder, WEIGHTS_BASE[component], opts.variant, handles);
-      const weights = safetensorsSource(files, (k) => {
-        const t = convertTensorName(k, { format: 'diffusers', component });
-        return t.kind === 'tensor' ? t.key : null;
-      }, `${FOLDER[component]} weights (${files.map((f) => f.path).join(', ')})`);
+      const weights = safetensorsSource(
+        files,
+        (k) => {
+          const t = convertTensorName(k, { format: 'diffusers', component });
+          return t.kind === 'tensor' ? t.key : null;
+        },
+        `${FOLDER[component]} weights (${files.map((f) => f.path).join(', ')})`,
+      );
       components[component] = { config, configSource: configPath, weights, files: files.map((f) => f.path) };
     }
     return {
@@ -166,7 +198,12 @@ async function openDiffusersFolder(dir: string, opts: OpenBaseModelOptions): Pro
  * The weight files of one component folder: `<base>.safetensors`, `<base>.fp16.safetensors`, or
  * their sharded `.safetensors.index.json` forms, full precision first unless `variant` is fp16.
  */
-async function openComponentWeights(folder: string, base: string, variant: 'fp16' | undefined, handles: SafetensorsFile[]): Promise<SafetensorsFile[]> {
+async function openComponentWeights(
+  folder: string,
+  base: string,
+  variant: 'fp16' | undefined,
+  handles: SafetensorsFile[],
+): Promise<SafetensorsFile[]> {
   const precisions = variant === 'fp16' ? ['.fp16', ''] : ['', '.fp16'];
   for (const p of precisions) {
     const single = join(folder, `${base}${p}.safetensors`);
@@ -174,37 +211,60 @@ async function openComponentWeights(folder: string, base: string, variant: 'fp16
     const index = join(folder, `${base}${p}.safetensors.index.json`);
     if (await exists(index)) return openSharded(index, handles);
   }
-  for (const name of [`${base}.bin`, `${base}.fp16.bin`, 'pytorch_model.bin', 'pytorch_model.fp16.bin', `${base}.ckpt`]) {
+  for (const name of [
+    `${base}.bin`,
+    `${base}.fp16.bin`,
+    'pytorch_model.bin',
+    'pytorch_model.fp16.bin',
+    `${base}.ckpt`,
+  ]) {
     const pickle = join(folder, name);
     if (await exists(pickle)) throw pickleRefusal(pickle, `${folder} has only pickle weights (${name})`);
   }
   const expected = join(folder, `${base}.safetensors`);
-  throw new ModelFileError(expected, `missing weights: expected ${expected} (or ${base}.fp16.safetensors, or a sharded ${base}.safetensors.index.json) in ${folder}`);
+  throw new ModelFileError(
+    expected,
+    `missing weights: expected ${expected} (or ${base}.fp16.safetensors, or a sharded ${base}.safetensors.index.json) in ${folder}`,
+  );
 }
 
 /** A sharded checkpoint: `{ "weight_map": { key: "shard file name" } }` beside its shards. */
 async function openSharded(indexPath: string, handles: SafetensorsFile[]): Promise<SafetensorsFile[]> {
   const index = await readJson(indexPath, 'shard index');
   const map = index.weight_map;
-  if (typeof map !== 'object' || map === null || Array.isArray(map) || !Object.values(map).every((v) => typeof v === 'string')) {
-    throw new ModelFileError(indexPath, `${indexPath}: "weight_map" must be an object from tensor name to shard file name`);
+  if (
+    typeof map !== 'object' ||
+    map === null ||
+    Array.isArray(map) ||
+    !Object.values(map).every((v) => typeof v === 'string')
+  ) {
+    throw new ModelFileError(
+      indexPath,
+      `${indexPath}: "weight_map" must be an object from tensor name to shard file name`,
+    );
   }
   const weightMap = map as Record<string, string>;
   const shardNames = [...new Set(Object.values(weightMap))].sort();
   const shards = new Map<string, SafetensorsFile>();
   for (const name of shardNames) {
-    if (name !== basename(name) || name === '..' || name === '.') throw new ModelFileError(indexPath, `${indexPath}: shard '${name}' must be a file name in the same folder`);
+    if (name !== basename(name) || name === '..' || name === '.')
+      throw new ModelFileError(indexPath, `${indexPath}: shard '${name}' must be a file name in the same folder`);
     const path = join(dirname(indexPath), name);
     if (!(await exists(path))) throw new ModelFileError(path, `missing shard: ${path} (listed in ${indexPath})`);
     shards.set(name, await openSafetensors(path, handles));
   }
   for (const [key, name] of Object.entries(weightMap)) {
     const shard = shards.get(name)!;
-    if (!shard.tensors.has(key)) throw new ModelFileError(shard.path, `${shard.path}: has no tensor '${key}', which ${indexPath} places there`);
+    if (!shard.tensors.has(key))
+      throw new ModelFileError(shard.path, `${shard.path}: has no tensor '${key}', which ${indexPath} places there`);
   }
   for (const shard of shards.values()) {
     for (const key of shard.keys()) {
-      if (weightMap[key] !== basename(shard.path)) throw new ModelFileError(shard.path, `${shard.path}: tensor '${key}' is not assigned to this shard by ${indexPath}`);
+      if (weightMap[key] !== basename(shard.path))
+        throw new ModelFileError(
+          shard.path,
+          `${shard.path}: tensor '${key}' is not assigned to this shard by ${indexPath}`,
+        );
     }
   }
   return [...shards.values()];
@@ -229,7 +289,11 @@ async function schedulerConfig(dir: string): Promise<RawConfig | null> {
 // Single-file checkpoints
 
 async function openSingleFile(path: string, opts: OpenBaseModelOptions): Promise<BaseModel> {
-  if (opts.configDir && opts.overrides) throw new ModelFileError(path, `${path}: pass either configDir or overrides, not both (overrides only adjust inferred configs)`);
+  if (opts.configDir && opts.overrides)
+    throw new ModelFileError(
+      path,
+      `${path}: pass either configDir or overrides, not both (overrides only adjust inferred configs)`,
+    );
   const handles: SafetensorsFile[] = [];
   try {
     const file = await openSafetensors(path, handles);
@@ -245,7 +309,10 @@ async function openSingleFile(path: string, opts: OpenBaseModelOptions): Promise
       configs = { unet: await read('unet'), vae: await read('vae'), textEncoder: await read('textEncoder') };
       configSource = (c) => join(dir, FOLDER[c], 'config.json');
     } else {
-      configs = inferSingleFileConfigs(new Map(file.keys().map((k) => [k, file.info(k).shape] as const)), opts.overrides);
+      configs = inferSingleFileConfigs(
+        new Map(file.keys().map((k) => [k, file.info(k).shape] as const)),
+        opts.overrides,
+      );
       configSource = () => `inferred from ${path}`;
     }
 
@@ -261,16 +328,31 @@ async function openSingleFile(path: string, opts: OpenBaseModelOptions): Promise
       else found.add(t.pair!);
     }
     const missing = source.map.pairs.filter((p) => !p.optional && !found.has(p)).map((p) => p.original);
-    if (unknown.length || missing.length) throw new SingleFileKeyError(path, unknown, missing, opts.configDir ? `the configs in ${opts.configDir}` : 'the configs inferred from its shapes');
+    if (unknown.length || missing.length)
+      throw new SingleFileKeyError(
+        path,
+        unknown,
+        missing,
+        opts.configDir ? `the configs in ${opts.configDir}` : 'the configs inferred from its shapes',
+      );
 
     // Step 3: one source per component over the shared file handle.
     const components = {} as Record<ComponentName, ComponentFiles>;
     for (const component of COMPONENTS) {
-      const raw = safetensorsSource(file, (k) => {
-        const t = convertTensorName(k, source);
-        return t.kind === 'tensor' && t.component === component ? t.key : null;
-      }, `${path} (${FOLDER[component]})`);
-      components[component] = { config: configs[component], configSource: configSource(component), weights: withDiffusersShapes(raw, source.map.byDiffusers[component]), files: [path] };
+      const raw = safetensorsSource(
+        file,
+        (k) => {
+          const t = convertTensorName(k, source);
+          return t.kind === 'tensor' && t.component === component ? t.key : null;
+        },
+        `${path} (${FOLDER[component]})`,
+      );
+      components[component] = {
+        config: configs[component],
+        configSource: configSource(component),
+        weights: withDiffusersShapes(raw, source.map.byDiffusers[component]),
+        files: [path],
+      };
     }
     return {
       name: basename(path, extname(path)),
@@ -289,11 +371,14 @@ async function openSingleFile(path: string, opts: OpenBaseModelOptions): Promise
 }
 
 const KIND_REFUSAL: Readonly<Record<string, string>> = {
-  'sd2-single-file': 'this is a Stable Diffusion 2.x checkpoint (OpenCLIP text encoder, cond_stage_model.model.*); only SD 1.x is supported',
+  'sd2-single-file':
+    'this is a Stable Diffusion 2.x checkpoint (OpenCLIP text encoder, cond_stage_model.model.*); only SD 1.x is supported',
   'sdxl-single-file': 'this is an SDXL checkpoint (conditioner.embedders.*); only SD 1.x is supported',
   lora: 'this is a LoRA adapter, not a base model; load it as an adapter on top of a base model',
-  'diffusers-component': 'this holds diffusers component keys (down_blocks.*, text_model.*) without the single-file prefixes; pass the diffusers pipeline folder it came from instead',
-  unknown: 'no Stable Diffusion 1.x tensors found (expected model.diffusion_model.*, first_stage_model.*, cond_stage_model.transformer.*)',
+  'diffusers-component':
+    'this holds diffusers component keys (down_blocks.*, text_model.*) without the single-file prefixes; pass the diffusers pipeline folder it came from instead',
+  unknown:
+    'no Stable Diffusion 1.x tensors found (expected model.diffusion_model.*, first_stage_model.*, cond_stage_model.transformer.*)',
 };
 
 export class SingleFileKeyError extends ModelFileError {
@@ -312,7 +397,9 @@ export class SingleFileKeyError extends ModelFileError {
     };
     list('unknown tensors (neither SD-1.x weights nor known extras)', unknown);
     list('missing tensors', missing);
-    lines.push('  A wrong --config-dir (configDir) or override shows up as both lists; a truncated or foreign checkpoint as one.');
+    lines.push(
+      '  A wrong --config-dir (configDir) or override shows up as both lists; a truncated or foreign checkpoint as one.',
+    );
     super(path, lines.join('\n'));
     this.name = 'SingleFileKeyError';
   }
@@ -358,8 +445,10 @@ async function sniffPickle(path: string): Promise<string | null> {
     const { bytesRead } = await fh.read(head, 0, 9, 0);
     const looksLikeSafetensors = bytesRead === 9 && head[8] === 0x7b; // '{'
     if (looksLikeSafetensors) return null;
-    if (bytesRead >= 4 && head.subarray(0, 4).equals(Buffer.from('PK\x03\x04', 'latin1'))) return 'a zip archive (a PyTorch >= 1.6 checkpoint)';
-    if (bytesRead >= 2 && head[0] === 0x80 && head[1] >= 2 && head[1] <= 5) return `a Python pickle (protocol ${head[1]})`;
+    if (bytesRead >= 4 && head.subarray(0, 4).equals(Buffer.from('PK\x03\x04', 'latin1')))
+      return 'a zip archive (a PyTorch >= 1.6 checkpoint)';
+    if (bytesRead >= 2 && head[0] === 0x80 && head[1] >= 2 && head[1] <= 5)
+      return `a Python pickle (protocol ${head[1]})`;
     return null;
   } finally {
     await fh.close();
@@ -389,7 +478,8 @@ async function readJson(path: string, what: string): Promise<Record<string, unkn
   } catch (err) {
     throw new ModelFileError(path, `${path}: ${what} is not valid JSON (${(err as Error).message})`);
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ModelFileError(path, `${path}: ${what} must be a JSON object`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new ModelFileError(path, `${path}: ${what} must be a JSON object`);
   return value as Record<string, unknown>;
 }
 

@@ -96,7 +96,8 @@ export class SafetensorsFile {
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.handle.read(buf, done, length - done, info.begin + done);
-      if (bytesRead === 0) throw new SafetensorsError(this.path, `tensor '${name}': file ended after ${done} of ${length} bytes`);
+      if (bytesRead === 0)
+        throw new SafetensorsError(this.path, `tensor '${name}': file ended after ${done} of ${length} bytes`);
       done += bytesRead;
     }
     return buf;
@@ -123,12 +124,16 @@ export class SafetensorsFile {
       case 'I64':
         for (let i = 0; i < n; i++) {
           const v = bytes.readBigInt64LE(i * 8);
-          if (v > 2147483647n || v < -2147483648n) throw new SafetensorsError(this.path, `tensor '${name}': I64 value ${v} does not fit in int32`);
+          if (v > 2147483647n || v < -2147483648n)
+            throw new SafetensorsError(this.path, `tensor '${name}': I64 value ${v} does not fit in int32`);
           out[i] = Number(v);
         }
         return out;
       default:
-        throw new SafetensorsError(this.path, `tensor '${name}': expected an integer dtype (I32, I64, U8), found ${info.dtype}`);
+        throw new SafetensorsError(
+          this.path,
+          `tensor '${name}': expected an integer dtype (I32, I64, U8), found ${info.dtype}`,
+        );
     }
   }
 
@@ -138,7 +143,8 @@ export class SafetensorsFile {
 }
 
 async function readHeader(path: string, handle: FileHandle, size: number) {
-  if (size < 8) throw new SafetensorsError(path, `file is ${size} bytes; a safetensors file starts with an 8-byte header length`);
+  if (size < 8)
+    throw new SafetensorsError(path, `file is ${size} bytes; a safetensors file starts with an 8-byte header length`);
   const head = Buffer.alloc(9);
   await handle.read(head, 0, 9, 0);
   const lenBuf = head.subarray(0, 8);
@@ -146,12 +152,20 @@ async function readHeader(path: string, handle: FileHandle, size: number) {
   // a torch zip with 'PK'; a length prefix may begin with those bytes too, hence the '{' check.
   const looksPickled = (head[0] === 0x80 || (head[0] === 0x50 && head[1] === 0x4b)) && head[8] !== 0x7b;
   if (looksPickled) {
-    throw new SafetensorsError(path, 'this is a PyTorch pickle/zip checkpoint, not safetensors; pickles can run code and are never loaded. Convert it to .safetensors with a trusted tool');
+    throw new SafetensorsError(
+      path,
+      'this is a PyTorch pickle/zip checkpoint, not safetensors; pickles can run code and are never loaded. Convert it to .safetensors with a trusted tool',
+    );
   }
   const headerLen = lenBuf.readBigUInt64LE(0);
-  if (headerLen > BigInt(MAX_HEADER_BYTES)) throw new SafetensorsError(path, `header length ${headerLen} is larger than the ${MAX_HEADER_BYTES}-byte limit: not a safetensors file, or corrupt`);
+  if (headerLen > BigInt(MAX_HEADER_BYTES))
+    throw new SafetensorsError(
+      path,
+      `header length ${headerLen} is larger than the ${MAX_HEADER_BYTES}-byte limit: not a safetensors file, or corrupt`,
+    );
   const n = Number(headerLen);
-  if (8 + n > size) throw new SafetensorsError(path, `header length ${n} runs past the end of the ${size}-byte file (truncated?)`);
+  if (8 + n > size)
+    throw new SafetensorsError(path, `header length ${n} runs past the end of the ${size}-byte file (truncated?)`);
   const headerBuf = Buffer.alloc(n);
   await handle.read(headerBuf, 0, n, 8);
   let header: unknown;
@@ -160,7 +174,8 @@ async function readHeader(path: string, handle: FileHandle, size: number) {
   } catch (err) {
     throw new SafetensorsError(path, `header is not valid JSON (${(err as Error).message})`);
   }
-  if (typeof header !== 'object' || header === null || Array.isArray(header)) throw new SafetensorsError(path, 'header must be a JSON object');
+  if (typeof header !== 'object' || header === null || Array.isArray(header))
+    throw new SafetensorsError(path, 'header must be a JSON object');
 
   const dataStart = 8 + n;
   const dataSize = size - dataStart;
@@ -172,41 +187,67 @@ async function readHeader(path: string, handle: FileHandle, size: number) {
       continue;
     }
     const v = value as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    if (typeof v !== 'object' || v === null) throw new SafetensorsError(path, `tensor '${name}': header entry must be an object`);
+    if (typeof v !== 'object' || v === null)
+      throw new SafetensorsError(path, `tensor '${name}': header entry must be an object`);
     if (typeof v.dtype !== 'string' || !(v.dtype in DTYPE_BYTES)) {
-      throw new SafetensorsError(path, `tensor '${name}': unknown dtype ${JSON.stringify(v.dtype)} (expected one of ${Object.keys(DTYPE_BYTES).join(', ')})`);
+      throw new SafetensorsError(
+        path,
+        `tensor '${name}': unknown dtype ${JSON.stringify(v.dtype)} (expected one of ${Object.keys(DTYPE_BYTES).join(', ')})`,
+      );
     }
     const dtype = v.dtype as SafetensorsDtype;
     if (!Array.isArray(v.shape) || !v.shape.every((d) => Number.isInteger(d) && d >= 0)) {
-      throw new SafetensorsError(path, `tensor '${name}': shape ${JSON.stringify(v.shape)} must be a list of non-negative integers`);
+      throw new SafetensorsError(
+        path,
+        `tensor '${name}': shape ${JSON.stringify(v.shape)} must be a list of non-negative integers`,
+      );
     }
     const offs = v.data_offsets;
-    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isInteger(o) && o >= 0) || offs[1] < offs[0]) {
-      throw new SafetensorsError(path, `tensor '${name}': data_offsets ${JSON.stringify(offs)} must be [begin, end] with 0 <= begin <= end`);
+    if (
+      !Array.isArray(offs) ||
+      offs.length !== 2 ||
+      !offs.every((o) => Number.isInteger(o) && o >= 0) ||
+      offs[1] < offs[0]
+    ) {
+      throw new SafetensorsError(
+        path,
+        `tensor '${name}': data_offsets ${JSON.stringify(offs)} must be [begin, end] with 0 <= begin <= end`,
+      );
     }
     const shape = v.shape as number[];
     const expected = numel(shape) * DTYPE_BYTES[dtype];
     if (offs[1] - offs[0] !== expected) {
-      throw new SafetensorsError(path, `tensor '${name}': shape [${shape}] x ${dtype} is ${expected} bytes but data_offsets cover ${offs[1] - offs[0]}`);
+      throw new SafetensorsError(
+        path,
+        `tensor '${name}': shape [${shape}] x ${dtype} is ${expected} bytes but data_offsets cover ${offs[1] - offs[0]}`,
+      );
     }
     if (offs[1] > dataSize) {
-      throw new SafetensorsError(path, `tensor '${name}': bytes ${offs[0]}..${offs[1]} lie outside the ${dataSize}-byte data section (file truncated?)`);
+      throw new SafetensorsError(
+        path,
+        `tensor '${name}': bytes ${offs[0]}..${offs[1]} lie outside the ${dataSize}-byte data section (file truncated?)`,
+      );
     }
     tensors.set(name, { name, dtype, shape, begin: dataStart + offs[0], end: dataStart + offs[1] });
   }
   const sorted = [...tensors.values()].sort((a, b) => a.begin - b.begin || a.end - b.end);
   for (let i = 1; i < sorted.length; i++) {
     if (sorted[i].begin < sorted[i - 1].end) {
-      throw new SafetensorsError(path, `tensors '${sorted[i - 1].name}' and '${sorted[i].name}' overlap in the data section`);
+      throw new SafetensorsError(
+        path,
+        `tensors '${sorted[i - 1].name}' and '${sorted[i].name}' overlap in the data section`,
+      );
     }
   }
   return { tensors, metadata, headerBytes: n };
 }
 
 function validateMetadata(path: string, value: unknown): Record<string, string> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new SafetensorsError(path, '__metadata__ must be an object of strings');
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new SafetensorsError(path, '__metadata__ must be an object of strings');
   for (const [k, v] of Object.entries(value)) {
-    if (typeof v !== 'string') throw new SafetensorsError(path, `__metadata__.${k} must be a string, found ${typeof v}`);
+    if (typeof v !== 'string')
+      throw new SafetensorsError(path, `__metadata__.${k} must be a string, found ${typeof v}`);
   }
   return value as Record<string, string>;
 }
@@ -263,14 +304,19 @@ function toFloat32(path: string, info: TensorInfo, bytes: Buffer): Float32Array 
       return Float32Array.from(aligned.subarray(0, n));
     default:
       if (!READABLE.has(info.dtype)) {
-        throw new SafetensorsError(path, `tensor '${info.name}': dtype ${info.dtype} cannot be converted to float32 (supported: ${[...READABLE].join(', ')})`);
+        throw new SafetensorsError(
+          path,
+          `tensor '${info.name}': dtype ${info.dtype} cannot be converted to float32 (supported: ${[...READABLE].join(', ')})`,
+        );
       }
       throw new SafetensorsError(path, `tensor '${info.name}': unhandled dtype ${info.dtype}`);
   }
 }
 
 /** Reads a whole (small) safetensors file as float32 arrays. For fixtures and adapters. */
-export async function readAllFloat32(path: string): Promise<{ tensors: Map<string, { shape: number[]; data: Float32Array }>; metadata: Record<string, string> }> {
+export async function readAllFloat32(
+  path: string,
+): Promise<{ tensors: Map<string, { shape: number[]; data: Float32Array }>; metadata: Record<string, string> }> {
   const f = await SafetensorsFile.open(path);
   try {
     const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
@@ -302,7 +348,9 @@ export async function writeSafetensors(
   tensors: ReadonlyMap<string, TensorToWrite> | Record<string, TensorToWrite>,
   metadata: Record<string, string> = {},
 ): Promise<void> {
-  const entries = (tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors)).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  const entries = (tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors)).sort(([a], [b]) =>
+    a < b ? -1 : a > b ? 1 : 0,
+  );
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length) header.__metadata__ = metadata;
   let offset = 0;
@@ -311,7 +359,9 @@ export async function writeSafetensors(
     const dtype: NonNullable<TensorToWrite['dtype']> = t.dtype ?? (t.data ? defaultDtype(t.data) : 'F32');
     const bytes = numel(t.shape) * DTYPE_BYTES[dtype];
     if (t.data && t.data.length !== numel(t.shape)) {
-      throw new Error(`writeSafetensors ${path}: tensor '${name}' has ${t.data.length} values but shape [${t.shape}] needs ${numel(t.shape)}`);
+      throw new Error(
+        `writeSafetensors ${path}: tensor '${name}' has ${t.data.length} values but shape [${t.shape}] needs ${numel(t.shape)}`,
+      );
     }
     header[name] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + bytes] };
     offset += bytes;
@@ -329,7 +379,9 @@ export async function writeSafetensors(
     for (const [name, t] of entries) {
       const data = t.data ?? (await t.read!());
       if (data.length !== numel(t.shape)) {
-        throw new Error(`writeSafetensors ${path}: tensor '${name}' produced ${data.length} values but shape [${t.shape}] needs ${numel(t.shape)}`);
+        throw new Error(
+          `writeSafetensors ${path}: tensor '${name}' produced ${data.length} values but shape [${t.shape}] needs ${numel(t.shape)}`,
+        );
       }
       await fh.write(encode(data, t.dtype ?? (t.data ? defaultDtype(t.data) : 'F32')));
     }
@@ -368,7 +420,7 @@ export function float32ToFloat16(v: number): number {
   const exp = (x >>> 23) & 0xff;
   let mant = x & 0x7fffff;
   if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
+  const e = exp - 127 + 15;
   if (e >= 0x1f) return sign | 0x7c00;
   if (e <= 0) {
     if (e < -10) return sign;
@@ -385,4 +437,3 @@ export function float32ToFloat16(v: number): number {
   if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
   return sign | half;
 }
-

@@ -4,7 +4,7 @@
  * draw from several files.
  */
 import type { WeightSource } from '../models/layers/module.ts';
-import { SafetensorsFile } from './safetensors.ts';
+import type { SafetensorsFile } from './safetensors.ts';
 
 interface Entry {
   file: SafetensorsFile;
@@ -15,7 +15,11 @@ interface Entry {
  * A source over open safetensors files. `rename` maps a file key to the model key, or returns
  * null to leave the key out of this source (it belongs to another component, or is an ignored extra).
  */
-export function safetensorsSource(files: SafetensorsFile | SafetensorsFile[], rename: (fileKey: string) => string | null = (k) => k, description?: string): WeightSource {
+export function safetensorsSource(
+  files: SafetensorsFile | SafetensorsFile[],
+  rename: (fileKey: string) => string | null = (k) => k,
+  description?: string,
+): WeightSource {
   const list = Array.isArray(files) ? files : [files];
   const entries = new Map<string, Entry>();
   for (const file of list) {
@@ -23,7 +27,8 @@ export function safetensorsSource(files: SafetensorsFile | SafetensorsFile[], re
       const key = rename(fileKey);
       if (key === null) continue;
       const prev = entries.get(key);
-      if (prev) throw new Error(`${file.path}: '${fileKey}' and ${prev.file.path}: '${prev.fileKey}' both map to '${key}'`);
+      if (prev)
+        throw new Error(`${file.path}: '${fileKey}' and ${prev.file.path}: '${prev.fileKey}' both map to '${key}'`);
       entries.set(key, { file, fileKey });
     }
   }

@@ -58,9 +58,24 @@ export interface AutoencoderKLConfig {
 }
 
 const VAE_KEYS = new Set([
-  'in_channels', 'out_channels', 'down_block_types', 'up_block_types', 'block_out_channels', 'layers_per_block',
-  'act_fn', 'latent_channels', 'norm_num_groups', 'sample_size', 'scaling_factor', 'shift_factor', 'latents_mean',
-  'latents_std', 'force_upcast', 'mid_block_add_attention', 'use_quant_conv', 'use_post_quant_conv',
+  'in_channels',
+  'out_channels',
+  'down_block_types',
+  'up_block_types',
+  'block_out_channels',
+  'layers_per_block',
+  'act_fn',
+  'latent_channels',
+  'norm_num_groups',
+  'sample_size',
+  'scaling_factor',
+  'shift_factor',
+  'latents_mean',
+  'latents_std',
+  'force_upcast',
+  'mid_block_add_attention',
+  'use_quant_conv',
+  'use_post_quant_conv',
 ]);
 
 /** Validates a raw AutoencoderKL `config.json` (hub format) and fills diffusers' defaults. */
@@ -68,9 +83,11 @@ export function parseVaeConfig(raw: unknown): AutoencoderKLConfig {
   const what = 'AutoencoderKL config';
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error(`${what}: expected a JSON object`);
   const r = raw as Record<string, unknown>;
-  if (r._class_name !== undefined && r._class_name !== 'AutoencoderKL') throw new Error(`${what}: _class_name is ${JSON.stringify(r._class_name)}, expected "AutoencoderKL"`);
+  if (r._class_name !== undefined && r._class_name !== 'AutoencoderKL')
+    throw new Error(`${what}: _class_name is ${JSON.stringify(r._class_name)}, expected "AutoencoderKL"`);
   const unknown = Object.keys(r).filter((k) => !k.startsWith('_') && !VAE_KEYS.has(k));
-  if (unknown.length) throw new Error(`${what}: unknown keys ${unknown.join(', ')} (not an SD 1.x AutoencoderKL option)`);
+  if (unknown.length)
+    throw new Error(`${what}: unknown keys ${unknown.join(', ')} (not an SD 1.x AutoencoderKL option)`);
 
   const fail = (key: string, expected: string): never => {
     throw new Error(`${what}: ${key} is ${JSON.stringify(r[key])}; expected ${expected}`);
@@ -85,19 +102,29 @@ export function parseVaeConfig(raw: unknown): AutoencoderKLConfig {
   };
   const numOrNull = (key: string): number | null => {
     const v = r[key] ?? null;
-    return v === null || (typeof v === 'number' && Number.isFinite(v)) ? (v as number | null) : fail(key, 'a number or null');
+    return v === null || (typeof v === 'number' && Number.isFinite(v))
+      ? (v as number | null)
+      : fail(key, 'a number or null');
   };
   const listOrNull = (key: string): number[] | null => {
     const v = r[key] ?? null;
-    return v === null || (Array.isArray(v) && v.every((x) => typeof x === 'number')) ? (v as number[] | null) : fail(key, 'a list of numbers or null');
+    return v === null || (Array.isArray(v) && v.every((x) => typeof x === 'number'))
+      ? (v as number[] | null)
+      : fail(key, 'a list of numbers or null');
   };
 
   const blockOutChannels = (r.block_out_channels ?? [64]) as unknown;
-  if (!Array.isArray(blockOutChannels) || !blockOutChannels.length || !blockOutChannels.every((c) => Number.isInteger(c) && c > 0)) fail('block_out_channels', 'a non-empty list of positive integers');
+  if (
+    !Array.isArray(blockOutChannels) ||
+    !blockOutChannels.length ||
+    !blockOutChannels.every((c) => Number.isInteger(c) && c > 0)
+  )
+    fail('block_out_channels', 'a non-empty list of positive integers');
   const levels = (blockOutChannels as number[]).length;
   const checkTypes = (key: string, want: string) => {
     const v = r[key] ?? [want];
-    if (!Array.isArray(v) || v.length !== levels || !v.every((t) => t === want)) fail(key, `${levels} x "${want}" (one per block_out_channels entry; other block types are not supported)`);
+    if (!Array.isArray(v) || v.length !== levels || !v.every((t) => t === want))
+      fail(key, `${levels} x "${want}" (one per block_out_channels entry; other block types are not supported)`);
   };
   checkTypes('down_block_types', 'DownEncoderBlock2D');
   checkTypes('up_block_types', 'UpDecoderBlock2D');
@@ -105,7 +132,10 @@ export function parseVaeConfig(raw: unknown): AutoencoderKLConfig {
   if (act !== 'silu' && act !== 'swish') fail('act_fn', '"silu" (SD 1.x)');
 
   const sampleSize = r.sample_size ?? 32;
-  if (!(Number.isInteger(sampleSize) && (sampleSize as number) > 0) && !(Array.isArray(sampleSize) && sampleSize.length === 2 && sampleSize.every((d) => Number.isInteger(d) && d > 0))) {
+  if (
+    !(Number.isInteger(sampleSize) && (sampleSize as number) > 0) &&
+    !(Array.isArray(sampleSize) && sampleSize.length === 2 && sampleSize.every((d) => Number.isInteger(d) && d > 0))
+  ) {
     fail('sample_size', 'a positive integer or [height, width]');
   }
   const scalingFactor = r.scaling_factor ?? 0.18215;
@@ -129,7 +159,10 @@ export function parseVaeConfig(raw: unknown): AutoencoderKLConfig {
     usePostQuantConv: bool('use_post_quant_conv', true),
   };
   for (const [i, ch] of config.blockOutChannels.entries()) {
-    if (ch % config.normNumGroups !== 0) throw new Error(`${what}: block_out_channels[${i}] = ${ch} does not split into norm_num_groups = ${config.normNumGroups}`);
+    if (ch % config.normNumGroups !== 0)
+      throw new Error(
+        `${what}: block_out_channels[${i}] = ${ch} does not split into norm_num_groups = ${config.normNumGroups}`,
+      );
   }
   return config;
 }
@@ -166,7 +199,8 @@ export class UNetMidBlock2D extends Module {
 
   constructor(channels: number, groups: number, addAttention: boolean) {
     super();
-    const resnet = () => new ResnetBlock2D({ inChannels: channels, outChannels: channels, tembChannels: null, groups, eps: VAE_EPS });
+    const resnet = () =>
+      new ResnetBlock2D({ inChannels: channels, outChannels: channels, tembChannels: null, groups, eps: VAE_EPS });
     this.attentions = [addAttention ? new VaeAttention(channels, groups) : null];
     this.resnets = [resnet(), resnet()];
   }
@@ -189,7 +223,17 @@ export class DownEncoderBlock2D extends Module {
 
   constructor(inChannels: number, outChannels: number, layers: number, groups: number, addDownsample: boolean) {
     super();
-    this.resnets = Array.from({ length: layers }, (_, i) => new ResnetBlock2D({ inChannels: i === 0 ? inChannels : outChannels, outChannels, tembChannels: null, groups, eps: VAE_EPS }));
+    this.resnets = Array.from(
+      { length: layers },
+      (_, i) =>
+        new ResnetBlock2D({
+          inChannels: i === 0 ? inChannels : outChannels,
+          outChannels,
+          tembChannels: null,
+          groups,
+          eps: VAE_EPS,
+        }),
+    );
     // padding 0: diffusers pads (0, 1, 0, 1) and convolves with no padding.
     if (addDownsample) this.downsamplers = [new Downsample2D(outChannels, outChannels, 0)];
   }
@@ -208,7 +252,17 @@ export class UpDecoderBlock2D extends Module {
 
   constructor(inChannels: number, outChannels: number, layers: number, groups: number, addUpsample: boolean) {
     super();
-    this.resnets = Array.from({ length: layers }, (_, i) => new ResnetBlock2D({ inChannels: i === 0 ? inChannels : outChannels, outChannels, tembChannels: null, groups, eps: VAE_EPS }));
+    this.resnets = Array.from(
+      { length: layers },
+      (_, i) =>
+        new ResnetBlock2D({
+          inChannels: i === 0 ? inChannels : outChannels,
+          outChannels,
+          tembChannels: null,
+          groups,
+          eps: VAE_EPS,
+        }),
+    );
     if (addUpsample) this.upsamplers = [new Upsample2D(outChannels, outChannels)];
   }
 
@@ -232,7 +286,10 @@ export class Encoder extends Module {
     const ch = cfg.blockOutChannels;
     const groups = cfg.normNumGroups;
     this.conv_in = new Conv2d(cfg.inChannels, ch[0], 3, 1, 1);
-    this.down_blocks = ch.map((out, i) => new DownEncoderBlock2D(i === 0 ? ch[0] : ch[i - 1], out, cfg.layersPerBlock, groups, i < ch.length - 1));
+    this.down_blocks = ch.map(
+      (out, i) =>
+        new DownEncoderBlock2D(i === 0 ? ch[0] : ch[i - 1], out, cfg.layersPerBlock, groups, i < ch.length - 1),
+    );
     const last = ch[ch.length - 1];
     this.mid_block = new UNetMidBlock2D(last, groups, cfg.midBlockAddAttention);
     this.conv_norm_out = new GroupNorm(groups, last, VAE_EPS);
@@ -262,7 +319,16 @@ export class Decoder extends Module {
     const groups = cfg.normNumGroups;
     this.conv_in = new Conv2d(cfg.latentChannels, reversed[0], 3, 1, 1);
     this.mid_block = new UNetMidBlock2D(reversed[0], groups, cfg.midBlockAddAttention);
-    this.up_blocks = reversed.map((out, i) => new UpDecoderBlock2D(i === 0 ? reversed[0] : reversed[i - 1], out, cfg.layersPerBlock + 1, groups, i < reversed.length - 1));
+    this.up_blocks = reversed.map(
+      (out, i) =>
+        new UpDecoderBlock2D(
+          i === 0 ? reversed[0] : reversed[i - 1],
+          out,
+          cfg.layersPerBlock + 1,
+          groups,
+          i < reversed.length - 1,
+        ),
+    );
     const first = cfg.blockOutChannels[0];
     this.conv_norm_out = new GroupNorm(groups, first, VAE_EPS);
     this.conv_out = new Conv2d(first, cfg.outChannels, 3, 1, 1);
@@ -325,7 +391,8 @@ export class AutoencoderKL extends Module {
   /** x [B, H, W, in_channels] in [-1, 1] (any H, W) -> the unscaled latent distribution (TensorFlow.js). */
   encode(x: Tensor): LatentDistribution {
     const cfg = this.config;
-    if (x.rank !== 4 || x.shape[3] !== cfg.inChannels) throw new Error(`AutoencoderKL.encode: expected NHWC [B, H, W, ${cfg.inChannels}], got [${x.shape}]`);
+    if (x.rank !== 4 || x.shape[3] !== cfg.inChannels)
+      throw new Error(`AutoencoderKL.encode: expected NHWC [B, H, W, ${cfg.inChannels}], got [${x.shape}]`);
     return tf.tidy(() => this.encodeWith(tfOps, x));
   }
 
@@ -344,7 +411,8 @@ export class AutoencoderKL extends Module {
   /** z [B, h, w, latent] (unscaled) -> image [B, 2^(levels-1) h, 2^(levels-1) w, out_channels], not clamped (TensorFlow.js). */
   decode(z: Tensor): Tensor {
     const cfg = this.config;
-    if (z.rank !== 4 || z.shape[3] !== cfg.latentChannels) throw new Error(`AutoencoderKL.decode: expected NHWC [B, h, w, ${cfg.latentChannels}], got [${z.shape}]`);
+    if (z.rank !== 4 || z.shape[3] !== cfg.latentChannels)
+      throw new Error(`AutoencoderKL.decode: expected NHWC [B, h, w, ${cfg.latentChannels}], got [${z.shape}]`);
     return tf.tidy(() => this.decodeWith(tfOps, z));
   }
 

@@ -71,13 +71,17 @@ export const CLIP_TEXT_DEFAULTS: ClipTextConfig = {
  * does not use (dropout, initializer_*, projection_dim, ...) are ignored. Errors name the field.
  */
 export function parseClipTextConfig(raw: unknown, source = 'text_encoder/config.json'): ClipTextConfig {
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error(`${source}: expected a JSON object`);
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new Error(`${source}: expected a JSON object`);
   const r = raw as Record<string, unknown>;
   const fail = (field: string, want: string): never => {
     throw new Error(`${source}: '${field}' must be ${want}, got ${JSON.stringify(r[field])}`);
   };
   if (r.model_type !== undefined && r.model_type !== 'clip_text_model') {
-    fail('model_type', `'clip_text_model' (a CLIPTextModel config; a full CLIPModel config keeps it under 'text_config')`);
+    fail(
+      'model_type',
+      `'clip_text_model' (a CLIPTextModel config; a full CLIPModel config keeps it under 'text_config')`,
+    );
   }
   const positiveInt = (field: keyof ClipTextConfig): number => {
     const v = r[field] ?? CLIP_TEXT_DEFAULTS[field];
@@ -86,7 +90,9 @@ export function parseClipTextConfig(raw: unknown, source = 'text_encoder/config.
   const tokenId = (field: 'bos_token_id' | 'eos_token_id' | 'pad_token_id', nullable: boolean): number | null => {
     const v = field in r ? r[field] : CLIP_TEXT_DEFAULTS[field];
     if (v === null && nullable) return null;
-    return Number.isInteger(v) && (v as number) >= 0 ? (v as number) : fail(field, `a non-negative integer${nullable ? ' or null' : ''}`);
+    return Number.isInteger(v) && (v as number) >= 0
+      ? (v as number)
+      : fail(field, `a non-negative integer${nullable ? ' or null' : ''}`);
   };
   const hidden_act = (r.hidden_act ?? CLIP_TEXT_DEFAULTS.hidden_act) as ClipHiddenAct;
   if (!CLIP_HIDDEN_ACTS.includes(hidden_act)) fail('hidden_act', `one of ${CLIP_HIDDEN_ACTS.join(', ')}`);
@@ -107,7 +113,9 @@ export function parseClipTextConfig(raw: unknown, source = 'text_encoder/config.
     pad_token_id: tokenId('pad_token_id', true),
   };
   if (config.hidden_size % config.num_attention_heads !== 0) {
-    throw new Error(`${source}: 'hidden_size' ${config.hidden_size} is not divisible by 'num_attention_heads' ${config.num_attention_heads}`);
+    throw new Error(
+      `${source}: 'hidden_size' ${config.hidden_size} is not divisible by 'num_attention_heads' ${config.num_attention_heads}`,
+    );
   }
   return Object.freeze(config);
 }
@@ -172,7 +180,13 @@ export class ClipAttention extends Module {
   forward<T>(o: Ops<T>, x: T, mask: T): T {
     return o.scope(() => {
       // transformers scales q before q k^T; the attention op scales the scores (the same up to rounding).
-      const attended = o.attention(this.q_proj.forward(o, x), this.k_proj.forward(o, x), this.v_proj.forward(o, x), this.heads, mask);
+      const attended = o.attention(
+        this.q_proj.forward(o, x),
+        this.k_proj.forward(o, x),
+        this.v_proj.forward(o, x),
+        this.heads,
+        mask,
+      );
       return this.out_proj.forward(o, attended);
     });
   }
@@ -278,7 +292,9 @@ export class ClipTextModel extends Module {
   static async load(folder: string): Promise<ClipTextModel> {
     const raw = await readComponentConfig(folder, 'ClipTextModel');
     const model = new ClipTextModel(parseClipTextConfig(raw, join(folder, 'config.json')));
-    await loadComponentWeights(model, folder, 'text_encoder', TRANSFORMERS_WEIGHT_FILES, (key) => key.endsWith('position_ids'));
+    await loadComponentWeights(model, folder, 'text_encoder', TRANSFORMERS_WEIGHT_FILES, (key) =>
+      key.endsWith('position_ids'),
+    );
     return model;
   }
 
@@ -352,21 +368,28 @@ export class ClipTextModel extends Module {
     const maxPos = this.config.max_position_embeddings;
     if (inputIds instanceof tf.Tensor) {
       if (inputIds.rank !== 2 || inputIds.dtype !== 'int32') {
-        throw new Error(`ClipTextModel: input ids must be an int32 tensor [batch, tokens], got ${inputIds.dtype} [${inputIds.shape}]`);
+        throw new Error(
+          `ClipTextModel: input ids must be an int32 tensor [batch, tokens], got ${inputIds.dtype} [${inputIds.shape}]`,
+        );
       }
-      if ((inputIds.shape[1] as number) > maxPos) throw new Error(`ClipTextModel: ${inputIds.shape[1]} tokens exceed max_position_embeddings ${maxPos}`);
+      if ((inputIds.shape[1] as number) > maxPos)
+        throw new Error(`ClipTextModel: ${inputIds.shape[1]} tokens exceed max_position_embeddings ${maxPos}`);
       return inputIds;
     }
     const rows = inputIds as readonly (readonly number[])[];
     const seq = rows[0]?.length ?? 0;
-    if (rows.length === 0 || seq === 0) throw new Error('ClipTextModel: input ids are empty (expected [batch, tokens])');
+    if (rows.length === 0 || seq === 0)
+      throw new Error('ClipTextModel: input ids are empty (expected [batch, tokens])');
     if (seq > maxPos) throw new Error(`ClipTextModel: ${seq} tokens exceed max_position_embeddings ${maxPos}`);
     const flat = new Int32Array(rows.length * seq);
     rows.forEach((row, i) => {
-      if (row.length !== seq) throw new Error(`ClipTextModel: input id rows differ in length (row 0 has ${seq}, row ${i} has ${row.length})`);
+      if (row.length !== seq)
+        throw new Error(`ClipTextModel: input id rows differ in length (row 0 has ${seq}, row ${i} has ${row.length})`);
       row.forEach((id, j) => {
         if (!Number.isInteger(id) || id < 0 || id >= this.config.vocab_size) {
-          throw new Error(`ClipTextModel: token id ${id} at [${i}, ${j}] is outside the vocabulary [0, ${this.config.vocab_size})`);
+          throw new Error(
+            `ClipTextModel: token id ${id} at [${i}, ${j}] is outside the vocabulary [0, ${this.config.vocab_size})`,
+          );
         }
         flat[i * seq + j] = id;
       });
@@ -379,7 +402,9 @@ export class ClipTextModel extends Module {
 export function checkClipSkip(clipSkip: number | undefined, numLayers: number): number {
   const skip = clipSkip ?? 0;
   if (!Number.isInteger(skip) || skip < 0 || skip > numLayers) {
-    throw new Error(`ClipTextModel.encodePrompt: clipSkip must be an integer in [0, ${numLayers}] (the encoder has ${numLayers} layers), got ${clipSkip}`);
+    throw new Error(
+      `ClipTextModel.encodePrompt: clipSkip must be an integer in [0, ${numLayers}] (the encoder has ${numLayers} layers), got ${clipSkip}`,
+    );
   }
   return skip;
 }

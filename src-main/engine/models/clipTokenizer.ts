@@ -121,7 +121,10 @@ export class ClipTokenizer {
     this.eosToken = tokenContent(settings.eos_token, '<|endoftext|>', 'eos_token', where);
     this.padToken = tokenContent(settings.pad_token, '<|endoftext|>', 'pad_token', where);
     this.unkToken = tokenContent(settings.unk_token, '<|endoftext|>', 'unk_token', where);
-    this.modelMaxLength = parseModelMaxLength(files.tokenizerConfig?.model_max_length, `${source}/tokenizer_config.json`);
+    this.modelMaxLength = parseModelMaxLength(
+      files.tokenizerConfig?.model_max_length,
+      `${source}/tokenizer_config.json`,
+    );
 
     const specialIds = new Map<string, number>();
     for (const [field, token] of [
@@ -134,7 +137,10 @@ export class ClipTokenizer {
       if (id === undefined) throw new Error(`${source}: ${field} '${token}' is not in vocab.json`);
       specialIds.set(token, id);
     }
-    for (const [id, content] of addedTokens(files.tokenizerConfig?.added_tokens_decoder, `${source}/tokenizer_config.json`)) {
+    for (const [id, content] of addedTokens(
+      files.tokenizerConfig?.added_tokens_decoder,
+      `${source}/tokenizer_config.json`,
+    )) {
       specialIds.set(content, id);
     }
     this.specialIds = specialIds;
@@ -193,7 +199,9 @@ export class ClipTokenizer {
   call(text: string | readonly string[], options: CallOptions = {}): number[] | number[][] {
     const { maxLength = this.modelMaxLength, padding = 'max_length', truncation = true } = options;
     if (!Number.isInteger(maxLength) || maxLength < 2) {
-      throw new Error(`ClipTokenizer.call: maxLength must be an integer >= 2 (room for <|startoftext|> and <|endoftext|>), got ${maxLength}`);
+      throw new Error(
+        `ClipTokenizer.call: maxLength must be an integer >= 2 (room for <|startoftext|> and <|endoftext|>), got ${maxLength}`,
+      );
     }
     const texts = typeof text === 'string' ? [text] : text;
     const rows = texts.map((t) => {
@@ -201,7 +209,8 @@ export class ClipTokenizer {
       if (truncation && ids.length > maxLength - 2) ids = ids.slice(0, maxLength - 2);
       return [this.bosTokenId, ...ids, this.eosTokenId];
     });
-    const padTo = padding === 'max_length' ? maxLength : padding === 'longest' ? Math.max(0, ...rows.map((r) => r.length)) : 0;
+    const padTo =
+      padding === 'max_length' ? maxLength : padding === 'longest' ? Math.max(0, ...rows.map((r) => r.length)) : 0;
     for (const row of rows) while (row.length < padTo) row.push(this.padTokenId);
     return typeof text === 'string' ? rows[0] : rows;
   }
@@ -341,10 +350,14 @@ export function bytesToUnicode(): string[] {
 }
 
 function parseVocab(vocab: unknown, file: string): Map<string, number> {
-  if (typeof vocab !== 'object' || vocab === null || Array.isArray(vocab)) throw new Error(`${file}: expected a JSON object {token: id}`);
+  if (typeof vocab !== 'object' || vocab === null || Array.isArray(vocab))
+    throw new Error(`${file}: expected a JSON object {token: id}`);
   const map = new Map<string, number>();
   for (const [tok, id] of Object.entries(vocab)) {
-    if (!Number.isInteger(id) || (id as number) < 0) throw new Error(`${file}: token ${JSON.stringify(tok)} has id ${JSON.stringify(id)}; ids must be non-negative integers`);
+    if (!Number.isInteger(id) || (id as number) < 0)
+      throw new Error(
+        `${file}: token ${JSON.stringify(tok)} has id ${JSON.stringify(id)}; ids must be non-negative integers`,
+      );
     map.set(tok, id as number);
   }
   if (map.size === 0) throw new Error(`${file}: the vocabulary is empty`);
@@ -354,11 +367,15 @@ function parseVocab(vocab: unknown, file: string): Map<string, number> {
 /** `merges.txt`: a `#version` header line, then one `first second` pair per line, in rank order. */
 function parseMerges(text: string, file: string): Map<string, number> {
   // transformers: `read().strip().split("\n")[1 : 49152 - 256 - 2 + 1]` (the first line is skipped).
-  const lines = text.trim().split('\n').slice(1, MAX_MERGES + 1);
+  const lines = text
+    .trim()
+    .split('\n')
+    .slice(1, MAX_MERGES + 1);
   const ranks = new Map<string, number>();
   for (const [i, line] of lines.entries()) {
     const parts = line.trim().split(/\s+/);
-    if (parts.length !== 2) throw new Error(`${file}: line ${i + 2} is ${JSON.stringify(line)}; expected two symbols separated by a space`);
+    if (parts.length !== 2)
+      throw new Error(`${file}: line ${i + 2} is ${JSON.stringify(line)}; expected two symbols separated by a space`);
     const key = `${parts[0]} ${parts[1]}`;
     ranks.set(key, i); // a repeated pair keeps its last rank, as a Python dict does
   }
@@ -369,14 +386,17 @@ function parseMerges(text: string, file: string): Map<string, number> {
 function tokenContent(value: unknown, fallback: string, field: string, where: string): string {
   if (value === undefined || value === null) return fallback;
   if (typeof value === 'string') return value;
-  if (typeof value === 'object' && typeof (value as { content?: unknown }).content === 'string') return (value as { content: string }).content;
+  if (typeof value === 'object' && typeof (value as { content?: unknown }).content === 'string')
+    return (value as { content: string }).content;
   throw new Error(`${where}: ${field} must be a string or {"content": ...}, got ${JSON.stringify(value)}`);
 }
 
 function parseModelMaxLength(value: unknown, file: string): number {
   if (value === undefined || value === null) return CLIP_MAX_LENGTH;
   if (!Number.isInteger(value) || (value as number) < 2 || (value as number) > MAX_SANE_MODEL_MAX_LENGTH) {
-    throw new Error(`${file}: model_max_length must be an integer in [2, ${MAX_SANE_MODEL_MAX_LENGTH}] (CLIP uses 77), got ${JSON.stringify(value)}`);
+    throw new Error(
+      `${file}: model_max_length must be an integer in [2, ${MAX_SANE_MODEL_MAX_LENGTH}] (CLIP uses 77), got ${JSON.stringify(value)}`,
+    );
   }
   return value as number;
 }
@@ -384,11 +404,14 @@ function parseModelMaxLength(value: unknown, file: string): number {
 /** `added_tokens_decoder` (tokenizer_config.json written by transformers >= 4.34): id -> {content}. */
 function addedTokens(value: unknown, file: string): [number, string][] {
   if (value === undefined || value === null) return [];
-  if (typeof value !== 'object' || Array.isArray(value)) throw new Error(`${file}: added_tokens_decoder must be an object {id: {content, ...}}`);
+  if (typeof value !== 'object' || Array.isArray(value))
+    throw new Error(`${file}: added_tokens_decoder must be an object {id: {content, ...}}`);
   return Object.entries(value).map(([id, tok]) => {
     const content = (tok as { content?: unknown } | null)?.content;
     if (!/^\d+$/.test(id) || typeof content !== 'string') {
-      throw new Error(`${file}: added_tokens_decoder entry ${JSON.stringify(id)} must map an integer id to {"content": string}`);
+      throw new Error(
+        `${file}: added_tokens_decoder entry ${JSON.stringify(id)} must map an integer id to {"content": string}`,
+      );
     }
     return [Number(id), content];
   });
@@ -402,7 +425,9 @@ async function readRequired(path: string, what: string): Promise<string> {
   try {
     return await readFile(path, 'utf8');
   } catch (err) {
-    throw new Error(`ClipTokenizer: cannot read ${path} (${what}): ${(err as Error).message}. A CLIP tokenizer folder holds vocab.json and merges.txt`);
+    throw new Error(
+      `ClipTokenizer: cannot read ${path} (${what}): ${(err as Error).message}. A CLIP tokenizer folder holds vocab.json and merges.txt`,
+    );
   }
 }
 
@@ -424,6 +449,7 @@ function parseJsonObject(text: string, path: string): Record<string, unknown> {
   } catch (err) {
     throw new Error(`${path}: not valid JSON (${(err as Error).message})`);
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error(`${path}: expected a JSON object`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new Error(`${path}: expected a JSON object`);
   return value as Record<string, unknown>;
 }

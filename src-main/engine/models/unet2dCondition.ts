@@ -100,14 +100,46 @@ const IGNORED_KEYS = new Set([
 
 const KNOWN_KEYS = new Set([
   ...IGNORED_KEYS,
-  'sample_size', 'in_channels', 'out_channels', 'center_input_sample', 'flip_sin_to_cos', 'freq_shift',
-  'down_block_types', 'mid_block_type', 'up_block_types', 'only_cross_attention', 'block_out_channels',
-  'layers_per_block', 'downsample_padding', 'mid_block_scale_factor', 'dropout', 'act_fn', 'norm_num_groups',
-  'norm_eps', 'cross_attention_dim', 'transformer_layers_per_block', 'reverse_transformer_layers_per_block',
-  'encoder_hid_dim', 'encoder_hid_dim_type', 'attention_head_dim', 'num_attention_heads', 'dual_cross_attention',
-  'use_linear_projection', 'class_embed_type', 'addition_embed_type', 'num_class_embeds', 'upcast_attention',
-  'resnet_time_scale_shift', 'time_embedding_type', 'time_embedding_dim', 'time_embedding_act_fn',
-  'timestep_post_act', 'time_cond_proj_dim', 'conv_in_kernel', 'conv_out_kernel', 'attention_type',
+  'sample_size',
+  'in_channels',
+  'out_channels',
+  'center_input_sample',
+  'flip_sin_to_cos',
+  'freq_shift',
+  'down_block_types',
+  'mid_block_type',
+  'up_block_types',
+  'only_cross_attention',
+  'block_out_channels',
+  'layers_per_block',
+  'downsample_padding',
+  'mid_block_scale_factor',
+  'dropout',
+  'act_fn',
+  'norm_num_groups',
+  'norm_eps',
+  'cross_attention_dim',
+  'transformer_layers_per_block',
+  'reverse_transformer_layers_per_block',
+  'encoder_hid_dim',
+  'encoder_hid_dim_type',
+  'attention_head_dim',
+  'num_attention_heads',
+  'dual_cross_attention',
+  'use_linear_projection',
+  'class_embed_type',
+  'addition_embed_type',
+  'num_class_embeds',
+  'upcast_attention',
+  'resnet_time_scale_shift',
+  'time_embedding_type',
+  'time_embedding_dim',
+  'time_embedding_act_fn',
+  'timestep_post_act',
+  'time_cond_proj_dim',
+  'conv_in_kernel',
+  'conv_out_kernel',
+  'attention_type',
 ]);
 
 /**
@@ -118,10 +150,15 @@ export function parseUNetConfig(raw: unknown): UNet2DConditionConfig {
   const c = new ConfigReader('UNet2DConditionModel config', raw);
   const className = c.raw._class_name;
   if (className !== undefined && className !== 'UNet2DConditionModel') {
-    throw new Error(`UNet2DConditionModel config: _class_name is ${JSON.stringify(className)}, expected "UNet2DConditionModel"`);
+    throw new Error(
+      `UNet2DConditionModel config: _class_name is ${JSON.stringify(className)}, expected "UNet2DConditionModel"`,
+    );
   }
   const unknown = Object.keys(c.raw).filter((k) => !k.startsWith('_') && !KNOWN_KEYS.has(k));
-  if (unknown.length) throw new Error(`UNet2DConditionModel config: unknown keys ${unknown.join(', ')} (written by a newer diffusers? this loader supports the v0.27 SD 1.x options)`);
+  if (unknown.length)
+    throw new Error(
+      `UNet2DConditionModel config: unknown keys ${unknown.join(', ')} (written by a newer diffusers? this loader supports the v0.27 SD 1.x options)`,
+    );
 
   // Options SD 1.x does not use: each must sit at its default.
   c.mustBe('class_embed_type', null, 'class embeddings are not supported');
@@ -138,29 +175,57 @@ export function parseUNetConfig(raw: unknown): UNet2DConditionConfig {
   c.mustBe('resnet_time_scale_shift', 'default', 'only the "default" ResnetBlock2D time embedding norm is supported');
   c.mustBe('reverse_transformer_layers_per_block', null, 'per-up-block transformer depths are not supported');
   c.mustBe('mid_block_type', 'UNetMidBlock2DCrossAttn', 'only the UNetMidBlock2DCrossAttn mid block is supported');
-  c.mustBe('num_attention_heads', null, 'diffusers itself rejects it for UNet2DConditionModel; set attention_head_dim (SD 1.x: the number of heads)');
+  c.mustBe(
+    'num_attention_heads',
+    null,
+    'diffusers itself rejects it for UNet2DConditionModel; set attention_head_dim (SD 1.x: the number of heads)',
+  );
   c.mustBe('dropout', 0, 'dropout is not implemented (this forward is inference-style)');
   const actFn = c.str('act_fn', 'silu');
-  if (actFn !== 'silu' && actFn !== 'swish') throw new Error(`UNet2DConditionModel config: act_fn "${actFn}" is not supported (SD 1.x uses "silu")`);
+  if (actFn !== 'silu' && actFn !== 'swish')
+    throw new Error(`UNet2DConditionModel config: act_fn "${actFn}" is not supported (SD 1.x uses "silu")`);
 
-  const downBlockTypes = c.strList('down_block_types', ['CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'DownBlock2D']).map((t, i) => {
-    const name = t.startsWith('UNetRes') ? t.slice(7) : t;
-    if (name !== 'CrossAttnDownBlock2D' && name !== 'DownBlock2D') throw new Error(`UNet2DConditionModel config: down_block_types[${i}] "${t}" is not supported (expected CrossAttnDownBlock2D or DownBlock2D)`);
-    return name as DownBlockType;
-  });
-  const upBlockTypes = c.strList('up_block_types', ['UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D']).map((t, i) => {
-    const name = t.startsWith('UNetRes') ? t.slice(7) : t;
-    if (name !== 'CrossAttnUpBlock2D' && name !== 'UpBlock2D') throw new Error(`UNet2DConditionModel config: up_block_types[${i}] "${t}" is not supported (expected CrossAttnUpBlock2D or UpBlock2D)`);
-    return name as UpBlockType;
-  });
+  const downBlockTypes = c
+    .strList('down_block_types', [
+      'CrossAttnDownBlock2D',
+      'CrossAttnDownBlock2D',
+      'CrossAttnDownBlock2D',
+      'DownBlock2D',
+    ])
+    .map((t, i) => {
+      const name = t.startsWith('UNetRes') ? t.slice(7) : t;
+      if (name !== 'CrossAttnDownBlock2D' && name !== 'DownBlock2D')
+        throw new Error(
+          `UNet2DConditionModel config: down_block_types[${i}] "${t}" is not supported (expected CrossAttnDownBlock2D or DownBlock2D)`,
+        );
+      return name as DownBlockType;
+    });
+  const upBlockTypes = c
+    .strList('up_block_types', ['UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'])
+    .map((t, i) => {
+      const name = t.startsWith('UNetRes') ? t.slice(7) : t;
+      if (name !== 'CrossAttnUpBlock2D' && name !== 'UpBlock2D')
+        throw new Error(
+          `UNet2DConditionModel config: up_block_types[${i}] "${t}" is not supported (expected CrossAttnUpBlock2D or UpBlock2D)`,
+        );
+      return name as UpBlockType;
+    });
   const n = downBlockTypes.length;
-  if (upBlockTypes.length !== n) throw new Error(`UNet2DConditionModel config: ${n} down_block_types but ${upBlockTypes.length} up_block_types; they must match`);
+  if (upBlockTypes.length !== n)
+    throw new Error(
+      `UNet2DConditionModel config: ${n} down_block_types but ${upBlockTypes.length} up_block_types; they must match`,
+    );
   const blockOutChannels = c.intList('block_out_channels', [320, 640, 1280, 1280]);
-  if (blockOutChannels.length !== n) throw new Error(`UNet2DConditionModel config: block_out_channels has ${blockOutChannels.length} entries for ${n} down blocks`);
+  if (blockOutChannels.length !== n)
+    throw new Error(
+      `UNet2DConditionModel config: block_out_channels has ${blockOutChannels.length} entries for ${n} down blocks`,
+    );
 
   const onlyCross = c.raw.only_cross_attention ?? false;
   if (onlyCross !== false && !(Array.isArray(onlyCross) && onlyCross.every((v) => v === false))) {
-    throw new Error(`UNet2DConditionModel config: only_cross_attention ${JSON.stringify(onlyCross)} is not supported (must be false)`);
+    throw new Error(
+      `UNet2DConditionModel config: only_cross_attention ${JSON.stringify(onlyCross)} is not supported (must be false)`,
+    );
   }
 
   const normNumGroups = c.int('norm_num_groups', 32);
@@ -190,8 +255,14 @@ export function parseUNetConfig(raw: unknown): UNet2DConditionConfig {
     convOutKernel: c.oddKernel('conv_out_kernel', 3),
   };
   for (const [i, ch] of blockOutChannels.entries()) {
-    if (ch % normNumGroups !== 0) throw new Error(`UNet2DConditionModel config: block_out_channels[${i}] = ${ch} does not split into norm_num_groups = ${normNumGroups}`);
-    if (ch % config.numAttentionHeads[i] !== 0) throw new Error(`UNet2DConditionModel config: block_out_channels[${i}] = ${ch} does not split into ${config.numAttentionHeads[i]} heads (attention_head_dim)`);
+    if (ch % normNumGroups !== 0)
+      throw new Error(
+        `UNet2DConditionModel config: block_out_channels[${i}] = ${ch} does not split into norm_num_groups = ${normNumGroups}`,
+      );
+    if (ch % config.numAttentionHeads[i] !== 0)
+      throw new Error(
+        `UNet2DConditionModel config: block_out_channels[${i}] = ${ch} does not split into ${config.numAttentionHeads[i]} heads (attention_head_dim)`,
+      );
   }
   return config;
 }
@@ -204,7 +275,8 @@ class ConfigReader {
     private readonly what: string,
     raw: unknown,
   ) {
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error(`${what}: expected a JSON object`);
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+      throw new Error(`${what}: expected a JSON object`);
     this.raw = raw as Record<string, unknown>;
   }
 
@@ -215,7 +287,9 @@ class ConfigReader {
   mustBe(key: string, value: unknown, why: string): void {
     const v = this.raw[key];
     if (v === undefined || v === value) return;
-    throw new Error(`${this.what}: ${key} = ${JSON.stringify(v)} is not supported: ${why} (expected ${JSON.stringify(value)})`);
+    throw new Error(
+      `${this.what}: ${key} = ${JSON.stringify(v)} is not supported: ${why} (expected ${JSON.stringify(value)})`,
+    );
   }
 
   int(key: string, dflt: number): number {
@@ -244,13 +318,15 @@ class ConfigReader {
 
   strList(key: string, dflt: string[]): string[] {
     const v = this.raw[key] ?? dflt;
-    if (!Array.isArray(v) || v.length === 0 || !v.every((s) => typeof s === 'string')) this.fail(key, 'a non-empty list of strings');
+    if (!Array.isArray(v) || v.length === 0 || !v.every((s) => typeof s === 'string'))
+      this.fail(key, 'a non-empty list of strings');
     return v as string[];
   }
 
   intList(key: string, dflt: number[]): number[] {
     const v = this.raw[key] ?? dflt;
-    if (!Array.isArray(v) || v.length === 0 || !v.every((d) => Number.isInteger(d) && d > 0)) this.fail(key, 'a non-empty list of positive integers');
+    if (!Array.isArray(v) || v.length === 0 || !v.every((d) => Number.isInteger(d) && d > 0))
+      this.fail(key, 'a non-empty list of positive integers');
     return v as number[];
   }
 
@@ -308,10 +384,19 @@ export class DownBlock extends Module {
     attn: AttentionOptions,
   ) {
     super();
-    this.resnets = Array.from({ length: o.layers }, (_, i) =>
-      new ResnetBlock2D({ inChannels: i === 0 ? o.inChannels : o.outChannels, outChannels: o.outChannels, tembChannels: o.tembChannels, groups: o.groups, eps: o.eps }),
+    this.resnets = Array.from(
+      { length: o.layers },
+      (_, i) =>
+        new ResnetBlock2D({
+          inChannels: i === 0 ? o.inChannels : o.outChannels,
+          outChannels: o.outChannels,
+          tembChannels: o.tembChannels,
+          groups: o.groups,
+          eps: o.eps,
+        }),
     );
-    if (type === 'CrossAttnDownBlock2D') this.attentions = this.resnets.map(() => transformer(o.outChannels, o.groups, attn));
+    if (type === 'CrossAttnDownBlock2D')
+      this.attentions = this.resnets.map(() => transformer(o.outChannels, o.groups, attn));
     if (o.addDownsample) this.downsamplers = [new Downsample2D(o.outChannels, o.outChannels, o.downsamplePadding)];
   }
 
@@ -335,9 +420,18 @@ export class UNetMidBlock2DCrossAttn extends Module {
   attentions: Transformer2DModel[];
   resnets: ResnetBlock2D[];
 
-  constructor(channels: number, tembChannels: number, groups: number, eps: number, outputScaleFactor: number, attn: AttentionOptions, layers = 1) {
+  constructor(
+    channels: number,
+    tembChannels: number,
+    groups: number,
+    eps: number,
+    outputScaleFactor: number,
+    attn: AttentionOptions,
+    layers = 1,
+  ) {
     super();
-    const resnet = () => new ResnetBlock2D({ inChannels: channels, outChannels: channels, tembChannels, groups, eps, outputScaleFactor });
+    const resnet = () =>
+      new ResnetBlock2D({ inChannels: channels, outChannels: channels, tembChannels, groups, eps, outputScaleFactor });
     this.resnets = [resnet(), ...Array.from({ length: layers }, resnet)];
     this.attentions = Array.from({ length: layers }, () => transformer(channels, groups, attn));
   }
@@ -370,9 +464,16 @@ export class UpBlock extends Module {
     this.resnets = Array.from({ length: o.layers }, (_, i) => {
       const skipChannels = i === o.layers - 1 ? o.inChannels : o.outChannels;
       const inChannels = (i === 0 ? o.prevOutputChannels : o.outChannels) + skipChannels;
-      return new ResnetBlock2D({ inChannels, outChannels: o.outChannels, tembChannels: o.tembChannels, groups: o.groups, eps: o.eps });
+      return new ResnetBlock2D({
+        inChannels,
+        outChannels: o.outChannels,
+        tembChannels: o.tembChannels,
+        groups: o.groups,
+        eps: o.eps,
+      });
     });
-    if (type === 'CrossAttnUpBlock2D') this.attentions = this.resnets.map(() => transformer(o.outChannels, o.groups, attn));
+    if (type === 'CrossAttnUpBlock2D')
+      this.attentions = this.resnets.map(() => transformer(o.outChannels, o.groups, attn));
     if (o.addUpsample) this.upsamplers = [new Upsample2D(o.outChannels, o.outChannels)];
   }
 
@@ -382,7 +483,8 @@ export class UpBlock extends Module {
    */
   forward<T>(o: Ops<T>, h: T, skips: readonly T[], temb: T, context: T, upsampleTo?: T): T {
     return o.scope(() => {
-      if (skips.length !== this.resnets.length) throw new Error(`${this.type}: got ${skips.length} skip tensors for ${this.resnets.length} resnets`);
+      if (skips.length !== this.resnets.length)
+        throw new Error(`${this.type}: got ${skips.length} skip tensors for ${this.resnets.length} resnets`);
       this.resnets.forEach((resnet, i) => {
         const skip = skips[skips.length - 1 - i];
         h = resnet.forward(o, o.concatChannels([h, skip]), temb); // C + Cskip channels
@@ -452,12 +554,28 @@ export class UNet2DConditionModel extends Module {
       outCh = cfg.blockOutChannels[i];
       return new DownBlock(
         type,
-        { inChannels: inCh, outChannels: outCh, tembChannels: temb, layers: cfg.layersPerBlock[i], groups, eps, addDownsample: i < n - 1, downsamplePadding: cfg.downsamplePadding },
+        {
+          inChannels: inCh,
+          outChannels: outCh,
+          tembChannels: temb,
+          layers: cfg.layersPerBlock[i],
+          groups,
+          eps,
+          addDownsample: i < n - 1,
+          downsamplePadding: cfg.downsamplePadding,
+        },
         attnFor(i),
       );
     });
 
-    this.mid_block = new UNetMidBlock2DCrossAttn(cfg.blockOutChannels[n - 1], temb, groups, eps, cfg.midBlockScaleFactor, attnFor(n - 1));
+    this.mid_block = new UNetMidBlock2DCrossAttn(
+      cfg.blockOutChannels[n - 1],
+      temb,
+      groups,
+      eps,
+      cfg.midBlockScaleFactor,
+      attnFor(n - 1),
+    );
 
     // Up blocks mirror the down blocks: up block i uses down block (n-1-i)'s settings.
     const reversed = [...cfg.blockOutChannels].reverse();
@@ -468,7 +586,16 @@ export class UNet2DConditionModel extends Module {
       const inCh = reversed[Math.min(i + 1, n - 1)];
       return new UpBlock(
         type,
-        { inChannels: inCh, outChannels: outCh, prevOutputChannels, tembChannels: temb, layers: cfg.layersPerBlock[n - 1 - i] + 1, groups, eps, addUpsample: i < n - 1 },
+        {
+          inChannels: inCh,
+          outChannels: outCh,
+          prevOutputChannels,
+          tembChannels: temb,
+          layers: cfg.layersPerBlock[n - 1 - i] + 1,
+          groups,
+          eps,
+          addUpsample: i < n - 1,
+        },
         attnFor(n - 1 - i),
       );
     });
@@ -497,18 +624,30 @@ export class UNet2DConditionModel extends Module {
    * encoderHiddenStates [B, S, cross_attention_dim] -> noise prediction [B, H, W, out_channels],
    * on TensorFlow.js. The result is a new tensor owned by the caller; nothing else is left behind.
    */
-  forward(sample: Tensor, timestep: number | readonly number[] | Tensor, encoderHiddenStates: Tensor, options: UNetForwardOptions = {}): Tensor {
+  forward(
+    sample: Tensor,
+    timestep: number | readonly number[] | Tensor,
+    encoderHiddenStates: Tensor,
+    options: UNetForwardOptions = {},
+  ): Tensor {
     const cfg = this.config;
     if (sample.rank !== 4 || sample.shape[3] !== cfg.inChannels) {
-      throw new Error(`UNet2DConditionModel.forward: sample must be NHWC [B, H, W, ${cfg.inChannels}], got [${sample.shape}]`);
+      throw new Error(
+        `UNet2DConditionModel.forward: sample must be NHWC [B, H, W, ${cfg.inChannels}], got [${sample.shape}]`,
+      );
     }
     const batch = sample.shape[0];
     const context = encoderHiddenStates;
     if (context.rank !== 3 || context.shape[0] !== batch) {
-      throw new Error(`UNet2DConditionModel.forward: encoderHiddenStates must be [${batch}, S, C] to match the sample batch, got [${context.shape}]`);
+      throw new Error(
+        `UNet2DConditionModel.forward: encoderHiddenStates must be [${batch}, S, C] to match the sample batch, got [${context.shape}]`,
+      );
     }
     const badDim = cfg.crossAttentionDim.find((d) => d !== context.shape[2]);
-    if (badDim !== undefined) throw new Error(`UNet2DConditionModel.forward: encoderHiddenStates has ${context.shape[2]} channels but cross_attention_dim is ${badDim}`);
+    if (badDim !== undefined)
+      throw new Error(
+        `UNet2DConditionModel.forward: encoderHiddenStates has ${context.shape[2]} channels but cross_attention_dim is ${badDim}`,
+      );
     return tf.tidy(() => this.denoise(tfOps, sample, timestepBatch(timestep, batch), context, options.runBlock));
   }
 
@@ -520,7 +659,10 @@ export class UNet2DConditionModel extends Module {
     const cfg = this.config;
     return o.scope(() => {
       // 1. Time embedding.
-      const temb = this.time_embedding.forward(o, timestepSinusoid(o, timesteps, cfg.blockOutChannels[0], cfg.flipSinToCos, cfg.freqShift)); // [B, timeEmbedDim]
+      const temb = this.time_embedding.forward(
+        o,
+        timestepSinusoid(o, timesteps, cfg.blockOutChannels[0], cfg.flipSinToCos, cfg.freqShift),
+      ); // [B, timeEmbedDim]
 
       // 2. conv_in.
       const x = cfg.centerInputSample ? o.sub(o.mul(sample, 2), 1) : sample;
@@ -529,7 +671,11 @@ export class UNet2DConditionModel extends Module {
 
       // 3. Down path.
       this.down_blocks.forEach((block, i) => {
-        const outputs = runBlock(`down_blocks.${i}`, ([hIn, te, ctx]) => block.forward(o, hIn, te, ctx), [h, temb, context]);
+        const outputs = runBlock(`down_blocks.${i}`, ([hIn, te, ctx]) => block.forward(o, hIn, te, ctx), [
+          h,
+          temb,
+          context,
+        ]);
         skips.push(...outputs);
         h = outputs[outputs.length - 1];
       });
@@ -542,7 +688,12 @@ export class UNet2DConditionModel extends Module {
         const mine = skips.splice(skips.length - block.resnets.length);
         // The next skip only lends its spatial size to the upsampler, so it is not a block input.
         const next = block.upsamplers ? skips[skips.length - 1] : undefined;
-        h = runBlock(`up_blocks.${i}`, ([hIn, te, ctx, ...res]) => [block.forward(o, hIn, res, te, ctx, next)], [h, temb, context, ...mine])[0];
+        h = runBlock(`up_blocks.${i}`, ([hIn, te, ctx, ...res]) => [block.forward(o, hIn, res, te, ctx, next)], [
+          h,
+          temb,
+          context,
+          ...mine,
+        ])[0];
       });
 
       // 6. Output.
@@ -556,13 +707,17 @@ function timestepBatch(timestep: number | readonly number[] | Tensor, batch: num
   if (typeof timestep === 'number') return tf.fill([batch], timestep, 'float32');
   if (timestep instanceof tf.Tensor) {
     if (timestep.rank > 1 || (timestep.size !== 1 && timestep.size !== batch)) {
-      throw new Error(`UNet2DConditionModel.forward: timestep tensor must be a scalar or [${batch}], got [${timestep.shape}]`);
+      throw new Error(
+        `UNet2DConditionModel.forward: timestep tensor must be a scalar or [${batch}], got [${timestep.shape}]`,
+      );
     }
     const t = timestep.cast('float32').reshape([-1]); // [1] or [B]
     return timestep.size === batch ? t : tf.tile(t, [batch]);
   }
   const list = timestep as readonly number[];
-  if (list.length !== 1 && list.length !== batch) throw new Error(`UNet2DConditionModel.forward: ${list.length} timesteps for a batch of ${batch}`);
-  if (!list.every(Number.isFinite)) throw new Error(`UNet2DConditionModel.forward: timesteps [${list}] must be finite numbers`);
+  if (list.length !== 1 && list.length !== batch)
+    throw new Error(`UNet2DConditionModel.forward: ${list.length} timesteps for a batch of ${batch}`);
+  if (!list.every(Number.isFinite))
+    throw new Error(`UNet2DConditionModel.forward: timesteps [${list}] must be finite numbers`);
   return tf.tensor1d(list.length === batch ? [...list] : Array.from({ length: batch }, () => list[0]), 'float32');
 }

@@ -63,9 +63,17 @@ export interface EmitOptions {
  * Binds every Param of `model` to an external initializer over `source` (strict: missing,
  * unexpected and mis-shaped keys fail as `loadParams` does).
  */
-function bindWeights(model: Module, source: WeightSource, component: string, builder: GraphBuilder): { weight: (p: Param) => Value; files: Map<string, WeightFileRef> } {
+function bindWeights(
+  model: Module,
+  source: WeightSource,
+  component: string,
+  builder: GraphBuilder,
+): { weight: (p: Param) => Value; files: Map<string, WeightFileRef> } {
   const params = checkParams(model, source, component, (key) => key.endsWith('position_ids'));
-  if (!source.locate) throw new Error(`${component} (${source.description}): these weights are not in files, so an ONNX graph cannot read them in place`);
+  if (!source.locate)
+    throw new Error(
+      `${component} (${source.description}): these weights are not in files, so an ONNX graph cannot read them in place`,
+    );
   const files = new Map<string, WeightFileRef>();
   const keyOf = new Map<Param, string>();
   for (const [key, p] of params) keyOf.set(p, key);
@@ -74,16 +82,22 @@ function bindWeights(model: Module, source: WeightSource, component: string, bui
     const hit = made.get(p);
     if (hit) return hit;
     const key = keyOf.get(p);
-    if (key === undefined) throw new Error(`${component}: a parameter of shape [${p.shape}] is not part of the model's state dict`);
+    if (key === undefined)
+      throw new Error(`${component}: a parameter of shape [${p.shape}] is not part of the model's state dict`);
     const loc = source.locate!(key)!;
     const type = elemTypeOfSafetensors(loc.dtype);
-    if (!type) throw new Error(`${component}: ${key} in ${loc.file} is ${loc.dtype}; ONNX graphs read F32, F16 or BF16 weights`);
+    if (!type)
+      throw new Error(`${component}: ${key} in ${loc.file} is ${loc.dtype}; ONNX graphs read F32, F16 or BF16 weights`);
     let ref = files.get(loc.file);
     if (!ref) {
       ref = { path: loc.file, location: `w${files.size}-${basename(loc.file).replace(/[^A-Za-z0-9._-]/g, '_')}` };
       files.set(loc.file, ref);
     }
-    const v = builder.external(`${component}.${key}`, type, p.shape, { location: ref.location, offset: loc.begin, length: loc.end - loc.begin });
+    const v = builder.external(`${component}.${key}`, type, p.shape, {
+      location: ref.location,
+      offset: loc.begin,
+      length: loc.end - loc.begin,
+    });
     made.set(p, v);
     return v;
   };
@@ -103,16 +117,44 @@ function sidePathMap(model: Module, paths: readonly string[] = []): Map<Linear, 
 }
 
 /** A builder for `kind`, with `model`'s weights bound in place and the ONNX executor over them. */
-function start(kind: GraphKind, model: Module, source: WeightSource, component: string, options: EmitOptions, side = false): { g: GraphBuilder; ops: OnnxOps; files: Map<string, WeightFileRef> } {
+function start(
+  kind: GraphKind,
+  model: Module,
+  source: WeightSource,
+  component: string,
+  options: EmitOptions,
+  side = false,
+): { g: GraphBuilder; ops: OnnxOps; files: Map<string, WeightFileRef> } {
   const g = new GraphBuilder(kind);
   const { weight, files } = bindWeights(model, source, component, g);
-  const ops = new OnnxOps({ builder: g, dtype: options.dtype, weight, sidePaths: side ? sidePathMap(model, options.sidePaths) : undefined, attention: options.attention });
+  const ops = new OnnxOps({
+    builder: g,
+    dtype: options.dtype,
+    weight,
+    sidePaths: side ? sidePathMap(model, options.sidePaths) : undefined,
+    attention: options.attention,
+  });
   return { g, ops, files };
 }
 
-function finish(kind: GraphKind, g: GraphBuilder, ops: OnnxOps, files: Map<string, WeightFileRef>, inputs: string[], outputs: string[]): EmittedGraph {
+function finish(
+  kind: GraphKind,
+  g: GraphBuilder,
+  ops: OnnxOps,
+  files: Map<string, WeightFileRef>,
+  inputs: string[],
+  outputs: string[],
+): EmittedGraph {
   const sideNames = [...ops.sideInputs.keys()].flatMap((p) => Object.values(sidePathInputs(p)));
-  return { kind, bytes: g.toBytes(`${kind}, graph version ${GRAPH_VERSION}`), files: [...files.values()], sidePaths: ops.sideInputs, inputNames: [...inputs, ...sideNames], outputNames: outputs, nodes: g.nodeCount };
+  return {
+    kind,
+    bytes: g.toBytes(`${kind}, graph version ${GRAPH_VERSION}`),
+    files: [...files.values()],
+    sidePaths: ops.sideInputs,
+    inputNames: [...inputs, ...sideNames],
+    outputNames: outputs,
+    nodes: g.nodeCount,
+  };
 }
 
 const toNCHW = (g: GraphBuilder, v: Value) => g.op('Transpose', [v], { perm: [0, 3, 1, 2] });
@@ -158,12 +200,23 @@ export function emitTextEncoder(text: ClipTextModel, source: WeightSource, optio
   const ids = g.input('input_ids', 'int32', ['batch', seq]);
   const skipIndex = g.input('skip_index', 'int64', []);
   const { last, pooled, hidden } = text.run(ops, ids, seq);
-  const stacked = g.op('Concat', hidden.map((h) => g.op('Unsqueeze', [h, g.ints([0])], {}, { rank: 4 })), { axis: 0 }); // [L+1, B, S, H]
+  const stacked = g.op(
+    'Concat',
+    hidden.map((h) => g.op('Unsqueeze', [h, g.ints([0])], {}, { rank: 4 })),
+    { axis: 0 },
+  ); // [L+1, B, S, H]
   const chosen = g.op('Gather', [stacked, skipIndex], { axis: 0 }, { rank: 3 }); // [B, S, H]
   const promptEmbeds = ops.layerNorm(chosen, text.text_model.final_layer_norm);
   g.output(ops.float32(last), 'last_hidden_state', ['batch', seq, hiddenSize]);
   g.output(ops.float32(pooled), 'pooler_output', ['batch', hiddenSize]);
   g.output(ops.float32(stacked), 'hidden_states', [text.numLayers + 1, 'batch', seq, hiddenSize]);
   g.output(ops.float32(promptEmbeds), 'prompt_embeds', ['batch', seq, hiddenSize]);
-  return finish('text_encoder', g, ops, files, ['input_ids', 'skip_index'], ['last_hidden_state', 'pooler_output', 'hidden_states', 'prompt_embeds']);
+  return finish(
+    'text_encoder',
+    g,
+    ops,
+    files,
+    ['input_ids', 'skip_index'],
+    ['last_hidden_state', 'pooler_output', 'hidden_states', 'prompt_embeds'],
+  );
 }

@@ -97,7 +97,10 @@ export class GraphBuilder {
     const type = out.type ?? first?.type ?? 'float32';
     const rank = out.rank ?? first?.rank ?? 0;
     const count = out.count ?? 1;
-    const outs = Array.from({ length: count }, (_, i) => new Value(count === 1 && out.name ? out.name : this.fresh(op.toLowerCase()), type, rank));
+    const outs = Array.from(
+      { length: count },
+      (_, _i) => new Value(count === 1 && out.name ? out.name : this.fresh(op.toLowerCase()), type, rank),
+    );
     if (out.domain === 'com.microsoft') this.usesMicrosoftDomain = true;
     this.nodes.push(
       onnx.NodeProto.create({
@@ -113,7 +116,12 @@ export class GraphBuilder {
   }
 
   /** One-output node. */
-  op(op: string, inputs: readonly (Value | null)[], attrs: Record<string, Attr> = {}, out: { type?: ElemType; rank?: number } = {}): Value {
+  op(
+    op: string,
+    inputs: readonly (Value | null)[],
+    attrs: Record<string, Attr> = {},
+    out: { type?: ElemType; rank?: number } = {},
+  ): Value {
     return this.node(op, inputs, attrs, out)[0];
   }
 
@@ -136,7 +144,12 @@ export class GraphBuilder {
   }
 
   /** A constant initializer stored in the graph (small tensors: norms' ones, masks, frequencies). */
-  constant(data: Float32Array | readonly number[], dims: readonly number[], type: ElemType = 'float32', name?: string): Value {
+  constant(
+    data: Float32Array | readonly number[],
+    dims: readonly number[],
+    type: ElemType = 'float32',
+    name?: string,
+  ): Value {
     const key = name ? null : `${type}|${dims.join(',')}|${data.length <= 16 ? Array.from(data).join(',') : ''}`;
     if (key && data.length <= 16) {
       const hit = this.constants.get(key);
@@ -169,7 +182,13 @@ export class GraphBuilder {
       opsetImport,
       producerName: 'singlora-studio',
       docString,
-      graph: onnx.GraphProto.create({ name: this.name, node: this.nodes, initializer: this.initializers, input: this.inputs, output: this.outputs }),
+      graph: onnx.GraphProto.create({
+        name: this.name,
+        node: this.nodes,
+        initializer: this.initializers,
+        input: this.inputs,
+        output: this.outputs,
+      }),
     });
     return onnx.ModelProto.encode(model).finish();
   }
@@ -182,7 +201,12 @@ function bytesOf(a: Float32Array | Uint16Array | BigInt64Array | Int32Array): Ui
 function valueInfo(name: string, type: ElemType, dims: readonly GraphDim[]): ValueInfoProto {
   return onnx.ValueInfoProto.create({
     name,
-    type: { tensorType: { elemType: ONNX_TYPE[type], shape: { dim: dims.map((d) => (typeof d === 'string' ? { dimParam: d } : { dimValue: d })) } } },
+    type: {
+      tensorType: {
+        elemType: ONNX_TYPE[type],
+        shape: { dim: dims.map((d) => (typeof d === 'string' ? { dimParam: d } : { dimValue: d })) },
+      },
+    },
   });
 }
 

@@ -17,7 +17,17 @@
  * the peak is about twice the weights until the JS buffers are dropped.
  */
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  linkSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { OnnxSession, type ExecutionProvider } from '../backend/onnxRuntime.ts';
 import { atomicWriteFile, atomicWriteJson } from '../io/atomic.ts';
@@ -70,12 +80,25 @@ export function graphKey(req: Omit<GraphRequest, 'emit'>): string {
     const st = statSync(f);
     return { path: realpathSync(f), size: st.size, mtimeMs: Math.round(st.mtimeMs) };
   });
-  const h = createHash('sha256').update(JSON.stringify({ v: GRAPH_VERSION, kind: req.kind, dtype: req.dtype, attention: req.attention ?? 'fused', side: [...req.sidePaths].sort(), config: req.config, files }));
+  const h = createHash('sha256').update(
+    JSON.stringify({
+      v: GRAPH_VERSION,
+      kind: req.kind,
+      dtype: req.dtype,
+      attention: req.attention ?? 'fused',
+      side: [...req.sidePaths].sort(),
+      config: req.config,
+      files,
+    }),
+  );
   return `${req.kind}-${h.digest('hex').slice(0, 24)}`;
 }
 
 /** The cached graph file for `req`, emitted now if missing. */
-export async function ensureGraph(req: GraphRequest, cacheDir = defaultCacheDir()): Promise<{ file: string; meta: GraphMeta; emitted: boolean }> {
+export async function ensureGraph(
+  req: GraphRequest,
+  cacheDir = defaultCacheDir(),
+): Promise<{ file: string; meta: GraphMeta; emitted: boolean }> {
   const dir = join(cacheDir, 'onnx', graphKey(req));
   const file = join(dir, 'graph.onnx');
   const metaFile = join(dir, 'meta.json');
@@ -86,7 +109,14 @@ export async function ensureGraph(req: GraphRequest, cacheDir = defaultCacheDir(
     if (cached.files.every((f) => existsSync(f.path))) return { file, meta: cached, emitted: false };
   }
   const g = req.emit();
-  const meta: GraphMeta = { kind: g.kind, files: g.files.map((f) => ({ ...f, path: realpathSync(f.path) })), sidePaths: [...g.sidePaths], inputNames: g.inputNames, outputNames: g.outputNames, nodes: g.nodes };
+  const meta: GraphMeta = {
+    kind: g.kind,
+    files: g.files.map((f) => ({ ...f, path: realpathSync(f.path) })),
+    sidePaths: [...g.sidePaths],
+    inputNames: g.inputNames,
+    outputNames: g.outputNames,
+    nodes: g.nodes,
+  };
   mkdirSync(dir, { recursive: true });
   await atomicWriteFile(file, g.bytes);
   await atomicWriteJson(metaFile, meta);
@@ -113,7 +143,11 @@ export async function openGraph(req: GraphRequest, opts: SessionRequest): Promis
     }
     const session = linked
       ? await OnnxSession.create(graphFile, { providers: opts.providers })
-      : await OnnxSession.create(graphFile, { providers: opts.providers, graph: readFileSync(file), externalData: meta.files.map((f) => ({ path: f.location, data: readWhole(f.path) })) });
+      : await OnnxSession.create(graphFile, {
+          providers: opts.providers,
+          graph: readFileSync(file),
+          externalData: meta.files.map((f) => ({ path: f.location, data: readWhole(f.path) })),
+        });
     return { session, meta, weights: linked ? 'linked' : 'in-memory', graphFile: file, emitted };
   } finally {
     rmSync(tmp, { recursive: true, force: true });
@@ -122,6 +156,9 @@ export async function openGraph(req: GraphRequest, opts: SessionRequest): Promis
 
 function readWhole(path: string): Uint8Array {
   const size = statSync(path).size;
-  if (size > 2 ** 32 - 1) throw new Error(`${path}: ${size} bytes is too large to hand to ONNX Runtime in memory (4 GiB at most); put the ONNX cache (SINGLORA_CACHE_DIR) on the same file system as the model so it can be linked`);
+  if (size > 2 ** 32 - 1)
+    throw new Error(
+      `${path}: ${size} bytes is too large to hand to ONNX Runtime in memory (4 GiB at most); put the ONNX cache (SINGLORA_CACHE_DIR) on the same file system as the model so it can be linked`,
+    );
   return readFileSync(path);
 }

@@ -16,7 +16,14 @@ import { AutoencoderKL } from '../models/autoencoderKL.ts';
 import { ClipTextModel, checkClipSkip, parseClipTextConfig } from '../models/clipTextModel.ts';
 import type { Module } from '../models/layers/module.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
-import { emitTextEncoder, emitUNet, emitVaeDecoder, emitVaeEncoder, type EmittedGraph, type GraphKind } from './componentGraphs.ts';
+import {
+  emitTextEncoder,
+  emitUNet,
+  emitVaeDecoder,
+  emitVaeEncoder,
+  type EmittedGraph,
+  type GraphKind,
+} from './componentGraphs.ts';
 import { openGraph, type GraphMeta, type OpenedGraph } from './graphSessions.ts';
 import { sidePathInputs, type ComputeType } from './onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from './providers.ts';
@@ -60,18 +67,35 @@ export class OnnxDiffusion {
   private readonly slots = new Map<GraphKind, Slot>();
   private factors: SideFactors[] = [];
   /** Every session created, for reports and tests. */
-  readonly opened: Array<{ kind: GraphKind; providers: string; dtype: ComputeType; weights: OpenedGraph['weights']; emitted: boolean; ms: number }> = [];
+  readonly opened: Array<{
+    kind: GraphKind;
+    providers: string;
+    dtype: ComputeType;
+    weights: OpenedGraph['weights'];
+    emitted: boolean;
+    ms: number;
+  }> = [];
 
   private constructor(
     readonly path: string,
     private readonly options: OnnxDiffusionOptions,
-    readonly configs: { unet: Record<string, unknown>; vae: Record<string, unknown>; textEncoder: Record<string, unknown>; textEncoderSource: string },
+    readonly configs: {
+      unet: Record<string, unknown>;
+      vae: Record<string, unknown>;
+      textEncoder: Record<string, unknown>;
+      textEncoderSource: string;
+    },
   ) {}
 
   static async open(path: string, options: OnnxDiffusionOptions = {}): Promise<OnnxDiffusion> {
     const base = await openBaseModel(path, options);
     try {
-      return new OnnxDiffusion(path, options, { unet: base.unet.config, vae: base.vae.config, textEncoder: base.textEncoder.config, textEncoderSource: base.textEncoder.configSource });
+      return new OnnxDiffusion(path, options, {
+        unet: base.unet.config,
+        vae: base.vae.config,
+        textEncoder: base.textEncoder.config,
+        textEncoderSource: base.textEncoder.configSource,
+      });
     } finally {
       await base.close();
     }
@@ -105,7 +129,10 @@ export class OnnxDiffusion {
   }
 
   /** ids [B, 77] -> prompt embeddings [B, 77, H] (diffusers' clip_skip), plus the raw outputs. */
-  async encodeText(ids: readonly (readonly number[])[], clipSkip?: number): Promise<{ promptEmbeds: HostTensor; lastHiddenState: HostTensor; pooler: HostTensor; hiddenStates: HostTensor }> {
+  async encodeText(
+    ids: readonly (readonly number[])[],
+    clipSkip?: number,
+  ): Promise<{ promptEmbeds: HostTensor; lastHiddenState: HostTensor; pooler: HostTensor; hiddenStates: HostTensor }> {
     const cfg = parseClipTextConfig(this.configs.textEncoder, this.configs.textEncoderSource);
     const skip = checkClipSkip(clipSkip, cfg.num_hidden_layers);
     const slot = await this.slot('text_encoder');
@@ -117,7 +144,12 @@ export class OnnxDiffusion {
       skip_index: { type: 'int64', data: BigInt64Array.from([BigInt(cfg.num_hidden_layers - skip)]), dims: [] },
       ...this.sideFeeds(slot, 'text_encoder'),
     });
-    return { promptEmbeds: host(out.prompt_embeds), lastHiddenState: host(out.last_hidden_state), pooler: host(out.pooler_output), hiddenStates: host(out.hidden_states) };
+    return {
+      promptEmbeds: host(out.prompt_embeds),
+      lastHiddenState: host(out.last_hidden_state),
+      pooler: host(out.pooler_output),
+      hiddenStates: host(out.hidden_states),
+    };
   }
 
   /** Unscaled latents NHWC -> image NHWC (not clamped). */
@@ -155,7 +187,9 @@ export class OnnxDiffusion {
 
   private unetDefaults: string[] | null = null;
   private defaultUNetSide(): string[] {
-    this.unetDefaults ??= findTargets(UNet2DConditionModel.fromConfig(this.configs.unet), DEFAULT_TARGETS).map((t) => t.path);
+    this.unetDefaults ??= findTargets(UNet2DConditionModel.fromConfig(this.configs.unet), DEFAULT_TARGETS).map(
+      (t) => t.path,
+    );
     return this.unetDefaults;
   }
 
@@ -180,14 +214,28 @@ export class OnnxDiffusion {
     const errors: string[] = [];
     for (const providers of lists) {
       // float16 by default on a GPU provider; float32 when the device has no float16 shaders.
-      const dtypes: ComputeType[] = this.dtype ? [this.dtype] : this.options.dtype ? [this.options.dtype] : [...new Set([defaultComputeType(providers), 'float32' as const])];
+      const dtypes: ComputeType[] = this.dtype
+        ? [this.dtype]
+        : this.options.dtype
+          ? [this.options.dtype]
+          : [...new Set([defaultComputeType(providers), 'float32' as const])];
       for (const dtype of dtypes) {
         const t0 = performance.now();
         try {
-          const opened = await openGraph(graphRequest(kind, base, dtype, side, this.options.attention ?? defaultAttention(providers)), { providers, cacheDir: this.options.cacheDir, inMemory: this.options.inMemory });
+          const opened = await openGraph(
+            graphRequest(kind, base, dtype, side, this.options.attention ?? defaultAttention(providers)),
+            { providers, cacheDir: this.options.cacheDir, inMemory: this.options.inMemory },
+          );
           this.providers = providers;
           this.dtype = dtype;
-          this.opened.push({ kind, providers: providers.join('+'), dtype, weights: opened.weights, emitted: opened.emitted, ms: performance.now() - t0 });
+          this.opened.push({
+            kind,
+            providers: providers.join('+'),
+            dtype,
+            weights: opened.weights,
+            emitted: opened.emitted,
+            ms: performance.now() - t0,
+          });
           return opened;
         } catch (err) {
           errors.push(`${providers[0]} (${dtype}): ${(err as Error).message}`);
@@ -195,11 +243,17 @@ export class OnnxDiffusion {
       }
       if (this.providers) break;
     }
-    throw new Error(`ONNX Runtime could not start the ${kind} on any provider (${this.options.provider ?? 'auto'}):\n  ${errors.join('\n  ')}`);
+    throw new Error(
+      `ONNX Runtime could not start the ${kind} on any provider (${this.options.provider ?? 'auto'}):\n  ${errors.join('\n  ')}`,
+    );
   }
 
   private sideFeeds(slot: Slot, component: 'unet' | 'text_encoder'): Record<string, SessionTensor> {
-    return sidePathFeeds(slot.opened.meta.sidePaths, this.factors.filter((f) => f.component === component), this.providers ?? ['cpu']);
+    return sidePathFeeds(
+      slot.opened.meta.sidePaths,
+      this.factors.filter((f) => f.component === component),
+      this.providers ?? ['cpu'],
+    );
   }
 }
 
@@ -208,18 +262,26 @@ export class OnnxDiffusion {
  * without any gets rank 0 on the CPU provider (empty tensors are a CPU-provider certainty only),
  * a zero rank-1 pair elsewhere.
  */
-export function sidePathFeeds(sidePaths: GraphMeta['sidePaths'], factors: readonly SideFactors[], providers: readonly ExecutionProvider[]): Record<string, SessionTensor> {
+export function sidePathFeeds(
+  sidePaths: GraphMeta['sidePaths'],
+  factors: readonly SideFactors[],
+  providers: readonly ExecutionProvider[],
+): Record<string, SessionTensor> {
   const feeds: Record<string, SessionTensor> = {};
   const minRank = providers[0] === 'cpu' ? 0 : 1;
   for (const [path, { inFeatures, outFeatures }] of sidePaths) {
     const mine = factors.filter((f) => f.path === path);
-    const rank = Math.max(minRank, mine.reduce((n, f) => n + f.rank, 0));
+    const rank = Math.max(
+      minRank,
+      mine.reduce((n, f) => n + f.rank, 0),
+    );
     const down = new Float32Array(inFeatures * rank);
     const up = new Float32Array(rank * outFeatures);
     let r0 = 0;
     for (const f of mine) {
       // down [in, r]: columns r0..r0+r; up [r, out]: rows r0..r0+r.
-      for (let i = 0; i < inFeatures; i++) for (let j = 0; j < f.rank; j++) down[i * rank + r0 + j] = f.down[i * f.rank + j];
+      for (let i = 0; i < inFeatures; i++)
+        for (let j = 0; j < f.rank; j++) down[i * rank + r0 + j] = f.down[i * f.rank + j];
       up.set(f.up, r0 * outFeatures);
       r0 += f.rank;
     }
@@ -230,7 +292,13 @@ export function sidePathFeeds(sidePaths: GraphMeta['sidePaths'], factors: readon
   return feeds;
 }
 
-function graphRequest(kind: GraphKind, base: BaseModel, dtype: ComputeType, side: readonly string[], attention: 'fused' | 'plain') {
+function graphRequest(
+  kind: GraphKind,
+  base: BaseModel,
+  dtype: ComputeType,
+  side: readonly string[],
+  attention: 'fused' | 'plain',
+) {
   const files: ComponentFiles = kind === 'unet' ? base.unet : kind === 'text_encoder' ? base.textEncoder : base.vae;
   const build = (): { model: Module; emit: () => EmittedGraph } => {
     if (kind === 'unet') {
@@ -242,9 +310,23 @@ function graphRequest(kind: GraphKind, base: BaseModel, dtype: ComputeType, side
       return { model: m, emit: () => emitTextEncoder(m, files.weights, { dtype, sidePaths: side, attention }) };
     }
     const m = AutoencoderKL.fromConfig(files.config);
-    return { model: m, emit: () => (kind === 'vae_encoder' ? emitVaeEncoder(m, files.weights, { dtype, attention }) : emitVaeDecoder(m, files.weights, { dtype, attention })) };
+    return {
+      model: m,
+      emit: () =>
+        kind === 'vae_encoder'
+          ? emitVaeEncoder(m, files.weights, { dtype, attention })
+          : emitVaeDecoder(m, files.weights, { dtype, attention }),
+    };
   };
-  return { kind, dtype, sidePaths: side, attention, config: files.config, files: files.files, emit: () => build().emit() };
+  return {
+    kind,
+    dtype,
+    sidePaths: side,
+    attention,
+    config: files.config,
+    files: files.files,
+    emit: () => build().emit(),
+  };
 }
 
 function f32(t: HostTensor): SessionTensor {

@@ -19,7 +19,7 @@ import type { Linear } from '../models/layers/linear.ts';
 import type { Param } from '../models/layers/module.ts';
 import type { GroupNorm, LayerNorm } from '../models/layers/norm.ts';
 import type { Ops, Pad2d } from '../models/ops/ops.ts';
-import { GraphBuilder, Value, type ElemType } from './graphBuilder.ts';
+import type { GraphBuilder, Value, ElemType } from './graphBuilder.ts';
 
 export type ComputeType = 'float32' | 'float16';
 
@@ -70,7 +70,9 @@ export class OnnxOps implements Ops<Value> {
 
   /** `v` in the compute type (a Cast when it is another float type). */
   compute(v: Value): Value {
-    return v.type === this.dtype || !isFloat(v.type) ? v : this.g.op('Cast', [v], { to: castTo(this.dtype) }, { type: this.dtype });
+    return v.type === this.dtype || !isFloat(v.type)
+      ? v
+      : this.g.op('Cast', [v], { to: castTo(this.dtype) }, { type: this.dtype });
   }
 
   /** `v` as float32 (graph outputs). */
@@ -100,7 +102,12 @@ export class OnnxOps implements Ops<Value> {
 
   private shapeSlice(x: Value, start: number, end: number): Value {
     const shape = this.g.op('Shape', [x], {}, { type: 'int64', rank: 1 });
-    return this.g.op('Slice', [shape, this.g.ints([start]), this.g.ints([end]), this.g.ints([0])], {}, { type: 'int64', rank: 1 });
+    return this.g.op(
+      'Slice',
+      [shape, this.g.ints([start]), this.g.ints([end]), this.g.ints([0])],
+      {},
+      { type: 'int64', rank: 1 },
+    );
   }
 
   // -- layers with weights ----------------------------------------------------------------------
@@ -114,9 +121,18 @@ export class OnnxOps implements Ops<Value> {
     if (path !== undefined) {
       const names = sidePathInputs(path);
       this.sideInputs.set(path, { inFeatures: layer.inFeatures, outFeatures: layer.outFeatures });
-      const down = this.compute(this.g.input(names.down, 'float32', [layer.inFeatures, `rank_${this.sideInputs.size - 1}`]));
-      const up = this.compute(this.g.input(names.up, 'float32', [`rank_${this.sideInputs.size - 1}`, layer.outFeatures]));
-      const low = this.g.op('MatMul', [this.g.op('MatMul', [xin, down], {}, { rank: xin.rank }), up], {}, { rank: xin.rank });
+      const down = this.compute(
+        this.g.input(names.down, 'float32', [layer.inFeatures, `rank_${this.sideInputs.size - 1}`]),
+      );
+      const up = this.compute(
+        this.g.input(names.up, 'float32', [`rank_${this.sideInputs.size - 1}`, layer.outFeatures]),
+      );
+      const low = this.g.op(
+        'MatMul',
+        [this.g.op('MatMul', [xin, down], {}, { rank: xin.rank }), up],
+        {},
+        { rank: xin.rank },
+      );
       y = this.g.op('Add', [y, low]);
     }
     this.lastDim.set(y, layer.outFeatures);
@@ -124,7 +140,10 @@ export class OnnxOps implements Ops<Value> {
   }
 
   conv2d(x: Value, layer: Conv2d, pad?: Pad2d): Value {
-    const p = pad ?? [[layer.padding, layer.padding], [layer.padding, layer.padding]];
+    const p = pad ?? [
+      [layer.padding, layer.padding],
+      [layer.padding, layer.padding],
+    ];
     const inputs = [this.compute(x), this.param(layer.weight)];
     if (layer.bias) inputs.push(this.param(layer.bias));
     return this.g.op('Conv', inputs, {
@@ -141,13 +160,21 @@ export class OnnxOps implements Ops<Value> {
     const ones = this.g.constant(new Float32Array(layer.numGroups).fill(1), [layer.numGroups], this.dtype);
     const zeros = this.g.constant(new Float32Array(layer.numGroups), [layer.numGroups], this.dtype);
     const normed = this.g.op('InstanceNormalization', [grouped, ones, zeros], { epsilon: { float: layer.eps } });
-    const back = this.g.op('Reshape', [normed, this.g.op('Shape', [xc], {}, { type: 'int64', rank: 1 })], {}, { rank: xc.rank });
+    const back = this.g.op(
+      'Reshape',
+      [normed, this.g.op('Shape', [xc], {}, { type: 'int64', rank: 1 })],
+      {},
+      { rank: xc.rank },
+    );
     const perChannel = (p: Param) => this.g.op('Reshape', [this.param(p), this.g.ints([-1, 1, 1])], {}, { rank: 3 }); // [C, 1, 1]
     return this.g.op('Add', [this.g.op('Mul', [back, perChannel(layer.weight)]), perChannel(layer.bias)]);
   }
 
   layerNorm(x: Value, layer: LayerNorm): Value {
-    return this.g.op('LayerNormalization', [this.compute(x), this.param(layer.weight), this.param(layer.bias)], { axis: -1, epsilon: { float: layer.eps } });
+    return this.g.op('LayerNormalization', [this.compute(x), this.param(layer.weight), this.param(layer.bias)], {
+      axis: -1,
+      epsilon: { float: layer.eps },
+    });
   }
 
   embedding(ids: Value, table: Param): Value {
@@ -246,14 +273,24 @@ export class OnnxOps implements Ops<Value> {
 
   fromTokens(h: Value, like: Value): Value {
     const chw = this.g.op('Transpose', [h], { perm: [0, 2, 1] }); // [B, C, HW]
-    const shape = this.g.op('Concat', [this.g.ints([0, 0]), this.shapeSlice(like, 2, 4)], { axis: 0 }, { type: 'int64', rank: 1 }); // [0, 0, H, W]
+    const shape = this.g.op(
+      'Concat',
+      [this.g.ints([0, 0]), this.shapeSlice(like, 2, 4)],
+      { axis: 0 },
+      { type: 'int64', rank: 1 },
+    ); // [0, 0, H, W]
     return this.g.op('Reshape', [chw, shape], {}, { rank: 4 });
   }
 
   upsampleNearest(x: Value, like?: Value): Value {
     const attrs = { mode: 'nearest', coordinate_transformation_mode: 'asymmetric', nearest_mode: 'floor' };
     if (!like) return this.g.op('Resize', [x, null, this.g.constant([1, 1, 2, 2], [4], 'float32')], attrs);
-    const sizes = this.g.op('Concat', [this.shapeSlice(x, 0, 2), this.shapeSlice(like, 2, 4)], { axis: 0 }, { type: 'int64', rank: 1 });
+    const sizes = this.g.op(
+      'Concat',
+      [this.shapeSlice(x, 0, 2), this.shapeSlice(like, 2, 4)],
+      { axis: 0 },
+      { type: 'int64', rank: 1 },
+    );
     return this.g.op('Resize', [x, null, null, sizes], attrs);
   }
 
@@ -261,23 +298,32 @@ export class OnnxOps implements Ops<Value> {
 
   attention(q: Value, k: Value, v: Value, heads: number, mask?: Value): Value {
     const inner = this.lastDim.get(q);
-    if (inner === undefined) throw new Error('OnnxOps.attention: q must come from a Linear (its width is needed for the head size)');
+    if (inner === undefined)
+      throw new Error('OnnxOps.attention: q must come from a Linear (its width is needed for the head size)');
     const d = inner / heads;
     if ((this.options.attention ?? 'fused') === 'fused') {
       // MultiHeadAttention(query, key, value, bias, key_padding_mask, attention_bias); its scale
       // defaults to 1/sqrt(head size). The mask [1, Sq, Sk] becomes attention_bias [1, 1, Sq, Sk].
       const bias = mask ? this.g.op('Unsqueeze', [this.compute(mask), this.g.ints([0])], {}, { rank: 4 }) : null;
-      const inputs = bias ? [this.compute(q), this.compute(k), this.compute(v), null, null, bias] : [this.compute(q), this.compute(k), this.compute(v)];
+      const inputs = bias
+        ? [this.compute(q), this.compute(k), this.compute(v), null, null, bias]
+        : [this.compute(q), this.compute(k), this.compute(v)];
       return this.g.node('MultiHeadAttention', inputs, { num_heads: heads }, { domain: 'com.microsoft', rank: 3 })[0];
     }
-    const split = (t: Value, perm: number[]) => this.g.op('Transpose', [this.g.op('Reshape', [t, this.g.ints([0, 0, heads, d])], {}, { rank: 4 })], { perm });
+    const split = (t: Value, perm: number[]) =>
+      this.g.op('Transpose', [this.g.op('Reshape', [t, this.g.ints([0, 0, heads, d])], {}, { rank: 4 })], { perm });
     const qh = split(q, [0, 2, 1, 3]); // [B, heads, Sq, d]
     const kT = split(k, [0, 2, 3, 1]); // [B, heads, d, Sk]
     const vh = split(v, [0, 2, 1, 3]); // [B, heads, Sk, d]
     let scores = this.g.op('Mul', [this.g.op('MatMul', [qh, kT]), this.scalar(qh, 1 / Math.sqrt(d))]); // [B, heads, Sq, Sk]
     if (mask) scores = this.g.op('Add', [scores, this.compute(mask)]);
     const out = this.g.op('MatMul', [this.g.op('Softmax', [scores], { axis: -1 }), vh]); // [B, heads, Sq, d]
-    const merged = this.g.op('Reshape', [this.g.op('Transpose', [out], { perm: [0, 2, 1, 3] }), this.g.ints([0, 0, inner])], {}, { rank: 3 }); // [B, Sq, inner]
+    const merged = this.g.op(
+      'Reshape',
+      [this.g.op('Transpose', [out], { perm: [0, 2, 1, 3] }), this.g.ints([0, 0, inner])],
+      {},
+      { rank: 3 },
+    ); // [B, Sq, inner]
     return merged;
   }
 }

@@ -67,7 +67,11 @@ export interface ProviderStatus {
 
 /** Tries each provider on a one-node graph (for `singlora doctor`). */
 export async function probeProviders(): Promise<ProviderStatus[]> {
-  const installed = new Map(installedProviders().filter((b) => b.present).map((b) => [b.name, b.bundled]));
+  const installed = new Map(
+    installedProviders()
+      .filter((b) => b.present)
+      .map((b) => [b.name, b.bundled]),
+  );
   const dir = mkdtempSync(join(tmpdir(), 'singlora-ort-probe-'));
   try {
     const g = new GraphBuilder('probe');
@@ -79,7 +83,11 @@ export async function probeProviders(): Promise<ProviderStatus[]> {
     const webgpu = (await probeBackends()).find((b) => b.name === 'webgpu');
     for (const name of ['cpu', 'webgpu', 'cuda', 'dml', 'coreml'] as const) {
       if (!installed.has(name) && name !== 'cpu') {
-        out.push({ name, available: false, detail: `not in this onnxruntime-node build for ${process.platform}-${process.arch}${name === 'cuda' ? ' (its installer fetches the CUDA 12 provider on Linux x64 and Windows)' : ''}` });
+        out.push({
+          name,
+          available: false,
+          detail: `not in this onnxruntime-node build for ${process.platform}-${process.arch}${name === 'cuda' ? ' (its installer fetches the CUDA 12 provider on Linux x64 and Windows)' : ''}`,
+        });
         continue;
       }
       if (name === 'webgpu' && webgpu && !webgpu.available && /libvulkan/.test(webgpu.reason ?? '')) {
@@ -91,11 +99,19 @@ export async function probeProviders(): Promise<ProviderStatus[]> {
         const s = await OnnxSession.create(file, { providers: [name] });
         await s.run({ x: { type: 'float32', data: new Float32Array(4), dims: [4] } });
         await s.release();
-        const what = name === 'cpu' ? 'MLAS, all cores' : name === 'webgpu' && webgpu?.available ? `${webgpu.device}${webgpu.software ? ' (software: used only when asked for)' : ''}` : 'started';
+        const what =
+          name === 'cpu'
+            ? 'MLAS, all cores'
+            : name === 'webgpu' && webgpu?.available
+              ? `${webgpu.device}${webgpu.software ? ' (software: used only when asked for)' : ''}`
+              : 'started';
         out.push({ name, available: true, detail: what });
       } catch (err) {
         const msg = ((err as Error).message ?? String(err)).split('\n')[0];
-        const detail = name === 'webgpu' && /adapter/i.test(msg) ? 'no WebGPU adapter: Dawn found no Vulkan, Metal or D3D12 device (Linux: a GPU driver with Vulkan)' : msg.replace(/^.*?onnxruntime could not create a session on \[\w+\]: /, '').slice(0, 300);
+        const detail =
+          name === 'webgpu' && /adapter/i.test(msg)
+            ? 'no WebGPU adapter: Dawn found no Vulkan, Metal or D3D12 device (Linux: a GPU driver with Vulkan)'
+            : msg.replace(/^.*?onnxruntime could not create a session on \[\w+\]: /, '').slice(0, 300);
         out.push({ name, available: false, detail });
       }
     }

@@ -6,7 +6,12 @@
 import { randomInt } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { generateSettingsSchema, SCHEMA_VERSION, type GenerateSettingsInput, type ImageSidecar } from '../../api/schemas.ts';
+import {
+  generateSettingsSchema,
+  SCHEMA_VERSION,
+  type GenerateSettingsInput,
+  type ImageSidecar,
+} from '../../api/schemas.ts';
 import { activeBackend, tf } from '../backend/tf.ts';
 import { atomicWriteFile, atomicWriteJson } from '../io/atomic.ts';
 import { hashFile } from '../io/download.ts';
@@ -52,14 +57,23 @@ export interface GenerateHooks {
 
 export async function generateImages(job: GenerateJob, hooks: GenerateHooks = {}): Promise<GeneratedFile[]> {
   const parsed = generateSettingsSchema.safeParse(job.settings);
-  if (!parsed.success) throw new Error(`invalid generation settings: ${parsed.error.issues.map((i) => `${i.path.join('.') || 'settings'}: ${i.message}`).join('; ')}`);
+  if (!parsed.success)
+    throw new Error(
+      `invalid generation settings: ${parsed.error.issues.map((i) => `${i.path.join('.') || 'settings'}: ${i.message}`).join('; ')}`,
+    );
   const seed = parsed.data.seed < 0 ? randomInt(0, 2 ** 32) : parsed.data.seed;
   const sd = job.sd ?? (await StableDiffusion.load(job.base, { ...job.baseOptions, ...job.inference }));
   try {
     // A size left out is the model's native one (512 for SD 1.5), not the schema's default.
-    const settings = { ...parsed.data, width: job.settings.width ?? sd.defaultResolution, height: job.settings.height ?? sd.defaultResolution };
+    const settings = {
+      ...parsed.data,
+      width: job.settings.width ?? sd.defaultResolution,
+      height: job.settings.height ?? sd.defaultResolution,
+    };
     const adapters = job.adapters ?? [];
-    const adapterHashes = await Promise.all(adapters.map(async (a) => ({ file: a.path, sha256: await hashFile(a.path), strength: a.strength })));
+    const adapterHashes = await Promise.all(
+      adapters.map(async (a) => ({ file: a.path, sha256: await hashFile(a.path), strength: a.strength })),
+    );
     const modelSha = await sd.unetSha256();
     let index = await nextIndex(job.outDir);
     const out: GeneratedFile[] = [];
@@ -90,12 +104,19 @@ export async function generateImages(job: GenerateJob, hooks: GenerateHooks = {}
             modelName: sd.name,
             modelSha256: modelSha,
             clipSkip: settings.clipSkip,
-            adapters: adapterHashes.map((a) => ({ name: basename(a.file).replace(/\.safetensors$/, ''), sha256: a.sha256, strength: a.strength })),
+            adapters: adapterHashes.map((a) => ({
+              name: basename(a.file).replace(/\.safetensors$/, ''),
+              sha256: a.sha256,
+              strength: a.strength,
+            })),
             version: `SingLoRA Studio ${appVersion()}`,
           });
           const name = `${String(index++).padStart(5, '0')}-${img.seed}.png`;
           const file = join(job.outDir, name);
-          const png = writePngText(await encodeImage({ data: img.pixels, width: img.width, height: img.height }, 'png'), { parameters });
+          const png = writePngText(
+            await encodeImage({ data: img.pixels, width: img.width, height: img.height }, 'png'),
+            { parameters },
+          );
           await atomicWriteFile(file, png);
           const now = performance.now();
           const sidecar: ImageSidecar = {

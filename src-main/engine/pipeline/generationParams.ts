@@ -59,7 +59,11 @@ export function formatA1111Parameters(p: GenerationParams): string {
  * Parses the A1111 `parameters` text back (for "copy parameters" and for tests): prompt,
  * negative prompt, and the key/value fields of the last line.
  */
-export function parseA1111Parameters(text: string): { prompt: string; negativePrompt: string; fields: Record<string, string> } {
+export function parseA1111Parameters(text: string): {
+  prompt: string;
+  negativePrompt: string;
+  fields: Record<string, string>;
+} {
   const lines = text.split('\n');
   const last = lines.pop() ?? '';
   let negativePrompt = '';

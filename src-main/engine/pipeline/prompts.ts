@@ -62,7 +62,8 @@ export function parsePromptAttention(text: string): PromptPiece[] {
     if (t.startsWith('\\')) res.push([t.slice(1), 1]);
     else if (t === '(') round.push(res.length);
     else if (t === '[') square.push(res.length);
-    else if (weight !== undefined && round.length && Number.isFinite(Number(weight))) multiplyRange(round.pop()!, Number(weight));
+    else if (weight !== undefined && round.length && Number.isFinite(Number(weight)))
+      multiplyRange(round.pop()!, Number(weight));
     else if (t === ')' && round.length) multiplyRange(round.pop()!, ROUND);
     else if (t === ']' && square.length) multiplyRange(square.pop()!, SQUARE);
     else {
@@ -87,11 +88,17 @@ export function parsePromptAttention(text: string): PromptPiece[] {
 /** What a prompt asks for that is not supported, or would surprise: shown to the user. */
 export function promptWarnings(text: string): string[] {
   const out: string[] = [];
-  if (/<(lora|lyco|hypernet):[^>]*>/i.test(text)) out.push("extra-network tags such as <lora:name:1> are not read from the prompt (they stay as text); pass the file with --adapter file:strength");
-  if (/\[[^[\]]*:[^[\]]*\]/.test(text)) out.push('prompt editing [from:to:when] is not supported: the text inside is used as written, weighted 1/1.1');
-  if (/\[[^[\]]*\|[^[\]]*\]/.test(text)) out.push('alternation [a|b] is not supported: the text inside is used as written, weighted 1/1.1');
+  if (/<(lora|lyco|hypernet):[^>]*>/i.test(text))
+    out.push(
+      'extra-network tags such as <lora:name:1> are not read from the prompt (they stay as text); pass the file with --adapter file:strength',
+    );
+  if (/\[[^[\]]*:[^[\]]*\]/.test(text))
+    out.push('prompt editing [from:to:when] is not supported: the text inside is used as written, weighted 1/1.1');
+  if (/\[[^[\]]*\|[^[\]]*\]/.test(text))
+    out.push('alternation [a|b] is not supported: the text inside is used as written, weighted 1/1.1');
   const bad = /\(([^()]*):\s*([+-]?[.\d]+)\s*\)/g;
-  for (const m of text.matchAll(bad)) if (!Number.isFinite(Number(m[2]))) out.push(`'${m[0]}': ${m[2]} is not a number; the text is used as written`);
+  for (const m of text.matchAll(bad))
+    if (!Number.isFinite(Number(m[2]))) out.push(`'${m[0]}': ${m[2]} is not a number; the text is used as written`);
   let round = 0;
   let square = 0;
   for (const m of text.matchAll(RE_ATTENTION)) {
@@ -100,7 +107,10 @@ export function promptWarnings(text: string): string[] {
     else if (m[0] === '[') square++;
     else if (m[0] === ']') square = Math.max(0, square - 1);
   }
-  if (round || square) out.push(`${round ? `${round} unclosed '('` : ''}${round && square ? ' and ' : ''}${square ? `${square} unclosed '['` : ''}: the weight runs to the end of the prompt (as in A1111)`);
+  if (round || square)
+    out.push(
+      `${round ? `${round} unclosed '('` : ''}${round && square ? ' and ' : ''}${square ? `${square} unclosed '['` : ''}: the weight runs to the end of the prompt (as in A1111)`,
+    );
   return out;
 }
 
@@ -169,7 +179,11 @@ export function promptChunks(tok: ChunkTokenizer, text: string): PromptChunk[] {
  * `encode(ids)` the text encoder ([rows, modelMaxLength] ids -> [rows, modelMaxLength, hidden]).
  * The caller owns the result.
  */
-export function encodeWeightedPrompts(tok: ChunkTokenizer, encode: (ids: number[][]) => Tensor, prompts: readonly string[]): Tensor {
+export function encodeWeightedPrompts(
+  tok: ChunkTokenizer,
+  encode: (ids: number[][]) => Tensor,
+  prompts: readonly string[],
+): Tensor {
   const rows = promptRows(tok, prompts);
   const z = encode(rows.map((r) => r.ids));
   try {
@@ -196,7 +210,10 @@ export function combineChunks(z: Tensor, rows: readonly PromptChunk[], count: nu
   return tf.tidy(() => {
     let out = z;
     if (weighted) {
-      const w = tf.tensor3d(rows.flatMap((r) => r.weights), [rows.length, modelMaxLength, 1]); // [B*k, 77, 1]
+      const w = tf.tensor3d(
+        rows.flatMap((r) => r.weights),
+        [rows.length, modelMaxLength, 1],
+      ); // [B*k, 77, 1]
       const before = tf.mean(z, [1, 2], true); // [B*k, 1, 1]
       const scaled = tf.mul(z, w);
       out = tf.mul(scaled, tf.div(before, tf.mean(scaled, [1, 2], true)));

@@ -20,7 +20,14 @@ import type { LatentDistribution } from '../models/autoencoderKL.ts';
 import { OnnxDiffusion, type HostTensor } from '../onnx/onnxDiffusion.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
 import { isProviderChoice, PROVIDER_CHOICES, type ProviderChoice } from '../onnx/providers.ts';
-import { nativeResolution, openBaseModel, unetSha256, vaeScaleFactor, type BaseModel, type OpenBaseModelOptions } from '../io/modelFiles.ts';
+import {
+  nativeResolution,
+  openBaseModel,
+  unetSha256,
+  vaeScaleFactor,
+  type BaseModel,
+  type OpenBaseModelOptions,
+} from '../io/modelFiles.ts';
 import type { RawConfig } from '../io/keyMap.ts';
 import { AutoencoderKL } from '../models/autoencoderKL.ts';
 import { ClipTextModel, parseClipTextConfig } from '../models/clipTextModel.ts';
@@ -103,13 +110,28 @@ export class StableDiffusion {
       const schedulerConfig: RawSchedulerConfig = base.schedulerConfig
         ? { source: join(base.path, 'scheduler', 'scheduler_config.json'), values: base.schedulerConfig }
         : { source: 'the built-in SD 1.5 scheduler config', values: SD15_SCHEDULER_CONFIG };
-      const inference = { engine: options.engine ?? envEngine(), provider: options.provider ?? envProvider(), dtype: options.dtype } as const;
-      const sd = new StableDiffusion(base.path, base.name, base.format, tokenizer, schedulerConfig, options, inference, {
-        unet: base.unet.config,
-        vae: base.vae.config,
-        textEncoder: base.textEncoder.config,
-      });
-      for (const kind of options.components ?? (inference.engine === 'tfjs' ? (['unet', 'vae', 'textEncoder'] as const) : [])) await sd.loadFrom(base, kind);
+      const inference = {
+        engine: options.engine ?? envEngine(),
+        provider: options.provider ?? envProvider(),
+        dtype: options.dtype,
+      } as const;
+      const sd = new StableDiffusion(
+        base.path,
+        base.name,
+        base.format,
+        tokenizer,
+        schedulerConfig,
+        options,
+        inference,
+        {
+          unet: base.unet.config,
+          vae: base.vae.config,
+          textEncoder: base.textEncoder.config,
+        },
+      );
+      for (const kind of options.components ??
+        (inference.engine === 'tfjs' ? (['unet', 'vae', 'textEncoder'] as const) : []))
+        await sd.loadFrom(base, kind);
       return sd;
     } finally {
       await base.close();
@@ -201,7 +223,11 @@ export class StableDiffusion {
    * most 75 tokens without emphasis gives [1, 77, hidden], as before. The caller owns the result.
    */
   encodePrompts(prompts: readonly string[], clipSkip?: number): Tensor {
-    return encodeWeightedPrompts(this.tokenizer, (ids) => this.textEncoder.encodePrompt(ids, clipSkip || undefined), prompts);
+    return encodeWeightedPrompts(
+      this.tokenizer,
+      (ids) => this.textEncoder.encodePrompt(ids, clipSkip || undefined),
+      prompts,
+    );
   }
 
   /** Frees the TensorFlow.js models and the ONNX sessions. */
@@ -222,7 +248,11 @@ export class StableDiffusion {
 
   /** The ONNX Runtime sessions (opened on first use). */
   onnx(): Promise<OnnxDiffusion> {
-    this.onnxEngine ??= OnnxDiffusion.open(this.path, { ...this.openOptions, provider: this.inference.provider, dtype: this.inference.dtype }).then((e) => (this.onnxOpened = e));
+    this.onnxEngine ??= OnnxDiffusion.open(this.path, {
+      ...this.openOptions,
+      provider: this.inference.provider,
+      dtype: this.inference.dtype,
+    }).then((e) => (this.onnxOpened = e));
     return this.onnxEngine;
   }
 
@@ -243,7 +273,8 @@ export class StableDiffusion {
   async setAdapters(uses: ReadonlyArray<{ path: string; strength: number }>): Promise<ImportReport[]> {
     this.clearAdapters();
     if (this.engine === 'tfjs') await this.ensure('unet', 'textEncoder');
-    const targets = this.engine === 'tfjs' ? { unet: this.unet, textEncoder: this.textEncoder } : await this.adapterTargets();
+    const targets =
+      this.engine === 'tfjs' ? { unet: this.unet, textEncoder: this.textEncoder } : await this.adapterTargets();
     const reports: ImportReport[] = [];
     for (const use of uses) {
       const plan = await planAdapter(use.path, targets, use.strength);
@@ -255,7 +286,10 @@ export class StableDiffusion {
         reports.push(onnxReport(plan));
       }
     }
-    if (this.engine === 'onnx') (await this.onnx()).setAdapters(this.plans.flatMap((p) => p.deltas.flatMap((d) => (d.factors ? [d.factors] : []))));
+    if (this.engine === 'onnx')
+      (await this.onnx()).setAdapters(
+        this.plans.flatMap((p) => p.deltas.flatMap((d) => (d.factors ? [d.factors] : []))),
+      );
     return reports;
   }
 
@@ -275,7 +309,10 @@ export class StableDiffusion {
     }
     // A1111's long prompts and emphasis, as encodePrompts reads them (prompts.ts).
     const rows = promptRows(this.tokenizer, prompts);
-    const { promptEmbeds } = await (await this.onnx()).encodeText(rows.map((r) => r.ids), clipSkip || undefined);
+    const { promptEmbeds } = await (await this.onnx()).encodeText(
+      rows.map((r) => r.ids),
+      clipSkip || undefined,
+    );
     const z = toTensor(promptEmbeds);
     try {
       return combineChunks(z, rows, prompts.length, this.tokenizer.modelMaxLength);
@@ -291,7 +328,9 @@ export class StableDiffusion {
       return this.unet.forward(sample, t, context);
     }
     const b = sample.shape[0];
-    return toTensor(await (await this.onnx()).predictNoise(await fromTensor(sample), Array(b).fill(t), await fromTensor(context)));
+    return toTensor(
+      await (await this.onnx()).predictNoise(await fromTensor(sample), Array(b).fill(t), await fromTensor(context)),
+    );
   }
 
   /** Unscaled latents NHWC -> the VAE's image NHWC (not clamped). The caller owns the tensor. */
@@ -316,7 +355,10 @@ export class StableDiffusion {
   /** Module trees (weights not loaded) for naming adapter targets on the onnx engine. */
   private targetTrees: { unet: UNet2DConditionModel; textEncoder: ClipTextModel } | null = null;
   private async adapterTargets(): Promise<{ unet: UNet2DConditionModel; textEncoder: ClipTextModel }> {
-    this.targetTrees ??= { unet: UNet2DConditionModel.fromConfig(this.configs.unet), textEncoder: new ClipTextModel(parseClipTextConfig(this.configs.textEncoder)) };
+    this.targetTrees ??= {
+      unet: UNet2DConditionModel.fromConfig(this.configs.unet),
+      textEncoder: new ClipTextModel(parseClipTextConfig(this.configs.textEncoder)),
+    };
     return this.targetTrees;
   }
 
@@ -327,7 +369,9 @@ export class StableDiffusion {
     else if (kind === 'vae') model = AutoencoderKL.fromConfig(files.config);
     else model = new ClipTextModel(parseClipTextConfig(files.config, files.configSource));
     try {
-      await loadParams(model, files.weights, kind === 'textEncoder' ? 'text_encoder' : kind, (key) => key.endsWith('position_ids'));
+      await loadParams(model, files.weights, kind === 'textEncoder' ? 'text_encoder' : kind, (key) =>
+        key.endsWith('position_ids'),
+      );
     } catch (err) {
       model.dispose();
       throw err;
@@ -342,7 +386,8 @@ export class StableDiffusion {
 function envEngine(): InferenceEngine {
   const v = process.env.SINGLORA_ENGINE?.trim();
   if (!v) return 'onnx';
-  if (!(INFERENCE_ENGINES as readonly string[]).includes(v)) throw new Error(`SINGLORA_ENGINE='${v}': expected one of ${INFERENCE_ENGINES.join(', ')}`);
+  if (!(INFERENCE_ENGINES as readonly string[]).includes(v))
+    throw new Error(`SINGLORA_ENGINE='${v}': expected one of ${INFERENCE_ENGINES.join(', ')}`);
   return v as InferenceEngine;
 }
 
@@ -366,7 +411,14 @@ function onnxReport(plan: AdapterPlan): ImportReport {
     ...r,
     appliedTensors: applied,
     modules,
-    unapplied: [...r.unapplied, ...skippedKeys.map((key) => ({ key, reason: 'a convolution (LoCon) target: the onnx engine adapts Linear layers only; use --engine tfjs for this file' }))],
+    unapplied: [
+      ...r.unapplied,
+      ...skippedKeys.map((key) => ({
+        key,
+        reason:
+          'a convolution (LoCon) target: the onnx engine adapts Linear layers only; use --engine tfjs for this file',
+      })),
+    ],
     summary: adapterSummary(r.file, applied, r.totalTensors, modules),
   };
 }
@@ -389,4 +441,3 @@ export function sd15TokenizerDir(): string {
   }
   return dir;
 }
-

@@ -92,33 +92,50 @@ export function validateRequest(req: TextToImageRequest, vaeScaleFactor: number)
     throw new Error(`invalid generation request: ${field} ${msg}`);
   };
   if (typeof req.prompt !== 'string') fail('prompt', 'must be a string');
-  if (!Number.isInteger(req.steps) || req.steps < 1 || req.steps > 1000) fail('steps', `must be an integer from 1 to 1000, got ${req.steps}`);
-  if (!Number.isFinite(req.guidanceScale) || req.guidanceScale < 0 || req.guidanceScale > 50) fail('guidance', `must be a number from 0 to 50, got ${req.guidanceScale}`);
+  if (!Number.isInteger(req.steps) || req.steps < 1 || req.steps > 1000)
+    fail('steps', `must be an integer from 1 to 1000, got ${req.steps}`);
+  if (!Number.isFinite(req.guidanceScale) || req.guidanceScale < 0 || req.guidanceScale > 50)
+    fail('guidance', `must be a number from 0 to 50, got ${req.guidanceScale}`);
   const mult = Math.max(8, vaeScaleFactor);
   for (const [field, v] of [
     ['width', req.width],
     ['height', req.height],
   ] as const) {
-    if (!Number.isInteger(v) || v < mult || v % mult !== 0) fail(field, `must be a positive multiple of ${mult}, got ${v}`);
+    if (!Number.isInteger(v) || v < mult || v % mult !== 0)
+      fail(field, `must be a positive multiple of ${mult}, got ${v}`);
     if (v > 4096) fail(field, `must be at most 4096, got ${v}`);
   }
   if (!Number.isSafeInteger(req.seed) || req.seed < 0) fail('seed', `must be an integer >= 0, got ${req.seed}`);
   const count = req.count ?? 1;
-  if (!Number.isInteger(count) || count < 1 || count > 100) fail('count', `must be an integer from 1 to 100, got ${count}`);
-  if (!isSchedulerChoice(req.scheduler)) fail('scheduler', `'${req.scheduler}' is unknown; valid: ${SCHEDULER_CHOICES.join(', ')}`);
-  if (req.clipSkip !== undefined && (!Number.isInteger(req.clipSkip) || req.clipSkip < 0)) fail('clipSkip', `must be an integer >= 0, got ${req.clipSkip}`);
-  for (const a of req.adapters ?? []) if (!Number.isFinite(a.strength)) fail('adapter strength', `must be a number, got ${a.strength} for ${a.path}`);
+  if (!Number.isInteger(count) || count < 1 || count > 100)
+    fail('count', `must be an integer from 1 to 100, got ${count}`);
+  if (!isSchedulerChoice(req.scheduler))
+    fail('scheduler', `'${req.scheduler}' is unknown; valid: ${SCHEDULER_CHOICES.join(', ')}`);
+  if (req.clipSkip !== undefined && (!Number.isInteger(req.clipSkip) || req.clipSkip < 0))
+    fail('clipSkip', `must be an integer >= 0, got ${req.clipSkip}`);
+  for (const a of req.adapters ?? [])
+    if (!Number.isFinite(a.strength)) fail('adapter strength', `must be a number, got ${a.strength} for ${a.path}`);
 }
 
-export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, hooks: TextToImageHooks = {}): Promise<GeneratedImage[]> {
+export async function textToImage(
+  sd: StableDiffusion,
+  req: TextToImageRequest,
+  hooks: TextToImageHooks = {},
+): Promise<GeneratedImage[]> {
   validateRequest(req, sd.vaeScaleFactor);
-  if (req.promptEmbeds && req.adapters?.length) throw new Error('invalid generation request: adapters cannot be applied to precomputed prompt embeddings');
+  if (req.promptEmbeds && req.adapters?.length)
+    throw new Error('invalid generation request: adapters cannot be applied to precomputed prompt embeddings');
   const count = req.count ?? 1;
   const h = req.height / sd.vaeScaleFactor;
   const w = req.width / sd.vaeScaleFactor;
   const c = sd.latentChannels;
-  if (req.latents && (req.latents.rank !== 4 || req.latents.shape[1] !== h || req.latents.shape[2] !== w || req.latents.shape[3] !== c)) {
-    throw new Error(`invalid generation request: latents must be [1, ${h}, ${w}, ${c}] for ${req.width}x${req.height}, got [${req.latents.shape}]`);
+  if (
+    req.latents &&
+    (req.latents.rank !== 4 || req.latents.shape[1] !== h || req.latents.shape[2] !== w || req.latents.shape[3] !== c)
+  ) {
+    throw new Error(
+      `invalid generation request: latents must be [1, ${h}, ${w}, ${c}] for ${req.width}x${req.height}, got [${req.latents.shape}]`,
+    );
   }
 
   let context: Tensor | null = null;
@@ -144,7 +161,11 @@ export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, 
     for (let i = 0; i < count; i++) {
       const seed = req.seed + i;
       const rng = new Rng(seed);
-      const scheduler = createScheduler(req.scheduler, sd.schedulerConfig, req.scheduler === 'ddim' && req.eta ? { eta: req.eta } : {});
+      const scheduler = createScheduler(
+        req.scheduler,
+        sd.schedulerConfig,
+        req.scheduler === 'ddim' && req.eta ? { eta: req.eta } : {},
+      );
       scheduler.setTimesteps(req.steps);
       // 3. Initial latents.
       let x = tf.tidy(() => tf.mul(req.latents ? req.latents : randn(rng, [1, h, w, c]), scheduler.initNoiseSigma));
@@ -178,7 +199,13 @@ export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, 
         }
         scheduler.reset();
         // 5. Decode.
-        const image: GeneratedImage = { index: i, seed, width: req.width, height: req.height, ...(await decodeLatents(sd, x, req.returnFloat)) };
+        const image: GeneratedImage = {
+          index: i,
+          seed,
+          width: req.width,
+          height: req.height,
+          ...(await decodeLatents(sd, x, req.returnFloat)),
+        };
         images.push(image);
         await hooks.onImage?.(image);
       } finally {
@@ -194,7 +221,11 @@ export async function textToImage(sd: StableDiffusion, req: TextToImageRequest, 
 }
 
 /** Latents NHWC [1, h, w, c] (scaled) -> RGB uint8 pixels (and the float image when asked). */
-export async function decodeLatents(sd: StableDiffusion, latents: Tensor, returnFloat = false): Promise<{ pixels: Uint8Array; float?: Float32Array }> {
+export async function decodeLatents(
+  sd: StableDiffusion,
+  latents: Tensor,
+  returnFloat = false,
+): Promise<{ pixels: Uint8Array; float?: Float32Array }> {
   const unscaled = tf.div(latents, sd.scalingFactor);
   const decoded = await sd.decodeLatents(unscaled); // [1, H, W, 3]
   unscaled.dispose();

@@ -71,15 +71,23 @@ export class DDIMScheduler implements Scheduler {
     if (c.thresholding) unsupported(this.className, 'thresholding', true, 'set thresholding false');
     if (c.rescale_betas_zero_snr) unsupported(this.className, 'rescale_betas_zero_snr', true, 'set it false');
     const eta = options.eta ?? 0;
-    if (!(eta >= 0) || !Number.isFinite(eta)) throw new Error(`${this.className}: eta must be a finite number >= 0, got ${eta}`);
+    if (!(eta >= 0) || !Number.isFinite(eta))
+      throw new Error(`${this.className}: eta must be a finite number >= 0, got ${eta}`);
     this.eta = eta;
     this.betas = betasFor(c);
     this.alphasCumprod = alphasCumprodOf(this.betas);
     this.finalAlphaCumprod = c.set_alpha_to_one ? 1.0 : this.alphasCumprod[0];
   }
 
-  static fromConfig(raw: RawSchedulerConfig, overrides: Partial<DDIMConfig> = {}, options: DDIMOptions = {}): DDIMScheduler {
-    return new DDIMScheduler(resolveConfig(DDIMScheduler.className, DDIM_CONFIG, raw.values, overrides, raw.source), options);
+  static fromConfig(
+    raw: RawSchedulerConfig,
+    overrides: Partial<DDIMConfig> = {},
+    options: DDIMOptions = {},
+  ): DDIMScheduler {
+    return new DDIMScheduler(
+      resolveConfig(DDIMScheduler.className, DDIM_CONFIG, raw.values, overrides, raw.source),
+      options,
+    );
   }
 
   get timesteps(): readonly number[] {
@@ -126,7 +134,8 @@ export class DDIMScheduler implements Scheduler {
     if (this.numInferenceSteps === null) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
     const c = this.config;
     const T = c.num_train_timesteps;
-    if (!Number.isInteger(t) || t < 0 || t >= T) throw new Error(`${who}.step: timestep ${t} is not an integer in [0, ${T})`);
+    if (!Number.isInteger(t) || t < 0 || t >= T)
+      throw new Error(`${who}.step: timestep ${t} is not an integer in [0, ${T})`);
     if (this.eta > 0) checkNoise(who, noise, sample, `eta=${this.eta}`);
 
     // 1. previous step: t - T/N
@@ -159,7 +168,8 @@ export class DDIMScheduler implements Scheduler {
       }
 
       // 5. clip x₀
-      if (c.clip_sample) predOriginalSample = tf.clipByValue(predOriginalSample, -c.clip_sample_range, c.clip_sample_range);
+      if (c.clip_sample)
+        predOriginalSample = tf.clipByValue(predOriginalSample, -c.clip_sample_range, c.clip_sample_range);
 
       // 6. direction pointing to x_t
       const predSampleDirection = tf.mul(directionCoeff, predEpsilon);

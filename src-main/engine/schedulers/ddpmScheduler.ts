@@ -36,7 +36,14 @@ type VarianceType = 'fixed_small' | 'fixed_small_log' | 'fixed_large' | 'fixed_l
 /** `DDPMScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
 export const DDPM_CONFIG = {
   ...NOISE_SCHEDULE_FIELDS,
-  variance_type: enumField<VarianceType>('fixed_small', ['fixed_small', 'fixed_small_log', 'fixed_large', 'fixed_large_log', 'learned', 'learned_range']),
+  variance_type: enumField<VarianceType>('fixed_small', [
+    'fixed_small',
+    'fixed_small_log',
+    'fixed_large',
+    'fixed_large_log',
+    'learned',
+    'learned_range',
+  ]),
   clip_sample: boolField(true),
   prediction_type: enumField<PredictionType>('epsilon', PREDICTION_TYPES),
   thresholding: boolField(false),
@@ -124,17 +131,22 @@ export class DDPMScheduler implements Scheduler {
     const who = `${this.className}.${op}`;
     const B = x0.shape[0];
     if (noise.shape.length !== x0.shape.length || noise.shape.some((d, i) => d !== x0.shape[i])) {
-      throw new Error(`${who}: noise [${noise.shape.join(', ')}] and x0 [${x0.shape.join(', ')}] must have the same shape`);
+      throw new Error(
+        `${who}: noise [${noise.shape.join(', ')}] and x0 [${x0.shape.join(', ')}] must have the same shape`,
+      );
     }
     if (timesteps.length !== B) {
-      throw new Error(`${who}: got ${timesteps.length} timesteps for a batch of ${B}; pass one timestep per batch item`);
+      throw new Error(
+        `${who}: got ${timesteps.length} timesteps for a batch of ${B}; pass one timestep per batch item`,
+      );
     }
     const T = this.config.num_train_timesteps;
     const a = new Float32Array(B);
     const b = new Float32Array(B);
     for (let i = 0; i < B; i++) {
       const t = timesteps[i];
-      if (!Number.isInteger(t) || t < 0 || t >= T) throw new Error(`${who}: timestep ${t} (batch item ${i}) is not an integer in [0, ${T})`);
+      if (!Number.isInteger(t) || t < 0 || t >= T)
+        throw new Error(`${who}: timestep ${t} (batch item ${i}) is not an integer in [0, ${T})`);
       a[i] = sqrt32(this.alphasCumprod[t]);
       b[i] = sqrt32(f32(1 - this.alphasCumprod[t]));
     }
@@ -173,7 +185,8 @@ export class DDPMScheduler implements Scheduler {
     if (this.numInferenceSteps === null) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
     const c = this.config;
     const T = c.num_train_timesteps;
-    if (!Number.isInteger(t) || t < 0 || t >= T) throw new Error(`${who}.step: timestep ${t} is not an integer in [0, ${T})`);
+    if (!Number.isInteger(t) || t < 0 || t >= T)
+      throw new Error(`${who}.step: timestep ${t} is not an integer in [0, ${T})`);
     if (t > 0) checkNoise(who, noise, sample, 'ancestral sampling at t > 0');
 
     // 1. ᾱ_t, ᾱ_{t'}, α_t, β_t (float32 scalars, as diffusers' 0-dim tensors)
@@ -196,18 +209,25 @@ export class DDPMScheduler implements Scheduler {
         predOriginalSample = tf.sub(tf.mul(sqrt32(alphaProdT), sample), tf.mul(sqrt32(betaProdT), modelOutput));
       }
       // 3. clip x̂₀
-      if (c.clip_sample) predOriginalSample = tf.clipByValue(predOriginalSample, -c.clip_sample_range, c.clip_sample_range);
+      if (c.clip_sample)
+        predOriginalSample = tf.clipByValue(predOriginalSample, -c.clip_sample_range, c.clip_sample_range);
 
       // 4. posterior mean coefficients (eq. 7): μ̃ = √ᾱ_{t'} β_t/(1-ᾱ_t) · x̂₀ + √α_t (1-ᾱ_{t'})/(1-ᾱ_t) · x_t
       const predOriginalSampleCoeff = f32(f32(sqrt32(alphaProdTPrev) * currentBetaT) / betaProdT);
       const currentSampleCoeff = f32(f32(sqrt32(currentAlphaT) * betaProdTPrev) / betaProdT);
 
       // 5. μ̃_t
-      const predPrevSample = tf.add(tf.mul(predOriginalSampleCoeff, predOriginalSample), tf.mul(currentSampleCoeff, sample));
+      const predPrevSample = tf.add(
+        tf.mul(predOriginalSampleCoeff, predOriginalSample),
+        tf.mul(currentSampleCoeff, sample),
+      );
       if (t === 0) return predPrevSample;
 
       // 6. add σ_t z
-      let variance = c.variance_type === 'fixed_small' ? f32(f32(f32(1 - alphaProdTPrev) / f32(1 - alphaProdT)) * currentBetaT) : currentBetaT;
+      let variance =
+        c.variance_type === 'fixed_small'
+          ? f32(f32(f32(1 - alphaProdTPrev) / f32(1 - alphaProdT)) * currentBetaT)
+          : currentBetaT;
       variance = Math.max(variance, f32(1e-20));
       return tf.add(predPrevSample, tf.mul(sqrt32(variance), noise!));
     });
@@ -217,4 +237,3 @@ export class DDPMScheduler implements Scheduler {
     // DDPM keeps no history.
   }
 }
-

@@ -52,7 +52,12 @@ export const DPM_SOLVER_MULTISTEP_CONFIG = {
   thresholding: boolField(false),
   dynamic_thresholding_ratio: numberField(0.995),
   sample_max_value: numberField(1.0),
-  algorithm_type: enumField<AlgorithmType>('dpmsolver++', ['dpmsolver', 'dpmsolver++', 'sde-dpmsolver', 'sde-dpmsolver++']),
+  algorithm_type: enumField<AlgorithmType>('dpmsolver++', [
+    'dpmsolver',
+    'dpmsolver++',
+    'sde-dpmsolver',
+    'sde-dpmsolver++',
+  ]),
   solver_type: enumField<'midpoint' | 'heun'>('midpoint', ['midpoint', 'heun']),
   lower_order_final: boolField(true),
   euler_at_final: boolField(false),
@@ -94,11 +99,13 @@ export class DPMSolverMultistepScheduler implements Scheduler {
     this.config = resolveConfig(DPMSolverMultistepScheduler.className, DPM_SOLVER_MULTISTEP_CONFIG, config);
     const c = this.config;
     const who = this.className;
-    if (c.algorithm_type !== 'dpmsolver++') unsupported(who, 'algorithm_type', c.algorithm_type, 'only dpmsolver++ is implemented');
+    if (c.algorithm_type !== 'dpmsolver++')
+      unsupported(who, 'algorithm_type', c.algorithm_type, 'only dpmsolver++ is implemented');
     if (c.solver_order > 2) unsupported(who, 'solver_order', c.solver_order, 'use 1 or 2 (DPM++ 2M)');
     if (c.thresholding) unsupported(who, 'thresholding', true, 'set thresholding false');
     if (c.use_lu_lambdas) unsupported(who, 'use_lu_lambdas', true, 'set it false');
-    if (c.variance_type !== null) unsupported(who, 'variance_type', c.variance_type, 'set it null (learned-variance UNets are not supported)');
+    if (c.variance_type !== null)
+      unsupported(who, 'variance_type', c.variance_type, 'set it null (learned-variance UNets are not supported)');
     if (c.rescale_betas_zero_snr) unsupported(who, 'rescale_betas_zero_snr', true, 'set it false');
     this.name = c.use_karras_sigmas ? 'dpmpp-2m-karras' : 'dpmpp-2m';
     this.displayName = DISPLAY_NAMES[this.name];
@@ -110,8 +117,19 @@ export class DPMSolverMultistepScheduler implements Scheduler {
     this.modelOutputs = new Array<Tensor | null>(c.solver_order).fill(null);
   }
 
-  static fromConfig(raw: RawSchedulerConfig, overrides: Partial<DPMSolverMultistepConfig> = {}): DPMSolverMultistepScheduler {
-    return new DPMSolverMultistepScheduler(resolveConfig(DPMSolverMultistepScheduler.className, DPM_SOLVER_MULTISTEP_CONFIG, raw.values, overrides, raw.source));
+  static fromConfig(
+    raw: RawSchedulerConfig,
+    overrides: Partial<DPMSolverMultistepConfig> = {},
+  ): DPMSolverMultistepScheduler {
+    return new DPMSolverMultistepScheduler(
+      resolveConfig(
+        DPMSolverMultistepScheduler.className,
+        DPM_SOLVER_MULTISTEP_CONFIG,
+        raw.values,
+        overrides,
+        raw.source,
+      ),
+    );
   }
 
   get timesteps(): readonly number[] {
@@ -142,10 +160,16 @@ export class DPMSolverMultistepScheduler implements Scheduler {
     const last = T - clippedIdx;
     let timesteps: number[];
     if (c.timestep_spacing === 'linspace') {
-      timesteps = npLinspace(0, last - 1, numInferenceSteps + 1).map(roundHalfEven).reverse().slice(0, -1);
+      timesteps = npLinspace(0, last - 1, numInferenceSteps + 1)
+        .map(roundHalfEven)
+        .reverse()
+        .slice(0, -1);
     } else if (c.timestep_spacing === 'leading') {
       const stepRatio = Math.floor(last / (numInferenceSteps + 1));
-      timesteps = Array.from({ length: numInferenceSteps + 1 }, (_, i) => i * stepRatio).reverse().slice(0, -1).map((t) => t + c.steps_offset);
+      timesteps = Array.from({ length: numInferenceSteps + 1 }, (_, i) => i * stepRatio)
+        .reverse()
+        .slice(0, -1)
+        .map((t) => t + c.steps_offset);
     } else {
       timesteps = npArange(last, 0, -T / numInferenceSteps).map((x) => roundHalfEven(x) - 1);
     }
@@ -189,12 +213,14 @@ export class DPMSolverMultistepScheduler implements Scheduler {
     this.stepIndex ??= indexForTimestep(this._timesteps, t, who);
     const i = this.stepIndex;
     const n = this._timesteps.length;
-    if (i >= n) throw new Error(`${who}.step: the ${n} timesteps of this run are done; call setTimesteps(n) to start another`);
+    if (i >= n)
+      throw new Error(`${who}.step: the ${n} timesteps of this run are done; call setTimesteps(n) to start another`);
     const c = this.config;
 
     // 1. which order this step runs at
     //    (diffusers' `lower_order_second` only lowers a third-order step, which solver_order <= 2 never takes)
-    const lowerOrderFinal = i === n - 1 && (c.euler_at_final || (c.lower_order_final && n < 15) || c.final_sigmas_type === 'zero');
+    const lowerOrderFinal =
+      i === n - 1 && (c.euler_at_final || (c.lower_order_final && n < 15) || c.final_sigmas_type === 'zero');
 
     // 2. x̂₀ = convert_model_output(ε), pushed into the history (the oldest drops out)
     const x0Pred = tf.tidy(() => tf.keep(this.convertModelOutput(modelOutput, sample, this._sigmas[i])));

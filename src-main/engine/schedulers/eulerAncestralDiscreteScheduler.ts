@@ -11,7 +11,16 @@
  */
 import { tf, type Tensor } from '../backend/tf.ts';
 import { f32, sqrt32 } from './float32.ts';
-import { alphasCumprodOf, betasFor, checkInferenceSteps, eulerInitNoiseSigma, indexForTimestep, sigmasAtTimesteps, spacedTimesteps, trainingSigmas } from './noiseSchedule.ts';
+import {
+  alphasCumprodOf,
+  betasFor,
+  checkInferenceSteps,
+  eulerInitNoiseSigma,
+  indexForTimestep,
+  sigmasAtTimesteps,
+  spacedTimesteps,
+  trainingSigmas,
+} from './noiseSchedule.ts';
 import { checkNoise, DISPLAY_NAMES, type Scheduler } from './scheduler.ts';
 import {
   boolField,
@@ -58,15 +67,32 @@ export class EulerAncestralDiscreteScheduler implements Scheduler {
     this.config = resolveConfig(EulerAncestralDiscreteScheduler.className, EULER_ANCESTRAL_CONFIG, config);
     const c = this.config;
     if (c.rescale_betas_zero_snr) unsupported(this.className, 'rescale_betas_zero_snr', true, 'set it false');
-    if (c.prediction_type === 'sample') unsupported(this.className, 'prediction_type', 'sample', 'diffusers does not implement it either; use epsilon or v_prediction');
+    if (c.prediction_type === 'sample')
+      unsupported(
+        this.className,
+        'prediction_type',
+        'sample',
+        'diffusers does not implement it either; use epsilon or v_prediction',
+      );
     this.betas = betasFor(c);
     this.alphasCumprod = alphasCumprodOf(this.betas);
     this.trainSigmas = trainingSigmas(this.alphasCumprod);
     this._sigmas = [...this.trainSigmas].reverse().concat(0);
   }
 
-  static fromConfig(raw: RawSchedulerConfig, overrides: Partial<EulerAncestralDiscreteConfig> = {}): EulerAncestralDiscreteScheduler {
-    return new EulerAncestralDiscreteScheduler(resolveConfig(EulerAncestralDiscreteScheduler.className, EULER_ANCESTRAL_CONFIG, raw.values, overrides, raw.source));
+  static fromConfig(
+    raw: RawSchedulerConfig,
+    overrides: Partial<EulerAncestralDiscreteConfig> = {},
+  ): EulerAncestralDiscreteScheduler {
+    return new EulerAncestralDiscreteScheduler(
+      resolveConfig(
+        EulerAncestralDiscreteScheduler.className,
+        EULER_ANCESTRAL_CONFIG,
+        raw.values,
+        overrides,
+        raw.source,
+      ),
+    );
   }
 
   get timesteps(): readonly number[] {
@@ -120,7 +146,9 @@ export class EulerAncestralDiscreteScheduler implements Scheduler {
     checkNoise(who, noise, sample, 'ancestral sampling');
     this.stepIndex ??= indexForTimestep(this._timesteps, t, who);
     if (this.stepIndex >= this._timesteps.length) {
-      throw new Error(`${who}.step: the ${this._timesteps.length} timesteps of this run are done; call setTimesteps(n) to start another`);
+      throw new Error(
+        `${who}.step: the ${this._timesteps.length} timesteps of this run are done; call setTimesteps(n) to start another`,
+      );
     }
     // 1. σ_i, σ_{i+1} and the split σ_{i+1}² = σ_down² + σ_up² (float32, in diffusers' order)
     const sigma = this._sigmas[this.stepIndex];

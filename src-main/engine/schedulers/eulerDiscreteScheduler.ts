@@ -89,7 +89,9 @@ export class EulerDiscreteScheduler implements Scheduler {
   }
 
   static fromConfig(raw: RawSchedulerConfig, overrides: Partial<EulerDiscreteConfig> = {}): EulerDiscreteScheduler {
-    return new EulerDiscreteScheduler(resolveConfig(EulerDiscreteScheduler.className, EULER_CONFIG, raw.values, overrides, raw.source));
+    return new EulerDiscreteScheduler(
+      resolveConfig(EulerDiscreteScheduler.className, EULER_CONFIG, raw.values, overrides, raw.source),
+    );
   }
 
   get timesteps(): readonly number[] {
@@ -163,7 +165,9 @@ export class EulerDiscreteScheduler implements Scheduler {
     if (this._timesteps.length === 0) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
     this.stepIndex ??= indexForTimestep(this._timesteps, t, who);
     if (this.stepIndex >= this._timesteps.length) {
-      throw new Error(`${who}.step: the ${this._timesteps.length} timesteps of this run are done; call setTimesteps(n) to start another`);
+      throw new Error(
+        `${who}.step: the ${this._timesteps.length} timesteps of this run are done; call setTimesteps(n) to start another`,
+      );
     }
     // 1. σ_i, σ_{i+1}
     const sigma = this._sigmas[this.stepIndex];

@@ -39,7 +39,7 @@ const u32View = new Uint32Array(f32View.buffer);
 function nextF32(x: number, dir: 1 | -1): number {
   if (x === 0) return dir * 1.401298464324817e-45;
   f32View[0] = x;
-  u32View[0] += (x > 0) === (dir > 0) ? 1 : -1;
+  u32View[0] += x > 0 === dir > 0 ? 1 : -1;
   return f32View[0];
 }
 
@@ -60,7 +60,7 @@ export function fma32(a: number, b: number, c: number): number {
   const other = nextF32(r, s > r ? 1 : -1);
   if (Math.abs(other - s) !== Math.abs(r - s)) return r;
   // A tie in the double, but the true value p + c lies on the side of err.
-  return (err > 0) === (other > r) ? other : r;
+  return err > 0 === other > r ? other : r;
 }
 
 /**

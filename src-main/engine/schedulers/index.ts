@@ -29,7 +29,14 @@ import { PNDMScheduler } from './pndmScheduler.ts';
 import { DISPLAY_NAMES, SCHEDULER_NAMES, type Scheduler, type SchedulerName } from './scheduler.ts';
 import type { RawSchedulerConfig } from './schedulerConfig.ts';
 
-export { DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, PNDMScheduler };
+export {
+  DDIMScheduler,
+  DDPMScheduler,
+  DPMSolverMultistepScheduler,
+  EulerAncestralDiscreteScheduler,
+  EulerDiscreteScheduler,
+  PNDMScheduler,
+};
 export { DISPLAY_NAMES, SCHEDULER_NAMES, type Scheduler, type SchedulerName } from './scheduler.ts';
 export { parseSchedulerConfig, readSchedulerConfig, type RawSchedulerConfig } from './schedulerConfig.ts';
 
@@ -51,14 +58,15 @@ export function schedulerDisplayName(name: SchedulerName): string {
 }
 
 /** diffusers class name in a model's JSON -> how to build it from that JSON. */
-const FROM_MODEL: Readonly<Record<string, (model: RawSchedulerConfig, options: CreateSchedulerOptions) => Scheduler>> = {
-  PNDMScheduler: (m) => PNDMScheduler.fromConfig(m),
-  DDIMScheduler: (m, o) => DDIMScheduler.fromConfig(m, {}, o),
-  EulerDiscreteScheduler: (m) => EulerDiscreteScheduler.fromConfig(m),
-  EulerAncestralDiscreteScheduler: (m) => EulerAncestralDiscreteScheduler.fromConfig(m),
-  DPMSolverMultistepScheduler: (m) => DPMSolverMultistepScheduler.fromConfig(m),
-  DDPMScheduler: (m) => DDPMScheduler.fromConfig(m),
-};
+const FROM_MODEL: Readonly<Record<string, (model: RawSchedulerConfig, options: CreateSchedulerOptions) => Scheduler>> =
+  {
+    PNDMScheduler: (m) => PNDMScheduler.fromConfig(m),
+    DDIMScheduler: (m, o) => DDIMScheduler.fromConfig(m, {}, o),
+    EulerDiscreteScheduler: (m) => EulerDiscreteScheduler.fromConfig(m),
+    EulerAncestralDiscreteScheduler: (m) => EulerAncestralDiscreteScheduler.fromConfig(m),
+    DPMSolverMultistepScheduler: (m) => DPMSolverMultistepScheduler.fromConfig(m),
+    DDPMScheduler: (m) => DDPMScheduler.fromConfig(m),
+  };
 
 /**
  * Builds the sampler `name` from a model's scheduler config, as diffusers'
@@ -67,13 +75,26 @@ const FROM_MODEL: Readonly<Record<string, (model: RawSchedulerConfig, options: C
  *   dpmpp-2m-karras  the same with use_karras_sigmas=True
  *   from-model       the class named by `_class_name`, with the file's settings unchanged.
  */
-export function createScheduler(name: 'ddpm', model: RawSchedulerConfig, options?: CreateSchedulerOptions): DDPMScheduler;
+export function createScheduler(
+  name: 'ddpm',
+  model: RawSchedulerConfig,
+  options?: CreateSchedulerOptions,
+): DDPMScheduler;
 export function createScheduler(name: string, model: RawSchedulerConfig, options?: CreateSchedulerOptions): Scheduler;
-export function createScheduler(name: string, model: RawSchedulerConfig, options: CreateSchedulerOptions = {}): Scheduler {
+export function createScheduler(
+  name: string,
+  model: RawSchedulerConfig,
+  options: CreateSchedulerOptions = {},
+): Scheduler {
   if (!isSchedulerChoice(name)) {
     throw new Error(`unknown scheduler '${name}'; valid names: ${SCHEDULER_CHOICES.join(', ')}`);
   }
-  if (options.eta !== undefined && options.eta !== 0 && name !== 'ddim' && !(name === 'from-model' && model.values._class_name === 'DDIMScheduler')) {
+  if (
+    options.eta !== undefined &&
+    options.eta !== 0 &&
+    name !== 'ddim' &&
+    !(name === 'from-model' && model.values._class_name === 'DDIMScheduler')
+  ) {
     throw new Error(`scheduler '${name}' has no eta; eta=${options.eta} applies to ddim only`);
   }
   const dpm = { algorithm_type: 'dpmsolver++', solver_order: 2 } as const;

@@ -31,7 +31,7 @@ export function betasFor(config: NoiseScheduleConfig): Float32Array {
       return roots.map((r) => f32(r * r));
     }
     case 'squaredcos_cap_v2': {
-      const alphaBar = (s: number) => Math.cos(((s + 0.008) / 1.008) * Math.PI / 2) ** 2;
+      const alphaBar = (s: number) => Math.cos((((s + 0.008) / 1.008) * Math.PI) / 2) ** 2;
       const betas = new Float32Array(T);
       for (let i = 0; i < T; i++) betas[i] = Math.min(1 - alphaBar((i + 1) / T) / alphaBar(i / T), 0.999);
       return betas;
@@ -107,7 +107,9 @@ export function indexForTimestep(timesteps: readonly number[], t: number, who: s
     if (s === f32(t)) matches.push(i);
   });
   if (matches.length === 0) {
-    throw new Error(`${who}: timestep ${t} is not in the schedule (${timesteps.length} timesteps from ${timesteps[0]} to ${timesteps[timesteps.length - 1]}); pass the values of scheduler.timesteps`);
+    throw new Error(
+      `${who}: timestep ${t} is not in the schedule (${timesteps.length} timesteps from ${timesteps[0]} to ${timesteps[timesteps.length - 1]}); pass the values of scheduler.timesteps`,
+    );
   }
   return matches.length > 1 ? matches[1] : matches[0];
 }
@@ -115,7 +117,9 @@ export function indexForTimestep(timesteps: readonly number[], t: number, who: s
 /** Checks that `setTimesteps(n)` got a usable n. */
 export function checkInferenceSteps(who: string, n: number, numTrainTimesteps: number): void {
   if (!Number.isInteger(n) || n < 1 || n > numTrainTimesteps) {
-    throw new Error(`${who}.setTimesteps: num_inference_steps must be an integer in [1, ${numTrainTimesteps}] (num_train_timesteps), got ${n}`);
+    throw new Error(
+      `${who}.setTimesteps: num_inference_steps must be an integer in [1, ${numTrainTimesteps}] (num_train_timesteps), got ${n}`,
+    );
   }
 }
 
@@ -125,8 +129,17 @@ export function checkInferenceSteps(who: string, n: number, numTrainTimesteps: n
  *   leading   arange(N) * (T // N) + steps_offset
  *   trailing  round(arange(T, 0, -T/N)) - 1
  */
-export function spacedTimesteps(spacing: 'linspace' | 'leading' | 'trailing', T: number, n: number, stepsOffset: number, linspace: 'round' | 'float32'): number[] {
-  if (spacing === 'linspace') return npLinspace(0, T - 1, n).map(linspace === 'round' ? roundHalfEven : f32).reverse();
+export function spacedTimesteps(
+  spacing: 'linspace' | 'leading' | 'trailing',
+  T: number,
+  n: number,
+  stepsOffset: number,
+  linspace: 'round' | 'float32',
+): number[] {
+  if (spacing === 'linspace')
+    return npLinspace(0, T - 1, n)
+      .map(linspace === 'round' ? roundHalfEven : f32)
+      .reverse();
   if (spacing === 'leading') {
     const stepRatio = Math.floor(T / n);
     return Array.from({ length: n }, (_, i) => i * stepRatio + stepsOffset).reverse();

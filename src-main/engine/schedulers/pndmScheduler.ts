@@ -69,9 +69,20 @@ export class PNDMScheduler implements Scheduler {
     this.config = resolveConfig(PNDMScheduler.className, PNDM_CONFIG, config);
     const c = this.config;
     if (!c.skip_prk_steps) {
-      unsupported(this.className, 'skip_prk_steps', false, 'only the PLMS path (skip_prk_steps true, as in Stable Diffusion) is implemented; set it true or choose ddim / dpmpp-2m');
+      unsupported(
+        this.className,
+        'skip_prk_steps',
+        false,
+        'only the PLMS path (skip_prk_steps true, as in Stable Diffusion) is implemented; set it true or choose ddim / dpmpp-2m',
+      );
     }
-    if (c.prediction_type === 'sample') unsupported(this.className, 'prediction_type', 'sample', 'diffusers supports only epsilon and v_prediction for PNDM');
+    if (c.prediction_type === 'sample')
+      unsupported(
+        this.className,
+        'prediction_type',
+        'sample',
+        'diffusers supports only epsilon and v_prediction for PNDM',
+      );
     this.betas = betasFor(c);
     this.alphasCumprod = alphasCumprodOf(this.betas);
     this.finalAlphaCumprod = c.set_alpha_to_one ? 1.0 : this.alphasCumprod[0];
@@ -101,7 +112,9 @@ export class PNDMScheduler implements Scheduler {
       const stepRatio = Math.floor(T / numInferenceSteps);
       base = Array.from({ length: numInferenceSteps }, (_, i) => i * stepRatio + steps_offset);
     } else {
-      base = npArange(T, 0, -T / numInferenceSteps).map((x) => roundHalfEven(x) - 1).reverse();
+      base = npArange(T, 0, -T / numInferenceSteps)
+        .map((x) => roundHalfEven(x) - 1)
+        .reverse();
     }
     this._timesteps = [...base.slice(0, -1), ...base.slice(-2, -1), ...base.slice(-1)].reverse();
   }
@@ -126,10 +139,13 @@ export class PNDMScheduler implements Scheduler {
     const who = this.className;
     if (this.numInferenceSteps === null) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
     if (this.counter >= this._timesteps.length) {
-      throw new Error(`${who}.step: the ${this._timesteps.length} timesteps of this run are done; call setTimesteps(n) to start another`);
+      throw new Error(
+        `${who}.step: the ${this._timesteps.length} timesteps of this run are done; call setTimesteps(n) to start another`,
+      );
     }
     const T = this.config.num_train_timesteps;
-    if (!Number.isInteger(t) || t < 0 || t >= T) throw new Error(`${who}.step: timestep ${t} is not an integer in [0, ${T})`);
+    if (!Number.isInteger(t) || t < 0 || t >= T)
+      throw new Error(`${who}.step: timestep ${t} is not an integer in [0, ${T})`);
     const delta = Math.floor(T / this.numInferenceSteps);
 
     // 1. the step t -> prevT; the second call redoes the first step, from t₀ to t₁.
@@ -160,7 +176,10 @@ export class PNDMScheduler implements Scheduler {
       } else if (n === 3) {
         epsPrime = tf.div(tf.add(tf.sub(tf.mul(23, ets[2]), tf.mul(16, ets[1])), tf.mul(5, ets[0])), 12);
       } else {
-        const sum = tf.sub(tf.add(tf.sub(tf.mul(55, ets[3]), tf.mul(59, ets[2])), tf.mul(37, ets[1])), tf.mul(9, ets[0]));
+        const sum = tf.sub(
+          tf.add(tf.sub(tf.mul(55, ets[3]), tf.mul(59, ets[2])), tf.mul(37, ets[1])),
+          tf.mul(9, ets[0]),
+        );
         epsPrime = tf.mul(f32(1 / 24), sum);
       }
       // 4. x_{t-δ} = φ(x_t, e'_t, t, t-δ)
@@ -192,7 +211,9 @@ export class PNDMScheduler implements Scheduler {
       e = tf.add(tf.mul(sqrt32(alphaProdT), modelOutput), tf.mul(sqrt32(betaProdT), sample));
     }
     const sampleCoeff = sqrt32(f32(alphaProdTPrev / alphaProdT));
-    const denom = f32(f32(alphaProdT * sqrt32(betaProdTPrev)) + sqrt32(f32(f32(alphaProdT * betaProdT) * alphaProdTPrev)));
+    const denom = f32(
+      f32(alphaProdT * sqrt32(betaProdTPrev)) + sqrt32(f32(f32(alphaProdT * betaProdT) * alphaProdTPrev)),
+    );
     return tf.sub(tf.mul(sampleCoeff, sample), tf.div(tf.mul(f32(alphaProdTPrev - alphaProdT), e), denom));
   }
 

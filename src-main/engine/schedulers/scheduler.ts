@@ -68,10 +68,14 @@ export interface Scheduler {
 /** Checks that a supplied noise tensor fits the sample; throws a message naming the scheduler. */
 export function checkNoise(who: string, noise: Tensor | undefined, sample: Tensor, why: string): Tensor {
   if (!noise) {
-    throw new Error(`${who}.step: ${why} needs a noise tensor shaped like the sample [${sample.shape.join(', ')}] (draw it with randn(rng, shape) from engine/random.ts)`);
+    throw new Error(
+      `${who}.step: ${why} needs a noise tensor shaped like the sample [${sample.shape.join(', ')}] (draw it with randn(rng, shape) from engine/random.ts)`,
+    );
   }
   if (noise.shape.length !== sample.shape.length || noise.shape.some((d, i) => d !== sample.shape[i])) {
-    throw new Error(`${who}.step: noise has shape [${noise.shape.join(', ')}] but the sample has shape [${sample.shape.join(', ')}]`);
+    throw new Error(
+      `${who}.step: noise has shape [${noise.shape.join(', ')}] but the sample has shape [${sample.shape.join(', ')}]`,
+    );
   }
   return noise;
 }

@@ -60,7 +60,9 @@ export function parseSchedulerConfig(text: string, source: string): RawScheduler
     throw new Error(`${source}: scheduler config is not valid JSON: ${(err as Error).message}`);
   }
   if (typeof values !== 'object' || values === null || Array.isArray(values)) {
-    throw new Error(`${source}: scheduler config must be a JSON object, got ${Array.isArray(values) ? 'an array' : typeof values}`);
+    throw new Error(
+      `${source}: scheduler config must be a JSON object, got ${Array.isArray(values) ? 'an array' : typeof values}`,
+    );
   }
   return { source, values: Object.freeze({ ...(values as Record<string, unknown>) }) };
 }
@@ -89,7 +91,10 @@ const ok = <T>(value: T) => ({ ok: true as const, value });
 const bad = (expected: string) => ({ ok: false as const, expected });
 
 export function intField(def: number, min = 0): Field<number> {
-  return { default: def, check: (v) => (typeof v === 'number' && Number.isInteger(v) && v >= min ? ok(v) : bad(`an integer >= ${min}`)) };
+  return {
+    default: def,
+    check: (v) => (typeof v === 'number' && Number.isInteger(v) && v >= min ? ok(v) : bad(`an integer >= ${min}`)),
+  };
 }
 
 export function numberField(def: number): Field<number> {
@@ -101,7 +106,10 @@ export function boolField(def: boolean): Field<boolean> {
 }
 
 export function enumField<T extends string>(def: T, values: readonly T[]): Field<T> {
-  return { default: def, check: (v) => ((values as readonly unknown[]).includes(v) ? ok(v as T) : bad(`one of ${values.join(', ')}`)) };
+  return {
+    default: def,
+    check: (v) => ((values as readonly unknown[]).includes(v) ? ok(v as T) : bad(`one of ${values.join(', ')}`)),
+  };
 }
 
 /** A field that may also be null (diffusers' `Optional[...] = None`). */
@@ -120,7 +128,11 @@ export function betasField(): Field<readonly number[] | null> {
   return {
     default: null,
     check: (v) =>
-      v === null ? ok(null) : Array.isArray(v) && v.every((b) => typeof b === 'number' && b >= 0 && b < 1) ? ok(Object.freeze([...v]) as readonly number[]) : bad('null or an array of betas in [0, 1)'),
+      v === null
+        ? ok(null)
+        : Array.isArray(v) && v.every((b) => typeof b === 'number' && b >= 0 && b < 1)
+          ? ok(Object.freeze([...v]) as readonly number[])
+          : bad('null or an array of betas in [0, 1)'),
   };
 }
 
@@ -147,7 +159,9 @@ export function resolveConfig<C>(
   const out: Record<string, unknown> = {};
   for (const key of Object.keys(overrides)) {
     if (!(key in schema)) {
-      throw new Error(`${className}: unknown config key '${key}' (${className} accepts ${Object.keys(schema).join(', ')})`);
+      throw new Error(
+        `${className}: unknown config key '${key}' (${className} accepts ${Object.keys(schema).join(', ')})`,
+      );
     }
   }
   for (const [key, field] of Object.entries(schema) as [string, Field<unknown>][]) {
@@ -167,7 +181,9 @@ export function resolveConfig<C>(
   }
   const cfg = out as unknown as NoiseScheduleConfig;
   if (cfg.trained_betas && cfg.trained_betas.length !== cfg.num_train_timesteps) {
-    throw new Error(`${source}: ${className}.trained_betas has ${cfg.trained_betas.length} values but num_train_timesteps is ${cfg.num_train_timesteps}; they must agree`);
+    throw new Error(
+      `${source}: ${className}.trained_betas has ${cfg.trained_betas.length} values but num_train_timesteps is ${cfg.num_train_timesteps}; they must agree`,
+    );
   }
   return Object.freeze(out) as Readonly<C>;
 }

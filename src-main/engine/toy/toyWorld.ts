@@ -134,7 +134,11 @@ export function toyDataset(n: number, seed: number, size = TOY_SIZE): ToyExample
   for (let i = 0; i < n; i++) {
     const scene = randomScene(rng);
     const p = rng.uniform();
-    out.push({ image: drawScene(scene, size), scene, caption: p < 0.8 ? caption(scene) : p < 0.9 ? caption(scene, false) : '' });
+    out.push({
+      image: drawScene(scene, size),
+      scene,
+      caption: p < 0.8 ? caption(scene) : p < 0.9 ? caption(scene, false) : '',
+    });
   }
   return out;
 }
@@ -149,6 +153,14 @@ export function subjectScenes(count = 6, seed = 17): Scene[] {
   const rng = new Rng(seed);
   return Array.from({ length: count }, (_, k) => {
     const r = 0.22 + 0.1 * rng.uniform();
-    return { kind: 'ball', colour: 'red', pattern: SUBJECT_PATTERN, background: SUBJECT_PHOTO_BACKGROUNDS[k % SUBJECT_PHOTO_BACKGROUNDS.length], cx: r + (1 - 2 * r) * rng.uniform(), cy: r + (1 - 2 * r) * rng.uniform(), r };
+    return {
+      kind: 'ball',
+      colour: 'red',
+      pattern: SUBJECT_PATTERN,
+      background: SUBJECT_PHOTO_BACKGROUNDS[k % SUBJECT_PHOTO_BACKGROUNDS.length],
+      cx: r + (1 - 2 * r) * rng.uniform(),
+      cy: r + (1 - 2 * r) * rng.uniform(),
+      r,
+    };
   });
 }

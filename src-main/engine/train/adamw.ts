@@ -51,7 +51,8 @@ export class AdamW {
 
   /** Applies one update with `grads` (one per param, same order) at learning rate `lr`. */
   apply(grads: readonly Tensor[], lr: number): void {
-    if (grads.length !== this.params.length) throw new Error(`AdamW.apply: ${grads.length} gradients for ${this.params.length} parameters`);
+    if (grads.length !== this.params.length)
+      throw new Error(`AdamW.apply: ${grads.length} gradients for ${this.params.length} parameters`);
     this.t += 1;
     const { beta1, beta2, eps, weightDecay } = this.config;
     const bc1 = 1 - beta1 ** this.t;
@@ -80,12 +81,15 @@ export class AdamW {
 
   load(state: AdamWState): void {
     if (state.m.length !== this.params.length || state.v.length !== this.params.length) {
-      throw new Error(`AdamW.load: state has ${state.m.length} moments for ${this.params.length} parameters (different adapter?)`);
+      throw new Error(
+        `AdamW.load: state has ${state.m.length} moments for ${this.params.length} parameters (different adapter?)`,
+      );
     }
     this.t = state.step;
     tf.tidy(() => {
       this.params.forEach((p, i) => {
-        if (state.m[i].length !== p.size || state.v[i].length !== p.size) throw new Error(`AdamW.load: moment ${i} has ${state.m[i].length} values for a parameter of ${p.size}`);
+        if (state.m[i].length !== p.size || state.v[i].length !== p.size)
+          throw new Error(`AdamW.load: moment ${i} has ${state.m[i].length} values for a parameter of ${p.size}`);
         this.m[i].assign(tf.tensor(state.m[i], p.shape));
         this.v[i].assign(tf.tensor(state.v[i], p.shape));
       });

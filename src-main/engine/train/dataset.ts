@@ -57,19 +57,25 @@ export interface Dataset {
 /** Image files in a folder (sorted by name), or the given files as they are. */
 export async function listPhotos(input: string | readonly string[]): Promise<string[]> {
   if (typeof input !== 'string') return [...input];
-  let info;
+  let info: Awaited<ReturnType<typeof stat>>;
   try {
     info = await stat(input);
   } catch {
     throw new Error(`photos: ${input} does not exist`);
   }
   if (!info.isDirectory()) return [input];
-  const names = (await readdir(input)).filter((n) => !n.startsWith('.') && extname(n).toLowerCase() !== '.txt' && extname(n).toLowerCase() !== '.json').sort();
+  const names = (await readdir(input))
+    .filter((n) => !n.startsWith('.') && extname(n).toLowerCase() !== '.txt' && extname(n).toLowerCase() !== '.json')
+    .sort();
   return names.map((n) => join(input, n));
 }
 
 /** Checks one photo: decodes it (with EXIF orientation) and applies the size rules. */
-export async function checkPhoto(file: string, resolution: number, maxPixels = DEFAULT_MAX_PIXELS): Promise<{ check: PhotoCheck; image?: RgbImage; bytes?: Buffer }> {
+export async function checkPhoto(
+  file: string,
+  resolution: number,
+  maxPixels = DEFAULT_MAX_PIXELS,
+): Promise<{ check: PhotoCheck; image?: RgbImage; bytes?: Buffer }> {
   let bytes: Buffer;
   try {
     bytes = await readFile(file);
@@ -83,7 +89,13 @@ export async function checkPhoto(file: string, resolution: number, maxPixels = D
     const msg = (err as Error).message.replace(`${basename(file)}: `, '');
     const ext = extname(file).toLowerCase();
     if (ext === '.heic' || ext === '.heif') {
-      return { check: { file, status: 'rejected', reason: `HEIC/HEIF photos cannot be read by this build of sharp (${msg}); export the photo as JPEG or PNG` } };
+      return {
+        check: {
+          file,
+          status: 'rejected',
+          reason: `HEIC/HEIF photos cannot be read by this build of sharp (${msg}); export the photo as JPEG or PNG`,
+        },
+      };
     }
     const hint = isImageExtension(ext) ? '' : ` (expected a JPEG, PNG, WebP, AVIF, TIFF or HEIC photo)`;
     return { check: { file, status: 'rejected', reason: `not a readable image: ${msg}${hint}` } };
@@ -91,10 +103,28 @@ export async function checkPhoto(file: string, resolution: number, maxPixels = D
   const { width, height } = image;
   const short = Math.min(width, height);
   if (short < resolution / 2) {
-    return { check: { file, status: 'rejected', width, height, reason: `too small: ${width}x${height}; the short side must be at least ${resolution / 2} px to train at ${resolution}` } };
+    return {
+      check: {
+        file,
+        status: 'rejected',
+        width,
+        height,
+        reason: `too small: ${width}x${height}; the short side must be at least ${resolution / 2} px to train at ${resolution}`,
+      },
+    };
   }
   if (short < resolution) {
-    return { check: { file, status: 'warning', width, height, reason: `smaller than the training resolution (${width}x${height} < ${resolution}); it will be upscaled` } , image, bytes };
+    return {
+      check: {
+        file,
+        status: 'warning',
+        width,
+        height,
+        reason: `smaller than the training resolution (${width}x${height} < ${resolution}); it will be upscaled`,
+      },
+      image,
+      bytes,
+    };
   }
   return { check: { file, status: 'ok', width, height }, image, bytes };
 }
@@ -112,7 +142,13 @@ export async function loadDataset(input: string | readonly string[], opts: Datas
       const hash = createHash('sha256').update(bytes).digest('hex');
       const first = seen.get(hash);
       if (first) {
-        checks.push({ file, status: 'rejected', width: check.width, height: check.height, reason: `exact duplicate of ${basename(first)}` });
+        checks.push({
+          file,
+          status: 'rejected',
+          width: check.width,
+          height: check.height,
+          reason: `exact duplicate of ${basename(first)}`,
+        });
         continue;
       }
       seen.set(hash, file);
@@ -129,7 +165,10 @@ export async function loadDataset(input: string | readonly string[], opts: Datas
     const why = checks.length ? checks.map((c) => `  ${basename(c.file)}: ${c.reason}`).join('\n') : '  (no files)';
     throw new Error(`no usable subject photos in ${typeof input === 'string' ? input : 'the given files'}:\n${why}`);
   }
-  if (usable < 3) warnings.push(`only ${usable} usable photo${usable === 1 ? '' : 's'}; 3 to 20 photos of the subject give much better results`);
+  if (usable < 3)
+    warnings.push(
+      `only ${usable} usable photo${usable === 1 ? '' : 's'}; 3 to 20 photos of the subject give much better results`,
+    );
   return { images, checks, warnings };
 }
 

@@ -105,12 +105,17 @@ export const LOGVAR_FLOOR = -30;
  */
 export async function collapsePosterior(vae: AutoencoderKL): Promise<void> {
   const conv = vae.quant_conv;
-  if (!conv?.bias) throw new Error('collapsePosterior: the VAE has no quant_conv with a bias (use_quant_conv false); its log-variance comes straight from the encoder');
+  if (!conv?.bias)
+    throw new Error(
+      'collapsePosterior: the VAE has no quant_conv with a bias (use_quant_conv false); its log-variance comes straight from the encoder',
+    );
   const [out, inC, kh, kw] = conv.weight.shape;
   const z = out / 2;
   const w = conv.weight.checkpointValue();
   const b = conv.bias.checkpointValue();
-  const [wData, bData] = [(await w.data()) as Float32Array, (await b.data()) as Float32Array].map((d) => Float32Array.from(d));
+  const [wData, bData] = [(await w.data()) as Float32Array, (await b.data()) as Float32Array].map((d) =>
+    Float32Array.from(d),
+  );
   tf.dispose([w, b]);
   wData.fill(0, z * inC * kh * kw); // rows [z, 2z) of [out, in, kh, kw]: the log-variance outputs
   bData.fill(LOGVAR_FLOOR, z);
@@ -128,7 +133,13 @@ export interface VaeStepResult {
  * One VAE step (stage 1) on images `x` [B, H, W, 3] in [-1, 1] with reparameterisation noise
  * `eps` [B, h, w, latent] (the caller draws both and owns them).
  */
-export async function vaeStep(vae: AutoencoderKL, optimizer: AdamW, x: Tensor, eps: Tensor, o: { readonly lr: number; readonly klWeight: number; readonly maxGradNorm: number; readonly sampleScale?: number }): Promise<VaeStepResult> {
+export async function vaeStep(
+  vae: AutoencoderKL,
+  optimizer: AdamW,
+  x: Tensor,
+  eps: Tensor,
+  o: { readonly lr: number; readonly klWeight: number; readonly maxGradNorm: number; readonly sampleScale?: number },
+): Promise<VaeStepResult> {
   const vars = optimizer.params as Variable[];
   const parts: Tensor[] = [];
   const { value, grads } = tf.tidy(() =>

@@ -18,12 +18,22 @@ import type { BlockRunner } from '../models/unet2dCondition.ts';
 
 interface EngineInternals {
   state: { activeTape: unknown };
-  gradients(f: () => Tensor, xs: Tensor[], dy?: Tensor, allowNoGradients?: boolean): { value: Tensor; grads: Array<Tensor | undefined> };
+  gradients(
+    f: () => Tensor,
+    xs: Tensor[],
+    dy?: Tensor,
+    allowNoGradients?: boolean,
+  ): { value: Tensor; grads: Array<Tensor | undefined> };
 }
 
 /** [a, b, ...] -> one flat tensor; and back. */
 function flatten(ts: Tensor[]): Tensor {
-  return ts.length === 1 ? ts[0].reshape([-1]) : tf.concat(ts.map((t) => t.reshape([-1])), 0);
+  return ts.length === 1
+    ? ts[0].reshape([-1])
+    : tf.concat(
+        ts.map((t) => t.reshape([-1])),
+        0,
+      );
 }
 
 function unflatten(flat: Tensor, shapes: number[][]): Tensor[] {
@@ -41,7 +51,9 @@ export function checkpointingRunner(variablesFor: (blockName: string) => readonl
     const vars = variablesFor(name);
     let shapes: number[][] = [];
     // customGrad's typing wants a fixed-arity function; the engine passes (...inputs, save).
-    const customGrad = tf.customGrad as unknown as (f: (...args: unknown[]) => unknown) => (...args: Tensor[]) => Tensor;
+    const customGrad = tf.customGrad as unknown as (
+      f: (...args: unknown[]) => unknown,
+    ) => (...args: Tensor[]) => Tensor;
     const run = customGrad((...args: unknown[]) => {
       const save = args.pop() as (ts: Tensor[]) => void;
       const ins = args.slice(0, inputs.length) as Tensor[];

@@ -35,9 +35,13 @@ export async function readRunManifest(runDir: string): Promise<RunManifest> {
     throw new Error(`${path}: cannot read the run manifest (${(err as Error).message})`);
   }
   const version = (raw as { schemaVersion?: unknown })?.schemaVersion;
-  if (typeof version === 'number' && version > 1) throw new Error(`${path}: made by a newer SingLoRA Studio (schema ${version}); update the app to open it`);
+  if (typeof version === 'number' && version > 1)
+    throw new Error(`${path}: made by a newer SingLoRA Studio (schema ${version}); update the app to open it`);
   const r = runManifestSchema.safeParse(raw);
-  if (!r.success) throw new Error(`${path}: not a valid run manifest: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (!r.success)
+    throw new Error(
+      `${path}: not a valid run manifest: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+    );
   return r.data;
 }
 
@@ -73,8 +77,16 @@ export async function writeCheckpoint(
     const moments = new Map<string, TensorToWrite>();
     state.optimizer.m.forEach((m, i) => moments.set(`m.${String(i).padStart(4, '0')}`, { shape: [m.length], data: m }));
     state.optimizer.v.forEach((v, i) => moments.set(`v.${String(i).padStart(4, '0')}`, { shape: [v.length], data: v }));
-    await writeSafetensors(join(tmp, 'optimizer.safetensors'), moments, { optimizer: 'adamw', step: String(state.optimizer.step) });
-    await atomicWriteJson(join(tmp, 'state.json'), { step: state.step, rng: state.rng, optimizerStep: state.optimizer.step, smoothedLoss: state.smoothedLoss });
+    await writeSafetensors(join(tmp, 'optimizer.safetensors'), moments, {
+      optimizer: 'adamw',
+      step: String(state.optimizer.step),
+    });
+    await atomicWriteJson(join(tmp, 'state.json'), {
+      step: state.step,
+      rng: state.rng,
+      optimizerStep: state.optimizer.step,
+      smoothedLoss: state.smoothedLoss,
+    });
     const final = join(parent, name);
     if (existsSync(final)) await rm(final, { recursive: true, force: true });
     await rename(tmp, final);
@@ -82,10 +94,19 @@ export async function writeCheckpoint(
     await rm(tmp, { recursive: true, force: true });
     throw err;
   }
-  return { step: state.step, dir: `checkpoints/${name}`, adapter: `checkpoints/${name}/adapter.safetensors`, createdAt: new Date().toISOString(), loss };
+  return {
+    step: state.step,
+    dir: `checkpoints/${name}`,
+    adapter: `checkpoints/${name}/adapter.safetensors`,
+    createdAt: new Date().toISOString(),
+    loss,
+  };
 }
 
-export async function readCheckpoint(runDir: string, entry: CheckpointEntry): Promise<{ step: number; rng: RngState; optimizer: AdamWState; smoothedLoss: number | null; adapterPath: string }> {
+export async function readCheckpoint(
+  runDir: string,
+  entry: CheckpointEntry,
+): Promise<{ step: number; rng: RngState; optimizer: AdamWState; smoothedLoss: number | null; adapterPath: string }> {
   const dir = join(runDir, entry.dir);
   let state: { step: number; rng: RngState; optimizerStep: number; smoothedLoss: number | null };
   try {
@@ -97,5 +118,11 @@ export async function readCheckpoint(runDir: string, entry: CheckpointEntry): Pr
   const keys = [...tensors.keys()].sort();
   const m = keys.filter((k) => k.startsWith('m.')).map((k) => tensors.get(k)!.data);
   const v = keys.filter((k) => k.startsWith('v.')).map((k) => tensors.get(k)!.data);
-  return { step: state.step, rng: state.rng, optimizer: { step: state.optimizerStep, m, v }, smoothedLoss: state.smoothedLoss ?? null, adapterPath: join(dir, 'adapter.safetensors') };
+  return {
+    step: state.step,
+    rng: state.rng,
+    optimizer: { step: state.optimizerStep, m, v },
+    smoothedLoss: state.smoothedLoss ?? null,
+    adapterPath: join(dir, 'adapter.safetensors'),
+  };
 }

@@ -90,7 +90,11 @@ export interface TrainStepResult {
  * adapter tensors and the optimizer's moments in place; returns only numbers, so every tensor it
  * creates is freed before it returns.
  */
-export async function trainStep(model: TrainStepModel, batches: readonly MicroBatch[], o: TrainStepOptions): Promise<TrainStepResult> {
+export async function trainStep(
+  model: TrainStepModel,
+  batches: readonly MicroBatch[],
+  o: TrainStepOptions,
+): Promise<TrainStepResult> {
   if (!batches.length) throw new Error('trainStep: no micro-batch given');
   const { unet, scheduler, adapters, optimizer, runBlock } = model;
   const vars = optimizer.params as Variable[];
@@ -119,7 +123,9 @@ export async function trainStep(model: TrainStepModel, batches: readonly MicroBa
   const K = batches.length;
   const grads = K > 1 ? tf.tidy(() => acc!.map((g) => tf.div(g, K))) : acc!;
   if (K > 1) tf.dispose(acc!);
-  const returned = o.returnGrads ? await Promise.all(grads.map(async (g) => (await g.data()) as Float32Array)) : undefined;
+  const returned = o.returnGrads
+    ? await Promise.all(grads.map(async (g) => (await g.data()) as Float32Array))
+    : undefined;
   try {
     const gradNorm = await applyGradients(optimizer, grads, o);
     return { loss, gradNorm, applied: true, grads: returned };
@@ -132,7 +138,11 @@ export async function trainStep(model: TrainStepModel, batches: readonly MicroBa
  * Steps 5 and 6: clips `grads` (one per `optimizer.params`, not consumed) to a global norm of
  * `maxGradNorm` (0: no clipping) and takes one AdamW step at `lr`. Returns ||g|| before clipping.
  */
-export async function applyGradients(optimizer: AdamW, grads: readonly Tensor[], o: { readonly lr: number; readonly maxGradNorm: number }): Promise<number> {
+export async function applyGradients(
+  optimizer: AdamW,
+  grads: readonly Tensor[],
+  o: { readonly lr: number; readonly maxGradNorm: number },
+): Promise<number> {
   let norm: Tensor;
   let update: readonly Tensor[] = grads;
   if (o.maxGradNorm > 0) {
@@ -153,27 +163,43 @@ export async function applyGradients(optimizer: AdamW, grads: readonly Tensor[],
 }
 
 /** Steps 1-3 for one micro-batch: the loss and dL/dvars. The caller owns both. */
-function microBatchGrads(unet: UNet2DConditionModel, scheduler: DDPMScheduler, vars: Variable[], b: MicroBatch, o: TrainStepOptions, runBlock: BlockRunner | undefined): { loss: Tensor; grads: Tensor[] } {
+function microBatchGrads(
+  unet: UNet2DConditionModel,
+  scheduler: DDPMScheduler,
+  vars: Variable[],
+  b: MicroBatch,
+  o: TrainStepOptions,
+  runBlock: BlockRunner | undefined,
+): { loss: Tensor; grads: Tensor[] } {
   const n = b.timesteps.length;
   const B = b.instances ?? n;
   const ctxShape = typeof b.context === 'function' ? null : b.context.shape;
   if (b.latents.shape[0] !== n || b.noise.shape[0] !== n || (ctxShape && ctxShape[0] !== n)) {
-    throw new Error(`trainStep: ${n} timesteps for latents [${b.latents.shape}], noise [${b.noise.shape}] and context [${ctxShape ?? 'computed'}]; give one timestep per sample`);
+    throw new Error(
+      `trainStep: ${n} timesteps for latents [${b.latents.shape}], noise [${b.noise.shape}] and context [${ctxShape ?? 'computed'}]; give one timestep per sample`,
+    );
   }
   if (!(B >= 1 && B <= n)) throw new Error(`trainStep: instances must be in [1, ${n}], got ${B}`);
   const vPrediction = scheduler.config.prediction_type === 'v_prediction';
   return tf.tidy(() => {
     const zt = scheduler.addNoise(b.latents, b.noise, b.timesteps); // [n, h, w, c]
     const target = scheduler.target(b.latents, b.noise, b.timesteps);
-    const weights = o.minSnrGamma === null ? null : tf.tensor1d(b.timesteps.map((t) => lossWeight(scheduler.alphasCumprod[t], o.minSnrGamma, vPrediction)));
-    const { value, grads } = withAttentionMode(o.attention ?? 'memory-efficient', () => tf.variableGrads(() => {
-      const context = typeof b.context === 'function' ? b.context() : b.context;
-      const pred = unet.forward(zt, b.timesteps, context, { runBlock });
-      const mse = tf.mean(tf.squaredDifference(pred, target), [1, 2, 3]); // [n]
-      const perSample = weights ? tf.mul(mse, weights) : mse;
-      const inst = tf.mean(B < n ? perSample.slice([0], [B]) : perSample);
-      return (B < n ? tf.add(inst, tf.mul(tf.mean(perSample.slice([B], [n - B])), o.priorLossWeight)) : inst) as tf.Scalar;
-    }, vars));
+    const weights =
+      o.minSnrGamma === null
+        ? null
+        : tf.tensor1d(b.timesteps.map((t) => lossWeight(scheduler.alphasCumprod[t], o.minSnrGamma, vPrediction)));
+    const { value, grads } = withAttentionMode(o.attention ?? 'memory-efficient', () =>
+      tf.variableGrads(() => {
+        const context = typeof b.context === 'function' ? b.context() : b.context;
+        const pred = unet.forward(zt, b.timesteps, context, { runBlock });
+        const mse = tf.mean(tf.squaredDifference(pred, target), [1, 2, 3]); // [n]
+        const perSample = weights ? tf.mul(mse, weights) : mse;
+        const inst = tf.mean(B < n ? perSample.slice([0], [B]) : perSample);
+        return (
+          B < n ? tf.add(inst, tf.mul(tf.mean(perSample.slice([B], [n - B])), o.priorLossWeight)) : inst
+        ) as tf.Scalar;
+      }, vars),
+    );
     return { loss: value, grads: vars.map((v) => grads[v.name]) };
   });
 }
@@ -191,6 +217,7 @@ export function lossWeight(alphaBar: number, gamma: number | null, vPrediction: 
 /** Gradient checkpointing per UNet block, recomputing each block's adapter tensors. */
 export function adapterBlockRunner(adapters: AdapterSet): BlockRunner {
   const byBlock = new Map<string, Variable[]>();
-  for (const a of adapters.adapters) byBlock.set(blockOf(a.path), [...(byBlock.get(blockOf(a.path)) ?? []), ...a.layer.variables()]);
+  for (const a of adapters.adapters)
+    byBlock.set(blockOf(a.path), [...(byBlock.get(blockOf(a.path)) ?? []), ...a.layer.variables()]);
   return checkpointingRunner((name) => byBlock.get(name) ?? []);
 }

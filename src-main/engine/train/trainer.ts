@@ -29,13 +29,19 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { newRunManifest, trainSettingsSchema, type RunManifest, type TrainEvent, type TrainSettings, type TrainSettingsInput } from '../../api/schemas.ts';
-import { activeBackend, memoryCounters, tf, type Tensor, type Variable } from '../backend/tf.ts';
+import {
+  newRunManifest,
+  trainSettingsSchema,
+  type RunManifest,
+  type TrainEvent,
+  type TrainSettings,
+  type TrainSettingsInput,
+} from '../../api/schemas.ts';
+import { activeBackend, memoryCounters, tf, type Tensor } from '../backend/tf.ts';
 import { readAdapterFile, saveAdapter } from '../adapters/adapterFile.ts';
 import { AdapterSet, DEFAULT_TARGETS, type AdapterSpec } from '../adapters/adapterSet.ts';
 import { ramp } from '../adapters/ramp.ts';
 import { atomicWriteFile } from '../io/atomic.ts';
-import type { OpenBaseModelOptions } from '../io/modelFiles.ts';
 import { decodeImage, encodeImage } from '../image/sharp.ts';
 import { writePngText } from '../image/pngText.ts';
 import { defaultCacheDir } from '../paths.ts';
@@ -111,7 +117,12 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
     if (!ended) {
       // A resumed run that fails before its first step still stands at its last checkpoint.
       const m = existsSync(join(opts.runDir, 'run.json')) ? await readRunManifest(opts.runDir).catch(() => null) : null;
-      hooks.onEvent?.({ event: 'done', status: 'failed', step: Math.max(lastStep, m?.step ?? 0), error: (err as Error).message });
+      hooks.onEvent?.({
+        event: 'done',
+        status: 'failed',
+        step: Math.max(lastStep, m?.step ?? 0),
+        error: (err as Error).message,
+      });
     }
     throw err;
   }
@@ -121,11 +132,20 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
   const emit = (e: TrainEvent) => hooks.onEvent?.(e);
   await mkdir(opts.runDir, { recursive: true });
   const previous = opts.resume ? await readRunManifest(opts.runDir) : null;
-  const parsed = trainSettingsSchema.safeParse(previous ? { ...previous.settings, ...(opts.resumeSteps ? { steps: opts.resumeSteps } : {}) } : opts.settings);
-  if (!parsed.success) throw new Error(`invalid training settings: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  const parsed = trainSettingsSchema.safeParse(
+    previous ? { ...previous.settings, ...(opts.resumeSteps ? { steps: opts.resumeSteps } : {}) } : opts.settings,
+  );
+  if (!parsed.success)
+    throw new Error(
+      `invalid training settings: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+    );
   const settings: TrainSettings = parsed.data;
-  if (previous && !previous.checkpoints.length) throw new Error(`${opts.runDir}: the run has no checkpoint to resume from; start it again`);
-  if (previous && settings.steps <= previous.step) throw new Error(`${opts.runDir}: the run already ${previous.status === 'completed' ? 'completed' : 'has'} ${previous.step} steps; ask for more steps (e.g. ${previous.step + 100}) to extend it`);
+  if (previous && !previous.checkpoints.length)
+    throw new Error(`${opts.runDir}: the run has no checkpoint to resume from; start it again`);
+  if (previous && settings.steps <= previous.step)
+    throw new Error(
+      `${opts.runDir}: the run already ${previous.status === 'completed' ? 'completed' : 'has'} ${previous.step} steps; ask for more steps (e.g. ${previous.step + 100}) to extend it`,
+    );
 
   emit({ event: 'prepare', stage: 'load-model', detail: opts.base });
   const sd = await StableDiffusion.load(opts.base, opts.baseOptions);
@@ -134,23 +154,40 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
   let optimizer: AdamW | null = null;
   try {
     const resolution = settings.resolution ?? sd.defaultResolution;
-    if (resolution % sd.vaeScaleFactor !== 0) throw new Error(`resolution ${resolution} is not a multiple of the VAE factor ${sd.vaeScaleFactor}`);
+    if (resolution % sd.vaeScaleFactor !== 0)
+      throw new Error(`resolution ${resolution} is not a multiple of the VAE factor ${sd.vaeScaleFactor}`);
     const unetSha256 = await sd.unetSha256();
     if (previous && previous.baseModel.unetSha256 !== unetSha256) {
-      throw new Error(`${opts.runDir} was trained on ${previous.baseModel.name} (UNet sha256 ${previous.baseModel.unetSha256.slice(0, 12)}), not on ${opts.base} (${unetSha256.slice(0, 12)}); resume with the same base model`);
+      throw new Error(
+        `${opts.runDir} was trained on ${previous.baseModel.name} (UNet sha256 ${previous.baseModel.unetSha256.slice(0, 12)}), not on ${opts.base} (${unetSha256.slice(0, 12)}); resume with the same base model`,
+      );
     }
     const instancePrompt = settings.instancePrompt ?? `a photo of ${settings.triggerToken} ${settings.classWord}`;
     const classPrompt = settings.classPrompt ?? `a photo of ${settings.classWord}`;
 
     // 1. Photos.
     emit({ event: 'prepare', stage: 'photos' });
-    const dataset = await loadDataset(opts.photos, { resolution, crop: settings.crop, flip: settings.flip, instancePrompt });
+    const dataset = await loadDataset(opts.photos, {
+      resolution,
+      crop: settings.crop,
+      flip: settings.flip,
+      instancePrompt,
+    });
     for (const w of dataset.warnings) emit({ event: 'warning', message: w });
-    for (const c of dataset.checks) if (c.status !== 'ok') emit({ event: 'warning', message: `${basename(c.file)}: ${c.status}: ${c.reason}` });
+    for (const c of dataset.checks)
+      if (c.status !== 'ok') emit({ event: 'warning', message: `${basename(c.file)}: ${c.status}: ${c.reason}` });
 
     const now = new Date().toISOString();
     let manifest: RunManifest =
-      previous ?? newRunManifest({ id: basename(opts.runDir), status: 'running', settings, baseModel: { path: opts.base, name: sd.name, unetSha256 }, backend: activeBackend()?.name ?? tf.getBackend(), now });
+      previous ??
+      newRunManifest({
+        id: basename(opts.runDir),
+        status: 'running',
+        settings,
+        baseModel: { path: opts.base, name: sd.name, unetSha256 },
+        backend: activeBackend()?.name ?? tf.getBackend(),
+        now,
+      });
     manifest = {
       ...manifest,
       settings,
@@ -158,7 +195,9 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
       error: null,
       images: {
         used: dataset.checks.filter((c) => c.status !== 'rejected').map((c) => c.file),
-        rejected: dataset.checks.filter((c) => c.status === 'rejected').map((c) => ({ file: c.file, reason: c.reason ?? '' })),
+        rejected: dataset.checks
+          .filter((c) => c.status === 'rejected')
+          .map((c) => ({ file: c.file, reason: c.reason ?? '' })),
       },
     };
     await writeRunManifest(opts.runDir, manifest);
@@ -167,12 +206,24 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
     let classImages: TrainImage[] = [];
     if (settings.priorPreservation) {
       emit({ event: 'prepare', stage: 'class-images', detail: classPrompt });
-      classImages = await ensureClassImages(sd, { prompt: classPrompt, count: settings.numClassImages, resolution, dir: settings.classImagesDir, cacheRoot: opts.classImagesCacheDir, seed: settings.seed, unetSha256, signal: hooks.signal, onProgress: (done, total) => emit({ event: 'prepare', stage: 'class-images', detail: `${done}/${total}` }) });
+      classImages = await ensureClassImages(sd, {
+        prompt: classPrompt,
+        count: settings.numClassImages,
+        resolution,
+        dir: settings.classImagesDir,
+        cacheRoot: opts.classImagesCacheDir,
+        seed: settings.seed,
+        unetSha256,
+        signal: hooks.signal,
+        onProgress: (done, total) => emit({ event: 'prepare', stage: 'class-images', detail: `${done}/${total}` }),
+      });
     }
 
     // 3. Latents and text embeddings, once; then the VAE and text encoder leave memory.
     emit({ event: 'prepare', stage: 'encode' });
-    const captions = [...new Set([...dataset.images.map((i) => i.caption), ...(classImages.length ? [classPrompt] : [])])];
+    const captions = [
+      ...new Set([...dataset.images.map((i) => i.caption), ...(classImages.length ? [classPrompt] : [])]),
+    ];
     // The VAE and text encoder run on the inference engine (ONNX Runtime by default).
     const contexts: Tensor[] = [];
     for (const c of captions) contexts.push(tf.keep(await sd.encodeText([c], 0)));
@@ -191,7 +242,13 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
     for (const img of dataset.images) instances.push(await encode(img));
     const priors: Example[] = [];
     for (const img of classImages) priors.push(await encode({ ...img, caption: classPrompt }));
-    const samplePrompts = settings.sampleEvery > 0 ? (settings.samplePrompts ?? [instancePrompt, `a painting of ${settings.triggerToken} ${settings.classWord} in the style of van gogh`]) : [];
+    const samplePrompts =
+      settings.sampleEvery > 0
+        ? (settings.samplePrompts ?? [
+            instancePrompt,
+            `a painting of ${settings.triggerToken} ${settings.classWord} in the style of van gogh`,
+          ])
+        : [];
     const sampleEmbeds: Tensor[] = [];
     for (const p of samplePrompts) {
       const both = tf.keep(await sd.encodeText(['', p], 0));
@@ -204,7 +261,14 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
     await sd.ensure('unet');
 
     // 4. Adapters and optimizer.
-    const spec: AdapterSpec = { method: settings.method, rank: settings.rank, alpha: settings.alpha, rampSteps: settings.rampSteps, targets: settings.targets ?? DEFAULT_TARGETS, initStd: settings.initStd };
+    const spec: AdapterSpec = {
+      method: settings.method,
+      rank: settings.rank,
+      alpha: settings.alpha,
+      rampSteps: settings.rampSteps,
+      targets: settings.targets ?? DEFAULT_TARGETS,
+      initStd: settings.initStd,
+    };
     adapters = AdapterSet.inject(sd.unet, spec, { rng: new Rng(settings.seed, 1) });
     optimizer = new AdamW(adapters.variables(), { ...DEFAULT_ADAMW, weightDecay: settings.weightDecay });
     let rng = new Rng(settings.seed, 2);
@@ -216,17 +280,29 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
       const ckpt = await readCheckpoint(opts.runDir, last);
       const file = await readAdapterFile(ckpt.adapterPath);
       const values = new Map<string, Float32Array>();
-      for (const [path, entry] of file.targets) for (const [name, t] of Object.entries(entry)) values.set(`${path}.${name}`, t.data);
+      for (const [path, entry] of file.targets)
+        for (const [name, t] of Object.entries(entry)) values.set(`${path}.${name}`, t.data);
       adapters.assign(values);
       optimizer.load(ckpt.optimizer);
       rng = Rng.fromState(ckpt.rng);
       step = ckpt.step;
       smoothed = ckpt.smoothedLoss;
-      manifest = { ...manifest, step, losses: manifest.losses.filter((l) => l.step <= step), samples: manifest.samples.filter((s) => s.step <= step) };
+      manifest = {
+        ...manifest,
+        step,
+        losses: manifest.losses.filter((l) => l.step <= step),
+        samples: manifest.samples.filter((s) => s.step <= step),
+      };
     }
 
     const ddpm = createScheduler('ddpm', sd.schedulerConfig) as DDPMScheduler;
-    const stepModel: TrainStepModel = { unet: sd.unet, scheduler: ddpm, adapters, optimizer, runBlock: settings.gradientCheckpointing ? adapterBlockRunner(adapters) : undefined };
+    const stepModel: TrainStepModel = {
+      unet: sd.unet,
+      scheduler: ddpm,
+      adapters,
+      optimizer,
+      runBlock: settings.gradientCheckpointing ? adapterBlockRunner(adapters) : undefined,
+    };
     const [latH, latW, latC] = instances[0].mean.shape.slice(1) as number[];
     const numTrain = ddpm.alphasCumprod.length;
 
@@ -244,9 +320,24 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
       const offset = settings.noiseOffset ? randn(rng, [n, 1, 1, latC]) : null;
       const timesteps = Array.from({ length: n }, () => rng.int(numTrain));
       const [latents, noise, context] = tf.tidy(() => [
-        tf.add(tf.concat(chosen.map((e) => e.mean), 0), tf.mul(tf.concat(chosen.map((e) => e.std), 0), eps)), // z0, [n, h, w, c]
+        tf.add(
+          tf.concat(
+            chosen.map((e) => e.mean),
+            0,
+          ),
+          tf.mul(
+            tf.concat(
+              chosen.map((e) => e.std),
+              0,
+            ),
+            eps,
+          ),
+        ), // z0, [n, h, w, c]
         offset ? tf.add(noise0, tf.mul(offset, settings.noiseOffset)) : tf.clone(noise0),
-        tf.concat(chosen.map((e) => contexts[e.context]), 0), // [n, tokens, d]
+        tf.concat(
+          chosen.map((e) => contexts[e.context]),
+          0,
+        ), // [n, tokens, d]
       ]);
       tf.dispose([eps, noise0, ...(offset ? [offset] : [])]);
       return { latents, noise, timesteps, context, instances: B };
@@ -262,10 +353,16 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
       const picks = ts.map((_, i) => instances[i % instances.length]);
       const eps = randn(r, [k, latH, latW, latC]);
       const loss = tf.tidy(() => {
-        const z0 = tf.concat(picks.map((e) => e.mean), 0); // [k, h, w, c]
+        const z0 = tf.concat(
+          picks.map((e) => e.mean),
+          0,
+        ); // [k, h, w, c]
         const zt = ddpm.addNoise(z0, eps, ts);
         const target = ddpm.target(z0, eps, ts);
-        const ctx = tf.concat(picks.map((e) => contexts[e.context]), 0);
+        const ctx = tf.concat(
+          picks.map((e) => contexts[e.context]),
+          0,
+        );
         return tf.mean(tf.squaredDifference(sd.unet.forward(zt, ts, ctx), target));
       });
       const value = (await loss.data())[0];
@@ -275,20 +372,38 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
 
     adapters.setStep(step);
     const lossStart = await fixedLoss();
-    const schedule = { name: settings.lrSchedule, lr: settings.learningRate, warmupSteps: settings.warmupSteps, totalSteps: settings.steps };
+    const schedule = {
+      name: settings.lrSchedule,
+      lr: settings.learningRate,
+      warmupSteps: settings.warmupSteps,
+      totalSteps: settings.steps,
+    };
     const startStep = step;
     const t0 = performance.now();
-    let lastCheckpointStep = manifest.checkpoints.length ? manifest.checkpoints[manifest.checkpoints.length - 1].step : -1;
+    let lastCheckpointStep = manifest.checkpoints.length
+      ? manifest.checkpoints[manifest.checkpoints.length - 1].step
+      : -1;
 
     const checkpoint = async (trained: number, loss: number | null) => {
       const set = adapters!;
       const entry = await writeCheckpoint(
         opts.runDir,
         { step: trained, rng: rng.state(), optimizer: await optimizer!.state(), smoothedLoss: smoothed },
-        (path) => saveAdapter(path, set, { trainedSteps: trained, triggerToken: settings.triggerToken, classWord: settings.classWord, baseModelName: sd.name, baseModelUnetSha256: unetSha256 }).then(() => {}),
+        (path) =>
+          saveAdapter(path, set, {
+            trainedSteps: trained,
+            triggerToken: settings.triggerToken,
+            classWord: settings.classWord,
+            baseModelName: sd.name,
+            baseModelUnetSha256: unetSha256,
+          }).then(() => {}),
         loss,
       );
-      manifest = { ...manifest, step: trained, checkpoints: [...manifest.checkpoints.filter((c) => c.step !== trained), entry] };
+      manifest = {
+        ...manifest,
+        step: trained,
+        checkpoints: [...manifest.checkpoints.filter((c) => c.step !== trained), entry],
+      };
       await writeRunManifest(opts.runDir, manifest);
       lastCheckpointStep = trained;
       emit({ event: 'checkpoint', step: trained, dir: entry.dir });
@@ -301,13 +416,24 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
       const batches = Array.from({ length: settings.gradientAccumulation }, drawMicroBatch);
       let result: TrainStepResult;
       try {
-        result = await trainStep(stepModel, batches, { step, lr, maxGradNorm: settings.maxGradNorm, minSnrGamma: settings.minSnrGamma, priorLossWeight: settings.priorLossWeight });
+        result = await trainStep(stepModel, batches, {
+          step,
+          lr,
+          maxGradNorm: settings.maxGradNorm,
+          minSnrGamma: settings.minSnrGamma,
+          priorLossWeight: settings.priorLossWeight,
+        });
       } finally {
-        tf.dispose(batches.flatMap((b) => [b.latents, b.noise, ...(typeof b.context === 'function' ? [] : [b.context])]));
+        tf.dispose(
+          batches.flatMap((b) => [b.latents, b.noise, ...(typeof b.context === 'function' ? [] : [b.context])]),
+        );
       }
       const lossValue = result.loss;
       if (!result.applied) {
-        const keep = lastCheckpointStep >= 0 ? `the last good checkpoint (step ${lastCheckpointStep}) is kept` : 'no checkpoint was written yet';
+        const keep =
+          lastCheckpointStep >= 0
+            ? `the last good checkpoint (step ${lastCheckpointStep}) is kept`
+            : 'no checkpoint was written yet';
         const error = `the loss became ${lossValue} at step ${step + 1}; training stopped and ${keep}. Lower the learning rate (now ${settings.learningRate}) or enable gradient clipping.`;
         manifest = { ...manifest, status: 'failed', error };
         await writeRunManifest(opts.runDir, manifest);
@@ -337,12 +463,22 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
 
       if (settings.sampleEvery > 0 && step % settings.sampleEvery === 0) {
         adapters.setStep(step);
-        const files = await writeSamples(sd, adapters, opts.runDir, step, samplePrompts, sampleEmbeds, settings, resolution);
+        const files = await writeSamples(
+          sd,
+          adapters,
+          opts.runDir,
+          step,
+          samplePrompts,
+          sampleEmbeds,
+          settings,
+          resolution,
+        );
         manifest.samples.push(...files);
         for (const f of files) emit({ event: 'sample', step, file: f.file, prompt: f.prompt });
       }
       const aborted = hooks.signal?.aborted ?? false;
-      if (step % settings.checkpointEvery === 0 || step === settings.steps || aborted) await checkpoint(step, lossValue);
+      if (step % settings.checkpointEvery === 0 || step === settings.steps || aborted)
+        await checkpoint(step, lossValue);
       else await writeRunManifest(opts.runDir, { ...manifest, step });
       if (aborted && step < settings.steps) {
         stopped = hooks.signal?.reason === 'pause' ? 'paused' : 'cancelled';
@@ -354,7 +490,12 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
     adapters.setStep(step);
     const lossEnd = await fixedLoss();
     const status = stopped ?? 'completed';
-    manifest = { ...manifest, status, step, timing: { ...manifest.timing, totalMs: manifest.timing.totalMs + (performance.now() - t0) } };
+    manifest = {
+      ...manifest,
+      status,
+      step,
+      timing: { ...manifest.timing, totalMs: manifest.timing.totalMs + (performance.now() - t0) },
+    };
     await writeRunManifest(opts.runDir, manifest);
     emit({ event: 'done', status, step, error: null });
     return { manifest, fixedLoss: { start: lossStart, end: lossEnd } };
@@ -389,8 +530,19 @@ async function writeSamples(
   try {
     for (let i = 0; i < prompts.length; i++) {
       const seed = settings.seed + i;
-      const [img] = await textToImage(sd, { prompt: prompts[i], steps: settings.sampleSteps, guidanceScale: 7.5, scheduler: 'ddim', seed, width: resolution, height: resolution, promptEmbeds: embeds[i] });
-      const png = writePngText(await encodeImage({ data: img.pixels, width: img.width, height: img.height }, 'png'), { parameters: `${prompts[i]}\nSteps: ${settings.sampleSteps}, Sampler: DDIM, CFG scale: 7.5, Seed: ${seed}, Size: ${resolution}x${resolution}, Training step: ${step}` });
+      const [img] = await textToImage(sd, {
+        prompt: prompts[i],
+        steps: settings.sampleSteps,
+        guidanceScale: 7.5,
+        scheduler: 'ddim',
+        seed,
+        width: resolution,
+        height: resolution,
+        promptEmbeds: embeds[i],
+      });
+      const png = writePngText(await encodeImage({ data: img.pixels, width: img.width, height: img.height }, 'png'), {
+        parameters: `${prompts[i]}\nSteps: ${settings.sampleSteps}, Sampler: DDIM, CFG scale: 7.5, Seed: ${seed}, Size: ${resolution}x${resolution}, Training step: ${step}`,
+      });
       const file = `samples/step-${String(step).padStart(6, '0')}-${i}.png`;
       await atomicWriteFile(join(runDir, file), png);
       out.push({ step, file, prompt: prompts[i], seed });
@@ -424,15 +576,28 @@ interface ClassImageOptions {
  * under `<cache>/class-images/<hash of model + prompt + resolution>/`, so a second run reuses them.
  */
 export async function ensureClassImages(sd: StableDiffusion, o: ClassImageOptions): Promise<TrainImage[]> {
-  const key = createHash('sha256').update(`${o.unetSha256}\n${o.prompt}\n${o.resolution}\nv1`).digest('hex').slice(0, 16);
+  const key = createHash('sha256')
+    .update(`${o.unetSha256}\n${o.prompt}\n${o.resolution}\nv1`)
+    .digest('hex')
+    .slice(0, 16);
   const dir = o.dir ?? join(o.cacheRoot ?? join(defaultCacheDir(), 'class-images'), key);
   await mkdir(dir, { recursive: true });
   const existing = (await readdir(dir)).filter((f) => /\.(png|jpe?g|webp)$/i.test(f)).sort();
   for (let i = existing.length; i < o.count; i++) {
     if (o.signal?.aborted) throw new Error('cancelled while generating class images');
-    const [img] = await textToImage(sd, { prompt: o.prompt, steps: 25, guidanceScale: 7.5, scheduler: 'dpmpp-2m', seed: o.seed * 1000 + i, width: o.resolution, height: o.resolution });
+    const [img] = await textToImage(sd, {
+      prompt: o.prompt,
+      steps: 25,
+      guidanceScale: 7.5,
+      scheduler: 'dpmpp-2m',
+      seed: o.seed * 1000 + i,
+      width: o.resolution,
+      height: o.resolution,
+    });
     const name = `class-${String(i).padStart(5, '0')}.png`;
-    const png = writePngText(await encodeImage({ data: img.pixels, width: img.width, height: img.height }, 'png'), { parameters: `${o.prompt}\nSteps: 25, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: ${o.seed * 1000 + i}, Size: ${o.resolution}x${o.resolution}` });
+    const png = writePngText(await encodeImage({ data: img.pixels, width: img.width, height: img.height }, 'png'), {
+      parameters: `${o.prompt}\nSteps: 25, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: ${o.seed * 1000 + i}, Size: ${o.resolution}x${o.resolution}`,
+    });
     await atomicWriteFile(join(dir, name), png);
     existing.push(name);
     o.onProgress?.(i + 1, o.count);
@@ -441,7 +606,10 @@ export async function ensureClassImages(sd: StableDiffusion, o: ClassImageOption
   const out: TrainImage[] = [];
   for (const f of files) {
     const image = await decodeImage(join(dir, f));
-    if (image.width !== o.resolution || image.height !== o.resolution) throw new Error(`${join(dir, f)}: class image is ${image.width}x${image.height}, expected ${o.resolution}x${o.resolution}; remove it or choose another folder`);
+    if (image.width !== o.resolution || image.height !== o.resolution)
+      throw new Error(
+        `${join(dir, f)}: class image is ${image.width}x${image.height}, expected ${o.resolution}x${o.resolution}; remove it or choose another folder`,
+      );
     out.push({ file: join(dir, f), caption: o.prompt, image });
   }
   return out;

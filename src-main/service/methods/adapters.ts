@@ -19,7 +19,10 @@ export function adaptersHandlers(c: ServiceContext): NamespaceHandlers<'adapters
         .map((d) => d.name)
         .sort();
       if (!names.length) return [];
-      const results = await inspect(c, names.map((n) => join(dir, n)));
+      const results = await inspect(
+        c,
+        names.map((n) => join(dir, n)),
+      );
       const out: AdapterInfo[] = [];
       results.forEach((r, i) => {
         // Merged checkpoints also live here; only files with adapter targets are adapters.
@@ -58,7 +61,14 @@ export function adaptersHandlers(c: ServiceContext): NamespaceHandlers<'adapters
           // Checked again now: a symlink or file made since the request must not redirect the write.
           const out = await c.paths.exportTarget(projectDir, outPath, merged);
           const rel = relative(projectDir, out).split(sep).join('/');
-          await c.engine.request('export', { adapter: adapter.path, format: p.format, out, base }, { signal: ctx.signal, onProgress: ({ done, total }) => ctx.progress({ done, total, label: `writing ${rel}` }) });
+          await c.engine.request(
+            'export',
+            { adapter: adapter.path, format: p.format, out, base },
+            {
+              signal: ctx.signal,
+              onProgress: ({ done, total }) => ctx.progress({ done, total, label: `writing ${rel}` }),
+            },
+          );
           // A merged diffusers export is a folder: the server sends it as one .tar (packed on the fly).
           return { label: rel, result: { path: rel, url: fileUrl(p.projectId, folder ? `${rel}.tar` : rel) } };
         },
@@ -71,10 +81,20 @@ export function adaptersHandlers(c: ServiceContext): NamespaceHandlers<'adapters
       const { path } = await c.paths.clientFile(c.store.dir(p.projectId), p.path, 'path', 'adapter');
       const info = await stat(path).catch(() => null);
       if (!info?.isFile()) throw new ApiError('not_found', `path: ${p.path} is not a file`);
-      if (extname(path).toLowerCase() !== '.safetensors') throw new ApiError('invalid_params', `path: ${p.path} is not a .safetensors file (pickled .ckpt/.pt/.bin files are refused: they can run code)`, [{ field: 'path', message: 'not a .safetensors file' }]);
+      if (extname(path).toLowerCase() !== '.safetensors')
+        throw new ApiError(
+          'invalid_params',
+          `path: ${p.path} is not a .safetensors file (pickled .ckpt/.pt/.bin files are refused: they can run code)`,
+          [{ field: 'path', message: 'not a .safetensors file' }],
+        );
       const [r] = await inspect(c, [path]);
       if (!r.ok) throw new ApiError('invalid_params', `path: ${r.error}`, [{ field: 'path', message: r.error }]);
-      if (r.info.targets === 0) throw new ApiError('invalid_params', `path: ${p.path} holds no LoRA/SingLoRA tensors (format ${r.info.format}); is it a full checkpoint? Use it as a base model instead`, [{ field: 'path', message: 'not an adapter' }]);
+      if (r.info.targets === 0)
+        throw new ApiError(
+          'invalid_params',
+          `path: ${p.path} holds no LoRA/SingLoRA tensors (format ${r.info.format}); is it a full checkpoint? Use it as a base model instead`,
+          [{ field: 'path', message: 'not an adapter' }],
+        );
       const dir = join(c.store.dir(p.projectId), 'adapters');
       await mkdir(dir, { recursive: true });
       const name = uniqueName(safeFileName(basename(path), 'adapter'), new Set(await readdir(dir)));

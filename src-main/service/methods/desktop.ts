@@ -6,7 +6,11 @@
 import { ApiError } from '../../api/contract.ts';
 import type { NamespaceHandlers } from './handlers.ts';
 
-const onlyDesktop = (what: string) => new ApiError('not_found', `${what} is only in the desktop app (a browser cannot open folders or dialogs on the server's machine)`);
+const onlyDesktop = (what: string) =>
+  new ApiError(
+    'not_found',
+    `${what} is only in the desktop app (a browser cannot open folders or dialogs on the server's machine)`,
+  );
 
 export function desktopHandlers(): NamespaceHandlers<'desktop'> {
   return {

@@ -35,7 +35,9 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
         }
         const runDir = c.store.runDir(p.projectId, p.runId);
         // A quick check: one prompt per category, one image each (explicit prompts and counts win).
-        const prompts = p.prompts ?? (p.quick ? quickEvalPrompts(project.subject.type, m.settings.triggerToken, m.settings.classWord) : undefined);
+        const prompts =
+          p.prompts ??
+          (p.quick ? quickEvalPrompts(project.subject.type, m.settings.triggerToken, m.settings.classWord) : undefined);
         const imagesPerPrompt = p.imagesPerPrompt ?? (p.quick ? 1 : undefined);
         const job = await submit(c, {
           kind: 'evaluate',
@@ -44,7 +46,17 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
           run: async (ctx) => {
             const ev = await c.engine.request(
               'evaluate',
-              { runDir, photos, checkpoints: p.checkpoints, subjectType: project.subject.type, prompts, imagesPerPrompt, steps: c.opts.evaluationSteps, ...(scorer.kind === 'dino' ? { dinoModel: scorer.path } : { scorer: 'toy' as const }), modelsDir: c.modelsDir },
+              {
+                runDir,
+                photos,
+                checkpoints: p.checkpoints,
+                subjectType: project.subject.type,
+                prompts,
+                imagesPerPrompt,
+                steps: c.opts.evaluationSteps,
+                ...(scorer.kind === 'dino' ? { dinoModel: scorer.path } : { scorer: 'toy' as const }),
+                modelsDir: c.modelsDir,
+              },
               {
                 signal: ctx.signal,
                 onProgress: ({ done, total, label }) => {
@@ -63,10 +75,32 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
       const project = await c.store.open(p.projectId);
       try {
         const d = scorerFor(project.baseModel ?? defaultBase(c), c.modelsDir, c.opts.dinoModel);
-        if (d.kind === 'toy') return { ready: true, dino: null, bundled: false, metric: 'toy' as const, message: "no DINO installed: the toy model is scored with the toy world's own subject fidelity (the colours of the object and their layout)" };
-        return { ready: true, dino: d.path, bundled: d.bundled, metric: 'dino' as const, message: d.bundled ? 'uses the tiny DINO bundled with the demo model (scores only mean something for the demo)' : null };
+        if (d.kind === 'toy')
+          return {
+            ready: true,
+            dino: null,
+            bundled: false,
+            metric: 'toy' as const,
+            message:
+              "no DINO installed: the toy model is scored with the toy world's own subject fidelity (the colours of the object and their layout)",
+          };
+        return {
+          ready: true,
+          dino: d.path,
+          bundled: d.bundled,
+          metric: 'dino' as const,
+          message: d.bundled
+            ? 'uses the tiny DINO bundled with the demo model (scores only mean something for the demo)'
+            : null,
+        };
       } catch (err) {
-        return { ready: false, dino: null, bundled: false, metric: 'dino' as const, message: `${(err as Error).message}. Download it on the Models & Settings screen (about 87 MB), or place the file there by hand when this machine is offline.` };
+        return {
+          ready: false,
+          dino: null,
+          bundled: false,
+          metric: 'dino' as const,
+          message: `${(err as Error).message}. Download it on the Models & Settings screen (about 87 MB), or place the file there by hand when this machine is offline.`,
+        };
       }
     },
 
@@ -78,9 +112,13 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
       const out: Array<{ step: number | null; file: string; url: string }> = [];
       for (const row of [m.evaluation.baseline, ...m.evaluation.rows]) {
         const label = row.step === null ? 'base' : `step-${String(row.step).padStart(6, '0')}`;
-        const names = (await readdir(join(evalDir, label)).catch(() => [] as string[])).filter((n) => n.toLowerCase().endsWith('.png'));
+        const names = (await readdir(join(evalDir, label)).catch(() => [] as string[])).filter((n) =>
+          n.toLowerCase().endsWith('.png'),
+        );
         // The folder keeps earlier evaluations' images too: the newest ones are this evaluation's.
-        const dated = await Promise.all(names.map(async (n) => ({ n, t: (await stat(join(evalDir, label, n))).mtimeMs })));
+        const dated = await Promise.all(
+          names.map(async (n) => ({ n, t: (await stat(join(evalDir, label, n))).mtimeMs })),
+        );
         for (const { n } of dated.sort((a, b) => a.t - b.t || a.n.localeCompare(b.n)).slice(-perLabel)) {
           const file = `runs/${p.runId}/eval/${label}/${n}`;
           out.push({ step: row.step, file, url: fileUrl(p.projectId, file) });
@@ -95,10 +133,22 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
       c.store.withLock(p.projectId, async () => {
         const m = await readRun(c.store, p.projectId, p.runId);
         assertIdle(c, p.projectId, p.runId, 'choose a checkpoint');
-        if (!m.evaluation) throw new ApiError('conflict', `run '${p.runId}' has not been evaluated yet; evaluate it before choosing a checkpoint`);
-        if (!m.checkpoints.some((cp) => cp.step === p.step)) throw new ApiError('invalid_params', `step: run '${p.runId}' has no checkpoint at step ${p.step} (it has ${m.checkpoints.map((cp) => cp.step).join(', ')})`, [{ field: 'step', message: `no checkpoint at step ${p.step}` }]);
+        if (!m.evaluation)
+          throw new ApiError(
+            'conflict',
+            `run '${p.runId}' has not been evaluated yet; evaluate it before choosing a checkpoint`,
+          );
+        if (!m.checkpoints.some((cp) => cp.step === p.step))
+          throw new ApiError(
+            'invalid_params',
+            `step: run '${p.runId}' has no checkpoint at step ${p.step} (it has ${m.checkpoints.map((cp) => cp.step).join(', ')})`,
+            [{ field: 'step', message: `no checkpoint at step ${p.step}` }],
+          );
         const evaluation = { ...m.evaluation, chosen: p.step };
-        await writeRunManifest(c.store.runDir(p.projectId, p.runId), validState(runManifestSchema, { ...m, evaluation }, 'evaluation.choose'));
+        await writeRunManifest(
+          c.store.runDir(p.projectId, p.runId),
+          validState(runManifestSchema, { ...m, evaluation }, 'evaluation.choose'),
+        );
         return evaluation;
       }),
   };

@@ -12,7 +12,8 @@ export function generationHandlers(c: ServiceContext): NamespaceHandlers<'genera
     'generation.start': async (p) => {
       const project = await c.store.open(p.projectId);
       const adapters: Array<{ path: string; strength: number }> = [];
-      for (const [i, a] of p.adapters.entries()) adapters.push({ path: (await adapterPath(c, p.projectId, a, `adapters.${i}`)).path, strength: a.strength });
+      for (const [i, a] of p.adapters.entries())
+        adapters.push({ path: (await adapterPath(c, p.projectId, a, `adapters.${i}`)).path, strength: a.strength });
       const base = baseFor(c, project);
       const outDir = join(c.store.dir(p.projectId), 'images');
       const job = await submit(c, {
@@ -29,9 +30,17 @@ export function generationHandlers(c: ServiceContext): NamespaceHandlers<'genera
                 if (g.type === 'step') {
                   const e = { jobId: ctx.jobId, image: g.image + 1, images: g.images, step: g.step, steps: g.steps };
                   c.emit('generation.step', e);
-                  ctx.progress({ done: g.image * g.steps + g.step, total: g.images * g.steps, label: `image ${e.image}/${g.images}, step ${g.step}/${g.steps}` });
+                  ctx.progress({
+                    done: g.image * g.steps + g.step,
+                    total: g.images * g.steps,
+                    label: `image ${e.image}/${g.images}, step ${g.step}/${g.steps}`,
+                  });
                 } else if (g.type === 'image') {
-                  c.emit('generation.image', { jobId: ctx.jobId, projectId: p.projectId, image: imageInfo(p.projectId, g.sidecar) });
+                  c.emit('generation.image', {
+                    jobId: ctx.jobId,
+                    projectId: p.projectId,
+                    image: imageInfo(p.projectId, g.sidecar),
+                  });
                 }
               },
             },
@@ -45,7 +54,9 @@ export function generationHandlers(c: ServiceContext): NamespaceHandlers<'genera
     'generation.list': async (p) => {
       const dir = join(c.store.dir(p.projectId), 'images');
       await c.store.open(p.projectId);
-      const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith('.json') && !n.startsWith('.'));
+      const names = (await readdir(dir).catch(() => [] as string[])).filter(
+        (n) => n.endsWith('.json') && !n.startsWith('.'),
+      );
       const out: GeneratedImageInfo[] = [];
       for (const n of names) {
         try {

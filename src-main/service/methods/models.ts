@@ -24,8 +24,13 @@ import type { NamespaceHandlers } from './handlers.ts';
 
 /** A diffusers pipeline folder that is not SDXL (the cache holds every kind of model; SD 1.x is what trains here). */
 async function isSd1Pipeline(dir: string): Promise<boolean> {
-  const index = await readFile(join(dir, 'model_index.json'), 'utf8').then((t) => JSON.parse(t) as Record<string, unknown>, () => null);
-  return index !== null && !('text_encoder_2' in index) && !/XL/.test(String(index._class_name ?? '')) && 'unet' in index;
+  const index = await readFile(join(dir, 'model_index.json'), 'utf8').then(
+    (t) => JSON.parse(t) as Record<string, unknown>,
+    () => null,
+  );
+  return (
+    index !== null && !('text_encoder_2' in index) && !/XL/.test(String(index._class_name ?? '')) && 'unet' in index
+  );
 }
 
 export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
@@ -41,11 +46,17 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
         path: basePath,
         bytes: null,
         verified: null,
-        hint: existsSync(basePath) ? null : `no default base model: choose one per project (models.setBase), start the server with --base, or build the demo model into ${demo}`,
+        hint: existsSync(basePath)
+          ? null
+          : `no default base model: choose one per project (models.setBase), start the server with --base, or build the demo model into ${demo}`,
       });
       for (const m of await listModels(c.modelsDir)) {
         const present = m.files.filter((f) => f.present);
-        const verified = m.files.some((f) => f.verified === false) ? false : m.files.length && m.files.every((f) => f.verified === true) ? true : null;
+        const verified = m.files.some((f) => f.verified === false)
+          ? false
+          : m.files.length && m.files.every((f) => f.verified === true)
+            ? true
+            : null;
         rows.push({
           name: m.id,
           kind: m.required ? 'evaluation' : 'evaluation (optional)',
@@ -56,9 +67,17 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
           // One line for the Models screen (the registry's per-file notes, with every URL, are for the CLI).
           hint: m.present
             ? verified === false
-              ? m.files.filter((f) => f.verified === false).map((f) => f.note).join('; ')
+              ? m.files
+                  .filter((f) => f.verified === false)
+                  .map((f) => f.note)
+                  .join('; ')
               : null
-            : `missing ${m.files.filter((f) => !f.present).map((f) => f.file).join(', ')} in ${join(c.modelsDir, m.id)}: download (singlora models download ${m.id}) or place the files there`,
+            : `missing ${m.files
+                .filter((f) => !f.present)
+                .map((f) => f.file)
+                .join(
+                  ', ',
+                )} in ${join(c.modelsDir, m.id)}: download (singlora models download ${m.id}) or place the files there`,
         });
       }
       return rows;
@@ -72,27 +91,43 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
       for (const d of await readdir(c.modelsDir, { withFileTypes: true }).catch(() => [])) {
         const path = join(c.modelsDir, d.name);
         if (d.name.startsWith('.')) continue;
-        if ((d.isDirectory() || d.isSymbolicLink()) && existsSync(join(path, 'model_index.json'))) add(path, d.name, 'models folder');
+        if ((d.isDirectory() || d.isSymbolicLink()) && existsSync(join(path, 'model_index.json')))
+          add(path, d.name, 'models folder');
         else if (d.isFile() && d.name.toLowerCase().endsWith('.safetensors')) add(path, d.name, 'models folder');
       }
       const open = c.opts.hostPaths !== 'deny';
       if (open) {
-        const hub = c.opts.hfCacheDir ?? process.env.HF_HUB_CACHE ?? join(process.env.HF_HOME ?? join(homedir(), '.cache', 'huggingface'), 'hub');
-        for (const repo of (await readdir(hub).catch(() => [] as string[])).filter((n) => n.startsWith('models--')).sort()) {
+        const hub =
+          c.opts.hfCacheDir ??
+          process.env.HF_HUB_CACHE ??
+          join(process.env.HF_HOME ?? join(homedir(), '.cache', 'huggingface'), 'hub');
+        for (const repo of (await readdir(hub).catch(() => [] as string[]))
+          .filter((n) => n.startsWith('models--'))
+          .sort()) {
           for (const rev of await readdir(join(hub, repo, 'snapshots')).catch(() => [] as string[])) {
             const path = join(hub, repo, 'snapshots', rev);
-            if (await isSd1Pipeline(path)) add(path, repo.slice('models--'.length).replace('--', '/'), 'Hugging Face cache');
+            if (await isSd1Pipeline(path))
+              add(path, repo.slice('models--'.length).replace('--', '/'), 'Hugging Face cache');
           }
         }
       }
       const def = defaultBase(c);
       const recent = open ? (await c.store.list()).map((s) => s.id) : [];
       for (const id of recent) {
-        const base = await c.store.open(id).then((p) => p.baseModel).catch(() => null);
+        const base = await c.store
+          .open(id)
+          .then((p) => p.baseModel)
+          .catch(() => null);
         if (base && existsSync(base)) add(resolve(base), basename(base), 'recent');
       }
       if (def && existsSync(def)) add(def, basename(def), 'server default');
-      return Promise.all([...found.values()].map(async (m) => ({ ...m, isDefault: m.path === def, native: await c.nativeResolution(m.path) })));
+      return Promise.all(
+        [...found.values()].map(async (m) => ({
+          ...m,
+          isDefault: m.path === def,
+          native: await c.nativeResolution(m.path),
+        })),
+      );
     },
 
     'models.setBase': async (p) => {
@@ -121,17 +156,32 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
             await download(f.url, dest, {
               sha256: f.sha256,
               signal: ctx.signal,
-              onProgress: (pr) => ctx.progress({ done: finished + pr.bytes, total: Math.max(known, finished + (pr.total ?? pr.bytes)), label: `${spec.id}/${f.file} (${i + 1}/${files.length})` }),
+              onProgress: (pr) =>
+                ctx.progress({
+                  done: finished + pr.bytes,
+                  total: Math.max(known, finished + (pr.total ?? pr.bytes)),
+                  label: `${spec.id}/${f.file} (${i + 1}/${files.length})`,
+                }),
             }).catch((err: Error) => {
               // No network (no DNS, refused, unreachable): say so in words, and how to do it by hand.
-              if (/ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ENETUNREACH|EHOSTUNREACH|ETIMEDOUT|getaddrinfo|cannot connect/.test(err.message)) {
-                throw new Error(`cannot reach ${new URL(f.url).host} (is this machine offline?). Download ${f.url} on a machine with internet and place it at ${dest}, then press Check again.`);
+              if (
+                /ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ENETUNREACH|EHOSTUNREACH|ETIMEDOUT|getaddrinfo|cannot connect/.test(
+                  err.message,
+                )
+              ) {
+                throw new Error(
+                  `cannot reach ${new URL(f.url).host} (is this machine offline?). Download ${f.url} on a machine with internet and place it at ${dest}, then press Check again.`,
+                );
               }
               throw err;
             });
             finished += (await stat(modelFilePath(c.modelsDir, spec.id, f.file))).size;
           }
-          return { label: files.length ? `${spec.id}: ${files.length} file${files.length === 1 ? '' : 's'} in ${join(c.modelsDir, spec.id)}` : `${spec.id}: already present` };
+          return {
+            label: files.length
+              ? `${spec.id}: ${files.length} file${files.length === 1 ? '' : 's'} in ${join(c.modelsDir, spec.id)}`
+              : `${spec.id}: already present`,
+          };
         },
       });
       return { jobId: job.id };

@@ -8,23 +8,36 @@ export function projectsHandlers(c: ServiceContext): NamespaceHandlers<'projects
   return {
     'projects.list': async () => c.store.list((line) => c.log(line)),
     // A base model named at creation goes through the path policy and is opened first.
-    'projects.create': async (p) => c.store.create({ ...p, baseModel: p.baseModel === undefined ? undefined : (await checkBase(c, p.baseModel, 'baseModel')).path }),
+    'projects.create': async (p) =>
+      c.store.create({
+        ...p,
+        baseModel: p.baseModel === undefined ? undefined : (await checkBase(c, p.baseModel, 'baseModel')).path,
+      }),
     'projects.open': async (p) => c.store.open(p.projectId),
     'projects.update': async (p) => {
       const { projectId, ...patch } = p;
       // The base model goes through the path policy and is opened before anything is written.
       if (patch.baseModel) patch.baseModel = (await checkBase(c, patch.baseModel, 'baseModel')).path;
-      if (patch.settings?.classImagesDir !== undefined) await c.paths.classImagesDir(c.store.dir(projectId), patch.settings.classImagesDir);
+      if (patch.settings?.classImagesDir !== undefined)
+        await c.paths.classImagesDir(c.store.dir(projectId), patch.settings.classImagesDir);
       return c.store.update(projectId, patch);
     },
     'projects.delete': async (p) =>
       c.store.withLock(p.projectId, async () => {
         if (!(await c.store.exists(p.projectId))) return { deleted: false };
         const busy = c.jobs.active({ projectId: p.projectId });
-        if (busy.length) throw new ApiError('conflict', `project '${p.projectId}' has a ${busy[0].kind} job ${busy[0].status} (${busy[0].id}); cancel it before deleting the project`);
+        if (busy.length)
+          throw new ApiError(
+            'conflict',
+            `project '${p.projectId}' has a ${busy[0].kind} job ${busy[0].status} (${busy[0].id}); cancel it before deleting the project`,
+          );
         if (!(c.opts.exclusive ?? true)) {
           const owner = await lockOwner(c.dataDir);
-          if (owner) throw new ApiError('conflict', `a SingLoRA Studio service (pid ${owner.pid}) is using ${c.dataDir}; delete the project there (app or server), or stop it first`);
+          if (owner)
+            throw new ApiError(
+              'conflict',
+              `a SingLoRA Studio service (pid ${owner.pid}) is using ${c.dataDir}; delete the project there (app or server), or stop it first`,
+            );
         }
         return { deleted: await c.store.delete(p.projectId) };
       }),

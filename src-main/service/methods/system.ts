@@ -7,6 +7,12 @@ import type { NamespaceHandlers } from './handlers.ts';
 export function systemHandlers(c: ServiceContext): NamespaceHandlers<'system'> {
   return {
     'system.doctor': async () => c.engine.request('doctor', {}),
-    'system.info': async () => ({ version: appVersion(), projectsDir: c.projectsDir, modelsDir: c.modelsDir, defaultBaseModel: defaultBase(c) ?? '', demoModel: existsSync(demoModelDir(c.modelsDir)) }),
+    'system.info': async () => ({
+      version: appVersion(),
+      projectsDir: c.projectsDir,
+      modelsDir: c.modelsDir,
+      defaultBaseModel: defaultBase(c) ?? '',
+      demoModel: existsSync(demoModelDir(c.modelsDir)),
+    }),
   };
 }

@@ -15,7 +15,16 @@ import { readableError } from '../fsErrors.ts';
 import type { JobContext, JobOutcome } from '../jobs.ts';
 import { validState } from '../projects.ts';
 import { markRun, newRunId, readRun, settleInterruptedRun, writeQueuedRun } from '../runs.ts';
-import { assertIdle, assertNoTraining, baseFor, fileUrl, runEvent, submit, usablePhotos, type ServiceContext } from '../context.ts';
+import {
+  assertIdle,
+  assertNoTraining,
+  baseFor,
+  fileUrl,
+  runEvent,
+  submit,
+  usablePhotos,
+  type ServiceContext,
+} from '../context.ts';
 import type { NamespaceHandlers } from './handlers.ts';
 
 interface TrainingJob {
@@ -33,12 +42,19 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
       c.store.withLock(p.projectId, async () => {
         const project = await c.store.open(p.projectId);
         assertNoTraining(c, p.projectId);
-        const merged = validState(trainSettingsSchema, { ...project.settings, ...p.settings }, 'training.start: settings');
-        if (merged.classImagesDir !== undefined) await c.paths.classImagesDir(c.store.dir(p.projectId), merged.classImagesDir);
+        const merged = validState(
+          trainSettingsSchema,
+          { ...project.settings, ...p.settings },
+          'training.start: settings',
+        );
+        if (merged.classImagesDir !== undefined)
+          await c.paths.classImagesDir(c.store.dir(p.projectId), merged.classImagesDir);
         const base = baseFor(c, project);
         // The settings the user last chose are the project's (the subject owns token and class word);
         // a new resolution re-checks the photos, so they are listed after saving.
-        const saved = Object.keys(p.settings).length ? await c.store.update(p.projectId, { settings: p.settings }) : project;
+        const saved = Object.keys(p.settings).length
+          ? await c.store.update(p.projectId, { settings: p.settings })
+          : project;
         const settings = saved.settings;
         const photos = await usablePhotos(c, p.projectId);
         const runId = newRunId();
@@ -50,7 +66,12 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
     'training.cancel': async (p) => {
       const job = c.jobs.get(p.jobId);
       if (!job) throw new ApiError('not_found', `no job '${p.jobId}'`);
-      if (job.kind !== 'train') throw new ApiError('invalid_params', `jobId: job '${p.jobId}' is a ${job.kind} job, not training; use jobs.cancel`, [{ field: 'jobId', message: 'not a training job' }]);
+      if (job.kind !== 'train')
+        throw new ApiError(
+          'invalid_params',
+          `jobId: job '${p.jobId}' is a ${job.kind} job, not training; use jobs.cancel`,
+          [{ field: 'jobId', message: 'not a training job' }],
+        );
       return { cancelled: c.jobs.cancel(p.jobId, 'cancel') === true };
     },
 
@@ -66,12 +87,22 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
           await settleInterruptedRun(c.store.runDir(p.projectId, p.runId), 'training stopped without recording why');
           m = await readRun(c.store, p.projectId, p.runId);
         }
-        if (m.status === 'completed') throw new ApiError('conflict', `run '${p.runId}' already completed ${m.step} steps`);
-        if (m.status === 'running' || m.status === 'queued') throw new ApiError('conflict', `run '${p.runId}' is ${m.status}`);
-        if (!m.checkpoints.length) throw new ApiError('conflict', `run '${p.runId}' has no checkpoint to resume from; start a new run`);
+        if (m.status === 'completed')
+          throw new ApiError('conflict', `run '${p.runId}' already completed ${m.step} steps`);
+        if (m.status === 'running' || m.status === 'queued')
+          throw new ApiError('conflict', `run '${p.runId}' is ${m.status}`);
+        if (!m.checkpoints.length)
+          throw new ApiError('conflict', `run '${p.runId}' has no checkpoint to resume from; start a new run`);
         const base = m.baseModel.path && existsSync(m.baseModel.path) ? m.baseModel.path : baseFor(c, project);
         const photos = await usablePhotos(c, p.projectId);
-        const job = await submitTraining(c, { projectId: p.projectId, runId: p.runId, base, photos, settings: m.settings, resume: true });
+        const job = await submitTraining(c, {
+          projectId: p.projectId,
+          runId: p.runId,
+          base,
+          photos,
+          settings: m.settings,
+          resume: true,
+        });
         return { jobId: job.id, runId: p.runId };
       }),
 
@@ -81,7 +112,17 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
       for (const runId of (await c.store.runIds(p.projectId)).reverse()) {
         try {
           const m = await readRun(c.store, p.projectId, runId);
-          out.push({ id: m.id, createdAt: m.createdAt, updatedAt: m.updatedAt, status: m.status, step: m.step, error: m.error, steps: m.settings.steps, method: m.settings.method, best: m.evaluation?.chosen ?? m.evaluation?.best ?? null });
+          out.push({
+            id: m.id,
+            createdAt: m.createdAt,
+            updatedAt: m.updatedAt,
+            status: m.status,
+            step: m.step,
+            error: m.error,
+            steps: m.settings.steps,
+            method: m.settings.method,
+            best: m.evaluation?.chosen ?? m.evaluation?.best ?? null,
+          });
         } catch (err) {
           c.log(`runs: skipped ${p.projectId}/${runId}: ${(err as Error).message}`);
         }
@@ -91,7 +132,10 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
 
     'training.status': async (p): Promise<RunStatusInfo> => {
       const m = await readRun(c.store, p.projectId, p.runId);
-      return { ...m, samples: m.samples.map((s) => ({ ...s, url: fileUrl(p.projectId, `runs/${p.runId}/${s.file}`) })) };
+      return {
+        ...m,
+        samples: m.samples.map((s) => ({ ...s, url: fileUrl(p.projectId, `runs/${p.runId}/${s.file}`) })),
+      };
     },
   };
 }
@@ -109,36 +153,68 @@ function submitTraining(c: ServiceContext, o: TrainingJob) {
   });
 }
 
-async function runTraining(c: ServiceContext, ctx: JobContext, o: TrainingJob & { runDir: string }): Promise<JobOutcome> {
+async function runTraining(
+  c: ServiceContext,
+  ctx: JobContext,
+  o: TrainingJob & { runDir: string },
+): Promise<JobOutcome> {
   let total = o.settings.steps;
   let done = 0;
   try {
     // The class-image folder is checked again now: it is used now.
-    const classImagesDir = o.settings.classImagesDir === undefined ? undefined : await c.paths.classImagesDir(c.store.dir(o.projectId), o.settings.classImagesDir);
+    const classImagesDir =
+      o.settings.classImagesDir === undefined
+        ? undefined
+        : await c.paths.classImagesDir(c.store.dir(o.projectId), o.settings.classImagesDir);
     const r = await c.engine.request(
       'train',
-      { base: o.base, photos: o.photos, runDir: o.runDir, settings: { ...o.settings, classImagesDir }, resume: o.resume },
+      {
+        base: o.base,
+        photos: o.photos,
+        runDir: o.runDir,
+        settings: { ...o.settings, classImagesDir },
+        resume: o.resume,
+      },
       {
         signal: ctx.signal,
         onProgress: (event) => {
-          c.emit('train.event', { jobId: ctx.jobId, projectId: o.projectId, runId: o.runId, event: runEvent(o.projectId, o.runId, event) });
+          c.emit('train.event', {
+            jobId: ctx.jobId,
+            projectId: o.projectId,
+            runId: o.runId,
+            event: runEvent(o.projectId, o.runId, event),
+          });
           if (event.event === 'step') {
             done = event.step;
             total = event.steps;
-            ctx.progress({ done, total, label: `step ${event.step}/${event.steps}, loss ${event.smoothed.toFixed(4)}` });
+            ctx.progress({
+              done,
+              total,
+              label: `step ${event.step}/${event.steps}, loss ${event.smoothed.toFixed(4)}`,
+            });
           } else if (event.event === 'prepare') {
-            ctx.progress({ done, total, label: `preparing: ${event.stage}${event.detail ? ` (${event.detail})` : ''}` });
+            ctx.progress({
+              done,
+              total,
+              label: `preparing: ${event.stage}${event.detail ? ` (${event.detail})` : ''}`,
+            });
           } else if (event.event === 'checkpoint') {
             ctx.progress({ done, total, label: `checkpoint at step ${event.step}` });
           }
         },
       },
     );
-    if (r.status === 'failed') return { status: 'failed', error: await settleFailedRun(c, o.runDir, readableError(r.error ?? 'training failed')) };
-    if (r.status === 'paused' || r.status === 'cancelled') return { status: 'cancelled', label: `${r.status} at step ${r.step}` };
+    if (r.status === 'failed')
+      return {
+        status: 'failed',
+        error: await settleFailedRun(c, o.runDir, readableError(r.error ?? 'training failed')),
+      };
+    if (r.status === 'paused' || r.status === 'cancelled')
+      return { status: 'cancelled', label: `${r.status} at step ${r.step}` };
     return { status: 'done', label: `completed ${r.step} steps` };
   } catch (err) {
-    if (err instanceof EngineExitedError) return { status: 'failed', error: await settleFailedRun(c, o.runDir, err.message, { failed: false }) };
+    if (err instanceof EngineExitedError)
+      return { status: 'failed', error: await settleFailedRun(c, o.runDir, err.message, { failed: false }) };
     // A new run that never reached the trainer (cancelled while the engine started) is cancelled.
     if (ctx.signal.aborted) {
       await markRun(o.runDir, 'cancelled', 'cancelled before training started', ['queued']).catch(() => null);

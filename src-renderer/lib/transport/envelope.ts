@@ -17,5 +17,8 @@ export function unwrap(method: string, body: unknown): unknown {
     const known = errorCode(code);
     throw new ApiError(known, known === code || code === undefined ? text : `${String(code)}: ${text}`, details);
   }
-  throw new ApiError('internal', `${method}: the engine answered with something that is not {ok, result} or {ok: false, error}`);
+  throw new ApiError(
+    'internal',
+    `${method}: the engine answered with something that is not {ok, result} or {ok: false, error}`,
+  );
 }

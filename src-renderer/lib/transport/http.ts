@@ -150,14 +150,20 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
       try {
         res = await post(method, params);
       } catch (err) {
-        throw new ApiError('internal', `${method}: cannot reach the SingLoRA server at ${base} (${(err as Error).message}). Is \`singlora serve\` still running?`);
+        throw new ApiError(
+          'internal',
+          `${method}: cannot reach the SingLoRA server at ${base} (${(err as Error).message}). Is \`singlora serve\` still running?`,
+        );
       }
       if (res.status === 401) refuse();
       let body: unknown;
       try {
         body = await res.json();
       } catch {
-        throw new ApiError(res.status === 401 ? 'unauthorized' : 'internal', `${method}: HTTP ${res.status} ${res.statusText} without a JSON body`);
+        throw new ApiError(
+          res.status === 401 ? 'unauthorized' : 'internal',
+          `${method}: HTTP ${res.status} ${res.statusText} without a JSON body`,
+        );
       }
       return unwrap(method, body);
     },
@@ -189,7 +195,8 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
       } catch {
         return url;
       }
-      if (u.origin !== new URL(base).origin || !u.pathname.startsWith('/files/') || u.searchParams.has('token')) return url;
+      if (u.origin !== new URL(base).origin || !u.pathname.startsWith('/files/') || u.searchParams.has('token'))
+        return url;
       u.searchParams.set('token', opts.token);
       // Keep relative URLs relative (the page and the files share the origin).
       return url.startsWith('/') ? u.pathname + u.search + u.hash : u.toString();

@@ -11,7 +11,14 @@ import { EventEmitter } from 'node:events';
 import { constants } from 'node:os';
 
 const SHIM = new URL('../parentPortShim.cjs', import.meta.url).pathname;
-const seen = { privileged: null, sandbox: false, protocol: null, invoke: null, windowOptions: null, permissionsLocked: false };
+const seen = {
+  privileged: null,
+  sandbox: false,
+  protocol: null,
+  invoke: null,
+  windowOptions: null,
+  permissionsLocked: false,
+};
 
 export const app = Object.assign(new EventEmitter(), {
   isPackaged: false,
@@ -20,7 +27,12 @@ export const app = Object.assign(new EventEmitter(), {
   whenReady: () => Promise.resolve(),
   getPath: (name) => `${process.env.FAKE_ELECTRON_USER_DATA}/${name}`,
   quit: () => {
-    const ev = { defaultPrevented: false, preventDefault() { this.defaultPrevented = true; } };
+    const ev = {
+      defaultPrevented: false,
+      preventDefault() {
+        this.defaultPrevented = true;
+      },
+    };
     app.emit('before-quit', ev);
     if (!ev.defaultPrevented) process.exit(0);
   },
@@ -31,7 +43,10 @@ export const protocol = {
   handle: (scheme, handler) => void (seen.protocol = { scheme, handler }),
 };
 
-export const ipcMain = { handle: (channel, handler) => void (seen.invoke = { channel, handler }), removeHandler: () => {} };
+export const ipcMain = {
+  handle: (channel, handler) => void (seen.invoke = { channel, handler }),
+  removeHandler: () => {},
+};
 
 export const session = {
   defaultSession: {
@@ -47,9 +62,15 @@ export const dialog = { showErrorBox: (title, message) => process.stderr.write(`
 
 export const utilityProcess = {
   fork(modulePath, args = [], options = {}) {
-    const child = fork(modulePath, args, { execArgv: ['--require', SHIM], env: options.env, stdio: [...options.stdio, 'ipc'] });
+    const child = fork(modulePath, args, {
+      execArgv: ['--require', SHIM],
+      env: options.env,
+      stdio: [...options.stdio, 'ipc'],
+    });
     const proc = Object.assign(new EventEmitter(), {
-      get pid() { return child.pid; },
+      get pid() {
+        return child.pid;
+      },
       stdout: child.stdout,
       stderr: child.stderr,
       postMessage: (m) => void child.send(m),
@@ -65,7 +86,11 @@ export class BrowserWindow extends EventEmitter {
   constructor(options) {
     super();
     seen.windowOptions = options;
-    this.webContents = Object.assign(new EventEmitter(), { send: () => {}, isDestroyed: () => false, setWindowOpenHandler: () => {} });
+    this.webContents = Object.assign(new EventEmitter(), {
+      send: () => {},
+      isDestroyed: () => false,
+      setWindowOpenHandler: () => {},
+    });
     app.emit('web-contents-created', {}, this.webContents);
   }
   async loadURL(url) {
@@ -78,10 +103,23 @@ export const contextBridge = {};
 export const ipcRenderer = {};
 
 async function playRenderer(url) {
-  const out = { url, privileged: seen.privileged, sandbox: seen.sandbox, permissionsLocked: seen.permissionsLocked, webPreferences: seen.windowOptions?.webPreferences, scheme: seen.protocol?.scheme, channel: seen.invoke?.channel };
+  const out = {
+    url,
+    privileged: seen.privileged,
+    sandbox: seen.sandbox,
+    permissionsLocked: seen.permissionsLocked,
+    webPreferences: seen.windowOptions?.webPreferences,
+    scheme: seen.protocol?.scheme,
+    channel: seen.invoke?.channel,
+  };
   try {
     const page = await seen.protocol.handler(new Request(url));
-    out.page = { status: page.status, csp: page.headers.get('content-security-policy'), type: page.headers.get('content-type'), body: (await page.text()).slice(0, 2000) };
+    out.page = {
+      status: page.status,
+      csp: page.headers.get('content-security-policy'),
+      type: page.headers.get('content-type'),
+      body: (await page.text()).slice(0, 2000),
+    };
     const event = { senderFrame: { url } };
     out.info = await seen.invoke.handler(event, 'system.info', {});
     out.doctor = await seen.invoke.handler(event, 'system.doctor', {});

@@ -11,7 +11,12 @@ useBackend('wasm');
 describe('benchUnet', () => {
   it('reports size, timings and memory for tiny-a at two latent sizes (one odd)', async () => {
     const before = tf.memory().numTensors;
-    const report = await benchUnet({ config: join(FIXTURES, 'tiny-a/model/unet'), latentSizes: [8, [6, 5]], warmup: 1, iters: 1 });
+    const report = await benchUnet({
+      config: join(FIXTURES, 'tiny-a/model/unet'),
+      latentSizes: [8, [6, 5]],
+      warmup: 1,
+      iters: 1,
+    });
     expect(report.backend).toBe('wasm');
     expect(report.parameterCount).toBe(1427012);
     expect(report.weightBytes).toBe(1427012 * 4);

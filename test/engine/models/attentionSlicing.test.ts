@@ -28,7 +28,10 @@ async function profiled(attn: Attention, x: tf.Tensor, budget: number) {
   attentionOptions.maxScoreElements = budget;
   const startBytes = tf.memory().numBytes;
   const info = await tf.profile(() => attn.apply(x));
-  const sizes = info.kernels.map((k) => ({ name: k.name, size: Math.max(0, ...k.outputShapes.map((s) => (s ?? []).reduce((a, b) => a * b, 1))) }));
+  const sizes = info.kernels.map((k) => ({
+    name: k.name,
+    size: Math.max(0, ...k.outputShapes.map((s) => (s ?? []).reduce((a, b) => a * b, 1))),
+  }));
   const largest = sizes.reduce((a, b) => (b.size > a.size ? b : a));
   const largestMatMul = Math.max(...sizes.filter((s) => s.name === 'BatchMatMul').map((s) => s.size));
   return { out: info.result as tf.Tensor, largest, largestMatMul, extraPeakBytes: info.peakBytes - startBytes };
@@ -45,7 +48,10 @@ describe('attention slicing', () => {
     const small = await profiled(attn, x, 2 ** 20);
     // Head slicing: the default 2^24 scores = one head's full 4096 x 4096 per slice.
     const large = await profiled(attn, x, 2 ** 24);
-    for (const [budget, r] of [[2 ** 20, small], [2 ** 24, large]] as const) {
+    for (const [budget, r] of [
+      [2 ** 20, small],
+      [2 ** 24, large],
+    ] as const) {
       console.log(
         `[slicing] budget ${budget}: largest kernel output ${r.largest.size} (${r.largest.name}), largest BatchMatMul ${r.largestMatMul}, extra peak ${(r.extraPeakBytes / 2 ** 20).toFixed(1)} MiB`,
       );

@@ -48,7 +48,12 @@ describe('SD 1.5 VAE module tree (no weights loaded)', () => {
   });
 
   it('leaves out the mid-block attention and quant convs when the config says so', () => {
-    const vae = AutoencoderKL.fromConfig({ ...sd15, mid_block_add_attention: false, use_quant_conv: false, use_post_quant_conv: false });
+    const vae = AutoencoderKL.fromConfig({
+      ...sd15,
+      mid_block_add_attention: false,
+      use_quant_conv: false,
+      use_post_quant_conv: false,
+    });
     const keys = [...vae.namedParams()].map(([k]) => k);
     expect(keys.some((k) => k.includes('attentions') || k.includes('quant_conv'))).toBe(false);
   });

@@ -7,8 +7,12 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf } from '../../../src-main/engine/backend/tf.ts';
-import { UNet2DConditionModel, parseUNetConfig, type BlockRunner } from '../../../src-main/engine/models/unet2dCondition.ts';
-import { Linear } from '../../../src-main/engine/models/layers/linear.ts';
+import {
+  UNet2DConditionModel,
+  parseUNetConfig,
+  type BlockRunner,
+} from '../../../src-main/engine/models/unet2dCondition.ts';
+import type { Linear } from '../../../src-main/engine/models/layers/linear.ts';
 import { resizeNearest as upsampleNearest } from '../../../src-main/engine/models/ops/tfOps.ts';
 import { sinusoidFrequencies } from '../../../src-main/engine/models/layers/embeddings.ts';
 import { FIXTURES } from '../../helpers/fixtures.ts';
@@ -67,7 +71,14 @@ describe('parseUNetConfig', () => {
   });
 
   it('accepts keys diffusers ignores for these block types', () => {
-    expect(() => parseUNetConfig({ ...tinyA, resnet_out_scale_factor: 2, resnet_skip_time_act: true, cross_attention_norm: 'group_norm' })).not.toThrow();
+    expect(() =>
+      parseUNetConfig({
+        ...tinyA,
+        resnet_out_scale_factor: 2,
+        resnet_skip_time_act: true,
+        cross_attention_norm: 'group_norm',
+      }),
+    ).not.toThrow();
   });
 });
 
@@ -192,7 +203,9 @@ describe('tiny-a: block hook and gradients', () => {
     const fd = (lossAt(1) - lossAt(-1)) / (2 * eps);
     vq.assign(base as tf.Tensor2D);
     const analytic = tf.tidy(() => tf.sum(tf.mul(gq, dir)).dataSync()[0]);
-    console.log(`[unet grad] directional derivative: finite difference ${fd.toExponential(4)}, analytic ${analytic.toExponential(4)}`);
+    console.log(
+      `[unet grad] directional derivative: finite difference ${fd.toExponential(4)}, analytic ${analytic.toExponential(4)}`,
+    );
     expect(Math.abs(fd - analytic)).toBeLessThan(1e-2 * Math.abs(analytic) + 1e-5);
 
     const gx = tf.grad((s: tf.Tensor) => tf.mean(tf.square(unet.forward(s, 500.5, context))))(sample);

@@ -66,7 +66,14 @@ export function withAttentionMode<T>(mode: AttentionMode, fn: () => T): T {
  * `mask`, if given, is added to the scores and broadcasts to [B*heads, Sq, Sk] (e.g. [1, Sq, Sk]
  * for CLIP's causal mask).
  */
-export function attend(q: Tensor, k: Tensor, v: Tensor, heads: number, mask?: Tensor, maxScoreElements = attentionOptions.maxScoreElements): Tensor {
+export function attend(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  heads: number,
+  mask?: Tensor,
+  maxScoreElements = attentionOptions.maxScoreElements,
+): Tensor {
   return tf.tidy(() => {
     const [b, sq, inner] = q.shape as number[];
     const sk = k.shape[1] as number;

@@ -21,7 +21,10 @@ import { silu } from './activations.ts';
 export function sinusoidFrequencies(dim: number, freqShift = 0, maxPeriod = 10000): Float32Array {
   const half = Math.floor(dim / 2);
   const denom = half - freqShift;
-  if (!(denom > 0)) throw new Error(`timestep embedding: dim ${dim} with freq_shift ${freqShift} leaves no frequencies (need dim/2 - freq_shift > 0)`);
+  if (!(denom > 0))
+    throw new Error(
+      `timestep embedding: dim ${dim} with freq_shift ${freqShift} leaves no frequencies (need dim/2 - freq_shift > 0)`,
+    );
   const negLog = Math.fround(-Math.log(maxPeriod));
   const freqs = new Float32Array(half);
   for (let i = 0; i < half; i++) {
@@ -36,7 +39,14 @@ export function sinusoidFrequencies(dim: number, freqShift = 0, maxPeriod = 1000
  * `get_timestep_embedding`, `scale` 1). An odd `dim` gets a zero column at the end, as diffusers
  * pads it.
  */
-export function timestepSinusoid<T>(o: Ops<T>, timesteps: T, dim: number, flipSinToCos: boolean, freqShift: number, maxPeriod = 10000): T {
+export function timestepSinusoid<T>(
+  o: Ops<T>,
+  timesteps: T,
+  dim: number,
+  flipSinToCos: boolean,
+  freqShift: number,
+  maxPeriod = 10000,
+): T {
   return o.scope(() => {
     const freqs = sinusoidFrequencies(dim, freqShift, maxPeriod);
     const half = freqs.length;

@@ -62,10 +62,20 @@ interface Cut {
  * q [B, Sq, heads*d], k and v [B, Sk, heads*d] -> [B, Sq, heads*d], as `attend`.
  * `mask`, if given, is added to the scores and broadcasts to [B*heads, Sq, Sk].
  */
-export function memoryEfficientAttend(q: Tensor, k: Tensor, v: Tensor, heads: number, mask?: Tensor, maxScoreElements = DEFAULT_MAX_SCORE_ELEMENTS): Tensor {
+export function memoryEfficientAttend(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  heads: number,
+  mask?: Tensor,
+  maxScoreElements = DEFAULT_MAX_SCORE_ELEMENTS,
+): Tensor {
   const [b, sq, inner] = q.shape as number[];
   const sk = k.shape[1] as number;
-  if (q.rank !== 3 || k.rank !== 3 || v.rank !== 3) throw new Error(`memoryEfficientAttend: q, k, v must be [B, S, channels]; got q [${q.shape}], k [${k.shape}], v [${v.shape}]`);
+  if (q.rank !== 3 || k.rank !== 3 || v.rank !== 3)
+    throw new Error(
+      `memoryEfficientAttend: q, k, v must be [B, S, channels]; got q [${q.shape}], k [${k.shape}], v [${v.shape}]`,
+    );
   if (inner % heads !== 0) throw new Error(`memoryEfficientAttend: ${inner} channels do not split into ${heads} heads`);
   if (k.shape[0] !== b || v.shape[0] !== b || k.shape[2] !== inner || v.shape[2] !== inner || v.shape[1] !== sk) {
     throw new Error(`memoryEfficientAttend: q [${q.shape}], k [${k.shape}], v [${v.shape}] do not agree`);
@@ -133,8 +143,27 @@ export function memoryEfficientAttend(q: Tensor, k: Tensor, v: Tensor, heads: nu
             let dK: Tensor | null = null;
             let dV: Tensor | null = null;
             // Query rows: [G, Sq, .] tensors split along axis 1, [G, ., Sq] ones along axis 2.
-            const rows = byRows(cut, [[qg, 1], [dOg, 1], [Dg, 1]], mg, 1);
-            const cols = byRows(cut, [[qTg, 2], [dOTg, 2], [DTg, 2], [LTg, 2]], mTg, 2);
+            const rows = byRows(
+              cut,
+              [
+                [qg, 1],
+                [dOg, 1],
+                [Dg, 1],
+              ],
+              mg,
+              1,
+            );
+            const cols = byRows(
+              cut,
+              [
+                [qTg, 2],
+                [dOTg, 2],
+                [DTg, 2],
+                [LTg, 2],
+              ],
+              mTg,
+              2,
+            );
             rows.forEach(([[qr, dOr, Dr], mr], j) => {
               const [[qTr, dOTr, DTr, LTr], mTr] = cols[j];
               // Pass 1, scores as they are: dQ.
@@ -162,7 +191,8 @@ export function memoryEfficientAttend(q: Tensor, k: Tensor, v: Tensor, heads: nu
           });
           const dq = tf.mul(fromHeads(joinSlices(dqs, cut)), scale); // [B, Sq, inner]
           // [BH, Sk, d] -> [B, heads, Sk, d] -> [B, Sk, heads, d] -> [B, Sk, inner]
-          const fromHeadsK = (t: Tensor) => t.reshape([b, heads, sk, d]).transpose([0, 2, 1, 3]).reshape([b, sk, inner]);
+          const fromHeadsK = (t: Tensor) =>
+            t.reshape([b, heads, sk, d]).transpose([0, 2, 1, 3]).reshape([b, sk, inner]);
           const dk = fromHeadsK(dks.length === 1 ? dks[0] : tf.concat(dks, 0));
           const dv = fromHeadsK(dvs.length === 1 ? dvs[0] : tf.concat(dvs, 0));
           // The mask is a constant (attention masks are): its gradient is reported as zero.
@@ -185,7 +215,9 @@ function cutWork(bh: number, sq: number, sk: number, maxScoreElements: number, o
 function checkMask(mask: Tensor, bh: number, sq: number, sk: number): void {
   const [g, r, c] = mask.shape as number[];
   if (mask.rank !== 3 || (g !== 1 && g !== bh) || (r !== 1 && r !== sq) || c !== sk) {
-    throw new Error(`memoryEfficientAttend: mask [${mask.shape}] does not broadcast to the scores [${bh}, ${sq}, ${sk}]; give it as [1 or ${bh}, 1 or ${sq}, ${sk}]`);
+    throw new Error(
+      `memoryEfficientAttend: mask [${mask.shape}] does not broadcast to the scores [${bh}, ${sq}, ${sk}]; give it as [1 or ${bh}, 1 or ${sq}, ${sk}]`,
+    );
   }
 }
 
@@ -213,7 +245,12 @@ function expOfNonPositive(x: Tensor): Tensor {
 }
 
 /** Calls `fn` with each group slice of `ts` (all [BH, ...]) and of the masks ([1 or BH, ...]). */
-function eachGroup(cut: Cut, ts: Tensor[], masks: Array<Tensor | undefined>, fn: (ts: Tensor[], masks: Array<Tensor | undefined>) => void): void {
+function eachGroup(
+  cut: Cut,
+  ts: Tensor[],
+  masks: Array<Tensor | undefined>,
+  fn: (ts: Tensor[], masks: Array<Tensor | undefined>) => void,
+): void {
   const split = (t: Tensor) => (cut.groups.length === 1 ? [t] : tf.split(t, cut.groups, 0));
   const parts = ts.map(split);
   const maskParts = masks.map((m) => (m && m.shape[0] !== 1 ? split(m) : null));
@@ -227,7 +264,12 @@ function eachGroup(cut: Cut, ts: Tensor[], masks: Array<Tensor | undefined>, fn:
 }
 
 /** The query-row slices of `ts` (each cut along its own axis) and of the mask (along `maskAxis`). */
-function byRows(cut: Cut, ts: Array<[Tensor, number]>, mask: Tensor | undefined, maskAxis: number): Array<[Tensor[], Tensor | undefined]> {
+function byRows(
+  cut: Cut,
+  ts: Array<[Tensor, number]>,
+  mask: Tensor | undefined,
+  maskAxis: number,
+): Array<[Tensor[], Tensor | undefined]> {
   if (cut.rows.length === 1) return [[ts.map(([t]) => t), mask]];
   const parts = ts.map(([t, axis]) => tf.split(t, cut.rows, axis));
   const masks = mask && mask.shape[maskAxis] !== 1 ? tf.split(mask, cut.rows, maskAxis) : null;

@@ -39,7 +39,8 @@ export class Param {
   /** Takes ownership of a tensor already in compute layout (disposes the old one). */
   setValue(t: Tensor): void {
     const want = computeShape(this.shape, this.layout);
-    if (!sameShape(t.shape, want)) throw new Error(`Param.setValue: expected compute shape [${want}], got [${t.shape}]`);
+    if (!sameShape(t.shape, want))
+      throw new Error(`Param.setValue: expected compute shape [${want}], got [${t.shape}]`);
     if (this.tensor && this.tensor !== t) this.tensor.dispose();
     this.tensor = t;
   }
@@ -50,7 +51,8 @@ export class Param {
    */
   swapValue(t: Tensor): Tensor | null {
     const want = computeShape(this.shape, this.layout);
-    if (!sameShape(t.shape, want)) throw new Error(`Param.swapValue: expected compute shape [${want}], got [${t.shape}]`);
+    if (!sameShape(t.shape, want))
+      throw new Error(`Param.swapValue: expected compute shape [${want}], got [${t.shape}]`);
     const prev = this.tensor;
     this.tensor = t;
     return prev;
@@ -163,7 +165,8 @@ export abstract class Module {
       self[prop] = next;
     } else {
       const arr = self[prop];
-      if (!Array.isArray(arr) || Number(index) >= arr.length) throw new Error(`replaceChild: no child '${key}' on ${this.constructor.name}`);
+      if (!Array.isArray(arr) || Number(index) >= arr.length)
+        throw new Error(`replaceChild: no child '${key}' on ${this.constructor.name}`);
       arr[Number(index)] = next;
     }
   }
@@ -226,7 +229,12 @@ export class WeightLoadError extends Error {
  * mis-shaped keys are all collected and reported together before any weight is read.
  * `ignore` filters source keys that are known extras (e.g. `position_ids`).
  */
-export async function loadParams(model: Module, source: WeightSource, component: string, ignore: (key: string) => boolean = () => false): Promise<void> {
+export async function loadParams(
+  model: Module,
+  source: WeightSource,
+  component: string,
+  ignore: (key: string) => boolean = () => false,
+): Promise<void> {
   const params = checkParams(model, source, component, ignore);
   for (const [key, p] of params) {
     p.setFromCheckpoint(await source.read(key));
@@ -237,7 +245,12 @@ export async function loadParams(model: Module, source: WeightSource, component:
  * The strict key and shape check of `loadParams`, without reading anything: every Param of
  * `model` by its key, or a WeightLoadError listing what does not fit.
  */
-export function checkParams(model: Module, source: WeightSource, component: string, ignore: (key: string) => boolean = () => false): Map<string, Param> {
+export function checkParams(
+  model: Module,
+  source: WeightSource,
+  component: string,
+  ignore: (key: string) => boolean = () => false,
+): Map<string, Param> {
   const params = new Map(model.namedParams());
   const sourceKeys = new Set([...source.keys()].filter((k) => !ignore(k)));
   const missing: string[] = [];
@@ -245,10 +258,12 @@ export function checkParams(model: Module, source: WeightSource, component: stri
   for (const [key, p] of params) {
     const shape = source.shape(key);
     if (!shape) missing.push(key);
-    else if (!sameShape(squeezeConv1x1(shape, p.shape), p.shape)) mismatched.push(`${key}: file has [${shape}], model expects [${p.shape}]`);
+    else if (!sameShape(squeezeConv1x1(shape, p.shape), p.shape))
+      mismatched.push(`${key}: file has [${shape}], model expects [${p.shape}]`);
   }
   const unexpected = [...sourceKeys].filter((k) => !params.has(k));
-  if (missing.length || unexpected.length || mismatched.length) throw new WeightLoadError(`${component} (${source.description})`, missing, unexpected, mismatched);
+  if (missing.length || unexpected.length || mismatched.length)
+    throw new WeightLoadError(`${component} (${source.description})`, missing, unexpected, mismatched);
   return params;
 }
 

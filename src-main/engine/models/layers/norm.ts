@@ -17,7 +17,8 @@ export class GroupNorm extends Module {
     readonly eps = 1e-5,
   ) {
     super();
-    if (numChannels % numGroups !== 0) throw new Error(`GroupNorm: ${numChannels} channels do not split into ${numGroups} groups`);
+    if (numChannels % numGroups !== 0)
+      throw new Error(`GroupNorm: ${numChannels} channels do not split into ${numGroups} groups`);
     this.weight = new Param([numChannels]);
     this.bias = new Param([numChannels]);
   }

@@ -31,7 +31,12 @@ export class Downsample2D extends Module {
 
   /** H' = floor((H + 2p - 3) / 2) + 1 (p = 0: pad (0,1) bottom and right first). */
   forward<T>(o: Ops<T>, x: T): T {
-    return this.padding === 0 ? this.conv.forward(o, x, [[0, 1], [0, 1]]) : this.conv.forward(o, x);
+    return this.padding === 0
+      ? this.conv.forward(o, x, [
+          [0, 1],
+          [0, 1],
+        ])
+      : this.conv.forward(o, x);
   }
 }
 

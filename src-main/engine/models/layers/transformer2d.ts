@@ -107,12 +107,16 @@ export class Transformer2DModel extends Module {
   constructor(readonly options: Transformer2DOptions) {
     super();
     const { channels, heads, crossAttentionDim, groups, layers, useLinearProjection } = options;
-    if (channels % heads !== 0) throw new Error(`Transformer2DModel: ${channels} channels do not split into ${heads} attention heads`);
+    if (channels % heads !== 0)
+      throw new Error(`Transformer2DModel: ${channels} channels do not split into ${heads} attention heads`);
     const headDim = channels / heads;
     const inner = heads * headDim;
     this.norm = new GroupNorm(groups, channels, 1e-6);
     this.proj_in = useLinearProjection ? new Linear(channels, inner) : new Conv2d(channels, inner, 1);
-    this.transformer_blocks = Array.from({ length: layers }, () => new BasicTransformerBlock(inner, heads, headDim, crossAttentionDim));
+    this.transformer_blocks = Array.from(
+      { length: layers },
+      () => new BasicTransformerBlock(inner, heads, headDim, crossAttentionDim),
+    );
     this.proj_out = useLinearProjection ? new Linear(inner, channels) : new Conv2d(inner, channels, 1);
   }
 
@@ -121,9 +125,15 @@ export class Transformer2DModel extends Module {
     return o.scope(() => {
       const normed = this.norm.forward(o, x);
       // A 1x1 conv projects the image; a Linear projects the tokens.
-      let h = this.proj_in instanceof Conv2d ? o.toTokens(this.proj_in.forward(o, normed)) : this.proj_in.forward(o, o.toTokens(normed)); // [B, HW, inner]
+      let h =
+        this.proj_in instanceof Conv2d
+          ? o.toTokens(this.proj_in.forward(o, normed))
+          : this.proj_in.forward(o, o.toTokens(normed)); // [B, HW, inner]
       for (const block of this.transformer_blocks) h = block.forward(o, h, context);
-      const out = this.proj_out instanceof Conv2d ? this.proj_out.forward(o, o.fromTokens(h, x)) : o.fromTokens(this.proj_out.forward(o, h), x);
+      const out =
+        this.proj_out instanceof Conv2d
+          ? this.proj_out.forward(o, o.fromTokens(h, x))
+          : o.fromTokens(this.proj_out.forward(o, h), x);
       return o.add(out, x);
     });
   }

@@ -29,8 +29,14 @@ export type ExplicitPad = [[number, number], [number, number]];
 
 export function conv2dTrainable(x: Tensor4D, w: Tensor4D, stride: number, pad: ExplicitPad): Tensor4D {
   const [kh, kw, cin, cout] = w.shape;
-  if (x.shape[3] !== cin) throw new Error(`conv2dTrainable: input has ${x.shape[3]} channels, filter [${w.shape}] expects ${cin}`);
-  const explicit: [[number, number], [number, number], [number, number], [number, number]] = [[0, 0], [...pad[0]], [...pad[1]], [0, 0]];
+  if (x.shape[3] !== cin)
+    throw new Error(`conv2dTrainable: input has ${x.shape[3]} channels, filter [${w.shape}] expects ${cin}`);
+  const explicit: [[number, number], [number, number], [number, number], [number, number]] = [
+    [0, 0],
+    [...pad[0]],
+    [...pad[1]],
+    [0, 0],
+  ];
   const op = tf.customGrad(((xIn: Tensor, wIn: Tensor, save: tf.GradSaveFunc) => {
     save([xIn, wIn]);
     const value = tf.conv2d(xIn as Tensor4D, wIn as Tensor4D, stride, explicit);
@@ -41,7 +47,12 @@ export function conv2dTrainable(x: Tensor4D, w: Tensor4D, stride: number, pad: E
         let dx: Tensor;
         if (stride === 1) {
           const flipped = tf.transpose(tf.reverse(ws, [0, 1]), [0, 1, 3, 2]) as Tensor4D; // [kh, kw, Cout, Cin]
-          dx = tf.conv2d(dy as Tensor4D, flipped, 1, [[0, 0], [kh - 1 - pad[0][0], kh - 1 - pad[0][1]], [kw - 1 - pad[1][0], kw - 1 - pad[1][1]], [0, 0]]);
+          dx = tf.conv2d(dy as Tensor4D, flipped, 1, [
+            [0, 0],
+            [kh - 1 - pad[0][0], kh - 1 - pad[0][1]],
+            [kw - 1 - pad[1][0], kw - 1 - pad[1][1]],
+            [0, 0],
+          ]);
         } else {
           dx = tf.conv2dTranspose(dy as Tensor4D, ws, xs.shape, stride, explicit as never);
         }

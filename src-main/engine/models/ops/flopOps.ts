@@ -40,7 +40,10 @@ export class FlopCounter implements Ops<Shaped> {
 
   conv2d(x: Shaped, layer: Conv2d, pad?: Pad2d): Shaped {
     const [b, h, w] = x.shape;
-    const p = pad ?? [[layer.padding, layer.padding], [layer.padding, layer.padding]];
+    const p = pad ?? [
+      [layer.padding, layer.padding],
+      [layer.padding, layer.padding],
+    ];
     const k = layer.kernelSize;
     const ho = Math.floor((h + p[0][0] + p[0][1] - k) / layer.stride) + 1;
     const wo = Math.floor((w + p[1][0] + p[1][1] - k) / layer.stride) + 1;
@@ -128,7 +131,11 @@ export class FlopCounter implements Ops<Shaped> {
     return sh([h.shape[0], like.shape[1], like.shape[2], h.shape[2]]);
   }
   upsampleNearest(x: Shaped, like?: Shaped): Shaped {
-    return sh(like ? [x.shape[0], like.shape[1], like.shape[2], x.shape[3]] : [x.shape[0], x.shape[1] * 2, x.shape[2] * 2, x.shape[3]]);
+    return sh(
+      like
+        ? [x.shape[0], like.shape[1], like.shape[2], x.shape[3]]
+        : [x.shape[0], x.shape[1] * 2, x.shape[2] * 2, x.shape[3]],
+    );
   }
 
   attention(q: Shaped, k: Shaped): Shaped {
@@ -139,8 +146,22 @@ export class FlopCounter implements Ops<Shaped> {
 }
 
 /** FLOPs of one UNet forward (NHWC latent [batch, h, w]) with `tokens` context tokens. */
-export function unetForwardFlops(unet: { denoise<T>(o: Ops<T>, sample: T, t: T, ctx: T): T; config: { inChannels: number; crossAttentionDim: readonly number[] } }, batch: number, h: number, w: number, tokens = 77): number {
+export function unetForwardFlops(
+  unet: {
+    denoise<T>(o: Ops<T>, sample: T, t: T, ctx: T): T;
+    config: { inChannels: number; crossAttentionDim: readonly number[] };
+  },
+  batch: number,
+  h: number,
+  w: number,
+  tokens = 77,
+): number {
   const counter = new FlopCounter();
-  unet.denoise(counter, sh([batch, h, w, unet.config.inChannels]), sh([batch]), sh([batch, tokens, unet.config.crossAttentionDim[0]]));
+  unet.denoise(
+    counter,
+    sh([batch, h, w, unet.config.inChannels]),
+    sh([batch]),
+    sh([batch, tokens, unet.config.crossAttentionDim[0]]),
+  );
   return counter.flops;
 }

@@ -10,8 +10,6 @@ import { attend, attentionOptions } from '../layers/attention.ts';
 import { conv2dTrainable, type ExplicitPad } from './conv2dTrainable.ts';
 import { memoryEfficientAttend } from '../layers/memoryEfficientAttention.ts';
 import type { Conv2d } from '../layers/conv2d.ts';
-import type { Linear } from '../layers/linear.ts';
-import type { Param } from '../layers/module.ts';
 import type { GroupNorm, LayerNorm } from '../layers/norm.ts';
 import type { Ops, Pad2d } from './ops.ts';
 
@@ -20,7 +18,9 @@ export function linearTf(x: Tensor, w: Tensor, b?: Tensor): Tensor {
   return tf.tidy(() => {
     const [inF, outF] = w.shape as number[];
     if (x.shape[x.shape.length - 1] !== inF) {
-      throw new Error(`linear: input's last dim is ${x.shape[x.shape.length - 1]} but the weight expects ${inF} (input shape [${x.shape}])`);
+      throw new Error(
+        `linear: input's last dim is ${x.shape[x.shape.length - 1]} but the weight expects ${inF} (input shape [${x.shape}])`,
+      );
     }
     const lead = x.shape.slice(0, -1);
     let y = tf.matMul(x.reshape([-1, inF]), w); // [N, out]
@@ -33,9 +33,14 @@ function conv2dTf(x: Tensor, layer: Conv2d, pad?: Pad2d): Tensor {
   return tf.tidy(() => {
     const { inChannels, outChannels, kernelSize, stride, padding } = layer;
     if (x.rank !== 4 || x.shape[3] !== inChannels) {
-      throw new Error(`Conv2d(${inChannels}->${outChannels}): expected NHWC input with ${inChannels} channels, got [${x.shape}]`);
+      throw new Error(
+        `Conv2d(${inChannels}->${outChannels}): expected NHWC input with ${inChannels} channels, got [${x.shape}]`,
+      );
     }
-    const p = pad ?? [[padding, padding], [padding, padding]];
+    const p = pad ?? [
+      [padding, padding],
+      [padding, padding],
+    ];
     const w = layer.weight.value as Tensor4D;
     const noPad = p.every(([a, b]) => a === 0 && b === 0);
     let y: Tensor;
@@ -44,9 +49,19 @@ function conv2dTf(x: Tensor, layer: Conv2d, pad?: Pad2d): Tensor {
       const [n, h, wd] = x.shape;
       y = tf.matMul(x.reshape([-1, inChannels]), w.reshape([inChannels, outChannels])).reshape([n, h, wd, outChannels]);
     } else {
-      const explicit = noPad ? 'valid' : ([[0, 0], [...p[0]], [...p[1]], [0, 0]] as [[number, number], [number, number], [number, number], [number, number]]);
+      const explicit = noPad
+        ? 'valid'
+        : ([[0, 0], [...p[0]], [...p[1]], [0, 0]] as [
+            [number, number],
+            [number, number],
+            [number, number],
+            [number, number],
+          ]);
       // A trainable weight (full-parameter training) takes the im2col filter gradient.
-      y = w instanceof tf.Variable && w.trainable ? conv2dTrainable(x as Tensor4D, w, stride, p as ExplicitPad) : tf.conv2d(x as Tensor4D, w, stride, explicit);
+      y =
+        w instanceof tf.Variable && w.trainable
+          ? conv2dTrainable(x as Tensor4D, w, stride, p as ExplicitPad)
+          : tf.conv2d(x as Tensor4D, w, stride, explicit);
     }
     return layer.bias ? tf.add(y, layer.bias.value) : y;
   });
@@ -65,7 +80,10 @@ function groupNormTf(x: Tensor, layer: GroupNorm): Tensor {
   return tf.tidy(() => {
     const shape = x.shape;
     const c = shape[shape.length - 1];
-    if (c !== layer.numChannels) throw new Error(`GroupNorm(${layer.numGroups}, ${layer.numChannels}): input has ${c} channels (shape [${shape}])`);
+    if (c !== layer.numChannels)
+      throw new Error(
+        `GroupNorm(${layer.numGroups}, ${layer.numChannels}): input has ${c} channels (shape [${shape}])`,
+      );
     const g = layer.numGroups;
     const xg = x.reshape([shape[0], -1, g, c / g]); // [N, HW, G, C/G]
     const { mean, variance } = tf.moments(xg, [1, 3], true);
@@ -115,7 +133,10 @@ export const tfOps: Ops<Tensor> = {
   layerNorm: layerNormTf,
   // A trainable table (full-parameter training) is read as oneHot(ids) @ table: the gather's
   // gradient needs UnsortedSegmentSum, which the wasm backend does not register.
-  embedding: (ids, table) => (table.value instanceof tf.Variable && table.value.trainable ? embedTrainable(ids, table.value) : tf.gather(table.value, ids)),
+  embedding: (ids, table) =>
+    table.value instanceof tf.Variable && table.value.trainable
+      ? embedTrainable(ids, table.value)
+      : tf.gather(table.value, ids),
   tableRows: (table, n) => tf.slice(table.value, [0, 0], [n, table.shape[1]]),
 
   add: (a, b) => tf.add(a, b),
@@ -157,7 +178,10 @@ export const tfOps: Ops<Tensor> = {
     // Training sets the memory-efficient mode (attention.ts: withAttentionMode): its backward
     // recomputes one scores slice at a time instead of keeping them all on the tape.
     const scores = (q.shape[0] as number) * heads * (q.shape[1] as number) * (k.shape[1] as number);
-    const efficient = !mask && attentionOptions.mode === 'memory-efficient' && scores >= attentionOptions.memoryEfficientMinScores;
-    return efficient ? memoryEfficientAttend(q, k, v, heads, undefined, attentionOptions.maxScoreElements) : attend(q, k, v, heads, mask);
+    const efficient =
+      !mask && attentionOptions.mode === 'memory-efficient' && scores >= attentionOptions.memoryEfficientMinScores;
+    return efficient
+      ? memoryEfficientAttend(q, k, v, heads, undefined, attentionOptions.maxScoreElements)
+      : attend(q, k, v, heads, mask);
   },
 };
