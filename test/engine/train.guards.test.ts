@@ -85,8 +85,20 @@ describe('training', () => {
       const w = b.get(k)!;
       for (let i = 0; i < v.length; i++) worst = Math.max(worst, Math.abs(v[i] - w[i]));
     }
-    console.log(`gradient checkpointing vs plain after 3 steps: max |diff| ${worst.toExponential(2)}`);
-    expect(worst).toBeLessThan(1e-5);
+    // The bound, from what AdamW does with float noise: a step moves each parameter by
+    // lr * m_hat / (sqrt(v_hat) + eps), at most about lr. Recomputing the forward in the backward
+    // sums the same float32 terms in another order, which perturbs each gradient component by a
+    // relative delta; Adam's normalisation passes that on as about lr * delta per step (more
+    // than the gradient's own relative error, since small components are divided by their own
+    // size). With delta up to 1e-3 for sums of ~10^4 float32 terms with cancellation, three
+    // steps differ by at most 3 * lr * 1e-3 (lr = 1e-2: 3e-5); a real defect in the recomputation
+    // (a wrong block, a stale activation) moves parameters by the order of lr itself.
+    const steps = 3;
+    const lr = fast().learningRate as number;
+    console.log(
+      `gradient checkpointing vs plain after ${steps} steps: max |diff| ${worst.toExponential(2)} (bound ${(steps * lr * 1e-3).toExponential(1)})`,
+    );
+    expect(worst).toBeLessThan(steps * lr * 1e-3);
   });
 
   it('prior preservation generates class images once and reuses them', async () => {
