@@ -16,8 +16,8 @@
  * into test-artifacts/screenshots/<screen>[-dark][-800].png.
  *
  * Needs Chromium (`.ci/run` installs Debian's `chromium`; elsewhere set SINGLORA_CHROMIUM); without
- * it the suite is skipped and says why. The renderer is built first when dist-renderer/ is
- * missing or older than its sources.
+ * it the suite is skipped and says why (`[needs chromium]`), and fails under CI=true. The renderer
+ * is built first when dist-renderer/ is missing or older than its sources.
  */
 import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
@@ -35,6 +35,7 @@ import { UNet2DConditionModel } from '../../src-main/engine/models/unet2dConditi
 import { REPO_ROOT } from '../../src-main/engine/paths.ts';
 import { startServer, type RunningServer } from '../../src-main/server.ts';
 import { makeSubjectPhotos, makeTinyModel, TINY_MODEL_DIR } from '../../scripts/make-tiny-model.ts';
+import { IN_CI, needsNote, skipReason } from '../helpers/ciRequirements.ts';
 import { readTar } from '../helpers/tar.ts';
 
 /** SINGLORA_CHROMIUM when set (and then only it), else Debian's or Ubuntu's path. */
@@ -63,10 +64,10 @@ const SMALL = { width: 800, height: 600 };
 /** Training, evaluation and generation on the engine's CPU backends of a shared 2-core machine. */
 const SLOW = 240_000;
 
-if (!CHROMIUM) {
-  console.warn(
-    `test/e2e/studio.e2e.test.ts: SKIPPED: no Chromium at ${CHROMIUM_CANDIDATES.join(' or ')}; install it (\`apt-get install chromium\`, as .ci/run does) or point SINGLORA_CHROMIUM at one`,
-  );
+/** Why the suite cannot run here (tagged `[needs chromium]`), or null; under CI=true a failure instead. */
+function noChromium(): string | null {
+  if (CHROMIUM) return null;
+  return `no Chromium at ${CHROMIUM_CANDIDATES.join(' or ')}; install it (\`apt-get install chromium\`, as .ci/run does) or point SINGLORA_CHROMIUM at one`;
 }
 
 function newestMtime(path: string): number {
@@ -84,7 +85,12 @@ async function ensureRendererBuilt(): Promise<void> {
   expect(existsSync(index), 'vite build wrote no dist-renderer/index.html').toBe(true);
 }
 
-describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeout: 8 * 60_000 }, () => {
+const missing = noChromium();
+if (missing && IN_CI) it(needsNote('chromium', 'SingLoRA Studio in a browser'), () => skipReason('chromium', missing));
+
+const SUITE = `SingLoRA Studio in a browser (tiny model)${missing && !IN_CI ? ` (${skipReason('chromium', missing)})` : ''}`;
+
+describe.skipIf(missing !== null)(SUITE, { timeout: 8 * 60_000 }, () => {
   let tmp: string;
   let server: RunningServer;
   let browser: Browser;

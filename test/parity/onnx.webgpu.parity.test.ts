@@ -2,40 +2,25 @@
  * The UNet case on ONNX Runtime's WebGPU provider, float32, in a child process (Dawn needs its
  * Vulkan driver in the environment from the start). Here the driver is SwiftShader (software
  * Vulkan, shipped with Debian's chromium); on a GPU box set SINGLORA_WEBGPU_ENV=native to use the
- * real one. Reported as skipped, with the reason, when no driver or adapter is found.
+ * real one. Reported as skipped, with the reason tagged `[needs swiftshader]`, when no driver or
+ * adapter is found (a failure under CI=true).
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { basename } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { skipOrFail, webgpuEnv } from '../helpers/ciRequirements.ts';
 import { parityFolders } from '../helpers/fixtures.ts';
-
-const SWIFTSHADER = '/usr/lib/chromium/vk_swiftshader_icd.json';
-
-function webgpuEnv(): NodeJS.ProcessEnv | string {
-  if (process.env.SINGLORA_WEBGPU_ENV === 'native') return { ...process.env };
-  if (!existsSync(SWIFTSHADER))
-    return `no SwiftShader Vulkan driver at ${SWIFTSHADER} (apt install chromium) and SINGLORA_WEBGPU_ENV is not 'native'`;
-  return {
-    ...process.env,
-    VK_ICD_FILENAMES: SWIFTSHADER,
-    LD_LIBRARY_PATH: ['/usr/lib/chromium', process.env.LD_LIBRARY_PATH].filter(Boolean).join(':'),
-  };
-}
 
 for (const folder of parityFolders()) {
   const label = basename(folder);
   describe(`ONNX engine parity, webgpu provider (${label})`, () => {
     const env = webgpuEnv();
-    const skip =
-      typeof env === 'string'
-        ? env
-        : !existsSync(`${folder}/cases.safetensors`)
-          ? `no cases.safetensors in ${folder}`
-          : null;
-    it.skipIf(skip !== null)(
-      `onnx ${label}: unet.out on webgpu (float32) within 1e-4 of max|ref|${skip ? ` (skipped: ${skip})` : ''}`,
+    const noCases = existsSync(`${folder}/cases.safetensors`) ? null : `no cases.safetensors in ${folder}`;
+    it.skipIf(noCases !== null)(
+      `onnx ${label}: unet.out on webgpu (float32) within 1e-4 of max|ref|${noCases ? ` (skipped: ${noCases})` : ''}`,
       (ctx) => {
+        if (typeof env === 'string') return skipOrFail(ctx, 'swiftshader', env);
         let out: string;
         try {
           out = execFileSync(
@@ -47,8 +32,7 @@ for (const folder of parityFolders()) {
           const msg = String((err as { stderr?: string }).stderr ?? err);
           if (/adapter/i.test(msg) && /webgpu/i.test(msg)) {
             const reason = `no WebGPU adapter: ${(msg.split('\n').find((l) => /adapter/i.test(l)) ?? '').trim().slice(0, 200)}`;
-            console.log(`[parity onnx webgpu] skipped: ${reason}`);
-            return ctx.skip(reason);
+            return skipOrFail(ctx, 'swiftshader', reason);
           }
           throw err;
         }

@@ -1,0 +1,50 @@
+/**
+ * What `.ci/run` installs for the test suites: Chromium (the browser test) and the SwiftShader
+ * Vulkan driver that Debian's chromium ships (the webgpu suites). Outside CI a suite that lacks one
+ * is skipped, its reason tagged `[needs chromium]` or `[needs swiftshader]`. Under CI (`CI=true`,
+ * which `.ci/run` sets) the same lack fails the suite instead, so a broken install cannot pass CI
+ * with those suites silently skipped. Skips for other reasons (a missing reference fixture, no GPU)
+ * stay skips everywhere.
+ */
+import { existsSync } from 'node:fs';
+
+export type CiProvided = 'chromium' | 'swiftshader';
+
+export const IN_CI = /^(true|1)$/i.test(process.env.CI ?? '');
+
+/** The tagged skip reason: `[needs chromium] no Chromium at /usr/bin/chromium`. */
+export function needsNote(needs: CiProvided, reason: string): string {
+  return `[needs ${needs}] ${reason}`;
+}
+
+/** Throws under CI (CI provides `needs`); elsewhere returns the tagged reason to skip with. */
+export function skipReason(needs: CiProvided, reason: string): string {
+  const note = needsNote(needs, reason);
+  if (IN_CI)
+    throw new Error(`${note}. CI installs ${needs} (.ci/run), so under CI=true this fails instead of skipping`);
+  console.warn(`skipped: ${note}`);
+  return note;
+}
+
+/** Skips the running test with the tagged reason, or fails it under CI. */
+export function skipOrFail(ctx: { skip: (note?: string) => never }, needs: CiProvided, reason: string): never {
+  return ctx.skip(skipReason(needs, reason));
+}
+
+export const SWIFTSHADER = '/usr/lib/chromium/vk_swiftshader_icd.json';
+
+/**
+ * The environment for a child process that starts Dawn (webgpu): SwiftShader as its Vulkan driver,
+ * or the real driver with SINGLORA_WEBGPU_ENV=native (a GPU box). A string when neither is there:
+ * why not.
+ */
+export function webgpuEnv(): NodeJS.ProcessEnv | string {
+  if (process.env.SINGLORA_WEBGPU_ENV === 'native') return { ...process.env };
+  if (!existsSync(SWIFTSHADER))
+    return `no SwiftShader Vulkan driver at ${SWIFTSHADER} (apt install chromium) and SINGLORA_WEBGPU_ENV is not 'native'`;
+  return {
+    ...process.env,
+    VK_ICD_FILENAMES: SWIFTSHADER,
+    LD_LIBRARY_PATH: ['/usr/lib/chromium', process.env.LD_LIBRARY_PATH].filter(Boolean).join(':'),
+  };
+}
