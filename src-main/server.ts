@@ -27,7 +27,6 @@ import { isIP, type Socket } from 'node:net';
 import { basename, extname, join } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ApiError, type ApiErrorBody } from './api/contract.ts';
-import { REPO_ROOT } from './engine/paths.ts';
 import { STATIC_TYPES } from './gateway/contentTypes.ts';
 import { dispatch } from './gateway/dispatch.ts';
 import { attachmentHeader, parseFilesPath, resolveProjectFile } from './gateway/files.ts';
@@ -36,6 +35,9 @@ import { contentSecurityPolicy, securityHeaders, STATUS } from './gateway/http.t
 import { toApiError } from './service/errors.ts';
 import { safeResolve } from './service/safePath.ts';
 import { Service, type ServiceOptions } from './service/service.ts';
+
+/** `<repo>/dist-renderer`: the folder beside src-main/ that `vite build` writes. */
+const DEFAULT_RENDERER_DIR = join(import.meta.dirname, '..', 'dist-renderer');
 
 export const DEFAULT_PORT = 7860;
 export const MAX_BODY_BYTES = 64 * 2 ** 20;
@@ -52,7 +54,7 @@ export interface ServerOptions {
   /** A service to serve (owned by the caller), or the options to open one (owned by the server). */
   service?: Service;
   serviceOptions?: ServiceOptions;
-  /** The built renderer (default `<repo>/dist-renderer`). */
+  /** The built renderer (default `<repo>/dist-renderer`, beside src-main/). */
   rendererDir?: string;
   maxBodyBytes?: number;
   log?: (line: string) => void;
@@ -142,7 +144,7 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
   const ownService = !o.service;
   const service =
     o.service ?? (await Service.open({ hostPaths: loopback ? 'allow' : 'deny', log, ...o.serviceOptions }));
-  const rendererDir = o.rendererDir ?? join(REPO_ROOT, 'dist-renderer');
+  const rendererDir = o.rendererDir ?? DEFAULT_RENDERER_DIR;
   const maxBody = o.maxBodyBytes ?? MAX_BODY_BYTES;
   let port = o.port ?? DEFAULT_PORT;
 

@@ -9,15 +9,14 @@
  *                                             the renderer then sends the path to models.setBase
  *                                             or projects.create, which check it
  */
-import type { BrowserWindow } from 'electron';
+import type { BrowserWindow, Dialog, Shell } from 'electron';
 import type { ApiHandlers } from '../api/contract.ts';
-import type { ElectronApi } from './desktopApp.ts';
 
 type DesktopHandlers = Pick<ApiHandlers, 'desktop.reveal' | 'desktop.pickBaseModel'>;
 
 export interface DesktopMethodsDeps {
-  shell: Pick<ElectronApi['shell'], 'showItemInFolder'>;
-  dialog: Pick<ElectronApi['dialog'], 'showOpenDialog'>;
+  shell: Pick<Shell, 'showItemInFolder'>;
+  dialog: Pick<Dialog, 'showOpenDialog'>;
   /** A project file, or an export folder, as the service resolves it (throws when there is none). */
   resolve(projectId: string, rel: string): Promise<string>;
   window(): BrowserWindow | null;

@@ -34,9 +34,12 @@ export function register(program: Command): void {
       bench
         .command('unet')
         .description(
-          'UNet forward timing with random weights: SD 1.5 shape by default (onnx: written to a temporary .safetensors first)',
+          "UNet forward timing with random weights in --config's shape (onnx: written to a temporary .safetensors first)",
         )
-        .option('--config <path>', 'UNet config.json, unet/ folder or model folder', 'test/fixtures/sd15_configs/unet')
+        .requiredOption(
+          '--config <path>',
+          'UNet config.json, unet/ folder or model folder whose shape to time (an SD 1.5 folder: its shape)',
+        )
         .option('--sizes <list>', 'latent sizes, e.g. 32,64 or 16x12 (default: the config sample_size)', latentSizes)
         .option('--batch <n>', 'batch size (2 = with classifier-free guidance)', parse.int(1, 64), 1)
         .option('--iters <n>', 'timed forwards per size', parse.int(1), 3)
@@ -153,10 +156,7 @@ export function register(program: Command): void {
     bench
       .command('train')
       .description('ms per optimizer step (median after warm-up) and memory, random weights')
-      .requiredOption(
-        '--base <path>',
-        'model folder, unet/ folder or UNet config.json (e.g. test/fixtures/sd15_configs/unet)',
-      )
+      .requiredOption('--base <path>', 'model folder, unet/ folder or UNet config.json (random weights in its shape)')
       .requiredOption('--resolution <px>', 'training resolution (a multiple of 8)', parse.int(8, 2048))
       .option('--steps <n>', 'timed steps', parse.int(1), 5)
       .option('--warmup <n>', 'warm-up steps', parse.int(0), 1)

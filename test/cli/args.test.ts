@@ -158,6 +158,7 @@ const USAGE: Array<[string[], RegExp]> = [
   // bench
   [['bench', 'unet', '--batch', 'abc'], /--batch.*expected an integer from 1 to 64/],
   [['bench', 'unet', '--sizes', '3x'], /--sizes.*expected latent sizes like/],
+  [['bench', 'unet'], /required option '--config <path>' not specified/],
   [['bench', 'generate', '--base', EMPTY, '--steps', 'abc'], /--steps.*expected an integer/],
   [['bench', 'train', '--base', EMPTY, '--resolution', '64', '--steps', 'abc'], /--steps.*expected an integer >= 1/],
   [['bench', 'train', '--base', EMPTY, '--resolution', '64', '--method', 'foo'], /Allowed choices are singlora, lora/],

@@ -2,28 +2,18 @@
  * Injecting adapters into a model, by composition: every target Linear is replaced in its parent
  * by an adapter that wraps it (PEFT's `inject_adapter`), and `remove()` puts the Linears back.
  *
- * Targets are name patterns matched against module paths (see `matchesTarget`). The default is
- * SingLoRA Studio's: `to_q`, `to_k`, `to_v`, `to_out.0` of every `attn1` and `attn2`, which is
- * 128 layers in the SD 1.5 UNet.
+ * Targets are name patterns matched against module paths (targets.ts).
  */
 import { tf, type Tensor, type Variable } from '../backend/tf.ts';
-import { Linear } from '../models/layers/linear.ts';
 import type { Module } from '../models/layers/module.ts';
 import type { AdapterLinear, AdapterMethod } from './adapterLinear.ts';
 import type { SideFactors } from '../onnx/onnxDiffusion.ts';
 import { LoRALinear } from './lora.ts';
 import { SingLoRALinear } from './singlora.ts';
+import { DEFAULT_TARGETS, findTargets } from './targets.ts';
 
-export const DEFAULT_TARGETS: readonly string[] = [
-  'attn1.to_q',
-  'attn1.to_k',
-  'attn1.to_v',
-  'attn1.to_out.0',
-  'attn2.to_q',
-  'attn2.to_k',
-  'attn2.to_v',
-  'attn2.to_out.0',
-];
+// The targets moved to targets.ts (the ONNX executor reads them without the adapters); re-exported.
+export { DEFAULT_TARGETS, findTargets, matchesTarget } from './targets.ts';
 
 /**
  * Default std of SingLoRA's initial A. docs/singlora-init.md gives the measurement: at full ramp
@@ -61,52 +51,12 @@ export interface InitRng {
   uniform(): number;
 }
 
-/**
- * True when `path` matches `pattern`: the pattern's dot-separated segments equal the path's last
- * segments (`attn1.to_q` matches `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`).
- * `*` matches one whole segment, `**` any number; a pattern starting with `^` is anchored at the
- * start of the path.
- */
-export function matchesTarget(path: string, pattern: string): boolean {
-  const anchored = pattern.startsWith('^');
-  const pat = (anchored ? pattern.slice(1) : pattern).split('.');
-  const segs = path.split('.');
-  const match = (pi: number, si: number): boolean => {
-    if (pi === pat.length) return si === segs.length;
-    if (pat[pi] === '**') {
-      for (let k = si; k <= segs.length; k++) if (match(pi + 1, k)) return true;
-      return false;
-    }
-    if (si === segs.length) return false;
-    return (pat[pi] === '*' || pat[pi] === segs[si]) && match(pi + 1, si + 1);
-  };
-  if (anchored) return match(0, 0);
-  for (let start = 0; start <= segs.length - pat.length; start++) if (match(0, start)) return true;
-  return pat.includes('**') && match(0, 0);
-}
-
 export interface InjectedAdapter {
   /** Module path of the wrapped Linear inside the model, e.g. `down_blocks.0....attn1.to_q`. */
   readonly path: string;
   readonly layer: AdapterLinear;
   readonly parent: Module;
   readonly key: string;
-}
-
-/** Every Linear in `model` whose path matches one of `targets`, in walk order. */
-export function findTargets(
-  model: Module,
-  targets: readonly string[],
-): Array<{ path: string; parent: Module; key: string; linear: Linear }> {
-  const out: Array<{ path: string; parent: Module; key: string; linear: Linear }> = [];
-  for (const [modPath, mod] of model.namedModules()) {
-    for (const [key, value] of mod.entries()) {
-      if (!(value instanceof Linear)) continue;
-      const path = modPath ? `${modPath}.${key}` : key;
-      if (targets.some((t) => matchesTarget(path, t))) out.push({ path, parent: mod, key, linear: value });
-    }
-  }
-  return out;
 }
 
 export class AdapterSet {

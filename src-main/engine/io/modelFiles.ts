@@ -26,7 +26,6 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, readFile, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, extname, join } from 'node:path';
-import type { WeightSource } from '../models/layers/module.ts';
 import {
   COMPONENTS,
   convertTensorName,
@@ -40,7 +39,7 @@ import {
 } from './keyMap.ts';
 import { inferSingleFileConfigs, type ConfigOverrides } from './configInference.ts';
 import { SafetensorsFile } from './safetensors.ts';
-import { safetensorsSource } from './weightSource.ts';
+import { safetensorsSource, type WeightSource } from './weightSource.ts';
 
 export interface ComponentFiles {
   /** The raw config JSON: config.json as written, or inferred from a single file's shapes. */

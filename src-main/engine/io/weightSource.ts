@@ -1,10 +1,29 @@
 /**
- * WeightSources over safetensors files: what `loadParams` walks. A source may rename keys (a
- * single-file checkpoint's `first_stage_model.*` keys seen under their diffusers names) and may
- * draw from several files.
+ * Where weights come from (`WeightSource`, what the models' `loadParams` walks), and sources over
+ * safetensors files. A source may rename keys (a single-file checkpoint's `first_stage_model.*`
+ * keys seen under their diffusers names) and may draw from several files.
  */
-import type { WeightSource } from '../models/layers/module.ts';
 import type { SafetensorsFile } from './safetensors.ts';
+
+/** Where weights come from: a checkpoint (already translated to a model's key names), or random. */
+export interface WeightSource {
+  readonly description: string;
+  keys(): Iterable<string>;
+  shape(key: string): readonly number[] | undefined;
+  read(key: string): Promise<Float32Array>;
+  /** Where a tensor's raw bytes sit in a file (sources over files only): ONNX graphs point at them in place. */
+  locate?(key: string): TensorLocation | undefined;
+}
+
+/** A tensor's raw little-endian bytes inside a weight file. */
+export interface TensorLocation {
+  readonly file: string;
+  readonly begin: number;
+  readonly end: number;
+  readonly dtype: string;
+  /** The file's shape (e.g. [out, in, 1, 1] where the model has a Linear [out, in]). */
+  readonly shape: readonly number[];
+}
 
 interface Entry {
   file: SafetensorsFile;

@@ -18,9 +18,9 @@
  * for SD 1.x), and a pipeline decodes `latent / scaling_factor`. Every norm in the VAE uses
  * eps 1e-6. Property names are the diffusers state-dict names.
  */
-import { DIFFUSERS_WEIGHT_FILES, loadComponentWeights, readComponentConfig } from '../io/componentFolder.ts';
+import { DIFFUSERS_WEIGHT_FILES, readComponentConfig } from '../io/componentFolder.ts';
 import { tf, type Tensor } from '../backend/tf.ts';
-import { Module } from './layers/module.ts';
+import { Module, loadComponentWeights } from './layers/module.ts';
 import { Conv2d } from './layers/conv2d.ts';
 import { GroupNorm } from './layers/norm.ts';
 import { Attention } from './layers/attention.ts';

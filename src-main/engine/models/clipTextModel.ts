@@ -20,14 +20,14 @@
  * Property paths mirror the transformers state dict (`text_model.encoder.layers.0.self_attn.q_proj.weight`),
  * so `loadParams` walks `model.safetensors` directly; only the `position_ids` buffer is skipped.
  */
-import { loadComponentWeights, readComponentConfig, TRANSFORMERS_WEIGHT_FILES } from '../io/componentFolder.ts';
+import { readComponentConfig, TRANSFORMERS_WEIGHT_FILES } from '../io/componentFolder.ts';
 import { join } from 'node:path';
 import { tf, type Tensor } from '../backend/tf.ts';
 import { activation, type Activation } from './layers/activations.ts';
 import type { Ops } from './ops/ops.ts';
 import { tfOps } from './ops/tfOps.ts';
 import { Linear, type LinearSlot } from './layers/linear.ts';
-import { Module, Param } from './layers/module.ts';
+import { Module, Param, loadComponentWeights } from './layers/module.ts';
 import { LayerNorm } from './layers/norm.ts';
 
 // ---------------------------------------------------------------------------------------------

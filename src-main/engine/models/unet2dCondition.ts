@@ -31,11 +31,11 @@
  * can pass a runner that keeps only the inputs and recomputes the block in the backward pass
  * (e.g. with `tf.customGrad`); it must add any trainable variables the block reads itself.
  */
-import { DIFFUSERS_WEIGHT_FILES, loadComponentWeights, readComponentConfig } from '../io/componentFolder.ts';
+import { DIFFUSERS_WEIGHT_FILES, readComponentConfig } from '../io/componentFolder.ts';
 import { tf, type Tensor } from '../backend/tf.ts';
 import type { Ops } from './ops/ops.ts';
 import { tfOps } from './ops/tfOps.ts';
-import { Module } from './layers/module.ts';
+import { Module, loadComponentWeights } from './layers/module.ts';
 import { Conv2d } from './layers/conv2d.ts';
 import { GroupNorm } from './layers/norm.ts';
 import { silu } from './layers/activations.ts';

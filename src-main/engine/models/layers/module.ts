@@ -15,6 +15,12 @@
  * Ownership: a Module owns its Params' tensors; `dispose()` frees them.
  */
 import { tf, type Tensor } from '../../backend/tf.ts';
+import { openComponentWeights } from '../../io/componentFolder.ts';
+import type { SafetensorsFile } from '../../io/safetensors.ts';
+import { safetensorsSource, type WeightSource } from '../../io/weightSource.ts';
+
+// WeightSource (where weights come from) is io's; re-exported here, where loadParams walks it.
+export type { TensorLocation, WeightSource } from '../../io/weightSource.ts';
 
 export type ParamLayout = 'plain' | 'linear' | 'conv';
 
@@ -182,26 +188,6 @@ export abstract class Module {
   }
 }
 
-/** Where weights come from: a checkpoint (already translated to this model's key names), or random. */
-export interface WeightSource {
-  readonly description: string;
-  keys(): Iterable<string>;
-  shape(key: string): readonly number[] | undefined;
-  read(key: string): Promise<Float32Array>;
-  /** Where a tensor's raw bytes sit in a file (sources over files only): ONNX graphs point at them in place. */
-  locate?(key: string): TensorLocation | undefined;
-}
-
-/** A tensor's raw little-endian bytes inside a weight file. */
-export interface TensorLocation {
-  readonly file: string;
-  readonly begin: number;
-  readonly end: number;
-  readonly dtype: string;
-  /** The file's shape (e.g. [out, in, 1, 1] where the model has a Linear [out, in]). */
-  readonly shape: readonly number[];
-}
-
 export class WeightLoadError extends Error {
   constructor(
     readonly component: string,
@@ -238,6 +224,30 @@ export async function loadParams(
   const params = checkParams(model, source, component, ignore);
   for (const [key, p] of params) {
     p.setFromCheckpoint(await source.read(key));
+  }
+}
+
+/**
+ * Loads `model`'s weights from the first of `weightFiles` in a component folder, strictly
+ * (io/componentFolder.ts finds and opens the file); disposes the model on failure. `ignore` skips
+ * known extra keys.
+ */
+export async function loadComponentWeights(
+  model: Module,
+  folder: string,
+  component: string,
+  weightFiles: readonly string[],
+  ignore?: (key: string) => boolean,
+): Promise<void> {
+  let file: SafetensorsFile | null = null;
+  try {
+    file = await openComponentWeights(folder, component, weightFiles);
+    await loadParams(model, safetensorsSource(file), component, ignore);
+  } catch (err) {
+    model.dispose();
+    throw err;
+  } finally {
+    await file?.close();
   }
 }
 
