@@ -197,13 +197,7 @@ export function writePngText(
     if (isText && drop.has(keywordOf(c))) continue;
     parts.push(png.subarray(c.start, c.end));
   }
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let pos = 0;
-  for (const p of parts) {
-    out.set(p, pos);
-    pos += p.length;
-  }
-  return out;
+  return concat(parts);
 }
 
 function textChunk({ keyword, text }: PngTextEntry): Uint8Array {
@@ -211,10 +205,10 @@ function textChunk({ keyword, text }: PngTextEntry): Uint8Array {
     throw new Error(`PNG text '${keyword}': the text contains a NUL character, which PNG text chunks cannot hold`);
   const key = latin1Encode(keyword);
   if (isAscii(text)) {
-    return makeChunk('tEXt', concat(key, Uint8Array.of(0), latin1Encode(text)));
+    return makeChunk('tEXt', concat([key, Uint8Array.of(0), latin1Encode(text)]));
   }
   // iTXt: keyword 0, compression flag 0, method 0, empty language 0, empty translated keyword 0, UTF-8 text.
-  return makeChunk('iTXt', concat(key, Uint8Array.of(0, 0, 0, 0, 0), new TextEncoder().encode(text)));
+  return makeChunk('iTXt', concat([key, Uint8Array.of(0, 0, 0, 0, 0), new TextEncoder().encode(text)]));
 }
 
 function checkKeyword(keyword: string): void {
@@ -269,7 +263,8 @@ function utf8Decode(b: Uint8Array): string {
   return new TextDecoder('utf-8', { fatal: false }).decode(b);
 }
 
-function concat(...parts: Uint8Array[]): Uint8Array {
+/** The bytes of `parts`, one after another, in a new array. */
+function concat(parts: readonly Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let pos = 0;
   for (const p of parts) {

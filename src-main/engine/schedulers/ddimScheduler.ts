@@ -9,36 +9,19 @@
  */
 import { tf, type Tensor } from '../backend/tf.ts';
 import { f32, sqrt32 } from './float32.ts';
-import { alphasCumprodOf, betasFor, checkInferenceSteps, spacedTimesteps } from './noiseSchedule.ts';
-import { checkNoise, DISPLAY_NAMES, type Scheduler } from './scheduler.ts';
-import {
-  boolField,
-  enumField,
-  intField,
-  NOISE_SCHEDULE_FIELDS,
-  numberField,
-  PREDICTION_TYPES,
-  resolveConfig,
-  TIMESTEP_SPACINGS,
-  unsupported,
-  type ConfigOf,
-  type PredictionType,
-  type RawSchedulerConfig,
-  type TimestepSpacing,
-} from './schedulerConfig.ts';
+import { stepRatioFor } from './noiseSchedule.ts';
+import { BaseScheduler, checkNoise, type Scheduler } from './scheduler.ts';
+import { boolField, numberField, resolveConfig, samplingFields, THRESHOLDING_FIELDS } from './schedulerConfig.ts';
+import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
+import { epsilonFromOutput, originalFromOutput } from './stepMath.ts';
 
 /** `DDIMScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
 export const DDIM_CONFIG = {
-  ...NOISE_SCHEDULE_FIELDS,
+  ...samplingFields('leading'),
   clip_sample: boolField(true),
   set_alpha_to_one: boolField(true),
-  steps_offset: intField(0),
-  prediction_type: enumField<PredictionType>('epsilon', PREDICTION_TYPES),
-  thresholding: boolField(false),
-  dynamic_thresholding_ratio: numberField(0.995),
+  ...THRESHOLDING_FIELDS,
   clip_sample_range: numberField(1.0),
-  sample_max_value: numberField(1.0),
-  timestep_spacing: enumField<TimestepSpacing>('leading', TIMESTEP_SPACINGS),
   rescale_betas_zero_snr: boolField(false),
 } as const;
 export type DDIMConfig = ConfigOf<typeof DDIM_CONFIG>;
@@ -49,33 +32,21 @@ export interface DDIMOptions {
   readonly eta?: number;
 }
 
-export class DDIMScheduler implements Scheduler {
+export class DDIMScheduler extends BaseScheduler<DDIMConfig> implements Scheduler {
   static readonly className = 'DDIMScheduler';
   readonly name = 'ddim' as const;
-  readonly displayName = DISPLAY_NAMES.ddim;
-  readonly className = DDIMScheduler.className;
-  readonly config: DDIMConfig;
   readonly eta: number;
-  readonly betas: Float32Array;
-  readonly alphasCumprod: Float32Array;
   /** ᾱ used for the step after the last one: 1, or ᾱ_0 when `set_alpha_to_one` is false (SD-1.5). */
   readonly finalAlphaCumprod: number;
   readonly initNoiseSigma = 1.0;
-  readonly order = 1;
-  private numInferenceSteps: number | null = null;
-  private _timesteps: number[] = [];
 
   constructor(config: Partial<DDIMConfig> = {}, options: DDIMOptions = {}) {
-    this.config = resolveConfig(DDIMScheduler.className, DDIM_CONFIG, config);
+    super(DDIMScheduler.className, DDIM_CONFIG, config);
     const c = this.config;
-    if (c.thresholding) unsupported(this.className, 'thresholding', true, 'set thresholding false');
-    if (c.rescale_betas_zero_snr) unsupported(this.className, 'rescale_betas_zero_snr', true, 'set it false');
     const eta = options.eta ?? 0;
     if (!(eta >= 0) || !Number.isFinite(eta))
       throw new Error(`${this.className}: eta must be a finite number >= 0, got ${eta}`);
     this.eta = eta;
-    this.betas = betasFor(c);
-    this.alphasCumprod = alphasCumprodOf(this.betas);
     this.finalAlphaCumprod = c.set_alpha_to_one ? 1.0 : this.alphasCumprod[0];
   }
 
@@ -90,29 +61,8 @@ export class DDIMScheduler implements Scheduler {
     );
   }
 
-  get timesteps(): readonly number[] {
-    return this._timesteps;
-  }
-
   get needsNoise(): boolean {
     return this.eta > 0;
-  }
-
-  /**
-   * N integer timesteps, descending:
-   *   linspace  round(linspace(0, T-1, N)) reversed
-   *   leading   (0, T//N, 2·T//N, …) + steps_offset, reversed       (SD-1.5: 951, 901, …, 1 for N=20)
-   *   trailing  round(arange(T, 0, -T/N)) - 1
-   */
-  setTimesteps(numInferenceSteps: number): void {
-    const { num_train_timesteps: T, timestep_spacing, steps_offset } = this.config;
-    checkInferenceSteps(this.className, numInferenceSteps, T);
-    this.numInferenceSteps = numInferenceSteps;
-    this._timesteps = spacedTimesteps(timestep_spacing, T, numInferenceSteps, steps_offset, 'round');
-  }
-
-  scaleModelInput(sample: Tensor, _t: number): Tensor {
-    return tf.clone(sample);
   }
 
   /**
@@ -131,15 +81,12 @@ export class DDIMScheduler implements Scheduler {
    */
   step(modelOutput: Tensor, t: number, sample: Tensor, noise?: Tensor): Tensor {
     const who = this.className;
-    if (this.numInferenceSteps === null) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
     const c = this.config;
-    const T = c.num_train_timesteps;
-    if (!Number.isInteger(t) || t < 0 || t >= T)
-      throw new Error(`${who}.step: timestep ${t} is not an integer in [0, ${T})`);
+    const stepRatio = stepRatioFor(this.numInferenceSteps, t, c.num_train_timesteps, who);
     if (this.eta > 0) checkNoise(who, noise, sample, `eta=${this.eta}`);
 
     // 1. previous step: t - T/N
-    const prevT = t - Math.floor(T / this.numInferenceSteps);
+    const prevT = t - stepRatio;
 
     // 2. α_t, α_{t-1}, 1 - α_t (float32 scalars, as diffusers' 0-dim tensors)
     const alphaProdT = this.alphasCumprod[t];
@@ -154,18 +101,8 @@ export class DDIMScheduler implements Scheduler {
 
     return tf.tidy(() => {
       // 4. predicted x₀ and ε
-      let predOriginalSample: Tensor;
-      let predEpsilon: Tensor;
-      if (c.prediction_type === 'epsilon') {
-        predOriginalSample = tf.div(tf.sub(sample, tf.mul(sqrt32(betaProdT), modelOutput)), sqrt32(alphaProdT));
-        predEpsilon = modelOutput;
-      } else if (c.prediction_type === 'sample') {
-        predOriginalSample = modelOutput;
-        predEpsilon = tf.div(tf.sub(sample, tf.mul(sqrt32(alphaProdT), predOriginalSample)), sqrt32(betaProdT));
-      } else {
-        predOriginalSample = tf.sub(tf.mul(sqrt32(alphaProdT), sample), tf.mul(sqrt32(betaProdT), modelOutput));
-        predEpsilon = tf.add(tf.mul(sqrt32(alphaProdT), modelOutput), tf.mul(sqrt32(betaProdT), sample));
-      }
+      let predOriginalSample = originalFromOutput(c.prediction_type, modelOutput, sample, alphaProdT);
+      const predEpsilon = epsilonFromOutput(c.prediction_type, modelOutput, sample, predOriginalSample, alphaProdT);
 
       // 5. clip x₀
       if (c.clip_sample)

@@ -13,29 +13,24 @@
  */
 import { tf, type Tensor } from '../backend/tf.ts';
 import { f32, sqrt32 } from './float32.ts';
-import { alphasCumprodOf, betasFor, checkInferenceSteps, spacedTimesteps } from './noiseSchedule.ts';
-import { checkNoise, DISPLAY_NAMES, type Scheduler } from './scheduler.ts';
+import { stepRatioFor } from './noiseSchedule.ts';
+import { BaseScheduler, checkNoise, type Scheduler } from './scheduler.ts';
 import {
   boolField,
   enumField,
-  intField,
-  NOISE_SCHEDULE_FIELDS,
   numberField,
-  PREDICTION_TYPES,
   resolveConfig,
-  TIMESTEP_SPACINGS,
-  unsupported,
-  type ConfigOf,
-  type PredictionType,
-  type RawSchedulerConfig,
-  type TimestepSpacing,
+  samplingFields,
+  THRESHOLDING_FIELDS,
 } from './schedulerConfig.ts';
+import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
+import { originalFromOutput } from './stepMath.ts';
 
 type VarianceType = 'fixed_small' | 'fixed_small_log' | 'fixed_large' | 'fixed_large_log' | 'learned' | 'learned_range';
 
 /** `DDPMScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
 export const DDPM_CONFIG = {
-  ...NOISE_SCHEDULE_FIELDS,
+  ...samplingFields('leading'),
   variance_type: enumField<VarianceType>('fixed_small', [
     'fixed_small',
     'fixed_small_log',
@@ -45,49 +40,28 @@ export const DDPM_CONFIG = {
     'learned_range',
   ]),
   clip_sample: boolField(true),
-  prediction_type: enumField<PredictionType>('epsilon', PREDICTION_TYPES),
-  thresholding: boolField(false),
-  dynamic_thresholding_ratio: numberField(0.995),
+  ...THRESHOLDING_FIELDS,
   clip_sample_range: numberField(1.0),
-  sample_max_value: numberField(1.0),
-  timestep_spacing: enumField<TimestepSpacing>('leading', TIMESTEP_SPACINGS),
-  steps_offset: intField(0),
   rescale_betas_zero_snr: boolField(false),
 } as const;
 export type DDPMConfig = ConfigOf<typeof DDPM_CONFIG>;
 
-export class DDPMScheduler implements Scheduler {
+export class DDPMScheduler extends BaseScheduler<DDPMConfig> implements Scheduler {
   static readonly className = 'DDPMScheduler';
   readonly name = 'ddpm' as const;
-  readonly displayName = DISPLAY_NAMES.ddpm;
-  readonly className = DDPMScheduler.className;
-  readonly config: DDPMConfig;
-  readonly betas: Float32Array;
-  readonly alphasCumprod: Float32Array;
   readonly initNoiseSigma = 1.0;
-  readonly order = 1;
   readonly needsNoise = true;
-  private numInferenceSteps: number | null = null;
-  private _timesteps: number[] = [];
 
   constructor(config: Partial<DDPMConfig> = {}) {
-    this.config = resolveConfig(DDPMScheduler.className, DDPM_CONFIG, config);
+    super(DDPMScheduler.className, DDPM_CONFIG, config);
     const c = this.config;
-    if (c.thresholding) unsupported(this.className, 'thresholding', true, 'set thresholding false');
-    if (c.rescale_betas_zero_snr) unsupported(this.className, 'rescale_betas_zero_snr', true, 'set it false');
     if (c.variance_type !== 'fixed_small' && c.variance_type !== 'fixed_large') {
-      unsupported(this.className, 'variance_type', c.variance_type, 'use fixed_small (the default) or fixed_large');
+      this.refuse('variance_type', c.variance_type, 'use fixed_small (the default) or fixed_large');
     }
-    this.betas = betasFor(c);
-    this.alphasCumprod = alphasCumprodOf(this.betas);
   }
 
   static fromConfig(raw: RawSchedulerConfig, overrides: Partial<DDPMConfig> = {}): DDPMScheduler {
     return new DDPMScheduler(resolveConfig(DDPMScheduler.className, DDPM_CONFIG, raw.values, overrides, raw.source));
-  }
-
-  get timesteps(): readonly number[] {
-    return this._timesteps;
   }
 
   // ---- training forward process ------------------------------------------------------------
@@ -156,17 +130,6 @@ export class DDPMScheduler implements Scheduler {
 
   // ---- sampling ------------------------------------------------------------------------------
 
-  setTimesteps(numInferenceSteps: number): void {
-    const { num_train_timesteps: T, timestep_spacing, steps_offset } = this.config;
-    checkInferenceSteps(this.className, numInferenceSteps, T);
-    this.numInferenceSteps = numInferenceSteps;
-    this._timesteps = spacedTimesteps(timestep_spacing, T, numInferenceSteps, steps_offset, 'round');
-  }
-
-  scaleModelInput(sample: Tensor, _t: number): Tensor {
-    return tf.clone(sample);
-  }
-
   /**
    * One ancestral step x_t -> x_{t-1} (eq. 6-7).
    *
@@ -182,15 +145,12 @@ export class DDPMScheduler implements Scheduler {
    */
   step(modelOutput: Tensor, t: number, sample: Tensor, noise?: Tensor): Tensor {
     const who = this.className;
-    if (this.numInferenceSteps === null) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
     const c = this.config;
-    const T = c.num_train_timesteps;
-    if (!Number.isInteger(t) || t < 0 || t >= T)
-      throw new Error(`${who}.step: timestep ${t} is not an integer in [0, ${T})`);
+    const stepRatio = stepRatioFor(this.numInferenceSteps, t, c.num_train_timesteps, who);
     if (t > 0) checkNoise(who, noise, sample, 'ancestral sampling at t > 0');
 
     // 1. ᾱ_t, ᾱ_{t'}, α_t, β_t (float32 scalars, as diffusers' 0-dim tensors)
-    const prevT = t - Math.floor(T / this.numInferenceSteps);
+    const prevT = t - stepRatio;
     const alphaProdT = this.alphasCumprod[t];
     const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT] : 1.0;
     const betaProdT = f32(1 - alphaProdT);
@@ -200,14 +160,7 @@ export class DDPMScheduler implements Scheduler {
 
     return tf.tidy(() => {
       // 2. x̂₀ from the model output (eq. 15)
-      let predOriginalSample: Tensor;
-      if (c.prediction_type === 'epsilon') {
-        predOriginalSample = tf.div(tf.sub(sample, tf.mul(sqrt32(betaProdT), modelOutput)), sqrt32(alphaProdT));
-      } else if (c.prediction_type === 'sample') {
-        predOriginalSample = modelOutput;
-      } else {
-        predOriginalSample = tf.sub(tf.mul(sqrt32(alphaProdT), sample), tf.mul(sqrt32(betaProdT), modelOutput));
-      }
+      let predOriginalSample = originalFromOutput(c.prediction_type, modelOutput, sample, alphaProdT);
       // 3. clip x̂₀
       if (c.clip_sample)
         predOriginalSample = tf.clipByValue(predOriginalSample, -c.clip_sample_range, c.clip_sample_range);

@@ -14,44 +14,34 @@
 import { tf, type Tensor } from '../backend/tf.ts';
 import { exp32, f32, log32, npArange, npLinspace, roundHalfEven, sqrt32 } from './float32.ts';
 import {
-  alphasCumprodOf,
-  betasFor,
   checkInferenceSteps,
-  indexForTimestep,
   karrasSigmas,
   logSigmasOf,
   sigmasAtTimesteps,
   sigmaToT,
+  stepIndexFor,
   trainingSigmas,
 } from './noiseSchedule.ts';
-import { DISPLAY_NAMES, type Scheduler } from './scheduler.ts';
+import { BaseScheduler, type Scheduler } from './scheduler.ts';
 import {
   boolField,
   enumField,
   intField,
-  NOISE_SCHEDULE_FIELDS,
   nullable,
   numberField,
-  PREDICTION_TYPES,
   resolveConfig,
-  TIMESTEP_SPACINGS,
-  unsupported,
-  type ConfigOf,
-  type PredictionType,
-  type RawSchedulerConfig,
-  type TimestepSpacing,
+  samplingFields,
+  THRESHOLDING_FIELDS,
 } from './schedulerConfig.ts';
+import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
 
 type AlgorithmType = 'dpmsolver' | 'dpmsolver++' | 'sde-dpmsolver' | 'sde-dpmsolver++';
 
 /** `DPMSolverMultistepScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
 export const DPM_SOLVER_MULTISTEP_CONFIG = {
-  ...NOISE_SCHEDULE_FIELDS,
+  ...samplingFields('linspace'),
   solver_order: intField(2, 1),
-  prediction_type: enumField<PredictionType>('epsilon', PREDICTION_TYPES),
-  thresholding: boolField(false),
-  dynamic_thresholding_ratio: numberField(0.995),
-  sample_max_value: numberField(1.0),
+  ...THRESHOLDING_FIELDS,
   algorithm_type: enumField<AlgorithmType>('dpmsolver++', [
     'dpmsolver',
     'dpmsolver++',
@@ -66,28 +56,19 @@ export const DPM_SOLVER_MULTISTEP_CONFIG = {
   final_sigmas_type: nullable(enumField<'zero' | 'sigma_min'>('zero', ['zero', 'sigma_min']), 'zero'),
   lambda_min_clipped: numberField(-Infinity),
   variance_type: nullable(enumField<'learned' | 'learned_range'>('learned', ['learned', 'learned_range'])),
-  timestep_spacing: enumField<TimestepSpacing>('linspace', TIMESTEP_SPACINGS),
-  steps_offset: intField(0),
   rescale_betas_zero_snr: boolField(false),
 } as const;
 export type DPMSolverMultistepConfig = ConfigOf<typeof DPM_SOLVER_MULTISTEP_CONFIG>;
 
-export class DPMSolverMultistepScheduler implements Scheduler {
+export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultistepConfig> implements Scheduler {
   static readonly className = 'DPMSolverMultistepScheduler';
   readonly name: 'dpmpp-2m' | 'dpmpp-2m-karras';
-  readonly displayName: string;
-  readonly className = DPMSolverMultistepScheduler.className;
-  readonly config: DPMSolverMultistepConfig;
-  readonly betas: Float32Array;
-  readonly alphasCumprod: Float32Array;
   readonly initNoiseSigma = 1.0;
-  readonly order = 1;
   readonly needsNoise = false;
   private readonly trainSigmas: Float32Array;
   private readonly logSigmas: Float32Array;
   /** λ_t = log α_t − log σ_t per training step (float32), for `lambda_min_clipped`. */
   private readonly lambdaT: Float32Array;
-  private _timesteps: number[] = [];
   /** σ for each timestep, then the final σ (0 or σ_min), float32 values. */
   private _sigmas: number[] = [];
   private stepIndex: number | null = null;
@@ -96,21 +77,15 @@ export class DPMSolverMultistepScheduler implements Scheduler {
   private lowerOrderNums = 0;
 
   constructor(config: Partial<DPMSolverMultistepConfig> = {}) {
-    this.config = resolveConfig(DPMSolverMultistepScheduler.className, DPM_SOLVER_MULTISTEP_CONFIG, config);
+    super(DPMSolverMultistepScheduler.className, DPM_SOLVER_MULTISTEP_CONFIG, config);
     const c = this.config;
-    const who = this.className;
     if (c.algorithm_type !== 'dpmsolver++')
-      unsupported(who, 'algorithm_type', c.algorithm_type, 'only dpmsolver++ is implemented');
-    if (c.solver_order > 2) unsupported(who, 'solver_order', c.solver_order, 'use 1 or 2 (DPM++ 2M)');
-    if (c.thresholding) unsupported(who, 'thresholding', true, 'set thresholding false');
-    if (c.use_lu_lambdas) unsupported(who, 'use_lu_lambdas', true, 'set it false');
+      this.refuse('algorithm_type', c.algorithm_type, 'only dpmsolver++ is implemented');
+    if (c.solver_order > 2) this.refuse('solver_order', c.solver_order, 'use 1 or 2 (DPM++ 2M)');
+    if (c.use_lu_lambdas) this.refuse('use_lu_lambdas', true, 'set it false');
     if (c.variance_type !== null)
-      unsupported(who, 'variance_type', c.variance_type, 'set it null (learned-variance UNets are not supported)');
-    if (c.rescale_betas_zero_snr) unsupported(who, 'rescale_betas_zero_snr', true, 'set it false');
+      this.refuse('variance_type', c.variance_type, 'set it null (learned-variance UNets are not supported)');
     this.name = c.use_karras_sigmas ? 'dpmpp-2m-karras' : 'dpmpp-2m';
-    this.displayName = DISPLAY_NAMES[this.name];
-    this.betas = betasFor(c);
-    this.alphasCumprod = alphasCumprodOf(this.betas);
     this.trainSigmas = trainingSigmas(this.alphasCumprod);
     this.logSigmas = logSigmasOf(this.trainSigmas);
     this.lambdaT = this.alphasCumprod.map((a) => f32(log32(sqrt32(a)) - log32(sqrt32(f32(1 - a)))));
@@ -132,10 +107,6 @@ export class DPMSolverMultistepScheduler implements Scheduler {
     );
   }
 
-  get timesteps(): readonly number[] {
-    return this._timesteps;
-  }
-
   get sigmas(): readonly number[] {
     return this._sigmas;
   }
@@ -150,7 +121,7 @@ export class DPMSolverMultistepScheduler implements Scheduler {
    *   t_i = round(sigmaToT(σ_i)), which can repeat (…, 1, 1, 0 for N=50). Then the final σ:
    *   0 (`final_sigmas_type` zero) or σ_train[0] (sigma_min).
    */
-  setTimesteps(numInferenceSteps: number): void {
+  override setTimesteps(numInferenceSteps: number): void {
     const c = this.config;
     const T = c.num_train_timesteps;
     checkInferenceSteps(this.className, numInferenceSteps, T);
@@ -186,11 +157,6 @@ export class DPMSolverMultistepScheduler implements Scheduler {
     this._timesteps = timesteps;
   }
 
-  /** DPM-Solver does not scale the model input: returns a clone. */
-  scaleModelInput(sample: Tensor, _t: number): Tensor {
-    return tf.clone(sample);
-  }
-
   /**
    * One DPM-Solver++ step from σ_i to σ_{i+1}.
    *
@@ -208,13 +174,8 @@ export class DPMSolverMultistepScheduler implements Scheduler {
    * `final_sigmas_type` is zero (or `euler_at_final`, or `lower_order_final` with < 15 steps).
    */
   step(modelOutput: Tensor, t: number, sample: Tensor, _noise?: Tensor): Tensor {
-    const who = this.className;
-    if (this._timesteps.length === 0) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
-    this.stepIndex ??= indexForTimestep(this._timesteps, t, who);
-    const i = this.stepIndex;
+    const i = stepIndexFor(this._timesteps, this.stepIndex, t, this.className);
     const n = this._timesteps.length;
-    if (i >= n)
-      throw new Error(`${who}.step: the ${n} timesteps of this run are done; call setTimesteps(n) to start another`);
     const c = this.config;
 
     // 1. which order this step runs at

@@ -11,100 +11,49 @@
  * `initNoiseSigma` is σ_max for linspace/trailing spacing and √(σ_max²+1) for leading, as in 0.27.2.
  */
 import { tf, type Tensor } from '../backend/tf.ts';
-import { f32, sqrt32, torchLinspaceF32 } from './float32.ts';
+import { f32, torchLinspaceF32 } from './float32.ts';
 import {
-  alphasCumprodOf,
-  betasFor,
-  checkInferenceSteps,
-  eulerInitNoiseSigma,
-  indexForTimestep,
+  inferenceTimesteps,
   karrasSigmas,
   logSigmasOf,
   sigmasAtTimesteps,
   sigmaToT,
-  spacedTimesteps,
-  trainingSigmas,
+  stepIndexFor,
 } from './noiseSchedule.ts';
-import { DISPLAY_NAMES, type Scheduler } from './scheduler.ts';
-import {
-  boolField,
-  enumField,
-  intField,
-  NOISE_SCHEDULE_FIELDS,
-  nullable,
-  numberField,
-  PREDICTION_TYPES,
-  resolveConfig,
-  TIMESTEP_SPACINGS,
-  unsupported,
-  type ConfigOf,
-  type PredictionType,
-  type RawSchedulerConfig,
-  type TimestepSpacing,
-} from './schedulerConfig.ts';
+import { SigmaScheduler, type Scheduler } from './scheduler.ts';
+import { boolField, enumField, nullable, numberField, resolveConfig, samplingFields } from './schedulerConfig.ts';
+import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
+import { denoisedFromOutput, eulerUpdate } from './stepMath.ts';
 
 /** `EulerDiscreteScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
 export const EULER_CONFIG = {
-  ...NOISE_SCHEDULE_FIELDS,
-  prediction_type: enumField<PredictionType>('epsilon', PREDICTION_TYPES),
+  ...samplingFields('linspace'),
   interpolation_type: enumField<'linear' | 'log_linear'>('linear', ['linear', 'log_linear']),
   use_karras_sigmas: boolField(false),
   sigma_min: nullable(numberField(0)),
   sigma_max: nullable(numberField(0)),
-  timestep_spacing: enumField<TimestepSpacing>('linspace', TIMESTEP_SPACINGS),
   timestep_type: enumField<'discrete' | 'continuous'>('discrete', ['discrete', 'continuous']),
-  steps_offset: intField(0),
   rescale_betas_zero_snr: boolField(false),
 } as const;
 export type EulerDiscreteConfig = ConfigOf<typeof EULER_CONFIG>;
 
-export class EulerDiscreteScheduler implements Scheduler {
+export class EulerDiscreteScheduler extends SigmaScheduler<EulerDiscreteConfig> implements Scheduler {
   static readonly className = 'EulerDiscreteScheduler';
   readonly name = 'euler' as const;
-  readonly displayName = DISPLAY_NAMES.euler;
-  readonly className = EulerDiscreteScheduler.className;
-  readonly config: EulerDiscreteConfig;
-  readonly betas: Float32Array;
-  readonly alphasCumprod: Float32Array;
-  readonly order = 1;
   readonly needsNoise = false;
-  private readonly trainSigmas: Float32Array;
   private readonly logSigmas: Float32Array;
-  private _timesteps: number[] = [];
-  /** σ for each timestep, then a final 0 (float32 values). */
-  private _sigmas: number[];
-  private stepIndex: number | null = null;
 
   constructor(config: Partial<EulerDiscreteConfig> = {}) {
-    this.config = resolveConfig(EulerDiscreteScheduler.className, EULER_CONFIG, config);
+    super(EulerDiscreteScheduler.className, EULER_CONFIG, config);
     const c = this.config;
-    if (c.rescale_betas_zero_snr) unsupported(this.className, 'rescale_betas_zero_snr', true, 'set it false');
-    if (c.timestep_type !== 'discrete') unsupported(this.className, 'timestep_type', c.timestep_type, 'use discrete');
-    this.betas = betasFor(c);
-    this.alphasCumprod = alphasCumprodOf(this.betas);
-    this.trainSigmas = trainingSigmas(this.alphasCumprod);
+    if (c.timestep_type !== 'discrete') this.refuse('timestep_type', c.timestep_type, 'use discrete');
     this.logSigmas = logSigmasOf(this.trainSigmas);
-    // Before setTimesteps, diffusers holds the full training σ table (descending) + 0.
-    this._sigmas = [...this.trainSigmas].reverse().concat(0);
   }
 
   static fromConfig(raw: RawSchedulerConfig, overrides: Partial<EulerDiscreteConfig> = {}): EulerDiscreteScheduler {
     return new EulerDiscreteScheduler(
       resolveConfig(EulerDiscreteScheduler.className, EULER_CONFIG, raw.values, overrides, raw.source),
     );
-  }
-
-  get timesteps(): readonly number[] {
-    return this._timesteps;
-  }
-
-  get sigmas(): readonly number[] {
-    return this._sigmas;
-  }
-
-  /** σ_max for linspace/trailing spacing; √(σ_max² + 1) for leading (float32). */
-  get initNoiseSigma(): number {
-    return eulerInitNoiseSigma(this._sigmas, this.config.timestep_spacing);
   }
 
   /**
@@ -115,11 +64,10 @@ export class EulerDiscreteScheduler implements Scheduler {
    *   σ_i = interp(t_i, 0…T-1, σ_train) (linear), or exp(linspace(log σ_max, log σ_min, N+1)) (log_linear);
    *   Karras: σ from `karrasSigmas(σ_last, σ_first)`, t_i = sigmaToT(σ_i); then a final σ = 0.
    */
-  setTimesteps(numInferenceSteps: number): void {
+  override setTimesteps(numInferenceSteps: number): void {
     const c = this.config;
     const T = c.num_train_timesteps;
-    checkInferenceSteps(this.className, numInferenceSteps, T);
-    let timesteps = spacedTimesteps(c.timestep_spacing, T, numInferenceSteps, c.steps_offset, 'float32');
+    let timesteps = inferenceTimesteps(this.className, c, numInferenceSteps, 'float32');
 
     let sigmas: number[];
     if (c.interpolation_type === 'linear') {
@@ -135,16 +83,7 @@ export class EulerDiscreteScheduler implements Scheduler {
       sigmas = karrasSigmas(c.sigma_min ?? sigmas[sigmas.length - 1], c.sigma_max ?? sigmas[0], numInferenceSteps);
       timesteps = sigmas.map((s) => sigmaToT(s, this.logSigmas));
     }
-    this._sigmas = sigmas.map(f32).concat(0);
-    this._timesteps = timesteps.map(f32);
-    this.stepIndex = null;
-  }
-
-  /** x / √(σ² + 1), σ of this timestep. Caller owns the result. */
-  scaleModelInput(sample: Tensor, t: number): Tensor {
-    this.stepIndex ??= indexForTimestep(this._timesteps, t, this.className);
-    const sigma = this._sigmas[this.stepIndex];
-    return tf.div(sample, sqrt32(f32(f32(sigma * sigma) + 1)));
+    this.startRun(timesteps, sigmas);
   }
 
   /**
@@ -161,14 +100,7 @@ export class EulerDiscreteScheduler implements Scheduler {
    * | result              | x_{i+1} = x_i + (σ_{i+1} − σ_i) d_i     |
    */
   step(modelOutput: Tensor, t: number, sample: Tensor, _noise?: Tensor): Tensor {
-    const who = this.className;
-    if (this._timesteps.length === 0) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
-    this.stepIndex ??= indexForTimestep(this._timesteps, t, who);
-    if (this.stepIndex >= this._timesteps.length) {
-      throw new Error(
-        `${who}.step: the ${this._timesteps.length} timesteps of this run are done; call setTimesteps(n) to start another`,
-      );
-    }
+    this.stepIndex = stepIndexFor(this._timesteps, this.stepIndex, t, this.className);
     // 1. σ_i, σ_{i+1}
     const sigma = this._sigmas[this.stepIndex];
     const sigmaNext = this._sigmas[this.stepIndex + 1];
@@ -176,27 +108,11 @@ export class EulerDiscreteScheduler implements Scheduler {
 
     const prevSample = tf.tidy(() => {
       // 2. D_θ: the predicted x₀
-      let predOriginalSample: Tensor;
-      if (this.config.prediction_type === 'epsilon') {
-        predOriginalSample = tf.sub(sample, tf.mul(sigma, modelOutput));
-      } else if (this.config.prediction_type === 'sample') {
-        predOriginalSample = modelOutput;
-      } else {
-        // v: D = −σ/√(σ²+1) · v + x/(σ²+1)
-        const s2p1 = f32(f32(sigma * sigma) + 1);
-        predOriginalSample = tf.add(tf.mul(modelOutput, f32(-sigma / sqrt32(s2p1))), tf.div(sample, s2p1));
-      }
-      // 3. d_i = (x − D) / σ
-      const derivative = tf.div(tf.sub(sample, predOriginalSample), sigma);
-      // 4. x_{i+1} = x_i + d_i · (σ_{i+1} − σ_i)
-      return tf.add(sample, tf.mul(derivative, dt));
+      const predOriginalSample = denoisedFromOutput(this.config.prediction_type, modelOutput, sample, sigma);
+      // 3-4. d_i = (x − D) / σ; x_{i+1} = x_i + d_i · (σ_{i+1} − σ_i)
+      return eulerUpdate(sample, predOriginalSample, sigma, dt);
     });
     this.stepIndex += 1;
     return prevSample;
-  }
-
-  /** Rewinds to the first timestep (Euler keeps no tensor history). */
-  reset(): void {
-    this.stepIndex = null;
   }
 }

@@ -11,7 +11,7 @@
  * Where diffusers computes in float32 torch and where in float64 numpy is stated per function.
  */
 import { f32, interpAtIndex, log32, npArange, npLinspace, roundHalfEven, sqrt32, torchLinspaceF32 } from './float32.ts';
-import type { NoiseScheduleConfig } from './schedulerConfig.ts';
+import type { NoiseScheduleConfig, SamplingScheduleConfig } from './schedulerConfig.ts';
 
 /**
  * β_t as float32, as each diffusers scheduler's constructor builds `self.betas`:
@@ -114,6 +114,31 @@ export function indexForTimestep(timesteps: readonly number[], t: number, who: s
   return matches.length > 1 ? matches[1] : matches[0];
 }
 
+/**
+ * The position of this `step` in a run over σ (Euler, Euler a, DPM-Solver): `current` once the run
+ * has started, else found from `t`; an error before `setTimesteps` and after the last step.
+ */
+export function stepIndexFor(timesteps: readonly number[], current: number | null, t: number, who: string): number {
+  if (timesteps.length === 0) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
+  const i = current ?? indexForTimestep(timesteps, t, who);
+  if (i >= timesteps.length)
+    throw new Error(
+      `${who}.step: the ${timesteps.length} timesteps of this run are done; call setTimesteps(n) to start another`,
+    );
+  return i;
+}
+
+/**
+ * The step ratio T // N of a run over integer timesteps (DDPM, DDIM, PNDM): an error before
+ * `setTimesteps` or when `t` is not a training timestep.
+ */
+export function stepRatioFor(numInferenceSteps: number | null, t: number, T: number, who: string): number {
+  if (numInferenceSteps === null) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
+  if (!Number.isInteger(t) || t < 0 || t >= T)
+    throw new Error(`${who}.step: timestep ${t} is not an integer in [0, ${T})`);
+  return Math.floor(T / numInferenceSteps);
+}
+
 /** Checks that `setTimesteps(n)` got a usable n. */
 export function checkInferenceSteps(who: string, n: number, numTrainTimesteps: number): void {
   if (!Number.isInteger(n) || n < 1 || n > numTrainTimesteps) {
@@ -145,6 +170,17 @@ export function spacedTimesteps(
     return Array.from({ length: n }, (_, i) => i * stepRatio + stepsOffset).reverse();
   }
   return npArange(T, 0, -T / n).map((x) => roundHalfEven(x) - 1);
+}
+
+/** The N inference timesteps of a run (`spacedTimesteps` by the config), after checking N. */
+export function inferenceTimesteps(
+  who: string,
+  c: SamplingScheduleConfig,
+  n: number,
+  linspace: 'round' | 'float32',
+): number[] {
+  checkInferenceSteps(who, n, c.num_train_timesteps);
+  return spacedTimesteps(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset, linspace);
 }
 
 /** Euler's init_noise_sigma in diffusers 0.27: sigma_max for linspace/trailing, sqrt(sigma_max^2 + 1) for leading (float32). */

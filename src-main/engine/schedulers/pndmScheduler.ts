@@ -16,48 +16,25 @@
  */
 import { tf, type Tensor } from '../backend/tf.ts';
 import { f32, npArange, npLinspace, roundHalfEven, sqrt32 } from './float32.ts';
-import { alphasCumprodOf, betasFor, checkInferenceSteps } from './noiseSchedule.ts';
-import { DISPLAY_NAMES, type Scheduler } from './scheduler.ts';
-import {
-  boolField,
-  enumField,
-  intField,
-  NOISE_SCHEDULE_FIELDS,
-  PREDICTION_TYPES,
-  resolveConfig,
-  TIMESTEP_SPACINGS,
-  unsupported,
-  type ConfigOf,
-  type PredictionType,
-  type RawSchedulerConfig,
-  type TimestepSpacing,
-} from './schedulerConfig.ts';
+import { checkInferenceSteps, stepRatioFor } from './noiseSchedule.ts';
+import { BaseScheduler, type Scheduler } from './scheduler.ts';
+import { boolField, resolveConfig, samplingFields } from './schedulerConfig.ts';
+import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
 
 /** `PNDMScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
 export const PNDM_CONFIG = {
-  ...NOISE_SCHEDULE_FIELDS,
+  ...samplingFields('leading'),
   skip_prk_steps: boolField(false),
   set_alpha_to_one: boolField(false),
-  prediction_type: enumField<PredictionType>('epsilon', PREDICTION_TYPES),
-  timestep_spacing: enumField<TimestepSpacing>('leading', TIMESTEP_SPACINGS),
-  steps_offset: intField(0),
 } as const;
 export type PNDMConfig = ConfigOf<typeof PNDM_CONFIG>;
 
-export class PNDMScheduler implements Scheduler {
+export class PNDMScheduler extends BaseScheduler<PNDMConfig> implements Scheduler {
   static readonly className = 'PNDMScheduler';
   readonly name = 'pndm' as const;
-  readonly displayName = DISPLAY_NAMES.pndm;
-  readonly className = PNDMScheduler.className;
-  readonly config: PNDMConfig;
-  readonly betas: Float32Array;
-  readonly alphasCumprod: Float32Array;
   readonly finalAlphaCumprod: number;
   readonly initNoiseSigma = 1.0;
-  readonly order = 1;
   readonly needsNoise = false;
-  private numInferenceSteps: number | null = null;
-  private _timesteps: number[] = [];
   /** Number of `step` calls in this run. */
   private counter = 0;
   /** Past model outputs ε (kept clones), oldest first, at most 4. */
@@ -66,25 +43,17 @@ export class PNDMScheduler implements Scheduler {
   private curSample: Tensor | null = null;
 
   constructor(config: Partial<PNDMConfig> = {}) {
-    this.config = resolveConfig(PNDMScheduler.className, PNDM_CONFIG, config);
+    super(PNDMScheduler.className, PNDM_CONFIG, config);
     const c = this.config;
     if (!c.skip_prk_steps) {
-      unsupported(
-        this.className,
+      this.refuse(
         'skip_prk_steps',
         false,
         'only the PLMS path (skip_prk_steps true, as in Stable Diffusion) is implemented; set it true or choose ddim / dpmpp-2m',
       );
     }
     if (c.prediction_type === 'sample')
-      unsupported(
-        this.className,
-        'prediction_type',
-        'sample',
-        'diffusers supports only epsilon and v_prediction for PNDM',
-      );
-    this.betas = betasFor(c);
-    this.alphasCumprod = alphasCumprodOf(this.betas);
+      this.refuse('prediction_type', 'sample', 'diffusers supports only epsilon and v_prediction for PNDM');
     this.finalAlphaCumprod = c.set_alpha_to_one ? 1.0 : this.alphasCumprod[0];
   }
 
@@ -92,15 +61,11 @@ export class PNDMScheduler implements Scheduler {
     return new PNDMScheduler(resolveConfig(PNDMScheduler.className, PNDM_CONFIG, raw.values, overrides, raw.source));
   }
 
-  get timesteps(): readonly number[] {
-    return this._timesteps;
-  }
-
   /**
    * The N base timesteps (ascending) by `timestep_spacing`, then the PLMS order: all but the last,
    * the second-to-last again, the last; reversed. Leading, T=1000, N=20: 951, 901, 901, 851, …, 1.
    */
-  setTimesteps(numInferenceSteps: number): void {
+  override setTimesteps(numInferenceSteps: number): void {
     const { num_train_timesteps: T, timestep_spacing, steps_offset } = this.config;
     checkInferenceSteps(this.className, numInferenceSteps, T);
     this.reset();
@@ -119,10 +84,6 @@ export class PNDMScheduler implements Scheduler {
     this._timesteps = [...base.slice(0, -1), ...base.slice(-2, -1), ...base.slice(-1)].reverse();
   }
 
-  scaleModelInput(sample: Tensor, _t: number): Tensor {
-    return tf.clone(sample);
-  }
-
   /**
    * One PLMS step (`step_plms`).
    *
@@ -137,16 +98,12 @@ export class PNDMScheduler implements Scheduler {
    */
   step(modelOutput: Tensor, t: number, sample: Tensor, _noise?: Tensor): Tensor {
     const who = this.className;
-    if (this.numInferenceSteps === null) throw new Error(`${who}.step: call setTimesteps(n) before stepping`);
+    const delta = stepRatioFor(this.numInferenceSteps, t, this.config.num_train_timesteps, who);
     if (this.counter >= this._timesteps.length) {
       throw new Error(
         `${who}.step: the ${this._timesteps.length} timesteps of this run are done; call setTimesteps(n) to start another`,
       );
     }
-    const T = this.config.num_train_timesteps;
-    if (!Number.isInteger(t) || t < 0 || t >= T)
-      throw new Error(`${who}.step: timestep ${t} is not an integer in [0, ${T})`);
-    const delta = Math.floor(T / this.numInferenceSteps);
 
     // 1. the step t -> prevT; the second call redoes the first step, from t₀ to t₁.
     let prevT = t - delta;

@@ -26,9 +26,18 @@
  * for Euler's `linspace` spacing (999, 946.42108…). Pass them to the model and back to `step`
  * exactly as read from `timesteps`.
  */
-import type { Tensor } from '../backend/tf.ts';
+import { tf, type Tensor } from '../backend/tf.ts';
 import { SAMPLER_DISPLAY_NAMES, SCHEDULERS } from '../../api/schemas.ts';
-import type { SamplingScheduleConfig } from './schedulerConfig.ts';
+import { f32, sqrt32 } from './float32.ts';
+import {
+  alphasCumprodOf,
+  betasFor,
+  eulerInitNoiseSigma,
+  indexForTimestep,
+  inferenceTimesteps,
+  trainingSigmas,
+} from './noiseSchedule.ts';
+import { resolveConfig, type SamplingScheduleConfig, type Schema, unsupported } from './schedulerConfig.ts';
 
 /** The samplers of the contract (`SCHEDULERS`) and DDPM, which only trains. */
 export const SCHEDULER_NAMES = [...SCHEDULERS, 'ddpm'] as const;
@@ -78,4 +87,109 @@ export function checkNoise(who: string, noise: Tensor | undefined, sample: Tenso
     );
   }
   return noise;
+}
+
+/**
+ * What every scheduler here holds besides its algorithm: the config, resolved from the class's
+ * schema; the training noise schedule β and ᾱ built from it; the names; the current timesteps.
+ * A subclass declares `name` and adds `setTimesteps`, `scaleModelInput`, `step` and `reset`.
+ */
+export abstract class BaseScheduler<C extends SamplingScheduleConfig> {
+  abstract readonly name: SchedulerName;
+  readonly config: Readonly<C>;
+  /** β_t for t = 0 … num_train_timesteps-1, float32. */
+  readonly betas: Float32Array;
+  readonly alphasCumprod: Float32Array;
+  readonly order = 1;
+  protected _timesteps: number[] = [];
+  /** N of the current run (null before `setTimesteps`). */
+  protected numInferenceSteps: number | null = null;
+
+  constructor(
+    readonly className: string,
+    schema: Schema<C>,
+    config: Partial<C>,
+  ) {
+    this.config = resolveConfig(className, schema, config);
+    // What no scheduler here implements, in the classes whose config has the key.
+    for (const key of ['thresholding', 'rescale_betas_zero_snr'])
+      if ((this.config as Record<string, unknown>)[key] === true) this.refuse(key, true, 'set it false');
+    this.betas = betasFor(this.config);
+    this.alphasCumprod = alphasCumprodOf(this.betas);
+  }
+
+  get displayName(): string {
+    return DISPLAY_NAMES[this.name];
+  }
+
+  get timesteps(): readonly number[] {
+    return this._timesteps;
+  }
+
+  /**
+   * N integer timesteps, descending (DDPM, DDIM; the others override this):
+   *   linspace  round(linspace(0, T-1, N)) reversed
+   *   leading   (0, T//N, 2·T//N, …) + steps_offset, reversed       (SD-1.5: 951, 901, …, 1 for N=20)
+   *   trailing  round(arange(T, 0, -T/N)) - 1
+   */
+  setTimesteps(numInferenceSteps: number): void {
+    this._timesteps = inferenceTimesteps(this.className, this.config, numInferenceSteps, 'round');
+    this.numInferenceSteps = numInferenceSteps;
+  }
+
+  /** Throws: config `key` = `value` is not implemented here; `fix` says what to do instead. */
+  protected refuse(key: string, value: unknown, fix: string): never {
+    return unsupported(this.className, key, value, fix);
+  }
+
+  /** The model input: x itself, as a clone the caller owns (Euler's scale it by σ instead). */
+  scaleModelInput(sample: Tensor, _t: number): Tensor {
+    return tf.clone(sample);
+  }
+}
+
+/**
+ * A scheduler over σ = √((1−ᾱ)/ᾱ), the noise level of Karras et al. (Euler, Euler a): σ for each
+ * timestep and a final 0, the position of the step in the run, and the model input x / √(σ²+1).
+ */
+export abstract class SigmaScheduler<C extends SamplingScheduleConfig> extends BaseScheduler<C> {
+  protected readonly trainSigmas: Float32Array;
+  /** σ for each timestep, then a final 0 (float32 values). */
+  protected _sigmas: number[];
+  protected stepIndex: number | null = null;
+
+  constructor(className: string, schema: Schema<C>, config: Partial<C>) {
+    super(className, schema, config);
+    this.trainSigmas = trainingSigmas(this.alphasCumprod);
+    // Before setTimesteps, diffusers holds the full training σ table (descending) + 0.
+    this._sigmas = [...this.trainSigmas].reverse().concat(0);
+  }
+
+  get sigmas(): readonly number[] {
+    return this._sigmas;
+  }
+
+  /** σ_max for linspace/trailing spacing; √(σ_max² + 1) for leading (float32). */
+  get initNoiseSigma(): number {
+    return eulerInitNoiseSigma(this._sigmas, this.config.timestep_spacing);
+  }
+
+  /** x / √(σ² + 1), σ of this timestep. Caller owns the result. */
+  override scaleModelInput(sample: Tensor, t: number): Tensor {
+    this.stepIndex ??= indexForTimestep(this._timesteps, t, this.className);
+    const sigma = this._sigmas[this.stepIndex];
+    return tf.div(sample, sqrt32(f32(f32(sigma * sigma) + 1)));
+  }
+
+  /** Rewinds to the first timestep (no tensor history). */
+  reset(): void {
+    this.stepIndex = null;
+  }
+
+  /** Starts a run over these timesteps and sigmas (a final σ = 0 is appended), as float32 values. */
+  protected startRun(timesteps: readonly number[], sigmas: readonly number[]): void {
+    this._sigmas = sigmas.map(f32).concat(0);
+    this._timesteps = timesteps.map(f32);
+    this.stepIndex = null;
+  }
 }

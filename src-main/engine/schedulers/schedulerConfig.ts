@@ -146,6 +146,27 @@ export const NOISE_SCHEDULE_FIELDS = {
 } as const;
 
 /**
+ * The fields of every sampling scheduler here (`SamplingScheduleConfig`): the noise schedule, then
+ * `prediction_type` (epsilon by default in every class), `timestep_spacing` (each class's own
+ * default) and `steps_offset`.
+ */
+export function samplingFields(spacing: TimestepSpacing) {
+  return {
+    ...NOISE_SCHEDULE_FIELDS,
+    prediction_type: enumField<PredictionType>('epsilon', PREDICTION_TYPES),
+    timestep_spacing: enumField<TimestepSpacing>(spacing, TIMESTEP_SPACINGS),
+    steps_offset: intField(0),
+  } as const;
+}
+
+/** Imagen's dynamic thresholding (DDPM, DDIM, DPM-Solver): its keys are accepted; `thresholding` must stay false. */
+export const THRESHOLDING_FIELDS = {
+  thresholding: boolField(false),
+  dynamic_thresholding_ratio: numberField(0.995),
+  sample_max_value: numberField(1.0),
+} as const;
+
+/**
  * Builds a readonly config for `className` from its schema: overrides, then values present in
  * `raw` (the model's JSON, or a constructor argument), then the schema's defaults.
  */
