@@ -179,6 +179,9 @@ export const baseModelSchema = z.object({
 });
 export type BaseModelInfo = z.infer<typeof baseModelSchema>;
 
+/** An adapter's multiplier at generation, within ±LIMITS.adapterStrength. */
+const adapterStrength = z.number().min(-LIMITS.adapterStrength).max(LIMITS.adapterStrength);
+
 const adapterRef = z.union([
   z.object({
     runId: idSchema,
@@ -356,7 +359,7 @@ export const api = {
         projectId: idSchema,
         settings: generateSettingsSchema,
         adapters: z
-          .array(adapterRef.and(z.object({ strength: z.number().min(-4).max(4).default(1) })))
+          .array(adapterRef.and(z.object({ strength: adapterStrength.default(1) })))
           .max(8)
           .default([]),
       })

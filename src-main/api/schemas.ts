@@ -57,6 +57,8 @@ export const LIMITS = {
   targetChars: 200,
   resolution: { min: 64, max: 2048, multiple: 64 },
   generation: { steps: 200, size: 2048, sizeMultiple: 8, count: 100, guidance: 50, clipSkip: 11 },
+  /** An adapter's strength at generation lies in [-adapterStrength, adapterStrength]. */
+  adapterStrength: 4,
   sampleSteps: 200,
 } as const;
 

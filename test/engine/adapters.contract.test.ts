@@ -22,6 +22,7 @@ import { planAdapter } from '../../src-main/engine/adapters/import.ts';
 import { WeightPatcher } from '../../src-main/engine/adapters/patch.ts';
 import { SingLoRALinear } from '../../src-main/engine/adapters/singlora.ts';
 import { ramp } from '../../src-main/engine/adapters/ramp.ts';
+import { adapterScale } from '../../src-main/engine/adapters/scale.ts';
 import { Attention } from '../../src-main/engine/models/layers/attention.ts';
 import { Linear } from '../../src-main/engine/models/layers/linear.ts';
 import { loadParams, Module, randomSource } from '../../src-main/engine/models/layers/module.ts';
@@ -131,6 +132,26 @@ describe('ramp u(t)', () => {
     expect(ramp(1000, 100)).toBe(1);
     expect(ramp(0, 0)).toBe(1);
     expect(() => ramp(-1, 10)).toThrow(/step/);
+  });
+});
+
+describe('adapter scale (alpha / r) · u · strength', () => {
+  it('is computed by adapterScale, and each layer uses it (u = the ramp for SingLoRA, 1 for LoRA)', async () => {
+    expect(adapterScale(16, 8, 0.25, 3)).toBe(1.5);
+    expect(adapterScale(4, 8, 1, -1)).toBe(-0.5);
+    const net = await makeNet();
+    for (const method of methods) {
+      const set = AdapterSet.inject(net, defaultAdapterSpec({ method, rank: 4, alpha: 6, rampSteps: 10 }), {
+        rng: new Rng(3),
+      });
+      const layer = set.adapters[0].layer;
+      layer.strength = 1.5;
+      const u = method === 'singlora' ? ramp(4, 10) : 1;
+      expect(layer.scale(4), method).toBe(adapterScale(6, 4, u, 1.5));
+      expect(layer.scale(4), method).toBeCloseTo(1.5 * u * 1.5, 12);
+      set.remove();
+    }
+    net.dispose();
   });
 });
 

@@ -62,7 +62,7 @@ export abstract class AdapterLinear implements LinearLike, Wrapper {
     return this.mergedAt !== null;
   }
 
-  /** The factor in front of the update at `step`: (alpha / r) * u(step) * strength. */
+  /** The factor in front of the update at `step`: (alpha / r) * u(step) * strength (scale.ts). */
   abstract scale(step: number): number;
 
   /** dW in PyTorch layout [out, in] at `step` (scale included). The caller owns the result. */

@@ -15,6 +15,7 @@
 import { tf, type Tensor, type Variable } from '../backend/tf.ts';
 import type { Linear } from '../models/layers/linear.ts';
 import { AdapterLinear, type AdapterHyper } from './adapterLinear.ts';
+import { adapterScale } from './scale.ts';
 
 export class LoRALinear extends AdapterLinear {
   readonly method = 'lora' as const;
@@ -47,7 +48,7 @@ export class LoRALinear extends AdapterLinear {
   }
 
   scale(_step: number): number {
-    return (this.hyper.alpha / this.hyper.rank) * this.strength;
+    return adapterScale(this.hyper.alpha, this.hyper.rank, 1, this.strength);
   }
 
   deltaWeight(step: number): Tensor {

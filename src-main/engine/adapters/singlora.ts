@@ -22,6 +22,7 @@ import { tf, type Tensor, type Variable } from '../backend/tf.ts';
 import type { Linear } from '../models/layers/linear.ts';
 import { AdapterLinear, type AdapterHyper } from './adapterLinear.ts';
 import { ramp } from './ramp.ts';
+import { adapterScale } from './scale.ts';
 
 export class SingLoRALinear extends AdapterLinear {
   readonly method = 'singlora' as const;
@@ -41,7 +42,7 @@ export class SingLoRALinear extends AdapterLinear {
   }
 
   scale(step: number): number {
-    return (this.hyper.alpha / this.hyper.rank) * ramp(step, this.hyper.rampSteps) * this.strength;
+    return adapterScale(this.hyper.alpha, this.hyper.rank, ramp(step, this.hyper.rampSteps), this.strength);
   }
 
   /** A[:d_out], [d_out, r]. */
