@@ -34,8 +34,9 @@ export default defineConfig({
           name: 'unit',
           include: UNIT_SUITES,
           pool: 'forks',
-          testTimeout: 30_000,
-          hookTimeout: 30_000,
+          // The slowest test (a CLI process) takes 10 s on a 2-core machine loaded ten times over.
+          testTimeout: 60_000,
+          hookTimeout: 60_000,
         },
       },
       {
