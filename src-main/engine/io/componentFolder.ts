@@ -1,7 +1,7 @@
 /**
- * Loading one diffusers/transformers component folder (`config.json` + a safetensors weight file),
- * for the models' `static load(folder)` (`loadComponentWeights` in models/layers/module.ts). Whole pipelines (folders and single files) go through
- * modelFiles.ts instead.
+ * Reading one diffusers/transformers component folder (`config.json` + a safetensors weight file)
+ * for the models' `static load(folder)`, which loads it with `loadComponentWeights`
+ * (models/layers/module.ts). Whole pipelines (folders and single files) go through modelFiles.ts.
  */
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
