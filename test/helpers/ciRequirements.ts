@@ -18,10 +18,9 @@ export function needsNote(needs: CiProvided, reason: string): string {
 }
 
 /** Throws under CI (CI provides `needs`); elsewhere returns the tagged reason to skip with. */
-export function skipReason(needs: CiProvided, reason: string): string {
+export function skipReason(needs: CiProvided, reason: string, inCi = IN_CI): string {
   const note = needsNote(needs, reason);
-  if (IN_CI)
-    throw new Error(`${note}. CI installs ${needs} (.ci/run), so under CI=true this fails instead of skipping`);
+  if (inCi) throw new Error(`${note}. CI installs ${needs} (.ci/run), so under CI=true this fails instead of skipping`);
   console.warn(`skipped: ${note}`);
   return note;
 }
