@@ -6,8 +6,12 @@ import type { AdapterInfo, ApiClient, Project } from '../../src-main/api/contrac
 import type { Notifier } from './notifier.svelte.ts';
 import type { RunSummary } from './training.svelte.ts';
 
-export type AdapterChoice = { kind: 'none' } | { kind: 'run'; runId: string } | { kind: 'file'; file: string };
-export type AdapterRef = { runId: string; step: null } | { file: string };
+/** A run's checkpoint: `step` names one (an image's settings reused), else the chosen or latest. */
+export type AdapterChoice =
+  | { kind: 'none' }
+  | { kind: 'run'; runId: string; step?: number }
+  | { kind: 'file'; file: string };
+export type AdapterRef = { runId: string; step: number | null } | { file: string };
 
 export interface AdapterOption {
   key: string;
@@ -17,13 +21,34 @@ export interface AdapterOption {
 }
 
 export function choiceKey(c: AdapterChoice): string {
-  return c.kind === 'none' ? 'none' : c.kind === 'run' ? `run:${c.runId}` : `file:${c.file}`;
+  if (c.kind === 'none') return 'none';
+  if (c.kind === 'file') return `file:${c.file}`;
+  return c.step === undefined ? `run:${c.runId}` : `run:${c.runId}@${c.step}`;
 }
 
 export function adapterRef(c: AdapterChoice): AdapterRef | null {
-  if (c.kind === 'run') return { runId: c.runId, step: null };
+  if (c.kind === 'run') return { runId: c.runId, step: c.step ?? null };
   if (c.kind === 'file') return { file: c.file };
   return null;
+}
+
+/** How a choice that is not among the options reads (a checkpoint or file an image was made with). */
+export function choiceLabel(c: AdapterChoice): string {
+  if (c.kind === 'none') return 'None';
+  if (c.kind === 'file') return c.file.split(/[\\/]/).pop() ?? c.file;
+  return c.step === undefined ? `Run ${c.runId}` : `Run ${c.runId}: checkpoint at step ${c.step}`;
+}
+
+/**
+ * The adapter an image was made with, from its sidecar's file (the path on the engine machine): a
+ * run's checkpoint (`.../runs/<id>/checkpoints/step-000600/...`), a file of the project's
+ * `adapters/` folder, else the path itself.
+ */
+export function choiceFromFile(file: string): AdapterChoice {
+  const run = /(?:^|[\\/])runs[\\/]([^\\/]+)[\\/]checkpoints[\\/]step-0*(\d+)[\\/]/.exec(file);
+  if (run) return { kind: 'run', runId: run[1], step: Number(run[2]) };
+  const own = /(?:^|[\\/])(adapters[\\/].+)$/.exec(file);
+  return { kind: 'file', file: own ? own[1].replaceAll('\\', '/') : file };
 }
 
 export function runOptionLabel(r: RunSummary): string {

@@ -36,6 +36,31 @@ export function fieldErrorsFromApi(err: unknown, stripPrefix = ''): FieldErrors 
   return Object.keys(out).length ? out : null;
 }
 
+/** The form value an error key names: its first path segment (`samplePrompts.0` -> `samplePrompts`). */
+const fieldOf = (key: string) => key.split('.')[0];
+
+/**
+ * The errors that still hold after an edit. An error whose field changed since the error was shown
+ * (`shownWith`: the form's values then) is checked again: it takes the form's own message for the
+ * new value (`local`), or goes when the new value passes. Errors of unchanged fields stay: the
+ * server may know more than the local check (a missing file, a busy project).
+ */
+export function recheck(
+  errors: FieldErrors,
+  shownWith: Record<string, unknown>,
+  now: Record<string, unknown>,
+  local: FieldErrors,
+): FieldErrors {
+  const out: FieldErrors = {};
+  for (const [key, message] of Object.entries(errors)) {
+    const f = fieldOf(key);
+    const changed = JSON.stringify(shownWith[f]) !== JSON.stringify(now[f]);
+    if (!changed) out[key] = message;
+    else if (local[key]) out[key] = local[key];
+  }
+  return out;
+}
+
 /** Validates a form draft; `{ok: true, data}` or the field errors. */
 export function check<S extends z.ZodType>(
   schema: S,

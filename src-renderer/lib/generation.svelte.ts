@@ -5,10 +5,10 @@
  */
 import type { ApiClient, GeneratedImageInfo, Job, Project } from '../../src-main/api/contract.ts';
 import { generateSettingsSchema, type GenerateSettingsInput } from '../../src-main/api/schemas.ts';
-import { adapterRef, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
+import { adapterRef, choiceFromFile, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
 import type { EventHub } from './events.ts';
 import type { Files } from './files.ts';
-import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
+import { check, fieldErrorsFromApi, recheck, type FieldErrors } from './forms.ts';
 import type { JobsService } from './jobs.svelte.ts';
 import type { Notifier } from './notifier.svelte.ts';
 
@@ -42,6 +42,8 @@ export class GenerationService {
   running = $derived(this.jobId !== null);
   /** The size and steps last filled in from the model; the user's own values are never replaced. */
   #modelDefaults: { width: number; height: number; steps: number } | null = null;
+  /** The form's values when the errors shown were found. */
+  #shownWith: Record<string, unknown> = {};
 
   constructor(
     private readonly api: ApiClient,
@@ -120,9 +122,17 @@ export class GenerationService {
     this.draft.seed = Math.floor(this.random() * MAX_SEED);
   }
 
-  /** Reuses an image's settings (seed included) in the form. */
+  /** Reuses an image's settings (seed included), its adapter and the adapter's strength in the form. */
   reuse(image: GeneratedImageInfo): void {
     this.draft = { ...this.draft, ...image.settings };
+    const [first, ...more] = image.adapters;
+    this.#adapterChosen = true;
+    this.adapter = first ? choiceFromFile(first.file) : { kind: 'none' };
+    if (first) this.strength = first.strength;
+    if (more.length)
+      this.notify.info(
+        `This image was made with ${image.adapters.length} adapters; the form takes one: the first, at strength ${first.strength}.`,
+      );
   }
 
   async generate(): Promise<boolean> {
@@ -132,10 +142,8 @@ export class GenerationService {
       return false;
     }
     const c = check(generateSettingsSchema, this.draft);
-    const errors: FieldErrors = c.ok ? {} : { ...c.errors };
-    if (!Number.isFinite(this.strength) || this.strength < -4 || this.strength > 4)
-      errors.strength = 'Strength is between -4 and 4';
-    this.errors = errors;
+    const errors = this.#localErrors();
+    this.#showErrors(errors);
     if (!c.ok || Object.keys(errors).length) return false;
     const ref = adapterRef(this.adapter);
     this.busy = true;
@@ -151,12 +159,36 @@ export class GenerationService {
       return true;
     } catch (err) {
       const fields = fieldErrorsFromApi(err, 'settings.');
-      if (fields) this.errors = fields;
+      if (fields) this.#showErrors(fields);
       else this.notify.error('Generate', err);
       return false;
     } finally {
       this.busy = false;
     }
+  }
+
+  /** The form's own check: the settings and the strength. */
+  #localErrors(): FieldErrors {
+    const c = check(generateSettingsSchema, this.draft);
+    const errors: FieldErrors = c.ok ? {} : { ...c.errors };
+    if (!Number.isFinite(this.strength) || this.strength < -4 || this.strength > 4)
+      errors.strength = 'Set a strength between -4 and 4';
+    return errors;
+  }
+
+  #values(): Record<string, unknown> {
+    return { ...$state.snapshot(this.draft), strength: this.strength };
+  }
+
+  #showErrors(errors: FieldErrors): void {
+    this.errors = errors;
+    this.#shownWith = this.#values();
+  }
+
+  /** After an edit: errors of fields that now pass go, the others follow the new values (the screen calls this). */
+  revalidate(): void {
+    if (!Object.keys(this.errors).length) return;
+    this.errors = recheck(this.errors, this.#shownWith, this.#values(), this.#localErrors());
   }
 
   async cancel(): Promise<void> {
