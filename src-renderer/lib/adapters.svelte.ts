@@ -3,7 +3,9 @@
  * latest; `{runId, step: null}` in the contract) or an adapter file of the project (`adapters.list`).
  */
 import type { AdapterInfo, ApiClient, Project } from '../../src-main/api/contract.ts';
+import type { RunStatus } from '../../src-main/api/schemas.ts';
 import type { Notifier } from './notifier.svelte.ts';
+import type { RunFollower } from './runFollower.ts';
 import type { RunSummary } from './training.svelte.ts';
 
 /** A run's checkpoint: `step` names one (an image's settings reused), else the chosen or latest. */
@@ -18,6 +20,8 @@ export interface AdapterOption {
   label: string;
   group: 'Training runs' | 'Adapter files';
   choice: AdapterChoice;
+  /** A run's status (null for a file). */
+  status: RunStatus | null;
 }
 
 export function choiceKey(c: AdapterChoice): string {
@@ -64,14 +68,38 @@ export function adapterOptions(runs: RunSummary[], files: AdapterInfo[]): Adapte
       label: runOptionLabel(r),
       group: 'Training runs',
       choice: { kind: 'run', runId: r.id },
+      status: r.status,
     }));
   const fromFiles: AdapterOption[] = files.map((f) => ({
     key: `file:${f.file}`,
     label: `${f.file} (${f.method}, rank ${f.rank}, ${f.format})`,
     group: 'Adapter files',
     choice: { kind: 'file', file: f.file },
+    status: null,
   }));
   return [...fromRuns, ...fromFiles];
+}
+
+/**
+ * The adapter a form (Generate, Export) uses until the user picks one: the newest run's checkpoint,
+ * else the first file; and, unless the user picked one, a run that has just completed
+ * (`follower`). Returns the choice to take, or null to keep the current one.
+ */
+export function suggestedAdapter(
+  options: AdapterOption[],
+  current: AdapterChoice,
+  chosenByUser: boolean,
+  follower: RunFollower,
+): AdapterChoice | null {
+  const runs = options.flatMap((o) =>
+    o.choice.kind === 'run' && o.status ? [{ id: o.choice.runId, status: o.status }] : [],
+  );
+  const fresh = follower.fresh(runs);
+  if (chosenByUser) return null;
+  if (fresh) return { kind: 'run', runId: fresh };
+  const known = current.kind !== 'none' && options.some((o) => o.key === choiceKey(current));
+  if (known) return null;
+  return (options.find((o) => o.group === 'Training runs') ?? options[0])?.choice ?? null;
 }
 
 export class AdaptersService {

@@ -4,7 +4,8 @@
  * `result.path` (relative to the project, `adapters/...`).
  */
 import { api, type exportFormats, type ApiClient, type Job, type Project } from '../../src-main/api/contract.ts';
-import { adapterRef, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
+import { adapterRef, choiceKey, suggestedAdapter, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
+import { RunFollower } from './runFollower.ts';
 import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
 import type { Files } from './files.ts';
 import type { JobsService } from './jobs.svelte.ts';
@@ -48,6 +49,7 @@ export class ExportService {
   projectId = $state<string | null>(null);
   adapter = $state<AdapterChoice>({ kind: 'none' });
   #adapterChosen = false;
+  readonly #runs = new RunFollower();
   format = $state<ExportFormat>('kohya');
   outPath = $state('');
   errors = $state<FieldErrors>({});
@@ -82,15 +84,15 @@ export class ExportService {
     this.projectId = p?.id ?? null;
     this.adapter = { kind: 'none' };
     this.#adapterChosen = false;
+    this.#runs.reset();
     this.errors = {};
     this.#reset();
   }
 
-  /** Until the user chooses, the newest run's checkpoint (else the first file) is the default. */
+  /** Until the user chooses, the newest run's checkpoint (else the first file), and a run that has just completed. */
   suggestAdapter(options: AdapterOption[]): void {
-    if (this.#adapterChosen || this.adapter.kind !== 'none') return;
-    const pick = options.find((o) => o.group === 'Training runs') ?? options[0];
-    if (pick) this.adapter = pick.choice;
+    const next = suggestedAdapter(options, this.adapter, this.#adapterChosen, this.#runs);
+    if (next && choiceKey(next) !== choiceKey(this.adapter)) this.adapter = next;
   }
 
   setAdapter(choice: AdapterChoice): void {

@@ -5,7 +5,15 @@
  */
 import type { ApiClient, GeneratedImageInfo, Job, Project } from '../../src-main/api/contract.ts';
 import { generateSettingsSchema, type GenerateSettingsInput } from '../../src-main/api/schemas.ts';
-import { adapterRef, choiceFromFile, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
+import {
+  adapterRef,
+  choiceFromFile,
+  choiceKey,
+  suggestedAdapter,
+  type AdapterChoice,
+  type AdapterOption,
+} from './adapters.svelte.ts';
+import { RunFollower } from './runFollower.ts';
 import type { EventHub } from './events.ts';
 import type { Files } from './files.ts';
 import { check, fieldErrorsFromApi, recheck, type FieldErrors } from './forms.ts';
@@ -32,6 +40,7 @@ export class GenerationService {
   draft = $state<GenerateDraft>(defaultDraft());
   adapter = $state<AdapterChoice>({ kind: 'none' });
   #adapterChosen = false;
+  readonly #runs = new RunFollower();
   strength = $state(1);
   errors = $state<FieldErrors>({});
   images = $state<GalleryImage[]>([]);
@@ -91,6 +100,7 @@ export class GenerationService {
     this.draft = defaultDraft(p?.subject);
     this.adapter = { kind: 'none' };
     this.#adapterChosen = false;
+    this.#runs.reset();
     this.errors = {};
     this.images = [];
     this.jobId = null;
@@ -98,11 +108,10 @@ export class GenerationService {
     if (p) void this.loadGallery();
   }
 
-  /** Until the user chooses, the newest run's checkpoint (else the first file) is the default. */
+  /** Until the user chooses, the newest run's checkpoint (else the first file), and a run that has just completed. */
   suggestAdapter(options: AdapterOption[]): void {
-    if (this.#adapterChosen || this.adapter.kind !== 'none') return;
-    const pick = options.find((o) => o.group === 'Training runs') ?? options[0];
-    if (pick) this.adapter = pick.choice;
+    const next = suggestedAdapter(options, this.adapter, this.#adapterChosen, this.#runs);
+    if (next && choiceKey(next) !== choiceKey(this.adapter)) this.adapter = next;
   }
 
   setAdapter(choice: AdapterChoice): void {

@@ -208,4 +208,59 @@ describe('App shell', () => {
     studio.notify.error('List projects', new ApiError('unauthorized', 'missing or wrong token'));
     expect(studio.notify.items).toEqual([]);
   });
+
+  test('a run that completes takes over Evaluate (whose "Evaluate again" re-scored the old run) and Generate', async () => {
+    const T2 = '2025-01-02T00:00:00.000Z';
+    let runs = [fx.run({ id: 'r1' })];
+    const { studio, transport } = await startStudio({
+      'training.runs': () => runs,
+      'training.status': (p) => fx.manifest({ id: p.runId }),
+      'evaluation.get': (p) => (p.runId === 'r1' ? fx.evaluation() : null),
+      'evaluation.start': () => ({ jobId: 'e1' }),
+    });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('nav-evaluate'));
+    const run = () => (screen.getByTestId('eval-run') as HTMLSelectElement).value;
+    await waitFor(() => expect(run()).toBe('r1'));
+    await screen.findByText('Evaluate again');
+
+    // r2 trains and completes while the app is open.
+    runs = [fx.run({ id: 'r2', createdAt: T2, status: 'running', step: 10 }), ...runs];
+    await studio.training.loadRuns();
+    expect(run()).toBe('r1'); // still training: nothing to evaluate yet
+    runs = [fx.run({ id: 'r2', createdAt: T2 }), fx.run({ id: 'r1' })];
+    transport.emit('train.event', {
+      jobId: 'j2',
+      projectId: 'p1',
+      runId: 'r2',
+      event: { event: 'done', status: 'completed', step: 800, error: null },
+    });
+    await waitFor(() => expect(run()).toBe('r2'));
+    await fireEvent.click(await screen.findByText('Evaluate checkpoints'));
+    await waitFor(() => expect(transport.paramsOf('evaluation.start')).toHaveLength(1));
+    expect(transport.paramsOf('evaluation.start')[0].runId).toBe('r2');
+
+    await fireEvent.click(screen.getByTestId('nav-generate'));
+    expect((screen.getByTestId('generate-adapter') as HTMLSelectElement).value).toBe('run:r2');
+  });
+
+  test("Generate's automatic adapter follows a run that completes; one the user picked stays", async () => {
+    const T2 = '2025-01-02T00:00:00.000Z';
+    const T3 = '2025-01-03T00:00:00.000Z';
+    let runs = [fx.run({ id: 'r1' })];
+    const { studio } = await startStudio({ 'training.runs': () => runs });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('nav-generate'));
+    const picker = () => screen.getByTestId('generate-adapter') as HTMLSelectElement;
+    await waitFor(() => expect(picker().value).toBe('run:r1'));
+    runs = [fx.run({ id: 'r2', createdAt: T2 }), ...runs];
+    await studio.training.loadRuns();
+    await waitFor(() => expect(picker().value).toBe('run:r2'));
+
+    await fireEvent.change(picker(), { target: { value: 'run:r1' } });
+    runs = [fx.run({ id: 'r3', createdAt: T3 }), ...runs];
+    await studio.training.loadRuns();
+    await waitFor(() => expect(picker().querySelectorAll('option')).toHaveLength(4));
+    expect(picker().value).toBe('run:r1');
+  });
 });
