@@ -59,6 +59,8 @@ export class SubjectService {
   projectId = $state<string | null>(null);
   photos = $state<Photo[]>([]);
   loading = $state(false);
+  /** The open project's photos were listed at least once (until then `usable` means nothing). */
+  loaded = $state(false);
   upload = $state<{ done: number; total: number } | null>(null);
   /** `${photoId}:${mode}` -> data URL. */
   crops = $state<Record<string, string>>({});
@@ -84,6 +86,7 @@ export class SubjectService {
   setProject(p: Project | null): void {
     this.projectId = p?.id ?? null;
     this.photos = [];
+    this.loaded = false;
     this.crops = {};
     this.subjectErrors = {};
     if (p) this.draft = { ...p.subject };
@@ -100,7 +103,10 @@ export class SubjectService {
     this.loading = true;
     try {
       const photos = await this.notify.guard('List photos', () => this.api['photos.list']({ projectId }));
-      if (photos && this.projectId === projectId) this.photos = photos;
+      if (photos && this.projectId === projectId) {
+        this.photos = photos;
+        this.loaded = true;
+      }
       if (photos) this.projects.setCounts(projectId, { photos: photos.length });
     } finally {
       this.loading = false;

@@ -263,4 +263,25 @@ describe('App shell', () => {
     await waitFor(() => expect(picker().querySelectorAll('option')).toHaveLength(4));
     expect(picker().value).toBe('run:r1');
   });
+
+  test('Train is disabled, with the reason and a way to Subject, while the project has no usable photos', async () => {
+    let photos = [fx.photo({ status: 'rejected', reason: 'not an image' })];
+    const { studio } = await startStudio({ 'photos.list': () => photos });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('nav-train'));
+    const train = screen.getByTestId('train-button') as HTMLButtonElement;
+    await waitFor(() => expect(train.disabled).toBe(true));
+    expect(screen.getByTestId('train-blocked').textContent).toBe(
+      'This project has no usable photos yet: add 3-20 photos of the subject on the Subject screen.',
+    );
+    expect(train.getAttribute('aria-describedby')).toBe('train-blocked');
+    await fireEvent.click(screen.getByTestId('go-subject'));
+    expect(studio.router.current).toBe('subject');
+
+    photos = [fx.photo()];
+    await studio.subject.load();
+    await fireEvent.click(screen.getByTestId('nav-train'));
+    expect((screen.getByTestId('train-button') as HTMLButtonElement).disabled).toBe(false);
+    expect(screen.queryByTestId('train-blocked')).toBeNull();
+  });
 });
