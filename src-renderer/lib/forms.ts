@@ -5,12 +5,45 @@ import type { z } from 'zod';
 /** field path (e.g. `learningRate`) -> the first message for it. */
 export type FieldErrors = Record<string, string>;
 
-/** Makes zod's wording readable next to a form field. */
-function friendly(message: string): string {
-  if (/expected number, received (null|NaN|undefined)/i.test(message)) return 'Enter a number';
-  if (/expected string, received undefined/i.test(message)) return 'Required';
+/** A bound as people write it: 100000 -> "100,000"; past 1e12 (no real limit) null. */
+function bound(text: string): string | null {
+  const n = Number(text);
+  return Number.isFinite(n) && Math.abs(n) < 1e12 ? n.toLocaleString('en-US', { maximumFractionDigits: 10 }) : null;
+}
+
+/**
+ * zod's messages (from this page's check or the server's) as what to do next to the field:
+ * "Too small: expected number to be >=1" -> "Enter 1 or more". A message the schema wrote itself
+ * ("width must be a multiple of 8") already says it; only its subject is dropped, the label says it.
+ */
+const HUMAN: ReadonlyArray<[RegExp, (m: RegExpExecArray) => string]> = [
+  [/expected (?:number|int), received (?:NaN|null|undefined|string)/, () => 'Enter a number'],
+  [/expected int, received number/, () => 'Enter a whole number'],
+  [/expected string, received (?:undefined|null)/, () => 'Fill this in'],
+  [/expected string to have >=1 characters?/, () => 'Fill this in: it cannot be empty'],
+  [/expected string to have >=(\d+) characters/, (m) => `Use at least ${m[1]} characters`],
+  [/expected string to have <=(\d+) characters/, (m) => `Shorten it to ${bound(m[1])} characters or fewer`],
+  [/expected (?:number|int) to be >=(\S+)/, (m) => `Enter ${bound(m[1])} or more`],
+  [/expected (?:number|int) to be >(\S+)/, (m) => `Enter a number above ${bound(m[1])}`],
+  [
+    /expected (?:number|int) to be <=(\S+)/,
+    (m) => (bound(m[1]) ? `Enter ${bound(m[1])} or less` : 'Enter a smaller number'),
+  ],
+  [/expected (?:number|int) to be <(\S+)/, (m) => `Enter a number below ${bound(m[1])}`],
+  [/expected array to have >=(\d+) items?/, (m) => `Add at least ${m[1]}`],
+  [/expected array to have <=(\d+) items?/, (m) => `Keep at most ${m[1]}`],
+  [/Invalid option: expected one of (.+)$/, (m) => `Choose one of: ${m[1].replaceAll('"', '').split('|').join(', ')}`],
+  [/^\w+ must be a multiple of (\d+)$/, (m) => `Enter a multiple of ${m[1]}`],
+];
+
+export function humanMessage(message: string): string {
+  for (const [re, say] of HUMAN) {
+    const m = re.exec(message);
+    if (m) return say(m);
+  }
   return message;
 }
+const friendly = humanMessage;
 
 export function fieldErrorsFromZod(error: z.ZodError, prefix = ''): FieldErrors {
   const out: FieldErrors = {};

@@ -44,14 +44,14 @@ describe('Generate screen', () => {
     const { transport } = await renderGenerate({ 'generation.start': () => ({ jobId: 'g1' }) });
     await fireEvent.input(screen.getByTestId('width'), { target: { value: '500' } });
     await fireEvent.click(screen.getByTestId('generate-button'));
-    await waitFor(() => expect(screen.getByText('width must be a multiple of 8')).toBeTruthy());
+    await waitFor(() => expect(screen.getByText('Enter a multiple of 8')).toBeTruthy());
     expect(screen.getByTestId('width').getAttribute('aria-invalid')).toBe('true');
     expect(transport.paramsOf('generation.start')).toHaveLength(0);
 
     await fireEvent.input(screen.getByTestId('width'), { target: { value: '504' } });
     await fireEvent.click(screen.getByTestId('generate-button'));
     await waitFor(() => expect(transport.paramsOf('generation.start')).toHaveLength(1));
-    expect(screen.queryByText('width must be a multiple of 8')).toBeNull();
+    expect(screen.queryByText('Enter a multiple of 8')).toBeNull();
   });
 
   test('sends the prompt, settings and the chosen adapter with its strength', async () => {
@@ -124,11 +124,11 @@ describe('Generate screen', () => {
     });
     await fireEvent.input(screen.getByTestId('width'), { target: { value: '500' } });
     await fireEvent.click(screen.getByTestId('generate-button'));
-    await screen.findByText('width must be a multiple of 8');
+    await screen.findByText('Enter a multiple of 8');
     await fireEvent.input(screen.getByTestId('width'), { target: { value: '501' } });
-    expect(screen.getByText('width must be a multiple of 8')).toBeTruthy(); // still wrong: still shown
+    expect(screen.getByText('Enter a multiple of 8')).toBeTruthy(); // still wrong: still shown
     await fireEvent.input(screen.getByTestId('width'), { target: { value: '504' } });
-    await waitFor(() => expect(screen.queryByText('width must be a multiple of 8')).toBeNull());
+    await waitFor(() => expect(screen.queryByText('Enter a multiple of 8')).toBeNull());
     expect(screen.getByTestId('width').getAttribute('aria-invalid')).toBeNull();
     expect(screen.queryByText('Fix the highlighted settings first.')).toBeNull();
 

@@ -95,8 +95,31 @@ describe('Train screen', () => {
     await fireEvent.input(screen.getByTestId('setting-rank'), { target: { value: '1000' } });
     await fireEvent.click(screen.getByTestId('train-button'));
     await waitFor(() => expect(screen.getByText('Enter a number')).toBeTruthy());
-    expect(screen.getByText(/Too big: expected number to be <=256/)).toBeTruthy();
+    expect(screen.getByText('Enter 256 or less')).toBeTruthy();
     expect(screen.getByTestId('setting-lr').getAttribute('aria-invalid')).toBe('true');
+    expect(transport.paramsOf('training.start')).toHaveLength(0);
+    // The first field in error takes the focus (it may be scrolled out of view).
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByTestId('setting-rank')));
+  });
+
+  test('errors say what to do, not what zod expected; one inside the closed Advanced section is opened and focused', async () => {
+    const { transport } = await renderTrain({ 'training.start': () => ({ jobId: 'j', runId: 'r' }) });
+    await fireEvent.input(screen.getByTestId('setting-steps'), { target: { value: '12.5' } });
+    await fireEvent.click(screen.getByTestId('train-button'));
+    await screen.findByText('Enter a whole number');
+    await fireEvent.input(screen.getByTestId('setting-steps'), { target: { value: '0' } });
+    await waitFor(() => expect(screen.getByText('Enter 1 or more')).toBeTruthy());
+    await fireEvent.input(screen.getByTestId('setting-steps'), { target: { value: '100' } });
+    await waitFor(() => expect(screen.queryByText('Enter 1 or more')).toBeNull());
+
+    const details = screen.getByText('Advanced').closest('details')!;
+    expect(details.open).toBe(false);
+    await fireEvent.input(screen.getByLabelText('Alpha'), { target: { value: '0' } });
+    await fireEvent.click(screen.getByTestId('train-button'));
+    await screen.findByText('Enter a number above 0');
+    expect(details.open).toBe(true);
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByLabelText('Alpha')));
+    expect(document.body.textContent).not.toMatch(/Too small|Too big|Invalid input|expected/);
     expect(transport.paramsOf('training.start')).toHaveLength(0);
   });
 
