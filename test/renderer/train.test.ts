@@ -231,13 +231,18 @@ describe('Train screen', () => {
     await waitFor(() => expect(transport.paramsOf('training.cancel')).toEqual([{ jobId: 'j9' }]));
     transport.emit('train.event', trainEvent({ event: 'done', status: 'cancelled', step: 10, error: null }));
 
-    const resume = await screen.findByTestId('resume-button');
+    // Resume is offered where Train is, not only in the run table at the bottom.
+    const resume = await screen.findByTestId('resume-selected');
+    expect(resume.textContent).toBe('Resume run r9 from step 10');
+    expect(resume.closest('form')).toBe(screen.getByTestId('train-button').closest('form'));
+    expect(screen.getByTestId('resume-button')).toBeTruthy(); // and still in its row
     await fireEvent.click(resume);
     await waitFor(() => expect(transport.paramsOf('training.resume')).toEqual([{ projectId: 'p1', runId: 'r9' }]));
     expect(screen.getByTestId('run-status').textContent).toBe('queued');
     // The run's row agrees with the card: queued, and no second Resume (that would be a 409).
     await waitFor(() => expect(screen.getByTestId('run-row').dataset.status).toBe('queued'));
     expect(screen.queryByTestId('resume-button')).toBeNull();
+    expect(screen.queryByTestId('resume-selected')).toBeNull();
   });
 
   test("the run list follows live events: a queued run's row says running, with its step", async () => {
