@@ -5,7 +5,7 @@
 import type { ApiClient, Photo, Project } from '../../src-main/api/contract.ts';
 import type { CROP_MODES } from '../../src-main/api/schemas.ts';
 import type { Files } from './files.ts';
-import { isImageExtension, trainSettingsSchema } from '../../src-main/api/schemas.ts';
+import { IMAGE_EXTENSIONS, isImageExtension, trainSettingsSchema } from '../../src-main/api/schemas.ts';
 import { check, type FieldErrors } from './forms.ts';
 import type { Notifier } from './notifier.svelte.ts';
 import type { ProjectsService } from './projects.svelte.ts';
@@ -24,6 +24,24 @@ export function isImageFile(f: Pick<File, 'name' | 'type'>): boolean {
   const dot = f.name.lastIndexOf('.');
   return dot > 0 && isImageExtension(f.name.slice(dot));
 }
+
+/** The photo formats the app takes, by name, from the contract's extension list: "JPEG, PNG, ... or HEIC". */
+export function photoFormatNames(): string {
+  const NAMES: Record<string, string> = {
+    jpg: 'JPEG',
+    jpeg: 'JPEG',
+    tif: 'TIFF',
+    tiff: 'TIFF',
+    heic: 'HEIC',
+    heif: 'HEIC',
+    webp: 'WebP',
+  };
+  const names = [...new Set(IMAGE_EXTENSIONS.map((e) => NAMES[e.slice(1)] ?? e.slice(1).toUpperCase()))];
+  return `${names.slice(0, -1).join(', ')} or ${names.at(-1)}`;
+}
+
+/** For the file picker's `accept`: exactly the extensions the app takes. */
+export const PHOTO_ACCEPT = IMAGE_EXTENSIONS.join(',');
 
 export async function toBase64(file: Blob): Promise<string> {
   const bytes = new Uint8Array(await file.arrayBuffer());
@@ -120,10 +138,13 @@ export class SubjectService {
     const all = [...list];
     const images = all.filter(isImageFile);
     const skipped = all.filter((f) => !isImageFile(f));
+    // Not a failure: the photos among them are added; the rest is named, with what is taken.
     if (skipped.length)
-      this.notify.error(
-        'Add photos',
-        `Skipped ${skipped.length} file(s) that are not images: ${skipped.map((f) => f.name).join(', ')}`,
+      this.notify.info(
+        `Not added (not ${photoFormatNames()} photos): ${skipped.map((f) => f.name).join(', ')}` +
+          (images.length
+            ? `; ${images.length === 1 ? 'the photo is' : `the ${images.length} photos are`} added.`
+            : '.'),
       );
     if (!images.length) return;
     this.upload = { done: 0, total: images.length };

@@ -285,4 +285,19 @@ describe('App shell', () => {
     expect((screen.getByTestId('train-button') as HTMLButtonElement).disabled).toBe(false);
     expect(screen.queryByTestId('train-blocked')).toBeNull();
   });
+
+  test("the project list counts the open project's usable photos, not the rejected ones", async () => {
+    const photos = [
+      fx.photo({ id: 'a' }),
+      fx.photo({ id: 'b' }),
+      fx.photo({ id: 'c', status: 'rejected', reason: 'too small' }),
+    ];
+    const { studio } = await startStudio({
+      'projects.list': () => [{ ...fx.projectSummary(fx.project()), photos: 3 }],
+      'photos.list': () => photos,
+    });
+    render(App, { studio });
+    const option = () => (screen.getByTestId('project-select') as HTMLSelectElement).selectedOptions[0].textContent;
+    await waitFor(() => expect(option()).toBe('My dog (2 usable of 3 photos, 0 runs)'));
+  });
 });

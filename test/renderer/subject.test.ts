@@ -1,6 +1,7 @@
 // @vitest-environment jsdom
 import { fireEvent, render, screen, waitFor, within } from '@testing-library/svelte';
 import { describe, expect, test } from 'vitest';
+import { IMAGE_EXTENSIONS } from '../../src-main/api/schemas.ts';
 import SubjectScreen from '../../src-renderer/screens/SubjectScreen.svelte';
 import { startStudio } from './fakes.ts';
 import * as fx from './fixtures.ts';
@@ -72,7 +73,10 @@ describe('Subject screen', () => {
     expect(transport.paramsOf('photos.add')).toEqual([
       { projectId: 'p1', files: [{ name: 'dog.jpg', dataBase64: '/9j/4A==' }] },
     ]);
-    expect(studio.notify.items.map((t) => t.message)).toContain('Skipped 1 file(s) that are not images: notes.txt');
+    // Not a failure: an info that names the file and the formats taken, no "Add photos failed".
+    expect(studio.notify.items.map((t) => [t.kind, t.title, t.message])).toEqual([
+      ['info', '', 'Not added (not JPEG, PNG, WebP, AVIF, TIFF or HEIC photos): notes.txt; the photo is added.'],
+    ]);
   });
 
   test('the file picker input adds photos too, and remove calls photos.remove', async () => {
@@ -133,5 +137,13 @@ describe('Subject screen', () => {
     await waitFor(() => expect(screen.getByText('Fill this in: it cannot be empty')).toBeTruthy());
     expect(transport.paramsOf('projects.update')).toHaveLength(1);
     expect(token.getAttribute('aria-invalid')).toBe('true');
+  });
+
+  test('the drop zone names the formats the app takes, and the file picker offers exactly those', async () => {
+    const { studio } = await startStudio();
+    render(SubjectScreen, { subject: studio.subject });
+    // IMAGE_EXTENSIONS: .jpg .jpeg .png .webp .avif .tif .tiff .heic .heif
+    expect(screen.getByTestId('drop-zone').textContent).toContain('JPEG, PNG, WebP, AVIF, TIFF or HEIC');
+    expect(screen.getByTestId('photo-input').getAttribute('accept')?.split(',')).toEqual([...IMAGE_EXTENSIONS]);
   });
 });
