@@ -43,6 +43,18 @@ export function photoFormatNames(): string {
 /** For the file picker's `accept`: exactly the extensions the app takes. */
 export const PHOTO_ACCEPT = IMAGE_EXTENSIONS.join(',');
 
+/**
+ * What is wrong with a trigger token, or null. It must be one word the tokenizer keeps together in
+ * every prompt: letters (any script), digits, `_` and `-`; no spaces, no emoji or other symbols.
+ */
+export function triggerTokenProblem(token: string): string | null {
+  const t = token.trim();
+  if (!t) return null; // the schema says "Fill this in"
+  if (/\s/.test(t)) return 'Use one word, without spaces (e.g. sks or ohwx)';
+  if (!/^[\p{L}\p{N}_-]+$/u.test(t)) return 'Use only letters, digits, _ and -: no emoji or other symbols (e.g. sks)';
+  return null;
+}
+
 export async function toBase64(file: Blob): Promise<string> {
   const bytes = new Uint8Array(await file.arrayBuffer());
   let binary = '';
@@ -93,6 +105,17 @@ export class SubjectService {
     return this.projects.current?.settings.crop ?? 'center';
   }
   guidance = $derived(guidanceFor(this.usable, this.photos.length));
+  /**
+   * Set while the token typed differs from the saved one and the project has runs: their adapters
+   * were trained on the old token and keep answering to it.
+   */
+  tokenChange = $derived.by(() => {
+    const p = this.projects.current;
+    const runs = this.projects.list.find((s) => s.id === p?.id)?.runs ?? 0;
+    const next = this.draft.triggerToken.trim();
+    if (!p || !runs || !next || next === p.subject.triggerToken) return null;
+    return { runs, from: p.subject.triggerToken, to: next };
+  });
 
   constructor(
     private readonly api: ApiClient,
@@ -190,8 +213,9 @@ export class SubjectService {
   async saveSubject(): Promise<boolean> {
     // The project accepts any string; training needs 1-64 characters, so check with its rules now.
     const c = check(subjectRules, { triggerToken: this.draft.triggerToken, classWord: this.draft.classWord });
-    if (!c.ok) {
-      this.subjectErrors = c.errors;
+    const token = triggerTokenProblem(this.draft.triggerToken);
+    if (!c.ok || token) {
+      this.subjectErrors = { ...(c.ok ? {} : c.errors), ...(token ? { triggerToken: token } : {}) };
       return false;
     }
     const errors = await this.projects.update({ subject: { ...this.draft } });

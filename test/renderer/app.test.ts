@@ -300,4 +300,15 @@ describe('App shell', () => {
     const option = () => (screen.getByTestId('project-select') as HTMLSelectElement).selectedOptions[0].textContent;
     await waitFor(() => expect(option()).toBe('My dog (2 usable of 3 photos, 0 runs)'));
   });
+
+  test('New project refuses a trigger token with spaces before sending', async () => {
+    const { studio, transport } = await startStudio({ 'projects.list': () => [] });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('project-new'));
+    await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Ball' } });
+    await fireEvent.input(screen.getByLabelText('Trigger token'), { target: { value: 'my ball' } });
+    await fireEvent.click(screen.getByTestId('project-create'));
+    expect(await screen.findByText('Use one word, without spaces (e.g. sks or ohwx)')).toBeTruthy();
+    expect(transport.paramsOf('projects.create')).toHaveLength(0);
+  });
 });

@@ -146,4 +146,29 @@ describe('Subject screen', () => {
     expect(screen.getByTestId('drop-zone').textContent).toContain('JPEG, PNG, WebP, AVIF, TIFF or HEIC');
     expect(screen.getByTestId('photo-input').getAttribute('accept')?.split(',')).toEqual([...IMAGE_EXTENSIONS]);
   });
+
+  test('a trigger token with spaces or emoji is refused with what to do; changing it after runs warns', async () => {
+    const { studio, transport } = await startStudio({
+      'training.runs': () => [fx.run({ id: 'r1' }), fx.run({ id: 'r2' })],
+    });
+    render(SubjectScreen, { subject: studio.subject });
+    const token = screen.getByTestId('trigger-token') as HTMLInputElement;
+    await fireEvent.input(token, { target: { value: 'my ball 🎈' } });
+    await fireEvent.click(screen.getByTestId('save-subject'));
+    await screen.findByText('Use one word, without spaces (e.g. sks or ohwx)');
+    await fireEvent.input(token, { target: { value: 'ball🎈' } });
+    await fireEvent.click(screen.getByTestId('save-subject'));
+    await screen.findByText('Use only letters, digits, _ and -: no emoji or other symbols (e.g. sks)');
+    expect(transport.paramsOf('projects.update')).toHaveLength(0);
+
+    expect(screen.getByTestId('token-change').textContent).toMatch(
+      /This project has 2 runs trained with "sks": their adapters answer to "sks", not to "ball🎈"/,
+    );
+    await fireEvent.input(token, { target: { value: 'sks' } });
+    expect(screen.queryByTestId('token-change')).toBeNull();
+    await fireEvent.input(token, { target: { value: 'zwx_2' } });
+    expect(screen.getByTestId('token-change')).toBeTruthy();
+    await fireEvent.click(screen.getByTestId('save-subject'));
+    await waitFor(() => expect(transport.paramsOf('projects.update')).toHaveLength(1));
+  });
 });
