@@ -53,6 +53,20 @@ describe('App shell', () => {
     expect(screen.queryByText('Welcome')).toBeNull();
   });
 
+  test('a new project opens on its Subject screen, wherever the user was', async () => {
+    const created = fx.project({ id: 'p2', name: 'Mug' });
+    const { studio } = await startStudio({ 'projects.create': () => created, 'projects.open': () => created });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('nav-export'));
+    await fireEvent.click(screen.getByTestId('project-new'));
+    await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Mug' } });
+    await fireEvent.click(screen.getByTestId('project-create'));
+    await waitFor(() => expect(studio.router.current).toBe('subject'));
+    expect(studio.projects.current?.id).toBe('p2');
+    expect(screen.getByTestId('nav-subject').getAttribute('aria-current')).toBe('page');
+    expect(screen.getByTestId('drop-zone')).toBeTruthy();
+  });
+
   test('New project picks a base model from those found, or a path typed after "Add a model…"; none at all is refused before sending', async () => {
     const created = fx.project({ id: 'p2', name: 'Mug', baseModel: '/elsewhere/sd15' });
     const { studio, transport } = await startStudio({
