@@ -98,6 +98,25 @@ export class ExportService {
   setAdapter(choice: AdapterChoice): void {
     this.#adapterChosen = true;
     this.adapter = choice;
+    this.#settingsChanged();
+  }
+
+  setFormat(format: ExportFormat): void {
+    this.format = format;
+    this.#settingsChanged();
+  }
+
+  setOutPath(path: string): void {
+    this.outPath = path;
+    this.#settingsChanged();
+  }
+
+  /**
+   * The last result no longer matches the form: its "Saved… Download" box would fetch a file of
+   * another format or adapter, so it goes (a running export keeps its progress).
+   */
+  #settingsChanged(): void {
+    if (this.status !== 'running') this.#reset();
   }
 
   async exportNow(): Promise<boolean> {
@@ -124,11 +143,14 @@ export class ExportService {
       this.jobs.track(r.jobId, (job) => this.#onJob(job, outPath ?? null));
       return true;
     } catch (err) {
-      this.status = 'failed';
-      this.error = err instanceof Error ? err.message : String(err);
+      // A field's error shows once, next to its field; anything else under the button.
       const fields = fieldErrorsFromApi(err);
+      this.status = fields ? 'idle' : 'failed';
       if (fields) this.errors = fields;
-      else this.notify.error('Export', err);
+      else {
+        this.error = err instanceof Error ? err.message : String(err);
+        this.notify.error('Export', err);
+      }
       return false;
     }
   }
