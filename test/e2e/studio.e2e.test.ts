@@ -268,7 +268,8 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     expect(await rejected.getByTestId('no-preview').count()).toBe(1); // no broken picture
     expect(await byTest('photo-guidance').textContent()).toMatch(/4 usable photos: ready to train/);
     expect(await byTest('model-banner').count()).toBe(0);
-    // Thumbnails load from /files with the token.
+    // Thumbnails load from /files on the session cookie: no token in any address the page holds.
+    expect(await page.locator('[src*="token="], [href*="token="]').count()).toBe(0);
     await expect
       .poll(() =>
         page
@@ -433,6 +434,7 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     const projectDir = join(server.service.projectsDir, projectId);
     const file = join(projectDir, rel);
     expect(existsSync(file), `${file} exists`).toBe(true);
+    expect(await byTest('export-download').getAttribute('href')).not.toContain('token=');
     const got = await download('export-download');
     expect(got.name).toBe('red-ball.safetensors');
     expect(got.bytes.length).toBeGreaterThan(1000);

@@ -139,8 +139,8 @@ describe('Evaluate screen', () => {
     await waitFor(() => expect(screen.getAllByTestId('eval-image')).toHaveLength(2));
     const links = screen.getAllByTestId('eval-image-link') as HTMLAnchorElement[];
     expect(links.map((a) => [a.getAttribute('href'), a.getAttribute('download')])).toEqual([
-      ['/files/p1/runs/r1/eval/base/a.png?token=t', 'a.png'],
-      ['/files/p1/runs/r1/eval/step-000600/b.png?token=t', 'b.png'],
+      ['/files/p1/runs/r1/eval/base/a.png', 'a.png'],
+      ['/files/p1/runs/r1/eval/step-000600/b.png', 'b.png'],
     ]);
     expect(screen.getByTestId('eval-images').textContent).toMatch(/Base model · DINO 0\.2100.*Step 600/s);
     expect(screen.getByTestId('score-deltas').textContent).toMatch(/step 200: \+0\.\d{4}.*step 600: \+0\.\d{4}/);

@@ -55,9 +55,9 @@ describe('Export screen', () => {
       }),
     );
     await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe('adapters/dog.safetensors'));
-    // The file downloads from the URL the job gave (with the token in the browser).
+    // The file downloads from the URL the job gave (no token in it: the session cookie authorises it).
     const link = screen.getByTestId('export-download') as HTMLAnchorElement;
-    expect(link.getAttribute('href')).toBe('/files/p1/adapters/dog.safetensors?token=t');
+    expect(link.getAttribute('href')).toBe('/files/p1/adapters/dog.safetensors');
     expect(link.getAttribute('download')).toBe('dog.safetensors');
   });
 
@@ -134,7 +134,7 @@ describe('Export screen', () => {
     );
     const link = (await screen.findByTestId('export-download')) as HTMLAnchorElement;
     expect([link.getAttribute('href'), link.getAttribute('download'), link.textContent]).toEqual([
-      '/files/p1/adapters/p1-r1-merged-diffusers.tar?token=t',
+      '/files/p1/adapters/p1-r1-merged-diffusers.tar',
       'p1-r1-merged-diffusers.tar',
       'Download (.tar)',
     ]);

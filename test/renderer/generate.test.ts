@@ -158,14 +158,14 @@ describe('Generate screen', () => {
 
     transport.emit('generation.image', { jobId: 'g1', projectId: 'p1', image: fx.generatedImage() });
     const img = await screen.findByTestId('gallery-image');
-    expect(img.getAttribute('src')).toBe('/files/p1/images/0001.png?token=t');
+    expect(img.getAttribute('src')).toBe('/files/p1/images/0001.png');
     const card = screen.getByTestId('gallery-item');
     expect(card.textContent).toMatch(/Seed 1234 · 25 steps · CFG 7.5 · DPM\+\+ 2M Karras · 512×512/);
     // Which run and step made it, and a download of the file.
     expect(within(card).getByTestId('gallery-adapters').textContent).toBe('run r1, step 600 × 1');
     const dl = within(card).getByTestId('download-image') as HTMLAnchorElement;
     expect([dl.getAttribute('href'), dl.getAttribute('download')]).toEqual([
-      '/files/p1/images/0001.png?token=t',
+      '/files/p1/images/0001.png',
       fx.generatedImage().file.split('/').pop(),
     ]);
 

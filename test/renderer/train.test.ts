@@ -67,7 +67,7 @@ describe('Train screen', () => {
     expect(screen.getByTestId('loss-chart').dataset.points).toBe('2');
     expect(screen.queryByTestId('train-stage')).toBeNull();
 
-    // The sample's URL is the service's; the page only adds the token.
+    // The sample's URL is the service's, used as it is.
     transport.emit(
       'train.event',
       trainEvent({
@@ -79,9 +79,7 @@ describe('Train screen', () => {
       }),
     );
     await waitFor(() => expect(screen.getAllByTestId('sample-image')).toHaveLength(1));
-    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe(
-      '/files/p1/runs/r9/samples/step-000100-0.png?token=t',
-    );
+    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe('/files/p1/runs/r9/samples/step-000100-0.png');
 
     // Events of another project are not this screen's business.
     transport.emit('train.event', { ...trainEvent(fx.stepEvent(500, 800)), projectId: 'other' });
@@ -329,9 +327,7 @@ describe('Train screen', () => {
     await waitFor(() => expect(transport.paramsOf('training.status')).toEqual([{ projectId: 'p1', runId: 'r9' }]));
     await waitFor(() => expect(screen.getByTestId('loss-chart').dataset.points).toBe('4'));
     expect(screen.getAllByTestId('sample-image')).toHaveLength(1);
-    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe(
-      '/files/p1/runs/r9/samples/step-000002-0.png?token=t',
-    );
+    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe('/files/p1/runs/r9/samples/step-000002-0.png');
     expect(screen.getByTestId('train-progress').textContent).toContain('Step 4/800');
   });
 });
