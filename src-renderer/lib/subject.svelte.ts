@@ -3,16 +3,26 @@
  * `photos.add`, a few per request), crop previews, and the subject's trigger token / class word.
  */
 import type { ApiClient, Photo, Project } from '../../src-main/api/contract.ts';
-import type { CROP_MODES } from '../../src-main/api/schemas.ts';
 import type { Files } from './files.ts';
-import { IMAGE_EXTENSIONS, isImageExtension, trainSettingsSchema } from '../../src-main/api/schemas.ts';
+import {
+  type CROP_MODES,
+  IMAGE_EXTENSIONS,
+  isImageExtension,
+  trainSettingsSchema,
+} from '../../src-main/api/schemas.ts';
 import { check, type FieldErrors } from './forms.ts';
 import type { Notifier } from './notifier.svelte.ts';
 import type { ProjectsService } from './projects.svelte.ts';
 
 const subjectRules = trainSettingsSchema.pick({ triggerToken: true, classWord: true });
 
-export type CropMode = Exclude<(typeof CROP_MODES)[number], 'none'>;
+export type CropMode = (typeof CROP_MODES)[number];
+/** The crop choices as the Subject screen offers them. */
+export const CROP_CHOICES: ReadonlyArray<{ value: CropMode; label: string; hint: string }> = [
+  { value: 'center', label: 'Center', hint: 'the middle square of each photo' },
+  { value: 'attention', label: 'Attention', hint: 'the square around the most detailed part' },
+  { value: 'none', label: 'Whole photo', hint: 'no crop: fitted into the square, the rest padded' },
+];
 export const MIN_PHOTOS = 3;
 export const MAX_PHOTOS = 20;
 
@@ -94,14 +104,14 @@ export class SubjectService {
   upload = $state<{ done: number; total: number } | null>(null);
   /** `${photoId}:${mode}` -> data URL. */
   crops = $state<Record<string, string>>({});
-  cropLoading = $state<string | null>(null);
   /** The subject form (trigger token, class word, type), saved with `saveSubject`. */
   draft = $state<Project['subject']>({ triggerToken: 'sks', classWord: 'person', type: 'live' });
   subjectErrors = $state<FieldErrors>({});
+  readonly #previewing = new Set<string>();
 
   usable = $derived(this.photos.filter((p) => p.status !== 'rejected').length);
-  /** The crop training applies to each photo (the project's setting, Train > Advanced). */
-  get trainingCrop(): (typeof CROP_MODES)[number] {
+  /** The crop training applies to each photo: the project's setting, chosen here (`setCrop`) and only here. */
+  get trainingCrop(): CropMode {
     return this.projects.current?.settings.crop ?? 'center';
   }
   guidance = $derived(guidanceFor(this.usable, this.photos.length));
@@ -198,16 +208,24 @@ export class SubjectService {
   async preview(photoId: string, crop: CropMode): Promise<void> {
     const projectId = this.projectId;
     const key = `${photoId}:${crop}`;
-    if (!projectId || this.crops[key]) return;
-    this.cropLoading = key;
+    if (!projectId || this.crops[key] || this.#previewing.has(key)) return;
+    this.#previewing.add(key);
     try {
       const r = await this.notify.guard('Crop preview', () =>
         this.api['photos.cropPreview']({ projectId, photoId, crop, size: 256 }),
       );
       if (r && this.projectId === projectId) this.crops[key] = `data:image/png;base64,${r.pngBase64}`;
     } finally {
-      this.cropLoading = null;
+      this.#previewing.delete(key);
     }
+  }
+
+  /** Saves the crop training applies (the project's `settings.crop`). */
+  async setCrop(crop: CropMode): Promise<void> {
+    if (crop === this.trainingCrop) return;
+    const errors = await this.projects.update({ settings: { crop } });
+    if (!errors)
+      this.notify.info(`Training crops each photo: ${CROP_CHOICES.find((c) => c.value === crop)?.label}.`, 'success');
   }
 
   async saveSubject(): Promise<boolean> {

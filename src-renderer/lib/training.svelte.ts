@@ -31,13 +31,13 @@ import type { ProjectsService } from './projects.svelte.ts';
 export type RunSummary = Result<'training.runs'>[number];
 export type StepEvent = Extract<TrainEvent, { event: 'step' }>;
 
-/** The form's values: the settings the user edits (trigger token and class word come from the Subject screen). */
-export type TrainDraft = Omit<TrainSettings, 'triggerToken' | 'classWord'>;
+/** The form's values: the settings the user edits here (trigger token, class word and crop are the Subject screen's). */
+export type TrainDraft = Omit<TrainSettings, 'triggerToken' | 'classWord' | 'crop'>;
 
 export const DEFAULT_SETTINGS: TrainSettings = trainSettingsSchema.parse({});
 
 export function draftFrom(settings: TrainSettings): TrainDraft {
-  const { triggerToken: _t, classWord: _c, ...rest } = settings;
+  const { triggerToken: _t, classWord: _c, crop: _crop, ...rest } = settings;
   return $state.snapshot(rest) as TrainDraft;
 }
 
@@ -173,7 +173,8 @@ export class TrainingService {
     const kept = p ? this.storage?.getItem(this.#draftKey(p.id)) : null;
     if (kept) {
       try {
-        const restored = { ...this.draft, ...(JSON.parse(kept) as Partial<TrainDraft>) };
+        // A draft kept before the crop moved to the Subject screen may still hold one: not the form's.
+        const { crop: _crop, ...restored } = { ...this.draft, ...(JSON.parse(kept) as Partial<TrainSettings>) };
         if (JSON.stringify(restored) !== JSON.stringify(this.draft)) {
           this.draft = restored;
           this.draftRestored = true;
@@ -254,6 +255,7 @@ export class TrainingService {
       ...this.draft,
       triggerToken: project.subject.triggerToken,
       classWord: project.subject.classWord,
+      crop: project.settings.crop,
     };
     const c = check(trainSettingsSchema, settings);
     this.#showErrors(c.ok ? {} : c.errors);

@@ -23,10 +23,6 @@ describe('Subject screen', () => {
     expect(within(rejected).getByTestId('photo-reason').textContent).toBe('Too blurry (sharpness 12 < 40)');
     const ok = screen.getAllByTestId('photo-card').find((c) => c.dataset.status === 'ok')!;
     expect(within(ok).getByTestId('photo-status').textContent).toBe('ok');
-    // A rejected photo offers no crops; the crop training uses is marked on the others.
-    expect(within(rejected).queryByRole('button', { name: 'Center crop' })).toBeNull();
-    expect(within(ok).getByTestId('crop-center').className).toContain('training');
-    expect(within(ok).getByTestId('crop-attention').className).not.toContain('training');
     expect(within(ok).queryByTestId('photo-reason')).toBeNull();
     // Thumbnails use the URL the service gave, through the transport.
     expect(within(ok).getByRole('img').getAttribute('src')).toBe('/files/p1/photos/dog1.jpg');
@@ -51,7 +47,6 @@ describe('Subject screen', () => {
     const card = await screen.findByTestId('photo-card');
     expect(within(card).getByTestId('no-preview')).toBeTruthy();
     expect(within(card).queryByRole('img')).toBeNull();
-    expect(within(card).queryByRole('button', { name: 'Center crop' })).toBeNull();
     expect(within(card).getByRole('button', { name: 'Remove notes.png' })).toBeTruthy();
     expect(studio.projects.list[0].photos).toBe(1);
   });
@@ -101,20 +96,43 @@ describe('Subject screen', () => {
     expect(transport.paramsOf('photos.remove')).toEqual([{ projectId: 'p1', photoId: 'a' }]);
   });
 
-  test('crop preview asks photos.cropPreview and shows the PNG', async () => {
+  test('the crop is one choice, on Subject: it is saved to the project, the previews show it, and training uses it', async () => {
+    let project = fx.project();
     const { studio, transport } = await startStudio({
-      'photos.list': () => [fx.photo({ id: 'a' })],
-      'photos.cropPreview': () => ({ pngBase64: 'iVBORw0KGgo=' }),
+      'photos.list': () => [
+        fx.photo({ id: 'a' }),
+        fx.photo({ id: 'b', status: 'rejected', reason: 'too small' }),
+        fx.photo({ id: 'c', width: null, height: null, status: 'rejected', reason: 'not an image' }),
+      ],
+      'photos.cropPreview': (p) => ({ pngBase64: p.crop === 'attention' ? 'QVRU' : 'Q0VO' }),
+      'projects.update': (p) => (project = { ...project, settings: { ...project.settings, ...p.settings } }),
+      'training.start': () => ({ jobId: 'j1', runId: 'r1' }),
     });
     render(SubjectScreen, { subject: studio.subject });
-    await waitFor(() => screen.getByTestId('photo-card'));
-    await fireEvent.click(screen.getByRole('button', { name: 'Attention crop' }));
+    const choice = await screen.findByTestId('crop-choice');
+    expect((within(choice).getByTestId('crop-center') as HTMLInputElement).checked).toBe(true);
+    await fireEvent.click(screen.getByTestId('show-crops'));
+    // Only the photo that is trained on, at the crop training uses.
     await waitFor(() =>
-      expect(screen.getByTestId('crop-preview').getAttribute('src')).toBe('data:image/png;base64,iVBORw0KGgo='),
+      expect(screen.getByTestId('crop-preview').getAttribute('src')).toBe('data:image/png;base64,Q0VO'),
     );
     expect(transport.paramsOf('photos.cropPreview')).toEqual([
-      { projectId: 'p1', photoId: 'a', crop: 'attention', size: 256 },
+      { projectId: 'p1', photoId: 'a', crop: 'center', size: 256 },
     ]);
+
+    await fireEvent.click(within(choice).getByTestId('crop-attention'));
+    await waitFor(() =>
+      expect(transport.paramsOf('projects.update')).toEqual([{ projectId: 'p1', settings: { crop: 'attention' } }]),
+    );
+    await waitFor(() =>
+      expect(screen.getByTestId('crop-preview').getAttribute('src')).toBe('data:image/png;base64,QVRU'),
+    );
+    expect((within(choice).getByTestId('crop-attention') as HTMLInputElement).checked).toBe(true);
+
+    // Train has no crop of its own: it sends the project's.
+    expect(studio.training.draft).not.toHaveProperty('crop');
+    await studio.training.start();
+    expect(transport.paramsOf('training.start')[0].settings?.crop).toBe('attention');
   });
 
   test('trigger token and class word are saved with projects.update; field errors show beside the field', async () => {

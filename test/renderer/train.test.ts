@@ -40,7 +40,10 @@ describe('Train screen', () => {
       learningRate: 1e-4,
       triggerToken: 'sks',
       classWord: 'dog',
+      crop: 'center', // the project's, chosen on Subject: Train has no crop field of its own
     });
+    expect(screen.queryByLabelText('Crop')).toBeNull();
+    expect(screen.getByTestId('crop-where').textContent).toContain('Subject screen');
   });
 
   test('renders step i/N, it/s and ETA from train.event, plus loss points and samples', async () => {
