@@ -162,7 +162,7 @@ describe('Generate screen', () => {
     const card = screen.getByTestId('gallery-item');
     expect(card.textContent).toMatch(/Seed 1234 · 25 steps · CFG 7.5 · DPM\+\+ 2M Karras · 512×512/);
     // Which run and step made it, and a download of the file.
-    expect(within(card).getByTestId('gallery-adapters').textContent).toBe('run r1, step 600 × 1');
+    expect(within(card).getByTestId('gallery-adapters').textContent).toBe('run r1, step 600 at strength 1.00');
     const dl = within(card).getByTestId('download-image') as HTMLAnchorElement;
     expect([dl.getAttribute('href'), dl.getAttribute('download')]).toEqual([
       '/files/p1/images/0001.png',
@@ -232,6 +232,19 @@ describe('Generate screen', () => {
       expect(
         studio.notify.items.some((t) => t.kind === 'error' && t.message === 'base model not found: /models/sd15'),
       ).toBe(true),
+    );
+  });
+
+  test('a gallery card names the strength in words; strength 0 says it had no effect', async () => {
+    await renderGenerate({
+      'generation.list': () => [
+        fx.generatedImage({
+          adapters: [{ file: '/p/p1/runs/r1/checkpoints/step-000600/adapter.safetensors', sha256: 'd', strength: 0 }],
+        }),
+      ],
+    });
+    expect((await screen.findByTestId('gallery-adapters')).textContent).toBe(
+      'run r1, step 600 at strength 0.00 (no effect)',
     );
   });
 });

@@ -254,7 +254,7 @@ describe('Train screen', () => {
     await waitFor(() => expect(screen.getByTestId('run-row').dataset.status).toBe('queued'));
     transport.emit('train.event', trainEvent(fx.stepEvent(28, 800)));
     await waitFor(() => expect(screen.getByTestId('run-row').dataset.status).toBe('running'));
-    expect(screen.getByTestId('run-row').textContent).toContain('28/800');
+    expect(screen.getByTestId('run-row').textContent).toContain('28 / 800');
     expect(screen.getByTestId('run-status').textContent).toBe('running');
   });
 
@@ -332,5 +332,21 @@ describe('Train screen', () => {
     expect(screen.getAllByTestId('sample-image')).toHaveLength(1);
     expect(screen.getByTestId('sample-image').getAttribute('src')).toBe('/files/p1/runs/r9/samples/step-000002-0.png');
     expect(screen.getByTestId('train-progress').textContent).toContain('Step 4/800');
+  });
+
+  test("the Runs table shows each run's learning rate and steps", async () => {
+    await renderTrain({
+      'training.runs': () => [
+        fx.run({ id: 'r2', learningRate: 5e-5, step: 120, steps: 1600, status: 'cancelled' }),
+        fx.run({ id: 'r1', learningRate: 1e-4 }),
+      ],
+    });
+    await waitFor(() => expect(screen.getAllByTestId('run-row')).toHaveLength(2));
+    const headers = within(screen.getByTestId('run-list'))
+      .getAllByRole('columnheader')
+      .map((h) => h.textContent);
+    expect(headers).toEqual(expect.arrayContaining(['Learning rate', 'Steps (done / planned)']));
+    expect(screen.getAllByTestId('run-lr').map((c) => c.textContent)).toEqual(['5e-5', '1e-4']);
+    expect(screen.getAllByTestId('run-steps').map((c) => c.textContent)).toEqual(['120 / 1600', '800 / 800']);
   });
 });

@@ -343,6 +343,7 @@ describe('training', () => {
       status: 'completed',
       step: 3,
       steps: 3,
+      learningRate: m.settings.learningRate,
       method: 'singlora',
       best: null,
     });
