@@ -116,6 +116,17 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
     await page.setViewportSize(SMALL);
     await page.waitForTimeout(100); // charts resize
+    // At 800x600 the header keeps the title and stays one row, with nothing pushed out of it.
+    const header = await page.evaluate(() => {
+      const top = document.querySelector('header.top')!;
+      const brand = top.querySelector('.brand')!.getBoundingClientRect();
+      return {
+        title: brand.width > 0 && brand.right <= innerWidth,
+        overflow: top.scrollWidth - top.clientWidth,
+        oneRow: top.getBoundingClientRect().height < 56,
+      };
+    });
+    expect(header, `${name} at 800x600`).toEqual({ title: true, overflow: 0, oneRow: true });
     await page.screenshot({ path: join(SCREENSHOTS, `${name}-800.png`) });
     await page.setViewportSize(VIEWPORT);
   };
@@ -287,9 +298,18 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     await byTest('setting-steps').fill('6');
     // The model's native size, named: 64 px for the demo model (not "512 for SD 1.5").
     expect(await page.getByLabel('Resolution').inputValue()).toBe('native');
-    expect(await page.getByLabel('Resolution').locator('option:checked').textContent()).toBe(
-      'Model native (64 × 64 for demo-tiny)',
-    );
+    expect(await page.getByLabel('Resolution').locator('option:checked').textContent()).toBe('Native: 64 × 64');
+    // The chosen option's text fits the select (arrow and padding beside it), at 1280 and at 800.
+    for (const size of [VIEWPORT, SMALL]) {
+      await page.setViewportSize(size);
+      const fit = await page.locator('#t-res').evaluate((el: HTMLSelectElement) => {
+        const ctx = document.createElement('canvas').getContext('2d')!;
+        ctx.font = getComputedStyle(el).font;
+        return el.clientWidth - ctx.measureText(el.selectedOptions[0].textContent ?? '').width;
+      });
+      expect(fit, `room left in the Resolution select at ${size.width}`).toBeGreaterThan(40);
+    }
+    await page.setViewportSize(VIEWPORT);
     await page.getByText('Advanced', { exact: true }).click();
     await page.locator('#t-ckpt').fill('3');
     await page.locator('#t-sample').fill('3');
