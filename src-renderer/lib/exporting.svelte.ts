@@ -6,7 +6,7 @@
 import { api, type exportFormats, type ApiClient, type Job, type Project } from '../../src-main/api/contract.ts';
 import { adapterRef, choiceKey, suggestedAdapter, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
 import { RunFollower } from './runFollower.ts';
-import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
+import { check, fieldErrorsFromApi, recheck, type FieldErrors } from './forms.ts';
 import type { Files } from './files.ts';
 import type { JobsService } from './jobs.svelte.ts';
 import type { Notifier } from './notifier.svelte.ts';
@@ -50,6 +50,8 @@ export class ExportService {
   adapter = $state<AdapterChoice>({ kind: 'none' });
   #adapterChosen = false;
   readonly #runs = new RunFollower();
+  /** The form's values when the errors shown were found. */
+  #shownWith: Record<string, unknown> = {};
   format = $state<ExportFormat>('kohya');
   outPath = $state('');
   errors = $state<FieldErrors>({});
@@ -117,6 +119,31 @@ export class ExportService {
    */
   #settingsChanged(): void {
     if (this.status !== 'running') this.#reset();
+    if (this.projectId && Object.keys(this.errors).length)
+      this.errors = recheck(this.errors, this.#shownWith, this.#values(), this.#localErrors(this.projectId));
+  }
+
+  #values(): Record<string, unknown> {
+    return { adapter: choiceKey(this.adapter), format: this.format, outPath: this.outPath };
+  }
+
+  #params(projectId: string) {
+    const ref = adapterRef(this.adapter);
+    const outPath = this.outPath.trim() || undefined;
+    return { projectId, adapter: ref, format: this.format, ...(outPath ? { outPath } : {}) };
+  }
+
+  /** The form's own check: an adapter chosen, and the contract's params. */
+  #localErrors(projectId: string): FieldErrors {
+    const params = this.#params(projectId);
+    if (!params.adapter) return { adapter: 'Choose the adapter to export' };
+    const c = check(api['adapters.export'].params, params);
+    return c.ok ? {} : c.errors;
+  }
+
+  #showErrors(errors: FieldErrors): void {
+    this.errors = errors;
+    this.#shownWith = this.#values();
   }
 
   async exportNow(): Promise<boolean> {
@@ -125,16 +152,12 @@ export class ExportService {
       this.notify.error('Export', 'Open or create a project first.');
       return false;
     }
-    const ref = adapterRef(this.adapter);
-    if (!ref) {
-      this.errors = { adapter: 'Choose the adapter to export' };
-      return false;
-    }
-    const outPath = this.outPath.trim() || undefined;
-    const params = { projectId, adapter: ref, format: this.format, ...(outPath ? { outPath } : {}) };
-    const c = check(api['adapters.export'].params, params);
-    this.errors = c.ok ? {} : c.errors;
-    if (!c.ok) return false;
+    const local = this.#localErrors(projectId);
+    this.#showErrors(local);
+    const { adapter: ref, ...rest } = this.#params(projectId);
+    if (!ref || Object.keys(local).length) return false;
+    const params = { ...rest, adapter: ref };
+    const outPath = rest.outPath;
     this.#reset();
     this.status = 'running';
     try {
@@ -146,7 +169,7 @@ export class ExportService {
       // A field's error shows once, next to its field; anything else under the button.
       const fields = fieldErrorsFromApi(err);
       this.status = fields ? 'idle' : 'failed';
-      if (fields) this.errors = fields;
+      if (fields) this.#showErrors(fields);
       else {
         this.error = err instanceof Error ? err.message : String(err);
         this.notify.error('Export', err);

@@ -10,7 +10,7 @@ import {
   isImageExtension,
   trainSettingsSchema,
 } from '../../src-main/api/schemas.ts';
-import { check, type FieldErrors } from './forms.ts';
+import { check, recheck, type FieldErrors } from './forms.ts';
 import type { Notifier } from './notifier.svelte.ts';
 import type { ProjectsService } from './projects.svelte.ts';
 
@@ -107,6 +107,8 @@ export class SubjectService {
   /** The subject form (trigger token, class word, type), saved with `saveSubject`. */
   draft = $state<Project['subject']>({ triggerToken: 'sks', classWord: 'person', type: 'live' });
   subjectErrors = $state<FieldErrors>({});
+  /** The draft when the errors shown were found. */
+  #shownWith: Record<string, unknown> = {};
   readonly #previewing = new Set<string>();
 
   usable = $derived(this.photos.filter((p) => p.status !== 'rejected').length);
@@ -228,17 +230,34 @@ export class SubjectService {
       this.notify.info(`Training crops each photo: ${CROP_CHOICES.find((c) => c.value === crop)?.label}.`, 'success');
   }
 
-  async saveSubject(): Promise<boolean> {
+  /** The subject form's own check: training's rules for both words, and one plain word as the token. */
+  #localErrors(): FieldErrors {
     // The project accepts any string; training needs 1-64 characters, so check with its rules now.
     const c = check(subjectRules, { triggerToken: this.draft.triggerToken, classWord: this.draft.classWord });
     const token = triggerTokenProblem(this.draft.triggerToken);
-    if (!c.ok || token) {
-      this.subjectErrors = { ...(c.ok ? {} : c.errors), ...(token ? { triggerToken: token } : {}) };
+    return { ...(c.ok ? {} : c.errors), ...(token ? { triggerToken: token } : {}) };
+  }
+
+  #showErrors(errors: FieldErrors): void {
+    this.subjectErrors = errors;
+    this.#shownWith = { ...this.draft };
+  }
+
+  /** After an edit: an error goes as soon as its field holds a valid value (the screen calls this). */
+  revalidate(): void {
+    if (!Object.keys(this.subjectErrors).length) return;
+    this.subjectErrors = recheck(this.subjectErrors, this.#shownWith, { ...this.draft }, this.#localErrors());
+  }
+
+  async saveSubject(): Promise<boolean> {
+    const local = this.#localErrors();
+    if (Object.keys(local).length) {
+      this.#showErrors(local);
       return false;
     }
     const errors = await this.projects.update({ subject: { ...this.draft } });
-    this.subjectErrors = Object.fromEntries(
-      Object.entries(errors ?? {}).map(([k, v]) => [k.replace(/^subject\./, ''), v]),
+    this.#showErrors(
+      Object.fromEntries(Object.entries(errors ?? {}).map(([k, v]) => [k.replace(/^subject\./, ''), v])),
     );
     if (!errors) this.notify.info('Subject saved.', 'success');
     return !errors;

@@ -216,4 +216,21 @@ describe('Export screen', () => {
     expect(document.body.textContent).not.toContain('outPath');
     expect(screen.getByTestId('export-path').getAttribute('aria-invalid')).toBe('true');
   });
+
+  test('a refused location stays while it is unchanged and goes once it is edited to a valid one', async () => {
+    await renderExport({
+      'adapters.export': () => {
+        throw new ApiError('invalid_params', "outPath: '../..' resolves outside its folder", [
+          { field: 'outPath', message: 'outside the folder' },
+        ]);
+      },
+    });
+    await fireEvent.input(screen.getByTestId('export-path'), { target: { value: '../..' } });
+    await fireEvent.click(screen.getByTestId('export-button'));
+    await screen.findByText('outside the folder');
+    await fireEvent.change(screen.getByTestId('export-format'), { target: { value: 'diffusers' } });
+    expect(screen.getByText('outside the folder')).toBeTruthy();
+    await fireEvent.input(screen.getByTestId('export-path'), { target: { value: 'dog.safetensors' } });
+    await waitFor(() => expect(screen.queryByText('outside the folder')).toBeNull());
+  });
 });

@@ -189,4 +189,18 @@ describe('Subject screen', () => {
     await fireEvent.click(screen.getByTestId('save-subject'));
     await waitFor(() => expect(transport.paramsOf('projects.update')).toHaveLength(1));
   });
+
+  test('a subject error goes as soon as the field is valid again, without saving', async () => {
+    const { studio } = await startStudio();
+    render(SubjectScreen, { subject: studio.subject });
+    const token = screen.getByTestId('trigger-token') as HTMLInputElement;
+    await fireEvent.input(token, { target: { value: 'my ball' } });
+    await fireEvent.click(screen.getByTestId('save-subject'));
+    await screen.findByText('Use one word, without spaces (e.g. sks or ohwx)');
+    await fireEvent.input(token, { target: { value: '' } });
+    await screen.findByText('Fill this in: it cannot be empty');
+    await fireEvent.input(token, { target: { value: 'ohwx' } });
+    await waitFor(() => expect(token.getAttribute('aria-invalid')).toBeNull());
+    expect(screen.queryByText(/Fill this in|Use one word/)).toBeNull();
+  });
 });
