@@ -13,8 +13,8 @@ function bound(text: string): string | null {
 
 /**
  * zod's messages (from this page's check or the server's) as what to do next to the field:
- * "Too small: expected number to be >=1" -> "Enter 1 or more". A message the schema wrote itself
- * ("width must be a multiple of 8") already says it; only its subject is dropped, the label says it.
+ * "Too small: expected number to be >=1" -> "Enter 1 or more", "width must be a multiple of 8" ->
+ * "Enter a multiple of 8" (the field's label names the field). Other messages stay as written.
  */
 const HUMAN: ReadonlyArray<[RegExp, (m: RegExpExecArray) => string]> = [
   [/expected (?:number|int), received (?:NaN|null|undefined|string)/, () => 'Enter a number'],
@@ -43,13 +43,12 @@ export function humanMessage(message: string): string {
   }
   return message;
 }
-const friendly = humanMessage;
 
 export function fieldErrorsFromZod(error: z.ZodError, prefix = ''): FieldErrors {
   const out: FieldErrors = {};
   for (const issue of error.issues) {
     const key = prefix + (issue.path.map(String).join('.') || '(form)');
-    out[key] ??= friendly(issue.message);
+    out[key] ??= humanMessage(issue.message);
   }
   return out;
 }
@@ -64,7 +63,7 @@ export function fieldErrorsFromApi(err: unknown, stripPrefix = ''): FieldErrors 
   for (const d of err.details as Array<{ field?: unknown; message?: unknown }>) {
     if (typeof d?.field !== 'string' || typeof d.message !== 'string') continue;
     const key = d.field.startsWith(stripPrefix) ? d.field.slice(stripPrefix.length) : d.field;
-    out[key] ??= friendly(d.message);
+    out[key] ??= humanMessage(d.message);
   }
   return Object.keys(out).length ? out : null;
 }
