@@ -429,7 +429,7 @@ describe.skipIf(!CHROMIUM)('SingLoRA Studio in a browser (tiny model)', { timeou
     await expect.poll(() => byTest('gallery-image').count(), { timeout: SLOW }).toBe(1);
     await expect.poll(() => loaded('gallery-image')).toBe(true);
     expect(await byTest('gallery-item').textContent()).toMatch(/Seed 7 · 4 steps .* 64×64/);
-    expect(await byTest('gallery-adapters').textContent()).toMatch(/^run [^,]+, step 6 × 1$/);
+    expect(await byTest('gallery-adapters').textContent()).toMatch(/^run [^,]+, step 6 at strength 1\.00$/);
     const image = await download('download-image');
     const [generated] = (await server.service.call('generation.list', { projectId })) as Result<'generation.list'>;
     expect(image.name).toBe(generated.file.split('/').pop());
