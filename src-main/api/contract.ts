@@ -127,6 +127,8 @@ export const runSummarySchema = runManifestSchema
   .extend({
     steps: z.number().int(),
     method: z.enum(METHODS),
+    /** The run's learning rate (settings.learningRate); absent from servers that predate it. */
+    learningRate: z.number().optional(),
     best: z.number().int().nullable(),
   });
 

@@ -186,8 +186,11 @@ export function assertNoTraining(c: ServiceContext, projectId: string): void {
 
 export async function usablePhotos(c: ServiceContext, projectId: string): Promise<string[]> {
   const photos = await c.store.usablePhotoFiles(projectId);
-  if (!photos.length)
-    throw new ApiError('conflict', `project '${projectId}' has no usable photos; add 3-20 photos of the subject first`);
+  if (!photos.length) {
+    // People read this: name the project as they named it, not by its folder id.
+    const name = (await c.store.open(projectId).catch(() => null))?.name ?? projectId;
+    throw new ApiError('conflict', `the project "${name}" has no usable photos; add 3-20 photos of the subject first`);
+  }
   return photos;
 }
 

@@ -131,6 +131,11 @@ export interface ProjectStoreOptions {
 
 const now = () => new Date().toISOString();
 
+/** Why a photo is not used: the same bytes as one already in the project (named as the user named it). */
+function duplicateReason(of: PhotoEntry): string {
+  return `exact duplicate of ${of.originalName}, which is already in the project (used once)`;
+}
+
 export class ProjectStore {
   readonly #locks = new Map<string, Promise<unknown>>();
   readonly #held = new AsyncLocalStorage<ReadonlySet<string>>();
@@ -388,7 +393,7 @@ export class ProjectStore {
           file: `photos/${name}`,
           originalName: basename(src.name.replace(/\\/g, '/')),
           status: dup ? 'rejected' : check.status,
-          reason: dup ? `exact duplicate of ${dup.originalName} (${dup.id})` : (check.reason ?? null),
+          reason: dup ? duplicateReason(dup) : (check.reason ?? null),
           width: check.width ?? null,
           height: check.height ?? null,
           bytes: src.data.byteLength,
@@ -425,7 +430,7 @@ export class ProjectStore {
     for (const p of index) {
       const dup = seen.get(p.sha256);
       if (dup) {
-        next.push({ ...p, status: 'rejected', reason: `exact duplicate of ${dup.originalName} (${dup.id})` });
+        next.push({ ...p, status: 'rejected', reason: duplicateReason(dup) });
         continue;
       }
       seen.set(p.sha256, p);

@@ -1,4 +1,20 @@
+import { tick } from 'svelte';
+
 /** The id an input's aria-describedby should point at: its error, else its hint. */
 export function describedBy(id: string, error?: string | null, hint?: string | null): string | undefined {
   return error ? `${id}-error` : hint ? `${id}-hint` : undefined;
+}
+
+/**
+ * After a refused submit: focuses the first field marked invalid inside `root` (opening the
+ * <details> that hides it, such as Train's Advanced), so an error below the fold is not missed.
+ */
+export async function focusFirstInvalid(root: HTMLElement | null | undefined): Promise<void> {
+  await tick();
+  const field = root?.querySelector<HTMLElement>('[aria-invalid="true"]');
+  if (!field) return;
+  const details = field.closest('details');
+  if (details && !details.open) details.open = true;
+  field.focus();
+  field.scrollIntoView?.({ block: 'center' });
 }

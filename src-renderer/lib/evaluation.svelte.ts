@@ -9,6 +9,8 @@ import type { EventHub } from './events.ts';
 import type { Files } from './files.ts';
 import type { JobsService } from './jobs.svelte.ts';
 import type { Notifier } from './notifier.svelte.ts';
+import { RunFollower } from './runFollower.ts';
+import type { RunSummary } from './training.svelte.ts';
 
 /** The checkpoint in use: the user's choice, else the rule's pick. */
 export function effectiveBest(e: Evaluation | null): number | null {
@@ -34,6 +36,7 @@ export class EvaluationService {
   etaS = $state<number | null>(null);
   cancelling = $state(false);
   #startedAt = 0;
+  readonly #runs = new RunFollower();
 
   best = $derived(effectiveBest(this.evaluation));
   running = $derived(this.jobId !== null);
@@ -78,10 +81,24 @@ export class EvaluationService {
     this.images = [];
     if (p) void this.recheck();
     this.runId = null;
+    this.#runs.reset();
     this.evaluation = null;
     this.jobId = null;
     this.progress = null;
     this.jobError = null;
+  }
+
+  /**
+   * Which run the screen shows, as the run list changes (`runs`: those with checkpoints, newest
+   * first): at first the preferred one (the Train screen's) or the newest; then a run that has just
+   * completed, whichever run was shown (not while an evaluation runs: it moves afterwards).
+   */
+  follow(runs: RunSummary[], preferredRunId: string | null): void {
+    if (this.running) return;
+    const fresh = this.#runs.fresh(runs);
+    const shown = this.runId !== null && runs.some((r) => r.id === this.runId);
+    const pick = fresh ?? (shown ? null : (runs.find((r) => r.id === preferredRunId) ?? runs[0])?.id);
+    if (pick && pick !== this.runId) void this.selectRun(pick);
   }
 
   async selectRun(runId: string | null): Promise<void> {

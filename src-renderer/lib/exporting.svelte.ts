@@ -4,8 +4,9 @@
  * `result.path` (relative to the project, `adapters/...`).
  */
 import { api, type exportFormats, type ApiClient, type Job, type Project } from '../../src-main/api/contract.ts';
-import { adapterRef, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
-import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
+import { adapterRef, choiceKey, suggestedAdapter, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
+import { RunFollower } from './runFollower.ts';
+import { check, fieldErrorsFromApi, recheck, type FieldErrors } from './forms.ts';
 import type { Files } from './files.ts';
 import type { JobsService } from './jobs.svelte.ts';
 import type { Notifier } from './notifier.svelte.ts';
@@ -48,6 +49,9 @@ export class ExportService {
   projectId = $state<string | null>(null);
   adapter = $state<AdapterChoice>({ kind: 'none' });
   #adapterChosen = false;
+  readonly #runs = new RunFollower();
+  /** The form's values when the errors shown were found. */
+  #shownWith: Record<string, unknown> = {};
   format = $state<ExportFormat>('kohya');
   outPath = $state('');
   errors = $state<FieldErrors>({});
@@ -82,20 +86,64 @@ export class ExportService {
     this.projectId = p?.id ?? null;
     this.adapter = { kind: 'none' };
     this.#adapterChosen = false;
+    this.#runs.reset();
     this.errors = {};
     this.#reset();
   }
 
-  /** Until the user chooses, the newest run's checkpoint (else the first file) is the default. */
+  /** Until the user chooses, the newest run's checkpoint (else the first file), and a run that has just completed. */
   suggestAdapter(options: AdapterOption[]): void {
-    if (this.#adapterChosen || this.adapter.kind !== 'none') return;
-    const pick = options.find((o) => o.group === 'Training runs') ?? options[0];
-    if (pick) this.adapter = pick.choice;
+    const next = suggestedAdapter(options, this.adapter, this.#adapterChosen, this.#runs);
+    if (next && choiceKey(next) !== choiceKey(this.adapter)) this.adapter = next;
   }
 
   setAdapter(choice: AdapterChoice): void {
     this.#adapterChosen = true;
     this.adapter = choice;
+    this.#settingsChanged();
+  }
+
+  setFormat(format: ExportFormat): void {
+    this.format = format;
+    this.#settingsChanged();
+  }
+
+  setOutPath(path: string): void {
+    this.outPath = path;
+    this.#settingsChanged();
+  }
+
+  /**
+   * The last result no longer matches the form: its "Saved… Download" box would fetch a file of
+   * another format or adapter, so it goes (a running export keeps its progress).
+   */
+  #settingsChanged(): void {
+    if (this.status !== 'running') this.#reset();
+    if (this.projectId && Object.keys(this.errors).length)
+      this.errors = recheck(this.errors, this.#shownWith, this.#values(), this.#localErrors(this.projectId));
+  }
+
+  #values(): Record<string, unknown> {
+    return { adapter: choiceKey(this.adapter), format: this.format, outPath: this.outPath };
+  }
+
+  #params(projectId: string) {
+    const ref = adapterRef(this.adapter);
+    const outPath = this.outPath.trim() || undefined;
+    return { projectId, adapter: ref, format: this.format, ...(outPath ? { outPath } : {}) };
+  }
+
+  /** The form's own check: an adapter chosen, and the contract's params. */
+  #localErrors(projectId: string): FieldErrors {
+    const params = this.#params(projectId);
+    if (!params.adapter) return { adapter: 'Choose the adapter to export' };
+    const c = check(api['adapters.export'].params, params);
+    return c.ok ? {} : c.errors;
+  }
+
+  #showErrors(errors: FieldErrors): void {
+    this.errors = errors;
+    this.#shownWith = this.#values();
   }
 
   async exportNow(): Promise<boolean> {
@@ -104,16 +152,12 @@ export class ExportService {
       this.notify.error('Export', 'Open or create a project first.');
       return false;
     }
-    const ref = adapterRef(this.adapter);
-    if (!ref) {
-      this.errors = { adapter: 'Choose the adapter to export' };
-      return false;
-    }
-    const outPath = this.outPath.trim() || undefined;
-    const params = { projectId, adapter: ref, format: this.format, ...(outPath ? { outPath } : {}) };
-    const c = check(api['adapters.export'].params, params);
-    this.errors = c.ok ? {} : c.errors;
-    if (!c.ok) return false;
+    const local = this.#localErrors(projectId);
+    this.#showErrors(local);
+    const { adapter: ref, ...rest } = this.#params(projectId);
+    if (!ref || Object.keys(local).length) return false;
+    const params = { ...rest, adapter: ref };
+    const outPath = rest.outPath;
     this.#reset();
     this.status = 'running';
     try {
@@ -122,11 +166,14 @@ export class ExportService {
       this.jobs.track(r.jobId, (job) => this.#onJob(job, outPath ?? null));
       return true;
     } catch (err) {
-      this.status = 'failed';
-      this.error = err instanceof Error ? err.message : String(err);
+      // A field's error shows once, next to its field; anything else under the button.
       const fields = fieldErrorsFromApi(err);
-      if (fields) this.errors = fields;
-      else this.notify.error('Export', err);
+      this.status = fields ? 'idle' : 'failed';
+      if (fields) this.#showErrors(fields);
+      else {
+        this.error = err instanceof Error ? err.message : String(err);
+        this.notify.error('Export', err);
+      }
       return false;
     }
   }

@@ -3,8 +3,8 @@
  * (`photo.url`), training samples (`sample.url` in `training.status` and `train.event`),
  * generated images (`image.url`) and exports (`job.result.url`), all of the form
  *   /files/<projectId>/<path relative to the project>
- * The page never builds these paths itself. Every URL goes through the transport, which adds the
- * session token for the browser.
+ * The page never builds these paths itself. Every URL goes through the transport; in the browser
+ * it stays as it is (no `?token=`): the HttpOnly cookie set on the page's first load authorises it.
  */
 import type { Transport } from './transport/types.ts';
 

@@ -39,6 +39,14 @@ export function formatScore(v: number | null | undefined, digits = 4): string {
   return v == null || !Number.isFinite(v) ? '—' : v.toFixed(digits);
 }
 
+/** A learning rate as trainers write it: 1e-4, 5e-5, 2.5e-4; 0.5 stays 0.5. */
+export function formatLearningRate(lr: number): string {
+  if (!Number.isFinite(lr)) return '—';
+  if (lr === 0 || Math.abs(lr) >= 0.01) return String(lr);
+  const [mantissa, exponent] = lr.toExponential().split('e');
+  return `${Number(Number(mantissa).toPrecision(3))}e${exponent.replace('+', '')}`;
+}
+
 export function formatDate(iso: string): string {
   const d = new Date(iso);
   return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();

@@ -5,10 +5,18 @@
  */
 import type { ApiClient, GeneratedImageInfo, Job, Project } from '../../src-main/api/contract.ts';
 import { generateSettingsSchema, type GenerateSettingsInput } from '../../src-main/api/schemas.ts';
-import { adapterRef, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
+import {
+  adapterRef,
+  choiceFromFile,
+  choiceKey,
+  suggestedAdapter,
+  type AdapterChoice,
+  type AdapterOption,
+} from './adapters.svelte.ts';
+import { RunFollower } from './runFollower.ts';
 import type { EventHub } from './events.ts';
 import type { Files } from './files.ts';
-import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
+import { check, fieldErrorsFromApi, recheck, type FieldErrors } from './forms.ts';
 import type { JobsService } from './jobs.svelte.ts';
 import type { Notifier } from './notifier.svelte.ts';
 
@@ -32,6 +40,7 @@ export class GenerationService {
   draft = $state<GenerateDraft>(defaultDraft());
   adapter = $state<AdapterChoice>({ kind: 'none' });
   #adapterChosen = false;
+  readonly #runs = new RunFollower();
   strength = $state(1);
   errors = $state<FieldErrors>({});
   images = $state<GalleryImage[]>([]);
@@ -42,6 +51,8 @@ export class GenerationService {
   running = $derived(this.jobId !== null);
   /** The size and steps last filled in from the model; the user's own values are never replaced. */
   #modelDefaults: { width: number; height: number; steps: number } | null = null;
+  /** The form's values when the errors shown were found. */
+  #shownWith: Record<string, unknown> = {};
 
   constructor(
     private readonly api: ApiClient,
@@ -89,6 +100,7 @@ export class GenerationService {
     this.draft = defaultDraft(p?.subject);
     this.adapter = { kind: 'none' };
     this.#adapterChosen = false;
+    this.#runs.reset();
     this.errors = {};
     this.images = [];
     this.jobId = null;
@@ -96,11 +108,10 @@ export class GenerationService {
     if (p) void this.loadGallery();
   }
 
-  /** Until the user chooses, the newest run's checkpoint (else the first file) is the default. */
+  /** Until the user chooses, the newest run's checkpoint (else the first file), and a run that has just completed. */
   suggestAdapter(options: AdapterOption[]): void {
-    if (this.#adapterChosen || this.adapter.kind !== 'none') return;
-    const pick = options.find((o) => o.group === 'Training runs') ?? options[0];
-    if (pick) this.adapter = pick.choice;
+    const next = suggestedAdapter(options, this.adapter, this.#adapterChosen, this.#runs);
+    if (next && choiceKey(next) !== choiceKey(this.adapter)) this.adapter = next;
   }
 
   setAdapter(choice: AdapterChoice): void {
@@ -120,9 +131,17 @@ export class GenerationService {
     this.draft.seed = Math.floor(this.random() * MAX_SEED);
   }
 
-  /** Reuses an image's settings (seed included) in the form. */
+  /** Reuses an image's settings (seed included), its adapter and the adapter's strength in the form. */
   reuse(image: GeneratedImageInfo): void {
     this.draft = { ...this.draft, ...image.settings };
+    const [first, ...more] = image.adapters;
+    this.#adapterChosen = true;
+    this.adapter = first ? choiceFromFile(first.file) : { kind: 'none' };
+    if (first) this.strength = first.strength;
+    if (more.length)
+      this.notify.info(
+        `This image was made with ${image.adapters.length} adapters; the form takes one: the first, at strength ${first.strength}.`,
+      );
   }
 
   async generate(): Promise<boolean> {
@@ -132,10 +151,8 @@ export class GenerationService {
       return false;
     }
     const c = check(generateSettingsSchema, this.draft);
-    const errors: FieldErrors = c.ok ? {} : { ...c.errors };
-    if (!Number.isFinite(this.strength) || this.strength < -4 || this.strength > 4)
-      errors.strength = 'Strength is between -4 and 4';
-    this.errors = errors;
+    const errors = this.#localErrors();
+    this.#showErrors(errors);
     if (!c.ok || Object.keys(errors).length) return false;
     const ref = adapterRef(this.adapter);
     this.busy = true;
@@ -151,12 +168,36 @@ export class GenerationService {
       return true;
     } catch (err) {
       const fields = fieldErrorsFromApi(err, 'settings.');
-      if (fields) this.errors = fields;
+      if (fields) this.#showErrors(fields);
       else this.notify.error('Generate', err);
       return false;
     } finally {
       this.busy = false;
     }
+  }
+
+  /** The form's own check: the settings and the strength. */
+  #localErrors(): FieldErrors {
+    const c = check(generateSettingsSchema, this.draft);
+    const errors: FieldErrors = c.ok ? {} : { ...c.errors };
+    if (!Number.isFinite(this.strength) || this.strength < -4 || this.strength > 4)
+      errors.strength = 'Set a strength between -4 and 4';
+    return errors;
+  }
+
+  #values(): Record<string, unknown> {
+    return { ...$state.snapshot(this.draft), strength: this.strength };
+  }
+
+  #showErrors(errors: FieldErrors): void {
+    this.errors = errors;
+    this.#shownWith = this.#values();
+  }
+
+  /** After an edit: errors of fields that now pass go, the others follow the new values (the screen calls this). */
+  revalidate(): void {
+    if (!Object.keys(this.errors).length) return;
+    this.errors = recheck(this.errors, this.#shownWith, this.#values(), this.#localErrors());
   }
 
   async cancel(): Promise<void> {

@@ -13,6 +13,7 @@ import {
 } from '../../src-main/api/contract.ts';
 import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
 import type { Notifier } from './notifier.svelte.ts';
+import { triggerTokenProblem } from './subject.svelte.ts';
 
 const LAST_PROJECT_KEY = 'singlora.lastProject';
 
@@ -118,7 +119,8 @@ export class ProjectsService {
   /** Creates and opens a project; returns field errors, or null on success. */
   async create(input: NewProject): Promise<FieldErrors | null> {
     const c = check(api['projects.create'].params, input);
-    if (!c.ok) return c.errors;
+    const token = input.triggerToken === undefined ? null : triggerTokenProblem(input.triggerToken);
+    if (!c.ok || token) return { ...(c.ok ? {} : c.errors), ...(token ? { triggerToken: token } : {}) };
     try {
       const p = await this.api['projects.create'](input);
       this.#setCurrent(p);

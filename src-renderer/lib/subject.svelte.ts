@@ -3,16 +3,26 @@
  * `photos.add`, a few per request), crop previews, and the subject's trigger token / class word.
  */
 import type { ApiClient, Photo, Project } from '../../src-main/api/contract.ts';
-import type { CROP_MODES } from '../../src-main/api/schemas.ts';
 import type { Files } from './files.ts';
-import { isImageExtension, trainSettingsSchema } from '../../src-main/api/schemas.ts';
-import { check, type FieldErrors } from './forms.ts';
+import {
+  type CROP_MODES,
+  IMAGE_EXTENSIONS,
+  isImageExtension,
+  trainSettingsSchema,
+} from '../../src-main/api/schemas.ts';
+import { check, recheck, type FieldErrors } from './forms.ts';
 import type { Notifier } from './notifier.svelte.ts';
 import type { ProjectsService } from './projects.svelte.ts';
 
 const subjectRules = trainSettingsSchema.pick({ triggerToken: true, classWord: true });
 
-export type CropMode = Exclude<(typeof CROP_MODES)[number], 'none'>;
+export type CropMode = (typeof CROP_MODES)[number];
+/** The crop choices as the Subject screen offers them. */
+export const CROP_CHOICES: ReadonlyArray<{ value: CropMode; label: string; hint: string }> = [
+  { value: 'center', label: 'Center', hint: 'the middle square of each photo' },
+  { value: 'attention', label: 'Attention', hint: 'the square around the most detailed part' },
+  { value: 'none', label: 'Whole photo', hint: 'no crop: fitted into the square, the rest padded' },
+];
 export const MIN_PHOTOS = 3;
 export const MAX_PHOTOS = 20;
 
@@ -23,6 +33,36 @@ const MAX_BYTES_PER_REQUEST = 24 * 1024 * 1024;
 export function isImageFile(f: Pick<File, 'name' | 'type'>): boolean {
   const dot = f.name.lastIndexOf('.');
   return dot > 0 && isImageExtension(f.name.slice(dot));
+}
+
+/** The photo formats the app takes, by name, from the contract's extension list: "JPEG, PNG, ... or HEIC". */
+export function photoFormatNames(): string {
+  const NAMES: Record<string, string> = {
+    jpg: 'JPEG',
+    jpeg: 'JPEG',
+    tif: 'TIFF',
+    tiff: 'TIFF',
+    heic: 'HEIC',
+    heif: 'HEIC',
+    webp: 'WebP',
+  };
+  const names = [...new Set(IMAGE_EXTENSIONS.map((e) => NAMES[e.slice(1)] ?? e.slice(1).toUpperCase()))];
+  return `${names.slice(0, -1).join(', ')} or ${names.at(-1)}`;
+}
+
+/** For the file picker's `accept`: exactly the extensions the app takes. */
+export const PHOTO_ACCEPT = IMAGE_EXTENSIONS.join(',');
+
+/**
+ * What is wrong with a trigger token, or null. It must be one word the tokenizer keeps together in
+ * every prompt: letters (any script), digits, `_` and `-`; no spaces, no emoji or other symbols.
+ */
+export function triggerTokenProblem(token: string): string | null {
+  const t = token.trim();
+  if (!t) return null; // the schema says "Fill this in"
+  if (/\s/.test(t)) return 'Use one word, without spaces (e.g. sks or ohwx)';
+  if (!/^[\p{L}\p{N}_-]+$/u.test(t)) return 'Use only letters, digits, _ and -: no emoji or other symbols (e.g. sks)';
+  return null;
 }
 
 export async function toBase64(file: Blob): Promise<string> {
@@ -59,20 +99,35 @@ export class SubjectService {
   projectId = $state<string | null>(null);
   photos = $state<Photo[]>([]);
   loading = $state(false);
+  /** The open project's photos were listed at least once (until then `usable` means nothing). */
+  loaded = $state(false);
   upload = $state<{ done: number; total: number } | null>(null);
   /** `${photoId}:${mode}` -> data URL. */
   crops = $state<Record<string, string>>({});
-  cropLoading = $state<string | null>(null);
   /** The subject form (trigger token, class word, type), saved with `saveSubject`. */
   draft = $state<Project['subject']>({ triggerToken: 'sks', classWord: 'person', type: 'live' });
   subjectErrors = $state<FieldErrors>({});
+  /** The draft when the errors shown were found. */
+  #shownWith: Record<string, unknown> = {};
+  readonly #previewing = new Set<string>();
 
   usable = $derived(this.photos.filter((p) => p.status !== 'rejected').length);
-  /** The crop training applies to each photo (the project's setting, Train > Advanced). */
-  get trainingCrop(): (typeof CROP_MODES)[number] {
+  /** The crop training applies to each photo: the project's setting, chosen here (`setCrop`) and only here. */
+  get trainingCrop(): CropMode {
     return this.projects.current?.settings.crop ?? 'center';
   }
   guidance = $derived(guidanceFor(this.usable, this.photos.length));
+  /**
+   * Set while the token typed differs from the saved one and the project has runs: their adapters
+   * were trained on the old token and keep answering to it.
+   */
+  tokenChange = $derived.by(() => {
+    const p = this.projects.current;
+    const runs = this.projects.list.find((s) => s.id === p?.id)?.runs ?? 0;
+    const next = this.draft.triggerToken.trim();
+    if (!p || !runs || !next || next === p.subject.triggerToken) return null;
+    return { runs, from: p.subject.triggerToken, to: next };
+  });
 
   constructor(
     private readonly api: ApiClient,
@@ -84,6 +139,7 @@ export class SubjectService {
   setProject(p: Project | null): void {
     this.projectId = p?.id ?? null;
     this.photos = [];
+    this.loaded = false;
     this.crops = {};
     this.subjectErrors = {};
     if (p) this.draft = { ...p.subject };
@@ -100,7 +156,10 @@ export class SubjectService {
     this.loading = true;
     try {
       const photos = await this.notify.guard('List photos', () => this.api['photos.list']({ projectId }));
-      if (photos && this.projectId === projectId) this.photos = photos;
+      if (photos && this.projectId === projectId) {
+        this.photos = photos;
+        this.loaded = true;
+      }
       if (photos) this.projects.setCounts(projectId, { photos: photos.length });
     } finally {
       this.loading = false;
@@ -114,10 +173,13 @@ export class SubjectService {
     const all = [...list];
     const images = all.filter(isImageFile);
     const skipped = all.filter((f) => !isImageFile(f));
+    // Not a failure: the photos among them are added; the rest is named, with what is taken.
     if (skipped.length)
-      this.notify.error(
-        'Add photos',
-        `Skipped ${skipped.length} file(s) that are not images: ${skipped.map((f) => f.name).join(', ')}`,
+      this.notify.info(
+        `Not added (not ${photoFormatNames()} photos): ${skipped.map((f) => f.name).join(', ')}` +
+          (images.length
+            ? `; ${images.length === 1 ? 'the photo is' : `the ${images.length} photos are`} added.`
+            : '.'),
       );
     if (!images.length) return;
     this.upload = { done: 0, total: images.length };
@@ -148,28 +210,54 @@ export class SubjectService {
   async preview(photoId: string, crop: CropMode): Promise<void> {
     const projectId = this.projectId;
     const key = `${photoId}:${crop}`;
-    if (!projectId || this.crops[key]) return;
-    this.cropLoading = key;
+    if (!projectId || this.crops[key] || this.#previewing.has(key)) return;
+    this.#previewing.add(key);
     try {
       const r = await this.notify.guard('Crop preview', () =>
         this.api['photos.cropPreview']({ projectId, photoId, crop, size: 256 }),
       );
       if (r && this.projectId === projectId) this.crops[key] = `data:image/png;base64,${r.pngBase64}`;
     } finally {
-      this.cropLoading = null;
+      this.#previewing.delete(key);
     }
   }
 
-  async saveSubject(): Promise<boolean> {
+  /** Saves the crop training applies (the project's `settings.crop`). */
+  async setCrop(crop: CropMode): Promise<void> {
+    if (crop === this.trainingCrop) return;
+    const errors = await this.projects.update({ settings: { crop } });
+    if (!errors)
+      this.notify.info(`Training crops each photo: ${CROP_CHOICES.find((c) => c.value === crop)?.label}.`, 'success');
+  }
+
+  /** The subject form's own check: training's rules for both words, and one plain word as the token. */
+  #localErrors(): FieldErrors {
     // The project accepts any string; training needs 1-64 characters, so check with its rules now.
     const c = check(subjectRules, { triggerToken: this.draft.triggerToken, classWord: this.draft.classWord });
-    if (!c.ok) {
-      this.subjectErrors = c.errors;
+    const token = triggerTokenProblem(this.draft.triggerToken);
+    return { ...(c.ok ? {} : c.errors), ...(token ? { triggerToken: token } : {}) };
+  }
+
+  #showErrors(errors: FieldErrors): void {
+    this.subjectErrors = errors;
+    this.#shownWith = { ...this.draft };
+  }
+
+  /** After an edit: an error goes as soon as its field holds a valid value (the screen calls this). */
+  revalidate(): void {
+    if (!Object.keys(this.subjectErrors).length) return;
+    this.subjectErrors = recheck(this.subjectErrors, this.#shownWith, { ...this.draft }, this.#localErrors());
+  }
+
+  async saveSubject(): Promise<boolean> {
+    const local = this.#localErrors();
+    if (Object.keys(local).length) {
+      this.#showErrors(local);
       return false;
     }
     const errors = await this.projects.update({ subject: { ...this.draft } });
-    this.subjectErrors = Object.fromEntries(
-      Object.entries(errors ?? {}).map(([k, v]) => [k.replace(/^subject\./, ''), v]),
+    this.#showErrors(
+      Object.fromEntries(Object.entries(errors ?? {}).map(([k, v]) => [k.replace(/^subject\./, ''), v])),
     );
     if (!errors) this.notify.info('Subject saved.', 'success');
     return !errors;

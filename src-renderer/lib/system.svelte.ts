@@ -9,6 +9,12 @@ export type AppInfo = Result<'system.info'>;
 export type ModelEntry = Result<'models.list'>[number];
 export type DownloadName = 'dino' | 'clip';
 
+/** Which download a model row offers, from its name (`dino-vits16` -> dino), or null. */
+export function downloadNameOf(modelName: string): DownloadName | null {
+  const n = modelName.toLowerCase();
+  return n.includes('dino') ? 'dino' : n.includes('clip') ? 'clip' : null;
+}
+
 export class SystemService {
   info = $state<AppInfo | null>(null);
   doctor = $state<DoctorReport | null>(null);
@@ -36,6 +42,18 @@ export class SystemService {
 
   async loadModels(): Promise<void> {
     this.models = (await this.notify.guard('List models', () => this.api['models.list']({}))) ?? this.models;
+  }
+
+  /**
+   * Lists the models again (a file placed by hand, as a failed download's message says to do); a
+   * failed download whose model is now present is no longer reported.
+   */
+  async recheckModels(): Promise<void> {
+    await this.loadModels();
+    for (const m of this.models) {
+      const name = downloadNameOf(m.name);
+      if (name && m.present && this.downloads[name]?.error) delete this.downloads[name];
+    }
   }
 
   async runDoctor(): Promise<void> {

@@ -22,7 +22,7 @@ import {
 import { hintFor, isOutOfMemory, MEMORY_HINT, messageOf } from './advice.ts';
 import type { EventHub } from './events.ts';
 import type { Files } from './files.ts';
-import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
+import { check, fieldErrorsFromApi, recheck, type FieldErrors } from './forms.ts';
 import { ACTIVE, type JobsService } from './jobs.svelte.ts';
 import { LossSeries } from './lossSeries.svelte.ts';
 import type { Notifier } from './notifier.svelte.ts';
@@ -31,13 +31,13 @@ import type { ProjectsService } from './projects.svelte.ts';
 export type RunSummary = Result<'training.runs'>[number];
 export type StepEvent = Extract<TrainEvent, { event: 'step' }>;
 
-/** The form's values: the settings the user edits (trigger token and class word come from the Subject screen). */
-export type TrainDraft = Omit<TrainSettings, 'triggerToken' | 'classWord'>;
+/** The form's values: the settings the user edits here (trigger token, class word and crop are the Subject screen's). */
+export type TrainDraft = Omit<TrainSettings, 'triggerToken' | 'classWord' | 'crop'>;
 
 export const DEFAULT_SETTINGS: TrainSettings = trainSettingsSchema.parse({});
 
 export function draftFrom(settings: TrainSettings): TrainDraft {
-  const { triggerToken: _t, classWord: _c, ...rest } = settings;
+  const { triggerToken: _t, classWord: _c, crop: _crop, ...rest } = settings;
   return $state.snapshot(rest) as TrainDraft;
 }
 
@@ -83,6 +83,8 @@ export class TrainingService {
   draftRestored = $state(false);
   readonly losses = new LossSeries();
   #starting = false;
+  /** The draft when the errors shown were found. */
+  #shownWith: Record<string, unknown> = {};
 
   running = $derived(this.status === 'running' || this.status === 'queued');
   errorHint = $derived(this.runError ? (isOutOfMemory(this.runError) ? MEMORY_HINT : hintFor(this.runError)) : null);
@@ -171,7 +173,8 @@ export class TrainingService {
     const kept = p ? this.storage?.getItem(this.#draftKey(p.id)) : null;
     if (kept) {
       try {
-        const restored = { ...this.draft, ...(JSON.parse(kept) as Partial<TrainDraft>) };
+        // A draft kept before the crop moved to the Subject screen may still hold one: not the form's.
+        const { crop: _crop, ...restored } = { ...this.draft, ...(JSON.parse(kept) as Partial<TrainSettings>) };
         if (JSON.stringify(restored) !== JSON.stringify(this.draft)) {
           this.draft = restored;
           this.draftRestored = true;
@@ -252,9 +255,10 @@ export class TrainingService {
       ...this.draft,
       triggerToken: project.subject.triggerToken,
       classWord: project.subject.classWord,
+      crop: project.settings.crop,
     };
     const c = check(trainSettingsSchema, settings);
-    this.errors = c.ok ? {} : c.errors;
+    this.#showErrors(c.ok ? {} : c.errors);
     if (!c.ok) return false;
     this.busy = true;
     try {
@@ -283,7 +287,7 @@ export class TrainingService {
     } catch (err) {
       this.status = null;
       const fields = fieldErrorsFromApi(err, 'settings.');
-      if (fields) this.errors = fields;
+      if (fields) this.#showErrors(fields);
       else {
         this.runError = messageOf(err);
         this.notify.error('Start training', err);
@@ -293,6 +297,22 @@ export class TrainingService {
       this.#starting = false;
       this.busy = false;
     }
+  }
+
+  #showErrors(errors: FieldErrors): void {
+    this.errors = errors;
+    this.#shownWith = $state.snapshot(this.draft);
+  }
+
+  /** After an edit: errors of fields that now pass go, the others follow the new values (the screen calls this). */
+  revalidate(): void {
+    if (!Object.keys(this.errors).length) return;
+    const subject = this.projects.current?.subject;
+    const c = check(trainSettingsSchema, {
+      ...this.draft,
+      ...(subject ? { triggerToken: subject.triggerToken, classWord: subject.classWord } : {}),
+    });
+    this.errors = recheck(this.errors, this.#shownWith, $state.snapshot(this.draft), c.ok ? {} : c.errors);
   }
 
   async cancel(): Promise<void> {

@@ -122,6 +122,17 @@ describe.skipIf(missing !== null)(SUITE, { timeout: 8 * 60_000 }, () => {
     await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
     await page.setViewportSize(SMALL);
     await page.waitForTimeout(100); // charts resize
+    // At 800x600 the header keeps the title and stays one row, with nothing pushed out of it.
+    const header = await page.evaluate(() => {
+      const top = document.querySelector('header.top')!;
+      const brand = top.querySelector('.brand')!.getBoundingClientRect();
+      return {
+        title: brand.width > 0 && brand.right <= innerWidth,
+        overflow: top.scrollWidth - top.clientWidth,
+        oneRow: top.getBoundingClientRect().height < 56,
+      };
+    });
+    expect(header, `${name} at 800x600`).toEqual({ title: true, overflow: 0, oneRow: true });
     await page.screenshot({ path: join(SCREENSHOTS, `${name}-800.png`) });
     await page.setViewportSize(VIEWPORT);
   };
@@ -274,7 +285,8 @@ describe.skipIf(missing !== null)(SUITE, { timeout: 8 * 60_000 }, () => {
     expect(await rejected.getByTestId('no-preview').count()).toBe(1); // no broken picture
     expect(await byTest('photo-guidance').textContent()).toMatch(/4 usable photos: ready to train/);
     expect(await byTest('model-banner').count()).toBe(0);
-    // Thumbnails load from /files with the token.
+    // Thumbnails load from /files on the session cookie: no token in any address the page holds.
+    expect(await page.locator('[src*="token="], [href*="token="]').count()).toBe(0);
     await expect
       .poll(() =>
         page
@@ -292,9 +304,18 @@ describe.skipIf(missing !== null)(SUITE, { timeout: 8 * 60_000 }, () => {
     await byTest('setting-steps').fill('6');
     // The model's native size, named: 64 px for the demo model (not "512 for SD 1.5").
     expect(await page.getByLabel('Resolution').inputValue()).toBe('native');
-    expect(await page.getByLabel('Resolution').locator('option:checked').textContent()).toBe(
-      'Model native (64 × 64 for demo-tiny)',
-    );
+    expect(await page.getByLabel('Resolution').locator('option:checked').textContent()).toBe('Native: 64 × 64');
+    // The chosen option's text fits the select (arrow and padding beside it), at 1280 and at 800.
+    for (const size of [VIEWPORT, SMALL]) {
+      await page.setViewportSize(size);
+      const fit = await page.locator('#t-res').evaluate((el: HTMLSelectElement) => {
+        const ctx = document.createElement('canvas').getContext('2d')!;
+        ctx.font = getComputedStyle(el).font;
+        return el.clientWidth - ctx.measureText(el.selectedOptions[0].textContent ?? '').width;
+      });
+      expect(fit, `room left in the Resolution select at ${size.width}`).toBeGreaterThan(40);
+    }
+    await page.setViewportSize(VIEWPORT);
     await page.getByText('Advanced', { exact: true }).click();
     await page.locator('#t-ckpt').fill('3');
     await page.locator('#t-sample').fill('3');
@@ -414,7 +435,7 @@ describe.skipIf(missing !== null)(SUITE, { timeout: 8 * 60_000 }, () => {
     await expect.poll(() => byTest('gallery-image').count(), { timeout: SLOW }).toBe(1);
     await expect.poll(() => loaded('gallery-image')).toBe(true);
     expect(await byTest('gallery-item').textContent()).toMatch(/Seed 7 · 4 steps .* 64×64/);
-    expect(await byTest('gallery-adapters').textContent()).toMatch(/^run [^,]+, step 6 × 1$/);
+    expect(await byTest('gallery-adapters').textContent()).toMatch(/^run [^,]+, step 6 at strength 1\.00$/);
     const image = await download('download-image');
     const [generated] = (await server.service.call('generation.list', { projectId })) as Result<'generation.list'>;
     expect(image.name).toBe(generated.file.split('/').pop());
@@ -439,6 +460,7 @@ describe.skipIf(missing !== null)(SUITE, { timeout: 8 * 60_000 }, () => {
     const projectDir = join(server.service.projectsDir, projectId);
     const file = join(projectDir, rel);
     expect(existsSync(file), `${file} exists`).toBe(true);
+    expect(await byTest('export-download').getAttribute('href')).not.toContain('token=');
     const got = await download('export-download');
     expect(got.name).toBe('red-ball.safetensors');
     expect(got.bytes.length).toBeGreaterThan(1000);

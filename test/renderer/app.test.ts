@@ -38,7 +38,8 @@ describe('App shell', () => {
     expect(screen.getByText('Welcome')).toBeTruthy();
     await fireEvent.click(screen.getByTestId('project-new'));
     await fireEvent.click(screen.getByTestId('project-create'));
-    expect(await screen.findByText(/Too small: expected string to have >=1 characters/)).toBeTruthy();
+    expect(await screen.findByText('Fill this in: it cannot be empty')).toBeTruthy();
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByTestId('project-name')));
     expect(transport.paramsOf('projects.create')).toHaveLength(0);
 
     await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Mug' } });
@@ -50,6 +51,20 @@ describe('App shell', () => {
     );
     await waitFor(() => expect(studio.projects.current?.id).toBe('p2'));
     expect(screen.queryByText('Welcome')).toBeNull();
+  });
+
+  test('a new project opens on its Subject screen, wherever the user was', async () => {
+    const created = fx.project({ id: 'p2', name: 'Mug' });
+    const { studio } = await startStudio({ 'projects.create': () => created, 'projects.open': () => created });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('nav-export'));
+    await fireEvent.click(screen.getByTestId('project-new'));
+    await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Mug' } });
+    await fireEvent.click(screen.getByTestId('project-create'));
+    await waitFor(() => expect(studio.router.current).toBe('subject'));
+    expect(studio.projects.current?.id).toBe('p2');
+    expect(screen.getByTestId('nav-subject').getAttribute('aria-current')).toBe('page');
+    expect(screen.getByTestId('drop-zone')).toBeTruthy();
   });
 
   test('New project picks a base model from those found, or a path typed after "Add a model…"; none at all is refused before sending', async () => {
@@ -207,5 +222,107 @@ describe('App shell', () => {
     expect(screen.queryByTestId('project-select')).toBeNull();
     studio.notify.error('List projects', new ApiError('unauthorized', 'missing or wrong token'));
     expect(studio.notify.items).toEqual([]);
+  });
+
+  test('a run that completes takes over Evaluate (whose "Evaluate again" re-scored the old run) and Generate', async () => {
+    const T2 = '2025-01-02T00:00:00.000Z';
+    let runs = [fx.run({ id: 'r1' })];
+    const { studio, transport } = await startStudio({
+      'training.runs': () => runs,
+      'training.status': (p) => fx.manifest({ id: p.runId }),
+      'evaluation.get': (p) => (p.runId === 'r1' ? fx.evaluation() : null),
+      'evaluation.start': () => ({ jobId: 'e1' }),
+    });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('nav-evaluate'));
+    const run = () => (screen.getByTestId('eval-run') as HTMLSelectElement).value;
+    await waitFor(() => expect(run()).toBe('r1'));
+    await screen.findByText('Evaluate again');
+
+    // r2 trains and completes while the app is open.
+    runs = [fx.run({ id: 'r2', createdAt: T2, status: 'running', step: 10 }), ...runs];
+    await studio.training.loadRuns();
+    expect(run()).toBe('r1'); // still training: nothing to evaluate yet
+    runs = [fx.run({ id: 'r2', createdAt: T2 }), fx.run({ id: 'r1' })];
+    transport.emit('train.event', {
+      jobId: 'j2',
+      projectId: 'p1',
+      runId: 'r2',
+      event: { event: 'done', status: 'completed', step: 800, error: null },
+    });
+    await waitFor(() => expect(run()).toBe('r2'));
+    await fireEvent.click(await screen.findByText('Evaluate checkpoints'));
+    await waitFor(() => expect(transport.paramsOf('evaluation.start')).toHaveLength(1));
+    expect(transport.paramsOf('evaluation.start')[0].runId).toBe('r2');
+
+    await fireEvent.click(screen.getByTestId('nav-generate'));
+    expect((screen.getByTestId('generate-adapter') as HTMLSelectElement).value).toBe('run:r2');
+  });
+
+  test("Generate's automatic adapter follows a run that completes; one the user picked stays", async () => {
+    const T2 = '2025-01-02T00:00:00.000Z';
+    const T3 = '2025-01-03T00:00:00.000Z';
+    let runs = [fx.run({ id: 'r1' })];
+    const { studio } = await startStudio({ 'training.runs': () => runs });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('nav-generate'));
+    const picker = () => screen.getByTestId('generate-adapter') as HTMLSelectElement;
+    await waitFor(() => expect(picker().value).toBe('run:r1'));
+    runs = [fx.run({ id: 'r2', createdAt: T2 }), ...runs];
+    await studio.training.loadRuns();
+    await waitFor(() => expect(picker().value).toBe('run:r2'));
+
+    await fireEvent.change(picker(), { target: { value: 'run:r1' } });
+    runs = [fx.run({ id: 'r3', createdAt: T3 }), ...runs];
+    await studio.training.loadRuns();
+    await waitFor(() => expect(picker().querySelectorAll('option')).toHaveLength(4));
+    expect(picker().value).toBe('run:r1');
+  });
+
+  test('Train is disabled, with the reason and a way to Subject, while the project has no usable photos', async () => {
+    let photos = [fx.photo({ status: 'rejected', reason: 'not an image' })];
+    const { studio } = await startStudio({ 'photos.list': () => photos });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('nav-train'));
+    const train = screen.getByTestId('train-button') as HTMLButtonElement;
+    await waitFor(() => expect(train.disabled).toBe(true));
+    expect(screen.getByTestId('train-blocked').textContent).toBe(
+      'This project has no usable photos yet: add 3-20 photos of the subject on the Subject screen.',
+    );
+    expect(train.getAttribute('aria-describedby')).toBe('train-blocked');
+    await fireEvent.click(screen.getByTestId('go-subject'));
+    expect(studio.router.current).toBe('subject');
+
+    photos = [fx.photo()];
+    await studio.subject.load();
+    await fireEvent.click(screen.getByTestId('nav-train'));
+    expect((screen.getByTestId('train-button') as HTMLButtonElement).disabled).toBe(false);
+    expect(screen.queryByTestId('train-blocked')).toBeNull();
+  });
+
+  test("the project list counts the open project's usable photos, not the rejected ones", async () => {
+    const photos = [
+      fx.photo({ id: 'a' }),
+      fx.photo({ id: 'b' }),
+      fx.photo({ id: 'c', status: 'rejected', reason: 'too small' }),
+    ];
+    const { studio } = await startStudio({
+      'projects.list': () => [{ ...fx.projectSummary(fx.project()), photos: 3 }],
+      'photos.list': () => photos,
+    });
+    render(App, { studio });
+    const option = () => (screen.getByTestId('project-select') as HTMLSelectElement).selectedOptions[0].textContent;
+    await waitFor(() => expect(option()).toBe('My dog (2 usable of 3 photos, 0 runs)'));
+  });
+
+  test('New project refuses a trigger token with spaces before sending', async () => {
+    const { studio, transport } = await startStudio({ 'projects.list': () => [] });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('project-new'));
+    await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Ball' } });
+    await fireEvent.input(screen.getByLabelText('Trigger token'), { target: { value: 'my ball' } });
+    await fireEvent.click(screen.getByTestId('project-create'));
+    expect(await screen.findByText('Use one word, without spaces (e.g. sks or ohwx)')).toBeTruthy();
+    expect(transport.paramsOf('projects.create')).toHaveLength(0);
   });
 });

@@ -139,10 +139,10 @@ describe('Evaluate screen', () => {
     await waitFor(() => expect(screen.getAllByTestId('eval-image')).toHaveLength(2));
     const links = screen.getAllByTestId('eval-image-link') as HTMLAnchorElement[];
     expect(links.map((a) => [a.getAttribute('href'), a.getAttribute('download')])).toEqual([
-      ['/files/p1/runs/r1/eval/base/a.png?token=t', 'a.png'],
-      ['/files/p1/runs/r1/eval/step-000600/b.png?token=t', 'b.png'],
+      ['/files/p1/runs/r1/eval/base/a.png', 'a.png'],
+      ['/files/p1/runs/r1/eval/step-000600/b.png', 'b.png'],
     ]);
-    expect(screen.getByTestId('eval-images').textContent).toMatch(/Base model · DINO 0\.2100.*Step 600/s);
+    expect(screen.getByTestId('eval-images').textContent).toMatch(/Base model\s*DINO 0\.2100.*Step 600/s);
     expect(screen.getByTestId('score-deltas').textContent).toMatch(/step 200: \+0\.\d{4}.*step 600: \+0\.\d{4}/);
   });
 
@@ -197,5 +197,37 @@ describe('Evaluate screen', () => {
     await waitFor(() => screen.getAllByTestId('score-row'));
     expect(screen.queryByRole('columnheader', { name: 'CLIP-T' })).toBeNull();
     expect(screen.getByRole('columnheader', { name: 'DINO' })).toBeTruthy();
+  });
+
+  test('the images sit in a grid: a row per checkpoint, a column per prompt (and seed), each labelled', async () => {
+    const prompts = ['a photo of sks dog', 'sks dog on the moon'];
+    const images = (label: string, step: number | null) =>
+      [0, 1, 2, 3].map((i) => ({
+        step,
+        file: `runs/r1/eval/${label}/${i}.png`,
+        url: `/files/p1/runs/r1/eval/${label}/${i}.png`,
+      }));
+    await renderEvaluate({
+      'evaluation.get': () => fx.evaluation({ prompts, imagesPerPrompt: 2, seeds: [7, 8] }),
+      'evaluation.images': () => [...images('base', null), ...images('step-000600', 600)],
+    });
+    await waitFor(() => expect(screen.getAllByTestId('eval-image')).toHaveLength(8));
+    expect(screen.getAllByTestId('eval-prompt').map((th) => [th.textContent, th.getAttribute('colspan')])).toEqual([
+      ['a photo of sks dog', '2'],
+      ['sks dog on the moon', '2'],
+    ]);
+    const rows = screen.getAllByTestId('eval-image-row');
+    expect(rows.map((r) => within(r).getAllByTestId('eval-image').length)).toEqual([4, 4]);
+    expect(within(rows[1]).getByRole('rowheader').textContent).toMatch(/^Step 600\s*DINO 0\.6300$/);
+    expect(
+      within(rows[1])
+        .getAllByTestId('eval-image')
+        .map((img) => img.getAttribute('alt')),
+    ).toEqual([
+      'Step 600: a photo of sks dog, seed 7',
+      'Step 600: a photo of sks dog, seed 8',
+      'Step 600: sks dog on the moon, seed 7',
+      'Step 600: sks dog on the moon, seed 8',
+    ]);
   });
 });

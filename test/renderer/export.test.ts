@@ -1,6 +1,7 @@
 // @vitest-environment jsdom
 import { fireEvent, render, screen, waitFor } from '@testing-library/svelte';
 import { describe, expect, test } from 'vitest';
+import { ApiError } from '../../src-main/api/contract.ts';
 import { adapterOptions } from '../../src-renderer/lib/adapters.svelte.ts';
 import ExportScreen from '../../src-renderer/screens/ExportScreen.svelte';
 import { startStudio, type Handlers } from './fakes.ts';
@@ -54,9 +55,9 @@ describe('Export screen', () => {
       }),
     );
     await waitFor(() => expect(screen.getByTestId('export-result-path').textContent).toBe('adapters/dog.safetensors'));
-    // The file downloads from the URL the job gave (with the token in the browser).
+    // The file downloads from the URL the job gave (no token in it: the session cookie authorises it).
     const link = screen.getByTestId('export-download') as HTMLAnchorElement;
-    expect(link.getAttribute('href')).toBe('/files/p1/adapters/dog.safetensors?token=t');
+    expect(link.getAttribute('href')).toBe('/files/p1/adapters/dog.safetensors');
     expect(link.getAttribute('download')).toBe('dog.safetensors');
   });
 
@@ -133,7 +134,7 @@ describe('Export screen', () => {
     );
     const link = (await screen.findByTestId('export-download')) as HTMLAnchorElement;
     expect([link.getAttribute('href'), link.getAttribute('download'), link.textContent]).toEqual([
-      '/files/p1/adapters/p1-r1-merged-diffusers.tar?token=t',
+      '/files/p1/adapters/p1-r1-merged-diffusers.tar',
       'p1-r1-merged-diffusers.tar',
       'Download (.tar)',
     ]);
@@ -174,5 +175,62 @@ describe('Export screen', () => {
     await waitFor(() => expect(transport.paramsOf('adapters.export')).toHaveLength(1));
     transport.emit('job.updated', fx.job({ id: 'x4', kind: 'export', status: 'failed', error: 'disk full' }));
     await waitFor(() => expect(screen.getByTestId('export-error').textContent).toBe('disk full'));
+  });
+
+  test('an export finished in one format loses its "Saved… Download" box when the format or adapter changes', async () => {
+    const { transport } = await renderExport({ 'adapters.export': () => ({ jobId: 'x1' }) });
+    await fireEvent.click(screen.getByTestId('export-button'));
+    await waitFor(() => expect(transport.paramsOf('adapters.export')).toHaveLength(1));
+    transport.emit(
+      'job.updated',
+      fx.job({
+        id: 'x1',
+        kind: 'export',
+        status: 'done',
+        result: {
+          path: 'adapters/r1-step600-kohya.safetensors',
+          url: '/files/p1/adapters/r1-step600-kohya.safetensors',
+        },
+      }),
+    );
+    await screen.findByTestId('export-download');
+    await fireEvent.change(screen.getByTestId('export-format'), { target: { value: 'diffusers' } });
+    expect(screen.queryByTestId('export-download')).toBeNull();
+    expect(screen.queryByTestId('export-result-path')).toBeNull();
+  });
+
+  test("a refused save location shows one error, next to the field, in the app's words", async () => {
+    await renderExport({
+      'adapters.export': () => {
+        // What the service sends (safePath.ts).
+        throw new ApiError('invalid_params', "outPath: '../..' resolves outside its folder", [
+          { field: 'outPath', message: 'outside the folder' },
+        ]);
+      },
+    });
+    await fireEvent.input(screen.getByTestId('export-path'), { target: { value: '../..' } });
+    await fireEvent.click(screen.getByTestId('export-button'));
+    await screen.findByText('outside the folder');
+    expect(screen.getAllByText(/outside/)).toHaveLength(1);
+    expect(screen.queryByTestId('export-error')).toBeNull();
+    expect(document.body.textContent).not.toContain('outPath');
+    expect(screen.getByTestId('export-path').getAttribute('aria-invalid')).toBe('true');
+  });
+
+  test('a refused location stays while it is unchanged and goes once it is edited to a valid one', async () => {
+    await renderExport({
+      'adapters.export': () => {
+        throw new ApiError('invalid_params', "outPath: '../..' resolves outside its folder", [
+          { field: 'outPath', message: 'outside the folder' },
+        ]);
+      },
+    });
+    await fireEvent.input(screen.getByTestId('export-path'), { target: { value: '../..' } });
+    await fireEvent.click(screen.getByTestId('export-button'));
+    await screen.findByText('outside the folder');
+    await fireEvent.change(screen.getByTestId('export-format'), { target: { value: 'diffusers' } });
+    expect(screen.getByText('outside the folder')).toBeTruthy();
+    await fireEvent.input(screen.getByTestId('export-path'), { target: { value: 'dog.safetensors' } });
+    await waitFor(() => expect(screen.queryByText('outside the folder')).toBeNull());
   });
 });

@@ -1,6 +1,7 @@
 // @vitest-environment jsdom
 import { fireEvent, render, screen, waitFor, within } from '@testing-library/svelte';
 import { describe, expect, test, vi } from 'vitest';
+import { ApiError } from '../../src-main/api/contract.ts';
 import { adapterOptions } from '../../src-renderer/lib/adapters.svelte.ts';
 import GenerateScreen from '../../src-renderer/screens/GenerateScreen.svelte';
 import { startStudio, type Handlers } from './fakes.ts';
@@ -43,14 +44,14 @@ describe('Generate screen', () => {
     const { transport } = await renderGenerate({ 'generation.start': () => ({ jobId: 'g1' }) });
     await fireEvent.input(screen.getByTestId('width'), { target: { value: '500' } });
     await fireEvent.click(screen.getByTestId('generate-button'));
-    await waitFor(() => expect(screen.getByText('width must be a multiple of 8')).toBeTruthy());
+    await waitFor(() => expect(screen.getByText('Enter a multiple of 8')).toBeTruthy());
     expect(screen.getByTestId('width').getAttribute('aria-invalid')).toBe('true');
     expect(transport.paramsOf('generation.start')).toHaveLength(0);
 
     await fireEvent.input(screen.getByTestId('width'), { target: { value: '504' } });
     await fireEvent.click(screen.getByTestId('generate-button'));
     await waitFor(() => expect(transport.paramsOf('generation.start')).toHaveLength(1));
-    expect(screen.queryByText('width must be a multiple of 8')).toBeNull();
+    expect(screen.queryByText('Enter a multiple of 8')).toBeNull();
   });
 
   test('sends the prompt, settings and the chosen adapter with its strength', async () => {
@@ -76,6 +77,68 @@ describe('Generate screen', () => {
     expect(p.adapters).toEqual([{ runId: 'r1', step: null, strength: 0.8 }]);
   });
 
+  test('"Reuse settings" restores the adapter, its checkpoint and its strength, and they are sent', async () => {
+    const image = fx.generatedImage({
+      adapters: [
+        {
+          file: '/home/u/SingLoRA/projects/p1/runs/r1/checkpoints/step-000400/adapter.safetensors',
+          sha256: 'd',
+          strength: 0.6,
+        },
+      ],
+    });
+    const { transport } = await renderGenerate({
+      'generation.list': () => [image],
+      'generation.start': () => ({ jobId: 'g1' }),
+    });
+    const card = await screen.findByTestId('gallery-item');
+    await fireEvent.input(screen.getByTestId('strength'), { target: { value: '1.5' } });
+    await fireEvent.click(within(card).getByRole('button', { name: 'Reuse settings' }));
+
+    expect((screen.getByTestId('strength') as HTMLInputElement).value).toBe('0.6');
+    expect(screen.getByText('Strength:').textContent).toContain('0.60');
+    const picker = screen.getByTestId('generate-adapter') as HTMLSelectElement;
+    expect(picker.value).toBe('run:r1@400');
+    expect(picker.selectedOptions[0].textContent).toBe('Run r1: checkpoint at step 400');
+    expect((screen.getByTestId('seed') as HTMLInputElement).value).toBe('1234');
+    await fireEvent.click(screen.getByTestId('generate-button'));
+    await waitFor(() => expect(transport.paramsOf('generation.start')).toHaveLength(1));
+    expect(transport.paramsOf('generation.start')[0].adapters).toEqual([{ runId: 'r1', step: 400, strength: 0.6 }]);
+  });
+
+  test('"Reuse settings" of an image made without an adapter clears the adapter', async () => {
+    await renderGenerate({ 'generation.list': () => [fx.generatedImage({ adapters: [] })] });
+    const card = await screen.findByTestId('gallery-item');
+    await waitFor(() => expect((screen.getByTestId('generate-adapter') as HTMLSelectElement).value).toBe('run:r1'));
+    await fireEvent.click(within(card).getByRole('button', { name: 'Reuse settings' }));
+    expect((screen.getByTestId('generate-adapter') as HTMLSelectElement).value).toBe('none');
+  });
+
+  test('an error goes as soon as its field is valid again; a server error on an unchanged field stays', async () => {
+    const { transport } = await renderGenerate({
+      'generation.start': () => {
+        throw new ApiError('invalid_params', 'settings.prompt: the prompt is too long for this model', [
+          { field: 'settings.prompt', message: 'the prompt is too long for this model' },
+        ]);
+      },
+    });
+    await fireEvent.input(screen.getByTestId('width'), { target: { value: '500' } });
+    await fireEvent.click(screen.getByTestId('generate-button'));
+    await screen.findByText('Enter a multiple of 8');
+    await fireEvent.input(screen.getByTestId('width'), { target: { value: '501' } });
+    expect(screen.getByText('Enter a multiple of 8')).toBeTruthy(); // still wrong: still shown
+    await fireEvent.input(screen.getByTestId('width'), { target: { value: '504' } });
+    await waitFor(() => expect(screen.queryByText('Enter a multiple of 8')).toBeNull());
+    expect(screen.getByTestId('width').getAttribute('aria-invalid')).toBeNull();
+    expect(screen.queryByText('Fix the highlighted settings first.')).toBeNull();
+
+    await fireEvent.click(screen.getByTestId('generate-button'));
+    await screen.findByText('the prompt is too long for this model');
+    await fireEvent.input(screen.getByTestId('seed'), { target: { value: '5' } });
+    expect(screen.getByText('the prompt is too long for this model')).toBeTruthy();
+    expect(transport.paramsOf('generation.start')).toHaveLength(1);
+  });
+
   test('the randomise button sets a concrete seed; -1 stays allowed', async () => {
     await renderGenerate();
     const seed = screen.getByTestId('seed') as HTMLInputElement;
@@ -95,14 +158,14 @@ describe('Generate screen', () => {
 
     transport.emit('generation.image', { jobId: 'g1', projectId: 'p1', image: fx.generatedImage() });
     const img = await screen.findByTestId('gallery-image');
-    expect(img.getAttribute('src')).toBe('/files/p1/images/0001.png?token=t');
+    expect(img.getAttribute('src')).toBe('/files/p1/images/0001.png');
     const card = screen.getByTestId('gallery-item');
     expect(card.textContent).toMatch(/Seed 1234 · 25 steps · CFG 7.5 · DPM\+\+ 2M Karras · 512×512/);
     // Which run and step made it, and a download of the file.
-    expect(within(card).getByTestId('gallery-adapters').textContent).toBe('run r1, step 600 × 1');
+    expect(within(card).getByTestId('gallery-adapters').textContent).toBe('run r1, step 600 at strength 1.00');
     const dl = within(card).getByTestId('download-image') as HTMLAnchorElement;
     expect([dl.getAttribute('href'), dl.getAttribute('download')]).toEqual([
-      '/files/p1/images/0001.png?token=t',
+      '/files/p1/images/0001.png',
       fx.generatedImage().file.split('/').pop(),
     ]);
 
@@ -169,6 +232,19 @@ describe('Generate screen', () => {
       expect(
         studio.notify.items.some((t) => t.kind === 'error' && t.message === 'base model not found: /models/sd15'),
       ).toBe(true),
+    );
+  });
+
+  test('a gallery card names the strength in words; strength 0 says it had no effect', async () => {
+    await renderGenerate({
+      'generation.list': () => [
+        fx.generatedImage({
+          adapters: [{ file: '/p/p1/runs/r1/checkpoints/step-000600/adapter.safetensors', sha256: 'd', strength: 0 }],
+        }),
+      ],
+    });
+    expect((await screen.findByTestId('gallery-adapters')).textContent).toBe(
+      'run r1, step 600 at strength 0.00 (no effect)',
     );
   });
 });

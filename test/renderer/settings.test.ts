@@ -1,7 +1,7 @@
 // @vitest-environment jsdom
 import { fireEvent, render, screen, waitFor, within } from '@testing-library/svelte';
 import { describe, expect, test } from 'vitest';
-import { ApiError } from '../../src-main/api/contract.ts';
+import { ApiError, type Result } from '../../src-main/api/contract.ts';
 import SettingsScreen from '../../src-renderer/screens/SettingsScreen.svelte';
 import { startStudio, type Handlers } from './fakes.ts';
 import * as fx from './fixtures.ts';
@@ -129,5 +129,29 @@ describe('Models & Settings screen', () => {
       expect.stringContaining('dino-vits16'),
       expect.stringContaining('clip-vit-b32'),
     ]);
+  });
+
+  test('a failed download\'s "press Check again" has its Check again beside it, which lists the models again', async () => {
+    let list: Result<'models.list'> = models;
+    const { transport } = await renderSettings({
+      'models.list': () => list,
+      'models.download': () => ({ jobId: 'd1' }),
+    });
+    await fireEvent.click(within(screen.getAllByTestId('model-row')[0]).getByTestId('download-dino'));
+    await waitFor(() => expect(transport.paramsOf('models.download')).toHaveLength(1));
+    const offline =
+      'cannot reach example.org (is this machine offline?). Download https://example.org/model.onnx on a machine with internet and place it at /m/dino/model.onnx, then press Check again.';
+    transport.emit('job.updated', fx.job({ id: 'd1', kind: 'download', status: 'failed', error: offline }));
+    const error = await screen.findByTestId('download-error');
+    expect(error.textContent).toBe(offline);
+    const recheck = within(error.closest('tr')!).getByRole('button', { name: 'Check again' });
+    expect(screen.getAllByRole('button', { name: 'Check again' })).toEqual([recheck]);
+
+    list = [{ ...models[0], present: true, verified: true, bytes: 88_000_000 }, models[1]];
+    const before = transport.paramsOf('models.list').length;
+    await fireEvent.click(recheck);
+    await waitFor(() => expect(transport.paramsOf('models.list').length).toBe(before + 1));
+    await waitFor(() => expect(screen.queryByTestId('download-error')).toBeNull());
+    expect(within(screen.getAllByTestId('model-row')[0]).getByText('installed')).toBeTruthy();
   });
 });

@@ -40,7 +40,10 @@ describe('Train screen', () => {
       learningRate: 1e-4,
       triggerToken: 'sks',
       classWord: 'dog',
+      crop: 'center', // the project's, chosen on Subject: Train has no crop field of its own
     });
+    expect(screen.queryByLabelText('Crop')).toBeNull();
+    expect(screen.getByTestId('crop-where').textContent).toContain('Subject screen');
   });
 
   test('renders step i/N, it/s and ETA from train.event, plus loss points and samples', async () => {
@@ -67,7 +70,7 @@ describe('Train screen', () => {
     expect(screen.getByTestId('loss-chart').dataset.points).toBe('2');
     expect(screen.queryByTestId('train-stage')).toBeNull();
 
-    // The sample's URL is the service's; the page only adds the token.
+    // The sample's URL is the service's, used as it is.
     transport.emit(
       'train.event',
       trainEvent({
@@ -79,9 +82,7 @@ describe('Train screen', () => {
       }),
     );
     await waitFor(() => expect(screen.getAllByTestId('sample-image')).toHaveLength(1));
-    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe(
-      '/files/p1/runs/r9/samples/step-000100-0.png?token=t',
-    );
+    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe('/files/p1/runs/r9/samples/step-000100-0.png');
 
     // Events of another project are not this screen's business.
     transport.emit('train.event', { ...trainEvent(fx.stepEvent(500, 800)), projectId: 'other' });
@@ -95,8 +96,31 @@ describe('Train screen', () => {
     await fireEvent.input(screen.getByTestId('setting-rank'), { target: { value: '1000' } });
     await fireEvent.click(screen.getByTestId('train-button'));
     await waitFor(() => expect(screen.getByText('Enter a number')).toBeTruthy());
-    expect(screen.getByText(/Too big: expected number to be <=256/)).toBeTruthy();
+    expect(screen.getByText('Enter 256 or less')).toBeTruthy();
     expect(screen.getByTestId('setting-lr').getAttribute('aria-invalid')).toBe('true');
+    expect(transport.paramsOf('training.start')).toHaveLength(0);
+    // The first field in error takes the focus (it may be scrolled out of view).
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByTestId('setting-rank')));
+  });
+
+  test('errors say what to do, not what zod expected; one inside the closed Advanced section is opened and focused', async () => {
+    const { transport } = await renderTrain({ 'training.start': () => ({ jobId: 'j', runId: 'r' }) });
+    await fireEvent.input(screen.getByTestId('setting-steps'), { target: { value: '12.5' } });
+    await fireEvent.click(screen.getByTestId('train-button'));
+    await screen.findByText('Enter a whole number');
+    await fireEvent.input(screen.getByTestId('setting-steps'), { target: { value: '0' } });
+    await waitFor(() => expect(screen.getByText('Enter 1 or more')).toBeTruthy());
+    await fireEvent.input(screen.getByTestId('setting-steps'), { target: { value: '100' } });
+    await waitFor(() => expect(screen.queryByText('Enter 1 or more')).toBeNull());
+
+    const details = screen.getByText('Advanced').closest('details')!;
+    expect(details.open).toBe(false);
+    await fireEvent.input(screen.getByLabelText('Alpha'), { target: { value: '0' } });
+    await fireEvent.click(screen.getByTestId('train-button'));
+    await screen.findByText('Enter a number above 0');
+    expect(details.open).toBe(true);
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByLabelText('Alpha')));
+    expect(document.body.textContent).not.toMatch(/Too small|Too big|Invalid input|expected/);
     expect(transport.paramsOf('training.start')).toHaveLength(0);
   });
 
@@ -171,7 +195,9 @@ describe('Train screen', () => {
     render(TrainScreen, { training: tiny.studio.training, advice: null, model: tiny.studio.projects.model });
     expect((screen.getByTestId('train-button') as HTMLButtonElement).disabled).toBe(false);
     expect(screen.queryByTestId('train-blocked')).toBeNull();
-    expect(screen.getByRole('option', { name: 'Model native (64 × 64 for tiny-sd)' })).toBeTruthy();
+    // Short enough for the select's width; the hint names the model.
+    expect(screen.getByRole('option', { name: 'Native: 64 × 64' })).toBeTruthy();
+    expect(screen.getByText("Native is tiny-sd's own size; lower needs less memory")).toBeTruthy();
   });
 
   test('with the wasm or cpu backend it says training will be slow and how to fix it', async () => {
@@ -208,13 +234,18 @@ describe('Train screen', () => {
     await waitFor(() => expect(transport.paramsOf('training.cancel')).toEqual([{ jobId: 'j9' }]));
     transport.emit('train.event', trainEvent({ event: 'done', status: 'cancelled', step: 10, error: null }));
 
-    const resume = await screen.findByTestId('resume-button');
+    // Resume is offered where Train is, not only in the run table at the bottom.
+    const resume = await screen.findByTestId('resume-selected');
+    expect(resume.textContent).toBe('Resume run r9 from step 10');
+    expect(resume.closest('form')).toBe(screen.getByTestId('train-button').closest('form'));
+    expect(screen.getByTestId('resume-button')).toBeTruthy(); // and still in its row
     await fireEvent.click(resume);
     await waitFor(() => expect(transport.paramsOf('training.resume')).toEqual([{ projectId: 'p1', runId: 'r9' }]));
     expect(screen.getByTestId('run-status').textContent).toBe('queued');
     // The run's row agrees with the card: queued, and no second Resume (that would be a 409).
     await waitFor(() => expect(screen.getByTestId('run-row').dataset.status).toBe('queued'));
     expect(screen.queryByTestId('resume-button')).toBeNull();
+    expect(screen.queryByTestId('resume-selected')).toBeNull();
   });
 
   test("the run list follows live events: a queued run's row says running, with its step", async () => {
@@ -225,7 +256,7 @@ describe('Train screen', () => {
     await waitFor(() => expect(screen.getByTestId('run-row').dataset.status).toBe('queued'));
     transport.emit('train.event', trainEvent(fx.stepEvent(28, 800)));
     await waitFor(() => expect(screen.getByTestId('run-row').dataset.status).toBe('running'));
-    expect(screen.getByTestId('run-row').textContent).toContain('28/800');
+    expect(screen.getByTestId('run-row').textContent).toContain('28 / 800');
     expect(screen.getByTestId('run-status').textContent).toBe('running');
   });
 
@@ -301,9 +332,23 @@ describe('Train screen', () => {
     await waitFor(() => expect(transport.paramsOf('training.status')).toEqual([{ projectId: 'p1', runId: 'r9' }]));
     await waitFor(() => expect(screen.getByTestId('loss-chart').dataset.points).toBe('4'));
     expect(screen.getAllByTestId('sample-image')).toHaveLength(1);
-    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe(
-      '/files/p1/runs/r9/samples/step-000002-0.png?token=t',
-    );
+    expect(screen.getByTestId('sample-image').getAttribute('src')).toBe('/files/p1/runs/r9/samples/step-000002-0.png');
     expect(screen.getByTestId('train-progress').textContent).toContain('Step 4/800');
+  });
+
+  test("the Runs table shows each run's learning rate and steps", async () => {
+    await renderTrain({
+      'training.runs': () => [
+        fx.run({ id: 'r2', learningRate: 5e-5, step: 120, steps: 1600, status: 'cancelled' }),
+        fx.run({ id: 'r1', learningRate: 1e-4 }),
+      ],
+    });
+    await waitFor(() => expect(screen.getAllByTestId('run-row')).toHaveLength(2));
+    const headers = within(screen.getByTestId('run-list'))
+      .getAllByRole('columnheader')
+      .map((h) => h.textContent);
+    expect(headers).toEqual(expect.arrayContaining(['Learning rate', 'Steps (done / planned)']));
+    expect(screen.getAllByTestId('run-lr').map((c) => c.textContent)).toEqual(['5e-5', '1e-4']);
+    expect(screen.getAllByTestId('run-steps').map((c) => c.textContent)).toEqual(['120 / 1600', '800 / 800']);
   });
 });

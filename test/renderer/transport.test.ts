@@ -91,12 +91,11 @@ describe('HTTP transport', () => {
     await expect(down.request('projects.list', {})).rejects.toThrow(/cannot reach the SingLoRA server.*singlora serve/);
   });
 
-  test('adds the token to same-origin /files/ URLs only', () => {
+  test('file URLs never carry the token: the session cookie authorises images and downloads', () => {
     const t = createHttpTransport({ baseUrl: 'http://127.0.0.1:7860', token: 'a b', fetch: vi.fn() });
-    expect(t.fileUrl('/files/p1/images/1.png')).toBe('/files/p1/images/1.png?token=a+b');
-    expect(t.fileUrl('/files/p1/x.png?size=2')).toBe('/files/p1/x.png?size=2&token=a+b');
-    expect(t.fileUrl('http://127.0.0.1:7860/files/p1/x.png')).toBe('http://127.0.0.1:7860/files/p1/x.png?token=a+b');
-    expect(t.fileUrl('https://elsewhere.example/files/x.png')).toBe('https://elsewhere.example/files/x.png');
+    expect(t.fileUrl('/files/p1/images/1.png')).toBe('/files/p1/images/1.png');
+    expect(t.fileUrl('/files/p1/x.png?size=2')).toBe('/files/p1/x.png?size=2');
+    expect(t.fileUrl('http://127.0.0.1:7860/files/p1/x.png')).toBe('http://127.0.0.1:7860/files/p1/x.png');
     expect(t.fileUrl('data:image/png;base64,AAAA')).toBe('data:image/png;base64,AAAA');
   });
 

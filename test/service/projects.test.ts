@@ -105,7 +105,7 @@ describe('projects on disk', () => {
     ]);
     expect(added.map((x) => x.id)).toEqual(['photo.png', 'photo-2.png', 'from-disk.png', 'tiny.png', 'notes.png']);
     expect(added.map((x) => x.status)).toEqual(['ok', 'rejected', 'ok', 'rejected', 'rejected']);
-    expect(added[1].reason).toContain('exact duplicate of photo.png');
+    expect(added[1].reason).toBe('exact duplicate of photo.png, which is already in the project (used once)');
     expect(added[3].reason).toMatch(/too small: 16x16/);
     expect(added[4].reason).toMatch(/not a readable image/);
     expect(added[0]).toMatchObject({

@@ -230,6 +230,14 @@ describe('models', () => {
     });
   });
 
+  it('training.start in a project without usable photos names the project as the user named it', async () => {
+    const empty = await call('projects.create', { name: 'Empty shelf', baseModel: TINY_MODEL });
+    const e = await fail('training.start', { projectId: empty.id });
+    expect(e.code).toBe('conflict');
+    expect(e.message).toBe('the project "Empty shelf" has no usable photos; add 3-20 photos of the subject first');
+    await call('projects.delete', { projectId: empty.id });
+  });
+
   it('models.download fetches into the models folder as a job (io lane); models.list shows it', async () => {
     const before = await call('models.list', {});
     expect(before.map((m) => [m.name, m.kind, m.present])).toEqual([
@@ -335,6 +343,7 @@ describe('training', () => {
       status: 'completed',
       step: 3,
       steps: 3,
+      learningRate: m.settings.learningRate,
       method: 'singlora',
       best: null,
     });

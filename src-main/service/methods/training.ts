@@ -121,6 +121,7 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
             error: m.error,
             steps: m.settings.steps,
             method: m.settings.method,
+            learningRate: m.settings.learningRate,
             best: m.evaluation?.chosen ?? m.evaluation?.best ?? null,
           });
         } catch (err) {

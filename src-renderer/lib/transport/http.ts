@@ -9,7 +9,8 @@
  *
  * The token: the page sends the one it was opened with (`?token=`, kept per tab) as the bearer
  * header; a second tab or a bookmark has none and relies on the HttpOnly cookie the server set on
- * the first load (sent by the browser with same-origin requests and the WebSocket). When the server
+ * the first load (sent by the browser with same-origin requests, images and downloads from /files
+ * included, and the WebSocket). When the server
  * answers 401 (or the socket is refused before it ever opened and a request confirms the 401), the
  * state becomes 'unauthorized' and nothing reconnects: the page shows one screen that says how to
  * get in (open the link `singlora serve` printed).
@@ -187,19 +188,13 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
       connect();
     },
 
+    /**
+     * As the API gave it: images and downloads are same-origin requests that carry the HttpOnly
+     * cookie the server set when the page loaded with its token, so the token never sits in the
+     * page (links, copied addresses, screenshots of devtools).
+     */
     fileUrl(url: string): string {
-      if (!opts.token) return url;
-      let u: URL;
-      try {
-        u = new URL(url, `${base}/`);
-      } catch {
-        return url;
-      }
-      if (u.origin !== new URL(base).origin || !u.pathname.startsWith('/files/') || u.searchParams.has('token'))
-        return url;
-      u.searchParams.set('token', opts.token);
-      // Keep relative URLs relative (the page and the files share the origin).
-      return url.startsWith('/') ? u.pathname + u.search + u.hash : u.toString();
+      return url;
     },
 
     close() {

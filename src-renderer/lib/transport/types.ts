@@ -24,7 +24,7 @@ export interface Transport {
   onConnection(listener: (state: ConnectionState) => void): () => void;
   /** Reconnects at once instead of waiting for the backoff (no-op where there is nothing to reconnect). */
   reconnectNow(): void;
-  /** Makes a file URL loadable by <img> (the HTTP transport adds the session token to /files/ URLs). */
+  /** Makes a file URL loadable by <img> (HTTP: unchanged, the session cookie authorises it; Electron: its own mapping). */
   fileUrl(url: string): string;
   close(): void;
 }
