@@ -34,6 +34,7 @@ interface GenerateCliOptions extends GlobalOptions, InferenceCliOptions {
   clipSkip?: number;
   adapter?: Array<{ path: string; strength: number }>;
   strict?: boolean;
+  allowPartial?: boolean;
   out: string;
 }
 
@@ -106,9 +107,10 @@ export function register(program: Command): void {
           'adapter file (native, kohya or diffusers LoRA); repeatable',
           adapterOption,
         )
+        .option('--strict', 'refuse an adapter made for another base model (default: warn)')
         .option(
-          '--strict',
-          'refuse an adapter made for another base model, or with tensors that cannot be used (default: warn)',
+          '--allow-partial',
+          'apply an adapter file even when some of its tensors cannot be used (they are listed); default: such a file is an error',
         )
         .requiredOption('--out <dir>', 'output folder'),
     ),
@@ -148,7 +150,7 @@ export function register(program: Command): void {
               count: o.count,
               clipSkip: o.clipSkip ?? 0,
             },
-            adapters: o.adapter ?? [],
+            adapters: (o.adapter ?? []).map((a) => ({ ...a, allowPartial: o.allowPartial })),
             outDir: o.out,
             strict: o.strict,
             inference: inferenceOptions(o),

@@ -237,7 +237,7 @@ describe('issue 18 checks on trained adapters', () => {
     ok(r, 'train for the adapter checks');
   }, 600_000);
 
-  it('an adapter made for another base: warning and every unused tensor with its reason; --strict refuses (point 3)', {
+  it('an adapter made for another base: warning; a partly usable file is an error unless --allow-partial, which lists every unused tensor with its reason; --strict refuses (point 3, issue 27 item 36)', {
     timeout: 600_000,
   }, async () => {
     const args = [
@@ -254,13 +254,15 @@ describe('issue 18 checks on trained adapters', () => {
       adapter,
       '--out',
       join(tmp, 'mismatch'),
+      '--allow-partial',
     ];
     const text = await runCli(args);
     ok(text, 'generate with a mismatched adapter');
     expect(text.stderr).toMatch(/warning: adapter\.safetensors was trained on .* not on this base model/);
     const unused = /warning: (\d+) tensor\(s\) of adapter\.safetensors not used:/.exec(text.stderr);
     const applied = /applied (\d+) of (\d+) tensors/.exec(text.stderr)!;
-    if (Number(applied[1]) < Number(applied[2])) {
+    const partial = Number(applied[1]) < Number(applied[2]);
+    if (partial) {
       expect(Number(unused![1])).toBe(Number(applied[2]) - Number(applied[1]));
       expect(text.stderr.split('\n').filter((l) => /^ {2}unet\..*: /.test(l))).toHaveLength(Number(unused![1]));
     }
@@ -273,10 +275,18 @@ describe('issue 18 checks on trained adapters', () => {
       .find((e) => e.event === 'adapter');
     expect(event.baseMismatch).toMatch(/was trained on/);
     expect(event.unapplied).toHaveLength(event.totalTensors - event.appliedTensors);
+    const whole = await runCli(args.slice(0, -1));
+    if (partial) {
+      expect(whole.code).toBe(1);
+      expect(whole.stderr.trim()).toMatch(
+        /^error: adapter\.safetensors: only \d+ of \d+ tensors can be applied \(unet\..*--allow-partial/,
+      );
+    } else ok(whole, 'generate with an adapter that fits whole');
     const strict = await runCli([...args, '--strict']);
     expect(strict.code).toBe(1);
     expect(strict.stderr.trim()).toMatch(/^error: refused under strict checking: adapter\.safetensors was trained on/);
-    expect(readdirSync(join(tmp, 'mismatch')).filter((f) => f.endsWith('.png'))).toHaveLength(2); // the two runs above, none from --strict
+    // the two --allow-partial runs above (and the plain one when the file fits whole), none from --strict
+    expect(readdirSync(join(tmp, 'mismatch')).filter((f) => f.endsWith('.png'))).toHaveLength(partial ? 2 : 3);
   });
 
   it('export --format merged onto another base warns; --strict refuses and writes nothing (point 3)', {

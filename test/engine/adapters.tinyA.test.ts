@@ -170,6 +170,19 @@ describe('LoRA files from other tools', () => {
         width: 64,
         height: 64,
       });
+      const request = {
+        prompt: 'a photo of sks dog',
+        steps: 2,
+        guidanceScale: 7.5,
+        scheduler: 'ddim' as const,
+        seed: 3,
+        width: 64,
+        height: 64,
+      };
+      // Three of its tensors cannot be used: an error unless partial use is asked for.
+      await expect(textToImage(sd, { ...request, adapters: [{ path: file, strength: 1 }] })).rejects.toThrow(
+        /other-tool\.safetensors: only 5 of 8 tensors can be applied/,
+      );
       const reports: string[] = [];
       const [img1] = await textToImage(
         sd,
@@ -181,7 +194,7 @@ describe('LoRA files from other tools', () => {
           seed: 3,
           width: 64,
           height: 64,
-          adapters: [{ path: file, strength: 1 }],
+          adapters: [{ path: file, strength: 1, allowPartial: true }],
         },
         {
           onAdapters: (r) =>

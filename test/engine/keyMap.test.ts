@@ -14,6 +14,7 @@ import {
   originalShape,
   singleFileKeyMap,
   toSingleFileName,
+  unetOriginalModules,
   type ComponentConfigs,
   type ComponentName,
   type RawConfig,
@@ -126,6 +127,26 @@ describe('SD-1.5: original single-file names <-> diffusers names', () => {
     const absent = map.pairs.filter((p) => !(p.original in sd15Single.tensors));
     expect(absent.filter((p) => !p.optional).map((p) => p.original)).toEqual([]);
     expect(absent.every((p) => /\.(skip_connection|nin_shortcut)\.(weight|bias)$/.test(p.original))).toBe(true);
+  });
+
+  it('unetOriginalModules names every UNet Linear and conv of the single file by its diffusers module (LoRA original names)', () => {
+    const modules = unetOriginalModules(sd15Configs.unet);
+    const problems: string[] = [];
+    let matrices = 0;
+    for (const [key, { shape }] of Object.entries(sd15Single.tensors)) {
+      const m = /^model\.diffusion_model\.(.+)\.weight$/.exec(key);
+      if (!m || shape.length < 2) continue;
+      matrices++;
+      const path = modules.get(m[1]);
+      const want = path && sd15.unet[`${path}.weight`];
+      if (!want || JSON.stringify(want) !== JSON.stringify(shape)) problems.push(`${m[1]} -> ${path}`);
+    }
+    expect(problems).toEqual([]);
+    expect(matrices).toBeGreaterThan(250);
+    expect(modules.get('input_blocks.1.1.proj_in')).toBe('down_blocks.0.attentions.0.proj_in');
+    expect(modules.get('output_blocks.11.1.transformer_blocks.0.attn2.to_out.0')).toBe(
+      'up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_out.0',
+    );
   });
 
   it('toSingleFileName names the component and key it cannot translate', () => {

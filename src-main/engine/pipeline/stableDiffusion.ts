@@ -14,7 +14,13 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { tf, type Tensor } from '../backend/tf.ts';
-import { adapterSummary, planAdapter, type AdapterPlan, type ImportReport } from '../adapters/import.ts';
+import {
+  adapterSummary,
+  PartialAdapterError,
+  planAdapter,
+  type AdapterPlan,
+  type ImportReport,
+} from '../adapters/import.ts';
 import { WeightPatcher } from '../adapters/patch.ts';
 import type { LatentDistribution } from '../models/autoencoderKL.ts';
 import { OnnxDiffusion, type HostTensor } from '../onnx/onnxDiffusion.ts';
@@ -270,20 +276,27 @@ export class StableDiffusion {
    * Applies adapter files (replacing any applied before): weight patches on the tfjs engine,
    * side-path inputs on the onnx engine. Returns what each file applied.
    */
-  async setAdapters(uses: ReadonlyArray<{ path: string; strength: number }>): Promise<ImportReport[]> {
+  async setAdapters(
+    uses: ReadonlyArray<{ path: string; strength: number; allowPartial?: boolean }>,
+  ): Promise<ImportReport[]> {
     this.clearAdapters();
     if (this.engine === 'tfjs') await this.ensure('unet', 'textEncoder');
     const targets =
       this.engine === 'tfjs' ? { unet: this.unet, textEncoder: this.textEncoder } : await this.adapterTargets();
     const reports: ImportReport[] = [];
     for (const use of uses) {
-      const plan = await planAdapter(use.path, targets, use.strength);
+      const plan = await planAdapter(use.path, targets, use.strength, { allowPartial: use.allowPartial });
       this.plans.push(plan);
       if (this.engine === 'tfjs') {
         plan.applyTo(targets, this.patcher);
         reports.push(plan.report);
       } else {
-        reports.push(onnxReport(plan));
+        const report = onnxReport(plan);
+        if (report.unapplied.length && !use.allowPartial) {
+          this.clearAdapters();
+          throw new PartialAdapterError(report);
+        }
+        reports.push(report);
       }
     }
     if (this.engine === 'onnx')

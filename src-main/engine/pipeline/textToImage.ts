@@ -21,6 +21,8 @@ import type { StableDiffusion } from './stableDiffusion.ts';
 export interface AdapterUse {
   path: string;
   strength: number;
+  /** Apply the tensors that fit even when some of the file's cannot be (default: such a file is an error). */
+  allowPartial?: boolean;
 }
 
 export interface TextToImageRequest {
