@@ -10,6 +10,10 @@
  *     exit status 2;
  *   - anything that fails while running: `error: <message>`, exit status 1;
  *   - no stack trace unless `--debug` (or SINGLORA_DEBUG=1).
+ *
+ * Cancelling (Ctrl-C, SIGINT) ends every command with exit status 130 (SIGTERM: 143), as shells
+ * report a process killed by the signal: at once, or, for a command that registered `onCancel`
+ * (train keeps a checkpoint), once it has wound down. `serve` is stopped, not cancelled: it exits 0.
  */
 import { type Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import cliProgress from 'cli-progress';
@@ -232,12 +236,39 @@ function writeSafe(stream: NodeJS.WriteStream, text: string): void {
   }
 }
 
+/** Exit statuses of a cancelled command: 128 + the signal's number, as shells report it. */
+export const CANCELLED_EXIT_CODE: Readonly<Record<'SIGINT' | 'SIGTERM', number>> = { SIGINT: 130, SIGTERM: 143 };
+
+let cancelHandler: ((signal: NodeJS.Signals) => void) | null = null;
+
 /**
- * Makes a closed stdout (`singlora ... --json | head -1`) end the process quietly, and keeps
- * uncaught errors on the one error path. Installed before any backend loads: the wasm backend
- * adds an uncaught-exception handler that re-throws (printing its minified source).
+ * Lets the running command wind down on the first SIGINT / SIGTERM instead of ending at once
+ * (a second signal still ends the process). The handler is called once; the command then sets
+ * its exit status (`cancelledExitCode`). Returns the function that unregisters it.
+ */
+export function onCancel(handler: (signal: NodeJS.Signals) => void): () => void {
+  cancelHandler = handler;
+  return () => {
+    if (cancelHandler === handler) cancelHandler = null;
+  };
+}
+
+function onSignal(signal: 'SIGINT' | 'SIGTERM'): void {
+  const handler = cancelHandler;
+  cancelHandler = null;
+  if (handler) handler(signal);
+  else process.exit(CANCELLED_EXIT_CODE[signal]);
+}
+
+/**
+ * Makes a closed stdout (`singlora ... --json | head -1`) end the process quietly, keeps
+ * uncaught errors on the one error path, and ends a cancelled command with 130 (`onCancel`).
+ * Installed before any backend loads: the wasm backend adds an uncaught-exception handler that
+ * re-throws (printing its minified source).
  */
 export function installProcessHandlers(): void {
+  process.on('SIGINT', () => onSignal('SIGINT'));
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
   const quietOnEpipe = (err: NodeJS.ErrnoException) => {
     if (err.code === 'EPIPE' || err.code === 'ERR_STREAM_DESTROYED') process.exit(process.exitCode ?? 0);
     reportError(err);

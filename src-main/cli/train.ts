@@ -12,6 +12,9 @@ import { readRunManifest, RUN_MANIFEST } from '../engine/train/runFiles.ts';
 import { listImageFiles } from './eval.ts';
 import {
   action,
+  CANCELLED_EXIT_CODE,
+  onCancel,
+  reportError,
   emitJsonLine,
   parse,
   printResult,
@@ -237,11 +240,12 @@ export function register(program: Command): void {
         );
       const state: { bar: ReturnType<typeof progressBar> | null } = { bar: null };
       const controller = new AbortController();
-      const onSignal = () => {
+      const cancel: { by: 'SIGINT' | 'SIGTERM' | null } = { by: null };
+      const offCancel = onCancel((signal) => {
+        cancel.by = signal === 'SIGTERM' ? 'SIGTERM' : 'SIGINT';
         if (!o.json) process.stderr.write('\nstopping after the current step (a checkpoint is kept)...\n');
         controller.abort('cancel');
-      };
-      process.once('SIGINT', onSignal);
+      });
       let result: Awaited<ReturnType<typeof train>>;
       try {
         result = await train(
@@ -270,9 +274,12 @@ export function register(program: Command): void {
       } catch (err) {
         state.bar?.stop();
         await removeIfCreated(plan);
-        throw err;
+        if (!cancel.by) throw err;
+        reportError(err);
+        process.exitCode = CANCELLED_EXIT_CODE[cancel.by];
+        return;
       } finally {
-        process.off('SIGINT', onSignal);
+        offCancel();
         state.bar?.stop();
       }
       const m = result.manifest;
@@ -302,6 +309,8 @@ export function register(program: Command): void {
             .filter(Boolean)
             .join('\n'),
       );
+      // Cancelled: the result above says where the run stopped; the status says it was cancelled.
+      if (cancel.by) process.exitCode = CANCELLED_EXIT_CODE[cancel.by];
     }),
   );
 }
