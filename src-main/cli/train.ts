@@ -13,8 +13,10 @@ import { listImageFiles } from './eval.ts';
 import {
   action,
   CANCELLED_EXIT_CODE,
+  type CancelReason,
   onCancel,
   reportError,
+  SEED_MAX,
   emitJsonLine,
   parse,
   printResult,
@@ -215,7 +217,7 @@ export function register(program: Command): void {
         .option('--checkpoint-every <n>', 'steps between checkpoints', parse.int(1), 100)
         .option('--sample-every <n>', 'steps between preview images (0: none)', parse.int(0), 100)
         .option('--sample-prompt <text>', 'preview prompt (repeatable)', parse.collect)
-        .option('--seed <n>', 'seed', parse.int(0), 42)
+        .option('--seed <n>', `seed, an integer from 0 to ${SEED_MAX} (2^53 - 1)`, parse.seed(0), 42)
         .option('--gradient-checkpointing', 'recompute each UNet block in the backward pass (less memory)')
         .option(
           '--target <pattern>',
@@ -240,9 +242,11 @@ export function register(program: Command): void {
         );
       const state: { bar: ReturnType<typeof progressBar> | null } = { bar: null };
       const controller = new AbortController();
-      const cancel: { by: 'SIGINT' | 'SIGTERM' | null } = { by: null };
-      const offCancel = onCancel((signal) => {
-        cancel.by = signal === 'SIGTERM' ? 'SIGTERM' : 'SIGINT';
+      // Ctrl-C, SIGTERM, or a closed stdout (`--json | head -1`): stop after the step and keep a
+      // checkpoint, so the run folder is a resumable run, never an empty one.
+      const cancel: { by: CancelReason | null } = { by: null };
+      const offCancel = onCancel((reason) => {
+        cancel.by = reason;
         if (!o.json) process.stderr.write('\nstopping after the current step (a checkpoint is kept)...\n');
         controller.abort('cancel');
       });
@@ -275,7 +279,7 @@ export function register(program: Command): void {
         state.bar?.stop();
         await removeIfCreated(plan);
         if (!cancel.by) throw err;
-        reportError(err);
+        if (cancel.by !== 'EPIPE') reportError(err);
         process.exitCode = CANCELLED_EXIT_CODE[cancel.by];
         return;
       } finally {

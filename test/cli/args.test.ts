@@ -51,7 +51,11 @@ const USAGE: Array<[string[], RegExp]> = [
   [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--lr', '0'], /--lr.*expected a number > 0/],
   [
     ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--seed', 'abc'],
-    /--seed.*expected an integer >= 0/,
+    /--seed.*expected an integer from 0 to 9007199254740991 \(2\^53 - 1\)/,
+  ],
+  [
+    ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--seed', '9007199254740992'],
+    /--seed.*expected an integer from 0 to 9007199254740991 \(2\^53 - 1\)/,
   ],
   [
     ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--rank', '0'],
@@ -97,8 +101,19 @@ const USAGE: Array<[string[], RegExp]> = [
   ],
   [
     ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--seed', '-2'],
-    /--seed.*expected an integer >= -1/,
+    /--seed.*expected an integer from -1 to 9007199254740991/,
   ],
+  [
+    ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--adapter', `${FILE}:-5`],
+    /--adapter .* strength -5 is out of range: expected a number from -4 to 4/,
+  ],
+  [
+    ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--adapter', `${FILE}:4.5`],
+    /strength 4\.5 is out of range: expected a number from -4 to 4/,
+  ],
+  // an unknown command: the nearest one, and the help that lists them all
+  [['genrate', '--base', EMPTY], /unknown command 'genrate' \(Did you mean generate\?\)/],
+  [['bench', 'trian'], /unknown command 'trian' \(Did you mean train\?\)/],
   [
     ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--scheduler', 'foo'],
     /--scheduler <name>' argument 'foo' is invalid\. Allowed choices are/,
@@ -207,6 +222,16 @@ describe.concurrent('bad arguments: one line, exit 2, no stack trace', () => {
       expectJsonError(json, message, 2);
     });
   }
+});
+
+describe('an unknown command', () => {
+  it('names the nearest command and the help that lists them all (issue 27 item 33)', async () => {
+    const top = await runCli(['genrate', '--prompt', 'x']);
+    expect(top.code).toBe(2);
+    expect(top.stderr).toBe("error: unknown command 'genrate' (Did you mean generate?) (see singlora --help)\n");
+    const sub = await runCli(['bench', 'trian']);
+    expect(sub.stderr).toBe("error: unknown command 'trian' (Did you mean train?) (see singlora bench --help)\n");
+  });
 });
 
 describe('nothing is touched before the options are checked (point 1)', () => {

@@ -1,7 +1,8 @@
 // Ctrl-C ends every command with exit status 130 (issue 27 item 28): train after keeping a
-// checkpoint, generate at once. Run on the tiny model, as a user runs the CLI.
+// checkpoint, generate at once; `train --json | head -1` ends quietly and leaves a resumable run, not
+// an empty folder (item 33). Run on the tiny model, as a user runs the CLI.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -90,5 +91,40 @@ describe('a cancelled command exits with 130', () => {
     );
     expect({ code: r.code, signal: r.signal }).toEqual({ code: 130, signal: null });
     expect(existsSync(out) ? readdirSync(out).filter((f) => f.endsWith('.png')) : []).toEqual([]);
+  });
+
+  it('train --json | head -1: a closed stdout ends quietly (exit 0), after keeping a checkpoint', {
+    timeout: 600_000,
+  }, async () => {
+    const out = join(tmp, 'epipe-run');
+    const child = spawn(
+      process.execPath,
+      [
+        BIN,
+        'train',
+        '--base',
+        tiny,
+        '--images',
+        join(tmp, 'photos'),
+        '--out',
+        out,
+        '--steps',
+        '500',
+        '--sample-every',
+        '0',
+        '--json',
+      ],
+      { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+    child.stdout.destroy(); // `| head -1`
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
+    const manifest = JSON.parse(readFileSync(join(out, 'run.json'), 'utf8'));
+    expect(manifest.status).toBe('cancelled');
+    expect(readdirSync(join(out, 'checkpoints')).some((n) => n.startsWith('step-'))).toBe(true);
   });
 });
