@@ -18,6 +18,7 @@
 import { type Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { statSync } from 'node:fs';
+import { basename } from 'node:path';
 import type { BackendInfo, BackendName } from '../engine/backend/tf.ts';
 
 /**
@@ -167,6 +168,24 @@ export function requireExists(path: string, option: string): void {
   } catch {
     throw new UsageError(`${option}: ${path} does not exist`);
   }
+}
+
+/**
+ * Refuses a photo folder in which no photo can be read, before any model loads (SD 1.5 takes a
+ * minute to load; a folder of non-images was found only after that). Each photo is decoded as
+ * training will decode it (engine/train/dataset.ts checkPhoto); the size rules apply when the
+ * resolution is known here (`--resolution`), else training applies them with the model's size.
+ */
+export async function requireUsablePhotos(photos: string, option: string, resolution = 0): Promise<void> {
+  const { checkPhoto, listPhotos } = await import('../engine/train/dataset.ts');
+  const checks = [];
+  for (const file of await listPhotos(photos)) {
+    const { check } = await checkPhoto(file, resolution);
+    if (check.status !== 'rejected') return;
+    checks.push(check);
+  }
+  const why = checks.map((c) => `${basename(c.file)}: ${c.reason}`).join('; ');
+  throw new UsageError(`${option}: no usable subject photos in ${photos} (${why || 'no files'})`);
 }
 
 /** Refuses an output folder that exists as a file. */

@@ -29,6 +29,7 @@ import {
   requireExists,
   requireFile,
   requireFolder,
+  requireUsablePhotos,
   requireNotFile,
   startBackend,
   UsageError,
@@ -77,6 +78,7 @@ export async function prepareDemoOut(o: DemoOptions): Promise<string> {
     } catch (err) {
       throw new UsageError(`--photos: ${(err as Error).message}`);
     }
+    await requireUsablePhotos(o.photos, '--photos');
   }
   if (o.dinoModel) requireFile(o.dinoModel, '--dino-model', 'an .onnx file');
   const entries = existsSync(out) ? readdirSync(out) : [];

@@ -16,6 +16,7 @@ import {
   type CancelReason,
   onCancel,
   reportError,
+  requireUsablePhotos,
   SEED_MAX,
   emitJsonLine,
   parse,
@@ -355,6 +356,7 @@ export async function planTrain(o: TrainCliOptions, cmd: Command): Promise<Train
     let photos: string | readonly string[];
     if (o.images) {
       requireFolder(o.images, '--images');
+      await requireUsablePhotos(o.images, '--images', o.resolution);
       photos = o.images;
     } else {
       photos = manifest.images.used;
@@ -387,6 +389,7 @@ export async function planTrain(o: TrainCliOptions, cmd: Command): Promise<Train
   } catch (err) {
     throw new UsageError(`--images: ${(err as Error).message}`);
   }
+  await requireUsablePhotos(o.images, '--images', o.resolution);
   const exists = existsSync(out);
   if (exists && readdirSync(out).length) {
     throw new UsageError(

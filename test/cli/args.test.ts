@@ -1,14 +1,14 @@
 // Issue 18 points 1, 2, 4, 10, 11: every command's bad arguments give one line naming the option
 // and what it expects, exit status 2, no stack trace, with and without --json, before any model
 // loads, and before anything on disk is touched.
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeSubjectPhotos } from '../../scripts/make-tiny-model.ts';
 import { runCli, STACK, type CliResult } from './run.ts';
+import { tempDir } from '../helpers/tempDir.ts';
 
-const tmp = mkdtempSync(join(tmpdir(), 'singlora-cli-'));
+const tmp = tempDir('singlora-cli');
 const FILE = join(tmp, 'a-file.txt');
 const EMPTY = join(tmp, 'empty');
 const PHOTOS = join(tmp, 'photos');
@@ -16,6 +16,7 @@ const RUN = join(tmp, 'existing-run');
 const FOREIGN = join(tmp, 'users-folder');
 const DEMO = join(tmp, 'earlier-demo');
 const MISSING = join(tmp, 'missing');
+const NOT_IMAGES = join(tmp, 'not-images');
 
 beforeAll(async () => {
   writeFileSync(FILE, 'not a model\n');
@@ -28,6 +29,8 @@ beforeAll(async () => {
   writeFileSync(join(DEMO, '.singlora-demo'), '');
   writeFileSync(join(DEMO, 'run/checkpoints/keep'), 'an earlier demo run');
   await makeSubjectPhotos(PHOTOS);
+  mkdirSync(NOT_IMAGES);
+  for (const n of ['a.png', 'b.jpg']) writeFileSync(join(NOT_IMAGES, n), 'not an image\n');
 });
 
 /** [command line, what the one-line message must say]. All exit with status 2. */
@@ -81,6 +84,11 @@ const USAGE: Array<[string[], RegExp]> = [
     /already holds a run; add --resume to continue it .*or choose a new --out/,
   ],
   [['train', '--out', EMPTY, '--resume'], /--resume: .* has no run\.json/],
+  // photos no one can read: refused before the model loads (issue 27 item 34; EMPTY is no model)
+  [
+    ['train', '--base', EMPTY, '--images', NOT_IMAGES, '--out', MISSING],
+    /--images: no usable subject photos in .*not-images \(a\.png: not a readable image.*; b\.jpg: not a readable image/,
+  ],
   // generate
   [
     ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--width', 'big'],
@@ -139,6 +147,10 @@ const USAGE: Array<[string[], RegExp]> = [
   [['demo', '--out', FILE], /--out: .* is a file/],
   [['demo', '--out', FOREIGN], /is not empty and was not made by the demo; choose a new folder, or add --force/],
   [['demo', '--out', DEMO, '--photos', FILE], /--photos: .* is a file; expected a folder/],
+  [
+    ['demo', '--out', DEMO, '--photos', NOT_IMAGES],
+    /--photos: no usable subject photos in .*a\.png: not a readable image/,
+  ],
   [['demo', '--out', DEMO, '--base', MISSING], /--base: .* does not exist/],
   // export / inspect
   [['export', '--adapter', FILE, '--out', join(tmp, 'x.safetensors')], /required option '--format <f>' not specified/],
