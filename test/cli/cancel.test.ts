@@ -2,21 +2,20 @@
 // checkpoint, generate at once; `train --json | head -1` ends quietly and leaves a resumable run, not
 // an empty folder (item 33). Run on the tiny model, as a user runs the CLI.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { makeSubjectPhotos, makeTinyModel } from '../../scripts/make-tiny-model.ts';
 import { BIN, REPO, STACK } from './run.ts';
+import { tempDir } from '../helpers/tempDir.ts';
 
-const tmp = mkdtempSync(join(tmpdir(), 'singlora-cancel-'));
+const tmp = tempDir('singlora-cancel');
 let tiny = '';
 
 beforeAll(async () => {
   tiny = await makeTinyModel();
   await makeSubjectPhotos(join(tmp, 'photos'));
 });
-afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 /**
  * Runs the CLI with --json, sends SIGINT once a stdout line matches `when`, and resolves with the

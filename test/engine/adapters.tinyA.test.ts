@@ -4,8 +4,7 @@
  * W0 + dW, other tools' files report what they could not apply, and generation with an adapter
  * changes the image and restores the base weights.
  */
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readAdapterFile, saveAdapter } from '../../src-main/engine/adapters/adapterFile.ts';
@@ -21,10 +20,11 @@ import { textToImage } from '../../src-main/engine/pipeline/textToImage.ts';
 import { Rng } from '../../src-main/engine/random.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
+import { tempDir } from '../helpers/tempDir.ts';
 
 useBackend('wasm');
 const base = join(FIXTURES, 'tiny-a/model');
-const dir = mkdtempSync(join(tmpdir(), 'tinya-adapters-'));
+const dir = tempDir('tinya-adapters');
 const native = join(dir, 'adapter.safetensors');
 let unet: UNet2DConditionModel;
 let merged: Map<string, Float32Array>;

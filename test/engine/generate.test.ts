@@ -3,8 +3,7 @@
  * reader, sidecars validate, seeds are reproducible, bad requests get clear errors, and twenty
  * generations leak no tensor.
  */
-import { mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { imageSidecarSchema } from '../../src-main/api/schemas.ts';
@@ -17,10 +16,11 @@ import { StableDiffusion } from '../../src-main/engine/pipeline/stableDiffusion.
 import { textToImage } from '../../src-main/engine/pipeline/textToImage.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
+import { tempDir } from '../helpers/tempDir.ts';
 
 useBackend('wasm');
 const base = join(FIXTURES, 'tiny-a/model');
-const out = mkdtempSync(join(tmpdir(), 'gen-'));
+const out = tempDir('gen');
 let sd: StableDiffusion;
 beforeAll(async () => {
   sd = await StableDiffusion.load(base);

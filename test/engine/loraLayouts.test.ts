@@ -20,8 +20,6 @@
  *     `text_encoders.clip_l.transformer.<key>` (text encoder), with `.lora_up.weight` /
  *     `.lora_down.weight`; with bias_diff on (its default) also `.diff` (1-D weights) and `.diff_b`.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PartialAdapterError, planAdapter } from '../../src-main/engine/adapters/import.ts';
@@ -34,10 +32,11 @@ import { UNet2DConditionModel } from '../../src-main/engine/models/unet2dConditi
 import { Rng } from '../../src-main/engine/random.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
+import { tempDir } from '../helpers/tempDir.ts';
 
 useBackend('wasm');
 const base = join(FIXTURES, 'tiny-a/model');
-const dir = mkdtempSync(join(tmpdir(), 'lora-layouts-'));
+const dir = tempDir('lora-layouts');
 let unet: UNet2DConditionModel;
 let textEncoder: ClipTextModel;
 
@@ -58,7 +57,6 @@ beforeAll(async () => {
 afterAll(() => {
   unet.dispose();
   textEncoder.dispose();
-  rmSync(dir, { recursive: true, force: true });
 });
 
 /** Random rank-2 factors for every module of `component` whose path `pick` accepts. */
