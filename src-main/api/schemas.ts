@@ -305,7 +305,15 @@ export const imageSidecarSchema = z.object({
   baseModel: z.object({ path: z.string(), name: z.string(), unetSha256: z.string() }),
   adapters: z.array(z.object({ file: z.string(), sha256: z.string(), strength: z.number() })),
   parameters: z.string(),
-  backend: z.string(),
+  /**
+   * What computed the image: the inference engine, its provider (ONNX Runtime execution providers
+   * such as 'cpu' or 'webgpu+cpu'; on tfjs the TensorFlow.js backend) and the compute type. Absent in
+   * sidecars written before they were recorded (those carried a `backend` field, the process's
+   * TensorFlow.js backend, which it still reported for ONNX Runtime images).
+   */
+  engine: z.enum(['onnx', 'tfjs']).optional(),
+  provider: z.string().optional(),
+  dtype: z.enum(['float32', 'float16']).optional(),
   ms: z.number(),
 });
 export type ImageSidecar = z.infer<typeof imageSidecarSchema>;

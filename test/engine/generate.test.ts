@@ -69,6 +69,14 @@ describe('generation to files', () => {
       JSON.parse(readFileSync(files[1].file.replace(/\.png$/, '.json'), 'utf8')),
     );
     expect(sidecar.settings.seed).toBe(43);
+    // What computed it: ONNX Runtime (the default engine) on the CPU provider here, not the
+    // process's TensorFlow.js backend (issue 27 item 32).
+    expect({ engine: sidecar.engine, provider: sidecar.provider, dtype: sidecar.dtype }).toEqual({
+      engine: 'onnx',
+      provider: 'cpu',
+      dtype: 'float32',
+    });
+    expect(JSON.parse(readFileSync(files[1].file.replace(/\.png$/, '.json'), 'utf8'))).not.toHaveProperty('backend');
     expect(sidecar.parameters).toBe(getPngText(readFileSync(files[1].file), 'parameters'));
   });
 

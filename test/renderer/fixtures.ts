@@ -155,7 +155,9 @@ export function generatedImage(over: Partial<GeneratedImageInfo> = {}): Generate
     adapters: [{ file: 'runs/r1/checkpoints/step-000600/adapter.safetensors', sha256: 'def', strength: 1 }],
     parameters:
       'a photo of sks dog on a beach\nSteps: 25, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 1234, Size: 512x512',
-    backend: 'tensorflow',
+    engine: 'onnx',
+    provider: 'webgpu+cpu',
+    dtype: 'float16',
     ms: 4200,
     url: '/files/p1/images/0001.png',
     ...over,

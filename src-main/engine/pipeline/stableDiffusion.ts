@@ -252,6 +252,19 @@ export class StableDiffusion {
     return this.inference.engine;
   }
 
+  /**
+   * What computes the images: the engine, its provider (the ONNX Runtime execution providers the
+   * UNet session runs on, e.g. 'cpu' or 'webgpu+cpu'; on tfjs the TensorFlow.js backend) and the
+   * compute type. On onnx, known once the UNet has run (before, the requested provider).
+   */
+  async execution(): Promise<{ engine: InferenceEngine; provider: string; dtype: 'float32' | 'float16' }> {
+    if (this.engine === 'tfjs') return { engine: 'tfjs', provider: tf.getBackend(), dtype: 'float32' };
+    const unet = (await this.onnx()).opened.filter((o) => o.kind === 'unet').at(-1);
+    return unet
+      ? { engine: 'onnx', provider: unet.providers, dtype: unet.dtype }
+      : { engine: 'onnx', provider: this.inference.provider, dtype: this.inference.dtype ?? 'float32' };
+  }
+
   /** The ONNX Runtime sessions (opened on first use). */
   onnx(): Promise<OnnxDiffusion> {
     this.onnxEngine ??= OnnxDiffusion.open(this.path, {
