@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readAdapterFile, saveAdapter } from '../../src-main/engine/adapters/adapterFile.ts';
 import { AdapterSet, defaultAdapterSpec } from '../../src-main/engine/adapters/adapterSet.ts';
+import { kohyaMetadata } from '../../src-main/engine/adapters/export.ts';
 import { exportAdapter, inspectAdapter } from '../../src-main/engine/adapters/exportAdapter.ts';
 import { planAdapter } from '../../src-main/engine/adapters/import.ts';
 import { WeightPatcher } from '../../src-main/engine/adapters/patch.ts';
@@ -46,6 +47,7 @@ beforeAll(async () => {
     classWord: 'dog',
     baseModelName: 'tiny-a',
     baseModelUnetSha256: '0'.repeat(64),
+    resolution: 64,
   });
   set.merge(5);
   merged = await weights();
@@ -65,7 +67,18 @@ describe('exports of a random adapter on tiny-a', () => {
       ss_network_dim: '4',
       ss_network_alpha: '3',
       ss_base_model_version: 'sd_v1',
+      ss_resolution: '(64, 64)',
+      // ModelSpec as kohya's sd-scripts writes it for an SD 1 LoRA (issue 27 item 39)
+      'modelspec.sai_model_spec': '1.0.1',
+      'modelspec.architecture': 'stable-diffusion-v1/lora',
+      'modelspec.implementation': 'diffusers',
+      'modelspec.resolution': '64x64',
+      'modelspec.prediction_type': 'epsilon',
     });
+    // A file that does not record its resolution gets kohya's SD 1 default.
+    expect(kohyaMetadata({ ...f, meta: { ...f.meta, resolution: undefined } }, out)['modelspec.resolution']).toBe(
+      '512x512',
+    );
     expect(tensors.size).toBe(48 * 3);
     for (const [path, entry] of f.targets) {
       const [dOut, dIn] = f.meta.target_shapes[path];
