@@ -127,7 +127,7 @@ describe('the README CLI examples on the tiny model', () => {
     ]);
     ok(evalRun, 'eval --run');
     expect(evalRun.stderr).toMatch(
-      /^plan: the base model and 1 checkpoint\(s\) x 1 prompts x 1 images = 2 images at 2 steps; about /m,
+      /^plan: the base model and 1 checkpoint\(s\) x 1 prompts x 1 images = 2 images at 2 steps \(the time it takes follows the second image, from the inference speed measured here\)$/m,
     );
     expect(evalRun.stdout).toMatch(/1 prompts given by the caller/);
     expect(evalRun.stdout).not.toMatch(/prompt set v1/); // point 11
