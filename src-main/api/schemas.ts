@@ -279,6 +279,9 @@ function imageSide(name: string) {
     .refine((v) => v % m === 0, `${name} must be a multiple of ${m}`);
 }
 
+/** How a prompt and a negative prompt of different chunk counts meet in one guidance step. */
+export const NEGATIVE_PADDING = ['empty-chunks', 'none'] as const;
+
 export const generateSettingsSchema = z
   .object({
     prompt: text(),
@@ -292,6 +295,13 @@ export const generateSettingsSchema = z
     height: imageSide('height').default(512),
     count: positiveInt(LIMITS.generation.count).default(1),
     clipSkip: z.number().int().min(0).max(LIMITS.generation.clipSkip).default(0),
+    /**
+     * When the prompt and the negative prompt have different numbers of 75-token chunks:
+     * 'empty-chunks' pads the shorter with the empty prompt's chunks and runs both in one UNet batch
+     * (A1111 with its "Pad prompt/negative prompt" option on); 'none' runs them as two UNet passes
+     * of their own lengths (A1111's default).
+     */
+    negativePadding: z.enum(NEGATIVE_PADDING).default('empty-chunks'),
   })
   .strict();
 export type GenerateSettings = z.infer<typeof generateSettingsSchema>;

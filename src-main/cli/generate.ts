@@ -1,7 +1,7 @@
 /** `singlora generate`: text-to-image with optional adapters, PNGs with A1111 parameters + JSON sidecars. */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { existsSync, statSync } from 'node:fs';
-import { SCHEDULERS } from '../api/schemas.ts';
+import { NEGATIVE_PADDING, SCHEDULERS } from '../api/schemas.ts';
 import {
   action,
   emitJsonLine,
@@ -33,6 +33,7 @@ interface GenerateCliOptions extends GlobalOptions, InferenceCliOptions {
   height?: number;
   count: number;
   clipSkip?: number;
+  negativePadding: (typeof NEGATIVE_PADDING)[number];
   adapter?: Array<{ path: string; strength: number }>;
   strict?: boolean;
   allowPartial?: boolean;
@@ -118,6 +119,14 @@ export function register(program: Command): void {
         .option('--height <px>', 'height, a multiple of 8 (default: the model native size)', multipleOf8)
         .option('--count <n>', 'number of images', parse.int(1, 100), 1)
         .option('--clip-skip <n>', "diffusers clip_skip (A1111's 'Clip skip' minus 1)", parse.int(0, 11))
+        .addOption(
+          new Option(
+            '--negative-padding <mode>',
+            "prompt and negative prompt of different 75-token chunk counts: empty-chunks pads the shorter with empty-prompt chunks, one UNet batch (A1111's 'Pad prompt/negative prompt' option); none runs two UNet passes (A1111's default)",
+          )
+            .choices([...NEGATIVE_PADDING])
+            .default('empty-chunks'),
+        )
         .option(
           '--adapter <file[:strength]>',
           `adapter file (native, kohya, diffusers, PEFT or ComfyUI LoRA) and strength from ${STRENGTH_RANGE.min} to ${STRENGTH_RANGE.max} (default 1); repeatable`,
@@ -165,6 +174,7 @@ export function register(program: Command): void {
               height: o.height,
               count: o.count,
               clipSkip: o.clipSkip ?? 0,
+              negativePadding: o.negativePadding,
             },
             adapters: (o.adapter ?? []).map((a) => ({ ...a, allowPartial: o.allowPartial })),
             outDir: o.out,

@@ -150,6 +150,7 @@ export function generatedImage(over: Partial<GeneratedImageInfo> = {}): Generate
       height: 512,
       count: 1,
       clipSkip: 0,
+      negativePadding: 'empty-chunks',
     },
     baseModel: { path: '/models/sd15', name: 'sd15', unetSha256: 'abc' },
     adapters: [{ file: 'runs/r1/checkpoints/step-000600/adapter.safetensors', sha256: 'def', strength: 1 }],

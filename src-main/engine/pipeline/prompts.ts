@@ -23,7 +23,8 @@
  *      tokenizer pads (77 ids), with weight 1 on the special and padding tokens.
  * For a batch of prompts (e.g. [negative, prompt]):
  *   4. every prompt gets as many chunks as the longest; missing ones are the empty prompt's
- *      chunk (A1111 pads the negative prompt the same way);
+ *      chunk (A1111 pads so only with its "Pad prompt/negative prompt" option, off by default; by
+ *      default it runs the two lengths as two UNet passes: textToImage's negativePadding 'none');
  *   5. encode every chunk (77 tokens) with the text encoder;
  *   6. emphasis: z <- z * weight per token, then z <- z * mean(z_before) / mean(z_after) over the
  *      chunk, so the overall mean stays what it was (A1111 "Original");
