@@ -655,7 +655,8 @@ export interface ParsedLoraKey {
 /** Why a key is not a LoRA tensor this app applies (null: it is one). */
 export type KeyVerdict = ParsedLoraKey | { unsupported: string };
 
-const KOHYA = /^lora_(unet|te1?)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
+const KOHYA = /^lora_(unet|te\d?)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
+const SDXL_TEXT_ENCODER_2 = "SDXL's second text encoder (lora_te2_); this app targets SD 1.x";
 const KOHYA_OTHER =
   /^lora_(unet|te\d?)_(.+)\.(hada_\w+|lokr_\w+|dora_scale|diff|diff_b|lora_mid\.weight|on_input|w_norm|b_norm)$/;
 const PEFT = /^(?:(unet|text_encoder)\.|base_model\.model\.)(.+)\.lora_(A|B)\.weight$/;
@@ -674,20 +675,23 @@ const roleOf = (suffix: string): LoraRole =>
 const LORA_LAYOUTS: ReadonlyArray<{ pattern: RegExp; parse: (m: RegExpExecArray) => KeyVerdict }> = [
   {
     pattern: KOHYA,
-    parse: (m) => ({
-      format: 'kohya',
-      component: m[1] === 'unet' ? 'unet' : 'text_encoder',
-      module: m[2],
-      underscored: true,
-      original: false,
-      role: roleOf(m[3]),
-    }),
+    parse: (m) =>
+      /^te[02-9]$/.test(m[1])
+        ? { unsupported: m[1] === 'te2' ? SDXL_TEXT_ENCODER_2 : `lora_${m[1]}_: no such text encoder in SD 1.x` }
+        : {
+            format: 'kohya',
+            component: m[1] === 'unet' ? 'unet' : 'text_encoder',
+            module: m[2],
+            underscored: true,
+            original: false,
+            role: roleOf(m[3]),
+          },
   },
   {
     pattern: KOHYA_OTHER,
     parse: (m) =>
       m[1] === 'te2'
-        ? { unsupported: "SDXL's second text encoder (lora_te2_); this app targets SD 1.x" }
+        ? { unsupported: SDXL_TEXT_ENCODER_2 }
         : {
             unsupported: `${m[3].replace(/\.weight$/, '')} tensors (LoHa/LoKr/DoRA/full-diff networks) are not supported; only LoRA/LoCon down/up pairs`,
           },
