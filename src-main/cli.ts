@@ -37,7 +37,9 @@ export async function buildProgram(only?: string): Promise<Command> {
     // Commander's errors come back as exceptions and are reported by `reportError` (one line,
     // exit 2), not printed with the whole help; subcommands inherit both settings.
     .exitOverride()
-    .configureOutput({ outputError: () => {} });
+    .configureOutput({ outputError: () => {} })
+    // "unknown command 'genrate' (Did you mean generate?)"; subcommands inherit it (commander's default, stated).
+    .showSuggestionAfterError(true);
   const loaders = only && COMMANDS[only] ? [COMMANDS[only]] : [...new Set(Object.values(COMMANDS))];
   for (const load of loaders) (await load()).register(program);
   return program;

@@ -281,6 +281,9 @@ function imageSide(name: string) {
     .refine((v) => v % m === 0, `${name} must be a multiple of ${m}`);
 }
 
+/** How a prompt and a negative prompt of different chunk counts meet in one guidance step. */
+export const NEGATIVE_PADDING = ['empty-chunks', 'none'] as const;
+
 export const generateSettingsSchema = z
   .object({
     prompt: text(),
@@ -294,6 +297,13 @@ export const generateSettingsSchema = z
     height: imageSide('height').default(512),
     count: positiveInt(LIMITS.generation.count).default(1),
     clipSkip: z.number().int().min(0).max(LIMITS.generation.clipSkip).default(0),
+    /**
+     * When the prompt and the negative prompt have different numbers of 75-token chunks:
+     * 'empty-chunks' pads the shorter with the empty prompt's chunks and runs both in one UNet batch
+     * (A1111 with its "Pad prompt/negative prompt" option on); 'none' runs them as two UNet passes
+     * of their own lengths (A1111's default).
+     */
+    negativePadding: z.enum(NEGATIVE_PADDING).default('empty-chunks'),
   })
   .strict();
 export type GenerateSettings = z.infer<typeof generateSettingsSchema>;
@@ -307,7 +317,15 @@ export const imageSidecarSchema = z.object({
   baseModel: z.object({ path: z.string(), name: z.string(), unetSha256: z.string() }),
   adapters: z.array(z.object({ file: z.string(), sha256: z.string(), strength: z.number() })),
   parameters: z.string(),
-  backend: z.string(),
+  /**
+   * What computed the image: the inference engine, its provider (ONNX Runtime execution providers
+   * such as 'cpu' or 'webgpu+cpu'; on tfjs the TensorFlow.js backend) and the compute type. Absent in
+   * sidecars written before they were recorded (those carried a `backend` field, the process's
+   * TensorFlow.js backend, which it still reported for ONNX Runtime images).
+   */
+  engine: z.enum(['onnx', 'tfjs']).optional(),
+  provider: z.string().optional(),
+  dtype: z.enum(['float32', 'float16']).optional(),
   ms: z.number(),
 });
 export type ImageSidecar = z.infer<typeof imageSidecarSchema>;

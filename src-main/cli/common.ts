@@ -10,10 +10,15 @@
  *     exit status 2;
  *   - anything that fails while running: `error: <message>`, exit status 1;
  *   - no stack trace unless `--debug` (or SINGLORA_DEBUG=1).
+ *
+ * Cancelling (Ctrl-C, SIGINT) ends every command with exit status 130 (SIGTERM: 143), as shells
+ * report a process killed by the signal: at once, or, for a command that registered `onCancel`
+ * (train keeps a checkpoint), once it has wound down. `serve` is stopped, not cancelled: it exits 0.
  */
 import { type Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { statSync } from 'node:fs';
+import { basename } from 'node:path';
 import type { BackendInfo, BackendName } from '../engine/backend/tf.ts';
 
 /**
@@ -80,6 +85,9 @@ export function inferenceOptions(o: InferenceCliOptions): {
   return { ...(o.engine ? { engine: o.engine } : {}), ...(o.provider ? { provider: o.provider } : {}) };
 }
 
+/** The largest seed: 2^53 - 1 (Number.MAX_SAFE_INTEGER), what the settings schemas accept. */
+export const SEED_MAX = Number.MAX_SAFE_INTEGER;
+
 /** A mistake on the command line: reported in one line, exit status 2. */
 export class UsageError extends Error {
   readonly exitCode = 2;
@@ -118,6 +126,15 @@ export const parse = {
       }
       return n;
     },
+  /** A seed: an integer from `min` to 2^53 - 1, the largest integer a JSON number holds exactly. */
+  seed:
+    (min: number) =>
+    (v: string): number => {
+      const n = v.trim() === '' ? NaN : Number(v);
+      if (!Number.isSafeInteger(n) || n < min)
+        throw new InvalidArgumentError(`expected an integer from ${min} to ${SEED_MAX} (2^53 - 1)`);
+      return n;
+    },
   /** Repeatable option: collects every value. */
   collect: (v: string, prev: string[] = []): string[] => [...prev, v],
 };
@@ -151,6 +168,24 @@ export function requireExists(path: string, option: string): void {
   } catch {
     throw new UsageError(`${option}: ${path} does not exist`);
   }
+}
+
+/**
+ * Refuses a photo folder in which no photo can be read, before any model loads (SD 1.5 takes a
+ * minute to load; a folder of non-images was found only after that). Each photo is decoded as
+ * training will decode it (engine/train/dataset.ts checkPhoto); the size rules apply when the
+ * resolution is known here (`--resolution`), else training applies them with the model's size.
+ */
+export async function requireUsablePhotos(photos: string, option: string, resolution = 0): Promise<void> {
+  const { checkPhoto, listPhotos } = await import('../engine/train/dataset.ts');
+  const checks = [];
+  for (const file of await listPhotos(photos)) {
+    const { check } = await checkPhoto(file, resolution);
+    if (check.status !== 'rejected') return;
+    checks.push(check);
+  }
+  const why = checks.map((c) => `${basename(c.file)}: ${c.reason}`).join('; ');
+  throw new UsageError(`${option}: no usable subject photos in ${photos} (${why || 'no files'})`);
 }
 
 /** Refuses an output folder that exists as a file. */
@@ -206,7 +241,7 @@ export function reportError(err: unknown): void {
   let message = err instanceof CommanderError ? err.message.replace(/^error: /, '') : plainMessage(err);
   if (usage) message = message.replace(/\s*\n\s*/g, ' ').trim();
   if (argvFlag('--json')) writeSafe(process.stdout, `${JSON.stringify({ error: message, exitCode })}\n`);
-  else writeSafe(process.stderr, `error: ${message}${usage ? ` (see ${commandPath()} --help)` : ''}\n`);
+  else writeSafe(process.stderr, `error: ${message}${usage ? ` (see ${commandPath(err)} --help)` : ''}\n`);
   if ((argvFlag('--debug') || process.env.SINGLORA_DEBUG) && err instanceof Error && !(err instanceof CommanderError))
     writeSafe(process.stderr, `${err.stack}\n`);
   process.exitCode = exitCode;
@@ -215,13 +250,13 @@ export function reportError(err: unknown): void {
 /** Commands that take a subcommand (`singlora bench train`). */
 const GROUPS = ['bench', 'models', 'projects'];
 
-/** `singlora <command> [<subcommand>]`, from argv, for the help hint. */
-function commandPath(): string {
+/** `singlora <command> [<subcommand>]`, from argv, for the help hint (`singlora` for an unknown command). */
+function commandPath(err?: unknown): string {
   const [first, second] = process.argv.slice(2);
-  if (!first || first.startsWith('-')) return 'singlora';
-  return ['singlora', first, ...(GROUPS.includes(first) && second && !second.startsWith('-') ? [second] : [])].join(
-    ' ',
-  );
+  const unknownCommand = err instanceof CommanderError && err.code === 'commander.unknownCommand';
+  if (!first || first.startsWith('-') || (unknownCommand && !GROUPS.includes(first))) return 'singlora';
+  const sub = GROUPS.includes(first) && !unknownCommand && second && !second.startsWith('-') ? [second] : [];
+  return ['singlora', first, ...sub].join(' ');
 }
 
 function writeSafe(stream: NodeJS.WriteStream, text: string): void {
@@ -232,14 +267,55 @@ function writeSafe(stream: NodeJS.WriteStream, text: string): void {
   }
 }
 
+/** Why a command is cancelled: a signal, or its stdout closed (`--json | head -1`). */
+export type CancelReason = 'SIGINT' | 'SIGTERM' | 'EPIPE';
+
 /**
- * Makes a closed stdout (`singlora ... --json | head -1`) end the process quietly, and keeps
- * uncaught errors on the one error path. Installed before any backend loads: the wasm backend
- * adds an uncaught-exception handler that re-throws (printing its minified source).
+ * Exit statuses of a cancelled command: 128 + the signal's number, as shells report it; a closed
+ * stdout ends the command quietly, with 0.
+ */
+export const CANCELLED_EXIT_CODE: Readonly<Record<CancelReason, number>> = { SIGINT: 130, SIGTERM: 143, EPIPE: 0 };
+
+let cancelHandler: ((reason: CancelReason) => void) | null = null;
+/** stdout was closed: later writes fail, and their errors are expected. */
+let stdoutClosed = false;
+
+/**
+ * Lets the running command wind down on the first SIGINT / SIGTERM instead of ending at once
+ * (a second signal still ends the process). The handler is called once; the command then sets
+ * its exit status (`cancelledExitCode`). Returns the function that unregisters it.
+ */
+export function onCancel(handler: (reason: CancelReason) => void): () => void {
+  cancelHandler = handler;
+  return () => {
+    if (cancelHandler === handler) cancelHandler = null;
+  };
+}
+
+function cancel(reason: CancelReason): void {
+  const handler = cancelHandler;
+  cancelHandler = null;
+  if (handler) handler(reason);
+  else process.exit(reason === 'EPIPE' ? (process.exitCode ?? 0) : CANCELLED_EXIT_CODE[reason]);
+}
+
+/**
+ * Makes a closed stdout (`singlora ... --json | head -1`) end the process quietly, keeps
+ * uncaught errors on the one error path, and ends a cancelled command with 130 (`onCancel`).
+ * Installed before any backend loads: the wasm backend adds an uncaught-exception handler that
+ * re-throws (printing its minified source).
  */
 export function installProcessHandlers(): void {
+  process.on('SIGINT', () => cancel('SIGINT'));
+  process.on('SIGTERM', () => cancel('SIGTERM'));
   const quietOnEpipe = (err: NodeJS.ErrnoException) => {
-    if (err.code === 'EPIPE' || err.code === 'ERR_STREAM_DESTROYED') process.exit(process.exitCode ?? 0);
+    if (err.code === 'EPIPE' || err.code === 'ERR_STREAM_DESTROYED') {
+      // The reader is gone: a command that winds down (train keeps a checkpoint) does so; later
+      // writes fail the same way and are ignored.
+      if (stdoutClosed) return;
+      stdoutClosed = true;
+      return cancel('EPIPE');
+    }
     reportError(err);
     process.exit(process.exitCode ?? 1);
   };
@@ -248,7 +324,11 @@ export function installProcessHandlers(): void {
     process.exit(err.code === 'EPIPE' ? (process.exitCode ?? 0) : 1),
   );
   const fatal = (err: unknown) => {
-    if ((err as NodeJS.ErrnoException)?.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    if ((err as NodeJS.ErrnoException)?.code === 'EPIPE') {
+      if (stdoutClosed) return;
+      stdoutClosed = true;
+      return cancel('EPIPE');
+    }
     reportError(err);
     process.exit(process.exitCode ?? 1);
   };
@@ -264,13 +344,14 @@ export async function startBackend(opts: GlobalOptions): Promise<BackendInfo> {
 
 /** Prints a result: JSON when --json, otherwise the human text (or pretty JSON). */
 export function printResult(opts: GlobalOptions, value: unknown, human?: string | (() => string)): void {
+  if (stdoutClosed) return;
   if (opts.json) process.stdout.write(`${JSON.stringify(value)}\n`);
   else process.stdout.write(`${typeof human === 'function' ? human() : (human ?? JSON.stringify(value, null, 2))}\n`);
 }
 
 /** One JSON line per event with --json; ignored otherwise (the progress bar shows it). */
 export function emitJsonLine(opts: GlobalOptions, event: Record<string, unknown>): void {
-  if (opts.json) process.stdout.write(`${JSON.stringify(event)}\n`);
+  if (opts.json && !stdoutClosed) process.stdout.write(`${JSON.stringify(event)}\n`);
 }
 
 /** Wraps a command action: errors go through `reportError` (exit 2 for usage, 1 otherwise). */

@@ -29,6 +29,7 @@ import {
   requireExists,
   requireFile,
   requireFolder,
+  requireUsablePhotos,
   requireNotFile,
   startBackend,
   UsageError,
@@ -60,6 +61,43 @@ const DEMO_OUTPUTS = [
   'sks-ball.singlora.safetensors',
 ];
 
+/** The training loss as the demo reports it (issue 27 item 29). */
+export interface LossSummary {
+  /** The fixed-noise loss (same images, timesteps and noise) before the first and after the last step. */
+  fixedNoiseStart: number | null;
+  fixedNoiseEnd: number | null;
+  /** The per-step loss's moving average (the progress bar's) after the last step. */
+  smoothedLast: number | null;
+}
+
+/**
+ * Two single-step losses do not compare: each step draws its own timestep and noise, so the loss
+ * of one step ranges over an order of magnitude ("0.0267 -> 0.1271" read as if training made it
+ * worse). The fixed-noise loss evaluates the same batch before and after training; the moving
+ * average shows the trend of the steps.
+ */
+export function lossSummary(
+  losses: ReadonlyArray<{ loss: number; smoothed: number }>,
+  fixedLoss: { start: number; end: number } | null,
+): LossSummary {
+  return {
+    fixedNoiseStart: fixedLoss?.start ?? null,
+    fixedNoiseEnd: fixedLoss?.end ?? null,
+    smoothedLast: losses.length ? losses[losses.length - 1].smoothed : null,
+  };
+}
+
+/** "fixed-noise loss 0.0900 -> 0.0700 (same images, timesteps and noise); moving average 0.0512 at the end". */
+export function lossLine(l: LossSummary): string {
+  const parts: string[] = [];
+  if (l.fixedNoiseStart !== null && l.fixedNoiseEnd !== null)
+    parts.push(
+      `fixed-noise loss ${l.fixedNoiseStart.toFixed(4)} -> ${l.fixedNoiseEnd.toFixed(4)} (same images, timesteps and noise)`,
+    );
+  if (l.smoothedLast !== null) parts.push(`moving-average step loss ${l.smoothedLast.toFixed(4)} at the end`);
+  return parts.join('; ') || 'no loss recorded';
+}
+
 /**
  * Checks every option before anything is written, and makes --out ready: a new folder, an
  * earlier demo's folder (its own outputs are replaced), or, with --force, any folder (the
@@ -77,6 +115,7 @@ export async function prepareDemoOut(o: DemoOptions): Promise<string> {
     } catch (err) {
       throw new UsageError(`--photos: ${(err as Error).message}`);
     }
+    await requireUsablePhotos(o.photos, '--photos');
   }
   if (o.dinoModel) requireFile(o.dinoModel, '--dino-model', 'an .onnx file');
   const entries = existsSync(out) ? readdirSync(out) : [];
@@ -312,8 +351,6 @@ export function register(program: Command): void {
       });
       lap('export', t);
 
-      const first = m.losses[0];
-      const last = m.losses[m.losses.length - 1];
       const fmt = (s: ToyScore) => `subject ${s.subject.toFixed(3)}, background right ${(100 * s.prompt).toFixed(0)}%`;
       const summary = {
         event: 'summary',
@@ -322,13 +359,7 @@ export function register(program: Command): void {
         toyModel: toy,
         run: runDir,
         steps: m.step,
-        loss: {
-          first: first.loss,
-          last: last.loss,
-          smoothedLast: last.smoothed,
-          fixedNoiseStart: result.fixedLoss?.start ?? null,
-          fixedNoiseEnd: result.fixedLoss?.end ?? null,
-        },
+        loss: lossSummary(m.losses, result.fixedLoss),
         msPerStep: m.timing.msPerStep,
         toyFidelity: toyScores
           ? {
@@ -348,7 +379,7 @@ export function register(program: Command): void {
           '',
           `SingLoRA Studio demo finished in ${(summary.timingsMs.total / 1000).toFixed(1)} s on ${backend.name}`,
           `  base model       ${base}${toy ? '  (toy model: 64x64 coloured shapes, trained from scratch by npm run build:toy-model)' : ''}`,
-          `  training         ${m.step} steps, ${m.timing.msPerStep ? (1000 / m.timing.msPerStep).toFixed(2) : '?'} it/s; loss ${first.loss.toFixed(4)} -> ${last.loss.toFixed(4)} (fixed-noise loss ${result.fixedLoss?.start.toFixed(4)} -> ${result.fixedLoss?.end.toFixed(4)})`,
+          `  training         ${m.step} steps, ${m.timing.msPerStep ? (1000 / m.timing.msPerStep).toFixed(2) : '?'} it/s; ${lossLine(summary.loss)}`,
           `  run folder       ${runDir}`,
           ...(toyScores
             ? [

@@ -147,6 +147,52 @@ export async function evalFolders(
   }
 }
 
+/** Seconds per image and the time left, from the images generated so far. */
+export interface EvalEstimate {
+  secondsPerImage: number;
+  remainingSeconds: number;
+  remainingImages: number;
+}
+
+/**
+ * The evaluation's time, from inference speed measured as it runs (a training run's speed says
+ * nothing about it: inference runs on ONNX Runtime, training on TensorFlow.js, and they differ
+ * tens of times). The first image also opens the model and compiles its graphs, so the speed is
+ * measured from the first image on; `image(done, total)` answers once, at the second image.
+ */
+export function inferenceEstimate(now: () => number = () => performance.now()): {
+  image(done: number, total: number): EvalEstimate | null;
+} {
+  let first: { done: number; at: number } | null = null;
+  let told = false;
+  return {
+    image(done, total) {
+      const at = now();
+      if (!first) {
+        first = { done, at };
+        return null;
+      }
+      if (told || done <= first.done) return null;
+      told = true;
+      const secondsPerImage = (at - first.at) / 1000 / (done - first.done);
+      return { secondsPerImage, remainingSeconds: secondsPerImage * (total - done), remainingImages: total - done };
+    },
+  };
+}
+
+function reportEstimate(opts: EvalOptions, e: EvalEstimate): void {
+  if (opts.json) {
+    emitJsonLine(opts, { event: 'estimate', ...e });
+    return;
+  }
+  if (e.remainingImages === 0) return;
+  process.stderr.write(
+    `estimate: ${e.secondsPerImage.toFixed(1)} s per image here; about ${formatDuration(e.remainingSeconds)} for the ${e.remainingImages} images left\n`,
+  );
+  if (e.remainingSeconds > 1800)
+    process.stderr.write('  for a quicker look: --checkpoints latest --images-per-prompt 1 --steps 15\n');
+}
+
 /** `singlora eval --run <dir>`: scores the base model and every checkpoint (or the latest) on the fixed prompt set. */
 async function evalRun(opts: EvalOptions): Promise<void> {
   const runDir = opts.run!;
@@ -181,8 +227,6 @@ async function evalRun(opts: EvalOptions): Promise<void> {
   const perPrompt = opts.imagesPerPrompt ?? IMAGES_PER_PROMPT;
   const steps = opts.steps ?? toyEval?.TOY_SAMPLING.steps ?? EVAL_STEPS;
   const images = (1 + checkpoints) * promptCount * perPrompt;
-  // A sampling step with guidance (2 UNet forwards) costs about 2/3 of a training step (forward + backward).
-  const estimate = manifest.timing.msPerStep ? (images * steps * manifest.timing.msPerStep * (2 / 3)) / 1000 : null;
   const plan = {
     event: 'plan',
     checkpoints: 1 + checkpoints,
@@ -190,23 +234,16 @@ async function evalRun(opts: EvalOptions): Promise<void> {
     imagesPerPrompt: perPrompt,
     steps,
     images,
-    estimatedSeconds: estimate === null ? null : Math.round(estimate),
   };
   if (opts.json) emitJsonLine(opts, plan);
-  else {
+  else
     process.stderr.write(
-      `plan: the base model and ${checkpoints} checkpoint(s) x ${promptCount} prompts x ${perPrompt} images = ${images} images at ${steps} steps` +
-        (estimate !== null
-          ? `; about ${formatDuration(estimate)} at this run's training speed (${manifest.backend})`
-          : '') +
-        '\n',
+      `plan: the base model and ${checkpoints} checkpoint(s) x ${promptCount} prompts x ${perPrompt} images = ${images} images at ${steps} steps (the time it takes follows the second image, from the inference speed measured here)\n`,
     );
-    if (estimate !== null && estimate > 1800)
-      process.stderr.write('  for a quicker look: --checkpoints latest --images-per-prompt 1 --steps 15\n');
-  }
 
   await startBackend(opts);
   const { evaluateRun } = await import('../engine/eval/evaluateRun.ts');
+  const estimate = inferenceEstimate();
   let bar: ReturnType<typeof progressBar> | null = null;
   const evaluation = await evaluateRun(
     {
@@ -226,6 +263,8 @@ async function evalRun(opts: EvalOptions): Promise<void> {
     },
     {
       onProgress: (done, total, label) => {
+        const eta = estimate.image(done, total);
+        if (eta) reportEstimate(opts, eta);
         bar ??= progressBar(opts, 'image', total);
         bar.update(done, { at: label });
         emitJsonLine(opts, { event: 'progress', stage: 'generate', done, total, label });

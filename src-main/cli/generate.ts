@@ -1,7 +1,7 @@
 /** `singlora generate`: text-to-image with optional adapters, PNGs with A1111 parameters + JSON sidecars. */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { existsSync, statSync } from 'node:fs';
-import { SCHEDULERS } from '../api/schemas.ts';
+import { NEGATIVE_PADDING, SCHEDULERS } from '../api/schemas.ts';
 import {
   action,
   emitJsonLine,
@@ -11,6 +11,7 @@ import {
   requireExists,
   requireFolder,
   requireNotFile,
+  SEED_MAX,
   startBackend,
   withCommon,
   type GlobalOptions,
@@ -32,8 +33,10 @@ interface GenerateCliOptions extends GlobalOptions, InferenceCliOptions {
   height?: number;
   count: number;
   clipSkip?: number;
+  negativePadding: (typeof NEGATIVE_PADDING)[number];
   adapter?: Array<{ path: string; strength: number }>;
   strict?: boolean;
+  allowPartial?: boolean;
   out: string;
 }
 
@@ -55,7 +58,13 @@ export function parseAdapterArg(v: string): { path: string; strength: number } {
   return { path: v, strength: 1 };
 }
 
-/** commander parser for the repeatable --adapter: the strength is a number and the file exists. */
+/**
+ * Adapter strengths the CLI accepts: what the API accepts for a generation (api/contract.ts,
+ * generation.start: -4 to 4). Beyond them an image is noise, not a stronger subject.
+ */
+export const STRENGTH_RANGE = { min: -4, max: 4 } as const;
+
+/** commander parser for the repeatable --adapter: the strength is a number within STRENGTH_RANGE and the file exists. */
 function adapterOption(v: string, prev: Array<{ path: string; strength: number }> = []) {
   let a: { path: string; strength: number };
   try {
@@ -63,6 +72,10 @@ function adapterOption(v: string, prev: Array<{ path: string; strength: number }
   } catch (err) {
     throw new InvalidArgumentError((err as Error).message);
   }
+  if (a.strength < STRENGTH_RANGE.min || a.strength > STRENGTH_RANGE.max)
+    throw new InvalidArgumentError(
+      `strength ${a.strength} is out of range: expected a number from ${STRENGTH_RANGE.min} to ${STRENGTH_RANGE.max} (file[:strength], e.g. rex.safetensors:0.8)`,
+    );
   if (!existsSync(a.path)) throw new InvalidArgumentError(`the adapter file ${a.path} does not exist`);
   if (statSync(a.path).isDirectory())
     throw new InvalidArgumentError(`${a.path} is a folder; expected an adapter .safetensors file`);
@@ -96,19 +109,33 @@ export function register(program: Command): void {
         .option('--steps <n>', 'sampling steps', parse.int(1, 200), 25)
         .addOption(new Option('--scheduler <name>', 'sampler').choices([...SCHEDULERS]).default('dpmpp-2m-karras'))
         .option('--guidance <g>', 'classifier-free guidance scale', parse.number(0, 50), 7.5)
-        .option('--seed <n>', 'seed (-1: random); image i uses seed + i', parse.int(-1), -1)
+        .option(
+          '--seed <n>',
+          `seed, an integer from 0 to ${SEED_MAX} (2^53 - 1), or -1 for a random one; image i uses seed + i`,
+          parse.seed(-1),
+          -1,
+        )
         .option('--width <px>', 'width, a multiple of 8 (default: the model native size, 512 for SD 1.5)', multipleOf8)
         .option('--height <px>', 'height, a multiple of 8 (default: the model native size)', multipleOf8)
         .option('--count <n>', 'number of images', parse.int(1, 100), 1)
         .option('--clip-skip <n>', "diffusers clip_skip (A1111's 'Clip skip' minus 1)", parse.int(0, 11))
-        .option(
-          '--adapter <file[:strength]>',
-          'adapter file (native, kohya or diffusers LoRA); repeatable',
-          adapterOption,
+        .addOption(
+          new Option(
+            '--negative-padding <mode>',
+            "prompt and negative prompt of different 75-token chunk counts: empty-chunks pads the shorter with empty-prompt chunks, one UNet batch (A1111's 'Pad prompt/negative prompt' option); none runs two UNet passes (A1111's default)",
+          )
+            .choices([...NEGATIVE_PADDING])
+            .default('empty-chunks'),
         )
         .option(
-          '--strict',
-          'refuse an adapter made for another base model, or with tensors that cannot be used (default: warn)',
+          '--adapter <file[:strength]>',
+          `adapter file (native, kohya, diffusers, PEFT or ComfyUI LoRA) and strength from ${STRENGTH_RANGE.min} to ${STRENGTH_RANGE.max} (default 1); repeatable`,
+          adapterOption,
+        )
+        .option('--strict', 'refuse an adapter made for another base model (default: warn)')
+        .option(
+          '--allow-partial',
+          'apply an adapter file even when some of its tensors cannot be used (they are listed); default: such a file is an error',
         )
         .requiredOption('--out <dir>', 'output folder'),
     ),
@@ -147,8 +174,9 @@ export function register(program: Command): void {
               height: o.height,
               count: o.count,
               clipSkip: o.clipSkip ?? 0,
+              negativePadding: o.negativePadding,
             },
-            adapters: o.adapter ?? [],
+            adapters: (o.adapter ?? []).map((a) => ({ ...a, allowPartial: o.allowPartial })),
             outDir: o.out,
             strict: o.strict,
             inference: inferenceOptions(o),

@@ -4,7 +4,16 @@
  * kept) and stops.
  */
 import type { Command } from 'commander';
-import { action, parse, printResult, requireExists, requireNotFile, withCommon, type GlobalOptions } from './common.ts';
+import {
+  action,
+  onCancel,
+  parse,
+  printResult,
+  requireExists,
+  requireNotFile,
+  withCommon,
+  type GlobalOptions,
+} from './common.ts';
 
 interface ServeOptions extends GlobalOptions {
   host: string;
@@ -36,6 +45,9 @@ export function register(program: Command): void {
       if (o.dataDir) requireNotFile(o.dataDir, '--data-dir');
       if (o.modelsDir) requireNotFile(o.modelsDir, '--models-dir');
       if (o.base) requireExists(o.base, '--base');
+      // Ctrl-C / SIGTERM stop the server (exit 0), from the moment the command starts: a signal that
+      // comes while it is still starting stops it once it has started. A second one ends it at once.
+      const stopRequested = new Promise<void>((resolve) => onCancel(() => resolve()));
       const { DEFAULT_PORT, isLoopback, startServer } = await import('../server.ts');
       const remote = !isLoopback(o.host);
       if (remote && o.allowRemote)
@@ -64,16 +76,9 @@ export function register(program: Command): void {
             '(the token in this URL is the password of this session; Ctrl-C stops the server)',
           ].join('\n'),
       );
-      await new Promise<void>((resolve) => {
-        const stop = () => {
-          process.off('SIGINT', stop);
-          process.off('SIGTERM', stop);
-          process.stderr.write('\nstopping: running training pauses at a checkpoint...\n');
-          void server.close().then(resolve);
-        };
-        process.on('SIGINT', stop);
-        process.on('SIGTERM', stop);
-      });
+      await stopRequested;
+      process.stderr.write('\nstopping: running training pauses at a checkpoint...\n');
+      await server.close();
     }),
   );
 }

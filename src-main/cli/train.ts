@@ -12,6 +12,12 @@ import { readRunManifest, RUN_MANIFEST } from '../engine/train/runFiles.ts';
 import { listImageFiles } from './eval.ts';
 import {
   action,
+  CANCELLED_EXIT_CODE,
+  type CancelReason,
+  onCancel,
+  reportError,
+  requireUsablePhotos,
+  SEED_MAX,
   emitJsonLine,
   parse,
   printResult,
@@ -212,7 +218,7 @@ export function register(program: Command): void {
         .option('--checkpoint-every <n>', 'steps between checkpoints', parse.int(1), 100)
         .option('--sample-every <n>', 'steps between preview images (0: none)', parse.int(0), 100)
         .option('--sample-prompt <text>', 'preview prompt (repeatable)', parse.collect)
-        .option('--seed <n>', 'seed', parse.int(0), 42)
+        .option('--seed <n>', `seed, an integer from 0 to ${SEED_MAX} (2^53 - 1)`, parse.seed(0), 42)
         .option('--gradient-checkpointing', 'recompute each UNet block in the backward pass (less memory)')
         .option(
           '--target <pattern>',
@@ -237,11 +243,14 @@ export function register(program: Command): void {
         );
       const state: { bar: ReturnType<typeof progressBar> | null } = { bar: null };
       const controller = new AbortController();
-      const onSignal = () => {
+      // Ctrl-C, SIGTERM, or a closed stdout (`--json | head -1`): stop after the step and keep a
+      // checkpoint, so the run folder is a resumable run, never an empty one.
+      const cancel: { by: CancelReason | null } = { by: null };
+      const offCancel = onCancel((reason) => {
+        cancel.by = reason;
         if (!o.json) process.stderr.write('\nstopping after the current step (a checkpoint is kept)...\n');
         controller.abort('cancel');
-      };
-      process.once('SIGINT', onSignal);
+      });
       let result: Awaited<ReturnType<typeof train>>;
       try {
         result = await train(
@@ -270,9 +279,12 @@ export function register(program: Command): void {
       } catch (err) {
         state.bar?.stop();
         await removeIfCreated(plan);
-        throw err;
+        if (!cancel.by) throw err;
+        if (cancel.by !== 'EPIPE') reportError(err);
+        process.exitCode = CANCELLED_EXIT_CODE[cancel.by];
+        return;
       } finally {
-        process.off('SIGINT', onSignal);
+        offCancel();
         state.bar?.stop();
       }
       const m = result.manifest;
@@ -302,6 +314,8 @@ export function register(program: Command): void {
             .filter(Boolean)
             .join('\n'),
       );
+      // Cancelled: the result above says where the run stopped; the status says it was cancelled.
+      if (cancel.by) process.exitCode = CANCELLED_EXIT_CODE[cancel.by];
     }),
   );
 }
@@ -342,6 +356,7 @@ export async function planTrain(o: TrainCliOptions, cmd: Command): Promise<Train
     let photos: string | readonly string[];
     if (o.images) {
       requireFolder(o.images, '--images');
+      await requireUsablePhotos(o.images, '--images', o.resolution);
       photos = o.images;
     } else {
       photos = manifest.images.used;
@@ -374,6 +389,7 @@ export async function planTrain(o: TrainCliOptions, cmd: Command): Promise<Train
   } catch (err) {
     throw new UsageError(`--images: ${(err as Error).message}`);
   }
+  await requireUsablePhotos(o.images, '--images', o.resolution);
   const exists = existsSync(out);
   if (exists && readdirSync(out).length) {
     throw new UsageError(

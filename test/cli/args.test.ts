@@ -1,14 +1,14 @@
 // Issue 18 points 1, 2, 4, 10, 11: every command's bad arguments give one line naming the option
 // and what it expects, exit status 2, no stack trace, with and without --json, before any model
 // loads, and before anything on disk is touched.
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeSubjectPhotos } from '../../scripts/make-tiny-model.ts';
 import { runCli, STACK, type CliResult } from './run.ts';
+import { tempDir } from '../helpers/tempDir.ts';
 
-const tmp = mkdtempSync(join(tmpdir(), 'singlora-cli-'));
+const tmp = tempDir('singlora-cli');
 const FILE = join(tmp, 'a-file.txt');
 const EMPTY = join(tmp, 'empty');
 const PHOTOS = join(tmp, 'photos');
@@ -16,6 +16,7 @@ const RUN = join(tmp, 'existing-run');
 const FOREIGN = join(tmp, 'users-folder');
 const DEMO = join(tmp, 'earlier-demo');
 const MISSING = join(tmp, 'missing');
+const NOT_IMAGES = join(tmp, 'not-images');
 
 beforeAll(async () => {
   writeFileSync(FILE, 'not a model\n');
@@ -28,6 +29,8 @@ beforeAll(async () => {
   writeFileSync(join(DEMO, '.singlora-demo'), '');
   writeFileSync(join(DEMO, 'run/checkpoints/keep'), 'an earlier demo run');
   await makeSubjectPhotos(PHOTOS);
+  mkdirSync(NOT_IMAGES);
+  for (const n of ['a.png', 'b.jpg']) writeFileSync(join(NOT_IMAGES, n), 'not an image\n');
 });
 
 /** [command line, what the one-line message must say]. All exit with status 2. */
@@ -51,7 +54,11 @@ const USAGE: Array<[string[], RegExp]> = [
   [['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--lr', '0'], /--lr.*expected a number > 0/],
   [
     ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--seed', 'abc'],
-    /--seed.*expected an integer >= 0/,
+    /--seed.*expected an integer from 0 to 9007199254740991 \(2\^53 - 1\)/,
+  ],
+  [
+    ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--seed', '9007199254740992'],
+    /--seed.*expected an integer from 0 to 9007199254740991 \(2\^53 - 1\)/,
   ],
   [
     ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--rank', '0'],
@@ -77,6 +84,11 @@ const USAGE: Array<[string[], RegExp]> = [
     /already holds a run; add --resume to continue it .*or choose a new --out/,
   ],
   [['train', '--out', EMPTY, '--resume'], /--resume: .* has no run\.json/],
+  // photos no one can read: refused before the model loads (issue 27 item 34; EMPTY is no model)
+  [
+    ['train', '--base', EMPTY, '--images', NOT_IMAGES, '--out', MISSING],
+    /--images: no usable subject photos in .*not-images \(a\.png: not a readable image.*; b\.jpg: not a readable image/,
+  ],
   // generate
   [
     ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--width', 'big'],
@@ -97,8 +109,19 @@ const USAGE: Array<[string[], RegExp]> = [
   ],
   [
     ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--seed', '-2'],
-    /--seed.*expected an integer >= -1/,
+    /--seed.*expected an integer from -1 to 9007199254740991/,
   ],
+  [
+    ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--adapter', `${FILE}:-5`],
+    /--adapter .* strength -5 is out of range: expected a number from -4 to 4/,
+  ],
+  [
+    ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--adapter', `${FILE}:4.5`],
+    /strength 4\.5 is out of range: expected a number from -4 to 4/,
+  ],
+  // an unknown command: the nearest one, and the help that lists them all
+  [['genrate', '--base', EMPTY], /unknown command 'genrate' \(Did you mean generate\?\)/],
+  [['bench', 'trian'], /unknown command 'trian' \(Did you mean train\?\)/],
   [
     ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--scheduler', 'foo'],
     /--scheduler <name>' argument 'foo' is invalid\. Allowed choices are/,
@@ -124,6 +147,10 @@ const USAGE: Array<[string[], RegExp]> = [
   [['demo', '--out', FILE], /--out: .* is a file/],
   [['demo', '--out', FOREIGN], /is not empty and was not made by the demo; choose a new folder, or add --force/],
   [['demo', '--out', DEMO, '--photos', FILE], /--photos: .* is a file; expected a folder/],
+  [
+    ['demo', '--out', DEMO, '--photos', NOT_IMAGES],
+    /--photos: no usable subject photos in .*a\.png: not a readable image/,
+  ],
   [['demo', '--out', DEMO, '--base', MISSING], /--base: .* does not exist/],
   // export / inspect
   [['export', '--adapter', FILE, '--out', join(tmp, 'x.safetensors')], /required option '--format <f>' not specified/],
@@ -208,6 +235,16 @@ describe.concurrent('bad arguments: one line, exit 2, no stack trace', () => {
       expectJsonError(json, message, 2);
     });
   }
+});
+
+describe('an unknown command', () => {
+  it('names the nearest command and the help that lists them all (issue 27 item 33)', async () => {
+    const top = await runCli(['genrate', '--prompt', 'x']);
+    expect(top.code).toBe(2);
+    expect(top.stderr).toBe("error: unknown command 'genrate' (Did you mean generate?) (see singlora --help)\n");
+    const sub = await runCli(['bench', 'trian']);
+    expect(sub.stderr).toBe("error: unknown command 'trian' (Did you mean train?) (see singlora bench --help)\n");
+  });
 });
 
 describe('nothing is touched before the options are checked (point 1)', () => {

@@ -74,6 +74,64 @@ describe('parsePromptAttention (A1111 prompt_parser.py docstring cases)', () => 
   }
 });
 
+describe("parsePromptAttention reads characters as Python's Unicode-aware re does (issue 27 item 37)", () => {
+  // Expected values worked out from Python's definitions (A1111's patterns run on str):
+  // \b needs a non-word character (str.isalnum() or '_' is a word character, in any script),
+  // \d is any decimal digit and float() reads it, \s is str.isspace().
+  const cases: Array<[string, Array<[string, number]>]> = [
+    // é and 猫/犬 are word characters: no boundary, no BREAK
+    ['caféBREAK dog', [['caféBREAK dog', 1]]],
+    ['猫BREAK犬', [['猫BREAK犬', 1]]],
+    ['ΣBREAK', [['ΣBREAK', 1]]],
+    // a combining mark (Mn) is not a word character in Python: the boundary is there
+    [
+      'e\u0301BREAK b',
+      [
+        ['e\u0301', 1],
+        ['BREAK', -1],
+        ['b', 1],
+      ],
+    ],
+    // ideographic space, NBSP and \x1c are whitespace to Python: eaten around BREAK
+    [
+      'a\u3000BREAK\u00a0b',
+      [
+        ['a', 1],
+        ['BREAK', -1],
+        ['b', 1],
+      ],
+    ],
+    [
+      'a\x1cBREAK\x85b',
+      [
+        ['a', 1],
+        ['BREAK', -1],
+        ['b', 1],
+      ],
+    ],
+    // U+FEFF is whitespace to JavaScript, not to Python: it stays, and is not a word character
+    [
+      'a\ufeffBREAK b',
+      [
+        ['a\ufeff', 1],
+        ['BREAK', -1],
+        ['b', 1],
+      ],
+    ],
+    // fullwidth and Arabic-Indic digits are \d; float() reads them
+    ['(cat:１.５)', [['cat', 1.5]]],
+    ['(cat:٢)', [['cat', 2]]],
+    ['(cat:\u3000０.５\u3000)', [['cat', 0.5]]],
+  ];
+  for (const [text, want] of cases) {
+    it(JSON.stringify(text), () => {
+      const got = parsePromptAttention(text);
+      expect(got.map((p) => p[0])).toEqual(want.map((p) => p[0]));
+      got.forEach((p, i) => expect(p[1]).toBeCloseTo(want[i][1], 10));
+    });
+  }
+});
+
 describe('promptChunks', () => {
   it('cuts 100 tokens into two 77-id chunks, each with start and end tokens, weights 1 on specials', () => {
     const text = Array.from({ length: 100 }, (_, i) => `w${i}`).join(' ');
@@ -163,6 +221,12 @@ describe('promptWarnings', () => {
     expect(promptWarnings('a dog <lora:rex:0.8>')[0]).toMatch(/--adapter/);
     expect(promptWarnings('a [cat:dog:0.5]')[0]).toMatch(/prompt editing/);
     expect(promptWarnings('a [cat|dog]')[0]).toMatch(/alternation/);
+    // A1111's grammar: editing needs `:when` (a number) at the square bracket's own level
+    expect(promptWarnings('a [cat:10]')[0]).toMatch(/prompt editing/);
+    expect(promptWarnings('a [[cat:dog:0.3]]')[0]).toMatch(/prompt editing/);
+    expect(promptWarnings('[[[(x:2)]]]')).toEqual([]);
+    expect(promptWarnings('a [(dog:1.2)] and [cat:dog]')).toEqual([]);
+    expect(promptWarnings('[\\:0.5]')).toEqual([]);
     expect(promptWarnings('a (dog')[0]).toMatch(/unclosed/);
   });
 });

@@ -4,8 +4,7 @@
  * parameters train, save/load and export/import round trips, non-square layers both ways, and no
  * tensor leaks.
  */
-import { mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf, type Tensor } from '../../src-main/engine/backend/tf.ts';
@@ -29,6 +28,7 @@ import { loadParams, Module, randomSource } from '../../src-main/engine/models/l
 import { Rng } from '../../src-main/engine/random.ts';
 import { expectNoLeak, maxAbsDiff, useBackend } from '../helpers/backend.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
+import { tempDir } from '../helpers/tempDir.ts';
 
 useBackend('wasm');
 
@@ -72,7 +72,7 @@ const RAMP = 10;
 const methods: Array<AdapterSpec['method']> = ['singlora', 'lora'];
 let x: Tensor;
 let ctx: Tensor;
-const dir = mkdtempSync(join(tmpdir(), 'adapters-'));
+const dir = tempDir('adapters');
 
 beforeAll(() => {
   x = tf.tensor(new Rng(1).normal(2 * 5 * 12), [2, 5, 12]);

@@ -4,12 +4,12 @@
  * W0 + dW, other tools' files report what they could not apply, and generation with an adapter
  * changes the image and restores the base weights.
  */
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readAdapterFile, saveAdapter } from '../../src-main/engine/adapters/adapterFile.ts';
 import { AdapterSet, defaultAdapterSpec } from '../../src-main/engine/adapters/adapterSet.ts';
+import { kohyaMetadata } from '../../src-main/engine/adapters/export.ts';
 import { exportAdapter, inspectAdapter } from '../../src-main/engine/adapters/exportAdapter.ts';
 import { planAdapter } from '../../src-main/engine/adapters/import.ts';
 import { WeightPatcher } from '../../src-main/engine/adapters/patch.ts';
@@ -21,10 +21,11 @@ import { textToImage } from '../../src-main/engine/pipeline/textToImage.ts';
 import { Rng } from '../../src-main/engine/random.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
+import { tempDir } from '../helpers/tempDir.ts';
 
 useBackend('wasm');
 const base = join(FIXTURES, 'tiny-a/model');
-const dir = mkdtempSync(join(tmpdir(), 'tinya-adapters-'));
+const dir = tempDir('tinya-adapters');
 const native = join(dir, 'adapter.safetensors');
 let unet: UNet2DConditionModel;
 let merged: Map<string, Float32Array>;
@@ -46,6 +47,7 @@ beforeAll(async () => {
     classWord: 'dog',
     baseModelName: 'tiny-a',
     baseModelUnetSha256: '0'.repeat(64),
+    resolution: 64,
   });
   set.merge(5);
   merged = await weights();
@@ -65,7 +67,18 @@ describe('exports of a random adapter on tiny-a', () => {
       ss_network_dim: '4',
       ss_network_alpha: '3',
       ss_base_model_version: 'sd_v1',
+      ss_resolution: '(64, 64)',
+      // ModelSpec as kohya's sd-scripts writes it for an SD 1 LoRA (issue 27 item 39)
+      'modelspec.sai_model_spec': '1.0.1',
+      'modelspec.architecture': 'stable-diffusion-v1/lora',
+      'modelspec.implementation': 'diffusers',
+      'modelspec.resolution': '64x64',
+      'modelspec.prediction_type': 'epsilon',
     });
+    // A file that does not record its resolution gets kohya's SD 1 default.
+    expect(kohyaMetadata({ ...f, meta: { ...f.meta, resolution: undefined } }, out)['modelspec.resolution']).toBe(
+      '512x512',
+    );
     expect(tensors.size).toBe(48 * 3);
     for (const [path, entry] of f.targets) {
       const [dOut, dIn] = f.meta.target_shapes[path];
@@ -170,6 +183,19 @@ describe('LoRA files from other tools', () => {
         width: 64,
         height: 64,
       });
+      const request = {
+        prompt: 'a photo of sks dog',
+        steps: 2,
+        guidanceScale: 7.5,
+        scheduler: 'ddim' as const,
+        seed: 3,
+        width: 64,
+        height: 64,
+      };
+      // Three of its tensors cannot be used: an error unless partial use is asked for.
+      await expect(textToImage(sd, { ...request, adapters: [{ path: file, strength: 1 }] })).rejects.toThrow(
+        /other-tool\.safetensors: only 5 of 8 tensors can be applied/,
+      );
       const reports: string[] = [];
       const [img1] = await textToImage(
         sd,
@@ -181,7 +207,7 @@ describe('LoRA files from other tools', () => {
           seed: 3,
           width: 64,
           height: 64,
-          adapters: [{ path: file, strength: 1 }],
+          adapters: [{ path: file, strength: 1, allowPartial: true }],
         },
         {
           onAdapters: (r) =>

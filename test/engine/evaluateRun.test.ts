@@ -2,8 +2,7 @@
  * Scoring a run: the base model and two checkpoints of a tiny training run, DINO through the
  * tiny ONNX model, the pick by the rule stored in run.json, and the user's own choice.
  */
-import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { makeSubjectPhotos } from '../../scripts/make-tiny-model.ts';
@@ -15,6 +14,7 @@ import { readRunManifest } from '../../src-main/engine/train/runFiles.ts';
 import { train } from '../../src-main/engine/train/trainer.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
+import { testTempDir } from '../helpers/tempDir.ts';
 
 useBackend('wasm');
 
@@ -43,7 +43,7 @@ describe('pickBest', () => {
 
 describe('evaluateRun', () => {
   it('scores the base model and two checkpoints and picks one by the rule', async () => {
-    const root = mkdtempSync(join(tmpdir(), 'eval-'));
+    const root = testTempDir('eval');
     const photos = join(root, 'photos');
     await makeSubjectPhotos(photos, 3);
     const runDir = join(root, 'run');
@@ -109,7 +109,7 @@ describe('evaluateRun', () => {
   });
 
   it("scores a toy-model run with the toy world's pixel score when asked ('toy'), on the toy probes with the run's trigger", async () => {
-    const root = mkdtempSync(join(tmpdir(), 'eval-toy-'));
+    const root = testTempDir('eval-toy');
     const runDir = join(root, 'run');
     await train({
       base: TOY_MODEL_DIR,

@@ -3,8 +3,7 @@
  * reader, sidecars validate, seeds are reproducible, bad requests get clear errors, and twenty
  * generations leak no tensor.
  */
-import { mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { imageSidecarSchema } from '../../src-main/api/schemas.ts';
@@ -17,10 +16,11 @@ import { StableDiffusion } from '../../src-main/engine/pipeline/stableDiffusion.
 import { textToImage } from '../../src-main/engine/pipeline/textToImage.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
+import { tempDir } from '../helpers/tempDir.ts';
 
 useBackend('wasm');
 const base = join(FIXTURES, 'tiny-a/model');
-const out = mkdtempSync(join(tmpdir(), 'gen-'));
+const out = tempDir('gen');
 let sd: StableDiffusion;
 beforeAll(async () => {
   sd = await StableDiffusion.load(base);
@@ -69,6 +69,14 @@ describe('generation to files', () => {
       JSON.parse(readFileSync(files[1].file.replace(/\.png$/, '.json'), 'utf8')),
     );
     expect(sidecar.settings.seed).toBe(43);
+    // What computed it: ONNX Runtime (the default engine) on the CPU provider here, not the
+    // process's TensorFlow.js backend (issue 27 item 32).
+    expect({ engine: sidecar.engine, provider: sidecar.provider, dtype: sidecar.dtype }).toEqual({
+      engine: 'onnx',
+      provider: 'cpu',
+      dtype: 'float32',
+    });
+    expect(JSON.parse(readFileSync(files[1].file.replace(/\.png$/, '.json'), 'utf8'))).not.toHaveProperty('backend');
     expect(sidecar.parameters).toBe(getPngText(readFileSync(files[1].file), 'parameters'));
   });
 

@@ -13,7 +13,10 @@ import {
   knownExtra,
   originalShape,
   singleFileKeyMap,
+  kohyaLookup,
+  parseLoraKey,
   toSingleFileName,
+  unetOriginalModules,
   type ComponentConfigs,
   type ComponentName,
   type RawConfig,
@@ -126,6 +129,61 @@ describe('SD-1.5: original single-file names <-> diffusers names', () => {
     const absent = map.pairs.filter((p) => !(p.original in sd15Single.tensors));
     expect(absent.filter((p) => !p.optional).map((p) => p.original)).toEqual([]);
     expect(absent.every((p) => /\.(skip_connection|nin_shortcut)\.(weight|bias)$/.test(p.original))).toBe(true);
+  });
+
+  it('unetOriginalModules names every UNet Linear and conv of the single file by its diffusers module (LoRA original names)', () => {
+    const modules = unetOriginalModules(sd15Configs.unet);
+    const problems: string[] = [];
+    let matrices = 0;
+    for (const [key, { shape }] of Object.entries(sd15Single.tensors)) {
+      const m = /^model\.diffusion_model\.(.+)\.weight$/.exec(key);
+      if (!m || shape.length < 2) continue;
+      matrices++;
+      const path = modules.get(m[1]);
+      const want = path && sd15.unet[`${path}.weight`];
+      if (!want || JSON.stringify(want) !== JSON.stringify(shape)) problems.push(`${m[1]} -> ${path}`);
+    }
+    expect(problems).toEqual([]);
+    expect(matrices).toBeGreaterThan(250);
+    expect(modules.get('input_blocks.1.1.proj_in')).toBe('down_blocks.0.attentions.0.proj_in');
+    expect(modules.get('output_blocks.11.1.transformer_blocks.0.attn2.to_out.0')).toBe(
+      'up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_out.0',
+    );
+  });
+
+  it("resolves every module of an SD-1.5 kohya LoRA (sd-scripts' targets), text encoder as lora_te_ or lora_te1_, UNet by diffusers or original names", () => {
+    // sd-scripts networks/lora.py: Linear and 1x1 Conv2d modules inside Transformer2DModel (UNet),
+    // CLIPAttention and CLIPMLP (text encoder); name = prefix + module path with '.' as '_'.
+    const matrices = (shapes: Record<string, number[]>) =>
+      Object.entries(shapes)
+        .filter(([k, shape]) => k.endsWith('.weight') && shape.length >= 2)
+        .map(([k]) => k.slice(0, -'.weight'.length));
+    const unetModules = matrices(sd15.unet).filter((p) => p.includes('.attentions.') && !p.endsWith('.norm'));
+    const teModules = matrices(sd15.text_encoder).filter((p) => /\.(self_attn|mlp)\./.test(p));
+    expect([unetModules.length, teModules.length]).toEqual([16 * 12, 12 * 6]);
+    const originals = unetOriginalModules(sd15Configs.unet);
+    const lookups = {
+      unet: kohyaLookup(matrices(sd15.unet), originals),
+      text_encoder: kohyaLookup(matrices(sd15.text_encoder)),
+    };
+    const originalOf = new Map([...originals].map(([o, d]) => [d, o]));
+    const problems: string[] = [];
+    const check = (key: string, want: string) => {
+      const parsed = parseLoraKey(key);
+      if ('unsupported' in parsed) return problems.push(`${key}: ${parsed.unsupported}`);
+      const got = lookups[parsed.component].get(parsed.module);
+      if (got !== want) problems.push(`${key} -> ${got}, want ${want}`);
+    };
+    for (const p of unetModules) {
+      check(`lora_unet_${p.replace(/\./g, '_')}.lora_down.weight`, p);
+      check(`lora_unet_${originalOf.get(p)!.replace(/\./g, '_')}.lora_up.weight`, p);
+    }
+    for (const p of teModules)
+      for (const prefix of ['lora_te_', 'lora_te1_']) check(`${prefix}${p.replace(/\./g, '_')}.alpha`, p);
+    expect(problems).toEqual([]);
+    expect(parseLoraKey('lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight')).toEqual({
+      unsupported: "SDXL's second text encoder (lora_te2_); this app targets SD 1.x",
+    });
   });
 
   it('toSingleFileName names the component and key it cannot translate', () => {

@@ -141,8 +141,11 @@ describe('adapters on the ONNX engine', () => {
     }
   });
 
-  it('a LoCon (convolution) target is listed as not applied, with the reason', async () => {
-    const [r] = await onnx.setAdapters([{ path: locon, strength: 1 }]);
+  it('a LoCon (convolution) target is an error on onnx, or listed as not applied with the reason under partial use', async () => {
+    await expect(onnx.setAdapters([{ path: locon, strength: 1 }])).rejects.toThrow(
+      /only 0 of 2 tensors can be applied .*convolution \(LoCon\).*--engine tfjs/,
+    );
+    const [r] = await onnx.setAdapters([{ path: locon, strength: 1, allowPartial: true }]);
     expect(r.summary).toMatch(/applied 0 of 2 tensors to 0 modules/);
     expect(r.unapplied.map((u) => u.reason).join('\n')).toMatch(/convolution \(LoCon\).*--engine tfjs/);
     onnx.clearAdapters();

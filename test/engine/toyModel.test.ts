@@ -170,8 +170,9 @@ describe('toy fidelity scores', () => {
 const haveToyModel =
   existsSync(join(TOY_MODEL_DIR, 'unet/diffusion_pytorch_model.safetensors')) && existsSync(TOY_SUBJECT_DIR);
 
+// Named by what it checks; the skip reason is in the name only when it is skipped.
 describe.skipIf(!haveToyModel)(
-  'the toy model learns the subject (skipped: models/toy-sd is missing; npm run build:toy-model)',
+  `the toy model learns the subject${haveToyModel ? '' : ' (skipped: models/toy-sd is missing; npm run build:toy-model)'}`,
   () => {
     const dir = mkdtempSync(join(tmpdir(), 'toy-model-test-'));
     afterAll(() => rmSync(dir, { recursive: true, force: true }));

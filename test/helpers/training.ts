@@ -1,17 +1,17 @@
 /** Shared setup of the training tests: synthetic subject photos, fast settings, run folders. */
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeSubjectPhotos } from '../../scripts/make-tiny-model.ts';
 import type { TrainSettingsInput } from '../../src-main/api/schemas.ts';
 import { readAdapterFile } from '../../src-main/engine/adapters/adapterFile.ts';
 import { FIXTURES } from './fixtures.ts';
+import { tempDir } from './tempDir.ts';
 
 export const TINY_A = join(FIXTURES, 'tiny-a/model');
 export const TINY_B = join(FIXTURES, 'tiny-b/model');
 
+/** A training test's folder (photos and runs), removed after the file's tests: call it at a file's top level. */
 export function trainingSandbox(name: string) {
-  const root = mkdtempSync(join(tmpdir(), `${name}-`));
+  const root = tempDir(name);
   const photos = join(root, 'photos');
   let runs = 0;
   return {

@@ -67,6 +67,8 @@ export const adapterMetadataSchema = z.object({
   base_model_name: z.string(),
   base_model_unet_sha256: z.string(),
   created_at: z.string(),
+  /** The side of the square training images, in pixels (absent in files written before it was recorded). */
+  resolution: int.min(1).optional(),
 });
 export type AdapterMetadata = z.infer<typeof adapterMetadataSchema>;
 
@@ -77,6 +79,8 @@ export interface AdapterProvenance {
   baseModelName: string;
   baseModelUnetSha256: string;
   createdAt?: Date;
+  /** The training resolution (square side, px). */
+  resolution?: number;
 }
 
 /** Writes the adapters of `set` (injected into the UNet) to a native file, atomically. */
@@ -101,6 +105,7 @@ export async function saveAdapter(path: string, set: AdapterSet, prov: AdapterPr
     base_model_name: prov.baseModelName,
     base_model_unet_sha256: prov.baseModelUnetSha256,
     created_at: (prov.createdAt ?? new Date()).toISOString(),
+    ...(prov.resolution ? { resolution: prov.resolution } : {}),
   };
   const tensors = new Map<string, TensorToWrite>();
   for (const [name, v] of set.namedTensors()) {

@@ -59,10 +59,17 @@ export function kohyaTensors(file: NativeAdapterFile, dtype: ExportDtype = 'F32'
   return out;
 }
 
-/** The `ss_*` and `modelspec.*` metadata A1111, ComfyUI and kohya's tools read. */
+/**
+ * The `ss_*` and `modelspec.*` metadata A1111, ComfyUI and kohya's tools read, with the ModelSpec
+ * fields as sd-scripts writes them for an SD 1 LoRA (library/sai_model_spec.py, build_metadata):
+ * implementation 'diffusers' (its IMPL_DIFFUSERS for a LoRA that is not SDXL), resolution
+ * '<w>x<h>' of the training images (512x512, its SD 1 default, for a file that does not record
+ * them), prediction_type 'epsilon' (SD 1.x predicts the noise).
+ */
 export function kohyaMetadata(file: NativeAdapterFile, outPath: string): Record<string, string> {
   const m = file.meta;
   const title = basename(outPath).replace(/\.safetensors$/, '');
+  const side = m.resolution ?? 512;
   return {
     ss_network_module: 'networks.lora',
     ss_network_dim: String(m.rank),
@@ -76,11 +83,14 @@ export function kohyaMetadata(file: NativeAdapterFile, outPath: string): Record<
     ss_new_sd_model_hash: m.base_model_unet_sha256,
     ss_output_name: title,
     ss_steps: String(m.trained_steps),
+    ss_resolution: `(${side}, ${side})`,
     ss_training_comment:
       `trained with SingLoRA Studio (${m.method}); trigger: "${m.trigger_token} ${m.class_word}"`.trim(),
-    'modelspec.sai_model_spec': '1.0.0',
+    'modelspec.sai_model_spec': '1.0.1',
     'modelspec.architecture': 'stable-diffusion-v1/lora',
-    'modelspec.implementation': 'https://github.com/kohya-ss/sd-scripts',
+    'modelspec.implementation': 'diffusers',
+    'modelspec.resolution': `${side}x${side}`,
+    'modelspec.prediction_type': 'epsilon',
     'modelspec.title': title,
     'modelspec.date': m.created_at,
     'modelspec.trigger_phrase': `${m.trigger_token} ${m.class_word}`.trim(),

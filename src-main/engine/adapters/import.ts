@@ -9,13 +9,20 @@
 import { basename } from 'node:path';
 import { tf, type Tensor } from '../backend/tf.ts';
 import { readAllFloat32 } from '../io/safetensors.ts';
-import { kohyaLookup, parseLoraKey, type LoraComponent, type ParsedLoraKey } from '../io/keyMap.ts';
+import {
+  kohyaLookup,
+  parseLoraKey,
+  unetOriginalModules,
+  type LoraComponent,
+  type ParsedLoraKey,
+} from '../io/keyMap.ts';
 import type { Module } from '../models/layers/module.ts';
 import { ADAPTER_FORMAT, readAdapterFile, type NativeAdapterFile } from './adapterFile.ts';
 import { loraDelta } from './lora.ts';
 import { findWeight, moduleIndex, type WeightPatcher } from './patch.ts';
 import { singloraDelta } from './singlora.ts';
 import { Linear } from '../models/layers/linear.ts';
+import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import type { SideFactors } from '../onnx/onnxDiffusion.ts';
 
 export interface AdapterTargets {
@@ -39,7 +46,7 @@ export interface PlannedDelta {
 
 export interface ImportReport {
   file: string;
-  format: 'native' | 'kohya' | 'peft' | 'diffusers-procs' | 'mixed';
+  format: ParsedLoraKey['format'] | 'mixed';
   appliedTensors: number;
   totalTensors: number;
   modules: number;
@@ -125,39 +132,120 @@ export function adapterSummary(file: string, applied: number, total: number, mod
   return `${basename(file)}: applied ${applied} of ${total} tensors to ${modules} modules`;
 }
 
+export interface PlanOptions {
+  /**
+   * Use a file even when some of its tensors cannot be applied (they are listed in the report).
+   * Without it such a file is an error: a LoRA applied in part is a different LoRA.
+   */
+  allowPartial?: boolean;
+}
+
+/** The error for a file only partly applicable, naming what cannot be used and how to use it anyway. */
+export class PartialAdapterError extends Error {
+  constructor(readonly report: ImportReport) {
+    const shown = report.unapplied.slice(0, 5).map((u) => `${u.key}: ${u.reason}`);
+    const more = report.unapplied.length > shown.length ? `; and ${report.unapplied.length - shown.length} more` : '';
+    super(
+      `${basename(report.file)}: only ${report.appliedTensors} of ${report.totalTensors} tensors can be applied (${shown.join('; ')}${more}); ` +
+        'a LoRA applied in part changes the image differently from the whole one. Use a file made for SD 1.x, ' +
+        'or ask for partial use (--allow-partial on the command line) to apply the rest anyway',
+    );
+    this.name = 'PartialAdapterError';
+  }
+}
+
 /**
  * Reads `file` and computes the deltas it makes on `targets` at `strength`. Nothing is applied
- * yet: call `plan.applyTo(...)`, and `plan.dispose()` when done.
+ * yet: call `plan.applyTo(...)`, and `plan.dispose()` when done. A file with tensors that cannot be
+ * applied is a `PartialAdapterError` unless `options.allowPartial`.
  */
-export async function planAdapter(file: string, targets: AdapterTargets, strength = 1): Promise<AdapterPlan> {
+export async function planAdapter(
+  file: string,
+  targets: AdapterTargets,
+  strength = 1,
+  options: PlanOptions = {},
+): Promise<AdapterPlan> {
   if (!Number.isFinite(strength)) throw new Error(`adapter strength must be a number, got ${strength}`);
   const { tensors, metadata } = await readAllFloat32(file);
-  if (metadata.format === ADAPTER_FORMAT) return planNative(file, targets, strength);
+  const plan =
+    metadata.format === ADAPTER_FORMAT
+      ? await planNative(file, targets, strength)
+      : planForeign(file, tensors, targets, strength);
+  if (plan.report.unapplied.length && !options.allowPartial) {
+    plan.dispose();
+    throw new PartialAdapterError(plan.report);
+  }
+  return plan;
+}
 
-  const unapplied: Array<{ key: string; reason: string }> = [];
-  const groups = new Map<string, Group>();
+type FloatTensors = Awaited<ReturnType<typeof readAllFloat32>>['tensors'];
+
+/** kohya's underscored names -> module paths of one component (with the UNet's original-layout names). */
+function kohyaLookups(targets: AdapterTargets): (c: LoraComponent) => Map<string, string> {
   const lookups = new Map<LoraComponent, Map<string, string>>();
-  const lookup = (c: LoraComponent): Map<string, string> => {
+  return (c) => {
     let m = lookups.get(c);
     if (!m) {
       const model = c === 'unet' ? targets.unet : targets.textEncoder;
-      m = model ? kohyaLookup(moduleIndex(model).keys()) : new Map();
+      m = model ? kohyaLookup(moduleIndex(model).keys(), originalModules(model)) : new Map();
       lookups.set(c, m);
     }
     return m;
   };
+}
+
+const originalsCache = new WeakMap<Module, Map<string, string>>();
+
+/** Original-layout (LDM) module path -> diffusers path, for a UNet; empty for other models. */
+function originalModules(model: Module): Map<string, string> {
+  let map = originalsCache.get(model);
+  if (!map) {
+    map = model instanceof UNet2DConditionModel ? unetOriginalModulesOf(model) : new Map<string, string>();
+    originalsCache.set(model, map);
+  }
+  return map;
+}
+
+function unetOriginalModulesOf(model: UNet2DConditionModel): Map<string, string> {
+  const c = model.config;
+  return unetOriginalModules({
+    down_block_types: c.downBlockTypes,
+    up_block_types: c.upBlockTypes,
+    block_out_channels: c.blockOutChannels,
+    layers_per_block: c.layersPerBlock,
+    transformer_layers_per_block: c.transformerLayersPerBlock,
+  });
+}
+
+/** The module a parsed key names inside `targets`, or null when there is none. */
+function resolveModule(
+  parsed: ParsedLoraKey,
+  targets: AdapterTargets,
+  kohya: (c: LoraComponent) => Map<string, string>,
+): string | null {
+  const model = parsed.component === 'unet' ? targets.unet : targets.textEncoder;
+  if (!model) return null;
+  if (parsed.underscored) return kohya(parsed.component).get(parsed.module) ?? null;
+  const path = parsed.original ? (originalModules(model).get(parsed.module) ?? null) : parsed.module;
+  return path !== null && moduleIndex(model).has(path) ? path : null;
+}
+
+/** Groups a foreign LoRA file's tensors by the module they adapt; keys that are not LoRA tensors go to `unapplied`. */
+function groupTensors(
+  tensors: FloatTensors,
+  targets: AdapterTargets,
+  unapplied: Array<{ key: string; reason: string }>,
+): Map<string, Group> {
+  const groups = new Map<string, Group>();
+  const kohya = kohyaLookups(targets);
   for (const [key, t] of tensors) {
     const parsed = parseLoraKey(key);
     if ('unsupported' in parsed) {
       unapplied.push({ key, reason: parsed.unsupported });
       continue;
     }
-    const model = parsed.component === 'unet' ? targets.unet : targets.textEncoder;
-    let path: string | null = parsed.module;
-    if (!model) path = null;
-    else if (parsed.underscored) path = lookup(parsed.component).get(parsed.module) ?? null;
-    else if (!moduleIndex(model).has(parsed.module)) path = null;
-    const gkey = `${parsed.component}:${parsed.module}`;
+    const path = resolveModule(parsed, targets, kohya);
+    const gkey = `${parsed.component}:${path ?? parsed.module}`;
     const g = groups.get(gkey) ?? {
       component: parsed.component,
       path,
@@ -168,55 +256,24 @@ export async function planAdapter(file: string, targets: AdapterTargets, strengt
     g.tensors[parsed.role] = { key, shape: t.shape, data: t.data };
     groups.set(gkey, g);
   }
+  return groups;
+}
 
+function planForeign(file: string, tensors: FloatTensors, targets: AdapterTargets, strength: number): AdapterPlan {
+  const unapplied: Array<{ key: string; reason: string }> = [];
+  const groups = groupTensors(tensors, targets, unapplied);
   const deltas: PlannedDelta[] = [];
-  const formats = new Set<string>();
+  const formats = new Set<ParsedLoraKey['format']>();
   let applied = 0;
   try {
     for (const g of groups.values()) {
       const keys = Object.values(g.tensors).map((t) => t!.key);
-      const reject = (reason: string) => keys.forEach((key) => unapplied.push({ key, reason }));
-      if (!g.path) {
-        const where =
-          g.component === 'text_encoder' && !targets.textEncoder
-            ? 'no text encoder was given'
-            : `no Linear or Conv2d named '${g.rawName}' in the ${g.component}`;
-        reject(where);
+      const planned = planGroup(g, targets, strength);
+      if ('reason' in planned) {
+        for (const key of keys) unapplied.push({ key, reason: planned.reason });
         continue;
       }
-      const { down, up, alpha } = g.tensors;
-      if (!down || !up) {
-        reject(`incomplete pair: ${down ? 'lora_up/lora_B' : 'lora_down/lora_A'} is missing`);
-        continue;
-      }
-      const rank = down.shape[0];
-      const model = g.component === 'unet' ? targets.unet : targets.textEncoder!;
-      const param = findWeight(model, g.path)!;
-      const upOk =
-        up.shape[1] === rank &&
-        up.shape[0] === param.shape[0] &&
-        (up.shape.length === 2 || (up.shape[2] === 1 && up.shape[3] === 1));
-      const downIn = down.shape.slice(1);
-      const paramIn = param.shape.slice(1);
-      const downOk =
-        downIn[0] === paramIn[0] &&
-        (paramIn.length === 1 ||
-          (downIn.length === 1
-            ? paramIn[1] === 1 && paramIn[2] === 1
-            : downIn[1] === paramIn[1] && downIn[2] === paramIn[2]));
-      if (!upOk || !downOk) {
-        reject(`shapes down [${down.shape}] / up [${up.shape}] do not fit ${g.component}.${g.path} [${param.shape}]`);
-        continue;
-      }
-      // kohya: scale = alpha / rank (alpha defaults to rank); diffusers/PEFT: scale folded in.
-      const alphaValue = alpha ? alpha.data[0] : rank;
-      const scale = (alphaValue / rank) * strength;
-      const delta = tf.tidy(() => loraDelta(tf.tensor(up.data, up.shape), tf.tensor(down.data, down.shape), scale));
-      const factors =
-        moduleIndex(model).get(g.path) instanceof Linear
-          ? loraFactors(g.component, g.path, up.data, down.data, rank, param.shape[0], param.shape[1], scale)
-          : undefined;
-      deltas.push({ component: g.component, path: g.path, delta, keys, ...(factors ? { factors } : {}) });
+      deltas.push({ ...planned, keys });
       applied += keys.length;
       formats.add(g.format);
     }
@@ -225,8 +282,7 @@ export async function planAdapter(file: string, targets: AdapterTargets, strengt
     throw err;
   }
   const total = tensors.size;
-  const format =
-    formats.size === 1 ? ([...formats][0] as ImportReport['format']) : formats.size === 0 ? 'kohya' : 'mixed';
+  const format = formats.size === 1 ? [...formats][0] : formats.size === 0 ? 'kohya' : 'mixed';
   return new AdapterPlan(
     {
       file,
@@ -240,6 +296,52 @@ export async function planAdapter(file: string, targets: AdapterTargets, strengt
     },
     deltas,
   );
+}
+
+/** One module's delta (and side-path factors for a Linear) from its down/up pair, or why it cannot be made. */
+function planGroup(
+  g: Group,
+  targets: AdapterTargets,
+  strength: number,
+): Omit<PlannedDelta, 'keys'> | { reason: string } {
+  if (!g.path) {
+    const noTextEncoder = g.component === 'text_encoder' && !targets.textEncoder;
+    return {
+      reason: noTextEncoder
+        ? 'no text encoder was given'
+        : `no Linear or Conv2d named '${g.rawName}' in the ${g.component}`,
+    };
+  }
+  const { down, up, alpha } = g.tensors;
+  if (!down || !up) return { reason: `incomplete pair: ${down ? 'lora_up/lora_B' : 'lora_down/lora_A'} is missing` };
+  const rank = down.shape[0];
+  const model = g.component === 'unet' ? targets.unet : targets.textEncoder!;
+  const param = findWeight(model, g.path)!;
+  const upOk =
+    up.shape[1] === rank &&
+    up.shape[0] === param.shape[0] &&
+    (up.shape.length === 2 || (up.shape[2] === 1 && up.shape[3] === 1));
+  const downIn = down.shape.slice(1);
+  const paramIn = param.shape.slice(1);
+  const downOk =
+    downIn[0] === paramIn[0] &&
+    (paramIn.length === 1 ||
+      (downIn.length === 1
+        ? paramIn[1] === 1 && paramIn[2] === 1
+        : downIn[1] === paramIn[1] && downIn[2] === paramIn[2]));
+  if (!upOk || !downOk)
+    return {
+      reason: `shapes down [${down.shape}] / up [${up.shape}] do not fit ${g.component}.${g.path} [${param.shape}]`,
+    };
+  // kohya: scale = alpha / rank (alpha defaults to rank); diffusers/PEFT: scale folded in.
+  const alphaValue = alpha ? alpha.data[0] : rank;
+  const scale = (alphaValue / rank) * strength;
+  const delta = tf.tidy(() => loraDelta(tf.tensor(up.data, up.shape), tf.tensor(down.data, down.shape), scale));
+  const factors =
+    moduleIndex(model).get(g.path) instanceof Linear
+      ? loraFactors(g.component, g.path, up.data, down.data, rank, param.shape[0], param.shape[1], scale)
+      : undefined;
+  return { component: g.component, path: g.path, delta, ...(factors ? { factors } : {}) };
 }
 
 async function planNative(file: string, targets: AdapterTargets, strength: number): Promise<AdapterPlan> {

@@ -213,7 +213,7 @@ function probeTensorflow(): BackendStatus {
       name,
       available: false,
       reason:
-        '@tensorflow/tfjs-node-gpu is not installed (optional; its install downloads libtensorflow, which needs network and CUDA 11.2/cuDNN 8)',
+        '@tensorflow/tfjs-node-gpu is not installed: it is an optional dependency whose install script downloads libtensorflow, and npm drops it without a word when that download fails (no network, no build for this platform); run `npm install --foreground-scripts` with network access to install it and see its download (it also needs CUDA 11.2 and cuDNN 8)',
     };
   }
   for (const lib of ['libcudart.so.11.0', 'libcudnn.so.8']) {

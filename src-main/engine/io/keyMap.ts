@@ -615,99 +615,181 @@ export function detectCheckpointKind(keys: Iterable<string>): CheckpointKind {
 // | --------------------- | ---------------------------------------------------------------------------- |
 // | kohya (sd-scripts)    | lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight |
 // |                       | lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight, `.alpha` |
+// | kohya, as diffusers'  | lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight         |
+// | convert_state_dict_to_kohya names the SD 1.x text encoder (`lora_te1_`; `lora_te2_` is SDXL's second) |
+// | kohya, original names | lora_unet_input_blocks_1_1_proj_in.lora_down.weight (LDM layout, underscored)  |
 // | diffusers / PEFT      | unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight |
 // |                       | text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight       |
+// | diffusers 0.27 train  | unet.<...>.attn1.to_q.lora.down.weight (convert_state_dict_to_diffusers of a  |
+// | scripts               | PEFT state dict: to_q/k/v/out.0 `lora_A` -> `lora.down`, `lora_B` -> `lora.up`) |
+// |                       | text_encoder.<...>.q_proj.lora_linear_layer.down.weight                       |
 // | diffusers (old procs) | unet.<...>.attn1.processor.to_q_lora.down.weight  (to_out_lora -> to_out.0)    |
 // | PEFT raw              | base_model.model.<path>.lora_A.weight                                         |
+// | ComfyUI (LoraSave)    | diffusion_model.input_blocks.1.1.proj_in.lora_up.weight (LDM layout, dotted)  |
+// |                       | text_encoders.clip_l.transformer.text_model.<...>.q_proj.lora_down.weight     |
 // | SingLoRA Studio       | unet.<path>.singlora_A, unet.<path>.lora_A / lora_B (no `.weight`)             |
 //
 // kohya names are the module path with dots replaced by underscores; since module names contain
 // underscores themselves (`to_q`, `transformer_blocks`), they are resolved against the model's
-// real module paths (`kohyaLookup`).
+// real module paths (`kohyaLookup`). Original-layout (LDM) UNet names, kohya's underscored and
+// ComfyUI's dotted, are resolved through the UNet's single-file map (`unetOriginalModules`).
 
 //
 // Entry point for adapter files: `parseLoraKey` (its own, because a LoRA key names a module and a
-// role, not a model tensor). Not yet handled: kohya's original-layout names
-// (`lora_unet_input_blocks_1_1_proj_in`), which would come from the single-file map above.
+// role, not a model tensor).
 
 export type LoraComponent = 'unet' | 'text_encoder';
 export type LoraRole = 'down' | 'up' | 'alpha' | 'singlora_A';
 
 export interface ParsedLoraKey {
-  format: 'kohya' | 'peft' | 'diffusers-procs' | 'native';
+  format: 'kohya' | 'peft' | 'diffusers' | 'diffusers-procs' | 'comfyui' | 'native';
   component: LoraComponent;
   /** Dotted module path, or (kohya) the underscored name still to be resolved. */
   module: string;
   underscored: boolean;
+  /** The module is named in the original LDM layout (`input_blocks.1.1.proj_in`), not diffusers'. */
+  original: boolean;
   role: LoraRole;
 }
 
 /** Why a key is not a LoRA tensor this app applies (null: it is one). */
 export type KeyVerdict = ParsedLoraKey | { unsupported: string };
 
-const KOHYA = /^lora_(unet|te)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
+const KOHYA = /^lora_(unet|te\d?)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
+const SDXL_TEXT_ENCODER_2 = "SDXL's second text encoder (lora_te2_); this app targets SD 1.x";
 const KOHYA_OTHER =
   /^lora_(unet|te\d?)_(.+)\.(hada_\w+|lokr_\w+|dora_scale|diff|diff_b|lora_mid\.weight|on_input|w_norm|b_norm)$/;
 const PEFT = /^(?:(unet|text_encoder)\.|base_model\.model\.)(.+)\.lora_(A|B)\.weight$/;
+const DIFFUSERS_DOT = /^(unet|text_encoder)\.(.+)\.lora\.(down|up)\.weight$/;
 const PROCS =
   /^(unet|text_encoder)\.(.+?)\.(?:processor\.)?(to_q|to_k|to_v|to_out|q_proj|k_proj|v_proj|out_proj)_lora\.(down|up)\.weight$/;
 const PROCS_LINEAR = /^(unet|text_encoder)\.(.+)\.lora_linear_layer\.(down|up)\.weight$/;
+const COMFY = /^(diffusion_model|text_encoders\.clip_l\.transformer)\.(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
+const COMFY_OTHER = /^(diffusion_model|text_encoders)\.(.+)\.(diff|diff_b|dora_scale|lora_mid\.weight)$/;
 const NATIVE = /^(unet|text_encoder)\.(.+)\.(singlora_A|lora_A|lora_B)$/;
 
-export function parseLoraKey(key: string): KeyVerdict {
-  let m = KOHYA.exec(key);
-  if (m) {
-    const role: LoraRole = m[3] === 'alpha' ? 'alpha' : m[3].startsWith('lora_down') ? 'down' : 'up';
-    return {
-      format: 'kohya',
-      component: m[1] === 'unet' ? 'unet' : 'text_encoder',
-      module: m[2],
-      underscored: true,
-      role,
-    };
-  }
-  m = KOHYA_OTHER.exec(key);
-  if (m) {
-    if (m[1] === 'te1' || m[1] === 'te2') return { unsupported: 'SDXL text encoder (this app targets SD 1.x)' };
-    return {
-      unsupported: `${m[3].replace(/\.weight$/, '')} tensors (LoHa/LoKr/DoRA/full-diff networks) are not supported; only LoRA/LoCon down/up pairs`,
-    };
-  }
-  m = PEFT.exec(key);
-  if (m)
-    return {
+const roleOf = (suffix: string): LoraRole =>
+  suffix === 'alpha' ? 'alpha' : /^(lora_down|down|A)\b/.test(suffix) ? 'down' : 'up';
+
+/** One pattern per layout, tried in order; each returns the parsed key or a reason it is refused. */
+const LORA_LAYOUTS: ReadonlyArray<{ pattern: RegExp; parse: (m: RegExpExecArray) => KeyVerdict }> = [
+  {
+    pattern: KOHYA,
+    parse: (m) =>
+      /^te[02-9]$/.test(m[1])
+        ? { unsupported: m[1] === 'te2' ? SDXL_TEXT_ENCODER_2 : `lora_${m[1]}_: no such text encoder in SD 1.x` }
+        : {
+            format: 'kohya',
+            component: m[1] === 'unet' ? 'unet' : 'text_encoder',
+            module: m[2],
+            underscored: true,
+            original: false,
+            role: roleOf(m[3]),
+          },
+  },
+  {
+    pattern: KOHYA_OTHER,
+    parse: (m) =>
+      m[1] === 'te2'
+        ? { unsupported: SDXL_TEXT_ENCODER_2 }
+        : {
+            unsupported: `${m[3].replace(/\.weight$/, '')} tensors (LoHa/LoKr/DoRA/full-diff networks) are not supported; only LoRA/LoCon down/up pairs`,
+          },
+  },
+  {
+    pattern: PEFT,
+    parse: (m) => ({
       format: 'peft',
       component: m[1] === 'text_encoder' ? 'text_encoder' : 'unet',
       module: m[2],
       underscored: false,
-      role: m[3] === 'A' ? 'down' : 'up',
-    };
-  m = PROCS.exec(key);
-  if (m) {
-    const proj = m[3] === 'to_out' ? 'to_out.0' : m[3];
-    return {
+      original: false,
+      role: roleOf(m[3]),
+    }),
+  },
+  {
+    pattern: DIFFUSERS_DOT,
+    parse: (m) => ({
+      format: 'diffusers',
+      component: m[1] as LoraComponent,
+      module: m[2],
+      underscored: false,
+      original: false,
+      role: roleOf(m[3]),
+    }),
+  },
+  {
+    pattern: PROCS,
+    parse: (m) => ({
       format: 'diffusers-procs',
       component: m[1] as LoraComponent,
-      module: `${m[2]}.${proj}`,
+      module: `${m[2]}.${m[3] === 'to_out' ? 'to_out.0' : m[3]}`,
       underscored: false,
-      role: m[4] === 'down' ? 'down' : 'up',
-    };
-  }
-  m = PROCS_LINEAR.exec(key);
-  if (m)
-    return {
+      original: false,
+      role: roleOf(m[4]),
+    }),
+  },
+  {
+    pattern: PROCS_LINEAR,
+    parse: (m) => ({
       format: 'diffusers-procs',
       component: m[1] as LoraComponent,
       module: m[2],
       underscored: false,
-      role: m[3] === 'down' ? 'down' : 'up',
-    };
-  m = NATIVE.exec(key);
-  if (m) {
-    const role: LoraRole = m[3] === 'singlora_A' ? 'singlora_A' : m[3] === 'lora_A' ? 'down' : 'up';
-    return { format: 'native', component: m[1] as LoraComponent, module: m[2], underscored: false, role };
+      original: false,
+      role: roleOf(m[3]),
+    }),
+  },
+  {
+    pattern: COMFY,
+    parse: (m) => ({
+      format: 'comfyui',
+      component: m[1] === 'diffusion_model' ? 'unet' : 'text_encoder',
+      module: m[2],
+      underscored: false,
+      original: m[1] === 'diffusion_model',
+      role: roleOf(m[3]),
+    }),
+  },
+  {
+    pattern: COMFY_OTHER,
+    parse: (m) => ({
+      unsupported: `${m[3].replace(/\.weight$/, '')} tensors (ComfyUI's full weight/bias differences, LoHa or DoRA) are not supported; only LoRA down/up pairs (ComfyUI's LoraSave with bias_diff off)`,
+    }),
+  },
+  {
+    pattern: NATIVE,
+    parse: (m) => ({
+      format: 'native',
+      component: m[1] as LoraComponent,
+      module: m[2],
+      underscored: false,
+      original: false,
+      role: m[3] === 'singlora_A' ? 'singlora_A' : m[3] === 'lora_A' ? 'down' : 'up',
+    }),
+  },
+];
+
+export function parseLoraKey(key: string): KeyVerdict {
+  for (const layout of LORA_LAYOUTS) {
+    const m = layout.pattern.exec(key);
+    if (m) return layout.parse(m);
   }
-  return { unsupported: 'not a LoRA tensor name this app recognises (kohya, diffusers/PEFT or SingLoRA Studio)' };
+  return {
+    unsupported: 'not a LoRA tensor name this app recognises (kohya, diffusers, PEFT, ComfyUI or SingLoRA Studio)',
+  };
+}
+
+/**
+ * The UNet's original-layout (LDM) module paths, `input_blocks.1.1.proj_in`, mapped to the
+ * diffusers paths, `down_blocks.0.attentions.0.proj_in`, from the same rules as the single-file map.
+ */
+export function unetOriginalModules(config: RawConfig): Map<string, string> {
+  const map = new Map<string, string>();
+  for (const r of unetRules(config))
+    for (const sub of r.table)
+      if (sub.params.includes('weight')) map.set(join(r.original, sub.original), join(r.diffusers, sub.diffusers));
+  return map;
 }
 
 /** kohya's name for a module: `lora_unet_<path with underscores>` / `lora_te_<...>`. */
@@ -720,9 +802,16 @@ export function peftName(component: LoraComponent, path: string): string {
   return `${component}.${path}`;
 }
 
-/** Maps kohya's underscored names back to dotted module paths. */
-export function kohyaLookup(modulePaths: Iterable<string>): Map<string, string> {
+/**
+ * Maps kohya's underscored names back to dotted module paths; with `originals` (original-layout
+ * path -> diffusers path, `unetOriginalModules`), also the underscored original-layout names.
+ */
+export function kohyaLookup(
+  modulePaths: Iterable<string>,
+  originals: ReadonlyMap<string, string> = new Map(),
+): Map<string, string> {
   const map = new Map<string, string>();
   for (const p of modulePaths) map.set(p.replace(/\./g, '_'), p);
+  for (const [original, p] of originals) if (map.has(p.replace(/\./g, '_'))) map.set(original.replace(/\./g, '_'), p);
   return map;
 }

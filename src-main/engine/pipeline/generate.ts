@@ -12,7 +12,6 @@ import {
   type GenerateSettingsInput,
   type ImageSidecar,
 } from '../../api/schemas.ts';
-import { activeBackend, tf } from '../backend/tf.ts';
 import { atomicWriteFile, atomicWriteJson } from '../io/atomic.ts';
 import { hashFile } from '../io/download.ts';
 import { encodeImage } from '../image/sharp.ts';
@@ -127,7 +126,7 @@ export async function generateImages(job: GenerateJob, hooks: GenerateHooks = {}
             baseModel: { path: sd.path, name: sd.name, unetSha256: modelSha },
             adapters: adapterHashes,
             parameters,
-            backend: activeBackend()?.name ?? tf.getBackend(),
+            ...(await sd.execution()),
             ms: now - imageStart,
           };
           imageStart = now;

@@ -23,7 +23,8 @@
  *      tokenizer pads (77 ids), with weight 1 on the special and padding tokens.
  * For a batch of prompts (e.g. [negative, prompt]):
  *   4. every prompt gets as many chunks as the longest; missing ones are the empty prompt's
- *      chunk (A1111 pads the negative prompt the same way);
+ *      chunk (A1111 pads so only with its "Pad prompt/negative prompt" option, off by default; by
+ *      default it runs the two lengths as two UNet passes: textToImage's negativePadding 'none');
  *   5. encode every chunk (77 tokens) with the text encoder;
  *   6. emphasis: z <- z * weight per token, then z <- z * mean(z_before) / mean(z_after) over the
  *      chunk, so the overall mean stays what it was (A1111 "Original");
@@ -44,9 +45,40 @@ const SQUARE = 1 / 1.1;
 /** One piece of parsed prompt text and its weight; `weight === -1` with text 'BREAK' ends a chunk. */
 export type PromptPiece = [text: string, weight: number];
 
+// A1111's patterns are Python `re` patterns on str, which are Unicode-aware; JavaScript's `\s`,
+// `\d` and `\b` are not the same sets, so each is spelled out as Python defines it:
+//   - `\s`: str.isspace(), i.e. [ \t\n\v\f\r], \x1c-\x1f, \x85 and the Unicode spaces (Zs, U+2028/9);
+//     JavaScript's also has U+FEFF and lacks \x1c-\x1f and \x85;
+//   - `\d`: every decimal digit (Unicode category Nd: `１`, `٣`, ...), which Python's float() reads;
+//   - `\b`: a boundary between a word character (str.isalnum() or '_': letters and numbers of every
+//     script, [\p{L}\p{N}_]) and another character, so `caféBREAK` and `猫BREAK犬` hold no boundary.
+const PY_SPACE = '[\\t\\n\\v\\f\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]';
+const PY_WORD = '[\\p{L}\\p{N}_]';
+
 // A1111's re_attention, token by token.
-const RE_ATTENTION = /\\\(|\\\)|\\\[|\\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()[\]:]+|:/g;
-const RE_BREAK = /\s*\bBREAK\b\s*/s;
+const RE_ATTENTION = new RegExp(
+  `\\\\\\(|\\\\\\)|\\\\\\[|\\\\\\]|\\\\\\\\|\\\\|\\(|\\[|:${PY_SPACE}*([+-]?[.\\p{Nd}]+)${PY_SPACE}*\\)|\\)|\\]|[^\\\\()[\\]:]+|:`,
+  'gu',
+);
+// A1111's re_break, `\s*\bBREAK\b\s*`.
+const RE_BREAK = new RegExp(`${PY_SPACE}*(?<!${PY_WORD})BREAK(?!${PY_WORD})${PY_SPACE}*`, 'u');
+
+/** Python's float() of a `[+-]?[.\d]+` match: Unicode decimal digits read as their values. */
+function pythonFloat(text: string): number {
+  const ascii = text.replace(/\p{Nd}/gu, (d) => String(digitValue(d)));
+  return /^[+-]?(\d+\.?\d*|\.\d+)$/.test(ascii) ? Number(ascii) : Number.NaN;
+}
+
+/** The value of a decimal digit: Unicode puts each script's digits 0-9 in one run of 10 code points. */
+function digitValue(d: string): number {
+  let cp = d.codePointAt(0)!;
+  let offset = 0;
+  while (/\p{Nd}/u.test(String.fromCodePoint(cp - 1))) {
+    cp--;
+    offset++;
+  }
+  return offset % 10;
+}
 
 /** `parse_prompt_attention`: the prompt as (text, weight) pieces, equal neighbours merged. */
 export function parsePromptAttention(text: string): PromptPiece[] {
@@ -62,8 +94,8 @@ export function parsePromptAttention(text: string): PromptPiece[] {
     if (t.startsWith('\\')) res.push([t.slice(1), 1]);
     else if (t === '(') round.push(res.length);
     else if (t === '[') square.push(res.length);
-    else if (weight !== undefined && round.length && Number.isFinite(Number(weight)))
-      multiplyRange(round.pop()!, Number(weight));
+    else if (weight !== undefined && round.length && Number.isFinite(pythonFloat(weight)))
+      multiplyRange(round.pop()!, pythonFloat(weight));
     else if (t === ')' && round.length) multiplyRange(round.pop()!, ROUND);
     else if (t === ']' && square.length) multiplyRange(square.pop()!, SQUARE);
     else {
@@ -92,9 +124,10 @@ export function promptWarnings(text: string): string[] {
     out.push(
       'extra-network tags such as <lora:name:1> are not read from the prompt (they stay as text); pass the file with --adapter file:strength',
     );
-  if (/\[[^[\]]*:[^[\]]*\]/.test(text))
+  const groups = squareGroups(text);
+  if (groups.some((g) => PROMPT_EDITING.test(g)))
     out.push('prompt editing [from:to:when] is not supported: the text inside is used as written, weighted 1/1.1');
-  if (/\[[^[\]]*\|[^[\]]*\]/.test(text))
+  if (groups.some((g) => g.includes('|')))
     out.push('alternation [a|b] is not supported: the text inside is used as written, weighted 1/1.1');
   const bad = /\(([^()]*):\s*([+-]?[.\d]+)\s*\)/g;
   for (const m of text.matchAll(bad))
@@ -112,6 +145,38 @@ export function promptWarnings(text: string): string[] {
       `${round ? `${round} unclosed '('` : ''}${round && square ? ' and ' : ''}${square ? `${square} unclosed '['` : ''}: the weight runs to the end of the prompt (as in A1111)`,
     );
   return out;
+}
+
+/**
+ * A1111's prompt-editing rule (`scheduled` in prompt_parser.py's grammar): `[to:when]` or
+ * `[from:to:when]`, `when` a number, its colons at the square bracket's own level. `[(x:2)]` is
+ * emphasis inside a bracket, not editing; `[a:b]` (no number) is text.
+ */
+const PROMPT_EDITING = /^[^:]*(?::[^:]*)?:\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*$/;
+
+/**
+ * The text of every `[...]` group at its own level: nested groups become one placeholder
+ * character, escaped characters (`\:`) are not syntax.
+ */
+function squareGroups(text: string): string[] {
+  const groups: string[] = [];
+  const open: Array<{ square: boolean; text: string }> = [];
+  const append = (c: string) => {
+    if (open.length) open[open.length - 1].text += c;
+  };
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '\\') {
+      i++;
+      append('x');
+    } else if (c === '[' || c === '(') open.push({ square: c === '[', text: '' });
+    else if ((c === ']' || c === ')') && open.length) {
+      const g = open.pop()!;
+      if (g.square) groups.push(g.text);
+      append('x');
+    } else append(c);
+  }
+  return groups;
 }
 
 /** What chunking needs of the tokenizer (ClipTokenizer has all of it). */

@@ -14,7 +14,13 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { tf, type Tensor } from '../backend/tf.ts';
-import { adapterSummary, planAdapter, type AdapterPlan, type ImportReport } from '../adapters/import.ts';
+import {
+  adapterSummary,
+  PartialAdapterError,
+  planAdapter,
+  type AdapterPlan,
+  type ImportReport,
+} from '../adapters/import.ts';
 import { WeightPatcher } from '../adapters/patch.ts';
 import type { LatentDistribution } from '../models/autoencoderKL.ts';
 import { OnnxDiffusion, type HostTensor } from '../onnx/onnxDiffusion.ts';
@@ -246,6 +252,19 @@ export class StableDiffusion {
     return this.inference.engine;
   }
 
+  /**
+   * What computes the images: the engine, its provider (the ONNX Runtime execution providers the
+   * UNet session runs on, e.g. 'cpu' or 'webgpu+cpu'; on tfjs the TensorFlow.js backend) and the
+   * compute type. On onnx, known once the UNet has run (before, the requested provider).
+   */
+  async execution(): Promise<{ engine: InferenceEngine; provider: string; dtype: 'float32' | 'float16' }> {
+    if (this.engine === 'tfjs') return { engine: 'tfjs', provider: tf.getBackend(), dtype: 'float32' };
+    const unet = (await this.onnx()).opened.filter((o) => o.kind === 'unet').at(-1);
+    return unet
+      ? { engine: 'onnx', provider: unet.providers, dtype: unet.dtype }
+      : { engine: 'onnx', provider: this.inference.provider, dtype: this.inference.dtype ?? 'float32' };
+  }
+
   /** The ONNX Runtime sessions (opened on first use). */
   onnx(): Promise<OnnxDiffusion> {
     this.onnxEngine ??= OnnxDiffusion.open(this.path, {
@@ -270,20 +289,27 @@ export class StableDiffusion {
    * Applies adapter files (replacing any applied before): weight patches on the tfjs engine,
    * side-path inputs on the onnx engine. Returns what each file applied.
    */
-  async setAdapters(uses: ReadonlyArray<{ path: string; strength: number }>): Promise<ImportReport[]> {
+  async setAdapters(
+    uses: ReadonlyArray<{ path: string; strength: number; allowPartial?: boolean }>,
+  ): Promise<ImportReport[]> {
     this.clearAdapters();
     if (this.engine === 'tfjs') await this.ensure('unet', 'textEncoder');
     const targets =
       this.engine === 'tfjs' ? { unet: this.unet, textEncoder: this.textEncoder } : await this.adapterTargets();
     const reports: ImportReport[] = [];
     for (const use of uses) {
-      const plan = await planAdapter(use.path, targets, use.strength);
+      const plan = await planAdapter(use.path, targets, use.strength, { allowPartial: use.allowPartial });
       this.plans.push(plan);
       if (this.engine === 'tfjs') {
         plan.applyTo(targets, this.patcher);
         reports.push(plan.report);
       } else {
-        reports.push(onnxReport(plan));
+        const report = onnxReport(plan);
+        if (report.unapplied.length && !use.allowPartial) {
+          this.clearAdapters();
+          throw new PartialAdapterError(report);
+        }
+        reports.push(report);
       }
     }
     if (this.engine === 'onnx')

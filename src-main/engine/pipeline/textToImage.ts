@@ -21,6 +21,8 @@ import type { StableDiffusion } from './stableDiffusion.ts';
 export interface AdapterUse {
   path: string;
   strength: number;
+  /** Apply the tensors that fit even when some of the file's cannot be (default: such a file is an error). */
+  allowPartial?: boolean;
 }
 
 export interface TextToImageRequest {
@@ -38,6 +40,12 @@ export interface TextToImageRequest {
   count?: number;
   /** diffusers' clip_skip (A1111's "Clip skip" minus one). */
   clipSkip?: number;
+  /**
+   * Prompt and negative prompt of different chunk counts: 'empty-chunks' (default) pads the shorter
+   * with the empty prompt's chunks, one UNet batch of 2; 'none' runs two UNet passes, each at its own
+   * length (A1111's default; its "Pad prompt/negative prompt" option gives 'empty-chunks').
+   */
+  negativePadding?: 'empty-chunks' | 'none';
   adapters?: readonly AdapterUse[];
   /** Initial latents NHWC [1, h, w, c] instead of seeded noise (parity tests, img2img later). */
   latents?: Tensor;
@@ -139,6 +147,8 @@ export async function textToImage(
   }
 
   let context: Tensor | null = null;
+  /** With negativePadding 'none' and different lengths: the negative and the prompt embeddings apart. */
+  let apart: { uncond: Tensor; cond: Tensor } | null = null;
   try {
     // 1. Adapters (none with precomputed embeddings: training previews run the adapter being trained).
     // (Not `hooks.onAdapters?.(await sd.setAdapters(...))`: optional chaining skips the argument
@@ -153,6 +163,13 @@ export async function textToImage(
     if (req.promptEmbeds) {
       const e = req.promptEmbeds;
       context = cfg ? tf.clone(e) : tf.tidy(() => e.slice([1, 0, 0], [1, e.shape[1] as number, e.shape[2] as number]));
+    } else if (cfg && req.negativePadding === 'none') {
+      const uncond = await sd.encodeText([req.negativePrompt ?? ''], req.clipSkip);
+      const cond = await sd.encodeText([req.prompt], req.clipSkip);
+      if (uncond.shape[1] === cond.shape[1]) {
+        context = tf.concat([uncond, cond], 0);
+        tf.dispose([uncond, cond]);
+      } else apart = { uncond, cond };
     } else {
       context = await sd.encodeText(cfg ? [req.negativePrompt ?? '', req.prompt] : [req.prompt], req.clipSkip);
     }
@@ -176,12 +193,7 @@ export async function textToImage(
           const t = scheduler.timesteps[s];
           // 4. One denoising step.
           const noise = scheduler.needsNoise ? randn(rng, x.shape) : undefined;
-          const xIn = tf.tidy(() => {
-            const scaled = scheduler.scaleModelInput(x, t);
-            return cfg ? tf.concat([scaled, scaled], 0) : scaled; // [2, h, w, c] with guidance
-          });
-          const out = await sd.predictNoise(xIn, t, context!);
-          xIn.dispose();
+          const out = await predictGuided(sd, scheduler.scaleModelInput.bind(scheduler), x, t, cfg, context, apart);
           const next = tf.tidy(() => {
             let eps = out;
             if (cfg) {
@@ -216,7 +228,43 @@ export async function textToImage(
     return images;
   } finally {
     context?.dispose();
+    if (apart) tf.dispose([apart.uncond, apart.cond]);
     if (!req.promptEmbeds) sd.clearAdapters();
+  }
+}
+
+/**
+ * The UNet's noise prediction for one step: [uncond, cond] stacked [2, h, w, c] with guidance (one
+ * batch over `context`, or two passes over `apart` when the two embeddings differ in length),
+ * [1, h, w, c] without. The caller owns the tensor.
+ */
+async function predictGuided(
+  sd: StableDiffusion,
+  scaleModelInput: (x: Tensor, t: number) => Tensor,
+  x: Tensor,
+  t: number,
+  cfg: boolean,
+  context: Tensor | null,
+  apart: { uncond: Tensor; cond: Tensor } | null,
+): Promise<Tensor> {
+  const scaled = tf.tidy(() => scaleModelInput(x, t));
+  try {
+    if (apart) {
+      const epsU = await sd.predictNoise(scaled, t, apart.uncond);
+      const epsC = await sd.predictNoise(scaled, t, apart.cond);
+      const out = tf.concat([epsU, epsC], 0);
+      tf.dispose([epsU, epsC]);
+      return out;
+    }
+    if (!cfg) return await sd.predictNoise(scaled, t, context!);
+    const xIn = tf.concat([scaled, scaled], 0); // [2, h, w, c]
+    try {
+      return await sd.predictNoise(xIn, t, context!);
+    } finally {
+      xIn.dispose();
+    }
+  } finally {
+    scaled.dispose();
   }
 }
 

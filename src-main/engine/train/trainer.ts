@@ -396,6 +396,7 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
             classWord: settings.classWord,
             baseModelName: sd.name,
             baseModelUnetSha256: unetSha256,
+            resolution,
           }).then(() => {}),
         loss,
       );
