@@ -373,7 +373,7 @@ async function main(): Promise<void> {
   if (unetSteps > 0) {
     const w = await checkToyWorld(out);
     console.log(
-      `world check: background as asked ${(100 * w.background).toFixed(0)}% (chance 14%), object colour as asked ${(100 * w.object).toFixed(0)}% (chance 25%), ${w.images.length} captions`,
+      `world check: background as asked ${(100 * w.background).toFixed(0)}% (chance 14%), object colour as asked ${(100 * w.object).toFixed(0)}% (chance 25%), shape as asked ${(100 * w.shape).toFixed(0)}%, all three ${(100 * w.all).toFixed(0)}%, ${w.images.length} captions`,
     );
   }
 }

@@ -151,6 +151,8 @@ export const scoreRowSchema = z.object({
   dino: z.number(),
   clipT: z.number().nullable(),
   images: z.number().int(),
+  /** With the toy metric: the share of images with the background the prompt asked for (0..1). */
+  prompt: z.number().min(0).max(1).optional(),
 });
 export type ScoreRow = z.infer<typeof scoreRowSchema>;
 
@@ -166,8 +168,20 @@ export const evaluationSchema = z.object({
   seeds: z.array(z.number().int()),
   baseline: scoreRowSchema,
   rows: z.array(scoreRowSchema),
-  /** The rule's pick: highest DINO (among checkpoints whose CLIP-T stays within the margin of the baseline, when CLIP is present). */
+  /**
+   * How far above the base model's score a checkpoint must be to count as better than it: twice
+   * the standard error of the base model's mean over its images (measured, evaluateRun.ts
+   * `noiseBand`). null: too few images to measure it; absent in evaluations made before it existed.
+   */
+  noiseBand: z.number().min(0).nullable().optional(),
+  /**
+   * The rule's pick: highest DINO (among checkpoints whose CLIP-T stays within the margin of the
+   * baseline, when CLIP is present), and only when it beats the base model by more than the noise
+   * band; null when none does (then `reason` says why and `suggestion` what to change).
+   */
   best: z.number().int().nullable(),
+  reason: z.string().nullable().optional(),
+  suggestion: z.string().nullable().optional(),
   rule: z.string(),
   /** The user's override, if any. */
   chosen: z.number().int().nullable().default(null),
