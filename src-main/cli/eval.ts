@@ -165,7 +165,7 @@ async function evalRun(opts: EvalOptions): Promise<void> {
   const toyEval = toy ? await import('../engine/eval/toyEvaluate.ts') : null;
   if (toy && !opts.json)
     process.stderr.write(
-      "DINO is not installed: scoring the toy model with the toy world's own subject fidelity (colours and their layout; docs/experiments.md)\n",
+      "DINO is not installed: scoring the toy model with the toy world's own subject fidelity (colours, their layout and the shape; docs/experiments.md)\n",
     );
 
   // The plan, before anything loads: how many images, and roughly how long.
