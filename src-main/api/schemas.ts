@@ -130,6 +130,25 @@ export const trainSettingsSchema = z
 export type TrainSettings = z.infer<typeof trainSettingsSchema>;
 export type TrainSettingsInput = z.input<typeof trainSettingsSchema>;
 
+/**
+ * A partial update of settings: only the fields given, with no defaults filled in
+ * (`trainSettingsSchema.partial()` would fill every default and overwrite the saved values).
+ */
+type WithoutDefaults<S extends z.ZodRawShape> = {
+  [K in keyof S]: z.ZodOptional<S[K] extends z.ZodDefault<infer I> ? I : S[K]>;
+};
+export function patchOf<S extends z.ZodRawShape>(
+  schema: z.ZodObject<S>,
+): z.ZodObject<WithoutDefaults<S>, z.core.$strict> {
+  const shape = Object.fromEntries(
+    Object.entries(schema.shape).map(([k, s]) => [
+      k,
+      ((s instanceof z.ZodDefault ? s.unwrap() : s) as z.ZodType).optional(),
+    ]),
+  );
+  return z.object(shape).strict() as unknown as z.ZodObject<WithoutDefaults<S>, z.core.$strict>;
+}
+
 export const RUN_STATUSES = ['queued', 'running', 'paused', 'cancelled', 'completed', 'failed'] as const;
 export type RunStatus = (typeof RUN_STATUSES)[number];
 
@@ -310,6 +329,20 @@ export const generateSettingsSchema = z
   .strict();
 export type GenerateSettings = z.infer<typeof generateSettingsSchema>;
 export type GenerateSettingsInput = z.input<typeof generateSettingsSchema>;
+
+/**
+ * `singlora-defaults.json` in a base model's folder: the training and sampling settings that suit
+ * that model (engine/io/modelDefaults.ts reads it). The same field names as the API's settings,
+ * each optional; the app, the CLI and the demo start from them, and what the user sets wins.
+ */
+export const MODEL_DEFAULTS_FILE = 'singlora-defaults.json';
+export const modelDefaultsSchema = z
+  .object({
+    training: patchOf(trainSettingsSchema).optional(),
+    sampling: patchOf(generateSettingsSchema).omit({ prompt: true }).optional(),
+  })
+  .strict();
+export type ModelDefaults = z.infer<typeof modelDefaultsSchema>;
 
 export const imageSidecarSchema = z.object({
   schemaVersion: z.literal(SCHEMA_VERSION),

@@ -19,6 +19,8 @@ import { join, resolve } from 'node:path';
 import { REPO_ROOT } from '../engine/paths.ts';
 import type { Pick } from '../engine/eval/pickBest.ts';
 import type { ToyScore } from '../engine/eval/toyEvaluate.ts';
+import type { TrainSettingsInput } from '../api/schemas.ts';
+import { modelDefaultsPath, readModelDefaults } from '../engine/io/modelDefaults.ts';
 import { isToyModel, TOY_DEMO, TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../engine/toy/toyModel.ts';
 import { listImageFiles } from './eval.ts';
 import {
@@ -36,6 +38,40 @@ import {
   withCommon,
   type GlobalOptions,
 } from './common.ts';
+
+/** The demo's training settings when the base model has no singlora-defaults.json (SD 1.5). */
+const FALLBACK = { method: 'singlora', steps: 40, rank: 8, alpha: 8, learningRate: 1e-4, sampleSteps: 25 } as const;
+
+/**
+ * The demo's training settings: the base model's defaults (singlora-defaults.json; a rebuilt toy
+ * model without one takes the committed toy model's), else FALLBACK; --steps wins, and then the
+ * ramp and the checkpoints follow it (a quarter of the steps).
+ */
+export function demoTraining(
+  base: string,
+  toy: boolean,
+  resolution: number,
+  stepsFlag: number | undefined,
+): { settings: TrainSettingsInput & { steps: number }; from: string | null } {
+  const own = readModelDefaults(base);
+  const md = own ?? (toy ? readModelDefaults(TOY_MODEL_DIR) : null);
+  const steps = stepsFlag ?? md?.training?.steps ?? FALLBACK.steps;
+  const quarter = Math.max(1, Math.floor(steps / 4));
+  const settings = {
+    ...FALLBACK,
+    resolution,
+    ...md?.training,
+    steps,
+    rampSteps: stepsFlag === undefined ? (md?.training?.rampSteps ?? quarter) : quarter,
+    checkpointEvery: stepsFlag === undefined ? (md?.training?.checkpointEvery ?? quarter) : quarter,
+    sampleEvery: toy ? 0 : steps,
+    triggerToken: 'sks',
+    classWord: 'ball',
+    seed: 42,
+  };
+  const from = md ? `settings from ${modelDefaultsPath(own ? base : TOY_MODEL_DIR)}` : null;
+  return { settings, from };
+}
 
 interface DemoOptions extends GlobalOptions {
   base?: string;
@@ -126,7 +162,7 @@ export function register(program: Command): void {
       )
       .option(
         '--steps <n>',
-        `training steps (default: ${TOY_DEMO.steps} on the toy model, 40 on --base)`,
+        `training steps (default: the base model's singlora-defaults.json, else ${FALLBACK.steps})`,
         parse.int(2, 100_000),
       )
       .option('--dino-model <file.onnx>', 'DINO model (default: models/dino when installed)'),
@@ -164,9 +200,12 @@ export function register(program: Command): void {
       const base = o.base ?? TOY_MODEL_DIR;
       const photos = o.photos ?? TOY_SUBJECT_DIR;
       const resolution = toy ? 64 : 512;
-      const steps = o.steps ?? (toy ? TOY_DEMO.steps : 40);
+      const plan = demoTraining(base, toy, resolution, o.steps);
+      const steps = plan.settings.steps;
 
-      say(`training SingLoRA (rank 8) for ${steps} steps on ${backend.name}`);
+      say(
+        `training ${plan.settings.method === 'lora' ? 'LoRA' : 'SingLoRA'} (rank ${plan.settings.rank}, learning rate ${plan.settings.learningRate}) for ${steps} steps on ${backend.name}${plan.from ? ` (${plan.from})` : ''}`,
+      );
       let t = performance.now();
       const runDir = join(out, 'run');
       let bar: ReturnType<typeof progressBar> | null = null;
@@ -177,21 +216,7 @@ export function register(program: Command): void {
           baseOptions,
           photos,
           runDir,
-          settings: {
-            method: 'singlora',
-            steps,
-            rank: 8,
-            alpha: toy ? TOY_DEMO.alpha : 8,
-            rampSteps: Math.max(1, Math.floor(steps / 4)),
-            learningRate: toy ? TOY_DEMO.learningRate : 1e-4,
-            resolution,
-            triggerToken: 'sks',
-            classWord: 'ball',
-            checkpointEvery: Math.max(1, Math.floor(steps / 4)),
-            sampleEvery: toy ? 0 : steps,
-            sampleSteps: toy ? 10 : 25,
-            seed: 42,
-          },
+          settings: plan.settings,
         },
         {
           onEvent: (e) => {

@@ -39,6 +39,7 @@ import {
 import { toModelRange } from '../../src-main/engine/train/dataset.ts';
 import { collapsePosterior, initFromScratch, LOGVAR_FLOOR } from '../../src-main/engine/train/fullTrain.ts';
 import { train } from '../../src-main/engine/train/trainer.ts';
+import { demoTraining } from '../../src-main/cli/demo.ts';
 import { listImageFiles } from '../../src-main/cli/eval.ts';
 import { maxAbsDiff, useBackend } from '../helpers/backend.ts';
 
@@ -303,26 +304,14 @@ describe.skipIf(!haveToyModel)(
     it('a short SingLoRA adapter raises subject fidelity from base to adapter at the same seeds, without leaking tensors', async () => {
       const before = tf.memory().numTensors;
       const runDir = join(dir, 'run');
-      // The demo's run (npm run demo): the same settings, seed and evaluation seeds.
-      const steps = TOY_DEMO.steps;
+      // The demo's run (npm run demo): the toy model's defaults, the same seed and evaluation seeds.
+      const { settings } = demoTraining(TOY_MODEL_DIR, true, 64, undefined);
+      const steps = settings.steps;
       const { manifest, fixedLoss } = await train({
         base: TOY_MODEL_DIR,
         photos: TOY_SUBJECT_DIR,
         runDir,
-        settings: {
-          method: 'singlora',
-          steps,
-          rank: 8,
-          alpha: TOY_DEMO.alpha,
-          rampSteps: Math.floor(steps / 4),
-          learningRate: TOY_DEMO.learningRate,
-          resolution: 64,
-          triggerToken: 'sks',
-          classWord: 'ball',
-          checkpointEvery: steps,
-          sampleEvery: 0,
-          seed: 42,
-        },
+        settings: { ...settings, checkpointEvery: steps },
       });
       expect(manifest.status).toBe('completed');
       // Training fits the photos: the loss at fixed noise and timesteps falls.
