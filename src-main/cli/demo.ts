@@ -428,7 +428,7 @@ export function register(program: Command): void {
               ]
             : toy
               ? [
-                  '  DINO             not installed (singlora models download dino); the toy scores above read colours and layout off the pixels, see docs/experiments.md',
+                  '  DINO             not installed (singlora models download dino); the toy scores above read colours, their layout and the shape off the pixels, see docs/experiments.md',
                 ]
               : []),
           `  images           ${images.map((i) => i.file).join(', ')}`,
