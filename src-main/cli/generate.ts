@@ -1,7 +1,8 @@
 /** `singlora generate`: text-to-image with optional adapters, PNGs with A1111 parameters + JSON sidecars. */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { existsSync, statSync } from 'node:fs';
-import { SCHEDULERS } from '../api/schemas.ts';
+import { type GenerateSettingsInput, type ModelDefaults, SCHEDULERS } from '../api/schemas.ts';
+import { readModelDefaults, withModelDefaults } from '../engine/io/modelDefaults.ts';
 import {
   action,
   emitJsonLine,
@@ -12,6 +13,7 @@ import {
   requireFolder,
   requireNotFile,
   startBackend,
+  UsageError,
   withCommon,
   type GlobalOptions,
   inferenceOptions,
@@ -113,7 +115,7 @@ export function register(program: Command): void {
         .requiredOption('--out <dir>', 'output folder'),
     ),
   ).action(
-    action(async (o: GenerateCliOptions) => {
+    action(async (o: GenerateCliOptions, cmd: Command) => {
       requireExists(o.base, '--base');
       if (o.configDir) requireFolder(o.configDir, '--config-dir');
       requireNotFile(o.out, '--out');
@@ -136,18 +138,7 @@ export function register(program: Command): void {
           {
             base: o.base,
             baseOptions: o.configDir ? { configDir: o.configDir } : undefined,
-            settings: {
-              prompt: o.prompt,
-              negativePrompt: o.negative ?? '',
-              steps: o.steps,
-              scheduler: o.scheduler,
-              guidanceScale: o.guidance,
-              seed: o.seed,
-              width: o.width,
-              height: o.height,
-              count: o.count,
-              clipSkip: o.clipSkip ?? 0,
-            },
+            settings: samplingFromModelDefaults(o, cmd),
             adapters: o.adapter ?? [],
             outDir: o.out,
             strict: o.strict,
@@ -201,4 +192,44 @@ export function register(program: Command): void {
       }
     }),
   );
+}
+
+/** Each sampling setting's flag (the commander attribute), for the model defaults. */
+const FLAG_OF: Record<string, string> = {
+  negativePrompt: 'negative',
+  steps: 'steps',
+  scheduler: 'scheduler',
+  guidanceScale: 'guidance',
+  seed: 'seed',
+  width: 'width',
+  height: 'height',
+  count: 'count',
+  clipSkip: 'clipSkip',
+};
+
+/**
+ * The sampling settings: the flags on top of the base model's singlora-defaults.json `sampling`
+ * (engine/io/modelDefaults.ts); a flag given on the command line wins.
+ */
+function samplingFromModelDefaults(o: GenerateCliOptions, cmd: Command): GenerateSettingsInput {
+  const flags = {
+    prompt: o.prompt,
+    negativePrompt: o.negative ?? '',
+    steps: o.steps,
+    scheduler: o.scheduler,
+    guidanceScale: o.guidance,
+    seed: o.seed,
+    width: o.width,
+    height: o.height,
+    count: o.count,
+    clipSkip: o.clipSkip ?? 0,
+  };
+  let defaults: ModelDefaults | null;
+  try {
+    defaults = readModelDefaults(o.base);
+  } catch (err) {
+    throw new UsageError(`--base: ${(err as Error).message}`);
+  }
+  const given = (field: string) => FLAG_OF[field] !== undefined && cmd.getOptionValueSource(FLAG_OF[field]) === 'cli';
+  return withModelDefaults(flags, defaults?.sampling as Partial<typeof flags> | undefined, given).settings;
 }
