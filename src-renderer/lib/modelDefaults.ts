@@ -5,21 +5,21 @@
 import type { ModelDefaults } from '../../src-main/api/schemas.ts';
 import type { BackendAdvice } from './advice.ts';
 
-type TrainingDefaults = NonNullable<ModelDefaults['training']>;
+type Defaults = NonNullable<ModelDefaults['training']> | NonNullable<ModelDefaults['sampling']>;
 
 /**
  * The hint for `field`: "default for this model" when the value is the model's default, "<v> is
  * the default for this model" when the user changed it, else `fallback` (the model names none).
  */
 export function modelDefaultHint(
-  defaults: TrainingDefaults | null | undefined,
-  field: keyof TrainingDefaults,
+  defaults: Defaults | null | undefined,
+  field: string,
   value: unknown,
   fallback?: string,
 ): string | undefined {
-  const v = defaults?.[field];
+  const v = (defaults as Record<string, unknown> | null | undefined)?.[field];
   if (v === undefined || v === null) return fallback;
-  return value === v ? 'default for this model' : `${v} is the default for this model`;
+  return value === v ? 'default for this model' : `${String(v)} is the default for this model`;
 }
 
 /** Above this many seconds a training run counts as long (the banner's "very slow"). */
