@@ -17,10 +17,12 @@
  * this script wrote with the same VAE settings reproduces the one-shot build exactly, which lets
  * the stages run as separate processes (and VAE variants side by side on a 2-core machine).
  */
+import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { initBackend, tf, type Tensor } from '../src-main/engine/backend/tf.ts';
 import { encodeImage } from '../src-main/engine/image/sharp.ts';
+import { MODEL_DEFAULTS_FILE } from '../src-main/api/schemas.ts';
 import { atomicWriteFile } from '../src-main/engine/io/atomic.ts';
 import { AutoencoderKL } from '../src-main/engine/models/autoencoderKL.ts';
 import { ClipTextModel, parseClipTextConfig } from '../src-main/engine/models/clipTextModel.ts';
@@ -181,6 +183,11 @@ async function writeFolder(out: string, unet: UNet2DConditionModel, te: ClipText
     }),
   );
   await atomicWriteFile(join(out, 'BUILD.md'), note);
+  // The recommended training and sampling settings travel with the model (engine/io/modelDefaults.ts):
+  // the committed toy model's, chosen by measurement (docs/experiments.md); re-measure after a rebuild.
+  const defaults = join(TOY_MODEL_DIR, MODEL_DEFAULTS_FILE);
+  if (existsSync(defaults) && resolve(out) !== resolve(TOY_MODEL_DIR))
+    await copyFile(defaults, join(out, MODEL_DEFAULTS_FILE));
 }
 
 export async function writeSubjectPhotos(dir = TOY_SUBJECT_DIR): Promise<string[]> {
@@ -373,7 +380,7 @@ async function main(): Promise<void> {
   if (unetSteps > 0) {
     const w = await checkToyWorld(out);
     console.log(
-      `world check: background as asked ${(100 * w.background).toFixed(0)}% (chance 14%), object colour as asked ${(100 * w.object).toFixed(0)}% (chance 25%), ${w.images.length} captions`,
+      `world check: background as asked ${(100 * w.background).toFixed(0)}% (chance 14%), object colour as asked ${(100 * w.object).toFixed(0)}% (chance 25%), shape as asked ${(100 * w.shape).toFixed(0)}%, all three ${(100 * w.all).toFixed(0)}%, ${w.images.length} captions`,
     );
   }
 }

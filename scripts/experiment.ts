@@ -21,12 +21,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readAdapterFile } from '../src-main/engine/adapters/adapterFile.ts';
 import { initBackend } from '../src-main/engine/backend/tf.ts';
-import { readToyPhotos, scoreToyModel, TOY_PROBES, TOY_SAMPLING } from '../src-main/engine/eval/toyEvaluate.ts';
+import { readToyPhotos, scoreToyModel, TOY_SAMPLING, toyProbes } from '../src-main/engine/eval/toyEvaluate.ts';
 import { decodeImage, encodeImage } from '../src-main/engine/image/sharp.ts';
 import { atomicWriteFile, atomicWriteJson } from '../src-main/engine/io/atomic.ts';
 import { REPO_ROOT } from '../src-main/engine/paths.ts';
 import { StableDiffusion } from '../src-main/engine/pipeline/stableDiffusion.ts';
 import { TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../src-main/engine/toy/toyModel.ts';
+import { drawScene, subjectScenes } from '../src-main/engine/toy/toyWorld.ts';
 import { train } from '../src-main/engine/train/trainer.ts';
 import { listImageFiles } from '../src-main/cli/eval.ts';
 
@@ -65,7 +66,12 @@ const config = {
   alphaPerRank: 1,
   /** SingLoRA's ramp T: a quarter of the steps, as the demo. */
   rampSteps: Math.floor(Number(arg('--steps') ?? 200) / 4),
-  probes: TOY_PROBES,
+  /** The run's probes (toyEvaluate.ts `toyProbes`), from the subject's photos as the toy world draws them. */
+  probes: toyProbes(
+    'sks',
+    'ball',
+    subjectScenes().map((s) => drawScene(s)),
+  ),
   sampling: TOY_SAMPLING,
   /**
    * A second, low guidance scale every checkpoint is also sampled at. At 7.5 the base model's
@@ -127,9 +133,14 @@ async function main(): Promise<void> {
   let base: { subject: number; prompt: number };
   let baseLow: { subject: number; prompt: number };
   try {
-    const b = await scoreToyModel(sd, { photos, seeds: config.seeds });
+    const b = await scoreToyModel(sd, { photos, probes: config.probes, seeds: config.seeds });
     base = { subject: b.subject, prompt: b.prompt };
-    const bl = await scoreToyModel(sd, { photos, seeds: config.seeds, guidanceScale: config.lowGuidance });
+    const bl = await scoreToyModel(sd, {
+      photos,
+      probes: config.probes,
+      seeds: config.seeds,
+      guidanceScale: config.lowGuidance,
+    });
     baseLow = { subject: bl.subject, prompt: bl.prompt };
     console.log(
       `base model: subject ${base.subject.toFixed(3)}, prompt ${base.prompt.toFixed(3)}; at guidance ${config.lowGuidance}: subject ${baseLow.subject.toFixed(3)}, prompt ${baseLow.prompt.toFixed(3)}`,
@@ -170,10 +181,16 @@ async function main(): Promise<void> {
             const checkpoints: Row['checkpoints'] = [];
             const lowGuidance: Row['lowGuidance'] = [];
             for (const c of manifest.checkpoints) {
-              const s = await scoreToyModel(sd, { photos, seeds: config.seeds, adapter: join(runDir, c.adapter) });
+              const s = await scoreToyModel(sd, {
+                photos,
+                probes: config.probes,
+                seeds: config.seeds,
+                adapter: join(runDir, c.adapter),
+              });
               checkpoints.push({ step: c.step, subject: s.subject, prompt: s.prompt });
               const l = await scoreToyModel(sd, {
                 photos,
+                probes: config.probes,
                 seeds: config.seeds,
                 adapter: join(runDir, c.adapter),
                 guidanceScale: config.lowGuidance,

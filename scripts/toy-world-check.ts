@@ -1,7 +1,8 @@
 /**
  * How well a toy model follows its world's captions, and what it draws: generates 28 random
  * captions of the base world ("a photo of a red ball on a blue background"), reads back whether
- * the background and the object have the colours asked for (chance: 1/7 and 1/4), and writes the
+ * the background and the object have the colours asked for (chance: 1/7 and 1/4) and whether the
+ * object has the shape asked for (IoU >= 0.8 with the ideal shape, eval/toyShape.ts), and writes the
  * pictures as a grid (7 per row, each with its caption's scene drawn above it).
  *
  *   npx tsx scripts/toy-world-check.ts [--model models/toy-sd] [--grid file.png] [--count 28] [--seed 5000]
@@ -56,7 +57,7 @@ async function main(): Promise<void> {
   const s = await checkToyWorld(model, { grid: arg('--grid'), count, seed });
   console.log(
     `${model}: ${count} captions (seed ${seed}; ${TOY_SAMPLING.scheduler} ${TOY_SAMPLING.steps} steps, guidance ${TOY_SAMPLING.guidanceScale}, ${backend.name}): ` +
-      `background as asked ${(100 * s.background).toFixed(0)}% (chance 14%), object colour as asked ${(100 * s.object).toFixed(0)}% (chance 25%); ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+      `background as asked ${(100 * s.background).toFixed(0)}% (chance 14%), object colour as asked ${(100 * s.object).toFixed(0)}% (chance 25%), shape as asked ${(100 * s.shape).toFixed(0)}%, all three ${(100 * s.all).toFixed(0)}%; ${((performance.now() - t0) / 1000).toFixed(1)} s`,
   );
 }
 

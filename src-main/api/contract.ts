@@ -22,6 +22,8 @@ import {
   SUBJECT_TYPES,
   trainEventKinds,
   trainSettingsSchema,
+  patchOf,
+  modelDefaultsSchema,
 } from './schemas.ts';
 
 export const idSchema = z
@@ -41,22 +43,6 @@ export function projectFileUrl(projectId: string, rel: string): string {
   return `/files/${encodeURIComponent(projectId)}/${rel.split('/').map(encodeURIComponent).join('/')}`;
 }
 
-/**
- * A partial update of training settings: only the fields given, with no defaults filled in
- * (`trainSettingsSchema.partial()` would fill every default and overwrite the saved values).
- */
-type WithoutDefaults<S extends z.ZodRawShape> = {
-  [K in keyof S]: z.ZodOptional<S[K] extends z.ZodDefault<infer I> ? I : S[K]>;
-};
-function patchOf<S extends z.ZodRawShape>(schema: z.ZodObject<S>): z.ZodObject<WithoutDefaults<S>, z.core.$strict> {
-  const shape = Object.fromEntries(
-    Object.entries(schema.shape).map(([k, s]) => [
-      k,
-      ((s instanceof z.ZodDefault ? s.unwrap() : s) as z.ZodType).optional(),
-    ]),
-  );
-  return z.object(shape).strict() as unknown as z.ZodObject<WithoutDefaults<S>, z.core.$strict>;
-}
 export const trainSettingsPatchSchema = patchOf(trainSettingsSchema);
 
 /** A path a client names (a file in the project, or on the engine machine where the method allows it). */
@@ -178,6 +164,8 @@ export const baseModelSchema = z.object({
   source: z.enum(['models folder', 'Hugging Face cache', 'recent', 'server default']),
   isDefault: z.boolean(),
   native: z.number().int().nullable(),
+  /** Its singlora-defaults.json (recommended training and sampling settings); null: none. */
+  defaults: modelDefaultsSchema.nullable().optional(),
 });
 export type BaseModelInfo = z.infer<typeof baseModelSchema>;
 

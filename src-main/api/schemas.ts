@@ -132,6 +132,25 @@ export const trainSettingsSchema = z
 export type TrainSettings = z.infer<typeof trainSettingsSchema>;
 export type TrainSettingsInput = z.input<typeof trainSettingsSchema>;
 
+/**
+ * A partial update of settings: only the fields given, with no defaults filled in
+ * (`trainSettingsSchema.partial()` would fill every default and overwrite the saved values).
+ */
+type WithoutDefaults<S extends z.ZodRawShape> = {
+  [K in keyof S]: z.ZodOptional<S[K] extends z.ZodDefault<infer I> ? I : S[K]>;
+};
+export function patchOf<S extends z.ZodRawShape>(
+  schema: z.ZodObject<S>,
+): z.ZodObject<WithoutDefaults<S>, z.core.$strict> {
+  const shape = Object.fromEntries(
+    Object.entries(schema.shape).map(([k, s]) => [
+      k,
+      ((s instanceof z.ZodDefault ? s.unwrap() : s) as z.ZodType).optional(),
+    ]),
+  );
+  return z.object(shape).strict() as unknown as z.ZodObject<WithoutDefaults<S>, z.core.$strict>;
+}
+
 export const RUN_STATUSES = ['queued', 'running', 'paused', 'cancelled', 'completed', 'failed'] as const;
 export type RunStatus = (typeof RUN_STATUSES)[number];
 
@@ -153,6 +172,8 @@ export const scoreRowSchema = z.object({
   dino: z.number(),
   clipT: z.number().nullable(),
   images: z.number().int(),
+  /** With the toy metric: the share of images with the background the prompt asked for (0..1). */
+  prompt: z.number().min(0).max(1).optional(),
 });
 export type ScoreRow = z.infer<typeof scoreRowSchema>;
 
@@ -168,8 +189,20 @@ export const evaluationSchema = z.object({
   seeds: z.array(z.number().int()),
   baseline: scoreRowSchema,
   rows: z.array(scoreRowSchema),
-  /** The rule's pick: highest DINO (among checkpoints whose CLIP-T stays within the margin of the baseline, when CLIP is present). */
+  /**
+   * How far above the base model's score a checkpoint must be to count as better than it: twice
+   * the standard error of the base model's mean over its images (measured, evaluateRun.ts
+   * `noiseBand`). null: too few images to measure it; absent in evaluations made before it existed.
+   */
+  noiseBand: z.number().min(0).nullable().optional(),
+  /**
+   * The rule's pick: highest DINO (among checkpoints whose CLIP-T stays within the margin of the
+   * baseline, when CLIP is present), and only when it beats the base model by more than the noise
+   * band; null when none does (then `reason` says why and `suggestion` what to change).
+   */
   best: z.number().int().nullable(),
+  reason: z.string().nullable().optional(),
+  suggestion: z.string().nullable().optional(),
   rule: z.string(),
   /** The user's override, if any. */
   chosen: z.number().int().nullable().default(null),
@@ -308,6 +341,20 @@ export const generateSettingsSchema = z
   .strict();
 export type GenerateSettings = z.infer<typeof generateSettingsSchema>;
 export type GenerateSettingsInput = z.input<typeof generateSettingsSchema>;
+
+/**
+ * `singlora-defaults.json` in a base model's folder: the training and sampling settings that suit
+ * that model (engine/io/modelDefaults.ts reads it). The same field names as the API's settings,
+ * each optional; the app, the CLI and the demo start from them, and what the user sets wins.
+ */
+export const MODEL_DEFAULTS_FILE = 'singlora-defaults.json';
+export const modelDefaultsSchema = z
+  .object({
+    training: patchOf(trainSettingsSchema).optional(),
+    sampling: patchOf(generateSettingsSchema).omit({ prompt: true }).optional(),
+  })
+  .strict();
+export type ModelDefaults = z.infer<typeof modelDefaultsSchema>;
 
 export const imageSidecarSchema = z.object({
   schemaVersion: z.literal(SCHEMA_VERSION),

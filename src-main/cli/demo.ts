@@ -17,7 +17,10 @@ import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { REPO_ROOT } from '../engine/paths.ts';
+import type { Pick } from '../engine/eval/pickBest.ts';
 import type { ToyScore } from '../engine/eval/toyEvaluate.ts';
+import type { TrainSettingsInput } from '../api/schemas.ts';
+import { modelDefaultsPath, readModelDefaults } from '../engine/io/modelDefaults.ts';
 import { isToyModel, TOY_DEMO, TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../engine/toy/toyModel.ts';
 import { listImageFiles } from './eval.ts';
 import {
@@ -36,6 +39,40 @@ import {
   withCommon,
   type GlobalOptions,
 } from './common.ts';
+
+/** The demo's training settings when the base model has no singlora-defaults.json (SD 1.5). */
+const FALLBACK = { method: 'singlora', steps: 40, rank: 8, alpha: 8, learningRate: 1e-4, sampleSteps: 25 } as const;
+
+/**
+ * The demo's training settings: the base model's defaults (singlora-defaults.json; a rebuilt toy
+ * model without one takes the committed toy model's), else FALLBACK; --steps wins, and then the
+ * ramp and the checkpoints follow it (a quarter of the steps).
+ */
+export function demoTraining(
+  base: string,
+  toy: boolean,
+  resolution: number,
+  stepsFlag: number | undefined,
+): { settings: TrainSettingsInput & { steps: number }; from: string | null } {
+  const own = readModelDefaults(base);
+  const md = own ?? (toy ? readModelDefaults(TOY_MODEL_DIR) : null);
+  const steps = stepsFlag ?? md?.training?.steps ?? FALLBACK.steps;
+  const quarter = Math.max(1, Math.floor(steps / 4));
+  const settings = {
+    ...FALLBACK,
+    resolution,
+    ...md?.training,
+    steps,
+    rampSteps: stepsFlag === undefined ? (md?.training?.rampSteps ?? quarter) : quarter,
+    checkpointEvery: stepsFlag === undefined ? (md?.training?.checkpointEvery ?? quarter) : quarter,
+    sampleEvery: toy ? 0 : steps,
+    triggerToken: 'sks',
+    classWord: 'ball',
+    seed: 42,
+  };
+  const from = md ? `settings from ${modelDefaultsPath(own ? base : TOY_MODEL_DIR)}` : null;
+  return { settings, from };
+}
 
 interface DemoOptions extends GlobalOptions {
   base?: string;
@@ -164,7 +201,7 @@ export function register(program: Command): void {
       )
       .option(
         '--steps <n>',
-        `training steps (default: ${TOY_DEMO.steps} on the toy model, 40 on --base)`,
+        `training steps (default: the base model's singlora-defaults.json, else ${FALLBACK.steps})`,
         parse.int(2, 100_000),
       )
       .option('--dino-model <file.onnx>', 'DINO model (default: models/dino when installed)'),
@@ -174,7 +211,8 @@ export function register(program: Command): void {
       const { exportAdapter } = await import('../engine/adapters/exportAdapter.ts');
       const { generateImages } = await import('../engine/pipeline/generate.ts');
       const { train } = await import('../engine/train/trainer.ts');
-      const { readToyPhotos, scoreToyModel, TOY_PROBES, TOY_SAMPLING } = await import('../engine/eval/toyEvaluate.ts');
+      const { readToyPhotos, scoreToyModel, TOY_SAMPLING, toyProbes } = await import('../engine/eval/toyEvaluate.ts');
+      const { noiseBand, pickBest } = await import('../engine/eval/pickBest.ts');
       const { imageGrid } = await import('../engine/image/grid.ts');
       const { encodeImage } = await import('../engine/image/sharp.ts');
       const { atomicWriteFile } = await import('../engine/io/atomic.ts');
@@ -201,9 +239,12 @@ export function register(program: Command): void {
       const base = o.base ?? TOY_MODEL_DIR;
       const photos = o.photos ?? TOY_SUBJECT_DIR;
       const resolution = toy ? 64 : 512;
-      const steps = o.steps ?? (toy ? TOY_DEMO.steps : 40);
+      const plan = demoTraining(base, toy, resolution, o.steps);
+      const steps = plan.settings.steps;
 
-      say(`training SingLoRA (rank 8) for ${steps} steps on ${backend.name}`);
+      say(
+        `training ${plan.settings.method === 'lora' ? 'LoRA' : 'SingLoRA'} (rank ${plan.settings.rank}, learning rate ${plan.settings.learningRate}) for ${steps} steps on ${backend.name}${plan.from ? ` (${plan.from})` : ''}`,
+      );
       let t = performance.now();
       const runDir = join(out, 'run');
       let bar: ReturnType<typeof progressBar> | null = null;
@@ -214,21 +255,7 @@ export function register(program: Command): void {
           baseOptions,
           photos,
           runDir,
-          settings: {
-            method: 'singlora',
-            steps,
-            rank: 8,
-            alpha: toy ? TOY_DEMO.alpha : 8,
-            rampSteps: Math.max(1, Math.floor(steps / 4)),
-            learningRate: toy ? TOY_DEMO.learningRate : 1e-4,
-            resolution,
-            triggerToken: 'sks',
-            classWord: 'ball',
-            checkpointEvery: Math.max(1, Math.floor(steps / 4)),
-            sampleEvery: toy ? 0 : steps,
-            sampleSteps: toy ? 10 : 25,
-            seed: 42,
-          },
+          settings: plan.settings,
         },
         {
           onEvent: (e) => {
@@ -245,6 +272,9 @@ export function register(program: Command): void {
       const m = result.manifest;
       if (m.status !== 'completed') throw new Error(`training ended ${m.status}: ${m.error}`);
 
+      // The toy probes: the run's token and class word on backgrounds none of the photos show.
+      const refs = toy ? await readToyPhotos(listImageFiles(photos)) : [];
+      const probes = toy ? toyProbes('sks', 'ball', refs) : [];
       const dinoModel = o.dinoModel ?? (existsSync(REAL_DINO) ? REAL_DINO : undefined);
       let dino: { baseline: number; rows: { step: number; dino: number }[] } | null = null;
       if (dinoModel) {
@@ -255,7 +285,7 @@ export function register(program: Command): void {
           runDir,
           photos,
           checkpoints: 'all',
-          prompts: toy ? TOY_PROBES.map((p) => p.prompt) : undefined,
+          prompts: toy ? probes.map((p) => p.prompt) : undefined,
           imagesPerPrompt: toy ? 2 : 4,
           steps: toy ? TOY_SAMPLING.steps : 25,
           subjectType: 'object',
@@ -269,19 +299,38 @@ export function register(program: Command): void {
         lap('dino', t);
       }
 
-      let toyScores: { base: ToyScore; rows: { step: number; score: ToyScore }[]; grid: string } | null = null;
+      let toyScores: {
+        base: ToyScore;
+        rows: { step: number; score: ToyScore }[];
+        grid: string;
+        pick: Pick;
+        band: number | null;
+      } | null = null;
       let best = m.checkpoints[m.checkpoints.length - 1];
       if (toy) {
         say('scoring the base model and each checkpoint in new contexts (toy subject and prompt fidelity, same seeds)');
         t = performance.now();
         const sd = await StableDiffusion.load(base);
         try {
-          const refs = await readToyPhotos(listImageFiles(photos));
-          const score = (adapter?: string) => scoreToyModel(sd, { photos: refs, adapter, seeds: TOY_DEMO.seeds });
+          const score = (adapter?: string) =>
+            scoreToyModel(sd, { photos: refs, probes, adapter, seeds: TOY_DEMO.seeds });
           const baseScore = await score();
           const rows: { step: number; score: ToyScore }[] = [];
           for (const c of m.checkpoints) rows.push({ step: c.step, score: await score(join(runDir, c.adapter)) });
-          const top = rows.reduce((a, b) => (b.score.subject > a.score.subject ? b : a));
+          // The evaluation's rule: the best checkpoint only when it beats the base model by more than the noise.
+          const band = noiseBand(baseScore.scores);
+          const asRow = (step: number | null, sc: ToyScore) => ({
+            step,
+            dino: sc.subject,
+            clipT: null,
+            images: sc.scores.length,
+          });
+          const pick = pickBest(
+            asRow(null, baseScore),
+            rows.map((r) => asRow(r.step, r.score)),
+            { noiseBand: band, metric: 'toy' },
+          );
+          const top = rows.find((r) => r.step === pick.best) ?? rows[rows.length - 1];
           best = m.checkpoints.find((c) => c.step === top.step)!;
           // Rows: the training photos, the base model, the adapter (same prompts and seeds).
           const cells = [
@@ -298,21 +347,24 @@ export function register(program: Command): void {
               'png',
             ),
           );
-          toyScores = { base: baseScore, rows, grid };
+          toyScores = { base: baseScore, rows, grid, pick, band };
         } finally {
           sd.dispose();
         }
         lap('evaluate', t);
       }
+      const picked = !toyScores || toyScores.pick.best !== null;
 
-      say(`generating with the ${toy ? 'best' : 'last'} checkpoint (step ${best.step})`);
+      say(
+        `generating with the ${toy && picked ? 'best' : 'last'} checkpoint (step ${best.step})${picked ? '' : ': no checkpoint beats the base model'}`,
+      );
       t = performance.now();
       const images = await generateImages({
         base,
         baseOptions,
         settings: toy
           ? {
-              prompt: TOY_PROBES[0].prompt,
+              prompt: probes[0].prompt,
               negativePrompt: '',
               steps: TOY_SAMPLING.steps,
               guidanceScale: TOY_SAMPLING.guidanceScale,
@@ -365,7 +417,10 @@ export function register(program: Command): void {
           ? {
               base: { subject: toyScores.base.subject, prompt: toyScores.base.prompt },
               rows: toyScores.rows.map((r) => ({ step: r.step, subject: r.score.subject, prompt: r.score.prompt })),
-              best: best.step,
+              best: toyScores.pick.best,
+              noiseBand: toyScores.band,
+              reason: toyScores.pick.reason,
+              suggestion: toyScores.pick.suggestion,
               grid: toyScores.grid,
             }
           : null,
@@ -385,9 +440,17 @@ export function register(program: Command): void {
             ? [
                 `  toy fidelity     base: ${fmt(toyScores.base)}`,
                 ...toyScores.rows.map(
-                  (r) => `                   step ${r.step}: ${fmt(r.score)}${r.step === best.step ? '  <- best' : ''}`,
+                  (r) =>
+                    `                   step ${r.step}: ${fmt(r.score)}${r.step === toyScores!.pick.best ? '  <- best' : ''}`,
                 ),
-                `  before/after     ${toyScores.grid}  (rows: training photos, base model, adapter; same prompts and seeds: ${TOY_PROBES.map((p) => `"${p.prompt}"`).join(', ')})`,
+                `  noise band       ${toyScores.band === null ? 'not measured' : toyScores.band.toFixed(3)} (twice the standard error of the base model's mean)`,
+                ...(toyScores.pick.best === null
+                  ? [
+                      `  no pick          ${toyScores.pick.reason}`,
+                      `                   try: ${toyScores.pick.suggestion}; the images and exports below use the last checkpoint`,
+                    ]
+                  : []),
+                `  before/after     ${toyScores.grid}  (rows: training photos, base model, adapter; same prompts and seeds: ${probes.map((p) => `"${p.prompt}"`).join(', ')})`,
               ]
             : []),
           ...(dino
@@ -396,7 +459,7 @@ export function register(program: Command): void {
               ]
             : toy
               ? [
-                  '  DINO             not installed (singlora models download dino); the toy scores above read colours and layout off the pixels, see docs/experiments.md',
+                  '  DINO             not installed (singlora models download dino); the toy scores above read colours, their layout and the shape off the pixels, see docs/experiments.md',
                 ]
               : []),
           `  images           ${images.map((i) => i.file).join(', ')}`,

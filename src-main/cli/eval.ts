@@ -16,7 +16,7 @@ import { getPngText } from '../engine/image/pngText.ts';
 import { defaultModelsDir } from '../engine/paths.ts';
 import { evalJobs, IMAGES_PER_PROMPT } from '../engine/eval/prompts.ts';
 import { readRunManifest, RUN_MANIFEST } from '../engine/train/runFiles.ts';
-import { IMAGE_EXTENSIONS, isImageExtension } from '../api/schemas.ts';
+import { type Evaluation, IMAGE_EXTENSIONS, isImageExtension, type ScoreRow } from '../api/schemas.ts';
 import {
   action,
   emitJsonLine,
@@ -211,14 +211,22 @@ async function evalRun(opts: EvalOptions): Promise<void> {
   const toyEval = toy ? await import('../engine/eval/toyEvaluate.ts') : null;
   if (toy && !opts.json)
     process.stderr.write(
-      "DINO is not installed: scoring the toy model with the toy world's own subject fidelity (colours and their layout; docs/experiments.md)\n",
+      "DINO is not installed: scoring the toy model with the toy world's own subject fidelity (colours, their layout and the shape; docs/experiments.md)\n",
     );
 
   // The plan, before anything loads: how many images, and roughly how long.
   const checkpoints = opts.checkpoints === 'latest' ? 1 : manifest.checkpoints.length;
   const promptCount =
     prompts?.length ??
-    toyEval?.TOY_PROBES.length ??
+    (toyEval
+      ? toyEval.toyProbes(
+          manifest.settings.triggerToken,
+          manifest.settings.classWord,
+          await toyEval.readToyPhotos(
+            opts.photos ? listImageFiles(opts.photos) : manifest.images.used.filter((f) => !f.includes('#')),
+          ),
+        ).length
+      : undefined) ??
     new Set(
       evalJobs(opts.subject ?? 'live', manifest.settings.triggerToken, manifest.settings.classWord).map(
         (j) => j.prompt,
@@ -272,34 +280,31 @@ async function evalRun(opts: EvalOptions): Promise<void> {
     },
   );
   (bar as ReturnType<typeof progressBar> | null)?.stop();
-  const bestRow = evaluation.rows.find((r) => r.step === evaluation.best);
-  const beatsBase = bestRow ? bestRow.dino > evaluation.baseline.dino : false;
-  printResult(opts, { event: 'result', ...evaluation, bestBeatsBase: beatsBase }, () => {
-    const row = (label: string, r: { dino: number; clipT: number | null; images: number }, mark = '') =>
-      `  ${label.padEnd(12)} ${r.dino.toFixed(4)}   ${r.clipT === null ? '   n/a' : r.clipT.toFixed(4)}   ${String(r.images).padStart(4)}${mark}`;
-    return [
-      `evaluation of ${runDir}: ${evaluation.prompts.length} prompts x ${evaluation.imagesPerPrompt} images`,
-      toy ? '  checkpoint   TOY      CLIP-T   images' : '  checkpoint   DINO     CLIP-T   images',
-      row('base', evaluation.baseline),
-      ...evaluation.rows.map((r) =>
-        row(
-          `step ${r.step}`,
-          r,
-          r.step === evaluation.best
-            ? beatsBase
-              ? '   <- best'
-              : '   <- best checkpoint, but below the base model'
-            : '',
-        ),
-      ),
-      `rule: ${evaluation.rule}`,
-      beatsBase
-        ? ''
-        : 'no checkpoint scores above the base model: the adapter has not learned the subject yet (train longer, or check the photos)',
-    ]
-      .filter(Boolean)
-      .join('\n');
-  });
+  printResult(opts, { event: 'result', ...evaluation }, () => formatEvaluation(runDir, evaluation));
+}
+
+/** The text of `singlora eval --run`: the table (with the toy metric, the background share), the band, the pick or why none. */
+export function formatEvaluation(runDir: string, e: Evaluation): string {
+  const toy = e.metric === 'toy';
+  const pct = (x: number | undefined) => (x === undefined ? '   n/a' : `${(100 * x).toFixed(0).padStart(5)}%`);
+  const row = (label: string, r: ScoreRow, mark = '') =>
+    `  ${label.padEnd(12)} ${r.dino.toFixed(4)}   ${r.clipT === null ? '   n/a' : r.clipT.toFixed(4)}${toy ? `   ${pct(r.prompt)}` : ''}   ${String(r.images).padStart(4)}${mark}`;
+  const band = e.noiseBand ?? null;
+  return [
+    `evaluation of ${runDir}: ${e.prompts.length} prompts x ${e.imagesPerPrompt} images`,
+    `  checkpoint   ${toy ? 'TOY ' : 'DINO'}     CLIP-T${toy ? '   backgr.' : ''}   images`,
+    row('base', e.baseline),
+    ...e.rows.map((r) => row(`step ${r.step}`, r, r.step === e.best ? '   <- best' : '')),
+    band === null
+      ? 'noise band: not measured (one image of the base model)'
+      : `noise band: ${band.toFixed(4)} (twice the standard error of the base model's mean over its ${e.baseline.images} images): a checkpoint must score above ${(e.baseline.dino + band).toFixed(4)}`,
+    toy ? 'backgr.: share of images with the background the prompt asked for' : '',
+    `rule: ${e.rule}`,
+    e.best === null && e.rows.length ? `no pick: ${e.reason ?? 'no checkpoint beats the base model'}` : '',
+    e.best === null && e.suggestion ? `try: ${e.suggestion}` : '',
+  ]
+    .filter(Boolean)
+    .join('\n');
 }
 
 function readPromptFile(file: string): string[] {

@@ -1,7 +1,8 @@
 /** `singlora generate`: text-to-image with optional adapters, PNGs with A1111 parameters + JSON sidecars. */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { existsSync, statSync } from 'node:fs';
-import { NEGATIVE_PADDING, SCHEDULERS } from '../api/schemas.ts';
+import { type GenerateSettingsInput, type ModelDefaults, NEGATIVE_PADDING, SCHEDULERS } from '../api/schemas.ts';
+import { readModelDefaults, withModelDefaults } from '../engine/io/modelDefaults.ts';
 import {
   action,
   emitJsonLine,
@@ -13,6 +14,7 @@ import {
   requireNotFile,
   SEED_MAX,
   startBackend,
+  UsageError,
   withCommon,
   type GlobalOptions,
   inferenceOptions,
@@ -140,7 +142,7 @@ export function register(program: Command): void {
         .requiredOption('--out <dir>', 'output folder'),
     ),
   ).action(
-    action(async (o: GenerateCliOptions) => {
+    action(async (o: GenerateCliOptions, cmd: Command) => {
       requireExists(o.base, '--base');
       if (o.configDir) requireFolder(o.configDir, '--config-dir');
       requireNotFile(o.out, '--out');
@@ -163,19 +165,7 @@ export function register(program: Command): void {
           {
             base: o.base,
             baseOptions: o.configDir ? { configDir: o.configDir } : undefined,
-            settings: {
-              prompt: o.prompt,
-              negativePrompt: o.negative ?? '',
-              steps: o.steps,
-              scheduler: o.scheduler,
-              guidanceScale: o.guidance,
-              seed: o.seed,
-              width: o.width,
-              height: o.height,
-              count: o.count,
-              clipSkip: o.clipSkip ?? 0,
-              negativePadding: o.negativePadding,
-            },
+            settings: { ...samplingFromModelDefaults(o, cmd), negativePadding: o.negativePadding },
             adapters: (o.adapter ?? []).map((a) => ({ ...a, allowPartial: o.allowPartial })),
             outDir: o.out,
             strict: o.strict,
@@ -229,4 +219,44 @@ export function register(program: Command): void {
       }
     }),
   );
+}
+
+/** Each sampling setting's flag (the commander attribute), for the model defaults. */
+const FLAG_OF: Record<string, string> = {
+  negativePrompt: 'negative',
+  steps: 'steps',
+  scheduler: 'scheduler',
+  guidanceScale: 'guidance',
+  seed: 'seed',
+  width: 'width',
+  height: 'height',
+  count: 'count',
+  clipSkip: 'clipSkip',
+};
+
+/**
+ * The sampling settings: the flags on top of the base model's singlora-defaults.json `sampling`
+ * (engine/io/modelDefaults.ts); a flag given on the command line wins.
+ */
+function samplingFromModelDefaults(o: GenerateCliOptions, cmd: Command): GenerateSettingsInput {
+  const flags = {
+    prompt: o.prompt,
+    negativePrompt: o.negative ?? '',
+    steps: o.steps,
+    scheduler: o.scheduler,
+    guidanceScale: o.guidance,
+    seed: o.seed,
+    width: o.width,
+    height: o.height,
+    count: o.count,
+    clipSkip: o.clipSkip ?? 0,
+  };
+  let defaults: ModelDefaults | null;
+  try {
+    defaults = readModelDefaults(o.base);
+  } catch (err) {
+    throw new UsageError(`--base: ${(err as Error).message}`);
+  }
+  const given = (field: string) => FLAG_OF[field] !== undefined && cmd.getOptionValueSource(FLAG_OF[field]) === 'cli';
+  return withModelDefaults(flags, defaults?.sampling as Partial<typeof flags> | undefined, given).settings;
 }

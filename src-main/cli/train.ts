@@ -7,7 +7,14 @@ import { type Command, Option } from 'commander';
 import { existsSync, readdirSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { trainSettingsSchema, type RunManifest, type TrainEvent, type TrainSettingsInput } from '../api/schemas.ts';
+import {
+  type ModelDefaults,
+  trainSettingsSchema,
+  type RunManifest,
+  type TrainEvent,
+  type TrainSettingsInput,
+} from '../api/schemas.ts';
+import { modelDefaultsPath, readModelDefaults, withModelDefaults } from '../engine/io/modelDefaults.ts';
 import { readRunManifest, RUN_MANIFEST } from '../engine/train/runFiles.ts';
 import { listImageFiles } from './eval.ts';
 import {
@@ -398,7 +405,38 @@ export async function planTrain(o: TrainCliOptions, cmd: Command): Promise<Train
         : `--out: ${o.out} is not empty; choose a new or empty folder for the run`,
     );
   }
-  return { base: o.base, photos: o.images, settings, createdOut: !exists, out };
+  return {
+    base: o.base,
+    photos: o.images,
+    settings: startFromModelDefaults(o, cmd, settings),
+    createdOut: !exists,
+    out,
+  };
+}
+
+/**
+ * The settings on top of the base model's singlora-defaults.json (engine/io/modelDefaults.ts):
+ * a flag given on the command line wins; every other field the file names takes its value.
+ */
+function startFromModelDefaults(o: TrainCliOptions, cmd: Command, settings: TrainSettingsInput): TrainSettingsInput {
+  let defaults: ModelDefaults | null;
+  try {
+    defaults = readModelDefaults(o.base!);
+  } catch (err) {
+    throw new UsageError(`--base: ${(err as Error).message}`);
+  }
+  const given = (field: string) => {
+    const flag = OPTION_OF[field];
+    if (!flag) return false;
+    const attr = flag.slice(2).replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
+    return cmd.getOptionValueSource(attr) === 'cli';
+  };
+  const r = withModelDefaults(settings as Record<string, unknown>, defaults?.training, given);
+  if (r.fromModel.length && !o.json)
+    process.stderr.write(
+      `settings from ${modelDefaultsPath(o.base!)}: ${r.fromModel.map((k) => `${OPTION_OF[k] ?? k} ${JSON.stringify(r.settings[k])}`).join(', ')} (flags win)\n`,
+    );
+  return r.settings as TrainSettingsInput;
 }
 
 /** Removes a run folder this command created, when training failed before writing a checkpoint. */

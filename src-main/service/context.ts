@@ -18,9 +18,10 @@ import {
   type Project,
   type RunEvent,
 } from '../api/contract.ts';
-import type { TrainEvent } from '../api/schemas.ts';
+import type { TrainEvent, TrainSettings } from '../api/schemas.ts';
 import type { AdapterInspection } from '../engine/adapters/exportAdapter.ts';
 import type { EvalModelSpec } from '../engine/eval/modelRegistry.ts';
+import { readModelDefaults } from '../engine/io/modelDefaults.ts';
 import { nativeResolution, openBaseModel } from '../engine/io/modelFiles.ts';
 import type { EngineHost, SpawnEngine } from './engineHost.ts';
 import type { JobRunner, JobSpec } from './jobs.ts';
@@ -98,6 +99,20 @@ export function defaultBase(c: Pick<ServiceContext, 'opts' | 'modelsDir'>): stri
   if (c.opts.defaultBaseModel) return resolve(c.opts.defaultBaseModel);
   const demo = demoModelDir(c.modelsDir);
   return existsSync(demo) ? demo : null;
+}
+
+/**
+ * The training settings a base model recommends (its singlora-defaults.json), or undefined when
+ * it has none; a bad file is an invalid_params error on `field` naming the file and the setting.
+ */
+export function modelTrainingDefaults(base: string, field: string): Partial<TrainSettings> | undefined {
+  try {
+    return (readModelDefaults(base)?.training ?? undefined) as Partial<TrainSettings> | undefined;
+  } catch (err) {
+    throw new ApiError('invalid_params', `${field}: ${(err as Error).message}`, [
+      { field, message: (err as Error).message },
+    ]);
+  }
 }
 
 /** The base model a project trains and generates with. */

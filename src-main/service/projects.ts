@@ -98,6 +98,8 @@ export interface NewProject {
   type: (typeof SUBJECT_TYPES)[number];
   /** Already checked (checkBase); absent: none (the app default). */
   baseModel?: string;
+  /** The base model's recommended training settings (its singlora-defaults.json), the project's starting point. */
+  settings?: Partial<TrainSettings>;
 }
 
 export interface ProjectPatch {
@@ -232,7 +234,11 @@ export class ProjectStore {
         updatedAt: t,
         subject: { triggerToken: input.triggerToken, classWord: input.classWord, type: input.type },
         baseModel: input.baseModel ?? null,
-        settings: trainSettingsSchema.parse({ triggerToken: input.triggerToken, classWord: input.classWord }),
+        settings: trainSettingsSchema.parse({
+          ...input.settings,
+          triggerToken: input.triggerToken,
+          classWord: input.classWord,
+        }),
       },
       'projects.create',
     );

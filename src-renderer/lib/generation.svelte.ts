@@ -4,7 +4,7 @@
  * page), the adapter and its strength, the job's step progress, and the gallery.
  */
 import type { ApiClient, GeneratedImageInfo, Job, Project } from '../../src-main/api/contract.ts';
-import { generateSettingsSchema, type GenerateSettingsInput } from '../../src-main/api/schemas.ts';
+import { generateSettingsSchema, type GenerateSettingsInput, type ModelDefaults } from '../../src-main/api/schemas.ts';
 import {
   adapterRef,
   choiceFromFile,
@@ -19,6 +19,9 @@ import type { Files } from './files.ts';
 import { check, fieldErrorsFromApi, recheck, type FieldErrors } from './forms.ts';
 import type { JobsService } from './jobs.svelte.ts';
 import type { Notifier } from './notifier.svelte.ts';
+
+/** A base model's recommended sampling settings (its singlora-defaults.json). */
+export type SamplingDefaults = NonNullable<ModelDefaults['sampling']>;
 
 export type GenerateDraft = Required<Omit<GenerateSettingsInput, 'clipSkip'>> & { clipSkip: number };
 
@@ -50,7 +53,9 @@ export class GenerationService {
 
   running = $derived(this.jobId !== null);
   /** The size and steps last filled in from the model; the user's own values are never replaced. */
-  #modelDefaults: { width: number; height: number; steps: number } | null = null;
+  #modelDefaults: Required<
+    Pick<SamplingDefaults, 'width' | 'height' | 'steps' | 'scheduler' | 'guidanceScale'>
+  > | null = null;
   /** The form's values when the errors shown were found. */
   #shownWith: Record<string, unknown> = {};
 
@@ -75,22 +80,35 @@ export class GenerationService {
 
   /**
    * Fills the size from the base model's native size (and fewer steps for a toy model of 128 px or
-   * less, whose images take a few steps), unless the user changed them since.
+   * less, whose images take a few steps), and what its singlora-defaults.json recommends
+   * (`sampling`: size, steps, sampler, guidance), unless the user changed them since.
    */
-  useModelDefaults(native: number | null): void {
-    if (!native) return;
+  useModelDefaults(native: number | null, sampling: SamplingDefaults | null = null): void {
+    if (!native && !sampling) return;
     const d = this.draft;
+    const base = defaultDraft();
     const prev = this.#modelDefaults ?? {
-      width: defaultDraft().width,
-      height: defaultDraft().height,
-      steps: defaultDraft().steps,
+      width: base.width,
+      height: base.height,
+      steps: base.steps,
+      scheduler: base.scheduler,
+      guidanceScale: base.guidanceScale,
     };
-    const next = { width: native, height: native, steps: native <= 128 ? 10 : defaultDraft().steps };
+    const size = native ?? base.width;
+    const next = {
+      width: sampling?.width ?? size,
+      height: sampling?.height ?? size,
+      steps: sampling?.steps ?? (size <= 128 ? 10 : base.steps),
+      scheduler: sampling?.scheduler ?? base.scheduler,
+      guidanceScale: sampling?.guidanceScale ?? base.guidanceScale,
+    };
     if (d.width === prev.width && d.height === prev.height) {
       d.width = next.width;
       d.height = next.height;
     }
     if (d.steps === prev.steps) d.steps = next.steps;
+    if (d.scheduler === prev.scheduler) d.scheduler = next.scheduler;
+    if (d.guidanceScale === prev.guidanceScale) d.guidanceScale = next.guidanceScale;
     this.#modelDefaults = next;
   }
 

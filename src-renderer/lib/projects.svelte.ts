@@ -11,6 +11,7 @@ import {
   type Project,
   type ProjectSummary,
 } from '../../src-main/api/contract.ts';
+import type { ModelDefaults } from '../../src-main/api/schemas.ts';
 import { check, fieldErrorsFromApi, type FieldErrors } from './forms.ts';
 import type { Notifier } from './notifier.svelte.ts';
 import { triggerTokenProblem } from './subject.svelte.ts';
@@ -28,6 +29,8 @@ export interface ProjectModel {
   native: number | null;
   /** The server's default (the project names none). */
   isDefault: boolean;
+  /** The settings it recommends (its singlora-defaults.json); null: none. */
+  defaults: ModelDefaults | null;
 }
 
 export class ProjectsService {
@@ -47,10 +50,13 @@ export class ProjectsService {
         name: found?.name ?? p.baseModel.split(/[\\/]/).filter(Boolean).pop() ?? p.baseModel,
         native: found?.native ?? null,
         isDefault: false,
+        defaults: found?.defaults ?? null,
       };
     }
     const def = this.bases.find((b) => b.isDefault);
-    return def ? { path: def.path, name: def.name, native: def.native, isDefault: true } : null;
+    return def
+      ? { path: def.path, name: def.name, native: def.native, isDefault: true, defaults: def.defaults ?? null }
+      : null;
   });
   readonly #openListeners = new Set<(p: Project | null) => void>();
   readonly #modelListeners = new Set<() => void>();

@@ -9,16 +9,37 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { tf, type Tensor4D } from '../../src-main/engine/backend/tf.ts';
-import { readToyPhotos, scoreToyModel } from '../../src-main/engine/eval/toyEvaluate.ts';
-import { backgroundColour, objectColour, subjectFidelity } from '../../src-main/engine/eval/toyFidelity.ts';
+import {
+  readToyPhotos,
+  requestedBackground,
+  scoreToyModel,
+  toyProbes,
+} from '../../src-main/engine/eval/toyEvaluate.ts';
+import {
+  backgroundColour,
+  colourFidelity,
+  foregroundMask,
+  objectColour,
+  subjectFidelity,
+} from '../../src-main/engine/eval/toyFidelity.ts';
+import { fitShapes, hasShape, SHAPE_IOU, subjectKind } from '../../src-main/engine/eval/toyShape.ts';
 import { AutoencoderKL } from '../../src-main/engine/models/autoencoderKL.ts';
 import { conv2dTrainable } from '../../src-main/engine/models/ops/conv2dTrainable.ts';
 import { StableDiffusion } from '../../src-main/engine/pipeline/stableDiffusion.ts';
 import { TOY_DEMO, TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../../src-main/engine/toy/toyModel.ts';
-import { drawScene, subjectScenes, type Scene } from '../../src-main/engine/toy/toyWorld.ts';
+import { Rng } from '../../src-main/engine/random.ts';
+import {
+  drawScene,
+  KINDS,
+  PALETTE,
+  subjectScenes,
+  type Scene,
+  type ToyImage,
+} from '../../src-main/engine/toy/toyWorld.ts';
 import { toModelRange } from '../../src-main/engine/train/dataset.ts';
 import { collapsePosterior, initFromScratch, LOGVAR_FLOOR } from '../../src-main/engine/train/fullTrain.ts';
 import { train } from '../../src-main/engine/train/trainer.ts';
+import { demoTraining } from '../../src-main/cli/demo.ts';
 import { listImageFiles } from '../../src-main/cli/eval.ts';
 import { maxAbsDiff, useBackend } from '../helpers/backend.ts';
 
@@ -129,8 +150,10 @@ describe('collapsePosterior', () => {
   });
 });
 
+const photos = subjectScenes().map((s) => drawScene(s));
+const scene = (kind: Scene['kind']): Scene => ({ kind, colour: 'red', background: 'green', cx: 0.5, cy: 0.5, r: 0.25 });
+
 describe('toy fidelity scores', () => {
-  const photos = subjectScenes().map((s) => drawScene(s));
   const ball = (colour: Scene['colour'], background: Scene['background']): Scene => ({
     kind: 'ball',
     colour,
@@ -165,6 +188,99 @@ describe('toy fidelity scores', () => {
     for (const bg of ['green', 'gray', 'white', 'black', 'blue'] as const)
       expect(backgroundColour(drawScene(ball('red', bg)))).toBe(bg);
   });
+
+  it('multiplies the colour score by the shape: a red-over-yellow square or blob is not a full match', () => {
+    const square = drawScene({ ...ball('red', 'green'), kind: 'square', pattern: ['red', 'yellow'] });
+    // The colour score alone cannot tell the square from the ball.
+    expect(colourFidelity([square], photos)).toBeGreaterThan(0.95);
+    // The shape: a square's best-fitting ideal ball covers it with IoU ~0.84 (measured; not the ball's ~1).
+    const s = subjectFidelity([square], photos);
+    expect(s).toBeLessThan(0.9);
+    expect(s).toBeGreaterThan(0.75);
+    const blob = paint(
+      (x, y) => ((x - 32) / 20) ** 2 + ((y - 32) / 10) ** 2 <= 1,
+      (_x, y) => (y < 32 ? 'red' : 'yellow'),
+    );
+    expect(colourFidelity([blob], photos)).toBeGreaterThan(0.95);
+    expect(subjectFidelity([blob], photos)).toBeLessThan(0.7);
+  });
+});
+
+/** A 64x64 picture on green: `colour(x, y)` where `inside(x, y)` (pixel centres). */
+function paint(
+  inside: (x: number, y: number) => boolean,
+  colour: (x: number, y: number) => Scene['colour'] = () => 'red',
+): ToyImage {
+  const data = new Uint8Array(64 * 64 * 3);
+  for (let y = 0; y < 64; y++)
+    for (let x = 0; x < 64; x++)
+      data.set(PALETTE[inside(x + 0.5, y + 0.5) ? colour(x + 0.5, y + 0.5) : 'green'], (y * 64 + x) * 3);
+  return { data, width: 64, height: 64 };
+}
+
+describe('toy shape fit', () => {
+  const places: Array<[number, number, number]> = [
+    [0.5, 0.5, 0.25],
+    [0.3, 0.6, 0.18],
+    [0.68, 0.68, 0.3],
+  ];
+  it('finds each drawn ideal shape (position and size fitted) with IoU near 1, and it fits best', () => {
+    for (const kind of KINDS)
+      for (const [cx, cy, r] of places) {
+        const mask = foregroundMask(drawScene({ kind, colour: 'blue', background: 'white', cx, cy, r }));
+        const [best, ...others] = fitShapes(mask);
+        expect(best.kind, `${kind} at ${cx},${cy} r ${r}`).toBe(kind);
+        // Anti-aliased edges (4x4 supersampling) move a pixel or two in or out of the mask.
+        expect(best.iou).toBeGreaterThan(0.97);
+        expect(Math.abs(best.r - r * 64), 'fitted size in pixels').toBeLessThan(1);
+        for (const o of others) expect(o.iou).toBeLessThan(0.87);
+        expect(hasShape(mask, kind)).toBe(true);
+        for (const other of KINDS.filter((k) => k !== kind)) expect(hasShape(mask, other)).toBe(false);
+      }
+  });
+
+  it('finds no shape in blobs: an ellipse, two merged balls, a wobbly outline, scattered spots', () => {
+    const rng = new Rng(5);
+    const spots = Array.from({ length: 6 }, () => [16 + 32 * rng.uniform(), 16 + 32 * rng.uniform()]);
+    const blobs = {
+      ellipse: paint((x, y) => ((x - 32) / 20) ** 2 + ((y - 32) / 10) ** 2 <= 1),
+      peanut: paint((x, y) => (x - 24) ** 2 + (y - 32) ** 2 <= 100 || (x - 40) ** 2 + (y - 30) ** 2 <= 100),
+      wobbly: paint((x, y) => {
+        const a = Math.atan2(y - 32, x - 32);
+        return Math.hypot(x - 32, y - 32) <= 13 * (1 + 0.35 * Math.sin(3 * a) + 0.2 * Math.cos(5 * a));
+      }),
+      scatter: paint((x, y) => spots.some(([px, py]) => (x - px) ** 2 + (y - py) ** 2 <= 36)),
+    };
+    for (const [name, img] of Object.entries(blobs)) {
+      const mask = foregroundMask(img);
+      for (const f of fitShapes(mask)) expect(f.iou, `${name} as a ${f.kind}`).toBeLessThan(SHAPE_IOU);
+      for (const kind of KINDS) expect(hasShape(mask, kind)).toBe(false);
+    }
+  });
+
+  it("reads the subject's kind off its photos, and an empty picture fits nothing", () => {
+    expect(subjectKind(photos.map(foregroundMask))).toBe('ball');
+    const squares = subjectScenes().map((sc) => drawScene({ ...sc, kind: 'square' }));
+    expect(subjectKind(squares.map(foregroundMask))).toBe('square');
+    const empty = foregroundMask(drawScene({ ...scene('ball'), r: 0 }));
+    expect(fitShapes(empty).map((f) => f.iou)).toEqual([0, 0, 0]);
+  });
+});
+
+describe('toy probes', () => {
+  it("asks for the run's token and class word on backgrounds no photo shows and not in the subject's colours", () => {
+    expect(toyProbes('zwx', 'square', photos).map((p) => p.prompt)).toEqual([
+      'a photo of zwx square on a green background',
+      'a photo of zwx square on a gray background',
+    ]);
+    // Photos on green and gray, a blue-over-white subject: the next backgrounds in line.
+    const other = subjectScenes().map((sc, i) =>
+      drawScene({ ...sc, pattern: ['blue', 'white'], background: i % 2 ? 'green' : 'gray' }),
+    );
+    expect(toyProbes('sks', 'ball', other).map((p) => p.background)).toEqual(['black', 'red']);
+    expect(requestedBackground('a photo of sks ball on a gray background')).toBe('gray');
+    expect(requestedBackground('a photo of sks ball')).toBeNull();
+  });
 });
 
 const haveToyModel =
@@ -189,37 +305,26 @@ describe.skipIf(!haveToyModel)(
     it('a short SingLoRA adapter raises subject fidelity from base to adapter at the same seeds, without leaking tensors', async () => {
       const before = tf.memory().numTensors;
       const runDir = join(dir, 'run');
-      // The demo's run (npm run demo): the same settings, seed and evaluation seeds.
-      const steps = TOY_DEMO.steps;
+      // The demo's run (npm run demo): the toy model's defaults, the same seed and evaluation seeds.
+      const { settings } = demoTraining(TOY_MODEL_DIR, true, 64, undefined);
+      const steps = settings.steps;
       const { manifest, fixedLoss } = await train({
         base: TOY_MODEL_DIR,
         photos: TOY_SUBJECT_DIR,
         runDir,
-        settings: {
-          method: 'singlora',
-          steps,
-          rank: 8,
-          alpha: TOY_DEMO.alpha,
-          rampSteps: Math.floor(steps / 4),
-          learningRate: TOY_DEMO.learningRate,
-          resolution: 64,
-          triggerToken: 'sks',
-          classWord: 'ball',
-          checkpointEvery: steps,
-          sampleEvery: 0,
-          seed: 42,
-        },
+        settings: { ...settings, checkpointEvery: steps },
       });
       expect(manifest.status).toBe('completed');
       // Training fits the photos: the loss at fixed noise and timesteps falls.
       expect(fixedLoss!.end).toBeLessThan(fixedLoss!.start);
       const adapter = join(runDir, manifest.checkpoints[manifest.checkpoints.length - 1].adapter);
       const photos = await readToyPhotos(listImageFiles(TOY_SUBJECT_DIR));
+      const probes = toyProbes('sks', 'ball', photos);
       const sd = await StableDiffusion.load(TOY_MODEL_DIR);
       try {
         const seeds = TOY_DEMO.seeds;
-        const base = await scoreToyModel(sd, { photos, seeds });
-        const tuned = await scoreToyModel(sd, { photos, seeds, adapter });
+        const base = await scoreToyModel(sd, { photos, probes, seeds });
+        const tuned = await scoreToyModel(sd, { photos, probes, seeds, adapter });
         console.log(
           `toy model, SingLoRA ${steps} steps: subject fidelity ${base.subject.toFixed(3)} -> ${tuned.subject.toFixed(3)}; background right ${base.prompt} -> ${tuned.prompt}`,
         );

@@ -230,4 +230,36 @@ describe('Evaluate screen', () => {
       'Step 600: sks dog on the moon, seed 8',
     ]);
   });
+
+  test('when no checkpoint beats the base model: no row is the pick or in use, the reason and what to try are shown, and the measured band', async () => {
+    const e = fx.evaluation({
+      metric: 'toy',
+      baseline: { step: null, dino: 0.327, clipT: null, images: 8, prompt: 1 },
+      rows: [
+        { step: 300, dino: 0.323, clipT: null, images: 8, prompt: 1 },
+        { step: 600, dino: 0.3283, clipT: null, images: 8, prompt: 0.875 },
+      ],
+      noiseBand: 0.0412,
+      best: null,
+      reason: 'no checkpoint beats the base model by more than the noise: the best, step 600, scores 0.3283',
+      suggestion: 'train more steps or with a higher learning rate',
+    });
+    await renderEvaluate({ 'evaluation.get': () => e });
+    await waitFor(() => screen.getAllByTestId('score-row'));
+    expect(screen.getAllByTestId('score-row').map((r) => r.dataset.best)).toEqual(['false', 'false']);
+    expect(screen.queryByText("rule's pick")).toBeNull();
+    expect(screen.queryByText('in use')).toBeNull();
+    const note = screen.getByTestId('eval-no-pick').textContent ?? '';
+    expect(note).toContain(
+      'No checkpoint beats the base model. no checkpoint beats the base model by more than the noise',
+    );
+    expect(note).toContain('Try: train more steps or with a higher learning rate.');
+    expect(screen.getByTestId('score-noise').textContent).toMatch(/^Differences up to 0\.0412 are within the noise/);
+  });
+
+  test('a pick hides the no-pick note', async () => {
+    await renderEvaluate({ 'evaluation.get': () => fx.evaluation({ noiseBand: 0.02 }) });
+    await waitFor(() => screen.getAllByTestId('score-row'));
+    expect(screen.queryByTestId('eval-no-pick')).toBeNull();
+  });
 });

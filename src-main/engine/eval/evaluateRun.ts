@@ -5,15 +5,21 @@
  *      fixed seeds, generated with the base model (the baseline) and with each checkpoint
  *   2. DINO = mean cosine between the CLS embeddings of every generated image and every subject
  *      photo; CLIP-T (mean image-prompt cosine) when the CLIP models are installed
- *   3. the pick: the highest DINO; with CLIP-T, only among checkpoints whose CLIP-T stays within
- *      `clipMargin` of the baseline's, so an overfit adapter that ignores the prompt loses
+ *   3. the noise band, measured: twice the standard error of the base model's mean score over its
+ *      images (`noiseBand`); a checkpoint counts as better than the base model only above it
+ *   4. the pick: the highest DINO; with CLIP-T, only among checkpoints whose CLIP-T stays within
+ *      `clipMargin` of the baseline's, so an overfit adapter that ignores the prompt loses; and
+ *      only when it beats the base model by more than the noise band. Otherwise none (`best: null`)
+ *      with a `reason` and a `suggestion`: an adapter that learned nothing is never the pick.
  *
  * The table goes into run.json (`evaluation`), where the CLI and the app read it; a user's own
  * choice is kept in `evaluation.chosen`. Generated images stay under `<run>/eval/<label>/`.
  *
  * `scorer: 'toy'` (the toy model, models/toy-sd, when no DINO is installed) keeps the same steps
- * with the toy world's pixel score (toyFidelity.ts) in DINO's place (`metric: 'toy'`), its probe
- * prompts ("a photo of sks ball on a green background") and its sampling (toyEvaluate.ts).
+ * with the toy world's pixel score (toyFidelity.ts) in DINO's place (`metric: 'toy'`), probes made
+ * from the run ("a photo of <token> <class> on a <colour> background", on backgrounds none of the
+ * photos show; toyEvaluate.ts `toyProbes`), its sampling, and each row's `prompt`: the share of
+ * images with the background the prompt asked for.
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -24,16 +30,15 @@ import type { OpenBaseModelOptions } from '../io/modelFiles.ts';
 import { StableDiffusion, type InferenceOptions } from '../pipeline/stableDiffusion.ts';
 import { generateImages } from '../pipeline/generate.ts';
 import { defaultModelsDir } from '../paths.ts';
+import type { ColourName, ToyImage } from '../toy/toyWorld.ts';
 import { ClipModels, clipScores } from './clip.ts';
 import { DinoEmbedder } from './dino.ts';
 import { locateClip, locateDino } from './modelRegistry.ts';
+import { DEFAULT_CLIP_MARGIN, noiseBand, pickBest } from './pickBest.ts';
 import { EVAL_PROMPT_SET_VERSION, EVAL_SEEDS, evalJobs, IMAGES_PER_PROMPT, type SubjectKind } from './prompts.ts';
-import { subjectFidelity } from './similarity.ts';
-import { readToyPhotos, TOY_PROBES, TOY_SAMPLING } from './toyEvaluate.ts';
-import { subjectFidelity as toySubjectFidelity } from './toyFidelity.ts';
-
-/** How far below the baseline's CLIP-T a checkpoint may fall and still be picked. */
-export const DEFAULT_CLIP_MARGIN = 0.02;
+import { type EmbeddedImage, subjectFidelity } from './similarity.ts';
+import { readToyPhotos, requestedBackground, TOY_SAMPLING, toyProbes } from './toyEvaluate.ts';
+import { promptFidelity, subjectScores as toySubjectScores } from './toyFidelity.ts';
 
 export interface EvaluateRunOptions {
   runDir: string;
@@ -78,17 +83,18 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
   if (!Number.isInteger(perPrompt) || perPrompt < 1 || perPrompt > EVAL_SEEDS.length * 4)
     throw new Error(`imagesPerPrompt must be an integer from 1 to ${EVAL_SEEDS.length * 4}, got ${perPrompt}`);
   const toy = o.scorer === 'toy';
-  const prompts = o.prompts?.length
-    ? [...o.prompts]
-    : toy
-      ? TOY_PROBES.map((p) => p.prompt.replace('sks ball', `${s.triggerToken} ${s.classWord}`))
-      : [...new Set(evalJobs(o.subjectType ?? 'live', s.triggerToken, s.classWord).map((j) => j.prompt))];
   const seeds = Array.from(
     { length: perPrompt },
     (_, i) => EVAL_SEEDS[i % EVAL_SEEDS.length] + Math.floor(i / EVAL_SEEDS.length),
   );
   const photos = o.photos ? await listPhotos(o.photos) : manifest.images.used.filter((f) => !f.includes('#'));
   if (!photos.length) throw new Error(`${o.runDir}: no subject photos to compare with (pass --photos)`);
+  const toyPhotos = toy ? await readToyPhotos(photos) : [];
+  const prompts = o.prompts?.length
+    ? [...o.prompts]
+    : toy
+      ? toyProbes(s.triggerToken, s.classWord, toyPhotos).map((p) => p.prompt)
+      : [...new Set(evalJobs(o.subjectType ?? 'live', s.triggerToken, s.classWord).map((j) => j.prompt))];
 
   const modelsDir = o.modelsDir ?? defaultModelsDir();
   const dino = toy ? null : await DinoEmbedder.load(locateDino(modelsDir, o.dinoModel));
@@ -105,7 +111,6 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
   try {
     const subjectEmbeddings = dino ? await dino.embed(photos) : [];
     const subject = photos.map((file, i) => ({ file, embedding: subjectEmbeddings[i] }));
-    const toyPhotos = toy ? await readToyPhotos(photos) : [];
     const sampling = toy
       ? {
           steps: o.steps ?? TOY_SAMPLING.steps,
@@ -114,6 +119,7 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
         }
       : { steps: o.steps ?? 25, scheduler: o.scheduler ?? 'dpmpp-2m', guidanceScale: 7.5 };
     const rows: ScoreRow[] = [];
+    let baseScores: number[] = [];
     for (let k = 0; k < labels.length; k++) {
       const ckpt = k === 0 ? null : chosen[k - 1];
       const outDir = join(o.runDir, 'eval', labels[k]);
@@ -142,26 +148,26 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
           hooks.onProgress?.(++done, total, labels[k]);
         }
       }
-      let score: number;
-      if (dino) {
-        const emb = await dino.embed(generated.map((g) => g.file));
-        score = subjectFidelity(
-          generated.map((g, i) => ({ file: g.file, embedding: emb[i] })),
-          subject,
-        ).dino;
-      } else {
-        score = toySubjectFidelity(await readToyPhotos(generated.map((g) => g.file)), toyPhotos);
-      }
+      const scored = await scoreImages(generated, dino ? { dino, subject } : { toyPhotos });
       const clipT = clip ? (await clipScores(clip, generated, photos)).clipT : null;
-      rows.push({ step: ckpt ? ckpt.step : null, dino: score, clipT, images: generated.length });
+      if (k === 0) baseScores = scored.perImage;
+      rows.push({
+        step: ckpt ? ckpt.step : null,
+        dino: scored.score,
+        clipT,
+        images: generated.length,
+        ...(scored.prompt !== null ? { prompt: scored.prompt } : {}),
+      });
     }
     const baseline = rows[0];
     const scored = rows.slice(1);
-    const picked = pickBest(baseline, scored, o.clipMargin ?? DEFAULT_CLIP_MARGIN);
-    const { best } = picked;
-    const rule = toy
-      ? "highest toy subject fidelity (no DINO installed: the toy world's score of colours and their layout, docs/experiments.md)"
-      : picked.rule;
+    const band = noiseBand(baseScores);
+    const picked = pickBest(baseline, scored, {
+      noiseBand: band,
+      clipMargin: o.clipMargin ?? DEFAULT_CLIP_MARGIN,
+      metric: toy ? 'toy' : 'dino',
+    });
+    const { best, rule } = picked;
     const fresh = await readRunManifest(o.runDir);
     const previousChoice = fresh.evaluation?.chosen ?? null;
     const evaluation: Evaluation = {
@@ -178,7 +184,10 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
           : [],
         scored,
       ),
+      noiseBand: band,
       best,
+      reason: picked.reason,
+      suggestion: picked.suggestion,
       rule: `${rule}; ${o.prompts?.length ? `${prompts.length} prompts given by the caller` : toy ? `the ${prompts.length} toy probe prompts` : `prompt set v${EVAL_PROMPT_SET_VERSION}`}`,
       chosen: previousChoice !== null && scored.some((r) => r.step === previousChoice) ? previousChoice : null,
     };
@@ -191,24 +200,29 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
   }
 }
 
-/**
- * The rule: the highest DINO; when CLIP-T was measured, only among checkpoints whose CLIP-T is at
- * least the baseline's minus `margin` (when none is, all of them compete).
- */
-export function pickBest(
-  baseline: ScoreRow,
-  rows: readonly ScoreRow[],
-  margin = DEFAULT_CLIP_MARGIN,
-): { best: number | null; rule: string } {
-  if (!rows.length) return { best: null, rule: 'no checkpoints scored' };
-  const withClip = baseline.clipT !== null && rows.some((r) => r.clipT !== null);
-  const eligible = withClip ? rows.filter((r) => r.clipT !== null && r.clipT >= baseline.clipT! - margin) : rows;
-  const pool = eligible.length ? eligible : rows;
-  const best = pool.reduce((a, b) => (b.dino > a.dino ? b : a)).step;
-  const rule = withClip
-    ? `highest DINO among checkpoints whose CLIP-T is within ${margin} of the base model's (${baseline.clipT!.toFixed(4)})${eligible.length ? '' : '; none was, so all competed'}`
-    : 'highest DINO (CLIP models not installed, so prompt fidelity is not checked)';
-  return { best, rule };
+/** One checkpoint's images scored: the mean, each image's score, and (toy) the share with the requested background. */
+async function scoreImages(
+  generated: ReadonlyArray<{ file: string; prompt: string }>,
+  by: { dino: DinoEmbedder; subject: EmbeddedImage[] } | { toyPhotos: ToyImage[] },
+): Promise<{ score: number; perImage: number[]; prompt: number | null }> {
+  if ('dino' in by) {
+    const emb = await by.dino.embed(generated.map((g) => g.file));
+    const f = subjectFidelity(
+      generated.map((g, i) => ({ file: g.file, embedding: emb[i] })),
+      by.subject,
+    );
+    return { score: f.dino, perImage: f.perImage.map((p) => p.meanCosine), prompt: null };
+  }
+  const images = await readToyPhotos(generated.map((g) => g.file));
+  const perImage = toySubjectScores(images, by.toyPhotos);
+  const asked = generated
+    .map((g, i) => ({ image: images[i], background: requestedBackground(g.prompt) }))
+    .filter((g): g is { image: ToyImage; background: ColourName } => g.background !== null);
+  return {
+    score: perImage.reduce((a, b) => a + b, 0) / perImage.length,
+    perImage,
+    prompt: asked.length ? promptFidelity(asked) : null,
+  };
 }
 
 /** Keeps earlier rows for checkpoints not re-scored (a `latest` evaluation adds one row). */
@@ -217,3 +231,5 @@ function mergeRows(previous: readonly ScoreRow[], fresh: readonly ScoreRow[]): S
   for (const r of fresh) byStep.set(r.step, r);
   return [...byStep.values()].sort((a, b) => (a.step ?? -1) - (b.step ?? -1));
 }
+
+export { DEFAULT_CLIP_MARGIN, noiseBand, pickBest, type Pick } from './pickBest.ts';

@@ -1,5 +1,5 @@
 /**
- * Where the toy model and its subject live, and the demo's settings for them. Light on purpose:
+ * Where the toy model and its subject live, and the demo's seeds for them. Light on purpose:
  * the CLI reads it at startup (no TensorFlow.js or ONNX Runtime import).
  */
 import { readFileSync } from 'node:fs';
@@ -24,11 +24,11 @@ export const TOY_MODEL_DIR = join(REPO_ROOT, 'models/toy-sd');
 /** Six photos of the subject the toy model never saw (a ball, red on top, yellow below). */
 export const TOY_SUBJECT_DIR = join(REPO_ROOT, 'models/toy-sd-subject');
 
-/** `npm run demo` on the toy model: SingLoRA rank 8. */
+/**
+ * `npm run demo` on the toy model. Its training settings are the toy model's own defaults
+ * (models/toy-sd/singlora-defaults.json, read by engine/io/modelDefaults.ts), not constants here.
+ */
 export const TOY_DEMO = {
-  steps: 200,
-  alpha: 8,
-  learningRate: 2e-3,
   /** Seeds of the before/after grid and of the fidelity scores (one image per probe and seed). */
   seeds: [101, 102, 103],
 } as const;

@@ -34,10 +34,13 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
           throw new ApiError('not_found', `${(err as Error).message} (Models screen: download DINO)`);
         }
         const runDir = c.store.runDir(p.projectId, p.runId);
-        // A quick check: one prompt per category, one image each (explicit prompts and counts win).
+        // A quick check: one prompt per category, one image each (explicit prompts and counts win);
+        // the toy model keeps its own probes (made from the run), one image each.
         const prompts =
           p.prompts ??
-          (p.quick ? quickEvalPrompts(project.subject.type, m.settings.triggerToken, m.settings.classWord) : undefined);
+          (p.quick && scorer.kind === 'dino'
+            ? quickEvalPrompts(project.subject.type, m.settings.triggerToken, m.settings.classWord)
+            : undefined);
         const imagesPerPrompt = p.imagesPerPrompt ?? (p.quick ? 1 : undefined);
         const job = await submit(c, {
           kind: 'evaluate',
@@ -65,7 +68,7 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
                 },
               },
             );
-            return { label: ev.best !== null ? `best: step ${ev.best}` : 'evaluated' };
+            return { label: ev.best !== null ? `best: step ${ev.best}` : 'no checkpoint beats the base model' };
           },
         });
         return { jobId: job.id };

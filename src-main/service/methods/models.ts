@@ -19,7 +19,15 @@ import { basename, join, resolve } from 'node:path';
 import { ApiError, type BaseModelInfo } from '../../api/contract.ts';
 import { EVAL_MODELS, listModels, modelFilePath } from '../../engine/eval/modelRegistry.ts';
 import { download } from '../../engine/io/download.ts';
-import { checkBase, defaultBase, demoModelDir, submit, type ServiceContext } from '../context.ts';
+import {
+  checkBase,
+  defaultBase,
+  demoModelDir,
+  modelTrainingDefaults,
+  submit,
+  type ServiceContext,
+} from '../context.ts';
+import { readModelDefaults } from '../../engine/io/modelDefaults.ts';
 import type { NamespaceHandlers } from './handlers.ts';
 
 /** A diffusers pipeline folder that is not SDXL (the cache holds every kind of model; SD 1.x is what trains here). */
@@ -31,6 +39,15 @@ async function isSd1Pipeline(dir: string): Promise<boolean> {
   return (
     index !== null && !('text_encoder_2' in index) && !/XL/.test(String(index._class_name ?? '')) && 'unet' in index
   );
+}
+
+/** A listed model's defaults; a bad file lists as none (choosing the model reports its error). */
+function listedDefaults(path: string): BaseModelInfo['defaults'] {
+  try {
+    return readModelDefaults(path);
+  } catch {
+    return null;
+  }
 }
 
 export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
@@ -126,6 +143,7 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
           ...m,
           isDefault: m.path === def,
           native: await c.nativeResolution(m.path),
+          defaults: listedDefaults(m.path),
         })),
       );
     },
@@ -133,7 +151,9 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
     'models.setBase': async (p) => {
       await c.store.open(p.projectId);
       const { path, name, format } = await checkBase(c, p.path, 'path');
-      await c.store.update(p.projectId, { baseModel: path });
+      // A new model brings its recommended training settings (singlora-defaults.json), if it has any.
+      const settings = modelTrainingDefaults(path, 'path');
+      await c.store.update(p.projectId, { baseModel: path, ...(settings ? { settings } : {}) });
       return { name, format };
     },
 

@@ -1,18 +1,19 @@
 /** projects.*: create, open, update (validated as a whole before it is written), delete. */
 import { ApiError } from '../../api/contract.ts';
 import { lockOwner } from '../dataDir.ts';
-import { checkBase, type ServiceContext } from '../context.ts';
+import { checkBase, defaultBase, modelTrainingDefaults, type ServiceContext } from '../context.ts';
 import type { NamespaceHandlers } from './handlers.ts';
 
 export function projectsHandlers(c: ServiceContext): NamespaceHandlers<'projects'> {
   return {
     'projects.list': async () => c.store.list((line) => c.log(line)),
-    // A base model named at creation goes through the path policy and is opened first.
-    'projects.create': async (p) =>
-      c.store.create({
-        ...p,
-        baseModel: p.baseModel === undefined ? undefined : (await checkBase(c, p.baseModel, 'baseModel')).path,
-      }),
+    // A base model named at creation goes through the path policy and is opened first; the
+    // project's settings start from that model's (or the default model's) singlora-defaults.json.
+    'projects.create': async (p) => {
+      const baseModel = p.baseModel === undefined ? undefined : (await checkBase(c, p.baseModel, 'baseModel')).path;
+      const base = baseModel ?? defaultBase(c);
+      return c.store.create({ ...p, baseModel, settings: base ? modelTrainingDefaults(base, 'baseModel') : undefined });
+    },
     'projects.open': async (p) => c.store.open(p.projectId),
     'projects.update': async (p) => {
       const { projectId, ...patch } = p;
