@@ -11,10 +11,14 @@
  * | merged-single-file   | an original-layout SD 1.x checkpoint (UNet merged, VAE and text encoder copied) | A1111, ComfyUI, any SD 1.5 checkpoint loader |
  *
  * Merged exports stream the base weights one tensor at a time, adding dW to the targets.
+ *
+ * Every file goes through io/atomic.ts, so an export never follows a symbolic link planted at its
+ * destination or on the way there. The destination must be new unless `overwrite` is given: a
+ * file is linked into place only if the name is free, a folder is made only if it does not exist.
  */
-import { copyFile, cp, mkdir, readdir } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { atomicWriteJson } from '../io/atomic.ts';
+import { readdir, stat } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { atomicCopyFile, atomicWriteJson, ensureDir, makeNewDir, type AtomicOptions } from '../io/atomic.ts';
 import { COMPONENTS, originalShape, singleFileKeyMap, toSingleFileName, type ComponentName } from '../io/keyMap.ts';
 import { openBaseModel, type OpenBaseModelOptions } from '../io/modelFiles.ts';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
@@ -36,6 +40,8 @@ export interface ExportOptions {
   base?: string;
   baseOptions?: OpenBaseModelOptions;
   dtype?: 'F32' | 'F16';
+  /** Replace an existing `out` (default: refuse, naming it). */
+  overwrite?: boolean;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -50,21 +56,19 @@ export async function exportAdapter(o: ExportOptions): Promise<ExportResult> {
     throw new Error(`unknown export format '${o.format}'; choose one of ${EXPORT_FORMATS.join(', ')}`);
   const file = await readAdapterFile(o.adapter);
   const dtype = o.dtype ?? 'F32';
+  const write: AtomicOptions = { exclusive: !o.overwrite };
   switch (o.format) {
     case 'singlora':
-      await mkdir(dirname(o.out), { recursive: true });
-      await copyFile(o.adapter, o.out);
+      await atomicCopyFile(o.adapter, o.out, write);
       return {
         format: o.format,
         path: o.out,
         tensors: [...file.targets.values()].reduce((n, e) => n + Object.keys(e).length, 0),
       };
     case 'kohya':
-      await mkdir(dirname(o.out), { recursive: true });
-      return { format: o.format, path: o.out, ...(await exportKohya(file, o.out, dtype)) };
+      return { format: o.format, path: o.out, ...(await exportKohya(file, o.out, dtype, write)) };
     case 'diffusers':
-      await mkdir(dirname(o.out), { recursive: true });
-      return { format: o.format, path: o.out, ...(await exportPeft(file, o.out, dtype)) };
+      return { format: o.format, path: o.out, ...(await exportPeft(file, o.out, dtype, write)) };
     case 'merged-diffusers':
     case 'merged-single-file':
       if (!o.base)
@@ -108,7 +112,8 @@ async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: 
       const out = new Map<string, TensorToWrite>();
       for (const key of base.unet.weights.keys())
         out.set(key, { dtype, shape: base.unet.weights.shape(key)!, read: readMerged('unet', key) });
-      await mkdir(join(o.out, 'unet'), { recursive: true });
+      if (o.overwrite) await ensureDir(o.out);
+      else await makeNewDir(o.out);
       await atomicWriteJson(join(o.out, 'unet', 'config.json'), base.unet.config);
       await writeSafetensors(
         join(o.out, 'unet', 'diffusion_pytorch_model.safetensors'),
@@ -120,7 +125,7 @@ async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: 
       // model_index.json) is the base's, copied as is (links followed).
       for (const entry of await readdir(o.base)) {
         if (entry === 'unet' || entry.startsWith('.')) continue;
-        await cp(join(o.base, entry), join(o.out, entry), { recursive: true, dereference: true });
+        await copyTree(join(o.base, entry), join(o.out, entry));
       }
       return { format: o.format, path: o.out, tensors: out.size };
     }
@@ -140,12 +145,21 @@ async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: 
         out.set(original, { dtype, shape: originalShape(pair, w.shape(key)!), read: readMerged(component, key) });
       }
     }
-    await mkdir(dirname(o.out), { recursive: true });
-    await writeSafetensors(o.out, out, mergeMeta(file, base.name));
+    await writeSafetensors(o.out, out, mergeMeta(file, base.name), { exclusive: !o.overwrite });
     return { format: o.format, path: o.out, tensors: out.size };
   } finally {
     await base.close();
   }
+}
+
+/** `src` (a file or folder, links followed; hidden entries skipped) copied to `dest`, file by file. */
+async function copyTree(src: string, dest: string): Promise<void> {
+  const info = await stat(src);
+  if (info.isFile()) return atomicCopyFile(src, dest);
+  if (!info.isDirectory()) return;
+  await ensureDir(dest);
+  for (const entry of await readdir(src))
+    if (!entry.startsWith('.')) await copyTree(join(src, entry), join(dest, entry));
 }
 
 function mergeMeta(file: NativeAdapterFile, baseName: string): Record<string, string> {

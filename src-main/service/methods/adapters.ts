@@ -2,9 +2,10 @@
  * adapters.*: the project's adapter files, exports (a job; the destination is checked when asked
  * for and again when the job runs), imports and inspections.
  */
-import { copyFile, mkdir, readdir, rename, stat } from 'node:fs/promises';
+import { mkdir, readdir, stat } from 'node:fs/promises';
 import { basename, extname, isAbsolute, join, relative, sep } from 'node:path';
 import { ApiError, type AdapterInfo } from '../../api/contract.ts';
+import { atomicCopyFile, writeRoot } from '../../engine/io/atomic.ts';
 import { adapterInfo, adapterPath, baseFor, fileUrl, inspect, submit, type ServiceContext } from '../context.ts';
 import { safeFileName, uniqueName } from '../safePath.ts';
 import type { NamespaceHandlers } from './handlers.ts';
@@ -58,7 +59,8 @@ export function adaptersHandlers(c: ServiceContext): NamespaceHandlers<'adapters
         projectId: p.projectId,
         runId: 'runId' in p.adapter ? p.adapter.runId : null,
         run: async (ctx) => {
-          // Checked again now: a symlink or file made since the request must not redirect the write.
+          // Checked again now: a symlink or file made since the request must not redirect the write;
+          // one made after this check is refused by the engine's writes (held inside adapters/).
           const out = await c.paths.exportTarget(projectDir, outPath, merged);
           const rel = relative(projectDir, out).split(sep).join('/');
           await c.engine.request(
@@ -66,6 +68,7 @@ export function adaptersHandlers(c: ServiceContext): NamespaceHandlers<'adapters
             { adapter: adapter.path, format: p.format, out, base },
             {
               signal: ctx.signal,
+              writeRoots: [await writeRoot(adaptersDir)],
               onProgress: ({ done, total }) => ctx.progress({ done, total, label: `writing ${rel}` }),
             },
           );
@@ -98,9 +101,7 @@ export function adaptersHandlers(c: ServiceContext): NamespaceHandlers<'adapters
       const dir = join(c.store.dir(p.projectId), 'adapters');
       await mkdir(dir, { recursive: true });
       const name = uniqueName(safeFileName(basename(path), 'adapter'), new Set(await readdir(dir)));
-      const tmp = join(dir, `.${name}.importing`);
-      await copyFile(path, tmp);
-      await rename(tmp, join(dir, name));
+      await atomicCopyFile(path, join(dir, name), { exclusive: true });
       return adapterInfo(r.info, `adapters/${name}`);
     },
 

@@ -1,0 +1,156 @@
+/**
+ * The races of issue 27 (found by the security probe), each forced, not slept into: the fake
+ * engine runs a hook between the service's last check of a path and the engine's write to it,
+ * and the hook swaps a file or folder for a symbolic link out of the project. The real engine code
+ * (exportAdapter, io/atomic.ts) does the write and must refuse to follow the link.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, readFile, rename, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Method, Params, Result } from '../../src-main/api/contract.ts';
+import { metadataToStrings, type AdapterMetadata } from '../../src-main/engine/adapters/adapterFile.ts';
+import { exportAdapter } from '../../src-main/engine/adapters/exportAdapter.ts';
+import { writeSafetensors } from '../../src-main/engine/io/safetensors.ts';
+import type { ExportRequest } from '../../src-main/service/protocol.ts';
+import { Service } from '../../src-main/service/service.ts';
+import { fakeEngine, type FakeHandlers } from './fakeEngine.ts';
+import { finished, tempDir, TINY_MODEL } from './helpers.ts';
+
+let root: string;
+let cleanup: () => Promise<void>;
+const services: Service[] = [];
+let n = 0;
+
+beforeAll(async () => {
+  ({ dir: root, cleanup } = await tempDir('singlora-races-'));
+});
+afterAll(async () => {
+  for (const s of services) await s.close();
+  await cleanup?.();
+});
+
+async function open(handlers: FakeHandlers) {
+  const fake = fakeEngine(handlers);
+  const dir = join(root, `s${n++}`);
+  const service = await Service.open({
+    dataDir: join(dir, 'data'),
+    modelsDir: join(dir, 'models'),
+    defaultBaseModel: TINY_MODEL,
+    log: () => {},
+    spawnEngine: fake.spawn,
+  });
+  services.push(service);
+  const call = <M extends Method>(m: M, p: Params<M>) => service.call(m, p) as Promise<Result<M>>;
+  return {
+    service,
+    call,
+    outside: await mkdir(join(dir, 'outside'), { recursive: true }).then(() => join(dir, 'outside')),
+  };
+}
+
+/** A native SingLoRA adapter with one 8x8 target, written without TensorFlow.js. */
+async function tinyAdapter(path: string): Promise<void> {
+  const target = 'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q';
+  const meta: AdapterMetadata = {
+    format: 'singlora-studio-adapter',
+    format_version: 1,
+    method: 'singlora',
+    rank: 2,
+    alpha: 2,
+    ramp_steps: 0,
+    trained_steps: 10,
+    effective_u: 1,
+    init_std: 0.1,
+    targets: ['to_q'],
+    target_shapes: { [target]: [8, 8] },
+    trigger_token: 'sks',
+    class_word: 'dog',
+    base_model_name: 'tiny',
+    base_model_unet_sha256: '0'.repeat(64),
+    created_at: new Date(0).toISOString(),
+  };
+  const data = Float32Array.from({ length: 16 }, (_, i) => (i - 8) / 10);
+  await writeSafetensors(path, { [`unet.${target}.singlora_A`]: { shape: [8, 2], data } }, metadataToStrings(meta));
+}
+
+/** The real export, after `hook` ran: the interleaving the probe hit 15 times in 40. */
+function exportAfter(hook: (p: ExportRequest) => Promise<void>): FakeHandlers {
+  return {
+    export: async (p) => {
+      await hook(p);
+      const r = await exportAdapter({ adapter: p.adapter, format: p.format, out: p.out, base: p.base });
+      return { format: r.format, path: r.path, tensors: r.tensors };
+    },
+  };
+}
+
+describe('issue 27 item 1: an export never writes through a link swapped in after the check', () => {
+  it('a symlink at the destination (singlora format, was: the victim overwritten by copyFile)', async () => {
+    let victim = '';
+    const { service, call, outside } = await open(
+      exportAfter(async (p) => {
+        await symlink(victim, p.out);
+      }),
+    );
+    victim = join(outside, 'victim.txt');
+    await writeFile(victim, 'precious');
+    const { id } = await call('projects.create', { name: 'Race' });
+    await tinyAdapter(join(service.store.dir(id), 'adapters', 'mine.safetensors'));
+    const { jobId } = await call('adapters.export', {
+      projectId: id,
+      adapter: { file: 'adapters/mine.safetensors' },
+      format: 'singlora',
+      outPath: 'adapters/x.safetensors',
+    });
+    const job = await finished(service, jobId);
+    expect(job.status).toBe('failed');
+    expect(job.error).toMatch(/x\.safetensors: it is a symbolic link|x\.safetensors already exists/);
+    expect(await readFile(victim, 'utf8')).toBe('precious');
+    expect(await readdir(outside)).toEqual(['victim.txt']);
+  });
+
+  for (const format of ['kohya', 'singlora'] as const) {
+    it(`a parent folder swapped for a symlink out of the project (${format}, was: written outside)`, async () => {
+      let outside = '';
+      const { service, call, ...rest } = await open(
+        exportAfter(async (p) => {
+          const sub = join(p.out, '..');
+          await rename(sub, `${sub}-moved`);
+          await symlink(outside, sub);
+        }),
+      );
+      outside = rest.outside;
+      const { id } = await call('projects.create', { name: 'Race' });
+      const dir = service.store.dir(id);
+      await tinyAdapter(join(dir, 'adapters', 'mine.safetensors'));
+      await mkdir(join(dir, 'adapters', 'sub'));
+      const { jobId } = await call('adapters.export', {
+        projectId: id,
+        adapter: { file: 'adapters/mine.safetensors' },
+        format,
+        outPath: 'adapters/sub/x.safetensors',
+      });
+      const job = await finished(service, jobId);
+      expect(job.status).toBe('failed');
+      expect(job.error).toMatch(/refusing to write .*x\.safetensors: .*sub leads to .*outside/);
+      expect(await readdir(outside)).toEqual([]);
+      expect(existsSync(join(dir, 'adapters', 'sub-moved', 'x.safetensors'))).toBe(false);
+    });
+  }
+
+  it('without a swap the same export is written (the hook alone changes nothing)', async () => {
+    const { service, call } = await open(exportAfter(async () => {}));
+    const { id } = await call('projects.create', { name: 'Race' });
+    await tinyAdapter(join(service.store.dir(id), 'adapters', 'mine.safetensors'));
+    const { jobId } = await call('adapters.export', {
+      projectId: id,
+      adapter: { file: 'adapters/mine.safetensors' },
+      format: 'kohya',
+      outPath: 'adapters/sub/x.safetensors',
+    });
+    const job = await finished(service, jobId);
+    expect(job.error).toBeNull();
+    expect(existsSync(join(service.store.dir(id), 'adapters', 'sub', 'x.safetensors'))).toBe(true);
+  });
+});
