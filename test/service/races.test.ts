@@ -11,11 +11,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Method, Params, Result } from '../../src-main/api/contract.ts';
 import { metadataToStrings, type AdapterMetadata } from '../../src-main/engine/adapters/adapterFile.ts';
 import { exportAdapter } from '../../src-main/engine/adapters/exportAdapter.ts';
+import { train } from '../../src-main/engine/train/trainer.ts';
 import { writeSafetensors } from '../../src-main/engine/io/safetensors.ts';
 import type { ExportRequest } from '../../src-main/service/protocol.ts';
 import { Service } from '../../src-main/service/service.ts';
 import { fakeEngine, type FakeHandlers } from './fakeEngine.ts';
-import { finished, tempDir, TINY_MODEL } from './helpers.ts';
+import { useBackend } from '../helpers/backend.ts';
+import { fast } from '../helpers/training.ts';
+import { finished, shapePng, tempDir, TINY_MODEL } from './helpers.ts';
 
 let root: string;
 let cleanup: () => Promise<void>;
@@ -152,5 +155,44 @@ describe('issue 27 item 1: an export never writes through a link swapped in afte
     const job = await finished(service, jobId);
     expect(job.error).toBeNull();
     expect(existsSync(join(service.store.dir(id), 'adapters', 'sub', 'x.safetensors'))).toBe(true);
+  });
+});
+
+describe('issue 27 item 2: class images are never written through a folder swapped for a link', () => {
+  useBackend('wasm');
+
+  it('classImagesDir replaced by a symlink after the check: the real trainer refuses, nothing is written outside', async () => {
+    let outside = '';
+    const { service, call, ...rest } = await open({
+      train: async (p, progress, signal) => {
+        // The hook: after the service checked settings.classImagesDir, before the trainer writes there.
+        const dir = join(p.runDir, '../../class-images');
+        await rename(dir, `${dir}-moved`);
+        await symlink(outside, dir);
+        const r = await train(
+          { base: p.base, photos: p.photos, runDir: p.runDir, settings: p.settings, resume: p.resume },
+          { onEvent: progress, signal },
+        ).catch((err: Error) => ({ failed: err }));
+        if ('failed' in r) throw r.failed;
+        return { status: r.manifest.status, step: r.manifest.step, error: r.manifest.error, fixedLoss: r.fixedLoss };
+      },
+    });
+    outside = rest.outside;
+    const { id } = await call('projects.create', { name: 'Race' });
+    await call('photos.add', {
+      projectId: id,
+      files: await Promise.all(
+        [0, 1, 2].map(async (k) => ({ name: `p${k}.png`, dataBase64: (await shapePng(k, 64)).toString('base64') })),
+      ),
+    });
+    await mkdir(join(service.store.dir(id), 'class-images'));
+    const { jobId } = await call('training.start', {
+      projectId: id,
+      settings: { ...fast({ steps: 1 }), priorPreservation: true, numClassImages: 1, classImagesDir: 'class-images' },
+    });
+    const job = await finished(service, jobId);
+    expect(job.status).toBe('failed');
+    expect(job.error).toMatch(/refusing to write .*class-images.* leads to .*outside/);
+    expect(await readdir(outside)).toEqual([]);
   });
 });

@@ -4,7 +4,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { GeneratedImageInfo } from '../../api/contract.ts';
 import { imageSidecarSchema } from '../../api/schemas.ts';
-import { adapterPath, baseFor, imageInfo, submit, type ServiceContext } from '../context.ts';
+import { adapterPath, baseFor, imageInfo, projectWriteRoots, submit, type ServiceContext } from '../context.ts';
 import type { NamespaceHandlers } from './handlers.ts';
 
 export function generationHandlers(c: ServiceContext): NamespaceHandlers<'generation'> {
@@ -26,6 +26,7 @@ export function generationHandlers(c: ServiceContext): NamespaceHandlers<'genera
             { base, settings: p.settings, adapters, outDir },
             {
               signal: ctx.signal,
+              writeRoots: await projectWriteRoots(c, p.projectId),
               onProgress: (g) => {
                 if (g.type === 'step') {
                   const e = { jobId: ctx.jobId, image: g.image + 1, images: g.images, step: g.step, steps: g.steps };

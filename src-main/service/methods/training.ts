@@ -20,6 +20,7 @@ import {
   assertNoTraining,
   baseFor,
   fileUrl,
+  projectWriteRoots,
   runEvent,
   submit,
   usablePhotos,
@@ -177,6 +178,8 @@ async function runTraining(
       },
       {
         signal: ctx.signal,
+        // Every write stays in the project (and the class-image folder checked just above).
+        writeRoots: await projectWriteRoots(c, o.projectId, ...(classImagesDir ? [classImagesDir] : [])),
         onProgress: (event) => {
           c.emit('train.event', {
             jobId: ctx.jobId,
