@@ -57,7 +57,11 @@ function patchOf<S extends z.ZodRawShape>(schema: z.ZodObject<S>): z.ZodObject<W
   );
   return z.object(shape).strict() as unknown as z.ZodObject<WithoutDefaults<S>, z.core.$strict>;
 }
-export const trainSettingsPatchSchema = patchOf(trainSettingsSchema);
+/** In a patch, `classImagesDir: null` (or '') clears the folder: class images go back to the cache per model. */
+export const trainSettingsPatchSchema = patchOf(trainSettingsSchema).extend({
+  classImagesDir: z.string().max(LIMITS.pathChars).nullable().optional(),
+});
+export type TrainSettingsPatch = z.infer<typeof trainSettingsPatchSchema>;
 
 /** A path a client names (a file in the project, or on the engine machine where the method allows it). */
 const pathSchema = z.string().min(1).max(LIMITS.pathChars);

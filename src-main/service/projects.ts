@@ -28,6 +28,7 @@ import {
   type Photo,
   type Project,
   type ProjectSummary,
+  type TrainSettingsPatch,
 } from '../api/contract.ts';
 import { type SUBJECT_TYPES, trainSettingsSchema, type TrainSettings } from '../api/schemas.ts';
 import { atomicWriteFile, atomicWriteJson } from '../engine/io/atomic.ts';
@@ -104,7 +105,16 @@ export interface ProjectPatch {
   name?: string;
   subject?: Partial<Project['subject']>;
   baseModel?: string | null;
-  settings?: Partial<TrainSettings>;
+  settings?: TrainSettingsPatch;
+}
+
+/** `settings` with `patch` applied: only the fields given; `classImagesDir: null` or '' removes the folder. */
+export function patchSettings(settings: TrainSettings, patch: TrainSettingsPatch = {}): Record<string, unknown> {
+  const { classImagesDir, ...rest } = patch;
+  const out: Record<string, unknown> = { ...settings, ...rest };
+  if (classImagesDir === null || classImagesDir === '') delete out.classImagesDir;
+  else if (classImagesDir !== undefined) out.classImagesDir = classImagesDir;
+  return out;
 }
 
 /** Lower-case words joined by '-', ASCII only, at most 40 characters; 'project' when nothing is left. */
@@ -302,7 +312,7 @@ export class ProjectStore {
         subject.triggerToken = patch.settings.triggerToken;
       if (patch.settings?.classWord !== undefined && patch.subject?.classWord === undefined)
         subject.classWord = patch.settings.classWord;
-      const merged = trainSettingsSchema.safeParse({ ...p.settings, ...(patch.settings ?? {}) });
+      const merged = trainSettingsSchema.safeParse(patchSettings(p.settings, patch.settings));
       if (!merged.success) {
         const fields = merged.error.issues.map((i) => ({ field: `settings.${i.path.join('.')}`, message: i.message }));
         throw new ApiError(

@@ -35,6 +35,8 @@ export interface TrainRequest {
   runDir: string;
   settings: TrainSettingsInput;
   resume: boolean;
+  /** settings.classImagesDir resolved by the service (settings keep the project-relative value). */
+  classImagesDir?: string;
   classImagesCacheDir?: string;
 }
 

@@ -71,6 +71,12 @@ export interface TrainOptions {
   resume?: boolean;
   /** With `resume`: train to this many steps instead of the manifest's (extends a finished run). */
   resumeSteps?: number;
+  /**
+   * The class-image folder to use, resolved by the caller (the service resolves the project-relative
+   * `settings.classImagesDir`, which run.json keeps as given, so the run can be resumed). Default:
+   * `settings.classImagesDir` as it is.
+   */
+  classImagesDir?: string;
   /** Where generated class images are cached (default: the app cache). */
   classImagesCacheDir?: string;
 }
@@ -210,7 +216,7 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
         prompt: classPrompt,
         count: settings.numClassImages,
         resolution,
-        dir: settings.classImagesDir,
+        dir: opts.classImagesDir ?? settings.classImagesDir,
         cacheRoot: opts.classImagesCacheDir,
         seed: settings.seed,
         unetSha256,

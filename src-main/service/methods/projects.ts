@@ -18,7 +18,7 @@ export function projectsHandlers(c: ServiceContext): NamespaceHandlers<'projects
       const { projectId, ...patch } = p;
       // The base model goes through the path policy and is opened before anything is written.
       if (patch.baseModel) patch.baseModel = (await checkBase(c, patch.baseModel, 'baseModel')).path;
-      if (patch.settings?.classImagesDir !== undefined)
+      if (patch.settings?.classImagesDir)
         await c.paths.classImagesDir(c.store.dir(projectId), patch.settings.classImagesDir);
       return c.store.update(projectId, patch);
     },

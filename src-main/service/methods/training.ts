@@ -8,12 +8,14 @@
  * (a full disk); a run that still reads `running` with no job behind it counts as interrupted.
  */
 import { existsSync } from 'node:fs';
+import { isAbsolute, relative, resolve, sep } from 'node:path';
 import { ApiError, type RunStatusInfo } from '../../api/contract.ts';
 import { trainSettingsSchema, type TrainSettings } from '../../api/schemas.ts';
 import { EngineExitedError } from '../engineHost.ts';
 import { readableError } from '../fsErrors.ts';
 import type { JobContext, JobOutcome } from '../jobs.ts';
-import { validState } from '../projects.ts';
+import { patchSettings, validState } from '../projects.ts';
+import { isInside } from '../safePath.ts';
 import { markRun, newRunId, readRun, settleInterruptedRun, writeQueuedRun } from '../runs.ts';
 import {
   assertIdle,
@@ -45,7 +47,7 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
         assertNoTraining(c, p.projectId);
         const merged = validState(
           trainSettingsSchema,
-          { ...project.settings, ...p.settings },
+          patchSettings(project.settings, p.settings),
           'training.start: settings',
         );
         if (merged.classImagesDir !== undefined)
@@ -101,7 +103,7 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
           runId: p.runId,
           base,
           photos,
-          settings: m.settings,
+          settings: relativeClassImagesDir(c.store.dir(p.projectId), m.settings),
           resume: true,
         });
         return { jobId: job.id, runId: p.runId };
@@ -141,6 +143,18 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
   };
 }
 
+/**
+ * Runs started before run.json kept the class-image folder as given hold its resolved path; one
+ * inside the project becomes relative again, so the path policy accepts it (it refuses absolute
+ * folders outside the desktop app).
+ */
+function relativeClassImagesDir(projectDir: string, settings: TrainSettings): TrainSettings {
+  const dir = settings.classImagesDir;
+  if (!dir || !isAbsolute(dir) || !isInside(resolve(projectDir), resolve(dir)) || resolve(dir) === resolve(projectDir))
+    return settings;
+  return { ...settings, classImagesDir: relative(projectDir, dir).split(sep).join('/') };
+}
+
 function submitTraining(c: ServiceContext, o: TrainingJob) {
   const runDir = c.store.runDir(o.projectId, o.runId);
   return submit(c, {
@@ -173,7 +187,8 @@ async function runTraining(
         base: o.base,
         photos: o.photos,
         runDir: o.runDir,
-        settings: { ...o.settings, classImagesDir },
+        settings: o.settings, // run.json keeps the folder as the project has it (relative), so it can resume
+        classImagesDir,
         resume: o.resume,
       },
       {

