@@ -12,6 +12,7 @@ import type { Method, Params, Result } from '../../src-main/api/contract.ts';
 import { metadataToStrings, type AdapterMetadata } from '../../src-main/engine/adapters/adapterFile.ts';
 import { exportAdapter } from '../../src-main/engine/adapters/exportAdapter.ts';
 import { train } from '../../src-main/engine/train/trainer.ts';
+import { atomicWriteFile } from '../../src-main/engine/io/atomic.ts';
 import { writeSafetensors } from '../../src-main/engine/io/safetensors.ts';
 import type { ExportRequest } from '../../src-main/service/protocol.ts';
 import { Service } from '../../src-main/service/service.ts';
@@ -166,11 +167,19 @@ describe('issue 27 item 2: class images are never written through a folder swapp
     const { service, call, ...rest } = await open({
       train: async (p, progress, signal) => {
         // The hook: after the service checked settings.classImagesDir, before the trainer writes there.
-        const dir = join(p.runDir, '../../class-images');
+        const dir = p.classImagesDir!;
+        expect(dir).toBe(join(p.runDir, '../../class-images'));
         await rename(dir, `${dir}-moved`);
         await symlink(outside, dir);
         const r = await train(
-          { base: p.base, photos: p.photos, runDir: p.runDir, settings: p.settings, resume: p.resume },
+          {
+            base: p.base,
+            photos: p.photos,
+            runDir: p.runDir,
+            settings: p.settings,
+            resume: p.resume,
+            classImagesDir: p.classImagesDir,
+          },
           { onEvent: progress, signal },
         ).catch((err: Error) => ({ failed: err }));
         if ('failed' in r) throw r.failed;
@@ -194,5 +203,52 @@ describe('issue 27 item 2: class images are never written through a folder swapp
     expect(job.status).toBe('failed');
     expect(job.error).toMatch(/refusing to write .*class-images.* leads to .*outside/);
     expect(await readdir(outside)).toEqual([]);
+  });
+});
+
+describe('issue 27 item 4: generation.start and projects.delete take the same lock', () => {
+  it('10 concurrent generation.start with a projects.delete leave no folder without a project (was: images/ recreated, undeletable)', async () => {
+    let k = 0;
+    const { service, call } = await open({
+      generate: async (p) => {
+        // What the engine writes: a PNG and its sidecar per image, under the request's write roots.
+        const file = join(p.outDir, `img-${k++}.png`);
+        await atomicWriteFile(file, 'png');
+        await atomicWriteFile(file.replace(/\.png$/, '.json'), '{}');
+        return { files: [file] };
+      },
+    });
+    const { id } = await call('projects.create', { name: 'Race' });
+    const dir = service.store.dir(id);
+    await tinyAdapter(join(dir, 'adapters', 'mine.safetensors'));
+    const settings = { prompt: 'a dog', steps: 2, width: 64, height: 64 };
+    const starts = Array.from({ length: 10 }, () =>
+      call('generation.start', {
+        projectId: id,
+        settings,
+        adapters: [{ file: 'adapters/mine.safetensors', strength: 1 }],
+      }),
+    );
+    const deleting = call('projects.delete', { projectId: id });
+    const [started, deleted] = await Promise.all([
+      Promise.allSettled(starts),
+      deleting.then(
+        (r) => ({ ok: true as const, r }),
+        (e: { code: string }) => ({ ok: false as const, code: e.code }),
+      ),
+    ]);
+    for (const s of started) if (s.status === 'fulfilled') await finished(service, s.value.jobId);
+    const jobs = started.filter((s) => s.status === 'fulfilled').length;
+    if (deleted.ok && deleted.r.deleted) {
+      // Deleted first: every start after it is refused, and nothing was written back.
+      expect(jobs).toBe(0);
+      expect(existsSync(dir)).toBe(false);
+    } else {
+      // The starts came first: the delete is refused while their jobs exist, the project is intact.
+      expect(deleted).toEqual({ ok: false, code: 'conflict' });
+      expect(jobs).toBe(10);
+      expect(existsSync(join(dir, 'project.json'))).toBe(true);
+      expect((await readdir(join(dir, 'images'))).length).toBe(20);
+    }
   });
 });
