@@ -3,6 +3,8 @@
  * class-image folder that could never resume, a FIFO named like a photo that hung the file-I/O
  * pool, an error that echoed every unknown key, raw "internal" answers for file-system failures.
  */
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants, openSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -131,3 +133,41 @@ describe('issue 27 item 3: a run with a class-image folder resumes; the folder c
     );
   });
 });
+
+describe('issue 27 item 5: a FIFO named like a photo is refused at once', () => {
+  it('four photos.add of a FIFO answer "is not a file" quickly, and projects.list still answers (was: hung, the I/O pool used up)', async () => {
+    const { call, dir } = await open();
+    const { id } = await call('projects.create', { name: 'Fifo' });
+    const fifo = join(dir, 'fifo.png');
+    execFileSync('mkfifo', [fifo]);
+    try {
+      const t0 = performance.now();
+      const answers = await Promise.all(
+        Array.from({ length: 4 }, () => within(5000, apiError(call('photos.add', { projectId: id, paths: [fifo] })))),
+      );
+      for (const e of answers) expect(e.message).toMatch(/fifo\.png is not a file/);
+      expect((await within(5000, call('projects.list', {}))).map((p) => p.id)).toEqual([id]);
+      console.log(`4 x photos.add of a FIFO + projects.list: ${(performance.now() - t0).toFixed(0)} ms`);
+    } finally {
+      // Before the fix the opens wait for a writer: give them one, so the test process can end.
+      for (let i = 0; i < 4; i++) {
+        try {
+          closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK));
+        } catch {
+          break; // ENXIO: nobody is waiting on it
+        }
+      }
+    }
+  });
+});
+
+/** `p`, or a failure naming the deadline: a hang must fail the test, not stall it. */
+function within<T>(ms: number, p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
