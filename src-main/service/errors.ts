@@ -3,7 +3,7 @@
  * against the contract (a guard: handlers validate the state they write before writing it), and
  * turn any failure into an ApiError.
  */
-import { api, ApiError, isMethod, parseParams, type ApiHandlers } from '../api/contract.ts';
+import { api, ApiError, issueFields, isMethod, parseParams, type ApiHandlers } from '../api/contract.ts';
 import { EngineExitedError, EngineRequestError, EngineStartError } from './engineHost.ts';
 import { readableError } from './fsErrors.ts';
 
@@ -29,7 +29,7 @@ export async function callHandler(handlers: ApiHandlers, method: unknown, params
   }
   const r = api[method].result.safeParse(result);
   if (!r.success) {
-    const fields = r.error.issues.map((i) => ({ field: i.path.join('.') || '(result)', message: i.message }));
+    const fields = issueFields(r.error.issues, '(result)');
     throw new ApiError(
       'internal',
       `${method}: the service's result does not match the contract (${fields.map((f) => `${f.field}: ${f.message}`).join('; ')})`,

@@ -28,6 +28,7 @@ import {
   type Photo,
   type Project,
   type ProjectSummary,
+  issueFields,
   type TrainSettingsPatch,
 } from '../api/contract.ts';
 import { type SUBJECT_TYPES, trainSettingsSchema, type TrainSettings } from '../api/schemas.ts';
@@ -314,7 +315,7 @@ export class ProjectStore {
         subject.classWord = patch.settings.classWord;
       const merged = trainSettingsSchema.safeParse(patchSettings(p.settings, patch.settings));
       if (!merged.success) {
-        const fields = merged.error.issues.map((i) => ({ field: `settings.${i.path.join('.')}`, message: i.message }));
+        const fields = issueFields(merged.error.issues, '').map((f) => ({ ...f, field: `settings.${f.field}` }));
         throw new ApiError(
           'invalid_params',
           `projects.update: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`,
@@ -524,7 +525,7 @@ export function validProject(p: Project, method: string): Project {
 export function validState<T>(schema: z.ZodType<T>, value: unknown, method: string): T {
   const r = schema.safeParse(value);
   if (r.success) return r.data;
-  const fields = r.error.issues.map((i) => ({ field: i.path.join('.') || '(value)', message: i.message }));
+  const fields = issueFields(r.error.issues, '(value)');
   throw new ApiError(
     'invalid_params',
     `${method}: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`,

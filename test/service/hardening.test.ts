@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Method, Params, Result } from '../../src-main/api/contract.ts';
 import { readRunManifest, writeRunManifest } from '../../src-main/engine/train/runFiles.ts';
 import { train } from '../../src-main/engine/train/trainer.ts';
+import { startServer } from '../../src-main/server.ts';
 import { Service, type ServiceOptions } from '../../src-main/service/service.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { fast } from '../helpers/training.ts';
@@ -171,3 +172,39 @@ function within<T>(ms: number, p: Promise<T>): Promise<T> {
     }),
   ]).finally(() => clearTimeout(timer));
 }
+
+describe('issue 27 item 6: an error echoes a bounded part of the request', () => {
+  it('200,000 unknown keys (top level and in settings) get a short answer, quickly (was: every key twice)', async () => {
+    const { service, call } = await open();
+    const server = await startServer({ port: 0, service, rendererDir: join(root, 'no-renderer'), log: () => {} });
+    try {
+      const { id } = await call('projects.create', { name: 'Keys' });
+      const keys = Object.fromEntries(Array.from({ length: 200_000 }, (_, i) => [`unknown_key_${i}`, 1]));
+      for (const [method, params] of [
+        ['projects.open', { projectId: id, ...keys }],
+        ['projects.update', { projectId: id, settings: keys }],
+      ] as const) {
+        const body = JSON.stringify(params);
+        const t0 = performance.now();
+        const res = await fetch(`http://127.0.0.1:${server.port}/api/${method}`, {
+          method: 'POST',
+          headers: { Authorization: `Bearer ${server.token}`, 'Content-Type': 'application/json' },
+          body,
+        });
+        const answer = await res.text();
+        const ms = performance.now() - t0;
+        console.log(
+          `${method}: ${(body.length / 2 ** 20).toFixed(1)} MiB asked, ${answer.length} bytes answered in ${ms.toFixed(0)} ms`,
+        );
+        expect(res.status).toBe(400);
+        const error = JSON.parse(answer).error;
+        expect(error.code).toBe('invalid_params');
+        expect(error.message).toMatch(/unknown keys \(200000\): "unknown_key_0", .* and 199990 more/);
+        expect(answer.length).toBeLessThan(4096);
+        expect(ms).toBeLessThan(5000); // a guard against work per key in the answer, not a benchmark
+      }
+    } finally {
+      await server.close();
+    }
+  });
+});
