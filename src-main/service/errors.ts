@@ -5,7 +5,7 @@
  */
 import { api, ApiError, issueFields, isMethod, parseParams, type ApiHandlers } from '../api/contract.ts';
 import { EngineExitedError, EngineRequestError, EngineStartError } from './engineHost.ts';
-import { readableError } from './fsErrors.ts';
+import { fsErrorCode, readableError } from './fsErrors.ts';
 
 /** Any error as the contract's ApiError (file-system failures as readable sentences). */
 export function toApiError(err: unknown): ApiError {
@@ -13,7 +13,7 @@ export function toApiError(err: unknown): ApiError {
   if (err instanceof EngineExitedError) return new ApiError('engine_crashed', err.message);
   if (err instanceof EngineRequestError || err instanceof EngineStartError)
     return new ApiError('engine_error', readableError(err));
-  return new ApiError('internal', readableError(err));
+  return new ApiError(fsErrorCode(err), readableError(err));
 }
 
 /** Validates, runs the handler, checks the result. Throws ApiError only. */

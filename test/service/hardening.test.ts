@@ -12,6 +12,8 @@ import type { Method, Params, Result } from '../../src-main/api/contract.ts';
 import { readRunManifest, writeRunManifest } from '../../src-main/engine/train/runFiles.ts';
 import { train } from '../../src-main/engine/train/trainer.ts';
 import { startServer } from '../../src-main/server.ts';
+import { toApiError } from '../../src-main/service/errors.ts';
+import { readableError } from '../../src-main/service/fsErrors.ts';
 import { Service, type ServiceOptions } from '../../src-main/service/service.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { fast } from '../helpers/training.ts';
@@ -206,5 +208,37 @@ describe('issue 27 item 6: an error echoes a bounded part of the request', () =>
     } finally {
       await server.close();
     }
+  });
+});
+
+describe('issue 27 item 7: file-system failures answer what to do, with the right code', () => {
+  it('a 300-character name is invalid_params, not a raw 500; ENOENT and ENAMETOOLONG read as sentences', async () => {
+    const { call } = await open();
+    const { id } = await call('projects.create', { name: 'Long' });
+    const long = `adapters/${'x'.repeat(300)}.safetensors`;
+    const e = await apiError(
+      call('adapters.export', {
+        projectId: id,
+        adapter: { file: 'adapters/a.safetensors' },
+        format: 'kohya',
+        outPath: long,
+      }),
+    );
+    expect(e.code).toBe('not_found'); // the adapter is checked first
+    const f = await apiError(call('adapters.inspect', { projectId: id, file: long }));
+    expect(f).toMatchObject({ code: 'invalid_params' });
+    expect(f.message).toMatch(/^file: 'adapters\/x+\.\.\.' is too long a name for the file system$/);
+    const nametoolong = Object.assign(new Error("ENAMETOOLONG: name too long, open '/d/x'"), {
+      code: 'ENAMETOOLONG',
+      path: '/d/x',
+    });
+    expect(toApiError(nametoolong).toBody()).toEqual({
+      code: 'invalid_params',
+      message: 'name too long: /d/x (use a shorter name)',
+    });
+    // An export job's engine error arrives as text.
+    expect(readableError("ENOENT: no such file or directory, rename '/p/adapters/.x.tmp' -> '/p/adapters/x'")).toBe(
+      'no such file or folder: /p/adapters/.x.tmp (it was moved or deleted while in use; try again)',
+    );
   });
 });
