@@ -242,3 +242,36 @@ describe('issue 27 item 7: file-system failures answer what to do, with the righ
     );
   });
 });
+
+describe('issue 27 item 7: a failed training job settles its run as the docs say', () => {
+  it('a trainer that records "failed" after a checkpoint leaves the run paused and resumable (was: failed)', async () => {
+    let fail = true;
+    const { service, call } = await open({
+      train: async (p) => {
+        if (!fail) return { status: 'completed', step: 2, error: null, fixedLoss: null };
+        const m = await readRunManifest(p.runDir);
+        const error = 'the UNet produced NaN at step 2';
+        const checkpoint = {
+          step: 1,
+          dir: 'checkpoints/step-000001',
+          adapter: 'checkpoints/step-000001/adapter.safetensors',
+          createdAt: m.createdAt,
+          loss: 0.1,
+        };
+        await writeRunManifest(p.runDir, { ...m, status: 'failed', step: 1, error, checkpoints: [checkpoint] });
+        return { status: 'failed', step: 1, error, fixedLoss: null };
+      },
+    });
+    const projectId = await projectWithPhotos(call);
+    const { jobId, runId } = await call('training.start', { projectId, settings: { steps: 2, resolution: 64 } });
+    const job = await finished(service, jobId);
+    expect(job.status).toBe('failed');
+    expect(job.error).toBe(
+      'the UNet produced NaN at step 2; the run keeps its last checkpoint (step 1) and can be resumed',
+    );
+    const run = await call('training.status', { projectId, runId });
+    expect(run).toMatchObject({ status: 'paused', error: job.error });
+    fail = false;
+    expect((await finished(service, (await call('training.resume', { projectId, runId })).jobId)).status).toBe('done');
+  });
+});
