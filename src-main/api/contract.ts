@@ -90,6 +90,11 @@ export const projectSummarySchema = projectSchema
   .extend({
     photos: z.number().int(),
     runs: z.number().int(),
+    /**
+     * Set when the folder holds no readable project: why (e.g. "project.json: not valid JSON").
+     * Then `name` is the folder's name, the dates its modification time, the subject the defaults.
+     */
+    broken: z.string().optional(),
   });
 export type ProjectSummary = z.infer<typeof projectSummarySchema>;
 
@@ -132,6 +137,8 @@ export const runSummarySchema = runManifestSchema
     steps: z.number().int(),
     method: z.enum(METHODS),
     best: z.number().int().nullable(),
+    /** Set when the run's folder holds no readable run.json: why (then status 'failed', error the same). */
+    broken: z.string().optional(),
   });
 
 export const generatedImageSchema = imageSidecarSchema.extend({ url: z.string() });

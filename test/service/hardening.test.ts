@@ -4,8 +4,8 @@
  * pool, an error that echoed every unknown key, raw "internal" answers for file-system failures.
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, openSync } from 'node:fs';
-import { mkdir, readdir } from 'node:fs/promises';
+import { closeSync, constants, existsSync, openSync } from 'node:fs';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Method, Params, Result } from '../../src-main/api/contract.ts';
@@ -273,5 +273,49 @@ describe('issue 27 item 7: a failed training job settles its run as the docs say
     expect(run).toMatchObject({ status: 'paused', error: job.error });
     fail = false;
     expect((await finished(service, (await call('training.resume', { projectId, runId })).jobId)).status).toBe('done');
+  });
+});
+
+describe('issue 27 item 7: broken projects and runs are listed, marked, and logged once', () => {
+  it('projects.list and training.runs show what they cannot read, with why; a broken project can be deleted (was: hidden, logged on every call)', async () => {
+    const lines: string[] = [];
+    const { service, call } = await open({}, { log: (l) => lines.push(l) });
+    const good = await call('projects.create', { name: 'Good' });
+    const damaged = await call('projects.create', { name: 'Damaged' });
+    await writeFile(join(service.store.dir(damaged.id), 'project.json'), '{"schemaVersion": 1, "name"');
+    const orphan = 'orphan-abc123'; // what a generation recreated after a delete: images/ and no project.json
+    await mkdir(join(service.projectsDir, orphan, 'images'), { recursive: true });
+    for (let i = 0; i < 2; i++) {
+      const list = await call('projects.list', {});
+      expect(list.map((p) => [p.id, p.broken === undefined ? 'ok' : 'broken']).sort()).toEqual(
+        [
+          [good.id, 'ok'],
+          [damaged.id, 'broken'],
+          [orphan, 'broken'],
+        ].sort(),
+      );
+      expect(list.find((p) => p.id === orphan)!.broken).toBe(
+        'the folder has no project.json (delete it, or restore the file)',
+      );
+      expect(list.find((p) => p.id === damaged.id)!.broken).toMatch(/project\.json/);
+    }
+    expect(lines.filter((l) => l.startsWith('projects:'))).toHaveLength(2); // once each, not once per call
+    expect(await call('projects.delete', { projectId: orphan })).toEqual({ deleted: true });
+    expect(existsSync(join(service.projectsDir, orphan))).toBe(false);
+
+    const runs = join(service.store.dir(good.id), 'runs');
+    await mkdir(join(runs, '20250101-120000-ab12'), { recursive: true });
+    await writeFile(join(runs, '20250101-120000-ab12', 'run.json'), 'not json');
+    await mkdir(join(runs, '20250102-120000-cd34'));
+    for (let i = 0; i < 2; i++) {
+      const listed = await call('training.runs', { projectId: good.id });
+      expect(listed.map((r) => [r.id, r.status])).toEqual([
+        ['20250102-120000-cd34', 'failed'],
+        ['20250101-120000-ab12', 'failed'],
+      ]);
+      expect(listed[0].broken).toBe("the run's folder has no run.json (it never started)");
+      expect(listed[1].broken).toMatch(/run\.json: cannot read the run manifest/);
+    }
+    expect(lines.filter((l) => l.startsWith('runs:'))).toHaveLength(2);
   });
 });

@@ -112,7 +112,7 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
         }
       }
       const def = defaultBase(c);
-      const recent = open ? (await c.store.list()).map((s) => s.id) : [];
+      const recent = open ? (await c.store.list()).filter((s) => !s.broken).map((s) => s.id) : [];
       for (const id of recent) {
         const base = await c.store
           .open(id)

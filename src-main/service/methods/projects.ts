@@ -24,7 +24,7 @@ export function projectsHandlers(c: ServiceContext): NamespaceHandlers<'projects
     },
     'projects.delete': async (p) =>
       c.store.withLock(p.projectId, async () => {
-        if (!(await c.store.exists(p.projectId))) return { deleted: false };
+        if (!(await c.store.hasFolder(p.projectId))) return { deleted: false };
         const busy = c.jobs.active({ projectId: p.projectId });
         if (busy.length)
           throw new ApiError(

@@ -8,8 +8,9 @@
  * (a full disk); a run that still reads `running` with no job behind it counts as interrupted.
  */
 import { existsSync } from 'node:fs';
-import { isAbsolute, relative, resolve, sep } from 'node:path';
-import { ApiError, type RunStatusInfo } from '../../api/contract.ts';
+import { stat } from 'node:fs/promises';
+import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { ApiError, type Result, type RunStatusInfo } from '../../api/contract.ts';
 import { trainSettingsSchema, type TrainSettings } from '../../api/schemas.ts';
 import { EngineExitedError } from '../engineHost.ts';
 import { readableError } from '../fsErrors.ts';
@@ -29,6 +30,8 @@ import {
   type ServiceContext,
 } from '../context.ts';
 import type { NamespaceHandlers } from './handlers.ts';
+
+type RunSummary = Result<'training.runs'>[number];
 
 interface TrainingJob {
   projectId: string;
@@ -109,10 +112,11 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
         return { jobId: job.id, runId: p.runId };
       }),
 
+    // Every run, newest first; a folder without a readable run.json is listed as broken, with why.
     'training.runs': async (p) => {
       await c.store.open(p.projectId);
-      const out = [];
-      for (const runId of (await c.store.runIds(p.projectId)).reverse()) {
+      const out: RunSummary[] = [];
+      for (const runId of (await c.store.runFolders(p.projectId)).reverse()) {
         try {
           const m = await readRun(c.store, p.projectId, runId);
           out.push({
@@ -127,7 +131,11 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
             best: m.evaluation?.chosen ?? m.evaluation?.best ?? null,
           });
         } catch (err) {
-          c.log(`runs: skipped ${p.projectId}/${runId}: ${(err as Error).message}`);
+          const reason = existsSync(join(c.store.runDir(p.projectId, runId), 'run.json'))
+            ? (err as Error).message
+            : "the run's folder has no run.json (it never started)";
+          c.store.logOnce(c.log, `runs: ${p.projectId}/${runId} is broken: ${reason}`);
+          out.push(await brokenRun(c.store.runDir(p.projectId, runId), runId, reason));
         }
       }
       return out;
@@ -140,6 +148,22 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
         samples: m.samples.map((s) => ({ ...s, url: fileUrl(p.projectId, `runs/${p.runId}/${s.file}`) })),
       };
     },
+  };
+}
+
+async function brokenRun(runDir: string, id: string, reason: string): Promise<RunSummary> {
+  const at = ((await stat(runDir).catch(() => null))?.mtime ?? new Date(0)).toISOString();
+  return {
+    id,
+    createdAt: at,
+    updatedAt: at,
+    status: 'failed',
+    step: 0,
+    error: reason,
+    steps: 0,
+    method: 'singlora',
+    best: null,
+    broken: reason,
   };
 }
 
