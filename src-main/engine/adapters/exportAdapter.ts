@@ -16,8 +16,10 @@
  * destination or on the way there. The destination must be new unless `overwrite` is given: a
  * file is linked into place only if the name is free, a folder is made only if it does not exist.
  */
-import { readdir, stat } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { atomicCopyFile, atomicWriteJson, ensureDir, makeNewDir, type AtomicOptions } from '../io/atomic.ts';
 import { COMPONENTS, originalShape, singleFileKeyMap, toSingleFileName, type ComponentName } from '../io/keyMap.ts';
 import { openBaseModel, type OpenBaseModelOptions } from '../io/modelFiles.ts';
@@ -54,7 +56,7 @@ export interface ExportResult {
 export async function exportAdapter(o: ExportOptions): Promise<ExportResult> {
   if (!(EXPORT_FORMATS as readonly string[]).includes(o.format))
     throw new Error(`unknown export format '${o.format}'; choose one of ${EXPORT_FORMATS.join(', ')}`);
-  const file = await readAdapterFile(o.adapter);
+  const file = await readNativeAdapter(o.adapter);
   const dtype = o.dtype ?? 'F32';
   const write: AtomicOptions = { exclusive: !o.overwrite };
   switch (o.format) {
@@ -75,6 +77,28 @@ export async function exportAdapter(o: ExportOptions): Promise<ExportResult> {
         throw new Error(`--base is required for the ${o.format} export (the model the adapter is folded into)`);
       return exportMerged(file, o as ExportOptions & { base: string });
   }
+}
+
+const FOREIGN: Record<AdapterInspection['format'], string> = {
+  native: 'a SingLoRA Studio adapter',
+  kohya: 'a kohya LoRA (A1111, ComfyUI and kohya load it as it is)',
+  peft: 'a PEFT / diffusers LoRA (diffusers loads it as it is)',
+  'diffusers-procs': 'a diffusers attention-processor LoRA (diffusers loads it as it is)',
+  mixed: 'a LoRA file of another tool',
+  unknown: 'not an adapter file',
+};
+
+/**
+ * The native adapter `path` holds. A file of another tool is named for what it is, not answered
+ * with the native schema's complaints ("format_version: expected number, received NaN").
+ */
+export async function readNativeAdapter(path: string): Promise<NativeAdapterFile> {
+  const what = await inspectAdapter(path);
+  if (what.format !== 'native')
+    throw new Error(
+      `${path} is ${FOREIGN[what.format]}, not an adapter trained here: export converts SingLoRA Studio adapters (a run's checkpoints/step-N/adapter.safetensors, or a singlora export)`,
+    );
+  return readAdapterFile(path);
 }
 
 async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: string }): Promise<ExportResult> {
@@ -118,13 +142,14 @@ async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: 
       await writeSafetensors(
         join(o.out, 'unet', 'diffusion_pytorch_model.safetensors'),
         out,
-        mergeMeta(file, base.name),
+        await mergeMeta(file, base.name),
       );
       if (base.format !== 'diffusers') return { format: o.format, path: join(o.out, 'unet'), tensors: out.size };
-      // A complete pipeline: every other component (VAE, text encoder, tokenizer, scheduler,
-      // model_index.json) is the base's, copied as is (links followed).
-      for (const entry of await readdir(o.base)) {
-        if (entry === 'unet' || entry.startsWith('.')) continue;
+      // A complete pipeline: model_index.json and every other component it names (VAE, text
+      // encoder, tokenizer, scheduler) are the base's, copied as is (links followed). Nothing
+      // else of the base folder (a README, the toy model's BUILD.md) is part of the pipeline.
+      for (const entry of ['model_index.json', ...(await pipelineComponents(o.base))]) {
+        if (entry === 'unet' || !existsSync(join(o.base, entry))) continue;
         await copyTree(join(o.base, entry), join(o.out, entry));
       }
       return { format: o.format, path: o.out, tensors: out.size };
@@ -145,11 +170,19 @@ async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: 
         out.set(original, { dtype, shape: originalShape(pair, w.shape(key)!), read: readMerged(component, key) });
       }
     }
-    await writeSafetensors(o.out, out, mergeMeta(file, base.name), { exclusive: !o.overwrite });
+    await writeSafetensors(o.out, out, await mergeMeta(file, base.name), { exclusive: !o.overwrite });
     return { format: o.format, path: o.out, tensors: out.size };
   } finally {
     await base.close();
   }
+}
+
+/** The component folders a diffusers model_index.json names (`"vae": ["diffusers", "AutoencoderKL"]`). */
+async function pipelineComponents(base: string): Promise<string[]> {
+  const index = JSON.parse(await readFile(join(base, 'model_index.json'), 'utf8')) as Record<string, unknown>;
+  return Object.entries(index)
+    .filter(([k, v]) => !k.startsWith('_') && Array.isArray(v) && typeof v[0] === 'string' && !/[\\/]|^\.\.?$/.test(k))
+    .map(([k]) => k);
 }
 
 /** `src` (a file or folder, links followed; hidden entries skipped) copied to `dest`, file by file. */
@@ -162,10 +195,19 @@ async function copyTree(src: string, dest: string): Promise<void> {
     if (!entry.startsWith('.')) await copyTree(join(src, entry), join(dest, entry));
 }
 
-function mergeMeta(file: NativeAdapterFile, baseName: string): Record<string, string> {
+/**
+ * What a merged checkpoint records of the adapter in it. Its file name says nothing (every run's
+ * checkpoints are adapter.safetensors), so the adapter is named by its content's sha256, its
+ * steps and when it was made.
+ */
+async function mergeMeta(file: NativeAdapterFile, baseName: string): Promise<Record<string, string>> {
   return {
     format: 'pt',
-    merged_adapter: basename(file.path),
+    merged_adapter: `sha256:${createHash('sha256')
+      .update(await readFile(file.path))
+      .digest('hex')}`,
+    merged_adapter_steps: String(file.meta.trained_steps),
+    merged_adapter_created_at: file.meta.created_at,
     merged_method: file.meta.method,
     merged_rank: String(file.meta.rank),
     merged_effective_alpha: String(file.meta.alpha * (file.meta.method === 'singlora' ? file.meta.effective_u : 1)),
