@@ -43,7 +43,11 @@ export function projectFileUrl(projectId: string, rel: string): string {
   return `/files/${encodeURIComponent(projectId)}/${rel.split('/').map(encodeURIComponent).join('/')}`;
 }
 
-export const trainSettingsPatchSchema = patchOf(trainSettingsSchema);
+/** In a patch, `classImagesDir: null` (or '') clears the folder: class images go back to the cache per model. */
+export const trainSettingsPatchSchema = patchOf(trainSettingsSchema).extend({
+  classImagesDir: z.string().max(LIMITS.pathChars).nullable().optional(),
+});
+export type TrainSettingsPatch = z.infer<typeof trainSettingsPatchSchema>;
 
 /** A path a client names (a file in the project, or on the engine machine where the method allows it). */
 const pathSchema = z.string().min(1).max(LIMITS.pathChars);
@@ -72,6 +76,11 @@ export const projectSummarySchema = projectSchema
   .extend({
     photos: z.number().int(),
     runs: z.number().int(),
+    /**
+     * Set when the folder holds no readable project: why (e.g. "project.json: not valid JSON").
+     * Then `name` is the folder's name, the dates its modification time, the subject the defaults.
+     */
+    broken: z.string().optional(),
   });
 export type ProjectSummary = z.infer<typeof projectSummarySchema>;
 
@@ -116,6 +125,8 @@ export const runSummarySchema = runManifestSchema
     /** The run's learning rate (settings.learningRate); absent from servers that predate it. */
     learningRate: z.number().optional(),
     best: z.number().int().nullable(),
+    /** Set when the run's folder holds no readable run.json: why (then status 'failed', error the same). */
+    broken: z.string().optional(),
   });
 
 export const generatedImageSchema = imageSidecarSchema.extend({ url: z.string() });
@@ -499,11 +510,42 @@ export function isMethod(m: string): m is Method {
   return Object.hasOwn(api, m);
 }
 
-/** Validates params for `method`; throws ApiError('invalid_params') naming every bad field. */
+/**
+ * How much of a validation failure an error echoes. A request with 2,000,000 unknown keys once got
+ * a 53.8 MB answer (every key twice); now at most 20 problems, 10 keys each, 400 characters a part.
+ */
+const ECHO = { issues: 20, keys: 10, chars: 400 } as const;
+
+function clip(s: string, max: number = ECHO.chars): string {
+  return s.length > max ? `${s.slice(0, max)}...` : s;
+}
+
+/** The fields of a validation failure, capped (ECHO): what a client reads, never the whole request. */
+export function issueFields(
+  issues: readonly z.core.$ZodIssue[],
+  root = '(params)',
+): Array<{ field: string; message: string }> {
+  const fields = issues.slice(0, ECHO.issues).map((i) => ({
+    field: clip(i.path.map(String).join('.') || root),
+    message: clip(issueMessage(i)),
+  }));
+  if (issues.length > ECHO.issues)
+    fields.push({ field: root, message: `and ${issues.length - ECHO.issues} more problems` });
+  return fields;
+}
+
+function issueMessage(i: z.core.$ZodIssue): string {
+  if (i.code !== 'unrecognized_keys') return i.message;
+  const shown = i.keys.slice(0, ECHO.keys).map((k) => JSON.stringify(clip(k, 40)));
+  const more = i.keys.length > ECHO.keys ? ` and ${i.keys.length - ECHO.keys} more` : '';
+  return `unknown ${i.keys.length === 1 ? 'key' : `keys (${i.keys.length})`}: ${shown.join(', ')}${more}`;
+}
+
+/** Validates params for `method`; throws ApiError('invalid_params') naming the bad fields (capped). */
 export function parseParams<M extends Method>(method: M, params: unknown): ParsedParams<M> {
   const r = api[method].params.safeParse(params ?? {});
   if (!r.success) {
-    const fields = r.error.issues.map((i) => ({ field: i.path.join('.') || '(params)', message: i.message }));
+    const fields = issueFields(r.error.issues);
     throw new ApiError(
       'invalid_params',
       `${method}: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`,

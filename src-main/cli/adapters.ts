@@ -34,6 +34,7 @@ interface ExportCliOptions extends GlobalOptions {
   out: string;
   fp16?: boolean;
   strict?: boolean;
+  force?: boolean;
 }
 
 const isFolder = (path: string) => {
@@ -49,9 +50,9 @@ const isFolder = (path: string) => {
  * with --strict, the refusal) when the UNet hashes differ; null when they match.
  */
 async function baseMismatch(adapter: string, base: string, configDir?: string): Promise<string | null> {
-  const { readAdapterFile } = await import('../engine/adapters/adapterFile.ts');
+  const { readNativeAdapter } = await import('../engine/adapters/exportAdapter.ts');
   const { openBaseModel, unetSha256 } = await import('../engine/io/modelFiles.ts');
-  const file = await readAdapterFile(adapter);
+  const file = await readNativeAdapter(adapter);
   const model = await openBaseModel(base, configDir ? { configDir } : undefined);
   try {
     const sha = await unetSha256(model);
@@ -79,6 +80,7 @@ export function register(program: Command): void {
       .option('--config-dir <dir>', 'for a single-file --base: a diffusers SD 1.5 folder to take configs from')
       .requiredOption('--out <path>', 'output file (a folder for merged-diffusers)')
       .option('--fp16', 'write float16 tensors (smaller; float32 is exact)')
+      .option('--force', 'replace --out when it exists (default: refuse)')
       .option(
         '--strict',
         'refuse to merge into a base model other than the one the adapter was trained on (default: warn)',
@@ -107,6 +109,8 @@ export function register(program: Command): void {
           `--out: ${o.out} is a folder; expected the output file's path (e.g. ${o.out.replace(/\/$/, '')}/${basename(o.adapter).replace(/\.safetensors$/, '')}.${format}.safetensors)`,
         );
       }
+      if (statSafe(o.out) && !o.force)
+        throw new UsageError(`--out: ${o.out} already exists; choose another name, or add --force to replace it`);
       await startBackend(o);
       const { exportAdapter } = await import('../engine/adapters/exportAdapter.ts');
       const warnings: string[] = [];
@@ -125,6 +129,7 @@ export function register(program: Command): void {
         base: o.base,
         baseOptions: o.configDir ? { configDir: o.configDir } : undefined,
         out: o.out,
+        overwrite: o.force,
         dtype: o.fp16 ? 'F16' : 'F32',
         onProgress: (done, total) => {
           if (done === total && !o.json) process.stderr.write(`merged ${total} tensors\n`);

@@ -21,6 +21,7 @@ import { createReadStream } from 'node:fs';
 import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
+import { ApiError } from '../api/contract.ts';
 
 const BLOCK = 512;
 const MAX_SIZE = 8 ** 11 - 1;
@@ -34,7 +35,10 @@ export interface TarEntry {
   mtimeS: number;
 }
 
-/** Every folder and file under `dir`, as `<root>/...`, sorted; throws on links and special files. */
+/**
+ * Every folder and file under `dir`, as `<root>/...`, sorted. A link or special file inside is
+ * refused (conflict, named by its path in the archive, never by its path on the server).
+ */
 export async function tarEntries(dir: string, root: string): Promise<TarEntry[]> {
   const out: TarEntry[] = [];
   const walk = async (abs: string, name: string) => {
@@ -43,10 +47,17 @@ export async function tarEntries(dir: string, root: string): Promise<TarEntry[]>
       out.push({ name: `${name}/`, file: null, size: 0, mtimeS: Math.floor(s.mtimeMs / 1000) });
       for (const child of (await readdir(abs)).sort()) await walk(join(abs, child), `${name}/${child}`);
     } else if (s.isFile()) {
-      if (s.size > MAX_SIZE) throw new Error(`tar: ${abs} is ${s.size} bytes; a ustar entry holds under 8 GiB`);
+      if (s.size > MAX_SIZE)
+        throw new ApiError(
+          'too_large',
+          `${name} is ${s.size} bytes; a tar entry holds under 8 GiB: download its files`,
+        );
       out.push({ name, file: abs, size: s.size, mtimeS: Math.floor(s.mtimeMs / 1000) });
     } else {
-      throw new Error(`tar: ${abs} is not a regular file or folder (links are not packed)`);
+      throw new ApiError(
+        'conflict',
+        `${name} is ${s.isSymbolicLink() ? 'a symbolic link' : 'not a regular file or folder'}; only files and folders are packed (remove it, then download ${root}.tar again)`,
+      );
     }
   };
   await walk(dir, root);

@@ -22,6 +22,7 @@ import type { TrainEvent, TrainSettings } from '../api/schemas.ts';
 import type { AdapterInspection } from '../engine/adapters/exportAdapter.ts';
 import type { EvalModelSpec } from '../engine/eval/modelRegistry.ts';
 import { readModelDefaults } from '../engine/io/modelDefaults.ts';
+import { writeRoot, type WriteRoot } from '../engine/io/atomic.ts';
 import { nativeResolution, openBaseModel } from '../engine/io/modelFiles.ts';
 import type { EngineHost, SpawnEngine } from './engineHost.ts';
 import type { JobRunner, JobSpec } from './jobs.ts';
@@ -167,6 +168,19 @@ export async function checkBase(
       { field, message: (err as Error).message },
     ]);
   }
+}
+
+/**
+ * The folders a project job may write under, with their real paths now (io/atomic.ts): the
+ * project, and any extra folder the job was allowed (a class-image folder the user picked).
+ * Taken when the job runs, right after its paths were checked.
+ */
+export async function projectWriteRoots(
+  c: ServiceContext,
+  projectId: string,
+  ...extra: string[]
+): Promise<WriteRoot[]> {
+  return Promise.all([c.store.dir(projectId), ...extra].map((dir) => writeRoot(dir)));
 }
 
 /**

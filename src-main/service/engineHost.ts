@@ -14,6 +14,7 @@ import { fork } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { EventData } from '../api/contract.ts';
+import type { WriteRoot } from '../engine/io/atomic.ts';
 import type { EngineRequests, HostMessage, RequestMap, WorkerMessage } from './protocol.ts';
 
 /** What the host needs of a process: child_process.ChildProcess has this shape. */
@@ -149,7 +150,12 @@ export class EngineHost<R extends RequestMap<R> = EngineRequests> {
   async request<K extends keyof R & string>(
     kind: K,
     params: R[K]['params'],
-    o: { onProgress?: (p: R[K]['progress']) => void; signal?: AbortSignal } = {},
+    o: {
+      onProgress?: (p: R[K]['progress']) => void;
+      signal?: AbortSignal;
+      /** Folders the service checked: the engine's writes under them must stay inside (io/atomic.ts). */
+      writeRoots?: WriteRoot[];
+    } = {},
   ): Promise<R[K]['result']> {
     if (this.#stopping) throw new Error('the engine is shutting down');
     if (o.signal?.aborted) throw new Error(`${duringOf(kind)} was cancelled before it started`);
@@ -168,7 +174,7 @@ export class EngineHost<R extends RequestMap<R> = EngineRequests> {
         onProgress: o.onProgress as ((d: unknown) => void) | undefined,
       });
       o.signal?.addEventListener('abort', onAbort, { once: true });
-      if (!this.#send(proc, { type: 'request', id, kind, params })) {
+      if (!this.#send(proc, { type: 'request', id, kind, params, writeRoots: o.writeRoots })) {
         this.#pending.delete(id);
         cleanup();
         reject(new Error(`cannot reach the engine process to start ${duringOf(kind)}`));

@@ -45,6 +45,7 @@ const handlers: Handlers = {
         runDir: p.runDir,
         settings: p.settings,
         resume: p.resume,
+        classImagesDir: p.classImagesDir,
         classImagesCacheDir: p.classImagesCacheDir,
       },
       { onEvent: ctx.progress, signal: ctx.signal },

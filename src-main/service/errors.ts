@@ -3,9 +3,9 @@
  * against the contract (a guard: handlers validate the state they write before writing it), and
  * turn any failure into an ApiError.
  */
-import { api, ApiError, isMethod, parseParams, type ApiHandlers } from '../api/contract.ts';
+import { api, ApiError, issueFields, isMethod, parseParams, type ApiHandlers } from '../api/contract.ts';
 import { EngineExitedError, EngineRequestError, EngineStartError } from './engineHost.ts';
-import { readableError } from './fsErrors.ts';
+import { fsErrorCode, readableError } from './fsErrors.ts';
 
 /** Any error as the contract's ApiError (file-system failures as readable sentences). */
 export function toApiError(err: unknown): ApiError {
@@ -13,7 +13,7 @@ export function toApiError(err: unknown): ApiError {
   if (err instanceof EngineExitedError) return new ApiError('engine_crashed', err.message);
   if (err instanceof EngineRequestError || err instanceof EngineStartError)
     return new ApiError('engine_error', readableError(err));
-  return new ApiError('internal', readableError(err));
+  return new ApiError(fsErrorCode(err), readableError(err));
 }
 
 /** Validates, runs the handler, checks the result. Throws ApiError only. */
@@ -29,7 +29,7 @@ export async function callHandler(handlers: ApiHandlers, method: unknown, params
   }
   const r = api[method].result.safeParse(result);
   if (!r.success) {
-    const fields = r.error.issues.map((i) => ({ field: i.path.join('.') || '(result)', message: i.message }));
+    const fields = issueFields(r.error.issues, '(result)');
     throw new ApiError(
       'internal',
       `${method}: the service's result does not match the contract (${fields.map((f) => `${f.field}: ${f.message}`).join('; ')})`,

@@ -9,6 +9,8 @@
  *   | EACCES, EPERM  | permission denied: <path> (check the folder's permissions)    |
  *   | EROFS          | read-only file system: <path>                                 |
  *   | EMFILE, ENFILE | too many open files: <path> (close other programs, try again) |
+ *   | ENAMETOOLONG   | name too long: <path> (use a shorter name)                    |
+ *   | ENOENT         | no such file or folder: <path> (moved or deleted while in use) |
  *
  * Engine errors arrive as text (the engine process sends messages, not Error objects), so the
  * same table reads the errno and path out of the message too.
@@ -22,7 +24,15 @@ const FS_ERRORS: Readonly<Record<string, (path: string) => string>> = {
   EROFS: (p) => `read-only file system: ${p} (move the data folder to a writable disk)`,
   EMFILE: (p) => `too many open files: ${p} (close other programs, then try again)`,
   ENFILE: (p) => `too many open files: ${p} (close other programs, then try again)`,
+  ENAMETOOLONG: (p) => `name too long: ${p} (use a shorter name)`,
+  ENOENT: (p) => `no such file or folder: ${p} (it was moved or deleted while in use; try again)`,
 };
+
+/** The contract's error code for a file-system failure: the client's doing, or the server's. */
+export function fsErrorCode(err: unknown): 'invalid_params' | 'not_found' | 'internal' {
+  const code = parse(err)?.code;
+  return code === 'ENAMETOOLONG' ? 'invalid_params' : code === 'ENOENT' ? 'not_found' : 'internal';
+}
 
 /** The errno code and path of a file-system error (an Error with `code`, or Node's message text). */
 function parse(err: unknown): { code: string; path: string } | null {

@@ -15,7 +15,7 @@
  * and queued ones `cancelled`; the service then pauses their runs so they can be resumed.
  */
 import { randomBytes } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, rename } from 'node:fs/promises';
 import { z } from 'zod';
 import { jobSchema, type Job } from '../api/contract.ts';
 import { atomicWriteJson } from '../engine/io/atomic.ts';
@@ -115,8 +115,14 @@ export class JobRunner {
             return j;
           });
         } else {
+          // Kept aside, not overwritten: the list may still matter to someone reading it.
+          const aside = `${opts.file}.damaged-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+          const kept = await rename(opts.file, aside).then(
+            () => `kept it as ${aside}`,
+            (err: Error) => `could not keep it aside (${readableError(err)})`,
+          );
           opts.log?.(
-            `jobs: ${opts.file} is not a valid job list (${r.error.message.slice(0, 200)}); starting with an empty one`,
+            `jobs: ${opts.file} is not a valid job list (${r.error.message.replace(/\s+/g, ' ').slice(0, 200)}); ${kept}, starting with an empty list`,
           );
         }
       }

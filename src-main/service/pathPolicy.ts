@@ -13,7 +13,8 @@
  * Paths inside a project go through `safeResolve` (no `..`, no absolute path, no symlink out).
  * A refused host path says nothing about whether the path exists.
  */
-import { lstat, open, realpath } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { type FileHandle, lstat, open, realpath, stat } from 'node:fs/promises';
 import { basename, extname, isAbsolute, join, resolve } from 'node:path';
 import { ApiError } from '../api/contract.ts';
 import { IMAGE_EXTENSIONS, isImageExtension } from '../api/schemas.ts';
@@ -23,6 +24,8 @@ export type HostAccess = 'allow' | 'deny' | 'desktop';
 export type HostUse = 'base-model' | 'photo' | 'adapter';
 
 export const MAX_PHOTO_BYTES = 25 * 2 ** 20;
+/** How long reading one photo from a path may take (a stuck network share must not hold the request). */
+const PHOTO_READ_MS = 30_000;
 const MIB = 2 ** 20;
 
 const invalid = (field: string, message: string, detail = message) =>
@@ -82,37 +85,50 @@ export class PathPolicy {
   /**
    * A photo on this machine (photos.add `paths`): an image file by its extension, a regular file,
    * at most the upload limit (read with a bound, so /proc files that claim size 0 are capped too).
+   * The file is looked at (lstat, then stat through a link) before it is opened, and opened
+   * non-blocking: a FIFO or device named like a photo is refused, never waited on (a blocked open
+   * holds one of Node's few file-I/O threads). The read has a deadline.
    */
   async readPhoto(path: string, field: string): Promise<{ name: string; data: Buffer }> {
     const abs = await this.hostPath(path, field, 'photo');
     const ext = extname(abs).toLowerCase();
     if (!isImageExtension(ext))
       throw invalid(field, `${basename(abs)} is not a photo (${IMAGE_EXTENSIONS.join(', ')})`, 'not an image file');
-    const fh = await open(abs, 'r').catch(() => null);
+    const seen = await lstat(abs).catch(() => null);
+    const target = seen?.isSymbolicLink() ? await stat(abs).catch(() => null) : seen;
+    if (!target) throw invalid(field, `${abs} is not a readable file`, 'not a file');
+    if (!target.isFile()) throw invalid(field, `${abs} is not a file`, 'not a file');
+    const fh = await open(abs, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0)).catch(() => null);
     if (!fh) throw invalid(field, `${abs} is not a readable file`, 'not a file');
     try {
-      const info = await fh.stat();
-      if (!info.isFile()) throw invalid(field, `${abs} is not a file`, 'not a file');
-      const limit = this.maxPhotoBytes;
-      const buf = Buffer.alloc(Math.min(limit + 1, Math.max(info.size + 1, 64 * 1024)));
-      let n = 0;
-      for (;;) {
-        if (n === buf.length) break;
-        const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
-        if (!bytesRead) break;
-        n += bytesRead;
-      }
-      if (n > limit)
-        throw new ApiError(
-          'too_large',
-          `${field}: ${basename(abs)} is over ${(limit / MIB).toFixed(0)} MiB, the limit per photo`,
-          [{ field, message: 'too large' }],
-        );
-      if (n === 0) throw invalid(field, `${abs} is empty`, 'empty');
-      return { name: basename(abs), data: buf.subarray(0, n) };
+      return await withDeadline(this.#readBounded(fh, abs, field), PHOTO_READ_MS, () =>
+        invalid(field, `${abs} did not finish reading in ${PHOTO_READ_MS / 1000} s`, 'read timed out'),
+      );
     } finally {
-      await fh.close();
+      void fh.close().catch(() => {}); // not awaited: after a deadline the read may still hold it
     }
+  }
+
+  async #readBounded(fh: FileHandle, abs: string, field: string): Promise<{ name: string; data: Buffer }> {
+    const info = await fh.stat(); // again: the name may have been swapped since the lstat
+    if (!info.isFile()) throw invalid(field, `${abs} is not a file`, 'not a file');
+    const limit = this.maxPhotoBytes;
+    const buf = Buffer.alloc(Math.min(limit + 1, Math.max(info.size + 1, 64 * 1024)));
+    let n = 0;
+    for (;;) {
+      if (n === buf.length) break;
+      const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
+      if (!bytesRead) break;
+      n += bytesRead;
+    }
+    if (n > limit)
+      throw new ApiError(
+        'too_large',
+        `${field}: ${basename(abs)} is over ${(limit / MIB).toFixed(0)} MiB, the limit per photo`,
+        [{ field, message: 'too large' }],
+      );
+    if (n === 0) throw invalid(field, `${abs} is empty`, 'empty');
+    return { name: basename(abs), data: buf.subarray(0, n) };
   }
 
   /**
@@ -156,4 +172,13 @@ export class PathPolicy {
       throw new ApiError('conflict', `${field}: '${outPath}' already exists; choose another name or delete it first`);
     return out;
   }
+}
+
+/** `work`, or `timeout()` thrown after `ms` (the work is left to finish on its own). */
+function withDeadline<T>(work: Promise<T>, ms: number, timeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(timeout()), ms);
+  });
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }

@@ -16,7 +16,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm, unlink } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { z } from 'zod';
 import {
@@ -28,6 +28,8 @@ import {
   type Photo,
   type Project,
   type ProjectSummary,
+  issueFields,
+  type TrainSettingsPatch,
 } from '../api/contract.ts';
 import { type SUBJECT_TYPES, trainSettingsSchema, type TrainSettings } from '../api/schemas.ts';
 import { atomicWriteFile, atomicWriteJson } from '../engine/io/atomic.ts';
@@ -106,7 +108,16 @@ export interface ProjectPatch {
   name?: string;
   subject?: Partial<Project['subject']>;
   baseModel?: string | null;
-  settings?: Partial<TrainSettings>;
+  settings?: TrainSettingsPatch;
+}
+
+/** `settings` with `patch` applied: only the fields given; `classImagesDir: null` or '' removes the folder. */
+export function patchSettings(settings: TrainSettings, patch: TrainSettingsPatch = {}): Record<string, unknown> {
+  const { classImagesDir, ...rest } = patch;
+  const out: Record<string, unknown> = { ...settings, ...rest };
+  if (classImagesDir === null || classImagesDir === '') delete out.classImagesDir;
+  else if (classImagesDir !== undefined) out.classImagesDir = classImagesDir;
+  return out;
 }
 
 /** Lower-case words joined by '-', ASCII only, at most 40 characters; 'project' when nothing is left. */
@@ -194,11 +205,18 @@ export class ProjectStore {
     return this.#held.exit(fn);
   }
 
+  /**
+   * Every project, newest first. A folder named like a project that holds no readable project
+   * (project.json missing or damaged) is listed too, marked `broken` with the reason, so it can be
+   * seen and deleted; each is logged once per service, not on every call.
+   */
   async list(log: (line: string) => void = () => {}): Promise<ProjectSummary[]> {
     const names = await readdir(this.root).catch(() => [] as string[]);
     const out: ProjectSummary[] = [];
     for (const name of names.sort()) {
-      if (!idSchema.safeParse(name).success || !existsSync(join(this.root, name, PROJECT_FILE))) continue;
+      if (!idSchema.safeParse(name).success) continue;
+      const info = await lstat(join(this.root, name)).catch(() => null);
+      if (!info?.isDirectory()) continue;
       try {
         const p = await this.open(name);
         const photos = await this.photos(name);
@@ -212,10 +230,33 @@ export class ProjectStore {
           runs: (await this.runIds(name)).length,
         });
       } catch (err) {
-        log(`projects: skipped ${join(this.root, name)}: ${(err as Error).message}`);
+        const reason = existsSync(join(this.root, name, PROJECT_FILE))
+          ? (err as Error).message
+          : `the folder has no ${PROJECT_FILE} (delete it, or restore the file)`;
+        this.logOnce(log, `projects: ${join(this.root, name)} is broken: ${reason}`);
+        const at = info.mtime.toISOString();
+        out.push({
+          id: name,
+          name,
+          createdAt: at,
+          updatedAt: at,
+          subject: { triggerToken: 'sks', classWord: 'person', type: 'live' },
+          photos: 0,
+          runs: (await this.runIds(name)).length,
+          broken: reason,
+        });
       }
     }
     return out.sort((a, b) => b.updatedAt.localeCompare(a.updatedAt));
+  }
+
+  readonly #logged = new Set<string>();
+
+  /** `line`, unless this store has logged it before (broken items are listed on every call). */
+  logOnce(log: (line: string) => void, line: string): void {
+    if (this.#logged.has(line)) return;
+    this.#logged.add(line);
+    log(line);
   }
 
   async create(input: NewProject): Promise<Project> {
@@ -256,6 +297,11 @@ export class ProjectStore {
 
   async exists(id: string): Promise<boolean> {
     return existsSync(join(this.dir(id), PROJECT_FILE));
+  }
+
+  /** Whether the project's folder is there, readable project or not (a broken one can be deleted). */
+  async hasFolder(id: string): Promise<boolean> {
+    return (await lstat(this.dir(id)).catch(() => null))?.isDirectory() ?? false;
   }
 
   /** Reads project.json (migrating an older one, and writing it back); not_found when the project does not exist. */
@@ -313,9 +359,9 @@ export class ProjectStore {
         subject.triggerToken = patch.settings.triggerToken;
       if (patch.settings?.classWord !== undefined && patch.subject?.classWord === undefined)
         subject.classWord = patch.settings.classWord;
-      const merged = trainSettingsSchema.safeParse({ ...p.settings, ...(patch.settings ?? {}) });
+      const merged = trainSettingsSchema.safeParse(patchSettings(p.settings, patch.settings));
       if (!merged.success) {
-        const fields = merged.error.issues.map((i) => ({ field: `settings.${i.path.join('.')}`, message: i.message }));
+        const fields = issueFields(merged.error.issues, '').map((f) => ({ ...f, field: `settings.${f.field}` }));
         throw new ApiError(
           'invalid_params',
           `projects.update: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`,
@@ -342,10 +388,11 @@ export class ProjectStore {
   }
 
   /** Deletes the project folder; false when there was none. */
+  /** Removes the project's folder; also a broken one (no readable project.json), as projects.list shows it. */
   async delete(id: string): Promise<boolean> {
     return this.withLock(id, async () => {
       const dir = this.dir(id);
-      if (!existsSync(join(dir, PROJECT_FILE))) return false;
+      if (!(await this.hasFolder(id))) return false;
       await rm(dir, { recursive: true, force: true });
       return true;
     });
@@ -500,6 +547,15 @@ export class ProjectStore {
       .sort();
   }
 
+  /** Every folder in runs/ named like a run, with or without a readable run.json (training.runs lists both). */
+  async runFolders(id: string): Promise<string[]> {
+    const names = await readdir(join(this.dir(id), 'runs'), { withFileTypes: true }).catch(() => []);
+    return names
+      .filter((d) => d.isDirectory() && idSchema.safeParse(d.name).success)
+      .map((d) => d.name)
+      .sort();
+  }
+
   /** Every project id in the root (valid folder names with a project.json). */
   async ids(): Promise<string[]> {
     const names = await readdir(this.root).catch(() => [] as string[]);
@@ -525,7 +581,7 @@ export function validProject(p: Project, method: string): Project {
 export function validState<T>(schema: z.ZodType<T>, value: unknown, method: string): T {
   const r = schema.safeParse(value);
   if (r.success) return r.data;
-  const fields = r.error.issues.map((i) => ({ field: i.path.join('.') || '(value)', message: i.message }));
+  const fields = issueFields(r.error.issues, '(value)');
   throw new ApiError(
     'invalid_params',
     `${method}: ${fields.map((f) => `${f.field}: ${f.message}`).join('; ')}`,

@@ -3,7 +3,8 @@
  * that loads TensorFlow.js, the models and onnxruntime). Structured-clone-able plain objects over
  * `child_process.fork` IPC or Electron's `utilityProcess` port.
  *
- *   host -> worker   { type: 'request', id, kind, params }     start a request (see EngineRequests)
+ *   host -> worker   { type: 'request', id, kind, params,      start a request (see EngineRequests);
+ *                      writeRoots? }                            its writes held inside these folders (io/atomic.ts)
  *                    { type: 'cancel', id, reason }             abort it ('pause' pauses training)
  *                    { type: 'shutdown' }                        pause running work, then exit 0
  *   worker -> host   { type: 'ready', backend }                  the backend started; requests may flow
@@ -25,6 +26,7 @@ import type {
 } from '../api/schemas.ts';
 import type { AdapterInspection, ExportFormat } from '../engine/adapters/exportAdapter.ts';
 import type { BackendStatus } from '../engine/backend/tf.ts';
+import type { WriteRoot } from '../engine/io/atomic.ts';
 import type { SubjectKind } from '../engine/eval/prompts.ts';
 
 export interface TrainRequest {
@@ -33,6 +35,8 @@ export interface TrainRequest {
   runDir: string;
   settings: TrainSettingsInput;
   resume: boolean;
+  /** settings.classImagesDir resolved by the service (settings keep the project-relative value). */
+  classImagesDir?: string;
   classImagesCacheDir?: string;
 }
 
@@ -115,7 +119,7 @@ export type EngineProgress<K extends EngineKind> = EngineRequests[K]['progress']
 export type EngineResult<K extends EngineKind> = EngineRequests[K]['result'];
 
 export type HostMessage =
-  | { type: 'request'; id: number; kind: string; params: unknown }
+  | { type: 'request'; id: number; kind: string; params: unknown; writeRoots?: WriteRoot[] }
   | { type: 'cancel'; id: number; reason: 'cancel' | 'pause' }
   | { type: 'shutdown' };
 

@@ -11,6 +11,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { ApiError } from '../api/contract.ts';
 import {
@@ -43,7 +44,13 @@ export async function writeQueuedRun(
   const manifest = runManifestSchema.parse(
     newRunManifest({ id: o.id, status: 'queued', settings: o.settings, baseModel, backend: '', usedPhotos: o.photos }),
   );
-  await writeRunManifest(runDir, manifest);
+  try {
+    await writeRunManifest(runDir, manifest);
+  } catch (err) {
+    // A run folder without run.json is no run: leave nothing behind (a full disk, a read-only one).
+    await rm(runDir, { recursive: true, force: true }).catch(() => {});
+    throw err;
+  }
   return manifest;
 }
 
@@ -97,9 +104,11 @@ export async function settleInterruptedRun(runDir: string, why: string, o: { fai
     // A queued run that never started was cancelled, unless its job failed (o.failed).
     const status = last ? 'paused' : m.status === 'queued' && !o.failed ? 'cancelled' : 'failed';
     await writeRunManifest(runDir, { ...m, status, error: message });
-  } else if (o.failed && m.status === 'failed' && m.error !== message) {
-    // The trainer recorded its failure: keep the status, give the readable reason.
-    await writeRunManifest(runDir, { ...m, error: message });
+  } else if (o.failed && m.status === 'failed') {
+    // The trainer recorded its failure: with a checkpoint the run is paused there, as the message
+    // says (resumable); without one it stays failed. Either way with the readable reason.
+    const status = last ? 'paused' : 'failed';
+    if (status !== m.status || m.error !== message) await writeRunManifest(runDir, { ...m, status, error: message });
   }
   return message;
 }

@@ -66,8 +66,12 @@ export async function safeResolve(root: string, rel: string, field = 'path'): Pr
       break;
     } catch (err) {
       if (err instanceof ApiError) throw err;
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' && (err as NodeJS.ErrnoException).code !== 'ENOTDIR')
-        throw err;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENAMETOOLONG')
+        throw new ApiError('invalid_params', `${field}: '${printable(rel)}' is too long a name for the file system`, [
+          { field, message: 'name too long' },
+        ]);
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw err;
       if (probe === absRoot) break;
       probe = resolve(probe, '..');
     }

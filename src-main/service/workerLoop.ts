@@ -4,6 +4,7 @@
  * the first request. engineWorker.ts serves the engine's request kinds with it; a test worker
  * serves its own (test/service/testWorker.ts), so test hooks stay out of the production protocol.
  */
+import { withWriteRoots, type WriteRoot } from '../engine/io/atomic.ts';
 import type { HostMessage, RequestMap, WorkerMessage } from './protocol.ts';
 
 export interface WorkerContext<P> {
@@ -62,7 +63,7 @@ export function serveEngine<R extends RequestMap<R>>(
   let ready: Promise<boolean>;
   let exiting = false;
 
-  function start(id: number, kind: string, params: unknown): void {
+  function start(id: number, kind: string, params: unknown, writeRoots?: WriteRoot[]): void {
     const controller = new AbortController();
     const handler = (Object.hasOwn(handlers, kind) ? (handlers as Record<string, unknown>)[kind] : undefined) as
       | ((p: unknown, ctx: WorkerContext<unknown>) => Promise<unknown>)
@@ -71,10 +72,12 @@ export function serveEngine<R extends RequestMap<R>>(
       try {
         if (!handler) throw new Error(`the engine has no request kind '${kind}'`);
         if (!(await ready)) throw new Error('the engine backend did not start');
-        const result = await handler(params, {
-          signal: controller.signal,
-          progress: (data) => port.post({ type: 'progress', id, data }),
-        });
+        const result = await withWriteRoots(writeRoots, () =>
+          handler(params, {
+            signal: controller.signal,
+            progress: (data) => port.post({ type: 'progress', id, data }),
+          }),
+        );
         port.post({ type: 'result', id, result });
       } catch (err) {
         const e = err as Error;
@@ -101,7 +104,7 @@ export function serveEngine<R extends RequestMap<R>>(
   }
 
   port.onMessage((msg) => {
-    if (msg.type === 'request') start(msg.id, msg.kind, msg.params);
+    if (msg.type === 'request') start(msg.id, msg.kind, msg.params, msg.writeRoots);
     else if (msg.type === 'cancel') running.get(msg.id)?.controller.abort(msg.reason);
     else if (msg.type === 'shutdown') void shutdown(0);
   });

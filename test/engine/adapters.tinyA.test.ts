@@ -4,7 +4,8 @@
  * W0 + dW, other tools' files report what they could not apply, and generation with an adapter
  * changes the image and restores the base weights.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readAdapterFile, saveAdapter } from '../../src-main/engine/adapters/adapterFile.ts';
@@ -143,6 +144,35 @@ describe('exports of a random adapter on tiny-a', () => {
     expect([...tensors.keys()].some((k) => k.startsWith('first_stage_model.'))).toBe(true);
     expect([...tensors.keys()].some((k) => k.startsWith('cond_stage_model.transformer.text_model.'))).toBe(true);
     expect(tensors.get('model.diffusion_model.out.2.weight')!.data).toEqual(merged.get('conv_out.weight'));
+  });
+
+  it('issue 27 item 31: an existing out is refused (overwrite replaces it), a kohya file is named for what it is, a merged pipeline copies only its components, and names its adapter by sha256', async () => {
+    const out = join(dir, 'taken.safetensors');
+    writeFileSync(out, 'mine');
+    await expect(exportAdapter({ adapter: native, format: 'kohya', out })).rejects.toThrow(
+      /taken\.safetensors already exists; choose another name or delete it first/,
+    );
+    expect(readFileSync(out, 'utf8')).toBe('mine');
+    await exportAdapter({ adapter: native, format: 'kohya', out, overwrite: true });
+    expect((await readAllFloat32(out)).tensors.size).toBe(48 * 3);
+
+    const foreign = exportAdapter({ adapter: out, format: 'singlora', out: join(dir, 'from-kohya.safetensors') });
+    await expect(foreign).rejects.toThrow(
+      /taken\.safetensors is a kohya LoRA \(A1111, ComfyUI and kohya load it as it is\), not an adapter trained here/,
+    );
+    await expect(foreign).rejects.not.toThrow(/format_version/);
+
+    // A base folder with more than its pipeline (the toy model ships a BUILD.md).
+    const noted = join(dir, 'noted-base');
+    mkdirSync(noted);
+    for (const e of readdirSync(base)) symlinkSync(join(base, e), join(noted, e));
+    writeFileSync(join(noted, 'BUILD.md'), 'how this model was made');
+    const merged = join(dir, 'merged-noted');
+    await exportAdapter({ adapter: native, format: 'merged-diffusers', base: noted, out: merged });
+    expect(readdirSync(merged).sort()).toEqual(readdirSync(base).sort());
+    const { metadata } = await readAllFloat32(join(merged, 'unet', 'diffusion_pytorch_model.safetensors'));
+    const sha = createHash('sha256').update(readFileSync(native)).digest('hex');
+    expect(metadata).toMatchObject({ merged_adapter: `sha256:${sha}`, merged_adapter_steps: '5' });
   });
 
   it('inspect describes native and kohya files', async () => {

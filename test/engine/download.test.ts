@@ -5,7 +5,16 @@
  * mismatch, a stalled server (idle timeout) and a 416 for an already complete `.part`.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -116,6 +125,17 @@ describe('download', () => {
     expect(last.total).toBe(BODY.length);
     for (let i = 1; i < events.length; i++) expect(events[i].bytes).toBeGreaterThanOrEqual(events[i - 1].bytes);
     expect(events.every((e) => e.bytesPerSecond >= 0)).toBe(true);
+  });
+
+  it('a link planted at the .part name is not written through (issue 27 item 1)', async () => {
+    const dest = join(scratch, 'planted/model.onnx');
+    mkdirSync(join(scratch, 'planted'));
+    const victim = join(scratch, 'victim.bin');
+    writeFileSync(victim, 'precious');
+    symlinkSync(victim, `${dest}.part`);
+    await expect(download(`${base}/ok/model.onnx`, dest, { retries: 0 })).rejects.toThrow(/ELOOP|symbolic link/);
+    expect(readFileSync(victim, 'utf8')).toBe('precious');
+    expect(existsSync(dest)).toBe(false);
   });
 
   it('a connection dropped mid-way is resumed with Range in the same call, ending with the right sha256', async () => {

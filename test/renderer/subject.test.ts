@@ -105,7 +105,11 @@ describe('Subject screen', () => {
         fx.photo({ id: 'c', width: null, height: null, status: 'rejected', reason: 'not an image' }),
       ],
       'photos.cropPreview': (p) => ({ pngBase64: p.crop === 'attention' ? 'QVRU' : 'Q0VO' }),
-      'projects.update': (p) => (project = { ...project, settings: { ...project.settings, ...p.settings } }),
+      'projects.update': (p) =>
+        (project = {
+          ...project,
+          settings: { ...project.settings, ...p.settings, classImagesDir: p.settings?.classImagesDir ?? undefined },
+        }),
       'training.start': () => ({ jobId: 'j1', runId: 'r1' }),
     });
     render(SubjectScreen, { subject: studio.subject });

@@ -4,6 +4,7 @@
  * service's own rules (validation, paths, failures), not of the engine.
  */
 import { EventEmitter } from 'node:events';
+import { withWriteRoots } from '../../src-main/engine/io/atomic.ts';
 import type { EngineProcess, SpawnEngine } from '../../src-main/service/engineHost.ts';
 import type { EngineKind, EngineParams, HostMessage, WorkerMessage } from '../../src-main/service/protocol.ts';
 
@@ -41,10 +42,13 @@ export function fakeEngine(handlers: FakeHandlers): FakeEngine {
           void (async () => {
             try {
               if (!handler) throw new Error(`the fake engine has no '${msg.kind}'`);
-              const result = await handler(
-                msg.params as never,
-                (data) => reply({ type: 'progress', id: msg.id, data }),
-                controller.signal,
+              // As the worker loop does: the request's writes held inside its write roots.
+              const result = await withWriteRoots(msg.writeRoots, () =>
+                handler(
+                  msg.params as never,
+                  (data) => reply({ type: 'progress', id: msg.id, data }),
+                  controller.signal,
+                ),
               );
               reply({ type: 'result', id: msg.id, result });
             } catch (err) {

@@ -39,13 +39,17 @@ describe.skipIf(!canMount)('a full disk', () => {
       expect(out.filled).toBe('ENOSPC');
       expect(out.create).toMatchObject({ ok: false, code: 'internal' });
       expect(out.create.message).toMatch(/^projects\.create: cannot create .*: disk full: /);
-      expect(out.folders).toHaveLength(1);
+      expect(out.folders).toHaveLength(2);
+      // Issue 27 item 7: a training.start that cannot write run.json leaves no empty runs/<id>/.
+      expect(out.train).toMatchObject({ ok: false });
+      expect(out.train.message).toMatch(/disk full: .*run\.json/);
+      expect(out.runs).toEqual([]);
       expect(out.photo).toMatchObject({ ok: false });
       expect(out.photo.message).toMatch(/disk full: /);
       expect(out.update).toMatchObject({ ok: false });
       expect(out.update.message).toMatch(/disk full: .*project\.json/);
       expect(out.open).toMatchObject({ ok: true, result: { name: 'Before' } });
-      expect(out.list.result).toHaveLength(1);
+      expect(out.list.result).toHaveLength(2);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

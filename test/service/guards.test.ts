@@ -287,10 +287,13 @@ describe('one path policy', () => {
       settings: { priorPreservation: true, classImagesDir: 'class-images/dog', steps: 2 },
     });
     await finished(service, jobId);
-    expect(
-      (requests.find((r) => r.kind === 'train')!.params as { settings: { classImagesDir: string } }).settings
-        .classImagesDir,
-    ).toBe(join(service.store.dir(projectId), 'class-images', 'dog'));
+    // Resolved beside the settings, which keep the relative folder (run.json is written from them).
+    const sent = requests.find((r) => r.kind === 'train')!.params as {
+      classImagesDir: string;
+      settings: { classImagesDir: string };
+    };
+    expect(sent.classImagesDir).toBe(join(service.store.dir(projectId), 'class-images', 'dog'));
+    expect(sent.settings.classImagesDir).toBe('class-images/dog');
 
     const desktop = await open({ hostPaths: 'desktop' });
     const id2 = await projectWithPhotos(desktop.call);
@@ -301,8 +304,7 @@ describe('one path policy', () => {
     });
     await finished(desktop.service, started.jobId);
     expect(
-      (desktop.requests.find((r) => r.kind === 'train')!.params as { settings: { classImagesDir: string } }).settings
-        .classImagesDir,
+      (desktop.requests.find((r) => r.kind === 'train')!.params as { classImagesDir: string }).classImagesDir,
     ).toBe(picked);
   });
 

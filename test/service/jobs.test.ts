@@ -1,4 +1,4 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Job } from '../../src-main/api/contract.ts';
@@ -153,12 +153,19 @@ describe('job runner', () => {
     await runner.close();
   });
 
-  it('starts empty (and says so) when jobs.json is damaged', async () => {
+  it('starts empty when jobs.json is damaged, keeps the bad file aside and says where (issue 27 item 7)', async () => {
     const file = join(dir, 'jobs.json');
-    await writeFile(file, '{"schemaVersion": 1, "jobs": [{"id": 3}]}');
+    const damaged = '{"schemaVersion": 1, "jobs": [{"id": 3}]}';
+    await writeFile(file, damaged);
     const lines: string[] = [];
     const { runner } = await JobRunner.open({ file, onUpdate: () => {}, log: (l) => lines.push(l) });
     expect(runner.list()).toEqual([]);
-    expect(lines.join('\n')).toContain('is not a valid job list');
+    const aside = (await readdir(dir)).filter((f) => f.startsWith('jobs.json.damaged-'));
+    expect(aside).toHaveLength(1);
+    expect(await readFile(join(dir, aside[0]), 'utf8')).toBe(damaged);
+    expect(lines.join('\n')).toMatch(
+      new RegExp(`jobs\\.json is not a valid job list \\(.*\\); kept it as .*${aside[0]}, starting with an empty list`),
+    );
+    await runner.close();
   });
 });

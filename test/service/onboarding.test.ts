@@ -3,7 +3,7 @@
  * new project can pick from, a base model named at creation, the evaluation model a run would use
  * before anything is started, and exports a browser can download.
  */
-import { mkdir, symlink, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Method, Params, Result } from '../../src-main/api/contract.ts';
@@ -90,13 +90,19 @@ describe('models.bases', () => {
     });
   });
 
-  it('a server open to the network lists its models folder only', async () => {
+  it('a server open to the network lists its models folder only, and only what models.setBase accepts', async () => {
     const { dir, call } = await open({ hostPaths: 'deny' });
-    await mkdir(join(dir, 'models'), { recursive: true });
+    await mkdir(join(dir, 'models', 'real'), { recursive: true });
+    await copyFile(join(TINY_MODEL, 'model_index.json'), join(dir, 'models', 'real', 'model_index.json'));
+    // A link whose real path leaves the models folder: setBase refuses it, so it is not offered
+    // (issue 27 item 7; it used to be listed).
     await symlink(TINY_MODEL, join(dir, 'models', 'tiny'), 'dir');
     await mkdir(join(dir, 'hub', 'models--org--x', 'snapshots'), { recursive: true });
     await symlink(TINY_MODEL, join(dir, 'hub', 'models--org--x', 'snapshots', 'r'), 'dir');
-    expect((await call('models.bases', {})).map((b) => b.source)).toEqual(['models folder']);
+    expect((await call('models.bases', {})).map((b) => [b.name, b.source])).toEqual([['real', 'models folder']]);
+    const { id } = await call('projects.create', { name: 'Remote' });
+    const refused = await apiError(call('models.setBase', { projectId: id, path: join(dir, 'models', 'tiny') }));
+    expect(refused.message).toMatch(/only uses base models inside its models folder/);
   });
 
   it('the default base model is marked', async () => {

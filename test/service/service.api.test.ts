@@ -98,7 +98,7 @@ describe('system', () => {
     expect(d.backends.map((b) => b.name)).toContain('wasm');
     expect(service.engine.pid).not.toBe(process.pid);
     expect(rec.of<EventData<'engine.status'>>('engine.status').map((s) => s.state)).toEqual(['starting', 'ready']);
-    expect((await fail('system.doctor', { verbose: true })).message).toContain('Unrecognized key');
+    expect((await fail('system.doctor', { verbose: true })).message).toContain('unknown key: "verbose"');
   });
 });
 

@@ -78,7 +78,7 @@ describe('tar', () => {
     await mkdir(linked);
     await symlink('/etc/passwd', join(linked, 'passwd'));
     await expect(tarEntries(linked, 'linked')).rejects.toThrow(
-      /passwd is not a regular file or folder \(links are not packed\)/,
+      /^linked\/passwd is a symbolic link; only files and folders are packed \(remove it, then download linked.tar again\)$/,
     );
   });
 
@@ -110,6 +110,16 @@ describe('tar', () => {
         ['m/unet/w.bin', 'weights'],
       ]);
       expect((await fetch(`${server.url}files/${p.id}/photos.tar?token=${server.token}`)).status).toBe(404);
+      // Issue 27 item 7: a link inside is a 409 that names it in the archive (was: 500 "internal").
+      await symlink('/etc/passwd', join(pdir, 'adapters', 'm', 'unet', 'passwd'));
+      const linked = await fetch(`${url}?token=${server.token}`);
+      expect(linked.status).toBe(409);
+      const { error } = (await linked.json()) as { error: { code: string; message: string } };
+      expect(error).toEqual({
+        code: 'conflict',
+        message:
+          'm/unet/passwd is a symbolic link; only files and folders are packed (remove it, then download m.tar again)',
+      });
       expect((await fetch(`${server.url}files/${p.id}/adapters/none.tar?token=${server.token}`)).status).toBe(404);
     } finally {
       await server?.close();

@@ -17,6 +17,7 @@
  * multiplies by the scale, in float32.
  */
 import { basename } from 'node:path';
+import type { AtomicOptions } from '../io/atomic.ts';
 import { writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
 import { kohyaName, peftName } from '../io/keyMap.ts';
 import type { NativeAdapterFile } from './adapterFile.ts';
@@ -116,9 +117,10 @@ export async function exportKohya(
   file: NativeAdapterFile,
   outPath: string,
   dtype: ExportDtype = 'F32',
+  o: AtomicOptions = {},
 ): Promise<{ tensors: number }> {
   const tensors = kohyaTensors(file, dtype);
-  await writeSafetensors(outPath, tensors, kohyaMetadata(file, outPath));
+  await writeSafetensors(outPath, tensors, kohyaMetadata(file, outPath), o);
   return { tensors: tensors.size };
 }
 
@@ -126,13 +128,14 @@ export async function exportPeft(
   file: NativeAdapterFile,
   outPath: string,
   dtype: ExportDtype = 'F32',
+  o: AtomicOptions = {},
 ): Promise<{ tensors: number }> {
   const tensors = peftTensors(file, dtype);
-  await writeSafetensors(outPath, tensors, {
-    format: 'pt',
-    source: 'singlora-studio',
-    method: file.meta.method,
-    rank: String(file.meta.rank),
-  });
+  await writeSafetensors(
+    outPath,
+    tensors,
+    { format: 'pt', source: 'singlora-studio', method: file.meta.method, rank: String(file.meta.rank) },
+    o,
+  );
   return { tensors: tensors.size };
 }

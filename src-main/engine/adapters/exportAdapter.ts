@@ -11,10 +11,16 @@
  * | merged-single-file   | an original-layout SD 1.x checkpoint (UNet merged, VAE and text encoder copied) | A1111, ComfyUI, any SD 1.5 checkpoint loader |
  *
  * Merged exports stream the base weights one tensor at a time, adding dW to the targets.
+ *
+ * Every file goes through io/atomic.ts, so an export never follows a symbolic link planted at its
+ * destination or on the way there. The destination must be new unless `overwrite` is given: a
+ * file is linked into place only if the name is free, a folder is made only if it does not exist.
  */
-import { copyFile, cp, mkdir, readdir } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { atomicWriteJson } from '../io/atomic.ts';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { atomicCopyFile, atomicWriteJson, ensureDir, makeNewDir, type AtomicOptions } from '../io/atomic.ts';
 import { COMPONENTS, originalShape, singleFileKeyMap, toSingleFileName, type ComponentName } from '../io/keyMap.ts';
 import { openBaseModel, type OpenBaseModelOptions } from '../io/modelFiles.ts';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
@@ -36,6 +42,8 @@ export interface ExportOptions {
   base?: string;
   baseOptions?: OpenBaseModelOptions;
   dtype?: 'F32' | 'F16';
+  /** Replace an existing `out` (default: refuse, naming it). */
+  overwrite?: boolean;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -48,29 +56,49 @@ export interface ExportResult {
 export async function exportAdapter(o: ExportOptions): Promise<ExportResult> {
   if (!(EXPORT_FORMATS as readonly string[]).includes(o.format))
     throw new Error(`unknown export format '${o.format}'; choose one of ${EXPORT_FORMATS.join(', ')}`);
-  const file = await readAdapterFile(o.adapter);
+  const file = await readNativeAdapter(o.adapter);
   const dtype = o.dtype ?? 'F32';
+  const write: AtomicOptions = { exclusive: !o.overwrite };
   switch (o.format) {
     case 'singlora':
-      await mkdir(dirname(o.out), { recursive: true });
-      await copyFile(o.adapter, o.out);
+      await atomicCopyFile(o.adapter, o.out, write);
       return {
         format: o.format,
         path: o.out,
         tensors: [...file.targets.values()].reduce((n, e) => n + Object.keys(e).length, 0),
       };
     case 'kohya':
-      await mkdir(dirname(o.out), { recursive: true });
-      return { format: o.format, path: o.out, ...(await exportKohya(file, o.out, dtype)) };
+      return { format: o.format, path: o.out, ...(await exportKohya(file, o.out, dtype, write)) };
     case 'diffusers':
-      await mkdir(dirname(o.out), { recursive: true });
-      return { format: o.format, path: o.out, ...(await exportPeft(file, o.out, dtype)) };
+      return { format: o.format, path: o.out, ...(await exportPeft(file, o.out, dtype, write)) };
     case 'merged-diffusers':
     case 'merged-single-file':
       if (!o.base)
         throw new Error(`--base is required for the ${o.format} export (the model the adapter is folded into)`);
       return exportMerged(file, o as ExportOptions & { base: string });
   }
+}
+
+const FOREIGN: Record<AdapterInspection['format'], string> = {
+  native: 'a SingLoRA Studio adapter',
+  kohya: 'a kohya LoRA (A1111, ComfyUI and kohya load it as it is)',
+  peft: 'a PEFT / diffusers LoRA (diffusers loads it as it is)',
+  'diffusers-procs': 'a diffusers attention-processor LoRA (diffusers loads it as it is)',
+  mixed: 'a LoRA file of another tool',
+  unknown: 'not an adapter file',
+};
+
+/**
+ * The native adapter `path` holds. A file of another tool is named for what it is, not answered
+ * with the native schema's complaints ("format_version: expected number, received NaN").
+ */
+export async function readNativeAdapter(path: string): Promise<NativeAdapterFile> {
+  const what = await inspectAdapter(path);
+  if (what.format !== 'native')
+    throw new Error(
+      `${path} is ${FOREIGN[what.format]}, not an adapter trained here: export converts SingLoRA Studio adapters (a run's checkpoints/step-N/adapter.safetensors, or a singlora export)`,
+    );
+  return readAdapterFile(path);
 }
 
 async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: string }): Promise<ExportResult> {
@@ -108,19 +136,21 @@ async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: 
       const out = new Map<string, TensorToWrite>();
       for (const key of base.unet.weights.keys())
         out.set(key, { dtype, shape: base.unet.weights.shape(key)!, read: readMerged('unet', key) });
-      await mkdir(join(o.out, 'unet'), { recursive: true });
+      if (o.overwrite) await ensureDir(o.out);
+      else await makeNewDir(o.out);
       await atomicWriteJson(join(o.out, 'unet', 'config.json'), base.unet.config);
       await writeSafetensors(
         join(o.out, 'unet', 'diffusion_pytorch_model.safetensors'),
         out,
-        mergeMeta(file, base.name),
+        await mergeMeta(file, base.name),
       );
       if (base.format !== 'diffusers') return { format: o.format, path: join(o.out, 'unet'), tensors: out.size };
-      // A complete pipeline: every other component (VAE, text encoder, tokenizer, scheduler,
-      // model_index.json) is the base's, copied as is (links followed).
-      for (const entry of await readdir(o.base)) {
-        if (entry === 'unet' || entry.startsWith('.')) continue;
-        await cp(join(o.base, entry), join(o.out, entry), { recursive: true, dereference: true });
+      // A complete pipeline: model_index.json and every other component it names (VAE, text
+      // encoder, tokenizer, scheduler) are the base's, copied as is (links followed). Nothing
+      // else of the base folder (a README, the toy model's BUILD.md) is part of the pipeline.
+      for (const entry of ['model_index.json', ...(await pipelineComponents(o.base))]) {
+        if (entry === 'unet' || !existsSync(join(o.base, entry))) continue;
+        await copyTree(join(o.base, entry), join(o.out, entry));
       }
       return { format: o.format, path: o.out, tensors: out.size };
     }
@@ -140,18 +170,44 @@ async function exportMerged(file: NativeAdapterFile, o: ExportOptions & { base: 
         out.set(original, { dtype, shape: originalShape(pair, w.shape(key)!), read: readMerged(component, key) });
       }
     }
-    await mkdir(dirname(o.out), { recursive: true });
-    await writeSafetensors(o.out, out, mergeMeta(file, base.name));
+    await writeSafetensors(o.out, out, await mergeMeta(file, base.name), { exclusive: !o.overwrite });
     return { format: o.format, path: o.out, tensors: out.size };
   } finally {
     await base.close();
   }
 }
 
-function mergeMeta(file: NativeAdapterFile, baseName: string): Record<string, string> {
+/** The component folders a diffusers model_index.json names (`"vae": ["diffusers", "AutoencoderKL"]`). */
+async function pipelineComponents(base: string): Promise<string[]> {
+  const index = JSON.parse(await readFile(join(base, 'model_index.json'), 'utf8')) as Record<string, unknown>;
+  return Object.entries(index)
+    .filter(([k, v]) => !k.startsWith('_') && Array.isArray(v) && typeof v[0] === 'string' && !/[\\/]|^\.\.?$/.test(k))
+    .map(([k]) => k);
+}
+
+/** `src` (a file or folder, links followed; hidden entries skipped) copied to `dest`, file by file. */
+async function copyTree(src: string, dest: string): Promise<void> {
+  const info = await stat(src);
+  if (info.isFile()) return atomicCopyFile(src, dest);
+  if (!info.isDirectory()) return;
+  await ensureDir(dest);
+  for (const entry of await readdir(src))
+    if (!entry.startsWith('.')) await copyTree(join(src, entry), join(dest, entry));
+}
+
+/**
+ * What a merged checkpoint records of the adapter in it. Its file name says nothing (every run's
+ * checkpoints are adapter.safetensors), so the adapter is named by its content's sha256, its
+ * steps and when it was made.
+ */
+async function mergeMeta(file: NativeAdapterFile, baseName: string): Promise<Record<string, string>> {
   return {
     format: 'pt',
-    merged_adapter: basename(file.path),
+    merged_adapter: `sha256:${createHash('sha256')
+      .update(await readFile(file.path))
+      .digest('hex')}`,
+    merged_adapter_steps: String(file.meta.trained_steps),
+    merged_adapter_created_at: file.meta.created_at,
     merged_method: file.meta.method,
     merged_rank: String(file.meta.rank),
     merged_effective_alpha: String(file.meta.alpha * (file.meta.method === 'singlora' ? file.meta.effective_u : 1)),

@@ -21,8 +21,8 @@
  * photos show; toyEvaluate.ts `toyProbes`), its sampling, and each row's `prompt`: the share of
  * images with the background the prompt asked for.
  */
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ensureDir } from '../io/atomic.ts';
 import type { Evaluation, ScoreRow } from '../../api/schemas.ts';
 import { listPhotos } from '../train/dataset.ts';
 import { readRunManifest, writeRunManifest } from '../train/runFiles.ts';
@@ -123,7 +123,7 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
     for (let k = 0; k < labels.length; k++) {
       const ckpt = k === 0 ? null : chosen[k - 1];
       const outDir = join(o.runDir, 'eval', labels[k]);
-      await mkdir(outDir, { recursive: true });
+      await ensureDir(outDir);
       const generated: Array<{ file: string; prompt: string }> = [];
       for (const prompt of prompts) {
         for (const seed of seeds) {

@@ -13,9 +13,10 @@
  * Every error is a DownloadError that names the URL, and the HTTP status when there was one.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, open, rename, stat, truncate, unlink } from 'node:fs/promises';
+import { constants, createReadStream } from 'node:fs';
+import { open, rename, stat, truncate, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { ensureDir } from './atomic.ts';
 
 export interface DownloadProgress {
   /** Bytes in the file so far (including a resumed `.part`). */
@@ -73,11 +74,15 @@ export class DownloadError extends Error {
   }
 }
 
+const NOFOLLOW = constants.O_NOFOLLOW ?? 0;
+const PART_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | NOFOLLOW;
+const PART_APPEND = constants.O_WRONLY | constants.O_CREAT | constants.O_APPEND | NOFOLLOW;
+
 export async function download(url: string, dest: string, options: DownloadOptions = {}): Promise<DownloadResult> {
   const part = `${dest}.part`;
   const retries = options.retries ?? 3;
   const expectedSha = options.sha256?.toLowerCase() ?? null;
-  await mkdir(dirname(dest), { recursive: true });
+  await ensureDir(dirname(dest));
   let attempts = 0;
   let resumes = 0;
   let restarts = 0;
@@ -202,7 +207,8 @@ async function transfer(url: string, part: string, options: DownloadOptions): Pr
     // Hash the bytes already on disk first, so the final hash covers the whole file.
     const hash = createHash('sha256');
     if (resumed) await hashInto(hash, part);
-    const fh = await open(part, resumed ? 'a' : 'w');
+    // Never through a link planted at the .part name (io/atomic.ts does the same for every other write).
+    const fh = await open(part, resumed ? PART_APPEND : PART_NEW, 0o666);
     let bytes = resumed ? have : 0;
     const start = bytes;
     const t0 = performance.now();

@@ -10,7 +10,7 @@
  * the file and the tensor.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { atomicWrite } from './atomic.ts';
+import { atomicWrite, type AtomicOptions } from './atomic.ts';
 
 export const DTYPE_BYTES = {
   F64: 8,
@@ -339,7 +339,8 @@ export interface TensorToWrite {
 }
 
 /**
- * Writes a safetensors file atomically (temp file in the same folder, fsync, rename).
+ * Writes a safetensors file atomically (io/atomic.ts: temp file in the same folder, fsync, rename;
+ * `exclusive` for a file that must be new).
  * Tensors are sorted by name and packed contiguously; the header is padded with spaces to a
  * multiple of 8, as the reference implementation does.
  */
@@ -347,6 +348,7 @@ export async function writeSafetensors(
   path: string,
   tensors: ReadonlyMap<string, TensorToWrite> | Record<string, TensorToWrite>,
   metadata: Record<string, string> = {},
+  o: AtomicOptions = {},
 ): Promise<void> {
   const entries = (tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors)).sort(([a], [b]) =>
     a < b ? -1 : a > b ? 1 : 0,
@@ -373,19 +375,23 @@ export async function writeSafetensors(
   const lenBuf = Buffer.alloc(8);
   lenBuf.writeBigUInt64LE(BigInt(headerBuf.length));
 
-  await atomicWrite(path, async (fh) => {
-    await fh.write(lenBuf);
-    await fh.write(headerBuf);
-    for (const [name, t] of entries) {
-      const data = t.data ?? (await t.read!());
-      if (data.length !== numel(t.shape)) {
-        throw new Error(
-          `writeSafetensors ${path}: tensor '${name}' produced ${data.length} values but shape [${t.shape}] needs ${numel(t.shape)}`,
-        );
+  await atomicWrite(
+    path,
+    async (fh) => {
+      await fh.write(lenBuf);
+      await fh.write(headerBuf);
+      for (const [name, t] of entries) {
+        const data = t.data ?? (await t.read!());
+        if (data.length !== numel(t.shape)) {
+          throw new Error(
+            `writeSafetensors ${path}: tensor '${name}' produced ${data.length} values but shape [${t.shape}] needs ${numel(t.shape)}`,
+          );
+        }
+        await fh.write(encode(data, t.dtype ?? (t.data ? defaultDtype(t.data) : 'F32')));
       }
-      await fh.write(encode(data, t.dtype ?? (t.data ? defaultDtype(t.data) : 'F32')));
-    }
-  });
+    },
+    o,
+  );
 }
 
 function defaultDtype(data: Float32Array | Int32Array | Uint8Array): 'F32' | 'I32' | 'U8' {

@@ -15,7 +15,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runManifestSchema, type CheckpointEntry, type RunManifest } from '../../api/schemas.ts';
-import { atomicWriteJson } from '../io/atomic.ts';
+import { atomicWriteJson, ensureDir } from '../io/atomic.ts';
 import { readAllFloat32, writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
 import type { RngState } from '../random.ts';
 import type { AdamWState } from './adamw.ts';
@@ -69,7 +69,7 @@ export async function writeCheckpoint(
 ): Promise<CheckpointEntry> {
   const name = checkpointName(state.step);
   const parent = join(runDir, 'checkpoints');
-  await mkdir(parent, { recursive: true });
+  await ensureDir(parent);
   const tmp = join(parent, `.${name}.${randomBytes(4).toString('hex')}.tmp`);
   await mkdir(tmp);
   try {

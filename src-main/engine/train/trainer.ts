@@ -27,7 +27,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import {
   newRunManifest,
@@ -41,7 +41,7 @@ import { activeBackend, memoryCounters, tf, type Tensor } from '../backend/tf.ts
 import { readAdapterFile, saveAdapter } from '../adapters/adapterFile.ts';
 import { AdapterSet, DEFAULT_TARGETS, type AdapterSpec } from '../adapters/adapterSet.ts';
 import { ramp } from '../adapters/ramp.ts';
-import { atomicWriteFile } from '../io/atomic.ts';
+import { atomicWriteFile, ensureDir } from '../io/atomic.ts';
 import { decodeImage, encodeImage } from '../image/sharp.ts';
 import { writePngText } from '../image/pngText.ts';
 import { defaultCacheDir } from '../paths.ts';
@@ -71,6 +71,12 @@ export interface TrainOptions {
   resume?: boolean;
   /** With `resume`: train to this many steps instead of the manifest's (extends a finished run). */
   resumeSteps?: number;
+  /**
+   * The class-image folder to use, resolved by the caller (the service resolves the project-relative
+   * `settings.classImagesDir`, which run.json keeps as given, so the run can be resumed). Default:
+   * `settings.classImagesDir` as it is.
+   */
+  classImagesDir?: string;
   /** Where generated class images are cached (default: the app cache). */
   classImagesCacheDir?: string;
 }
@@ -130,7 +136,7 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
 
 async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<TrainResult> {
   const emit = (e: TrainEvent) => hooks.onEvent?.(e);
-  await mkdir(opts.runDir, { recursive: true });
+  await ensureDir(opts.runDir);
   const previous = opts.resume ? await readRunManifest(opts.runDir) : null;
   const parsed = trainSettingsSchema.safeParse(
     previous ? { ...previous.settings, ...(opts.resumeSteps ? { steps: opts.resumeSteps } : {}) } : opts.settings,
@@ -210,7 +216,7 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
         prompt: classPrompt,
         count: settings.numClassImages,
         resolution,
-        dir: settings.classImagesDir,
+        dir: opts.classImagesDir ?? settings.classImagesDir,
         cacheRoot: opts.classImagesCacheDir,
         seed: settings.seed,
         unetSha256,
@@ -582,7 +588,7 @@ export async function ensureClassImages(sd: StableDiffusion, o: ClassImageOption
     .digest('hex')
     .slice(0, 16);
   const dir = o.dir ?? join(o.cacheRoot ?? join(defaultCacheDir(), 'class-images'), key);
-  await mkdir(dir, { recursive: true });
+  await ensureDir(dir); // held inside the request's write roots (a folder swapped for a link is refused)
   const existing = (await readdir(dir)).filter((f) => /\.(png|jpe?g|webp)$/i.test(f)).sort();
   for (let i = existing.length; i < o.count; i++) {
     if (o.signal?.aborted) throw new Error('cancelled while generating class images');

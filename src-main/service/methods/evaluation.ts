@@ -13,7 +13,15 @@ import { runManifestSchema } from '../../api/schemas.ts';
 import { scorerFor, type SubjectScorer } from '../../engine/eval/modelRegistry.ts';
 import { quickEvalPrompts } from '../../engine/eval/prompts.ts';
 import { writeRunManifest } from '../../engine/train/runFiles.ts';
-import { assertIdle, defaultBase, fileUrl, submit, usablePhotos, type ServiceContext } from '../context.ts';
+import {
+  assertIdle,
+  defaultBase,
+  fileUrl,
+  projectWriteRoots,
+  submit,
+  usablePhotos,
+  type ServiceContext,
+} from '../context.ts';
 import { validState } from '../projects.ts';
 import { readRun } from '../runs.ts';
 import type { NamespaceHandlers } from './handlers.ts';
@@ -62,6 +70,7 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
               },
               {
                 signal: ctx.signal,
+                writeRoots: await projectWriteRoots(c, p.projectId),
                 onProgress: ({ done, total, label }) => {
                   c.emit('evaluation.progress', { jobId: ctx.jobId, done, total, label });
                   ctx.progress({ done, total, label });

@@ -129,7 +129,7 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
         }
       }
       const def = defaultBase(c);
-      const recent = open ? (await c.store.list()).map((s) => s.id) : [];
+      const recent = open ? (await c.store.list()).filter((s) => !s.broken).map((s) => s.id) : [];
       for (const id of recent) {
         const base = await c.store
           .open(id)
@@ -138,8 +138,20 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
         if (base && existsSync(base)) add(resolve(base), basename(base), 'recent');
       }
       if (def && existsSync(def)) add(def, basename(def), 'server default');
+      // Offer only what models.setBase accepts (a link out of the models folder is refused there
+      // by a server open to the network); the server's own default is always usable.
+      const usable = [];
+      for (const m of found.values()) {
+        const ok =
+          m.source === 'server default' ||
+          (await c.paths.hostPath(m.path, 'path', 'base-model').then(
+            () => true,
+            () => false,
+          ));
+        if (ok) usable.push(m);
+      }
       return Promise.all(
-        [...found.values()].map(async (m) => ({
+        usable.map(async (m) => ({
           ...m,
           isDefault: m.path === def,
           native: await c.nativeResolution(m.path),

@@ -19,13 +19,13 @@ export function projectsHandlers(c: ServiceContext): NamespaceHandlers<'projects
       const { projectId, ...patch } = p;
       // The base model goes through the path policy and is opened before anything is written.
       if (patch.baseModel) patch.baseModel = (await checkBase(c, patch.baseModel, 'baseModel')).path;
-      if (patch.settings?.classImagesDir !== undefined)
+      if (patch.settings?.classImagesDir)
         await c.paths.classImagesDir(c.store.dir(projectId), patch.settings.classImagesDir);
       return c.store.update(projectId, patch);
     },
     'projects.delete': async (p) =>
       c.store.withLock(p.projectId, async () => {
-        if (!(await c.store.exists(p.projectId))) return { deleted: false };
+        if (!(await c.store.hasFolder(p.projectId))) return { deleted: false };
         const busy = c.jobs.active({ projectId: p.projectId });
         if (busy.length)
           throw new ApiError(

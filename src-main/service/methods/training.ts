@@ -8,24 +8,30 @@
  * (a full disk); a run that still reads `running` with no job behind it counts as interrupted.
  */
 import { existsSync } from 'node:fs';
-import { ApiError, type RunStatusInfo } from '../../api/contract.ts';
+import { stat } from 'node:fs/promises';
+import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { ApiError, type Result, type RunStatusInfo } from '../../api/contract.ts';
 import { trainSettingsSchema, type TrainSettings } from '../../api/schemas.ts';
 import { EngineExitedError } from '../engineHost.ts';
 import { readableError } from '../fsErrors.ts';
 import type { JobContext, JobOutcome } from '../jobs.ts';
-import { validState } from '../projects.ts';
+import { patchSettings, validState } from '../projects.ts';
+import { isInside } from '../safePath.ts';
 import { markRun, newRunId, readRun, settleInterruptedRun, writeQueuedRun } from '../runs.ts';
 import {
   assertIdle,
   assertNoTraining,
   baseFor,
   fileUrl,
+  projectWriteRoots,
   runEvent,
   submit,
   usablePhotos,
   type ServiceContext,
 } from '../context.ts';
 import type { NamespaceHandlers } from './handlers.ts';
+
+type RunSummary = Result<'training.runs'>[number];
 
 interface TrainingJob {
   projectId: string;
@@ -44,7 +50,7 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
         assertNoTraining(c, p.projectId);
         const merged = validState(
           trainSettingsSchema,
-          { ...project.settings, ...p.settings },
+          patchSettings(project.settings, p.settings),
           'training.start: settings',
         );
         if (merged.classImagesDir !== undefined)
@@ -100,16 +106,17 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
           runId: p.runId,
           base,
           photos,
-          settings: m.settings,
+          settings: relativeClassImagesDir(c.store.dir(p.projectId), m.settings),
           resume: true,
         });
         return { jobId: job.id, runId: p.runId };
       }),
 
+    // Every run, newest first; a folder without a readable run.json is listed as broken, with why.
     'training.runs': async (p) => {
       await c.store.open(p.projectId);
-      const out = [];
-      for (const runId of (await c.store.runIds(p.projectId)).reverse()) {
+      const out: RunSummary[] = [];
+      for (const runId of (await c.store.runFolders(p.projectId)).reverse()) {
         try {
           const m = await readRun(c.store, p.projectId, runId);
           out.push({
@@ -125,7 +132,11 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
             best: m.evaluation?.chosen ?? m.evaluation?.best ?? null,
           });
         } catch (err) {
-          c.log(`runs: skipped ${p.projectId}/${runId}: ${(err as Error).message}`);
+          const reason = existsSync(join(c.store.runDir(p.projectId, runId), 'run.json'))
+            ? (err as Error).message
+            : "the run's folder has no run.json (it never started)";
+          c.store.logOnce(c.log, `runs: ${p.projectId}/${runId} is broken: ${reason}`);
+          out.push(await brokenRun(c.store.runDir(p.projectId, runId), runId, reason));
         }
       }
       return out;
@@ -139,6 +150,34 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
       };
     },
   };
+}
+
+async function brokenRun(runDir: string, id: string, reason: string): Promise<RunSummary> {
+  const at = ((await stat(runDir).catch(() => null))?.mtime ?? new Date(0)).toISOString();
+  return {
+    id,
+    createdAt: at,
+    updatedAt: at,
+    status: 'failed',
+    step: 0,
+    error: reason,
+    steps: 0,
+    method: 'singlora',
+    best: null,
+    broken: reason,
+  };
+}
+
+/**
+ * Runs started before run.json kept the class-image folder as given hold its resolved path; one
+ * inside the project becomes relative again, so the path policy accepts it (it refuses absolute
+ * folders outside the desktop app).
+ */
+function relativeClassImagesDir(projectDir: string, settings: TrainSettings): TrainSettings {
+  const dir = settings.classImagesDir;
+  if (!dir || !isAbsolute(dir) || !isInside(resolve(projectDir), resolve(dir)) || resolve(dir) === resolve(projectDir))
+    return settings;
+  return { ...settings, classImagesDir: relative(projectDir, dir).split(sep).join('/') };
 }
 
 function submitTraining(c: ServiceContext, o: TrainingJob) {
@@ -173,11 +212,14 @@ async function runTraining(
         base: o.base,
         photos: o.photos,
         runDir: o.runDir,
-        settings: { ...o.settings, classImagesDir },
+        settings: o.settings, // run.json keeps the folder as the project has it (relative), so it can resume
+        classImagesDir,
         resume: o.resume,
       },
       {
         signal: ctx.signal,
+        // Every write stays in the project (and the class-image folder checked just above).
+        writeRoots: await projectWriteRoots(c, o.projectId, ...(classImagesDir ? [classImagesDir] : [])),
         onProgress: (event) => {
           c.emit('train.event', {
             jobId: ctx.jobId,
