@@ -108,7 +108,7 @@ describe('models.bases', () => {
   it('the default base model is marked', async () => {
     const { call } = await open({ defaultBaseModel: TINY_MODEL });
     expect(await call('models.bases', {})).toEqual([
-      { path: TINY_MODEL, name: 'model', source: 'server default', isDefault: true, native: 64 },
+      { path: TINY_MODEL, name: 'model', source: 'server default', isDefault: true, native: 64, defaults: null },
     ]);
   });
 });
