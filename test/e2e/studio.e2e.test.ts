@@ -251,7 +251,7 @@ describe.skipIf(missing !== null)(SUITE, { timeout: 8 * 60_000 }, () => {
     reloading = false;
     await byTest('project-select').selectOption(bare.id);
     await go('subject');
-    await expect.poll(() => byTest('model-banner').count()).toBe(1);
+    await expect.poll(() => byTest('model-banner').count(), { timeout: 10_000 }).toBe(1);
     await go('train');
     expect(await byTest('model-banner').count()).toBe(1);
     expect(await byTest('train-button').isDisabled()).toBe(true);
@@ -402,7 +402,10 @@ describe.skipIf(missing !== null)(SUITE, { timeout: 8 * 60_000 }, () => {
       rs.map((r) => [(r as HTMLElement).dataset.step, (r as HTMLElement).dataset.best]),
     );
     expect(rows.map(([step]) => step)).toEqual(['3', '6']);
-    expect(rows.filter(([, best]) => best === 'true')).toHaveLength(1);
+    // One pick, or none with the no-pick note (the tiny model's scores are random: issue 26's rule
+    // picks a checkpoint only above the measured noise band).
+    const picks = rows.filter(([, best]) => best === 'true').length;
+    expect([picks, await byTest('eval-no-pick').count()]).toEqual(picks ? [1, 0] : [0, 1]);
     expect(await byTest('eval-rule').textContent()).toMatch(/highest DINO/);
     expect(await byTest('eval-summary').textContent()).toMatch(/^3 prompts × 1 image per checkpoint, seed 1001\./);
     // The images behind the scores: 3 per row (base, step 3, step 6), loaded, each downloadable.
