@@ -31,11 +31,10 @@
  */
 import type { ExecutionProvider } from '../backend/onnxRuntime.ts';
 import type { ComponentFiles } from '../io/modelFiles.ts';
-import type { Linear } from '../models/layers/linear.ts';
 import type { WeightSource } from '../models/layers/module.ts';
 import { UNet2DConditionModel, type BlockRunner } from '../models/unet2dCondition.ts';
 import { bindWeights, GRAPH_VERSION, sidePathMap, type WeightFileRef } from './componentGraphs.ts';
-import { GraphBuilder, type Value } from './graphBuilder.ts';
+import { GraphBuilder, type ElemType, type GraphDim, type Value } from './graphBuilder.ts';
 import { openGraph, type OpenedGraph } from './graphSessions.ts';
 import { OnnxOps, sidePathInputs, type ComputeType, type OnnxOpsOptions } from './onnxOps.ts';
 
@@ -44,21 +43,18 @@ export function sideGradOutputs(path: string): { down: string; up: string } {
   return { down: `grad.${path}.down`, up: `grad.${path}.up` };
 }
 
-/** A side path's factors as the gradient executor takes them (gradOps.ts `SideFactors`). */
-export interface StepSideFactors {
-  readonly down: Value;
-  readonly up: Value;
-}
-
 /** What the step needs of the gradient executor (onnx/gradOps.ts `GradOps`). */
 export interface GradientExecutor extends OnnxOps {
+  /** A graph input whose dims the executor should know (named dims are symbols). */
+  input(name: string, type: ElemType, dims: readonly GraphDim[]): Value;
   checkpoint<R extends Value | Value[]>(fn: () => R): R;
-  backward(output: Value, wrt: ReadonlyMap<string, Value>, seed?: Value): Map<string, Value>;
+  /** The side factors made so far, by `${path}.down` / `${path}.up`. */
+  sideWrt(): Map<string, Value>;
+  /** The gradients of `wrt` given seeds [value, d(value)]. */
+  vjp(seeds: ReadonlyArray<readonly [Value, Value]>, wrt: ReadonlyMap<string, Value>): Map<string, Value>;
 }
 
-export type GradientExecutorFactory = (
-  options: OnnxOpsOptions & { readonly sideFactors: (path: string, layer: Linear) => StepSideFactors },
-) => GradientExecutor;
+export type GradientExecutorFactory = (options: OnnxOpsOptions) => GradientExecutor;
 
 export interface TrainStepGraphOptions {
   /** Compute type: float32 on the CPU; float16 on GPU providers (factors and gradients stay float32). */
@@ -102,32 +98,19 @@ export function emitTrainStep(
   const layers = sidePathMap(unet, options.sidePaths);
   const attention = options.attention ?? 'plain';
 
-  // Side factors: graph inputs named as the inference graph names them, made in walk order.
-  const factorInputs = new Map<string, StepSideFactors>();
-  const shapes = new Map<string, { inFeatures: number; outFeatures: number; rank: string }>();
-  const sideFactors = (path: string, layer: Linear): StepSideFactors => {
-    const hit = factorInputs.get(path);
-    if (hit) return hit;
-    const names = sidePathInputs(path);
-    const rank = `rank_${factorInputs.size}`;
-    const f = {
-      down: g.input(names.down, 'float32', [layer.inFeatures, rank]),
-      up: g.input(names.up, 'float32', [rank, layer.outFeatures]),
-    };
-    factorInputs.set(path, f);
-    shapes.set(path, { inFeatures: layer.inFeatures, outFeatures: layer.outFeatures, rank });
-    return f;
-  };
-  const base = { builder: g, dtype: options.dtype, weight, attention };
-  const grad = options.executor?.({ ...base, sideFactors, sidePaths: layers });
-  const ops: OnnxOps = grad ?? new OnnxOps({ ...base, sidePaths: layers });
+  // Side factors are graph inputs named as the inference graph names them (OnnxOps and GradOps
+  // both make them, in walk order).
+  const opsOptions = { builder: g, dtype: options.dtype, weight, attention, sidePaths: layers };
+  const grad = options.executor?.(opsOptions);
+  const ops: OnnxOps = grad ?? new OnnxOps(opsOptions);
+  const input = (name: string, dims: readonly GraphDim[]) =>
+    grad ? grad.input(name, 'float32', dims) : g.input(name, 'float32', dims);
 
-  const dims = ['batch', 'height', 'width', cfg.inChannels];
-  const sample = g.input('sample', 'float32', dims);
-  const timestep = g.input('timestep', 'float32', ['batch']);
-  const context = g.input('encoder_hidden_states', 'float32', ['batch', 'sequence', cfg.crossAttentionDim[0]]);
-  const target = g.input('target', 'float32', ['batch', 'height', 'width', cfg.outChannels]);
-  const lossWeight = g.input('loss_weight', 'float32', ['batch']);
+  const sample = input('sample', ['batch', 'height', 'width', cfg.inChannels]);
+  const timestep = input('timestep', ['batch']);
+  const context = input('encoder_hidden_states', ['batch', 'sequence', cfg.crossAttentionDim[0]]);
+  const target = input('target', ['batch', 'height', 'width', cfg.outChannels]);
+  const lossWeight = input('loss_weight', ['batch']);
 
   const runBlock: BlockRunner<Value> | undefined =
     grad && options.checkpointing ? (_name, fn, inputs) => grad.checkpoint(() => fn(inputs)) : undefined;
@@ -143,14 +126,11 @@ export function emitTrainStep(
   if (grad) {
     // dL/dpred = 2 c (pred - target), in the UNet output's type.
     const seed = ops.compute(g.op('Mul', [diff, g.op('Mul', [c, g.constant([2], [], 'float32')])]));
-    const wrt = new Map<string, Value>();
-    for (const [path, f] of factorInputs) {
-      wrt.set(`${path}.down`, f.down);
-      wrt.set(`${path}.up`, f.up);
-    }
-    const grads = grad.backward(pred, wrt, seed);
-    for (const [path, { inFeatures, outFeatures, rank }] of shapes) {
+    const grads = grad.vjp([[pred, seed]], grad.sideWrt());
+    let i = 0;
+    for (const [path, { inFeatures, outFeatures }] of grad.sideInputs) {
       const names = sideGradOutputs(path);
+      const rank = `rank_${i++}`;
       for (const [which, name, dims] of [
         ['down', names.down, [inFeatures, rank]],
         ['up', names.up, [rank, outFeatures]],
@@ -163,8 +143,7 @@ export function emitTrainStep(
     }
   }
 
-  // OnnxOps (forward only) records its side paths itself.
-  const side: ReadonlyMap<string, { inFeatures: number; outFeatures: number }> = grad ? shapes : ops.sideInputs;
+  const side = ops.sideInputs;
   const sideNames = [...side.keys()].flatMap((p) => Object.values(sidePathInputs(p)));
   return {
     bytes: g.toBytes(`unet training step, graph version ${GRAPH_VERSION}`),
