@@ -1,0 +1,271 @@
+/**
+ * The ONNX gradient executor (onnx/gradOps.ts): every vector-Jacobian rule, and whole modules,
+ * against TensorFlow.js's gradients (wasm backend, float32), on small shapes with odd sizes,
+ * batch > 1 and broadcasting; the ONNX side runs on ONNX Runtime's CPU provider.
+ *
+ * Tolerance: both sides compute in float32, in different orders, so each gradient element carries
+ * rounding noise of about eps32 * sqrt(K) relative to the magnitudes summed, where K is the
+ * longest sum behind it (a conv's C*k*k, a Linear's width, a norm's group, tokens in attention).
+ * The bound is 1e-6 * sqrt(K) * max|ref| (eps32 = 6e-8, times a margin of 16 for the chain of ops
+ * between the loss and the input), with K given per case.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { tf } from '../../src-main/engine/backend/tf.ts';
+import { Conv2d } from '../../src-main/engine/models/layers/conv2d.ts';
+import { Linear } from '../../src-main/engine/models/layers/linear.ts';
+import { GroupNorm, LayerNorm } from '../../src-main/engine/models/layers/norm.ts';
+import type { Ops } from '../../src-main/engine/models/ops/ops.ts';
+import { useBackend } from '../helpers/backend.ts';
+import { type GradCase, gradCheck, randomize } from '../helpers/gradCheck.ts';
+
+// wasm, not cpu: tfjs-backend-cpu's ResizeNearestNeighborGrad is wrong for batch > 1 (it gave
+// [6, 10] for a [2, 1, 1, 1] input where the 2x2 block sums are [6, 22]); wasm's is right.
+useBackend('wasm');
+
+const measured: string[] = [];
+afterAll(() => {
+  console.log(`[onnx gradient] max |onnx - tfjs| / max |tfjs| per case:\n${measured.join('\n')}`);
+});
+
+/** Runs a case and checks every gradient against 1e-6 * sqrt(K). */
+async function check(name: string, c: GradCase, K: number): Promise<void> {
+  const r = await gradCheck(c);
+  const bound = 1e-6 * Math.sqrt(K);
+  measured.push(
+    `  ${name}: ${Object.entries(r.rel)
+      .map(([k, v]) => `${k} ${v.toExponential(1)}`)
+      .join(', ')} (bound ${bound.toExponential(1)})`,
+  );
+  expect(Math.abs(r.loss.onnx - r.loss.tf), `${name}: loss`).toBeLessThanOrEqual(1e-5 * Math.abs(r.loss.tf) + 1e-5);
+  expect(Object.keys(r.rel).length, `${name}: no gradients compared`).toBeGreaterThan(0);
+  for (const [k, v] of Object.entries(r.rel)) expect(v, `${name}: d${k}`).toBeLessThanOrEqual(bound);
+}
+
+const img = (n: number, h: number, w: number, c: number) => ({ shape: [n, h, w, c], image: true });
+const dyn = { 0: 'batch', 2: 'height', 3: 'width' };
+
+describe('onnx gradient rules: layers with weights', () => {
+  it('linear gradient: dX, and the side path dDown, dUp (batch and tokens summed)', async () => {
+    const layer = new Linear(7, 6);
+    randomize(layer, 3);
+    await check(
+      'linear+side',
+      {
+        inputs: [{ shape: [2, 5, 7], symbols: { 0: 'batch', 1: 'tokens' } }],
+        sides: [{ path: 'lin', layer, rank: 3 }],
+        run: (o, [x]) => o.linear(x, layer),
+      },
+      10,
+    );
+    const plain = new Linear(5, 3, false);
+    randomize(plain, 4);
+    await check('linear', { inputs: [{ shape: [3, 5] }], run: (o, [x]) => o.linear(x, plain) }, 5);
+  });
+
+  it('conv2d gradient: stride 1 and 2, symmetric and asymmetric padding, 1x1, odd sizes', async () => {
+    const cases: Array<[string, Conv2d, [[number, number], [number, number]] | undefined, number, number]> = [
+      ['conv3x3 s1', new Conv2d(3, 4, 3, 1, 1), undefined, 5, 7],
+      ['conv3x3 s2 odd', new Conv2d(3, 4, 3, 2, 1), undefined, 5, 7],
+      ['conv3x3 s2 even', new Conv2d(3, 4, 3, 2, 1), undefined, 6, 4],
+      [
+        'conv3x3 s2 pad(0,1)',
+        new Conv2d(3, 4, 3, 2, 0),
+        [
+          [0, 1],
+          [0, 1],
+        ],
+        6,
+        5,
+      ],
+      ['conv1x1', new Conv2d(3, 5, 1), undefined, 3, 5],
+    ];
+    for (const [name, conv, pad, h, w] of cases) {
+      randomize(conv, 5);
+      for (const symbols of [undefined, dyn]) {
+        await check(
+          `${name}${symbols ? ' (run-time shapes)' : ''}`,
+          { inputs: [{ ...img(2, h, w, 3), symbols }], imageOut: true, run: (o, [x]) => o.conv2d(x, conv, pad) },
+          27,
+        );
+      }
+    }
+  });
+
+  it('groupNorm and layerNorm gradients (recomputed mean and variance)', async () => {
+    const gn = new GroupNorm(3, 6, 1e-5);
+    randomize(gn, 6);
+    await check(
+      'groupNorm',
+      { inputs: [{ ...img(2, 5, 3, 6), symbols: dyn }], imageOut: true, run: (o, [x]) => o.groupNorm(x, gn) },
+      30,
+    );
+    const ln = new LayerNorm(8, 1e-5);
+    randomize(ln, 7);
+    await check('layerNorm', { inputs: [{ shape: [2, 5, 8] }], run: (o, [x]) => o.layerNorm(x, ln) }, 8);
+  });
+});
+
+describe('onnx gradient rules: elementwise', () => {
+  it('sigmoid, erf, exp, sin, cos and clip gradients', async () => {
+    const unary: Array<[string, <T>(o: Ops<T>, x: T) => T]> = [
+      ['sigmoid', (o, x) => o.sigmoid(x)],
+      ['erf', (o, x) => o.erf(x)],
+      ['exp', (o, x) => o.exp(x)],
+      ['sin', (o, x) => o.sin(x)],
+      ['cos', (o, x) => o.cos(x)],
+      ['clip', (o, x) => o.clip(x, -0.5, 0.7)],
+    ];
+    for (const [name, f] of unary) await check(name, { inputs: [{ shape: [3, 7] }], run: (o, [x]) => f(o, x) }, 1);
+  });
+
+  it('add, sub, mul, div gradients with broadcasting, numbers, and run-time broadcast axes', async () => {
+    const positive = Float32Array.from({ length: 6 }, (_, i) => 0.5 + i * 0.3);
+    const cases: Array<[string, GradCase]> = [
+      ['add [2,3,4]+[3,1]', { inputs: [{ shape: [2, 3, 4] }, { shape: [3, 1] }], run: (o, [a, b]) => o.add(a, b) }],
+      [
+        'sub [2,1,4]-[2,3,4]',
+        { inputs: [{ shape: [2, 1, 4] }, { shape: [2, 3, 4] }], run: (o, [a, b]) => o.sub(a, b) },
+      ],
+      ['mul [2,3,4]*[4]', { inputs: [{ shape: [2, 3, 4] }, { shape: [4] }], run: (o, [a, b]) => o.mul(a, b) }],
+      [
+        'div [2,3,4]/[2,3,1]',
+        { inputs: [{ shape: [2, 3, 4] }, { shape: [2, 3, 1], data: positive }], run: (o, [a, b]) => o.div(a, b) },
+      ],
+      [
+        'mul (run-time axes)',
+        {
+          inputs: [
+            { shape: [2, 3, 4], symbols: { 0: 'b', 2: 'w' } },
+            { shape: [1, 3, 1], symbols: { 0: 'u', 2: 'v' } },
+          ],
+          run: (o, [a, b]) => o.mul(a, b),
+        },
+      ],
+      ['numbers', { inputs: [{ shape: [2, 5] }], run: (o, [a]) => o.div(o.sub(o.add(o.mul(a, 0.5), 1), 2), 3) }],
+      ['same operand', { inputs: [{ shape: [2, 5] }], run: (o, [a]) => o.mul(a, a) }],
+    ];
+    for (const [name, c] of cases) await check(name, c, 3);
+  });
+});
+
+describe('onnx gradient rules: structure and images', () => {
+  it('reshape, concat, split (one part unused), rowAt gradients', async () => {
+    const cases: Array<[string, GradCase]> = [
+      ['reshape', { inputs: [{ shape: [2, 3, 4] }], run: (o, [a]) => o.reshape(a, [0, -1]) }],
+      ['concat', { inputs: [{ shape: [2, 3, 4] }, { shape: [2, 5, 4] }], run: (o, [a, b]) => o.concat([a, b], 1) }],
+      [
+        'concat (run-time sizes)',
+        {
+          inputs: [
+            { shape: [2, 3, 4], symbols: { 1: 'p' } },
+            { shape: [2, 5, 4], symbols: { 1: 'q' } },
+          ],
+          run: (o, [a, b]) => o.concat([a, b], 1),
+        },
+      ],
+      ['split', { inputs: [{ shape: [2, 3, 6] }], run: (o, [a]) => o.mul(o.split(a, 3, -1)[1], 2) }],
+      [
+        'rowAt',
+        {
+          inputs: [{ shape: [2, 5, 3] }, { shape: [2], ints: { max: 5 } }],
+          run: (o, [x, i]) => o.rowAt(x, i),
+          // tf.gather's gradient needs UnsortedSegmentSum, which wasm lacks: a one-hot sum instead.
+          tfRun: ([x, i]) => tf.sum(tf.mul(x, tf.expandDims(tf.oneHot(i as tf.Tensor1D, 5), 2)), 1),
+        },
+      ],
+    ];
+    for (const [name, c] of cases) await check(name, c, 1);
+  });
+
+  it('image ops: concatChannels, splitChannels, perChannel, toTokens, fromTokens, upsampleNearest', async () => {
+    const cases: Array<[string, GradCase]> = [
+      [
+        'concatChannels',
+        {
+          inputs: [img(2, 3, 5, 2), img(2, 3, 5, 3)],
+          imageOut: true,
+          run: (o, [a, b]) => o.concatChannels([a, b]),
+        },
+      ],
+      ['splitChannels', { inputs: [img(2, 3, 5, 4)], imageOut: true, run: (o, [a]) => o.splitChannels(a, 2)[0] }],
+      [
+        'perChannel',
+        {
+          inputs: [{ ...img(2, 3, 5, 4), symbols: dyn }, { shape: [2, 4] }],
+          imageOut: true,
+          run: (o, [a, v]) => o.add(a, o.perChannel(v)),
+        },
+      ],
+      ['toTokens', { inputs: [{ ...img(2, 3, 5, 4), symbols: dyn }], run: (o, [a]) => o.toTokens(a) }],
+      [
+        'fromTokens',
+        {
+          inputs: [{ shape: [2, 15, 4] }, { ...img(2, 3, 5, 1), wrt: false }],
+          imageOut: true,
+          run: (o, [h, like]) => o.fromTokens(h, like),
+        },
+      ],
+      [
+        'upsampleNearest 2x',
+        { inputs: [{ ...img(2, 3, 5, 2), symbols: dyn }], imageOut: true, run: (o, [a]) => o.upsampleNearest(a) },
+      ],
+      [
+        'upsampleNearest to like 2x3 -> 3x5',
+        {
+          inputs: [img(2, 2, 3, 2), { ...img(2, 3, 5, 1), wrt: false }],
+          imageOut: true,
+          run: (o, [a, like]) => o.upsampleNearest(a, like),
+        },
+      ],
+      [
+        'upsampleNearest to like 3x4 -> 6x8',
+        {
+          inputs: [
+            { ...img(1, 3, 4, 2), symbols: dyn },
+            { ...img(1, 6, 8, 1), wrt: false, symbols: dyn },
+          ],
+          imageOut: true,
+          run: (o, [a, like]) => o.upsampleNearest(a, like),
+        },
+      ],
+    ];
+    for (const [name, c] of cases) await check(name, c, 4);
+  });
+});
+
+describe('onnx gradient rules: attention', () => {
+  it('attention gradient (self and cross, mask, one or two heads per slice) from recomputed scores', async () => {
+    const mask = Float32Array.from({ length: 7 * 5 }, (_, i) => (i % 5 > (i / 5) % 5 ? -1e4 : 0));
+    for (const perSlice of [1, 2]) {
+      const options = { attentionHeadsPerSlice: perSlice };
+      await check(
+        `self-attention, ${perSlice} head(s) per slice`,
+        { inputs: [{ shape: [2, 7, 8] }], options, run: (o, [x]) => o.attention(x, x, x, 2) },
+        7,
+      );
+      await check(
+        `cross-attention, ${perSlice} head(s) per slice`,
+        {
+          inputs: [{ shape: [2, 7, 8], symbols: { 1: 'sq' } }, { shape: [2, 5, 8] }, { shape: [2, 5, 8] }],
+          options,
+          run: (o, [q, k, v]) => o.attention(q, k, v, 2),
+        },
+        5,
+      );
+      await check(
+        `masked attention, ${perSlice} head(s) per slice`,
+        {
+          inputs: [
+            { shape: [2, 7, 8] },
+            { shape: [2, 5, 8] },
+            { shape: [2, 5, 8] },
+            { shape: [1, 7, 5], data: mask, wrt: false },
+          ],
+          options,
+          run: (o, [q, k, v, m]) => o.attention(q, k, v, 2, m),
+        },
+        5,
+      );
+    }
+  });
+});
