@@ -22,6 +22,7 @@ import { openBaseModel, type BaseModel } from '../../src-main/engine/io/modelFil
 import { Linear } from '../../src-main/engine/models/layers/linear.ts';
 import { UNet2DConditionModel } from '../../src-main/engine/models/unet2dCondition.ts';
 import type { OpenedGraph } from '../../src-main/engine/onnx/graphSessions.ts';
+import { GradOps } from '../../src-main/engine/onnx/gradOps.ts';
 import { openTrainStep } from '../../src-main/engine/onnx/trainStepGraph.ts';
 import type { DDPMScheduler } from '../../src-main/engine/schedulers/ddpmScheduler.ts';
 import { createScheduler, readSchedulerConfig } from '../../src-main/engine/schedulers/index.ts';
@@ -30,6 +31,7 @@ import {
   AdapterArrays,
   applyGradientArrays,
   onnxLoss,
+  onnxTrainStep,
   type OnnxMicroBatch,
 } from '../../src-main/engine/train/onnxStep.ts';
 import { maxAbsDiff } from '../helpers/backend.ts';
@@ -37,14 +39,19 @@ import { Cases, parityFolders, skipNote } from '../helpers/fixtures.ts';
 import {
   caseKeys,
   clipFactorOf,
+  GRAD_REL_TO_MAX,
   LOSS_REL,
   NORM_REL,
   PARAM_ABS,
   PARAMS,
+  paramBound,
   readMeta,
   readNhwc,
   type StepMeta,
 } from '../helpers/trainStepCases.ts';
+
+/** With and without gradient checkpointing (SingLoRA). */
+const CHECKPOINTING_CASES = [false];
 
 /** The Linear layers of a UNet config: path -> [in, out]. */
 function linearsOf(config: unknown): Map<string, { inFeatures: number; outFeatures: number }> {
@@ -155,6 +162,87 @@ for (const folder of parityFolders()) {
         );
         expect(lossRel, `${method}.loss relative error`).toBeLessThanOrEqual(LOSS_REL);
       });
+
+      // Gradient checkpointing recomputes every block in the backward: the same numbers (SingLoRA only, to keep CI short).
+      for (const checkpointing of method === 'singlora' ? CHECKPOINTING_CASES : [false])
+        it(`${label}: one onnx ${method} training step${checkpointing ? ' with gradient checkpointing' : ''} (loss, gradients, grad norm, clipping + AdamW) matches PyTorch`, async (ctx) => {
+          skipIfMissing(ctx, method);
+          const opened = await openTrainStep(base.unet, {
+            dtype: 'float32',
+            sidePaths: meta.layers,
+            providers: ['cpu'],
+            cacheDir,
+            executor: (o) => new GradOps(o),
+            checkpointing,
+          });
+          sessions.push(opened);
+          const adapters = await initialAdapters(cases, meta, method, linears);
+          const [beta1, beta2] = meta.adamw.betas;
+          const optimizer = new AdamWArrays(adapters.params, {
+            beta1,
+            beta2,
+            eps: meta.adamw.eps,
+            weightDecay: meta.adamw.weight_decay,
+          });
+          const result = await onnxTrainStep({ session: opened.session, scheduler, adapters, optimizer }, [batch], {
+            step: meta.step,
+            lr: meta.adamw.lr,
+            maxGradNorm: meta.clip_grad_norm,
+            minSnrGamma: null,
+            priorLossWeight: 1,
+            returnGrads: true,
+          });
+          expect(result.applied).toBe(true);
+          const refLoss = (await cases.get(`${method}.loss`)).data[0];
+          const refNorm = (await cases.get(`${method}.grad_norm`)).data[0];
+          const lossRel = Math.abs(result.loss - refLoss) / Math.abs(refLoss);
+          const normRel = Math.abs(result.gradNorm - refNorm) / Math.abs(refNorm);
+          expect(refNorm, 'the reference clips (grad_norm > clip_grad_norm)').toBeGreaterThan(meta.clip_grad_norm);
+          const c = clipFactorOf(meta, refNorm);
+
+          let worstGrad = { rel: 0, name: '' };
+          let worstParam = { abs: 0, name: '' };
+          let illConditioned = 0;
+          let worstWellConditioned = 0;
+          const gradFailures: string[] = [];
+          const paramFailures: string[] = [];
+          let k = 0;
+          for (const layer of meta.layers) {
+            for (const [p, ours] of PARAMS[method]) {
+              const name = `${layer}.${ours}`;
+              const gradRef = (await cases.get(`${method}.grad.${layer}.${p}`)).data;
+              const g = result.grads![k].map((x) => x * c); // clipped, as the reference
+              const gd = maxAbsDiff(g, gradRef);
+              if (gd.rel > worstGrad.rel) worstGrad = { rel: gd.rel, name };
+              if (!(gd.maxAbs <= GRAD_REL_TO_MAX * gd.maxRef)) gradFailures.push(`${name}: ${gd.rel.toExponential(2)}`);
+              const afterRef = (await cases.get(`${method}.after_adamw.${layer}.${p}`)).data;
+              const got = adapters.params[k++];
+              expect(got.length).toBe(afterRef.length);
+              for (let i = 0; i < got.length; i++) {
+                const d = Math.abs(got[i] - afterRef[i]);
+                const { bound, illConditioned: ill } = paramBound(meta, g[i], gradRef[i]);
+                if (ill) illConditioned++;
+                else worstWellConditioned = Math.max(worstWellConditioned, d);
+                if (d > worstParam.abs) worstParam = { abs: d, name: `${name}[${i}]` };
+                if (!(d <= bound))
+                  paramFailures.push(`${name}[${i}]: ${d.toExponential(2)} > ${bound.toExponential(2)}`);
+              }
+            }
+          }
+          errors.push(
+            `${method}${checkpointing ? ' (checkpointing)' : ''}: loss ${result.loss.toPrecision(8)} (ref ${refLoss.toPrecision(8)}, rel ${lossRel.toExponential(2)}); ` +
+              `worst grad max|diff|/max|ref| ${worstGrad.rel.toExponential(2)} (${worstGrad.name}); ` +
+              `grad norm ${result.gradNorm.toExponential(6)} (rel ${normRel.toExponential(2)}); ` +
+              `worst param after the step max|diff| ${worstParam.abs.toExponential(2)} (${worstParam.name}); ${worstWellConditioned.toExponential(2)} where |g| >= 10 eps (${illConditioned} elements have |g| < 10 eps)`,
+          );
+          expect(lossRel, `${method}.loss relative error`).toBeLessThanOrEqual(LOSS_REL);
+          expect(gradFailures, `gradients beyond ${GRAD_REL_TO_MAX}·max|ref|`).toEqual([]);
+          expect(normRel, `${method}.grad_norm relative error`).toBeLessThanOrEqual(NORM_REL);
+          expect(
+            paramFailures.slice(0, 20),
+            `parameters after the step beyond ${PARAM_ABS} (+ the gradient's share where |g| < 10 eps)`,
+          ).toEqual([]);
+        });
 
       it(`${label}: onnx ${method} training step's clipping + AdamW on arrays, from the reference gradient, matches PyTorch (every parameter within ${PARAM_ABS})`, async (ctx) => {
         skipIfMissing(ctx, method);

@@ -34,6 +34,7 @@
 import type { SessionTensor } from '../backend/onnxRuntime.ts';
 import type { OnnxSession } from '../backend/onnxRuntime.ts';
 import type { AdapterMethod } from '../adapters/adapterLinear.ts';
+import type { AdapterSet } from '../adapters/adapterSet.ts';
 import { ramp } from '../adapters/ramp.ts';
 import { sidePathInputs } from '../onnx/onnxOps.ts';
 import { sideGradOutputs } from '../onnx/trainStepGraph.ts';
@@ -154,6 +155,29 @@ export class AdapterArrays {
     });
     return grads;
   }
+}
+
+/**
+ * The tensors of an injected AdapterSet (its initial values, or a checkpoint's) as arrays; the
+ * set stays the owner of the adapter file format (`saveAdapter`) and of previews.
+ */
+export async function adapterArraysOf(set: AdapterSet): Promise<AdapterArrays> {
+  const { method, rank, alpha, rampSteps } = set.spec;
+  const params: Float32Array[] = [];
+  for (const v of set.variables()) params.push(((await v.data()) as Float32Array).slice());
+  return new AdapterArrays(
+    { method, rank, alpha, rampSteps },
+    set.adapters.map((a) => ({ path: a.path, inFeatures: a.layer.inFeatures, outFeatures: a.layer.outFeatures })),
+    params,
+  );
+}
+
+/** The arrays keyed as `set.namedTensors()` (for `AdapterSet.assign`): the same order as `variables()`. */
+export function adapterValuesFor(arrays: AdapterArrays, set: AdapterSet): Map<string, Float32Array> {
+  const names = set.namedTensors().map(([n]) => n);
+  if (names.length !== arrays.params.length)
+    throw new Error(`adapterValuesFor: ${arrays.params.length} arrays for ${names.length} adapter tensors`);
+  return new Map(names.map((n, i) => [n, arrays.params[i]]));
 }
 
 /** s * X^T of a row-major [rows, cols] matrix: [cols, rows]. */
