@@ -9,12 +9,18 @@
  * The bound is 1e-6 * sqrt(K) * max|ref| (eps32 = 6e-8, times a margin of 16 for the chain of ops
  * between the loss and the input), with K given per case.
  */
-import { afterAll, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf } from '../../src-main/engine/backend/tf.ts';
 import { Conv2d } from '../../src-main/engine/models/layers/conv2d.ts';
 import { Linear } from '../../src-main/engine/models/layers/linear.ts';
 import { GroupNorm, LayerNorm } from '../../src-main/engine/models/layers/norm.ts';
+import type { Module } from '../../src-main/engine/models/layers/module.ts';
 import type { Ops } from '../../src-main/engine/models/ops/ops.ts';
+import { UNet2DConditionModel } from '../../src-main/engine/models/unet2dCondition.ts';
+import type { Value } from '../../src-main/engine/onnx/graphBuilder.ts';
+import { GradOps } from '../../src-main/engine/onnx/gradOps.ts';
+import { FIXTURES } from '../helpers/fixtures.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { type GradCase, gradCheck, randomize } from '../helpers/gradCheck.ts';
 
@@ -27,18 +33,32 @@ afterAll(() => {
   console.log(`[onnx gradient] max |onnx - tfjs| / max |tfjs| per case:\n${measured.join('\n')}`);
 });
 
-/** Runs a case and checks every gradient against 1e-6 * sqrt(K). */
-async function check(name: string, c: GradCase, K: number): Promise<void> {
+/**
+ * Runs a case and checks every gradient: max |onnx - tfjs| <= 1e-6 * sqrt(K) * sqrt(depth) * max |tfjs|.
+ * `depth` counts the layers chained between the loss and the input (1 for one op); independent
+ * rounding noise adds up as its square root. Gradients matching `zero` are zero in exact
+ * arithmetic (a per-channel shift right before a GroupNorm with one channel per group, as tiny-a's
+ * 32-channel blocks have): both sides must then be rounding noise, under 1e-5 of the case's
+ * largest gradient.
+ */
+async function check(name: string, c: GradCase, K: number, depth = 1, zero?: RegExp): Promise<void> {
   const r = await gradCheck(c);
-  const bound = 1e-6 * Math.sqrt(K);
+  const bound = 1e-6 * Math.sqrt(K) * Math.sqrt(depth);
+  const largest = Math.max(...Object.values(r.errors).map((e) => e.maxRef));
+  const entries = Object.entries(r.errors).filter(([k]) => !zero?.test(k));
+  for (const [k, e] of Object.entries(r.errors).filter(([k]) => zero?.test(k))) {
+    expect(e.maxRef + e.maxAbs, `${name}: d${k} should be zero`).toBeLessThanOrEqual(1e-5 * largest);
+  }
+  const worst = entries.map(([k, e]) => [k, e.maxAbs / e.maxRef] as const).sort((a, b) => b[1] - a[1]);
   measured.push(
-    `  ${name}: ${Object.entries(r.rel)
+    `  ${name}: ${worst.length > 6 ? `worst of ${worst.length}: ` : ''}${worst
+      .slice(0, 6)
       .map(([k, v]) => `${k} ${v.toExponential(1)}`)
       .join(', ')} (bound ${bound.toExponential(1)})`,
   );
-  expect(Math.abs(r.loss.onnx - r.loss.tf), `${name}: loss`).toBeLessThanOrEqual(1e-5 * Math.abs(r.loss.tf) + 1e-5);
-  expect(Object.keys(r.rel).length, `${name}: no gradients compared`).toBeGreaterThan(0);
-  for (const [k, v] of Object.entries(r.rel)) expect(v, `${name}: d${k}`).toBeLessThanOrEqual(bound);
+  expect(Math.abs(r.loss.onnx - r.loss.tf), `${name}: loss`).toBeLessThanOrEqual(bound * r.loss.absSum);
+  expect(worst.length, `${name}: no gradients compared`).toBeGreaterThan(0);
+  for (const [k, v] of worst) expect(v, `${name}: d${k}`).toBeLessThanOrEqual(bound);
 }
 
 const img = (n: number, h: number, w: number, c: number) => ({ shape: [n, h, w, c], image: true });
@@ -267,5 +287,79 @@ describe('onnx gradient rules: attention', () => {
         5,
       );
     }
+  });
+});
+
+describe('onnx gradient of whole modules (tiny-a UNet weights), adapter side paths', () => {
+  let unet: UNet2DConditionModel;
+  beforeAll(async () => {
+    unet = await UNet2DConditionModel.load(join(FIXTURES, 'tiny-a/model/unet'));
+  });
+  afterAll(() => unet?.dispose());
+
+  /** Side paths (rank 3) on the Linears of `m` whose path matches `re`, under the path `prefix`. */
+  const sidesOf = (m: Module, prefix: string, re: RegExp) =>
+    [...m.namedModules(prefix)]
+      .filter((e): e is [string, Linear] => e[1] instanceof Linear && re.test(e[0]))
+      .map(([path, layer]) => ({ path, layer, rank: 3 }));
+  const attnAndFf = /(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2)|time_emb_proj)$/;
+
+  for (const checkpoint of [false, true]) {
+    const mode = checkpoint ? ', checkpointed' : '';
+    it(`ResnetBlock2D gradient (x, temb, time_emb_proj side path)${mode}`, async () => {
+      const block = unet.down_blocks[1].resnets[0]; // 32 -> 64, conv_shortcut
+      await check(
+        `ResnetBlock2D${mode}`,
+        {
+          inputs: [{ ...img(2, 5, 6, 32), symbols: dyn }, { shape: [2, 128] }],
+          imageOut: true,
+          checkpoint,
+          sides: sidesOf(block, 'res', attnAndFf),
+          run: (o, [x, temb]) => block.forward(o, x, temb),
+        },
+        9 * 64,
+      );
+    });
+
+    it(`Transformer2DModel gradient (x, context, attention and feed-forward side paths)${mode}`, async () => {
+      const block = unet.down_blocks[1].attentions?.[0]; // 64 channels, 8 heads, cross 32
+      if (!block) throw new Error('tiny-a: down_blocks.1 has no attentions');
+      const sides = sidesOf(block, 'tr', attnAndFf);
+      expect(sides.length).toBe(10);
+      await check(
+        `Transformer2DModel${mode}`,
+        {
+          inputs: [{ ...img(2, 5, 3, 64), symbols: dyn }, { shape: [2, 7, 32] }],
+          imageOut: true,
+          checkpoint,
+          sides,
+          run: (o, [x, ctx]) => block.forward(o, x, ctx),
+        },
+        4 * 64,
+      );
+    });
+  }
+
+  it('the tiny-a UNet gradient, every block checkpointed, upsampling to an odd skip size', async () => {
+    const sides = sidesOf(unet, '', attnAndFf).map((s) => ({ ...s, path: s.path }));
+    await check(
+      'UNet tiny-a (checkpointed blocks)',
+      {
+        inputs: [
+          img(2, 6, 7, 4), // static dims: symbolic ones make ONNX Runtime's session creation 10x slower here
+          { shape: [2], data: Float32Array.of(10, 601), wrt: false },
+          { shape: [2, 5, 32] },
+        ],
+        imageOut: true,
+        sides,
+        run: <T>(o: Ops<T>, [x, t, ctx]: T[]) =>
+          o instanceof GradOps
+            ? (unet.denoise(o, x as Value, t as Value, ctx as Value, o.checkpointBlocks()) as T)
+            : unet.denoise(o, x, t, ctx),
+      },
+      9 * 128,
+      30,
+      /^(down_blocks\.0|up_blocks\.1)\.resnets\.\d\.time_emb_proj\./,
+    );
   });
 });

@@ -47,11 +47,12 @@ export interface GradCase {
 }
 
 export interface GradResult {
-  /** Per differentiated input ('x0', 'x1', ...) and side factor ('path.down'): max |onnx - tf| / max |tf|. */
-  readonly rel: Record<string, number>;
+  /** Per differentiated input ('x0', 'x1', ...) and side factor ('path.down'): max |onnx - tf| and max |tf|. */
+  readonly errors: Record<string, { maxAbs: number; maxRef: number }>;
   /** The ONNX graph's bytes (to look at its nodes). */
   readonly bytes: Uint8Array;
-  readonly loss: { onnx: number; tf: number };
+  /** The loss on both sides, and the sum of its terms' magnitudes (the scale of its rounding). */
+  readonly loss: { onnx: number; tf: number; absSum: number };
 }
 
 const toNCHW = (t: Tensor) => (t.rank === 4 ? tf.transpose(t, [0, 3, 1, 2]) : t.clone());
@@ -119,10 +120,25 @@ export async function gradCheck(c: GradCase): Promise<GradResult> {
       value,
       ...grads.map((g, k) => (k < diffIdx.length && c.inputs[diffIdx[k]].image ? toNCHW(g) : g.clone())),
     ];
-    return { tensors: out, R: c.imageOut ? toNCHW(R) : R.clone(), diffIdx };
+    const keys = [
+      ...diffIdx.map((i) => `x${i}`),
+      ...(c.sides ?? []).flatMap((sd) => [`${sd.path}.down`, `${sd.path}.up`]),
+    ];
+    const lossAbs = tf.sum(
+      tf.abs(
+        tf.mul(
+          c.tfRun
+            ? c.tfRun(xs)
+            : c.run(sideTfOps(new Map((c.sides ?? []).map((sd, i) => [sd.layer, [fs[2 * i], fs[2 * i + 1]]]))), xs),
+          R,
+        ),
+      ),
+    );
+    return { tensors: [...out, lossAbs], R: c.imageOut ? toNCHW(R) : R.clone(), diffIdx, keys };
   });
-  const refLoss = (await ref.tensors[0].data())[0];
-  const refGrads = await Promise.all(ref.tensors.slice(1).map(async (t) => (await t.data()) as Float32Array));
+  const refData = await Promise.all(ref.tensors.map(async (t) => (await t.data()) as Float32Array));
+  const refGrads = new Map(ref.keys.map((k, i) => [k, refData[i + 1]]));
+  const lossAbsSum = refData[refData.length - 1][0];
   const R = { data: (await ref.R.data()) as Float32Array, dims: ref.R.shape };
   tf.dispose([...ref.tensors, ref.R]);
 
@@ -180,10 +196,10 @@ export async function gradCheck(c: GradCase): Promise<GradResult> {
   const out = await session.run(feeds);
   await session.release();
 
-  const rel: Record<string, number> = {};
-  names.forEach((k, j) => {
+  const abs: Record<string, { maxAbs: number; maxRef: number }> = {};
+  names.forEach((k) => {
     const got = out[`d.${k}`].data as Float32Array;
-    const want = refGrads[j];
+    const want = refGrads.get(k) as Float32Array;
     if (got.length !== want.length) throw new Error(`${k}: onnx gives ${got.length} values, tfjs ${want.length}`);
     let maxAbs = 0;
     let maxRef = 0;
@@ -192,7 +208,11 @@ export async function gradCheck(c: GradCase): Promise<GradResult> {
       maxAbs = Number.isNaN(d) ? Number.POSITIVE_INFINITY : Math.max(maxAbs, d);
       maxRef = Math.max(maxRef, Math.abs(want[i]));
     }
-    rel[k] = maxAbs / maxRef;
+    abs[k] = { maxAbs, maxRef };
   });
-  return { rel, bytes, loss: { onnx: (out.loss.data as Float32Array)[0], tf: refLoss } };
+  return {
+    errors: abs,
+    bytes,
+    loss: { onnx: (out.loss.data as Float32Array)[0], tf: refData[0][0], absSum: lossAbsSum },
+  };
 }

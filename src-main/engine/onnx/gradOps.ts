@@ -37,6 +37,7 @@ import type { Linear } from '../models/layers/linear.ts';
 import type { Param } from '../models/layers/module.ts';
 import type { GroupNorm, LayerNorm } from '../models/layers/norm.ts';
 import type { Pad2d } from '../models/ops/ops.ts';
+import type { BlockRunner } from '../models/unet2dCondition.ts';
 import type { ElemType, GraphDim, Value } from './graphBuilder.ts';
 import { OnnxOps, sidePathInputs, type OnnxOpsOptions } from './onnxOps.ts';
 import { headGroups, RULES, splitHeads } from './grad/rules.ts';
@@ -607,6 +608,11 @@ export class GradOps extends OnnxOps {
     } finally {
       this.segment = undefined;
     }
+  }
+
+  /** A UNet BlockRunner (unet2dCondition.ts) that checkpoints every block. */
+  checkpointBlocks(): BlockRunner<Value> {
+    return (_name, fn, inputs) => this.checkpoint(() => fn(inputs));
   }
 
   /** d(loss)/d(v) for each wrt value, from the scalar `loss` (seed 1). */
