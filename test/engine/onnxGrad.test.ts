@@ -9,7 +9,12 @@
  * The bound is 1e-6 * sqrt(K) * max|ref| (eps32 = 6e-8, times a margin of 16 for the chain of ops
  * between the loss and the input), with K given per case.
  */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import onnxProto from 'onnx-proto';
+import type * as OrtTypes from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf } from '../../src-main/engine/backend/tf.ts';
 import { Conv2d } from '../../src-main/engine/models/layers/conv2d.ts';
@@ -27,6 +32,8 @@ import { type GradCase, gradCheck, randomize } from '../helpers/gradCheck.ts';
 // wasm, not cpu: tfjs-backend-cpu's ResizeNearestNeighborGrad is wrong for batch > 1 (it gave
 // [6, 10] for a [2, 1, 1, 1] input where the 2x2 block sums are [6, 22]); wasm's is right.
 useBackend('wasm');
+// The optimized-model check needs a session option OnnxSession does not expose (optimizedModelFilePath).
+const ort = createRequire(import.meta.url)('onnxruntime-node') as typeof OrtTypes;
 
 const measured: string[] = [];
 afterAll(() => {
@@ -165,6 +172,28 @@ describe('onnx gradient rules: elementwise', () => {
       ['same operand', { inputs: [{ shape: [2, 5] }], run: (o, [a]) => o.mul(a, a) }],
     ];
     for (const [name, c] of cases) await check(name, c, 3);
+  });
+});
+
+describe('onnx gradient rules: loss reductions (GradOps only)', () => {
+  it('reduceSum and reduceMean gradients, over all axes and some, with and without keepdims', async () => {
+    const reductions: Array<[string, (o: GradOps, x: Value) => Value, (x: tf.Tensor) => tf.Tensor]> = [
+      ['reduceMean all', (o, x) => o.reduceMean(x), (x) => tf.mean(x)],
+      ['reduceMean [1, 2] keepdims', (o, x) => o.reduceMean(x, [1, 2], true), (x) => tf.mean(x, [1, 2], true)],
+      ['reduceSum [-1]', (o, x) => o.reduceSum(x, [-1]), (x) => tf.sum(x, -1)],
+      ['reduceSum all keepdims', (o, x) => o.reduceSum(x, undefined, true), (x) => tf.sum(x, undefined, true)],
+    ];
+    for (const [name, onnx, tfjs] of reductions) {
+      await check(
+        name,
+        {
+          inputs: [{ shape: [2, 3, 5], symbols: { 0: 'batch' } }],
+          run: <T>(o: Ops<T>, [x]: T[]) => onnx(o as unknown as GradOps, x as Value) as T,
+          tfRun: ([x]) => tfjs(x),
+        },
+        30,
+      );
+    }
   });
 });
 
@@ -361,5 +390,75 @@ describe('onnx gradient of whole modules (tiny-a UNet weights), adapter side pat
       30,
       /^(down_blocks\.0|up_blocks\.1)\.resnets\.\d\.time_emb_proj\./,
     );
+  });
+});
+
+describe('onnx gradient checkpointing: recomputation in the emitted graph', () => {
+  /** Node counts by op type, in a serialized model. */
+  const opCounts = (bytes: Uint8Array) => {
+    const counts = new Map<string, number>();
+    for (const n of onnxProto.onnx.ModelProto.decode(bytes).graph?.node ?? [])
+      counts.set(n.opType ?? '', (counts.get(n.opType ?? '') ?? 0) + 1);
+    return counts;
+  };
+  /** Convolutions forward (Conv and ONNX Runtime's fused or NCHWc forms), not the ConvTranspose of the backward. */
+  const convs = (counts: Map<string, number>) =>
+    [...counts].filter(([op]) => /Conv/.test(op) && !/Transpose/.test(op)).reduce((s, [, n]) => s + n, 0);
+
+  /** The model ONNX Runtime runs after its optimizations (CSE on, as by default, or off). */
+  async function optimized(bytes: Uint8Array, cse: boolean): Promise<Uint8Array> {
+    const dir = mkdtempSync(join(tmpdir(), 'onnx-grad-'));
+    const file = join(dir, 'optimized.onnx');
+    try {
+      const session = await ort.InferenceSession.create(bytes, {
+        executionProviders: ['cpu'],
+        graphOptimizationLevel: 'all',
+        optimizedModelFilePath: file,
+        logSeverityLevel: 3,
+        ...(cse ? {} : { extra: { optimization: { disable_specified_optimizers: 'CommonSubexpressionElimination' } } }),
+      });
+      await session.release();
+      return readFileSync(file);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  it('the checkpointed ResnetBlock2D gradient equals the plain one, and its forward convolutions run twice, also after ONNX Runtime optimizes the graph', async () => {
+    const unet = await UNet2DConditionModel.load(join(FIXTURES, 'tiny-a/model/unet'));
+    try {
+      const block = unet.down_blocks[1].resnets[0]; // conv1, conv2, conv_shortcut
+      const sides = [{ path: 'res.time_emb_proj', layer: block.time_emb_proj as Linear, rank: 3 }];
+      const run = (checkpoint: boolean) =>
+        gradCheck({
+          inputs: [img(2, 5, 6, 32), { shape: [2, 128] }],
+          imageOut: true,
+          checkpoint,
+          sides,
+          run: (o, [x, temb]) => block.forward(o, x, temb),
+        });
+      const [plain, ckpt] = [await run(false), await run(true)];
+      for (const [k, g] of Object.entries(plain.grads)) {
+        const d = ckpt.grads[k];
+        let worst = 0;
+        for (let i = 0; i < g.length; i++) worst = Math.max(worst, Math.abs(g[i] - d[i]));
+        measured.push(`  checkpointed vs plain ResnetBlock2D d${k}: max diff ${worst.toExponential(1)}`);
+        expect(worst, `d${k}`).toBe(0);
+      }
+      expect(convs(opCounts(plain.bytes))).toBe(3);
+      expect(convs(opCounts(ckpt.bytes))).toBe(6); // forward + recomputed
+      for (const cse of [true, false]) {
+        const after = [
+          convs(opCounts(await optimized(plain.bytes, cse))),
+          convs(opCounts(await optimized(ckpt.bytes, cse))),
+        ];
+        measured.push(
+          `  optimized (CSE ${cse ? 'on' : 'off'}): ${after[0]} forward convolutions plain, ${after[1]} checkpointed`,
+        );
+        expect(after[1], `CSE ${cse ? 'on' : 'off'}`).toBe(2 * after[0]);
+      }
+    } finally {
+      unet.dispose();
+    }
   });
 });

@@ -49,6 +49,8 @@ export interface GradCase {
 export interface GradResult {
   /** Per differentiated input ('x0', 'x1', ...) and side factor ('path.down'): max |onnx - tf| and max |tf|. */
   readonly errors: Record<string, { maxAbs: number; maxRef: number }>;
+  /** The ONNX gradients, by the same keys. */
+  readonly grads: Record<string, Float32Array>;
   /** The ONNX graph's bytes (to look at its nodes). */
   readonly bytes: Uint8Array;
   /** The loss on both sides, and the sum of its terms' magnitudes (the scale of its rounding). */
@@ -212,6 +214,7 @@ export async function gradCheck(c: GradCase): Promise<GradResult> {
   });
   return {
     errors: abs,
+    grads: Object.fromEntries(names.map((k) => [k, out[`d.${k}`].data as Float32Array])),
     bytes,
     loss: { onnx: (out.loss.data as Float32Array)[0], tf: refData[0][0], absSum: lossAbsSum },
   };
