@@ -173,7 +173,7 @@ export async function gradCheck(c: GradCase): Promise<GradResult> {
   });
   for (const [k, v] of o.sideWrt()) wrt.set(k, v);
   const grads = o.backward(loss, wrt);
-  g.output(loss, 'loss', []);
+  g.output(o.float32(loss), 'loss', []);
   const names = [...wrt.keys()];
   for (const k of names)
     g.output(
