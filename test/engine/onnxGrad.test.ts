@@ -465,6 +465,13 @@ describe('onnx gradient checkpointing: recomputation in the emitted graph', () =
     }
   }
 
+  it("attention's backward recomputes its scores (one Softmax per head, forward and backward), also after ONNX Runtime's optimizations with CSE on", async () => {
+    const r = await gradCheck({ inputs: [{ shape: [2, 7, 8] }], run: (o, [x]) => o.attention(x, x, x, 2) });
+    expect(opCounts(r.bytes).get('Softmax')).toBe(4);
+    for (const cse of [true, false])
+      expect(opCounts(await optimized(r.bytes, cse)).get('Softmax'), `CSE ${cse}`).toBe(4);
+  });
+
   it('the checkpointed ResnetBlock2D gradient equals the plain one, and its forward convolutions run twice, also after ONNX Runtime optimizes the graph', async () => {
     const unet = await UNet2DConditionModel.load(join(FIXTURES, 'tiny-a/model/unet'));
     try {

@@ -336,7 +336,7 @@ function selection(c: RuleContext, inSize: Value, outSize: Value, like: Value): 
  * (FlashAttention's backward, Dao et al. 2022, without the tiling of the rows):
  *
  *   per group, [B, G, S, d] layout; Qs = Q / sqrt(d)
- *   1. P  = softmax(Qs K^T + M)            recomputed, [B, G, Sq, Sk]
+ *   1. P  = softmax(Qs K^T + M)            recomputed, [B, G, Sq, Sk], from Q gated on dO
  *   2. D  = rowsum(dO * O)                 [B, G, Sq, 1] (from the forward output, all heads at once)
  *   3. dV = P^T dO
  *   4. dS = P * (dO V^T - D)
@@ -373,7 +373,11 @@ function attentionBackward(
   const dk: Value[] = [];
   const dv: Value[] = [];
   groups.forEach((_, i) => {
-    const qsc = g.op('Mul', [qs[i], scale]);
+    // The recomputation reads q + 0 * sum(dO): the same values, but it cannot start before dO
+    // exists, nor can common-subexpression elimination merge it with the forward's scores (which
+    // would keep every head's scores alive until the backward pass).
+    const gate = g.op('Mul', [g.op('ReduceSum', [dOs[i]], { keepdims: 0 }, { rank: 0 }), c.scalar(0, dO)]);
+    const qsc = g.op('Mul', [g.op('Add', [qs[i], gate]), scale]);
     const kT = g.op('Transpose', [ks[i]], { perm: [0, 1, 3, 2] }); // [B, G, d, Sk]
     let s = g.op('MatMul', [qsc, kT]); // [B, G, Sq, Sk]
     if (mask) s = g.op('Add', [s, mask]);
