@@ -84,9 +84,24 @@ describe('onnx gradient rules: layers with weights', () => {
       },
       10,
     );
+    await check(
+      "linear+side, linearLayout 'gemm'",
+      {
+        inputs: [{ shape: [2, 5, 7], symbols: { 0: 'batch', 1: 'tokens' } }],
+        sides: [{ path: 'lin', layer, rank: 3 }],
+        options: { linearLayout: 'gemm' },
+        run: (o, [x]) => o.linear(x, layer),
+      },
+      10,
+    );
     const plain = new Linear(5, 3, false);
     randomize(plain, 4);
     await check('linear', { inputs: [{ shape: [3, 5] }], run: (o, [x]) => o.linear(x, plain) }, 5);
+    await check(
+      "linear, linearLayout 'gemm'",
+      { inputs: [{ shape: [3, 5] }], options: { linearLayout: 'gemm' }, run: (o, [x]) => o.linear(x, plain) },
+      5,
+    );
   });
 
   it('conv2d gradient: stride 1 and 2, symmetric and asymmetric padding, 1x1, odd sizes', async () => {
