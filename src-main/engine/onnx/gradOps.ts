@@ -1,9 +1,9 @@
 /**
  * The gradient executor (design note: docs/onnx-gradients.md): OnnxOps (onnxOps.ts) that also
  * records a tape, so that running a module's `forward` with it emits the forward graph and
- * `backward` then emits the backward graph, in standard ONNX ops, from the same one model definition. ONNX Runtime builds carry no
- * gradient kernels; we need none, because the base weights are frozen and only the adapters'
- * low-rank factors get gradients.
+ * `backward` then emits the backward graph, in standard ONNX ops, from the same one model
+ * definition. ONNX Runtime builds carry no gradient kernels; we need none, because the base
+ * weights are frozen and only the adapters' low-rank factors get gradients.
  *
  *   forward    every op call records a tape entry (op, Value inputs and outputs, arguments)
  *   backward   walks the tape in reverse from a scalar loss (seed 1) and emits each entry's
