@@ -29,6 +29,7 @@ import {
   adapterArraysOf,
   type OnnxMicroBatch,
   onnxTrainStep,
+  stepShapeOf,
 } from '../../src-main/engine/train/onnxStep.ts';
 import { type MicroBatch, trainStep, type TrainStepOptions } from '../../src-main/engine/train/step.ts';
 import { maxAbsDiff, useBackend } from '../helpers/backend.ts';
@@ -55,6 +56,7 @@ describe('onnx training step vs the TensorFlow.js step (tiny-a)', () => {
         key,
         openTrainStep(base.unet, {
           dtype: 'float32',
+          shape: stepShapeOf(hostBatches[0]),
           sidePaths,
           providers: ['cpu'],
           cacheDir,
@@ -104,6 +106,7 @@ describe('onnx training step vs the TensorFlow.js step (tiny-a)', () => {
   for (const [method, checkpointing] of [
     ['singlora', false],
     ['lora', false],
+    ['singlora', true],
   ] as const) {
     it(`${method}${checkpointing ? ' with gradient checkpointing' : ''}: loss, gradients and norm match (batch 2 with a class image, min-SNR, v-prediction, 2 micro-batches)`, async () => {
       const adapters = AdapterSet.inject(unet, defaultAdapterSpec({ method, rank: 4, alpha: 4, rampSteps: 10 }), {

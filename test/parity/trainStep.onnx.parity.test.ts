@@ -32,6 +32,7 @@ import {
   applyGradientArrays,
   onnxLoss,
   onnxTrainStep,
+  stepShapeOf,
   type OnnxMicroBatch,
 } from '../../src-main/engine/train/onnxStep.ts';
 import { maxAbsDiff } from '../helpers/backend.ts';
@@ -51,7 +52,7 @@ import {
 } from '../helpers/trainStepCases.ts';
 
 /** With and without gradient checkpointing (SingLoRA). */
-const CHECKPOINTING_CASES = [false];
+const CHECKPOINTING_CASES = [false, true];
 
 /** The Linear layers of a UNet config: path -> [in, out]. */
 function linearsOf(config: unknown): Map<string, { inFeatures: number; outFeatures: number }> {
@@ -144,6 +145,7 @@ for (const folder of parityFolders()) {
         skipIfMissing(ctx, method);
         const opened = await openTrainStep(base.unet, {
           dtype: 'float32',
+          shape: stepShapeOf(batch),
           sidePaths: meta.layers,
           providers: ['cpu'],
           cacheDir,
@@ -169,6 +171,7 @@ for (const folder of parityFolders()) {
           skipIfMissing(ctx, method);
           const opened = await openTrainStep(base.unet, {
             dtype: 'float32',
+            shape: stepShapeOf(batch),
             sidePaths: meta.layers,
             providers: ['cpu'],
             cacheDir,

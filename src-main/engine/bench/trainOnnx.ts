@@ -161,6 +161,7 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
         { config, configSource: join(tmp, 'unet', 'config.json'), weights: safetensorsSource(st), files: [file] },
         {
           dtype,
+          shape: { batch, height: latent[0], width: latent[1], tokens: 77 },
           sidePaths,
           providers,
           checkpointing: o.checkpointing ?? false,

@@ -56,7 +56,24 @@ export interface GradientExecutor extends OnnxOps {
 
 export type GradientExecutorFactory = (options: OnnxOpsOptions) => GradientExecutor;
 
+/**
+ * The sizes a step graph is emitted for. Fixed sizes, not symbols: ONNX Runtime's allocation
+ * planner is superlinear in a graph with symbolic dims (tiny-a's forward + backward took 11.8 s
+ * to create with symbolic batch and latent sizes, 1.3 s with numbers), and a run's batch and
+ * resolution do not change. The cache keeps one graph per shape.
+ */
+export interface StepShape {
+  /** n, the samples of one micro-batch (instances + class images). */
+  readonly batch: number;
+  /** The latent's height and width. */
+  readonly height: number;
+  readonly width: number;
+  /** Text tokens (77 for SD 1.x). */
+  readonly tokens: number;
+}
+
 export interface TrainStepGraphOptions {
+  readonly shape: StepShape;
   /** Compute type: float32 on the CPU; float16 on GPU providers (factors and gradients stay float32). */
   readonly dtype: ComputeType;
   /** Module paths of the adapted Linears. */
@@ -106,11 +123,12 @@ export function emitTrainStep(
   const input = (name: string, dims: readonly GraphDim[]) =>
     grad ? grad.input(name, 'float32', dims) : g.input(name, 'float32', dims);
 
-  const sample = input('sample', ['batch', 'height', 'width', cfg.inChannels]);
-  const timestep = input('timestep', ['batch']);
-  const context = input('encoder_hidden_states', ['batch', 'sequence', cfg.crossAttentionDim[0]]);
-  const target = input('target', ['batch', 'height', 'width', cfg.outChannels]);
-  const lossWeight = input('loss_weight', ['batch']);
+  const { batch, height, width, tokens } = options.shape;
+  const sample = input('sample', [batch, height, width, cfg.inChannels]);
+  const timestep = input('timestep', [batch]);
+  const context = input('encoder_hidden_states', [batch, tokens, cfg.crossAttentionDim[0]]);
+  const target = input('target', [batch, height, width, cfg.outChannels]);
+  const lossWeight = input('loss_weight', [batch]);
 
   const runBlock: BlockRunner<Value> | undefined =
     grad && options.checkpointing ? (_name, fn, inputs) => grad.checkpoint(() => fn(inputs)) : undefined;
@@ -190,7 +208,7 @@ export async function openTrainStep(files: ComponentFiles, o: OpenTrainStepOptio
       dtype: o.dtype,
       sidePaths: o.sidePaths,
       attention,
-      variant: `${o.executor ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''}`,
+      variant: `${o.executor ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)}`,
       config: files.config,
       files: files.files,
       emit: () => ({
@@ -206,6 +224,11 @@ export async function openTrainStep(files: ComponentFiles, o: OpenTrainStepOptio
       extra: trainingSessionExtra(o.providers),
     },
   );
+}
+
+/** `n x h x w x tokens`. */
+export function shapeKey(s: StepShape): string {
+  return `${s.batch}x${s.height}x${s.width}x${s.tokens}`;
 }
 
 const toNCHW = (g: GraphBuilder, v: Value) => g.op('Transpose', [v], { perm: [0, 3, 1, 2] });

@@ -21,7 +21,7 @@ import { GradOps } from '../onnx/gradOps.ts';
 import type { OpenedGraph } from '../onnx/graphSessions.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
-import { openTrainStep } from '../onnx/trainStepGraph.ts';
+import { openTrainStep, shapeKey, type StepShape } from '../onnx/trainStepGraph.ts';
 import type { DDPMScheduler } from '../schedulers/ddpmScheduler.ts';
 import type { AdamWConfig, AdamWState } from './adamw.ts';
 import {
@@ -34,6 +34,7 @@ import {
   type OnnxStepOptions,
   type OnnxStepResult,
   onnxTrainStep,
+  stepShapeOf,
 } from './onnxStep.ts';
 
 export interface OnnxTrainingOptions {
@@ -44,7 +45,7 @@ export interface OnnxTrainingOptions {
 }
 
 export class OnnxTrainingEngine {
-  private train: OpenedGraph | null = null;
+  private train: { opened: OpenedGraph; shape: string } | null = null;
   /** The providers and compute type the first session started on; later sessions use the same. */
   private chosen: { providers: ExecutionProvider[]; dtype: ComputeType } | null = null;
 
@@ -85,9 +86,18 @@ export class OnnxTrainingEngine {
   }
 
   async step(batches: readonly OnnxMicroBatch[], o: OnnxStepOptions): Promise<OnnxStepResult> {
-    this.train ??= await this.open(true);
+    const shape = stepShapeOf(batches[0]);
+    if (this.train?.shape !== shapeKey(shape)) {
+      await this.releaseTraining();
+      this.train = { opened: await this.open(true, shape), shape: shapeKey(shape) };
+    }
     return onnxTrainStep(
-      { session: this.train.session, scheduler: this.scheduler, adapters: this.adapters, optimizer: this.optimizer },
+      {
+        session: this.train.opened.session,
+        scheduler: this.scheduler,
+        adapters: this.adapters,
+        optimizer: this.optimizer,
+      },
       batches,
       o,
     );
@@ -100,7 +110,7 @@ export class OnnxTrainingEngine {
    */
   async meanLoss(samples: readonly OnnxMicroBatch[], step: number): Promise<number> {
     await this.releaseTraining();
-    const opened = await this.open(false);
+    const opened = await this.open(false, stepShapeOf(samples[0]));
     try {
       let sum = 0;
       for (const s of samples)
@@ -129,11 +139,11 @@ export class OnnxTrainingEngine {
   }
 
   async releaseTraining(): Promise<void> {
-    await this.train?.session.release();
+    await this.train?.opened.session.release();
     this.train = null;
   }
 
-  private async open(gradients: boolean): Promise<OpenedGraph> {
+  private async open(gradients: boolean, shape: StepShape): Promise<OpenedGraph> {
     const base = await openBaseModel(this.base, this.openOptions);
     try {
       const lists = this.chosen ? [this.chosen.providers] : await providerCandidates(this.options.provider);
@@ -150,6 +160,7 @@ export class OnnxTrainingEngine {
           try {
             const opened = await openTrainStep(base.unet, {
               dtype,
+              shape,
               sidePaths: this.adapters.layers.map((l) => l.path),
               providers,
               checkpointing: gradients && this.options.checkpointing,

@@ -37,7 +37,7 @@ import type { AdapterMethod } from '../adapters/adapterLinear.ts';
 import type { AdapterSet } from '../adapters/adapterSet.ts';
 import { ramp } from '../adapters/ramp.ts';
 import { sidePathInputs } from '../onnx/onnxOps.ts';
-import { sideGradOutputs } from '../onnx/trainStepGraph.ts';
+import { sideGradOutputs, type StepShape } from '../onnx/trainStepGraph.ts';
 import type { DDPMScheduler } from '../schedulers/ddpmScheduler.ts';
 import { f32, sqrt32 } from '../schedulers/float32.ts';
 import type { AdamWConfig, AdamWState } from './adamw.ts';
@@ -58,6 +58,12 @@ export interface OnnxMicroBatch {
   readonly context: HostTensor;
   /** The first `instances` samples are the subject's; the rest class images. Default: all n. */
   readonly instances?: number;
+}
+
+/** The step graph's sizes for a micro-batch (one graph per shape, see trainStepGraph.ts). */
+export function stepShapeOf(b: OnnxMicroBatch): StepShape {
+  const [batch, height, width] = b.latents.dims;
+  return { batch, height, width, tokens: b.context.dims[1] };
 }
 
 /** One adapted Linear: where it is, its shape and hyper-parameters. */
