@@ -282,6 +282,21 @@ describe('onnx gradient rules: structure and images', () => {
         },
       ],
       [
+        // The gradient reaching the segment comes through a run-time broadcast reduction (symbolic
+        // dims against R's numeric ones), whose rank ONNX shape inference does not know; the
+        // replayed Resize's sizes must still have a known length, or the session fails to load.
+        'upsampleNearest to like, checkpointed, run-time shapes',
+        {
+          inputs: [
+            { ...img(1, 3, 4, 2), symbols: dyn },
+            { ...img(1, 5, 7, 1), wrt: false, symbols: dyn },
+          ],
+          imageOut: true,
+          checkpoint: true,
+          run: (o, [a, like]) => o.upsampleNearest(o.mul(a, 2), like),
+        },
+      ],
+      [
         'upsampleNearest to like 3x4 -> 6x8',
         {
           inputs: [

@@ -38,7 +38,7 @@ import type { Param } from '../models/layers/module.ts';
 import type { GroupNorm, LayerNorm } from '../models/layers/norm.ts';
 import type { Pad2d } from '../models/ops/ops.ts';
 import type { BlockRunner } from '../models/unet2dCondition.ts';
-import type { ElemType, GraphDim, Value } from './graphBuilder.ts';
+import type { ElemType, GraphBuilder, GraphDim, Value } from './graphBuilder.ts';
 import { OnnxOps, sidePathInputs, type OnnxOpsOptions } from './onnxOps.ts';
 import { headGroups, RULES, splitHeads } from './grad/rules.ts';
 import {
@@ -699,7 +699,7 @@ export class GradOps extends OnnxOps {
     const outs = [...produced].filter((n) => adj.has(n));
     if (outs.length === 0 || !seg.some((e) => e.inputs.some((v) => dependent.has(v.name)))) return;
     const first = adj.get(outs[0]) as Value;
-    const token = g.op('Mul', [g.op('ReduceSum', [first], { keepdims: 0 }, { rank: 0 }), this.scalar(first, 0)]); // 0, after dy
+    const token = g.op('Mul', [sumAll(g, first), this.scalar(first, 0)]); // 0, after dy
     const map = new Map<string, Value>();
     const free: Value[] = [];
     for (const e of seg)
@@ -768,7 +768,10 @@ export class GradOps extends OnnxOps {
         {},
         { rank: 1 },
       );
-      return g.op('ReduceSum', [r, axes], { keepdims: 1, noop_with_empty_axes: 1 });
+      const summed = g.op('ReduceSum', [r, axes], { keepdims: 1, noop_with_empty_axes: 1 });
+      // Reshaped to the operand's shape: ONNX shape inference loses the rank of a reduction over
+      // run-time axes, and a later Resize whose sizes derive from it would fail to load.
+      return g.op('Reshape', [summed, this.runtimeShape(operand)], {}, { rank: operand.rank });
     }
     if (unit.length > 0) r = g.op('ReduceSum', [r, g.ints(unit)], { keepdims: 1 });
     return r;
@@ -785,9 +788,19 @@ export class GradOps extends OnnxOps {
       runtimeShape: (v, from, to) => this.runtimeShape(v, from, to),
       unbroadcast: (dy, operand, out) => this.unbroadcast(dy, operand, out),
       zerosLike: (v) => this.zerosLike(v),
+      sumAll: (v) => sumAll(this.g, v),
       scalar: (n, like) => this.scalar(like, n),
     };
   }
+}
+
+/**
+ * The sum of all of `v`'s elements, as a scalar whose rank ONNX shape inference knows even when
+ * it does not know `v`'s (a plain ReduceSum's output rank follows its input's).
+ */
+export function sumAll(g: GraphBuilder, v: Value): Value {
+  const flat = g.op('Reshape', [v, g.ints([-1])], {}, { rank: 1 });
+  return g.op('ReduceSum', [flat], { keepdims: 0 }, { rank: 0 });
 }
 
 /** Values that depend on `roots` through the entries (in tape order). */

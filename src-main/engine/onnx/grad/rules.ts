@@ -376,7 +376,7 @@ function attentionBackward(
     // The recomputation reads q + 0 * sum(dO): the same values, but it cannot start before dO
     // exists, nor can common-subexpression elimination merge it with the forward's scores (which
     // would keep every head's scores alive until the backward pass).
-    const gate = g.op('Mul', [g.op('ReduceSum', [dOs[i]], { keepdims: 0 }, { rank: 0 }), c.scalar(0, dO)]);
+    const gate = g.op('Mul', [c.sumAll(dOs[i]), c.scalar(0, dO)]);
     const qsc = g.op('Mul', [g.op('Add', [qs[i], gate]), scale]);
     const kT = g.op('Transpose', [ks[i]], { perm: [0, 1, 3, 2] }); // [B, G, d, Sk]
     let s = g.op('MatMul', [qsc, kT]); // [B, G, Sq, Sk]

@@ -80,6 +80,8 @@ export interface RuleContext {
   unbroadcast(dy: Value, operand: Value, out: Value): Value;
   /** Zeros with the shape and type of `v`. */
   zerosLike(v: Value): Value;
+  /** The sum of all elements of `v`, a scalar (its rank known to ONNX shape inference). */
+  sumAll(v: Value): Value;
   /** A scalar constant of `v`'s type. */
   scalar(n: number, like: Value): Value;
 }
