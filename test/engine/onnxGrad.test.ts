@@ -70,6 +70,8 @@ async function check(name: string, c: GradCase, K: number, depth = 1, zero?: Reg
 
 const img = (n: number, h: number, w: number, c: number) => ({ shape: [n, h, w, c], image: true });
 const dyn = { 0: 'batch', 2: 'height', 3: 'width' };
+/** Another image's run-time size (a different size from `dyn`'s). */
+const likeDims = { 0: 'batch', 2: 'likeHeight', 3: 'likeWidth' };
 
 describe('onnx gradient rules: layers with weights', () => {
   it('linear gradient: dX, and the side path dDown, dUp (batch and tokens summed)', async () => {
@@ -289,7 +291,7 @@ describe('onnx gradient rules: structure and images', () => {
         {
           inputs: [
             { ...img(1, 3, 4, 2), symbols: dyn },
-            { ...img(1, 5, 7, 1), wrt: false, symbols: dyn },
+            { ...img(1, 5, 7, 1), wrt: false, symbols: likeDims },
           ],
           imageOut: true,
           checkpoint: true,
@@ -301,7 +303,7 @@ describe('onnx gradient rules: structure and images', () => {
         {
           inputs: [
             { ...img(1, 3, 4, 2), symbols: dyn },
-            { ...img(1, 6, 8, 1), wrt: false, symbols: dyn },
+            { ...img(1, 6, 8, 1), wrt: false, symbols: likeDims },
           ],
           imageOut: true,
           run: (o, [a, like]) => o.upsampleNearest(a, like),
