@@ -53,6 +53,12 @@ import {
 } from './grad/shapes.ts';
 import type { OpArgs, OpName, Rule, RuleContext, TapeEntry } from './grad/tape.ts';
 
+/**
+ * Bumped whenever the graphs GradOps emits change (a rule, the attention slicing, the gates), so
+ * that cached training graphs are rebuilt (trainStepGraph.ts puts it in its cache key).
+ */
+export const GRAD_VERSION = 2;
+
 /** A side path's factors: down [in, r], up [r, out] (any float type; cast to the compute type). */
 export interface SideFactors {
   readonly down: Value;
