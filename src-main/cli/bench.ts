@@ -17,8 +17,8 @@ import {
   type InferenceCliOptions,
 } from './common.ts';
 
-/** The training engine `bench train` measures unless told (the one `train` uses). */
-const DEFAULT_TRAIN_ENGINE = 'tfjs';
+/** The training engine `bench train` measures unless told: train's default (trainer.ts DEFAULT_TRAIN_ENGINE). */
+const DEFAULT_TRAIN_ENGINE = 'onnx';
 
 /** `32,64` or `16x12,32`: latent sizes [h, w]. */
 function latentSizes(v: string): Array<[number, number]> {

@@ -17,9 +17,9 @@
  *     loss = w(t) * mean (unet(z_t, t_i, c) - target)^2      target = n, or v for v-prediction
  *            (+ lambda * the same on class images)           w = min(SNR, gamma) / SNR with min-SNR
  *   clip the summed gradient's global norm; AdamW step.
- * The step itself (noising, loss, backward, clipping, AdamW) is `trainStep` in step.ts, which
- * `bench train` times and the training-step parity test checks against PyTorch; this loop draws
- * its random inputs.
+ * The step itself (noising, loss, backward, clipping, AdamW) is `onnxTrainStep` (onnxStep.ts,
+ * ONNX Runtime, the default) or `trainStep` (step.ts, TensorFlow.js), which `bench train` times
+ * and the training-step parity tests check against PyTorch; this loop draws its random inputs.
  *
  * Determinism: one Philox stream draws every random choice of the loop (image picks, latent
  * samples, noise, timesteps) and is checkpointed with the adapter and the optimizer moments, so
@@ -86,7 +86,8 @@ export interface TrainOptions {
   classImagesCacheDir?: string;
   /**
    * What runs the training step: `onnx` (ONNX Runtime, onnxEngine.ts; previews then run on ONNX
-   * Runtime too) or `tfjs` (TensorFlow.js, step.ts). Default: DEFAULT_TRAIN_ENGINE.
+   * Runtime too) or `tfjs` (TensorFlow.js, step.ts). Default: DEFAULT_TRAIN_ENGINE, or tfjs when
+   * the inference engine is tfjs.
    */
   engine?: TrainEngine;
   /** The onnx engine's execution provider (default: the inference provider, or auto). */
@@ -99,10 +100,11 @@ export const TRAIN_ENGINES = ['onnx', 'tfjs'] as const;
 export type TrainEngine = (typeof TRAIN_ENGINES)[number];
 
 /**
- * The training engine when none is asked for. TensorFlow.js until ONNX Runtime is at least as
- * fast on tiny-b at 256 px (docs/performance.md has the measurements).
+ * The training engine when none is asked for and inference runs on ONNX Runtime: ONNX Runtime,
+ * which passed the training-step parity and measured faster than TensorFlow.js (wasm) on tiny-b at
+ * 256 px (docs/performance.md). With inference on TensorFlow.js, training stays there too.
  */
-export const DEFAULT_TRAIN_ENGINE: TrainEngine = 'tfjs';
+export const DEFAULT_TRAIN_ENGINE: TrainEngine = 'onnx';
 
 /** What the loop needs of a training engine (TensorFlow.js: step.ts; ONNX Runtime: onnxEngine.ts). */
 interface StepRunner {
@@ -192,8 +194,8 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
     );
 
   emit({ event: 'prepare', stage: 'load-model', detail: opts.base });
-  const engine = opts.engine ?? DEFAULT_TRAIN_ENGINE;
   const sd = await StableDiffusion.load(opts.base, opts.baseOptions);
+  const engine = opts.engine ?? (sd.engine === 'tfjs' ? 'tfjs' : DEFAULT_TRAIN_ENGINE);
   const owned: Tensor[] = [];
   let adapters: AdapterSet | null = null;
   let runner: StepRunner | null = null;
