@@ -317,15 +317,15 @@ describe('onnx gradient rules: structure and images', () => {
 describe('onnx gradient rules: attention', () => {
   it('attention gradient (self and cross, mask, one or two heads per slice) from recomputed scores', async () => {
     const mask = Float32Array.from({ length: 7 * 5 }, (_, i) => (i % 5 > (i / 5) % 5 ? -1e4 : 0));
-    for (const perSlice of [1, 2]) {
-      const options = { attentionHeadsPerSlice: perSlice };
+    for (const perSlice of [1, 2, undefined]) {
+      const options = perSlice === undefined ? {} : { attentionHeadsPerSlice: perSlice };
       await check(
-        `self-attention, ${perSlice} head(s) per slice`,
+        `self-attention, ${perSlice ?? 'default'} head(s) per slice`,
         { inputs: [{ shape: [2, 7, 8] }], options, run: (o, [x]) => o.attention(x, x, x, 2) },
         7,
       );
       await check(
-        `cross-attention, ${perSlice} head(s) per slice`,
+        `cross-attention, ${perSlice ?? 'default'} head(s) per slice`,
         {
           inputs: [{ shape: [2, 7, 8], symbols: { 1: 'sq' } }, { shape: [2, 5, 8] }, { shape: [2, 5, 8] }],
           options,
@@ -334,7 +334,7 @@ describe('onnx gradient rules: attention', () => {
         5,
       );
       await check(
-        `masked attention, ${perSlice} head(s) per slice`,
+        `masked attention, ${perSlice ?? 'default'} head(s) per slice`,
         {
           inputs: [
             { shape: [2, 7, 8] },
@@ -498,10 +498,20 @@ describe('onnx gradient checkpointing: recomputation in the emitted graph', () =
   }
 
   it("attention's backward recomputes its scores (one Softmax per head, forward and backward), also after ONNX Runtime's optimizations with CSE on", async () => {
-    const r = await gradCheck({ inputs: [{ shape: [2, 7, 8] }], run: (o, [x]) => o.attention(x, x, x, 2) });
+    const options = { attentionHeadsPerSlice: 1 };
+    const r = await gradCheck({ inputs: [{ shape: [2, 7, 8] }], options, run: (o, [x]) => o.attention(x, x, x, 2) });
     expect(opCounts(r.bytes).get('Softmax')).toBe(4);
     for (const cse of [true, false])
       expect(opCounts(await optimized(r.bytes, cse)).get('Softmax'), `CSE ${cse}`).toBe(4);
+    // By default a slice takes as many heads as fit 2^24 scores when the sizes are static (here
+    // both heads), and one head when they are not known when emitting.
+    const auto = await gradCheck({ inputs: [{ shape: [2, 7, 8] }], run: (o, [x]) => o.attention(x, x, x, 2) });
+    expect(opCounts(auto.bytes).get('Softmax')).toBe(2);
+    const dynamic = await gradCheck({
+      inputs: [{ shape: [2, 7, 8], symbols: { 1: 'tokens' } }],
+      run: (o, [x]) => o.attention(x, x, x, 2),
+    });
+    expect(opCounts(dynamic.bytes).get('Softmax')).toBe(4);
   });
 
   it('the checkpointed ResnetBlock2D gradient equals the plain one, and its forward convolutions run twice, also after ONNX Runtime optimizes the graph', async () => {

@@ -21,9 +21,11 @@
  * names them). Their gradients come from `backward` with the factor Values in `wrt`
  * (`sideWrt()` lists them by `${path}.down` / `${path}.up`).
  *
- * Attention: the forward is computed per group of `attentionHeadsPerSlice` heads (default 1)
- * with MatMul and Softmax, and so is the backward, which recomputes each group's scores: no
- * more than one group's [B, G, Sq, Sk] scores exist at a time, and every provider runs it. The
+ * Attention: the forward is computed per group of heads with MatMul and Softmax, and so is the
+ * backward, which recomputes each group's scores: no more than one group's [B, G, Sq, Sk] scores
+ * exist at a time, and every provider runs it. The group size is `attentionHeadsPerSlice`, or by
+ * default as many heads as keep a group under 2^24 scores (64 MiB in float32, the budget of the
+ * TensorFlow.js attention) when B, Sq and Sk are known numbers, else one head. The
  * fused com.microsoft MultiHeadAttention that OnnxOps uses for inference has no gradient rule
  * here, so GradOps never emits it (`attention: 'fused'` is ignored).
  *
@@ -57,7 +59,7 @@ import type { OpArgs, OpName, Rule, RuleContext, TapeEntry } from './grad/tape.t
  * Bumped whenever the graphs GradOps emits change (a rule, the attention slicing, the gates), so
  * that cached training graphs are rebuilt (trainStepGraph.ts puts it in its cache key).
  */
-export const GRAD_VERSION = 2;
+export const GRAD_VERSION = 3;
 
 /** A side path's factors: down [in, r], up [r, out] (any float type; cast to the compute type). */
 export interface SideFactors {
@@ -68,7 +70,11 @@ export interface SideFactors {
 export interface GradOpsOptions extends OnnxOpsOptions {
   /** Supplies a side path's factors (instead of graph inputs named by `sidePathInputs`). */
   readonly sideFactors?: (path: string, layer: Linear) => SideFactors;
-  /** Heads per attention slice, forward and backward (default 1: one head's scores at a time). */
+  /**
+   * Heads per attention slice, forward and backward. Default: as many as keep a slice's scores
+   * under 2^24 elements when the sizes are static, else 1 (one head's scores at a time). Fewer,
+   * bigger slices mean fewer nodes (faster session creation) and less per-op overhead.
+   */
   readonly attentionHeadsPerSlice?: number;
   /**
    * How a frozen Linear's forward reads its [out, in] weight. 'matmul' (default, as OnnxOps):
@@ -81,6 +87,9 @@ export interface GradOpsOptions extends OnnxOpsOptions {
   readonly linearLayout?: 'matmul' | 'gemm';
 }
 
+/** The default budget of one attention slice's scores (64 MiB in float32). */
+const MAX_SCORES_PER_SLICE = 2 ** 24;
+
 /** Ops whose outputs never carry a gradient (integer results, frozen tables, constants). */
 const NON_DIFFERENTIABLE: ReadonlySet<OpName> = new Set(['embedding', 'tableRows', 'constant', 'argMax', 'equalTo']);
 
@@ -92,7 +101,7 @@ export class GradOps extends OnnxOps {
   private readonly sym = new Symbols();
   private readonly ownSidePaths: ReadonlyMap<Linear, string>;
   private readonly factors = new Map<string, SideFactors>();
-  private readonly headsPerSlice: number;
+  private readonly headsPerSlice: number | undefined;
   /** > 0 while an op emits (its nested op calls are not recorded) or a segment is replayed. */
   private depth = 0;
   private segment: number | undefined;
@@ -101,7 +110,7 @@ export class GradOps extends OnnxOps {
   constructor(private readonly gradOptions: GradOpsOptions) {
     super({ ...gradOptions, sidePaths: undefined, attention: 'plain' });
     this.ownSidePaths = gradOptions.sidePaths ?? new Map();
-    this.headsPerSlice = gradOptions.attentionHeadsPerSlice ?? 1;
+    this.headsPerSlice = gradOptions.attentionHeadsPerSlice;
   }
 
   // -- shapes -----------------------------------------------------------------------------------
@@ -557,6 +566,15 @@ export class GradOps extends OnnxOps {
     );
   }
 
+  /** Heads per attention slice for q [B, Sq, *] and k [B, Sk, *] (see `attentionHeadsPerSlice`). */
+  private attentionGroup(q: Value, k: Value, heads: number): number {
+    if (this.headsPerSlice !== undefined) return this.headsPerSlice;
+    const [b, sq] = this.shapeOf(q);
+    const sk = this.shapeOf(k)[1];
+    if (typeof b !== 'number' || typeof sq !== 'number' || typeof sk !== 'number') return 1;
+    return Math.max(1, Math.min(heads, Math.floor(MAX_SCORES_PER_SLICE / (b * sq * sk))));
+  }
+
   /** softmax(Q K^T / sqrt(d) + M) V per group of heads (grad/rules.ts: attentionBackward). */
   private slicedAttention(q: Value, k: Value, v: Value, heads: number, mask?: Value): Value {
     const g = this.g;
@@ -566,7 +584,7 @@ export class GradOps extends OnnxOps {
         `GradOps.attention: q's last dim must be a known multiple of ${heads} heads (q [${this.shapeOf(q)}])`,
       );
     const d = inner / heads;
-    const groups = headGroups(heads, this.headsPerSlice);
+    const groups = headGroups(heads, this.attentionGroup(q, k, heads));
     const toHeads = (t: Value) =>
       g.op('Transpose', [g.op('Reshape', [this.compute(t), g.ints([0, 0, heads, d])], {}, { rank: 4 })], {
         perm: [0, 2, 1, 3],
@@ -787,7 +805,7 @@ export class GradOps extends OnnxOps {
     return {
       g: this.g,
       dtype: this.dtype,
-      attentionGroup: this.headsPerSlice,
+      attentionGroup: (q, k, heads) => this.attentionGroup(q, k, heads),
       shape: (v) => this.shapeOf(v),
       param: (p) => this.param(p),
       castLike: (v, like) => this.castLike(v, like),

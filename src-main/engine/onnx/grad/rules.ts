@@ -356,7 +356,7 @@ function attentionBackward(
   const heads = e.args.heads;
   const inner = c.shape(e.inputs[0])[2] as number;
   const d = inner / heads;
-  const groups = headGroups(heads, c.attentionGroup);
+  const groups = headGroups(heads, c.attentionGroup(e.inputs[0], e.inputs[1], heads));
   const toHeads = (t: Value) =>
     g.op('Transpose', [g.op('Reshape', [t, g.ints([0, 0, heads, d])], {}, { rank: 4 })], { perm: [0, 2, 1, 3] }); // [B, heads, S, d]
   const O = c.castLike(e.outputs[0], dO);

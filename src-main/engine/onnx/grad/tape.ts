@@ -66,8 +66,8 @@ export interface TapeEntry<K extends OpName = OpName> {
 export interface RuleContext {
   readonly g: GraphBuilder;
   readonly dtype: ComputeType;
-  /** Heads per attention slice (the forward's slicing; gradOps.ts). */
-  readonly attentionGroup: number;
+  /** Heads per attention slice for these q and k (the forward's slicing; gradOps.ts). */
+  attentionGroup(q: Value, k: Value, heads: number): number;
   /** The symbolic shape of a value GradOps made or was told about. */
   shape(v: Value): readonly Dim[];
   /** A frozen parameter's initializer, in the compute type. */
