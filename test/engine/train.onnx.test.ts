@@ -1,10 +1,10 @@
 /**
  * `train` on the ONNX Runtime training engine (CPU provider): a run checkpoints adapters in the
- * same file format, resumes exactly (2 + resume + 2 steps give the adapter of 4 straight steps,
+ * same file format, samples previews with the trained adapter, resumes exactly (2 + resume + 2 steps give the adapter of 4 straight steps,
  * the optimizer moments and the random stream restored), and stays close to the TensorFlow.js
  * engine over the same steps (same initial adapters, same random draws).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -56,7 +56,17 @@ describe('training on ONNX Runtime', () => {
   it('follows the TensorFlow.js engine: the same losses and adapters within float noise', async () => {
     const viaOnnx = newRun();
     const viaTfjs = newRun();
-    await train({ base: TINY_A, photos, runDir: viaOnnx, settings, ...onnx });
+    // With a preview at the last step (the training session released, the inference UNet sampling with the synced adapter).
+    await train({
+      base: TINY_A,
+      photos,
+      runDir: viaOnnx,
+      settings: { ...settings, sampleEvery: 4, sampleSteps: 2 },
+      ...onnx,
+    });
+    const samples = (await readRunManifest(viaOnnx)).samples;
+    expect(samples.map((x) => x.step)).toEqual([4, 4]);
+    for (const x of samples) expect(existsSync(join(viaOnnx, x.file)), x.file).toBe(true);
     await train({ base: TINY_A, photos, runDir: viaTfjs, settings, engine: 'tfjs', baseOptions: { engine: 'onnx' } });
     const l1 = (await readRunManifest(viaOnnx)).losses.map((l) => l.loss);
     const l2 = (await readRunManifest(viaTfjs)).losses.map((l) => l.loss);

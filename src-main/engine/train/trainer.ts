@@ -118,6 +118,8 @@ interface StepRunner {
   loadOptimizer(state: AdamWState): void;
   /** Brings the AdapterSet up to date (before saving it or sampling with it). */
   syncAdapters(): void;
+  /** Frees what the next step can rebuild (the onnx step's session: previews then hold the only copy of the UNet). */
+  releaseSessions(): Promise<void>;
   dispose(): Promise<void>;
 }
 
@@ -530,6 +532,7 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
       if (settings.sampleEvery > 0 && step % settings.sampleEvery === 0) {
         adapters.setStep(step);
         run.syncAdapters();
+        await run.releaseSessions();
         const files = await writeSamples(
           sd,
           adapters,
@@ -612,6 +615,7 @@ function tfjsRunner(
     optimizerState: () => optimizer.state(),
     loadOptimizer: (state) => optimizer.load(state),
     syncAdapters: () => {},
+    releaseSessions: async () => {},
     dispose: async () => optimizer.dispose(),
   };
 }
@@ -644,6 +648,7 @@ async function onnxRunner(engine: OnnxTrainingEngine): Promise<StepRunner> {
     optimizerState: async () => engine.optimizerState(),
     loadOptimizer: (state) => engine.loadOptimizer(state),
     syncAdapters: () => engine.syncAdapters(),
+    releaseSessions: () => engine.releaseTraining(),
     dispose: () => engine.releaseTraining(),
   };
 }
