@@ -16,7 +16,6 @@ import { AdapterSet, defaultAdapterSpec } from '../../src-main/engine/adapters/a
 import { tf, type Tensor } from '../../src-main/engine/backend/tf.ts';
 import { openBaseModel, type BaseModel } from '../../src-main/engine/io/modelFiles.ts';
 import { UNet2DConditionModel } from '../../src-main/engine/models/unet2dCondition.ts';
-import { GradOps } from '../../src-main/engine/onnx/gradOps.ts';
 import type { OpenedGraph } from '../../src-main/engine/onnx/graphSessions.ts';
 import { openTrainStep } from '../../src-main/engine/onnx/trainStepGraph.ts';
 import { Rng, randn } from '../../src-main/engine/random.ts';
@@ -60,7 +59,7 @@ describe('onnx training step vs the TensorFlow.js step (tiny-a)', () => {
           sidePaths,
           providers: ['cpu'],
           cacheDir,
-          executor: (o) => new GradOps(o),
+          gradients: true,
           checkpointing,
         }),
       );

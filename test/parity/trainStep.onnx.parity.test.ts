@@ -22,7 +22,6 @@ import { openBaseModel, type BaseModel } from '../../src-main/engine/io/modelFil
 import { Linear } from '../../src-main/engine/models/layers/linear.ts';
 import { UNet2DConditionModel } from '../../src-main/engine/models/unet2dCondition.ts';
 import type { OpenedGraph } from '../../src-main/engine/onnx/graphSessions.ts';
-import { GradOps } from '../../src-main/engine/onnx/gradOps.ts';
 import { openTrainStep } from '../../src-main/engine/onnx/trainStepGraph.ts';
 import type { DDPMScheduler } from '../../src-main/engine/schedulers/ddpmScheduler.ts';
 import { createScheduler, readSchedulerConfig } from '../../src-main/engine/schedulers/index.ts';
@@ -149,6 +148,7 @@ for (const folder of parityFolders()) {
           sidePaths: meta.layers,
           providers: ['cpu'],
           cacheDir,
+          gradients: false,
         });
         sessions.push(opened);
         const adapters = await initialAdapters(cases, meta, method, linears);
@@ -175,7 +175,7 @@ for (const folder of parityFolders()) {
             sidePaths: meta.layers,
             providers: ['cpu'],
             cacheDir,
-            executor: (o) => new GradOps(o),
+            gradients: true,
             checkpointing,
           });
           sessions.push(opened);

@@ -23,7 +23,6 @@ import { safetensorsSource } from '../io/weightSource.ts';
 import { randomSource } from '../models/layers/module.ts';
 import { FlopCounter, type Shaped } from '../models/ops/flopOps.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
-import { GradOps } from '../onnx/gradOps.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
 import { openTrainStep } from '../onnx/trainStepGraph.ts';
@@ -165,7 +164,7 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
           sidePaths,
           providers,
           checkpointing: o.checkpointing ?? false,
-          executor: (options) => new GradOps(options),
+          gradients: true,
           cacheDir: join(tmp, 'cache'),
         },
       );

@@ -19,42 +19,33 @@
  *
  * The loss weights carry everything per sample: the mean over the c*h*w elements, min-SNR's
  * w(t_i), the mean over the instance (or class) images and prior preservation's lambda (see
- * `lossWeights` in train/onnxStep.ts). The loss is emitted here with the builder, and its gradient
+ * `dataFeeds` in train/onnxStep.ts). The loss is emitted here with the builder, and its gradient
  * with respect to the UNet's output, dL/dpred_i = 2 c_i (pred_i - target_i), seeds the backward
  * pass; the chain from the side factors to SingLoRA's A (or LoRA's A and B) is in JS
  * (train/onnxStep.ts): a few small matrices, outside the graph.
  *
+ * Inputs have fixed sizes (`StepShape`): one graph per batch and latent size.
+ *
  * Gradient checkpointing wraps every UNet block in the executor's `checkpoint`, so the backward
  * pass recomputes each block's activations instead of keeping them. Training sessions are created
- * with common-subexpression elimination off (it would merge the recomputation back into the
- * forward), see `TRAINING_SESSION_EXTRA`.
+ * with common-subexpression elimination off (a second guard: the executor already makes the
+ * recomputation read gated inputs, so it cannot be merged back into the forward) and no silent
+ * CPU fallback, see `trainingSessionExtra`.
  */
 import type { ExecutionProvider } from '../backend/onnxRuntime.ts';
 import type { ComponentFiles } from '../io/modelFiles.ts';
 import type { WeightSource } from '../models/layers/module.ts';
 import { UNet2DConditionModel, type BlockRunner } from '../models/unet2dCondition.ts';
 import { bindWeights, GRAPH_VERSION, sidePathMap, type WeightFileRef } from './componentGraphs.ts';
-import { GraphBuilder, type ElemType, type GraphDim, type Value } from './graphBuilder.ts';
+import { GradOps } from './gradOps.ts';
+import { GraphBuilder, type GraphDim, type Value } from './graphBuilder.ts';
 import { openGraph, type OpenedGraph } from './graphSessions.ts';
-import { OnnxOps, sidePathInputs, type ComputeType, type OnnxOpsOptions } from './onnxOps.ts';
+import { OnnxOps, sidePathInputs, type ComputeType } from './onnxOps.ts';
 
 /** Output names of a side path's gradients. */
 export function sideGradOutputs(path: string): { down: string; up: string } {
   return { down: `grad.${path}.down`, up: `grad.${path}.up` };
 }
-
-/** What the step needs of the gradient executor (onnx/gradOps.ts `GradOps`). */
-export interface GradientExecutor extends OnnxOps {
-  /** A graph input whose dims the executor should know (named dims are symbols). */
-  input(name: string, type: ElemType, dims: readonly GraphDim[]): Value;
-  checkpoint<R extends Value | Value[]>(fn: () => R): R;
-  /** The side factors made so far, by `${path}.down` / `${path}.up`. */
-  sideWrt(): Map<string, Value>;
-  /** The gradients of `wrt` given seeds [value, d(value)]. */
-  vjp(seeds: ReadonlyArray<readonly [Value, Value]>, wrt: ReadonlyMap<string, Value>): Map<string, Value>;
-}
-
-export type GradientExecutorFactory = (options: OnnxOpsOptions) => GradientExecutor;
 
 /**
  * The sizes a step graph is emitted for. Fixed sizes, not symbols: ONNX Runtime's allocation
@@ -79,11 +70,11 @@ export interface TrainStepGraphOptions {
   /** Module paths of the adapted Linears. */
   readonly sidePaths: readonly string[];
   /**
-   * The gradient executor; without one the graph computes the loss only (the forward half, which
-   * also serves the fixed-noise loss).
+   * Emit the backward pass (through GradOps) and output the side factors' gradients; false: the
+   * loss only (the forward half, which also serves the fixed-noise loss).
    */
-  readonly executor?: GradientExecutorFactory;
-  /** Recompute each UNet block in the backward pass (needs an executor). */
+  readonly gradients: boolean;
+  /** Recompute each UNet block in the backward pass (needs `gradients`). */
   readonly checkpointing?: boolean;
   /** Attention as plain ops (default here: the backward differentiates plain ops) or fused. */
   readonly attention?: 'fused' | 'plain';
@@ -107,8 +98,8 @@ export function emitTrainStep(
   source: WeightSource,
   options: TrainStepGraphOptions,
 ): TrainStepGraph {
-  if (options.checkpointing && !options.executor)
-    throw new Error('emitTrainStep: gradient checkpointing needs the gradient executor (options.executor)');
+  if (options.checkpointing && !options.gradients)
+    throw new Error('emitTrainStep: gradient checkpointing needs the backward pass (options.gradients)');
   const cfg = unet.config;
   const g = new GraphBuilder('unet_train_step');
   const { weight, files } = bindWeights(unet, source, 'unet', g);
@@ -118,7 +109,7 @@ export function emitTrainStep(
   // Side factors are graph inputs named as the inference graph names them (OnnxOps and GradOps
   // both make them, in walk order).
   const opsOptions = { builder: g, dtype: options.dtype, weight, attention, sidePaths: layers };
-  const grad = options.executor?.(opsOptions);
+  const grad = options.gradients ? new GradOps(opsOptions) : undefined;
   const ops: OnnxOps = grad ?? new OnnxOps(opsOptions);
   const input = (name: string, dims: readonly GraphDim[]) =>
     grad ? grad.input(name, 'float32', dims) : g.input(name, 'float32', dims);
@@ -130,8 +121,7 @@ export function emitTrainStep(
   const target = input('target', [batch, height, width, cfg.outChannels]);
   const lossWeight = input('loss_weight', [batch]);
 
-  const runBlock: BlockRunner<Value> | undefined =
-    grad && options.checkpointing ? (_name, fn, inputs) => grad.checkpoint(() => fn(inputs)) : undefined;
+  const runBlock: BlockRunner<Value> | undefined = grad && options.checkpointing ? grad.checkpointBlocks() : undefined;
   const pred = unet.denoise(ops, toNCHW(g, sample), timestep, ops.compute(context), runBlock); // [n, c, h, w]
 
   // L = sum_i c_i sum_chw (pred - target)^2, in float32.
@@ -208,7 +198,7 @@ export async function openTrainStep(files: ComponentFiles, o: OpenTrainStepOptio
       dtype: o.dtype,
       sidePaths: o.sidePaths,
       attention,
-      variant: `${o.executor ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)}`,
+      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)}`,
       config: files.config,
       files: files.files,
       emit: () => ({

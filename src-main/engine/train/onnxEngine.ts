@@ -17,7 +17,6 @@
 import type { ExecutionProvider } from '../backend/onnxRuntime.ts';
 import type { AdapterSet } from '../adapters/adapterSet.ts';
 import { openBaseModel, type OpenBaseModelOptions } from '../io/modelFiles.ts';
-import { GradOps } from '../onnx/gradOps.ts';
 import type { OpenedGraph } from '../onnx/graphSessions.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
@@ -164,7 +163,7 @@ export class OnnxTrainingEngine {
               sidePaths: this.adapters.layers.map((l) => l.path),
               providers,
               checkpointing: gradients && this.options.checkpointing,
-              executor: gradients ? (o) => new GradOps(o) : undefined,
+              gradients,
               cacheDir: this.options.cacheDir,
             });
             this.chosen = { providers, dtype };
