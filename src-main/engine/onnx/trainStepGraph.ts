@@ -78,6 +78,21 @@ export interface TrainStepGraphOptions {
   readonly checkpointing?: boolean;
   /** Attention as plain ops (default here: the backward differentiates plain ops) or fused. */
   readonly attention?: 'fused' | 'plain';
+  /** Attention heads computed at once, forward and backward (default: `headsPerSlice(shape)`). */
+  readonly attentionHeadsPerSlice?: number;
+}
+
+/** The most bytes one slice of attention scores may take (all samples, one head group). */
+export const ATTENTION_SLICE_BYTES = 256 * 2 ** 20;
+
+/**
+ * Heads per attention slice: as many as fit ATTENTION_SLICE_BYTES of float32 scores at the
+ * largest self-attention (all latent positions against all), at least one. More heads per slice
+ * means fewer, larger MatMuls (and fewer nodes); fewer means a smaller peak.
+ */
+export function headsPerSlice(shape: StepShape): number {
+  const tokens = shape.height * shape.width;
+  return Math.max(1, Math.floor(ATTENTION_SLICE_BYTES / (shape.batch * tokens * tokens * 4)));
 }
 
 export interface TrainStepGraph {
@@ -109,7 +124,12 @@ export function emitTrainStep(
   // Side factors are graph inputs named as the inference graph names them (OnnxOps and GradOps
   // both make them, in walk order).
   const opsOptions = { builder: g, dtype: options.dtype, weight, attention, sidePaths: layers };
-  const grad = options.gradients ? new GradOps(opsOptions) : undefined;
+  const grad = options.gradients
+    ? new GradOps({
+        ...opsOptions,
+        attentionHeadsPerSlice: options.attentionHeadsPerSlice ?? headsPerSlice(options.shape),
+      })
+    : undefined;
   const ops: OnnxOps = grad ?? new OnnxOps(opsOptions);
   const input = (name: string, dims: readonly GraphDim[]) =>
     grad ? grad.input(name, 'float32', dims) : g.input(name, 'float32', dims);
@@ -198,7 +218,7 @@ export async function openTrainStep(files: ComponentFiles, o: OpenTrainStepOptio
       dtype: o.dtype,
       sidePaths: o.sidePaths,
       attention,
-      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)}`,
+      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? headsPerSlice(o.shape)}`,
       config: files.config,
       files: files.files,
       emit: () => ({
