@@ -37,7 +37,7 @@ import type { ComponentFiles } from '../io/modelFiles.ts';
 import type { WeightSource } from '../models/layers/module.ts';
 import { UNet2DConditionModel, type BlockRunner } from '../models/unet2dCondition.ts';
 import { bindWeights, GRAPH_VERSION, sidePathMap, type WeightFileRef } from './componentGraphs.ts';
-import { GradOps } from './gradOps.ts';
+import { GRAD_VERSION, GradOps } from './gradOps.ts';
 import { GraphBuilder, type GraphDim, type Value } from './graphBuilder.ts';
 import { openGraph, type OpenedGraph } from './graphSessions.ts';
 import { OnnxOps, sidePathInputs, type ComputeType } from './onnxOps.ts';
@@ -78,21 +78,8 @@ export interface TrainStepGraphOptions {
   readonly checkpointing?: boolean;
   /** Attention as plain ops (default here: the backward differentiates plain ops) or fused. */
   readonly attention?: 'fused' | 'plain';
-  /** Attention heads computed at once, forward and backward (default: `headsPerSlice(shape)`). */
+  /** Attention heads computed at once, forward and backward (default: GradOps' choice from the sizes). */
   readonly attentionHeadsPerSlice?: number;
-}
-
-/** The most bytes one slice of attention scores may take (all samples, one head group). */
-export const ATTENTION_SLICE_BYTES = 256 * 2 ** 20;
-
-/**
- * Heads per attention slice: as many as fit ATTENTION_SLICE_BYTES of float32 scores at the
- * largest self-attention (all latent positions against all), at least one. More heads per slice
- * means fewer, larger MatMuls (and fewer nodes); fewer means a smaller peak.
- */
-export function headsPerSlice(shape: StepShape): number {
-  const tokens = shape.height * shape.width;
-  return Math.max(1, Math.floor(ATTENTION_SLICE_BYTES / (shape.batch * tokens * tokens * 4)));
 }
 
 export interface TrainStepGraph {
@@ -125,10 +112,7 @@ export function emitTrainStep(
   // both make them, in walk order).
   const opsOptions = { builder: g, dtype: options.dtype, weight, attention, sidePaths: layers };
   const grad = options.gradients
-    ? new GradOps({
-        ...opsOptions,
-        attentionHeadsPerSlice: options.attentionHeadsPerSlice ?? headsPerSlice(options.shape),
-      })
+    ? new GradOps({ ...opsOptions, attentionHeadsPerSlice: options.attentionHeadsPerSlice })
     : undefined;
   const ops: OnnxOps = grad ?? new OnnxOps(opsOptions);
   const input = (name: string, dims: readonly GraphDim[]) =>
@@ -218,7 +202,7 @@ export async function openTrainStep(files: ComponentFiles, o: OpenTrainStepOptio
       dtype: o.dtype,
       sidePaths: o.sidePaths,
       attention,
-      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? headsPerSlice(o.shape)}`,
+      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} grad v${GRAD_VERSION}`,
       config: files.config,
       files: files.files,
       emit: () => ({
