@@ -189,7 +189,16 @@ export function register(program: Command): void {
           '--dtype <type>',
           'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)',
         ).choices(['float32', 'float16']),
-      ),
+      )
+      .addOption(
+        new Option(
+          '--linear-layout <layout>',
+          'onnx engine: frozen Linear weights read by MatMul (a transposed copy) or Gemm (no copy)',
+        )
+          .choices(['matmul', 'gemm'])
+          .default('matmul'),
+      )
+      .option('--no-prepacking', "onnx engine: turn off ONNX Runtime's packed weight copies"),
   ).action(
     action(
       async (
@@ -208,6 +217,8 @@ export function register(program: Command): void {
           engine: (typeof ENGINE_CHOICES)[number];
           provider?: (typeof PROVIDER_CHOICES)[number];
           dtype?: 'float32' | 'float16';
+          linearLayout: 'matmul' | 'gemm';
+          prepacking: boolean;
         },
       ) => {
         requireExists(o.base, '--base');
@@ -225,6 +236,8 @@ export function register(program: Command): void {
             checkpointing: o.checkpointing || o.gradientCheckpointing,
             provider: o.provider ?? 'cpu',
             dtype: o.dtype,
+            linearLayout: o.linearLayout,
+            prepacking: o.prepacking,
             log,
           });
           printResult(o, r, () =>

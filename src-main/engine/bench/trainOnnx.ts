@@ -45,6 +45,10 @@ export interface BenchTrainOnnxOptions {
   batch?: number;
   provider?: ProviderChoice;
   dtype?: ComputeType;
+  /** How frozen Linears read their weights (trainStepGraph.ts `linearLayout`). */
+  linearLayout?: 'matmul' | 'gemm';
+  /** ONNX Runtime's weight prepacking (default on). */
+  prepacking?: boolean;
   seed?: number;
   log?: (line: string) => void;
 }
@@ -67,6 +71,8 @@ export interface BenchTrainOnnxReport {
     warmup: number;
     threads: number;
     weights: 'linked' | 'in-memory';
+    linear_layout: 'matmul' | 'gemm';
+    prepacking: boolean;
   };
   unetParameters: number;
   adapterParameters: number;
@@ -165,6 +171,8 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
           providers,
           checkpointing: o.checkpointing ?? false,
           gradients: true,
+          linearLayout: o.linearLayout,
+          prepacking: o.prepacking,
           cacheDir: join(tmp, 'cache'),
         },
       );
@@ -233,6 +241,8 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
         warmup,
         threads: availableParallelism(),
         weights: opened.weights,
+        linear_layout: o.linearLayout ?? 'matmul',
+        prepacking: o.prepacking ?? true,
       },
       unetParameters: unet.parameterCount(),
       adapterParameters: adapters.params.reduce((n, p) => n + p.length, 0),

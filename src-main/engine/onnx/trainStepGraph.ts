@@ -80,6 +80,12 @@ export interface TrainStepGraphOptions {
   readonly attention?: 'fused' | 'plain';
   /** Attention heads computed at once, forward and backward (default: GradOps' choice from the sizes). */
   readonly attentionHeadsPerSlice?: number;
+  /**
+   * How a frozen Linear reads its [out, in] weight (GradOps): `matmul` (default, MatMul on a
+   * transposed copy that ONNX Runtime folds into a second weight) or `gemm` (Gemm with transB,
+   * no copy; measured slower).
+   */
+  readonly linearLayout?: 'matmul' | 'gemm';
 }
 
 export interface TrainStepGraph {
@@ -112,7 +118,11 @@ export function emitTrainStep(
   // both make them, in walk order).
   const opsOptions = { builder: g, dtype: options.dtype, weight, attention, sidePaths: layers };
   const grad = options.gradients
-    ? new GradOps({ ...opsOptions, attentionHeadsPerSlice: options.attentionHeadsPerSlice })
+    ? new GradOps({
+        ...opsOptions,
+        attentionHeadsPerSlice: options.attentionHeadsPerSlice,
+        linearLayout: options.linearLayout,
+      })
     : undefined;
   const ops: OnnxOps = grad ?? new OnnxOps(opsOptions);
   const input = (name: string, dims: readonly GraphDim[]) =>
@@ -176,15 +186,24 @@ export function emitTrainStep(
  * `onnxruntime_session_options_config_keys.h` (`optimization.disable_specified_optimizers`,
  * `session.disable_cpu_ep_fallback`); the Node binding flattens the nesting with dots.
  */
-export function trainingSessionExtra(providers: readonly string[]): Record<string, Record<string, string>> {
+export function trainingSessionExtra(
+  providers: readonly string[],
+  o: { readonly prepacking?: boolean } = {},
+): Record<string, Record<string, string>> {
+  const session: Record<string, string> = {};
+  if (providers[0] !== 'cpu') session.disable_cpu_ep_fallback = '1';
+  // Prepacking keeps a second, packed copy of constant weights (session.disable_prepacking).
+  if (o.prepacking === false) session.disable_prepacking = '1';
   return {
     optimization: { disable_specified_optimizers: 'CommonSubexpressionElimination' },
-    ...(providers[0] !== 'cpu' ? { session: { disable_cpu_ep_fallback: '1' } } : {}),
+    ...(Object.keys(session).length ? { session } : {}),
   };
 }
 
 export interface OpenTrainStepOptions extends TrainStepGraphOptions {
   readonly providers: readonly ExecutionProvider[];
+  /** ONNX Runtime's weight prepacking (default on; off saves its packed copies, see trainingSessionExtra). */
+  readonly prepacking?: boolean;
   readonly cacheDir?: string;
   readonly inMemory?: boolean;
   readonly intraOpNumThreads?: number;
@@ -202,7 +221,7 @@ export async function openTrainStep(files: ComponentFiles, o: OpenTrainStepOptio
       dtype: o.dtype,
       sidePaths: o.sidePaths,
       attention,
-      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} grad v${GRAD_VERSION}`,
+      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} ${o.linearLayout ?? 'matmul'} grad v${GRAD_VERSION}`,
       config: files.config,
       files: files.files,
       emit: () => ({
@@ -215,7 +234,7 @@ export async function openTrainStep(files: ComponentFiles, o: OpenTrainStepOptio
       cacheDir: o.cacheDir,
       inMemory: o.inMemory,
       intraOpNumThreads: o.intraOpNumThreads,
-      extra: trainingSessionExtra(o.providers),
+      extra: trainingSessionExtra(o.providers, { prepacking: o.prepacking }),
     },
   );
 }
