@@ -10,6 +10,7 @@ import {
   parse,
   PROVIDER_CHOICES,
   printResult,
+  UsageError,
   requireExists,
   withCommon,
   withInference,
@@ -224,6 +225,8 @@ export function register(program: Command): void {
         requireExists(o.base, '--base');
         const log = o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`);
         if (o.engine === 'onnx') {
+          if (o.profile || o.attention !== 'memory-efficient')
+            throw new UsageError('--profile and --attention measure the tfjs engine; add --engine tfjs');
           const { benchTrainOnnx } = await import('../engine/bench/trainOnnx.ts');
           const r = await benchTrainOnnx({
             base: o.base,
