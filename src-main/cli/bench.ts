@@ -5,15 +5,21 @@
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import {
   action,
+  ENGINE_CHOICES,
   inferenceOptions,
   parse,
+  PROVIDER_CHOICES,
   printResult,
+  UsageError,
   requireExists,
   withCommon,
   withInference,
   type GlobalOptions,
   type InferenceCliOptions,
 } from './common.ts';
+
+/** The training engine `bench train` measures unless told: train's default (trainer.ts DEFAULT_TRAIN_ENGINE). */
+const DEFAULT_TRAIN_ENGINE = 'onnx';
 
 /** `32,64` or `16x12,32`: latent sizes [h, w]. */
 function latentSizes(v: string): Array<[number, number]> {
@@ -170,7 +176,30 @@ export function register(program: Command): void {
           .choices(['memory-efficient', 'plain'])
           .default('memory-efficient'),
       )
-      .option('--profile', "also list the step's kernels by time"),
+      .option('--profile', "tfjs engine: also list the step's kernels by time")
+      .addOption(
+        new Option('--engine <name>', 'training engine: onnx (ONNX Runtime) or tfjs (TensorFlow.js)')
+          .choices([...ENGINE_CHOICES])
+          .default(DEFAULT_TRAIN_ENGINE),
+      )
+      .addOption(
+        new Option('--provider <name>', 'onnx engine: ONNX Runtime execution provider').choices([...PROVIDER_CHOICES]),
+      )
+      .addOption(
+        new Option(
+          '--dtype <type>',
+          'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)',
+        ).choices(['float32', 'float16']),
+      )
+      .addOption(
+        new Option(
+          '--linear-layout <layout>',
+          'onnx engine: frozen Linear weights read by MatMul (a transposed copy) or Gemm (no copy)',
+        )
+          .choices(['matmul', 'gemm'])
+          .default('matmul'),
+      )
+      .option('--no-prepacking', "onnx engine: turn off ONNX Runtime's packed weight copies"),
   ).action(
     action(
       async (
@@ -186,9 +215,43 @@ export function register(program: Command): void {
           gradientCheckpointing?: boolean;
           attention: 'memory-efficient' | 'plain';
           profile?: boolean;
+          engine: (typeof ENGINE_CHOICES)[number];
+          provider?: (typeof PROVIDER_CHOICES)[number];
+          dtype?: 'float32' | 'float16';
+          linearLayout: 'matmul' | 'gemm';
+          prepacking: boolean;
         },
       ) => {
         requireExists(o.base, '--base');
+        const log = o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`);
+        if (o.engine === 'onnx') {
+          if (o.profile || o.attention !== 'memory-efficient')
+            throw new UsageError('--profile and --attention measure the tfjs engine; add --engine tfjs');
+          const { benchTrainOnnx } = await import('../engine/bench/trainOnnx.ts');
+          const r = await benchTrainOnnx({
+            base: o.base,
+            resolution: o.resolution,
+            steps: o.steps,
+            warmup: o.warmup,
+            rank: o.rank,
+            method: o.method,
+            batch: o.batch,
+            checkpointing: o.checkpointing || o.gradientCheckpointing,
+            provider: o.provider ?? 'cpu',
+            dtype: o.dtype,
+            linearLayout: o.linearLayout,
+            prepacking: o.prepacking,
+            log,
+          });
+          printResult(o, r, () =>
+            [
+              `onnx on ${r.provider} (${r.dtype}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} ms/step (median of ${r.ms_steps.length}; CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}), ${r.gflop_per_step.toFixed(2)} GFLOP per step, ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
+              `  ${r.config.method} rank ${r.config.rank} on ${r.adapterLayers} layers (${r.adapterParameters.toLocaleString('en-US')} params), UNet ${r.unetParameters.toLocaleString('en-US')} params`,
+              `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}; graph ${r.graph_nodes} nodes, load ${r.load_s.toFixed(1)} s, peak RSS ${r.peak_rss_mb} MiB`,
+            ].join('\n'),
+          );
+          return;
+        }
         const { benchTrain } = await import('../engine/bench/train.ts');
         const r = await benchTrain({
           base: o.base,
@@ -202,7 +265,7 @@ export function register(program: Command): void {
           attention: o.attention,
           profile: o.profile,
           backend: o.backend ?? 'auto',
-          log: o.json ? undefined : (l) => process.stderr.write(`${l}\n`),
+          log,
         });
         printResult(o, r, () =>
           [

@@ -163,7 +163,9 @@ export function register(program: Command): void {
     withCommon(
       program
         .command('train')
-        .description('train a SingLoRA (or LoRA) adapter on photos of a subject (DreamBooth)')
+        .description(
+          'train a SingLoRA (or LoRA) adapter on photos of a subject (DreamBooth); --engine also chooses what trains (onnx: ONNX Runtime on --provider; tfjs: TensorFlow.js)',
+        )
         .option(
           '--base <model>',
           'base model: a diffusers folder or a single-file .safetensors (with --resume: the one in run.json)',
@@ -269,6 +271,9 @@ export function register(program: Command): void {
             settings,
             resume: o.resume,
             resumeSteps: plan.resumeSteps,
+            // --engine chooses the training engine as well as the inference one (default: DEFAULT_TRAIN_ENGINE).
+            ...(o.engine ? { engine: o.engine } : {}),
+            ...(o.provider ? { provider: o.provider } : {}),
           },
           {
             signal: controller.signal,

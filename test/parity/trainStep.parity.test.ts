@@ -21,7 +21,7 @@
  * `lora_down` [r, d_in] is our `lora_A`, `lora_up` [d_out, r] our `lora_B`. Latents and noise
  * are NCHW there, NHWC here.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf, type Tensor, type Variable } from '../../src-main/engine/backend/tf.ts';
@@ -34,104 +34,19 @@ import { AdamW } from '../../src-main/engine/train/adamw.ts';
 import { applyGradients, trainStep } from '../../src-main/engine/train/step.ts';
 import { maxAbsDiff, useBackend } from '../helpers/backend.ts';
 import { Cases, parityFolders, skipNote } from '../helpers/fixtures.ts';
+import {
+  caseKeys,
+  clipFactorOf,
+  GRAD_REL_TO_MAX,
+  LOSS_REL,
+  NORM_REL,
+  PARAM_ABS,
+  PARAMS,
+  paramBound,
+  readMeta,
+} from '../helpers/trainStepCases.ts';
 
 useBackend('wasm');
-
-const LOSS_REL = 1e-5;
-const GRAD_REL_TO_MAX = 1e-4;
-const NORM_REL = 1e-5;
-const PARAM_ABS = 1e-6;
-
-/** Case parameter name -> ours, per method. */
-const PARAMS: Record<AdapterMethod, Array<[string, string]>> = {
-  singlora: [['A', 'singlora_A']],
-  lora: [
-    ['lora_down', 'lora_A'],
-    ['lora_up', 'lora_B'],
-  ],
-};
-
-interface StepMeta {
-  rank: number;
-  alpha: number;
-  ramp_T: number;
-  step: number;
-  u: number;
-  timestep: number;
-  prediction: string;
-  loss: string;
-  clip_grad_norm: number;
-  adamw: { lr: number; betas: [number, number]; eps: number; weight_decay: number; step: number };
-  layers: string[];
-}
-
-/** The case metadata, each field checked, so a changed fixture fails naming the field. */
-function readMeta(path: string): StepMeta {
-  const m = (JSON.parse(readFileSync(path, 'utf8')) as { metadata?: Record<string, unknown> }).metadata;
-  if (!m) throw new Error(`${path}: no 'metadata'`);
-  const num = (k: string, v: unknown = m[k]): number => {
-    if (typeof v !== 'number' || !Number.isFinite(v))
-      throw new Error(`${path}: metadata.${k} must be a number, got ${JSON.stringify(v)}`);
-    return v;
-  };
-  const a = m.adamw as Record<string, unknown> | undefined;
-  if (!a || !Array.isArray(a.betas) || a.betas.length !== 2)
-    throw new Error(`${path}: metadata.adamw must hold lr, betas [b1, b2], eps, weight_decay, step`);
-  if (!Array.isArray(m.layers) || !m.layers.length)
-    throw new Error(`${path}: metadata.layers must list the adapted layers`);
-  const meta: StepMeta = {
-    rank: num('rank'),
-    alpha: num('alpha'),
-    ramp_T: num('ramp_T'),
-    step: num('step'),
-    u: num('u'),
-    timestep: num('timestep'),
-    prediction: String(m.prediction),
-    loss: String(m.loss),
-    clip_grad_norm: num('clip_grad_norm'),
-    adamw: {
-      lr: num('adamw.lr', a.lr),
-      betas: [num('adamw.betas[0]', a.betas[0]), num('adamw.betas[1]', a.betas[1])],
-      eps: num('adamw.eps', a.eps),
-      weight_decay: num('adamw.weight_decay', a.weight_decay),
-      step: num('adamw.step', a.step),
-    },
-    layers: m.layers as string[],
-  };
-  // What this test assumes of the reference step; anything else needs a different test.
-  if (meta.prediction !== 'epsilon')
-    throw new Error(
-      `${path}: metadata.prediction is '${meta.prediction}'; this test reproduces an epsilon-target step`,
-    );
-  if (!/mean squared error/.test(meta.loss))
-    throw new Error(`${path}: metadata.loss is '${meta.loss}'; this test reproduces the MSE mean`);
-  if (meta.adamw.step !== 1)
-    throw new Error(
-      `${path}: metadata.adamw.step is ${meta.adamw.step}; this test takes one AdamW step from zero moments`,
-    );
-  // u(t) = min(t / T, 1), computed here, not by the code under test.
-  if (Math.min(meta.step / meta.ramp_T, 1) !== meta.u)
-    throw new Error(
-      `${path}: metadata.u ${meta.u} is not min(step / ramp_T, 1) = ${Math.min(meta.step / meta.ramp_T, 1)}`,
-    );
-  return meta;
-}
-
-/** Every key one method's case needs. */
-function caseKeys(method: AdapterMethod, layers: readonly string[]): string[] {
-  const keys = [
-    'inputs.latents',
-    'inputs.noise',
-    'inputs.encoder_hidden_states',
-    'inputs.timestep',
-    `${method}.loss`,
-    `${method}.grad_norm`,
-  ];
-  for (const layer of layers)
-    for (const [p] of PARAMS[method])
-      keys.push(`${method}.init.${layer}.${p}`, `${method}.grad.${layer}.${p}`, `${method}.after_adamw.${layer}.${p}`);
-  return keys;
-}
 
 /** NCHW [n, c, h, w] case tensor -> NHWC tensor. */
 async function loadNhwc(cases: Cases, key: string): Promise<Tensor> {
@@ -183,13 +98,6 @@ for (const folder of parityFolders()) {
           ),
         );
     };
-
-    /**
-     * The recorded `.grad` tensors are p.grad as the reference left it: after clip_grad_norm_,
-     * which scales p.grad in place (measured: ref = dL/dp * c for every tensor of both methods).
-     * c = min(1, max_norm / (norm + 1e-6)) as torch computes it, from the reference's own norm.
-     */
-    const clipFactorOf = (refNorm: number) => Math.min(1, meta.clip_grad_norm / (refNorm + 1e-6));
 
     for (const method of ['singlora', 'lora'] as const) {
       it(`${label}: one ${method} training step (loss, gradients, grad norm, clipping + AdamW) matches PyTorch`, async (ctx) => {
@@ -247,14 +155,9 @@ for (const folder of parityFolders()) {
           const lossRel = Math.abs(result.loss - refLoss) / Math.abs(refLoss);
           const normRel = Math.abs(result.gradNorm - refNorm) / Math.abs(refNorm);
           expect(refNorm, 'the reference clips (grad_norm > clip_grad_norm)').toBeGreaterThan(meta.clip_grad_norm);
-          const c = clipFactorOf(refNorm);
+          const c = clipFactorOf(meta, refNorm);
 
-          // Every gradient, and every parameter after the update. AdamW's first step moves an
-          // element by lr * g / (|g| + eps): where the clipped |g| is below 10 eps, float32
-          // noise in g (a few 1e-6 of max|g|) moves the result by more than 1e-6, so there the
-          // bound is the one the gradient difference implies (mean value theorem on
-          // g -> g / (|g| + eps), whose slope is eps / (|g| + eps)^2), plus the same 1e-6.
-          const { lr, eps } = meta.adamw;
+          // Every gradient, and every parameter after the update (bounds: trainStepCases.ts).
           let worstGrad = { rel: 0, name: '' };
           let worstParam = { abs: 0, name: '' };
           let illConditioned = 0;
@@ -278,15 +181,9 @@ for (const folder of parityFolders()) {
               expect(got.length).toBe(afterRef.length);
               for (let i = 0; i < got.length; i++) {
                 const d = Math.abs(got[i] - afterRef[i]);
-                let bound = PARAM_ABS;
-                if (Math.abs(gradRef.data[i]) < 10 * eps) {
-                  illConditioned++;
-                  const m =
-                    Math.sign(g[i]) === Math.sign(gradRef.data[i])
-                      ? Math.min(Math.abs(g[i]), Math.abs(gradRef.data[i]))
-                      : 0;
-                  bound += (lr * eps * Math.abs(g[i] - gradRef.data[i])) / (m + eps) ** 2;
-                } else worstWellConditioned = Math.max(worstWellConditioned, d);
+                const { bound, illConditioned: ill } = paramBound(meta, g[i], gradRef.data[i]);
+                if (ill) illConditioned++;
+                else worstWellConditioned = Math.max(worstWellConditioned, d);
                 if (d > worstParam.abs) worstParam = { abs: d, name: `${name}[${i}]` };
                 if (!(d <= bound))
                   paramFailures.push(`${name}[${i}]: ${d.toExponential(2)} > ${bound.toExponential(2)}`);
@@ -318,7 +215,7 @@ for (const folder of parityFolders()) {
         // The update alone: the step's clip + AdamW (applyGradients) on the case's initial values
         // with the reference's unclipped gradient (recorded clipped: divided by c here).
         const refNorm = (await cases.get(`${method}.grad_norm`)).data[0];
-        const c = clipFactorOf(refNorm);
+        const c = clipFactorOf(meta, refNorm);
         const params: Variable[] = [];
         const grads: Tensor[] = [];
         const refs: Array<{ name: string; data: Float32Array }> = [];

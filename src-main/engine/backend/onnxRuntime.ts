@@ -250,6 +250,11 @@ export interface SessionOptions {
    * 5,120 MiB without, at the same speed (measured on the 2-core machine).
    */
   readonly cpuArena?: boolean;
+  /**
+   * Session config entries, nested by area as onnxruntime's config keys are dotted
+   * (`{ session: { disable_cpu_ep_fallback: '1' } }` is `session.disable_cpu_ep_fallback`).
+   */
+  readonly extra?: Readonly<Record<string, Readonly<Record<string, string>>>>;
 }
 
 /** A tensor fed to or returned by a session: float32, int32 or int64, row-major. */
@@ -279,6 +284,7 @@ export class OnnxSession {
         enableCpuMemArena: options.cpuArena ?? process.env.SINGLORA_ORT_ARENA === '1',
         logSeverityLevel: 3, // errors only: node-placement warnings are expected with a GPU provider plus the CPU
         ...(options.intraOpNumThreads ? { intraOpNumThreads: options.intraOpNumThreads } : {}),
+        ...(options.extra ? { extra: options.extra } : {}),
         ...(options.externalData
           ? { externalData: options.externalData.map((e) => ({ path: e.path, data: e.data })) }
           : {}),

@@ -126,7 +126,7 @@ export function readUnetConfig(base: string): { config: Record<string, unknown>;
 }
 
 /** The model's scheduler config when `base` is a pipeline folder that has one; SD 1.5's otherwise. */
-function readTrainingSchedulerConfig(base: string): RawSchedulerConfig {
+export function readTrainingSchedulerConfig(base: string): RawSchedulerConfig {
   const folder = statSync(base).isFile() ? dirname(base) : base;
   for (const path of [
     join(folder, 'scheduler', 'scheduler_config.json'),

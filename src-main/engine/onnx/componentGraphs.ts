@@ -30,7 +30,8 @@ import { OnnxOps, sidePathInputs, type ComputeType } from './onnxOps.ts';
 /** Bumped whenever emitted graphs change, so cached graph files are rebuilt. */
 export const GRAPH_VERSION = 2;
 
-export type GraphKind = 'unet' | 'vae_encoder' | 'vae_decoder' | 'text_encoder';
+/** The inference components, and the UNet's training step (trainStepGraph.ts). */
+export type GraphKind = 'unet' | 'vae_encoder' | 'vae_decoder' | 'text_encoder' | 'unet_train_step';
 
 /** One weight file a graph reads, under the name the graph gives it. */
 export interface WeightFileRef {
@@ -61,9 +62,10 @@ export interface EmitOptions {
 
 /**
  * Binds every Param of `model` to an external initializer over `source` (strict: missing,
- * unexpected and mis-shaped keys fail as `loadParams` does).
+ * unexpected and mis-shaped keys fail as `loadParams` does). Also used by the training step's
+ * graph (trainStepGraph.ts).
  */
-function bindWeights(
+export function bindWeights(
   model: Module,
   source: WeightSource,
   component: string,
@@ -104,7 +106,8 @@ function bindWeights(
   return { weight, files };
 }
 
-function sidePathMap(model: Module, paths: readonly string[] = []): Map<Linear, string> {
+/** The Linear layers at `paths` (each must be one), keyed by layer. */
+export function sidePathMap(model: Module, paths: readonly string[] = []): Map<Linear, string> {
   const byPath = new Map<string, Linear>();
   for (const [p, m] of model.namedModules()) if (m instanceof Linear) byPath.set(p, m);
   const out = new Map<Linear, string>();

@@ -49,6 +49,8 @@ export interface GraphRequest {
   readonly dtype: ComputeType;
   readonly sidePaths: readonly string[];
   readonly attention?: 'fused' | 'plain';
+  /** Anything else that changes the emitted graph (the training step's checkpointing), part of the cache key. */
+  readonly variant?: string;
   /** The component's config, part of the cache key. */
   readonly config: unknown;
   /** Every weight file the graph reads. */
@@ -62,6 +64,9 @@ export interface SessionRequest {
   readonly cacheDir?: string;
   /** Force the in-memory path even when links work (tests, measurements). */
   readonly inMemory?: boolean;
+  /** Session config entries (onnxruntime `extra`), e.g. the training step's (trainStepGraph.ts). */
+  readonly extra?: Record<string, Record<string, string>>;
+  readonly intraOpNumThreads?: number;
 }
 
 export interface OpenedGraph {
@@ -86,6 +91,7 @@ export function graphKey(req: Omit<GraphRequest, 'emit'>): string {
       kind: req.kind,
       dtype: req.dtype,
       attention: req.attention ?? 'fused',
+      ...(req.variant ? { variant: req.variant } : {}),
       side: [...req.sidePaths].sort(),
       config: req.config,
       files,
@@ -141,10 +147,11 @@ export async function openGraph(req: GraphRequest, opts: SessionRequest): Promis
         linked = false;
       }
     }
+    const common = { providers: opts.providers, extra: opts.extra, intraOpNumThreads: opts.intraOpNumThreads };
     const session = linked
-      ? await OnnxSession.create(graphFile, { providers: opts.providers })
+      ? await OnnxSession.create(graphFile, common)
       : await OnnxSession.create(graphFile, {
-          providers: opts.providers,
+          ...common,
           graph: readFileSync(file),
           externalData: meta.files.map((f) => ({ path: f.location, data: readWhole(f.path) })),
         });

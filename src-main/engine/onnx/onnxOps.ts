@@ -48,15 +48,15 @@ const isFloat = (t: ElemType) => t === 'float32' || t === 'float16' || t === 'bf
 
 export class OnnxOps implements Ops<Value> {
   readonly executor = 'onnx' as const;
-  private readonly g: GraphBuilder;
-  private readonly dtype: ComputeType;
+  protected readonly g: GraphBuilder;
+  protected readonly dtype: ComputeType;
   /** Static channel counts (last dim) where an op knows them (linear outputs), for attention. */
   private readonly lastDim = new WeakMap<Value, number>();
   private readonly sidePaths: ReadonlyMap<Linear, string>;
   /** Side-path inputs made so far: path -> [in, out]. */
   readonly sideInputs = new Map<string, { inFeatures: number; outFeatures: number }>();
 
-  constructor(private readonly options: OnnxOpsOptions) {
+  constructor(protected readonly options: OnnxOpsOptions) {
     this.g = options.builder;
     this.dtype = options.dtype;
     this.sidePaths = options.sidePaths ?? new Map();
@@ -80,11 +80,11 @@ export class OnnxOps implements Ops<Value> {
     return v.type === 'float32' ? v : this.g.op('Cast', [v], { to: castTo('float32') }, { type: 'float32' });
   }
 
-  private param(p: Param): Value {
+  protected param(p: Param): Value {
     return this.compute(this.options.weight(p));
   }
 
-  private scalar(like: Value, n: number): Value {
+  protected scalar(like: Value, n: number): Value {
     return this.g.constant([n], [], like.type);
   }
 

@@ -17,9 +17,9 @@
  *     loss = w(t) * mean (unet(z_t, t_i, c) - target)^2      target = n, or v for v-prediction
  *            (+ lambda * the same on class images)           w = min(SNR, gamma) / SNR with min-SNR
  *   clip the summed gradient's global norm; AdamW step.
- * The step itself (noising, loss, backward, clipping, AdamW) is `trainStep` in step.ts, which
- * `bench train` times and the training-step parity test checks against PyTorch; this loop draws
- * its random inputs.
+ * The step itself (noising, loss, backward, clipping, AdamW) is `onnxTrainStep` (onnxStep.ts,
+ * ONNX Runtime, the default) or `trainStep` (step.ts, TensorFlow.js), which `bench train` times
+ * and the training-step parity tests check against PyTorch; this loop draws its random inputs.
  *
  * Determinism: one Philox stream draws every random choice of the loop (image picks, latent
  * samples, noise, timesteps) and is checkpointed with the adapter and the optimizer moments, so
@@ -50,11 +50,22 @@ import { createScheduler } from '../schedulers/index.ts';
 import type { DDPMScheduler } from '../schedulers/ddpmScheduler.ts';
 import { StableDiffusion, type LoadOptions } from '../pipeline/stableDiffusion.ts';
 import { textToImage } from '../pipeline/textToImage.ts';
-import { AdamW, DEFAULT_ADAMW } from './adamw.ts';
+import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
+import type { ProviderChoice } from '../onnx/providers.ts';
+import { AdamW, DEFAULT_ADAMW, type AdamWState } from './adamw.ts';
 import { loadDataset, toModelRange, type TrainImage } from './dataset.ts';
 import { learningRate } from './lrSchedule.ts';
 import { readCheckpoint, readRunManifest, writeCheckpoint, writeRunManifest } from './runFiles.ts';
-import { adapterBlockRunner, trainStep, type MicroBatch, type TrainStepModel, type TrainStepResult } from './step.ts';
+import { OnnxTrainingEngine } from './onnxEngine.ts';
+import type { OnnxMicroBatch } from './onnxStep.ts';
+import {
+  adapterBlockRunner,
+  trainStep,
+  type MicroBatch,
+  type TrainStepModel,
+  type TrainStepOptions,
+  type TrainStepResult,
+} from './step.ts';
 
 export { lossWeight } from './step.ts';
 
@@ -79,6 +90,43 @@ export interface TrainOptions {
   classImagesDir?: string;
   /** Where generated class images are cached (default: the app cache). */
   classImagesCacheDir?: string;
+  /**
+   * What runs the training step: `onnx` (ONNX Runtime, onnxEngine.ts; previews then run on ONNX
+   * Runtime too) or `tfjs` (TensorFlow.js, step.ts). Default: DEFAULT_TRAIN_ENGINE, or tfjs when
+   * the inference engine is tfjs.
+   */
+  engine?: TrainEngine;
+  /** The onnx engine's execution provider (default: the inference provider, or auto). */
+  provider?: ProviderChoice;
+  /** The onnx engine's graph cache (default: the app cache). */
+  onnxCacheDir?: string;
+}
+
+export const TRAIN_ENGINES = ['onnx', 'tfjs'] as const;
+export type TrainEngine = (typeof TRAIN_ENGINES)[number];
+
+/**
+ * The training engine when none is asked for and inference runs on ONNX Runtime: ONNX Runtime,
+ * which passed the training-step parity and measured faster than TensorFlow.js (wasm) on tiny-b at
+ * 256 px (docs/performance.md). With inference on TensorFlow.js, training stays there too.
+ */
+export const DEFAULT_TRAIN_ENGINE: TrainEngine = 'onnx';
+
+/** What the loop needs of a training engine (TensorFlow.js: step.ts; ONNX Runtime: onnxEngine.ts). */
+interface StepRunner {
+  step(
+    batches: readonly MicroBatch[],
+    o: Omit<TrainStepOptions, 'returnGrads' | 'attention'>,
+  ): Promise<TrainStepResult>;
+  /** mean (unet(z_t) - target)^2 over fixed samples, with the adapters at `step`. */
+  meanLoss(z0: Tensor, eps: Tensor, timesteps: readonly number[], context: Tensor, step: number): Promise<number>;
+  optimizerState(): Promise<AdamWState>;
+  loadOptimizer(state: AdamWState): void;
+  /** Brings the AdapterSet up to date (before saving it or sampling with it). */
+  syncAdapters(): void;
+  /** Frees what the next step can rebuild (the onnx step's session: previews then hold the only copy of the UNet). */
+  releaseSessions(): Promise<void>;
+  dispose(): Promise<void>;
 }
 
 export interface TrainHooks {
@@ -155,10 +203,15 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
 
   emit({ event: 'prepare', stage: 'load-model', detail: opts.base });
   const sd = await StableDiffusion.load(opts.base, opts.baseOptions);
+  const engine = opts.engine ?? (sd.engine === 'tfjs' ? 'tfjs' : DEFAULT_TRAIN_ENGINE);
   const owned: Tensor[] = [];
   let adapters: AdapterSet | null = null;
-  let optimizer: AdamW | null = null;
+  let runner: StepRunner | null = null;
   try {
+    if (engine === 'onnx' && sd.engine !== 'onnx')
+      throw new Error(
+        'training on ONNX Runtime (engine onnx) samples its previews on ONNX Runtime too; open the base model with the onnx inference engine, or train with engine tfjs',
+      );
     const resolution = settings.resolution ?? sd.defaultResolution;
     if (resolution % sd.vaeScaleFactor !== 0)
       throw new Error(`resolution ${resolution} is not a multiple of the VAE factor ${sd.vaeScaleFactor}`);
@@ -191,7 +244,7 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
         status: 'running',
         settings,
         baseModel: { path: opts.base, name: sd.name, unetSha256 },
-        backend: activeBackend()?.name ?? tf.getBackend(),
+        backend: engine === 'onnx' ? 'onnx' : (activeBackend()?.name ?? tf.getBackend()),
         now,
       });
     manifest = {
@@ -264,7 +317,10 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
     sd.unload('vae');
     sd.unload('textEncoder');
     await sd.release();
-    await sd.ensure('unet');
+    // TensorFlow.js trains the loaded UNet; ONNX Runtime reads the weights from the files, and the
+    // adapters live in a weightless module tree (their paths and shapes).
+    if (engine === 'tfjs') await sd.ensure('unet');
+    const unet = engine === 'tfjs' ? sd.unet : UNet2DConditionModel.fromConfig(sd.configs.unet);
 
     // 4. Adapters and optimizer.
     const spec: AdapterSpec = {
@@ -275,11 +331,13 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
       targets: settings.targets ?? DEFAULT_TARGETS,
       initStd: settings.initStd,
     };
-    adapters = AdapterSet.inject(sd.unet, spec, { rng: new Rng(settings.seed, 1) });
-    optimizer = new AdamW(adapters.variables(), { ...DEFAULT_ADAMW, weightDecay: settings.weightDecay });
+    adapters = AdapterSet.inject(unet, spec, { rng: new Rng(settings.seed, 1) });
+    const ddpm = createScheduler('ddpm', sd.schedulerConfig) as DDPMScheduler;
+    const adamw = { ...DEFAULT_ADAMW, weightDecay: settings.weightDecay };
     let rng = new Rng(settings.seed, 2);
     let step = 0;
     let smoothed: number | null = null;
+    let optimizerState: AdamWState | null = null;
     if (previous) {
       const last = previous.checkpoints[previous.checkpoints.length - 1];
       emit({ event: 'prepare', stage: 'resume', detail: last.dir });
@@ -289,7 +347,7 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
       for (const [path, entry] of file.targets)
         for (const [name, t] of Object.entries(entry)) values.set(`${path}.${name}`, t.data);
       adapters.assign(values);
-      optimizer.load(ckpt.optimizer);
+      optimizerState = ckpt.optimizer;
       rng = Rng.fromState(ckpt.rng);
       step = ckpt.step;
       smoothed = ckpt.smoothedLoss;
@@ -301,14 +359,25 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
       };
     }
 
-    const ddpm = createScheduler('ddpm', sd.schedulerConfig) as DDPMScheduler;
-    const stepModel: TrainStepModel = {
-      unet: sd.unet,
-      scheduler: ddpm,
-      adapters,
-      optimizer,
-      runBlock: settings.gradientCheckpointing ? adapterBlockRunner(adapters) : undefined,
-    };
+    runner =
+      engine === 'tfjs'
+        ? tfjsRunner(sd.unet, ddpm, adapters, adamw, settings.gradientCheckpointing)
+        : await onnxRunner(
+            await OnnxTrainingEngine.create(
+              opts.base,
+              opts.baseOptions ?? {},
+              {
+                provider: opts.provider ?? sd.inference.provider,
+                checkpointing: settings.gradientCheckpointing,
+                cacheDir: opts.onnxCacheDir,
+              },
+              ddpm,
+              adapters,
+              adamw,
+            ),
+          );
+    if (optimizerState) runner.loadOptimizer(optimizerState);
+    const run = runner;
     const [latH, latW, latC] = instances[0].mean.shape.slice(1) as number[];
     const numTrain = ddpm.alphasCumprod.length;
 
@@ -358,25 +427,23 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
       const ts = FIXED_LOSS_TIMESTEPS.map((f) => Math.floor(f * numTrain));
       const picks = ts.map((_, i) => instances[i % instances.length]);
       const eps = randn(r, [k, latH, latW, latC]);
-      const loss = tf.tidy(() => {
-        const z0 = tf.concat(
+      const [z0, ctx] = tf.tidy(() => [
+        tf.concat(
           picks.map((e) => e.mean),
           0,
-        ); // [k, h, w, c]
-        const zt = ddpm.addNoise(z0, eps, ts);
-        const target = ddpm.target(z0, eps, ts);
-        const ctx = tf.concat(
+        ), // [k, h, w, c]
+        tf.concat(
           picks.map((e) => contexts[e.context]),
           0,
-        );
-        return tf.mean(tf.squaredDifference(sd.unet.forward(zt, ts, ctx), target));
-      });
-      const value = (await loss.data())[0];
-      tf.dispose([eps, loss]);
-      return value;
+        ),
+      ]);
+      try {
+        return await run.meanLoss(z0, eps, ts, ctx, step);
+      } finally {
+        tf.dispose([z0, eps, ctx]);
+      }
     };
 
-    adapters.setStep(step);
     const lossStart = await fixedLoss();
     const schedule = {
       name: settings.lrSchedule,
@@ -392,9 +459,10 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
 
     const checkpoint = async (trained: number, loss: number | null) => {
       const set = adapters!;
+      run.syncAdapters();
       const entry = await writeCheckpoint(
         opts.runDir,
-        { step: trained, rng: rng.state(), optimizer: await optimizer!.state(), smoothedLoss: smoothed },
+        { step: trained, rng: rng.state(), optimizer: await run.optimizerState(), smoothedLoss: smoothed },
         (path) =>
           saveAdapter(path, set, {
             trainedSteps: trained,
@@ -423,7 +491,7 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
       const batches = Array.from({ length: settings.gradientAccumulation }, drawMicroBatch);
       let result: TrainStepResult;
       try {
-        result = await trainStep(stepModel, batches, {
+        result = await run.step(batches, {
           step,
           lr,
           maxGradNorm: settings.maxGradNorm,
@@ -470,6 +538,8 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
 
       if (settings.sampleEvery > 0 && step % settings.sampleEvery === 0) {
         adapters.setStep(step);
+        run.syncAdapters();
+        await run.releaseSessions();
         const files = await writeSamples(
           sd,
           adapters,
@@ -494,7 +564,6 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
       await new Promise((r) => setImmediate(r));
     }
 
-    adapters.setStep(step);
     const lossEnd = await fixedLoss();
     const status = stopped ?? 'completed';
     manifest = {
@@ -514,11 +583,81 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
     }
     throw err;
   } finally {
+    await runner?.dispose();
     adapters?.remove();
-    optimizer?.dispose();
     tf.dispose(owned);
     sd.dispose();
   }
+}
+
+/** The TensorFlow.js engine: `trainStep` (step.ts) on the loaded UNet with the adapters injected. */
+function tfjsRunner(
+  unet: UNet2DConditionModel,
+  scheduler: DDPMScheduler,
+  adapters: AdapterSet,
+  adamw: typeof DEFAULT_ADAMW,
+  checkpointing: boolean,
+): StepRunner {
+  const optimizer = new AdamW(adapters.variables(), adamw);
+  const model: TrainStepModel = {
+    unet,
+    scheduler,
+    adapters,
+    optimizer,
+    runBlock: checkpointing ? adapterBlockRunner(adapters) : undefined,
+  };
+  return {
+    step: (batches, o) => trainStep(model, batches, o),
+    meanLoss: async (z0, eps, ts, ctx, step) => {
+      adapters.setStep(step);
+      const loss = tf.tidy(() => {
+        const zt = scheduler.addNoise(z0, eps, ts);
+        const target = scheduler.target(z0, eps, ts);
+        return tf.mean(tf.squaredDifference(unet.forward(zt, ts, ctx), target));
+      });
+      const value = (await loss.data())[0];
+      loss.dispose();
+      return value;
+    },
+    optimizerState: () => optimizer.state(),
+    loadOptimizer: (state) => optimizer.load(state),
+    syncAdapters: () => {},
+    releaseSessions: async () => {},
+    dispose: async () => optimizer.dispose(),
+  };
+}
+
+/** The ONNX Runtime engine (onnxEngine.ts): micro-batches leave TensorFlow.js as arrays. */
+async function onnxRunner(engine: OnnxTrainingEngine): Promise<StepRunner> {
+  const host = async (t: Tensor) => ({ data: (await t.data()) as Float32Array, dims: t.shape });
+  const toHost = async (b: MicroBatch): Promise<OnnxMicroBatch> => {
+    if (typeof b.context === 'function') throw new Error('the onnx training engine takes text states, not a function');
+    return {
+      latents: await host(b.latents),
+      noise: await host(b.noise),
+      context: await host(b.context),
+      timesteps: b.timesteps,
+      instances: b.instances,
+    };
+  };
+  /** Row i of an [n, ...] tensor's data, as a [1, ...] host tensor. */
+  const row = (t: { data: Float32Array; dims: number[] }, i: number) => {
+    const size = t.data.length / t.dims[0];
+    return { data: t.data.slice(i * size, (i + 1) * size), dims: [1, ...t.dims.slice(1)] };
+  };
+  return {
+    step: async (batches, o) => engine.step(await Promise.all(batches.map(toHost)), o),
+    meanLoss: async (z0, eps, ts, ctx, step) => {
+      const [z, e, c] = [await host(z0), await host(eps), await host(ctx)];
+      const samples = ts.map((t, i) => ({ latents: row(z, i), noise: row(e, i), context: row(c, i), timesteps: [t] }));
+      return engine.meanLoss(samples, step);
+    },
+    optimizerState: async () => engine.optimizerState(),
+    loadOptimizer: (state) => engine.loadOptimizer(state),
+    syncAdapters: () => engine.syncAdapters(),
+    releaseSessions: () => engine.releaseTraining(),
+    dispose: () => engine.releaseTraining(),
+  };
 }
 
 async function writeSamples(

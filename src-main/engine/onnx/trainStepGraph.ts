@@ -1,0 +1,247 @@
+/**
+ * One adapter training step as an ONNX graph: the UNet's forward pass (emitted from the one model
+ * definition, `UNet2DConditionModel.denoise`), the weighted MSE loss, and the backward pass to the
+ * adapters' low-rank factors (emitted by the gradient executor, gradOps.ts). The base weights are
+ * external-data initializers read in place from the user's files, as the inference graphs read
+ * them (componentGraphs.ts); only the adapter factors are differentiated.
+ *
+ *   input / output        what                                                    shape
+ *   sample                z_t, the noised latents (noising stays in JS)           [n, h, w, c] NHWC
+ *   timestep              t_i, float32                                            [n]
+ *   encoder_hidden_states c, the text states                                      [n, S, D]
+ *   target                eps, v or z_0 (scheduler.target)                        [n, h, w, c] NHWC
+ *   loss_weight           c_i, so that L = sum_i c_i sum_chw (pred_i - target_i)^2 [n]
+ *   adapter.<path>.down   the side path's down factor                             [in, r]
+ *   adapter.<path>.up     the side path's up factor, the adapter's scale folded in [r, out]
+ *   -> loss               L                                                       []
+ *   -> grad.<path>.down   dL/d down                                               [in, r]
+ *   -> grad.<path>.up     dL/d up                                                 [r, out]
+ *
+ * The loss weights carry everything per sample: the mean over the c*h*w elements, min-SNR's
+ * w(t_i), the mean over the instance (or class) images and prior preservation's lambda (see
+ * `dataFeeds` in train/onnxStep.ts). The loss is emitted here with the builder, and its gradient
+ * with respect to the UNet's output, dL/dpred_i = 2 c_i (pred_i - target_i), seeds the backward
+ * pass; the chain from the side factors to SingLoRA's A (or LoRA's A and B) is in JS
+ * (train/onnxStep.ts): a few small matrices, outside the graph.
+ *
+ * Inputs have fixed sizes (`StepShape`): one graph per batch and latent size.
+ *
+ * Gradient checkpointing wraps every UNet block in the executor's `checkpoint`, so the backward
+ * pass recomputes each block's activations instead of keeping them. Training sessions are created
+ * with common-subexpression elimination off (a second guard: the executor already makes the
+ * recomputation read gated inputs, so it cannot be merged back into the forward) and no silent
+ * CPU fallback, see `trainingSessionExtra`.
+ */
+import type { ExecutionProvider } from '../backend/onnxRuntime.ts';
+import type { ComponentFiles } from '../io/modelFiles.ts';
+import type { WeightSource } from '../models/layers/module.ts';
+import { UNet2DConditionModel, type BlockRunner } from '../models/unet2dCondition.ts';
+import { bindWeights, GRAPH_VERSION, sidePathMap, type WeightFileRef } from './componentGraphs.ts';
+import { GRAD_VERSION, GradOps } from './gradOps.ts';
+import { GraphBuilder, type GraphDim, type Value } from './graphBuilder.ts';
+import { openGraph, type OpenedGraph } from './graphSessions.ts';
+import { OnnxOps, sidePathInputs, type ComputeType } from './onnxOps.ts';
+
+/** Output names of a side path's gradients. */
+export function sideGradOutputs(path: string): { down: string; up: string } {
+  return { down: `grad.${path}.down`, up: `grad.${path}.up` };
+}
+
+/**
+ * The sizes a step graph is emitted for. Fixed sizes, not symbols: ONNX Runtime's allocation
+ * planner is superlinear in a graph with symbolic dims (tiny-a's forward + backward took 11.8 s
+ * to create with symbolic batch and latent sizes, 1.3 s with numbers), and a run's batch and
+ * resolution do not change. The cache keeps one graph per shape.
+ */
+export interface StepShape {
+  /** n, the samples of one micro-batch (instances + class images). */
+  readonly batch: number;
+  /** The latent's height and width. */
+  readonly height: number;
+  readonly width: number;
+  /** Text tokens (77 for SD 1.x). */
+  readonly tokens: number;
+}
+
+export interface TrainStepGraphOptions {
+  readonly shape: StepShape;
+  /** Compute type: float32 on the CPU; float16 on GPU providers (factors and gradients stay float32). */
+  readonly dtype: ComputeType;
+  /** Module paths of the adapted Linears. */
+  readonly sidePaths: readonly string[];
+  /**
+   * Emit the backward pass (through GradOps) and output the side factors' gradients; false: the
+   * loss only (the forward half, which also serves the fixed-noise loss).
+   */
+  readonly gradients: boolean;
+  /** Recompute each UNet block in the backward pass (needs `gradients`). */
+  readonly checkpointing?: boolean;
+  /** Attention as plain ops (default here: the backward differentiates plain ops) or fused. */
+  readonly attention?: 'fused' | 'plain';
+  /** Attention heads computed at once, forward and backward (default: GradOps' choice from the sizes). */
+  readonly attentionHeadsPerSlice?: number;
+  /**
+   * How a frozen Linear reads its [out, in] weight (GradOps): `matmul` (default, MatMul on a
+   * transposed copy that ONNX Runtime folds into a second weight) or `gemm` (Gemm with transB,
+   * no copy; measured slower).
+   */
+  readonly linearLayout?: 'matmul' | 'gemm';
+}
+
+export interface TrainStepGraph {
+  readonly bytes: Uint8Array;
+  readonly files: readonly WeightFileRef[];
+  /** Side paths in input order: module path -> [in, out]. */
+  readonly sidePaths: ReadonlyMap<string, { inFeatures: number; outFeatures: number }>;
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  readonly nodes: number;
+  /** True when the graph outputs the side factors' gradients. */
+  readonly gradients: boolean;
+}
+
+/** Emits the training step of `unet` over the weights in `source` (see the file comment). */
+export function emitTrainStep(
+  unet: UNet2DConditionModel,
+  source: WeightSource,
+  options: TrainStepGraphOptions,
+): TrainStepGraph {
+  if (options.checkpointing && !options.gradients)
+    throw new Error('emitTrainStep: gradient checkpointing needs the backward pass (options.gradients)');
+  const cfg = unet.config;
+  const g = new GraphBuilder('unet_train_step');
+  const { weight, files } = bindWeights(unet, source, 'unet', g);
+  const layers = sidePathMap(unet, options.sidePaths);
+  const attention = options.attention ?? 'plain';
+
+  // Side factors are graph inputs named as the inference graph names them (OnnxOps and GradOps
+  // both make them, in walk order).
+  const opsOptions = { builder: g, dtype: options.dtype, weight, attention, sidePaths: layers };
+  const grad = options.gradients
+    ? new GradOps({
+        ...opsOptions,
+        attentionHeadsPerSlice: options.attentionHeadsPerSlice,
+        linearLayout: options.linearLayout,
+      })
+    : undefined;
+  const ops: OnnxOps = grad ?? new OnnxOps(opsOptions);
+  const input = (name: string, dims: readonly GraphDim[]) =>
+    grad ? grad.input(name, 'float32', dims) : g.input(name, 'float32', dims);
+
+  const { batch, height, width, tokens } = options.shape;
+  const sample = input('sample', [batch, height, width, cfg.inChannels]);
+  const timestep = input('timestep', [batch]);
+  const context = input('encoder_hidden_states', [batch, tokens, cfg.crossAttentionDim[0]]);
+  const target = input('target', [batch, height, width, cfg.outChannels]);
+  const lossWeight = input('loss_weight', [batch]);
+
+  const runBlock: BlockRunner<Value> | undefined = grad && options.checkpointing ? grad.checkpointBlocks() : undefined;
+  const pred = unet.denoise(ops, toNCHW(g, sample), timestep, ops.compute(context), runBlock); // [n, c, h, w]
+
+  // L = sum_i c_i sum_chw (pred - target)^2, in float32.
+  const diff = g.op('Sub', [ops.float32(pred), toNCHW(g, target)]); // [n, c, h, w]
+  const c = g.op('Reshape', [lossWeight, g.ints([-1, 1, 1, 1])], {}, { rank: 4 }); // [n, 1, 1, 1]
+  const loss = g.op('ReduceSum', [g.op('Mul', [g.op('Mul', [diff, diff]), c])], { keepdims: 0 }, { rank: 0 });
+  g.output(loss, 'loss', []);
+  const outputNames = ['loss'];
+
+  if (grad) {
+    // dL/dpred = 2 c (pred - target), in the UNet output's type.
+    const seed = ops.compute(g.op('Mul', [diff, g.op('Mul', [c, g.constant([2], [], 'float32')])]));
+    const grads = grad.vjp([[pred, seed]], grad.sideWrt());
+    let i = 0;
+    for (const [path, { inFeatures, outFeatures }] of grad.sideInputs) {
+      const names = sideGradOutputs(path);
+      const rank = `rank_${i++}`;
+      for (const [which, name, dims] of [
+        ['down', names.down, [inFeatures, rank]],
+        ['up', names.up, [rank, outFeatures]],
+      ] as const) {
+        const v = grads.get(`${path}.${which}`);
+        if (!v) throw new Error(`emitTrainStep: the gradient executor returned no gradient for ${path}.${which}`);
+        g.output(ops.float32(v), name, dims);
+        outputNames.push(name);
+      }
+    }
+  }
+
+  const side = ops.sideInputs;
+  const sideNames = [...side.keys()].flatMap((p) => Object.values(sidePathInputs(p)));
+  return {
+    bytes: g.toBytes(`unet training step, graph version ${GRAPH_VERSION}`),
+    files: [...files.values()],
+    sidePaths: side,
+    inputNames: ['sample', 'timestep', 'encoder_hidden_states', 'target', 'loss_weight', ...sideNames],
+    outputNames,
+    nodes: g.nodeCount,
+    gradients: grad !== undefined,
+  };
+}
+
+/**
+ * Session options (`extra`) for training graphs: common-subexpression elimination off, so that
+ * the recomputed blocks of gradient checkpointing are not merged back into the forward pass; and
+ * no silent CPU fallback, so that a GPU provider that cannot run a backward node says so instead
+ * of copying every step through the CPU. Keys as in onnxruntime's
+ * `onnxruntime_session_options_config_keys.h` (`optimization.disable_specified_optimizers`,
+ * `session.disable_cpu_ep_fallback`); the Node binding flattens the nesting with dots.
+ */
+export function trainingSessionExtra(
+  providers: readonly string[],
+  o: { readonly prepacking?: boolean } = {},
+): Record<string, Record<string, string>> {
+  const session: Record<string, string> = {};
+  if (providers[0] !== 'cpu') session.disable_cpu_ep_fallback = '1';
+  // Prepacking keeps a second, packed copy of constant weights (session.disable_prepacking).
+  if (o.prepacking === false) session.disable_prepacking = '1';
+  return {
+    optimization: { disable_specified_optimizers: 'CommonSubexpressionElimination' },
+    ...(Object.keys(session).length ? { session } : {}),
+  };
+}
+
+export interface OpenTrainStepOptions extends TrainStepGraphOptions {
+  readonly providers: readonly ExecutionProvider[];
+  /** ONNX Runtime's weight prepacking (default on; off saves its packed copies, see trainingSessionExtra). */
+  readonly prepacking?: boolean;
+  readonly cacheDir?: string;
+  readonly inMemory?: boolean;
+  readonly intraOpNumThreads?: number;
+}
+
+/**
+ * A session over the training step of the UNet in `files` (emitted on a cache miss and cached as
+ * the inference graphs are, graphSessions.ts), with the training session options.
+ */
+export async function openTrainStep(files: ComponentFiles, o: OpenTrainStepOptions): Promise<OpenedGraph> {
+  const attention = o.attention ?? 'plain';
+  return openGraph(
+    {
+      kind: 'unet_train_step',
+      dtype: o.dtype,
+      sidePaths: o.sidePaths,
+      attention,
+      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} ${o.linearLayout ?? 'matmul'} grad v${GRAD_VERSION}`,
+      config: files.config,
+      files: files.files,
+      emit: () => ({
+        kind: 'unet_train_step',
+        ...emitTrainStep(UNet2DConditionModel.fromConfig(files.config), files.weights, { ...o, attention }),
+      }),
+    },
+    {
+      providers: o.providers,
+      cacheDir: o.cacheDir,
+      inMemory: o.inMemory,
+      intraOpNumThreads: o.intraOpNumThreads,
+      extra: trainingSessionExtra(o.providers, { prepacking: o.prepacking }),
+    },
+  );
+}
+
+/** `n x h x w x tokens`. */
+export function shapeKey(s: StepShape): string {
+  return `${s.batch}x${s.height}x${s.width}x${s.tokens}`;
+}
+
+const toNCHW = (g: GraphBuilder, v: Value) => g.op('Transpose', [v], { perm: [0, 3, 1, 2] });

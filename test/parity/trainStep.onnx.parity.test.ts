@@ -1,0 +1,288 @@
+/**
+ * One DreamBooth training step on ONNX Runtime (the CPU provider) against PyTorch (diffusers
+ * 0.27.2, torch float32 on the CPU), for every PARITY_FIXTURES folder with
+ * `train_step_cases.{safetensors,json}`: the emitted step graph (onnx/trainStepGraph.ts) run by
+ * `onnxTrainStep` (train/onnxStep.ts), for SingLoRA and for LoRA, with the same bounds as the
+ * TensorFlow.js test (trainStep.parity.test.ts; bounds and layouts in test/helpers/trainStepCases.ts):
+ *
+ *   loss                    |ours - ref| <= 1e-5 * |ref|
+ *   every adapter gradient  max|ours - ref| <= 1e-4 * max|ref| of that tensor (ours scaled by the
+ *                           reference's clip factor: the case records p.grad after clip_grad_norm_)
+ *   global grad norm        |ours - ref| <= 1e-5 * |ref|
+ *   every parameter after clipping + one AdamW step within 1e-6 (plus the gradient's share where
+ *     the clipped gradient is below 10 eps), and the JS clipping + AdamW alone, fed the reference
+ *     gradient, within 1e-6 with no exception.
+ */
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { AdapterMethod } from '../../src-main/engine/adapters/adapterLinear.ts';
+import { openBaseModel, type BaseModel } from '../../src-main/engine/io/modelFiles.ts';
+import { Linear } from '../../src-main/engine/models/layers/linear.ts';
+import { UNet2DConditionModel } from '../../src-main/engine/models/unet2dCondition.ts';
+import type { OpenedGraph } from '../../src-main/engine/onnx/graphSessions.ts';
+import { openTrainStep } from '../../src-main/engine/onnx/trainStepGraph.ts';
+import type { DDPMScheduler } from '../../src-main/engine/schedulers/ddpmScheduler.ts';
+import { createScheduler, readSchedulerConfig } from '../../src-main/engine/schedulers/index.ts';
+import {
+  AdamWArrays,
+  AdapterArrays,
+  applyGradientArrays,
+  onnxLoss,
+  onnxTrainStep,
+  stepShapeOf,
+  type OnnxMicroBatch,
+} from '../../src-main/engine/train/onnxStep.ts';
+import { maxAbsDiff } from '../helpers/backend.ts';
+import { Cases, parityFolders, skipNote } from '../helpers/fixtures.ts';
+import {
+  caseKeys,
+  clipFactorOf,
+  GRAD_REL_TO_MAX,
+  LOSS_REL,
+  NORM_REL,
+  PARAM_ABS,
+  PARAMS,
+  paramBound,
+  readMeta,
+  readNhwc,
+  type StepMeta,
+} from '../helpers/trainStepCases.ts';
+
+/** With and without gradient checkpointing (SingLoRA). */
+const CHECKPOINTING_CASES = [false, true];
+
+/** The Linear layers of a UNet config: path -> [in, out]. */
+function linearsOf(config: unknown): Map<string, { inFeatures: number; outFeatures: number }> {
+  const out = new Map<string, { inFeatures: number; outFeatures: number }>();
+  for (const [p, m] of UNet2DConditionModel.fromConfig(config).namedModules())
+    if (m instanceof Linear) out.set(p, { inFeatures: m.inFeatures, outFeatures: m.outFeatures });
+  return out;
+}
+
+/** The case's initial adapter tensors, in `AdapterSet.variables()` order. */
+async function initialAdapters(
+  cases: Cases,
+  meta: StepMeta,
+  method: AdapterMethod,
+  linears: ReadonlyMap<string, { inFeatures: number; outFeatures: number }>,
+): Promise<AdapterArrays> {
+  const params: Float32Array[] = [];
+  for (const layer of meta.layers)
+    for (const [p] of PARAMS[method]) params.push((await cases.get(`${method}.init.${layer}.${p}`)).data.slice());
+  const layers = meta.layers.map((path) => {
+    const f = linears.get(path);
+    if (!f) throw new Error(`train_step_cases metadata.layers: no Linear at ${path} in the fixture's UNet`);
+    return { path, ...f };
+  });
+  return new AdapterArrays({ method, rank: meta.rank, alpha: meta.alpha, rampSteps: meta.ramp_T }, layers, params);
+}
+
+for (const folder of parityFolders()) {
+  const label = basename(folder);
+  const tensorsPath = join(folder, 'train_step_cases.safetensors');
+  const jsonPath = join(folder, 'train_step_cases.json');
+
+  describe(`onnx training step parity (${label})`, () => {
+    if (!existsSync(tensorsPath) || !existsSync(jsonPath)) {
+      it.skip(`${label}: onnx training step: ${skipNote(folder, 'train_step_cases.safetensors + train_step_cases.json')}`, () => {});
+      return;
+    }
+    const meta = readMeta(jsonPath);
+    let cases: Cases;
+    let base: BaseModel;
+    let scheduler: DDPMScheduler;
+    let batch: OnnxMicroBatch;
+    let cacheDir: string;
+    let linears: Map<string, { inFeatures: number; outFeatures: number }>;
+    const sessions: OpenedGraph[] = [];
+    const errors: string[] = [];
+
+    beforeAll(async () => {
+      cases = await Cases.open(folder, 'train_step_cases.safetensors');
+      base = await openBaseModel(join(folder, 'model'));
+      linears = linearsOf(base.unet.config);
+      scheduler = createScheduler(
+        'ddpm',
+        await readSchedulerConfig(join(folder, 'model', 'scheduler', 'scheduler_config.json')),
+      ) as DDPMScheduler;
+      expect(scheduler.config.prediction_type, 'model/scheduler prediction_type').toBe('epsilon');
+      if (cases.has('inputs.latents')) {
+        const ctx = await cases.get('inputs.encoder_hidden_states');
+        batch = {
+          latents: await readNhwc(cases, 'inputs.latents'),
+          noise: await readNhwc(cases, 'inputs.noise'),
+          timesteps: [...(await cases.getInt('inputs.timestep')).data],
+          context: { data: ctx.data, dims: ctx.shape },
+        };
+        expect(batch.timesteps, 'inputs.timestep vs metadata.timestep').toEqual([meta.timestep]);
+      }
+      cacheDir = mkdtempSync(join(tmpdir(), 'onnx-train-step-'));
+    });
+    afterAll(async () => {
+      for (const s of sessions) await s.session.release();
+      await cases?.close();
+      await base?.close();
+      if (cacheDir) rmSync(cacheDir, { recursive: true, force: true });
+      if (errors.length) console.log(`[parity onnx cpu] ${label} training step:\n  ${errors.join('\n  ')}`);
+    });
+
+    const skipIfMissing = (ctx: { skip: (note?: string) => never }, method: AdapterMethod) => {
+      const missing = caseKeys(method, meta.layers).filter((k) => !cases.has(k));
+      if (missing.length)
+        ctx.skip(
+          skipNote(
+            folder,
+            `${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ` (and ${missing.length - 3} more)` : ''} in train_step_cases.safetensors`,
+          ),
+        );
+    };
+
+    for (const method of ['singlora', 'lora'] as const) {
+      it(`${label}: onnx ${method} training step's loss (the forward graph) matches PyTorch`, async (ctx) => {
+        skipIfMissing(ctx, method);
+        const opened = await openTrainStep(base.unet, {
+          dtype: 'float32',
+          shape: stepShapeOf(batch),
+          sidePaths: meta.layers,
+          providers: ['cpu'],
+          cacheDir,
+          gradients: false,
+        });
+        sessions.push(opened);
+        const adapters = await initialAdapters(cases, meta, method, linears);
+        const loss = await onnxLoss({ session: opened.session, scheduler, adapters }, batch, {
+          step: meta.step,
+          minSnrGamma: null,
+          priorLossWeight: 1,
+        });
+        const refLoss = (await cases.get(`${method}.loss`)).data[0];
+        const lossRel = Math.abs(loss - refLoss) / Math.abs(refLoss);
+        errors.push(
+          `${method}: forward loss ${loss.toPrecision(8)} (ref ${refLoss.toPrecision(8)}, rel ${lossRel.toExponential(2)})`,
+        );
+        expect(lossRel, `${method}.loss relative error`).toBeLessThanOrEqual(LOSS_REL);
+      });
+
+      // Gradient checkpointing recomputes every block in the backward: the same numbers (SingLoRA only, to keep CI short).
+      for (const checkpointing of method === 'singlora' ? CHECKPOINTING_CASES : [false])
+        it(`${label}: one onnx ${method} training step${checkpointing ? ' with gradient checkpointing' : ''} (loss, gradients, grad norm, clipping + AdamW) matches PyTorch`, async (ctx) => {
+          skipIfMissing(ctx, method);
+          const opened = await openTrainStep(base.unet, {
+            dtype: 'float32',
+            shape: stepShapeOf(batch),
+            sidePaths: meta.layers,
+            providers: ['cpu'],
+            cacheDir,
+            gradients: true,
+            checkpointing,
+          });
+          sessions.push(opened);
+          const adapters = await initialAdapters(cases, meta, method, linears);
+          const [beta1, beta2] = meta.adamw.betas;
+          const optimizer = new AdamWArrays(adapters.params, {
+            beta1,
+            beta2,
+            eps: meta.adamw.eps,
+            weightDecay: meta.adamw.weight_decay,
+          });
+          const result = await onnxTrainStep({ session: opened.session, scheduler, adapters, optimizer }, [batch], {
+            step: meta.step,
+            lr: meta.adamw.lr,
+            maxGradNorm: meta.clip_grad_norm,
+            minSnrGamma: null,
+            priorLossWeight: 1,
+            returnGrads: true,
+          });
+          expect(result.applied).toBe(true);
+          const refLoss = (await cases.get(`${method}.loss`)).data[0];
+          const refNorm = (await cases.get(`${method}.grad_norm`)).data[0];
+          const lossRel = Math.abs(result.loss - refLoss) / Math.abs(refLoss);
+          const normRel = Math.abs(result.gradNorm - refNorm) / Math.abs(refNorm);
+          expect(refNorm, 'the reference clips (grad_norm > clip_grad_norm)').toBeGreaterThan(meta.clip_grad_norm);
+          const c = clipFactorOf(meta, refNorm);
+
+          let worstGrad = { rel: 0, name: '' };
+          let worstParam = { abs: 0, name: '' };
+          let illConditioned = 0;
+          let worstWellConditioned = 0;
+          const gradFailures: string[] = [];
+          const paramFailures: string[] = [];
+          let k = 0;
+          for (const layer of meta.layers) {
+            for (const [p, ours] of PARAMS[method]) {
+              const name = `${layer}.${ours}`;
+              const gradRef = (await cases.get(`${method}.grad.${layer}.${p}`)).data;
+              const g = result.grads![k].map((x) => x * c); // clipped, as the reference
+              const gd = maxAbsDiff(g, gradRef);
+              if (gd.rel > worstGrad.rel) worstGrad = { rel: gd.rel, name };
+              if (!(gd.maxAbs <= GRAD_REL_TO_MAX * gd.maxRef)) gradFailures.push(`${name}: ${gd.rel.toExponential(2)}`);
+              const afterRef = (await cases.get(`${method}.after_adamw.${layer}.${p}`)).data;
+              const got = adapters.params[k++];
+              expect(got.length).toBe(afterRef.length);
+              for (let i = 0; i < got.length; i++) {
+                const d = Math.abs(got[i] - afterRef[i]);
+                const { bound, illConditioned: ill } = paramBound(meta, g[i], gradRef[i]);
+                if (ill) illConditioned++;
+                else worstWellConditioned = Math.max(worstWellConditioned, d);
+                if (d > worstParam.abs) worstParam = { abs: d, name: `${name}[${i}]` };
+                if (!(d <= bound))
+                  paramFailures.push(`${name}[${i}]: ${d.toExponential(2)} > ${bound.toExponential(2)}`);
+              }
+            }
+          }
+          errors.push(
+            `${method}${checkpointing ? ' (checkpointing)' : ''}: loss ${result.loss.toPrecision(8)} (ref ${refLoss.toPrecision(8)}, rel ${lossRel.toExponential(2)}); ` +
+              `worst grad max|diff|/max|ref| ${worstGrad.rel.toExponential(2)} (${worstGrad.name}); ` +
+              `grad norm ${result.gradNorm.toExponential(6)} (rel ${normRel.toExponential(2)}); ` +
+              `worst param after the step max|diff| ${worstParam.abs.toExponential(2)} (${worstParam.name}); ${worstWellConditioned.toExponential(2)} where |g| >= 10 eps (${illConditioned} elements have |g| < 10 eps)`,
+          );
+          expect(lossRel, `${method}.loss relative error`).toBeLessThanOrEqual(LOSS_REL);
+          expect(gradFailures, `gradients beyond ${GRAD_REL_TO_MAX}·max|ref|`).toEqual([]);
+          expect(normRel, `${method}.grad_norm relative error`).toBeLessThanOrEqual(NORM_REL);
+          expect(
+            paramFailures.slice(0, 20),
+            `parameters after the step beyond ${PARAM_ABS} (+ the gradient's share where |g| < 10 eps)`,
+          ).toEqual([]);
+        });
+
+      it(`${label}: onnx ${method} training step's clipping + AdamW on arrays, from the reference gradient, matches PyTorch (every parameter within ${PARAM_ABS})`, async (ctx) => {
+        skipIfMissing(ctx, method);
+        const refNorm = (await cases.get(`${method}.grad_norm`)).data[0];
+        const c = clipFactorOf(meta, refNorm);
+        const params: Float32Array[] = [];
+        const grads: Float32Array[] = [];
+        const refs: Array<{ name: string; data: Float32Array }> = [];
+        for (const layer of meta.layers) {
+          for (const [p] of PARAMS[method]) {
+            params.push((await cases.get(`${method}.init.${layer}.${p}`)).data.slice());
+            grads.push((await cases.get(`${method}.grad.${layer}.${p}`)).data.map((x) => x / c));
+            const name = `${method}.after_adamw.${layer}.${p}`;
+            refs.push({ name, data: (await cases.get(name)).data });
+          }
+        }
+        const [beta1, beta2] = meta.adamw.betas;
+        const optimizer = new AdamWArrays(params, {
+          beta1,
+          beta2,
+          eps: meta.adamw.eps,
+          weightDecay: meta.adamw.weight_decay,
+        });
+        const norm = applyGradientArrays(optimizer, grads, { lr: meta.adamw.lr, maxGradNorm: meta.clip_grad_norm });
+        expect(Math.abs(norm - refNorm) / refNorm, 'norm of the reference gradient vs grad_norm').toBeLessThanOrEqual(
+          NORM_REL,
+        );
+        let worst = { abs: 0, name: '' };
+        for (const [i, p] of params.entries()) {
+          const d = maxAbsDiff(p, refs[i].data);
+          if (d.maxAbs > worst.abs) worst = { abs: d.maxAbs, name: refs[i].name };
+        }
+        errors.push(
+          `${method}: clip + AdamW (arrays) from the reference gradient: worst param max|diff| ${worst.abs.toExponential(2)} (${worst.name})`,
+        );
+        expect(worst.abs, `worst parameter after clip + AdamW (${worst.name})`).toBeLessThanOrEqual(PARAM_ABS);
+      });
+    }
+  });
+}
