@@ -10,11 +10,12 @@
  *
  * Seeds: noise comes from this project's Philox generator (engine/random.ts), so a seed gives
  * the same image on the same backend, but not the image PyTorch would give for that seed.
- * Latents are NHWC.
+ * Latents are NHWC Float32Arrays: the schedulers step on plain arrays, and only the model calls
+ * cross into the engine's tensors.
  */
 import { tf, type Tensor } from '../backend/tf.ts';
 import type { AdapterPlan } from '../adapters/import.ts';
-import { Rng, randn } from '../random.ts';
+import { Rng } from '../random.ts';
 import { createScheduler, isSchedulerChoice, SCHEDULER_CHOICES, type SchedulerChoice } from '../schedulers/index.ts';
 import type { StableDiffusion } from './stableDiffusion.ts';
 
@@ -47,8 +48,8 @@ export interface TextToImageRequest {
    */
   negativePadding?: 'empty-chunks' | 'none';
   adapters?: readonly AdapterUse[];
-  /** Initial latents NHWC [1, h, w, c] instead of seeded noise (parity tests, img2img later). */
-  latents?: Tensor;
+  /** Initial latents NHWC [1, h, w, c] (row-major) instead of seeded noise (parity tests, img2img later). */
+  latents?: Float32Array;
   /** Also return the float image in [0, 1] (parity tests). */
   returnFloat?: boolean;
   /**
@@ -67,8 +68,8 @@ export interface StepInfo {
 }
 
 export interface TextToImageHooks {
-  /** Called after every step with the new latents (borrowed: do not dispose). */
-  onStep?: (info: StepInfo, latents: Tensor) => void | Promise<void>;
+  /** Called after every step with the new latents NHWC (borrowed: do not change them). */
+  onStep?: (info: StepInfo, latents: Float32Array) => void | Promise<void>;
   /** Called once adapters are planned, with what each one applied. */
   onAdapters?: (reports: AdapterPlan['report'][]) => void;
   /** Called as each image is decoded, before the next one starts. */
@@ -137,12 +138,9 @@ export async function textToImage(
   const h = req.height / sd.vaeScaleFactor;
   const w = req.width / sd.vaeScaleFactor;
   const c = sd.latentChannels;
-  if (
-    req.latents &&
-    (req.latents.rank !== 4 || req.latents.shape[1] !== h || req.latents.shape[2] !== w || req.latents.shape[3] !== c)
-  ) {
+  if (req.latents && req.latents.length !== h * w * c) {
     throw new Error(
-      `invalid generation request: latents must be [1, ${h}, ${w}, ${c}] for ${req.width}x${req.height}, got [${req.latents.shape}]`,
+      `invalid generation request: latents must be [1, ${h}, ${w}, ${c}] (${h * w * c} values) for ${req.width}x${req.height}, got ${req.latents.length} values`,
     );
   }
 
@@ -185,27 +183,18 @@ export async function textToImage(
       );
       scheduler.setTimesteps(req.steps);
       // 3. Initial latents.
-      let x = tf.tidy(() => tf.mul(req.latents ? req.latents : randn(rng, [1, h, w, c]), scheduler.initNoiseSigma));
+      const initSigma = scheduler.initNoiseSigma;
+      let x: Float32Array = (req.latents ?? rng.normal([1, h, w, c])).map((v) => v * initSigma);
       try {
         const steps = scheduler.timesteps.length;
         for (let s = 0; s < steps; s++) {
           if (hooks.signal?.aborted) throw new GenerationCancelled();
           const t = scheduler.timesteps[s];
           // 4. One denoising step.
-          const noise = scheduler.needsNoise ? randn(rng, x.shape) : undefined;
-          const out = await predictGuided(sd, scheduler.scaleModelInput.bind(scheduler), x, t, cfg, context, apart);
-          const next = tf.tidy(() => {
-            let eps = out;
-            if (cfg) {
-              const [epsU, epsC] = tf.split(out, 2, 0);
-              eps = tf.add(epsU, tf.mul(tf.sub(epsC, epsU), req.guidanceScale));
-            }
-            return scheduler.step(eps, t, x, noise);
-          });
-          out.dispose();
-          noise?.dispose();
-          x.dispose();
-          x = next;
+          const noise = scheduler.needsNoise ? rng.normal([1, h, w, c]) : undefined;
+          const xIn = scheduler.scaleModelInput(x, t);
+          const out = await predictGuided(sd, xIn, [1, h, w, c], t, cfg, context, apart);
+          x = scheduler.step(cfg ? guide(out, req.guidanceScale) : out, t, x, noise);
           await hooks.onStep?.({ image: i, images: count, step: s + 1, steps, timestep: t }, x);
           await new Promise((r) => setImmediate(r)); // let cancellation and progress through
         }
@@ -216,12 +205,11 @@ export async function textToImage(
           seed,
           width: req.width,
           height: req.height,
-          ...(await decodeLatents(sd, x, req.returnFloat)),
+          ...(await decodeLatents(sd, x, [1, h, w, c], req.returnFloat)),
         };
         images.push(image);
         await hooks.onImage?.(image);
       } finally {
-        x.dispose();
         scheduler.reset();
       }
     }
@@ -233,48 +221,67 @@ export async function textToImage(
   }
 }
 
+/** ε = ε_u + g (ε_c − ε_u) from the stacked [ε_u, ε_c] (two halves of `out`). */
+function guide(out: Float32Array, scale: number): Float32Array {
+  const n = out.length / 2;
+  const eps = new Float32Array(n);
+  for (let i = 0; i < n; i++) eps[i] = out[i] + (out[n + i] - out[i]) * scale;
+  return eps;
+}
+
 /**
  * The UNet's noise prediction for one step: [uncond, cond] stacked [2, h, w, c] with guidance (one
  * batch over `context`, or two passes over `apart` when the two embeddings differ in length),
- * [1, h, w, c] without. The caller owns the tensor.
+ * [1, h, w, c] without. `xIn` is the scaled model input [1, h, w, c].
  */
 async function predictGuided(
   sd: StableDiffusion,
-  scaleModelInput: (x: Tensor, t: number) => Tensor,
-  x: Tensor,
+  xIn: Float32Array,
+  shape: readonly number[],
   t: number,
   cfg: boolean,
   context: Tensor | null,
   apart: { uncond: Tensor; cond: Tensor } | null,
-): Promise<Tensor> {
-  const scaled = tf.tidy(() => scaleModelInput(x, t));
-  try {
-    if (apart) {
-      const epsU = await sd.predictNoise(scaled, t, apart.uncond);
-      const epsC = await sd.predictNoise(scaled, t, apart.cond);
-      const out = tf.concat([epsU, epsC], 0);
-      tf.dispose([epsU, epsC]);
-      return out;
-    }
-    if (!cfg) return await sd.predictNoise(scaled, t, context!);
-    const xIn = tf.concat([scaled, scaled], 0); // [2, h, w, c]
+): Promise<Float32Array> {
+  const run = async (batch: number, ctx: Tensor): Promise<Float32Array> => {
+    const data = batch === 1 ? xIn : new Float32Array(xIn.length * 2);
+    if (batch === 2) data.set(xIn), data.set(xIn, xIn.length); // [2, h, w, c]
+    const sample = tf.tensor(data, [batch, ...shape.slice(1)], 'float32');
     try {
-      return await sd.predictNoise(xIn, t, context!);
+      const out = await sd.predictNoise(sample, t, ctx);
+      try {
+        return (await out.data()) as Float32Array;
+      } finally {
+        out.dispose();
+      }
     } finally {
-      xIn.dispose();
+      sample.dispose();
     }
-  } finally {
-    scaled.dispose();
+  };
+  if (apart) {
+    const epsU = await run(1, apart.uncond);
+    const epsC = await run(1, apart.cond);
+    const out = new Float32Array(epsU.length * 2);
+    out.set(epsU);
+    out.set(epsC, epsU.length);
+    return out;
   }
+  return run(cfg ? 2 : 1, context!);
 }
 
 /** Latents NHWC [1, h, w, c] (scaled) -> RGB uint8 pixels (and the float image when asked). */
 export async function decodeLatents(
   sd: StableDiffusion,
-  latents: Tensor,
+  latents: Float32Array,
+  shape: readonly number[],
   returnFloat = false,
 ): Promise<{ pixels: Uint8Array; float?: Float32Array }> {
-  const unscaled = tf.div(latents, sd.scalingFactor);
+  const factor = sd.scalingFactor;
+  const unscaled = tf.tensor(
+    latents.map((v) => v / factor),
+    [...shape],
+    'float32',
+  );
   const decoded = await sd.decodeLatents(unscaled); // [1, H, W, 3]
   unscaled.dispose();
   const image = tf.tidy(() => tf.clipByValue(tf.add(tf.div(decoded, 2), 0.5), 0, 1));
