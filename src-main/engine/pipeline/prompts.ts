@@ -287,3 +287,33 @@ export function combineChunks(z: Tensor, rows: readonly PromptChunk[], count: nu
     return tf.reshape(out, [count, (rows.length / count) * seq, hidden]); // [B, k*77, H]: chunks side by side
   });
 }
+
+/**
+ * Steps 6-7 on a plain array, for executors that keep no TensorFlow.js tensors (ONNX Runtime): z
+ * [B*k, 77, H] row-major -> [B, k*77, H], the same emphasis as `combineChunks` (the means in
+ * double). Prompt-major rows side by side are already [B, k*77, H] in memory: only the weights change.
+ */
+export function combineChunksArray(
+  z: Float32Array,
+  rows: readonly PromptChunk[],
+  count: number,
+  modelMaxLength: number,
+): { data: Float32Array; dims: number[] } {
+  const hidden = z.length / (rows.length * modelMaxLength);
+  const dims = [count, (rows.length / count) * modelMaxLength, hidden]; // [B, k*77, H]
+  if (!rows.some((r) => r.weights.some((w) => w !== 1))) return { data: z, dims };
+  const out = new Float32Array(z.length);
+  const per = modelMaxLength * hidden; // one chunk [77, H]
+  rows.forEach((row, r) => {
+    let before = 0;
+    let after = 0;
+    for (let i = 0; i < per; i++) {
+      const v = z[r * per + i];
+      before += v;
+      after += v * row.weights[Math.floor(i / hidden)];
+    }
+    const restore = before / per / (after / per);
+    for (let i = 0; i < per; i++) out[r * per + i] = z[r * per + i] * row.weights[Math.floor(i / hidden)] * restore;
+  });
+  return { data: out, dims };
+}

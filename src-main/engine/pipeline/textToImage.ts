@@ -13,9 +13,10 @@
  * Latents are NHWC Float32Arrays: the schedulers step on plain arrays, and only the model calls
  * cross into the engine's tensors.
  */
-import { tf, type Tensor } from '../backend/tf.ts';
+import type { Tensor } from '../backend/tf.ts';
 import type { AdapterPlan } from '../adapters/import.ts';
 import { Rng } from '../random.ts';
+import type { HostArray, InferenceExecutor, TextContext } from './inferenceExecutor.ts';
 import { createScheduler, isSchedulerChoice, SCHEDULER_CHOICES, type SchedulerChoice } from '../schedulers/index.ts';
 import type { StableDiffusion } from './stableDiffusion.ts';
 
@@ -144,32 +145,33 @@ export async function textToImage(
     );
   }
 
-  let context: Tensor | null = null;
+  const executor = sd.executor;
+  /** The prompt embeddings, held by the executor for every step of every image. */
+  let context: TextContext | null = null;
   /** With negativePadding 'none' and different lengths: the negative and the prompt embeddings apart. */
-  let apart: { uncond: Tensor; cond: Tensor } | null = null;
+  let apart: { uncond: TextContext; cond: TextContext } | null = null;
   try {
     // 1. Adapters (none with precomputed embeddings: training previews run the adapter being trained).
     // (Not `hooks.onAdapters?.(await sd.setAdapters(...))`: optional chaining skips the argument
     // too, so a caller without the hook got no adapters at all.)
     if (!req.promptEmbeds) {
-      const reports = await sd.setAdapters(req.adapters ?? []);
+      const reports = await executor.setAdapters(req.adapters ?? []);
       hooks.onAdapters?.(reports);
     }
 
     // 2. Prompt embeddings: [uncond, cond] with guidance, [cond] without.
     const cfg = req.guidanceScale > 1;
     if (req.promptEmbeds) {
-      const e = req.promptEmbeds;
-      context = cfg ? tf.clone(e) : tf.tidy(() => e.slice([1, 0, 0], [1, e.shape[1] as number, e.shape[2] as number]));
+      const e = { data: (await req.promptEmbeds.data()) as Float32Array, dims: req.promptEmbeds.shape };
+      context = executor.holdContext(cfg ? e : batchItem(e, 1));
     } else if (cfg && req.negativePadding === 'none') {
-      const uncond = await sd.encodeText([req.negativePrompt ?? ''], req.clipSkip);
-      const cond = await sd.encodeText([req.prompt], req.clipSkip);
-      if (uncond.shape[1] === cond.shape[1]) {
-        context = tf.concat([uncond, cond], 0);
-        tf.dispose([uncond, cond]);
-      } else apart = { uncond, cond };
+      const uncond = await executor.encodeText([req.negativePrompt ?? ''], req.clipSkip);
+      const cond = await executor.encodeText([req.prompt], req.clipSkip);
+      if (uncond.dims[1] === cond.dims[1]) context = executor.holdContext(stack(uncond, cond));
+      else apart = { uncond: executor.holdContext(uncond), cond: executor.holdContext(cond) };
     } else {
-      context = await sd.encodeText(cfg ? [req.negativePrompt ?? '', req.prompt] : [req.prompt], req.clipSkip);
+      const prompts = cfg ? [req.negativePrompt ?? '', req.prompt] : [req.prompt];
+      context = executor.holdContext(await executor.encodeText(prompts, req.clipSkip));
     }
 
     const images: GeneratedImage[] = [];
@@ -193,7 +195,7 @@ export async function textToImage(
           // 4. One denoising step.
           const noise = scheduler.needsNoise ? rng.normal([1, h, w, c]) : undefined;
           const xIn = scheduler.scaleModelInput(x, t);
-          const out = await predictGuided(sd, xIn, [1, h, w, c], t, cfg, context, apart);
+          const out = await predictGuided(executor, xIn, [1, h, w, c], t, cfg, context, apart);
           x = scheduler.step(cfg ? guide(out, req.guidanceScale) : out, t, x, noise);
           await hooks.onStep?.({ image: i, images: count, step: s + 1, steps, timestep: t }, x);
           await new Promise((r) => setImmediate(r)); // let cancellation and progress through
@@ -216,8 +218,9 @@ export async function textToImage(
     return images;
   } finally {
     context?.dispose();
-    if (apart) tf.dispose([apart.uncond, apart.cond]);
-    if (!req.promptEmbeds) sd.clearAdapters();
+    apart?.uncond.dispose();
+    apart?.cond.dispose();
+    if (!req.promptEmbeds) executor.clearAdapters();
   }
 }
 
@@ -235,38 +238,39 @@ function guide(out: Float32Array, scale: number): Float32Array {
  * [1, h, w, c] without. `xIn` is the scaled model input [1, h, w, c].
  */
 async function predictGuided(
-  sd: StableDiffusion,
+  executor: InferenceExecutor,
   xIn: Float32Array,
   shape: readonly number[],
   t: number,
   cfg: boolean,
-  context: Tensor | null,
-  apart: { uncond: Tensor; cond: Tensor } | null,
+  context: TextContext | null,
+  apart: { uncond: TextContext; cond: TextContext } | null,
 ): Promise<Float32Array> {
-  const run = async (batch: number, ctx: Tensor): Promise<Float32Array> => {
+  const sample = (batch: number): HostArray => {
     const data = batch === 1 ? xIn : new Float32Array(xIn.length * 2);
     if (batch === 2) data.set(xIn), data.set(xIn, xIn.length); // [2, h, w, c]
-    const sample = tf.tensor(data, [batch, ...shape.slice(1)], 'float32');
-    try {
-      const out = await sd.predictNoise(sample, t, ctx);
-      try {
-        return (await out.data()) as Float32Array;
-      } finally {
-        out.dispose();
-      }
-    } finally {
-      sample.dispose();
-    }
+    return { data, dims: [batch, ...shape.slice(1)] };
   };
   if (apart) {
-    const epsU = await run(1, apart.uncond);
-    const epsC = await run(1, apart.cond);
-    const out = new Float32Array(epsU.length * 2);
-    out.set(epsU);
-    out.set(epsC, epsU.length);
-    return out;
+    const epsU = await executor.predictNoise(sample(1), t, apart.uncond);
+    const epsC = await executor.predictNoise(sample(1), t, apart.cond);
+    return stack(epsU, epsC).data;
   }
-  return run(cfg ? 2 : 1, context!);
+  return (await executor.predictNoise(sample(cfg ? 2 : 1), t, context!)).data;
+}
+
+/** [a; b] along the batch axis (the same dims after it). */
+function stack(a: HostArray, b: HostArray): HostArray {
+  const data = new Float32Array(a.data.length + b.data.length);
+  data.set(a.data);
+  data.set(b.data, a.data.length);
+  return { data, dims: [a.dims[0] + b.dims[0], ...a.dims.slice(1)] };
+}
+
+/** Batch item i of x [B, ...] as [1, ...]. */
+function batchItem(x: HostArray, i: number): HostArray {
+  const per = x.data.length / x.dims[0];
+  return { data: x.data.slice(i * per, (i + 1) * per), dims: [1, ...x.dims.slice(1)] };
 }
 
 /** Latents NHWC [1, h, w, c] (scaled) -> RGB uint8 pixels (and the float image when asked). */
@@ -277,21 +281,10 @@ export async function decodeLatents(
   returnFloat = false,
 ): Promise<{ pixels: Uint8Array; float?: Float32Array }> {
   const factor = sd.scalingFactor;
-  const unscaled = tf.tensor(
-    latents.map((v) => v / factor),
-    [...shape],
-    'float32',
-  );
-  const decoded = await sd.decodeLatents(unscaled); // [1, H, W, 3]
-  unscaled.dispose();
-  const image = tf.tidy(() => tf.clipByValue(tf.add(tf.div(decoded, 2), 0.5), 0, 1));
-  decoded.dispose();
-  try {
-    const float = (await image.data()) as Float32Array;
-    const pixels = new Uint8Array(float.length);
-    for (let i = 0; i < float.length; i++) pixels[i] = Math.round(float[i] * 255);
-    return returnFloat ? { pixels, float } : { pixels };
-  } finally {
-    image.dispose();
-  }
+  const decoded = await sd.executor.decodeLatents({ data: latents.map((v) => v / factor), dims: shape }); // [1, H, W, 3]
+  // image = clamp(decoded / 2 + 0.5, 0, 1), as float32
+  const float = decoded.data.map((v) => Math.min(1, Math.max(0, v / 2 + 0.5)));
+  const pixels = new Uint8Array(float.length);
+  for (let i = 0; i < float.length; i++) pixels[i] = Math.round(float[i] * 255);
+  return returnFloat ? { pixels, float } : { pixels };
 }
