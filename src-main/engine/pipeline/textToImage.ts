@@ -146,10 +146,8 @@ export async function textToImage(
   }
 
   const executor = sd.executor;
-  /** The prompt embeddings, held by the executor for every step of every image. */
-  let context: TextContext | null = null;
-  /** With negativePadding 'none' and different lengths: the negative and the prompt embeddings apart. */
-  let apart: { uncond: TextContext; cond: TextContext } | null = null;
+  const shape = [1, h, w, c]; // NHWC
+  let held: HeldContexts | null = null;
   try {
     // 1. Adapters (none with precomputed embeddings: training previews run the adapter being trained).
     // (Not `hooks.onAdapters?.(await sd.setAdapters(...))`: optional chaining skips the argument
@@ -158,69 +156,94 @@ export async function textToImage(
       const reports = await executor.setAdapters(req.adapters ?? []);
       hooks.onAdapters?.(reports);
     }
-
-    // 2. Prompt embeddings: [uncond, cond] with guidance, [cond] without.
-    const cfg = req.guidanceScale > 1;
-    if (req.promptEmbeds) {
-      const e = { data: (await req.promptEmbeds.data()) as Float32Array, dims: req.promptEmbeds.shape };
-      context = executor.holdContext(cfg ? e : batchItem(e, 1));
-    } else if (cfg && req.negativePadding === 'none') {
-      const uncond = await executor.encodeText([req.negativePrompt ?? ''], req.clipSkip);
-      const cond = await executor.encodeText([req.prompt], req.clipSkip);
-      if (uncond.dims[1] === cond.dims[1]) context = executor.holdContext(stack(uncond, cond));
-      else apart = { uncond: executor.holdContext(uncond), cond: executor.holdContext(cond) };
-    } else {
-      const prompts = cfg ? [req.negativePrompt ?? '', req.prompt] : [req.prompt];
-      context = executor.holdContext(await executor.encodeText(prompts, req.clipSkip));
-    }
+    // 2. Prompt embeddings, held by the executor for every step of every image.
+    held = await holdPrompts(executor, req);
 
     const images: GeneratedImage[] = [];
     for (let i = 0; i < count; i++) {
       const seed = req.seed + i;
-      const rng = new Rng(seed);
-      const scheduler = createScheduler(
-        req.scheduler,
-        sd.schedulerConfig,
-        req.scheduler === 'ddim' && req.eta ? { eta: req.eta } : {},
+      const x = await denoise(
+        sd,
+        req,
+        held,
+        shape,
+        new Rng(seed),
+        (s, steps, t, latents) => hooks.onStep?.({ image: i, images: count, step: s, steps, timestep: t }, latents),
+        hooks.signal,
       );
-      scheduler.setTimesteps(req.steps);
-      // 3. Initial latents.
-      const initSigma = scheduler.initNoiseSigma;
-      let x: Float32Array = (req.latents ?? rng.normal([1, h, w, c])).map((v) => v * initSigma);
-      try {
-        const steps = scheduler.timesteps.length;
-        for (let s = 0; s < steps; s++) {
-          if (hooks.signal?.aborted) throw new GenerationCancelled();
-          const t = scheduler.timesteps[s];
-          // 4. One denoising step.
-          const noise = scheduler.needsNoise ? rng.normal([1, h, w, c]) : undefined;
-          const xIn = scheduler.scaleModelInput(x, t);
-          const out = await predictGuided(executor, xIn, [1, h, w, c], t, cfg, context, apart);
-          x = scheduler.step(cfg ? guide(out, req.guidanceScale) : out, t, x, noise);
-          await hooks.onStep?.({ image: i, images: count, step: s + 1, steps, timestep: t }, x);
-          await new Promise((r) => setImmediate(r)); // let cancellation and progress through
-        }
-        scheduler.reset();
-        // 5. Decode.
-        const image: GeneratedImage = {
-          index: i,
-          seed,
-          width: req.width,
-          height: req.height,
-          ...(await decodeLatents(sd, x, [1, h, w, c], req.returnFloat)),
-        };
-        images.push(image);
-        await hooks.onImage?.(image);
-      } finally {
-        scheduler.reset();
-      }
+      // 5. Decode.
+      const decoded = await decodeLatents(sd, x, shape, req.returnFloat);
+      const image: GeneratedImage = { index: i, seed, width: req.width, height: req.height, ...decoded };
+      images.push(image);
+      await hooks.onImage?.(image);
     }
     return images;
   } finally {
-    context?.dispose();
-    apart?.uncond.dispose();
-    apart?.cond.dispose();
+    held?.joint?.dispose();
+    held?.apart?.uncond.dispose();
+    held?.apart?.cond.dispose();
     if (!req.promptEmbeds) executor.clearAdapters();
+  }
+}
+
+/**
+ * The UNet contexts of a request, held by the executor: [uncond, cond] with guidance (or the two
+ * apart, with negativePadding 'none' and different lengths), [cond] without.
+ */
+interface HeldContexts {
+  readonly guided: boolean;
+  readonly joint: TextContext | null;
+  readonly apart: { uncond: TextContext; cond: TextContext } | null;
+}
+
+async function holdPrompts(executor: InferenceExecutor, req: TextToImageRequest): Promise<HeldContexts> {
+  const guided = req.guidanceScale > 1;
+  const joint = (e: HostArray) => ({ guided, joint: executor.holdContext(e), apart: null });
+  if (req.promptEmbeds) {
+    const e = { data: (await req.promptEmbeds.data()) as Float32Array, dims: req.promptEmbeds.shape };
+    return joint(guided ? e : batchItem(e, 1));
+  }
+  if (guided && req.negativePadding === 'none') {
+    const uncond = await executor.encodeText([req.negativePrompt ?? ''], req.clipSkip);
+    const cond = await executor.encodeText([req.prompt], req.clipSkip);
+    if (uncond.dims[1] === cond.dims[1]) return joint(stack(uncond, cond));
+    return { guided, joint: null, apart: { uncond: executor.holdContext(uncond), cond: executor.holdContext(cond) } };
+  }
+  const prompts = guided ? [req.negativePrompt ?? '', req.prompt] : [req.prompt];
+  return joint(await executor.encodeText(prompts, req.clipSkip));
+}
+
+/** Steps 3-4 for one image: seeded (or given) latents, then every timestep of the scheduler. */
+async function denoise(
+  sd: StableDiffusion,
+  req: TextToImageRequest,
+  held: HeldContexts,
+  shape: readonly number[],
+  rng: Rng,
+  onStep: (step: number, steps: number, t: number, latents: Float32Array) => void | Promise<void>,
+  signal: AbortSignal | undefined,
+): Promise<Float32Array> {
+  const options = req.scheduler === 'ddim' && req.eta ? { eta: req.eta } : {};
+  const scheduler = createScheduler(req.scheduler, sd.schedulerConfig, options);
+  try {
+    scheduler.setTimesteps(req.steps);
+    // 3. Initial latents.
+    const initSigma = scheduler.initNoiseSigma;
+    let x: Float32Array = (req.latents ?? rng.normal(shape)).map((v) => v * initSigma);
+    const steps = scheduler.timesteps.length;
+    for (let s = 0; s < steps; s++) {
+      if (signal?.aborted) throw new GenerationCancelled();
+      const t = scheduler.timesteps[s];
+      // 4. One denoising step.
+      const noise = scheduler.needsNoise ? rng.normal(shape) : undefined;
+      const out = await predictGuided(sd.executor, scheduler.scaleModelInput(x, t), shape, t, held);
+      x = scheduler.step(held.guided ? guide(out, req.guidanceScale) : out, t, x, noise);
+      await onStep(s + 1, steps, t, x);
+      await new Promise((r) => setImmediate(r)); // let cancellation and progress through
+    }
+    return x;
+  } finally {
+    scheduler.reset();
   }
 }
 
@@ -242,21 +265,19 @@ async function predictGuided(
   xIn: Float32Array,
   shape: readonly number[],
   t: number,
-  cfg: boolean,
-  context: TextContext | null,
-  apart: { uncond: TextContext; cond: TextContext } | null,
+  held: HeldContexts,
 ): Promise<Float32Array> {
   const sample = (batch: number): HostArray => {
     const data = batch === 1 ? xIn : new Float32Array(xIn.length * 2);
     if (batch === 2) data.set(xIn), data.set(xIn, xIn.length); // [2, h, w, c]
     return { data, dims: [batch, ...shape.slice(1)] };
   };
-  if (apart) {
-    const epsU = await executor.predictNoise(sample(1), t, apart.uncond);
-    const epsC = await executor.predictNoise(sample(1), t, apart.cond);
+  if (held.apart) {
+    const epsU = await executor.predictNoise(sample(1), t, held.apart.uncond);
+    const epsC = await executor.predictNoise(sample(1), t, held.apart.cond);
     return stack(epsU, epsC).data;
   }
-  return (await executor.predictNoise(sample(cfg ? 2 : 1), t, context!)).data;
+  return (await executor.predictNoise(sample(held.guided ? 2 : 1), t, held.joint!)).data;
 }
 
 /** [a; b] along the batch axis (the same dims after it). */
