@@ -27,7 +27,7 @@ import type {
   LatentDistributionArrays,
   TextContext,
 } from './inferenceExecutor.ts';
-import { combineChunksArray, promptRows } from './prompts.ts';
+import { combineChunks, promptRows } from './prompts.ts';
 
 export interface OnnxExecutorParts {
   readonly tokenizer: ClipTokenizer;
@@ -65,7 +65,7 @@ export class OnnxExecutor implements InferenceExecutor {
       rows.map((r) => r.ids),
       clipSkip || undefined,
     );
-    return combineChunksArray(promptEmbeds.data, rows, prompts.length, tokenizer.modelMaxLength);
+    return combineChunks(promptEmbeds.data, rows, prompts.length, tokenizer.modelMaxLength);
   }
 
   holdContext(embeds: HostArray): TextContext {

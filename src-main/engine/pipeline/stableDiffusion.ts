@@ -245,7 +245,7 @@ export class StableDiffusion {
    * A1111 reads prompts: 75-token chunks and (word:1.2) emphasis (prompts.ts). A prompt of at
    * most 75 tokens without emphasis gives [1, 77, hidden], as before. The caller owns the result.
    */
-  encodePrompts(prompts: readonly string[], clipSkip?: number): Tensor {
+  encodePrompts(prompts: readonly string[], clipSkip?: number): Promise<Tensor> {
     return encodeWeightedPrompts(
       this.tokenizer,
       (ids) => this.textEncoder.encodePrompt(ids, clipSkip || undefined),

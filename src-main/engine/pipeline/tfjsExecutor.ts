@@ -26,7 +26,7 @@ export interface TfjsModules {
   readonly vae: AutoencoderKL;
   readonly textEncoder: ClipTextModel;
   /** Prompt embeddings [B, chunks * 77, hidden] as a tensor the caller owns (prompts.ts). */
-  encodePrompts(prompts: readonly string[], clipSkip?: number): Tensor;
+  encodePrompts(prompts: readonly string[], clipSkip?: number): Promise<Tensor>;
 }
 
 /** Prompt embeddings kept as one tensor for every step of a run. */
@@ -49,7 +49,7 @@ export class TfjsExecutor implements InferenceExecutor {
 
   async encodeText(prompts: readonly string[], clipSkip?: number): Promise<HostArray> {
     await this.modules.ensure('textEncoder');
-    return toArray(this.modules.encodePrompts(prompts, clipSkip));
+    return toArray(await this.modules.encodePrompts(prompts, clipSkip));
   }
 
   holdContext(embeds: HostArray): TextContext {
