@@ -1,8 +1,8 @@
 /**
  * The ONNX Runtime inference executor: the components run as ONNX Runtime sessions
  * (onnx/onnxDiffusion.ts), adapters as side-path inputs of the graphs. Everything it takes and
- * returns is a plain array, so this path loads no TensorFlow.js (as long as no adapter is applied:
- * planning an adapter file still reads it with TensorFlow.js).
+ * returns is a plain array, and adapter plans give it low-rank factors (their dense dW, a
+ * TensorFlow.js tensor, is never computed here), so this path loads no TensorFlow.js.
  */
 import {
   adapterSummary,
