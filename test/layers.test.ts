@@ -1,6 +1,6 @@
 /**
  * The layers of the code, as an import graph: every import of src-main/ and src-renderer/ (static,
- * dynamic and `import type`, which erases at run time but still couples the code) checked against
+ * dynamic, `require` and `import type`, which erases at run time but still couples the code) checked against
  * the table of allowed layer dependencies that docs/ARCHITECTURE.md shows (## Layers): the test
  * reads the table from there, so the doc and the check cannot drift apart. Besides the table:
  *
@@ -71,6 +71,9 @@ function importsOf(file: string): Edge[] {
   }
   for (const m of text.matchAll(/^\s*import\s+['"]([^'"]+)['"]/gm)) add(m[1], false, false);
   for (const m of text.matchAll(/\bimport\(\s*['"]([^'"]+)['"]/g)) add(m[1], false, true);
+  // `require('pkg')` through createRequire loads a package as an import does (backend/tf.ts loads
+  // TensorFlow.js so, on first use).
+  for (const m of text.matchAll(/\brequire\(\s*['"]([^'"]+)['"]/g)) add(m[1], false, true);
   return out;
 }
 

@@ -186,7 +186,7 @@ describe('encodeWeightedPrompts', () => {
 
   it('concatenates chunks along the sequence axis and pads the shorter prompt with empty chunks', async () => {
     const long = Array.from({ length: 100 }, (_, i) => `w${i}`).join(' ');
-    const z = encodeWeightedPrompts(words, encode, ['', long]);
+    const z = await encodeWeightedPrompts(words, encode, ['', long]);
     expect(z.shape).toEqual([2, 154, 2]);
     const v = (await z.array()) as number[][][];
     expect(v[1][77][0]).toBe(1); // chunk 2 of the prompt starts with the start token
@@ -198,8 +198,8 @@ describe('encodeWeightedPrompts', () => {
   });
 
   it('weights token embeddings, then restores the chunk mean (A1111 "Original" emphasis)', async () => {
-    const plain = encodeWeightedPrompts(words, encode, ['w1 w2']);
-    const weighted = encodeWeightedPrompts(words, encode, ['w1 (w2:2)']);
+    const plain = await encodeWeightedPrompts(words, encode, ['w1 w2']);
+    const weighted = await encodeWeightedPrompts(words, encode, ['w1 (w2:2)']);
     const [p, w] = [(await plain.array()) as number[][][], (await weighted.array()) as number[][][]];
     const mean = (x: number[][][]) => x.flat(2).reduce((a, b) => a + b, 0) / x.flat(2).length;
     expect(mean(w)).toBeCloseTo(mean(p), 4);
@@ -208,8 +208,8 @@ describe('encodeWeightedPrompts', () => {
     tf.dispose([plain, weighted]);
   });
 
-  it('a short plain prompt is unchanged: [1, 77, hidden]', () => {
-    const z = encodeWeightedPrompts(words, encode, ['w1 w2']);
+  it('a short plain prompt is unchanged: [1, 77, hidden]', async () => {
+    const z = await encodeWeightedPrompts(words, encode, ['w1 w2']);
     expect(z.shape).toEqual([1, 77, 2]);
     z.dispose();
   });
@@ -239,7 +239,10 @@ describe('the tiny model reads past 75 tokens (point 9: before, the cut was sile
     const sd = await StableDiffusion.load(await makeTinyModel(), { components: ['textEncoder'] });
     try {
       const head = Array.from({ length: 80 }, () => 'dog').join(' ');
-      const [a, b] = [sd.encodePrompts([`${head} on the beach`]), sd.encodePrompts([`${head} in the snow`])];
+      const [a, b] = [
+        await sd.encodePrompts([`${head} on the beach`]),
+        await sd.encodePrompts([`${head} in the snow`]),
+      ];
       expect(a.shape).toEqual([1, 154, sd.hiddenSize]);
       const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
       expect(diff).toBeGreaterThan(0);

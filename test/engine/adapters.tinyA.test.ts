@@ -203,7 +203,7 @@ describe('LoRA files from other tools', () => {
         'lora_unet_not_a_module.lora_down.weight': t([2, 8]),
         'lora_unet_not_a_module.lora_up.weight': t([8, 2]),
       });
-      const before = await sd.encodePrompts(['a photo of sks dog']).data();
+      const before = await (await sd.encodePrompts(['a photo of sks dog'])).data();
       const [img0] = await textToImage(sd, {
         prompt: 'a photo of sks dog',
         steps: 2,
@@ -253,7 +253,7 @@ describe('LoRA files from other tools', () => {
       );
       expect(img1.pixels).not.toEqual(img0.pixels);
       // and the base weights are restored afterwards
-      expect(await sd.encodePrompts(['a photo of sks dog']).data()).toEqual(before);
+      expect(await (await sd.encodePrompts(['a photo of sks dog'])).data()).toEqual(before);
       const [img2] = await textToImage(sd, {
         prompt: 'a photo of sks dog',
         steps: 2,

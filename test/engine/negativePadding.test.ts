@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import type { Tensor } from '../../src-main/engine/backend/tf.ts';
+import type { HostArray, TextContext } from '../../src-main/engine/pipeline/inferenceExecutor.ts';
 import { StableDiffusion } from '../../src-main/engine/pipeline/stableDiffusion.ts';
 import { textToImage, type TextToImageRequest } from '../../src-main/engine/pipeline/textToImage.ts';
 import { useBackend } from '../helpers/backend.ts';
@@ -23,9 +23,10 @@ afterAll(() => sd.dispose());
 /** Runs one image and records the [batch, tokens] of every UNet context. */
 async function run(req: Partial<TextToImageRequest>): Promise<{ pixels: Uint8Array; contexts: number[][] }> {
   const contexts: number[][] = [];
-  const predict = sd.predictNoise.bind(sd);
-  sd.predictNoise = (sample: Tensor, t: number, context: Tensor) => {
-    contexts.push(context.shape.slice(0, 2) as number[]);
+  const executor = sd.executor;
+  const predict = executor.predictNoise.bind(executor);
+  executor.predictNoise = (sample: HostArray, t: number, context: TextContext) => {
+    contexts.push(context.dims.slice(0, 2));
     return predict(sample, t, context);
   };
   try {
@@ -42,7 +43,7 @@ async function run(req: Partial<TextToImageRequest>): Promise<{ pixels: Uint8Arr
     });
     return { pixels: img.pixels, contexts };
   } finally {
-    sd.predictNoise = predict;
+    executor.predictNoise = predict;
   }
 }
 

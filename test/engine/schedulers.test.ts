@@ -1,11 +1,11 @@
 /**
  * Scheduler contract tests that need no reference tensors: naming and config resolution,
- * errors, DDIM η, tensor ownership (no leaks after a full run and after reset), and the numpy
- * helpers. Parity with diffusers is in test/parity/schedulers.parity.test.ts.
+ * errors, DDIM η, the contract on plain arrays (arguments unchanged, history cleared by reset and
+ * setTimesteps), the DDPM forward process (no tensor leaks), and the numpy helpers. Parity with diffusers is in test/parity/schedulers.parity.test.ts.
  */
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { tf, type Tensor } from '../../src-main/engine/backend/tf.ts';
+import { tf } from '../../src-main/engine/backend/tf.ts';
 import { randn, Rng } from '../../src-main/engine/random.ts';
 import { npArange, npLinspace, roundHalfEven, torchLinspaceF32 } from '../../src-main/engine/schedulers/float32.ts';
 import {
@@ -37,27 +37,26 @@ beforeAll(async () => {
 const SHAPE = [1, 4, 6, 5];
 
 /** eps = 0.1 x + 0.05 sin(t/100), the parity suite's fake model. */
-function fakeModel(x: Tensor, t: number): Tensor {
-  return tf.tidy(() => tf.add(tf.mul(x, 0.1), Math.fround(0.05 * Math.sin(t / 100))));
+function fakeModel(x: Float32Array, t: number): Float32Array {
+  const b = Math.fround(0.05 * Math.sin(t / 100));
+  return x.map((v) => Math.fround(v * 0.1) + b);
 }
 
-/** Runs `steps` steps (all when omitted) and returns the final sample's values; disposes everything else. */
+/** Runs `steps` steps (all when omitted) and returns the final sample; checks no argument is changed. */
 function run(s: Scheduler, seed: number, steps = s.timesteps.length): Float32Array {
   const rng = new Rng(seed);
-  let x = tf.tidy(() => tf.mul(randn(rng, SHAPE), s.initNoiseSigma));
+  let x: Float32Array = rng.normal(SHAPE).map((v) => v * s.initNoiseSigma);
   for (const t of s.timesteps.slice(0, steps)) {
-    const next = tf.tidy(() => {
-      const xIn = s.scaleModelInput(x, t);
-      const eps = fakeModel(xIn, t);
-      const noise = s.needsNoise ? randn(rng, SHAPE) : undefined;
-      return s.step(eps, t, x, noise);
-    });
-    x.dispose();
+    const xIn = s.scaleModelInput(x, t);
+    const eps = fakeModel(xIn, t);
+    const noise = s.needsNoise ? rng.normal(SHAPE) : undefined;
+    const copies = [x, eps, noise].map((a) => a?.slice());
+    const next = s.step(eps, t, x, noise);
+    expect([x, eps, noise], `${s.name} t=${t}: step changed an argument`).toEqual(copies);
+    expect(next).not.toBe(x);
     x = next;
   }
-  const out = x.dataSync() as Float32Array;
-  x.dispose();
-  return out;
+  return x;
 }
 
 describe('createScheduler', () => {
@@ -197,20 +196,17 @@ describe('DDIM eta', () => {
     expect(s1.needsNoise).toBe(true);
     s0.setTimesteps(20);
     s1.setTimesteps(20);
-    const x = randn(new Rng(1), SHAPE);
-    const eps = randn(new Rng(2), SHAPE);
-    const z = randn(new Rng(3), SHAPE);
+    const x = new Rng(1).normal(SHAPE);
+    const eps = new Rng(2).normal(SHAPE);
+    const z = new Rng(3).normal(SHAPE);
     const t = s1.timesteps[3];
-    expect(() => s1.step(eps, t, x)).toThrow(
-      /DDIMScheduler.step: eta=1 needs a noise tensor shaped like the sample \[1, 4, 6, 5\]/,
-    );
+    expect(() => s1.step(eps, t, x)).toThrow(/DDIMScheduler.step: eta=1 needs noise of the sample's 120 values/);
     const a = s0.step(eps, t, x, z);
     const b = s1.step(eps, t, x, z);
     const c = s1.step(eps, t, x, z);
-    const d = maxAbsDiff(b.dataSync(), a.dataSync());
+    const d = maxAbsDiff(b, a);
     expect(d.maxAbs).toBeGreaterThan(0.1);
-    expect([...c.dataSync()]).toEqual([...b.dataSync()]);
-    tf.dispose([x, eps, z, a, b, c]);
+    expect([...c]).toEqual([...b]);
   });
 
   it('eta = 1 is the DDPM posterior step (same noise, same result) away from the final step', () => {
@@ -220,11 +216,10 @@ describe('DDIM eta', () => {
     ddpm.setTimesteps(20);
     expect(ddpm.timesteps).toEqual(ddim.timesteps);
     for (const t of ddim.timesteps.slice(0, -1)) {
-      const [x, eps, z] = [1, 2, 3].map((k) => randn(new Rng(t * 10 + k), SHAPE));
+      const [x, eps, z] = [1, 2, 3].map((k) => new Rng(t * 10 + k).normal(SHAPE));
       const a = ddim.step(eps, t, x, z);
       const b = ddpm.step(eps, t, x, z);
-      expect(maxAbsDiff(a.dataSync(), b.dataSync()).rel, `t=${t}`).toBeLessThan(1e-5);
-      tf.dispose([x, eps, z, a, b]);
+      expect(maxAbsDiff(a, b).rel, `t=${t}`).toBeLessThan(1e-5);
     }
   });
 });
@@ -233,46 +228,39 @@ describe('noise arguments', () => {
   it('Euler a needs noise of the sample shape', () => {
     const s = createScheduler('euler-a', sd15);
     s.setTimesteps(10);
-    const x = tf.zeros(SHAPE);
-    const bad = tf.zeros([1, 4, 6, 6]);
+    const x = new Float32Array(120);
+    const bad = new Float32Array(144);
     expect(() => s.step(x, s.timesteps[0], x)).toThrow(
-      /EulerAncestralDiscreteScheduler.step: ancestral sampling needs a noise tensor/,
+      /EulerAncestralDiscreteScheduler.step: ancestral sampling needs noise of the sample's 120 values/,
     );
-    expect(() => s.step(x, s.timesteps[0], x, bad)).toThrow(
-      /noise has shape \[1, 4, 6, 6\] but the sample has shape \[1, 4, 6, 5\]/,
-    );
-    tf.dispose([x, bad]);
+    expect(() => s.step(x, s.timesteps[0], x, bad)).toThrow(/noise has 144 values but the sample has 120/);
+    expect(() => s.step(bad, s.timesteps[0], x, x)).toThrow(/the model output has 144 values but the sample has 120/);
   });
 
   it('timesteps not in the schedule are refused (index-based schedulers)', () => {
     const s = createScheduler('dpmpp-2m', sd15);
     s.setTimesteps(20);
-    const x = tf.zeros(SHAPE);
+    const x = new Float32Array(120);
     expect(() => s.step(x, 998, x)).toThrow(/DPMSolverMultistepScheduler: timestep 998 is not in the schedule/);
-    x.dispose();
   });
 });
 
-describe('tensor ownership', () => {
+describe('the contract on plain arrays', () => {
   for (const name of SCHEDULER_NAMES) {
-    it(`${name}: no tensors left after a full 20-step run, after reset mid-run, or after setTimesteps mid-run`, () => {
+    it(`${name}: step leaves its arguments unchanged; reset and setTimesteps mid-run rewind to the same run`, () => {
       const s = createScheduler(name, sd15);
       s.setTimesteps(20);
-      const before = tf.memory().numTensors;
       const full = run(s, 11);
-      expect(tf.memory().numTensors, 'after a full run').toBe(before);
 
       s.setTimesteps(20);
       run(s, 11, 7); // mid-run: PNDM / DPM hold history here
       s.reset();
-      expect(tf.memory().numTensors, 'after reset mid-run').toBe(before);
       // reset really rewinds: a rerun equals the first run
       expect([...run(s, 11)]).toEqual([...full]);
 
       s.setTimesteps(20);
       run(s, 11, 5);
       s.setTimesteps(20);
-      expect(tf.memory().numTensors, 'after setTimesteps mid-run').toBe(before);
       expect([...run(s, 11)]).toEqual([...full]);
     });
   }
@@ -282,22 +270,19 @@ describe('tensor ownership', () => {
       const s = createScheduler(name, sd15);
       s.setTimesteps(4);
       run(s, 1);
-      const x = tf.zeros(SHAPE);
+      const x = new Float32Array(120);
       const t = s.timesteps[s.timesteps.length - 1];
       expect(() => s.step(x, t, x, x)).toThrow(/timesteps of this run are done; call setTimesteps/);
-      x.dispose();
     });
   }
 
-  it('scaleModelInput returns a tensor the caller owns, even when it is the identity', () => {
+  it('scaleModelInput returns a new array, even when it is the identity', () => {
     const s = createScheduler('ddim', sd15);
     s.setTimesteps(5);
-    const x = tf.ones(SHAPE);
+    const x = new Float32Array(120).fill(1);
     const y = s.scaleModelInput(x, s.timesteps[0]);
     expect(y).not.toBe(x);
-    y.dispose();
-    expect(x.isDisposed).toBe(false);
-    x.dispose();
+    expect([...y]).toEqual([...x]);
   });
 });
 

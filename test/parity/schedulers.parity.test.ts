@@ -11,7 +11,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tf, type Tensor } from '../../src-main/engine/backend/tf.ts';
+import { tf } from '../../src-main/engine/backend/tf.ts';
 import { createScheduler, type DDPMScheduler, type Scheduler } from '../../src-main/engine/schedulers/index.ts';
 import {
   parseSchedulerConfig,
@@ -53,31 +53,24 @@ interface ScheduleCasesJson {
 const TOL = 1e-5;
 
 /** The README's fake model: eps = 0.1 · x_in + 0.05 · sin(float32(t) / 100), in float32. */
-function fakeModel(xIn: Tensor, t: number): Tensor {
+function fakeModel(xIn: Float32Array, t: number): Float32Array {
   const f = Math.fround;
   const bias = f(0.05 * f(Math.sin(f(f(t) / 100))));
-  return tf.tidy(() => tf.add(tf.mul(xIn, 0.1), bias));
+  return xIn.map((v) => f(v * f(0.1)) + bias);
 }
 
 /** Runs the README loop; returns the trajectory [len(timesteps)+1, ...] flattened. */
-function trajectory(s: Scheduler, init: Tensor, noise?: { data: Float32Array; perStep: number }): Float32Array {
+function trajectory(s: Scheduler, init: Float32Array, noise?: { data: Float32Array; perStep: number }): Float32Array {
   const rows: Float32Array[] = [];
-  let sample = tf.mul(init, s.initNoiseSigma);
-  rows.push(sample.dataSync() as Float32Array);
+  let sample: Float32Array = init.map((v) => v * s.initNoiseSigma);
+  rows.push(sample);
   s.timesteps.forEach((t, i) => {
-    const next = tf.tidy(() => {
-      const xIn = s.scaleModelInput(sample, t);
-      const eps = fakeModel(xIn, t);
-      const z = noise
-        ? tf.tensor(noise.data.subarray(i * noise.perStep, (i + 1) * noise.perStep), sample.shape, 'float32')
-        : undefined;
-      return s.step(eps, t, sample, z);
-    });
-    sample.dispose();
-    sample = next;
-    rows.push(sample.dataSync() as Float32Array);
+    const xIn = s.scaleModelInput(sample, t);
+    const eps = fakeModel(xIn, t);
+    const z = noise ? noise.data.subarray(i * noise.perStep, (i + 1) * noise.perStep) : undefined;
+    sample = s.step(eps, t, sample, z);
+    rows.push(sample);
   });
-  sample.dispose();
   const out = new Float32Array(rows.reduce((a, r) => a + r.length, 0));
   rows.forEach((r, i) => out.set(r, i * r.length));
   return out;
@@ -181,17 +174,13 @@ for (const folder of parityFolders()) {
           const init = await cases.get('init_latent');
           const ref = await cases.get(`${key}.${N}.trajectory`);
           expect(ref.shape).toEqual([s.timesteps.length + 1, ...init.shape]);
-          const initT = tf.tensor(init.data, init.shape, 'float32');
           let noise: { data: Float32Array; perStep: number } | undefined;
           if (c.noise_key) {
             const n = await cases.get(c.noise_key);
             expect(n.shape).toEqual([s.timesteps.length, ...init.shape]);
             noise = { data: n.data, perStep: init.data.length };
           }
-          const before = tf.memory().numTensors;
-          const ours = trajectory(s, initT, noise);
-          expect(tf.memory().numTensors, 'tensors left behind by the trajectory').toBe(before);
-          initT.dispose();
+          const ours = trajectory(s, init.data, noise);
           const { maxAbs, maxRef, rel } = maxAbsDiff(ours, ref.data);
           errors.push(
             `${key}.${N}: ${rel.toExponential(2)} (max abs ${maxAbs.toExponential(2)}, max|ref| ${maxRef.toFixed(2)})`,

@@ -40,7 +40,10 @@ describe('single-file checkpoint vs diffusers folder (tiny-b)', () => {
 
   it('text encoder, UNet and VAE outputs are identical', async () => {
     const rng = new Rng(3);
-    await same(folder.encodePrompts(['a photo of sks dog', '']), single.encodePrompts(['a photo of sks dog', '']));
+    await same(
+      await folder.encodePrompts(['a photo of sks dog', '']),
+      await single.encodePrompts(['a photo of sks dog', '']),
+    );
     const x = randn(rng, [2, 16, 12, 4]);
     const ctx = randn(rng, [2, 77, 48]);
     await same(folder.unet.forward(x, [999, 10], ctx), single.unet.forward(x, [999, 10], ctx));

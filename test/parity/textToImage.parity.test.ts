@@ -5,7 +5,6 @@
  */
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tf, type Tensor } from '../../src-main/engine/backend/tf.ts';
 import { StableDiffusion } from '../../src-main/engine/pipeline/stableDiffusion.ts';
 import { textToImage } from '../../src-main/engine/pipeline/textToImage.ts';
 import { expectNoLeak, maxAbsDiff, useBackend } from '../helpers/backend.ts';
@@ -44,8 +43,7 @@ for (const folder of parityFolders())
           if (!sd) return ctx.skip(skipNote(folder, 't2i.* cases'));
           const meta = cases.metadata;
           const lat = await cases.get('t2i.latents');
-          const [, , h, w] = lat.shape;
-          const latents: Tensor = tf.tensor(toNhwc(lat.data, lat.shape), [1, h, w, lat.shape[1]]);
+          const latents = toNhwc(lat.data, lat.shape); // [1, h, w, c]
           const stepRef = variant === 'negative' ? await cases.get('t2i.step_latents') : null;
           const finalRef = await cases.get(
             variant === 'negative' ? 't2i.final_latents' : 't2i.no_negative.final_latents',
@@ -74,7 +72,7 @@ for (const folder of parityFolders())
               {
                 onStep: async (info, x) => {
                   seen.push(info.timestep);
-                  const got = (await x.data()) as Float32Array;
+                  const got = x.slice();
                   lastLatents = got;
                   if (stepRef) {
                     const ref = toNhwc(stepRef.data.subarray((info.step - 1) * per, info.step * per), [
@@ -88,7 +86,6 @@ for (const folder of parityFolders())
               },
             ),
           );
-          latents.dispose();
           expect(seen).toEqual(timestepsRef);
           const fin = maxAbsDiff(lastLatents!, toNhwc(finalRef.data, finalRef.shape));
           const img = maxAbsDiff(images[0].float!, imageRef.data);

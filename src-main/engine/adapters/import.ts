@@ -30,18 +30,36 @@ export interface AdapterTargets {
   textEncoder?: Module;
 }
 
-export interface PlannedDelta {
-  component: LoraComponent;
-  path: string;
-  /** Checkpoint layout, strength included. Owned by the plan until `dispose()`. */
-  delta: Tensor;
-  /** The file's tensors this delta comes from. */
-  keys: string[];
-  /**
-   * The same update as low-rank factors, y += (x · down) · up with every scale in `up`, for a
-   * Linear target (ONNX graphs take these as inputs); absent for a convolution.
-   */
-  factors?: SideFactors;
+/**
+ * One module's update. `delta` (dW in checkpoint layout, strength included) is computed with
+ * TensorFlow.js on first read, for weight patching; the ONNX Runtime engine reads only `factors`,
+ * so it never computes dense deltas nor loads TensorFlow.js. The plan owns dW until `dispose()`.
+ */
+export class PlannedDelta {
+  private dense: Tensor | null = null;
+
+  constructor(
+    readonly component: LoraComponent,
+    readonly path: string,
+    /** The file's tensors this delta comes from. */
+    readonly keys: string[],
+    private readonly computeDelta: () => Tensor,
+    /**
+     * The same update as low-rank factors, y += (x · down) · up with every scale in `up`, for a
+     * Linear target (ONNX graphs take these as inputs); absent for a convolution.
+     */
+    readonly factors?: SideFactors,
+  ) {}
+
+  get delta(): Tensor {
+    this.dense ??= this.computeDelta();
+    return this.dense;
+  }
+
+  dispose(): void {
+    this.dense?.dispose();
+    this.dense = null;
+  }
 }
 
 export interface ImportReport {
@@ -113,7 +131,7 @@ export class AdapterPlan {
   }
 
   dispose(): void {
-    for (const d of this.deltas) d.delta.dispose();
+    for (const d of this.deltas) d.dispose();
   }
 }
 
@@ -273,12 +291,12 @@ function planForeign(file: string, tensors: FloatTensors, targets: AdapterTarget
         for (const key of keys) unapplied.push({ key, reason: planned.reason });
         continue;
       }
-      deltas.push({ ...planned, keys });
+      deltas.push(new PlannedDelta(planned.component, planned.path, keys, planned.delta, planned.factors));
       applied += keys.length;
       formats.add(g.format);
     }
   } catch (err) {
-    for (const d of deltas) d.delta.dispose();
+    for (const d of deltas) d.dispose();
     throw err;
   }
   const total = tensors.size;
@@ -303,7 +321,7 @@ function planGroup(
   g: Group,
   targets: AdapterTargets,
   strength: number,
-): Omit<PlannedDelta, 'keys'> | { reason: string } {
+): { component: LoraComponent; path: string; delta: () => Tensor; factors?: SideFactors } | { reason: string } {
   if (!g.path) {
     const noTextEncoder = g.component === 'text_encoder' && !targets.textEncoder;
     return {
@@ -336,7 +354,7 @@ function planGroup(
   // kohya: scale = alpha / rank (alpha defaults to rank); diffusers/PEFT: scale folded in.
   const alphaValue = alpha ? alpha.data[0] : rank;
   const scale = (alphaValue / rank) * strength;
-  const delta = tf.tidy(() => loraDelta(tf.tensor(up.data, up.shape), tf.tensor(down.data, down.shape), scale));
+  const delta = () => tf.tidy(() => loraDelta(tf.tensor(up.data, up.shape), tf.tensor(down.data, down.shape), scale));
   const factors =
     moduleIndex(model).get(g.path) instanceof Linear
       ? loraFactors(g.component, g.path, up.data, down.data, rank, param.shape[0], param.shape[1], scale)
@@ -365,13 +383,15 @@ async function planNative(file: string, targets: AdapterTargets, strength: numbe
         });
       continue;
     }
-    deltas.push({
-      component: 'unet',
-      path,
-      delta: nativeDelta(f, path, strength),
-      keys: names.map((n) => `unet.${path}.${n}`),
-      factors: nativeFactors(f, path, strength),
-    });
+    deltas.push(
+      new PlannedDelta(
+        'unet',
+        path,
+        names.map((n) => `unet.${path}.${n}`),
+        () => nativeDelta(f, path, strength),
+        nativeFactors(f, path, strength),
+      ),
+    );
     applied += names.length;
   }
   const recordedBase = { name: f.meta.base_model_name, unetSha256: f.meta.base_model_unet_sha256 };

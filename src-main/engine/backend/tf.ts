@@ -12,28 +12,69 @@
  *
  * Design note: after `initBackend` picked webgpu, tensors must be read with `await t.data()`.
  * A synchronous read (or a switch away from webgpu) needs `OffscreenCanvas`, which Node lacks.
+ *
+ * Design note: TensorFlow.js is loaded on the first use of `tf`, not when this file is imported.
+ * The model definitions and the adapters import `tf` for their TensorFlow.js executor, and the
+ * ONNX Runtime executor reads the same definitions; so that ONNX Runtime inference loads no
+ * TensorFlow.js (tens of MB and its kernels), `tf` is a stand-in that `require`s the package the
+ * first time one of its members is read. `tfjsLoaded()` says whether that has happened (tests).
  */
-import * as tf from '@tensorflow/tfjs';
+import type * as TF from '@tensorflow/tfjs';
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { delimiter, join } from 'node:path';
 
-// Production mode: no debug checks, and no "install tfjs-node" banner on the cpu backend (this
-// engine chooses its backend deliberately; `singlora doctor` explains the choice).
-tf.enableProdMode();
+const require = createRequire(import.meta.url);
+let loaded: typeof TF | null = null;
+
+/** `@tensorflow/tfjs`, loaded (once) now. */
+function loadTfjs(): typeof TF {
+  if (!loaded) {
+    loaded = require('@tensorflow/tfjs') as typeof TF;
+    // Production mode: no debug checks, and no "install tfjs-node" banner on the cpu backend (this
+    // engine chooses its backend deliberately; `singlora doctor` explains the choice).
+    loaded.enableProdMode();
+  }
+  return loaded;
+}
+
+/** True once `tf` has been used in this process (TensorFlow.js is then loaded). */
+export function tfjsLoaded(): boolean {
+  return loaded !== null;
+}
+
+/** The `@tensorflow/tfjs` namespace, loaded on the first read of any member. */
+const tf: typeof TF = new Proxy({} as typeof TF, {
+  get: (_, key) => Reflect.get(loadTfjs(), key),
+  has: (_, key) => Reflect.has(loadTfjs(), key),
+});
+
+/** The package's types under `tf.` as well (`tf.Tensor`, `tf.TensorInfo`, …), for type positions. */
+declare namespace tf {
+  export type Tensor<R extends TF.Rank = TF.Rank> = TF.Tensor<R>;
+  export type Tensor1D = TF.Tensor1D;
+  export type Tensor2D = TF.Tensor2D;
+  export type Tensor4D = TF.Tensor4D;
+  export type Scalar = TF.Scalar;
+  export type Variable<R extends TF.Rank = TF.Rank> = TF.Variable<R>;
+  export type DataType = TF.DataType;
+  export type TensorInfo = TF.TensorInfo;
+  export type KernelConfig = TF.KernelConfig;
+  export type GradSaveFunc = TF.GradSaveFunc;
+}
 
 export { tf };
-export type Tensor = tf.Tensor;
-export type Tensor1D = tf.Tensor1D;
-export type Tensor2D = tf.Tensor2D;
-export type Tensor3D = tf.Tensor3D;
-export type Tensor4D = tf.Tensor4D;
-export type Variable = tf.Variable;
-export type Rank = tf.Rank;
-export type DataType = tf.DataType;
-export type NamedTensorMap = tf.NamedTensorMap;
-export type TensorContainer = tf.TensorContainer;
+export type Tensor = TF.Tensor;
+export type Tensor1D = TF.Tensor1D;
+export type Tensor2D = TF.Tensor2D;
+export type Tensor3D = TF.Tensor3D;
+export type Tensor4D = TF.Tensor4D;
+export type Variable = TF.Variable;
+export type Rank = TF.Rank;
+export type DataType = TF.DataType;
+export type NamedTensorMap = TF.NamedTensorMap;
+export type TensorContainer = TF.TensorContainer;
 
 export const BACKEND_NAMES = ['tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKEND_NAMES)[number];
@@ -57,7 +98,6 @@ export interface BackendInfo {
 
 let active: BackendInfo | null = null;
 let pending: Promise<BackendInfo> | null = null;
-const require = createRequire(import.meta.url);
 
 export function isBackendName(s: string): s is BackendName {
   return (BACKEND_NAMES as readonly string[]).includes(s);
@@ -367,7 +407,7 @@ export function memoryCounters(): {
 
 let transposeFreeInstalled = false;
 
-function swapLastTwo(t: tf.Tensor): tf.Tensor {
+function swapLastTwo(t: TF.Tensor): TF.Tensor {
   const perm = t.shape.map((_, i) => i);
   [perm[t.rank - 2], perm[t.rank - 1]] = [perm[t.rank - 1], perm[t.rank - 2]];
   return tf.transpose(t, perm);
@@ -479,7 +519,7 @@ function sliceFromHeap(
   begin: number[],
   size: number[],
   backend: WasmBackendInternals,
-): tf.TensorInfo {
+): TF.TensorInfo {
   const out = backend.makeOutput(size, x.dtype); // may grow the heap: take the views after it
   const xv = backend.typedArrayFromHeap(x);
   const ov = backend.typedArrayFromHeap(out);

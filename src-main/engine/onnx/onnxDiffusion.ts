@@ -87,10 +87,11 @@ export class OnnxDiffusion {
     },
   ) {}
 
+  /** Opens the base model at `path` to read its component configs (scripts and tests). */
   static async open(path: string, options: OnnxDiffusionOptions = {}): Promise<OnnxDiffusion> {
     const base = await openBaseModel(path, options);
     try {
-      return new OnnxDiffusion(path, options, {
+      return OnnxDiffusion.fromConfigs(path, options, {
         unet: base.unet.config,
         vae: base.vae.config,
         textEncoder: base.textEncoder.config,
@@ -99,6 +100,14 @@ export class OnnxDiffusion {
     } finally {
       await base.close();
     }
+  }
+
+  /**
+   * Sessions over the base model at `path` from component configs already read (`StableDiffusion`
+   * has them): nothing is opened until a component first runs.
+   */
+  static fromConfigs(path: string, options: OnnxDiffusionOptions, configs: OnnxDiffusion['configs']): OnnxDiffusion {
+    return new OnnxDiffusion(path, options, configs);
   }
 
   /** The providers sessions run on (after the first session), e.g. ['cpu']. */

@@ -240,22 +240,25 @@ export function promptChunks(tok: ChunkTokenizer, text: string): PromptChunk[] {
 }
 
 /**
- * Steps 4-7: prompt embeddings [B, chunks * modelMaxLength, hidden] for `prompts`, with
- * `encode(ids)` the text encoder ([rows, modelMaxLength] ids -> [rows, modelMaxLength, hidden]).
- * The caller owns the result.
+ * Steps 4-7: prompt embeddings [B, chunks * modelMaxLength, hidden] for `prompts` as a TensorFlow.js
+ * tensor, with `encode(ids)` the text encoder ([rows, modelMaxLength] ids -> [rows, modelMaxLength,
+ * hidden], a tensor this function disposes). The caller owns the result.
  */
-export function encodeWeightedPrompts(
+export async function encodeWeightedPrompts(
   tok: ChunkTokenizer,
   encode: (ids: number[][]) => Tensor,
   prompts: readonly string[],
-): Tensor {
+): Promise<Tensor> {
   const rows = promptRows(tok, prompts);
   const z = encode(rows.map((r) => r.ids));
+  let values: Float32Array;
   try {
-    return combineChunks(z, rows, prompts.length, tok.modelMaxLength);
+    values = (await z.data()) as Float32Array;
   } finally {
     z.dispose();
   }
+  const { data, dims } = combineChunks(values, rows, prompts.length, tok.modelMaxLength);
+  return tf.tensor(data, dims, 'float32');
 }
 
 /** Steps 4-5: every prompt's chunks, padded with empty chunks to the longest prompt's count; prompt-major (row b*k + j). */
@@ -267,23 +270,31 @@ export function promptRows(tok: ChunkTokenizer, prompts: readonly string[]): Pro
 }
 
 /**
- * Steps 6-7: the encoder's output z [B*k, 77, H] for `rows` -> [B, k*77, H], emphasis applied
- * (scaled per token, then the chunk's mean restored). Borrows z; the caller owns the result.
+ * Steps 6-7: the encoder's output z [B*k, 77, H] (row-major) for `rows` -> [B, k*77, H], emphasis
+ * applied (scaled per token, then the chunk's mean restored; the means in double). Prompt-major
+ * rows side by side are already [B, k*77, H] in memory: only the weights change. Borrows z.
  */
-export function combineChunks(z: Tensor, rows: readonly PromptChunk[], count: number, modelMaxLength: number): Tensor {
-  const weighted = rows.some((r) => r.weights.some((w) => w !== 1));
-  return tf.tidy(() => {
-    let out = z;
-    if (weighted) {
-      const w = tf.tensor3d(
-        rows.flatMap((r) => r.weights),
-        [rows.length, modelMaxLength, 1],
-      ); // [B*k, 77, 1]
-      const before = tf.mean(z, [1, 2], true); // [B*k, 1, 1]
-      const scaled = tf.mul(z, w);
-      out = tf.mul(scaled, tf.div(before, tf.mean(scaled, [1, 2], true)));
+export function combineChunks(
+  z: Float32Array,
+  rows: readonly PromptChunk[],
+  count: number,
+  modelMaxLength: number,
+): { data: Float32Array; dims: number[] } {
+  const hidden = z.length / (rows.length * modelMaxLength);
+  const dims = [count, (rows.length / count) * modelMaxLength, hidden]; // [B, k*77, H]
+  if (!rows.some((r) => r.weights.some((w) => w !== 1))) return { data: z, dims };
+  const out = new Float32Array(z.length);
+  const per = modelMaxLength * hidden; // one chunk [77, H]
+  rows.forEach((row, r) => {
+    let before = 0;
+    let after = 0;
+    for (let i = 0; i < per; i++) {
+      const v = z[r * per + i];
+      before += v;
+      after += v * row.weights[Math.floor(i / hidden)];
     }
-    const [, seq, hidden] = out.shape as number[];
-    return tf.reshape(out, [count, (rows.length / count) * seq, hidden]); // [B, k*77, H]: chunks side by side
+    const restore = before / per / (after / per);
+    for (let i = 0; i < per; i++) out[r * per + i] = z[r * per + i] * row.weights[Math.floor(i / hidden)] * restore;
   });
+  return { data: out, dims };
 }

@@ -5,25 +5,20 @@
  *
  * Text-to-image sampling lives in textToImage.ts; this file only owns the models.
  *
- * Two inference engines run them: ONNX Runtime (`onnx`, the default: graphs emitted from the same
- * model definitions, weights read in place, any provider) and TensorFlow.js (`tfjs`, the engine
- * training uses). The async methods (`predictNoise`, `encodeText`, `decodeLatents`, `encodeImage`,
- * `setAdapters`) run on the chosen engine; the TensorFlow.js modules (`unet`, `vae`, `textEncoder`)
- * stay available for training.
+ * Two inference engines run them, each behind the one `InferenceExecutor` interface
+ * (inferenceExecutor.ts): ONNX Runtime (`onnx`, the default: graphs emitted from the same model
+ * definitions, weights read in place, any provider; onnxExecutor.ts) and TensorFlow.js (`tfjs`,
+ * the engine training uses; tfjsExecutor.ts). `executor` is the one chosen; sampling uses it on
+ * plain arrays. The tensor methods here (`encodeText`, `predictNoise`, `decodeLatents`,
+ * `encodeImage`) wrap it for training and tests, and the TensorFlow.js modules (`unet`, `vae`,
+ * `textEncoder`) stay available for training.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { tf, type Tensor } from '../backend/tf.ts';
-import {
-  adapterSummary,
-  PartialAdapterError,
-  planAdapter,
-  type AdapterPlan,
-  type ImportReport,
-} from '../adapters/import.ts';
-import { WeightPatcher } from '../adapters/patch.ts';
+import type { ImportReport } from '../adapters/import.ts';
 import type { LatentDistribution } from '../models/autoencoderKL.ts';
-import { OnnxDiffusion, type HostTensor } from '../onnx/onnxDiffusion.ts';
+import { OnnxDiffusion } from '../onnx/onnxDiffusion.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
 import { isProviderChoice, PROVIDER_CHOICES, type ProviderChoice } from '../onnx/providers.ts';
 import {
@@ -42,9 +37,20 @@ import { loadParams, type Module } from '../models/layers/module.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import type { RawSchedulerConfig } from '../schedulers/index.ts';
 import { defaultModelsDir } from '../paths.ts';
-import { combineChunks, encodeWeightedPrompts, promptRows } from './prompts.ts';
+import {
+  INFERENCE_ENGINES,
+  type AdapterRequest,
+  type ComponentKind,
+  type ExecutionInfo,
+  type HostArray,
+  type InferenceEngine,
+  type InferenceExecutor,
+} from './inferenceExecutor.ts';
+import { OnnxExecutor } from './onnxExecutor.ts';
+import { encodeWeightedPrompts } from './prompts.ts';
+import { TfjsExecutor } from './tfjsExecutor.ts';
 
-export type ComponentKind = 'unet' | 'vae' | 'textEncoder';
+export { INFERENCE_ENGINES, type ComponentKind, type InferenceEngine };
 
 /**
  * Stable Diffusion 1.5's `scheduler/scheduler_config.json`, used for single-file checkpoints,
@@ -63,9 +69,6 @@ export const SD15_SCHEDULER_CONFIG: RawConfig = Object.freeze({
   trained_betas: null,
   clip_sample: false,
 });
-
-export const INFERENCE_ENGINES = ['onnx', 'tfjs'] as const;
-export type InferenceEngine = (typeof INFERENCE_ENGINES)[number];
 
 export interface InferenceOptions {
   /** Default 'onnx'. */
@@ -86,10 +89,9 @@ export class StableDiffusion {
   private vaeModel: AutoencoderKL | null = null;
   private textModel: ClipTextModel | null = null;
   private sha: Promise<string> | null = null;
-  private onnxEngine: Promise<OnnxDiffusion> | null = null;
-  private onnxOpened: OnnxDiffusion | null = null;
-  private readonly patcher = new WeightPatcher();
-  private plans: AdapterPlan[] = [];
+  private onnxSessions: OnnxDiffusion | null = null;
+  /** What runs inference: the chosen engine behind one interface. */
+  readonly executor: InferenceExecutor;
 
   private constructor(
     readonly path: string,
@@ -101,7 +103,21 @@ export class StableDiffusion {
     readonly inference: Required<Pick<InferenceOptions, 'engine' | 'provider'>> & Pick<InferenceOptions, 'dtype'>,
     /** Configs of the three components, for building models and for config-driven key maps. */
     readonly configs: Readonly<Record<ComponentKind, RawConfig>>,
-  ) {}
+    /** The text encoder config's file, for messages. */
+    private readonly textEncoderSource: string,
+  ) {
+    this.executor =
+      inference.engine === 'tfjs'
+        ? new TfjsExecutor(this)
+        : new OnnxExecutor({
+            tokenizer,
+            configs,
+            sessions: async () => this.onnx(),
+            openedSessions: () => this.onnxSessions,
+            provider: inference.provider,
+            dtype: inference.dtype,
+          });
+  }
 
   /**
    * Opens the base model at `path` and loads the requested components. A single-file
@@ -134,6 +150,7 @@ export class StableDiffusion {
           vae: base.vae.config,
           textEncoder: base.textEncoder.config,
         },
+        base.textEncoder.configSource,
       );
       for (const kind of options.components ??
         (inference.engine === 'tfjs' ? (['unet', 'vae', 'textEncoder'] as const) : []))
@@ -228,7 +245,7 @@ export class StableDiffusion {
    * A1111 reads prompts: 75-token chunks and (word:1.2) emphasis (prompts.ts). A prompt of at
    * most 75 tokens without emphasis gives [1, 77, hidden], as before. The caller owns the result.
    */
-  encodePrompts(prompts: readonly string[], clipSkip?: number): Tensor {
+  encodePrompts(prompts: readonly string[], clipSkip?: number): Promise<Tensor> {
     return encodeWeightedPrompts(
       this.tokenizer,
       (ids) => this.textEncoder.encodePrompt(ids, clipSkip || undefined),
@@ -238,15 +255,15 @@ export class StableDiffusion {
 
   /** Frees the TensorFlow.js models and the ONNX sessions. */
   dispose(): void {
-    this.clearAdapters();
-    if (this.onnxOpened) void this.onnxOpened.release();
+    this.executor.dispose();
+    if (this.onnxSessions) void this.onnxSessions.release();
     this.unload('unet');
     this.unload('vae');
     this.unload('textEncoder');
   }
 
   // -------------------------------------------------------------------------------------------
-  // Inference on the chosen engine
+  // Inference on the chosen engine (the executor); tensor wrappers for training and tests
 
   get engine(): InferenceEngine {
     return this.inference.engine;
@@ -257,135 +274,69 @@ export class StableDiffusion {
    * UNet session runs on, e.g. 'cpu' or 'webgpu+cpu'; on tfjs the TensorFlow.js backend) and the
    * compute type. On onnx, known once the UNet has run (before, the requested provider).
    */
-  async execution(): Promise<{ engine: InferenceEngine; provider: string; dtype: 'float32' | 'float16' }> {
-    if (this.engine === 'tfjs') return { engine: 'tfjs', provider: tf.getBackend(), dtype: 'float32' };
-    const unet = (await this.onnx()).opened.filter((o) => o.kind === 'unet').at(-1);
-    return unet
-      ? { engine: 'onnx', provider: unet.providers, dtype: unet.dtype }
-      : { engine: 'onnx', provider: this.inference.provider, dtype: this.inference.dtype ?? 'float32' };
+  execution(): Promise<ExecutionInfo> {
+    return this.executor.describe();
   }
 
-  /** The ONNX Runtime sessions (opened on first use). */
-  onnx(): Promise<OnnxDiffusion> {
-    this.onnxEngine ??= OnnxDiffusion.open(this.path, {
-      ...this.openOptions,
-      provider: this.inference.provider,
-      dtype: this.inference.dtype,
-    }).then((e) => (this.onnxOpened = e));
-    return this.onnxEngine;
+  /**
+   * The ONNX Runtime sessions (each opened on first use), over the configs this model already
+   * read: the base model is not opened again for them.
+   */
+  async onnx(): Promise<OnnxDiffusion> {
+    this.onnxSessions ??= OnnxDiffusion.fromConfigs(
+      this.path,
+      { ...this.openOptions, provider: this.inference.provider, dtype: this.inference.dtype },
+      { ...this.configs, textEncoderSource: this.textEncoderSource },
+    );
+    return this.onnxSessions;
   }
 
   /** Frees the ONNX sessions (all, or one component's); they reopen on next use. */
-  async release(kind?: 'unet' | 'vae' | 'textEncoder'): Promise<void> {
-    if (!this.onnxEngine) return;
-    const engine = await this.onnxEngine;
-    if (!kind) await engine.release();
-    else if (kind === 'unet') await engine.release('unet');
-    else if (kind === 'textEncoder') await engine.release('text_encoder');
-    else await Promise.all([engine.release('vae_encoder'), engine.release('vae_decoder')]);
+  async release(kind?: ComponentKind): Promise<void> {
+    if (!this.onnxSessions) return;
+    if (!kind) await this.onnxSessions.release();
+    else if (kind === 'unet') await this.onnxSessions.release('unet');
+    else if (kind === 'textEncoder') await this.onnxSessions.release('text_encoder');
+    else await Promise.all([this.onnxSessions.release('vae_encoder'), this.onnxSessions.release('vae_decoder')]);
   }
 
   /**
    * Applies adapter files (replacing any applied before): weight patches on the tfjs engine,
    * side-path inputs on the onnx engine. Returns what each file applied.
    */
-  async setAdapters(
-    uses: ReadonlyArray<{ path: string; strength: number; allowPartial?: boolean }>,
-  ): Promise<ImportReport[]> {
-    this.clearAdapters();
-    if (this.engine === 'tfjs') await this.ensure('unet', 'textEncoder');
-    const targets =
-      this.engine === 'tfjs' ? { unet: this.unet, textEncoder: this.textEncoder } : await this.adapterTargets();
-    const reports: ImportReport[] = [];
-    for (const use of uses) {
-      const plan = await planAdapter(use.path, targets, use.strength, { allowPartial: use.allowPartial });
-      this.plans.push(plan);
-      if (this.engine === 'tfjs') {
-        plan.applyTo(targets, this.patcher);
-        reports.push(plan.report);
-      } else {
-        const report = onnxReport(plan);
-        if (report.unapplied.length && !use.allowPartial) {
-          this.clearAdapters();
-          throw new PartialAdapterError(report);
-        }
-        reports.push(report);
-      }
-    }
-    if (this.engine === 'onnx')
-      (await this.onnx()).setAdapters(
-        this.plans.flatMap((p) => p.deltas.flatMap((d) => (d.factors ? [d.factors] : []))),
-      );
-    return reports;
+  setAdapters(uses: readonly AdapterRequest[]): Promise<ImportReport[]> {
+    return this.executor.setAdapters(uses);
   }
 
   /** Removes every applied adapter (restores patched weights exactly). */
   clearAdapters(): void {
-    this.patcher.restore();
-    for (const p of this.plans) p.dispose();
-    this.plans = [];
-    this.onnxOpened?.setAdapters([]);
+    this.executor.clearAdapters();
   }
 
   /** Prompt embeddings [B, 77, hidden] (diffusers' clip_skip) on the chosen engine. The caller owns the tensor. */
   async encodeText(prompts: readonly string[], clipSkip?: number): Promise<Tensor> {
-    if (this.engine === 'tfjs') {
-      await this.ensure('textEncoder');
-      return this.encodePrompts(prompts, clipSkip);
-    }
-    // A1111's long prompts and emphasis, as encodePrompts reads them (prompts.ts).
-    const rows = promptRows(this.tokenizer, prompts);
-    const { promptEmbeds } = await (await this.onnx()).encodeText(
-      rows.map((r) => r.ids),
-      clipSkip || undefined,
-    );
-    const z = toTensor(promptEmbeds);
-    try {
-      return combineChunks(z, rows, prompts.length, this.tokenizer.modelMaxLength);
-    } finally {
-      z.dispose();
-    }
+    return toTensor(await this.executor.encodeText(prompts, clipSkip));
   }
 
   /** The UNet's noise prediction for NHWC latents at timestep t. The caller owns the tensor. */
   async predictNoise(sample: Tensor, t: number, context: Tensor): Promise<Tensor> {
-    if (this.engine === 'tfjs') {
-      await this.ensure('unet');
-      return this.unet.forward(sample, t, context);
+    const held = this.executor.holdContext(await fromTensor(context));
+    try {
+      return toTensor(await this.executor.predictNoise(await fromTensor(sample), t, held));
+    } finally {
+      held.dispose();
     }
-    const b = sample.shape[0];
-    return toTensor(
-      await (await this.onnx()).predictNoise(await fromTensor(sample), Array(b).fill(t), await fromTensor(context)),
-    );
   }
 
   /** Unscaled latents NHWC -> the VAE's image NHWC (not clamped). The caller owns the tensor. */
   async decodeLatents(z: Tensor): Promise<Tensor> {
-    if (this.engine === 'tfjs') {
-      await this.ensure('vae');
-      return this.vae.decode(z);
-    }
-    return toTensor(await (await this.onnx()).decode(await fromTensor(z)));
+    return toTensor(await this.executor.decodeLatents(await fromTensor(z)));
   }
 
   /** Image NHWC in [-1, 1] -> the unscaled latent distribution. The caller owns the tensors. */
   async encodeImage(x: Tensor): Promise<LatentDistribution> {
-    if (this.engine === 'tfjs') {
-      await this.ensure('vae');
-      return this.vae.encode(x);
-    }
-    const { mean, logvar, std } = await (await this.onnx()).encode(await fromTensor(x));
+    const { mean, logvar, std } = await this.executor.encodeImage(await fromTensor(x));
     return { mean: toTensor(mean), logvar: toTensor(logvar), std: toTensor(std) };
-  }
-
-  /** Module trees (weights not loaded) for naming adapter targets on the onnx engine. */
-  private targetTrees: { unet: UNet2DConditionModel; textEncoder: ClipTextModel } | null = null;
-  private async adapterTargets(): Promise<{ unet: UNet2DConditionModel; textEncoder: ClipTextModel }> {
-    this.targetTrees ??= {
-      unet: UNet2DConditionModel.fromConfig(this.configs.unet),
-      textEncoder: new ClipTextModel(parseClipTextConfig(this.configs.textEncoder)),
-    };
-    return this.targetTrees;
   }
 
   private async loadFrom(base: BaseModel, kind: ComponentKind): Promise<void> {
@@ -425,35 +376,11 @@ function envProvider(): ProviderChoice {
   return v;
 }
 
-/** The report of a plan as the onnx engine applies it: convolution targets are not side paths. */
-function onnxReport(plan: AdapterPlan): ImportReport {
-  const skipped = plan.deltas.filter((d) => !d.factors);
-  if (!skipped.length) return plan.report;
-  const r = plan.report;
-  const skippedKeys = skipped.flatMap((d) => d.keys);
-  const applied = r.appliedTensors - skippedKeys.length;
-  const modules = r.modules - skipped.length;
-  return {
-    ...r,
-    appliedTensors: applied,
-    modules,
-    unapplied: [
-      ...r.unapplied,
-      ...skippedKeys.map((key) => ({
-        key,
-        reason:
-          'a convolution (LoCon) target: the onnx engine adapts Linear layers only; use --engine tfjs for this file',
-      })),
-    ],
-    summary: adapterSummary(r.file, applied, r.totalTensors, modules),
-  };
-}
-
-async function fromTensor(t: Tensor): Promise<HostTensor> {
+async function fromTensor(t: Tensor): Promise<HostArray> {
   return { data: (await t.data()) as Float32Array, dims: t.shape };
 }
 
-function toTensor(h: HostTensor): Tensor {
+function toTensor(h: HostArray): Tensor {
   return tf.tensor(h.data, [...h.dims], 'float32');
 }
 

@@ -10,11 +10,13 @@
  *
  * Seeds: noise comes from this project's Philox generator (engine/random.ts), so a seed gives
  * the same image on the same backend, but not the image PyTorch would give for that seed.
- * Latents are NHWC.
+ * Latents are NHWC Float32Arrays: the schedulers step on plain arrays, and only the model calls
+ * cross into the engine's tensors.
  */
-import { tf, type Tensor } from '../backend/tf.ts';
+import type { Tensor } from '../backend/tf.ts';
 import type { AdapterPlan } from '../adapters/import.ts';
-import { Rng, randn } from '../random.ts';
+import { Rng } from '../random.ts';
+import type { HostArray, InferenceExecutor, TextContext } from './inferenceExecutor.ts';
 import { createScheduler, isSchedulerChoice, SCHEDULER_CHOICES, type SchedulerChoice } from '../schedulers/index.ts';
 import type { StableDiffusion } from './stableDiffusion.ts';
 
@@ -47,8 +49,8 @@ export interface TextToImageRequest {
    */
   negativePadding?: 'empty-chunks' | 'none';
   adapters?: readonly AdapterUse[];
-  /** Initial latents NHWC [1, h, w, c] instead of seeded noise (parity tests, img2img later). */
-  latents?: Tensor;
+  /** Initial latents NHWC [1, h, w, c] (row-major) instead of seeded noise (parity tests, img2img later). */
+  latents?: Float32Array;
   /** Also return the float image in [0, 1] (parity tests). */
   returnFloat?: boolean;
   /**
@@ -67,8 +69,8 @@ export interface StepInfo {
 }
 
 export interface TextToImageHooks {
-  /** Called after every step with the new latents (borrowed: do not dispose). */
-  onStep?: (info: StepInfo, latents: Tensor) => void | Promise<void>;
+  /** Called after every step with the new latents NHWC (borrowed: do not change them). */
+  onStep?: (info: StepInfo, latents: Float32Array) => void | Promise<void>;
   /** Called once adapters are planned, with what each one applied. */
   onAdapters?: (reports: AdapterPlan['report'][]) => void;
   /** Called as each image is decoded, before the next one starts. */
@@ -137,154 +139,173 @@ export async function textToImage(
   const h = req.height / sd.vaeScaleFactor;
   const w = req.width / sd.vaeScaleFactor;
   const c = sd.latentChannels;
-  if (
-    req.latents &&
-    (req.latents.rank !== 4 || req.latents.shape[1] !== h || req.latents.shape[2] !== w || req.latents.shape[3] !== c)
-  ) {
+  if (req.latents && req.latents.length !== h * w * c) {
     throw new Error(
-      `invalid generation request: latents must be [1, ${h}, ${w}, ${c}] for ${req.width}x${req.height}, got [${req.latents.shape}]`,
+      `invalid generation request: latents must be [1, ${h}, ${w}, ${c}] (${h * w * c} values) for ${req.width}x${req.height}, got ${req.latents.length} values`,
     );
   }
 
-  let context: Tensor | null = null;
-  /** With negativePadding 'none' and different lengths: the negative and the prompt embeddings apart. */
-  let apart: { uncond: Tensor; cond: Tensor } | null = null;
+  const executor = sd.executor;
+  const shape = [1, h, w, c]; // NHWC
+  let held: HeldContexts | null = null;
   try {
     // 1. Adapters (none with precomputed embeddings: training previews run the adapter being trained).
     // (Not `hooks.onAdapters?.(await sd.setAdapters(...))`: optional chaining skips the argument
     // too, so a caller without the hook got no adapters at all.)
     if (!req.promptEmbeds) {
-      const reports = await sd.setAdapters(req.adapters ?? []);
+      const reports = await executor.setAdapters(req.adapters ?? []);
       hooks.onAdapters?.(reports);
     }
-
-    // 2. Prompt embeddings: [uncond, cond] with guidance, [cond] without.
-    const cfg = req.guidanceScale > 1;
-    if (req.promptEmbeds) {
-      const e = req.promptEmbeds;
-      context = cfg ? tf.clone(e) : tf.tidy(() => e.slice([1, 0, 0], [1, e.shape[1] as number, e.shape[2] as number]));
-    } else if (cfg && req.negativePadding === 'none') {
-      const uncond = await sd.encodeText([req.negativePrompt ?? ''], req.clipSkip);
-      const cond = await sd.encodeText([req.prompt], req.clipSkip);
-      if (uncond.shape[1] === cond.shape[1]) {
-        context = tf.concat([uncond, cond], 0);
-        tf.dispose([uncond, cond]);
-      } else apart = { uncond, cond };
-    } else {
-      context = await sd.encodeText(cfg ? [req.negativePrompt ?? '', req.prompt] : [req.prompt], req.clipSkip);
-    }
+    // 2. Prompt embeddings, held by the executor for every step of every image.
+    held = await holdPrompts(executor, req);
 
     const images: GeneratedImage[] = [];
     for (let i = 0; i < count; i++) {
       const seed = req.seed + i;
-      const rng = new Rng(seed);
-      const scheduler = createScheduler(
-        req.scheduler,
-        sd.schedulerConfig,
-        req.scheduler === 'ddim' && req.eta ? { eta: req.eta } : {},
+      const x = await denoise(
+        sd,
+        req,
+        held,
+        shape,
+        new Rng(seed),
+        (s, steps, t, latents) => hooks.onStep?.({ image: i, images: count, step: s, steps, timestep: t }, latents),
+        hooks.signal,
       );
-      scheduler.setTimesteps(req.steps);
-      // 3. Initial latents.
-      let x = tf.tidy(() => tf.mul(req.latents ? req.latents : randn(rng, [1, h, w, c]), scheduler.initNoiseSigma));
-      try {
-        const steps = scheduler.timesteps.length;
-        for (let s = 0; s < steps; s++) {
-          if (hooks.signal?.aborted) throw new GenerationCancelled();
-          const t = scheduler.timesteps[s];
-          // 4. One denoising step.
-          const noise = scheduler.needsNoise ? randn(rng, x.shape) : undefined;
-          const out = await predictGuided(sd, scheduler.scaleModelInput.bind(scheduler), x, t, cfg, context, apart);
-          const next = tf.tidy(() => {
-            let eps = out;
-            if (cfg) {
-              const [epsU, epsC] = tf.split(out, 2, 0);
-              eps = tf.add(epsU, tf.mul(tf.sub(epsC, epsU), req.guidanceScale));
-            }
-            return scheduler.step(eps, t, x, noise);
-          });
-          out.dispose();
-          noise?.dispose();
-          x.dispose();
-          x = next;
-          await hooks.onStep?.({ image: i, images: count, step: s + 1, steps, timestep: t }, x);
-          await new Promise((r) => setImmediate(r)); // let cancellation and progress through
-        }
-        scheduler.reset();
-        // 5. Decode.
-        const image: GeneratedImage = {
-          index: i,
-          seed,
-          width: req.width,
-          height: req.height,
-          ...(await decodeLatents(sd, x, req.returnFloat)),
-        };
-        images.push(image);
-        await hooks.onImage?.(image);
-      } finally {
-        x.dispose();
-        scheduler.reset();
-      }
+      // 5. Decode.
+      const decoded = await decodeLatents(sd, x, shape, req.returnFloat);
+      const image: GeneratedImage = { index: i, seed, width: req.width, height: req.height, ...decoded };
+      images.push(image);
+      await hooks.onImage?.(image);
     }
     return images;
   } finally {
-    context?.dispose();
-    if (apart) tf.dispose([apart.uncond, apart.cond]);
-    if (!req.promptEmbeds) sd.clearAdapters();
+    held?.joint?.dispose();
+    held?.apart?.uncond.dispose();
+    held?.apart?.cond.dispose();
+    if (!req.promptEmbeds) executor.clearAdapters();
   }
+}
+
+/**
+ * The UNet contexts of a request, held by the executor: [uncond, cond] with guidance (or the two
+ * apart, with negativePadding 'none' and different lengths), [cond] without.
+ */
+interface HeldContexts {
+  readonly guided: boolean;
+  readonly joint: TextContext | null;
+  readonly apart: { uncond: TextContext; cond: TextContext } | null;
+}
+
+async function holdPrompts(executor: InferenceExecutor, req: TextToImageRequest): Promise<HeldContexts> {
+  const guided = req.guidanceScale > 1;
+  const joint = (e: HostArray) => ({ guided, joint: executor.holdContext(e), apart: null });
+  if (req.promptEmbeds) {
+    const e = { data: (await req.promptEmbeds.data()) as Float32Array, dims: req.promptEmbeds.shape };
+    return joint(guided ? e : batchItem(e, 1));
+  }
+  if (guided && req.negativePadding === 'none') {
+    const uncond = await executor.encodeText([req.negativePrompt ?? ''], req.clipSkip);
+    const cond = await executor.encodeText([req.prompt], req.clipSkip);
+    if (uncond.dims[1] === cond.dims[1]) return joint(stack(uncond, cond));
+    return { guided, joint: null, apart: { uncond: executor.holdContext(uncond), cond: executor.holdContext(cond) } };
+  }
+  const prompts = guided ? [req.negativePrompt ?? '', req.prompt] : [req.prompt];
+  return joint(await executor.encodeText(prompts, req.clipSkip));
+}
+
+/** Steps 3-4 for one image: seeded (or given) latents, then every timestep of the scheduler. */
+async function denoise(
+  sd: StableDiffusion,
+  req: TextToImageRequest,
+  held: HeldContexts,
+  shape: readonly number[],
+  rng: Rng,
+  onStep: (step: number, steps: number, t: number, latents: Float32Array) => void | Promise<void>,
+  signal: AbortSignal | undefined,
+): Promise<Float32Array> {
+  const options = req.scheduler === 'ddim' && req.eta ? { eta: req.eta } : {};
+  const scheduler = createScheduler(req.scheduler, sd.schedulerConfig, options);
+  try {
+    scheduler.setTimesteps(req.steps);
+    // 3. Initial latents.
+    const initSigma = scheduler.initNoiseSigma;
+    let x: Float32Array = (req.latents ?? rng.normal(shape)).map((v) => v * initSigma);
+    const steps = scheduler.timesteps.length;
+    for (let s = 0; s < steps; s++) {
+      if (signal?.aborted) throw new GenerationCancelled();
+      const t = scheduler.timesteps[s];
+      // 4. One denoising step.
+      const noise = scheduler.needsNoise ? rng.normal(shape) : undefined;
+      const out = await predictGuided(sd.executor, scheduler.scaleModelInput(x, t), shape, t, held);
+      x = scheduler.step(held.guided ? guide(out, req.guidanceScale) : out, t, x, noise);
+      await onStep(s + 1, steps, t, x);
+      await new Promise((r) => setImmediate(r)); // let cancellation and progress through
+    }
+    return x;
+  } finally {
+    scheduler.reset();
+  }
+}
+
+/** ε = ε_u + g (ε_c − ε_u) from the stacked [ε_u, ε_c] (two halves of `out`). */
+function guide(out: Float32Array, scale: number): Float32Array {
+  const n = out.length / 2;
+  const eps = new Float32Array(n);
+  for (let i = 0; i < n; i++) eps[i] = out[i] + (out[n + i] - out[i]) * scale;
+  return eps;
 }
 
 /**
  * The UNet's noise prediction for one step: [uncond, cond] stacked [2, h, w, c] with guidance (one
  * batch over `context`, or two passes over `apart` when the two embeddings differ in length),
- * [1, h, w, c] without. The caller owns the tensor.
+ * [1, h, w, c] without. `xIn` is the scaled model input [1, h, w, c].
  */
 async function predictGuided(
-  sd: StableDiffusion,
-  scaleModelInput: (x: Tensor, t: number) => Tensor,
-  x: Tensor,
+  executor: InferenceExecutor,
+  xIn: Float32Array,
+  shape: readonly number[],
   t: number,
-  cfg: boolean,
-  context: Tensor | null,
-  apart: { uncond: Tensor; cond: Tensor } | null,
-): Promise<Tensor> {
-  const scaled = tf.tidy(() => scaleModelInput(x, t));
-  try {
-    if (apart) {
-      const epsU = await sd.predictNoise(scaled, t, apart.uncond);
-      const epsC = await sd.predictNoise(scaled, t, apart.cond);
-      const out = tf.concat([epsU, epsC], 0);
-      tf.dispose([epsU, epsC]);
-      return out;
-    }
-    if (!cfg) return await sd.predictNoise(scaled, t, context!);
-    const xIn = tf.concat([scaled, scaled], 0); // [2, h, w, c]
-    try {
-      return await sd.predictNoise(xIn, t, context!);
-    } finally {
-      xIn.dispose();
-    }
-  } finally {
-    scaled.dispose();
+  held: HeldContexts,
+): Promise<Float32Array> {
+  const sample = (batch: number): HostArray => {
+    const data = batch === 1 ? xIn : new Float32Array(xIn.length * 2);
+    if (batch === 2) data.set(xIn), data.set(xIn, xIn.length); // [2, h, w, c]
+    return { data, dims: [batch, ...shape.slice(1)] };
+  };
+  if (held.apart) {
+    const epsU = await executor.predictNoise(sample(1), t, held.apart.uncond);
+    const epsC = await executor.predictNoise(sample(1), t, held.apart.cond);
+    return stack(epsU, epsC).data;
   }
+  return (await executor.predictNoise(sample(held.guided ? 2 : 1), t, held.joint!)).data;
+}
+
+/** [a; b] along the batch axis (the same dims after it). */
+function stack(a: HostArray, b: HostArray): HostArray {
+  const data = new Float32Array(a.data.length + b.data.length);
+  data.set(a.data);
+  data.set(b.data, a.data.length);
+  return { data, dims: [a.dims[0] + b.dims[0], ...a.dims.slice(1)] };
+}
+
+/** Batch item i of x [B, ...] as [1, ...]. */
+function batchItem(x: HostArray, i: number): HostArray {
+  const per = x.data.length / x.dims[0];
+  return { data: x.data.slice(i * per, (i + 1) * per), dims: [1, ...x.dims.slice(1)] };
 }
 
 /** Latents NHWC [1, h, w, c] (scaled) -> RGB uint8 pixels (and the float image when asked). */
 export async function decodeLatents(
   sd: StableDiffusion,
-  latents: Tensor,
+  latents: Float32Array,
+  shape: readonly number[],
   returnFloat = false,
 ): Promise<{ pixels: Uint8Array; float?: Float32Array }> {
-  const unscaled = tf.div(latents, sd.scalingFactor);
-  const decoded = await sd.decodeLatents(unscaled); // [1, H, W, 3]
-  unscaled.dispose();
-  const image = tf.tidy(() => tf.clipByValue(tf.add(tf.div(decoded, 2), 0.5), 0, 1));
-  decoded.dispose();
-  try {
-    const float = (await image.data()) as Float32Array;
-    const pixels = new Uint8Array(float.length);
-    for (let i = 0; i < float.length; i++) pixels[i] = Math.round(float[i] * 255);
-    return returnFloat ? { pixels, float } : { pixels };
-  } finally {
-    image.dispose();
-  }
+  const factor = sd.scalingFactor;
+  const decoded = await sd.executor.decodeLatents({ data: latents.map((v) => v / factor), dims: shape }); // [1, H, W, 3]
+  // image = clamp(decoded / 2 + 0.5, 0, 1), as float32
+  const float = decoded.data.map((v) => Math.min(1, Math.max(0, v / 2 + 0.5)));
+  const pixels = new Uint8Array(float.length);
+  for (let i = 0; i < float.length; i++) pixels[i] = Math.round(float[i] * 255);
+  return returnFloat ? { pixels, float } : { pixels };
 }

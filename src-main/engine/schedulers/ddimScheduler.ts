@@ -7,13 +7,12 @@
  * η = 0 is deterministic. η > 0 adds σ_t(η)·z, with the noise z supplied by the caller at every
  * step (`needsNoise` is true), so a run is reproducible from the project's own RNG.
  */
-import { tf, type Tensor } from '../backend/tf.ts';
 import { f32, sqrt32 } from './float32.ts';
 import { stepRatioFor } from './noiseSchedule.ts';
-import { BaseScheduler, checkNoise, type Scheduler } from './scheduler.ts';
+import { BaseScheduler, checkNoise, checkOutput, type Scheduler } from './scheduler.ts';
 import { boolField, numberField, resolveConfig, samplingFields, THRESHOLDING_FIELDS } from './schedulerConfig.ts';
 import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
-import { epsilonFromOutput, originalFromOutput } from './stepMath.ts';
+import { axpby, clip, epsilonFromOutput, originalFromOutput, scale } from './stepMath.ts';
 
 /** `DDIMScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
 export const DDIM_CONFIG = {
@@ -79,10 +78,11 @@ export class DDIMScheduler extends BaseScheduler<DDIMConfig> implements Schedule
    * | predSampleDirection    | "direction pointing to x_t" = √(1−α_{t-1}−σ_t²) ε_θ    |
    * | noise                  | ε_t ~ N(0, I), only when η > 0                          |
    */
-  step(modelOutput: Tensor, t: number, sample: Tensor, noise?: Tensor): Tensor {
+  step(modelOutput: Float32Array, t: number, sample: Float32Array, noise?: Float32Array): Float32Array {
     const who = this.className;
     const c = this.config;
     const stepRatio = stepRatioFor(this.numInferenceSteps, t, c.num_train_timesteps, who);
+    checkOutput(who, modelOutput, sample);
     if (this.eta > 0) checkNoise(who, noise, sample, `eta=${this.eta}`);
 
     // 1. previous step: t - T/N
@@ -99,24 +99,21 @@ export class DDIMScheduler extends BaseScheduler<DDIMConfig> implements Schedule
     //    and the direction coefficient √(1 − α_{t-1} − σ_t²)
     const directionCoeff = sqrt32(f32(f32(1 - alphaProdTPrev) - f32(stdDevT * stdDevT)));
 
-    return tf.tidy(() => {
-      // 4. predicted x₀ and ε
-      let predOriginalSample = originalFromOutput(c.prediction_type, modelOutput, sample, alphaProdT);
-      const predEpsilon = epsilonFromOutput(c.prediction_type, modelOutput, sample, predOriginalSample, alphaProdT);
+    // 4. predicted x₀ and ε
+    let predOriginalSample = originalFromOutput(c.prediction_type, modelOutput, sample, alphaProdT);
+    const predEpsilon = epsilonFromOutput(c.prediction_type, modelOutput, sample, predOriginalSample, alphaProdT);
 
-      // 5. clip x₀
-      if (c.clip_sample)
-        predOriginalSample = tf.clipByValue(predOriginalSample, -c.clip_sample_range, c.clip_sample_range);
+    // 5. clip x₀
+    if (c.clip_sample) predOriginalSample = clip(predOriginalSample, c.clip_sample_range);
 
-      // 6. direction pointing to x_t
-      const predSampleDirection = tf.mul(directionCoeff, predEpsilon);
+    // 6. direction pointing to x_t
+    const predSampleDirection = scale(directionCoeff, predEpsilon);
 
-      // 7. x_{t-1} without noise: √α_{t-1} x̂₀ + direction
-      const prevSample = tf.add(tf.mul(sqrt32(alphaProdTPrev), predOriginalSample), predSampleDirection);
+    // 7. x_{t-1} without noise: √α_{t-1} x̂₀ + direction
+    const prevSample = axpby(sqrt32(alphaProdTPrev), predOriginalSample, 1, predSampleDirection);
 
-      // 8. + σ_t ε_t
-      return this.eta > 0 ? tf.add(prevSample, tf.mul(stdDevT, noise!)) : prevSample;
-    });
+    // 8. + σ_t ε_t
+    return this.eta > 0 ? axpby(1, prevSample, stdDevT, noise!) : prevSample;
   }
 
   reset(): void {

@@ -9,12 +9,14 @@
  * Training uses only the forward process:
  *   x_t = √ᾱ_t · x₀ + √(1-ᾱ_t) · ε                    (`addNoise`, eq. 4)
  *   v_t = √ᾱ_t · ε − √(1-ᾱ_t) · x₀                    (`getVelocity`)
- * and `target` picks what the UNet learns to predict from `prediction_type`.
+ * and `target` picks what the UNet learns to predict from `prediction_type`. The forward process
+ * runs on the caller's TensorFlow.js tensors through their own methods (`x.mul`), so this file loads
+ * no TensorFlow.js; sampling (`step`) runs on Float32Arrays as every scheduler here.
  */
-import { tf, type Tensor } from '../backend/tf.ts';
+import type { Tensor } from '../backend/tf.ts';
 import { f32, sqrt32 } from './float32.ts';
 import { stepRatioFor } from './noiseSchedule.ts';
-import { BaseScheduler, checkNoise, type Scheduler } from './scheduler.ts';
+import { BaseScheduler, checkNoise, checkOutput, type Scheduler } from './scheduler.ts';
 import {
   boolField,
   enumField,
@@ -24,7 +26,7 @@ import {
   THRESHOLDING_FIELDS,
 } from './schedulerConfig.ts';
 import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
-import { originalFromOutput } from './stepMath.ts';
+import { axpby, clip, originalFromOutput } from './stepMath.ts';
 
 type VarianceType = 'fixed_small' | 'fixed_small_log' | 'fixed_large' | 'fixed_large_log' | 'learned' | 'learned_range';
 
@@ -71,37 +73,40 @@ export class DDPMScheduler extends BaseScheduler<DDPMConfig> implements Schedule
    * x0, noise: [B, ...]; timesteps: B integers in [0, num_train_timesteps). Returns a new [B, ...].
    */
   addNoise(x0: Tensor, noise: Tensor, timesteps: ArrayLike<number>): Tensor {
-    return tf.tidy(() => {
-      const [sqrtA, sqrt1mA] = this.forwardCoefficients('addNoise', x0, noise, timesteps);
-      return tf.add(tf.mul(sqrtA, x0), tf.mul(sqrt1mA, noise));
-    });
+    const [sqrtA, sqrt1mA] = this.forwardCoefficients('addNoise', x0, noise, timesteps);
+    return combine(sqrtA, x0, sqrt1mA, noise);
   }
 
   /** v_t = √ᾱ_t · ε − √(1-ᾱ_t) · x₀ (same shapes and ownership as `addNoise`). */
   getVelocity(x0: Tensor, noise: Tensor, timesteps: ArrayLike<number>): Tensor {
-    return tf.tidy(() => {
-      const [sqrtA, sqrt1mA] = this.forwardCoefficients('getVelocity', x0, noise, timesteps);
-      return tf.sub(tf.mul(sqrtA, noise), tf.mul(sqrt1mA, x0));
-    });
+    const [sqrtA, sqrt1mA] = this.forwardCoefficients('getVelocity', x0, noise, timesteps);
+    return combine(
+      sqrtA,
+      noise,
+      sqrt1mA.map((v) => -v),
+      x0,
+    );
   }
 
   /** What the UNet is trained to predict for `prediction_type`: ε, v, or x₀. Caller owns the result. */
   target(x0: Tensor, noise: Tensor, timesteps: ArrayLike<number>): Tensor {
     switch (this.config.prediction_type) {
       case 'epsilon':
-        return tf.clone(noise);
+        return noise.clone();
       case 'v_prediction':
         return this.getVelocity(x0, noise, timesteps);
       case 'sample':
-        return tf.clone(x0);
+        return x0.clone();
     }
   }
 
-  /**
-   * [√ᾱ_t, √(1-ᾱ_t)] as [B, 1, …, 1] tensors; call inside a tf.tidy. Float32 as diffusers:
-   * `ᾱ[t] ** 0.5`, `(1 - ᾱ[t]) ** 0.5`.
-   */
-  private forwardCoefficients(op: string, x0: Tensor, noise: Tensor, timesteps: ArrayLike<number>): [Tensor, Tensor] {
+  /** [√ᾱ_t, √(1-ᾱ_t)] per batch item. Float32 as diffusers: `ᾱ[t] ** 0.5`, `(1 - ᾱ[t]) ** 0.5`. */
+  private forwardCoefficients(
+    op: string,
+    x0: Tensor,
+    noise: Tensor,
+    timesteps: ArrayLike<number>,
+  ): [Float32Array, Float32Array] {
     const who = `${this.className}.${op}`;
     const B = x0.shape[0];
     if (noise.shape.length !== x0.shape.length || noise.shape.some((d, i) => d !== x0.shape[i])) {
@@ -124,8 +129,7 @@ export class DDPMScheduler extends BaseScheduler<DDPMConfig> implements Schedule
       a[i] = sqrt32(this.alphasCumprod[t]);
       b[i] = sqrt32(f32(1 - this.alphasCumprod[t]));
     }
-    const shape = [B, ...x0.shape.slice(1).map(() => 1)]; // [B, 1, ..., 1]
-    return [tf.tensor(a, shape, 'float32'), tf.tensor(b, shape, 'float32')];
+    return [a, b];
   }
 
   // ---- sampling ------------------------------------------------------------------------------
@@ -143,9 +147,10 @@ export class DDPMScheduler extends BaseScheduler<DDPMConfig> implements Schedule
    * | variance                    | σ_t² = (1-ᾱ_{t'})/(1-ᾱ_t)·β_t (fixed_small) or β_t (fixed_large) |
    * | noise                       | z ~ N(0, I), used when t > 0 |
    */
-  step(modelOutput: Tensor, t: number, sample: Tensor, noise?: Tensor): Tensor {
+  step(modelOutput: Float32Array, t: number, sample: Float32Array, noise?: Float32Array): Float32Array {
     const who = this.className;
     const c = this.config;
+    checkOutput(who, modelOutput, sample);
     const stepRatio = stepRatioFor(this.numInferenceSteps, t, c.num_train_timesteps, who);
     if (t > 0) checkNoise(who, noise, sample, 'ancestral sampling at t > 0');
 
@@ -158,35 +163,43 @@ export class DDPMScheduler extends BaseScheduler<DDPMConfig> implements Schedule
     const currentAlphaT = f32(alphaProdT / alphaProdTPrev);
     const currentBetaT = f32(1 - currentAlphaT);
 
-    return tf.tidy(() => {
-      // 2. x̂₀ from the model output (eq. 15)
-      let predOriginalSample = originalFromOutput(c.prediction_type, modelOutput, sample, alphaProdT);
-      // 3. clip x̂₀
-      if (c.clip_sample)
-        predOriginalSample = tf.clipByValue(predOriginalSample, -c.clip_sample_range, c.clip_sample_range);
+    // 2. x̂₀ from the model output (eq. 15)
+    let predOriginalSample = originalFromOutput(c.prediction_type, modelOutput, sample, alphaProdT);
+    // 3. clip x̂₀
+    if (c.clip_sample) predOriginalSample = clip(predOriginalSample, c.clip_sample_range);
 
-      // 4. posterior mean coefficients (eq. 7): μ̃ = √ᾱ_{t'} β_t/(1-ᾱ_t) · x̂₀ + √α_t (1-ᾱ_{t'})/(1-ᾱ_t) · x_t
-      const predOriginalSampleCoeff = f32(f32(sqrt32(alphaProdTPrev) * currentBetaT) / betaProdT);
-      const currentSampleCoeff = f32(f32(sqrt32(currentAlphaT) * betaProdTPrev) / betaProdT);
+    // 4. posterior mean coefficients (eq. 7): μ̃ = √ᾱ_{t'} β_t/(1-ᾱ_t) · x̂₀ + √α_t (1-ᾱ_{t'})/(1-ᾱ_t) · x_t
+    const predOriginalSampleCoeff = f32(f32(sqrt32(alphaProdTPrev) * currentBetaT) / betaProdT);
+    const currentSampleCoeff = f32(f32(sqrt32(currentAlphaT) * betaProdTPrev) / betaProdT);
 
-      // 5. μ̃_t
-      const predPrevSample = tf.add(
-        tf.mul(predOriginalSampleCoeff, predOriginalSample),
-        tf.mul(currentSampleCoeff, sample),
-      );
-      if (t === 0) return predPrevSample;
+    // 5. μ̃_t
+    const predPrevSample = axpby(predOriginalSampleCoeff, predOriginalSample, currentSampleCoeff, sample);
+    if (t === 0) return predPrevSample;
 
-      // 6. add σ_t z
-      let variance =
-        c.variance_type === 'fixed_small'
-          ? f32(f32(f32(1 - alphaProdTPrev) / f32(1 - alphaProdT)) * currentBetaT)
-          : currentBetaT;
-      variance = Math.max(variance, f32(1e-20));
-      return tf.add(predPrevSample, tf.mul(sqrt32(variance), noise!));
-    });
+    // 6. add σ_t z
+    let variance =
+      c.variance_type === 'fixed_small'
+        ? f32(f32(f32(1 - alphaProdTPrev) / f32(1 - alphaProdT)) * currentBetaT)
+        : currentBetaT;
+    variance = Math.max(variance, f32(1e-20));
+    return axpby(1, predPrevSample, sqrt32(variance), noise!);
   }
 
   reset(): void {
     // DDPM keeps no history.
   }
+}
+
+/**
+ * a·x + b·y for tensors x, y [B, ...] and one coefficient per batch item, through the tensors' own
+ * methods. The coefficients go in as nested arrays shaped [B, 1, …, 1]. Caller owns the result.
+ */
+function combine(a: Float32Array, x: Tensor, b: Float32Array, y: Tensor): Tensor {
+  const column = (v: Float32Array) => Array.from(v, (c) => x.shape.slice(1).reduce<unknown>((n) => [n], c));
+  const ax = x.mul(column(a) as number[]);
+  const by = y.mul(column(b) as number[]);
+  const out = ax.add(by);
+  ax.dispose();
+  by.dispose();
+  return out;
 }

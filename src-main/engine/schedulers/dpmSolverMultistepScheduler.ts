@@ -11,7 +11,6 @@
  * State for one run: `modelOutputs`, the last `solver_order` x̂₀ predictions (kept tensors), and
  * `lowerOrderNums`, the warm-up count. Reset by `setTimesteps`/`reset`, released after the last step.
  */
-import { tf, type Tensor } from '../backend/tf.ts';
 import { exp32, f32, log32, npArange, npLinspace, roundHalfEven, sqrt32 } from './float32.ts';
 import {
   checkInferenceSteps,
@@ -22,7 +21,8 @@ import {
   stepIndexFor,
   trainingSigmas,
 } from './noiseSchedule.ts';
-import { BaseScheduler, type Scheduler } from './scheduler.ts';
+import { BaseScheduler, checkOutput, type Scheduler } from './scheduler.ts';
+import { axpby } from './stepMath.ts';
 import {
   boolField,
   enumField,
@@ -72,8 +72,8 @@ export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultiste
   /** σ for each timestep, then the final σ (0 or σ_min), float32 values. */
   private _sigmas: number[] = [];
   private stepIndex: number | null = null;
-  /** x̂₀ of the last `solver_order` steps, oldest first (null until filled); kept tensors. */
-  private modelOutputs: (Tensor | null)[];
+  /** x̂₀ of the last `solver_order` steps, oldest first (null until filled). */
+  private modelOutputs: (Float32Array | null)[];
   private lowerOrderNums = 0;
 
   constructor(config: Partial<DPMSolverMultistepConfig> = {}) {
@@ -89,7 +89,7 @@ export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultiste
     this.trainSigmas = trainingSigmas(this.alphasCumprod);
     this.logSigmas = logSigmasOf(this.trainSigmas);
     this.lambdaT = this.alphasCumprod.map((a) => f32(log32(sqrt32(a)) - log32(sqrt32(f32(1 - a)))));
-    this.modelOutputs = new Array<Tensor | null>(c.solver_order).fill(null);
+    this.modelOutputs = new Array<Float32Array | null>(c.solver_order).fill(null);
   }
 
   static fromConfig(
@@ -173,7 +173,8 @@ export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultiste
    * First order (DPM-Solver++ 1 = DDIM) at the first step, at the last step when
    * `final_sigmas_type` is zero (or `euler_at_final`, or `lower_order_final` with < 15 steps).
    */
-  step(modelOutput: Tensor, t: number, sample: Tensor, _noise?: Tensor): Tensor {
+  step(modelOutput: Float32Array, t: number, sample: Float32Array, _noise?: Float32Array): Float32Array {
+    checkOutput(this.className, modelOutput, sample);
     const i = stepIndexFor(this._timesteps, this.stepIndex, t, this.className);
     const n = this._timesteps.length;
     const c = this.config;
@@ -184,12 +185,12 @@ export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultiste
       i === n - 1 && (c.euler_at_final || (c.lower_order_final && n < 15) || c.final_sigmas_type === 'zero');
 
     // 2. x̂₀ = convert_model_output(ε), pushed into the history (the oldest drops out)
-    const x0Pred = tf.tidy(() => tf.keep(this.convertModelOutput(modelOutput, sample, this._sigmas[i])));
-    this.modelOutputs.shift()?.dispose();
+    const x0Pred = this.convertModelOutput(modelOutput, sample, this._sigmas[i]);
+    this.modelOutputs.shift();
     this.modelOutputs.push(x0Pred);
 
     // 3. the update
-    let prevSample: Tensor;
+    let prevSample: Float32Array;
     if (c.solver_order === 1 || this.lowerOrderNums < 1 || lowerOrderFinal) {
       prevSample = this.firstOrderUpdate(x0Pred, sample, i);
     } else {
@@ -214,31 +215,31 @@ export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultiste
     return f32(log32(s.alpha) - log32(s.sigma));
   }
 
-  /** x̂₀ from the model output for `prediction_type` (call inside a tidy). */
-  private convertModelOutput(modelOutput: Tensor, sample: Tensor, sigma: number): Tensor {
+  /** x̂₀ from the model output for `prediction_type`, a new array. */
+  private convertModelOutput(modelOutput: Float32Array, sample: Float32Array, sigma: number): Float32Array {
     const { alpha, sigma: sigmaT } = this.alphaSigma(sigma);
     switch (this.config.prediction_type) {
       case 'epsilon':
-        return tf.div(tf.sub(sample, tf.mul(sigmaT, modelOutput)), alpha);
+        return axpby(1 / alpha, sample, -sigmaT / alpha, modelOutput);
       case 'sample':
-        return tf.clone(modelOutput);
+        return modelOutput.slice();
       case 'v_prediction':
-        return tf.sub(tf.mul(alpha, sample), tf.mul(sigmaT, modelOutput));
+        return axpby(alpha, sample, -sigmaT, modelOutput);
     }
   }
 
   /** DPM-Solver++(1): x_t = (σ_t/σ_s) x − α_t (e^{−h} − 1) x̂₀. */
-  private firstOrderUpdate(x0Pred: Tensor, sample: Tensor, i: number): Tensor {
+  private firstOrderUpdate(x0Pred: Float32Array, sample: Float32Array, i: number): Float32Array {
     const t = this.alphaSigma(this._sigmas[i + 1]);
     const s = this.alphaSigma(this._sigmas[i]);
     const h = f32(this.lambda(t) - this.lambda(s));
     const ratio = f32(t.sigma / s.sigma);
     const coeff = f32(t.alpha * f32(exp32(-h) - 1));
-    return tf.tidy(() => tf.sub(tf.mul(ratio, sample), tf.mul(coeff, x0Pred)));
+    return axpby(ratio, sample, -coeff, x0Pred);
   }
 
   /** DPM-Solver++(2M), midpoint or heun (`multistep_dpm_solver_second_order_update`). */
-  private secondOrderUpdate(sample: Tensor, i: number): Tensor {
+  private secondOrderUpdate(sample: Float32Array, i: number): Float32Array {
     const t = this.alphaSigma(this._sigmas[i + 1]);
     const s0 = this.alphaSigma(this._sigmas[i]);
     const s1 = this.alphaSigma(this._sigmas[i - 1]);
@@ -253,24 +254,22 @@ export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultiste
     const ratio = f32(t.sigma / s0.sigma);
     const expm1 = f32(exp32(-h) - 1);
     const c0 = f32(t.alpha * expm1);
-    return tf.tidy(() => {
-      const D0 = m0;
-      const D1 = tf.mul(f32(1 / r0), tf.sub(m0, m1));
-      const first = tf.sub(tf.mul(ratio, sample), tf.mul(c0, D0));
-      if (this.config.solver_type === 'midpoint') return tf.sub(first, tf.mul(f32(0.5 * c0), D1));
-      return tf.add(first, tf.mul(f32(t.alpha * f32(f32(expm1 / h) + 1)), D1));
-    });
+    // D0 = m0, D1 = (m0 − m1) / r0; x = ratio·x − c0·D0 + k·D1 (midpoint k = −c0/2, heun α_t (e^{−h}−1)/h + α_t)
+    const k = this.config.solver_type === 'midpoint' ? -f32(0.5 * c0) : f32(t.alpha * f32(f32(expm1 / h) + 1));
+    const invR0 = f32(1 / r0);
+    const out = new Float32Array(sample.length);
+    for (let j = 0; j < out.length; j++) out[j] = ratio * sample[j] - c0 * m0[j] + k * invR0 * (m0[j] - m1[j]);
+    return out;
   }
 
-  /** Disposes the history and rewinds to the first timestep. */
+  /** Drops the history and rewinds to the first timestep. */
   reset(): void {
     this.releaseHistory();
     this.stepIndex = null;
   }
 
   private releaseHistory(): void {
-    for (const m of this.modelOutputs) m?.dispose();
-    this.modelOutputs = new Array<Tensor | null>(this.config.solver_order).fill(null);
+    this.modelOutputs = new Array<Float32Array | null>(this.config.solver_order).fill(null);
     this.lowerOrderNums = 0;
   }
 }

@@ -9,13 +9,12 @@
  * The noise is an argument of `step` (`needsNoise` is true): one N(0, I) draw per step,
  * including the last (where σ_up = 0 and it has no effect), as diffusers draws it.
  */
-import { tf, type Tensor } from '../backend/tf.ts';
 import { f32, sqrt32 } from './float32.ts';
 import { inferenceTimesteps, sigmasAtTimesteps, stepIndexFor } from './noiseSchedule.ts';
-import { checkNoise, SigmaScheduler, type Scheduler } from './scheduler.ts';
+import { checkNoise, checkOutput, SigmaScheduler, type Scheduler } from './scheduler.ts';
 import { boolField, resolveConfig, samplingFields } from './schedulerConfig.ts';
 import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
-import { denoisedFromOutput, eulerUpdate } from './stepMath.ts';
+import { axpby, denoisedFromOutput, eulerUpdate } from './stepMath.ts';
 
 /** `EulerAncestralDiscreteScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
 export const EULER_ANCESTRAL_CONFIG = {
@@ -71,8 +70,9 @@ export class EulerAncestralDiscreteScheduler extends SigmaScheduler<EulerAncestr
    * | noise               | z ~ N(0, I), from the caller                      |
    * | result              | x_{i+1} = x_i + (σ_down − σ_i) d_i + σ_up z         |
    */
-  step(modelOutput: Tensor, t: number, sample: Tensor, noise?: Tensor): Tensor {
+  step(modelOutput: Float32Array, t: number, sample: Float32Array, noise?: Float32Array): Float32Array {
     const who = this.className;
+    checkOutput(who, modelOutput, sample);
     if (this._timesteps.length > 0) checkNoise(who, noise, sample, 'ancestral sampling');
     this.stepIndex = stepIndexFor(this._timesteps, this.stepIndex, t, who);
     // 1. σ_i, σ_{i+1} and the split σ_{i+1}² = σ_down² + σ_up² (float32, in diffusers' order)
@@ -84,15 +84,12 @@ export class EulerAncestralDiscreteScheduler extends SigmaScheduler<EulerAncestr
     const sigmaDown = sqrt32(f32(to2 - f32(sigmaUp * sigmaUp)));
     const dt = f32(sigmaDown - sigma);
 
-    const prevSample = tf.tidy(() => {
-      // 2. D_θ: the predicted x₀
-      const predOriginalSample = denoisedFromOutput(this.config.prediction_type, modelOutput, sample, sigma);
-      // 3-4. d_i = (x − D) / σ; an Euler step down to σ_down
-      const down = eulerUpdate(sample, predOriginalSample, sigma, dt);
-      // 5. + σ_up z
-      return tf.add(down, tf.mul(noise!, sigmaUp));
-    });
+    // 2. D_θ: the predicted x₀
+    const predOriginalSample = denoisedFromOutput(this.config.prediction_type, modelOutput, sample, sigma);
+    // 3-4. d_i = (x − D) / σ; an Euler step down to σ_down
+    const down = eulerUpdate(sample, predOriginalSample, sigma, dt);
+    // 5. + σ_up z
     this.stepIndex += 1;
-    return prevSample;
+    return axpby(1, down, sigmaUp, noise!);
   }
 }

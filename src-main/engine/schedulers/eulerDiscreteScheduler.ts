@@ -10,7 +10,6 @@
  * timestep: with `linspace` spacing (SD-1.5 swapped from PNDM), 999, 946.42108…, …, 0.
  * `initNoiseSigma` is σ_max for linspace/trailing spacing and √(σ_max²+1) for leading, as in 0.27.2.
  */
-import { tf, type Tensor } from '../backend/tf.ts';
 import { f32, torchLinspaceF32 } from './float32.ts';
 import {
   inferenceTimesteps,
@@ -20,7 +19,7 @@ import {
   sigmaToT,
   stepIndexFor,
 } from './noiseSchedule.ts';
-import { SigmaScheduler, type Scheduler } from './scheduler.ts';
+import { checkOutput, SigmaScheduler, type Scheduler } from './scheduler.ts';
 import { boolField, enumField, nullable, numberField, resolveConfig, samplingFields } from './schedulerConfig.ts';
 import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
 import { denoisedFromOutput, eulerUpdate } from './stepMath.ts';
@@ -99,19 +98,18 @@ export class EulerDiscreteScheduler extends SigmaScheduler<EulerDiscreteConfig> 
    * | dt                  | σ_{i+1} − σ_i                           |
    * | result              | x_{i+1} = x_i + (σ_{i+1} − σ_i) d_i     |
    */
-  step(modelOutput: Tensor, t: number, sample: Tensor, _noise?: Tensor): Tensor {
+  step(modelOutput: Float32Array, t: number, sample: Float32Array, _noise?: Float32Array): Float32Array {
+    checkOutput(this.className, modelOutput, sample);
     this.stepIndex = stepIndexFor(this._timesteps, this.stepIndex, t, this.className);
     // 1. σ_i, σ_{i+1}
     const sigma = this._sigmas[this.stepIndex];
     const sigmaNext = this._sigmas[this.stepIndex + 1];
     const dt = f32(sigmaNext - sigma);
 
-    const prevSample = tf.tidy(() => {
-      // 2. D_θ: the predicted x₀
-      const predOriginalSample = denoisedFromOutput(this.config.prediction_type, modelOutput, sample, sigma);
-      // 3-4. d_i = (x − D) / σ; x_{i+1} = x_i + d_i · (σ_{i+1} − σ_i)
-      return eulerUpdate(sample, predOriginalSample, sigma, dt);
-    });
+    // 2. D_θ: the predicted x₀
+    const predOriginalSample = denoisedFromOutput(this.config.prediction_type, modelOutput, sample, sigma);
+    // 3-4. d_i = (x − D) / σ; x_{i+1} = x_i + d_i · (σ_{i+1} − σ_i)
+    const prevSample = eulerUpdate(sample, predOriginalSample, sigma, dt);
     this.stepIndex += 1;
     return prevSample;
   }

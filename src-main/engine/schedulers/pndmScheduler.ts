@@ -14,10 +14,10 @@
  * State for one run (reset by `setTimesteps`/`reset`, released after the last step): `ets`, the
  * last ≤ 4 model outputs, and `curSample`, x at t₀ kept for counter 1. Both are kept clones.
  */
-import { tf, type Tensor } from '../backend/tf.ts';
 import { f32, npArange, npLinspace, roundHalfEven, sqrt32 } from './float32.ts';
 import { checkInferenceSteps, stepRatioFor } from './noiseSchedule.ts';
-import { BaseScheduler, type Scheduler } from './scheduler.ts';
+import { BaseScheduler, checkOutput, type Scheduler } from './scheduler.ts';
+import { axpby } from './stepMath.ts';
 import { boolField, resolveConfig, samplingFields } from './schedulerConfig.ts';
 import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
 
@@ -37,10 +37,10 @@ export class PNDMScheduler extends BaseScheduler<PNDMConfig> implements Schedule
   readonly needsNoise = false;
   /** Number of `step` calls in this run. */
   private counter = 0;
-  /** Past model outputs ε (kept clones), oldest first, at most 4. */
-  private ets: Tensor[] = [];
-  /** x at the first timestep (kept clone), needed again by the second call. */
-  private curSample: Tensor | null = null;
+  /** Past model outputs ε (copies), oldest first, at most 4. */
+  private ets: Float32Array[] = [];
+  /** x at the first timestep (a copy), needed again by the second call. */
+  private curSample: Float32Array | null = null;
 
   constructor(config: Partial<PNDMConfig> = {}) {
     super(PNDMScheduler.className, PNDM_CONFIG, config);
@@ -96,8 +96,9 @@ export class PNDMScheduler extends BaseScheduler<PNDMConfig> implements Schedule
    * | alphaProdT(Prev)  | ᾱ_t, ᾱ_{t-δ}, δ = T/N (finalAlphaCumprod below step 0)         |
    * | result            | x_{t-δ} = φ(x_t, e'_t, t, t-δ)                                  |
    */
-  step(modelOutput: Tensor, t: number, sample: Tensor, _noise?: Tensor): Tensor {
+  step(modelOutput: Float32Array, t: number, sample: Float32Array, _noise?: Float32Array): Float32Array {
     const who = this.className;
+    checkOutput(who, modelOutput, sample);
     const delta = stepRatioFor(this.numInferenceSteps, t, this.config.num_train_timesteps, who);
     if (this.counter >= this._timesteps.length) {
       throw new Error(
@@ -109,43 +110,34 @@ export class PNDMScheduler extends BaseScheduler<PNDMConfig> implements Schedule
     let prevT = t - delta;
     if (this.counter !== 1) {
       // 2. push e_t, keeping the last 4
-      while (this.ets.length > 3) this.ets.shift()!.dispose();
-      this.ets.push(tf.keep(tf.clone(modelOutput)));
+      while (this.ets.length > 3) this.ets.shift();
+      this.ets.push(modelOutput.slice());
     } else {
       prevT = t;
       t = t + delta;
     }
 
+    // 3. e'_t from the history (Adams–Bashforth of the available order)
     const ets = this.ets;
-    const prevSample = tf.tidy(() => {
-      // 3. e'_t from the history (Adams–Bashforth of the available order)
-      let epsPrime: Tensor;
-      let x = sample;
-      const n = ets.length;
-      if (n === 1 && this.counter === 0) {
-        epsPrime = modelOutput;
-        this.curSample = tf.keep(tf.clone(sample));
-      } else if (n === 1 && this.counter === 1) {
-        epsPrime = tf.div(tf.add(modelOutput, ets[0]), 2);
-        x = this.curSample!;
-      } else if (n === 2) {
-        epsPrime = tf.div(tf.sub(tf.mul(3, ets[1]), ets[0]), 2);
-      } else if (n === 3) {
-        epsPrime = tf.div(tf.add(tf.sub(tf.mul(23, ets[2]), tf.mul(16, ets[1])), tf.mul(5, ets[0])), 12);
-      } else {
-        const sum = tf.sub(
-          tf.add(tf.sub(tf.mul(55, ets[3]), tf.mul(59, ets[2])), tf.mul(37, ets[1])),
-          tf.mul(9, ets[0]),
-        );
-        epsPrime = tf.mul(f32(1 / 24), sum);
-      }
-      // 4. x_{t-δ} = φ(x_t, e'_t, t, t-δ)
-      return this.transfer(x, t, prevT, epsPrime);
-    });
-    if (this.counter === 1 && this.curSample) {
-      this.curSample.dispose();
-      this.curSample = null;
+    const n = ets.length;
+    let x = sample;
+    let epsPrime: Float32Array;
+    if (n === 1 && this.counter === 0) {
+      epsPrime = modelOutput;
+      this.curSample = sample.slice();
+    } else if (n === 1 && this.counter === 1) {
+      epsPrime = axpby(0.5, modelOutput, 0.5, ets[0]);
+      x = this.curSample!;
+    } else if (n === 2) {
+      epsPrime = axpby(3 / 2, ets[1], -1 / 2, ets[0]);
+    } else if (n === 3) {
+      epsPrime = ets[2].map((e2, i) => (23 * e2 - 16 * ets[1][i] + 5 * ets[0][i]) / 12);
+    } else {
+      epsPrime = ets[3].map((e3, i) => f32(1 / 24) * (55 * e3 - 59 * ets[2][i] + 37 * ets[1][i] - 9 * ets[0][i]));
     }
+    // 4. x_{t-δ} = φ(x_t, e'_t, t, t-δ)
+    const prevSample = this.transfer(x, t, prevT, epsPrime);
+    if (this.counter === 1) this.curSample = null;
 
     // 5. advance; the history is not needed after the last step
     this.counter += 1;
@@ -156,34 +148,30 @@ export class PNDMScheduler extends BaseScheduler<PNDMConfig> implements Schedule
   /**
    * φ, the transfer part of eq. 9 (`_get_prev_sample`):
    *   x_{t-δ} = √(ᾱ_{t-δ}/ᾱ_t) x_t − (ᾱ_{t-δ} − ᾱ_t) e / (ᾱ_t √(1−ᾱ_{t-δ}) + √(ᾱ_t (1−ᾱ_t) ᾱ_{t-δ}))
-   * Call inside a tidy.
    */
-  private transfer(sample: Tensor, t: number, prevT: number, modelOutput: Tensor): Tensor {
+  private transfer(sample: Float32Array, t: number, prevT: number, modelOutput: Float32Array): Float32Array {
     const alphaProdT = this.alphasCumprod[t];
     const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT] : this.finalAlphaCumprod;
     const betaProdT = f32(1 - alphaProdT);
     const betaProdTPrev = f32(1 - alphaProdTPrev);
     let e = modelOutput;
-    if (this.config.prediction_type === 'v_prediction') {
-      e = tf.add(tf.mul(sqrt32(alphaProdT), modelOutput), tf.mul(sqrt32(betaProdT), sample));
-    }
+    if (this.config.prediction_type === 'v_prediction')
+      e = axpby(sqrt32(alphaProdT), modelOutput, sqrt32(betaProdT), sample);
     const sampleCoeff = sqrt32(f32(alphaProdTPrev / alphaProdT));
     const denom = f32(
       f32(alphaProdT * sqrt32(betaProdTPrev)) + sqrt32(f32(f32(alphaProdT * betaProdT) * alphaProdTPrev)),
     );
-    return tf.sub(tf.mul(sampleCoeff, sample), tf.div(tf.mul(f32(alphaProdTPrev - alphaProdT), e), denom));
+    return axpby(sampleCoeff, sample, -f32(alphaProdTPrev - alphaProdT) / denom, e);
   }
 
-  /** Disposes the history and rewinds to the first timestep of the current schedule. */
+  /** Drops the history and rewinds to the first timestep of the current schedule. */
   reset(): void {
     this.releaseHistory();
     this.counter = 0;
   }
 
   private releaseHistory(): void {
-    for (const e of this.ets) e.dispose();
     this.ets = [];
-    this.curSample?.dispose();
     this.curSample = null;
   }
 }

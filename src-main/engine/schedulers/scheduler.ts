@@ -1,32 +1,27 @@
 /**
  * The contract every sampling scheduler in this folder implements.
  *
- * One sampling run:
+ * One sampling run, on plain Float32Arrays (the latents, row-major in any layout: the step math is
+ * elementwise), so that a scheduler runs beside any executor without loading TensorFlow.js:
  *
  *   scheduler.setTimesteps(steps);                       // also clears any multistep history
  *   let x = initial noise × scheduler.initNoiseSigma;
  *   for (const t of scheduler.timesteps) {
- *     const xIn = scheduler.scaleModelInput(x, t);       // new tensor, caller disposes
+ *     const xIn = scheduler.scaleModelInput(x, t);       // a new array
  *     const eps = unet(xIn, t);
- *     const noise = scheduler.needsNoise ? randn(rng, x.shape) : undefined;
- *     const next = scheduler.step(eps, t, x, noise);     // new tensor, caller owns it
- *     dispose(xIn, eps, noise, x);
- *     x = next;
+ *     const noise = scheduler.needsNoise ? randn(rng, shape) : undefined;
+ *     x = scheduler.step(eps, t, x, noise);              // a new array
  *   }
  *
- * Tensor ownership:
- *   - `scaleModelInput` and `step` never take ownership of their arguments and always return a
- *     new tensor handle owned by the caller (an identity `scaleModelInput` returns a clone).
- *   - Multistep history (PNDM's past ε, DPM-Solver's past x̂₀) lives inside the scheduler as its
- *     own kept clones. The scheduler disposes each one when it drops out of the history, when the
- *     last step of the schedule has run, and on `reset()` / `setTimesteps()`.
- *   - Safe inside a caller's `tf.tidy`: history tensors are `tf.keep`-ed.
+ * Ownership: `scaleModelInput` and `step` never change their arguments and always return a new
+ * array (an identity `scaleModelInput` returns a copy). Multistep history (PNDM's past ε,
+ * DPM-Solver's past x̂₀) is the scheduler's own copies, dropped when they leave the history, after
+ * the last step of the schedule, and on `reset()` / `setTimesteps()`.
  *
  * Timesteps are numbers holding float32 values: integers for DDPM/DDIM/PNDM/DPM-Solver, fractions
  * for Euler's `linspace` spacing (999, 946.42108…). Pass them to the model and back to `step`
  * exactly as read from `timesteps`.
  */
-import { tf, type Tensor } from '../backend/tf.ts';
 import { SAMPLER_DISPLAY_NAMES, SCHEDULERS } from '../../api/schemas.ts';
 import { f32, sqrt32 } from './float32.ts';
 import {
@@ -62,31 +57,41 @@ export interface Scheduler {
   readonly initNoiseSigma: number;
   /** Model evaluations per entry of `timesteps` (1 for every scheduler here). */
   readonly order: number;
-  /** True when `step` needs a fresh N(0, 1) noise tensor shaped like the sample. */
+  /** True when `step` needs fresh N(0, 1) noise of the sample's length. */
   readonly needsNoise: boolean;
   /** Builds the schedule for `numInferenceSteps` and clears the multistep history. */
   setTimesteps(numInferenceSteps: number): void;
-  /** The model input for timestep t (Euler: x / √(σ²+1); others: a clone of x). Caller owns the result. */
-  scaleModelInput(sample: Tensor, t: number): Tensor;
-  /** One reverse step from x_t to x_{t-1}. Caller owns the result; the arguments are not consumed. */
-  step(modelOutput: Tensor, t: number, sample: Tensor, noise?: Tensor): Tensor;
-  /** Disposes the multistep history and rewinds to the start of the current schedule. */
+  /** The model input for timestep t (Euler: x / √(σ²+1); others: a copy of x), a new array. */
+  scaleModelInput(sample: Float32Array, t: number): Float32Array;
+  /** One reverse step from x_t to x_{t-1}, a new array; the arguments are not changed. */
+  step(modelOutput: Float32Array, t: number, sample: Float32Array, noise?: Float32Array): Float32Array;
+  /** Drops the multistep history and rewinds to the start of the current schedule. */
   reset(): void;
 }
 
-/** Checks that a supplied noise tensor fits the sample; throws a message naming the scheduler. */
-export function checkNoise(who: string, noise: Tensor | undefined, sample: Tensor, why: string): Tensor {
+/** Checks that supplied noise fits the sample; throws a message naming the scheduler. */
+export function checkNoise(
+  who: string,
+  noise: Float32Array | undefined,
+  sample: Float32Array,
+  why: string,
+): Float32Array {
   if (!noise) {
     throw new Error(
-      `${who}.step: ${why} needs a noise tensor shaped like the sample [${sample.shape.join(', ')}] (draw it with randn(rng, shape) from engine/random.ts)`,
+      `${who}.step: ${why} needs noise of the sample's ${sample.length} values (draw it with rng.normal(shape) from engine/random.ts)`,
     );
   }
-  if (noise.shape.length !== sample.shape.length || noise.shape.some((d, i) => d !== sample.shape[i])) {
-    throw new Error(
-      `${who}.step: noise has shape [${noise.shape.join(', ')}] but the sample has shape [${sample.shape.join(', ')}]`,
-    );
-  }
+  if (noise.length !== sample.length)
+    throw new Error(`${who}.step: noise has ${noise.length} values but the sample has ${sample.length}`);
   return noise;
+}
+
+/** Checks that the model output fits the sample; throws a message naming the scheduler. */
+export function checkOutput(who: string, modelOutput: Float32Array, sample: Float32Array): void {
+  if (modelOutput.length !== sample.length)
+    throw new Error(
+      `${who}.step: the model output has ${modelOutput.length} values but the sample has ${sample.length}`,
+    );
 }
 
 /**
@@ -142,9 +147,9 @@ export abstract class BaseScheduler<C extends SamplingScheduleConfig> {
     return unsupported(this.className, key, value, fix);
   }
 
-  /** The model input: x itself, as a clone the caller owns (Euler's scale it by σ instead). */
-  scaleModelInput(sample: Tensor, _t: number): Tensor {
-    return tf.clone(sample);
+  /** The model input: x itself, as a copy (Euler's scale it by σ instead). */
+  scaleModelInput(sample: Float32Array, _t: number): Float32Array {
+    return sample.slice();
   }
 }
 
@@ -174,14 +179,15 @@ export abstract class SigmaScheduler<C extends SamplingScheduleConfig> extends B
     return eulerInitNoiseSigma(this._sigmas, this.config.timestep_spacing);
   }
 
-  /** x / √(σ² + 1), σ of this timestep. Caller owns the result. */
-  override scaleModelInput(sample: Tensor, t: number): Tensor {
+  /** x / √(σ² + 1), σ of this timestep, a new array. */
+  override scaleModelInput(sample: Float32Array, t: number): Float32Array {
     this.stepIndex ??= indexForTimestep(this._timesteps, t, this.className);
     const sigma = this._sigmas[this.stepIndex];
-    return tf.div(sample, sqrt32(f32(f32(sigma * sigma) + 1)));
+    const d = sqrt32(f32(f32(sigma * sigma) + 1));
+    return sample.map((v) => v / d);
   }
 
-  /** Rewinds to the first timestep (no tensor history). */
+  /** Rewinds to the first timestep (no history). */
   reset(): void {
     this.stepIndex = null;
   }
