@@ -128,11 +128,7 @@ const allowed = (from: Layer, to: string) =>
   layerOf(to) === from || from.mayImport.some((p) => to === p || (p.endsWith('/') && to.startsWith(p)));
 
 /** Edges the table forbids today, each with why and who removes it. */
-const KNOWN_LAYER_EXCEPTIONS = [
-  // The ONNX branch switches onnxDiffusion.ts to import DEFAULT_TARGETS and findTargets from
-  // adapters/targets.ts (adapterSet.ts re-exports them until then); remove this line with it.
-  'src-main/engine/onnx/onnxDiffusion.ts -> src-main/engine/adapters/adapterSet.ts',
-];
+const KNOWN_LAYER_EXCEPTIONS = [];
 
 /** Cycles of imports that run code, each as its sorted files, that are known and left for now. */
 const KNOWN_CYCLES = [

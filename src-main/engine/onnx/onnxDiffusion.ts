@@ -11,7 +11,7 @@
 import type { ExecutionProvider } from '../backend/onnxRuntime.ts';
 import type { SessionTensor } from '../backend/onnxRuntime.ts';
 import { openBaseModel, type BaseModel, type ComponentFiles, type OpenBaseModelOptions } from '../io/modelFiles.ts';
-import { DEFAULT_TARGETS, findTargets } from '../adapters/adapterSet.ts';
+import { DEFAULT_TARGETS, findTargets } from '../adapters/targets.ts';
 import { AutoencoderKL } from '../models/autoencoderKL.ts';
 import { ClipTextModel, checkClipSkip, parseClipTextConfig } from '../models/clipTextModel.ts';
 import type { Module } from '../models/layers/module.ts';
