@@ -53,6 +53,31 @@ describe('App shell', () => {
     expect(screen.queryByText('Welcome')).toBeNull();
   });
 
+  test("the class word comes from the chosen model's defaults until the user types one (the toy model draws balls, not people)", async () => {
+    const created = fx.project({ id: 'p2', name: 'Ball' });
+    const toy = fx.base({
+      path: '/models/toy-sd',
+      name: 'toy-sd',
+      isDefault: true,
+      defaults: { training: { classWord: 'ball' }, sampling: {} },
+    });
+    const { studio, transport } = await startStudio({
+      'models.bases': () => [toy, fx.base({ path: '/models/sd15', name: 'sd15', isDefault: false })],
+      'projects.create': () => created,
+      'projects.open': () => created,
+    });
+    render(App, { studio });
+    await fireEvent.click(screen.getByTestId('project-new'));
+    await waitFor(() => expect((document.getElementById('np-class') as HTMLInputElement).value).toBe('ball'));
+    await fireEvent.input(screen.getByTestId('project-name'), { target: { value: 'Ball' } });
+    await fireEvent.click(screen.getByTestId('project-create'));
+    await waitFor(() =>
+      expect(transport.paramsOf('projects.create')).toEqual([
+        { name: 'Ball', classWord: 'ball', triggerToken: 'sks', type: 'object', baseModel: '/models/toy-sd' },
+      ]),
+    );
+  });
+
   test('a new project opens on its Subject screen, wherever the user was', async () => {
     const created = fx.project({ id: 'p2', name: 'Mug' });
     const { studio } = await startStudio({ 'projects.create': () => created, 'projects.open': () => created });
