@@ -214,7 +214,7 @@ export function register(program: Command): void {
       const { readToyPhotos, scoreToyModel, TOY_SAMPLING, toyProbes } = await import('../engine/eval/toyEvaluate.ts');
       const { noiseBand, pickBest } = await import('../engine/eval/pickBest.ts');
       const { imageGrid } = await import('../engine/image/grid.ts');
-      const { encodeImage } = await import('../engine/image/sharp.ts');
+      const { encodeImage, labelGrid } = await import('../engine/image/sharp.ts');
       const { atomicWriteFile } = await import('../engine/io/atomic.ts');
       const { StableDiffusion } = await import('../engine/pipeline/stableDiffusion.ts');
       const t0 = performance.now();
@@ -340,13 +340,17 @@ export function register(program: Command): void {
           ];
           const grid = join(out, 'before-after.png');
           const cols = baseScore.images.length;
-          await atomicWriteFile(
-            grid,
-            await encodeImage(
-              imageGrid(cells.slice(0, Math.floor(cells.length / cols) * cols), cols, { scale: 2 }),
-              'png',
-            ),
-          );
+          const used = cells.slice(0, Math.floor(cells.length / cols) * cols);
+          const gap = 2;
+          const cellSide = used[0].height * 2;
+          const labelled = await labelGrid(imageGrid(used, cols, { scale: 2, gap }), {
+            rows: ['training photos', 'base model', `adapter, step ${top.step}`].slice(-(used.length / cols)),
+            cols: baseScore.images.map((i) => `on ${i.probe.background}, seed ${i.seed}`),
+            rowHeight: cellSide + gap,
+            colWidth: used[0].width * 2 + gap,
+            offset: gap,
+          });
+          await atomicWriteFile(grid, await encodeImage(labelled, 'png'));
           toyScores = { base: baseScore, rows, grid, pick, band };
         } finally {
           sd.dispose();

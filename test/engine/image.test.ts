@@ -16,6 +16,7 @@ import {
   fitToSize,
   flip,
   ImageError,
+  labelGrid,
   readImageMetadata,
   resize,
   roundHalfEven,
@@ -422,3 +423,37 @@ function rgbaPng(width: number, height: number, rgba: [number, number, number, n
 function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
+
+describe("labelGrid (the demo's before/after grid)", () => {
+  it('adds a left margin with the row labels and a top one with the column labels, the grid unchanged beside them', async () => {
+    const grid = { width: 40, height: 30, data: new Uint8Array(40 * 30 * 3).fill(90) };
+    const out = await labelGrid(grid, {
+      rows: ['base model', 'adapter'],
+      cols: ['a', 'b'],
+      rowHeight: 15,
+      colWidth: 20,
+    });
+    const left = out.width - grid.width;
+    const top = out.height - grid.height;
+    expect(left).toBeGreaterThanOrEqual(60);
+    expect(top).toBe(22);
+    const px = (x: number, y: number) => out.data[(y * out.width + x) * 3];
+    // The grid's pixels are where the margins put them.
+    for (const [x, y] of [
+      [0, 0],
+      [39, 29],
+      [17, 11],
+    ])
+      expect(px(left + x, top + y)).toBe(90);
+    // Text was drawn: dark pixels in the row-label margin beside each row, none in the corner.
+    const darkIn = (x0: number, x1: number, y0: number, y1: number) => {
+      let n = 0;
+      for (let y = y0; y < y1; y++) for (let x = x0; x < x1; x++) if (px(x, y) < 128) n++;
+      return n;
+    };
+    expect(darkIn(0, left, top, top + 15)).toBeGreaterThan(5);
+    expect(darkIn(0, left, top + 15, top + 30)).toBeGreaterThan(5);
+    expect(darkIn(left, out.width, 0, top)).toBeGreaterThan(2);
+    expect(darkIn(0, left, 0, 4)).toBe(0);
+  });
+});

@@ -440,3 +440,58 @@ function firstLine(s: string): string {
     .filter(Boolean);
   return lines.length > 1 ? `${lines[0]} … ${lines[lines.length - 1]}` : (lines[0] ?? s);
 }
+
+/** Labels of a grid image (image/grid.ts): one per row, left of it, and one per column, above it. */
+export interface GridLabels {
+  readonly rows: readonly string[];
+  readonly cols?: readonly string[];
+  /** Height of one grid row (cell + gap) and width of one column, in the grid's pixels. */
+  readonly rowHeight: number;
+  readonly colWidth: number;
+  /** Pixels before the first cell (the grid's gap). */
+  readonly offset?: number;
+}
+
+/**
+ * The grid with a white margin on the left (row labels) and on top (column labels), written by
+ * libvips' SVG text renderer in the system's sans-serif font. Text is escaped for SVG; a label
+ * longer than its space is cut with an ellipsis.
+ */
+export async function labelGrid(grid: RgbImage, labels: GridLabels): Promise<RgbImage> {
+  checkImage(grid, 'labelGrid');
+  const left = Math.max(60, 8 + 7 * Math.max(...labels.rows.map((l) => l.length)));
+  const top = labels.cols?.length ? 22 : 0;
+  const offset = labels.offset ?? 0;
+  const ellipsize = (s: string, px: number) => {
+    const n = Math.max(4, Math.floor(px / 7));
+    return s.length > n ? `${s.slice(0, n - 1)}…` : s;
+  };
+  const text = (x: number, y: number, s: string, anchor: 'start' | 'middle') =>
+    `<text x="${x}" y="${y}" text-anchor="${anchor}" font-family="sans-serif" font-size="12" fill="#222">${escapeXml(s)}</text>`;
+  const parts = [
+    ...labels.rows.map((l, i) => text(4, top + offset + i * labels.rowHeight + labels.rowHeight / 2 + 4, l, 'start')),
+    ...(labels.cols ?? []).map((l, j) =>
+      text(left + offset + j * labels.colWidth + labels.colWidth / 2, 15, ellipsize(l, labels.colWidth), 'middle'),
+    ),
+  ];
+  const width = grid.width + left;
+  const height = grid.height + top;
+  const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}">${parts.join('')}</svg>`;
+  const { data, info } = await sharp({ create: { width, height, channels: 3, background: '#ffffff' } })
+    .composite([
+      { input: Buffer.from(grid.data), raw: { width: grid.width, height: grid.height, channels: 3 }, left, top },
+      { input: Buffer.from(svg), left: 0, top: 0 },
+    ])
+    .removeAlpha()
+    .raw()
+    .toBuffer({ resolveWithObject: true });
+  return {
+    data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+    width: info.width,
+    height: info.height,
+  };
+}
+
+function escapeXml(s: string): string {
+  return s.replace(/[<>&"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
