@@ -12,7 +12,7 @@
  *             |g| < 10 eps)
  *   float16   float16 weights and activations, float32 factors and gradients: every gradient
  *             within 5e-2 * max|ref| of float32's (the reference's), the measured error printed
- *             (docs/onnx-gradients.md, "Precision")
+ *             (docs/onnx-gradients.md, "Measured on the WebGPU provider")
  *
  * Here the driver is SwiftShader (software Vulkan, from Debian's chromium): float32 only, since it
  * has no shader-f16, so the float16 WebGPU case is skipped with that reason (on a GPU box, set
