@@ -330,7 +330,7 @@ describe('training', () => {
 
   it('training.status and training.runs read run.json', async () => {
     const m = await call('training.status', { projectId, runId });
-    expect(m).toMatchObject({ status: 'completed', step: 3, backend: 'wasm' });
+    expect(m).toMatchObject({ status: 'completed', step: 3, backend: 'onnx' });
     expect(m.checkpoints.map((c) => c.step)).toEqual([1, 2, 3]);
     expect(m.images.used.length).toBe(4);
     expect(m.samples[0]).toMatchObject({
