@@ -92,6 +92,7 @@ export function baseHandlers(project = fx.project()): Handlers {
     'jobs.list': () => [],
     'system.info': () => fx.info(),
     'system.doctor': () => fx.doctor('tensorflow'),
+    'settings.get': () => ({ engine: 'onnx', provider: 'auto' }),
     'models.list': () => [],
     'models.bases': () => [fx.base()],
     'evaluation.images': () => [],
