@@ -22,7 +22,7 @@ const engine: FakeHandlers = {
   generate: async () => ({ files: [] }),
 };
 
-async function open(dataDir = join(root, `s${n++}`, 'data')) {
+async function open(dataDir = join(root, `s${n++}`, 'data'), engineEnv?: NodeJS.ProcessEnv) {
   const fake = fakeEngine(engine);
   const service = await Service.open({
     dataDir,
@@ -30,6 +30,7 @@ async function open(dataDir = join(root, `s${n++}`, 'data')) {
     defaultBaseModel: TINY_MODEL,
     log: () => {},
     spawnEngine: fake.spawn,
+    engineEnv,
   });
   services.push(service);
   const call = <M extends Method>(m: M, p: Params<M>) => service.call(m, p) as Promise<Result<M>>;
@@ -106,6 +107,15 @@ describe('settings: engine and provider', () => {
       { engine: 'onnx', provider: 'dml' },
       { engine: 'onnx', provider: 'cpu' },
     ]);
+  });
+
+  it('where settings.json sets nothing, SINGLORA_ENGINE / SINGLORA_PROVIDER of the engine environment apply', async () => {
+    const { call } = await open(undefined, { SINGLORA_PROVIDER: 'cpu' });
+    expect(await call('settings.get', {})).toEqual({ engine: 'onnx', provider: 'cpu' });
+    expect(await call('settings.set', { engine: 'tfjs' })).toEqual({ engine: 'tfjs', provider: 'cpu' });
+    expect(await call('settings.set', { provider: 'webgpu' })).toEqual({ engine: 'tfjs', provider: 'webgpu' });
+    const bad = await open(undefined, { SINGLORA_PROVIDER: 'metal' });
+    expect((await apiError(bad.call('settings.get', {}))).message).toMatch(/^the environment: SINGLORA_PROVIDER: /);
   });
 
   it('a settings.json that is not valid fails the request naming the file and the field', async () => {

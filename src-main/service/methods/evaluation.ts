@@ -51,7 +51,7 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
             ? quickEvalPrompts(project.subject.type, m.settings.triggerToken, m.settings.classWord)
             : undefined);
         const imagesPerPrompt = p.imagesPerPrompt ?? (p.quick ? 1 : undefined);
-        const compute = await computeFor(c.dataDir);
+        const compute = await computeFor(c.dataDir, {}, c.opts.engineEnv);
         const job = await submit(c, {
           kind: 'evaluate',
           projectId: p.projectId,

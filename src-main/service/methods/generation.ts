@@ -19,7 +19,7 @@ export function generationHandlers(c: ServiceContext): NamespaceHandlers<'genera
         for (const [i, a] of p.adapters.entries())
           adapters.push({ path: (await adapterPath(c, p.projectId, a, `adapters.${i}`)).path, strength: a.strength });
         const base = baseFor(c, project);
-        const compute = await computeFor(c.dataDir, p);
+        const compute = await computeFor(c.dataDir, p, c.opts.engineEnv);
         const outDir = join(c.store.dir(p.projectId), 'images');
         const job = await submit(c, {
           kind: 'generate',

@@ -5,7 +5,7 @@ import type { NamespaceHandlers } from './handlers.ts';
 
 export function settingsHandlers(c: ServiceContext): NamespaceHandlers<'settings'> {
   return {
-    'settings.get': async () => readAppSettings(c.dataDir),
-    'settings.set': async (p) => writeAppSettings(c.dataDir, p),
+    'settings.get': async () => readAppSettings(c.dataDir, c.opts.engineEnv),
+    'settings.set': async (p) => writeAppSettings(c.dataDir, p, c.opts.engineEnv),
   };
 }

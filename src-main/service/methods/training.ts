@@ -58,7 +58,7 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
         if (merged.classImagesDir !== undefined)
           await c.paths.classImagesDir(c.store.dir(p.projectId), merged.classImagesDir);
         const base = baseFor(c, project);
-        const compute = await computeFor(c.dataDir, p);
+        const compute = await computeFor(c.dataDir, p, c.opts.engineEnv);
         // The settings the user last chose are the project's (the subject owns token and class word);
         // a new resolution re-checks the photos, so they are listed after saving.
         const saved = Object.keys(p.settings).length
@@ -119,7 +119,7 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
           photos,
           settings: relativeClassImagesDir(c.store.dir(p.projectId), m.settings),
           resume: true,
-          compute: await computeFor(c.dataDir),
+          compute: await computeFor(c.dataDir, {}, c.opts.engineEnv),
         });
         return { jobId: job.id, runId: p.runId };
       }),
