@@ -128,7 +128,7 @@ export async function probeProviders(): Promise<ProviderStatus[]> {
     const file = join(dir, 'probe.onnx');
     writeFileSync(file, g.toBytes());
     const out: ProviderStatus[] = [];
-    for (const name of ['cpu', 'webgpu', 'cuda', 'dml', 'coreml'] as const) {
+    for (const name of PROVIDERS.filter((p): p is ExecutionProvider => p !== 'auto')) {
       const started = await probeStart(file, name);
       const training = started.available
         ? await probeTraining(dir, name)
