@@ -705,3 +705,19 @@ describe('the contract', () => {
     await mkdir(join(dir, 'x'), { recursive: true });
   });
 });
+
+describe('engine choice', () => {
+  it(
+    'training.start with engine tfjs trains on TensorFlow.js (the run records its backend, not onnx)',
+    async () => {
+      const settings = { steps: 1, checkpointEvery: 1, sampleEvery: 0 };
+      const tfjs = await call('training.start', { projectId, settings, engine: 'tfjs' });
+      expect((await service.jobs.wait(tfjs.jobId)).status).toBe('done');
+      expect(await call('training.status', { projectId, runId: tfjs.runId })).toMatchObject({
+        status: 'completed',
+        backend: 'wasm', // the engine process's SINGLORA_BACKEND
+      });
+    },
+    LONG,
+  );
+});
