@@ -31,7 +31,7 @@ export class SystemService {
   downloads = $state<
     Partial<Record<DownloadName, { jobId: string; done: number; total: number; status: string; error: string | null }>>
   >({});
-  advice = $derived(backendAdvice(this.doctor));
+  advice = $derived(backendAdvice(this.doctor, this.compute));
 
   constructor(
     private readonly api: ApiClient,

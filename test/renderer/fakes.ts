@@ -93,6 +93,7 @@ export function baseHandlers(project = fx.project()): Handlers {
     'system.info': () => fx.info(),
     'system.doctor': () => fx.doctor('tensorflow'),
     'settings.get': () => ({ engine: 'onnx', provider: 'auto' }),
+    'settings.set': (p) => ({ engine: 'onnx', provider: 'auto', ...p }),
     'models.list': () => [],
     'models.bases': () => [fx.base()],
     'evaluation.images': () => [],
