@@ -11,11 +11,11 @@ export const UNIT_SUITES = [
   'test/{ci,layers}.test.ts',
   'test/app/{appProtocol,desktopApp,ipc,preload,window}.test.ts',
   'test/cli/{args,install,startup}.test.ts',
-  'test/engine/{adamw,adapters.contract,backend,clipTokenizer,download,image,keyMap,lrSchedule}.test.ts',
+  'test/engine/{adamw,adapters.contract,backend,clipTokenizer,download,image,keyMap,lrSchedule,providers}.test.ts',
   'test/engine/{modelFiles,ops.cpu,ops.wasm,pngText,random,safetensors,schedulers,wasmKernels}.test.ts',
   'test/engine/models/{attentionSlicing,memoryEfficientAttention.cpu}.test.ts',
   'test/parity/schedulers.parity.test.ts',
-  'test/service/{fullDisk,guards,jobs,onboarding,projects,safePath,server,tar}.test.ts',
+  'test/service/{fullDisk,guards,jobs,onboarding,projects,safePath,server,settings,tar}.test.ts',
 ];
 
 // Three projects. `unit` and `engine`: the tests under test/ except the renderer's, split by

@@ -10,7 +10,10 @@
  */
 import { z } from 'zod';
 import {
+  computeSettingsSchema,
   CROP_MODES,
+  ENGINES,
+  PROVIDERS,
   EXPORT_FORMATS,
   LIMITS,
   METHODS,
@@ -199,6 +202,15 @@ const adapterRef = z.union([
   }),
 ]);
 
+/**
+ * A request's own engine and provider (training.start, generation.start), over the app's settings
+ * (settings.get) for this request only.
+ */
+const computeOverride = {
+  engine: z.enum(ENGINES).optional().describe("default: the app's settings (settings.get)"),
+  provider: z.enum(PROVIDERS).optional().describe("default: the app's settings (settings.get)"),
+};
+
 /** Every method: params schema and result schema. */
 export const api = {
   'system.doctor': {
@@ -206,7 +218,15 @@ export const api = {
     result: z.object({
       node: z.string(),
       platform: z.string(),
-      providers: z.array(z.object({ name: z.string(), available: z.boolean(), detail: z.string() })),
+      /** ONNX Runtime providers: whether each starts (inference) and whether it can run a training step. */
+      providers: z.array(
+        z.object({
+          name: z.string(),
+          available: z.boolean(),
+          detail: z.string(),
+          training: z.object({ ok: z.boolean(), detail: z.string() }),
+        }),
+      ),
       backends: z.array(
         z.object({
           name: z.string(),
@@ -234,6 +254,11 @@ export const api = {
       demoModel: z.boolean(),
     }),
   },
+
+  /** The app's compute settings: the engine and ONNX Runtime provider that train and generate. */
+  'settings.get': { params: empty, result: computeSettingsSchema },
+  /** Changes the fields given; returns the settings now in force. */
+  'settings.set': { params: patchOf(computeSettingsSchema), result: computeSettingsSchema },
 
   'projects.list': { params: empty, result: z.array(projectSummarySchema) },
   'projects.create': {
@@ -298,7 +323,9 @@ export const api = {
   },
 
   'training.start': {
-    params: z.object({ projectId: idSchema, settings: trainSettingsPatchSchema.default({}) }).strict(),
+    params: z
+      .object({ projectId: idSchema, settings: trainSettingsPatchSchema.default({}), ...computeOverride })
+      .strict(),
     result: z.object({ jobId: z.string(), runId: z.string() }),
   },
   'training.cancel': {
@@ -363,6 +390,7 @@ export const api = {
           .array(adapterRef.and(z.object({ strength: adapterStrength.default(1) })))
           .max(8)
           .default([]),
+        ...computeOverride,
       })
       .strict(),
     result: z.object({ jobId: z.string() }),

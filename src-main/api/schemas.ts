@@ -25,6 +25,19 @@ export const SAMPLER_DISPLAY_NAMES: Readonly<Record<(typeof SCHEDULERS)[number] 
   ddpm: 'DDPM',
 };
 export const SUBJECT_TYPES = ['object', 'live'] as const;
+/**
+ * What runs training and inference: `onnx` (ONNX Runtime, the default) or `tfjs` (TensorFlow.js, the
+ * reference executor). The engine, the CLI (`--engine`), the API and the Settings screen read this list.
+ */
+export const ENGINES = ['onnx', 'tfjs'] as const;
+export type EngineChoice = (typeof ENGINES)[number];
+/**
+ * ONNX Runtime execution providers a user can ask for (engine/onnx/providers.ts says where each
+ * exists). `auto`: the first GPU provider that starts on this machine (CUDA, DirectML or CoreML, then
+ * a hardware WebGPU adapter), else the CPU.
+ */
+export const PROVIDERS = ['auto', 'cpu', 'webgpu', 'cuda', 'dml', 'coreml'] as const;
+export type ProviderChoice = (typeof PROVIDERS)[number];
 /** Adapter export formats (adapters.export, `singlora adapters export --format`, the engine's exporter). */
 export const EXPORT_FORMATS = ['singlora', 'kohya', 'diffusers', 'merged-diffusers', 'merged-single-file'] as const;
 /** Photo files the app takes (the engine decodes them with sharp); the UI and photos.add use this list. */
@@ -370,9 +383,21 @@ export const imageSidecarSchema = z.object({
    * sidecars written before they were recorded (those carried a `backend` field, the process's
    * TensorFlow.js backend, which it still reported for ONNX Runtime images).
    */
-  engine: z.enum(['onnx', 'tfjs']).optional(),
+  engine: z.enum(ENGINES).optional(),
   provider: z.string().optional(),
   dtype: z.enum(['float32', 'float16']).optional(),
   ms: z.number(),
 });
 export type ImageSidecar = z.infer<typeof imageSidecarSchema>;
+
+/**
+ * The app's compute settings (`<dataDir>/settings.json`, `settings.get` / `settings.set`): what
+ * trains and generates for every project. `provider` is ONNX Runtime's; the tfjs engine ignores it.
+ */
+export const computeSettingsSchema = z
+  .object({
+    engine: z.enum(ENGINES).default('onnx'),
+    provider: z.enum(PROVIDERS).default('auto'),
+  })
+  .strict();
+export type ComputeSettings = z.infer<typeof computeSettingsSchema>;

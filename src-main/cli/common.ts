@@ -19,6 +19,7 @@ import { type Command, CommanderError, InvalidArgumentError, Option } from 'comm
 import cliProgress from 'cli-progress';
 import { statSync } from 'node:fs';
 import { basename } from 'node:path';
+import { ENGINES, type EngineChoice, PROVIDERS, type ProviderChoice } from '../api/schemas.ts';
 import type { BackendInfo, BackendName } from '../engine/backend/tf.ts';
 
 /**
@@ -47,17 +48,13 @@ export function withCommon(cmd: Command, opts: { backend?: boolean } = {}): Comm
   );
 }
 
-/**
- * `--engine` and `--provider` choices (engine/pipeline/stableDiffusion.ts's INFERENCE_ENGINES and
- * engine/onnx/providers.ts's PROVIDER_CHOICES; test/cli/startup.test.ts checks they agree), written
- * out for the same reason as BACKEND_CHOICES.
- */
-export const ENGINE_CHOICES = ['onnx', 'tfjs'] as const;
-export const PROVIDER_CHOICES = ['auto', 'cpu', 'webgpu', 'cuda', 'dml', 'coreml'] as const;
+/** `--engine` and `--provider` choices: the API's lists (api/schemas.ts, pure zod: loads no engine). */
+export const ENGINE_CHOICES = ENGINES;
+export const PROVIDER_CHOICES = PROVIDERS;
 
 export interface InferenceCliOptions {
-  engine?: (typeof ENGINE_CHOICES)[number];
-  provider?: (typeof PROVIDER_CHOICES)[number];
+  engine?: EngineChoice;
+  provider?: ProviderChoice;
 }
 
 /** `--engine` and `--provider`, for every command that runs inference. */
@@ -72,7 +69,7 @@ export function withInference(cmd: Command): Command {
     .addOption(
       new Option(
         '--provider <name>',
-        'ONNX Runtime execution provider (default auto: a GPU provider that starts, else the CPU)',
+        'ONNX Runtime execution provider (default auto: a GPU provider that starts, else the CPU; `singlora doctor` lists which start and which can train)',
       ).choices([...PROVIDER_CHOICES]),
     );
 }

@@ -1,4 +1,4 @@
-/** `singlora doctor`: every TensorFlow.js backend and ONNX Runtime provider, whether it starts and why not, and memory counters. */
+/** `singlora doctor`: every ONNX Runtime provider (starts? trains?) and TensorFlow.js backend, why not, and memory counters. */
 import type { Command } from 'commander';
 import { action, formatBytes, printResult, withCommon, type GlobalOptions } from './common.ts';
 
@@ -6,7 +6,9 @@ export function register(program: Command): void {
   withCommon(
     program
       .command('doctor')
-      .description('show which inference providers and training backends can run here, and why not'),
+      .description(
+        'show which ONNX Runtime providers start here (inference) and which can train, the TensorFlow.js backends, and why not',
+      ),
   ).action(
     action(async (opts: GlobalOptions) => {
       const { doctorReport } = await import('../engine/doctor.ts'); // the engine loads only for the command that needs it
@@ -15,10 +17,14 @@ export function register(program: Command): void {
         const lines = [
           `node ${report.node} on ${report.platform}`,
           '',
-          'inference: ONNX Runtime providers (auto picks a GPU one that starts, else cpu):',
+          'ONNX Runtime providers, the onnx engine (--provider; auto picks a GPU one that starts, else cpu):',
+          '  infer train',
         ];
-        for (const p of report.providers) lines.push(`  ${p.available ? '✓' : '✗'} ${p.name.padEnd(10)} ${p.detail}`);
-        lines.push('', 'training: TensorFlow.js backends (in order of preference):');
+        for (const p of report.providers)
+          lines.push(
+            `  ${p.available ? '✓' : '✗'}     ${p.training.ok ? '✓' : '✗'}     ${p.name.padEnd(8)} ${p.detail}${p.available ? `; ${p.training.detail}` : ''}`,
+          );
+        lines.push('', 'TensorFlow.js backends, the tfjs engine (in order of preference):');
         for (const b of report.backends) {
           const mark = b.available ? (b.software ? '~' : '✓') : '✗';
           const detail = b.available

@@ -18,9 +18,9 @@ export async function doctorReport(backend: BackendName | 'auto' = 'auto') {
   return {
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
-    /** ONNX Runtime execution providers (inference). */
+    /** ONNX Runtime execution providers: whether each starts (inference) and can run a training step. */
     providers: await probeProviders(),
-    /** TensorFlow.js backends (training). */
+    /** TensorFlow.js backends (the tfjs engine). */
     backends,
     selected,
     active: activeBackend(),

@@ -9,23 +9,28 @@
  * sends one long job at a time, and short queries (inspect, doctor) may arrive meanwhile.
  * Engine modules load on first use, so a missing or broken one fails its request, not the process.
  *
- * One pipeline is kept warm for generation (per base model) and dropped before training,
- * evaluation and export, which need the memory.
+ * One pipeline is kept warm for generation (per base model, engine and provider) and dropped
+ * before training, evaluation and export, which need the memory.
+ *
+ * Every request that runs a model carries `compute` (the app's settings or the request's own,
+ * service/appSettings.ts): its engine and provider go to `StableDiffusion.load` and to `train`.
  */
+import type { ComputeSettings } from '../api/schemas.ts';
 import type { StableDiffusion } from '../engine/pipeline/stableDiffusion.ts';
 import type { EngineRequests, EngineResult } from './protocol.ts';
 import { serveEngine, type WorkerHandlers } from './workerLoop.ts';
 
 type Handlers = WorkerHandlers<EngineRequests>;
 
-let warm: { base: string; sd: StableDiffusion } | null = null;
+let warm: { key: string; sd: StableDiffusion } | null = null;
 
-async function warmPipeline(base: string): Promise<StableDiffusion> {
-  if (warm?.base === base) return warm.sd;
+async function warmPipeline(base: string, compute: ComputeSettings): Promise<StableDiffusion> {
+  const key = JSON.stringify([base, compute.engine, compute.provider]);
+  if (warm?.key === key) return warm.sd;
   dropWarm();
   const { StableDiffusion } = await import('../engine/pipeline/stableDiffusion.ts');
-  const sd = await StableDiffusion.load(base);
-  warm = { base, sd };
+  const sd = await StableDiffusion.load(base, { engine: compute.engine, provider: compute.provider });
+  warm = { key, sd };
   return sd;
 }
 
@@ -47,6 +52,10 @@ const handlers: Handlers = {
         resume: p.resume,
         classImagesDir: p.classImagesDir,
         classImagesCacheDir: p.classImagesCacheDir,
+        // The engine trains and samples the previews; the provider runs both (onnx).
+        baseOptions: { engine: p.compute.engine, provider: p.compute.provider },
+        engine: p.compute.engine,
+        provider: p.compute.provider,
       },
       { onEvent: ctx.progress, signal: ctx.signal },
     );
@@ -55,7 +64,7 @@ const handlers: Handlers = {
 
   async generate(p, ctx) {
     const { generateImages } = await import('../engine/pipeline/generate.ts');
-    const sd = await warmPipeline(p.base);
+    const sd = await warmPipeline(p.base, p.compute);
     const files = await generateImages(
       { base: p.base, sd, settings: p.settings, adapters: p.adapters, outDir: p.outDir },
       {
@@ -83,6 +92,7 @@ const handlers: Handlers = {
         dinoModel: p.dinoModel,
         scorer: p.scorer,
         modelsDir: p.modelsDir,
+        inference: { engine: p.compute.engine, provider: p.compute.provider },
       },
       { signal: ctx.signal, onProgress: (done, total, label) => ctx.progress({ done, total, label }) },
     );
@@ -128,7 +138,7 @@ const handlers: Handlers = {
     return {
       node: r.node,
       platform: r.platform,
-      providers: r.providers.map((p) => ({ ...p })),
+      providers: r.providers.map((p) => ({ ...p, training: { ...p.training } })),
       backends: r.backends,
       selected: r.selected,
       memory: { ...r.memory },

@@ -17,6 +17,7 @@
  * (`import type`), so the host never loads engine code.
  */
 import type {
+  ComputeSettings,
   Evaluation,
   GenerateSettingsInput,
   ImageSidecar,
@@ -38,6 +39,8 @@ export interface TrainRequest {
   /** settings.classImagesDir resolved by the service (settings keep the project-relative value). */
   classImagesDir?: string;
   classImagesCacheDir?: string;
+  /** What trains (and samples the previews): the app's settings or the request's own (appSettings.ts). */
+  compute: ComputeSettings;
 }
 
 export interface GenerateRequest {
@@ -45,6 +48,8 @@ export interface GenerateRequest {
   settings: GenerateSettingsInput;
   adapters: Array<{ path: string; strength: number }>;
   outDir: string;
+  /** What generates: the app's settings or the request's own. */
+  compute: ComputeSettings;
 }
 
 export type GenerateProgress =
@@ -65,6 +70,8 @@ export interface EvaluateRequest {
   /** 'toy': score with the toy world's pixel score instead of DINO (the toy model without DINO). */
   scorer?: 'dino' | 'toy';
   modelsDir?: string;
+  /** What generates the evaluation images: the app's settings. */
+  compute: ComputeSettings;
 }
 
 export interface ExportRequest {
@@ -77,8 +84,8 @@ export interface ExportRequest {
 export interface DoctorResult {
   node: string;
   platform: string;
-  /** ONNX Runtime execution providers (inference). */
-  providers: Array<{ name: string; available: boolean; detail: string }>;
+  /** ONNX Runtime execution providers: whether each starts (inference) and can run a training step. */
+  providers: Array<{ name: string; available: boolean; detail: string; training: { ok: boolean; detail: string } }>;
   backends: BackendStatus[];
   selected: { name: string; device?: string } | { error: string };
   memory: Record<string, unknown>;

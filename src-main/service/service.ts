@@ -35,6 +35,7 @@ import { trainingHandlers } from './methods/training.ts';
 import { MAX_PHOTO_BYTES, PathPolicy } from './pathPolicy.ts';
 import { ProjectStore } from './projects.ts';
 import { recoverRuns } from './runs.ts';
+import { settingsHandlers } from './methods/settings.ts';
 import { safeResolve } from './safePath.ts';
 
 export type { ServiceOptions } from './context.ts';
@@ -93,6 +94,7 @@ export class Service {
     const c = this.#ctx;
     this.handlers = {
       ...systemHandlers(c),
+      ...settingsHandlers(c),
       ...projectsHandlers(c),
       ...photosHandlers(c),
       ...trainingHandlers(c),

@@ -32,6 +32,8 @@ export interface BackendAdvice {
 }
 
 interface DoctorLike {
+  /** ONNX Runtime providers (absent from servers that predate them). */
+  providers?: Array<{ name: string; available: boolean; detail: string; training?: { ok: boolean; detail: string } }>;
   backends: Array<{ name: string; available: boolean; software?: boolean }>;
   selected: { name: string; device?: string } | { error: string };
 }
@@ -39,9 +41,54 @@ interface DoctorLike {
 const GPU_FIX =
   'For an NVIDIA GPU install CUDA 11.2 + cuDNN 8 (used by tfjs-node-gpu); otherwise install a current Vulkan, Metal or D3D12 graphics driver for WebGPU, then restart the app.';
 
-/** What `system.doctor` means for training speed; null when a GPU backend is selected. */
-export function backendAdvice(doctor: DoctorLike | null): BackendAdvice | null {
+const PROVIDER_FIX =
+  'Install a current graphics driver with Vulkan (Linux), D3D12 (Windows) or Metal (macOS) for WebGPU, or CUDA 12 for the CUDA provider (Linux x64, Windows); then check again in Models & Settings.';
+
+/**
+ * What `system.doctor` means for training speed with the chosen engine (`compute`, settings.get;
+ * null: a server without settings.*, which trains on ONNX Runtime, auto); null when training runs
+ * on a GPU.
+ */
+export function backendAdvice(
+  doctor: DoctorLike | null,
+  compute: { engine: string; provider: string } | null = null,
+): BackendAdvice | null {
   if (!doctor) return null;
+  const { engine, provider } = compute ?? { engine: 'onnx', provider: 'auto' };
+  if (engine === 'onnx' && doctor.providers) return providerAdvice(doctor.providers, provider);
+  return tfjsAdvice(doctor);
+}
+
+/** The onnx engine: does the chosen provider (or, for auto, any GPU provider) train here? */
+function providerAdvice(providers: NonNullable<DoctorLike['providers']>, provider: string): BackendAdvice | null {
+  if (provider === 'cpu')
+    return {
+      level: 'warning',
+      message: 'Training runs on the CPU provider (chosen in Models & Settings) and will be slow for large models.',
+      fix: 'Choose auto or a GPU provider that trains in Models & Settings.',
+    };
+  if (provider !== 'auto') {
+    const p = providers.find((x) => x.name === provider);
+    if (p?.available && p.training?.ok) return null;
+    return {
+      level: 'error',
+      message: `The ${provider} provider chosen in Models & Settings cannot train here: ${p ? (p.training?.detail ?? p.detail) : 'not reported'}.`,
+      fix: 'Choose auto (a GPU provider that starts, else the CPU) or another provider in Models & Settings.',
+    };
+  }
+  // auto never picks a software WebGPU adapter (SwiftShader, llvmpipe): doctor's detail says "software".
+  const gpu = providers.some((p) => p.name !== 'cpu' && p.available && p.training?.ok && !/software/.test(p.detail));
+  if (gpu) return null;
+  return {
+    level: 'warning',
+    message:
+      "No GPU provider can train here: training runs on ONNX Runtime's CPU provider and will be slow (hours for a few hundred steps of SD 1.5).",
+    fix: PROVIDER_FIX,
+  };
+}
+
+/** The tfjs engine: the TensorFlow.js backend the engine selected. */
+function tfjsAdvice(doctor: DoctorLike): BackendAdvice | null {
   const s = doctor.selected;
   if ('error' in s) return { level: 'error', message: `No compute backend could start: ${s.error}`, fix: GPU_FIX };
   const entry = doctor.backends.find((b) => b.name === s.name);

@@ -1,5 +1,9 @@
-/** App info, `system.doctor` (backends and the GPU), and the evaluation models (DINO, CLIP). */
-import type { ApiClient, Result } from '../../src-main/api/contract.ts';
+/**
+ * App info, `system.doctor` (backends and the GPU), the compute settings (engine and provider:
+ * `settings.get` / `settings.set`), and the evaluation models (DINO, CLIP).
+ */
+import { ApiError, type ApiClient, type Result } from '../../src-main/api/contract.ts';
+import type { ComputeSettings } from '../../src-main/api/schemas.ts';
 import { backendAdvice } from './advice.ts';
 import { isFinished, type JobsService } from './jobs.svelte.ts';
 import type { Notifier } from './notifier.svelte.ts';
@@ -19,12 +23,15 @@ export class SystemService {
   info = $state<AppInfo | null>(null);
   doctor = $state<DoctorReport | null>(null);
   doctorLoading = $state(false);
+  /** The engine and provider that train and generate; null until read (or on a server without settings.*). */
+  compute = $state<ComputeSettings | null>(null);
+  computeSaving = $state(false);
   models = $state<ModelEntry[]>([]);
   /** Download jobs by model name. */
   downloads = $state<
     Partial<Record<DownloadName, { jobId: string; done: number; total: number; status: string; error: string | null }>>
   >({});
-  advice = $derived(backendAdvice(this.doctor));
+  advice = $derived(backendAdvice(this.doctor, this.compute));
 
   constructor(
     private readonly api: ApiClient,
@@ -33,7 +40,29 @@ export class SystemService {
   ) {}
 
   async refresh(): Promise<void> {
-    await Promise.all([this.loadInfo(), this.loadModels(), this.runDoctor()]);
+    await Promise.all([this.loadInfo(), this.loadModels(), this.runDoctor(), this.loadCompute()]);
+  }
+
+  async loadCompute(): Promise<void> {
+    try {
+      this.compute = await this.api['settings.get']({});
+    } catch (err) {
+      // A server older than settings.* has none: the card says so instead of a toast.
+      if (!(err instanceof ApiError && err.code === 'not_found')) this.notify.error('Read settings', err);
+    }
+  }
+
+  /** Saves a change of engine or provider; returns the error to show beside the field, or null. */
+  async saveCompute(patch: Partial<ComputeSettings>): Promise<string | null> {
+    this.computeSaving = true;
+    try {
+      this.compute = await this.api['settings.set'](patch);
+      return null;
+    } catch (err) {
+      return err instanceof Error ? err.message : String(err);
+    } finally {
+      this.computeSaving = false;
+    }
   }
 
   async loadInfo(): Promise<void> {

@@ -194,11 +194,15 @@ export function doctor(selected: string): Result<'system.doctor'> {
     node: 'v20.20.2',
     platform: 'linux-x64',
     providers: [
-      { name: 'cpu', available: true, detail: 'MLAS, all cores' },
+      { name: 'cpu', available: true, detail: 'MLAS, all cores', training: { ok: true, detail: 'trains (float32)' } },
       {
         name: 'cuda',
         available: selected === 'tensorflow',
         detail: selected === 'tensorflow' ? 'started' : 'not in this onnxruntime-node build',
+        training:
+          selected === 'tensorflow'
+            ? { ok: true, detail: 'runs the training ops without CPU fallback' }
+            : { ok: false, detail: 'cannot train: the provider does not start' },
       },
     ],
     backends: [

@@ -154,4 +154,70 @@ describe('Models & Settings screen', () => {
     await waitFor(() => expect(screen.queryByTestId('download-error')).toBeNull());
     expect(within(screen.getAllByTestId('model-row')[0]).getByText('installed')).toBeTruthy();
   });
+
+  test('shows the engine and provider with what doctor found, and saves a change with settings.set', async () => {
+    let saved: Result<'settings.get'> = { engine: 'onnx', provider: 'auto' };
+    const { transport } = await renderSettings({
+      'settings.get': () => saved,
+      'settings.set': (p) => (saved = { ...saved, ...p }),
+    });
+    const engine = (await screen.findByTestId('compute-engine')) as HTMLSelectElement;
+    const provider = screen.getByTestId('compute-provider') as HTMLSelectElement;
+    expect(engine.value).toBe('onnx');
+    expect(provider.value).toBe('auto');
+    // Each provider says what doctor found (fx.doctor('tensorflow'): cpu and cuda start and train).
+    const label = (v: string) => within(provider).getByRole('option', { name: new RegExp(`^${v} — `) }).textContent;
+    expect(label('auto')).toBe('auto — a GPU provider that starts, else the CPU');
+    expect(label('cuda')).toBe('cuda — starts, trains');
+    expect(label('cpu')).toBe('cpu — starts, trains');
+    expect(label('dml')).toBe('dml — not checked yet');
+    const rows = screen
+      .getAllByTestId('provider-row')
+      .map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent));
+    expect(rows.map((r) => r.slice(0, 3))).toEqual([
+      ['cpu', 'yes', 'yes'],
+      ['cuda', 'yes', 'yes'],
+    ]);
+    expect(screen.getByTestId('compute-card').textContent).toMatch(/auto takes the first GPU provider that starts/);
+
+    const save = screen.getByTestId('compute-save') as HTMLButtonElement;
+    expect(save.disabled).toBe(true); // nothing changed yet
+    await fireEvent.change(provider, { target: { value: 'cuda' } });
+    await fireEvent.click(save);
+    await waitFor(() => expect(transport.paramsOf('settings.set')).toEqual([{ engine: 'onnx', provider: 'cuda' }]));
+    await waitFor(() => expect(save.disabled).toBe(true));
+    expect(provider.value).toBe('cuda');
+  });
+
+  test('a provider that does not start says so; TensorFlow.js disables the provider; a refused save shows its error', async () => {
+    const { transport } = await renderSettings({
+      'system.doctor': () => fx.doctor('wasm'),
+      'settings.set': () => {
+        throw new ApiError('invalid_params', 'settings.set: provider: expected one of auto, cpu');
+      },
+    });
+    const provider = (await screen.findByTestId('compute-provider')) as HTMLSelectElement;
+    await waitFor(() =>
+      expect(within(provider).getByRole('option', { name: /^cuda — / }).textContent).toBe('cuda — does not start here'),
+    );
+    const cuda = screen.getAllByTestId('provider-row')[1];
+    expect([...cuda.querySelectorAll('td')].map((td) => td.textContent).slice(0, 3)).toEqual(['cuda', 'no', 'no']);
+    await fireEvent.change(screen.getByTestId('compute-engine'), { target: { value: 'tfjs' } });
+    expect(provider.disabled).toBe(true);
+    await fireEvent.click(screen.getByTestId('compute-save'));
+    expect(
+      await screen.findByText('settings.set: provider: expected one of auto, cpu', { selector: '.error-text' }),
+    ).toBeTruthy();
+    expect(transport.paramsOf('settings.set')).toEqual([{ engine: 'tfjs', provider: 'auto' }]);
+  });
+
+  test('a server without settings.* says the choice is not offered, without an error toast', async () => {
+    const { studio } = await renderSettings({
+      'settings.get': () => {
+        throw new ApiError('not_found', "unknown method 'settings.get'");
+      },
+    });
+    expect(await screen.findByTestId('compute-unavailable')).toBeTruthy();
+    expect(studio.notify.items).toEqual([]);
+  });
 });

@@ -200,12 +200,34 @@ describe('Train screen', () => {
     expect(screen.getByText("Native is tiny-sd's own size; lower needs less memory")).toBeTruthy();
   });
 
-  test('with the wasm or cpu backend it says training will be slow and how to fix it', async () => {
-    const { studio } = await startStudio({ 'system.doctor': () => fx.doctor('wasm') });
+  test('with the tfjs engine on the wasm or cpu backend it says training will be slow and how to fix it', async () => {
+    const { studio } = await startStudio({
+      'system.doctor': () => fx.doctor('wasm'),
+      'settings.get': () => ({ engine: 'tfjs', provider: 'auto' }),
+    });
     render(TrainScreen, { training: studio.training, advice: studio.system.advice });
     const notice = screen.getByTestId('backend-notice');
     expect(notice.textContent).toMatch(/No GPU found.*WebAssembly.*slow/);
     expect(notice.textContent).toMatch(/CUDA 11\.2 \+ cuDNN 8.*Vulkan, Metal or D3D12/);
+  });
+
+  test('with the onnx engine it speaks of providers: no GPU provider that trains, or a chosen one that cannot', async () => {
+    const { studio } = await startStudio({ 'system.doctor': () => fx.doctor('wasm') });
+    render(TrainScreen, {
+      training: studio.training,
+      get advice() {
+        return studio.system.advice;
+      },
+    });
+    const notice = screen.getByTestId('backend-notice');
+    expect(notice.textContent).toMatch(/No GPU provider can train here: training runs on ONNX Runtime's CPU provider/);
+    expect(notice.textContent).toMatch(/Vulkan \(Linux\), D3D12 \(Windows\) or Metal/);
+    await studio.system.saveCompute({ provider: 'cuda' });
+    await waitFor(() =>
+      expect(screen.getByTestId('backend-notice').textContent).toMatch(
+        /The cuda provider chosen in Models & Settings cannot train here: cannot train: the provider does not start/,
+      ),
+    );
   });
 
   test('no notice with a GPU backend', async () => {

@@ -166,6 +166,8 @@ describe('validate before write', () => {
     const templates: Record<Method, Record<string, unknown>> = {
       'system.doctor': {},
       'system.info': {},
+      'settings.get': {},
+      'settings.set': { engine: 'onnx', provider: 'cpu' },
       'projects.list': {},
       'projects.create': { name: 'Cat' },
       'projects.open': { projectId },

@@ -330,6 +330,7 @@ describe('training', () => {
 
   it('training.status and training.runs read run.json', async () => {
     const m = await call('training.status', { projectId, runId });
+    // Trained on ONNX Runtime, the default engine of the settings (settings.get).
     expect(m).toMatchObject({ status: 'completed', step: 3, backend: 'onnx' });
     expect(m.checkpoints.map((c) => c.step)).toEqual([1, 2, 3]);
     expect(m.images.used.length).toBe(4);
@@ -425,6 +426,26 @@ describe('generation', () => {
     expect(list[0].url).toBe(`/files/${projectId}/images/${list[0].file}`);
     expect(existsSync(join(service.store.dir(projectId), 'images', list[0].file))).toBe(true);
   });
+
+  it(
+    'generation runs on the engine and provider of the settings, or of the request',
+    async () => {
+      await call('settings.set', { engine: 'onnx', provider: 'cpu' });
+      expect(await call('settings.get', {})).toEqual({ engine: 'onnx', provider: 'cpu' });
+      const settings = { prompt: 'a photo of zwx dog', width: 64, height: 64, steps: 1, seed: 3 };
+      const images = async (params: Params<'generation.start'>) => {
+        const { jobId } = await call('generation.start', params);
+        expect((await service.jobs.wait(jobId)).status).toBe('done');
+        return rec.of<EventData<'generation.image'>>('generation.image').filter((e) => e.jobId === jobId);
+      };
+      const [onnx] = await images({ projectId, settings });
+      expect(onnx.image).toMatchObject({ engine: 'onnx', provider: 'cpu' });
+      const [tfjs] = await images({ projectId, settings, engine: 'tfjs' });
+      expect(tfjs.image.engine).toBe('tfjs');
+      await call('settings.set', { provider: 'auto' });
+    },
+    LONG,
+  );
 
   it('generation.start validates settings and adapter references', async () => {
     expect((await fail('generation.start', { projectId, settings: { prompt: 'x', width: 100 } })).message).toContain(
@@ -683,4 +704,20 @@ describe('the contract', () => {
     expect(onDisk.jobs.some((j) => j.status === 'running' || j.status === 'queued')).toBe(false);
     await mkdir(join(dir, 'x'), { recursive: true });
   });
+});
+
+describe('engine choice', () => {
+  it(
+    'training.start with engine tfjs trains on TensorFlow.js (the run records its backend, not onnx)',
+    async () => {
+      const settings = { steps: 1, checkpointEvery: 1, sampleEvery: 0 };
+      const tfjs = await call('training.start', { projectId, settings, engine: 'tfjs' });
+      expect((await service.jobs.wait(tfjs.jobId)).status).toBe('done');
+      expect(await call('training.status', { projectId, runId: tfjs.runId })).toMatchObject({
+        status: 'completed',
+        backend: 'wasm', // the engine process's SINGLORA_BACKEND
+      });
+    },
+    LONG,
+  );
 });

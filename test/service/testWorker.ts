@@ -28,7 +28,7 @@ serveEngine<TestRequests>({
     return {
       node: r.node,
       platform: r.platform,
-      providers: r.providers.map((p) => ({ ...p })),
+      providers: r.providers.map((p) => ({ ...p, training: { ...p.training } })),
       backends: r.backends,
       selected: r.selected,
       memory: { ...r.memory },

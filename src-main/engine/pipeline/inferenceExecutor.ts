@@ -9,10 +9,12 @@
  * executor's side: `holdContext` takes the prompt embeddings once per image batch and every
  * `predictNoise` of the run reuses them (a tensor on TensorFlow.js, the same feed on ONNX Runtime).
  */
+import { ENGINES, type EngineChoice } from '../../api/schemas.ts';
 import type { ImportReport } from '../adapters/import.ts';
 
-export const INFERENCE_ENGINES = ['onnx', 'tfjs'] as const;
-export type InferenceEngine = (typeof INFERENCE_ENGINES)[number];
+/** The inference engines: the API's list (api/schemas.ts ENGINES). */
+export const INFERENCE_ENGINES = ENGINES;
+export type InferenceEngine = EngineChoice;
 
 /** A float32 row-major array with its dims. */
 export interface HostArray {

@@ -359,7 +359,7 @@ export class StableDiffusion {
   }
 }
 
-/** `SINGLORA_ENGINE` (onnx | tfjs), else onnx: the default for the server and the desktop app. */
+/** `SINGLORA_ENGINE` (onnx | tfjs), else onnx (the service passes the app settings, service/appSettings.ts, which default to it). */
 function envEngine(): InferenceEngine {
   const v = process.env.SINGLORA_ENGINE?.trim();
   if (!v) return 'onnx';

@@ -30,6 +30,8 @@ import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import {
+  ENGINES,
+  type EngineChoice,
   newRunManifest,
   trainSettingsSchema,
   type RunManifest,
@@ -102,8 +104,9 @@ export interface TrainOptions {
   onnxCacheDir?: string;
 }
 
-export const TRAIN_ENGINES = ['onnx', 'tfjs'] as const;
-export type TrainEngine = (typeof TRAIN_ENGINES)[number];
+/** The training engines: the API's list (api/schemas.ts ENGINES). */
+export const TRAIN_ENGINES = ENGINES;
+export type TrainEngine = EngineChoice;
 
 /**
  * The training engine when none is asked for and inference runs on ONNX Runtime: ONNX Runtime,

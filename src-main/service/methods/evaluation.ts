@@ -22,6 +22,7 @@ import {
   usablePhotos,
   type ServiceContext,
 } from '../context.ts';
+import { computeFor } from '../appSettings.ts';
 import { validState } from '../projects.ts';
 import { readRun } from '../runs.ts';
 import type { NamespaceHandlers } from './handlers.ts';
@@ -50,6 +51,7 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
             ? quickEvalPrompts(project.subject.type, m.settings.triggerToken, m.settings.classWord)
             : undefined);
         const imagesPerPrompt = p.imagesPerPrompt ?? (p.quick ? 1 : undefined);
+        const compute = await computeFor(c.dataDir, {}, c.opts.engineEnv);
         const job = await submit(c, {
           kind: 'evaluate',
           projectId: p.projectId,
@@ -67,6 +69,7 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
                 steps: c.opts.evaluationSteps,
                 ...(scorer.kind === 'dino' ? { dinoModel: scorer.path } : { scorer: 'toy' as const }),
                 modelsDir: c.modelsDir,
+                compute,
               },
               {
                 signal: ctx.signal,

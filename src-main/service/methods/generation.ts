@@ -4,6 +4,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { GeneratedImageInfo } from '../../api/contract.ts';
 import { imageSidecarSchema } from '../../api/schemas.ts';
+import { computeFor } from '../appSettings.ts';
 import { adapterPath, baseFor, imageInfo, projectWriteRoots, submit, type ServiceContext } from '../context.ts';
 import type { NamespaceHandlers } from './handlers.ts';
 
@@ -18,6 +19,7 @@ export function generationHandlers(c: ServiceContext): NamespaceHandlers<'genera
         for (const [i, a] of p.adapters.entries())
           adapters.push({ path: (await adapterPath(c, p.projectId, a, `adapters.${i}`)).path, strength: a.strength });
         const base = baseFor(c, project);
+        const compute = await computeFor(c.dataDir, p, c.opts.engineEnv);
         const outDir = join(c.store.dir(p.projectId), 'images');
         const job = await submit(c, {
           kind: 'generate',
@@ -26,7 +28,7 @@ export function generationHandlers(c: ServiceContext): NamespaceHandlers<'genera
           run: async (ctx) => {
             const r = await c.engine.request(
               'generate',
-              { base, settings: p.settings, adapters, outDir },
+              { base, settings: p.settings, adapters, outDir, compute },
               {
                 signal: ctx.signal,
                 writeRoots: await projectWriteRoots(c, p.projectId),

@@ -11,7 +11,8 @@ import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { ApiError, type Result, type RunStatusInfo } from '../../api/contract.ts';
-import { trainSettingsSchema, type TrainSettings } from '../../api/schemas.ts';
+import { trainSettingsSchema, type ComputeSettings, type TrainSettings } from '../../api/schemas.ts';
+import { computeFor } from '../appSettings.ts';
 import { EngineExitedError } from '../engineHost.ts';
 import { readableError } from '../fsErrors.ts';
 import type { JobContext, JobOutcome } from '../jobs.ts';
@@ -40,6 +41,7 @@ interface TrainingJob {
   photos: string[];
   settings: TrainSettings;
   resume: boolean;
+  compute: ComputeSettings;
 }
 
 export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training'> {
@@ -56,6 +58,7 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
         if (merged.classImagesDir !== undefined)
           await c.paths.classImagesDir(c.store.dir(p.projectId), merged.classImagesDir);
         const base = baseFor(c, project);
+        const compute = await computeFor(c.dataDir, p, c.opts.engineEnv);
         // The settings the user last chose are the project's (the subject owns token and class word);
         // a new resolution re-checks the photos, so they are listed after saving.
         const saved = Object.keys(p.settings).length
@@ -65,7 +68,15 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
         const photos = await usablePhotos(c, p.projectId);
         const runId = newRunId();
         await writeQueuedRun(c.store.runDir(p.projectId, runId), { id: runId, settings, base, photos });
-        const job = await submitTraining(c, { projectId: p.projectId, runId, base, photos, settings, resume: false });
+        const job = await submitTraining(c, {
+          projectId: p.projectId,
+          runId,
+          base,
+          photos,
+          settings,
+          resume: false,
+          compute,
+        });
         return { jobId: job.id, runId };
       }),
 
@@ -108,6 +119,7 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
           photos,
           settings: relativeClassImagesDir(c.store.dir(p.projectId), m.settings),
           resume: true,
+          compute: await computeFor(c.dataDir, {}, c.opts.engineEnv),
         });
         return { jobId: job.id, runId: p.runId };
       }),
@@ -215,6 +227,7 @@ async function runTraining(
         settings: o.settings, // run.json keeps the folder as the project has it (relative), so it can resume
         classImagesDir,
         resume: o.resume,
+        compute: o.compute,
       },
       {
         signal: ctx.signal,
