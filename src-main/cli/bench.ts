@@ -199,7 +199,11 @@ export function register(program: Command): void {
           .choices(['matmul', 'gemm'])
           .default('matmul'),
       )
-      .option('--no-prepacking', "onnx engine: turn off ONNX Runtime's packed weight copies"),
+      .option('--no-prepacking', "onnx engine: turn off ONNX Runtime's packed weight copies")
+      .option(
+        '--disable-optimizers <names>',
+        'onnx engine: more ONNX Runtime graph optimizers to turn off, comma-separated (e.g. NchwcTransformer)',
+      ),
   ).action(
     action(
       async (
@@ -220,6 +224,7 @@ export function register(program: Command): void {
           dtype?: 'float32' | 'float16';
           linearLayout: 'matmul' | 'gemm';
           prepacking: boolean;
+          disableOptimizers?: string;
         },
       ) => {
         requireExists(o.base, '--base');
@@ -241,6 +246,7 @@ export function register(program: Command): void {
             dtype: o.dtype,
             linearLayout: o.linearLayout,
             prepacking: o.prepacking,
+            disableOptimizers: o.disableOptimizers?.split(',').filter(Boolean),
             log,
           });
           printResult(o, r, () =>

@@ -49,6 +49,8 @@ export interface BenchTrainOnnxOptions {
   linearLayout?: 'matmul' | 'gemm';
   /** ONNX Runtime's weight prepacking (default on). */
   prepacking?: boolean;
+  /** More ONNX Runtime graph optimizers to turn off (trainStepGraph.ts `disableOptimizers`). */
+  disableOptimizers?: readonly string[];
   seed?: number;
   log?: (line: string) => void;
 }
@@ -73,6 +75,7 @@ export interface BenchTrainOnnxReport {
     weights: 'linked' | 'in-memory';
     linear_layout: 'matmul' | 'gemm';
     prepacking: boolean;
+    disabled_optimizers: readonly string[];
   };
   unetParameters: number;
   adapterParameters: number;
@@ -173,6 +176,7 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
           gradients: true,
           linearLayout: o.linearLayout,
           prepacking: o.prepacking,
+          disableOptimizers: o.disableOptimizers,
           cacheDir: join(tmp, 'cache'),
         },
       );
@@ -243,6 +247,7 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
         weights: opened.weights,
         linear_layout: o.linearLayout ?? 'matmul',
         prepacking: o.prepacking ?? true,
+        disabled_optimizers: o.disableOptimizers ?? [],
       },
       unetParameters: unet.parameterCount(),
       adapterParameters: adapters.params.reduce((n, p) => n + p.length, 0),

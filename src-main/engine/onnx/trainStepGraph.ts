@@ -188,14 +188,16 @@ export function emitTrainStep(
  */
 export function trainingSessionExtra(
   providers: readonly string[],
-  o: { readonly prepacking?: boolean } = {},
+  o: { readonly prepacking?: boolean; readonly disableOptimizers?: readonly string[] } = {},
 ): Record<string, Record<string, string>> {
   const session: Record<string, string> = {};
   if (providers[0] !== 'cpu') session.disable_cpu_ep_fallback = '1';
   // Prepacking keeps a second, packed copy of constant weights (session.disable_prepacking).
   if (o.prepacking === false) session.disable_prepacking = '1';
   return {
-    optimization: { disable_specified_optimizers: 'CommonSubexpressionElimination' },
+    optimization: {
+      disable_specified_optimizers: ['CommonSubexpressionElimination', ...(o.disableOptimizers ?? [])].join(','),
+    },
     ...(Object.keys(session).length ? { session } : {}),
   };
 }
@@ -204,6 +206,8 @@ export interface OpenTrainStepOptions extends TrainStepGraphOptions {
   readonly providers: readonly ExecutionProvider[];
   /** ONNX Runtime's weight prepacking (default on; off saves its packed copies, see trainingSessionExtra). */
   readonly prepacking?: boolean;
+  /** More graph optimizers to turn off, by ONNX Runtime's names (e.g. `NchwcTransformer`, `ConstantFolding`). */
+  readonly disableOptimizers?: readonly string[];
   readonly cacheDir?: string;
   readonly inMemory?: boolean;
   readonly intraOpNumThreads?: number;
@@ -234,7 +238,7 @@ export async function openTrainStep(files: ComponentFiles, o: OpenTrainStepOptio
       cacheDir: o.cacheDir,
       inMemory: o.inMemory,
       intraOpNumThreads: o.intraOpNumThreads,
-      extra: trainingSessionExtra(o.providers, { prepacking: o.prepacking }),
+      extra: trainingSessionExtra(o.providers, { prepacking: o.prepacking, disableOptimizers: o.disableOptimizers }),
     },
   );
 }
