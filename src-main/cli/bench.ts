@@ -194,15 +194,14 @@ export function register(program: Command): void {
       .addOption(
         new Option(
           '--linear-layout <layout>',
-          'onnx engine: frozen Linear weights read by MatMul (a transposed copy) or Gemm (no copy)',
-        )
-          .choices(['matmul', 'gemm'])
-          .default('matmul'),
+          'onnx engine: frozen Linear weights read by MatMul (a transposed copy) or Gemm (no copy); default gemm on cpu, matmul on GPU providers',
+        ).choices(['matmul', 'gemm']),
       )
-      .option('--no-prepacking', "onnx engine: turn off ONNX Runtime's packed weight copies")
+      .option('--prepacking', "onnx engine: ONNX Runtime's packed weight copies (default on GPU providers)")
+      .option('--no-prepacking', 'onnx engine: no packed weight copies (default on cpu)')
       .option(
         '--disable-optimizers <names>',
-        'onnx engine: more ONNX Runtime graph optimizers to turn off, comma-separated (e.g. NchwcTransformer)',
+        'onnx engine: ONNX Runtime graph optimizers to turn off besides CSE, comma-separated (default on cpu: NchwcTransformer; "" for none)',
       ),
   ).action(
     action(
@@ -222,8 +221,8 @@ export function register(program: Command): void {
           engine: (typeof ENGINE_CHOICES)[number];
           provider?: (typeof PROVIDER_CHOICES)[number];
           dtype?: 'float32' | 'float16';
-          linearLayout: 'matmul' | 'gemm';
-          prepacking: boolean;
+          linearLayout?: 'matmul' | 'gemm';
+          prepacking?: boolean;
           disableOptimizers?: string;
         },
       ) => {
@@ -246,7 +245,8 @@ export function register(program: Command): void {
             dtype: o.dtype,
             linearLayout: o.linearLayout,
             prepacking: o.prepacking,
-            disableOptimizers: o.disableOptimizers?.split(',').filter(Boolean),
+            disableOptimizers:
+              o.disableOptimizers === undefined ? undefined : o.disableOptimizers.split(',').filter(Boolean),
             log,
           });
           printResult(o, r, () =>

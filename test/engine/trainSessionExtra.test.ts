@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { trainingSessionExtra } from '../../src-main/engine/onnx/trainStepGraph.ts';
+import { trainingSessionExtra, trainStepWeightLayout } from '../../src-main/engine/onnx/trainStepGraph.ts';
 
 describe('trainingSessionExtra (the ONNX training session options)', () => {
   it('turns off CSE always, and the CPU fallback only on GPU providers', () => {
@@ -13,5 +13,30 @@ describe('trainingSessionExtra (the ONNX training session options)', () => {
     const extra = trainingSessionExtra(['cpu'], { prepacking: false, disableOptimizers: ['NchwcTransformer'] });
     expect(extra.optimization.disable_specified_optimizers).toBe('CommonSubexpressionElimination,NchwcTransformer');
     expect(extra.session).toEqual({ disable_prepacking: '1' });
+  });
+});
+
+describe('trainStepWeightLayout (how the step holds the frozen weights)', () => {
+  it('holds each weight once on the CPU: Gemm, no prepacking, no NCHWc reordering', () => {
+    expect(trainStepWeightLayout(['cpu'], {})).toEqual({
+      linearLayout: 'gemm',
+      prepacking: false,
+      disableOptimizers: ['NchwcTransformer'],
+    });
+  });
+
+  it('keeps MatMul and the runtime defaults on GPU providers, and what the caller asks for anywhere', () => {
+    expect(trainStepWeightLayout(['webgpu'], {})).toEqual({
+      linearLayout: 'matmul',
+      prepacking: true,
+      disableOptimizers: [],
+    });
+    expect(trainStepWeightLayout(['cpu'], { linearLayout: 'matmul', prepacking: true, disableOptimizers: [] })).toEqual(
+      {
+        linearLayout: 'matmul',
+        prepacking: true,
+        disableOptimizers: [],
+      },
+    );
   });
 });
