@@ -194,12 +194,15 @@ export function register(program: Command): void {
       .addOption(
         new Option(
           '--linear-layout <layout>',
-          'onnx engine: frozen Linear weights read by MatMul (a transposed copy) or Gemm (no copy)',
-        )
-          .choices(['matmul', 'gemm'])
-          .default('matmul'),
+          'onnx engine: frozen Linear weights read by MatMul (a transposed copy) or Gemm (no copy); default gemm on cpu, matmul on GPU providers',
+        ).choices(['matmul', 'gemm']),
       )
-      .option('--no-prepacking', "onnx engine: turn off ONNX Runtime's packed weight copies"),
+      .option('--prepacking', "onnx engine: ONNX Runtime's packed weight copies (default on GPU providers)")
+      .option('--no-prepacking', 'onnx engine: no packed weight copies (default on cpu)')
+      .option(
+        '--disable-optimizers <names>',
+        'onnx engine: ONNX Runtime graph optimizers to turn off besides CSE, comma-separated (default on cpu: NchwcTransformer; "" for none)',
+      ),
   ).action(
     action(
       async (
@@ -218,8 +221,9 @@ export function register(program: Command): void {
           engine: (typeof ENGINE_CHOICES)[number];
           provider?: (typeof PROVIDER_CHOICES)[number];
           dtype?: 'float32' | 'float16';
-          linearLayout: 'matmul' | 'gemm';
-          prepacking: boolean;
+          linearLayout?: 'matmul' | 'gemm';
+          prepacking?: boolean;
+          disableOptimizers?: string;
         },
       ) => {
         requireExists(o.base, '--base');
@@ -241,6 +245,8 @@ export function register(program: Command): void {
             dtype: o.dtype,
             linearLayout: o.linearLayout,
             prepacking: o.prepacking,
+            disableOptimizers:
+              o.disableOptimizers === undefined ? undefined : o.disableOptimizers.split(',').filter(Boolean),
             log,
           });
           printResult(o, r, () =>

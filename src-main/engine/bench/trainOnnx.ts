@@ -25,7 +25,7 @@ import { FlopCounter, type Shaped } from '../models/ops/flopOps.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
-import { openTrainStep } from '../onnx/trainStepGraph.ts';
+import { openTrainStep, trainStepWeightLayout } from '../onnx/trainStepGraph.ts';
 import { defaultCacheDir } from '../paths.ts';
 import { Rng } from '../random.ts';
 import { createScheduler } from '../schedulers/index.ts';
@@ -47,8 +47,10 @@ export interface BenchTrainOnnxOptions {
   dtype?: ComputeType;
   /** How frozen Linears read their weights (trainStepGraph.ts `linearLayout`). */
   linearLayout?: 'matmul' | 'gemm';
-  /** ONNX Runtime's weight prepacking (default on). */
+  /** ONNX Runtime's weight prepacking (default: trainStepGraph.ts `trainStepWeightLayout`). */
   prepacking?: boolean;
+  /** More ONNX Runtime graph optimizers to turn off (trainStepGraph.ts `disableOptimizers`). */
+  disableOptimizers?: readonly string[];
   seed?: number;
   log?: (line: string) => void;
 }
@@ -73,6 +75,7 @@ export interface BenchTrainOnnxReport {
     weights: 'linked' | 'in-memory';
     linear_layout: 'matmul' | 'gemm';
     prepacking: boolean;
+    disabled_optimizers: readonly string[];
   };
   unetParameters: number;
   adapterParameters: number;
@@ -158,6 +161,7 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
     // 3. The step's session, weights read in place.
     const providers = (await providerCandidates(o.provider ?? 'cpu'))[0];
     const dtype = o.dtype ?? defaultComputeType(providers);
+    const layout = trainStepWeightLayout(providers, o);
     const st = await SafetensorsFile.open(file);
     const t0 = performance.now();
     let opened: Awaited<ReturnType<typeof openTrainStep>>;
@@ -171,8 +175,7 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
           providers,
           checkpointing: o.checkpointing ?? false,
           gradients: true,
-          linearLayout: o.linearLayout,
-          prepacking: o.prepacking,
+          ...layout,
           cacheDir: join(tmp, 'cache'),
         },
       );
@@ -241,8 +244,9 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
         warmup,
         threads: availableParallelism(),
         weights: opened.weights,
-        linear_layout: o.linearLayout ?? 'matmul',
-        prepacking: o.prepacking ?? true,
+        linear_layout: layout.linearLayout,
+        prepacking: layout.prepacking,
+        disabled_optimizers: layout.disableOptimizers,
       },
       unetParameters: unet.parameterCount(),
       adapterParameters: adapters.params.reduce((n, p) => n + p.length, 0),

@@ -81,9 +81,9 @@ export interface TrainStepGraphOptions {
   /** Attention heads computed at once, forward and backward (default: GradOps' choice from the sizes). */
   readonly attentionHeadsPerSlice?: number;
   /**
-   * How a frozen Linear reads its [out, in] weight (GradOps): `matmul` (default, MatMul on a
-   * transposed copy that ONNX Runtime folds into a second weight) or `gemm` (Gemm with transB,
-   * no copy; measured slower).
+   * How a frozen Linear reads its [out, in] weight (GradOps): `matmul` (MatMul on a transposed
+   * copy that ONNX Runtime folds into a second weight) or `gemm` (Gemm with transB, no copy).
+   * `openTrainStep` picks one per provider (`trainStepWeightLayout`); `emitTrainStep` defaults to `matmul`.
    */
   readonly linearLayout?: 'matmul' | 'gemm';
 }
@@ -188,14 +188,16 @@ export function emitTrainStep(
  */
 export function trainingSessionExtra(
   providers: readonly string[],
-  o: { readonly prepacking?: boolean } = {},
+  o: { readonly prepacking?: boolean; readonly disableOptimizers?: readonly string[] } = {},
 ): Record<string, Record<string, string>> {
   const session: Record<string, string> = {};
   if (providers[0] !== 'cpu') session.disable_cpu_ep_fallback = '1';
   // Prepacking keeps a second, packed copy of constant weights (session.disable_prepacking).
   if (o.prepacking === false) session.disable_prepacking = '1';
   return {
-    optimization: { disable_specified_optimizers: 'CommonSubexpressionElimination' },
+    optimization: {
+      disable_specified_optimizers: ['CommonSubexpressionElimination', ...(o.disableOptimizers ?? [])].join(','),
+    },
     ...(Object.keys(session).length ? { session } : {}),
   };
 }
@@ -204,16 +206,51 @@ export interface OpenTrainStepOptions extends TrainStepGraphOptions {
   readonly providers: readonly ExecutionProvider[];
   /** ONNX Runtime's weight prepacking (default on; off saves its packed copies, see trainingSessionExtra). */
   readonly prepacking?: boolean;
+  /** More graph optimizers to turn off, by ONNX Runtime's names (e.g. `NchwcTransformer`, `ConstantFolding`). */
+  readonly disableOptimizers?: readonly string[];
   readonly cacheDir?: string;
   readonly inMemory?: boolean;
   readonly intraOpNumThreads?: number;
 }
 
+export interface TrainStepWeightLayout {
+  readonly linearLayout: 'matmul' | 'gemm';
+  readonly prepacking: boolean;
+  readonly disableOptimizers: readonly string[];
+}
+
+/**
+ * How the step holds the frozen weights, where the options leave it open. On the CPU provider,
+ * each weight once: Linears through Gemm (no folded transposed copy), no prepacking (MatMul,
+ * Gemm and ConvTranspose would each keep their own packed copy of the weight the forward and the
+ * backward share) and no NCHWc filter reordering, so every kernel reads the weights in place from
+ * the user's file. The SD 1.5 256 px step with checkpointing peaked at 6,263 MiB this way against
+ * 7,636 MiB with MatMul and prepacking (docs/performance.md); tiny-b's step took 6-9% more CPU
+ * time. GPU providers keep MatMul and their own defaults (none of this was measured there).
+ */
+export function trainStepWeightLayout(
+  providers: readonly ExecutionProvider[],
+  o: {
+    readonly linearLayout?: 'matmul' | 'gemm';
+    readonly prepacking?: boolean;
+    readonly disableOptimizers?: readonly string[];
+  },
+): TrainStepWeightLayout {
+  const cpu = providers[0] === 'cpu';
+  return {
+    linearLayout: o.linearLayout ?? (cpu ? 'gemm' : 'matmul'),
+    prepacking: o.prepacking ?? !cpu,
+    disableOptimizers: o.disableOptimizers ?? (cpu ? ['NchwcTransformer'] : []),
+  };
+}
+
 /**
  * A session over the training step of the UNet in `files` (emitted on a cache miss and cached as
- * the inference graphs are, graphSessions.ts), with the training session options.
+ * the inference graphs are, graphSessions.ts), with the training session options and the weight
+ * layout of `trainStepWeightLayout`.
  */
-export async function openTrainStep(files: ComponentFiles, o: OpenTrainStepOptions): Promise<OpenedGraph> {
+export async function openTrainStep(files: ComponentFiles, options: OpenTrainStepOptions): Promise<OpenedGraph> {
+  const o = { ...options, ...trainStepWeightLayout(options.providers, options) };
   const attention = o.attention ?? 'plain';
   return openGraph(
     {
@@ -221,7 +258,7 @@ export async function openTrainStep(files: ComponentFiles, o: OpenTrainStepOptio
       dtype: o.dtype,
       sidePaths: o.sidePaths,
       attention,
-      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} ${o.linearLayout ?? 'matmul'} grad v${GRAD_VERSION}`,
+      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} ${o.linearLayout} grad v${GRAD_VERSION}`,
       config: files.config,
       files: files.files,
       emit: () => ({
@@ -234,7 +271,7 @@ export async function openTrainStep(files: ComponentFiles, o: OpenTrainStepOptio
       cacheDir: o.cacheDir,
       inMemory: o.inMemory,
       intraOpNumThreads: o.intraOpNumThreads,
-      extra: trainingSessionExtra(o.providers, { prepacking: o.prepacking }),
+      extra: trainingSessionExtra(o.providers, { prepacking: o.prepacking, disableOptimizers: o.disableOptimizers }),
     },
   );
 }
