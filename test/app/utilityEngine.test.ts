@@ -26,7 +26,7 @@ const APP = 'app://studio/index.html';
 const doctorResult = (pid: number) => ({
   node: `fake-${pid}`,
   platform: 'test',
-  providers: [{ name: 'cpu', available: true, detail: 'MLAS' }],
+  providers: [{ name: 'cpu', available: true, detail: 'MLAS', training: { ok: true, detail: 'trains' } }],
   backends: [{ name: 'cpu', available: true }],
   selected: { name: 'cpu' },
   memory: {},
