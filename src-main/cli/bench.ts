@@ -21,6 +21,16 @@ import {
 /** The training engine `bench train` measures unless told: train's default (trainer.ts DEFAULT_TRAIN_ENGINE). */
 const DEFAULT_TRAIN_ENGINE = 'onnx';
 
+/** The adapters and UNet line both engines' training benchmarks print. */
+function adaptersLine(r: {
+  config: { method: string; rank: number };
+  adapterLayers: number;
+  adapterParameters: number;
+  unetParameters: number;
+}): string {
+  return `  ${r.config.method} rank ${r.config.rank} on ${r.adapterLayers} layers (${r.adapterParameters.toLocaleString('en-US')} params), UNet ${r.unetParameters.toLocaleString('en-US')} params`;
+}
+
 /** `32,64` or `16x12,32`: latent sizes [h, w]. */
 function latentSizes(v: string): Array<[number, number]> {
   return v.split(',').map((s): [number, number] => {
@@ -223,37 +233,8 @@ export function register(program: Command): void {
         },
       ) => {
         requireExists(o.base, '--base');
-        const log = o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`);
-        if (o.engine === 'onnx') {
-          if (o.profile || o.attention !== 'memory-efficient')
-            throw new UsageError('--profile and --attention measure the tfjs engine; add --engine tfjs');
-          const { benchTrainOnnx } = await import('../engine/bench/trainOnnx.ts');
-          const r = await benchTrainOnnx({
-            base: o.base,
-            resolution: o.resolution,
-            steps: o.steps,
-            warmup: o.warmup,
-            rank: o.rank,
-            method: o.method,
-            batch: o.batch,
-            checkpointing: o.checkpointing || o.gradientCheckpointing,
-            provider: o.provider ?? 'cpu',
-            dtype: o.dtype,
-            linearLayout: o.linearLayout,
-            prepacking: o.prepacking,
-            log,
-          });
-          printResult(o, r, () =>
-            [
-              `onnx on ${r.provider} (${r.dtype}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} ms/step (median of ${r.ms_steps.length}; CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}), ${r.gflop_per_step.toFixed(2)} GFLOP per step, ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
-              `  ${r.config.method} rank ${r.config.rank} on ${r.adapterLayers} layers (${r.adapterParameters.toLocaleString('en-US')} params), UNet ${r.unetParameters.toLocaleString('en-US')} params`,
-              `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}; graph ${r.graph_nodes} nodes, load ${r.load_s.toFixed(1)} s, peak RSS ${r.peak_rss_mb} MiB`,
-            ].join('\n'),
-          );
-          return;
-        }
-        const { benchTrain } = await import('../engine/bench/train.ts');
-        const r = await benchTrain({
+        // What both engines' benchmarks take.
+        const run = {
           base: o.base,
           resolution: o.resolution,
           steps: o.steps,
@@ -262,15 +243,39 @@ export function register(program: Command): void {
           method: o.method,
           batch: o.batch,
           checkpointing: o.checkpointing || o.gradientCheckpointing,
+          log: o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`),
+        };
+        if (o.engine === 'onnx') {
+          if (o.profile || o.attention !== 'memory-efficient')
+            throw new UsageError('--profile and --attention measure the tfjs engine; add --engine tfjs');
+          const { benchTrainOnnx } = await import('../engine/bench/trainOnnx.ts');
+          const r = await benchTrainOnnx({
+            ...run,
+            provider: o.provider ?? 'cpu',
+            dtype: o.dtype,
+            linearLayout: o.linearLayout,
+            prepacking: o.prepacking,
+          });
+          printResult(o, r, () =>
+            [
+              `onnx on ${r.provider} (${r.dtype}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} ms/step (median of ${r.ms_steps.length}; CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}), ${r.gflop_per_step.toFixed(2)} GFLOP per step, ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
+              adaptersLine(r),
+              `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}; graph ${r.graph_nodes} nodes, load ${r.load_s.toFixed(1)} s, peak RSS ${r.peak_rss_mb} MiB`,
+            ].join('\n'),
+          );
+          return;
+        }
+        const { benchTrain } = await import('../engine/bench/train.ts');
+        const r = await benchTrain({
+          ...run,
           attention: o.attention,
           profile: o.profile,
           backend: o.backend ?? 'auto',
-          log,
         });
         printResult(o, r, () =>
           [
             `${r.backend}: ${r.status}${r.error ? ` (${r.error})` : ''}`,
-            `  ${r.config.method} rank ${r.config.rank} on ${r.adapterLayers} layers (${r.adapterParameters.toLocaleString('en-US')} params), UNet ${r.unetParameters.toLocaleString('en-US')} params`,
+            adaptersLine(r),
             `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}, ${r.config.attention} attention`,
             `  ms/step (median of ${r.ms_steps.length}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} (CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}); ${r.gflop_per_step?.toFixed(2) ?? 'n/a'} GFLOP per step (forward + backward), ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
             `  peak RSS ${r.peak_rss_mb} MiB${r.wasm_heap_mb ? `, wasm heap ${r.wasm_heap_mb} MiB` : ''}`,
