@@ -7,50 +7,26 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Method, Params, Result } from '../../src-main/api/contract.ts';
+import { describe, expect, it } from 'vitest';
 import { metadataToStrings, type AdapterMetadata } from '../../src-main/engine/adapters/adapterFile.ts';
 import { exportAdapter } from '../../src-main/engine/adapters/exportAdapter.ts';
 import { train } from '../../src-main/engine/train/trainer.ts';
 import { atomicWriteFile } from '../../src-main/engine/io/atomic.ts';
 import { writeSafetensors } from '../../src-main/engine/io/safetensors.ts';
 import type { ExportRequest } from '../../src-main/service/protocol.ts';
-import { Service } from '../../src-main/service/service.ts';
-import { fakeEngine, type FakeHandlers } from './fakeEngine.ts';
+import type { FakeHandlers } from './fakeEngine.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { fast } from '../helpers/training.ts';
-import { finished, shapePng, tempDir, TINY_MODEL } from './helpers.ts';
+import { fakeServices, finished, shapePng } from './helpers.ts';
 
-let root: string;
-let cleanup: () => Promise<void>;
-const services: Service[] = [];
-let n = 0;
+const openService = fakeServices('singlora-races-');
 
-beforeAll(async () => {
-  ({ dir: root, cleanup } = await tempDir('singlora-races-'));
-});
-afterAll(async () => {
-  for (const s of services) await s.close();
-  await cleanup?.();
-});
-
+/** A service on `handlers`, with an empty folder `outside` its data folders. */
 async function open(handlers: FakeHandlers) {
-  const fake = fakeEngine(handlers);
-  const dir = join(root, `s${n++}`);
-  const service = await Service.open({
-    dataDir: join(dir, 'data'),
-    modelsDir: join(dir, 'models'),
-    defaultBaseModel: TINY_MODEL,
-    log: () => {},
-    spawnEngine: fake.spawn,
-  });
-  services.push(service);
-  const call = <M extends Method>(m: M, p: Params<M>) => service.call(m, p) as Promise<Result<M>>;
-  return {
-    service,
-    call,
-    outside: await mkdir(join(dir, 'outside'), { recursive: true }).then(() => join(dir, 'outside')),
-  };
+  const opened = await openService(handlers);
+  const outside = join(opened.dir, 'outside');
+  await mkdir(outside, { recursive: true });
+  return { service: opened.service, call: opened.call, outside };
 }
 
 /** A native SingLoRA adapter with one 8x8 target, written without TensorFlow.js. */
