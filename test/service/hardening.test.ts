@@ -15,6 +15,7 @@ import { toApiError } from '../../src-main/service/errors.ts';
 import { readableError } from '../../src-main/service/fsErrors.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { fast } from '../helpers/training.ts';
+import { trainInput } from './fakeEngine.ts';
 import { apiError, fakeServices, finished, shapePng } from './helpers.ts';
 
 const open = fakeServices('singlora-hardening-');
@@ -42,23 +43,13 @@ describe('issue 27 item 3: a run with a class-image folder resumes; the folder c
         if (!trainer) return { status: 'completed', step: 0, error: null, fixedLoss: null };
         const pause = new AbortController();
         signal.addEventListener('abort', () => pause.abort(signal.reason));
-        const r = await train(
-          {
-            base: p.base,
-            photos: p.photos,
-            runDir: p.runDir,
-            settings: p.settings,
-            resume: p.resume,
-            classImagesDir: p.classImagesDir,
+        const r = await train(trainInput(p), {
+          signal: pause.signal,
+          onEvent: (e) => {
+            progress(e);
+            if (pauseAtCheckpoint && e.event === 'checkpoint') pause.abort('pause');
           },
-          {
-            signal: pause.signal,
-            onEvent: (e) => {
-              progress(e);
-              if (pauseAtCheckpoint && e.event === 'checkpoint') pause.abort('pause');
-            },
-          },
-        );
+        });
         return { status: r.manifest.status, step: r.manifest.step, error: r.manifest.error, fixedLoss: r.fixedLoss };
       },
     });

@@ -14,7 +14,7 @@ import { train } from '../../src-main/engine/train/trainer.ts';
 import { atomicWriteFile } from '../../src-main/engine/io/atomic.ts';
 import { writeSafetensors } from '../../src-main/engine/io/safetensors.ts';
 import type { ExportRequest } from '../../src-main/service/protocol.ts';
-import type { FakeHandlers } from './fakeEngine.ts';
+import { type FakeHandlers, trainInput } from './fakeEngine.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { fast } from '../helpers/training.ts';
 import { fakeServices, finished, shapePng } from './helpers.ts';
@@ -147,17 +147,7 @@ describe('issue 27 item 2: class images are never written through a folder swapp
         expect(dir).toBe(join(p.runDir, '../../class-images'));
         await rename(dir, `${dir}-moved`);
         await symlink(outside, dir);
-        const r = await train(
-          {
-            base: p.base,
-            photos: p.photos,
-            runDir: p.runDir,
-            settings: p.settings,
-            resume: p.resume,
-            classImagesDir: p.classImagesDir,
-          },
-          { onEvent: progress, signal },
-        ).catch((err: Error) => ({ failed: err }));
+        const r = await train(trainInput(p), { onEvent: progress, signal }).catch((err: Error) => ({ failed: err }));
         if ('failed' in r) throw r.failed;
         return { status: r.manifest.status, step: r.manifest.step, error: r.manifest.error, fixedLoss: r.fixedLoss };
       },
