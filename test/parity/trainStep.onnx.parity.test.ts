@@ -36,17 +36,16 @@ import {
 } from '../../src-main/engine/train/onnxStep.ts';
 import { Cases, parityFolders, skipNote } from '../helpers/fixtures.ts';
 import {
-  checkStep,
-  checkUpdate,
   LOSS_REL,
   PARAM_ABS,
   PARAMS,
   readMeta,
   readNhwc,
-  skipIfMissing,
   type StepMeta,
-  updateCase,
+  adamWOptions,
+  stepOptions,
 } from '../helpers/trainStepCases.ts';
+import { checkStep, checkUpdate, skipIfMissing, updateCase } from '../helpers/trainStepChecks.ts';
 
 /** With and without gradient checkpointing (SingLoRA). */
 const CHECKPOINTING_CASES = [false, true];
@@ -167,21 +166,12 @@ for (const folder of parityFolders()) {
           });
           sessions.push(opened);
           const adapters = await initialAdapters(cases, meta, method, linears);
-          const [beta1, beta2] = meta.adamw.betas;
-          const optimizer = new AdamWArrays(adapters.params, {
-            beta1,
-            beta2,
-            eps: meta.adamw.eps,
-            weightDecay: meta.adamw.weight_decay,
-          });
-          const result = await onnxTrainStep({ session: opened.session, scheduler, adapters, optimizer }, [batch], {
-            step: meta.step,
-            lr: meta.adamw.lr,
-            maxGradNorm: meta.clip_grad_norm,
-            minSnrGamma: null,
-            priorLossWeight: 1,
-            returnGrads: true,
-          });
+          const optimizer = new AdamWArrays(adapters.params, adamWOptions(meta));
+          const result = await onnxTrainStep(
+            { session: opened.session, scheduler, adapters, optimizer },
+            [batch],
+            stepOptions(meta),
+          );
           expect(result.applied).toBe(true);
           await checkStep(
             cases,
@@ -197,13 +187,7 @@ for (const folder of parityFolders()) {
         skipIfMissing(ctx, cases, folder, meta, method);
         const update = await updateCase(cases, meta, method);
         const params = update.init.map((t) => t.data);
-        const [beta1, beta2] = meta.adamw.betas;
-        const optimizer = new AdamWArrays(params, {
-          beta1,
-          beta2,
-          eps: meta.adamw.eps,
-          weightDecay: meta.adamw.weight_decay,
-        });
+        const optimizer = new AdamWArrays(params, adamWOptions(meta));
         const norm = applyGradientArrays(
           optimizer,
           update.grads.map((t) => t.data),

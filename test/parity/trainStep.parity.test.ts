@@ -33,15 +33,8 @@ import { AdamW } from '../../src-main/engine/train/adamw.ts';
 import { applyGradients, trainStep } from '../../src-main/engine/train/step.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { Cases, parityFolders, skipNote } from '../helpers/fixtures.ts';
-import {
-  checkStep,
-  checkUpdate,
-  PARAM_ABS,
-  PARAMS,
-  readMeta,
-  skipIfMissing,
-  updateCase,
-} from '../helpers/trainStepCases.ts';
+import { PARAM_ABS, PARAMS, readMeta, adamWOptions, stepOptions } from '../helpers/trainStepCases.ts';
+import { checkStep, checkUpdate, skipIfMissing, updateCase } from '../helpers/trainStepChecks.ts';
 
 useBackend('wasm');
 
@@ -108,13 +101,7 @@ for (const folder of parityFolders()) {
           { method, rank: meta.rank, alpha: meta.alpha, rampSteps: meta.ramp_T, targets: meta.layers, initStd: 0 },
           { values },
         );
-        const [beta1, beta2] = meta.adamw.betas;
-        const optimizer = new AdamW(adapters.variables(), {
-          beta1,
-          beta2,
-          eps: meta.adamw.eps,
-          weightDecay: meta.adamw.weight_decay,
-        });
+        const optimizer = new AdamW(adapters.variables(), adamWOptions(meta));
         try {
           expect(adapters.size, 'adapted layers').toBe(meta.layers.length);
           const named = new Map(adapters.namedTensors());
@@ -123,14 +110,7 @@ for (const folder of parityFolders()) {
           const result = await trainStep(
             { unet, scheduler, adapters, optimizer },
             [{ latents, noise, timesteps, context }],
-            {
-              step: meta.step,
-              lr: meta.adamw.lr,
-              maxGradNorm: meta.clip_grad_norm,
-              minSnrGamma: null,
-              priorLossWeight: 1,
-              returnGrads: true,
-            },
+            stepOptions(meta),
           );
           expect(tf.memory().numTensors, 'tensors left behind by trainStep').toBe(before);
           expect(result.applied).toBe(true);
@@ -164,13 +144,7 @@ for (const folder of parityFolders()) {
         const update = await updateCase(cases, meta, method);
         const params: Variable[] = update.init.map((t) => tf.variable(tf.tensor(t.data, t.shape, 'float32'), true));
         const grads: Tensor[] = update.grads.map((t) => tf.tensor(t.data, t.shape, 'float32'));
-        const [beta1, beta2] = meta.adamw.betas;
-        const optimizer = new AdamW(params, {
-          beta1,
-          beta2,
-          eps: meta.adamw.eps,
-          weightDecay: meta.adamw.weight_decay,
-        });
+        const optimizer = new AdamW(params, adamWOptions(meta));
         try {
           const before = tf.memory().numTensors;
           const norm = await applyGradients(optimizer, grads, { lr: meta.adamw.lr, maxGradNorm: meta.clip_grad_norm });
