@@ -125,18 +125,24 @@ for (const folder of parityFolders()) {
       if (errors.length) console.log(`[parity onnx cpu] ${label} training step:\n  ${errors.join('\n  ')}`);
     });
 
+    /** The float32 step graph for the case's batch and layers on the CPU provider, released after the file. */
+    const openStep = async (o: { gradients: boolean; checkpointing?: boolean }) => {
+      const opened = await openTrainStep(base.unet, {
+        dtype: 'float32',
+        shape: stepShapeOf(batch),
+        sidePaths: meta.layers,
+        providers: ['cpu'],
+        cacheDir,
+        ...o,
+      });
+      sessions.push(opened);
+      return opened;
+    };
+
     for (const method of ['singlora', 'lora'] as const) {
       it(`${label}: onnx ${method} training step's loss (the forward graph) matches PyTorch`, async (ctx) => {
         skipIfMissing(ctx, cases, folder, meta, method);
-        const opened = await openTrainStep(base.unet, {
-          dtype: 'float32',
-          shape: stepShapeOf(batch),
-          sidePaths: meta.layers,
-          providers: ['cpu'],
-          cacheDir,
-          gradients: false,
-        });
-        sessions.push(opened);
+        const opened = await openStep({ gradients: false });
         const adapters = await initialAdapters(cases, meta, method, linears);
         const loss = await onnxLoss({ session: opened.session, scheduler, adapters }, batch, {
           step: meta.step,
@@ -155,16 +161,7 @@ for (const folder of parityFolders()) {
       for (const checkpointing of method === 'singlora' ? CHECKPOINTING_CASES : [false])
         it(`${label}: one onnx ${method} training step${checkpointing ? ' with gradient checkpointing' : ''} (loss, gradients, grad norm, clipping + AdamW) matches PyTorch`, async (ctx) => {
           skipIfMissing(ctx, cases, folder, meta, method);
-          const opened = await openTrainStep(base.unet, {
-            dtype: 'float32',
-            shape: stepShapeOf(batch),
-            sidePaths: meta.layers,
-            providers: ['cpu'],
-            cacheDir,
-            gradients: true,
-            checkpointing,
-          });
-          sessions.push(opened);
+          const opened = await openStep({ gradients: true, checkpointing });
           const adapters = await initialAdapters(cases, meta, method, linears);
           const optimizer = new AdamWArrays(adapters.params, adamWOptions(meta));
           const result = await onnxTrainStep(
