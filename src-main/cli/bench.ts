@@ -21,6 +21,14 @@ import {
 /** The training engine `bench train` measures unless told: train's default (trainer.ts DEFAULT_TRAIN_ENGINE). */
 const DEFAULT_TRAIN_ENGINE = 'onnx';
 
+/** --dtype, as the onnx benchmarks take it. */
+function dtypeOption(): Option {
+  return new Option(
+    '--dtype <type>',
+    'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)',
+  ).choices(['float32', 'float16']);
+}
+
 /** The adapters and UNet line both engines' training benchmarks print. */
 function adaptersLine(r: {
   config: { method: string; rank: number };
@@ -60,12 +68,7 @@ export function register(program: Command): void {
         .option('--batch <n>', 'batch size (2 = with classifier-free guidance)', parse.int(1, 64), 1)
         .option('--iters <n>', 'timed forwards per size', parse.int(1), 3)
         .option('--warmup <n>', 'warm-up forwards', parse.int(0), 1)
-        .addOption(
-          new Option(
-            '--dtype <type>',
-            'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)',
-          ).choices(['float32', 'float16']),
-        )
+        .addOption(dtypeOption())
         .addOption(
           new Option('--file-dtype <type>', 'onnx engine: dtype of the random weights file')
             .choices(['F32', 'F16'])
@@ -195,12 +198,7 @@ export function register(program: Command): void {
       .addOption(
         new Option('--provider <name>', 'onnx engine: ONNX Runtime execution provider').choices([...PROVIDER_CHOICES]),
       )
-      .addOption(
-        new Option(
-          '--dtype <type>',
-          'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)',
-        ).choices(['float32', 'float16']),
-      )
+      .addOption(dtypeOption())
       .addOption(
         new Option(
           '--linear-layout <layout>',
