@@ -14,6 +14,7 @@ import { train } from '../../src-main/engine/train/trainer.ts';
 import { atomicWriteFile } from '../../src-main/engine/io/atomic.ts';
 import { writeSafetensors } from '../../src-main/engine/io/safetensors.ts';
 import type { ExportRequest } from '../../src-main/service/protocol.ts';
+import type { Service } from '../../src-main/service/service.ts';
 import { type FakeHandlers, trainInput } from './fakeEngine.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { fast } from '../helpers/training.ts';
@@ -54,6 +55,17 @@ async function tinyAdapter(path: string): Promise<void> {
   await writeSafetensors(path, { [`unet.${target}.singlora_A`]: { shape: [8, 2], data } }, metadataToStrings(meta));
 }
 
+/** A project named 'Race' holding tinyAdapter as adapters/mine.safetensors: its id and folder. */
+async function projectWithAdapter(
+  service: Service,
+  call: Awaited<ReturnType<typeof open>>['call'],
+): Promise<{ id: string; dir: string }> {
+  const { id } = await call('projects.create', { name: 'Race' });
+  const dir = service.store.dir(id);
+  await tinyAdapter(join(dir, 'adapters', 'mine.safetensors'));
+  return { id, dir };
+}
+
 /** The real export, after `hook` ran: the interleaving the probe hit 15 times in 40. */
 function exportAfter(hook: (p: ExportRequest) => Promise<void>): FakeHandlers {
   return {
@@ -75,8 +87,7 @@ describe('issue 27 item 1: an export never writes through a link swapped in afte
     );
     victim = join(outside, 'victim.txt');
     await writeFile(victim, 'precious');
-    const { id } = await call('projects.create', { name: 'Race' });
-    await tinyAdapter(join(service.store.dir(id), 'adapters', 'mine.safetensors'));
+    const { id } = await projectWithAdapter(service, call);
     const { jobId } = await call('adapters.export', {
       projectId: id,
       adapter: { file: 'adapters/mine.safetensors' },
@@ -101,9 +112,7 @@ describe('issue 27 item 1: an export never writes through a link swapped in afte
         }),
       );
       outside = rest.outside;
-      const { id } = await call('projects.create', { name: 'Race' });
-      const dir = service.store.dir(id);
-      await tinyAdapter(join(dir, 'adapters', 'mine.safetensors'));
+      const { id, dir } = await projectWithAdapter(service, call);
       await mkdir(join(dir, 'adapters', 'sub'));
       const { jobId } = await call('adapters.export', {
         projectId: id,
@@ -121,8 +130,7 @@ describe('issue 27 item 1: an export never writes through a link swapped in afte
 
   it('without a swap the same export is written (the hook alone changes nothing)', async () => {
     const { service, call } = await open(exportAfter(async () => {}));
-    const { id } = await call('projects.create', { name: 'Race' });
-    await tinyAdapter(join(service.store.dir(id), 'adapters', 'mine.safetensors'));
+    const { id } = await projectWithAdapter(service, call);
     const { jobId } = await call('adapters.export', {
       projectId: id,
       adapter: { file: 'adapters/mine.safetensors' },
@@ -184,9 +192,7 @@ describe('issue 27 item 4: generation.start and projects.delete take the same lo
         return { files: [file] };
       },
     });
-    const { id } = await call('projects.create', { name: 'Race' });
-    const dir = service.store.dir(id);
-    await tinyAdapter(join(dir, 'adapters', 'mine.safetensors'));
+    const { id, dir } = await projectWithAdapter(service, call);
     const settings = { prompt: 'a dog', steps: 2, width: 64, height: 64 };
     const starts = Array.from({ length: 10 }, () =>
       call('generation.start', {
