@@ -21,6 +21,24 @@ import {
 /** The training engine `bench train` measures unless told: train's default (trainer.ts DEFAULT_TRAIN_ENGINE). */
 const DEFAULT_TRAIN_ENGINE = 'onnx';
 
+/** --dtype, as the onnx benchmarks take it. */
+function dtypeOption(): Option {
+  return new Option(
+    '--dtype <type>',
+    'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)',
+  ).choices(['float32', 'float16']);
+}
+
+/** The adapters and UNet line both engines' training benchmarks print. */
+function adaptersLine(r: {
+  config: { method: string; rank: number };
+  adapterLayers: number;
+  adapterParameters: number;
+  unetParameters: number;
+}): string {
+  return `  ${r.config.method} rank ${r.config.rank} on ${r.adapterLayers} layers (${r.adapterParameters.toLocaleString('en-US')} params), UNet ${r.unetParameters.toLocaleString('en-US')} params`;
+}
+
 /** `32,64` or `16x12,32`: latent sizes [h, w]. */
 function latentSizes(v: string): Array<[number, number]> {
   return v.split(',').map((s): [number, number] => {
@@ -50,12 +68,7 @@ export function register(program: Command): void {
         .option('--batch <n>', 'batch size (2 = with classifier-free guidance)', parse.int(1, 64), 1)
         .option('--iters <n>', 'timed forwards per size', parse.int(1), 3)
         .option('--warmup <n>', 'warm-up forwards', parse.int(0), 1)
-        .addOption(
-          new Option(
-            '--dtype <type>',
-            'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)',
-          ).choices(['float32', 'float16']),
-        )
+        .addOption(dtypeOption())
         .addOption(
           new Option('--file-dtype <type>', 'onnx engine: dtype of the random weights file')
             .choices(['F32', 'F16'])
@@ -185,12 +198,7 @@ export function register(program: Command): void {
       .addOption(
         new Option('--provider <name>', 'onnx engine: ONNX Runtime execution provider').choices([...PROVIDER_CHOICES]),
       )
-      .addOption(
-        new Option(
-          '--dtype <type>',
-          'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)',
-        ).choices(['float32', 'float16']),
-      )
+      .addOption(dtypeOption())
       .addOption(
         new Option(
           '--linear-layout <layout>',
@@ -227,39 +235,8 @@ export function register(program: Command): void {
         },
       ) => {
         requireExists(o.base, '--base');
-        const log = o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`);
-        if (o.engine === 'onnx') {
-          if (o.profile || o.attention !== 'memory-efficient')
-            throw new UsageError('--profile and --attention measure the tfjs engine; add --engine tfjs');
-          const { benchTrainOnnx } = await import('../engine/bench/trainOnnx.ts');
-          const r = await benchTrainOnnx({
-            base: o.base,
-            resolution: o.resolution,
-            steps: o.steps,
-            warmup: o.warmup,
-            rank: o.rank,
-            method: o.method,
-            batch: o.batch,
-            checkpointing: o.checkpointing || o.gradientCheckpointing,
-            provider: o.provider ?? 'cpu',
-            dtype: o.dtype,
-            linearLayout: o.linearLayout,
-            prepacking: o.prepacking,
-            disableOptimizers:
-              o.disableOptimizers === undefined ? undefined : o.disableOptimizers.split(',').filter(Boolean),
-            log,
-          });
-          printResult(o, r, () =>
-            [
-              `onnx on ${r.provider} (${r.dtype}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} ms/step (median of ${r.ms_steps.length}; CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}), ${r.gflop_per_step.toFixed(2)} GFLOP per step, ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
-              `  ${r.config.method} rank ${r.config.rank} on ${r.adapterLayers} layers (${r.adapterParameters.toLocaleString('en-US')} params), UNet ${r.unetParameters.toLocaleString('en-US')} params`,
-              `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}; graph ${r.graph_nodes} nodes, load ${r.load_s.toFixed(1)} s, peak RSS ${r.peak_rss_mb} MiB`,
-            ].join('\n'),
-          );
-          return;
-        }
-        const { benchTrain } = await import('../engine/bench/train.ts');
-        const r = await benchTrain({
+        // What both engines' benchmarks take.
+        const run = {
           base: o.base,
           resolution: o.resolution,
           steps: o.steps,
@@ -268,15 +245,41 @@ export function register(program: Command): void {
           method: o.method,
           batch: o.batch,
           checkpointing: o.checkpointing || o.gradientCheckpointing,
+          log: o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`),
+        };
+        if (o.engine === 'onnx') {
+          if (o.profile || o.attention !== 'memory-efficient')
+            throw new UsageError('--profile and --attention measure the tfjs engine; add --engine tfjs');
+          const { benchTrainOnnx } = await import('../engine/bench/trainOnnx.ts');
+          const r = await benchTrainOnnx({
+            ...run,
+            provider: o.provider ?? 'cpu',
+            dtype: o.dtype,
+            linearLayout: o.linearLayout,
+            prepacking: o.prepacking,
+            disableOptimizers:
+              o.disableOptimizers === undefined ? undefined : o.disableOptimizers.split(',').filter(Boolean),
+          });
+          printResult(o, r, () =>
+            [
+              `onnx on ${r.provider} (${r.dtype}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} ms/step (median of ${r.ms_steps.length}; CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}), ${r.gflop_per_step.toFixed(2)} GFLOP per step, ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
+              adaptersLine(r),
+              `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}; graph ${r.graph_nodes} nodes, load ${r.load_s.toFixed(1)} s, peak RSS ${r.peak_rss_mb} MiB`,
+            ].join('\n'),
+          );
+          return;
+        }
+        const { benchTrain } = await import('../engine/bench/train.ts');
+        const r = await benchTrain({
+          ...run,
           attention: o.attention,
           profile: o.profile,
           backend: o.backend ?? 'auto',
-          log,
         });
         printResult(o, r, () =>
           [
             `${r.backend}: ${r.status}${r.error ? ` (${r.error})` : ''}`,
-            `  ${r.config.method} rank ${r.config.rank} on ${r.adapterLayers} layers (${r.adapterParameters.toLocaleString('en-US')} params), UNet ${r.unetParameters.toLocaleString('en-US')} params`,
+            adaptersLine(r),
             `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}, ${r.config.attention} attention`,
             `  ms/step (median of ${r.ms_steps.length}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} (CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}); ${r.gflop_per_step?.toFixed(2) ?? 'n/a'} GFLOP per step (forward + backward), ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
             `  peak RSS ${r.peak_rss_mb} MiB${r.wasm_heap_mb ? `, wasm heap ${r.wasm_heap_mb} MiB` : ''}`,

@@ -6,7 +6,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeSubjectPhotos, makeTinyModel } from '../../scripts/make-tiny-model.ts';
-import { BIN, REPO, STACK } from './run.ts';
+import { BIN, REPO, runCliClosingStdout, STACK } from './run.ts';
 import { tempDir } from '../helpers/tempDir.ts';
 
 const tmp = tempDir('singlora-cancel');
@@ -16,6 +16,11 @@ beforeAll(async () => {
   tiny = await makeTinyModel();
   await makeSubjectPhotos(join(tmp, 'photos'));
 });
+
+/** `train` on the tiny model and the photos, 500 steps, into `out`. */
+function trainArgs(out: string): string[] {
+  return ['train', '--base', tiny, '--images', join(tmp, 'photos'), '--out', out, '--steps', '500'];
+}
 
 /**
  * Runs the CLI with --json, sends SIGINT once a stdout line matches `when`, and resolves with the
@@ -57,21 +62,7 @@ describe('a cancelled command exits with 130', () => {
   }, async () => {
     const out = join(tmp, 'run');
     const r = await interrupt(
-      [
-        'train',
-        '--base',
-        tiny,
-        '--images',
-        join(tmp, 'photos'),
-        '--out',
-        out,
-        '--steps',
-        '500',
-        '--checkpoint-every',
-        '1000',
-        '--sample-every',
-        '0',
-      ],
+      [...trainArgs(out), '--checkpoint-every', '1000', '--sample-every', '0'],
       /"event":"step"/,
     );
     expect(r.stderr).not.toMatch(STACK);
@@ -96,30 +87,7 @@ describe('a cancelled command exits with 130', () => {
     timeout: 600_000,
   }, async () => {
     const out = join(tmp, 'epipe-run');
-    const child = spawn(
-      process.execPath,
-      [
-        BIN,
-        'train',
-        '--base',
-        tiny,
-        '--images',
-        join(tmp, 'photos'),
-        '--out',
-        out,
-        '--steps',
-        '500',
-        '--sample-every',
-        '0',
-        '--json',
-      ],
-      { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let stderr = '';
-    child.stderr.on('data', (d) => (stderr += d));
-    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
-    child.stdout.destroy(); // `| head -1`
-    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    const { code, stderr } = await runCliClosingStdout([...trainArgs(out), '--sample-every', '0', '--json']);
     expect(stderr).toBe('');
     expect(code).toBe(0);
     const manifest = JSON.parse(readFileSync(join(out, 'run.json'), 'utf8'));

@@ -26,6 +26,17 @@ const words: ChunkTokenizer = {
       .map((w) => (w === ',' ? 5 : 10 + Number(w.replace(/\D/g, '') || 0))),
 };
 
+/** One test per case: parsePromptAttention gives its texts, and its weights to 10 decimals. */
+function attentionTests(cases: Array<[string, Array<[string, number]>]>): void {
+  for (const [text, want] of cases) {
+    it(JSON.stringify(text), () => {
+      const got = parsePromptAttention(text);
+      expect(got.map((p) => p[0])).toEqual(want.map((p) => p[0]));
+      got.forEach((p, i) => expect(p[1]).toBeCloseTo(want[i][1], 10));
+    });
+  }
+}
+
 describe('parsePromptAttention (A1111 prompt_parser.py docstring cases)', () => {
   const cases: Array<[string, Array<[string, number]>]> = [
     ['normal text', [['normal text', 1]]],
@@ -65,13 +76,7 @@ describe('parsePromptAttention (A1111 prompt_parser.py docstring cases)', () => 
     ],
     ['', [['', 1]]],
   ];
-  for (const [text, want] of cases) {
-    it(JSON.stringify(text), () => {
-      const got = parsePromptAttention(text);
-      expect(got.map((p) => p[0])).toEqual(want.map((p) => p[0]));
-      got.forEach((p, i) => expect(p[1]).toBeCloseTo(want[i][1], 10));
-    });
-  }
+  attentionTests(cases);
 });
 
 describe("parsePromptAttention reads characters as Python's Unicode-aware re does (issue 27 item 37)", () => {
@@ -123,13 +128,7 @@ describe("parsePromptAttention reads characters as Python's Unicode-aware re doe
     ['(cat:٢)', [['cat', 2]]],
     ['(cat:\u3000０.５\u3000)', [['cat', 0.5]]],
   ];
-  for (const [text, want] of cases) {
-    it(JSON.stringify(text), () => {
-      const got = parsePromptAttention(text);
-      expect(got.map((p) => p[0])).toEqual(want.map((p) => p[0]));
-      got.forEach((p, i) => expect(p[1]).toBeCloseTo(want[i][1], 10));
-    });
-  }
+  attentionTests(cases);
 });
 
 describe('promptChunks', () => {

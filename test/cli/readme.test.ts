@@ -7,7 +7,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeSubjectPhotos, makeTinyModel, TINY_DINO } from '../../scripts/make-tiny-model.ts';
-import { BIN, REPO, runCli as run, STACK, type CliResult } from './run.ts';
+import { BIN, REPO, runCli as run, runCliClosingStdout, STACK, type CliResult } from './run.ts';
 import { tempDir } from '../helpers/tempDir.ts';
 
 /** Model runs: up to 10 minutes each on a busy machine. */
@@ -361,30 +361,20 @@ describe('issue 18 checks on trained adapters', () => {
   });
 
   it('--json piped into a reader that closes early ends quietly (point 5)', { timeout: 600_000 }, async () => {
-    const child = spawn(
-      process.execPath,
-      [
-        BIN,
-        'generate',
-        '--base',
-        tiny,
-        '--prompt',
-        'x',
-        '--steps',
-        '20',
-        '--seed',
-        '1',
-        '--out',
-        join(tmp, 'epipe'),
-        '--json',
-      ],
-      { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let stderr = '';
-    child.stderr.on('data', (d) => (stderr += d));
-    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
-    child.stdout.destroy(); // `| head -1`
-    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    const { code, stderr } = await runCliClosingStdout([
+      'generate',
+      '--base',
+      tiny,
+      '--prompt',
+      'x',
+      '--steps',
+      '20',
+      '--seed',
+      '1',
+      '--out',
+      join(tmp, 'epipe'),
+      '--json',
+    ]);
     expect(stderr).toBe('');
     expect(code).toBe(0);
   });

@@ -164,13 +164,16 @@ function peftTensors(factors: Factors[], prefix: (f: Factors) => string = (f) =>
 /** PEFT folds no alpha into the file: its factors carry scale 1, i.e. alpha = rank. */
 const rankAlpha = (fs: Factors[]) => fs.map((f) => ({ ...f, alpha: f.down.shape[0] }));
 
+/** Scale-1 factors on every attention projection of the UNet and the text encoder, as diffusers' scripts train. */
+const attentionFactors = (rng: Rng) =>
+  rankAlpha([
+    ...factorsFor('unet', (p) => ATTENTION_PROJ.test(p), rng),
+    ...factorsFor('text_encoder', (p) => TE_ATTENTION_PROJ.test(p), rng),
+  ]);
+
 describe('LoRA layouts other tools write load whole on tiny-a', () => {
   it("diffusers 0.27 training scripts: unet.<module>.to_q.lora.down.weight and the text encoder's lora_linear_layer", async () => {
-    const rng = new Rng(1);
-    const factors = rankAlpha([
-      ...factorsFor('unet', (p) => ATTENTION_PROJ.test(p), rng),
-      ...factorsFor('text_encoder', (p) => TE_ATTENTION_PROJ.test(p), rng),
-    ]);
+    const factors = attentionFactors(new Rng(1));
     const tensors: Tensors = {};
     for (const [k, v] of Object.entries(peftTensors(factors))) tensors[convertStateDictToDiffusers(k)] = v;
     expect(Object.keys(tensors).some((k) => /^unet\..*\.to_q\.lora\.down\.weight$/.test(k))).toBe(true);
@@ -208,11 +211,7 @@ describe('LoRA layouts other tools write load whole on tiny-a', () => {
   });
 
   it("kohya as diffusers' convert_state_dict_to_kohya names it: lora_te1_ for the SD 1.x text encoder", async () => {
-    const rng = new Rng(4);
-    const factors = rankAlpha([
-      ...factorsFor('unet', (p) => ATTENTION_PROJ.test(p), rng),
-      ...factorsFor('text_encoder', (p) => TE_ATTENTION_PROJ.test(p), rng),
-    ]);
+    const factors = attentionFactors(new Rng(4));
     const tensors: Tensors = {};
     for (const [key, v] of Object.entries(peftTensors(factors))) {
       let k = key.replace('lora_A', 'lora_down').replace('lora_B', 'lora_up');

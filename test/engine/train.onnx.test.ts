@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readRunManifest } from '../../src-main/engine/train/runFiles.ts';
 import { train } from '../../src-main/engine/train/trainer.ts';
 import { useBackend } from '../helpers/backend.ts';
-import { adapterValues, fast, TINY_A, trainingSandbox } from '../helpers/training.ts';
+import { adapterValues, expectSameRun, fast, TINY_A, trainingSandbox } from '../helpers/training.ts';
 
 useBackend('wasm');
 
@@ -43,13 +43,7 @@ describe('training on ONNX Runtime', () => {
     expect(first.manifest.status).toBe('paused');
     const resumed = await train({ base: TINY_A, photos, runDir: split, settings: {}, resume: true, ...onnx });
     expect(resumed.manifest.step).toBe(4);
-    const a = await adapterValues(straight, 4);
-    const b = await adapterValues(split, 4);
-    expect([...b.keys()]).toEqual([...a.keys()]);
-    for (const [k, v] of a) expect(b.get(k), k).toEqual(v);
-    const m1 = await readRunManifest(straight);
-    const m2 = await readRunManifest(split);
-    expect(m2.losses.map((l) => l.loss)).toEqual(m1.losses.map((l) => l.loss));
+    const m1 = await expectSameRun(straight, split, 4);
     expect(m1.backend).toBe('onnx');
   });
 

@@ -7,7 +7,7 @@ import { tf } from '../../src-main/engine/backend/tf.ts';
 import { readRunManifest } from '../../src-main/engine/train/runFiles.ts';
 import { train } from '../../src-main/engine/train/trainer.ts';
 import { useBackend } from '../helpers/backend.ts';
-import { adapterValues, fast, TINY_A, trainingSandbox } from '../helpers/training.ts';
+import { adapterValues, expectSameRun, fast, TINY_A, trainingSandbox } from '../helpers/training.ts';
 
 useBackend('wasm');
 
@@ -29,13 +29,7 @@ describe('training', () => {
     const resumed = await train({ base: TINY_A, photos, runDir: split, settings: {}, resume: true });
     expect(resumed.manifest.status).toBe('completed');
     expect(resumed.manifest.step).toBe(6);
-    const a = await adapterValues(straight, 6);
-    const b = await adapterValues(split, 6);
-    expect([...b.keys()]).toEqual([...a.keys()]);
-    for (const [k, v] of a) expect(b.get(k), k).toEqual(v);
-    const m1 = await readRunManifest(straight);
-    const m2 = await readRunManifest(split);
-    expect(m2.losses.map((l) => l.loss)).toEqual(m1.losses.map((l) => l.loss));
+    await expectSameRun(straight, split, 6);
   });
 
   it('the same seed, data and backend give the same adapter', async () => {

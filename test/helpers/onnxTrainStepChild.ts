@@ -34,7 +34,7 @@ import {
   type OnnxMicroBatch,
 } from '../../src-main/engine/train/onnxStep.ts';
 import { Cases } from './fixtures.ts';
-import { PARAMS, readMeta, readNhwc, type StepMeta } from './trainStepCases.ts';
+import { adamWOptions, PARAMS, readMeta, readNhwc, type StepMeta, stepOptions } from './trainStepCases.ts';
 
 /** A dtype that did not run: the session's or the run's error. */
 export interface ChildFailure {
@@ -147,21 +147,12 @@ async function runStep(
   });
   const t1 = performance.now();
   const adapters = await initialAdapters(cases, meta, base.unet.config);
-  const [beta1, beta2] = meta.adamw.betas;
-  const optimizer = new AdamWArrays(adapters.params, {
-    beta1,
-    beta2,
-    eps: meta.adamw.eps,
-    weightDecay: meta.adamw.weight_decay,
-  });
-  const r = await onnxTrainStep({ session: opened.session, scheduler, adapters, optimizer }, [batch], {
-    step: meta.step,
-    lr: meta.adamw.lr,
-    maxGradNorm: meta.clip_grad_norm,
-    minSnrGamma: null,
-    priorLossWeight: 1,
-    returnGrads: true,
-  });
+  const optimizer = new AdamWArrays(adapters.params, adamWOptions(meta));
+  const r = await onnxTrainStep(
+    { session: opened.session, scheduler, adapters, optimizer },
+    [batch],
+    stepOptions(meta),
+  );
   const t2 = performance.now();
   await opened.session.release();
   return {

@@ -90,6 +90,24 @@ export function readMeta(path: string): StepMeta {
   return meta;
 }
 
+/** The reference's AdamW settings, as our optimizers (AdamW, AdamWArrays) take them. */
+export function adamWOptions(meta: StepMeta): { beta1: number; beta2: number; eps: number; weightDecay: number } {
+  const [beta1, beta2] = meta.adamw.betas;
+  return { beta1, beta2, eps: meta.adamw.eps, weightDecay: meta.adamw.weight_decay };
+}
+
+/** The reference's step, as our training steps (trainStep, onnxTrainStep) take it, returning the gradients. */
+export function stepOptions(meta: StepMeta) {
+  return {
+    step: meta.step,
+    lr: meta.adamw.lr,
+    maxGradNorm: meta.clip_grad_norm,
+    minSnrGamma: null,
+    priorLossWeight: 1,
+    returnGrads: true,
+  };
+}
+
 /** Every key one method's case needs. */
 export function caseKeys(method: AdapterMethod, layers: readonly string[]): string[] {
   const keys = [

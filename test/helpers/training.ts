@@ -1,8 +1,10 @@
 /** Shared setup of the training tests: synthetic subject photos, fast settings, run folders. */
 import { join } from 'node:path';
+import { expect } from 'vitest';
 import { makeSubjectPhotos } from '../../scripts/make-tiny-model.ts';
-import type { TrainSettingsInput } from '../../src-main/api/schemas.ts';
+import type { RunManifest, TrainSettingsInput } from '../../src-main/api/schemas.ts';
 import { readAdapterFile } from '../../src-main/engine/adapters/adapterFile.ts';
+import { readRunManifest } from '../../src-main/engine/train/runFiles.ts';
 import { FIXTURES } from './fixtures.ts';
 import { tempDir } from './tempDir.ts';
 
@@ -45,4 +47,19 @@ export async function adapterValues(runDir: string, step: number): Promise<Map<s
   const out = new Map<string, Float32Array>();
   for (const [p, entry] of file.targets) for (const [n, t] of Object.entries(entry)) out.set(`${p}.${n}`, t.data);
   return out;
+}
+
+/**
+ * A resumed run against the straight one: the same adapter tensors at `step`, bit for bit, and
+ * the same losses. Returns the straight run's manifest.
+ */
+export async function expectSameRun(straight: string, resumed: string, step: number): Promise<RunManifest> {
+  const a = await adapterValues(straight, step);
+  const b = await adapterValues(resumed, step);
+  expect([...b.keys()]).toEqual([...a.keys()]);
+  for (const [k, v] of a) expect(b.get(k), k).toEqual(v);
+  const m1 = await readRunManifest(straight);
+  const m2 = await readRunManifest(resumed);
+  expect(m2.losses.map((l) => l.loss)).toEqual(m1.losses.map((l) => l.loss));
+  return m1;
 }

@@ -34,21 +34,18 @@ import {
   stepShapeOf,
   type OnnxMicroBatch,
 } from '../../src-main/engine/train/onnxStep.ts';
-import { maxAbsDiff } from '../helpers/backend.ts';
 import { Cases, parityFolders, skipNote } from '../helpers/fixtures.ts';
 import {
-  caseKeys,
-  clipFactorOf,
-  GRAD_REL_TO_MAX,
   LOSS_REL,
-  NORM_REL,
   PARAM_ABS,
   PARAMS,
-  paramBound,
   readMeta,
   readNhwc,
   type StepMeta,
+  adamWOptions,
+  stepOptions,
 } from '../helpers/trainStepCases.ts';
+import { checkStep, checkUpdate, skipIfMissing, updateCase } from '../helpers/trainStepChecks.ts';
 
 /** With and without gradient checkpointing (SingLoRA). */
 const CHECKPOINTING_CASES = [false, true];
@@ -128,29 +125,24 @@ for (const folder of parityFolders()) {
       if (errors.length) console.log(`[parity onnx cpu] ${label} training step:\n  ${errors.join('\n  ')}`);
     });
 
-    const skipIfMissing = (ctx: { skip: (note?: string) => never }, method: AdapterMethod) => {
-      const missing = caseKeys(method, meta.layers).filter((k) => !cases.has(k));
-      if (missing.length)
-        ctx.skip(
-          skipNote(
-            folder,
-            `${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ` (and ${missing.length - 3} more)` : ''} in train_step_cases.safetensors`,
-          ),
-        );
+    /** The float32 step graph for the case's batch and layers on the CPU provider, released after the file. */
+    const openStep = async (o: { gradients: boolean; checkpointing?: boolean }) => {
+      const opened = await openTrainStep(base.unet, {
+        dtype: 'float32',
+        shape: stepShapeOf(batch),
+        sidePaths: meta.layers,
+        providers: ['cpu'],
+        cacheDir,
+        ...o,
+      });
+      sessions.push(opened);
+      return opened;
     };
 
     for (const method of ['singlora', 'lora'] as const) {
       it(`${label}: onnx ${method} training step's loss (the forward graph) matches PyTorch`, async (ctx) => {
-        skipIfMissing(ctx, method);
-        const opened = await openTrainStep(base.unet, {
-          dtype: 'float32',
-          shape: stepShapeOf(batch),
-          sidePaths: meta.layers,
-          providers: ['cpu'],
-          cacheDir,
-          gradients: false,
-        });
-        sessions.push(opened);
+        skipIfMissing(ctx, cases, folder, meta, method);
+        const opened = await openStep({ gradients: false });
         const adapters = await initialAdapters(cases, meta, method, linears);
         const loss = await onnxLoss({ session: opened.session, scheduler, adapters }, batch, {
           step: meta.step,
@@ -168,120 +160,37 @@ for (const folder of parityFolders()) {
       // Gradient checkpointing recomputes every block in the backward: the same numbers (SingLoRA only, to keep CI short).
       for (const checkpointing of method === 'singlora' ? CHECKPOINTING_CASES : [false])
         it(`${label}: one onnx ${method} training step${checkpointing ? ' with gradient checkpointing' : ''} (loss, gradients, grad norm, clipping + AdamW) matches PyTorch`, async (ctx) => {
-          skipIfMissing(ctx, method);
-          const opened = await openTrainStep(base.unet, {
-            dtype: 'float32',
-            shape: stepShapeOf(batch),
-            sidePaths: meta.layers,
-            providers: ['cpu'],
-            cacheDir,
-            gradients: true,
-            checkpointing,
-          });
-          sessions.push(opened);
+          skipIfMissing(ctx, cases, folder, meta, method);
+          const opened = await openStep({ gradients: true, checkpointing });
           const adapters = await initialAdapters(cases, meta, method, linears);
-          const [beta1, beta2] = meta.adamw.betas;
-          const optimizer = new AdamWArrays(adapters.params, {
-            beta1,
-            beta2,
-            eps: meta.adamw.eps,
-            weightDecay: meta.adamw.weight_decay,
-          });
-          const result = await onnxTrainStep({ session: opened.session, scheduler, adapters, optimizer }, [batch], {
-            step: meta.step,
-            lr: meta.adamw.lr,
-            maxGradNorm: meta.clip_grad_norm,
-            minSnrGamma: null,
-            priorLossWeight: 1,
-            returnGrads: true,
-          });
-          expect(result.applied).toBe(true);
-          const refLoss = (await cases.get(`${method}.loss`)).data[0];
-          const refNorm = (await cases.get(`${method}.grad_norm`)).data[0];
-          const lossRel = Math.abs(result.loss - refLoss) / Math.abs(refLoss);
-          const normRel = Math.abs(result.gradNorm - refNorm) / Math.abs(refNorm);
-          expect(refNorm, 'the reference clips (grad_norm > clip_grad_norm)').toBeGreaterThan(meta.clip_grad_norm);
-          const c = clipFactorOf(meta, refNorm);
-
-          let worstGrad = { rel: 0, name: '' };
-          let worstParam = { abs: 0, name: '' };
-          let illConditioned = 0;
-          let worstWellConditioned = 0;
-          const gradFailures: string[] = [];
-          const paramFailures: string[] = [];
-          let k = 0;
-          for (const layer of meta.layers) {
-            for (const [p, ours] of PARAMS[method]) {
-              const name = `${layer}.${ours}`;
-              const gradRef = (await cases.get(`${method}.grad.${layer}.${p}`)).data;
-              const g = result.grads![k].map((x) => x * c); // clipped, as the reference
-              const gd = maxAbsDiff(g, gradRef);
-              if (gd.rel > worstGrad.rel) worstGrad = { rel: gd.rel, name };
-              if (!(gd.maxAbs <= GRAD_REL_TO_MAX * gd.maxRef)) gradFailures.push(`${name}: ${gd.rel.toExponential(2)}`);
-              const afterRef = (await cases.get(`${method}.after_adamw.${layer}.${p}`)).data;
-              const got = adapters.params[k++];
-              expect(got.length).toBe(afterRef.length);
-              for (let i = 0; i < got.length; i++) {
-                const d = Math.abs(got[i] - afterRef[i]);
-                const { bound, illConditioned: ill } = paramBound(meta, g[i], gradRef[i]);
-                if (ill) illConditioned++;
-                else worstWellConditioned = Math.max(worstWellConditioned, d);
-                if (d > worstParam.abs) worstParam = { abs: d, name: `${name}[${i}]` };
-                if (!(d <= bound))
-                  paramFailures.push(`${name}[${i}]: ${d.toExponential(2)} > ${bound.toExponential(2)}`);
-              }
-            }
-          }
-          errors.push(
-            `${method}${checkpointing ? ' (checkpointing)' : ''}: loss ${result.loss.toPrecision(8)} (ref ${refLoss.toPrecision(8)}, rel ${lossRel.toExponential(2)}); ` +
-              `worst grad max|diff|/max|ref| ${worstGrad.rel.toExponential(2)} (${worstGrad.name}); ` +
-              `grad norm ${result.gradNorm.toExponential(6)} (rel ${normRel.toExponential(2)}); ` +
-              `worst param after the step max|diff| ${worstParam.abs.toExponential(2)} (${worstParam.name}); ${worstWellConditioned.toExponential(2)} where |g| >= 10 eps (${illConditioned} elements have |g| < 10 eps)`,
+          const optimizer = new AdamWArrays(adapters.params, adamWOptions(meta));
+          const result = await onnxTrainStep(
+            { session: opened.session, scheduler, adapters, optimizer },
+            [batch],
+            stepOptions(meta),
           );
-          expect(lossRel, `${method}.loss relative error`).toBeLessThanOrEqual(LOSS_REL);
-          expect(gradFailures, `gradients beyond ${GRAD_REL_TO_MAX}·max|ref|`).toEqual([]);
-          expect(normRel, `${method}.grad_norm relative error`).toBeLessThanOrEqual(NORM_REL);
-          expect(
-            paramFailures.slice(0, 20),
-            `parameters after the step beyond ${PARAM_ABS} (+ the gradient's share where |g| < 10 eps)`,
-          ).toEqual([]);
+          expect(result.applied).toBe(true);
+          await checkStep(
+            cases,
+            meta,
+            method,
+            { ...result, grads: result.grads!, after: adapters.params },
+            `${method}${checkpointing ? ' (checkpointing)' : ''}`,
+            (line) => errors.push(line),
+          );
         });
 
       it(`${label}: onnx ${method} training step's clipping + AdamW on arrays, from the reference gradient, matches PyTorch (every parameter within ${PARAM_ABS})`, async (ctx) => {
-        skipIfMissing(ctx, method);
-        const refNorm = (await cases.get(`${method}.grad_norm`)).data[0];
-        const c = clipFactorOf(meta, refNorm);
-        const params: Float32Array[] = [];
-        const grads: Float32Array[] = [];
-        const refs: Array<{ name: string; data: Float32Array }> = [];
-        for (const layer of meta.layers) {
-          for (const [p] of PARAMS[method]) {
-            params.push((await cases.get(`${method}.init.${layer}.${p}`)).data.slice());
-            grads.push((await cases.get(`${method}.grad.${layer}.${p}`)).data.map((x) => x / c));
-            const name = `${method}.after_adamw.${layer}.${p}`;
-            refs.push({ name, data: (await cases.get(name)).data });
-          }
-        }
-        const [beta1, beta2] = meta.adamw.betas;
-        const optimizer = new AdamWArrays(params, {
-          beta1,
-          beta2,
-          eps: meta.adamw.eps,
-          weightDecay: meta.adamw.weight_decay,
-        });
-        const norm = applyGradientArrays(optimizer, grads, { lr: meta.adamw.lr, maxGradNorm: meta.clip_grad_norm });
-        expect(Math.abs(norm - refNorm) / refNorm, 'norm of the reference gradient vs grad_norm').toBeLessThanOrEqual(
-          NORM_REL,
+        skipIfMissing(ctx, cases, folder, meta, method);
+        const update = await updateCase(cases, meta, method);
+        const params = update.init.map((t) => t.data);
+        const optimizer = new AdamWArrays(params, adamWOptions(meta));
+        const norm = applyGradientArrays(
+          optimizer,
+          update.grads.map((t) => t.data),
+          { lr: meta.adamw.lr, maxGradNorm: meta.clip_grad_norm },
         );
-        let worst = { abs: 0, name: '' };
-        for (const [i, p] of params.entries()) {
-          const d = maxAbsDiff(p, refs[i].data);
-          if (d.maxAbs > worst.abs) worst = { abs: d.maxAbs, name: refs[i].name };
-        }
-        errors.push(
-          `${method}: clip + AdamW (arrays) from the reference gradient: worst param max|diff| ${worst.abs.toExponential(2)} (${worst.name})`,
-        );
-        expect(worst.abs, `worst parameter after clip + AdamW (${worst.name})`).toBeLessThanOrEqual(PARAM_ABS);
+        checkUpdate(update, norm, params, `${method}: clip + AdamW (arrays)`, (line) => errors.push(line));
       });
     }
   });

@@ -26,25 +26,15 @@ import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf, type Tensor, type Variable } from '../../src-main/engine/backend/tf.ts';
 import { AdapterSet } from '../../src-main/engine/adapters/adapterSet.ts';
-import type { AdapterMethod } from '../../src-main/engine/adapters/adapterLinear.ts';
 import { UNet2DConditionModel } from '../../src-main/engine/models/unet2dCondition.ts';
 import { createScheduler, readSchedulerConfig } from '../../src-main/engine/schedulers/index.ts';
 import type { DDPMScheduler } from '../../src-main/engine/schedulers/ddpmScheduler.ts';
 import { AdamW } from '../../src-main/engine/train/adamw.ts';
 import { applyGradients, trainStep } from '../../src-main/engine/train/step.ts';
-import { maxAbsDiff, useBackend } from '../helpers/backend.ts';
+import { useBackend } from '../helpers/backend.ts';
 import { Cases, parityFolders, skipNote } from '../helpers/fixtures.ts';
-import {
-  caseKeys,
-  clipFactorOf,
-  GRAD_REL_TO_MAX,
-  LOSS_REL,
-  NORM_REL,
-  PARAM_ABS,
-  PARAMS,
-  paramBound,
-  readMeta,
-} from '../helpers/trainStepCases.ts';
+import { PARAM_ABS, PARAMS, readMeta, adamWOptions, stepOptions } from '../helpers/trainStepCases.ts';
+import { checkStep, checkUpdate, skipIfMissing, updateCase } from '../helpers/trainStepChecks.ts';
 
 useBackend('wasm');
 
@@ -87,21 +77,9 @@ for (const folder of parityFolders()) {
       if (errors.length) console.log(`[parity wasm] ${label} training step:\n  ${errors.join('\n  ')}`);
     });
 
-    /** Skips, naming the keys, when the case file lacks some of this method's tensors. */
-    const skipIfMissing = (ctx: { skip: (note?: string) => never }, method: AdapterMethod) => {
-      const missing = caseKeys(method, meta.layers).filter((k) => !cases.has(k));
-      if (missing.length)
-        ctx.skip(
-          skipNote(
-            folder,
-            `${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ` (and ${missing.length - 3} more)` : ''} in train_step_cases.safetensors`,
-          ),
-        );
-    };
-
     for (const method of ['singlora', 'lora'] as const) {
       it(`${label}: one ${method} training step (loss, gradients, grad norm, clipping + AdamW) matches PyTorch`, async (ctx) => {
-        skipIfMissing(ctx, method);
+        skipIfMissing(ctx, cases, folder, meta, method);
 
         // Inputs, as the reference fed them.
         const latents = await loadNhwc(cases, 'inputs.latents'); // [1, h, w, 4]
@@ -123,13 +101,7 @@ for (const folder of parityFolders()) {
           { method, rank: meta.rank, alpha: meta.alpha, rampSteps: meta.ramp_T, targets: meta.layers, initStd: 0 },
           { values },
         );
-        const [beta1, beta2] = meta.adamw.betas;
-        const optimizer = new AdamW(adapters.variables(), {
-          beta1,
-          beta2,
-          eps: meta.adamw.eps,
-          weightDecay: meta.adamw.weight_decay,
-        });
+        const optimizer = new AdamW(adapters.variables(), adamWOptions(meta));
         try {
           expect(adapters.size, 'adapted layers').toBe(meta.layers.length);
           const named = new Map(adapters.namedTensors());
@@ -138,32 +110,14 @@ for (const folder of parityFolders()) {
           const result = await trainStep(
             { unet, scheduler, adapters, optimizer },
             [{ latents, noise, timesteps, context }],
-            {
-              step: meta.step,
-              lr: meta.adamw.lr,
-              maxGradNorm: meta.clip_grad_norm,
-              minSnrGamma: null,
-              priorLossWeight: 1,
-              returnGrads: true,
-            },
+            stepOptions(meta),
           );
           expect(tf.memory().numTensors, 'tensors left behind by trainStep').toBe(before);
           expect(result.applied).toBe(true);
 
-          const refLoss = (await cases.get(`${method}.loss`)).data[0];
-          const refNorm = (await cases.get(`${method}.grad_norm`)).data[0];
-          const lossRel = Math.abs(result.loss - refLoss) / Math.abs(refLoss);
-          const normRel = Math.abs(result.gradNorm - refNorm) / Math.abs(refNorm);
-          expect(refNorm, 'the reference clips (grad_norm > clip_grad_norm)').toBeGreaterThan(meta.clip_grad_norm);
-          const c = clipFactorOf(meta, refNorm);
-
-          // Every gradient, and every parameter after the update (bounds: trainStepCases.ts).
-          let worstGrad = { rel: 0, name: '' };
-          let worstParam = { abs: 0, name: '' };
-          let illConditioned = 0;
-          let worstWellConditioned = 0;
-          const gradFailures: string[] = [];
-          const paramFailures: string[] = [];
+          // Our gradients and parameters after the update, in case order (bounds: trainStepCases.ts).
+          const grads: Float32Array[] = [];
+          const after: Float32Array[] = [];
           for (const layer of meta.layers) {
             for (const [p, ours] of PARAMS[method]) {
               const name = `${layer}.${ours}`;
@@ -171,38 +125,11 @@ for (const folder of parityFolders()) {
               if (!v) throw new Error(`no adapter tensor '${name}' after injecting ${method} from the case`);
               const gradRef = await cases.get(`${method}.grad.${layer}.${p}`);
               expect([...v.shape], `${name} shape vs ${method}.grad.${layer}.${p}`).toEqual(gradRef.shape);
-              const g = result.grads![optimizer.params.indexOf(v)].map((x) => x * c); // clipped, as the reference
-              const gd = maxAbsDiff(g, gradRef.data);
-              if (gd.rel > worstGrad.rel) worstGrad = { rel: gd.rel, name };
-              if (!(gd.maxAbs <= GRAD_REL_TO_MAX * gd.maxRef)) gradFailures.push(`${name}: ${gd.rel.toExponential(2)}`);
-
-              const afterRef = (await cases.get(`${method}.after_adamw.${layer}.${p}`)).data;
-              const got = (await v.data()) as Float32Array;
-              expect(got.length).toBe(afterRef.length);
-              for (let i = 0; i < got.length; i++) {
-                const d = Math.abs(got[i] - afterRef[i]);
-                const { bound, illConditioned: ill } = paramBound(meta, g[i], gradRef.data[i]);
-                if (ill) illConditioned++;
-                else worstWellConditioned = Math.max(worstWellConditioned, d);
-                if (d > worstParam.abs) worstParam = { abs: d, name: `${name}[${i}]` };
-                if (!(d <= bound))
-                  paramFailures.push(`${name}[${i}]: ${d.toExponential(2)} > ${bound.toExponential(2)}`);
-              }
+              grads.push(result.grads![optimizer.params.indexOf(v)]);
+              after.push((await v.data()) as Float32Array);
             }
           }
-          errors.push(
-            `${method}: loss ${result.loss.toPrecision(8)} (ref ${refLoss.toPrecision(8)}, rel ${lossRel.toExponential(2)}); ` +
-              `worst grad max|diff|/max|ref| ${worstGrad.rel.toExponential(2)} (${worstGrad.name}); ` +
-              `grad norm ${result.gradNorm.toExponential(6)} (rel ${normRel.toExponential(2)}); ` +
-              `worst param after the step max|diff| ${worstParam.abs.toExponential(2)} (${worstParam.name}); ${worstWellConditioned.toExponential(2)} where |g| >= 10 eps (${illConditioned} elements have |g| < 10 eps)`,
-          );
-          expect(lossRel, `${method}.loss relative error`).toBeLessThanOrEqual(LOSS_REL);
-          expect(gradFailures, `gradients beyond ${GRAD_REL_TO_MAX}·max|ref|`).toEqual([]);
-          expect(normRel, `${method}.grad_norm relative error`).toBeLessThanOrEqual(NORM_REL);
-          expect(
-            paramFailures.slice(0, 20),
-            `parameters after the step beyond ${PARAM_ABS} (+ the gradient's share where |g| < 10 eps)`,
-          ).toEqual([]);
+          await checkStep(cases, meta, method, { ...result, grads, after }, method, (line) => errors.push(line));
         } finally {
           optimizer.dispose();
           adapters.remove();
@@ -211,55 +138,19 @@ for (const folder of parityFolders()) {
       });
 
       it(`${label}: ${method} training step's clipping + AdamW, from the reference gradient, matches PyTorch (every parameter within ${PARAM_ABS})`, async (ctx) => {
-        skipIfMissing(ctx, method);
+        skipIfMissing(ctx, cases, folder, meta, method);
         // The update alone: the step's clip + AdamW (applyGradients) on the case's initial values
-        // with the reference's unclipped gradient (recorded clipped: divided by c here).
-        const refNorm = (await cases.get(`${method}.grad_norm`)).data[0];
-        const c = clipFactorOf(meta, refNorm);
-        const params: Variable[] = [];
-        const grads: Tensor[] = [];
-        const refs: Array<{ name: string; data: Float32Array }> = [];
-        for (const layer of meta.layers) {
-          for (const [p] of PARAMS[method]) {
-            const init = await cases.get(`${method}.init.${layer}.${p}`);
-            const grad = await cases.get(`${method}.grad.${layer}.${p}`);
-            params.push(tf.variable(tf.tensor(init.data, init.shape, 'float32'), true));
-            grads.push(
-              tf.tensor(
-                grad.data.map((x) => x / c),
-                grad.shape,
-                'float32',
-              ),
-            );
-            refs.push({
-              name: `${method}.after_adamw.${layer}.${p}`,
-              data: (await cases.get(`${method}.after_adamw.${layer}.${p}`)).data,
-            });
-          }
-        }
-        const [beta1, beta2] = meta.adamw.betas;
-        const optimizer = new AdamW(params, {
-          beta1,
-          beta2,
-          eps: meta.adamw.eps,
-          weightDecay: meta.adamw.weight_decay,
-        });
+        // with the reference's unclipped gradient.
+        const update = await updateCase(cases, meta, method);
+        const params: Variable[] = update.init.map((t) => tf.variable(tf.tensor(t.data, t.shape, 'float32'), true));
+        const grads: Tensor[] = update.grads.map((t) => tf.tensor(t.data, t.shape, 'float32'));
+        const optimizer = new AdamW(params, adamWOptions(meta));
         try {
           const before = tf.memory().numTensors;
           const norm = await applyGradients(optimizer, grads, { lr: meta.adamw.lr, maxGradNorm: meta.clip_grad_norm });
           expect(tf.memory().numTensors, 'tensors left behind by applyGradients').toBe(before);
-          expect(Math.abs(norm - refNorm) / refNorm, 'norm of the reference gradient vs grad_norm').toBeLessThanOrEqual(
-            NORM_REL,
-          );
-          let worst = { abs: 0, name: '' };
-          for (const [i, v] of params.entries()) {
-            const d = maxAbsDiff((await v.data()) as Float32Array, refs[i].data);
-            if (d.maxAbs > worst.abs) worst = { abs: d.maxAbs, name: refs[i].name };
-          }
-          errors.push(
-            `${method}: clip + AdamW from the reference gradient: worst param max|diff| ${worst.abs.toExponential(2)} (${worst.name})`,
-          );
-          expect(worst.abs, `worst parameter after clip + AdamW (${worst.name})`).toBeLessThanOrEqual(PARAM_ABS);
+          const after = await Promise.all(params.map(async (v) => (await v.data()) as Float32Array));
+          checkUpdate(update, norm, after, `${method}: clip + AdamW`, (line) => errors.push(line));
         } finally {
           optimizer.dispose();
           tf.dispose([...params, ...grads]);

@@ -199,10 +199,10 @@ describe('Export screen', () => {
     expect(screen.queryByTestId('export-result-path')).toBeNull();
   });
 
-  test("a refused save location shows one error, next to the field, in the app's words", async () => {
+  /** Exports to '../..', which the service refuses as it does (safePath.ts), and waits for the error. */
+  async function exportToRefusedPath(): Promise<void> {
     await renderExport({
       'adapters.export': () => {
-        // What the service sends (safePath.ts).
         throw new ApiError('invalid_params', "outPath: '../..' resolves outside its folder", [
           { field: 'outPath', message: 'outside the folder' },
         ]);
@@ -211,6 +211,10 @@ describe('Export screen', () => {
     await fireEvent.input(screen.getByTestId('export-path'), { target: { value: '../..' } });
     await fireEvent.click(screen.getByTestId('export-button'));
     await screen.findByText('outside the folder');
+  }
+
+  test("a refused save location shows one error, next to the field, in the app's words", async () => {
+    await exportToRefusedPath();
     expect(screen.getAllByText(/outside/)).toHaveLength(1);
     expect(screen.queryByTestId('export-error')).toBeNull();
     expect(document.body.textContent).not.toContain('outPath');
@@ -218,16 +222,7 @@ describe('Export screen', () => {
   });
 
   test('a refused location stays while it is unchanged and goes once it is edited to a valid one', async () => {
-    await renderExport({
-      'adapters.export': () => {
-        throw new ApiError('invalid_params', "outPath: '../..' resolves outside its folder", [
-          { field: 'outPath', message: 'outside the folder' },
-        ]);
-      },
-    });
-    await fireEvent.input(screen.getByTestId('export-path'), { target: { value: '../..' } });
-    await fireEvent.click(screen.getByTestId('export-button'));
-    await screen.findByText('outside the folder');
+    await exportToRefusedPath();
     await fireEvent.change(screen.getByTestId('export-format'), { target: { value: 'diffusers' } });
     expect(screen.getByText('outside the folder')).toBeTruthy();
     await fireEvent.input(screen.getByTestId('export-path'), { target: { value: 'dog.safetensors' } });

@@ -6,7 +6,13 @@
 import { EventEmitter } from 'node:events';
 import { withWriteRoots } from '../../src-main/engine/io/atomic.ts';
 import type { EngineProcess, SpawnEngine } from '../../src-main/service/engineHost.ts';
-import type { EngineKind, EngineParams, HostMessage, WorkerMessage } from '../../src-main/service/protocol.ts';
+import type {
+  EngineKind,
+  EngineParams,
+  HostMessage,
+  TrainRequest,
+  WorkerMessage,
+} from '../../src-main/service/protocol.ts';
 
 export type FakeHandler<K extends EngineKind> = (
   params: EngineParams<K>,
@@ -14,6 +20,21 @@ export type FakeHandler<K extends EngineKind> = (
   signal: AbortSignal,
 ) => Promise<unknown>;
 export type FakeHandlers = { [K in EngineKind]?: FakeHandler<K> };
+
+/**
+ * The real trainer's input for a train request, as engineWorker.ts passes it, less the compute
+ * choice (engine, provider, base options): a test that runs the trainer picks its backend itself.
+ */
+export function trainInput(p: TrainRequest) {
+  return {
+    base: p.base,
+    photos: p.photos,
+    runDir: p.runDir,
+    settings: p.settings,
+    resume: p.resume,
+    classImagesDir: p.classImagesDir,
+  };
+}
 
 export interface FakeEngine {
   spawn: SpawnEngine;

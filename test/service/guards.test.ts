@@ -6,18 +6,13 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { api, type Method, type Params, type Result } from '../../src-main/api/contract.ts';
+import { api, type Method } from '../../src-main/api/contract.ts';
 import { readRunManifest, writeRunManifest } from '../../src-main/engine/train/runFiles.ts';
-import { Service, type ServiceOptions } from '../../src-main/service/service.ts';
-import { fakeEngine, type FakeHandlers } from './fakeEngine.ts';
-import { apiError, finished, shapePng, tempDir, TINY_MODEL } from './helpers.ts';
-
-let root: string;
-let cleanup: () => Promise<void>;
-const services: Service[] = [];
-let n = 0;
+import type { ServiceOptions } from '../../src-main/service/service.ts';
+import type { FakeHandlers } from './fakeEngine.ts';
+import { apiError, fakeServices, finished, shapePng, TINY_MODEL } from './helpers.ts';
 
 /** A gate a fake request waits on. */
 function gate() {
@@ -46,27 +41,12 @@ const engine: FakeHandlers = {
   },
 };
 
-async function open(
-  opts: Partial<ServiceOptions> = {},
-  handlers: FakeHandlers = engine,
-): Promise<{
-  service: Service;
-  requests: ReturnType<typeof fakeEngine>['requests'];
-  call: <M extends Method>(m: M, p: Params<M>) => Promise<Result<M>>;
-}> {
-  const fake = fakeEngine(handlers);
-  const dir = join(root, `s${n++}`);
-  const service = await Service.open({
-    dataDir: join(dir, 'data'),
-    modelsDir: join(dir, 'models'),
-    defaultBaseModel: TINY_MODEL,
-    log: () => {},
-    spawnEngine: fake.spawn,
-    maxPhotoBytes: 200_000,
-    ...opts,
-  });
-  services.push(service);
-  return { service, requests: fake.requests, call: (m, p) => service.call(m, p) as never };
+const openService = fakeServices('singlora-guards-', { maxPhotoBytes: 200_000 });
+const root = () => openService.root();
+
+/** A service on the fake engine (`handlers`, by default the one above). */
+function open(opts: Partial<ServiceOptions> = {}, handlers: FakeHandlers = engine) {
+  return openService(handlers, opts);
 }
 
 async function projectWithPhotos(call: Awaited<ReturnType<typeof open>>['call']): Promise<string> {
@@ -79,14 +59,6 @@ async function projectWithPhotos(call: Awaited<ReturnType<typeof open>>['call'])
   });
   return p.id;
 }
-
-beforeAll(async () => {
-  ({ dir: root, cleanup } = await tempDir('singlora-guards-'));
-});
-afterAll(async () => {
-  for (const s of services) await s.close();
-  await cleanup?.();
-});
 
 // -------------------------------------------------------------------------------------------------
 
@@ -257,9 +229,9 @@ describe('validate before write', () => {
 describe('one path policy', () => {
   it('class-image folders live inside the project: an absolute one is refused on loopback and with --allow-remote, and nothing is created', async () => {
     for (const hostPaths of ['allow', 'deny'] as const) {
-      const { call, requests } = await open({ hostPaths });
+      const { service, call, requests } = await open({ hostPaths });
       const projectId = await projectWithPhotos(call);
-      const outside = join(root, `class-${hostPaths}`);
+      const outside = join(root(), `class-${hostPaths}`);
       const settings = { priorPreservation: true, classImagesDir: outside };
       expect((await apiError(call('training.start', { projectId, settings }))).message).toMatch(
         /classImagesDir: .* is outside the project/,
@@ -269,7 +241,6 @@ describe('one path policy', () => {
       expect(requests.filter((r) => r.kind === 'train')).toEqual([]);
       // ... and a symlink inside the project that leads out is refused too.
       await mkdir(outside);
-      const { service } = { service: services[services.length - 1] };
       await symlink(outside, join(service.store.dir(projectId), 'escape'));
       expect(
         (
@@ -299,7 +270,7 @@ describe('one path policy', () => {
 
     const desktop = await open({ hostPaths: 'desktop' });
     const id2 = await projectWithPhotos(desktop.call);
-    const picked = join(root, 'picked-class-images');
+    const picked = join(root(), 'picked-class-images');
     const started = await desktop.call('training.start', {
       projectId: id2,
       settings: { priorPreservation: true, classImagesDir: picked, steps: 2 },
@@ -341,14 +312,14 @@ describe('one path policy', () => {
       const e = await apiError(call('photos.add', { projectId: p.id, paths: [path] }));
       expect(e.message).toMatch(/is not a photo/);
     }
-    const big = join(root, 'big.png');
+    const big = join(root(), 'big.png');
     await writeFile(big, Buffer.alloc(300_000, 1));
     expect((await apiError(call('photos.add', { projectId: p.id, paths: [big] }))).code).toBe('too_large');
-    const dev = join(root, 'zero.png');
+    const dev = join(root(), 'zero.png');
     await symlink('/dev/zero', dev);
     expect((await apiError(call('photos.add', { projectId: p.id, paths: [dev] }))).message).toMatch(/is not a file/);
     expect(await readdir(join(service.store.dir(p.id), 'photos'))).toEqual([]);
-    const ok = join(root, 'ok.png');
+    const ok = join(root(), 'ok.png');
     await writeFile(ok, await shapePng(3));
     expect((await call('photos.add', { projectId: p.id, paths: [ok] })).map((x) => x.id)).toEqual(['ok.png']);
   });
@@ -373,7 +344,7 @@ describe('one path policy', () => {
       outPath: 'adapters/out.safetensors',
     });
     expect(service.jobs.get(jobId)!.status).toBe('queued');
-    const outside = join(root, 'outside-export.safetensors');
+    const outside = join(root(), 'outside-export.safetensors');
     await symlink(outside, join(dir, 'adapters', 'out.safetensors'));
     hold.open();
     await finished(service, training.jobId);
@@ -462,8 +433,8 @@ describe('failures end in a state the user can act on', () => {
       projectId: id2,
       settings: { steps: 2, priorPreservation: true, classImagesDir: 'class-images' },
     });
-    await mkdir(join(root, 'elsewhere'), { recursive: true });
-    await symlink(join(root, 'elsewhere'), join(second.service.store.dir(id2), 'class-images'));
+    await mkdir(join(root(), 'elsewhere'), { recursive: true });
+    await symlink(join(root(), 'elsewhere'), join(second.service.store.dir(id2), 'class-images'));
     hold.open();
     await finished(second.service, blocker.jobId);
     const failed = await finished(second.service, started.jobId);

@@ -7,47 +7,18 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, constants, existsSync, openSync } from 'node:fs';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Method, Params, Result } from '../../src-main/api/contract.ts';
+import { describe, expect, it } from 'vitest';
 import { readRunManifest, writeRunManifest } from '../../src-main/engine/train/runFiles.ts';
 import { train } from '../../src-main/engine/train/trainer.ts';
 import { startServer } from '../../src-main/server.ts';
 import { toApiError } from '../../src-main/service/errors.ts';
 import { readableError } from '../../src-main/service/fsErrors.ts';
-import { Service, type ServiceOptions } from '../../src-main/service/service.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { fast } from '../helpers/training.ts';
-import { fakeEngine, type FakeHandlers } from './fakeEngine.ts';
-import { apiError, finished, shapePng, tempDir, TINY_MODEL } from './helpers.ts';
+import { trainInput } from './fakeEngine.ts';
+import { apiError, fakeServices, finished, shapePng } from './helpers.ts';
 
-let root: string;
-let cleanup: () => Promise<void>;
-const services: Service[] = [];
-let n = 0;
-
-beforeAll(async () => {
-  ({ dir: root, cleanup } = await tempDir('singlora-hardening-'));
-});
-afterAll(async () => {
-  for (const s of services) await s.close();
-  await cleanup?.();
-});
-
-async function open(handlers: FakeHandlers = {}, opts: Partial<ServiceOptions> = {}) {
-  const fake = fakeEngine(handlers);
-  const dir = join(root, `s${n++}`);
-  const service = await Service.open({
-    dataDir: join(dir, 'data'),
-    modelsDir: join(dir, 'models'),
-    defaultBaseModel: TINY_MODEL,
-    log: () => {},
-    spawnEngine: fake.spawn,
-    ...opts,
-  });
-  services.push(service);
-  const call = <M extends Method>(m: M, p: Params<M>) => service.call(m, p) as Promise<Result<M>>;
-  return { service, call, dir };
-}
+const open = fakeServices('singlora-hardening-');
 
 async function projectWithPhotos(call: Awaited<ReturnType<typeof open>>['call'], size = 64): Promise<string> {
   const { id } = await call('projects.create', { name: 'Dog' });
@@ -72,23 +43,13 @@ describe('issue 27 item 3: a run with a class-image folder resumes; the folder c
         if (!trainer) return { status: 'completed', step: 0, error: null, fixedLoss: null };
         const pause = new AbortController();
         signal.addEventListener('abort', () => pause.abort(signal.reason));
-        const r = await train(
-          {
-            base: p.base,
-            photos: p.photos,
-            runDir: p.runDir,
-            settings: p.settings,
-            resume: p.resume,
-            classImagesDir: p.classImagesDir,
+        const r = await train(trainInput(p), {
+          signal: pause.signal,
+          onEvent: (e) => {
+            progress(e);
+            if (pauseAtCheckpoint && e.event === 'checkpoint') pause.abort('pause');
           },
-          {
-            signal: pause.signal,
-            onEvent: (e) => {
-              progress(e);
-              if (pauseAtCheckpoint && e.event === 'checkpoint') pause.abort('pause');
-            },
-          },
-        );
+        });
         return { status: r.manifest.status, step: r.manifest.step, error: r.manifest.error, fixedLoss: r.fixedLoss };
       },
     });
@@ -177,8 +138,8 @@ function within<T>(ms: number, p: Promise<T>): Promise<T> {
 
 describe('issue 27 item 6: an error echoes a bounded part of the request', () => {
   it('200,000 unknown keys (top level and in settings) get a short answer, quickly (was: every key twice)', async () => {
-    const { service, call } = await open();
-    const server = await startServer({ port: 0, service, rendererDir: join(root, 'no-renderer'), log: () => {} });
+    const { service, call, dir } = await open();
+    const server = await startServer({ port: 0, service, rendererDir: join(dir, 'no-renderer'), log: () => {} });
     try {
       const { id } = await call('projects.create', { name: 'Keys' });
       const keys = Object.fromEntries(Array.from({ length: 200_000 }, (_, i) => [`unknown_key_${i}`, 1]));

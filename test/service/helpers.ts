@@ -6,10 +6,18 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { expect } from 'vitest';
-import { events, type EventName, type Job } from '../../src-main/api/contract.ts';
+import { afterAll, beforeAll, expect } from 'vitest';
+import {
+  events,
+  type EventName,
+  type Job,
+  type Method,
+  type Params,
+  type Result,
+} from '../../src-main/api/contract.ts';
 import { encodeImage } from '../../src-main/engine/image/sharp.ts';
-import type { Service } from '../../src-main/service/service.ts';
+import { Service, type ServiceOptions } from '../../src-main/service/service.ts';
+import { fakeEngine, type FakeHandlers } from './fakeEngine.ts';
 
 export const TINY_MODEL = resolve(import.meta.dirname, '../fixtures/tiny-a/model');
 export const DINO_TINY = resolve(import.meta.dirname, '../fixtures/dino-tiny/model.onnx');
@@ -17,6 +25,44 @@ export const DINO_TINY = resolve(import.meta.dirname, '../fixtures/dino-tiny/mod
 export async function tempDir(prefix = 'singlora-service-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * Opens services on the fake engine (fakeEngine.ts) with the tiny model as the default base, each
+ * in its own folder under one temporary root (`prefix`) made before the file's tests; after them
+ * the services are closed and the root removed. `defaults` go to every service, `opts` to one;
+ * `.root()` is the root.
+ */
+export function fakeServices(prefix: string, defaults: Partial<ServiceOptions> = {}) {
+  let root: string;
+  let cleanup: () => Promise<void>;
+  const services: Service[] = [];
+  let n = 0;
+  beforeAll(async () => {
+    ({ dir: root, cleanup } = await tempDir(prefix));
+  });
+  afterAll(async () => {
+    for (const s of services) await s.close();
+    await cleanup?.();
+  });
+  const open = async (handlers: FakeHandlers = {}, opts: Partial<ServiceOptions> = {}) => {
+    const fake = fakeEngine(handlers);
+    const dir = join(root, `s${n++}`);
+    const service = await Service.open({
+      dataDir: join(dir, 'data'),
+      modelsDir: join(dir, 'models'),
+      defaultBaseModel: TINY_MODEL,
+      log: () => {},
+      spawnEngine: fake.spawn,
+      ...defaults,
+      ...opts,
+    });
+    services.push(service);
+    const call = <M extends Method>(m: M, p: Params<M>) => service.call(m, p) as Promise<Result<M>>;
+    return { service, call, dir, requests: fake.requests };
+  };
+  /** The temporary root, once the file's tests have started. */
+  return Object.assign(open, { root: () => root });
 }
 
 /** A `size`×`size` PNG: a disc of one colour on a background of another; `k` varies both. */

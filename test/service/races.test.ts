@@ -7,50 +7,27 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Method, Params, Result } from '../../src-main/api/contract.ts';
+import { describe, expect, it } from 'vitest';
 import { metadataToStrings, type AdapterMetadata } from '../../src-main/engine/adapters/adapterFile.ts';
 import { exportAdapter } from '../../src-main/engine/adapters/exportAdapter.ts';
 import { train } from '../../src-main/engine/train/trainer.ts';
 import { atomicWriteFile } from '../../src-main/engine/io/atomic.ts';
 import { writeSafetensors } from '../../src-main/engine/io/safetensors.ts';
 import type { ExportRequest } from '../../src-main/service/protocol.ts';
-import { Service } from '../../src-main/service/service.ts';
-import { fakeEngine, type FakeHandlers } from './fakeEngine.ts';
+import type { Service } from '../../src-main/service/service.ts';
+import { type FakeHandlers, trainInput } from './fakeEngine.ts';
 import { useBackend } from '../helpers/backend.ts';
 import { fast } from '../helpers/training.ts';
-import { finished, shapePng, tempDir, TINY_MODEL } from './helpers.ts';
+import { fakeServices, finished, shapePng } from './helpers.ts';
 
-let root: string;
-let cleanup: () => Promise<void>;
-const services: Service[] = [];
-let n = 0;
+const openService = fakeServices('singlora-races-');
 
-beforeAll(async () => {
-  ({ dir: root, cleanup } = await tempDir('singlora-races-'));
-});
-afterAll(async () => {
-  for (const s of services) await s.close();
-  await cleanup?.();
-});
-
+/** A service on `handlers`, with an empty folder `outside` its data folders. */
 async function open(handlers: FakeHandlers) {
-  const fake = fakeEngine(handlers);
-  const dir = join(root, `s${n++}`);
-  const service = await Service.open({
-    dataDir: join(dir, 'data'),
-    modelsDir: join(dir, 'models'),
-    defaultBaseModel: TINY_MODEL,
-    log: () => {},
-    spawnEngine: fake.spawn,
-  });
-  services.push(service);
-  const call = <M extends Method>(m: M, p: Params<M>) => service.call(m, p) as Promise<Result<M>>;
-  return {
-    service,
-    call,
-    outside: await mkdir(join(dir, 'outside'), { recursive: true }).then(() => join(dir, 'outside')),
-  };
+  const opened = await openService(handlers);
+  const outside = join(opened.dir, 'outside');
+  await mkdir(outside, { recursive: true });
+  return { service: opened.service, call: opened.call, outside };
 }
 
 /** A native SingLoRA adapter with one 8x8 target, written without TensorFlow.js. */
@@ -78,6 +55,17 @@ async function tinyAdapter(path: string): Promise<void> {
   await writeSafetensors(path, { [`unet.${target}.singlora_A`]: { shape: [8, 2], data } }, metadataToStrings(meta));
 }
 
+/** A project named 'Race' holding tinyAdapter as adapters/mine.safetensors: its id and folder. */
+async function projectWithAdapter(
+  service: Service,
+  call: Awaited<ReturnType<typeof open>>['call'],
+): Promise<{ id: string; dir: string }> {
+  const { id } = await call('projects.create', { name: 'Race' });
+  const dir = service.store.dir(id);
+  await tinyAdapter(join(dir, 'adapters', 'mine.safetensors'));
+  return { id, dir };
+}
+
 /** The real export, after `hook` ran: the interleaving the probe hit 15 times in 40. */
 function exportAfter(hook: (p: ExportRequest) => Promise<void>): FakeHandlers {
   return {
@@ -99,8 +87,7 @@ describe('issue 27 item 1: an export never writes through a link swapped in afte
     );
     victim = join(outside, 'victim.txt');
     await writeFile(victim, 'precious');
-    const { id } = await call('projects.create', { name: 'Race' });
-    await tinyAdapter(join(service.store.dir(id), 'adapters', 'mine.safetensors'));
+    const { id } = await projectWithAdapter(service, call);
     const { jobId } = await call('adapters.export', {
       projectId: id,
       adapter: { file: 'adapters/mine.safetensors' },
@@ -125,9 +112,7 @@ describe('issue 27 item 1: an export never writes through a link swapped in afte
         }),
       );
       outside = rest.outside;
-      const { id } = await call('projects.create', { name: 'Race' });
-      const dir = service.store.dir(id);
-      await tinyAdapter(join(dir, 'adapters', 'mine.safetensors'));
+      const { id, dir } = await projectWithAdapter(service, call);
       await mkdir(join(dir, 'adapters', 'sub'));
       const { jobId } = await call('adapters.export', {
         projectId: id,
@@ -145,8 +130,7 @@ describe('issue 27 item 1: an export never writes through a link swapped in afte
 
   it('without a swap the same export is written (the hook alone changes nothing)', async () => {
     const { service, call } = await open(exportAfter(async () => {}));
-    const { id } = await call('projects.create', { name: 'Race' });
-    await tinyAdapter(join(service.store.dir(id), 'adapters', 'mine.safetensors'));
+    const { id } = await projectWithAdapter(service, call);
     const { jobId } = await call('adapters.export', {
       projectId: id,
       adapter: { file: 'adapters/mine.safetensors' },
@@ -171,17 +155,7 @@ describe('issue 27 item 2: class images are never written through a folder swapp
         expect(dir).toBe(join(p.runDir, '../../class-images'));
         await rename(dir, `${dir}-moved`);
         await symlink(outside, dir);
-        const r = await train(
-          {
-            base: p.base,
-            photos: p.photos,
-            runDir: p.runDir,
-            settings: p.settings,
-            resume: p.resume,
-            classImagesDir: p.classImagesDir,
-          },
-          { onEvent: progress, signal },
-        ).catch((err: Error) => ({ failed: err }));
+        const r = await train(trainInput(p), { onEvent: progress, signal }).catch((err: Error) => ({ failed: err }));
         if ('failed' in r) throw r.failed;
         return { status: r.manifest.status, step: r.manifest.step, error: r.manifest.error, fixedLoss: r.fixedLoss };
       },
@@ -218,9 +192,7 @@ describe('issue 27 item 4: generation.start and projects.delete take the same lo
         return { files: [file] };
       },
     });
-    const { id } = await call('projects.create', { name: 'Race' });
-    const dir = service.store.dir(id);
-    await tinyAdapter(join(dir, 'adapters', 'mine.safetensors'));
+    const { id, dir } = await projectWithAdapter(service, call);
     const settings = { prompt: 'a dog', steps: 2, width: 64, height: 64 };
     const starts = Array.from({ length: 10 }, () =>
       call('generation.start', {
