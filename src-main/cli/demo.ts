@@ -224,7 +224,7 @@ export function register(program: Command): void {
         o.json ? emitJsonLine(o, { event: 'stage', message: msg }) : process.stderr.write(`\n== ${msg}\n`);
       // The toy model: the bundled one, or a rebuilt copy (npm run build:toy-model --out elsewhere).
       const toy = !o.base || isToyModel(o.base);
-      const backend = await startBackend(o);
+      await startBackend(o); // the TensorFlow.js backend, for the parts that still use it
       if (!o.base && !existsSync(join(TOY_MODEL_DIR, 'unet/diffusion_pytorch_model.safetensors'))) {
         throw new UsageError(
           `the toy model is missing from ${TOY_MODEL_DIR}; it is committed to the repository (restore it with git checkout -- models/toy-sd), or rebuild it with npm run build:toy-model`,
@@ -243,7 +243,7 @@ export function register(program: Command): void {
       const steps = plan.settings.steps;
 
       say(
-        `training ${plan.settings.method === 'lora' ? 'LoRA' : 'SingLoRA'} (rank ${plan.settings.rank}, learning rate ${plan.settings.learningRate}) for ${steps} steps on ${backend.name}${plan.from ? ` (${plan.from})` : ''}`,
+        `training ${plan.settings.method === 'lora' ? 'LoRA' : 'SingLoRA'} (rank ${plan.settings.rank}, learning rate ${plan.settings.learningRate}) for ${steps} steps${plan.from ? ` (${plan.from})` : ''}`,
       );
       let t = performance.now();
       const runDir = join(out, 'run');
@@ -410,7 +410,8 @@ export function register(program: Command): void {
       const fmt = (s: ToyScore) => `subject ${s.subject.toFixed(3)}, background right ${(100 * s.prompt).toFixed(0)}%`;
       const summary = {
         event: 'summary',
-        backend: backend.name,
+        // What trained: run.json's backend ('onnx' for ONNX Runtime, else the TensorFlow.js backend).
+        backend: m.backend,
         base,
         toyModel: toy,
         run: runDir,
@@ -436,7 +437,7 @@ export function register(program: Command): void {
       printResult(o, summary, () =>
         [
           '',
-          `SingLoRA Studio demo finished in ${(summary.timingsMs.total / 1000).toFixed(1)} s on ${backend.name}`,
+          `SingLoRA Studio demo finished in ${(summary.timingsMs.total / 1000).toFixed(1)} s, trained on ${summary.backend === 'onnx' ? 'ONNX Runtime' : summary.backend}`,
           `  base model       ${base}${toy ? '  (toy model: 64x64 coloured shapes, trained from scratch by npm run build:toy-model)' : ''}`,
           `  training         ${m.step} steps, ${m.timing.msPerStep ? (1000 / m.timing.msPerStep).toFixed(2) : '?'} it/s; ${lossLine(summary.loss)}`,
           `  run folder       ${runDir}`,
