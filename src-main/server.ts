@@ -285,19 +285,18 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     else sendErrorBody(res, answer.error);
   }
 
+  /** Files and pages are read-only: anything but GET and HEAD is a 405. */
+  function refuseMethod(res: ServerResponse): void {
+    sendJson(res, 405, { ok: false, error: { code: 'invalid_params', message: 'use GET' } }, { Allow: 'GET, HEAD' });
+  }
+
   async function handleFile(
     req: IncomingMessage,
     res: ServerResponse,
     path: string,
     query: URLSearchParams,
   ): Promise<void> {
-    if (req.method !== 'GET' && req.method !== 'HEAD')
-      return sendJson(
-        res,
-        405,
-        { ok: false, error: { code: 'invalid_params', message: 'use GET' } },
-        { Allow: 'GET, HEAD' },
-      );
+    if (req.method !== 'GET' && req.method !== 'HEAD') return refuseMethod(res);
     if (!sameToken(bearer(req) ?? query.get('token'), token) && !sameToken(cookieToken(req, tokenCookie(port)), token))
       return sendError(
         res,
@@ -319,13 +318,7 @@ export async function startServer(o: ServerOptions = {}): Promise<RunningServer>
     path: string,
     query: URLSearchParams,
   ): Promise<void> {
-    if (req.method !== 'GET' && req.method !== 'HEAD')
-      return sendJson(
-        res,
-        405,
-        { ok: false, error: { code: 'invalid_params', message: 'use GET' } },
-        { Allow: 'GET, HEAD' },
-      );
+    if (req.method !== 'GET' && req.method !== 'HEAD') return refuseMethod(res);
     const index = join(rendererDir, 'index.html');
     if (!existsSync(index)) {
       return send(

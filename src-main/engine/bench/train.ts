@@ -137,19 +137,29 @@ export function readTrainingSchedulerConfig(base: string): RawSchedulerConfig {
   return { source: 'the built-in SD 1.5 scheduler config', values: SD15_SCHEDULER_CONFIG };
 }
 
-export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport> {
-  const log = o.log ?? (() => {});
-  const info = await initBackend(o.backend ?? 'auto');
+/** What both engines' training benchmarks start from: the UNet of `base`, the latent size, the defaults. */
+export function benchTrainSetup(
+  o: Pick<BenchTrainOptions, 'base' | 'resolution' | 'steps' | 'warmup' | 'batch' | 'rank' | 'method'>,
+) {
   const { config, vaeFactor } = readUnetConfig(o.base);
   if (o.resolution % vaeFactor !== 0)
     throw new Error(`bench train: resolution ${o.resolution} is not a multiple of the VAE factor ${vaeFactor}`);
-  const latent: [number, number] = [o.resolution / vaeFactor, o.resolution / vaeFactor];
-  const steps = o.steps ?? 5;
-  const warmup = o.warmup ?? 1;
-  const batch = o.batch ?? 1;
-  const rank = o.rank ?? 8;
-  const method = o.method ?? 'singlora';
-  const unet = UNet2DConditionModel.fromConfig(config);
+  return {
+    config,
+    latent: [o.resolution / vaeFactor, o.resolution / vaeFactor] as [number, number],
+    steps: o.steps ?? 5,
+    warmup: o.warmup ?? 1,
+    batch: o.batch ?? 1,
+    rank: o.rank ?? 8,
+    method: o.method ?? 'singlora',
+    unet: UNet2DConditionModel.fromConfig(config),
+  };
+}
+
+export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport> {
+  const log = o.log ?? (() => {});
+  const info = await initBackend(o.backend ?? 'auto');
+  const { latent, steps, warmup, batch, rank, method, unet } = benchTrainSetup(o);
   const report: BenchTrainReport = {
     bench: 'train',
     backend: info.name,

@@ -22,7 +22,7 @@ import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
 import { safetensorsSource } from '../io/weightSource.ts';
 import { randomSource } from '../models/layers/module.ts';
 import { FlopCounter, type Shaped } from '../models/ops/flopOps.ts';
-import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
+import type { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
 import { openTrainStep, trainStepWeightLayout } from '../onnx/trainStepGraph.ts';
@@ -31,7 +31,7 @@ import { Rng } from '../random.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import type { DDPMScheduler } from '../schedulers/ddpmScheduler.ts';
 import { AdamWArrays, adapterArraysOf, onnxTrainStep, type OnnxMicroBatch } from '../train/onnxStep.ts';
-import { readTrainingSchedulerConfig, readUnetConfig } from './train.ts';
+import { benchTrainSetup, readTrainingSchedulerConfig } from './train.ts';
 
 export interface BenchTrainOnnxOptions {
   /** A diffusers pipeline folder, a `unet/` folder, or a UNet config.json. */
@@ -118,16 +118,7 @@ export function trainStepFlops(unet: UNet2DConditionModel, batch: number, h: num
 
 export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTrainOnnxReport> {
   const log = o.log ?? (() => {});
-  const { config, vaeFactor } = readUnetConfig(o.base);
-  if (o.resolution % vaeFactor !== 0)
-    throw new Error(`bench train: resolution ${o.resolution} is not a multiple of the VAE factor ${vaeFactor}`);
-  const latent: [number, number] = [o.resolution / vaeFactor, o.resolution / vaeFactor];
-  const steps = o.steps ?? 5;
-  const warmup = o.warmup ?? 1;
-  const batch = o.batch ?? 1;
-  const rank = o.rank ?? 8;
-  const method = o.method ?? 'singlora';
-  const unet = UNet2DConditionModel.fromConfig(config);
+  const { config, latent, steps, warmup, batch, rank, method, unet } = benchTrainSetup(o);
   const cfg = unet.config;
   mkdirSync(defaultCacheDir(), { recursive: true });
   const tmp = mkdtempSync(join(defaultCacheDir(), 'bench-train-')); // the ONNX cache's file system: weights can be linked
