@@ -117,8 +117,37 @@ export const jobSchema = z.object({
    * server). Absent or null otherwise.
    */
   result: z.object({ path: z.string().optional(), url: z.string().optional() }).nullable().optional(),
+  /**
+   * The worker that runs or ran the job: `singlora worker --name`, by default `<host>:<pid>`; the
+   * embedded queue names its own process the same way. Null while queued; absent from older servers.
+   */
+  worker: z.string().nullable().optional(),
+  /** Why a queued job is still waiting (e.g. no connected worker can take training), in words. */
+  waiting: z.string().nullable().optional(),
 });
 export type Job = z.infer<typeof jobSchema>;
+
+/** Where jobs run: `jobs.queue`'s answer. */
+export const queueStatusSchema = z.object({
+  /** `embedded`: the in-process queue and one engine; `redis`: BullMQ, workers on any machine. */
+  mode: z.enum(['embedded', 'redis']),
+  /** Per queue (embedded: its lanes `engine` and `io`; redis: one queue per capability). */
+  queues: z.array(z.object({ name: z.string(), waiting: z.number().int(), active: z.number().int() })),
+  workers: z.array(
+    z.object({
+      name: z.string(),
+      /** The queues it takes jobs from. */
+      queues: z.array(z.string()),
+      /** Its last heartbeat (ISO time). */
+      lastSeen: z.string(),
+      /** False once it has been silent for 30 s: it counts as gone and its running job is handed on. */
+      alive: z.boolean(),
+      /** The job it is running, if any. */
+      jobId: z.string().nullable(),
+    }),
+  ),
+});
+export type QueueStatus = z.infer<typeof queueStatusSchema>;
 
 export const runSummarySchema = runManifestSchema
   .pick({ id: true, createdAt: true, updatedAt: true, status: true, step: true, error: true })
@@ -459,6 +488,8 @@ export const api = {
   },
 
   'jobs.list': { params: empty, result: z.array(jobSchema) },
+  /** Queue mode, waiting/active counts per queue, and the workers with their heartbeats. */
+  'jobs.queue': { params: empty, result: queueStatusSchema },
   'jobs.cancel': { params: z.object({ jobId: jobIdSchema }).strict(), result: z.object({ cancelled: z.boolean() }) },
 } as const;
 

@@ -15,9 +15,10 @@
  * and queued ones `cancelled`; the service then pauses their runs so they can be resumed.
  */
 import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { readFile, rename } from 'node:fs/promises';
 import { z } from 'zod';
-import { jobSchema, type Job } from '../api/contract.ts';
+import { jobSchema, type Job, type QueueStatus } from '../api/contract.ts';
 import { atomicWriteJson } from '../engine/io/atomic.ts';
 import { readableError } from './fsErrors.ts';
 
@@ -59,11 +60,18 @@ export interface JobRunnerOptions {
   log?: (line: string) => void;
   /** Finished jobs kept in the list (default 200). */
   keep?: number;
+  /** The name job records carry as their `worker` (default: `<host>:<pid>`, as `singlora worker` names itself). */
+  workerName?: string;
   /** How jobs.json is written (default: atomically); a test injects a failing disk here. */
   write?: (file: string, value: unknown) => Promise<void>;
 }
 
 const jobsFileSchema = z.object({ schemaVersion: z.literal(1), jobs: z.array(jobSchema) });
+
+/** A worker's default name: the host name and process id. */
+export function defaultWorkerName(): string {
+  return `${hostname()}:${process.pid}`;
+}
 
 export const INTERRUPTED_RUNNING = 'interrupted: the service stopped while this job was running';
 export const INTERRUPTED_QUEUED = 'interrupted: the service stopped before this job started';
@@ -138,6 +146,32 @@ export class JobRunner {
   get(jobId: string): Job | undefined {
     const j = this.#jobs.find((x) => x.id === jobId);
     return j && { ...j };
+  }
+
+  /** The embedded queue's status: its lanes as queues, and this process as the one worker. */
+  queueStatus(): QueueStatus {
+    const lanes: Lane[] = ['engine', 'io'];
+    const laneOf = (j: Job): Lane => this.#specs.get(j.id)?.lane ?? 'engine';
+    const count = (lane: Lane, status: Job['status']) =>
+      this.#jobs.filter((j) => j.status === status && laneOf(j) === lane).length;
+    const running = [...this.#runningByLane.values()];
+    return {
+      mode: 'embedded',
+      queues: lanes.map((name) => ({ name, waiting: count(name, 'queued'), active: count(name, 'running') })),
+      workers: [
+        {
+          name: this.#workerName,
+          queues: lanes,
+          lastSeen: new Date().toISOString(),
+          alive: !this.#closed,
+          jobId: running[0] ?? null,
+        },
+      ],
+    };
+  }
+
+  get #workerName(): string {
+    return this.opts.workerName ?? defaultWorkerName();
   }
 
   /** Queued or running jobs matching the filter. */
@@ -284,6 +318,7 @@ export class JobRunner {
     const controller = new AbortController();
     this.#controllers.set(next.id, controller);
     next.status = 'running';
+    next.worker = this.#workerName;
     this.#changed(next, true);
     const settled = (async () => {
       let outcome: JobOutcome | void = undefined;

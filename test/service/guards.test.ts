@@ -188,6 +188,7 @@ describe('validate before write', () => {
       'models.setBase': { projectId, path: '/nonexistent/model' },
       'models.download': { name: 'nope' },
       'jobs.list': {},
+      'jobs.queue': {},
       'jobs.cancel': { jobId: 'job-none' },
       'desktop.reveal': { projectId, file: 'images/none.png' },
       'desktop.pickBaseModel': { kind: 'folder' },

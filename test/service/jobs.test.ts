@@ -56,6 +56,29 @@ describe('job runner', () => {
     expect(updates.filter((u) => u.id === ja.id).map((u) => u.status)).toEqual(['queued', 'running', 'done']);
   });
 
+  it('names the worker on each job it runs and reports its lanes as queues (issue 29, embedded mode)', async () => {
+    const { runner } = await JobRunner.open({ file: null, onUpdate: () => {}, workerName: 'studio-1' });
+    const log: string[] = [];
+    const a = gate(log, 'a');
+    const ja = runner.submit({ kind: 'train', projectId: 'p', runId: 'r', run: a.run });
+    const jb = runner.submit({ kind: 'generate', projectId: 'p', runId: null, run: async () => {} });
+    const jc = runner.submit({ kind: 'download', projectId: null, runId: null, lane: 'io', run: async () => {} });
+    await new Promise((r) => setTimeout(r, 10));
+    expect(runner.get(ja.id)!.worker).toBe('studio-1');
+    expect(runner.get(jb.id)!.worker ?? null).toBeNull();
+    const status = runner.queueStatus();
+    expect(status.mode).toBe('embedded');
+    expect(status.queues).toEqual([
+      { name: 'engine', waiting: 1, active: 1 },
+      { name: 'io', waiting: 0, active: 0 },
+    ]);
+    expect(status.workers).toMatchObject([{ name: 'studio-1', alive: true, jobId: ja.id }]);
+    expect((await runner.wait(jc.id)).worker).toBe('studio-1');
+    a.release();
+    expect((await runner.wait(jb.id)).worker).toBe('studio-1');
+    expect(runner.queueStatus().queues.every((q) => q.waiting === 0 && q.active === 0)).toBe(true);
+  });
+
   it('cancels a queued job at once and signals a running one', async () => {
     const { runner } = await JobRunner.open({ file: null, onUpdate: () => {} });
     const log: string[] = [];
