@@ -11,7 +11,16 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { it } from 'vitest';
 import { WebSocket } from 'ws';
-import type { EventName, Job, Method, Params, QueueStatus, Result } from '../../src-main/api/contract.ts';
+import type {
+  EventData,
+  EventName,
+  Job,
+  Method,
+  Params,
+  QueueStatus,
+  Result,
+  RunEvent,
+} from '../../src-main/api/contract.ts';
 import { IN_CI, needsNote, skipReason } from './ciRequirements.ts';
 import { startProcess, type TestProcess } from './processes.ts';
 import { noRedisServer, sleep } from './redis.ts';
@@ -102,6 +111,19 @@ export class Served {
       timeoutMs,
       `jobs ${ids.length > 3 ? `${ids.slice(0, 3).join(', ')}, ...` : ids.join(', ')} to end`,
     );
+  }
+
+  /** The first WebSocket event (from `from` on) that `pred` takes, once it has come. */
+  async waitEvent(pred: (e: WsEvent) => boolean, timeoutMs: number, what: string, from = 0): Promise<WsEvent> {
+    return this.until(async () => this.events.slice(from).find(pred) ?? null, timeoutMs, what);
+  }
+
+  /** The `train.event`s of `runId` (after `since`, a performance.now() time), with when they came. */
+  trainEvents(runId: string, since = 0): Array<{ at: number; event: RunEvent }> {
+    return this.events
+      .filter((e) => e.event === 'train.event' && e.at > since)
+      .map((e) => ({ at: e.at, ...(e.data as EventData<'train.event'>) }))
+      .filter((e) => e.runId === runId);
   }
 
   /** Polls `jobs.queue` until `names` are all listed alive. */
