@@ -10,13 +10,18 @@ import { needsNote, SWIFTSHADER, skipReason } from './helpers/ciRequirements.ts'
 
 const RUN = readFileSync(join(import.meta.dirname, '../.ci/run'), 'utf8');
 
-describe('CI and the suites that need Chromium or SwiftShader', () => {
+describe('CI and the suites that need Chromium, SwiftShader or redis-server', () => {
   it('.ci/run installs chromium, checks the SwiftShader driver where the suites look, and sets CI=true', () => {
     expect(RUN).toMatch(/apt-get install -y -qq chromium/);
     expect(RUN).toContain(`SWIFTSHADER=${SWIFTSHADER}`);
     expect(RUN).toMatch(/\[ -e "\$SWIFTSHADER" \] \|\| \{/);
     expect(RUN).toMatch(/command -v chromium .*\|\| \{/);
     expect(RUN).toMatch(/^export CI=true$/m);
+  });
+
+  it('.ci/run installs redis-server and checks it is there (the queue suites fail without it under CI)', () => {
+    expect(RUN).toMatch(/apt-get install -y -qq [^\n]*\bredis-server\b/);
+    expect(RUN).toMatch(/command -v redis-server .*\|\| \{/);
   });
 
   it('.ci/run runs the unit suites, then the rest (together: every suite of npm test)', () => {

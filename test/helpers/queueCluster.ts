@@ -9,7 +9,6 @@
 import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { it } from 'vitest';
 import { WebSocket } from 'ws';
 import type {
   EventData,
@@ -21,9 +20,8 @@ import type {
   Result,
   RunEvent,
 } from '../../src-main/api/contract.ts';
-import { IN_CI, needsNote, skipReason } from './ciRequirements.ts';
 import { startProcess, type TestProcess } from './processes.ts';
-import { noRedisServer, sleep } from './redis.ts';
+import { sleep } from './redis.ts';
 
 export const REPO = resolve(import.meta.dirname, '../..');
 export const BIN = join(REPO, 'bin/singlora.js');
@@ -32,16 +30,6 @@ export const TOY_SUBJECT = join(REPO, 'models/toy-sd-subject');
 /** Loading the CLI through tsx and opening the engine, on 2 busy cores. */
 const START_MS = 90_000;
 export const TERMINAL: ReadonlyArray<Job['status']> = ['done', 'failed', 'cancelled'];
-
-/**
- * The gate of a suite that needs redis-server: the title to give its describe (with the skip
- * reason when it is skipped) and whether to skip; under CI=true a missing binary is a failing test.
- */
-export function redisGate(title: string): { title: string; skip: boolean } {
-  const missing = noRedisServer();
-  if (missing && IN_CI) it(needsNote('redis-server', title), () => skipReason('redis-server', missing));
-  return { title: missing && !IN_CI ? `${title} (${skipReason('redis-server', missing)})` : title, skip: !!missing };
-}
 
 /** An API call that answered `{ok: false}`. */
 export class ApiCallError extends Error {

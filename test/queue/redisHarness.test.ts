@@ -4,8 +4,8 @@
  * without appendonly they do not, so the scenario's check can fail.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { redisGate } from '../helpers/queueCluster.ts';
 import { RedisReplyError, TestRedis } from '../helpers/redis.ts';
+import { redisGate } from '../helpers/redisGate.ts';
 
 const gate = redisGate('the test Redis (redis-server on a free port)');
 

@@ -17,8 +17,9 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Job, RunEvent } from '../../src-main/api/contract.ts';
 import type { TestProcess } from '../helpers/processes.ts';
-import { Cluster, newProject, redisGate, toyImage, type Served, type WsEvent } from '../helpers/queueCluster.ts';
+import { Cluster, newProject, toyImage, type Served, type WsEvent } from '../helpers/queueCluster.ts';
 import { sleep, TestRedis } from '../helpers/redis.ts';
+import { redisGate } from '../helpers/redisGate.ts';
 
 const WORKERS = ['w1', 'w2'] as const;
 /** Toy jobs on 2 shared cores, with the server and both workers on them. */
