@@ -25,7 +25,8 @@ import { readModelDefaults } from '../engine/io/modelDefaults.ts';
 import { writeRoot, type WriteRoot } from '../engine/io/atomic.ts';
 import { nativeResolution, openBaseModel } from '../engine/io/modelFiles.ts';
 import type { EngineHost, SpawnEngine } from './engineHost.ts';
-import type { JobRunner, JobSpec } from './jobs.ts';
+import type { JobData } from './jobData.ts';
+import type { JobQueue } from './jobQueue.ts';
 import type { HostAccess, PathPolicy } from './pathPolicy.ts';
 import type { ProjectStore } from './projects.ts';
 import { pickCheckpoint, readRun } from './runs.ts';
@@ -72,7 +73,7 @@ export interface ServiceContext {
   readonly modelsDir: string;
   readonly store: ProjectStore;
   readonly engine: EngineHost;
-  readonly jobs: JobRunner;
+  readonly jobs: JobQueue;
   readonly paths: PathPolicy;
   emit<E extends EventName>(event: E, data: EventData<E>): void;
   log(line: string): void;
@@ -184,19 +185,19 @@ export async function projectWriteRoots(
 }
 
 /**
- * Submits a job whose work runs outside any lock its submitter held, once it is recorded in
- * jobs.json: when that write fails (a full disk), the job is withdrawn and the caller told.
+ * Submits a job (as data: jobData.ts) once it is recorded (jobs.json, or Redis): when that fails
+ * (a full disk, Redis gone), the job is withdrawn and the caller told.
  */
-export async function submit(c: ServiceContext, spec: JobSpec): Promise<Job> {
+export async function submitJob(c: ServiceContext, data: JobData): Promise<Job> {
   try {
-    return await c.jobs.submitRecorded({ ...spec, run: (ctx) => c.store.unlocked(() => spec.run(ctx)) });
+    return await c.jobs.submitJob(data);
   } catch (err) {
-    throw new ApiError('internal', `cannot start the ${spec.kind} job: ${(err as Error).message}`);
+    throw new ApiError('internal', `cannot start the ${data.kind} job: ${(err as Error).message}`);
   }
 }
 
-export function assertIdle(c: ServiceContext, projectId: string, runId: string, what: string): void {
-  const busy = c.jobs.active({ projectId, runId });
+export async function assertIdle(c: ServiceContext, projectId: string, runId: string, what: string): Promise<void> {
+  const busy = await c.jobs.active({ projectId, runId });
   if (busy.length)
     throw new ApiError(
       'conflict',
@@ -204,8 +205,8 @@ export function assertIdle(c: ServiceContext, projectId: string, runId: string, 
     );
 }
 
-export function assertNoTraining(c: ServiceContext, projectId: string): void {
-  const t = c.jobs.active({ projectId, kind: 'train' });
+export async function assertNoTraining(c: ServiceContext, projectId: string): Promise<void> {
+  const t = await c.jobs.active({ projectId, kind: 'train' });
   if (t.length)
     throw new ApiError(
       'conflict',

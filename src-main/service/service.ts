@@ -21,6 +21,7 @@ import { defaultBase, nativeResolutionOf, type ServiceContext, type ServiceOptio
 import { acquireLock, jobsFileOf, projectsDirOf, resolveDataDir } from './dataDir.ts';
 import { EngineHost } from './engineHost.ts';
 import { callHandler } from './errors.ts';
+import { cancelQueuedJob, runJob } from './jobHandlers.ts';
 import { JobRunner } from './jobs.ts';
 import { adaptersHandlers } from './methods/adapters.ts';
 import { desktopHandlers } from './methods/desktop.ts';
@@ -114,10 +115,16 @@ export class Service {
     const exclusive = opts.exclusive ?? true;
     if (exclusive) s.#releaseLock = await acquireLock(s.dataDir);
     try {
+      const c = s.#ctx;
       const { runner, interrupted } = await JobRunner.open({
         file: exclusive ? jobsFileOf(s.dataDir) : null,
         onUpdate: (j) => s.#emit('job.updated', j),
         log: s.#log,
+        // A job's work runs outside any lock its submitter held: it takes locks anew.
+        handlers: {
+          run: (data, ctx) => c.store.unlocked(() => runJob(c, data, ctx)),
+          cancelQueued: (data) => cancelQueuedJob(c, data),
+        },
       });
       s.#jobs = runner;
       if (exclusive) {
