@@ -57,6 +57,12 @@ export interface ServiceOptions {
    * folders such as the class-image folder).
    */
   hostPaths?: HostAccess;
+  /**
+   * A Redis queue (`serve --queue redis://host:port`, `SINGLORA_QUEUE`): jobs go to BullMQ and
+   * `singlora worker`s run them; the project locks live in Redis; no lock file, no jobs.json.
+   * Default: the embedded queue and this service's own engine process.
+   */
+  queue?: string;
   /** Per-photo limit (uploads after base64 decoding, and path imports); default 25 MiB. */
   maxPhotoBytes?: number;
   /** The Hugging Face hub cache searched for base models (default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub). */
