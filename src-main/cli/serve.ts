@@ -23,6 +23,7 @@ interface ServeOptions extends GlobalOptions {
   modelsDir?: string;
   base?: string;
   allowRemote?: boolean;
+  queue?: string;
 }
 
 export function register(program: Command): void {
@@ -39,7 +40,11 @@ export function register(program: Command): void {
         '--base <model>',
         'default base model for projects without one (default: the demo model in the models folder, toy-sd, else tiny-sd, when present)',
       )
-      .option('--allow-remote', 'allow a non-loopback --host (anyone who has the token can use the server)'),
+      .option('--allow-remote', 'allow a non-loopback --host (anyone who has the token can use the server)')
+      .option(
+        '--queue <url>',
+        'send jobs to a Redis queue for `singlora worker`s: redis://host:port or rediss://:password@host:port (default: SINGLORA_QUEUE; none: run jobs here)',
+      ),
   ).action(
     action(async (o: ServeOptions) => {
       if (o.dataDir) requireNotFile(o.dataDir, '--data-dir');
@@ -64,6 +69,7 @@ export function register(program: Command): void {
           modelsDir: o.modelsDir,
           defaultBaseModel: o.base,
           backend: o.backend && o.backend !== 'auto' ? o.backend : undefined,
+          queue: o.queue ?? (process.env.SINGLORA_QUEUE?.trim() || undefined),
         },
       });
       printResult(

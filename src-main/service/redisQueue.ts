@@ -1,0 +1,579 @@
+/**
+ * The Redis queue (issue 29): the one file that imports BullMQ. Jobs are data (jobData.ts) on one
+ * BullMQ queue per capability; `singlora worker`s take them (queueWorker.ts); the server submits,
+ * lists, cancels and relays what the workers report to its clients.
+ *
+ *   Redis key (prefix `singlora`)   what it holds
+ *   ------------------------------  -------------------------------------------------------------
+ *   singlora:{train,engine,io}:*    BullMQ's queues: job data, state, progress, return values
+ *   singlora:workers                hash: worker name -> {queues, lastSeen, jobId} (heartbeats)
+ *   singlora:cancelled              hash: job id -> the record of a job cancelled while queued
+ *   singlora:cancel                 pub/sub channel: {jobId, reason} to the worker running it
+ *   singlora:lock:project:<id>      a project's lock: a token, SET NX PX, refreshed, freed by token
+ *
+ * A job's record (`jobs.list`) is read from BullMQ: its data (kind, project, run, created), its
+ * state, its progress (`{p: progress, w: worker, e?: [event, data]}`: the worker also sends the
+ * handler's events through it, and the server relays them from QueueEvents) and its return value
+ * (the outcome: done, cancelled or failed as the handler said, and the worker's name).
+ *
+ * Failures: a worker that dies leaves its job locked; BullMQ's stalled check (every lock period,
+ * 30 s) moves it back to the queue and another worker resumes it (jobHandlers.ts). ioredis
+ * reconnects after a Redis restart; the queued jobs survive as far as Redis persists them
+ * (docs/scale-out.md: appendonly). Two servers share one queue: a job is added once, by the server
+ * that was asked, under its own id, and BullMQ gives each job one active owner.
+ */
+import { randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { type Job as BullJob, Queue, QueueEvents, WaitingError, Worker } from 'bullmq';
+import type { EventName, Job, QueueStatus } from '../api/contract.ts';
+import { readableError } from './fsErrors.ts';
+import { QUEUES, queueOf, type JobData, type QueueName } from './jobData.ts';
+import { matches, type JobFilter, type JobQueue } from './jobQueue.ts';
+import type { JobOutcome, JobProgress } from './jobs.ts';
+
+const PREFIX = 'singlora';
+const WORKERS_KEY = `${PREFIX}:workers`;
+const CANCELLED_KEY = `${PREFIX}:cancelled`;
+const CANCEL_CHANNEL = `${PREFIX}:cancel`;
+/** A worker silent this long counts as gone. */
+export const WORKER_GONE_MS = 30_000;
+export const HEARTBEAT_MS = 5_000;
+/** Finished jobs kept per queue (as the embedded runner keeps 200). */
+const KEEP = 200;
+
+/** The part of an ioredis connection this file uses (ioredis is loaded at run time, see connect). */
+export interface RedisClient {
+  status: string;
+  duplicate(): RedisClient;
+  quit(): Promise<unknown>;
+  disconnect(): void;
+  on(event: string, listener: (...args: never[]) => void): unknown;
+  set(key: string, value: string, ...args: Array<string | number>): Promise<string | null>;
+  eval(script: string, keys: number, ...args: Array<string | number>): Promise<unknown>;
+  hset(key: string, field: string, value: string): Promise<number>;
+  hdel(key: string, field: string): Promise<number>;
+  hgetall(key: string): Promise<Record<string, string>>;
+  publish(channel: string, message: string): Promise<number>;
+  subscribe(channel: string): Promise<unknown>;
+}
+
+/**
+ * Opens an ioredis connection to `url` (`redis://[:password@]host:port[/db]`, or `rediss://` for
+ * TLS). `blocking`: for BullMQ workers and QueueEvents, which wait on Redis (no retry limit per
+ * request: they wait through a Redis restart). ioredis reconnects by itself either way.
+ */
+export function connectRedis(url: string, o: { blocking: boolean; log?: (line: string) => void }): RedisClient {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new Error(`--queue: '${url}' is not a URL; give redis://host:port or rediss://:password@host:port`);
+  }
+  if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:')
+    throw new Error(`--queue: '${url}' is not a Redis URL (redis:// or rediss://)`);
+  // Through require: bullmq's ESM build loads no Redis driver itself, and a desktop build that
+  // never uses a queue does not need ioredis at all.
+  let Redis: new (url: string, opts: Record<string, unknown>) => RedisClient;
+  try {
+    const mod = createRequire(import.meta.url)('ioredis') as { default?: typeof Redis } & typeof Redis;
+    Redis = mod.default ?? mod;
+  } catch (err) {
+    throw new Error(`the Redis queue needs the ioredis package (npm install): ${(err as Error).message}`);
+  }
+  const client = new Redis(url, {
+    maxRetriesPerRequest: o.blocking ? null : 3,
+    retryStrategy: (times: number) => Math.min(times * 200, 2_000),
+  });
+  let said = false;
+  client.on('error', (err: Error) => {
+    if (!said) o.log?.(`queue: Redis at ${parsed.host}: ${err.message} (retrying)`);
+    said = true;
+  });
+  client.on('ready', () => {
+    if (said) o.log?.(`queue: Redis at ${parsed.host} is back`);
+    said = false;
+  });
+  return client;
+}
+
+/** What BullMQ holds for one job. */
+interface StoredJob {
+  job: JobData;
+  createdAt: string;
+}
+/** A job's BullMQ progress: the handler's progress, the worker, and (maybe) one handler event. */
+interface ProgressPayload {
+  p: JobProgress | null;
+  w: string;
+  e?: [EventName, unknown];
+}
+/** A job's BullMQ return value: the handler's outcome, as the embedded runner settles it. */
+interface StoredOutcome {
+  status: 'done' | 'failed' | 'cancelled';
+  error: string | null;
+  label?: string;
+  result?: Job['result'];
+  worker: string;
+}
+/** A worker's heartbeat. */
+interface Heartbeat {
+  name: string;
+  queues: QueueName[];
+  lastSeen: string;
+  jobId: string | null;
+}
+
+export function newJobId(): string {
+  return `job-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
+}
+
+const bullOpts = (connection: RedisClient) => ({ connection: connection as never, prefix: PREFIX });
+
+function isProgressPayload(v: unknown): v is ProgressPayload {
+  return typeof v === 'object' && v !== null && 'w' in v;
+}
+
+/** Why a queued job waits, from the workers' heartbeats; null when some live worker takes its queue. */
+export function waitingReason(queue: QueueName, workers: QueueStatus['workers']): string | null {
+  if (workers.some((w) => w.alive && w.queues.includes(queue))) return null;
+  const how =
+    queue === 'train'
+      ? 'start `singlora worker` on a machine with a GPU provider, or one with --allow-cpu-training'
+      : 'start `singlora worker --queue ...`';
+  return `no connected worker takes ${queue} jobs: ${how}`;
+}
+
+/** A job record from BullMQ's state. */
+function recordOf(job: BullJob, state: string, workers: QueueStatus['workers']): Job {
+  const stored = job.data as StoredJob;
+  const d = stored.job;
+  const progress = isProgressPayload(job.progress) ? job.progress : null;
+  const outcome = state === 'completed' ? (job.returnvalue as StoredOutcome | null) : null;
+  const queued = state !== 'active' && state !== 'completed' && state !== 'failed';
+  const status: Job['status'] = outcome
+    ? outcome.status
+    : state === 'failed'
+      ? 'failed'
+      : state === 'active'
+        ? 'running'
+        : 'queued';
+  let p = progress?.p ?? null;
+  if (outcome?.label !== undefined) p = { ...(p ?? { done: 1, total: 1 }), label: outcome.label };
+  return {
+    id: job.id ?? '',
+    kind: d.kind,
+    projectId: d.projectId,
+    runId: d.runId,
+    status,
+    createdAt: stored.createdAt,
+    error: outcome ? outcome.error : state === 'failed' ? job.failedReason || 'failed' : null,
+    progress: p,
+    ...(outcome?.result && status === 'done' ? { result: outcome.result } : {}),
+    worker: queued ? null : (outcome?.worker ?? progress?.w ?? null),
+    waiting: queued ? waitingReason(queueOf(d.kind), workers) : null,
+  };
+}
+
+const ACTIVE_STATES = ['waiting', 'active', 'delayed', 'prioritized', 'waiting-children'] as const;
+const ALL_STATES = [...ACTIVE_STATES, 'completed', 'failed'] as const;
+
+export interface RedisQueueOptions {
+  url: string;
+  /** Every change of a job's record (the service emits it as `job.updated`). */
+  onUpdate: (job: Job) => void;
+  /** A handler's event a worker sent (`train.event`, `generation.*`, `evaluation.progress`). */
+  onEvent: (event: EventName, data: unknown) => void;
+  /** What a job cancelled while queued leaves behind (a new run reads `cancelled`). */
+  cancelQueued: (data: JobData) => Promise<void>;
+  log: (line: string) => void;
+}
+
+/** The server's side of the Redis queue (see the top of this file). */
+export class RedisJobQueue implements JobQueue {
+  readonly mode = 'redis' as const;
+  readonly #client: RedisClient;
+  readonly #queues: Map<QueueName, Queue>;
+  readonly #events: QueueEvents[] = [];
+  readonly #known = new Map<string, Job>();
+  #closed = false;
+
+  private constructor(
+    private readonly opts: RedisQueueOptions,
+    client: RedisClient,
+  ) {
+    this.#client = client;
+    this.#queues = new Map(QUEUES.map((q) => [q, new Queue(q, bullOpts(client))]));
+    for (const q of this.#queues.values()) q.on('error', (err) => this.#logError(err));
+  }
+
+  /** Connects, and follows every queue's events. */
+  static async open(opts: RedisQueueOptions): Promise<RedisJobQueue> {
+    const client = connectRedis(opts.url, { blocking: false, log: opts.log });
+    const queue = new RedisJobQueue(opts, client);
+    for (const name of QUEUES) {
+      const events = new QueueEvents(name, bullOpts(connectRedis(opts.url, { blocking: true })));
+      events.on('error', (err) => queue.#logError(err));
+      for (const e of ['waiting', 'active', 'completed', 'failed', 'removed'] as const)
+        events.on(e, ({ jobId }: { jobId: string }) => void queue.#refresh(jobId));
+      events.on('progress', ({ jobId, data }: { jobId: string; data: unknown }) => queue.#onProgress(jobId, data));
+      queue.#events.push(events);
+    }
+    await Promise.all([...queue.#queues.values()].map((q) => q.waitUntilReady()));
+    await Promise.all(queue.#events.map((e) => e.waitUntilReady()));
+    return queue;
+  }
+
+  /** The project lock over Redis (see RedisLock), on this queue's connection. */
+  lock(name: string): RedisLock {
+    return new RedisLock(this.#client, `${PREFIX}:lock:${name}`);
+  }
+
+  async submitJob(data: JobData): Promise<Job> {
+    const id = newJobId();
+    const stored: StoredJob = { job: data, createdAt: new Date().toISOString() };
+    const queue = this.#queues.get(queueOf(data.kind))!;
+    const job = await queue.add(data.kind, stored, {
+      jobId: id,
+      removeOnComplete: { count: KEEP },
+      removeOnFail: { count: KEEP },
+    });
+    const record = recordOf(job as BullJob, 'waiting', await this.#workers());
+    this.#known.set(id, record);
+    return record;
+  }
+
+  async list(): Promise<Job[]> {
+    const workers = await this.#workers();
+    const out: Job[] = [];
+    for (const q of this.#queues.values())
+      for (const job of (await q.getJobs([...ALL_STATES], 0, KEEP)) as BullJob[])
+        if (job?.id) out.push(recordOf(job, await job.getState(), workers));
+    out.push(...(await this.#tombstones()));
+    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+  }
+
+  async get(jobId: string): Promise<Job | undefined> {
+    const found = await this.#find(jobId);
+    if (found) return recordOf(found, await found.getState(), await this.#workers());
+    return (await this.#tombstones()).find((j) => j.id === jobId);
+  }
+
+  async active(filter: JobFilter = {}): Promise<Job[]> {
+    const workers = await this.#workers();
+    const out: Job[] = [];
+    for (const q of this.#queues.values())
+      for (const job of (await q.getJobs([...ACTIVE_STATES], 0, -1)) as BullJob[])
+        if (job?.id) {
+          const record = recordOf(job, await job.getState(), workers);
+          if ((record.status === 'queued' || record.status === 'running') && matches(record, filter)) out.push(record);
+        }
+    return out;
+  }
+
+  /**
+   * A queued job is removed from its queue and recorded as cancelled; a running one is told
+   * through the cancel channel, and the worker that runs it aborts it (training pauses at a
+   * checkpoint). A job that became active in between is told as a running one.
+   */
+  async cancel(jobId: string, reason: 'cancel' | 'pause' = 'cancel'): Promise<boolean | undefined> {
+    const job = await this.#find(jobId);
+    if (!job) return (await this.#tombstones()).some((j) => j.id === jobId) ? false : undefined;
+    const state = await job.getState();
+    if (state === 'completed' || state === 'failed') return false;
+    if (state !== 'active') {
+      const removed = await job.remove().then(
+        () => true,
+        () => false,
+      );
+      if (removed) {
+        const record: Job = {
+          ...recordOf(job, state, []),
+          status: 'cancelled',
+          waiting: null,
+          error: reason === 'pause' ? INTERRUPTED_QUEUED : null,
+        };
+        await this.#client.hset(CANCELLED_KEY, jobId, JSON.stringify(record));
+        this.#emit(record);
+        await this.opts
+          .cancelQueued((job.data as StoredJob).job)
+          .catch((err) => this.opts.log(`jobs: ${jobId}: after cancelling: ${readableError(err)}`));
+        return true;
+      }
+    }
+    await this.#client.publish(CANCEL_CHANNEL, JSON.stringify({ jobId, reason }));
+    return true;
+  }
+
+  async wait(jobId: string): Promise<Job> {
+    for (;;) {
+      const j = await this.get(jobId);
+      if (!j) throw new Error(`no job ${jobId}`);
+      if (j.status !== 'queued' && j.status !== 'running') return j;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  async queueStatus(): Promise<QueueStatus> {
+    const queues = [];
+    for (const [name, q] of this.#queues) {
+      const c = await q.getJobCounts('waiting', 'delayed', 'prioritized', 'active');
+      queues.push({
+        name,
+        waiting: (c.waiting ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0),
+        active: c.active ?? 0,
+      });
+    }
+    return { mode: 'redis', queues, workers: await this.#workers() };
+  }
+
+  /** Closes the connections; jobs stay in Redis, running ones on their workers. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Promise.all(this.#events.map((e) => e.close().catch(() => {})));
+    await Promise.all([...this.#queues.values()].map((q) => q.close().catch(() => {})));
+    await this.#client.quit().catch(() => this.#client.disconnect());
+  }
+
+  async #find(jobId: string): Promise<BullJob | undefined> {
+    for (const q of this.#queues.values()) {
+      const job = (await q.getJob(jobId)) as BullJob | undefined;
+      if (job) return job;
+    }
+    return undefined;
+  }
+
+  async #workers(): Promise<QueueStatus['workers']> {
+    const now = Date.now();
+    return Object.values(await this.#client.hgetall(WORKERS_KEY))
+      .map((text) => JSON.parse(text) as Heartbeat)
+      .map((h) => ({ ...h, alive: now - Date.parse(h.lastSeen) < WORKER_GONE_MS }))
+      .sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  async #tombstones(): Promise<Job[]> {
+    return Object.values(await this.#client.hgetall(CANCELLED_KEY)).map((t) => JSON.parse(t) as Job);
+  }
+
+  /** A job changed state: its record from Redis, to every client. */
+  async #refresh(jobId: string): Promise<void> {
+    try {
+      const job = await this.#find(jobId);
+      if (!job) return;
+      const record = recordOf(job, await job.getState(), await this.#workers());
+      this.#known.set(jobId, record);
+      this.#emit(record);
+      if (record.status !== 'queued' && record.status !== 'running') this.#known.delete(jobId);
+    } catch (err) {
+      this.#logError(err);
+    }
+  }
+
+  /** A worker's progress: its event relayed, the record's progress updated (no Redis read). */
+  #onProgress(jobId: string, data: unknown): void {
+    if (!isProgressPayload(data)) return;
+    if (data.e) this.opts.onEvent(data.e[0], data.e[1]);
+    const known = this.#known.get(jobId);
+    if (!known) return void this.#refresh(jobId);
+    const changed = JSON.stringify(known.progress) !== JSON.stringify(data.p) || known.worker !== data.w;
+    if (!changed || known.status !== 'running') return;
+    const record = { ...known, progress: data.p, worker: data.w };
+    this.#known.set(jobId, record);
+    this.#emit(record);
+  }
+
+  #emit(job: Job): void {
+    try {
+      this.opts.onUpdate(job);
+    } catch (err) {
+      this.opts.log(`jobs: an update listener failed: ${(err as Error).message}`);
+    }
+  }
+
+  #logError(err: unknown): void {
+    if (!this.#closed) this.opts.log(`queue: ${readableError(err)}`);
+  }
+}
+
+const INTERRUPTED_QUEUED = 'interrupted: the service stopped before this job started';
+
+/**
+ * A lock over Redis, for one name: `SET key token NX PX ttl`, refreshed while held (so a holder
+ * that dies frees it within `ttlMs`), released only by the token that took it.
+ */
+export class RedisLock {
+  static readonly RELEASE =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+  static readonly REFRESH =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+
+  constructor(
+    private readonly client: RedisClient,
+    readonly key: string,
+    private readonly ttlMs = 30_000,
+  ) {}
+
+  /** Runs `fn` holding the lock; waits up to `waitMs` for it, then throws saying who holds it. */
+  async with<T>(fn: () => Promise<T>, waitMs = 120_000): Promise<T> {
+    const token = randomBytes(12).toString('hex');
+    const start = Date.now();
+    while ((await this.client.set(this.key, token, 'PX', this.ttlMs, 'NX')) !== 'OK') {
+      if (Date.now() - start > waitMs)
+        throw new Error(`${this.key} is held by another server (waited ${Math.round(waitMs / 1000)} s)`);
+      await new Promise((r) => setTimeout(r, 25 + Math.random() * 50));
+    }
+    const refresh = setInterval(
+      () => void this.client.eval(RedisLock.REFRESH, 1, this.key, token, this.ttlMs).catch(() => {}),
+      this.ttlMs / 3,
+    );
+    try {
+      return await fn();
+    } finally {
+      clearInterval(refresh);
+      await this.client.eval(RedisLock.RELEASE, 1, this.key, token).catch(() => {});
+    }
+  }
+}
+
+/** What a worker's job handler gets: the job's id, its abort signal, its progress and events. */
+export interface QueueJobContext {
+  jobId: string;
+  signal: AbortSignal;
+  progress(p: JobProgress): void;
+  emit(event: EventName, data: unknown): void;
+}
+
+export interface QueueWorkerOptions {
+  url: string;
+  name: string;
+  queues: QueueName[];
+  run(job: StoredJob['job'] | unknown, ctx: QueueJobContext): Promise<JobOutcome | void>;
+  /** The lock period: a dead worker's job is handed on after about this long (default 30 s). */
+  lockMs?: number;
+  log: (line: string) => void;
+}
+
+export interface RunningQueueWorker {
+  /** Stops taking jobs; a running training job pauses at a checkpoint and goes back to the queue. */
+  close(): Promise<void>;
+}
+
+/**
+ * Takes jobs from `queues` and runs them with `run`: one job at a time on the engine (train and
+ * engine queues), downloads beside it; heartbeats; cancels from the cancel channel.
+ */
+export async function startQueueWorker(o: QueueWorkerOptions): Promise<RunningQueueWorker> {
+  const client = connectRedis(o.url, { blocking: true, log: o.log });
+  const subscriber = connectRedis(o.url, { blocking: true });
+  const running = new Map<string, AbortController>();
+  let closing = false;
+  let engineBusy: Promise<void> = Promise.resolve();
+  const lockMs = o.lockMs ?? 30_000;
+
+  const heartbeat = async () => {
+    const beat: Heartbeat = {
+      name: o.name,
+      queues: o.queues,
+      lastSeen: new Date().toISOString(),
+      jobId: [...running.keys()][0] ?? null,
+    };
+    await client.hset(WORKERS_KEY, o.name, JSON.stringify(beat)).catch(() => {});
+  };
+  await heartbeat();
+  const beats = setInterval(() => void heartbeat(), HEARTBEAT_MS);
+
+  await subscriber.subscribe(CANCEL_CHANNEL);
+  subscriber.on('message', ((_channel: string, text: string) => {
+    try {
+      const { jobId, reason } = JSON.parse(text) as { jobId: string; reason: 'cancel' | 'pause' };
+      running.get(jobId)?.abort(reason);
+    } catch {
+      /* not ours */
+    }
+  }) as never);
+
+  const processor = async (job: BullJob, token?: string): Promise<StoredOutcome> => {
+    const engine = queueOf((job.data as StoredJob).job.kind) !== 'io';
+    // One engine job at a time: a job of the other engine queue waits here (rare: see pauses below).
+    let release = () => {};
+    const turn = engine ? engineBusy : Promise.resolve();
+    if (engine) engineBusy = new Promise<void>((r) => (release = r));
+    await turn;
+    const pausedOthers = engine ? workers.filter((w) => w.name !== job.queueName && w.name !== 'io') : [];
+    await Promise.all(pausedOthers.map((w) => w.pause(true)));
+    try {
+      return await runOne(job, token);
+    } finally {
+      for (const w of pausedOthers) if (!closing) w.resume();
+      release();
+    }
+  };
+
+  const runOne = async (job: BullJob, token?: string): Promise<StoredOutcome> => {
+    const id = job.id ?? '';
+    const controller = new AbortController();
+    running.set(id, controller);
+    void heartbeat();
+    let last: JobProgress | null = null;
+    let sending: Promise<unknown> = Promise.resolve();
+    const send = (payload: ProgressPayload) => {
+      sending = sending.then(() => job.updateProgress(payload as never)).catch((err) => o.log(`queue: ${id}: ${err}`));
+    };
+    send({ p: null, w: o.name });
+    try {
+      const outcome = await o.run((job.data as StoredJob).job, {
+        jobId: id,
+        signal: controller.signal,
+        progress: (p) => send({ p: (last = p), w: o.name }),
+        emit: (event, data) => send({ p: last, w: o.name, e: [event, data] }),
+      });
+      await sending;
+      const aborted = controller.signal.aborted;
+      if (closing && aborted && controller.signal.reason === 'pause' && token) {
+        // This worker is stopping: the job goes back to the queue and another worker resumes it.
+        await job.moveToWait(token);
+        throw new WaitingError();
+      }
+      return {
+        status: outcome?.status ?? (aborted ? 'cancelled' : 'done'),
+        error: outcome?.error ?? null,
+        ...(outcome?.label !== undefined ? { label: outcome.label } : {}),
+        ...(outcome?.result !== undefined ? { result: outcome.result } : {}),
+        worker: o.name,
+      };
+    } catch (err) {
+      await sending;
+      if (err instanceof WaitingError) throw err;
+      if (controller.signal.aborted) return { status: 'cancelled', error: null, worker: o.name };
+      throw new Error(readableError(err));
+    } finally {
+      running.delete(id);
+      void heartbeat();
+    }
+  };
+
+  const workers = o.queues.map(
+    (name) =>
+      new Worker(name, processor as never, {
+        ...bullOpts(client),
+        concurrency: 1,
+        lockDuration: lockMs,
+        stalledInterval: lockMs,
+        maxStalledCount: 3,
+      }),
+  );
+  for (const w of workers) w.on('error', (err) => o.log(`queue: ${readableError(err)}`));
+  await Promise.all(workers.map((w) => w.waitUntilReady()));
+
+  return {
+    async close() {
+      closing = true;
+      clearInterval(beats);
+      for (const c of running.values()) c.abort('pause');
+      await Promise.all(workers.map((w) => w.close()));
+      await client.hdel(WORKERS_KEY, o.name).catch(() => {});
+      await subscriber.quit().catch(() => subscriber.disconnect());
+      await client.quit().catch(() => client.disconnect());
+    },
+  };
+}
