@@ -194,6 +194,7 @@ export class RedisJobQueue implements JobQueue {
   readonly #client: RedisClient;
   readonly #queues: Map<QueueName, Queue>;
   readonly #events: QueueEvents[] = [];
+  readonly #eventConnections: RedisClient[] = [];
   readonly #known = new Map<string, Job>();
   #closed = false;
 
@@ -211,7 +212,10 @@ export class RedisJobQueue implements JobQueue {
     const client = connectRedis(opts.url, { blocking: false, log: opts.log });
     const queue = new RedisJobQueue(opts, client);
     for (const name of QUEUES) {
-      const events = new QueueEvents(name, bullOpts(connectRedis(opts.url, { blocking: true })));
+      // BullMQ leaves a connection it was given open on close(): keep it to quit it ourselves.
+      const connection = connectRedis(opts.url, { blocking: true });
+      queue.#eventConnections.push(connection);
+      const events = new QueueEvents(name, bullOpts(connection));
       events.on('error', (err) => queue.#logError(err));
       for (const e of ['waiting', 'active', 'completed', 'failed', 'removed'] as const)
         events.on(e, ({ jobId }: { jobId: string }) => void queue.#refresh(jobId));
@@ -332,6 +336,7 @@ export class RedisJobQueue implements JobQueue {
     this.#closed = true;
     await Promise.all(this.#events.map((e) => e.close().catch(() => {})));
     await Promise.all([...this.#queues.values()].map((q) => q.close().catch(() => {})));
+    await Promise.all(this.#eventConnections.map((c) => c.quit().catch(() => c.disconnect())));
     await this.#client.quit().catch(() => this.#client.disconnect());
   }
 
