@@ -1,8 +1,9 @@
 /**
  * Child processes a test starts (redis-server, `singlora serve`, `singlora worker`): their output
- * kept for the test to read, waits on a line of it, and teardown that leaves none behind. Every
- * process started here is SIGKILLed by `killAll()` (the suites call it after their tests, whatever
- * happened) and, as a last resort, when the test process itself exits.
+ * kept for the test to read, waits on a line of it, and teardown that leaves none behind. Each is
+ * the leader of its own process group, so `killHard()` takes its engine process with it. Every
+ * process started here is SIGKILLed (with its group) by its owner's teardown, by `killAll()`, and,
+ * as a last resort, when the test process itself exits.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 
@@ -14,7 +15,7 @@ export function killAll(): string[] {
   const names: string[] = [];
   for (const p of running) {
     names.push(p.name);
-    p.kill('SIGKILL');
+    p.killGroup();
   }
   return names;
 }
@@ -73,14 +74,27 @@ export class TestProcess {
     return this.#exit === null;
   }
 
+  /** Sends `signal` to the process alone (its children, such as an engine process, are left to it). */
   kill(signal: NodeJS.Signals = 'SIGTERM'): void {
     if (this.#exit === null) this.child.kill(signal);
   }
 
-  /** SIGKILLs the process and waits until it is gone. */
+  /**
+   * SIGKILLs the process and everything it started (its process group: a machine that dies takes
+   * the engine process with it), and waits until the process is gone.
+   */
   async killHard(): Promise<Exit> {
-    this.kill('SIGKILL');
+    this.killGroup();
     return this.exited;
+  }
+
+  /** SIGKILL to the process group (synchronous; teardown and the exit hook). */
+  killGroup(): void {
+    try {
+      process.kill(-this.pid, 'SIGKILL');
+    } catch {
+      this.kill('SIGKILL'); // the group is gone, or the process was not started as its leader
+    }
   }
 
   /**
@@ -120,7 +134,7 @@ export class TestProcess {
   }
 }
 
-/** Starts `command` with piped output, tracked for teardown. */
+/** Starts `command` with piped output as the leader of its own process group, tracked for teardown. */
 export function startProcess(
   name: string,
   command: string,
@@ -128,6 +142,11 @@ export function startProcess(
   opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {},
 ): TestProcess {
   installExitHook();
-  const child = spawn(command, args, { cwd: opts.cwd, env: opts.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(command, args, {
+    cwd: opts.cwd,
+    env: opts.env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
   return new TestProcess(name, child);
 }

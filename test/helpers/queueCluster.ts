@@ -29,6 +29,8 @@ export const TOY_MODEL = join(REPO, 'models/toy-sd');
 export const TOY_SUBJECT = join(REPO, 'models/toy-sd-subject');
 /** Loading the CLI through tsx and opening the engine, on 2 busy cores. */
 const START_MS = 90_000;
+/** An API call that takes longer has hung. */
+const CALL_MS = 60_000;
 export const TERMINAL: ReadonlyArray<Job['status']> = ['done', 'failed', 'cancelled'];
 
 /** An API call that answered `{ok: false}`. */
@@ -66,6 +68,9 @@ export class Served {
       method: 'POST',
       headers: { Authorization: `Bearer ${this.token}`, 'Content-Type': 'application/json' },
       body: JSON.stringify(params),
+      signal: AbortSignal.timeout(CALL_MS),
+    }).catch((err: Error) => {
+      throw new Error(`${method} on ${this.proc.name}: ${err.message}`);
     });
     const body = (await res.json()) as { ok: boolean; result?: unknown; error?: { code: string; message: string } };
     if (!body.ok) throw new ApiCallError(method, body.error!.code, body.error!.message, res.status);
