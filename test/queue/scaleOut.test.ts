@@ -171,7 +171,7 @@ describe.skipIf(gate.skip)(gate.title, () => {
   it('cancel through the server reaches the worker: the job ends cancelled with a checkpoint; resume finishes it', {
     timeout: 2 * JOBS_MS,
   }, async () => {
-    const steps = 400;
+    const steps = 250;
     const r = await server.call('training.start', {
       projectId,
       settings: { steps, checkpointEvery: 10, sampleEvery: 0, resolution: 64 },
@@ -240,7 +240,7 @@ describe.skipIf(gate.skip)(gate.title, () => {
   it('a worker SIGKILLed mid-training: the other resumes from the last checkpoint; every step logged once', {
     timeout: 2 * JOBS_MS + STALLED_MS,
   }, async () => {
-    const steps = 300;
+    const steps = 200;
     const every = 10;
     const r = await server.call('training.start', {
       projectId,
@@ -292,5 +292,26 @@ describe.skipIf(gate.skip)(gate.title, () => {
     for (const run of await readdir(join(dir, 'runs'))) files.push(join(dir, 'runs', run, 'run.json'));
     expect(files.length).toBeGreaterThan(2);
     for (const f of files) expect(await readFile(f, 'utf8'), f).not.toContain(cluster.root);
+  });
+
+  it('a worker stopped with SIGTERM exits at once and leaves the worker list', async () => {
+    const [name, proc] = [...workers].find(([, p]) => p.isRunning)!;
+    proc.kill('SIGTERM');
+    const exit = await Promise.race([proc.exited, sleep(30_000).then(() => null)]);
+    expect(exit, `${name} after SIGTERM; its output ends:\n${proc.tail()}`).toEqual({ code: 0, signal: null });
+    expect((await server.call('jobs.queue', {})).workers.map((w) => w.name)).not.toContain(name);
+  });
+
+  it('with no worker left, a job stays queued and says why; cancelling it ends it at once', async () => {
+    const [jobId] = await generate(server, [500]);
+    const queued = await server.until(
+      async () => (await server.call('jobs.list', {})).find((j) => j.id === jobId && j.waiting) ?? null,
+      30_000,
+      'the queued job to say why it waits',
+    );
+    expect(queued).toMatchObject({ status: 'queued', worker: null });
+    expect(queued.waiting).toMatch(/no connected worker takes engine jobs/);
+    expect(await server.call('jobs.cancel', { jobId })).toEqual({ cancelled: true });
+    expect(await server.waitJob(jobId, 30_000)).toMatchObject({ status: 'cancelled' });
   });
 });
