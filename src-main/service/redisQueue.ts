@@ -467,7 +467,6 @@ export async function startQueueWorker(o: QueueWorkerOptions): Promise<RunningQu
   const subscriber = connectRedis(o.url, { blocking: true });
   const running = new Map<string, AbortController>();
   let closing = false;
-  let engineBusy: Promise<void> = Promise.resolve();
   const lockMs = o.lockMs ?? 30_000;
 
   const heartbeat = async () => {
@@ -492,20 +491,27 @@ export async function startQueueWorker(o: QueueWorkerOptions): Promise<RunningQu
     }
   }) as never);
 
+  /**
+   * One engine job at a time (train and engine queues share this worker's one engine process):
+   * while one runs, the other engine queue's BullMQ worker is paused, and a job it had already
+   * fetched goes back to the queue for another worker.
+   */
+  let engineBusy = false;
   const processor = async (job: BullJob, token?: string): Promise<StoredOutcome> => {
     const engine = queueOf((job.data as StoredJob).job.kind) !== 'io';
-    // One engine job at a time: a job of the other engine queue waits here (rare: see pauses below).
-    let release = () => {};
-    const turn = engine ? engineBusy : Promise.resolve();
-    if (engine) engineBusy = new Promise<void>((r) => (release = r));
-    await turn;
-    const pausedOthers = engine ? workers.filter((w) => w.name !== job.queueName && w.name !== 'io') : [];
-    await Promise.all(pausedOthers.map((w) => w.pause(true)));
+    if (!engine) return runOne(job, token);
+    if (engineBusy && token) {
+      await job.moveToWait(token);
+      throw new WaitingError();
+    }
+    engineBusy = true;
+    const others = workers.filter((w) => w.name !== job.queueName && w.name !== 'io');
+    await Promise.all(others.map((w) => w.pause(true)));
     try {
       return await runOne(job, token);
     } finally {
-      for (const w of pausedOthers) if (!closing) w.resume();
-      release();
+      engineBusy = false;
+      if (!closing) for (const w of others) w.resume();
     }
   };
 
