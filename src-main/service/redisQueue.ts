@@ -174,8 +174,9 @@ function recordOf(job: BullJob, state: string, workers: QueueStatus['workers']):
   };
 }
 
-const ACTIVE_STATES = ['waiting', 'active', 'delayed', 'prioritized', 'waiting-children'] as const;
-const ALL_STATES = [...ACTIVE_STATES, 'completed', 'failed'] as const;
+type JobState = 'waiting' | 'active' | 'delayed' | 'prioritized' | 'waiting-children' | 'completed' | 'failed';
+const ACTIVE_STATES: readonly JobState[] = ['waiting', 'active', 'delayed', 'prioritized', 'waiting-children'];
+const ALL_STATES: readonly JobState[] = [...ACTIVE_STATES, 'completed', 'failed'];
 
 export interface RedisQueueOptions {
   url: string;
@@ -228,7 +229,11 @@ export class RedisJobQueue implements JobQueue {
     return new RedisLock(this.#client, `${PREFIX}:lock:${name}`);
   }
 
-  async submitJob(data: JobData): Promise<Job> {
+  submitJob(data: JobData): Promise<Job> {
+    return this.#reach(() => this.#submit(data));
+  }
+
+  async #submit(data: JobData): Promise<Job> {
     const id = newJobId();
     const stored: StoredJob = { job: data, createdAt: new Date().toISOString() };
     const queue = this.#queues.get(queueOf(data.kind))!;
@@ -243,31 +248,52 @@ export class RedisJobQueue implements JobQueue {
   }
 
   async list(): Promise<Job[]> {
-    const workers = await this.#workers();
-    const out: Job[] = [];
-    for (const q of this.#queues.values())
-      for (const job of (await q.getJobs([...ALL_STATES], 0, KEEP)) as BullJob[])
-        if (job?.id) out.push(recordOf(job, await job.getState(), workers));
-    out.push(...(await this.#tombstones()));
-    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+    return this.#reach(async () => {
+      const out = await this.#byState(ALL_STATES, KEEP);
+      out.push(...(await this.#tombstones()));
+      return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+    });
   }
 
-  async get(jobId: string): Promise<Job | undefined> {
+  get(jobId: string): Promise<Job | undefined> {
+    return this.#reach(() => this.#get(jobId));
+  }
+
+  async #get(jobId: string): Promise<Job | undefined> {
     const found = await this.#find(jobId);
     if (found) return recordOf(found, await found.getState(), await this.#workers());
     return (await this.#tombstones()).find((j) => j.id === jobId);
   }
 
   async active(filter: JobFilter = {}): Promise<Job[]> {
+    return this.#reach(async () =>
+      (await this.#byState(ACTIVE_STATES, -1)).filter(
+        (j) => (j.status === 'queued' || j.status === 'running') && matches(j, filter),
+      ),
+    );
+  }
+
+  /** The records of every job in `states`, one BullMQ read per queue and state. */
+  async #byState(states: readonly JobState[], last: number): Promise<Job[]> {
     const workers = await this.#workers();
     const out: Job[] = [];
     for (const q of this.#queues.values())
-      for (const job of (await q.getJobs([...ACTIVE_STATES], 0, -1)) as BullJob[])
-        if (job?.id) {
-          const record = recordOf(job, await job.getState(), workers);
-          if ((record.status === 'queued' || record.status === 'running') && matches(record, filter)) out.push(record);
-        }
+      for (const state of states)
+        for (const job of (await q.getJobs([state], 0, last)) as BullJob[])
+          if (job?.id) out.push(recordOf(job, state, workers));
     return out;
+  }
+
+  /** Runs a Redis read or write; Redis out of reach becomes one sentence (ioredis keeps reconnecting). */
+  async #reach<T>(f: () => Promise<T>): Promise<T> {
+    try {
+      return await f();
+    } catch (err) {
+      const m = readableError(err);
+      if (/max retries|ECONNREFUSED|Connection is closed|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND/i.test(m))
+        throw new Error(`the Redis queue is out of reach (${m}); queued jobs wait in Redis, try again when it is back`);
+      throw err;
+    }
   }
 
   /**
@@ -275,7 +301,11 @@ export class RedisJobQueue implements JobQueue {
    * through the cancel channel, and the worker that runs it aborts it (training pauses at a
    * checkpoint). A job that became active in between is told as a running one.
    */
-  async cancel(jobId: string, reason: 'cancel' | 'pause' = 'cancel'): Promise<boolean | undefined> {
+  cancel(jobId: string, reason: 'cancel' | 'pause' = 'cancel'): Promise<boolean | undefined> {
+    return this.#reach(() => this.#cancel(jobId, reason));
+  }
+
+  async #cancel(jobId: string, reason: 'cancel' | 'pause'): Promise<boolean | undefined> {
     const job = await this.#find(jobId);
     if (!job) return (await this.#tombstones()).some((j) => j.id === jobId) ? false : undefined;
     const state = await job.getState();
@@ -313,7 +343,11 @@ export class RedisJobQueue implements JobQueue {
     }
   }
 
-  async queueStatus(): Promise<QueueStatus> {
+  queueStatus(): Promise<QueueStatus> {
+    return this.#reach(() => this.#status());
+  }
+
+  async #status(): Promise<QueueStatus> {
     const queues = [];
     for (const [name, q] of this.#queues) {
       const c = await q.getJobCounts('waiting', 'delayed', 'prioritized', 'active');
@@ -390,8 +424,13 @@ export class RedisJobQueue implements JobQueue {
     }
   }
 
+  #lastError = '';
+  /** Logs a queue error once, not once per retry while Redis is away. */
   #logError(err: unknown): void {
-    if (!this.#closed) this.opts.log(`queue: ${readableError(err)}`);
+    const m = readableError(err);
+    if (this.#closed || m === this.#lastError) return;
+    this.#lastError = m;
+    this.opts.log(`queue: ${m}`);
   }
 }
 
@@ -568,7 +607,13 @@ export async function startQueueWorker(o: QueueWorkerOptions): Promise<RunningQu
         maxStalledCount: 3,
       }),
   );
-  for (const w of workers) w.on('error', (err) => o.log(`queue: ${readableError(err)}`));
+  let lastError = '';
+  for (const w of workers)
+    w.on('error', (err) => {
+      const m = readableError(err);
+      if (m !== lastError) o.log(`queue: ${m}`);
+      lastError = m;
+    });
   await Promise.all(workers.map((w) => w.waitUntilReady()));
 
   return {
