@@ -6,7 +6,16 @@
  */
 import { Option, type Command } from 'commander';
 import { PROVIDERS } from '../api/schemas.ts';
-import { action, onCancel, printResult, requireNotFile, UsageError, withCommon, type GlobalOptions } from './common.ts';
+import {
+  action,
+  onCancel,
+  printResult,
+  redacted,
+  requireNotFile,
+  UsageError,
+  withCommon,
+  type GlobalOptions,
+} from './common.ts';
 
 interface WorkerOptions extends GlobalOptions {
   queue?: string;
@@ -77,15 +86,4 @@ export function register(program: Command): void {
       await worker.close();
     }),
   );
-}
-
-/** The queue URL without its password, for printing. */
-export function redacted(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return url;
-  }
 }

@@ -35,6 +35,10 @@ const PREFIX = 'singlora';
 const WORKERS_KEY = `${PREFIX}:workers`;
 const CANCELLED_KEY = `${PREFIX}:cancelled`;
 const CANCEL_CHANNEL = `${PREFIX}:cancel`;
+/** `singlora:cancel:<jobId>`: a cancel kept for an hour, for a job between workers when it was sent. */
+const cancelKey = (jobId: string) => `${PREFIX}:cancel:${jobId}`;
+/** Heartbeats older than this are dropped from the list (a worker gone for good). */
+const FORGET_WORKER_MS = 60 * 60_000;
 /** A worker silent this long counts as gone. */
 export const WORKER_GONE_MS = 30_000;
 export const HEARTBEAT_MS = 5_000;
@@ -52,6 +56,7 @@ export interface RedisClient {
   eval(script: string, keys: number, ...args: Array<string | number>): Promise<unknown>;
   hset(key: string, field: string, value: string): Promise<number>;
   hdel(key: string, field: string): Promise<number>;
+  get(key: string): Promise<string | null>;
   hgetall(key: string): Promise<Record<string, string>>;
   publish(channel: string, message: string): Promise<number>;
   subscribe(channel: string): Promise<unknown>;
@@ -330,6 +335,9 @@ export class RedisJobQueue implements JobQueue {
         return true;
       }
     }
+    // Kept as well as sent: a job that is between workers (handed back, or its worker died) is
+    // cancelled by the worker that takes it next.
+    await this.#client.set(cancelKey(jobId), reason, 'EX', 3600);
     await this.#client.publish(CANCEL_CHANNEL, JSON.stringify({ jobId, reason }));
     return true;
   }
@@ -379,8 +387,11 @@ export class RedisJobQueue implements JobQueue {
 
   async #workers(): Promise<QueueStatus['workers']> {
     const now = Date.now();
-    return Object.values(await this.#client.hgetall(WORKERS_KEY))
-      .map((text) => JSON.parse(text) as Heartbeat)
+    const beats = Object.values(await this.#client.hgetall(WORKERS_KEY)).map((text) => JSON.parse(text) as Heartbeat);
+    const forgotten = beats.filter((h) => now - Date.parse(h.lastSeen) > FORGET_WORKER_MS);
+    for (const h of forgotten) await this.#client.hdel(WORKERS_KEY, h.name);
+    return beats
+      .filter((h) => !forgotten.includes(h))
       .map((h) => ({ ...h, alive: now - Date.parse(h.lastSeen) < WORKER_GONE_MS }))
       .sort((a, b) => a.name.localeCompare(b.name));
   }
@@ -558,6 +569,8 @@ export async function startQueueWorker(o: QueueWorkerOptions): Promise<RunningQu
     const id = job.id ?? '';
     const controller = new AbortController();
     running.set(id, controller);
+    const cancelled = await client.get(cancelKey(id)).catch(() => null);
+    if (cancelled === 'cancel' || cancelled === 'pause') controller.abort(cancelled);
     void heartbeat();
     let last: JobProgress | null = null;
     let sending: Promise<unknown> = Promise.resolve();
