@@ -6,7 +6,9 @@
  * The multi-process runs (`singlora serve --queue` and `singlora worker` over the toy model) are
  * in their own suite.
  */
+import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Job } from '../../src-main/api/contract.ts';
 import type { JobData } from '../../src-main/service/jobData.ts';
@@ -206,6 +208,45 @@ describe.skipIf(skip !== null)(`the Redis queue${skip ? ` (skipped: ${skip})` : 
       await other.close();
     }
   });
+
+  it('a worker killed mid-job: the stalled check hands its job to another worker, which finishes it', async () => {
+    const tsx = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
+    const child = spawn(
+      process.execPath,
+      ['--import', tsx, `${import.meta.dirname}/queueWorkerChild.ts`, redis.url, 'doomed'],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    let out = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    const exited = new Promise((r) => child.once('exit', r));
+    let workerB: RunningQueueWorker | undefined;
+    try {
+      await until('the child worker', async () => out.includes('ready'), 30_000);
+      const job = await queue.submitJob(train);
+      await until('the child to take the job', async () => out.includes(`running ${job.id}`));
+      expect(await queue.get(job.id)).toMatchObject({ status: 'running', worker: 'doomed' });
+      child.kill('SIGKILL');
+      await exited;
+      const taken: string[] = [];
+      workerB = await startQueueWorker({
+        url: redis.url,
+        name: 'worker-b',
+        queues: ['train'],
+        lockMs: 1_000,
+        log: () => {},
+        run: async (_data, ctx) => {
+          taken.push(ctx.jobId);
+          return { label: 'resumed and completed' };
+        },
+      });
+      const end = await queue.wait(job.id);
+      expect(end).toMatchObject({ status: 'done', worker: 'worker-b', progress: { label: 'resumed and completed' } });
+      expect(taken).toEqual([job.id]);
+    } finally {
+      child.kill('SIGKILL');
+      await workerB?.close(); // the next test needs no worker on the train queue
+    }
+  }, 60_000);
 
   it('Redis restarts: server and worker reconnect, and a queued job survives (appendonly)', async () => {
     const job = await queue.submitJob(train); // no worker takes train: it stays queued
