@@ -181,7 +181,7 @@ function recordOf(job: BullJob, state: string, workers: QueueStatus['workers']):
 
 type JobState = 'waiting' | 'active' | 'delayed' | 'prioritized' | 'waiting-children' | 'completed' | 'failed';
 const ACTIVE_STATES: readonly JobState[] = ['waiting', 'active', 'delayed', 'prioritized', 'waiting-children'];
-const ALL_STATES: readonly JobState[] = [...ACTIVE_STATES, 'completed', 'failed'];
+const FINISHED_STATES: readonly JobState[] = ['completed', 'failed'];
 
 export interface RedisQueueOptions {
   url: string;
@@ -200,7 +200,9 @@ export class RedisJobQueue implements JobQueue {
   readonly #client: RedisClient;
   readonly #queues: Map<QueueName, Queue>;
   readonly #events: QueueEvents[] = [];
+  /** The last record sent of each recent job (progress updates build on it). */
   readonly #known = new Map<string, Job>();
+  readonly #chains = new Map<string, Promise<void>>();
   #closed = false;
 
   private constructor(
@@ -220,7 +222,7 @@ export class RedisJobQueue implements JobQueue {
       const events = new QueueEvents(name, bullOpts(connectRedis(opts.url, { blocking: true })));
       events.on('error', (err) => queue.#logError(err));
       for (const e of ['waiting', 'active', 'completed', 'failed', 'removed'] as const)
-        events.on(e, ({ jobId }: { jobId: string }) => void queue.#refresh(jobId));
+        events.on(e, ({ jobId }: { jobId: string }) => queue.#inOrder(jobId, () => queue.#refresh(jobId)));
       events.on('progress', ({ jobId, data }: { jobId: string; data: unknown }) => queue.#onProgress(jobId, data));
       queue.#events.push(events);
     }
@@ -247,14 +249,12 @@ export class RedisJobQueue implements JobQueue {
       removeOnComplete: { count: KEEP },
       removeOnFail: { count: KEEP },
     });
-    const record = recordOf(job as BullJob, 'waiting', await this.#workers());
-    this.#known.set(id, record);
-    return record;
+    return recordOf(job as BullJob, 'waiting', await this.#workers());
   }
 
   async list(): Promise<Job[]> {
     return this.#reach(async () => {
-      const out = await this.#byState(ALL_STATES, KEEP);
+      const out = [...(await this.#byState(ACTIVE_STATES, -1)), ...(await this.#byState(FINISHED_STATES, KEEP))];
       out.push(...(await this.#tombstones()));
       return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
     });
@@ -328,7 +328,7 @@ export class RedisJobQueue implements JobQueue {
           error: reason === 'pause' ? INTERRUPTED_QUEUED : null,
         };
         await this.#client.hset(CANCELLED_KEY, jobId, JSON.stringify(record));
-        this.#emit(record);
+        this.#update(record);
         await this.opts
           .cancelQueued((job.data as StoredJob).job)
           .catch((err) => this.opts.log(`jobs: ${jobId}: after cancelling: ${readableError(err)}`));
@@ -400,30 +400,45 @@ export class RedisJobQueue implements JobQueue {
     return Object.values(await this.#client.hgetall(CANCELLED_KEY)).map((t) => JSON.parse(t) as Job);
   }
 
-  /** A job changed state: its record from Redis, to every client. */
-  async #refresh(jobId: string): Promise<void> {
-    try {
-      const job = await this.#find(jobId);
-      if (!job) return;
-      const record = recordOf(job, await job.getState(), await this.#workers());
-      this.#known.set(jobId, record);
-      this.#emit(record);
-      if (record.status !== 'queued' && record.status !== 'running') this.#known.delete(jobId);
-    } catch (err) {
-      this.#logError(err);
-    }
+  /**
+   * Runs one job's record updates in the order its events came (a slow read of an earlier state
+   * must not land after a later one).
+   */
+  #inOrder(jobId: string, update: () => Promise<void> | void): void {
+    const next = (this.#chains.get(jobId) ?? Promise.resolve()).then(update).catch((err) => this.#logError(err));
+    this.#chains.set(jobId, next);
+    void next.then(() => {
+      if (this.#chains.get(jobId) === next) this.#chains.delete(jobId);
+    });
   }
 
-  /** A worker's progress: its event relayed, the record's progress updated (no Redis read). */
+  /** A job changed state: its record from Redis, to every client (once per change). */
+  async #refresh(jobId: string): Promise<void> {
+    const job = await this.#find(jobId);
+    if (!job) return;
+    this.#update(recordOf(job, await job.getState(), await this.#workers()));
+  }
+
+  /** A worker's progress: its event relayed at once, the record's progress updated (no Redis read). */
   #onProgress(jobId: string, data: unknown): void {
     if (!isProgressPayload(data)) return;
     if (data.e) this.opts.onEvent(data.e[0], data.e[1]);
-    const known = this.#known.get(jobId);
-    if (!known) return void this.#refresh(jobId);
-    const changed = JSON.stringify(known.progress) !== JSON.stringify(data.p) || known.worker !== data.w;
-    if (!changed || known.status !== 'running') return;
-    const record = { ...known, progress: data.p, worker: data.w };
-    this.#known.set(jobId, record);
+    this.#inOrder(jobId, async () => {
+      const known = this.#known.get(jobId);
+      if (!known) return this.#refresh(jobId);
+      if (known.status !== 'queued' && known.status !== 'running') return;
+      // Progress means a worker has it, even before the 'active' event's read is back.
+      this.#update({ ...known, status: 'running', waiting: null, progress: data.p, worker: data.w });
+    });
+  }
+
+  /** Emits a record that changed, and remembers it (the last 1000 jobs). */
+  #update(record: Job): void {
+    const before = this.#known.get(record.id);
+    if (before && JSON.stringify(before) === JSON.stringify(record)) return;
+    this.#known.delete(record.id);
+    this.#known.set(record.id, record);
+    if (this.#known.size > 1000) this.#known.delete(this.#known.keys().next().value!);
     this.#emit(record);
   }
 
