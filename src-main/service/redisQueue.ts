@@ -200,6 +200,7 @@ export class RedisJobQueue implements JobQueue {
   readonly #client: RedisClient;
   readonly #queues: Map<QueueName, Queue>;
   readonly #events: QueueEvents[] = [];
+  readonly #connections: RedisClient[] = [];
   /** The last record sent of each recent job (progress updates build on it). */
   readonly #known = new Map<string, Job>();
   readonly #chains = new Map<string, Promise<void>>();
@@ -219,7 +220,10 @@ export class RedisJobQueue implements JobQueue {
     const client = connectRedis(opts.url, { blocking: false, log: opts.log });
     const queue = new RedisJobQueue(opts, client);
     for (const name of QUEUES) {
-      const events = new QueueEvents(name, bullOpts(connectRedis(opts.url, { blocking: true })));
+      // Its own connection (it blocks reading the event stream), closed with the queue.
+      const connection = connectRedis(opts.url, { blocking: true });
+      queue.#connections.push(connection);
+      const events = new QueueEvents(name, bullOpts(connection));
       events.on('error', (err) => queue.#logError(err));
       for (const e of ['waiting', 'active', 'completed', 'failed', 'removed'] as const)
         events.on(e, ({ jobId }: { jobId: string }) => queue.#inOrder(jobId, () => queue.#refresh(jobId)));
@@ -374,7 +378,7 @@ export class RedisJobQueue implements JobQueue {
     this.#closed = true;
     await Promise.all(this.#events.map((e) => e.close().catch(() => {})));
     await Promise.all([...this.#queues.values()].map((q) => q.close().catch(() => {})));
-    await this.#client.quit().catch(() => this.#client.disconnect());
+    for (const c of [...this.#connections, this.#client]) await c.quit().catch(() => c.disconnect());
   }
 
   async #find(jobId: string): Promise<BullJob | undefined> {
