@@ -639,6 +639,15 @@ export async function startQueueWorker(o: QueueWorkerOptions): Promise<RunningQu
         maxStalledCount: 3,
       }),
   );
+  // A job whose lock was lost (Redis away longer than the lock period) is handed on by the stalled
+  // check: this worker stops it (training pauses at a checkpoint) so that it never runs twice.
+  for (const w of workers)
+    w.on('lockRenewalFailed', (ids: string[]) => {
+      for (const id of ids) {
+        if (running.has(id)) o.log(`queue: lost the lock of ${id} (Redis was away too long): stopping it here`);
+        running.get(id)?.abort('pause');
+      }
+    });
   let lastError = '';
   for (const w of workers)
     w.on('error', (err) => {
