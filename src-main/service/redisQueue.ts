@@ -332,6 +332,8 @@ export class RedisJobQueue implements JobQueue {
           error: reason === 'pause' ? INTERRUPTED_QUEUED : null,
         };
         await this.#client.hset(CANCELLED_KEY, jobId, JSON.stringify(record));
+        const old = (await this.#tombstones()).sort((a, b) => a.createdAt.localeCompare(b.createdAt)).slice(0, -KEEP);
+        for (const j of old) await this.#client.hdel(CANCELLED_KEY, j.id);
         this.#update(record);
         await this.opts
           .cancelQueued((job.data as StoredJob).job)
@@ -532,140 +534,158 @@ export interface RunningQueueWorker {
  * engine queues), downloads beside it; heartbeats; cancels from the cancel channel.
  */
 export async function startQueueWorker(o: QueueWorkerOptions): Promise<RunningQueueWorker> {
-  const client = connectRedis(o.url, { blocking: true, log: o.log });
-  const subscriber = connectRedis(o.url, { blocking: true });
-  const running = new Map<string, AbortController>();
-  let closing = false;
-  const lockMs = o.lockMs ?? 30_000;
+  const taker = new JobTaker(o);
+  await taker.start();
+  return { close: () => taker.close() };
+}
 
-  const heartbeat = async () => {
-    const beat: Heartbeat = {
-      name: o.name,
-      queues: o.queues,
-      lastSeen: new Date().toISOString(),
-      jobId: [...running.keys()][0] ?? null,
-    };
-    await client.hset(WORKERS_KEY, o.name, JSON.stringify(beat)).catch(() => {});
-  };
-  await heartbeat();
-  const beats = setInterval(() => void heartbeat(), HEARTBEAT_MS);
+/** A worker's side of the queue: its BullMQ workers, heartbeats, cancels, and the jobs it runs. */
+class JobTaker {
+  readonly #client: RedisClient;
+  readonly #subscriber: RedisClient;
+  readonly #running = new Map<string, AbortController>();
+  #workers: Worker[] = [];
+  #beats: NodeJS.Timeout | undefined;
+  #closing = false;
+  #engineBusy = false;
+  #lastError = '';
 
-  await subscriber.subscribe(CANCEL_CHANNEL);
-  subscriber.on('message', ((_channel: string, text: string) => {
-    try {
-      const { jobId, reason } = JSON.parse(text) as { jobId: string; reason: 'cancel' | 'pause' };
-      running.get(jobId)?.abort(reason);
-    } catch {
-      /* not ours */
+  constructor(private readonly o: QueueWorkerOptions) {
+    this.#client = connectRedis(o.url, { blocking: true, log: o.log });
+    this.#subscriber = connectRedis(o.url, { blocking: true });
+  }
+
+  async start(): Promise<void> {
+    await this.#heartbeat();
+    this.#beats = setInterval(() => void this.#heartbeat(), HEARTBEAT_MS);
+    await this.#subscriber.subscribe(CANCEL_CHANNEL);
+    this.#subscriber.on('message', ((_channel: string, text: string) => {
+      try {
+        const { jobId, reason } = JSON.parse(text) as { jobId: string; reason: 'cancel' | 'pause' };
+        this.#running.get(jobId)?.abort(reason);
+      } catch {
+        /* not a cancel */
+      }
+    }) as never);
+    const lockMs = this.o.lockMs ?? 30_000;
+    this.#workers = this.o.queues.map(
+      (name) =>
+        new Worker(name, ((job: BullJob, token?: string) => this.#take(job, token)) as never, {
+          ...bullOpts(this.#client),
+          concurrency: 1,
+          lockDuration: lockMs,
+          stalledInterval: lockMs,
+          maxStalledCount: 3,
+        }),
+    );
+    for (const w of this.#workers) {
+      // A job whose lock was lost (Redis away longer than the lock period) is handed on by the
+      // stalled check: it stops here (training pauses at a checkpoint), so it never runs twice.
+      w.on('lockRenewalFailed', (ids: string[]) => {
+        for (const id of ids.filter((id) => this.#running.has(id))) {
+          this.o.log(`queue: lost the lock of ${id} (Redis was away too long): stopping it here`);
+          this.#running.get(id)?.abort('pause');
+        }
+      });
+      w.on('error', (err) => {
+        const m = readableError(err);
+        if (m !== this.#lastError) this.o.log(`queue: ${m}`);
+        this.#lastError = m;
+      });
     }
-  }) as never);
+    await Promise.all(this.#workers.map((w) => w.waitUntilReady()));
+  }
+
+  /** Stops taking jobs; running ones are paused and go back to the queue (see #run). */
+  async close(): Promise<void> {
+    this.#closing = true;
+    clearInterval(this.#beats);
+    for (const c of this.#running.values()) c.abort('pause');
+    await Promise.all(this.#workers.map((w) => w.close()));
+    await this.#client.hdel(WORKERS_KEY, this.o.name).catch(() => {});
+    await this.#subscriber.quit().catch(() => this.#subscriber.disconnect());
+    await this.#client.quit().catch(() => this.#client.disconnect());
+  }
+
+  async #heartbeat(): Promise<void> {
+    const beat: Heartbeat = {
+      name: this.o.name,
+      queues: this.o.queues,
+      lastSeen: new Date().toISOString(),
+      jobId: [...this.#running.keys()][0] ?? null,
+    };
+    await this.#client.hset(WORKERS_KEY, this.o.name, JSON.stringify(beat)).catch(() => {});
+  }
 
   /**
    * One engine job at a time (train and engine queues share this worker's one engine process):
    * while one runs, the other engine queue's BullMQ worker is paused, and a job it had already
    * fetched goes back to the queue for another worker.
    */
-  let engineBusy = false;
-  const processor = async (job: BullJob, token?: string): Promise<StoredOutcome> => {
-    const engine = queueOf((job.data as StoredJob).job.kind) !== 'io';
-    if (!engine) return runOne(job, token);
-    if (engineBusy && token) {
+  async #take(job: BullJob, token?: string): Promise<StoredOutcome> {
+    if (queueOf((job.data as StoredJob).job.kind) === 'io') return this.#run(job, token);
+    if (this.#engineBusy && token) {
       await job.moveToWait(token);
       throw new WaitingError();
     }
-    engineBusy = true;
-    const others = workers.filter((w) => w.name !== job.queueName && w.name !== 'io');
+    this.#engineBusy = true;
+    const others = this.#workers.filter((w) => w.name !== job.queueName && w.name !== 'io');
     await Promise.all(others.map((w) => w.pause(true)));
     try {
-      return await runOne(job, token);
+      return await this.#run(job, token);
     } finally {
-      engineBusy = false;
-      if (!closing) for (const w of others) w.resume();
+      this.#engineBusy = false;
+      if (!this.#closing) for (const w of others) w.resume();
     }
-  };
+  }
 
-  const runOne = async (job: BullJob, token?: string): Promise<StoredOutcome> => {
+  /**
+   * Runs one job: its progress and events go out through BullMQ's job progress, in order; its
+   * outcome is the return value. A job this worker stops because it is closing goes back to the
+   * queue (another worker resumes it); one cancelled before it started here ends at once.
+   */
+  async #run(job: BullJob, token?: string): Promise<StoredOutcome> {
     const id = job.id ?? '';
+    const name = this.o.name;
     const controller = new AbortController();
-    running.set(id, controller);
-    const cancelled = await client.get(cancelKey(id)).catch(() => null);
+    this.#running.set(id, controller);
+    const cancelled = await this.#client.get(cancelKey(id)).catch(() => null);
     if (cancelled === 'cancel' || cancelled === 'pause') controller.abort(cancelled);
-    void heartbeat();
+    void this.#heartbeat();
     let last: JobProgress | null = null;
     let sending: Promise<unknown> = Promise.resolve();
     const send = (payload: ProgressPayload) => {
-      sending = sending.then(() => job.updateProgress(payload as never)).catch((err) => o.log(`queue: ${id}: ${err}`));
+      sending = sending.then(() => job.updateProgress(payload as never)).catch((e) => this.o.log(`queue: ${id}: ${e}`));
     };
-    send({ p: null, w: o.name });
+    send({ p: null, w: name });
+    let outcome: JobOutcome | void = undefined;
+    let error: unknown = null;
     try {
-      const outcome = await o.run((job.data as StoredJob).job, {
+      outcome = await this.o.run((job.data as StoredJob).job, {
         jobId: id,
         signal: controller.signal,
-        progress: (p) => send({ p: (last = p), w: o.name }),
-        emit: (event, data) => send({ p: last, w: o.name, e: [event, data] }),
+        progress: (p) => send({ p: (last = p), w: name }),
+        emit: (event, data) => send({ p: last, w: name, e: [event, data] }),
       });
-      await sending;
-      const aborted = controller.signal.aborted;
-      if (closing && aborted && controller.signal.reason === 'pause' && token) {
-        // This worker is stopping: the job goes back to the queue and another worker resumes it.
-        await job.moveToWait(token);
-        throw new WaitingError();
-      }
-      return {
-        status: outcome?.status ?? (aborted ? 'cancelled' : 'done'),
-        error: outcome?.error ?? null,
-        ...(outcome?.label !== undefined ? { label: outcome.label } : {}),
-        ...(outcome?.result !== undefined ? { result: outcome.result } : {}),
-        worker: o.name,
-      };
     } catch (err) {
-      await sending;
-      if (err instanceof WaitingError) throw err;
-      if (controller.signal.aborted) return { status: 'cancelled', error: null, worker: o.name };
-      throw new Error(readableError(err));
+      error = err;
     } finally {
-      running.delete(id);
-      void heartbeat();
+      this.#running.delete(id);
+      void this.#heartbeat();
     }
-  };
-
-  const workers = o.queues.map(
-    (name) =>
-      new Worker(name, processor as never, {
-        ...bullOpts(client),
-        concurrency: 1,
-        lockDuration: lockMs,
-        stalledInterval: lockMs,
-        maxStalledCount: 3,
-      }),
-  );
-  // A job whose lock was lost (Redis away longer than the lock period) is handed on by the stalled
-  // check: this worker stops it (training pauses at a checkpoint) so that it never runs twice.
-  for (const w of workers)
-    w.on('lockRenewalFailed', (ids: string[]) => {
-      for (const id of ids) {
-        if (running.has(id)) o.log(`queue: lost the lock of ${id} (Redis was away too long): stopping it here`);
-        running.get(id)?.abort('pause');
-      }
-    });
-  let lastError = '';
-  for (const w of workers)
-    w.on('error', (err) => {
-      const m = readableError(err);
-      if (m !== lastError) o.log(`queue: ${m}`);
-      lastError = m;
-    });
-  await Promise.all(workers.map((w) => w.waitUntilReady()));
-
-  return {
-    async close() {
-      closing = true;
-      clearInterval(beats);
-      for (const c of running.values()) c.abort('pause');
-      await Promise.all(workers.map((w) => w.close()));
-      await client.hdel(WORKERS_KEY, o.name).catch(() => {});
-      await subscriber.quit().catch(() => subscriber.disconnect());
-      await client.quit().catch(() => client.disconnect());
-    },
-  };
+    await sending;
+    const aborted = controller.signal.aborted;
+    if (this.#closing && aborted && controller.signal.reason === 'pause' && token) {
+      await job.moveToWait(token);
+      throw new WaitingError();
+    }
+    if (error !== null && !aborted) throw new Error(readableError(error));
+    return {
+      status: outcome?.status ?? (aborted ? 'cancelled' : 'done'),
+      error: outcome?.error ?? null,
+      ...(outcome?.label !== undefined ? { label: outcome.label } : {}),
+      ...(outcome?.result !== undefined ? { result: outcome.result } : {}),
+      worker: name,
+    };
+  }
 }
