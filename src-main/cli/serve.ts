@@ -9,6 +9,7 @@ import {
   onCancel,
   parse,
   printResult,
+  queueFromEnv,
   redacted,
   requireExists,
   requireNotFile,
@@ -45,6 +46,7 @@ export function register(program: Command): void {
       .option(
         '--queue <url>',
         'send jobs to a Redis queue for `singlora worker`s: redis://host:port or rediss://:password@host:port (default: SINGLORA_QUEUE; none: run jobs here)',
+        parse.queueUrl,
       ),
   ).action(
     action(async (o: ServeOptions) => {
@@ -94,5 +96,5 @@ export function register(program: Command): void {
 
 /** The Redis queue to send jobs to: --queue, else SINGLORA_QUEUE; none: jobs run in this process. */
 function serviceQueue(o: ServeOptions): string | undefined {
-  return o.queue ?? (process.env.SINGLORA_QUEUE?.trim() || undefined);
+  return o.queue ?? queueFromEnv();
 }

@@ -9,7 +9,9 @@ import { PROVIDERS } from '../api/schemas.ts';
 import {
   action,
   onCancel,
+  parse,
   printResult,
+  queueFromEnv,
   redacted,
   requireNotFile,
   UsageError,
@@ -36,6 +38,7 @@ export function register(program: Command): void {
       .option(
         '--queue <url>',
         'the Redis queue: redis://host:port or rediss://:password@host:port (default: SINGLORA_QUEUE)',
+        parse.queueUrl,
       )
       .option('--data-dir <dir>', 'the shared data folder, as this machine mounts it (default: SINGLORA_DATA_DIR)')
       .option(
@@ -52,7 +55,7 @@ export function register(program: Command): void {
       ),
   ).action(
     action(async (o: WorkerOptions) => {
-      const queue = o.queue ?? (process.env.SINGLORA_QUEUE?.trim() || undefined);
+      const queue = o.queue ?? queueFromEnv();
       if (!queue) throw new UsageError('--queue: give the Redis queue (redis://host:port), or set SINGLORA_QUEUE');
       const dataDir = o.dataDir ?? (process.env.SINGLORA_DATA_DIR?.trim() || undefined);
       if (!dataDir) throw new UsageError('--data-dir: give the shared data folder (the one the server serves)');
