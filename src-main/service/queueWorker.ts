@@ -23,7 +23,7 @@ type Provider = (typeof PROVIDERS)[number];
 import { parseJobData, type JobData, type QueueName } from './jobData.ts';
 import { defaultWorkerName } from './jobs.ts';
 import { startQueueWorker, type QueueJobContext, type RunningQueueWorker } from './redisQueue.ts';
-import { Service, type ServiceOptions } from './service.ts';
+import { refuseEmbeddedOwner, Service, type ServiceOptions } from './service.ts';
 
 export interface WorkerOptions {
   queue: string;
@@ -74,6 +74,7 @@ function withProvider(data: JobData, provider: Provider | undefined): JobData {
 
 export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const name = o.name ?? defaultWorkerName();
+  await refuseEmbeddedOwner(o.dataDir);
   const service = await Service.open({
     dataDir: o.dataDir,
     modelsDir: modelsDirFor(o),

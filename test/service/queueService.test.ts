@@ -124,6 +124,20 @@ describe.skipIf(skip !== null)(`a service on a Redis queue${skip ? ` (skipped: $
     expect(await server.queue.active({ projectId, runId })).toEqual([]);
   });
 
+  it('refuses a data folder that a service without a queue owns (its jobs would ignore the queue)', async () => {
+    const embedded = await Service.open({ dataDir: `${dir}/embedded`, log: () => {} });
+    try {
+      const refused = Service.open({ dataDir: `${dir}/embedded`, log: () => {}, queue: redis.url });
+      await expect(refused).rejects.toThrow(
+        new RegExp(`a SingLoRA Studio service without a queue \\(pid ${process.pid}, .*\\) is using ${dir}/embedded`),
+      );
+      const worker = startWorker({ queue: redis.url, dataDir: `${dir}/embedded`, log: () => {} });
+      await expect(worker).rejects.toThrow(/without a queue .* is using/);
+    } finally {
+      await embedded.close();
+    }
+  });
+
   it('the project lock is also in Redis: a lock held elsewhere makes the handler wait for it', async () => {
     const { id: projectId } = await call('projects.create', { name: 'Locked' });
     const other = await Service.open({
