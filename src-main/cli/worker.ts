@@ -6,7 +6,18 @@
  */
 import { Option, type Command } from 'commander';
 import { PROVIDERS } from '../api/schemas.ts';
-import { action, onCancel, printResult, requireNotFile, UsageError, withCommon, type GlobalOptions } from './common.ts';
+import {
+  action,
+  onCancel,
+  parse,
+  printResult,
+  queueFromEnv,
+  redacted,
+  requireNotFile,
+  UsageError,
+  withCommon,
+  type GlobalOptions,
+} from './common.ts';
 
 interface WorkerOptions extends GlobalOptions {
   queue?: string;
@@ -27,6 +38,7 @@ export function register(program: Command): void {
       .option(
         '--queue <url>',
         'the Redis queue: redis://host:port or rediss://:password@host:port (default: SINGLORA_QUEUE)',
+        parse.queueUrl,
       )
       .option('--data-dir <dir>', 'the shared data folder, as this machine mounts it (default: SINGLORA_DATA_DIR)')
       .option(
@@ -43,7 +55,7 @@ export function register(program: Command): void {
       ),
   ).action(
     action(async (o: WorkerOptions) => {
-      const queue = o.queue ?? (process.env.SINGLORA_QUEUE?.trim() || undefined);
+      const queue = o.queue ?? queueFromEnv();
       if (!queue) throw new UsageError('--queue: give the Redis queue (redis://host:port), or set SINGLORA_QUEUE');
       const dataDir = o.dataDir ?? (process.env.SINGLORA_DATA_DIR?.trim() || undefined);
       if (!dataDir) throw new UsageError('--data-dir: give the shared data folder (the one the server serves)');
@@ -77,15 +89,4 @@ export function register(program: Command): void {
       await worker.close();
     }),
   );
-}
-
-/** The queue URL without its password, for printing. */
-export function redacted(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return url;
-  }
 }

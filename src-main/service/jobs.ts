@@ -1,6 +1,8 @@
 /**
- * The job runner: long work (train, evaluate, generate, export, download) as jobs that clients
- * follow through `job.updated`.
+ * The job runner, the embedded JobQueue (jobQueue.ts; the Redis one is redisQueue.ts): long work
+ * (train, evaluate, generate, export, download) as jobs that clients follow through `job.updated`.
+ * Jobs come as data (`submitJob`, run by the handler registry: jobHandlers.ts) or, in tests, as
+ * a closure (`submit`).
  *
  * Lanes: the `engine` lane runs one job at a time, first in, first out, because there is one
  * engine process and one GPU; a generation submitted during training waits until the training

@@ -23,9 +23,9 @@ type Provider = (typeof PROVIDERS)[number];
 import { parseJobData, type JobData, type QueueName } from './jobData.ts';
 import { defaultWorkerName } from './jobs.ts';
 import { startQueueWorker, type QueueJobContext, type RunningQueueWorker } from './redisQueue.ts';
-import { Service } from './service.ts';
+import { refuseEmbeddedOwner, Service, type ServiceOptions } from './service.ts';
 
-export interface QueueWorkerOptions {
+export interface WorkerOptions {
   queue: string;
   dataDir: string;
   modelsDir?: string;
@@ -36,6 +36,8 @@ export interface QueueWorkerOptions {
   provider?: Provider;
   backend?: string;
   log: (line: string) => void;
+  /** More options of the service the worker opens (a test gives its engine here: spawnEngine). */
+  service?: Partial<ServiceOptions>;
 }
 
 export interface RunningWorker {
@@ -50,14 +52,14 @@ export interface RunningWorker {
 const GPU_PROVIDERS: readonly Provider[] = ['cuda', 'dml', 'coreml', 'webgpu'];
 
 /** The models folder a worker reads: `--models-dir`, else the share's `models/` when present. */
-function modelsDirFor(o: QueueWorkerOptions): string | undefined {
+function modelsDirFor(o: WorkerOptions): string | undefined {
   if (o.modelsDir) return o.modelsDir;
   const shared = join(o.dataDir, 'models');
   return existsSync(shared) ? shared : undefined;
 }
 
 /** Whether this worker takes training: asked for, a GPU provider named, or one found that can train. */
-async function takesTraining(o: QueueWorkerOptions, service: Service): Promise<boolean> {
+async function takesTraining(o: WorkerOptions, service: Service): Promise<boolean> {
   if (o.allowCpuTraining) return true;
   if (o.provider && o.provider !== 'auto') return GPU_PROVIDERS.includes(o.provider);
   const doctor = await service.engine.request('doctor', {});
@@ -70,14 +72,16 @@ function withProvider(data: JobData, provider: Provider | undefined): JobData {
   return { ...data, params: { ...data.params, compute: { ...data.params.compute, provider } } } as JobData;
 }
 
-export async function startWorker(o: QueueWorkerOptions): Promise<RunningWorker> {
+export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const name = o.name ?? defaultWorkerName();
+  await refuseEmbeddedOwner(o.dataDir);
   const service = await Service.open({
     dataDir: o.dataDir,
     modelsDir: modelsDirFor(o),
     exclusive: false,
     backend: o.backend,
     log: o.log,
+    ...o.service,
   });
   let worker: RunningQueueWorker;
   let queues: QueueName[];

@@ -35,6 +35,10 @@ const PREFIX = 'singlora';
 const WORKERS_KEY = `${PREFIX}:workers`;
 const CANCELLED_KEY = `${PREFIX}:cancelled`;
 const CANCEL_CHANNEL = `${PREFIX}:cancel`;
+/** `singlora:cancel:<jobId>`: a cancel kept for an hour, for a job between workers when it was sent. */
+const cancelKey = (jobId: string) => `${PREFIX}:cancel:${jobId}`;
+/** Heartbeats older than this are dropped from the list (a worker gone for good). */
+const FORGET_WORKER_MS = 60 * 60_000;
 /** A worker silent this long counts as gone. */
 export const WORKER_GONE_MS = 30_000;
 export const HEARTBEAT_MS = 5_000;
@@ -52,6 +56,7 @@ export interface RedisClient {
   eval(script: string, keys: number, ...args: Array<string | number>): Promise<unknown>;
   hset(key: string, field: string, value: string): Promise<number>;
   hdel(key: string, field: string): Promise<number>;
+  get(key: string): Promise<string | null>;
   hgetall(key: string): Promise<Record<string, string>>;
   publish(channel: string, message: string): Promise<number>;
   subscribe(channel: string): Promise<unknown>;
@@ -174,8 +179,9 @@ function recordOf(job: BullJob, state: string, workers: QueueStatus['workers']):
   };
 }
 
-const ACTIVE_STATES = ['waiting', 'active', 'delayed', 'prioritized', 'waiting-children'] as const;
-const ALL_STATES = [...ACTIVE_STATES, 'completed', 'failed'] as const;
+type JobState = 'waiting' | 'active' | 'delayed' | 'prioritized' | 'waiting-children' | 'completed' | 'failed';
+const ACTIVE_STATES: readonly JobState[] = ['waiting', 'active', 'delayed', 'prioritized', 'waiting-children'];
+const FINISHED_STATES: readonly JobState[] = ['completed', 'failed'];
 
 export interface RedisQueueOptions {
   url: string;
@@ -194,8 +200,10 @@ export class RedisJobQueue implements JobQueue {
   readonly #client: RedisClient;
   readonly #queues: Map<QueueName, Queue>;
   readonly #events: QueueEvents[] = [];
-  readonly #eventConnections: RedisClient[] = [];
+  readonly #connections: RedisClient[] = [];
+  /** The last record sent of each recent job (progress updates build on it). */
   readonly #known = new Map<string, Job>();
+  readonly #chains = new Map<string, Promise<void>>();
   #closed = false;
 
   private constructor(
@@ -212,13 +220,13 @@ export class RedisJobQueue implements JobQueue {
     const client = connectRedis(opts.url, { blocking: false, log: opts.log });
     const queue = new RedisJobQueue(opts, client);
     for (const name of QUEUES) {
-      // BullMQ leaves a connection it was given open on close(): keep it to quit it ourselves.
+      // Its own connection (it blocks reading the event stream), closed with the queue.
       const connection = connectRedis(opts.url, { blocking: true });
-      queue.#eventConnections.push(connection);
+      queue.#connections.push(connection);
       const events = new QueueEvents(name, bullOpts(connection));
       events.on('error', (err) => queue.#logError(err));
       for (const e of ['waiting', 'active', 'completed', 'failed', 'removed'] as const)
-        events.on(e, ({ jobId }: { jobId: string }) => void queue.#refresh(jobId));
+        events.on(e, ({ jobId }: { jobId: string }) => queue.#inOrder(jobId, () => queue.#refresh(jobId)));
       events.on('progress', ({ jobId, data }: { jobId: string; data: unknown }) => queue.#onProgress(jobId, data));
       queue.#events.push(events);
     }
@@ -232,7 +240,11 @@ export class RedisJobQueue implements JobQueue {
     return new RedisLock(this.#client, `${PREFIX}:lock:${name}`);
   }
 
-  async submitJob(data: JobData): Promise<Job> {
+  submitJob(data: JobData): Promise<Job> {
+    return this.#reach(() => this.#submit(data));
+  }
+
+  async #submit(data: JobData): Promise<Job> {
     const id = newJobId();
     const stored: StoredJob = { job: data, createdAt: new Date().toISOString() };
     const queue = this.#queues.get(queueOf(data.kind))!;
@@ -241,37 +253,56 @@ export class RedisJobQueue implements JobQueue {
       removeOnComplete: { count: KEEP },
       removeOnFail: { count: KEEP },
     });
-    const record = recordOf(job as BullJob, 'waiting', await this.#workers());
-    this.#known.set(id, record);
-    return record;
+    return recordOf(job as BullJob, 'waiting', await this.#workers());
   }
 
   async list(): Promise<Job[]> {
-    const workers = await this.#workers();
-    const out: Job[] = [];
-    for (const q of this.#queues.values())
-      for (const job of (await q.getJobs([...ALL_STATES], 0, KEEP)) as BullJob[])
-        if (job?.id) out.push(recordOf(job, await job.getState(), workers));
-    out.push(...(await this.#tombstones()));
-    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+    return this.#reach(async () => {
+      const out = [...(await this.#byState(ACTIVE_STATES, -1)), ...(await this.#byState(FINISHED_STATES, KEEP))];
+      out.push(...(await this.#tombstones()));
+      return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+    });
   }
 
-  async get(jobId: string): Promise<Job | undefined> {
+  get(jobId: string): Promise<Job | undefined> {
+    return this.#reach(() => this.#get(jobId));
+  }
+
+  async #get(jobId: string): Promise<Job | undefined> {
     const found = await this.#find(jobId);
     if (found) return recordOf(found, await found.getState(), await this.#workers());
     return (await this.#tombstones()).find((j) => j.id === jobId);
   }
 
   async active(filter: JobFilter = {}): Promise<Job[]> {
+    return this.#reach(async () =>
+      (await this.#byState(ACTIVE_STATES, -1)).filter(
+        (j) => (j.status === 'queued' || j.status === 'running') && matches(j, filter),
+      ),
+    );
+  }
+
+  /** The records of every job in `states`, one BullMQ read per queue and state. */
+  async #byState(states: readonly JobState[], last: number): Promise<Job[]> {
     const workers = await this.#workers();
     const out: Job[] = [];
     for (const q of this.#queues.values())
-      for (const job of (await q.getJobs([...ACTIVE_STATES], 0, -1)) as BullJob[])
-        if (job?.id) {
-          const record = recordOf(job, await job.getState(), workers);
-          if ((record.status === 'queued' || record.status === 'running') && matches(record, filter)) out.push(record);
-        }
+      for (const state of states)
+        for (const job of (await q.getJobs([state], 0, last)) as BullJob[])
+          if (job?.id) out.push(recordOf(job, state, workers));
     return out;
+  }
+
+  /** Runs a Redis read or write; Redis out of reach becomes one sentence (ioredis keeps reconnecting). */
+  async #reach<T>(f: () => Promise<T>): Promise<T> {
+    try {
+      return await f();
+    } catch (err) {
+      const m = readableError(err);
+      if (/max retries|ECONNREFUSED|Connection is closed|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND/i.test(m))
+        throw new Error(`the Redis queue is out of reach (${m}); queued jobs wait in Redis, try again when it is back`);
+      throw err;
+    }
   }
 
   /**
@@ -279,7 +310,11 @@ export class RedisJobQueue implements JobQueue {
    * through the cancel channel, and the worker that runs it aborts it (training pauses at a
    * checkpoint). A job that became active in between is told as a running one.
    */
-  async cancel(jobId: string, reason: 'cancel' | 'pause' = 'cancel'): Promise<boolean | undefined> {
+  cancel(jobId: string, reason: 'cancel' | 'pause' = 'cancel'): Promise<boolean | undefined> {
+    return this.#reach(() => this.#cancel(jobId, reason));
+  }
+
+  async #cancel(jobId: string, reason: 'cancel' | 'pause'): Promise<boolean | undefined> {
     const job = await this.#find(jobId);
     if (!job) return (await this.#tombstones()).some((j) => j.id === jobId) ? false : undefined;
     const state = await job.getState();
@@ -297,13 +332,18 @@ export class RedisJobQueue implements JobQueue {
           error: reason === 'pause' ? INTERRUPTED_QUEUED : null,
         };
         await this.#client.hset(CANCELLED_KEY, jobId, JSON.stringify(record));
-        this.#emit(record);
+        const old = (await this.#tombstones()).sort((a, b) => a.createdAt.localeCompare(b.createdAt)).slice(0, -KEEP);
+        for (const j of old) await this.#client.hdel(CANCELLED_KEY, j.id);
+        this.#update(record);
         await this.opts
           .cancelQueued((job.data as StoredJob).job)
           .catch((err) => this.opts.log(`jobs: ${jobId}: after cancelling: ${readableError(err)}`));
         return true;
       }
     }
+    // Kept as well as sent: a job that is between workers (handed back, or its worker died) is
+    // cancelled by the worker that takes it next.
+    await this.#client.set(cancelKey(jobId), reason, 'EX', 3600);
     await this.#client.publish(CANCEL_CHANNEL, JSON.stringify({ jobId, reason }));
     return true;
   }
@@ -317,7 +357,11 @@ export class RedisJobQueue implements JobQueue {
     }
   }
 
-  async queueStatus(): Promise<QueueStatus> {
+  queueStatus(): Promise<QueueStatus> {
+    return this.#reach(() => this.#status());
+  }
+
+  async #status(): Promise<QueueStatus> {
     const queues = [];
     for (const [name, q] of this.#queues) {
       const c = await q.getJobCounts('waiting', 'delayed', 'prioritized', 'active');
@@ -336,8 +380,7 @@ export class RedisJobQueue implements JobQueue {
     this.#closed = true;
     await Promise.all(this.#events.map((e) => e.close().catch(() => {})));
     await Promise.all([...this.#queues.values()].map((q) => q.close().catch(() => {})));
-    await Promise.all(this.#eventConnections.map((c) => c.quit().catch(() => c.disconnect())));
-    await this.#client.quit().catch(() => this.#client.disconnect());
+    for (const c of [...this.#connections, this.#client]) await c.quit().catch(() => c.disconnect());
   }
 
   async #find(jobId: string): Promise<BullJob | undefined> {
@@ -350,8 +393,11 @@ export class RedisJobQueue implements JobQueue {
 
   async #workers(): Promise<QueueStatus['workers']> {
     const now = Date.now();
-    return Object.values(await this.#client.hgetall(WORKERS_KEY))
-      .map((text) => JSON.parse(text) as Heartbeat)
+    const beats = Object.values(await this.#client.hgetall(WORKERS_KEY)).map((text) => JSON.parse(text) as Heartbeat);
+    const forgotten = beats.filter((h) => now - Date.parse(h.lastSeen) > FORGET_WORKER_MS);
+    for (const h of forgotten) await this.#client.hdel(WORKERS_KEY, h.name);
+    return beats
+      .filter((h) => !forgotten.includes(h))
       .map((h) => ({ ...h, alive: now - Date.parse(h.lastSeen) < WORKER_GONE_MS }))
       .sort((a, b) => a.name.localeCompare(b.name));
   }
@@ -360,30 +406,45 @@ export class RedisJobQueue implements JobQueue {
     return Object.values(await this.#client.hgetall(CANCELLED_KEY)).map((t) => JSON.parse(t) as Job);
   }
 
-  /** A job changed state: its record from Redis, to every client. */
-  async #refresh(jobId: string): Promise<void> {
-    try {
-      const job = await this.#find(jobId);
-      if (!job) return;
-      const record = recordOf(job, await job.getState(), await this.#workers());
-      this.#known.set(jobId, record);
-      this.#emit(record);
-      if (record.status !== 'queued' && record.status !== 'running') this.#known.delete(jobId);
-    } catch (err) {
-      this.#logError(err);
-    }
+  /**
+   * Runs one job's record updates in the order its events came (a slow read of an earlier state
+   * must not land after a later one).
+   */
+  #inOrder(jobId: string, update: () => Promise<void> | void): void {
+    const next = (this.#chains.get(jobId) ?? Promise.resolve()).then(update).catch((err) => this.#logError(err));
+    this.#chains.set(jobId, next);
+    void next.then(() => {
+      if (this.#chains.get(jobId) === next) this.#chains.delete(jobId);
+    });
   }
 
-  /** A worker's progress: its event relayed, the record's progress updated (no Redis read). */
+  /** A job changed state: its record from Redis, to every client (once per change). */
+  async #refresh(jobId: string): Promise<void> {
+    const job = await this.#find(jobId);
+    if (!job) return;
+    this.#update(recordOf(job, await job.getState(), await this.#workers()));
+  }
+
+  /** A worker's progress: its event relayed at once, the record's progress updated (no Redis read). */
   #onProgress(jobId: string, data: unknown): void {
     if (!isProgressPayload(data)) return;
     if (data.e) this.opts.onEvent(data.e[0], data.e[1]);
-    const known = this.#known.get(jobId);
-    if (!known) return void this.#refresh(jobId);
-    const changed = JSON.stringify(known.progress) !== JSON.stringify(data.p) || known.worker !== data.w;
-    if (!changed || known.status !== 'running') return;
-    const record = { ...known, progress: data.p, worker: data.w };
-    this.#known.set(jobId, record);
+    this.#inOrder(jobId, async () => {
+      const known = this.#known.get(jobId);
+      if (!known) return this.#refresh(jobId);
+      if (known.status !== 'queued' && known.status !== 'running') return;
+      // Progress means a worker has it, even before the 'active' event's read is back.
+      this.#update({ ...known, status: 'running', waiting: null, progress: data.p, worker: data.w });
+    });
+  }
+
+  /** Emits a record that changed, and remembers it (the last 1000 jobs). */
+  #update(record: Job): void {
+    const before = this.#known.get(record.id);
+    if (before && JSON.stringify(before) === JSON.stringify(record)) return;
+    this.#known.delete(record.id);
+    this.#known.set(record.id, record);
+    if (this.#known.size > 1000) this.#known.delete(this.#known.keys().next().value!);
     this.#emit(record);
   }
 
@@ -395,8 +456,13 @@ export class RedisJobQueue implements JobQueue {
     }
   }
 
+  #lastError = '';
+  /** Logs a queue error once, not once per retry while Redis is away. */
   #logError(err: unknown): void {
-    if (!this.#closed) this.opts.log(`queue: ${readableError(err)}`);
+    const m = readableError(err);
+    if (this.#closed || m === this.#lastError) return;
+    this.#lastError = m;
+    this.opts.log(`queue: ${m}`);
   }
 }
 
@@ -468,117 +534,158 @@ export interface RunningQueueWorker {
  * engine queues), downloads beside it; heartbeats; cancels from the cancel channel.
  */
 export async function startQueueWorker(o: QueueWorkerOptions): Promise<RunningQueueWorker> {
-  const client = connectRedis(o.url, { blocking: true, log: o.log });
-  const subscriber = connectRedis(o.url, { blocking: true });
-  const running = new Map<string, AbortController>();
-  let closing = false;
-  let engineBusy: Promise<void> = Promise.resolve();
-  const lockMs = o.lockMs ?? 30_000;
+  const taker = new JobTaker(o);
+  await taker.start();
+  return { close: () => taker.close() };
+}
 
-  const heartbeat = async () => {
+/** A worker's side of the queue: its BullMQ workers, heartbeats, cancels, and the jobs it runs. */
+class JobTaker {
+  readonly #client: RedisClient;
+  readonly #subscriber: RedisClient;
+  readonly #running = new Map<string, AbortController>();
+  #workers: Worker[] = [];
+  #beats: NodeJS.Timeout | undefined;
+  #closing = false;
+  #engineBusy = false;
+  #lastError = '';
+
+  constructor(private readonly o: QueueWorkerOptions) {
+    this.#client = connectRedis(o.url, { blocking: true, log: o.log });
+    this.#subscriber = connectRedis(o.url, { blocking: true });
+  }
+
+  async start(): Promise<void> {
+    await this.#heartbeat();
+    this.#beats = setInterval(() => void this.#heartbeat(), HEARTBEAT_MS);
+    await this.#subscriber.subscribe(CANCEL_CHANNEL);
+    this.#subscriber.on('message', ((_channel: string, text: string) => {
+      try {
+        const { jobId, reason } = JSON.parse(text) as { jobId: string; reason: 'cancel' | 'pause' };
+        this.#running.get(jobId)?.abort(reason);
+      } catch {
+        /* not a cancel */
+      }
+    }) as never);
+    const lockMs = this.o.lockMs ?? 30_000;
+    this.#workers = this.o.queues.map(
+      (name) =>
+        new Worker(name, ((job: BullJob, token?: string) => this.#take(job, token)) as never, {
+          ...bullOpts(this.#client),
+          concurrency: 1,
+          lockDuration: lockMs,
+          stalledInterval: lockMs,
+          maxStalledCount: 3,
+        }),
+    );
+    for (const w of this.#workers) {
+      // A job whose lock was lost (Redis away longer than the lock period) is handed on by the
+      // stalled check: it stops here (training pauses at a checkpoint), so it never runs twice.
+      w.on('lockRenewalFailed', (ids: string[]) => {
+        for (const id of ids.filter((id) => this.#running.has(id))) {
+          this.o.log(`queue: lost the lock of ${id} (Redis was away too long): stopping it here`);
+          this.#running.get(id)?.abort('pause');
+        }
+      });
+      w.on('error', (err) => {
+        const m = readableError(err);
+        if (m !== this.#lastError) this.o.log(`queue: ${m}`);
+        this.#lastError = m;
+      });
+    }
+    await Promise.all(this.#workers.map((w) => w.waitUntilReady()));
+  }
+
+  /** Stops taking jobs; running ones are paused and go back to the queue (see #run). */
+  async close(): Promise<void> {
+    this.#closing = true;
+    clearInterval(this.#beats);
+    for (const c of this.#running.values()) c.abort('pause');
+    await Promise.all(this.#workers.map((w) => w.close()));
+    await this.#client.hdel(WORKERS_KEY, this.o.name).catch(() => {});
+    await this.#subscriber.quit().catch(() => this.#subscriber.disconnect());
+    await this.#client.quit().catch(() => this.#client.disconnect());
+  }
+
+  async #heartbeat(): Promise<void> {
     const beat: Heartbeat = {
-      name: o.name,
-      queues: o.queues,
+      name: this.o.name,
+      queues: this.o.queues,
       lastSeen: new Date().toISOString(),
-      jobId: [...running.keys()][0] ?? null,
+      jobId: [...this.#running.keys()][0] ?? null,
     };
-    await client.hset(WORKERS_KEY, o.name, JSON.stringify(beat)).catch(() => {});
-  };
-  await heartbeat();
-  const beats = setInterval(() => void heartbeat(), HEARTBEAT_MS);
+    await this.#client.hset(WORKERS_KEY, this.o.name, JSON.stringify(beat)).catch(() => {});
+  }
 
-  await subscriber.subscribe(CANCEL_CHANNEL);
-  subscriber.on('message', ((_channel: string, text: string) => {
-    try {
-      const { jobId, reason } = JSON.parse(text) as { jobId: string; reason: 'cancel' | 'pause' };
-      running.get(jobId)?.abort(reason);
-    } catch {
-      /* not ours */
+  /**
+   * One engine job at a time (train and engine queues share this worker's one engine process):
+   * while one runs, the other engine queue's BullMQ worker is paused, and a job it had already
+   * fetched goes back to the queue for another worker.
+   */
+  async #take(job: BullJob, token?: string): Promise<StoredOutcome> {
+    if (queueOf((job.data as StoredJob).job.kind) === 'io') return this.#run(job, token);
+    if (this.#engineBusy && token) {
+      await job.moveToWait(token);
+      throw new WaitingError();
     }
-  }) as never);
-
-  const processor = async (job: BullJob, token?: string): Promise<StoredOutcome> => {
-    const engine = queueOf((job.data as StoredJob).job.kind) !== 'io';
-    // One engine job at a time: a job of the other engine queue waits here (rare: see pauses below).
-    let release = () => {};
-    const turn = engine ? engineBusy : Promise.resolve();
-    if (engine) engineBusy = new Promise<void>((r) => (release = r));
-    await turn;
-    const pausedOthers = engine ? workers.filter((w) => w.name !== job.queueName && w.name !== 'io') : [];
-    await Promise.all(pausedOthers.map((w) => w.pause(true)));
+    this.#engineBusy = true;
+    const others = this.#workers.filter((w) => w.name !== job.queueName && w.name !== 'io');
+    await Promise.all(others.map((w) => w.pause(true)));
     try {
-      return await runOne(job, token);
+      return await this.#run(job, token);
     } finally {
-      for (const w of pausedOthers) if (!closing) w.resume();
-      release();
+      this.#engineBusy = false;
+      if (!this.#closing) for (const w of others) w.resume();
     }
-  };
+  }
 
-  const runOne = async (job: BullJob, token?: string): Promise<StoredOutcome> => {
+  /**
+   * Runs one job: its progress and events go out through BullMQ's job progress, in order; its
+   * outcome is the return value. A job this worker stops because it is closing goes back to the
+   * queue (another worker resumes it); one cancelled before it started here ends at once.
+   */
+  async #run(job: BullJob, token?: string): Promise<StoredOutcome> {
     const id = job.id ?? '';
+    const name = this.o.name;
     const controller = new AbortController();
-    running.set(id, controller);
-    void heartbeat();
+    this.#running.set(id, controller);
+    const cancelled = await this.#client.get(cancelKey(id)).catch(() => null);
+    if (cancelled === 'cancel' || cancelled === 'pause') controller.abort(cancelled);
+    void this.#heartbeat();
     let last: JobProgress | null = null;
     let sending: Promise<unknown> = Promise.resolve();
     const send = (payload: ProgressPayload) => {
-      sending = sending.then(() => job.updateProgress(payload as never)).catch((err) => o.log(`queue: ${id}: ${err}`));
+      sending = sending.then(() => job.updateProgress(payload as never)).catch((e) => this.o.log(`queue: ${id}: ${e}`));
     };
-    send({ p: null, w: o.name });
+    send({ p: null, w: name });
+    let outcome: JobOutcome | void = undefined;
+    let error: unknown = null;
     try {
-      const outcome = await o.run((job.data as StoredJob).job, {
+      outcome = await this.o.run((job.data as StoredJob).job, {
         jobId: id,
         signal: controller.signal,
-        progress: (p) => send({ p: (last = p), w: o.name }),
-        emit: (event, data) => send({ p: last, w: o.name, e: [event, data] }),
+        progress: (p) => send({ p: (last = p), w: name }),
+        emit: (event, data) => send({ p: last, w: name, e: [event, data] }),
       });
-      await sending;
-      const aborted = controller.signal.aborted;
-      if (closing && aborted && controller.signal.reason === 'pause' && token) {
-        // This worker is stopping: the job goes back to the queue and another worker resumes it.
-        await job.moveToWait(token);
-        throw new WaitingError();
-      }
-      return {
-        status: outcome?.status ?? (aborted ? 'cancelled' : 'done'),
-        error: outcome?.error ?? null,
-        ...(outcome?.label !== undefined ? { label: outcome.label } : {}),
-        ...(outcome?.result !== undefined ? { result: outcome.result } : {}),
-        worker: o.name,
-      };
     } catch (err) {
-      await sending;
-      if (err instanceof WaitingError) throw err;
-      if (controller.signal.aborted) return { status: 'cancelled', error: null, worker: o.name };
-      throw new Error(readableError(err));
+      error = err;
     } finally {
-      running.delete(id);
-      void heartbeat();
+      this.#running.delete(id);
+      void this.#heartbeat();
     }
-  };
-
-  const workers = o.queues.map(
-    (name) =>
-      new Worker(name, processor as never, {
-        ...bullOpts(client),
-        concurrency: 1,
-        lockDuration: lockMs,
-        stalledInterval: lockMs,
-        maxStalledCount: 3,
-      }),
-  );
-  for (const w of workers) w.on('error', (err) => o.log(`queue: ${readableError(err)}`));
-  await Promise.all(workers.map((w) => w.waitUntilReady()));
-
-  return {
-    async close() {
-      closing = true;
-      clearInterval(beats);
-      for (const c of running.values()) c.abort('pause');
-      await Promise.all(workers.map((w) => w.close()));
-      await client.hdel(WORKERS_KEY, o.name).catch(() => {});
-      await subscriber.quit().catch(() => subscriber.disconnect());
-      await client.quit().catch(() => client.disconnect());
-    },
-  };
+    await sending;
+    const aborted = controller.signal.aborted;
+    if (this.#closing && aborted && controller.signal.reason === 'pause' && token) {
+      await job.moveToWait(token);
+      throw new WaitingError();
+    }
+    if (error !== null && !aborted) throw new Error(readableError(error));
+    return {
+      status: outcome?.status ?? (aborted ? 'cancelled' : 'done'),
+      error: outcome?.error ?? null,
+      ...(outcome?.label !== undefined ? { label: outcome.label } : {}),
+      ...(outcome?.result !== undefined ? { result: outcome.result } : {}),
+      worker: name,
+    };
+  }
 }

@@ -18,7 +18,7 @@ import { ApiError, type ApiHandlers, type EventData, type EventName } from '../a
 import type { AdapterInspection } from '../engine/adapters/exportAdapter.ts';
 import { defaultModelsDir } from '../engine/paths.ts';
 import { defaultBase, nativeResolutionOf, type ServiceContext, type ServiceOptions } from './context.ts';
-import { acquireLock, jobsFileOf, projectsDirOf, resolveDataDir } from './dataDir.ts';
+import { acquireLock, jobsFileOf, lockOwner, projectsDirOf, resolveDataDir } from './dataDir.ts';
 import { EngineHost } from './engineHost.ts';
 import { callHandler } from './errors.ts';
 import { cancelQueuedJob, runJob } from './jobHandlers.ts';
@@ -121,6 +121,7 @@ export class Service {
     const s = new Service(opts);
     await mkdir(s.projectsDir, { recursive: true });
     if (opts.queue) {
+      await refuseEmbeddedOwner(s.dataDir);
       await s.#openRedisQueue(opts.queue);
       return s;
     }
@@ -233,6 +234,18 @@ export class Service {
       }
     }
   }
+}
+
+/**
+ * A folder served on a Redis queue has no single owner, but it must not also belong to a service
+ * that runs jobs itself (its jobs would ignore the queue's locks): refused, naming that service.
+ */
+export async function refuseEmbeddedOwner(dataDir: string): Promise<void> {
+  const owner = await lockOwner(dataDir);
+  if (owner)
+    throw new Error(
+      `a SingLoRA Studio service without a queue (pid ${owner.pid}, started ${owner.startedAt}) is using ${dataDir}; stop it, or start it with --queue too`,
+    );
 }
 
 /** Opens a service (see ServiceOptions). */

@@ -11,6 +11,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { skipReason } from './ciRequirements.ts';
 import { startProcess, type TestProcess } from './processes.ts';
 
 export const REDIS_SERVER = process.env.SINGLORA_REDIS_SERVER?.trim() || '/usr/bin/redis-server';
@@ -19,6 +20,20 @@ export const REDIS_SERVER = process.env.SINGLORA_REDIS_SERVER?.trim() || '/usr/b
 export function noRedisServer(): string | null {
   if (existsSync(REDIS_SERVER)) return null;
   return `no redis-server at ${REDIS_SERVER}; install it (\`apt-get install redis-server\`, as .ci/run does) or point SINGLORA_REDIS_SERVER at one`;
+}
+
+/**
+ * The queue suites' skip reason (`[needs redis-server] ...`, printed), or null when redis-server is
+ * here; under CI=true a missing binary throws instead (ciRequirements.ts).
+ */
+export function redisSkipReason(): string | null {
+  const missing = noRedisServer();
+  return missing ? skipReason('redis-server', missing) : null;
+}
+
+/** A started TestRedis; by default without appendonly (`TestRedis.start` turns it on). */
+export function startRedis(o: RedisOptions = {}): Promise<TestRedis> {
+  return TestRedis.start({ appendonly: false, ...o });
 }
 
 /** A free TCP port on the loopback address (free when asked; the caller binds it at once). */
@@ -106,6 +121,11 @@ export class TestRedis {
     ];
     this.#proc = startProcess(`redis-server:${this.port}`, REDIS_SERVER, args, { cwd: this.dir });
     await this.#untilPong(10_000);
+  }
+
+  /** Starts it again after `stop()` (the same as `restart()`). */
+  start(): Promise<void> {
+    return this.restart();
   }
 
   /** SIGTERM (Redis writes its append-only file and exits), then waits for the exit. */
