@@ -84,7 +84,7 @@ export class TestRedis {
 
   /** `redis://:<password>@127.0.0.1:<port>`: what the server and the workers are given. */
   get url(): string {
-    return `redis://${this.password ? `:${this.password}@` : ''}127.0.0.1:${this.port}`;
+    return `redis://${this.password ? `:${encodeURIComponent(this.password)}@` : ''}127.0.0.1:${this.port}`;
   }
 
   get isRunning(): boolean {

@@ -294,15 +294,55 @@ describe.skipIf(gate.skip)(gate.title, () => {
     for (const f of files) expect(await readFile(f, 'utf8'), f).not.toContain(cluster.root);
   });
 
-  it('a worker stopped with SIGTERM exits at once and leaves the worker list', async () => {
-    const [name, proc] = [...workers].find(([, p]) => p.isRunning)!;
-    proc.kill('SIGTERM');
-    const exit = await Promise.race([proc.exited, sleep(30_000).then(() => null)]);
-    expect(exit, `${name} after SIGTERM; its output ends:\n${proc.tail()}`).toEqual({ code: 0, signal: null });
-    expect((await server.call('jobs.queue', {})).workers.map((w) => w.name)).not.toContain(name);
+  it('a worker stopped with SIGTERM mid-training exits, and another resumes the run at once from where it paused', {
+    timeout: 2 * JOBS_MS,
+  }, async () => {
+    startWorker('w3');
+    const names = () => [...workers].filter(([, p]) => p.isRunning).map(([n]) => n);
+    await server.waitWorkers(names());
+    const steps = 200;
+    const r = await server.call('training.start', {
+      projectId,
+      settings: { steps, checkpointEvery: 50, sampleEvery: 0, resolution: 64 },
+    });
+    const seen = await server.waitEvent(
+      (e) => {
+        const d = e.data as { runId: string; event: RunEvent };
+        return e.event === 'train.event' && d.runId === r.runId && d.event.event === 'step' && d.event.step >= 20;
+      },
+      JOBS_MS,
+      'training step 20',
+    );
+    const seenStep = (seen.data as { event: { step: number } }).event.step;
+    const runner = (await server.call('jobs.list', {})).find((j) => j.id === r.jobId)?.worker;
+    const proc = workers.get(String(runner));
+    expect(proc, `the worker running the job: ${runner}`).toBeDefined();
+    const stoppedAt = performance.now();
+    proc!.kill('SIGTERM');
+    const exit = await Promise.race([proc!.exited, sleep(30_000).then(() => null)]);
+    expect(exit, `${runner} after SIGTERM; its output ends:\n${proc!.tail()}`).toEqual({ code: 0, signal: null });
+    expect((await server.call('jobs.queue', {})).workers.map((w) => w.name)).not.toContain(runner);
+
+    const job = await server.waitJob(r.jobId, JOBS_MS);
+    expect(job).toMatchObject({ status: 'done', error: null, worker: names()[0] });
+    const after = server.trainEvents(r.runId, stoppedAt);
+    const story = `step ${seenStep} seen before SIGTERM; events after it: ${summary(after)}`;
+    const resume = after.find((e) => e.event.event === 'prepare' && e.event.stage === 'resume');
+    expect(resume, story).toBeDefined();
+    // Handed back at once, not found by the stalled check (which waits for the 30 s lock to expire).
+    expect(resume!.at - stoppedAt, story).toBeLessThan(30_000);
+    const from = Number((resume!.event as { detail?: string }).detail?.match(/step-(\d+)/)?.[1]);
+    expect(from, story).toBeGreaterThanOrEqual(seenStep); // paused at a checkpoint where it was: nothing lost
+    const first = after.slice(after.indexOf(resume!)).find((e) => e.event.event === 'step');
+    expect(first?.event, story).toMatchObject({ step: from + 1 });
+    const end = await server.call('training.status', { projectId, runId: r.runId });
+    expect(end).toMatchObject({ status: 'completed', step: steps });
+    expect(end.losses.map((l) => l.step)).toEqual(Array.from({ length: steps }, (_, i) => i + 1));
   });
 
   it('with no worker left, a job stays queued and says why; cancelling it ends it at once', async () => {
+    for (const proc of workers.values()) proc.kill('SIGTERM');
+    await Promise.all([...workers.values()].map((p) => p.exited));
     const [jobId] = await generate(server, [500]);
     const queued = await server.until(
       async () => (await server.call('jobs.list', {})).find((j) => j.id === jobId && j.waiting) ?? null,
