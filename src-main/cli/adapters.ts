@@ -2,6 +2,7 @@
 import { type Command, Option } from 'commander';
 import { statSync } from 'node:fs';
 import { basename } from 'node:path';
+import { EXPORT_FORMATS } from '../api/schemas.ts';
 import type { ExportFormat } from '../engine/adapters/exportAdapter.ts';
 import {
   action,
@@ -16,15 +17,6 @@ import {
   withCommon,
   type GlobalOptions,
 } from './common.ts';
-
-/** exportAdapter.ts's EXPORT_FORMATS (test/cli/startup.test.ts checks they agree), without loading the engine. */
-export const EXPORT_FORMAT_CHOICES = [
-  'singlora',
-  'kohya',
-  'diffusers',
-  'merged-diffusers',
-  'merged-single-file',
-] as const;
 
 interface ExportCliOptions extends GlobalOptions {
   adapter: string;
@@ -74,7 +66,7 @@ export function register(program: Command): void {
       )
       .requiredOption('--adapter <file>', 'native adapter file (a checkpoint adapter.safetensors)')
       .addOption(
-        new Option('--format <f>', 'output format').choices([...EXPORT_FORMAT_CHOICES, 'merged']).makeOptionMandatory(),
+        new Option('--format <f>', 'output format').choices([...EXPORT_FORMATS, 'merged']).makeOptionMandatory(),
       )
       .option('--base <model>', 'base model (required by the merged formats)')
       .option('--config-dir <dir>', 'for a single-file --base: a diffusers SD 1.5 folder to take configs from')

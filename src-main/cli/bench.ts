@@ -4,11 +4,17 @@
  */
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import {
+  COMPUTE_DTYPES,
+  DEFAULT_ENGINE,
+  ENGINES,
+  type METHODS,
+  PROVIDERS,
+  trainSettingsSchema,
+} from '../api/schemas.ts';
+import {
   action,
-  ENGINE_CHOICES,
   inferenceOptions,
   parse,
-  PROVIDER_CHOICES,
   printResult,
   UsageError,
   requireExists,
@@ -17,16 +23,18 @@ import {
   type GlobalOptions,
   type InferenceCliOptions,
 } from './common.ts';
+import { TRAIN_FLAGS } from './flags.ts';
+import { schemaOptions } from './schemaOptions.ts';
 
-/** The training engine `bench train` measures unless told: train's default (trainer.ts DEFAULT_TRAIN_ENGINE). */
-const DEFAULT_TRAIN_ENGINE = 'onnx';
+/** The training settings `bench train` takes, as `train` spells them (schema's bounds and defaults). */
+const TRAIN_SETTINGS = schemaOptions(trainSettingsSchema, TRAIN_FLAGS, ['rank', 'method', 'batchSize']);
 
 /** --dtype, as the onnx benchmarks take it. */
 function dtypeOption(): Option {
   return new Option(
     '--dtype <type>',
     'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)',
-  ).choices(['float32', 'float16']);
+  ).choices([...COMPUTE_DTYPES]);
 }
 
 /** The adapters and UNet line both engines' training benchmarks print. */
@@ -86,7 +94,7 @@ export function register(program: Command): void {
             batch: number;
             iters: number;
             warmup: number;
-            dtype?: 'float32' | 'float16';
+            dtype?: (typeof COMPUTE_DTYPES)[number];
             fileDtype: 'F32' | 'F16';
             inMemory?: boolean;
           },
@@ -179,9 +187,9 @@ export function register(program: Command): void {
       .requiredOption('--resolution <px>', 'training resolution (a multiple of 8)', parse.int(8, 2048))
       .option('--steps <n>', 'timed steps', parse.int(1), 5)
       .option('--warmup <n>', 'warm-up steps', parse.int(0), 1)
-      .option('--rank <r>', 'adapter rank', parse.int(1, 256), 8)
-      .addOption(new Option('--method <m>', 'adapter type').choices(['singlora', 'lora']).default('singlora'))
-      .option('--batch <n>', 'batch size', parse.int(1, 64), 1)
+      .addOption(TRAIN_SETTINGS.option('rank'))
+      .addOption(TRAIN_SETTINGS.option('method'))
+      .addOption(TRAIN_SETTINGS.option('batchSize'))
       .option('--checkpointing', 'gradient checkpointing per UNet block')
       .option('--gradient-checkpointing', "the same as --checkpointing (the train setting's name)")
       .addOption(
@@ -192,11 +200,11 @@ export function register(program: Command): void {
       .option('--profile', "tfjs engine: also list the step's kernels by time")
       .addOption(
         new Option('--engine <name>', 'training engine: onnx (ONNX Runtime) or tfjs (TensorFlow.js)')
-          .choices([...ENGINE_CHOICES])
-          .default(DEFAULT_TRAIN_ENGINE),
+          .choices([...ENGINES])
+          .default(DEFAULT_ENGINE),
       )
       .addOption(
-        new Option('--provider <name>', 'onnx engine: ONNX Runtime execution provider').choices([...PROVIDER_CHOICES]),
+        new Option('--provider <name>', 'onnx engine: ONNX Runtime execution provider').choices([...PROVIDERS]),
       )
       .addOption(dtypeOption())
       .addOption(
@@ -220,15 +228,15 @@ export function register(program: Command): void {
           steps: number;
           warmup: number;
           rank: number;
-          method: 'singlora' | 'lora';
+          method: (typeof METHODS)[number];
           batch: number;
           checkpointing?: boolean;
           gradientCheckpointing?: boolean;
           attention: 'memory-efficient' | 'plain';
           profile?: boolean;
-          engine: (typeof ENGINE_CHOICES)[number];
-          provider?: (typeof PROVIDER_CHOICES)[number];
-          dtype?: 'float32' | 'float16';
+          engine: (typeof ENGINES)[number];
+          provider?: (typeof PROVIDERS)[number];
+          dtype?: (typeof COMPUTE_DTYPES)[number];
           linearLayout?: 'matmul' | 'gemm';
           prepacking?: boolean;
           disableOptimizers?: string;

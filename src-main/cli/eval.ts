@@ -16,7 +16,14 @@ import { getPngText } from '../engine/image/pngText.ts';
 import { defaultModelsDir } from '../engine/paths.ts';
 import { evalJobs, IMAGES_PER_PROMPT } from '../engine/eval/prompts.ts';
 import { readRunManifest, RUN_MANIFEST } from '../engine/train/runFiles.ts';
-import { type Evaluation, IMAGE_EXTENSIONS, isImageExtension, type ScoreRow } from '../api/schemas.ts';
+import {
+  DEFAULT_SUBJECT_TYPE,
+  type Evaluation,
+  IMAGE_EXTENSIONS,
+  isImageExtension,
+  type ScoreRow,
+  SUBJECT_TYPES,
+} from '../api/schemas.ts';
 import {
   action,
   emitJsonLine,
@@ -48,7 +55,7 @@ interface EvalOptions extends GlobalOptions, InferenceCliOptions {
   prompts?: string;
   imagesPerPrompt?: number;
   steps?: number;
-  subject?: 'object' | 'live';
+  subject?: (typeof SUBJECT_TYPES)[number];
   configDir?: string;
 }
 
@@ -228,7 +235,7 @@ async function evalRun(opts: EvalOptions): Promise<void> {
         ).length
       : undefined) ??
     new Set(
-      evalJobs(opts.subject ?? 'live', manifest.settings.triggerToken, manifest.settings.classWord).map(
+      evalJobs(opts.subject ?? DEFAULT_SUBJECT_TYPE, manifest.settings.triggerToken, manifest.settings.classWord).map(
         (j) => j.prompt,
       ),
     ).size;
@@ -261,7 +268,7 @@ async function evalRun(opts: EvalOptions): Promise<void> {
       prompts,
       imagesPerPrompt: opts.imagesPerPrompt,
       steps,
-      subjectType: opts.subject === 'object' ? 'object' : 'live',
+      subjectType: opts.subject ?? DEFAULT_SUBJECT_TYPE,
       dinoModel: opts.dinoModel,
       scorer: scorer.kind,
       modelsDir: opts.modelsDir,
@@ -342,8 +349,8 @@ export function register(program: Command): void {
     .option('--steps <n>', `with --run: sampling steps per image (default ${EVAL_STEPS})`, parse.int(1, 200))
     .addOption(
       new Option('--subject <type>', 'with --run: the subject type (chooses the prompt set)')
-        .choices(['object', 'live'])
-        .default('live'),
+        .choices([...SUBJECT_TYPES])
+        .default(DEFAULT_SUBJECT_TYPE),
     )
     .option(
       '--config-dir <dir>',

@@ -6,10 +6,15 @@
  */
 import { type Command, Option } from 'commander';
 import type { Project, ProjectSummary, Result } from '../api/contract.ts';
-import { SUBJECT_TYPES } from '../api/schemas.ts';
+import { DEFAULT_SUBJECT_TYPE, SUBJECT_TYPES, trainSettingsSchema } from '../api/schemas.ts';
 import type { Service } from '../service/service.ts';
 import { createInterface } from 'node:readline/promises';
 import { action, printResult, UsageError, withCommon, type GlobalOptions } from './common.ts';
+import { TRAIN_FLAGS } from './flags.ts';
+import { schemaOptions } from './schemaOptions.ts';
+
+/** The subject's settings, as `train` spells them. */
+const SUBJECT = schemaOptions(trainSettingsSchema, TRAIN_FLAGS, ['classWord', 'triggerToken']);
 
 interface ProjectsOptions extends GlobalOptions {
   dataDir?: string;
@@ -55,10 +60,12 @@ export function register(program: Command): void {
 
   withCommon(projects.command('create <name>').description('create a project'), { backend: false })
     .addOption(dataDirOption())
-    .option('--class <word>', 'class word (e.g. dog, person)', 'person')
-    .option('--token <word>', 'trigger token', 'sks')
+    .addOption(SUBJECT.option('classWord'))
+    .addOption(SUBJECT.option('triggerToken'))
     .addOption(
-      new Option('--type <type>', 'subject type (evaluation prompts)').choices([...SUBJECT_TYPES]).default('live'),
+      new Option('--type <type>', 'subject type (evaluation prompts)')
+        .choices([...SUBJECT_TYPES])
+        .default(DEFAULT_SUBJECT_TYPE),
     )
     .action(
       action(async (name: string, o: ProjectsOptions) => {
