@@ -21,6 +21,7 @@ import {
   type Evaluation,
   IMAGE_EXTENSIONS,
   isImageExtension,
+  type RunManifest,
   type ScoreRow,
   SUBJECT_TYPES,
 } from '../api/schemas.ts';
@@ -200,6 +201,32 @@ function reportEstimate(opts: EvalOptions, e: EvalEstimate): void {
     process.stderr.write('  for a quicker look: --checkpoints latest --images-per-prompt 1 --steps 15\n');
 }
 
+/** How many prompts `eval --run` scores: the file's, the toy probes, or the fixed set's for the subject type. */
+async function evalPromptCount(
+  opts: EvalOptions,
+  manifest: RunManifest,
+  prompts: string[] | undefined,
+  toyEval: typeof import('../engine/eval/toyEvaluate.ts') | null,
+): Promise<number> {
+  return (
+    prompts?.length ??
+    (toyEval
+      ? toyEval.toyProbes(
+          manifest.settings.triggerToken,
+          manifest.settings.classWord,
+          await toyEval.readToyPhotos(
+            opts.photos ? listImageFiles(opts.photos) : manifest.images.used.filter((f) => !f.includes('#')),
+          ),
+        ).length
+      : undefined) ??
+    new Set(
+      evalJobs(opts.subject ?? DEFAULT_SUBJECT_TYPE, manifest.settings.triggerToken, manifest.settings.classWord).map(
+        (j) => j.prompt,
+      ),
+    ).size
+  );
+}
+
 /** `singlora eval --run <dir>`: scores the base model and every checkpoint (or the latest) on the fixed prompt set. */
 async function evalRun(opts: EvalOptions): Promise<void> {
   const runDir = opts.run!;
@@ -223,22 +250,7 @@ async function evalRun(opts: EvalOptions): Promise<void> {
 
   // The plan, before anything loads: how many images, and roughly how long.
   const checkpoints = opts.checkpoints === 'latest' ? 1 : manifest.checkpoints.length;
-  const promptCount =
-    prompts?.length ??
-    (toyEval
-      ? toyEval.toyProbes(
-          manifest.settings.triggerToken,
-          manifest.settings.classWord,
-          await toyEval.readToyPhotos(
-            opts.photos ? listImageFiles(opts.photos) : manifest.images.used.filter((f) => !f.includes('#')),
-          ),
-        ).length
-      : undefined) ??
-    new Set(
-      evalJobs(opts.subject ?? DEFAULT_SUBJECT_TYPE, manifest.settings.triggerToken, manifest.settings.classWord).map(
-        (j) => j.prompt,
-      ),
-    ).size;
+  const promptCount = await evalPromptCount(opts, manifest, prompts, toyEval);
   const perPrompt = opts.imagesPerPrompt ?? IMAGES_PER_PROMPT;
   const steps = opts.steps ?? toyEval?.TOY_SAMPLING.steps ?? EVAL_STEPS;
   const images = (1 + checkpoints) * promptCount * perPrompt;

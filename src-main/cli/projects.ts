@@ -78,31 +78,7 @@ export function register(program: Command): void {
 
   withCommon(projects.command('show <id>').description('show a project, its photos and runs'), { backend: false })
     .addOption(dataDirOption())
-    .action(
-      action(async (id: string, o: ProjectsOptions) => {
-        const r = await withService(o, async (s) => ({
-          project: (await s.call('projects.open', { projectId: id })) as Project,
-          photos: (await s.call('photos.list', { projectId: id })) as Result<'photos.list'>,
-          runs: (await s.call('training.runs', { projectId: id })) as Result<'training.runs'>,
-          dir: s.store.dir(id),
-        }));
-        printResult(o, r, () =>
-          [
-            `${r.project.name} (${r.project.id})`,
-            `folder:   ${r.dir}`,
-            `subject:  ${r.project.subject.triggerToken} ${r.project.subject.classWord} (${r.project.subject.type})`,
-            `base:     ${r.project.baseModel ?? '(the app default)'}`,
-            `photos:   ${r.photos.length}`,
-            ...r.photos.map((p) => `  ${p.status.padEnd(8)} ${p.id}${p.reason ? `: ${p.reason}` : ''}`),
-            `runs:     ${r.runs.length}`,
-            ...r.runs.map(
-              (x) =>
-                `  ${x.id} ${x.status} ${x.step}/${x.steps}${x.best !== null ? `, best step ${x.best}` : ''}${x.error ? `: ${x.error}` : ''}`,
-            ),
-          ].join('\n'),
-        );
-      }),
-    );
+    .action(action(showProject));
 
   withCommon(
     projects.command('delete <id>').description('delete a project folder (photos, runs, adapters, images); asks first'),
@@ -110,32 +86,55 @@ export function register(program: Command): void {
   )
     .addOption(dataDirOption())
     .option('--yes', 'do not ask (needed when not on a terminal, and with --json)')
-    .action(
-      action(async (id: string, o: ProjectsOptions) => {
-        if (!o.yes) {
-          if (o.json || !process.stdin.isTTY)
-            throw new UsageError(
-              `projects delete removes ${id} and everything in it (photos, runs, adapters, images); add --yes to confirm`,
-            );
-          const summary = await withService(o, async (s) => ({
-            project: (await s.call('projects.open', { projectId: id })) as Project,
-            dir: s.store.dir(id),
-          }));
-          const rl = createInterface({ input: process.stdin, output: process.stderr });
-          const answer = await rl.question(
-            `delete '${summary.project.name}' (${summary.dir}) with its photos, runs, adapters and images? [y/N] `,
-          );
-          rl.close();
-          if (!/^y(es)?$/i.test(answer.trim())) {
-            printResult(o, { deleted: false }, () => 'nothing deleted');
-            return;
-          }
-        }
-        const r = (await withService(o, (s) =>
-          s.call('projects.delete', { projectId: id }),
-        )) as Result<'projects.delete'>;
-        if (!r.deleted) throw new Error(`no project '${id}'`);
-        printResult(o, r, () => `deleted ${id}`);
-      }),
+    .action(action(deleteProject));
+}
+
+async function showProject(id: string, o: ProjectsOptions): Promise<void> {
+  const r = await withService(o, async (s) => ({
+    project: (await s.call('projects.open', { projectId: id })) as Project,
+    photos: (await s.call('photos.list', { projectId: id })) as Result<'photos.list'>,
+    runs: (await s.call('training.runs', { projectId: id })) as Result<'training.runs'>,
+    dir: s.store.dir(id),
+  }));
+  printResult(o, r, () =>
+    [
+      `${r.project.name} (${r.project.id})`,
+      `folder:   ${r.dir}`,
+      `subject:  ${r.project.subject.triggerToken} ${r.project.subject.classWord} (${r.project.subject.type})`,
+      `base:     ${r.project.baseModel ?? '(the app default)'}`,
+      `photos:   ${r.photos.length}`,
+      ...r.photos.map((p) => `  ${p.status.padEnd(8)} ${p.id}${p.reason ? `: ${p.reason}` : ''}`),
+      `runs:     ${r.runs.length}`,
+      ...r.runs.map(
+        (x) =>
+          `  ${x.id} ${x.status} ${x.step}/${x.steps}${x.best !== null ? `, best step ${x.best}` : ''}${x.error ? `: ${x.error}` : ''}`,
+      ),
+    ].join('\n'),
+  );
+}
+
+/** Deletes a project after asking (or with --yes). */
+async function deleteProject(id: string, o: ProjectsOptions): Promise<void> {
+  if (!o.yes) {
+    if (o.json || !process.stdin.isTTY)
+      throw new UsageError(
+        `projects delete removes ${id} and everything in it (photos, runs, adapters, images); add --yes to confirm`,
+      );
+    const summary = await withService(o, async (s) => ({
+      project: (await s.call('projects.open', { projectId: id })) as Project,
+      dir: s.store.dir(id),
+    }));
+    const rl = createInterface({ input: process.stdin, output: process.stderr });
+    const answer = await rl.question(
+      `delete '${summary.project.name}' (${summary.dir}) with its photos, runs, adapters and images? [y/N] `,
     );
+    rl.close();
+    if (!/^y(es)?$/i.test(answer.trim())) {
+      printResult(o, { deleted: false }, () => 'nothing deleted');
+      return;
+    }
+  }
+  const r = (await withService(o, (s) => s.call('projects.delete', { projectId: id }))) as Result<'projects.delete'>;
+  if (!r.deleted) throw new Error(`no project '${id}'`);
+  printResult(o, r, () => `deleted ${id}`);
 }
