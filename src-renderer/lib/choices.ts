@@ -22,6 +22,8 @@ const choices = <T extends string>(values: readonly T[], labels: Record<T, strin
 export const SAMPLER_LABELS: Record<(typeof SCHEDULERS)[number], string> = SAMPLER_DISPLAY_NAMES;
 
 export const METHOD_CHOICES = choices(METHODS, { singlora: 'SingLoRA (one matrix, A·Aᵀ)', lora: 'LoRA (B·A)' });
+/** A method's name in tables. */
+export const METHOD_NAMES: Record<(typeof METHODS)[number], string> = { singlora: 'SingLoRA', lora: 'LoRA' };
 
 export const SUBJECT_TYPE_CHOICES = choices(SUBJECT_TYPES, { live: 'Live (person, pet)', object: 'Object' });
 
