@@ -7,6 +7,7 @@ import {
   COMPUTE_DTYPES,
   DEFAULT_ENGINE,
   ENGINES,
+  LIMITS,
   type METHODS,
   PROVIDERS,
   trainSettingsSchema,
@@ -152,10 +153,10 @@ function registerBenchGenerate(bench: Command): void {
         .command('generate')
         .description('seconds per image and UNet it/s for a base model')
         .requiredOption('--base <model>', 'base model folder or .safetensors')
-        .option('--steps <n>', 'sampling steps', parse.int(1, 200), 20)
-        .option('--images <n>', 'timed images', parse.int(1, 100), 2)
-        .option('--width <px>', 'width, a multiple of 8 (default: native)', parse.int(8, 2048))
-        .option('--height <px>', 'height, a multiple of 8 (default: native)', parse.int(8, 2048)),
+        .option('--steps <n>', 'sampling steps', parse.int(1, LIMITS.generation.steps), 20)
+        .option('--images <n>', 'timed images', parse.int(1, LIMITS.generation.count), 2)
+        .option('--width <px>', 'width, a multiple of 8 (default: native)', parse.int(8, LIMITS.generation.size))
+        .option('--height <px>', 'height, a multiple of 8 (default: native)', parse.int(8, LIMITS.generation.size)),
     ),
   ).action(action(runBenchGenerate));
 }

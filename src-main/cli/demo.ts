@@ -19,7 +19,7 @@ import { join, resolve } from 'node:path';
 import { REPO_ROOT } from '../engine/paths.ts';
 import type { Pick } from '../engine/eval/pickBest.ts';
 import type { ToyScore } from '../engine/eval/toyEvaluate.ts';
-import type { RunManifest, TrainSettingsInput } from '../api/schemas.ts';
+import { LIMITS, type RunManifest, type TrainSettingsInput } from '../api/schemas.ts';
 import { modelDefaultsPath, readModelDefaults } from '../engine/io/modelDefaults.ts';
 import { isToyModel, TOY_DEMO, TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../engine/toy/toyModel.ts';
 import { listImageFiles } from './eval.ts';
@@ -202,7 +202,7 @@ export function register(program: Command): void {
       .option(
         '--steps <n>',
         `training steps (default: the base model's singlora-defaults.json, else ${FALLBACK.steps})`,
-        parse.int(2, 100_000),
+        parse.int(2, LIMITS.steps),
       )
       .option('--dino-model <file.onnx>', 'DINO model (default: models/dino when installed)'),
   ).action(action(runDemo));

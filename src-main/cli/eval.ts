@@ -21,6 +21,7 @@ import {
   type Evaluation,
   IMAGE_EXTENSIONS,
   isImageExtension,
+  LIMITS,
   type RunManifest,
   type ScoreRow,
   SUBJECT_TYPES,
@@ -358,7 +359,11 @@ export function register(program: Command): void {
       'default',
     )
     .option('--images-per-prompt <n>', `with --run: images per prompt (default ${IMAGES_PER_PROMPT})`, parse.int(1, 16))
-    .option('--steps <n>', `with --run: sampling steps per image (default ${EVAL_STEPS})`, parse.int(1, 200))
+    .option(
+      '--steps <n>',
+      `with --run: sampling steps per image (default ${EVAL_STEPS})`,
+      parse.int(1, LIMITS.generation.steps),
+    )
     .addOption(
       new Option('--subject <type>', 'with --run: the subject type (chooses the prompt set)')
         .choices([...SUBJECT_TYPES])
