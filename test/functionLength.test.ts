@@ -38,10 +38,7 @@ const KNOWN_LONG = [
   'src-main/engine/models/ops/memoryEfficientAttention.ts memoryEfficientAttend',
   'src-main/engine/models/ops/memoryEfficientAttention.ts memoryEfficientAttend/<anonymous>',
   // to split next: one step each (read, check, resume; parse the header; open the parts)
-  'src-main/engine/io/download.ts transfer',
   'src-main/engine/io/safetensors.ts readHeader',
-  'src-main/engine/io/modelFiles.ts openSingleFile',
-  'src-main/engine/pipeline/generate.ts generateImages',
   'src-main/app/desktopApp.ts startApp',
 ];
 
