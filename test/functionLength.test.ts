@@ -38,7 +38,6 @@ const KNOWN_LONG = [
   'src-main/engine/models/ops/memoryEfficientAttention.ts memoryEfficientAttend',
   'src-main/engine/models/ops/memoryEfficientAttention.ts memoryEfficientAttend/<anonymous>',
   // to split next: one step each (read, check, resume; parse the header; open the parts)
-  'src-main/engine/io/safetensors.ts readHeader',
   'src-main/app/desktopApp.ts startApp',
 ];
 
