@@ -37,8 +37,6 @@ const KNOWN_LONG = [
   // the TensorFlow.js memory-efficient attention: one tf.customGrad (forward and backward share its slices)
   'src-main/engine/models/ops/memoryEfficientAttention.ts memoryEfficientAttend',
   'src-main/engine/models/ops/memoryEfficientAttention.ts memoryEfficientAttend/<anonymous>',
-  // to split next: one step each (read, check, resume; parse the header; open the parts)
-  'src-main/app/desktopApp.ts startApp',
 ];
 
 interface Fn {
