@@ -16,7 +16,9 @@ import sys
 
 def read_runs(folder: str) -> list:
     runs = []
-    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+    # In the order they ran (each run's .load file is written when it starts and when it ends).
+    paths = sorted(glob.glob(os.path.join(folder, "*.json")), key=lambda p: os.path.getmtime(p[:-5] + ".load") if os.path.exists(p[:-5] + ".load") else 0)
+    for path in paths:
         name = os.path.basename(path)[:-5]
         m = re.fullmatch(r"(.+)-(onnx|torch1|torch2)-r(\d+)", name)
         if not m:
