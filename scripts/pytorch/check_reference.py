@@ -51,9 +51,11 @@ def check_train_step(folder: str) -> dict:
     init = {p: c[f"singlora.init.{p}.A"] for p in meta["layers"]}
     adapters = inject_singlora(unet, meta["rank"], meta["alpha"], meta["u"], init=init)
     if sorted(adapters) != sorted(meta["layers"]):
-        raise ValueError(f"{folder}: adapter layers differ from train_step_cases.json's: {sorted(set(adapters) ^ set(meta['layers']))[:5]}")
+        differ = sorted(set(adapters) ^ set(meta["layers"]))
+        raise ValueError(f"{folder}: adapter layers differ from train_step_cases.json's: {differ[:5]}")
     adamw = meta["adamw"]
-    step = TrainStep(unet, adapters, alphas_cumprod(read_scheduler_config(os.path.join(folder, "model", "unet", "config.json"))),
+    abar = alphas_cumprod(read_scheduler_config(os.path.join(folder, "model", "unet", "config.json")))
+    step = TrainStep(unet, adapters, abar,
                      lr=adamw["lr"], max_grad_norm=meta["clip_grad_norm"], weight_decay=adamw["weight_decay"])
     loss, norm = step(c["inputs.latents"], c["inputs.noise"], c["inputs.timestep"], c["inputs.encoder_hidden_states"])
     grads = [rel(a.A.grad, c[f"singlora.grad.{p}.A"]) for p, a in adapters.items()]

@@ -85,7 +85,9 @@ class UNetConfig:
         for key, expected in unsupported.items():
             value = raw.get(key, expected)
             if value != expected and not (isinstance(value, list) and all(v == expected for v in value)):
-                raise ValueError(f"{source}: {key} = {raw[key]!r} is not supported by this reference (expected {expected!r})")
+                raise ValueError(
+                    f"{source}: {key} = {raw[key]!r} is not supported by this reference (expected {expected!r})"
+                )
         known = {f for f in UNetConfig.__dataclass_fields__ if f != "extra"}
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in known}
         return UNetConfig(**values, extra={k: v for k, v in raw.items() if k not in known})
@@ -404,7 +406,11 @@ def write_safetensors(path: str, tensors: dict) -> None:
     for name, t in tensors.items():
         arr = np.ascontiguousarray(t.detach().cpu().numpy())
         data = arr.tobytes()
-        header[name] = {"dtype": names[arr.dtype.type], "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": names[arr.dtype.type],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     head = json.dumps(header).encode()
@@ -424,7 +430,9 @@ def load_safetensors(model: nn.Module, path: str) -> None:
     missing = sorted(set(params) - set(tensors))
     unexpected = sorted(set(tensors) - set(params))
     if missing or unexpected:
-        raise ValueError(f"{path}: {len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{path}: {len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}"
+        )
     with torch.no_grad():
         for name, p in params.items():
             t = tensors[name]

@@ -36,7 +36,9 @@ class SingLoRALinear(nn.Module):
         super().__init__()
         rows = max(base.in_features, base.out_features)
         if tuple(A.shape[:1]) != (rows,):
-            raise ValueError(f"SingLoRA A for {base.in_features}->{base.out_features} needs {rows} rows, got {list(A.shape)}")
+            raise ValueError(
+                f"SingLoRA A for {base.in_features}->{base.out_features} needs {rows} rows, got {list(A.shape)}"
+            )
         self.base = base
         self.A = nn.Parameter(A.clone())
         self.scale = scale
@@ -93,7 +95,8 @@ def alphas_cumprod(scheduler_config: dict) -> torch.Tensor:
 
 def read_scheduler_config(unet_config_path: str) -> dict:
     """The model's scheduler/scheduler_config.json beside the unet folder, else SD 1.5's values."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(unet_config_path))), "scheduler", "scheduler_config.json")
+    model = os.path.dirname(os.path.dirname(os.path.abspath(unet_config_path)))
+    path = os.path.join(model, "scheduler", "scheduler_config.json")
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)

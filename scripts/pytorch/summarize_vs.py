@@ -17,7 +17,11 @@ import sys
 def read_runs(folder: str) -> list:
     runs = []
     # In the order they ran (each run's .load file is written when it starts and when it ends).
-    paths = sorted(glob.glob(os.path.join(folder, "*.json")), key=lambda p: os.path.getmtime(p[:-5] + ".load") if os.path.exists(p[:-5] + ".load") else 0)
+    def started(path: str) -> float:
+        load = path[:-5] + ".load"
+        return os.path.getmtime(load) if os.path.exists(load) else 0
+
+    paths = sorted(glob.glob(os.path.join(folder, "*.json")), key=started)
     for path in paths:
         name = os.path.basename(path)[:-5]
         m = re.fullmatch(r"(.+)-(onnx|torch1|torch2)-r(\d+)", name)
@@ -63,7 +67,8 @@ def main() -> None:
         print(f"| {x['case']} | {x['engine'][:5]} | {threads} | {x['round']} | {fmt(r['ms_per_step'])} | "
               f"{fmt(r['cpu_ms_per_step'])} | {fmt(r['peak_rss_mb'])} | {r['gflop_per_step']:.1f} | {' -> '.join(x['load'])} |")
     print()
-    print("| case | onnx best ms/step (CPU ms) | PyTorch best ms/step (CPU ms), threads | onnx / PyTorch time | CPU time ratio | peak RSS onnx / PyTorch (MiB) |")
+    print("| case | onnx best ms/step (CPU ms) | PyTorch best ms/step (CPU ms), threads | onnx / PyTorch time "
+          "| CPU time ratio | peak RSS onnx / PyTorch (MiB) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for case in dict.fromkeys(x["case"] for x in runs):
         mine = [x for x in runs if x["case"] == case]
