@@ -2,8 +2,9 @@
 
   python3 scripts/pytorch/check_reference.py diffusers <fixture folder>
       the reference's UNet forward against diffusers' recorded `unet.out` (cases.safetensors) and,
-      where the folder has train_step_cases.*, its SingLoRA step against diffusers' loss, clipped
-      gradients and parameters after AdamW. Prints one JSON line of relative errors.
+      where the folder has train_step_cases.*, its SingLoRA step (without and with gradient
+      checkpointing) against diffusers' loss, clipped gradients and parameters after AdamW.
+      Prints one JSON line of relative errors.
   python3 scripts/pytorch/check_reference.py forward <unet folder> <out.safetensors> [--latent 32] [--batch 2] [--seed 0]
       seeded inputs (sample, timestep, encoder_hidden_states) and the reference's output, written
       to a .safetensors for our engine to run on (test/parity/pytorchReference.test.ts).
@@ -43,7 +44,8 @@ def check_forward(folder: str) -> dict:
     return {"unet_out_rel": rel(out, c["unet.out"])}
 
 
-def check_train_step(folder: str) -> dict:
+def check_train_step(folder: str, checkpointing: bool) -> dict:
+    """The SingLoRA case of train_step_cases.* on the reference, with or without gradient checkpointing."""
     with open(os.path.join(folder, "train_step_cases.json")) as f:
         meta = json.load(f)["metadata"]
     c = read_safetensors(os.path.join(folder, "train_step_cases.safetensors"))
@@ -53,6 +55,7 @@ def check_train_step(folder: str) -> dict:
     if sorted(adapters) != sorted(meta["layers"]):
         differ = sorted(set(adapters) ^ set(meta["layers"]))
         raise ValueError(f"{folder}: adapter layers differ from train_step_cases.json's: {differ[:5]}")
+    unet.gradient_checkpointing = checkpointing
     adamw = meta["adamw"]
     abar = alphas_cumprod(read_scheduler_config(os.path.join(folder, "model", "unet", "config.json")))
     step = TrainStep(unet, adapters, abar,
@@ -61,11 +64,12 @@ def check_train_step(folder: str) -> dict:
     grads = [rel(a.A.grad, c[f"singlora.grad.{p}.A"]) for p, a in adapters.items()]
     after = [(a.A.detach() - c[f"singlora.after_adamw.{p}.A"]).abs().max().item() for p, a in adapters.items()]
     ref_loss, ref_norm = c["singlora.loss"].item(), c["singlora.grad_norm"].item()
+    suffix = "_checkpointing" if checkpointing else ""
     return {
-        "loss_rel": abs(loss - ref_loss) / abs(ref_loss),
-        "grad_norm_rel": abs(norm - ref_norm) / abs(ref_norm),
-        "grad_rel_worst": max(grads),
-        "after_adamw_abs_worst": max(after),
+        f"loss_rel{suffix}": abs(loss - ref_loss) / abs(ref_loss),
+        f"grad_norm_rel{suffix}": abs(norm - ref_norm) / abs(ref_norm),
+        f"grad_rel_worst{suffix}": max(grads),
+        f"after_adamw_abs_worst{suffix}": max(after),
         "layers": len(adapters),
     }
 
@@ -99,7 +103,8 @@ def main() -> None:
     if a.cmd == "diffusers":
         report = {"fixture": a.folder, **check_forward(a.folder)}
         if os.path.exists(os.path.join(a.folder, "train_step_cases.json")):
-            report.update(check_train_step(a.folder))
+            report.update(check_train_step(a.folder, checkpointing=False))
+            report.update(check_train_step(a.folder, checkpointing=True))
     else:
         report = write_forward(a.unet_folder, a.out, a.latent, a.batch, a.seed)
     print(json.dumps(report))

@@ -5,7 +5,8 @@
  *
  *   1. against diffusers 0.27.2 (tiny-a's recorded cases): UNet forward within 1e-4 * max|ref|;
  *      the SingLoRA step's loss within 1e-5 relative and every clipped gradient within
- *      1e-4 * max|ref| (the bounds of the training-step parity tests, test/fixtures/README.md);
+ *      1e-4 * max|ref| (the bounds of the training-step parity tests, test/fixtures/README.md),
+ *      without and with gradient checkpointing (torch.utils.checkpoint per resnet and transformer);
  *   2. against our ONNX engine (CPU provider) on tiny-b, seeded inputs at a 32x32 latent, batch 2:
  *      UNet forward within 1e-4 * max|ref|. float32 vs float64 noise of this forward is about
  *      8e-7 * max|ref| (README.md "Tolerances"); two float32 implementations differ by summation
@@ -53,7 +54,7 @@ describe('PyTorch reference of the benchmark (scripts/pytorch)', () => {
   const tmp = mkdtempSync(join(tmpdir(), 'singlora-torchref-'));
   afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-  it('pytorch reference tiny-a: UNet forward and SingLoRA training step match diffusers', (ctx) => {
+  it('pytorch reference tiny-a: UNet forward and SingLoRA training step (with and without checkpointing) match diffusers', (ctx) => {
     if (!python) return ctx.skip('no Python with torch (python3-torch); set SINGLORA_PYTHON');
     const r = runReference(['diffusers', join(FIXTURES, 'tiny-a')]);
     console.log(`[pytorch reference] tiny-a vs diffusers: ${JSON.stringify(r)}`);
@@ -61,6 +62,8 @@ describe('PyTorch reference of the benchmark (scripts/pytorch)', () => {
     expect(r.loss_rel).toBeLessThanOrEqual(LOSS_REL);
     expect(r.grad_norm_rel).toBeLessThanOrEqual(LOSS_REL);
     expect(r.grad_rel_worst).toBeLessThanOrEqual(GRAD_TOL);
+    expect(r.loss_rel_checkpointing).toBeLessThanOrEqual(LOSS_REL);
+    expect(r.grad_rel_worst_checkpointing).toBeLessThanOrEqual(GRAD_TOL);
     expect(r.layers).toBe(48);
   });
 
