@@ -43,12 +43,16 @@ export interface TestRedis {
   dispose(): Promise<void>;
 }
 
-/** Starts redis-server on a free port; `appendonly` keeps the data across a restart. */
-export async function startRedis(o: { appendonly?: boolean } = {}): Promise<TestRedis> {
+/**
+ * Starts redis-server on a free port; `appendonly` keeps the data across a restart; `password`
+ * makes it require one (the URL then carries it).
+ */
+export async function startRedis(o: { appendonly?: boolean; password?: string } = {}): Promise<TestRedis> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'singlora-redis-'));
   const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--dir', dir];
   args.push('--appendonly', o.appendonly ? 'yes' : 'no');
+  if (o.password) args.push('--requirepass', o.password);
   let proc: ChildProcess | null = null;
   const start = async () => {
     proc = spawn(REDIS_SERVER, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -77,7 +81,7 @@ export async function startRedis(o: { appendonly?: boolean } = {}): Promise<Test
   await start();
   return {
     port,
-    url: `redis://127.0.0.1:${port}`,
+    url: `redis://${o.password ? `:${encodeURIComponent(o.password)}@` : ''}127.0.0.1:${port}`,
     dir,
     stop,
     start,

@@ -260,4 +260,20 @@ describe.skipIf(skip !== null)(`the Redis queue${skip ? ` (skipped: ${skip})` : 
     expect(await queue.wait(after.id)).toMatchObject({ status: 'done', worker: 'worker-a' });
     await queue.cancel(job.id);
   }, 60_000);
+
+  it('a Redis with a password: the URL carries it; a wrong one is refused, not retried forever', async () => {
+    const locked = await startRedis({ password: 's3cret pass' });
+    try {
+      const q = await RedisJobQueue.open({ ...opts(locked.url), log: () => {} });
+      expect((await q.queueStatus()).mode).toBe('redis');
+      await q.close();
+      const wrong = locked.url.replace('s3cret%20pass', 'wrong');
+      const logged: string[] = [];
+      const client = connectRedis(wrong, { blocking: false, log: (l) => logged.push(l) });
+      await expect(client.set('k', 'v')).rejects.toThrow(/WRONGPASS|invalid username-password|NOAUTH/);
+      client.disconnect();
+    } finally {
+      await locked.dispose();
+    }
+  });
 });
