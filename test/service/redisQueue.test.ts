@@ -154,6 +154,28 @@ describe.skipIf(skip !== null)(`the Redis queue${skip ? ` (skipped: ${skip})` : 
     expect(await queue.cancel('job-none')).toBeUndefined();
   });
 
+  it('a worker silent for 30 s is listed as gone and takes no part in why a job waits', async () => {
+    const client = connectRedis(redis.url, { blocking: false });
+    const lastSeen = new Date(Date.now() - 31_000).toISOString();
+    await client.hset(
+      'singlora:workers',
+      'ghost',
+      JSON.stringify({ name: 'ghost', queues: ['train'], lastSeen, jobId: null }),
+    );
+    try {
+      expect((await queue.queueStatus()).workers.find((w) => w.name === 'ghost')).toMatchObject({
+        alive: false,
+        lastSeen,
+      });
+      const job = await queue.submitJob(train);
+      expect((await queue.get(job.id))!.waiting).toMatch(/no connected worker takes train jobs/);
+      await queue.cancel(job.id);
+    } finally {
+      await client.hdel('singlora:workers', 'ghost');
+      await client.quit();
+    }
+  });
+
   it('cancel reaches the worker that runs the job, with its reason', async () => {
     let seen: unknown = null;
     behaviour.set('long', (ctx) => {
