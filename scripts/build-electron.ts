@@ -10,7 +10,9 @@
  *
  * Native and TensorFlow.js packages stay external and load from node_modules at run time
  * (electron-builder unpacks them from the asar: electron.config.ts `asarUnpack`): they find their
- * .node and .wasm files next to their own code, which a bundle would break.
+ * .node and .wasm files next to their own code, which a bundle would break. BullMQ stays external
+ * too: only a service given a Redis queue loads it (service/redisQueue.ts, imported on demand),
+ * and the desktop app never is.
  *
  * `import.meta` in the bundles: engine/paths.ts computes the app root as two folders above its own
  * folder (`import.meta.dirname`, src-main/engine). In a bundle that folder is gone, so
@@ -27,7 +29,15 @@ import { pathToFileURL } from 'node:url';
 export const REPO = resolve(import.meta.dirname, '..');
 
 /** Loaded from node_modules at run time, never bundled. */
-export const EXTERNAL = ['electron', '@tensorflow/*', 'onnxruntime-node', 'sharp', '@img/*', 'webgpu'] as const;
+export const EXTERNAL = [
+  'electron',
+  '@tensorflow/*',
+  'onnxruntime-node',
+  'sharp',
+  '@img/*',
+  'webgpu',
+  'bullmq',
+] as const;
 
 /** Packages the main process must never load: the engine runs in its own process. */
 const ENGINE_ONLY = ['@tensorflow/', 'onnxruntime-node', 'webgpu'];

@@ -19,6 +19,7 @@ const COMMANDS: Record<string, () => Promise<{ register(program: Command): void 
   models: () => import('./cli/models.ts'),
   projects: () => import('./cli/projects.ts'),
   serve: () => import('./cli/serve.ts'),
+  worker: () => import('./cli/worker.ts'),
   bench: () => import('./cli/bench.ts'),
 };
 

@@ -27,8 +27,6 @@ const DATA_TABLES = [
 
 /** Long functions known and left for now, each with who splits it. */
 const KNOWN_LONG = [
-  // being split on the queue branch (issue 29)
-  'src-main/server.ts startServer',
   // areas other branches were changing at the same time (the toy model and eval/; engine/bench's ONNX Runtime memory work)
   'src-main/engine/eval/evaluateRun.ts evaluateRun',
   'src-main/engine/bench/trainOnnx.ts benchTrainOnnx',

@@ -124,6 +124,19 @@ export const parse = {
         throw new InvalidArgumentError(`expected an integer from ${min} to ${SEED_MAX} (2^53 - 1)`);
       return n;
     },
+  /** A Redis queue URL: redis://host:port, or rediss:// (TLS), either with :password@ (`--queue`). */
+  queueUrl: (v: string): string => {
+    const url = (() => {
+      try {
+        return new URL(v.trim());
+      } catch {
+        return null;
+      }
+    })();
+    if (!url || (url.protocol !== 'redis:' && url.protocol !== 'rediss:') || !url.hostname)
+      throw new InvalidArgumentError('expected a Redis URL: redis://host:port or rediss://:password@host:port');
+    return v.trim();
+  },
   /** Repeatable option: collects every value. */
   collect: (v: string, prev: string[] = []): string[] => [...prev, v],
 };
@@ -451,4 +464,26 @@ export function formatBytes(n: number): string {
     i++;
   }
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+/** A Redis queue URL without its password, for printing (`serve --queue`, `worker --queue`). */
+export function redacted(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return url;
+  }
+}
+
+/** SINGLORA_QUEUE, checked as --queue is; undefined when unset. */
+export function queueFromEnv(): string | undefined {
+  const v = process.env.SINGLORA_QUEUE?.trim();
+  if (!v) return undefined;
+  try {
+    return parse.queueUrl(v);
+  } catch (err) {
+    throw new UsageError(`SINGLORA_QUEUE: ${(err as Error).message}`);
+  }
 }

@@ -9,6 +9,8 @@ import {
   onCancel,
   parse,
   printResult,
+  queueFromEnv,
+  redacted,
   requireExists,
   requireNotFile,
   withCommon,
@@ -23,6 +25,7 @@ interface ServeOptions extends GlobalOptions {
   modelsDir?: string;
   base?: string;
   allowRemote?: boolean;
+  queue?: string;
 }
 
 export function register(program: Command): void {
@@ -39,7 +42,12 @@ export function register(program: Command): void {
         '--base <model>',
         'default base model for projects without one (default: the demo model in the models folder, toy-sd, else tiny-sd, when present)',
       )
-      .option('--allow-remote', 'allow a non-loopback --host (anyone who has the token can use the server)'),
+      .option('--allow-remote', 'allow a non-loopback --host (anyone who has the token can use the server)')
+      .option(
+        '--queue <url>',
+        'send jobs to a Redis queue for `singlora worker`s: redis://host:port or rediss://:password@host:port (default: SINGLORA_QUEUE; none: run jobs here)',
+        parse.queueUrl,
+      ),
   ).action(
     action(async (o: ServeOptions) => {
       if (o.dataDir) requireNotFile(o.dataDir, '--data-dir');
@@ -64,14 +72,17 @@ export function register(program: Command): void {
           modelsDir: o.modelsDir,
           defaultBaseModel: o.base,
           backend: o.backend && o.backend !== 'auto' ? o.backend : undefined,
+          queue: serviceQueue(o),
         },
       });
+      const queue = server.service.queue.mode === 'redis' ? redacted(serviceQueue(o) ?? '') : null;
       printResult(
         o,
-        { event: 'listening', url: server.url, openUrl: server.openUrl, dataDir: server.service.dataDir },
+        { event: 'listening', url: server.url, openUrl: server.openUrl, dataDir: server.service.dataDir, queue },
         () =>
           [
             `SingLoRA Studio is serving ${server.service.dataDir}`,
+            ...(queue ? [`jobs go to the Redis queue ${queue}: start \`singlora worker\` to run them`] : []),
             `open: ${server.openUrl}`,
             '(the token in this URL is the password of this session; Ctrl-C stops the server)',
           ].join('\n'),
@@ -81,4 +92,9 @@ export function register(program: Command): void {
       await server.close();
     }),
   );
+}
+
+/** The Redis queue to send jobs to: --queue, else SINGLORA_QUEUE; none: jobs run in this process. */
+function serviceQueue(o: ServeOptions): string | undefined {
+  return o.queue ?? queueFromEnv();
 }

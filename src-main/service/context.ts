@@ -25,7 +25,8 @@ import { readModelDefaults } from '../engine/io/modelDefaults.ts';
 import { writeRoot, type WriteRoot } from '../engine/io/atomic.ts';
 import { nativeResolution, openBaseModel } from '../engine/io/modelFiles.ts';
 import type { EngineHost, SpawnEngine } from './engineHost.ts';
-import type { JobRunner, JobSpec } from './jobs.ts';
+import type { JobData } from './jobData.ts';
+import type { JobQueue } from './jobQueue.ts';
 import type { HostAccess, PathPolicy } from './pathPolicy.ts';
 import type { ProjectStore } from './projects.ts';
 import { pickCheckpoint, readRun } from './runs.ts';
@@ -56,6 +57,12 @@ export interface ServiceOptions {
    * folders such as the class-image folder).
    */
   hostPaths?: HostAccess;
+  /**
+   * A Redis queue (`serve --queue redis://host:port`, `SINGLORA_QUEUE`): jobs go to BullMQ and
+   * `singlora worker`s run them; the project locks live in Redis; no lock file, no jobs.json.
+   * Default: the embedded queue and this service's own engine process.
+   */
+  queue?: string;
   /** Per-photo limit (uploads after base64 decoding, and path imports); default 25 MiB. */
   maxPhotoBytes?: number;
   /** The Hugging Face hub cache searched for base models (default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub). */
@@ -72,7 +79,7 @@ export interface ServiceContext {
   readonly modelsDir: string;
   readonly store: ProjectStore;
   readonly engine: EngineHost;
-  readonly jobs: JobRunner;
+  readonly jobs: JobQueue;
   readonly paths: PathPolicy;
   emit<E extends EventName>(event: E, data: EventData<E>): void;
   log(line: string): void;
@@ -184,19 +191,19 @@ export async function projectWriteRoots(
 }
 
 /**
- * Submits a job whose work runs outside any lock its submitter held, once it is recorded in
- * jobs.json: when that write fails (a full disk), the job is withdrawn and the caller told.
+ * Submits a job (as data: jobData.ts) once it is recorded (jobs.json, or Redis): when that fails
+ * (a full disk, Redis gone), the job is withdrawn and the caller told.
  */
-export async function submit(c: ServiceContext, spec: JobSpec): Promise<Job> {
+export async function submitJob(c: ServiceContext, data: JobData): Promise<Job> {
   try {
-    return await c.jobs.submitRecorded({ ...spec, run: (ctx) => c.store.unlocked(() => spec.run(ctx)) });
+    return await c.jobs.submitJob(data);
   } catch (err) {
-    throw new ApiError('internal', `cannot start the ${spec.kind} job: ${(err as Error).message}`);
+    throw new ApiError('internal', `cannot start the ${data.kind} job: ${(err as Error).message}`);
   }
 }
 
-export function assertIdle(c: ServiceContext, projectId: string, runId: string, what: string): void {
-  const busy = c.jobs.active({ projectId, runId });
+export async function assertIdle(c: ServiceContext, projectId: string, runId: string, what: string): Promise<void> {
+  const busy = await c.jobs.active({ projectId, runId });
   if (busy.length)
     throw new ApiError(
       'conflict',
@@ -204,8 +211,8 @@ export function assertIdle(c: ServiceContext, projectId: string, runId: string, 
     );
 }
 
-export function assertNoTraining(c: ServiceContext, projectId: string): void {
-  const t = c.jobs.active({ projectId, kind: 'train' });
+export async function assertNoTraining(c: ServiceContext, projectId: string): Promise<void> {
+  const t = await c.jobs.active({ projectId, kind: 'train' });
   if (t.length)
     throw new ApiError(
       'conflict',

@@ -1,6 +1,8 @@
 /**
- * The job runner: long work (train, evaluate, generate, export, download) as jobs that clients
- * follow through `job.updated`.
+ * The job runner, the embedded JobQueue (jobQueue.ts; the Redis one is redisQueue.ts): long work
+ * (train, evaluate, generate, export, download) as jobs that clients follow through `job.updated`.
+ * Jobs come as data (`submitJob`, run by the handler registry: jobHandlers.ts) or, in tests, as
+ * a closure (`submit`).
  *
  * Lanes: the `engine` lane runs one job at a time, first in, first out, because there is one
  * engine process and one GPU; a generation submitted during training waits until the training
@@ -21,6 +23,8 @@ import { z } from 'zod';
 import { jobSchema, type Job, type QueueStatus } from '../api/contract.ts';
 import { atomicWriteJson } from '../engine/io/atomic.ts';
 import { readableError } from './fsErrors.ts';
+import { laneOf, type JobData } from './jobData.ts';
+import { matches, type JobFilter, type JobQueue } from './jobQueue.ts';
 
 export type JobKind = Job['kind'];
 export type Lane = 'engine' | 'io';
@@ -64,6 +68,14 @@ export interface JobRunnerOptions {
   workerName?: string;
   /** How jobs.json is written (default: atomically); a test injects a failing disk here. */
   write?: (file: string, value: unknown) => Promise<void>;
+  /** What runs jobs submitted as data (`submitJob`): the handler registry over the service's context. */
+  handlers?: DataJobHandlers;
+}
+
+/** How the runner runs a job given as data, and what a queued one leaves when cancelled. */
+export interface DataJobHandlers {
+  run(data: JobData, ctx: JobContext): Promise<JobOutcome | void>;
+  cancelQueued(data: JobData): Promise<void>;
 }
 
 const jobsFileSchema = z.object({ schemaVersion: z.literal(1), jobs: z.array(jobSchema) });
@@ -76,7 +88,8 @@ export function defaultWorkerName(): string {
 export const INTERRUPTED_RUNNING = 'interrupted: the service stopped while this job was running';
 export const INTERRUPTED_QUEUED = 'interrupted: the service stopped before this job started';
 
-export class JobRunner {
+export class JobRunner implements JobQueue {
+  readonly mode = 'embedded' as const;
   #jobs: Job[] = [];
   readonly #specs = new Map<string, JobSpec>();
   readonly #controllers = new Map<string, AbortController>();
@@ -175,14 +188,22 @@ export class JobRunner {
   }
 
   /** Queued or running jobs matching the filter. */
-  active(filter: { projectId?: string; runId?: string; kind?: JobKind } = {}): Job[] {
-    return this.#jobs.filter(
-      (j) =>
-        (j.status === 'queued' || j.status === 'running') &&
-        (filter.projectId === undefined || j.projectId === filter.projectId) &&
-        (filter.runId === undefined || j.runId === filter.runId) &&
-        (filter.kind === undefined || j.kind === filter.kind),
-    );
+  active(filter: JobFilter = {}): Job[] {
+    return this.#jobs.filter((j) => (j.status === 'queued' || j.status === 'running') && matches(j, filter));
+  }
+
+  /** Submits a job given as data (jobData.ts), once recorded; the handlers given at open run it. */
+  submitJob(data: JobData): Promise<Job> {
+    const handlers = this.opts.handlers;
+    if (!handlers) throw new Error('this job runner was opened without job handlers');
+    return this.submitRecorded({
+      kind: data.kind,
+      projectId: data.projectId,
+      runId: data.runId,
+      lane: laneOf(data.kind),
+      run: (ctx) => handlers.run(data, ctx),
+      onCancelQueued: () => handlers.cancelQueued(data),
+    });
   }
 
   submit(spec: JobSpec): Job {

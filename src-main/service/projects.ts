@@ -152,6 +152,7 @@ function duplicateReason(of: PhotoEntry): string {
 export class ProjectStore {
   readonly #locks = new Map<string, Promise<unknown>>();
   readonly #held = new AsyncLocalStorage<ReadonlySet<string>>();
+  #sharedLock: (<T>(id: string, fn: () => Promise<T>) => Promise<T>) | null = null;
 
   constructor(
     readonly root: string,
@@ -189,7 +190,9 @@ export class ProjectStore {
   withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
     const held = this.#held.getStore();
     if (held?.has(id)) return fn();
-    const inner = () => this.#held.run(new Set([...(held ?? []), id]), fn);
+    const shared = this.#sharedLock;
+    const locked = shared ? () => shared(id, fn) : fn;
+    const inner = () => this.#held.run(new Set([...(held ?? []), id]), locked);
     const prev = this.#locks.get(id) ?? Promise.resolve();
     const next = prev.then(inner, inner);
     const tail = next.catch(() => {});
@@ -198,6 +201,14 @@ export class ProjectStore {
       if (this.#locks.get(id) === tail) this.#locks.delete(id);
     });
     return next;
+  }
+
+  /**
+   * Makes the project lock also a lock between processes (a Redis queue: several servers share
+   * the projects folder): inside this process's lock, `lock(id, fn)` runs `fn` holding the shared one.
+   */
+  shareLocks(lock: <T>(id: string, fn: () => Promise<T>) => Promise<T>): void {
+    this.#sharedLock = lock;
   }
 
   /** Runs `fn` as if no lock were held (a job's work, which starts later, must take locks anew). */

@@ -18,10 +18,13 @@ import { ApiError, type ApiHandlers, type EventData, type EventName } from '../a
 import type { AdapterInspection } from '../engine/adapters/exportAdapter.ts';
 import { defaultModelsDir } from '../engine/paths.ts';
 import { defaultBase, nativeResolutionOf, type ServiceContext, type ServiceOptions } from './context.ts';
-import { acquireLock, jobsFileOf, projectsDirOf, resolveDataDir } from './dataDir.ts';
+import { acquireLock, jobsFileOf, lockOwner, projectsDirOf, resolveDataDir } from './dataDir.ts';
 import { EngineHost } from './engineHost.ts';
 import { callHandler } from './errors.ts';
-import { JobRunner } from './jobs.ts';
+import { cancelQueuedJob, runJob } from './jobHandlers.ts';
+import type { JobData } from './jobData.ts';
+import type { JobQueue } from './jobQueue.ts';
+import { JobRunner, type JobContext, type JobOutcome } from './jobs.ts';
 import { adaptersHandlers } from './methods/adapters.ts';
 import { desktopHandlers } from './methods/desktop.ts';
 import { evaluationHandlers } from './methods/evaluation.ts';
@@ -54,7 +57,8 @@ export class Service {
   readonly #listeners = new Set<ServiceListener>();
   readonly #log: (line: string) => void;
   readonly #ctx: ServiceContext;
-  #jobs!: JobRunner;
+  #jobs: JobRunner | null = null;
+  #queue!: JobQueue;
   #releaseLock: (() => Promise<void>) | null = null;
   #closed = false;
 
@@ -83,7 +87,7 @@ export class Service {
       store: this.store,
       engine: this.engine,
       get jobs() {
-        return self.#jobs;
+        return self.#queue;
       },
       paths: new PathPolicy(opts.hostPaths ?? 'allow', opts.maxPhotoBytes ?? MAX_PHOTO_BYTES, this.modelsDir),
       emit: (event, data) => this.#emit(event, data),
@@ -107,19 +111,36 @@ export class Service {
     };
   }
 
-  /** Opens the data folder: lock, job list, and (when exclusive) the recovery of interrupted work. */
+  /**
+   * Opens the data folder: lock, job list, and (when exclusive) the recovery of interrupted work.
+   * With a Redis queue (`opts.queue`): no lock file and no jobs.json (several servers and workers
+   * share the folder), the project locks in Redis, and no recovery here (a dead worker's job is
+   * handed to another worker, which resumes it).
+   */
   static async open(opts: ServiceOptions = {}): Promise<Service> {
     const s = new Service(opts);
     await mkdir(s.projectsDir, { recursive: true });
+    if (opts.queue) {
+      await refuseEmbeddedOwner(s.dataDir);
+      await s.#openRedisQueue(opts.queue);
+      return s;
+    }
     const exclusive = opts.exclusive ?? true;
     if (exclusive) s.#releaseLock = await acquireLock(s.dataDir);
     try {
+      const c = s.#ctx;
       const { runner, interrupted } = await JobRunner.open({
         file: exclusive ? jobsFileOf(s.dataDir) : null,
         onUpdate: (j) => s.#emit('job.updated', j),
         log: s.#log,
+        // A job's work runs outside any lock its submitter held: it takes locks anew.
+        handlers: {
+          run: (data, ctx) => s.runJob(data, ctx),
+          cancelQueued: (data) => cancelQueuedJob(c, data),
+        },
       });
       s.#jobs = runner;
+      s.#queue = runner;
       if (exclusive) {
         for (const j of interrupted)
           s.#log(`jobs: ${j.id} (${j.kind}${j.projectId ? ` in ${j.projectId}` : ''}): ${j.error}`);
@@ -132,8 +153,33 @@ export class Service {
     return s;
   }
 
+  async #openRedisQueue(url: string): Promise<void> {
+    const { RedisJobQueue } = await import('./redisQueue.ts');
+    const queue = await RedisJobQueue.open({
+      url,
+      onUpdate: (j) => this.#emit('job.updated', j),
+      onEvent: (event, data) => this.#emit(event, data as EventData<typeof event>),
+      cancelQueued: (data) => cancelQueuedJob(this.#ctx, data),
+      log: this.#log,
+    });
+    this.#queue = queue;
+    this.store.shareLocks((id, fn) => queue.lock(`project:${id}`).with(fn));
+  }
+
+  /** The embedded job runner (tests submit to it directly); a service on a Redis queue has none. */
   get jobs(): JobRunner {
+    if (!this.#jobs) throw new Error('this service sends its jobs to a Redis queue: use service.queue');
     return this.#jobs;
+  }
+
+  /** Where jobs go: the embedded runner, or the Redis queue. */
+  get queue(): JobQueue {
+    return this.#queue;
+  }
+
+  /** Runs one job's work here (embedded runner, or `singlora worker`), outside any project lock. */
+  runJob(data: JobData, ctx: JobContext): Promise<JobOutcome> {
+    return this.store.unlocked(() => runJob(this.#ctx, data, ctx));
   }
 
   on(listener: ServiceListener): () => void {
@@ -173,7 +219,7 @@ export class Service {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    const closing = this.#jobs?.close();
+    const closing = this.#queue?.close();
     await this.engine.close();
     await closing;
     await this.#releaseLock?.();
@@ -188,6 +234,18 @@ export class Service {
       }
     }
   }
+}
+
+/**
+ * A folder served on a Redis queue has no single owner, but it must not also belong to a service
+ * that runs jobs itself (its jobs would ignore the queue's locks): refused, naming that service.
+ */
+export async function refuseEmbeddedOwner(dataDir: string): Promise<void> {
+  const owner = await lockOwner(dataDir);
+  if (owner)
+    throw new Error(
+      `a SingLoRA Studio service without a queue (pid ${owner.pid}, started ${owner.startedAt}) is using ${dataDir}; stop it, or start it with --queue too`,
+    );
 }
 
 /** Opens a service (see ServiceOptions). */

@@ -194,6 +194,17 @@ const USAGE: Array<[string[], RegExp]> = [
   [['serve', '--port', 'abc'], /--port <n>' argument 'abc' is invalid\. expected an integer from 0 to 65535/],
   [['serve', '--port', '70000'], /--port.*expected an integer from 0 to 65535/],
   [['serve', '--data-dir', FILE], /--data-dir: .* is a file/],
+  [
+    ['serve', '--queue', 'localhost:6379'],
+    /--queue <url>' argument 'localhost:6379' is invalid\. expected a Redis URL/,
+  ],
+  [['worker', '--queue', 'http://h:6379', '--data-dir', EMPTY], /--queue <url>.*expected a Redis URL/],
+  [['worker', '--data-dir', EMPTY], /--queue: give the Redis queue \(redis:\/\/host:port\), or set SINGLORA_QUEUE/],
+  [['worker', '--queue', 'redis://127.0.0.1:1', '--data-dir', FILE], /--data-dir: .* is a file/],
+  [
+    ['worker', '--queue', 'redis://127.0.0.1:1', '--data-dir', EMPTY, '--provider', 'tpu'],
+    /--provider <name>' argument 'tpu' is invalid\. Allowed choices are auto/,
+  ],
   [['models', 'download', 'nope'], /'nope' is invalid for argument 'name'\. Allowed choices are dino, clip/],
   [['models', 'list', '--models-dir', FILE], /--models-dir: .* is a file/],
   [['projects', 'list', '--backend', 'cpu'], /unknown option '--backend'/],

@@ -1,6 +1,6 @@
 /**
- * What `.ci/run` installs for the test suites: Chromium (the browser test) and the SwiftShader
- * Vulkan driver that Debian's chromium ships (the webgpu suites). Outside CI a suite that lacks one
+ * What `.ci/run` installs for the test suites: Chromium (the browser test), the SwiftShader
+ * Vulkan driver that Debian's chromium ships (the webgpu suites) and redis-server (the queue suites). Outside CI a suite that lacks one
  * is skipped, its reason tagged `[needs chromium]` or `[needs swiftshader]`. Under CI (`CI=true`,
  * which `.ci/run` sets) the same lack fails the suite instead, so a broken install cannot pass CI
  * with those suites silently skipped. Skips for other reasons (a missing reference fixture, no GPU)
@@ -8,7 +8,7 @@
  */
 import { existsSync } from 'node:fs';
 
-export type CiProvided = 'chromium' | 'swiftshader';
+export type CiProvided = 'chromium' | 'swiftshader' | 'redis-server';
 
 export const IN_CI = /^(true|1)$/i.test(process.env.CI ?? '');
 

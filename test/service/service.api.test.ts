@@ -644,6 +644,10 @@ describe('jobs', () => {
       const jobs = await call('jobs.list', {});
       expect(jobs.find((j) => j.id === slow.jobId)!.status).toBe('running');
       expect(jobs.find((j) => j.id === queued.jobId)!.status).toBe('queued');
+      // The embedded queue: one engine lane running the slow job, the queued one waiting behind it.
+      const queue = await call('jobs.queue', {});
+      expect(queue.mode).toBe('embedded');
+      expect(queue.queues.find((q) => q.name === 'engine')).toEqual({ name: 'engine', waiting: 1, active: 1 });
       expect((await fail('projects.delete', { projectId })).code).toBe('conflict');
       expect(await call('jobs.cancel', { jobId: queued.jobId })).toEqual({ cancelled: true });
       expect(service.jobs.get(queued.jobId)!.status).toBe('cancelled');

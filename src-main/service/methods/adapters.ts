@@ -4,10 +4,12 @@
  * project's lock, so a projects.delete comes wholly before or after them.
  */
 import { mkdir, readdir, stat } from 'node:fs/promises';
-import { basename, extname, isAbsolute, join, relative, sep } from 'node:path';
+import { basename, extname, isAbsolute, join } from 'node:path';
 import { ApiError, type AdapterInfo } from '../../api/contract.ts';
-import { atomicCopyFile, writeRoot } from '../../engine/io/atomic.ts';
-import { adapterInfo, adapterPath, baseFor, fileUrl, inspect, submit, type ServiceContext } from '../context.ts';
+import { atomicCopyFile } from '../../engine/io/atomic.ts';
+import { adapterInfo, adapterPath, baseFor, inspect, submitJob, type ServiceContext } from '../context.ts';
+import { sharedPath } from '../jobData.ts';
+import { rootsOf } from '../jobHandlers.ts';
 import { safeFileName, uniqueName } from '../safePath.ts';
 import type { NamespaceHandlers } from './handlers.ts';
 
@@ -56,26 +58,16 @@ export function adaptersHandlers(c: ServiceContext): NamespaceHandlers<'adapters
           const stem = safeFileName(`${project.id}-${adapter.label}-${p.format}`, 'adapter');
           outPath = `adapters/${uniqueName(folder ? stem : `${stem}.safetensors`, taken)}`;
         }
-        const job = await submit(c, {
+        const roots = rootsOf(c);
+        const job = await submitJob(c, {
           kind: 'export',
           projectId: p.projectId,
           runId: 'runId' in p.adapter ? p.adapter.runId : null,
-          run: async (ctx) => {
-            // Checked again now: a symlink or file made since the request must not redirect the write;
-            // one made after this check is refused by the engine's writes (held inside adapters/).
-            const out = await c.paths.exportTarget(projectDir, outPath, merged);
-            const rel = relative(projectDir, out).split(sep).join('/');
-            await c.engine.request(
-              'export',
-              { adapter: adapter.path, format: p.format, out, base },
-              {
-                signal: ctx.signal,
-                writeRoots: [await writeRoot(adaptersDir)],
-                onProgress: ({ done, total }) => ctx.progress({ done, total, label: `writing ${rel}` }),
-              },
-            );
-            // A merged diffusers export is a folder: the server sends it as one .tar (packed on the fly).
-            return { label: rel, result: { path: rel, url: fileUrl(p.projectId, folder ? `${rel}.tar` : rel) } };
+          params: {
+            adapter: sharedPath(roots, p.projectId, adapter.path),
+            format: p.format,
+            outPath,
+            ...(base ? { base: sharedPath(roots, p.projectId, base) } : {}),
           },
         });
         return { jobId: job.id };

@@ -13,15 +13,9 @@ import { runManifestSchema } from '../../api/schemas.ts';
 import { scorerFor, type SubjectScorer } from '../../engine/eval/modelRegistry.ts';
 import { quickEvalPrompts } from '../../engine/eval/prompts.ts';
 import { writeRunManifest } from '../../engine/train/runFiles.ts';
-import {
-  assertIdle,
-  defaultBase,
-  fileUrl,
-  projectWriteRoots,
-  submit,
-  usablePhotos,
-  type ServiceContext,
-} from '../context.ts';
+import { assertIdle, defaultBase, fileUrl, submitJob, usablePhotos, type ServiceContext } from '../context.ts';
+import { sharedPath } from '../jobData.ts';
+import { rootsOf } from '../jobHandlers.ts';
 import { computeFor } from '../appSettings.ts';
 import { validState } from '../projects.ts';
 import { readRun } from '../runs.ts';
@@ -33,7 +27,7 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
       c.store.withLock(p.projectId, async () => {
         const project = await c.store.open(p.projectId);
         const m = await readRun(c.store, p.projectId, p.runId);
-        assertIdle(c, p.projectId, p.runId, 'evaluate');
+        await assertIdle(c, p.projectId, p.runId, 'evaluate');
         if (!m.checkpoints.length) throw new ApiError('conflict', `run '${p.runId}' has no checkpoint to evaluate yet`);
         const photos = await usablePhotos(c, p.projectId);
         let scorer: SubjectScorer;
@@ -42,7 +36,6 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
         } catch (err) {
           throw new ApiError('not_found', `${(err as Error).message} (Models screen: download DINO)`);
         }
-        const runDir = c.store.runDir(p.projectId, p.runId);
         // A quick check: one prompt per category, one image each (explicit prompts and counts win);
         // the toy model keeps its own probes (made from the run), one image each.
         const prompts =
@@ -52,35 +45,23 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
             : undefined);
         const imagesPerPrompt = p.imagesPerPrompt ?? (p.quick ? 1 : undefined);
         const compute = await computeFor(c.dataDir, {}, c.opts.engineEnv);
-        const job = await submit(c, {
+        const roots = rootsOf(c);
+        const job = await submitJob(c, {
           kind: 'evaluate',
           projectId: p.projectId,
           runId: p.runId,
-          run: async (ctx) => {
-            const ev = await c.engine.request(
-              'evaluate',
-              {
-                runDir,
-                photos,
-                checkpoints: p.checkpoints,
-                subjectType: project.subject.type,
-                prompts,
-                imagesPerPrompt,
-                steps: c.opts.evaluationSteps,
-                ...(scorer.kind === 'dino' ? { dinoModel: scorer.path } : { scorer: 'toy' as const }),
-                modelsDir: c.modelsDir,
-                compute,
-              },
-              {
-                signal: ctx.signal,
-                writeRoots: await projectWriteRoots(c, p.projectId),
-                onProgress: ({ done, total, label }) => {
-                  c.emit('evaluation.progress', { jobId: ctx.jobId, done, total, label });
-                  ctx.progress({ done, total, label });
-                },
-              },
-            );
-            return { label: ev.best !== null ? `best: step ${ev.best}` : 'no checkpoint beats the base model' };
+          params: {
+            photos: photos.map((photo) => sharedPath(roots, p.projectId, photo)),
+            checkpoints: p.checkpoints,
+            subjectType: project.subject.type,
+            prompts,
+            imagesPerPrompt,
+            steps: c.opts.evaluationSteps,
+            scorer:
+              scorer.kind === 'dino'
+                ? { kind: 'dino', model: sharedPath(roots, p.projectId, scorer.path) }
+                : { kind: 'toy' },
+            compute,
           },
         });
         return { jobId: job.id };
@@ -147,7 +128,7 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
     'evaluation.choose': async (p) =>
       c.store.withLock(p.projectId, async () => {
         const m = await readRun(c.store, p.projectId, p.runId);
-        assertIdle(c, p.projectId, p.runId, 'choose a checkpoint');
+        await assertIdle(c, p.projectId, p.runId, 'choose a checkpoint');
         if (!m.evaluation)
           throw new ApiError(
             'conflict',

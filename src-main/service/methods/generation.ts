@@ -5,7 +5,9 @@ import { join } from 'node:path';
 import type { GeneratedImageInfo } from '../../api/contract.ts';
 import { imageSidecarSchema } from '../../api/schemas.ts';
 import { computeFor } from '../appSettings.ts';
-import { adapterPath, baseFor, imageInfo, projectWriteRoots, submit, type ServiceContext } from '../context.ts';
+import { adapterPath, baseFor, imageInfo, submitJob, type ServiceContext } from '../context.ts';
+import { sharedPath } from '../jobData.ts';
+import { rootsOf } from '../jobHandlers.ts';
 import type { NamespaceHandlers } from './handlers.ts';
 
 export function generationHandlers(c: ServiceContext): NamespaceHandlers<'generation'> {
@@ -15,44 +17,19 @@ export function generationHandlers(c: ServiceContext): NamespaceHandlers<'genera
     'generation.start': async (p) =>
       c.store.withLock(p.projectId, async () => {
         const project = await c.store.open(p.projectId);
-        const adapters: Array<{ path: string; strength: number }> = [];
-        for (const [i, a] of p.adapters.entries())
-          adapters.push({ path: (await adapterPath(c, p.projectId, a, `adapters.${i}`)).path, strength: a.strength });
-        const base = baseFor(c, project);
+        const roots = rootsOf(c);
+        const adapters = [];
+        for (const [i, a] of p.adapters.entries()) {
+          const { path } = await adapterPath(c, p.projectId, a, `adapters.${i}`);
+          adapters.push({ path: sharedPath(roots, p.projectId, path), strength: a.strength });
+        }
+        const base = sharedPath(roots, p.projectId, baseFor(c, project));
         const compute = await computeFor(c.dataDir, p, c.opts.engineEnv);
-        const outDir = join(c.store.dir(p.projectId), 'images');
-        const job = await submit(c, {
+        const job = await submitJob(c, {
           kind: 'generate',
           projectId: p.projectId,
           runId: null,
-          run: async (ctx) => {
-            const r = await c.engine.request(
-              'generate',
-              { base, settings: p.settings, adapters, outDir, compute },
-              {
-                signal: ctx.signal,
-                writeRoots: await projectWriteRoots(c, p.projectId),
-                onProgress: (g) => {
-                  if (g.type === 'step') {
-                    const e = { jobId: ctx.jobId, image: g.image + 1, images: g.images, step: g.step, steps: g.steps };
-                    c.emit('generation.step', e);
-                    ctx.progress({
-                      done: g.image * g.steps + g.step,
-                      total: g.images * g.steps,
-                      label: `image ${e.image}/${g.images}, step ${g.step}/${g.steps}`,
-                    });
-                  } else if (g.type === 'image') {
-                    c.emit('generation.image', {
-                      jobId: ctx.jobId,
-                      projectId: p.projectId,
-                      image: imageInfo(p.projectId, g.sidecar),
-                    });
-                  }
-                },
-              },
-            );
-            return { label: `${r.files.length} image${r.files.length === 1 ? '' : 's'} in images/` };
-          },
+          params: { base, settings: p.settings, adapters, compute },
         });
         return { jobId: job.id };
       }),

@@ -8,7 +8,7 @@ export function jobsHandlers(c: ServiceContext): NamespaceHandlers<'jobs'> {
     'jobs.list': async () => c.jobs.list(),
     'jobs.queue': async () => c.jobs.queueStatus(),
     'jobs.cancel': async (p) => {
-      const r = c.jobs.cancel(p.jobId, 'cancel');
+      const r = await c.jobs.cancel(p.jobId, 'cancel');
       if (r === undefined) throw new ApiError('not_found', `no job '${p.jobId}'`);
       return { cancelled: r };
     },

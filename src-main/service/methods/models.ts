@@ -13,18 +13,17 @@
  * A server open to the network (hostPaths 'deny') lists the models folder only.
  */
 import { existsSync } from 'node:fs';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { ApiError, type BaseModelInfo } from '../../api/contract.ts';
-import { EVAL_MODELS, listModels, modelFilePath } from '../../engine/eval/modelRegistry.ts';
-import { download } from '../../engine/io/download.ts';
+import { EVAL_MODELS, listModels } from '../../engine/eval/modelRegistry.ts';
 import {
   checkBase,
   defaultBase,
   demoModelDir,
   modelTrainingDefaults,
-  submit,
+  submitJob,
   type ServiceContext,
 } from '../context.ts';
 import { readModelDefaults } from '../../engine/io/modelDefaults.ts';
@@ -172,50 +171,9 @@ export function modelsHandlers(c: ServiceContext): NamespaceHandlers<'models'> {
     'models.download': async (p) => {
       const spec = (c.opts.evalModels ?? EVAL_MODELS).find((m) => m.id === p.name);
       if (!spec) throw new ApiError('not_found', `no downloadable model '${p.name}'`);
-      const busy = c.jobs.active({ kind: 'download' });
+      const busy = await c.jobs.active({ kind: 'download' });
       if (busy.length) throw new ApiError('conflict', `a download is already ${busy[0].status} (${busy[0].id})`);
-      const job = await submit(c, {
-        kind: 'download',
-        projectId: null,
-        runId: null,
-        lane: 'io',
-        run: async (ctx) => {
-          const files = spec.files.filter((f) => !existsSync(modelFilePath(c.modelsDir, spec.id, f.file)));
-          const known = files.reduce((n, f) => n + (f.approxBytes ?? 0), 0);
-          let finished = 0;
-          for (const [i, f] of files.entries()) {
-            const dest = modelFilePath(c.modelsDir, spec.id, f.file);
-            await download(f.url, dest, {
-              sha256: f.sha256,
-              signal: ctx.signal,
-              onProgress: (pr) =>
-                ctx.progress({
-                  done: finished + pr.bytes,
-                  total: Math.max(known, finished + (pr.total ?? pr.bytes)),
-                  label: `${spec.id}/${f.file} (${i + 1}/${files.length})`,
-                }),
-            }).catch((err: Error) => {
-              // No network (no DNS, refused, unreachable): say so in words, and how to do it by hand.
-              if (
-                /ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ENETUNREACH|EHOSTUNREACH|ETIMEDOUT|getaddrinfo|cannot connect/.test(
-                  err.message,
-                )
-              ) {
-                throw new Error(
-                  `cannot reach ${new URL(f.url).host} (is this machine offline?). Download ${f.url} on a machine with internet and place it at ${dest}, then press Check again.`,
-                );
-              }
-              throw err;
-            });
-            finished += (await stat(modelFilePath(c.modelsDir, spec.id, f.file))).size;
-          }
-          return {
-            label: files.length
-              ? `${spec.id}: ${files.length} file${files.length === 1 ? '' : 's'} in ${join(c.modelsDir, spec.id)}`
-              : `${spec.id}: already present`,
-          };
-        },
-      });
+      const job = await submitJob(c, { kind: 'download', projectId: null, runId: null, params: { name: spec.id } });
       return { jobId: job.id };
     },
   };

@@ -26,7 +26,7 @@ export function projectsHandlers(c: ServiceContext): NamespaceHandlers<'projects
     'projects.delete': async (p) =>
       c.store.withLock(p.projectId, async () => {
         if (!(await c.store.hasFolder(p.projectId))) return { deleted: false };
-        const busy = c.jobs.active({ projectId: p.projectId });
+        const busy = await c.jobs.active({ projectId: p.projectId });
         if (busy.length)
           throw new ApiError(
             'conflict',

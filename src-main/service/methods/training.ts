@@ -2,10 +2,9 @@
  * training.*: start (settings validated as a whole, saved, run.json written, then the job),
  * resume, cancel, the run list and a run's status.
  *
- * A training job that fails leaves its run in a state the user can act on: `paused` at its last
- * checkpoint (resume continues), or `failed` without one, with a readable reason ("disk full:
- * <path> ..."). run.json is settled here because the trainer may not have been able to write it
- * (a full disk); a run that still reads `running` with no job behind it counts as interrupted.
+ * The job itself runs in jobHandlers.ts (the registry): a training job that fails leaves its run
+ * `paused` at its last checkpoint or `failed`, with a readable reason; a run that still reads
+ * `running` with no job behind it counts as interrupted.
  */
 import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -13,20 +12,17 @@ import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { ApiError, type Result, type RunStatusInfo } from '../../api/contract.ts';
 import { trainSettingsSchema, type ComputeSettings, type TrainSettings } from '../../api/schemas.ts';
 import { computeFor } from '../appSettings.ts';
-import { EngineExitedError } from '../engineHost.ts';
-import { readableError } from '../fsErrors.ts';
-import type { JobContext, JobOutcome } from '../jobs.ts';
+import { rootsOf } from '../jobHandlers.ts';
+import { sharedPath } from '../jobData.ts';
 import { patchSettings, validState } from '../projects.ts';
 import { isInside } from '../safePath.ts';
-import { markRun, newRunId, readRun, settleInterruptedRun, writeQueuedRun } from '../runs.ts';
+import { newRunId, readRun, settleInterruptedRun, writeQueuedRun } from '../runs.ts';
 import {
   assertIdle,
   assertNoTraining,
   baseFor,
   fileUrl,
-  projectWriteRoots,
-  runEvent,
-  submit,
+  submitJob,
   usablePhotos,
   type ServiceContext,
 } from '../context.ts';
@@ -49,7 +45,7 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
     'training.start': async (p) =>
       c.store.withLock(p.projectId, async () => {
         const project = await c.store.open(p.projectId);
-        assertNoTraining(c, p.projectId);
+        await assertNoTraining(c, p.projectId);
         const merged = validState(
           trainSettingsSchema,
           patchSettings(project.settings, p.settings),
@@ -81,7 +77,7 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
       }),
 
     'training.cancel': async (p) => {
-      const job = c.jobs.get(p.jobId);
+      const job = await c.jobs.get(p.jobId);
       if (!job) throw new ApiError('not_found', `no job '${p.jobId}'`);
       if (job.kind !== 'train')
         throw new ApiError(
@@ -89,15 +85,15 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
           `jobId: job '${p.jobId}' is a ${job.kind} job, not training; use jobs.cancel`,
           [{ field: 'jobId', message: 'not a training job' }],
         );
-      return { cancelled: c.jobs.cancel(p.jobId, 'cancel') === true };
+      return { cancelled: (await c.jobs.cancel(p.jobId, 'cancel')) === true };
     },
 
     'training.resume': async (p) =>
       c.store.withLock(p.projectId, async () => {
         const project = await c.store.open(p.projectId);
         let m = await readRun(c.store, p.projectId, p.runId);
-        assertNoTraining(c, p.projectId);
-        assertIdle(c, p.projectId, p.runId, 'resume');
+        await assertNoTraining(c, p.projectId);
+        await assertIdle(c, p.projectId, p.runId, 'resume');
         // No job of this service runs it, so a run that reads `running` was interrupted (its last
         // write failed): settle it now instead of refusing until a restart.
         if (m.status === 'running') {
@@ -192,104 +188,19 @@ function relativeClassImagesDir(projectDir: string, settings: TrainSettings): Tr
   return { ...settings, classImagesDir: relative(projectDir, dir).split(sep).join('/') };
 }
 
+/** The training job, as data: paths relative to the project and the models folder (jobData.ts). */
 function submitTraining(c: ServiceContext, o: TrainingJob) {
-  const runDir = c.store.runDir(o.projectId, o.runId);
-  return submit(c, {
+  const roots = rootsOf(c);
+  return submitJob(c, {
     kind: 'train',
     projectId: o.projectId,
     runId: o.runId,
-    onCancelQueued: async () => {
-      if (!o.resume) await markRun(runDir, 'cancelled', 'cancelled before training started', ['queued']);
+    params: {
+      base: sharedPath(roots, o.projectId, o.base),
+      photos: o.photos.map((photo) => sharedPath(roots, o.projectId, photo)),
+      settings: o.settings,
+      resume: o.resume,
+      compute: o.compute,
     },
-    run: async (ctx) => runTraining(c, ctx, { ...o, runDir }),
   });
-}
-
-async function runTraining(
-  c: ServiceContext,
-  ctx: JobContext,
-  o: TrainingJob & { runDir: string },
-): Promise<JobOutcome> {
-  let total = o.settings.steps;
-  let done = 0;
-  try {
-    // The class-image folder is checked again now: it is used now.
-    const classImagesDir =
-      o.settings.classImagesDir === undefined
-        ? undefined
-        : await c.paths.classImagesDir(c.store.dir(o.projectId), o.settings.classImagesDir);
-    const r = await c.engine.request(
-      'train',
-      {
-        base: o.base,
-        photos: o.photos,
-        runDir: o.runDir,
-        settings: o.settings, // run.json keeps the folder as the project has it (relative), so it can resume
-        classImagesDir,
-        resume: o.resume,
-        compute: o.compute,
-      },
-      {
-        signal: ctx.signal,
-        // Every write stays in the project (and the class-image folder checked just above).
-        writeRoots: await projectWriteRoots(c, o.projectId, ...(classImagesDir ? [classImagesDir] : [])),
-        onProgress: (event) => {
-          c.emit('train.event', {
-            jobId: ctx.jobId,
-            projectId: o.projectId,
-            runId: o.runId,
-            event: runEvent(o.projectId, o.runId, event),
-          });
-          if (event.event === 'step') {
-            done = event.step;
-            total = event.steps;
-            ctx.progress({
-              done,
-              total,
-              label: `step ${event.step}/${event.steps}, loss ${event.smoothed.toFixed(4)}`,
-            });
-          } else if (event.event === 'prepare') {
-            ctx.progress({
-              done,
-              total,
-              label: `preparing: ${event.stage}${event.detail ? ` (${event.detail})` : ''}`,
-            });
-          } else if (event.event === 'checkpoint') {
-            ctx.progress({ done, total, label: `checkpoint at step ${event.step}` });
-          }
-        },
-      },
-    );
-    if (r.status === 'failed')
-      return {
-        status: 'failed',
-        error: await settleFailedRun(c, o.runDir, readableError(r.error ?? 'training failed')),
-      };
-    if (r.status === 'paused' || r.status === 'cancelled')
-      return { status: 'cancelled', label: `${r.status} at step ${r.step}` };
-    return { status: 'done', label: `completed ${r.step} steps` };
-  } catch (err) {
-    if (err instanceof EngineExitedError)
-      return { status: 'failed', error: await settleFailedRun(c, o.runDir, err.message, { failed: false }) };
-    // A new run that never reached the trainer (cancelled while the engine started) is cancelled.
-    if (ctx.signal.aborted) {
-      await markRun(o.runDir, 'cancelled', 'cancelled before training started', ['queued']).catch(() => null);
-      throw err;
-    }
-    return { status: 'failed', error: await settleFailedRun(c, o.runDir, readableError(err)) };
-  }
-}
-
-/**
- * run.json after a failed job: a run left `running` or `queued` becomes `paused` (with a
- * checkpoint) or `failed`, with `why` and what to do next. Returns that sentence. If even this
- * write fails (the disk is still full), the run is settled on the next resume or restart.
- */
-async function settleFailedRun(c: ServiceContext, runDir: string, why: string, o = { failed: true }): Promise<string> {
-  try {
-    return await settleInterruptedRun(runDir, why, o);
-  } catch (err) {
-    c.log(`runs: cannot record the failure in ${runDir}: ${readableError(err)}`);
-    return `${why}; the run could not be updated (${readableError(err)}); resume it once the problem is fixed`;
-  }
 }
