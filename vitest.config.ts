@@ -8,9 +8,9 @@ import { configDefaults, defineConfig } from 'vitest/config';
  * belongs in `engine` (the default); one that does not is added here.
  */
 export const UNIT_SUITES = [
-  'test/{ci,layers}.test.ts',
+  'test/{ci,functionLength,layers}.test.ts',
   'test/app/{appProtocol,desktopApp,ipc,preload,window}.test.ts',
-  'test/cli/{args,install,startup}.test.ts',
+  'test/cli/{args,install,schemaOptions}.test.ts',
   'test/engine/{adamw,adapters.contract,backend,clipTokenizer,download,image,keyMap,lrSchedule,providers}.test.ts',
   'test/engine/{modelFiles,ops.cpu,ops.wasm,pngText,random,safetensors,schedulers,wasmKernels}.test.ts',
   'test/engine/models/{attentionSlicing,memoryEfficientAttention.cpu}.test.ts',

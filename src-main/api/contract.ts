@@ -23,6 +23,7 @@ import {
   imageSidecarSchema,
   runManifestSchema,
   SUBJECT_TYPES,
+  DEFAULT_SUBJECT_TYPE,
   trainEventKinds,
   trainSettingsSchema,
   patchOf,
@@ -294,9 +295,9 @@ export const api = {
     params: z
       .object({
         name: nameSchema,
-        classWord: wordSchema.default('person'),
-        triggerToken: wordSchema.default('sks'),
-        type: z.enum(SUBJECT_TYPES).default('live'),
+        classWord: trainSettingsSchema.shape.classWord,
+        triggerToken: trainSettingsSchema.shape.triggerToken,
+        type: z.enum(SUBJECT_TYPES).default(DEFAULT_SUBJECT_TYPE),
         baseModel: pathSchema
           .optional()
           .describe(

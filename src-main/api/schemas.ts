@@ -25,12 +25,20 @@ export const SAMPLER_DISPLAY_NAMES: Readonly<Record<(typeof SCHEDULERS)[number] 
   ddpm: 'DDPM',
 };
 export const SUBJECT_TYPES = ['object', 'live'] as const;
+/** A project's subject type when none is given (it chooses the evaluation prompts). */
+export const DEFAULT_SUBJECT_TYPE: (typeof SUBJECT_TYPES)[number] = 'live';
 /**
  * What runs training and inference: `onnx` (ONNX Runtime, the default) or `tfjs` (TensorFlow.js, the
  * reference executor). The engine, the CLI (`--engine`), the API and the Settings screen read this list.
  */
 export const ENGINES = ['onnx', 'tfjs'] as const;
 export type EngineChoice = (typeof ENGINES)[number];
+/** The engine that runs when none is chosen (Settings, the API and the CLI's --engine). */
+export const DEFAULT_ENGINE: EngineChoice = 'onnx';
+/** TensorFlow.js backends (engine/backend/tf.ts starts them; the CLI's `--backend`, SINGLORA_BACKEND). */
+export const TENSOR_BACKENDS = ['tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
+/** Compute types of ONNX Runtime (an image's sidecar, the benchmarks' `--dtype`). */
+export const COMPUTE_DTYPES = ['float32', 'float16'] as const;
 /**
  * ONNX Runtime execution providers a user can ask for (engine/onnx/providers.ts says where each
  * exists). `auto`: the first GPU provider that starts on this machine (CUDA, DirectML or CoreML, then
@@ -86,59 +94,81 @@ const stepCount = (min = 0) => z.number().int().min(min).max(LIMITS.steps);
 /** Every training option, with the defaults a user of kohya_ss or diffusers' DreamBooth script would expect. */
 export const trainSettingsSchema = z
   .object({
-    method: z.enum(METHODS).default('singlora'),
-    steps: positiveInt(LIMITS.steps).default(800),
-    rank: positiveInt(LIMITS.rank).default(8),
-    alpha: z.number().positive().max(LIMITS.alpha).default(8),
+    method: z.enum(METHODS).default('singlora').describe('adapter type'),
+    steps: positiveInt(LIMITS.steps).default(800).describe('optimizer steps'),
+    rank: positiveInt(LIMITS.rank).default(8).describe('adapter rank'),
+    alpha: z.number().positive().max(LIMITS.alpha).default(8).describe('alpha (the adapter scale is alpha/rank)'),
     /** SingLoRA's ramp length T in steps (0: no ramp). */
-    rampSteps: stepCount().default(100),
-    initStd: z.number().positive().max(1).default(0.01),
-    targets: z.array(z.string().min(1).max(LIMITS.targetChars)).min(1).max(LIMITS.targets).optional(),
-    learningRate: z.number().positive().max(1).default(1e-4),
-    lrSchedule: z.enum(LR_SCHEDULES).default('constant'),
-    warmupSteps: stepCount().default(0),
-    weightDecay: z.number().min(0).max(1).default(1e-2),
+    rampSteps: stepCount().default(100).describe('SingLoRA ramp length in steps, u(t) = min(t/T, 1) (0: no ramp)'),
+    initStd: z.number().positive().max(1).default(0.01).describe("std of SingLoRA's initial A"),
+    targets: z
+      .array(z.string().min(1).max(LIMITS.targetChars))
+      .min(1)
+      .max(LIMITS.targets)
+      .optional()
+      .describe('adapter target patterns (default: attn1/attn2 to_q/to_k/to_v/to_out.0)'),
+    learningRate: z.number().positive().max(1).default(1e-4).describe('learning rate'),
+    lrSchedule: z.enum(LR_SCHEDULES).default('constant').describe('learning-rate schedule'),
+    warmupSteps: stepCount().default(0).describe('learning-rate warm-up steps'),
+    weightDecay: z.number().min(0).max(1).default(1e-2).describe('AdamW weight decay'),
     /** Training image size; null: the base model's native size (512 for SD 1.5). */
     resolution: z
       .number()
       .int()
       .min(LIMITS.resolution.min)
       .max(LIMITS.resolution.max)
-      .refine(
-        (r) => r % LIMITS.resolution.multiple === 0,
-        `resolution must be a multiple of ${LIMITS.resolution.multiple}`,
-      )
+      .multipleOf(LIMITS.resolution.multiple, `resolution must be a multiple of ${LIMITS.resolution.multiple}`)
       .nullable()
-      .default(null),
-    batchSize: positiveInt(LIMITS.batchSize).default(1),
-    gradientAccumulation: positiveInt(LIMITS.gradientAccumulation).default(1),
+      .default(null)
+      .describe('training image size in pixels (default: the base model native size, 512 for SD 1.5)'),
+    batchSize: positiveInt(LIMITS.batchSize).default(1).describe('batch size'),
+    gradientAccumulation: positiveInt(LIMITS.gradientAccumulation).default(1).describe('gradient accumulation steps'),
     /** Max global gradient norm (0: no clipping). */
-    maxGradNorm: z.number().min(0).max(LIMITS.maxGradNorm).default(1),
-    noiseOffset: z.number().min(0).max(1).default(0),
+    maxGradNorm: z
+      .number()
+      .min(0)
+      .max(LIMITS.maxGradNorm)
+      .default(1)
+      .describe('gradient clipping: max global norm (0: off)'),
+    noiseOffset: z.number().min(0).max(1).default(0).describe('noise offset'),
     /** Min-SNR-gamma loss weighting (Hang et al. 2023); null: off. */
-    minSnrGamma: z.number().positive().max(LIMITS.minSnrGamma).nullable().default(null),
-    triggerToken: wordSchema.default('sks'),
-    classWord: wordSchema.default('person'),
+    minSnrGamma: z
+      .number()
+      .positive()
+      .max(LIMITS.minSnrGamma)
+      .nullable()
+      .default(null)
+      .describe('min-SNR-gamma loss weighting (default: off)'),
+    triggerToken: wordSchema.default('sks').describe('trigger token'),
+    classWord: wordSchema.default('person').describe('class word (e.g. dog, person)'),
     /** Default: "a photo of <token> <class>". A caption .txt beside a photo overrides it. */
-    instancePrompt: text().optional(),
-    crop: z.enum(CROP_MODES).default('center'),
-    flip: z.boolean().default(false),
-    priorPreservation: z.boolean().default(false),
-    priorLossWeight: z.number().min(0).max(LIMITS.priorLossWeight).default(1),
-    numClassImages: positiveInt(LIMITS.numClassImages).default(100),
+    instancePrompt: text().optional().describe('caption (default "a photo of <token> <class>")'),
+    crop: z.enum(CROP_MODES).default('center').describe('how photos are cropped to a square'),
+    flip: z.boolean().default(false).describe('add horizontally flipped copies'),
+    priorPreservation: z.boolean().default(false).describe('add the prior-preservation loss on generated class images'),
+    priorLossWeight: z.number().min(0).max(LIMITS.priorLossWeight).default(1).describe('lambda of the prior loss'),
+    numClassImages: positiveInt(LIMITS.numClassImages).default(100).describe('class images to use'),
     /** Default: "a photo of <class>". */
-    classPrompt: text().optional(),
+    classPrompt: text().optional().describe('class prompt (default "a photo of <class>")'),
     /**
      * Where class images are made and read: a folder inside the project (`class-images/...`);
      * an absolute folder only when the desktop app's user picked it. Default: a cache per model.
      */
-    classImagesDir: z.string().min(1).max(LIMITS.pathChars).optional(),
-    checkpointEvery: stepCount(1).default(100),
-    sampleEvery: stepCount().default(100),
-    samplePrompts: z.array(text()).max(LIMITS.prompts).optional(),
-    sampleSteps: positiveInt(LIMITS.sampleSteps).default(20),
-    seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(42),
-    gradientCheckpointing: z.boolean().default(false),
+    classImagesDir: z
+      .string()
+      .min(1)
+      .max(LIMITS.pathChars)
+      .optional()
+      .describe('folder of class images (generated there if too few)'),
+    checkpointEvery: stepCount(1).default(100).describe('steps between checkpoints'),
+    sampleEvery: stepCount().default(100).describe('steps between preview images (0: none)'),
+    samplePrompts: z.array(text()).max(LIMITS.prompts).optional().describe('preview prompts'),
+    sampleSteps: positiveInt(LIMITS.sampleSteps).default(20).describe('sampling steps of each preview image'),
+    seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(42).describe('seed'),
+    gradientCheckpointing: z
+      .boolean()
+      .default(false)
+      .describe('recompute each UNet block in the backward pass (less memory)'),
     /** Mixed-precision is not offered: TensorFlow.js trains in float32. */
   })
   .strict();
@@ -319,12 +349,7 @@ export type TrainEvent = z.infer<typeof trainEventSchema>;
 
 function imageSide(name: string) {
   const { sizeMultiple: m, size } = LIMITS.generation;
-  return z
-    .number()
-    .int()
-    .min(m)
-    .max(size)
-    .refine((v) => v % m === 0, `${name} must be a multiple of ${m}`);
+  return z.number().int().min(m).max(size).multipleOf(m, `${name} must be a multiple of ${m}`);
 }
 
 /** How a prompt and a negative prompt of different chunk counts meet in one guidance step. */
@@ -332,24 +357,40 @@ export const NEGATIVE_PADDING = ['empty-chunks', 'none'] as const;
 
 export const generateSettingsSchema = z
   .object({
-    prompt: text(),
-    negativePrompt: text().default(''),
-    steps: positiveInt(LIMITS.generation.steps).default(25),
-    guidanceScale: z.number().min(0).max(LIMITS.generation.guidance).default(7.5),
-    scheduler: z.enum(SCHEDULERS).default('dpmpp-2m-karras'),
+    prompt: text().describe('prompt (any length: 75-token chunks as in A1111; (word:1.2) and [word] weights)'),
+    negativePrompt: text().default('').describe('negative prompt'),
+    steps: positiveInt(LIMITS.generation.steps).default(25).describe('sampling steps'),
+    guidanceScale: z
+      .number()
+      .min(0)
+      .max(LIMITS.generation.guidance)
+      .default(7.5)
+      .describe('classifier-free guidance scale'),
+    scheduler: z.enum(SCHEDULERS).default('dpmpp-2m-karras').describe('sampler'),
     /** -1: a random seed, reported back. */
-    seed: z.number().int().min(-1).max(Number.MAX_SAFE_INTEGER).default(-1),
-    width: imageSide('width').default(512),
-    height: imageSide('height').default(512),
-    count: positiveInt(LIMITS.generation.count).default(1),
-    clipSkip: z.number().int().min(0).max(LIMITS.generation.clipSkip).default(0),
+    seed: z.number().int().min(-1).max(Number.MAX_SAFE_INTEGER).default(-1).describe('seed (-1: a random one)'),
+    width: imageSide('width').default(512).describe('image width in pixels'),
+    height: imageSide('height').default(512).describe('image height in pixels'),
+    count: positiveInt(LIMITS.generation.count).default(1).describe('number of images'),
+    clipSkip: z
+      .number()
+      .int()
+      .min(0)
+      .max(LIMITS.generation.clipSkip)
+      .default(0)
+      .describe("diffusers clip_skip (A1111's 'Clip skip' minus 1)"),
     /**
      * When the prompt and the negative prompt have different numbers of 75-token chunks:
      * 'empty-chunks' pads the shorter with the empty prompt's chunks and runs both in one UNet batch
      * (A1111 with its "Pad prompt/negative prompt" option on); 'none' runs them as two UNet passes
      * of their own lengths (A1111's default).
      */
-    negativePadding: z.enum(NEGATIVE_PADDING).default('empty-chunks'),
+    negativePadding: z
+      .enum(NEGATIVE_PADDING)
+      .default('empty-chunks')
+      .describe(
+        "prompt and negative prompt of different 75-token chunk counts: empty-chunks pads the shorter with empty-prompt chunks, one UNet batch (A1111's 'Pad prompt/negative prompt' option); none runs two UNet passes (A1111's default)",
+      ),
   })
   .strict();
 export type GenerateSettings = z.infer<typeof generateSettingsSchema>;
@@ -385,7 +426,7 @@ export const imageSidecarSchema = z.object({
    */
   engine: z.enum(ENGINES).optional(),
   provider: z.string().optional(),
-  dtype: z.enum(['float32', 'float16']).optional(),
+  dtype: z.enum(COMPUTE_DTYPES).optional(),
   ms: z.number(),
 });
 export type ImageSidecar = z.infer<typeof imageSidecarSchema>;
@@ -396,7 +437,7 @@ export type ImageSidecar = z.infer<typeof imageSidecarSchema>;
  */
 export const computeSettingsSchema = z
   .object({
-    engine: z.enum(ENGINES).default('onnx'),
+    engine: z.enum(ENGINES).default(DEFAULT_ENGINE),
     provider: z.enum(PROVIDERS).default('auto'),
   })
   .strict();

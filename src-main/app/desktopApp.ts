@@ -67,10 +67,16 @@ export function appFolders(
   };
 }
 
+/** What the app's Electron handlers share: the service once booted, the window, and where quitting stands. */
+interface AppState {
+  service: AppService | null;
+  win: BrowserWindow | null;
+  quitState: 'running' | 'closing' | 'closed';
+}
+
 /** Starts the app; null when another instance already runs (this one quits). */
 export function startApp(e: ElectronApi, paths: AppPaths, o: StartOptions = {}): Promise<RunningApp> | null {
   const log = o.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const env = o.env ?? process.env;
   const platform = o.platform ?? process.platform;
 
   e.protocol.registerSchemesAsPrivileged([APP_SCHEME_PRIVILEGES]);
@@ -80,118 +86,139 @@ export function startApp(e: ElectronApi, paths: AppPaths, o: StartOptions = {}):
     return null;
   }
 
-  let service: AppService | null = null;
-  let win: BrowserWindow | null = null;
-  let quitState: 'running' | 'closing' | 'closed' = 'running';
-
-  const focus = () => {
-    if (!win) return;
-    if (win.isMinimized()) win.restore();
-    win.show();
-    win.focus();
-  };
-
-  const openProjectFile = (url: string) => {
-    void (async () => {
-      if (!service) return;
-      const svc = service;
-      const f = await resolveProjectFile((projectId, rel) => svc.resolveFile(projectId, rel), new URL(url).pathname);
-      if (!f.type.startsWith('image/')) return;
-      const problem = await e.shell.openPath(f.file);
-      if (problem) log(`window: cannot open ${f.file}: ${problem}`);
-    })().catch((err: Error) => log(`window: cannot open ${url}: ${err.message}`));
-  };
-
-  const createWindow = (svc: AppService) => {
-    e.nativeTheme.themeSource = 'system';
-    const w = new e.BrowserWindow(
-      windowOptions({ preload: paths.preload, dark: e.nativeTheme.shouldUseDarkColors, devTools: !e.app.isPackaged }),
-    );
-    win = w;
-    const forwarder = forwardEvents((l) => svc.on(l), w.webContents);
-    const onTheme = () => w.setBackgroundColor(e.nativeTheme.shouldUseDarkColors ? BACKGROUND.dark : BACKGROUND.light);
-    e.nativeTheme.on('updated', onTheme);
-    w.webContents.on('did-finish-load', () => forwarder.replayState());
-    w.once('ready-to-show', () => w.show());
-    w.on('closed', () => {
-      forwarder.stop();
-      e.nativeTheme.off('updated', onTheme);
-      if (win === w) win = null;
-    });
-    w.loadURL(APP_ENTRY_URL).catch((err: Error) => log(`window: cannot load ${APP_ENTRY_URL}: ${err.message}`));
-  };
-
-  e.app.on('second-instance', focus);
-  e.app.on('web-contents-created', (_event, contents) => hardenContents(contents, { openProjectFile, log }));
+  const state: AppState = { service: null, win: null, quitState: 'running' };
+  e.app.on('second-instance', () => focusWindow(state.win));
+  e.app.on('web-contents-created', (_event, contents) =>
+    hardenContents(contents, { openProjectFile: (url) => openProjectFile(e, state, url, log), log }),
+  );
   e.app.on('window-all-closed', () => {
     if (platform !== 'darwin') e.app.quit();
   });
   e.app.on('activate', () => {
-    if (service && !win) createWindow(service);
+    if (state.service && !state.win) createWindow(e, paths, state, state.service, log);
   });
-  e.app.on('before-quit', (event) => {
-    if (!service || quitState === 'closed') return;
-    event.preventDefault();
-    if (quitState === 'closing') return;
-    quitState = 'closing';
-    const svc = service;
-    svc
-      .close()
-      .catch((err: Error) => log(`app: closing the service failed: ${err.message}`))
-      .finally(() => {
-        quitState = 'closed';
-        e.app.quit();
-      });
-  });
-
-  const boot = async (): Promise<RunningApp> => {
-    const folders = appFolders(e.app.getPath('userData'), e.app.isPackaged, env);
-    const svc = await (o.openService ?? Service.open)({
-      dataDir: folders.dataDir,
-      modelsDir: folders.modelsDir,
-      // The user picks folders here (a class-image folder) with the desktop's own dialogs.
-      hostPaths: 'desktop',
-      spawnEngine: utilityEngine(e.utilityProcess, paths.engineWorker),
-      engineEnv: {
-        ...env,
-        SINGLORA_CACHE_DIR: folders.cacheDir,
-        ...(folders.modelsDir ? { SINGLORA_MODELS_DIR: folders.modelsDir } : {}),
-      },
-      log,
-    });
-    service = svc;
-    lockPermissions(e.session.defaultSession, log);
-    e.protocol.handle(
-      APP_SCHEME,
-      createAppProtocolHandler({
-        rendererDir: paths.rendererDir,
-        resolveFile: (p, rel) => svc.resolveFile(p, rel),
-        log,
-      }),
-    );
-    // The service's handlers, with the desktop's own (file manager, file dialog) in place of its not_found.
-    const desktop = desktopMethods({
-      shell: e.shell,
-      dialog: e.dialog,
-      resolve: (projectId, rel) =>
-        svc
-          .resolveFile(projectId, rel)
-          .catch((err: unknown) =>
-            svc.resolveExportFolder ? svc.resolveExportFolder(projectId, rel) : Promise.reject(err),
-          ),
-      window: () => win,
-    });
-    handleInvoke(e.ipcMain, { handlers: { ...svc.handlers, ...desktop }, log });
-    createWindow(svc);
-    return { service: svc, window: () => win };
-  };
+  e.app.on('before-quit', (event) => beforeQuit(e, state, event, log));
 
   return e.app
     .whenReady()
-    .then(boot)
+    .then(() => boot(e, paths, o, state, log))
     .catch((err: Error) => {
       e.dialog.showErrorBox('SingLoRA Studio cannot start', err.message);
       e.app.quit();
       throw err;
     });
+}
+
+function focusWindow(win: BrowserWindow | null): void {
+  if (!win) return;
+  if (win.isMinimized()) win.restore();
+  win.show();
+  win.focus();
+}
+
+/** A link to a project image (the renderer's app: URL) opens in the OS's viewer. */
+function openProjectFile(e: ElectronApi, state: AppState, url: string, log: (line: string) => void): void {
+  void (async () => {
+    if (!state.service) return;
+    const svc = state.service;
+    const f = await resolveProjectFile((projectId, rel) => svc.resolveFile(projectId, rel), new URL(url).pathname);
+    if (!f.type.startsWith('image/')) return;
+    const problem = await e.shell.openPath(f.file);
+    if (problem) log(`window: cannot open ${f.file}: ${problem}`);
+  })().catch((err: Error) => log(`window: cannot open ${url}: ${err.message}`));
+}
+
+function createWindow(
+  e: ElectronApi,
+  paths: AppPaths,
+  state: AppState,
+  svc: AppService,
+  log: (line: string) => void,
+): void {
+  e.nativeTheme.themeSource = 'system';
+  const w = new e.BrowserWindow(
+    windowOptions({ preload: paths.preload, dark: e.nativeTheme.shouldUseDarkColors, devTools: !e.app.isPackaged }),
+  );
+  state.win = w;
+  const forwarder = forwardEvents((l) => svc.on(l), w.webContents);
+  const onTheme = () => w.setBackgroundColor(e.nativeTheme.shouldUseDarkColors ? BACKGROUND.dark : BACKGROUND.light);
+  e.nativeTheme.on('updated', onTheme);
+  w.webContents.on('did-finish-load', () => forwarder.replayState());
+  w.once('ready-to-show', () => w.show());
+  w.on('closed', () => {
+    forwarder.stop();
+    e.nativeTheme.off('updated', onTheme);
+    if (state.win === w) state.win = null;
+  });
+  w.loadURL(APP_ENTRY_URL).catch((err: Error) => log(`window: cannot load ${APP_ENTRY_URL}: ${err.message}`));
+}
+
+/** Quitting waits for the service to close (its engine process, its locks), once. */
+function beforeQuit(
+  e: ElectronApi,
+  state: AppState,
+  event: { preventDefault(): void },
+  log: (line: string) => void,
+): void {
+  if (!state.service || state.quitState === 'closed') return;
+  event.preventDefault();
+  if (state.quitState === 'closing') return;
+  state.quitState = 'closing';
+  state.service
+    .close()
+    .catch((err: Error) => log(`app: closing the service failed: ${err.message}`))
+    .finally(() => {
+      state.quitState = 'closed';
+      e.app.quit();
+    });
+}
+
+/** Opens the service, serves the renderer, answers IPC, and opens the window. */
+async function boot(
+  e: ElectronApi,
+  paths: AppPaths,
+  o: StartOptions,
+  state: AppState,
+  log: (line: string) => void,
+): Promise<RunningApp> {
+  const env = o.env ?? process.env;
+  const folders = appFolders(e.app.getPath('userData'), e.app.isPackaged, env);
+  const svc = await (o.openService ?? Service.open)({
+    dataDir: folders.dataDir,
+    modelsDir: folders.modelsDir,
+    // The user picks folders here (a class-image folder) with the desktop's own dialogs.
+    hostPaths: 'desktop',
+    spawnEngine: utilityEngine(e.utilityProcess, paths.engineWorker),
+    engineEnv: {
+      ...env,
+      SINGLORA_CACHE_DIR: folders.cacheDir,
+      ...(folders.modelsDir ? { SINGLORA_MODELS_DIR: folders.modelsDir } : {}),
+    },
+    log,
+  });
+  state.service = svc;
+  lockPermissions(e.session.defaultSession, log);
+  e.protocol.handle(
+    APP_SCHEME,
+    createAppProtocolHandler({
+      rendererDir: paths.rendererDir,
+      resolveFile: (p, rel) => svc.resolveFile(p, rel),
+      log,
+    }),
+  );
+  // The service's handlers, with the desktop's own (file manager, file dialog) in place of its not_found.
+  const desktop = desktopMethods({
+    shell: e.shell,
+    dialog: e.dialog,
+    resolve: (projectId, rel) =>
+      svc
+        .resolveFile(projectId, rel)
+        .catch((err: unknown) =>
+          svc.resolveExportFolder ? svc.resolveExportFolder(projectId, rel) : Promise.reject(err),
+        ),
+    window: () => state.win,
+  });
+  handleInvoke(e.ipcMain, { handlers: { ...svc.handlers, ...desktop }, log });
+  createWindow(e, paths, state, svc, log);
+  return { service: svc, window: () => state.win };
 }

@@ -2,6 +2,7 @@
 import { type Command, Option } from 'commander';
 import { statSync } from 'node:fs';
 import { basename } from 'node:path';
+import { EXPORT_FORMATS } from '../api/schemas.ts';
 import type { ExportFormat } from '../engine/adapters/exportAdapter.ts';
 import {
   action,
@@ -16,15 +17,6 @@ import {
   withCommon,
   type GlobalOptions,
 } from './common.ts';
-
-/** exportAdapter.ts's EXPORT_FORMATS (test/cli/startup.test.ts checks they agree), without loading the engine. */
-export const EXPORT_FORMAT_CHOICES = [
-  'singlora',
-  'kohya',
-  'diffusers',
-  'merged-diffusers',
-  'merged-single-file',
-] as const;
 
 interface ExportCliOptions extends GlobalOptions {
   adapter: string;
@@ -66,6 +58,11 @@ async function baseMismatch(adapter: string, base: string, configDir?: string): 
 }
 
 export function register(program: Command): void {
+  registerExport(program);
+  registerInspect(program);
+}
+
+function registerExport(program: Command): void {
   withCommon(
     program
       .command('export')
@@ -74,7 +71,7 @@ export function register(program: Command): void {
       )
       .requiredOption('--adapter <file>', 'native adapter file (a checkpoint adapter.safetensors)')
       .addOption(
-        new Option('--format <f>', 'output format').choices([...EXPORT_FORMAT_CHOICES, 'merged']).makeOptionMandatory(),
+        new Option('--format <f>', 'output format').choices([...EXPORT_FORMATS, 'merged']).makeOptionMandatory(),
       )
       .option('--base <model>', 'base model (required by the merged formats)')
       .option('--config-dir <dir>', 'for a single-file --base: a diffusers SD 1.5 folder to take configs from')
@@ -85,60 +82,59 @@ export function register(program: Command): void {
         '--strict',
         'refuse to merge into a base model other than the one the adapter was trained on (default: warn)',
       ),
-  ).action(
-    action(async (o: ExportCliOptions) => {
-      requireFile(o.adapter, '--adapter', 'an adapter .safetensors file');
-      const format: ExportFormat =
-        o.format === 'merged' ? (o.out.endsWith('.safetensors') ? 'merged-single-file' : 'merged-diffusers') : o.format;
-      const merged = format === 'merged-diffusers' || format === 'merged-single-file';
-      if (merged && !o.base)
-        throw new UsageError(
-          `--base <model> is required by --format ${o.format} (the model the adapter is folded into)`,
-        );
-      if (!merged && o.base)
-        throw new UsageError(`--base is only used by the merged formats, not by --format ${o.format}`);
-      if (o.base) requireExists(o.base, '--base');
-      if (o.configDir) requireFolder(o.configDir, '--config-dir');
-      if (format === 'merged-diffusers') {
-        if (!isFolder(o.out) && statSafe(o.out))
-          throw new UsageError(
-            `--out: ${o.out} is a file; --format merged writes a diffusers folder there (or give a name ending in .safetensors for a single file)`,
-          );
-      } else if (isFolder(o.out)) {
-        throw new UsageError(
-          `--out: ${o.out} is a folder; expected the output file's path (e.g. ${o.out.replace(/\/$/, '')}/${basename(o.adapter).replace(/\.safetensors$/, '')}.${format}.safetensors)`,
-        );
-      }
-      if (statSafe(o.out) && !o.force)
-        throw new UsageError(`--out: ${o.out} already exists; choose another name, or add --force to replace it`);
-      await startBackend(o);
-      const { exportAdapter } = await import('../engine/adapters/exportAdapter.ts');
-      const warnings: string[] = [];
-      if (merged) {
-        const mismatch = await baseMismatch(o.adapter, o.base!, o.configDir);
-        if (mismatch && o.strict) throw new Error(`refused under --strict: ${mismatch}`);
-        if (mismatch) {
-          warnings.push(mismatch);
-          if (o.json) emitJsonLine(o, { event: 'warning', message: mismatch });
-          else process.stderr.write(`warning: ${mismatch}\n`);
-        }
-      }
-      const r = await exportAdapter({
-        adapter: o.adapter,
-        format,
-        base: o.base,
-        baseOptions: o.configDir ? { configDir: o.configDir } : undefined,
-        out: o.out,
-        overwrite: o.force,
-        dtype: o.fp16 ? 'F16' : 'F32',
-        onProgress: (done, total) => {
-          if (done === total && !o.json) process.stderr.write(`merged ${total} tensors\n`);
-        },
-      });
-      printResult(o, { ...r, warnings }, () => `${r.format}: ${r.tensors} tensors -> ${r.path}`);
-    }),
-  );
+  ).action(action(runExport));
+}
 
+async function runExport(o: ExportCliOptions): Promise<void> {
+  requireFile(o.adapter, '--adapter', 'an adapter .safetensors file');
+  const format: ExportFormat =
+    o.format === 'merged' ? (o.out.endsWith('.safetensors') ? 'merged-single-file' : 'merged-diffusers') : o.format;
+  const merged = format === 'merged-diffusers' || format === 'merged-single-file';
+  if (merged && !o.base)
+    throw new UsageError(`--base <model> is required by --format ${o.format} (the model the adapter is folded into)`);
+  if (!merged && o.base) throw new UsageError(`--base is only used by the merged formats, not by --format ${o.format}`);
+  if (o.base) requireExists(o.base, '--base');
+  if (o.configDir) requireFolder(o.configDir, '--config-dir');
+  if (format === 'merged-diffusers') {
+    if (!isFolder(o.out) && statSafe(o.out))
+      throw new UsageError(
+        `--out: ${o.out} is a file; --format merged writes a diffusers folder there (or give a name ending in .safetensors for a single file)`,
+      );
+  } else if (isFolder(o.out)) {
+    throw new UsageError(
+      `--out: ${o.out} is a folder; expected the output file's path (e.g. ${o.out.replace(/\/$/, '')}/${basename(o.adapter).replace(/\.safetensors$/, '')}.${format}.safetensors)`,
+    );
+  }
+  if (statSafe(o.out) && !o.force)
+    throw new UsageError(`--out: ${o.out} already exists; choose another name, or add --force to replace it`);
+  await startBackend(o);
+  const { exportAdapter } = await import('../engine/adapters/exportAdapter.ts');
+  const warnings: string[] = [];
+  if (merged) {
+    const mismatch = await baseMismatch(o.adapter, o.base!, o.configDir);
+    if (mismatch && o.strict) throw new Error(`refused under --strict: ${mismatch}`);
+    if (mismatch) {
+      warnings.push(mismatch);
+      if (o.json) emitJsonLine(o, { event: 'warning', message: mismatch });
+      else process.stderr.write(`warning: ${mismatch}\n`);
+    }
+  }
+  const r = await exportAdapter({
+    adapter: o.adapter,
+    format,
+    base: o.base,
+    baseOptions: o.configDir ? { configDir: o.configDir } : undefined,
+    out: o.out,
+    overwrite: o.force,
+    dtype: o.fp16 ? 'F16' : 'F32',
+    onProgress: (done, total) => {
+      if (done === total && !o.json) process.stderr.write(`merged ${total} tensors\n`);
+    },
+  });
+  printResult(o, { ...r, warnings }, () => `${r.format}: ${r.tensors} tensors -> ${r.path}`);
+}
+
+function registerInspect(program: Command): void {
   withCommon(
     program
       .command('inspect')

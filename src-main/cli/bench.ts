@@ -4,11 +4,18 @@
  */
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import {
+  COMPUTE_DTYPES,
+  DEFAULT_ENGINE,
+  ENGINES,
+  LIMITS,
+  type METHODS,
+  PROVIDERS,
+  trainSettingsSchema,
+} from '../api/schemas.ts';
+import {
   action,
-  ENGINE_CHOICES,
   inferenceOptions,
   parse,
-  PROVIDER_CHOICES,
   printResult,
   UsageError,
   requireExists,
@@ -17,16 +24,18 @@ import {
   type GlobalOptions,
   type InferenceCliOptions,
 } from './common.ts';
+import { TRAIN_FLAGS } from './flags.ts';
+import { schemaOptions } from './schemaOptions.ts';
 
-/** The training engine `bench train` measures unless told: train's default (trainer.ts DEFAULT_TRAIN_ENGINE). */
-const DEFAULT_TRAIN_ENGINE = 'onnx';
+/** The training settings `bench train` takes, as `train` spells them (schema's bounds and defaults). */
+const TRAIN_SETTINGS = schemaOptions(trainSettingsSchema, TRAIN_FLAGS, ['rank', 'method', 'batchSize']);
 
 /** --dtype, as the onnx benchmarks take it. */
 function dtypeOption(): Option {
   return new Option(
     '--dtype <type>',
     'onnx engine: compute type (default: float16 on GPU providers, float32 on cpu)',
-  ).choices(['float32', 'float16']);
+  ).choices([...COMPUTE_DTYPES]);
 }
 
 /** The adapters and UNet line both engines' training benchmarks print. */
@@ -52,7 +61,12 @@ function latentSizes(v: string): Array<[number, number]> {
 
 export function register(program: Command): void {
   const bench = program.command('bench').description('measure speed and memory on this machine');
+  registerBenchUnet(bench);
+  registerBenchGenerate(bench);
+  registerBenchTrain(bench);
+}
 
+function registerBenchUnet(bench: Command): void {
   withInference(
     withCommon(
       bench
@@ -76,101 +90,101 @@ export function register(program: Command): void {
         )
         .option('--in-memory', 'onnx engine: hand the weights to ONNX Runtime in memory instead of linking the file'),
     ),
-  ).action(
-    action(
-      async (
-        o: GlobalOptions &
-          InferenceCliOptions & {
-            config: string;
-            sizes?: Array<[number, number]>;
-            batch: number;
-            iters: number;
-            warmup: number;
-            dtype?: 'float32' | 'float16';
-            fileDtype: 'F32' | 'F16';
-            inMemory?: boolean;
-          },
-      ) => {
-        requireExists(o.config, '--config');
-        const log = o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`);
-        if (o.engine !== 'tfjs') {
-          const { benchUnetOnnx } = await import('../engine/bench/unetOnnx.ts');
-          const r = await benchUnetOnnx({
-            config: o.config,
-            latentSizes: o.sizes,
-            batch: o.batch,
-            iters: o.iters,
-            warmup: o.warmup,
-            provider: o.provider ?? 'cpu',
-            dtype: o.dtype,
-            fileDtype: o.fileDtype,
-            inMemory: o.inMemory,
-            log,
-          });
-          printResult(o, r, () =>
-            [
-              `onnx on ${r.provider} (${r.dtype}), ${r.parameters.toLocaleString()} parameters, weights ${r.config.weights}; load ${r.load_s.toFixed(1)} s, peak rss ${r.peak_rss_mb.toFixed(0)} MiB`,
-              ...r.sizes.map(
-                (s) =>
-                  `  latent ${s.latent.join('x')} batch ${r.config.batch}: ${s.ms_per_forward.toFixed(1)} ms/forward, ${s.gflop.toFixed(1)} GFLOP, ${s.gflops_per_s.toFixed(1)} GFLOP/s`,
-              ),
-            ].join('\n'),
-          );
-          return;
-        }
-        const { benchUnet, formatBenchUnet } = await import('../engine/bench/unet.ts');
-        const report = await benchUnet({
-          config: o.config,
-          latentSizes: o.sizes,
-          batch: o.batch,
-          iters: o.iters,
-          warmup: o.warmup,
-          backend: o.backend ?? 'auto',
-          log,
-        });
-        printResult(o, report, () => formatBenchUnet(report));
-      },
-    ),
-  );
+  ).action(action(runBenchUnet));
+}
 
+type BenchUnetOptions = GlobalOptions &
+  InferenceCliOptions & {
+    config: string;
+    sizes?: Array<[number, number]>;
+    batch: number;
+    iters: number;
+    warmup: number;
+    dtype?: (typeof COMPUTE_DTYPES)[number];
+    fileDtype: 'F32' | 'F16';
+    inMemory?: boolean;
+  };
+
+async function runBenchUnet(o: BenchUnetOptions): Promise<void> {
+  requireExists(o.config, '--config');
+  const log = o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`);
+  if (o.engine !== 'tfjs') {
+    const { benchUnetOnnx } = await import('../engine/bench/unetOnnx.ts');
+    const r = await benchUnetOnnx({
+      config: o.config,
+      latentSizes: o.sizes,
+      batch: o.batch,
+      iters: o.iters,
+      warmup: o.warmup,
+      provider: o.provider ?? 'cpu',
+      dtype: o.dtype,
+      fileDtype: o.fileDtype,
+      inMemory: o.inMemory,
+      log,
+    });
+    printResult(o, r, () =>
+      [
+        `onnx on ${r.provider} (${r.dtype}), ${r.parameters.toLocaleString()} parameters, weights ${r.config.weights}; load ${r.load_s.toFixed(1)} s, peak rss ${r.peak_rss_mb.toFixed(0)} MiB`,
+        ...r.sizes.map(
+          (s) =>
+            `  latent ${s.latent.join('x')} batch ${r.config.batch}: ${s.ms_per_forward.toFixed(1)} ms/forward, ${s.gflop.toFixed(1)} GFLOP, ${s.gflops_per_s.toFixed(1)} GFLOP/s`,
+        ),
+      ].join('\n'),
+    );
+    return;
+  }
+  const { benchUnet, formatBenchUnet } = await import('../engine/bench/unet.ts');
+  const report = await benchUnet({
+    config: o.config,
+    latentSizes: o.sizes,
+    batch: o.batch,
+    iters: o.iters,
+    warmup: o.warmup,
+    backend: o.backend ?? 'auto',
+    log,
+  });
+  printResult(o, report, () => formatBenchUnet(report));
+}
+
+function registerBenchGenerate(bench: Command): void {
   withInference(
     withCommon(
       bench
         .command('generate')
         .description('seconds per image and UNet it/s for a base model')
         .requiredOption('--base <model>', 'base model folder or .safetensors')
-        .option('--steps <n>', 'sampling steps', parse.int(1, 200), 20)
-        .option('--images <n>', 'timed images', parse.int(1, 100), 2)
-        .option('--width <px>', 'width, a multiple of 8 (default: native)', parse.int(8, 2048))
-        .option('--height <px>', 'height, a multiple of 8 (default: native)', parse.int(8, 2048)),
+        .option('--steps <n>', 'sampling steps', parse.int(1, LIMITS.generation.steps), 20)
+        .option('--images <n>', 'timed images', parse.int(1, LIMITS.generation.count), 2)
+        .option('--width <px>', 'width, a multiple of 8 (default: native)', parse.int(8, LIMITS.generation.size))
+        .option('--height <px>', 'height, a multiple of 8 (default: native)', parse.int(8, LIMITS.generation.size)),
     ),
-  ).action(
-    action(
-      async (
-        o: GlobalOptions &
-          InferenceCliOptions & { base: string; steps: number; images: number; width?: number; height?: number },
-      ) => {
-        requireExists(o.base, '--base');
-        const { benchGenerate } = await import('../engine/bench/generate.ts');
-        const r = await benchGenerate({
-          base: o.base,
-          steps: o.steps,
-          images: o.images,
-          width: o.width,
-          height: o.height,
-          backend: o.backend ?? 'auto',
-          inference: inferenceOptions(o),
-        });
-        printResult(
-          o,
-          r,
-          () =>
-            `${r.engine}${r.provider ? ` on ${r.provider} (${r.dtype})` : ''}: ${r.s_per_image.toFixed(2)} s/image, UNet ${r.unet_its.toFixed(2)} it/s (CFG batch 2), decode ${r.decode_s.toFixed(2)} s; ${r.config.width}x${r.config.height}, ${r.config.steps} steps ${r.config.scheduler}; load ${r.load_s.toFixed(1)} s, peak rss ${r.peak_rss_mb.toFixed(0)} MiB`,
-        );
-      },
-    ),
-  );
+  ).action(action(runBenchGenerate));
+}
 
+type BenchGenerateOptions = GlobalOptions &
+  InferenceCliOptions & { base: string; steps: number; images: number; width?: number; height?: number };
+
+async function runBenchGenerate(o: BenchGenerateOptions): Promise<void> {
+  requireExists(o.base, '--base');
+  const { benchGenerate } = await import('../engine/bench/generate.ts');
+  const r = await benchGenerate({
+    base: o.base,
+    steps: o.steps,
+    images: o.images,
+    width: o.width,
+    height: o.height,
+    backend: o.backend ?? 'auto',
+    inference: inferenceOptions(o),
+  });
+  printResult(
+    o,
+    r,
+    () =>
+      `${r.engine}${r.provider ? ` on ${r.provider} (${r.dtype})` : ''}: ${r.s_per_image.toFixed(2)} s/image, UNet ${r.unet_its.toFixed(2)} it/s (CFG batch 2), decode ${r.decode_s.toFixed(2)} s; ${r.config.width}x${r.config.height}, ${r.config.steps} steps ${r.config.scheduler}; load ${r.load_s.toFixed(1)} s, peak rss ${r.peak_rss_mb.toFixed(0)} MiB`,
+  );
+}
+
+function registerBenchTrain(bench: Command): void {
   withCommon(
     bench
       .command('train')
@@ -179,9 +193,9 @@ export function register(program: Command): void {
       .requiredOption('--resolution <px>', 'training resolution (a multiple of 8)', parse.int(8, 2048))
       .option('--steps <n>', 'timed steps', parse.int(1), 5)
       .option('--warmup <n>', 'warm-up steps', parse.int(0), 1)
-      .option('--rank <r>', 'adapter rank', parse.int(1, 256), 8)
-      .addOption(new Option('--method <m>', 'adapter type').choices(['singlora', 'lora']).default('singlora'))
-      .option('--batch <n>', 'batch size', parse.int(1, 64), 1)
+      .addOption(TRAIN_SETTINGS.option('rank'))
+      .addOption(TRAIN_SETTINGS.option('method'))
+      .addOption(TRAIN_SETTINGS.option('batchSize'))
       .option('--checkpointing', 'gradient checkpointing per UNet block')
       .option('--gradient-checkpointing', "the same as --checkpointing (the train setting's name)")
       .addOption(
@@ -192,11 +206,11 @@ export function register(program: Command): void {
       .option('--profile', "tfjs engine: also list the step's kernels by time")
       .addOption(
         new Option('--engine <name>', 'training engine: onnx (ONNX Runtime) or tfjs (TensorFlow.js)')
-          .choices([...ENGINE_CHOICES])
-          .default(DEFAULT_TRAIN_ENGINE),
+          .choices([...ENGINES])
+          .default(DEFAULT_ENGINE),
       )
       .addOption(
-        new Option('--provider <name>', 'onnx engine: ONNX Runtime execution provider').choices([...PROVIDER_CHOICES]),
+        new Option('--provider <name>', 'onnx engine: ONNX Runtime execution provider').choices([...PROVIDERS]),
       )
       .addOption(dtypeOption())
       .addOption(
@@ -211,86 +225,83 @@ export function register(program: Command): void {
         '--disable-optimizers <names>',
         'onnx engine: ONNX Runtime graph optimizers to turn off besides CSE, comma-separated (default on cpu: NchwcTransformer; "" for none)',
       ),
-  ).action(
-    action(
-      async (
-        o: GlobalOptions & {
-          base: string;
-          resolution: number;
-          steps: number;
-          warmup: number;
-          rank: number;
-          method: 'singlora' | 'lora';
-          batch: number;
-          checkpointing?: boolean;
-          gradientCheckpointing?: boolean;
-          attention: 'memory-efficient' | 'plain';
-          profile?: boolean;
-          engine: (typeof ENGINE_CHOICES)[number];
-          provider?: (typeof PROVIDER_CHOICES)[number];
-          dtype?: 'float32' | 'float16';
-          linearLayout?: 'matmul' | 'gemm';
-          prepacking?: boolean;
-          disableOptimizers?: string;
-        },
-      ) => {
-        requireExists(o.base, '--base');
-        // What both engines' benchmarks take.
-        const run = {
-          base: o.base,
-          resolution: o.resolution,
-          steps: o.steps,
-          warmup: o.warmup,
-          rank: o.rank,
-          method: o.method,
-          batch: o.batch,
-          checkpointing: o.checkpointing || o.gradientCheckpointing,
-          log: o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`),
-        };
-        if (o.engine === 'onnx') {
-          if (o.profile || o.attention !== 'memory-efficient')
-            throw new UsageError('--profile and --attention measure the tfjs engine; add --engine tfjs');
-          const { benchTrainOnnx } = await import('../engine/bench/trainOnnx.ts');
-          const r = await benchTrainOnnx({
-            ...run,
-            provider: o.provider ?? 'cpu',
-            dtype: o.dtype,
-            linearLayout: o.linearLayout,
-            prepacking: o.prepacking,
-            disableOptimizers:
-              o.disableOptimizers === undefined ? undefined : o.disableOptimizers.split(',').filter(Boolean),
-          });
-          printResult(o, r, () =>
-            [
-              `onnx on ${r.provider} (${r.dtype}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} ms/step (median of ${r.ms_steps.length}; CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}), ${r.gflop_per_step.toFixed(2)} GFLOP per step, ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
-              adaptersLine(r),
-              `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}; graph ${r.graph_nodes} nodes, load ${r.load_s.toFixed(1)} s, peak RSS ${r.peak_rss_mb} MiB`,
-            ].join('\n'),
-          );
-          return;
-        }
-        const { benchTrain } = await import('../engine/bench/train.ts');
-        const r = await benchTrain({
-          ...run,
-          attention: o.attention,
-          profile: o.profile,
-          backend: o.backend ?? 'auto',
-        });
-        printResult(o, r, () =>
-          [
-            `${r.backend}: ${r.status}${r.error ? ` (${r.error})` : ''}`,
-            adaptersLine(r),
-            `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}, ${r.config.attention} attention`,
-            `  ms/step (median of ${r.ms_steps.length}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} (CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}); ${r.gflop_per_step?.toFixed(2) ?? 'n/a'} GFLOP per step (forward + backward), ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
-            `  peak RSS ${r.peak_rss_mb} MiB${r.wasm_heap_mb ? `, wasm heap ${r.wasm_heap_mb} MiB` : ''}`,
-            `  tensor buffers at the step's peak: ${r.peak_step_buffer_bytes === null ? 'n/a' : `${(r.peak_step_buffer_bytes / 2 ** 20).toFixed(1)} MiB above the ${((r.buffer_bytes_before ?? 0) / 2 ** 20).toFixed(1)} MiB held before the step (weights ${(r.weight_bytes / 2 ** 20).toFixed(1)} MiB)`}; tfjs byte counter (counts shared clones again) ${r.peak_step_bytes === null ? 'n/a' : `${(r.peak_step_bytes / 2 ** 20).toFixed(1)} MiB`}`,
-            ...(r.kernels ?? []).map(
-              (k) =>
-                `    ${k.name.padEnd(24)} ${String(k.calls).padStart(6)} calls ${k.ms.toFixed(1).padStart(9)} ms ${(k.share * 100).toFixed(1).padStart(5)}%`,
-            ),
-          ].join('\n'),
-        );
-      },
-    ),
+  ).action(action(runBenchTrain));
+}
+
+type BenchTrainOptions = GlobalOptions & {
+  base: string;
+  resolution: number;
+  steps: number;
+  warmup: number;
+  rank: number;
+  method: (typeof METHODS)[number];
+  batch: number;
+  checkpointing?: boolean;
+  gradientCheckpointing?: boolean;
+  attention: 'memory-efficient' | 'plain';
+  profile?: boolean;
+  engine: (typeof ENGINES)[number];
+  provider?: (typeof PROVIDERS)[number];
+  dtype?: (typeof COMPUTE_DTYPES)[number];
+  linearLayout?: 'matmul' | 'gemm';
+  prepacking?: boolean;
+  disableOptimizers?: string;
+};
+
+async function runBenchTrain(o: BenchTrainOptions): Promise<void> {
+  requireExists(o.base, '--base');
+  // What both engines' benchmarks take.
+  const run = {
+    base: o.base,
+    resolution: o.resolution,
+    steps: o.steps,
+    warmup: o.warmup,
+    rank: o.rank,
+    method: o.method,
+    batch: o.batch,
+    checkpointing: o.checkpointing || o.gradientCheckpointing,
+    log: o.json ? undefined : (l: string) => process.stderr.write(`${l}\n`),
+  };
+  if (o.engine === 'onnx') {
+    if (o.profile || o.attention !== 'memory-efficient')
+      throw new UsageError('--profile and --attention measure the tfjs engine; add --engine tfjs');
+    const { benchTrainOnnx } = await import('../engine/bench/trainOnnx.ts');
+    const r = await benchTrainOnnx({
+      ...run,
+      provider: o.provider ?? 'cpu',
+      dtype: o.dtype,
+      linearLayout: o.linearLayout,
+      prepacking: o.prepacking,
+      disableOptimizers: o.disableOptimizers === undefined ? undefined : o.disableOptimizers.split(',').filter(Boolean),
+    });
+    printResult(o, r, () =>
+      [
+        `onnx on ${r.provider} (${r.dtype}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} ms/step (median of ${r.ms_steps.length}; CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}), ${r.gflop_per_step.toFixed(2)} GFLOP per step, ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
+        adaptersLine(r),
+        `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}; graph ${r.graph_nodes} nodes, load ${r.load_s.toFixed(1)} s, peak RSS ${r.peak_rss_mb} MiB`,
+      ].join('\n'),
+    );
+    return;
+  }
+  const { benchTrain } = await import('../engine/bench/train.ts');
+  const r = await benchTrain({
+    ...run,
+    attention: o.attention,
+    profile: o.profile,
+    backend: o.backend ?? 'auto',
+  });
+  printResult(o, r, () =>
+    [
+      `${r.backend}: ${r.status}${r.error ? ` (${r.error})` : ''}`,
+      adaptersLine(r),
+      `  ${r.config.resolution}px (latent ${r.config.latent.join('x')}), batch ${r.config.batch}, checkpointing ${r.config.checkpointing ? 'on' : 'off'}, ${r.config.attention} attention`,
+      `  ms/step (median of ${r.ms_steps.length}): ${r.ms_per_step?.toFixed(0) ?? 'n/a'} (CPU time ${r.cpu_ms_per_step?.toFixed(0) ?? 'n/a'}); ${r.gflop_per_step?.toFixed(2) ?? 'n/a'} GFLOP per step (forward + backward), ${r.gflops?.toFixed(2) ?? 'n/a'} GFLOP/s`,
+      `  peak RSS ${r.peak_rss_mb} MiB${r.wasm_heap_mb ? `, wasm heap ${r.wasm_heap_mb} MiB` : ''}`,
+      `  tensor buffers at the step's peak: ${r.peak_step_buffer_bytes === null ? 'n/a' : `${(r.peak_step_buffer_bytes / 2 ** 20).toFixed(1)} MiB above the ${((r.buffer_bytes_before ?? 0) / 2 ** 20).toFixed(1)} MiB held before the step (weights ${(r.weight_bytes / 2 ** 20).toFixed(1)} MiB)`}; tfjs byte counter (counts shared clones again) ${r.peak_step_bytes === null ? 'n/a' : `${(r.peak_step_bytes / 2 ** 20).toFixed(1)} MiB`}`,
+      ...(r.kernels ?? []).map(
+        (k) =>
+          `    ${k.name.padEnd(24)} ${String(k.calls).padStart(6)} calls ${k.ms.toFixed(1).padStart(9)} ms ${(k.share * 100).toFixed(1).padStart(5)}%`,
+      ),
+    ].join('\n'),
   );
 }

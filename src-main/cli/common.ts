@@ -19,15 +19,11 @@ import { type Command, CommanderError, InvalidArgumentError, Option } from 'comm
 import cliProgress from 'cli-progress';
 import { statSync } from 'node:fs';
 import { basename } from 'node:path';
-import { ENGINES, type EngineChoice, PROVIDERS, type ProviderChoice } from '../api/schemas.ts';
+import { ENGINES, type EngineChoice, PROVIDERS, type ProviderChoice, TENSOR_BACKENDS } from '../api/schemas.ts';
 import type { BackendInfo, BackendName } from '../engine/backend/tf.ts';
 
-/**
- * `--backend` choices: engine/backend/tf.ts's BACKEND_NAMES and 'auto' (test/cli/startup.test.ts
- * checks they agree). Written out so that a command line can be checked without loading
- * TensorFlow.js: engine modules load only once a command runs.
- */
-export const BACKEND_CHOICES = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
+/** `--backend` choices: 'auto' and the API's TENSOR_BACKENDS (checked without loading TensorFlow.js). */
+export const BACKEND_CHOICES = ['auto', ...TENSOR_BACKENDS] as const;
 
 export interface GlobalOptions {
   json?: boolean;
@@ -48,10 +44,6 @@ export function withCommon(cmd: Command, opts: { backend?: boolean } = {}): Comm
   );
 }
 
-/** `--engine` and `--provider` choices: the API's lists (api/schemas.ts, pure zod: loads no engine). */
-export const ENGINE_CHOICES = ENGINES;
-export const PROVIDER_CHOICES = PROVIDERS;
-
 export interface InferenceCliOptions {
   engine?: EngineChoice;
   provider?: ProviderChoice;
@@ -64,13 +56,13 @@ export function withInference(cmd: Command): Command {
       new Option(
         '--engine <name>',
         'inference engine: onnx (ONNX Runtime) or tfjs (TensorFlow.js, the training engine)',
-      ).choices([...ENGINE_CHOICES]),
+      ).choices([...ENGINES]),
     )
     .addOption(
       new Option(
         '--provider <name>',
         'ONNX Runtime execution provider (default auto: a GPU provider that starts, else the CPU; `singlora doctor` lists which start and which can train)',
-      ).choices([...PROVIDER_CHOICES]),
+      ).choices([...PROVIDERS]),
     );
 }
 

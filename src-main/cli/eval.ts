@@ -16,7 +16,16 @@ import { getPngText } from '../engine/image/pngText.ts';
 import { defaultModelsDir } from '../engine/paths.ts';
 import { evalJobs, IMAGES_PER_PROMPT } from '../engine/eval/prompts.ts';
 import { readRunManifest, RUN_MANIFEST } from '../engine/train/runFiles.ts';
-import { type Evaluation, IMAGE_EXTENSIONS, isImageExtension, type ScoreRow } from '../api/schemas.ts';
+import {
+  DEFAULT_SUBJECT_TYPE,
+  type Evaluation,
+  IMAGE_EXTENSIONS,
+  isImageExtension,
+  LIMITS,
+  type RunManifest,
+  type ScoreRow,
+  SUBJECT_TYPES,
+} from '../api/schemas.ts';
 import {
   action,
   emitJsonLine,
@@ -48,7 +57,7 @@ interface EvalOptions extends GlobalOptions, InferenceCliOptions {
   prompts?: string;
   imagesPerPrompt?: number;
   steps?: number;
-  subject?: 'object' | 'live';
+  subject?: (typeof SUBJECT_TYPES)[number];
   configDir?: string;
 }
 
@@ -193,6 +202,32 @@ function reportEstimate(opts: EvalOptions, e: EvalEstimate): void {
     process.stderr.write('  for a quicker look: --checkpoints latest --images-per-prompt 1 --steps 15\n');
 }
 
+/** How many prompts `eval --run` scores: the file's, the toy probes, or the fixed set's for the subject type. */
+async function evalPromptCount(
+  opts: EvalOptions,
+  manifest: RunManifest,
+  prompts: string[] | undefined,
+  toyEval: typeof import('../engine/eval/toyEvaluate.ts') | null,
+): Promise<number> {
+  return (
+    prompts?.length ??
+    (toyEval
+      ? toyEval.toyProbes(
+          manifest.settings.triggerToken,
+          manifest.settings.classWord,
+          await toyEval.readToyPhotos(
+            opts.photos ? listImageFiles(opts.photos) : manifest.images.used.filter((f) => !f.includes('#')),
+          ),
+        ).length
+      : undefined) ??
+    new Set(
+      evalJobs(opts.subject ?? DEFAULT_SUBJECT_TYPE, manifest.settings.triggerToken, manifest.settings.classWord).map(
+        (j) => j.prompt,
+      ),
+    ).size
+  );
+}
+
 /** `singlora eval --run <dir>`: scores the base model and every checkpoint (or the latest) on the fixed prompt set. */
 async function evalRun(opts: EvalOptions): Promise<void> {
   const runDir = opts.run!;
@@ -216,22 +251,7 @@ async function evalRun(opts: EvalOptions): Promise<void> {
 
   // The plan, before anything loads: how many images, and roughly how long.
   const checkpoints = opts.checkpoints === 'latest' ? 1 : manifest.checkpoints.length;
-  const promptCount =
-    prompts?.length ??
-    (toyEval
-      ? toyEval.toyProbes(
-          manifest.settings.triggerToken,
-          manifest.settings.classWord,
-          await toyEval.readToyPhotos(
-            opts.photos ? listImageFiles(opts.photos) : manifest.images.used.filter((f) => !f.includes('#')),
-          ),
-        ).length
-      : undefined) ??
-    new Set(
-      evalJobs(opts.subject ?? 'live', manifest.settings.triggerToken, manifest.settings.classWord).map(
-        (j) => j.prompt,
-      ),
-    ).size;
+  const promptCount = await evalPromptCount(opts, manifest, prompts, toyEval);
   const perPrompt = opts.imagesPerPrompt ?? IMAGES_PER_PROMPT;
   const steps = opts.steps ?? toyEval?.TOY_SAMPLING.steps ?? EVAL_STEPS;
   const images = (1 + checkpoints) * promptCount * perPrompt;
@@ -261,7 +281,7 @@ async function evalRun(opts: EvalOptions): Promise<void> {
       prompts,
       imagesPerPrompt: opts.imagesPerPrompt,
       steps,
-      subjectType: opts.subject === 'object' ? 'object' : 'live',
+      subjectType: opts.subject ?? DEFAULT_SUBJECT_TYPE,
       dinoModel: opts.dinoModel,
       scorer: scorer.kind,
       modelsDir: opts.modelsDir,
@@ -339,11 +359,15 @@ export function register(program: Command): void {
       'default',
     )
     .option('--images-per-prompt <n>', `with --run: images per prompt (default ${IMAGES_PER_PROMPT})`, parse.int(1, 16))
-    .option('--steps <n>', `with --run: sampling steps per image (default ${EVAL_STEPS})`, parse.int(1, 200))
+    .option(
+      '--steps <n>',
+      `with --run: sampling steps per image (default ${EVAL_STEPS})`,
+      parse.int(1, LIMITS.generation.steps),
+    )
     .addOption(
       new Option('--subject <type>', 'with --run: the subject type (chooses the prompt set)')
-        .choices(['object', 'live'])
-        .default('live'),
+        .choices([...SUBJECT_TYPES])
+        .default(DEFAULT_SUBJECT_TYPE),
     )
     .option(
       '--config-dir <dir>',

@@ -59,67 +59,79 @@ export function register(program: Command): void {
     .option('--models-dir <dir>', MODELS_DIR_HELP)
     .option('--url <url>', 'download from this URL instead (single-file models only)')
     .option('--force', 'download again even when the file is present')
-    .action(
-      action(async (name: string, opts: ModelsOptions) => {
-        const spec = modelSpec(name);
-        if (opts.url && spec.files.length !== 1)
-          throw new UsageError(`--url works for single-file models only; '${spec.id}' has ${spec.files.length} files`);
-        if (opts.url && !/^https?:\/\/./.test(opts.url))
-          throw new UsageError(`--url: expected an http(s) URL, got '${opts.url}'`);
-        const modelsDir = opts.modelsDir ?? defaultModelsDir();
-        requireNotFile(modelsDir, '--models-dir');
-        const folder = modelFilePath(modelsDir, spec.id, spec.files[0].file);
-        const folderExisted = existsSync(dirname(folder));
-        const files: (DownloadResult | { path: string; skipped: string })[] = [];
-        for (const f of spec.files) {
-          const path = modelFilePath(modelsDir, spec.id, f.file);
-          if (existsSync(path) && !opts.force) {
-            files.push({ path, skipped: 'already present (use --force to download again)' });
-            emitJsonLine(opts, { event: 'skipped', model: spec.id, file: f.file, path });
-            continue;
-          }
-          const url = opts.url ?? f.url;
-          emitJsonLine(opts, { event: 'start', model: spec.id, file: f.file, url, path });
-          let bar: ReturnType<typeof progressBar> | null = null;
-          let lastLine = 0;
-          try {
-            const r = await download(url, path, {
-              sha256: opts.url ? null : f.sha256,
-              onProgress: (p) => {
-                const mib = (n: number) => Math.round((n / 2 ** 20) * 10) / 10;
-                bar ??= progressBar(opts, `${spec.id}/${f.file} MiB`, p.total !== null ? mib(p.total) : 0);
-                bar.update(mib(p.bytes), {
-                  speed: `${formatBytes(p.bytesPerSecond)}/s`,
-                  ...(p.etaSeconds !== null ? { eta: `${Math.round(p.etaSeconds)}s` } : {}),
-                });
-                const now = Date.now();
-                if (now - lastLine >= 500 || (p.total !== null && p.bytes === p.total)) {
-                  lastLine = now;
-                  emitJsonLine(opts, { event: 'progress', model: spec.id, file: f.file, ...p });
-                }
-              },
-            });
-            files.push(r);
-          } catch (err) {
-            // A failed first download leaves no empty model folder behind.
-            if (!folderExisted && existsSync(dirname(folder)) && !readdirSync(dirname(folder)).length)
-              rmdirSync(dirname(folder));
-            throw err;
-          } finally {
-            (bar as ReturnType<typeof progressBar> | null)?.stop();
-          }
+    .action(action(downloadModel));
+}
+
+/** Downloads a model's files (resumable; a present file is kept unless --force). */
+async function downloadModel(name: string, opts: ModelsOptions): Promise<void> {
+  const spec = modelSpec(name);
+  if (opts.url && spec.files.length !== 1)
+    throw new UsageError(`--url works for single-file models only; '${spec.id}' has ${spec.files.length} files`);
+  if (opts.url && !/^https?:\/\/./.test(opts.url))
+    throw new UsageError(`--url: expected an http(s) URL, got '${opts.url}'`);
+  const modelsDir = opts.modelsDir ?? defaultModelsDir();
+  requireNotFile(modelsDir, '--models-dir');
+  const folder = modelFilePath(modelsDir, spec.id, spec.files[0].file);
+  const folderExisted = existsSync(dirname(folder));
+  const files: (DownloadResult | { path: string; skipped: string })[] = [];
+  for (const f of spec.files) {
+    const path = modelFilePath(modelsDir, spec.id, f.file);
+    if (existsSync(path) && !opts.force) {
+      files.push({ path, skipped: 'already present (use --force to download again)' });
+      emitJsonLine(opts, { event: 'skipped', model: spec.id, file: f.file, path });
+      continue;
+    }
+    try {
+      files.push(await downloadFile(opts, spec.id, f, path));
+    } catch (err) {
+      // A failed first download leaves no empty model folder behind.
+      if (!folderExisted && existsSync(dirname(folder)) && !readdirSync(dirname(folder)).length)
+        rmdirSync(dirname(folder));
+      throw err;
+    }
+  }
+  printResult(opts, { event: 'done', model: spec.id, modelsDir, files }, () =>
+    files
+      .map((f) =>
+        'skipped' in f
+          ? `${f.path}: ${f.skipped}`
+          : `${f.path}: ${formatBytes(f.bytes)}, sha256 ${f.sha256}${f.verified ? ' (verified)' : ' (not verified: no known checksum)'}${f.resumes ? `, resumed ${f.resumes}×` : ''}`,
+      )
+      .join('\n'),
+  );
+}
+
+/** Downloads one file of a model, with a progress bar (or JSON progress lines). */
+async function downloadFile(
+  opts: ModelsOptions,
+  model: string,
+  f: { file: string; url: string; sha256: string | null },
+  path: string,
+): Promise<DownloadResult> {
+  const url = opts.url ?? f.url;
+  emitJsonLine(opts, { event: 'start', model, file: f.file, url, path });
+  let bar: ReturnType<typeof progressBar> | null = null;
+  let lastLine = 0;
+  try {
+    return await download(url, path, {
+      sha256: opts.url ? null : f.sha256,
+      onProgress: (p) => {
+        const mib = (n: number) => Math.round((n / 2 ** 20) * 10) / 10;
+        bar ??= progressBar(opts, `${model}/${f.file} MiB`, p.total !== null ? mib(p.total) : 0);
+        bar.update(mib(p.bytes), {
+          speed: `${formatBytes(p.bytesPerSecond)}/s`,
+          ...(p.etaSeconds !== null ? { eta: `${Math.round(p.etaSeconds)}s` } : {}),
+        });
+        const now = Date.now();
+        if (now - lastLine >= 500 || (p.total !== null && p.bytes === p.total)) {
+          lastLine = now;
+          emitJsonLine(opts, { event: 'progress', model, file: f.file, ...p });
         }
-        printResult(opts, { event: 'done', model: spec.id, modelsDir, files }, () =>
-          files
-            .map((f) =>
-              'skipped' in f
-                ? `${f.path}: ${f.skipped}`
-                : `${f.path}: ${formatBytes(f.bytes)}, sha256 ${f.sha256}${f.verified ? ' (verified)' : ' (not verified: no known checksum)'}${f.resumes ? `, resumed ${f.resumes}×` : ''}`,
-            )
-            .join('\n'),
-        );
-      }),
-    );
+      },
+    });
+  } finally {
+    (bar as ReturnType<typeof progressBar> | null)?.stop();
+  }
 }
 
 function formatList(modelsDir: string, list: readonly ModelStatus[]): string {

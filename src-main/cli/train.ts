@@ -3,7 +3,7 @@
  * a terminal and one JSON object per event with --json. The run folder's run.json is what the
  * app reads too.
  */
-import { type Command, Option } from 'commander';
+import type { Command } from 'commander';
 import { existsSync, readdirSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -24,9 +24,7 @@ import {
   onCancel,
   reportError,
   requireUsablePhotos,
-  SEED_MAX,
   emitJsonLine,
-  parse,
   printResult,
   progressBar,
   requireExists,
@@ -40,295 +38,159 @@ import {
   withInference,
   type InferenceCliOptions,
 } from './common.ts';
+import { TRAIN_FLAGS } from './flags.ts';
+import { MODEL_DEFAULTS_HELP, schemaOptions } from './schemaOptions.ts';
 
 interface TrainCliOptions extends GlobalOptions, InferenceCliOptions {
   base?: string;
   configDir?: string;
   images?: string;
   out: string;
-  token?: string;
-  class?: string;
-  method?: 'singlora' | 'lora';
-  rank?: number;
-  alpha?: number;
-  ramp?: number;
-  initStd?: number;
-  lr?: number;
-  lrSchedule?: string;
-  warmup?: number;
-  steps?: number;
-  resolution?: number;
-  batch?: number;
-  gradAccum?: number;
-  maxGradNorm?: number;
-  noiseOffset?: number;
-  minSnrGamma?: number;
-  crop?: string;
-  flip?: boolean;
-  instancePrompt?: string;
-  priorPreservation?: boolean;
-  classImages?: string;
-  classPrompt?: string;
-  numClassImages?: number;
-  priorLossWeight?: number;
-  checkpointEvery?: number;
-  sampleEvery?: number;
-  samplePrompt?: string[];
-  seed?: number;
-  gradientCheckpointing?: boolean;
-  target?: string[];
   resume?: boolean;
+  /** The training settings, under the attribute names of TRAIN_OPTIONS. */
+  [setting: string]: unknown;
 }
 
-/** The command-line flag of each training setting, for messages. */
-const OPTION_OF: Record<string, string> = {
-  method: '--method',
-  steps: '--steps',
-  rank: '--rank',
-  alpha: '--alpha',
-  rampSteps: '--ramp',
-  initStd: '--init-std',
-  learningRate: '--lr',
-  lrSchedule: '--lr-schedule',
-  warmupSteps: '--warmup',
-  resolution: '--resolution',
-  batchSize: '--batch',
-  gradientAccumulation: '--grad-accum',
-  maxGradNorm: '--max-grad-norm',
-  noiseOffset: '--noise-offset',
-  minSnrGamma: '--min-snr-gamma',
-  triggerToken: '--token',
-  classWord: '--class',
-  instancePrompt: '--instance-prompt',
-  crop: '--crop',
-  flip: '--flip',
-  priorPreservation: '--prior-preservation',
-  classImagesDir: '--class-images',
-  classPrompt: '--class-prompt',
-  numClassImages: '--num-class-images',
-  priorLossWeight: '--prior-loss-weight',
-  checkpointEvery: '--checkpoint-every',
-  sampleEvery: '--sample-every',
-  samplePrompts: '--sample-prompt',
-  seed: '--seed',
-  gradientCheckpointing: '--gradient-checkpointing',
-  targets: '--target',
-};
+/** The training settings' options (exported for the test that holds them to the schema). */
+export const TRAIN_OPTIONS = schemaOptions(trainSettingsSchema, TRAIN_FLAGS);
 
+/** The training settings the command line gives (defaults included), checked against the schema. */
 export function settingsFromOptions(o: TrainCliOptions): TrainSettingsInput {
-  const s: Record<string, unknown> = {
-    method: o.method,
-    steps: o.steps,
-    rank: o.rank,
-    alpha: o.alpha,
-    rampSteps: o.ramp,
-    initStd: o.initStd,
-    learningRate: o.lr,
-    lrSchedule: o.lrSchedule,
-    warmupSteps: o.warmup,
-    resolution: o.resolution,
-    batchSize: o.batch,
-    gradientAccumulation: o.gradAccum,
-    maxGradNorm: o.maxGradNorm,
-    noiseOffset: o.noiseOffset,
-    minSnrGamma: o.minSnrGamma,
-    triggerToken: o.token,
-    classWord: o.class,
-    instancePrompt: o.instancePrompt,
-    crop: o.crop,
-    flip: o.flip,
-    priorPreservation: o.priorPreservation,
-    classImagesDir: o.classImages,
-    classPrompt: o.classPrompt,
-    numClassImages: o.numClassImages,
-    priorLossWeight: o.priorLossWeight,
-    checkpointEvery: o.checkpointEvery,
-    sampleEvery: o.sampleEvery,
-    samplePrompts: o.samplePrompt,
-    seed: o.seed,
-    gradientCheckpointing: o.gradientCheckpointing,
-    targets: o.target,
-  };
-  for (const k of Object.keys(s)) if (s[k] === undefined) delete s[k];
-  const r = trainSettingsSchema.safeParse(s);
-  if (!r.success)
-    throw new UsageError(
-      r.error.issues.map((i) => `${OPTION_OF[String(i.path[0])] ?? i.path.join('.')}: ${i.message}`).join('; '),
-    );
-  return s as TrainSettingsInput;
+  return TRAIN_OPTIONS.settingsOf(o) as TrainSettingsInput;
 }
 
 export function register(program: Command): void {
-  withInference(
-    withCommon(
-      program
-        .command('train')
-        .description(
-          'train a SingLoRA (or LoRA) adapter on photos of a subject (DreamBooth); --engine also chooses what trains (onnx: ONNX Runtime on --provider; tfjs: TensorFlow.js)',
-        )
-        .option(
-          '--base <model>',
-          'base model: a diffusers folder or a single-file .safetensors (with --resume: the one in run.json)',
-        )
-        .option(
-          '--config-dir <dir>',
-          'for a single-file checkpoint: a diffusers SD 1.5 folder to take configs, tokenizer and scheduler from',
-        )
-        .option(
-          '--images <dir>',
-          'folder of 3-20 subject photos (JPEG, PNG, WebP, AVIF, TIFF); with --resume: the ones in run.json',
-        )
-        .requiredOption(
-          '--out <run dir>',
-          'run folder: run.json, checkpoints/, samples/ (a new folder, or an existing run with --resume)',
-        )
-        .option('--token <word>', 'trigger token', 'sks')
-        .option('--class <word>', 'class word (e.g. dog, person)', 'person')
-        .addOption(new Option('--method <m>', 'adapter type').choices(['singlora', 'lora']).default('singlora'))
-        .option('--rank <r>', 'rank (1-256)', parse.int(1, 256), 8)
-        .option('--alpha <a>', 'alpha (scale alpha/r)', parse.number(0, 1024, { above: true }), 8)
-        .option('--ramp <T>', 'SingLoRA ramp length in steps, u(t) = min(t/T, 1)', parse.int(0), 100)
-        .option('--init-std <s>', "std of SingLoRA's initial A", parse.number(0, 1, { above: true }))
-        .option('--lr <lr>', 'learning rate', parse.number(0, 1, { above: true }), 1e-4)
-        .addOption(
-          new Option('--lr-schedule <s>', 'learning-rate schedule').choices([
-            'constant',
-            'constant_with_warmup',
-            'cosine',
-          ]),
-        )
-        .option('--warmup <steps>', 'warm-up steps', parse.int(0))
-        .option(
-          '--steps <n>',
-          'optimizer steps (with --resume: the new total, to extend a run)',
-          parse.int(1, 100_000),
-          800,
-        )
-        .option(
-          '--resolution <px>',
-          'training resolution, multiple of 64 (default: the model native size)',
-          parse.int(64, 2048),
-        )
-        .option('--batch <n>', 'batch size', parse.int(1, 64), 1)
-        .option('--grad-accum <n>', 'gradient accumulation steps', parse.int(1, 128))
-        .option('--max-grad-norm <n>', 'gradient clipping (0: off)', parse.number(0))
-        .option('--noise-offset <x>', 'noise offset', parse.number(0, 1))
-        .option('--min-snr-gamma <g>', 'min-SNR-gamma loss weighting', parse.number(0, Infinity, { above: true }))
-        .addOption(
-          new Option('--crop <mode>', 'how photos are cropped to a square').choices(['center', 'attention', 'none']),
-        )
-        .option('--flip', 'add horizontally flipped copies')
-        .option('--instance-prompt <text>', 'caption (default "a photo of <token> <class>")')
-        .option('--prior-preservation', 'add the prior-preservation loss on generated class images')
-        .option('--class-images <dir>', 'folder of class images (generated there if too few)')
-        .option('--class-prompt <text>', 'class prompt (default "a photo of <class>")')
-        .option('--num-class-images <n>', 'class images to use', parse.int(1, 10_000), 100)
-        .option('--prior-loss-weight <w>', 'lambda of the prior loss', parse.number(0))
-        .option('--checkpoint-every <n>', 'steps between checkpoints', parse.int(1), 100)
-        .option('--sample-every <n>', 'steps between preview images (0: none)', parse.int(0), 100)
-        .option('--sample-prompt <text>', 'preview prompt (repeatable)', parse.collect)
-        .option('--seed <n>', `seed, an integer from 0 to ${SEED_MAX} (2^53 - 1)`, parse.seed(0), 42)
-        .option('--gradient-checkpointing', 'recompute each UNet block in the backward pass (less memory)')
-        .option(
-          '--target <pattern>',
-          'adapter target pattern (repeatable; default: attn1/attn2 to_q/to_k/to_v/to_out.0)',
-          parse.collect,
-        )
-        .option(
-          '--resume',
-          'continue the run in --out from its last checkpoint (base, photos and settings come from its run.json; --steps N extends it)',
-        ),
-    ),
-  ).action(
-    action(async (o: TrainCliOptions, cmd: Command) => {
-      const plan = await planTrain(o, cmd);
-      const settings = plan.settings;
-      const { train } = await import('../engine/train/trainer.ts');
-      const backend = await startBackend(o);
-      emitJsonLine(o, { event: 'backend', name: backend.name, device: backend.device ?? null });
-      if (!o.json)
-        process.stderr.write(
-          `backend: ${backend.name}${backend.name === 'wasm' || backend.name === 'cpu' ? ' (no GPU backend: training will be slow; see `singlora doctor`)' : ''}\n`,
-        );
-      const state: { bar: ReturnType<typeof progressBar> | null } = { bar: null };
-      const controller = new AbortController();
-      // Ctrl-C, SIGTERM, or a closed stdout (`--json | head -1`): stop after the step and keep a
-      // checkpoint, so the run folder is a resumable run, never an empty one.
-      const cancel: { by: CancelReason | null } = { by: null };
-      const offCancel = onCancel((reason) => {
-        cancel.by = reason;
-        if (!o.json) process.stderr.write('\nstopping after the current step (a checkpoint is kept)...\n');
-        controller.abort('cancel');
-      });
-      let result: Awaited<ReturnType<typeof train>>;
-      try {
-        result = await train(
-          {
-            base: plan.base,
-            baseOptions: { ...(o.configDir ? { configDir: o.configDir } : {}), ...inferenceOptions(o) },
-            photos: plan.photos,
-            runDir: o.out,
-            settings,
-            resume: o.resume,
-            resumeSteps: plan.resumeSteps,
-            // --engine chooses the training engine as well as the inference one (default: DEFAULT_TRAIN_ENGINE).
-            ...(o.engine ? { engine: o.engine } : {}),
-            ...(o.provider ? { provider: o.provider } : {}),
-          },
-          {
-            signal: controller.signal,
-            onEvent: (e: TrainEvent) => {
-              emitJsonLine(o, e as Record<string, unknown>);
-              if (o.json) return;
-              if (e.event === 'step') {
-                state.bar ??= progressBar(o, 'step', e.steps);
-                state.bar.update(e.step, { loss: e.smoothed.toFixed(4), u: e.u.toFixed(2) }, e.its);
-              } else if (e.event === 'warning') process.stderr.write(`warning: ${e.message}\n`);
-              else if (e.event === 'prepare') process.stderr.write(`${e.stage}${e.detail ? `: ${e.detail}` : ''}\n`);
-            },
-          },
-        );
-      } catch (err) {
-        state.bar?.stop();
-        await removeIfCreated(plan);
-        if (!cancel.by) throw err;
-        if (cancel.by !== 'EPIPE') reportError(err);
-        process.exitCode = CANCELLED_EXIT_CODE[cancel.by];
-        return;
-      } finally {
-        offCancel();
-        state.bar?.stop();
-      }
-      const m = result.manifest;
-      if (m.status === 'failed') throw new Error(m.error ?? 'training failed');
-      const last = m.checkpoints[m.checkpoints.length - 1];
-      const its = m.timing.msPerStep ? 1000 / m.timing.msPerStep : null;
-      printResult(
-        o,
-        {
-          event: 'result',
-          status: m.status,
-          step: m.step,
-          runDir: o.out,
-          adapter: last ? join(o.out, last.adapter) : null,
-          fixedLoss: result.fixedLoss,
-          msPerStep: m.timing.msPerStep,
-        },
-        () =>
-          [
-            `${m.status}: ${m.step}/${m.settings.steps} steps in ${o.out}`,
-            last ? `adapter: ${join(o.out, last.adapter)}` : 'no checkpoint yet',
-            result.fixedLoss
-              ? `fixed-noise loss: ${result.fixedLoss.start.toFixed(4)} -> ${result.fixedLoss.end.toFixed(4)}`
-              : '',
-            its ? `average speed: ${its.toFixed(2)} steps/s over this session (previews and checkpoints included)` : '',
-          ]
-            .filter(Boolean)
-            .join('\n'),
-      );
-      // Cancelled: the result above says where the run stopped; the status says it was cancelled.
-      if (cancel.by) process.exitCode = CANCELLED_EXIT_CODE[cancel.by];
-    }),
+  const cmd = program
+    .command('train')
+    .description(
+      'train a SingLoRA (or LoRA) adapter on photos of a subject (DreamBooth); --engine also chooses what trains (onnx: ONNX Runtime on --provider; tfjs: TensorFlow.js)',
+    )
+    .option(
+      '--base <model>',
+      'base model: a diffusers folder or a single-file .safetensors (with --resume: the one in run.json)',
+    )
+    .option(
+      '--config-dir <dir>',
+      'for a single-file checkpoint: a diffusers SD 1.5 folder to take configs, tokenizer and scheduler from',
+    )
+    .option(
+      '--images <dir>',
+      'folder of 3-20 subject photos (JPEG, PNG, WebP, AVIF, TIFF); with --resume: the ones in run.json',
+    )
+    .requiredOption(
+      '--out <run dir>',
+      'run folder: run.json, checkpoints/, samples/ (a new folder, or an existing run with --resume)',
+    );
+  TRAIN_OPTIONS.addTo(cmd)
+    .option(
+      '--resume',
+      'continue the run in --out from its last checkpoint (base, photos and settings come from its run.json; --steps N extends it)',
+    )
+    .addHelpText('after', MODEL_DEFAULTS_HELP);
+  withInference(withCommon(cmd)).action(action(runTrainCommand));
+}
+
+async function runTrainCommand(o: TrainCliOptions, cmd: Command): Promise<void> {
+  const plan = await planTrain(o, cmd);
+  const backend = await startBackend(o);
+  emitJsonLine(o, { event: 'backend', name: backend.name, device: backend.device ?? null });
+  if (!o.json)
+    process.stderr.write(
+      `backend: ${backend.name}${backend.name === 'wasm' || backend.name === 'cpu' ? ' (no GPU backend: training will be slow; see `singlora doctor`)' : ''}\n`,
+    );
+  const { result, cancelledBy } = await trainWithProgress(o, plan);
+  if (!result) return;
+  printTrainResult(o, result);
+  // Cancelled: the result above says where the run stopped; the status says it was cancelled.
+  if (cancelledBy) process.exitCode = CANCELLED_EXIT_CODE[cancelledBy];
+}
+
+type TrainResult = Awaited<ReturnType<typeof import('../engine/train/trainer.ts').train>>;
+
+/**
+ * Trains with a progress bar (or JSON lines). Ctrl-C, SIGTERM, or a closed stdout (`--json | head -1`):
+ * stop after the step and keep a checkpoint, so the run folder is a resumable run, never an empty one.
+ * `result` is null when training was cancelled before it returned (the exit status is then set).
+ */
+async function trainWithProgress(
+  o: TrainCliOptions,
+  plan: TrainPlan,
+): Promise<{ result: TrainResult | null; cancelledBy: CancelReason | null }> {
+  const { train } = await import('../engine/train/trainer.ts');
+  let bar: ReturnType<typeof progressBar> | null = null;
+  const controller = new AbortController();
+  let cancelledBy: CancelReason | null = null;
+  const offCancel = onCancel((reason) => {
+    cancelledBy = reason;
+    if (!o.json) process.stderr.write('\nstopping after the current step (a checkpoint is kept)...\n');
+    controller.abort('cancel');
+  });
+  const onEvent = (e: TrainEvent) => {
+    emitJsonLine(o, e as Record<string, unknown>);
+    if (o.json) return;
+    if (e.event === 'step') {
+      bar ??= progressBar(o, 'step', e.steps);
+      bar.update(e.step, { loss: e.smoothed.toFixed(4), u: e.u.toFixed(2) }, e.its);
+    } else if (e.event === 'warning') process.stderr.write(`warning: ${e.message}\n`);
+    else if (e.event === 'prepare') process.stderr.write(`${e.stage}${e.detail ? `: ${e.detail}` : ''}\n`);
+  };
+  try {
+    const result = await train(
+      {
+        base: plan.base,
+        baseOptions: { ...(o.configDir ? { configDir: o.configDir } : {}), ...inferenceOptions(o) },
+        photos: plan.photos,
+        runDir: o.out,
+        settings: plan.settings,
+        resume: o.resume,
+        resumeSteps: plan.resumeSteps,
+        // --engine chooses the training engine as well as the inference one (default: DEFAULT_TRAIN_ENGINE).
+        ...(o.engine ? { engine: o.engine } : {}),
+        ...(o.provider ? { provider: o.provider } : {}),
+      },
+      { signal: controller.signal, onEvent },
+    );
+    return { result, cancelledBy };
+  } catch (err) {
+    (bar as ReturnType<typeof progressBar> | null)?.stop();
+    await removeIfCreated(plan);
+    if (!cancelledBy) throw err;
+    if (cancelledBy !== 'EPIPE') reportError(err);
+    process.exitCode = CANCELLED_EXIT_CODE[cancelledBy as CancelReason];
+    return { result: null, cancelledBy };
+  } finally {
+    offCancel();
+    (bar as ReturnType<typeof progressBar> | null)?.stop();
+  }
+}
+
+function printTrainResult(o: TrainCliOptions, result: TrainResult): void {
+  const m = result.manifest;
+  if (m.status === 'failed') throw new Error(m.error ?? 'training failed');
+  const last = m.checkpoints[m.checkpoints.length - 1];
+  const its = m.timing.msPerStep ? 1000 / m.timing.msPerStep : null;
+  printResult(
+    o,
+    {
+      event: 'result',
+      status: m.status,
+      step: m.step,
+      runDir: o.out,
+      adapter: last ? join(o.out, last.adapter) : null,
+      fixedLoss: result.fixedLoss,
+      msPerStep: m.timing.msPerStep,
+    },
+    () =>
+      [
+        `${m.status}: ${m.step}/${m.settings.steps} steps in ${o.out}`,
+        last ? `adapter: ${join(o.out, last.adapter)}` : 'no checkpoint yet',
+        result.fixedLoss
+          ? `fixed-noise loss: ${result.fixedLoss.start.toFixed(4)} -> ${result.fixedLoss.end.toFixed(4)}`
+          : '',
+        its ? `average speed: ${its.toFixed(2)} steps/s over this session (previews and checkpoints included)` : '',
+      ]
+        .filter(Boolean)
+        .join('\n'),
   );
 }
 
@@ -368,7 +230,7 @@ export async function planTrain(o: TrainCliOptions, cmd: Command): Promise<Train
     let photos: string | readonly string[];
     if (o.images) {
       requireFolder(o.images, '--images');
-      await requireUsablePhotos(o.images, '--images', o.resolution);
+      await requireUsablePhotos(o.images, '--images', settings.resolution ?? undefined);
       photos = o.images;
     } else {
       photos = manifest.images.used;
@@ -379,8 +241,8 @@ export async function planTrain(o: TrainCliOptions, cmd: Command): Promise<Train
           `--resume: ${missing.length} of the run's photos are gone (${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', ...' : ''}); pass --images <dir>`,
         );
     }
-    const stepsGiven = cmd.getOptionValueSource('steps') === 'cli';
-    if (stepsGiven && o.steps! <= manifest.step)
+    const stepsGiven = TRAIN_OPTIONS.given(cmd, 'steps');
+    if (stepsGiven && settings.steps! <= manifest.step)
       throw new UsageError(
         `--steps: the run already has ${manifest.step} steps; to extend it, ask for more (e.g. --steps ${manifest.step + 100})`,
       );
@@ -388,7 +250,7 @@ export async function planTrain(o: TrainCliOptions, cmd: Command): Promise<Train
       throw new UsageError(
         `--resume: the run in ${o.out} already completed ${manifest.step} steps; add --steps N (N > ${manifest.step}) to train it further`,
       );
-    return { base, photos, settings, resumeSteps: stepsGiven ? o.steps : undefined, createdOut: false, out };
+    return { base, photos, settings, resumeSteps: stepsGiven ? settings.steps : undefined, createdOut: false, out };
   }
   if (!o.base)
     throw new UsageError("required option '--base <model>' not specified (or --resume to continue the run in --out)");
@@ -401,7 +263,7 @@ export async function planTrain(o: TrainCliOptions, cmd: Command): Promise<Train
   } catch (err) {
     throw new UsageError(`--images: ${(err as Error).message}`);
   }
-  await requireUsablePhotos(o.images, '--images', o.resolution);
+  await requireUsablePhotos(o.images, '--images', settings.resolution ?? undefined);
   const exists = existsSync(out);
   if (exists && readdirSync(out).length) {
     throw new UsageError(
@@ -430,16 +292,11 @@ function startFromModelDefaults(o: TrainCliOptions, cmd: Command, settings: Trai
   } catch (err) {
     throw new UsageError(`--base: ${(err as Error).message}`);
   }
-  const given = (field: string) => {
-    const flag = OPTION_OF[field];
-    if (!flag) return false;
-    const attr = flag.slice(2).replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
-    return cmd.getOptionValueSource(attr) === 'cli';
-  };
+  const given = (field: string) => TRAIN_OPTIONS.given(cmd, field);
   const r = withModelDefaults(settings as Record<string, unknown>, defaults?.training, given);
   if (r.fromModel.length && !o.json)
     process.stderr.write(
-      `settings from ${modelDefaultsPath(o.base!)}: ${r.fromModel.map((k) => `${OPTION_OF[k] ?? k} ${JSON.stringify(r.settings[k])}`).join(', ')} (flags win)\n`,
+      `settings from ${modelDefaultsPath(o.base!)}: ${r.fromModel.map((k) => `${TRAIN_OPTIONS.flagOf(k)} ${JSON.stringify(r.settings[k])}`).join(', ')} (flags win)\n`,
     );
   return r.settings as TrainSettingsInput;
 }

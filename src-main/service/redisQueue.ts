@@ -101,6 +101,18 @@ export function connectRedis(url: string, o: { blocking: boolean; log?: (line: s
   return client;
 }
 
+/** Runs a Redis read or write; Redis out of reach becomes one sentence (ioredis keeps reconnecting). */
+async function reach<T>(f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (err) {
+    const m = readableError(err);
+    if (/max retries|ECONNREFUSED|Connection is closed|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND/i.test(m))
+      throw new Error(`the Redis queue is out of reach (${m}); queued jobs wait in Redis, try again when it is back`);
+    throw err;
+  }
+}
+
 /** What BullMQ holds for one job. */
 interface StoredJob {
   job: JobData;
@@ -293,16 +305,8 @@ export class RedisJobQueue implements JobQueue {
     return out;
   }
 
-  /** Runs a Redis read or write; Redis out of reach becomes one sentence (ioredis keeps reconnecting). */
-  async #reach<T>(f: () => Promise<T>): Promise<T> {
-    try {
-      return await f();
-    } catch (err) {
-      const m = readableError(err);
-      if (/max retries|ECONNREFUSED|Connection is closed|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND/i.test(m))
-        throw new Error(`the Redis queue is out of reach (${m}); queued jobs wait in Redis, try again when it is back`);
-      throw err;
-    }
+  #reach<T>(f: () => Promise<T>): Promise<T> {
+    return reach(f);
   }
 
   /**
@@ -488,7 +492,7 @@ export class RedisLock {
   async with<T>(fn: () => Promise<T>, waitMs = 120_000): Promise<T> {
     const token = randomBytes(12).toString('hex');
     const start = Date.now();
-    while ((await this.client.set(this.key, token, 'PX', this.ttlMs, 'NX')) !== 'OK') {
+    while ((await reach(() => this.client.set(this.key, token, 'PX', this.ttlMs, 'NX'))) !== 'OK') {
       if (Date.now() - start > waitMs)
         throw new Error(`${this.key} is held by another server (waited ${Math.round(waitMs / 1000)} s)`);
       await new Promise((r) => setTimeout(r, 25 + Math.random() * 50));

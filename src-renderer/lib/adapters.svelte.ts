@@ -5,7 +5,7 @@
 import type { AdapterInfo, ApiClient, Project } from '../../src-main/api/contract.ts';
 import type { RunStatus } from '../../src-main/api/schemas.ts';
 import type { Notifier } from './notifier.svelte.ts';
-import type { RunFollower } from './runFollower.ts';
+import { RunFollower } from './runFollower.ts';
 import type { RunSummary } from './training.svelte.ts';
 
 /** A run's checkpoint: `step` names one (an image's settings reused), else the chosen or latest. */
@@ -100,6 +100,35 @@ export function suggestedAdapter(
   const known = current.kind !== 'none' && options.some((o) => o.key === choiceKey(current));
   if (known) return null;
   return (options.find((o) => o.group === 'Training runs') ?? options[0])?.choice ?? null;
+}
+
+/**
+ * The adapter a form (Generate, Export) uses: the user's choice once made; until then the
+ * suggestion of `suggestedAdapter`, which follows a run that completes while the app is open.
+ */
+export class AdapterSelection {
+  choice = $state<AdapterChoice>({ kind: 'none' });
+  #chosenByUser = false;
+  readonly #runs = new RunFollower();
+
+  /** Another project: nothing chosen, no run followed. */
+  reset(): void {
+    this.choice = { kind: 'none' };
+    this.#chosenByUser = false;
+    this.#runs.reset();
+  }
+
+  /** Takes the suggestion among `options`, unless the user has chosen. */
+  suggest(options: AdapterOption[]): void {
+    const next = suggestedAdapter(options, this.choice, this.#chosenByUser, this.#runs);
+    if (next && choiceKey(next) !== choiceKey(this.choice)) this.choice = next;
+  }
+
+  /** The user's choice (or one made for them, such as a reused image's adapter): kept from now on. */
+  choose(choice: AdapterChoice): void {
+    this.#chosenByUser = true;
+    this.choice = choice;
+  }
 }
 
 export class AdaptersService {

@@ -1,5 +1,6 @@
 /** What to tell the user about a failure: the message, and a fix where we know one. */
 import { ApiError } from '../../src-main/api/contract.ts';
+import { computeSettingsSchema } from '../../src-main/api/schemas.ts';
 
 export function messageOf(err: unknown): string {
   if (err instanceof Error) return err.message;
@@ -54,7 +55,7 @@ export function backendAdvice(
   compute: { engine: string; provider: string } | null = null,
 ): BackendAdvice | null {
   if (!doctor) return null;
-  const { engine, provider } = compute ?? { engine: 'onnx', provider: 'auto' };
+  const { engine, provider } = compute ?? computeSettingsSchema.parse({});
   if (engine === 'onnx' && doctor.providers) return providerAdvice(doctor.providers, provider);
   return tfjsAdvice(doctor);
 }

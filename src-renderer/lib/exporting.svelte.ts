@@ -4,8 +4,7 @@
  * `result.path` (relative to the project, `adapters/...`).
  */
 import { api, type exportFormats, type ApiClient, type Job, type Project } from '../../src-main/api/contract.ts';
-import { adapterRef, choiceKey, suggestedAdapter, type AdapterChoice, type AdapterOption } from './adapters.svelte.ts';
-import { RunFollower } from './runFollower.ts';
+import { AdapterSelection, adapterRef, choiceKey, type AdapterChoice } from './adapters.svelte.ts';
 import { check, fieldErrorsFromApi, recheck, type FieldErrors } from './forms.ts';
 import type { Files } from './files.ts';
 import type { JobsService } from './jobs.svelte.ts';
@@ -47,9 +46,8 @@ export function exportResultPath(job: Job, requested: string | null): string {
 
 export class ExportService {
   projectId = $state<string | null>(null);
-  adapter = $state<AdapterChoice>({ kind: 'none' });
-  #adapterChosen = false;
-  readonly #runs = new RunFollower();
+  /** The adapter: the user's choice, else the suggestion (the newest run's checkpoint, a run that just completed). */
+  readonly adapter = new AdapterSelection();
   /** The form's values when the errors shown were found. */
   #shownWith: Record<string, unknown> = {};
   format = $state<ExportFormat>('kohya');
@@ -84,22 +82,13 @@ export class ExportService {
 
   setProject(p: Project | null): void {
     this.projectId = p?.id ?? null;
-    this.adapter = { kind: 'none' };
-    this.#adapterChosen = false;
-    this.#runs.reset();
+    this.adapter.reset();
     this.errors = {};
     this.#reset();
   }
 
-  /** Until the user chooses, the newest run's checkpoint (else the first file), and a run that has just completed. */
-  suggestAdapter(options: AdapterOption[]): void {
-    const next = suggestedAdapter(options, this.adapter, this.#adapterChosen, this.#runs);
-    if (next && choiceKey(next) !== choiceKey(this.adapter)) this.adapter = next;
-  }
-
   setAdapter(choice: AdapterChoice): void {
-    this.#adapterChosen = true;
-    this.adapter = choice;
+    this.adapter.choose(choice);
     this.#settingsChanged();
   }
 
@@ -124,11 +113,11 @@ export class ExportService {
   }
 
   #values(): Record<string, unknown> {
-    return { adapter: choiceKey(this.adapter), format: this.format, outPath: this.outPath };
+    return { adapter: choiceKey(this.adapter.choice), format: this.format, outPath: this.outPath };
   }
 
   #params(projectId: string) {
-    const ref = adapterRef(this.adapter);
+    const ref = adapterRef(this.adapter.choice);
     const outPath = this.outPath.trim() || undefined;
     return { projectId, adapter: ref, format: this.format, ...(outPath ? { outPath } : {}) };
   }

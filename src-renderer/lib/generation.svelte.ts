@@ -5,15 +5,7 @@
  */
 import type { ApiClient, GeneratedImageInfo, Job, Project } from '../../src-main/api/contract.ts';
 import { generateSettingsSchema, type GenerateSettingsInput, type ModelDefaults } from '../../src-main/api/schemas.ts';
-import {
-  adapterRef,
-  choiceFromFile,
-  choiceKey,
-  suggestedAdapter,
-  type AdapterChoice,
-  type AdapterOption,
-} from './adapters.svelte.ts';
-import { RunFollower } from './runFollower.ts';
+import { AdapterSelection, adapterRef, choiceFromFile } from './adapters.svelte.ts';
 import type { EventHub } from './events.ts';
 import type { Files } from './files.ts';
 import { check, fieldErrorsFromApi, recheck, type FieldErrors } from './forms.ts';
@@ -41,9 +33,8 @@ export interface GalleryImage extends GeneratedImageInfo {
 export class GenerationService {
   projectId = $state<string | null>(null);
   draft = $state<GenerateDraft>(defaultDraft());
-  adapter = $state<AdapterChoice>({ kind: 'none' });
-  #adapterChosen = false;
-  readonly #runs = new RunFollower();
+  /** The adapter: the user's choice, else the suggestion (the newest run's checkpoint, a run that just completed). */
+  readonly adapter = new AdapterSelection();
   strength = $state(1);
   errors = $state<FieldErrors>({});
   images = $state<GalleryImage[]>([]);
@@ -116,25 +107,12 @@ export class GenerationService {
     this.projectId = p?.id ?? null;
     this.#modelDefaults = null;
     this.draft = defaultDraft(p?.subject);
-    this.adapter = { kind: 'none' };
-    this.#adapterChosen = false;
-    this.#runs.reset();
+    this.adapter.reset();
     this.errors = {};
     this.images = [];
     this.jobId = null;
     this.progress = null;
     if (p) void this.loadGallery();
-  }
-
-  /** Until the user chooses, the newest run's checkpoint (else the first file), and a run that has just completed. */
-  suggestAdapter(options: AdapterOption[]): void {
-    const next = suggestedAdapter(options, this.adapter, this.#adapterChosen, this.#runs);
-    if (next && choiceKey(next) !== choiceKey(this.adapter)) this.adapter = next;
-  }
-
-  setAdapter(choice: AdapterChoice): void {
-    this.#adapterChosen = true;
-    this.adapter = choice;
   }
 
   async loadGallery(): Promise<void> {
@@ -153,8 +131,7 @@ export class GenerationService {
   reuse(image: GeneratedImageInfo): void {
     this.draft = { ...this.draft, ...image.settings };
     const [first, ...more] = image.adapters;
-    this.#adapterChosen = true;
-    this.adapter = first ? choiceFromFile(first.file) : { kind: 'none' };
+    this.adapter.choose(first ? choiceFromFile(first.file) : { kind: 'none' });
     if (first) this.strength = first.strength;
     if (more.length)
       this.notify.info(
@@ -172,7 +149,7 @@ export class GenerationService {
     const errors = this.#localErrors();
     this.#showErrors(errors);
     if (!c.ok || Object.keys(errors).length) return false;
-    const ref = adapterRef(this.adapter);
+    const ref = adapterRef(this.adapter.choice);
     this.busy = true;
     try {
       const r = await this.api['generation.start']({

@@ -4,25 +4,15 @@
  */
 import type { ApiClient, Photo, Project } from '../../src-main/api/contract.ts';
 import type { Files } from './files.ts';
-import {
-  type CROP_MODES,
-  IMAGE_EXTENSIONS,
-  isImageExtension,
-  trainSettingsSchema,
-} from '../../src-main/api/schemas.ts';
+import { IMAGE_EXTENSIONS, isImageExtension, trainSettingsSchema } from '../../src-main/api/schemas.ts';
+import { CROP_CHOICES, type CropMode, newSubject } from './choices.ts';
 import { check, recheck, type FieldErrors } from './forms.ts';
 import type { Notifier } from './notifier.svelte.ts';
 import type { ProjectsService } from './projects.svelte.ts';
 
 const subjectRules = trainSettingsSchema.pick({ triggerToken: true, classWord: true });
 
-export type CropMode = (typeof CROP_MODES)[number];
-/** The crop choices as the Subject screen offers them. */
-export const CROP_CHOICES: ReadonlyArray<{ value: CropMode; label: string; hint: string }> = [
-  { value: 'center', label: 'Center', hint: 'the middle square of each photo' },
-  { value: 'attention', label: 'Attention', hint: 'the square around the most detailed part' },
-  { value: 'none', label: 'Whole photo', hint: 'no crop: fitted into the square, the rest padded' },
-];
+export { CROP_CHOICES, type CropMode };
 export const MIN_PHOTOS = 3;
 export const MAX_PHOTOS = 20;
 
@@ -105,7 +95,7 @@ export class SubjectService {
   /** `${photoId}:${mode}` -> data URL. */
   crops = $state<Record<string, string>>({});
   /** The subject form (trigger token, class word, type), saved with `saveSubject`. */
-  draft = $state<Project['subject']>({ triggerToken: 'sks', classWord: 'person', type: 'live' });
+  draft = $state<Project['subject']>(newSubject());
   subjectErrors = $state<FieldErrors>({});
   /** The draft when the errors shown were found. */
   #shownWith: Record<string, unknown> = {};

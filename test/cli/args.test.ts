@@ -70,7 +70,7 @@ const USAGE: Array<[string[], RegExp]> = [
   ],
   [
     ['train', '--base', EMPTY, '--images', PHOTOS, '--out', MISSING, '--resolution', '100'],
-    /--resolution: resolution must be a multiple of 64/,
+    /--resolution <px>' argument '100' is invalid\. expected a multiple of 64 from 64 to 2048/,
   ],
   [['train', '--base', EMPTY, '--images', PHOTOS], /required option '--out <run dir>' not specified/],
   [['train', '--images', PHOTOS, '--out', MISSING], /required option '--base <model>' not specified/],
@@ -92,7 +92,7 @@ const USAGE: Array<[string[], RegExp]> = [
   // generate
   [
     ['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--width', 'big'],
-    /--width <px>' argument 'big' is invalid\. expected an integer from 8 to 2048/,
+    /--width <px>' argument 'big' is invalid\. expected a multiple of 8 from 8 to 2048/,
   ],
   [['generate', '--base', EMPTY, '--prompt', 'x', '--out', MISSING, '--width', '100'], /--width.*multiple of 8/],
   [

@@ -5,9 +5,9 @@
  * default (so nothing is picked for the user) and no DINO installed (offline). In order: create a
  * project and pick its base model in the form; a second project without one shows the banner and
  * a disabled Train, and is deleted (the first one reopens); add photos (one of them not an image);
- * train a few steps with previews; evaluate with the tiny DINO bundled with the demo model, with
- * its images beside the scores; generate an image with the run's adapter (size from the model)
- * and download it; export for kohya, download the file and compare its bytes, and load it with the
+ * train a few steps with previews (the Jobs panel then names the worker that ran it); evaluate
+ * with the tiny DINO bundled with the demo model, with its images beside the scores; generate an
+ * image with the run's adapter (size from the model) and download it; export for kohya, download the file and compare its bytes, and load it with the
  * engine's kohya importer; export a merged diffusers pipeline and download it as one .tar. The session token: a second tab of the same browser works (the cookie),
  * a browser without it gets the one "open the link" screen.
  *
@@ -22,7 +22,7 @@
 import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
@@ -385,6 +385,19 @@ describe.skipIf(missing !== null)(SUITE, { timeout: 8 * 60_000 }, () => {
     // The run list agrees with the card.
     expect(await byTest('run-row').first().getAttribute('data-status')).toBe('completed');
     await shoot('train');
+  });
+
+  it('Jobs panel: the finished training names its worker (the embedded queue: this server process), no worker list', async () => {
+    explainFailures('jobs');
+    const queueReads = () => page.waitForResponse((r) => new URL(r.url()).pathname === '/api/jobs.queue');
+    const [read] = await Promise.all([queueReads(), page.locator('[data-testid="jobs-indicator"] > summary').click()]);
+    expect(read.status()).toBe(200);
+    const train = byTest('job-row').filter({ has: page.locator('strong', { hasText: /^train$/ }) });
+    expect(await train.first().getAttribute('data-status')).toBe('done');
+    expect(await train.first().getByTestId('job-worker').textContent()).toBe(`Worker: ${hostname()}:${process.pid}`);
+    expect(await byTest('queue-workers').count()).toBe(0); // one worker, this server: no list
+    await page.keyboard.press('Escape');
+    await expect.poll(() => page.locator('[data-testid="jobs-indicator"][open]').count()).toBe(0);
   });
 
   it('Evaluate: offline with the bundled tiny DINO, scores the base model and every checkpoint, marks the best, shows the images', async () => {

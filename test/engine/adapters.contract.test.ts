@@ -24,6 +24,7 @@ import { ramp } from '../../src-main/engine/adapters/ramp.ts';
 import { adapterScale } from '../../src-main/engine/adapters/scale.ts';
 import { Attention } from '../../src-main/engine/models/layers/attention.ts';
 import { Linear } from '../../src-main/engine/models/layers/linear.ts';
+import { tfOps } from '../../src-main/engine/models/ops/tfOps.ts';
 import { loadParams, Module, randomSource } from '../../src-main/engine/models/layers/module.ts';
 import { Rng } from '../../src-main/engine/random.ts';
 import { expectNoLeak, maxAbsDiff, useBackend } from '../helpers/backend.ts';
@@ -43,8 +44,8 @@ class Block extends Module {
   }
   apply(x: Tensor, ctx: Tensor): Tensor {
     return tf.tidy(() => {
-      const h = tf.add(x, this.attn1.apply(x));
-      return tf.add(h, this.attn2.apply(h, ctx));
+      const h = tf.add(x, this.attn1.forward(tfOps, x));
+      return tf.add(h, this.attn2.forward(tfOps, h, ctx));
     });
   }
 }

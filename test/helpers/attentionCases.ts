@@ -5,8 +5,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { tf, type Tensor } from '../../src-main/engine/backend/tf.ts';
-import { attend } from '../../src-main/engine/models/layers/attention.ts';
-import { memoryEfficientAttend } from '../../src-main/engine/models/layers/memoryEfficientAttention.ts';
+import { attend } from '../../src-main/engine/models/ops/tfAttention.ts';
+import { memoryEfficientAttend } from '../../src-main/engine/models/ops/memoryEfficientAttention.ts';
 import { Rng } from '../../src-main/engine/random.ts';
 import { expectNoLeak, maxAbsDiff } from './backend.ts';
 

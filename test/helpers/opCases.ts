@@ -4,7 +4,7 @@
  * `runOpCases` uses only engine code (no vitest), so a child process can run it on webgpu.
  */
 import { tf } from '../../src-main/engine/backend/tf.ts';
-import { attend } from '../../src-main/engine/models/layers/attention.ts';
+import { attend } from '../../src-main/engine/models/ops/tfAttention.ts';
 import { Conv2d } from '../../src-main/engine/models/layers/conv2d.ts';
 import { gelu, quickGelu, silu } from '../../src-main/engine/models/layers/activations.ts';
 import { Linear } from '../../src-main/engine/models/layers/linear.ts';
@@ -49,7 +49,7 @@ export async function runOpCases(): Promise<OpResults> {
   lin.weight.setFromCheckpoint(d.w);
   lin.bias!.setFromCheckpoint(d.b);
   const x = tf.tensor(d.x, [3, 5]);
-  await read('linear', lin.apply(x));
+  await read('linear', lin.forward(tfOps, x));
 
   const conv1 = new Conv2d(3, 4, 3, 1, 1);
   conv1.weight.setFromCheckpoint(d.k);
@@ -58,27 +58,27 @@ export async function runOpCases(): Promise<OpResults> {
   conv2.weight.setFromCheckpoint(d.k);
   conv2.bias!.setFromCheckpoint(d.kb);
   const img = tf.tensor(d.img, [1, 6, 5, 3]);
-  await read('conv.s1p1', conv1.apply(img));
-  await read('conv.s2p1', conv2.apply(img));
+  await read('conv.s1p1', conv1.forward(tfOps, img));
+  await read('conv.s2p1', conv2.forward(tfOps, img));
   await read(
     'conv.s2.asym',
-    conv2.apply(img, [
+    conv2.forward(tfOps, img, [
       [0, 1],
       [0, 1],
     ]),
   );
   const g = tf.tensor(d.g, [1, 6, 5, 4]);
-  await read('conv.s1p1.dx', tf.grad((xi: tf.Tensor) => tf.sum(tf.mul(conv1.apply(xi), g)))(img));
+  await read('conv.s1p1.dx', tf.grad((xi: tf.Tensor) => tf.sum(tf.mul(conv1.forward(tfOps, xi), g)))(img));
 
   const gnorm = new GroupNorm(2, 8, 1e-6);
   gnorm.weight.setFromCheckpoint(d.gamma);
   gnorm.bias.setFromCheckpoint(d.beta);
   const gx = tf.tensor(d.gn, [2, 3, 2, 8]);
-  await read('groupnorm', gnorm.apply(gx));
+  await read('groupnorm', gnorm.forward(tfOps, gx));
   const ln = new LayerNorm(8, 1e-5);
   ln.weight.setFromCheckpoint(d.gamma);
   ln.bias.setFromCheckpoint(d.beta);
-  await read('layernorm', ln.apply(gx));
+  await read('layernorm', ln.forward(tfOps, gx));
 
   const q = tf.tensor(d.q, [2, 7, 8]);
   const k = tf.tensor(d.kk, [2, 5, 8]);

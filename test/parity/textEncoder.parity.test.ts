@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf, type Tensor } from '../../src-main/engine/backend/tf.ts';
 import { ClipTextModel, parseClipTextConfig } from '../../src-main/engine/models/clipTextModel.ts';
 import { ClipTokenizer } from '../../src-main/engine/models/clipTokenizer.ts';
+import { tfOps } from '../../src-main/engine/models/ops/tfOps.ts';
 import { expectNoLeak, maxAbsDiff, useBackend } from '../helpers/backend.ts';
 import { Cases, FIXTURES, parityFolders, skipNote } from '../helpers/fixtures.ts';
 
@@ -98,7 +99,7 @@ for (const { folder, cases, hasText } of folders) {
       if (!cases.has('text.hidden_states.penultimate')) ctx.skip(skipNote(folder, 'text.hidden_states.penultimate'));
       const out = model.forward(ids, { outputHiddenStates: true });
       const hs = out.hidden_states!;
-      const penultimate = model.text_model.final_layer_norm.apply(hs[hs.length - 2]);
+      const penultimate = model.text_model.final_layer_norm.forward(tfOps, hs[hs.length - 2]);
       try {
         await expectClose(
           'text.hidden_states.penultimate',

@@ -9,7 +9,7 @@ import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf, type Tensor } from '../../src-main/engine/backend/tf.ts';
 import { UNet2DConditionModel } from '../../src-main/engine/models/unet2dCondition.ts';
-import { attentionOptions } from '../../src-main/engine/models/layers/attention.ts';
+import { attentionOptions } from '../../src-main/engine/models/ops/tfAttention.ts';
 import { Cases, parityFolders, skipNote } from '../helpers/fixtures.ts';
 import { expectNoLeak, maxAbsDiff, useBackend } from '../helpers/backend.ts';
 

@@ -90,6 +90,7 @@ export function baseHandlers(project = fx.project()): Handlers {
     'adapters.list': () => [],
     'generation.list': () => [],
     'jobs.list': () => [],
+    'jobs.queue': () => fx.queueStatus(),
     'system.info': () => fx.info(),
     'system.doctor': () => fx.doctor('tensorflow'),
     'settings.get': () => ({ engine: 'onnx', provider: 'auto' }),

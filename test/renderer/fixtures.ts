@@ -6,6 +6,7 @@ import type {
   Photo,
   Project,
   ProjectSummary,
+  QueueStatus,
   Result,
   RunStatusInfo,
 } from '../../src-main/api/contract.ts';
@@ -175,6 +176,19 @@ export function job(over: Partial<Job> = {}): Job {
     createdAt: T,
     error: null,
     progress: null,
+    ...over,
+  };
+}
+
+/** `jobs.queue` as the embedded queue answers it: its lanes, and this process as the one worker. */
+export function queueStatus(over: Partial<QueueStatus> = {}): QueueStatus {
+  return {
+    mode: 'embedded',
+    queues: [
+      { name: 'engine', waiting: 0, active: 0 },
+      { name: 'io', waiting: 0, active: 0 },
+    ],
+    workers: [{ name: 'studio-host:4242', queues: ['engine', 'io'], lastSeen: T, alive: true, jobId: null }],
     ...over,
   };
 }

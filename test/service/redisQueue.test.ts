@@ -154,6 +154,28 @@ describe.skipIf(skip !== null)(`the Redis queue${skip ? ` (skipped: ${skip})` : 
     expect(await queue.cancel('job-none')).toBeUndefined();
   });
 
+  it('a worker silent for 30 s is listed as gone and takes no part in why a job waits', async () => {
+    const client = connectRedis(redis.url, { blocking: false });
+    const lastSeen = new Date(Date.now() - 31_000).toISOString();
+    await client.hset(
+      'singlora:workers',
+      'ghost',
+      JSON.stringify({ name: 'ghost', queues: ['train'], lastSeen, jobId: null }),
+    );
+    try {
+      expect((await queue.queueStatus()).workers.find((w) => w.name === 'ghost')).toMatchObject({
+        alive: false,
+        lastSeen,
+      });
+      const job = await queue.submitJob(train);
+      expect((await queue.get(job.id))!.waiting).toMatch(/no connected worker takes train jobs/);
+      await queue.cancel(job.id);
+    } finally {
+      await client.hdel('singlora:workers', 'ghost');
+      await client.quit();
+    }
+  });
+
   it('cancel reaches the worker that runs the job, with its reason', async () => {
     let seen: unknown = null;
     behaviour.set('long', (ctx) => {
@@ -260,4 +282,20 @@ describe.skipIf(skip !== null)(`the Redis queue${skip ? ` (skipped: ${skip})` : 
     expect(await queue.wait(after.id)).toMatchObject({ status: 'done', worker: 'worker-a' });
     await queue.cancel(job.id);
   }, 60_000);
+
+  it('a Redis with a password: the URL carries it; a wrong one is refused, not retried forever', async () => {
+    const locked = await startRedis({ password: 's3cret pass' });
+    try {
+      const q = await RedisJobQueue.open({ ...opts(locked.url), log: () => {} });
+      expect((await q.queueStatus()).mode).toBe('redis');
+      await q.close();
+      const wrong = locked.url.replace('s3cret%20pass', 'wrong');
+      const logged: string[] = [];
+      const client = connectRedis(wrong, { blocking: false, log: (l) => logged.push(l) });
+      await expect(client.set('k', 'v')).rejects.toThrow(/WRONGPASS|invalid username-password|NOAUTH/);
+      client.disconnect();
+    } finally {
+      await locked.dispose();
+    }
+  });
 });

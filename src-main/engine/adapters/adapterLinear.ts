@@ -17,7 +17,7 @@ import { tf, type Tensor, type Variable } from '../backend/tf.ts';
 import type { Linear, LinearLike } from '../models/layers/linear.ts';
 import type { Wrapper } from '../models/layers/module.ts';
 import type { Ops } from '../models/ops/ops.ts';
-import { linearTf } from '../models/ops/tfOps.ts';
+import { linearTf, tfOps } from '../models/ops/tfOps.ts';
 
 export type AdapterMethod = 'singlora' | 'lora';
 
@@ -109,11 +109,11 @@ export abstract class AdapterLinear implements LinearLike, Wrapper {
     return tf.tidy(() => {
       if (this.disabled) {
         // The base model: while merged, the original weight is still kept.
-        return this.original ? linearTf(x, this.original, this.base.bias?.value) : this.base.apply(x);
+        return this.original ? linearTf(x, this.original, this.base.bias?.value) : this.base.forward(tfOps, x);
       }
-      if (this.merged) return this.base.apply(x);
+      if (this.merged) return this.base.forward(tfOps, x);
       const s = this.scale(this.step);
-      const y = this.base.apply(x);
+      const y = this.base.forward(tfOps, x);
       // No shortcut at s = 0 (u(0) = 0): training still needs the branch on the tape, and
       // y + 0 * update is exactly y.
       const lead = x.shape.slice(0, -1);

@@ -24,6 +24,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { delimiter, join } from 'node:path';
+import { TENSOR_BACKENDS } from '../../api/schemas.ts';
 
 const require = createRequire(import.meta.url);
 let loaded: typeof TF | null = null;
@@ -76,7 +77,8 @@ export type DataType = TF.DataType;
 export type NamedTensorMap = TF.NamedTensorMap;
 export type TensorContainer = TF.TensorContainer;
 
-export const BACKEND_NAMES = ['tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
+/** The backends this file starts: the API's list (the CLI checks `--backend` against it without loading TensorFlow.js). */
+export const BACKEND_NAMES = TENSOR_BACKENDS;
 export type BackendName = (typeof BACKEND_NAMES)[number];
 
 export interface BackendStatus {

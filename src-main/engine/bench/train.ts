@@ -24,7 +24,7 @@ import { dirname, join } from 'node:path';
 import { initBackend, memoryCounters, tf, type BackendName } from '../backend/tf.ts';
 import { AdapterSet, DEFAULT_TARGETS, defaultAdapterSpec } from '../adapters/adapterSet.ts';
 import { vaeScaleFactor } from '../io/modelFiles.ts';
-import type { AttentionMode } from '../models/layers/attention.ts';
+import type { AttentionMode } from '../models/ops/tfAttention.ts';
 import { loadParams, randomSource } from '../models/layers/module.ts';
 import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import { SD15_SCHEDULER_CONFIG } from '../pipeline/stableDiffusion.ts';

@@ -158,109 +158,138 @@ async function transfer(url: string, part: string, options: DownloadOptions): Pr
       throw asError(url, abortReason(err), 'cannot connect');
     }
 
-    // 416: our `.part` is at (or past) the end. Complete only if it has exactly the full size.
-    if (res.status === 416 && have > 0) {
-      await res.body?.cancel();
-      const total = parseTotal(res.headers.get('content-range'));
-      if (total === have) return { bytes: have, hash: null, resumed: true, restarted: false };
-      await unlink(part);
-      throw new DownloadError(
-        url,
-        `server refused the range from ${have} (HTTP 416, size ${total ?? 'unknown'}); discarded the partial file`,
-        416,
-        true,
-      );
-    }
-    if (!res.ok) {
-      await res.body?.cancel();
-      throw new DownloadError(url, `HTTP ${res.status} ${res.statusText}`.trim(), res.status, res.status >= 500);
-    }
-
-    let offset = 0;
-    let total: number | null = null;
-    const length = Number(res.headers.get('content-length') ?? NaN);
-    if (res.status === 206) {
-      const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.headers.get('content-range') ?? '');
-      offset = range ? Number(range[1]) : -1;
-      total = range && range[3] !== '*' ? Number(range[3]) : null;
-    } else {
-      total = Number.isFinite(length) ? length : null;
-    }
-    const resumed = res.status === 206 && offset === have && have > 0;
-    const restarted = have > 0 && !resumed;
-    if (res.status === 206 && offset !== have) {
-      // A 206 for another range than asked: do not splice it; start over with a plain request.
-      await res.body?.cancel();
-      await truncate(part, 0);
-      throw new DownloadError(
-        url,
-        `server sent range from ${offset} when asked for ${have}; restarting from 0`,
-        206,
-        true,
-      );
-    }
-    if (options.size != null && total !== null && total !== options.size) {
-      await res.body?.cancel();
-      throw new DownloadError(url, `server reports ${total} bytes, expected ${options.size}`);
-    }
-
-    // Hash the bytes already on disk first, so the final hash covers the whole file.
-    const hash = createHash('sha256');
-    if (resumed) await hashInto(hash, part);
-    // Never through a link planted at the .part name (io/atomic.ts does the same for every other write).
-    const fh = await open(part, resumed ? PART_APPEND : PART_NEW, 0o666);
-    let bytes = resumed ? have : 0;
-    const start = bytes;
-    const t0 = performance.now();
-    const report = () => {
-      const secs = (performance.now() - t0) / 1000;
-      const speed = secs > 0 ? (bytes - start) / secs : 0;
-      options.onProgress?.({
-        bytes,
-        total,
-        bytesPerSecond: speed,
-        etaSeconds: total !== null && speed > 0 ? (total - bytes) / speed : null,
-        resumedFrom: resumed ? have : 0,
-      });
-    };
-    try {
-      if (!res.body) throw new DownloadError(url, 'response has no body', res.status);
-      const reader = res.body.getReader();
-      let lastReport = 0;
-      for (;;) {
-        let chunk: ReadableStreamReadResult<Uint8Array>;
-        try {
-          chunk = await reader.read();
-        } catch (err) {
-          throw asError(
-            url,
-            abortReason(err),
-            `connection lost after ${bytes}${total !== null ? ` of ${total}` : ''} bytes`,
-          );
-        }
-        if (chunk.done) break;
-        stall();
-        await fh.write(chunk.value);
-        hash.update(chunk.value);
-        bytes += chunk.value.length;
-        const now = performance.now();
-        if (now - lastReport > 100) {
-          lastReport = now;
-          report();
-        }
-      }
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    report();
-    if (total !== null && bytes !== total) {
-      throw new DownloadError(url, `connection closed after ${bytes} of ${total} bytes`, res.status, true);
-    }
-    return { bytes, hash: hash.digest('hex'), resumed, restarted };
+    const checked = await checkResponse(url, part, res, have, options);
+    if ('complete' in checked) return checked.complete;
+    return await streamToPart(url, part, res, { ...checked, have }, options, { stall, abortReason });
   } finally {
     clearTimeout(idleTimer);
   }
+}
+
+/**
+ * What the response says about the `.part` (`have` bytes): where its body starts and the file's
+ * size, or that the `.part` is already complete (416 at exactly the full size). Refuses (and
+ * discards what cannot be resumed) a failed status, a 206 for another range, a size not the expected one.
+ */
+async function checkResponse(
+  url: string,
+  part: string,
+  res: Response,
+  have: number,
+  options: DownloadOptions,
+): Promise<{ total: number | null; resumed: boolean; restarted: boolean } | { complete: TransferResult }> {
+  // 416: our `.part` is at (or past) the end. Complete only if it has exactly the full size.
+  if (res.status === 416 && have > 0) {
+    await res.body?.cancel();
+    const total = parseTotal(res.headers.get('content-range'));
+    if (total === have) return { complete: { bytes: have, hash: null, resumed: true, restarted: false } };
+    await unlink(part);
+    throw new DownloadError(
+      url,
+      `server refused the range from ${have} (HTTP 416, size ${total ?? 'unknown'}); discarded the partial file`,
+      416,
+      true,
+    );
+  }
+  if (!res.ok) {
+    await res.body?.cancel();
+    throw new DownloadError(url, `HTTP ${res.status} ${res.statusText}`.trim(), res.status, res.status >= 500);
+  }
+
+  let offset = 0;
+  let total: number | null = null;
+  const length = Number(res.headers.get('content-length') ?? NaN);
+  if (res.status === 206) {
+    const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.headers.get('content-range') ?? '');
+    offset = range ? Number(range[1]) : -1;
+    total = range && range[3] !== '*' ? Number(range[3]) : null;
+  } else {
+    total = Number.isFinite(length) ? length : null;
+  }
+  const resumed = res.status === 206 && offset === have && have > 0;
+  const restarted = have > 0 && !resumed;
+  if (res.status === 206 && offset !== have) {
+    // A 206 for another range than asked: do not splice it; start over with a plain request.
+    await res.body?.cancel();
+    await truncate(part, 0);
+    throw new DownloadError(
+      url,
+      `server sent range from ${offset} when asked for ${have}; restarting from 0`,
+      206,
+      true,
+    );
+  }
+  if (options.size != null && total !== null && total !== options.size) {
+    await res.body?.cancel();
+    throw new DownloadError(url, `server reports ${total} bytes, expected ${options.size}`);
+  }
+
+  return { total, resumed, restarted };
+}
+
+/** Streams the body into the `.part` (appending when resumed), hashing and reporting progress as it goes. */
+async function streamToPart(
+  url: string,
+  part: string,
+  res: Response,
+  { have, total, resumed, restarted }: { have: number; total: number | null; resumed: boolean; restarted: boolean },
+  options: DownloadOptions,
+  { stall, abortReason }: { stall: () => void; abortReason: (err: unknown) => unknown },
+): Promise<TransferResult> {
+  // Hash the bytes already on disk first, so the final hash covers the whole file.
+  const hash = createHash('sha256');
+  if (resumed) await hashInto(hash, part);
+  // Never through a link planted at the .part name (io/atomic.ts does the same for every other write).
+  const fh = await open(part, resumed ? PART_APPEND : PART_NEW, 0o666);
+  let bytes = resumed ? have : 0;
+  const start = bytes;
+  const t0 = performance.now();
+  const report = () => {
+    const secs = (performance.now() - t0) / 1000;
+    const speed = secs > 0 ? (bytes - start) / secs : 0;
+    options.onProgress?.({
+      bytes,
+      total,
+      bytesPerSecond: speed,
+      etaSeconds: total !== null && speed > 0 ? (total - bytes) / speed : null,
+      resumedFrom: resumed ? have : 0,
+    });
+  };
+  try {
+    if (!res.body) throw new DownloadError(url, 'response has no body', res.status);
+    const reader = res.body.getReader();
+    let lastReport = 0;
+    for (;;) {
+      let chunk: ReadableStreamReadResult<Uint8Array>;
+      try {
+        chunk = await reader.read();
+      } catch (err) {
+        throw asError(
+          url,
+          abortReason(err),
+          `connection lost after ${bytes}${total !== null ? ` of ${total}` : ''} bytes`,
+        );
+      }
+      if (chunk.done) break;
+      stall();
+      await fh.write(chunk.value);
+      hash.update(chunk.value);
+      bytes += chunk.value.length;
+      const now = performance.now();
+      if (now - lastReport > 100) {
+        lastReport = now;
+        report();
+      }
+    }
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  report();
+  if (total !== null && bytes !== total) {
+    throw new DownloadError(url, `connection closed after ${bytes} of ${total} bytes`, res.status, true);
+  }
+  return { bytes, hash: hash.digest('hex'), resumed, restarted };
 }
 
 function asError(url: string, err: unknown, what: string): DownloadError {

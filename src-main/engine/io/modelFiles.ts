@@ -300,20 +300,7 @@ async function openSingleFile(path: string, opts: OpenBaseModelOptions): Promise
     if (kind !== 'sd1-single-file') throw new ModelFileError(path, `${path}: ${KIND_REFUSAL[kind]}`);
 
     // Step 1: configs, from configDir or inferred from the shapes.
-    let configs: ComponentConfigs;
-    let configSource: (c: ComponentName) => string;
-    if (opts.configDir) {
-      const dir = opts.configDir;
-      const read = (c: ComponentName) => readJson(join(dir, FOLDER[c], 'config.json'), `${FOLDER[c]} config`);
-      configs = { unet: await read('unet'), vae: await read('vae'), textEncoder: await read('textEncoder') };
-      configSource = (c) => join(dir, FOLDER[c], 'config.json');
-    } else {
-      configs = inferSingleFileConfigs(
-        new Map(file.keys().map((k) => [k, file.info(k).shape] as const)),
-        opts.overrides,
-      );
-      configSource = () => `inferred from ${path}`;
-    }
+    const { configs, configSource } = await singleFileConfigs(path, file, opts);
 
     // Step 2: translate every key; list unknown and missing tensors by their original names.
     const source = { format: 'single-file', map: singleFileKeyMap(configs) } as const;
@@ -367,6 +354,26 @@ async function openSingleFile(path: string, opts: OpenBaseModelOptions): Promise
     await Promise.all(handles.map((h) => h.close()));
     throw err;
   }
+}
+
+/** A single file's component configs: from `configDir`, else inferred from its tensors' shapes (with `overrides`). */
+async function singleFileConfigs(
+  path: string,
+  file: SafetensorsFile,
+  opts: OpenBaseModelOptions,
+): Promise<{ configs: ComponentConfigs; configSource: (c: ComponentName) => string }> {
+  if (opts.configDir) {
+    const dir = opts.configDir;
+    const read = (c: ComponentName) => readJson(join(dir, FOLDER[c], 'config.json'), `${FOLDER[c]} config`);
+    return {
+      configs: { unet: await read('unet'), vae: await read('vae'), textEncoder: await read('textEncoder') },
+      configSource: (c) => join(dir, FOLDER[c], 'config.json'),
+    };
+  }
+  return {
+    configs: inferSingleFileConfigs(new Map(file.keys().map((k) => [k, file.info(k).shape] as const)), opts.overrides),
+    configSource: () => `inferred from ${path}`,
+  };
 }
 
 const KIND_REFUSAL: Readonly<Record<string, string>> = {

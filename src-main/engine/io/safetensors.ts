@@ -186,49 +186,7 @@ async function readHeader(path: string, handle: FileHandle, size: number) {
       metadata = validateMetadata(path, value);
       continue;
     }
-    const v = value as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    if (typeof v !== 'object' || v === null)
-      throw new SafetensorsError(path, `tensor '${name}': header entry must be an object`);
-    if (typeof v.dtype !== 'string' || !(v.dtype in DTYPE_BYTES)) {
-      throw new SafetensorsError(
-        path,
-        `tensor '${name}': unknown dtype ${JSON.stringify(v.dtype)} (expected one of ${Object.keys(DTYPE_BYTES).join(', ')})`,
-      );
-    }
-    const dtype = v.dtype as SafetensorsDtype;
-    if (!Array.isArray(v.shape) || !v.shape.every((d) => Number.isInteger(d) && d >= 0)) {
-      throw new SafetensorsError(
-        path,
-        `tensor '${name}': shape ${JSON.stringify(v.shape)} must be a list of non-negative integers`,
-      );
-    }
-    const offs = v.data_offsets;
-    if (
-      !Array.isArray(offs) ||
-      offs.length !== 2 ||
-      !offs.every((o) => Number.isInteger(o) && o >= 0) ||
-      offs[1] < offs[0]
-    ) {
-      throw new SafetensorsError(
-        path,
-        `tensor '${name}': data_offsets ${JSON.stringify(offs)} must be [begin, end] with 0 <= begin <= end`,
-      );
-    }
-    const shape = v.shape as number[];
-    const expected = numel(shape) * DTYPE_BYTES[dtype];
-    if (offs[1] - offs[0] !== expected) {
-      throw new SafetensorsError(
-        path,
-        `tensor '${name}': shape [${shape}] x ${dtype} is ${expected} bytes but data_offsets cover ${offs[1] - offs[0]}`,
-      );
-    }
-    if (offs[1] > dataSize) {
-      throw new SafetensorsError(
-        path,
-        `tensor '${name}': bytes ${offs[0]}..${offs[1]} lie outside the ${dataSize}-byte data section (file truncated?)`,
-      );
-    }
-    tensors.set(name, { name, dtype, shape, begin: dataStart + offs[0], end: dataStart + offs[1] });
+    tensors.set(name, tensorEntry(path, name, value, dataStart, dataSize));
   }
   const sorted = [...tensors.values()].sort((a, b) => a.begin - b.begin || a.end - b.end);
   for (let i = 1; i < sorted.length; i++) {
@@ -240,6 +198,53 @@ async function readHeader(path: string, handle: FileHandle, size: number) {
     }
   }
   return { tensors, metadata, headerBytes: n };
+}
+
+/** One tensor's header entry, checked: a known dtype, a shape, and data offsets that fit it and the file. */
+function tensorEntry(path: string, name: string, value: unknown, dataStart: number, dataSize: number): TensorInfo {
+  const v = value as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+  if (typeof v !== 'object' || v === null)
+    throw new SafetensorsError(path, `tensor '${name}': header entry must be an object`);
+  if (typeof v.dtype !== 'string' || !(v.dtype in DTYPE_BYTES)) {
+    throw new SafetensorsError(
+      path,
+      `tensor '${name}': unknown dtype ${JSON.stringify(v.dtype)} (expected one of ${Object.keys(DTYPE_BYTES).join(', ')})`,
+    );
+  }
+  const dtype = v.dtype as SafetensorsDtype;
+  if (!Array.isArray(v.shape) || !v.shape.every((d) => Number.isInteger(d) && d >= 0)) {
+    throw new SafetensorsError(
+      path,
+      `tensor '${name}': shape ${JSON.stringify(v.shape)} must be a list of non-negative integers`,
+    );
+  }
+  const offs = v.data_offsets;
+  if (
+    !Array.isArray(offs) ||
+    offs.length !== 2 ||
+    !offs.every((o) => Number.isInteger(o) && o >= 0) ||
+    offs[1] < offs[0]
+  ) {
+    throw new SafetensorsError(
+      path,
+      `tensor '${name}': data_offsets ${JSON.stringify(offs)} must be [begin, end] with 0 <= begin <= end`,
+    );
+  }
+  const shape = v.shape as number[];
+  const expected = numel(shape) * DTYPE_BYTES[dtype];
+  if (offs[1] - offs[0] !== expected) {
+    throw new SafetensorsError(
+      path,
+      `tensor '${name}': shape [${shape}] x ${dtype} is ${expected} bytes but data_offsets cover ${offs[1] - offs[0]}`,
+    );
+  }
+  if (offs[1] > dataSize) {
+    throw new SafetensorsError(
+      path,
+      `tensor '${name}': bytes ${offs[0]}..${offs[1]} lie outside the ${dataSize}-byte data section (file truncated?)`,
+    );
+  }
+  return { name, dtype, shape, begin: dataStart + offs[0], end: dataStart + offs[1] };
 }
 
 function validateMetadata(path: string, value: unknown): Record<string, string> {

@@ -9,6 +9,7 @@ import { basename, join } from 'node:path';
 import {
   generateSettingsSchema,
   SCHEMA_VERSION,
+  type GenerateSettings,
   type GenerateSettingsInput,
   type ImageSidecar,
 } from '../../api/schemas.ts';
@@ -91,25 +92,7 @@ export async function generateImages(job: GenerateJob, hooks: GenerateHooks = {}
         },
         onStep: (info) => hooks.onStep?.(info),
         onImage: async (img) => {
-          const parameters = formatA1111Parameters({
-            prompt: settings.prompt,
-            negativePrompt: settings.negativePrompt,
-            steps: settings.steps,
-            sampler: schedulerDisplayName(settings.scheduler),
-            guidanceScale: settings.guidanceScale,
-            seed: img.seed,
-            width: img.width,
-            height: img.height,
-            modelName: sd.name,
-            modelSha256: modelSha,
-            clipSkip: settings.clipSkip,
-            adapters: adapterHashes.map((a) => ({
-              name: basename(a.file).replace(/\.safetensors$/, ''),
-              sha256: a.sha256,
-              strength: a.strength,
-            })),
-            version: `SingLoRA Studio ${appVersion()}`,
-          });
+          const parameters = a1111Parameters(settings, img, { name: sd.name, sha256: modelSha }, adapterHashes);
           const name = `${String(index++).padStart(5, '0')}-${img.seed}.png`;
           const file = join(job.outDir, name);
           const png = writePngText(
@@ -141,6 +124,34 @@ export async function generateImages(job: GenerateJob, hooks: GenerateHooks = {}
   } finally {
     if (!job.sd) sd.dispose();
   }
+}
+
+/** The PNG's `parameters` text, as A1111 writes it (the image's own seed and size). */
+function a1111Parameters(
+  settings: GenerateSettings,
+  img: { seed: number; width: number; height: number },
+  model: { name: string; sha256: string },
+  adapters: ReadonlyArray<{ file: string; sha256: string; strength: number }>,
+): string {
+  return formatA1111Parameters({
+    prompt: settings.prompt,
+    negativePrompt: settings.negativePrompt,
+    steps: settings.steps,
+    sampler: schedulerDisplayName(settings.scheduler),
+    guidanceScale: settings.guidanceScale,
+    seed: img.seed,
+    width: img.width,
+    height: img.height,
+    modelName: model.name,
+    modelSha256: model.sha256,
+    clipSkip: settings.clipSkip,
+    adapters: adapters.map((a) => ({
+      name: basename(a.file).replace(/\.safetensors$/, ''),
+      sha256: a.sha256,
+      strength: a.strength,
+    })),
+    version: `SingLoRA Studio ${appVersion()}`,
+  });
 }
 
 /** The next free A1111-style index in `dir` (00000 when empty or missing). */

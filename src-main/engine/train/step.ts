@@ -30,7 +30,7 @@ import type { BlockRunner, UNet2DConditionModel } from '../models/unet2dConditio
 import type { DDPMScheduler } from '../schedulers/ddpmScheduler.ts';
 import { type AdamW, clipByGlobalNorm, globalNorm } from './adamw.ts';
 import { blockOf, checkpointingRunner } from './gradientCheckpointing.ts';
-import { withAttentionMode, type AttentionMode } from '../models/layers/attention.ts';
+import { withAttentionMode, type AttentionMode } from '../models/ops/tfAttention.ts';
 
 /** One micro-batch. The caller owns the tensors (the step neither keeps nor frees them). */
 export interface MicroBatch {

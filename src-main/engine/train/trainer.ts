@@ -185,9 +185,79 @@ export async function train(opts: TrainOptions, hooks: TrainHooks = {}): Promise
   }
 }
 
+/**
+ * The steps of a run: settings, base model, then 1. photos, 2. class images, 3. latents and text
+ * embeddings, 4. adapters and optimizer, 5. the loop (TrainingLoop). What holds memory (the model,
+ * the encoded tensors, the adapters, the step runner) is freed here, whatever happens.
+ */
 async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<TrainResult> {
   const emit = (e: TrainEvent) => hooks.onEvent?.(e);
   await ensureDir(opts.runDir);
+  const { settings, previous } = await resolveSettings(opts);
+  emit({ event: 'prepare', stage: 'load-model', detail: opts.base });
+  const sd = await StableDiffusion.load(opts.base, opts.baseOptions);
+  const engine = opts.engine ?? (sd.engine === 'tfjs' ? 'tfjs' : DEFAULT_TRAIN_ENGINE);
+  const owned: Tensor[] = [];
+  const held: { adapters: AdapterSet | null; runner: StepRunner | null } = { adapters: null, runner: null };
+  try {
+    const { resolution, unetSha256 } = await checkBaseModel(opts, sd, engine, settings, previous);
+    const prompts = {
+      instance: settings.instancePrompt ?? `a photo of ${settings.triggerToken} ${settings.classWord}`,
+      class: settings.classPrompt ?? `a photo of ${settings.classWord}`,
+    };
+    // 1. Photos, and the run's manifest.
+    const dataset = await loadPhotos(opts, settings, resolution, prompts.instance, emit);
+    let manifest = await startManifest(opts, settings, previous, dataset, {
+      name: sd.name,
+      unetSha256,
+      backend: () => (engine === 'onnx' ? 'onnx' : (activeBackend()?.name ?? tf.getBackend())),
+    });
+    // 2. Class images for prior preservation (generated once per model, prompt and resolution).
+    const classImages = settings.priorPreservation
+      ? await classImagesFor(opts, hooks, sd, settings, { prompt: prompts.class, resolution, unetSha256 })
+      : [];
+    // 3. Latents and text embeddings, once; then the VAE and text encoder leave memory.
+    emit({ event: 'prepare', stage: 'encode' });
+    const encoded = await encodeInputs(sd, settings, dataset.images, classImages, prompts, owned);
+    // 4. Adapters and optimizer (from the last checkpoint when resuming).
+    const unet = await unetToTrain(sd, engine);
+    const adapters = AdapterSet.inject(unet, adapterSpec(settings), { rng: new Rng(settings.seed, 1) });
+    held.adapters = adapters;
+    const ddpm = createScheduler('ddpm', sd.schedulerConfig) as DDPMScheduler;
+    const adamw = { ...DEFAULT_ADAMW, weightDecay: settings.weightDecay };
+    const resumed = previous ? await resumeFrom(opts, previous, adapters, emit) : null;
+    if (resumed) manifest = resumed.manifest(manifest);
+    const runner = await createRunner(opts, sd, engine, settings, ddpm, adapters, adamw);
+    held.runner = runner;
+    if (resumed) runner.loadOptimizer(resumed.optimizer);
+    // 5. The loop.
+    const loop = new TrainingLoop(
+      { opts, hooks, settings, sd, adapters, runner, ddpm, encoded, resolution, unetSha256 },
+      {
+        manifest,
+        rng: resumed?.rng ?? new Rng(settings.seed, 2),
+        step: resumed?.step ?? 0,
+        smoothed: resumed?.smoothed ?? null,
+      },
+    );
+    return await loop.run();
+  } catch (err) {
+    // Record the failure in the manifest when there is one; the last checkpoint stays.
+    if (existsSync(join(opts.runDir, 'run.json'))) {
+      const m = await readRunManifest(opts.runDir).catch(() => null);
+      if (m) await writeRunManifest(opts.runDir, { ...m, status: 'failed', error: (err as Error).message });
+    }
+    throw err;
+  } finally {
+    await held.runner?.dispose();
+    held.adapters?.remove();
+    tf.dispose(owned);
+    sd.dispose();
+  }
+}
+
+/** The run's settings: the options', or a resumed run's own (with `resumeSteps`), checked. */
+async function resolveSettings(opts: TrainOptions): Promise<{ settings: TrainSettings; previous: RunManifest | null }> {
   const previous = opts.resume ? await readRunManifest(opts.runDir) : null;
   const parsed = trainSettingsSchema.safeParse(
     previous ? { ...previous.settings, ...(opts.resumeSteps ? { steps: opts.resumeSteps } : {}) } : opts.settings,
@@ -203,393 +273,514 @@ async function runTraining(opts: TrainOptions, hooks: TrainHooks): Promise<Train
     throw new Error(
       `${opts.runDir}: the run already ${previous.status === 'completed' ? 'completed' : 'has'} ${previous.step} steps; ask for more steps (e.g. ${previous.step + 100}) to extend it`,
     );
+  return { settings, previous };
+}
 
-  emit({ event: 'prepare', stage: 'load-model', detail: opts.base });
-  const sd = await StableDiffusion.load(opts.base, opts.baseOptions);
-  const engine = opts.engine ?? (sd.engine === 'tfjs' ? 'tfjs' : DEFAULT_TRAIN_ENGINE);
-  const owned: Tensor[] = [];
-  let adapters: AdapterSet | null = null;
-  let runner: StepRunner | null = null;
-  try {
-    if (engine === 'onnx' && sd.engine !== 'onnx')
-      throw new Error(
-        'training on ONNX Runtime (engine onnx) samples its previews on ONNX Runtime too; open the base model with the onnx inference engine, or train with engine tfjs',
-      );
-    const resolution = settings.resolution ?? sd.defaultResolution;
-    if (resolution % sd.vaeScaleFactor !== 0)
-      throw new Error(`resolution ${resolution} is not a multiple of the VAE factor ${sd.vaeScaleFactor}`);
-    const unetSha256 = await sd.unetSha256();
-    if (previous && previous.baseModel.unetSha256 !== unetSha256) {
-      throw new Error(
-        `${opts.runDir} was trained on ${previous.baseModel.name} (UNet sha256 ${previous.baseModel.unetSha256.slice(0, 12)}), not on ${opts.base} (${unetSha256.slice(0, 12)}); resume with the same base model`,
-      );
-    }
-    const instancePrompt = settings.instancePrompt ?? `a photo of ${settings.triggerToken} ${settings.classWord}`;
-    const classPrompt = settings.classPrompt ?? `a photo of ${settings.classWord}`;
+/** The base model suits the run: the engine, the resolution, and (resuming) the model it was trained on. */
+async function checkBaseModel(
+  opts: TrainOptions,
+  sd: StableDiffusion,
+  engine: TrainEngine,
+  settings: TrainSettings,
+  previous: RunManifest | null,
+): Promise<{ resolution: number; unetSha256: string }> {
+  if (engine === 'onnx' && sd.engine !== 'onnx')
+    throw new Error(
+      'training on ONNX Runtime (engine onnx) samples its previews on ONNX Runtime too; open the base model with the onnx inference engine, or train with engine tfjs',
+    );
+  const resolution = settings.resolution ?? sd.defaultResolution;
+  if (resolution % sd.vaeScaleFactor !== 0)
+    throw new Error(`resolution ${resolution} is not a multiple of the VAE factor ${sd.vaeScaleFactor}`);
+  const unetSha256 = await sd.unetSha256();
+  if (previous && previous.baseModel.unetSha256 !== unetSha256) {
+    throw new Error(
+      `${opts.runDir} was trained on ${previous.baseModel.name} (UNet sha256 ${previous.baseModel.unetSha256.slice(0, 12)}), not on ${opts.base} (${unetSha256.slice(0, 12)}); resume with the same base model`,
+    );
+  }
+  return { resolution, unetSha256 };
+}
 
-    // 1. Photos.
-    emit({ event: 'prepare', stage: 'photos' });
-    const dataset = await loadDataset(opts.photos, {
-      resolution,
-      crop: settings.crop,
-      flip: settings.flip,
-      instancePrompt,
-    });
-    for (const w of dataset.warnings) emit({ event: 'warning', message: w });
-    for (const c of dataset.checks)
-      if (c.status !== 'ok') emit({ event: 'warning', message: `${basename(c.file)}: ${c.status}: ${c.reason}` });
+type Dataset = Awaited<ReturnType<typeof loadDataset>>;
 
-    const now = new Date().toISOString();
-    let manifest: RunManifest =
-      previous ??
+/** 1. The photos, checked, cropped and resized; what was refused or changed becomes a warning. */
+async function loadPhotos(
+  opts: TrainOptions,
+  settings: TrainSettings,
+  resolution: number,
+  instancePrompt: string,
+  emit: (e: TrainEvent) => void,
+): Promise<Dataset> {
+  emit({ event: 'prepare', stage: 'photos' });
+  const dataset = await loadDataset(opts.photos, {
+    resolution,
+    crop: settings.crop,
+    flip: settings.flip,
+    instancePrompt,
+  });
+  for (const w of dataset.warnings) emit({ event: 'warning', message: w });
+  for (const c of dataset.checks)
+    if (c.status !== 'ok') emit({ event: 'warning', message: `${basename(c.file)}: ${c.status}: ${c.reason}` });
+  return dataset;
+}
+
+/** The manifest of this session (a new one, or the resumed run's), written as running. */
+async function startManifest(
+  opts: TrainOptions,
+  settings: TrainSettings,
+  previous: RunManifest | null,
+  dataset: Dataset,
+  /** `backend` is asked only for a new run (a resumed run keeps the one it recorded). */
+  model: { name: string; unetSha256: string; backend: () => string },
+): Promise<RunManifest> {
+  const manifest: RunManifest = {
+    ...(previous ??
       newRunManifest({
         id: basename(opts.runDir),
         status: 'running',
         settings,
-        baseModel: { path: opts.base, name: sd.name, unetSha256 },
-        backend: engine === 'onnx' ? 'onnx' : (activeBackend()?.name ?? tf.getBackend()),
-        now,
-      });
-    manifest = {
-      ...manifest,
-      settings,
-      status: 'running',
-      error: null,
-      images: {
-        used: dataset.checks.filter((c) => c.status !== 'rejected').map((c) => c.file),
-        rejected: dataset.checks
-          .filter((c) => c.status === 'rejected')
-          .map((c) => ({ file: c.file, reason: c.reason ?? '' })),
-      },
-    };
-    await writeRunManifest(opts.runDir, manifest);
+        baseModel: { path: opts.base, name: model.name, unetSha256: model.unetSha256 },
+        backend: model.backend(),
+        now: new Date().toISOString(),
+      })),
+    settings,
+    status: 'running',
+    error: null,
+    images: {
+      used: dataset.checks.filter((c) => c.status !== 'rejected').map((c) => c.file),
+      rejected: dataset.checks
+        .filter((c) => c.status === 'rejected')
+        .map((c) => ({ file: c.file, reason: c.reason ?? '' })),
+    },
+  };
+  await writeRunManifest(opts.runDir, manifest);
+  return manifest;
+}
 
-    // 2. Class images for prior preservation (generated once per model, prompt and resolution).
-    let classImages: TrainImage[] = [];
-    if (settings.priorPreservation) {
-      emit({ event: 'prepare', stage: 'class-images', detail: classPrompt });
-      classImages = await ensureClassImages(sd, {
-        prompt: classPrompt,
-        count: settings.numClassImages,
-        resolution,
-        dir: opts.classImagesDir ?? settings.classImagesDir,
-        cacheRoot: opts.classImagesCacheDir,
-        seed: settings.seed,
-        unetSha256,
-        signal: hooks.signal,
-        onProgress: (done, total) => emit({ event: 'prepare', stage: 'class-images', detail: `${done}/${total}` }),
-      });
-    }
+/** 2. The class images of prior preservation (ensureClassImages), with progress. */
+async function classImagesFor(
+  opts: TrainOptions,
+  hooks: TrainHooks,
+  sd: StableDiffusion,
+  settings: TrainSettings,
+  o: { prompt: string; resolution: number; unetSha256: string },
+): Promise<TrainImage[]> {
+  const emit = (e: TrainEvent) => hooks.onEvent?.(e);
+  emit({ event: 'prepare', stage: 'class-images', detail: o.prompt });
+  return ensureClassImages(sd, {
+    prompt: o.prompt,
+    count: settings.numClassImages,
+    resolution: o.resolution,
+    dir: opts.classImagesDir ?? settings.classImagesDir,
+    cacheRoot: opts.classImagesCacheDir,
+    seed: settings.seed,
+    unetSha256: o.unetSha256,
+    signal: hooks.signal,
+    onProgress: (done, total) => emit({ event: 'prepare', stage: 'class-images', detail: `${done}/${total}` }),
+  });
+}
 
-    // 3. Latents and text embeddings, once; then the VAE and text encoder leave memory.
-    emit({ event: 'prepare', stage: 'encode' });
-    const captions = [
-      ...new Set([...dataset.images.map((i) => i.caption), ...(classImages.length ? [classPrompt] : [])]),
-    ];
-    // The VAE and text encoder run on the inference engine (ONNX Runtime by default).
-    const contexts: Tensor[] = [];
-    for (const c of captions) contexts.push(tf.keep(await sd.encodeText([c], 0)));
-    owned.push(...contexts);
-    const encode = async (img: TrainImage): Promise<Example> => {
-      const s = sd.scalingFactor;
-      const x = tf.tensor(toModelRange(img.image), [1, img.image.height, img.image.width, 3]);
-      const dist = await sd.encodeImage(x);
-      x.dispose();
-      const [mean, std] = tf.tidy(() => [tf.mul(dist.mean, s), tf.mul(dist.std, s)]); // scaled, as the UNet sees latents
-      tf.dispose([dist.mean, dist.logvar, dist.std]);
-      owned.push(mean, std);
-      return { mean, std, context: captions.indexOf(img.caption) };
-    };
-    const instances: Example[] = [];
-    for (const img of dataset.images) instances.push(await encode(img));
-    const priors: Example[] = [];
-    for (const img of classImages) priors.push(await encode({ ...img, caption: classPrompt }));
-    const samplePrompts =
-      settings.sampleEvery > 0
-        ? (settings.samplePrompts ?? [
-            instancePrompt,
-            `a painting of ${settings.triggerToken} ${settings.classWord} in the style of van gogh`,
-          ])
-        : [];
-    const sampleEmbeds: Tensor[] = [];
-    for (const p of samplePrompts) {
-      const both = tf.keep(await sd.encodeText(['', p], 0));
-      owned.push(both);
-      sampleEmbeds.push(both);
-    }
-    sd.unload('vae');
-    sd.unload('textEncoder');
-    await sd.release();
-    // TensorFlow.js trains the loaded UNet; ONNX Runtime reads the weights from the files, and the
-    // adapters live in a weightless module tree (their paths and shapes).
-    if (engine === 'tfjs') await sd.ensure('unet');
-    const unet = engine === 'tfjs' ? sd.unet : UNet2DConditionModel.fromConfig(sd.configs.unet);
+/** What the loop reads every step: latent distributions, text embeddings, the previews' prompts. */
+interface Encoded {
+  contexts: Tensor[];
+  instances: Example[];
+  priors: Example[];
+  samplePrompts: string[];
+  /** Per preview prompt: the empty and the prompt's embedding, [2, tokens, d]. */
+  sampleEmbeds: Tensor[];
+}
 
-    // 4. Adapters and optimizer.
-    const spec: AdapterSpec = {
-      method: settings.method,
-      rank: settings.rank,
-      alpha: settings.alpha,
-      rampSteps: settings.rampSteps,
-      targets: settings.targets ?? DEFAULT_TARGETS,
-      initStd: settings.initStd,
-    };
-    adapters = AdapterSet.inject(unet, spec, { rng: new Rng(settings.seed, 1) });
-    const ddpm = createScheduler('ddpm', sd.schedulerConfig) as DDPMScheduler;
-    const adamw = { ...DEFAULT_ADAMW, weightDecay: settings.weightDecay };
-    let rng = new Rng(settings.seed, 2);
-    let step = 0;
-    let smoothed: number | null = null;
-    let optimizerState: AdamWState | null = null;
-    if (previous) {
-      const last = previous.checkpoints[previous.checkpoints.length - 1];
-      emit({ event: 'prepare', stage: 'resume', detail: last.dir });
-      const ckpt = await readCheckpoint(opts.runDir, last);
-      const file = await readAdapterFile(ckpt.adapterPath);
-      const values = new Map<string, Float32Array>();
-      for (const [path, entry] of file.targets)
-        for (const [name, t] of Object.entries(entry)) values.set(`${path}.${name}`, t.data);
-      adapters.assign(values);
-      optimizerState = ckpt.optimizer;
-      rng = Rng.fromState(ckpt.rng);
-      step = ckpt.step;
-      smoothed = ckpt.smoothedLoss;
-      manifest = {
-        ...manifest,
-        step,
-        losses: manifest.losses.filter((l) => l.step <= step),
-        samples: manifest.samples.filter((s) => s.step <= step),
-      };
-    }
+/**
+ * 3. Every image's latent distribution (scaled, as the UNet sees latents) and every caption's
+ * embedding, on the inference engine; then the VAE and the text encoder leave memory. The tensors
+ * are added to `owned`.
+ */
+async function encodeInputs(
+  sd: StableDiffusion,
+  settings: TrainSettings,
+  images: readonly TrainImage[],
+  classImages: readonly TrainImage[],
+  prompts: { instance: string; class: string },
+  owned: Tensor[],
+): Promise<Encoded> {
+  const captions = [...new Set([...images.map((i) => i.caption), ...(classImages.length ? [prompts.class] : [])])];
+  const contexts: Tensor[] = [];
+  for (const c of captions) contexts.push(tf.keep(await sd.encodeText([c], 0)));
+  owned.push(...contexts);
+  const encode = async (img: TrainImage): Promise<Example> => {
+    const s = sd.scalingFactor;
+    const x = tf.tensor(toModelRange(img.image), [1, img.image.height, img.image.width, 3]);
+    const dist = await sd.encodeImage(x);
+    x.dispose();
+    const [mean, std] = tf.tidy(() => [tf.mul(dist.mean, s), tf.mul(dist.std, s)]);
+    tf.dispose([dist.mean, dist.logvar, dist.std]);
+    owned.push(mean, std);
+    return { mean, std, context: captions.indexOf(img.caption) };
+  };
+  const instances: Example[] = [];
+  for (const img of images) instances.push(await encode(img));
+  const priors: Example[] = [];
+  for (const img of classImages) priors.push(await encode({ ...img, caption: prompts.class }));
+  const samplePrompts =
+    settings.sampleEvery > 0
+      ? (settings.samplePrompts ?? [
+          prompts.instance,
+          `a painting of ${settings.triggerToken} ${settings.classWord} in the style of van gogh`,
+        ])
+      : [];
+  const sampleEmbeds: Tensor[] = [];
+  for (const p of samplePrompts) {
+    const both = tf.keep(await sd.encodeText(['', p], 0));
+    owned.push(both);
+    sampleEmbeds.push(both);
+  }
+  sd.unload('vae');
+  sd.unload('textEncoder');
+  await sd.release();
+  return { contexts, instances, priors, samplePrompts, sampleEmbeds };
+}
 
-    runner =
-      engine === 'tfjs'
-        ? tfjsRunner(sd.unet, ddpm, adapters, adamw, settings.gradientCheckpointing)
-        : await onnxRunner(
-            await OnnxTrainingEngine.create(
-              opts.base,
-              opts.baseOptions ?? {},
-              {
-                provider: opts.provider ?? sd.inference.provider,
-                checkpointing: settings.gradientCheckpointing,
-                cacheDir: opts.onnxCacheDir,
-              },
-              ddpm,
-              adapters,
-              adamw,
-            ),
-          );
-    if (optimizerState) runner.loadOptimizer(optimizerState);
-    const run = runner;
-    const [latH, latW, latC] = instances[0].mean.shape.slice(1) as number[];
-    const numTrain = ddpm.alphasCumprod.length;
+/**
+ * The UNet the adapters wrap: TensorFlow.js trains the loaded UNet; ONNX Runtime reads the weights
+ * from the files, and the adapters live in a weightless module tree (their paths and shapes).
+ */
+async function unetToTrain(sd: StableDiffusion, engine: TrainEngine): Promise<UNet2DConditionModel> {
+  if (engine === 'tfjs') await sd.ensure('unet');
+  return engine === 'tfjs' ? sd.unet : UNet2DConditionModel.fromConfig(sd.configs.unet);
+}
 
-    /**
-     * One micro-batch's random draws, in the stream's fixed order (images, latent samples,
-     * noise, noise offset, timesteps). The caller owns the tensors.
-     */
-    const drawMicroBatch = (): MicroBatch => {
-      const B = settings.batchSize;
-      const pick = (pool: Example[]) => Array.from({ length: B }, () => pool[rng.int(pool.length)]);
-      const chosen = [...pick(instances), ...(priors.length ? pick(priors) : [])];
-      const n = chosen.length;
-      const eps = randn(rng, [n, latH, latW, latC]);
-      const noise0 = randn(rng, [n, latH, latW, latC]);
-      const offset = settings.noiseOffset ? randn(rng, [n, 1, 1, latC]) : null;
-      const timesteps = Array.from({ length: n }, () => rng.int(numTrain));
-      const [latents, noise, context] = tf.tidy(() => [
-        tf.add(
-          tf.concat(
-            chosen.map((e) => e.mean),
-            0,
-          ),
-          tf.mul(
-            tf.concat(
-              chosen.map((e) => e.std),
-              0,
-            ),
-            eps,
-          ),
-        ), // z0, [n, h, w, c]
-        offset ? tf.add(noise0, tf.mul(offset, settings.noiseOffset)) : tf.clone(noise0),
-        tf.concat(
-          chosen.map((e) => contexts[e.context]),
-          0,
-        ), // [n, tokens, d]
-      ]);
-      tf.dispose([eps, noise0, ...(offset ? [offset] : [])]);
-      return { latents, noise, timesteps, context, instances: B };
-    };
+function adapterSpec(settings: TrainSettings): AdapterSpec {
+  return {
+    method: settings.method,
+    rank: settings.rank,
+    alpha: settings.alpha,
+    rampSteps: settings.rampSteps,
+    targets: settings.targets ?? DEFAULT_TARGETS,
+    initStd: settings.initStd,
+  };
+}
 
-    // The fixed-noise loss, so that start and end compare: 8 (image, timestep) pairs, cycling
-    // through the images, at the midpoints of U[0, T), with noise drawn once from its own
-    // stream; one batched forward.
-    const fixedLoss = async (): Promise<number> => {
-      const r = new Rng(settings.seed, 3);
-      const k = FIXED_LOSS_TIMESTEPS.length;
-      const ts = FIXED_LOSS_TIMESTEPS.map((f) => Math.floor(f * numTrain));
-      const picks = ts.map((_, i) => instances[i % instances.length]);
-      const eps = randn(r, [k, latH, latW, latC]);
-      const [z0, ctx] = tf.tidy(() => [
-        tf.concat(
-          picks.map((e) => e.mean),
-          0,
-        ), // [k, h, w, c]
-        tf.concat(
-          picks.map((e) => contexts[e.context]),
-          0,
-        ),
-      ]);
-      try {
-        return await run.meanLoss(z0, eps, ts, ctx, step);
-      } finally {
-        tf.dispose([z0, eps, ctx]);
-      }
-    };
+/**
+ * A resumed run's last checkpoint: its adapter values (assigned now), optimizer moments, random
+ * stream, step and smoothed loss; `manifest` drops the losses and samples after that step.
+ */
+async function resumeFrom(
+  opts: TrainOptions,
+  previous: RunManifest,
+  adapters: AdapterSet,
+  emit: (e: TrainEvent) => void,
+): Promise<{
+  optimizer: AdamWState;
+  rng: Rng;
+  step: number;
+  smoothed: number | null;
+  manifest: (m: RunManifest) => RunManifest;
+}> {
+  const last = previous.checkpoints[previous.checkpoints.length - 1];
+  emit({ event: 'prepare', stage: 'resume', detail: last.dir });
+  const ckpt = await readCheckpoint(opts.runDir, last);
+  const file = await readAdapterFile(ckpt.adapterPath);
+  const values = new Map<string, Float32Array>();
+  for (const [path, entry] of file.targets)
+    for (const [name, t] of Object.entries(entry)) values.set(`${path}.${name}`, t.data);
+  adapters.assign(values);
+  const step = ckpt.step;
+  return {
+    optimizer: ckpt.optimizer,
+    rng: Rng.fromState(ckpt.rng),
+    step,
+    smoothed: ckpt.smoothedLoss,
+    manifest: (m) => ({
+      ...m,
+      step,
+      losses: m.losses.filter((l) => l.step <= step),
+      samples: m.samples.filter((s) => s.step <= step),
+    }),
+  };
+}
 
-    const lossStart = await fixedLoss();
-    const schedule = {
-      name: settings.lrSchedule,
-      lr: settings.learningRate,
-      warmupSteps: settings.warmupSteps,
-      totalSteps: settings.steps,
-    };
-    const startStep = step;
+/** The engine that runs the step: TensorFlow.js on the loaded UNet, or ONNX Runtime on the files. */
+async function createRunner(
+  opts: TrainOptions,
+  sd: StableDiffusion,
+  engine: TrainEngine,
+  settings: TrainSettings,
+  ddpm: DDPMScheduler,
+  adapters: AdapterSet,
+  adamw: typeof DEFAULT_ADAMW,
+): Promise<StepRunner> {
+  if (engine === 'tfjs') return tfjsRunner(sd.unet, ddpm, adapters, adamw, settings.gradientCheckpointing);
+  const onnx = await OnnxTrainingEngine.create(
+    opts.base,
+    opts.baseOptions ?? {},
+    {
+      provider: opts.provider ?? sd.inference.provider,
+      checkpointing: settings.gradientCheckpointing,
+      cacheDir: opts.onnxCacheDir,
+    },
+    ddpm,
+    adapters,
+    adamw,
+  );
+  return onnxRunner(onnx);
+}
+
+/** What TrainingLoop works on: the prepared model, adapters, step runner and encoded inputs. */
+interface LoopInputs {
+  opts: TrainOptions;
+  hooks: TrainHooks;
+  settings: TrainSettings;
+  sd: StableDiffusion;
+  adapters: AdapterSet;
+  runner: StepRunner;
+  ddpm: DDPMScheduler;
+  encoded: Encoded;
+  resolution: number;
+  unetSha256: string;
+}
+
+/**
+ * 5. The loop: per step, the micro-batches' random draws, the step, the events, previews and
+ * checkpoints; the fixed-noise loss before the first and after the last step.
+ */
+class TrainingLoop {
+  manifest: RunManifest;
+  rng: Rng;
+  step: number;
+  smoothed: number | null;
+  #lastCheckpointStep: number;
+  readonly #latent: [number, number, number];
+  readonly #numTrain: number;
+  readonly #emit: (e: TrainEvent) => void;
+
+  constructor(
+    private readonly x: LoopInputs,
+    start: { manifest: RunManifest; rng: Rng; step: number; smoothed: number | null },
+  ) {
+    this.manifest = start.manifest;
+    this.rng = start.rng;
+    this.step = start.step;
+    this.smoothed = start.smoothed;
+    const cps = this.manifest.checkpoints;
+    this.#lastCheckpointStep = cps.length ? cps[cps.length - 1].step : -1;
+    this.#latent = x.encoded.instances[0].mean.shape.slice(1) as [number, number, number];
+    this.#numTrain = x.ddpm.alphasCumprod.length;
+    this.#emit = (e) => x.hooks.onEvent?.(e);
+  }
+
+  async run(): Promise<TrainResult> {
+    const { settings, opts, hooks } = this.x;
+    const lossStart = await this.fixedLoss();
+    const startStep = this.step;
     const t0 = performance.now();
-    let lastCheckpointStep = manifest.checkpoints.length
-      ? manifest.checkpoints[manifest.checkpoints.length - 1].step
-      : -1;
-
-    const checkpoint = async (trained: number, loss: number | null) => {
-      const set = adapters!;
-      run.syncAdapters();
-      const entry = await writeCheckpoint(
-        opts.runDir,
-        { step: trained, rng: rng.state(), optimizer: await run.optimizerState(), smoothedLoss: smoothed },
-        (path) =>
-          saveAdapter(path, set, {
-            trainedSteps: trained,
-            triggerToken: settings.triggerToken,
-            classWord: settings.classWord,
-            baseModelName: sd.name,
-            baseModelUnetSha256: unetSha256,
-            resolution,
-          }).then(() => {}),
-        loss,
-      );
-      manifest = {
-        ...manifest,
-        step: trained,
-        checkpoints: [...manifest.checkpoints.filter((c) => c.step !== trained), entry],
-      };
-      await writeRunManifest(opts.runDir, manifest);
-      lastCheckpointStep = trained;
-      emit({ event: 'checkpoint', step: trained, dir: entry.dir });
-    };
-
-    // 5. The loop.
     let stopped: 'cancelled' | 'paused' | null = null;
-    while (step < settings.steps) {
-      const lr = learningRate(schedule, step);
-      const batches = Array.from({ length: settings.gradientAccumulation }, drawMicroBatch);
-      let result: TrainStepResult;
-      try {
-        result = await run.step(batches, {
-          step,
-          lr,
-          maxGradNorm: settings.maxGradNorm,
-          minSnrGamma: settings.minSnrGamma,
-          priorLossWeight: settings.priorLossWeight,
-        });
-      } finally {
-        tf.dispose(
-          batches.flatMap((b) => [b.latents, b.noise, ...(typeof b.context === 'function' ? [] : [b.context])]),
-        );
-      }
-      const lossValue = result.loss;
-      if (!result.applied) {
-        const keep =
-          lastCheckpointStep >= 0
-            ? `the last good checkpoint (step ${lastCheckpointStep}) is kept`
-            : 'no checkpoint was written yet';
-        const error = `the loss became ${lossValue} at step ${step + 1}; training stopped and ${keep}. Lower the learning rate (now ${settings.learningRate}) or enable gradient clipping.`;
-        manifest = { ...manifest, status: 'failed', error };
-        await writeRunManifest(opts.runDir, manifest);
-        emit({ event: 'done', status: 'failed', step, error });
-        return { manifest, fixedLoss: null };
-      }
-      step += 1;
-
-      smoothed = smoothed === null ? lossValue : SMOOTHING * smoothed + (1 - SMOOTHING) * lossValue;
-      manifest.losses.push({ step, loss: lossValue, smoothed });
-      const elapsed = performance.now() - t0;
-      const its = (step - startStep) / (elapsed / 1000);
-      const mem = memoryCounters();
-      emit({
-        event: 'step',
-        step,
-        steps: settings.steps,
-        loss: lossValue,
-        smoothed,
-        lr,
-        u: settings.method === 'singlora' ? ramp(step, settings.rampSteps) : 1,
-        its,
-        eta_s: (settings.steps - step) / Math.max(its, 1e-9),
-        memory: { rssMb: mem.rssBytes / 2 ** 20, tensors: mem.numTensors, tensorMb: mem.numBytes / 2 ** 20 },
-      });
-      manifest.timing = { ...manifest.timing, msPerStep: elapsed / (step - startStep) };
-
-      if (settings.sampleEvery > 0 && step % settings.sampleEvery === 0) {
-        adapters.setStep(step);
-        run.syncAdapters();
-        await run.releaseSessions();
-        const files = await writeSamples(
-          sd,
-          adapters,
-          opts.runDir,
-          step,
-          samplePrompts,
-          sampleEmbeds,
-          settings,
-          resolution,
-        );
-        manifest.samples.push(...files);
-        for (const f of files) emit({ event: 'sample', step, file: f.file, prompt: f.prompt });
-      }
+    while (this.step < settings.steps) {
+      const lossValue = await this.#trainOneStep(startStep, t0);
+      if (lossValue === null) return { manifest: this.manifest, fixedLoss: null };
+      const step = this.step;
+      if (settings.sampleEvery > 0 && step % settings.sampleEvery === 0) await this.#preview();
       const aborted = hooks.signal?.aborted ?? false;
       if (step % settings.checkpointEvery === 0 || step === settings.steps || aborted)
-        await checkpoint(step, lossValue);
-      else await writeRunManifest(opts.runDir, { ...manifest, step });
+        await this.checkpoint(step, lossValue);
+      else await writeRunManifest(opts.runDir, { ...this.manifest, step });
       if (aborted && step < settings.steps) {
         stopped = hooks.signal?.reason === 'pause' ? 'paused' : 'cancelled';
         break;
       }
       await new Promise((r) => setImmediate(r));
     }
-
-    const lossEnd = await fixedLoss();
+    const lossEnd = await this.fixedLoss();
     const status = stopped ?? 'completed';
-    manifest = {
-      ...manifest,
+    this.manifest = {
+      ...this.manifest,
       status,
-      step,
-      timing: { ...manifest.timing, totalMs: manifest.timing.totalMs + (performance.now() - t0) },
+      step: this.step,
+      timing: { ...this.manifest.timing, totalMs: this.manifest.timing.totalMs + (performance.now() - t0) },
     };
-    await writeRunManifest(opts.runDir, manifest);
-    emit({ event: 'done', status, step, error: null });
-    return { manifest, fixedLoss: { start: lossStart, end: lossEnd } };
-  } catch (err) {
-    // Record the failure in the manifest when there is one; the last checkpoint stays.
-    if (existsSync(join(opts.runDir, 'run.json'))) {
-      const m = await readRunManifest(opts.runDir).catch(() => null);
-      if (m) await writeRunManifest(opts.runDir, { ...m, status: 'failed', error: (err as Error).message });
+    await writeRunManifest(opts.runDir, this.manifest);
+    this.#emit({ event: 'done', status, step: this.step, error: null });
+    return { manifest: this.manifest, fixedLoss: { start: lossStart, end: lossEnd } };
+  }
+
+  /**
+   * One optimizer step and its `step` event; the loss, or null when the step was not applied (a
+   * loss that is not finite: the run is marked failed, with what to change).
+   */
+  async #trainOneStep(startStep: number, t0: number): Promise<number | null> {
+    const { settings, opts } = this.x;
+    const lr = learningRate(
+      {
+        name: settings.lrSchedule,
+        lr: settings.learningRate,
+        warmupSteps: settings.warmupSteps,
+        totalSteps: settings.steps,
+      },
+      this.step,
+    );
+    const batches = Array.from({ length: settings.gradientAccumulation }, () => this.drawMicroBatch());
+    let result: TrainStepResult;
+    try {
+      result = await this.x.runner.step(batches, {
+        step: this.step,
+        lr,
+        maxGradNorm: settings.maxGradNorm,
+        minSnrGamma: settings.minSnrGamma,
+        priorLossWeight: settings.priorLossWeight,
+      });
+    } finally {
+      tf.dispose(batches.flatMap((b) => [b.latents, b.noise, ...(typeof b.context === 'function' ? [] : [b.context])]));
     }
-    throw err;
-  } finally {
-    await runner?.dispose();
-    adapters?.remove();
-    tf.dispose(owned);
-    sd.dispose();
+    const lossValue = result.loss;
+    if (!result.applied) {
+      const keep =
+        this.#lastCheckpointStep >= 0
+          ? `the last good checkpoint (step ${this.#lastCheckpointStep}) is kept`
+          : 'no checkpoint was written yet';
+      const error = `the loss became ${lossValue} at step ${this.step + 1}; training stopped and ${keep}. Lower the learning rate (now ${settings.learningRate}) or enable gradient clipping.`;
+      this.manifest = { ...this.manifest, status: 'failed', error };
+      await writeRunManifest(opts.runDir, this.manifest);
+      this.#emit({ event: 'done', status: 'failed', step: this.step, error });
+      return null;
+    }
+    this.step += 1;
+    const step = this.step;
+    this.smoothed = this.smoothed === null ? lossValue : SMOOTHING * this.smoothed + (1 - SMOOTHING) * lossValue;
+    this.manifest.losses.push({ step, loss: lossValue, smoothed: this.smoothed });
+    const elapsed = performance.now() - t0;
+    const its = (step - startStep) / (elapsed / 1000);
+    const mem = memoryCounters();
+    this.#emit({
+      event: 'step',
+      step,
+      steps: settings.steps,
+      loss: lossValue,
+      smoothed: this.smoothed,
+      lr,
+      u: settings.method === 'singlora' ? ramp(step, settings.rampSteps) : 1,
+      its,
+      eta_s: (settings.steps - step) / Math.max(its, 1e-9),
+      memory: { rssMb: mem.rssBytes / 2 ** 20, tensors: mem.numTensors, tensorMb: mem.numBytes / 2 ** 20 },
+    });
+    this.manifest.timing = { ...this.manifest.timing, msPerStep: elapsed / (step - startStep) };
+    return lossValue;
+  }
+
+  /** Preview images with the adapters as they are at this step. */
+  async #preview(): Promise<void> {
+    const { sd, adapters, runner, opts, encoded, settings, resolution } = this.x;
+    const step = this.step;
+    adapters.setStep(step);
+    runner.syncAdapters();
+    await runner.releaseSessions();
+    const files = await writeSamples(
+      sd,
+      adapters,
+      opts.runDir,
+      step,
+      encoded.samplePrompts,
+      encoded.sampleEmbeds,
+      settings,
+      resolution,
+    );
+    this.manifest.samples.push(...files);
+    for (const f of files) this.#emit({ event: 'sample', step, file: f.file, prompt: f.prompt });
+  }
+
+  /**
+   * One micro-batch's random draws, in the stream's fixed order (images, latent samples,
+   * noise, noise offset, timesteps). The caller owns the tensors.
+   */
+  drawMicroBatch(): MicroBatch {
+    const { settings, encoded } = this.x;
+    const rng = this.rng;
+    const [latH, latW, latC] = this.#latent;
+    const B = settings.batchSize;
+    const pick = (pool: Example[]) => Array.from({ length: B }, () => pool[rng.int(pool.length)]);
+    const chosen = [...pick(encoded.instances), ...(encoded.priors.length ? pick(encoded.priors) : [])];
+    const n = chosen.length;
+    const eps = randn(rng, [n, latH, latW, latC]);
+    const noise0 = randn(rng, [n, latH, latW, latC]);
+    const offset = settings.noiseOffset ? randn(rng, [n, 1, 1, latC]) : null;
+    const timesteps = Array.from({ length: n }, () => rng.int(this.#numTrain));
+    const [latents, noise, context] = tf.tidy(() => [
+      tf.add(
+        tf.concat(
+          chosen.map((e) => e.mean),
+          0,
+        ),
+        tf.mul(
+          tf.concat(
+            chosen.map((e) => e.std),
+            0,
+          ),
+          eps,
+        ),
+      ), // z0, [n, h, w, c]
+      offset ? tf.add(noise0, tf.mul(offset, settings.noiseOffset)) : tf.clone(noise0),
+      tf.concat(
+        chosen.map((e) => encoded.contexts[e.context]),
+        0,
+      ), // [n, tokens, d]
+    ]);
+    tf.dispose([eps, noise0, ...(offset ? [offset] : [])]);
+    return { latents, noise, timesteps, context, instances: B };
+  }
+
+  /**
+   * The fixed-noise loss, so that start and end compare: 8 (image, timestep) pairs, cycling
+   * through the images, at the midpoints of U[0, T), with noise drawn once from its own
+   * stream; one batched forward.
+   */
+  async fixedLoss(): Promise<number> {
+    const { settings, encoded, runner } = this.x;
+    const [latH, latW, latC] = this.#latent;
+    const r = new Rng(settings.seed, 3);
+    const k = FIXED_LOSS_TIMESTEPS.length;
+    const ts = FIXED_LOSS_TIMESTEPS.map((f) => Math.floor(f * this.#numTrain));
+    const picks = ts.map((_, i) => encoded.instances[i % encoded.instances.length]);
+    const eps = randn(r, [k, latH, latW, latC]);
+    const [z0, ctx] = tf.tidy(() => [
+      tf.concat(
+        picks.map((e) => e.mean),
+        0,
+      ), // [k, h, w, c]
+      tf.concat(
+        picks.map((e) => encoded.contexts[e.context]),
+        0,
+      ),
+    ]);
+    try {
+      return await runner.meanLoss(z0, eps, ts, ctx, this.step);
+    } finally {
+      tf.dispose([z0, eps, ctx]);
+    }
+  }
+
+  /** Writes the adapter, the optimizer moments and the random stream at `trained` steps. */
+  async checkpoint(trained: number, loss: number | null): Promise<void> {
+    const { opts, settings, sd, adapters, runner, unetSha256, resolution } = this.x;
+    runner.syncAdapters();
+    const entry = await writeCheckpoint(
+      opts.runDir,
+      { step: trained, rng: this.rng.state(), optimizer: await runner.optimizerState(), smoothedLoss: this.smoothed },
+      (path) =>
+        saveAdapter(path, adapters, {
+          trainedSteps: trained,
+          triggerToken: settings.triggerToken,
+          classWord: settings.classWord,
+          baseModelName: sd.name,
+          baseModelUnetSha256: unetSha256,
+          resolution,
+        }).then(() => {}),
+      loss,
+    );
+    this.manifest = {
+      ...this.manifest,
+      step: trained,
+      checkpoints: [...this.manifest.checkpoints.filter((c) => c.step !== trained), entry],
+    };
+    await writeRunManifest(opts.runDir, this.manifest);
+    this.#lastCheckpointStep = trained;
+    this.#emit({ event: 'checkpoint', step: trained, dir: entry.dir });
   }
 }
 

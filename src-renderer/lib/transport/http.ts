@@ -40,108 +40,14 @@ export interface HttpTransportOptions {
 export function createHttpTransport(opts: HttpTransportOptions): Transport {
   const base = opts.baseUrl.replace(/\/+$/, '');
   const doFetch = opts.fetch ?? globalThis.fetch.bind(globalThis);
-  const Socket = opts.WebSocket ?? (globalThis.WebSocket as unknown as new (url: string) => WebSocketLike);
-  const { initialMs, maxMs } = opts.backoff ?? { initialMs: 500, maxMs: 15_000 };
-  const random = opts.random ?? Math.random;
-
-  const eventListeners = new Set<(name: string, data: unknown) => void>();
-  const stateListeners = new Set<(s: ConnectionState) => void>();
-  let state: ConnectionState = { status: 'closed' };
-  let socket: WebSocketLike | null = null;
-  let attempt = 0;
-  let timer: ReturnType<typeof setTimeout> | null = null;
-  let closed = false;
-  let unauthorized = false;
-  let everOpened = false;
-
-  const setState = (s: ConnectionState) => {
-    state = s;
-    for (const l of stateListeners) l(s);
-  };
-
-  function wsUrl(): string {
-    const u = new URL(`${base}/ws`);
-    u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
-    if (opts.token) u.searchParams.set('token', opts.token);
-    return u.toString();
-  }
-
-  /** Closes the socket and cancels a pending reconnect. */
-  function stopSocket() {
-    if (timer) clearTimeout(timer);
-    timer = null;
-    const ws = socket;
-    socket = null;
-    ws?.close();
-  }
-
-  /** The server refused the token: stop the socket and every retry; the page says what to do. */
-  function refuse() {
-    if (unauthorized) return;
-    unauthorized = true;
-    stopSocket();
-    setState({ status: 'unauthorized' });
-  }
-
-  async function post(method: string, params: unknown): Promise<Response> {
-    return doFetch(`${base}/api/${method}`, {
+  const post = (method: string, params: unknown): Promise<Response> =>
+    doFetch(`${base}/api/${method}`, {
       method: 'POST',
       credentials: 'same-origin',
       headers: { 'Content-Type': 'application/json', ...(opts.token ? { Authorization: `Bearer ${opts.token}` } : {}) },
       body: JSON.stringify(params ?? {}),
     });
-  }
-
-  function connect() {
-    if (closed || unauthorized || socket) return;
-    if (timer) clearTimeout(timer);
-    timer = null;
-    if (state.status !== 'reconnecting') setState({ status: 'connecting' });
-    const ws = new Socket(wsUrl());
-    socket = ws;
-    ws.onopen = () => {
-      attempt = 0;
-      everOpened = true;
-      setState({ status: 'open' });
-    };
-    ws.onmessage = (ev) => {
-      let msg: unknown;
-      try {
-        msg = JSON.parse(String(ev.data));
-      } catch {
-        console.error('singlora: dropped a WebSocket message that is not JSON', ev.data);
-        return;
-      }
-      const m = msg as { event?: unknown; data?: unknown };
-      if (typeof m?.event !== 'string') {
-        console.error('singlora: dropped a WebSocket message without an event name', msg);
-        return;
-      }
-      for (const l of eventListeners) l(m.event, m.data);
-    };
-    ws.onerror = () => {
-      /* onclose follows and schedules the retry */
-    };
-    ws.onclose = () => {
-      if (socket !== ws) return;
-      socket = null;
-      if (closed) return setState({ status: 'closed' });
-      if (unauthorized) return;
-      // Refused before it ever opened: a wrong or missing token looks the same as a server that is
-      // down to a WebSocket; one request tells them apart.
-      if (!everOpened && attempt === 0) {
-        void post('system.info', {})
-          .then((res) => {
-            if (res.status === 401) refuse();
-          })
-          .catch(() => {});
-      }
-      const retryInMs = Math.round(Math.min(maxMs, initialMs * 2 ** attempt) * (0.75 + 0.5 * random()));
-      attempt += 1;
-      setState({ status: 'reconnecting', attempt, retryInMs });
-      timer = setTimeout(connect, retryInMs);
-    };
-  }
+  const events = new EventChannel(opts, base, post);
 
   return {
     kind: 'http',
@@ -156,7 +62,7 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
           `${method}: cannot reach the SingLoRA server at ${base} (${(err as Error).message}). Is \`singlora serve\` still running?`,
         );
       }
-      if (res.status === 401) refuse();
+      if (res.status === 401) events.refuse();
       let body: unknown;
       try {
         body = await res.json();
@@ -169,24 +75,9 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
       return unwrap(method, body);
     },
 
-    onEvent(listener) {
-      eventListeners.add(listener);
-      connect();
-      return () => eventListeners.delete(listener);
-    },
-
-    onConnection(listener) {
-      stateListeners.add(listener);
-      listener(state);
-      connect();
-      return () => stateListeners.delete(listener);
-    },
-
-    reconnectNow() {
-      if (closed || unauthorized || socket) return;
-      attempt = 0;
-      connect();
-    },
+    onEvent: (listener) => events.onEvent(listener),
+    onConnection: (listener) => events.onConnection(listener),
+    reconnectNow: () => events.reconnectNow(),
 
     /**
      * As the API gave it: images and downloads are same-origin requests that carry the HttpOnly
@@ -197,10 +88,155 @@ export function createHttpTransport(opts: HttpTransportOptions): Transport {
       return url;
     },
 
-    close() {
-      closed = true;
-      stopSocket();
-      setState({ status: 'closed' });
-    },
+    close: () => events.close(),
   };
+}
+
+/** A WebSocket message's `{event, data}`, or null (logged) when it is not one. */
+function parseEventMessage(raw: unknown): { event: string; data: unknown } | null {
+  let msg: unknown;
+  try {
+    msg = JSON.parse(String(raw));
+  } catch {
+    console.error('singlora: dropped a WebSocket message that is not JSON', raw);
+    return null;
+  }
+  const m = msg as { event?: unknown; data?: unknown };
+  if (typeof m?.event !== 'string') {
+    console.error('singlora: dropped a WebSocket message without an event name', msg);
+    return null;
+  }
+  return { event: m.event, data: m.data };
+}
+
+/**
+ * The event channel: one WebSocket, opened on the first subscriber, reconnected with backoff until
+ * `close()`, or until the server refuses the token (`refuse()`: then nothing retries).
+ */
+class EventChannel {
+  readonly #eventListeners = new Set<(name: string, data: unknown) => void>();
+  readonly #stateListeners = new Set<(s: ConnectionState) => void>();
+  #state: ConnectionState = { status: 'closed' };
+  #socket: WebSocketLike | null = null;
+  #attempt = 0;
+  #timer: ReturnType<typeof setTimeout> | null = null;
+  #closed = false;
+  #unauthorized = false;
+  #everOpened = false;
+  readonly #Socket: new (
+    url: string,
+  ) => WebSocketLike;
+  readonly #backoff: { initialMs: number; maxMs: number };
+  readonly #random: () => number;
+
+  constructor(
+    private readonly opts: HttpTransportOptions,
+    private readonly base: string,
+    /** A request, to tell a refused token from a server that is down. */
+    private readonly post: (method: string, params: unknown) => Promise<Response>,
+  ) {
+    this.#Socket = opts.WebSocket ?? (globalThis.WebSocket as unknown as new (url: string) => WebSocketLike);
+    this.#backoff = opts.backoff ?? { initialMs: 500, maxMs: 15_000 };
+    this.#random = opts.random ?? Math.random;
+  }
+
+  onEvent(listener: (name: string, data: unknown) => void): () => void {
+    this.#eventListeners.add(listener);
+    this.#connect();
+    return () => this.#eventListeners.delete(listener);
+  }
+
+  onConnection(listener: (state: ConnectionState) => void): () => void {
+    this.#stateListeners.add(listener);
+    listener(this.#state);
+    this.#connect();
+    return () => this.#stateListeners.delete(listener);
+  }
+
+  reconnectNow(): void {
+    if (this.#closed || this.#unauthorized || this.#socket) return;
+    this.#attempt = 0;
+    this.#connect();
+  }
+
+  /** The server refused the token: stop the socket and every retry; the page says what to do. */
+  refuse(): void {
+    if (this.#unauthorized) return;
+    this.#unauthorized = true;
+    this.#stopSocket();
+    this.#setState({ status: 'unauthorized' });
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#stopSocket();
+    this.#setState({ status: 'closed' });
+  }
+
+  #setState(s: ConnectionState): void {
+    this.#state = s;
+    for (const l of this.#stateListeners) l(s);
+  }
+
+  #wsUrl(): string {
+    const u = new URL(`${this.base}/ws`);
+    u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
+    if (this.opts.token) u.searchParams.set('token', this.opts.token);
+    return u.toString();
+  }
+
+  /** Closes the socket and cancels a pending reconnect. */
+  #stopSocket(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    const ws = this.#socket;
+    this.#socket = null;
+    ws?.close();
+  }
+
+  #connect(): void {
+    if (this.#closed || this.#unauthorized || this.#socket) return;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    if (this.#state.status !== 'reconnecting') this.#setState({ status: 'connecting' });
+    const ws = new this.#Socket(this.#wsUrl());
+    this.#socket = ws;
+    ws.onopen = () => {
+      this.#attempt = 0;
+      this.#everOpened = true;
+      this.#setState({ status: 'open' });
+    };
+    ws.onmessage = (ev) => {
+      const m = parseEventMessage(ev.data);
+      if (m) for (const l of this.#eventListeners) l(m.event, m.data);
+    };
+    ws.onerror = () => {
+      /* onclose follows and schedules the retry */
+    };
+    ws.onclose = () => this.#closedSocket(ws);
+  }
+
+  #closedSocket(ws: WebSocketLike): void {
+    if (this.#socket !== ws) return;
+    this.#socket = null;
+    if (this.#closed) {
+      this.#setState({ status: 'closed' });
+      return;
+    }
+    if (this.#unauthorized) return;
+    // Refused before it ever opened: a wrong or missing token looks the same as a server that is
+    // down to a WebSocket; one request tells them apart.
+    if (!this.#everOpened && this.#attempt === 0) {
+      void this.post('system.info', {})
+        .then((res) => {
+          if (res.status === 401) this.refuse();
+        })
+        .catch(() => {});
+    }
+    const { initialMs, maxMs } = this.#backoff;
+    const retryInMs = Math.round(Math.min(maxMs, initialMs * 2 ** this.#attempt) * (0.75 + 0.5 * this.#random()));
+    this.#attempt += 1;
+    this.#setState({ status: 'reconnecting', attempt: this.#attempt, retryInMs });
+    this.#timer = setTimeout(() => this.#connect(), retryInMs);
+  }
 }

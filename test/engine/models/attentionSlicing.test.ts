@@ -8,7 +8,9 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { tf } from '../../../src-main/engine/backend/tf.ts';
-import { Attention, attentionOptions } from '../../../src-main/engine/models/layers/attention.ts';
+import { Attention } from '../../../src-main/engine/models/layers/attention.ts';
+import { attentionOptions } from '../../../src-main/engine/models/ops/tfAttention.ts';
+import { tfOps } from '../../../src-main/engine/models/ops/tfOps.ts';
 import { loadParams, randomSource } from '../../../src-main/engine/models/layers/module.ts';
 import { useBackend } from '../../helpers/backend.ts';
 
@@ -27,7 +29,7 @@ afterEach(() => {
 async function profiled(attn: Attention, x: tf.Tensor, budget: number) {
   attentionOptions.maxScoreElements = budget;
   const startBytes = tf.memory().numBytes;
-  const info = await tf.profile(() => attn.apply(x));
+  const info = await tf.profile(() => attn.forward(tfOps, x));
   const sizes = info.kernels.map((k) => ({
     name: k.name,
     size: Math.max(0, ...k.outputShapes.map((s) => (s ?? []).reduce((a, b) => a * b, 1))),

@@ -12,8 +12,8 @@ import {
   attentionOptions,
   withAttentionMode,
   type AttentionMode,
-} from '../../../src-main/engine/models/layers/attention.ts';
-import { memoryEfficientAttend } from '../../../src-main/engine/models/layers/memoryEfficientAttention.ts';
+} from '../../../src-main/engine/models/ops/tfAttention.ts';
+import { memoryEfficientAttend } from '../../../src-main/engine/models/ops/memoryEfficientAttention.ts';
 import { UNet2DConditionModel } from '../../../src-main/engine/models/unet2dCondition.ts';
 import { Rng } from '../../../src-main/engine/random.ts';
 import { memoryEfficientAttentionSuite } from '../../helpers/attentionCases.ts';

@@ -3,8 +3,6 @@
  * (TensorFlow's 'same' pads stride-2 convolutions asymmetrically, which would not match); a
  * caller may pass an asymmetric `pad` (the VAE's downsampler).
  */
-import type { Tensor } from '../../backend/tf.ts';
-import { tfOps } from '../ops/tfOps.ts';
 import type { Ops, Pad2d } from '../ops/ops.ts';
 import { Module, Param } from './module.ts';
 
@@ -27,10 +25,5 @@ export class Conv2d extends Module {
 
   forward<T>(o: Ops<T>, x: T, pad?: Pad2d): T {
     return o.conv2d(x, this, pad);
-  }
-
-  /** The TensorFlow.js forward: x [N, H, W, in] -> [N, H', W', out]. */
-  apply(x: Tensor, pad?: Pad2d): Tensor {
-    return this.forward(tfOps, x, pad);
   }
 }

@@ -2,8 +2,6 @@
  * Linear layer, `y = x W^T + b` as in `torch.nn.Linear`; x is [..., in], y is [..., out].
  * The weight's layout is the executor's choice (see ops/ops.ts).
  */
-import type { Tensor } from '../../backend/tf.ts';
-import { tfOps } from '../ops/tfOps.ts';
 import type { Ops } from '../ops/ops.ts';
 import { Module, Param, type Wrapper } from './module.ts';
 
@@ -33,10 +31,5 @@ export class Linear extends Module implements LinearLike {
 
   forward<T>(o: Ops<T>, x: T): T {
     return o.linear(x, this);
-  }
-
-  /** The TensorFlow.js forward. */
-  apply(x: Tensor): Tensor {
-    return this.forward(tfOps, x);
   }
 }

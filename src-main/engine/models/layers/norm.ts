@@ -2,8 +2,6 @@
  * GroupNorm (`torch.nn.GroupNorm`, over an image) and LayerNorm (`torch.nn.LayerNorm`, last
  * axis). Both use the biased variance, as PyTorch does; the math is in each executor.
  */
-import type { Tensor } from '../../backend/tf.ts';
-import { tfOps } from '../ops/tfOps.ts';
 import type { Ops } from '../ops/ops.ts';
 import { Module, Param } from './module.ts';
 
@@ -26,11 +24,6 @@ export class GroupNorm extends Module {
   forward<T>(o: Ops<T>, x: T): T {
     return o.groupNorm(x, this);
   }
-
-  /** The TensorFlow.js forward: x [N, H, W, C] (or [N, L, C]) -> same shape. */
-  apply(x: Tensor): Tensor {
-    return this.forward(tfOps, x);
-  }
 }
 
 export class LayerNorm extends Module {
@@ -48,9 +41,5 @@ export class LayerNorm extends Module {
 
   forward<T>(o: Ops<T>, x: T): T {
     return o.layerNorm(x, this);
-  }
-
-  apply(x: Tensor): Tensor {
-    return this.forward(tfOps, x);
   }
 }

@@ -6,9 +6,9 @@
  * see layers/module.ts). Every op returns a new tensor; callers own it (the usual tf rules).
  */
 import { tf, type Tensor, type Tensor4D } from '../../backend/tf.ts';
-import { attend, attentionOptions } from '../layers/attention.ts';
+import { attend, attentionOptions } from './tfAttention.ts';
 import { conv2dTrainable, type ExplicitPad } from './conv2dTrainable.ts';
-import { memoryEfficientAttend } from '../layers/memoryEfficientAttention.ts';
+import { memoryEfficientAttend } from './memoryEfficientAttention.ts';
 import type { Conv2d } from '../layers/conv2d.ts';
 import type { GroupNorm, LayerNorm } from '../layers/norm.ts';
 import type { Ops, Pad2d } from './ops.ts';
@@ -175,7 +175,7 @@ export const tfOps: Ops<Tensor> = {
   },
 
   attention: (q, k, v, heads, mask) => {
-    // Training sets the memory-efficient mode (attention.ts: withAttentionMode): its backward
+    // Training sets the memory-efficient mode (tfAttention.ts: withAttentionMode): its backward
     // recomputes one scores slice at a time instead of keeping them all on the tape.
     const scores = (q.shape[0] as number) * heads * (q.shape[1] as number) * (k.shape[1] as number);
     const efficient =

@@ -1,6 +1,6 @@
 /**
  * Memory-efficient multi-head attention for training: the same function as `attend`
- * (attention.ts), softmax(Q K^T * scale + mask) V per head, with a backward pass that never holds
+ * (tfAttention.ts), softmax(Q K^T * scale + mask) V per head, with a backward pass that never holds
  * more than one slice of attention scores.
  *
  * References: Rabe & Staats, 2021, "Self-attention Does Not Need O(n^2) Memory" (xformers'
