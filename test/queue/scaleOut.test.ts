@@ -5,11 +5,13 @@
  * Each worker reaches the shared folder through a path of its own (a symlink standing for its
  * mount point) and keeps its own graph cache.
  *
- * The tests run in order on one cluster, cheapest first: 20 generate jobs spread over both
- * workers; a second server on the same queue (SINGLORA_QUEUE) runs nothing twice; a corrupt
- * adapter fails its job alone; cancel reaches the worker, and the run resumes on a worker; Redis
- * stopped and restarted mid-queue; last, a worker SIGKILLed mid-training, the run finishing on
- * the other from its last checkpoint with every step in its loss log exactly once.
+ * The tests run in order on one cluster: 20 generate jobs spread over both workers; a second
+ * server on the same queue (SINGLORA_QUEUE) runs nothing twice; a corrupt adapter fails its job
+ * alone; cancel reaches the worker, and the run resumes on a worker; Redis stopped and restarted
+ * mid-queue; a worker SIGKILLed mid-training (with its engine process, as when its machine dies),
+ * the run finishing on the other from its last checkpoint with every step in its loss log exactly
+ * once; no mount path in the project's and runs' files; a worker stopped with SIGTERM mid-training
+ * handing the run back at once; with no worker left, a queued job saying why it waits.
  */
 import { writeFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
