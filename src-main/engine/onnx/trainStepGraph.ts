@@ -136,7 +136,11 @@ export function emitTrainStep(
   const lossWeight = input('loss_weight', [batch]);
 
   const runBlock: BlockRunner<Value> | undefined = grad && options.checkpointing ? grad.checkpointBlocks() : undefined;
-  const pred = unet.denoise(ops, toNCHW(g, sample), timestep, ops.compute(context), runBlock); // [n, c, h, w]
+  // The transpose is made outside the executor: tell it the shape, or every size downstream is a
+  // symbol and the attention falls back to one head per slice and run-time broadcast searches.
+  const x = toNCHW(g, sample); // [n, c, h, w]
+  grad?.declare(x, [batch, cfg.inChannels, height, width]);
+  const pred = unet.denoise(ops, x, timestep, ops.compute(context), runBlock); // [n, c, h, w]
 
   // L = sum_i c_i sum_chw (pred - target)^2, in float32.
   const diff = g.op('Sub', [ops.float32(pred), toNCHW(g, target)]); // [n, c, h, w]
