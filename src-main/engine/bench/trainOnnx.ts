@@ -25,7 +25,7 @@ import { FlopCounter, type Shaped } from '../models/ops/flopOps.ts';
 import type { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
-import { openTrainStep, trainStepWeightLayout } from '../onnx/trainStepGraph.ts';
+import { openTrainStep, trainStepAttention, trainStepWeightLayout } from '../onnx/trainStepGraph.ts';
 import { defaultCacheDir } from '../paths.ts';
 import { Rng } from '../random.ts';
 import { createScheduler } from '../schedulers/index.ts';
@@ -76,6 +76,8 @@ export interface BenchTrainOnnxReport {
     linear_layout: 'matmul' | 'gemm';
     prepacking: boolean;
     disabled_optimizers: readonly string[];
+    /** The forward's attention (trainStepGraph.ts `trainStepAttention`). */
+    attention: 'fused' | 'plain';
   };
   unetParameters: number;
   adapterParameters: number;
@@ -153,6 +155,7 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
     const providers = (await providerCandidates(o.provider ?? 'cpu'))[0];
     const dtype = o.dtype ?? defaultComputeType(providers);
     const layout = trainStepWeightLayout(providers, o);
+    const attention = trainStepAttention(providers, dtype);
     const st = await SafetensorsFile.open(file);
     const t0 = performance.now();
     let opened: Awaited<ReturnType<typeof openTrainStep>>;
@@ -167,6 +170,7 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
           checkpointing: o.checkpointing ?? false,
           gradients: true,
           ...layout,
+          attention,
           cacheDir: join(tmp, 'cache'),
         },
       );
@@ -238,6 +242,7 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
         linear_layout: layout.linearLayout,
         prepacking: layout.prepacking,
         disabled_optimizers: layout.disableOptimizers,
+        attention,
       },
       unetParameters: unet.parameterCount(),
       adapterParameters: adapters.params.reduce((n, p) => n + p.length, 0),

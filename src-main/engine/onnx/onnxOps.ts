@@ -301,15 +301,7 @@ export class OnnxOps implements Ops<Value> {
     if (inner === undefined)
       throw new Error('OnnxOps.attention: q must come from a Linear (its width is needed for the head size)');
     const d = inner / heads;
-    if ((this.options.attention ?? 'fused') === 'fused') {
-      // MultiHeadAttention(query, key, value, bias, key_padding_mask, attention_bias); its scale
-      // defaults to 1/sqrt(head size). The mask [1, Sq, Sk] becomes attention_bias [1, 1, Sq, Sk].
-      const bias = mask ? this.g.op('Unsqueeze', [this.compute(mask), this.g.ints([0])], {}, { rank: 4 }) : null;
-      const inputs = bias
-        ? [this.compute(q), this.compute(k), this.compute(v), null, null, bias]
-        : [this.compute(q), this.compute(k), this.compute(v)];
-      return this.g.node('MultiHeadAttention', inputs, { num_heads: heads }, { domain: 'com.microsoft', rank: 3 })[0];
-    }
+    if ((this.options.attention ?? 'fused') === 'fused') return this.fusedAttention(q, k, v, heads, mask);
     const split = (t: Value, perm: number[]) =>
       this.g.op('Transpose', [this.g.op('Reshape', [t, this.g.ints([0, 0, heads, d])], {}, { rank: 4 })], { perm });
     const qh = split(q, [0, 2, 1, 3]); // [B, heads, Sq, d]
@@ -325,6 +317,20 @@ export class OnnxOps implements Ops<Value> {
       { rank: 3 },
     ); // [B, Sq, inner]
     return merged;
+  }
+
+  /**
+   * ONNX Runtime's fused com.microsoft MultiHeadAttention(query, key, value, bias,
+   * key_padding_mask, attention_bias) on q, k, v [B, S, heads * d]: no scores tensor is
+   * materialised. Its scale defaults to 1/sqrt(head size); the mask [1, Sq, Sk] becomes
+   * attention_bias [1, 1, Sq, Sk].
+   */
+  protected fusedAttention(q: Value, k: Value, v: Value, heads: number, mask?: Value): Value {
+    const bias = mask ? this.g.op('Unsqueeze', [this.compute(mask), this.g.ints([0])], {}, { rank: 4 }) : null;
+    const inputs = bias
+      ? [this.compute(q), this.compute(k), this.compute(v), null, null, bias]
+      : [this.compute(q), this.compute(k), this.compute(v)];
+    return this.g.node('MultiHeadAttention', inputs, { num_heads: heads }, { domain: 'com.microsoft', rank: 3 })[0];
   }
 }
 

@@ -76,7 +76,11 @@ export interface TrainStepGraphOptions {
   readonly gradients: boolean;
   /** Recompute each UNet block in the backward pass (needs `gradients`). */
   readonly checkpointing?: boolean;
-  /** Attention as plain ops (default here: the backward differentiates plain ops) or fused. */
+  /**
+   * The forward's attention: plain MatMul/Softmax ops per head group, or ONNX Runtime's fused
+   * MultiHeadAttention (GradOps); the backward recomputes the scores with plain ops either way.
+   * `openTrainStep` picks one per provider (`trainStepAttention`); `emitTrainStep` defaults to plain.
+   */
   readonly attention?: 'fused' | 'plain';
   /** Attention heads computed at once, forward and backward (default: GradOps' choice from the sizes). */
   readonly attentionHeadsPerSlice?: number;
@@ -252,13 +256,26 @@ export function trainStepWeightLayout(
 }
 
 /**
+ * The forward's attention where the options leave it open: fused on the CPU provider in float32
+ * (MultiHeadAttention took 2.2-2.6x less CPU time than the plain ops for one attention of tiny-b
+ * and of SD 1.5 at 512 px, docs/performance.md), plain elsewhere (not measured on GPU providers).
+ */
+export function trainStepAttention(
+  providers: readonly ExecutionProvider[],
+  dtype: ComputeType,
+  attention?: 'fused' | 'plain',
+): 'fused' | 'plain' {
+  return attention ?? (providers[0] === 'cpu' && dtype === 'float32' ? 'fused' : 'plain');
+}
+
+/**
  * A session over the training step of the UNet in `files` (emitted on a cache miss and cached as
  * the inference graphs are, graphSessions.ts), with the training session options and the weight
  * layout of `trainStepWeightLayout`.
  */
 export async function openTrainStep(files: ComponentFiles, options: OpenTrainStepOptions): Promise<OpenedGraph> {
   const o = { ...options, ...trainStepWeightLayout(options.providers, options) };
-  const attention = o.attention ?? 'plain';
+  const attention = trainStepAttention(o.providers, o.dtype, o.attention);
   return openGraph(
     {
       kind: 'unet_train_step',
