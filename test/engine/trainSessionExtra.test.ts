@@ -33,9 +33,10 @@ async function optimizedOps(bytes: Uint8Array, extra: Record<string, Record<stri
 }
 
 describe('trainingSessionExtra (the ONNX training session options)', () => {
-  it('turns off CSE always, and the CPU fallback only on GPU providers', () => {
+  it('turns off CSE always, the CPU fallback on GPU providers, and spinning threads on the CPU', () => {
     expect(trainingSessionExtra(['cpu'])).toEqual({
       optimization: { disable_specified_optimizers: 'CommonSubexpressionElimination' },
+      session: { 'intra_op.allow_spinning': '0' },
     });
     expect(trainingSessionExtra(['webgpu']).session).toEqual({ disable_cpu_ep_fallback: '1' });
   });
@@ -43,7 +44,7 @@ describe('trainingSessionExtra (the ONNX training session options)', () => {
   it("adds the optimizers asked for to ONNX Runtime's ';'-separated list, and prepacking off", () => {
     const extra = trainingSessionExtra(['cpu'], { prepacking: false, disableOptimizers: ['NchwcTransformer'] });
     expect(extra.optimization.disable_specified_optimizers).toBe('CommonSubexpressionElimination;NchwcTransformer');
-    expect(extra.session).toEqual({ disable_prepacking: '1' });
+    expect(extra.session).toEqual({ 'intra_op.allow_spinning': '0', disable_prepacking: '1' });
   });
 
   it('turns every listed optimizer off in ONNX Runtime: CSE and NCHWc reordering both', async () => {

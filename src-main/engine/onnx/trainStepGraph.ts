@@ -188,11 +188,11 @@ export function emitTrainStep(
 
 /**
  * Session options (`extra`) for training graphs: common-subexpression elimination off, so that
- * the recomputed blocks of gradient checkpointing are not merged back into the forward pass; and
- * no silent CPU fallback, so that a GPU provider that cannot run a backward node says so instead
- * of copying every step through the CPU. Keys as in onnxruntime's
+ * the recomputed blocks of gradient checkpointing are not merged back into the forward pass; no
+ * silent CPU fallback, so that a GPU provider that cannot run a backward node says so instead
+ * of copying every step through the CPU; on the CPU provider, no spinning worker threads. Keys as in onnxruntime's
  * `onnxruntime_session_options_config_keys.h` (`optimization.disable_specified_optimizers`,
- * `session.disable_cpu_ep_fallback`); the Node binding flattens the nesting with dots. ONNX Runtime
+ * `session.disable_cpu_ep_fallback`, `session.intra_op.allow_spinning`); the Node binding flattens the nesting with dots. ONNX Runtime
  * splits the optimizer list on ';': with ',' the whole list is one unknown name and nothing is
  * turned off (until this was found, the CPU step's NCHWc filter copies, 2.2 GiB at SD 1.5 size,
  * stayed on).
@@ -203,6 +203,10 @@ export function trainingSessionExtra(
 ): Record<string, Record<string, string>> {
   const session: Record<string, string> = {};
   if (providers[0] !== 'cpu') session.disable_cpu_ep_fallback = '1';
+  // The CPU provider's worker threads block instead of spinning between ops: a step is long, and
+  // on a busy machine the spinning thread took the core from the working one (tiny-b 256 px:
+  // 656 -> 475 ms CPU, 663 -> 478 ms wall per step, docs/performance.md).
+  else session['intra_op.allow_spinning'] = '0';
   // Prepacking keeps a second, packed copy of constant weights (session.disable_prepacking).
   if (o.prepacking === false) session.disable_prepacking = '1';
   return {
