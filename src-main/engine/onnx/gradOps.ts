@@ -61,7 +61,7 @@ import type { OpArgs, OpName, Rule, RuleContext, TapeEntry } from './grad/tape.t
  * Bumped whenever the graphs GradOps emits change (a rule, the attention slicing, the gates), so
  * that cached training graphs are rebuilt (trainStepGraph.ts puts it in its cache key).
  */
-export const GRAD_VERSION = 5;
+export const GRAD_VERSION = 6;
 
 /** A side path's factors: down [in, r], up [r, out] (any float type; cast to the compute type). */
 export interface SideFactors {
