@@ -82,6 +82,11 @@ export interface TrainStepGraphOptions {
    * `openTrainStep` picks one per provider (`trainStepAttention`); `emitTrainStep` defaults to plain.
    */
   readonly attention?: 'fused' | 'plain';
+  /**
+   * float32 Sin and Cos (the time embedding) as ONNX Runtime's ops or as a series (OnnxOps
+   * `sinCos`); `openTrainStep` uses the series off the CPU provider; `emitTrainStep` defaults to native.
+   */
+  readonly sinCos?: 'native' | 'series';
   /** Attention heads computed at once, forward and backward (default: GradOps' choice from the sizes). */
   readonly attentionHeadsPerSlice?: number;
   /**
@@ -120,7 +125,7 @@ export function emitTrainStep(
 
   // Side factors are graph inputs named as the inference graph names them (OnnxOps and GradOps
   // both make them, in walk order).
-  const opsOptions = { builder: g, dtype: options.dtype, weight, attention, sidePaths: layers };
+  const opsOptions = { builder: g, dtype: options.dtype, weight, attention, sidePaths: layers, sinCos: options.sinCos };
   const grad = options.gradients
     ? new GradOps({
         ...opsOptions,
@@ -239,9 +244,9 @@ export interface TrainStepWeightLayout {
  * each weight once: Linears through Gemm (no folded transposed copy), no prepacking (MatMul,
  * Gemm and ConvTranspose would each keep their own packed copy of the weight the forward and the
  * backward share) and no NCHWc filter reordering, so every kernel reads the weights in place from
- * the user's file. The SD 1.5 256 px step with checkpointing peaked at 6,263 MiB this way against
- * 7,636 MiB with MatMul and prepacking (docs/performance.md); tiny-b's step took 6-9% more CPU
- * time. GPU providers keep MatMul and their own defaults (none of this was measured there).
+ * the user's file. The SD 1.5 256 px step with checkpointing peaks at about 4,070 MiB this way
+ * (3,279 MiB of it the mapped weights) against 7,636 MiB with MatMul, prepacking and NCHWc
+ * (docs/performance.md). GPU providers keep MatMul and their own defaults (not measured there).
  */
 export function trainStepWeightLayout(
   providers: readonly ExecutionProvider[],
@@ -280,18 +285,20 @@ export function trainStepAttention(
 export async function openTrainStep(files: ComponentFiles, options: OpenTrainStepOptions): Promise<OpenedGraph> {
   const o = { ...options, ...trainStepWeightLayout(options.providers, options) };
   const attention = trainStepAttention(o.providers, o.dtype, o.attention);
+  // WebGPU (and possibly other GPU providers) compute Sin and Cos with relaxed precision.
+  const sinCos = o.sinCos ?? (o.providers[0] === 'cpu' ? 'native' : 'series');
   return openGraph(
     {
       kind: 'unet_train_step',
       dtype: o.dtype,
       sidePaths: o.sidePaths,
       attention,
-      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} ${o.linearLayout} grad v${GRAD_VERSION}`,
+      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} ${o.linearLayout} sin/cos ${sinCos} grad v${GRAD_VERSION}`,
       config: files.config,
       files: files.files,
       emit: () => ({
         kind: 'unet_train_step',
-        ...emitTrainStep(UNet2DConditionModel.fromConfig(files.config), files.weights, { ...o, attention }),
+        ...emitTrainStep(UNet2DConditionModel.fromConfig(files.config), files.weights, { ...o, attention, sinCos }),
       }),
     },
     {
