@@ -6,7 +6,12 @@ import onnxProto from 'onnx-proto';
 import type * as OrtTypes from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
 import { GraphBuilder } from '../../src-main/engine/onnx/graphBuilder.ts';
-import { trainingSessionExtra, trainStepWeightLayout } from '../../src-main/engine/onnx/trainStepGraph.ts';
+import {
+  SMALL_MODEL_BYTES,
+  trainingSessionExtra,
+  trainStepArena,
+  trainStepWeightLayout,
+} from '../../src-main/engine/onnx/trainStepGraph.ts';
 
 // The session check needs a session option OnnxSession does not expose (optimizedModelFilePath).
 const ort = createRequire(import.meta.url)('onnxruntime-node') as typeof OrtTypes;
@@ -90,5 +95,18 @@ describe('trainStepWeightLayout (how the step holds the frozen weights)', () => 
         disableOptimizers: [],
       },
     );
+  });
+});
+
+describe('trainStepArena (ONNX Runtime CPU arena for the training session)', () => {
+  it('is on for a small model on the CPU provider, the process default otherwise', () => {
+    expect(trainStepArena(['cpu'], 10e6, {})).toBe(true);
+    expect(trainStepArena(['cpu'], SMALL_MODEL_BYTES, {})).toBeUndefined(); // SD 1.5: 3.4 GB
+    expect(trainStepArena(['webgpu'], 10e6, {})).toBeUndefined();
+  });
+
+  it('leaves the choice to SINGLORA_ORT_ARENA when it is set, either way', () => {
+    expect(trainStepArena(['cpu'], 10e6, { SINGLORA_ORT_ARENA: '0' })).toBeUndefined();
+    expect(trainStepArena(['cpu'], 4e9, { SINGLORA_ORT_ARENA: '1' })).toBeUndefined();
   });
 });

@@ -12,7 +12,7 @@
  *                   only, recomputation not counted
  *   peak_rss_mb     the process's peak resident memory (getrusage maxRSS), MiB
  */
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
@@ -25,7 +25,7 @@ import { FlopCounter, type Shaped } from '../models/ops/flopOps.ts';
 import type { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
-import { openTrainStep, trainStepAttention, trainStepWeightLayout } from '../onnx/trainStepGraph.ts';
+import { openTrainStep, trainStepArena, trainStepAttention, trainStepWeightLayout } from '../onnx/trainStepGraph.ts';
 import { defaultCacheDir } from '../paths.ts';
 import { Rng } from '../random.ts';
 import { createScheduler } from '../schedulers/index.ts';
@@ -78,6 +78,8 @@ export interface BenchTrainOnnxReport {
     disabled_optimizers: readonly string[];
     /** The forward's attention (trainStepGraph.ts `trainStepAttention`). */
     attention: 'fused' | 'plain';
+    /** ONNX Runtime's CPU arena (trainStepGraph.ts `trainStepArena`, or SINGLORA_ORT_ARENA). */
+    cpu_arena: boolean;
   };
   unetParameters: number;
   adapterParameters: number;
@@ -243,6 +245,7 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
         prepacking: layout.prepacking,
         disabled_optimizers: layout.disableOptimizers,
         attention,
+        cpu_arena: trainStepArena(providers, statSync(file).size) ?? process.env.SINGLORA_ORT_ARENA === '1',
       },
       unetParameters: unet.parameterCount(),
       adapterParameters: adapters.params.reduce((n, p) => n + p.length, 0),

@@ -32,6 +32,7 @@
  * recomputation read gated inputs, so it cannot be merged back into the forward) and no silent
  * CPU fallback, see `trainingSessionExtra`.
  */
+import { statSync } from 'node:fs';
 import type { ExecutionProvider } from '../backend/onnxRuntime.ts';
 import type { ComponentFiles } from '../io/modelFiles.ts';
 import type { WeightSource } from '../models/layers/module.ts';
@@ -277,6 +278,26 @@ export function trainStepAttention(
   return attention ?? (providers[0] === 'cpu' && dtype === 'float32' ? 'fused' : 'plain');
 }
 
+/** Weights below which a CPU training session keeps ONNX Runtime's arena on (`trainStepArena`). */
+export const SMALL_MODEL_BYTES = 2 ** 30;
+
+/**
+ * ONNX Runtime's CPU arena for a training session: on for a small model on the CPU provider, else
+ * the process default (off unless SINGLORA_ORT_ARENA=1; SINGLORA_ORT_ARENA=0 turns it off for small
+ * models too). The arena keeps the step's buffers from one run to the next instead of faulting
+ * fresh pages in each step: tiny-b's 256 px step took half the wall time with it on this machine
+ * for 150 MiB more, but SD 1.5's 512 px step held 9,279 MiB with it against 6,398 (over the 8 GB
+ * goal), so a large model keeps it off (docs/performance.md).
+ */
+export function trainStepArena(
+  providers: readonly ExecutionProvider[],
+  weightBytes: number,
+  env: NodeJS.ProcessEnv = process.env,
+): boolean | undefined {
+  if (providers[0] !== 'cpu' || env.SINGLORA_ORT_ARENA !== undefined) return undefined;
+  return weightBytes < SMALL_MODEL_BYTES ? true : undefined;
+}
+
 /**
  * A session over the training step of the UNet in `files` (emitted on a cache miss and cached as
  * the inference graphs are, graphSessions.ts), with the training session options and the weight
@@ -306,6 +327,10 @@ export async function openTrainStep(files: ComponentFiles, options: OpenTrainSte
       cacheDir: o.cacheDir,
       inMemory: o.inMemory,
       intraOpNumThreads: o.intraOpNumThreads,
+      cpuArena: trainStepArena(
+        o.providers,
+        files.files.reduce((n, f) => n + statSync(f).size, 0),
+      ),
       extra: trainingSessionExtra(o.providers, { prepacking: o.prepacking, disableOptimizers: o.disableOptimizers }),
     },
   );
