@@ -315,17 +315,24 @@ describe('onnx gradient rules: structure and images', () => {
 });
 
 describe('onnx gradient rules: attention', () => {
-  it('attention gradient (self and cross, mask, one or two heads per slice) from recomputed scores', async () => {
+  it('attention gradient (self and cross, mask, one or two heads per slice, fused forward) from recomputed scores', async () => {
     const mask = Float32Array.from({ length: 7 * 5 }, (_, i) => (i % 5 > (i / 5) % 5 ? -1e4 : 0));
-    for (const perSlice of [1, 2, undefined]) {
-      const options = perSlice === undefined ? {} : { attentionHeadsPerSlice: perSlice };
+    // 'fused': the forward is ONNX Runtime's MultiHeadAttention, the backward the same plain ops.
+    for (const perSlice of [1, 2, undefined, 'fused'] as const) {
+      const options =
+        perSlice === 'fused'
+          ? { attention: 'fused' as const }
+          : perSlice === undefined
+            ? {}
+            : { attentionHeadsPerSlice: perSlice };
+      const how = perSlice === 'fused' ? 'fused forward' : `${perSlice ?? 'default'} head(s) per slice`;
       await check(
-        `self-attention, ${perSlice ?? 'default'} head(s) per slice`,
+        `self-attention, ${how}`,
         { inputs: [{ shape: [2, 7, 8] }], options, run: (o, [x]) => o.attention(x, x, x, 2) },
         7,
       );
       await check(
-        `cross-attention, ${perSlice ?? 'default'} head(s) per slice`,
+        `cross-attention, ${how}`,
         {
           inputs: [{ shape: [2, 7, 8], symbols: { 1: 'sq' } }, { shape: [2, 5, 8] }, { shape: [2, 5, 8] }],
           options,
@@ -334,7 +341,7 @@ describe('onnx gradient rules: attention', () => {
         5,
       );
       await check(
-        `masked attention, ${perSlice ?? 'default'} head(s) per slice`,
+        `masked attention, ${how}`,
         {
           inputs: [
             { shape: [2, 7, 8] },

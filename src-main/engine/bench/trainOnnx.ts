@@ -12,7 +12,7 @@
  *                   only, recomputation not counted
  *   peak_rss_mb     the process's peak resident memory (getrusage maxRSS), MiB
  */
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
@@ -25,7 +25,7 @@ import { FlopCounter, type Shaped } from '../models/ops/flopOps.ts';
 import type { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
-import { openTrainStep, trainStepWeightLayout } from '../onnx/trainStepGraph.ts';
+import { openTrainStep, trainStepArena, trainStepAttention, trainStepWeightLayout } from '../onnx/trainStepGraph.ts';
 import { defaultCacheDir } from '../paths.ts';
 import { Rng } from '../random.ts';
 import { createScheduler } from '../schedulers/index.ts';
@@ -76,6 +76,10 @@ export interface BenchTrainOnnxReport {
     linear_layout: 'matmul' | 'gemm';
     prepacking: boolean;
     disabled_optimizers: readonly string[];
+    /** The forward's attention (trainStepGraph.ts `trainStepAttention`). */
+    attention: 'fused' | 'plain';
+    /** ONNX Runtime's CPU arena (trainStepGraph.ts `trainStepArena`, or SINGLORA_ORT_ARENA). */
+    cpu_arena: boolean;
   };
   unetParameters: number;
   adapterParameters: number;
@@ -153,6 +157,7 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
     const providers = (await providerCandidates(o.provider ?? 'cpu'))[0];
     const dtype = o.dtype ?? defaultComputeType(providers);
     const layout = trainStepWeightLayout(providers, o);
+    const attention = trainStepAttention(providers, dtype);
     const st = await SafetensorsFile.open(file);
     const t0 = performance.now();
     let opened: Awaited<ReturnType<typeof openTrainStep>>;
@@ -167,6 +172,7 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
           checkpointing: o.checkpointing ?? false,
           gradients: true,
           ...layout,
+          attention,
           cacheDir: join(tmp, 'cache'),
         },
       );
@@ -238,6 +244,8 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
         linear_layout: layout.linearLayout,
         prepacking: layout.prepacking,
         disabled_optimizers: layout.disableOptimizers,
+        attention,
+        cpu_arena: trainStepArena(providers, statSync(file).size) ?? process.env.SINGLORA_ORT_ARENA === '1',
       },
       unetParameters: unet.parameterCount(),
       adapterParameters: adapters.params.reduce((n, p) => n + p.length, 0),

@@ -67,6 +67,8 @@ export interface SessionRequest {
   /** Session config entries (onnxruntime `extra`), e.g. the training step's (trainStepGraph.ts). */
   readonly extra?: Record<string, Record<string, string>>;
   readonly intraOpNumThreads?: number;
+  /** ONNX Runtime's CPU arena (OnnxSession's `cpuArena`; default: off unless SINGLORA_ORT_ARENA=1). */
+  readonly cpuArena?: boolean;
 }
 
 export interface OpenedGraph {
@@ -147,7 +149,12 @@ export async function openGraph(req: GraphRequest, opts: SessionRequest): Promis
         linked = false;
       }
     }
-    const common = { providers: opts.providers, extra: opts.extra, intraOpNumThreads: opts.intraOpNumThreads };
+    const common = {
+      providers: opts.providers,
+      extra: opts.extra,
+      intraOpNumThreads: opts.intraOpNumThreads,
+      cpuArena: opts.cpuArena,
+    };
     const session = linked
       ? await OnnxSession.create(graphFile, common)
       : await OnnxSession.create(graphFile, {

@@ -42,6 +42,13 @@ export interface OnnxOpsOptions {
    * `plain`: MatMul, Softmax, MatMul in standard ops, for any runtime.
    */
   readonly attention?: 'fused' | 'plain';
+  /**
+   * float32 Sin and Cos: `native` (default), ONNX Runtime's ops; `series`, the argument reduced to
+   * [-pi/2, pi/2] and a Taylor series in Mul and Add (within 1.4e-7 of sin for arguments up to
+   * 1000), for providers that compute Sin and Cos with relaxed precision: WebGPU's on SwiftShader
+   * were off by 1.9e-4 even on [-pi, pi] (Vulkan allows 2^-11), against 7e-8 for the CPU's.
+   */
+  readonly sinCos?: 'native' | 'series';
 }
 
 const isFloat = (t: ElemType) => t === 'float32' || t === 'float16' || t === 'bfloat16';
@@ -209,10 +216,57 @@ export class OnnxOps implements Ops<Value> {
     return this.g.op('Exp', [x]);
   }
   sin(x: Value): Value {
-    return this.g.op('Sin', [x]);
+    if (x.type !== 'float32' || this.options.sinCos !== 'series') return this.g.op('Sin', [x]);
+    // r in [-pi, pi]; sin r = sin(pi - r) = sin(-pi - r) folds it onto [-pi/2, pi/2].
+    const r = this.reducedAngle(x);
+    const folded = this.g.op('Max', [
+      this.g.op('Min', [r, this.minus(Math.PI, r)]),
+      this.g.op('Neg', [this.minus(Math.PI, this.g.op('Neg', [r]))]),
+    ]);
+    return this.sinSeries(folded);
   }
   cos(x: Value): Value {
-    return this.g.op('Cos', [x]);
+    if (x.type !== 'float32' || this.options.sinCos !== 'series') return this.g.op('Cos', [x]);
+    // cos r = sin(pi/2 - |r|), with pi/2 - |r| in [-pi/2, pi/2].
+    return this.sinSeries(this.minus(Math.PI / 2, this.g.op('Abs', [this.reducedAngle(x)])));
+  }
+
+  /**
+   * x - 2 pi k, k = round(x / 2 pi), in about [-pi, pi] (Cody-Waite: 2 pi = C1 + C2 with C1 =
+   * 6.28125, 8 significant bits, so k C1 and x - k C1 are exact in float32 for |k| < 2^16).
+   */
+  private reducedAngle(x: Value): Value {
+    const C1 = 6.28125;
+    // floor(x / 2 pi + 1/2): ONNX Runtime's WebGPU provider has Floor, not Round.
+    const half = this.g.op('Add', [this.g.op('Mul', [x, this.scalar(x, 1 / (2 * Math.PI))]), this.scalar(x, 0.5)]);
+    const k = this.g.op('Floor', [half]);
+    const hi = this.g.op('Sub', [x, this.g.op('Mul', [k, this.scalar(x, C1)])]);
+    return this.g.op('Sub', [hi, this.g.op('Mul', [k, this.scalar(x, 2 * Math.PI - C1)])]);
+  }
+
+  /** c - r for a constant c near r, as (c1 - r) + (c - c1), c1 = c rounded to 8 bits: exact to float32 rounding. */
+  private minus(c: number, r: Value): Value {
+    const c1 = Math.round(c * 64) / 64;
+    return this.g.op('Add', [this.g.op('Sub', [this.scalar(r, c1), r]), this.scalar(r, c - c1)]);
+  }
+
+  /**
+   * sin r for r in [-pi/2, pi/2], its Taylor series to r^15 (truncation below 1e-11), Horner in r^2
+   * with Mul and Add (`sinCos: 'series'`). The sinusoidal time embedding feeds every block: with
+   * WebGPU's own Sin and Cos the training step's gradients were 21x further from PyTorch's than the
+   * CPU provider's (docs/onnx-gradients.md).
+   */
+  private sinSeries(r: Value): Value {
+    const coefficients = Array.from({ length: 8 }, (_, j) => {
+      let factorial = 1;
+      for (let i = 2; i <= 2 * j + 1; i++) factorial *= i;
+      return (j % 2 ? -1 : 1) / factorial;
+    });
+    const r2 = this.g.op('Mul', [r, r]);
+    let acc = this.scalar(r, coefficients[coefficients.length - 1]);
+    for (let j = coefficients.length - 2; j >= 0; j--)
+      acc = this.g.op('Add', [this.g.op('Mul', [acc, r2]), this.scalar(r, coefficients[j])]);
+    return this.g.op('Mul', [acc, r]);
   }
   clip(x: Value, min: number, max: number): Value {
     return this.g.op('Clip', [x, this.scalar(x, min), this.scalar(x, max)]);
@@ -301,15 +355,7 @@ export class OnnxOps implements Ops<Value> {
     if (inner === undefined)
       throw new Error('OnnxOps.attention: q must come from a Linear (its width is needed for the head size)');
     const d = inner / heads;
-    if ((this.options.attention ?? 'fused') === 'fused') {
-      // MultiHeadAttention(query, key, value, bias, key_padding_mask, attention_bias); its scale
-      // defaults to 1/sqrt(head size). The mask [1, Sq, Sk] becomes attention_bias [1, 1, Sq, Sk].
-      const bias = mask ? this.g.op('Unsqueeze', [this.compute(mask), this.g.ints([0])], {}, { rank: 4 }) : null;
-      const inputs = bias
-        ? [this.compute(q), this.compute(k), this.compute(v), null, null, bias]
-        : [this.compute(q), this.compute(k), this.compute(v)];
-      return this.g.node('MultiHeadAttention', inputs, { num_heads: heads }, { domain: 'com.microsoft', rank: 3 })[0];
-    }
+    if ((this.options.attention ?? 'fused') === 'fused') return this.fusedAttention(q, k, v, heads, mask);
     const split = (t: Value, perm: number[]) =>
       this.g.op('Transpose', [this.g.op('Reshape', [t, this.g.ints([0, 0, heads, d])], {}, { rank: 4 })], { perm });
     const qh = split(q, [0, 2, 1, 3]); // [B, heads, Sq, d]
@@ -325,6 +371,20 @@ export class OnnxOps implements Ops<Value> {
       { rank: 3 },
     ); // [B, Sq, inner]
     return merged;
+  }
+
+  /**
+   * ONNX Runtime's fused com.microsoft MultiHeadAttention(query, key, value, bias,
+   * key_padding_mask, attention_bias) on q, k, v [B, S, heads * d]: no scores tensor is
+   * materialised. Its scale defaults to 1/sqrt(head size); the mask [1, Sq, Sk] becomes
+   * attention_bias [1, 1, Sq, Sk].
+   */
+  protected fusedAttention(q: Value, k: Value, v: Value, heads: number, mask?: Value): Value {
+    const bias = mask ? this.g.op('Unsqueeze', [this.compute(mask), this.g.ints([0])], {}, { rank: 4 }) : null;
+    const inputs = bias
+      ? [this.compute(q), this.compute(k), this.compute(v), null, null, bias]
+      : [this.compute(q), this.compute(k), this.compute(v)];
+    return this.g.node('MultiHeadAttention', inputs, { num_heads: heads }, { domain: 'com.microsoft', rank: 3 })[0];
   }
 }
 

@@ -32,6 +32,7 @@
  * recomputation read gated inputs, so it cannot be merged back into the forward) and no silent
  * CPU fallback, see `trainingSessionExtra`.
  */
+import { statSync } from 'node:fs';
 import type { ExecutionProvider } from '../backend/onnxRuntime.ts';
 import type { ComponentFiles } from '../io/modelFiles.ts';
 import type { WeightSource } from '../models/layers/module.ts';
@@ -76,8 +77,17 @@ export interface TrainStepGraphOptions {
   readonly gradients: boolean;
   /** Recompute each UNet block in the backward pass (needs `gradients`). */
   readonly checkpointing?: boolean;
-  /** Attention as plain ops (default here: the backward differentiates plain ops) or fused. */
+  /**
+   * The forward's attention: plain MatMul/Softmax ops per head group, or ONNX Runtime's fused
+   * MultiHeadAttention (GradOps); the backward recomputes the scores with plain ops either way.
+   * `openTrainStep` picks one per provider (`trainStepAttention`); `emitTrainStep` defaults to plain.
+   */
   readonly attention?: 'fused' | 'plain';
+  /**
+   * float32 Sin and Cos (the time embedding) as ONNX Runtime's ops or as a series (OnnxOps
+   * `sinCos`); `openTrainStep` uses the series off the CPU provider; `emitTrainStep` defaults to native.
+   */
+  readonly sinCos?: 'native' | 'series';
   /** Attention heads computed at once, forward and backward (default: GradOps' choice from the sizes). */
   readonly attentionHeadsPerSlice?: number;
   /**
@@ -116,7 +126,7 @@ export function emitTrainStep(
 
   // Side factors are graph inputs named as the inference graph names them (OnnxOps and GradOps
   // both make them, in walk order).
-  const opsOptions = { builder: g, dtype: options.dtype, weight, attention, sidePaths: layers };
+  const opsOptions = { builder: g, dtype: options.dtype, weight, attention, sidePaths: layers, sinCos: options.sinCos };
   const grad = options.gradients
     ? new GradOps({
         ...opsOptions,
@@ -136,7 +146,11 @@ export function emitTrainStep(
   const lossWeight = input('loss_weight', [batch]);
 
   const runBlock: BlockRunner<Value> | undefined = grad && options.checkpointing ? grad.checkpointBlocks() : undefined;
-  const pred = unet.denoise(ops, toNCHW(g, sample), timestep, ops.compute(context), runBlock); // [n, c, h, w]
+  // The transpose is made outside the executor: tell it the shape, or every size downstream is a
+  // symbol and the attention falls back to one head per slice and run-time broadcast searches.
+  const x = toNCHW(g, sample); // [n, c, h, w]
+  grad?.declare(x, [batch, cfg.inChannels, height, width]);
+  const pred = unet.denoise(ops, x, timestep, ops.compute(context), runBlock); // [n, c, h, w]
 
   // L = sum_i c_i sum_chw (pred - target)^2, in float32.
   const diff = g.op('Sub', [ops.float32(pred), toNCHW(g, target)]); // [n, c, h, w]
@@ -180,11 +194,14 @@ export function emitTrainStep(
 
 /**
  * Session options (`extra`) for training graphs: common-subexpression elimination off, so that
- * the recomputed blocks of gradient checkpointing are not merged back into the forward pass; and
- * no silent CPU fallback, so that a GPU provider that cannot run a backward node says so instead
- * of copying every step through the CPU. Keys as in onnxruntime's
+ * the recomputed blocks of gradient checkpointing are not merged back into the forward pass; no
+ * silent CPU fallback, so that a GPU provider that cannot run a backward node says so instead
+ * of copying every step through the CPU; on the CPU provider, no spinning worker threads. Keys as in onnxruntime's
  * `onnxruntime_session_options_config_keys.h` (`optimization.disable_specified_optimizers`,
- * `session.disable_cpu_ep_fallback`); the Node binding flattens the nesting with dots.
+ * `session.disable_cpu_ep_fallback`, `session.intra_op.allow_spinning`); the Node binding flattens the nesting with dots. ONNX Runtime
+ * splits the optimizer list on ';': with ',' the whole list is one unknown name and nothing is
+ * turned off (until this was found, the CPU step's NCHWc filter copies, 2.2 GiB at SD 1.5 size,
+ * stayed on).
  */
 export function trainingSessionExtra(
   providers: readonly string[],
@@ -192,11 +209,15 @@ export function trainingSessionExtra(
 ): Record<string, Record<string, string>> {
   const session: Record<string, string> = {};
   if (providers[0] !== 'cpu') session.disable_cpu_ep_fallback = '1';
+  // The CPU provider's worker threads block instead of spinning between ops: a step is long, and
+  // on a busy machine the spinning thread took the core from the working one (tiny-b 256 px:
+  // 656 -> 475 ms CPU, 663 -> 478 ms wall per step, docs/performance.md).
+  else session['intra_op.allow_spinning'] = '0';
   // Prepacking keeps a second, packed copy of constant weights (session.disable_prepacking).
   if (o.prepacking === false) session.disable_prepacking = '1';
   return {
     optimization: {
-      disable_specified_optimizers: ['CommonSubexpressionElimination', ...(o.disableOptimizers ?? [])].join(','),
+      disable_specified_optimizers: ['CommonSubexpressionElimination', ...(o.disableOptimizers ?? [])].join(';'),
     },
     ...(Object.keys(session).length ? { session } : {}),
   };
@@ -224,9 +245,9 @@ export interface TrainStepWeightLayout {
  * each weight once: Linears through Gemm (no folded transposed copy), no prepacking (MatMul,
  * Gemm and ConvTranspose would each keep their own packed copy of the weight the forward and the
  * backward share) and no NCHWc filter reordering, so every kernel reads the weights in place from
- * the user's file. The SD 1.5 256 px step with checkpointing peaked at 6,263 MiB this way against
- * 7,636 MiB with MatMul and prepacking (docs/performance.md); tiny-b's step took 6-9% more CPU
- * time. GPU providers keep MatMul and their own defaults (none of this was measured there).
+ * the user's file. The SD 1.5 256 px step with checkpointing peaks at about 4,070 MiB this way
+ * (3,279 MiB of it the mapped weights) against 7,636 MiB with MatMul, prepacking and NCHWc
+ * (docs/performance.md). GPU providers keep MatMul and their own defaults (not measured there).
  */
 export function trainStepWeightLayout(
   providers: readonly ExecutionProvider[],
@@ -245,25 +266,60 @@ export function trainStepWeightLayout(
 }
 
 /**
+ * The forward's attention where the options leave it open: fused on the CPU provider in float32
+ * (MultiHeadAttention took 2.2-2.6x less CPU time than the plain ops for one attention of tiny-b
+ * and of SD 1.5 at 512 px, docs/performance.md), plain elsewhere (not measured on GPU providers).
+ */
+export function trainStepAttention(
+  providers: readonly ExecutionProvider[],
+  dtype: ComputeType,
+  attention?: 'fused' | 'plain',
+): 'fused' | 'plain' {
+  return attention ?? (providers[0] === 'cpu' && dtype === 'float32' ? 'fused' : 'plain');
+}
+
+/** Weights below which a CPU training session keeps ONNX Runtime's arena on (`trainStepArena`). */
+export const SMALL_MODEL_BYTES = 2 ** 30;
+
+/**
+ * ONNX Runtime's CPU arena for a training session: on for a small model on the CPU provider, else
+ * the process default (off unless SINGLORA_ORT_ARENA=1; SINGLORA_ORT_ARENA=0 turns it off for small
+ * models too). The arena keeps the step's buffers from one run to the next instead of faulting
+ * fresh pages in each step: tiny-b's 256 px step took half the wall time with it on this machine
+ * for 150 MiB more, but SD 1.5's 512 px step held 9,279 MiB with it against 6,398 (over the 8 GB
+ * goal), so a large model keeps it off (docs/performance.md).
+ */
+export function trainStepArena(
+  providers: readonly ExecutionProvider[],
+  weightBytes: number,
+  env: NodeJS.ProcessEnv = process.env,
+): boolean | undefined {
+  if (providers[0] !== 'cpu' || env.SINGLORA_ORT_ARENA !== undefined) return undefined;
+  return weightBytes < SMALL_MODEL_BYTES ? true : undefined;
+}
+
+/**
  * A session over the training step of the UNet in `files` (emitted on a cache miss and cached as
  * the inference graphs are, graphSessions.ts), with the training session options and the weight
  * layout of `trainStepWeightLayout`.
  */
 export async function openTrainStep(files: ComponentFiles, options: OpenTrainStepOptions): Promise<OpenedGraph> {
   const o = { ...options, ...trainStepWeightLayout(options.providers, options) };
-  const attention = o.attention ?? 'plain';
+  const attention = trainStepAttention(o.providers, o.dtype, o.attention);
+  // WebGPU (and possibly other GPU providers) compute Sin and Cos with relaxed precision.
+  const sinCos = o.sinCos ?? (o.providers[0] === 'cpu' ? 'native' : 'series');
   return openGraph(
     {
       kind: 'unet_train_step',
       dtype: o.dtype,
       sidePaths: o.sidePaths,
       attention,
-      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} ${o.linearLayout} grad v${GRAD_VERSION}`,
+      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} ${o.linearLayout} sin/cos ${sinCos} grad v${GRAD_VERSION}`,
       config: files.config,
       files: files.files,
       emit: () => ({
         kind: 'unet_train_step',
-        ...emitTrainStep(UNet2DConditionModel.fromConfig(files.config), files.weights, { ...o, attention }),
+        ...emitTrainStep(UNet2DConditionModel.fromConfig(files.config), files.weights, { ...o, attention, sinCos }),
       }),
     },
     {
@@ -271,6 +327,10 @@ export async function openTrainStep(files: ComponentFiles, options: OpenTrainSte
       cacheDir: o.cacheDir,
       inMemory: o.inMemory,
       intraOpNumThreads: o.intraOpNumThreads,
+      cpuArena: trainStepArena(
+        o.providers,
+        files.files.reduce((n, f) => n + statSync(f).size, 0),
+      ),
       extra: trainingSessionExtra(o.providers, { prepacking: o.prepacking, disableOptimizers: o.disableOptimizers }),
     },
   );

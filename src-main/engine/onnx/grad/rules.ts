@@ -339,7 +339,7 @@ function selection(c: RuleContext, inSize: Value, outSize: Value, like: Value): 
  *   1. P  = softmax(Qs K^T + M)            recomputed, [B, G, Sq, Sk], from Q gated on dO
  *   2. D  = rowsum(dO * O)                 [B, G, Sq, 1] (from the forward output, all heads at once)
  *   3. dV = P^T dO
- *   4. dS = P * (dO V^T - D)
+ *   4. dS = P * (dO V^T - D)              one MatMul: [dO, -D] [V, 1]^T
  *   5. dQ = dS K / sqrt(d);  dK = dS^T Qs
  *
  * Only one group's scores exist at a time (the group size is the forward's slicing, gradOps.ts).
@@ -384,8 +384,20 @@ function attentionBackward(
     const p = g.op('Softmax', [s], { axis: -1 });
     if (need[2]) dv.push(g.op('MatMul', [g.op('Transpose', [p], { perm: [0, 1, 3, 2] }), dOs[i]])); // [B, G, Sk, d]
     if (!need[0] && !need[1]) return;
-    const dP = g.op('MatMul', [dOs[i], g.op('Transpose', [vs[i]], { perm: [0, 1, 3, 2] })]); // [B, G, Sq, Sk]
-    const dS = g.op('Mul', [p, g.op('Sub', [dP, Ds[i]])]);
+    // dP - D as one product, [dO, -D] [V, 1]^T: a scores-sized tensor and a pass over one fewer
+    // than dO V^T - D (each fresh scores-sized tensor also costs its page faults on the CPU).
+    const ones = g.op(
+      'Expand',
+      [
+        c.scalar(1, dO),
+        g.op('Concat', [c.runtimeShape(vs[i], 0, 3), g.ints([1])], { axis: 0 }, { type: 'int64', rank: 1 }),
+      ],
+      {},
+      { rank: 4 },
+    ); // [B, G, Sk, 1]
+    const dOD = g.op('Concat', [dOs[i], g.op('Neg', [Ds[i]])], { axis: 3 }); // [B, G, Sq, d + 1]
+    const v1T = g.op('Transpose', [g.op('Concat', [vs[i], ones], { axis: 3 })], { perm: [0, 1, 3, 2] }); // [B, G, d + 1, Sk]
+    const dS = g.op('Mul', [p, g.op('MatMul', [dOD, v1T])]); // P * (dO V^T - D), [B, G, Sq, Sk]
     if (need[0]) dq.push(g.op('Mul', [g.op('MatMul', [dS, ks[i]]), scale])); // [B, G, Sq, d]
     if (need[1]) dk.push(g.op('MatMul', [g.op('Transpose', [dS], { perm: [0, 1, 3, 2] }), qsc])); // [B, G, Sk, d]
   });
