@@ -32,9 +32,6 @@ const KNOWN_LONG = [
   'src-main/engine/bench/trainOnnx.ts benchTrainOnnx',
   'src-main/engine/bench/train.ts benchTrain',
   'src-main/engine/bench/unetOnnx.ts benchUnetOnnx',
-  // the TensorFlow.js memory-efficient attention: one tf.customGrad (forward and backward share its slices)
-  'src-main/engine/models/ops/memoryEfficientAttention.ts memoryEfficientAttend',
-  'src-main/engine/models/ops/memoryEfficientAttention.ts memoryEfficientAttend/<anonymous>',
 ];
 
 interface Fn {

@@ -70,6 +70,35 @@ export function memoryEfficientAttend(
   mask?: Tensor,
   maxScoreElements = DEFAULT_MAX_SCORE_ELEMENTS,
 ): Tensor {
+  const g = geometry(q, k, v, heads, maxScoreElements);
+  if (mask) checkMask(mask, g.bh, g.sq, g.sk);
+  // customGrad's typing wants a fixed arity; the engine passes (q, k, v[, mask], save). The mask
+  // is an input so that the tape keeps it alive until the backward pass.
+  const customGrad = tf.customGrad as unknown as (f: (...args: unknown[]) => unknown) => (...args: Tensor[]) => Tensor;
+  const run = customGrad((...args: unknown[]) => {
+    const save = args.pop() as (ts: Tensor[]) => void;
+    const [qIn, kIn, vIn, m3] = args as [Tensor, Tensor, Tensor, Tensor | undefined];
+    const { out, lse } = tf.tidy(() => attendForward(g, qIn, kIn, vIn, m3));
+    save([qIn, kIn, vIn, out, lse, ...(m3 ? [m3] : [])]);
+    return { value: out, gradFunc: (dy: Tensor, saved: Tensor[]) => tf.tidy(() => attendBackward(g, dy, saved)) };
+  });
+  return mask ? run(q, k, v, mask) : run(q, k, v);
+}
+
+/** The sizes of one call, checked, and how its work is cut. */
+interface Geometry {
+  b: number;
+  sq: number;
+  sk: number;
+  inner: number;
+  heads: number;
+  d: number;
+  bh: number;
+  scale: number;
+  cut: Cut;
+}
+
+function geometry(q: Tensor, k: Tensor, v: Tensor, heads: number, maxScoreElements: number): Geometry {
   const [b, sq, inner] = q.shape as number[];
   const sk = k.shape[1] as number;
   if (q.rank !== 3 || k.rank !== 3 || v.rank !== 3)
@@ -82,126 +111,135 @@ export function memoryEfficientAttend(
   }
   const d = inner / heads;
   const bh = b * heads;
-  const scale = 1 / Math.sqrt(d);
-  if (mask) checkMask(mask, bh, sq, sk);
   const cut = cutWork(bh, sq, sk, maxScoreElements, tf.getBackend() === 'wasm');
+  return { b, sq, sk, inner, heads, d, bh, scale: 1 / Math.sqrt(d), cut };
+}
 
-  // [B, S, heads*d] -> [B*heads, S, d], and back.
-  const toHeads = (t: Tensor, s: number) => t.reshape([b, s, heads, d]).transpose([0, 2, 1, 3]).reshape([bh, s, d]);
-  const fromHeads = (t: Tensor) => t.reshape([b, heads, sq, d]).transpose([0, 2, 1, 3]).reshape([b, sq, inner]);
-  // [B, Sk, heads*d] -> [B*heads, d, Sk]: keys (and, in the backward pass, values) transposed once.
-  const toHeadsT = (t: Tensor) => t.reshape([b, sk, heads, d]).transpose([0, 2, 3, 1]).reshape([bh, d, sk]);
+/** [B, S, heads*d] -> [B*heads, S, d]. */
+function toHeads(g: Geometry, t: Tensor, s: number): Tensor {
+  return t.reshape([g.b, s, g.heads, g.d]).transpose([0, 2, 1, 3]).reshape([g.bh, s, g.d]);
+}
 
-  // customGrad's typing wants a fixed arity; the engine passes (q, k, v[, mask], save). The mask
-  // is an input so that the tape keeps it alive until the backward pass.
-  const customGrad = tf.customGrad as unknown as (f: (...args: unknown[]) => unknown) => (...args: Tensor[]) => Tensor;
-  const run = customGrad((...args: unknown[]) => {
-    const save = args.pop() as (ts: Tensor[]) => void;
-    const [qIn, kIn, vIn, m3] = args as [Tensor, Tensor, Tensor, Tensor | undefined];
-    const { out, lse } = tf.tidy(() => {
-      const qh = tf.mul(toHeads(qIn, sq), scale); // [BH, Sq, d], scaled
-      const khT = toHeadsT(kIn); // [BH, d, Sk]
-      const vh = toHeads(vIn, sk); // [BH, Sk, d]
-      const outs: Tensor[] = [];
-      const lses: Tensor[] = [];
-      eachGroup(cut, [qh, khT, vh], [m3], ([qg, kTg, vg], [mg]) => {
-        for (const [[qr], mr] of byRows(cut, [[qg, 1]], mg, 1)) {
-          const [o, l] = tf.tidy(() => {
-            const s = scores(qr, kTg, mr); // S [G, rows, Sk]
-            const p = tf.softmax(s); // P
-            // L = logsumexp(S) = max(S) - log(max(P)); max(P) >= 1/Sk, so the log is exact enough.
-            return [tf.matMul(p, vg), tf.sub(tf.max(s, -1, true), tf.log(tf.max(p, -1, true)))]; // O [G, rows, d], L [G, rows, 1]
-          });
-          outs.push(o);
-          lses.push(l);
-        }
+/** [B*heads, S, d] -> [B, S, heads*d]. */
+function fromHeads(g: Geometry, t: Tensor, s: number): Tensor {
+  return t.reshape([g.b, g.heads, s, g.d]).transpose([0, 2, 1, 3]).reshape([g.b, s, g.inner]);
+}
+
+/** [B, Sk, heads*d] -> [B*heads, d, Sk]: keys (and, in the backward pass, values) transposed once. */
+function toHeadsT(g: Geometry, t: Tensor): Tensor {
+  return t.reshape([g.b, g.sk, g.heads, g.d]).transpose([0, 2, 3, 1]).reshape([g.bh, g.d, g.sk]);
+}
+
+/** The forward pass: O [B, Sq, inner] and L^T [BH, 1, Sq], one slice of scores at a time. */
+function attendForward(g: Geometry, qIn: Tensor, kIn: Tensor, vIn: Tensor, m3: Tensor | undefined) {
+  const { cut } = g;
+  const qh = tf.mul(toHeads(g, qIn, g.sq), g.scale); // [BH, Sq, d], scaled
+  const khT = toHeadsT(g, kIn); // [BH, d, Sk]
+  const vh = toHeads(g, vIn, g.sk); // [BH, Sk, d]
+  const outs: Tensor[] = [];
+  const lses: Tensor[] = [];
+  eachGroup(cut, [qh, khT, vh], [m3], ([qg, kTg, vg], [mg]) => {
+    for (const [[qr], mr] of byRows(cut, [[qg, 1]], mg, 1)) {
+      const [o, l] = tf.tidy(() => {
+        const s = scores(qr, kTg, mr); // S [G, rows, Sk]
+        const p = tf.softmax(s); // P
+        // L = logsumexp(S) = max(S) - log(max(P)); max(P) >= 1/Sk, so the log is exact enough.
+        return [tf.matMul(p, vg), tf.sub(tf.max(s, -1, true), tf.log(tf.max(p, -1, true)))]; // O [G, rows, d], L [G, rows, 1]
       });
-      return { out: fromHeads(joinSlices(outs, cut)), lse: joinSlices(lses, cut).reshape([bh, 1, sq]) }; // [B, Sq, inner], L^T [BH, 1, Sq]
-    });
-    save([qIn, kIn, vIn, out, lse, ...(m3 ? [m3] : [])]);
-    return {
-      value: out,
-      gradFunc: (dy: Tensor, saved: Tensor[]) => {
-        const [qS, kS, vS, oS, lseT, mS] = saved;
-        return tf.tidy(() => {
-          const qh = tf.mul(toHeads(qS, sq), scale); // [BH, Sq, d], scaled
-          const qhT = swapLastTwo(qh); // [BH, d, Sq]
-          const khT = toHeadsT(kS); // [BH, d, Sk]
-          const kh = toHeads(kS, sk); // [BH, Sk, d]
-          const vhT = toHeadsT(vS); // [BH, d, Sk]
-          const vh = toHeads(vS, sk); // [BH, Sk, d]
-          const dOh = toHeads(dy, sq); // [BH, Sq, d]
-          const dOhT = swapLastTwo(dOh); // [BH, d, Sq]
-          const delta = tf.sum(tf.mul(dOh, toHeads(oS, sq)), -1, true); // 1. D [BH, Sq, 1]
-          const deltaT = delta.reshape([bh, 1, sq]); // D^T [BH, 1, Sq]
-          const maskT = mS ? swapLastTwo(mS) : undefined; // [1|BH, Sk, 1|Sq]
-          const dqs: Tensor[] = []; // [G, rows, d] each
-          const dks: Tensor[] = []; // [G, Sk, d] each
-          const dvs: Tensor[] = [];
-          const ts = [qh, qhT, khT, kh, vhT, vh, dOh, dOhT, delta, deltaT, lseT];
-          eachGroup(cut, ts, [mS, maskT], ([qg, qTg, kTg, kg, vTg, vg, dOg, dOTg, Dg, DTg, LTg], [mg, mTg]) => {
-            let dK: Tensor | null = null;
-            let dV: Tensor | null = null;
-            // Query rows: [G, Sq, .] tensors split along axis 1, [G, ., Sq] ones along axis 2.
-            const rows = byRows(
-              cut,
-              [
-                [qg, 1],
-                [dOg, 1],
-                [Dg, 1],
-              ],
-              mg,
-              1,
-            );
-            const cols = byRows(
-              cut,
-              [
-                [qTg, 2],
-                [dOTg, 2],
-                [DTg, 2],
-                [LTg, 2],
-              ],
-              mTg,
-              2,
-            );
-            rows.forEach(([[qr, dOr, Dr], mr], j) => {
-              const [[qTr, dOTr, DTr, LTr], mTr] = cols[j];
-              // Pass 1, scores as they are: dQ.
-              dqs.push(
-                tf.tidy(() => {
-                  const p = tf.softmax(scores(qr, kTg, mr)); // 2. P [G, rows, Sk]
-                  const dP = tf.matMul(dOr, vTg); // 4. dP = dO V^T [G, rows, Sk]
-                  const dS = tf.mul(p, tf.sub(dP, Dr)); // 5. dS [G, rows, Sk]
-                  return tf.matMul(dS, kg); // 6. dQ / scale = dS K [G, rows, d]
-                }),
-              );
-              // Pass 2, transposed scores: dK and dV.
-              const [dKj, dVj] = tf.tidy(() => {
-                const pT = expOfNonPositive(tf.sub(scoresT(kg, qTr, mTr), LTr)); // 2. P^T = exp(S^T - L^T) [G, Sk, rows]
-                const dVj = tf.matMul(pT, dOr); // 3. dV = P^T dO [G, Sk, d]
-                const dPT = tf.matMul(vg, dOTr); // 4. dP^T = V dO^T [G, Sk, rows]
-                const dST = tf.mul(pT, tf.sub(dPT, DTr)); // 5. dS^T [G, Sk, rows]
-                return [tf.matMul(dST, qr), dVj]; // 6. dK = dS^T Q (Q scaled) [G, Sk, d]
-              });
-              dK = accumulate(dK, dKj);
-              dV = accumulate(dV, dVj);
-            });
-            dks.push(dK!);
-            dvs.push(dV!);
-          });
-          const dq = tf.mul(fromHeads(joinSlices(dqs, cut)), scale); // [B, Sq, inner]
-          // [BH, Sk, d] -> [B, heads, Sk, d] -> [B, Sk, heads, d] -> [B, Sk, inner]
-          const fromHeadsK = (t: Tensor) =>
-            t.reshape([b, heads, sk, d]).transpose([0, 2, 1, 3]).reshape([b, sk, inner]);
-          const dk = fromHeadsK(dks.length === 1 ? dks[0] : tf.concat(dks, 0));
-          const dv = fromHeadsK(dvs.length === 1 ? dvs[0] : tf.concat(dvs, 0));
-          // The mask is a constant (attention masks are): its gradient is reported as zero.
-          return mS ? [dq, dk, dv, tf.zerosLike(mS)] : [dq, dk, dv];
-        });
-      },
-    };
+      outs.push(o);
+      lses.push(l);
+    }
   });
-  return mask ? run(q, k, v, mask) : run(q, k, v);
+  // [B, Sq, inner], L^T [BH, 1, Sq]
+  return { out: fromHeads(g, joinSlices(outs, cut), g.sq), lse: joinSlices(lses, cut).reshape([g.bh, 1, g.sq]) };
+}
+
+/** The backward pass: [dq, dk, dv] (and a zero gradient for the mask, a constant). */
+function attendBackward(g: Geometry, dy: Tensor, saved: Tensor[]): Tensor[] {
+  const [qS, kS, vS, oS, lseT, mS] = saved;
+  const { cut, sq } = g;
+  const qh = tf.mul(toHeads(g, qS, sq), g.scale); // [BH, Sq, d], scaled
+  const dOh = toHeads(g, dy, sq); // [BH, Sq, d]
+  const delta = tf.sum(tf.mul(dOh, toHeads(g, oS, sq)), -1, true); // 1. D [BH, Sq, 1]
+  const maskT = mS ? swapLastTwo(mS) : undefined; // [1|BH, Sk, 1|Sq]
+  const dqs: Tensor[] = []; // [G, rows, d] each
+  const dks: Tensor[] = []; // [G, Sk, d] each
+  const dvs: Tensor[] = [];
+  const ts = [
+    qh,
+    swapLastTwo(qh), // Q^T [BH, d, Sq]
+    toHeadsT(g, kS), // K^T [BH, d, Sk]
+    toHeads(g, kS, g.sk), // K [BH, Sk, d]
+    toHeadsT(g, vS), // V^T [BH, d, Sk]
+    toHeads(g, vS, g.sk), // V [BH, Sk, d]
+    dOh,
+    swapLastTwo(dOh), // dO^T [BH, d, Sq]
+    delta,
+    delta.reshape([g.bh, 1, sq]), // D^T [BH, 1, Sq]
+    lseT,
+  ];
+  eachGroup(cut, ts, [mS, maskT], (group, masks) => {
+    const { dQ, dK, dV } = backwardGroup(cut, group, masks);
+    dqs.push(...dQ);
+    dks.push(dK);
+    dvs.push(dV);
+  });
+  const dq = tf.mul(fromHeads(g, joinSlices(dqs, cut), sq), g.scale); // [B, Sq, inner]
+  const dk = fromHeads(g, dks.length === 1 ? dks[0] : tf.concat(dks, 0), g.sk); // [B, Sk, inner]
+  const dv = fromHeads(g, dvs.length === 1 ? dvs[0] : tf.concat(dvs, 0), g.sk);
+  // The mask is a constant (attention masks are): its gradient is reported as zero.
+  return mS ? [dq, dk, dv, tf.zerosLike(mS)] : [dq, dk, dv];
+}
+
+/**
+ * One group slice of the backward pass, over its query-row slices: dQ per row slice, and dK and
+ * dV summed over them.
+ */
+function backwardGroup(
+  cut: Cut,
+  [qg, qTg, kTg, kg, vTg, vg, dOg, dOTg, Dg, DTg, LTg]: Tensor[],
+  [mg, mTg]: (Tensor | undefined)[],
+): { dQ: Tensor[]; dK: Tensor; dV: Tensor } {
+  let dK: Tensor | null = null;
+  let dV: Tensor | null = null;
+  const dQ: Tensor[] = [];
+  // Query rows: [G, Sq, .] tensors split along axis 1, [G, ., Sq] ones along axis 2.
+  const rowSlices: [Tensor, number][] = [
+    [qg, 1],
+    [dOg, 1],
+    [Dg, 1],
+  ];
+  const colSlices: [Tensor, number][] = [
+    [qTg, 2],
+    [dOTg, 2],
+    [DTg, 2],
+    [LTg, 2],
+  ];
+  const rows = byRows(cut, rowSlices, mg, 1);
+  const cols = byRows(cut, colSlices, mTg, 2);
+  rows.forEach(([[qr, dOr, Dr], mr], j) => {
+    const [[qTr, dOTr, DTr, LTr], mTr] = cols[j];
+    // Pass 1, scores as they are: dQ.
+    dQ.push(
+      tf.tidy(() => {
+        const p = tf.softmax(scores(qr, kTg, mr)); // 2. P [G, rows, Sk]
+        const dP = tf.matMul(dOr, vTg); // 4. dP = dO V^T [G, rows, Sk]
+        const dS = tf.mul(p, tf.sub(dP, Dr)); // 5. dS [G, rows, Sk]
+        return tf.matMul(dS, kg); // 6. dQ / scale = dS K [G, rows, d]
+      }),
+    );
+    // Pass 2, transposed scores: dK and dV.
+    const [dKj, dVj] = tf.tidy(() => {
+      const pT = expOfNonPositive(tf.sub(scoresT(kg, qTr, mTr), LTr)); // 2. P^T = exp(S^T - L^T) [G, Sk, rows]
+      const dVj = tf.matMul(pT, dOr); // 3. dV = P^T dO [G, Sk, d]
+      const dPT = tf.matMul(vg, dOTr); // 4. dP^T = V dO^T [G, Sk, rows]
+      const dST = tf.mul(pT, tf.sub(dPT, DTr)); // 5. dS^T [G, Sk, rows]
+      return [tf.matMul(dST, qr), dVj]; // 6. dK = dS^T Q (Q scaled) [G, Sk, d]
+    });
+    dK = accumulate(dK, dKj);
+    dV = accumulate(dV, dVj);
+  });
+  return { dQ, dK: dK!, dV: dV! };
 }
 
 /** How to cut [BH, Sq, Sk] scores so that no slice exceeds the budget. */
