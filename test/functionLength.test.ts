@@ -27,11 +27,8 @@ const DATA_TABLES = [
 
 /** Long functions known and left for now, each with who splits it. */
 const KNOWN_LONG = [
-  // areas other branches were changing at the same time (the toy model and eval/; engine/bench's ONNX Runtime memory work)
+  // an area another branch was changing at the same time (eval/)
   'src-main/engine/eval/evaluateRun.ts evaluateRun',
-  'src-main/engine/bench/trainOnnx.ts benchTrainOnnx',
-  'src-main/engine/bench/train.ts benchTrain',
-  'src-main/engine/bench/unetOnnx.ts benchUnetOnnx',
 ];
 
 interface Fn {

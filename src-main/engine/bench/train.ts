@@ -32,6 +32,7 @@ import { Rng, randn } from '../random.ts';
 import { createScheduler, parseSchedulerConfig, type RawSchedulerConfig } from '../schedulers/index.ts';
 import { AdamW } from '../train/adamw.ts';
 import { adapterBlockRunner, trainStep, type TrainStepOptions } from '../train/step.ts';
+import { median, timeSteps } from './benchSteps.ts';
 
 export interface BenchTrainOptions {
   /** A diffusers pipeline folder, a `unet/` folder, or a UNet config.json. */
@@ -156,11 +157,53 @@ export function benchTrainSetup(
   };
 }
 
+type Setup = ReturnType<typeof benchTrainSetup>;
+
+/** What a benchmark run holds and must free, whether or not it finished. */
+interface Held {
+  set: AdapterSet | null;
+  opt: AdamW | null;
+  owned: tf.Tensor[];
+}
+
 export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport> {
   const log = o.log ?? (() => {});
   const info = await initBackend(o.backend ?? 'auto');
-  const { latent, steps, warmup, batch, rank, method, unet } = benchTrainSetup(o);
-  const report: BenchTrainReport = {
+  const setup = benchTrainSetup(o);
+  const report = emptyTrainReport(o, info, setup);
+  let peakRss = process.memoryUsage().rss;
+  const sampleRss = () => (peakRss = Math.max(peakRss, process.memoryUsage().rss));
+  const held: Held = { set: null, opt: null, owned: [] };
+  try {
+    log(`building ${report.unetParameters.toLocaleString('en-US')}-parameter UNet with random weights on ${info.name}`);
+    const step = await prepareTrainStep(o, setup, report, held, sampleRss);
+    await timeSteps(setup.warmup, setup.steps, step, log, { ms: report.ms_steps, cpuMs: report.cpu_ms_steps });
+    report.ms_per_step = median(report.ms_steps);
+    report.cpu_ms_per_step = median(report.cpu_ms_steps);
+    await profileStep(step, report, o.profile ?? false);
+  } catch (err) {
+    const msg = (err as Error).message ?? String(err);
+    report.status = /memory|allocat|OOM|out of bounds|abort/i.test(msg) ? 'did not fit' : 'failed';
+    report.error = msg.split('\n')[0];
+  } finally {
+    held.opt?.dispose();
+    held.set?.remove();
+    tf.dispose(held.owned);
+    setup.unet.dispose();
+  }
+  report.peak_rss_mb = Math.round(peakRss / 2 ** 20);
+  const heap = memoryCounters().wasmHeapBytes;
+  report.wasm_heap_mb = heap ? Math.round(heap / 2 ** 20) : null;
+  return report;
+}
+
+/** The report before any step: the configuration and the UNet's size, every measurement empty. */
+function emptyTrainReport(
+  o: BenchTrainOptions,
+  info: { name: string; device?: string | null },
+  { latent, steps, warmup, batch, rank, method, unet }: Setup,
+): BenchTrainReport {
+  return {
     bench: 'train',
     backend: info.name,
     device: info.device ?? null,
@@ -195,95 +238,73 @@ export async function benchTrain(o: BenchTrainOptions): Promise<BenchTrainReport
     peak_rss_mb: 0,
     status: 'ok',
   };
-  let peakRss = process.memoryUsage().rss;
-  const sampleRss = () => (peakRss = Math.max(peakRss, process.memoryUsage().rss));
-  let set: AdapterSet | null = null;
-  let opt: AdamW | null = null;
-  const owned: tf.Tensor[] = [];
-  try {
-    log(`building ${report.unetParameters.toLocaleString('en-US')}-parameter UNet with random weights on ${info.name}`);
-    await loadParams(unet, randomSource(unet, o.seed ?? 0), 'unet');
+}
+
+/**
+ * Random UNet weights, adapters, AdamW and fixed random inputs (all recorded in `held`); returns
+ * one training step, which samples the RSS after it.
+ */
+async function prepareTrainStep(
+  o: BenchTrainOptions,
+  { latent, batch, rank, method, unet }: Setup,
+  report: BenchTrainReport,
+  held: Held,
+  sampleRss: () => void,
+): Promise<() => Promise<void>> {
+  await loadParams(unet, randomSource(unet, o.seed ?? 0), 'unet');
+  sampleRss();
+  const set = AdapterSet.inject(unet, defaultAdapterSpec({ method, rank, alpha: rank, rampSteps: 0 }), {
+    rng: new Rng(o.seed ?? 0, 1),
+  });
+  held.set = set;
+  report.adapterParameters = set.parameterCount();
+  report.adapterLayers = set.size;
+  held.opt = new AdamW(set.variables());
+  const cfg = unet.config;
+  const rng = new Rng(o.seed ?? 0, 2);
+  const latents = randn(rng, [batch, latent[0], latent[1], cfg.inChannels]);
+  const noise = randn(rng, [batch, latent[0], latent[1], cfg.outChannels]);
+  const context = randn(rng, [batch, 77, cfg.crossAttentionDim[0]]);
+  held.owned.push(latents, noise, context);
+  const model = {
+    unet,
+    scheduler: createScheduler('ddpm', readTrainingSchedulerConfig(o.base)),
+    adapters: set,
+    optimizer: held.opt,
+    runBlock: o.checkpointing ? adapterBlockRunner(set) : undefined,
+  };
+  const batchOf = { latents, noise, context, timesteps: Array<number>(batch).fill(500) };
+  // The training defaults (train settings: maxGradNorm 1, no min-SNR, prior weight 1).
+  const stepOptions: Omit<TrainStepOptions, 'step'> = {
+    lr: 1e-4,
+    maxGradNorm: 1,
+    minSnrGamma: null,
+    priorLossWeight: 1,
+  };
+  let taken = 0;
+  return async () => {
+    await trainStep(model, [batchOf], { ...stepOptions, step: taken++, attention: report.config.attention });
     sampleRss();
-    set = AdapterSet.inject(unet, defaultAdapterSpec({ method, rank, alpha: rank, rampSteps: 0 }), {
-      rng: new Rng(o.seed ?? 0, 1),
-    });
-    report.adapterParameters = set.parameterCount();
-    report.adapterLayers = set.size;
-    opt = new AdamW(set.variables());
-    const cfg = unet.config;
-    const rng = new Rng(o.seed ?? 0, 2);
-    const latents = randn(rng, [batch, latent[0], latent[1], cfg.inChannels]);
-    const noise = randn(rng, [batch, latent[0], latent[1], cfg.outChannels]);
-    const context = randn(rng, [batch, 77, cfg.crossAttentionDim[0]]);
-    owned.push(latents, noise, context);
-    const model = {
-      unet,
-      scheduler: createScheduler('ddpm', readTrainingSchedulerConfig(o.base)),
-      adapters: set,
-      optimizer: opt,
-      runBlock: o.checkpointing ? adapterBlockRunner(set) : undefined,
-    };
-    const batchOf = { latents, noise, context, timesteps: Array<number>(batch).fill(500) };
-    // The training defaults (train settings: maxGradNorm 1, no min-SNR, prior weight 1).
-    const stepOptions: Omit<TrainStepOptions, 'step'> = {
-      lr: 1e-4,
-      maxGradNorm: 1,
-      minSnrGamma: null,
-      priorLossWeight: 1,
-    };
-    let taken = 0;
-    const step = async () => {
-      await trainStep(model, [batchOf], { ...stepOptions, step: taken++, attention: report.config.attention });
-      sampleRss();
-    };
-    for (let i = 0; i < warmup + steps; i++) {
-      const t0 = performance.now();
-      const c0 = process.cpuUsage();
-      await step();
-      const ms = performance.now() - t0;
-      const c = process.cpuUsage(c0);
-      const cpuMs = (c.user + c.system) / 1000;
-      log(`step ${i + 1}/${warmup + steps}: ${ms.toFixed(0)} ms${i < warmup ? ' (warm-up)' : ''}`);
-      if (i >= warmup) {
-        report.ms_steps.push(ms);
-        report.cpu_ms_steps.push(cpuMs);
-      }
-    }
-    const median = (xs: number[]) => {
-      const sorted = [...xs].sort((a, b) => a - b);
-      return sorted.length ? sorted[Math.floor((sorted.length - 1) / 2)] : null;
-    };
-    report.ms_per_step = median(report.ms_steps);
-    report.cpu_ms_per_step = median(report.cpu_ms_steps);
-    const before = tf.memory().numBytes;
-    report.buffer_bytes_before = before; // no tape yet, so no clones: each buffer counted once
-    const buffers = trackBufferBytes();
-    let prof: Awaited<ReturnType<typeof tf.profile>>;
-    try {
-      prof = await tf.profile(step);
-    } finally {
-      buffers.stop();
-    }
-    report.peak_step_buffer_bytes = buffers.peak;
-    report.peak_step_bytes = Math.max(0, prof.peakBytes - before);
-    report.peak_tensor_bytes = prof.peakBytes;
-    report.gflop_per_step = stepFlops(prof.kernels) / 1e9;
-    if (report.ms_per_step) report.gflops = report.gflop_per_step / (report.ms_per_step / 1000);
-    if (o.profile) report.kernels = kernelTimes(prof.kernels);
-  } catch (err) {
-    const msg = (err as Error).message ?? String(err);
-    report.status = /memory|allocat|OOM|out of bounds|abort/i.test(msg) ? 'did not fit' : 'failed';
-    report.error = msg.split('\n')[0];
+  };
+}
+
+/** One more step under tf.profile: its peak bytes, distinct buffer bytes, FLOP and (with `profile`) kernels. */
+async function profileStep(step: () => Promise<void>, report: BenchTrainReport, profile: boolean): Promise<void> {
+  const before = tf.memory().numBytes;
+  report.buffer_bytes_before = before; // no tape yet, so no clones: each buffer counted once
+  const buffers = trackBufferBytes();
+  let prof: Awaited<ReturnType<typeof tf.profile>>;
+  try {
+    prof = await tf.profile(step);
   } finally {
-    opt?.dispose();
-    set?.remove();
-    tf.dispose(owned);
-    unet.dispose();
+    buffers.stop();
   }
-  report.peak_rss_mb = Math.round(peakRss / 2 ** 20);
-  const heap = memoryCounters().wasmHeapBytes;
-  report.wasm_heap_mb = heap ? Math.round(heap / 2 ** 20) : null;
-  return report;
+  report.peak_step_buffer_bytes = buffers.peak;
+  report.peak_step_bytes = Math.max(0, prof.peakBytes - before);
+  report.peak_tensor_bytes = prof.peakBytes;
+  report.gflop_per_step = stepFlops(prof.kernels) / 1e9;
+  if (report.ms_per_step) report.gflops = report.gflop_per_step / (report.ms_per_step / 1000);
+  if (profile) report.kernels = kernelTimes(prof.kernels);
 }
 
 type KernelRecord = {

@@ -12,25 +12,29 @@
  *                   only, recomputation not counted
  *   peak_rss_mb     the process's peak resident memory (getrusage maxRSS), MiB
  */
-import { mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { rmSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { AdapterSet, DEFAULT_TARGETS, defaultAdapterSpec } from '../adapters/adapterSet.ts';
 import { initBackend } from '../backend/tf.ts';
-import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
+import { SafetensorsFile } from '../io/safetensors.ts';
 import { safetensorsSource } from '../io/weightSource.ts';
-import { randomSource } from '../models/layers/module.ts';
 import { FlopCounter, type Shaped } from '../models/ops/flopOps.ts';
 import type { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
 import { openTrainStep, trainStepArena, trainStepAttention, trainStepWeightLayout } from '../onnx/trainStepGraph.ts';
-import { defaultCacheDir } from '../paths.ts';
 import { Rng } from '../random.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import type { DDPMScheduler } from '../schedulers/ddpmScheduler.ts';
-import { AdamWArrays, adapterArraysOf, onnxTrainStep, type OnnxMicroBatch } from '../train/onnxStep.ts';
+import {
+  AdamWArrays,
+  type AdapterArrays,
+  adapterArraysOf,
+  onnxTrainStep,
+  type OnnxMicroBatch,
+} from '../train/onnxStep.ts';
+import { benchTempDir, median, type StepTimes, timeSteps, writeRandomUnet } from './benchSteps.ts';
 import { benchTrainSetup, readTrainingSchedulerConfig } from './train.ts';
 
 export interface BenchTrainOnnxOptions {
@@ -120,153 +124,163 @@ export function trainStepFlops(unet: UNet2DConditionModel, batch: number, h: num
   return 2 * (c.flops - c.attentionFlops) + 3 * c.attentionFlops;
 }
 
+type OpenedStep = Awaited<ReturnType<typeof openTrainStep>>;
+type Setup = ReturnType<typeof benchTrainSetup>;
+
 export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTrainOnnxReport> {
   const log = o.log ?? (() => {});
-  const { config, latent, steps, warmup, batch, rank, method, unet } = benchTrainSetup(o);
-  const cfg = unet.config;
-  mkdirSync(defaultCacheDir(), { recursive: true });
-  const tmp = mkdtempSync(join(defaultCacheDir(), 'bench-train-')); // the ONNX cache's file system: weights can be linked
-  let set: AdapterSet | null = null;
+  const setup = benchTrainSetup(o);
+  const { unet } = setup;
+  const tmp = benchTempDir('bench-train-'); // the ONNX cache's file system: weights can be linked
   try {
     // 1. Random weights into a file.
-    const file = join(tmp, 'unet', 'diffusion_pytorch_model.safetensors');
-    await mkdir(join(tmp, 'unet'), { recursive: true });
-    await writeFile(join(tmp, 'unet', 'config.json'), JSON.stringify(config));
-    const src = randomSource(unet, o.seed ?? 0);
-    await writeSafetensors(
-      file,
-      new Map(
-        [...unet.namedParams()].map(
-          ([k, p]) => [k, { shape: p.shape, dtype: 'F32', read: () => src.read(k) }] as const,
-        ),
-      ),
-    );
+    const { file, configPath } = await writeRandomUnet(tmp, unet, setup.config, { seed: o.seed ?? 0, dtype: 'F32' });
     log(`wrote ${unet.parameterCount().toLocaleString('en-US')} random parameters to ${file}`);
-
     // 2. Adapters (drawn as `train` draws them; the tensors are small, TensorFlow.js's CPU backend holds them).
-    await initBackend('cpu');
-    set = AdapterSet.inject(unet, defaultAdapterSpec({ method, rank, alpha: rank, rampSteps: 0 }), {
-      rng: new Rng(o.seed ?? 0, 1),
-    });
-    const adapters = await adapterArraysOf(set);
-    const sidePaths = set.adapters.map((a) => a.path);
-    set.remove();
-    set = null;
-
+    const { adapters, sidePaths } = await drawAdapters(unet, setup, o.seed ?? 0);
     // 3. The step's session, weights read in place.
-    const providers = (await providerCandidates(o.provider ?? 'cpu'))[0];
-    const dtype = o.dtype ?? defaultComputeType(providers);
-    const layout = trainStepWeightLayout(providers, o);
-    const attention = trainStepAttention(providers, dtype);
-    const st = await SafetensorsFile.open(file);
-    const t0 = performance.now();
-    let opened: Awaited<ReturnType<typeof openTrainStep>>;
+    const session = await openStepSession(o, setup, { file, configPath, tmp, sidePaths }, log);
+    // 4. Timed steps on fixed random inputs.
+    const scheduler = createScheduler('ddpm', readTrainingSchedulerConfig(o.base)) as DDPMScheduler;
+    const model = { session: session.opened.session, scheduler, adapters, optimizer: new AdamWArrays(adapters.params) };
+    const data = fixedMicroBatch(unet, setup.batch, setup.latent, o.seed ?? 0);
+    let times: StepTimes;
     try {
-      opened = await openTrainStep(
-        { config, configSource: join(tmp, 'unet', 'config.json'), weights: safetensorsSource(st), files: [file] },
-        {
-          dtype,
-          shape: { batch, height: latent[0], width: latent[1], tokens: 77 },
-          sidePaths,
-          providers,
-          checkpointing: o.checkpointing ?? false,
-          gradients: true,
-          ...layout,
-          attention,
-          cacheDir: join(tmp, 'cache'),
-        },
+      // The training defaults (train settings: maxGradNorm 1, no min-SNR, prior weight 1).
+      const options = { lr: 1e-4, maxGradNorm: 1, minSnrGamma: null, priorLossWeight: 1 };
+      times = await timeSteps(
+        setup.warmup,
+        setup.steps,
+        (i) => onnxTrainStep(model, [data], { step: i, ...options }).then(() => {}),
+        log,
       );
     } finally {
-      await st.close();
+      await session.opened.session.release();
     }
-    const loadS = (performance.now() - t0) / 1000;
-    log(
-      `session on ${providers.join('+')} (${dtype}, ${opened.meta.nodes} nodes, weights ${opened.weights}) in ${loadS.toFixed(1)} s`,
-    );
-
-    // 4. Timed steps on fixed random inputs.
-    const rng = new Rng(o.seed ?? 0, 2);
-    const [h, w] = latent;
-    const size = batch * h * w * cfg.inChannels;
-    const data: OnnxMicroBatch = {
-      latents: { data: rng.normal(size), dims: [batch, h, w, cfg.inChannels] },
-      noise: { data: rng.normal(size), dims: [batch, h, w, cfg.inChannels] },
-      context: { data: rng.normal(batch * 77 * cfg.crossAttentionDim[0]), dims: [batch, 77, cfg.crossAttentionDim[0]] },
-      timesteps: Array<number>(batch).fill(500),
-    };
-    const scheduler = createScheduler('ddpm', readTrainingSchedulerConfig(o.base)) as DDPMScheduler;
-    const model = { session: opened.session, scheduler, adapters, optimizer: new AdamWArrays(adapters.params) };
-    const msSteps: number[] = [];
-    const cpuSteps: number[] = [];
-    try {
-      for (let i = 0; i < warmup + steps; i++) {
-        const t = performance.now();
-        const c0 = process.cpuUsage();
-        // The training defaults (train settings: maxGradNorm 1, no min-SNR, prior weight 1).
-        await onnxTrainStep(model, [data], {
-          step: i,
-          lr: 1e-4,
-          maxGradNorm: 1,
-          minSnrGamma: null,
-          priorLossWeight: 1,
-        });
-        const ms = performance.now() - t;
-        const c = process.cpuUsage(c0);
-        log(`step ${i + 1}/${warmup + steps}: ${ms.toFixed(0)} ms${i < warmup ? ' (warm-up)' : ''}`);
-        if (i >= warmup) {
-          msSteps.push(ms);
-          cpuSteps.push((c.user + c.system) / 1000);
-        }
-      }
-    } finally {
-      await opened.session.release();
-    }
-    const gflop = trainStepFlops(unet, batch, h, w) / 1e9;
-    const msPerStep = median(msSteps);
-    return {
-      bench: 'train',
-      engine: 'onnx',
-      provider: providers.join('+'),
-      dtype,
-      config: {
-        base: o.base,
-        resolution: o.resolution,
-        latent,
-        batch,
-        method,
-        rank,
-        targets: DEFAULT_TARGETS,
-        checkpointing: o.checkpointing ?? false,
-        steps,
-        warmup,
-        threads: availableParallelism(),
-        weights: opened.weights,
-        linear_layout: layout.linearLayout,
-        prepacking: layout.prepacking,
-        disabled_optimizers: layout.disableOptimizers,
-        attention,
-        cpu_arena: trainStepArena(providers, statSync(file).size) ?? process.env.SINGLORA_ORT_ARENA === '1',
-      },
-      unetParameters: unet.parameterCount(),
-      adapterParameters: adapters.params.reduce((n, p) => n + p.length, 0),
-      adapterLayers: adapters.layers.length,
-      graph_nodes: opened.meta.nodes,
-      load_s: loadS,
-      ms_per_step: msPerStep,
-      ms_steps: msSteps,
-      cpu_ms_per_step: median(cpuSteps),
-      gflop_per_step: gflop,
-      gflops: msPerStep ? gflop / (msPerStep / 1000) : null,
-      weight_bytes: unet.parameterCount() * 4,
-      peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
-    };
+    return trainOnnxReport(o, setup, session, { adapters, times, weightFileBytes: statSync(file).size });
   } finally {
-    set?.remove();
     rmSync(tmp, { recursive: true, force: true });
   }
 }
 
-function median(xs: readonly number[]): number | null {
-  const sorted = [...xs].sort((a, b) => a - b);
-  return sorted.length ? sorted[Math.floor((sorted.length - 1) / 2)] : null;
+/** The adapters' arrays and side paths, drawn on TensorFlow.js's CPU backend as `train` draws them. */
+async function drawAdapters(unet: UNet2DConditionModel, setup: Setup, seed: number) {
+  await initBackend('cpu');
+  const set = AdapterSet.inject(
+    unet,
+    defaultAdapterSpec({ method: setup.method, rank: setup.rank, alpha: setup.rank, rampSteps: 0 }),
+    {
+      rng: new Rng(seed, 1),
+    },
+  );
+  try {
+    return { adapters: await adapterArraysOf(set), sidePaths: set.adapters.map((a) => a.path) };
+  } finally {
+    set.remove();
+  }
+}
+
+/** The training step's session over the weights file, timed (load_s), with the settings the report names. */
+async function openStepSession(
+  o: BenchTrainOnnxOptions,
+  setup: Setup,
+  at: { file: string; configPath: string; tmp: string; sidePaths: string[] },
+  log: (line: string) => void,
+) {
+  const providers = (await providerCandidates(o.provider ?? 'cpu'))[0];
+  const dtype = o.dtype ?? defaultComputeType(providers);
+  const layout = trainStepWeightLayout(providers, o);
+  const attention = trainStepAttention(providers, dtype);
+  const st = await SafetensorsFile.open(at.file);
+  const t0 = performance.now();
+  let opened: OpenedStep;
+  try {
+    opened = await openTrainStep(
+      { config: setup.config, configSource: at.configPath, weights: safetensorsSource(st), files: [at.file] },
+      {
+        dtype,
+        shape: { batch: setup.batch, height: setup.latent[0], width: setup.latent[1], tokens: 77 },
+        sidePaths: at.sidePaths,
+        providers,
+        checkpointing: o.checkpointing ?? false,
+        gradients: true,
+        ...layout,
+        attention,
+        cacheDir: join(at.tmp, 'cache'),
+      },
+    );
+  } finally {
+    await st.close();
+  }
+  const loadS = (performance.now() - t0) / 1000;
+  log(
+    `session on ${providers.join('+')} (${dtype}, ${opened.meta.nodes} nodes, weights ${opened.weights}) in ${loadS.toFixed(1)} s`,
+  );
+  return { opened, providers, dtype, layout, attention, loadS };
+}
+
+/** Seeded random latents, noise and text context of one micro-batch, at timestep 500. */
+function fixedMicroBatch(
+  unet: UNet2DConditionModel,
+  batch: number,
+  [h, w]: [number, number],
+  seed: number,
+): OnnxMicroBatch {
+  const cfg = unet.config;
+  const rng = new Rng(seed, 2);
+  const size = batch * h * w * cfg.inChannels;
+  return {
+    latents: { data: rng.normal(size), dims: [batch, h, w, cfg.inChannels] },
+    noise: { data: rng.normal(size), dims: [batch, h, w, cfg.inChannels] },
+    context: { data: rng.normal(batch * 77 * cfg.crossAttentionDim[0]), dims: [batch, 77, cfg.crossAttentionDim[0]] },
+    timesteps: Array<number>(batch).fill(500),
+  };
+}
+
+function trainOnnxReport(
+  o: BenchTrainOnnxOptions,
+  setup: Setup,
+  s: Awaited<ReturnType<typeof openStepSession>>,
+  r: { adapters: AdapterArrays; times: StepTimes; weightFileBytes: number },
+): BenchTrainOnnxReport {
+  const { unet, latent, batch } = setup;
+  const gflop = trainStepFlops(unet, batch, latent[0], latent[1]) / 1e9;
+  const msPerStep = median(r.times.ms);
+  return {
+    bench: 'train',
+    engine: 'onnx',
+    provider: s.providers.join('+'),
+    dtype: s.dtype,
+    config: {
+      base: o.base,
+      resolution: o.resolution,
+      latent,
+      batch,
+      method: setup.method,
+      rank: setup.rank,
+      targets: DEFAULT_TARGETS,
+      checkpointing: o.checkpointing ?? false,
+      steps: setup.steps,
+      warmup: setup.warmup,
+      threads: availableParallelism(),
+      weights: s.opened.weights,
+      linear_layout: s.layout.linearLayout,
+      prepacking: s.layout.prepacking,
+      disabled_optimizers: s.layout.disableOptimizers,
+      attention: s.attention,
+      cpu_arena: trainStepArena(s.providers, r.weightFileBytes) ?? process.env.SINGLORA_ORT_ARENA === '1',
+    },
+    unetParameters: unet.parameterCount(),
+    adapterParameters: r.adapters.params.reduce((n, p) => n + p.length, 0),
+    adapterLayers: r.adapters.layers.length,
+    graph_nodes: s.opened.meta.nodes,
+    load_s: s.loadS,
+    ms_per_step: msPerStep,
+    ms_steps: r.times.ms,
+    cpu_ms_per_step: median(r.times.cpuMs),
+    gflop_per_step: gflop,
+    gflops: msPerStep ? gflop / (msPerStep / 1000) : null,
+    weight_bytes: unet.parameterCount() * 4,
+    peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
+  };
 }
