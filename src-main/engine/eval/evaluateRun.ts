@@ -73,12 +73,60 @@ export interface EvaluateHooks {
 }
 
 export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = {}): Promise<Evaluation> {
+  const plan = await planEvaluation(o);
+  const { dino, clip } = await loadScorers(o, plan.toy);
+  const { manifest } = plan;
+  const sd = await StableDiffusion.load(o.base ?? manifest.baseModel.path, { ...o.baseOptions, ...o.inference });
+  const progress = { done: 0, total: plan.labels.length * plan.prompts.length * plan.seeds.length };
+  try {
+    const subjectEmbeddings = dino ? await dino.embed(plan.photos) : [];
+    const subject = plan.photos.map((file, i) => ({ file, embedding: subjectEmbeddings[i] }));
+    const rows: ScoreRow[] = [];
+    let baseScores: number[] = [];
+    for (let k = 0; k < plan.labels.length; k++) {
+      const ckpt = k === 0 ? null : plan.chosen[k - 1];
+      const generated = await generateFor(o, plan, sd, k, progress, hooks);
+      const scored = await scoreImages(generated, dino ? { dino, subject } : { toyPhotos: plan.toyPhotos });
+      const clipT = clip ? (await clipScores(clip, generated, plan.photos)).clipT : null;
+      if (k === 0) baseScores = scored.perImage;
+      rows.push({
+        step: ckpt ? ckpt.step : null,
+        dino: scored.score,
+        clipT,
+        images: generated.length,
+        ...(scored.prompt !== null ? { prompt: scored.prompt } : {}),
+      });
+    }
+    return await recordEvaluation(o, plan, rows, baseScores);
+  } finally {
+    sd.dispose();
+    await clip?.release();
+    await dino?.release();
+  }
+}
+
+type RunManifest = Awaited<ReturnType<typeof readRunManifest>>;
+type Checkpoint = RunManifest['checkpoints'][number];
+
+/** What an evaluation generates and scores: checkpoints, labels, seeds, photos, prompts, sampling. */
+interface EvaluationPlan {
+  manifest: RunManifest;
+  chosen: Checkpoint[];
+  labels: string[];
+  seeds: number[];
+  photos: string[];
+  toy: boolean;
+  toyPhotos: ToyImage[];
+  prompts: string[];
+  sampling: { steps: number; scheduler: NonNullable<EvaluateRunOptions['scheduler']>; guidanceScale: number };
+}
+
+async function planEvaluation(o: EvaluateRunOptions): Promise<EvaluationPlan> {
   const manifest = await readRunManifest(o.runDir);
   const ckpts = manifest.checkpoints.slice().sort((a, b) => a.step - b.step);
   if (!ckpts.length) throw new Error(`${o.runDir}: the run has no checkpoints to evaluate yet`);
   const chosen = o.checkpoints === 'latest' ? [ckpts[ckpts.length - 1]] : ckpts;
   const s = manifest.settings;
-  const resolution = s.resolution;
   const perPrompt = o.imagesPerPrompt ?? IMAGES_PER_PROMPT;
   if (!Number.isInteger(perPrompt) || perPrompt < 1 || perPrompt > EVAL_SEEDS.length * 4)
     throw new Error(`imagesPerPrompt must be an integer from 1 to ${EVAL_SEEDS.length * 4}, got ${perPrompt}`);
@@ -95,7 +143,19 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
     : toy
       ? toyProbes(s.triggerToken, s.classWord, toyPhotos).map((p) => p.prompt)
       : [...new Set(evalJobs(o.subjectType ?? 'live', s.triggerToken, s.classWord).map((j) => j.prompt))];
+  const sampling = toy
+    ? {
+        steps: o.steps ?? TOY_SAMPLING.steps,
+        scheduler: o.scheduler ?? TOY_SAMPLING.scheduler,
+        guidanceScale: TOY_SAMPLING.guidanceScale,
+      }
+    : { steps: o.steps ?? 25, scheduler: o.scheduler ?? 'dpmpp-2m', guidanceScale: 7.5 };
+  const labels = ['base', ...chosen.map((c) => `step-${String(c.step).padStart(6, '0')}`)];
+  return { manifest, chosen, labels, seeds, photos, toy, toyPhotos, prompts, sampling };
+}
 
+/** DINO (unless the toy score is used) and CLIP-T (when asked for and installed). */
+async function loadScorers(o: EvaluateRunOptions, toy: boolean) {
   const modelsDir = o.modelsDir ?? defaultModelsDir();
   const dino = toy ? null : await DinoEmbedder.load(locateDino(modelsDir, o.dinoModel));
   let clip: ClipModels | null = null;
@@ -103,101 +163,85 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
     const located = locateClip(modelsDir);
     if ('files' in located) clip = await ClipModels.load(located.files);
   }
+  return { dino, clip };
+}
 
-  const sd = await StableDiffusion.load(o.base ?? manifest.baseModel.path, { ...o.baseOptions, ...o.inference });
-  const labels = ['base', ...chosen.map((c) => `step-${String(c.step).padStart(6, '0')}`)];
-  const total = labels.length * prompts.length * perPrompt;
-  let done = 0;
-  try {
-    const subjectEmbeddings = dino ? await dino.embed(photos) : [];
-    const subject = photos.map((file, i) => ({ file, embedding: subjectEmbeddings[i] }));
-    const sampling = toy
-      ? {
-          steps: o.steps ?? TOY_SAMPLING.steps,
-          scheduler: o.scheduler ?? TOY_SAMPLING.scheduler,
-          guidanceScale: TOY_SAMPLING.guidanceScale,
-        }
-      : { steps: o.steps ?? 25, scheduler: o.scheduler ?? 'dpmpp-2m', guidanceScale: 7.5 };
-    const rows: ScoreRow[] = [];
-    let baseScores: number[] = [];
-    for (let k = 0; k < labels.length; k++) {
-      const ckpt = k === 0 ? null : chosen[k - 1];
-      const outDir = join(o.runDir, 'eval', labels[k]);
-      await ensureDir(outDir);
-      const generated: Array<{ file: string; prompt: string }> = [];
-      for (const prompt of prompts) {
-        for (const seed of seeds) {
-          if (hooks.signal?.aborted) throw new Error('evaluation cancelled');
-          const [img] = await generateImages(
-            {
-              base: sd.path,
-              sd,
-              settings: {
-                prompt,
-                seed,
-                ...sampling,
-                width: resolution ?? sd.defaultResolution,
-                height: resolution ?? sd.defaultResolution,
-              },
-              adapters: ckpt ? [{ path: join(o.runDir, ckpt.adapter), strength: 1 }] : [],
-              outDir,
-            },
-            { signal: hooks.signal },
-          );
-          generated.push({ file: img.file, prompt });
-          hooks.onProgress?.(++done, total, labels[k]);
-        }
-      }
-      const scored = await scoreImages(generated, dino ? { dino, subject } : { toyPhotos });
-      const clipT = clip ? (await clipScores(clip, generated, photos)).clipT : null;
-      if (k === 0) baseScores = scored.perImage;
-      rows.push({
-        step: ckpt ? ckpt.step : null,
-        dino: scored.score,
-        clipT,
-        images: generated.length,
-        ...(scored.prompt !== null ? { prompt: scored.prompt } : {}),
-      });
+/** The images of one label (k = 0: the base model; else checkpoint k - 1), every prompt and seed. */
+async function generateFor(
+  o: EvaluateRunOptions,
+  plan: EvaluationPlan,
+  sd: StableDiffusion,
+  k: number,
+  progress: { done: number; total: number },
+  hooks: EvaluateHooks,
+): Promise<Array<{ file: string; prompt: string }>> {
+  const ckpt = k === 0 ? null : plan.chosen[k - 1];
+  const outDir = join(o.runDir, 'eval', plan.labels[k]);
+  await ensureDir(outDir);
+  const size = plan.manifest.settings.resolution ?? sd.defaultResolution;
+  const generated: Array<{ file: string; prompt: string }> = [];
+  for (const prompt of plan.prompts) {
+    for (const seed of plan.seeds) {
+      if (hooks.signal?.aborted) throw new Error('evaluation cancelled');
+      const [img] = await generateImages(
+        {
+          base: sd.path,
+          sd,
+          settings: { prompt, seed, ...plan.sampling, width: size, height: size },
+          adapters: ckpt ? [{ path: join(o.runDir, ckpt.adapter), strength: 1 }] : [],
+          outDir,
+        },
+        { signal: hooks.signal },
+      );
+      generated.push({ file: img.file, prompt });
+      hooks.onProgress?.(++progress.done, progress.total, plan.labels[k]);
     }
-    const baseline = rows[0];
-    const scored = rows.slice(1);
-    const band = noiseBand(baseScores);
-    const picked = pickBest(baseline, scored, {
-      noiseBand: band,
-      clipMargin: o.clipMargin ?? DEFAULT_CLIP_MARGIN,
-      metric: toy ? 'toy' : 'dino',
-    });
-    const { best, rule } = picked;
-    const fresh = await readRunManifest(o.runDir);
-    const previousChoice = fresh.evaluation?.chosen ?? null;
-    const evaluation: Evaluation = {
-      createdAt: new Date().toISOString(),
-      ...(toy ? { metric: 'toy' as const } : {}),
-      prompts,
-      imagesPerPrompt: perPrompt,
-      seeds,
-      baseline,
-      // Earlier rows only when they were scored the same way.
-      rows: mergeRows(
-        o.checkpoints === 'latest' && (fresh.evaluation?.metric ?? 'dino') === (toy ? 'toy' : 'dino')
-          ? (fresh.evaluation?.rows ?? [])
-          : [],
-        scored,
-      ),
-      noiseBand: band,
-      best,
-      reason: picked.reason,
-      suggestion: picked.suggestion,
-      rule: `${rule}; ${o.prompts?.length ? `${prompts.length} prompts given by the caller` : toy ? `the ${prompts.length} toy probe prompts` : `prompt set v${EVAL_PROMPT_SET_VERSION}`}`,
-      chosen: previousChoice !== null && scored.some((r) => r.step === previousChoice) ? previousChoice : null,
-    };
-    await writeRunManifest(o.runDir, { ...fresh, evaluation });
-    return evaluation;
-  } finally {
-    sd.dispose();
-    await clip?.release();
-    await dino?.release();
   }
+  return generated;
+}
+
+/** The pick over the scored rows, written into run.json (`evaluation`), a user's earlier choice kept. */
+async function recordEvaluation(
+  o: EvaluateRunOptions,
+  plan: EvaluationPlan,
+  rows: ScoreRow[],
+  baseScores: number[],
+): Promise<Evaluation> {
+  const { toy, prompts } = plan;
+  const baseline = rows[0];
+  const scored = rows.slice(1);
+  const band = noiseBand(baseScores);
+  const picked = pickBest(baseline, scored, {
+    noiseBand: band,
+    clipMargin: o.clipMargin ?? DEFAULT_CLIP_MARGIN,
+    metric: toy ? 'toy' : 'dino',
+  });
+  const fresh = await readRunManifest(o.runDir);
+  const previousChoice = fresh.evaluation?.chosen ?? null;
+  const sameMetric = (fresh.evaluation?.metric ?? 'dino') === (toy ? 'toy' : 'dino');
+  const promptSet = o.prompts?.length
+    ? `${prompts.length} prompts given by the caller`
+    : toy
+      ? `the ${prompts.length} toy probe prompts`
+      : `prompt set v${EVAL_PROMPT_SET_VERSION}`;
+  const evaluation: Evaluation = {
+    createdAt: new Date().toISOString(),
+    ...(toy ? { metric: 'toy' as const } : {}),
+    prompts,
+    imagesPerPrompt: plan.seeds.length,
+    seeds: plan.seeds,
+    baseline,
+    // Earlier rows only when they were scored the same way.
+    rows: mergeRows(o.checkpoints === 'latest' && sameMetric ? (fresh.evaluation?.rows ?? []) : [], scored),
+    noiseBand: band,
+    best: picked.best,
+    reason: picked.reason,
+    suggestion: picked.suggestion,
+    rule: `${picked.rule}; ${promptSet}`,
+    chosen: previousChoice !== null && scored.some((r) => r.step === previousChoice) ? previousChoice : null,
+  };
+  await writeRunManifest(o.runDir, { ...fresh, evaluation });
+  return evaluation;
 }
 
 /** One checkpoint's images scored: the mean, each image's score, and (toy) the share with the requested background. */
