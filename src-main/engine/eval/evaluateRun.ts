@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import { ensureDir } from '../io/atomic.ts';
 import type { Evaluation, ScoreRow } from '../../api/schemas.ts';
 import { listPhotos } from '../train/dataset.ts';
-import { readRunManifest, writeRunManifest } from '../train/runFiles.ts';
+import { readRunManifest, runBasePath, runPhotoPaths, writeRunManifest } from '../train/runFiles.ts';
 import type { OpenBaseModelOptions } from '../io/modelFiles.ts';
 import { StableDiffusion, type InferenceOptions } from '../pipeline/stableDiffusion.ts';
 import { generateImages } from '../pipeline/generate.ts';
@@ -87,7 +87,9 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
     { length: perPrompt },
     (_, i) => EVAL_SEEDS[i % EVAL_SEEDS.length] + Math.floor(i / EVAL_SEEDS.length),
   );
-  const photos = o.photos ? await listPhotos(o.photos) : manifest.images.used.filter((f) => !f.includes('#'));
+  const photos = o.photos
+    ? await listPhotos(o.photos)
+    : runPhotoPaths(o.runDir, manifest).filter((f) => !f.includes('#'));
   if (!photos.length) throw new Error(`${o.runDir}: no subject photos to compare with (pass --photos)`);
   const toyPhotos = toy ? await readToyPhotos(photos) : [];
   const prompts = o.prompts?.length
@@ -104,7 +106,10 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
     if ('files' in located) clip = await ClipModels.load(located.files);
   }
 
-  const sd = await StableDiffusion.load(o.base ?? manifest.baseModel.path, { ...o.baseOptions, ...o.inference });
+  const sd = await StableDiffusion.load(o.base ?? runBasePath(manifest, modelsDir), {
+    ...o.baseOptions,
+    ...o.inference,
+  });
   const labels = ['base', ...chosen.map((c) => `step-${String(c.step).padStart(6, '0')}`)];
   const total = labels.length * prompts.length * perPrompt;
   let done = 0;
