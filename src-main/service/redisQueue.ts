@@ -12,7 +12,8 @@
  *   singlora:lock:project:<id>      a project's lock: a token, SET NX PX, refreshed, freed by token
  *
  * A job's record (`jobs.list`) is read from BullMQ: its data (kind, project, run, created), its
- * state, its progress (`{p: progress, w: worker, e?: [event, data]}`: the worker also sends the
+ * state, the worker BullMQ recorded as it made the job active (`processedBy`, the worker's name),
+ * its progress (`{p: progress, w: worker, e?: [event, data]}`: the worker also sends the
  * handler's events through it, and the server relays them from QueueEvents) and its return value
  * (the outcome: done, cancelled or failed as the handler said, and the worker's name).
  *
@@ -186,7 +187,10 @@ function recordOf(job: BullJob, state: string, workers: QueueStatus['workers']):
     error: outcome ? outcome.error : state === 'failed' ? job.failedReason || 'failed' : null,
     progress: p,
     ...(outcome?.result && status === 'done' ? { result: outcome.result } : {}),
-    worker: queued ? null : (outcome?.worker ?? progress?.w ?? null),
+    // `processedBy`: the name BullMQ writes in the same step that makes the job active, so a
+    // running job names its worker before its first progress write reaches Redis (and a job
+    // handed on names its new worker, not the last progress of the one before).
+    worker: queued ? null : (outcome?.worker ?? job.processedBy ?? progress?.w ?? null),
     waiting: queued ? waitingReason(queueOf(d.kind), workers) : null,
   };
 }
@@ -576,6 +580,8 @@ class JobTaker {
       (name) =>
         new Worker(name, ((job: BullJob, token?: string) => this.#take(job, token)) as never, {
           ...bullOpts(this.#client),
+          // BullMQ stores it on the job (processedBy) as it moves it to active.
+          name: this.o.name,
           concurrency: 1,
           lockDuration: lockMs,
           stalledInterval: lockMs,
