@@ -285,8 +285,8 @@ export class RedisJobQueue implements JobQueue {
   }
 
   async #get(jobId: string): Promise<Job | undefined> {
-    const found = await this.#find(jobId);
-    if (found) return recordOf(found, await found.getState(), await this.#workers());
+    const found = await this.#findRecord(jobId);
+    if (found) return recordOf(found.job, found.state, await this.#workers());
     return (await this.#tombstones()).find((j) => j.id === jobId);
   }
 
@@ -399,6 +399,21 @@ export class RedisJobQueue implements JobQueue {
     return undefined;
   }
 
+  /**
+   * A job and its state, the state read first: BullMQ finishes a job (state, failedReason or
+   * return value) in one script, so a job read after a finished state holds its outcome. (Read
+   * the other way round, a job that failed between the two reads had no failedReason yet.)
+   */
+  async #findRecord(jobId: string): Promise<{ job: BullJob; state: string } | undefined> {
+    for (const q of this.#queues.values()) {
+      const state = await q.getJobState(jobId);
+      if (state === 'unknown') continue;
+      const job = (await q.getJob(jobId)) as BullJob | undefined;
+      if (job) return { job, state };
+    }
+    return undefined;
+  }
+
   async #workers(): Promise<QueueStatus['workers']> {
     const now = Date.now();
     const beats = Object.values(await this.#client.hgetall(WORKERS_KEY)).map((text) => JSON.parse(text) as Heartbeat);
@@ -428,9 +443,9 @@ export class RedisJobQueue implements JobQueue {
 
   /** A job changed state: its record from Redis, to every client (once per change). */
   async #refresh(jobId: string): Promise<void> {
-    const job = await this.#find(jobId);
-    if (!job) return;
-    this.#update(recordOf(job, await job.getState(), await this.#workers()));
+    const found = await this.#findRecord(jobId);
+    if (!found) return;
+    this.#update(recordOf(found.job, found.state, await this.#workers()));
   }
 
   /** A worker's progress: its event relayed at once, the record's progress updated (no Redis read). */
