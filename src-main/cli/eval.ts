@@ -15,7 +15,7 @@ import type { SubjectFidelity } from '../engine/eval/similarity.ts';
 import { getPngText } from '../engine/image/pngText.ts';
 import { defaultModelsDir } from '../engine/paths.ts';
 import { evalJobs, IMAGES_PER_PROMPT } from '../engine/eval/prompts.ts';
-import { readRunManifest, RUN_MANIFEST } from '../engine/train/runFiles.ts';
+import { readRunManifest, RUN_MANIFEST, runBasePath, runPhotoPaths } from '../engine/train/runFiles.ts';
 import {
   DEFAULT_SUBJECT_TYPE,
   type Evaluation,
@@ -216,7 +216,9 @@ async function evalPromptCount(
           manifest.settings.triggerToken,
           manifest.settings.classWord,
           await toyEval.readToyPhotos(
-            opts.photos ? listImageFiles(opts.photos) : manifest.images.used.filter((f) => !f.includes('#')),
+            opts.photos
+              ? listImageFiles(opts.photos)
+              : runPhotoPaths(opts.run!, manifest).filter((f) => !f.includes('#')),
           ),
         ).length
       : undefined) ??
@@ -241,7 +243,8 @@ async function evalRun(opts: EvalOptions): Promise<void> {
   const manifest = await readRunManifest(runDir);
   if (!manifest.checkpoints.length) throw new Error(`${runDir}: the run has no checkpoints to evaluate yet`);
   // DINO; for the toy model without DINO, the toy world's pixel score (evaluateRun.ts).
-  const scorer = scorerFor(manifest.baseModel.path, opts.modelsDir ?? defaultModelsDir(), opts.dinoModel);
+  const modelsDir = opts.modelsDir ?? defaultModelsDir();
+  const scorer = scorerFor(runBasePath(manifest, modelsDir), modelsDir, opts.dinoModel);
   const toy = scorer.kind === 'toy';
   const toyEval = toy ? await import('../engine/eval/toyEvaluate.ts') : null;
   if (toy && !opts.json)

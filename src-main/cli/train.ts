@@ -15,7 +15,8 @@ import {
   type TrainSettingsInput,
 } from '../api/schemas.ts';
 import { modelDefaultsPath, readModelDefaults, withModelDefaults } from '../engine/io/modelDefaults.ts';
-import { readRunManifest, RUN_MANIFEST } from '../engine/train/runFiles.ts';
+import { defaultModelsDir } from '../engine/paths.ts';
+import { readRunManifest, RUN_MANIFEST, runBasePath, runPhotoPaths } from '../engine/train/runFiles.ts';
 import { listImageFiles } from './eval.ts';
 import {
   action,
@@ -225,7 +226,7 @@ export async function planTrain(o: TrainCliOptions, cmd: Command): Promise<Train
     } catch (err) {
       throw new UsageError(`--resume: ${(err as Error).message}`);
     }
-    const base = o.base ?? manifest.baseModel.path;
+    const base = o.base ?? runBasePath(manifest, defaultModelsDir());
     requireExists(base, o.base ? '--base' : `--resume (the base model recorded in ${RUN_MANIFEST})`);
     let photos: string | readonly string[];
     if (o.images) {
@@ -233,7 +234,7 @@ export async function planTrain(o: TrainCliOptions, cmd: Command): Promise<Train
       await requireUsablePhotos(o.images, '--images', settings.resolution ?? undefined);
       photos = o.images;
     } else {
-      photos = manifest.images.used;
+      photos = runPhotoPaths(out, manifest);
       const missing = photos.filter((f) => !existsSync(f));
       if (!photos.length) throw new UsageError(`--resume: ${RUN_MANIFEST} lists no photos; pass --images <dir>`);
       if (missing.length)

@@ -29,7 +29,7 @@ import type { JobData } from './jobData.ts';
 import type { JobQueue } from './jobQueue.ts';
 import type { HostAccess, PathPolicy } from './pathPolicy.ts';
 import type { ProjectStore } from './projects.ts';
-import { pickCheckpoint, readRun } from './runs.ts';
+import { existingRunBase, pickCheckpoint, readRun } from './runs.ts';
 
 export interface ServiceOptions {
   /** Default: SINGLORA_DATA_DIR, else `<repo>/.data`. */
@@ -244,7 +244,7 @@ export async function adapterPath(
     if (!existsSync(path)) throw new ApiError('not_found', `${field}: the checkpoint file ${path} is missing`);
     return {
       path,
-      runBase: m.baseModel.path && existsSync(m.baseModel.path) ? m.baseModel.path : null,
+      runBase: existingRunBase(m, c.modelsDir),
       label: `${ref.runId}-step${cp.step}`,
     };
   }

@@ -52,6 +52,7 @@ const handlers: Handlers = {
         resume: p.resume,
         classImagesDir: p.classImagesDir,
         classImagesCacheDir: p.classImagesCacheDir,
+        modelsDir: p.modelsDir,
         // The engine trains and samples the previews; the provider runs both (onnx).
         baseOptions: { engine: p.compute.engine, provider: p.compute.provider },
         engine: p.compute.engine,

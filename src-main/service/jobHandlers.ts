@@ -88,6 +88,7 @@ async function runTraining(c: ServiceContext, data: JobDataOf<'train'>, job: Job
         runDir,
         settings: params.settings, // run.json keeps the folder as the project has it (relative), so it can resume
         classImagesDir,
+        modelsDir: c.modelsDir,
         resume: params.resume || found.resume,
         compute: params.compute,
       },

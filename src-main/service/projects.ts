@@ -17,7 +17,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, rm, unlink } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, isAbsolute, join } from 'node:path';
 import { z } from 'zod';
 import {
   ApiError,
@@ -34,6 +34,7 @@ import {
 import { type SUBJECT_TYPES, trainSettingsSchema, type TrainSettings } from '../api/schemas.ts';
 import { atomicWriteFile, atomicWriteJson } from '../engine/io/atomic.ts';
 import { checkPhoto } from '../engine/train/dataset.ts';
+import { portableBasePath } from '../engine/train/runFiles.ts';
 import { readableError } from './fsErrors.ts';
 import { safeFileName, safeResolve, uniqueName } from './safePath.ts';
 
@@ -140,6 +141,13 @@ export interface ProjectStoreOptions {
    * it when the settings leave the resolution to the model.
    */
   nativeResolution?: (baseModel: string | null) => Promise<number | null>;
+  /**
+   * The models folder: project.json records a base model inside it relative to it, so that
+   * machines mounting the shared data and models folders at other paths read it (issue 29). The
+   * store's callers always see the path on this machine; an absolute path (a model elsewhere, or
+   * a project.json written before) is kept as it is.
+   */
+  modelsDir?: string;
 }
 
 const now = () => new Date().toISOString();
@@ -297,7 +305,7 @@ export class ProjectStore {
     try {
       for (const f of PROJECT_FOLDERS) await mkdir(join(dir, f), { recursive: true });
       await atomicWriteJson(join(dir, PHOTO_INDEX), { schemaVersion: 1, photos: [] });
-      await atomicWriteJson(join(dir, PROJECT_FILE), project);
+      await this.#writeProject(id, project);
     } catch (err) {
       // A half-created project (a full disk, no permission) is removed, not left as an orphan folder.
       await rm(dir, { recursive: true, force: true }).catch(() => {});
@@ -321,7 +329,7 @@ export class ProjectStore {
     if (r.migrated) {
       await this.withLock(id, async () => {
         const again = await this.#read(id);
-        if (again.migrated) await atomicWriteJson(join(this.dir(id), PROJECT_FILE), again.project);
+        if (again.migrated) await this.#writeProject(id, again.project);
       });
     }
     return r.project;
@@ -358,7 +366,17 @@ export class ProjectStore {
         'internal',
         `${file}: its id is '${r.data.id}' but its folder is '${id}'; rename one to match`,
       );
-    return { project: r.data, migrated: from !== PROJECT_SCHEMA_VERSION };
+    const models = this.opts.modelsDir;
+    const base = r.data.baseModel;
+    const project = models && base && !isAbsolute(base) ? { ...r.data, baseModel: join(models, base) } : r.data;
+    return { project, migrated: from !== PROJECT_SCHEMA_VERSION };
+  }
+
+  /** Writes project.json, its base model relative to the models folder when inside it. */
+  #writeProject(id: string, p: Project): Promise<void> {
+    const models = this.opts.modelsDir;
+    const file = models && p.baseModel ? { ...p, baseModel: portableBasePath(p.baseModel, models) } : p;
+    return atomicWriteJson(join(this.dir(id), PROJECT_FILE), file);
   }
 
   async update(id: string, patch: ProjectPatch, validateBase?: (path: string) => Promise<unknown>): Promise<Project> {
@@ -392,7 +410,7 @@ export class ProjectStore {
         'projects.update',
       );
       const [before, after] = [await this.photoResolution(p), await this.photoResolution(next)];
-      await atomicWriteJson(join(this.dir(id), PROJECT_FILE), next);
+      await this.#writeProject(id, next);
       if (after !== before) await this.#recheck(id, after);
       return next;
     });

@@ -39,6 +39,8 @@ export interface TrainRequest {
   /** settings.classImagesDir resolved by the service (settings keep the project-relative value). */
   classImagesDir?: string;
   classImagesCacheDir?: string;
+  /** The models folder of this machine: run.json records a base model inside it relative to it. */
+  modelsDir?: string;
   /** What trains (and samples the previews): the app's settings or the request's own (appSettings.ts). */
   compute: ComputeSettings;
 }

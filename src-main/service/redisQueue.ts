@@ -12,7 +12,8 @@
  *   singlora:lock:project:<id>      a project's lock: a token, SET NX PX, refreshed, freed by token
  *
  * A job's record (`jobs.list`) is read from BullMQ: its data (kind, project, run, created), its
- * state, its progress (`{p: progress, w: worker, e?: [event, data]}`: the worker also sends the
+ * state, the worker BullMQ recorded as it made the job active (`processedBy`, the worker's name),
+ * its progress (`{p: progress, w: worker, e?: [event, data]}`: the worker also sends the
  * handler's events through it, and the server relays them from QueueEvents) and its return value
  * (the outcome: done, cancelled or failed as the handler said, and the worker's name).
  *
@@ -186,7 +187,10 @@ function recordOf(job: BullJob, state: string, workers: QueueStatus['workers']):
     error: outcome ? outcome.error : state === 'failed' ? job.failedReason || 'failed' : null,
     progress: p,
     ...(outcome?.result && status === 'done' ? { result: outcome.result } : {}),
-    worker: queued ? null : (outcome?.worker ?? progress?.w ?? null),
+    // `processedBy`: the name BullMQ writes in the same step that makes the job active, so a
+    // running job names its worker before its first progress write reaches Redis (and a job
+    // handed on names its new worker, not the last progress of the one before).
+    worker: queued ? null : (outcome?.worker ?? job.processedBy ?? progress?.w ?? null),
     waiting: queued ? waitingReason(queueOf(d.kind), workers) : null,
   };
 }
@@ -281,8 +285,8 @@ export class RedisJobQueue implements JobQueue {
   }
 
   async #get(jobId: string): Promise<Job | undefined> {
-    const found = await this.#find(jobId);
-    if (found) return recordOf(found, await found.getState(), await this.#workers());
+    const found = await this.#findRecord(jobId);
+    if (found) return recordOf(found.job, found.state, await this.#workers());
     return (await this.#tombstones()).find((j) => j.id === jobId);
   }
 
@@ -395,6 +399,21 @@ export class RedisJobQueue implements JobQueue {
     return undefined;
   }
 
+  /**
+   * A job and its state, the state read first: BullMQ finishes a job (state, failedReason or
+   * return value) in one script, so a job read after a finished state holds its outcome. (Read
+   * the other way round, a job that failed between the two reads had no failedReason yet.)
+   */
+  async #findRecord(jobId: string): Promise<{ job: BullJob; state: string } | undefined> {
+    for (const q of this.#queues.values()) {
+      const state = await q.getJobState(jobId);
+      if (state === 'unknown') continue;
+      const job = (await q.getJob(jobId)) as BullJob | undefined;
+      if (job) return { job, state };
+    }
+    return undefined;
+  }
+
   async #workers(): Promise<QueueStatus['workers']> {
     const now = Date.now();
     const beats = Object.values(await this.#client.hgetall(WORKERS_KEY)).map((text) => JSON.parse(text) as Heartbeat);
@@ -424,9 +443,9 @@ export class RedisJobQueue implements JobQueue {
 
   /** A job changed state: its record from Redis, to every client (once per change). */
   async #refresh(jobId: string): Promise<void> {
-    const job = await this.#find(jobId);
-    if (!job) return;
-    this.#update(recordOf(job, await job.getState(), await this.#workers()));
+    const found = await this.#findRecord(jobId);
+    if (!found) return;
+    this.#update(recordOf(found.job, found.state, await this.#workers()));
   }
 
   /** A worker's progress: its event relayed at once, the record's progress updated (no Redis read). */
@@ -576,6 +595,8 @@ class JobTaker {
       (name) =>
         new Worker(name, ((job: BullJob, token?: string) => this.#take(job, token)) as never, {
           ...bullOpts(this.#client),
+          // BullMQ stores it on the job (processedBy) as it moves it to active.
+          name: this.o.name,
           concurrency: 1,
           lockDuration: lockMs,
           stalledInterval: lockMs,

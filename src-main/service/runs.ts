@@ -21,7 +21,13 @@ import {
   type RunManifest,
   type TrainSettings,
 } from '../api/schemas.ts';
-import { readRunManifest, writeRunManifest } from '../engine/train/runFiles.ts';
+import {
+  portableBasePath,
+  portablePhotoPath,
+  readRunManifest,
+  runBasePath,
+  writeRunManifest,
+} from '../engine/train/runFiles.ts';
 import type { ProjectStore } from './projects.ts';
 
 /** `20250101-120000-ab12`: sorts by creation time, and is a valid contract id. */
@@ -38,11 +44,14 @@ export function newRunId(date = new Date()): string {
  */
 export async function writeQueuedRun(
   runDir: string,
+  modelsDir: string,
   o: { id: string; settings: TrainSettings; base: string; photos: string[] },
 ): Promise<RunManifest> {
-  const baseModel = { path: o.base, name: basename(o.base).replace(/\.safetensors$/i, ''), unetSha256: '' };
+  const name = basename(o.base).replace(/\.safetensors$/i, '');
+  const baseModel = { path: portableBasePath(o.base, modelsDir), name, unetSha256: '' };
+  const usedPhotos = o.photos.map((f) => portablePhotoPath(runDir, f));
   const manifest = runManifestSchema.parse(
-    newRunManifest({ id: o.id, status: 'queued', settings: o.settings, baseModel, backend: '', usedPhotos: o.photos }),
+    newRunManifest({ id: o.id, status: 'queued', settings: o.settings, baseModel, backend: '', usedPhotos }),
   );
   try {
     await writeRunManifest(runDir, manifest);
@@ -52,6 +61,12 @@ export async function writeQueuedRun(
     throw err;
   }
   return manifest;
+}
+
+/** The base model a run was trained on, on this machine, when it is there (else null). */
+export function existingRunBase(m: RunManifest, modelsDir: string): string | null {
+  const base = runBasePath(m, modelsDir);
+  return base && existsSync(base) ? base : null;
 }
 
 /** run.json of `runId`, or not_found. */

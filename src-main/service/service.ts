@@ -70,7 +70,7 @@ export class Service {
     const resolutions = new Map<string, Promise<number | null>>();
     const nativeResolution = (baseModel: string | null) =>
       nativeResolutionOf(resolutions, baseModel ?? defaultBase({ opts, modelsDir: this.modelsDir }));
-    this.store = new ProjectStore(this.projectsDir, { nativeResolution });
+    this.store = new ProjectStore(this.projectsDir, { nativeResolution, modelsDir: this.modelsDir });
     this.engine = new EngineHost({
       spawn: opts.spawnEngine,
       env: opts.engineEnv,

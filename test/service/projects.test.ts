@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { projectSchema } from '../../src-main/api/contract.ts';
@@ -162,6 +162,27 @@ describe('projects on disk', () => {
     // An explicit resolution wins over the model's.
     await native.update(p.id, { settings: { resolution: 64 } });
     expect((await native.photos(p.id))[0].status).toBe('ok');
+  });
+
+  it('records a base model in the models folder relative to it, read back through another mount path', async () => {
+    const share = join(root, 'share');
+    const at = (mount: string) =>
+      new ProjectStore(join(root, mount, 'projects'), { modelsDir: join(root, mount, 'models') });
+    await mkdir(join(share, 'models/toy-sd'), { recursive: true });
+    await mkdir(join(share, 'projects'), { recursive: true });
+    for (const m of ['mnt-a', 'mnt-b']) await symlink(share, join(root, m), 'dir');
+    const [a, b] = [at('mnt-a'), at('mnt-b')];
+    const p = await a.create({ name: 'Ball', classWord: 'ball', triggerToken: 'zwx', type: 'object' });
+    expect((await a.update(p.id, { baseModel: join(root, 'mnt-a/models/toy-sd') })).baseModel).toBe(
+      join(root, 'mnt-a/models/toy-sd'),
+    );
+    const file = join(share, 'projects', p.id, 'project.json');
+    expect(JSON.parse(await readFile(file, 'utf8')).baseModel).toBe('toy-sd');
+    expect((await b.open(p.id)).baseModel).toBe(join(root, 'mnt-b/models/toy-sd'));
+    // A model outside the models folder, or a project.json written before (absolute), stays as it is.
+    await b.update(p.id, { baseModel: join(root, 'elsewhere/sd15') });
+    expect(JSON.parse(await readFile(file, 'utf8')).baseModel).toBe(join(root, 'elsewhere/sd15'));
+    expect((await a.open(p.id)).baseModel).toBe(join(root, 'elsewhere/sd15'));
   });
 
   it('serialises concurrent photo additions (no lost index entries)', async () => {

@@ -246,6 +246,9 @@ describe.skipIf(skip !== null)(`the Redis queue${skip ? ` (skipped: ${skip})` : 
       await until('the child worker', async () => out.includes('ready'), 30_000);
       const job = await queue.submitJob(train);
       await until('the child to take the job', async () => out.includes(`running ${job.id}`));
+      // The name is on the job from the moment it is active (BullMQ's processedBy), not only
+      // once the worker's first progress write lands: the record names it whatever that write does.
+      expect(await redis.command('HGET', `singlora:train:${job.id}`, 'pb')).toBe('doomed');
       expect(await queue.get(job.id)).toMatchObject({ status: 'running', worker: 'doomed' });
       child.kill('SIGKILL');
       await exited;

@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import { ensureDir } from '../io/atomic.ts';
 import type { Evaluation, ScoreRow } from '../../api/schemas.ts';
 import { listPhotos } from '../train/dataset.ts';
-import { readRunManifest, writeRunManifest } from '../train/runFiles.ts';
+import { readRunManifest, runBasePath, runPhotoPaths, writeRunManifest } from '../train/runFiles.ts';
 import type { OpenBaseModelOptions } from '../io/modelFiles.ts';
 import { StableDiffusion, type InferenceOptions } from '../pipeline/stableDiffusion.ts';
 import { generateImages } from '../pipeline/generate.ts';
@@ -76,7 +76,8 @@ export async function evaluateRun(o: EvaluateRunOptions, hooks: EvaluateHooks = 
   const plan = await planEvaluation(o);
   const { dino, clip } = await loadScorers(o, plan.toy);
   const { manifest } = plan;
-  const sd = await StableDiffusion.load(o.base ?? manifest.baseModel.path, { ...o.baseOptions, ...o.inference });
+  const base = o.base ?? runBasePath(manifest, o.modelsDir ?? defaultModelsDir());
+  const sd = await StableDiffusion.load(base, { ...o.baseOptions, ...o.inference });
   const progress = { done: 0, total: plan.labels.length * plan.prompts.length * plan.seeds.length };
   try {
     const subjectEmbeddings = dino ? await dino.embed(plan.photos) : [];
@@ -135,7 +136,9 @@ async function planEvaluation(o: EvaluateRunOptions): Promise<EvaluationPlan> {
     { length: perPrompt },
     (_, i) => EVAL_SEEDS[i % EVAL_SEEDS.length] + Math.floor(i / EVAL_SEEDS.length),
   );
-  const photos = o.photos ? await listPhotos(o.photos) : manifest.images.used.filter((f) => !f.includes('#'));
+  const photos = o.photos
+    ? await listPhotos(o.photos)
+    : runPhotoPaths(o.runDir, manifest).filter((f) => !f.includes('#'));
   if (!photos.length) throw new Error(`${o.runDir}: no subject photos to compare with (pass --photos)`);
   const toyPhotos = toy ? await readToyPhotos(photos) : [];
   const prompts = o.prompts?.length

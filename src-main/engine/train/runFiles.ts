@@ -7,13 +7,21 @@
  *   <run>/checkpoints/step-000100/state.json            step, RNG state, optimizer step
  *   <run>/samples/step-000100-0.png                     previews
  *
+ * Paths in run.json are portable (issue 29: the project folder is shared, each machine mounts it at
+ * its own path): `baseModel.path` is relative to the models folder when the base model is inside
+ * it, and `images.used` / `images.rejected[].file` are relative to the run's project folder
+ * (`<project>/runs/<run>`, the folder that holds project.json) when the photo is inside it. A path
+ * elsewhere stays absolute: it exists only on the machine that trained. Readers resolve them with
+ * `runBasePath` and `runPhotoPaths` against their own folders; run.json files written before this
+ * (absolute paths) read as they are.
+ *
  * Every write is atomic; a checkpoint folder is written under a temporary name and renamed
  * into place, so a crash mid-write leaves the previous checkpoint intact.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { runManifestSchema, type CheckpointEntry, type RunManifest } from '../../api/schemas.ts';
 import { atomicWriteJson, ensureDir } from '../io/atomic.ts';
 import { readAllFloat32, writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
@@ -24,6 +32,51 @@ export const RUN_MANIFEST = 'run.json';
 
 export function checkpointName(step: number): string {
   return `step-${String(step).padStart(6, '0')}`;
+}
+
+/** The project folder of a run folder `<project>/runs/<run>` (whether or not it holds a project). */
+function runRoot(runDir: string): string {
+  return dirname(dirname(resolve(runDir)));
+}
+
+const toPosix = (rel: string) => rel.split(sep).join('/');
+
+/** `abs` relative to `root` (POSIX separators) when it lies inside it, else `abs` resolved. */
+function relativeInside(root: string, abs: string): string {
+  const path = resolve(abs);
+  const rel = relative(resolve(root), path);
+  return rel && rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel) ? toPosix(rel) : path;
+}
+
+/** The base model as run.json records it: relative to `modelsDir` when inside it, else absolute. */
+export function portableBasePath(base: string, modelsDir: string | undefined): string {
+  return modelsDir ? relativeInside(modelsDir, base) : base;
+}
+
+/**
+ * A photo as run.json records it: relative to the run's project folder when the run belongs to a
+ * project (its grandparent holds project.json) and the photo is inside it, else absolute.
+ */
+export function portablePhotoPath(runDir: string, file: string): string {
+  const root = runRoot(runDir);
+  return existsSync(join(root, 'project.json')) ? relativeInside(root, file) : resolve(file);
+}
+
+/** A relative path of run.json on this machine: under `root`, or as an older run.json meant it (from the working folder). */
+function localRunPath(root: string, p: string): string {
+  if (isAbsolute(p)) return p;
+  const under = join(root, p);
+  return existsSync(under) || !existsSync(p) ? under : resolve(p);
+}
+
+/** The base model of a run on this machine (`modelsDir`: this machine's models folder). */
+export function runBasePath(manifest: RunManifest, modelsDir: string): string {
+  return manifest.baseModel.path && localRunPath(modelsDir, manifest.baseModel.path);
+}
+
+/** The photos a run used, as paths on this machine. */
+export function runPhotoPaths(runDir: string, manifest: RunManifest): string[] {
+  return manifest.images.used.map((f) => localRunPath(runRoot(runDir), f));
 }
 
 export async function readRunManifest(runDir: string): Promise<RunManifest> {

@@ -57,7 +57,14 @@ import type { ProviderChoice } from '../onnx/providers.ts';
 import { AdamW, DEFAULT_ADAMW, type AdamWState } from './adamw.ts';
 import { loadDataset, toModelRange, type TrainImage } from './dataset.ts';
 import { learningRate } from './lrSchedule.ts';
-import { readCheckpoint, readRunManifest, writeCheckpoint, writeRunManifest } from './runFiles.ts';
+import {
+  portableBasePath,
+  portablePhotoPath,
+  readCheckpoint,
+  readRunManifest,
+  writeCheckpoint,
+  writeRunManifest,
+} from './runFiles.ts';
 import { OnnxTrainingEngine } from './onnxEngine.ts';
 import type { OnnxMicroBatch } from './onnxStep.ts';
 import {
@@ -102,6 +109,8 @@ export interface TrainOptions {
   provider?: ProviderChoice;
   /** The onnx engine's graph cache (default: the app cache). */
   onnxCacheDir?: string;
+  /** The models folder: a base model inside it is recorded in run.json relative to it (runFiles.ts). */
+  modelsDir?: string;
 }
 
 /** The training engines: the API's list (api/schemas.ts ENGINES). */
@@ -338,7 +347,11 @@ async function startManifest(
         id: basename(opts.runDir),
         status: 'running',
         settings,
-        baseModel: { path: opts.base, name: model.name, unetSha256: model.unetSha256 },
+        baseModel: {
+          path: portableBasePath(opts.base, opts.modelsDir),
+          name: model.name,
+          unetSha256: model.unetSha256,
+        },
         backend: model.backend(),
         now: new Date().toISOString(),
       })),
@@ -346,10 +359,10 @@ async function startManifest(
     status: 'running',
     error: null,
     images: {
-      used: dataset.checks.filter((c) => c.status !== 'rejected').map((c) => c.file),
+      used: dataset.checks.filter((c) => c.status !== 'rejected').map((c) => portablePhotoPath(opts.runDir, c.file)),
       rejected: dataset.checks
         .filter((c) => c.status === 'rejected')
-        .map((c) => ({ file: c.file, reason: c.reason ?? '' })),
+        .map((c) => ({ file: portablePhotoPath(opts.runDir, c.file), reason: c.reason ?? '' })),
     },
   };
   await writeRunManifest(opts.runDir, manifest);

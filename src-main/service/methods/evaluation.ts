@@ -12,7 +12,7 @@ import { ApiError } from '../../api/contract.ts';
 import { runManifestSchema } from '../../api/schemas.ts';
 import { scorerFor, type SubjectScorer } from '../../engine/eval/modelRegistry.ts';
 import { quickEvalPrompts } from '../../engine/eval/prompts.ts';
-import { writeRunManifest } from '../../engine/train/runFiles.ts';
+import { runBasePath, writeRunManifest } from '../../engine/train/runFiles.ts';
 import { assertIdle, defaultBase, fileUrl, submitJob, usablePhotos, type ServiceContext } from '../context.ts';
 import { sharedPath } from '../jobData.ts';
 import { rootsOf } from '../jobHandlers.ts';
@@ -32,7 +32,7 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
         const photos = await usablePhotos(c, p.projectId);
         let scorer: SubjectScorer;
         try {
-          scorer = scorerFor(m.baseModel.path, c.modelsDir, c.opts.dinoModel);
+          scorer = scorerFor(runBasePath(m, c.modelsDir), c.modelsDir, c.opts.dinoModel);
         } catch (err) {
           throw new ApiError('not_found', `${(err as Error).message} (Models screen: download DINO)`);
         }

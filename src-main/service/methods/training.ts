@@ -16,7 +16,7 @@ import { rootsOf } from '../jobHandlers.ts';
 import { sharedPath } from '../jobData.ts';
 import { patchSettings, validState } from '../projects.ts';
 import { isInside } from '../safePath.ts';
-import { newRunId, readRun, settleInterruptedRun, writeQueuedRun } from '../runs.ts';
+import { existingRunBase, newRunId, readRun, settleInterruptedRun, writeQueuedRun } from '../runs.ts';
 import {
   assertIdle,
   assertNoTraining,
@@ -63,7 +63,7 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
         const settings = saved.settings;
         const photos = await usablePhotos(c, p.projectId);
         const runId = newRunId();
-        await writeQueuedRun(c.store.runDir(p.projectId, runId), { id: runId, settings, base, photos });
+        await writeQueuedRun(c.store.runDir(p.projectId, runId), c.modelsDir, { id: runId, settings, base, photos });
         const job = await submitTraining(c, {
           projectId: p.projectId,
           runId,
@@ -106,7 +106,7 @@ export function trainingHandlers(c: ServiceContext): NamespaceHandlers<'training
           throw new ApiError('conflict', `run '${p.runId}' is ${m.status}`);
         if (!m.checkpoints.length)
           throw new ApiError('conflict', `run '${p.runId}' has no checkpoint to resume from; start a new run`);
-        const base = m.baseModel.path && existsSync(m.baseModel.path) ? m.baseModel.path : baseFor(c, project);
+        const base = existingRunBase(m, c.modelsDir) ?? baseFor(c, project);
         const photos = await usablePhotos(c, p.projectId);
         const job = await submitTraining(c, {
           projectId: p.projectId,
