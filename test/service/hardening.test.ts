@@ -164,7 +164,13 @@ describe('issue 27 item 6: an error echoes a bounded part of the request', () =>
         expect(error.code).toBe('invalid_params');
         expect(error.message).toMatch(/unknown keys \(200000\): "unknown_key_0", .* and 199990 more/);
         expect(answer.length).toBeLessThan(4096);
-        expect(ms).toBeLessThan(5000); // a guard against work per key in the answer, not a benchmark
+        // A guard against work per key in the answer, not a benchmark: the bound scales with this
+        // machine's speed at the moment, as 50 local JSON round trips of the same body (a shared,
+        // loaded CI machine measured 5.3 s here; alone it takes under 1 s).
+        const t1 = performance.now();
+        JSON.stringify(JSON.parse(body));
+        const roundTrip = performance.now() - t1;
+        expect(ms).toBeLessThan(Math.max(5000, 50 * roundTrip));
       }
     } finally {
       await server.close();
