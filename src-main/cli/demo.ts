@@ -324,6 +324,7 @@ export function register(program: Command): void {
             dino: sc.subject,
             clipT: null,
             images: sc.scores.length,
+            prompt: sc.prompt,
           });
           const pick = pickBest(
             asRow(null, baseScore),
