@@ -121,6 +121,13 @@ export const trainSettingsSchema = z
     classWord: wordSchema.default('person'),
     /** Default: "a photo of <token> <class>". A caption .txt beside a photo overrides it. */
     instancePrompt: text().optional(),
+    /**
+     * Toy world (issue 26): each photo without a caption .txt is captioned "<instance prompt> on a
+     * <colour> background", the colour read off its border (eval/toyFidelity.ts), so the adapter
+     * learns the subject and leaves the background to the words the base model knows. The toy
+     * model's singlora-defaults.json turns it on; it means nothing for real photos.
+     */
+    captionBackground: z.boolean().default(false),
     crop: z.enum(CROP_MODES).default('center'),
     flip: z.boolean().default(false),
     priorPreservation: z.boolean().default(false),

@@ -2,8 +2,14 @@
  * The toy world's data (issue 26): the base world never shows a two-colour object, so every
  * subject (a two-colour ball, square or triangle) is a concept the base model has not seen.
  */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { TOY_CONFIG } from '../../scripts/build-toy-model.ts';
+import { toyBackgroundCaption } from '../../src-main/engine/eval/toyFidelity.ts';
+import { encodeImage } from '../../src-main/engine/image/sharp.ts';
+import { loadDataset } from '../../src-main/engine/train/dataset.ts';
 import {
   DEMO_SUBJECT,
   drawScene,
@@ -56,5 +62,28 @@ describe('the toy world', () => {
     }
     const kinds = new Set([DEMO_SUBJECT, ...Object.values(OTHER_SUBJECTS)].map((s) => s.kind));
     expect(kinds.size, 'the subjects cover every shape').toBe(3);
+  });
+});
+
+describe('captionBackground (the toy model default)', () => {
+  it('captions each photo with the background read off it; a caption .txt still wins', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'toy-captions-'));
+    const scenes = subjectScenes(6, 17, OTHER_SUBJECTS['zwx-square']);
+    for (const [k, scene] of scenes.entries())
+      writeFileSync(join(dir, `p${k}.png`), await encodeImage(drawScene(scene), 'png'));
+    writeFileSync(join(dir, 'p5.txt'), 'a photo of zwx square');
+    const ds = await loadDataset(dir, {
+      resolution: 64,
+      crop: 'center',
+      flip: false,
+      instancePrompt: 'a photo of zwx square',
+      contextCaption: toyBackgroundCaption,
+    });
+    const captions = ds.images.map((i) => i.caption);
+    expect(captions).toEqual([
+      ...scenes.slice(0, 5).map((s) => `a photo of zwx square on a ${s.background} background`),
+      'a photo of zwx square',
+    ]);
+    expect(new Set(captions.slice(0, 3)).size, 'three backgrounds read').toBe(3);
   });
 });

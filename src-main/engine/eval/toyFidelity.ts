@@ -165,3 +165,8 @@ export function objectColour(img: ToyImage): ColourName | null {
   for (const p of fg) counts[p.k]++;
   return COLOUR_NAMES[counts.indexOf(Math.max(...counts))];
 }
+
+/** A toy photo's context as caption words, "on a <colour> background" (training's `captionBackground`). */
+export function toyBackgroundCaption(img: ToyImage): string {
+  return `on a ${backgroundColour(img)} background`;
+}
