@@ -160,7 +160,7 @@ export interface WorldScore {
  */
 export async function scoreWorld(
   sd: StableDiffusion,
-  o: { count: number; seed: number; steps?: number },
+  o: { count: number; seed: number; steps?: number; guidanceScale?: number },
 ): Promise<WorldScore> {
   const rng = new Rng(o.seed, 3);
   const images: Array<WorldScore['images'][number]> = [];
