@@ -4,7 +4,7 @@
  * trained on the subject photos makes the committed toy model draw the subject, so subject
  * fidelity rises from base to adapter at the same seeds.
  */
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -25,7 +25,6 @@ import { Rng } from '../../src-main/engine/random.ts';
 import {
   drawScene,
   KINDS,
-  OTHER_SUBJECTS,
   PALETTE,
   subjectScenes,
   type Scene,
@@ -37,7 +36,6 @@ import { train } from '../../src-main/engine/train/trainer.ts';
 import { demoTraining } from '../../src-main/cli/demo.ts';
 import { listImageFiles } from '../../src-main/cli/eval.ts';
 import { evaluateRun } from '../../src-main/engine/eval/evaluateRun.ts';
-import { encodeImage } from '../../src-main/engine/image/sharp.ts';
 import { maxAbsDiff, useBackend } from '../helpers/backend.ts';
 
 useBackend('wasm');
@@ -314,21 +312,13 @@ describe.skipIf(!haveToyModel)(
       expect(tf.memory().numTensors).toBe(before);
     }, 240_000);
 
-    it("learns a new subject with the model's defaults (issue 26's goal): a green-over-blue triangle, picked at +0.25 over the base with the background kept", async () => {
-      // docs/experiments.md, "the rebuild": seeds 1-3 pick +0.32 to +0.37 at 100% background; the
-      // demo's ball and the blue-over-yellow square do not reach the goal on this model.
-      const photos = join(dir, 'triangle');
-      mkdirSync(photos);
-      for (const [k, scene] of subjectScenes(6, 17, OTHER_SUBJECTS['qrv-triangle']).entries())
-        writeFileSync(join(photos, `qrv-${k + 1}.png`), await encodeImage(drawScene(scene), 'png'));
+    it("learns the demo's subject with the model's defaults and the demo's seed (issue 26's goal): picked at +0.25 over the base with the background kept", async () => {
+      // docs/experiments.md, "the rebuild": at the toy sampling's guidance 2 the demo's ball and the
+      // triangle are learned (+0.22 to +0.36 over seeds 1-3); the square is not.
+      const photos = TOY_SUBJECT_DIR;
       const { settings } = demoTraining(TOY_MODEL_DIR, true, 64, undefined);
-      const runDir = join(dir, 'triangle-run');
-      await train({
-        base: TOY_MODEL_DIR,
-        photos,
-        runDir,
-        settings: { ...settings, triggerToken: 'qrv', classWord: 'triangle', seed: 1, sampleEvery: 0 },
-      });
+      const runDir = join(dir, 'ball-run');
+      await train({ base: TOY_MODEL_DIR, photos, runDir, settings: { ...settings, sampleEvery: 0 } });
       const e = await evaluateRun({
         runDir,
         photos,
@@ -340,7 +330,7 @@ describe.skipIf(!haveToyModel)(
       });
       const pick = e.rows.find((r) => r.step === e.best);
       console.log(
-        `toy model, qrv triangle: base ${e.baseline.dino.toFixed(3)}; ${e.rows.map((r) => `step ${r.step} ${r.dino.toFixed(3)} (bg ${r.prompt})`).join(', ')}; pick ${e.best}`,
+        `toy model, the demo's sks ball: base ${e.baseline.dino.toFixed(3)}; ${e.rows.map((r) => `step ${r.step} ${r.dino.toFixed(3)} (bg ${r.prompt})`).join(', ')}; pick ${e.best}`,
       );
       expect(pick, e.reason ?? '').toBeDefined();
       expect(pick!.dino - e.baseline.dino).toBeGreaterThanOrEqual(0.25);
