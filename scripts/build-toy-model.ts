@@ -6,21 +6,26 @@
  * Also writes the subject photos (`models/toy-sd-subject/`) and a preview grid.
  *
  * Stages (train/fullTrain.ts): 1. the VAE on the images; 2. the UNet and the text encoder
- * together on the VAE's latents, with the same DDPM step adapter training uses. Everything is
- * seeded; the script prints its configuration, losses and wall time.
+ * together on the VAE's latents, with the same DDPM step adapter training uses; 3. the same two
+ * trained on from stage 2 as saved (a warm restart of the learning rate), ending on the moving
+ * average of their weights. Everything is seeded; the script prints its configuration, losses and
+ * wall time.
  *
  *   nice -n 5 npx tsx scripts/build-toy-model.ts [--out models/toy-sd] [--vae-steps N] [--unet-steps N]
  *     [--vae-batch N] [--vae-lr X] [--unet-batch N] [--unet-lr X] [--min-snr G] [--snapshot-every N] [--vae-from DIR]
+ *     [--unet-from DIR] [--refine-steps N] [--refine-batch N] [--refine-lr X] [--ema D]
  *
  * The two stages draw from their own random streams, and the UNet trains on the VAE as it is
  * saved (its weights rounded to the file's dtype, read back from disk). So `--vae-from` a folder
  * this script wrote with the same VAE settings reproduces the one-shot build exactly, which lets
  * the stages run as separate processes (and VAE variants side by side on a 2-core machine).
+ * Likewise stage 3 starts from stage 2 as written to disk, so `--unet-from` a folder holding
+ * stage 2 of the same settings (with `--vae-from` its VAE) runs only stage 3 and gives the same model.
  */
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { initBackend, tf, type Tensor } from '../src-main/engine/backend/tf.ts';
+import { initBackend, tf, type Tensor, type Variable } from '../src-main/engine/backend/tf.ts';
 import { encodeImage } from '../src-main/engine/image/sharp.ts';
 import { MODEL_DEFAULTS_FILE } from '../src-main/api/schemas.ts';
 import { atomicWriteFile } from '../src-main/engine/io/atomic.ts';
@@ -30,6 +35,7 @@ import { ClipTokenizer } from '../src-main/engine/models/clipTokenizer.ts';
 import { UNet2DConditionModel } from '../src-main/engine/models/unet2dCondition.ts';
 import { REPO_ROOT } from '../src-main/engine/paths.ts';
 import { Rng } from '../src-main/engine/random.ts';
+import type { DDPMScheduler } from '../src-main/engine/schedulers/ddpmScheduler.ts';
 import { createScheduler } from '../src-main/engine/schedulers/index.ts';
 import { TOY_MODEL_DIR, TOY_MODEL_NAME, TOY_SUBJECT_DIR } from '../src-main/engine/toy/toyModel.ts';
 import { drawScene, subjectScenes, toyDataset, TOY_SIZE } from '../src-main/engine/toy/toyWorld.ts';
@@ -125,6 +131,13 @@ export const TOY_CONFIG = {
   },
   vaeTrain: { steps: 2000, batch: 6, lr: 2e-3, klWeight: 1e-4, sampleScale: 0, maxGradNorm: 1 },
   unetTrain: { steps: 3000, batch: 16, lr: 2e-3, maxGradNorm: 1, minSnrGamma: 5 as number | null },
+  /**
+   * Stage 3 (issue 26): the UNet and text encoder of stage 2, trained on: a warm restart (fresh
+   * AdamW, a second warm-up and cosine decay from a lower peak, its own random stream), saving an
+   * exponential moving average of the weights. Stage 2 alone left the model underfit: soft blobs at
+   * guidance 7.5, half-right pictures at guidance 2 (docs/experiments.md, "The rebuild").
+   */
+  refine: { steps: 1500, batch: 16, lr: 1e-3, maxGradNorm: 1, minSnrGamma: 5 as number | null, emaDecay: 0.998 },
   weightsDtype: 'F16' as 'F16' | 'F32',
 };
 
@@ -229,15 +242,25 @@ async function main(): Promise<void> {
     lr: num('--unet-lr', cfg.unetTrain.lr),
     minSnrGamma: arg('--min-snr') === undefined ? cfg.unetTrain.minSnrGamma : num('--min-snr', 0) || null,
   };
+  const refine = {
+    ...cfg.refine,
+    steps: num('--refine-steps', cfg.refine.steps),
+    batch: num('--refine-batch', cfg.refine.batch),
+    lr: num('--refine-lr', cfg.refine.lr),
+    emaDecay: num('--ema', cfg.refine.emaDecay),
+  };
+  if (refine.emaDecay >= 1) throw new Error(`--ema: expected a decay below 1, got ${refine.emaDecay}`);
   const vaeSteps = vaeTrain.steps;
   const unetSteps = unetTrain.steps;
   const snapshotEvery = num('--snapshot-every', 0);
   const vaeFrom = arg('--vae-from');
+  const unetFrom = arg('--unet-from');
+  if (unetFrom && !vaeFrom) throw new Error("--unet-from: needs --vae-from too (the UNet learned that VAE's latents)");
   const backend = await initBackend();
   const t0 = performance.now();
   const elapsed = () => `${((performance.now() - t0) / 1000).toFixed(0)} s`;
   console.log(`build-toy-model: backend ${backend.name}, out ${out}${vaeFrom ? `, VAE from ${resolve(vaeFrom)}` : ''}`);
-  console.log(`config: ${JSON.stringify({ ...cfg, vaeTrain, unetTrain })}`);
+  console.log(`config: ${JSON.stringify({ ...cfg, vaeTrain, unetTrain, refine })}`);
 
   // The data set and the subject photos.
   const data = toyDataset(cfg.images, cfg.seed);
@@ -320,69 +343,140 @@ async function main(): Promise<void> {
   raw.dispose();
   console.log(`latents [${latents.shape}] (${elapsed()})`);
 
-  // 2. The UNet and the text encoder.
+  // 2. The UNet and the text encoder, from scratch (or as a previous run saved them: --unet-from).
   const tokenizer = await ClipTokenizer.load(TOKENIZER_SOURCE);
   const ids = tokenizer.call(data.map((d) => d.caption)); // [N][77]
-  const unet = UNet2DConditionModel.fromConfig(cfg.unet);
-  const te = new ClipTextModel(parseClipTextConfig(cfg.textEncoder));
-  initFromScratch(unet, cfg.seed + 2);
-  initFromScratch(te, cfg.seed + 3);
-  const rng = new Rng(cfg.seed, 2);
-  console.log(
-    `parameters: vae ${vae.parameterCount()}, unet ${unet.parameterCount()}, text encoder ${te.parameterCount()}`,
-  );
-  const optimizer = new AdamW([...makeTrainable(unet, 'toy-unet'), ...makeTrainable(te, 'toy-te')]);
   const ddpm = createScheduler('ddpm', { source: 'scripts/build-toy-model.ts', values: cfg.scheduler });
   console.log(
     `noise schedule: ${cfg.scheduler.beta_schedule} ${cfg.scheduler.beta_start}..${cfg.scheduler.beta_end}; alphaBar[999] = ${ddpm.alphasCumprod[999].toFixed(5)}`,
   );
-  const numTrain = ddpm.alphasCumprod.length;
-  let smoothed = NaN;
   const note = () =>
-    `# toy-sd\n\nBuilt by \`npm run build:toy-model\` (scripts/build-toy-model.ts), from scratch, seed ${cfg.seed}: VAE ${vaeSteps} steps (batch ${vaeTrain.batch}, lr ${vaeTrain.lr}), UNet + text encoder ${unetSteps} steps (batch ${unetTrain.batch}, lr ${unetTrain.lr}${unetTrain.minSnrGamma ? `, min-SNR gamma ${unetTrain.minSnrGamma}` : ''}). See ../README.md.\n`;
-  for (let step = 0; step < unetSteps; step++) {
-    const idx = Array.from({ length: unetTrain.batch }, () => rng.int(cfg.images));
-    const z0 = tf.gather(latents, idx);
-    const noise = tf.tensor4d(rng.normal(z0.shape), z0.shape as [number, number, number, number]);
-    const timesteps = idx.map(() => rng.int(numTrain));
-    const batchIds = idx.map((i) => ids[i]);
-    const r = await trainStep(
-      { unet, scheduler: ddpm, optimizer },
-      [{ latents: z0, noise, timesteps, context: () => te.forward(batchIds).last_hidden_state }],
-      {
-        step,
-        lr: lrAt(step, unetSteps, unetTrain.lr),
-        maxGradNorm: unetTrain.maxGradNorm,
-        minSnrGamma: unetTrain.minSnrGamma,
-        priorLossWeight: 1,
-        attention: 'plain',
-      },
+    `# toy-sd\n\nBuilt by \`npm run build:toy-model\` (scripts/build-toy-model.ts), from scratch, seed ${cfg.seed}: VAE ${vaeSteps} steps (batch ${vaeTrain.batch}, lr ${vaeTrain.lr}), UNet + text encoder ${unetSteps} steps (batch ${unetTrain.batch}, lr ${unetTrain.lr}${unetTrain.minSnrGamma ? `, min-SNR gamma ${unetTrain.minSnrGamma}` : ''})${refine.steps ? `, then refined ${refine.steps} steps (batch ${refine.batch}, lr ${refine.lr}${refine.minSnrGamma ? `, min-SNR gamma ${refine.minSnrGamma}` : ''}, EMA ${refine.emaDecay})` : ''}. See ../README.md.\n`;
+  const denoise: DenoiseData = { latents, ids, ddpm, seed: cfg.seed, elapsed };
+  const snapshot = (unet: UNet2DConditionModel, te: ClipTextModel) => async (step: number) => {
+    await writeFolder(out, unet, te, note());
+    console.log(`snapshot written at step ${step} (${elapsed()})`);
+  };
+  if (!unetFrom) {
+    const unet = UNet2DConditionModel.fromConfig(cfg.unet);
+    const te = new ClipTextModel(parseClipTextConfig(cfg.textEncoder));
+    initFromScratch(unet, cfg.seed + 2);
+    initFromScratch(te, cfg.seed + 3);
+    console.log(
+      `parameters: vae ${vae.parameterCount()}, unet ${unet.parameterCount()}, text encoder ${te.parameterCount()}`,
     );
-    tf.dispose([z0, noise]);
-    smoothed = Number.isNaN(smoothed) ? r.loss : 0.98 * smoothed + 0.02 * r.loss;
-    if (step % 25 === 0 || step === unetSteps - 1)
-      console.log(
-        `unet step ${step + 1}/${unetSteps}: loss ${r.loss.toFixed(4)} smoothed ${smoothed.toFixed(4)} (${elapsed()})`,
-      );
-    if (snapshotEvery && (step + 1) % snapshotEvery === 0 && step + 1 < unetSteps) {
-      await writeFolder(out, unet, te, note());
-      console.log(`snapshot written at step ${step + 1} (${elapsed()})`);
-    }
+    const stage = { ...unetTrain, name: 'unet', stream: 2, emaDecay: 0 };
+    await trainDenoiser(unet, te, denoise, stage, snapshotEvery ? snapshot(unet, te) : undefined, snapshotEvery);
+    await writeFolder(out, unet, te, `${note()}\nStage 2 done at ${elapsed()} on backend ${backend.name}.\n`);
+    unet.dispose();
+    te.dispose();
   }
+  // 3. The refinement, from stage 2 as saved (read back from disk, so --unet-from reproduces the one-shot build).
+  const from = unetFrom ? resolve(unetFrom) : out;
+  const unet = await UNet2DConditionModel.load(join(from, 'unet'));
+  const te = await ClipTextModel.load(join(from, 'text_encoder'));
+  if (unetFrom) console.log(`stage 2 read from ${from}`);
+  const stage = { ...refine, name: 'refine', stream: 4 };
+  await trainDenoiser(unet, te, denoise, stage, snapshotEvery ? snapshot(unet, te) : undefined, snapshotEvery);
   await writeFolder(out, unet, te, `${note()}\nBuild time: ${elapsed()} on backend ${backend.name}.\n`);
   console.log(`toy model written to ${out}; build time ${elapsed()}`);
   tf.dispose([images, latents]);
   vae.dispose();
   unet.dispose();
   te.dispose();
-  optimizer.dispose();
   // What it learned: does it draw what its own captions ask for (scripts/toy-world-check.ts)?
-  if (unetSteps > 0) {
+  if (unetSteps > 0 || refine.steps > 0) {
     const w = await checkToyWorld(out);
     console.log(
       `world check: background as asked ${(100 * w.background).toFixed(0)}% (chance 14%), object colour as asked ${(100 * w.object).toFixed(0)}% (chance 25%), shape as asked ${(100 * w.shape).toFixed(0)}%, all three ${(100 * w.all).toFixed(0)}%, ${w.images.length} captions`,
     );
   }
+}
+
+interface DenoiseData {
+  /** The training set's scaled latents [N, 8, 8, 4] and caption token ids [N][77]. */
+  latents: Tensor;
+  ids: number[][];
+  ddpm: DDPMScheduler;
+  seed: number;
+  elapsed: () => string;
+}
+
+interface DenoiseStage {
+  name: string;
+  steps: number;
+  batch: number;
+  lr: number;
+  maxGradNorm: number;
+  minSnrGamma: number | null;
+  /** Decay of the weights' moving average that the stage ends on; 0: the last weights. */
+  emaDecay: number;
+  /** The stage's random stream (Rng(seed, stream)): batches, noise, timesteps. */
+  stream: number;
+}
+
+/**
+ * Trains `unet` and `te` together on the latents with the DDPM step adapter training uses, with
+ * a warm-up and cosine decay (lrAt). With `emaDecay`, the models end on the moving average of
+ * their weights (decay warmed up as min(d, (1 + t) / (10 + t))); `snapshot` sees the same.
+ */
+async function trainDenoiser(
+  unet: UNet2DConditionModel,
+  te: ClipTextModel,
+  d: DenoiseData,
+  s: DenoiseStage,
+  snapshot: ((step: number) => Promise<void>) | undefined,
+  snapshotEvery: number,
+): Promise<void> {
+  const optimizer = new AdamW([...makeTrainable(unet, `toy-${s.name}-unet`), ...makeTrainable(te, `toy-${s.name}-te`)]);
+  const vars = optimizer.params as Variable[];
+  const ema = s.emaDecay > 0 ? vars.map((v) => tf.variable(tf.clone(v), false)) : null;
+  const withEma = async (run: () => Promise<void>) => {
+    if (!ema) return run();
+    const current = vars.map((v) => tf.clone(v));
+    vars.forEach((v, i) => v.assign(ema[i]));
+    await run();
+    vars.forEach((v, i) => v.assign(current[i]));
+    tf.dispose(current);
+  };
+  const rng = new Rng(d.seed, s.stream);
+  const count = d.latents.shape[0];
+  const numTrain = d.ddpm.alphasCumprod.length;
+  let smoothed = NaN;
+  for (let step = 0; step < s.steps; step++) {
+    const idx = Array.from({ length: s.batch }, () => rng.int(count));
+    const z0 = tf.gather(d.latents, idx);
+    const noise = tf.tensor4d(rng.normal(z0.shape), z0.shape as [number, number, number, number]);
+    const timesteps = idx.map(() => rng.int(numTrain));
+    const batchIds = idx.map((i) => d.ids[i]);
+    const r = await trainStep(
+      { unet, scheduler: d.ddpm, optimizer },
+      [{ latents: z0, noise, timesteps, context: () => te.forward(batchIds).last_hidden_state }],
+      {
+        step,
+        lr: lrAt(step, s.steps, s.lr),
+        maxGradNorm: s.maxGradNorm,
+        minSnrGamma: s.minSnrGamma,
+        priorLossWeight: 1,
+        attention: 'plain',
+      },
+    );
+    tf.dispose([z0, noise]);
+    if (ema) {
+      const decay = Math.min(s.emaDecay, (1 + step) / (10 + step));
+      tf.tidy(() => ema.forEach((e, i) => e.assign(tf.add(tf.mul(e, decay), tf.mul(vars[i], 1 - decay)))));
+    }
+    smoothed = Number.isNaN(smoothed) ? r.loss : 0.98 * smoothed + 0.02 * r.loss;
+    if (step % 25 === 0 || step === s.steps - 1)
+      console.log(
+        `${s.name} step ${step + 1}/${s.steps}: loss ${r.loss.toFixed(4)} smoothed ${smoothed.toFixed(4)} (${d.elapsed()})`,
+      );
+    if (snapshot && snapshotEvery && (step + 1) % snapshotEvery === 0 && step + 1 < s.steps)
+      await withEma(() => snapshot(step + 1));
+  }
+  if (ema) vars.forEach((v, i) => v.assign(ema[i]));
+  tf.dispose(ema ?? []);
+  optimizer.dispose();
 }
 
 /** The VAE's latent means of `images`, 64 at a time. */

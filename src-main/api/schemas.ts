@@ -143,6 +143,16 @@ export const trainSettingsSchema = z
     classWord: wordSchema.default('person').describe('class word (e.g. dog, person)'),
     /** Default: "a photo of <token> <class>". A caption .txt beside a photo overrides it. */
     instancePrompt: text().optional().describe('caption (default "a photo of <token> <class>")'),
+    /**
+     * Toy world (issue 26): each photo without a caption .txt is captioned "<instance prompt> on a
+     * <colour> background", the colour read off its border (eval/toyFidelity.ts), so the adapter
+     * learns the subject and leaves the background to the words the base model knows. The toy
+     * model's singlora-defaults.json turns it on; it means nothing for real photos.
+     */
+    captionBackground: z
+      .boolean()
+      .default(false)
+      .describe('toy world: caption each photo with its background colour read off its border'),
     crop: z.enum(CROP_MODES).default('center').describe('how photos are cropped to a square'),
     flip: z.boolean().default(false).describe('add horizontally flipped copies'),
     priorPreservation: z.boolean().default(false).describe('add the prior-preservation loss on generated class images'),

@@ -396,6 +396,7 @@ async function scoreToy(
       dino: sc.subject,
       clipT: null,
       images: sc.scores.length,
+      prompt: sc.prompt,
     });
     const pick = pickBest(
       asRow(null, baseScore),

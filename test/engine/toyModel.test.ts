@@ -9,12 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { tf, type Tensor4D } from '../../src-main/engine/backend/tf.ts';
-import {
-  readToyPhotos,
-  requestedBackground,
-  scoreToyModel,
-  toyProbes,
-} from '../../src-main/engine/eval/toyEvaluate.ts';
+import { readToyPhotos, requestedBackground, TOY_SAMPLING, toyProbes } from '../../src-main/engine/eval/toyEvaluate.ts';
 import {
   backgroundColour,
   colourFidelity,
@@ -25,8 +20,7 @@ import {
 import { fitShapes, hasShape, SHAPE_IOU, subjectKind } from '../../src-main/engine/eval/toyShape.ts';
 import { AutoencoderKL } from '../../src-main/engine/models/autoencoderKL.ts';
 import { conv2dTrainable } from '../../src-main/engine/models/ops/conv2dTrainable.ts';
-import { StableDiffusion } from '../../src-main/engine/pipeline/stableDiffusion.ts';
-import { TOY_DEMO, TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../../src-main/engine/toy/toyModel.ts';
+import { TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../../src-main/engine/toy/toyModel.ts';
 import { Rng } from '../../src-main/engine/random.ts';
 import {
   drawScene,
@@ -41,6 +35,7 @@ import { collapsePosterior, initFromScratch, LOGVAR_FLOOR } from '../../src-main
 import { train } from '../../src-main/engine/train/trainer.ts';
 import { demoTraining } from '../../src-main/cli/demo.ts';
 import { listImageFiles } from '../../src-main/cli/eval.ts';
+import { evaluateRun } from '../../src-main/engine/eval/evaluateRun.ts';
 import { maxAbsDiff, useBackend } from '../helpers/backend.ts';
 
 useBackend('wasm');
@@ -302,38 +297,44 @@ describe.skipIf(!haveToyModel)(
       vae.dispose();
     });
 
-    it('a short SingLoRA adapter raises subject fidelity from base to adapter at the same seeds, without leaking tensors', async () => {
+    it("the demo's run fits its photos: the loss at fixed noise and timesteps falls, without leaking tensors", async () => {
       const before = tf.memory().numTensors;
-      const runDir = join(dir, 'run');
-      // The demo's run (npm run demo): the toy model's defaults, the same seed and evaluation seeds.
+      // The demo's run (npm run demo): the toy model's defaults, the same seed.
       const { settings } = demoTraining(TOY_MODEL_DIR, true, 64, undefined);
-      const steps = settings.steps;
       const { manifest, fixedLoss } = await train({
         base: TOY_MODEL_DIR,
         photos: TOY_SUBJECT_DIR,
-        runDir,
-        settings: { ...settings, checkpointEvery: steps },
+        runDir: join(dir, 'demo-run'),
+        settings: { ...settings, checkpointEvery: settings.steps, sampleEvery: 0 },
       });
       expect(manifest.status).toBe('completed');
-      // Training fits the photos: the loss at fixed noise and timesteps falls.
       expect(fixedLoss!.end).toBeLessThan(fixedLoss!.start);
-      const adapter = join(runDir, manifest.checkpoints[manifest.checkpoints.length - 1].adapter);
-      const photos = await readToyPhotos(listImageFiles(TOY_SUBJECT_DIR));
-      const probes = toyProbes('sks', 'ball', photos);
-      const sd = await StableDiffusion.load(TOY_MODEL_DIR);
-      try {
-        const seeds = TOY_DEMO.seeds;
-        const base = await scoreToyModel(sd, { photos, probes, seeds });
-        const tuned = await scoreToyModel(sd, { photos, probes, seeds, adapter });
-        console.log(
-          `toy model, SingLoRA ${steps} steps: subject fidelity ${base.subject.toFixed(3)} -> ${tuned.subject.toFixed(3)}; background right ${base.prompt} -> ${tuned.prompt}`,
-        );
-        // A modest margin: the toy VAE blurs the subject and shifts its red (docs/experiments.md).
-        expect(tuned.subject).toBeGreaterThan(base.subject + 0.05);
-      } finally {
-        sd.dispose();
-      }
       expect(tf.memory().numTensors).toBe(before);
+    }, 240_000);
+
+    it("learns the demo's subject with the model's defaults and the demo's seed (issue 26's goal): picked at +0.25 over the base with the background kept", async () => {
+      // docs/experiments.md, "the rebuild": at the toy sampling's guidance 2 the demo's ball and the
+      // triangle are learned (+0.22 to +0.36 over seeds 1-3); the square is not.
+      const photos = TOY_SUBJECT_DIR;
+      const { settings } = demoTraining(TOY_MODEL_DIR, true, 64, undefined);
+      const runDir = join(dir, 'ball-run');
+      await train({ base: TOY_MODEL_DIR, photos, runDir, settings: { ...settings, sampleEvery: 0 } });
+      const e = await evaluateRun({
+        runDir,
+        photos,
+        imagesPerPrompt: 6,
+        steps: TOY_SAMPLING.steps,
+        scorer: 'toy',
+        modelsDir: join(dir, 'no-models'),
+        clip: false,
+      });
+      const pick = e.rows.find((r) => r.step === e.best);
+      console.log(
+        `toy model, the demo's sks ball: base ${e.baseline.dino.toFixed(3)}; ${e.rows.map((r) => `step ${r.step} ${r.dino.toFixed(3)} (bg ${r.prompt})`).join(', ')}; pick ${e.best}`,
+      );
+      expect(pick, e.reason ?? '').toBeDefined();
+      expect(pick!.dino - e.baseline.dino).toBeGreaterThanOrEqual(0.25);
+      expect(pick!.prompt).toBeGreaterThanOrEqual(0.8);
     }, 240_000);
   },
 );

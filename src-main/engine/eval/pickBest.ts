@@ -4,6 +4,11 @@
  *
  *   noise band = 2 * sd(base per-image scores) / sqrt(n)     (two standard errors of the base mean)
  *   pick       = argmax score over the eligible checkpoints, if score - base > noise band; else none
+ *
+ * Eligible: with CLIP-T, the checkpoints that keep the base model's CLIP-T (within a margin); with
+ * the toy score, those that keep the requested background in at least min(TOY_PROMPT_FLOOR, the
+ * base model's share) of their images. A toy checkpoint that loses the background is never
+ * picked, however high its subject score (an adapter that paints the photos' backgrounds).
  */
 import type { ScoreRow } from '../../api/schemas.ts';
 
@@ -22,6 +27,9 @@ export function noiseBand(baseScores: readonly number[]): number | null {
   const variance = baseScores.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1);
   return 2 * Math.sqrt(variance / n);
 }
+
+/** The share of images with the requested background a toy checkpoint must keep (issue 26's goal). */
+export const TOY_PROMPT_FLOOR = 0.8;
 
 /** What to change when no checkpoint beats the base model. */
 export const NO_PICK_SUGGESTION =
@@ -48,6 +56,7 @@ export function pickBest(
   const margin = o.clipMargin ?? DEFAULT_CLIP_MARGIN;
   if (!rows.length)
     return { best: null, rule: 'no checkpoints scored', reason: 'no checkpoints scored', suggestion: null };
+  if (o.metric === 'toy' && baseline.prompt !== undefined) return pickToy(baseline, rows, o.noiseBand);
   const withClip = baseline.clipT !== null && rows.some((r) => r.clipT !== null);
   const eligible = withClip ? rows.filter((r) => r.clipT !== null && r.clipT >= baseline.clipT! - margin) : rows;
   const pool = eligible.length ? eligible : rows;
@@ -76,4 +85,40 @@ export function pickBest(
       suggestion: NO_PICK_SUGGESTION,
     };
   return { best: top.step, rule, reason: null, suggestion: null };
+}
+
+/** The toy metric's rule: among the checkpoints that keep the requested background, the top one beyond the noise. */
+function pickToy(baseline: ScoreRow, rows: readonly ScoreRow[], band: number | null): Pick {
+  const floor = Math.min(TOY_PROMPT_FLOOR, baseline.prompt ?? 0);
+  const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
+  const rule = `highest toy subject fidelity (the toy world's score of colours, their layout and the shape, docs/experiments.md) among checkpoints that keep the requested background in at least ${pct(floor)} of their images, if above the base model's by more than the noise band${band === null ? '' : ` (${band.toFixed(4)})`}`;
+  if (band === null)
+    return {
+      best: null,
+      rule,
+      reason: 'the noise band cannot be measured from one image of the base model: evaluate with more images',
+      suggestion: 'evaluate with more prompts or images per prompt',
+    };
+  const kept = rows.filter((r) => (r.prompt ?? 0) >= floor);
+  const beats = (r: ScoreRow) => r.dino - baseline.dino > band;
+  const top = kept.length ? kept.reduce((a, b) => (b.dino > a.dino ? b : a)) : null;
+  if (top && beats(top)) return { best: top.step, rule, reason: null, suggestion: null };
+  const lost = rows.filter((r) => beats(r) && !kept.includes(r));
+  if (lost.length) {
+    const l = lost.reduce((a, b) => (b.dino > a.dino ? b : a));
+    return {
+      best: null,
+      rule,
+      reason: `no checkpoint beats the base model and keeps the requested background: the best, step ${l.step}, scores ${l.dino.toFixed(4)} against the base model's ${baseline.dino.toFixed(4)} (noise band ${band.toFixed(4)}) but keeps the background in ${pct(l.prompt ?? 0)} of its images (at least ${pct(floor)} needed)`,
+      suggestion: `${NO_PICK_SUGGESTION}; or a lower learning rate or fewer steps, so the adapter does not learn the photos' backgrounds`,
+    };
+  }
+  const best = top ?? rows.reduce((a, b) => (b.dino > a.dino ? b : a));
+  const gain = best.dino - baseline.dino;
+  return {
+    best: null,
+    rule,
+    reason: `no checkpoint beats the base model by more than the noise: the best, step ${best.step}, scores ${best.dino.toFixed(4)} against the base model's ${baseline.dino.toFixed(4)} (${gain >= 0 ? '+' : '-'}${Math.abs(gain).toFixed(4)}; noise band ${band.toFixed(4)})`,
+    suggestion: NO_PICK_SUGGESTION,
+  };
 }

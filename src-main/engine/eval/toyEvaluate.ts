@@ -58,7 +58,7 @@ export function requestedBackground(prompt: string): ColourName | null {
 }
 
 /** Sampling settings for the toy model (64x64, 8x8 latents). */
-export const TOY_SAMPLING = { steps: 20, guidanceScale: 7.5, scheduler: 'ddim', width: 64, height: 64 } as const;
+export const TOY_SAMPLING = { steps: 20, guidanceScale: 2, scheduler: 'ddim', width: 64, height: 64 } as const;
 
 export interface ToyScoredImage {
   readonly probe: ToyProbe;
@@ -160,7 +160,7 @@ export interface WorldScore {
  */
 export async function scoreWorld(
   sd: StableDiffusion,
-  o: { count: number; seed: number; steps?: number },
+  o: { count: number; seed: number; steps?: number; guidanceScale?: number },
 ): Promise<WorldScore> {
   const rng = new Rng(o.seed, 3);
   const images: Array<WorldScore['images'][number]> = [];

@@ -19,49 +19,12 @@
  * world's palette and shapes.
  * It is an honest stand-in for DINO here, not a general image metric.
  */
-import { COLOUR_NAMES, PALETTE, type ColourName, type ToyImage } from '../toy/toyWorld.ts';
+import { COLOUR_NAMES, type ColourName, type ToyImage } from '../toy/toyWorld.ts';
+import { backgroundColour, borderColour, nearestColour } from '../toy/toyColours.ts';
 import { fitShape, subjectKind, type Mask } from './toyShape.ts';
 
 /** RGB distance beyond which a pixel is foreground (not the background colour). */
 const FOREGROUND_DISTANCE = 60;
-
-function nearestColour(r: number, g: number, b: number): number {
-  let best = 0;
-  let bestD = Infinity;
-  COLOUR_NAMES.forEach((name, k) => {
-    const c = PALETTE[name];
-    const d = (r - c[0]) ** 2 + (g - c[1]) ** 2 + (b - c[2]) ** 2;
-    if (d < bestD) {
-      bestD = d;
-      best = k;
-    }
-  });
-  return best;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-/** The median colour of the image's one-pixel border, RGB 0-255. */
-export function borderColour(img: ToyImage): [number, number, number] {
-  const { data, width: w, height: h } = img;
-  const ch: number[][] = [[], [], []];
-  for (let y = 0; y < h; y++) {
-    for (let x = 0; x < w; x++) {
-      if (x !== 0 && y !== 0 && x !== w - 1 && y !== h - 1) continue;
-      for (let k = 0; k < 3; k++) ch[k].push(data[(y * w + x) * 3 + k]);
-    }
-  }
-  return [median(ch[0]), median(ch[1]), median(ch[2])];
-}
-
-/** The palette colour of the background (prompt fidelity: compare with the requested one). */
-export function backgroundColour(img: ToyImage): ColourName {
-  const [r, g, b] = borderColour(img);
-  return COLOUR_NAMES[nearestColour(r, g, b)];
-}
 
 /** The pixels in front of the background (farther than FOREGROUND_DISTANCE from the border colour): row and palette index. */
 function foreground(img: ToyImage): { y: number; k: number }[] {
@@ -165,3 +128,5 @@ export function objectColour(img: ToyImage): ColourName | null {
   for (const p of fg) counts[p.k]++;
   return COLOUR_NAMES[counts.indexOf(Math.max(...counts))];
 }
+
+export { backgroundColour, borderColour, toyBackgroundCaption } from '../toy/toyColours.ts';

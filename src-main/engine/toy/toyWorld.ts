@@ -148,16 +148,39 @@ export const SUBJECT_PATTERN: readonly [ColourName, ColourName] = ['red', 'yello
 /** Backgrounds of the subject photos; the demo asks for others (green, gray). */
 export const SUBJECT_PHOTO_BACKGROUNDS: readonly ColourName[] = ['white', 'blue', 'black'];
 
-/** `count` photos of the subject at different positions and sizes, on the photo backgrounds. */
-export function subjectScenes(count = 6, seed = 17): Scene[] {
+/** A two-colour subject: its kind, its top and bottom colours, and the backgrounds of its photos. */
+export interface ToySubject {
+  readonly kind: Kind;
+  readonly pattern: readonly [ColourName, ColourName];
+  readonly backgrounds: readonly ColourName[];
+}
+
+/** The demo's subject: a ball, red on top, yellow below, photographed on white, blue and black. */
+export const DEMO_SUBJECT: ToySubject = {
+  kind: 'ball',
+  pattern: SUBJECT_PATTERN,
+  backgrounds: SUBJECT_PHOTO_BACKGROUNDS,
+};
+
+/**
+ * Two more subjects for the experiments (issue 26: another shape, other colours): a square blue
+ * over yellow and a triangle green over blue, each photographed on white, black and red.
+ */
+export const OTHER_SUBJECTS: Readonly<Record<string, ToySubject>> = {
+  'zwx-square': { kind: 'square', pattern: ['blue', 'yellow'], backgrounds: ['white', 'black', 'red'] },
+  'qrv-triangle': { kind: 'triangle', pattern: ['green', 'blue'], backgrounds: ['white', 'black', 'red'] },
+};
+
+/** `count` photos of `subject` (the demo's by default) at different positions and sizes, on its photo backgrounds. */
+export function subjectScenes(count = 6, seed = 17, subject: ToySubject = DEMO_SUBJECT): Scene[] {
   const rng = new Rng(seed);
   return Array.from({ length: count }, (_, k) => {
     const r = 0.22 + 0.1 * rng.uniform();
     return {
-      kind: 'ball',
-      colour: 'red',
-      pattern: SUBJECT_PATTERN,
-      background: SUBJECT_PHOTO_BACKGROUNDS[k % SUBJECT_PHOTO_BACKGROUNDS.length],
+      kind: subject.kind,
+      colour: subject.pattern[0],
+      pattern: subject.pattern,
+      background: subject.backgrounds[k % subject.backgrounds.length],
       cx: r + (1 - 2 * r) * rng.uniform(),
       cy: r + (1 - 2 * r) * rng.uniform(),
       r,

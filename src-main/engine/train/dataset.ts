@@ -45,6 +45,8 @@ export interface DatasetOptions {
   /** Also yield a horizontally flipped copy of each photo. */
   flip: boolean;
   instancePrompt: string;
+  /** Words for a photo's context, appended to the instance prompt of photos without a caption .txt. */
+  contextCaption?: (image: RgbImage) => string;
   maxPixels?: number;
 }
 
@@ -152,7 +154,8 @@ export async function loadDataset(input: string | readonly string[], opts: Datas
         continue;
       }
       seen.set(hash, file);
-      const caption = await captionFor(file, opts.instancePrompt);
+      const prompt = opts.contextCaption ? `${opts.instancePrompt} ${opts.contextCaption(image)}` : opts.instancePrompt;
+      const caption = await captionFor(file, prompt);
       const fitted = await fitToSize(image, opts.resolution, opts.resolution, { crop: opts.crop });
       images.push({ file, caption, image: fitted });
       if (opts.flip) images.push({ file: `${file}#flip`, caption, image: await flip(fitted) });

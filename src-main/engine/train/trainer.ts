@@ -56,6 +56,7 @@ import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import type { ProviderChoice } from '../onnx/providers.ts';
 import { AdamW, DEFAULT_ADAMW, type AdamWState } from './adamw.ts';
 import { loadDataset, toModelRange, type TrainImage } from './dataset.ts';
+import { toyBackgroundCaption } from '../toy/toyColours.ts';
 import { learningRate } from './lrSchedule.ts';
 import {
   portableBasePath,
@@ -325,6 +326,7 @@ async function loadPhotos(
     crop: settings.crop,
     flip: settings.flip,
     instancePrompt,
+    ...(settings.captionBackground ? { contextCaption: toyBackgroundCaption } : {}),
   });
   for (const w of dataset.warnings) emit({ event: 'warning', message: w });
   for (const c of dataset.checks)

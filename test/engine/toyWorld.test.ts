@@ -1,0 +1,89 @@
+/**
+ * The toy world's data (issue 26): the base world never shows a two-colour object, so every
+ * subject (a two-colour ball, square or triangle) is a concept the base model has not seen.
+ */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { TOY_CONFIG } from '../../scripts/build-toy-model.ts';
+import { toyBackgroundCaption } from '../../src-main/engine/eval/toyFidelity.ts';
+import { encodeImage } from '../../src-main/engine/image/sharp.ts';
+import { loadDataset } from '../../src-main/engine/train/dataset.ts';
+import {
+  DEMO_SUBJECT,
+  drawScene,
+  OBJECT_COLOURS,
+  OTHER_SUBJECTS,
+  PALETTE,
+  subjectScenes,
+  type ToyImage,
+  toyDataset,
+} from '../../src-main/engine/toy/toyWorld.ts';
+
+/** The palette colours that some pixel of `img` has exactly (edges are blends and match none). */
+function paletteColours(img: ToyImage): string[] {
+  const found = new Set<string>();
+  for (let i = 0; i < img.data.length; i += 3)
+    for (const [name, c] of Object.entries(PALETTE))
+      if (img.data[i] === c[0] && img.data[i + 1] === c[1] && img.data[i + 2] === c[2]) found.add(name);
+  return [...found].sort();
+}
+
+describe('the toy world', () => {
+  const set = toyDataset(TOY_CONFIG.images, TOY_CONFIG.seed);
+
+  it("the build's training set never shows a two-colour object", () => {
+    for (const ex of set) {
+      expect(ex.scene.pattern).toBeUndefined();
+      expect(paletteColours(ex.image)).toEqual([ex.scene.colour, ex.scene.background].sort());
+    }
+  });
+
+  it('its captions name one object colour and a shape, never a subject token', () => {
+    const grammar = /^(a photo of a (red|green|blue|yellow) (ball|square|triangle)( on a \w+ background)?)?$/;
+    for (const ex of set) expect(ex.caption).toMatch(grammar);
+    const share = (p: (c: string) => boolean) => set.filter((e) => p(e.caption)).length / set.length;
+    expect(share((c) => c === '')).toBeGreaterThan(0.05); // the unconditional caption guidance needs
+    expect(share((c) => c.endsWith('background'))).toBeGreaterThan(0.7);
+  });
+
+  it('every subject is two object colours on one shape, photographed on backgrounds of neither colour', () => {
+    for (const subject of [DEMO_SUBJECT, ...Object.values(OTHER_SUBJECTS)]) {
+      const [top, bottom] = subject.pattern;
+      expect(top).not.toBe(bottom);
+      expect(OBJECT_COLOURS).toContain(top);
+      expect(OBJECT_COLOURS).toContain(bottom);
+      for (const scene of subjectScenes(6, 17, subject)) {
+        expect(scene.kind).toBe(subject.kind);
+        expect(subject.pattern).not.toContain(scene.background);
+        expect(paletteColours(drawScene(scene))).toEqual([top, bottom, scene.background].sort());
+      }
+    }
+    const kinds = new Set([DEMO_SUBJECT, ...Object.values(OTHER_SUBJECTS)].map((s) => s.kind));
+    expect(kinds.size, 'the subjects cover every shape').toBe(3);
+  });
+});
+
+describe('captionBackground (the toy model default)', () => {
+  it('captions each photo with the background read off it; a caption .txt still wins', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'toy-captions-'));
+    const scenes = subjectScenes(6, 17, OTHER_SUBJECTS['zwx-square']);
+    for (const [k, scene] of scenes.entries())
+      writeFileSync(join(dir, `p${k}.png`), await encodeImage(drawScene(scene), 'png'));
+    writeFileSync(join(dir, 'p5.txt'), 'a photo of zwx square');
+    const ds = await loadDataset(dir, {
+      resolution: 64,
+      crop: 'center',
+      flip: false,
+      instancePrompt: 'a photo of zwx square',
+      contextCaption: toyBackgroundCaption,
+    });
+    const captions = ds.images.map((i) => i.caption);
+    expect(captions).toEqual([
+      ...scenes.slice(0, 5).map((s) => `a photo of zwx square on a ${s.background} background`),
+      'a photo of zwx square',
+    ]);
+    expect(new Set(captions.slice(0, 3)).size, 'three backgrounds read').toBe(3);
+  });
+});
