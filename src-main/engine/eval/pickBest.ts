@@ -70,13 +70,7 @@ export function pickBest(
         : 'highest DINO (CLIP models not installed, so prompt fidelity is not checked)'
   }, if above the base model's by more than the noise band${band === null ? '' : ` (${band.toFixed(4)})`}`;
   const gain = top.dino - baseline.dino;
-  if (band === null)
-    return {
-      best: null,
-      rule,
-      reason: 'the noise band cannot be measured from one image of the base model: evaluate with more images',
-      suggestion: 'evaluate with more prompts or images per prompt',
-    };
+  if (band === null) return noBand(rule);
   if (gain <= band)
     return {
       best: null,
@@ -87,18 +81,22 @@ export function pickBest(
   return { best: top.step, rule, reason: null, suggestion: null };
 }
 
+/** No pick: one image of the base model gives no spread to measure the noise band from. */
+function noBand(rule: string): Pick {
+  return {
+    best: null,
+    rule,
+    reason: 'the noise band cannot be measured from one image of the base model: evaluate with more images',
+    suggestion: 'evaluate with more prompts or images per prompt',
+  };
+}
+
 /** The toy metric's rule: among the checkpoints that keep the requested background, the top one beyond the noise. */
 function pickToy(baseline: ScoreRow, rows: readonly ScoreRow[], band: number | null): Pick {
   const floor = Math.min(TOY_PROMPT_FLOOR, baseline.prompt ?? 0);
   const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
   const rule = `highest toy subject fidelity (the toy world's score of colours, their layout and the shape, docs/experiments.md) among checkpoints that keep the requested background in at least ${pct(floor)} of their images, if above the base model's by more than the noise band${band === null ? '' : ` (${band.toFixed(4)})`}`;
-  if (band === null)
-    return {
-      best: null,
-      rule,
-      reason: 'the noise band cannot be measured from one image of the base model: evaluate with more images',
-      suggestion: 'evaluate with more prompts or images per prompt',
-    };
+  if (band === null) return noBand(rule);
   const kept = rows.filter((r) => (r.prompt ?? 0) >= floor);
   const beats = (r: ScoreRow) => r.dino - baseline.dino > band;
   const top = kept.length ? kept.reduce((a, b) => (b.dino > a.dino ? b : a)) : null;
