@@ -76,3 +76,15 @@ export function median(xs: readonly number[]): number | null {
   const sorted = [...xs].sort((a, b) => a - b);
   return sorted.length ? sorted[Math.floor((sorted.length - 1) / 2)] : null;
 }
+
+/** The configuration both training benchmarks (TensorFlow.js and ONNX Runtime) report. */
+export interface TrainBenchConfig {
+  base: string;
+  resolution: number;
+  latent: [number, number];
+  batch: number;
+  method: string;
+  rank: number;
+  targets: readonly string[];
+  checkpointing: boolean;
+}

@@ -32,7 +32,7 @@ import { Rng, randn } from '../random.ts';
 import { createScheduler, parseSchedulerConfig, type RawSchedulerConfig } from '../schedulers/index.ts';
 import { AdamW } from '../train/adamw.ts';
 import { adapterBlockRunner, trainStep, type TrainStepOptions } from '../train/step.ts';
-import { median, timeSteps } from './benchSteps.ts';
+import { median, type TrainBenchConfig, timeSteps } from './benchSteps.ts';
 
 export interface BenchTrainOptions {
   /** A diffusers pipeline folder, a `unet/` folder, or a UNet config.json. */
@@ -57,15 +57,7 @@ export interface BenchTrainReport {
   bench: 'train';
   backend: string;
   device: string | null;
-  config: {
-    base: string;
-    resolution: number;
-    latent: [number, number];
-    batch: number;
-    method: string;
-    rank: number;
-    targets: readonly string[];
-    checkpointing: boolean;
+  config: TrainBenchConfig & {
     attention: AttentionMode;
     steps: number;
     warmup: number;

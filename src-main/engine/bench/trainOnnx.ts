@@ -34,7 +34,14 @@ import {
   onnxTrainStep,
   type OnnxMicroBatch,
 } from '../train/onnxStep.ts';
-import { benchTempDir, median, type StepTimes, timeSteps, writeRandomUnet } from './benchSteps.ts';
+import {
+  benchTempDir,
+  median,
+  type StepTimes,
+  type TrainBenchConfig,
+  timeSteps,
+  writeRandomUnet,
+} from './benchSteps.ts';
 import { benchTrainSetup, readTrainingSchedulerConfig } from './train.ts';
 
 export interface BenchTrainOnnxOptions {
@@ -64,15 +71,7 @@ export interface BenchTrainOnnxReport {
   engine: 'onnx';
   provider: string;
   dtype: ComputeType;
-  config: {
-    base: string;
-    resolution: number;
-    latent: [number, number];
-    batch: number;
-    method: string;
-    rank: number;
-    targets: readonly string[];
-    checkpointing: boolean;
+  config: TrainBenchConfig & {
     steps: number;
     warmup: number;
     threads: number;
