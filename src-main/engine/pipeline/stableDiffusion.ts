@@ -232,7 +232,7 @@ export class StableDiffusion {
   }
 
   get hiddenSize(): number {
-    return parseClipTextConfig(this.configs.textEncoder).hidden_size;
+    return parseClipTextConfig(this.configs.textEncoder).hiddenSize;
   }
 
   /** Token ids for prompts, padded/truncated to 77. */
