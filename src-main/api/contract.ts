@@ -15,6 +15,7 @@ import {
   ENGINES,
   PROVIDERS,
   EXPORT_FORMATS,
+  EVAL_CHECKPOINTS,
   LIMITS,
   METHODS,
   wordSchema,
@@ -374,7 +375,7 @@ export const api = {
       .object({
         projectId: idSchema,
         runId: idSchema,
-        checkpoints: z.enum(['all', 'latest']).default('all'),
+        checkpoints: z.enum(EVAL_CHECKPOINTS).default('all'),
         /** true: one prompt per category and (unless imagesPerPrompt says otherwise) one image each; fast and noisy. */
         quick: z.boolean().default(false),
         imagesPerPrompt: z.number().int().min(1).max(16).optional(),

@@ -39,6 +39,8 @@ export const DEFAULT_ENGINE: EngineChoice = 'onnx';
 export const TENSOR_BACKENDS = ['tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 /** Compute types of ONNX Runtime (an image's sidecar, the benchmarks' `--dtype`). */
 export const COMPUTE_DTYPES = ['float32', 'float16'] as const;
+/** Which checkpoints of a run an evaluation scores (`evaluation.start`, `singlora eval --checkpoints`). */
+export const EVAL_CHECKPOINTS = ['all', 'latest'] as const;
 /**
  * ONNX Runtime execution providers a user can ask for (engine/onnx/providers.ts says where each
  * exists). `auto`: the first GPU provider that starts on this machine (CUDA, DirectML or CoreML, then

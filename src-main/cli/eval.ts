@@ -18,6 +18,7 @@ import { evalJobs, IMAGES_PER_PROMPT } from '../engine/eval/prompts.ts';
 import { readRunManifest, RUN_MANIFEST, runBasePath, runPhotoPaths } from '../engine/train/runFiles.ts';
 import {
   DEFAULT_SUBJECT_TYPE,
+  EVAL_CHECKPOINTS,
   type Evaluation,
   IMAGE_EXTENSIONS,
   isImageExtension,
@@ -354,7 +355,7 @@ export function register(program: Command): void {
     .option('--generated <dir>', 'folder of generated images')
     .option('--run <dir>', 'score the base model and every checkpoint of a training run on the fixed prompt set')
     .addOption(
-      new Option('--checkpoints <which>', 'with --run: which checkpoints').choices(['all', 'latest']).default('all'),
+      new Option('--checkpoints <which>', 'with --run: which checkpoints').choices(EVAL_CHECKPOINTS).default('all'),
     )
     .option(
       '--prompts <default|file>',

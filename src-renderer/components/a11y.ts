@@ -18,3 +18,15 @@ export async function focusFirstInvalid(root: HTMLElement | null | undefined): P
   field.focus();
   field.scrollIntoView?.({ block: 'center' });
 }
+
+/**
+ * A form's submit handler: runs `action` (which answers false when it refused the form) and then
+ * focuses the first invalid field of that form (`focusFirstInvalid`). For `<form onsubmit={...}>`.
+ */
+export function submitOrFocus(action: () => Promise<boolean>): (e: SubmitEvent) => Promise<void> {
+  return async (e) => {
+    e.preventDefault();
+    const form = e.currentTarget as HTMLElement; // currentTarget is null once the event is over
+    if (!(await action())) await focusFirstInvalid(form);
+  };
+}

@@ -9,7 +9,8 @@ type Defaults = NonNullable<ModelDefaults['training']> | NonNullable<ModelDefaul
 
 /**
  * The hint for `field`: "default for this model" when the value is the model's default, "<v> is
- * the default for this model" when the user changed it, else `fallback` (the model names none).
+ * the default for this model" when the user changed it ("On"/"Off" for a switch), else `fallback`
+ * (the model names none).
  */
 export function modelDefaultHint(
   defaults: Defaults | null | undefined,
@@ -19,7 +20,8 @@ export function modelDefaultHint(
 ): string | undefined {
   const v = (defaults as Record<string, unknown> | null | undefined)?.[field];
   if (v === undefined || v === null) return fallback;
-  return value === v ? 'default for this model' : `${String(v)} is the default for this model`;
+  if (value === v) return 'default for this model';
+  return `${typeof v === 'boolean' ? (v ? 'On' : 'Off') : String(v)} is the default for this model`;
 }
 
 /** Above this many seconds a training run counts as long (the banner's "very slow"). */

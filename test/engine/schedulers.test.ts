@@ -109,25 +109,47 @@ describe('createScheduler', () => {
     // from the JSON, for every class
     for (const name of SCHEDULER_NAMES) {
       expect(cfg(name)).toMatchObject({
-        beta_schedule: 'scaled_linear',
-        beta_start: 0.00085,
-        beta_end: 0.012,
-        steps_offset: 1,
+        betaSchedule: 'scaled_linear',
+        betaStart: 0.00085,
+        betaEnd: 0.012,
+        stepsOffset: 1,
       });
     }
     // absent from the JSON: each class's default
-    expect(cfg('pndm').timestep_spacing).toBe('leading');
-    expect(cfg('ddim').timestep_spacing).toBe('leading');
-    expect(cfg('ddpm').timestep_spacing).toBe('leading');
-    expect(cfg('euler').timestep_spacing).toBe('linspace');
-    expect(cfg('euler-a').timestep_spacing).toBe('linspace');
-    expect(cfg('dpmpp-2m').timestep_spacing).toBe('linspace');
-    expect(cfg('ddim')).toMatchObject({ clip_sample: false, set_alpha_to_one: false }); // JSON values, not DDIM's defaults (true, true)
+    expect(cfg('pndm').timestepSpacing).toBe('leading');
+    expect(cfg('ddim').timestepSpacing).toBe('leading');
+    expect(cfg('ddpm').timestepSpacing).toBe('leading');
+    expect(cfg('euler').timestepSpacing).toBe('linspace');
+    expect(cfg('euler-a').timestepSpacing).toBe('linspace');
+    expect(cfg('dpmpp-2m').timestepSpacing).toBe('linspace');
+    expect(cfg('ddim')).toMatchObject({ clipSample: false, setAlphaToOne: false }); // JSON values, not DDIM's defaults (true, true)
     expect(cfg('dpmpp-2m-karras')).toMatchObject({
-      use_karras_sigmas: true,
-      algorithm_type: 'dpmsolver++',
-      solver_order: 2,
+      useKarrasSigmas: true,
+      algorithmType: 'dpmsolver++',
+      solverOrder: 2,
     });
+  });
+
+  it('reads the JSON keys only at the boundary: camelCase in code, the file keys back from fileConfig()', () => {
+    const snake = (name: string) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+    for (const name of SCHEDULER_NAMES) {
+      const s = createScheduler(name, sd15);
+      const config = s.config as unknown as Record<string, unknown>;
+      const file = s.fileConfig();
+      expect(Object.keys(file).sort(), name).toEqual(Object.keys(config).map(snake).sort());
+      for (const [key, value] of Object.entries(config)) expect(file[snake(key)], `${name}.${key}`).toEqual(value);
+      for (const [key, value] of Object.entries(sd15.values))
+        if (key in file) expect(file[key], `${name}: ${key}`).toEqual(value);
+    }
+  });
+
+  it('checks values given in code by their code names', () => {
+    expect(() => EulerDiscreteScheduler.fromConfig(sd15, { timestepSpacing: 'middle' as 'leading' })).toThrow(
+      /EulerDiscreteScheduler.timestepSpacing \(given in code\) is "middle"; expected one of linspace, leading, trailing/,
+    );
+    expect(() => EulerDiscreteScheduler.fromConfig(sd15, { timestep_spacing: 'leading' } as object)).toThrow(
+      /unknown config field 'timestep_spacing'.*timestepSpacing/,
+    );
   });
 
   it('names the file, class, key, value and allowed values on a bad config', () => {
@@ -161,7 +183,7 @@ describe('createScheduler', () => {
 
 describe('timestep spacing and init_noise_sigma rules (diffusers 0.27.2)', () => {
   it('Euler with leading spacing: integer timesteps and initNoiseSigma = sqrt(sigma_max^2 + 1)', () => {
-    const s = EulerDiscreteScheduler.fromConfig(sd15, { timestep_spacing: 'leading' });
+    const s = EulerDiscreteScheduler.fromConfig(sd15, { timestepSpacing: 'leading' });
     s.setTimesteps(20);
     expect(s.timesteps).toEqual(Array.from({ length: 20 }, (_, i) => 951 - 50 * i));
     const sigmaMax = Math.max(...s.sigmas);
@@ -172,7 +194,7 @@ describe('timestep spacing and init_noise_sigma rules (diffusers 0.27.2)', () =>
   });
 
   it('trailing spacing: round(arange(T, 0, -T/N)) - 1', () => {
-    const ddim = DDIMScheduler.fromConfig(sd15, { timestep_spacing: 'trailing' });
+    const ddim = DDIMScheduler.fromConfig(sd15, { timestepSpacing: 'trailing' });
     ddim.setTimesteps(20);
     expect(ddim.timesteps).toEqual(Array.from({ length: 20 }, (_, i) => 999 - 50 * i));
     ddim.setTimesteps(3);

@@ -137,7 +137,7 @@ for (const folder of parityFolders()) {
       it(`${key}: config equals diffusers' effective_config of ${ref.class}.from_config(pndm.config)`, () => {
         const s = createScheduler(SCHEDULERS[key], model);
         expect(s.className).toBe(ref.class);
-        const ours = s.config as unknown as Record<string, unknown>;
+        const ours = s.fileConfig();
         for (const [k, v] of Object.entries(ours)) {
           expect(k in ref.effective_config, `${key}: config key ${k} missing from the reference effective_config`).toBe(
             true,

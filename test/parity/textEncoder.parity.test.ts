@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tf, type Tensor } from '../../src-main/engine/backend/tf.ts';
-import { ClipTextModel, parseClipTextConfig } from '../../src-main/engine/models/clipTextModel.ts';
+import { CLIP_TEXT_KEYS, ClipTextModel, parseClipTextConfig } from '../../src-main/engine/models/clipTextModel.ts';
 import { ClipTokenizer } from '../../src-main/engine/models/clipTokenizer.ts';
 import { tfOps } from '../../src-main/engine/models/ops/tfOps.ts';
 import { expectNoLeak, maxAbsDiff, useBackend } from '../helpers/backend.ts';
@@ -161,7 +161,7 @@ for (const { folder, cases, hasText } of folders) {
     it('rejects clip_skip outside [0, num_hidden_layers] and ids outside the vocabulary', () => {
       expect(() => model.encodePrompt(ids, model.numLayers + 1)).toThrow(/clipSkip must be an integer in \[0, /);
       expect(() => model.encodePrompt(ids, 1.5)).toThrow(/clipSkip/);
-      expect(() => model.encodePrompt([[0, model.config.vocab_size]])).toThrow(/outside the vocabulary/);
+      expect(() => model.encodePrompt([[0, model.config.vocabSize]])).toThrow(/outside the vocabulary/);
     });
   });
 }
@@ -181,9 +181,9 @@ describe('ClipTextConfig', () => {
     const { hidden_act, layer_norm_eps, bos_token_id, eos_token_id, ...rest } = sd15Config;
     void [hidden_act, layer_norm_eps, bos_token_id, eos_token_id];
     const config = parseClipTextConfig(rest);
-    expect(config.hidden_act).toBe('quick_gelu');
-    expect(config.layer_norm_eps).toBe(1e-5);
-    expect(config.eos_token_id).toBe(49407); // transformers 4.38 default: the non-legacy pooling path
+    expect(config.hiddenAct).toBe('quick_gelu');
+    expect(config.layerNormEps).toBe(1e-5);
+    expect(config.eosTokenId).toBe(49407); // transformers 4.38 default: the non-legacy pooling path
     expect(Object.isFrozen(config)).toBe(true);
   });
 
@@ -199,5 +199,13 @@ describe('ClipTextConfig', () => {
     );
     expect(() => parseClipTextConfig({ ...sd15Config, model_type: 'clip' })).toThrow(/'model_type'/);
     expect(() => parseClipTextConfig({ ...sd15Config, eos_token_id: null })).toThrow(/'eos_token_id'/);
+  });
+
+  it('reads every field from its config.json key (camelCase in code, the file keys only in the reader)', () => {
+    const config = parseClipTextConfig(sd15Config);
+    for (const [field, key] of Object.entries(CLIP_TEXT_KEYS)) {
+      expect(key, field).toBe(field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`));
+      expect(config[field as keyof typeof config], key).toBe(sd15Config[key]);
+    }
   });
 });

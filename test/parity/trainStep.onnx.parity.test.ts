@@ -104,7 +104,7 @@ for (const folder of parityFolders()) {
         'ddpm',
         await readSchedulerConfig(join(folder, 'model', 'scheduler', 'scheduler_config.json')),
       ) as DDPMScheduler;
-      expect(scheduler.config.prediction_type, 'model/scheduler prediction_type').toBe('epsilon');
+      expect(scheduler.config.predictionType, 'model/scheduler prediction_type').toBe('epsilon');
       if (cases.has('inputs.latents')) {
         const ctx = await cases.get('inputs.encoder_hidden_states');
         batch = {

@@ -69,7 +69,7 @@ for (const folder of parityFolders()) {
         'ddpm',
         await readSchedulerConfig(join(folder, 'model', 'scheduler', 'scheduler_config.json')),
       );
-      expect(scheduler.config.prediction_type, 'model/scheduler prediction_type').toBe('epsilon');
+      expect(scheduler.config.predictionType, 'model/scheduler prediction_type').toBe('epsilon');
     });
     afterAll(async () => {
       unet?.dispose();

@@ -1,6 +1,6 @@
 // @vitest-environment jsdom
 /** The "default for this model" hints, the Generate draft from the model's sampling defaults, and when the "No GPU" banner shows. */
-import { fireEvent, render, screen } from '@testing-library/svelte';
+import { fireEvent, render, screen, waitFor } from '@testing-library/svelte';
 import { describe, expect, it } from 'vitest';
 import TrainScreen from '../../src-renderer/screens/TrainScreen.svelte';
 import { startStudio } from './fakes.ts';
@@ -56,6 +56,25 @@ describe('the screens with a model that has defaults', () => {
     expect(screen.getByText('4-16; higher learns more detail')).toBeTruthy(); // rank: the model names none
     expect(studio.system.advice?.message).toMatch(/No GPU/);
     expect(screen.queryByTestId('backend-notice')).toBeNull();
+  });
+
+  it("Train: the background-caption switch says the model's default and reaches training.start", async () => {
+    const toyWorld = fx.base({ ...toy, defaults: { training: { captionBackground: true } } });
+    const { studio, transport } = await startStudio({
+      'models.bases': () => [toyWorld],
+      'training.start': () => ({ jobId: 'j9', runId: 'r9' }),
+    });
+    render(TrainScreen, { training: studio.training, advice: studio.system.advice, model: studio.projects.model });
+    const box = screen.getByTestId('setting-caption-background') as HTMLInputElement;
+    const hint = () => document.getElementById('t-caption-bg-hint')?.textContent;
+    // The fixture project's settings are the schema's (off): the hint names the model's value.
+    expect(box.checked).toBe(false);
+    expect(hint()).toBe('On is the default for this model');
+    await fireEvent.click(box);
+    expect(hint()).toBe('default for this model');
+    await fireEvent.click(screen.getByTestId('train-button'));
+    await waitFor(() => expect(transport.paramsOf('training.start')).toHaveLength(1));
+    expect(transport.paramsOf('training.start')[0]?.settings?.captionBackground).toBe(true);
   });
 
   it("Generate: the draft starts from the model's sampling defaults, never over the user's own values", async () => {

@@ -33,49 +33,69 @@ import { LayerNorm } from './layers/norm.ts';
 // ---------------------------------------------------------------------------------------------
 // Config
 
-/** The `CLIPTextConfig` fields the text encoder uses, with transformers' defaults filled in. */
+/**
+ * The `CLIPTextConfig` fields the text encoder uses, with transformers' defaults filled in. In code
+ * the fields are camelCase; `CLIP_TEXT_KEYS` names each one's key in `config.json`, and
+ * `parseClipTextConfig` is the one place the file's keys are read.
+ */
 export interface ClipTextConfig {
-  readonly vocab_size: number;
-  readonly hidden_size: number;
-  readonly intermediate_size: number;
-  readonly num_hidden_layers: number;
-  readonly num_attention_heads: number;
-  readonly max_position_embeddings: number;
-  readonly hidden_act: ClipHiddenAct;
-  readonly layer_norm_eps: number;
-  readonly bos_token_id: number | null;
-  readonly eos_token_id: number;
-  readonly pad_token_id: number | null;
+  readonly vocabSize: number;
+  readonly hiddenSize: number;
+  readonly intermediateSize: number;
+  readonly numHiddenLayers: number;
+  readonly numAttentionHeads: number;
+  readonly maxPositionEmbeddings: number;
+  readonly hiddenAct: ClipHiddenAct;
+  readonly layerNormEps: number;
+  readonly bosTokenId: number | null;
+  readonly eosTokenId: number;
+  readonly padTokenId: number | null;
 }
 
 export const CLIP_HIDDEN_ACTS = ['quick_gelu', 'gelu'] as const;
 export type ClipHiddenAct = (typeof CLIP_HIDDEN_ACTS)[number];
 
+/** Each field's key in a text encoder's `config.json` (transformers' `CLIPTextConfig` argument names). */
+export const CLIP_TEXT_KEYS: { readonly [K in keyof ClipTextConfig]: string } = {
+  vocabSize: 'vocab_size',
+  hiddenSize: 'hidden_size',
+  intermediateSize: 'intermediate_size',
+  numHiddenLayers: 'num_hidden_layers',
+  numAttentionHeads: 'num_attention_heads',
+  maxPositionEmbeddings: 'max_position_embeddings',
+  hiddenAct: 'hidden_act',
+  layerNormEps: 'layer_norm_eps',
+  bosTokenId: 'bos_token_id',
+  eosTokenId: 'eos_token_id',
+  padTokenId: 'pad_token_id',
+};
+
 /** transformers v4.38 `CLIPTextConfig.__init__` defaults (hub configs often omit some keys). */
 export const CLIP_TEXT_DEFAULTS: ClipTextConfig = {
-  vocab_size: 49408,
-  hidden_size: 512,
-  intermediate_size: 2048,
-  num_hidden_layers: 12,
-  num_attention_heads: 8,
-  max_position_embeddings: 77,
-  hidden_act: 'quick_gelu',
-  layer_norm_eps: 1e-5,
-  bos_token_id: 49406,
-  eos_token_id: 49407,
-  pad_token_id: 1,
+  vocabSize: 49408,
+  hiddenSize: 512,
+  intermediateSize: 2048,
+  numHiddenLayers: 12,
+  numAttentionHeads: 8,
+  maxPositionEmbeddings: 77,
+  hiddenAct: 'quick_gelu',
+  layerNormEps: 1e-5,
+  bosTokenId: 49406,
+  eosTokenId: 49407,
+  padTokenId: 1,
 };
 
 /**
- * Validates a text encoder `config.json` (parsed JSON) and fills in the defaults. Keys the model
- * does not use (dropout, initializer_*, projection_dim, ...) are ignored. Errors name the field.
+ * Validates a text encoder `config.json` (parsed JSON, the file's keys) and fills in the defaults.
+ * Keys the model does not use (dropout, initializer_*, projection_dim, ...) are ignored. Errors
+ * name the file's key.
  */
 export function parseClipTextConfig(raw: unknown, source = 'text_encoder/config.json'): ClipTextConfig {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
     throw new Error(`${source}: expected a JSON object`);
   const r = raw as Record<string, unknown>;
-  const fail = (field: string, want: string): never => {
-    throw new Error(`${source}: '${field}' must be ${want}, got ${JSON.stringify(r[field])}`);
+  const fail = (key: string, want: string): never => {
+    throw new Error(`${source}: '${key}' must be ${want}, got ${JSON.stringify(r[key])}`);
   };
   if (r.model_type !== undefined && r.model_type !== 'clip_text_model') {
     fail(
@@ -83,38 +103,41 @@ export function parseClipTextConfig(raw: unknown, source = 'text_encoder/config.
       `'clip_text_model' (a CLIPTextModel config; a full CLIPModel config keeps it under 'text_config')`,
     );
   }
+  /** The file's value of `field` (null stays null), else the default. */
+  const read = (field: keyof ClipTextConfig): unknown =>
+    CLIP_TEXT_KEYS[field] in r ? r[CLIP_TEXT_KEYS[field]] : CLIP_TEXT_DEFAULTS[field];
   const positiveInt = (field: keyof ClipTextConfig): number => {
-    const v = r[field] ?? CLIP_TEXT_DEFAULTS[field];
-    return Number.isInteger(v) && (v as number) > 0 ? (v as number) : fail(field, 'a positive integer');
+    const v = read(field) ?? CLIP_TEXT_DEFAULTS[field];
+    return Number.isInteger(v) && (v as number) > 0 ? (v as number) : fail(CLIP_TEXT_KEYS[field], 'a positive integer');
   };
-  const tokenId = (field: 'bos_token_id' | 'eos_token_id' | 'pad_token_id', nullable: boolean): number | null => {
-    const v = field in r ? r[field] : CLIP_TEXT_DEFAULTS[field];
+  const tokenId = (field: 'bosTokenId' | 'eosTokenId' | 'padTokenId', nullable: boolean): number | null => {
+    const v = read(field);
     if (v === null && nullable) return null;
     return Number.isInteger(v) && (v as number) >= 0
       ? (v as number)
-      : fail(field, `a non-negative integer${nullable ? ' or null' : ''}`);
+      : fail(CLIP_TEXT_KEYS[field], `a non-negative integer${nullable ? ' or null' : ''}`);
   };
-  const hidden_act = (r.hidden_act ?? CLIP_TEXT_DEFAULTS.hidden_act) as ClipHiddenAct;
-  if (!CLIP_HIDDEN_ACTS.includes(hidden_act)) fail('hidden_act', `one of ${CLIP_HIDDEN_ACTS.join(', ')}`);
-  const layer_norm_eps = r.layer_norm_eps ?? CLIP_TEXT_DEFAULTS.layer_norm_eps;
-  if (typeof layer_norm_eps !== 'number' || !(layer_norm_eps > 0)) fail('layer_norm_eps', 'a positive number');
+  const hiddenAct = (read('hiddenAct') ?? CLIP_TEXT_DEFAULTS.hiddenAct) as ClipHiddenAct;
+  if (!CLIP_HIDDEN_ACTS.includes(hiddenAct)) fail('hidden_act', `one of ${CLIP_HIDDEN_ACTS.join(', ')}`);
+  const layerNormEps = read('layerNormEps') ?? CLIP_TEXT_DEFAULTS.layerNormEps;
+  if (typeof layerNormEps !== 'number' || !(layerNormEps > 0)) fail('layer_norm_eps', 'a positive number');
 
   const config: ClipTextConfig = {
-    vocab_size: positiveInt('vocab_size'),
-    hidden_size: positiveInt('hidden_size'),
-    intermediate_size: positiveInt('intermediate_size'),
-    num_hidden_layers: positiveInt('num_hidden_layers'),
-    num_attention_heads: positiveInt('num_attention_heads'),
-    max_position_embeddings: positiveInt('max_position_embeddings'),
-    hidden_act,
-    layer_norm_eps: layer_norm_eps as number,
-    bos_token_id: tokenId('bos_token_id', true),
-    eos_token_id: tokenId('eos_token_id', false) as number,
-    pad_token_id: tokenId('pad_token_id', true),
+    vocabSize: positiveInt('vocabSize'),
+    hiddenSize: positiveInt('hiddenSize'),
+    intermediateSize: positiveInt('intermediateSize'),
+    numHiddenLayers: positiveInt('numHiddenLayers'),
+    numAttentionHeads: positiveInt('numAttentionHeads'),
+    maxPositionEmbeddings: positiveInt('maxPositionEmbeddings'),
+    hiddenAct,
+    layerNormEps: layerNormEps as number,
+    bosTokenId: tokenId('bosTokenId', true),
+    eosTokenId: tokenId('eosTokenId', false) as number,
+    padTokenId: tokenId('padTokenId', true),
   };
-  if (config.hidden_size % config.num_attention_heads !== 0) {
+  if (config.hiddenSize % config.numAttentionHeads !== 0) {
     throw new Error(
-      `${source}: 'hidden_size' ${config.hidden_size} is not divisible by 'num_attention_heads' ${config.num_attention_heads}`,
+      `${source}: 'hidden_size' ${config.hiddenSize} is not divisible by 'num_attention_heads' ${config.numAttentionHeads}`,
     );
   }
   return Object.freeze(config);
@@ -148,8 +171,8 @@ export class ClipTextEmbeddings extends Module {
 
   constructor(config: ClipTextConfig) {
     super();
-    this.token_embedding = new Embedding(config.vocab_size, config.hidden_size);
-    this.position_embedding = new Embedding(config.max_position_embeddings, config.hidden_size);
+    this.token_embedding = new Embedding(config.vocabSize, config.hiddenSize);
+    this.position_embedding = new Embedding(config.maxPositionEmbeddings, config.hiddenSize);
   }
 
   /** ids int32 [B, S] (S known to the executor) -> [B, S, H]. */
@@ -220,10 +243,10 @@ export class ClipEncoderLayer extends Module {
 
   constructor(config: ClipTextConfig) {
     super();
-    this.self_attn = new ClipAttention(config.hidden_size, config.num_attention_heads);
-    this.layer_norm1 = new LayerNorm(config.hidden_size, config.layer_norm_eps);
-    this.mlp = new ClipMlp(config.hidden_size, config.intermediate_size, config.hidden_act);
-    this.layer_norm2 = new LayerNorm(config.hidden_size, config.layer_norm_eps);
+    this.self_attn = new ClipAttention(config.hiddenSize, config.numAttentionHeads);
+    this.layer_norm1 = new LayerNorm(config.hiddenSize, config.layerNormEps);
+    this.mlp = new ClipMlp(config.hiddenSize, config.intermediateSize, config.hiddenAct);
+    this.layer_norm2 = new LayerNorm(config.hiddenSize, config.layerNormEps);
   }
 
   /** x [B, S, H], causal mask [1, S, S] -> [B, S, H]. */
@@ -240,7 +263,7 @@ export class ClipEncoder extends Module {
 
   constructor(config: ClipTextConfig) {
     super();
-    this.layers = Array.from({ length: config.num_hidden_layers }, () => new ClipEncoderLayer(config));
+    this.layers = Array.from({ length: config.numHiddenLayers }, () => new ClipEncoderLayer(config));
   }
 }
 
@@ -254,7 +277,7 @@ export class ClipTextTransformer extends Module {
     super();
     this.embeddings = new ClipTextEmbeddings(config);
     this.encoder = new ClipEncoder(config);
-    this.final_layer_norm = new LayerNorm(config.hidden_size, config.layer_norm_eps);
+    this.final_layer_norm = new LayerNorm(config.hiddenSize, config.layerNormEps);
   }
 }
 
@@ -359,13 +382,13 @@ export class ClipTextModel extends Module {
    * otherwise the first position holding eos_token_id.
    */
   private pool<T>(o: Ops<T>, last: T, ids: T): T {
-    const marker = this.config.eos_token_id === 2 ? ids : o.equalTo(ids, this.config.eos_token_id);
+    const marker = this.config.eosTokenId === 2 ? ids : o.equalTo(ids, this.config.eosTokenId);
     return o.rowAt(last, o.argMax(marker, 1)); // [B, H]
   }
 
   /** Checks ids and returns an int32 [B, S] tensor (a new one, or the caller's own). */
   private toIdsTensor(inputIds: TokenIds): Tensor {
-    const maxPos = this.config.max_position_embeddings;
+    const maxPos = this.config.maxPositionEmbeddings;
     if (inputIds instanceof tf.Tensor) {
       if (inputIds.rank !== 2 || inputIds.dtype !== 'int32') {
         throw new Error(
@@ -386,9 +409,9 @@ export class ClipTextModel extends Module {
       if (row.length !== seq)
         throw new Error(`ClipTextModel: input id rows differ in length (row 0 has ${seq}, row ${i} has ${row.length})`);
       row.forEach((id, j) => {
-        if (!Number.isInteger(id) || id < 0 || id >= this.config.vocab_size) {
+        if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) {
           throw new Error(
-            `ClipTextModel: token id ${id} at [${i}, ${j}] is outside the vocabulary [0, ${this.config.vocab_size})`,
+            `ClipTextModel: token id ${id} at [${i}, ${j}] is outside the vocabulary [0, ${this.config.vocabSize})`,
           );
         }
         flat[i * seq + j] = id;

@@ -197,8 +197,8 @@ export function emitVaeDecoder(vae: AutoencoderKL, source: WeightSource, options
 
 export function emitTextEncoder(text: ClipTextModel, source: WeightSource, options: EmitOptions): EmittedGraph {
   const cfg = text.config;
-  const seq = cfg.max_position_embeddings;
-  const hiddenSize = cfg.hidden_size;
+  const seq = cfg.maxPositionEmbeddings;
+  const hiddenSize = cfg.hiddenSize;
   const { g, ops, files } = start('text_encoder', text, source, 'text_encoder', options, true);
   const ids = g.input('input_ids', 'int32', ['batch', seq]);
   const skipIndex = g.input('skip_index', 'int64', []);

@@ -143,14 +143,14 @@ export class OnnxDiffusion {
     clipSkip?: number,
   ): Promise<{ promptEmbeds: HostTensor; lastHiddenState: HostTensor; pooler: HostTensor; hiddenStates: HostTensor }> {
     const cfg = parseClipTextConfig(this.configs.textEncoder, this.configs.textEncoderSource);
-    const skip = checkClipSkip(clipSkip, cfg.num_hidden_layers);
+    const skip = checkClipSkip(clipSkip, cfg.numHiddenLayers);
     const slot = await this.slot('text_encoder');
     const seq = ids[0]?.length ?? 0;
     const flat = new Int32Array(ids.length * seq);
     ids.forEach((row, i) => flat.set(row, i * seq));
     const out = await slot.opened.session.run({
       input_ids: { type: 'int32', data: flat, dims: [ids.length, seq] },
-      skip_index: { type: 'int64', data: BigInt64Array.from([BigInt(cfg.num_hidden_layers - skip)]), dims: [] },
+      skip_index: { type: 'int64', data: BigInt64Array.from([BigInt(cfg.numHiddenLayers - skip)]), dims: [] },
       ...this.sideFeeds(slot, 'text_encoder'),
     });
     return {

@@ -30,11 +30,11 @@ import {
   type OpenBaseModelOptions,
 } from '../io/modelFiles.ts';
 import type { RawConfig } from '../io/keyMap.ts';
-import { AutoencoderKL } from '../models/autoencoderKL.ts';
+import { AutoencoderKL, parseVaeConfig } from '../models/autoencoderKL.ts';
 import { ClipTextModel, parseClipTextConfig } from '../models/clipTextModel.ts';
 import { ClipTokenizer } from '../models/clipTokenizer.ts';
 import { loadParams, type Module } from '../models/layers/module.ts';
-import { UNet2DConditionModel } from '../models/unet2dCondition.ts';
+import { parseUNetConfig, UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import type { RawSchedulerConfig } from '../schedulers/index.ts';
 import { defaultModelsDir } from '../paths.ts';
 import {
@@ -216,14 +216,14 @@ export class StableDiffusion {
     return vaeScaleFactor(this.configs.vae);
   }
 
+  /** The VAE config's scaling factor (0.18215 when the file has none). */
   get scalingFactor(): number {
-    const s = this.configs.vae.scaling_factor;
-    return typeof s === 'number' ? s : 0.18215;
+    return parseVaeConfig(this.configs.vae).scalingFactor;
   }
 
+  /** The UNet config's input channels (4 when the file has none). */
   get latentChannels(): number {
-    const c = this.configs.unet.in_channels;
-    return typeof c === 'number' ? c : 4;
+    return parseUNetConfig(this.configs.unet).inChannels;
   }
 
   /** The native training/generation size: UNet sample_size x VAE factor (512 for SD 1.5). */
@@ -232,7 +232,7 @@ export class StableDiffusion {
   }
 
   get hiddenSize(): number {
-    return parseClipTextConfig(this.configs.textEncoder).hidden_size;
+    return parseClipTextConfig(this.configs.textEncoder).hiddenSize;
   }
 
   /** Token ids for prompts, padded/truncated to 77. */

@@ -10,20 +10,20 @@
 import { f32, sqrt32 } from './float32.ts';
 import { stepRatioFor } from './noiseSchedule.ts';
 import { BaseScheduler, checkNoise, checkOutput, type Scheduler } from './scheduler.ts';
-import { boolField, numberField, resolveConfig, samplingFields, THRESHOLDING_FIELDS } from './schedulerConfig.ts';
-import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
+import { boolField, type ConfigOf, numberField, RESCALE_BETAS_FIELDS, samplingFields } from './schedulerConfig.ts';
+import { type RawSchedulerConfig, THRESHOLDING_FIELDS } from './schedulerConfig.ts';
 import { axpby, clip, epsilonFromOutput, originalFromOutput, scale } from './stepMath.ts';
 
-/** `DDIMScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
+/** `DDIMScheduler.__init__` (diffusers 0.27.2), a row per argument: code name, JSON key, default. */
+export type DDIMConfig = ConfigOf<typeof DDIM_CONFIG>;
 export const DDIM_CONFIG = {
   ...samplingFields('leading'),
-  clip_sample: boolField(true),
-  set_alpha_to_one: boolField(true),
+  clipSample: boolField('clip_sample', true),
+  setAlphaToOne: boolField('set_alpha_to_one', true),
   ...THRESHOLDING_FIELDS,
-  clip_sample_range: numberField(1.0),
-  rescale_betas_zero_snr: boolField(false),
-} as const;
-export type DDIMConfig = ConfigOf<typeof DDIM_CONFIG>;
+  clipSampleRange: numberField('clip_sample_range', 1.0),
+  ...RESCALE_BETAS_FIELDS,
+};
 
 /** Sampling options that are `step()` arguments in diffusers rather than config. */
 export interface DDIMOptions {
@@ -32,32 +32,19 @@ export interface DDIMOptions {
 }
 
 export class DDIMScheduler extends BaseScheduler<DDIMConfig> implements Scheduler {
-  static readonly className = 'DDIMScheduler';
+  static readonly spec = { className: 'DDIMScheduler', schema: DDIM_CONFIG };
   readonly name = 'ddim' as const;
   readonly eta: number;
   /** ᾱ used for the step after the last one: 1, or ᾱ_0 when `set_alpha_to_one` is false (SD-1.5). */
-  readonly finalAlphaCumprod: number;
-  readonly initNoiseSigma = 1.0;
+  readonly finalAlphaCumprod = this.config.setAlphaToOne ? 1.0 : this.alphasCumprod[0];
 
-  constructor(config: Partial<DDIMConfig> = {}, options: DDIMOptions = {}) {
-    super(DDIMScheduler.className, DDIM_CONFIG, config);
-    const c = this.config;
+  /** As every scheduler's (`BaseScheduler`), with DDIM's η. */
+  constructor(config: Partial<DDIMConfig> = {}, file: RawSchedulerConfig | null = null, options: DDIMOptions = {}) {
+    super(config, file);
     const eta = options.eta ?? 0;
     if (!(eta >= 0) || !Number.isFinite(eta))
       throw new Error(`${this.className}: eta must be a finite number >= 0, got ${eta}`);
     this.eta = eta;
-    this.finalAlphaCumprod = c.set_alpha_to_one ? 1.0 : this.alphasCumprod[0];
-  }
-
-  static fromConfig(
-    raw: RawSchedulerConfig,
-    overrides: Partial<DDIMConfig> = {},
-    options: DDIMOptions = {},
-  ): DDIMScheduler {
-    return new DDIMScheduler(
-      resolveConfig(DDIMScheduler.className, DDIM_CONFIG, raw.values, overrides, raw.source),
-      options,
-    );
   }
 
   get needsNoise(): boolean {
@@ -81,7 +68,7 @@ export class DDIMScheduler extends BaseScheduler<DDIMConfig> implements Schedule
   step(modelOutput: Float32Array, t: number, sample: Float32Array, noise?: Float32Array): Float32Array {
     const who = this.className;
     const c = this.config;
-    const stepRatio = stepRatioFor(this.numInferenceSteps, t, c.num_train_timesteps, who);
+    const stepRatio = stepRatioFor(this.numInferenceSteps, t, c.numTrainTimesteps, who);
     checkOutput(who, modelOutput, sample);
     if (this.eta > 0) checkNoise(who, noise, sample, `eta=${this.eta}`);
 
@@ -100,11 +87,11 @@ export class DDIMScheduler extends BaseScheduler<DDIMConfig> implements Schedule
     const directionCoeff = sqrt32(f32(f32(1 - alphaProdTPrev) - f32(stdDevT * stdDevT)));
 
     // 4. predicted x₀ and ε
-    let predOriginalSample = originalFromOutput(c.prediction_type, modelOutput, sample, alphaProdT);
-    const predEpsilon = epsilonFromOutput(c.prediction_type, modelOutput, sample, predOriginalSample, alphaProdT);
+    let predOriginalSample = originalFromOutput(c.predictionType, modelOutput, sample, alphaProdT);
+    const predEpsilon = epsilonFromOutput(c.predictionType, modelOutput, sample, predOriginalSample, alphaProdT);
 
     // 5. clip x₀
-    if (c.clip_sample) predOriginalSample = clip(predOriginalSample, c.clip_sample_range);
+    if (c.clipSample) predOriginalSample = clip(predOriginalSample, c.clipSampleRange);
 
     // 6. direction pointing to x_t
     const predSampleDirection = scale(directionCoeff, predEpsilon);

@@ -19,52 +19,45 @@ import { stepRatioFor } from './noiseSchedule.ts';
 import { BaseScheduler, checkNoise, checkOutput, type Scheduler } from './scheduler.ts';
 import {
   boolField,
+  type ConfigOf,
   enumField,
+  implemented,
   numberField,
-  resolveConfig,
+  RESCALE_BETAS_FIELDS,
   samplingFields,
   THRESHOLDING_FIELDS,
 } from './schedulerConfig.ts';
-import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
 import { axpby, clip, originalFromOutput } from './stepMath.ts';
 
 type VarianceType = 'fixed_small' | 'fixed_small_log' | 'fixed_large' | 'fixed_large_log' | 'learned' | 'learned_range';
+const VARIANCE_TYPES: readonly VarianceType[] = [
+  'fixed_small',
+  'fixed_small_log',
+  'fixed_large',
+  'fixed_large_log',
+  'learned',
+  'learned_range',
+];
 
-/** `DDPMScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
+/** `DDPMScheduler.__init__` (diffusers 0.27.2), a row per argument: code name, JSON key, default. */
+export type DDPMConfig = ConfigOf<typeof DDPM_CONFIG>;
 export const DDPM_CONFIG = {
   ...samplingFields('leading'),
-  variance_type: enumField<VarianceType>('fixed_small', [
-    'fixed_small',
-    'fixed_small_log',
-    'fixed_large',
-    'fixed_large_log',
-    'learned',
-    'learned_range',
-  ]),
-  clip_sample: boolField(true),
+  varianceType: implemented(
+    enumField<VarianceType>('variance_type', 'fixed_small', VARIANCE_TYPES),
+    (v) => v === 'fixed_small' || v === 'fixed_large',
+    'use fixed_small (the default) or fixed_large',
+  ),
+  clipSample: boolField('clip_sample', true),
   ...THRESHOLDING_FIELDS,
-  clip_sample_range: numberField(1.0),
-  rescale_betas_zero_snr: boolField(false),
-} as const;
-export type DDPMConfig = ConfigOf<typeof DDPM_CONFIG>;
+  clipSampleRange: numberField('clip_sample_range', 1.0),
+  ...RESCALE_BETAS_FIELDS,
+};
 
 export class DDPMScheduler extends BaseScheduler<DDPMConfig> implements Scheduler {
-  static readonly className = 'DDPMScheduler';
+  static readonly spec = { className: 'DDPMScheduler', schema: DDPM_CONFIG };
   readonly name = 'ddpm' as const;
-  readonly initNoiseSigma = 1.0;
   readonly needsNoise = true;
-
-  constructor(config: Partial<DDPMConfig> = {}) {
-    super(DDPMScheduler.className, DDPM_CONFIG, config);
-    const c = this.config;
-    if (c.variance_type !== 'fixed_small' && c.variance_type !== 'fixed_large') {
-      this.refuse('variance_type', c.variance_type, 'use fixed_small (the default) or fixed_large');
-    }
-  }
-
-  static fromConfig(raw: RawSchedulerConfig, overrides: Partial<DDPMConfig> = {}): DDPMScheduler {
-    return new DDPMScheduler(resolveConfig(DDPMScheduler.className, DDPM_CONFIG, raw.values, overrides, raw.source));
-  }
 
   // ---- training forward process ------------------------------------------------------------
 
@@ -90,7 +83,7 @@ export class DDPMScheduler extends BaseScheduler<DDPMConfig> implements Schedule
 
   /** What the UNet is trained to predict for `prediction_type`: ε, v, or x₀. Caller owns the result. */
   target(x0: Tensor, noise: Tensor, timesteps: ArrayLike<number>): Tensor {
-    switch (this.config.prediction_type) {
+    switch (this.config.predictionType) {
       case 'epsilon':
         return noise.clone();
       case 'v_prediction':
@@ -119,7 +112,7 @@ export class DDPMScheduler extends BaseScheduler<DDPMConfig> implements Schedule
         `${who}: got ${timesteps.length} timesteps for a batch of ${B}; pass one timestep per batch item`,
       );
     }
-    const T = this.config.num_train_timesteps;
+    const T = this.config.numTrainTimesteps;
     const a = new Float32Array(B);
     const b = new Float32Array(B);
     for (let i = 0; i < B; i++) {
@@ -151,7 +144,7 @@ export class DDPMScheduler extends BaseScheduler<DDPMConfig> implements Schedule
     const who = this.className;
     const c = this.config;
     checkOutput(who, modelOutput, sample);
-    const stepRatio = stepRatioFor(this.numInferenceSteps, t, c.num_train_timesteps, who);
+    const stepRatio = stepRatioFor(this.numInferenceSteps, t, c.numTrainTimesteps, who);
     if (t > 0) checkNoise(who, noise, sample, 'ancestral sampling at t > 0');
 
     // 1. ᾱ_t, ᾱ_{t'}, α_t, β_t (float32 scalars, as diffusers' 0-dim tensors)
@@ -164,9 +157,9 @@ export class DDPMScheduler extends BaseScheduler<DDPMConfig> implements Schedule
     const currentBetaT = f32(1 - currentAlphaT);
 
     // 2. x̂₀ from the model output (eq. 15)
-    let predOriginalSample = originalFromOutput(c.prediction_type, modelOutput, sample, alphaProdT);
+    let predOriginalSample = originalFromOutput(c.predictionType, modelOutput, sample, alphaProdT);
     // 3. clip x̂₀
-    if (c.clip_sample) predOriginalSample = clip(predOriginalSample, c.clip_sample_range);
+    if (c.clipSample) predOriginalSample = clip(predOriginalSample, c.clipSampleRange);
 
     // 4. posterior mean coefficients (eq. 7): μ̃ = √ᾱ_{t'} β_t/(1-ᾱ_t) · x̂₀ + √α_t (1-ᾱ_{t'})/(1-ᾱ_t) · x_t
     const predOriginalSampleCoeff = f32(f32(sqrt32(alphaProdTPrev) * currentBetaT) / betaProdT);
@@ -178,7 +171,7 @@ export class DDPMScheduler extends BaseScheduler<DDPMConfig> implements Schedule
 
     // 6. add σ_t z
     let variance =
-      c.variance_type === 'fixed_small'
+      c.varianceType === 'fixed_small'
         ? f32(f32(f32(1 - alphaProdTPrev) / f32(1 - alphaProdT)) * currentBetaT)
         : currentBetaT;
     variance = Math.max(variance, f32(1e-20));

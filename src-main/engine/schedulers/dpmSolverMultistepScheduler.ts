@@ -22,90 +22,66 @@ import {
   trainingSigmas,
 } from './noiseSchedule.ts';
 import { BaseScheduler, checkOutput, type Scheduler } from './scheduler.ts';
-import { axpby } from './stepMath.ts';
 import {
   boolField,
+  type ConfigOf,
   enumField,
+  implemented,
   intField,
   nullable,
   numberField,
-  resolveConfig,
+  RESCALE_BETAS_FIELDS,
   samplingFields,
   THRESHOLDING_FIELDS,
 } from './schedulerConfig.ts';
-import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
+import { axpby } from './stepMath.ts';
 
 type AlgorithmType = 'dpmsolver' | 'dpmsolver++' | 'sde-dpmsolver' | 'sde-dpmsolver++';
+const ALGORITHM_TYPES: readonly AlgorithmType[] = ['dpmsolver', 'dpmsolver++', 'sde-dpmsolver', 'sde-dpmsolver++'];
 
-/** `DPMSolverMultistepScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
+/** `DPMSolverMultistepScheduler.__init__` (diffusers 0.27.2), a row per argument: code name, JSON key, default. */
+export type DPMSolverMultistepConfig = ConfigOf<typeof DPM_SOLVER_MULTISTEP_CONFIG>;
 export const DPM_SOLVER_MULTISTEP_CONFIG = {
   ...samplingFields('linspace'),
-  solver_order: intField(2, 1),
+  solverOrder: implemented(intField('solver_order', 2, 1), (v) => v <= 2, 'use 1 or 2 (DPM++ 2M)'),
   ...THRESHOLDING_FIELDS,
-  algorithm_type: enumField<AlgorithmType>('dpmsolver++', [
-    'dpmsolver',
-    'dpmsolver++',
-    'sde-dpmsolver',
-    'sde-dpmsolver++',
-  ]),
-  solver_type: enumField<'midpoint' | 'heun'>('midpoint', ['midpoint', 'heun']),
-  lower_order_final: boolField(true),
-  euler_at_final: boolField(false),
-  use_karras_sigmas: nullable(boolField(false), false),
-  use_lu_lambdas: nullable(boolField(false), false),
-  final_sigmas_type: nullable(enumField<'zero' | 'sigma_min'>('zero', ['zero', 'sigma_min']), 'zero'),
-  lambda_min_clipped: numberField(-Infinity),
-  variance_type: nullable(enumField<'learned' | 'learned_range'>('learned', ['learned', 'learned_range'])),
-  rescale_betas_zero_snr: boolField(false),
-} as const;
-export type DPMSolverMultistepConfig = ConfigOf<typeof DPM_SOLVER_MULTISTEP_CONFIG>;
+  algorithmType: implemented(
+    enumField<AlgorithmType>('algorithm_type', 'dpmsolver++', ALGORITHM_TYPES),
+    (v) => v === 'dpmsolver++',
+    'only dpmsolver++ is implemented',
+  ),
+  solverType: enumField<'midpoint' | 'heun'>('solver_type', 'midpoint', ['midpoint', 'heun']),
+  lowerOrderFinal: boolField('lower_order_final', true),
+  eulerAtFinal: boolField('euler_at_final', false),
+  useKarrasSigmas: nullable(boolField('use_karras_sigmas', false), false),
+  useLuLambdas: implemented(nullable(boolField('use_lu_lambdas', false), false), (v) => !v, 'set it false'),
+  finalSigmasType: nullable(
+    enumField<'zero' | 'sigma_min'>('final_sigmas_type', 'zero', ['zero', 'sigma_min']),
+    'zero',
+  ),
+  lambdaMinClipped: numberField('lambda_min_clipped', -Infinity),
+  varianceType: implemented(
+    nullable(enumField<'learned' | 'learned_range'>('variance_type', 'learned', ['learned', 'learned_range'])),
+    (v) => v === null,
+    'set it null (learned-variance UNets are not supported)',
+  ),
+  ...RESCALE_BETAS_FIELDS,
+};
 
 export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultistepConfig> implements Scheduler {
-  static readonly className = 'DPMSolverMultistepScheduler';
-  readonly name: 'dpmpp-2m' | 'dpmpp-2m-karras';
-  readonly initNoiseSigma = 1.0;
+  static readonly spec = { className: 'DPMSolverMultistepScheduler', schema: DPM_SOLVER_MULTISTEP_CONFIG };
+  readonly name: 'dpmpp-2m' | 'dpmpp-2m-karras' = this.config.useKarrasSigmas ? 'dpmpp-2m-karras' : 'dpmpp-2m';
   readonly needsNoise = false;
-  private readonly trainSigmas: Float32Array;
-  private readonly logSigmas: Float32Array;
+  private readonly trainSigmas = trainingSigmas(this.alphasCumprod);
+  private readonly logSigmas = logSigmasOf(this.trainSigmas);
   /** λ_t = log α_t − log σ_t per training step (float32), for `lambda_min_clipped`. */
-  private readonly lambdaT: Float32Array;
+  private readonly lambdaT = this.alphasCumprod.map((a) => f32(log32(sqrt32(a)) - log32(sqrt32(f32(1 - a)))));
   /** σ for each timestep, then the final σ (0 or σ_min), float32 values. */
   private _sigmas: number[] = [];
   private stepIndex: number | null = null;
   /** x̂₀ of the last `solver_order` steps, oldest first (null until filled). */
-  private modelOutputs: (Float32Array | null)[];
+  private modelOutputs = new Array<Float32Array | null>(this.config.solverOrder).fill(null);
   private lowerOrderNums = 0;
-
-  constructor(config: Partial<DPMSolverMultistepConfig> = {}) {
-    super(DPMSolverMultistepScheduler.className, DPM_SOLVER_MULTISTEP_CONFIG, config);
-    const c = this.config;
-    if (c.algorithm_type !== 'dpmsolver++')
-      this.refuse('algorithm_type', c.algorithm_type, 'only dpmsolver++ is implemented');
-    if (c.solver_order > 2) this.refuse('solver_order', c.solver_order, 'use 1 or 2 (DPM++ 2M)');
-    if (c.use_lu_lambdas) this.refuse('use_lu_lambdas', true, 'set it false');
-    if (c.variance_type !== null)
-      this.refuse('variance_type', c.variance_type, 'set it null (learned-variance UNets are not supported)');
-    this.name = c.use_karras_sigmas ? 'dpmpp-2m-karras' : 'dpmpp-2m';
-    this.trainSigmas = trainingSigmas(this.alphasCumprod);
-    this.logSigmas = logSigmasOf(this.trainSigmas);
-    this.lambdaT = this.alphasCumprod.map((a) => f32(log32(sqrt32(a)) - log32(sqrt32(f32(1 - a)))));
-    this.modelOutputs = new Array<Float32Array | null>(c.solver_order).fill(null);
-  }
-
-  static fromConfig(
-    raw: RawSchedulerConfig,
-    overrides: Partial<DPMSolverMultistepConfig> = {},
-  ): DPMSolverMultistepScheduler {
-    return new DPMSolverMultistepScheduler(
-      resolveConfig(
-        DPMSolverMultistepScheduler.className,
-        DPM_SOLVER_MULTISTEP_CONFIG,
-        raw.values,
-        overrides,
-        raw.source,
-      ),
-    );
-  }
 
   get sigmas(): readonly number[] {
     return this._sigmas;
@@ -123,36 +99,36 @@ export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultiste
    */
   override setTimesteps(numInferenceSteps: number): void {
     const c = this.config;
-    const T = c.num_train_timesteps;
+    const T = c.numTrainTimesteps;
     checkInferenceSteps(this.className, numInferenceSteps, T);
     this.reset();
-    const clip = f32(c.lambda_min_clipped);
+    const clip = f32(c.lambdaMinClipped);
     const clippedIdx = this.lambdaT.filter((l) => l < clip).length; // searchsorted(flip(λ), clip)
     const last = T - clippedIdx;
     let timesteps: number[];
-    if (c.timestep_spacing === 'linspace') {
+    if (c.timestepSpacing === 'linspace') {
       timesteps = npLinspace(0, last - 1, numInferenceSteps + 1)
         .map(roundHalfEven)
         .reverse()
         .slice(0, -1);
-    } else if (c.timestep_spacing === 'leading') {
+    } else if (c.timestepSpacing === 'leading') {
       const stepRatio = Math.floor(last / (numInferenceSteps + 1));
       timesteps = Array.from({ length: numInferenceSteps + 1 }, (_, i) => i * stepRatio)
         .reverse()
         .slice(0, -1)
-        .map((t) => t + c.steps_offset);
+        .map((t) => t + c.stepsOffset);
     } else {
       timesteps = npArange(last, 0, -T / numInferenceSteps).map((x) => roundHalfEven(x) - 1);
     }
 
     let sigmas: number[];
-    if (c.use_karras_sigmas) {
+    if (c.useKarrasSigmas) {
       sigmas = karrasSigmas(this.trainSigmas[0], this.trainSigmas[T - 1], numInferenceSteps);
       timesteps = sigmas.map((s) => roundHalfEven(sigmaToT(s, this.logSigmas)));
     } else {
       sigmas = sigmasAtTimesteps(timesteps, this.trainSigmas);
     }
-    const sigmaLast = c.final_sigmas_type === 'sigma_min' ? this.trainSigmas[0] : 0;
+    const sigmaLast = c.finalSigmasType === 'sigma_min' ? this.trainSigmas[0] : 0;
     this._sigmas = sigmas.concat(sigmaLast).map(f32);
     this._timesteps = timesteps;
   }
@@ -182,7 +158,7 @@ export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultiste
     // 1. which order this step runs at
     //    (diffusers' `lower_order_second` only lowers a third-order step, which solver_order <= 2 never takes)
     const lowerOrderFinal =
-      i === n - 1 && (c.euler_at_final || (c.lower_order_final && n < 15) || c.final_sigmas_type === 'zero');
+      i === n - 1 && (c.eulerAtFinal || (c.lowerOrderFinal && n < 15) || c.finalSigmasType === 'zero');
 
     // 2. x̂₀ = convert_model_output(ε), pushed into the history (the oldest drops out)
     const x0Pred = this.convertModelOutput(modelOutput, sample, this._sigmas[i]);
@@ -191,12 +167,12 @@ export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultiste
 
     // 3. the update
     let prevSample: Float32Array;
-    if (c.solver_order === 1 || this.lowerOrderNums < 1 || lowerOrderFinal) {
+    if (c.solverOrder === 1 || this.lowerOrderNums < 1 || lowerOrderFinal) {
       prevSample = this.firstOrderUpdate(x0Pred, sample, i);
     } else {
       prevSample = this.secondOrderUpdate(sample, i);
     }
-    if (this.lowerOrderNums < c.solver_order) this.lowerOrderNums += 1;
+    if (this.lowerOrderNums < c.solverOrder) this.lowerOrderNums += 1;
 
     // 4. advance; the history is not needed after the last step
     this.stepIndex = i + 1;
@@ -218,7 +194,7 @@ export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultiste
   /** x̂₀ from the model output for `prediction_type`, a new array. */
   private convertModelOutput(modelOutput: Float32Array, sample: Float32Array, sigma: number): Float32Array {
     const { alpha, sigma: sigmaT } = this.alphaSigma(sigma);
-    switch (this.config.prediction_type) {
+    switch (this.config.predictionType) {
       case 'epsilon':
         return axpby(1 / alpha, sample, -sigmaT / alpha, modelOutput);
       case 'sample':
@@ -255,7 +231,7 @@ export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultiste
     const expm1 = f32(exp32(-h) - 1);
     const c0 = f32(t.alpha * expm1);
     // D0 = m0, D1 = (m0 − m1) / r0; x = ratio·x − c0·D0 + k·D1 (midpoint k = −c0/2, heun α_t (e^{−h}−1)/h + α_t)
-    const k = this.config.solver_type === 'midpoint' ? -f32(0.5 * c0) : f32(t.alpha * f32(f32(expm1 / h) + 1));
+    const k = this.config.solverType === 'midpoint' ? -f32(0.5 * c0) : f32(t.alpha * f32(f32(expm1 / h) + 1));
     const invR0 = f32(1 / r0);
     const out = new Float32Array(sample.length);
     for (let j = 0; j < out.length; j++) out[j] = ratio * sample[j] - c0 * m0[j] + k * invR0 * (m0[j] - m1[j]);
@@ -269,7 +245,7 @@ export class DPMSolverMultistepScheduler extends BaseScheduler<DPMSolverMultiste
   }
 
   private releaseHistory(): void {
-    this.modelOutputs = new Array<Float32Array | null>(this.config.solver_order).fill(null);
+    this.modelOutputs = new Array<Float32Array | null>(this.config.solverOrder).fill(null);
     this.lowerOrderNums = 0;
   }
 }

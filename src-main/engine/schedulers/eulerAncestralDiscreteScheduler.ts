@@ -11,44 +11,22 @@
  */
 import { f32, sqrt32 } from './float32.ts';
 import { inferenceTimesteps, sigmasAtTimesteps, stepIndexFor } from './noiseSchedule.ts';
-import { checkNoise, checkOutput, SigmaScheduler, type Scheduler } from './scheduler.ts';
-import { boolField, resolveConfig, samplingFields } from './schedulerConfig.ts';
-import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
+import { checkNoise, checkOutput, type Scheduler, SigmaScheduler } from './scheduler.ts';
+import { type ConfigOf, EPSILON_OR_V_FIELD, RESCALE_BETAS_FIELDS, samplingFields } from './schedulerConfig.ts';
 import { axpby, denoisedFromOutput, eulerUpdate } from './stepMath.ts';
 
-/** `EulerAncestralDiscreteScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
+/** `EulerAncestralDiscreteScheduler.__init__` (diffusers 0.27.2), a row per argument: code name, JSON key, default. */
+export type EulerAncestralDiscreteConfig = ConfigOf<typeof EULER_ANCESTRAL_CONFIG>;
 export const EULER_ANCESTRAL_CONFIG = {
   ...samplingFields('linspace'),
-  rescale_betas_zero_snr: boolField(false),
-} as const;
-export type EulerAncestralDiscreteConfig = ConfigOf<typeof EULER_ANCESTRAL_CONFIG>;
+  predictionType: EPSILON_OR_V_FIELD,
+  ...RESCALE_BETAS_FIELDS,
+};
 
 export class EulerAncestralDiscreteScheduler extends SigmaScheduler<EulerAncestralDiscreteConfig> implements Scheduler {
-  static readonly className = 'EulerAncestralDiscreteScheduler';
+  static readonly spec = { className: 'EulerAncestralDiscreteScheduler', schema: EULER_ANCESTRAL_CONFIG };
   readonly name = 'euler-a' as const;
   readonly needsNoise = true;
-
-  constructor(config: Partial<EulerAncestralDiscreteConfig> = {}) {
-    super(EulerAncestralDiscreteScheduler.className, EULER_ANCESTRAL_CONFIG, config);
-    const c = this.config;
-    if (c.prediction_type === 'sample')
-      this.refuse('prediction_type', 'sample', 'diffusers does not implement it either; use epsilon or v_prediction');
-  }
-
-  static fromConfig(
-    raw: RawSchedulerConfig,
-    overrides: Partial<EulerAncestralDiscreteConfig> = {},
-  ): EulerAncestralDiscreteScheduler {
-    return new EulerAncestralDiscreteScheduler(
-      resolveConfig(
-        EulerAncestralDiscreteScheduler.className,
-        EULER_ANCESTRAL_CONFIG,
-        raw.values,
-        overrides,
-        raw.source,
-      ),
-    );
-  }
 
   /** As `EulerDiscreteScheduler.setTimesteps` with linear interpolation and no Karras option. */
   override setTimesteps(numInferenceSteps: number): void {
@@ -85,7 +63,7 @@ export class EulerAncestralDiscreteScheduler extends SigmaScheduler<EulerAncestr
     const dt = f32(sigmaDown - sigma);
 
     // 2. D_θ: the predicted x₀
-    const predOriginalSample = denoisedFromOutput(this.config.prediction_type, modelOutput, sample, sigma);
+    const predOriginalSample = denoisedFromOutput(this.config.predictionType, modelOutput, sample, sigma);
     // 3-4. d_i = (x − D) / σ; an Euler step down to σ_down
     const down = eulerUpdate(sample, predOriginalSample, sigma, dt);
     // 5. + σ_up z

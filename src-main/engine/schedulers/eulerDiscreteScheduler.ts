@@ -19,41 +19,40 @@ import {
   sigmaToT,
   stepIndexFor,
 } from './noiseSchedule.ts';
-import { checkOutput, SigmaScheduler, type Scheduler } from './scheduler.ts';
-import { boolField, enumField, nullable, numberField, resolveConfig, samplingFields } from './schedulerConfig.ts';
-import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
+import { checkOutput, type Scheduler, SigmaScheduler } from './scheduler.ts';
+import {
+  boolField,
+  type ConfigOf,
+  enumField,
+  implemented,
+  nullable,
+  numberField,
+  RESCALE_BETAS_FIELDS,
+  samplingFields,
+} from './schedulerConfig.ts';
 import { denoisedFromOutput, eulerUpdate } from './stepMath.ts';
 
-/** `EulerDiscreteScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
+/** `EulerDiscreteScheduler.__init__` (diffusers 0.27.2), a row per argument: code name, JSON key, default. */
+export type EulerDiscreteConfig = ConfigOf<typeof EULER_CONFIG>;
 export const EULER_CONFIG = {
   ...samplingFields('linspace'),
-  interpolation_type: enumField<'linear' | 'log_linear'>('linear', ['linear', 'log_linear']),
-  use_karras_sigmas: boolField(false),
-  sigma_min: nullable(numberField(0)),
-  sigma_max: nullable(numberField(0)),
-  timestep_type: enumField<'discrete' | 'continuous'>('discrete', ['discrete', 'continuous']),
-  rescale_betas_zero_snr: boolField(false),
-} as const;
-export type EulerDiscreteConfig = ConfigOf<typeof EULER_CONFIG>;
+  interpolationType: enumField<'linear' | 'log_linear'>('interpolation_type', 'linear', ['linear', 'log_linear']),
+  useKarrasSigmas: boolField('use_karras_sigmas', false),
+  sigmaMin: nullable(numberField('sigma_min', 0)),
+  sigmaMax: nullable(numberField('sigma_max', 0)),
+  timestepType: implemented(
+    enumField<'discrete' | 'continuous'>('timestep_type', 'discrete', ['discrete', 'continuous']),
+    (v) => v === 'discrete',
+    'use discrete',
+  ),
+  ...RESCALE_BETAS_FIELDS,
+};
 
 export class EulerDiscreteScheduler extends SigmaScheduler<EulerDiscreteConfig> implements Scheduler {
-  static readonly className = 'EulerDiscreteScheduler';
+  static readonly spec = { className: 'EulerDiscreteScheduler', schema: EULER_CONFIG };
   readonly name = 'euler' as const;
   readonly needsNoise = false;
-  private readonly logSigmas: Float32Array;
-
-  constructor(config: Partial<EulerDiscreteConfig> = {}) {
-    super(EulerDiscreteScheduler.className, EULER_CONFIG, config);
-    const c = this.config;
-    if (c.timestep_type !== 'discrete') this.refuse('timestep_type', c.timestep_type, 'use discrete');
-    this.logSigmas = logSigmasOf(this.trainSigmas);
-  }
-
-  static fromConfig(raw: RawSchedulerConfig, overrides: Partial<EulerDiscreteConfig> = {}): EulerDiscreteScheduler {
-    return new EulerDiscreteScheduler(
-      resolveConfig(EulerDiscreteScheduler.className, EULER_CONFIG, raw.values, overrides, raw.source),
-    );
-  }
+  private readonly logSigmas = logSigmasOf(this.trainSigmas);
 
   /**
    * N float32 timesteps (descending) and N+1 sigmas:
@@ -65,11 +64,11 @@ export class EulerDiscreteScheduler extends SigmaScheduler<EulerDiscreteConfig> 
    */
   override setTimesteps(numInferenceSteps: number): void {
     const c = this.config;
-    const T = c.num_train_timesteps;
+    const T = c.numTrainTimesteps;
     let timesteps = inferenceTimesteps(this.className, c, numInferenceSteps, 'float32');
 
     let sigmas: number[];
-    if (c.interpolation_type === 'linear') {
+    if (c.interpolationType === 'linear') {
       sigmas = sigmasAtTimesteps(timesteps, this.trainSigmas);
     } else {
       // torch.linspace(log σ_max, log σ_min, N + 1).exp(): diffusers 0.27.2 builds N+1 sigmas here
@@ -78,8 +77,8 @@ export class EulerDiscreteScheduler extends SigmaScheduler<EulerDiscreteConfig> 
       const logMin = this.logSigmas[0];
       sigmas = [...torchLinspaceF32(logMax, logMin, numInferenceSteps + 1)].map((x) => f32(Math.exp(x)));
     }
-    if (c.use_karras_sigmas) {
-      sigmas = karrasSigmas(c.sigma_min ?? sigmas[sigmas.length - 1], c.sigma_max ?? sigmas[0], numInferenceSteps);
+    if (c.useKarrasSigmas) {
+      sigmas = karrasSigmas(c.sigmaMin ?? sigmas[sigmas.length - 1], c.sigmaMax ?? sigmas[0], numInferenceSteps);
       timesteps = sigmas.map((s) => sigmaToT(s, this.logSigmas));
     }
     this.startRun(timesteps, sigmas);
@@ -107,7 +106,7 @@ export class EulerDiscreteScheduler extends SigmaScheduler<EulerDiscreteConfig> 
     const dt = f32(sigmaNext - sigma);
 
     // 2. D_θ: the predicted x₀
-    const predOriginalSample = denoisedFromOutput(this.config.prediction_type, modelOutput, sample, sigma);
+    const predOriginalSample = denoisedFromOutput(this.config.predictionType, modelOutput, sample, sigma);
     // 3-4. d_i = (x − D) / σ; x_{i+1} = x_i + d_i · (σ_{i+1} − σ_i)
     const prevSample = eulerUpdate(sample, predOriginalSample, sigma, dt);
     this.stepIndex += 1;

@@ -38,7 +38,7 @@ export {
   PNDMScheduler,
 };
 export { DISPLAY_NAMES, SCHEDULER_NAMES, type Scheduler, type SchedulerName } from './scheduler.ts';
-export { parseSchedulerConfig, readSchedulerConfig, type RawSchedulerConfig } from './schedulerConfig.ts';
+export { fileConfigOf, parseSchedulerConfig, readSchedulerConfig, type RawSchedulerConfig } from './schedulerConfig.ts';
 
 export type SchedulerChoice = SchedulerName | 'from-model';
 export const SCHEDULER_CHOICES: readonly SchedulerChoice[] = ['from-model', ...SCHEDULER_NAMES];
@@ -61,7 +61,7 @@ export function schedulerDisplayName(name: SchedulerName): string {
 const FROM_MODEL: Readonly<Record<string, (model: RawSchedulerConfig, options: CreateSchedulerOptions) => Scheduler>> =
   {
     PNDMScheduler: (m) => PNDMScheduler.fromConfig(m),
-    DDIMScheduler: (m, o) => DDIMScheduler.fromConfig(m, {}, o),
+    DDIMScheduler: (m, o) => new DDIMScheduler({}, m, o),
     EulerDiscreteScheduler: (m) => EulerDiscreteScheduler.fromConfig(m),
     EulerAncestralDiscreteScheduler: (m) => EulerAncestralDiscreteScheduler.fromConfig(m),
     DPMSolverMultistepScheduler: (m) => DPMSolverMultistepScheduler.fromConfig(m),
@@ -72,6 +72,7 @@ const FROM_MODEL: Readonly<Record<string, (model: RawSchedulerConfig, options: C
  * Builds the sampler `name` from a model's scheduler config, as diffusers'
  * `X.from_config(model_scheduler.config, **overrides)`:
  *   dpmpp-2m         DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=False)
+ *                    (in code: { algorithmType: 'dpmsolver++', solverOrder: 2, useKarrasSigmas: false })
  *   dpmpp-2m-karras  the same with use_karras_sigmas=True
  *   from-model       the class named by `_class_name`, with the file's settings unchanged.
  */
@@ -97,20 +98,20 @@ export function createScheduler(
   ) {
     throw new Error(`scheduler '${name}' has no eta; eta=${options.eta} applies to ddim only`);
   }
-  const dpm = { algorithm_type: 'dpmsolver++', solver_order: 2 } as const;
+  const dpm = { algorithmType: 'dpmsolver++', solverOrder: 2 } as const;
   switch (name) {
     case 'pndm':
       return PNDMScheduler.fromConfig(model);
     case 'ddim':
-      return DDIMScheduler.fromConfig(model, {}, options);
+      return new DDIMScheduler({}, model, options);
     case 'euler':
       return EulerDiscreteScheduler.fromConfig(model);
     case 'euler-a':
       return EulerAncestralDiscreteScheduler.fromConfig(model);
     case 'dpmpp-2m':
-      return DPMSolverMultistepScheduler.fromConfig(model, { ...dpm, use_karras_sigmas: false });
+      return DPMSolverMultistepScheduler.fromConfig(model, { ...dpm, useKarrasSigmas: false });
     case 'dpmpp-2m-karras':
-      return DPMSolverMultistepScheduler.fromConfig(model, { ...dpm, use_karras_sigmas: true });
+      return DPMSolverMultistepScheduler.fromConfig(model, { ...dpm, useKarrasSigmas: true });
     case 'ddpm':
       return DDPMScheduler.fromConfig(model);
     case 'from-model': {

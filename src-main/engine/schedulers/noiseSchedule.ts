@@ -21,13 +21,13 @@ import type { NoiseScheduleConfig, SamplingScheduleConfig } from './schedulerCon
  *   trained_betas      the given values, as float32
  */
 export function betasFor(config: NoiseScheduleConfig): Float32Array {
-  const T = config.num_train_timesteps;
-  if (config.trained_betas) return Float32Array.from(config.trained_betas);
-  switch (config.beta_schedule) {
+  const T = config.numTrainTimesteps;
+  if (config.trainedBetas) return Float32Array.from(config.trainedBetas);
+  switch (config.betaSchedule) {
     case 'linear':
-      return torchLinspaceF32(config.beta_start, config.beta_end, T);
+      return torchLinspaceF32(config.betaStart, config.betaEnd, T);
     case 'scaled_linear': {
-      const roots = torchLinspaceF32(Math.sqrt(config.beta_start), Math.sqrt(config.beta_end), T);
+      const roots = torchLinspaceF32(Math.sqrt(config.betaStart), Math.sqrt(config.betaEnd), T);
       return roots.map((r) => f32(r * r));
     }
     case 'squaredcos_cap_v2': {
@@ -179,8 +179,8 @@ export function inferenceTimesteps(
   n: number,
   linspace: 'round' | 'float32',
 ): number[] {
-  checkInferenceSteps(who, n, c.num_train_timesteps);
-  return spacedTimesteps(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset, linspace);
+  checkInferenceSteps(who, n, c.numTrainTimesteps);
+  return spacedTimesteps(c.timestepSpacing, c.numTrainTimesteps, n, c.stepsOffset, linspace);
 }
 
 /** Euler's init_noise_sigma in diffusers 0.27: sigma_max for linspace/trailing, sqrt(sigma_max^2 + 1) for leading (float32). */

@@ -14,27 +14,31 @@
  * State for one run (reset by `setTimesteps`/`reset`, released after the last step): `ets`, the
  * last ≤ 4 model outputs, and `curSample`, x at t₀ kept for counter 1. Both are kept clones.
  */
-import { f32, npArange, npLinspace, roundHalfEven, sqrt32 } from './float32.ts';
-import { checkInferenceSteps, stepRatioFor } from './noiseSchedule.ts';
+import { f32, sqrt32 } from './float32.ts';
+import { inferenceTimesteps, stepRatioFor } from './noiseSchedule.ts';
 import { BaseScheduler, checkOutput, type Scheduler } from './scheduler.ts';
+import { boolField, type ConfigOf, implemented, EPSILON_OR_V_FIELD, samplingFields } from './schedulerConfig.ts';
 import { axpby } from './stepMath.ts';
-import { boolField, resolveConfig, samplingFields } from './schedulerConfig.ts';
-import type { ConfigOf, RawSchedulerConfig } from './schedulerConfig.ts';
 
-/** `PNDMScheduler.__init__` (diffusers 0.27.2): keys and defaults. */
+/** `PNDMScheduler.__init__` (diffusers 0.27.2), a row per argument: code name, JSON key, default. */
+export type PNDMConfig = ConfigOf<typeof PNDM_CONFIG>;
 export const PNDM_CONFIG = {
   ...samplingFields('leading'),
-  skip_prk_steps: boolField(false),
-  set_alpha_to_one: boolField(false),
-} as const;
-export type PNDMConfig = ConfigOf<typeof PNDM_CONFIG>;
+  predictionType: EPSILON_OR_V_FIELD,
+  skipPrkSteps: implemented(
+    boolField('skip_prk_steps', false),
+    (v) => v,
+    'only the PLMS path (skip_prk_steps true, as in Stable Diffusion) is implemented; set it true or choose ddim / dpmpp-2m',
+  ),
+  setAlphaToOne: boolField('set_alpha_to_one', false),
+};
 
 export class PNDMScheduler extends BaseScheduler<PNDMConfig> implements Scheduler {
-  static readonly className = 'PNDMScheduler';
+  static readonly spec = { className: 'PNDMScheduler', schema: PNDM_CONFIG };
   readonly name = 'pndm' as const;
-  readonly finalAlphaCumprod: number;
-  readonly initNoiseSigma = 1.0;
   readonly needsNoise = false;
+  /** ᾱ used below step 0: 1, or ᾱ_0 when `set_alpha_to_one` is false (SD-1.5). */
+  readonly finalAlphaCumprod = this.config.setAlphaToOne ? 1.0 : this.alphasCumprod[0];
   /** Number of `step` calls in this run. */
   private counter = 0;
   /** Past model outputs ε (copies), oldest first, at most 4. */
@@ -42,46 +46,15 @@ export class PNDMScheduler extends BaseScheduler<PNDMConfig> implements Schedule
   /** x at the first timestep (a copy), needed again by the second call. */
   private curSample: Float32Array | null = null;
 
-  constructor(config: Partial<PNDMConfig> = {}) {
-    super(PNDMScheduler.className, PNDM_CONFIG, config);
-    const c = this.config;
-    if (!c.skip_prk_steps) {
-      this.refuse(
-        'skip_prk_steps',
-        false,
-        'only the PLMS path (skip_prk_steps true, as in Stable Diffusion) is implemented; set it true or choose ddim / dpmpp-2m',
-      );
-    }
-    if (c.prediction_type === 'sample')
-      this.refuse('prediction_type', 'sample', 'diffusers supports only epsilon and v_prediction for PNDM');
-    this.finalAlphaCumprod = c.set_alpha_to_one ? 1.0 : this.alphasCumprod[0];
-  }
-
-  static fromConfig(raw: RawSchedulerConfig, overrides: Partial<PNDMConfig> = {}): PNDMScheduler {
-    return new PNDMScheduler(resolveConfig(PNDMScheduler.className, PNDM_CONFIG, raw.values, overrides, raw.source));
-  }
-
   /**
-   * The N base timesteps (ascending) by `timestep_spacing`, then the PLMS order: all but the last,
-   * the second-to-last again, the last; reversed. Leading, T=1000, N=20: 951, 901, 901, 851, …, 1.
+   * The N timesteps of `timestep_spacing` (as DDIM's), then the PLMS order: the second one
+   * repeated. Leading, T=1000, N=20: 951, 901, 901, 851, …, 1.
    */
   override setTimesteps(numInferenceSteps: number): void {
-    const { num_train_timesteps: T, timestep_spacing, steps_offset } = this.config;
-    checkInferenceSteps(this.className, numInferenceSteps, T);
+    const base = inferenceTimesteps(this.className, this.config, numInferenceSteps, 'round'); // descending
     this.reset();
     this.numInferenceSteps = numInferenceSteps;
-    let base: number[]; // ascending
-    if (timestep_spacing === 'linspace') {
-      base = npLinspace(0, T - 1, numInferenceSteps).map(roundHalfEven);
-    } else if (timestep_spacing === 'leading') {
-      const stepRatio = Math.floor(T / numInferenceSteps);
-      base = Array.from({ length: numInferenceSteps }, (_, i) => i * stepRatio + steps_offset);
-    } else {
-      base = npArange(T, 0, -T / numInferenceSteps)
-        .map((x) => roundHalfEven(x) - 1)
-        .reverse();
-    }
-    this._timesteps = [...base.slice(0, -1), ...base.slice(-2, -1), ...base.slice(-1)].reverse();
+    this._timesteps = [base[0], ...base.slice(1, 2), ...base.slice(1)];
   }
 
   /**
@@ -99,7 +72,7 @@ export class PNDMScheduler extends BaseScheduler<PNDMConfig> implements Schedule
   step(modelOutput: Float32Array, t: number, sample: Float32Array, _noise?: Float32Array): Float32Array {
     const who = this.className;
     checkOutput(who, modelOutput, sample);
-    const delta = stepRatioFor(this.numInferenceSteps, t, this.config.num_train_timesteps, who);
+    const delta = stepRatioFor(this.numInferenceSteps, t, this.config.numTrainTimesteps, who);
     if (this.counter >= this._timesteps.length) {
       throw new Error(
         `${who}.step: the ${this._timesteps.length} timesteps of this run are done; call setTimesteps(n) to start another`,
@@ -155,7 +128,7 @@ export class PNDMScheduler extends BaseScheduler<PNDMConfig> implements Schedule
     const betaProdT = f32(1 - alphaProdT);
     const betaProdTPrev = f32(1 - alphaProdTPrev);
     let e = modelOutput;
-    if (this.config.prediction_type === 'v_prediction')
+    if (this.config.predictionType === 'v_prediction')
       e = axpby(sqrt32(alphaProdT), modelOutput, sqrt32(betaProdT), sample);
     const sampleCoeff = sqrt32(f32(alphaProdTPrev / alphaProdT));
     const denom = f32(

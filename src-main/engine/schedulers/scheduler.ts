@@ -32,7 +32,13 @@ import {
   inferenceTimesteps,
   trainingSigmas,
 } from './noiseSchedule.ts';
-import { resolveConfig, type SamplingScheduleConfig, type Schema, unsupported } from './schedulerConfig.ts';
+import {
+  fileConfigOf,
+  type RawSchedulerConfig,
+  resolveConfig,
+  type SamplingScheduleConfig,
+  type Schema,
+} from './schedulerConfig.ts';
 
 /** The samplers of the contract (`SCHEDULERS`) and DDPM, which only trains. */
 export const SCHEDULER_NAMES = [...SCHEDULERS, 'ddpm'] as const;
@@ -49,6 +55,8 @@ export interface Scheduler {
   /** The diffusers class this reproduces, e.g. `DPMSolverMultistepScheduler`. */
   readonly className: string;
   readonly config: SamplingScheduleConfig;
+  /** The config as `scheduler_config.json` spells it (`num_train_timesteps`, ...): diffusers' `scheduler.config`. */
+  fileConfig(): Record<string, unknown>;
   /** ᾱ_t for t = 0 … num_train_timesteps-1, float32 (shared with training). */
   readonly alphasCumprod: Float32Array;
   /** The timesteps of the current run, in the order `step` expects them. Empty before `setTimesteps`. */
@@ -94,13 +102,22 @@ export function checkOutput(who: string, modelOutput: Float32Array, sample: Floa
     );
 }
 
+/** What a scheduler class declares (as its static `spec`): the diffusers class it reproduces and its config schema. */
+export interface SchedulerSpec<C> {
+  readonly className: string;
+  readonly schema: Schema<C>;
+}
+
 /**
  * What every scheduler here holds besides its algorithm: the config, resolved from the class's
- * schema; the training noise schedule β and ᾱ built from it; the names; the current timesteps.
- * A subclass declares `name` and adds `setTimesteps`, `scaleModelInput`, `step` and `reset`.
+ * schema (its static `spec`); the training noise schedule β and ᾱ built from it; the names; the
+ * current timesteps. A subclass declares `static spec` and `name`, and adds `setTimesteps`,
+ * `scaleModelInput`, `step` and `reset` where it differs.
  */
 export abstract class BaseScheduler<C extends SamplingScheduleConfig> {
   abstract readonly name: SchedulerName;
+  private readonly spec: SchedulerSpec<C>;
+  readonly className: string;
   readonly config: Readonly<C>;
   /** β_t for t = 0 … num_train_timesteps-1, float32. */
   readonly betas: Float32Array;
@@ -110,17 +127,39 @@ export abstract class BaseScheduler<C extends SamplingScheduleConfig> {
   /** N of the current run (null before `setTimesteps`). */
   protected numInferenceSteps: number | null = null;
 
-  constructor(
-    readonly className: string,
-    schema: Schema<C>,
-    config: Partial<C>,
-  ) {
-    this.config = resolveConfig(className, schema, config);
-    // What no scheduler here implements, in the classes whose config has the key.
-    for (const key of ['thresholding', 'rescale_betas_zero_snr'])
-      if ((this.config as Record<string, unknown>)[key] === true) this.refuse(key, true, 'set it false');
+  /**
+   * The scheduler of the class's `spec`: `config` (camelCase, given in code) over the values of
+   * the model's JSON `file` over the class's defaults (`resolveConfig`).
+   */
+  constructor(config: Partial<C> = {}, file: RawSchedulerConfig | null = null) {
+    const { spec } = new.target as unknown as { spec?: SchedulerSpec<C> };
+    if (!spec) throw new Error(`${new.target.name}: a scheduler class must declare its static spec`);
+    this.spec = spec;
+    this.className = spec.className;
+    this.config = resolveConfig(spec.className, spec.schema, file, config);
     this.betas = betasFor(this.config);
     this.alphasCumprod = alphasCumprodOf(this.betas);
+  }
+
+  /**
+   * diffusers' `X.from_config(model.scheduler.config, **overrides)`: this class from a model's
+   * scheduler JSON, every key the file lacks at this class's default, `overrides` (camelCase) winning.
+   */
+  static fromConfig<C extends SamplingScheduleConfig, S>(
+    this: { readonly spec: SchedulerSpec<C>; new (config?: Partial<C>, file?: RawSchedulerConfig | null): S },
+    file: RawSchedulerConfig | null,
+    overrides: Partial<C> = {},
+  ): S {
+    return new this(overrides, file);
+  }
+
+  fileConfig(): Record<string, unknown> {
+    return fileConfigOf(this.spec.schema, this.config);
+  }
+
+  /** Standard deviation of the initial latent noise: 1 (the σ schedulers override it). */
+  get initNoiseSigma(): number {
+    return 1;
   }
 
   get displayName(): string {
@@ -142,11 +181,6 @@ export abstract class BaseScheduler<C extends SamplingScheduleConfig> {
     this.numInferenceSteps = numInferenceSteps;
   }
 
-  /** Throws: config `key` = `value` is not implemented here; `fix` says what to do instead. */
-  protected refuse(key: string, value: unknown, fix: string): never {
-    return unsupported(this.className, key, value, fix);
-  }
-
   /** The model input: x itself, as a copy (Euler's scale it by σ instead). */
   scaleModelInput(sample: Float32Array, _t: number): Float32Array {
     return sample.slice();
@@ -158,25 +192,18 @@ export abstract class BaseScheduler<C extends SamplingScheduleConfig> {
  * timestep and a final 0, the position of the step in the run, and the model input x / √(σ²+1).
  */
 export abstract class SigmaScheduler<C extends SamplingScheduleConfig> extends BaseScheduler<C> {
-  protected readonly trainSigmas: Float32Array;
-  /** σ for each timestep, then a final 0 (float32 values). */
-  protected _sigmas: number[];
+  protected readonly trainSigmas = trainingSigmas(this.alphasCumprod);
+  /** σ for each timestep, then a final 0 (float32 values); before setTimesteps, as diffusers, the training σ (descending) + 0. */
+  protected _sigmas: number[] = [...this.trainSigmas].reverse().concat(0);
   protected stepIndex: number | null = null;
-
-  constructor(className: string, schema: Schema<C>, config: Partial<C>) {
-    super(className, schema, config);
-    this.trainSigmas = trainingSigmas(this.alphasCumprod);
-    // Before setTimesteps, diffusers holds the full training σ table (descending) + 0.
-    this._sigmas = [...this.trainSigmas].reverse().concat(0);
-  }
 
   get sigmas(): readonly number[] {
     return this._sigmas;
   }
 
   /** σ_max for linspace/trailing spacing; √(σ_max² + 1) for leading (float32). */
-  get initNoiseSigma(): number {
-    return eulerInitNoiseSigma(this._sigmas, this.config.timestep_spacing);
+  override get initNoiseSigma(): number {
+    return eulerInitNoiseSigma(this._sigmas, this.config.timestepSpacing);
   }
 
   /** x / √(σ² + 1), σ of this timestep, a new array. */

@@ -223,7 +223,7 @@ export function dataFeeds(
     throw new Error(`onnx training step: context [${b.context.dims}] must have one row per sample (${n})`);
   if (!(B >= 1 && B <= n)) throw new Error(`onnx training step: instances must be in [1, ${n}], got ${B}`);
   const T = scheduler.alphasCumprod.length;
-  const vPrediction = scheduler.config.prediction_type === 'v_prediction';
+  const vPrediction = scheduler.config.predictionType === 'v_prediction';
   const sample = new Float32Array(b.latents.data.length);
   const target = new Float32Array(b.latents.data.length);
   const weights = new Float32Array(n);
@@ -238,7 +238,7 @@ export function dataFeeds(
       const x0 = b.latents.data[j];
       const eps = b.noise.data[j];
       sample[j] = f32(a * x0) + f32(s * eps);
-      target[j] = vPrediction ? f32(a * eps) - f32(s * x0) : scheduler.config.prediction_type === 'sample' ? x0 : eps;
+      target[j] = vPrediction ? f32(a * eps) - f32(s * x0) : scheduler.config.predictionType === 'sample' ? x0 : eps;
     }
     const wt = lossWeight(abar, o.minSnrGamma, vPrediction);
     weights[i] = i < B ? wt / (B * E) : (o.priorLossWeight * wt) / ((n - B) * E);

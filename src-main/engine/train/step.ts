@@ -180,7 +180,7 @@ function microBatchGrads(
     );
   }
   if (!(B >= 1 && B <= n)) throw new Error(`trainStep: instances must be in [1, ${n}], got ${B}`);
-  const vPrediction = scheduler.config.prediction_type === 'v_prediction';
+  const vPrediction = scheduler.config.predictionType === 'v_prediction';
   return tf.tidy(() => {
     const zt = scheduler.addNoise(b.latents, b.noise, b.timesteps); // [n, h, w, c]
     const target = scheduler.target(b.latents, b.noise, b.timesteps);
