@@ -5,7 +5,7 @@
  * pick and its gain) and writes every evaluation to OUT/results.json.
  *
  *   npx tsx scripts/toy-subject-runs.ts --base models/toy-sd --out DIR [--seeds 1,2,3]
- *     [--subjects sks-ball,zwx-square,qrv-triangle] [--images-per-prompt 6] [-- extra train flags]
+ *     [--subjects sks-ball,qrv-triangle,vkx-square,zwx-square] [--images-per-prompt 6] [-- extra train flags]
  *
  * sks-ball uses models/toy-sd-subject; the others are drawn by scripts/toy-subjects.ts into OUT/photos.
  */
@@ -49,7 +49,7 @@ async function main(): Promise<void> {
   const base = resolve(arg('--base'));
   const out = resolve(arg('--out'));
   const seeds = arg('--seeds', '1,2,3').split(',').map(Number);
-  const subjects = arg('--subjects', 'sks-ball,zwx-square,qrv-triangle').split(',');
+  const subjects = arg('--subjects', 'sks-ball,qrv-triangle,vkx-square,zwx-square').split(',');
   const perPrompt = arg('--images-per-prompt', '6');
   if (!existsSync(join(out, 'photos')))
     execFileSync(process.execPath, [

@@ -1,9 +1,11 @@
 /**
  * Writes the photos of the toy world's other subjects (toy/toyWorld.ts OTHER_SUBJECTS: a square
- * blue over yellow, a triangle green over blue), six each, as the demo's subject photos are
- * written (models/toy-sd-subject): one folder per subject, named by its token and class.
+ * blue over yellow, a triangle green over blue, a square blue over green), six each, as the
+ * demo's subject photos are written (models/toy-sd-subject): one folder per subject, named by its
+ * token and class.
  *
- *   npx tsx scripts/toy-subjects.ts --out DIR      ->  DIR/zwx-square/*.png, DIR/qrv-triangle/*.png
+ *   npx tsx scripts/toy-subjects.ts --out DIR   ->   DIR/<token>-<class>/*.png
+ *   (zwx-square, qrv-triangle, vkx-square)
  */
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';

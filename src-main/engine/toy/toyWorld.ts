@@ -163,12 +163,15 @@ export const DEMO_SUBJECT: ToySubject = {
 };
 
 /**
- * Two more subjects for the experiments (issue 26: another shape, other colours): a square blue
- * over yellow and a triangle green over blue, each photographed on white, black and red.
+ * More subjects for the experiments (issue 26: another shape, other colours): a square blue over
+ * yellow, a triangle green over blue and a square blue over green, each photographed on white,
+ * black and red. The base model already draws yellow-orange squares for "zwx square", so the first
+ * square starts high (docs/experiments.md); the second has colours the base model does not draw.
  */
 export const OTHER_SUBJECTS: Readonly<Record<string, ToySubject>> = {
   'zwx-square': { kind: 'square', pattern: ['blue', 'yellow'], backgrounds: ['white', 'black', 'red'] },
   'qrv-triangle': { kind: 'triangle', pattern: ['green', 'blue'], backgrounds: ['white', 'black', 'red'] },
+  'vkx-square': { kind: 'square', pattern: ['blue', 'green'], backgrounds: ['white', 'black', 'red'] },
 };
 
 /** `count` photos of `subject` (the demo's by default) at different positions and sizes, on its photo backgrounds. */
