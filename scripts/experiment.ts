@@ -224,7 +224,10 @@ async function main(): Promise<void> {
   const earlier = earlierResults(config);
   if (process.argv.includes('--report-only')) {
     if (!earlier) throw new Error(`experiment: --report-only needs ${RESULTS} made with this configuration`);
-    return report(earlier);
+    // --train-seeds narrows the report to those seeds' runs (e.g. whole seeds of a run cut short).
+    const seeds = process.argv.includes('--train-seeds') ? config.trainSeeds : earlier.config.trainSeeds;
+    const runs = earlier.runs.filter((r) => seeds.includes(r.seed));
+    return report({ ...earlier, config: { ...earlier.config, trainSeeds: seeds }, runs });
   }
   if (!existsSync(join(TOY_MODEL_DIR, 'unet/diffusion_pytorch_model.safetensors')))
     throw new Error(`experiment: the toy model is missing from ${TOY_MODEL_DIR}; run npm run build:toy-model`);
