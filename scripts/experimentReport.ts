@@ -50,12 +50,12 @@ export async function writePlot(results: Results, file: string): Promise<void> {
   subjects.forEach((subject, row) => {
     const y0 = 40 + row * (ph + 70);
     const panels = [
-      { x0: 60, title: `${subject}: gain over the base model (best solid, final dashed; bars: seed sd)`, lo, hi },
-      { x0: 510, title: `${subject}: requested background kept (best checkpoint)`, lo: 0, hi: 1 },
+      { x0: 60, title: `${subject}: gain over the base model (best; final dashed; ± 1 sd)`, lo, hi },
+      { x0: 510, title: `${subject}: background kept (best checkpoint)`, lo: 0, hi: 1 },
     ];
     for (const [i, p] of panels.entries()) {
       const ly = (v: number) => y0 + ph - ((v - p.lo) / (p.hi - p.lo)) * ph;
-      parts.push(`<text x="${p.x0 - 40}" y="${y0 - 8}" font-size="13">${p.title}</text>`);
+      parts.push(`<text x="${p.x0 - 40}" y="${y0 - 8}" font-size="12">${p.title}</text>`);
       parts.push(`<rect x="${p.x0}" y="${y0}" width="${pw}" height="${ph}" fill="none" stroke="#888"/>`);
       const ticks = i === 0 ? [p.lo, 0, p.hi] : [0, 0.5, 0.8, 1];
       for (const v of ticks)
