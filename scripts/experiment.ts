@@ -2,364 +2,316 @@
  * `npm run experiment`: SingLoRA vs LoRA on the toy model (models/toy-sd), the measurement the
  * SingLoRA paper makes on SD 1.5 DreamBooth, in a world a laptop CPU can train in.
  *
- * Same subject photos (models/toy-sd-subject), same seeds, same training seed for every run; for
- * each method (singlora, lora) x rank (4, 8) x learning rate, trains an adapter and scores every
- * checkpoint with the toy fidelity scores (eval/toyFidelity.ts): subject fidelity (does the
- * subject appear) and prompt fidelity (does the requested background colour appear), in the
- * new contexts of eval/toyEvaluate.ts. Writes docs/experiments/results.json, the plot
- * docs/experiments/fidelity-vs-lr.png, and the results table between the markers in
- * docs/experiments.md.
+ * For each subject (the demo's sks ball, models/toy-sd-subject; the qrv triangle and others of
+ * scripts/toy-subjects.ts) x method (singlora, lora) x rank (4, 8) x learning rate x training
+ * seed, trains an adapter with the toy model's own defaults (models/toy-sd/singlora-defaults.json:
+ * steps, ramp, background captions, checkpoint interval, alpha / rank) but for the swept fields,
+ * and scores every checkpoint as `singlora eval` does with the toy metric: subject fidelity (the
+ * colour score x the shape IoU, eval/toyFidelity.ts) and the share of images with the requested
+ * background, on the probes of eval/toyEvaluate.ts at the defaults' sampling. Per run it keeps the
+ * best checkpoint (eval/pickBest.ts: the highest score among checkpoints that keep the background)
+ * and the final one; per setting, their mean and spread over the training seeds; then which
+ * differences are larger than the seed noise (experimentStats.ts).
  *
- * Every setting trains once per training seed; the tables report the mean over seeds, and the
- * seed-to-seed spread beside the learning-rate spread, so that one can tell them apart.
+ * Writes docs/experiments/results.json after every run (a rerun with the same configuration skips
+ * the runs it holds; --fresh starts over), then the plot docs/experiments/fidelity-vs-lr.png and
+ * the tables between the results markers of docs/experiments.md.
  *
- *   nice -n 5 npx tsx scripts/experiment.ts [--steps 200] [--every 50] [--lrs 5e-4,1e-3,2e-3,4e-3] [--train-seeds 7,8] [--seeds 11,12,13,14,15,16]
+ *   nice -n 5 npx tsx scripts/experiment.ts [--subjects sks-ball,qrv-triangle] [--methods singlora,lora]
+ *     [--ranks 4,8] [--lrs 5e-4,1e-3,2e-3,4e-3] [--train-seeds 1,2,3] [--seeds 1001,2002,...]
+ *     [--steps N] [--every N] [--fresh] [--report-only]
  */
-import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { ScoreRow } from '../src-main/api/schemas.ts';
 import { readAdapterFile } from '../src-main/engine/adapters/adapterFile.ts';
 import { initBackend } from '../src-main/engine/backend/tf.ts';
-import { readToyPhotos, scoreToyModel, TOY_SAMPLING, toyProbes } from '../src-main/engine/eval/toyEvaluate.ts';
-import { decodeImage, encodeImage } from '../src-main/engine/image/sharp.ts';
-import { atomicWriteFile, atomicWriteJson } from '../src-main/engine/io/atomic.ts';
+import { noiseBand, pickBest, TOY_PROMPT_FLOOR } from '../src-main/engine/eval/pickBest.ts';
+import { readToyPhotos, scoreToyModel, toyProbes, type ToyProbe } from '../src-main/engine/eval/toyEvaluate.ts';
+import { atomicWriteJson } from '../src-main/engine/io/atomic.ts';
+import { readModelDefaults } from '../src-main/engine/io/modelDefaults.ts';
 import { REPO_ROOT } from '../src-main/engine/paths.ts';
 import { StableDiffusion } from '../src-main/engine/pipeline/stableDiffusion.ts';
 import { TOY_MODEL_DIR, TOY_SUBJECT_DIR } from '../src-main/engine/toy/toyModel.ts';
-import { drawScene, subjectScenes } from '../src-main/engine/toy/toyWorld.ts';
+import type { ToyImage } from '../src-main/engine/toy/toyWorld.ts';
 import { train } from '../src-main/engine/train/trainer.ts';
 import { listImageFiles } from '../src-main/cli/eval.ts';
+import { writePlot, writeTable } from './experimentReport.ts';
+import type { Base, Checkpoint, Results, Run } from './experimentStats.ts';
+import { writeSubjectPhotos } from './toy-subjects.ts';
 
-const DOCS = join(REPO_ROOT, 'docs/experiments.md');
 const OUT = join(REPO_ROOT, 'docs/experiments');
+const RESULTS = join(OUT, 'results.json');
 
-interface Row {
-  method: 'singlora' | 'lora';
-  rank: number;
-  lr: number;
-  seed: number;
-  params: number;
-  checkpoints: { step: number; subject: number; prompt: number }[];
-  /** The same checkpoints sampled at `config.lowGuidance`. */
-  lowGuidance: { step: number; subject: number; prompt: number }[];
-  finalLoss: number;
-  seconds: number;
-}
-
-function arg(name: string): string | undefined {
+function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : undefined;
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+const list = (name: string, fallback: string) => arg(name, fallback).split(',');
+
+/** The toy model's defaults, read at run start: the experiment's settings but for the swept fields. */
+function toyDefaults() {
+  const d = readModelDefaults(TOY_MODEL_DIR);
+  if (!d?.training || !d.sampling)
+    throw new Error(`experiment: ${TOY_MODEL_DIR}/singlora-defaults.json must have "training" and "sampling"`);
+  const t = d.training;
+  for (const k of ['steps', 'rank', 'alpha', 'checkpointEvery'] as const)
+    if (typeof t[k] !== 'number')
+      throw new Error(`experiment: ${TOY_MODEL_DIR}/singlora-defaults.json training.${k} must be a number`);
+  return d;
 }
 
-const config = {
-  steps: Number(arg('--steps') ?? 200),
-  every: Number(arg('--every') ?? 50),
-  lrs: (arg('--lrs') ?? '5e-4,1e-3,2e-3,4e-3').split(',').map(Number),
-  /** Evaluation seeds: one image per probe prompt and seed at every checkpoint. */
-  seeds: (arg('--seeds') ?? '11,12,13,14,15,16').split(',').map(Number),
-  /** Training seeds (initialisation, image order, noise, timesteps): every setting trains once per seed. */
-  trainSeeds: (arg('--train-seeds') ?? '7,8').split(',').map(Number),
-  methods: ['singlora', 'lora'] as const,
-  ranks: [4, 8],
-  /** alpha = rank: scale alpha / r = 1 for both methods. */
-  alphaPerRank: 1,
-  /** SingLoRA's ramp T: a quarter of the steps, as the demo. */
-  rampSteps: Math.floor(Number(arg('--steps') ?? 200) / 4),
-  /** The run's probes (toyEvaluate.ts `toyProbes`), from the subject's photos as the toy world draws them. */
-  probes: toyProbes(
-    'sks',
-    'ball',
-    subjectScenes().map((s) => drawScene(s)),
-  ),
-  sampling: TOY_SAMPLING,
-  /**
-   * A second, low guidance scale every checkpoint is also sampled at. At 7.5 the base model's
-   * own reading of the prompt is amplified 7.5 times while an adapter's text-independent shift
-   * counts once, so an adapter can fit its photos and barely show (docs/experiments.md).
-   */
-  lowGuidance: Number(arg('--low-guidance') ?? 2),
-};
+function makeConfig() {
+  const defaults = toyDefaults();
+  return {
+    defaults,
+    subjects: list('--subjects', 'sks-ball,qrv-triangle'),
+    methods: list('--methods', 'singlora,lora') as Array<'singlora' | 'lora'>,
+    ranks: list('--ranks', '4,8').map(Number),
+    lrs: list('--lrs', '5e-4,1e-3,2e-3,4e-3').map(Number),
+    /** Training seeds (initialisation, photo order, noise, timesteps): every setting trains once per seed. */
+    trainSeeds: list('--train-seeds', '1,2,3').map(Number),
+    /** Evaluation seeds, one image per probe and seed: those of `singlora eval --images-per-prompt 6`. */
+    seeds: list('--seeds', '1001,2002,3003,4004,1002,2003').map(Number),
+    steps: Number(arg('--steps', String(defaults.training!.steps))),
+    every: Number(arg('--every', String(defaults.training!.checkpointEvery))),
+    /** alpha / rank as in the defaults (alpha follows the swept rank). */
+    alphaPerRank: defaults.training!.alpha! / defaults.training!.rank!,
+  };
+}
+type Config = ReturnType<typeof makeConfig>;
 
-const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
-const std = (xs: number[]) => Math.sqrt(mean(xs.map((x) => (x - mean(xs)) ** 2)));
-
-/** One setting (method, rank, learning rate): its runs over the training seeds, averaged. */
-interface Setting {
-  method: Row['method'];
-  rank: number;
-  lr: number;
-  params: number;
-  /** Per checkpoint step, the mean over seeds. */
-  checkpoints: { step: number; subject: number; prompt: number }[];
-  /** Final-checkpoint subject fidelity of each seed's run. */
-  finalSubjects: number[];
+/** A subject: its token and class word, its photos' folder and pixels, and its probes. */
+interface Subject {
+  name: string;
+  token: string;
+  classWord: string;
+  dir: string;
+  photos: ToyImage[];
+  probes: ToyProbe[];
 }
 
-/** The settings, averaged over seeds, as sampled at the main guidance scale or at the low one. */
-function settingsOf(rows: Row[], which: 'checkpoints' | 'lowGuidance' = 'checkpoints'): Setting[] {
-  const out: Setting[] = [];
-  for (const r of rows) {
-    if (out.some((o) => o.method === r.method && o.rank === r.rank && o.lr === r.lr)) continue;
-    const runs = rows.filter((o) => o.method === r.method && o.rank === r.rank && o.lr === r.lr);
-    const checkpoints = r[which].map((c, i) => ({
-      step: c.step,
-      subject: mean(runs.map((o) => o[which][i].subject)),
-      prompt: mean(runs.map((o) => o[which][i].prompt)),
-    }));
-    out.push({
-      method: r.method,
-      rank: r.rank,
-      lr: r.lr,
-      params: r.params,
-      checkpoints,
-      finalSubjects: runs.map((o) => o[which][o[which].length - 1].subject),
+async function loadSubjects(names: readonly string[], work: string): Promise<Subject[]> {
+  const others = names.filter((n) => n !== 'sks-ball');
+  const dirs = { 'sks-ball': TOY_SUBJECT_DIR, ...(await writeSubjectPhotos(join(work, 'photos'), others)) };
+  return Promise.all(
+    names.map(async (name) => {
+      const [token, classWord] = name.split('-');
+      const dir = dirs[name as keyof typeof dirs];
+      const photos = await readToyPhotos(listImageFiles(dir));
+      return { name, token, classWord, dir, photos, probes: toyProbes(token, classWord, photos) };
+    }),
+  );
+}
+
+/** The base model's score on a subject's probes, with its noise band (pickBest.ts `noiseBand`). */
+async function scoreBase(sd: StableDiffusion, s: Subject, config: Config): Promise<Base> {
+  const b = await scoreToyModel(sd, { photos: s.photos, probes: s.probes, seeds: config.seeds, ...sampling(config) });
+  return {
+    subject: b.subject,
+    prompt: b.prompt,
+    noiseBand: noiseBand(b.scores),
+    probes: s.probes.map((p) => p.prompt),
+  };
+}
+
+const sampling = (config: Config) => ({
+  steps: config.defaults.sampling!.steps,
+  guidanceScale: config.defaults.sampling!.guidanceScale,
+});
+
+/** Trains one run and scores its checkpoints. */
+async function oneRun(
+  sd: StableDiffusion,
+  s: Subject,
+  base: Base,
+  key: Omit<Run, 'params' | 'checkpoints' | 'best' | 'pick' | 'finalLoss' | 'seconds' | 'subject'>,
+  config: Config,
+  work: string,
+): Promise<Run> {
+  const t = performance.now();
+  const runDir = join(work, `${s.name}-${key.method}-r${key.rank}-lr${key.lr}-seed${key.seed}`);
+  const { manifest } = await train({
+    base: TOY_MODEL_DIR,
+    photos: s.dir,
+    runDir,
+    settings: {
+      ...config.defaults.training,
+      method: key.method,
+      rank: key.rank,
+      alpha: key.rank * config.alphaPerRank,
+      learningRate: key.lr,
+      steps: config.steps,
+      checkpointEvery: config.every,
+      triggerToken: s.token,
+      classWord: s.classWord,
+      sampleEvery: 0,
+      seed: key.seed,
+    },
+  });
+  if (manifest.status !== 'completed')
+    throw new Error(`${runDir}: training ended ${manifest.status}: ${manifest.error}`);
+  const file = await readAdapterFile(join(runDir, manifest.checkpoints[0].adapter));
+  let params = 0;
+  for (const tensors of file.targets.values()) for (const v of Object.values(tensors)) params += v.data.length;
+  const checkpoints: Checkpoint[] = [];
+  for (const c of manifest.checkpoints) {
+    const r = await scoreToyModel(sd, {
+      photos: s.photos,
+      probes: s.probes,
+      seeds: config.seeds,
+      adapter: join(runDir, c.adapter),
+      ...sampling(config),
     });
+    checkpoints.push({ step: c.step, subject: r.subject, prompt: r.prompt });
   }
-  return out;
+  await rm(runDir, { recursive: true, force: true });
+  const { best, pick } = bestCheckpoint(base, checkpoints);
+  return {
+    subject: s.name,
+    ...key,
+    params,
+    checkpoints,
+    best,
+    pick,
+    finalLoss: manifest.losses[manifest.losses.length - 1].smoothed,
+    seconds: (performance.now() - t) / 1000,
+  };
+}
+
+/**
+ * The run's best checkpoint: the highest subject score among the checkpoints that keep the
+ * requested background in at least min(TOY_PROMPT_FLOOR, the base model's share) of their images
+ * (the pick rule of eval/pickBest.ts without its noise band; the highest of all when none keeps
+ * it), and the rule's pick itself (null: no checkpoint beats the base model by more than its band).
+ */
+function bestCheckpoint(base: Base, checkpoints: Checkpoint[]): { best: number; pick: number | null } {
+  const floor = Math.min(TOY_PROMPT_FLOOR, base.prompt);
+  const kept = checkpoints.filter((c) => c.prompt >= floor);
+  const pool = kept.length ? kept : checkpoints;
+  const best = pool.reduce((a, b) => (b.subject > a.subject ? b : a)).step;
+  const row = (c: { step: number | null; subject: number; prompt: number }): ScoreRow => ({
+    step: c.step,
+    dino: c.subject,
+    clipT: null,
+    images: 0,
+    prompt: c.prompt,
+  });
+  const pick = pickBest(row({ ...base, step: null }), checkpoints.map(row), {
+    noiseBand: base.noiseBand,
+    metric: 'toy',
+  }).best;
+  return { best, pick };
+}
+
+/** The results of an earlier run with the same configuration (to skip its runs), or none. */
+function earlierResults(config: Config): Results | null {
+  if (process.argv.includes('--fresh') || !existsSync(RESULTS)) return null;
+  const r = JSON.parse(readFileSync(RESULTS, 'utf8')) as Results;
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  const fixed = (c: Config) => [c.defaults, c.seeds, c.steps, c.every, c.alphaPerRank];
+  if (!r.config || !same(fixed(r.config as Config), fixed(config))) {
+    console.log(`experiment: ${RESULTS} was made with another configuration; starting over`);
+    return null;
+  }
+  return r;
 }
 
 async function main(): Promise<void> {
+  const config = makeConfig();
+  const earlier = earlierResults(config);
+  if (process.argv.includes('--report-only')) {
+    if (!earlier) throw new Error(`experiment: --report-only needs ${RESULTS} made with this configuration`);
+    // --train-seeds narrows the report to those seeds' runs (e.g. whole seeds of a run cut short).
+    const seeds = process.argv.includes('--train-seeds') ? config.trainSeeds : earlier.config.trainSeeds;
+    const runs = earlier.runs.filter((r) => seeds.includes(r.seed));
+    return report({ ...earlier, config: { ...earlier.config, trainSeeds: seeds }, runs });
+  }
   if (!existsSync(join(TOY_MODEL_DIR, 'unet/diffusion_pytorch_model.safetensors')))
     throw new Error(`experiment: the toy model is missing from ${TOY_MODEL_DIR}; run npm run build:toy-model`);
   const backend = await initBackend();
   const t0 = performance.now();
-  console.log(`experiment: backend ${backend.name}; config ${JSON.stringify(config)}`);
+  console.log(
+    `experiment: backend ${backend.name}; load ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+  );
+  console.log(`experiment: the toy model's defaults ${JSON.stringify(config.defaults)}`);
+  console.log(`experiment: config ${JSON.stringify({ ...config, defaults: undefined })}`);
   const work = join(tmpdir(), `singlora-experiment-${process.pid}`);
   await mkdir(OUT, { recursive: true });
-  const photos = await readToyPhotos(listImageFiles(TOY_SUBJECT_DIR));
-  const sd = await StableDiffusion.load(TOY_MODEL_DIR);
-  const rows: Row[] = [];
-  let base: { subject: number; prompt: number };
-  let baseLow: { subject: number; prompt: number };
-  try {
-    const b = await scoreToyModel(sd, { photos, probes: config.probes, seeds: config.seeds });
-    base = { subject: b.subject, prompt: b.prompt };
-    const bl = await scoreToyModel(sd, {
-      photos,
-      probes: config.probes,
-      seeds: config.seeds,
-      guidanceScale: config.lowGuidance,
-    });
-    baseLow = { subject: bl.subject, prompt: bl.prompt };
-    console.log(
-      `base model: subject ${base.subject.toFixed(3)}, prompt ${base.prompt.toFixed(3)}; at guidance ${config.lowGuidance}: subject ${baseLow.subject.toFixed(3)}, prompt ${baseLow.prompt.toFixed(3)}`,
-    );
-    for (const method of config.methods) {
-      for (const rank of config.ranks) {
-        for (const lr of config.lrs)
-          for (const seed of config.trainSeeds) {
-            const t = performance.now();
-            const runDir = join(work, `${method}-r${rank}-lr${lr}-seed${seed}`);
-            const { manifest } = await train({
-              base: TOY_MODEL_DIR,
-              photos: TOY_SUBJECT_DIR,
-              runDir,
-              settings: {
-                method,
-                steps: config.steps,
-                rank,
-                alpha: rank * config.alphaPerRank,
-                rampSteps: config.rampSteps,
-                learningRate: lr,
-                resolution: 64,
-                triggerToken: 'sks',
-                classWord: 'ball',
-                checkpointEvery: config.every,
-                sampleEvery: 0,
-                seed,
-              },
-            });
-            if (manifest.status !== 'completed')
-              throw new Error(
-                `${method} r${rank} lr ${lr} seed ${seed}: training ended ${manifest.status}: ${manifest.error}`,
-              );
-            const file = await readAdapterFile(join(runDir, manifest.checkpoints[0].adapter));
-            let params = 0;
-            for (const tensors of file.targets.values())
-              for (const v of Object.values(tensors)) params += v.data.length;
-            const checkpoints: Row['checkpoints'] = [];
-            const lowGuidance: Row['lowGuidance'] = [];
-            for (const c of manifest.checkpoints) {
-              const s = await scoreToyModel(sd, {
-                photos,
-                probes: config.probes,
-                seeds: config.seeds,
-                adapter: join(runDir, c.adapter),
-              });
-              checkpoints.push({ step: c.step, subject: s.subject, prompt: s.prompt });
-              const l = await scoreToyModel(sd, {
-                photos,
-                probes: config.probes,
-                seeds: config.seeds,
-                adapter: join(runDir, c.adapter),
-                guidanceScale: config.lowGuidance,
-              });
-              lowGuidance.push({ step: c.step, subject: l.subject, prompt: l.prompt });
-            }
-            const row: Row = {
-              method,
-              rank,
-              lr,
-              seed,
-              params,
-              checkpoints,
-              lowGuidance,
-              finalLoss: manifest.losses[manifest.losses.length - 1].smoothed,
-              seconds: (performance.now() - t) / 1000,
-            };
-            rows.push(row);
-            console.log(
-              `${method} r${rank} lr ${lr} seed ${seed}: ${params} params; ${checkpoints.map((c) => `step ${c.step}: subject ${c.subject.toFixed(3)} prompt ${c.prompt.toFixed(2)}`).join('; ')}; at guidance ${config.lowGuidance} final subject ${lowGuidance[lowGuidance.length - 1].subject.toFixed(3)} (${row.seconds.toFixed(0)} s)`,
-            );
-            await rm(runDir, { recursive: true, force: true });
-          }
-      }
-    }
-  } finally {
-    sd.dispose();
-  }
-  const seconds = (performance.now() - t0) / 1000;
-  await atomicWriteJson(join(OUT, 'results.json'), {
+  const subjects = await loadSubjects(config.subjects, work);
+  const results: Results = {
+    command: `npx tsx scripts/experiment.ts ${process.argv.slice(2).join(' ')}`.trim(),
     config,
     backend: backend.name,
-    seconds,
-    base,
-    baseLowGuidance: baseLow,
-    rows,
-  });
-  await writePlot(settingsOf(rows), base, config.sampling.guidanceScale, 'fidelity-vs-lr.png');
-  await writePlot(settingsOf(rows, 'lowGuidance'), baseLow, config.lowGuidance, 'fidelity-vs-lr-low-guidance.png');
-  await writeTable(settingsOf(rows), base, settingsOf(rows, 'lowGuidance'), baseLow, seconds);
-  console.log(`experiment done in ${seconds.toFixed(0)} s; results in ${OUT} and ${DOCS}`);
+    seconds: earlier?.seconds ?? 0,
+    load: { start: loadavg(), end: [] },
+    base: earlier?.base ?? {},
+    runs: earlier?.runs ?? [],
+  };
+  const sd = await StableDiffusion.load(TOY_MODEL_DIR);
+  try {
+    const prior = results.seconds;
+    const clock = () => prior + (performance.now() - t0) / 1000;
+    await runAll(sd, subjects, config, results, work, clock);
+  } finally {
+    sd.dispose();
+    await rm(work, { recursive: true, force: true });
+  }
+  results.load.end = loadavg();
+  await atomicWriteJson(RESULTS, results);
+  await report(results);
+  console.log(`experiment done in ${((performance.now() - t0) / 1000).toFixed(0)} s; results in ${OUT}`);
 }
 
-/** Final-checkpoint subject and prompt fidelity against the learning rate, one line per method x rank. */
-async function writePlot(
-  rows: Setting[],
-  base: { subject: number; prompt: number },
-  guidance: number,
-  fileName: string,
+/**
+ * Every run, seed by seed (a run cut short leaves whole seeds of every setting), skipping the runs
+ * `results` already holds; saves after each run.
+ */
+async function runAll(
+  sd: StableDiffusion,
+  subjects: Subject[],
+  config: Config,
+  results: Results,
+  work: string,
+  clock: () => number,
 ): Promise<void> {
-  const W = 900;
-  const H = 380;
-  const panels = [
-    { key: 'subject' as const, title: `subject fidelity (final checkpoint), guidance ${guidance}`, x0: 60 },
-    { key: 'prompt' as const, title: `prompt fidelity: requested background, guidance ${guidance}`, x0: 510 },
-  ];
-  const pw = 360;
-  const ph = 260;
-  const y0 = 50;
-  const lrs = config.lrs;
-  const lx = (lr: number, x0: number) =>
-    x0 + (lrs.length === 1 ? pw / 2 : (Math.log10(lr / lrs[0]) / Math.log10(lrs[lrs.length - 1] / lrs[0])) * pw);
-  const ly = (v: number) => y0 + ph - v * ph;
-  const colours: Record<string, string> = {
-    'singlora-4': '#d62728',
-    'singlora-8': '#ff7f0e',
-    'lora-4': '#1f77b4',
-    'lora-8': '#17becf',
-  };
-  const parts: string[] = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12"><rect width="${W}" height="${H}" fill="white"/>`,
-  ];
-  for (const p of panels) {
-    parts.push(`<text x="${p.x0}" y="30" font-size="14">${p.title}</text>`);
-    parts.push(`<rect x="${p.x0}" y="${y0}" width="${pw}" height="${ph}" fill="none" stroke="#888"/>`);
-    for (const v of [0, 0.25, 0.5, 0.75, 1])
-      parts.push(
-        `<line x1="${p.x0}" x2="${p.x0 + pw}" y1="${ly(v)}" y2="${ly(v)}" stroke="#eee"/><text x="${p.x0 - 30}" y="${ly(v) + 4}">${v.toFixed(2)}</text>`,
-      );
-    for (const lr of lrs)
-      parts.push(`<text x="${lx(lr, p.x0) - 14}" y="${y0 + ph + 18}">${lr.toExponential(0)}</text>`);
-    parts.push(`<text x="${p.x0 + pw / 2 - 40}" y="${y0 + ph + 36}">learning rate</text>`);
-    parts.push(
-      `<line x1="${p.x0}" x2="${p.x0 + pw}" y1="${ly(base[p.key])}" y2="${ly(base[p.key])}" stroke="#000" stroke-dasharray="4 4"/><text x="${p.x0 + pw - 70}" y="${ly(base[p.key]) - 4}">base model</text>`,
+  for (const s of subjects) {
+    results.base[s.name] ??= await scoreBase(sd, s, config);
+    const b = results.base[s.name];
+    console.log(
+      `${s.name}: base subject ${b.subject.toFixed(3)}, background ${b.prompt.toFixed(2)}, band ${b.noiseBand?.toFixed(3)}; probes ${b.probes.join(' | ')}`,
     );
-    for (const [name, colour] of Object.entries(colours)) {
-      const [method, rank] = name.split('-');
-      const pts = rows
-        .filter((r) => r.method === method && r.rank === Number(rank))
-        .map((r) => [lx(r.lr, p.x0), ly(r.checkpoints[r.checkpoints.length - 1][p.key])]);
-      if (!pts.length) continue;
-      parts.push(
-        `<polyline fill="none" stroke="${colour}" stroke-width="2" points="${pts.map((q) => q.join(',')).join(' ')}"/>`,
-      );
-      for (const [x, y] of pts) parts.push(`<circle cx="${x}" cy="${y}" r="3.5" fill="${colour}"/>`);
-    }
   }
-  Object.entries(colours).forEach(([name, colour], i) =>
-    parts.push(
-      `<rect x="${60 + i * 130}" y="${H - 16}" width="12" height="12" fill="${colour}"/><text x="${76 + i * 130}" y="${H - 6}">${name.replace('-', ' rank ')}</text>`,
-    ),
-  );
-  parts.push('</svg>');
-  const img = await decodeImage(Buffer.from(parts.join('')), { label: 'experiment plot (SVG)' });
-  await atomicWriteFile(join(OUT, fileName), await encodeImage(img, 'png'));
+  for (const seed of config.trainSeeds)
+    for (const s of subjects)
+      for (const method of config.methods)
+        for (const rank of config.ranks)
+          for (const lr of config.lrs) {
+            const key = { method, rank, lr, seed };
+            const done = results.runs.some(
+              (r) => r.subject === s.name && r.method === method && r.rank === rank && r.lr === lr && r.seed === seed,
+            );
+            if (done) continue;
+            const base = results.base[s.name];
+            const run = await oneRun(sd, s, base, key, config, work);
+            results.runs.push(run);
+            results.seconds = clock();
+            await atomicWriteJson(RESULTS, results);
+            const best = run.checkpoints.find((c) => c.step === run.best)!;
+            const last = run.checkpoints[run.checkpoints.length - 1];
+            console.log(
+              `${s.name} ${method} r${rank} lr ${lr} seed ${seed}: ${run.checkpoints.map((c) => `${c.subject.toFixed(3)} (${c.prompt.toFixed(2)})`).join(' / ')}; best step ${run.best} +${(best.subject - base.subject).toFixed(3)}, final +${(last.subject - base.subject).toFixed(3)}; pick ${run.pick}; ${run.seconds.toFixed(0)} s, load ${loadavg()[0].toFixed(2)}`,
+            );
+          }
 }
 
-async function writeTable(
-  rows: Setting[],
-  base: { subject: number; prompt: number },
-  low: Setting[],
-  baseLow: { subject: number; prompt: number },
-  seconds: number,
-): Promise<void> {
-  const f = (x: number) => x.toFixed(3);
-  const lines = [
-    `Measured by \`npm run experiment\` (${(seconds / 60).toFixed(1)} min on 2 shared CPU cores, wasm): ${config.steps} steps, checkpoints every ${config.every}, learning rates ${config.lrs.join(', ')}, alpha = rank, ramp T = ${config.rampSteps} (SingLoRA), training seeds ${config.trainSeeds.join(', ')} (every number below is the mean over them); ${config.probes.length} prompts x ${config.seeds.length} seeds per checkpoint (${config.probes.map((p) => `"${p.prompt}"`).join(', ')}), ${config.sampling.scheduler} ${config.sampling.steps} steps, guidance ${config.sampling.guidanceScale}.`,
-    '',
-    `Base model (no adapter): subject fidelity ${f(base.subject)}, prompt fidelity ${f(base.prompt)}.`,
-    '',
-    `| method | rank | params | lr | subject fidelity per checkpoint (steps ${rows[0].checkpoints.map((c) => c.step).join(' / ')}) | final subject (per seed) | final prompt | best subject |`,
-    '| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |',
-  ];
-  for (const r of rows) {
-    const last = r.checkpoints[r.checkpoints.length - 1];
-    lines.push(
-      `| ${r.method} | ${r.rank} | ${r.params.toLocaleString('en-US')} | ${r.lr} | ${r.checkpoints.map((c) => f(c.subject)).join(' / ')} | ${f(last.subject)} (${r.finalSubjects.map(f).join(', ')}) | ${f(last.prompt)} | ${f(Math.max(...r.checkpoints.map((c) => c.subject)))} |`,
-    );
-  }
-  lines.push(
-    '',
-    '**Across learning rates** (final checkpoint, mean over seeds; spread = standard deviation over the learning rates; seed noise = standard deviation over the training seeds, averaged over the learning rates):',
-    '',
-    '| method | rank | params | mean subject | spread over lr (std) | min - max | seed noise (std) | mean prompt |',
-    '| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |',
-  );
-  const acrossLr = (settings: Setting[]) => {
-    for (const method of config.methods) {
-      for (const rank of config.ranks) {
-        const rs = settings.filter((r) => r.method === method && r.rank === rank);
-        const subj = rs.map((r) => r.checkpoints[r.checkpoints.length - 1].subject);
-        const prm = rs.map((r) => r.checkpoints[r.checkpoints.length - 1].prompt);
-        const noise = mean(rs.map((r) => std(r.finalSubjects)));
-        lines.push(
-          `| ${method} | ${rank} | ${rs[0].params.toLocaleString('en-US')} | ${f(mean(subj))} | ${f(std(subj))} | ${f(Math.min(...subj))} - ${f(Math.max(...subj))} | ${f(noise)} | ${f(mean(prm))} |`,
-        );
-      }
-    }
-  };
-  acrossLr(rows);
-  lines.push(
-    '',
-    `**The same checkpoints at guidance ${config.lowGuidance}** (base model: subject fidelity ${f(baseLow.subject)}, prompt fidelity ${f(baseLow.prompt)}):`,
-    '',
-    '| method | rank | params | mean subject | spread over lr (std) | min - max | seed noise (std) | mean prompt |',
-    '| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |',
-  );
-  acrossLr(low);
-  const table = lines.join('\n');
-  const doc = existsSync(DOCS)
-    ? await readFile(DOCS, 'utf8')
-    : '# Experiments\n\n<!-- results:start -->\n<!-- results:end -->\n';
-  const start = doc.indexOf('<!-- results:start -->');
-  const end = doc.indexOf('<!-- results:end -->');
-  if (start < 0 || end < start)
-    throw new Error(
-      `experiment: ${DOCS} has no <!-- results:start --> ... <!-- results:end --> markers to write the table between`,
-    );
-  await atomicWriteFile(DOCS, `${doc.slice(0, start)}<!-- results:start -->\n${table}\n${doc.slice(end)}`);
+async function report(results: Results): Promise<void> {
+  await writePlot(results, join(OUT, 'fidelity-vs-lr.png'));
+  await writeTable(results, join(REPO_ROOT, 'docs/experiments.md'));
 }
 
 await main();
