@@ -61,7 +61,7 @@ import type { OpArgs, OpName, Rule, RuleContext, TapeEntry } from './grad/tape.t
  * Bumped whenever the graphs GradOps emits change (a rule, the attention slicing, the gates), so
  * that cached training graphs are rebuilt (trainStepGraph.ts puts it in its cache key).
  */
-export const GRAD_VERSION = 6;
+export const GRAD_VERSION = 7;
 
 /** A side path's factors: down [in, r], up [r, out] (any float type; cast to the compute type). */
 export interface SideFactors {
@@ -87,6 +87,13 @@ export interface GradOpsOptions extends OnnxOpsOptions {
    * 905 ms and +319 MiB (scripts run once each; the CPU was shared).
    */
   readonly linearLayout?: 'matmul' | 'gemm';
+  /**
+   * Attention's backward when the forward is fused (float32): 'auto' (default) takes two fused
+   * attentions for small heads (grad/fusedAttentionBackward.ts: tiny-b's head size 4 took 21% less
+   * CPU time per step; at head size 8 it gained nothing) and the plain rule otherwise; 'fused' the
+   * fused one for any head size (tests); 'plain' always the plain rule.
+   */
+  readonly attentionBackward?: 'auto' | 'fused' | 'plain';
 }
 
 /** The default budget of one attention slice's scores (64 MiB in float32). */
@@ -811,6 +818,14 @@ export class GradOps extends OnnxOps {
       g: this.g,
       dtype: this.dtype,
       attentionGroup: (q, k, heads) => this.attentionGroup(q, k, heads),
+      fusedAttention:
+        this.gradOptions.attention !== 'fused' ||
+        this.dtype !== 'float32' ||
+        this.gradOptions.attentionBackward === 'plain'
+          ? 'off'
+          : this.gradOptions.attentionBackward === 'fused'
+            ? 'always'
+            : 'small',
       shape: (v) => this.shapeOf(v),
       param: (p) => this.param(p),
       castLike: (v, like) => this.castLike(v, like),

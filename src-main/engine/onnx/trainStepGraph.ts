@@ -96,6 +96,8 @@ export interface TrainStepGraphOptions {
    * `openTrainStep` picks one per provider (`trainStepWeightLayout`); `emitTrainStep` defaults to `matmul`.
    */
   readonly linearLayout?: 'matmul' | 'gemm';
+  /** Attention's backward (GradOps' `attentionBackward`; default 'auto'). */
+  readonly attentionBackward?: 'auto' | 'fused' | 'plain';
 }
 
 export interface TrainStepGraph {
@@ -132,6 +134,7 @@ export function emitTrainStep(
         ...opsOptions,
         attentionHeadsPerSlice: options.attentionHeadsPerSlice,
         linearLayout: options.linearLayout,
+        attentionBackward: options.attentionBackward,
       })
     : undefined;
   const ops: OnnxOps = grad ?? new OnnxOps(opsOptions);
@@ -314,7 +317,7 @@ export async function openTrainStep(files: ComponentFiles, options: OpenTrainSte
       dtype: o.dtype,
       sidePaths: o.sidePaths,
       attention,
-      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} ${o.linearLayout} sin/cos ${sinCos} grad v${GRAD_VERSION}`,
+      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} attention backward ${o.attentionBackward ?? 'auto'} ${o.linearLayout} sin/cos ${sinCos} grad v${GRAD_VERSION}`,
       config: files.config,
       files: files.files,
       emit: () => ({

@@ -21,12 +21,15 @@
  *   clip             clamp(x, lo, hi)                dy where lo <= x <= hi, else 0
  *   add, sub, mul,   a op b (broadcast)              each operand's partial, summed back over
  *   div                                              the axes it was broadcast along
- *   attention        softmax(q k^T / sqrt(d)) v       per head group, from recomputed scores
+ *   attention        softmax(q k^T / sqrt(d)) v       per head group, from recomputed scores; small heads
+ *                                                    with a fused forward: two fused attentions
+ *                                                    (fusedAttentionBackward.ts)
  *   structure ops    reshape, concat, split, ...     the adjoint data movement
  *   upsampleNearest  Resize nearest                  each source pixel sums its copies
  */
 import type { Value } from '../graphBuilder.ts';
 import type { OpName, Rule, RuleContext, TapeEntry } from './tape.ts';
+import { fusedAttentionBackward, fusedBackwardFits } from './fusedAttentionBackward.ts';
 import { isStatic } from './shapes.ts';
 
 type Rules = { [K in OpName]: Rule<K> };
@@ -284,7 +287,19 @@ export const RULES: Rules = {
     return [c.castLike(c.g.op('MatMul', [rowsSummed, uw], {}, { rank: 4 }), x), null];
   },
 
-  attention: (c, e, [dy], need) => (dy ? attentionBackward(c, e, dy, need) : e.inputs.map(() => null)),
+  attention: (c, e, [dy], need) => {
+    if (!dy) return e.inputs.map(() => null);
+    const [q, k, v] = e.inputs.map((t) => c.shape(t));
+    const fused =
+      c.fusedAttention !== 'off' &&
+      !e.args.mask &&
+      typeof q[2] === 'number' &&
+      q[2] % e.args.heads === 0 &&
+      v[2] === q[2] &&
+      typeof k[1] === 'number' &&
+      (c.fusedAttention === 'always' || fusedBackwardFits(q[2], e.args.heads));
+    return fused ? fusedAttentionBackward(c, e, dy) : attentionBackward(c, e, dy, need);
+  },
 
   reduceSum: (c, e, [dy], need) => (dy && need[0] ? [c.castLike(expandBack(c, e, dy), e.inputs[0])] : [null]),
   reduceMean: (c, e, [dy], need) => {

@@ -68,6 +68,12 @@ export interface RuleContext {
   readonly dtype: ComputeType;
   /** Heads per attention slice for these q and k (the forward's slicing; gradOps.ts). */
   attentionGroup(q: Value, k: Value, heads: number): number;
+  /**
+   * Where attention's backward uses ONNX Runtime's com.microsoft MultiHeadAttention
+   * (grad/fusedAttentionBackward.ts; only when the forward does, in float32): 'off', for 'small'
+   * heads, or wherever it can ('always', for tests of the rule on larger heads).
+   */
+  readonly fusedAttention: 'off' | 'small' | 'always';
   /** The symbolic shape of a value GradOps made or was told about. */
   shape(v: Value): readonly Dim[];
   /** A frozen parameter's initializer, in the compute type. */
