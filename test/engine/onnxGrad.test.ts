@@ -633,4 +633,37 @@ describe('onnx gradient checkpointing: recomputation in the emitted graph', () =
       unet.dispose();
     }
   });
+
+  it("checkpointBlocks(minElements) recomputes only the blocks whose input holds that many values per sample, its gradient as close to TensorFlow.js's", async () => {
+    const unet = await UNet2DConditionModel.load(join(FIXTURES, 'tiny-a/model/unet'));
+    try {
+      // tiny-a on a 2 x 8 x 8 x 4 latent: the blocks' inputs hold 2,048 values per sample (down_blocks.0:
+      // 32 x 8 x 8), 512 (down_blocks.1), 1,024 (mid_block, up_blocks.0) and 4,096 (up_blocks.1).
+      const run = (minElements: number | null) =>
+        gradCheck({
+          inputs: [img(2, 8, 8, 4), { shape: [2], data: Float32Array.of(10, 601), wrt: false }, { shape: [2, 5, 32] }],
+          imageOut: true,
+          run: <T>(o: Ops<T>, [x, t, ctx]: T[]) =>
+            o instanceof GradOps && minElements !== null
+              ? (unet.denoise(o, x as Value, t as Value, ctx as Value, o.checkpointBlocks(minElements)) as T)
+              : unet.denoise(o, x, t, ctx),
+        });
+      const [plain, all, large] = [await run(null), await run(0), await run(2048)];
+      const [n0, nAll, nLarge] = [plain, all, large].map((r) => convs(opCounts(r.bytes)));
+      measured.push(
+        `  forward convolutions: plain ${n0}, every block checkpointed ${nAll}, blocks >= 2,048 values ${nLarge}`,
+      );
+      expect(nLarge).toBeGreaterThan(n0);
+      expect(nLarge).toBeLessThan(nAll);
+      // Both against TensorFlow.js within the whole-UNet bound (K 9 x 128, 30 layers deep, as above).
+      const bound = 1e-6 * Math.sqrt(9 * 128) * Math.sqrt(30);
+      for (const r of [all, large])
+        for (const [k, e] of Object.entries(r.errors)) expect(e.maxAbs / e.maxRef, `d${k}`).toBeLessThanOrEqual(bound);
+      measured.push(
+        `  blocks >= 2,048 values checkpointed: worst ${Math.max(...Object.values(large.errors).map((e) => e.maxAbs / e.maxRef)).toExponential(1)} (bound ${bound.toExponential(1)})`,
+      );
+    } finally {
+      unet.dispose();
+    }
+  });
 });

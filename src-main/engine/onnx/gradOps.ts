@@ -669,9 +669,20 @@ export class GradOps extends OnnxOps {
     }
   }
 
-  /** A UNet BlockRunner (unet2dCondition.ts) that checkpoints every block. */
-  checkpointBlocks(): BlockRunner<Value> {
-    return (_name, fn, inputs) => this.checkpoint(() => fn(inputs));
+  /**
+   * A UNet BlockRunner (unet2dCondition.ts) that checkpoints every block whose first input holds at
+   * least `minElements` values per sample (C H W; every block by default, and any block whose size
+   * is not known). Low-resolution blocks hold little per value of arithmetic, so keeping their
+   * activations costs little memory and saves their recomputation.
+   */
+  checkpointBlocks(minElements = 0): BlockRunner<Value> {
+    return (_name, fn, inputs) => {
+      const perSample = this.shapeOf(inputs[0]).slice(1);
+      const size = perSample.every((d) => typeof d === 'number')
+        ? (perSample as number[]).reduce((a, b) => a * b, 1)
+        : Number.POSITIVE_INFINITY;
+      return size >= minElements ? this.checkpoint(() => fn(inputs)) : fn(inputs);
+    };
   }
 
   /** d(loss)/d(v) for each wrt value, from the scalar `loss` (seed 1). */

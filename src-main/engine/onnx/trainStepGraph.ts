@@ -26,8 +26,9 @@
  *
  * Inputs have fixed sizes (`StepShape`): one graph per batch and latent size.
  *
- * Gradient checkpointing wraps every UNet block in the executor's `checkpoint`, so the backward
- * pass recomputes each block's activations instead of keeping them. Training sessions are created
+ * Gradient checkpointing wraps the UNet blocks whose input holds at least CHECKPOINT_MIN_ELEMENTS
+ * values per sample in the executor's `checkpoint`, so the backward pass recomputes those blocks'
+ * activations instead of keeping them. Training sessions are created
  * with common-subexpression elimination off (a second guard: the executor already makes the
  * recomputation read gated inputs, so it cannot be merged back into the forward) and no silent
  * CPU fallback, see `trainingSessionExtra`.
@@ -75,8 +76,13 @@ export interface TrainStepGraphOptions {
    * loss only (the forward half, which also serves the fixed-noise loss).
    */
   readonly gradients: boolean;
-  /** Recompute each UNet block in the backward pass (needs `gradients`). */
+  /** Recompute UNet blocks in the backward pass (needs `gradients`); which ones: `checkpointMinElements`. */
   readonly checkpointing?: boolean;
+  /**
+   * With checkpointing, the blocks recomputed: those whose input holds at least this many values
+   * per sample (GradOps.checkpointBlocks; default CHECKPOINT_MIN_ELEMENTS, 0 for every block).
+   */
+  readonly checkpointMinElements?: number;
   /**
    * The forward's attention: plain MatMul/Softmax ops per head group, or ONNX Runtime's fused
    * MultiHeadAttention (GradOps); the backward recomputes the scores with plain ops either way.
@@ -99,6 +105,16 @@ export interface TrainStepGraphOptions {
   /** Attention's backward (GradOps' `attentionBackward`; default 'auto'). */
   readonly attentionBackward?: 'auto' | 'fused' | 'plain';
 }
+
+/**
+ * The smallest UNet block input (values per sample, C H W) that gradient checkpointing recomputes.
+ * A low-resolution block does much arithmetic per value it would keep, so it keeps its activations.
+ * SD 1.5 at 256 px then recomputes down_blocks.0, up_blocks.2 and up_blocks.3 (not every block):
+ * 7.0 s against 8.8 s of CPU per step, peak 4,533 MiB against 4,093 (goal 5,400); at 512 px every
+ * block but the 8x8 ones: 35.9 s against 36.6 s of CPU, peak 6,450 MiB against 6,398 (goal 8 GB)
+ * (docs/performance.md).
+ */
+export const CHECKPOINT_MIN_ELEMENTS = 100_000;
 
 export interface TrainStepGraph {
   readonly bytes: Uint8Array;
@@ -148,7 +164,10 @@ export function emitTrainStep(
   const target = input('target', [batch, height, width, cfg.outChannels]);
   const lossWeight = input('loss_weight', [batch]);
 
-  const runBlock: BlockRunner<Value> | undefined = grad && options.checkpointing ? grad.checkpointBlocks() : undefined;
+  const runBlock: BlockRunner<Value> | undefined =
+    grad && options.checkpointing
+      ? grad.checkpointBlocks(options.checkpointMinElements ?? CHECKPOINT_MIN_ELEMENTS)
+      : undefined;
   // The transpose is made outside the executor: tell it the shape, or every size downstream is a
   // symbol and the attention falls back to one head per slice and run-time broadcast searches.
   const x = toNCHW(g, sample); // [n, c, h, w]
@@ -317,7 +336,7 @@ export async function openTrainStep(files: ComponentFiles, options: OpenTrainSte
       dtype: o.dtype,
       sidePaths: o.sidePaths,
       attention,
-      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} attention backward ${o.attentionBackward ?? 'auto'} ${o.linearLayout} sin/cos ${sinCos} grad v${GRAD_VERSION}`,
+      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? `+checkpointing>=${o.checkpointMinElements ?? CHECKPOINT_MIN_ELEMENTS}` : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} attention backward ${o.attentionBackward ?? 'auto'} ${o.linearLayout} sin/cos ${sinCos} grad v${GRAD_VERSION}`,
       config: files.config,
       files: files.files,
       emit: () => ({
