@@ -56,6 +56,7 @@ const SINGLORA_CASES = [
   { checkpointing: false },
   { checkpointing: true },
   { checkpointing: false, attentionBackward: 'fused' as const },
+  { checkpointing: true, attentionBackward: 'fused' as const },
 ];
 
 /** The Linear layers of a UNet config: path -> [in, out]. */
@@ -173,11 +174,11 @@ for (const folder of parityFolders()) {
       for (const { checkpointing, attentionBackward } of method === 'singlora'
         ? SINGLORA_CASES
         : [{ checkpointing: false, attentionBackward: undefined }]) {
-        const variant = checkpointing
-          ? ' with gradient checkpointing'
-          : attentionBackward
-            ? ` with the ${attentionBackward} attention backward`
-            : '';
+        const parts = [
+          checkpointing ? 'gradient checkpointing' : '',
+          attentionBackward ? `the ${attentionBackward} attention backward` : '',
+        ].filter(Boolean);
+        const variant = parts.length ? ` with ${parts.join(' and ')}` : '';
         it(`${label}: one onnx ${method} training step${variant} (loss, gradients, grad norm, clipping + AdamW) matches PyTorch`, async (ctx) => {
           skipIfMissing(ctx, cases, folder, meta, method);
           const opened = await openStep({ gradients: true, checkpointing, attentionBackward });
@@ -194,7 +195,7 @@ for (const folder of parityFolders()) {
             meta,
             method,
             { ...result, grads: result.grads!, after: adapters.params },
-            `${method}${checkpointing ? ' (checkpointing)' : attentionBackward ? ` (${attentionBackward} attention backward)` : ''}`,
+            `${method}${checkpointing ? ' (checkpointing)' : ''}${attentionBackward ? ` (${attentionBackward} attention backward)` : ''}`,
             (line) => errors.push(line),
           );
         });

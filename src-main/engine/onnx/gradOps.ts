@@ -44,6 +44,7 @@ import type { Pad2d } from '../models/ops/ops.ts';
 import type { BlockRunner } from '../models/unet2dCondition.ts';
 import type { ElemType, GraphBuilder, GraphDim, Value } from './graphBuilder.ts';
 import { OnnxOps, sidePathInputs, type OnnxOpsOptions } from './onnxOps.ts';
+import { type FusedAttentionStats, fusedAttentionForward, useFusedAttention } from './grad/fusedAttentionBackward.ts';
 import { headGroups, RULES, splitHeads } from './grad/rules.ts';
 import {
   broadcastAxes,
@@ -61,7 +62,7 @@ import type { OpArgs, OpName, Rule, RuleContext, TapeEntry } from './grad/tape.t
  * Bumped whenever the graphs GradOps emits change (a rule, the attention slicing, the gates), so
  * that cached training graphs are rebuilt (trainStepGraph.ts puts it in its cache key).
  */
-export const GRAD_VERSION = 7;
+export const GRAD_VERSION = 8;
 
 /** A side path's factors: down [in, r], up [r, out] (any float type; cast to the compute type). */
 export interface SideFactors {
@@ -88,10 +89,10 @@ export interface GradOpsOptions extends OnnxOpsOptions {
    */
   readonly linearLayout?: 'matmul' | 'gemm';
   /**
-   * Attention's backward when the forward is fused (float32): 'auto' (default) takes two fused
-   * attentions for small heads (grad/fusedAttentionBackward.ts: tiny-b's head size 4 took 21% less
-   * CPU time per step; at head size 8 it gained nothing) and the plain rule otherwise; 'fused' the
-   * fused one for any head size (tests); 'plain' always the plain rule.
+   * Attention's backward when the forward is fused (float32): 'auto' (default) makes forward and
+   * backward two fused attentions for small heads (grad/fusedAttentionBackward.ts: tiny-b's step, head
+   * size 4, took 26% less CPU time; at head size 8 it gained nothing) and keeps the plain rule
+   * otherwise; 'fused' takes the fused one for any head size (tests); 'plain' always the plain rule.
    */
   readonly attentionBackward?: 'auto' | 'fused' | 'plain';
 }
@@ -111,6 +112,8 @@ export class GradOps extends OnnxOps {
   private readonly ownSidePaths: ReadonlyMap<Linear, string>;
   private readonly factors = new Map<string, SideFactors>();
   private readonly headsPerSlice: number | undefined;
+  /** What fused-backward attentions' forwards kept, by output name. */
+  private readonly attentionStats = new Map<string, FusedAttentionStats>();
   /** > 0 while an op emits (its nested op calls are not recorded) or a segment is replayed. */
   private depth = 0;
   private segment: number | undefined;
@@ -570,10 +573,24 @@ export class GradOps extends OnnxOps {
       'attention',
       mask ? [q, k, v, mask] : [q, k, v],
       { heads, mask: mask !== undefined },
-      (ins) =>
-        this.gradOptions.attention === 'fused'
-          ? this.fusedAttention(ins[0], ins[1], ins[2], heads, ins[3])
-          : this.slicedAttention(ins[0], ins[1], ins[2], heads, ins[3]),
+      (ins) => {
+        if (this.gradOptions.attention !== 'fused') return this.slicedAttention(ins[0], ins[1], ins[2], heads, ins[3]);
+        const c = this.ruleContext();
+        if (
+          !useFusedAttention(
+            c.fusedAttention,
+            [q, k, v].map((t) => this.shapeOf(t)),
+            heads,
+            mask !== undefined,
+          )
+        )
+          return this.fusedAttention(ins[0], ins[1], ins[2], heads, ins[3]);
+        // The forward its backward reuses (grad/fusedAttentionBackward.ts), also when a checkpoint replays it.
+        const [qc, kc, vc] = ins.slice(0, 3).map((t) => this.compute(t));
+        const { out, ...stats } = fusedAttentionForward(c, qc, kc, vc, heads);
+        this.attentionStats.set(out.name, stats);
+        return out;
+      },
       ([s]) => s,
     );
   }
@@ -845,6 +862,7 @@ export class GradOps extends OnnxOps {
       zerosLike: (v) => this.zerosLike(v),
       sumAll: (v) => sumAll(this.g, v),
       scalar: (n, like) => this.scalar(like, n),
+      attentionStats: (out) => this.attentionStats.get(out.name),
     };
   }
 }

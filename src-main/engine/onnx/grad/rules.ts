@@ -29,7 +29,7 @@
  */
 import type { Value } from '../graphBuilder.ts';
 import type { OpName, Rule, RuleContext, TapeEntry } from './tape.ts';
-import { fusedAttentionBackward, fusedBackwardFits } from './fusedAttentionBackward.ts';
+import { fusedAttentionBackward, useFusedAttention } from './fusedAttentionBackward.ts';
 import { isStatic } from './shapes.ts';
 
 type Rules = { [K in OpName]: Rule<K> };
@@ -289,16 +289,10 @@ export const RULES: Rules = {
 
   attention: (c, e, [dy], need) => {
     if (!dy) return e.inputs.map(() => null);
-    const [q, k, v] = e.inputs.map((t) => c.shape(t));
-    const fused =
-      c.fusedAttention !== 'off' &&
-      !e.args.mask &&
-      typeof q[2] === 'number' &&
-      q[2] % e.args.heads === 0 &&
-      v[2] === q[2] &&
-      typeof k[1] === 'number' &&
-      (c.fusedAttention === 'always' || fusedBackwardFits(q[2], e.args.heads));
-    return fused ? fusedAttentionBackward(c, e, dy) : attentionBackward(c, e, dy, need);
+    const shapes = e.inputs.map((t) => c.shape(t));
+    return useFusedAttention(c.fusedAttention, shapes, e.args.heads, e.args.mask)
+      ? fusedAttentionBackward(c, e, dy, c.attentionStats(e.outputs[0]))
+      : attentionBackward(c, e, dy, need);
   },
 
   reduceSum: (c, e, [dy], need) => (dy && need[0] ? [c.castLike(expandBack(c, e, dy), e.inputs[0])] : [null]),

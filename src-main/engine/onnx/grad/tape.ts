@@ -11,6 +11,7 @@ import type { GroupNorm, LayerNorm } from '../../models/layers/norm.ts';
 import type { Pad2d } from '../../models/ops/ops.ts';
 import type { ComputeType } from '../onnxOps.ts';
 import type { GraphBuilder, Value } from '../graphBuilder.ts';
+import type { FusedAttentionStats } from './fusedAttentionBackward.ts';
 import type { Dim } from './shapes.ts';
 
 /** Each op's non-Value arguments; the comment lists its Value inputs, in order. */
@@ -74,6 +75,8 @@ export interface RuleContext {
    * heads, or wherever it can ('always', for tests of the rule on larger heads).
    */
   readonly fusedAttention: 'off' | 'small' | 'always';
+  /** The statistics a fused-backward attention's forward kept for its output `out`, if it did. */
+  attentionStats(out: Value): FusedAttentionStats | undefined;
   /** The symbolic shape of a value GradOps made or was told about. */
   shape(v: Value): readonly Dim[];
   /** A frozen parameter's initializer, in the compute type. */
