@@ -130,6 +130,7 @@ async function emit(unetDir: string, work: string, res: number, variant: Record<
     gradients: true,
     checkpointing: flag('ckpt'),
     linearLayout: layout.linearLayout,
+    flippedFilterMinPixels: layout.flippedFilterMinPixels,
     attention: trainStepAttention(['cpu'], 'float32', arg('attention') as 'fused' | 'plain' | undefined),
     ...variant,
   });

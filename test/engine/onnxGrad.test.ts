@@ -28,7 +28,7 @@ import { GradOps } from '../../src-main/engine/onnx/gradOps.ts';
 import { Rng } from '../../src-main/engine/random.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
 import { useBackend } from '../helpers/backend.ts';
-import { type GradCase, gradCheck, randomize } from '../helpers/gradCheck.ts';
+import { type GradCase, type GradResult, gradCheck, randomize } from '../helpers/gradCheck.ts';
 
 // wasm, not cpu: tfjs-backend-cpu's ResizeNearestNeighborGrad is wrong for batch > 1 (it gave
 // [6, 10] for a [2, 1, 1, 1] input where the 2x2 block sums are [6, 22]); wasm's is right.
@@ -49,7 +49,7 @@ afterAll(() => {
  * 32-channel blocks have): both sides must then be rounding noise, under 1e-5 of the case's
  * largest gradient.
  */
-async function check(name: string, c: GradCase, K: number, depth = 1, zero?: RegExp): Promise<void> {
+async function check(name: string, c: GradCase, K: number, depth = 1, zero?: RegExp): Promise<GradResult> {
   const r = await gradCheck(c);
   const bound = 1e-6 * Math.sqrt(K) * Math.sqrt(depth);
   const largest = Math.max(...Object.values(r.errors).map((e) => e.maxRef));
@@ -67,6 +67,7 @@ async function check(name: string, c: GradCase, K: number, depth = 1, zero?: Reg
   expect(Math.abs(r.loss.onnx - r.loss.tf), `${name}: loss`).toBeLessThanOrEqual(bound * r.loss.absSum);
   expect(worst.length, `${name}: no gradients compared`).toBeGreaterThan(0);
   for (const [k, v] of worst) expect(v, `${name}: d${k}`).toBeLessThanOrEqual(bound);
+  return r;
 }
 
 /** Node counts by op type, in a serialized model. */
@@ -132,14 +133,40 @@ describe('onnx gradient rules: layers with weights', () => {
       ],
       ['conv1x1', new Conv2d(3, 5, 1), undefined, 3, 5],
     ];
-    for (const [name, conv, pad, h, w] of cases) {
+    // flipped: stride-1 input gradients from Conv on the transposed, flipped filter (any size here).
+    const flipped = { flippedFilterMinPixels: 0 };
+    for (const [name, conv, pad, h, w] of [
+      ...cases,
+      [
+        'conv3x3 s1 pad(0,1)',
+        new Conv2d(3, 4, 3, 1, 0),
+        [
+          [0, 1],
+          [1, 0],
+        ],
+        5,
+        6,
+      ] as (typeof cases)[number],
+    ]) {
       randomize(conv, 5);
-      for (const symbols of [undefined, dyn]) {
-        await check(
-          `${name}${symbols ? ' (run-time shapes)' : ''}`,
-          { inputs: [{ ...img(2, h, w, 3), symbols }], imageOut: true, run: (o, [x]) => o.conv2d(x, conv, pad) },
+      for (const [symbols, options] of [
+        [undefined, {}],
+        [dyn, {}],
+        [undefined, flipped],
+      ] as const) {
+        const how = symbols ? ' (run-time shapes)' : options === flipped ? ' (flipped filter)' : '';
+        const r = await check(
+          `${name}${how}`,
+          {
+            inputs: [{ ...img(2, h, w, 3), symbols }],
+            imageOut: true,
+            options,
+            run: (o, [x]) => o.conv2d(x, conv, pad),
+          },
           27,
         );
+        if (options === flipped)
+          expect(opCounts(r.bytes).get('ConvTranspose') ?? 0, name).toBe(conv.stride === 1 ? 0 : 1);
       }
     }
   });

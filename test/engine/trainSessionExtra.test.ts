@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { GraphBuilder } from '../../src-main/engine/onnx/graphBuilder.ts';
 import {
   SMALL_MODEL_BYTES,
+  FLIPPED_FILTER_MIN_PIXELS,
   trainingSessionExtra,
   trainStepArena,
   trainStepWeightLayout,
@@ -74,11 +75,12 @@ describe('trainingSessionExtra (the ONNX training session options)', () => {
 });
 
 describe('trainStepWeightLayout (how the step holds the frozen weights)', () => {
-  it('holds each weight once on the CPU: Gemm, no prepacking, no NCHWc reordering', () => {
+  it('holds each weight once on the CPU (Gemm, no prepacking, no NCHWc reordering) but for flipped copies of the high-resolution filters', () => {
     expect(trainStepWeightLayout(['cpu'], {})).toEqual({
       linearLayout: 'gemm',
       prepacking: false,
       disableOptimizers: ['NchwcTransformer'],
+      flippedFilterMinPixels: FLIPPED_FILTER_MIN_PIXELS,
     });
   });
 
@@ -87,14 +89,21 @@ describe('trainStepWeightLayout (how the step holds the frozen weights)', () => 
       linearLayout: 'matmul',
       prepacking: true,
       disableOptimizers: [],
+      flippedFilterMinPixels: undefined,
     });
-    expect(trainStepWeightLayout(['cpu'], { linearLayout: 'matmul', prepacking: true, disableOptimizers: [] })).toEqual(
-      {
+    expect(
+      trainStepWeightLayout(['cpu'], {
         linearLayout: 'matmul',
         prepacking: true,
         disableOptimizers: [],
-      },
-    );
+        flippedFilterMinPixels: Number.POSITIVE_INFINITY,
+      }),
+    ).toEqual({
+      linearLayout: 'matmul',
+      prepacking: true,
+      disableOptimizers: [],
+      flippedFilterMinPixels: Number.POSITIVE_INFINITY,
+    });
   });
 });
 

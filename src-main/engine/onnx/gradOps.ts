@@ -95,6 +95,12 @@ export interface GradOpsOptions extends OnnxOpsOptions {
    * otherwise; 'fused' takes the fused one for any head size (tests); 'plain' always the plain rule.
    */
   readonly attentionBackward?: 'auto' | 'fused' | 'plain';
+  /**
+   * Stride-1 convolutions whose input has at least this many pixels get their input gradient from
+   * Conv on the filter transposed and flipped, which ONNX Runtime folds into a second copy of that
+   * filter (default: none, ConvTranspose on the filter as it is).
+   */
+  readonly flippedFilterMinPixels?: number;
 }
 
 /** The default budget of one attention slice's scores (64 MiB in float32). */
@@ -863,6 +869,7 @@ export class GradOps extends OnnxOps {
       sumAll: (v) => sumAll(this.g, v),
       scalar: (n, like) => this.scalar(like, n),
       attentionStats: (out) => this.attentionStats.get(out.name),
+      flippedFilterMinPixels: this.gradOptions.flippedFilterMinPixels ?? Number.POSITIVE_INFINITY,
     };
   }
 }

@@ -104,6 +104,8 @@ export interface TrainStepGraphOptions {
   readonly linearLayout?: 'matmul' | 'gemm';
   /** Attention's backward (GradOps' `attentionBackward`; default 'auto'). */
   readonly attentionBackward?: 'auto' | 'fused' | 'plain';
+  /** GradOps' `flippedFilterMinPixels` (`openTrainStep` picks one per provider: `trainStepWeightLayout`). */
+  readonly flippedFilterMinPixels?: number;
 }
 
 /**
@@ -151,6 +153,7 @@ export function emitTrainStep(
         attentionHeadsPerSlice: options.attentionHeadsPerSlice,
         linearLayout: options.linearLayout,
         attentionBackward: options.attentionBackward,
+        flippedFilterMinPixels: options.flippedFilterMinPixels,
       })
     : undefined;
   const ops: OnnxOps = grad ?? new OnnxOps(opsOptions);
@@ -260,7 +263,19 @@ export interface TrainStepWeightLayout {
   readonly linearLayout: 'matmul' | 'gemm';
   readonly prepacking: boolean;
   readonly disableOptimizers: readonly string[];
+  /** GradOps' `flippedFilterMinPixels`: which convolutions' filters get a transposed, flipped copy. */
+  readonly flippedFilterMinPixels: number | undefined;
 }
+
+/**
+ * On the CPU provider, stride-1 convolutions over at least this many pixels (32 x 32) take their
+ * input gradient from Conv on a folded, transposed and flipped copy of their filter instead of
+ * ConvTranspose (which transposes the filter on every call, prepacking being off, and adds a 9x
+ * column buffer and a col2im pass): about twice as fast per convolution. The copies are of the
+ * high-resolution blocks' filters, the smaller ones: about 70 MiB for SD 1.5 at 256 px, 300 MiB at
+ * 512 px (docs/performance.md).
+ */
+export const FLIPPED_FILTER_MIN_PIXELS = 1024;
 
 /**
  * How the step holds the frozen weights, where the options leave it open. On the CPU provider,
@@ -277,6 +292,7 @@ export function trainStepWeightLayout(
     readonly linearLayout?: 'matmul' | 'gemm';
     readonly prepacking?: boolean;
     readonly disableOptimizers?: readonly string[];
+    readonly flippedFilterMinPixels?: number;
   },
 ): TrainStepWeightLayout {
   const cpu = providers[0] === 'cpu';
@@ -284,6 +300,7 @@ export function trainStepWeightLayout(
     linearLayout: o.linearLayout ?? (cpu ? 'gemm' : 'matmul'),
     prepacking: o.prepacking ?? !cpu,
     disableOptimizers: o.disableOptimizers ?? (cpu ? ['NchwcTransformer'] : []),
+    flippedFilterMinPixels: o.flippedFilterMinPixels ?? (cpu ? FLIPPED_FILTER_MIN_PIXELS : undefined),
   };
 }
 
@@ -336,7 +353,7 @@ export async function openTrainStep(files: ComponentFiles, options: OpenTrainSte
       dtype: o.dtype,
       sidePaths: o.sidePaths,
       attention,
-      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? `+checkpointing>=${o.checkpointMinElements ?? CHECKPOINT_MIN_ELEMENTS}` : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} attention backward ${o.attentionBackward ?? 'auto'} ${o.linearLayout} sin/cos ${sinCos} grad v${GRAD_VERSION}`,
+      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? `+checkpointing>=${o.checkpointMinElements ?? CHECKPOINT_MIN_ELEMENTS}` : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} attention backward ${o.attentionBackward ?? 'auto'} flipped filters >= ${o.flippedFilterMinPixels ?? 'none'} px ${o.linearLayout} sin/cos ${sinCos} grad v${GRAD_VERSION}`,
       config: files.config,
       files: files.files,
       emit: () => ({

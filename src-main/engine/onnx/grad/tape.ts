@@ -75,6 +75,12 @@ export interface RuleContext {
    * heads, or wherever it can ('always', for tests of the rule on larger heads).
    */
   readonly fusedAttention: 'off' | 'small' | 'always';
+  /**
+   * Stride-1 convolutions whose input has at least this many pixels (H W) get their input gradient
+   * from Conv on a transposed, flipped filter, which ONNX Runtime folds into a copy (GradOps'
+   * `flippedFilterMinPixels`); the others from ConvTranspose.
+   */
+  readonly flippedFilterMinPixels: number;
   /** The statistics a fused-backward attention's forward kept for its output `out`, if it did. */
   attentionStats(out: Value): FusedAttentionStats | undefined;
   /** The symbolic shape of a value GradOps made or was told about. */
