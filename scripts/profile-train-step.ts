@@ -31,6 +31,7 @@ import {
   trainingSessionExtra,
   trainStepArena,
   trainStepAttention,
+  trainStepMemPattern,
   trainStepWeightLayout,
 } from '../src-main/engine/onnx/trainStepGraph.ts';
 import { Rng } from '../src-main/engine/random.ts';
@@ -211,6 +212,7 @@ async function openVariant(unetDir: string, work: string, res: number, v: Varian
     executionProviders: ['cpu'],
     graphOptimizationLevel: 'all',
     enableCpuMemArena: trainStepArena(['cpu'], statSync(join(unetDir, WEIGHTS)).size) ?? false,
+    enableMemPattern: trainStepMemPattern(['cpu']) ?? true,
     logSeverityLevel: 3,
     ...(profile ? { enableProfiling: true, profileFilePrefix: join(work, 'profile') } : {}),
     ...v.opts,

@@ -11,6 +11,7 @@ import {
   FLIPPED_FILTER_MIN_PIXELS,
   trainingSessionExtra,
   trainStepArena,
+  trainStepMemPattern,
   trainStepWeightLayout,
 } from '../../src-main/engine/onnx/trainStepGraph.ts';
 
@@ -117,5 +118,12 @@ describe('trainStepArena (ONNX Runtime CPU arena for the training session)', () 
   it('leaves the choice to SINGLORA_ORT_ARENA when it is set, either way', () => {
     expect(trainStepArena(['cpu'], 10e6, { SINGLORA_ORT_ARENA: '0' })).toBeUndefined();
     expect(trainStepArena(['cpu'], 4e9, { SINGLORA_ORT_ARENA: '1' })).toBeUndefined();
+  });
+});
+
+describe('trainStepMemPattern (ONNX Runtime memory pattern for the training session)', () => {
+  it('is off on the CPU provider (a planned block over the peak from the second step on), the default elsewhere', () => {
+    expect(trainStepMemPattern(['cpu'])).toBe(false);
+    expect(trainStepMemPattern(['webgpu', 'cpu'])).toBeUndefined();
   });
 });
