@@ -180,7 +180,9 @@ export const trainSettingsSchema = z
     gradientCheckpointing: z
       .boolean()
       .default(false)
-      .describe('recompute each UNet block in the backward pass (less memory)'),
+      .describe(
+        'recompute UNet blocks in the backward pass (less memory; on ONNX Runtime the low-resolution ones keep theirs)',
+      ),
     /** Mixed-precision is not offered: TensorFlow.js trains in float32. */
   })
   .strict();

@@ -25,9 +25,10 @@ import type { Ops } from '../../src-main/engine/models/ops/ops.ts';
 import { UNet2DConditionModel } from '../../src-main/engine/models/unet2dCondition.ts';
 import type { Value } from '../../src-main/engine/onnx/graphBuilder.ts';
 import { GradOps } from '../../src-main/engine/onnx/gradOps.ts';
+import { Rng } from '../../src-main/engine/random.ts';
 import { FIXTURES } from '../helpers/fixtures.ts';
 import { useBackend } from '../helpers/backend.ts';
-import { type GradCase, gradCheck, randomize } from '../helpers/gradCheck.ts';
+import { type GradCase, type GradResult, gradCheck, randomize } from '../helpers/gradCheck.ts';
 
 // wasm, not cpu: tfjs-backend-cpu's ResizeNearestNeighborGrad is wrong for batch > 1 (it gave
 // [6, 10] for a [2, 1, 1, 1] input where the 2x2 block sums are [6, 22]); wasm's is right.
@@ -48,7 +49,7 @@ afterAll(() => {
  * 32-channel blocks have): both sides must then be rounding noise, under 1e-5 of the case's
  * largest gradient.
  */
-async function check(name: string, c: GradCase, K: number, depth = 1, zero?: RegExp): Promise<void> {
+async function check(name: string, c: GradCase, K: number, depth = 1, zero?: RegExp): Promise<GradResult> {
   const r = await gradCheck(c);
   const bound = 1e-6 * Math.sqrt(K) * Math.sqrt(depth);
   const largest = Math.max(...Object.values(r.errors).map((e) => e.maxRef));
@@ -66,6 +67,15 @@ async function check(name: string, c: GradCase, K: number, depth = 1, zero?: Reg
   expect(Math.abs(r.loss.onnx - r.loss.tf), `${name}: loss`).toBeLessThanOrEqual(bound * r.loss.absSum);
   expect(worst.length, `${name}: no gradients compared`).toBeGreaterThan(0);
   for (const [k, v] of worst) expect(v, `${name}: d${k}`).toBeLessThanOrEqual(bound);
+  return r;
+}
+
+/** Node counts by op type, in a serialized model. */
+function opCounts(bytes: Uint8Array): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const n of onnxProto.onnx.ModelProto.decode(bytes).graph?.node ?? [])
+    counts.set(n.opType ?? '', (counts.get(n.opType ?? '') ?? 0) + 1);
+  return counts;
 }
 
 const img = (n: number, h: number, w: number, c: number) => ({ shape: [n, h, w, c], image: true });
@@ -123,14 +133,40 @@ describe('onnx gradient rules: layers with weights', () => {
       ],
       ['conv1x1', new Conv2d(3, 5, 1), undefined, 3, 5],
     ];
-    for (const [name, conv, pad, h, w] of cases) {
+    // flipped: stride-1 input gradients from Conv on the transposed, flipped filter (any size here).
+    const flipped = { flippedFilterMinPixels: 0 };
+    for (const [name, conv, pad, h, w] of [
+      ...cases,
+      [
+        'conv3x3 s1 pad(0,1)',
+        new Conv2d(3, 4, 3, 1, 0),
+        [
+          [0, 1],
+          [1, 0],
+        ],
+        5,
+        6,
+      ] as (typeof cases)[number],
+    ]) {
       randomize(conv, 5);
-      for (const symbols of [undefined, dyn]) {
-        await check(
-          `${name}${symbols ? ' (run-time shapes)' : ''}`,
-          { inputs: [{ ...img(2, h, w, 3), symbols }], imageOut: true, run: (o, [x]) => o.conv2d(x, conv, pad) },
+      for (const [symbols, options] of [
+        [undefined, {}],
+        [dyn, {}],
+        [undefined, flipped],
+      ] as const) {
+        const how = symbols ? ' (run-time shapes)' : options === flipped ? ' (flipped filter)' : '';
+        const r = await check(
+          `${name}${how}`,
+          {
+            inputs: [{ ...img(2, h, w, 3), symbols }],
+            imageOut: true,
+            options,
+            run: (o, [x]) => o.conv2d(x, conv, pad),
+          },
           27,
         );
+        if (options === flipped)
+          expect(opCounts(r.bytes).get('ConvTranspose') ?? 0, name).toBe(conv.stride === 1 ? 0 : 1);
       }
     }
   });
@@ -358,6 +394,79 @@ describe('onnx gradient rules: attention', () => {
   });
 });
 
+describe('onnx gradient rules: attention backward as two fused attentions (small heads)', () => {
+  it('is what a fused forward with head size 4 gets: two MultiHeadAttention nodes in all (forward statistics, backward) and no Softmax', async () => {
+    const run = <T>(o: Ops<T>, [x]: T[]) => o.attention(x, x, x, 2);
+    const fused = await gradCheck({ inputs: [{ shape: [2, 7, 8] }], options: { attention: 'fused' }, run });
+    expect(opCounts(fused.bytes).get('MultiHeadAttention')).toBe(2);
+    expect(opCounts(fused.bytes).get('Softmax') ?? 0).toBe(0);
+    const plain = await gradCheck({
+      inputs: [{ shape: [2, 7, 8] }],
+      options: { attention: 'fused', attentionBackward: 'plain' },
+      run,
+    });
+    expect(opCounts(plain.bytes).get('MultiHeadAttention')).toBe(1);
+    expect(opCounts(plain.bytes).get('Softmax')).toBe(1);
+    // Head size 8 keeps the plain rule unless asked (it measured no faster there).
+    const wide = await gradCheck({ inputs: [{ shape: [2, 7, 16] }], options: { attention: 'fused' }, run });
+    expect(opCounts(wide.bytes).get('Softmax')).toBe(1);
+  });
+
+  it('stays within the rounding of its scores with large scores (up to about 200), head sizes 4 and 8', async () => {
+    // Scores of size L carry rounding of about L u through exp (u = 2^-24) in both rules; the fused
+    // rule's logits S - lse also cancel two numbers of size L (its log-sum-exp comes from two
+    // attention outputs). Bound: twice the plain rule's error plus 2 L u, where 0.67 was seen before
+    // the extra key's logit had its upper bound.
+    const rng = new Rng(7);
+    const big = (n: number) => Float32Array.from(rng.normal(n), (x) => 5 * x);
+    for (const [heads, inner] of [
+      [2, 8],
+      [1, 8],
+      [2, 16],
+    ] as const) {
+      for (const cross of [false, true]) {
+        const [q, k] = [big(2 * 9 * inner), cross ? big(2 * 5 * inner) : undefined];
+        const inputs = k
+          ? [{ shape: [2, 9, inner], data: q }, { shape: [2, 5, inner], data: k }, { shape: [2, 5, inner] }]
+          : [{ shape: [2, 9, inner], data: q }];
+        const run = <T>(o: Ops<T>, xs: T[]) =>
+          cross ? o.attention(xs[0], xs[1], xs[2], heads) : o.attention(xs[0], xs[0], xs[0], heads);
+        const [fused, plain] = await Promise.all(
+          (['fused', 'plain'] as const).map((attentionBackward) =>
+            gradCheck({ inputs, options: { attention: 'fused', attentionBackward }, run }),
+          ),
+        );
+        const L = maxScore(q, k ?? q, 2, inner, inner / heads);
+        const name = `large scores (max |S| ${L.toFixed(0)}), ${heads} head(s) of ${inner / heads}, ${cross ? 'cross' : 'self'}-attention`;
+        const rel = (e: { maxAbs: number; maxRef: number }) => e.maxAbs / e.maxRef;
+        measured.push(
+          `  ${name}: ${Object.entries(fused.errors)
+            .map(([x, e]) => `${x} fused ${rel(e).toExponential(1)} plain ${rel(plain.errors[x]).toExponential(1)}`)
+            .join(', ')}`,
+        );
+        for (const [x, e] of Object.entries(fused.errors))
+          expect(rel(e), `${name}: d${x}`).toBeLessThanOrEqual(2 * rel(plain.errors[x]) + 2 * L * 2 ** -24);
+      }
+    }
+  });
+});
+
+/** max |q . k| / sqrt(d) over the heads of q [B, Sq, H d] and k [B, Sk, H d] (row-major). */
+function maxScore(q: Float32Array, k: Float32Array, batch: number, inner: number, d: number): number {
+  const sq = q.length / batch / inner;
+  const sk = k.length / batch / inner;
+  let m = 0;
+  for (let b = 0; b < batch; b++)
+    for (let h = 0; h < inner / d; h++)
+      for (let i = 0; i < sq; i++)
+        for (let j = 0; j < sk; j++) {
+          let dot = 0;
+          for (let t = 0; t < d; t++) dot += q[(b * sq + i) * inner + h * d + t] * k[(b * sk + j) * inner + h * d + t];
+          m = Math.max(m, Math.abs(dot) / Math.sqrt(d));
+        }
+  return m;
+}
+
 describe('onnx gradient of whole modules (tiny-a UNet weights), adapter side paths', () => {
   let unet: UNet2DConditionModel;
   beforeAll(async () => {
@@ -474,13 +583,6 @@ describe('onnx gradient of whole modules (tiny-a UNet weights), adapter side pat
 });
 
 describe('onnx gradient checkpointing: recomputation in the emitted graph', () => {
-  /** Node counts by op type, in a serialized model. */
-  const opCounts = (bytes: Uint8Array) => {
-    const counts = new Map<string, number>();
-    for (const n of onnxProto.onnx.ModelProto.decode(bytes).graph?.node ?? [])
-      counts.set(n.opType ?? '', (counts.get(n.opType ?? '') ?? 0) + 1);
-    return counts;
-  };
   /** Convolutions forward (Conv and ONNX Runtime's fused or NCHWc forms), not the ConvTranspose of the backward. */
   const convs = (counts: Map<string, number>) =>
     [...counts].filter(([op]) => /Conv/.test(op) && !/Transpose/.test(op)).reduce((s, [, n]) => s + n, 0);
@@ -554,6 +656,39 @@ describe('onnx gradient checkpointing: recomputation in the emitted graph', () =
         );
         expect(after[1], `CSE ${cse ? 'on' : 'off'}`).toBe(2 * after[0]);
       }
+    } finally {
+      unet.dispose();
+    }
+  });
+
+  it("checkpointBlocks(minElements) recomputes only the blocks whose input holds that many values per sample, its gradient as close to TensorFlow.js's", async () => {
+    const unet = await UNet2DConditionModel.load(join(FIXTURES, 'tiny-a/model/unet'));
+    try {
+      // tiny-a on a 2 x 8 x 8 x 4 latent: the blocks' inputs hold 2,048 values per sample (down_blocks.0:
+      // 32 x 8 x 8), 512 (down_blocks.1), 1,024 (mid_block, up_blocks.0) and 4,096 (up_blocks.1).
+      const run = (minElements: number | null) =>
+        gradCheck({
+          inputs: [img(2, 8, 8, 4), { shape: [2], data: Float32Array.of(10, 601), wrt: false }, { shape: [2, 5, 32] }],
+          imageOut: true,
+          run: <T>(o: Ops<T>, [x, t, ctx]: T[]) =>
+            o instanceof GradOps && minElements !== null
+              ? (unet.denoise(o, x as Value, t as Value, ctx as Value, o.checkpointBlocks(minElements)) as T)
+              : unet.denoise(o, x, t, ctx),
+        });
+      const [plain, all, large] = [await run(null), await run(0), await run(2048)];
+      const [n0, nAll, nLarge] = [plain, all, large].map((r) => convs(opCounts(r.bytes)));
+      measured.push(
+        `  forward convolutions: plain ${n0}, every block checkpointed ${nAll}, blocks >= 2,048 values ${nLarge}`,
+      );
+      expect(nLarge).toBeGreaterThan(n0);
+      expect(nLarge).toBeLessThan(nAll);
+      // Both against TensorFlow.js within the whole-UNet bound (K 9 x 128, 30 layers deep, as above).
+      const bound = 1e-6 * Math.sqrt(9 * 128) * Math.sqrt(30);
+      for (const r of [all, large])
+        for (const [k, e] of Object.entries(r.errors)) expect(e.maxAbs / e.maxRef, `d${k}`).toBeLessThanOrEqual(bound);
+      measured.push(
+        `  blocks >= 2,048 values checkpointed: worst ${Math.max(...Object.values(large.errors).map((e) => e.maxAbs / e.maxRef)).toExponential(1)} (bound ${bound.toExponential(1)})`,
+      );
     } finally {
       unet.dispose();
     }

@@ -8,8 +8,10 @@ import { describe, expect, it } from 'vitest';
 import { GraphBuilder } from '../../src-main/engine/onnx/graphBuilder.ts';
 import {
   SMALL_MODEL_BYTES,
+  FLIPPED_FILTER_MIN_PIXELS,
   trainingSessionExtra,
   trainStepArena,
+  trainStepMemPattern,
   trainStepWeightLayout,
 } from '../../src-main/engine/onnx/trainStepGraph.ts';
 
@@ -74,11 +76,12 @@ describe('trainingSessionExtra (the ONNX training session options)', () => {
 });
 
 describe('trainStepWeightLayout (how the step holds the frozen weights)', () => {
-  it('holds each weight once on the CPU: Gemm, no prepacking, no NCHWc reordering', () => {
+  it('holds each weight once on the CPU (Gemm, no prepacking, no NCHWc reordering) but for flipped copies of the high-resolution filters', () => {
     expect(trainStepWeightLayout(['cpu'], {})).toEqual({
       linearLayout: 'gemm',
       prepacking: false,
       disableOptimizers: ['NchwcTransformer'],
+      flippedFilterMinPixels: FLIPPED_FILTER_MIN_PIXELS,
     });
   });
 
@@ -87,14 +90,21 @@ describe('trainStepWeightLayout (how the step holds the frozen weights)', () => 
       linearLayout: 'matmul',
       prepacking: true,
       disableOptimizers: [],
+      flippedFilterMinPixels: undefined,
     });
-    expect(trainStepWeightLayout(['cpu'], { linearLayout: 'matmul', prepacking: true, disableOptimizers: [] })).toEqual(
-      {
+    expect(
+      trainStepWeightLayout(['cpu'], {
         linearLayout: 'matmul',
         prepacking: true,
         disableOptimizers: [],
-      },
-    );
+        flippedFilterMinPixels: Number.POSITIVE_INFINITY,
+      }),
+    ).toEqual({
+      linearLayout: 'matmul',
+      prepacking: true,
+      disableOptimizers: [],
+      flippedFilterMinPixels: Number.POSITIVE_INFINITY,
+    });
   });
 });
 
@@ -108,5 +118,12 @@ describe('trainStepArena (ONNX Runtime CPU arena for the training session)', () 
   it('leaves the choice to SINGLORA_ORT_ARENA when it is set, either way', () => {
     expect(trainStepArena(['cpu'], 10e6, { SINGLORA_ORT_ARENA: '0' })).toBeUndefined();
     expect(trainStepArena(['cpu'], 4e9, { SINGLORA_ORT_ARENA: '1' })).toBeUndefined();
+  });
+});
+
+describe('trainStepMemPattern (ONNX Runtime memory pattern for the training session)', () => {
+  it('is off on the CPU provider (a planned block over the peak from the second step on), the default elsewhere', () => {
+    expect(trainStepMemPattern(['cpu'])).toBe(false);
+    expect(trainStepMemPattern(['webgpu', 'cpu'])).toBeUndefined();
   });
 });

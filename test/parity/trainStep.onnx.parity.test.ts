@@ -47,8 +47,17 @@ import {
 } from '../helpers/trainStepCases.ts';
 import { checkStep, checkUpdate, skipIfMissing, updateCase } from '../helpers/trainStepChecks.ts';
 
-/** With and without gradient checkpointing (SingLoRA). */
-const CHECKPOINTING_CASES = [false, true];
+/**
+ * SingLoRA's step variants: with and without gradient checkpointing, and with attention's backward
+ * as two fused attentions (grad/fusedAttentionBackward.ts) at every head size, not only the small
+ * heads it is chosen for by default (tiny-a's are 8 wide).
+ */
+const SINGLORA_CASES = [
+  { checkpointing: false },
+  { checkpointing: true },
+  { checkpointing: false, attentionBackward: 'fused' as const },
+  { checkpointing: true, attentionBackward: 'fused' as const },
+];
 
 /** The Linear layers of a UNet config: path -> [in, out]. */
 function linearsOf(config: unknown): Map<string, { inFeatures: number; outFeatures: number }> {
@@ -126,7 +135,11 @@ for (const folder of parityFolders()) {
     });
 
     /** The float32 step graph for the case's batch and layers on the CPU provider, released after the file. */
-    const openStep = async (o: { gradients: boolean; checkpointing?: boolean }) => {
+    const openStep = async (o: {
+      gradients: boolean;
+      checkpointing?: boolean;
+      attentionBackward?: 'auto' | 'fused' | 'plain';
+    }) => {
       const opened = await openTrainStep(base.unet, {
         dtype: 'float32',
         shape: stepShapeOf(batch),
@@ -158,10 +171,17 @@ for (const folder of parityFolders()) {
       });
 
       // Gradient checkpointing recomputes every block in the backward: the same numbers (SingLoRA only, to keep CI short).
-      for (const checkpointing of method === 'singlora' ? CHECKPOINTING_CASES : [false])
-        it(`${label}: one onnx ${method} training step${checkpointing ? ' with gradient checkpointing' : ''} (loss, gradients, grad norm, clipping + AdamW) matches PyTorch`, async (ctx) => {
+      for (const { checkpointing, attentionBackward } of method === 'singlora'
+        ? SINGLORA_CASES
+        : [{ checkpointing: false, attentionBackward: undefined }]) {
+        const parts = [
+          checkpointing ? 'gradient checkpointing' : '',
+          attentionBackward ? `the ${attentionBackward} attention backward` : '',
+        ].filter(Boolean);
+        const variant = parts.length ? ` with ${parts.join(' and ')}` : '';
+        it(`${label}: one onnx ${method} training step${variant} (loss, gradients, grad norm, clipping + AdamW) matches PyTorch`, async (ctx) => {
           skipIfMissing(ctx, cases, folder, meta, method);
-          const opened = await openStep({ gradients: true, checkpointing });
+          const opened = await openStep({ gradients: true, checkpointing, attentionBackward });
           const adapters = await initialAdapters(cases, meta, method, linears);
           const optimizer = new AdamWArrays(adapters.params, adamWOptions(meta));
           const result = await onnxTrainStep(
@@ -175,10 +195,11 @@ for (const folder of parityFolders()) {
             meta,
             method,
             { ...result, grads: result.grads!, after: adapters.params },
-            `${method}${checkpointing ? ' (checkpointing)' : ''}`,
+            `${method}${checkpointing ? ' (checkpointing)' : ''}${attentionBackward ? ` (${attentionBackward} attention backward)` : ''}`,
             (line) => errors.push(line),
           );
         });
+      }
 
       it(`${label}: onnx ${method} training step's clipping + AdamW on arrays, from the reference gradient, matches PyTorch (every parameter within ${PARAM_ABS})`, async (ctx) => {
         skipIfMissing(ctx, cases, folder, meta, method);

@@ -251,6 +251,11 @@ export interface SessionOptions {
    */
   readonly cpuArena?: boolean;
   /**
+   * ONNX Runtime's memory pattern (default on): from the second run on, one block planned for all
+   * of a run's intermediates. The training step turns it off (`trainStepMemPattern`).
+   */
+  readonly memPattern?: boolean;
+  /**
    * Session config entries, nested by area as onnxruntime's config keys are dotted
    * (`{ session: { disable_cpu_ep_fallback: '1' } }` is `session.disable_cpu_ep_fallback`).
    */
@@ -282,6 +287,7 @@ export class OnnxSession {
         executionProviders: [...options.providers],
         graphOptimizationLevel: 'all',
         enableCpuMemArena: options.cpuArena ?? process.env.SINGLORA_ORT_ARENA === '1',
+        ...(options.memPattern === false ? { enableMemPattern: false } : {}),
         logSeverityLevel: 3, // errors only: node-placement warnings are expected with a GPU provider plus the CPU
         ...(options.intraOpNumThreads ? { intraOpNumThreads: options.intraOpNumThreads } : {}),
         ...(options.extra ? { extra: options.extra } : {}),

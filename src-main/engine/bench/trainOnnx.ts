@@ -79,6 +79,8 @@ export interface BenchTrainOnnxReport {
     linear_layout: 'matmul' | 'gemm';
     prepacking: boolean;
     disabled_optimizers: readonly string[];
+    /** Stride-1 convolutions over at least this many pixels use a flipped filter copy (null: none). */
+    flipped_filter_min_pixels: number | null;
     /** The forward's attention (trainStepGraph.ts `trainStepAttention`). */
     attention: 'fused' | 'plain';
     /** ONNX Runtime's CPU arena (trainStepGraph.ts `trainStepArena`, or SINGLORA_ORT_ARENA). */
@@ -266,6 +268,7 @@ function trainOnnxReport(
       linear_layout: s.layout.linearLayout,
       prepacking: s.layout.prepacking,
       disabled_optimizers: s.layout.disableOptimizers,
+      flipped_filter_min_pixels: s.layout.flippedFilterMinPixels ?? null,
       attention: s.attention,
       cpu_arena: trainStepArena(s.providers, r.weightFileBytes) ?? process.env.SINGLORA_ORT_ARENA === '1',
     },

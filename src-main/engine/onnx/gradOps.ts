@@ -44,6 +44,7 @@ import type { Pad2d } from '../models/ops/ops.ts';
 import type { BlockRunner } from '../models/unet2dCondition.ts';
 import type { ElemType, GraphBuilder, GraphDim, Value } from './graphBuilder.ts';
 import { OnnxOps, sidePathInputs, type OnnxOpsOptions } from './onnxOps.ts';
+import { type FusedAttentionStats, fusedAttentionForward, useFusedAttention } from './grad/fusedAttentionBackward.ts';
 import { headGroups, RULES, splitHeads } from './grad/rules.ts';
 import {
   broadcastAxes,
@@ -61,7 +62,7 @@ import type { OpArgs, OpName, Rule, RuleContext, TapeEntry } from './grad/tape.t
  * Bumped whenever the graphs GradOps emits change (a rule, the attention slicing, the gates), so
  * that cached training graphs are rebuilt (trainStepGraph.ts puts it in its cache key).
  */
-export const GRAD_VERSION = 6;
+export const GRAD_VERSION = 8;
 
 /** A side path's factors: down [in, r], up [r, out] (any float type; cast to the compute type). */
 export interface SideFactors {
@@ -87,6 +88,19 @@ export interface GradOpsOptions extends OnnxOpsOptions {
    * 905 ms and +319 MiB (scripts run once each; the CPU was shared).
    */
   readonly linearLayout?: 'matmul' | 'gemm';
+  /**
+   * Attention's backward when the forward is fused (float32): 'auto' (default) makes forward and
+   * backward two fused attentions for small heads (grad/fusedAttentionBackward.ts: tiny-b's step, head
+   * size 4, took 26% less CPU time; at head size 8 it gained nothing) and keeps the plain rule
+   * otherwise; 'fused' takes the fused one for any head size (tests); 'plain' always the plain rule.
+   */
+  readonly attentionBackward?: 'auto' | 'fused' | 'plain';
+  /**
+   * Stride-1 convolutions whose input has at least this many pixels get their input gradient from
+   * Conv on the filter transposed and flipped, which ONNX Runtime folds into a second copy of that
+   * filter (default: none, ConvTranspose on the filter as it is).
+   */
+  readonly flippedFilterMinPixels?: number;
 }
 
 /** The default budget of one attention slice's scores (64 MiB in float32). */
@@ -104,6 +118,8 @@ export class GradOps extends OnnxOps {
   private readonly ownSidePaths: ReadonlyMap<Linear, string>;
   private readonly factors = new Map<string, SideFactors>();
   private readonly headsPerSlice: number | undefined;
+  /** What fused-backward attentions' forwards kept, by output name. */
+  private readonly attentionStats = new Map<string, FusedAttentionStats>();
   /** > 0 while an op emits (its nested op calls are not recorded) or a segment is replayed. */
   private depth = 0;
   private segment: number | undefined;
@@ -563,10 +579,24 @@ export class GradOps extends OnnxOps {
       'attention',
       mask ? [q, k, v, mask] : [q, k, v],
       { heads, mask: mask !== undefined },
-      (ins) =>
-        this.gradOptions.attention === 'fused'
-          ? this.fusedAttention(ins[0], ins[1], ins[2], heads, ins[3])
-          : this.slicedAttention(ins[0], ins[1], ins[2], heads, ins[3]),
+      (ins) => {
+        if (this.gradOptions.attention !== 'fused') return this.slicedAttention(ins[0], ins[1], ins[2], heads, ins[3]);
+        const c = this.ruleContext();
+        if (
+          !useFusedAttention(
+            c.fusedAttention,
+            [q, k, v].map((t) => this.shapeOf(t)),
+            heads,
+            mask !== undefined,
+          )
+        )
+          return this.fusedAttention(ins[0], ins[1], ins[2], heads, ins[3]);
+        // The forward its backward reuses (grad/fusedAttentionBackward.ts), also when a checkpoint replays it.
+        const [qc, kc, vc] = ins.slice(0, 3).map((t) => this.compute(t));
+        const { out, ...stats } = fusedAttentionForward(c, qc, kc, vc, heads);
+        this.attentionStats.set(out.name, stats);
+        return out;
+      },
       ([s]) => s,
     );
   }
@@ -662,9 +692,20 @@ export class GradOps extends OnnxOps {
     }
   }
 
-  /** A UNet BlockRunner (unet2dCondition.ts) that checkpoints every block. */
-  checkpointBlocks(): BlockRunner<Value> {
-    return (_name, fn, inputs) => this.checkpoint(() => fn(inputs));
+  /**
+   * A UNet BlockRunner (unet2dCondition.ts) that checkpoints every block whose first input holds at
+   * least `minElements` values per sample (C H W; every block by default, and any block whose size
+   * is not known). Low-resolution blocks hold little per value of arithmetic, so keeping their
+   * activations costs little memory and saves their recomputation.
+   */
+  checkpointBlocks(minElements = 0): BlockRunner<Value> {
+    return (_name, fn, inputs) => {
+      const perSample = this.shapeOf(inputs[0]).slice(1);
+      const size = perSample.every((d) => typeof d === 'number')
+        ? (perSample as number[]).reduce((a, b) => a * b, 1)
+        : Number.POSITIVE_INFINITY;
+      return size >= minElements ? this.checkpoint(() => fn(inputs)) : fn(inputs);
+    };
   }
 
   /** d(loss)/d(v) for each wrt value, from the scalar `loss` (seed 1). */
@@ -811,6 +852,14 @@ export class GradOps extends OnnxOps {
       g: this.g,
       dtype: this.dtype,
       attentionGroup: (q, k, heads) => this.attentionGroup(q, k, heads),
+      fusedAttention:
+        this.gradOptions.attention !== 'fused' ||
+        this.dtype !== 'float32' ||
+        this.gradOptions.attentionBackward === 'plain'
+          ? 'off'
+          : this.gradOptions.attentionBackward === 'fused'
+            ? 'always'
+            : 'small',
       shape: (v) => this.shapeOf(v),
       param: (p) => this.param(p),
       castLike: (v, like) => this.castLike(v, like),
@@ -819,6 +868,8 @@ export class GradOps extends OnnxOps {
       zerosLike: (v) => this.zerosLike(v),
       sumAll: (v) => sumAll(this.g, v),
       scalar: (n, like) => this.scalar(like, n),
+      attentionStats: (out) => this.attentionStats.get(out.name),
+      flippedFilterMinPixels: this.gradOptions.flippedFilterMinPixels ?? Number.POSITIVE_INFINITY,
     };
   }
 }

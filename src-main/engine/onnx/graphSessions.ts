@@ -69,6 +69,8 @@ export interface SessionRequest {
   readonly intraOpNumThreads?: number;
   /** ONNX Runtime's CPU arena (OnnxSession's `cpuArena`; default: off unless SINGLORA_ORT_ARENA=1). */
   readonly cpuArena?: boolean;
+  /** ONNX Runtime's memory pattern (OnnxSession's `memPattern`; default on). */
+  readonly memPattern?: boolean;
 }
 
 export interface OpenedGraph {
@@ -154,6 +156,7 @@ export async function openGraph(req: GraphRequest, opts: SessionRequest): Promis
       extra: opts.extra,
       intraOpNumThreads: opts.intraOpNumThreads,
       cpuArena: opts.cpuArena,
+      memPattern: opts.memPattern,
     };
     const session = linked
       ? await OnnxSession.create(graphFile, common)

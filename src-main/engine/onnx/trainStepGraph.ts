@@ -26,8 +26,9 @@
  *
  * Inputs have fixed sizes (`StepShape`): one graph per batch and latent size.
  *
- * Gradient checkpointing wraps every UNet block in the executor's `checkpoint`, so the backward
- * pass recomputes each block's activations instead of keeping them. Training sessions are created
+ * Gradient checkpointing wraps the UNet blocks whose input holds at least CHECKPOINT_MIN_ELEMENTS
+ * values per sample in the executor's `checkpoint`, so the backward pass recomputes those blocks'
+ * activations instead of keeping them. Training sessions are created
  * with common-subexpression elimination off (a second guard: the executor already makes the
  * recomputation read gated inputs, so it cannot be merged back into the forward) and no silent
  * CPU fallback, see `trainingSessionExtra`.
@@ -75,8 +76,13 @@ export interface TrainStepGraphOptions {
    * loss only (the forward half, which also serves the fixed-noise loss).
    */
   readonly gradients: boolean;
-  /** Recompute each UNet block in the backward pass (needs `gradients`). */
+  /** Recompute UNet blocks in the backward pass (needs `gradients`); which ones: `checkpointMinElements`. */
   readonly checkpointing?: boolean;
+  /**
+   * With checkpointing, the blocks recomputed: those whose input holds at least this many values
+   * per sample (GradOps.checkpointBlocks; default CHECKPOINT_MIN_ELEMENTS, 0 for every block).
+   */
+  readonly checkpointMinElements?: number;
   /**
    * The forward's attention: plain MatMul/Softmax ops per head group, or ONNX Runtime's fused
    * MultiHeadAttention (GradOps); the backward recomputes the scores with plain ops either way.
@@ -96,7 +102,21 @@ export interface TrainStepGraphOptions {
    * `openTrainStep` picks one per provider (`trainStepWeightLayout`); `emitTrainStep` defaults to `matmul`.
    */
   readonly linearLayout?: 'matmul' | 'gemm';
+  /** Attention's backward (GradOps' `attentionBackward`; default 'auto'). */
+  readonly attentionBackward?: 'auto' | 'fused' | 'plain';
+  /** GradOps' `flippedFilterMinPixels` (`openTrainStep` picks one per provider: `trainStepWeightLayout`). */
+  readonly flippedFilterMinPixels?: number;
 }
+
+/**
+ * The smallest UNet block input (values per sample, C H W) that gradient checkpointing recomputes.
+ * A low-resolution block does much arithmetic per value it would keep, so it keeps its activations.
+ * SD 1.5 at 256 px then recomputes down_blocks.0, up_blocks.2 and up_blocks.3 (not every block):
+ * 7.0 s against 8.8 s of CPU per step, peak 4,533 MiB against 4,093 (goal 5,400); at 512 px every
+ * block but the 8x8 ones: 35.9 s against 36.6 s of CPU, peak 6,450 MiB against 6,398 (goal 8 GB)
+ * (docs/performance.md).
+ */
+export const CHECKPOINT_MIN_ELEMENTS = 100_000;
 
 export interface TrainStepGraph {
   readonly bytes: Uint8Array;
@@ -132,6 +152,8 @@ export function emitTrainStep(
         ...opsOptions,
         attentionHeadsPerSlice: options.attentionHeadsPerSlice,
         linearLayout: options.linearLayout,
+        attentionBackward: options.attentionBackward,
+        flippedFilterMinPixels: options.flippedFilterMinPixels,
       })
     : undefined;
   const ops: OnnxOps = grad ?? new OnnxOps(opsOptions);
@@ -145,7 +167,10 @@ export function emitTrainStep(
   const target = input('target', [batch, height, width, cfg.outChannels]);
   const lossWeight = input('loss_weight', [batch]);
 
-  const runBlock: BlockRunner<Value> | undefined = grad && options.checkpointing ? grad.checkpointBlocks() : undefined;
+  const runBlock: BlockRunner<Value> | undefined =
+    grad && options.checkpointing
+      ? grad.checkpointBlocks(options.checkpointMinElements ?? CHECKPOINT_MIN_ELEMENTS)
+      : undefined;
   // The transpose is made outside the executor: tell it the shape, or every size downstream is a
   // symbol and the attention falls back to one head per slice and run-time broadcast searches.
   const x = toNCHW(g, sample); // [n, c, h, w]
@@ -238,7 +263,19 @@ export interface TrainStepWeightLayout {
   readonly linearLayout: 'matmul' | 'gemm';
   readonly prepacking: boolean;
   readonly disableOptimizers: readonly string[];
+  /** GradOps' `flippedFilterMinPixels`: which convolutions' filters get a transposed, flipped copy. */
+  readonly flippedFilterMinPixels: number | undefined;
 }
+
+/**
+ * On the CPU provider, stride-1 convolutions over at least this many pixels (32 x 32) take their
+ * input gradient from Conv on a folded, transposed and flipped copy of their filter instead of
+ * ConvTranspose (which transposes the filter on every call, prepacking being off, and adds a 9x
+ * column buffer and a col2im pass): about twice as fast per convolution. The copies are of the
+ * high-resolution blocks' filters, the smaller ones: about 70 MiB for SD 1.5 at 256 px, 300 MiB at
+ * 512 px (docs/performance.md).
+ */
+export const FLIPPED_FILTER_MIN_PIXELS = 1024;
 
 /**
  * How the step holds the frozen weights, where the options leave it open. On the CPU provider,
@@ -255,6 +292,7 @@ export function trainStepWeightLayout(
     readonly linearLayout?: 'matmul' | 'gemm';
     readonly prepacking?: boolean;
     readonly disableOptimizers?: readonly string[];
+    readonly flippedFilterMinPixels?: number;
   },
 ): TrainStepWeightLayout {
   const cpu = providers[0] === 'cpu';
@@ -262,6 +300,7 @@ export function trainStepWeightLayout(
     linearLayout: o.linearLayout ?? (cpu ? 'gemm' : 'matmul'),
     prepacking: o.prepacking ?? !cpu,
     disableOptimizers: o.disableOptimizers ?? (cpu ? ['NchwcTransformer'] : []),
+    flippedFilterMinPixels: o.flippedFilterMinPixels ?? (cpu ? FLIPPED_FILTER_MIN_PIXELS : undefined),
   };
 }
 
@@ -276,6 +315,17 @@ export function trainStepAttention(
   attention?: 'fused' | 'plain',
 ): 'fused' | 'plain' {
   return attention ?? (providers[0] === 'cpu' && dtype === 'float32' ? 'fused' : 'plain');
+}
+
+/**
+ * ONNX Runtime's memory pattern for a training session: off on the CPU provider. With it, the
+ * second and later runs allocate one block planned for all of a run's intermediates, larger than
+ * what the first run held at once: SD 1.5 at 512 px with checkpointing peaked at 8,003 MiB over two
+ * steps with it, 6,718 MiB without, at the same speed (14.8-15.2 s per step, 28.4-29.0 s CPU;
+ * docs/performance.md). The default elsewhere (not measured on GPU providers).
+ */
+export function trainStepMemPattern(providers: readonly ExecutionProvider[]): boolean | undefined {
+  return providers[0] === 'cpu' ? false : undefined;
 }
 
 /** Weights below which a CPU training session keeps ONNX Runtime's arena on (`trainStepArena`). */
@@ -314,7 +364,7 @@ export async function openTrainStep(files: ComponentFiles, options: OpenTrainSte
       dtype: o.dtype,
       sidePaths: o.sidePaths,
       attention,
-      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? '+checkpointing' : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} ${o.linearLayout} sin/cos ${sinCos} grad v${GRAD_VERSION}`,
+      variant: `${o.gradients ? 'gradients' : 'loss'}${o.checkpointing ? `+checkpointing>=${o.checkpointMinElements ?? CHECKPOINT_MIN_ELEMENTS}` : ''} ${shapeKey(o.shape)} heads/slice ${o.attentionHeadsPerSlice ?? 'auto'} attention backward ${o.attentionBackward ?? 'auto'} flipped filters >= ${o.flippedFilterMinPixels ?? 'none'} px ${o.linearLayout} sin/cos ${sinCos} grad v${GRAD_VERSION}`,
       config: files.config,
       files: files.files,
       emit: () => ({
@@ -327,6 +377,7 @@ export async function openTrainStep(files: ComponentFiles, options: OpenTrainSte
       cacheDir: o.cacheDir,
       inMemory: o.inMemory,
       intraOpNumThreads: o.intraOpNumThreads,
+      memPattern: trainStepMemPattern(o.providers),
       cpuArena: trainStepArena(
         o.providers,
         files.files.reduce((n, f) => n + statSync(f).size, 0),

@@ -12,7 +12,8 @@
  *   linear           y = x W^T + b + (x D) U         dx = dy W + (dy U^T) D^T
  *                                                    dD = x^T (dy U^T),  dU = (x D)^T dy
  *                                                    (summed over every leading axis)
- *   conv2d           Conv(x, W)                      dx = ConvTranspose(dy, W), cropped to x
+ *   conv2d           Conv(x, W)                      dx = ConvTranspose(dy, W), cropped to x; or, at
+ *                                                    stride 1, Conv(dy, W transposed and flipped)
  *   groupNorm        x^ = (x - mu) r, y = x^ g + b   dx = r (dx^ - mean(dx^) - x^ mean(dx^ x^)),
  *   layerNorm          r = 1/sqrt(var + eps)           dx^ = dy g; means over the group / last axis
  *   sigmoid, exp     s, e                            dy s (1 - s), dy e
@@ -21,12 +22,15 @@
  *   clip             clamp(x, lo, hi)                dy where lo <= x <= hi, else 0
  *   add, sub, mul,   a op b (broadcast)              each operand's partial, summed back over
  *   div                                              the axes it was broadcast along
- *   attention        softmax(q k^T / sqrt(d)) v       per head group, from recomputed scores
+ *   attention        softmax(q k^T / sqrt(d)) v       per head group, from recomputed scores; small heads
+ *                                                    with a fused forward: two fused attentions
+ *                                                    (fusedAttentionBackward.ts)
  *   structure ops    reshape, concat, split, ...     the adjoint data movement
  *   upsampleNearest  Resize nearest                  each source pixel sums its copies
  */
 import type { Value } from '../graphBuilder.ts';
 import type { OpName, Rule, RuleContext, TapeEntry } from './tape.ts';
+import { fusedAttentionBackward, useFusedAttention } from './fusedAttentionBackward.ts';
 import { isStatic } from './shapes.ts';
 
 type Rules = { [K in OpName]: Rule<K> };
@@ -147,6 +151,19 @@ export const RULES: Rules = {
     const { layer, pad } = e.args;
     const s = layer.stride;
     const k = layer.kernelSize;
+    const [h, w] = c.shape(e.inputs[0]).slice(2);
+    if (s === 1 && typeof h === 'number' && typeof w === 'number' && h * w >= c.flippedFilterMinPixels) {
+      // Conv on the filter transposed and flipped: ONNX Runtime folds it into a copy of the
+      // filter when the session is created; on the CPU about twice as fast as ConvTranspose.
+      const g = c.g;
+      const wT = g.op('Transpose', [c.param(layer.weight)], { perm: [1, 0, 2, 3] }); // [in, out, k, k]
+      const flipped = g.op('Slice', [wT, g.ints([-1, -1]), g.ints([-k - 1, -k - 1]), g.ints([2, 3]), g.ints([-1, -1])]);
+      const dx = g.op('Conv', [dy, flipped], {
+        kernel_shape: [k, k],
+        pads: [k - 1 - pad[0][0], k - 1 - pad[1][0], k - 1 - pad[0][1], k - 1 - pad[1][1]],
+      });
+      return [c.castLike(dx, e.inputs[0])];
+    }
     // Stride 1 gives back x's size exactly; stride s may fall one short, so output_padding s-1
     // makes it at least x's size, and the extra bottom/right rows (padding) are cropped.
     let dx = c.g.op('ConvTranspose', [dy, c.param(layer.weight)], {
@@ -284,7 +301,13 @@ export const RULES: Rules = {
     return [c.castLike(c.g.op('MatMul', [rowsSummed, uw], {}, { rank: 4 }), x), null];
   },
 
-  attention: (c, e, [dy], need) => (dy ? attentionBackward(c, e, dy, need) : e.inputs.map(() => null)),
+  attention: (c, e, [dy], need) => {
+    if (!dy) return e.inputs.map(() => null);
+    const shapes = e.inputs.map((t) => c.shape(t));
+    return useFusedAttention(c.fusedAttention, shapes, e.args.heads, e.args.mask)
+      ? fusedAttentionBackward(c, e, dy, c.attentionStats(e.outputs[0]))
+      : attentionBackward(c, e, dy, need);
+  },
 
   reduceSum: (c, e, [dy], need) => (dy && need[0] ? [c.castLike(expandBack(c, e, dy), e.inputs[0])] : [null]),
   reduceMean: (c, e, [dy], need) => {

@@ -11,6 +11,7 @@ import type { GroupNorm, LayerNorm } from '../../models/layers/norm.ts';
 import type { Pad2d } from '../../models/ops/ops.ts';
 import type { ComputeType } from '../onnxOps.ts';
 import type { GraphBuilder, Value } from '../graphBuilder.ts';
+import type { FusedAttentionStats } from './fusedAttentionBackward.ts';
 import type { Dim } from './shapes.ts';
 
 /** Each op's non-Value arguments; the comment lists its Value inputs, in order. */
@@ -68,6 +69,20 @@ export interface RuleContext {
   readonly dtype: ComputeType;
   /** Heads per attention slice for these q and k (the forward's slicing; gradOps.ts). */
   attentionGroup(q: Value, k: Value, heads: number): number;
+  /**
+   * Where attention's backward uses ONNX Runtime's com.microsoft MultiHeadAttention
+   * (grad/fusedAttentionBackward.ts; only when the forward does, in float32): 'off', for 'small'
+   * heads, or wherever it can ('always', for tests of the rule on larger heads).
+   */
+  readonly fusedAttention: 'off' | 'small' | 'always';
+  /**
+   * Stride-1 convolutions whose input has at least this many pixels (H W) get their input gradient
+   * from Conv on a transposed, flipped filter, which ONNX Runtime folds into a copy (GradOps'
+   * `flippedFilterMinPixels`); the others from ConvTranspose.
+   */
+  readonly flippedFilterMinPixels: number;
+  /** The statistics a fused-backward attention's forward kept for its output `out`, if it did. */
+  attentionStats(out: Value): FusedAttentionStats | undefined;
   /** The symbolic shape of a value GradOps made or was told about. */
   shape(v: Value): readonly Dim[];
   /** A frozen parameter's initializer, in the compute type. */
