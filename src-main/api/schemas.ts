@@ -39,6 +39,18 @@ export const DEFAULT_ENGINE: EngineChoice = 'onnx';
 export const TENSOR_BACKENDS = ['tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 /** Compute types of ONNX Runtime (an image's sidecar, the benchmarks' `--dtype`). */
 export const COMPUTE_DTYPES = ['float32', 'float16'] as const;
+/** Float types a weights file is written in (adapter export, the toy build, `bench unet --file-dtype`). */
+export const WEIGHT_FILE_DTYPES = ['F32', 'F16'] as const;
+export type WeightFileDtype = (typeof WEIGHT_FILE_DTYPES)[number];
+/**
+ * How the ONNX training graph reads a frozen Linear weight: `matmul` (a transposed copy) or `gemm`
+ * (no copy). `bench train --linear-layout`; the default is gemm on the CPU, matmul on GPU providers.
+ */
+export const LINEAR_LAYOUTS = ['matmul', 'gemm'] as const;
+export type LinearLayout = (typeof LINEAR_LAYOUTS)[number];
+/** TensorFlow.js attention kernels: `memory-efficient` (training) or `plain` (inference, `bench train --attention`). */
+export const ATTENTION_MODES = ['memory-efficient', 'plain'] as const;
+export type AttentionMode = (typeof ATTENTION_MODES)[number];
 /** Which checkpoints of a run an evaluation scores (`evaluation.start`, `singlora eval --checkpoints`). */
 export const EVAL_CHECKPOINTS = ['all', 'latest'] as const;
 /**

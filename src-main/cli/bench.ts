@@ -11,6 +11,12 @@ import {
   type METHODS,
   PROVIDERS,
   trainSettingsSchema,
+  ATTENTION_MODES,
+  type AttentionMode,
+  LINEAR_LAYOUTS,
+  type LinearLayout,
+  WEIGHT_FILE_DTYPES,
+  type WeightFileDtype,
 } from '../api/schemas.ts';
 import {
   action,
@@ -85,7 +91,7 @@ function registerBenchUnet(bench: Command): void {
         .addOption(dtypeOption())
         .addOption(
           new Option('--file-dtype <type>', 'onnx engine: dtype of the random weights file')
-            .choices(['F32', 'F16'])
+            .choices([...WEIGHT_FILE_DTYPES])
             .default('F32'),
         )
         .option('--in-memory', 'onnx engine: hand the weights to ONNX Runtime in memory instead of linking the file'),
@@ -101,7 +107,7 @@ type BenchUnetOptions = GlobalOptions &
     iters: number;
     warmup: number;
     dtype?: (typeof COMPUTE_DTYPES)[number];
-    fileDtype: 'F32' | 'F16';
+    fileDtype: WeightFileDtype;
     inMemory?: boolean;
   };
 
@@ -200,7 +206,7 @@ function registerBenchTrain(bench: Command): void {
       .option('--gradient-checkpointing', "the same as --checkpointing (the train setting's name)")
       .addOption(
         new Option('--attention <mode>', 'memory-efficient (as train uses) or plain (for comparison)')
-          .choices(['memory-efficient', 'plain'])
+          .choices([...ATTENTION_MODES])
           .default('memory-efficient'),
       )
       .option('--profile', "tfjs engine: also list the step's kernels by time")
@@ -217,7 +223,7 @@ function registerBenchTrain(bench: Command): void {
         new Option(
           '--linear-layout <layout>',
           'onnx engine: frozen Linear weights read by MatMul (a transposed copy) or Gemm (no copy); default gemm on cpu, matmul on GPU providers',
-        ).choices(['matmul', 'gemm']),
+        ).choices([...LINEAR_LAYOUTS]),
       )
       .option('--prepacking', "onnx engine: ONNX Runtime's packed weight copies (default on GPU providers)")
       .option('--no-prepacking', 'onnx engine: no packed weight copies (default on cpu)')
@@ -238,12 +244,12 @@ type BenchTrainOptions = GlobalOptions & {
   batch: number;
   checkpointing?: boolean;
   gradientCheckpointing?: boolean;
-  attention: 'memory-efficient' | 'plain';
+  attention: AttentionMode;
   profile?: boolean;
   engine: (typeof ENGINES)[number];
   provider?: (typeof PROVIDERS)[number];
   dtype?: (typeof COMPUTE_DTYPES)[number];
-  linearLayout?: 'matmul' | 'gemm';
+  linearLayout?: LinearLayout;
   prepacking?: boolean;
   disableOptimizers?: string;
 };

@@ -21,8 +21,9 @@ import type { AtomicOptions } from '../io/atomic.ts';
 import { writeSafetensors, type TensorToWrite } from '../io/safetensors.ts';
 import { kohyaName, peftName } from '../io/keyMap.ts';
 import type { NativeAdapterFile } from './adapterFile.ts';
+import type { WeightFileDtype } from '../../api/schemas.ts';
 
-export type ExportDtype = 'F32' | 'F16';
+export type ExportDtype = WeightFileDtype;
 
 /** up [d_out, r] and down [r, d_in] of one target, as plain float32 data. */
 export function upDown(

@@ -28,7 +28,7 @@ import { ADAPTER_FORMAT, adapterBytes, readAdapterFile, type NativeAdapterFile }
 import { exportKohya, exportPeft } from './export.ts';
 import { nativeDelta } from './import.ts';
 
-import { EXPORT_FORMATS } from '../../api/schemas.ts';
+import { EXPORT_FORMATS, type WeightFileDtype } from '../../api/schemas.ts';
 
 export { EXPORT_FORMATS };
 export type ExportFormat = (typeof EXPORT_FORMATS)[number];
@@ -41,7 +41,7 @@ export interface ExportOptions {
   /** Base model, needed by the merged formats. */
   base?: string;
   baseOptions?: OpenBaseModelOptions;
-  dtype?: 'F32' | 'F16';
+  dtype?: WeightFileDtype;
   /** Replace an existing `out` (default: refuse, naming it). */
   overwrite?: boolean;
   onProgress?: (done: number, total: number) => void;

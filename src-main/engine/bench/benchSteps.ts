@@ -9,6 +9,7 @@ import { writeSafetensors } from '../io/safetensors.ts';
 import { randomSource } from '../models/layers/module.ts';
 import type { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import { defaultCacheDir } from '../paths.ts';
+import type { WeightFileDtype } from '../../api/schemas.ts';
 
 /** A fresh temporary folder beside the ONNX cache: the same file system, so the weights can be linked. */
 export function benchTempDir(prefix: string): string {
@@ -24,7 +25,7 @@ export async function writeRandomUnet(
   dir: string,
   unet: UNet2DConditionModel,
   config: Record<string, unknown>,
-  o: { seed: number; dtype: 'F32' | 'F16' },
+  o: { seed: number; dtype: WeightFileDtype },
 ): Promise<{ file: string; configPath: string }> {
   const file = join(dir, 'unet', 'diffusion_pytorch_model.safetensors');
   const configPath = join(dir, 'unet', 'config.json');

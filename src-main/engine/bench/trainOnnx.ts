@@ -43,6 +43,7 @@ import {
   writeRandomUnet,
 } from './benchSteps.ts';
 import { benchTrainSetup, readTrainingSchedulerConfig } from './train.ts';
+import type { LinearLayout } from '../../api/schemas.ts';
 
 export interface BenchTrainOnnxOptions {
   /** A diffusers pipeline folder, a `unet/` folder, or a UNet config.json. */
@@ -57,7 +58,7 @@ export interface BenchTrainOnnxOptions {
   provider?: ProviderChoice;
   dtype?: ComputeType;
   /** How frozen Linears read their weights (trainStepGraph.ts `linearLayout`). */
-  linearLayout?: 'matmul' | 'gemm';
+  linearLayout?: LinearLayout;
   /** ONNX Runtime's weight prepacking (default: trainStepGraph.ts `trainStepWeightLayout`). */
   prepacking?: boolean;
   /** More ONNX Runtime graph optimizers to turn off (trainStepGraph.ts `disableOptimizers`). */
@@ -76,7 +77,7 @@ export interface BenchTrainOnnxReport {
     warmup: number;
     threads: number;
     weights: 'linked' | 'in-memory';
-    linear_layout: 'matmul' | 'gemm';
+    linear_layout: LinearLayout;
     prepacking: boolean;
     disabled_optimizers: readonly string[];
     /** Stride-1 convolutions over at least this many pixels use a flipped filter copy (null: none). */

@@ -26,6 +26,7 @@ import type { ComputeType } from '../onnx/onnxOps.ts';
 import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
 import { benchTempDir, writeRandomUnet } from './benchSteps.ts';
 import { readUNetConfig } from './unet.ts';
+import type { WeightFileDtype } from '../../api/schemas.ts';
 
 export interface BenchUnetOnnxOptions {
   /** A UNet config.json, a `unet/` folder or a model folder. */
@@ -39,7 +40,7 @@ export interface BenchUnetOnnxOptions {
   /** Default: float16 on GPU providers, float32 on the CPU. */
   dtype?: ComputeType;
   /** Weights written as F16 (default F32). */
-  fileDtype?: 'F32' | 'F16';
+  fileDtype?: WeightFileDtype;
   /** Hand the weights to ONNX Runtime in memory instead of linking the file. */
   inMemory?: boolean;
   log?: (line: string) => void;

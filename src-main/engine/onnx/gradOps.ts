@@ -57,6 +57,7 @@ import {
   Symbols,
 } from './grad/shapes.ts';
 import type { OpArgs, OpName, Rule, RuleContext, TapeEntry } from './grad/tape.ts';
+import type { LinearLayout } from '../../api/schemas.ts';
 
 /**
  * Bumped whenever the graphs GradOps emits change (a rule, the attention slicing, the gates), so
@@ -87,7 +88,7 @@ export interface GradOpsOptions extends OnnxOpsOptions {
    * of weights), forward and backward of 64 rows: 'matmul' 523 ms and +494 MiB RSS, 'gemm'
    * 905 ms and +319 MiB (scripts run once each; the CPU was shared).
    */
-  readonly linearLayout?: 'matmul' | 'gemm';
+  readonly linearLayout?: LinearLayout;
   /**
    * Attention's backward when the forward is fused (float32): 'auto' (default) makes forward and
    * backward two fused attentions for small heads (grad/fusedAttentionBackward.ts: tiny-b's step, head

@@ -43,6 +43,7 @@ import { GRAD_VERSION, GradOps } from './gradOps.ts';
 import { GraphBuilder, type GraphDim, type Value } from './graphBuilder.ts';
 import { openGraph, type OpenedGraph } from './graphSessions.ts';
 import { OnnxOps, sidePathInputs, type ComputeType } from './onnxOps.ts';
+import type { LinearLayout } from '../../api/schemas.ts';
 
 /** Output names of a side path's gradients. */
 export function sideGradOutputs(path: string): { down: string; up: string } {
@@ -101,7 +102,7 @@ export interface TrainStepGraphOptions {
    * copy that ONNX Runtime folds into a second weight) or `gemm` (Gemm with transB, no copy).
    * `openTrainStep` picks one per provider (`trainStepWeightLayout`); `emitTrainStep` defaults to `matmul`.
    */
-  readonly linearLayout?: 'matmul' | 'gemm';
+  readonly linearLayout?: LinearLayout;
   /** Attention's backward (GradOps' `attentionBackward`; default 'auto'). */
   readonly attentionBackward?: 'auto' | 'fused' | 'plain';
   /** GradOps' `flippedFilterMinPixels` (`openTrainStep` picks one per provider: `trainStepWeightLayout`). */
@@ -260,7 +261,7 @@ export interface OpenTrainStepOptions extends TrainStepGraphOptions {
 }
 
 export interface TrainStepWeightLayout {
-  readonly linearLayout: 'matmul' | 'gemm';
+  readonly linearLayout: LinearLayout;
   readonly prepacking: boolean;
   readonly disableOptimizers: readonly string[];
   /** GradOps' `flippedFilterMinPixels`: which convolutions' filters get a transposed, flipped copy. */
@@ -289,7 +290,7 @@ export const FLIPPED_FILTER_MIN_PIXELS = 1024;
 export function trainStepWeightLayout(
   providers: readonly ExecutionProvider[],
   o: {
-    readonly linearLayout?: 'matmul' | 'gemm';
+    readonly linearLayout?: LinearLayout;
     readonly prepacking?: boolean;
     readonly disableOptimizers?: readonly string[];
     readonly flippedFilterMinPixels?: number;

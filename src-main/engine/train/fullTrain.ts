@@ -23,6 +23,7 @@ import { hashString, type Module } from '../models/layers/module.ts';
 import { Rng } from '../random.ts';
 import type { AdamW } from './adamw.ts';
 import { applyGradients } from './step.ts';
+import type { WeightFileDtype } from '../../api/schemas.ts';
 
 /**
  * Fresh weights for training from scratch, as PyTorch initialises its layers: Linear and Conv
@@ -73,7 +74,7 @@ export function freeze(model: Module): void {
 }
 
 /** Writes a module's weights as a diffusers/transformers safetensors file (checkpoint layout). */
-export async function saveModule(model: Module, file: string, dtype: 'F32' | 'F16', source: string): Promise<void> {
+export async function saveModule(model: Module, file: string, dtype: WeightFileDtype, source: string): Promise<void> {
   const tensors = new Map<string, TensorToWrite>();
   for (const [key, p] of model.namedParams()) {
     tensors.set(key, {

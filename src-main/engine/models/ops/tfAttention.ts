@@ -12,6 +12,7 @@
  * backward pass is memoryEfficientAttention.ts.
  */
 import { tf, type Tensor } from '../../backend/tf.ts';
+import type { AttentionMode } from '../../../api/schemas.ts';
 
 export const attentionOptions = {
   /** Largest scores slice (elements); 2^24 floats = 64 MiB. `Infinity` disables slicing. */
@@ -32,7 +33,7 @@ export const attentionOptions = {
   memoryEfficientMinScores: 0,
 };
 
-export type AttentionMode = 'plain' | 'memory-efficient';
+export type { AttentionMode };
 
 /**
  * Runs `fn` with `attentionOptions.mode` set to `mode`, and puts the previous mode back when it
