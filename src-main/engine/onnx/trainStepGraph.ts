@@ -185,25 +185,7 @@ export function emitTrainStep(
   g.output(loss, 'loss', []);
   const outputNames = ['loss'];
 
-  if (grad) {
-    // dL/dpred = 2 c (pred - target), in the UNet output's type.
-    const seed = ops.compute(g.op('Mul', [diff, g.op('Mul', [c, g.constant([2], [], 'float32')])]));
-    const grads = grad.vjp([[pred, seed]], grad.sideWrt());
-    let i = 0;
-    for (const [path, { inFeatures, outFeatures }] of grad.sideInputs) {
-      const names = sideGradOutputs(path);
-      const rank = `rank_${i++}`;
-      for (const [which, name, dims] of [
-        ['down', names.down, [inFeatures, rank]],
-        ['up', names.up, [rank, outFeatures]],
-      ] as const) {
-        const v = grads.get(`${path}.${which}`);
-        if (!v) throw new Error(`emitTrainStep: the gradient executor returned no gradient for ${path}.${which}`);
-        g.output(ops.float32(v), name, dims);
-        outputNames.push(name);
-      }
-    }
-  }
+  if (grad) outputNames.push(...emitSideGradients(g, grad, ops, pred, diff, c));
 
   const side = ops.sideInputs;
   const sideNames = [...side.keys()].flatMap((p) => Object.values(sidePathInputs(p)));
@@ -216,6 +198,31 @@ export function emitTrainStep(
     nodes: g.nodeCount,
     gradients: grad !== undefined,
   };
+}
+
+/**
+ * The backward pass from dL/dpred = 2 c (pred - target) to each side path's factors, as graph
+ * outputs in float32; returns their names in side-input order.
+ */
+function emitSideGradients(g: GraphBuilder, grad: GradOps, ops: OnnxOps, pred: Value, diff: Value, c: Value): string[] {
+  const seed = ops.compute(g.op('Mul', [diff, g.op('Mul', [c, g.constant([2], [], 'float32')])]));
+  const grads = grad.vjp([[pred, seed]], grad.sideWrt());
+  const outputNames: string[] = [];
+  let i = 0;
+  for (const [path, { inFeatures, outFeatures }] of grad.sideInputs) {
+    const names = sideGradOutputs(path);
+    const rank = `rank_${i++}`;
+    for (const [which, name, dims] of [
+      ['down', names.down, [inFeatures, rank]],
+      ['up', names.up, [rank, outFeatures]],
+    ] as const) {
+      const v = grads.get(`${path}.${which}`);
+      if (!v) throw new Error(`emitTrainStep: the gradient executor returned no gradient for ${path}.${which}`);
+      g.output(ops.float32(v), name, dims);
+      outputNames.push(name);
+    }
+  }
+  return outputNames;
 }
 
 /**
