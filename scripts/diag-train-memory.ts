@@ -23,14 +23,8 @@ import { SafetensorsFile, writeSafetensors } from '../src-main/engine/io/safeten
 import { safetensorsSource } from '../src-main/engine/io/weightSource.ts';
 import { randomSource } from '../src-main/engine/models/layers/module.ts';
 import { UNet2DConditionModel } from '../src-main/engine/models/unet2dCondition.ts';
-import { emitTrainStep } from '../src-main/engine/onnx/trainStepGraph.ts';
 import { Rng } from '../src-main/engine/random.ts';
-
-function arg(name: string, fallback?: string): string | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  return i < 0 ? fallback : process.argv[i + 1];
-}
-const flag = (name: string) => process.argv.includes(`--${name}`);
+import { arg, emitCpuTrainStep, flag } from './trainStepDiag.ts';
 
 const dir = process.env.DIAG_DIR ?? '/tmp/sd15mem';
 const unetDir = arg('unet', join(dir, 'unet'))!;
@@ -89,9 +83,6 @@ function mem(phase: string): void {
 const variant = () =>
   `g-${unetDir.replace(/\W+/g, '_')}-${arg('res', '256')}-${flag('ckpt') ? 'ckpt' : 'plain'}-${arg('layout', 'gemm')}-${arg('attention', 'fused')}`;
 const unet = UNet2DConditionModel.fromConfig(config);
-const sidePaths = [...unet.namedModules()]
-  .filter(([p]) => /attn[12]\.(to_q|to_k|to_v|to_out\.0)$/.test(p))
-  .map(([p]) => p);
 
 async function write(): Promise<void> {
   mkdirSync(join(dir, 'unet'), { recursive: true });
@@ -107,11 +98,7 @@ async function write(): Promise<void> {
 async function emit(): Promise<void> {
   const res = Number(arg('res', '256'));
   const st = await SafetensorsFile.open(weights);
-  const g = emitTrainStep(unet, safetensorsSource(st), {
-    shape: { batch: 1, height: res / 8, width: res / 8, tokens: 77 },
-    dtype: 'float32',
-    sidePaths,
-    gradients: true,
+  const g = emitCpuTrainStep(unet, safetensorsSource(st), res, {
     checkpointing: flag('ckpt'),
     linearLayout: arg('layout', 'gemm') as 'gemm' | 'matmul',
     attention: arg('attention', 'fused') as 'fused' | 'plain',

@@ -27,20 +27,14 @@ import { RULES } from '../src-main/engine/onnx/grad/rules.ts';
 import { GradOps } from '../src-main/engine/onnx/gradOps.ts';
 import { GraphBuilder } from '../src-main/engine/onnx/graphBuilder.ts';
 import {
-  emitTrainStep,
   trainingSessionExtra,
   trainStepArena,
-  trainStepAttention,
   trainStepMemPattern,
   trainStepWeightLayout,
 } from '../src-main/engine/onnx/trainStepGraph.ts';
 import { Rng } from '../src-main/engine/random.ts';
+import { arg, emitCpuTrainStep, flag } from './trainStepDiag.ts';
 
-const arg = (name: string, fallback?: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i < 0 ? fallback : process.argv[i + 1];
-};
-const flag = (name: string) => process.argv.includes(`--${name}`);
 const WEIGHTS = 'diffusion_pytorch_model.safetensors';
 
 // -- labelling the emitted nodes ------------------------------------------------------------------
@@ -117,22 +111,13 @@ async function write(): Promise<void> {
 async function emit(unetDir: string, work: string, res: number, variant: Record<string, unknown> = {}) {
   const config = JSON.parse(readFileSync(join(unetDir, 'config.json'), 'utf8'));
   const unet = UNet2DConditionModel.fromConfig(config);
-  const sidePaths = [...unet.namedModules()]
-    .filter(([p]) => /attn[12]\.(to_q|to_k|to_v|to_out\.0)$/.test(p))
-    .map(([p]) => p);
   const layout = trainStepWeightLayout(['cpu'], {});
   installLabels();
   const st = await SafetensorsFile.open(join(unetDir, WEIGHTS));
   const t = performance.now();
-  const g = emitTrainStep(unet, safetensorsSource(st), {
-    shape: { batch: 1, height: res / 8, width: res / 8, tokens: 77 },
-    dtype: 'float32',
-    sidePaths,
-    gradients: true,
+  const g = emitCpuTrainStep(unet, safetensorsSource(st), res, {
     checkpointing: flag('ckpt'),
-    linearLayout: layout.linearLayout,
-    flippedFilterMinPixels: layout.flippedFilterMinPixels,
-    attention: trainStepAttention(['cpu'], 'float32', arg('attention') as 'fused' | 'plain' | undefined),
+    attention: arg('attention') as 'fused' | 'plain' | undefined,
     ...variant,
   });
   await st.close();
