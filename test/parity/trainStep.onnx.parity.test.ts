@@ -50,13 +50,20 @@ import { checkStep, checkUpdate, skipIfMissing, updateCase } from '../helpers/tr
 /**
  * SingLoRA's step variants: with and without gradient checkpointing, and with attention's backward
  * as two fused attentions (grad/fusedAttentionBackward.ts) at every head size, not only the small
- * heads it is chosen for by default (tiny-a's are 8 wide).
+ * heads it is chosen for by default (tiny-a's are 8 wide), and with every stride-1 convolution's input
+ * gradient taken from Conv on the flipped filter copy (the CPU takes it only from 32x32 pixels up,
+ * which tiny-a's latents never reach).
  */
-const SINGLORA_CASES = [
+const SINGLORA_CASES: ReadonlyArray<{
+  checkpointing: boolean;
+  attentionBackward?: 'fused';
+  flippedFilterMinPixels?: number;
+}> = [
   { checkpointing: false },
   { checkpointing: true },
-  { checkpointing: false, attentionBackward: 'fused' as const },
-  { checkpointing: true, attentionBackward: 'fused' as const },
+  { checkpointing: false, attentionBackward: 'fused' },
+  { checkpointing: true, attentionBackward: 'fused' },
+  { checkpointing: false, flippedFilterMinPixels: 1 },
 ];
 
 /** The Linear layers of a UNet config: path -> [in, out]. */
@@ -139,6 +146,7 @@ for (const folder of parityFolders()) {
       gradients: boolean;
       checkpointing?: boolean;
       attentionBackward?: 'auto' | 'fused' | 'plain';
+      flippedFilterMinPixels?: number;
     }) => {
       const opened = await openTrainStep(base.unet, {
         dtype: 'float32',
@@ -171,17 +179,18 @@ for (const folder of parityFolders()) {
       });
 
       // Gradient checkpointing recomputes every block in the backward: the same numbers (SingLoRA only, to keep CI short).
-      for (const { checkpointing, attentionBackward } of method === 'singlora'
+      for (const { checkpointing, attentionBackward, flippedFilterMinPixels } of method === 'singlora'
         ? SINGLORA_CASES
-        : [{ checkpointing: false, attentionBackward: undefined }]) {
+        : [{ checkpointing: false }]) {
         const parts = [
           checkpointing ? 'gradient checkpointing' : '',
           attentionBackward ? `the ${attentionBackward} attention backward` : '',
+          flippedFilterMinPixels ? 'flipped filter copies for every convolution' : '',
         ].filter(Boolean);
         const variant = parts.length ? ` with ${parts.join(' and ')}` : '';
         it(`${label}: one onnx ${method} training step${variant} (loss, gradients, grad norm, clipping + AdamW) matches PyTorch`, async (ctx) => {
           skipIfMissing(ctx, cases, folder, meta, method);
-          const opened = await openStep({ gradients: true, checkpointing, attentionBackward });
+          const opened = await openStep({ gradients: true, checkpointing, attentionBackward, flippedFilterMinPixels });
           const adapters = await initialAdapters(cases, meta, method, linears);
           const optimizer = new AdamWArrays(adapters.params, adamWOptions(meta));
           const result = await onnxTrainStep(
@@ -195,7 +204,7 @@ for (const folder of parityFolders()) {
             meta,
             method,
             { ...result, grads: result.grads!, after: adapters.params },
-            `${method}${checkpointing ? ' (checkpointing)' : ''}${attentionBackward ? ` (${attentionBackward} attention backward)` : ''}`,
+            `${method}${checkpointing ? ' (checkpointing)' : ''}${attentionBackward ? ` (${attentionBackward} attention backward)` : ''}${flippedFilterMinPixels ? ' (flipped filters)' : ''}`,
             (line) => errors.push(line),
           );
         });
