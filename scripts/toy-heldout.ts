@@ -16,6 +16,7 @@ import { initBackend } from '../src-main/engine/backend/tf.ts';
 import { readToyPhotos, scoreToyModel, type ToyScore, toyProbes } from '../src-main/engine/eval/toyEvaluate.ts';
 import { StableDiffusion } from '../src-main/engine/pipeline/stableDiffusion.ts';
 import { TOY_SUBJECT_DIR } from '../src-main/engine/toy/toyModel.ts';
+import { checkpointName } from '../src-main/engine/train/runFiles.ts';
 
 interface Results {
   base: string;
@@ -35,8 +36,7 @@ function arg(args: string[], name: string, fallback?: string): string {
 
 /** The adapter file of a run's checkpoint at `step`, as toy-subject-runs.ts lays the runs out. */
 function checkpointFile(out: string, subject: string, seed: number, step: number): string {
-  const dir = `step-${String(step).padStart(6, '0')}`;
-  return join(out, `${subject}-seed${seed}`, 'checkpoints', dir, 'adapter.safetensors');
+  return join(out, `${subject}-seed${seed}`, 'checkpoints', checkpointName(step), 'adapter.safetensors');
 }
 
 async function main(): Promise<void> {

@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import { ensureDir } from '../io/atomic.ts';
 import type { Evaluation, ScoreRow } from '../../api/schemas.ts';
 import { listPhotos } from '../train/dataset.ts';
-import { readRunManifest, runBasePath, runPhotoPaths, writeRunManifest } from '../train/runFiles.ts';
+import { checkpointName, readRunManifest, runBasePath, runPhotoPaths, writeRunManifest } from '../train/runFiles.ts';
 import type { OpenBaseModelOptions } from '../io/modelFiles.ts';
 import { StableDiffusion, type InferenceOptions } from '../pipeline/stableDiffusion.ts';
 import { generateImages } from '../pipeline/generate.ts';
@@ -153,7 +153,7 @@ async function planEvaluation(o: EvaluateRunOptions): Promise<EvaluationPlan> {
         guidanceScale: TOY_SAMPLING.guidanceScale,
       }
     : { steps: o.steps ?? 25, scheduler: o.scheduler ?? 'dpmpp-2m', guidanceScale: 7.5 };
-  const labels = ['base', ...chosen.map((c) => `step-${String(c.step).padStart(6, '0')}`)];
+  const labels = ['base', ...chosen.map((c) => checkpointName(c.step))];
   return { manifest, chosen, labels, seeds, photos, toy, toyPhotos, prompts, sampling };
 }
 

@@ -12,7 +12,7 @@ import { ApiError } from '../../api/contract.ts';
 import { runManifestSchema } from '../../api/schemas.ts';
 import { scorerFor, type SubjectScorer } from '../../engine/eval/modelRegistry.ts';
 import { quickEvalPrompts } from '../../engine/eval/prompts.ts';
-import { runBasePath, writeRunManifest } from '../../engine/train/runFiles.ts';
+import { checkpointName, runBasePath, writeRunManifest } from '../../engine/train/runFiles.ts';
 import { assertIdle, defaultBase, fileUrl, submitJob, usablePhotos, type ServiceContext } from '../context.ts';
 import { sharedPath } from '../jobData.ts';
 import { rootsOf } from '../jobHandlers.ts';
@@ -107,7 +107,7 @@ export function evaluationHandlers(c: ServiceContext): NamespaceHandlers<'evalua
       const evalDir = join(c.store.runDir(p.projectId, p.runId), 'eval');
       const out: Array<{ step: number | null; file: string; url: string }> = [];
       for (const row of [m.evaluation.baseline, ...m.evaluation.rows]) {
-        const label = row.step === null ? 'base' : `step-${String(row.step).padStart(6, '0')}`;
+        const label = row.step === null ? 'base' : checkpointName(row.step);
         const names = (await readdir(join(evalDir, label)).catch(() => [] as string[])).filter((n) =>
           n.toLowerCase().endsWith('.png'),
         );
