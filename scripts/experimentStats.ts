@@ -9,6 +9,7 @@
  * ranks and every learning rate) has se = sqrt(sum se_i^2) / k. It is "beyond the seed noise"
  * when |d| > 2 se.
  */
+import { sampleStats } from '../src-main/engine/eval/pickBest.ts';
 
 export interface Checkpoint {
   step: number;
@@ -88,9 +89,7 @@ export interface Setting {
 }
 
 export function stat(xs: readonly number[]): Stat {
-  const n = xs.length;
-  const mean = xs.reduce((a, b) => a + b, 0) / n;
-  const sd = n > 1 ? Math.sqrt(xs.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1)) : 0;
+  const { mean, sd, n } = sampleStats(xs);
   return { mean, sd, n };
 }
 

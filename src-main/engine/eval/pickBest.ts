@@ -21,11 +21,16 @@ export const DEFAULT_CLIP_MARGIN = 0.02;
  * (sample standard deviation / sqrt(n)). null below two images: one image measures no spread.
  */
 export function noiseBand(baseScores: readonly number[]): number | null {
-  const n = baseScores.length;
-  if (n < 2) return null;
-  const mean = baseScores.reduce((a, b) => a + b, 0) / n;
-  const variance = baseScores.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1);
-  return 2 * Math.sqrt(variance / n);
+  const { variance, n } = sampleStats(baseScores);
+  return n < 2 ? null : 2 * Math.sqrt(variance / n);
+}
+
+/** The mean, the sample variance and standard deviation (n - 1; 0 below two values) and the count of `xs`. */
+export function sampleStats(xs: readonly number[]): { mean: number; variance: number; sd: number; n: number } {
+  const n = xs.length;
+  const mean = xs.reduce((a, b) => a + b, 0) / n;
+  const variance = n > 1 ? xs.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1) : 0;
+  return { mean, variance, sd: Math.sqrt(variance), n };
 }
 
 /** The share of images with the requested background a toy checkpoint must keep (issue 26's goal). */
