@@ -11,7 +11,7 @@ export const UNIT_SUITES = [
   'test/{ci,functionLength,layers}.test.ts',
   'test/app/{appProtocol,desktopApp,ipc,preload,window}.test.ts',
   'test/cli/{args,install,schemaOptions}.test.ts',
-  'test/engine/{adamw,adapters.contract,backend,clipTokenizer,download,image,keyMap,lrSchedule,providers}.test.ts',
+  'test/engine/{adamw,adapters.contract,backend,clipTokenizer,download,image,keyMap,lossScale,lrSchedule,providers}.test.ts',
   'test/engine/{modelFiles,ops.cpu,ops.wasm,pngText,random,safetensors,schedulers,wasmKernels}.test.ts',
   'test/engine/models/{attentionSlicing,memoryEfficientAttention.cpu}.test.ts',
   'test/parity/schedulers.parity.test.ts',

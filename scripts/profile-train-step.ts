@@ -226,6 +226,7 @@ function feedsFor(
     encoder_hidden_states: f([1, 77, config.cross_attention_dim]),
     target: f([1, h, h, config.out_channels]),
     loss_weight: f([1], Float32Array.of(1 / (h * h * 4))),
+    loss_scale: f([], Float32Array.of(1)),
   };
   for (const [p, { inFeatures, outFeatures }] of sidePaths) {
     feeds[`adapter.${p}.down`] = f(

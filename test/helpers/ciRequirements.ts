@@ -1,15 +1,18 @@
 /**
  * What `.ci/run` installs for the test suites: Chromium (the browser test), the SwiftShader
- * Vulkan driver that Debian's chromium ships (the webgpu suites) and Debian's redis-server (the
- * queue suites, test/queue). Outside CI a suite that lacks one is skipped, its reason tagged
- * `[needs chromium]`, `[needs swiftshader]` or `[needs redis-server]`. Under CI (`CI=true`,
+ * Vulkan driver that Debian's chromium ships (the webgpu suites), Mesa's lavapipe Vulkan driver
+ * (float16 shaders, for the float16 WebGPU training test; scripts/fetch-lavapipe.sh) and Debian's
+ * redis-server (the queue suites, test/queue). Outside CI a suite that lacks one is skipped, its
+ * reason tagged `[needs chromium]`, `[needs swiftshader]`, `[needs lavapipe]` or `[needs
+ * redis-server]`. Under CI (`CI=true`,
  * which `.ci/run` sets) the same lack fails the suite instead, so a broken install cannot pass CI
  * with those suites silently skipped. Skips for other reasons (a missing reference fixture, no GPU)
  * stay skips everywhere.
  */
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 
-export type CiProvided = 'chromium' | 'swiftshader' | 'redis-server';
+export type CiProvided = 'chromium' | 'swiftshader' | 'lavapipe' | 'redis-server';
 
 export const IN_CI = /^(true|1)$/i.test(process.env.CI ?? '');
 
@@ -47,4 +50,20 @@ export function webgpuEnv(): NodeJS.ProcessEnv | string {
     VK_ICD_FILENAMES: SWIFTSHADER,
     LD_LIBRARY_PATH: ['/usr/lib/chromium', process.env.LD_LIBRARY_PATH].filter(Boolean).join(':'),
   };
+}
+
+/** Where scripts/fetch-lavapipe.sh puts Mesa's lavapipe (`.ci/run` runs it), or SINGLORA_LAVAPIPE_ICD. */
+export const LAVAPIPE_ICD =
+  process.env.SINGLORA_LAVAPIPE_ICD ?? join(import.meta.dirname, '..', '..', '.cache', 'lavapipe', 'lvp_icd.json');
+
+/**
+ * The environment for a child process that starts Dawn with float16 shaders: Mesa's lavapipe
+ * (SwiftShader has no shader-f16), or the real driver with SINGLORA_WEBGPU_ENV=native. A string
+ * when neither is there: why not.
+ */
+export function webgpuF16Env(): NodeJS.ProcessEnv | string {
+  if (process.env.SINGLORA_WEBGPU_ENV === 'native') return { ...process.env };
+  if (!existsSync(LAVAPIPE_ICD))
+    return `no lavapipe Vulkan driver at ${LAVAPIPE_ICD} (scripts/fetch-lavapipe.sh) and SINGLORA_WEBGPU_ENV is not 'native'`;
+  return { ...process.env, VK_ICD_FILENAMES: LAVAPIPE_ICD };
 }

@@ -8,9 +8,9 @@
  * node the provider cannot run fails the session's creation, naming the node.
  *
  *   node --import tsx test/helpers/onnxTrainStepChild.ts <folder> --provider webgpu \
- *     --dtype float32[,float16] --out <file.json>
+ *     --dtype float32[,float16] --out <file.json> [--loss-scale <float16's initial scale, default 2^16>]
  *
- * Writes { runs: [{ dtype, providers, loss, gradNorm, grads, after, createMs, stepMs }] } to the
+ * Writes { runs: [{ dtype, providers, loss, gradNorm, grads, after, createMs, stepMs, lossScale }] } to the
  * file, one run per dtype in the order given (or { dtype, error } for a dtype that did not run): `grads` is g before clipping (one array per adapter
  * tensor, `AdapterSet.variables()` order), `after` the parameters after clipping + AdamW.
  */
@@ -33,6 +33,7 @@ import {
   stepShapeOf,
   type OnnxMicroBatch,
 } from '../../src-main/engine/train/onnxStep.ts';
+import { LossScale } from '../../src-main/engine/train/lossScale.ts';
 import { Cases } from './fixtures.ts';
 import { adamWOptions, PARAMS, readMeta, readNhwc, type StepMeta, stepOptions } from './trainStepCases.ts';
 
@@ -55,6 +56,8 @@ export interface ChildStep {
   readonly createMs: number;
   /** The step (one session run, the chain, clipping and AdamW). */
   readonly stepMs: number;
+  /** The loss scale the step was applied at (float16: dynamic, halved on overflow; float32: 1). */
+  readonly lossScale: number;
 }
 
 const arg = (name: string): string | undefined => {
@@ -86,6 +89,8 @@ async function main(): Promise<void> {
   const provider = arg('--provider') as ExecutionProvider | undefined;
   const dtypes = (arg('--dtype') ?? 'float32').split(',') as ComputeType[];
   const outFile = arg('--out');
+  // float16's initial loss scale (a power of two; 1: no scaling, to measure what it does).
+  const initialScale = arg('--loss-scale') === undefined ? undefined : Number(arg('--loss-scale'));
   if (!folder || !provider || !outFile || dtypes.some((d) => d !== 'float32' && d !== 'float16'))
     throw new Error(
       'usage: onnxTrainStepChild.ts <fixture folder> --provider <webgpu|cpu|...> --dtype float32[,float16] --out <file.json>',
@@ -109,7 +114,7 @@ async function main(): Promise<void> {
     const runs: ChildRun[] = [];
     for (const dtype of dtypes) {
       try {
-        runs.push(await runStep(base, cases, meta, { scheduler, batch, provider, dtype, cacheDir }));
+        runs.push(await runStep(base, cases, meta, { scheduler, batch, provider, dtype, cacheDir, initialScale }));
       } catch (err) {
         runs.push({ dtype, error: (err as Error).message ?? String(err) });
       }
@@ -133,6 +138,7 @@ async function runStep(
     provider: ExecutionProvider;
     dtype: ComputeType;
     cacheDir: string;
+    initialScale?: number;
   },
 ): Promise<ChildStep> {
   const { scheduler, batch, provider, dtype, cacheDir } = o;
@@ -148,8 +154,9 @@ async function runStep(
   const t1 = performance.now();
   const adapters = await initialAdapters(cases, meta, base.unet.config);
   const optimizer = new AdamWArrays(adapters.params, adamWOptions(meta));
+  const lossScale = dtype === 'float16' ? LossScale.dynamic(o.initialScale) : LossScale.fixed();
   const r = await onnxTrainStep(
-    { session: opened.session, scheduler, adapters, optimizer },
+    { session: opened.session, scheduler, adapters, optimizer, lossScale },
     [batch],
     stepOptions(meta),
   );
@@ -164,6 +171,7 @@ async function runStep(
     after: adapters.params.map((p) => Array.from(p)),
     createMs: Math.round(t1 - t0),
     stepMs: Math.round(t2 - t1),
+    lossScale: lossScale.scale,
   };
 }
 

@@ -10,15 +10,17 @@
  *             gradient 1e-4 * max|ref| of its tensor, the grad norm 1e-5 relative, every
  *             parameter after clipping + AdamW within 1e-6 (plus the gradient's share where
  *             |g| < 10 eps)
- *   float16   float16 weights and activations, float32 factors and gradients: every gradient
- *             within 5e-2 * max|ref| of float32's (the reference's), the measured error printed
- *             (docs/onnx-gradients.md, "Measured on the WebGPU provider")
+ *   float16   float16 weights and activations, float32 factors and gradients, the dynamic loss
+ *             scale of training (train/lossScale.ts): every gradient within 5e-2 * max|ref| of
+ *             float32's (the reference's), the measured error printed (docs/onnx-gradients.md,
+ *             "Measured on the WebGPU provider")
  *
- * Here the driver is SwiftShader (software Vulkan, from Debian's chromium): float32 only, since it
- * has no shader-f16, so the float16 WebGPU case is skipped with that reason (on a GPU box, set
- * SINGLORA_WEBGPU_ENV=native). The same float16 graph also runs on the CPU provider, where ONNX
- * Runtime computes the float16 nodes it has no kernel for in float32 between casts: the float16
- * rounding of the stored weights and activations, checked in CI with the same bound.
+ * Here float32 runs on SwiftShader (software Vulkan, from Debian's chromium), which has no
+ * shader-f16, and float16 on Mesa's lavapipe (software Vulkan whose shaders compute in float16;
+ * scripts/fetch-lavapipe.sh, run by .ci/run). On a GPU box, SINGLORA_WEBGPU_ENV=native runs both
+ * on the real driver. The same float16 graph also runs on the CPU provider, where ONNX Runtime
+ * computes the float16 nodes it has no kernel for in float32 between casts: the float16 rounding
+ * of the stored weights and activations only, checked with the same bound.
  */
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -27,7 +29,7 @@ import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { maxAbsDiff } from '../helpers/backend.ts';
-import { skipOrFail, webgpuEnv } from '../helpers/ciRequirements.ts';
+import { skipOrFail, webgpuEnv, webgpuF16Env } from '../helpers/ciRequirements.ts';
 import { Cases, parityFolders, skipNote } from '../helpers/fixtures.ts';
 import type { ChildRun, ChildStep } from '../helpers/onnxTrainStepChild.ts';
 import { caseKeys, clipFactorOf, PARAMS, readMeta, type StepMeta } from '../helpers/trainStepCases.ts';
@@ -131,14 +133,9 @@ for (const folder of parityFolders()) {
     }
     const meta = readMeta(jsonPath);
     const env = webgpuEnv();
+    const f16Env = webgpuF16Env();
     let cases: Cases;
     const lines: string[] = [];
-    // float32 and float16 in one child: Dawn and the weights start once.
-    let webgpu: Promise<{ runs: ChildRun[]; wallMs: number }> | undefined;
-    const runWebgpu = (e: NodeJS.ProcessEnv) => {
-      webgpu ??= runChild(folder, 'webgpu', ['float32', 'float16'], e);
-      return webgpu;
-    };
 
     beforeAll(async () => {
       cases = await Cases.open(folder, 'train_step_cases.safetensors');
@@ -159,15 +156,13 @@ for (const folder of parityFolders()) {
       async (ctx) => {
         if (typeof env === 'string') return skipOrFail(ctx, 'swiftshader', env);
         skipIfMissing(ctx);
-        const { runs, wallMs } = await runWebgpu(env);
+        const { runs, wallMs } = await runChild(folder, 'webgpu', ['float32'], env);
         const step = stepOf(runs, 'float32', (error) => {
           const why = noAdapter(error);
           if (why) skipOrFail(ctx, 'swiftshader', why);
         });
         expect(step.providers).toEqual(['webgpu']);
-        lines.push(
-          `float32: session ${step.createMs} ms, step ${step.stepMs} ms, child process (float32 + float16) ${wallMs} ms`,
-        );
+        lines.push(`float32: session ${step.createMs} ms, step ${step.stepMs} ms, child process ${wallMs} ms`);
         const floats = (xs: number[][]) => xs.map((x) => Float32Array.from(x));
         await checkStep(
           cases,
@@ -187,7 +182,7 @@ for (const folder of parityFolders()) {
       const grads = compareGrads(step, await referenceGrads(cases, meta), c, F16_REL_TO_MAX);
       lines.push(
         `float16 on ${where}: worst grad max|diff|/max|ref| vs float32 ${grads.worst.rel.toExponential(2)} (${grads.worst.name}); ` +
-          `loss rel ${(Math.abs(step.loss - refLoss) / Math.abs(refLoss)).toExponential(2)}; session ${step.createMs} ms, step ${step.stepMs} ms`,
+          `loss rel ${(Math.abs(step.loss - refLoss) / Math.abs(refLoss)).toExponential(2)}; loss scale ${step.lossScale}; session ${step.createMs} ms, step ${step.stepMs} ms`,
       );
       expect(grads.failures, `float16 gradients beyond ${F16_REL_TO_MAX}·max|ref| of float32's`).toEqual([]);
     };
@@ -195,16 +190,12 @@ for (const folder of parityFolders()) {
     it(
       `${label}: onnx singlora training step on webgpu in float16: every gradient within ${F16_REL_TO_MAX}·max|ref| of float32's`,
       async (ctx) => {
-        if (typeof env === 'string') return skipOrFail(ctx, 'swiftshader', env);
+        if (typeof f16Env === 'string') return skipOrFail(ctx, 'lavapipe', f16Env);
         skipIfMissing(ctx);
-        const { runs } = await runWebgpu(env);
+        const { runs } = await runChild(folder, 'webgpu', ['float16'], f16Env);
         const step = stepOf(runs, 'float16', (error) => {
           const why = noAdapter(error);
-          if (why) skipOrFail(ctx, 'swiftshader', why);
-          if (/requires f16|does not support/i.test(error))
-            ctx.skip(
-              `the WebGPU adapter has no shader-f16 (SwiftShader has none; on a GPU box set SINGLORA_WEBGPU_ENV=native): ${error.slice(0, 160)}`,
-            );
+          if (why) skipOrFail(ctx, 'lavapipe', why);
         });
         expect(step.providers).toEqual(['webgpu']);
         await checkFloat16(step, 'webgpu');

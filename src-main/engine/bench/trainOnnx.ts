@@ -43,6 +43,7 @@ import {
   writeRandomUnet,
 } from './benchSteps.ts';
 import { benchTrainSetup, readTrainingSchedulerConfig } from './train.ts';
+import { LossScale } from '../train/lossScale.ts';
 import type { LinearLayout } from '../../api/schemas.ts';
 
 export interface BenchTrainOnnxOptions {
@@ -144,7 +145,13 @@ export async function benchTrainOnnx(o: BenchTrainOnnxOptions): Promise<BenchTra
     const session = await openStepSession(o, setup, { file, configPath, tmp, sidePaths }, log);
     // 4. Timed steps on fixed random inputs.
     const scheduler = createScheduler('ddpm', readTrainingSchedulerConfig(o.base)) as DDPMScheduler;
-    const model = { session: session.opened.session, scheduler, adapters, optimizer: new AdamWArrays(adapters.params) };
+    const model = {
+      session: session.opened.session,
+      scheduler,
+      adapters,
+      optimizer: new AdamWArrays(adapters.params),
+      lossScale: session.dtype === 'float16' ? LossScale.dynamic() : LossScale.fixed(),
+    };
     const data = fixedMicroBatch(unet, setup.batch, setup.latent, o.seed ?? 0);
     let times: StepTimes;
     try {

@@ -11,6 +11,7 @@
  *   encoder_hidden_states c, the text states                                      [n, S, D]
  *   target                eps, v or z_0 (scheduler.target)                        [n, h, w, c] NHWC
  *   loss_weight           c_i, so that L = sum_i c_i sum_chw (pred_i - target_i)^2 [n]
+ *   loss_scale            S, the loss scale (gradient graphs; 1 in float32)        []
  *   adapter.<path>.down   the side path's down factor                             [in, r]
  *   adapter.<path>.up     the side path's up factor, the adapter's scale folded in [r, out]
  *   -> loss               L                                                       []
@@ -20,9 +21,10 @@
  * The loss weights carry everything per sample: the mean over the c*h*w elements, min-SNR's
  * w(t_i), the mean over the instance (or class) images and prior preservation's lambda (see
  * `dataFeeds` in train/onnxStep.ts). The loss is emitted here with the builder, and its gradient
- * with respect to the UNet's output, dL/dpred_i = 2 c_i (pred_i - target_i), seeds the backward
- * pass; the chain from the side factors to SingLoRA's A (or LoRA's A and B) is in JS
- * (train/onnxStep.ts): a few small matrices, outside the graph.
+ * with respect to the UNet's output, dL/dpred_i = 2 c_i (pred_i - target_i), times the loss scale
+ * S, seeds the backward pass; the side gradients are divided by S in float32 (S keeps float16
+ * gradients above underflow, train/lossScale.ts). The chain from the side factors to SingLoRA's A
+ * (or LoRA's A and B) is in JS (train/onnxStep.ts): a few small matrices, outside the graph.
  *
  * Inputs have fixed sizes (`StepShape`): one graph per batch and latent size.
  *
@@ -167,6 +169,7 @@ export function emitTrainStep(
   const context = input('encoder_hidden_states', [batch, tokens, cfg.crossAttentionDim[0]]);
   const target = input('target', [batch, height, width, cfg.outChannels]);
   const lossWeight = input('loss_weight', [batch]);
+  const lossScale = grad ? input('loss_scale', []) : undefined;
 
   const runBlock: BlockRunner<Value> | undefined =
     grad && options.checkpointing
@@ -185,7 +188,7 @@ export function emitTrainStep(
   g.output(loss, 'loss', []);
   const outputNames = ['loss'];
 
-  if (grad) outputNames.push(...emitSideGradients(g, grad, ops, pred, diff, c));
+  if (grad && lossScale) outputNames.push(...emitSideGradients(g, grad, ops, { pred, diff, c, scale: lossScale }));
 
   const side = ops.sideInputs;
   const sideNames = [...side.keys()].flatMap((p) => Object.values(sidePathInputs(p)));
@@ -193,7 +196,15 @@ export function emitTrainStep(
     bytes: g.toBytes(`unet training step, graph version ${GRAPH_VERSION}`),
     files: [...files.values()],
     sidePaths: side,
-    inputNames: ['sample', 'timestep', 'encoder_hidden_states', 'target', 'loss_weight', ...sideNames],
+    inputNames: [
+      'sample',
+      'timestep',
+      'encoder_hidden_states',
+      'target',
+      'loss_weight',
+      ...(grad ? ['loss_scale'] : []),
+      ...sideNames,
+    ],
     outputNames,
     nodes: g.nodeCount,
     gradients: grad !== undefined,
@@ -201,11 +212,18 @@ export function emitTrainStep(
 }
 
 /**
- * The backward pass from dL/dpred = 2 c (pred - target) to each side path's factors, as graph
- * outputs in float32; returns their names in side-input order.
+ * The backward pass from S dL/dpred = 2 S c (pred - target) to each side path's factors, divided
+ * by the loss scale S in float32, as graph outputs; returns their names in side-input order.
  */
-function emitSideGradients(g: GraphBuilder, grad: GradOps, ops: OnnxOps, pred: Value, diff: Value, c: Value): string[] {
-  const seed = ops.compute(g.op('Mul', [diff, g.op('Mul', [c, g.constant([2], [], 'float32')])]));
+function emitSideGradients(
+  g: GraphBuilder,
+  grad: GradOps,
+  ops: OnnxOps,
+  loss: { pred: Value; diff: Value; c: Value; scale: Value },
+): string[] {
+  const { pred, diff, c, scale } = loss;
+  const twoS = g.op('Mul', [scale, g.constant([2], [], 'float32')]);
+  const seed = ops.compute(g.op('Mul', [diff, g.op('Mul', [c, twoS])]));
   const grads = grad.vjp([[pred, seed]], grad.sideWrt());
   const outputNames: string[] = [];
   let i = 0;
@@ -218,7 +236,7 @@ function emitSideGradients(g: GraphBuilder, grad: GradOps, ops: OnnxOps, pred: V
     ] as const) {
       const v = grads.get(`${path}.${which}`);
       if (!v) throw new Error(`emitTrainStep: the gradient executor returned no gradient for ${path}.${which}`);
-      g.output(ops.float32(v), name, dims);
+      g.output(g.op('Div', [ops.float32(v), scale]), name, dims);
       outputNames.push(name);
     }
   }

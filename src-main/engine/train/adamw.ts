@@ -15,6 +15,7 @@
  *   3. p <- p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
  */
 import { tf, type Tensor, type Variable } from '../backend/tf.ts';
+import type { LossScaleState } from './lossScale.ts';
 
 export interface AdamWConfig {
   beta1: number;
@@ -29,6 +30,8 @@ export interface AdamWState {
   step: number;
   m: Float32Array[];
   v: Float32Array[];
+  /** The float16 loss scale beside the optimizer (ONNX engine, train/lossScale.ts); absent in float32. */
+  lossScale?: LossScaleState;
 }
 
 export class AdamW {

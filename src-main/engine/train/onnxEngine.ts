@@ -12,7 +12,9 @@
  * refuse a silent CPU fallback (`trainingSessionExtra`), so a GPU provider that cannot run a
  * backward node fails to start, naming the node, and the next candidate (finally the CPU) is
  * tried. The compute type is float16 on a GPU provider (then float32 if that fails) and float32
- * on the CPU; adapter factors, their gradients and the optimizer state are float32 throughout.
+ * on the CPU; adapter factors, their gradients and the optimizer state are float32 throughout,
+ * and float16 steps scale the loss dynamically (train/lossScale.ts), its state checkpointed with
+ * AdamW's.
  */
 import type { ExecutionProvider } from '../backend/onnxRuntime.ts';
 import type { AdapterSet } from '../adapters/adapterSet.ts';
@@ -23,6 +25,7 @@ import { defaultComputeType, providerCandidates, type ProviderChoice } from '../
 import { openTrainStep, shapeKey, type StepShape } from '../onnx/trainStepGraph.ts';
 import type { DDPMScheduler } from '../schedulers/ddpmScheduler.ts';
 import type { AdamWConfig, AdamWState } from './adamw.ts';
+import { LossScale, type LossScaleState } from './lossScale.ts';
 import {
   AdamWArrays,
   type AdapterArrays,
@@ -47,6 +50,8 @@ export class OnnxTrainingEngine {
   private train: { opened: OpenedGraph; shape: string } | null = null;
   /** The providers and compute type the first session started on; later sessions use the same. */
   private chosen: { providers: ExecutionProvider[]; dtype: ComputeType } | null = null;
+  private scaler: LossScale | undefined;
+  private resumedScale: LossScaleState | undefined;
 
   private constructor(
     private readonly base: string,
@@ -96,6 +101,7 @@ export class OnnxTrainingEngine {
         scheduler: this.scheduler,
         adapters: this.adapters,
         optimizer: this.optimizer,
+        lossScale: this.lossScale(),
       },
       batches,
       o,
@@ -129,12 +135,24 @@ export class OnnxTrainingEngine {
     this.set.assign(adapterValuesFor(this.adapters, this.set));
   }
 
+  /** AdamW's state, with the loss scale's once float16 steps have run. */
   optimizerState(): AdamWState {
-    return this.optimizer.state();
+    return { ...this.optimizer.state(), lossScale: this.scaler?.state() };
   }
 
   loadOptimizer(state: AdamWState): void {
     this.optimizer.load(state);
+    this.resumedScale = state.lossScale;
+  }
+
+  /** float16 steps: the dynamic scale (from the checkpoint when resumed); float32: none (1). */
+  private lossScale(): LossScale | undefined {
+    if (this.chosen?.dtype !== 'float16') return undefined;
+    if (!this.scaler) {
+      this.scaler = LossScale.dynamic();
+      if (this.resumedScale) this.scaler.load(this.resumedScale);
+    }
+    return this.scaler;
   }
 
   async releaseTraining(): Promise<void> {

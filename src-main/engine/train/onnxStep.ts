@@ -19,7 +19,8 @@
  *   1. z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, target = eps, v or z_0    (float32, as diffusers)
  *   2. c_i = w(t_i) / (B E) for an instance, lambda w(t_i) / ((n - B) E) for a class image
  *      (E = h w c elements; w: min-SNR weight or 1), so L_k = sum_i c_i sum (pred_i - target_i)^2
- *   3. the graph: L_k and dL_k/d down, dL_k/d up for every side path, where
+ *   3. the graph, at loss scale S (lossScale.ts; 1 in float32): L_k and dL_k/d down, dL_k/d up for
+ *      every side path (backward seeded with S dL/dpred, divided by S), where
  *        SingLoRA  down = A[:in],     up = s A[:out]^T
  *        LoRA      down = loraA^T,    up = s loraB^T
  *      and back to the adapter tensors:
@@ -29,7 +30,9 @@
  *   4. g = (1/K) sum_k g_k,  L = (1/K) sum_k L_k
  *   5. ||g||; g <- g * min(1, maxNorm / (||g|| + 1e-6))                 (torch clip_grad_norm_)
  *   6. AdamW (`AdamWArrays`, the math of adamw.ts)
- * A non-finite loss skips 5 and 6 and leaves the adapters untouched.
+ * A non-finite loss skips 5 and 6 and leaves the adapters untouched. Finite loss, non-finite
+ * gradients at a dynamic scale (float16 overflow): the scale is halved and 3-4 run again; at a
+ * fixed scale (float32) they skip 5 and 6 as well.
  */
 import type { SessionTensor } from '../backend/onnxRuntime.ts';
 import type { OnnxSession } from '../backend/onnxRuntime.ts';
@@ -42,6 +45,7 @@ import type { DDPMScheduler } from '../schedulers/ddpmScheduler.ts';
 import { f32, sqrt32 } from '../schedulers/float32.ts';
 import type { AdamWConfig, AdamWState } from './adamw.ts';
 import { DEFAULT_ADAMW } from './adamw.ts';
+import { allFinite, LossScale } from './lossScale.ts';
 import { lossWeight } from './step.ts';
 
 /** A float32 row-major array with its dims. */
@@ -365,6 +369,8 @@ export interface OnnxStepModel {
   readonly scheduler: DDPMScheduler;
   readonly adapters: AdapterArrays;
   readonly optimizer: AdamWArrays;
+  /** The loss scale (float16 graphs: `LossScale.dynamic()`); absent: 1, as `LossScale.fixed()`. */
+  readonly lossScale?: LossScale;
 }
 
 /** The loss of one micro-batch (the graph's first output), without the backward outputs. */
@@ -385,26 +391,47 @@ export async function onnxTrainStep(
   o: OnnxStepOptions,
 ): Promise<OnnxStepResult> {
   if (!batches.length) throw new Error('onnxTrainStep: no micro-batch given');
-  const { session, scheduler, adapters, optimizer } = model;
+  const { optimizer } = model;
+  const scale = model.lossScale ?? LossScale.fixed();
+  for (;;) {
+    const { loss, grads } = await accumulate(model, batches, o, scale.scale);
+    if (!Number.isFinite(loss)) return { loss, gradNorm: NaN, applied: false };
+    if (!allFinite(grads)) {
+      // Overflow at this scale: halve it and run the micro-batches again; at a fixed scale
+      // (float32) or the floor, the step is not applied.
+      if (scale.overflowed()) continue;
+      return { loss, gradNorm: NaN, applied: false };
+    }
+    scale.applied();
+    // 4. The mean gradient.
+    const K = batches.length;
+    if (K > 1) for (const g of grads) for (let j = 0; j < g.length; j++) g[j] /= K;
+    const returned = o.returnGrads ? grads.map((g) => g.slice()) : undefined;
+    const gradNorm = applyGradientArrays(optimizer, grads, o);
+    return { loss, gradNorm, applied: true, grads: returned };
+  }
+}
+
+/** Steps 1-3 over every micro-batch at loss scale `scale`: the mean loss and the summed gradients. */
+async function accumulate(
+  model: OnnxStepModel,
+  batches: readonly OnnxMicroBatch[],
+  o: OnnxStepOptions,
+  scale: number,
+): Promise<{ loss: number; grads: Float32Array[] }> {
+  const { session, scheduler, adapters } = model;
   const side = adapters.sideFeeds(o.step);
+  const lossScale: SessionTensor = { type: 'float32', data: Float32Array.of(scale), dims: [] };
   let lossSum = 0;
   let acc: Float32Array[] | null = null;
   for (const batch of batches) {
-    const out = await session.run({ ...dataFeeds(scheduler, batch, o), ...side });
+    const out = await session.run({ ...dataFeeds(scheduler, batch, o), loss_scale: lossScale, ...side });
     lossSum += floatOutput(out, 'loss', 1)[0];
     const grads = adapters.chain(o.step, out);
     if (!acc) acc = grads;
     else acc.forEach((a, i) => addInto(a, grads[i]));
   }
-  const loss = lossSum / batches.length;
-  if (!Number.isFinite(loss)) return { loss, gradNorm: NaN, applied: false };
-  // 4. The mean gradient.
-  const K = batches.length;
-  const grads = acc!;
-  if (K > 1) for (const g of grads) for (let j = 0; j < g.length; j++) g[j] /= K;
-  const returned = o.returnGrads ? grads.map((g) => g.slice()) : undefined;
-  const gradNorm = applyGradientArrays(optimizer, grads, o);
-  return { loss, gradNorm, applied: true, grads: returned };
+  return { loss: lossSum / batches.length, grads: acc! };
 }
 
 function addInto(a: Float32Array, b: Float32Array): void {

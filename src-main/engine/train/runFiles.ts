@@ -130,9 +130,11 @@ export async function writeCheckpoint(
     const moments = new Map<string, TensorToWrite>();
     state.optimizer.m.forEach((m, i) => moments.set(`m.${String(i).padStart(4, '0')}`, { shape: [m.length], data: m }));
     state.optimizer.v.forEach((v, i) => moments.set(`v.${String(i).padStart(4, '0')}`, { shape: [v.length], data: v }));
+    const scale = state.optimizer.lossScale;
     await writeSafetensors(join(tmp, 'optimizer.safetensors'), moments, {
       optimizer: 'adamw',
       step: String(state.optimizer.step),
+      ...(scale ? { loss_scale: String(scale.scale), loss_scale_good_steps: String(scale.goodSteps) } : {}),
     });
     await atomicWriteJson(join(tmp, 'state.json'), {
       step: state.step,
@@ -167,14 +169,18 @@ export async function readCheckpoint(
   } catch (err) {
     throw new Error(`${join(dir, 'state.json')}: cannot read the checkpoint state (${(err as Error).message})`);
   }
-  const { tensors } = await readAllFloat32(join(dir, 'optimizer.safetensors'));
+  const { tensors, metadata } = await readAllFloat32(join(dir, 'optimizer.safetensors'));
   const keys = [...tensors.keys()].sort();
   const m = keys.filter((k) => k.startsWith('m.')).map((k) => tensors.get(k)!.data);
   const v = keys.filter((k) => k.startsWith('v.')).map((k) => tensors.get(k)!.data);
+  const lossScale =
+    metadata.loss_scale === undefined
+      ? undefined
+      : { scale: Number(metadata.loss_scale), goodSteps: Number(metadata.loss_scale_good_steps ?? 0) };
   return {
     step: state.step,
     rng: state.rng,
-    optimizer: { step: state.optimizerStep, m, v },
+    optimizer: { step: state.optimizerStep, m, v, lossScale },
     smoothedLoss: state.smoothedLoss ?? null,
     adapterPath: join(dir, 'adapter.safetensors'),
   };

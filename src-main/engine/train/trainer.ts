@@ -618,7 +618,7 @@ class TrainingLoop {
 
   /**
    * One optimizer step and its `step` event; the loss, or null when the step was not applied (a
-   * loss that is not finite: the run is marked failed, with what to change).
+   * loss or gradients that are not finite: the run is marked failed, with what to change).
    */
   async #trainOneStep(startStep: number, t0: number): Promise<number | null> {
     const { settings, opts } = this.x;
@@ -650,7 +650,10 @@ class TrainingLoop {
         this.#lastCheckpointStep >= 0
           ? `the last good checkpoint (step ${this.#lastCheckpointStep}) is kept`
           : 'no checkpoint was written yet';
-      const error = `the loss became ${lossValue} at step ${this.step + 1}; training stopped and ${keep}. Lower the learning rate (now ${settings.learningRate}) or enable gradient clipping.`;
+      const what = Number.isFinite(lossValue)
+        ? `the gradients became infinite or NaN (loss ${lossValue})`
+        : `the loss became ${lossValue}`;
+      const error = `${what} at step ${this.step + 1}; training stopped and ${keep}. Lower the learning rate (now ${settings.learningRate}) or enable gradient clipping.`;
       this.manifest = { ...this.manifest, status: 'failed', error };
       await writeRunManifest(opts.runDir, this.manifest);
       this.#emit({ event: 'done', status: 'failed', step: this.step, error });
