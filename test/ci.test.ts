@@ -6,11 +6,11 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { needsNote, SWIFTSHADER, skipReason } from './helpers/ciRequirements.ts';
+import { LAVAPIPE_ICD, needsNote, SWIFTSHADER, skipReason } from './helpers/ciRequirements.ts';
 
 const RUN = readFileSync(join(import.meta.dirname, '../.ci/run'), 'utf8');
 
-describe('CI and the suites that need Chromium, SwiftShader or redis-server', () => {
+describe('CI and the suites that need Chromium, SwiftShader, lavapipe or redis-server', () => {
   it('.ci/run installs chromium, checks the SwiftShader driver where the suites look, and sets CI=true', () => {
     expect(RUN).toMatch(/apt-get install -y -qq chromium/);
     expect(RUN).toContain(`SWIFTSHADER=${SWIFTSHADER}`);
@@ -22,6 +22,17 @@ describe('CI and the suites that need Chromium, SwiftShader or redis-server', ()
   it('.ci/run installs redis-server and checks it is there (the queue suites fail without it under CI)', () => {
     expect(RUN).toMatch(/apt-get install -y -qq [^\n]*\bredis-server\b/);
     expect(RUN).toMatch(/command -v redis-server .*\|\| \{/);
+  });
+
+  it('.ci/run fetches lavapipe where the float16 WebGPU test looks for it (scripts/fetch-lavapipe.sh fails loudly)', () => {
+    expect(RUN).toMatch(
+      /^\[ -e \.cache\/lavapipe\/lvp_icd\.json \] \|\| scripts\/fetch-lavapipe\.sh \.cache\/lavapipe$/m,
+    );
+    if (!process.env.SINGLORA_LAVAPIPE_ICD)
+      expect(LAVAPIPE_ICD).toBe(join(import.meta.dirname, '..', '.cache', 'lavapipe', 'lvp_icd.json'));
+    expect(readFileSync(join(import.meta.dirname, '../scripts/fetch-lavapipe.sh'), 'utf8')).toMatch(
+      /^set -euo pipefail$/m,
+    );
   });
 
   it('.ci/run runs the unit suites, then the rest (together: every suite of npm test)', () => {
