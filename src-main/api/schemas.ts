@@ -288,6 +288,13 @@ export const runManifestSchema = z.object({
   settings: trainSettingsSchema,
   baseModel: z.object({ path: z.string(), name: z.string(), unetSha256: z.string() }),
   backend: z.string(),
+  /**
+   * Where the steps ran: ONNX Runtime's execution provider ('cpu', 'webgpu', ...; on tfjs the
+   * TensorFlow.js backend) and the compute type. Absent until the first step, and in runs written
+   * before they were recorded.
+   */
+  provider: z.string().optional(),
+  dtype: z.enum(COMPUTE_DTYPES).optional(),
   images: z.object({
     used: z.array(z.string()),
     rejected: z.array(z.object({ file: z.string(), reason: z.string() })),

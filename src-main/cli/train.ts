@@ -180,10 +180,14 @@ function printTrainResult(o: TrainCliOptions, result: TrainResult): void {
       adapter: last ? join(o.out, last.adapter) : null,
       fixedLoss: result.fixedLoss,
       msPerStep: m.timing.msPerStep,
+      engine: m.backend,
+      provider: m.provider ?? null,
+      dtype: m.dtype ?? null,
     },
     () =>
       [
         `${m.status}: ${m.step}/${m.settings.steps} steps in ${o.out}`,
+        m.provider ? `trained on: ${m.backend} ${m.provider} (${m.dtype})` : '',
         last ? `adapter: ${join(o.out, last.adapter)}` : 'no checkpoint yet',
         result.fixedLoss
           ? `fixed-noise loss: ${result.fixedLoss.start.toFixed(4)} -> ${result.fixedLoss.end.toFixed(4)}`

@@ -84,9 +84,9 @@ export class OnnxTrainingEngine {
     );
   }
 
-  /** Where the sessions run, e.g. `onnx:cpu (float32)`; null before the first session. */
-  get device(): string | null {
-    return this.chosen ? `onnx:${this.chosen.providers.join('+')} (${this.chosen.dtype})` : null;
+  /** Where the sessions run (the provider, e.g. 'webgpu', and the compute type); null before the first session. */
+  get placement(): { provider: string; dtype: ComputeType } | null {
+    return this.chosen ? { provider: this.chosen.providers.join('+'), dtype: this.chosen.dtype } : null;
   }
 
   async step(batches: readonly OnnxMicroBatch[], o: OnnxStepOptions): Promise<OnnxStepResult> {

@@ -66,6 +66,7 @@ import {
   writeCheckpoint,
   writeRunManifest,
 } from './runFiles.ts';
+import type { ComputeType } from '../onnx/onnxOps.ts';
 import { OnnxTrainingEngine } from './onnxEngine.ts';
 import type { OnnxMicroBatch } from './onnxStep.ts';
 import {
@@ -140,6 +141,8 @@ interface StepRunner {
   /** Frees what the next step can rebuild (the onnx step's session: previews then hold the only copy of the UNet). */
   releaseSessions(): Promise<void>;
   dispose(): Promise<void>;
+  /** Where the steps run (the run manifest's `provider` and `dtype`); null before the first step. */
+  placement(): { provider: string; dtype: ComputeType } | null;
 }
 
 export interface TrainHooks {
@@ -661,6 +664,8 @@ class TrainingLoop {
     }
     this.step += 1;
     const step = this.step;
+    const placed = this.x.runner.placement();
+    if (placed) this.manifest = { ...this.manifest, provider: placed.provider, dtype: placed.dtype };
     this.smoothed = this.smoothed === null ? lossValue : SMOOTHING * this.smoothed + (1 - SMOOTHING) * lossValue;
     this.manifest.losses.push({ step, loss: lossValue, smoothed: this.smoothed });
     const elapsed = performance.now() - t0;
@@ -836,6 +841,7 @@ function tfjsRunner(
     syncAdapters: () => {},
     releaseSessions: async () => {},
     dispose: async () => optimizer.dispose(),
+    placement: () => ({ provider: activeBackend()?.name ?? tf.getBackend(), dtype: 'float32' }),
   };
 }
 
@@ -869,6 +875,7 @@ async function onnxRunner(engine: OnnxTrainingEngine): Promise<StepRunner> {
     syncAdapters: () => engine.syncAdapters(),
     releaseSessions: () => engine.releaseTraining(),
     dispose: () => engine.releaseTraining(),
+    placement: () => engine.placement,
   };
 }
 
