@@ -22,7 +22,7 @@ import { safetensorsSource } from '../io/weightSource.ts';
 import { FlopCounter, type Shaped } from '../models/ops/flopOps.ts';
 import type { UNet2DConditionModel } from '../models/unet2dCondition.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
-import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
+import { defaultComputeType, providerCandidates, type ProviderChoice, trainingProviders } from '../onnx/providers.ts';
 import { openTrainStep, trainStepArena, trainStepAttention, trainStepWeightLayout } from '../onnx/trainStepGraph.ts';
 import { Rng } from '../random.ts';
 import { createScheduler } from '../schedulers/index.ts';
@@ -196,7 +196,8 @@ async function openStepSession(
   at: { file: string; configPath: string; tmp: string; sidePaths: string[] },
   log: (line: string) => void,
 ) {
-  const providers = (await providerCandidates(o.provider ?? 'cpu'))[0];
+  // As `train` opens it (onnxEngine.ts): a GPU provider alone.
+  const providers = trainingProviders((await providerCandidates(o.provider ?? 'cpu'))[0]);
   const dtype = o.dtype ?? defaultComputeType(providers);
   const layout = trainStepWeightLayout(providers, o);
   const attention = trainStepAttention(providers, dtype);

@@ -57,6 +57,15 @@ export async function providerCandidates(choice: ProviderChoice): Promise<Execut
   return out;
 }
 
+/**
+ * A training session's providers from a candidate list: a GPU provider alone, with no CPU provider
+ * after it to fall back to (training sessions also refuse ONNX Runtime's silent CPU fallback,
+ * `trainingSessionExtra`), so a GPU provider that cannot run a backward node fails to start; or the CPU.
+ */
+export function trainingProviders(list: readonly ExecutionProvider[]): ExecutionProvider[] {
+  return list[0] === 'cpu' ? ['cpu'] : [list[0]];
+}
+
 /** The default compute type of a provider list: float16 on a GPU provider, float32 on the CPU. */
 export function defaultComputeType(providers: readonly ExecutionProvider[]): ComputeType {
   return providers[0] === 'cpu' ? 'float32' : 'float16';

@@ -21,7 +21,7 @@ import type { AdapterSet } from '../adapters/adapterSet.ts';
 import { openBaseModel, type OpenBaseModelOptions } from '../io/modelFiles.ts';
 import type { OpenedGraph } from '../onnx/graphSessions.ts';
 import type { ComputeType } from '../onnx/onnxOps.ts';
-import { defaultComputeType, providerCandidates, type ProviderChoice } from '../onnx/providers.ts';
+import { defaultComputeType, providerCandidates, type ProviderChoice, trainingProviders } from '../onnx/providers.ts';
 import { openTrainStep, shapeKey, type StepShape } from '../onnx/trainStepGraph.ts';
 import type { DDPMScheduler } from '../schedulers/ddpmScheduler.ts';
 import type { AdamWConfig, AdamWState } from './adamw.ts';
@@ -166,8 +166,7 @@ export class OnnxTrainingEngine {
       const lists = this.chosen ? [this.chosen.providers] : await providerCandidates(this.options.provider);
       const errors: string[] = [];
       for (const list of lists) {
-        // A GPU provider alone: no CPU provider to fall back to (see the file comment).
-        const providers: ExecutionProvider[] = list[0] === 'cpu' ? ['cpu'] : [list[0]];
+        const providers = trainingProviders(list);
         const dtypes: ComputeType[] = this.chosen
           ? [this.chosen.dtype]
           : this.options.dtype
