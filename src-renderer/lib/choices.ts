@@ -8,6 +8,7 @@ import {
   CROP_MODES,
   DEFAULT_SUBJECT_TYPE,
   METHODS,
+  type ProviderChoice,
   SAMPLER_DISPLAY_NAMES,
   type SCHEDULERS,
   SUBJECT_TYPES,
@@ -42,4 +43,26 @@ export const CROP_CHOICES: ReadonlyArray<{ value: CropMode; label: string; hint:
 export function newSubject(): Project['subject'] {
   const { triggerToken, classWord } = trainSettingsSchema.parse({});
   return { triggerToken, classWord, type: DEFAULT_SUBJECT_TYPE };
+}
+
+/** ONNX Runtime's execution providers by their product names. */
+export const PROVIDER_NAMES: Record<Exclude<ProviderChoice, 'auto'>, string> = {
+  cpu: 'CPU',
+  webgpu: 'WebGPU',
+  cuda: 'CUDA',
+  dml: 'DirectML',
+  coreml: 'CoreML',
+};
+
+/**
+ * Where a run's steps ran, from its run.json (`backend` is the engine for ONNX Runtime runs; the
+ * provider and compute type come with the first step): "WebGPU (ONNX Runtime, float16)"; null
+ * before the first step and for runs that predate the record.
+ */
+export function trainingDevice(m: { backend: string; provider?: string; dtype?: string }): string | null {
+  if (!m.provider) return null;
+  const dtype = m.dtype ?? 'float32';
+  if (m.backend !== 'onnx') return `the ${m.provider} backend (TensorFlow.js, ${dtype})`;
+  const names = m.provider.split('+').map((p) => PROVIDER_NAMES[p as keyof typeof PROVIDER_NAMES] ?? p);
+  return `${names.join(' + ')} (ONNX Runtime, ${dtype})`;
 }

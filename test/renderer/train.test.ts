@@ -358,6 +358,21 @@ describe('Train screen', () => {
     expect(screen.getByTestId('train-progress').textContent).toContain('Step 4/800');
   });
 
+  test('a run says where it trained (run.json: provider and compute type); older runs say nothing', async () => {
+    const { studio } = await renderTrain({
+      'training.status': ({ runId }) =>
+        runId === 'r9'
+          ? fx.manifest({ id: 'r9', status: 'completed', backend: 'onnx', provider: 'webgpu', dtype: 'float16' })
+          : fx.manifest({ id: 'r8', status: 'completed', backend: 'onnx' }),
+    });
+    await studio.training.selectRun('r9');
+    await waitFor(() =>
+      expect(screen.getByTestId('train-device').textContent).toBe('Trained on WebGPU (ONNX Runtime, float16)'),
+    );
+    await studio.training.selectRun('r8');
+    await waitFor(() => expect(screen.queryByTestId('train-device')).toBeNull());
+  });
+
   test("the Runs table shows each run's learning rate and steps", async () => {
     await renderTrain({
       'training.runs': () => [
