@@ -10,7 +10,8 @@
  *                         --train-resolution 512 --train-steps 3 --no-train]
  */
 import { spawn } from 'node:child_process';
-import { benchTrainOnnx } from '../src-main/engine/bench/trainOnnx.ts';
+import { join } from 'node:path';
+import type { BenchTrainOnnxReport } from '../src-main/engine/bench/trainOnnx.ts';
 import { benchUnet } from '../src-main/engine/bench/unet.ts';
 import { benchUnetOnnx } from '../src-main/engine/bench/unetOnnx.ts';
 import { probeBackends } from '../src-main/engine/backend/tf.ts';
@@ -112,8 +113,6 @@ for (const b of await probeBackends()) {
   break;
 }
 
-if (train) await trainChecks(providers.filter((p) => p.available && p.name !== 'cpu').map((p) => p.name));
-
 /** One SD 1.5 training step per GPU provider that started (the CPU's is `bench train --engine onnx`). */
 async function trainChecks(gpuProviders: readonly Exclude<ProviderChoice, 'auto'>[]): Promise<void> {
   if (gpuProviders.length === 0) {
@@ -129,15 +128,7 @@ async function trainChecks(gpuProviders: readonly Exclude<ProviderChoice, 'auto'
   for (const provider of gpuProviders) {
     const memory = DeviceMemory.start();
     try {
-      const r = await benchTrainOnnx({
-        base: config,
-        resolution: trainResolution,
-        steps: trainSteps,
-        warmup: 1,
-        batch: 1,
-        provider,
-        dtype: 'float16',
-      });
+      const r = await benchTrainChild(provider);
       line({
         event: 'train',
         engine: 'onnx',
@@ -159,6 +150,37 @@ async function trainChecks(gpuProviders: readonly Exclude<ProviderChoice, 'auto'
       line({ event: 'train', engine: 'onnx', provider, dtype: 'float16', status: 'failed', reason: firstLine(err) });
     }
   }
+}
+
+/**
+ * `singlora bench train` on `provider` in its own process: the TensorFlow.js backend timed above
+ * stays started in this one (one per process), and the bench draws its adapters on TensorFlow.js's
+ * CPU backend (a run on lavapipe failed here with "backend already started as 'webgpu'"). Its
+ * JSON report, or its error.
+ */
+async function benchTrainChild(provider: string): Promise<BenchTrainOnnxReport> {
+  const args = ['bench', 'train', '--engine', 'onnx', '--provider', provider, '--dtype', 'float16', '--base', config];
+  args.push('--resolution', String(trainResolution), '--steps', String(trainSteps), '--warmup', '1', '--json');
+  const child = spawn(process.execPath, [join(import.meta.dirname, '..', 'bin', 'singlora.js'), ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  const last = out.trim().split('\n').pop() ?? '';
+  if (code !== 0 || !last.startsWith('{'))
+    throw new Error(
+      `bench train exited ${code}: ${(
+        err
+          .trim()
+          .split('\n')
+          .filter((l) => !/^Warning:/.test(l))
+          .pop() ?? ''
+      ).slice(0, 300)}`,
+    );
+  return JSON.parse(last) as BenchTrainOnnxReport;
 }
 
 /**
@@ -212,3 +234,7 @@ class DeviceMemory {
 function firstLine(err: unknown): string {
   return (err instanceof Error ? err.message : String(err)).split('\n')[0];
 }
+
+// Last, after the declarations above: a class is not hoisted, and the first run of this check (on
+// lavapipe, 2026-12-08) stopped here with "Cannot access 'DeviceMemory' before initialization".
+if (train) await trainChecks(providers.filter((p) => p.available && p.name !== 'cpu').map((p) => p.name));
