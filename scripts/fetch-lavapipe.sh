@@ -5,8 +5,9 @@
 # what Dawn needs (shaderUniformBufferArrayDynamicIndexing), so this takes bookworm-backports'
 # mesa-vulkan-drivers. It is only downloaded and unpacked: apt runs with its own source list,
 # package lists and cache in a temporary folder, and nothing is installed or configured on the
-# system. The driver needs libLLVM-15 (Debian 12's libllvm15) and libvulkan1, which
-# chromium's dependencies bring.
+# system. The driver needs libLLVM-15 (Debian 12's libllvm15, which chromium's dependencies bring)
+# and a Vulkan loader: Debian's chromium ships one in /usr/lib/chromium (the tests put that folder
+# on LD_LIBRARY_PATH, test/helpers/ciRequirements.ts), or install libvulkan1.
 #
 #   scripts/fetch-lavapipe.sh [DEST]     (default .cache/lavapipe; writes DEST/lvp_icd.json)
 set -euo pipefail

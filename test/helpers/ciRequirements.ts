@@ -58,12 +58,22 @@ export const LAVAPIPE_ICD =
 
 /**
  * The environment for a child process that starts Dawn with float16 shaders: Mesa's lavapipe
- * (SwiftShader has no shader-f16), or the real driver with SINGLORA_WEBGPU_ENV=native. A string
- * when neither is there: why not.
+ * (SwiftShader has no shader-f16) through the Vulkan loader that Debian's chromium ships (the
+ * system may have none: libvulkan1 is not among chromium's dependencies), or the real driver with
+ * SINGLORA_WEBGPU_ENV=native. A string when neither is there: why not.
  */
 export function webgpuF16Env(): NodeJS.ProcessEnv | string {
   if (process.env.SINGLORA_WEBGPU_ENV === 'native') return { ...process.env };
   if (!existsSync(LAVAPIPE_ICD))
     return `no lavapipe Vulkan driver at ${LAVAPIPE_ICD} (scripts/fetch-lavapipe.sh) and SINGLORA_WEBGPU_ENV is not 'native'`;
-  return { ...process.env, VK_ICD_FILENAMES: LAVAPIPE_ICD };
+  if (!existsSync(CHROMIUM_VULKAN_LOADER))
+    return `no Vulkan loader at ${CHROMIUM_VULKAN_LOADER} (apt install chromium) for lavapipe`;
+  return {
+    ...process.env,
+    VK_ICD_FILENAMES: LAVAPIPE_ICD,
+    LD_LIBRARY_PATH: ['/usr/lib/chromium', process.env.LD_LIBRARY_PATH].filter(Boolean).join(':'),
+  };
 }
+
+/** The Vulkan loader in Debian's chromium package (SwiftShader and lavapipe are loaded through it). */
+export const CHROMIUM_VULKAN_LOADER = '/usr/lib/chromium/libvulkan.so.1';
