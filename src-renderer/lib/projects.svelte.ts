@@ -59,6 +59,8 @@ export class ProjectsService {
       : null;
   });
   readonly #openListeners = new Set<(p: Project | null) => void>();
+  /** Counts opens and creates: a late answer to an older open, or the start-up restore, yields to a newer one. */
+  #opened = 0;
   readonly #modelListeners = new Set<() => void>();
 
   constructor(
@@ -93,9 +95,14 @@ export class ProjectsService {
     if (b) this.bases = b;
   }
 
-  /** Loads the list and reopens the last project (or the most recently updated one). */
+  /**
+   * Loads the list and reopens the last project (or the most recently updated one), unless the
+   * user opened or created one while the list loaded (the select works as soon as it has options).
+   */
   async start(): Promise<void> {
+    const before = this.#opened;
     await Promise.all([this.refresh(), this.loadBases()]);
+    if (this.#opened !== before) return;
     const last = this.storage?.getItem(LAST_PROJECT_KEY);
     const pick =
       this.list.find((p) => p.id === last) ?? [...this.list].sort((a, b) => b.updatedAt.localeCompare(a.updatedAt))[0];
@@ -117,9 +124,11 @@ export class ProjectsService {
     if (i !== -1) this.list[i] = { ...this.list[i], ...counts };
   }
 
+  /** Opens a project; of several opens in flight, the last one asked for wins, whatever answers last. */
   async open(projectId: string): Promise<void> {
+    const ticket = ++this.#opened;
     const p = await this.notify.guard('Open project', () => this.api['projects.open']({ projectId }));
-    if (p) this.#setCurrent(p);
+    if (p && ticket === this.#opened) this.#setCurrent(p);
   }
 
   /** Creates and opens a project; returns field errors, or null on success. */
@@ -129,6 +138,7 @@ export class ProjectsService {
     if (!c.ok || token) return { ...(c.ok ? {} : c.errors), ...(token ? { triggerToken: token } : {}) };
     try {
       const p = await this.api['projects.create'](input);
+      this.#opened++; // an open still in flight must not replace the new project
       this.#setCurrent(p);
       await Promise.all([this.refresh(), this.loadBases()]);
       return null;

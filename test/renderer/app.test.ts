@@ -23,6 +23,35 @@ describe('App shell', () => {
     expect(screen.getByTestId('selected-backend').textContent).toBe('tensorflow');
   });
 
+  test('a project picked while the app is still starting stays open: the restore of the last one yields, and a late answer to an older open loses', async () => {
+    const bare = fx.project({ id: 'p2', name: 'No model yet', baseModel: null });
+    let releaseList: () => void = () => {};
+    const listed = new Promise<void>((r) => (releaseList = r));
+    let releaseP1: () => void = () => {};
+    const p1Answer = new Promise<void>((r) => (releaseP1 = r));
+    const { transport, studio } = await startStudio();
+    transport.handlers['projects.list'] = async () => {
+      await listed;
+      return [fx.projectSummary(fx.project()), fx.projectSummary(bare)];
+    };
+    transport.handlers['projects.open'] = async ({ projectId }) => {
+      if (projectId === 'p1') await p1Answer;
+      return projectId === 'p2' ? bare : fx.project();
+    };
+    // The restore starts (its list still loading) and the user picks p2 meanwhile.
+    const starting = studio.projects.start();
+    await studio.projects.open('p2');
+    releaseList();
+    await starting;
+    expect(studio.projects.current?.id).toBe('p2');
+    // Two opens in flight: p1 asked first answers last.
+    const slow = studio.projects.open('p1');
+    await studio.projects.open('p2');
+    releaseP1();
+    await slow;
+    expect(studio.projects.current?.id).toBe('p2');
+  });
+
   test('creating a project validates the name, then creates and opens it', async () => {
     const created = fx.project({
       id: 'p2',
