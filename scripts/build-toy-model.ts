@@ -8,12 +8,14 @@
  * Stages (train/fullTrain.ts): 1. the VAE on the images; 2. the UNet and the text encoder
  * together on the VAE's latents, with the same DDPM step adapter training uses; 3. the same two
  * trained on from stage 2 as saved (a warm restart of the learning rate), ending on the moving
- * average of their weights. Everything is seeded; the script prints its configuration, losses and
+ * average of their weights; 4. the same two trained on from stage 3 as saved, on a set where a
+ * share of the scenes are compositions of two touching objects. Everything is seeded; the script prints its configuration, losses and
  * wall time.
  *
  *   nice -n 5 npx tsx scripts/build-toy-model.ts [--out models/toy-sd] [--vae-steps N] [--unet-steps N]
  *     [--vae-batch N] [--vae-lr X] [--unet-batch N] [--unet-lr X] [--min-snr G] [--snapshot-every N] [--vae-from DIR]
  *     [--unet-from DIR] [--refine-steps N] [--refine-batch N] [--refine-lr X] [--ema D]
+ *     [--compose-steps N] [--compose-lr X] [--compositions SHARE]
  *
  * The two stages draw from their own random streams, and the UNet trains on the VAE as it is
  * saved (its weights rounded to the file's dtype, read back from disk). So `--vae-from` a folder
@@ -138,6 +140,20 @@ export const TOY_CONFIG = {
    * guidance 7.5, half-right pictures at guidance 2 (docs/experiments.md, "The rebuild").
    */
   refine: { steps: 1500, batch: 16, lr: 1e-3, maxGradNorm: 1, minSnrGamma: 5 as number | null, emaDecay: 0.998 },
+  /**
+   * Stage 4 (issue 26): stage 3 as saved, trained on a new set (its own seed) where `compositions`
+   * of the scenes are two touching one-colour objects (toyWorld.ts, randomComposition), so the
+   * UNet learns to draw colour boundaries inside the foreground that a two-colour subject needs.
+   */
+  compose: {
+    steps: 1500,
+    batch: 16,
+    lr: 1e-3,
+    maxGradNorm: 1,
+    minSnrGamma: 5 as number | null,
+    emaDecay: 0.998,
+    compositions: 0.35,
+  },
   weightsDtype: 'F16' as 'F16' | 'F32',
 };
 
@@ -250,6 +266,14 @@ async function main(): Promise<void> {
     emaDecay: num('--ema', cfg.refine.emaDecay),
   };
   if (refine.emaDecay >= 1) throw new Error(`--ema: expected a decay below 1, got ${refine.emaDecay}`);
+  const compose = {
+    ...cfg.compose,
+    steps: num('--compose-steps', cfg.compose.steps),
+    lr: num('--compose-lr', cfg.compose.lr),
+    compositions: num('--compositions', cfg.compose.compositions),
+  };
+  if (compose.compositions > 1)
+    throw new Error(`--compositions: expected a share in [0, 1], got ${compose.compositions}`);
   const vaeSteps = vaeTrain.steps;
   const unetSteps = unetTrain.steps;
   const snapshotEvery = num('--snapshot-every', 0);
@@ -260,7 +284,7 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   const elapsed = () => `${((performance.now() - t0) / 1000).toFixed(0)} s`;
   console.log(`build-toy-model: backend ${backend.name}, out ${out}${vaeFrom ? `, VAE from ${resolve(vaeFrom)}` : ''}`);
-  console.log(`config: ${JSON.stringify({ ...cfg, vaeTrain, unetTrain, refine })}`);
+  console.log(`config: ${JSON.stringify({ ...cfg, vaeTrain, unetTrain, refine, compose })}`);
 
   // The data set and the subject photos.
   const data = toyDataset(cfg.images, cfg.seed);
@@ -351,7 +375,7 @@ async function main(): Promise<void> {
     `noise schedule: ${cfg.scheduler.beta_schedule} ${cfg.scheduler.beta_start}..${cfg.scheduler.beta_end}; alphaBar[999] = ${ddpm.alphasCumprod[999].toFixed(5)}`,
   );
   const note = () =>
-    `# toy-sd\n\nBuilt by \`npm run build:toy-model\` (scripts/build-toy-model.ts), from scratch, seed ${cfg.seed}: VAE ${vaeSteps} steps (batch ${vaeTrain.batch}, lr ${vaeTrain.lr}), UNet + text encoder ${unetSteps} steps (batch ${unetTrain.batch}, lr ${unetTrain.lr}${unetTrain.minSnrGamma ? `, min-SNR gamma ${unetTrain.minSnrGamma}` : ''})${refine.steps ? `, then refined ${refine.steps} steps (batch ${refine.batch}, lr ${refine.lr}${refine.minSnrGamma ? `, min-SNR gamma ${refine.minSnrGamma}` : ''}, EMA ${refine.emaDecay})` : ''}. See ../README.md.\n`;
+    `# toy-sd\n\nBuilt by \`npm run build:toy-model\` (scripts/build-toy-model.ts), from scratch, seed ${cfg.seed}: VAE ${vaeSteps} steps (batch ${vaeTrain.batch}, lr ${vaeTrain.lr}), UNet + text encoder ${unetSteps} steps (batch ${unetTrain.batch}, lr ${unetTrain.lr}${unetTrain.minSnrGamma ? `, min-SNR gamma ${unetTrain.minSnrGamma}` : ''})${refine.steps ? `, then refined ${refine.steps} steps (batch ${refine.batch}, lr ${refine.lr}${refine.minSnrGamma ? `, min-SNR gamma ${refine.minSnrGamma}` : ''}, EMA ${refine.emaDecay})` : ''}${compose.steps ? `, then trained ${compose.steps} steps on a set with ${100 * compose.compositions}% compositions (batch ${compose.batch}, lr ${compose.lr}, EMA ${compose.emaDecay})` : ''}. See ../README.md.\n`;
   const denoise: DenoiseData = { latents, ids, ddpm, seed: cfg.seed, elapsed };
   const snapshot = (unet: UNet2DConditionModel, te: ClipTextModel) => async (step: number) => {
     await writeFolder(out, unet, te, note());
@@ -378,14 +402,39 @@ async function main(): Promise<void> {
   if (unetFrom) console.log(`stage 2 read from ${from}`);
   const stage = { ...refine, name: 'refine', stream: 4 };
   await trainDenoiser(unet, te, denoise, stage, snapshotEvery ? snapshot(unet, te) : undefined, snapshotEvery);
-  await writeFolder(out, unet, te, `${note()}\nBuild time: ${elapsed()} on backend ${backend.name}.\n`);
+  await writeFolder(out, unet, te, `${note()}\nStage 3 done at ${elapsed()} on backend ${backend.name}.\n`);
+  unet.dispose();
+  te.dispose();
+  // 4. Compositions, from stage 3 as saved, on a set of their own (its seed: the build's + 300).
+  if (compose.steps > 0) {
+    const set = toyDataset(cfg.images, cfg.seed + 300, cfg.imageSize, compose.compositions);
+    const setImages = imagesTensor(
+      set.map((d) => d.image),
+      cfg.imageSize,
+    );
+    const setRaw = encodeMeans(vae, setImages);
+    const setLatents = tf.mul(setRaw, scaling);
+    tf.dispose([setRaw, setImages]);
+    const composeData: DenoiseData = {
+      ...denoise,
+      latents: setLatents,
+      ids: tokenizer.call(set.map((d) => d.caption)),
+    };
+    console.log(`stage 4: ${set.length} images, ${set.filter((d) => d.scene.under).length} of them compositions`);
+    const u4 = await UNet2DConditionModel.load(join(out, 'unet'));
+    const te4 = await ClipTextModel.load(join(out, 'text_encoder'));
+    const stage4 = { ...compose, name: 'compose', stream: 5 };
+    await trainDenoiser(u4, te4, composeData, stage4, snapshotEvery ? snapshot(u4, te4) : undefined, snapshotEvery);
+    await writeFolder(out, u4, te4, `${note()}\nBuild time: ${elapsed()} on backend ${backend.name}.\n`);
+    tf.dispose([setLatents]);
+    u4.dispose();
+    te4.dispose();
+  }
   console.log(`toy model written to ${out}; build time ${elapsed()}`);
   tf.dispose([images, latents]);
   vae.dispose();
-  unet.dispose();
-  te.dispose();
   // What it learned: does it draw what its own captions ask for (scripts/toy-world-check.ts)?
-  if (unetSteps > 0 || refine.steps > 0) {
+  if (unetSteps > 0 || refine.steps > 0 || compose.steps > 0) {
     const w = await checkToyWorld(out);
     console.log(
       `world check: background as asked ${(100 * w.background).toFixed(0)}% (chance 14%), object colour as asked ${(100 * w.object).toFixed(0)}% (chance 25%), shape as asked ${(100 * w.shape).toFixed(0)}%, all three ${(100 * w.all).toFixed(0)}%, ${w.images.length} captions`,

@@ -65,6 +65,58 @@ describe('the toy world', () => {
   });
 });
 
+/** Whether the pixels that are not exactly `bg` form one 4-connected region. */
+function oneForeground(img: ToyImage, bg: readonly number[]): boolean {
+  const n = img.width * img.height;
+  const fg = (i: number) => img.data[3 * i] !== bg[0] || img.data[3 * i + 1] !== bg[1] || img.data[3 * i + 2] !== bg[2];
+  const all = Array.from({ length: n }, (_, i) => i).filter(fg);
+  const seen = new Set([all[0]]);
+  const queue = [all[0]];
+  while (queue.length > 0) {
+    const i = queue.pop() as number;
+    const [x, y] = [i % img.width, Math.floor(i / img.width)];
+    const next = [x > 0 ? i - 1 : -1, x < img.width - 1 ? i + 1 : -1, y > 0 ? i - img.width : -1, i + img.width];
+    for (const j of next)
+      if (j >= 0 && j < n && !seen.has(j) && fg(j)) {
+        seen.add(j);
+        queue.push(j);
+      }
+  }
+  return seen.size === all.length;
+}
+
+describe("the build's stage 4 set (compositions)", () => {
+  const share = TOY_CONFIG.compose.compositions;
+  const set = toyDataset(TOY_CONFIG.images, TOY_CONFIG.seed + 300, TOY_CONFIG.imageSize, share);
+  const compositions = set.filter((e) => e.scene.under);
+
+  it('holds the configured share of compositions (within 4 binomial standard deviations)', () => {
+    const sd = Math.sqrt((share * (1 - share)) / set.length);
+    expect(Math.abs(compositions.length / set.length - share)).toBeLessThan(4 * sd);
+  });
+
+  it('every object is one colour: a composition shows exactly its two object colours and its background', () => {
+    for (const ex of set) {
+      expect(ex.scene.pattern).toBeUndefined();
+      const colours = [ex.scene.colour, ...(ex.scene.under ? [ex.scene.under.colour] : []), ex.scene.background];
+      expect(new Set(colours).size).toBe(colours.length);
+      expect(paletteColours(ex.image)).toEqual(colours.sort());
+    }
+  });
+
+  it("a composition's two objects stand together, one above the other, and its caption says so", () => {
+    const grammar =
+      /^(a photo of a (red|green|blue|yellow) (ball|square|triangle) above a (red|green|blue|yellow) (ball|square|triangle)( on a \w+ background)?)?$/;
+    for (const ex of compositions) {
+      const under = ex.scene.under as NonNullable<typeof ex.scene.under>;
+      expect(under.cy).toBeGreaterThan(ex.scene.cy);
+      expect(oneForeground(ex.image, PALETTE[ex.scene.background])).toBe(true);
+      expect(ex.caption).toMatch(grammar);
+      if (ex.caption) expect(ex.caption).toContain(`a ${ex.scene.colour} ${ex.scene.kind} above a ${under.colour}`);
+    }
+  });
+});
+
 describe('captionBackground (the toy model default)', () => {
   it('captions each photo with the background read off it; a caption .txt still wins', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'toy-captions-'));

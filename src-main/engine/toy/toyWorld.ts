@@ -9,6 +9,11 @@
  * are SD-style: "a photo of a red ball on a blue background"; some drop the background phrase
  * ("a photo of a red ball") and some are empty (for classifier-free guidance).
  *
+ * A data set may also hold compositions: two one-colour objects of different colours, one standing
+ * on the other ("a photo of a red ball above a yellow square on a blue background"). Every object
+ * stays one colour, but the model sees colour boundaries inside what stands in front of the
+ * background, which a two-colour subject needs (docs/experiments.md, the compositions build).
+ *
  * The subject is a ball whose top half is red and bottom half yellow: both colours and the shape
  * are known to the base model, the two-colour pattern is not.
  *
@@ -49,6 +54,17 @@ export interface Scene {
   readonly r: number;
   /** Top and bottom half colours (the subject); overrides `colour`. */
   readonly pattern?: readonly [ColourName, ColourName];
+  /** A second one-colour object standing under this one, touching it (a composition). */
+  readonly under?: Part;
+}
+
+/** One object of a composition: its kind, colour, centre and half-size (fractions of the side). */
+export interface Part {
+  readonly kind: Kind;
+  readonly colour: ColourName;
+  readonly cx: number;
+  readonly cy: number;
+  readonly r: number;
 }
 
 /** An RGB image, HWC, 0-255 (the layout engine/image/sharp.ts reads and writes). */
@@ -59,7 +75,7 @@ export interface ToyImage {
 }
 
 /** Does the point (u, v) (fractions of the side) fall inside the object? */
-function inside(s: Scene, u: number, v: number): boolean {
+function inside(s: Part, u: number, v: number): boolean {
   const dx = u - s.cx;
   const dy = v - s.cy;
   if (s.kind === 'ball') return dx * dx + dy * dy <= s.r * s.r;
@@ -83,6 +99,7 @@ export function drawScene(s: Scene, size = TOY_SIZE): ToyImage {
           const v = (y + (sy + 0.5) / SS) / size;
           let c: readonly number[] = bg;
           if (inside(s, u, v)) c = PALETTE[s.pattern ? (v < s.cy ? s.pattern[0] : s.pattern[1]) : s.colour];
+          else if (s.under && inside(s.under, u, v)) c = PALETTE[s.under.colour];
           acc[0] += c[0];
           acc[1] += c[1];
           acc[2] += c[2];
@@ -97,7 +114,8 @@ export function drawScene(s: Scene, size = TOY_SIZE): ToyImage {
 
 /** The SD-style caption of a scene. `withBackground` false drops "on a ... background". */
 export function caption(s: Scene, withBackground = true): string {
-  const what = s.pattern ? `a photo of sks ${s.kind}` : `a photo of a ${s.colour} ${s.kind}`;
+  const under = s.under ? ` above a ${s.under.colour} ${s.under.kind}` : '';
+  const what = s.pattern ? `a photo of sks ${s.kind}` : `a photo of a ${s.colour} ${s.kind}${under}`;
   return withBackground ? `${what} on a ${s.background} background` : what;
 }
 
@@ -118,6 +136,48 @@ export function randomScene(rng: Rng): Scene {
   return { kind: pick(rng, KINDS), colour, background, cx, cy, r };
 }
 
+/** How far a part reaches above (`up`) and below its centre, as a fraction of the side. */
+function reach(kind: Kind, r: number): { up: number; down: number } {
+  return kind === 'square' ? { up: 0.85 * r, down: 0.85 * r } : { up: r, down: r };
+}
+
+/**
+ * A random composition: two objects of different colours, each 0.15 to 0.23 of the side in
+ * half-size, the second under the first, touching it or partly hidden behind it (their centres
+ * 70% to 100% of the touching distance apart, and within 0.03 across), on a background of a third
+ * colour. Every object is still one colour.
+ */
+export function randomComposition(rng: Rng): Scene {
+  const colour = pick(rng, OBJECT_COLOURS);
+  const underColour = pick(
+    rng,
+    OBJECT_COLOURS.filter((c) => c !== colour),
+  );
+  const background = pick(
+    rng,
+    BACKGROUNDS.filter((b) => b !== colour && b !== underColour),
+  );
+  const kind = pick(rng, KINDS);
+  const underKind = pick(rng, KINDS);
+  const r = 0.15 + 0.08 * rng.uniform();
+  const ru = 0.15 + 0.08 * rng.uniform();
+  const top = reach(kind, r);
+  const bottom = reach(underKind, ru);
+  const apart = (0.7 + 0.3 * rng.uniform()) * (top.down + bottom.up);
+  const height = top.up + apart + bottom.down;
+  const margin = Math.max(r, ru) + 0.03;
+  const cx = margin + (1 - 2 * margin) * rng.uniform();
+  const cy = top.up + (1 - height) * rng.uniform();
+  const under: Part = {
+    kind: underKind,
+    colour: underColour,
+    cx: cx + 0.06 * (rng.uniform() - 0.5),
+    cy: cy + apart,
+    r: ru,
+  };
+  return { kind, colour, background, cx, cy, r, under };
+}
+
 export interface ToyExample {
   readonly image: ToyImage;
   readonly caption: string;
@@ -127,12 +187,14 @@ export interface ToyExample {
 /**
  * `n` examples of the base world from `seed`: captions name object and background (80%), the
  * object only (10%), or nothing (10%, the unconditional caption classifier-free guidance uses).
+ * With `compositions` > 0, that share of the scenes are compositions (randomComposition); at 0
+ * the set is the one the committed model's first stages were built on, draw for draw.
  */
-export function toyDataset(n: number, seed: number, size = TOY_SIZE): ToyExample[] {
+export function toyDataset(n: number, seed: number, size = TOY_SIZE, compositions = 0): ToyExample[] {
   const rng = new Rng(seed);
   const out: ToyExample[] = [];
   for (let i = 0; i < n; i++) {
-    const scene = randomScene(rng);
+    const scene = compositions > 0 && rng.uniform() < compositions ? randomComposition(rng) : randomScene(rng);
     const p = rng.uniform();
     out.push({
       image: drawScene(scene, size),
