@@ -42,14 +42,7 @@ export const SWIFTSHADER = '/usr/lib/chromium/vk_swiftshader_icd.json';
  * why not.
  */
 export function webgpuEnv(): NodeJS.ProcessEnv | string {
-  if (process.env.SINGLORA_WEBGPU_ENV === 'native') return { ...process.env };
-  if (!existsSync(SWIFTSHADER))
-    return `no SwiftShader Vulkan driver at ${SWIFTSHADER} (apt install chromium) and SINGLORA_WEBGPU_ENV is not 'native'`;
-  return {
-    ...process.env,
-    VK_ICD_FILENAMES: SWIFTSHADER,
-    LD_LIBRARY_PATH: ['/usr/lib/chromium', process.env.LD_LIBRARY_PATH].filter(Boolean).join(':'),
-  };
+  return vulkanEnv(SWIFTSHADER, 'SwiftShader', 'apt install chromium');
 }
 
 /** Where scripts/fetch-lavapipe.sh puts Mesa's lavapipe (`.ci/run` runs it), or SINGLORA_LAVAPIPE_ICD. */
@@ -58,19 +51,27 @@ export const LAVAPIPE_ICD =
 
 /**
  * The environment for a child process that starts Dawn with float16 shaders: Mesa's lavapipe
- * (SwiftShader has no shader-f16) through the Vulkan loader that Debian's chromium ships (the
- * system may have none: libvulkan1 is not among chromium's dependencies), or the real driver with
- * SINGLORA_WEBGPU_ENV=native. A string when neither is there: why not.
+ * (SwiftShader has no shader-f16), or the real driver with SINGLORA_WEBGPU_ENV=native. A string
+ * when neither is there: why not.
  */
 export function webgpuF16Env(): NodeJS.ProcessEnv | string {
+  return vulkanEnv(LAVAPIPE_ICD, 'lavapipe', 'scripts/fetch-lavapipe.sh');
+}
+
+/**
+ * Dawn on the Vulkan driver `icd` (`name`, got by `howToGet`), loaded through the Vulkan loader that
+ * Debian's chromium ships (the system may have none: libvulkan1 is not among chromium's
+ * dependencies); the process's own environment with SINGLORA_WEBGPU_ENV=native.
+ */
+function vulkanEnv(icd: string, name: string, howToGet: string): NodeJS.ProcessEnv | string {
   if (process.env.SINGLORA_WEBGPU_ENV === 'native') return { ...process.env };
-  if (!existsSync(LAVAPIPE_ICD))
-    return `no lavapipe Vulkan driver at ${LAVAPIPE_ICD} (scripts/fetch-lavapipe.sh) and SINGLORA_WEBGPU_ENV is not 'native'`;
+  if (!existsSync(icd))
+    return `no ${name} Vulkan driver at ${icd} (${howToGet}) and SINGLORA_WEBGPU_ENV is not 'native'`;
   if (!existsSync(CHROMIUM_VULKAN_LOADER))
-    return `no Vulkan loader at ${CHROMIUM_VULKAN_LOADER} (apt install chromium) for lavapipe`;
+    return `no Vulkan loader at ${CHROMIUM_VULKAN_LOADER} (apt install chromium) for ${name}`;
   return {
     ...process.env,
-    VK_ICD_FILENAMES: LAVAPIPE_ICD,
+    VK_ICD_FILENAMES: icd,
     LD_LIBRARY_PATH: ['/usr/lib/chromium', process.env.LD_LIBRARY_PATH].filter(Boolean).join(':'),
   };
 }
