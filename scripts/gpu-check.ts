@@ -10,12 +10,12 @@
  *                         --train-resolution 512 --train-steps 3 --no-train]
  */
 import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import type { BenchTrainOnnxReport } from '../src-main/engine/bench/trainOnnx.ts';
 import { benchUnet } from '../src-main/engine/bench/unet.ts';
 import { benchUnetOnnx } from '../src-main/engine/bench/unetOnnx.ts';
 import { probeBackends } from '../src-main/engine/backend/tf.ts';
 import { type ProviderChoice, probeProviders } from '../src-main/engine/onnx/providers.ts';
+import { runCli } from './runCli.ts';
 
 const arg = (name: string, dflt: string) => {
   const i = process.argv.indexOf(name);
@@ -161,19 +161,12 @@ async function trainChecks(gpuProviders: readonly Exclude<ProviderChoice, 'auto'
 async function benchTrainChild(provider: string): Promise<BenchTrainOnnxReport> {
   const args = ['bench', 'train', '--engine', 'onnx', '--provider', provider, '--dtype', 'float16', '--base', config];
   args.push('--resolution', String(trainResolution), '--steps', String(trainSteps), '--warmup', '1', '--json');
-  const child = spawn(process.execPath, [join(import.meta.dirname, '..', 'bin', 'singlora.js'), ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (d) => (out += d));
-  child.stderr.on('data', (d) => (err += d));
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  const last = out.trim().split('\n').pop() ?? '';
+  const { code, stdout, stderr } = await runCli(args, { timeoutMs: 30 * 60_000 });
+  const last = stdout.trim().split('\n').pop() ?? '';
   if (code !== 0 || !last.startsWith('{'))
     throw new Error(
       `bench train exited ${code}: ${(
-        err
+        stderr
           .trim()
           .split('\n')
           .filter((l) => !/^Warning:/.test(l))
