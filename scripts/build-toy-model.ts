@@ -15,7 +15,7 @@
  *   nice -n 5 npx tsx scripts/build-toy-model.ts [--out models/toy-sd] [--vae-steps N] [--unet-steps N]
  *     [--vae-batch N] [--vae-lr X] [--unet-batch N] [--unet-lr X] [--min-snr G] [--snapshot-every N] [--vae-from DIR]
  *     [--unet-from DIR] [--refine-steps N] [--refine-batch N] [--refine-lr X] [--ema D]
- *     [--compose-steps N] [--compose-lr X] [--compositions SHARE]
+ *     [--compose-steps N] [--compose-lr X] [--compositions SHARE] [--transformer-layers N]
  *
  * The two stages draw from their own random streams, and the UNet trains on the VAE as it is
  * saved (its weights rounded to the file's dtype, read back from disk). So `--vae-from` a folder
@@ -31,6 +31,8 @@ import { initBackend, tf, type Tensor, type Variable } from '../src-main/engine/
 import { encodeImage } from '../src-main/engine/image/sharp.ts';
 import { MODEL_DEFAULTS_FILE } from '../src-main/api/schemas.ts';
 import { atomicWriteFile } from '../src-main/engine/io/atomic.ts';
+import { DIFFUSERS_WEIGHT_FILES, openComponentWeights } from '../src-main/engine/io/componentFolder.ts';
+import { safetensorsSource } from '../src-main/engine/io/weightSource.ts';
 import { AutoencoderKL } from '../src-main/engine/models/autoencoderKL.ts';
 import { ClipTextModel, parseClipTextConfig } from '../src-main/engine/models/clipTextModel.ts';
 import { ClipTokenizer } from '../src-main/engine/models/clipTokenizer.ts';
@@ -144,15 +146,19 @@ export const TOY_CONFIG = {
    * Stage 4 (issue 26): stage 3 as saved, trained on a new set (its own seed) where `compositions`
    * of the scenes are two touching one-colour objects (toyWorld.ts, randomComposition), so the
    * UNet learns to draw colour boundaries inside the foreground that a two-colour subject needs.
+   * Off (0 steps) in the committed model: tried with 1,500 and 2,000 steps, it did not teach the
+   * ball's adapters two colours (docs/experiments.md, "Compositions"); `--compose-steps 1500` runs it.
    */
   compose: {
-    steps: 1500,
+    steps: 0,
     batch: 16,
     lr: 1e-3,
     maxGradNorm: 1,
     minSnrGamma: 5 as number | null,
     emaDecay: 0.998,
     compositions: 0.35,
+    /** Transformer blocks per attention in stage 4 (stage 3 has 1): the new ones start as identities (growUnet). */
+    transformerLayers: 1,
   },
   weightsDtype: 'F16' as 'F16' | 'F32',
 };
@@ -183,13 +189,19 @@ async function writeVae(out: string, vae: AutoencoderKL, vaeConfig: object): Pro
   await atomicWriteFile(join(out, 'vae/config.json'), json(vaeConfig));
 }
 
-async function writeFolder(out: string, unet: UNet2DConditionModel, te: ClipTextModel, note: string): Promise<void> {
+async function writeFolder(
+  out: string,
+  unet: UNet2DConditionModel,
+  te: ClipTextModel,
+  note: string,
+  unetConfig: object = TOY_CONFIG.unet,
+): Promise<void> {
   for (const dir of ['unet', 'text_encoder', 'tokenizer', 'scheduler'])
     await mkdir(join(out, dir), { recursive: true });
   const dtype = TOY_CONFIG.weightsDtype;
   await saveModule(unet, join(out, 'unet/diffusion_pytorch_model.safetensors'), dtype, SOURCE);
   await saveModule(te, join(out, 'text_encoder/model.safetensors'), dtype, SOURCE);
-  await atomicWriteFile(join(out, 'unet/config.json'), json(TOY_CONFIG.unet));
+  await atomicWriteFile(join(out, 'unet/config.json'), json(unetConfig));
   await atomicWriteFile(join(out, 'text_encoder/config.json'), json(TOY_CONFIG.textEncoder));
   await atomicWriteFile(join(out, 'scheduler/scheduler_config.json'), json(TOY_CONFIG.scheduler));
   for (const f of ['vocab.json', 'merges.txt', 'tokenizer_config.json', 'special_tokens_map.json'])
@@ -271,6 +283,7 @@ async function main(): Promise<void> {
     steps: num('--compose-steps', cfg.compose.steps),
     lr: num('--compose-lr', cfg.compose.lr),
     compositions: num('--compositions', cfg.compose.compositions),
+    transformerLayers: num('--transformer-layers', cfg.compose.transformerLayers),
   };
   if (compose.compositions > 1)
     throw new Error(`--compositions: expected a share in [0, 1], got ${compose.compositions}`);
@@ -421,11 +434,19 @@ async function main(): Promise<void> {
       ids: tokenizer.call(set.map((d) => d.caption)),
     };
     console.log(`stage 4: ${set.length} images, ${set.filter((d) => d.scene.under).length} of them compositions`);
-    const u4 = await UNet2DConditionModel.load(join(out, 'unet'));
+    const u4Config = { ...cfg.unet, transformer_layers_per_block: compose.transformerLayers };
+    const u4 = await growUnet(join(out, 'unet'), u4Config, cfg.seed + 5);
     const te4 = await ClipTextModel.load(join(out, 'text_encoder'));
+    console.log(
+      `stage 4 UNet: ${compose.transformerLayers} transformer block(s) per attention, ${u4.parameterCount()} parameters`,
+    );
     const stage4 = { ...compose, name: 'compose', stream: 5 };
-    await trainDenoiser(u4, te4, composeData, stage4, snapshotEvery ? snapshot(u4, te4) : undefined, snapshotEvery);
-    await writeFolder(out, u4, te4, `${note()}\nBuild time: ${elapsed()} on backend ${backend.name}.\n`);
+    const snap4 = async (step: number) => {
+      await writeFolder(out, u4, te4, note(), u4Config);
+      console.log(`snapshot written at step ${step} (${elapsed()})`);
+    };
+    await trainDenoiser(u4, te4, composeData, stage4, snapshotEvery ? snap4 : undefined, snapshotEvery);
+    await writeFolder(out, u4, te4, `${note()}\nBuild time: ${elapsed()} on backend ${backend.name}.\n`, u4Config);
     tf.dispose([setLatents]);
     u4.dispose();
     te4.dispose();
@@ -526,6 +547,36 @@ async function trainDenoiser(
   if (ema) vars.forEach((v, i) => v.assign(ema[i]));
   tf.dispose(ema ?? []);
   optimizer.dispose();
+}
+
+/**
+ * The UNet saved in `folder`, rebuilt from `config` (which may have more transformer blocks per
+ * attention): every weight the file has is loaded, the rest start from scratch (`seed`), and the
+ * output projections of each new block's attentions and feed-forward (`to_out.0`, `ff.net.2`) start
+ * at zero, so that every new block is an identity (its three residual branches add nothing) and
+ * the grown model computes what the saved one did.
+ */
+export async function growUnet(folder: string, config: object, seed: number): Promise<UNet2DConditionModel> {
+  const unet = UNet2DConditionModel.fromConfig(config);
+  initFromScratch(unet, seed);
+  const file = await openComponentWeights(folder, 'unet', DIFFUSERS_WEIGHT_FILES);
+  try {
+    const source = safetensorsSource(file);
+    const saved = new Set(source.keys());
+    for (const [key, p] of unet.namedParams()) {
+      if (saved.has(key)) p.setFromCheckpoint(await source.read(key));
+      else if (/\.(attn[12]\.to_out\.0|ff\.net\.2)\.(weight|bias)$/.test(key))
+        p.setFromCheckpoint(new Float32Array(p.shape.reduce((a, b) => a * b, 1)));
+      else if (!/\.transformer_blocks\.[1-9]\d*\./.test(key)) throw new Error(`growUnet: ${folder} has no '${key}'`);
+    }
+    const kept = new Set(Array.from(unet.namedParams(), ([k]) => k));
+    const dropped = [...saved].filter((k) => !kept.has(k));
+    if (dropped.length > 0)
+      throw new Error(`growUnet: the grown UNet has no place for ${dropped.slice(0, 3).join(', ')}`);
+  } finally {
+    await file.close();
+  }
+  return unet;
 }
 
 /** The VAE's latent means of `images`, 64 at a time. */
