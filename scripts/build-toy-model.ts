@@ -16,6 +16,7 @@
  *     [--vae-batch N] [--vae-lr X] [--unet-batch N] [--unet-lr X] [--min-snr G] [--snapshot-every N] [--vae-from DIR]
  *     [--unet-from DIR] [--refine-steps N] [--refine-batch N] [--refine-lr X] [--ema D]
  *     [--compose-steps N] [--compose-lr X] [--compositions SHARE] [--transformer-layers N]
+ *     [--unet-channels 32,64] [--unet-layers 1]
  *
  * The two stages draw from their own random streams, and the UNet trains on the VAE as it is
  * saved (its weights rounded to the file's dtype, read back from disk). So `--vae-from` a folder
@@ -163,6 +164,29 @@ export const TOY_CONFIG = {
   weightsDtype: 'F16' as 'F16' | 'F32',
 };
 
+/**
+ * The stage-2 UNet's config: the toy UNet's, with `channels` (comma-separated, one cross-attention
+ * block per level) and `layers` (per block) when given, for a from-scratch build of another size.
+ */
+export function unetArchitecture(channels: string | undefined, layers: number): typeof TOY_CONFIG.unet {
+  const base = TOY_CONFIG.unet;
+  if (!Number.isInteger(layers) || layers < 1)
+    throw new Error(`--unet-layers: expected a whole number >= 1, got ${layers}`);
+  if (channels === undefined) return { ...base, layers_per_block: layers };
+  const widths = channels.split(',').map(Number);
+  if (widths.some((w) => !Number.isInteger(w) || w < 8 || w % base.norm_num_groups !== 0))
+    throw new Error(
+      `--unet-channels: expected widths that are multiples of ${base.norm_num_groups}, got "${channels}"`,
+    );
+  return {
+    ...base,
+    block_out_channels: widths,
+    down_block_types: widths.map(() => 'CrossAttnDownBlock2D'),
+    up_block_types: widths.map(() => 'CrossAttnUpBlock2D'),
+    layers_per_block: layers,
+  };
+}
+
 /** Linear warm-up over the first 5%, then cosine decay to 10% of `peak`. */
 function lrAt(step: number, steps: number, peak: number): number {
   const warm = Math.max(1, Math.floor(steps * 0.05));
@@ -287,6 +311,7 @@ async function main(): Promise<void> {
   };
   if (compose.compositions > 1)
     throw new Error(`--compositions: expected a share in [0, 1], got ${compose.compositions}`);
+  const unetConfig = unetArchitecture(arg('--unet-channels'), num('--unet-layers', cfg.unet.layers_per_block));
   const vaeSteps = vaeTrain.steps;
   const unetSteps = unetTrain.steps;
   const snapshotEvery = num('--snapshot-every', 0);
@@ -297,7 +322,7 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   const elapsed = () => `${((performance.now() - t0) / 1000).toFixed(0)} s`;
   console.log(`build-toy-model: backend ${backend.name}, out ${out}${vaeFrom ? `, VAE from ${resolve(vaeFrom)}` : ''}`);
-  console.log(`config: ${JSON.stringify({ ...cfg, vaeTrain, unetTrain, refine, compose })}`);
+  console.log(`config: ${JSON.stringify({ ...cfg, unet: unetConfig, vaeTrain, unetTrain, refine, compose })}`);
 
   // The data set and the subject photos.
   const data = toyDataset(cfg.images, cfg.seed);
@@ -390,12 +415,12 @@ async function main(): Promise<void> {
   const note = () =>
     `# toy-sd\n\nBuilt by \`npm run build:toy-model\` (scripts/build-toy-model.ts), from scratch, seed ${cfg.seed}: VAE ${vaeSteps} steps (batch ${vaeTrain.batch}, lr ${vaeTrain.lr}), UNet + text encoder ${unetSteps} steps (batch ${unetTrain.batch}, lr ${unetTrain.lr}${unetTrain.minSnrGamma ? `, min-SNR gamma ${unetTrain.minSnrGamma}` : ''})${refine.steps ? `, then refined ${refine.steps} steps (batch ${refine.batch}, lr ${refine.lr}${refine.minSnrGamma ? `, min-SNR gamma ${refine.minSnrGamma}` : ''}, EMA ${refine.emaDecay})` : ''}${compose.steps ? `, then trained ${compose.steps} steps on a set with ${100 * compose.compositions}% compositions (batch ${compose.batch}, lr ${compose.lr}, EMA ${compose.emaDecay})` : ''}. See ../README.md.\n`;
   const denoise: DenoiseData = { latents, ids, ddpm, seed: cfg.seed, elapsed };
-  const snapshot = (unet: UNet2DConditionModel, te: ClipTextModel) => async (step: number) => {
-    await writeFolder(out, unet, te, note());
+  const snapshot = (unet: UNet2DConditionModel, te: ClipTextModel, config: object) => async (step: number) => {
+    await writeFolder(out, unet, te, note(), config);
     console.log(`snapshot written at step ${step} (${elapsed()})`);
   };
   if (!unetFrom) {
-    const unet = UNet2DConditionModel.fromConfig(cfg.unet);
+    const unet = UNet2DConditionModel.fromConfig(unetConfig);
     const te = new ClipTextModel(parseClipTextConfig(cfg.textEncoder));
     initFromScratch(unet, cfg.seed + 2);
     initFromScratch(te, cfg.seed + 3);
@@ -403,8 +428,15 @@ async function main(): Promise<void> {
       `parameters: vae ${vae.parameterCount()}, unet ${unet.parameterCount()}, text encoder ${te.parameterCount()}`,
     );
     const stage = { ...unetTrain, name: 'unet', stream: 2, emaDecay: 0 };
-    await trainDenoiser(unet, te, denoise, stage, snapshotEvery ? snapshot(unet, te) : undefined, snapshotEvery);
-    await writeFolder(out, unet, te, `${note()}\nStage 2 done at ${elapsed()} on backend ${backend.name}.\n`);
+    const snap = snapshotEvery ? snapshot(unet, te, unetConfig) : undefined;
+    await trainDenoiser(unet, te, denoise, stage, snap, snapshotEvery);
+    await writeFolder(
+      out,
+      unet,
+      te,
+      `${note()}\nStage 2 done at ${elapsed()} on backend ${backend.name}.\n`,
+      unetConfig,
+    );
     unet.dispose();
     te.dispose();
   }
@@ -412,10 +444,18 @@ async function main(): Promise<void> {
   const from = unetFrom ? resolve(unetFrom) : out;
   const unet = await UNet2DConditionModel.load(join(from, 'unet'));
   const te = await ClipTextModel.load(join(from, 'text_encoder'));
+  const stage3Config = JSON.parse(await readFile(join(from, 'unet/config.json'), 'utf8')) as object;
   if (unetFrom) console.log(`stage 2 read from ${from}`);
   const stage = { ...refine, name: 'refine', stream: 4 };
-  await trainDenoiser(unet, te, denoise, stage, snapshotEvery ? snapshot(unet, te) : undefined, snapshotEvery);
-  await writeFolder(out, unet, te, `${note()}\nStage 3 done at ${elapsed()} on backend ${backend.name}.\n`);
+  const snap3 = snapshotEvery ? snapshot(unet, te, stage3Config) : undefined;
+  await trainDenoiser(unet, te, denoise, stage, snap3, snapshotEvery);
+  await writeFolder(
+    out,
+    unet,
+    te,
+    `${note()}\nStage 3 done at ${elapsed()} on backend ${backend.name}.\n`,
+    stage3Config,
+  );
   unet.dispose();
   te.dispose();
   // 4. Compositions, from stage 3 as saved, on a set of their own (its seed: the build's + 300).
@@ -434,18 +474,15 @@ async function main(): Promise<void> {
       ids: tokenizer.call(set.map((d) => d.caption)),
     };
     console.log(`stage 4: ${set.length} images, ${set.filter((d) => d.scene.under).length} of them compositions`);
-    const u4Config = { ...cfg.unet, transformer_layers_per_block: compose.transformerLayers };
+    const u4Config = { ...stage3Config, transformer_layers_per_block: compose.transformerLayers };
     const u4 = await growUnet(join(out, 'unet'), u4Config, cfg.seed + 5);
     const te4 = await ClipTextModel.load(join(out, 'text_encoder'));
     console.log(
       `stage 4 UNet: ${compose.transformerLayers} transformer block(s) per attention, ${u4.parameterCount()} parameters`,
     );
     const stage4 = { ...compose, name: 'compose', stream: 5 };
-    const snap4 = async (step: number) => {
-      await writeFolder(out, u4, te4, note(), u4Config);
-      console.log(`snapshot written at step ${step} (${elapsed()})`);
-    };
-    await trainDenoiser(u4, te4, composeData, stage4, snapshotEvery ? snap4 : undefined, snapshotEvery);
+    const snap4 = snapshotEvery ? snapshot(u4, te4, u4Config) : undefined;
+    await trainDenoiser(u4, te4, composeData, stage4, snap4, snapshotEvery);
     await writeFolder(out, u4, te4, `${note()}\nBuild time: ${elapsed()} on backend ${backend.name}.\n`, u4Config);
     tf.dispose([setLatents]);
     u4.dispose();

@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { growUnet, TOY_CONFIG } from '../../scripts/build-toy-model.ts';
+import { growUnet, TOY_CONFIG, unetArchitecture } from '../../scripts/build-toy-model.ts';
 import { initBackend, tf } from '../../src-main/engine/backend/tf.ts';
 import { UNet2DConditionModel } from '../../src-main/engine/models/unet2dCondition.ts';
 import { Rng } from '../../src-main/engine/random.ts';
@@ -37,5 +37,21 @@ describe('growUnet', () => {
     tf.dispose([x, context]);
     saved.dispose();
     grown.dispose();
+  });
+});
+
+describe('unetArchitecture (--unet-channels, --unet-layers)', () => {
+  it('without flags is the toy UNet, key for key, so the one-shot build still gives the committed model', () => {
+    expect(JSON.stringify(unetArchitecture(undefined, 1))).toBe(JSON.stringify(TOY_CONFIG.unet));
+  });
+
+  it('gives one cross-attention block per width, and names the flag of a width GroupNorm cannot split', () => {
+    const wide = unetArchitecture('64,128,128', 2);
+    expect(wide.block_out_channels).toEqual([64, 128, 128]);
+    expect(wide.down_block_types).toEqual(Array(3).fill('CrossAttnDownBlock2D'));
+    expect(wide.up_block_types).toEqual(Array(3).fill('CrossAttnUpBlock2D'));
+    expect(wide.layers_per_block).toBe(2);
+    expect(() => unetArchitecture('64,100', 1)).toThrow(/--unet-channels: .*multiples of 8.*"64,100"/);
+    expect(() => unetArchitecture(undefined, 0)).toThrow(/--unet-layers/);
   });
 });
