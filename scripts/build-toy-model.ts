@@ -415,9 +415,23 @@ async function main(): Promise<void> {
   const note = () =>
     `# toy-sd\n\nBuilt by \`npm run build:toy-model\` (scripts/build-toy-model.ts), from scratch, seed ${cfg.seed}: VAE ${vaeSteps} steps (batch ${vaeTrain.batch}, lr ${vaeTrain.lr}), UNet + text encoder ${unetSteps} steps (batch ${unetTrain.batch}, lr ${unetTrain.lr}${unetTrain.minSnrGamma ? `, min-SNR gamma ${unetTrain.minSnrGamma}` : ''})${refine.steps ? `, then refined ${refine.steps} steps (batch ${refine.batch}, lr ${refine.lr}${refine.minSnrGamma ? `, min-SNR gamma ${refine.minSnrGamma}` : ''}, EMA ${refine.emaDecay})` : ''}${compose.steps ? `, then trained ${compose.steps} steps on a set with ${100 * compose.compositions}% compositions (batch ${compose.batch}, lr ${compose.lr}, EMA ${compose.emaDecay})` : ''}. See ../README.md.\n`;
   const denoise: DenoiseData = { latents, ids, ddpm, seed: cfg.seed, elapsed };
-  const snapshot = (unet: UNet2DConditionModel, te: ClipTextModel, config: object) => async (step: number) => {
-    await writeFolder(out, unet, te, note(), config);
-    console.log(`snapshot written at step ${step} (${elapsed()})`);
+  /** Trains one stage (with snapshots), writes the folder with the UNet's `config` and `done` in its note, frees both models. */
+  const runStage = async (
+    unet: UNet2DConditionModel,
+    te: ClipTextModel,
+    data: DenoiseData,
+    stage: DenoiseStage,
+    config: object,
+    done: string,
+  ) => {
+    const snapshot = async (step: number) => {
+      await writeFolder(out, unet, te, note(), config);
+      console.log(`snapshot written at step ${step} (${elapsed()})`);
+    };
+    await trainDenoiser(unet, te, data, stage, snapshotEvery ? snapshot : undefined, snapshotEvery);
+    await writeFolder(out, unet, te, `${note()}\n${done} ${elapsed()} on backend ${backend.name}.\n`, config);
+    unet.dispose();
+    te.dispose();
   };
   if (!unetFrom) {
     const unet = UNet2DConditionModel.fromConfig(unetConfig);
@@ -428,17 +442,7 @@ async function main(): Promise<void> {
       `parameters: vae ${vae.parameterCount()}, unet ${unet.parameterCount()}, text encoder ${te.parameterCount()}`,
     );
     const stage = { ...unetTrain, name: 'unet', stream: 2, emaDecay: 0 };
-    const snap = snapshotEvery ? snapshot(unet, te, unetConfig) : undefined;
-    await trainDenoiser(unet, te, denoise, stage, snap, snapshotEvery);
-    await writeFolder(
-      out,
-      unet,
-      te,
-      `${note()}\nStage 2 done at ${elapsed()} on backend ${backend.name}.\n`,
-      unetConfig,
-    );
-    unet.dispose();
-    te.dispose();
+    await runStage(unet, te, denoise, stage, unetConfig, 'Stage 2 done at');
   }
   // 3. The refinement, from stage 2 as saved (read back from disk, so --unet-from reproduces the one-shot build).
   const from = unetFrom ? resolve(unetFrom) : out;
@@ -447,17 +451,7 @@ async function main(): Promise<void> {
   const stage3Config = JSON.parse(await readFile(join(from, 'unet/config.json'), 'utf8')) as object;
   if (unetFrom) console.log(`stage 2 read from ${from}`);
   const stage = { ...refine, name: 'refine', stream: 4 };
-  const snap3 = snapshotEvery ? snapshot(unet, te, stage3Config) : undefined;
-  await trainDenoiser(unet, te, denoise, stage, snap3, snapshotEvery);
-  await writeFolder(
-    out,
-    unet,
-    te,
-    `${note()}\nStage 3 done at ${elapsed()} on backend ${backend.name}.\n`,
-    stage3Config,
-  );
-  unet.dispose();
-  te.dispose();
+  await runStage(unet, te, denoise, stage, stage3Config, compose.steps > 0 ? 'Stage 3 done at' : 'Build time:');
   // 4. Compositions, from stage 3 as saved, on a set of their own (its seed: the build's + 300).
   if (compose.steps > 0) {
     const set = toyDataset(cfg.images, cfg.seed + 300, cfg.imageSize, compose.compositions);
@@ -480,13 +474,8 @@ async function main(): Promise<void> {
     console.log(
       `stage 4 UNet: ${compose.transformerLayers} transformer block(s) per attention, ${u4.parameterCount()} parameters`,
     );
-    const stage4 = { ...compose, name: 'compose', stream: 5 };
-    const snap4 = snapshotEvery ? snapshot(u4, te4, u4Config) : undefined;
-    await trainDenoiser(u4, te4, composeData, stage4, snap4, snapshotEvery);
-    await writeFolder(out, u4, te4, `${note()}\nBuild time: ${elapsed()} on backend ${backend.name}.\n`, u4Config);
+    await runStage(u4, te4, composeData, { ...compose, name: 'compose', stream: 5 }, u4Config, 'Build time:');
     tf.dispose([setLatents]);
-    u4.dispose();
-    te4.dispose();
   }
   console.log(`toy model written to ${out}; build time ${elapsed()}`);
   tf.dispose([images, latents]);
