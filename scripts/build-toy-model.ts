@@ -195,7 +195,8 @@ function lrAt(step: number, steps: number, peak: number): number {
   return peak * (0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * p)));
 }
 
-function imagesTensor(images: readonly { data: Uint8Array }[], size: number): Tensor {
+/** Images [N, size, size, 3] with values in [-1, 1], as the VAE takes them. */
+export function imagesTensor(images: readonly { data: Uint8Array }[], size: number): Tensor {
   const n = images.length;
   const buf = new Float32Array(n * size * size * 3);
   images.forEach((img, k) => {
@@ -400,9 +401,7 @@ async function main(): Promise<void> {
     `VAE: held-out reconstruction ${(await heldOutMse.data())[0].toFixed(5)} (mean squared error in [-1, 1], 64 images of seed ${cfg.seed + 100}), scaling_factor ${scaling}`,
   );
   tf.dispose([heldOutMse, heldOut]);
-  const raw = encodeMeans(vae, images);
-  const latents = tf.mul(raw, scaling); // [N, 8, 8, 4], unit variance
-  raw.dispose();
+  const latents = encodeMeans(vae, images, scaling); // [N, 8, 8, 4], unit variance
   console.log(`latents [${latents.shape}] (${elapsed()})`);
 
   // 2. The UNet and the text encoder, from scratch (or as a previous run saved them: --unet-from).
@@ -459,9 +458,8 @@ async function main(): Promise<void> {
       set.map((d) => d.image),
       cfg.imageSize,
     );
-    const setRaw = encodeMeans(vae, setImages);
-    const setLatents = tf.mul(setRaw, scaling);
-    tf.dispose([setRaw, setImages]);
+    const setLatents = encodeMeans(vae, setImages, scaling);
+    setImages.dispose();
     const composeData: DenoiseData = {
       ...denoise,
       latents: setLatents,
@@ -605,15 +603,18 @@ export async function growUnet(folder: string, config: object, seed: number): Pr
   return unet;
 }
 
-/** The VAE's latent means of `images`, 64 at a time. */
-function encodeMeans(vae: AutoencoderKL, images: Tensor): Tensor {
+/** The VAE's latent means of `images`, 64 at a time, times `scale` (the VAE's scaling factor for the UNet's latents). */
+export function encodeMeans(vae: AutoencoderKL, images: Tensor, scale = 1): Tensor {
   const n = images.shape[0];
   const means: Tensor[] = [];
   for (let i = 0; i < n; i += 64)
     means.push(tf.tidy(() => vae.encode(images.slice([i, 0, 0, 0], [Math.min(64, n - i), -1, -1, -1])).mean));
   const all = tf.concat(means);
   tf.dispose(means);
-  return all;
+  if (scale === 1) return all;
+  const scaled = tf.mul(all, scale);
+  all.dispose();
+  return scaled;
 }
 
 if (process.argv[1]?.endsWith('build-toy-model.ts')) await main();

@@ -22,6 +22,7 @@ import { drawScene, subjectScenes, TOY_SIZE } from '../src-main/engine/toy/toyWo
 import { AdamW } from '../src-main/engine/train/adamw.ts';
 import { makeTrainable, saveModule } from '../src-main/engine/train/fullTrain.ts';
 import { trainStep } from '../src-main/engine/train/step.ts';
+import { encodeMeans, imagesTensor } from './build-toy-model.ts';
 
 function option(name: string, fallback?: string): string {
   const i = process.argv.indexOf(name);
@@ -49,9 +50,11 @@ async function main(): Promise<void> {
   const scaling = (JSON.parse(await readFile(join(out, 'vae/config.json'), 'utf8')) as { scaling_factor: number })
     .scaling_factor;
   const scenes = subjectScenes();
-  const pixels = scenes.flatMap((s) => Array.from(drawScene(s).data, (v) => v / 127.5 - 1));
-  const x = tf.tensor4d(Float32Array.from(pixels), [scenes.length, TOY_SIZE, TOY_SIZE, 3]);
-  const latents = tf.tidy(() => tf.mul(vae.encode(x).mean, scaling));
+  const photos = imagesTensor(
+    scenes.map((s) => drawScene(s)),
+    TOY_SIZE,
+  );
+  const latents = encodeMeans(vae, photos, scaling);
   const context = te.forward(tokenizer.call(scenes.map((s) => `a photo of sks ball on a ${s.background} background`)));
   const scheduler = createScheduler('ddpm', await readSchedulerConfig(join(out, 'scheduler/scheduler_config.json')));
   const optimizer = new AdamW(makeTrainable(unet, 'toy-full-finetune'));

@@ -54,7 +54,7 @@ export interface Scene {
   readonly r: number;
   /** Top and bottom half colours (the subject); overrides `colour`. */
   readonly pattern?: readonly [ColourName, ColourName];
-  /** A second one-colour object standing under this one, touching it (a composition). */
+  /** A second one-colour object under this one, touching it or partly behind it (a composition). */
   readonly under?: Part;
 }
 
