@@ -319,6 +319,10 @@ async function main(): Promise<void> {
   const vaeFrom = arg('--vae-from');
   const unetFrom = arg('--unet-from');
   if (unetFrom && !vaeFrom) throw new Error("--unet-from: needs --vae-from too (the UNet learned that VAE's latents)");
+  if (unetFrom && (arg('--unet-channels') !== undefined || arg('--unet-layers') !== undefined))
+    throw new Error(
+      '--unet-channels, --unet-layers: size a UNet built from scratch; --unet-from reads its size from its config',
+    );
   const backend = await initBackend();
   const t0 = performance.now();
   const elapsed = () => `${((performance.now() - t0) / 1000).toFixed(0)} s`;
